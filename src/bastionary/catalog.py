@@ -1,0 +1,119 @@
+"""The catalog YAML: meters now, plans and policies as later issues add them.
+
+Loaded once at start; every problem in the file is reported together.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bastionary.ingest.jsonpath import JsonPathError, compile_path
+
+
+class Aggregation(StrEnum):
+    SUM = "SUM"
+    COUNT = "COUNT"
+    MAX = "MAX"
+    UNIQUE_COUNT = "UNIQUE_COUNT"
+    LATEST = "LATEST"
+
+
+class Meter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
+    event_type: str = Field(min_length=1)
+    aggregation: Aggregation
+    value_property: str | None = None
+    group_by: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("value_property")
+    @classmethod
+    def _value_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_path(value)
+        return value
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not name.isidentifier():
+                raise ValueError(f"dimension name {name!r} must be an identifier")
+            try:
+                compile_path(path)
+            except JsonPathError as exc:
+                raise ValueError(f"dimension {name!r}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _value_needed(self) -> "Meter":
+        if self.aggregation is not Aggregation.COUNT and not self.value_property:
+            raise ValueError(f"{self.aggregation.value} needs value_property")
+        return self
+
+    @property
+    def value_steps(self) -> tuple[str | int, ...] | None:
+        return compile_path(self.value_property) if self.value_property else None
+
+    @property
+    def group_steps(self) -> dict[str, tuple[str | int, ...]]:
+        return {name: compile_path(path) for name, path in self.group_by.items()}
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    meters: list[Meter] = Field(default_factory=list)
+
+    @field_validator("meters")
+    @classmethod
+    def _unique_keys(cls, meters: list[Meter]) -> list[Meter]:
+        seen: set[str] = set()
+        dupes = sorted({m.key for m in meters if m.key in seen or seen.add(m.key)})
+        if dupes:
+            raise ValueError(f"duplicate meter keys: {', '.join(dupes)}")
+        return meters
+
+    def meter(self, key: str) -> Meter:
+        for meter in self.meters:
+            if meter.key == key:
+                return meter
+        raise KeyError(f"unknown meter {key!r}; known: {', '.join(m.key for m in self.meters) or 'none'}")
+
+    def meters_by_event_type(self) -> dict[str, list[Meter]]:
+        index: dict[str, list[Meter]] = {}
+        for meter in self.meters:
+            index.setdefault(meter.event_type, []).append(meter)
+        return index
+
+
+class CatalogError(Exception):
+    pass
+
+
+def parse_catalog(document: Any, origin: str = "catalog") -> Catalog:
+    try:
+        return Catalog.model_validate(document or {})
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_catalog(path: Path | None) -> Catalog:
+    """Load the catalog at ``path``; without one, the example catalog shipped with the package."""
+    if path is None:
+        text = resources.files("bastionary").joinpath("default_catalog.yaml").read_text()
+        return parse_catalog(yaml.safe_load(text), "built-in example catalog")
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogError(f"cannot read catalog {path}: {exc}") from None
+    return parse_catalog(document, str(path))

@@ -1,0 +1,1 @@
+"""The ``bastionary`` command line."""

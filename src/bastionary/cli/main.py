@@ -1,0 +1,265 @@
+"""``bastionary``: run the pipeline, publish usage, and query it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import orjson
+
+from bastionary.catalog import CatalogError, load_catalog
+from bastionary.logs import configure_logging
+from bastionary.runtime import NoBroker, connect_clickhouse, resolve_bootstrap, write_broker_file
+from bastionary.settings import ConfigError, Settings, load_settings
+from bastionary.storage.queries import is_read_only, usage_query
+from bastionary.topics import Topics
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _fail_cleanly(fn):
+    """Known start-up problems become one readable line, not a traceback."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (CatalogError, NoBroker) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="bastionary")
+def cli() -> None:
+    """Self-hosted usage billing on Kafka, Faust and ClickHouse."""
+
+
+@cli.command("config")
+@click.option("--validate", is_flag=True, help="Check settings and catalog, print the effective config.")
+def config_cmd(validate: bool) -> None:
+    """Print the effective configuration (secrets masked)."""
+    settings = _settings()
+    try:
+        catalog = load_catalog(settings.catalog)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    out = settings.redacted() | {"meters": [m.key for m in catalog.meters]}
+    click.echo(json.dumps(out, indent=2))
+
+
+@cli.command()
+@click.option("--port", type=int, default=None, help="Listen port (default: a free one).")
+def broker(port: int | None) -> None:
+    """Run the embedded Kafka-protocol broker in the foreground."""
+    from bastionary.embedded.broker import EmbeddedBroker
+
+    settings = _settings()
+    with EmbeddedBroker(settings.data_path, port) as embedded:
+        write_broker_file(settings, embedded.bootstrap)
+        click.echo(f"broker ready: {embedded.bootstrap} (Ctrl-C stops it)")
+        _wait_for_signal()
+
+
+def _wait_for_signal() -> None:
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(0.2)
+
+
+@cli.command()
+@_fail_cleanly
+def run() -> None:
+    """Everything in one process: the embedded broker when no bootstrap is set, and the worker."""
+    from bastionary.embedded.broker import EmbeddedBroker
+    from bastionary.worker.run import run_worker
+
+    settings = _settings()
+    load_catalog(settings.catalog)  # fail before anything starts
+    if settings.kafka_bootstrap:
+        run_worker(settings, settings.kafka_bootstrap)
+        return
+    with EmbeddedBroker(settings.data_path) as embedded:
+        write_broker_file(settings, embedded.bootstrap)
+        _create_topics(settings, embedded.bootstrap)
+        run_worker(settings, embedded.bootstrap)
+
+
+@cli.command()
+@_fail_cleanly
+def worker() -> None:
+    """The Faust worker only; start several with one consumer group to scale out."""
+    from bastionary.worker.run import run_worker
+
+    settings = _settings()
+    bootstrap = resolve_bootstrap(settings)
+    _create_topics(settings, bootstrap)
+    run_worker(settings, bootstrap)
+
+
+def _create_topics(settings: Settings, bootstrap: str) -> None:
+    from bastionary.kafka import ensure_topics
+
+    topics = Topics(settings.topic_prefix)
+    asyncio.run(
+        ensure_topics(
+            bootstrap, [topics.usage_events, topics.usage_dlq], settings.usage_partitions, settings.topic_replication
+        )
+    )
+
+
+@cli.command()
+@click.argument("source", default="-", type=click.File("rb"))
+@click.option("--topic", default=None, help="Topic (default: <prefix>usage.events).")
+@click.option("--events-per-record", default=1, show_default=True, help="Pack N events into one batch record.")
+@_fail_cleanly
+def produce(source, topic: str | None, events_per_record: int) -> None:
+    """Publish events from JSON Lines (a file or - for stdin)."""
+    from bastionary.kafka import UsageProducer
+
+    settings = _settings()
+    bootstrap = resolve_bootstrap(settings)
+    topic = topic or Topics(settings.topic_prefix).usage_events
+
+    async def publish() -> tuple[int, int]:
+        records = events = 0
+        pending: list = []
+        async with UsageProducer(bootstrap) as producer:
+            for line_no, line in enumerate(source, 1):
+                if not line.strip():
+                    continue
+                try:
+                    payload = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise click.ClickException(f"line {line_no}: not JSON: {exc}") from None
+                if events_per_record > 1 and isinstance(payload, dict):
+                    pending.append(payload)
+                    if len(pending) < events_per_record:
+                        continue
+                    payload, pending = pending, []
+                await producer.send(topic, payload)
+                records += 1
+                events += len(payload) if isinstance(payload, list) else 1
+            if pending:
+                await producer.send(topic, pending)
+                records += 1
+                events += len(pending)
+            await producer.flush()
+        return records, events
+
+    records, events = asyncio.run(publish())
+    click.echo(f"published {events} events in {records} records to {topic}")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 time: {value}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _reader_client(settings: Settings):
+    try:
+        return connect_clickhouse(settings, role="reader").client
+    except Exception as exc:  # a locked chdb dir with no gateway, an unreachable server
+        raise click.ClickException(f"cannot open ClickHouse: {exc}") from None
+
+
+def _emit(columns: list[str], rows: list[list], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(orjson.dumps([dict(zip(columns, r)) for r in rows], default=str, option=orjson.OPT_INDENT_2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console(width=200).print(table)
+
+
+@cli.command()
+@click.argument("meter")
+@click.option("--customer", default=None)
+@click.option("--from", "start", default=None, help="Inclusive start, ISO 8601 (UTC if no offset).")
+@click.option("--to", "end", default=None, help="Exclusive end, ISO 8601.")
+@click.option("--window", type=click.Choice(["MINUTE", "HOUR", "DAY"], case_sensitive=False), default=None)
+@click.option("--group-by", multiple=True, help="A dimension of the meter; repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def usage(meter, customer, start, end, window, group_by, fmt) -> None:
+    """Meter totals per customer (and group, and window)."""
+    settings = _settings()
+    try:
+        definition = load_catalog(settings.catalog).meter(meter)
+        sql, params = usage_query(definition, customer, _parse_time(start), _parse_time(end), window, list(group_by))
+    except (CatalogError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip('"')) from None
+    result = _reader_client(settings).query(sql, parameters=params)
+    rows = [
+        [customer_id, ws.replace(tzinfo=timezone.utc).isoformat(), we.replace(tzinfo=timezone.utc).isoformat(), grp, _number(value)]
+        for customer_id, ws, we, grp, value in result.result_rows
+    ]
+    _emit(["customer_id", "window_start", "window_end", "group", "value"], rows, fmt)
+
+
+def _number(value):
+    """Decimal to a JSON-safe exact string with no trailing zeros."""
+    if value is None:
+        return None
+    text = format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
+    return text
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def sql(query: str, fmt: str) -> None:
+    """Run a read-only query (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)."""
+    if not is_read_only(query):
+        raise click.ClickException("only one read-only statement is allowed (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)")
+    settings = _settings()
+    client = _reader_client(settings)
+    try:
+        result = client.query(query, settings={"readonly": 2} if not settings.embedded_clickhouse else None)
+    except Exception as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    rows = [[_jsonable(v) for v in row] for row in result.result_rows]
+    _emit(list(result.column_names), rows, fmt)
+
+
+def _jsonable(value):
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+    if hasattr(value, "normalize") and hasattr(value, "as_tuple"):
+        return _number(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    cli(prog_name="bastionary")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())

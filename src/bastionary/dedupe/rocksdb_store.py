@@ -1,0 +1,77 @@
+"""The dedupe cache on local disk (RocksDB through rocksdict), so 1M+ keys stay off-heap.
+
+Layout, all keys bytes:
+  k<topic>\0<partition>\0<json [source, id]>  -> offset, index, seen_at, payload digest
+  h<topic>\0<partition>                        -> highest offset whose keys are all written
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+from rocksdict import Options, Rdict, WriteBatch
+
+from bastionary.dedupe import Sighting
+
+_VALUE = struct.Struct(">qIq16s")
+_HWM = struct.Struct(">q")
+
+
+class RocksDedupeStore:
+    def __init__(self, path: Path, horizon_seconds: int):
+        path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_write_buffer_size(32 * 1024 * 1024)
+        self._db = Rdict(str(path), options)
+        self.horizon_seconds = horizon_seconds
+
+    @staticmethod
+    def _scope(topic: str, partition: int) -> bytes:
+        return f"{topic}\0{partition}\0".encode()
+
+    def key(self, topic: str, partition: int, source: str, event_id: str) -> bytes:
+        return b"k" + self._scope(topic, partition) + orjson.dumps((source, event_id))
+
+    def get(self, key: bytes, now: int) -> Sighting | None:
+        raw = self._db.get(key)
+        if raw is None:
+            return None
+        offset, index, seen_at, digest = _VALUE.unpack(raw)
+        if seen_at < now - self.horizon_seconds:
+            return None  # outside the horizon: a new event for all purposes
+        return Sighting(offset, index, seen_at, digest)
+
+    def record(self, topic: str, partition: int, entries: Iterable[tuple[bytes, Sighting]], through_offset: int) -> None:
+        """Write the keys and advance the high-water mark in one atomic batch."""
+        batch = WriteBatch(raw_mode=True)
+        for key, s in entries:
+            batch.put(key, _VALUE.pack(s.offset, s.index, s.seen_at, s.payload_hash))
+        batch.put(b"h" + self._scope(topic, partition), _HWM.pack(through_offset))
+        self._db.write(batch)
+
+    def high_water(self, topic: str, partition: int) -> int | None:
+        raw = self._db.get(b"h" + self._scope(topic, partition))
+        return None if raw is None else _HWM.unpack(raw)[0]
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        scope = self._scope(topic, partition)
+        self._db.delete_range(b"k" + scope, b"k" + scope + b"\xff")
+        self._db.delete(b"h" + scope)
+
+    def purge_expired(self, now: int | None = None) -> int:
+        """Drop keys older than the horizon; returns how many. Run it off the hot path."""
+        cutoff = (now or int(time.time())) - self.horizon_seconds
+        expired = [k for k, v in self._db.items(from_key=b"k") if k[:1] == b"k" and _VALUE.unpack(v)[2] < cutoff]
+        batch = WriteBatch(raw_mode=True)
+        for key in expired:
+            batch.delete(key)
+        self._db.write(batch)
+        return len(expired)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,29 @@
+"""Prometheus metrics, served at ``/metrics`` by the worker's web server."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECORDS_RECEIVED = Counter(
+    "bastionary_usage_records_received", "Kafka records read from usage.events", registry=REGISTRY
+)
+EVENTS_ACCEPTED = Counter(
+    "bastionary_usage_events_accepted", "Events stored and counted (first sightings)", registry=REGISTRY
+)
+EVENTS_DUPLICATE = Counter(
+    "bastionary_usage_events_duplicate", "Events dropped as repeats of (source, id)", registry=REGISTRY
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "bastionary_usage_dead_lettered", "Records or events sent to usage.dlq", ["error_class"], registry=REGISTRY
+)
+FLUSH_SECONDS = Histogram(
+    "bastionary_usage_flush_seconds",
+    "Time to land one flush in ClickHouse",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "bastionary_usage_consumer_lag", "Records not yet landed, per partition", ["topic", "partition"], registry=REGISTRY
+)

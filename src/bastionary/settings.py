@@ -1,0 +1,159 @@
+"""Runtime configuration: read once from the environment, validated at start-up.
+
+Every variable carries the prefix ``BASTIONARY_``. Nothing else in the package reads the
+environment; code receives a :class:`Settings` instance instead.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def parse_iso_duration(value: Any) -> timedelta:
+    """Parse a fixed-length ISO 8601 duration (weeks, days, hours, minutes, seconds).
+
+    Months and years have no fixed length, so they are rejected here; billing intervals
+    that need calendar months are parsed by the catalog instead.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=value)
+    text = str(value).strip().upper()
+    match = _ISO_DURATION.match(text)
+    if not match or text in ("P", "PT") or text.endswith("T"):
+        raise ValueError(f"not a fixed ISO 8601 duration (e.g. P35D, PT5M): {value!r}")
+    parts = {k: float(v) for k, v in match.groupdict().items() if v}
+    return timedelta(**parts)
+
+
+IsoDuration = Annotated[timedelta, BeforeValidator(parse_iso_duration)]
+
+
+def format_iso_duration(value: timedelta) -> str:
+    total = value.total_seconds()
+    days, rest = divmod(int(total), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, _ = divmod(rest, 60)
+    secs = round(total - days * 86400 - hours * 3600 - minutes * 60, 6)
+    secs_text = f"{secs:g}" if secs else ""
+    time_part = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M")) if n) + (f"{secs_text}S" if secs_text else "")
+    return "P" + (f"{days}D" if days else "") + (f"T{time_part}" if time_part else "" if days else "T0S")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BASTIONARY_", extra="ignore", validate_default=True)
+
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Kafka bootstrap servers; unset starts the embedded broker."
+    )
+    clickhouse_dsn: SecretStr | None = Field(
+        default=None,
+        description="chdb:///dir for in-process ClickHouse, or http(s)://user:pass@host:8123/db.",
+    )
+    clickhouse_database: str | None = Field(
+        default=None, description="Database name; defaults to the DSN path, else 'bastionary'."
+    )
+    catalog: Path | None = Field(default=None, description="Path to the catalog YAML.")
+    data_dir: Path = Field(default=Path(".bastionary"))
+    topic_prefix: str = ""
+    dedupe_horizon: IsoDuration = Field(default=timedelta(days=35))
+    max_future_skew: IsoDuration = Field(default=timedelta(minutes=5))
+    max_record_bytes: int = Field(default=1_048_576, gt=0)
+    usage_partitions: int = Field(default=4, gt=0)
+    topic_replication: int = Field(default=1, gt=0)
+    flush_interval: IsoDuration = Field(default=timedelta(milliseconds=250))
+    flush_max_events: int = Field(default=20_000, gt=0)
+    consumer_group: str = "bastionary"
+    worker_id: str | None = None
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    query_host: str = "127.0.0.1"
+    query_port: int = Field(default=0, ge=0, le=65535, description="embedded query gateway; 0 = free port")
+    query_reader_password: SecretStr | None = None
+    query_writer_password: SecretStr | None = None
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+            raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _dsn_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = urlsplit(value.get_secret_value()).scheme
+            if scheme not in ("chdb", "http", "https"):
+                raise ValueError("scheme must be chdb://, http:// or https://")
+        return value
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    def clickhouse_url(self) -> str:
+        """The effective DSN, secret included: pass it to the client, never to a log."""
+        if self.clickhouse_dsn is not None:
+            return self.clickhouse_dsn.get_secret_value()
+        return f"chdb://{self.data_path / 'clickhouse'}"
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url().startswith("chdb:")
+
+    @property
+    def database(self) -> str:
+        if self.clickhouse_database:
+            return self.clickhouse_database
+        parts = urlsplit(self.clickhouse_url())
+        if parts.scheme in ("http", "https") and parts.path.strip("/"):
+            return parts.path.strip("/").split("/")[0]
+        return "bastionary"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration with every secret masked, for `config --validate`."""
+        out = self.model_dump(mode="json")
+        parts = urlsplit(self.clickhouse_url())
+        if parts.password:
+            netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+            parts = parts._replace(netloc=netloc)
+        out["clickhouse_dsn"] = urlunsplit(parts) if parts.netloc else self.clickhouse_url()
+        for key in ("query_reader_password", "query_writer_password"):
+            out[key] = "***" if getattr(self, key) else None
+        for key in ("dedupe_horizon", "max_future_skew", "flush_interval"):
+            out[key] = format_iso_duration(getattr(self, key))
+        return out
+
+
+class ConfigError(Exception):
+    """Raised with every configuration problem listed, not just the first."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = [
+            f"BASTIONARY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        ]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""Storage: ClickHouse through clickhouse-connect, in-process (chdb://) or a server (http://)."""

@@ -1,0 +1,158 @@
+"""The Faust app factory: topics, the usage agent, the flush timer and the web views."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+import faust
+import structlog
+from aiohttp.web import Response
+from prometheus_client import generate_latest
+
+from bastionary import metrics
+from bastionary.metering.sink import DeadLetter, FlushStats, InboundRecord, UsageSink
+from bastionary.settings import Settings
+from bastionary.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+
+def broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+
+
+def create_app(settings: Settings, bootstrap: str, sink_factory, on_started=None) -> faust.App:
+    """Build the worker's app. ``sink_factory(send_dead_letters)`` opens storage lazily, at start."""
+    topics = Topics(settings.topic_prefix)
+    worker_id = settings.worker_id or f"worker-{os.getpid()}"
+    app = faust.App(
+        settings.consumer_group,
+        broker=broker_url(bootstrap),
+        autodiscover=False,
+        datadir=str(settings.data_path / "faust" / worker_id),
+        store="memory://",
+        topic_partitions=settings.usage_partitions,
+        topic_replication_factor=settings.topic_replication,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        broker_max_poll_records=2000,
+        stream_buffer_maxsize=16384,
+        web_enabled=settings.web_port != 0,
+        web_host=settings.web_host,
+        web_port=settings.web_port or 6066,
+        web_in_thread=False,
+    )
+    usage_topic = app.topic(
+        topics.usage_events,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.usage_partitions,
+    )
+    dlq_topic = app.topic(
+        topics.usage_dlq, key_serializer="raw", value_serializer="raw", partitions=settings.usage_partitions
+    )
+
+    async def send_dead_letters(letters: list[DeadLetter]) -> None:
+        pending = [
+            await dlq_topic.send(key=letter.key, value=letter.value, headers=letter.headers) for letter in letters
+        ]
+        await asyncio.gather(*pending)  # delivered before the flush goes on
+
+    def record_stats(topic: str, partition: int, stats: FlushStats) -> None:
+        metrics.EVENTS_ACCEPTED.inc(stats.accepted)
+        metrics.EVENTS_DUPLICATE.inc(stats.duplicates)
+        for code, count in stats.by_error.items():
+            metrics.EVENTS_DEAD_LETTERED.labels(code).inc(count)
+
+    state: dict = {"sink": None, "stream": None}
+    flush_needed = asyncio.Event()
+    max_buffer = settings.flush_max_events
+
+    def sink() -> UsageSink:
+        if state["sink"] is None:
+            state["sink"] = sink_factory(send_dead_letters, record_stats)
+        return state["sink"]
+
+    async def flush_once() -> None:
+        started = time.perf_counter()
+        landed = await sink().flush()
+        if landed:
+            metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+            stream = state["stream"]
+            for record in landed:
+                await stream.ack(record.handle)
+
+    @app.agent(usage_topic, name="usage-ingest")
+    async def usage_ingest(stream):
+        stream = stream.noack()
+        state["stream"] = stream
+        usage_sink = sink()
+        async for event in stream.events():
+            message = event.message
+            metrics.RECORDS_RECEIVED.inc()
+            record = InboundRecord(
+                message.topic,
+                message.partition,
+                message.offset,
+                int(message.timestamp * 1000) if message.timestamp else int(time.time() * 1000),
+                message.key,
+                message.value,
+                list(message.headers or ()),
+                event,
+            )
+            if not await usage_sink.admit(record):
+                await stream.ack(event)
+                continue
+            buffered = usage_sink.buffered()
+            if buffered >= max_buffer:
+                flush_needed.set()
+            if buffered >= 4 * max_buffer:
+                await flush_once()  # backpressure: stop reading until the backlog lands
+
+    @app.task
+    async def flusher() -> None:
+        if on_started is not None:
+            await on_started(app)
+        interval = settings.flush_interval.total_seconds()
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(flush_needed.wait(), timeout=interval)
+            flush_needed.clear()
+            if state["stream"] is None:
+                continue
+            try:
+                await flush_once()
+            except Exception:
+                # The buffers are kept unacked; the worker stops so a restart replays them.
+                log.exception("flush failed; stopping the worker so a restart can replay")
+                await app.crash(RuntimeError("usage flush failed"))
+                return
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        if state["sink"] is not None:
+            await state["sink"].release([(tp.topic, tp.partition) for tp in revoked])
+
+    @app.page("/metrics")
+    async def metrics_view(web, request):
+        usage_sink = state["sink"]
+        if usage_sink is not None and app.consumer is not None:
+            for (topic, partition), done in usage_sink.last_landed().items():
+                with contextlib.suppress(Exception):
+                    high = app.consumer.highwater(faust.types.TP(topic, partition))
+                    metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, (high or 0) - done - 1))
+        return Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain")
+
+    @app.page("/healthz")
+    async def health_view(web, request):
+        return web.json({"status": "ok", "worker_id": worker_id})
+
+    app.bastionary_worker_id = worker_id
+    return app

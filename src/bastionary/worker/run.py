@@ -1,0 +1,87 @@
+"""Starting a worker process: storage first (migrations, dedupe cache), then Faust."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import faust
+import structlog
+
+from bastionary.catalog import load_catalog
+from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.metering.readings import MeterIndex
+from bastionary.metering.sink import SinkConfig, UsageSink
+from bastionary.runtime import connect_clickhouse
+from bastionary.settings import Settings
+from bastionary.storage.clickhouse import UsageStore, gateway_file
+from bastionary.worker.app import create_app
+
+log = structlog.get_logger(__name__)
+
+
+def gateway_credentials(settings: Settings):
+    from bastionary.storage.http_gateway import GatewayCredentials
+
+    def secret(value) -> str:
+        return value.get_secret_value() if value is not None else secrets.token_urlsafe(18)
+
+    return GatewayCredentials(
+        reader_user="reader",
+        reader_password=secret(settings.query_reader_password),
+        writer_user="writer",
+        writer_password=secret(settings.query_writer_password),
+    )
+
+
+def run_worker(settings: Settings, bootstrap: str) -> None:
+    """Run one Faust worker until it is stopped (SIGTERM/SIGINT); blocks."""
+    catalog = load_catalog(settings.catalog)
+    handle = connect_clickhouse(settings, role="writer")
+    store = UsageStore(handle.client)
+    store.migrate()
+    worker_id = settings.worker_id or f"worker-{os.getpid()}"
+    settings = settings.model_copy(update={"worker_id": worker_id})
+    dedupe = RocksDedupeStore(
+        settings.data_path / "dedupe" / worker_id, int(settings.dedupe_horizon.total_seconds())
+    )
+    config = SinkConfig(
+        worker_id=worker_id,
+        max_record_bytes=settings.max_record_bytes,
+        max_future_skew=settings.max_future_skew,
+        dedupe_horizon=settings.dedupe_horizon,
+    )
+
+    def sink_factory(send_dead_letters, on_flushed) -> UsageSink:
+        return UsageSink(store, dedupe, MeterIndex(catalog), send_dead_letters, config, on_flushed)
+
+    gateway_path: Path | None = None
+    on_started = None
+    if handle.in_process:
+        from bastionary.storage.http_gateway import QueryGateway, write_gateway_file
+
+        credentials = gateway_credentials(settings)
+        gateway = QueryGateway(handle.client, credentials, database=settings.database)
+        gateway_path = gateway_file(settings.data_path)
+
+        async def on_started(app) -> None:
+            port = await gateway.start(settings.query_host, settings.query_port)
+            write_gateway_file(gateway_path, settings.query_host, port, credentials, settings.database)
+            log.info("query gateway serving", url=f"http://{settings.query_host}:{port}", database=settings.database)
+
+    app = create_app(settings, bootstrap, sink_factory, on_started=on_started)
+    log.info(
+        "worker starting",
+        worker_id=worker_id,
+        bootstrap=bootstrap,
+        clickhouse=handle.dsn_description,
+        meters=len(catalog.meters),
+    )
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if gateway_path is not None:
+            gateway_path.unlink(missing_ok=True)
+        dedupe.close()
