@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS usage_events
     payload_hash     String,
     ingested_at      DateTime64(3, 'UTC'),
     ingest_topic     LowCardinality(String),
+    ingest_epoch     UInt64,
     ingest_partition UInt32,
     ingest_offset    UInt64,
     ingest_index     UInt32

@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS usage_rollup_1m
     meter         LowCardinality(String),
     customer_id   String,
     group_key     String,
-    group_values  Map(String, String),
+    group_values  SimpleAggregateFunction(any, Map(String, String)),  -- follows group_key
     window_start  DateTime('UTC'),
     value_sum     SimpleAggregateFunction(sum, Decimal(38, 9)),
     event_count   SimpleAggregateFunction(sum, UInt64),

@@ -104,7 +104,17 @@ def parse_catalog(document: Any, origin: str = "catalog") -> Catalog:
         return Catalog.model_validate(document or {})
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        duplicates = _duplicate_meter_keys(document)
+        if duplicates and not any("duplicate meter keys" in line for line in lines):
+            # pydantic skips the list validator once a member fails; report duplicates anyway.
+            lines.append(f"meters: duplicate meter keys: {', '.join(duplicates)}")
         raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def _duplicate_meter_keys(document: Any) -> list[str]:
+    meters = document.get("meters") if isinstance(document, dict) else None
+    keys = [m.get("key") for m in meters or [] if isinstance(m, dict) and isinstance(m.get("key"), str)]
+    return sorted({k for k in keys if keys.count(k) > 1})
 
 
 def load_catalog(path: Path | None) -> Catalog:

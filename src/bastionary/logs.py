@@ -25,4 +25,5 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     # Faust, aiokafka and mode log through the standard library; keep them to warnings.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    stdlib_level = logging.INFO if level == "DEBUG" else logging.WARNING
+    logging.basicConfig(level=stdlib_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from bastionary.settings import Settings
-from bastionary.storage.clickhouse import DataDirLocked, gateway_file, open_client
+from bastionary.storage.clickhouse import gateway_file, open_client
 
 
 class NoBroker(RuntimeError):
@@ -24,35 +25,41 @@ def broker_file(settings: Settings) -> Path:
     return settings.data_path / "broker.json"
 
 
-def write_broker_file(settings: Settings, bootstrap: str) -> None:
+@dataclass(frozen=True)
+class KafkaTarget:
+    bootstrap: str
+    log_epoch: int  # an embedded broker starts empty, so each start is a new epoch
+
+
+def write_broker_file(settings: Settings, target: KafkaTarget) -> None:
     path = broker_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"bootstrap": bootstrap, "pid": os.getpid()}))
+    tmp.write_text(json.dumps({"bootstrap": target.bootstrap, "log_epoch": target.log_epoch, "pid": os.getpid()}))
     tmp.replace(path)
 
 
-def running_broker(settings: Settings) -> str | None:
-    """The bootstrap of the embedded broker started from this data dir, if it is still up."""
+def running_broker(settings: Settings) -> KafkaTarget | None:
+    """The embedded broker started from this data dir, if its process is still up."""
     path = broker_file(settings)
     try:
         info = json.loads(path.read_text())
         os.kill(info["pid"], 0)
+        return KafkaTarget(info["bootstrap"], int(info["log_epoch"]))
     except (OSError, ValueError, KeyError):
         return None
-    return info["bootstrap"]
 
 
-def resolve_bootstrap(settings: Settings) -> str:
+def resolve_kafka(settings: Settings) -> KafkaTarget:
     if settings.kafka_bootstrap:
-        return settings.kafka_bootstrap
-    bootstrap = running_broker(settings)
-    if bootstrap is None:
+        return KafkaTarget(settings.kafka_bootstrap, settings.kafka_log_epoch or 0)
+    target = running_broker(settings)
+    if target is None:
         raise NoBroker(
             "no Kafka: set BASTIONARY_KAFKA_BOOTSTRAP, or start `bastionary run` / `bastionary broker` "
             f"with the same data dir ({settings.data_path})"
         )
-    return bootstrap
+    return target
 
 
 @dataclass
@@ -62,19 +69,25 @@ class ClickHouseHandle:
     dsn_description: str
 
 
+def _gateway_alive(info: dict) -> bool:
+    try:
+        with socket.create_connection((info["host"], int(info["port"])), timeout=1.0):
+            return True
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 def connect_clickhouse(settings: Settings, role: str = "writer") -> ClickHouseHandle:
     """Open ClickHouse: in-process chdb, the holder's gateway if chdb is taken, or a server."""
     from bastionary.storage.http_gateway import gateway_dsn, read_gateway_file
 
     dsn = settings.clickhouse_url()
-    if dsn.startswith("chdb:"):
-        try:
-            client = open_client(dsn, settings.database, create=True)
-            return ClickHouseHandle(client, True, f"chdb:{dsn[5:]}")
-        except DataDirLocked:
-            info = read_gateway_file(gateway_file(settings.data_path))
-            if info is None:
-                raise
-            client = open_client(gateway_dsn(info, role), info.get("database") or settings.database)
-            return ClickHouseHandle(client, False, f"gateway http://{info['host']}:{info['port']}")
-    return ClickHouseHandle(open_client(dsn, settings.database, create=role == "writer"), False, "server")
+    if not dsn.startswith("chdb:"):
+        return ClickHouseHandle(open_client(dsn, settings.database, create=role == "writer"), False, "server")
+    info = read_gateway_file(gateway_file(settings.data_path))
+    if info is not None and _gateway_alive(info):
+        # A running worker holds the chdb directory; chdb admits one process per directory.
+        client = open_client(gateway_dsn(info, role), info.get("database") or settings.database)
+        return ClickHouseHandle(client, False, f"gateway http://{info['host']}:{info['port']}")
+    client = open_client(dsn, settings.database, create=True)
+    return ClickHouseHandle(client, True, f"chdb:{dsn[5:]}")

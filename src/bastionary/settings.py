@@ -48,7 +48,7 @@ def format_iso_duration(value: timedelta) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, _ = divmod(rest, 60)
     secs = round(total - days * 86400 - hours * 3600 - minutes * 60, 6)
-    secs_text = f"{secs:g}" if secs else ""
+    secs_text = f"{secs:.6f}".rstrip("0").rstrip(".") if secs else ""
     time_part = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M")) if n) + (f"{secs_text}S" if secs_text else "")
     return "P" + (f"{days}D" if days else "") + (f"T{time_part}" if time_part else "" if days else "T0S")
 
@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     clickhouse_database: str | None = Field(
         default=None, description="Database name; defaults to the DSN path, else 'bastionary'."
     )
+    kafka_log_epoch: int | None = Field(
+        default=None,
+        ge=0,
+        description="Raise it after deleting and recreating usage topics, so offsets from 0 count as new. "
+        "The embedded broker sets its own (its topics live in memory).",
+    )
     catalog: Path | None = Field(default=None, description="Path to the catalog YAML.")
     data_dir: Path = Field(default=Path(".bastionary"))
     topic_prefix: str = ""
@@ -77,6 +83,11 @@ class Settings(BaseSettings):
     flush_interval: IsoDuration = Field(default=timedelta(milliseconds=250))
     flush_max_events: int = Field(default=20_000, gt=0)
     consumer_group: str = "bastionary"
+    kafka_session_timeout: IsoDuration = Field(
+        default=timedelta(seconds=10),
+        description="Consumer group session timeout: how soon a dead worker's partitions move. "
+        "Some brokers (Tansu) also hold a group join for half of it.",
+    )
     worker_id: str | None = None
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -135,12 +146,12 @@ class Settings(BaseSettings):
         out = self.model_dump(mode="json")
         parts = urlsplit(self.clickhouse_url())
         if parts.password:
-            netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+            netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
             parts = parts._replace(netloc=netloc)
         out["clickhouse_dsn"] = urlunsplit(parts) if parts.netloc else self.clickhouse_url()
         for key in ("query_reader_password", "query_writer_password"):
             out[key] = "***" if getattr(self, key) else None
-        for key in ("dedupe_horizon", "max_future_skew", "flush_interval"):
+        for key in ("dedupe_horizon", "max_future_skew", "flush_interval", "kafka_session_timeout"):
             out[key] = format_iso_duration(getattr(self, key))
         return out
 

@@ -15,7 +15,7 @@ import orjson
 
 from bastionary.catalog import CatalogError, load_catalog
 from bastionary.logs import configure_logging
-from bastionary.runtime import NoBroker, connect_clickhouse, resolve_bootstrap, write_broker_file
+from bastionary.runtime import KafkaTarget, NoBroker, connect_clickhouse, resolve_kafka, write_broker_file
 from bastionary.settings import ConfigError, Settings, load_settings
 from bastionary.storage.queries import is_read_only, usage_query
 from bastionary.topics import Topics
@@ -71,7 +71,7 @@ def broker(port: int | None) -> None:
 
     settings = _settings()
     with EmbeddedBroker(settings.data_path, port) as embedded:
-        write_broker_file(settings, embedded.bootstrap)
+        write_broker_file(settings, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
         click.echo(f"broker ready: {embedded.bootstrap} (Ctrl-C stops it)")
         _wait_for_signal()
 
@@ -94,12 +94,15 @@ def run() -> None:
     settings = _settings()
     load_catalog(settings.catalog)  # fail before anything starts
     if settings.kafka_bootstrap:
-        run_worker(settings, settings.kafka_bootstrap)
+        target = resolve_kafka(settings)
+        _create_topics(settings, target.bootstrap)
+        run_worker(settings, target)
         return
     with EmbeddedBroker(settings.data_path) as embedded:
-        write_broker_file(settings, embedded.bootstrap)
-        _create_topics(settings, embedded.bootstrap)
-        run_worker(settings, embedded.bootstrap)
+        target = KafkaTarget(embedded.bootstrap, embedded.started_at_ms)
+        write_broker_file(settings, target)
+        _create_topics(settings, target.bootstrap)
+        run_worker(settings, target)
 
 
 @cli.command()
@@ -109,9 +112,9 @@ def worker() -> None:
     from bastionary.worker.run import run_worker
 
     settings = _settings()
-    bootstrap = resolve_bootstrap(settings)
-    _create_topics(settings, bootstrap)
-    run_worker(settings, bootstrap)
+    target = resolve_kafka(settings)
+    _create_topics(settings, target.bootstrap)
+    run_worker(settings, target)
 
 
 def _create_topics(settings: Settings, bootstrap: str) -> None:
@@ -135,7 +138,7 @@ def produce(source, topic: str | None, events_per_record: int) -> None:
     from bastionary.kafka import UsageProducer
 
     settings = _settings()
-    bootstrap = resolve_bootstrap(settings)
+    bootstrap = resolve_kafka(settings).bootstrap
     topic = topic or Topics(settings.topic_prefix).usage_events
 
     async def publish() -> tuple[int, int]:

@@ -21,6 +21,11 @@ class Sighting:
     index: int
     seen_at: int  # broker timestamp, seconds since the epoch
     payload_hash: bytes
+    log_epoch: int = 0  # which incarnation of the topic (see Settings.kafka_log_epoch)
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        return (self.log_epoch, self.offset, self.index)
 
 
 class Verdict(Enum):
@@ -30,9 +35,9 @@ class Verdict(Enum):
 
 
 def judge(previous: Sighting | None, current: Sighting) -> Verdict:
-    if previous is None or (previous.offset, previous.index) == (current.offset, current.index):
+    if previous is None or previous.position == current.position:
         return Verdict.NEW
-    if (previous.offset, previous.index) > (current.offset, current.index):
+    if previous.position > current.position:
         # Only possible if the cache outlived a reset database; treat the present record as first.
         return Verdict.NEW
     return Verdict.DUPLICATE if previous.payload_hash == current.payload_hash else Verdict.CONFLICT

@@ -1,8 +1,11 @@
 """The dedupe cache on local disk (RocksDB through rocksdict), so 1M+ keys stay off-heap.
 
 Layout, all keys bytes:
-  k<topic>\0<partition>\0<json [source, id]>  -> offset, index, seen_at, payload digest
-  h<topic>\0<partition>                        -> highest offset whose keys are all written
+  k<topic>\0<partition>\0<json [source, id]>  -> offset, index, seen_at, payload digest, log epoch
+  h<topic>\0<partition>                        -> (epoch, offset) through which all keys are written
+
+Keys are not scoped by epoch: a topic recreated under the same name (a restarted embedded
+broker) still recognises events counted before.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from bastionary.dedupe import Sighting
 
-_VALUE = struct.Struct(">qIq16s")
-_HWM = struct.Struct(">q")
+_VALUE = struct.Struct(">qIq16sq")
+_HWM = struct.Struct(">qq")
 
 
 class RocksDedupeStore:
@@ -41,22 +44,30 @@ class RocksDedupeStore:
         raw = self._db.get(key)
         if raw is None:
             return None
-        offset, index, seen_at, digest = _VALUE.unpack(raw)
+        offset, index, seen_at, digest, epoch = _VALUE.unpack(raw)
         if seen_at < now - self.horizon_seconds:
             return None  # outside the horizon: a new event for all purposes
-        return Sighting(offset, index, seen_at, digest)
+        return Sighting(offset, index, seen_at, digest, epoch)
 
-    def record(self, topic: str, partition: int, entries: Iterable[tuple[bytes, Sighting]], through_offset: int) -> None:
-        """Write the keys and advance the high-water mark in one atomic batch."""
+    def record(
+        self,
+        topic: str,
+        partition: int,
+        entries: Iterable[tuple[bytes, Sighting]],
+        through_offset: int,
+        epoch: int = 0,
+    ) -> None:
+        """Write the keys and advance the epoch's high-water mark in one atomic batch."""
         batch = WriteBatch(raw_mode=True)
         for key, s in entries:
-            batch.put(key, _VALUE.pack(s.offset, s.index, s.seen_at, s.payload_hash))
-        batch.put(b"h" + self._scope(topic, partition), _HWM.pack(through_offset))
+            batch.put(key, _VALUE.pack(s.offset, s.index, s.seen_at, s.payload_hash, s.log_epoch))
+        batch.put(b"h" + self._scope(topic, partition), _HWM.pack(epoch, through_offset))
         self._db.write(batch)
 
-    def high_water(self, topic: str, partition: int) -> int | None:
+    def high_water(self, topic: str, partition: int) -> tuple[int, int] | None:
+        """The (epoch, offset) through which this cache holds every key, if any."""
         raw = self._db.get(b"h" + self._scope(topic, partition))
-        return None if raw is None else _HWM.unpack(raw)[0]
+        return None if raw is None else _HWM.unpack(raw)
 
     def forget_partition(self, topic: str, partition: int) -> None:
         scope = self._scope(topic, partition)
@@ -65,7 +76,7 @@ class RocksDedupeStore:
 
     def purge_expired(self, now: int | None = None) -> int:
         """Drop keys older than the horizon; returns how many. Run it off the hot path."""
-        cutoff = (now or int(time.time())) - self.horizon_seconds
+        cutoff = (now if now is not None else int(time.time())) - self.horizon_seconds
         expired = [k for k, v in self._db.items(from_key=b"k") if k[:1] == b"k" and _VALUE.unpack(v)[2] < cutoff]
         batch = WriteBatch(raw_mode=True)
         for key in expired:

@@ -50,6 +50,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.log_path = data_dir / "logs" / "broker.log"
         self._process: subprocess.Popen | None = None
+        self.started_at_ms = 0
 
     @property
     def bootstrap(self) -> str:
@@ -59,6 +60,7 @@ class EmbeddedBroker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"
         command = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        self.started_at_ms = int(time.time() * 1000)
         log_file = self.log_path.open("ab")
         self._process = subprocess.Popen(
             command,

@@ -14,7 +14,7 @@ from hashlib import blake2b
 from typing import Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from bastionary.ingest.errors import ErrorClass, Rejection
 
@@ -35,6 +35,16 @@ class UsageEvent(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     datacontenttype: StrictStr | None = None
     dataschema: StrictStr | None = None
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: Any) -> Any:
+        # pydantic would read 1714564740 as a Unix time; the contract is RFC 3339 text.
+        if isinstance(value, datetime):
+            return value
+        if not isinstance(value, str) or value.strip().lstrip("+-").replace(".", "").isdigit():
+            raise ValueError("must be an RFC 3339 timestamp string")
+        return value
 
 
 @dataclass(slots=True)

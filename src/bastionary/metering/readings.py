@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -15,6 +15,7 @@ from bastionary.ingest.jsonpath import MISSING, extract
 
 VALUE_QUANTUM = Decimal("0.000000001")  # Decimal(38, 9) in ClickHouse
 VALUE_LIMIT = Decimal("1e29")  # 38 digits minus the 9 fractional ones
+_CONTEXT = Context(prec=38)
 
 Group = tuple[tuple[str, str], ...]
 
@@ -81,19 +82,19 @@ def numeric_value(meter: Meter, raw: Any) -> Decimal:
         value = Decimal(str(raw).strip())
     except InvalidOperation:
         value = Decimal("NaN")
-    if not value.is_finite() or abs(value) >= VALUE_LIMIT:
+    if not value.is_finite() or value.copy_abs() >= VALUE_LIMIT:
         raise Rejection(
             ErrorClass.INVALID_METER_VALUE,
             f"meter {meter.key}: {meter.value_property} is not a finite number below 1e29: {raw!r}",
         )
-    return value.quantize(VALUE_QUANTUM, rounding=ROUND_HALF_EVEN)
+    return value.quantize(VALUE_QUANTUM, rounding=ROUND_HALF_EVEN, context=_CONTEXT)
 
 
 def unique_value(meter: Meter, raw: Any) -> str:
     if isinstance(raw, str) and raw:
         return raw
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return str(numeric_value(meter, raw).normalize())
+        return format(numeric_value(meter, raw).normalize(_CONTEXT), "f")
     raise Rejection(
         ErrorClass.INVALID_METER_VALUE,
         f"meter {meter.key}: {meter.value_property} must be a non-empty string or a number: "

@@ -83,9 +83,11 @@ class _Plan:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     stats: FlushStats = field(default_factory=FlushStats)
 
+    log_epoch: int = 0
+
     @property
     def token(self) -> str:
-        return f"{self.topic}/{self.partition}/{self.first_offset}-{self.last_offset}"
+        return f"{self.topic}/{self.partition}@{self.log_epoch}/{self.first_offset}-{self.last_offset}"
 
 
 @dataclass
@@ -98,6 +100,7 @@ class _PartitionState:
 @dataclass(frozen=True)
 class SinkConfig:
     worker_id: str
+    log_epoch: int
     max_record_bytes: int
     max_future_skew: timedelta
     dedupe_horizon: timedelta
@@ -150,17 +153,22 @@ class UsageSink:
     # -- recovery ------------------------------------------------------------------------
 
     def _recover(self, topic: str, partition: int) -> _PartitionState:
+        epoch = self.config.log_epoch
         marker = self.store.latest_marker(topic, partition)
-        high_water = self.dedupe.high_water(topic, partition)
-        if marker is None or (high_water is not None and high_water > marker.last_offset):
+        landed = (marker.log_epoch, marker.last_offset) if marker else None
+        cached = self.dedupe.high_water(topic, partition)
+        if cached is not None and (landed is None or cached > landed):
             # The cache knows offsets ClickHouse does not (a new or reset database): drop it.
-            if high_water is not None:
-                self.dedupe.forget_partition(topic, partition)
-            high_water = None
-        if marker is not None and (high_water is None or high_water < marker.last_offset):
-            self._backfill_dedupe(topic, partition, -1 if high_water is None else high_water, marker.last_offset)
-        if marker is None:
-            log.info("partition starts fresh", topic=topic, partition=partition)
+            self.dedupe.forget_partition(topic, partition)
+            cached = None
+        if landed is not None and (cached is None or cached < landed):
+            self._backfill_dedupe(topic, partition, cached, landed)
+        if marker is not None and marker.log_epoch > epoch:
+            raise RuntimeError(
+                f"{topic}/{partition} was written under log epoch {marker.log_epoch}, newer than ours ({epoch})"
+            )
+        if marker is None or marker.log_epoch < epoch:
+            log.info("partition starts fresh", topic=topic, partition=partition, log_epoch=epoch)
             return _PartitionState(done_through=-1, replay=None)
         log.info(
             "partition recovered",
@@ -171,15 +179,20 @@ class UsageSink:
         )
         return _PartitionState(done_through=marker.first_offset - 1, replay=marker)
 
-    def _backfill_dedupe(self, topic: str, partition: int, after: int, through: int) -> None:
+    def _backfill_dedupe(
+        self, topic: str, partition: int, after: tuple[int, int] | None, through: tuple[int, int]
+    ) -> None:
         since = datetime.now(timezone.utc) - self.config.dedupe_horizon
         rows = self.store.sightings_after(topic, partition, after, since)
         entries = [
-            (self.dedupe.key(topic, partition, source, event_id), Sighting(int(o), int(i), int(ts), bytes.fromhex(h)))
-            for source, event_id, o, i, ts, h in rows
+            (
+                self.dedupe.key(topic, partition, source, event_id),
+                Sighting(int(o), int(i), int(ts), bytes.fromhex(h), int(e)),
+            )
+            for source, event_id, e, o, i, ts, h in rows
         ]
-        self.dedupe.record(topic, partition, entries, through)
-        log.info("dedupe cache backfilled", topic=topic, partition=partition, keys=len(entries), after_offset=after)
+        self.dedupe.record(topic, partition, entries, through[1], epoch=through[0])
+        log.info("dedupe cache backfilled", topic=topic, partition=partition, keys=len(entries), after=after)
 
     # -- flushing ------------------------------------------------------------------------
 
@@ -231,6 +244,7 @@ class UsageSink:
         markers = [
             (
                 p.topic,
+                p.log_epoch,
                 p.partition,
                 p.first_offset,
                 p.last_offset,
@@ -253,7 +267,7 @@ class UsageSink:
         for plan in plans:
             self.store.insert_events(plan.event_rows, plan.token + "/events")
             self.store.insert_rollups(plan.rollup_rows, plan.token + "/rollups")
-            self.dedupe.record(plan.topic, plan.partition, plan.sightings, plan.last_offset)
+            self.dedupe.record(plan.topic, plan.partition, plan.sightings, plan.last_offset, epoch=plan.log_epoch)
             log.debug(
                 "flush landed",
                 topic=plan.topic,
@@ -264,10 +278,10 @@ class UsageSink:
             )
 
     def _plan(self, topic: str, partition: int, records: list[InboundRecord]) -> _Plan:
-        plan = _Plan(topic, partition, records[0].offset, records[-1].offset, records)
+        cfg = self.config
+        plan = _Plan(topic, partition, records[0].offset, records[-1].offset, records, log_epoch=cfg.log_epoch)
         rollups = RollupBuilder()
         in_flush: dict[bytes, Sighting] = {}
-        cfg = self.config
         for record in records:
             plan.stats.records += 1
             parsed = parse_record(
@@ -289,7 +303,7 @@ class UsageSink:
                     self._dead_letter(plan, record, member_bytes(record.value, parsed, member), rejection, member)
                     continue
                 key = self.dedupe.key(topic, partition, event.source, event.id)
-                current = Sighting(record.offset, member.index, seen_at, member.payload_hash)
+                current = Sighting(record.offset, member.index, seen_at, member.payload_hash, cfg.log_epoch)
                 previous = in_flush.get(key) or self.dedupe.get(key, seen_at)
                 verdict = judge(previous, current)
                 if verdict is Verdict.DUPLICATE:
@@ -299,7 +313,7 @@ class UsageSink:
                     conflict = Rejection(
                         ErrorClass.DUPLICATE_CONFLICT,
                         f"(source, id) = ({event.source}, {event.id}) was first seen at offset"
-                        f" {previous.offset} with another payload; the first one counts",
+                        f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
                     )
                     self._dead_letter(plan, record, member_bytes(record.value, parsed, member), conflict, member)
                     continue
@@ -317,6 +331,7 @@ class UsageSink:
                         member.payload_hash.hex(),
                         ingested_at,
                         topic,
+                        cfg.log_epoch,
                         partition,
                         record.offset,
                         member.index,

@@ -31,12 +31,14 @@ EVENT_COLUMNS = (
     "payload_hash",
     "ingested_at",
     "ingest_topic",
+    "ingest_epoch",
     "ingest_partition",
     "ingest_offset",
     "ingest_index",
 )
 PROGRESS_COLUMNS = (
     "topic",
+    "log_epoch",
     "partition",
     "first_offset",
     "last_offset",
@@ -82,6 +84,7 @@ def open_client(dsn: str, database: str | None, create: bool = False):
 
 @dataclass(frozen=True)
 class FlushMarker:
+    log_epoch: int
     first_offset: int
     last_offset: int
 
@@ -111,18 +114,23 @@ class UsageStore:
         self.client.insert("ingest_progress", rows, column_names=PROGRESS_COLUMNS)
 
     def latest_marker(self, topic: str, partition: int) -> FlushMarker | None:
+        """The newest flush of a partition, over all epochs."""
         rows = self.client.query(
-            "SELECT first_offset, last_offset FROM ingest_progress"
-            " WHERE topic = {t:String} AND partition = {p:UInt32} ORDER BY last_offset DESC LIMIT 1",
+            "SELECT log_epoch, first_offset, last_offset FROM ingest_progress"
+            " WHERE topic = {t:String} AND partition = {p:UInt32}"
+            " ORDER BY log_epoch DESC, last_offset DESC LIMIT 1",
             parameters={"t": topic, "p": partition},
         ).result_rows
-        return FlushMarker(int(rows[0][0]), int(rows[0][1])) if rows else None
+        return FlushMarker(*(int(v) for v in rows[0])) if rows else None
 
-    def sightings_after(self, topic: str, partition: int, after_offset: int, since: datetime):
-        """Dedupe keys written by flushes past ``after_offset``: the tail a local cache lacks."""
+    def sightings_after(self, topic: str, partition: int, after: tuple[int, int] | None, since: datetime):
+        """Dedupe keys of flushes past position ``after`` (epoch, offset): what a cache lacks."""
+        epoch, offset = after if after is not None else (0, -1)
         return self.client.query(
-            "SELECT source, event_id, ingest_offset, ingest_index, toUnixTimestamp(ingested_at), payload_hash"
+            "SELECT source, event_id, ingest_epoch, ingest_offset, ingest_index,"
+            " toUnixTimestamp(ingested_at), payload_hash"
             " FROM usage_events WHERE ingest_topic = {t:String} AND ingest_partition = {p:UInt32}"
-            " AND ingest_offset > {o:Int64} AND ingested_at >= {since:DateTime64(3, 'UTC')}",
-            parameters={"t": topic, "p": partition, "o": after_offset, "since": since},
+            " AND (ingest_epoch, ingest_offset) > ({e:UInt64}, {o:Int64})"
+            " AND ingested_at >= {since:DateTime64(3, 'UTC')}",
+            parameters={"t": topic, "p": partition, "e": epoch, "o": offset, "since": since},
         ).result_rows

@@ -28,6 +28,7 @@ def create_app(settings: Settings, bootstrap: str, sink_factory, on_started=None
     """Build the worker's app. ``sink_factory(send_dead_letters)`` opens storage lazily, at start."""
     topics = Topics(settings.topic_prefix)
     worker_id = settings.worker_id or f"worker-{os.getpid()}"
+    (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.consumer_group,
         broker=broker_url(bootstrap),
@@ -38,6 +39,8 @@ def create_app(settings: Settings, bootstrap: str, sink_factory, on_started=None
         topic_replication_factor=settings.topic_replication,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka_session_timeout.total_seconds(),
+        broker_heartbeat_interval=max(0.5, settings.kafka_session_timeout.total_seconds() / 5),
         producer_acks=-1,
         producer_linger_ms=5,
         broker_max_poll_records=2000,

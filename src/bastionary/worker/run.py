@@ -13,7 +13,7 @@ from bastionary.catalog import load_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.sink import SinkConfig, UsageSink
-from bastionary.runtime import connect_clickhouse
+from bastionary.runtime import KafkaTarget, connect_clickhouse
 from bastionary.settings import Settings
 from bastionary.storage.clickhouse import UsageStore, gateway_file
 from bastionary.worker.app import create_app
@@ -35,7 +35,7 @@ def gateway_credentials(settings: Settings):
     )
 
 
-def run_worker(settings: Settings, bootstrap: str) -> None:
+def run_worker(settings: Settings, kafka: KafkaTarget) -> None:
     """Run one Faust worker until it is stopped (SIGTERM/SIGINT); blocks."""
     catalog = load_catalog(settings.catalog)
     handle = connect_clickhouse(settings, role="writer")
@@ -48,6 +48,7 @@ def run_worker(settings: Settings, bootstrap: str) -> None:
     )
     config = SinkConfig(
         worker_id=worker_id,
+        log_epoch=kafka.log_epoch,
         max_record_bytes=settings.max_record_bytes,
         max_future_skew=settings.max_future_skew,
         dedupe_horizon=settings.dedupe_horizon,
@@ -70,15 +71,17 @@ def run_worker(settings: Settings, bootstrap: str) -> None:
             write_gateway_file(gateway_path, settings.query_host, port, credentials, settings.database)
             log.info("query gateway serving", url=f"http://{settings.query_host}:{port}", database=settings.database)
 
-    app = create_app(settings, bootstrap, sink_factory, on_started=on_started)
+    app = create_app(settings, kafka.bootstrap, sink_factory, on_started=on_started)
     log.info(
         "worker starting",
         worker_id=worker_id,
-        bootstrap=bootstrap,
+        bootstrap=kafka.bootstrap,
+        log_epoch=kafka.log_epoch,
         clickhouse=handle.dsn_description,
         meters=len(catalog.meters),
     )
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
+    faust_level = "INFO" if settings.log_level == "DEBUG" else "WARNING"
+    worker = faust.Worker(app, loglevel=faust_level, quiet=True, redirect_stdouts=False, override_logging=False)
     try:
         worker.execute_from_commandline()
     finally:

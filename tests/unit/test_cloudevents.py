@@ -1,0 +1,385 @@
+"""Parsing Kafka records into CloudEvents: structured, batch and binary mode, and every rejection."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+
+from bastionary.ingest.cloudevents import UsageEvent, member_bytes, parse_record, payload_hash
+from bastionary.ingest.errors import ErrorClass, Rejection
+
+# The broker timestamp every record in this file carries: 2024-05-01T12:00:00Z.
+RECORD_TS = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+RECORD_TS_MS = int(RECORD_TS.timestamp() * 1000)
+SKEW = timedelta(minutes=5)
+LIMIT = 1_048_576
+_DROP = object()  # event(attr=_DROP) leaves the attribute out
+
+
+def event(**overrides) -> dict:
+    base = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "//api.example/llm",
+        "type": "llm.completion",
+        "subject": "cust-42",
+        "time": "2024-05-01T11:59:00Z",
+        "data": {"tokens": 17, "model": "small"},
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not _DROP}
+
+
+def parse(value, headers=None, *, ts_ms=RECORD_TS_MS, limit=LIMIT, skew=SKEW):
+    if not isinstance(value, (bytes, type(None))):
+        value = orjson.dumps(value)
+    return parse_record(value, headers, ts_ms, limit, skew)
+
+
+def only_member(parsed):
+    assert parsed.rejection is None
+    assert len(parsed.members) == 1
+    return parsed.members[0]
+
+
+def rejection_code(parsed) -> ErrorClass:
+    """The code of the record-level rejection, else of the only member's."""
+    if parsed.rejection is not None:
+        return parsed.rejection.code
+    member = only_member(parsed)
+    assert member.rejection is not None, "expected a rejection"
+    assert member.event is None
+    return member.rejection.code
+
+
+# --- structured mode -------------------------------------------------------------------
+
+
+def test_structured_event_is_accepted():
+    parsed = parse(event())
+    assert not parsed.batch
+    member = only_member(parsed)
+    assert member.rejection is None
+    assert member.index == 0
+    ev = member.event
+    assert isinstance(ev, UsageEvent)
+    assert (ev.id, ev.source, ev.type, ev.subject) == ("evt-1", "//api.example/llm", "llm.completion", "cust-42")
+    assert ev.time == datetime(2024, 5, 1, 11, 59, tzinfo=timezone.utc)
+    assert ev.data == {"tokens": 17, "model": "small"}
+    assert len(member.payload_hash) == 16
+    assert member.raw == event()
+
+
+def test_optional_attributes_and_extensions_are_kept():
+    ev = only_member(parse(event(datacontenttype="application/json", region="eu"))).event
+    assert ev.datacontenttype == "application/json"
+    assert ev.model_extra == {"region": "eu"}
+
+
+def test_data_defaults_to_an_empty_object():
+    ev = only_member(parse(event(data=_DROP))).event
+    assert ev is not None and ev.data == {}
+
+
+def test_time_with_a_non_utc_offset_is_accepted():
+    ev = only_member(parse(event(time="2024-05-01T13:59:00+02:00"))).event
+    assert ev.time == datetime(2024, 5, 1, 11, 59, tzinfo=timezone.utc)
+
+
+# --- batch mode ------------------------------------------------------------------------
+
+
+def test_batch_record_yields_one_member_per_event():
+    parsed = parse([event(id="a"), event(id="b"), event(id="c")])
+    assert parsed.batch and parsed.rejection is None
+    assert [m.index for m in parsed.members] == [0, 1, 2]
+    assert [m.event.id for m in parsed.members] == ["a", "b", "c"]
+
+
+def test_empty_batch_is_rejected():
+    parsed = parse([])
+    assert parsed.batch
+    assert parsed.members == []
+    assert parsed.rejection.code is ErrorClass.EMPTY_BATCH
+
+
+def test_batch_with_bad_members_keeps_the_good_ones():
+    parsed = parse(
+        [
+            event(id="good-1"),
+            event(id=7),  # wrong type
+            "not an object",
+            event(id="late", time="2024-05-01T12:30:00Z"),  # beyond the skew
+            event(id="bad-time", time="noon"),
+            event(id="good-2"),
+        ]
+    )
+    assert parsed.rejection is None
+    outcome = [(m.index, m.event.id if m.event else m.rejection.code) for m in parsed.members]
+    assert outcome == [
+        (0, "good-1"),
+        (1, ErrorClass.NOT_CLOUDEVENT),
+        (2, ErrorClass.NOT_CLOUDEVENT),
+        (3, ErrorClass.FUTURE_TIME),
+        (4, ErrorClass.INVALID_TIME),
+        (5, "good-2"),
+    ]
+    for m in parsed.members:
+        assert (m.event is None) != (m.rejection is None)
+        assert bool(m.payload_hash) == (m.event is not None)
+
+
+# --- binary mode -----------------------------------------------------------------------
+
+
+def ce_headers(**attrs) -> list[tuple[str, bytes]]:
+    attrs = {
+        "specversion": "1.0",
+        "id": "evt-b",
+        "source": "//api.example/storage",
+        "type": "storage.sampled",
+        "subject": "cust-7",
+        "time": "2024-05-01T11:00:00Z",
+        **attrs,
+    }
+    return [("content-type", b"application/json")] + [(f"ce_{k}", v.encode()) for k, v in attrs.items()]
+
+
+def test_binary_mode_reads_attributes_from_headers_and_data_from_the_value():
+    parsed = parse({"gb": 12.5}, ce_headers(region="eu"))
+    member = only_member(parsed)
+    assert not parsed.batch
+    ev = member.event
+    assert ev is not None, member.rejection
+    assert (ev.id, ev.source, ev.type, ev.subject) == ("evt-b", "//api.example/storage", "storage.sampled", "cust-7")
+    assert ev.time == datetime(2024, 5, 1, 11, 0, tzinfo=timezone.utc)
+    assert ev.data == {"gb": 12.5}
+    assert ev.model_extra == {"region": "eu"}
+    assert member.raw["data"] == {"gb": 12.5}
+
+
+def test_binary_mode_with_a_json_array_value_is_one_event_not_a_batch():
+    parsed = parse([1, 2], ce_headers())
+    assert not parsed.batch
+    assert rejection_code(parsed) is ErrorClass.NOT_CLOUDEVENT  # data must be an object
+
+
+def test_binary_mode_validates_header_attributes():
+    assert rejection_code(parse({"gb": 1}, ce_headers(specversion="0.3"))) is ErrorClass.NOT_CLOUDEVENT
+    assert rejection_code(parse({"gb": 1}, ce_headers(time="yesterday"))) is ErrorClass.INVALID_TIME
+    headers = [h for h in ce_headers() if h[0] != "ce_subject"]
+    assert rejection_code(parse({"gb": 1}, headers)) is ErrorClass.NOT_CLOUDEVENT
+
+
+def test_headers_without_ce_specversion_mean_structured_mode():
+    headers = [("ce_id", b"ignored"), ("traceparent", b"00-abc")]
+    ev = only_member(parse(event(), headers)).event
+    assert ev is not None and ev.id == "evt-1"
+
+
+def test_binary_mode_value_must_still_be_json():
+    assert rejection_code(parse(b"gb=12", ce_headers())) is ErrorClass.INVALID_JSON
+
+
+# --- whole-record rejections -----------------------------------------------------------
+
+
+def test_invalid_utf8_is_invalid_encoding():
+    value = b'{"specversion": "1.0", "id": "\xff\xfe"}'
+    parsed = parse(value)
+    assert parsed.members == []
+    assert parsed.rejection.code is ErrorClass.INVALID_ENCODING
+
+
+@pytest.mark.parametrize("value", [b"", b"not json", b'{"id": "x"', b"{'single': 'quotes'}", b"[1, 2,]"])
+def test_non_json_is_invalid_json(value):
+    parsed = parse(value)
+    assert parsed.members == []
+    assert parsed.rejection.code is ErrorClass.INVALID_JSON
+
+
+def test_tombstone_is_rejected():
+    parsed = parse(None)
+    assert parsed.members == []
+    assert parsed.rejection.code is ErrorClass.INVALID_JSON
+
+
+def test_record_over_the_size_limit_is_rejected_before_parsing():
+    value = orjson.dumps(event())
+    assert only_member(parse(value, limit=len(value))).event is not None  # exactly at the limit
+    too_large = parse(value, limit=len(value) - 1)
+    assert too_large.members == []
+    assert too_large.rejection.code is ErrorClass.RECORD_TOO_LARGE
+    # The limit is checked before decoding: an oversized garbage record is too large, not invalid.
+    assert parse(b"\xff" * 100, limit=10).rejection.code is ErrorClass.RECORD_TOO_LARGE
+
+
+# --- member rejections -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attribute", ["specversion", "id", "source", "type", "subject"])
+def test_missing_required_attribute_is_not_cloudevent(attribute):
+    assert rejection_code(parse(event(**{attribute: _DROP}))) is ErrorClass.NOT_CLOUDEVENT
+
+
+def test_missing_time_is_not_cloudevent_rather_than_invalid_time():
+    assert rejection_code(parse(event(time=_DROP))) is ErrorClass.NOT_CLOUDEVENT
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"id": 123},
+        {"id": ""},
+        {"source": None},
+        {"subject": ["cust-42"]},
+        {"type": 1.5},
+        {"specversion": "0.3"},
+        {"specversion": 1.0},
+        {"data": "a string"},
+        {"data": [1, 2]},
+        {"datacontenttype": 5},
+    ],
+)
+def test_wrong_attribute_types_are_not_cloudevent(overrides):
+    assert rejection_code(parse(event(**overrides))) is ErrorClass.NOT_CLOUDEVENT
+
+
+@pytest.mark.parametrize("value", ["42", "null", "true", '"a string"'])
+def test_json_that_is_not_an_object_is_not_cloudevent(value):
+    assert rejection_code(parse(value.encode())) is ErrorClass.NOT_CLOUDEVENT
+
+
+def test_invalid_time_together_with_other_errors_is_not_cloudevent():
+    assert rejection_code(parse(event(id=1, time="noon"))) is ErrorClass.NOT_CLOUDEVENT
+
+
+@pytest.mark.parametrize(
+    "time",
+    [
+        "noon",
+        "",
+        "2024-05-01T11:59:00",  # no offset
+        "2024-05-01",  # a date, no offset
+        "2024-02-30T00:00:00Z",  # no such day
+        "2024-05-01T25:00:00Z",
+        True,
+        None,
+    ],
+)
+def test_unparseable_or_naive_time_is_invalid_time(time):
+    assert rejection_code(parse(event(time=time))) is ErrorClass.INVALID_TIME
+
+
+@pytest.mark.parametrize("time", [1714564740, "1714564740"], ids=["int", "numeric-string"])
+def test_numeric_time_is_invalid_time(time):
+    assert rejection_code(parse(event(time=time))) is ErrorClass.INVALID_TIME
+
+
+def test_time_beyond_the_skew_is_future_time():
+    limit = RECORD_TS + SKEW
+    at_limit = parse(event(time=limit.isoformat()))
+    assert only_member(at_limit).event is not None
+    past_limit = parse(event(time=(limit + timedelta(microseconds=1)).isoformat()))
+    assert rejection_code(past_limit) is ErrorClass.FUTURE_TIME
+
+
+def test_future_time_depends_on_the_record_timestamp_not_the_wall_clock():
+    far_future = "2100-01-01T00:00:00Z"
+    assert rejection_code(parse(event(time=far_future))) is ErrorClass.FUTURE_TIME
+    ts_2100 = int(datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    assert only_member(parse(event(time=far_future), ts_ms=ts_2100)).event is not None
+    # Old events are never rejected for their age.
+    assert only_member(parse(event(time="2001-01-01T00:00:00Z"))).event is not None
+
+
+def test_zero_skew_allows_exactly_the_record_timestamp():
+    assert only_member(parse(event(time=RECORD_TS.isoformat()), skew=timedelta(0))).event is not None
+    late = (RECORD_TS + timedelta(milliseconds=1)).isoformat()
+    assert rejection_code(parse(event(time=late), skew=timedelta(0))) is ErrorClass.FUTURE_TIME
+
+
+def test_rejections_carry_a_message():
+    member = only_member(parse(event(id=5)))
+    assert isinstance(member.rejection, Rejection)
+    assert "id" in member.rejection.message
+
+
+def test_error_class_values_are_the_header_codes():
+    assert {c.value for c in ErrorClass} == {
+        "invalid_encoding",
+        "invalid_json",
+        "not_cloudevent",
+        "invalid_time",
+        "future_time",
+        "invalid_meter_value",
+        "record_too_large",
+        "empty_batch",
+        "duplicate_conflict",
+    }
+
+
+# --- payload hash ----------------------------------------------------------------------
+
+
+def hash_of(ev: dict) -> bytes:
+    member = only_member(parse(ev))
+    assert member.event is not None, member.rejection
+    return member.payload_hash
+
+
+def test_payload_hash_ignores_the_spelling_of_utc():
+    z = hash_of(event(time="2024-05-01T11:59:00Z"))
+    assert z == hash_of(event(time="2024-05-01T11:59:00+00:00"))
+    assert z == hash_of(event(time="2024-05-01T13:59:00+02:00"))
+    assert z == hash_of(event(time="2024-05-01T11:59:00.000Z"))
+
+
+def test_payload_hash_ignores_key_order():
+    ev = event()
+    assert hash_of(ev) == hash_of(dict(reversed(list(ev.items()))))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"data": {"tokens": 18, "model": "small"}},
+        {"data": {"tokens": 17, "model": "large"}},
+        {"data": {"tokens": 17}},
+        {"time": "2024-05-01T11:59:01Z"},
+        {"subject": "cust-43"},
+        {"region": "eu"},
+    ],
+)
+def test_payload_hash_changes_when_the_event_differs(overrides):
+    assert hash_of(event()) != hash_of(event(**overrides))
+
+
+def test_payload_hash_function_matches_the_member_hash():
+    member = only_member(parse(event()))
+    assert payload_hash(member.raw, member.event) == member.payload_hash
+
+
+def test_payload_hash_is_the_same_in_batch_and_single_mode():
+    assert hash_of(event()) == parse([event()]).members[0].payload_hash
+
+
+# --- member_bytes ----------------------------------------------------------------------
+
+
+def test_member_bytes_of_a_single_event_is_the_record_itself():
+    value = b'{"specversion":"1.0",   "id":5}'  # odd spacing survives; rejected, still dead-lettered as sent
+    parsed = parse(value)
+    assert member_bytes(value, parsed, only_member(parsed)) == value
+
+
+def test_member_bytes_of_a_batch_member_is_that_member_as_json():
+    members = [event(id="a"), event(id=9), [1]]
+    value = orjson.dumps(members, option=orjson.OPT_INDENT_2)
+    parsed = parse(value)
+    for member, original in zip(parsed.members, members, strict=True):
+        out = member_bytes(value, parsed, member)
+        assert out != value
+        assert orjson.loads(out) == original

@@ -1,0 +1,193 @@
+"""Dedupe: the replay-safe verdict, and the RocksDB cache that feeds it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastionary.dedupe import Sighting, Verdict, judge
+from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+
+H1 = bytes(range(16))
+H2 = bytes(range(1, 17))
+NOW = 1_714_564_800  # 2024-05-01T12:00:00Z
+DAY = 86_400
+
+
+def sighting(offset: int, index: int = 0, payload_hash: bytes = H1, *, epoch: int = 0, seen_at: int = NOW):
+    return Sighting(offset, index, seen_at, payload_hash, epoch)
+
+
+# --- judge -----------------------------------------------------------------------------
+
+
+def test_first_sighting_is_new():
+    assert judge(None, sighting(5)) is Verdict.NEW
+
+
+def test_replay_of_the_same_record_member_is_new():
+    first = sighting(5, 2, H1, seen_at=NOW)
+    replay = sighting(5, 2, H1, seen_at=NOW + 60)  # redelivered after a crash
+    assert judge(first, replay) is Verdict.NEW
+
+
+def test_replay_is_new_even_if_the_hash_differs():
+    # The position identifies the record; a changed hash for the same member cannot be a new event.
+    assert judge(sighting(5, 2, H1), sighting(5, 2, H2)) is Verdict.NEW
+
+
+def test_later_identical_event_is_a_duplicate():
+    assert judge(sighting(5), sighting(9)) is Verdict.DUPLICATE
+    assert judge(sighting(5, 0), sighting(5, 1)) is Verdict.DUPLICATE  # twice in one batch
+
+
+def test_later_event_with_another_payload_is_a_conflict():
+    assert judge(sighting(5, 0, H1), sighting(9, 0, H2)) is Verdict.CONFLICT
+    assert judge(sighting(5, 0, H1), sighting(5, 3, H2)) is Verdict.CONFLICT
+
+
+def test_previous_after_current_is_treated_as_new():
+    assert judge(sighting(9), sighting(5)) is Verdict.NEW
+    assert judge(sighting(9, 0, H1), sighting(5, 0, H2)) is Verdict.NEW
+
+
+def test_log_epoch_orders_before_offset():
+    # The topic was recreated: offsets restart from 0 under a higher epoch.
+    old = sighting(1_000, epoch=0)
+    assert judge(old, sighting(0, epoch=1)) is Verdict.DUPLICATE
+    assert judge(old, sighting(0, payload_hash=H2, epoch=1)) is Verdict.CONFLICT
+    assert judge(sighting(0, epoch=1), sighting(1_000, epoch=0)) is Verdict.NEW
+    assert judge(sighting(7, epoch=1), sighting(7, epoch=0)) is Verdict.NEW
+
+
+def test_seen_at_does_not_affect_the_verdict():
+    assert judge(sighting(5, seen_at=NOW), sighting(9, seen_at=NOW - DAY)) is Verdict.DUPLICATE
+
+
+# --- RocksDedupeStore ------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = RocksDedupeStore(tmp_path / "dedupe", horizon_seconds=35 * DAY)
+    yield s
+    s.close()
+
+
+def test_record_then_get(store: RocksDedupeStore):
+    key = store.key("usage", 0, "//src", "evt-1")
+    assert store.get(key, NOW) is None
+    seen = Sighting(offset=42, index=3, seen_at=NOW, payload_hash=H1, log_epoch=2)
+    store.record("usage", 0, [(key, seen)], through_offset=42, epoch=2)
+    assert store.get(key, NOW) == seen
+    assert store.get(store.key("usage", 0, "//src", "evt-2"), NOW) is None
+
+
+def test_keys_are_scoped_by_topic_and_partition_and_unambiguous(store: RocksDedupeStore):
+    keys = {
+        store.key("usage", 0, "s", "id"),
+        store.key("usage", 1, "s", "id"),
+        store.key("usage2", 0, "s", "id"),
+        store.key("usage", 0, "s:x", "id"),
+        store.key("usage", 0, "s", "x:id"),
+        store.key("usage", 0, "s\0", "id"),
+        store.key("usage", 0, "s", "\0id"),
+    }
+    assert len(keys) == 7
+
+
+def test_high_water_tracks_the_latest_record_call(store: RocksDedupeStore):
+    assert store.high_water("usage", 0) is None
+    store.record("usage", 0, [], through_offset=10)
+    assert store.high_water("usage", 0) == (0, 10)
+    store.record("usage", 0, [(store.key("usage", 0, "s", "a"), sighting(11))], through_offset=11)
+    assert store.high_water("usage", 0) == (0, 11)
+    store.record("usage", 0, [], through_offset=3, epoch=1)
+    assert store.high_water("usage", 0) == (1, 3)
+    assert store.high_water("usage", 1) is None
+    assert store.high_water("other", 0) is None
+
+
+def test_record_overwrites_an_existing_key(store: RocksDedupeStore):
+    key = store.key("usage", 0, "s", "a")
+    store.record("usage", 0, [(key, sighting(1, payload_hash=H1))], through_offset=1)
+    store.record("usage", 0, [(key, sighting(2, payload_hash=H2))], through_offset=2)
+    assert store.get(key, NOW) == sighting(2, payload_hash=H2)
+
+
+def test_forget_partition_drops_only_that_partition(store: RocksDedupeStore):
+    def fill(topic: str, partition: int) -> bytes:
+        key = store.key(topic, partition, "s", "a")
+        store.record(topic, partition, [(key, sighting(1))], through_offset=1)
+        return key
+
+    gone = fill("usage", 1)
+    kept = [fill("usage", 10), fill("usage", 0), fill("usage1", 1), fill("usag", 1)]
+    store.forget_partition("usage", 1)
+    assert store.get(gone, NOW) is None
+    assert store.high_water("usage", 1) is None
+    for key in kept:
+        assert store.get(key, NOW) == sighting(1)
+    assert store.high_water("usage", 10) == (0, 1)
+    assert store.high_water("usage1", 1) == (0, 1)
+    store.forget_partition("never-seen", 0)  # a no-op, not an error
+
+
+def test_get_expires_entries_beyond_the_horizon(tmp_path: Path):
+    store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
+    try:
+        key = store.key("usage", 0, "s", "a")
+        store.record("usage", 0, [(key, sighting(1, seen_at=1_000))], through_offset=1)
+        assert store.get(key, now=1_000) is not None
+        assert store.get(key, now=1_100) is not None  # exactly at the horizon: still remembered
+        assert store.get(key, now=1_101) is None
+        assert store.get(key, now=500) is not None  # a clock behind the entry never expires it
+    finally:
+        store.close()
+
+
+def test_purge_expired_drops_old_keys_only(tmp_path: Path):
+    store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
+    try:
+        old = [store.key("usage", p, "s", f"old-{p}") for p in (0, 1)]
+        edge = store.key("usage", 0, "s", "edge")
+        fresh = store.key("usage", 0, "s", "fresh")
+        store.record("usage", 0, [(old[0], sighting(1, seen_at=800)), (edge, sighting(2, seen_at=900))], 2)
+        store.record("usage", 1, [(old[1], sighting(1, seen_at=899))], 1)
+        store.record("usage", 0, [(fresh, sighting(3, seen_at=1_000))], 3)
+
+        assert store.purge_expired(now=1_000) == 2
+        for key in old:
+            assert store.get(key, now=0) is None  # gone, not merely hidden by the horizon
+        assert store.get(edge, now=1_000) == sighting(2, seen_at=900)
+        assert store.get(fresh, now=1_000) == sighting(3, seen_at=1_000)
+        assert store.high_water("usage", 0) == (0, 3)  # high-water marks are not keys
+        assert store.high_water("usage", 1) == (0, 1)
+        assert store.purge_expired(now=1_000) == 0
+    finally:
+        store.close()
+
+
+def test_purge_expired_honours_an_explicit_now_of_zero(tmp_path: Path):
+    store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
+    try:
+        store.record("usage", 0, [(store.key("usage", 0, "s", "a"), sighting(1, seen_at=5))], 1)
+        assert store.purge_expired(now=0) == 0
+    finally:
+        store.close()
+
+
+def test_entries_survive_a_reopen(tmp_path: Path):
+    path = tmp_path / "d"
+    store = RocksDedupeStore(path, horizon_seconds=DAY)
+    key = store.key("usage", 3, "s", "a")
+    store.record("usage", 3, [(key, sighting(7, 1, H2, epoch=4))], through_offset=9, epoch=4)
+    store.close()
+
+    reopened = RocksDedupeStore(path, horizon_seconds=DAY)
+    try:
+        assert reopened.get(key, NOW) == sighting(7, 1, H2, epoch=4)
+        assert reopened.high_water("usage", 3) == (4, 9)
+    finally:
+        reopened.close()

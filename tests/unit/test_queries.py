@@ -1,0 +1,172 @@
+"""Analyst query builders: values only ever travel as parameters, never inside the SQL text."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from bastionary.catalog import parse_catalog
+from bastionary.storage.queries import VALUE_EXPRESSIONS, is_read_only, usage_query
+
+CATALOG = parse_catalog(
+    {
+        "meters": [
+            {
+                "key": "llm_tokens",
+                "event_type": "llm.completion",
+                "aggregation": "SUM",
+                "value_property": "$.tokens",
+                "group_by": {"model": "$.model", "region": "$.region"},
+            },
+            {"key": "llm_requests", "event_type": "llm.completion", "aggregation": "COUNT"},
+            {"key": "peak_gb", "event_type": "storage.sampled", "aggregation": "MAX", "value_property": "$.gb"},
+            {"key": "users", "event_type": "user.active", "aggregation": "UNIQUE_COUNT", "value_property": "$.u"},
+            {"key": "seats", "event_type": "seats.updated", "aggregation": "LATEST", "value_property": "$.n"},
+        ]
+    }
+)
+TOKENS = CATALOG.meter("llm_tokens")
+START = datetime(2024, 5, 1, tzinfo=timezone.utc)
+END = datetime(2024, 6, 1, tzinfo=timezone.utc)
+PLACEHOLDER = re.compile(r"\{(\w+):([^}]+)\}")
+
+
+def placeholders(sql: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, type_ in PLACEHOLDER.findall(sql):
+        assert found.setdefault(name, type_) == type_, f"{name} used with two types"
+    return found
+
+
+def test_minimal_query():
+    sql, params = usage_query(TOKENS)
+    assert params == {"meter": "llm_tokens"}
+    assert placeholders(sql) == {"meter": "String"}
+    assert "FROM usage_rollup_1m" in sql
+    assert "WHERE meter = {meter:String}" in sql
+    assert "sum(value_sum) AS value" in sql
+    assert "GROUP BY customer_id ORDER BY customer_id, grp" in sql
+    assert "map() AS grp" in sql
+    # Without a range, the window spans the data found.
+    assert "min(window_start) AS ws" in sql
+    assert "max(window_start) + INTERVAL 60 SECOND AS we" in sql
+    assert "llm_tokens" not in sql
+
+
+def test_every_filter_is_a_typed_placeholder_and_no_value_is_in_the_sql():
+    customer = "acme'; DROP TABLE usage_events; --"
+    sql, params = usage_query(TOKENS, customer=customer, start=START, end=END, window="day", group_by=["region"])
+    assert params == {"meter": "llm_tokens", "customer": customer, "start": START, "end": END, "g0": "region"}
+    assert placeholders(sql) == {
+        "meter": "String",
+        "customer": "String",
+        "start": "DateTime('UTC')",
+        "end": "DateTime('UTC')",
+        "g0": "String",
+    }
+    assert set(placeholders(sql)) == set(params)
+    for value in ("llm_tokens", "acme", "DROP", "--", "region", "2024"):
+        assert value not in sql
+    # The only quotes left once the placeholders are removed: none.
+    assert "'" not in PLACEHOLDER.sub("", sql)
+    assert "customer_id = {customer:String}" in sql
+    assert "window_start >= {start:DateTime('UTC')}" in sql  # start inclusive
+    assert "window_start < {end:DateTime('UTC')}" in sql  # end exclusive
+
+
+def test_range_without_window_reports_the_requested_bounds():
+    sql, _ = usage_query(TOKENS, start=START, end=END)
+    assert "{start:DateTime('UTC')} AS ws" in sql
+    assert "{end:DateTime('UTC')} AS we" in sql
+
+
+@pytest.mark.parametrize(
+    ("window", "function", "seconds"),
+    [("MINUTE", "toStartOfMinute", 60), ("hour", "toStartOfHour", 3600), ("Day", "toStartOfDay", 86400)],
+)
+def test_windows(window, function, seconds):
+    sql, _ = usage_query(TOKENS, window=window)
+    assert f"{function}(window_start) AS ws" in sql
+    assert f"{function}(window_start) + INTERVAL {seconds} SECOND AS we" in sql
+    assert "GROUP BY customer_id, ws" in sql
+    assert "ORDER BY customer_id, ws, grp" in sql
+
+
+def test_group_by_dimensions_are_parameters_too():
+    sql, params = usage_query(TOKENS, group_by=["region", "model"])
+    assert (params["g0"], params["g1"]) == ("region", "model")
+    assert "map({g0:String}, group_values[{g0:String}], {g1:String}, group_values[{g1:String}]) AS grp" in sql
+    assert "GROUP BY customer_id, group_values[{g0:String}], group_values[{g1:String}]" in sql
+
+
+def test_unknown_group_by_dimension_is_a_value_error():
+    with pytest.raises(ValueError, match=r"llm_tokens has no dimension colour, size; it has: model, region"):
+        usage_query(TOKENS, group_by=["model", "colour", "size"])
+    with pytest.raises(ValueError, match="it has: none"):
+        usage_query(CATALOG.meter("llm_requests"), group_by=["model"])
+
+
+@pytest.mark.parametrize("meter", CATALOG.meters, ids=lambda m: m.aggregation.value)
+def test_value_expression_follows_the_aggregation(meter):
+    sql, _ = usage_query(meter)
+    assert f"{VALUE_EXPRESSIONS[meter.aggregation]} AS value" in sql
+
+
+def test_value_expressions_match_the_rollup_merges():
+    assert set(VALUE_EXPRESSIONS.values()) == {
+        "sum(value_sum)",
+        "toDecimal128(sum(event_count), 9)",
+        "max(value_max)",
+        "toDecimal128(length(groupUniqArrayArray(unique_values)), 9)",
+        "tupleElement(max(latest), 2)",
+    }
+
+
+# --- is_read_only ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "select * from usage_events",
+        "  \n\tSELECT 1",
+        "(SELECT 1) UNION ALL (SELECT 2)",
+        "WITH t AS (SELECT 1) SELECT * FROM t",
+        "SHOW TABLES",
+        "DESCRIBE usage_events",
+        "desc usage_events",
+        "EXISTS TABLE usage_events",
+        "EXPLAIN SELECT 1",
+        "SELECT 1;",
+        "SELECT 1 ;  \n",
+        "SELECT\n1",
+    ],
+)
+def test_read_only_statements(sql):
+    assert is_read_only(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "",
+        "   ",
+        "INSERT INTO usage_events VALUES (1)",
+        "DROP TABLE usage_events",
+        "ALTER TABLE usage_events DELETE WHERE 1",
+        "TRUNCATE usage_events",
+        "CREATE TABLE x (a Int8) ENGINE = Memory",
+        "OPTIMIZE TABLE usage_rollup_1m",
+        "SYSTEM STOP MERGES",
+        "SELECT 1; DROP TABLE usage_events",
+        "SELECT 1;DROP TABLE usage_events;",
+        "SELECTED 1",
+        "-- comment\nSELECT 1",  # conservatively refused
+        "\rDROP TABLE usage_events",
+    ],
+)
+def test_statements_that_are_not_read_only(sql):
+    assert not is_read_only(sql)

@@ -1,0 +1,247 @@
+"""Runtime configuration from BASTIONARY_* variables, validated all at once."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastionary.settings import ConfigError, Settings, format_iso_duration, load_settings, parse_iso_duration
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No BASTIONARY_* variable from the outer environment leaks in; cwd is a scratch dir."""
+    for name in list(os.environ):
+        if name.upper().startswith("BASTIONARY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def config_error(monkeypatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(f"BASTIONARY_{name}", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    return str(info.value)
+
+
+# --- defaults and environment ----------------------------------------------------------
+
+
+def test_defaults(tmp_path: Path):
+    s = load_settings()
+    assert isinstance(s, Settings)
+    assert s.embedded_kafka
+    assert s.embedded_clickhouse
+    assert s.clickhouse_url() == f"chdb://{tmp_path.resolve() / '.bastionary' / 'clickhouse'}"
+    assert s.database == "bastionary"
+    assert s.dedupe_horizon == timedelta(days=35)
+    assert s.max_future_skew == timedelta(minutes=5)
+    assert s.flush_interval == timedelta(milliseconds=250)
+    assert s.max_record_bytes == 1_048_576
+    assert s.data_path == (tmp_path / ".bastionary").resolve()
+
+
+def test_environment_variables_are_read(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_DEDUPE_HORIZON", "P7D")
+    monkeypatch.setenv("BASTIONARY_MAX_FUTURE_SKEW", "PT30S")
+    monkeypatch.setenv("BASTIONARY_FLUSH_INTERVAL", "pt0.5s")
+    monkeypatch.setenv("BASTIONARY_MAX_RECORD_BYTES", "2048")
+    monkeypatch.setenv("BASTIONARY_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("BASTIONARY_TOPIC_PREFIX", "prod.billing-v1_")
+    monkeypatch.setenv("BASTIONARY_LOG_LEVEL", "DEBUG")
+    s = load_settings()
+    assert s.dedupe_horizon == timedelta(days=7)
+    assert s.max_future_skew == timedelta(seconds=30)
+    assert s.flush_interval == timedelta(seconds=0.5)
+    assert s.max_record_bytes == 2048
+    assert not s.embedded_kafka
+    assert s.topic_prefix == "prod.billing-v1_"
+    assert s.log_level == "DEBUG"
+
+
+def test_overrides_win_over_the_environment(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_USAGE_PARTITIONS", "8")
+    assert load_settings(usage_partitions=2).usage_partitions == 2
+    assert load_settings().usage_partitions == 8
+
+
+def test_unrelated_variables_are_ignored(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_NOT_A_SETTING", "whatever")
+    monkeypatch.setenv("DEDUPE_HORIZON", "nonsense")
+    assert load_settings().dedupe_horizon == timedelta(days=35)
+
+
+def test_a_single_bad_variable_is_named(monkeypatch):
+    message = config_error(monkeypatch, DEDUPE_HORIZON="P1M")
+    assert message.startswith("invalid configuration:")
+    assert "BASTIONARY_DEDUPE_HORIZON" in message
+    assert "'P1M'" in message
+
+
+def test_every_bad_variable_is_reported_at_once(monkeypatch):
+    bad = {
+        "DEDUPE_HORIZON": "35 days",
+        "MAX_FUTURE_SKEW": "P1Y",
+        "FLUSH_INTERVAL": "soon",
+        "MAX_RECORD_BYTES": "0",
+        "USAGE_PARTITIONS": "many",
+        "WEB_PORT": "70000",
+        "QUERY_PORT": "-1",
+        "TOPIC_PREFIX": "has space",
+        "CLICKHOUSE_DSN": "ftp://host/db",
+        "LOG_LEVEL": "LOUD",
+        "LOG_FORMAT": "xml",
+    }
+    message = config_error(monkeypatch, **bad)
+    reported = [line.strip().split(":")[0] for line in message.splitlines()[1:]]
+    assert sorted(reported) == sorted(f"BASTIONARY_{name}" for name in bad)
+
+
+def test_config_error_never_echoes_a_dsn_secret(monkeypatch):
+    message = config_error(monkeypatch, CLICKHOUSE_DSN="ftp://user:hunter2@host/db")
+    assert "BASTIONARY_CLICKHOUSE_DSN" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("dsn", ["chdb:///var/lib/ch", "http://ch:8123", "https://u:p@ch:8443/db"])
+def test_accepted_dsn_schemes(dsn):
+    s = load_settings(clickhouse_dsn=dsn)
+    assert s.clickhouse_url() == dsn
+    assert s.embedded_clickhouse == dsn.startswith("chdb:")
+
+
+# --- database resolution ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "database"),
+    [
+        ("http://u:p@ch.example:8123/metering", "metering"),
+        ("https://ch.example:8443/metering/", "metering"),
+        ("http://ch.example:8123/metering/extra", "metering"),
+        ("http://ch.example:8123/", "bastionary"),
+        ("http://ch.example:8123", "bastionary"),
+        ("chdb:///var/lib/clickhouse", "bastionary"),  # a chdb path is a directory, not a database
+    ],
+)
+def test_database_from_the_dsn(dsn, database):
+    assert load_settings(clickhouse_dsn=dsn).database == database
+
+
+def test_explicit_database_wins(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_CLICKHOUSE_DSN", "http://ch:8123/from_dsn")
+    monkeypatch.setenv("BASTIONARY_CLICKHOUSE_DATABASE", "explicit")
+    assert load_settings().database == "explicit"
+
+
+# --- redacted --------------------------------------------------------------------------
+
+
+def test_redacted_masks_the_dsn_password_and_query_passwords(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_CLICKHOUSE_DSN", "https://biller:s3cr3t-pw@ch.example:8443/metering?secure=1")
+    monkeypatch.setenv("BASTIONARY_QUERY_READER_PASSWORD", "reader-pw")
+    monkeypatch.setenv("BASTIONARY_QUERY_WRITER_PASSWORD", "writer-pw")
+    out = load_settings().redacted()
+    assert out["clickhouse_dsn"] == "https://biller:***@ch.example:8443/metering?secure=1"
+    assert out["query_reader_password"] == "***"
+    assert out["query_writer_password"] == "***"
+    text = json.dumps(out)  # it must also be JSON-serialisable
+    for secret in ("s3cr3t-pw", "reader-pw", "writer-pw"):
+        assert secret not in text
+
+
+def test_redacted_keeps_dsns_without_a_password_and_renders_durations(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_DEDUPE_HORIZON", "P7D")
+    out = load_settings(clickhouse_dsn="http://ch.example:8123/db").redacted()
+    assert out["clickhouse_dsn"] == "http://ch.example:8123/db"
+    assert out["query_reader_password"] is None
+    assert (out["dedupe_horizon"], out["max_future_skew"], out["flush_interval"]) == ("P7D", "PT5M", "PT0.25S")
+
+
+def test_redacted_shows_the_effective_chdb_dsn(tmp_path: Path):
+    out = load_settings().redacted()
+    assert out["clickhouse_dsn"] == f"chdb://{tmp_path.resolve() / '.bastionary' / 'clickhouse'}"
+
+
+def test_redacted_keeps_ipv6_hosts_valid():
+    out = load_settings(clickhouse_dsn="http://u:pw@[::1]:8123/db").redacted()
+    assert out["clickhouse_dsn"] == "http://u:***@[::1]:8123/db"
+
+
+# --- ISO 8601 durations ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("P35D", timedelta(days=35)),
+        ("P7D", timedelta(days=7)),
+        ("p7d", timedelta(days=7)),
+        (" PT5M ", timedelta(minutes=5)),
+        ("P1W", timedelta(weeks=1)),
+        ("P1W2D", timedelta(days=9)),
+        ("PT90M", timedelta(minutes=90)),
+        ("P1DT2H3M4S", timedelta(days=1, hours=2, minutes=3, seconds=4)),
+        ("PT0.25S", timedelta(milliseconds=250)),
+        ("PT0S", timedelta(0)),
+    ],
+)
+def test_parse_iso_duration(text, expected):
+    assert parse_iso_duration(text) == expected
+
+
+def test_parse_iso_duration_passes_timedeltas_and_numbers_through():
+    assert parse_iso_duration(timedelta(hours=1)) == timedelta(hours=1)
+    assert parse_iso_duration(90) == timedelta(seconds=90)
+    assert parse_iso_duration(0.5) == timedelta(seconds=0.5)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "P", "PT", "P1DT", "P1M", "P1Y", "P1Y2M", "7D", "P-1D", "P1.5D", "PT1H30", "PT5M30", "1 day"]
+)
+def test_parse_iso_duration_rejects_non_fixed_or_malformed_durations(text):
+    with pytest.raises(ValueError, match="not a fixed ISO 8601 duration"):
+        parse_iso_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (timedelta(days=35), "P35D"),
+        (timedelta(minutes=5), "PT5M"),
+        (timedelta(milliseconds=250), "PT0.25S"),
+        (timedelta(0), "PT0S"),
+        (timedelta(weeks=1), "P7D"),
+        (timedelta(hours=25), "P1DT1H"),
+        (timedelta(days=1, seconds=1.5), "P1DT1.5S"),
+        (timedelta(hours=1, minutes=2, seconds=3), "PT1H2M3S"),
+    ],
+)
+def test_format_iso_duration(value, text):
+    assert format_iso_duration(value) == text
+
+
+MILLISECOND = timedelta(milliseconds=1)
+durations_ms = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=3650)).map(lambda d: d - d % MILLISECOND)
+
+
+@settings(database=None)
+@given(durations_ms)
+def test_format_then_parse_round_trips_at_millisecond_resolution(value):
+    assert parse_iso_duration(format_iso_duration(value)) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [timedelta(seconds=59, microseconds=999_999), timedelta(seconds=12, microseconds=345_678)],
+    ids=["rounds-up-to-PT60S", "loses-microseconds"],
+)
+def test_format_then_parse_round_trips_microseconds(value):
+    assert parse_iso_duration(format_iso_duration(value)) == value
