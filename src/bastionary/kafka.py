@@ -50,7 +50,73 @@ class UsageProducer:
 
     async def send(self, topic: str, payload, key: bytes | None = None, headers=None) -> asyncio.Future:
         value = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        return await self._producer.send(topic, value, key=key or subject_key(payload), headers=headers)
+        return await self._producer.send(
+            topic, value, key=key if key is not None else subject_key(payload), headers=headers
+        )
 
     async def flush(self) -> None:
         await self._producer.flush()
+
+
+async def publish_records(bootstrap: str, topic: str, records, progress=None) -> dict[int, int]:
+    """Send workload records (key, value, headers) in order; returns the next offset per partition."""
+    ends: dict[int, int] = {}
+    async with UsageProducer(bootstrap) as producer:
+        pending = []
+        for record in records:
+            pending.append(await producer.send(topic, record.value, key=record.key, headers=record.headers or None))
+            if len(pending) >= 5000:
+                for meta in await asyncio.gather(*pending):
+                    ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+                if progress:
+                    progress(len(pending))
+                pending = []
+        for meta in await asyncio.gather(*pending):
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+        if progress and pending:
+            progress(len(pending))
+    return ends
+
+
+async def read_topic(bootstrap: str, topic: str, idle_seconds: float = 2.0, expect: int | None = None):
+    """Every record of ``topic`` from the beginning (stops once idle, or at ``expect`` records)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    out = []
+    try:
+        idle_since = asyncio.get_running_loop().time()
+        while True:
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                out.extend(messages)
+            now = asyncio.get_running_loop().time()
+            if batch:
+                idle_since = now
+            if (expect is not None and len(out) >= expect) or now - idle_since > idle_seconds:
+                return out
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets on ``topic``: records below them have fully landed."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    # A consumer that never subscribes only reads the group's offsets; it does not join it.
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        out = {}
+        for partition in partitions:
+            offset = await consumer.committed(TopicPartition(topic, partition))
+            if offset is not None and offset >= 0:
+                out[partition] = offset
+        return out
+    finally:
+        await consumer.stop()

@@ -84,6 +84,46 @@ def _wait_for_signal() -> None:
         time.sleep(0.2)
 
 
+@cli.command("serve-clickhouse")
+def serve_clickhouse() -> None:
+    """Hold the embedded chdb directory and serve it over HTTP for several workers.
+
+    chdb admits one process per directory: with several `bastionary worker` processes on one
+    machine, run this once and point every worker at its writer DSN.
+    """
+    from bastionary.storage.clickhouse import gateway_file
+    from bastionary.storage.http_gateway import QueryGateway, gateway_dsn, read_gateway_file, write_gateway_file
+    from bastionary.worker.run import gateway_credentials
+
+    settings = _settings()
+    if not settings.embedded_clickhouse:
+        raise click.ClickException("serve-clickhouse is for the embedded chdb:// DSN; a server needs no gateway")
+    handle = connect_clickhouse(settings, role="writer")
+    if not handle.in_process:
+        raise click.ClickException(f"the chdb directory is already served ({handle.dsn_description})")
+    credentials = gateway_credentials(settings)
+    path = gateway_file(settings.data_path)
+
+    async def serve() -> None:
+        gateway = QueryGateway(handle.client, credentials, database=settings.database)
+        port = await gateway.start(settings.query_host, settings.query_port)
+        write_gateway_file(path, settings.query_host, port, credentials, settings.database)
+        info = read_gateway_file(path)
+        click.echo(f"serving {settings.clickhouse_url()} at http://{settings.query_host}:{port}", err=True)
+        click.echo(f"writer DSN is in {path}; reader: {gateway_dsn(info, 'reader').split('@')[-1]}", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gateway.stop()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        path.unlink(missing_ok=True)
+
+
 @cli.command()
 @_fail_cleanly
 def run() -> None:

@@ -19,6 +19,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr, Val
 from bastionary.ingest.errors import ErrorClass, Rejection
 
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
+# The range of ClickHouse DateTime, which the 1-minute rollup windows use.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
 
 
 class UsageEvent(BaseModel):
@@ -104,6 +107,11 @@ def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
         event = UsageEvent.model_validate(raw)
     except ValidationError as exc:
         member.rejection = _validation_rejection(raw, exc)
+        return member
+    if not _EARLIEST <= event.time < _LATEST:
+        member.rejection = Rejection(
+            ErrorClass.INVALID_TIME, f"time {event.time.isoformat()} is outside 1970-01-01 .. 2105-12-31 (UTC)"
+        )
         return member
     if event.time > latest_allowed:
         member.rejection = Rejection(

@@ -82,12 +82,17 @@ def numeric_value(meter: Meter, raw: Any) -> Decimal:
         value = Decimal(str(raw).strip())
     except InvalidOperation:
         value = Decimal("NaN")
-    if not value.is_finite() or value.copy_abs() >= VALUE_LIMIT:
-        raise Rejection(
-            ErrorClass.INVALID_METER_VALUE,
-            f"meter {meter.key}: {meter.value_property} is not a finite number below 1e29: {raw!r}",
-        )
-    return value.quantize(VALUE_QUANTUM, rounding=ROUND_HALF_EVEN, context=_CONTEXT)
+    try:
+        if value.is_finite() and value.copy_abs() < VALUE_LIMIT:
+            quantized = value.quantize(VALUE_QUANTUM, rounding=ROUND_HALF_EVEN, context=_CONTEXT)
+            if quantized.copy_abs() < VALUE_LIMIT:
+                return quantized
+    except InvalidOperation:
+        pass  # rounds up to 1e29: out of range like the rest
+    raise Rejection(
+        ErrorClass.INVALID_METER_VALUE,
+        f"meter {meter.key}: {meter.value_property} is not a finite number below 1e29: {raw!r}",
+    )
 
 
 def unique_value(meter: Meter, raw: Any) -> str:

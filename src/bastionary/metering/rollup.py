@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import Context, Decimal
 
 import orjson
 
@@ -18,6 +18,7 @@ from bastionary.metering.readings import Group, Reading
 
 WINDOW_SECONDS = 60
 ZERO = Decimal(0)
+_SUM_CONTEXT = Context(prec=38)  # Decimal(38, 9): the default 28 digits would round large sums
 
 
 def window_start(moment: datetime) -> datetime:
@@ -43,7 +44,7 @@ class RollupCell:
         value = reading.value
         aggregation = reading.aggregation
         if aggregation is Aggregation.SUM:
-            self.value_sum += value
+            self.value_sum = _SUM_CONTEXT.add(self.value_sum, value)
         elif aggregation is Aggregation.MAX:
             if self.value_max is None or value > self.value_max:
                 self.value_max = value

@@ -56,6 +56,8 @@ class DeadLetter:
     code: ErrorClass
 
 
+DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+
 DeadLetterSender = Callable[[list[DeadLetter]], Awaitable[None]]
 
 
@@ -226,6 +228,11 @@ class UsageSink:
             return records
         # A replay lands only as the very range it had before, or its tokens would not match.
         end = state.replay.last_offset
+        if state.buffer[0].offset > end:
+            # Kafka resumed past the range: it had been acked, so it had fully landed.
+            state.replay = None
+            records, state.buffer = state.buffer, []
+            return records
         if state.buffer[-1].offset < end:
             return []
         records = [r for r in state.buffer if r.offset <= end]
@@ -346,13 +353,19 @@ class UsageSink:
     def _dead_letter(plan: _Plan, record: InboundRecord, value: bytes, rejection: Rejection, member) -> None:
         headers = [
             ("error.class", rejection.code.value.encode()),
-            ("error.message", rejection.message.encode()[:4096]),
+            ("error.message", rejection.message[:2048].encode()),
             ("source.topic", record.topic.encode()),
             ("source.partition", str(record.partition).encode()),
             ("source.offset", str(record.offset).encode()),
         ]
         if member is not None:
             headers.append(("source.index", str(member.index).encode()))
+        if len(value) > DEAD_LETTER_VALUE_LIMIT:
+            # The whole value would not fit the DLQ either; keep its head and say so.
+            headers.append(("source.value_bytes", str(len(value)).encode()))
+            value = value[:DEAD_LETTER_VALUE_LIMIT]
+        # The original headers travel too: a binary-mode event's attributes live there.
+        headers.extend((name, bytes(v)) for name, v in record.headers if not name.startswith(("error.", "source.")))
         plan.dead_letters.append(DeadLetter(record.key, value, headers, rejection.code))
         plan.stats.dead_lettered += 1
         plan.stats.by_error[rejection.code.value] = plan.stats.by_error.get(rejection.code.value, 0) + 1

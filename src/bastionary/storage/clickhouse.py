@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 import structlog
+from clickhouse_connect import common as clickhouse_common
 
 from bastionary.metering.rollup import ROLLUP_COLUMNS
 from bastionary.storage.migrations import apply_migrations
@@ -62,6 +63,9 @@ def gateway_file(data_dir: Path) -> Path:
 def open_client(dsn: str, database: str | None, create: bool = False):
     """A clickhouse-connect client on ``database``; ``create`` makes the database first."""
     parts = urlsplit(dsn)
+    # The sink reads (recovery) and writes (flushes) from worker threads at once; ClickHouse
+    # rejects concurrent queries in one HTTP session, and the pipeline needs no session state.
+    clickhouse_common.set_setting("autogenerate_session_id", False)
     if parts.scheme == "chdb":
         path = Path(parts.path)
         path.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,9 @@ def create_app(settings: Settings, bootstrap: str, sink_factory, on_started=None
         producer_linger_ms=5,
         broker_max_poll_records=2000,
         stream_buffer_maxsize=16384,
+        # Records wait unacked in the sink's buffers until they land; on a rebalance the
+        # revoked ones are dropped for the next owner, so Faust must not wait for their acks.
+        stream_wait_empty=False,
         web_enabled=settings.web_port != 0,
         web_host=settings.web_host,
         web_port=settings.web_port or 6066,

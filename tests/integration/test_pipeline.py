@@ -1,0 +1,87 @@
+"""The usage pipeline end to end: real broker, real ClickHouse (see tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timedelta, timezone
+
+import orjson
+import pytest
+
+from bastionary.workload import Record, generate
+
+from .helpers import assert_totals_equal, dead_letters, pipeline_totals, publish
+
+pytestmark = pytest.mark.integration
+
+
+def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_events(stack):
+    workload = generate(4000, customers=60, late_events=50, bad_records=7, seed=11)
+    stack.start_worker()
+    ends = publish(stack, workload.records)
+    stack.wait_caught_up(ends)
+
+    assert_totals_equal(pipeline_totals(stack), workload.truth())
+    stored = stack.query("SELECT count() FROM usage_events FINAL")[0][0]
+    assert stored == len(workload.unique_events)
+    progress = stack.query(
+        "SELECT sum(events_accepted), sum(duplicates), sum(dead_lettered) FROM ingest_progress FINAL"
+    )[0]
+    assert tuple(int(v) for v in progress) == (len(workload.unique_events), workload.duplicates, 7)
+    assert len(dead_letters(stack, expect=7)) == 7
+
+
+def test_late_event_for_an_already_flushed_window_counts_once(stack):
+    stack.start_worker()
+    minute = (datetime.now(timezone.utc) - timedelta(hours=3)).replace(second=5, microsecond=0)
+
+    def event(i: int, tokens: int) -> Record:
+        body = {
+            "specversion": "1.0", "id": f"late-{i}", "source": "test", "type": "llm.completion",
+            "subject": "cust-late", "time": minute.isoformat(), "data": {"tokens": tokens, "model": "gpt-4"},
+        }
+        return Record(b"cust-late", orjson.dumps(body))
+
+    stack.wait_caught_up(publish(stack, [event(1, 100)]))
+    stack.wait_caught_up(publish(stack, [event(2, 20), event(1, 100)]))  # a late one and a repeat
+    rows = stack.query("SELECT sum(value_sum) FROM usage_rollup_1m WHERE customer_id = 'cust-late'")
+    assert rows[0][0] == 120
+
+
+def test_restarted_worker_with_an_empty_cache_still_drops_repeats(stack):
+    workload = generate(500, customers=10, duplicate_rate=0, seed=3)
+    stack.start_worker("first")
+    stack.wait_caught_up(publish(stack, workload.records))
+    stack.kill_worker("first")
+    # A new worker id means a new, empty local dedupe cache: it must be refilled from ClickHouse.
+    stack.start_worker("second")
+    stack.wait_caught_up(publish(stack, workload.records))
+    assert stack.query("SELECT count() FROM usage_events FINAL")[0][0] == 500
+    assert_totals_equal(pipeline_totals(stack), workload.truth())
+
+
+def test_usage_and_sql_commands_read_the_live_pipeline(stack):
+    workload = generate(300, customers=5, duplicate_rate=0, seed=5)
+    stack.start_worker()
+    stack.wait_caught_up(publish(stack, workload.records))
+    env = stack.env("cli")
+    out = subprocess.run(
+        [".venv/bin/bastionary", "usage", "llm_tokens", "--group-by", "model", "--format", "json"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    rows = json.loads(out)
+    assert rows and set(rows[0]) == {"customer_id", "window_start", "window_end", "group", "value"}
+    truth = workload.truth()["llm_tokens"]
+    assert {(r["customer_id"], (("model", r["group"]["model"]),)): r["value"] for r in rows} == {
+        k: format(v, "f") for k, v in truth.items()
+    }
+    out = subprocess.run(
+        [".venv/bin/bastionary", "sql", "SELECT count() AS n FROM usage_events", "--format", "json"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    assert json.loads(out) == [{"n": 300}]
+    denied = subprocess.run(
+        [".venv/bin/bastionary", "sql", "DROP TABLE usage_events"], env=env, capture_output=True, text=True
+    )
+    assert denied.returncode != 0 and "read-only" in denied.stderr

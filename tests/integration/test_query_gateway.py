@@ -1,0 +1,291 @@
+"""The query gateway speaks enough ClickHouse HTTP for clickhouse-connect and curl.
+
+chdb hosts one data path per process, so every test shares one session-scoped chdb client
+and gets its own database instead. clickhouse-connect's HTTP client blocks, and the gateway
+runs on the test's event loop, so client calls go through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import stat
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+
+import clickhouse_connect
+import lz4.frame
+import pytest
+from clickhouse_connect.driver.exceptions import DatabaseError
+
+from bastionary.storage.http_gateway import (
+    GatewayCredentials,
+    QueryGateway,
+    gateway_dsn,
+    read_gateway_file,
+    write_gateway_file,
+)
+
+pytestmark = pytest.mark.integration
+
+CREDS = GatewayCredentials("reader", "r-secret", "writer", "w-secret")
+
+
+@pytest.fixture(scope="session")
+def chdb_client(tmp_path_factory):
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path_factory.mktemp('gateway-chdb')}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def database(chdb_client):
+    name = f"test_{uuid.uuid4().hex}"
+    chdb_client.command(f"CREATE DATABASE {name}")
+    chdb_client.command(
+        f"CREATE TABLE {name}.events (id UInt64, name String, at DateTime64(3, 'UTC'))"
+        " ENGINE = MergeTree ORDER BY id SETTINGS non_replicated_deduplication_window = 100"
+    )
+    yield name
+    chdb_client.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture
+async def gateway(chdb_client, database):
+    gw = QueryGateway(chdb_client, CREDS, database=database)
+    port = await gw.start()
+    yield port
+    await gw.stop()
+
+
+def connect(port: int, database: str, role: str = "reader", **kwargs):
+    password = CREDS.reader_password if role == "reader" else CREDS.writer_password
+    return clickhouse_connect.get_client(
+        host="127.0.0.1", port=port, username=role, password=password, database=database, **kwargs
+    )
+
+
+def http(port: int, params: dict | None = None, body: bytes | None = None, headers: dict | None = None):
+    """One raw request, the way curl would send it: returns (status, headers, body)."""
+    url = f"http://127.0.0.1:{port}/?{urllib.parse.urlencode(params or {})}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers or {})) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+ROWS = [(i, f"n{i}", datetime(2024, 1, 1, 0, i, tzinfo=timezone.utc)) for i in range(5)]
+COLUMNS = ["id", "name", "at"]
+
+
+async def test_reader_queries_a_table(chdb_client, database, gateway):
+    chdb_client.insert(f"{database}.events", ROWS, column_names=COLUMNS)
+
+    def read():
+        reader = connect(gateway, database)
+        result = reader.query("SELECT id, name FROM events WHERE id >= {low:UInt64} ORDER BY id", parameters={"low": 3})
+        return reader.server_version, result
+
+    version, result = await asyncio.to_thread(read)
+    assert version  # the connect handshake (version, timezone, settings) went through
+    assert result.column_names == ("id", "name")
+    assert result.result_rows == [(3, "n3"), (4, "n4")]
+    assert int(result.summary["read_rows"]) >= 2 and result.summary["query_id"]
+
+
+@pytest.mark.parametrize("compress", [True, "zstd", "gzip", False])
+async def test_writer_insert_is_visible_to_reader(database, gateway, compress):
+    def write_then_read():
+        summary = connect(gateway, database, "writer", compress=compress).insert("events", ROWS, column_names=COLUMNS)
+        return summary, connect(gateway, database).query("SELECT id, name, at FROM events ORDER BY id").result_rows
+
+    summary, rows = await asyncio.to_thread(write_then_read)
+    assert summary.written_rows == 5
+    assert [(i, name, at.replace(tzinfo=timezone.utc)) for i, name, at in rows] == ROWS
+
+
+async def test_raw_insert_with_compressed_bodies(database, gateway):
+    def write_then_read():
+        writer = connect(gateway, database, "writer")
+        writer.raw_insert("events", COLUMNS, b'{"id":1,"name":"a","at":"2024-01-01 00:00:00"}\n', fmt="JSONEachRow")
+        writer.raw_insert("events", COLUMNS, gzip.compress(b"2,b,2024-01-01 00:00:00\n"), fmt="CSV", compression="gzip")
+        block = lz4.frame.compress(b"3\tc\t2024-01-01 00:00:00\n")
+        writer.raw_insert("events", COLUMNS, block, fmt="TabSeparated", compression="lz4")
+        return connect(gateway, database).command("SELECT groupArray(name) FROM (SELECT name FROM events ORDER BY id)")
+
+    assert await asyncio.to_thread(write_then_read) == "['a','b','c']"
+
+
+async def test_insert_deduplication_token_is_honoured(database, gateway):
+    def insert_twice_then_count():
+        writer = connect(gateway, database, "writer")
+        for _ in range(2):
+            writer.insert("events", ROWS, column_names=COLUMNS, settings={"insert_deduplication_token": "batch-1"})
+        writer.insert("events", ROWS[:1], column_names=COLUMNS, settings={"insert_deduplication_token": "batch-2"})
+        return connect(gateway, database).command("SELECT count() FROM events")
+
+    assert await asyncio.to_thread(insert_twice_then_count) == 6
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO events (id, name) VALUES (9, 'x')",
+        "CREATE TABLE other (x UInt8) ENGINE = Memory",
+        "DROP TABLE events",
+        "SELECT * FROM file('/etc/hostname', 'LineAsString')",
+        "SELECT 1 INTO OUTFILE '/tmp/bastionary-gateway-test.txt'",
+        "SELECT 1 SETTINGS readonly = 0",
+    ],
+)
+async def test_reader_cannot_modify(chdb_client, database, gateway, statement):
+    def attempt():
+        with pytest.raises(DatabaseError) as err:
+            connect(gateway, database).command(statement)
+        return err.value
+
+    err = await asyncio.to_thread(attempt)
+    assert err.code == 164 and "readonly" in str(err)
+    assert chdb_client.command(f"EXISTS TABLE {database}.events") == 1
+
+
+async def test_reader_cannot_insert_with_client(database, gateway):
+    def attempt():
+        with pytest.raises(DatabaseError, match="readonly"):
+            connect(gateway, database).insert("events", ROWS, column_names=COLUMNS)
+
+    await asyncio.to_thread(attempt)
+
+
+async def test_get_implies_readonly_even_for_writer(database, gateway):
+    params = {"query": "CREATE TABLE other (x UInt8) ENGINE = Memory", "database": database}
+    status, headers, body = await asyncio.to_thread(http, gateway, params, None, basic("writer", "w-secret"))
+    assert status == 403 and headers["X-ClickHouse-Exception-Code"] == "164"
+    assert b"POST" in body
+
+
+async def test_missing_credentials_is_401(gateway):
+    status, headers, body = await asyncio.to_thread(http, gateway, {"query": "SELECT 1"})
+    assert status == 401
+    assert headers["X-ClickHouse-Exception-Code"] == "516"
+    assert body.startswith(b"Code: 516. DB::Exception: ")
+
+
+async def test_wrong_password_is_rejected(database, gateway):
+    status, headers, _ = await asyncio.to_thread(
+        http, gateway, {"query": "SELECT 1", "user": "reader", "password": "nope"}
+    )
+    assert status == 401 and headers["X-ClickHouse-Exception-Code"] == "516"
+
+    def connect_with_wrong_password():
+        with pytest.raises(DatabaseError) as err:
+            clickhouse_connect.get_client(host="127.0.0.1", port=gateway, username="writer", password="r-secret")
+        return err.value
+
+    assert (await asyncio.to_thread(connect_with_wrong_password)).code == 516
+
+
+async def test_query_error_surfaces_as_database_error(database, gateway):
+    def bad_query():
+        with pytest.raises(DatabaseError) as err:
+            connect(gateway, database, "writer").query("SELECT nope FROM events")
+        return err.value
+
+    err = await asyncio.to_thread(bad_query)
+    assert err.code == 47 and "nope" in str(err)
+
+
+async def test_curl_style_access(chdb_client, database, gateway):
+    chdb_client.insert(f"{database}.events", ROWS, column_names=COLUMNS)
+    query = "SELECT id FROM events WHERE id < 2 ORDER BY id FORMAT JSONEachRow"
+
+    status, headers, body = await asyncio.to_thread(
+        http, gateway, {"query": query, "database": database}, None, basic("reader", "r-secret")
+    )
+    assert status == 200 and headers["X-ClickHouse-Format"] == "JSONEachRow"
+    assert [json.loads(line) for line in body.splitlines()] == [{"id": "0"}, {"id": "1"}]
+    assert json.loads(headers["X-ClickHouse-Summary"])["read_rows"] == "5"
+
+    key_headers = {"X-ClickHouse-User": "reader", "X-ClickHouse-Key": "r-secret"}
+    status, _, body = await asyncio.to_thread(http, gateway, {"database": database}, query.encode(), key_headers)
+    assert status == 200 and body.splitlines()[0] == b'{"id":"0"}'
+
+    params = {"user": "reader", "password": "r-secret", "param_n": "3", "default_format": "CSV"}
+    status, headers, body = await asyncio.to_thread(
+        http, gateway, {**params, "query": f"SELECT count() FROM {database}.events WHERE id < {{n:UInt8}}"}
+    )
+    assert (status, headers["X-ClickHouse-Format"], body) == (200, "CSV", b"3\n")
+
+
+async def test_curl_style_insert(database, gateway):
+    creds = basic("writer", "w-secret")
+    params = {"database": database, "query": "INSERT INTO events (id, name, at) FORMAT CSV"}
+    status, headers, _ = await asyncio.to_thread(http, gateway, params, b"1,a,2024-01-01 00:00:00\n", creds)
+    assert status == 200 and json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "1"
+    body = b'INSERT INTO events FORMAT JSONEachRow\n{"id": 2, "name": "b", "at": "2024-01-01 00:00:00"}\n'
+    assert (await asyncio.to_thread(http, gateway, {"database": database}, body, creds))[0] == 200
+    status, _, body = await asyncio.to_thread(http, gateway, {"database": database}, b"SELECT count() FROM events", creds)
+    assert body == b"2\n"
+
+
+async def test_form_encoded_query_parameters(chdb_client, database, gateway):
+    chdb_client.insert(f"{database}.events", ROWS, column_names=COLUMNS)
+
+    def read():
+        reader = connect(gateway, database, form_encode_query_params=True)
+        return reader.query("SELECT name FROM events WHERE id = {id:UInt64}", parameters={"id": 2}).result_rows
+
+    assert await asyncio.to_thread(read) == [("n2",)]
+
+
+async def test_ping_needs_no_credentials(gateway):
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway}/ping") as resp:
+        assert await asyncio.to_thread(resp.read) == b"Ok.\n"
+
+
+async def test_event_loop_stays_responsive_during_a_query(database, gateway):
+    slow = asyncio.create_task(
+        asyncio.to_thread(connect(gateway, database).command, "SELECT sleepEachRow(0.1) FROM numbers(8) FORMAT Null")
+    )
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await asyncio.sleep(0.01)
+    assert time.monotonic() - started < 0.2
+    assert not slow.done()
+    await slow
+
+
+async def test_gateway_file_round_trip(tmp_path, database, gateway):
+    path = tmp_path / "run" / "query-gateway.json"
+    assert read_gateway_file(path) is None
+    write_gateway_file(path, "127.0.0.1", gateway, CREDS, database)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+
+    info = read_gateway_file(path)
+    assert info["port"] == gateway and info["reader"] == {"user": "reader", "password": "r-secret"}
+    assert gateway_dsn(info, "writer") == f"http://writer:w-secret@127.0.0.1:{gateway}/{database}"
+
+    def over_dsn():
+        writer = clickhouse_connect.get_client(dsn=gateway_dsn(info, "writer"))
+        writer.insert("events", ROWS, column_names=COLUMNS)
+        return clickhouse_connect.get_client(dsn=gateway_dsn(info, "reader")).command("SELECT count() FROM events")
+
+    assert await asyncio.to_thread(over_dsn) == 5
+
+
+def test_credentials_repr_hides_passwords():
+    assert "secret" not in repr(CREDS)
+    generated = GatewayCredentials.generate()
+    assert generated.reader_user == "reader" and len(generated.writer_password) >= 24

@@ -1,0 +1,932 @@
+"""The JSON Schemas in ``schemas/`` against the code they describe, so the two cannot drift.
+
+Every behavioural test here feeds the same input to a schema and to the code (``UsageEvent``,
+``parse_record``, ``parse_catalog``) and requires the same verdict. The few inputs on which
+the two differ on purpose are listed below (``*_ONLY`` constants and ``*_only_*`` tests) and in the README
+section "Where the schemas and the code differ"; they are excluded from the agreement
+corpora and checked on their own, so a change on either side shows up here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import string
+import typing
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import annotated_types
+import orjson
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+
+from bastionary.catalog import Aggregation, Catalog, CatalogError, Meter, parse_catalog
+from bastionary.ingest.cloudevents import REQUIRED_ATTRIBUTES, UsageEvent, parse_record
+from bastionary.ingest.errors import ErrorClass, Rejection
+from bastionary.ingest.jsonpath import JsonPathError, compile_path
+from bastionary.metering.readings import MeterIndex
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "schemas"
+README = SCHEMAS / "README.md"
+DEFAULT_CATALOG = ROOT / "src" / "bastionary" / "default_catalog.yaml"
+
+# Records are judged against a broker timestamp far after every event time used here, so
+# `future_time` never fires by accident; the size limit is far above every record's size.
+BROKER_MS = int(datetime(2200, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+SKEW = timedelta(minutes=5)
+MAX_BYTES = 64 * 1024 * 1024
+
+
+# --- validators ------------------------------------------------------------------------
+
+# RFC 3339 section 5.6 `date-time`, with the section 5.6 note's lower-case t/z. jsonschema
+# checks `date-time` only when the optional rfc3339-validator package is installed, so the
+# check is spelled out here, where it cannot silently switch itself off.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:[Zz]|[+-](\d{2}):(\d{2}))",
+    re.ASCII,
+)
+
+
+def is_rfc3339_date_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True  # formats constrain strings only; `type` handles the rest
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        return False
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days = [31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+    if not (1 <= month <= 12 and 1 <= day <= days[month - 1]):
+        return False
+    if hour > 23 or minute > 59 or second > 60:  # 60: RFC 3339 admits leap seconds
+        return False
+    off_hour, off_minute = match.group(7), match.group(8)
+    return off_hour is None or (int(off_hour) <= 23 and int(off_minute) <= 59)
+
+
+FORMAT_CHECKER = FormatChecker(formats=())
+FORMAT_CHECKER.checks("date-time")(is_rfc3339_date_time)
+
+
+def load_schema(name: str) -> dict:
+    return json.loads((SCHEMAS / name).read_text())
+
+
+SCHEMA_FILES = ("usage-event.schema.json", "usage-record.schema.json", "catalog.schema.json")
+EVENT_SCHEMA = load_schema("usage-event.schema.json")
+RECORD_SCHEMA = load_schema("usage-record.schema.json")
+CATALOG_SCHEMA = load_schema("catalog.schema.json")
+# The schemas have no $id: usage-record's "$ref": "usage-event.schema.json" resolves against
+# wherever the files are read from, so the registry holds them under their file names.
+REGISTRY = Registry().with_resources((name, Resource.from_contents(load_schema(name))) for name in SCHEMA_FILES)
+
+
+def validator(schema: dict) -> Draft202012Validator:
+    return Draft202012Validator(schema, registry=REGISTRY, format_checker=FORMAT_CHECKER)
+
+
+EVENT_VALIDATOR = validator(EVENT_SCHEMA)
+RECORD_VALIDATOR = validator(RECORD_SCHEMA)
+CATALOG_VALIDATOR = validator(CATALOG_SCHEMA)
+
+
+# --- the verdicts being compared -------------------------------------------------------
+
+
+def model_accepts(event: object) -> bool:
+    try:
+        UsageEvent.model_validate(event)
+    except ValueError:  # pydantic.ValidationError
+        return False
+    return True
+
+
+def parse(value: bytes | None, headers: list[tuple[str, bytes]] | None = None):
+    return parse_record(value, headers, BROKER_MS, MAX_BYTES, SKEW)
+
+
+def worker_accepts(value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> bool:
+    """True when the worker takes every event of the record (nothing dead-lettered)."""
+    parsed = parse(value, headers)
+    return parsed.rejection is None and all(m.event is not None for m in parsed.members)
+
+
+def catalog_accepted(document: object) -> bool:
+    try:
+        parse_catalog(document)
+    except CatalogError:
+        return False
+    return True
+
+
+def schema_errors(validator: Draft202012Validator, instance: object) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in validator.iter_errors(instance)]
+
+
+def wire(value: object) -> object:
+    """The value as the worker sees it after a JSON round trip."""
+    return orjson.loads(orjson.dumps(value))
+
+
+# --- event corpus ----------------------------------------------------------------------
+
+MISSING = object()
+
+BASE_EVENT = {
+    "specversion": "1.0",
+    "id": "evt-0001",
+    "source": "//api.example/llm",
+    "type": "llm.completion",
+    "subject": "cust-42",
+    "time": "2024-05-01T12:00:00Z",
+    "data": {"tokens": 17, "model": "small"},
+}
+
+
+def event(**overrides: object) -> dict:
+    merged = {**BASE_EVENT, **overrides}
+    return {k: v for k, v in merged.items() if v is not MISSING}
+
+
+# Accepted by both: RFC 3339 date-times that pydantic's AwareDatetime parses.
+BOTH_ACCEPT_TIMES = [
+    "2024-05-01T12:00:00Z",
+    "2024-05-01T12:00:00z",
+    "2024-05-01t12:00:00Z",
+    "2024-05-01T12:00:00.5Z",
+    "2024-05-01T12:00:00.123456Z",
+    "2024-05-01T12:00:00.123456789Z",  # digits past the microsecond are dropped by the worker
+    "2024-05-01T12:00:00+02:00",
+    "2024-05-01T12:00:00-07:30",
+    "2024-05-01T12:00:00-00:00",
+    "2024-05-01T12:00:00+23:59",
+    "2024-02-29T23:59:59Z",
+    "2000-02-29T00:00:00+01:00",
+    "1999-12-31T23:59:59.999999-01:00",
+    "1969-07-20T20:17:40Z",
+    "2099-12-31T23:59:59Z",
+]
+
+# Rejected by both.
+BOTH_REJECT_TIMES = [
+    "2024-05-01T12:00:00",  # no offset
+    "2024-05-01T12:00:00.5",
+    "2024-05-01",
+    "12:00:00Z",
+    "2024-02-30T00:00:00Z",
+    "2023-02-29T00:00:00Z",
+    "1900-02-29T00:00:00Z",
+    "2024-13-01T00:00:00Z",
+    "2024-00-10T00:00:00Z",
+    "2024-05-00T00:00:00Z",
+    "2024-05-32T00:00:00Z",
+    "2024-05-01T24:00:00Z",
+    "2024-05-01T12:60:00Z",
+    "2024-05-01T12:00:61Z",
+    "2024-05-01T12:00:00+24:00",
+    "2024-05-01T12:00:00+00",
+    "2024-05-01T12:00:00.Z",
+    "2024-05-01T12:00:00.5+00:00Z",
+    "2024-05-01T12:00:00+00:00:00",
+    "2024-1-01T00:00:00Z",
+    "+2024-05-01T12:00:00Z",
+    "20240501T120000Z",
+    " 2024-05-01T12:00:00Z",
+    "2024-05-01T12:00:00Z ",
+    "2024-05-01T12:00:00Z\n",
+    "2024-05-01T12:00:00+02:00[Europe/Paris]",
+    "2024-W18-3T12:00:00Z",
+    "",
+    "yesterday",
+    "now",
+    "nan",
+    "inf",
+    "1e5",
+    1714564800,  # Unix times: pydantic would read them, UsageEvent refuses them
+    1714564800.5,
+    0,
+    -1,
+    "1714564800",
+    "0",
+    "-1",
+    None,
+    True,
+    False,
+    [],
+    {},
+    ["2024-05-01T12:00:00Z"],
+    {"seconds": 0},
+]
+
+# Accepted by the worker (pydantic's lax datetime parsing), rejected by the schema. The
+# contract is the schema; the README lists these as not to be relied upon.
+WORKER_ONLY_TIMES = [
+    "2024-05-01T12:00Z",  # no seconds
+    "2024-05-01T12:00:00+0200",  # offset without a colon
+    "2024-05-01 12:00:00Z",  # space for T
+    "2024-05-01T12:00:00,5Z",  # comma as the decimal sign
+]
+
+# Valid RFC 3339, rejected by the worker.
+SCHEMA_ONLY_TIMES = [
+    "2016-12-31T23:59:60Z",  # leap second
+    "0000-01-01T00:00:00Z",  # year 0 (Python's datetime starts at year 1)
+]
+
+STRING_ATTRIBUTES = ("id", "source", "type", "subject")
+WRONG_FOR_STRING = [None, 0, 1, 1.5, -2, True, False, [], ["x"], {}, {"a": "b"}, ""]
+WRONG_SPECVERSION = ["1", "0.3", "1.0 ", " 1.0", "1.00", "v1.0", "", 1.0, 1, None, True, ["1.0"], {}]
+WRONG_DATA = [[], [{}], "x", "{}", "", 0, 1.5, True, None]
+WRONG_OPTIONAL_STRING = [0, 1.5, True, [], ["x"], {}, {"a": 1}]
+
+
+def max_length(attribute: str) -> int:
+    return EVENT_SCHEMA["properties"][attribute]["maxLength"]
+
+
+def valid_events() -> list[dict]:
+    out = [
+        event(),
+        event(data=MISSING),
+        event(data={}),
+        event(data={"nested": {"a": [1, 2, {"b": None}]}, "n": 1.5, "s": "x", "t": True, "z": None}),
+        event(datacontenttype="application/json"),
+        event(datacontenttype=None, dataschema=None),
+        event(dataschema="https://schemas.example/llm/v1"),
+        event(datacontenttype="", dataschema=""),
+        event(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", partitionkey="k"),
+        event(ext_number=1, ext_null=None, ext_list=[1, "a"], ext_object={"a": {"b": 1}}, ext_bool=False),
+        event(id="1", source="s", type="t", subject="c"),
+        event(subject="Kunde-Müller", source="urn:ünïcödé", id="идентификатор", type="使用.事件"),
+        event(data={"tokens": "17.5", "model": None}),
+    ]
+    for attribute in STRING_ATTRIBUTES:
+        limit = max_length(attribute)
+        out.append(event(**{attribute: "x" * limit}))
+        out.append(event(**{attribute: "é" * limit}))  # two UTF-8 bytes, one code point
+        out.append(event(**{attribute: "😀" * limit}))  # astral: one code point, two UTF-16 units
+        out.append(event(**{attribute: " "}))  # whitespace is a non-empty string
+    out.extend(event(time=t) for t in BOTH_ACCEPT_TIMES)
+    return out
+
+
+def invalid_events() -> list[dict]:
+    out = []
+    for attribute in REQUIRED_ATTRIBUTES:
+        out.append(event(**{attribute: MISSING}))
+    for attribute in STRING_ATTRIBUTES:
+        out.extend(event(**{attribute: wrong}) for wrong in WRONG_FOR_STRING)
+        out.append(event(**{attribute: "x" * (max_length(attribute) + 1)}))
+        out.append(event(**{attribute: "😀" * (max_length(attribute) + 1)}))
+    out.extend(event(specversion=wrong) for wrong in WRONG_SPECVERSION)
+    out.extend(event(data=wrong) for wrong in WRONG_DATA)
+    for attribute in ("datacontenttype", "dataschema"):
+        out.extend(event(**{attribute: wrong}) for wrong in WRONG_OPTIONAL_STRING)
+    out.extend(event(time=t) for t in BOTH_REJECT_TIMES)
+    # two problems at once
+    out.append(event(id=MISSING, time="2024-05-01"))
+    out.append(event(subject=1, data=[]))
+    out.append({})
+    out.append({"data": {"tokens": 1}})
+    return out
+
+
+VALID_EVENTS = valid_events()
+INVALID_EVENTS = invalid_events()
+NOT_OBJECTS = [None, True, 0, 1.5, "event", [], [BASE_EVENT], [[BASE_EVENT]]]
+
+
+def test_corpora_are_sizeable():
+    assert len(VALID_EVENTS) > 40
+    assert len(INVALID_EVENTS) > 120
+
+
+# --- the schemas themselves ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCHEMA_FILES)
+def test_schema_is_valid_draft_2020_12(name):
+    schema = load_schema(name)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+
+
+def test_every_json_file_in_schemas_is_checked_here():
+    assert sorted(p.name for p in SCHEMAS.glob("*.json")) == sorted(SCHEMA_FILES)
+
+
+# --- usage event: structure ------------------------------------------------------------
+
+
+def test_event_required_attributes_match_the_model():
+    model_required = [name for name, f in UsageEvent.model_fields.items() if f.is_required()]
+    assert EVENT_SCHEMA["required"] == model_required == list(REQUIRED_ATTRIBUTES)
+
+
+def test_event_properties_match_the_model_fields():
+    assert list(EVENT_SCHEMA["properties"]) == list(UsageEvent.model_fields)
+
+
+def test_event_extension_attributes_are_allowed_in_both():
+    assert UsageEvent.model_config["extra"] == "allow"
+    assert EVENT_SCHEMA["additionalProperties"] is True
+
+
+def test_event_specversion_matches_the_literal():
+    assert typing.get_args(UsageEvent.model_fields["specversion"].annotation) == (
+        EVENT_SCHEMA["properties"]["specversion"]["const"],
+    )
+
+
+@pytest.mark.parametrize("attribute", STRING_ATTRIBUTES)
+def test_event_string_bounds_match_the_model(attribute):
+    field = UsageEvent.model_fields[attribute]
+    bounds = {type(m): m for m in field.metadata}
+    prop = EVENT_SCHEMA["properties"][attribute]
+    assert prop["type"] == "string"
+    assert any(getattr(m, "strict", False) for m in field.metadata)  # StrictStr: no coercion, as in JSON Schema
+    assert prop["minLength"] == bounds[annotated_types.MinLen].min_length
+    assert prop["maxLength"] == bounds[annotated_types.MaxLen].max_length
+
+
+# --- usage event: behaviour ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("candidate", VALID_EVENTS + INVALID_EVENTS + NOT_OBJECTS, ids=lambda v: repr(v)[:80])
+def test_event_schema_agrees_with_the_model(candidate):
+    expected = model_accepts(candidate)
+    errors = schema_errors(EVENT_VALIDATOR, candidate)
+    assert (not errors) == expected, f"model accepts: {expected}; schema errors: {errors}"
+    assert expected == (candidate in VALID_EVENTS)
+
+
+@pytest.mark.parametrize("time", WORKER_ONLY_TIMES, ids=repr)
+def test_times_only_the_worker_accepts(time):
+    """pydantic's leniency, documented in the README; if this fails, update the README list."""
+    candidate = event(time=time)
+    assert not EVENT_VALIDATOR.is_valid(candidate)
+    assert model_accepts(candidate), f"the worker now rejects {time!r}: drop it from the README and this list"
+
+
+@pytest.mark.parametrize("time", SCHEMA_ONLY_TIMES, ids=repr)
+def test_times_only_the_schema_accepts(time):
+    candidate = event(time=time)
+    assert EVENT_VALIDATOR.is_valid(candidate)
+    assert not model_accepts(candidate), f"the worker now accepts {time!r}: drop it from the README and this list"
+
+
+def test_time_pattern_alone_requires_an_offset():
+    """Validators that treat `format` as an annotation still reject a time without an offset."""
+    annotation_only = Draft202012Validator(EVENT_SCHEMA)  # no format checker
+    assert annotation_only.is_valid(event(time="2024-05-01T12:00:00+02:00"))
+    assert not annotation_only.is_valid(event(time="2024-05-01T12:00:00"))
+    assert not annotation_only.is_valid(event(time="2024-05-01T12:00:00.5"))
+
+
+# Random events: each attribute absent, well-formed, or any JSON value at all.
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+json_values = st.recursive(
+    json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6
+)
+
+
+@st.composite
+def rfc3339_times(draw) -> str:
+    moment = draw(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2099, 12, 31, 23, 59, 59)))
+    digits = draw(st.integers(0, 9))
+    fraction = ("." + f"{moment.microsecond:06d}{draw(st.integers(0, 999)):03d}"[:digits]) if digits else ""
+    offset_minutes = draw(st.integers(-(24 * 60 - 1), 24 * 60 - 1))
+    if offset_minutes == 0 and draw(st.booleans()):
+        offset = draw(st.sampled_from(["Z", "z"]))
+    else:
+        sign = "-" if offset_minutes < 0 or (offset_minutes == 0 and draw(st.booleans())) else "+"
+        offset = f"{sign}{abs(offset_minutes) // 60:02d}:{abs(offset_minutes) % 60:02d}"
+    separator = draw(st.sampled_from(["T", "t"]))
+    return moment.strftime(f"%Y-%m-%d{separator}%H:%M:%S") + fraction + offset
+
+
+def _not_a_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
+
+
+times = (
+    rfc3339_times()
+    | st.sampled_from(BOTH_ACCEPT_TIMES + BOTH_REJECT_TIMES)
+    # any text but numbers (numeric strings, which pydantic would read as Unix times, are
+    # covered by BOTH_REJECT_TIMES; the other lax forms by WORKER_ONLY_TIMES)
+    | st.text(max_size=30).filter(_not_a_number)
+    | st.none()
+    | st.booleans()
+    | st.lists(json_scalars, max_size=2)
+    | st.dictionaries(st.text(max_size=3), json_scalars, max_size=2)
+)
+
+
+def attribute(well_formed: st.SearchStrategy) -> st.SearchStrategy:
+    return st.just(MISSING) | well_formed | json_values
+
+
+@st.composite
+def random_events(draw) -> dict:
+    candidate = {
+        "specversion": draw(attribute(st.just("1.0"))),
+        "id": draw(attribute(st.text(min_size=1, max_size=10))),
+        "source": draw(attribute(st.text(min_size=1, max_size=10))),
+        "type": draw(attribute(st.text(min_size=1, max_size=10))),
+        "subject": draw(attribute(st.text(min_size=1, max_size=10))),
+        "time": draw(st.just(MISSING) | times),
+        "data": draw(attribute(st.dictionaries(st.text(max_size=5), json_values, max_size=4))),
+        "datacontenttype": draw(st.just(MISSING) | st.none() | st.text(max_size=20) | json_values),
+        "dataschema": draw(st.just(MISSING) | st.none() | st.text(max_size=20) | json_values),
+    }
+    extensions = draw(st.dictionaries(st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True), json_values, max_size=2))
+    candidate.update({k: v for k, v in extensions.items() if k not in candidate})
+    return {k: v for k, v in candidate.items() if v is not MISSING}
+
+
+HYPOTHESIS = settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+@HYPOTHESIS
+@given(random_events())
+def test_random_events_agree(candidate):
+    errors = schema_errors(EVENT_VALIDATOR, candidate)
+    assert (not errors) == model_accepts(candidate), errors
+
+
+@HYPOTHESIS
+@given(rfc3339_times())
+def test_generated_rfc3339_times_are_accepted_by_both(time):
+    candidate = event(time=time)
+    assert EVENT_VALIDATOR.is_valid(candidate)
+    assert model_accepts(candidate)
+
+
+# --- usage.events record value: structured and batch mode ------------------------------
+
+
+def record_values() -> list[object]:
+    valid, invalid = VALID_EVENTS, INVALID_EVENTS
+    out: list[object] = []
+    out.extend(valid)
+    out.extend(invalid)
+    out.extend(NOT_OBJECTS)
+    out.extend([[e] for e in valid[:10]])
+    out.extend([[e] for e in invalid[::7]])
+    out.append(valid[:25])
+    out.append(valid)  # one big batch, all good
+    out.extend([valid[0], bad] for bad in invalid[::5])  # one bad member spoils the record
+    out.extend([bad, valid[1]] for bad in invalid[::11])
+    out.extend([[valid[0], odd] for odd in NOT_OBJECTS])
+    out.extend([[], [None], [1], ["x"], [[]], [{}], [valid[0], []]])
+    return out
+
+
+RECORD_VALUES = record_values()
+
+
+def test_record_corpus_holds_both_verdicts():
+    verdicts = [worker_accepts(orjson.dumps(v)) for v in RECORD_VALUES]
+    assert sum(verdicts) > 40 and verdicts.count(False) > 150
+
+
+@pytest.mark.parametrize("value", RECORD_VALUES, ids=lambda v: repr(v)[:80])
+def test_record_schema_agrees_with_parse_record(value):
+    expected = worker_accepts(orjson.dumps(value))
+    errors = schema_errors(RECORD_VALIDATOR, wire(value))
+    assert (not errors) == expected, f"worker accepts: {expected}; schema errors: {errors[:5]}"
+
+
+@HYPOTHESIS
+@given(st.lists(random_events(), max_size=4) | random_events())
+def test_random_records_agree(value):
+    expected = worker_accepts(orjson.dumps(value))
+    errors = schema_errors(RECORD_VALIDATOR, wire(value))
+    assert (not errors) == expected, errors[:5]
+
+
+def test_record_schema_is_one_event_or_a_non_empty_array_of_them():
+    event_ref = {"$ref": "usage-event.schema.json"}
+    assert RECORD_SCHEMA["oneOf"] == [event_ref, {"type": "array", "minItems": 1, "items": event_ref}]
+
+
+# --- binary mode ------------------------------------------------------------------------
+
+
+def binary_record(candidate: dict, data: object = MISSING) -> tuple[bytes, list[tuple[str, bytes]]]:
+    attrs = {k: v for k, v in candidate.items() if k != "data"}
+    headers = [(f"ce_{k}", v.encode()) for k, v in attrs.items()]
+    value = candidate.get("data", {}) if data is MISSING else data
+    return orjson.dumps(value), headers
+
+
+def binary_event(value: bytes, headers: list[tuple[str, bytes]]) -> dict:
+    """The event binary mode describes: every ce_ header an attribute, the value its data."""
+    return {**{k[3:]: v.decode() for k, v in headers if k.startswith("ce_")}, "data": orjson.loads(value)}
+
+
+def _string_attributes(candidate: object) -> bool:
+    return (
+        isinstance(candidate, dict)
+        and isinstance(candidate.get("specversion"), str)  # without it the record is structured
+        and all(isinstance(v, str) for k, v in candidate.items() if k != "data")
+    )
+
+
+BINARY_CASES = [binary_record(e) for e in VALID_EVENTS + INVALID_EVENTS if _string_attributes(e)]
+BINARY_CASES += [binary_record(BASE_EVENT, data) for data in WRONG_DATA + [[BASE_EVENT], {"any": ["thing"]}]]
+BINARY_CASES += [binary_record(event(datacontenttype="application/json", partitionkey="cust-42"))]
+
+
+def test_binary_corpus_holds_both_verdicts():
+    verdicts = [worker_accepts(v, h) for v, h in BINARY_CASES]
+    assert sum(verdicts) > 30 and verdicts.count(False) > 40
+
+
+@pytest.mark.parametrize(("value", "headers"), BINARY_CASES, ids=lambda x: repr(x)[:60])
+def test_binary_mode_agrees_with_the_event_schema(value, headers):
+    expected = worker_accepts(value, headers)
+    errors = schema_errors(EVENT_VALIDATOR, binary_event(value, headers))
+    assert (not errors) == expected, f"worker accepts: {expected}; schema errors: {errors}"
+
+
+def test_binary_mode_needs_the_specversion_header():
+    """Without ce_specversion the ce_ headers are ignored and the value is read as structured."""
+    value, headers = binary_record(BASE_EVENT)
+    headers = [h for h in headers if h[0] != "ce_specversion"]
+    assert not worker_accepts(value, headers)
+    assert worker_accepts(orjson.dumps(BASE_EVENT), headers)
+
+
+# --- error classes the README names --------------------------------------------------
+
+
+def _code(parsed) -> ErrorClass:
+    if parsed.rejection is not None:
+        return parsed.rejection.code
+    (member,) = parsed.members
+    return member.rejection.code
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (None, ErrorClass.INVALID_JSON),
+        (b"", ErrorClass.INVALID_JSON),
+        (b"{", ErrorClass.INVALID_JSON),
+        (b'{"id": "\xff"}', ErrorClass.INVALID_ENCODING),
+        (b"[]", ErrorClass.EMPTY_BATCH),
+        (b"42", ErrorClass.NOT_CLOUDEVENT),
+        (orjson.dumps(event(time=MISSING)), ErrorClass.NOT_CLOUDEVENT),
+        (orjson.dumps(event(time="2024-05-01T12:00:00")), ErrorClass.INVALID_TIME),
+        (orjson.dumps(event(time="2024-05-01T12:00:00", id=MISSING)), ErrorClass.NOT_CLOUDEVENT),
+        (orjson.dumps(event(time="2200-01-01T00:05:01Z")), ErrorClass.FUTURE_TIME),
+        (orjson.dumps(event(time="2200-01-01T00:05:00Z")), None),
+    ],
+)
+def test_error_classes_as_documented(value, code):
+    parsed = parse(value)
+    if code is None:
+        assert worker_accepts(value)
+    else:
+        assert _code(parsed) is code
+
+
+def test_record_over_the_limit_is_record_too_large():
+    value = orjson.dumps(BASE_EVENT)
+    parsed = parse_record(value, None, BROKER_MS, len(value) - 1, SKEW)
+    assert parsed.rejection.code is ErrorClass.RECORD_TOO_LARGE
+    assert worker_accepts(value)
+
+
+# --- catalog: structure ----------------------------------------------------------------
+
+METER_SCHEMA = CATALOG_SCHEMA["$defs"]["meter"]
+JSONPATH_SCHEMA = CATALOG_SCHEMA["$defs"]["jsonpath"]
+
+
+def test_meter_properties_and_required_match_the_model():
+    assert list(METER_SCHEMA["properties"]) == list(Meter.model_fields)
+    assert METER_SCHEMA["required"] == [n for n, f in Meter.model_fields.items() if f.is_required()]
+    assert list(CATALOG_SCHEMA["properties"]) == list(Catalog.model_fields)
+
+
+def test_extra_keys_forbidden_in_meters_allowed_at_the_root():
+    assert Meter.model_config["extra"] == "forbid" and METER_SCHEMA["additionalProperties"] is False
+    assert Catalog.model_config["extra"] == "allow" and CATALOG_SCHEMA["additionalProperties"] is True
+
+
+def test_aggregation_enum_matches():
+    assert METER_SCHEMA["properties"]["aggregation"]["enum"] == [a.value for a in Aggregation]
+
+
+def test_meter_key_constraints_match():
+    metadata = Meter.model_fields["key"].metadata
+    pattern = next(m.pattern for m in metadata if getattr(m, "pattern", None))
+    max_len = next(m.max_length for m in metadata if isinstance(m, annotated_types.MaxLen))
+    assert METER_SCHEMA["properties"]["key"]["pattern"] == pattern
+    assert METER_SCHEMA["properties"]["key"]["maxLength"] == max_len
+    min_len = next(m.min_length for m in Meter.model_fields["event_type"].metadata if isinstance(m, annotated_types.MinLen))
+    assert METER_SCHEMA["properties"]["event_type"]["minLength"] == min_len
+
+
+def _compiles(path: str) -> bool:
+    try:
+        compile_path(path)
+    except JsonPathError:
+        return False
+    return True
+
+
+JSONPATH_VALIDATOR = validator(JSONPATH_SCHEMA)
+JSONPATHS = [
+    "$.tokens", "$.a.b.c", "$._x", "$.a-b", "$.A9_-", "$['a b']", '$["a b"]', "$['']", '$[""]', "$[0]",
+    "$.items[0]", "$.items[10].name", "$['it''s']", "$[\"it's\"]", "$['a\"b']", "$['[x]']", "$['.']",
+    "$", "", "tokens", ".tokens", "$.", "$..tokens", "$.*", "$[*]", "$.a[*]", "$[-1]", "$[1:2]",
+    "$.a[?(@.x)]", "$.1a", "$.-a", "$['a]", "$[\"a']", "$[ 0]", "$.a b", "$.é", "$ .a", " $.a", "$.a ",
+    "$['a'", "$[0", "$[]", "@.a", "$$.a", "$.a.", "$.a..b",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", JSONPATHS)
+def test_jsonpath_pattern_matches_compile_path(path):
+    assert JSONPATH_VALIDATOR.is_valid(path) == _compiles(path)
+
+
+# "\n" is left out: Python's re lets `$` match before a final newline (ECMA-262 does not),
+# and non-ASCII digits because compile_path's `\d` takes them while the schema's [0-9] does not.
+@HYPOTHESIS
+@given(st.text(alphabet="$.[]'\"aZ_9-0 *?@:é", max_size=12).map(lambda s: "$" + s if s[:1] != "$" else s) | st.text(max_size=6))
+def test_random_jsonpaths_agree(path):
+    if "\n" in path or any(c.isdigit() and not c.isascii() for c in path):
+        return
+    assert JSONPATH_VALIDATOR.is_valid(path) == _compiles(path)
+
+
+@HYPOTHESIS
+@given(st.text(alphabet=string.ascii_letters + string.digits + "_- .$", max_size=8))
+def test_ascii_dimension_names_agree(name):
+    candidate = {"meters": [meter(group_by={name: "$.x"})]}
+    assert CATALOG_VALIDATOR.is_valid(candidate) == catalog_accepted(candidate) == name.isidentifier()
+
+
+# --- catalog: behaviour ----------------------------------------------------------------
+
+
+def meter(**overrides: object) -> dict:
+    base = {"key": "llm_tokens", "event_type": "llm.completion", "aggregation": "SUM", "value_property": "$.tokens"}
+    merged = {**base, **overrides}
+    return {k: v for k, v in merged.items() if v is not MISSING}
+
+
+def catalog_documents() -> list[object]:
+    meters: list[dict] = [meter()]
+    # every aggregation with every kind of value_property
+    for aggregation, value_property in itertools.product(
+        [a.value for a in Aggregation] + ["sum", "Count", "AVG", "", None, 1],
+        [MISSING, None, "", "$.v", "$['v w']", "$.items[0]", "v", "$", "$..v", "$[*]", 1, ["$.v"]],
+    ):
+        meters.append(meter(aggregation=aggregation, value_property=value_property))
+    meters.append(meter(aggregation=MISSING))
+    for key in ["a", "llm_tokens_2", "x" * 64, "x" * 65, "", "Tokens", "1tokens", "_tokens", "llm-tokens",
+                "llm tokens", "llm.tokens", "tökens", None, 1, True, MISSING]:  # fmt: skip
+        meters.append(meter(key=key))
+    for event_type in ["x", "llm.completion", " ", "", None, 1, ["a"], MISSING]:
+        meters.append(meter(event_type=event_type))
+    for group_by in [
+        {}, {"model": "$.model"}, {"model": "$.model", "region": "$['geo']['region']", "_n2": "$.a[0]"},
+        {"Model": "$.m"}, {"1model": "$.m"}, {"mo-del": "$.m"}, {"mo del": "$.m"}, {"": "$.m"},
+        {"model": "model"}, {"model": "$..m"}, {"model": "$"}, {"model": None}, {"model": 1}, {"model": ["$.m"]},
+        None, [], ["model"], "model", MISSING,
+    ]:  # fmt: skip
+        meters.append(meter(group_by=group_by))
+    for description in ["", "Tokens used", None, 1, MISSING]:
+        meters.append(meter(description=description))
+    meters += [meter(unit="tokens"), meter(price=1), meter(**{"Key": "x"})]
+
+    documents: list[object] = [{"meters": [m]} for m in meters]
+    documents += [
+        None,  # an empty YAML file
+        {},
+        {"meters": []},
+        {"meters": None},
+        {"meters": {}},
+        {"meters": meter()},
+        {"meters": "llm_tokens"},
+        {"meters": [None]},
+        {"meters": [[]]},
+        {"meters": [meter(), meter(key="llm_requests", aggregation="COUNT", value_property=MISSING)]},
+        {"meters": [meter(), meter(key="bad", aggregation="MAX", value_property=MISSING)]},
+        {"plans": [{"id": "pro"}], "policies": {"x": 1}, "meters": [meter()]},
+        {"plans": "anything"},
+        {"version": 2},
+        [meter()],
+        "meters",
+        1,
+        True,
+    ]
+    return documents
+
+
+CATALOG_DOCUMENTS = catalog_documents()
+
+
+def test_catalog_corpus_holds_both_verdicts():
+    verdicts = [catalog_accepted(d) for d in CATALOG_DOCUMENTS]
+    assert sum(verdicts) > 25 and verdicts.count(False) > 80
+
+
+@pytest.mark.parametrize("document", CATALOG_DOCUMENTS, ids=lambda d: repr(d)[:90])
+def test_catalog_schema_agrees_with_parse_catalog(document):
+    expected = catalog_accepted(document)
+    errors = schema_errors(CATALOG_VALIDATOR, document)
+    assert (not errors) == expected, f"parse_catalog accepts: {expected}; schema errors: {errors}"
+
+
+def test_default_catalog_validates():
+    document = yaml.safe_load(DEFAULT_CATALOG.read_text())
+    assert schema_errors(CATALOG_VALIDATOR, document) == []
+    assert {m.key for m in parse_catalog(document).meters} == {m["key"] for m in document["meters"]}
+
+
+# Differences the README lists.
+def test_duplicate_meter_keys_only_the_code_rejects():
+    document = {"meters": [meter(), meter(aggregation="MAX")]}
+    assert CATALOG_VALIDATOR.is_valid(document)
+    assert not catalog_accepted(document)
+
+
+@pytest.mark.parametrize("document", [[], 0, "", False])
+def test_falsy_documents_only_the_code_accepts(document):
+    assert not CATALOG_VALIDATOR.is_valid(document)
+    assert catalog_accepted(document)  # parse_catalog reads `document or {}`
+
+
+@pytest.mark.parametrize("name", ["région", "名前", "ｍｏｄｅｌ"])
+def test_non_ascii_dimension_names_only_the_code_accepts(name):
+    document = {"meters": [meter(group_by={name: "$.x"})]}
+    assert not CATALOG_VALIDATOR.is_valid(document)
+    assert catalog_accepted(document)
+
+
+# --- the README ------------------------------------------------------------------------
+
+README_TEXT = README.read_text()
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README_TEXT, flags=re.S)
+
+
+def test_readme_record_examples_are_accepted():
+    examples = _blocks("json")
+    assert len(examples) >= 2
+    for example in examples:
+        value = json.loads(example)
+        assert schema_errors(RECORD_VALIDATOR, value) == []
+        assert worker_accepts(example.encode())
+
+
+def test_readme_binary_example_is_accepted():
+    (example,) = _blocks("text")
+    headers = [(name, text.encode()) for name, text in re.findall(r"^(ce_\w+): (.+)$", example, flags=re.M)]
+    (value,) = re.findall(r"^value: (.+)$", example, flags=re.M)
+    assert {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_time"} <= {h[0] for h in headers}
+    assert worker_accepts(value.encode(), headers)
+    assert schema_errors(EVENT_VALIDATOR, binary_event(value.encode(), headers)) == []
+
+
+def _table_keys(heading: str) -> list[str]:
+    """The `code` in the first column of every table row in the README section ``heading``."""
+    section = README_TEXT.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+
+
+def test_readme_lists_every_error_class():
+    assert sorted(_table_keys("Error classes")) == sorted(c.value for c in ErrorClass)
+
+
+def test_readme_lists_every_aggregation():
+    assert _table_keys("Meters") == [a.value for a in Aggregation]
+
+
+def test_readme_lists_the_required_attributes():
+    assert _table_keys("Required attributes") == list(REQUIRED_ATTRIBUTES)
+
+
+def test_readme_lists_every_dead_letter_header():
+    section = README_TEXT.split("\n## Topics\n", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^  \| `([\w.]+)` \|", section, flags=re.M)
+    sink = (ROOT / "src" / "bastionary" / "metering" / "sink.py").read_text()
+    assert documented == re.findall(r'\("((?:error|source)\.\w+)", ', sink)
+
+
+# The README's meter value rules, on the examples it gives.
+VALUE_METERS = MeterIndex(
+    parse_catalog(
+        {
+            "meters": [
+                {"key": "total", "event_type": "sum", "aggregation": "SUM", "value_property": "$.v"},
+                {"key": "users", "event_type": "unique", "aggregation": "UNIQUE_COUNT", "value_property": "$.v"},
+                {"key": "both_sum", "event_type": "both", "aggregation": "SUM", "value_property": "$.v"},
+                {"key": "both_count", "event_type": "both", "aggregation": "COUNT"},
+                {"key": "both_users", "event_type": "both", "aggregation": "UNIQUE_COUNT", "value_property": "$.u"},
+            ]
+        }
+    )
+)
+
+
+def readings(event_type: str, data: dict) -> list:
+    return VALUE_METERS.readings(UsageEvent.model_validate(event(type=event_type, data=data)))
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        (17, "17"), ("17", "17"), (" 4.5 ", "4.5"), ("1e3", "1000"), ("-2", "-2"), (0.1, "0.1"),
+        ("0.0000000005", "0"), ("0.0000000015", "0.000000002"), ("0.0000000025", "0.000000002"),
+        ("-99999999999999999999999999999", "-99999999999999999999999999999"),
+    ],
+)  # fmt: skip
+def test_readme_number_rule(raw, value):
+    (reading,) = readings("sum", {"v": raw})
+    assert reading.value == Decimal(value)
+    assert reading.value.as_tuple().exponent == -9
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"v": None}, {"v": True}, {"v": {}}, {"v": [1]}, {"v": ""}, {"v": "abc"}, {"v": "NaN"},
+     {"v": "Infinity"}, {"v": 1e29}, {"v": "-1e29"}, {"w": 1}],
+)  # fmt: skip
+def test_readme_non_numbers_are_invalid_meter_value(data):
+    with pytest.raises(Rejection) as caught:
+        readings("sum", data)
+    assert caught.value.code is ErrorClass.INVALID_METER_VALUE
+
+
+def test_readme_unique_count_values():
+    assert {r.unique for v in (100, 100.0, 1e2, "100") for r in readings("unique", {"v": v})} == {"100"}
+    assert [r.unique for r in readings("unique", {"v": "100.0"})] == ["100.0"]
+    for bad in ("", None, True, [], {}):
+        with pytest.raises(Rejection):
+            readings("unique", {"v": bad})
+
+
+def test_readme_all_or_nothing():
+    assert len(readings("both", {"v": 1, "u": "alice"})) == 3
+    with pytest.raises(Rejection):  # the UNIQUE_COUNT meter cannot read it, so no meter counts it
+        readings("both", {"v": 1})
+    assert readings("no.meter.selects.this", {}) == []
+
+
+_RUN_README_SQL = """
+import json, sys, tempfile
+from bastionary.storage.clickhouse import UsageStore, open_client
+with tempfile.TemporaryDirectory() as tmp:
+    client = open_client(f"chdb://{tmp}/clickhouse", "bastionary", create=True)
+    UsageStore(client).migrate()
+    failures = []
+    for sql in json.loads(sys.stdin.read()):
+        try:
+            client.query(sql)
+        except Exception as exc:
+            failures.append(f"{sql.splitlines()[0]}: {str(exc).splitlines()[0]}")
+    print(json.dumps(failures))
+"""
+
+
+@pytest.mark.integration
+def test_readme_queries_run_on_the_migrated_tables():
+    """Every ```sql example runs on freshly migrated tables (in chdb, in a child process:
+    chdb allows one database directory per process)."""
+    import subprocess
+    import sys
+
+    queries = _blocks("sql")
+    assert len(queries) >= 5
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_README_SQL], input=json.dumps(queries), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
