@@ -300,6 +300,37 @@ def _jsonable(value):
     return value
 
 
+@cli.command()
+@click.option("--events", default=50_000, show_default=True, help="Distinct usage events to generate.")
+@click.option("--customers", default=300, show_default=True)
+def demo(events: int, customers: int) -> None:
+    """Start the embedded stack, meter a realistic workload, print a summary."""
+    from bastionary.demo import DemoOptions, run_demo
+
+    settings = _settings()
+    configure_logging("WARNING", settings.log_format)  # the summary speaks for itself
+    if not run_demo(settings, DemoOptions(events=events, customers=customers)):
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--quick", is_flag=True, help="Small sizes: a smoke run, not a measurement.")
+@click.option("--events", type=int, default=None, help="Events per throughput run (default 200,000).")
+@click.option("--dedupe-ids", type=int, default=None, help="Distinct ids for the RSS figure (default 1,000,000).")
+def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None) -> None:
+    """Measure the pipeline on the embedded stack against its targets."""
+    from bastionary.bench import BenchOptions, render, run_bench
+
+    _settings()
+    options = BenchOptions(quick=quick)
+    if events:
+        options.events = events
+    if dedupe_ids:
+        options.dedupe_ids = dedupe_ids
+    click.echo(render(run_bench(options), as_json))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     cli(prog_name="bastionary")
 

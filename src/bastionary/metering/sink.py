@@ -302,12 +302,12 @@ class UsageSink:
             for member in parsed.members:
                 event = member.event
                 if event is None:
-                    self._dead_letter(plan, record, member_bytes(record.value, parsed, member), member.rejection, member)
+                    self._reject_member(plan, record, parsed, member, member.rejection)
                     continue
                 try:
                     readings = self.meters.readings(event)
                 except Rejection as rejection:
-                    self._dead_letter(plan, record, member_bytes(record.value, parsed, member), rejection, member)
+                    self._reject_member(plan, record, parsed, member, rejection)
                     continue
                 key = self.dedupe.key(topic, partition, event.source, event.id)
                 current = Sighting(record.offset, member.index, seen_at, member.payload_hash, cfg.log_epoch)
@@ -322,7 +322,7 @@ class UsageSink:
                         f"(source, id) = ({event.source}, {event.id}) was first seen at offset"
                         f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
                     )
-                    self._dead_letter(plan, record, member_bytes(record.value, parsed, member), conflict, member)
+                    self._reject_member(plan, record, parsed, member, conflict)
                     continue
                 in_flush[key] = previous or current
                 plan.sightings.append((key, current))
@@ -349,8 +349,12 @@ class UsageSink:
         plan.rollup_rows = rollups.rows()
         return plan
 
+    def _reject_member(self, plan: _Plan, record: InboundRecord, parsed, member, rejection: Rejection) -> None:
+        index = member.index if parsed.batch else None
+        self._dead_letter(plan, record, member_bytes(record.value, parsed, member), rejection, index)
+
     @staticmethod
-    def _dead_letter(plan: _Plan, record: InboundRecord, value: bytes, rejection: Rejection, member) -> None:
+    def _dead_letter(plan: _Plan, record: InboundRecord, value: bytes, rejection: Rejection, index: int | None) -> None:
         headers = [
             ("error.class", rejection.code.value.encode()),
             ("error.message", rejection.message[:2048].encode()),
@@ -358,8 +362,8 @@ class UsageSink:
             ("source.partition", str(record.partition).encode()),
             ("source.offset", str(record.offset).encode()),
         ]
-        if member is not None:
-            headers.append(("source.index", str(member.index).encode()))
+        if index is not None:  # a member of a batch record
+            headers.append(("source.index", str(index).encode()))
         if len(value) > DEAD_LETTER_VALUE_LIMIT:
             # The whole value would not fit the DLQ either; keep its head and say so.
             headers.append(("source.value_bytes", str(len(value)).encode()))
