@@ -250,8 +250,11 @@ async def test_form_encoded_query_parameters(chdb_client, database, gateway):
 
 
 async def test_ping_needs_no_credentials(gateway):
-    with urllib.request.urlopen(f"http://127.0.0.1:{gateway}/ping") as resp:
-        assert await asyncio.to_thread(resp.read) == b"Ok.\n"
+    def ping():
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway}/ping") as resp:
+            return resp.read()
+
+    assert await asyncio.to_thread(ping) == b"Ok.\n"
 
 
 async def test_event_loop_stays_responsive_during_a_query(database, gateway):

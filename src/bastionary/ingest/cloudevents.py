@@ -49,6 +49,13 @@ class UsageEvent(BaseModel):
             raise ValueError("must be an RFC 3339 timestamp string")
         return value
 
+    @field_validator("time")
+    @classmethod
+    def _storable(cls, value: datetime) -> datetime:
+        if not _EARLIEST <= value < _LATEST:
+            raise ValueError("must fall within 1970-01-01 .. 2105-12-31 UTC (the rollup window range)")
+        return value
+
 
 @dataclass(slots=True)
 class RecordMember:
@@ -107,11 +114,6 @@ def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
         event = UsageEvent.model_validate(raw)
     except ValidationError as exc:
         member.rejection = _validation_rejection(raw, exc)
-        return member
-    if not _EARLIEST <= event.time < _LATEST:
-        member.rejection = Rejection(
-            ErrorClass.INVALID_TIME, f"time {event.time.isoformat()} is outside 1970-01-01 .. 2105-12-31 (UTC)"
-        )
         return member
     if event.time > latest_allowed:
         member.rejection = Rejection(
