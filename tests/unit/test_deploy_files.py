@@ -1,0 +1,27 @@
+"""docker compose cannot run here; at least keep the compose file and catalog coherent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from bastionary.catalog import load_catalog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compose_runs_kafka_clickhouse_and_a_worker_with_health_checks():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "clickhouse", "worker"} <= set(services)
+    for name in ("kafka", "clickhouse", "worker"):
+        assert "healthcheck" in services[name], name
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
+    env = services["worker"]["environment"]
+    assert env["BASTIONARY_CLICKHOUSE_DSN"].startswith("http://")
+    assert (ROOT / services["worker"]["build"]["dockerfile"]).exists()
+
+
+def test_deployed_catalog_is_valid():
+    assert load_catalog(ROOT / "deploy" / "catalog.yaml").meters
