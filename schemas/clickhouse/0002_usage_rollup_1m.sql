@@ -1,4 +1,4 @@
--- 1-minute tumbling rollups per (meter, customer, group). Rows are partial aggregates from
+-- 1-minute tumbling rollups per (meter, customer, group), by event time and by ingest minute. Rows are partial aggregates from
 -- each flush; every column merges correctly whatever the order or split of the partials:
 --   SUM          sum(value_sum)
 --   COUNT        sum(event_count)
@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS usage_rollup_1m
     group_key     String,
     group_values  SimpleAggregateFunction(any, Map(String, String)),  -- follows group_key
     window_start  DateTime('UTC'),
+    ingested_minute DateTime('UTC'),  -- broker time, floored: lets rating read usage as of a cutoff
     value_sum     SimpleAggregateFunction(sum, Decimal(38, 9)),
     event_count   SimpleAggregateFunction(sum, UInt64),
     value_max     SimpleAggregateFunction(max, Nullable(Decimal(38, 9))),
@@ -20,5 +21,5 @@ CREATE TABLE IF NOT EXISTS usage_rollup_1m
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (meter, customer_id, group_key, window_start)
+ORDER BY (meter, customer_id, group_key, window_start, ingested_minute)
 SETTINGS non_replicated_deduplication_window = 100000

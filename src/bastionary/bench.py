@@ -52,6 +52,7 @@ TARGET_BATCH_EVENTS_PER_S = 100_000  # per worker process, 100-event records
 TARGET_P99_S = 1.0
 TARGET_RSS_MB = 500
 TARGET_RSS_IDS = 1_000_000
+CONTENTION_WARNING = 0.10  # other processes' share of the cores above which a phase is flagged
 
 _QUICK = {"events": 20_000, "dedupe_ids": 50_000, "latency_seconds": 5.0}
 
@@ -125,6 +126,64 @@ class _Processes:
         for process in list(self._children):
             with contextlib.suppress(Exception):
                 self.stop(process)
+
+
+class _CpuMeter:
+    """How much of the machine other processes used while a phase ran.
+
+    The benchmark's own CPU time is this process plus every child it started (reaped ones
+    through ``os.times()``, live ones through ``/proc/<pid>/stat``); the machine's is the
+    busy time in ``/proc/stat``. What is left belongs to someone else, and a figure taken
+    while others held the cores is not a figure of the pipeline.
+    """
+
+    def __init__(self, processes: _Processes, broker: EmbeddedBroker):
+        self.processes = processes
+        self.broker = broker
+        self.phases: dict[str, dict] = {}
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def _machine_busy(self) -> float:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        busy = sum(values[:8]) - idle  # guest time is already inside user
+        return busy / self._tick
+
+    def _ours(self) -> float:
+        t = os.times()
+        total = t.user + t.system + t.children_user + t.children_system
+        live = list(self.processes._children)
+        broker_process = getattr(self.broker, "_process", None)
+        if broker_process is not None:
+            live.append(broker_process)
+        for process in live:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields_ = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields_[11]) + int(fields_[12])) / self._tick  # utime, stime
+        return total
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        try:
+            wall, busy, ours = time.monotonic(), self._machine_busy(), self._ours()
+        except OSError:  # no /proc: nothing to say
+            yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                seconds = max(time.monotonic() - wall, 1e-6)
+                capacity = seconds * self._cores
+                mine = self._ours() - ours
+                others = max(0.0, self._machine_busy() - busy - mine)
+                self.phases[name] = {
+                    "seconds": round(seconds, 1),
+                    "bench_cpu_share": round(mine / capacity, 3),
+                    "others_cpu_share": round(others / capacity, 3),
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                }
 
 
 @contextlib.contextmanager
@@ -220,6 +279,7 @@ class _Bench:
         self.processes = processes
         self.broker = broker
         self.tag = uuid.uuid4().hex[:8]
+        self.cpu = _CpuMeter(processes, broker)
 
     @property
     def bootstrap(self) -> str:
@@ -500,6 +560,7 @@ async def _measure_latency(worker: _Worker, client, bootstrap: str, topic: str, 
     lock = threading.Lock()
     stop = threading.Event()
     poll_errors: list[str] = []
+    round_trips: list[float] = []
 
     def poll() -> None:
         # Newly visible ids among the pending ones. ingested_at is the record's broker
@@ -513,12 +574,14 @@ async def _measure_latency(worker: _Worker, client, bootstrap: str, topic: str, 
             with lock:
                 pending = [produced[i] for i in produced if i not in visible]
             lo = int(((min(pending) if pending else time.time()) - 1.0) * 1000)
+            asked = time.time()
             try:
                 rows = client.query(sql, parameters={"s": source, "lo": lo}).result_rows
             except Exception as exc:  # noqa: BLE001 - keep polling; reported if it never recovers
                 poll_errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 rows = []
-            seen = time.time()
+            seen = time.time()  # the answer's arrival: an id counts as visible no earlier
+            round_trips.append(seen - asked)
             with lock:
                 for (event_id,) in rows:
                     if event_id in produced and event_id not in visible:
@@ -594,6 +657,8 @@ async def _measure_latency(worker: _Worker, client, bootstrap: str, topic: str, 
         "p99_s": round(_percentile(delays, 0.99), 3),
         "max_s": round(delays[-1], 3) if delays else None,
         "poll_errors": len(poll_errors),
+        "poll_round_trip_ms_p50": round(1000 * _percentile(sorted(round_trips), 0.50), 1),
+        "poll_round_trip_ms_p99": round(1000 * _percentile(sorted(round_trips), 0.99), 1),
     }
 
 
@@ -687,6 +752,7 @@ def run_bench(options: BenchOptions) -> dict:
 def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
     out: dict = {}
     timeout = max(300.0, options.events / 200)
+    cpu = bench.cpu
 
     _say(f"generating {options.events:,} events (10% repeats) as single-event records")
     workload = generate(options.events, single_only=True)
@@ -697,11 +763,13 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
     ends = bench.publish(topic, singles)
 
     _say("(a) bare Faust ceiling")
-    out["bare"] = _bare_ceiling(bench, topic, len(singles), timeout)
+    with cpu.phase("bare"):
+        out["bare"] = _bare_ceiling(bench, topic, len(singles), timeout)
     _say(f"    {out['bare']['records_per_s']:,} records/s")
 
     _say("(b) pipeline, single-event records")
-    single, single_exact, worker = _throughput(bench, "single", prefix, group, singles, ends, workload, timeout)
+    with cpu.phase("single"):
+        single, single_exact, worker = _throughput(bench, "single", prefix, group, singles, ends, workload, timeout)
     bench.processes.stop(worker.process)
     single["ratio_to_bare"] = round(single["records_per_s"] / max(out["bare"]["records_per_s"], 1), 3)
     out["single"] = single
@@ -712,7 +780,8 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
     prefix, group = bench.names("batch")
     topic = bench.create_topics(prefix)
     ends = bench.publish(topic, batches)
-    batch, batch_exact, worker = _throughput(bench, "batch", prefix, group, batches, ends, workload, timeout)
+    with cpu.phase("batch"):
+        batch, batch_exact, worker = _throughput(bench, "batch", prefix, group, batches, ends, workload, timeout)
     bench.processes.stop(worker.process)
     out["batch"] = batch
     _say(f"    {batch['events_per_s']:,} events/s")
@@ -720,11 +789,13 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
 
     rate = max(20.0, min(out["single"]["records_per_s"] / 2, 50_000.0))
     _say(f"(c) end-to-end latency at {rate:,.0f} events/s for {options.latency_seconds:g} s")
-    out["latency"] = _latency(bench, rate, options.latency_seconds)
+    with cpu.phase("latency"):
+        out["latency"] = _latency(bench, rate, options.latency_seconds)
     _say(f"    p50 {out['latency']['p50_s']} s, p99 {out['latency']['p99_s']} s")
 
     _say(f"(d) worker peak RSS with {options.dedupe_ids:,} distinct ids")
-    out["rss"], rss_exact = _peak_rss(bench, options.dedupe_ids, max(300.0, options.dedupe_ids / 200))
+    with cpu.phase("rss"):
+        out["rss"], rss_exact = _peak_rss(bench, options.dedupe_ids, max(300.0, options.dedupe_ids / 200))
     _say(f"    VmHWM {out['rss']['vmhwm_mb']} MB")
 
     runs = {"single": single_exact, "batch": batch_exact, "rss": rss_exact}
@@ -732,6 +803,7 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
     out["mismatches"] = {name: sum(r["mismatches"].values()) for name, r in runs.items()}
     out["exactness"] = runs
     out["targets"] = _verdicts(out, options)
+    out["contention"] = cpu.phases
     return out
 
 
@@ -836,11 +908,30 @@ def render(result: dict, as_json: bool) -> str:
     console.print(
         f"latency: {latency['events']:,} events over {latency['seconds']:.1f} s"
         f" ({latency['achieved_rate_per_s']:,}/s), max {latency['max_s']} s; gateway polled every 50 ms"
+        f" (round trip p50 {latency.get('poll_round_trip_ms_p50')} ms, p99 {latency.get('poll_round_trip_ms_p99')} ms)"
     )
     extra = f", ingest {rss['ingest_events_per_s']:,} events/s" if "ingest_events_per_s" in rss else ""
     console.print(
         f"rss: VmRSS {rss['vmrss_mb']:,.0f} MB at the end, after {rss['repeats_sent']:,} repeats{extra}"
     )
+
+    contention = result.get("contention") or {}
+    if contention:
+        busy = Table(title="CPU during each phase (share of all cores)", title_justify="left")
+        for column in ("phase", "seconds", "bench + its children", "other processes", "load avg 1m"):
+            busy.add_column(column, justify="left" if column == "phase" else "right")
+        for name, phase in contention.items():
+            busy.add_row(
+                name, f"{phase['seconds']:.0f}", f"{phase['bench_cpu_share']:.0%}",
+                f"{phase['others_cpu_share']:.0%}", f"{phase['load_avg_1m']:.2f}",
+            )  # fmt: skip
+        console.print(busy)
+        noisy = [n for n, p in contention.items() if p["others_cpu_share"] > CONTENTION_WARNING]
+        if noisy:
+            console.print(
+                f"WARNING: other processes used more than {CONTENTION_WARNING:.0%} of the machine during"
+                f" {', '.join(noisy)}: those figures understate the pipeline; rerun on a quiet machine."
+            )
 
     machine = result["machine"]
     info = Table(title="machine", title_justify="left", show_header=False)

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bastionary.ingest.jsonpath import JsonPathError, compile_path
+from bastionary.rating.plans import Plan
 
 
 class Aggregation(StrEnum):
@@ -72,6 +73,7 @@ class Catalog(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     meters: list[Meter] = Field(default_factory=list)
+    plans: list[Plan] = Field(default_factory=list)
 
     @field_validator("meters")
     @classmethod
@@ -81,6 +83,36 @@ class Catalog(BaseModel):
         if dupes:
             raise ValueError(f"duplicate meter keys: {', '.join(dupes)}")
         return meters
+
+    @model_validator(mode="after")
+    def _prices_reference_meters(self) -> "Catalog":
+        meters = {m.key: m for m in self.meters}
+        problems = []
+        plan_keys = [p.key for p in self.plans]
+        problems += [f"duplicate plan key {k!r}" for k in sorted({k for k in plan_keys if plan_keys.count(k) > 1})]
+        for plan in self.plans:
+            for price in plan.prices:
+                meter_key = getattr(price, "meter", None)
+                if meter_key is None:
+                    continue
+                meter = meters.get(meter_key)
+                if meter is None:
+                    problems.append(f"plan {plan.key}, price {price.key}: unknown meter {meter_key!r}")
+                    continue
+                unknown = sorted(set(price.filter) - set(meter.group_by))
+                if unknown:
+                    problems.append(
+                        f"plan {plan.key}, price {price.key}: meter {meter_key} has no dimension {', '.join(unknown)}"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def plan(self, key: str) -> Plan:
+        for plan in self.plans:
+            if plan.key == key:
+                return plan
+        raise KeyError(f"unknown plan {key!r}")
 
     def meter(self, key: str) -> Meter:
         for meter in self.meters:

@@ -27,9 +27,14 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, r
 
 
 def subject_key(payload) -> bytes | None:
-    """The record key is the CloudEvents subject (the customer), so a customer keeps one partition."""
+    """The record key is the customer: the CloudEvents subject, or ``data.customer_id`` for
+    billing events, so all of a customer's records share one partition."""
     first = payload[0] if isinstance(payload, list) and payload else payload
-    subject = first.get("subject") if isinstance(first, dict) else None
+    if not isinstance(first, dict):
+        return None
+    subject = first.get("subject")
+    if not isinstance(subject, str) and isinstance(first.get("data"), dict):
+        subject = first["data"].get("customer_id")
     return subject.encode() if isinstance(subject, str) else None
 
 

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     query_port: int = Field(default=0, ge=0, le=65535, description="embedded query gateway; 0 = free port")
     query_reader_password: SecretStr | None = None
     query_writer_password: SecretStr | None = None
+    rating_enabled: bool = Field(default=True, description="run the rater inside workers")
+    rating_grace: IsoDuration = Field(default=timedelta(hours=1), description="wait after a period ends")
+    rating_interval: IsoDuration = Field(default=timedelta(seconds=10), description="how often to look for closed periods")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -151,7 +154,9 @@ class Settings(BaseSettings):
         out["clickhouse_dsn"] = urlunsplit(parts) if parts.netloc else self.clickhouse_url()
         for key in ("query_reader_password", "query_writer_password"):
             out[key] = "***" if getattr(self, key) else None
-        for key in ("dedupe_horizon", "max_future_skew", "flush_interval", "kafka_session_timeout"):
+        for key in (
+            "dedupe_horizon", "max_future_skew", "flush_interval", "kafka_session_timeout", "rating_grace", "rating_interval"
+        ):
             out[key] = format_iso_duration(getattr(self, key))
         return out
 

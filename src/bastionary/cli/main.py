@@ -157,20 +157,31 @@ def worker() -> None:
     run_worker(settings, target)
 
 
+@cli.command()
+@_fail_cleanly
+def rater() -> None:
+    """The rater alone (billing intake and rating, no usage ingest), for server deployments.
+
+    Run it in its own consumer group, and set BASTIONARY_RATING_ENABLED=false on the workers."""
+    from bastionary.worker.run import run_worker
+
+    settings = _settings()
+    settings = settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-rater"})
+    target = resolve_kafka(settings)
+    _create_topics(settings, target.bootstrap)
+    run_worker(settings, target, usage=False)
+
+
 def _create_topics(settings: Settings, bootstrap: str) -> None:
     from bastionary.kafka import ensure_topics
 
     topics = Topics(settings.topic_prefix)
-    asyncio.run(
-        ensure_topics(
-            bootstrap, [topics.usage_events, topics.usage_dlq], settings.usage_partitions, settings.topic_replication
-        )
-    )
+    asyncio.run(ensure_topics(bootstrap, topics.all(), settings.usage_partitions, settings.topic_replication))
 
 
 @cli.command()
 @click.argument("source", default="-", type=click.File("rb"))
-@click.option("--topic", default=None, help="Topic (default: <prefix>usage.events).")
+@click.option("--topic", default="usage.events", show_default=True, help="Topic, before the prefix (e.g. billing.subscriptions).")
 @click.option("--events-per-record", default=1, show_default=True, help="Pack N events into one batch record.")
 @_fail_cleanly
 def produce(source, topic: str | None, events_per_record: int) -> None:
@@ -179,7 +190,7 @@ def produce(source, topic: str | None, events_per_record: int) -> None:
 
     settings = _settings()
     bootstrap = resolve_kafka(settings).bootstrap
-    topic = topic or Topics(settings.topic_prefix).usage_events
+    topic = Topics(settings.topic_prefix).name(topic)
 
     async def publish() -> tuple[int, int]:
         records = events = 0
@@ -298,6 +309,78 @@ def _jsonable(value):
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return value
+
+
+@cli.command()
+@click.option("--customer", default=None)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def invoices(customer: str | None, fmt: str) -> None:
+    """List finalized invoices."""
+    settings = _settings()
+    where, params = ("WHERE customer_id = {c:String}", {"c": customer}) if customer else ("", {})
+    rows = _reader_client(settings).query(
+        "SELECT invoice_id, customer_id, subscription_id, plan, kind, period_start, period_end, currency,"
+        f" subtotal, credits_applied, total, status FROM invoices FINAL {where} ORDER BY period_end, invoice_id",
+        parameters=params,
+    ).result_rows
+    columns = ["invoice_id", "customer_id", "subscription_id", "plan", "kind", "period_start", "period_end",
+               "currency", "subtotal", "credits_applied", "total", "status"]
+    _emit(columns, [[_jsonable(v) for v in row] for row in rows], fmt)
+
+
+@cli.group()
+def invoice() -> None:
+    """One invoice."""
+
+
+@invoice.command("show")
+@click.argument("invoice_id")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None)
+def invoice_show(invoice_id: str, html_path: str | None) -> None:
+    """Show an invoice as JSON, or render it as printable HTML with --html FILE."""
+    from bastionary.rating.render import render_html
+
+    settings = _settings()
+    rows = _reader_client(settings).query(
+        "SELECT document FROM invoices FINAL WHERE invoice_id = {i:String}", parameters={"i": invoice_id}
+    ).result_rows
+    if not rows:
+        raise click.ClickException(f"no invoice {invoice_id}")
+    data = orjson.loads(rows[0][0])
+    if html_path:
+        Path(html_path).write_text(render_html(data))
+        click.echo(f"wrote {html_path}")
+    else:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
+@cli.group()
+def credits() -> None:
+    """Prepaid credits."""
+
+
+@credits.command("balance")
+@click.argument("customer")
+@click.option("--at", "at", default=None, help="ISO 8601 time (default now).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def credits_balance(customer: str, at: str | None, fmt: str) -> None:
+    """Remaining balance per grant of CUSTOMER."""
+    from bastionary.storage.billing import BillingStore
+
+    settings = _settings()
+    moment = _parse_time(at) or datetime.now(timezone.utc)
+    store = BillingStore(_reader_client(settings))
+    grants, drawn = store.grants_as_of(moment)
+    rows = []
+    for grant in sorted(grants.get(customer, []), key=lambda g: g.order):
+        left = max(grant.amount - drawn.get(grant.grant_id, 0), 0)
+        status = "voided" if grant.voided_at and grant.voided_at <= moment else (
+            "expired" if grant.expires_at and grant.expires_at <= moment else (
+                "pending" if grant.effective_at > moment else "active"))
+        usable = left if status == "active" else 0
+        rows.append([grant.grant_id, grant.currency, _number(grant.amount), _number(usable), grant.priority,
+                     _jsonable(grant.effective_at), _jsonable(grant.expires_at), status])
+    _emit(["grant_id", "currency", "granted", "remaining", "priority", "effective_at", "expires_at", "status"], rows, fmt)
 
 
 @cli.command()

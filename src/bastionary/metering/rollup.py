@@ -18,6 +18,7 @@ from bastionary.metering.readings import Group, Reading
 
 WINDOW_SECONDS = 60
 ZERO = Decimal(0)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SUM_CONTEXT = Context(prec=38)  # Decimal(38, 9): the default 28 digits would round large sums
 
 
@@ -57,9 +58,7 @@ class RollupCell:
                 self.latest = candidate
 
 
-RollupKey = tuple[str, str, str, datetime]  # meter, customer_id, group_key, window_start
-
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+RollupKey = tuple[str, str, str, datetime, datetime]  # meter, customer, group_key, window, ingested minute
 
 ROLLUP_COLUMNS = (
     "meter",
@@ -67,6 +66,7 @@ ROLLUP_COLUMNS = (
     "group_key",
     "group_values",
     "window_start",
+    "ingested_minute",
     "value_sum",
     "event_count",
     "value_max",
@@ -80,8 +80,8 @@ class RollupBuilder:
         self.cells: dict[RollupKey, RollupCell] = {}
         self._groups: dict[RollupKey, Group] = {}
 
-    def add(self, customer_id: str, event_time: datetime, reading: Reading) -> None:
-        key = (reading.meter, customer_id, group_key(reading.group), window_start(event_time))
+    def add(self, customer_id: str, event_time: datetime, reading: Reading, ingested_at: datetime = EPOCH) -> None:
+        key = (reading.meter, customer_id, group_key(reading.group), window_start(event_time), window_start(ingested_at))
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = RollupCell()
@@ -92,7 +92,7 @@ class RollupBuilder:
         rows = []
         for key in sorted(self.cells):
             cell = self.cells[key]
-            meter, customer_id, gkey, start = key
+            meter, customer_id, gkey, start, ingested_minute = key
             rows.append(
                 (
                     meter,
@@ -100,6 +100,7 @@ class RollupBuilder:
                     gkey,
                     dict(self._groups[key]),
                     start,
+                    ingested_minute,
                     cell.value_sum,
                     cell.event_count,
                     cell.value_max,

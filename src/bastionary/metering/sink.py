@@ -345,7 +345,7 @@ class UsageSink:
                     )
                 )
                 for reading in readings:
-                    rollups.add(event.subject, event.time, reading)
+                    rollups.add(event.subject, event.time, reading, ingested_at)
         plan.rollup_rows = rollups.rows()
         return plan
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import chdb
+import lz4.frame
 import structlog
 from aiohttp import web
 
@@ -107,8 +108,11 @@ class QueryGateway:
         if not (credentials.reader_password and credentials.writer_password):
             raise ValueError("gateway passwords must not be empty")
         # The client's own connection string carries chdb's path normalisation and options.
-        conn_str = getattr(getattr(client, "_backend", None), "connection_string", None)
-        self._conn_str = client if isinstance(client, str) else conn_str or client.path
+        backend = getattr(client, "_backend", None)
+        conn_str = client if isinstance(client, str) else getattr(backend, "connection_string", None)
+        if not conn_str:
+            raise TypeError("QueryGateway needs a clickhouse-connect chdb client or a chdb connection string")
+        self._conn_str = conn_str
         self._users = {"reader": (credentials.reader_user, credentials.reader_password),
                        "writer": (credentials.writer_user, credentials.writer_password)}
         self._database = database or getattr(client, "database", None)
@@ -236,9 +240,13 @@ class QueryGateway:
         if readonly:
             settings.pop("readonly", None)
         plan = _Plan(
-            readonly, url.get("database") or request.headers.get("X-ClickHouse-Database") or self._database,
-            settings, params, url.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated",
-            timezone=settings.get("session_timezone") or self._server_tz)
+            readonly=readonly,
+            settings=settings,
+            params=params,
+            database=url.get("database") or request.headers.get("X-ClickHouse-Database") or self._database,
+            default_format=url.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated",
+            timezone=settings.get("session_timezone") or self._server_tz,
+        )
         hint = " Method GET implies readonly; use POST for modifying queries." if role == "writer" else ""
         denied = GatewayError(164, f"{role}: Cannot execute query in readonly mode.{hint}", "READONLY")
         # As in ClickHouse, the query parameter and the body read as one text joined by a newline,
@@ -327,8 +335,6 @@ def _data_start(text: bytes, pos: int) -> int:
 
 
 def _lz4_decompress(data: bytes) -> bytes:
-    import lz4.frame
-
     chunks = []
     try:
         while data:  # clickhouse-connect compresses each insert block as its own frame

@@ -98,5 +98,6 @@ def apply_migrations(client, migrations: list[Migration] | None = None) -> list[
 
 
 def _statements(sql: str) -> list[str]:
-    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    """Split on ';' after dropping comments (migration files keep ';' and quotes out of comments)."""
+    body = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
     return [s.strip() for s in body.split(";") if s.strip()]

@@ -24,8 +24,11 @@ def broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
 
-def create_app(settings: Settings, bootstrap: str, sink_factory, on_started=None) -> faust.App:
-    """Build the worker's app. ``sink_factory(send_dead_letters)`` opens storage lazily, at start."""
+def create_app(
+    settings: Settings, bootstrap: str, sink_factory, on_started=None, billing=None, usage: bool = True
+) -> faust.App:
+    """Build the worker's app. ``sink_factory(send_dead_letters, on_flushed)`` opens storage
+    lazily, at start; ``billing`` = (catalog, store_factory) adds the billing agents and rater."""
     topics = Topics(settings.topic_prefix)
     worker_id = settings.worker_id or f"worker-{os.getpid()}"
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
@@ -95,7 +98,6 @@ def create_app(settings: Settings, bootstrap: str, sink_factory, on_started=None
             for record in landed:
                 await stream.ack(record.handle)
 
-    @app.agent(usage_topic, name="usage-ingest")
     async def usage_ingest(stream):
         stream = stream.noack()
         state["stream"] = stream
@@ -121,6 +123,9 @@ def create_app(settings: Settings, bootstrap: str, sink_factory, on_started=None
                 flush_needed.set()
             if buffered >= 4 * max_buffer:
                 await flush_once()  # backpressure: stop reading until the backlog lands
+
+    if usage:
+        app.agent(usage_topic, name="usage-ingest")(usage_ingest)
 
     @app.task
     async def flusher() -> None:
@@ -160,5 +165,9 @@ def create_app(settings: Settings, bootstrap: str, sink_factory, on_started=None
     async def health_view(web, request):
         return web.json({"status": "ok", "worker_id": worker_id})
 
+    if billing is not None:
+        from bastionary.worker.billing import install_billing
+
+        install_billing(app, settings, *billing)
     app.bastionary_worker_id = worker_id
     return app

@@ -35,8 +35,10 @@ def gateway_credentials(settings: Settings):
     )
 
 
-def run_worker(settings: Settings, kafka: KafkaTarget) -> None:
-    """Run one Faust worker until it is stopped (SIGTERM/SIGINT); blocks."""
+def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> None:
+    """Run one Faust worker until it is stopped (SIGTERM/SIGINT); blocks.
+
+    ``usage=False`` runs the billing agents and the rater alone (`bastionary rater`)."""
     catalog = load_catalog(settings.catalog)
     handle = connect_clickhouse(settings, role="writer")
     store = UsageStore(handle.client)
@@ -71,7 +73,10 @@ def run_worker(settings: Settings, kafka: KafkaTarget) -> None:
             write_gateway_file(gateway_path, settings.query_host, port, credentials, settings.database)
             log.info("query gateway serving", url=f"http://{settings.query_host}:{port}", database=settings.database)
 
-    app = create_app(settings, kafka.bootstrap, sink_factory, on_started=on_started)
+    from bastionary.storage.billing import BillingStore
+
+    billing = (catalog, lambda: BillingStore(handle.client))
+    app = create_app(settings, kafka.bootstrap, sink_factory, on_started=on_started, billing=billing, usage=usage)
     log.info(
         "worker starting",
         worker_id=worker_id,

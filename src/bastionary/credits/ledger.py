@@ -1,0 +1,64 @@
+"""Credit grants and their allocation to an invoice total."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+
+FAR_FUTURE = datetime(9999, 12, 31, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Grant:
+    grant_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None = None
+    voided_at: datetime | None = None
+
+    def usable_at(self, moment: datetime, currency: str) -> bool:
+        return (
+            self.currency == currency
+            and self.effective_at <= moment
+            and (self.expires_at is None or self.expires_at > moment)
+            and (self.voided_at is None or self.voided_at > moment)
+        )
+
+    @property
+    def order(self) -> tuple:
+        """Lower priority number first, then earliest expiry, then the oldest grant."""
+        return (self.priority, self.expires_at or FAR_FUTURE, self.effective_at, self.grant_id)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    grant_id: str
+    amount: Decimal
+
+
+def remaining(grants: list[Grant], drawn: dict[str, Decimal]) -> dict[str, Decimal]:
+    return {g.grant_id: max(Decimal(0), g.amount - drawn.get(g.grant_id, Decimal(0))) for g in grants}
+
+
+def allocate(
+    grants: list[Grant], drawn: dict[str, Decimal], total: Decimal, currency: str, at: datetime
+) -> list[Allocation]:
+    """Draw up to ``total`` from the grants usable at ``at`` (the period end), in grant order.
+
+    Never more than a grant's remaining balance, never more than the total, never negative.
+    """
+    left = max(total, Decimal(0))
+    balances = remaining(grants, drawn)
+    allocations = []
+    for grant in sorted((g for g in grants if g.usable_at(at, currency)), key=lambda g: g.order):
+        if left <= 0:
+            break
+        take = min(balances[grant.grant_id], left)
+        if take > 0:
+            allocations.append(Allocation(grant.grant_id, take))
+            left -= take
+    return allocations

@@ -1,0 +1,211 @@
+"""One invoice for one closed period of one subscription: a pure function of its inputs.
+
+Usage is read *as of a cutoff* (``period_end + grace``, on the broker's ingest clock), so
+the same period rated twice, by two raters or after a crash, gives the same invoice. Usage
+that arrives after the cutoff is billed on the next invoice as an adjustment: the price of
+the period's usage as of the new cutoff minus its price as of the old one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from bastionary.credits.ledger import Allocation, Grant, allocate
+from bastionary.rating.money import round_money
+from bastionary.rating.plans import FlatPrice, Plan
+from bastionary.rating.pricing import Usage, price_usage
+from bastionary.settings import parse_iso_duration
+
+INVOICE_NAMESPACE = uuid.UUID("5b0b7a53-3b8e-4c4e-9a55-bb5e1e7f0c01")
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The subscription on one plan, from ``start`` until ``end`` (None: still on it)."""
+
+    plan: Plan
+    start: datetime
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Subscription:
+    subscription_id: str
+    customer_id: str
+    anchor: datetime
+    segments: tuple[Segment, ...]
+    canceled_at: datetime | None = None
+
+    @property
+    def first_plan(self) -> Plan:
+        return self.segments[0].plan
+
+
+@dataclass(frozen=True)
+class Period:
+    index: int
+    start: datetime
+    end: datetime  # cut at cancellation
+    full_end: datetime  # the boundary the period would have had: the proration base
+
+
+# usage(price, customer_id, start, end, as_of) -> Usage
+UsageLookup = Callable[[object, str, datetime, datetime, datetime], Usage]
+
+
+@dataclass
+class Line:
+    price_key: str
+    meter: str | None
+    description: str
+    quantity: Decimal
+    amount: Decimal
+    tiers: list[dict] = field(default_factory=list)
+    line_key: str = ""  # plan:price, stable across invoices
+    period_start: datetime | None = None  # set on adjustment lines: the period adjusted
+
+    def as_dict(self, currency: str) -> dict:
+        out = {
+            "price_key": self.price_key,
+            "meter": self.meter,
+            "description": self.description,
+            "quantity": _text(self.quantity),
+            "amount": str(round_money(self.amount, currency)),
+            "tiers": self.tiers,
+        }
+        if self.period_start is not None:
+            out["adjusts_period_start"] = self.period_start.isoformat()
+        return out
+
+
+def invoice_id(subscription_id: str, period_start: datetime, kind: str = "period") -> str:
+    return str(uuid.uuid5(INVOICE_NAMESPACE, f"{subscription_id}|{kind}|{period_start.isoformat()}"))
+
+
+def overlap(segment: Segment, start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    lo = max(segment.start, start)
+    hi = min(segment.end or end, end)
+    return (lo, hi) if lo < hi else None
+
+
+def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: UsageLookup) -> list[Line]:
+    """Recurring fees (prorated by time) and usage charges, per plan segment in the period."""
+    lines: list[Line] = []
+    full = (period.full_end - period.start).total_seconds()
+    several = sum(1 for s in sub.segments if overlap(s, period.start, period.end)) > 1
+    for segment in sub.segments:
+        window = overlap(segment, period.start, period.end)
+        if window is None:
+            continue
+        lo, hi = window
+        plan = segment.plan
+        suffix = f" ({plan.key})" if several else ""
+        fraction = Decimal(str((hi - lo).total_seconds())) / Decimal(str(full))
+        for price in plan.prices:
+            if isinstance(price, FlatPrice):
+                prorated = fraction != 1
+                text = price.description or price.key
+                label = f"{text}{suffix}" + (f", prorated {fraction:.4f}" if prorated else "")
+                lines.append(Line(price.key, None, label, fraction, price.amount * fraction, line_key=f"{plan.key}:{price.key}"))
+                continue
+            used = usage(price, sub.customer_id, lo, hi, as_of)
+            priced = price_usage(price, used)
+            label = f"{price.description or price.key}{suffix}"
+            lines.append(
+                Line(price.key, price.meter, label, used.quantity, priced.amount, priced.tiers, f"{plan.key}:{price.key}")
+            )
+    return lines
+
+
+def minimum_true_up(plan: Plan, lines: list[Line], currency: str) -> Line | None:
+    if plan.minimum_commitment is None:
+        return None
+    charged = sum((round_money(line.amount, currency) for line in lines), ZERO)
+    if charged >= plan.minimum_commitment:
+        return None
+    return Line("minimum_commitment", None, "Minimum commitment true-up", Decimal(1), plan.minimum_commitment - charged)
+
+
+Billed = dict[tuple[datetime, str], tuple[Decimal, Decimal]]  # (period start, line key) -> qty, amount
+
+
+def adjustment_lines(
+    sub: Subscription, earlier: list[Period], as_of: datetime, usage: UsageLookup, billed: Billed, currency: str
+) -> list[Line]:
+    """Late usage of earlier periods: what the period's usage costs now minus what was billed.
+
+    Compared with the quantities and rounded amounts already on invoices (not recomputed),
+    so usage that landed late for any reason is billed once, never lost.
+    """
+    lines = []
+    for period in earlier:
+        for line in period_lines(sub, period, as_of, usage):
+            if line.meter is None:
+                continue
+            old_quantity, old_amount = billed.get((period.start, line.line_key), (ZERO, ZERO))
+            delta = round_money(line.amount, currency) - old_amount
+            if delta != 0 or line.quantity != old_quantity:
+                lines.append(
+                    Line(
+                        line.price_key,
+                        line.meter,
+                        f"Adjustment: late usage for {period.start:%Y-%m-%d %H:%M}–{period.end:%Y-%m-%d %H:%M}"
+                        f" ({line.description})",
+                        line.quantity - old_quantity,
+                        delta,
+                        line_key=line.line_key,
+                        period_start=period.start,
+                    )
+                )
+    return lines
+
+
+def finalize(
+    sub: Subscription,
+    plan: Plan,
+    period: Period,
+    lines: list[Line],
+    issued_at: datetime,
+    grants: list[Grant],
+    drawn: dict[str, Decimal],
+    kind: str = "period",
+) -> tuple[dict, list[Allocation]]:
+    """Round the lines, apply credits, and shape the ``bastionary.invoice.finalized.v1`` data."""
+    currency = plan.currency
+    rounded = [round_money(line.amount, currency) for line in lines]
+    subtotal = sum(rounded, ZERO)
+    allocations = allocate(grants, drawn, subtotal, currency, period.end)
+    credits = sum((a.amount for a in allocations), ZERO)
+    total = max(ZERO, subtotal - credits)
+    data = {
+        "invoice_id": invoice_id(sub.subscription_id, period.start, kind),
+        "customer_id": sub.customer_id,
+        "subscription_id": sub.subscription_id,
+        "plan": plan.key,
+        "currency": currency,
+        "kind": kind,
+        "period_start": period.start.isoformat(),
+        "period_end": period.end.isoformat(),
+        "issued_at": issued_at.isoformat(),
+        "due_at": (issued_at + parse_iso_duration(plan.payment_terms)).isoformat(),
+        "lines": [line.as_dict(currency) for line in lines],
+        "subtotal": str(subtotal),
+        "credits_applied": str(round_money(credits, currency)),
+        "credit_allocations": [{"grant_id": a.grant_id, "amount": str(a.amount)} for a in allocations],
+        "total": str(round_money(total, currency)),
+        "status": "finalized",
+    }
+    return data, allocations
+
+
+def _text(value: Decimal) -> str:
+    return format(value.normalize(), "f") if value == value.to_integral_value() else format(value, "f")
+
+
+def grace_cutoff(period_end: datetime, grace: timedelta) -> datetime:
+    return period_end + grace

@@ -1,0 +1,28 @@
+"""Currencies and rounding."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+# ISO 4217 minor units for the currencies we accept. A currency missing here is rejected
+# when the catalog loads, rather than rounded with a guess.
+MINOR_UNITS = {
+    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "NZD": 2, "SEK": 2, "NOK": 2,
+    "DKK": 2, "PLN": 2, "CZK": 2, "HUF": 2, "INR": 2, "BRL": 2, "MXN": 2, "CNY": 2, "HKD": 2,
+    "SGD": 2, "ZAR": 2, "ILS": 2, "TRY": 2, "AED": 2, "SAR": 2,
+    "JPY": 0, "KRW": 0, "CLP": 0, "ISK": 0, "VND": 0,
+    "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3,
+}
+
+
+def minor_unit(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-MINOR_UNITS[currency])
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    """Round to the currency's minor unit, half away from zero (as Kill Bill does)."""
+    return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
+
+
+def format_money(amount: Decimal, currency: str) -> str:
+    return str(round_money(amount, currency))

@@ -1,0 +1,139 @@
+"""Plans and prices, as written in the catalog YAML."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bastionary.rating.money import MINOR_UNITS
+from bastionary.rating.periods import Interval
+
+Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tier(_Model):
+    up_to: Decimal | None  # inclusive upper bound in units; null = infinity (last tier only)
+    unit_amount: Money = Decimal(0)
+    flat_amount: Money = Decimal(0)
+
+
+class _Price(_Model):
+    key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+
+
+class FlatPrice(_Price):
+    model: Literal["flat"]
+    amount: Money
+
+
+class _MeteredPrice(_Price):
+    meter: str
+    filter: dict[str, str] = Field(default_factory=dict)
+
+
+class PerUnitPrice(_MeteredPrice):
+    model: Literal["per_unit"]
+    unit_amount: Money
+
+
+class _TieredPrice(_MeteredPrice):
+    tiers: list[Tier] = Field(min_length=1)
+
+    @field_validator("tiers")
+    @classmethod
+    def _ordered(cls, tiers: list[Tier]) -> list[Tier]:
+        bounds = [t.up_to for t in tiers]
+        if bounds[-1] is not None:
+            raise ValueError("the last tier must have up_to: null")
+        if any(b is None for b in bounds[:-1]):
+            raise ValueError("only the last tier may have up_to: null")
+        finite = bounds[:-1]
+        if any(b <= 0 for b in finite) or any(a >= b for a, b in zip(finite, finite[1:])):
+            raise ValueError(f"tiers must have strictly increasing positive up_to bounds, got {finite}")
+        return tiers
+
+
+class GraduatedPrice(_TieredPrice):
+    model: Literal["graduated"]
+
+
+class VolumePrice(_TieredPrice):
+    model: Literal["volume"]
+
+
+class PackagePrice(_MeteredPrice):
+    model: Literal["package"]
+    package_size: Decimal = Field(gt=0)
+    package_amount: Money
+
+
+class PercentagePrice(_MeteredPrice):
+    model: Literal["percentage"]
+    rate: Decimal = Field(ge=0, le=1, description="fraction of the meter's value, e.g. 0.029")
+    fixed_amount: Money = Decimal(0)  # per event
+    min_amount: Money | None = None  # per period
+    max_amount: Money | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PercentagePrice":
+        if self.min_amount is not None and self.max_amount is not None and self.min_amount > self.max_amount:
+            raise ValueError("min_amount must not exceed max_amount")
+        return self
+
+
+Price = Annotated[
+    FlatPrice | PerUnitPrice | GraduatedPrice | VolumePrice | PackagePrice | PercentagePrice,
+    Field(discriminator="model"),
+]
+MeteredPrice = PerUnitPrice | GraduatedPrice | VolumePrice | PackagePrice | PercentagePrice
+
+
+class Plan(_Model):
+    key: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    currency: str
+    billing_interval: str = "P1M"
+    payment_terms: str = "P14D"
+    minimum_commitment: Money | None = None
+    prices: list[Price] = Field(default_factory=list)
+    entitlements: list[dict] = Field(default_factory=list)  # read by the entitlements issue
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if value not in MINOR_UNITS:
+            raise ValueError(f"unknown currency or no known minor unit: {value!r}")
+        return value
+
+    @field_validator("billing_interval")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        Interval.parse(value)
+        return value
+
+    @field_validator("payment_terms")
+    @classmethod
+    def _terms(cls, value: str) -> str:
+        from bastionary.settings import parse_iso_duration
+
+        parse_iso_duration(value)
+        return value
+
+    @field_validator("prices")
+    @classmethod
+    def _unique_price_keys(cls, prices: list) -> list:
+        keys = [p.key for p in prices]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"duplicate price keys: {', '.join(dupes)}")
+        return prices
+
+    @property
+    def interval(self) -> Interval:
+        return Interval.parse(self.billing_interval)

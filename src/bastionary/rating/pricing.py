@@ -1,0 +1,102 @@
+"""The five usage price models (plus flat fees), as Stripe and Lago define them.
+
+Amounts come back unrounded; the invoice rounds each line once. ``tiers`` explains the
+amount: one entry per tier that priced units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
+
+from bastionary.rating.plans import (
+    GraduatedPrice,
+    PackagePrice,
+    PercentagePrice,
+    PerUnitPrice,
+    Tier,
+    VolumePrice,
+)
+
+ZERO = Decimal(0)
+
+
+@dataclass
+class Priced:
+    amount: Decimal
+    tiers: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a price needs of a meter over a period: its value, and for ``percentage``
+    the number of events (``fixed_amount`` is charged per event)."""
+
+    quantity: Decimal
+    events: int = 0
+
+
+def price_usage(price, usage: Usage) -> Priced:
+    quantity = max(usage.quantity, ZERO)
+    if isinstance(price, PerUnitPrice):
+        return Priced(quantity * price.unit_amount)
+    if isinstance(price, GraduatedPrice):
+        return graduated(price.tiers, quantity)
+    if isinstance(price, VolumePrice):
+        return volume(price.tiers, quantity)
+    if isinstance(price, PackagePrice):
+        packages = (quantity / price.package_size).to_integral_value(rounding=ROUND_CEILING)
+        return Priced(packages * price.package_amount, [{"packages": str(packages)}])
+    if isinstance(price, PercentagePrice):
+        return percentage(price, quantity, usage.events)
+    raise TypeError(f"not a usage price: {type(price).__name__}")
+
+
+def graduated(tiers: list[Tier], quantity: Decimal) -> Priced:
+    """Each unit at the price of the tier it falls in; a tier's flat fee once a unit enters it.
+
+    Zero usage enters no tier and costs nothing (use a flat price for a base fee)."""
+    total, lower, parts = ZERO, ZERO, []
+    for index, tier in enumerate(tiers):
+        if quantity <= lower:
+            break
+        upper = tier.up_to
+        units = (min(quantity, upper) if upper is not None else quantity) - lower
+        amount = units * tier.unit_amount + tier.flat_amount
+        total += amount
+        parts.append(_tier_part(index, tier, units, amount))
+        if upper is None or quantity <= upper:
+            break
+        lower = upper
+    return Priced(total, parts)
+
+
+def volume(tiers: list[Tier], quantity: Decimal) -> Priced:
+    """Every unit at the price of the tier the total lands in; zero usage costs nothing."""
+    if quantity <= 0:
+        return Priced(ZERO, [])
+    for index, tier in enumerate(tiers):
+        if tier.up_to is None or quantity <= tier.up_to:
+            amount = quantity * tier.unit_amount + tier.flat_amount
+            return Priced(amount, [_tier_part(index, tier, quantity, amount)])
+    raise AssertionError("the last tier is unbounded")  # guaranteed by the catalog
+
+
+def percentage(price: PercentagePrice, quantity: Decimal, events: int) -> Priced:
+    amount = quantity * price.rate + price.fixed_amount * events
+    if price.min_amount is not None:
+        amount = max(amount, price.min_amount)
+    if price.max_amount is not None:
+        amount = min(amount, price.max_amount)
+    return Priced(amount, [{"rate": str(price.rate), "events": events}])
+
+
+def _tier_part(index: int, tier: Tier, units: Decimal, amount: Decimal) -> dict:
+    return {
+        "tier": index + 1,
+        "up_to": None if tier.up_to is None else str(tier.up_to),
+        "units": str(units),
+        "unit_amount": str(tier.unit_amount),
+        "flat_amount": str(tier.flat_amount),
+        "amount": str(amount),
+    }

@@ -1,0 +1,225 @@
+"""The rater: finds closed periods, prices them, stores and then publishes the invoices.
+
+Order per invoice, and what a crash right after each step does:
+1. compute (pure; usage read as of the period's cutoff)        -> nothing written: rated again
+2. store lines, credit movements, then the invoice (published=0) -> the stored document is
+   republished as is on the next run: it is never recomputed, so never different
+3. publish invoice.finalized and credit.applied/.expired        -> republished next run;
+   consumers dedupe on invoice_id (the content is identical)
+4. mark published=1                                             -> done
+
+A customer is rated by one rater at a time: the worker owning the customer's partition
+(``owns``), so two raters never draw on the same credit grants concurrently. A second rater
+that does rate the same period anyway (a zombie) computes the same invoice id and lands on
+the same ReplacingMergeTree key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import orjson
+import structlog
+
+from bastionary.catalog import Catalog
+from bastionary.credits.ledger import Grant
+from bastionary.rating.invoice import (
+    Period,
+    Subscription,
+    adjustment_lines,
+    finalize,
+    invoice_id,
+    minimum_true_up,
+    period_lines,
+)
+from bastionary.rating.money import round_money
+from bastionary.rating.pricing import Usage
+from bastionary.storage.billing import BillingStore, movement_id
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[str, str, bytes], Awaitable[None]]  # (topic role, key, CloudEvent JSON)
+
+
+def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
+    """``period_end + grace``, rounded up to a minute: usage is read by whole ingest minutes."""
+    moment = period_end + grace
+    epoch = moment.timestamp()
+    return datetime.fromtimestamp(math.ceil(epoch / 60) * 60, tz=timezone.utc)
+
+
+def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[tuple[Period, datetime]]:
+    """Every period whose cutoff has passed, with its cutoff, in order."""
+    interval = sub.first_plan.interval
+    out = []
+    n = 0
+    while True:
+        start, full_end = interval.nth_boundary(sub.anchor, n), interval.nth_boundary(sub.anchor, n + 1)
+        if sub.canceled_at is not None and start >= sub.canceled_at:
+            break
+        end = min(full_end, sub.canceled_at) if sub.canceled_at else full_end
+        cutoff = cutoff_for(end, grace)
+        if cutoff > now:
+            break
+        if end > start:
+            out.append((Period(n, start, end, full_end), cutoff))
+        n += 1
+    return out
+
+
+@dataclass
+class RatingResult:
+    invoices: list[dict]
+    republished: int = 0
+
+
+class Rater:
+    def __init__(
+        self,
+        store: BillingStore,
+        catalog: Catalog,
+        grace: timedelta,
+        publish: Publish,
+        owns: Callable[[str], bool] = lambda customer: True,
+        settle: timedelta = timedelta(seconds=5),
+    ):
+        self.store = store
+        self.catalog = catalog
+        self.grace = grace
+        self.publish = publish
+        self.owns = owns
+        self.settle = settle  # wait past a cutoff so the pipeline has landed what came before it
+        self._meters = {m.key: m for m in catalog.meters}
+
+    async def run_once(self, now: datetime | None = None) -> RatingResult:
+        now = now or datetime.now(timezone.utc)
+        result = RatingResult([])
+        states = await asyncio.to_thread(self.store.invoice_states)
+        for document in (doc for published, doc in states.values() if not published):
+            data = orjson.loads(document)
+            if self.owns(data["customer_id"]):
+                await self._publish(data)
+                result.republished += 1
+        subscriptions = await asyncio.to_thread(self.store.subscriptions, self.catalog)
+        due = []
+        for sub in subscriptions:
+            if not self.owns(sub.customer_id):
+                continue
+            periods = closed_periods(sub, now - self.settle, self.grace)
+            for k, (period, cutoff) in enumerate(periods):
+                if invoice_id(sub.subscription_id, period.start) not in states:
+                    due.append((period.end, sub.subscription_id, sub, periods[:k], period, cutoff))
+        if not due:
+            return result
+        grants, drawn = await asyncio.to_thread(self.store.grants)
+        cache: dict = {}
+        for _, _, sub, earlier, period, cutoff in sorted(due, key=lambda d: (d[0], d[1])):
+            data = await asyncio.to_thread(
+                self._rate, sub, [p for p, _ in earlier], period, cutoff, grants.get(sub.customer_id, []), drawn, cache
+            )
+            await self._publish(data)
+            result.invoices.append(data)
+        return result
+
+    def _rate(self, sub, earlier, period: Period, cutoff, grants: list[Grant], drawn: dict, cache: dict) -> dict:
+        usage = self._usage_lookup(cache)
+        plan = _plan_at(sub, period.start)
+        lines = period_lines(sub, period, cutoff, usage)
+        true_up = minimum_true_up(plan, lines, plan.currency)
+        if true_up is not None:
+            lines.append(true_up)
+        if earlier:
+            lines.extend(adjustment_lines(sub, earlier, cutoff, usage, self.store.billed(sub.subscription_id), plan.currency))
+        data, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn)
+        recorded = datetime.now(timezone.utc)
+        ledger = []
+        for allocation in allocations:
+            drawn[allocation.grant_id] = drawn.get(allocation.grant_id, Decimal(0)) + allocation.amount
+            grant = next(g for g in grants if g.grant_id == allocation.grant_id)
+            ledger.append(_ledger_row("applied", grant, allocation.amount, data["invoice_id"], recorded))
+        data["credits_expired"] = []
+        for grant in grants:
+            left = grant.amount - drawn.get(grant.grant_id, Decimal(0))
+            if grant.expires_at is not None and grant.expires_at <= period.end and left > 0:
+                drawn[grant.grant_id] = grant.amount
+                ledger.append(_ledger_row("expired", grant, left, data["invoice_id"], recorded))
+                data["credits_expired"].append({"grant_id": grant.grant_id, "amount": str(left)})
+        self.store.store_invoice(data, cutoff, lines, ledger)
+        log.info(
+            "invoice finalized",
+            invoice_id=data["invoice_id"],
+            customer_id=sub.customer_id,
+            period_start=data["period_start"],
+            total=data["total"],
+        )
+        return data
+
+    def _usage_lookup(self, cache: dict):
+        """Usage per customer, fetched once per (meter, filter, window, cutoff) for all customers."""
+
+        def usage(price, customer_id: str, start: datetime, end: datetime, as_of: datetime) -> Usage:
+            key = (price.meter, tuple(sorted(price.filter.items())), start, end, as_of)
+            if key not in cache:
+                cache[key] = self.store.usage_by_customer(self._meters[price.meter], price.filter, start, end, as_of)
+            return cache[key].get(customer_id, Usage(Decimal(0), 0))
+
+        return usage
+
+    async def _publish(self, data: dict) -> None:
+        invoice = _cloudevent("bastionary.invoice.finalized.v1", data["invoice_id"], data["customer_id"], data)
+        await self.publish("invoices", data["invoice_id"], invoice)
+        for allocation in data.get("credit_allocations", []):
+            credit = {
+                "grant_id": allocation["grant_id"],
+                "customer_id": data["customer_id"],
+                "invoice_id": data["invoice_id"],
+                "amount": allocation["amount"],
+                "currency": data["currency"],
+            }
+            event_id = movement_id("applied", allocation["grant_id"], data["invoice_id"])
+            await self.publish(
+                "credits", data["customer_id"], _cloudevent("bastionary.credit.applied.v1", event_id, data["customer_id"], credit)
+            )
+        for expired in data.get("credits_expired", []):
+            credit = expired | {"customer_id": data["customer_id"], "currency": data["currency"]}
+            event_id = movement_id("expired", expired["grant_id"], data["invoice_id"])
+            await self.publish(
+                "credits", data["customer_id"], _cloudevent("bastionary.credit.expired.v1", event_id, data["customer_id"], credit)
+            )
+        cutoff = datetime.fromisoformat(data["issued_at"])
+        await asyncio.to_thread(self.store.mark_published, data, cutoff)
+
+
+def _plan_at(sub: Subscription, moment: datetime):
+    for segment in sub.segments:
+        if segment.start <= moment and (segment.end is None or moment < segment.end):
+            return segment.plan
+    return sub.segments[-1].plan
+
+
+def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded: datetime) -> tuple:
+    return (
+        movement_id(kind, grant.grant_id, invoice), kind, grant.grant_id, grant.customer_id,
+        round_money(amount, grant.currency), grant.currency, grant.priority, grant.effective_at, grant.expires_at,
+        invoice, recorded,
+    )
+
+
+def _cloudevent(event_type: str, event_id: str, subject: str, data: dict) -> bytes:
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "bastionary/rater",
+            "type": event_type,
+            "subject": subject,
+            "time": data.get("issued_at") or datetime.now(timezone.utc).isoformat(),
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )

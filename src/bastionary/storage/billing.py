@@ -1,0 +1,207 @@
+"""ClickHouse reads and writes for rating: subscriptions, credits, usage as of a cutoff, invoices."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import orjson
+
+from bastionary.catalog import Catalog, Meter
+from bastionary.credits.ledger import Grant
+from bastionary.rating.invoice import Billed, Segment, Subscription
+from bastionary.rating.pricing import Usage
+from bastionary.storage.queries import VALUE_EXPRESSIONS
+
+LEDGER_NAMESPACE = uuid.UUID("0d7f6c1e-54a1-4b7f-8c57-4c1d5d1d0b11")
+SUBSCRIPTION_COLUMNS = (
+    "event_id", "event_type", "subscription_id", "customer_id", "plan", "start", "billing_anchor",
+    "effective_at", "received_at",
+)
+LEDGER_COLUMNS = (
+    "movement_id", "kind", "grant_id", "customer_id", "amount", "currency", "priority", "effective_at",
+    "expires_at", "invoice_id", "recorded_at",
+)
+INVOICE_COLUMNS = (
+    "invoice_id", "customer_id", "subscription_id", "plan", "currency", "kind", "period_start", "period_end",
+    "usage_cutoff", "issued_at", "due_at", "subtotal", "credits_applied", "total", "status", "document", "published",
+)
+LINE_COLUMNS = (
+    "invoice_id", "line_no", "customer_id", "subscription_id", "line_key", "price_key", "meter", "description",
+    "quantity", "amount", "currency", "period_start",
+)
+
+
+def movement_id(*parts: str) -> str:
+    return str(uuid.uuid5(LEDGER_NAMESPACE, "|".join(parts)))
+
+
+class BillingStore:
+    def __init__(self, client):
+        self.client = client
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def insert_subscription_events(self, rows: list[tuple]) -> None:
+        if rows:
+            self.client.insert("subscriptions", rows, column_names=SUBSCRIPTION_COLUMNS)
+
+    def insert_ledger(self, rows: list[tuple]) -> None:
+        if rows:
+            self.client.insert("credit_ledger", rows, column_names=LEDGER_COLUMNS)
+
+    def subscriptions(self, catalog: Catalog) -> list[Subscription]:
+        rows = self.client.query(
+            "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at"
+            " FROM subscriptions FINAL ORDER BY subscription_id, effective_at, event_type = 'canceled', event_id"
+        ).result_rows
+        by_id: dict[str, list] = defaultdict(list)
+        for row in rows:
+            by_id[row[0]].append(row)
+        out = []
+        for subscription_id, events in by_id.items():
+            sub = _build_subscription(subscription_id, events, catalog)
+            if sub is not None:
+                out.append(sub)
+        return out
+
+    def grants(self) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
+        """Every customer's grants, and what has been drawn from each (applied + expired)."""
+        return self.grants_as_of(None)
+
+    def grants_as_of(self, moment: datetime | None) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
+        """Grants, and what invoices issued up to ``moment`` (all, if None) drew from them."""
+        drawn_filter = "" if moment is None else " WHERE kind IN ('granted', 'voided') OR invoice_id IN (SELECT invoice_id FROM invoices FINAL WHERE issued_at <= {at:DateTime64(3, 'UTC')})"
+        rows = self.client.query(
+            "SELECT kind, grant_id, customer_id, amount, currency, priority, effective_at, expires_at"
+            " FROM credit_ledger FINAL" + drawn_filter,
+            parameters={"at": moment} if moment is not None else None,
+        ).result_rows
+        granted, voided, drawn = {}, {}, defaultdict(Decimal)
+        for kind, grant_id, customer, amount, currency, priority, effective_at, expires_at in rows:
+            if kind == "granted":
+                granted[grant_id] = (customer, amount, currency, priority, _utc(effective_at), _utc(expires_at))
+            elif kind == "voided":
+                voided[grant_id] = _utc(effective_at)
+            else:
+                drawn[grant_id] += Decimal(amount)
+        by_customer: dict[str, list[Grant]] = defaultdict(list)
+        for grant_id, (customer, amount, currency, priority, effective_at, expires_at) in granted.items():
+            grant = Grant(grant_id, customer, Decimal(amount), currency, priority, effective_at, expires_at, voided.get(grant_id))
+            by_customer[customer].append(grant)
+        return dict(by_customer), dict(drawn)
+
+    # -- usage ---------------------------------------------------------------------------
+
+    def usage_by_customer(
+        self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
+    ) -> dict[str, Usage]:
+        """Each customer's meter value over [start, end) counting only rows ingested before ``as_of``."""
+        params: dict = {"meter": meter.key, "start": start, "end": end, "as_of": as_of}
+        where = [
+            "meter = {meter:String}",
+            "window_start >= {start:DateTime('UTC')}",
+            "window_start < {end:DateTime('UTC')}",
+            "ingested_minute < {as_of:DateTime('UTC')}",
+        ]
+        for i, (name, value) in enumerate(sorted(filters.items())):
+            params[f"k{i}"], params[f"v{i}"] = name, value
+            where.append(f"group_values[{{k{i}:String}}] = {{v{i}:String}}")
+        sql = (
+            f"SELECT customer_id, {VALUE_EXPRESSIONS[meter.aggregation]}, sum(event_count)"
+            f" FROM usage_rollup_1m WHERE {' AND '.join(where)} GROUP BY customer_id"
+        )
+        return {
+            customer: Usage(Decimal(value or 0), int(events))
+            for customer, value, events in self.client.query(sql, parameters=params).result_rows
+        }
+
+    # -- invoices ------------------------------------------------------------------------
+
+    def invoice_states(self) -> dict[str, tuple[int, str]]:
+        """invoice_id -> (published, document) for every stored invoice."""
+        rows = self.client.query("SELECT invoice_id, published, document FROM invoices FINAL").result_rows
+        return {invoice_id: (int(published), document) for invoice_id, published, document in rows}
+
+    def billed(self, subscription_id: str) -> Billed:
+        rows = self.client.query(
+            "SELECT period_start, line_key, sum(quantity), sum(amount) FROM invoice_lines FINAL"
+            " WHERE subscription_id = {s:String} GROUP BY period_start, line_key",
+            parameters={"s": subscription_id},
+        ).result_rows
+        return {(_utc(start), key): (Decimal(q), Decimal(a)) for start, key, q, a in rows}
+
+    def store_invoice(self, data: dict, cutoff: datetime, lines: list, ledger_rows: list[tuple]) -> None:
+        """Lines and ledger first, the invoice row last: a stored invoice is always complete."""
+        currency = data["currency"]
+        period_start = _parse(data["period_start"])
+        line_rows = [
+            (
+                data["invoice_id"], n, data["customer_id"], data["subscription_id"], line.line_key, line.price_key,
+                line.meter or "", line.description, line.quantity, Decimal(line.as_dict(currency)["amount"]), currency,
+                line.period_start or period_start,
+            )
+            for n, line in enumerate(lines)
+        ]
+        if line_rows:
+            self.client.insert("invoice_lines", line_rows, column_names=LINE_COLUMNS)
+        self.insert_ledger(ledger_rows)
+        self.client.insert("invoices", [self._invoice_row(data, cutoff, published=0)], column_names=INVOICE_COLUMNS)
+
+    def mark_published(self, data: dict, cutoff: datetime) -> None:
+        self.client.insert("invoices", [self._invoice_row(data, cutoff, published=1)], column_names=INVOICE_COLUMNS)
+
+    @staticmethod
+    def _invoice_row(data: dict, cutoff: datetime, published: int) -> tuple:
+        return (
+            data["invoice_id"], data["customer_id"], data["subscription_id"], data["plan"], data["currency"],
+            data["kind"], _parse(data["period_start"]), _parse(data["period_end"]), cutoff,
+            _parse(data["issued_at"]), _parse(data["due_at"]), Decimal(data["subtotal"]),
+            Decimal(data["credits_applied"]), Decimal(data["total"]), data["status"],
+            orjson.dumps(data).decode(), published,
+        )
+
+
+def _build_subscription(subscription_id: str, events: list, catalog: Catalog) -> Subscription | None:
+    known = {p.key: p for p in catalog.plans}
+    segments: list[Segment] = []
+    customer, anchor, canceled_at = None, None, None
+    for _, customer_id, kind, plan, start, billing_anchor, effective_at in events:
+        effective_at = _utc(effective_at)
+        if kind == "created" and not segments and plan in known:
+            customer = customer_id
+            start = _utc(start)
+            anchor = _minute(_utc(billing_anchor) or start)
+            segments.append(Segment(known[plan], _minute(start)))
+        elif kind == "changed" and segments and plan in known and canceled_at is None:
+            at = _minute(effective_at)
+            last = segments[-1]
+            if at <= last.start:
+                segments[-1] = Segment(known[plan], last.start)
+            else:
+                segments[-1] = Segment(last.plan, last.start, at)
+                segments.append(Segment(known[plan], at))
+        elif kind == "canceled" and segments and canceled_at is None:
+            canceled_at = _minute(effective_at)
+            last = segments[-1]
+            segments[-1] = Segment(last.plan, last.start, max(canceled_at, last.start))
+    if not segments:
+        return None
+    return Subscription(subscription_id, customer, anchor, tuple(segments), canceled_at)
+
+
+def _utc(value):
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _minute(value: datetime) -> datetime:
+    """Periods are cut at minute boundaries, the resolution of the usage rollups."""
+    return value.replace(second=0, microsecond=0)
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text)
