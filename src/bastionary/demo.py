@@ -15,9 +15,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import clickhouse_connect
+import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -33,11 +35,23 @@ from bastionary.topics import Topics
 from bastionary.workload import generate
 
 
+DEMO_CATALOG = Path(__file__).with_name("demo_catalog.yaml")
+SUBSCRIBERS = [  # (customer, plan, credit grant or None)
+    ("cust-0001", "starter", None),
+    ("cust-0002", "starter", ("USD", "10.00")),
+    ("cust-0003", "pro", None),
+    ("cust-0004", "pro", ("USD", "25.00")),
+    ("cust-0005", "enterprise", ("EUR", "1000.00")),
+    ("cust-0006", "enterprise", None),
+]
+
+
 @dataclass
 class DemoOptions:
     events: int = 50_000
     customers: int = 300
     late_events: int = 300
+    billing: bool = True
 
 
 def run_demo(settings: Settings, options: DemoOptions, console: Console | None = None) -> bool:
@@ -61,9 +75,14 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
                 late_events=options.late_events,
                 bad_records=7,
             )
+            subscribed, billable = _start_billing(console, broker.bootstrap, topics)
+            workload.unique_events.extend(billable)  # the ground truth covers them too
             ends = _publish(console, broker.bootstrap, topics.usage_events, workload.records)
             _wait_until_landed(console, broker.bootstrap, settings.consumer_group, topics.usage_events, ends)
-            return _summarize(console, client, workload)
+            exact = _summarize(console, client, workload)
+            if options.billing:
+                _show_invoices(console, client, subscribed)
+            return exact
         finally:
             worker.terminate()
             try:
@@ -80,6 +99,9 @@ def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str) -> subproc
         "BASTIONARY_WEB_PORT": str(free_port()),
         "BASTIONARY_KAFKA_SESSION_TIMEOUT": "PT3S",
         "BASTIONARY_LOG_FORMAT": "json",
+        "BASTIONARY_CATALOG": str(DEMO_CATALOG),
+        "BASTIONARY_RATING_GRACE": "PT0S",
+        "BASTIONARY_RATING_INTERVAL": "PT2S",
     }
     env.pop("BASTIONARY_CLICKHOUSE_DSN", None)
     log = (demo_dir / "worker.log").open("ab")
@@ -127,6 +149,87 @@ def _wait_until_landed(console, bootstrap, group, topic, ends: dict[int, int], t
                 return
             time.sleep(0.5)
     raise TimeoutError("the pipeline did not catch up in time")
+
+
+def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[list[str], list[dict]]:
+    """Subscriptions starting this minute (1-minute periods), a few credit grants, and usage."""
+    from bastionary.kafka import UsageProducer
+
+    now = datetime.now(timezone.utc)
+    start = now.replace(second=0, microsecond=0)
+    subscriptions, grants, usage = [], [], []
+    for n, (customer, plan, grant) in enumerate(SUBSCRIBERS):
+        data = {"subscription_id": f"sub-{customer}", "customer_id": customer, "plan": plan, "start": start.isoformat()}
+        subscriptions.append(_event("bastionary.subscription.created.v1", f"sub-{customer}", customer, now, data))
+        if grant:
+            currency, amount = grant
+            grant_data = {"grant_id": f"grant-{customer}", "customer_id": customer, "amount": amount,
+                          "currency": currency, "priority": 1, "effective_at": start.isoformat()}
+            grants.append(_event("bastionary.credit.granted.v1", f"grant-{customer}", customer, now, grant_data))
+        for i in range(40 * (n + 1)):
+            usage.append(_event("llm.completion", f"bill-{customer}-t{i}", customer, now,
+                                {"tokens": 900 + 37 * i, "model": "gpt-4" if i % 3 else "gpt-4o-mini"}))
+            usage.append(_event("api.request", f"bill-{customer}-a{i}", customer, now, {"method": "GET"}))
+        usage.append(_event("user.active", f"bill-{customer}-u", customer, now, {"user_id": f"{customer}-admin"}))
+        usage.append(_event("storage.sampled", f"bill-{customer}-s", customer, now, {"gb": 120.5 + n}))
+        usage.append(_event("seats.updated", f"bill-{customer}-seats", customer, now, {"seats": 3 + n}))
+
+    async def send() -> None:
+        async with UsageProducer(bootstrap) as producer:
+            for topic, payloads in ((topics.subscriptions, subscriptions), (topics.credit_grants, grants),
+                                    (topics.usage_events, usage)):
+                for payload in payloads:
+                    await producer.send(topic, payload)
+            await producer.flush()
+
+    asyncio.run(send())
+    console.print(f"{len(subscriptions)} subscriptions on 1-minute periods from {start:%H:%M} UTC, "
+                  f"{len(grants)} credit grants, {len(usage)} billable usage events")
+    return [f"sub-{customer}" for customer, _, _ in SUBSCRIBERS], usage
+
+
+def _event(event_type: str, event_id: str, subject: str, when: datetime, data: dict) -> dict:
+    return {"specversion": "1.0", "id": event_id, "source": "bastionary-demo", "type": event_type,
+            "subject": subject, "time": when.isoformat(), "data": data}
+
+
+def _show_invoices(console: Console, client, subscriptions: list[str], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    rows: list = []
+    with console.status("waiting for the first billing period to close and be rated..."):
+        while time.monotonic() < deadline:
+            rows = client.query(
+                "SELECT subscription_id, customer_id, plan, currency, subtotal, credits_applied, total, document"
+                " FROM invoices FINAL WHERE kind = 'period' ORDER BY period_start, subscription_id"
+            ).result_rows
+            if {r[0] for r in rows} >= set(subscriptions):
+                break
+            time.sleep(2)
+    table = Table(title="Invoices (first period of each subscription)")
+    for column in ("customer", "plan", "lines", "subtotal", "credits", "total"):
+        table.add_column(column, justify="right" if column in ("subtotal", "credits", "total") else "left")
+    seen = set()
+    for sub, customer, plan, currency, subtotal, credits, total, document in rows:
+        if sub in seen:
+            continue
+        seen.add(sub)
+        lines = len(orjson.loads(document)["lines"])
+        table.add_row(customer, plan, str(lines), f"{subtotal:.2f} {currency}", f"{credits:.2f}", f"{total:.2f} {currency}")
+    console.print(table)
+    if rows:
+        sample = orjson.loads(rows[-1][7])
+        detail = Table(title=f"Invoice {sample['invoice_id']} ({sample['customer_id']}, {sample['plan']})")
+        for column in ("line", "quantity", "amount"):
+            detail.add_column(column, justify="left" if column == "line" else "right")
+        for line in sample["lines"]:
+            detail.add_row(line["description"], line["quantity"], f"{line['amount']} {sample['currency']}")
+        detail.add_row("subtotal", "", f"{sample['subtotal']}")
+        detail.add_row("credits applied", "", f"-{sample['credits_applied']}")
+        detail.add_row("total due " + sample["due_at"][:10], "", f"{sample['total']} {sample['currency']}")
+        console.print(detail)
+    missing = set(subscriptions) - seen
+    if missing:
+        console.print(f"[yellow]not rated yet: {', '.join(sorted(missing))}")
 
 
 def _summarize(console: Console, client, workload) -> bool:

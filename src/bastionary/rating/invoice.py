@@ -204,7 +204,7 @@ def finalize(
 
 
 def _text(value: Decimal) -> str:
-    return format(value.normalize(), "f") if value == value.to_integral_value() else format(value, "f")
+    return format(value.normalize(), "f")
 
 
 def grace_cutoff(period_end: datetime, grace: timedelta) -> datetime:

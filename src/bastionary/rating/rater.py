@@ -1,12 +1,13 @@
 """The rater: finds closed periods, prices them, stores and then publishes the invoices.
 
-Order per invoice, and what a crash right after each step does:
-1. compute (pure; usage read as of the period's cutoff)        -> nothing written: rated again
-2. store lines, credit movements, then the invoice (published=0) -> the stored document is
-   republished as is on the next run: it is never recomputed, so never different
-3. publish invoice.finalized and credit.applied/.expired        -> republished next run;
+Order per batch of invoices, and what a crash right after each step does:
+1. compute (pure; usage read as of each period's cutoff)           -> nothing written: rated again
+2. store lines and credit movements, then the invoices (published=0) -> a stored document is
+   republished as is on the next run: it is never recomputed, so never different (invoice
+   rows go last, so a stored invoice always has its lines and movements)
+3. publish invoice.finalized and credit.applied/.expired           -> republished next run;
    consumers dedupe on invoice_id (the content is identical)
-4. mark published=1                                             -> done
+4. mark published=1                                                -> done
 
 A customer is rated by one rater at a time: the worker owning the customer's partition
 (``owns``), so two raters never draw on the same credit grants concurrently. A second rater
@@ -87,7 +88,9 @@ class Rater:
         publish: Publish,
         owns: Callable[[str], bool] = lambda customer: True,
         settle: timedelta = timedelta(seconds=5),
+        batch_size: int = 2000,
     ):
+        self.batch_size = batch_size
         self.store = store
         self.catalog = catalog
         self.grace = grace
@@ -118,15 +121,26 @@ class Rater:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
         cache: dict = {}
-        for _, _, sub, earlier, period, cutoff in sorted(due, key=lambda d: (d[0], d[1])):
-            data = await asyncio.to_thread(
-                self._rate, sub, [p for p, _ in earlier], period, cutoff, grants.get(sub.customer_id, []), drawn, cache
-            )
-            await self._publish(data)
-            result.invoices.append(data)
+        due.sort(key=lambda d: (d[0], d[1]))
+        for offset in range(0, len(due), self.batch_size):
+            batch = due[offset : offset + self.batch_size]
+            rated = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)
+            for data, _, _, _ in rated:
+                await self._publish(data, mark=False)
+            await asyncio.to_thread(self.store.mark_published, [(d, c) for d, c, _, _ in rated])
+            result.invoices.extend(d for d, _, _, _ in rated)
         return result
 
-    def _rate(self, sub, earlier, period: Period, cutoff, grants: list[Grant], drawn: dict, cache: dict) -> dict:
+    def _rate_batch(self, batch, grants: dict, drawn: dict, cache: dict) -> list[tuple]:
+        rated = [
+            self._rate(sub, [p for p, _ in earlier], period, cutoff, grants.get(sub.customer_id, []), drawn, cache)
+            for _, _, sub, earlier, period, cutoff in batch
+        ]
+        self.store.store_invoices(rated)
+        return rated
+
+    def _rate(self, sub, earlier, period: Period, cutoff, grants: list[Grant], drawn: dict, cache: dict) -> tuple:
+        """(invoice data, cutoff, lines, ledger rows) of one period; nothing is written here."""
         usage = self._usage_lookup(cache)
         plan = _plan_at(sub, period.start)
         lines = period_lines(sub, period, cutoff, usage)
@@ -149,15 +163,8 @@ class Rater:
                 drawn[grant.grant_id] = grant.amount
                 ledger.append(_ledger_row("expired", grant, left, data["invoice_id"], recorded))
                 data["credits_expired"].append({"grant_id": grant.grant_id, "amount": str(left)})
-        self.store.store_invoice(data, cutoff, lines, ledger)
-        log.info(
-            "invoice finalized",
-            invoice_id=data["invoice_id"],
-            customer_id=sub.customer_id,
-            period_start=data["period_start"],
-            total=data["total"],
-        )
-        return data
+        log.debug("invoice rated", invoice_id=data["invoice_id"], customer_id=sub.customer_id, total=data["total"])
+        return data, cutoff, lines, ledger
 
     def _usage_lookup(self, cache: dict):
         """Usage per customer, fetched once per (meter, filter, window, cutoff) for all customers."""
@@ -170,7 +177,7 @@ class Rater:
 
         return usage
 
-    async def _publish(self, data: dict) -> None:
+    async def _publish(self, data: dict, mark: bool = True) -> None:
         invoice = _cloudevent("bastionary.invoice.finalized.v1", data["invoice_id"], data["customer_id"], data)
         await self.publish("invoices", data["invoice_id"], invoice)
         for allocation in data.get("credit_allocations", []):
@@ -191,8 +198,9 @@ class Rater:
             await self.publish(
                 "credits", data["customer_id"], _cloudevent("bastionary.credit.expired.v1", event_id, data["customer_id"], credit)
             )
-        cutoff = datetime.fromisoformat(data["issued_at"])
-        await asyncio.to_thread(self.store.mark_published, data, cutoff)
+        if mark:
+            cutoff = datetime.fromisoformat(data["issued_at"])
+            await asyncio.to_thread(self.store.mark_published, [(data, cutoff)])
 
 
 def _plan_at(sub: Subscription, moment: datetime):

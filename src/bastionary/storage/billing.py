@@ -133,25 +133,34 @@ class BillingStore:
         ).result_rows
         return {(_utc(start), key): (Decimal(q), Decimal(a)) for start, key, q, a in rows}
 
-    def store_invoice(self, data: dict, cutoff: datetime, lines: list, ledger_rows: list[tuple]) -> None:
-        """Lines and ledger first, the invoice row last: a stored invoice is always complete."""
-        currency = data["currency"]
-        period_start = _parse(data["period_start"])
-        line_rows = [
-            (
-                data["invoice_id"], n, data["customer_id"], data["subscription_id"], line.line_key, line.price_key,
-                line.meter or "", line.description, line.quantity, Decimal(line.as_dict(currency)["amount"]), currency,
-                line.period_start or period_start,
-            )
-            for n, line in enumerate(lines)
-        ]
+    def store_invoices(self, rated: list[tuple]) -> None:
+        """Lines and ledger first, the invoice rows last: a stored invoice is always complete.
+
+        ``rated``: (invoice data, cutoff, lines, ledger rows) per invoice."""
+        line_rows, ledger_rows, invoice_rows = [], [], []
+        for data, cutoff, lines, ledger in rated:
+            currency = data["currency"]
+            period_start = _parse(data["period_start"])
+            for n, line in enumerate(lines):
+                line_rows.append(
+                    (
+                        data["invoice_id"], n, data["customer_id"], data["subscription_id"], line.line_key,
+                        line.price_key, line.meter or "", line.description, line.quantity,
+                        Decimal(line.as_dict(currency)["amount"]), currency, line.period_start or period_start,
+                    )
+                )
+            ledger_rows.extend(ledger)
+            invoice_rows.append(self._invoice_row(data, cutoff, published=0))
         if line_rows:
             self.client.insert("invoice_lines", line_rows, column_names=LINE_COLUMNS)
         self.insert_ledger(ledger_rows)
-        self.client.insert("invoices", [self._invoice_row(data, cutoff, published=0)], column_names=INVOICE_COLUMNS)
+        if invoice_rows:
+            self.client.insert("invoices", invoice_rows, column_names=INVOICE_COLUMNS)
 
-    def mark_published(self, data: dict, cutoff: datetime) -> None:
-        self.client.insert("invoices", [self._invoice_row(data, cutoff, published=1)], column_names=INVOICE_COLUMNS)
+    def mark_published(self, invoices: list[tuple[dict, datetime]]) -> None:
+        rows = [self._invoice_row(data, cutoff, published=1) for data, cutoff in invoices]
+        if rows:
+            self.client.insert("invoices", rows, column_names=INVOICE_COLUMNS)
 
     @staticmethod
     def _invoice_row(data: dict, cutoff: datetime, published: int) -> tuple:
