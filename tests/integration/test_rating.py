@@ -145,3 +145,11 @@ def _wait_for_invoices(stack, subscriptions: set[str], timeout: float) -> list[d
             return found
         time.sleep(3)
     raise TimeoutError(f"invoices seen: {[d['subscription_id'] for d in _invoice_events(stack)]}")
+
+
+@pytest.mark.slow
+def test_rating_bench_rates_every_subscription_once(tmp_path):
+    from bastionary.rating.benchmark import run_rating_bench
+
+    result = run_rating_bench(300, keep_dir=tmp_path)
+    assert result["invoices"] == result["invoices_stored_published"] == 300

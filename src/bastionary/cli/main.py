@@ -401,11 +401,24 @@ def demo(events: int, customers: int) -> None:
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run, not a measurement.")
 @click.option("--events", type=int, default=None, help="Events per throughput run (default 200,000).")
 @click.option("--dedupe-ids", type=int, default=None, help="Distinct ids for the RSS figure (default 1,000,000).")
-def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None) -> None:
+@click.option("--rating", is_flag=True, help="Rate N subscriptions x 5 metered prices instead (target <= 30 s).")
+@click.option("--subscriptions", default=10_000, show_default=True, help="With --rating.")
+def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None, rating: bool, subscriptions: int) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
+    settings = _settings()
+    if rating:
+        from bastionary.rating.benchmark import run_rating_bench
+
+        configure_logging("WARNING", settings.log_format)
+        result = run_rating_bench(subscriptions)
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            for key, value in result.items():
+                click.echo(f"{key:>28}: {value}")
+        return
     from bastionary.bench import BenchOptions, render, run_bench
 
-    _settings()
     options = BenchOptions(quick=quick)
     if events:
         options.events = events

@@ -44,7 +44,8 @@ from bastionary.storage.billing import BillingStore, movement_id
 
 log = structlog.get_logger(__name__)
 
-Publish = Callable[[str, str, bytes], Awaitable[None]]  # (topic role, key, CloudEvent JSON)
+# (topic role, key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
+Publish = Callable[[str, str, bytes], Awaitable[Awaitable]]
 
 
 def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
@@ -106,7 +107,8 @@ class Rater:
         for document in (doc for published, doc in states.values() if not published):
             data = orjson.loads(document)
             if self.owns(data["customer_id"]):
-                await self._publish(data)
+                await asyncio.gather(*await self._send(data))
+                await asyncio.to_thread(self.store.mark_published, [(data, datetime.fromisoformat(data["issued_at"]))])
                 result.republished += 1
         subscriptions = await asyncio.to_thread(self.store.subscriptions, self.catalog)
         due = []
@@ -125,8 +127,8 @@ class Rater:
         for offset in range(0, len(due), self.batch_size):
             batch = due[offset : offset + self.batch_size]
             rated = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)
-            for data, _, _, _ in rated:
-                await self._publish(data, mark=False)
+            deliveries = [future for data, _, _, _ in rated for future in await self._send(data)]
+            await asyncio.gather(*deliveries)
             await asyncio.to_thread(self.store.mark_published, [(d, c) for d, c, _, _ in rated])
             result.invoices.extend(d for d, _, _, _ in rated)
         return result
@@ -177,30 +179,23 @@ class Rater:
 
         return usage
 
-    async def _publish(self, data: dict, mark: bool = True) -> None:
-        invoice = _cloudevent("bastionary.invoice.finalized.v1", data["invoice_id"], data["customer_id"], data)
-        await self.publish("invoices", data["invoice_id"], invoice)
-        for allocation in data.get("credit_allocations", []):
-            credit = {
-                "grant_id": allocation["grant_id"],
-                "customer_id": data["customer_id"],
-                "invoice_id": data["invoice_id"],
-                "amount": allocation["amount"],
-                "currency": data["currency"],
-            }
-            event_id = movement_id("applied", allocation["grant_id"], data["invoice_id"])
-            await self.publish(
-                "credits", data["customer_id"], _cloudevent("bastionary.credit.applied.v1", event_id, data["customer_id"], credit)
-            )
-        for expired in data.get("credits_expired", []):
-            credit = expired | {"customer_id": data["customer_id"], "currency": data["currency"]}
-            event_id = movement_id("expired", expired["grant_id"], data["invoice_id"])
-            await self.publish(
-                "credits", data["customer_id"], _cloudevent("bastionary.credit.expired.v1", event_id, data["customer_id"], credit)
-            )
-        if mark:
-            cutoff = datetime.fromisoformat(data["issued_at"])
-            await asyncio.to_thread(self.store.mark_published, [(data, cutoff)])
+    async def _send(self, data: dict) -> list[Awaitable]:
+        """Enqueue the invoice and its credit events; returns their delivery futures."""
+        sent = [await self.publish("invoices", data["invoice_id"], _cloudevent(
+            "bastionary.invoice.finalized.v1", data["invoice_id"], data["customer_id"], data["issued_at"], data))]
+        for kind, movements in (("applied", data.get("credit_allocations", [])), ("expired", data.get("credits_expired", []))):
+            for movement in movements:
+                credit = {
+                    "grant_id": movement["grant_id"],
+                    "customer_id": data["customer_id"],
+                    "invoice_id": data["invoice_id"],
+                    "amount": movement["amount"],
+                    "currency": data["currency"],
+                }
+                event_id = movement_id(kind, movement["grant_id"], data["invoice_id"])
+                event = _cloudevent(f"bastionary.credit.{kind}.v1", event_id, data["customer_id"], data["issued_at"], credit)
+                sent.append(await self.publish("credits", data["customer_id"], event))
+        return sent
 
 
 def _plan_at(sub: Subscription, moment: datetime):
@@ -218,7 +213,7 @@ def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded
     )
 
 
-def _cloudevent(event_type: str, event_id: str, subject: str, data: dict) -> bytes:
+def _cloudevent(event_type: str, event_id: str, subject: str, time: str, data: dict) -> bytes:
     return orjson.dumps(
         {
             "specversion": "1.0",
@@ -226,7 +221,7 @@ def _cloudevent(event_type: str, event_id: str, subject: str, data: dict) -> byt
             "source": "bastionary/rater",
             "type": event_type,
             "subject": subject,
-            "time": data.get("issued_at") or datetime.now(timezone.utc).isoformat(),
+            "time": time,
             "datacontenttype": "application/json",
             "data": data,
         }

@@ -39,8 +39,8 @@ def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_
             state["store"] = store_factory()
         return state["store"]
 
-    async def publish(role: str, key: str, value: bytes) -> None:
-        await (await outputs[role].send(key=key.encode(), value=value))
+    async def publish(role: str, key: str, value: bytes):
+        return await outputs[role].send(key=key.encode(), value=value)
 
     async def dead_letter(event, error: InvalidBillingEvent) -> None:
         message = event.message

@@ -1,0 +1,130 @@
+"""``bastionary bench --rating``: rate N subscriptions x 5 metered prices in one period.
+
+Setup (not timed): a fresh in-process chdb with the subscriptions and one rollup row per
+customer and meter in a closed monthly period, and the embedded broker. Timed: one
+``Rater.run_once``: reading subscriptions, usage and credits, pricing, storing invoices,
+lines and credit movements, publishing every invoice (and credit event) to Kafka with
+delivery confirmed, and marking them published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import random
+import shutil
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from bastionary.catalog import parse_catalog
+from bastionary.embedded.broker import EmbeddedBroker
+from bastionary.kafka import ensure_topics
+from bastionary.rating.rater import Rater
+from bastionary.storage.billing import LEDGER_COLUMNS, SUBSCRIPTION_COLUMNS, BillingStore
+from bastionary.storage.clickhouse import UsageStore, open_client
+from bastionary.metering.rollup import ROLLUP_COLUMNS
+
+METERS = ("tokens", "requests", "storage", "users", "payments")
+CATALOG = {
+    "meters": [
+        {"key": "tokens", "event_type": "t", "aggregation": "SUM", "value_property": "$.v"},
+        {"key": "requests", "event_type": "r", "aggregation": "COUNT"},
+        {"key": "storage", "event_type": "s", "aggregation": "MAX", "value_property": "$.v"},
+        {"key": "users", "event_type": "u", "aggregation": "UNIQUE_COUNT", "value_property": "$.v"},
+        {"key": "payments", "event_type": "p", "aggregation": "SUM", "value_property": "$.v"},
+    ],
+    "plans": [
+        {
+            "key": "bench",
+            "currency": "USD",
+            "billing_interval": "P1M",
+            "minimum_commitment": "20.00",
+            "prices": [
+                {"key": "base", "model": "flat", "amount": "29.00"},
+                {"key": "tokens", "meter": "tokens", "model": "graduated", "tiers": [
+                    {"up_to": 100000, "unit_amount": "0"}, {"up_to": None, "unit_amount": "0.00002"}]},
+                {"key": "requests", "meter": "requests", "model": "package", "package_size": 1000,
+                 "package_amount": "1.50"},
+                {"key": "storage", "meter": "storage", "model": "volume", "tiers": [
+                    {"up_to": 100, "unit_amount": "0.20"}, {"up_to": None, "unit_amount": "0.10"}]},
+                {"key": "users", "meter": "users", "model": "per_unit", "unit_amount": "4.00"},
+                {"key": "payments", "meter": "payments", "model": "percentage", "rate": "0.029",
+                 "fixed_amount": "0.30", "max_amount": "500.00"},
+            ],
+        }
+    ],
+}
+
+
+def run_rating_bench(subscriptions: int = 10_000, keep_dir: Path | None = None) -> dict:
+    workdir = keep_dir or Path(tempfile.mkdtemp(prefix="bastionary-rating-bench-"))
+    try:
+        return asyncio.run(_bench(subscriptions, workdir))
+    finally:
+        if keep_dir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _bench(count: int, workdir: Path) -> dict:
+    catalog = parse_catalog(CATALOG)
+    client = open_client(f"chdb://{workdir / 'clickhouse'}", "bench", create=True)
+    UsageStore(client).migrate()
+    now = datetime.now(timezone.utc)
+    period_start = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)).replace(day=1)
+    _seed(client, count, period_start)
+    with EmbeddedBroker(workdir) as broker:
+        topics = {"invoices": "billing.invoices", "credits": "billing.credits"}
+        await ensure_topics(broker.bootstrap, topics.values(), 4)
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=20,
+                                    max_batch_size=512 * 1024)
+        await producer.start()
+        try:
+            async def publish(role: str, key: str, value: bytes):
+                return await producer.send(topics[role], value, key=key.encode())
+
+            rater = Rater(BillingStore(client), catalog, timedelta(0), publish, settle=timedelta(0))
+            started = time.perf_counter()
+            result = await rater.run_once(now)
+            elapsed = time.perf_counter() - started
+        finally:
+            await producer.stop()
+    totals = client.query("SELECT count(), sum(total), sum(credits_applied) FROM invoices FINAL WHERE published = 1").result_rows[0]
+    return {
+        "subscriptions": count,
+        "metered_prices": len(METERS),
+        "invoices": len(result.invoices),
+        "invoices_stored_published": int(totals[0]),
+        "seconds": round(elapsed, 2),
+        "invoices_per_second": round(len(result.invoices) / elapsed, 1) if elapsed else None,
+        "target_seconds": 30,
+        "machine": f"{platform.processor() or platform.machine()}, python {platform.python_version()}",
+    }
+
+
+def _seed(client, count: int, period_start: datetime) -> None:
+    rng = random.Random(5)
+    received = datetime.now(timezone.utc)
+    subs, rollups, ledger = [], [], []
+    window = period_start + timedelta(days=3)
+    for i in range(count):
+        customer = f"bench-{i:06d}"
+        subs.append((f"create-{i}", "created", f"sub-{i}", customer, "bench", period_start, None, period_start, received))
+        for meter in METERS:
+            value = Decimal(rng.randint(0, 300_000))
+            rollups.append((
+                meter, customer, "", {}, window, window, value if meter in ("tokens", "payments") else Decimal(0),
+                rng.randint(1, 5000), value / 1000 if meter == "storage" else None,
+                [f"u{k}" for k in range(rng.randint(0, 20))] if meter == "users" else [],
+                (datetime(1970, 1, 1, tzinfo=timezone.utc), Decimal(0)),
+            ))
+        if i % 4 == 0:
+            ledger.append((f"grant-{i}", "granted", f"grant-{i}", customer, Decimal("15.00"), "USD", 1,
+                           period_start, None, "", received))
+    client.insert("subscriptions", subs, column_names=SUBSCRIPTION_COLUMNS)
+    client.insert("usage_rollup_1m", rollups, column_names=ROLLUP_COLUMNS)
+    client.insert("credit_ledger", ledger, column_names=LEDGER_COLUMNS)
