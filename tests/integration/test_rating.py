@@ -147,9 +147,14 @@ def _wait_for_invoices(stack, subscriptions: set[str], timeout: float) -> list[d
     raise TimeoutError(f"invoices seen: {[d['subscription_id'] for d in _invoice_events(stack)]}")
 
 
-@pytest.mark.slow
-def test_rating_bench_rates_every_subscription_once(tmp_path):
-    from bastionary.rating.benchmark import run_rating_bench
+def test_rating_bench_rates_every_subscription_once():
+    # A child process: chdb admits one data path per process, and this test session has its own.
+    import json
+    import subprocess
+    import sys
 
-    result = run_rating_bench(300, keep_dir=tmp_path)
+    bastionary = Path(sys.executable).parent / "bastionary"
+    out = subprocess.run([str(bastionary), "bench", "--rating", "--subscriptions", "300", "--json"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    result = json.loads(out)
     assert result["invoices"] == result["invoices_stored_published"] == 300
