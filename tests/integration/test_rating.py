@@ -130,6 +130,29 @@ def test_invoices_equal_an_independent_computation_and_raters_never_disagree(sta
     stored = stack.query("SELECT invoice_id, total FROM invoices FINAL WHERE period_start = {s:DateTime64(3, 'UTC')}",
                          s=start)
     assert {str(i) for i, _ in stored} == {first_period[s]["invoice_id"] for s in expected}
+    _check_cli(stack, first_period["sub-a"])
+
+
+def _check_cli(stack, invoice: dict) -> None:
+    import json
+    import subprocess
+    import sys
+
+    bastionary = str(Path(sys.executable).parent / "bastionary")
+    env = stack.env("cli")
+
+    def run(*args: str) -> str:
+        return subprocess.run([bastionary, *args], env=env, capture_output=True, text=True, check=True).stdout
+
+    balances = {row["grant_id"]: row for row in json.loads(run("credits", "balance", "cust-a", "--format", "json"))}
+    assert balances["g1"]["remaining"] == "0" and balances["g1"]["status"] == "active"
+    assert balances["g2"]["remaining"] == "100"  # EUR: never drawn by USD invoices
+    listed = json.loads(run("invoices", "--customer", "cust-a", "--format", "json"))
+    assert invoice["invoice_id"] in {row["invoice_id"] for row in listed}
+    html = stack.tmp_path / "invoice.html"
+    run("invoice", "show", invoice["invoice_id"], "--html", str(html))
+    page = html.read_text()
+    assert invoice["invoice_id"] in page and invoice["total"] in page and "<table" in page
 
 
 def _invoice_events(stack) -> list[dict]:
