@@ -32,7 +32,7 @@ def test_valid_catalog():
                 {"key": "seats", "event_type": "seats.updated", "aggregation": "LATEST", "value_property": "$.n"},
                 {"key": "peak_gb", "event_type": "storage.sampled", "aggregation": "MAX", "value_property": "$.gb[0]"},
             ],
-            "plans": [{"name": "later issues add these"}],  # unknown top-level sections are allowed
+            "dunning": {"policies": []},  # sections of later issues are allowed
         }
     )
     assert [m.key for m in catalog.meters] == ["tokens", "requests", "users", "seats", "peak_gb"]

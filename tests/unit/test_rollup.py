@@ -207,8 +207,8 @@ def clickhouse_merge(row_sets: list[list[tuple]]) -> dict:
     merged: dict = {}
     for rows in row_sets:
         for row in rows:
-            meter, customer, gkey, gvalues, start, vsum, count, vmax, uniques, latest = row
-            key = (meter, customer, gkey, start)
+            meter, customer, gkey, gvalues, start, ingested, vsum, count, vmax, uniques, latest = row
+            key = (meter, customer, gkey, start, ingested)
             if key not in merged:
                 merged[key] = [gvalues, vsum, count, vmax, set(uniques), latest]
                 continue
