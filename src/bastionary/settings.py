@@ -36,7 +36,10 @@ def parse_iso_duration(value: Any) -> timedelta:
     if not match or text in ("P", "PT") or text.endswith("T"):
         raise ValueError(f"not a fixed ISO 8601 duration (e.g. P35D, PT5M): {value!r}")
     parts = {k: float(v) for k, v in match.groupdict().items() if v}
-    return timedelta(**parts)
+    try:
+        return timedelta(**parts)
+    except OverflowError:
+        raise ValueError(f"duration too large: {value!r}") from None
 
 
 IsoDuration = Annotated[timedelta, BeforeValidator(parse_iso_duration)]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
+
+from bastionary.rating.money import minor_unit
 
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=timezone.utc)
 
@@ -53,11 +55,12 @@ def allocate(
     """
     left = max(total, Decimal(0))
     balances = remaining(grants, drawn)
+    cent = minor_unit(currency)  # draws are whole minor units, so the invoice still adds up
     allocations = []
     for grant in sorted((g for g in grants if g.usable_at(at, currency)), key=lambda g: g.order):
         if left <= 0:
             break
-        take = min(balances[grant.grant_id], left)
+        take = min(balances[grant.grant_id], left).quantize(cent, rounding=ROUND_DOWN)
         if take > 0:
             allocations.append(Allocation(grant.grant_id, take))
             left -= take

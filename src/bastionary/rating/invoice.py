@@ -144,21 +144,27 @@ def adjustment_lines(
     """
     lines = []
     for period in earlier:
+        # One plan can appear twice in a period (A -> B -> A): compare per line key, summed.
+        current: dict[str, list] = {}
         for line in period_lines(sub, period, as_of, usage):
             if line.meter is None:
                 continue
-            old_quantity, old_amount = billed.get((period.start, line.line_key), (ZERO, ZERO))
-            delta = round_money(line.amount, currency) - old_amount
-            if delta != 0 or line.quantity != old_quantity:
+            entry = current.setdefault(line.line_key, [ZERO, ZERO, line])
+            entry[0] += line.quantity
+            entry[1] += round_money(line.amount, currency)
+        for key, (quantity, amount, line) in current.items():
+            old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
+            delta = amount - old_amount
+            if delta != 0 or quantity != old_quantity:
                 lines.append(
                     Line(
                         line.price_key,
                         line.meter,
                         f"Adjustment: late usage for {period.start:%Y-%m-%d %H:%M}–{period.end:%Y-%m-%d %H:%M}"
                         f" ({line.description})",
-                        line.quantity - old_quantity,
+                        quantity - old_quantity,
                         delta,
-                        line_key=line.line_key,
+                        line_key=key,
                         period_start=period.start,
                     )
                 )
@@ -178,7 +184,7 @@ def finalize(
     """Round the lines, apply credits, and shape the ``bastionary.invoice.finalized.v1`` data."""
     currency = plan.currency
     rounded = [round_money(line.amount, currency) for line in lines]
-    subtotal = sum(rounded, ZERO)
+    subtotal = round_money(sum(rounded, ZERO), currency)
     allocations = allocate(grants, drawn, subtotal, currency, period.end)
     credits = sum((a.amount for a in allocations), ZERO)
     total = max(ZERO, subtotal - credits)

@@ -24,6 +24,8 @@ class Interval:
         match = _CALENDAR.match(text.strip().upper())
         if match and (match.group(1) or match.group(2)):
             months = int(match.group(1) or 0) * 12 + int(match.group(2) or 0)
+            if months <= 0:
+                raise ValueError(f"billing interval must be positive: {text!r}")
             return cls(months=months)
         duration = parse_iso_duration(text)
         if duration <= timedelta(0):
