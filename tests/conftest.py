@@ -147,7 +147,11 @@ class Stack:
     def kill_worker(self, worker_id: str, sig: int = 9) -> None:
         process = self.workers.pop(worker_id)
         process.send_signal(sig)
-        process.wait(30)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:  # a worker that ignores SIGTERM must not outlive the test
+            process.kill()
+            process.wait(10)
 
     def stop(self) -> None:
         for worker_id in list(self.workers):
