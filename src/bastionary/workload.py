@@ -99,19 +99,15 @@ def generate(
 
 
 def _pack(rng, stream, batch_share, binary_share, single_only, batch_size) -> list[Record]:
+    if batch_size:
+        return _pack_batches(stream, batch_size)
     records: list[Record] = []
     i = 0
     while i < len(stream):
         roll = rng.random()
-        if batch_size or (not single_only and roll < batch_share):
-            size = batch_size or rng.randint(2, 50)
-            members = stream[i : i + size]
-            # A batch record is keyed by one customer: keep members of one customer together.
-            by_customer: dict[str, list[dict]] = {}
-            for event in members:
-                by_customer.setdefault(event["subject"], []).append(event)
-            for customer, group in by_customer.items():
-                records.append(Record(customer.encode(), orjson.dumps(group), events=len(group)))
+        if not single_only and roll < batch_share:
+            members = stream[i : i + rng.randint(2, 50)]
+            records.extend(_pack_batches(members, len(members)))
             i += len(members)
             continue
         event = stream[i]
@@ -123,6 +119,18 @@ def _pack(rng, stream, batch_share, binary_share, single_only, batch_size) -> li
         else:
             records.append(Record(event["subject"].encode(), orjson.dumps(event), events=1))
     return records
+
+
+def _pack_batches(events: list[dict], size: int) -> list[Record]:
+    """Batch records of up to ``size`` events; one customer per record, as it is keyed by one."""
+    by_customer: dict[str, list[dict]] = {}
+    for event in events:
+        by_customer.setdefault(event["subject"], []).append(event)
+    return [
+        Record(customer.encode(), orjson.dumps(group[i : i + size]), events=len(group[i : i + size]))
+        for customer, group in by_customer.items()
+        for i in range(0, len(group), size)
+    ]
 
 
 BAD_KINDS = (
