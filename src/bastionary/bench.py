@@ -52,6 +52,7 @@ TARGET_BATCH_EVENTS_PER_S = 100_000  # per worker process, 100-event records
 TARGET_P99_S = 1.0
 TARGET_RSS_MB = 500
 TARGET_RSS_IDS = 1_000_000
+LATENCY_POLL_SECONDS = 0.05  # how often the latency phase asks the gateway for newly visible ids
 CONTENTION_WARNING = 0.10  # other processes' share of the cores above which a phase is flagged
 
 _QUICK = {"events": 20_000, "dedupe_ids": 50_000, "latency_seconds": 5.0}
@@ -268,7 +269,7 @@ class _Worker:
         with open(f"/proc/{self.process.pid}/status") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key in ("VmHWM", "VmRSS"):
+                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
                     out[key] = int(value.split()[0])
         return out
 
@@ -501,8 +502,9 @@ def _throughput(bench: _Bench, phase: str, prefix: str, group: str, records: lis
         start = worker.consumption_started()
         timing = "first record taken in -> committed at log end"
         counted_records, counted_events = total_records, total_events
-        flushes, first_ms = client.query(
-            "SELECT uniqExact(written_at), toUnixTimestamp64Milli(min(written_at)) FROM ingest_progress"
+        flushes, first_ms, max_flush_events = client.query(
+            "SELECT uniqExact(written_at), toUnixTimestamp64Milli(min(written_at)), max(e) FROM (SELECT written_at,"
+            " sum(events_accepted + duplicates + dead_lettered) AS e FROM ingest_progress GROUP BY written_at)"
         ).result_rows[0]
         if start is None:
             first_records, first_events = client.query(
@@ -514,7 +516,7 @@ def _throughput(bench: _Bench, phase: str, prefix: str, group: str, records: lis
             counted_events -= int(first_events)
             timing = "first flush marker -> committed at log end (first flush not counted)"
         seconds = max(end - start, 1e-6)
-        exactness = _exactness(client, workload) if workload is not None else None
+        exactness = _exactness(client, workload)
         return {
             "records": total_records,
             "events": total_events,
@@ -523,12 +525,12 @@ def _throughput(bench: _Bench, phase: str, prefix: str, group: str, records: lis
             "records_per_s": round(counted_records / seconds),
             "events_per_s": round(counted_events / seconds),
             "flushes": int(flushes),
+            "max_flush_events": int(max_flush_events),
             "startup_s": round(start - worker.started_at, 2),
             "timing": timing,
-        }, exactness, worker
-    except BaseException:
+        }, exactness
+    finally:
         bench.processes.stop(worker.process)
-        raise
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -586,7 +588,7 @@ async def _measure_latency(worker: _Worker, client, bootstrap: str, topic: str, 
                 for (event_id,) in rows:
                     if event_id in produced and event_id not in visible:
                         visible[event_id] = seen
-            stop.wait(0.05)
+            stop.wait(LATENCY_POLL_SECONDS)
 
     def event(i: int) -> tuple[str, bytes, bytes]:
         event_id = f"lat-{i}"
@@ -683,7 +685,17 @@ def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict, d
         stats["repeats_sent"] = sum(r.events for r in repeats)
         stats["vmhwm_mb"] = round(status["VmHWM"] / 1024, 1)
         stats["vmrss_mb"] = round(status["VmRSS"] / 1024, 1)
+        # RssFile is mostly chdb's shared library (clean, shared pages), RssAnon the heap.
+        stats["rss_anon_mb"] = round(status.get("RssAnon", 0) / 1024, 1)
+        stats["rss_file_mb"] = round(status.get("RssFile", 0) / 1024, 1)
         client = worker.reader()
+        flushes, max_records, max_events = client.query(
+            "SELECT uniqExact(written_at), max(r), max(e) FROM (SELECT written_at, sum(records) AS r,"
+            " sum(events_accepted + duplicates + dead_lettered) AS e FROM ingest_progress GROUP BY written_at)"
+        ).result_rows[0]
+        stats["flushes"] = int(flushes)
+        stats["max_flush_records"] = int(max_records)
+        stats["max_flush_events"] = int(max_events)
         workload = Workload(records, events, stats["repeats_sent"], 0, 0)
         exactness = _exactness(client, workload)
         return stats, exactness
@@ -769,8 +781,7 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
 
     _say("(b) pipeline, single-event records")
     with cpu.phase("single"):
-        single, single_exact, worker = _throughput(bench, "single", prefix, group, singles, ends, workload, timeout)
-    bench.processes.stop(worker.process)
+        single, single_exact = _throughput(bench, "single", prefix, group, singles, ends, workload, timeout)
     single["ratio_to_bare"] = round(single["records_per_s"] / max(out["bare"]["records_per_s"], 1), 3)
     out["single"] = single
     _say(f"    {single['records_per_s']:,} records/s ({single['ratio_to_bare']}x bare)")
@@ -781,8 +792,7 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
     topic = bench.create_topics(prefix)
     ends = bench.publish(topic, batches)
     with cpu.phase("batch"):
-        batch, batch_exact, worker = _throughput(bench, "batch", prefix, group, batches, ends, workload, timeout)
-    bench.processes.stop(worker.process)
+        batch, batch_exact = _throughput(bench, "batch", prefix, group, batches, ends, workload, timeout)
     out["batch"] = batch
     _say(f"    {batch['events_per_s']:,} events/s")
     del workload, singles, batches
@@ -895,24 +905,28 @@ def render(result: dict, as_json: bool) -> str:
     console.print(table)
 
     details = Table(title="runs", title_justify="left")
-    for column in ("run", "records", "events", "ev/record", "seconds", "records/s", "events/s", "flushes", "start-up"):
+    columns = ("run", "records", "events", "ev/record", "seconds", "records/s", "events/s", "flushes", "largest flush")
+    for column in columns + ("start-up",):
         details.add_column(column, justify="right" if column != "run" else "left")
     for name, run in (("single", single), ("batch", batch)):
         details.add_row(
             name, f"{run['records']:,}", f"{run['events']:,}", f"{run['events_per_record']}",
             f"{run['seconds']:.2f}", f"{run['records_per_s']:,}", f"{run['events_per_s']:,}",
-            str(run["flushes"]), f"{run['startup_s']:.1f} s",
+            str(run["flushes"]), f"{run['max_flush_events']:,} ev", f"{run['startup_s']:.1f} s",
         )  # fmt: skip
     console.print(details)
     console.print(f"timing: {single['timing']}; start-up (process, chdb, group join) excluded")
     console.print(
         f"latency: {latency['events']:,} events over {latency['seconds']:.1f} s"
-        f" ({latency['achieved_rate_per_s']:,}/s), max {latency['max_s']} s; gateway polled every 50 ms"
+        f" ({latency['achieved_rate_per_s']:,}/s), max {latency['max_s']} s;"
+        f" gateway polled every {LATENCY_POLL_SECONDS * 1000:.0f} ms"
         f" (round trip p50 {latency.get('poll_round_trip_ms_p50')} ms, p99 {latency.get('poll_round_trip_ms_p99')} ms)"
     )
     extra = f", ingest {rss['ingest_events_per_s']:,} events/s" if "ingest_events_per_s" in rss else ""
     console.print(
-        f"rss: VmRSS {rss['vmrss_mb']:,.0f} MB at the end, after {rss['repeats_sent']:,} repeats{extra}"
+        f"rss: at the end (after {rss['repeats_sent']:,} repeats) VmRSS {rss['vmrss_mb']:,.0f} MB ="
+        f" {rss['rss_anon_mb']:,.0f} MB anonymous + {rss['rss_file_mb']:,.0f} MB file-backed (chdb's library);"
+        f" {rss['flushes']} flushes, the largest {rss['max_flush_events']:,} events{extra}"
     )
 
     contention = result.get("contention") or {}
@@ -943,6 +957,7 @@ def render(result: dict, as_json: bool) -> str:
     info.add_row("python", str(machine.get("python")))
     versions = ", ".join(f"{p} {machine[p]}" for p in ("faust-streaming", "aiokafka", "chdb") if p in machine)
     info.add_row("packages", versions)
-    info.add_row("elapsed", f"{result.get('elapsed_s', 0):.0f} s" + (" (quick)" if result["options"].get("quick") else ""))
+    quick = " (quick sizes)" if result["options"].get("quick") else ""
+    info.add_row("elapsed", f"{result.get('elapsed_s', 0):.0f} s{quick}")
     console.print(info)
     return console.file.getvalue().rstrip()

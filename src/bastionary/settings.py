@@ -84,7 +84,11 @@ class Settings(BaseSettings):
     usage_partitions: int = Field(default=4, gt=0)
     topic_replication: int = Field(default=1, gt=0)
     flush_interval: IsoDuration = Field(default=timedelta(milliseconds=250))
-    flush_max_events: int = Field(default=20_000, gt=0)
+    flush_max_events: int = Field(default=20_000, gt=0, description="records buffered before a flush")
+    flush_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="record bytes buffered before a flush")
+    kafka_fetch_max_wait: IsoDuration = Field(
+        default=timedelta(milliseconds=100), description="how long a fetch may wait for data (Faust fixes 1.5 s)"
+    )
     consumer_group: str = "bastionary"
     kafka_session_timeout: IsoDuration = Field(
         default=timedelta(seconds=10),
@@ -158,7 +162,8 @@ class Settings(BaseSettings):
         for key in ("query_reader_password", "query_writer_password"):
             out[key] = "***" if getattr(self, key) else None
         for key in (
-            "dedupe_horizon", "max_future_skew", "flush_interval", "kafka_session_timeout", "rating_grace", "rating_interval"
+            "dedupe_horizon", "max_future_skew", "flush_interval", "kafka_session_timeout", "rating_grace",
+            "rating_interval", "kafka_fetch_max_wait",
         ):
             out[key] = format_iso_duration(getattr(self, key))
         return out

@@ -126,6 +126,7 @@ class UsageSink:
         self.on_flushed = on_flushed
         self._partitions: dict[tuple[str, int], _PartitionState] = {}
         self._lock = asyncio.Lock()
+        self._buffered_bytes = 0
 
     # -- intake --------------------------------------------------------------------------
 
@@ -138,10 +139,15 @@ class UsageSink:
         if record.offset <= state.done_through:
             return False
         state.buffer.append(record)
+        self._buffered_bytes += len(record.value or b"")
         return True
 
     def buffered(self) -> int:
         return sum(len(s.buffer) for s in self._partitions.values())
+
+    def buffered_bytes(self) -> int:
+        """Record bytes waiting: batch records carry many events, so bytes bound a flush's size."""
+        return self._buffered_bytes
 
     def last_landed(self) -> dict[tuple[str, int], int]:
         return {tp: s.done_through for tp, s in self._partitions.items()}
@@ -202,10 +208,12 @@ class UsageSink:
         """Land every flushable buffer; returns the records that may now be acked."""
         async with self._lock:
             batches = []
+            self._buffered_bytes = 0
             for (topic, partition), state in self._partitions.items():
                 records = self._take_flushable(state)
                 if records:
                     batches.append((topic, partition, state, records))
+                self._buffered_bytes += sum(len(r.value or b"") for r in state.buffer)  # held back
             if not batches:
                 return []
             plans = await asyncio.to_thread(lambda: [self._plan(t, p, r) for t, p, _, r in batches])

@@ -20,6 +20,24 @@ from bastionary.topics import Topics
 log = structlog.get_logger(__name__)
 
 
+def _shorten_fetch_wait(fetch_max_wait_ms: int) -> None:
+    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its consumer; brokers that hold a fetch
+    open that long (Tansu does) add up to 1.5 s to every event's latency. The value is read
+    from the consumer object when it starts, so set it right after Faust creates it."""
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    thread_class = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(thread_class, "_bastionary_original_create", thread_class._create_worker_consumer)
+
+    def create(self, *args, **kwargs):
+        consumer = original(self, *args, **kwargs)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms
+        return consumer
+
+    thread_class._bastionary_original_create = original
+    thread_class._create_worker_consumer = create
+
+
 def broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
@@ -32,6 +50,7 @@ def create_app(
     topics = Topics(settings.topic_prefix)
     worker_id = settings.worker_id or f"worker-{os.getpid()}"
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
+    _shorten_fetch_wait(int(settings.kafka_fetch_max_wait.total_seconds() * 1000))
     app = faust.App(
         settings.consumer_group,
         broker=broker_url(bootstrap),
@@ -83,6 +102,7 @@ def create_app(
     state: dict = {"sink": None, "stream": None}
     flush_needed = asyncio.Event()
     max_buffer = settings.flush_max_events
+    max_bytes = settings.flush_max_bytes
 
     def sink() -> UsageSink:
         if state["sink"] is None:
@@ -118,10 +138,10 @@ def create_app(
             if not await usage_sink.admit(record):
                 await stream.ack(event)
                 continue
-            buffered = usage_sink.buffered()
-            if buffered >= max_buffer:
+            buffered, buffered_bytes = usage_sink.buffered(), usage_sink.buffered_bytes()
+            if buffered >= max_buffer or buffered_bytes >= max_bytes:
                 flush_needed.set()
-            if buffered >= 4 * max_buffer:
+            if buffered >= 4 * max_buffer or buffered_bytes >= 4 * max_bytes:
                 await flush_once()  # backpressure: stop reading until the backlog lands
 
     if usage:

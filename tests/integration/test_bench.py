@@ -1,0 +1,75 @@
+"""``bastionary bench`` in quick mode: it runs every phase end to end and the totals are exact.
+
+Only the shape of the result is checked, never a figure against a target: timings on a
+shared CI machine say nothing about the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bastionary.bench import BenchOptions, render, run_bench
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_quick_bench_runs_every_phase_and_is_exact(tmp_path):
+    options = BenchOptions(quick=True, data_dir=tmp_path / "bench")
+    assert (options.events, options.dedupe_ids, options.latency_seconds) == (20_000, 50_000, 5.0)
+
+    result = run_bench(options)
+
+    assert result["exact"] is True, json.dumps(result["exactness"], indent=2)
+    assert set(result["mismatches"]) == {"single", "batch", "rss"}
+    assert all(count == 0 for count in result["mismatches"].values())
+    for run in ("single", "batch", "rss"):
+        details = result["exactness"][run]
+        assert details["stored_events"] == details["expected_events"] > 0
+
+    assert result["bare"]["records"] == result["single"]["records"] == 22_000  # 20k events + 10% repeats
+    assert result["bare"]["records_per_s"] > 0
+    for run in ("single", "batch"):
+        figures = result[run]
+        assert figures["events"] == 22_000
+        assert figures["records_per_s"] > 0 and figures["events_per_s"] > 0 and figures["seconds"] > 0
+    assert result["batch"]["records"] < result["single"]["records"]
+    assert result["single"]["ratio_to_bare"] > 0
+
+    latency = result["latency"]
+    assert latency["events"] > 0 and latency["missing"] == 0 and latency["seen"] == latency["events"]
+    assert 0 <= latency["p50_s"] <= latency["p99_s"] <= latency["max_s"]
+
+    rss = result["rss"]
+    assert rss["distinct_ids"] == 50_000
+    assert rss["vmhwm_mb"] >= rss["vmrss_mb"] > 0
+
+    assert set(result["targets"]) == {"single_ratio", "batch_events_per_s", "latency_p99_s", "rss_mb", "exact"}
+    assert all(isinstance(t["pass"], bool) for t in result["targets"].values())
+    assert result["targets"]["exact"]["pass"] is True
+    assert result["machine"]["nproc"] >= 1 and result["machine"]["python"]
+
+    table = render(result, as_json=False)
+    assert "bare Faust ceiling" in table and "p99" in table and "VmHWM" in table
+    assert json.loads(render(result, as_json=True))["exact"] is True
+    # The data dir it was given is kept, and nothing it started is left running.
+    assert (tmp_path / "bench").is_dir()
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Our processes whose command line or environment names ``text`` (workers, the bare app)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if text.encode() in blob:
+            found.append(int(proc.name))
+    return found
