@@ -32,6 +32,28 @@ def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_event
     assert len(dead_letters(stack, expect=7)) == 7
 
 
+def test_metrics_endpoint_counts_what_the_pipeline_did(stack):
+    import urllib.request
+
+    workload = generate(400, customers=10, duplicate_rate=0.25, bad_records=3, seed=9)
+    env = stack.env("w1")
+    stack.start_worker("w1", BASTIONARY_WEB_PORT=env["BASTIONARY_WEB_PORT"])
+    stack.wait_caught_up(publish(stack, workload.records))
+    url = f"http://127.0.0.1:{env['BASTIONARY_WEB_PORT']}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values["bastionary_usage_events_accepted_total"] == 400
+    assert values["bastionary_usage_events_duplicate_total"] == workload.duplicates
+    assert sum(v for k, v in values.items() if k.startswith("bastionary_usage_dead_lettered_total")) == 3
+    assert values["bastionary_usage_records_received_total"] >= len(workload.records)
+    assert any(k.startswith("bastionary_usage_consumer_lag{") for k in values)
+    assert values["bastionary_usage_flush_seconds_count"] >= 1
+
+
 def test_late_event_for_an_already_flushed_window_counts_once(stack):
     stack.start_worker()
     minute = (datetime.now(timezone.utc) - timedelta(hours=3)).replace(second=5, microsecond=0)

@@ -1,0 +1,121 @@
+"""``bastionary bench``: the pipeline measured against its targets on the embedded stack.
+
+Everything runs on a stack the benchmark starts and tears down itself: one embedded broker
+(Tansu) and, per phase, one ``bastionary worker`` subprocess with a fresh data dir (so it
+holds chdb in-process and serves the query gateway), a fresh topic prefix and a fresh
+consumer group. The phases:
+
+(a) bare Faust ceiling: :mod:`bastionary.worker.bare` (one agent that only counts) reads
+    the single-event records of (b); records/s from the first to the last record counted.
+(b) pipeline throughput: the same workload as single-event records, then packed into
+    100-event batch records; pre-published, then a worker started on it; timed from its
+    first consumed record to "caught up" (committed offsets at the log end).
+(c) end-to-end latency: events produced at half the single-record maximum, each polled
+    for in ``usage_events`` through the gateway; visible time minus produce time.
+(d) peak RSS (VmHWM) of a worker that has ingested ``dedupe_ids`` distinct ids.
+(e) exactness: ClickHouse totals of (b) and (d) against the workload's ground truth.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bastionary.bench.options import BATCH_EVENTS, BenchError, BenchOptions
+from bastionary.bench.phases import _bare_ceiling, _latency, _peak_rss, _throughput
+from bastionary.bench.processes import _Processes, _say, _sigterm_as_interrupt
+from bastionary.bench.report import _verdicts, machine_info, render
+from bastionary.bench.stack import _Bench
+from bastionary.bench.workloads import _batched
+from bastionary.embedded.broker import EmbeddedBroker
+from bastionary.workload import generate
+
+__all__ = ["BenchError", "BenchOptions", "machine_info", "render", "run_bench"]
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+def run_bench(options: BenchOptions) -> dict:
+    """Run every phase on a fresh embedded stack; returns the figures (see :func:`render`)."""
+    started = time.monotonic()
+    temporary = options.data_dir is None
+    root = Path(tempfile.mkdtemp(prefix="bastionary-bench-")) if temporary else Path(options.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    processes = _Processes()
+    result: dict = {"options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}}
+    result["machine"] = machine_info()
+    try:
+        with _sigterm_as_interrupt():
+            broker = EmbeddedBroker(root / "broker")
+            try:
+                broker.start()
+                result.update(_run_phases(_Bench(root, processes, broker), options))
+            finally:
+                processes.stop_all()
+                broker.stop()
+    finally:
+        processes.stop_all()
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
+    out: dict = {}
+    timeout = max(300.0, options.events / 200)
+    cpu = bench.cpu
+
+    _say(f"generating {options.events:,} events (10% repeats) as single-event records")
+    workload = generate(options.events, single_only=True)
+    singles = workload.records
+    prefix, group = bench.names("single")
+    topic = bench.create_topics(prefix)
+    _say(f"publishing {len(singles):,} records to {topic}")
+    ends = bench.publish(topic, singles)
+
+    _say("(a) bare Faust ceiling")
+    with cpu.phase("bare"):
+        out["bare"] = _bare_ceiling(bench, topic, len(singles), timeout)
+    _say(f"    {out['bare']['records_per_s']:,} records/s")
+
+    _say("(b) pipeline, single-event records")
+    with cpu.phase("single"):
+        single, single_exact = _throughput(bench, "single", prefix, group, singles, ends, workload, timeout)
+    single["ratio_to_bare"] = round(single["records_per_s"] / max(out["bare"]["records_per_s"], 1), 3)
+    out["single"] = single
+    _say(f"    {single['records_per_s']:,} records/s ({single['ratio_to_bare']}x bare)")
+
+    _say(f"(b) pipeline, {BATCH_EVENTS}-event batch records")
+    batches = _batched(singles, BATCH_EVENTS)
+    prefix, group = bench.names("batch")
+    topic = bench.create_topics(prefix)
+    ends = bench.publish(topic, batches)
+    with cpu.phase("batch"):
+        batch, batch_exact = _throughput(bench, "batch", prefix, group, batches, ends, workload, timeout)
+    out["batch"] = batch
+    _say(f"    {batch['events_per_s']:,} events/s")
+    del workload, singles, batches
+
+    rate = max(20.0, min(out["single"]["records_per_s"] / 2, 50_000.0))
+    _say(f"(c) end-to-end latency at {rate:,.0f} events/s for {options.latency_seconds:g} s")
+    with cpu.phase("latency"):
+        out["latency"] = _latency(bench, rate, options.latency_seconds)
+    _say(f"    p50 {out['latency']['p50_s']} s, p99 {out['latency']['p99_s']} s")
+
+    _say(f"(d) worker peak RSS with {options.dedupe_ids:,} distinct ids")
+    with cpu.phase("rss"):
+        out["rss"], rss_exact = _peak_rss(bench, options.dedupe_ids, max(300.0, options.dedupe_ids / 200))
+    _say(f"    VmHWM {out['rss']['vmhwm_mb']} MB")
+
+    runs = {"single": single_exact, "batch": batch_exact, "rss": rss_exact}
+    out["exact"] = all(r["exact"] for r in runs.values())
+    out["mismatches"] = {name: sum(r["mismatches"].values()) for name, r in runs.items()}
+    out["exactness"] = runs
+    out["targets"] = _verdicts(out, options)
+    out["contention"] = cpu.phases
+    return out

@@ -1,0 +1,270 @@
+"""The measuring phases: bare Faust ceiling, throughput, latency and peak RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import orjson
+
+from bastionary.bench.options import LATENCY_POLL_SECONDS, PARTITIONS, BenchError
+from bastionary.bench.processes import _say, _tail
+from bastionary.bench.stack import _Bench, _Worker
+from bastionary.bench.workloads import _distinct_id_records, _exactness
+from bastionary.workload import Record, Workload
+
+
+# -- phases ----------------------------------------------------------------------------------
+
+
+def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> dict:
+    _, group = bench.names("bare")
+    report = bench.root / "bare" / "result.json"
+    command = [
+        sys.executable, "-m", "bastionary.worker.bare",
+        "--bootstrap", bench.bootstrap, "--topic", topic, "--group", group,
+        "--expect", str(records), "--report", str(report), "--partitions", str(PARTITIONS),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
+    log_path = bench.root / "logs" / "bare.log"
+    process = bench.processes.spawn(command, env, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while not report.exists():
+            if process.poll() is not None:
+                raise BenchError(f"bare Faust app exited with {process.returncode}:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"bare Faust app did not count {records} records in {timeout:.0f}s")
+            time.sleep(0.1)
+        result = json.loads(report.read_text())
+    finally:
+        bench.processes.stop(process)
+    seconds = max(result["last"] - result["first"], 1e-6)
+    return {"records": result["count"], "seconds": round(seconds, 3), "records_per_s": round(result["count"] / seconds)}
+
+
+def _throughput(bench: _Bench, phase: str, prefix: str, group: str, records: list[Record], ends, workload, timeout):
+    """Start a worker on pre-published records; time it from its first record to caught up.
+
+    Timing starts when the worker takes in its first record (its log says so, see
+    ``_Worker.consumption_started``), so process start-up, chdb start-up, migrations and the
+    consumer group join are left out, while the whole of consumption (including the first
+    flush) is counted. The records are published before the worker starts so the producer
+    does not compete with it for the two cores. The end is "caught up" as the project
+    defines it: committed offsets at the log end (see ``_Bench.wait_caught_up``). Should the
+    log mark be missing, the first ingest_progress row stands in (that excludes the first
+    flush's records from the count as well, since they were consumed before it).
+    """
+    worker = bench.start_worker(phase, prefix, group)
+    try:
+        end = bench.wait_caught_up(worker, ends, timeout)
+        client = worker.reader()
+        total_records = len(records)
+        total_events = sum(r.events for r in records)
+        start = worker.consumption_started()
+        timing = "first record taken in -> committed at log end"
+        counted_records, counted_events = total_records, total_events
+        flushes, first_ms, max_flush_events = client.query(
+            "SELECT uniqExact(written_at), toUnixTimestamp64Milli(min(written_at)), max(e) FROM (SELECT written_at,"
+            " sum(events_accepted + duplicates + dead_lettered) AS e FROM ingest_progress GROUP BY written_at)"
+        ).result_rows[0]
+        if start is None:
+            first_records, first_events = client.query(
+                "SELECT sum(records), sum(events_accepted + duplicates + dead_lettered) FROM ingest_progress"
+                " WHERE written_at = (SELECT min(written_at) FROM ingest_progress)"
+            ).result_rows[0]
+            start = first_ms / 1000
+            counted_records -= int(first_records)
+            counted_events -= int(first_events)
+            timing = "first flush marker -> committed at log end (first flush not counted)"
+        seconds = max(end - start, 1e-6)
+        exactness = _exactness(client, workload)
+        return {
+            "records": total_records,
+            "events": total_events,
+            "events_per_record": round(total_events / max(total_records, 1), 1),
+            "seconds": round(seconds, 3),
+            "records_per_s": round(counted_records / seconds),
+            "events_per_s": round(counted_events / seconds),
+            "flushes": int(flushes),
+            "max_flush_events": int(max_flush_events),
+            "startup_s": round(start - worker.started_at, 2),
+            "timing": timing,
+        }, exactness
+    finally:
+        bench.processes.stop(worker.process)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    rank = q * (len(sorted_values) - 1)
+    low = int(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
+
+
+def _latency(bench: _Bench, rate: float, seconds: float) -> dict:
+    prefix, group = bench.names("latency")
+    topic = bench.create_topics(prefix)
+    worker = bench.start_worker("latency", prefix, group)
+    try:
+        client = worker.reader()
+        return asyncio.run(_measure_latency(worker, client, bench.bootstrap, topic, rate, seconds))
+    finally:
+        bench.processes.stop(worker.process)
+
+
+async def _measure_latency(worker: _Worker, client, bootstrap: str, topic: str, rate: float, seconds: float) -> dict:
+    from bastionary.kafka import UsageProducer
+
+    source = "bastionary-bench-latency"
+    produced: dict[str, float] = {}  # id -> wall time just before it was handed to the producer
+    visible: dict[str, float] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    poll_errors: list[str] = []
+    round_trips: list[float] = []
+
+    def poll() -> None:
+        # Newly visible ids among the pending ones. ingested_at is the record's broker
+        # timestamp (the producer's send time), so a window from the oldest pending send
+        # (less a second of slack) keeps each answer to the ids still in flight.
+        sql = (
+            "SELECT event_id FROM usage_events WHERE source = {s:String}"
+            " AND ingested_at >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
+        )
+        while not stop.is_set():
+            with lock:
+                pending = [produced[i] for i in produced if i not in visible]
+            lo = int(((min(pending) if pending else time.time()) - 1.0) * 1000)
+            asked = time.time()
+            try:
+                rows = client.query(sql, parameters={"s": source, "lo": lo}).result_rows
+            except Exception as exc:  # noqa: BLE001 - keep polling; reported if it never recovers
+                poll_errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                rows = []
+            seen = time.time()  # the answer's arrival: an id counts as visible no earlier
+            round_trips.append(seen - asked)
+            with lock:
+                for (event_id,) in rows:
+                    if event_id in produced and event_id not in visible:
+                        visible[event_id] = seen
+            stop.wait(LATENCY_POLL_SECONDS)
+
+    def event(i: int) -> tuple[str, bytes, bytes]:
+        event_id = f"lat-{i}"
+        customer = f"cust-{i % 300:04d}"
+        body = {
+            "specversion": "1.0", "id": event_id, "source": source, "type": "api.request", "subject": customer,
+            "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "data": {"method": "GET", "path": "/v1/items"},
+        }  # fmt: skip
+        return event_id, customer.encode(), orjson.dumps(body)
+
+    async def wait_visible(ids: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            worker.check_alive()
+            with lock:
+                if all(i in visible for i in ids):
+                    return
+            await asyncio.sleep(0.05)
+
+    poller = threading.Thread(target=poll, name="bench-latency-poll", daemon=True)
+    poller.start()
+    try:
+        async with UsageProducer(bootstrap, linger_ms=5) as producer:
+            # Warm-up: the worker has joined its group and landed a flush before we measure.
+            warm = [event(-1 - p) for p in range(8)]
+            for event_id, key, value in warm:
+                with lock:
+                    produced[event_id] = time.time()
+                await producer.send(topic, value, key=key)
+            await producer.flush()
+            await wait_visible([w[0] for w in warm], 90.0)
+            with lock:
+                if not all(w[0] in visible for w in warm):
+                    raise BenchError(f"latency warm-up events never became visible; see {worker.log_path}")
+                produced.clear()
+                visible.clear()
+            # Steady rate: every 10 ms, send what the schedule says is due by now.
+            started = time.monotonic()
+            sent = 0
+            total = int(rate * seconds)
+            while sent < total:
+                due = min(total, int((time.monotonic() - started) * rate) + 1)
+                while sent < due:
+                    event_id, key, value = event(sent)
+                    with lock:
+                        produced[event_id] = time.time()
+                    await producer.send(topic, value, key=key)
+                    sent += 1
+                await asyncio.sleep(0.01)
+            produce_seconds = time.monotonic() - started
+            await producer.flush()
+        await wait_visible(list(produced), 60.0)
+    finally:
+        stop.set()
+        poller.join(5)
+    with lock:
+        delays = sorted(visible[i] - produced[i] for i in produced if i in visible)
+        missing = sum(1 for i in produced if i not in visible)
+    return {
+        "target_rate_per_s": round(rate),
+        "achieved_rate_per_s": round(len(produced) / max(produce_seconds, 1e-6)),
+        "seconds": round(produce_seconds, 2),
+        "events": len(produced),
+        "seen": len(delays),
+        "missing": missing,
+        "p50_s": round(_percentile(delays, 0.50), 3),
+        "p99_s": round(_percentile(delays, 0.99), 3),
+        "max_s": round(delays[-1], 3) if delays else None,
+        "poll_errors": len(poll_errors),
+        "poll_round_trip_ms_p50": round(1000 * _percentile(sorted(round_trips), 0.50), 1),
+        "poll_round_trip_ms_p99": round(1000 * _percentile(sorted(round_trips), 0.99), 1),
+    }
+
+
+def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict, dict]:
+    prefix, group = bench.names("rss")
+    topic = bench.create_topics(prefix)
+    records, events = _distinct_id_records(distinct_ids)
+    _say(f"rss: publishing {distinct_ids:,} distinct ids in {len(records):,} records")
+    ends = bench.publish(topic, records)
+    worker = bench.start_worker("rss", prefix, group)
+    try:
+        stats = {"distinct_ids": distinct_ids}
+        caught_up = bench.wait_caught_up(worker, ends, timeout)
+        start = worker.consumption_started()
+        if start is not None:
+            stats["ingest_events_per_s"] = round(distinct_ids / max(caught_up - start, 1e-6))
+        # Then repeats of the first tenth: lookups against a store holding every id.
+        repeats = records[: max(1, len(records) // 10)]
+        ends = bench.publish(topic, repeats)
+        bench.wait_caught_up(worker, ends, timeout)
+        status = worker.status_kb()
+        stats["repeats_sent"] = sum(r.events for r in repeats)
+        stats["vmhwm_mb"] = round(status["VmHWM"] / 1024, 1)
+        stats["vmrss_mb"] = round(status["VmRSS"] / 1024, 1)
+        # RssFile is mostly chdb's shared library (clean, shared pages), RssAnon the heap.
+        stats["rss_anon_mb"] = round(status.get("RssAnon", 0) / 1024, 1)
+        stats["rss_file_mb"] = round(status.get("RssFile", 0) / 1024, 1)
+        client = worker.reader()
+        flushes, max_records, max_events = client.query(
+            "SELECT uniqExact(written_at), max(r), max(e) FROM (SELECT written_at, sum(records) AS r,"
+            " sum(events_accepted + duplicates + dead_lettered) AS e FROM ingest_progress GROUP BY written_at)"
+        ).result_rows[0]
+        stats["flushes"] = int(flushes)
+        stats["max_flush_records"] = int(max_records)
+        stats["max_flush_events"] = int(max_events)
+        workload = Workload(records, events, stats["repeats_sent"], 0, 0)
+        exactness = _exactness(client, workload)
+        return stats, exactness
+    finally:
+        bench.processes.stop(worker.process)

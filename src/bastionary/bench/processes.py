@@ -1,0 +1,145 @@
+"""The children the benchmark starts, the CPU they (and others) use, and signals."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bastionary.embedded.broker import EmbeddedBroker, _die_with_parent
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _bastionary_command() -> list[str]:
+    script = Path(sys.executable).parent / "bastionary"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bastionary.cli.main"]
+
+
+class _Processes:
+    """Every child the benchmark starts; all of them are stopped on the way out, whatever happens."""
+
+    def __init__(self) -> None:
+        self._children: list[subprocess.Popen] = []
+
+    def spawn(self, command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # SIGTERM when the benchmark dies, even by SIGKILL (Linux).
+                preexec_fn=_die_with_parent if os.name == "posix" else None,
+            )
+        self._children.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen, timeout: float = 20.0) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        with contextlib.suppress(ValueError):
+            self._children.remove(process)
+
+    def stop_all(self) -> None:
+        for process in list(self._children):
+            with contextlib.suppress(Exception):
+                self.stop(process)
+
+
+class _CpuMeter:
+    """How much of the machine other processes used while a phase ran.
+
+    The benchmark's own CPU time is this process plus every child it started (reaped ones
+    through ``os.times()``, live ones through ``/proc/<pid>/stat``); the machine's is the
+    busy time in ``/proc/stat``. What is left belongs to someone else, and a figure taken
+    while others held the cores is not a figure of the pipeline.
+    """
+
+    def __init__(self, processes: _Processes, broker: EmbeddedBroker):
+        self.processes = processes
+        self.broker = broker
+        self.phases: dict[str, dict] = {}
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def _machine_busy(self) -> float:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        busy = sum(values[:8]) - idle  # guest time is already inside user
+        return busy / self._tick
+
+    def _ours(self) -> float:
+        t = os.times()
+        total = t.user + t.system + t.children_user + t.children_system
+        live = list(self.processes._children)
+        broker_process = getattr(self.broker, "_process", None)
+        if broker_process is not None:
+            live.append(broker_process)
+        for process in live:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields_ = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields_[11]) + int(fields_[12])) / self._tick  # utime, stime
+        return total
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        try:
+            wall, busy, ours = time.monotonic(), self._machine_busy(), self._ours()
+        except OSError:  # no /proc: nothing to say
+            yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                seconds = max(time.monotonic() - wall, 1e-6)
+                capacity = seconds * self._cores
+                mine = self._ours() - ours
+                others = max(0.0, self._machine_busy() - busy - mine)
+                self.phases[name] = {
+                    "seconds": round(seconds, 1),
+                    "bench_cpu_share": round(mine / capacity, 3),
+                    "others_cpu_share": round(others / capacity, 3),
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                }
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so the ``finally`` blocks stop the children."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""

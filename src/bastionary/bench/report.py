@@ -1,0 +1,200 @@
+"""The verdicts against the targets, the machine, and the output (table or JSON)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+from pathlib import Path
+
+from bastionary.bench.options import (
+    BATCH_EVENTS,
+    CONTENTION_WARNING,
+    LATENCY_POLL_SECONDS,
+    TARGET_BATCH_EVENTS_PER_S,
+    TARGET_P99_S,
+    TARGET_RSS_IDS,
+    TARGET_RSS_MB,
+    TARGET_SINGLE_RATIO,
+    BenchOptions,
+)
+
+
+# -- machine ---------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    info: dict = {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": None,
+        "ram_gb": None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["ram_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("faust-streaming", "aiokafka", "chdb", "clickhouse-connect"):
+        with contextlib.suppress(PackageNotFoundError):
+            info[package] = version(package)
+    return info
+
+
+# -- verdicts --------------------------------------------------------------------------------
+
+
+def _verdicts(out: dict, options: BenchOptions) -> dict:
+    return {
+        "single_ratio": {
+            "target": f">= {TARGET_SINGLE_RATIO}x bare",
+            "pass": out["single"]["ratio_to_bare"] >= TARGET_SINGLE_RATIO,
+        },
+        "batch_events_per_s": {
+            "target": f">= {TARGET_BATCH_EVENTS_PER_S:,} events/s",
+            "pass": out["batch"]["events_per_s"] >= TARGET_BATCH_EVENTS_PER_S,
+        },
+        "latency_p99_s": {
+            "target": f"<= {TARGET_P99_S:g} s",
+            "pass": out["latency"]["missing"] == 0 and out["latency"]["p99_s"] <= TARGET_P99_S,
+        },
+        "rss_mb": {
+            "target": f"<= {TARGET_RSS_MB} MB with {TARGET_RSS_IDS:,} ids",
+            # Only a run with at least the target's ids can meet it.
+            "pass": out["rss"]["vmhwm_mb"] <= TARGET_RSS_MB and options.dedupe_ids >= TARGET_RSS_IDS,
+        },
+        "exact": {"target": "true", "pass": out["exact"]},
+    }
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def render(result: dict, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(result, indent=2, default=str)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=False)
+    targets = result.get("targets", {})
+
+    def verdict(name: str) -> str:
+        if name not in targets:
+            return ""
+        return "PASS" if targets[name]["pass"] else "FAIL"
+
+    bare, single, batch = result["bare"], result["single"], result["batch"]
+    latency, rss = result["latency"], result["rss"]
+    table = Table(title="bastionary bench", title_justify="left")
+    table.add_column("figure")
+    table.add_column("measured", justify="right")
+    table.add_column("target")
+    table.add_column("", justify="center")
+    table.add_row(
+        "bare Faust ceiling (count only)",
+        f"{bare['records_per_s']:,} records/s",
+        f"({bare['records']:,} records in {bare['seconds']:.1f} s)",
+        "",
+    )
+    table.add_row(
+        "pipeline, single-event records",
+        f"{single['records_per_s']:,} records/s\n= {single['ratio_to_bare']:.2f}x bare",
+        f">= {TARGET_SINGLE_RATIO}x bare = {round(TARGET_SINGLE_RATIO * bare['records_per_s']):,} records/s",
+        verdict("single_ratio"),
+    )
+    table.add_row(
+        f"pipeline, {BATCH_EVENTS}-event batch records",
+        f"{batch['events_per_s']:,} events/s\n({batch['records_per_s']:,} records/s)",
+        f">= {TARGET_BATCH_EVENTS_PER_S:,} events/s per worker",
+        verdict("batch_events_per_s"),
+    )
+    missing = f", {latency['missing']} never seen" if latency["missing"] else ""
+    table.add_row(
+        "end-to-end latency p50 / p99",
+        f"{latency['p50_s']:.3f} s / {latency['p99_s']:.3f} s",
+        f"p99 <= {TARGET_P99_S:g} s (at {latency['target_rate_per_s']:,} events/s{missing})",
+        verdict("latency_p99_s"),
+    )
+    table.add_row(
+        "worker peak RSS (VmHWM)",
+        f"{rss['vmhwm_mb']:,.0f} MB\nwith {rss['distinct_ids']:,} ids",
+        f"<= {TARGET_RSS_MB} MB with {TARGET_RSS_IDS:,} distinct ids",
+        verdict("rss_mb"),
+    )
+    mismatches = ", ".join(f"{k} {v}" for k, v in result["mismatches"].items())
+    table.add_row(
+        "exact totals vs ground truth",
+        str(result["exact"]).lower(),
+        f"true (mismatched keys: {mismatches})",
+        verdict("exact"),
+    )
+    console.print(table)
+
+    details = Table(title="runs", title_justify="left")
+    columns = ("run", "records", "events", "ev/record", "seconds", "records/s", "events/s", "flushes", "largest flush")
+    for column in columns + ("start-up",):
+        details.add_column(column, justify="right" if column != "run" else "left")
+    for name, run in (("single", single), ("batch", batch)):
+        details.add_row(
+            name, f"{run['records']:,}", f"{run['events']:,}", f"{run['events_per_record']}",
+            f"{run['seconds']:.2f}", f"{run['records_per_s']:,}", f"{run['events_per_s']:,}",
+            str(run["flushes"]), f"{run['max_flush_events']:,} ev", f"{run['startup_s']:.1f} s",
+        )  # fmt: skip
+    console.print(details)
+    console.print(f"timing: {single['timing']}; start-up (process, chdb, group join) excluded")
+    console.print(
+        f"latency: {latency['events']:,} events over {latency['seconds']:.1f} s"
+        f" ({latency['achieved_rate_per_s']:,}/s), max {latency['max_s']} s;"
+        f" gateway polled every {LATENCY_POLL_SECONDS * 1000:.0f} ms"
+        f" (round trip p50 {latency.get('poll_round_trip_ms_p50')} ms, p99 {latency.get('poll_round_trip_ms_p99')} ms)"
+    )
+    extra = f", ingest {rss['ingest_events_per_s']:,} events/s" if "ingest_events_per_s" in rss else ""
+    console.print(
+        f"rss: at the end (after {rss['repeats_sent']:,} repeats) VmRSS {rss['vmrss_mb']:,.0f} MB ="
+        f" {rss['rss_anon_mb']:,.0f} MB anonymous + {rss['rss_file_mb']:,.0f} MB file-backed (chdb's library);"
+        f" {rss['flushes']} flushes, the largest {rss['max_flush_events']:,} events{extra}"
+    )
+
+    contention = result.get("contention") or {}
+    if contention:
+        busy = Table(title="CPU during each phase (share of all cores)", title_justify="left")
+        for column in ("phase", "seconds", "bench + its children", "other processes", "load avg 1m"):
+            busy.add_column(column, justify="left" if column == "phase" else "right")
+        for name, phase in contention.items():
+            busy.add_row(
+                name, f"{phase['seconds']:.0f}", f"{phase['bench_cpu_share']:.0%}",
+                f"{phase['others_cpu_share']:.0%}", f"{phase['load_avg_1m']:.2f}",
+            )  # fmt: skip
+        console.print(busy)
+        noisy = [n for n, p in contention.items() if p["others_cpu_share"] > CONTENTION_WARNING]
+        if noisy:
+            console.print(
+                f"WARNING: other processes used more than {CONTENTION_WARNING:.0%} of the machine during"
+                f" {', '.join(noisy)}: those figures understate the pipeline; rerun on a quiet machine."
+            )
+
+    machine = result["machine"]
+    info = Table(title="machine", title_justify="left", show_header=False)
+    info.add_column("key")
+    info.add_column("value")
+    info.add_row("nproc", str(machine.get("nproc")))
+    info.add_row("CPU", str(machine.get("cpu_model")))
+    info.add_row("RAM", f"{machine.get('ram_gb')} GB")
+    info.add_row("python", str(machine.get("python")))
+    versions = ", ".join(f"{p} {machine[p]}" for p in ("faust-streaming", "aiokafka", "chdb") if p in machine)
+    info.add_row("packages", versions)
+    quick = " (quick sizes)" if result["options"].get("quick") else ""
+    info.add_row("elapsed", f"{result.get('elapsed_s', 0):.0f} s{quick}")
+    console.print(info)
+    return console.file.getvalue().rstrip()

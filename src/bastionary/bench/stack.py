@@ -1,0 +1,171 @@
+"""The embedded stack as the phases use it: topics, publishing, and worker subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+
+from bastionary.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
+from bastionary.bench.processes import _bastionary_command, _CpuMeter, _Processes, _tail
+from bastionary.embedded.broker import EmbeddedBroker, free_port
+from bastionary.topics import Topics
+from bastionary.workload import Record
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen
+    data_dir: Path
+    log_path: Path
+    topic: str
+    group: str
+    started_at: float
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise BenchError(
+                f"worker exited with {self.process.returncode}; last lines of {self.log_path}:\n{_tail(self.log_path)}"
+            )
+
+    def reader(self, timeout: float = 90.0):
+        """A clickhouse-connect client on the worker's query gateway, as the reader."""
+        import clickhouse_connect
+
+        from bastionary.storage.clickhouse import gateway_file
+        from bastionary.storage.http_gateway import gateway_dsn, read_gateway_file
+
+        path = gateway_file(self.data_dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            info = read_gateway_file(path)
+            if info:
+                return clickhouse_connect.get_client(dsn=gateway_dsn(info, "reader"), compress=False)
+            time.sleep(0.1)
+        raise BenchError(f"the worker's query gateway did not come up in {timeout:.0f}s; see {self.log_path}")
+
+    def consumption_started(self) -> float | None:
+        """Wall time at which the worker took in its first record of the topic, from its log.
+
+        The sink logs "partition starts fresh" (or "partition recovered") when the first
+        record of a partition reaches it, i.e. after start-up and the group join.
+        """
+        first = None
+        with contextlib.suppress(OSError), self.log_path.open("rb") as fh:
+            for line in fh:
+                if b"partition " not in line or not line.startswith(b"{"):
+                    continue
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if entry.get("event") in ("partition starts fresh", "partition recovered") and entry.get(
+                    "topic"
+                ) == self.topic:
+                    stamp = datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00")).timestamp()
+                    first = stamp if first is None else min(first, stamp)
+        return first
+
+    def status_kb(self) -> dict[str, int]:
+        out = {}
+        with open(f"/proc/{self.process.pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                    out[key] = int(value.split()[0])
+        return out
+
+
+class _Bench:
+    def __init__(self, root: Path, processes: _Processes, broker: EmbeddedBroker):
+        self.root = root
+        self.processes = processes
+        self.broker = broker
+        self.tag = uuid.uuid4().hex[:8]
+        self.cpu = _CpuMeter(processes, broker)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def names(self, phase: str) -> tuple[str, str]:
+        """A fresh topic prefix and consumer group for one run."""
+        return f"bench-{self.tag}-{phase}.", f"bench-{self.tag}-{phase}"
+
+    def create_topics(self, prefix: str) -> str:
+        from bastionary.kafka import ensure_topics
+
+        topics = Topics(prefix)
+        asyncio.run(ensure_topics(self.bootstrap, [topics.usage_events, topics.usage_dlq], PARTITIONS))
+        return topics.usage_events
+
+    def publish(self, topic: str, records: list[Record]) -> dict[int, int]:
+        from bastionary.kafka import publish_records
+
+        return asyncio.run(publish_records(self.bootstrap, topic, records))
+
+    def start_worker(self, phase: str, prefix: str, group: str) -> _Worker:
+        data_dir = self.root / phase
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # Only our settings: an inherited BASTIONARY_* (a DSN, a catalog, a prefix) would
+        # measure something else than the embedded defaults.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")} | {
+            "BASTIONARY_KAFKA_BOOTSTRAP": self.bootstrap,
+            "BASTIONARY_DATA_DIR": str(data_dir),
+            "BASTIONARY_TOPIC_PREFIX": prefix,
+            "BASTIONARY_CONSUMER_GROUP": group,
+            "BASTIONARY_WORKER_ID": f"bench-{phase}",
+            "BASTIONARY_WEB_PORT": str(free_port()),
+            "BASTIONARY_KAFKA_SESSION_TIMEOUT": SESSION_TIMEOUT,
+            "BASTIONARY_LOG_FORMAT": "json",
+        }
+        log_path = self.root / "logs" / f"worker-{phase}.log"
+        process = self.processes.spawn(_bastionary_command() + ["worker"], env, log_path)
+        return _Worker(process, data_dir, log_path, Topics(prefix).usage_events, group, time.time())
+
+    def wait_caught_up(self, worker: _Worker, ends: dict[int, int], timeout: float) -> float:
+        """Poll the group's committed offsets until every partition is at its log end.
+
+        Returns the wall time it was first seen. Commits follow the ClickHouse writes
+        (see metering/sink.py), so this is "landed"; Faust commits once a second
+        (broker_commit_interval), so the moment seen trails the last landing by up to
+        ~1 s plus the 50 ms poll: a conservative end mark.
+        """
+        return asyncio.run(self._wait_caught_up(worker, ends, timeout))
+
+    async def _wait_caught_up(self, worker: _Worker, ends: dict[int, int], timeout: float) -> float:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        wanted = {TopicPartition(worker.topic, p): o for p, o in ends.items() if o > 0}
+        # A consumer that never subscribes only reads the group's offsets; it does not join it.
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=worker.group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + timeout
+            committed: dict = {}
+            while time.monotonic() < deadline:
+                worker.check_alive()
+                pending = [tp for tp, end in wanted.items() if committed.get(tp, -1) < end]
+                if not pending:
+                    return time.time()
+                try:
+                    values = await asyncio.gather(*(consumer.committed(tp) for tp in pending))
+                except Exception:  # the coordinator is busy with a rebalance: ask again
+                    values = [None] * len(pending)
+                seen = time.time()
+                committed.update({tp: v for tp, v in zip(pending, values) if v is not None})
+                if all(committed.get(tp, -1) >= end for tp, end in wanted.items()):
+                    return seen
+                await asyncio.sleep(0.05)
+            raise BenchError(f"worker not caught up after {timeout:.0f}s: wanted {ends}, committed {committed}")
+        finally:
+            await consumer.stop()

@@ -1,0 +1,103 @@
+"""The records the phases publish, and their totals checked against the ground truth."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import orjson
+
+from bastionary.bench.options import BATCH_EVENTS
+from bastionary.workload import Record, Workload
+
+
+# -- workloads -------------------------------------------------------------------------------
+
+
+def _batched(records: list[Record], size: int) -> list[Record]:
+    """The same events as ``records`` (single-event records), packed ``size`` to a record.
+
+    Members of a record share its key (the customer), and every repeat of an event keeps its
+    customer's partition: dedupe is per partition. (``workload.generate(batch_size=100)``
+    splits each 100-event slice of the stream by customer, so with hundreds of customers its
+    records carry ~1.2 events each, not 100.)
+    """
+    by_key: dict[bytes, list[bytes]] = {}
+    for record in records:
+        by_key.setdefault(record.key, []).append(record.value)
+    chunks = {
+        key: [values[i : i + size] for i in range(0, len(values), size)] for key, values in by_key.items()
+    }
+    out: list[Record] = []
+    round_ = 0
+    while True:  # round-robin over customers, so every partition fills at the same pace
+        added = False
+        for key, parts in chunks.items():
+            if round_ < len(parts):
+                out.append(Record(key, b"[" + b",".join(parts[round_]) + b"]", events=len(parts[round_])))
+                added = True
+        if not added:
+            return out
+        round_ += 1
+
+
+def _distinct_id_records(count: int, customers: int = 300, size: int = BATCH_EVENTS) -> tuple[list[Record], list[dict]]:
+    """``count`` events with distinct ids in ``size``-event records, and the events themselves."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    stamps = [(now - timedelta(seconds=s)).isoformat().replace("+00:00", "Z") for s in range(1800)]
+    methods = ("GET", "POST", "DELETE")
+    events: list[dict] = []
+    values: dict[bytes, list[bytes]] = {}
+    for i in range(count):
+        customer = f"cust-{i % customers:04d}"
+        event = {
+            "specversion": "1.0",
+            "id": f"rss-{i}",
+            "source": "bastionary-bench-rss",
+            "type": "api.request",
+            "subject": customer,
+            "time": stamps[i % len(stamps)],
+            "data": {"method": methods[i % 3], "path": "/v1/items"},
+        }
+        events.append(event)
+        values.setdefault(customer.encode(), []).append(orjson.dumps(event))
+    singles = [Record(key, value, events=1) for key, group in values.items() for value in group]
+    return _batched(singles, size), events
+
+
+# -- exactness -------------------------------------------------------------------------------
+
+
+def _exactness(client, workload: Workload) -> dict:
+    from bastionary.catalog import load_catalog
+    from bastionary.storage.queries import usage_query
+
+    truth = workload.truth()
+    mismatches: dict[str, int] = {}
+    for meter in load_catalog(None).meters:
+        sql, params = usage_query(meter, group_by=list(meter.group_by))
+        rows = client.query(sql, parameters=params).result_rows
+        got = {(c, tuple(sorted(g.items()))): Decimal(v) for c, _, _, g, v in rows}
+        want = truth[meter.key]
+        wrong = sum(1 for key, value in want.items() if got.get(key) != value)
+        unexpected = sum(1 for key in got if key not in want)
+        mismatches[meter.key] = wrong + unexpected
+    stored = int(client.query("SELECT count() FROM usage_events FINAL").result_rows[0][0])
+    accepted, duplicates = client.query(
+        "SELECT sum(events_accepted), sum(duplicates) FROM ingest_progress FINAL"
+    ).result_rows[0]
+    expected = len(workload.unique_events)
+    exact = (
+        not any(mismatches.values())
+        and stored == expected
+        and int(accepted or 0) == expected
+        and int(duplicates or 0) == workload.duplicates
+    )
+    return {
+        "exact": exact,
+        "mismatches": mismatches,
+        "stored_events": stored,
+        "expected_events": expected,
+        "duplicates_dropped": int(duplicates or 0),
+        "expected_duplicates": workload.duplicates,
+    }
