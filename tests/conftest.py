@@ -138,8 +138,11 @@ class Stack:
 
     def start_worker(self, worker_id: str = "w1", **extra: str) -> subprocess.Popen:
         log = (self.tmp_path / f"{worker_id}.log").open("ab")
+        from bastionary.embedded.processes import PREEXEC
+
         process = subprocess.Popen(
-            [str(BIN), "worker"], env=self.env(worker_id, **extra), stdout=log, stderr=subprocess.STDOUT
+            [str(BIN), "worker"], env=self.env(worker_id, **extra), stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=PREEXEC,  # a worker never outlives the test run
         )
         self.workers[worker_id] = process
         return process

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from bastionary.catalog import load_catalog
 from bastionary.embedded.broker import EmbeddedBroker, free_port
+from bastionary.embedded.processes import PREEXEC, stop_process
 from bastionary.kafka import committed_offsets, ensure_topics, publish_records
 from bastionary.settings import Settings
 from bastionary.storage.clickhouse import gateway_file
@@ -84,11 +85,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
                 _show_invoices(console, client, subscribed)
             return exact
         finally:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            stop_process(worker, 20)
 
 
 def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str) -> subprocess.Popen:
@@ -106,7 +103,7 @@ def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str) -> subproc
     env.pop("BASTIONARY_CLICKHOUSE_DSN", None)
     log = (demo_dir / "worker.log").open("ab")
     command = [str(Path(sys.executable).parent / "bastionary"), "worker"]
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=PREEXEC)
 
 
 def _wait_for_gateway(demo_dir: Path, worker: subprocess.Popen, console: Console, timeout: float = 90.0):

@@ -11,7 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from bastionary.embedded.broker import EmbeddedBroker, _die_with_parent
+from bastionary.embedded.broker import EmbeddedBroker
+from bastionary.embedded.processes import PREEXEC, stop_process
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -42,19 +43,13 @@ class _Processes:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 # SIGTERM when the benchmark dies, even by SIGKILL (Linux).
-                preexec_fn=_die_with_parent if os.name == "posix" else None,
+                preexec_fn=PREEXEC,
             )
         self._children.append(process)
         return process
 
     def stop(self, process: subprocess.Popen, timeout: float = 20.0) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout)
         with contextlib.suppress(ValueError):
             self._children.remove(process)
 

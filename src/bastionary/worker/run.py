@@ -60,7 +60,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         return UsageSink(store, dedupe, MeterIndex(catalog), send_dead_letters, config, on_flushed)
 
     gateway_path: Path | None = None
-    on_started = None
+    serve_gateway = None
     if handle.in_process:
         from bastionary.storage.http_gateway import QueryGateway, write_gateway_file
 
@@ -68,7 +68,8 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         gateway = QueryGateway(handle.client, credentials, database=settings.database)
         gateway_path = gateway_file(settings.data_path)
 
-        async def on_started(app) -> None:
+        async def serve_gateway(app) -> None:
+            # This process holds chdb: serve it to the CLI, analysts and other workers.
             port = await gateway.start(settings.query_host, settings.query_port)
             write_gateway_file(gateway_path, settings.query_host, port, credentials, settings.database)
             log.info("query gateway serving", url=f"http://{settings.query_host}:{port}", database=settings.database)
@@ -76,7 +77,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     from bastionary.storage.billing import BillingStore
 
     billing = (catalog, lambda: BillingStore(handle.client))
-    app = create_app(settings, kafka.bootstrap, sink_factory, on_started=on_started, billing=billing, usage=usage)
+    app = create_app(settings, kafka.bootstrap, sink_factory, on_started=serve_gateway, billing=billing, usage=usage)
     log.info(
         "worker starting",
         worker_id=worker_id,
