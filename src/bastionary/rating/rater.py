@@ -103,13 +103,14 @@ class Rater:
     async def run_once(self, now: datetime | None = None) -> RatingResult:
         now = now or datetime.now(timezone.utc)
         result = RatingResult([])
-        states = await asyncio.to_thread(self.store.invoice_states)
-        for document in (doc for published, doc in states.values() if not published):
+        # Only ids are needed to find what is due; documents only of the unpublished ones.
+        for document in await asyncio.to_thread(self.store.unpublished_documents):
             data = orjson.loads(document)
             if self.owns(data["customer_id"]):
                 await asyncio.gather(*await self._send(data))
                 await asyncio.to_thread(self.store.mark_published, [(data, datetime.fromisoformat(data["issued_at"]))])
                 result.republished += 1
+        rated = await asyncio.to_thread(self.store.invoice_ids)
         subscriptions = await asyncio.to_thread(self.store.subscriptions, self.catalog)
         due = []
         for sub in subscriptions:
@@ -117,7 +118,7 @@ class Rater:
                 continue
             periods = closed_periods(sub, now - self.settle, self.grace)
             for k, (period, cutoff) in enumerate(periods):
-                if invoice_id(sub.subscription_id, period.start) not in states:
+                if invoice_id(sub.subscription_id, period.start) not in rated:
                     due.append((period.end, sub.subscription_id, sub, periods[:k], period, cutoff))
         if not due:
             return result

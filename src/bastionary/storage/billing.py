@@ -120,10 +120,12 @@ class BillingStore:
 
     # -- invoices ------------------------------------------------------------------------
 
-    def invoice_states(self) -> dict[str, tuple[int, str]]:
-        """invoice_id -> (published, document) for every stored invoice."""
-        rows = self.client.query("SELECT invoice_id, published, document FROM invoices FINAL").result_rows
-        return {invoice_id: (int(published), document) for invoice_id, published, document in rows}
+    def invoice_ids(self) -> set[str]:
+        return {row[0] for row in self.client.query("SELECT DISTINCT invoice_id FROM invoices").result_rows}
+
+    def unpublished_documents(self) -> list[str]:
+        """Stored invoices not yet confirmed on billing.invoices (a rater stopped in between)."""
+        return [row[0] for row in self.client.query("SELECT document FROM invoices FINAL WHERE published = 0").result_rows]
 
     def billed(self, subscription_id: str) -> Billed:
         rows = self.client.query(
