@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from bastionary.dunning.policy import DunningConfig
 from bastionary.ingest.jsonpath import JsonPathError, compile_path
 from bastionary.rating.plans import Plan
 
@@ -74,6 +82,7 @@ class Catalog(BaseModel):
 
     meters: list[Meter] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
+    dunning: DunningConfig = Field(default_factory=DunningConfig)
 
     @field_validator("meters")
     @classmethod
@@ -104,9 +113,26 @@ class Catalog(BaseModel):
                     problems.append(
                         f"plan {plan.key}, price {price.key}: meter {meter_key} has no dimension {', '.join(unknown)}"
                     )
+        problems += self._dunning_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _dunning_problems(self) -> list[str]:
+        from bastionary.dunning.notify.email import (
+            available_templates,  # jinja2 only when validating
+        )
+
+        known_plans, templates, problems = {p.key for p in self.plans}, available_templates(), []
+        for policy in self.dunning.policies:
+            for plan in policy.applies_to.plans if policy.applies_to else ():
+                if plan not in known_plans:
+                    problems.append(f"dunning policy {policy.key}: unknown plan {plan!r}")
+            for n, step in enumerate(policy.steps, 1):
+                name = step.template or step.action.value
+                if "email" in step.channels and name not in templates:
+                    problems.append(f"dunning policy {policy.key}, step {n}: unknown template {name!r}")
+        return problems
 
     def plan(self, key: str) -> Plan:
         for plan in self.plans:

@@ -105,6 +105,30 @@ class Settings(BaseSettings):
     rating_enabled: bool = Field(default=True, description="run the rater inside workers")
     rating_grace: IsoDuration = Field(default=timedelta(hours=1), description="wait after a period ends")
     rating_interval: IsoDuration = Field(default=timedelta(seconds=10), description="how often to look for closed periods")
+    dunning_enabled: bool = Field(default=True, description="run dunning (decisions and delivery) inside workers")
+    dunning_interval: IsoDuration = Field(default=timedelta(seconds=5), description="how often open cases are decided")
+    clock: str = Field(
+        default="system", pattern=r"^(system|file:.+)$",
+        description="the clock dunning runs on: system, or file:PATH holding an ISO time (tests, demos)",
+    )
+    webhook_url: str | None = Field(default=None, description="where dunning notices are POSTed")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key of Bastionary-Signature")
+    webhook_timeout: IsoDuration = Field(default=timedelta(seconds=10))
+    webhook_max_attempts: int = Field(default=5, gt=0)
+    webhook_backoff: IsoDuration = Field(default=timedelta(seconds=1), description="first retry delay (doubles, jittered)")
+    webhook_backoff_cap: IsoDuration = Field(default=timedelta(seconds=30))
+    smtp_host: str | None = Field(default=None, description="SMTP server for dunning email; unset = no email")
+    smtp_port: int = Field(default=25, gt=0, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_sender: str = "billing@localhost"
+    smtp_starttls: bool = False
+    smtp_tls: bool = False
+    smtp_max_attempts: int = Field(default=3, gt=0)
+    company_name: str = Field(default="Bastionary", description="the sender named in dunning email")
+    api_keys: SecretStr | None = Field(
+        default=None, description="comma-separated API keys for the workers' HTTP API (Authorization: Bearer)"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -123,6 +147,12 @@ class Settings(BaseSettings):
             if scheme not in ("chdb", "http", "https"):
                 raise ValueError("scheme must be chdb://, http:// or https://")
         return value
+
+    @property
+    def api_key_list(self) -> list[SecretStr]:
+        if self.api_keys is None:
+            return []
+        return [SecretStr(k.strip()) for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
     def embedded_kafka(self) -> bool:
@@ -159,11 +189,12 @@ class Settings(BaseSettings):
             netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
             parts = parts._replace(netloc=netloc)
         out["clickhouse_dsn"] = urlunsplit(parts) if parts.netloc else self.clickhouse_url()
-        for key in ("query_reader_password", "query_writer_password"):
+        for key in ("query_reader_password", "query_writer_password", "webhook_secret", "smtp_password", "api_keys"):
             out[key] = "***" if getattr(self, key) else None
         for key in (
             "dedupe_horizon", "max_future_skew", "flush_interval", "kafka_session_timeout", "rating_grace",
-            "rating_interval", "kafka_fetch_max_wait",
+            "rating_interval", "kafka_fetch_max_wait", "dunning_interval", "webhook_timeout", "webhook_backoff",
+            "webhook_backoff_cap",
         ):
             out[key] = format_iso_duration(getattr(self, key))
         return out

@@ -11,6 +11,12 @@ CREDIT_GRANTS = "billing.credit-grants"
 INVOICES = "billing.invoices"
 CREDITS = "billing.credits"
 BILLING_DLQ = "billing.dlq"
+PAYMENTS = "billing.payments"
+DUNNING_RESPONSES = "dunning.responses"
+DUNNING_NOTICES = "dunning.notices"
+DUNNING_DLQ = "dunning.dlq"
+ENTITLEMENT_OVERRIDES = "entitlements.overrides"
+ENTITLEMENT_CHANGES = "entitlements.changes"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,31 @@ class Topics:
     def billing_dlq(self) -> str:
         return self.name(BILLING_DLQ)
 
+    @property
+    def payments(self) -> str:
+        return self.name(PAYMENTS)
+
+    @property
+    def dunning_responses(self) -> str:
+        return self.name(DUNNING_RESPONSES)
+
+    @property
+    def dunning_notices(self) -> str:
+        return self.name(DUNNING_NOTICES)
+
+    @property
+    def dunning_dlq(self) -> str:
+        return self.name(DUNNING_DLQ)
+
+    @property
+    def entitlement_overrides(self) -> str:
+        return self.name(ENTITLEMENT_OVERRIDES)
+
+    @property
+    def entitlement_changes(self) -> str:
+        return self.name(ENTITLEMENT_CHANGES)
+
     def all(self) -> list[str]:
         return [self.usage_events, self.usage_dlq, self.subscriptions, self.credit_grants, self.invoices,
-                self.credits, self.billing_dlq]
+                self.credits, self.billing_dlq, self.payments, self.dunning_responses, self.dunning_notices,
+                self.dunning_dlq, self.entitlement_overrides, self.entitlement_changes]

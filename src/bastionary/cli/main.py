@@ -14,20 +14,23 @@ import click
 import orjson
 
 from bastionary.catalog import CatalogError, load_catalog
+from bastionary.cli.common import emit as _emit
+from bastionary.cli.common import jsonable as _jsonable
+from bastionary.cli.common import number as _number
+from bastionary.cli.common import reader_client as _reader_client
+from bastionary.cli.common import settings_or_exit as _settings
+from bastionary.cli.dunning import clock, dunning
 from bastionary.logs import configure_logging
-from bastionary.runtime import KafkaTarget, NoBroker, connect_clickhouse, resolve_kafka, write_broker_file
-from bastionary.settings import ConfigError, Settings, load_settings
+from bastionary.runtime import (
+    KafkaTarget,
+    NoBroker,
+    connect_clickhouse,
+    resolve_kafka,
+    write_broker_file,
+)
+from bastionary.settings import Settings
 from bastionary.storage.queries import is_read_only, usage_query
 from bastionary.topics import Topics
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
 
 
 def _fail_cleanly(fn):
@@ -92,7 +95,12 @@ def serve_clickhouse() -> None:
     machine, run this once and point every worker at its writer DSN.
     """
     from bastionary.storage.clickhouse import gateway_file
-    from bastionary.storage.http_gateway import QueryGateway, gateway_dsn, read_gateway_file, write_gateway_file
+    from bastionary.storage.http_gateway import (
+        QueryGateway,
+        gateway_dsn,
+        read_gateway_file,
+        write_gateway_file,
+    )
     from bastionary.worker.run import gateway_credentials
 
     settings = _settings()
@@ -232,24 +240,8 @@ def _parse_time(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _reader_client(settings: Settings):
-    try:
-        return connect_clickhouse(settings, role="reader").client
-    except Exception as exc:  # a locked chdb dir with no gateway, an unreachable server
-        raise click.ClickException(f"cannot open ClickHouse: {exc}") from None
 
 
-def _emit(columns: list[str], rows: list[list], fmt: str) -> None:
-    if fmt == "json":
-        click.echo(orjson.dumps([dict(zip(columns, r)) for r in rows], default=str, option=orjson.OPT_INDENT_2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console(width=200).print(table)
 
 
 @cli.command()
@@ -276,12 +268,6 @@ def usage(meter, customer, start, end, window, group_by, fmt) -> None:
     _emit(["customer_id", "window_start", "window_end", "group", "value"], rows, fmt)
 
 
-def _number(value):
-    """Decimal to a JSON-safe exact string with no trailing zeros."""
-    if value is None:
-        return None
-    text = format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
-    return text
 
 
 @cli.command()
@@ -301,14 +287,6 @@ def sql(query: str, fmt: str) -> None:
     _emit(list(result.column_names), rows, fmt)
 
 
-def _jsonable(value):
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
-    if hasattr(value, "normalize") and hasattr(value, "as_tuple"):
-        return _number(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value
 
 
 @cli.command()
@@ -425,6 +403,10 @@ def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None
     if dedupe_ids:
         options.dedupe_ids = dedupe_ids
     click.echo(render(run_bench(options), as_json))
+
+
+cli.add_command(dunning)
+cli.add_command(clock)
 
 
 def main() -> None:  # pragma: no cover - console entry point

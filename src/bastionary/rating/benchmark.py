@@ -113,7 +113,7 @@ def _seed(client, count: int, period_start: datetime) -> None:
     window = period_start + timedelta(days=3)
     for i in range(count):
         customer = f"bench-{i:06d}"
-        subs.append((f"create-{i}", "created", f"sub-{i}", customer, "bench", period_start, None, period_start, received))
+        subs.append((f"create-{i}", "created", f"sub-{i}", customer, "bench", period_start, None, period_start, received, ""))
         for meter in METERS:
             value = Decimal(rng.randint(0, 300_000))
             rollups.append((

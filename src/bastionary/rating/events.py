@@ -34,6 +34,7 @@ class SubscriptionData(_Data):
     start: AwareDatetime | None = None
     billing_anchor: AwareDatetime | None = None
     effective_at: AwareDatetime | None = None
+    billing_email: StrictStr | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")  # where dunning email goes
 
 
 class CreditGrantData(_Data):

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bastionary.entitlements.spec import Entitlement
 from bastionary.rating.money import MINOR_UNITS
 from bastionary.rating.periods import Interval
 
@@ -102,7 +103,7 @@ class Plan(_Model):
     payment_terms: str = "P14D"
     minimum_commitment: Money | None = None
     prices: list[Price] = Field(default_factory=list)
-    entitlements: list[dict] = Field(default_factory=list)  # read by the entitlements issue
+    entitlements: list[Entitlement] = Field(default_factory=list)
 
     @field_validator("currency")
     @classmethod
@@ -133,6 +134,15 @@ class Plan(_Model):
         if dupes:
             raise ValueError(f"duplicate price keys: {', '.join(dupes)}")
         return prices
+
+    @field_validator("entitlements")
+    @classmethod
+    def _unique_features(cls, entitlements: list) -> list:
+        features = [e.feature for e in entitlements]
+        dupes = sorted({f for f in features if features.count(f) > 1})
+        if dupes:
+            raise ValueError(f"duplicate entitlement features: {', '.join(dupes)}")
+        return entitlements
 
     @property
     def interval(self) -> Interval:

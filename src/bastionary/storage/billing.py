@@ -18,7 +18,7 @@ from bastionary.storage.queries import VALUE_EXPRESSIONS
 LEDGER_NAMESPACE = uuid.UUID("0d7f6c1e-54a1-4b7f-8c57-4c1d5d1d0b11")
 SUBSCRIPTION_COLUMNS = (
     "event_id", "event_type", "subscription_id", "customer_id", "plan", "start", "billing_anchor",
-    "effective_at", "received_at",
+    "effective_at", "received_at", "billing_email",
 )
 LEDGER_COLUMNS = (
     "movement_id", "kind", "grant_id", "customer_id", "amount", "currency", "priority", "effective_at",

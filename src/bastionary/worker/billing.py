@@ -10,7 +10,11 @@ import structlog
 from aiokafka.partitioner import DefaultPartitioner
 
 from bastionary.catalog import Catalog
-from bastionary.rating.events import InvalidBillingEvent, parse_credit, parse_subscription
+from bastionary.rating.events import (
+    InvalidBillingEvent,
+    parse_credit,
+    parse_subscription,
+)
 from bastionary.rating.rater import Rater
 from bastionary.settings import Settings
 from bastionary.storage.billing import BillingStore
@@ -42,16 +46,25 @@ def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_
     async def publish(role: str, key: str, value: bytes):
         return await outputs[role].send(key=key.encode(), value=value)
 
+    dead_letter_topics: dict[str, faust.types.TopicT] = {topics.billing_dlq: outputs["dlq"]}
+
+    async def send_dead_letter(topic: str, message, code: str, text: str, value: bytes | None = None) -> None:
+        """To ``topic``, with the reason and (for a consumed record) where it came from."""
+        headers = [("error.class", code.encode()), ("error.message", text[:2048].encode())]
+        if message is not None:
+            headers += [
+                ("source.topic", message.topic.encode()),
+                ("source.partition", str(message.partition).encode()),
+                ("source.offset", str(message.offset).encode()),
+            ]
+        if topic not in dead_letter_topics:
+            dead_letter_topics[topic] = app.topic(topic, **raw)
+        key = message.key if message is not None else None
+        body = value if value is not None else (message.value or b"")
+        await (await dead_letter_topics[topic].send(key=key, value=body, headers=headers))
+
     async def dead_letter(event, error: InvalidBillingEvent) -> None:
-        message = event.message
-        headers = [
-            ("error.class", error.code.encode()),
-            ("error.message", str(error)[:2048].encode()),
-            ("source.topic", message.topic.encode()),
-            ("source.partition", str(message.partition).encode()),
-            ("source.offset", str(message.offset).encode()),
-        ]
-        await (await outputs["dlq"].send(key=message.key, value=message.value or b"", headers=headers))
+        await send_dead_letter(topics.billing_dlq, event.message, error.code, str(error))
 
     @app.agent(subscriptions_topic, name="billing-subscriptions")
     async def subscription_intake(stream):
@@ -65,7 +78,7 @@ def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_
             effective = data.effective_at or data.start
             row = (
                 envelope.id, kind, data.subscription_id, data.customer_id, data.plan or "",
-                data.start or effective, data.billing_anchor, effective, received,
+                data.start or effective, data.billing_anchor, effective, received, data.billing_email or "",
             )
             await asyncio.to_thread(store().insert_subscription_events, [row])
 
@@ -92,6 +105,10 @@ def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_
             return False
         partition = _partitioner(customer_id.encode(), list(range(settings.usage_partitions)), [])
         return partition in owned
+
+    from bastionary.worker.dunning import install_dunning
+
+    install_dunning(app, settings, catalog, lambda: store().client, owns, send_dead_letter)
 
     if not settings.rating_enabled:
         return

@@ -1,0 +1,123 @@
+"""`bastionary dunning ...` and `bastionary clock ...`."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import click
+
+from bastionary.cli.common import emit, jsonable, reader_client, settings_or_exit
+from bastionary.dunning.clock import (
+    ClockError,
+    FileClock,
+    clock_from_setting,
+    parse_moment,
+)
+from bastionary.settings import parse_iso_duration
+
+
+@click.group()
+def dunning() -> None:
+    """Overdue invoices: open cases and the reminder funnel."""
+
+
+@dunning.command("status")
+@click.option("--customer", default=None, help="Only this customer's cases.")
+@click.option("--all", "show_all", is_flag=True, help="Include settled cases.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def status(customer: str | None, show_all: bool, fmt: str) -> None:
+    """Open cases: state, amount due, the last step taken and what comes next."""
+    from bastionary.catalog import load_catalog
+    from bastionary.dunning.engine import overdue_for, paused_at, state_of
+    from bastionary.storage.dunning import DunningStore
+
+    settings = settings_or_exit()
+    catalog = load_catalog(settings.catalog)
+    now = _now(settings)
+    rows = []
+    for case in DunningStore(reader_client(settings)).cases({customer} if customer else None):
+        state = state_of(case, now)
+        if state in ("paid", "void") and not show_all:
+            continue
+        policy = catalog.dunning.policy_for(case.invoice.plan)
+        last = max(case.steps_done, default=0)
+        upcoming = [(n, s) for n, s in enumerate(policy.steps, 1) if n > last] if policy else []
+        pause = paused_at(case, now)
+        if upcoming and pause is None:
+            n, step = upcoming[0]
+            next_step = f"{n} {step.action.value} in {max(step.after - overdue_for(case, now), step.after * 0)}"
+        else:
+            next_step = f"paused ({pause.reason})" if pause else "-"
+        rows.append([case.invoice.invoice_id, case.invoice.customer_id, state, jsonable(case.amount_due),
+                     case.invoice.currency, jsonable(case.invoice.due_at), policy.key if policy else "-",
+                     last or "-", "yes" if case.suspended else "", next_step])
+    emit(["invoice_id", "customer_id", "state", "amount_due", "currency", "due_at", "policy", "last_step",
+          "suspended", "next"], rows, fmt)
+
+
+@dunning.command("report")
+@click.option("--within", "within_days", default=7, show_default=True, help="Paid within N days of the notice.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def report(within_days: int, fmt: str) -> None:
+    """The funnel: notices sent per step, and how many of those invoices were paid within N days."""
+    from bastionary.storage.dunning import DunningStore
+
+    settings = settings_or_exit()
+    rows = []
+    for step, action, sent, paid_within, paid_ever in DunningStore(reader_client(settings)).funnel(within_days):
+        rate = f"{100 * paid_within / sent:.1f}%" if sent else "-"
+        rows.append([step, action, sent, paid_within, rate, paid_ever])
+    emit(["step", "action", "sent", f"paid_within_{within_days}d", "rate", "paid_ever"], rows, fmt)
+
+
+@click.group()
+def clock() -> None:
+    """The dunning clock, when BASTIONARY_CLOCK=file:PATH (tests and demos)."""
+
+
+@clock.command("show")
+def clock_show() -> None:
+    click.echo(_now(settings_or_exit()).isoformat())
+
+
+@clock.command("set")
+@click.argument("moment")
+def clock_set(moment: str) -> None:
+    """Set the clock to MOMENT (ISO 8601, e.g. 2026-03-01T00:00:00Z, or 'now')."""
+    target = datetime.now(timezone.utc) if moment == "now" else _parse(moment)
+    click.echo(_file_clock().set(target).isoformat())
+
+
+@clock.command("advance")
+@click.argument("duration")
+def clock_advance(duration: str) -> None:
+    """Move the clock forward by DURATION (ISO 8601, e.g. P7D, PT12H)."""
+    try:
+        delta = parse_iso_duration(duration)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        click.echo(_file_clock().advance(delta).isoformat())
+    except ClockError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _file_clock() -> FileClock:
+    chosen = clock_from_setting(settings_or_exit().clock)
+    if not isinstance(chosen, FileClock):
+        raise click.ClickException("BASTIONARY_CLOCK is 'system': only a file:PATH clock can be set")
+    return chosen
+
+
+def _now(settings) -> datetime:
+    try:
+        return clock_from_setting(settings.clock).now()
+    except ClockError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _parse(text: str) -> datetime:
+    try:
+        return parse_moment(text)
+    except ClockError as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -1,0 +1,1 @@
+"""Dunning: overdue invoices chased on a policy."""

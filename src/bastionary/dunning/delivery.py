@@ -1,0 +1,97 @@
+"""Delivering one notice from dunning.notices over its channels (email, webhook).
+
+Order per channel, and what a crash right after each step does:
+1. read which channels of this notice_id are recorded as delivered -> nothing sent yet
+2. send (retries with backoff inside; each attempt recorded)      -> the record is redelivered
+   by Kafka (the offset is not committed) and the channel is sent again: webhook receivers
+   see the same Idempotency-Key (the notice_id) and drop it; an email goes out a second time
+   with the same Message-ID. This window, between the peer accepting and step 3, is the
+   only way a notice reaches a peer twice.
+3. record ``delivered`` (or ``delivery_failed`` + dead letter)    -> done; a redelivered
+   record finds the channel delivered and sends nothing
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+
+import aiohttp
+import orjson
+import structlog
+
+from bastionary.dunning.dunner import STEP_TYPE
+from bastionary.dunning.notify import (
+    Attempt,
+    DeliveryOutcome,
+    SmtpConfig,
+    WebhookConfig,
+    build_message,
+    deliver_webhook,
+    render_email,
+    send_email,
+)
+from bastionary.storage.dunning import DunningStore, TrailRow
+
+log = structlog.get_logger(__name__)
+
+# (original value, reason code, message) -> sends it to dunning.dlq
+DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
+
+
+class Notifier:
+    def __init__(self, store: DunningStore, webhook: WebhookConfig | None, smtp: SmtpConfig | None,
+                 dead_letter: DeadLetter, company: str = "Bastionary"):
+        self.store = store
+        self.webhook = webhook
+        self.smtp = smtp
+        self.dead_letter = dead_letter
+        self.company = company
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def handle(self, value: bytes) -> list[DeliveryOutcome]:
+        event = orjson.loads(value)
+        if event.get("type") != STEP_TYPE:
+            return []
+        data = event["data"]
+        done = await asyncio.to_thread(self.store.delivered_channels, data["notice_id"])
+        pending = [c for c in data.get("channels", []) if c not in done]
+        return list(await asyncio.gather(*(self._deliver(channel, value, data) for channel in pending)))
+
+    async def _deliver(self, channel: str, value: bytes, data: dict) -> DeliveryOutcome:
+        notice = data["notice_id"]
+
+        async def record_attempt(attempt: Attempt) -> None:
+            await self._trail(data, "attempt", channel, f"#{attempt.number} {'ok' if attempt.ok else 'failed'}: {attempt.detail}",
+                              f"{notice}:{channel}:attempt:{uuid.uuid4()}")
+
+        if channel == "webhook" and self.webhook is not None:
+            outcome = await deliver_webhook(self.webhook, self._client(), notice, value, on_attempt=record_attempt)
+        elif channel == "email" and self.smtp is not None:
+            message = build_message(self.smtp, data, render_email(data, company=self.company))
+            outcome = await send_email(self.smtp, message, on_attempt=record_attempt)
+        else:
+            outcome = DeliveryOutcome(channel, False, 0, f"{channel} is not configured")
+        if outcome.ok:
+            await self._trail(data, "delivered", channel, f"after {outcome.attempts} attempt(s)", f"{notice}:{channel}:delivered")
+        else:
+            await self._trail(data, "delivery_failed", channel, outcome.reason, f"{notice}:{channel}:failed")
+            await self.dead_letter(value, f"{channel}_delivery_failed", f"{channel}: {outcome.reason}")
+            log.warning("notice not delivered", notice_id=notice, channel=channel, reason=outcome.reason)
+        return outcome
+
+    async def _trail(self, data: dict, kind: str, channel: str, detail: str, event_id: str) -> None:
+        row = TrailRow(event_id, data["invoice_id"], data["customer_id"], kind, datetime.now(timezone.utc),
+                       data["step"], data["action"], channel, detail)
+        await asyncio.to_thread(self.store.insert_trail, [row])
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session

@@ -1,0 +1,98 @@
+"""The dunning run: decide every owned open case, store the decisions, publish the notices.
+
+Order per run, and what a crash right after each step does:
+1. decide (pure, on the clock's now)              -> nothing written: decided again, same ids
+2. store the decisions (notices with published=0) -> the next run republishes the stored
+   notices as they are; a decided step is never decided again (it is in ``steps_done``)
+3. publish the notices on dunning.notices         -> republished next run with the same
+   notice_id; the notifier delivers a notice_id's channels once (see delivery.py)
+4. mark them published=1                          -> done
+
+A case is decided by the worker that owns its customer's partition, like the rater. Two
+workers deciding the same case during a rebalance derive the same ids and rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+import structlog
+
+from bastionary.dunning.clock import Clock
+from bastionary.dunning.engine import Case, Record, advance
+from bastionary.dunning.policy import DunningConfig
+from bastionary.storage.dunning import DunningStore
+
+log = structlog.get_logger(__name__)
+
+STEP_TYPE = "bastionary.dunning.step.v1"
+REINSTATED_TYPE = "bastionary.dunning.reinstated.v1"
+# (key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
+Publish = Callable[[str, bytes], Awaitable[Awaitable]]
+
+
+@dataclass
+class DunningResult:
+    published: list[dict] = field(default_factory=list)
+    recorded: int = 0
+    republished: int = 0
+
+
+class Dunner:
+    def __init__(self, store: DunningStore, config: DunningConfig, publish: Publish, clock: Clock,
+                 owns: Callable[[str], bool] = lambda customer: True):
+        self.store = store
+        self.config = config
+        self.publish = publish
+        self.clock = clock
+        self.owns = owns
+
+    async def run_once(self) -> DunningResult:
+        now = self.clock.now()
+        result = DunningResult()
+        for kind, customer, at, document in await asyncio.to_thread(self.store.unpublished):
+            if self.owns(customer):
+                data = orjson.loads(document)
+                await (await self.publish(data["invoice_id"], notice_event(kind, data, at)))
+                await asyncio.to_thread(self.store.mark_published, [(kind, data)])
+                result.republished += 1
+        cases = [c for c in await asyncio.to_thread(self.store.cases) if self.owns(c.invoice.customer_id)]
+        decided: list[tuple[Case, Record]] = []
+        for case in cases:
+            policy = self.config.policy_for(case.invoice.plan)
+            decided.extend((case, record) for record in advance(case, policy, now))
+        if not decided:
+            return result
+        await asyncio.to_thread(self.store.store_decisions, decided, now)
+        result.recorded = len(decided)
+        to_publish = [(record.kind, record.data) for _, record in decided if record.publish]
+        futures = [await self.publish(data["invoice_id"], notice_event(kind, data, now.isoformat()))
+                   for kind, data in to_publish]
+        await asyncio.gather(*futures)
+        await asyncio.to_thread(self.store.mark_published, to_publish)
+        result.published = [data for _, data in to_publish]
+        for case, record in decided:
+            log.info("dunning decision", invoice_id=case.invoice.invoice_id, kind=record.kind,
+                     step=record.step, action=record.action, detail=record.detail)
+        return result
+
+
+def notice_event(kind: str, data: dict, time: str) -> bytes:
+    """The CloudEvent on dunning.notices: a step notice or a reinstatement."""
+    if kind == "notice":
+        event_type, event_id = STEP_TYPE, data["notice_id"]
+    else:
+        event_type, event_id = REINSTATED_TYPE, data["reinstatement_id"]
+    return orjson.dumps({
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "bastionary/dunning",
+        "type": event_type,
+        "subject": data["customer_id"],
+        "time": data.get("decided_at", time),
+        "datacontenttype": "application/json",
+        "data": data,
+    })

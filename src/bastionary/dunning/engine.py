@@ -1,0 +1,206 @@
+"""The dunning decision: given one invoice's facts and history, what happens now.
+
+Pure: no clock, broker or database. The worker loads a :class:`Case` per open invoice,
+calls :func:`advance` and records what it returns, so every decision can be replayed from
+``dunning_events`` and ``payments``.
+
+Ids are derived from (invoice, step), so a case decided twice (a crash before the rows were
+stored, two workers during a rebalance) produces the same rows and the same notices.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from bastionary.dunning.policy import STATE_ACTIONS, Action, Policy
+
+NAMESPACE = uuid.UUID("6b0f7f0a-3f57-4bb1-9d4c-2f5f3f1e8a21")
+
+OPEN, PARTIALLY_PAID, OVERDUE, PAID, UNCOLLECTIBLE, VOID = (
+    "open", "partially_paid", "overdue", "paid", "uncollectible", "void",
+)
+
+
+def derived_id(*parts: object) -> str:
+    return str(uuid.uuid5(NAMESPACE, "|".join(str(p) for p in parts)))
+
+
+def notice_id(invoice_id: str, step: int) -> str:
+    """Exactly one notice per (invoice, step): the id downstream systems dedupe on."""
+    return derived_id(invoice_id, "step", step)
+
+
+@dataclass(frozen=True)
+class InvoiceFacts:
+    invoice_id: str
+    customer_id: str
+    plan: str
+    currency: str
+    total: Decimal
+    issued_at: datetime
+    due_at: datetime
+    period_start: datetime
+    period_end: datetime
+
+
+@dataclass(frozen=True)
+class Pause:
+    """The policy's clock stands still in [start, end); ``end`` None = until resolved."""
+
+    start: datetime
+    end: datetime | None
+    reason: str  # promised | disputed
+
+
+@dataclass
+class Case:
+    invoice: InvoiceFacts
+    paid: Decimal = Decimal(0)  # succeeded minus refunded payments, each payment_id once
+    voided: bool = False
+    pauses: list[Pause] = field(default_factory=list)
+    steps_done: set[int] = field(default_factory=set)  # 1-based steps sent, applied or skipped
+    suspended: bool = False  # a suspend step applied and not yet reinstated
+    reinstatements: int = 0
+    state: str | None = None  # the last recorded state
+    state_changes: int = 0  # state rows recorded so far: numbers the next one
+    recipient_email: str | None = None
+
+    @property
+    def amount_due(self) -> Decimal:
+        return max(self.invoice.total - self.paid, Decimal(0))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row for ``dunning_events``; ``publish`` ones also go to ``dunning.notices``."""
+
+    event_id: str
+    kind: str  # notice | skipped | state | reinstated
+    step: int = 0
+    action: str = ""
+    detail: str = ""
+    data: dict | None = None  # the CloudEvent data of a published record
+
+    @property
+    def publish(self) -> bool:
+        return self.data is not None
+
+
+def state_of(case: Case, now: datetime) -> str:
+    if case.voided:
+        return VOID
+    if case.paid >= case.invoice.total:
+        return PAID
+    if case.state == UNCOLLECTIBLE:
+        return UNCOLLECTIBLE
+    if now >= case.invoice.due_at:
+        return OVERDUE
+    return PARTIALLY_PAID if case.paid > 0 else OPEN
+
+
+def paused_at(case: Case, now: datetime) -> Pause | None:
+    return next((p for p in case.pauses if p.start <= now and (p.end is None or now < p.end)), None)
+
+
+def overdue_for(case: Case, now: datetime) -> timedelta:
+    """Time past ``due_at`` that counts for the policy: paused stretches do not."""
+    due = case.invoice.due_at
+    elapsed = max(now - due, timedelta(0))
+    for pause in _merged(case.pauses):
+        start, end = max(pause.start, due), min(pause.end or now, now)
+        if end > start:
+            elapsed -= end - start
+    return max(elapsed, timedelta(0))
+
+
+def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
+    """The rows to record for ``case`` at ``now``: state changes, steps, reinstatement."""
+    records: list[Record] = []
+    state = state_of(case, now)
+    if state != case.state:
+        records.append(_state_change(case, state, len(records)))
+    settled = state in (PAID, VOID)
+    if settled and case.suspended:
+        n = case.reinstatements + 1
+        records.append(Record(derived_id(case.invoice.invoice_id, "reinstated", n), "reinstated", detail=state,
+                              data=_reinstated(case, n, now, state)))
+    if settled or state == UNCOLLECTIBLE or policy is None or case.invoice.total <= 0:
+        return records
+    if case.amount_due < policy.min_amount_due or paused_at(case, now) is not None:
+        return records
+    elapsed = overdue_for(case, now)
+    due = [n for n, step in enumerate(policy.steps, 1) if step.after <= elapsed and n not in case.steps_done]
+    if not due:
+        return records
+    latest = due[-1]
+    for n in due:
+        step = policy.steps[n - 1]
+        if n == latest or step.action in STATE_ACTIONS:
+            records.append(Record(notice_id(case.invoice.invoice_id, n), "notice", n, step.action.value,
+                                  data=_notice(case, policy, n, now)))
+            if step.action is Action.MARK_UNCOLLECTIBLE:
+                records.append(_state_change(case, UNCOLLECTIBLE, sum(r.kind == "state" for r in records)))
+        else:
+            # Downtime (or a late start) made several notices due at once: the customer gets
+            # only the latest, and the ones passed over stay visible as skipped.
+            records.append(Record(derived_id(case.invoice.invoice_id, "skipped", n), "skipped", n,
+                                  step.action.value, detail=f"superseded by step {latest}"))
+    return records
+
+
+def _state_change(case: Case, state: str, earlier_in_batch: int) -> Record:
+    # Numbered, not named by the transition: paid -> overdue (a refund) -> paid again is
+    # two distinct rows, and the same history always numbers them the same way.
+    n = case.state_changes + earlier_in_batch + 1
+    return Record(derived_id(case.invoice.invoice_id, "state", n), "state", n, detail=state)
+
+
+def _notice(case: Case, policy: Policy, n: int, now: datetime) -> dict:
+    step = policy.steps[n - 1]
+    invoice = case.invoice
+    return {
+        "notice_id": notice_id(invoice.invoice_id, n),
+        "invoice_id": invoice.invoice_id,
+        "customer_id": invoice.customer_id,
+        "step": n,
+        "action": step.action.value,
+        "days_overdue": max((now - invoice.due_at).days, 0),
+        "amount_due": str(case.amount_due),
+        "currency": invoice.currency,
+        "due_at": invoice.due_at.isoformat(),
+        "issued_at": invoice.issued_at.isoformat(),
+        "period_start": invoice.period_start.isoformat(),
+        "period_end": invoice.period_end.isoformat(),
+        "invoice_total": str(invoice.total),
+        "template": step.template,
+        "channels": list(step.channels),
+        "recipient_email": case.recipient_email,
+        "policy": policy.key,
+        "decided_at": now.isoformat(),
+    }
+
+
+def _reinstated(case: Case, n: int, now: datetime, state: str) -> dict:
+    return {
+        "reinstatement_id": derived_id(case.invoice.invoice_id, "reinstated", n),
+        "invoice_id": case.invoice.invoice_id,
+        "customer_id": case.invoice.customer_id,
+        "reason": state,
+        "decided_at": now.isoformat(),
+    }
+
+
+def _merged(pauses: list[Pause]) -> list[Pause]:
+    """Overlapping pauses (a promise during a dispute) count once."""
+    out: list[Pause] = []
+    for pause in sorted(pauses, key=lambda p: p.start):
+        if out and (out[-1].end is None or pause.start <= out[-1].end):
+            last = out[-1]
+            end = None if last.end is None or pause.end is None else max(last.end, pause.end)
+            out[-1] = Pause(last.start, end, last.reason)
+        else:
+            out.append(pause)
+    return out

@@ -1,0 +1,129 @@
+"""Real, local delivery peers: an SMTP sink and a webhook receiver.
+
+The demo catches its dunning email and webhooks with them, and the tests check what
+arrived. Both are real servers on 127.0.0.1 (aiosmtpd speaks SMTP; the receiver is an HTTP
+server that verifies ``Bastionary-Signature`` and dedupes on ``Idempotency-Key`` the way
+the README asks a production receiver to).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import threading
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from aiosmtpd.controller import Controller
+
+from bastionary.dunning.notify.webhook import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    SignatureError,
+    verify,
+)
+from bastionary.embedded.broker import free_port
+
+
+class SmtpSink:
+    """Accepts every message and keeps it; ``messages`` are parsed EmailMessages."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None):
+        self.host, self.port = host, port or free_port()
+        self.messages: list[EmailMessage] = []
+        self._lock = threading.Lock()
+        self._controller = Controller(self, hostname=host, port=self.port)
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
+        message = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
+        with self._lock:
+            self.messages.append(message)
+        return "250 Message accepted"
+
+    def __enter__(self) -> "SmtpSink":
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._controller.stop()
+
+    def received(self) -> list[EmailMessage]:
+        with self._lock:
+            return list(self.messages)
+
+
+@dataclass
+class WebhookDelivery:
+    idempotency_key: str
+    timestamp: int
+    body: bytes
+    duplicate: bool
+
+
+@dataclass
+class WebhookReceiver:
+    """POSTs with a valid signature are kept; a repeated Idempotency-Key is marked duplicate.
+
+    ``fail_first`` answers 503 to that many requests first, to exercise the retries."""
+
+    secret: str
+    host: str = "127.0.0.1"
+    fail_first: int = 0
+    deliveries: list[WebhookDelivery] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer((self.host, self.port), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/dunning"
+
+    def __enter__(self) -> "WebhookReceiver":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def unique(self) -> list[WebhookDelivery]:
+        with self._lock:
+            return [d for d in self.deliveries if not d.duplicate]
+
+    def _handler(self):
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    if receiver.fail_first > 0:
+                        receiver.fail_first -= 1
+                        return self._answer(503)
+                try:
+                    stamp = verify(receiver.secret, self.headers.get(SIGNATURE_HEADER), body, now=time.time())
+                except SignatureError as error:
+                    with receiver._lock:
+                        receiver.rejected.append(error.reason)
+                    return self._answer(400)
+                key = self.headers.get(IDEMPOTENCY_HEADER, "")
+                with receiver._lock:
+                    seen = any(d.idempotency_key == key for d in receiver.deliveries)
+                    receiver.deliveries.append(WebhookDelivery(key, stamp, body, seen))
+                self._answer(200)
+
+            def _answer(self, status: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):  # quiet: the test or demo reports what matters
+                pass
+
+        return Handler

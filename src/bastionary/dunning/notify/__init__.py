@@ -1,0 +1,45 @@
+"""Delivery of dunning notices: signed webhooks and templated email, each with retries."""
+
+from bastionary.dunning.notify.email import (
+    EmailContent,
+    SmtpConfig,
+    available_templates,
+    build_message,
+    render_email,
+    send_email,
+)
+from bastionary.dunning.notify.retry import (
+    Attempt,
+    DeliveryError,
+    DeliveryOutcome,
+    backoff_delay,
+    with_retries,
+)
+from bastionary.dunning.notify.webhook import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    WebhookConfig,
+    deliver_webhook,
+    sign,
+    verify,
+)
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "Attempt",
+    "DeliveryError",
+    "DeliveryOutcome",
+    "EmailContent",
+    "SignatureError",
+    "SmtpConfig",
+    "WebhookConfig",
+    "available_templates",
+    "backoff_delay",
+    "build_message",
+    "deliver_webhook",
+    "render_email",
+    "send_email",
+    "sign",
+    "verify",
+    "with_retries",
+]

@@ -1,0 +1,1 @@
+"""Entitlements: which features a customer may use now, and the events when that changes."""

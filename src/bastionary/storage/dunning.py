@@ -1,0 +1,223 @@
+"""ClickHouse reads and writes for dunning: payments, cases and the dunning_events trail."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import orjson
+
+from bastionary.dunning.engine import Case, InvoiceFacts, Pause, Record
+
+RECEIVABLE_COLUMNS = (
+    "invoice_id", "customer_id", "plan", "currency", "total", "issued_at", "due_at", "period_start", "period_end",
+    "received_at",
+)
+PAYMENT_COLUMNS = (
+    "event_id", "kind", "payment_id", "invoice_id", "customer_id", "amount", "currency", "paid_at", "reason",
+    "received_at",
+)
+EVENT_COLUMNS = (
+    "event_id", "invoice_id", "customer_id", "kind", "step", "action", "channel", "detail", "amount_due",
+    "currency", "at", "until", "recorded_at", "document", "published",
+)
+
+
+@dataclass(frozen=True)
+class TrailRow:
+    """A dunning_events row that is not a decision: an attempt, a delivery, a response."""
+
+    event_id: str
+    invoice_id: str
+    customer_id: str
+    kind: str
+    at: datetime
+    step: int = 0
+    action: str = ""
+    channel: str = ""
+    detail: str = ""
+    until: datetime | None = None
+
+
+class DunningStore:
+    def __init__(self, client):
+        self.client = client
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def insert_receivables(self, rows: list[tuple]) -> None:
+        if rows:
+            self.client.insert("receivables", rows, column_names=RECEIVABLE_COLUMNS)
+
+    def invoice_currency(self, invoice_id: str) -> str | None:
+        rows = self.client.query(
+            "SELECT currency FROM receivables WHERE invoice_id = {i:String} LIMIT 1", parameters={"i": invoice_id}
+        ).result_rows
+        return rows[0][0] if rows else None
+
+    def invoice_customer(self, invoice_id: str) -> str | None:
+        rows = self.client.query(
+            "SELECT customer_id FROM receivables WHERE invoice_id = {i:String} LIMIT 1", parameters={"i": invoice_id}
+        ).result_rows
+        return rows[0][0] if rows else None
+
+    def insert_payments(self, rows: list[tuple]) -> None:
+        if rows:
+            self.client.insert("payments", rows, column_names=PAYMENT_COLUMNS)
+
+    def insert_trail(self, rows: list[TrailRow]) -> None:
+        now = _now()
+        values = [
+            (r.event_id, r.invoice_id, r.customer_id, r.kind, r.step, r.action, r.channel, r.detail[:2048],
+             Decimal(0), "", r.at, r.until, now, "", 1)
+            for r in rows
+        ]
+        if values:
+            self.client.insert("dunning_events", values, column_names=EVENT_COLUMNS)
+
+    # -- cases ---------------------------------------------------------------------------
+
+    def cases(self, customers: set[str] | None = None) -> list[Case]:
+        """Every invoice with something to pay, with its payments and dunning history.
+
+        ``customers`` None = all. Settled invoices come too: a refund can reopen one, and a
+        suspension is lifted by the decision that sees the invoice settled."""
+        invoices = self.client.query(
+            "SELECT invoice_id, customer_id, plan, currency, total, issued_at, due_at, period_start, period_end"
+            " FROM receivables FINAL WHERE total > 0"
+        ).result_rows
+        cases = {
+            row[0]: Case(InvoiceFacts(row[0], row[1], row[2], row[3], Decimal(row[4]), *map(_utc, row[5:9])))
+            for row in invoices
+            if customers is None or row[1] in customers
+        }
+        if not cases:
+            return []
+        for invoice_id, kind, amount in self.client.query(
+            "SELECT invoice_id, kind, sum(amount) FROM payments FINAL GROUP BY invoice_id, kind"
+        ).result_rows:
+            case = cases.get(invoice_id)
+            if case is None:
+                continue
+            if kind == "succeeded":
+                case.paid += Decimal(amount)
+            elif kind == "refunded":
+                case.paid -= Decimal(amount)
+            elif kind == "voided":
+                case.voided = True
+        self._load_trail(cases)
+        emails = self.billing_emails()
+        for case in cases.values():
+            case.recipient_email = emails.get(case.invoice.customer_id)
+        return list(cases.values())
+
+    def _load_trail(self, cases: dict[str, Case]) -> None:
+        rows = self.client.query(
+            "SELECT invoice_id, kind, step, action, detail, at, until FROM dunning_events FINAL"
+            " WHERE kind IN ('notice', 'skipped', 'state', 'reinstated', 'response')"
+            " ORDER BY invoice_id, at, recorded_at"
+        ).result_rows
+        disputes: dict[str, list[datetime]] = defaultdict(list)
+        for invoice_id, kind, step, action, detail, at, until in rows:
+            case = cases.get(invoice_id)
+            if case is None:
+                continue
+            at = _utc(at)
+            if kind in ("notice", "skipped"):
+                case.steps_done.add(step)
+                if kind == "notice" and action == "suspend":
+                    case.suspended = True
+            elif kind == "reinstated":
+                case.reinstatements += 1
+                case.suspended = False
+            elif kind == "state" and step > case.state_changes:
+                case.state_changes, case.state = step, detail
+            elif kind == "response" and action == "promised":
+                case.pauses.append(Pause(at, _utc(until), "promised"))
+            elif kind == "response" and action == "disputed":
+                disputes[invoice_id].append(at)
+            elif kind == "response" and action == "dispute_resolved" and disputes[invoice_id]:
+                case.pauses.append(Pause(disputes[invoice_id].pop(0), at, "disputed"))
+        for invoice_id, opened in disputes.items():
+            for start in opened:
+                cases[invoice_id].pauses.append(Pause(start, None, "disputed"))
+
+    def billing_emails(self) -> dict[str, str]:
+        rows = self.client.query(
+            "SELECT customer_id, argMax(billing_email, effective_at) FROM subscriptions"
+            " WHERE billing_email != '' GROUP BY customer_id"
+        ).result_rows
+        return dict(rows)
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def store_decisions(self, decided: list[tuple[Case, Record]], at: datetime, published: int = 0) -> None:
+        now = _now()
+        rows = []
+        for case, record in decided:
+            invoice = case.invoice
+            document = orjson.dumps(record.data).decode() if record.data is not None else ""
+            rows.append((
+                record.event_id, invoice.invoice_id, invoice.customer_id, record.kind, record.step, record.action,
+                "", record.detail, case.amount_due, invoice.currency, at, None, now, document,
+                published if record.publish else 1,
+            ))
+        if rows:
+            self.client.insert("dunning_events", rows, column_names=EVENT_COLUMNS)
+
+    def unpublished(self) -> list[tuple[str, str, str, str]]:
+        """(kind, customer_id, at, document) of decisions stored but not confirmed on the topic."""
+        return [
+            (kind, customer, _utc(at).isoformat(), document)
+            for kind, customer, at, document in self.client.query(
+                "SELECT kind, customer_id, at, document FROM dunning_events FINAL WHERE published = 0"
+            ).result_rows
+        ]
+
+    def mark_published(self, published: list[tuple[str, dict]]) -> None:
+        """Rewrite each published row with published=1 (the row with 1 wins on merge)."""
+        if not published:
+            return
+        ids = [data.get("notice_id") or data.get("reinstatement_id") for _, data in published]
+        rows = self.client.query(
+            f"SELECT {', '.join(EVENT_COLUMNS[:-1])} FROM dunning_events FINAL WHERE event_id IN {{ids:Array(String)}}",
+            parameters={"ids": ids},
+        ).result_rows
+        if rows:
+            self.client.insert("dunning_events", [(*row, 1) for row in rows], column_names=EVENT_COLUMNS)
+
+    def delivered_channels(self, notice_id: str) -> set[str]:
+        rows = self.client.query(
+            "SELECT DISTINCT channel FROM dunning_events WHERE kind = 'delivered' AND startsWith(event_id, {n:String})",
+            parameters={"n": f"{notice_id}:"},
+        ).result_rows
+        return {row[0] for row in rows}
+
+    # -- reports -------------------------------------------------------------------------
+
+    def funnel(self, within_days: int) -> list[tuple]:
+        """Per (step, action): notices sent, and how many of their invoices were paid within N days."""
+        return self.client.query(
+            "SELECT n.step, n.action, count() AS sent,"
+            " countIf(p.paid_at IS NOT NULL AND p.paid_at <= n.at + toIntervalDay({d:UInt32})) AS paid_within,"
+            " countIf(p.paid_at IS NOT NULL) AS paid_ever"
+            " FROM (SELECT invoice_id, step, action, at FROM dunning_events FINAL WHERE kind = 'notice') AS n"
+            " LEFT JOIN (SELECT invoice_id, min(at) AS paid_at FROM dunning_events FINAL"
+            "            WHERE kind = 'state' AND detail = 'paid' GROUP BY invoice_id) AS p"
+            " ON n.invoice_id = p.invoice_id"
+            " GROUP BY n.step, n.action ORDER BY n.step",
+            parameters={"d": within_days},
+            settings={"join_use_nulls": 1},
+        ).result_rows
+
+
+def _utc(value):
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

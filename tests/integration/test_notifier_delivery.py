@@ -1,0 +1,327 @@
+"""Notice delivery against real servers on 127.0.0.1: an aiohttp receiver and an aiosmtpd sink.
+
+Nothing is mocked: the webhook receiver checks signatures with the same ``verify`` a
+customer would run, and the SMTP sink is a real server the client speaks SMTP to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import json
+import socket
+import time
+from dataclasses import dataclass
+from email import policy
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from pydantic import SecretStr
+
+from bastionary.dunning.notify.email import (
+    SmtpConfig,
+    build_message,
+    render_email,
+    send_email,
+)
+from bastionary.dunning.notify.retry import Attempt
+from bastionary.dunning.notify.webhook import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    WebhookConfig,
+    deliver_webhook,
+    verify,
+)
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_integration"
+NOTICE = {
+    "notice_id": "dn-0001-step-2",
+    "invoice_id": "inv-2026-02-0042",
+    "customer_id": "cust-acme",
+    "step": 2,
+    "action": "final_notice",
+    "days_overdue": 21,
+    "amount_due": "1234.50",
+    "currency": "EUR",
+    "due_at": "2026-03-01T00:00:00+00:00",
+    "issued_at": "2026-02-01T00:00:00+00:00",
+    "period_start": "2026-01-01T00:00:00+00:00",
+    "period_end": "2026-02-01T00:00:00+00:00",
+    "invoice_total": "1500.00",
+    "template": None,
+    "channels": ["email", "webhook"],
+    "recipient_email": "ap@acme.example",
+    "policy": "default",
+}
+BODY = json.dumps({
+    "specversion": "1.0",
+    "id": NOTICE["notice_id"],
+    "source": "bastionary/dunning",
+    "type": "bastionary.dunning.step.v1",
+    "datacontenttype": "application/json",
+    "data": NOTICE,
+}).encode()
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Attempts:
+    def __init__(self) -> None:
+        self.seen: list[Attempt] = []
+
+    async def __call__(self, attempt: Attempt) -> None:
+        self.seen.append(attempt)
+
+
+# --- webhook -------------------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    idempotency_key: str | None
+    event_id: str | None
+    content_type: str | None
+    signature: str | None
+    verified: int | str  # the timestamp, or the SignatureError reason
+    body: bytes
+
+
+class Receiver:
+    """A customer's endpoint: verifies each request, then answers from a script."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, dict[str, str]]] = []
+        self.delay = 0.0
+        self.seen: list[Seen] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        signature = request.headers.get(SIGNATURE_HEADER)
+        try:
+            verified: int | str = verify(SECRET, signature, body, now=time.time())
+        except SignatureError as error:
+            verified = error.reason
+        self.seen.append(Seen(request.headers.get("Idempotency-Key"), request.headers.get("Bastionary-Event-Id"),
+                              request.headers.get("Content-Type"), signature, verified, body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if isinstance(verified, str):
+            return web.Response(status=401, text=verified)
+        status, headers = self.script.pop(0) if self.script else (200, {})
+        return web.Response(status=status, headers=headers)
+
+
+@pytest.fixture
+async def receiver():
+    target = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/dunning", target.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    target.url = f"http://{host}:{port}/hooks/dunning"
+    try:
+        yield target
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def webhook_config(url: str, **overrides) -> WebhookConfig:
+    settings = {"timeout": 2.0, "max_attempts": 4, "backoff_base": 0.01, "backoff_cap": 0.05} | overrides
+    return WebhookConfig(url=url, secret=SecretStr(SECRET), **settings)
+
+
+async def test_webhook_retries_503_then_delivers(receiver, session):
+    receiver.script = [(503, {}), (503, {}), (200, {})]
+    attempts = Attempts()
+    outcome = await deliver_webhook(webhook_config(receiver.url), session, NOTICE["notice_id"], BODY,
+                                    on_attempt=attempts)
+    assert outcome.ok and outcome.attempts == 3 and outcome.reason == "http 200"
+    assert [(a.number, a.ok, a.detail) for a in attempts.seen] == [
+        (1, False, "http 503"), (2, False, "http 503"), (3, True, "http 200")]
+    assert len(receiver.seen) == 3
+    for seen in receiver.seen:
+        assert seen.idempotency_key == NOTICE["notice_id"]
+        assert seen.event_id == NOTICE["notice_id"]
+        assert seen.content_type == "application/cloudevents+json"
+        assert isinstance(seen.verified, int), seen.verified
+        assert seen.body == BODY
+
+
+async def test_webhook_signs_each_attempt_afresh(receiver, session):
+    receiver.script = [(503, {}), (200, {})]
+    base = int(time.time())
+    ticks = iter([base, base + 7])
+    await deliver_webhook(webhook_config(receiver.url), session, NOTICE["notice_id"], BODY,
+                          clock=lambda: next(ticks))
+    assert [seen.signature.split(",")[0] for seen in receiver.seen] == [f"t={base}", f"t={base + 7}"]
+    assert [seen.verified for seen in receiver.seen] == [base, base + 7]
+
+
+async def test_webhook_400_is_permanent(receiver, session):
+    receiver.script = [(400, {}), (200, {})]
+    attempts = Attempts()
+    outcome = await deliver_webhook(webhook_config(receiver.url), session, NOTICE["notice_id"], BODY,
+                                    on_attempt=attempts)
+    assert not outcome.ok and outcome.attempts == 1 and outcome.reason == "http 400"
+    assert [a.permanent for a in attempts.seen] == [True]
+    assert len(receiver.seen) == 1
+
+
+async def test_webhook_wrong_secret_is_refused_permanently(receiver, session):
+    config = WebhookConfig(url=receiver.url, secret=SecretStr("not-the-secret"), backoff_base=0.01)
+    outcome = await deliver_webhook(config, session, NOTICE["notice_id"], BODY)
+    assert (outcome.ok, outcome.attempts, outcome.reason) == (False, 1, "http 401")
+    assert receiver.seen[0].verified == "mismatch"
+
+
+async def test_webhook_honours_retry_after_within_cap(receiver, session):
+    receiver.script = [(429, {"Retry-After": "3"}), (503, {"Retry-After": "120"}), (200, {})]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    outcome = await deliver_webhook(webhook_config(receiver.url, backoff_cap=10.0), session,
+                                    NOTICE["notice_id"], BODY, sleep=sleep)
+    assert outcome.ok and outcome.attempts == 3
+    assert slept == [3.0, 10.0]
+
+
+async def test_webhook_timeout_is_retried(receiver, session):
+    receiver.delay = 0.5
+    outcome = await deliver_webhook(webhook_config(receiver.url, timeout=0.1, max_attempts=2), session,
+                                    NOTICE["notice_id"], BODY)
+    assert (outcome.ok, outcome.attempts) == (False, 2)
+    assert "timeout" in outcome.reason
+
+
+async def test_webhook_nothing_listening(session):
+    attempts = Attempts()
+    config = webhook_config(f"http://127.0.0.1:{free_port()}/hooks/dunning", max_attempts=3)
+    outcome = await deliver_webhook(config, session, NOTICE["notice_id"], BODY, on_attempt=attempts)
+    assert (outcome.ok, outcome.attempts) == (False, 3)
+    assert "connection" in outcome.reason
+    assert all(not a.permanent for a in attempts.seen) and len(attempts.seen) == 3
+
+
+# --- email ---------------------------------------------------------------------------------
+
+
+class Sink:
+    """An aiosmtpd handler that keeps what it accepts, or refuses every recipient."""
+
+    def __init__(self, refuse_with: str | None = None) -> None:
+        self.refuse_with = refuse_with
+        self.received: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.refuse_with:
+            return self.refuse_with
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 OK"
+
+
+def start_sink(handler: Sink):
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    return controller
+
+
+@pytest.fixture
+def smtp_sink():
+    handler = Sink()
+    controller = start_sink(handler)
+    yield handler, controller.port
+    controller.stop()
+
+
+@pytest.fixture
+def refusing_sink():
+    handler = Sink(refuse_with="550 no such user")
+    controller = start_sink(handler)
+    yield handler, controller.port
+    controller.stop()
+
+
+def smtp_config(port: int, **overrides) -> SmtpConfig:
+    settings = {"timeout": 2.0, "max_attempts": 3, "backoff_base": 0.01, "backoff_cap": 0.05} | overrides
+    return SmtpConfig(host="127.0.0.1", port=port, sender="billing@bastionary.example", **settings)
+
+
+async def test_email_is_delivered(smtp_sink):
+    handler, port = smtp_sink
+    config = smtp_config(port)
+    content = render_email(NOTICE)
+    attempts = Attempts()
+    outcome = await send_email(config, build_message(config, NOTICE, content), on_attempt=attempts)
+    assert outcome.ok and outcome.attempts == 1
+    assert outcome.reason.startswith("250")
+    assert [a.ok for a in attempts.seen] == [True]
+
+    [(mail_from, rcpt_tos, data)] = handler.received
+    assert mail_from == "billing@bastionary.example"
+    assert rcpt_tos == ["ap@acme.example"]
+    message = email.message_from_bytes(data, policy=policy.default)
+    assert message.get_content_type() == "multipart/alternative"
+    assert message["Message-ID"] == "<dn-0001-step-2@bastionary.notices>"
+    assert message["To"] == "ap@acme.example"
+    assert message["X-Bastionary-Notice-Id"] == "dn-0001-step-2"
+    assert message["X-Bastionary-Invoice-Id"] == "inv-2026-02-0042"
+    assert message["Subject"] == content.subject
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    for part in (text, html):
+        assert "1234.50 EUR" in part
+        assert "1 March 2026" in part
+
+
+async def test_email_refused_recipient_is_permanent(refusing_sink):
+    handler, port = refusing_sink
+    config = smtp_config(port)
+    attempts = Attempts()
+    outcome = await send_email(config, build_message(config, NOTICE, render_email(NOTICE)), on_attempt=attempts)
+    assert (outcome.ok, outcome.attempts) == (False, 1)
+    assert outcome.reason == "smtp 550 no such user"
+    assert [a.permanent for a in attempts.seen] == [True]
+    assert handler.received == []
+
+
+async def test_email_nothing_listening_is_retried():
+    config = smtp_config(free_port(), max_attempts=2)
+    attempts = Attempts()
+    outcome = await send_email(config, build_message(config, NOTICE, render_email(NOTICE)), on_attempt=attempts)
+    assert (outcome.ok, outcome.attempts) == (False, 2)
+    assert "connection" in outcome.reason
+    assert [a.permanent for a in attempts.seen] == [False, False]
+
+
+async def test_email_without_recipient_does_not_connect():
+    notice = NOTICE | {"recipient_email": None}
+    config = smtp_config(free_port())
+    attempts = Attempts()
+    outcome = await send_email(config, build_message(config, notice, render_email(notice)), on_attempt=attempts)
+    assert (outcome.ok, outcome.attempts, outcome.reason) == (False, 0, "no recipient email")
+    assert attempts.seen == []

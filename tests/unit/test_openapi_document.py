@@ -1,0 +1,254 @@
+"""The entitlements OpenAPI document: structurally sane, and true to what the code returns."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from bastionary.entitlements.auth import CUSTOMER_ID_PATTERN
+from bastionary.entitlements.evaluate import REASONS, CustomerState, Decision, check, check_all
+from bastionary.entitlements.overrides import Override
+from bastionary.entitlements.spec import FEATURE_REGEX
+from bastionary.rating.plans import Plan
+
+DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "schemas" / "entitlements.openapi.yaml"
+DOCUMENT = yaml.safe_load(DOCUMENT_PATH.read_text())
+SCHEMAS = DOCUMENT["components"]["schemas"]
+METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+DOC_URI = "urn:bastionary:entitlements-openapi"
+REGISTRY = Registry().with_resource(DOC_URI, Resource.from_contents(DOCUMENT, default_specification=DRAFT202012))
+
+START = datetime(2024, 5, 1, tzinfo=timezone.utc)
+END = datetime(2024, 6, 1, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 15, tzinfo=timezone.utc)
+PLAN = Plan.model_validate(
+    {
+        "key": "pro",
+        "currency": "USD",
+        "entitlements": [
+            {"feature": "sso", "type": "boolean"},
+            {"feature": "audit_log", "type": "boolean", "enabled": False},
+            {"feature": "seats", "type": "static", "config": {"max": 10, "roles": ["admin"]}},
+            {"feature": "api_calls", "type": "metered", "meter": "api_requests", "limit": "1e5"},
+            {"feature": "tokens", "type": "metered", "meter": "llm_tokens", "limit": "2.5", "soft": True},
+        ],
+    }
+)
+
+
+def state(plan=PLAN, suspended=False, **usage) -> CustomerState:
+    return CustomerState("cust-1", plan, START, END, suspended, {k: Decimal(v) for k, v in usage.items()}, ())
+
+
+def ref_validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"{DOC_URI}#/components/schemas/{name}"}, registry=REGISTRY)
+
+
+def decision_validator() -> Draft202012Validator:
+    schema = copy.deepcopy(SCHEMAS["Decision"])
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def walk(node, path=()):
+    yield path, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, (*path, index))
+
+
+def resolve(pointer: str):
+    assert pointer.startswith("#/"), pointer
+    node = DOCUMENT
+    for part in pointer[2:].split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+# --- structure -------------------------------------------------------------------------
+
+
+def test_it_is_an_openapi_31_document():
+    assert DOCUMENT["openapi"].startswith("3.1.")
+    assert DOCUMENT["info"]["title"] and DOCUMENT["info"]["version"]
+    assert set(DOCUMENT) <= {"openapi", "info", "jsonSchemaDialect", "servers", "paths", "webhooks", "components",
+                             "security", "tags", "externalDocs"}  # fmt: skip
+
+
+def test_it_has_the_documented_paths():
+    paths = DOCUMENT["paths"]
+    assert set(paths) == {
+        "/v1/customers/{customer_id}/entitlements/{feature}",
+        "/v1/customers/{customer_id}/entitlements",
+        "/v1/dunning/responses",
+        "/healthz",
+    }
+    assert set(paths["/v1/dunning/responses"]) == {"post"}
+    assert all(set(item) == {"get"} for path, item in paths.items() if path != "/v1/dunning/responses")
+
+
+def test_every_operation_is_complete():
+    operation_ids = []
+    for path, item in DOCUMENT["paths"].items():
+        for method, operation in item.items():
+            assert method in METHODS
+            operation_ids.append(operation["operationId"])
+            assert operation["responses"], (path, method)
+            for status in operation["responses"]:
+                assert status in ("default",) or (len(status) == 3 and status.isdigit())
+            # Path templates and path parameters agree.
+            params = [p if "$ref" not in p else resolve(p["$ref"]) for p in operation.get("parameters", [])]
+            templated = {part[1:-1] for part in path.split("/") if part.startswith("{")}
+            assert {p["name"] for p in params if p["in"] == "path"} == templated
+            assert all(p["required"] for p in params if p["in"] == "path")
+    assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_expected_responses():
+    paths = DOCUMENT["paths"]
+    single = paths["/v1/customers/{customer_id}/entitlements/{feature}"]["get"]["responses"]
+    assert set(single) == {"200", "400", "401", "403", "404"}
+    assert single["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Decision"}
+    listing = paths["/v1/customers/{customer_id}/entitlements"]["get"]["responses"]
+    assert listing["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/EntitlementList"}
+    assert "202" in paths["/v1/dunning/responses"]["post"]["responses"]
+    assert paths["/healthz"]["get"]["security"] == []  # probes carry no key
+
+
+def test_every_ref_resolves():
+    refs = [node["$ref"] for _, node in walk(DOCUMENT) if isinstance(node, dict) and "$ref" in node]
+    assert refs
+    for ref in refs:
+        assert resolve(ref) is not None
+
+
+def test_bearer_security_applies_by_default():
+    schemes = DOCUMENT["components"]["securitySchemes"]
+    assert schemes == {"apiKey": {**schemes["apiKey"], "type": "http", "scheme": "bearer"}}
+    assert DOCUMENT["security"] == [{"apiKey": []}]
+
+
+def test_every_component_schema_is_a_valid_json_schema():
+    for name in SCHEMAS:
+        Draft202012Validator.check_schema(SCHEMAS[name])
+
+
+def test_path_parameter_patterns_match_the_code():
+    parameters = DOCUMENT["components"]["parameters"]
+    assert parameters["CustomerId"]["schema"]["pattern"] == CUSTOMER_ID_PATTERN.pattern
+    assert parameters["Feature"]["schema"]["pattern"] == FEATURE_REGEX
+    assert SCHEMAS["Decision"]["properties"]["feature"]["pattern"] == FEATURE_REGEX
+
+
+def test_error_codes_are_the_documented_ones():
+    codes = SCHEMAS["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+    assert set(codes) == {"invalid_customer_id", "invalid_feature", "missing_api_key", "invalid_api_key",
+                          "unknown_customer", "unknown_feature", "invalid_event"}  # fmt: skip
+    validator = ref_validator("Error")
+    assert validator.is_valid({"error": {"code": "unknown_feature", "message": "no plan has feature 'x'"}})
+    assert not validator.is_valid({"error": {"code": "teapot", "message": ""}})
+    assert not validator.is_valid({"code": "unknown_feature", "message": ""})
+
+
+def test_decision_schema_shape():
+    schema = SCHEMAS["Decision"]
+    keys = ["feature", "has_access", "type", "usage", "limit", "balance", "soft", "reset_at", "reason", "config"]
+    assert schema["required"] == keys and list(schema["properties"]) == keys
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]["reason"]["enum"]) == {*REASONS, None}
+    assert set(schema["properties"]["type"]["enum"]) == {"boolean", "static", "metered", None}
+    assert "$ref" not in str(schema)  # stands alone
+
+
+# --- the code's output validates -------------------------------------------------------
+
+grant = Override("e", "o", "cust-1", "beta", START, None, enabled=True)
+off = Override("e2", "o2", "cust-1", "sso", START, None, enabled=False)
+DECISIONS = {
+    "boolean": check(state(), "sso", NOW),
+    "boolean granted": check(CustomerState("c", PLAN, START, END, False, {}, (grant,)), "beta", NOW),
+    "static": check(state(), "seats", NOW),
+    "metered": check(state(api_calls="81234.5"), "api_calls", NOW),
+    "metered soft over": check(state(tokens="7.25"), "tokens", NOW),
+    "exhausted": check(state(api_calls=100000), "api_calls", NOW),
+    "suspended metered": check(state(suspended=True, api_calls=3), "api_calls", NOW),
+    "suspended static": check(state(suspended=True), "seats", NOW),
+    "disabled plan": check(state(), "audit_log", NOW),
+    "disabled override": check(CustomerState("c", PLAN, START, END, False, {}, (off,)), "sso", NOW),
+    "not_in_plan": check(state(), "sla", NOW),
+    "no_subscription": check(state(plan=None), "sso", NOW),
+    "negative usage": check(state(api_calls="-3"), "api_calls", NOW),
+}
+
+
+def test_the_corpus_covers_every_reason_and_type():
+    decisions = DECISIONS.values()
+    assert {d.reason for d in decisions} == {*REASONS, None}
+    assert {d.type for d in decisions} == {"boolean", "static", "metered", None}
+    assert {d.has_access for d in decisions} == {True, False}
+
+
+@pytest.mark.parametrize("name", DECISIONS)
+def test_decisions_validate(name):
+    errors = [e.message for e in decision_validator().iter_errors(DECISIONS[name].to_json())]
+    assert errors == []
+
+
+def test_the_entitlement_list_validates():
+    body = {"customer_id": "cust-1", "entitlements": [d.to_json() for d in check_all(state(api_calls=5), NOW)]}
+    assert list(ref_validator("EntitlementList").iter_errors(body)) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"extra": 1},
+        {"has_access": "yes"},
+        {"type": "flag"},
+        {"reason": "because"},
+        {"usage": 5},
+        {"usage": "1e5"},
+        {"limit": "-1"},
+        {"soft": "false"},
+        {"reset_at": "tomorrow"},
+        {"config": []},
+        {"reason": None, "has_access": False},  # a denial needs a reason
+        {"reason": "exhausted", "has_access": True},  # and access has none
+    ],
+)
+def test_the_schema_rejects_what_the_code_never_returns(change):
+    body = {**DECISIONS["metered"].to_json(), **change}
+    assert not decision_validator().is_valid(body)
+
+
+def test_a_missing_key_is_rejected():
+    body = DECISIONS["static"].to_json()
+    for key in body:
+        assert not decision_validator().is_valid({k: v for k, v in body.items() if k != key})
+
+
+def test_dunning_response_body_schema():
+    validator = ref_validator("CloudEvent")
+    event = {"specversion": "1.0", "id": "r-1", "source": "//portal", "type": "bastionary.dunning.promise_to_pay.v1",
+             "time": "2024-05-01T00:00:00Z", "data": {"invoice_id": "inv-1"}}  # fmt: skip
+    assert validator.is_valid(event)
+    assert not validator.is_valid({**event, "type": "bastionary.subscription.created.v1"})
+    assert not validator.is_valid({k: v for k, v in event.items() if k != "id"})
+    assert ref_validator("Accepted").is_valid({"accepted": True, "id": "r-1"})
+
+
+def test_times_in_decisions_are_utc_z():
+    shifted = CustomerState("c", PLAN, START, END.astimezone(timezone(timedelta(hours=-5))), False, {}, ())
+    assert check(shifted, "api_calls", NOW).to_json()["reset_at"] == "2024-06-01T00:00:00Z"
+    assert Decision("x", True).to_json()["reset_at"] is None
