@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from bastionary.dunning.policy import DunningConfig
+from bastionary.entitlements.spec import entitlement_problems
 from bastionary.ingest.jsonpath import JsonPathError, compile_path
 from bastionary.rating.plans import Plan
 
@@ -113,6 +114,7 @@ class Catalog(BaseModel):
                     problems.append(
                         f"plan {plan.key}, price {price.key}: meter {meter_key} has no dimension {', '.join(unknown)}"
                     )
+        problems += entitlement_problems(self.plans, meters)
         problems += self._dunning_problems()
         if problems:
             raise ValueError("; ".join(problems))

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     worker_id: str | None = None
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
+    web_url: str | None = Field(
+        default=None, description="how other workers reach this one's web server (default http://WEB_HOST:WEB_PORT)"
+    )
     query_host: str = "127.0.0.1"
     query_port: int = Field(default=0, ge=0, le=65535, description="embedded query gateway; 0 = free port")
     query_reader_password: SecretStr | None = None

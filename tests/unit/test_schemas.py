@@ -28,6 +28,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 
 from bastionary.catalog import Aggregation, Catalog, CatalogError, Meter, parse_catalog
+from bastionary.dunning import policy as dunning_policy
+from bastionary.entitlements import spec as entitlement_spec
 from bastionary.ingest.cloudevents import REQUIRED_ATTRIBUTES, UsageEvent, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.ingest.jsonpath import JsonPathError, compile_path
@@ -1144,6 +1146,347 @@ def test_catalog_with_plans_parses():
     assert [p.model for p in catalog.plan("pro").prices] == list(PRICES)
     assert catalog.plan("team").interval == Interval(months=12)
     assert catalog.plan("pro").prices[3].tiers[0].up_to == Decimal(1_000_000)
+
+
+# --- catalog: entitlements -------------------------------------------------------------
+
+ENTITLEMENT_DEFS = {
+    entitlement_spec.BooleanEntitlement: "boolean_entitlement",
+    entitlement_spec.StaticEntitlement: "static_entitlement",
+    entitlement_spec.MeteredEntitlement: "metered_entitlement",
+}
+
+
+def _tag(model: type, field: str) -> str:
+    return typing.get_args(model.model_fields[field].annotation)[0]
+
+
+@pytest.mark.parametrize("model", list(ENTITLEMENT_DEFS), ids=lambda m: m.__name__)
+def test_entitlement_definitions_match_the_models(model):
+    schema = CATALOG_SCHEMA["$defs"][ENTITLEMENT_DEFS[model]]
+    assert list(schema["properties"]) == list(model.model_fields)
+    assert schema["required"] == [n for n, f in model.model_fields.items() if f.is_required()]
+    assert model.model_config["extra"] == "forbid" and schema["additionalProperties"] is False
+    assert schema["properties"]["type"] == {"const": _tag(model, "type")}
+    assert CATALOG_SCHEMA["$defs"]["feature"]["pattern"] == _pattern(model, "feature") == entitlement_spec.FEATURE_REGEX
+
+
+def test_entitlement_types_match_the_discriminator():
+    tags = [_tag(m, "type") for m in ENTITLEMENT_DEFS]
+    schema = CATALOG_SCHEMA["$defs"]["entitlement"]
+    assert schema["properties"]["type"]["enum"] == tags
+    assert [b["if"]["properties"]["type"]["const"] for b in schema["allOf"]] == tags
+    assert [b["then"]["$ref"] for b in schema["allOf"]] == [f"#/$defs/{ENTITLEMENT_DEFS[m]}" for m in ENTITLEMENT_DEFS]
+    assert PLAN_SCHEMA["properties"]["entitlements"]["items"] == {"$ref": "#/$defs/entitlement"}
+
+
+def test_metered_reset_matches_the_literal():
+    reset = CATALOG_SCHEMA["$defs"]["metered_entitlement"]["properties"]["reset"]
+    assert reset["enum"] == list(typing.get_args(entitlement_spec.MeteredEntitlement.model_fields["reset"].annotation))
+
+
+ENTITLEMENTS = {
+    "boolean": {"feature": "sso", "type": "boolean", "enabled": True, "survives_suspension": False},
+    "static": {"feature": "support", "type": "static", "config": {"tier": "gold", "sla_hours": 4}, "survives_suspension": True},
+    "metered": {
+        "feature": "api_calls", "type": "metered", "meter": "api_requests", "limit": 1000, "soft": True,
+        "reset": "billing_period", "notify_at": [0.8, "1.0", 1.5], "filter": {},
+    },
+}  # fmt: skip
+
+
+def entitlement(kind: str, /, **overrides: object) -> dict:
+    merged = {**ENTITLEMENTS[kind], **overrides}
+    return {k: v for k, v in merged.items() if v is not MISSING}
+
+
+def with_entitlements(*entitlements: object) -> dict:
+    return plan_catalog(plan(entitlements=list(entitlements)))
+
+
+# Boolean-like values on which the schema and pydantic's bool agree (pydantic also reads
+# 1, 0, "yes", "true", "on"...: see ENTITLEMENT_CODE_ONLY_ACCEPTS).
+BOOLEAN_VALUES = [True, False, None, "x", [], {}, 2, MISSING]
+
+
+def entitlement_catalog_documents() -> list[object]:
+    documents: list[object] = [with_entitlements(*(entitlement(k) for k in ENTITLEMENTS))]
+    documents += [plan_catalog(plan(entitlements=v)) for v in [[], [None], [1], ["sso"], [[]], [{}], None, {}, "sso"]]
+    for kind in ENTITLEMENTS:
+        documents.append(with_entitlements(entitlement(kind)))
+        for feature in ["sso", "a", "a_1", "x9", "", "Sso", "1a", "_a", "a-b", "a b", "é", None, 1, MISSING]:
+            documents.append(with_entitlements(entitlement(kind, feature=feature)))
+        documents += [with_entitlements(entitlement(kind, survives_suspension=v)) for v in BOOLEAN_VALUES]
+        for tag in [MISSING, None, 1, "Boolean", "bool", "quota", ["boolean"]]:
+            documents.append(with_entitlements(entitlement(kind, type=tag)))
+        documents.append(with_entitlements(entitlement(kind, description="x")))
+    # another type's fields
+    documents += [with_entitlements(entitlement("boolean", meter="api_requests")), with_entitlements(entitlement("boolean", config={}))]
+    documents += [with_entitlements(entitlement("static", enabled=True)), with_entitlements(entitlement("metered", config={}))]
+    documents += [with_entitlements(entitlement("boolean", enabled=v)) for v in BOOLEAN_VALUES]
+    documents += [with_entitlements(entitlement("static", config=v)) for v in [{}, {"a": [1, {"b": None}]}, None, [], "x", 1, MISSING]]
+    documents += [with_entitlements(entitlement("metered", meter=v)) for v in ["api_requests", "llm_tokens", "", None, 1, ["api_requests"], MISSING]]
+    documents += [with_entitlements(entitlement("metered", limit=v)) for v in [*MONEY_VALUES, None, MISSING]]
+    documents += [with_entitlements(entitlement("metered", soft=v)) for v in BOOLEAN_VALUES]
+    documents += [with_entitlements(entitlement("metered", reset=v)) for v in ["billing_period", "monthly", "Billing_Period", "", None, 1, MISSING]]
+    documents += [
+        with_entitlements(entitlement("metered", notify_at=v))
+        for v in [[], [0.8], ["0.8", 1, 1.5], [0.8, "0.80"], [1.5, 0.5], 0.8, "0.8", None, {}, [None], [[0.8]], MISSING]
+    ]
+    documents += [with_entitlements(entitlement("metered", notify_at=[v])) for v in POSITIVE_VALUES]
+    for filter_ in [{}, {"model": "small"}, {"model": 1}, {"model": None}, {"model": ["small"]}, [], None, "model", MISSING]:
+        documents.append(with_entitlements(entitlement("metered", meter="llm_tokens", filter=filter_)))
+    return documents
+
+
+ENTITLEMENT_CATALOG_DOCUMENTS = entitlement_catalog_documents()
+
+
+def test_entitlement_corpus_holds_both_verdicts():
+    verdicts = [catalog_accepted(d) for d in ENTITLEMENT_CATALOG_DOCUMENTS]
+    assert sum(verdicts) > 60 and verdicts.count(False) > 100
+
+
+@pytest.mark.parametrize(
+    "document", ENTITLEMENT_CATALOG_DOCUMENTS, ids=lambda d: repr(d["plans"][0].get("entitlements") if isinstance(d["plans"][0], dict) else d)[:90]
+)
+def test_entitlement_schema_agrees_with_parse_catalog(document):
+    expected = catalog_accepted(document)
+    errors = schema_errors(CATALOG_VALIDATOR, document)
+    assert (not errors) == expected, f"parse_catalog accepts: {expected}; schema errors: {errors}"
+
+
+# Differences, listed in the README with the others.
+ENTITLEMENT_CODE_ONLY_REJECTS = {
+    "duplicate features": with_entitlements(entitlement("boolean"), entitlement("static", feature="sso")),
+    "unknown meter": with_entitlements(entitlement("metered", meter="no_such_meter")),
+    "dimension not in the meter's group_by": with_entitlements(entitlement("metered", meter="llm_tokens", filter={"region": "eu"})),
+    "dimension of a meter without group_by": with_entitlements(entitlement("metered", filter={"model": "small"})),
+}
+# pydantic's lax bool and the code's Decimal() read more spellings than the schema describes.
+ENTITLEMENT_CODE_ONLY_ACCEPTS = {
+    "enabled: 1": with_entitlements(entitlement("boolean", enabled=1)),
+    "enabled: 'yes'": with_entitlements(entitlement("boolean", enabled="yes")),
+    "soft: 'true'": with_entitlements(entitlement("metered", soft="true")),
+    "survives_suspension: 0": with_entitlements(entitlement("static", survives_suspension=0)),
+    "blank-padded limit": with_entitlements(entitlement("metered", limit=" 100 ")),
+    "negative zero limit": with_entitlements(entitlement("metered", limit="-0")),
+}
+
+
+@pytest.mark.parametrize("name", list(ENTITLEMENT_CODE_ONLY_REJECTS))
+def test_entitlement_rules_only_the_code_checks(name):
+    document = ENTITLEMENT_CODE_ONLY_REJECTS[name]
+    assert CATALOG_VALIDATOR.is_valid(document), schema_errors(CATALOG_VALIDATOR, document)
+    assert not catalog_accepted(document)
+
+
+@pytest.mark.parametrize("name", list(ENTITLEMENT_CODE_ONLY_ACCEPTS))
+def test_entitlement_spellings_only_the_code_accepts(name):
+    document = ENTITLEMENT_CODE_ONLY_ACCEPTS[name]
+    assert not CATALOG_VALIDATOR.is_valid(document)
+    assert catalog_accepted(document)
+
+
+@HYPOTHESIS
+@given(DECIMAL_TEXT)
+def test_random_entitlement_limits_agree(text):
+    document = with_entitlements(entitlement("metered", limit=text))
+    assert CATALOG_VALIDATOR.is_valid(document) == catalog_accepted(document)
+
+
+@HYPOTHESIS
+@given(DECIMAL_TEXT)
+def test_random_notify_at_fractions_agree(text):
+    document = with_entitlements(entitlement("metered", notify_at=[text]))
+    assert CATALOG_VALIDATOR.is_valid(document) == catalog_accepted(document)
+
+
+# --- catalog: dunning ------------------------------------------------------------------
+
+DUNNING_DEFS = {
+    dunning_policy.DunningConfig: "dunning",
+    dunning_policy.Policy: "dunning_policy",
+    dunning_policy.Step: "dunning_step",
+}
+
+
+@pytest.mark.parametrize("model", list(DUNNING_DEFS), ids=lambda m: m.__name__)
+def test_dunning_definitions_match_the_models(model):
+    schema = CATALOG_SCHEMA["$defs"][DUNNING_DEFS[model]]
+    assert list(schema["properties"]) == list(model.model_fields)
+    assert schema.get("required", []) == [n for n, f in model.model_fields.items() if f.is_required()]
+    assert model.model_config["extra"] == "forbid" and schema["additionalProperties"] is False
+    assert CATALOG_SCHEMA["properties"]["dunning"] == {"$ref": "#/$defs/dunning"}
+
+
+def test_applies_to_matches_the_model():
+    applies_to, null = CATALOG_SCHEMA["$defs"]["dunning_policy"]["properties"]["applies_to"]["anyOf"]
+    assert null == {"type": "null"}
+    assert list(applies_to["properties"]) == list(dunning_policy.AppliesTo.model_fields)
+    assert dunning_policy.AppliesTo.model_config["extra"] == "forbid" and applies_to["additionalProperties"] is False
+
+
+def test_dunning_enums_and_patterns_match():
+    step = CATALOG_SCHEMA["$defs"]["dunning_step"]["properties"]
+    assert step["action"]["enum"] == [a.value for a in dunning_policy.Action]
+    assert step["channels"]["items"]["enum"] == list(dunning_policy.CHANNELS)
+    assert step["channels"]["uniqueItems"] is True
+    policy = CATALOG_SCHEMA["$defs"]["dunning_policy"]["properties"]
+    assert policy["key"]["pattern"] == _pattern(dunning_policy.Policy, "key")
+    assert policy["min_amount_due"]["$ref"] == "#/$defs/positive"
+    assert policy["steps"]["minItems"] == 1
+    # `after` is a fixed duration, spelled like payment_terms (both parsed by parse_iso_duration)
+    assert step["after"]["pattern"] == PLAN_SCHEMA["properties"]["payment_terms"]["pattern"]
+
+
+# The email templates shipped with the package, as the schema and README name them.
+_TEMPLATE_ORDER = ["friendly", "firm", "final_notice", "suspend", "mark_uncollectible"]
+
+
+def test_email_templates_named_in_the_schema_exist():
+    from bastionary.dunning.notify.email import available_templates
+
+    assert sorted(available_templates()) == sorted(_TEMPLATE_ORDER)
+    described = CATALOG_SCHEMA["$defs"]["dunning_step"]["properties"]["template"]["description"]
+    assert f"{', '.join(_TEMPLATE_ORDER[:-1])} or {_TEMPLATE_ORDER[-1]}" in described
+    assert ", ".join(_TEMPLATE_ORDER) in CATALOG_SCHEMA["description"]
+
+
+STEPS = [
+    {"after": "P1D", "action": "remind", "channels": ["email", "webhook"], "template": "friendly"},
+    {"after": "P7D", "action": "remind", "channels": ["email", "webhook"], "template": "firm"},
+    {"after": "P14D", "action": "final_notice", "channels": ["email", "webhook"]},
+    {"after": "P21D", "action": "suspend", "channels": [], "template": None},
+    {"after": "P30D", "action": "mark_uncollectible"},
+]
+
+
+def step(**overrides: object) -> dict:
+    merged = {"after": "P1D", "action": "remind", "channels": ["webhook"], "template": "friendly", **overrides}
+    return {k: v for k, v in merged.items() if v is not MISSING}
+
+
+def policy(**overrides: object) -> dict:
+    merged = {"key": "standard", "applies_to": {"plans": ["pro"]}, "min_amount_due": "1.00", "steps": STEPS, **overrides}
+    return {k: v for k, v in merged.items() if v is not MISSING}
+
+
+def dunning_catalog(*policies: object, section: object = MISSING) -> dict:
+    document = plan_catalog(plan(), plan(key="team"))
+    document["dunning"] = {"policies": list(policies)} if section is MISSING else section
+    return document
+
+
+def with_step(**overrides: object) -> dict:
+    return dunning_catalog(policy(steps=[step(**overrides)]))
+
+
+AFTERS = ["P1D", "PT5S", "P1W", "P0D", "PT0S", "P2W3D", "PT36H", "PT1.5S", "P1DT12H", "P1M", "P1Y", "P", "PT", "P1DT",
+          "1D", "P-1D", "-P1D", "P1.5D", "PT1D", "", None, [], {}, ["P1D"], MISSING]  # fmt: skip
+
+
+def dunning_catalog_documents() -> list[object]:
+    documents: list[object] = [dunning_catalog(policy()), dunning_catalog(), dunning_catalog(policy(), policy(key="fallback", applies_to=MISSING))]
+    documents += [dunning_catalog(policy(applies_to={"plans": ["pro"]}), policy(key="team_policy", applies_to={"plans": ["team"]}))]
+    for section in [{}, {"policies": []}, None, [], "policies", 1, {"policies": None}, {"policies": {}}, {"policies": [None]},
+                    {"policies": ["standard"]}, {"policies": [[]]}, {"policy": []}, {"policies": [], "enabled": True}]:  # fmt: skip
+        documents.append(dunning_catalog(section=section))
+    for key in ["standard", "a", "p_1", "", "Standard", "1p", "_p", "p-1", "p.x", "p 1", None, 1, MISSING]:
+        documents.append(dunning_catalog(policy(key=key)))
+    for applies_to in [{"plans": ["pro"]}, {"plans": ["pro", "team"]}, {"plans": []}, {}, None, MISSING, {"plans": ["pro", "pro"]},
+                       {"plans": "pro"}, {"plans": [1]}, {"plans": [None]}, {"plans": None}, {"plan": ["pro"]}, [], ["pro"], "pro", 1]:  # fmt: skip
+        documents.append(dunning_catalog(policy(applies_to=applies_to)))
+    documents += [dunning_catalog(policy(min_amount_due=v)) for v in [*POSITIVE_VALUES, None, MISSING]]
+    documents += [dunning_catalog(policy(steps=v)) for v in [[], None, {}, "P1D", [None], [1], [[]], [{}], STEPS[:1], STEPS[-1:], MISSING]]
+    documents += [dunning_catalog(policy(name="Standard")), dunning_catalog(policy(steps=[step(price=1)]))]
+    documents += [with_step(after=v) for v in AFTERS]
+    for action in [*(a.value for a in dunning_policy.Action), "Remind", "warn", "suspended", "", None, 1, ["remind"], MISSING]:
+        documents.append(with_step(action=action))
+    for channels in [[], ["email"], ["webhook"], ["email", "webhook"], ["webhook", "email"], ["email", "email"],
+                     ["sms"], ["Email"], "email", None, [None], [1], [["email"]], {}, MISSING]:  # fmt: skip
+        documents.append(with_step(channels=channels))
+    for template in [*_TEMPLATE_ORDER, "nope", "", None, 1, [], ["friendly"], MISSING]:
+        documents.append(with_step(template=template))  # webhook only: the template is not checked
+    documents += [with_step(channels=["email"], template=t) for t in _TEMPLATE_ORDER]
+    documents += [with_step(action=a, channels=["email"], template=MISSING) for a in ("final_notice", "suspend", "mark_uncollectible")]
+    return documents
+
+
+DUNNING_CATALOG_DOCUMENTS = dunning_catalog_documents()
+
+
+def test_dunning_corpus_holds_both_verdicts():
+    verdicts = [catalog_accepted(d) for d in DUNNING_CATALOG_DOCUMENTS]
+    assert sum(verdicts) > 40 and verdicts.count(False) > 60
+
+
+@pytest.mark.parametrize("document", DUNNING_CATALOG_DOCUMENTS, ids=lambda d: repr(d["dunning"])[:90])
+def test_dunning_schema_agrees_with_parse_catalog(document):
+    expected = catalog_accepted(document)
+    errors = schema_errors(CATALOG_VALIDATOR, document)
+    assert (not errors) == expected, f"parse_catalog accepts: {expected}; schema errors: {errors}"
+
+
+# Differences, listed in the README with the others. The schema cannot relate one value to
+# another, and the email templates are files of the package:
+DUNNING_CODE_ONLY_REJECTS = {
+    "duplicate policy keys": dunning_catalog(policy(), policy(applies_to={"plans": ["team"]})),
+    "two default policies": dunning_catalog(policy(applies_to=MISSING), policy(key="fallback", applies_to=None)),
+    "a plan in two policies": dunning_catalog(policy(), policy(key="other", applies_to={"plans": ["team", "pro"]})),
+    "unknown plan": dunning_catalog(policy(applies_to={"plans": ["enterprise"]})),
+    "steps out of order": dunning_catalog(policy(steps=[step(after="P7D"), step(after="P1D")])),
+    "equal afters": dunning_catalog(policy(steps=[step(after="P1D"), step(after="PT24H")])),
+    "mark_uncollectible not last": dunning_catalog(policy(steps=[step(action="mark_uncollectible"), step(after="P2D")])),
+    "unknown email template": with_step(channels=["email"], template="nope"),
+    "oversized after": with_step(after="P9999999999D"),
+}
+# ... and the code reads durations and amounts more leniently (parse_iso_duration strips
+# blanks, ignores case and reads a number as seconds; Decimal() strips blanks):
+DUNNING_CODE_ONLY_ACCEPTS = {
+    "after in seconds": with_step(after=86400),
+    "lower-case after": with_step(after="p1d"),
+    "blank-padded after": with_step(after=" P1D "),
+    "blank-padded min_amount_due": dunning_catalog(policy(min_amount_due=" 1 ")),
+}
+
+
+@pytest.mark.parametrize("name", list(DUNNING_CODE_ONLY_REJECTS))
+def test_dunning_rules_only_the_code_checks(name):
+    document = DUNNING_CODE_ONLY_REJECTS[name]
+    assert CATALOG_VALIDATOR.is_valid(document), schema_errors(CATALOG_VALIDATOR, document)
+    assert not catalog_accepted(document)
+
+
+@pytest.mark.parametrize("name", list(DUNNING_CODE_ONLY_ACCEPTS))
+def test_dunning_spellings_only_the_code_accepts(name):
+    document = DUNNING_CODE_ONLY_ACCEPTS[name]
+    assert not CATALOG_VALIDATOR.is_valid(document)
+    assert catalog_accepted(document)
+
+
+def _after_ok(text: str) -> bool:
+    return catalog_accepted(with_step(after=text))
+
+
+@HYPOTHESIS
+@given(DURATION_TEXT)
+def test_random_step_afters_agree(text):
+    assert CATALOG_VALIDATOR.is_valid(with_step(after=text)) == _after_ok(text)
+
+
+@HYPOTHESIS
+@given(DECIMAL_TEXT)
+def test_random_min_amounts_due_agree(text):
+    document = dunning_catalog(policy(min_amount_due=text))
+    assert CATALOG_VALIDATOR.is_valid(document) == catalog_accepted(document)
+
+
+def test_dunning_fixture_catalog_validates():
+    document = yaml.safe_load((ROOT / "tests" / "fixtures" / "dunning_catalog.yaml").read_text())
+    assert schema_errors(CATALOG_VALIDATOR, document) == []
+    assert [p.key for p in parse_catalog(document).dunning.policies] == ["standard"]
+
 
 
 # --- the README ------------------------------------------------------------------------

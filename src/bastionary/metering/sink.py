@@ -86,6 +86,7 @@ class _Plan:
     stats: FlushStats = field(default_factory=FlushStats)
 
     log_epoch: int = 0
+    replayed: bool = False  # the range of a flush that may have landed before (see _recover)
 
     @property
     def token(self) -> str:
@@ -124,8 +125,12 @@ class UsageSink:
         self.send_dead_letters = send_dead_letters
         self.config = config
         self.on_flushed = on_flushed
+        # Called with each flush's plans once they have landed, under the flush lock: what
+        # keeps state derived from the rollups (entitlements) can hold ``lock`` to read
+        # ClickHouse without a flush landing halfway through its read.
+        self.listeners: list[Callable[[list[_Plan]], None]] = []
+        self.lock = asyncio.Lock()
         self._partitions: dict[tuple[str, int], _PartitionState] = {}
-        self._lock = asyncio.Lock()
         self._buffered_bytes = 0
 
     # -- intake --------------------------------------------------------------------------
@@ -154,7 +159,7 @@ class UsageSink:
 
     async def release(self, topic_partitions) -> None:
         """Forget revoked partitions after any flush in progress has landed (no zombie writes)."""
-        async with self._lock:
+        async with self.lock:
             for tp in topic_partitions:
                 self._partitions.pop(tp, None)
 
@@ -206,20 +211,23 @@ class UsageSink:
 
     async def flush(self) -> list[InboundRecord]:
         """Land every flushable buffer; returns the records that may now be acked."""
-        async with self._lock:
+        async with self.lock:
             batches = []
             self._buffered_bytes = 0
             for (topic, partition), state in self._partitions.items():
+                replaying = state.replay is not None
                 records = self._take_flushable(state)
                 if records:
-                    batches.append((topic, partition, state, records))
+                    batches.append((topic, partition, state, records, replaying and state.replay is not None))
                 self._buffered_bytes += sum(len(r.value or b"") for r in state.buffer)  # held back
             if not batches:
                 return []
-            plans = await asyncio.to_thread(lambda: [self._plan(t, p, r) for t, p, _, r in batches])
+            plans = await asyncio.to_thread(lambda: [self._plan(t, p, r, rep) for t, p, _, r, rep in batches])
             await self._land(plans)
             landed = []
-            for (_, _, state, records), plan in zip(batches, plans):
+            for listener in self.listeners:
+                listener(plans)
+            for (_, _, state, records, _), plan in zip(batches, plans):
                 state.done_through = plan.last_offset
                 state.replay = None
                 landed.extend(records)
@@ -292,9 +300,10 @@ class UsageSink:
                 accepted=plan.stats.accepted,
             )
 
-    def _plan(self, topic: str, partition: int, records: list[InboundRecord]) -> _Plan:
+    def _plan(self, topic: str, partition: int, records: list[InboundRecord], replayed: bool = False) -> _Plan:
         cfg = self.config
-        plan = _Plan(topic, partition, records[0].offset, records[-1].offset, records, log_epoch=cfg.log_epoch)
+        plan = _Plan(topic, partition, records[0].offset, records[-1].offset, records, log_epoch=cfg.log_epoch,
+                     replayed=replayed)
         rollups = RollupBuilder()
         in_flush: dict[bytes, Sighting] = {}
         for record in records:

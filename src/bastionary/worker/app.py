@@ -73,6 +73,8 @@ def create_app(
         web_enabled=settings.web_port != 0,
         web_host=settings.web_host,
         web_port=settings.web_port or 6066,
+        # Checks are routed between workers by this address (Faust table routing).
+        canonical_url=settings.web_url or f"http://{settings.web_host}:{settings.web_port or 6066}",
         web_in_thread=False,
     )
     usage_topic = app.topic(
@@ -188,6 +190,6 @@ def create_app(
     if billing is not None:
         from bastionary.worker.billing import install_billing
 
-        install_billing(app, settings, *billing)
+        install_billing(app, settings, *billing, sink=sink if usage else None)
     app.bastionary_worker_id = worker_id
     return app

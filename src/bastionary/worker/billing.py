@@ -24,8 +24,9 @@ log = structlog.get_logger(__name__)
 _partitioner = DefaultPartitioner()
 
 
-def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_factory) -> None:
-    """Add the billing agents and the rater to ``app``. ``store_factory()`` -> BillingStore."""
+def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_factory, sink=None) -> None:
+    """Add the billing agents, the rater, dunning and (given the usage ``sink`` getter)
+    entitlements to ``app``. ``store_factory()`` -> BillingStore."""
     topics = Topics(settings.topic_prefix)
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.usage_partitions}
     subscriptions_topic = app.topic(topics.subscriptions, **raw)
@@ -109,6 +110,10 @@ def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_
     from bastionary.worker.dunning import install_dunning
 
     install_dunning(app, settings, catalog, lambda: store().client, owns, send_dead_letter)
+    if sink is not None:
+        from bastionary.worker.entitlements import install_entitlements
+
+        install_entitlements(app, settings, catalog, lambda: store().client, sink, send_dead_letter)
 
     if not settings.rating_enabled:
         return

@@ -1,0 +1,168 @@
+"""Entitlement state of the customers a worker owns, kept current by the usage flushes.
+
+Exactness: a customer's state is read from ClickHouse while holding the usage sink's flush
+lock, and from then on each landed flush adds its rollup deltas (SUM and COUNT meters; any
+other aggregation, and any replayed flush, makes the state be read again). So the usage a
+check sees is the rollup total for the period, with no flush counted twice or missed.
+
+Changes (threshold, exhausted, ...) are stored, then published, then marked published, as
+the rater does with invoices; a crash in between republishes the same change ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import structlog
+
+from bastionary.catalog import Aggregation, Catalog
+from bastionary.entitlements.changes import change_event, due_changes
+from bastionary.entitlements.evaluate import Decision, check, check_all
+from bastionary.entitlements.spec import MeteredEntitlement
+from bastionary.entitlements.state import Loaded, build_state, suspension_changes
+from bastionary.storage.entitlements import EntitlementStore
+
+log = structlog.get_logger(__name__)
+ADDITIVE = {Aggregation.SUM: 6, Aggregation.COUNT: 7}  # rollup row column holding the delta
+# (key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
+Publish = Callable[[str, bytes], Awaitable[Awaitable]]
+
+
+class UnknownCustomer(LookupError):
+    pass
+
+
+class Entitlements:
+    def __init__(self, store: EntitlementStore, catalog: Catalog, publish: Publish, lock: asyncio.Lock,
+                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 on_loaded: Callable[[str, Loaded], None] | None = None):
+        self.store = store
+        self.catalog = catalog
+        self.publish = publish
+        self.lock = lock  # the usage sink's flush lock
+        self.now = now
+        self.on_loaded = on_loaded
+        self._meters = {m.key: m for m in catalog.meters}
+        self._loaded: dict[str, Loaded | None] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+
+    # -- checks --------------------------------------------------------------------------
+
+    async def check(self, customer: str, feature: str) -> Decision:
+        return check((await self._state(customer)).state, feature, self.now())
+
+    async def check_all(self, customer: str) -> list[Decision]:
+        return check_all((await self._state(customer)).state, self.now())
+
+    async def _state(self, customer: str) -> Loaded:
+        loaded = self._loaded.get(customer, False)
+        if loaded is False or (loaded is not None and loaded.stale_at(self.now())):
+            loaded = await self._load(customer)
+        if loaded is None:
+            raise UnknownCustomer(customer)
+        return loaded
+
+    async def _load(self, customer: str) -> Loaded | None:
+        async with self.lock:
+            loaded = await asyncio.to_thread(build_state, self.store, self.catalog, customer, self.now())
+            self._loaded[customer] = loaded
+        log.debug("entitlement state loaded", customer_id=customer, known=loaded is not None)
+        if loaded is not None and self.on_loaded is not None:
+            self.on_loaded(customer, loaded)
+        return loaded
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def invalidate(self, customers) -> None:
+        """Their subscription, overrides or suspension changed: read them again, then reconcile."""
+        for customer in customers:
+            if customer in self._loaded:
+                self._loaded.pop(customer)
+                self._dirty.add(customer)
+        self._wake.set()
+
+    def forget_all(self) -> None:
+        """Partitions moved: what this worker owns may have changed."""
+        self._loaded.clear()
+        self._dirty.clear()
+
+    def on_flush(self, plans) -> None:
+        """A UsageSink listener: called under the flush lock once ``plans`` have landed."""
+        touched: set[str] = set()
+        stale: set[str] = set()
+        for plan in plans:
+            for row in plan.rollup_rows:
+                meter, customer, group_values, window_start = row[0], row[1], row[3], row[4]
+                loaded = self._loaded.get(customer)
+                if loaded is None or loaded.state.plan is None:
+                    continue
+                if plan.replayed:
+                    stale.add(customer)  # part of it may be counted already: read it again
+                    continue
+                usage = dict(loaded.state.usage)
+                for entitlement in loaded.state.plan.entitlements:
+                    if not isinstance(entitlement, MeteredEntitlement) or entitlement.meter != meter:
+                        continue
+                    if not loaded.state.period_start <= window_start < loaded.state.period_end:
+                        continue
+                    if any(group_values.get(k) != v for k, v in entitlement.filter.items()):
+                        continue
+                    column = ADDITIVE.get(self._meters[meter].aggregation)
+                    if column is None:
+                        stale.add(customer)
+                        continue
+                    usage[entitlement.feature] = usage.get(entitlement.feature, 0) + row[column]
+                    touched.add(customer)
+                loaded.state = replace(loaded.state, usage=usage)
+        for customer in stale:
+            self._loaded.pop(customer, None)
+        self._dirty |= touched | stale
+        if self._dirty:
+            self._wake.set()
+
+    # -- changes -------------------------------------------------------------------------
+
+    async def run_reconciler(self, interval: float = 5.0) -> None:
+        """Emit the changes due for dirty customers; every ``interval``, for all loaded ones
+        (an override starting or expiring changes access without any input arriving)."""
+        for customer in await asyncio.to_thread(self.store.unpublished_customers):
+            self._dirty.add(customer)
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                self._dirty |= {c for c, loaded in self._loaded.items() if loaded is not None}
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            for customer in sorted(dirty):
+                try:
+                    await self.reconcile(customer)
+                except UnknownCustomer:
+                    pass
+                except Exception:
+                    log.exception("entitlement changes not emitted; retried", customer_id=customer)
+                    self._dirty.add(customer)
+
+    async def reconcile(self, customer: str) -> list:
+        """Store, publish and mark the changes now due for ``customer``; returns them."""
+        for change, ordinal in await asyncio.to_thread(self.store.unpublished, customer):
+            await (await self.publish(customer, change_event(change, self.now())))
+            await asyncio.to_thread(self.store.mark_published, customer, [change], ordinal)
+        loaded = await self._state(customer)
+        due = suspension_changes(loaded)
+        due += due_changes(loaded.state, loaded.recorded + due, self.now())
+        if not due:
+            return []
+        first = len(loaded.recorded)
+        await asyncio.to_thread(self.store.store_changes, due, first)
+        loaded.recorded.extend(due)
+        now = self.now()
+        await asyncio.gather(*[await self.publish(customer, change_event(change, now)) for change in due])
+        await asyncio.to_thread(self.store.mark_published, customer, due, first)
+        for change in due:
+            log.info("entitlement change", customer_id=customer, kind=change.kind, feature=change.feature)
+        return due
