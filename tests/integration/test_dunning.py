@@ -15,6 +15,7 @@ import pytest
 from bastionary.dunning.clock import FileClock
 from bastionary.dunning.local_peers import SmtpSink, WebhookReceiver
 from bastionary.embedded.broker import free_port
+from tests.conftest import BIN
 
 from .dunning_helpers import (
     CATALOG,
@@ -30,6 +31,7 @@ from .dunning_helpers import (
     subscription_event,
     wait_for,
 )
+from .openapi_contract import assert_matches
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 API_KEY = "test-api-key"
@@ -42,9 +44,11 @@ def _post(port: int, body: bytes, key: str | None) -> tuple[int, dict]:
         request.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, orjson.loads(response.read())
+            status, answer = response.status, orjson.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, orjson.loads(error.read())
+        status, answer = error.code, orjson.loads(error.read())
+    assert_matches("POST", "/v1/dunning/responses", status, answer)
+    return status, answer
 
 
 def test_policy_walk_payment_promise_and_dead_letters(stack, tmp_path):
@@ -135,18 +139,12 @@ def test_policy_walk_payment_promise_and_dead_letters(stack, tmp_path):
             e["data"]["notice_id"] for e in on_topic if e["type"].endswith("step.v1")}
 
         report = subprocess.run(
-            [str(stack_bin()), "dunning", "report", "--within", "30", "--format", "json"],
+            [str(BIN), "dunning", "report", "--within", "30", "--format", "json"],
             env=stack.env("cli"), capture_output=True, text=True, timeout=60, check=True)
         funnel = {row["step"]: row for row in orjson.loads(report.stdout)}
         assert funnel[1]["sent"] == 3 and funnel[1]["paid_within_30d"] == 1
         status = subprocess.run(
-            [str(stack_bin()), "dunning", "status", "--customer", "a", "--format", "json"],
+            [str(BIN), "dunning", "status", "--customer", "a", "--format", "json"],
             env=stack.env("cli") | {"BASTIONARY_CLOCK": f"file:{clock.path}", "BASTIONARY_CATALOG": str(CATALOG)},
             capture_output=True, text=True, timeout=60, check=True)
         assert [(r["invoice_id"], r["state"]) for r in orjson.loads(status.stdout)] == [("inv-a", "uncollectible")]
-
-
-def stack_bin():
-    from tests.conftest import BIN
-
-    return BIN

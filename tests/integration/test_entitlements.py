@@ -4,6 +4,7 @@ back, a restart keeps everything, and a second worker answers checks by routing 
 
 from __future__ import annotations
 
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -15,8 +16,10 @@ import orjson
 import pytest
 
 from bastionary.embedded.broker import free_port
+from tests.conftest import BIN
 
 from .dunning_helpers import cloudevent, read, send, wait_for
+from .openapi_contract import assert_matches
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "entitlements_catalog.yaml"
@@ -24,14 +27,17 @@ KEY = "ent-key"
 
 
 def get(port: int, path: str, key: str | None = KEY) -> tuple[int, dict]:
+    """GET and check the answer against the OpenAPI document, whatever its status."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, orjson.loads(response.read())
+            status, body = response.status, orjson.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, orjson.loads(error.read())
+        status, body = error.code, orjson.loads(error.read())
+    assert_matches("GET", path, status, body)
+    return status, body
 
 
 def check(port: int, customer: str, feature: str) -> dict:
@@ -111,6 +117,11 @@ def test_limit_override_suspension_and_restart(stack):
     assert check(port, "cust-e", "sso")["has_access"] is True
     time.sleep(3)  # a reconciler pass after the restart emits nothing new
     assert changes(stack) == expected
+
+    cli = subprocess.run([str(BIN), "entitlements", "check", "cust-e", "api_calls"], env=stack.env("cli") | {
+        "BASTIONARY_CATALOG": str(CATALOG)}, capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0, cli.stderr
+    assert orjson.loads(cli.stdout) == after | {"reset_at": orjson.loads(cli.stdout)["reset_at"]}
 
     status, body = get(port, "/v1/customers/cust-e/entitlements", key=None)
     assert status == 401 and body["error"]["code"] == "missing_api_key"

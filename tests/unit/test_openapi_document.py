@@ -118,7 +118,7 @@ def test_every_operation_is_complete():
 def test_expected_responses():
     paths = DOCUMENT["paths"]
     single = paths["/v1/customers/{customer_id}/entitlements/{feature}"]["get"]["responses"]
-    assert set(single) == {"200", "400", "401", "403", "404"}
+    assert set(single) == {"200", "400", "401", "403", "404", "503"}
     assert single["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Decision"}
     listing = paths["/v1/customers/{customer_id}/entitlements"]["get"]["responses"]
     assert listing["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/EntitlementList"}
@@ -154,7 +154,7 @@ def test_path_parameter_patterns_match_the_code():
 def test_error_codes_are_the_documented_ones():
     codes = SCHEMAS["Error"]["properties"]["error"]["properties"]["code"]["enum"]
     assert set(codes) == {"invalid_customer_id", "invalid_feature", "missing_api_key", "invalid_api_key",
-                          "unknown_customer", "unknown_feature", "invalid_event"}  # fmt: skip
+                          "unknown_customer", "unknown_feature", "invalid_event", "not_ready"}  # fmt: skip
     validator = ref_validator("Error")
     assert validator.is_valid({"error": {"code": "unknown_feature", "message": "no plan has feature 'x'"}})
     assert not validator.is_valid({"error": {"code": "teapot", "message": ""}})

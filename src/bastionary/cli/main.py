@@ -20,6 +20,7 @@ from bastionary.cli.common import number as _number
 from bastionary.cli.common import reader_client as _reader_client
 from bastionary.cli.common import settings_or_exit as _settings
 from bastionary.cli.dunning import clock, dunning
+from bastionary.cli.entitlements import entitlements
 from bastionary.logs import configure_logging
 from bastionary.runtime import (
     KafkaTarget,
@@ -407,6 +408,7 @@ def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None
 
 cli.add_command(dunning)
 cli.add_command(clock)
+cli.add_command(entitlements)
 
 
 def main() -> None:  # pragma: no cover - console entry point

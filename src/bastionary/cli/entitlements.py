@@ -1,0 +1,51 @@
+"""`bastionary entitlements check CUSTOMER [FEATURE]`: the check API's answer, from ClickHouse."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import click
+import orjson
+
+from bastionary.cli.common import reader_client, settings_or_exit
+
+
+@click.group()
+def entitlements() -> None:
+    """Feature access and usage limits."""
+
+
+@entitlements.command("check")
+@click.argument("customer")
+@click.argument("feature", required=False)
+def check_cmd(customer: str, feature: str | None) -> None:
+    """What GET /v1/customers/CUSTOMER/entitlements[/FEATURE] answers, as JSON.
+
+    Computed by the same functions from the same ClickHouse tables the workers load their
+    state from; usage still in a worker's buffer (not yet flushed) is not counted."""
+    from bastionary.catalog import load_catalog
+    from bastionary.entitlements.auth import valid_customer_id, valid_feature
+    from bastionary.entitlements.evaluate import check, check_all
+    from bastionary.entitlements.state import build_state, known_features
+    from bastionary.storage.entitlements import EntitlementStore
+
+    settings = settings_or_exit()
+    catalog = load_catalog(settings.catalog)
+    if not valid_customer_id(customer):
+        raise click.BadParameter("customer ids are 1-128 of A-Z a-z 0-9 . _ : @ -", param_hint="CUSTOMER")
+    if feature is not None and not valid_feature(feature):
+        raise click.BadParameter("features are lowercase letters, digits and _", param_hint="FEATURE")
+    now = datetime.now(timezone.utc)
+    loaded = build_state(EntitlementStore(reader_client(settings), catalog), catalog, customer, now)
+    if loaded is None:
+        raise click.ClickException(f"unknown customer {customer!r}")
+    if feature is None:
+        body = {"customer_id": customer, "entitlements": [d.to_json() for d in check_all(loaded.state, now)]}
+    else:
+        decision = check(loaded.state, feature, now)
+        if decision.reason == "not_in_plan" and feature not in known_features(catalog):
+            raise click.ClickException(f"no plan has a feature {feature!r}")
+        body = decision.to_json()
+    click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+    if feature is not None and not body["has_access"]:
+        raise SystemExit(3)  # scripts can branch on access: 0 allowed, 3 denied
