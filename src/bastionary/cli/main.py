@@ -382,9 +382,18 @@ def demo(events: int, customers: int) -> None:
 @click.option("--dedupe-ids", type=int, default=None, help="Distinct ids for the RSS figure (default 1,000,000).")
 @click.option("--rating", is_flag=True, help="Rate N subscriptions x 5 metered prices instead (target <= 30 s).")
 @click.option("--subscriptions", default=10_000, show_default=True, help="With --rating.")
-def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None, rating: bool, subscriptions: int) -> None:
+@click.option("--entitlements", "entitlement_checks", is_flag=True,
+              help="Check latency at 1,000 checks/s (target p99 <= 5 ms) and freshness (target p99 <= 1 s) instead.")
+def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None, rating: bool, subscriptions: int,
+          entitlement_checks: bool) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
     settings = _settings()
+    if entitlement_checks:
+        from bastionary.bench.entitlements import render_entitlements, run_entitlements_bench
+
+        configure_logging("WARNING", settings.log_format)
+        click.echo(render_entitlements(run_entitlements_bench(quick=quick), as_json))
+        return
     if rating:
         from bastionary.rating.benchmark import run_rating_bench
 

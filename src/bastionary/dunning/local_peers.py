@@ -4,12 +4,19 @@ The demo catches its dunning email and webhooks with them, and the tests check w
 arrived. Both are real servers on 127.0.0.1 (aiosmtpd speaks SMTP; the receiver is an HTTP
 server that verifies ``Bastionary-Signature`` and dedupes on ``Idempotency-Key`` the way
 the README asks a production receiver to).
+
+Both take a ``delay`` (seconds, or a ``(low, high)`` range drawn uniformly per request) to
+play a slow peer: the request is kept first and answered only after the delay, so a sender
+that dies during it has been heard by the peer without knowing it, the window in which a
+notice can reach a peer twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,20 +33,48 @@ from bastionary.dunning.notify.webhook import (
 )
 from bastionary.embedded.broker import free_port
 
+Delay = float | tuple[float, float]
+
+
+def _delay_source(delay: Delay, seed: int | None = None):
+    """A function returning the seconds to wait before answering one request."""
+    if isinstance(delay, tuple):
+        low, high = delay
+        if not 0 <= low <= high:
+            raise ValueError(f"delay range must be 0 <= low <= high, got {delay!r}")
+        rng = random.Random(seed)
+        lock = threading.Lock()
+
+        def draw() -> float:
+            with lock:
+                return rng.uniform(low, high)
+
+        return draw
+    if delay < 0:
+        raise ValueError(f"delay must not be negative, got {delay!r}")
+    return lambda: float(delay)
+
 
 class SmtpSink:
-    """Accepts every message and keeps it; ``messages`` are parsed EmailMessages."""
+    """Accepts every message and keeps it; ``messages`` are parsed EmailMessages.
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None):
+    ``delay`` holds back the 250 after the message is kept (see the module docstring)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, delay: Delay = 0.0,
+                 seed: int | None = None):
         self.host, self.port = host, port or free_port()
         self.messages: list[EmailMessage] = []
         self._lock = threading.Lock()
+        self._delay = _delay_source(delay, seed)
         self._controller = Controller(self, hostname=host, port=self.port)
 
     async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
         message = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
         with self._lock:
             self.messages.append(message)
+        pause = self._delay()
+        if pause > 0:
+            await asyncio.sleep(pause)  # the sink's own loop: other sessions go on meanwhile
         return "250 Message accepted"
 
     def __enter__(self) -> "SmtpSink":
@@ -66,17 +101,21 @@ class WebhookDelivery:
 class WebhookReceiver:
     """POSTs with a valid signature are kept; a repeated Idempotency-Key is marked duplicate.
 
-    ``fail_first`` answers 503 to that many requests first, to exercise the retries."""
+    ``fail_first`` answers 503 to that many requests first, to exercise the retries.
+    ``delay`` holds back every answer, after the request is kept (see the module docstring)."""
 
     secret: str
     host: str = "127.0.0.1"
     fail_first: int = 0
     deliveries: list[WebhookDelivery] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    delay: Delay = 0.0
+    seed: int | None = None
 
     def __post_init__(self):
         self.port = free_port()
         self._lock = threading.Lock()
+        self._delay = _delay_source(self.delay, self.seed)
         self._server = ThreadingHTTPServer((self.host, self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -95,6 +134,11 @@ class WebhookReceiver:
     def unique(self) -> list[WebhookDelivery]:
         with self._lock:
             return [d for d in self.deliveries if not d.duplicate]
+
+    def duplicates(self) -> list[WebhookDelivery]:
+        """Deliveries of an Idempotency-Key seen before: what a deduping receiver drops."""
+        with self._lock:
+            return [d for d in self.deliveries if d.duplicate]
 
     def _handler(self):
         receiver = self
@@ -119,9 +163,15 @@ class WebhookReceiver:
                 self._answer(200)
 
             def _answer(self, status: int) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                pause = receiver._delay()
+                if pause > 0:
+                    time.sleep(pause)  # one thread per request: other requests go on meanwhile
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender went away (killed) while we held the answer back
 
             def log_message(self, *args):  # quiet: the test or demo reports what matters
                 pass

@@ -1,0 +1,78 @@
+"""How landed flushes move the in-memory entitlement counters (no broker, no database)."""
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from bastionary.catalog import parse_catalog
+from bastionary.entitlements.evaluate import CustomerState
+from bastionary.entitlements.service import Entitlements
+from bastionary.entitlements.state import Loaded
+
+CATALOG = parse_catalog({
+    "meters": [
+        {"key": "api_requests", "event_type": "api.request", "aggregation": "COUNT", "group_by": {"method": "$.m"}},
+        {"key": "tokens", "event_type": "llm", "aggregation": "SUM", "value_property": "$.t"},
+        {"key": "peak", "event_type": "st", "aggregation": "MAX", "value_property": "$.gb"},
+    ],
+    "plans": [{"key": "pro", "currency": "USD", "entitlements": [
+        {"feature": "calls", "type": "metered", "meter": "api_requests", "limit": 10},
+        {"feature": "gets", "type": "metered", "meter": "api_requests", "limit": 5, "filter": {"method": "GET"}},
+        {"feature": "tokens", "type": "metered", "meter": "tokens", "limit": 1000},
+        {"feature": "peak", "type": "metered", "meter": "peak", "limit": 3},
+    ]}],
+})
+START = datetime(2026, 3, 1, tzinfo=timezone.utc)
+END = datetime(2026, 4, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class FakePlan:
+    rollup_rows: list = field(default_factory=list)
+    replayed: bool = False
+
+
+def row(meter, customer, window, count=0, total=Decimal(0), method="GET"):
+    return (meter, customer, "", {"method": method} if meter == "api_requests" else {}, window, window, total, count,
+            None, [], None)
+
+
+def service_with(customer="c1", usage=None) -> Entitlements:
+    service = Entitlements(store=None, catalog=CATALOG, publish=None, lock=asyncio.Lock())
+    usage = usage or {"calls": Decimal(0), "gets": Decimal(0), "tokens": Decimal(0), "peak": Decimal(0)}
+    service._loaded[customer] = Loaded(CustomerState(customer, CATALOG.plans[0], START, END, False, usage, ()))
+    return service
+
+
+def test_additive_meters_move_by_the_flush_deltas_and_filters_apply():
+    service = service_with()
+    inside = START + timedelta(days=2)
+    service.on_flush([FakePlan([row("api_requests", "c1", inside, count=4),
+                                row("api_requests", "c1", inside, count=3, method="POST"),
+                                row("tokens", "c1", inside, total=Decimal("12.5"))])])
+    usage = service._loaded["c1"].state.usage
+    assert (usage["calls"], usage["gets"], usage["tokens"]) == (7, 4, Decimal("12.5"))
+    assert service._dirty == {"c1"}
+
+
+def test_windows_outside_the_current_period_do_not_count():
+    service = service_with()
+    service.on_flush([FakePlan([row("api_requests", "c1", START - timedelta(minutes=1), count=5),
+                                row("api_requests", "c1", END, count=5)])])
+    assert service._loaded["c1"].state.usage["calls"] == 0
+
+
+def test_a_replayed_flush_or_a_non_additive_meter_makes_the_customer_be_read_again():
+    service = service_with()
+    service.on_flush([FakePlan([row("api_requests", "c1", START, count=1)], replayed=True)])
+    assert "c1" not in service._loaded and "c1" in service._dirty
+    service = service_with()
+    service.on_flush([FakePlan([row("peak", "c1", START, total=Decimal(9))])])
+    assert "c1" not in service._loaded
+
+
+def test_customers_not_loaded_are_left_to_their_first_read():
+    service = service_with()
+    service.on_flush([FakePlan([row("api_requests", "c2", START, count=9)])])
+    assert "c2" not in service._loaded and not service._dirty
