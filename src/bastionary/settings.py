@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _ISO_DURATION = re.compile(
@@ -150,6 +150,14 @@ class Settings(BaseSettings):
             if scheme not in ("chdb", "http", "https"):
                 raise ValueError("scheme must be chdb://, http:// or https://")
         return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> "Settings":
+        if self.webhook_url and self.webhook_secret is None:
+            raise ValueError("WEBHOOK_URL is set without WEBHOOK_SECRET: notices must be signed")
+        if self.webhook_url and urlsplit(self.webhook_url).scheme not in ("http", "https"):
+            raise ValueError("WEBHOOK_URL must be an http(s) URL")
+        return self
 
     @property
     def api_key_list(self) -> list[SecretStr]:

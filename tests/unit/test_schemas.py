@@ -1885,3 +1885,151 @@ def test_readme_queries_run_on_the_migrated_tables():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+# --- the README: dunning ---------------------------------------------------------------
+
+
+def _section(heading: str, level: str = "##") -> str:
+    return README_TEXT.split(f"\n{level} {heading}\n", 1)[1].split(f"\n{level} ", 1)[0].split("\n## ", 1)[0]
+
+
+def test_readme_dunning_examples_are_accepted():
+    examples = [json.loads(block) for block in _blocks("jsonc")]
+    assert {e["type"] for e in examples} >= {PAYMENT["type"], RESPONSE["type"], dunning_dunner.STEP_TYPE}
+    for example in examples:
+        value = orjson.dumps(example)
+        if example["type"] in dunning_events.PAYMENT_TYPES:
+            assert schema_errors(PAYMENT_VALIDATOR, example) == []
+            dunning_events.parse_payment(value)
+        elif example["type"] in dunning_events.RESPONSE_TYPES:
+            assert schema_errors(RESPONSE_VALIDATOR, example) == []
+            dunning_events.parse_response(value)
+        else:
+            assert example["type"] == dunning_dunner.STEP_TYPE
+            assert schema_errors(NOTICE_VALIDATOR, example["data"]) == []
+            assert orjson.loads(dunning_dunner.notice_event("notice", example["data"], "")) == example
+
+
+def test_readme_notice_tables_match_the_code():
+    keys = _table_keys("Dunning notices")
+    envelope = orjson.loads(dunning_dunner.notice_event("notice", NOTICE_SAMPLES[0], ""))
+    assert keys == [k for k in envelope if k not in ("specversion", "data")] + list(NOTICE_SCHEMA["properties"])
+
+
+def test_readme_lists_every_dunning_type():
+    for heading, types in (("Payment events", dunning_events.PAYMENT_TYPES), ("Dunning responses", dunning_events.RESPONSE_TYPES)):
+        section = _section(heading)
+        assert re.findall(r"^\| `(bastionary\.[\w.]+)` \|", section, flags=re.M) == list(types)
+        fields = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+        model = dunning_events.PaymentData if heading == "Payment events" else dunning_events.ResponseData
+        assert sorted(fields) == sorted(model.model_fields)
+
+
+def test_readme_dead_letter_reasons_are_the_codes():
+    raised = set()
+    for module in ("dunning/events.py", "rating/events.py"):
+        raised |= set(re.findall(r'InvalidBillingEvent\(\s*"(\w+)"', (ROOT / "src" / "bastionary" / module).read_text()))
+    worker = (ROOT / "src" / "bastionary" / "worker" / "dunning.py").read_text()
+    raised |= set(re.findall(r'InvalidBillingEvent\(\s*"(\w+)"', worker))
+    section = _section("Dunning dead letters")
+    payment_reasons = re.findall(r"^\| `(\w+)` \| ", section, flags=re.M)
+    assert payment_reasons == ["invalid_json", "not_cloudevent", "unknown_type", "invalid_data", "unknown_invoice", "wrong_currency"]
+    assert set(payment_reasons) <= raised
+    assert set(re.findall(r"`(\w+)`", section.split("On `dunning.dlq`", 1)[1])) >= set(payment_reasons) - {"wrong_currency"}
+    billing = (ROOT / "src" / "bastionary" / "worker" / "billing.py").read_text()  # send_dead_letter
+    documented = re.findall(r"^\| `((?:error|source)\.\w+)` \|", section, flags=re.M)
+    assert documented == re.findall(r'\("((?:error|source)\.\w+)", ', billing)
+
+
+def _table_columns(table: str) -> list[str]:
+    section = _section(f"`{table}`", "###")
+    return re.findall(r"^\| `(\w+)` \| [A-Z]", section, flags=re.M)
+
+
+def test_readme_lists_every_dunning_column_and_kind():
+    from bastionary.storage import dunning as dunning_storage
+
+    assert _table_columns("receivables") == list(dunning_storage.RECEIVABLE_COLUMNS)
+    assert _table_columns("payments") == list(dunning_storage.PAYMENT_COLUMNS)
+    assert _table_columns("dunning_events") == list(dunning_storage.EVENT_COLUMNS)
+    sql = (SCHEMAS / "clickhouse" / "0007_dunning.sql").read_text()
+    (kinds,) = re.findall(r"kind\s+LowCardinality\(String\),\s+-- (.+)", sql)[1:]
+    documented = re.findall(r"^\| `(\w+)` \| [a-z]", _section("`dunning_events`", "###"), flags=re.M)
+    assert documented == [k.strip() for k in kinds.split(",")]
+
+
+def test_readme_states_are_the_engine_states():
+    section = _section("Dunning policies")
+    states = re.findall(r"^  \| `(\w+)` \|", section, flags=re.M)
+    assert sorted(states) == sorted([dunning_engine.OPEN, dunning_engine.PARTIALLY_PAID, dunning_engine.OVERDUE,
+                                     dunning_engine.PAID, dunning_engine.UNCOLLECTIBLE, dunning_engine.VOID])  # fmt: skip
+
+
+def test_readme_catalog_example_is_accepted():
+    (example,) = _blocks("yaml")
+    document = yaml.safe_load(example)
+    assert schema_errors(CATALOG_VALIDATOR, document) == []
+    catalog = parse_catalog(document)
+    assert catalog.dunning.policy_for("pro").key == "standard" and catalog.dunning.policy_for("free") is None
+
+
+README_WEBHOOK_SECRET = "whsec_example"
+
+
+def _readme_webhook_request() -> tuple[dict[str, str], bytes]:
+    (example,) = _blocks("http")
+    head, body = example.rstrip("\n").split("\n\n", 1)
+    headers = dict(line.split(": ", 1) for line in head.splitlines()[1:])
+    return headers, body.encode()
+
+
+def test_readme_webhook_example_is_signed_as_documented():
+    from bastionary.dunning.notify import webhook
+
+    assert f"`{README_WEBHOOK_SECRET}`" in _section("Webhook delivery")
+    headers, body = _readme_webhook_request()
+    assert list(headers) == ["Content-Type", webhook.IDEMPOTENCY_HEADER, webhook.EVENT_ID_HEADER, webhook.SIGNATURE_HEADER]
+    assert headers["Content-Type"] == webhook.CONTENT_TYPE
+    event = orjson.loads(body)
+    assert headers[webhook.IDEMPOTENCY_HEADER] == headers[webhook.EVENT_ID_HEADER] == event["id"] == event["data"]["notice_id"]
+    assert schema_errors(NOTICE_VALIDATOR, event["data"]) == []
+    timestamp = int(re.match(r"t=(\d+),", headers[webhook.SIGNATURE_HEADER]).group(1))
+    assert webhook.sign(README_WEBHOOK_SECRET, timestamp, body) == headers[webhook.SIGNATURE_HEADER]
+    assert webhook.verify(README_WEBHOOK_SECRET, headers[webhook.SIGNATURE_HEADER], body, now=timestamp + 299) == timestamp
+    assert webhook.DEFAULT_TOLERANCE == 300 and "(default 300 seconds)" in _section("Webhook delivery")
+
+
+def test_readme_receiver_snippet_verifies_signatures():
+    import time as time_module
+
+    from bastionary.dunning.notify import webhook
+
+    (snippet,) = _blocks("python")
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    verify = namespace["verify"]
+    _, body = _readme_webhook_request()
+    now = int(time_module.time())
+    secret, old = b"new-secret", b"old-secret"
+    assert verify([secret], webhook.sign(secret, now, body), body)
+    assert verify([secret], webhook.sign([old, secret], now, body) + ",v2=future", body)  # rotation; unknown keys
+    assert not verify([secret], webhook.sign(old, now, body), body)
+    assert not verify([secret], webhook.sign(secret, now, body), body + b" ")
+    assert not verify([secret], webhook.sign(secret, now - 301, body), body)
+    assert not verify([secret], "v1=" + webhook.sign(secret, now, body).split("v1=")[1], body)
+
+
+def test_readme_delivery_defaults_are_the_settings():
+    from bastionary.dunning.notify.email import MESSAGE_ID_DOMAIN, SmtpConfig
+    from bastionary.settings import Settings, format_iso_duration
+
+    fields = Settings.model_fields
+    webhook_section, email_section = _section("Webhook delivery"), _section("Email delivery")
+    for name in ("webhook_timeout", "webhook_backoff", "webhook_backoff_cap"):
+        assert f"`BASTIONARY_{name.upper()}`, default `{format_iso_duration(fields[name].default)}`" in webhook_section.replace("\n  ", " ")
+    assert f"`BASTIONARY_WEBHOOK_MAX_ATTEMPTS` attempts in all (default {fields['webhook_max_attempts'].default})" in webhook_section.replace("\n  ", " ")
+    assert f"`BASTIONARY_SMTP_MAX_ATTEMPTS` attempts (default {fields['smtp_max_attempts'].default})" in email_section.replace("\n  ", " ")
+    assert f"(base {SmtpConfig.backoff_base:g} s, cap {SmtpConfig.backoff_cap:g} s)" in email_section.replace("\n  ", " ")
+    assert f"<notice_id@{MESSAGE_ID_DOMAIN}>" in email_section
+    assert f"(default `{format_iso_duration(fields['dunning_interval'].default)}`)" in _section("Dunning policies")

@@ -245,3 +245,20 @@ def test_format_then_parse_round_trips_at_millisecond_resolution(value):
 )
 def test_format_then_parse_round_trips_microseconds(value):
     assert parse_iso_duration(format_iso_duration(value)) == value
+
+
+def test_dunning_and_api_settings():
+    import pytest as _pytest
+
+    from bastionary.settings import ConfigError, load_settings
+
+    with _pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+        load_settings(webhook_url="https://hooks.example.com/dunning")
+    with _pytest.raises(ConfigError, match="BASTIONARY_CLOCK"):
+        load_settings(clock="tomorrow")
+    settings = load_settings(webhook_url="https://hooks.example.com/x", webhook_secret="s3cret", api_keys=" a, b ,",
+                             smtp_password="pw")
+    assert [k.get_secret_value() for k in settings.api_key_list] == ["a", "b"]
+    shown = settings.redacted()
+    assert shown["webhook_secret"] == shown["smtp_password"] == shown["api_keys"] == "***"
+    assert "s3cret" not in str(shown)

@@ -48,6 +48,7 @@ class Entitlements:
         self._meters = {m.key: m for m in catalog.meters}
         self._loaded: dict[str, Loaded | None] = {}
         self._dirty: set[str] = set()
+        self._unpublished: set[str] = set()  # stored changes a publish may not have reached
         self._wake = asyncio.Event()
 
     # -- checks --------------------------------------------------------------------------
@@ -129,8 +130,8 @@ class Entitlements:
     async def run_reconciler(self, interval: float = 5.0) -> None:
         """Emit the changes due for dirty customers; every ``interval``, for all loaded ones
         (an override starting or expiring changes access without any input arriving)."""
-        for customer in await asyncio.to_thread(self.store.unpublished_customers):
-            self._dirty.add(customer)
+        self._unpublished = await asyncio.to_thread(self.store.unpublished_customers)
+        self._dirty |= self._unpublished
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
@@ -146,12 +147,15 @@ class Entitlements:
                 except Exception:
                     log.exception("entitlement changes not emitted; retried", customer_id=customer)
                     self._dirty.add(customer)
+                    self._unpublished.add(customer)
 
     async def reconcile(self, customer: str) -> list:
         """Store, publish and mark the changes now due for ``customer``; returns them."""
-        for change, ordinal in await asyncio.to_thread(self.store.unpublished, customer):
-            await (await self.publish(customer, change_event(change, self.now())))
-            await asyncio.to_thread(self.store.mark_published, customer, [change], ordinal)
+        if customer in self._unpublished:
+            for change, ordinal in await asyncio.to_thread(self.store.unpublished, customer):
+                await (await self.publish(customer, change_event(change, self.now())))
+                await asyncio.to_thread(self.store.mark_published, customer, [change], ordinal)
+            self._unpublished.discard(customer)
         loaded = await self._state(customer)
         due = suspension_changes(loaded)
         due += due_changes(loaded.state, loaded.recorded + due, self.now())

@@ -112,10 +112,11 @@ def install_dunning(app: faust.App, settings: Settings, catalog: Catalog, client
 
     if not settings.dunning_enabled:
         return
+    webhook, smtp = webhook_config(settings), smtp_config(settings)  # a bad setting stops the start
 
     def notifier() -> Notifier:
         if "notifier" not in state:
-            state["notifier"] = Notifier(store(), webhook_config(settings), smtp_config(settings),
+            state["notifier"] = Notifier(store(), webhook, smtp,
                                          lambda value, code, message: _dlq_value(value, code, message),
                                          settings.company_name)
         return state["notifier"]
