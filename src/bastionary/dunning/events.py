@@ -12,13 +12,7 @@ from decimal import Decimal
 
 from pydantic import AwareDatetime, Field, StrictStr, model_validator
 
-from bastionary.rating.events import (
-    BillingEvent,
-    InvalidBillingEvent,
-    _Data,
-    _data,
-    _envelope,
-)
+from bastionary.rating.events import BillingEvent, InvalidBillingEvent, _Data, parse_data, parse_envelope
 from bastionary.rating.money import MINOR_UNITS
 
 PAYMENT_TYPES = {
@@ -82,18 +76,18 @@ class ResponseData(_Data):
 
 def parse_invoice(value: bytes) -> InvoiceData | None:
     """The receivable of an invoice.finalized event; None for the other types on the topic."""
-    event = _envelope(value)
+    event = parse_envelope(value)
     if event.type != INVOICE_FINALIZED:
         return None
-    return _data(InvoiceData, event)
+    return parse_data(InvoiceData, event)
 
 
 def parse_payment(value: bytes) -> tuple[BillingEvent, str, PaymentData]:
-    event = _envelope(value)
+    event = parse_envelope(value)
     kind = PAYMENT_TYPES.get(event.type)
     if kind is None:
         raise InvalidBillingEvent("unknown_type", f"not a payment event type: {event.type}")
-    data = _data(PaymentData, event)
+    data = parse_data(PaymentData, event)
     if kind in ("succeeded", "refunded", "failed") and data.payment_id is None:
         raise InvalidBillingEvent("invalid_data", f"{kind} needs payment_id")
     if kind in ("succeeded", "refunded") and (data.amount is None or data.currency is None):
@@ -102,11 +96,11 @@ def parse_payment(value: bytes) -> tuple[BillingEvent, str, PaymentData]:
 
 
 def parse_response(value: bytes) -> tuple[BillingEvent, str, ResponseData]:
-    event = _envelope(value)
+    event = parse_envelope(value)
     kind = RESPONSE_TYPES.get(event.type)
     if kind is None:
         raise InvalidBillingEvent("unknown_type", f"not a dunning response type: {event.type}")
-    data = _data(ResponseData, event)
+    data = parse_data(ResponseData, event)
     if kind == "promised" and data.promised_by is None:
         raise InvalidBillingEvent("invalid_data", "promised needs promised_by")
     if kind == "promised" and data.promised_by <= event.time:

@@ -10,21 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
 
-import orjson
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from bastionary.entitlements.spec import FEATURE_REGEX
+from bastionary.rating.events import InvalidBillingEvent, parse_data, parse_envelope
 
 OVERRIDE_TYPE = "bastionary.entitlement.override.v1"
 ACTIONS = ("limit", "limit_delta", "enabled")
@@ -51,17 +41,6 @@ class Override:
 
     def active_at(self, now: datetime) -> bool:
         return self.effective_at <= now and (self.expires_at is None or now < self.expires_at)
-
-
-class _Envelope(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    specversion: Literal["1.0"]
-    id: StrictStr = Field(min_length=1)
-    source: StrictStr = Field(min_length=1)
-    type: StrictStr
-    time: AwareDatetime
-    data: dict
 
 
 class _OverrideData(BaseModel):
@@ -91,17 +70,12 @@ class _OverrideData(BaseModel):
 
 def parse_override(value: bytes) -> Override:
     try:
-        event = _Envelope.model_validate(orjson.loads(value))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidOverride("invalid_json", f"value is not JSON: {exc}") from None
-    except ValidationError as exc:
-        raise InvalidOverride("not_cloudevent", _errors(exc)) from None
-    if event.type != OVERRIDE_TYPE:
-        raise InvalidOverride("unknown_type", f"not an entitlement override event type: {event.type}")
-    try:
-        data = _OverrideData.model_validate(event.data)
-    except ValidationError as exc:
-        raise InvalidOverride("invalid_data", _errors(exc)) from None
+        event = parse_envelope(value)
+        if event.type != OVERRIDE_TYPE:
+            raise InvalidBillingEvent("unknown_type", f"not an entitlement override event type: {event.type}")
+        data = parse_data(_OverrideData, event)
+    except InvalidBillingEvent as exc:
+        raise InvalidOverride(exc.code, str(exc)) from None
     return Override(event_id=event.id, **data.model_dump())
 
 
@@ -117,6 +91,3 @@ def active_overrides(overrides: Iterable[Override], feature: str, now: datetime)
     active = [o for o in latest.values() if o.feature == feature and o.active_at(now)]
     return sorted(active, key=lambda o: (o.effective_at, o.override_id))
 
-
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(data)'}: {e['msg']}" for e in exc.errors(include_url=False)[:5])

@@ -71,11 +71,11 @@ class InvalidBillingEvent(ValueError):
 
 
 def parse_subscription(value: bytes, known_plans: set[str]) -> tuple[BillingEvent, str, SubscriptionData]:
-    event = _envelope(value)
+    event = parse_envelope(value)
     kind = SUBSCRIPTION_TYPES.get(event.type)
     if kind is None:
         raise InvalidBillingEvent("unknown_type", f"not a subscription event type: {event.type}")
-    data = _data(SubscriptionData, event)
+    data = parse_data(SubscriptionData, event)
     if kind in ("created", "changed") and (data.plan is None or data.plan not in known_plans):
         raise InvalidBillingEvent("unknown_plan", f"plan {data.plan!r} is not in the catalog")
     if kind == "created" and data.start is None:
@@ -86,11 +86,11 @@ def parse_subscription(value: bytes, known_plans: set[str]) -> tuple[BillingEven
 
 
 def parse_credit(value: bytes) -> tuple[BillingEvent, str, CreditGrantData]:
-    event = _envelope(value)
+    event = parse_envelope(value)
     kind = CREDIT_TYPES.get(event.type)
     if kind is None:
         raise InvalidBillingEvent("unknown_type", f"not a credit event type: {event.type}")
-    data = _data(CreditGrantData, event)
+    data = parse_data(CreditGrantData, event)
     if kind == "granted" and (data.amount is None or data.currency is None or data.effective_at is None):
         raise InvalidBillingEvent("invalid_data", "granted needs amount, currency and effective_at")
     if data.expires_at is not None and data.effective_at is not None and data.expires_at <= data.effective_at:
@@ -98,7 +98,7 @@ def parse_credit(value: bytes) -> tuple[BillingEvent, str, CreditGrantData]:
     return event, kind, data
 
 
-def _envelope(value: bytes) -> BillingEvent:
+def parse_envelope(value: bytes) -> BillingEvent:
     try:
         return BillingEvent.model_validate(orjson.loads(value))
     except orjson.JSONDecodeError as exc:
@@ -107,7 +107,7 @@ def _envelope(value: bytes) -> BillingEvent:
         raise InvalidBillingEvent("not_cloudevent", _errors(exc)) from None
 
 
-def _data(model, event: BillingEvent):
+def parse_data(model, event: BillingEvent):
     try:
         return model.model_validate(event.data)
     except ValidationError as exc:
