@@ -121,9 +121,7 @@ class Catalog(BaseModel):
         return self
 
     def _dunning_problems(self) -> list[str]:
-        from bastionary.dunning.notify.email import (
-            available_templates,  # jinja2 only when validating
-        )
+        from bastionary.dunning.notify.email import available_templates, template_name  # jinja2 only here
 
         known_plans, templates, problems = {p.key for p in self.plans}, available_templates(), []
         for policy in self.dunning.policies:
@@ -131,7 +129,7 @@ class Catalog(BaseModel):
                 if plan not in known_plans:
                     problems.append(f"dunning policy {policy.key}: unknown plan {plan!r}")
             for n, step in enumerate(policy.steps, 1):
-                name = step.template or step.action.value
+                name = template_name({"template": step.template, "action": step.action.value})
                 if "email" in step.channels and name not in templates:
                     problems.append(f"dunning policy {policy.key}, step {n}: unknown template {name!r}")
         return problems

@@ -3,7 +3,9 @@
 It runs the same processes an operator would (the embedded broker, a ``bastionary worker``
 holding chdb and serving the query gateway), publishes a workload with duplicates, bad
 records and late events, waits until every record has landed, and then checks the
-ClickHouse totals against the workload's own ground truth.
+ClickHouse totals against the workload's own ground truth. Then it follows the billing: the
+first invoices, the dunning of the customers who do not pay (see :mod:`bastionary.demo_billing`)
+and a few entitlement checks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bastionary.catalog import load_catalog
+from bastionary.demo_billing import (
+    Collections,
+    DunningPeers,
+    billing_email,
+    exhaust_entitlement,
+    follow_dunning,
+    show_entitlements,
+    suspension_checks,
+)
 from bastionary.embedded.broker import EmbeddedBroker, free_port
 from bastionary.embedded.processes import PREEXEC, stop_process
 from bastionary.kafka import committed_offsets, ensure_topics, publish_records
@@ -56,19 +67,22 @@ class DemoOptions:
 
 
 def run_demo(settings: Settings, options: DemoOptions, console: Console | None = None) -> bool:
-    """Returns True when the ClickHouse totals equal the ground truth exactly."""
+    """True when the ClickHouse totals equal the ground truth exactly and, with billing, when
+    dunning and entitlements did what the demo expects of them."""
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     demo_dir = settings.data_path / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
     demo_dir.mkdir(parents=True)
     topics = Topics(settings.topic_prefix)
     console.rule("[bold]Bastionary demo: usage metering on the embedded stack")
-    with EmbeddedBroker(demo_dir) as broker:
+    with EmbeddedBroker(demo_dir) as broker, DunningPeers() as peers:
         asyncio.run(ensure_topics(broker.bootstrap, [topics.usage_events, topics.usage_dlq], settings.usage_partitions))
         console.print(f"Kafka-protocol broker (Tansu) on {broker.bootstrap}")
-        worker = _start_worker(settings, demo_dir, broker.bootstrap)
+        console.print(f"dunning peers in this process: SMTP sink on {peers.smtp.host}:{peers.smtp.port}, "
+                      f"webhook receiver at {peers.hooks.url}")
+        worker = _start_worker(settings, demo_dir, broker.bootstrap, peers.worker_env())
         try:
-            client = _wait_for_gateway(demo_dir, worker, console)
+            client, gateway = _wait_for_gateway(demo_dir, worker, console)
             workload = generate(
                 options.events,
                 customers=options.customers,
@@ -76,19 +90,43 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
                 late_events=options.late_events,
                 bad_records=7,
             )
-            subscribed, billable = _start_billing(console, broker.bootstrap, topics)
+            subscribed, billable, start = _start_billing(console, broker.bootstrap, topics)
             workload.unique_events.extend(billable)  # the ground truth covers them too
-            ends = _publish(console, broker.bootstrap, topics.usage_events, workload.records)
-            _wait_until_landed(console, broker.bootstrap, settings.consumer_group, topics.usage_events, ends)
-            exact = _summarize(console, client, workload)
-            if options.billing:
+            # The customers' side (paying invoices) runs from now on, alongside the workload.
+            payer = _client(gateway)
+            with Collections(payer, broker.bootstrap, topics, start, peers) as collections:
+                ends = _publish(console, broker.bootstrap, topics.usage_events, workload.records)
+                _wait_until_landed(console, broker.bootstrap, settings.consumer_group, topics.usage_events, ends)
+                exact = _summarize(console, client, workload)
+                if not options.billing:
+                    return exact
                 _show_invoices(console, client, subscribed)
-            return exact
+                writer = _client(gateway, "writer")
+                followed = _follow_billing(console, client, writer, peers, collections, broker.bootstrap, topics)
+            return exact and followed
         finally:
             stop_process(worker, 20)
 
 
-def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str) -> subprocess.Popen:
+def _follow_billing(console: Console, client, writer, peers: DunningPeers, collections: Collections,
+                    bootstrap: str, topics: Topics) -> bool:
+    """Entitlements (while dunning runs its course), dunning, then the suspension's effect."""
+    problems: list[str] = []
+    console.rule("[bold]Entitlements and dunning")
+    checks = exhaust_entitlement(console, peers, bootstrap, topics, problems)
+    policy = load_catalog(DEMO_CATALOG).dunning.policy_for("pro")
+    follow_dunning(console, client, writer, peers, collections, policy, problems)
+    checks += suspension_checks(console, peers, problems)
+    show_entitlements(console, checks)
+    for problem in problems:
+        console.print(f"[red]FAILED: {problem}")
+    if not problems:
+        console.print("[green]dunning and entitlements as expected: the non-payers got every step by email and "
+                      "webhook, the late payer none after paying, the limit and the suspension took effect")
+    return not problems
+
+
+def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str, extra_env: dict[str, str]) -> subprocess.Popen:
     env = os.environ | {
         "BASTIONARY_KAFKA_BOOTSTRAP": bootstrap,
         "BASTIONARY_DATA_DIR": str(demo_dir),
@@ -99,7 +137,7 @@ def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str) -> subproc
         "BASTIONARY_CATALOG": str(DEMO_CATALOG),
         "BASTIONARY_RATING_GRACE": "PT0S",
         "BASTIONARY_RATING_INTERVAL": "PT2S",
-    }
+    } | extra_env
     env.pop("BASTIONARY_CLICKHOUSE_DSN", None)
     log = (demo_dir / "worker.log").open("ab")
     command = [str(Path(sys.executable).parent / "bastionary"), "worker"]
@@ -116,9 +154,14 @@ def _wait_for_gateway(demo_dir: Path, worker: subprocess.Popen, console: Console
             info = read_gateway_file(path)
             if info:
                 console.print(f"worker ready; ClickHouse queryable at http://{info['host']}:{info['port']}")
-                return clickhouse_connect.get_client(dsn=gateway_dsn(info, "reader"), compress=False)
+                return _client(info), info
             time.sleep(0.2)
     raise TimeoutError(f"worker not ready after {timeout}s; see {demo_dir / 'worker.log'}")
+
+
+def _client(gateway: dict, role: str = "reader"):
+    """A client of the worker's query gateway: read-only unless asked for the writer."""
+    return clickhouse_connect.get_client(dsn=gateway_dsn(gateway, role), compress=False)
 
 
 def _progress(console: Console) -> Progress:
@@ -148,7 +191,7 @@ def _wait_until_landed(console, bootstrap, group, topic, ends: dict[int, int], t
     raise TimeoutError("the pipeline did not catch up in time")
 
 
-def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[list[str], list[dict]]:
+def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[list[str], list[dict], datetime]:
     """Subscriptions starting this minute (1-minute periods), a few credit grants, and usage."""
     from bastionary.kafka import UsageProducer
 
@@ -156,7 +199,8 @@ def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[li
     start = now.replace(second=0, microsecond=0)
     subscriptions, grants, usage = [], [], []
     for n, (customer, plan, grant) in enumerate(SUBSCRIBERS):
-        data = {"subscription_id": f"sub-{customer}", "customer_id": customer, "plan": plan, "start": start.isoformat()}
+        data = {"subscription_id": f"sub-{customer}", "customer_id": customer, "plan": plan, "start": start.isoformat(),
+                "billing_email": billing_email(customer)}
         subscriptions.append(_event("bastionary.subscription.created.v1", f"sub-{customer}", customer, now, data))
         if grant:
             currency, amount = grant
@@ -182,7 +226,7 @@ def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[li
     asyncio.run(send())
     console.print(f"{len(subscriptions)} subscriptions on 1-minute periods from {start:%H:%M} UTC, "
                   f"{len(grants)} credit grants, {len(usage)} billable usage events")
-    return [f"sub-{customer}" for customer, _, _ in SUBSCRIBERS], usage
+    return [f"sub-{customer}" for customer, _, _ in SUBSCRIBERS], usage, start
 
 
 def _event(event_type: str, event_id: str, subject: str, when: datetime, data: dict) -> dict:

@@ -1,0 +1,426 @@
+"""What ``bastionary demo`` shows after the invoices: dunning and entitlements.
+
+The demo plays the customers' side. Every invoice is paid as soon as it is receivable,
+except the first invoice of a few customers: three never pay, and one pays once its second
+reminder has arrived. Dunning email lands in a real SMTP server (:class:`SmtpSink`) and the
+signed webhooks in a real HTTP receiver, both inside the demo process. The policy in
+``demo_catalog.yaml`` counts in seconds, on the system clock, so the whole walk (two
+reminders, a final notice, a suspension) takes under a minute. Entitlements are checked
+over the worker's HTTP API: a customer's metered limit flips to exhausted after a burst of
+usage, and the suspension of a non-payer takes their features away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from bastionary.dunning.engine import notice_id
+from bastionary.dunning.local_peers import SmtpSink, WebhookReceiver
+from bastionary.dunning.policy import Policy
+from bastionary.embedded.broker import free_port
+from bastionary.kafka import UsageProducer
+from bastionary.storage.dunning import DunningStore
+from bastionary.topics import Topics
+
+NON_PAYERS = ("cust-0001", "cust-0003", "cust-0006")  # never pay their first invoice
+LATE_PAYER = "cust-0004"  # pays its first invoice once reminder PAY_AFTER_STEP arrived
+PAY_AFTER_STEP = 2
+DUNNED = (*NON_PAYERS, LATE_PAYER)
+EXHAUSTS = ("cust-0002", "api_calls")  # a starter customer with a hard limit of 100 API calls
+SUSPENDED = "cust-0003"  # a non-payer whose features go away when the suspend step applies
+
+
+def billing_email(customer: str) -> str:
+    return f"ap@{customer}.example.com"
+
+
+class DunningPeers:
+    """The SMTP sink, the webhook receiver and the worker's API key, for the demo's worker."""
+
+    def __init__(self) -> None:
+        self.secret = secrets.token_urlsafe(18)
+        self.api_key = secrets.token_urlsafe(18)
+        self.web_port = free_port()
+        self.smtp = SmtpSink()
+        self.hooks = WebhookReceiver(self.secret)
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "DunningPeers":
+        self._stack.enter_context(self.smtp)
+        self._stack.enter_context(self.hooks)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def worker_env(self) -> dict[str, str]:
+        return {
+            "BASTIONARY_WEB_PORT": str(self.web_port),
+            "BASTIONARY_API_KEYS": self.api_key,
+            "BASTIONARY_CLOCK": "system",
+            "BASTIONARY_DUNNING_ENABLED": "true",
+            "BASTIONARY_DUNNING_INTERVAL": "PT1S",
+            "BASTIONARY_SMTP_HOST": self.smtp.host,
+            "BASTIONARY_SMTP_PORT": str(self.smtp.port),
+            "BASTIONARY_SMTP_SENDER": "billing@bastionary.example.com",
+            "BASTIONARY_WEBHOOK_URL": self.hooks.url,
+            "BASTIONARY_WEBHOOK_SECRET": self.secret,
+            "BASTIONARY_WEBHOOK_BACKOFF": "PT0.2S",
+        }
+
+    def check(self, customer: str, feature: str) -> tuple[int, dict]:
+        """GET /v1/customers/{customer}/entitlements/{feature} with the demo's API key."""
+        url = f"http://127.0.0.1:{self.web_port}/v1/customers/{customer}/entitlements/{feature}"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.api_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, orjson.loads(error.read() or b"{}")
+        except (urllib.error.URLError, OSError) as error:
+            return 0, {"error": str(error)}
+
+    def notice_ids_mailed(self) -> set[str]:
+        return {str(m["X-Bastionary-Notice-Id"]) for m in self.smtp.received()}
+
+
+@dataclass
+class Receivable:
+    invoice_id: str
+    customer_id: str
+    currency: str
+    total: Decimal
+    due_at: datetime
+
+
+@dataclass
+class Payment:
+    invoice_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+    at: datetime
+
+
+class Collections:
+    """The customers' side of the demo, in the background from the first subscription on:
+    pays each invoice as soon as dunning knows it (a payment for an invoice not yet
+    receivable is dead-lettered), except the first invoices of :data:`DUNNED`."""
+
+    def __init__(self, client, bootstrap: str, topics: Topics, first_period: datetime, peers: DunningPeers):
+        self.client = client  # its own ClickHouse client: one client is not shared between threads
+        self.bootstrap, self.topics, self.first_period, self.peers = bootstrap, topics, first_period, peers
+        self.dunned: dict[str, Receivable] = {}  # customer -> its first invoice, left unpaid
+        self.paid: dict[str, Payment] = {}  # invoice_id -> what the demo paid
+        self.last_error: str | None = None
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._loop()), name="demo-collections",
+                                        daemon=True)
+
+    def __enter__(self) -> "Collections":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._halt.set()
+        self._thread.join(timeout=10)
+
+    def snapshot(self) -> tuple[dict[str, Receivable], dict[str, Payment]]:
+        with self._lock:
+            return dict(self.dunned), dict(self.paid)
+
+    async def _loop(self) -> None:
+        async with UsageProducer(self.bootstrap) as producer:
+            while not self._halt.is_set():
+                try:
+                    await self._tick(producer)
+                except Exception as error:  # the tables appear once the worker migrated
+                    self.last_error = repr(error)
+                await asyncio.sleep(0.5)
+
+    async def _tick(self, producer: UsageProducer) -> None:
+        rows = self.client.query(
+            "SELECT invoice_id, customer_id, currency, total, due_at, toUnixTimestamp(period_start)"
+            " FROM receivables FINAL WHERE total > 0 ORDER BY issued_at, invoice_id"
+        ).result_rows
+        first = int(self.first_period.timestamp())
+        for invoice_id, customer, currency, total, due_at, start in rows:
+            if invoice_id in self.paid:
+                continue
+            if start == first and customer in DUNNED:
+                with self._lock:
+                    self.dunned.setdefault(customer, Receivable(invoice_id, customer, currency, Decimal(total),
+                                                                _utc(due_at)))
+                reminded = notice_id(invoice_id, PAY_AFTER_STEP) in self.peers.notice_ids_mailed()
+                if customer != LATE_PAYER or not reminded:
+                    continue
+            await self._pay(producer, invoice_id, customer, Decimal(total), currency)
+
+    async def _pay(self, producer: UsageProducer, invoice_id: str, customer: str, amount: Decimal,
+                   currency: str) -> None:
+        now = datetime.now(timezone.utc)
+        data = {"payment_id": f"pay-{invoice_id}", "invoice_id": invoice_id, "customer_id": customer,
+                "amount": _amount(amount), "currency": currency, "paid_at": now.isoformat()}
+        event = {"specversion": "1.0", "id": f"pay-{invoice_id}", "source": "bastionary-demo",
+                 "type": "bastionary.payment.succeeded.v1", "subject": customer, "time": now.isoformat(),
+                 "data": data}
+        await (await producer.send(self.topics.payments, event))
+        with self._lock:
+            self.paid[invoice_id] = Payment(invoice_id, customer, amount, currency, now)
+
+
+# -- entitlements --------------------------------------------------------------------------
+
+
+def exhaust_entitlement(console: Console, peers: DunningPeers, bootstrap: str, topics: Topics,
+                        problems: list[str]) -> list[list[str]]:
+    """Check a hard limit, spend it with a burst of API calls, check again: rows for the table."""
+    customer, feature = EXHAUSTS
+    with console.status(f"entitlements: {customer} spends its {feature} limit..."):
+        status, before = _wait_check(peers, customer, feature, lambda s, b: s == 200, 60)
+        if status != 200:
+            problems.append(f"entitlement check {customer}/{feature} answered {status}: {before}")
+            return []
+        left = 60 - datetime.now(timezone.utc).second
+        if left < 20:  # a 1-minute billing period resets the counter: start the burst in a fresh one
+            time.sleep(left + 1.5)
+            _, before = peers.check(customer, feature)
+        calls = int(Decimal(before["balance"] or "0"))
+        now = datetime.now(timezone.utc)
+        burst = [{"specversion": "1.0", "id": f"ent-{customer}-{now:%H%M%S}-{i}", "source": "bastionary-demo",
+                  "type": "api.request", "subject": customer, "time": now.isoformat(), "data": {"method": "POST"}}
+                 for i in range(calls)]
+        asyncio.run(_send_all(bootstrap, topics.usage_events, burst))
+        status, after = _wait_check(peers, customer, feature, lambda s, b: s == 200 and not b["has_access"], 30)
+    rows = [_entitlement_row(customer, feature, "before", before),
+            _entitlement_row(customer, feature, f"after {calls} API calls", after)]
+    if not before.get("has_access") or after.get("reason") != "exhausted":
+        problems.append(f"{customer}/{feature} did not flip from access to exhausted: {before} -> {after}")
+    return rows
+
+
+def suspension_checks(console: Console, peers: DunningPeers, problems: list[str]) -> list[list[str]]:
+    rows = []
+    with console.status(f"entitlements: checking {SUSPENDED} after its suspension..."):
+        status, sso = _wait_check(peers, SUSPENDED, "sso", lambda s, b: b.get("reason") == "suspended", 20)
+        rows.append(_entitlement_row(SUSPENDED, "sso", "after the suspend step", sso))
+        _, portal = peers.check(SUSPENDED, "billing_portal")
+        rows.append(_entitlement_row(SUSPENDED, "billing_portal", "after the suspend step", portal))
+    if sso.get("reason") != "suspended":
+        problems.append(f"{SUSPENDED} is not suspended in its entitlement checks: {status} {sso}")
+    if portal.get("has_access") is not True:
+        problems.append(f"{SUSPENDED} lost billing_portal, which survives suspension: {portal}")
+    return rows
+
+
+def show_entitlements(console: Console, rows: list[list[str]]) -> None:
+    if not rows:
+        return
+    table = Table(title="Entitlement checks (GET /v1/customers/{customer}/entitlements/{feature})")
+    for column in ("customer", "feature", "when", "access", "usage / limit", "reason"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _wait_check(peers: DunningPeers, customer: str, feature: str, done, timeout: float) -> tuple[int, dict]:
+    deadline = time.monotonic() + timeout
+    status, body = peers.check(customer, feature)
+    while not done(status, body) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        status, body = peers.check(customer, feature)
+    return status, body
+
+
+def _entitlement_row(customer: str, feature: str, when: str, body: dict) -> list[str]:
+    access = {True: "[green]yes", False: "[red]no"}.get(body.get("has_access"), "?")
+    usage = f"{body['usage']} / {body['limit']}" if body.get("limit") is not None else "-"
+    reason = body.get("reason") or ("survives suspension" if feature == "billing_portal" else "-")
+    return [customer, feature, when, access, usage, reason]
+
+
+async def _send_all(bootstrap: str, topic: str, events: list[dict]) -> None:
+    async with UsageProducer(bootstrap) as producer:
+        await asyncio.gather(*[await producer.send(topic, event) for event in events])
+
+
+# -- dunning -------------------------------------------------------------------------------
+
+
+def follow_dunning(console: Console, client, writer, peers: DunningPeers, collections: Collections, policy: Policy,
+                   problems: list[str], timeout: float = 150.0) -> None:
+    """Wait until every non-payer went through the whole policy and the late payer's
+    payment was recorded; then print what arrived and check it."""
+    steps = len(policy.steps)
+    deadline = time.monotonic() + timeout
+    with console.status("dunning: waiting for the reminders, the final notices and the suspensions..."):
+        while time.monotonic() < deadline:
+            dunned, paid = collections.snapshot()
+            if set(dunned) == set(DUNNED):
+                mailed = peers.notice_ids_mailed()
+                hooked = {orjson.loads(d.body)["id"] for d in peers.hooks.unique()}
+                walked = all(notice_id(dunned[c].invoice_id, n) in mailed & hooked
+                             for c in NON_PAYERS for n in range(1, steps + 1))
+                late = dunned[LATE_PAYER].invoice_id
+                settled = late in paid and _states(client, late)[-1:] == ["paid"]
+                if walked and settled:
+                    time.sleep(2)  # anything still in flight (a notice that should not exist) lands
+                    break
+            time.sleep(0.5)
+        else:
+            problems.append(f"the dunning walk did not complete within {timeout:.0f}s"
+                            + (f" (last error: {collections.last_error})" if collections.last_error else ""))
+    dunned, paid = collections.snapshot()
+    notices = _notices(client)
+    _show_emails(console, peers, notices, dunned)
+    _show_cases(console, client, peers, policy, notices, dunned, paid, problems)
+    _show_funnel(console, writer)
+
+
+@dataclass(frozen=True)
+class Notice:
+    invoice_id: str
+    customer_id: str
+    step: int
+    action: str
+    amount_due: Decimal
+    currency: str
+    at: datetime
+
+
+def _notices(client) -> dict[str, Notice]:
+    """Every notice dunning decided, by notice_id (what emails and webhooks carry)."""
+    rows = client.query(
+        "SELECT event_id, invoice_id, customer_id, step, action, amount_due, currency, at"
+        " FROM dunning_events FINAL WHERE kind = 'notice'"
+    ).result_rows
+    return {row[0]: Notice(*row[1:7], _utc(row[7])) for row in rows}
+
+
+def _states(client, invoice_id: str) -> list[str]:
+    return [r[0] for r in client.query(
+        "SELECT detail FROM dunning_events FINAL WHERE kind = 'state' AND invoice_id = {i:String} ORDER BY step",
+        parameters={"i": invoice_id}).result_rows]
+
+
+def _show_emails(console: Console, peers: DunningPeers, notices: dict[str, Notice],
+                 dunned: dict[str, Receivable]) -> None:
+    due = {r.invoice_id: r.due_at for r in dunned.values()}
+    table = Table(title=f"Dunning email caught by the demo's SMTP sink ({peers.smtp.host}:{peers.smtp.port})")
+    for column in ("+s", "to", "subject", "step", "amount due"):
+        table.add_column(column, justify="right" if column in ("+s", "amount due") else "left")
+    rows = []
+    for message in peers.smtp.received():
+        notice = notices.get(str(message["X-Bastionary-Notice-Id"]))
+        if notice is None:
+            rows.append(("?", 0, ["?", str(message["To"]), str(message["Subject"]), "?", "?"]))
+            continue
+        since = f"{(notice.at - due[notice.invoice_id]).total_seconds():.0f}" if notice.invoice_id in due else "?"
+        subject = str(message["Subject"]).strip().replace(notice.invoice_id, notice.invoice_id[:8] + "…")
+        rows.append((notice.customer_id, notice.step, [since, str(message["To"]), subject,
+                                                       f"{notice.step} {notice.action}",
+                                                       f"{_amount(notice.amount_due)} {notice.currency}"]))
+    for _, _, row in sorted(rows, key=lambda r: (r[0], r[1])):
+        table.add_row(*row)
+    console.print(table)
+    console.print("[dim]+s: seconds after the invoice was due (the demo's policy counts seconds; a real one, days)")
+
+
+def _show_cases(console: Console, client, peers: DunningPeers, policy: Policy, notices: dict[str, Notice],
+                dunned: dict[str, Receivable], paid: dict[str, Payment], problems: list[str]) -> None:
+    mailed: dict[str, list[int]] = {}
+    for message in peers.smtp.received():
+        notice = notices.get(str(message["X-Bastionary-Notice-Id"]))
+        if notice is not None:
+            mailed.setdefault(notice.invoice_id, []).append(notice.step)
+    hooked: dict[str, list[int]] = {}
+    for delivery in peers.hooks.unique():
+        data = orjson.loads(delivery.body)["data"]
+        hooked.setdefault(data["invoice_id"], []).append(data["step"])
+    decided: dict[str, list[int]] = {}
+    for notice in notices.values():
+        decided.setdefault(notice.invoice_id, []).append(notice.step)
+    all_steps = list(range(1, len(policy.steps) + 1))
+    last = policy.steps[-1].action.value
+    table = Table(title="Dunning cases: the first invoice of four customers who do not pay on time")
+    for column in ("customer", "invoice", "amount due", "emails", "webhooks", "outcome"):
+        table.add_column(column, justify="right" if column == "amount due" else "left")
+    for customer in DUNNED:
+        case = dunned.get(customer)
+        if case is None:
+            problems.append(f"{customer}: its first invoice never became receivable")
+            continue
+        got, hooks = sorted(mailed.get(case.invoice_id, [])), sorted(hooked.get(case.invoice_id, []))
+        states = _states(client, case.invoice_id)
+        if customer == LATE_PAYER:
+            expected = all_steps[:PAY_AFTER_STEP]
+            payment = paid.get(case.invoice_id)
+            outcome = (f"[green]paid at +{(payment.at - case.due_at).total_seconds():.0f}s: dunning stopped"
+                       if payment else "[red]never paid")
+            beyond = [n for n in decided.get(case.invoice_id, []) if n > PAY_AFTER_STEP]
+            if beyond:
+                problems.append(f"{customer} paid after reminder {PAY_AFTER_STEP} and still got step(s) {beyond}")
+            if states[-1:] != ["paid"]:
+                problems.append(f"{customer}: its invoice is not recorded as paid (states: {states})")
+        else:
+            expected = all_steps
+            done = len(policy.steps) in decided.get(case.invoice_id, [])
+            outcome = f"{states[-1] if states else '?'}, " + (f"{last} applied" if done else f"no {last} yet")
+        if got != expected:
+            problems.append(f"{customer}: emails for steps {got}, expected {expected}")
+        if hooks != expected:
+            problems.append(f"{customer}: webhooks for steps {hooks}, expected {expected}")
+        if any(str(m["To"]) != billing_email(customer) for m in peers.smtp.received()
+               if m["X-Bastionary-Invoice-Id"] == case.invoice_id):
+            problems.append(f"{customer}: an email went to someone other than {billing_email(customer)}")
+        table.add_row(customer, case.invoice_id[:8] + "…", f"{_amount(case.total)} {case.currency}",
+                      "steps " + " ".join(map(str, got)) if got else "-",
+                      "steps " + " ".join(map(str, hooks)) if hooks else "-", outcome)
+    console.print(table)
+    ours = {r.invoice_id for r in dunned.values()}
+    others = [n for n in notices.values() if n.invoice_id not in ours]
+    auto = sum(1 for p in paid.values() if p.invoice_id not in ours)
+    note = (f"[yellow]{len(others)} notice(s) still reached {', '.join(sorted({n.customer_id for n in others}))}"
+            " (paid later than a step was due)" if others else "none of them was dunned")
+    console.print(f"other invoices paid as soon as they were issued (most customers pay): {auto}; {note}")
+    deliveries = peers.hooks.deliveries
+    console.print(f"webhooks: {len(deliveries)} POSTs to {peers.hooks.url}, each Bastionary-Signature verified "
+                  f"(HMAC-SHA256); {len(peers.hooks.rejected)} rejected, "
+                  f"{sum(d.duplicate for d in deliveries)} repeated Idempotency-Key")
+    if peers.hooks.rejected:
+        problems.append(f"webhooks rejected: {peers.hooks.rejected}")
+
+
+def _show_funnel(console: Console, client) -> None:
+    """``client``: the gateway's writer. The funnel query sets join_use_nulls, which
+    clickhouse-connect refuses to send on a readonly (reader) connection."""
+    table = Table(title="Dunning funnel (as `bastionary dunning report`)")
+    for column in ("step", "action", "sent", "paid within 7d", "rate", "paid ever"):
+        table.add_column(column, justify="left" if column == "action" else "right")
+    for step, action, sent, paid_within, paid_ever in DunningStore(client).funnel(7):
+        rate = f"{100 * paid_within / sent:.1f}%" if sent else "-"
+        table.add_row(str(step), action, str(sent), str(paid_within), rate, str(paid_ever))
+    console.print(table)
+
+
+def _amount(value) -> str:
+    return format(Decimal(value).quantize(Decimal("0.01")), "f")
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
