@@ -49,6 +49,13 @@ class Step(_Model):
     channels: tuple[str, ...] = ()
     template: str | None = None
 
+    @field_validator("after")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("after must not be negative (it counts from due_at)")
+        return value
+
     @field_validator("channels")
     @classmethod
     def _known_channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
