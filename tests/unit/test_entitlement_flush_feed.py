@@ -72,7 +72,7 @@ def test_a_replayed_flush_or_a_non_additive_meter_makes_the_customer_be_read_aga
     assert "c1" not in service._loaded
 
 
-def test_customers_not_loaded_are_left_to_their_first_read():
+def test_customers_not_loaded_yet_are_read_by_the_reconciler_not_counted_here():
     service = service_with()
     service.on_flush([FakePlan([row("api_requests", "c2", START, count=9)])])
-    assert "c2" not in service._loaded and not service._dirty
+    assert "c2" not in service._loaded and service._dirty == {"c2"}

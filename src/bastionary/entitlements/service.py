@@ -98,7 +98,12 @@ class Entitlements:
         for plan in plans:
             for row in plan.rollup_rows:
                 meter, customer, group_values, window_start = row[0], row[1], row[3], row[4]
-                loaded = self._loaded.get(customer)
+                if customer not in self._loaded:
+                    # Not read yet: the reconciler reads it (this flush included) so that a
+                    # limit crossed by a customer nobody has checked still emits its changes.
+                    touched.add(customer)
+                    continue
+                loaded = self._loaded[customer]
                 if loaded is None or loaded.state.plan is None:
                     continue
                 if plan.replayed:
