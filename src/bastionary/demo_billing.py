@@ -3,11 +3,16 @@
 The demo plays the customers' side. Every invoice is paid as soon as it is receivable,
 except the first invoice of a few customers: three never pay, and one pays once its second
 reminder has arrived. Dunning email lands in a real SMTP server (:class:`SmtpSink`) and the
-signed webhooks in a real HTTP receiver, both inside the demo process. The policy in
-``demo_catalog.yaml`` counts in seconds, on the system clock, so the whole walk (two
-reminders, a final notice, a suspension) takes under a minute. Entitlements are checked
-over the worker's HTTP API: a customer's metered limit flips to exhausted after a burst of
-usage, and the suspension of a non-payer takes their features away.
+signed webhooks in a real HTTP receiver, both inside the demo process.
+
+Dunning runs on a file clock (``BASTIONARY_CLOCK=file:PATH``) that stands still until the
+demo moves it, step by step, through the policy's days in ``demo_catalog.yaml``: no invoice
+is overdue before that, however slow the machine, and each step is waited for before the
+next. The clock is moved once every other invoice is paid, early in a minute, so the walk
+(a few seconds) is over before the rater issues the next minute's invoices.
+
+Entitlements are checked over the worker's HTTP API: a customer's metered limit flips to
+exhausted after a burst of usage, and the suspension of a non-payer takes features away.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
+from bastionary.dunning.clock import FileClock
 from bastionary.dunning.engine import notice_id
 from bastionary.dunning.local_peers import SmtpSink, WebhookReceiver
 from bastionary.dunning.policy import Policy
@@ -48,9 +55,12 @@ def billing_email(customer: str) -> str:
 
 
 class DunningPeers:
-    """The SMTP sink, the webhook receiver and the worker's API key, for the demo's worker."""
+    """The SMTP sink, the webhook receiver, the dunning clock and the worker's API key."""
 
-    def __init__(self) -> None:
+    def __init__(self, demo_dir: Path) -> None:
+        # The dunning clock stands still until the demo moves it: nothing is overdue before.
+        self.clock = FileClock(demo_dir / "dunning-clock")
+        self.clock.set(datetime.now(timezone.utc))
         self.secret = secrets.token_urlsafe(18)
         self.api_key = secrets.token_urlsafe(18)
         self.web_port = free_port()
@@ -70,7 +80,7 @@ class DunningPeers:
         return {
             "BASTIONARY_WEB_PORT": str(self.web_port),
             "BASTIONARY_API_KEYS": self.api_key,
-            "BASTIONARY_CLOCK": "system",
+            "BASTIONARY_CLOCK": f"file:{self.clock.path}",
             "BASTIONARY_DUNNING_ENABLED": "true",
             "BASTIONARY_DUNNING_INTERVAL": "PT1S",
             "BASTIONARY_SMTP_HOST": self.smtp.host,
@@ -150,7 +160,7 @@ class Collections:
                     await self._tick(producer)
                 except Exception as error:  # the tables appear once the worker migrated
                     self.last_error = repr(error)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)
 
     async def _tick(self, producer: UsageProducer) -> None:
         rows = self.client.query(
@@ -174,7 +184,7 @@ class Collections:
                    currency: str) -> None:
         now = datetime.now(timezone.utc)
         data = {"payment_id": f"pay-{invoice_id}", "invoice_id": invoice_id, "customer_id": customer,
-                "amount": _amount(amount), "currency": currency, "paid_at": now.isoformat()}
+                "amount": format(amount.normalize(), "f"), "currency": currency, "paid_at": now.isoformat()}
         event = {"specversion": "1.0", "id": f"pay-{invoice_id}", "source": "bastionary-demo",
                  "type": "bastionary.payment.succeeded.v1", "subject": customer, "time": now.isoformat(),
                  "data": data}
@@ -196,7 +206,7 @@ def exhaust_entitlement(console: Console, peers: DunningPeers, bootstrap: str, t
             problems.append(f"entitlement check {customer}/{feature} answered {status}: {before}")
             return []
         left = 60 - datetime.now(timezone.utc).second
-        if left < 20:  # a 1-minute billing period resets the counter: start the burst in a fresh one
+        if left < 10:  # a 1-minute billing period resets the counter: start the burst in a fresh one
             time.sleep(left + 1.5)
             _, before = peers.check(customer, feature)
         calls = int(Decimal(before["balance"] or "0"))
@@ -262,34 +272,86 @@ async def _send_all(bootstrap: str, topic: str, events: list[dict]) -> None:
 # -- dunning -------------------------------------------------------------------------------
 
 
-def follow_dunning(console: Console, client, writer, peers: DunningPeers, collections: Collections, policy: Policy,
-                   problems: list[str], timeout: float = 150.0) -> None:
-    """Wait until every non-payer went through the whole policy and the late payer's
-    payment was recorded; then print what arrived and check it."""
-    steps = len(policy.steps)
-    deadline = time.monotonic() + timeout
-    with console.status("dunning: waiting for the reminders, the final notices and the suspensions..."):
-        while time.monotonic() < deadline:
-            dunned, paid = collections.snapshot()
-            if set(dunned) == set(DUNNED):
-                mailed = peers.notice_ids_mailed()
-                hooked = {orjson.loads(d.body)["id"] for d in peers.hooks.unique()}
-                walked = all(notice_id(dunned[c].invoice_id, n) in mailed & hooked
-                             for c in NON_PAYERS for n in range(1, steps + 1))
-                late = dunned[LATE_PAYER].invoice_id
-                settled = late in paid and _states(client, late)[-1:] == ["paid"]
-                if walked and settled:
-                    time.sleep(2)  # anything still in flight (a notice that should not exist) lands
-                    break
-            time.sleep(0.5)
-        else:
-            problems.append(f"the dunning walk did not complete within {timeout:.0f}s"
-                            + (f" (last error: {collections.last_error})" if collections.last_error else ""))
+def follow_dunning(console: Console, client, peers: DunningPeers, collections: Collections, policy: Policy,
+                   problems: list[str]) -> None:
+    """Walk the dunning clock through the policy, then print what arrived and check it."""
+    try:
+        _walk(console, client, peers, collections, policy)
+    except TimeoutError as error:
+        problems.append(str(error) + (f" (last error: {collections.last_error})" if collections.last_error else ""))
+    time.sleep(1.5)  # anything still in flight (a notice that should not exist) lands
     dunned, paid = collections.snapshot()
     notices = _notices(client)
     _show_emails(console, peers, notices, dunned)
     _show_cases(console, client, peers, policy, notices, dunned, paid, problems)
-    _show_funnel(console, writer)
+    _show_funnel(console, client)
+
+
+def _walk(console: Console, client, peers: DunningPeers, collections: Collections, policy: Policy) -> None:
+    """Move the dunning clock to each step's day after the first invoices' due date, and wait
+    for that step's email and webhooks; the late payer pays between its steps."""
+    with console.status("dunning: waiting until every other invoice is paid..."):
+        _wait(lambda: _quiet_moment(client, collections), 120, "a moment with every other invoice paid")
+    dunned, _ = collections.snapshot()
+    due = max(r.due_at for r in dunned.values())
+    console.print(f"The dunning clock ({peers.clock.path.name}) moves through policy {policy.key!r} from the "
+                  f"first invoices' due date, {due:%Y-%m-%d}:")
+    for n, step in enumerate(policy.steps, 1):
+        moment = peers.clock.set(due + step.after + timedelta(minutes=1))
+        customers = [c for c in DUNNED if c in NON_PAYERS or n <= PAY_AFTER_STEP]
+        expected = {notice_id(dunned[c].invoice_id, n) for c in customers}
+        with console.status(f"dunning: clock at {moment:%Y-%m-%d %H:%M}, waiting for step {n} ({step.action})..."):
+            _wait(lambda: expected <= peers.notice_ids_mailed() & _hooked(peers), 45,
+                  f"step {n} ({step.action}) to reach {', '.join(customers)}")
+        name = step.action.value + (f"/{step.template}" if step.template else "")
+        console.print(f"  {moment:%Y-%m-%d}, day {step.after.days:>2}: step {n} {name}, email + webhook -> "
+                      f"{' '.join(customers)}")
+        if n == PAY_AFTER_STEP:
+            late = dunned[LATE_PAYER]
+            with console.status(f"dunning: {LATE_PAYER} pays after reminder {n}..."):
+                _wait(lambda: late.invoice_id in collections.snapshot()[1]
+                      and _states(client, late.invoice_id)[-1:] == ["paid"], 45, f"{LATE_PAYER}'s payment")
+            payment = collections.snapshot()[1][late.invoice_id]
+            console.print(f"  {LATE_PAYER} pays {_amount(payment.amount)} {payment.currency} (billing.payments) "
+                          f"after reminder {n}: its invoice is paid, its dunning stops")
+
+
+def _quiet_moment(client, collections: Collections) -> bool:
+    """Every invoice but the dunned ones is paid (and recorded), the current minute's invoices
+    included, and the next ones are not due for a while: a clock moved ahead would dun an
+    invoice the demo has not paid yet."""
+    now = datetime.now(timezone.utc)
+    if not 5 <= now.second <= 40:  # the walk takes a few seconds: it ends well before the next invoices
+        return False
+    dunned, _ = collections.snapshot()
+    if set(dunned) != set(DUNNED):
+        return False
+    boundary = now.replace(second=0, microsecond=0)
+    rows = client.query(
+        "SELECT invoice_id, total, toUnixTimestamp(period_start), toUnixTimestamp(period_end) FROM receivables FINAL"
+    ).result_rows
+    subscriptions = sum(1 for r in rows if r[2] == int(collections.first_period.timestamp()))
+    if sum(1 for r in rows if r[3] == int(boundary.timestamp())) < subscriptions:
+        return False  # this minute's invoices are still being rated
+    paid = {r[0] for r in client.query("SELECT DISTINCT invoice_id FROM payments FINAL").result_rows}
+    ours = {r.invoice_id for r in dunned.values()}
+    return all(r[0] in paid for r in rows if r[1] > 0 and r[0] not in ours)
+
+
+def _hooked(peers: DunningPeers) -> set[str]:
+    return {orjson.loads(d.body)["id"] for d in peers.hooks.unique()}
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except Exception:  # a query racing the worker; asked again
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @dataclass(frozen=True)
@@ -322,15 +384,15 @@ def _show_emails(console: Console, peers: DunningPeers, notices: dict[str, Notic
                  dunned: dict[str, Receivable]) -> None:
     due = {r.invoice_id: r.due_at for r in dunned.values()}
     table = Table(title=f"Dunning email caught by the demo's SMTP sink ({peers.smtp.host}:{peers.smtp.port})")
-    for column in ("+s", "to", "subject", "step", "amount due"):
-        table.add_column(column, justify="right" if column in ("+s", "amount due") else "left")
+    for column in ("day", "to", "subject", "step", "amount due"):
+        table.add_column(column, justify="right" if column in ("day", "amount due") else "left")
     rows = []
     for message in peers.smtp.received():
         notice = notices.get(str(message["X-Bastionary-Notice-Id"]))
         if notice is None:
             rows.append(("?", 0, ["?", str(message["To"]), str(message["Subject"]), "?", "?"]))
             continue
-        since = f"{(notice.at - due[notice.invoice_id]).total_seconds():.0f}" if notice.invoice_id in due else "?"
+        since = str((notice.at - due[notice.invoice_id]).days) if notice.invoice_id in due else "?"
         subject = str(message["Subject"]).strip().replace(notice.invoice_id, notice.invoice_id[:8] + "…")
         rows.append((notice.customer_id, notice.step, [since, str(message["To"]), subject,
                                                        f"{notice.step} {notice.action}",
@@ -338,7 +400,7 @@ def _show_emails(console: Console, peers: DunningPeers, notices: dict[str, Notic
     for _, _, row in sorted(rows, key=lambda r: (r[0], r[1])):
         table.add_row(*row)
     console.print(table)
-    console.print("[dim]+s: seconds after the invoice was due (the demo's policy counts seconds; a real one, days)")
+    console.print("[dim]day: days past the due date, on the dunning clock the demo moved (BASTIONARY_CLOCK=file:...)")
 
 
 def _show_cases(console: Console, client, peers: DunningPeers, policy: Policy, notices: dict[str, Notice],
@@ -370,8 +432,8 @@ def _show_cases(console: Console, client, peers: DunningPeers, policy: Policy, n
         if customer == LATE_PAYER:
             expected = all_steps[:PAY_AFTER_STEP]
             payment = paid.get(case.invoice_id)
-            outcome = (f"[green]paid at +{(payment.at - case.due_at).total_seconds():.0f}s: dunning stopped"
-                       if payment else "[red]never paid")
+            outcome = (f"[green]paid after reminder {PAY_AFTER_STEP}: dunning stopped" if payment
+                       else "[red]never paid")
             beyond = [n for n in decided.get(case.invoice_id, []) if n > PAY_AFTER_STEP]
             if beyond:
                 problems.append(f"{customer} paid after reminder {PAY_AFTER_STEP} and still got step(s) {beyond}")
@@ -380,7 +442,7 @@ def _show_cases(console: Console, client, peers: DunningPeers, policy: Policy, n
         else:
             expected = all_steps
             done = len(policy.steps) in decided.get(case.invoice_id, [])
-            outcome = f"{states[-1] if states else '?'}, " + (f"{last} applied" if done else f"no {last} yet")
+            outcome = f"{states[-1] if states else '?'}, " + (f"{last} applied" if done else f"no {last}")
         if got != expected:
             problems.append(f"{customer}: emails for steps {got}, expected {expected}")
         if hooks != expected:
@@ -396,19 +458,17 @@ def _show_cases(console: Console, client, peers: DunningPeers, policy: Policy, n
     others = [n for n in notices.values() if n.invoice_id not in ours]
     auto = sum(1 for p in paid.values() if p.invoice_id not in ours)
     note = (f"[yellow]{len(others)} notice(s) still reached {', '.join(sorted({n.customer_id for n in others}))}"
-            " (paid later than a step was due)" if others else "none of them was dunned")
-    console.print(f"other invoices paid as soon as they were issued (most customers pay): {auto}; {note}")
+            " (an invoice issued while the clock was ahead)" if others else "none was dunned")
+    console.print(f"{auto} other invoice{'' if auto == 1 else 's'} paid as soon as issued (most customers pay); {note}")
     deliveries = peers.hooks.deliveries
-    console.print(f"webhooks: {len(deliveries)} POSTs to {peers.hooks.url}, each Bastionary-Signature verified "
-                  f"(HMAC-SHA256); {len(peers.hooks.rejected)} rejected, "
-                  f"{sum(d.duplicate for d in deliveries)} repeated Idempotency-Key")
+    console.print(f"webhooks: {len(deliveries)} POSTs to {peers.hooks.url}, every signature verified (HMAC-SHA256), "
+                  f"{len(peers.hooks.rejected)} rejected, {sum(d.duplicate for d in deliveries)} repeated")
     if peers.hooks.rejected:
         problems.append(f"webhooks rejected: {peers.hooks.rejected}")
 
 
 def _show_funnel(console: Console, client) -> None:
-    """``client``: the gateway's writer. The funnel query sets join_use_nulls, which
-    clickhouse-connect refuses to send on a readonly (reader) connection."""
+    """The same query as `bastionary dunning report`, on the read-only connection."""
     table = Table(title="Dunning funnel (as `bastionary dunning report`)")
     for column in ("step", "action", "sent", "paid within 7d", "rate", "paid ever"):
         table.add_column(column, justify="left" if column == "action" else "right")

@@ -124,10 +124,12 @@ def test_policy_walk_payment_promise_and_dead_letters(stack, tmp_path):
             assert message["To"].endswith("@example.com")
             assert "USD" in text and "1 March 2026" in text and "1 March 2026" in html
         first_b = next(m for m in smtp.received() if m["X-Bastionary-Invoice-Id"] == "inv-b")
-        assert "60.00" in first_b.get_body(("plain",)).get_content()  # the amount still due
+        text_b = first_b.get_body(("plain",)).get_content()
+        assert "60.00 USD" in text_b and "60.000" not in text_b  # the amount still due, in cents
         bodies = [orjson.loads(d.body) for d in hooks.unique()]
         assert {(b["data"]["invoice_id"], b["data"]["step"]) for b in bodies} == mailed
         assert all(b["type"] == "bastionary.dunning.step.v1" and b["id"] == b["data"]["notice_id"] for b in bodies)
+        assert {b["data"]["amount_due"] for b in bodies if b["data"]["invoice_id"] == "inv-a"} == {"100.00"}
         assert hooks.rejected == []
         assert len(hooks.deliveries) == len(mailed)  # the receiver saw no duplicate
         assert any("failed" in r[4] for r in events(stack, "attempt"))  # the first 503 was retried

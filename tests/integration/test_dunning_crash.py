@@ -149,12 +149,16 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
                 kills.append(Kill(step, reached(), len(ids & set(copies["email"])), unrecorded, in_flight, copies))
                 stack.start_worker("w1", **env)
 
-            def finished() -> bool:
+            def missing() -> dict[str, int]:
                 delivered = _delivered(stack)
-                return (ids <= set(_hooked(hooks)) and ids <= set(_mailed(smtp))
-                        and all(ids <= delivered[c] for c in CHANNELS))
+                return {"webhook": len(ids - set(_hooked(hooks))), "email": len(ids - set(_mailed(smtp))),
+                        **{f"{c} recorded": len(ids - delivered[c]) for c in CHANNELS}}
 
-            wait_for(finished, 120, f"every notice of step {step} delivered and recorded")
+            try:
+                wait_for(lambda: not any(missing().values()), 120, f"every notice of step {step} delivered")
+            except TimeoutError:
+                raise AssertionError(f"step {step} notices missing {missing()} after kills "
+                                     f"{[(k.step, k.webhooks_seen) for k in kills]}, seed {seed}") from None
 
         # -- what the peers saw -----------------------------------------------------------------
         hooked, mailed = _hooked(hooks), _mailed(smtp)

@@ -82,6 +82,12 @@ def test_notice_carries_the_contract_fields():
         "amount_due": "70.00", "currency": "USD"}
 
 
+def test_amounts_are_shown_in_the_currency_minor_unit():
+    c = case(total="100.000000000", paid=Decimal("30.500000000"))  # as ClickHouse Decimal(38, 9) returns them
+    data = [r for r in advance(c, POLICY, day(1)) if r.kind == "notice"][0].data
+    assert (data["amount_due"], data["invoice_total"]) == ("69.50", "100.00")
+
+
 def test_after_downtime_only_the_latest_notice_goes_out_and_the_rest_are_skipped():
     records = advance(case(), POLICY, day(15))
     notices = [(r.step, r.action) for r in records if r.kind == "notice"]

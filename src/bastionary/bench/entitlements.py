@@ -29,7 +29,9 @@ customer then loads its state in the worker (warm-up).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import os
 import json
 import random
 import secrets
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import orjson
 
-from bastionary.bench.options import PARTITIONS, BenchError
+from bastionary.bench.options import CONTENTION_WARNING, PARTITIONS, BenchError
 from bastionary.bench.processes import _Processes, _say, _sigterm_as_interrupt
 from bastionary.bench.report import machine_info
 from bastionary.bench.stack import _Bench, _Worker
@@ -64,6 +66,7 @@ STEADY_LIMIT = 1_000_000_000
 FEATURE = "api_calls"
 POLL_S = 0.005  # how often a trial customer's check is asked during (b)
 TRIAL_TIMEOUT_S = 30.0
+SETTLED_CORES = 0.2  # the worker counts as idle below this CPU use (cores, over a second)
 MAX_CONNECTIONS = 64  # keep-alive connections the client may open when answers queue up
 
 
@@ -217,11 +220,24 @@ async def _measure(bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes
             _say(f"    {len(plans):,} customers warm in {out['warmup']['seconds']} s")
 
             # -- (a) check latency on an otherwise idle worker ------------------------------
+            clock = _CpuClock(worker)
+            urls = _urls(base, steady)
+            # The worker re-reads customers whose subscription changed in the last few seconds
+            # (see _settle): measure once that is over.
+            settled, idle_cores = await _settle(worker, clock, 60.0)
+            out["warmup"] |= {"settle_s": settled}
+            out["worker_idle_cpu_cores"] = idle_cores
+            _say(f"    worker settled after {settled} s (idle CPU {idle_cores} cores)")
+            serial = await _serial(session, urls, min(3.0, sizes.latency_seconds), rng)
+            out["latency_serial"] = serial
+            _say(f"    one at a time: p50 {serial['p50_ms']} ms, p99 {serial['p99_ms']} ms")
             _say(f"(a) check latency at {CHECK_RATE:,}/s for {sizes.latency_seconds:g} s")
             with bench.cpu.phase("latency"):
-                out["latency"] = await _open_loop(session, base, steady, CHECK_RATE, sizes.latency_seconds, rng)
-            out["latency"]["background_events_per_s"] = 0
-            _say(f"    p50 {out['latency']['p50_ms']} ms, p99 {out['latency']['p99_ms']} ms")
+                figures: dict = {}
+                with clock.measure(figures):
+                    figures.update(await _open_loop(session, urls, CHECK_RATE, sizes.latency_seconds, rng))
+            out["latency"] = figures | {"background_events_per_s": 0}
+            _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
             # -- (b) with a steady usage stream: latency again, then freshness --------------
             background = _Background(bench.bootstrap, topics.usage_events, steady, BACKGROUND_RATE)
@@ -230,18 +246,25 @@ async def _measure(bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes
                 await asyncio.sleep(2.0)  # the stream flows and flushes land before measuring
                 _say(f"(a') check latency at {CHECK_RATE:,}/s with {BACKGROUND_RATE}/s usage ingested")
                 with bench.cpu.phase("latency_under_load"):
-                    loaded = await _open_loop(session, base, steady, CHECK_RATE, sizes.latency_seconds, rng)
-                out["latency_under_load"] = loaded | {"background_events_per_s": BACKGROUND_RATE}
-                _say(f"    p50 {loaded['p50_ms']} ms, p99 {loaded['p99_ms']} ms")
+                    figures = {}
+                    with clock.measure(figures):
+                        figures.update(await _open_loop(session, urls, CHECK_RATE, sizes.latency_seconds, rng))
+                out["latency_under_load"] = figures | {"background_events_per_s": BACKGROUND_RATE}
+                _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
                 _say(f"(b) freshness: {len(trials)} trials with {BACKGROUND_RATE}/s usage ingested")
+                flushes_before = await _flush_metrics(session, port)
                 with bench.cpu.phase("freshness"):
-                    fresh = await _freshness(worker, producer, topics.usage_events, check, trials, flush_s, rng)
+                    usage_cpu: dict = {}
+                    with clock.measure(usage_cpu):
+                        fresh = await _freshness(worker, producer, topics.usage_events, check, trials, flush_s, rng)
+                flushes = _flush_delta(flushes_before, await _flush_metrics(session, port))
                 background.raise_if_failed()
             finally:
                 stats = background.stop()
             out["freshness"] = fresh | {"background_events_per_s": BACKGROUND_RATE,
-                                        "background_achieved_per_s": stats["events_per_s"]}
+                                        "background_achieved_per_s": stats["events_per_s"],
+                                        "worker_cpu_cores": usage_cpu["worker_cpu_cores"]} | flushes
             _say(f"    p50 {fresh['p50_s']} s, p99 {fresh['p99_s']} s")
 
     # The worker kept up with the stream: its commits reach the stream's log end soon after it stops.
@@ -317,11 +340,89 @@ async def _warm_up(worker: _Worker, check, customers: list[str], timeout: float)
             await asyncio.sleep(0.5)
 
 
+async def _settle(worker: _Worker, clock: "_CpuClock", timeout: float) -> tuple[float, float]:
+    """Wait until the worker idles: (seconds waited, its CPU in cores over the last second).
+
+    Its change poll looks back ``POLL_WINDOW`` (5 s) every second, so a freshly subscribed
+    customer is invalidated, and re-read by the reconciler, for a few seconds after its
+    subscription landed; with many new customers that keeps the worker busy for a while.
+    """
+    started = time.monotonic()
+    quiet = 0
+    cores = float("nan")
+    while time.monotonic() - started < timeout:
+        worker.check_alive()
+        before = clock.worker()
+        await asyncio.sleep(1.0)
+        cores = round(clock.worker() - before, 2)
+        quiet = quiet + 1 if cores < SETTLED_CORES else 0
+        if quiet >= 2:
+            break
+    return round(time.monotonic() - started, 1), cores
+
+
 # -- (a) check latency -----------------------------------------------------------------------
 
 
-async def _open_loop(session, base: str, customers: list[str], rate: float, seconds: float,
-                     rng: random.Random) -> dict:
+def _urls(base: str, customers: list[str]) -> list:
+    """Built once: parsing a URL per request would be the client's cost, not the worker's."""
+    from yarl import URL
+
+    return [URL(f"{base}/{customer}/entitlements/{FEATURE}", encoded=True) for customer in customers]
+
+
+class _CpuClock:
+    """CPU seconds of the worker process and of this (the bench) process, for per-check figures."""
+
+    def __init__(self, worker: _Worker):
+        self.pid = worker.process.pid
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def worker(self) -> float:
+        try:
+            fields_ = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields_[11]) + int(fields_[12])) / self._tick
+
+    @contextlib.contextmanager
+    def measure(self, into: dict, checks: int | None = None):
+        wall, worker, ours = time.monotonic(), self.worker(), time.process_time()
+        yield
+        seconds = max(time.monotonic() - wall, 1e-6)
+        used = self.worker() - worker
+        into["worker_cpu_cores"] = round(used / seconds, 2)
+        into["bench_cpu_cores"] = round((time.process_time() - ours) / seconds, 2)
+        count = into.get("requests", checks)
+        if count:
+            into["worker_cpu_ms_per_check"] = round(1000 * used / count, 3)
+
+
+async def _serial(session, urls: list, seconds: float, rng: random.Random) -> dict:
+    """One check at a time: what a check costs without any queueing."""
+    durations: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sent = time.perf_counter()
+        async with session.get(rng.choice(urls)) as response:
+            await response.read()
+            status = response.status
+        if status == 200:
+            durations.append(time.perf_counter() - sent)
+        else:
+            errors += 1
+    durations.sort()
+    return {
+        "requests": len(durations) + errors,
+        "errors": errors,
+        "p50_ms": _ms(durations, 0.50),
+        "p99_ms": _ms(durations, 0.99),
+        "max_ms": round(1000 * durations[-1], 2) if durations else None,
+    }
+
+
+async def _open_loop(session, urls: list, rate: float, seconds: float, rng: random.Random) -> dict:
     """Checks at fixed scheduled times, whatever the answers do (open loop)."""
     loop = asyncio.get_running_loop()
     total = int(rate * seconds)
@@ -332,10 +433,10 @@ async def _open_loop(session, base: str, customers: list[str], rate: float, seco
     statuses: dict[int, int] = {}
     failures: list[str] = []
 
-    async def one(customer: str, scheduled: float) -> None:
+    async def one(url, scheduled: float) -> None:
         sent = loop.time()
         try:
-            async with session.get(f"{base}/{customer}/entitlements/{FEATURE}") as response:
+            async with session.get(url) as response:
                 await response.read()
                 status = response.status
         except Exception as exc:  # noqa: BLE001 - counted as an error, the schedule goes on
@@ -355,7 +456,7 @@ async def _open_loop(session, base: str, customers: list[str], rate: float, seco
         delay = scheduled - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(rng.choice(customers), scheduled)))
+        tasks.append(asyncio.ensure_future(one(rng.choice(urls), scheduled)))
     sending = loop.time() - began
     await asyncio.gather(*tasks)
     from_scheduled.sort()
@@ -508,6 +609,36 @@ async def _freshness(worker: _Worker, producer, topic: str, check, customers: li
     }
 
 
+async def _flush_metrics(session, port: int) -> dict[str, float]:
+    """The worker's flush-duration histogram (``/metrics``): sum, count and bucket counts."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(Exception):
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+        for line in text.splitlines():
+            if line.startswith("bastionary_usage_flush_seconds"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+    return out
+
+
+def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Flushes that landed during the freshness trials: how many, how long on average, the slowest bucket."""
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    count = delta.get("bastionary_usage_flush_seconds_count", 0.0)
+    if not count:
+        return {"flushes": 0}
+    buckets = sorted(
+        (float(k.split('le="')[1].split('"')[0]), v) for k, v in delta.items() if k.startswith(
+            "bastionary_usage_flush_seconds_bucket") and "+Inf" not in k)
+    p99_bucket = next((le for le, n in buckets if n >= 0.99 * count), None)
+    return {
+        "flushes": int(count),
+        "flush_mean_s": round(delta.get("bastionary_usage_flush_seconds_sum", 0.0) / count, 3),
+        "flush_p99_at_most_s": p99_bucket,  # the histogram bucket holding the 99th percentile
+    }
+
+
 # -- figures ---------------------------------------------------------------------------------
 
 
@@ -581,20 +712,31 @@ def render_entitlements(result: dict, as_json: bool) -> str:
     )
     console.print(table)
 
+    serial = result.get("latency_serial")
+    if serial:
+        console.print(
+            f"one check at a time (no queueing): p50 {serial['p50_ms']} ms, p99 {serial['p99_ms']} ms"
+            f" over {serial['requests']:,} checks; idle worker CPU {result.get('worker_idle_cpu_cores')} cores"
+        )
     for name in ("latency", "latency_under_load"):
         figures = result.get(name)
         if figures:
             console.print(
                 f"{name}: {figures['requests']:,} checks over {figures['seconds']:.1f} s; p90 {figures['p90_ms']} ms,"
                 f" max {figures['max_ms']} ms; from the actual send p50 {figures['from_send_p50_ms']} ms,"
-                f" p99 {figures['from_send_p99_ms']} ms; client scheduling lag p99 {figures['client_lag_p99_ms']} ms"
+                f" p99 {figures['from_send_p99_ms']} ms; client scheduling lag p99 {figures['client_lag_p99_ms']} ms;"
+                f" worker CPU {figures.get('worker_cpu_cores')} cores"
+                f" ({figures.get('worker_cpu_ms_per_check')} ms per check), bench CPU {figures.get('bench_cpu_cores')}"
+                " cores"
             )
     background = result.get("background", {})
     console.print(
         f"freshness: max {fresh['max_s']} s; from the broker ack p50 {fresh['from_ack_p50_s']} s,"
         f" p99 {fresh['from_ack_p99_s']} s; checks polled every {options['poll_interval_ms']:g} ms;"
         f" background {background.get('events', 0):,} events at {background.get('events_per_s', 0)}/s"
-        f" (worker caught up {background.get('caught_up_after_stop_s')} s after the stream stopped)"
+        f" (worker caught up {background.get('caught_up_after_stop_s')} s after the stream stopped);"
+        f" {fresh.get('flushes', 0)} flushes landed during the trials, mean {fresh.get('flush_mean_s')} s,"
+        f" p99 <= {fresh.get('flush_p99_at_most_s')} s; worker CPU {fresh.get('worker_cpu_cores')} cores"
     )
     console.print(
         f"setup: {options['customers']:,} steady + {options['trial_customers']} trial customers"
@@ -614,6 +756,12 @@ def render_entitlements(result: dict, as_json: bool) -> str:
                 f"{phase['others_cpu_share']:.0%}", f"{phase['load_avg_1m']:.2f}",
             )  # fmt: skip
         console.print(busy)
+        noisy = [n for n, p in contention.items() if p["others_cpu_share"] > CONTENTION_WARNING]
+        if noisy:
+            console.print(
+                f"WARNING: other processes used more than {CONTENTION_WARNING:.0%} of the machine during"
+                f" {', '.join(noisy)}: those figures understate the check API; rerun on a quiet machine."
+            )
 
     machine = result["machine"]
     info = Table(title="machine", title_justify="left", show_header=False)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from bastionary.dunning.policy import STATE_ACTIONS, Action, Policy
+from bastionary.rating.money import format_money
 
 NAMESPACE = uuid.UUID("6b0f7f0a-3f57-4bb1-9d4c-2f5f3f1e8a21")
 
@@ -168,13 +169,13 @@ def _notice(case: Case, policy: Policy, n: int, now: datetime) -> dict:
         "step": n,
         "action": step.action.value,
         "days_overdue": max((now - invoice.due_at).days, 0),
-        "amount_due": str(case.amount_due),
+        "amount_due": format_money(case.amount_due, invoice.currency),
         "currency": invoice.currency,
         "due_at": invoice.due_at.isoformat(),
         "issued_at": invoice.issued_at.isoformat(),
         "period_start": invoice.period_start.isoformat(),
         "period_end": invoice.period_end.isoformat(),
-        "invoice_total": str(invoice.total),
+        "invoice_total": format_money(invoice.total, invoice.currency),
         "template": step.template,
         "channels": list(step.channels),
         "recipient_email": case.recipient_email,
