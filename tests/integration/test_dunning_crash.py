@@ -19,7 +19,9 @@ so a kill lands while notices are on the wire):
 
 The test proves the "only in flight" part directly: right after each kill (the worker is
 dead, so nothing moves) it takes the notices a peer has received but ClickHouse has no
-``delivered`` row for; the repeats seen at the end are exactly those, per channel.
+``delivered`` row for. The repeats seen at the end are exactly those notices, per channel;
+the copies the killed worker itself left unrecorded number at most DELIVERY_CONCURRENCY
+per kill and channel, and the total repeats equal their sum (one resend each).
 """
 
 from __future__ import annotations
@@ -95,6 +97,16 @@ def _delivered(stack) -> dict[str, set[str]]:
     return found
 
 
+def _worker_state(stack, worker_id: str) -> str:
+    """For a failure message: is the worker alive, and what did it last complain about."""
+    process = stack.workers.get(worker_id)
+    alive = "not started" if process is None else ("running" if process.poll() is None else process.returncode)
+    log = stack.worker_log(worker_id).splitlines()
+    bad = [line for line in log if any(w in line.lower() for w in ("error", "exception", "crash", "traceback"))]
+    return (f"worker {worker_id} exit code {alive}; last complaints {[line[:400] for line in bad[-5:]]}; "
+            f"log tail {[line[:400] for line in log[-5:]]}")
+
+
 def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
     started = time.monotonic()
     seed = random.randrange(1 << 30)
@@ -158,7 +170,8 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
                 wait_for(lambda: not any(missing().values()), 120, f"every notice of step {step} delivered")
             except TimeoutError:
                 raise AssertionError(f"step {step} notices missing {missing()} after kills "
-                                     f"{[(k.step, k.webhooks_seen) for k in kills]}, seed {seed}") from None
+                                     f"{[(k.step, k.webhooks_seen) for k in kills]}, seed {seed}; "
+                                     f"{_worker_state(stack, 'w1')}") from None
 
         # -- what the peers saw -----------------------------------------------------------------
         hooked, mailed = _hooked(hooks), _mailed(smtp)
@@ -209,7 +222,8 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
             " WHERE kind = 'notice' GROUP BY invoice_id, step")
         assert all(count == 1 for _, _, count, _ in notice_rows), [r for r in notice_rows if r[2] != 1]
         assert {ids[0] for *_, ids in notice_rows} == all_ids
-        assert stack.query("SELECT count() FROM dunning_events FINAL WHERE kind = 'notice' AND published = 0")[0][0] == 0
+        unpublished = "SELECT count() FROM dunning_events FINAL WHERE kind = 'notice' AND published = 0"
+        assert stack.query(unpublished)[0][0] == 0
         delivered_rows = stack.query(
             "SELECT event_id, count() FROM dunning_events FINAL WHERE kind = 'delivered' GROUP BY event_id")
         assert all(count == 1 for _, count in delivered_rows)
