@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import structlog
 
@@ -141,10 +141,13 @@ class Entitlements:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
             except asyncio.TimeoutError:
-                self._dirty |= {c for c, loaded in self._loaded.items() if loaded is not None}
+                now = self.now()
+                self._dirty |= {c for c, loaded in self._loaded.items() if loaded is not None and _clocked(loaded, now)}
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
-            for customer in sorted(dirty):
+            for n, customer in enumerate(sorted(dirty)):
+                if n % 50 == 49:
+                    await asyncio.sleep(0)  # a long sweep must not hold checks up
                 try:
                     await self.reconcile(customer)
                 except UnknownCustomer:
@@ -175,3 +178,11 @@ class Entitlements:
         for change in due:
             log.info("entitlement change", customer_id=customer, kind=change.kind, feature=change.feature)
         return due
+
+
+def _clocked(loaded: Loaded, now: datetime) -> bool:
+    """Access can change with no input: an override starts or ends, or the period ends."""
+    return loaded.stale_at(now) or any(
+        o.effective_at > now - timedelta(minutes=1) or (o.expires_at is not None and o.expires_at > now - timedelta(minutes=1))
+        for o in loaded.state.overrides
+    )

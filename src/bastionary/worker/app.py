@@ -154,10 +154,14 @@ def create_app(
         if on_started is not None:
             await on_started(app)
         interval = settings.flush_interval.total_seconds()
+        started = time.monotonic()
         while True:
+            # A fixed rate, not a fixed pause: a flush that took its time does not push the
+            # next one a whole interval further (usage reaches checks and queries sooner).
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(flush_needed.wait(), timeout=interval)
+                await asyncio.wait_for(flush_needed.wait(), timeout=max(0.05, started + interval - time.monotonic()))
             flush_needed.clear()
+            started = time.monotonic()
             if state["stream"] is None:
                 continue
             try:
