@@ -1,0 +1,175 @@
+"""(b) freshness: a background usage stream, the trial customers, the worker's flushes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import threading
+import time
+from decimal import Decimal
+
+from bastionary.bench.entitlements.constants import (
+    POLL_S,
+    TARGET_FRESHNESS_P99_S,
+    TRIAL_LIMIT,
+    TRIAL_TIMEOUT_S,
+)
+from bastionary.bench.entitlements.figures import _seconds
+from bastionary.bench.entitlements.preparation import _usage
+from bastionary.bench.options import BenchError
+from bastionary.bench.processes import _say
+from bastionary.bench.stack import _Worker
+
+
+class _Background:
+    """A steady stream of single-event usage records from a thread with its own loop and producer."""
+
+    def __init__(self, bootstrap: str, topic: str, customers: list[str], rate: float):
+        self.bootstrap, self.topic, self.customers, self.rate = bootstrap, topic, customers, rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-background-usage", daemon=True)
+        self._error: BaseException | None = None
+        self._stats: dict = {}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(60)
+        self.raise_if_failed()
+        return self._stats
+
+    def raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise BenchError(f"the background usage stream failed: {self._error!r}") from self._error
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._stream())
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self._error = exc
+
+    async def _stream(self) -> None:
+        from bastionary.kafka import UsageProducer
+
+        ends: dict[int, int] = {}
+
+        def acked(future) -> None:
+            if not future.cancelled() and future.exception() is None:
+                meta = future.result()
+                ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+
+        rng = random.Random(11)
+        tag = secrets.token_hex(4)
+        async with UsageProducer(self.bootstrap, linger_ms=5) as producer:
+            started = time.monotonic()
+            sent = 0
+            while not self._stop.is_set():
+                due = int((time.monotonic() - started) * self.rate) + 1
+                while sent < due:
+                    customer = rng.choice(self.customers)
+                    future = await producer.send(self.topic, _usage(customer, f"bg-{tag}-{sent}"),
+                                                 key=customer.encode())
+                    future.add_done_callback(acked)
+                    sent += 1
+                await asyncio.sleep(0.01)
+            seconds = time.monotonic() - started
+            await producer.flush()
+        self._stats = {"events": sent, "seconds": round(seconds, 1), "events_per_s": round(sent / max(seconds, 1e-6)),
+                       "ends": ends}
+
+
+async def _freshness(worker: _Worker, producer, topic: str, check, customers: list[str], flush_s: float,
+                     rng: random.Random) -> dict:
+    from_send: list[float] = []
+    from_ack: list[float] = []
+    missing = 0
+    for n, customer in enumerate(customers):
+        worker.check_alive()
+        # TRIAL_LIMIT - 1 events, landed and counted.
+        futures = [await producer.send(topic, _usage(customer, f"{customer}-{i}"), key=customer.encode())
+                   for i in range(TRIAL_LIMIT - 1)]
+        await asyncio.gather(*futures)
+        deadline = time.monotonic() + TRIAL_TIMEOUT_S
+        while True:
+            status, body = await check(customer)
+            if status == 200 and Decimal(body["usage"]) >= TRIAL_LIMIT - 1:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"trial {customer}: {TRIAL_LIMIT - 1} events not counted in {TRIAL_TIMEOUT_S:.0f}s"
+                                 f" (last {status} {body}); see {worker.log_path}")
+            await asyncio.sleep(0.02)
+        if body["has_access"] is not True:
+            raise BenchError(f"trial {customer}: no access before its limit: {body}")
+        # Anywhere within a flush cycle, as a real event would arrive.
+        await asyncio.sleep(rng.uniform(0, flush_s))
+        before = time.monotonic()
+        future = await producer.send(topic, _usage(customer, f"{customer}-last"), key=customer.encode())
+        await future
+        acked = time.monotonic()
+        deadline = acked + TRIAL_TIMEOUT_S
+        while True:
+            status, body = await check(customer)
+            seen = time.monotonic()
+            if status == 200 and body["has_access"] is False:
+                if body.get("reason") != "exhausted":
+                    raise BenchError(f"trial {customer}: denied for another reason: {body}")
+                from_send.append(seen - before)
+                from_ack.append(seen - acked)
+                break
+            if seen > deadline:
+                missing += 1
+                break
+            await asyncio.sleep(POLL_S)
+        flipped = f"{seen - before:.3f} s" if status == 200 and body["has_access"] is False else "never flipped"
+        _say(f"    trial {n + 1}/{len(customers)}: {flipped}")
+    from_send.sort()
+    from_ack.sort()
+    p99 = _seconds(from_send, 0.99)
+    return {
+        "trials": len(customers),
+        "flipped": len(from_send),
+        "missing": missing,
+        "p50_s": _seconds(from_send, 0.50),
+        "p90_s": _seconds(from_send, 0.90),
+        "p99_s": p99,
+        "max_s": round(from_send[-1], 3) if from_send else None,
+        "min_s": round(from_send[0], 3) if from_send else None,
+        "from_ack_p50_s": _seconds(from_ack, 0.50),
+        "from_ack_p99_s": _seconds(from_ack, 0.99),
+        "target_p99_s": TARGET_FRESHNESS_P99_S,
+        "met": missing == 0 and bool(from_send) and p99 <= TARGET_FRESHNESS_P99_S,
+    }
+
+
+async def _flush_metrics(session, port: int) -> dict[str, float]:
+    """The worker's flush-duration histogram (``/metrics``): sum, count and bucket counts."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(Exception):
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+        for line in text.splitlines():
+            if line.startswith("bastionary_usage_flush_seconds"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+    return out
+
+
+def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Flushes that landed during the freshness trials: how many, how long on average, the slowest bucket."""
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    count = delta.get("bastionary_usage_flush_seconds_count", 0.0)
+    if not count:
+        return {"flushes": 0}
+    buckets = sorted(
+        (float(k.split('le="')[1].split('"')[0]), v) for k, v in delta.items() if k.startswith(
+            "bastionary_usage_flush_seconds_bucket") and "+Inf" not in k)
+    p99_bucket = next((le for le, n in buckets if n >= 0.99 * count), None)
+    return {
+        "flushes": int(count),
+        "flush_mean_s": round(delta.get("bastionary_usage_flush_seconds_sum", 0.0) / count, 3),
+        "flush_p99_at_most_s": p99_bucket,  # the histogram bucket holding the 99th percentile
+    }
