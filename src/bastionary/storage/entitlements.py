@@ -104,16 +104,19 @@ class EntitlementStore:
         ).result_rows
         return Decimal(rows[0][0] or 0) if rows else Decimal(0)
 
-    def changed_customers(self, since: datetime) -> set[str]:
-        """Customers whose subscription, overrides or suspension changed after ``since``."""
+    def changed_rows(self, since: datetime) -> set[tuple[str, str]]:
+        """(customer, row id) of subscription, override and suspension rows received after
+        ``since``: the poll remembers row ids, so one change causes one re-read."""
+        at = "{t:DateTime64(3, 'UTC')}"
         rows = self.client.query(
-            "SELECT customer_id FROM subscriptions WHERE received_at > {t:DateTime64(3, 'UTC')}"
-            " UNION DISTINCT SELECT customer_id FROM entitlement_overrides WHERE received_at > {t:DateTime64(3, 'UTC')}"
-            " UNION DISTINCT SELECT customer_id FROM dunning_events WHERE recorded_at > {t:DateTime64(3, 'UTC')}"
+            f"SELECT customer_id, concat('s:', event_id) FROM subscriptions WHERE received_at > {at}"
+            f" UNION DISTINCT SELECT customer_id, concat('o:', event_id) FROM entitlement_overrides"
+            f" WHERE received_at > {at}"
+            f" UNION DISTINCT SELECT customer_id, concat('d:', event_id) FROM dunning_events WHERE recorded_at > {at}"
             "   AND ((kind = 'notice' AND action = 'suspend') OR kind = 'reinstated')",
             parameters={"t": since},
         ).result_rows
-        return {row[0] for row in rows}
+        return {(customer, row_id) for customer, row_id in rows}
 
     # -- changes -------------------------------------------------------------------------
 

@@ -81,19 +81,22 @@ def install_entitlements(app: faust.App, settings: Settings, catalog: Catalog, c
         """Subscriptions, overrides and dunning suspensions land in ClickHouse from several
         agents and workers; polling it is the one path that sees them all, restarts included."""
         since = datetime.now(timezone.utc)
+        seen: dict[tuple[str, str], datetime] = {}  # rows already acted on, kept while in the window
         reconciler = asyncio.ensure_future(service().run_reconciler())
         try:
             while True:
                 await asyncio.sleep(POLL_SECONDS)
                 now = datetime.now(timezone.utc)
                 try:
-                    changed = await asyncio.to_thread(state["store"].changed_customers, since)
+                    rows = await asyncio.to_thread(state["store"].changed_rows, since)
                 except Exception:
                     log.exception("entitlement change poll failed; retried")
                     continue
                 since = now - POLL_WINDOW
-                if changed:
-                    service().invalidate(changed)
+                fresh = rows - seen.keys()
+                seen = {row: at for row, at in seen.items() if at > since} | {row: now for row in fresh}
+                if fresh:
+                    service().invalidate({customer for customer, _ in fresh})
         finally:
             reconciler.cancel()
 
