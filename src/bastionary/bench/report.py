@@ -166,6 +166,14 @@ def render(result: dict, as_json: bool) -> str:
         f" {rss['flushes']} flushes, the largest {rss['max_flush_events']:,} events{extra}"
     )
 
+    print_contention_and_machine(console, result, "the pipeline")
+    return console.file.getvalue().rstrip()
+
+
+def print_contention_and_machine(console, result: dict, measured: str) -> None:
+    """The CPU each phase had and the machine: both benchmarks end their report with them."""
+    from rich.table import Table
+
     contention = result.get("contention") or {}
     if contention:
         busy = Table(title="CPU during each phase (share of all cores)", title_justify="left")
@@ -181,7 +189,7 @@ def render(result: dict, as_json: bool) -> str:
         if noisy:
             console.print(
                 f"WARNING: other processes used more than {CONTENTION_WARNING:.0%} of the machine during"
-                f" {', '.join(noisy)}: those figures understate the pipeline; rerun on a quiet machine."
+                f" {', '.join(noisy)}: those figures understate {measured}; rerun on a quiet machine."
             )
 
     machine = result["machine"]
@@ -197,4 +205,3 @@ def render(result: dict, as_json: bool) -> str:
     quick = " (quick sizes)" if result["options"].get("quick") else ""
     info.add_row("elapsed", f"{result.get('elapsed_s', 0):.0f} s{quick}")
     console.print(info)
-    return console.file.getvalue().rstrip()

@@ -11,7 +11,7 @@ from bastionary.bench.entitlements.constants import (
     TARGET_CHECK_P99_MS,
     TARGET_FRESHNESS_P99_S,
 )
-from bastionary.bench.options import CONTENTION_WARNING
+from bastionary.bench.report import print_contention_and_machine
 
 # -- figures ---------------------------------------------------------------------------------
 
@@ -119,35 +119,5 @@ def render_entitlements(result: dict, as_json: bool) -> str:
     )
     console.print(f"timing: latency = {options['latency_timing']}; freshness = {options['freshness_timing']}")
 
-    contention = result.get("contention") or {}
-    if contention:
-        busy = Table(title="CPU during each phase (share of all cores)", title_justify="left")
-        for column in ("phase", "seconds", "bench + its children", "other processes", "load avg 1m"):
-            busy.add_column(column, justify="left" if column == "phase" else "right")
-        for name, phase in contention.items():
-            busy.add_row(
-                name, f"{phase['seconds']:.0f}", f"{phase['bench_cpu_share']:.0%}",
-                f"{phase['others_cpu_share']:.0%}", f"{phase['load_avg_1m']:.2f}",
-            )  # fmt: skip
-        console.print(busy)
-        noisy = [n for n, p in contention.items() if p["others_cpu_share"] > CONTENTION_WARNING]
-        if noisy:
-            console.print(
-                f"WARNING: other processes used more than {CONTENTION_WARNING:.0%} of the machine during"
-                f" {', '.join(noisy)}: those figures understate the check API; rerun on a quiet machine."
-            )
-
-    machine = result["machine"]
-    info = Table(title="machine", title_justify="left", show_header=False)
-    info.add_column("key")
-    info.add_column("value")
-    info.add_row("nproc", str(machine.get("nproc")))
-    info.add_row("CPU", str(machine.get("cpu_model")))
-    info.add_row("RAM", f"{machine.get('ram_gb')} GB")
-    info.add_row("python", str(machine.get("python")))
-    versions = ", ".join(f"{p} {machine[p]}" for p in ("faust-streaming", "aiokafka", "chdb") if p in machine)
-    info.add_row("packages", versions)
-    quick = " (quick sizes)" if options.get("quick") else ""
-    info.add_row("elapsed", f"{result.get('elapsed_s', 0):.0f} s{quick}")
-    console.print(info)
+    print_contention_and_machine(console, result, "the check API")
     return console.file.getvalue().rstrip()
