@@ -42,6 +42,9 @@ class Meter(BaseModel):
     aggregation: Aggregation
     value_property: str | None = None
     group_by: dict[str, str] = Field(default_factory=dict)
+    allow_negative: bool = Field(
+        default=False, description="accept values below zero (corrections); otherwise they are dead-lettered"
+    )
     description: str = ""
 
     @field_validator("value_property")

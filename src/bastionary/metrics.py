@@ -27,3 +27,12 @@ FLUSH_SECONDS = Histogram(
 CONSUMER_LAG = Gauge(
     "bastionary_usage_consumer_lag", "Records not yet landed, per partition", ["topic", "partition"], registry=REGISTRY
 )
+LOG_RESETS = Counter(
+    "bastionary_usage_log_resets",
+    "Partitions found holding another log than the one landed from (a new epoch was opened)",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+DEDUPE_PURGED = Counter(
+    "bastionary_dedupe_keys_purged", "Dedupe cache entries dropped past the horizon", registry=REGISTRY
+)

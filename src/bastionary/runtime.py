@@ -13,8 +13,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from bastionary.locks import CLICKHOUSE, owning
 from bastionary.settings import Settings
 from bastionary.storage.clickhouse import gateway_file, open_client
+
+_HELD: list[object] = []  # locks this process keeps until it exits
 
 
 class NoBroker(RuntimeError):
@@ -89,5 +92,15 @@ def connect_clickhouse(settings: Settings, role: str = "writer") -> ClickHouseHa
         # A running worker holds the chdb directory; chdb admits one process per directory.
         client = open_client(gateway_dsn(info, role), info.get("database") or settings.database)
         return ClickHouseHandle(client, False, f"gateway http://{info['host']}:{info['port']}")
+    # This process is about to hold the chdb directory: own it first (chdb's own lock would
+    # only fail later, with a raw error and after the directory was touched).
+    hold_for_process(settings.data_path, CLICKHOUSE)
     client = open_client(dsn, settings.database, create=True)
     return ClickHouseHandle(client, True, f"chdb:{dsn[5:]}")
+
+
+def hold_for_process(data_dir: Path, *parts: str) -> None:
+    """Own ``parts`` of the data dir until this process exits (see :mod:`bastionary.locks`)."""
+    lock = owning(data_dir, *parts)
+    lock.__enter__()
+    _HELD.append(lock)

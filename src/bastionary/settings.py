@@ -6,7 +6,10 @@ environment; code receives a :class:`Settings` instance instead.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -81,6 +84,9 @@ class Settings(BaseSettings):
     dedupe_horizon: IsoDuration = Field(default=timedelta(days=35))
     max_future_skew: IsoDuration = Field(default=timedelta(minutes=5))
     max_record_bytes: int = Field(default=1_048_576, gt=0)
+    max_batch_events: int = Field(
+        default=10_000, gt=0, description="events one batch record may hold; a larger one is one dead letter"
+    )
     usage_partitions: int = Field(default=4, gt=0)
     topic_replication: int = Field(default=1, gt=0)
     flush_interval: IsoDuration = Field(default=timedelta(milliseconds=250))
@@ -88,6 +94,15 @@ class Settings(BaseSettings):
     flush_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="record bytes buffered before a flush")
     kafka_fetch_max_wait: IsoDuration = Field(
         default=timedelta(milliseconds=100), description="how long a fetch may wait for data (Faust fixes 1.5 s)"
+    )
+    log_check_interval: IsoDuration = Field(
+        default=timedelta(seconds=2), description="how often each partition's log is checked against what landed"
+    )
+    dedupe_purge_interval: IsoDuration = Field(
+        default=timedelta(hours=1), description="how often dedupe entries past the horizon are dropped"
+    )
+    stall_timeout: IsoDuration = Field(
+        default=timedelta(seconds=60), description="/healthz fails when waiting records have not moved for this long"
     )
     consumer_group: str = "bastionary"
     kafka_session_timeout: IsoDuration = Field(
@@ -115,7 +130,7 @@ class Settings(BaseSettings):
         description="the clock dunning runs on: system, or file:PATH holding an ISO time (tests, demos)",
     )
     webhook_url: str | None = Field(default=None, description="where dunning notices are POSTed")
-    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key of Bastionary-Signature")
+    webhook_secret: SecretStr | None = Field(default=None, description="Standard Webhooks secret: whsec_<base64 key>")
     webhook_timeout: IsoDuration = Field(default=timedelta(seconds=10))
     webhook_max_attempts: int = Field(default=5, gt=0)
     webhook_backoff: IsoDuration = Field(default=timedelta(seconds=1), description="first retry delay (doubles, jittered)")
@@ -149,6 +164,27 @@ class Settings(BaseSettings):
             scheme = urlsplit(value.get_secret_value()).scheme
             if scheme not in ("chdb", "http", "https"):
                 raise ValueError("scheme must be chdb://, http:// or https://")
+        return value
+
+    @field_validator(
+        "clickhouse_dsn", "query_reader_password", "query_writer_password", "webhook_secret", "smtp_password",
+        "api_keys",
+    )
+    @classmethod
+    def _secrets_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty secret is a mistake (an unset variable in a compose file), never a choice.
+        if value is not None and not value.get_secret_value().strip(" ,"):
+            raise ValueError("is set but empty; unset it, or give it a value")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_strength(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from bastionary.dunning.notify.webhook import secret_bytes
+
+            if len(secret_bytes(value.get_secret_value())) < 16:
+                raise ValueError("must hold at least 16 bytes (Standard Webhooks: whsec_ + base64 of 24-64 bytes)")
         return value
 
     @model_validator(mode="after")
@@ -202,12 +238,9 @@ class Settings(BaseSettings):
         out["clickhouse_dsn"] = urlunsplit(parts) if parts.netloc else self.clickhouse_url()
         for key in ("query_reader_password", "query_writer_password", "webhook_secret", "smtp_password", "api_keys"):
             out[key] = "***" if getattr(self, key) else None
-        for key in (
-            "dedupe_horizon", "max_future_skew", "flush_interval", "kafka_session_timeout", "rating_grace",
-            "rating_interval", "kafka_fetch_max_wait", "dunning_interval", "webhook_timeout", "webhook_backoff",
-            "webhook_backoff_cap",
-        ):
-            out[key] = format_iso_duration(getattr(self, key))
+        for key, field_info in type(self).model_fields.items():
+            if field_info.annotation is timedelta:
+                out[key] = format_iso_duration(getattr(self, key))
         return out
 
 
@@ -215,11 +248,33 @@ class ConfigError(Exception):
     """Raised with every configuration problem listed, not just the first."""
 
 
-def load_settings(**overrides: Any) -> Settings:
+# Names under this prefix belong to the test suite (see tests/README.md); the product never reads them.
+RESERVED_PREFIX = "BASTIONARY_TEST_"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``BASTIONARY_*`` variables that name no setting, each with the closest valid name."""
+    known = {f"BASTIONARY_{name.upper()}" for name in Settings.model_fields}
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("BASTIONARY_") or upper in known or upper.startswith(RESERVED_PREFIX):
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see `bastionary config --help` for the settings"
+        problems.append(f"{name}: not a setting{hint}")
+    return problems
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment; every problem, unknown variables included, reported at once."""
+    problems = unknown_variables(os.environ if environ is None else environ)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        problems = [
+        problems += [
             f"BASTIONARY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
         ]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    return settings

@@ -103,7 +103,16 @@ def test_usage_and_sql_commands_read_the_live_pipeline(stack):
         env=env, capture_output=True, text=True, check=True,
     ).stdout
     assert json.loads(out) == [{"n": 300}]
-    denied = subprocess.run(
-        [".venv/bin/bastionary", "sql", "DROP TABLE usage_events"], env=env, capture_output=True, text=True
-    )
-    assert denied.returncode != 0 and "read-only" in denied.stderr
+    outfile = stack.tmp_path / "written.txt"
+    for statement, says in [
+        ("DROP TABLE usage_events", "DROP is not a read"),
+        (f"SELECT 1 INTO/**/OUTFILE '{outfile}'", "INTO OUTFILE writes a file"),
+        ("SELECT file('/etc/hostname')", "function file() reads the host"),
+        ("SELECT 1; DROP TABLE usage_events", "Multi-statements are not allowed"),
+        ("SELEC 1", "Syntax error"),
+    ]:
+        denied = subprocess.run([".venv/bin/bastionary", "sql", statement], env=env, capture_output=True, text=True)
+        assert denied.returncode == 1 and says in denied.stderr, (statement, denied.stderr)
+        assert denied.stderr.count("\n") == 1  # one line, no traceback
+    assert not outfile.exists()
+    assert stack.query("SELECT count() FROM usage_events")[0][0] == 300

@@ -293,3 +293,168 @@ def test_credentials_repr_hides_passwords():
     assert "secret" not in repr(CREDS)
     generated = GatewayCredentials.generate()
     assert generated.reader_user == "reader" and len(generated.writer_password) >= 24
+
+
+# --- the reader is read-only whatever it sends (decided by the engine's parser) ----------
+
+
+def _refused(port: int, database: str, statement: str, **params: str) -> bytes:
+    """Refused before anything runs: as not a read (164), or as several statements (62)."""
+    status, headers, body = http(port, {"query": statement, "database": database, **params}, None,
+                                 basic("reader", "r-secret"))
+    several = status == 400 and headers["X-ClickHouse-Exception-Code"] == "62" and b"Multi-statements" in body
+    assert several or (status == 403 and headers["X-ClickHouse-Exception-Code"] == "164"), (statement, status, body)
+    return body
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "SELECT 'x' INTO OUTFILE '{path}'",
+        "SELECT 'x' INTO/**/OUTFILE '{path}' TRUNCATE FORMAT RawBLOB",
+        "SELECT 'x' INTO -- a comment\n OUTFILE '{path}' APPEND",
+        "SELECT 'x' into outfile '{path}' AND STDOUT",
+        "SELECT 'x' INTO OUTFILE '{path}' COMPRESSION 'gzip' LEVEL 3",
+        "WITH 1 AS a SELECT a INTO OUTFILE '{path}' FORMAT CSV",
+        "(SELECT 'x') UNION ALL (SELECT 'y') INTO OUTFILE '{path}'",
+        "SHOW TABLES INTO OUTFILE '{path}'",
+        "DESCRIBE events INTO OUTFILE '{path}'",
+        "EXPLAIN SELECT 1 INTO OUTFILE '{path}'",
+        "SELECT 1; SELECT 'x' INTO OUTFILE '{path}'",
+        "SELECT 'INTO OUTFILE' ; SELECT 1 INTO OUTFILE '{path}'",
+    ],
+)
+async def test_no_form_of_into_outfile_writes_a_file(tmp_path, database, gateway, template):
+    path = tmp_path / "v.txt"
+    path.write_text("untouched")
+    await asyncio.to_thread(_refused, gateway, database, template.format(path=path))
+    assert path.read_text() == "untouched"  # neither created, truncated nor appended to
+    missing = tmp_path / "never.txt"
+    await asyncio.to_thread(_refused, gateway, database, template.format(path=missing))
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT * FROM file('/etc/hostname', 'LineAsString')",
+        "SELECT file('/etc/hostname')",  # the scalar one: readonly = 1 alone lets it read any file
+        "SELECT length(FILE('/etc/hostname'))",
+        "SELECT * FROM url('http://127.0.0.1:9/x', 'CSV', 'a String')",
+        "SELECT * FROM s3('http://127.0.0.1:9/b/k.csv', 'CSV', 'a String')",
+        "SELECT * FROM remote('127.0.0.1:9', 'db', 't')",
+        "SELECT * FROM executable('cat /etc/hostname', 'TSV', 'a String')",
+        "SELECT * FROM input('a String')",
+        "SELECT * FROM events JOIN url('http://127.0.0.1:9/x', 'CSV', 'a String') AS u ON 1",
+        "SELECT (SELECT count() FROM file('/etc/hostname', 'LineAsString'))",
+        "SELECT * FROM system.users",
+        "SELECT * FROM system.processes",
+        "SELECT * FROM `system`.`query_log`",
+        "SELECT * FROM other_database.events",
+        "SHOW CREATE TABLE system.users",
+        "EXISTS TABLE system.users",
+        "SET readonly = 0",
+        "SYSTEM FLUSH LOGS",
+        "KILL QUERY WHERE 1",
+        "OPTIMIZE TABLE events FINAL",
+        "TRUNCATE TABLE events",
+        "ALTER TABLE events DELETE WHERE 1",
+        "/* SELECT */ INSERT INTO events (id) VALUES (1)",
+        "-- SELECT\nDROP TABLE events",
+        "SELECT 1; DROP TABLE events",
+        "SELECT 1 SETTINGS readonly = 0",
+        "SELECT 1 SETTINGS max_execution_time = 100000",
+        "SELECT 1 SETTINGS function_sleep_max_microseconds_per_block = 60000000",
+    ],
+)
+async def test_the_reader_cannot_reach_outside_or_change_anything(chdb_client, database, gateway, statement):
+    body = await asyncio.to_thread(_refused, gateway, database, statement)
+    assert b"readonly" in body or b"Multi-statements" in body
+    assert chdb_client.command(f"EXISTS TABLE {database}.events") == 1
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT 'INTO OUTFILE /tmp/x' AS text",
+        "SELECT 1 /* INTO OUTFILE 'x' */",
+        "SELECT 'file(\\'/etc/hostname\\')'",
+        "-- DROP TABLE events\nSELECT count() FROM events",
+        "WITH (SELECT 1) AS one SELECT one",
+        "SELECT * FROM numbers(3)",
+        "SHOW TABLES",
+        "DESCRIBE TABLE events",
+        "EXISTS TABLE events",
+        "EXPLAIN SELECT count() FROM events",
+        "SELECT name FROM system.tables WHERE database = currentDatabase()",
+        "SELECT count() FROM events AS e WHERE e.id IN (SELECT number FROM numbers(2))",
+    ],
+)
+async def test_reads_that_only_look_dangerous_are_answered(database, gateway, statement):
+    status, _, body = await asyncio.to_thread(
+        http, gateway, {"query": statement, "database": database}, None, basic("reader", "r-secret")
+    )
+    assert status == 200, body
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["function_sleep_max_microseconds_per_block", "max_execution_time", "max_result_bytes", "readonly_x",
+     "format_schema", "format_template_resultset", "allow_introspection_functions", "max_memory_usage"],
+)  # fmt: skip
+async def test_settings_in_the_url_cannot_raise_a_readers_limits(database, gateway, setting):
+    await asyncio.to_thread(_refused, gateway, database, "SELECT 1", **{setting: "100000000"})
+
+
+async def test_output_settings_in_the_url_are_allowed(database, gateway):
+    params = {"query": "SELECT toUInt64(1) AS x FORMAT JSONEachRow", "database": database,
+              "output_format_json_quote_64bit_integers": "1"}
+    status, _, body = await asyncio.to_thread(http, gateway, params, None, basic("reader", "r-secret"))
+    assert status == 200 and body.strip() == b'{"x":"1"}'
+
+
+@pytest.fixture
+async def tight_gateway(chdb_client, database):
+    from bastionary.storage.http_gateway import reader_limits
+
+    gw = QueryGateway(chdb_client, CREDS, database=database, reader_limits=reader_limits(1, 10_000))
+    port = await gw.start()
+    yield port
+    await gw.stop()
+
+
+async def test_reader_queries_have_a_time_limit(database, tight_gateway):
+    body = await asyncio.to_thread(
+        _http_error, tight_gateway, database, "SELECT count() FROM numbers(100000000000) WHERE sleepEachRow(0) = 0"
+    )
+    assert b"TIMEOUT_EXCEEDED" in body
+
+
+async def test_reader_results_have_a_size_limit(database, tight_gateway):
+    body = await asyncio.to_thread(_http_error, tight_gateway, database, "SELECT * FROM numbers(1000000)")
+    assert b"TOO_MANY_ROWS_OR_BYTES" in body or b"Limit for result exceeded" in body
+
+
+def _http_error(port: int, database: str, statement: str) -> bytes:
+    status, _, body = http(port, {"query": statement, "database": database}, None, basic("reader", "r-secret"))
+    assert status >= 400, body[:200]
+    return body
+
+
+async def test_a_slow_read_never_holds_up_a_writer(database, gateway):
+    """Readers and writers queue apart: an insert lands while a long read still runs."""
+    finished: list[str] = []
+
+    def slow_read():
+        connect(gateway, database).command("SELECT sleepEachRow(1) FROM numbers(3) FORMAT Null")
+        finished.append("read")
+
+    def insert():
+        connect(gateway, database, "writer").insert("events", ROWS, column_names=COLUMNS)
+        finished.append("insert")
+
+    reading = asyncio.create_task(asyncio.to_thread(slow_read))
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(insert)
+    await reading
+    assert finished == ["insert", "read"]

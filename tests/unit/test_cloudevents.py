@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import orjson
 import pytest
 
-from bastionary.ingest.cloudevents import UsageEvent, member_bytes, parse_record, payload_hash
+from bastionary.ingest.cloudevents import RecordLimits, UsageEvent, member_bytes, parse_record, payload_hash
 from bastionary.ingest.errors import ErrorClass, Rejection
 
 # The broker timestamp every record in this file carries: 2024-05-01T12:00:00Z.
@@ -32,10 +33,10 @@ def event(**overrides) -> dict:
     return {k: v for k, v in base.items() if v is not _DROP}
 
 
-def parse(value, headers=None, *, ts_ms=RECORD_TS_MS, limit=LIMIT, skew=SKEW):
+def parse(value, headers=None, *, ts_ms=RECORD_TS_MS, limit=LIMIT, skew=SKEW, max_batch=10_000, key=None):
     if not isinstance(value, (bytes, type(None))):
         value = orjson.dumps(value)
-    return parse_record(value, headers, ts_ms, limit, skew)
+    return parse_record(value, headers, ts_ms, RecordLimits(limit, max_batch, skew), key)
 
 
 def only_member(parsed):
@@ -311,14 +312,109 @@ def test_error_class_values_are_the_header_codes():
     assert {c.value for c in ErrorClass} == {
         "invalid_encoding",
         "invalid_json",
+        "nesting_too_deep",
         "not_cloudevent",
         "invalid_time",
         "future_time",
+        "invalid_record_timestamp",
         "invalid_meter_value",
+        "value_out_of_range",
+        "negative_value",
         "record_too_large",
+        "batch_too_large",
         "empty_batch",
         "duplicate_conflict",
+        "internal_error",
     }
+
+
+# --- hostile input: encodings, nesting, batch size, broker timestamps ----------------
+
+
+def test_a_record_key_that_is_not_utf8_is_invalid_encoding():
+    assert parse(event(), key=b"cust-\xff").rejection.code is ErrorClass.INVALID_ENCODING
+    assert only_member(parse(event(), key="cust-é".encode())).event is not None
+
+
+def test_a_binary_mode_subject_that_is_not_utf8_is_rejected_never_patched():
+    # Two customers whose ids differ only in invalid bytes must never merge into one.
+    headers = [(name, b"cust-\xff\xfe" if name == "ce_subject" else value) for name, value in ce_headers()]
+    parsed = parse({"gb": 1}, headers)
+    assert parsed.rejection.code is ErrorClass.INVALID_ENCODING
+    assert "ce_subject" in parsed.rejection.message
+
+
+def test_a_ce_header_name_the_transport_escaped_is_invalid_encoding():
+    headers = ce_headers() + [("ce_\udcff", b"x")]  # how a non-UTF-8 header name arrives
+    assert parse({"gb": 1}, headers).rejection.code is ErrorClass.INVALID_ENCODING
+    other = ce_headers() + [("x-\udcff", b"x")]  # not part of the contract: ignored
+    assert only_member(parse({"gb": 1}, other)).event is not None
+
+
+def test_a_ce_header_with_no_value_is_a_missing_attribute():
+    headers = [(name, None if name == "ce_subject" else value) for name, value in ce_headers()]
+    assert rejection_code(parse({"gb": 1}, headers)) is ErrorClass.NOT_CLOUDEVENT
+
+
+def nested(depth: int) -> bytes:
+    """An event whose JSON nests ``depth`` levels, counting the event object itself."""
+    data = b'{"a":' * (depth - 1) + b"1" + b"}" * (depth - 1)
+    return orjson.dumps(event(data={})).replace(b'"data":{}', b'"data":' + data)
+
+
+def test_nesting_is_accepted_up_to_the_limit_and_rejected_beyond_it():
+    from bastionary.ingest.cloudevents import MAX_NESTING_DEPTH
+
+    assert MAX_NESTING_DEPTH == 254  # orjson's limit: if it moves, the contract must say so
+    assert only_member(parse(nested(MAX_NESTING_DEPTH))).event is not None
+    assert rejection_code(parse(nested(MAX_NESTING_DEPTH + 1))) is ErrorClass.NESTING_TOO_DEEP
+    assert rejection_code(parse(nested(300))) is ErrorClass.NESTING_TOO_DEEP
+
+
+def test_a_record_nested_beyond_what_the_decoder_reads_is_nesting_too_deep():
+    value = b"[" * 2000 + b"]" * 2000
+    assert parse(value).rejection.code is ErrorClass.NESTING_TOO_DEEP
+
+
+def test_a_deep_batch_member_is_rejected_alone_and_its_dead_letter_value_is_empty():
+    value = b"[" + orjson.dumps(event(id="ok")) + b"," + nested(300) + b"]"
+    parsed = parse(value)
+    assert [m.event.id if m.event else m.rejection.code for m in parsed.members] == ["ok", ErrorClass.NESTING_TOO_DEEP]
+    assert member_bytes(value, parsed, parsed.members[1]) == b""
+
+
+def test_batches_are_capped_and_an_oversize_batch_is_one_rejection():
+    assert len(parse([event(id=str(i)) for i in range(5)], max_batch=5).members) == 5
+    too_many = parse([event(id=str(i)) for i in range(6)], max_batch=5)
+    assert too_many.members == [] and too_many.rejection.code is ErrorClass.BATCH_TOO_LARGE
+    assert "limit 5" in too_many.rejection.message
+
+
+@pytest.mark.parametrize("ts_ms", [-1, -(2**63), 4_291_747_200_000, 2**63 - 1])
+def test_a_kafka_timestamp_outside_the_storable_range_is_rejected(ts_ms):
+    parsed = parse(event(), ts_ms=ts_ms)
+    assert parsed.rejection.code is ErrorClass.INVALID_RECORD_TIMESTAMP
+
+
+def test_big_numbers_keep_every_digit_in_the_exact_decode():
+    value = orjson.dumps(event(data={"v": 1})).replace(b'"v":1', b'"v":18446744073709551617.25')
+    parsed = parse(value)
+    member = only_member(parsed)
+    assert isinstance(member.raw["data"]["v"], float)  # what the fast decoder can give
+    assert parsed.exact_data(0) == {"v": Decimal("18446744073709551617.25")}
+    assert parsed.stored_data(member) == '{"v":18446744073709551617.25}'
+
+
+def test_stored_data_is_the_fast_encoding_until_an_exact_decode_was_needed():
+    parsed = parse(event(data={"v": 2, "w": "x"}))
+    assert parsed.stored_data(only_member(parsed)) == '{"v":2,"w":"x"}'
+
+
+def test_exact_data_of_binary_and_batch_records():
+    binary = parse(b'{"gb": 0.1}', ce_headers())
+    assert binary.exact_data(0) == {"gb": Decimal("0.1")}
+    batch = parse(b"[" + orjson.dumps(event(id="a")) + b"," + orjson.dumps(event(id="b", data={"v": 2.5})) + b"]")
+    assert batch.exact_data(1) == {"v": Decimal("2.5")}
 
 
 # --- payload hash ----------------------------------------------------------------------

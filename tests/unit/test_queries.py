@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from bastionary.catalog import parse_catalog
-from bastionary.storage.queries import VALUE_EXPRESSIONS, is_read_only, usage_query
+from bastionary.storage.queries import VALUE_EXPRESSIONS, usage_query
 
 CATALOG = parse_catalog(
     {
@@ -122,51 +122,3 @@ def test_value_expressions_match_the_rollup_merges():
         "toDecimal128(length(groupUniqArrayArray(unique_values)), 9)",
         "tupleElement(max(latest), 2)",
     }
-
-
-# --- is_read_only ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SELECT 1",
-        "select * from usage_events",
-        "  \n\tSELECT 1",
-        "(SELECT 1) UNION ALL (SELECT 2)",
-        "WITH t AS (SELECT 1) SELECT * FROM t",
-        "SHOW TABLES",
-        "DESCRIBE usage_events",
-        "desc usage_events",
-        "EXISTS TABLE usage_events",
-        "EXPLAIN SELECT 1",
-        "SELECT 1;",
-        "SELECT 1 ;  \n",
-        "SELECT\n1",
-    ],
-)
-def test_read_only_statements(sql):
-    assert is_read_only(sql)
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "",
-        "   ",
-        "INSERT INTO usage_events VALUES (1)",
-        "DROP TABLE usage_events",
-        "ALTER TABLE usage_events DELETE WHERE 1",
-        "TRUNCATE usage_events",
-        "CREATE TABLE x (a Int8) ENGINE = Memory",
-        "OPTIMIZE TABLE usage_rollup_1m",
-        "SYSTEM STOP MERGES",
-        "SELECT 1; DROP TABLE usage_events",
-        "SELECT 1;DROP TABLE usage_events;",
-        "SELECTED 1",
-        "-- comment\nSELECT 1",  # conservatively refused
-        "\rDROP TABLE usage_events",
-    ],
-)
-def test_statements_that_are_not_read_only(sql):
-    assert not is_read_only(sql)

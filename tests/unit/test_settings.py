@@ -72,10 +72,42 @@ def test_overrides_win_over_the_environment(monkeypatch):
     assert load_settings().usage_partitions == 8
 
 
-def test_unrelated_variables_are_ignored(monkeypatch):
-    monkeypatch.setenv("BASTIONARY_NOT_A_SETTING", "whatever")
+def test_variables_without_the_prefix_are_ignored(monkeypatch):
     monkeypatch.setenv("DEDUPE_HORIZON", "nonsense")
     assert load_settings().dedupe_horizon == timedelta(days=35)
+
+
+def test_a_misspelled_variable_fails_naming_the_closest_setting(monkeypatch):
+    message = config_error(monkeypatch, DEDUP_HORIZON="P7D", FLUSH_INTERVALL="PT1S", NOT_A_SETTING="x")
+    assert "BASTIONARY_DEDUP_HORIZON: not a setting; did you mean BASTIONARY_DEDUPE_HORIZON?" in message
+    assert "BASTIONARY_FLUSH_INTERVALL: not a setting; did you mean BASTIONARY_FLUSH_INTERVAL?" in message
+    assert "BASTIONARY_NOT_A_SETTING: not a setting" in message
+
+
+def test_the_test_suites_own_variables_are_not_settings_and_not_errors(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_TEST_KAFKA_BOOTSTRAP", "localhost:9092")
+    assert load_settings().kafka_bootstrap is None
+
+
+@pytest.mark.parametrize("name", ["WEBHOOK_SECRET", "API_KEYS", "SMTP_PASSWORD", "QUERY_READER_PASSWORD",
+                                  "QUERY_WRITER_PASSWORD"])
+def test_empty_secrets_are_refused_at_start_up(monkeypatch, name):
+    for empty in ("", "  ", ","):
+        message = config_error(monkeypatch, **{name: empty})
+        assert f"BASTIONARY_{name}" in message and "empty" in message
+
+
+def test_a_short_webhook_secret_is_refused(monkeypatch):
+    assert "16 bytes" in config_error(monkeypatch, WEBHOOK_SECRET="short")
+    assert load_settings(webhook_secret="whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY").webhook_secret
+
+
+@given(st.dictionaries(st.from_regex(r"BASTIONARY_[A-Z_]{1,30}", fullmatch=True), st.text(max_size=5), max_size=5))
+def test_unknown_variable_check_never_raises(environ):
+    from bastionary.settings import unknown_variables
+
+    for problem in unknown_variables(environ):
+        assert problem.startswith("BASTIONARY_") and "not a setting" in problem
 
 
 def test_a_single_bad_variable_is_named(monkeypatch):
@@ -256,8 +288,8 @@ def test_dunning_and_api_settings():
         load_settings(webhook_url="https://hooks.example.com/dunning")
     with _pytest.raises(ConfigError, match="BASTIONARY_CLOCK"):
         load_settings(clock="tomorrow")
-    settings = load_settings(webhook_url="https://hooks.example.com/x", webhook_secret="s3cret", api_keys=" a, b ,",
-                             smtp_password="pw")
+    settings = load_settings(webhook_url="https://hooks.example.com/x", webhook_secret="s3cret-of-sixteen-bytes",
+                             api_keys=" a, b ,", smtp_password="pw")
     assert [k.get_secret_value() for k in settings.api_key_list] == ["a", "b"]
     shown = settings.redacted()
     assert shown["webhook_secret"] == shown["smtp_password"] == shown["api_keys"] == "***"

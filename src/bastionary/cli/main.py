@@ -21,16 +21,18 @@ from bastionary.cli.common import reader_client as _reader_client
 from bastionary.cli.common import settings_or_exit as _settings
 from bastionary.cli.dunning import clock, dunning
 from bastionary.cli.entitlements import entitlements
+from bastionary.locks import BROKER, DataDirInUse
 from bastionary.logs import configure_logging
 from bastionary.runtime import (
     KafkaTarget,
     NoBroker,
     connect_clickhouse,
+    hold_for_process,
     resolve_kafka,
     write_broker_file,
 )
 from bastionary.settings import Settings
-from bastionary.storage.queries import is_read_only, usage_query
+from bastionary.storage.queries import usage_query
 from bastionary.topics import Topics
 
 
@@ -40,7 +42,7 @@ def _fail_cleanly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (CatalogError, NoBroker) as exc:
+        except (CatalogError, NoBroker, DataDirInUse) as exc:
             raise click.ClickException(str(exc)) from None
 
     wrapper.__name__ = fn.__name__
@@ -74,7 +76,10 @@ def broker(port: int | None) -> None:
     from bastionary.embedded.broker import EmbeddedBroker
 
     settings = _settings()
+    hold_for_process(settings.data_path, BROKER)
     with EmbeddedBroker(settings.data_path, port) as embedded:
+        # Bastionary's topics exist before any producer can create them with other partition counts.
+        _create_topics(settings, embedded.bootstrap)
         write_broker_file(settings, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
         click.echo(f"broker ready: {embedded.bootstrap} (Ctrl-C stops it)")
         _wait_for_signal()
@@ -147,11 +152,16 @@ def run() -> None:
         _create_topics(settings, target.bootstrap)
         run_worker(settings, target)
         return
+    hold_for_process(settings.data_path, BROKER)
+
+    def announce(embedded: EmbeddedBroker) -> None:
+        _create_topics(settings, embedded.bootstrap)
+        write_broker_file(settings, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
+
     with EmbeddedBroker(settings.data_path) as embedded:
-        target = KafkaTarget(embedded.bootstrap, embedded.started_at_ms)
-        write_broker_file(settings, target)
-        _create_topics(settings, target.bootstrap)
-        run_worker(settings, target)
+        announce(embedded)
+        embedded.supervise(announce)
+        run_worker(settings, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
 
 
 @cli.command()
@@ -231,6 +241,13 @@ def produce(source, topic: str | None, events_per_record: int) -> None:
     click.echo(f"published {events} events in {records} records to {topic}")
 
 
+def _engine_message(exc: Exception) -> str:
+    """ClickHouse's own words, without the client's wrapping."""
+    text = str(exc)
+    text = text[text.find("Code: "):] if "Code: " in text else text
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -275,15 +292,24 @@ def usage(meter, customer, start, end, window, group_by, fmt) -> None:
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def sql(query: str, fmt: str) -> None:
-    """Run a read-only query (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)."""
-    if not is_read_only(query):
-        raise click.ClickException("only one read-only statement is allowed (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN)")
+    """Run one read-only statement (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN).
+
+    ClickHouse's own parser decides what is a read, by the rule the query gateway applies."""
+    from bastionary.storage.readonly_sql import NotReadOnly, checked_statement, tab_separated_text
+
     settings = _settings()
     client = _reader_client(settings)
+
+    def run(statement: str) -> str:
+        return tab_separated_text(client.raw_query(statement))
+
     try:
-        result = client.query(query, settings={"readonly": 2} if not settings.embedded_clickhouse else None)
+        statement = checked_statement(run, query, settings.database)
+        result = client.query(statement, settings={"readonly": 2} if not settings.embedded_clickhouse else None)
+    except NotReadOnly as refused:
+        raise click.ClickException(f"not run: {refused}; `bastionary sql` runs reads only") from None
     except Exception as exc:
-        raise click.ClickException(str(exc).splitlines()[0]) from None
+        raise click.ClickException(_engine_message(exc)) from None
     rows = [[_jsonable(v) for v in row] for row in result.result_rows]
     _emit(list(result.column_names), rows, fmt)
 

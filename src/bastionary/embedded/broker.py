@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -41,6 +43,7 @@ class EmbeddedBroker:
         self.log_path = data_dir / "logs" / "broker.log"
         self._process: subprocess.Popen | None = None
         self.started_at_ms = 0
+        self._stopping = threading.Event()
 
     @property
     def bootstrap(self) -> str:
@@ -75,7 +78,34 @@ class EmbeddedBroker:
         self.stop()
         raise BrokerError(f"broker not ready on {self.bootstrap} after {timeout}s; see {self.log_path}")
 
+    def supervise(self, on_restart: Callable[["EmbeddedBroker"], None], poll: float = 0.5) -> None:
+        """Start the broker again, on the same port, whenever it dies; ``on_restart`` then sees it.
+
+        Its topics lived in memory, so the restarted broker holds new, empty logs: the workers
+        notice (see metering/logs.py) and land whatever is produced to them from offset 0.
+        """
+
+        def watch() -> None:
+            while not self._stopping.wait(poll):
+                process = self._process
+                if process is None or process.poll() is None:
+                    continue
+                log.warning(
+                    "embedded broker exited; starting it again on the same port (its topics were in memory:"
+                    " records produced before and not yet landed are lost)",
+                    returncode=process.returncode,
+                    bootstrap=self.bootstrap,
+                )
+                try:
+                    self.start()
+                    on_restart(self)
+                except Exception:
+                    log.exception("embedded broker restart failed; trying again")
+
+        threading.Thread(target=watch, name="broker-supervisor", daemon=True).start()
+
     def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return

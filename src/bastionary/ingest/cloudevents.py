@@ -2,17 +2,20 @@
 
 A Kafka record becomes a list of members; each member is either a validated
 :class:`UsageEvent` or a :class:`Rejection`. Validation depends only on the record (its
-bytes, headers and broker timestamp), never on the wall clock, so a replayed record is
-judged exactly as it was the first time.
+key, bytes, headers and broker timestamp), never on the wall clock, so a replayed record is
+judged exactly as it was the first time. Whatever bytes arrive, :func:`parse_record`
+returns; it never raises.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from hashlib import blake2b
 from typing import Any, Literal
 
+import msgspec
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
@@ -22,6 +25,20 @@ REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
 # The range of ClickHouse DateTime, which the 1-minute rollup windows use.
 _EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
+_LATEST_MS = int(_LATEST.timestamp() * 1000)
+# orjson serialises at most 254 nested levels; the payload hash serialises each event, so an
+# event nested deeper is rejected by that limit, the same way on every run (a replay must
+# judge a record as before). tests/unit/test_cloudevents.py pins the number.
+MAX_NESTING_DEPTH = 254
+_EXACT_JSON = msgspec.json.Decoder(float_hook=Decimal)
+_EXACT_ENCODER = msgspec.json.Encoder(decimal_format="number")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLimits:
+    max_record_bytes: int
+    max_batch_events: int
+    max_future_skew: timedelta
 
 
 class UsageEvent(BaseModel):
@@ -73,36 +90,79 @@ class ParsedRecord:
     members: list[RecordMember]
     rejection: Rejection | None = None  # the whole record was unusable
     batch: bool = False
+    value: bytes = b""
+    binary: bool = False
+    _exact: Any = field(default=None, repr=False)
+
+    def exact_data(self, index: int) -> Any:
+        """Member ``index``'s ``data`` decoded with every number exact (ints of any size,
+        decimals as :class:`Decimal`), for the rare values orjson can only give as floats.
+
+        Decoded once per record, on first use; the record had already decoded as JSON and
+        passed the nesting limit, so this cannot fail on depth.
+        """
+        if self._exact is None:
+            self._exact = _EXACT_JSON.decode(self.value)
+        if self.binary:
+            return self._exact
+        member = self._exact[index] if self.batch else self._exact
+        return member.get("data", {})
+
+    def stored_data(self, member: RecordMember) -> str:
+        """The JSON text stored in ``usage_events.data``: exact digits wherever the exact
+        decode was needed, so the raw table re-derives every meter value."""
+        if self._exact is not None:
+            return _EXACT_ENCODER.encode(self.exact_data(member.index)).decode()
+        return orjson.dumps(member.raw.get("data", {})).decode()
 
 
 def parse_record(
     value: bytes | None,
-    headers: list[tuple[str, bytes]] | None,
+    headers: list[tuple[str, bytes | None]] | None,
     record_timestamp_ms: int,
-    max_record_bytes: int,
-    max_future_skew: timedelta,
+    limits: RecordLimits,
+    key: bytes | None = None,
 ) -> ParsedRecord:
     if value is None:
         return ParsedRecord([], Rejection(ErrorClass.INVALID_JSON, "record has no value (tombstone)"))
-    if len(value) > max_record_bytes:
+    if len(value) > limits.max_record_bytes:
         return ParsedRecord(
-            [], Rejection(ErrorClass.RECORD_TOO_LARGE, f"record is {len(value)} bytes; limit {max_record_bytes}")
+            [], Rejection(ErrorClass.RECORD_TOO_LARGE, f"record is {len(value)} bytes; limit {limits.max_record_bytes}")
         )
-    binary_attrs = _binary_mode_attributes(headers)
+    if not 0 <= record_timestamp_ms < _LATEST_MS:
+        return ParsedRecord(
+            [],
+            Rejection(
+                ErrorClass.INVALID_RECORD_TIMESTAMP,
+                f"the record's Kafka timestamp {record_timestamp_ms} ms is outside 1970-01-01 .. 2105-12-31",
+            ),
+        )
+    if key is not None and not _is_utf8(key):
+        return ParsedRecord([], Rejection(ErrorClass.INVALID_ENCODING, "record key is not UTF-8"))
+    try:
+        binary_attrs = _binary_mode_attributes(headers)
+    except Rejection as rejection:
+        return ParsedRecord([], rejection)
     try:
         decoded = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return ParsedRecord([], _decode_rejection(value, exc))
+    latest_allowed = datetime.fromtimestamp(record_timestamp_ms / 1000, tz=timezone.utc) + limits.max_future_skew
     if binary_attrs is not None:
         binary_attrs["data"] = decoded
-        decoded = binary_attrs
-    latest_allowed = datetime.fromtimestamp(record_timestamp_ms / 1000, tz=timezone.utc) + max_future_skew
+        return ParsedRecord([_member(0, binary_attrs, latest_allowed)], value=value, binary=True)
     if isinstance(decoded, list):
         if not decoded:
             return ParsedRecord([], Rejection(ErrorClass.EMPTY_BATCH, "batch record holds no events"), batch=True)
+        if len(decoded) > limits.max_batch_events:
+            rejection = Rejection(
+                ErrorClass.BATCH_TOO_LARGE,
+                f"batch holds {len(decoded)} events; limit {limits.max_batch_events} (BASTIONARY_MAX_BATCH_EVENTS)",
+            )
+            return ParsedRecord([], rejection, batch=True)
         members = [_member(i, raw, latest_allowed) for i, raw in enumerate(decoded)]
-        return ParsedRecord(members, batch=True)
-    return ParsedRecord([_member(0, decoded, latest_allowed)])
+        return ParsedRecord(members, batch=True, value=value)
+    return ParsedRecord([_member(0, decoded, latest_allowed)], value=value)
 
 
 def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
@@ -120,8 +180,14 @@ def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
             ErrorClass.FUTURE_TIME, f"time {event.time.isoformat()} is after {latest_allowed.isoformat()}"
         )
         return member
+    try:
+        member.payload_hash = payload_hash(raw, event)
+    except TypeError:  # orjson's "Recursion limit reached": deeper than MAX_NESTING_DEPTH
+        member.rejection = Rejection(
+            ErrorClass.NESTING_TOO_DEEP, f"the event nests more than {MAX_NESTING_DEPTH} levels deep"
+        )
+        return member
     member.event = event
-    member.payload_hash = payload_hash(raw, event)
     return member
 
 
@@ -139,9 +205,17 @@ def _validation_rejection(raw: dict[str, Any], exc: ValidationError) -> Rejectio
     errors = exc.errors(include_url=False)
     time_errors = [e for e in errors if e["loc"][:1] == ("time",) and e["type"] != "missing"]
     if time_errors and len(time_errors) == len(errors):
-        return Rejection(ErrorClass.INVALID_TIME, f"time {raw.get('time')!r} is not RFC 3339: {time_errors[0]['msg']}")
+        return Rejection(
+            ErrorClass.INVALID_TIME, f"time {_preview(raw.get('time'))} is not RFC 3339: {time_errors[0]['msg']}"
+        )
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
     return Rejection(ErrorClass.NOT_CLOUDEVENT, detail)
+
+
+def _preview(value: Any) -> str:
+    """A bounded repr for error messages: a hostile value must not make a huge header."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _decode_rejection(value: bytes, exc: orjson.JSONDecodeError) -> Rejection:
@@ -149,24 +223,59 @@ def _decode_rejection(value: bytes, exc: orjson.JSONDecodeError) -> Rejection:
         value.decode("utf-8")
     except UnicodeDecodeError as uexc:
         return Rejection(ErrorClass.INVALID_ENCODING, f"value is not UTF-8: {uexc.reason} at byte {uexc.start}")
+    if "depth limit" in str(exc):  # orjson decodes at most 1024 levels
+        return Rejection(ErrorClass.NESTING_TOO_DEEP, f"the record nests more than {MAX_NESTING_DEPTH} levels deep")
+    if "infinity" in str(exc):  # valid JSON, but a number no double (nor any meter) can hold
+        return Rejection(ErrorClass.VALUE_OUT_OF_RANGE, f"the record holds a number out of any range: {exc}")
     return Rejection(ErrorClass.INVALID_JSON, f"value is not JSON: {exc}")
 
 
-def _binary_mode_attributes(headers: list[tuple[str, bytes]] | None) -> dict[str, Any] | None:
-    """CloudEvents Kafka binary mode: attributes in ``ce_*`` headers, ``data`` in the value."""
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _binary_mode_attributes(headers: list[tuple[str, bytes | None]] | None) -> dict[str, Any] | None:
+    """CloudEvents Kafka binary mode: attributes in ``ce_*`` headers, ``data`` in the value.
+
+    An attribute that is not UTF-8 rejects the record rather than being patched with
+    replacement characters: two customers' ids must never merge into one.
+    """
     if not headers:
         return None
     attrs: dict[str, Any] = {}
     for name, value in headers:
-        if name.startswith("ce_"):
-            attrs[name[3:]] = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+        if not name.startswith("ce_"):
+            continue
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # the transport decoded a non-UTF-8 name with escapes
+            shown = name.encode("utf-8", "backslashreplace").decode()
+            raise Rejection(ErrorClass.INVALID_ENCODING, f"header name {shown!r} is not UTF-8") from None
+        if value is None:
+            attrs[name[3:]] = None
+            continue
+        try:
+            attrs[name[3:]] = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise Rejection(ErrorClass.INVALID_ENCODING, f"header {name} is not UTF-8") from None
     if "specversion" not in attrs:
         return None
     return attrs
 
 
 def member_bytes(record_value: bytes, parsed: ParsedRecord, member: RecordMember) -> bytes:
-    """What a dead letter carries: the record's own bytes, or the member re-encoded for a batch."""
+    """What a dead letter carries: the record's own bytes, or the member re-encoded for a batch.
+
+    A member too deeply nested to re-encode carries nothing; its ``source.offset`` and
+    ``source.index`` headers still point at it in the original record.
+    """
     if not parsed.batch:
         return record_value
-    return orjson.dumps(member.raw)
+    try:
+        return orjson.dumps(member.raw)
+    except TypeError:
+        return b""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from decimal import Context, Decimal, DecimalException, Inexact, InvalidOperation
 from typing import Any
 
 import orjson
@@ -13,9 +15,15 @@ from bastionary.ingest.cloudevents import UsageEvent
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.ingest.jsonpath import MISSING, extract
 
-VALUE_QUANTUM = Decimal("0.000000001")  # Decimal(38, 9) in ClickHouse
-VALUE_LIMIT = Decimal("1e29")  # 38 digits minus the 9 fractional ones
-_CONTEXT = Context(prec=38)
+VALUE_QUANTUM = Decimal("0.000000001")  # the 9 fractional digits of Decimal(38, 9) in ClickHouse
+# At most 18 integer digits per value, so that the rollup sums of Decimal(38, 9) (29 integer
+# digits) hold 10^11 values at the limit without overflow: no hostile value can make a sum
+# that ClickHouse or the rater cannot hold.
+VALUE_LIMIT = Decimal("1e18")
+_IDENTITY_LIMIT = Decimal("1e38")  # UNIQUE_COUNT numbers are ids, never summed
+_CONTEXT = Context(prec=48)
+_EXACT = Context(prec=48, traps=[InvalidOperation, Inexact])  # quantize raises rather than rounds
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 Group = tuple[tuple[str, str], ...]
 
@@ -45,11 +53,13 @@ class MeterIndex:
             compiled = _CompiledMeter(meter, meter.value_steps, tuple(sorted(meter.group_steps.items())))
             self._by_type.setdefault(meter.event_type, []).append(compiled)
 
-    def readings(self, event: UsageEvent) -> list[Reading]:
+    def readings(self, event: UsageEvent, exact_data: Callable[[], Any]) -> list[Reading]:
         """Every meter's reading, or :class:`Rejection` if any meter cannot read the event.
 
         All-or-nothing: an event is stored only if every meter it feeds can count it, so the
-        raw events table always re-derives the rollups.
+        raw events table always re-derives the rollups. ``exact_data()`` gives the event's
+        ``data`` with exact numbers; it is called only for a value the fast decoder could
+        give as a float alone.
         """
         meters = self._by_type.get(event.type)
         if not meters:
@@ -64,6 +74,8 @@ class MeterIndex:
                 out.append(Reading(meter.key, aggregation, group))
                 continue
             raw = extract(data, compiled.value_steps)
+            if isinstance(raw, float):
+                raw = _exact_value(meter, exact_data, compiled.value_steps)
             if aggregation is Aggregation.UNIQUE_COUNT:
                 out.append(Reading(meter.key, aggregation, group, unique=unique_value(meter, raw)))
             else:
@@ -72,39 +84,85 @@ class MeterIndex:
 
 
 def numeric_value(meter: Meter, raw: Any) -> Decimal:
+    """The meter's value with 9 fractional digits, exactly, or a :class:`Rejection` saying why not.
+
+    JSON numbers (``raw`` as int, or Decimal from the exact decode) and plain decimal
+    strings (``"12.5"``, ``"-3"``) count. Nothing is rounded: a value with more than 18 integer
+    or 9 fractional digits is ``value_out_of_range``, and a negative one is ``negative_value`` unless
+    the meter says ``allow_negative``.
+    """
     if raw is MISSING:
         raise Rejection(ErrorClass.INVALID_METER_VALUE, f"meter {meter.key}: {meter.value_property} is missing")
-    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+    if isinstance(raw, str) and _PLAIN_DECIMAL.fullmatch(raw):
+        value = Decimal(raw)
+    elif isinstance(raw, (int, Decimal)) and not isinstance(raw, bool):
+        value = Decimal(raw)
+    else:
         raise Rejection(
-            ErrorClass.INVALID_METER_VALUE, f"meter {meter.key}: {meter.value_property} is not a number: {raw!r}"
+            ErrorClass.INVALID_METER_VALUE,
+            f"meter {meter.key}: {meter.value_property} is not a JSON number or a plain decimal string: {_shown(raw)}",
         )
+    exact = _exact_at_scale(value)
+    if exact is None:
+        raise Rejection(
+            ErrorClass.VALUE_OUT_OF_RANGE,
+            f"meter {meter.key}: {meter.value_property} = {_shown(raw)} is out of range: at most 18 integer"
+            " and 9 fractional digits, nothing is rounded",
+        )
+    if exact < 0 and not meter.allow_negative:
+        raise Rejection(
+            ErrorClass.NEGATIVE_VALUE,
+            f"meter {meter.key}: {meter.value_property} = {_shown(raw)} is negative and the meter does not"
+            " allow_negative",
+        )
+    return exact
+
+
+def _exact_value(meter: Meter, exact_data: Callable[[], Any], steps: tuple[str | int, ...] | None) -> Any:
     try:
-        value = Decimal(str(raw).strip())
-    except InvalidOperation:
-        value = Decimal("NaN")
+        return extract(exact_data(), steps)
+    except ValueError:  # an integer literal longer than Python converts (4,300 digits)
+        raise Rejection(
+            ErrorClass.VALUE_OUT_OF_RANGE, f"meter {meter.key}: {meter.value_property} has too many digits"
+        ) from None
+
+
+def _exact_at_scale(value: Decimal, limit: Decimal = VALUE_LIMIT) -> Decimal | None:
+    if not value.is_finite() or value.copy_abs() >= limit:
+        return None
     try:
-        if value.is_finite() and value.copy_abs() < VALUE_LIMIT:
-            quantized = value.quantize(VALUE_QUANTUM, rounding=ROUND_HALF_EVEN, context=_CONTEXT)
-            if quantized.copy_abs() < VALUE_LIMIT:
-                return quantized
-    except InvalidOperation:
-        pass  # rounds up to 1e29: out of range like the rest
-    raise Rejection(
-        ErrorClass.INVALID_METER_VALUE,
-        f"meter {meter.key}: {meter.value_property} is not a finite number below 1e29: {raw!r}",
-    )
+        quantized = value.quantize(VALUE_QUANTUM, context=_EXACT)
+    except DecimalException:  # Inexact: it had more than 9 fractional digits
+        return None
+    return quantized if quantized == value else None
 
 
 def unique_value(meter: Meter, raw: Any) -> str:
+    """A UNIQUE_COUNT value as text: strings as they are, numbers in plain decimal notation
+    (``100``, ``100.0`` and ``1e2`` are one value). A number is an identity here, not an
+    amount, so it may have up to 38 integer digits (and at most 9 fractional ones)."""
     if isinstance(raw, str) and raw:
         return raw
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return format(numeric_value(meter, raw).normalize(_CONTEXT), "f")
+    if isinstance(raw, (int, Decimal)) and not isinstance(raw, bool):
+        value = Decimal(raw)
+        exact = _exact_at_scale(value, _IDENTITY_LIMIT)
+        if exact is None:
+            raise Rejection(
+                ErrorClass.VALUE_OUT_OF_RANGE,
+                f"meter {meter.key}: {meter.value_property} = {_shown(raw)} is out of range: at most 38 integer and"
+                " 9 fractional digits",
+            )
+        return format(exact.normalize(_CONTEXT), "f")
     raise Rejection(
         ErrorClass.INVALID_METER_VALUE,
         f"meter {meter.key}: {meter.value_property} must be a non-empty string or a number: "
-        + ("missing" if raw is MISSING else repr(raw)),
+        + ("missing" if raw is MISSING else _shown(raw)),
     )
+
+
+def _shown(raw: Any) -> str:
+    text = repr(raw) if not isinstance(raw, (dict, list)) else f"<{type(raw).__name__}>"
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 def dimension_value(raw: Any) -> str:

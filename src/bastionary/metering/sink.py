@@ -1,39 +1,51 @@
 """The usage sink: buffered records of each partition, flushed to ClickHouse exactly once.
 
 Kafka delivers at least once and the embedded broker has no transactions, so exactness
-comes from three facts, kept together here:
+comes from four facts, kept together here:
 
 1. Every flush covers a contiguous offset range [a, b] of one partition, and its marker
    row (``ingest_progress``) is written before any of its data.
-2. Its data inserts carry deduplication tokens derived from (topic, partition, a, b), and
-   everything in them is a pure function of the records in [a, b] (validation, dedupe and
-   windows use the broker timestamp, never the wall clock).
+2. Its data inserts carry deduplication tokens derived from (topic, partition, epoch, a, b),
+   and everything in them is a pure function of the records in [a, b] (validation, dedupe
+   and windows use the broker timestamp, never the wall clock).
 3. Offsets are acked to Kafka only after the flush has fully landed.
+4. Offsets are trusted only while the partition is the log they were read from: before a
+   flush extends what has landed, the broker must still hold the last landed record (the
+   anchor, see :mod:`bastionary.metering.logs`). A replaced log opens a new epoch.
 
 So when a worker starts or takes a partition over, the newest marker names the one flush
 that may be incomplete; it is replayed over exactly the same range, ClickHouse drops the
 inserts that had landed, and the rest land once. Records before ``a`` are done and skipped.
+
+No record can stop a partition: whatever one record holds, its processing ends in rows or
+in a dead letter with a reason class, ``internal_error`` included (a bug of ours costs that
+record, with an ERROR log, never the partition).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Any
 
-import orjson
 import structlog
 
 from bastionary.dedupe import Sighting, Verdict, judge
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
-from bastionary.ingest.cloudevents import member_bytes, parse_record
+from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, RecordMember, member_bytes, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
-from bastionary.metering.readings import MeterIndex
+from bastionary.metering.logs import Anchor, LogProbe, PartitionLog, record_fingerprint
+from bastionary.metering.readings import MeterIndex, Reading
 from bastionary.metering.rollup import RollupBuilder
 from bastionary.storage.clickhouse import FlushMarker, UsageStore
 
 log = structlog.get_logger(__name__)
+
+TopicPartition = tuple[str, int]
 
 
 @dataclass(slots=True)
@@ -44,15 +56,25 @@ class InboundRecord:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     handle: object = None  # the Faust event to ack once the flush has landed
+
+    @property
+    def fingerprint(self) -> int:
+        return record_fingerprint(self.timestamp_ms, self.key, self.value)
+
+
+class Admission(Enum):
+    BUFFERED = "buffered"  # held, unacked, until its flush lands
+    LANDED = "landed"  # it had landed before: ack it now
+    STALE = "stale"  # read before the partition was rewound: drop it, never ack it
 
 
 @dataclass(slots=True)
 class DeadLetter:
     key: bytes | None
     value: bytes
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     code: ErrorClass
 
 
@@ -92,21 +114,67 @@ class _Plan:
     def token(self) -> str:
         return f"{self.topic}/{self.partition}@{self.log_epoch}/{self.first_offset}-{self.last_offset}"
 
+    @property
+    def last_fingerprint(self) -> int:
+        return self.records[-1].fingerprint
+
 
 @dataclass
 class _PartitionState:
+    epoch: int
     done_through: int  # every offset up to here has fully landed
+    anchor: Anchor | None  # the last landed record: the log must still hold it
     replay: FlushMarker | None  # the newest flush, possibly incomplete: redo it as one unit
     buffer: list[InboundRecord] = field(default_factory=list)
+    rewind_to: int | None = None  # after a log reset: records are stale until this offset comes
+    rewound_at: float = 0.0
+    active_at: float = field(default_factory=time.monotonic)  # last record admitted or flush landed
+    buffered_since: float | None = None  # when the oldest unlanded record was admitted
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    """What /healthz and the metrics report per owned partition."""
+
+    epoch: int
+    done_through: int
+    buffered: int
+    seconds_idle: float  # since a record was last admitted or a flush last landed
+    seconds_unlanded: float  # how long the oldest buffered record has waited (0: none)
+    rewinding: bool
 
 
 @dataclass(frozen=True)
 class SinkConfig:
     worker_id: str
-    log_epoch: int
-    max_record_bytes: int
-    max_future_skew: timedelta
+    log_epoch: int  # the lowest epoch a partition may have (embedded broker start, or a setting)
+    limits: RecordLimits
     dedupe_horizon: timedelta
+    # A rewound partition whose first record has not come by then is rewound again.
+    rewind_retry_seconds: float = 10.0
+
+
+@dataclass(slots=True)
+class _Accepted:
+    """A member that passed every check that needs no dedupe state."""
+
+    member: RecordMember
+    key: bytes
+    row: tuple
+    readings: list[Reading]
+
+
+@dataclass(slots=True)
+class _Examined:
+    """One record, judged: rejected whole, or members accepted or rejected one by one."""
+
+    parsed: ParsedRecord
+    accepted: list[_Accepted] = field(default_factory=list)
+    rejected: list[tuple[RecordMember, Rejection]] = field(default_factory=list)
+
+
+class LogNotAnswering(RuntimeError):
+    """The broker did not answer a log probe; nothing may land until it does."""
 
 
 class UsageSink:
@@ -117,6 +185,7 @@ class UsageSink:
         meters: MeterIndex,
         send_dead_letters: DeadLetterSender,
         config: SinkConfig,
+        partition_log: PartitionLog,
         on_flushed: Callable[[str, int, FlushStats], None] | None = None,
     ):
         self.store = store
@@ -124,28 +193,39 @@ class UsageSink:
         self.meters = meters
         self.send_dead_letters = send_dead_letters
         self.config = config
+        self.partition_log = partition_log
         self.on_flushed = on_flushed
         # Called with each flush's plans once they have landed, under the flush lock: what
         # keeps state derived from the rollups (entitlements) can hold ``lock`` to read
         # ClickHouse without a flush landing halfway through its read.
         self.listeners: list[Callable[[list[_Plan]], None]] = []
+        self.on_log_reset: Callable[[str, int], None] | None = None
         self.lock = asyncio.Lock()
-        self._partitions: dict[tuple[str, int], _PartitionState] = {}
+        self._partitions: dict[TopicPartition, _PartitionState] = {}
         self._buffered_bytes = 0
 
     # -- intake --------------------------------------------------------------------------
 
-    async def admit(self, record: InboundRecord) -> bool:
-        """Buffer ``record``; False means it had already landed and can be acked at once."""
+    async def admit(self, record: InboundRecord) -> Admission:
         tp = (record.topic, record.partition)
         state = self._partitions.get(tp)
         if state is None:
-            state = self._partitions[tp] = await asyncio.to_thread(self._recover, record.topic, record.partition)
+            state = self._partitions[tp] = await self._recover(record.topic, record.partition)
+        if state.rewind_to is not None:
+            if record.offset != state.rewind_to:
+                # Read before the rewind took effect (or a rewind not yet asked for).
+                if not state.rewound_at:
+                    await self._rewind(tp, state)
+                return Admission.STALE
+            state.rewind_to = None
+        state.active_at = time.monotonic()
         if record.offset <= state.done_through:
-            return False
+            return Admission.LANDED
+        if not state.buffer:
+            state.buffered_since = state.active_at
         state.buffer.append(record)
         self._buffered_bytes += len(record.value or b"")
-        return True
+        return Admission.BUFFERED
 
     def buffered(self) -> int:
         return sum(len(s.buffer) for s in self._partitions.values())
@@ -154,19 +234,60 @@ class UsageSink:
         """Record bytes waiting: batch records carry many events, so bytes bound a flush's size."""
         return self._buffered_bytes
 
-    def last_landed(self) -> dict[tuple[str, int], int]:
+    def last_landed(self) -> dict[TopicPartition, int]:
         return {tp: s.done_through for tp, s in self._partitions.items()}
+
+    def status(self) -> dict[TopicPartition, PartitionStatus]:
+        now = time.monotonic()
+        return {
+            tp: PartitionStatus(
+                epoch=s.epoch,
+                done_through=s.done_through,
+                buffered=len(s.buffer),
+                seconds_idle=now - s.active_at,
+                seconds_unlanded=now - s.buffered_since if s.buffered_since is not None and s.buffer else 0.0,
+                rewinding=s.rewind_to is not None,
+            )
+            for tp, s in self._partitions.items()
+        }
 
     async def release(self, topic_partitions) -> None:
         """Forget revoked partitions after any flush in progress has landed (no zombie writes)."""
         async with self.lock:
             for tp in topic_partitions:
-                self._partitions.pop(tp, None)
+                state = self._partitions.pop(tp, None)
+                if state is not None:
+                    self._buffered_bytes -= sum(len(r.value or b"") for r in state.buffer)
 
     # -- recovery ------------------------------------------------------------------------
 
-    def _recover(self, topic: str, partition: int) -> _PartitionState:
-        epoch = self.config.log_epoch
+    async def _recover(self, topic: str, partition: int) -> _PartitionState:
+        marker = await asyncio.to_thread(self._sync_dedupe_cache, topic, partition)
+        floor = self.config.log_epoch
+        if marker is None or marker.log_epoch < floor:
+            # Nothing landed yet, or the operator (or a fresh embedded broker) declared a new log.
+            log.info("partition starts fresh", topic=topic, partition=partition, log_epoch=floor)
+            return _PartitionState(epoch=floor, done_through=-1, anchor=None, replay=None)
+        anchor = Anchor(marker.last_offset, marker.last_fingerprint)
+        probe = (await self._probe({(topic, partition): anchor.offset}))[(topic, partition)]
+        if not probe.matches(anchor):
+            state = _PartitionState(epoch=marker.log_epoch, done_through=marker.last_offset, anchor=anchor, replay=None)
+            self._open_new_epoch((topic, partition), state, probe, marker.worker_id)
+            return state
+        log.info(
+            "partition recovered",
+            topic=topic,
+            partition=partition,
+            log_epoch=marker.log_epoch,
+            replay_first=marker.first_offset,
+            replay_last=marker.last_offset,
+        )
+        return _PartitionState(
+            epoch=marker.log_epoch, done_through=marker.first_offset - 1, anchor=anchor, replay=marker
+        )
+
+    def _sync_dedupe_cache(self, topic: str, partition: int) -> FlushMarker | None:
+        """The newest marker, after making the local dedupe cache agree with ClickHouse."""
         marker = self.store.latest_marker(topic, partition)
         landed = (marker.log_epoch, marker.last_offset) if marker else None
         cached = self.dedupe.high_water(topic, partition)
@@ -176,21 +297,7 @@ class UsageSink:
             cached = None
         if landed is not None and (cached is None or cached < landed):
             self._backfill_dedupe(topic, partition, cached, landed)
-        if marker is not None and marker.log_epoch > epoch:
-            raise RuntimeError(
-                f"{topic}/{partition} was written under log epoch {marker.log_epoch}, newer than ours ({epoch})"
-            )
-        if marker is None or marker.log_epoch < epoch:
-            log.info("partition starts fresh", topic=topic, partition=partition, log_epoch=epoch)
-            return _PartitionState(done_through=-1, replay=None)
-        log.info(
-            "partition recovered",
-            topic=topic,
-            partition=partition,
-            replay_first=marker.first_offset,
-            replay_last=marker.last_offset,
-        )
-        return _PartitionState(done_through=marker.first_offset - 1, replay=marker)
+        return marker
 
     def _backfill_dedupe(
         self, topic: str, partition: int, after: tuple[int, int] | None, through: tuple[int, int]
@@ -207,29 +314,113 @@ class UsageSink:
         self.dedupe.record(topic, partition, entries, through[1], epoch=through[0])
         log.info("dedupe cache backfilled", topic=topic, partition=partition, keys=len(entries), after=after)
 
+    # -- the log under the offsets -------------------------------------------------------
+
+    async def _probe(self, anchors: dict[TopicPartition, int]) -> dict[TopicPartition, LogProbe]:
+        try:
+            return await self.partition_log.probe(anchors)
+        except Exception as exc:
+            raise LogNotAnswering(f"the broker did not answer a log probe: {type(exc).__name__}: {exc}") from exc
+
+    def _open_new_epoch(
+        self, tp: TopicPartition, state: _PartitionState, probe: LogProbe, last_writer: str | None = None
+    ) -> None:
+        """The log no longer holds what we landed: it was replaced. Land the new one from its start."""
+        new_epoch = max(state.epoch + 1, self.config.log_epoch, int(time.time() * 1000))
+        anchor = state.anchor or Anchor(-1, 0)
+        log.warning(
+            "partition log was replaced; landing the new log from its start under a new epoch",
+            topic=tp[0],
+            partition=tp[1],
+            evidence=(
+                f"the last landed record (offset {anchor.offset}, fingerprint {anchor.fingerprint}) is "
+                + ("not in the log any more" if probe.fingerprint is None else f"now {probe.fingerprint}")
+                + f"; the log runs from {probe.log_start} to {probe.high_water}"
+            ),
+            old_epoch=state.epoch,
+            new_epoch=new_epoch,
+            dropped_buffered_records=len(state.buffer),
+            last_writer=last_writer,
+        )
+        self._buffered_bytes -= sum(len(r.value or b"") for r in state.buffer)
+        state.epoch = new_epoch
+        state.done_through = probe.log_start - 1
+        state.anchor = None
+        state.replay = None
+        state.buffer = []
+        state.rewind_to = probe.log_start
+        state.rewound_at = 0.0
+        if self.on_log_reset is not None:
+            self.on_log_reset(*tp)
+
+    async def _rewind(self, tp: TopicPartition, state: _PartitionState) -> None:
+        state.rewound_at = time.monotonic()
+        await self.partition_log.rewind(tp[0], tp[1], state.rewind_to if state.rewind_to is not None else 0)
+
+    async def check_logs(self) -> None:
+        """On a timer: catch a replaced log even while nothing is flushed (a consumer reset to
+        a shorter log reads nothing new), and rewind again where a rewind did not take."""
+        async with self.lock:
+            anchors = {tp: s.anchor.offset for tp, s in self._partitions.items() if s.anchor is not None}
+            probes = await self._probe(anchors) if anchors else {}
+            for tp, probe in probes.items():
+                state = self._partitions.get(tp)
+                if state is not None and state.anchor is not None and not probe.matches(state.anchor):
+                    self._open_new_epoch(tp, state, probe)
+            now = time.monotonic()
+            for tp, state in self._partitions.items():
+                if state.rewind_to is not None and (
+                    not state.rewound_at or now - state.rewound_at > self.config.rewind_retry_seconds
+                ):
+                    await self._rewind(tp, state)
+
     # -- flushing ------------------------------------------------------------------------
 
     async def flush(self) -> list[InboundRecord]:
         """Land every flushable buffer; returns the records that may now be acked."""
         async with self.lock:
             batches = []
-            self._buffered_bytes = 0
-            for (topic, partition), state in self._partitions.items():
+            for tp, state in self._partitions.items():
                 replaying = state.replay is not None
                 records = self._take_flushable(state)
                 if records:
-                    batches.append((topic, partition, state, records, replaying and state.replay is not None))
-                self._buffered_bytes += sum(len(r.value or b"") for r in state.buffer)  # held back
+                    batches.append((tp, state, records, replaying and state.replay is not None))
+            self._buffered_bytes = sum(len(r.value or b"") for s in self._partitions.values() for r in s.buffer)
             if not batches:
                 return []
-            plans = await asyncio.to_thread(lambda: [self._plan(t, p, r, rep) for t, p, _, r, rep in batches])
+            # Verify the anchors while the flush is planned: the records were read before this
+            # probe, so an anchor still in the log proves they came from the log it belongs to.
+            anchors = {tp: state.anchor.offset for tp, state, _, _ in batches if state.anchor is not None}
+            probing = asyncio.ensure_future(self._probe(anchors) if anchors else _no_probes())
+            try:
+                plans = await asyncio.to_thread(
+                    lambda: [self._plan(tp[0], tp[1], state.epoch, r, rep) for tp, state, r, rep in batches]
+                )
+            finally:
+                probes = await probing
+            kept = []
+            for batch, plan in zip(batches, plans):
+                tp, state = batch[0], batch[1]
+                probe = probes.get(tp)
+                if probe is not None and state.anchor is not None and not probe.matches(state.anchor):
+                    self._open_new_epoch(tp, state, probe)  # drops this batch; the new log is read again
+                    await self._rewind(tp, state)
+                    continue
+                kept.append((batch, plan))
+            if not kept:
+                return []
+            plans = [plan for _, plan in kept]
             await self._land(plans)
             landed = []
             for listener in self.listeners:
                 listener(plans)
-            for (_, _, state, records, _), plan in zip(batches, plans):
+            now = time.monotonic()
+            for ((_, state, records, _), plan) in kept:
                 state.done_through = plan.last_offset
+                state.anchor = Anchor(plan.last_offset, plan.last_fingerprint)
                 state.replay = None
+                state.active_at = now
+                state.buffered_since = now if state.buffer else None
                 landed.extend(records)
                 if self.on_flushed:
                     self.on_flushed(plan.topic, plan.partition, plan.stats)
@@ -247,6 +438,7 @@ class UsageSink:
         if state.buffer[0].offset > end:
             # Kafka resumed past the range: it had been acked, so it had fully landed.
             state.replay = None
+            state.done_through = max(state.done_through, end)
             records, state.buffer = state.buffer, []
             return records
         if state.buffer[-1].offset < end:
@@ -263,6 +455,8 @@ class UsageSink:
         #  3/4 (events, rollups): the replay's identical tokens make ClickHouse drop them.
         #  5 (dedupe cache): the next owner re-reads the missing keys from usage_events.
         #  6 (ack, by the caller): Kafka may redeliver; records <= b are skipped by offset.
+        # The anchor check before step 1 (see flush) decides that [a, b] belongs after b's
+        # predecessor; a crash anywhere leaves that decision to be made again.
         now = datetime.now(timezone.utc)
         markers = [
             (
@@ -277,6 +471,7 @@ class UsageSink:
                 p.stats.dead_lettered,
                 self.config.worker_id,
                 now,
+                p.last_fingerprint,
             )
             for p in plans
         ]
@@ -300,97 +495,164 @@ class UsageSink:
                 accepted=plan.stats.accepted,
             )
 
-    def _plan(self, topic: str, partition: int, records: list[InboundRecord], replayed: bool = False) -> _Plan:
-        cfg = self.config
-        plan = _Plan(topic, partition, records[0].offset, records[-1].offset, records, log_epoch=cfg.log_epoch,
+    # -- planning: a pure function of the records (and the dedupe state before them) -----
+
+    def _plan(
+        self, topic: str, partition: int, epoch: int, records: list[InboundRecord], replayed: bool = False
+    ) -> _Plan:
+        plan = _Plan(topic, partition, records[0].offset, records[-1].offset, records, log_epoch=epoch,
                      replayed=replayed)
         rollups = RollupBuilder()
         in_flush: dict[bytes, Sighting] = {}
         for record in records:
             plan.stats.records += 1
-            parsed = parse_record(
-                record.value, record.headers, record.timestamp_ms, cfg.max_record_bytes, cfg.max_future_skew
-            )
-            if parsed.rejection is not None:
-                self._dead_letter(plan, record, record.value or b"", parsed.rejection, None)
-                continue
-            seen_at = record.timestamp_ms // 1000
-            ingested_at = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=timezone.utc)
-            for member in parsed.members:
-                event = member.event
-                if event is None:
-                    self._reject_member(plan, record, parsed, member, member.rejection)
-                    continue
-                try:
-                    readings = self.meters.readings(event)
-                except Rejection as rejection:
-                    self._reject_member(plan, record, parsed, member, rejection)
-                    continue
-                key = self.dedupe.key(topic, partition, event.source, event.id)
-                current = Sighting(record.offset, member.index, seen_at, member.payload_hash, cfg.log_epoch)
-                previous = in_flush.get(key) or self.dedupe.get(key, seen_at)
-                verdict = judge(previous, current)
-                if verdict is Verdict.DUPLICATE:
-                    plan.stats.duplicates += 1
-                    continue
-                if verdict is Verdict.CONFLICT:
-                    conflict = Rejection(
-                        ErrorClass.DUPLICATE_CONFLICT,
-                        f"(source, id) = ({event.source}, {event.id}) was first seen at offset"
-                        f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
-                    )
-                    self._reject_member(plan, record, parsed, member, conflict)
-                    continue
-                in_flush[key] = previous or current
-                plan.sightings.append((key, current))
-                plan.stats.accepted += 1
-                plan.event_rows.append(
-                    (
-                        event.id,
-                        event.source,
-                        event.type,
-                        event.subject,
-                        event.time,
-                        _data_json(member.raw),
-                        member.payload_hash.hex(),
-                        ingested_at,
-                        topic,
-                        cfg.log_epoch,
-                        partition,
-                        record.offset,
-                        member.index,
-                    )
+            try:
+                examined = self._examine(record, epoch)
+            except Exception as exc:  # a bug of ours: this record is dead-lettered, the partition goes on
+                log.error(
+                    "record could not be processed; dead-lettered as internal_error",
+                    topic=topic, partition=partition, offset=record.offset, exc_info=True,
                 )
-                for reading in readings:
-                    rollups.add(event.subject, event.time, reading, ingested_at)
+                self._dead_letter(plan, record, record.value or b"", _internal_error(exc), None, type(exc).__name__)
+                continue
+            self._settle(plan, record, examined, rollups, in_flush)
         plan.rollup_rows = rollups.rows()
         return plan
 
-    def _reject_member(self, plan: _Plan, record: InboundRecord, parsed, member, rejection: Rejection) -> None:
+    def _examine(self, record: InboundRecord, epoch: int) -> _Examined:
+        """Everything about one record that depends on the record alone."""
+        parsed = parse_record(record.value, record.headers, record.timestamp_ms, self.config.limits, record.key)
+        examined = _Examined(parsed)
+        if parsed.rejection is not None:
+            return examined
+        ingested_at = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=timezone.utc)
+        for member in parsed.members:
+            event = member.event
+            if event is None:
+                examined.rejected.append((member, member.rejection or _internal_error(None)))
+                continue
+            try:
+                readings = self.meters.readings(event, lambda m=member: parsed.exact_data(m.index))
+            except Rejection as rejection:
+                examined.rejected.append((member, rejection))
+                continue
+            row = (
+                event.id,
+                event.source,
+                event.type,
+                event.subject,
+                event.time,
+                parsed.stored_data(member),
+                member.payload_hash.hex(),
+                ingested_at,
+                record.topic,
+                epoch,
+                record.partition,
+                record.offset,
+                member.index,
+            )
+            key = self.dedupe.key(record.topic, record.partition, event.source, event.id)
+            examined.accepted.append(_Accepted(member, key, row, readings))
+        return examined
+
+    def _settle(
+        self,
+        plan: _Plan,
+        record: InboundRecord,
+        examined: _Examined,
+        rollups: RollupBuilder,
+        in_flush: dict[bytes, Sighting],
+    ) -> None:
+        """Dedupe verdicts and the record's share of the flush, in member order."""
+        parsed = examined.parsed
+        if parsed.rejection is not None:
+            self._dead_letter(plan, record, record.value or b"", parsed.rejection, None)
+            return
+        for member, rejection in examined.rejected:
+            self._reject_member(plan, record, parsed, member, rejection)
+        seen_at = record.timestamp_ms // 1000
+        for accepted in examined.accepted:
+            member, event = accepted.member, accepted.member.event
+            assert event is not None
+            current = Sighting(record.offset, member.index, seen_at, member.payload_hash, plan.log_epoch)
+            previous = in_flush.get(accepted.key) or self.dedupe.get(accepted.key, seen_at)
+            verdict = judge(previous, current)
+            if verdict is Verdict.DUPLICATE:
+                plan.stats.duplicates += 1
+                continue
+            if verdict is Verdict.CONFLICT:
+                assert previous is not None
+                conflict = Rejection(
+                    ErrorClass.DUPLICATE_CONFLICT,
+                    f"(source, id) = ({event.source}, {event.id}) was first seen at offset"
+                    f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
+                )
+                self._reject_member(plan, record, parsed, member, conflict)
+                continue
+            in_flush[accepted.key] = previous or current
+            plan.sightings.append((accepted.key, current))
+            plan.stats.accepted += 1
+            plan.event_rows.append(accepted.row)
+            ingested_at = accepted.row[7]
+            for reading in accepted.readings:
+                rollups.add(event.subject, event.time, reading, ingested_at)
+
+    def _reject_member(
+        self, plan: _Plan, record: InboundRecord, parsed: ParsedRecord, member: RecordMember, rejection: Rejection
+    ) -> None:
         index = member.index if parsed.batch else None
-        self._dead_letter(plan, record, member_bytes(record.value, parsed, member), rejection, index)
+        self._dead_letter(plan, record, member_bytes(record.value or b"", parsed, member), rejection, index)
 
     @staticmethod
-    def _dead_letter(plan: _Plan, record: InboundRecord, value: bytes, rejection: Rejection, index: int | None) -> None:
-        headers = [
+    def _dead_letter(
+        plan: _Plan,
+        record: InboundRecord,
+        value: bytes,
+        rejection: Rejection,
+        index: int | None,
+        exception_type: str | None = None,
+    ) -> None:
+        headers: list[tuple[str, bytes | None]] = [
             ("error.class", rejection.code.value.encode()),
-            ("error.message", rejection.message[:2048].encode()),
+            ("error.message", _utf8_prefix(rejection.message, 4096)),
             ("source.topic", record.topic.encode()),
             ("source.partition", str(record.partition).encode()),
             ("source.offset", str(record.offset).encode()),
         ]
         if index is not None:  # a member of a batch record
             headers.append(("source.index", str(index).encode()))
+        if exception_type is not None:
+            headers.append(("error.exception", exception_type.encode()))
         if len(value) > DEAD_LETTER_VALUE_LIMIT:
             # The whole value would not fit the DLQ either; keep its head and say so.
             headers.append(("source.value_bytes", str(len(value)).encode()))
             value = value[:DEAD_LETTER_VALUE_LIMIT]
-        # The original headers travel too: a binary-mode event's attributes live there.
-        headers.extend((name, bytes(v)) for name, v in record.headers if not name.startswith(("error.", "source.")))
+        # The original headers travel too: a binary-mode event's attributes live there. A name
+        # the transport could only decode with escapes is written with visible escapes.
+        headers.extend(
+            (_printable_header_name(name), None if v is None else bytes(v))
+            for name, v in record.headers
+            if not name.startswith(("error.", "source."))
+        )
         plan.dead_letters.append(DeadLetter(record.key, value, headers, rejection.code))
         plan.stats.dead_lettered += 1
         plan.stats.by_error[rejection.code.value] = plan.stats.by_error.get(rejection.code.value, 0) + 1
 
 
-def _data_json(raw: dict) -> str:
-    return orjson.dumps(raw.get("data", {})).decode()
+def _internal_error(exc: BaseException | None) -> Rejection:
+    detail = f"{type(exc).__name__}: {exc}" if exc is not None else "a member with neither an event nor a rejection"
+    return Rejection(ErrorClass.INTERNAL_ERROR, f"internal error while processing this record ({detail[:500]})")
+
+
+def _utf8_prefix(text: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``text`` in UTF-8, never cutting a character in two."""
+    encoded = text.encode("utf-8", "backslashreplace")
+    return encoded if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore").encode()
+
+
+def _printable_header_name(name: str) -> str:
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+async def _no_probes() -> dict[Any, LogProbe]:
+    return {}

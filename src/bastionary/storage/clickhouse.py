@@ -49,6 +49,7 @@ PROGRESS_COLUMNS = (
     "dead_lettered",
     "worker_id",
     "written_at",
+    "last_fingerprint",
 )
 
 
@@ -91,6 +92,8 @@ class FlushMarker:
     log_epoch: int
     first_offset: int
     last_offset: int
+    last_fingerprint: int = 0  # 0: written before fingerprints existed
+    worker_id: str = ""
 
 
 class UsageStore:
@@ -120,12 +123,15 @@ class UsageStore:
     def latest_marker(self, topic: str, partition: int) -> FlushMarker | None:
         """The newest flush of a partition, over all epochs."""
         rows = self.client.query(
-            "SELECT log_epoch, first_offset, last_offset FROM ingest_progress"
+            "SELECT log_epoch, first_offset, last_offset, last_fingerprint, worker_id FROM ingest_progress"
             " WHERE topic = {t:String} AND partition = {p:UInt32}"
             " ORDER BY log_epoch DESC, last_offset DESC LIMIT 1",
             parameters={"t": topic, "p": partition},
         ).result_rows
-        return FlushMarker(*(int(v) for v in rows[0])) if rows else None
+        if not rows:
+            return None
+        epoch, first, last, fingerprint, worker_id = rows[0]
+        return FlushMarker(int(epoch), int(first), int(last), int(fingerprint), str(worker_id))
 
     def sightings_after(self, topic: str, partition: int, after: tuple[int, int] | None, since: datetime):
         """Dedupe keys of flushes past position ``after`` (epoch, offset): what a cache lacks."""

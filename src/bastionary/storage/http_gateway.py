@@ -4,9 +4,14 @@ chdb lets one process hold a data directory, so the process that holds it serves
 gateway and everyone else (CLI, workers, analysts with curl or clickhouse-connect) speaks
 ClickHouse's HTTP interface to it. Each request runs on its own short-lived chdb connection
 to the same engine: chdb keeps USE/SET state per connection, so a fresh one gives every
-request clean settings with nothing to restore, and lets the reader's ``readonly = 1`` be
-applied last and never undone. Results are buffered rather than streamed because chdb
-encodes each block on its own, which breaks formats that have a header or footer.
+request clean settings with nothing to restore, and lets the reader's limits and
+``readonly = 1`` be applied last and never undone. Results are buffered rather than
+streamed because chdb encodes each block on its own, which breaks formats that have a
+header or footer.
+
+A reader's statement is checked by the engine's own parser (see
+:mod:`bastionary.storage.readonly_sql`) and then runs the canonical text that was checked.
+Readers and writers queue separately, so a slow read never holds up the workers' inserts.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import lz4.frame
 import structlog
 from aiohttp import web
 
+from bastionary.storage.readonly_sql import NotReadOnly, checked_statement
+
 log = structlog.get_logger(__name__)
 
 READ_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
@@ -51,8 +58,13 @@ _INSERT_DATA = re.compile(
 )
 _LEADING_NOISE = re.compile(r"(?:\s+|--[^\n]*|#[^\n]*|/\*.*?\*/|\()*", re.DOTALL)
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
-_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)  # chdb writes the file even with readonly=1
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What a reader may set in the URL: how results are written, never what a query may use.
+# Format settings that name files (format_schema, format_template_*) are not among them.
+_READER_SETTINGS = re.compile(
+    r"^(output_format_\w+|date_time_output_format|session_timezone|extremes|join_use_nulls"
+    r"|format_csv_delimiter|format_tsv_null_representation|format_csv_null_representation|max_block_size)$"
+)
 _HTTP_STATUS = {516: 401, 164: 403, 497: 403, 60: 404, 81: 404, 46: 404, 73: 404}
 _HTTP_STATUS.update(dict.fromkeys((6, 26, 27, 36, 47, 53, 62, 115, 117, 271), 400))
 
@@ -94,6 +106,7 @@ class _Plan:
     params: dict[str, str]
     default_format: str
     timezone: str
+    role: str = "writer"
     sql: str = ""
     insert_head: str = ""
     insert_format: str = ""
@@ -102,7 +115,8 @@ class _Plan:
 
 class QueryGateway:
     def __init__(self, client: Any, credentials: GatewayCredentials, database: str | None = None, *,
-                 max_concurrent_queries: int = 1, max_body_bytes: int = 1 << 30):
+                 max_concurrent_queries: int = 1, max_concurrent_reads: int = 2, max_body_bytes: int = 1 << 30,
+                 reader_limits: dict[str, str] | None = None):
         if credentials.reader_user == credentials.writer_user:
             raise ValueError("reader and writer must be different users")
         if not (credentials.reader_password and credentials.writer_password):
@@ -116,7 +130,10 @@ class QueryGateway:
         self._users = {"reader": (credentials.reader_user, credentials.reader_password),
                        "writer": (credentials.writer_user, credentials.writer_password)}
         self._database = database or getattr(client, "database", None)
-        self._slots = asyncio.Semaphore(max_concurrent_queries)
+        self._slots = {"writer": asyncio.Semaphore(max_concurrent_queries),
+                       "reader": asyncio.Semaphore(max_concurrent_reads)}
+        # Applied after the reader's own settings and before readonly = 1, which locks them.
+        self._reader_limits = reader_limits if reader_limits is not None else READER_LIMITS
         self._max_body = max_body_bytes
         self._runner: web.AppRunner | None = None
         self._anchor: Any = None
@@ -160,7 +177,7 @@ class QueryGateway:
         try:
             role = self._authenticate(request)
             plan = await self._plan(request, role)
-            async with self._slots:
+            async with self._slots["reader" if plan.readonly else "writer"]:
                 body, summary = await asyncio.to_thread(self._execute, plan)
         except Exception as exc:
             if not isinstance(exc, GatewayError):
@@ -239,6 +256,8 @@ class QueryGateway:
         readonly = role == "reader" or request.method in ("GET", "HEAD")
         if readonly:
             settings.pop("readonly", None)
+            if bad := next((name for name in settings if not _READER_SETTINGS.match(name)), None):
+                raise GatewayError(164, f"{role}: Cannot modify '{bad}' setting in readonly mode", "READONLY")
         plan = _Plan(
             readonly=readonly,
             settings=settings,
@@ -268,8 +287,7 @@ class QueryGateway:
             raise GatewayError(62, "Query is not valid UTF-8", "SYNTAX_ERROR") from None
         if not plan.sql.strip():
             raise GatewayError(62, "Empty query", "SYNTAX_ERROR")
-        if readonly and (_first_keyword(plan.sql) not in READ_KEYWORDS or _OUTFILE.search(plan.sql)):
-            raise denied
+        plan.role = role
         return plan
 
     def _execute(self, plan: _Plan) -> tuple[bytes, dict[str, str]]:
@@ -284,8 +302,16 @@ class QueryGateway:
             if plan.settings:
                 conn.query("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in plan.settings.items()), "TabSeparated")
             if plan.readonly:
-                # Last, so the caller's settings still apply; it also shuts out file(), url() and friends.
-                conn.query("SET readonly = 1", "TabSeparated")
+                if plan.sql:
+                    try:
+                        plan.sql = checked_statement(lambda q: _text(conn, q, plan.params), plan.sql, plan.database)
+                    except NotReadOnly as refused:
+                        hint = " Method GET implies readonly; use POST for modifying queries." if plan.role == "writer" else ""
+                        raise GatewayError(164, f"{plan.role}: Cannot execute query in readonly mode: {refused}.{hint}",
+                                           "READONLY") from None
+                limits = ", ".join(f"{k} = {_quote(v)}" for k, v in self._reader_limits.items())
+                # Last: readonly = 1 locks every setting, so nothing in the query can raise a limit.
+                conn.query(f"SET {limits}, readonly = 1" if limits else "SET readonly = 1", "TabSeparated")
             if plan.insert_head:
                 inserter = conn.send_insert(plan.insert_head, plan.insert_format)
                 try:
@@ -306,6 +332,22 @@ class QueryGateway:
             raise GatewayError.from_engine(exc) from exc
         finally:
             conn.close()
+
+
+READER_LIMITS = {
+    "max_execution_time": "30",
+    "timeout_overflow_mode": "throw",
+    "max_result_bytes": str(100 * 1024 * 1024),
+    "result_overflow_mode": "throw",
+}
+
+
+def reader_limits(timeout_seconds: float, max_result_bytes: int) -> dict[str, str]:
+    return READER_LIMITS | {"max_execution_time": f"{timeout_seconds:g}", "max_result_bytes": str(max_result_bytes)}
+
+
+def _text(conn: Any, statement: str, params: dict[str, str]) -> str:
+    return (conn.query(statement, "TabSeparatedRaw", params=params).bytes() or b"").decode()
 
 
 def _first_keyword(sql: str) -> str:

@@ -66,11 +66,3 @@ def usage_query(
         f" ORDER BY customer_id{', ws' if window else ''}, grp"
     )
     return sql, params
-
-
-READ_ONLY_PREFIXES = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN")
-
-
-def is_read_only(sql: str) -> bool:
-    words = sql.lstrip("( \n\t").split(None, 1)
-    return bool(words) and words[0].upper() in READ_ONLY_PREFIXES and ";" not in sql.strip().rstrip(";")

@@ -13,9 +13,12 @@ from aiohttp.web import Response
 from prometheus_client import generate_latest
 
 from bastionary import metrics
-from bastionary.metering.sink import DeadLetter, FlushStats, InboundRecord, UsageSink
+from bastionary.metering.sink import Admission, DeadLetter, FlushStats, InboundRecord, UsageSink
 from bastionary.settings import Settings
 from bastionary.topics import Topics
+from bastionary.worker import tolerant_records
+from bastionary.worker.health import health_report
+from bastionary.worker.partition_log import KafkaPartitionLog
 
 log = structlog.get_logger(__name__)
 
@@ -45,12 +48,14 @@ def broker_url(bootstrap: str) -> str:
 def create_app(
     settings: Settings, bootstrap: str, sink_factory, on_started=None, billing=None, usage: bool = True
 ) -> faust.App:
-    """Build the worker's app. ``sink_factory(send_dead_letters, on_flushed)`` opens storage
-    lazily, at start; ``billing`` = (catalog, store_factory) adds the billing agents and rater."""
+    """Build the worker's app. ``sink_factory(send_dead_letters, on_flushed, partition_log)``
+    opens storage lazily, at start; ``billing`` = (catalog, store_factory) adds the billing
+    agents and rater."""
     topics = Topics(settings.topic_prefix)
     worker_id = settings.worker_id or f"worker-{os.getpid()}"
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
     _shorten_fetch_wait(int(settings.kafka_fetch_max_wait.total_seconds() * 1000))
+    tolerant_records.install()
     app = faust.App(
         settings.consumer_group,
         broker=broker_url(bootstrap),
@@ -72,6 +77,7 @@ def create_app(
         stream_wait_empty=False,
         web_enabled=settings.web_port != 0,
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # web_host alone only names the URL; Faust binds 0.0.0.0 without this
         web_port=settings.web_port or 6066,
         # Checks are routed between workers by this address (Faust table routing).
         canonical_url=settings.web_url or f"http://{settings.web_host}:{settings.web_port or 6066}",
@@ -105,10 +111,14 @@ def create_app(
     flush_needed = asyncio.Event()
     max_buffer = settings.flush_max_events
     max_bytes = settings.flush_max_bytes
+    partition_log = KafkaPartitionLog(bootstrap, app)
+    started_at = time.monotonic()
 
     def sink() -> UsageSink:
         if state["sink"] is None:
-            state["sink"] = sink_factory(send_dead_letters, record_stats)
+            created = sink_factory(send_dead_letters, record_stats, partition_log)
+            created.on_log_reset = lambda topic, partition: metrics.LOG_RESETS.labels(topic, str(partition)).inc()
+            state["sink"] = created
         return state["sink"]
 
     async def flush_once() -> None:
@@ -131,15 +141,25 @@ def create_app(
                 message.topic,
                 message.partition,
                 message.offset,
-                int(message.timestamp * 1000) if message.timestamp else int(time.time() * 1000),
+                # No timestamp (-1) is dead-lettered, never replaced by the wall clock: a replay
+                # must judge the record as before.
+                round(message.timestamp * 1000) if message.timestamp is not None else -1,
                 message.key,
                 message.value,
                 list(message.headers or ()),
                 event,
             )
-            if not await usage_sink.admit(record):
+            try:
+                admission = await usage_sink.admit(record)
+            except Exception:
+                log.exception("partition recovery failed; stopping the worker so a restart can retry")
+                await app.crash(RuntimeError("usage partition recovery failed"))
+                return
+            if admission is Admission.LANDED:
                 await stream.ack(event)
                 continue
+            if admission is Admission.STALE:
+                continue  # read before a rewind: the new log brings it again if it is there
             buffered, buffered_bytes = usage_sink.buffered(), usage_sink.buffered_bytes()
             if buffered >= max_buffer or buffered_bytes >= max_bytes:
                 flush_needed.set()
@@ -172,6 +192,37 @@ def create_app(
                 await app.crash(RuntimeError("usage flush failed"))
                 return
 
+    @app.task
+    async def log_watch() -> None:
+        """Catch a replaced log between flushes; keep the broker's last answer fresh for /healthz."""
+        interval = settings.log_check_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await partition_log.ping()
+                if state["sink"] is not None:
+                    await state["sink"].check_logs()
+            except Exception as exc:
+                log.warning("log check failed; the broker may be unreachable", error=f"{type(exc).__name__}: {exc}")
+
+    @app.task
+    async def dedupe_purge() -> None:
+        """Entries past the horizon count as new events anyway; dropping them bounds the disk."""
+        interval = settings.dedupe_purge_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            usage_sink = state["sink"]
+            if usage_sink is None:
+                continue
+            try:
+                purged = await asyncio.to_thread(usage_sink.dedupe.purge_expired)
+            except Exception:
+                log.exception("dedupe purge failed; retried at the next interval")
+                continue
+            metrics.DEDUPE_PURGED.inc(purged)
+            if purged:
+                log.info("dedupe cache purged", keys=purged)
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
         if state["sink"] is not None:
@@ -189,7 +240,16 @@ def create_app(
 
     @app.page("/healthz")
     async def health_view(web, request):
-        return web.json({"status": "ok", "worker_id": worker_id})
+        report = health_report(
+            worker_id,
+            state["sink"],
+            partition_log.last_answer,
+            app.consumer,
+            started_at=started_at,
+            stall_after=settings.stall_timeout.total_seconds(),
+            broker_silence=3 * settings.log_check_interval.total_seconds() + partition_log.timeout,
+        )
+        return web.json(report, status=200 if report["status"] == "ok" else 503)
 
     if billing is not None:
         from bastionary.worker.billing import install_billing

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     app = create_bare_app(args.bootstrap, args.topic, args.group, args.expect, args.report, data_dir, args.partitions)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
+    worker.spinner = None  # its escape codes would land in the log
     sys.argv = sys.argv[:1]  # the Faust worker must not see our options
     worker.execute_from_commandline()
 

@@ -11,9 +11,11 @@ import structlog
 
 from bastionary.catalog import load_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.sink import SinkConfig, UsageSink
-from bastionary.runtime import KafkaTarget, connect_clickhouse
+from bastionary.locks import worker_part
+from bastionary.runtime import KafkaTarget, connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
 from bastionary.storage.clickhouse import UsageStore, gateway_file
 from bastionary.worker.app import create_app
@@ -40,24 +42,25 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
 
     ``usage=False`` runs the billing agents and the rater alone (`bastionary rater`)."""
     catalog = load_catalog(settings.catalog)
+    worker_id = settings.worker_id or f"worker-{os.getpid()}"
+    settings = settings.model_copy(update={"worker_id": worker_id})
+    hold_for_process(settings.data_path, worker_part(worker_id))  # its dedupe cache and Faust state
     handle = connect_clickhouse(settings, role="writer")
     store = UsageStore(handle.client)
     store.migrate()
-    worker_id = settings.worker_id or f"worker-{os.getpid()}"
-    settings = settings.model_copy(update={"worker_id": worker_id})
     dedupe = RocksDedupeStore(
         settings.data_path / "dedupe" / worker_id, int(settings.dedupe_horizon.total_seconds())
     )
     config = SinkConfig(
         worker_id=worker_id,
         log_epoch=kafka.log_epoch,
-        max_record_bytes=settings.max_record_bytes,
-        max_future_skew=settings.max_future_skew,
+        limits=RecordLimits(settings.max_record_bytes, settings.max_batch_events, settings.max_future_skew),
         dedupe_horizon=settings.dedupe_horizon,
+        rewind_retry_seconds=max(5.0, 5 * settings.log_check_interval.total_seconds()),
     )
 
-    def sink_factory(send_dead_letters, on_flushed) -> UsageSink:
-        return UsageSink(store, dedupe, MeterIndex(catalog), send_dead_letters, config, on_flushed)
+    def sink_factory(send_dead_letters, on_flushed, partition_log) -> UsageSink:
+        return UsageSink(store, dedupe, MeterIndex(catalog), send_dead_letters, config, partition_log, on_flushed)
 
     gateway_path: Path | None = None
     serve_gateway = None
@@ -88,6 +91,9 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     )
     faust_level = "INFO" if settings.log_level == "DEBUG" else "WARNING"
     worker = faust.Worker(app, loglevel=faust_level, quiet=True, redirect_stdouts=False, override_logging=False)
+    # Faust's start-up spinner writes backspaces and a cursor escape to stdout even when it is
+    # not a terminal; the worker's output must stay pure JSON lines.
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     finally:

@@ -1,0 +1,56 @@
+"""What ``/healthz`` answers: ok only while the broker answers and every owned partition
+moves (or has nothing to move)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import faust
+
+from bastionary.metering.sink import UsageSink
+
+
+def health_report(
+    worker_id: str,
+    sink: UsageSink | None,
+    broker_answered_at: float | None,
+    consumer: Any,
+    *,
+    started_at: float,
+    stall_after: float,
+    broker_silence: float,
+) -> dict[str, Any]:
+    now = time.monotonic()
+    problems: list[str] = []
+    last_answer = broker_answered_at if broker_answered_at is not None else started_at
+    if now - last_answer > broker_silence:
+        problems.append(f"the broker has not answered for {now - last_answer:.0f} s")
+    partitions = {}
+    for (topic, partition), status in (sink.status() if sink is not None else {}).items():
+        high = None
+        with contextlib.suppress(Exception):
+            high = consumer.highwater(faust.types.TP(topic, partition)) if consumer is not None else None
+        waiting = max(0, high - status.done_through - 1) if high is not None else status.buffered
+        partitions[f"{topic}/{partition}"] = {
+            "epoch": status.epoch,
+            "landed_through": status.done_through,
+            "waiting": waiting,
+            "buffered": status.buffered,
+        }
+        name = f"{topic}/{partition}"
+        if status.seconds_unlanded > stall_after:
+            problems.append(f"{name}: records read {status.seconds_unlanded:.0f} s ago have not landed")
+        elif status.rewinding and status.seconds_idle > stall_after:
+            problems.append(f"{name}: rewound after a log reset, and the new log has not come for"
+                            f" {status.seconds_idle:.0f} s")
+        elif waiting and status.seconds_idle > stall_after:
+            problems.append(f"{name}: {waiting} records wait in the log and none was read for"
+                            f" {status.seconds_idle:.0f} s")
+    return {
+        "status": "unhealthy" if problems else "ok",
+        "worker_id": worker_id,
+        "problems": problems,
+        "partitions": partitions,
+    }

@@ -1,0 +1,140 @@
+"""The sink's view of the broker (``metering.logs.PartitionLog``) on Kafka.
+
+Probes read single records with a consumer of their own that joins no group, so they
+never disturb the worker's assignment or offsets. Rewinds move the Faust consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import faust
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
+
+from bastionary.metering.logs import LogProbe, record_fingerprint
+
+log = structlog.get_logger(__name__)
+
+
+class KafkaPartitionLog:
+    def __init__(self, bootstrap: str, app: faust.App, timeout: float = 5.0):
+        self._bootstrap = bootstrap
+        self._app = app
+        self.timeout = timeout
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+        self.last_answer: float | None = None  # monotonic time the broker last answered a probe
+
+    async def _client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="none",  # an offset outside the log is an answer, not a reset
+                fetch_max_wait_ms=20,
+                max_partition_fetch_bytes=64 * 1024,
+                request_timeout_ms=int(self.timeout * 1000),
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def probe(self, anchors: dict[tuple[str, int], int]) -> dict[tuple[str, int], LogProbe]:
+        if not anchors:
+            return {}
+        async with self._lock:
+            try:
+                result = await asyncio.wait_for(self._probe(anchors), self.timeout)
+            except BaseException:
+                await self._drop_client()
+                raise
+        self.last_answer = time.monotonic()
+        return result
+
+    async def _probe(self, anchors: dict[tuple[str, int], int]) -> dict[tuple[str, int], LogProbe]:
+        consumer = await self._client()
+        wanted = {TopicPartition(t, p): offset for (t, p), offset in anchors.items()}
+        starts = await consumer.beginning_offsets(list(wanted))
+        consumer.assign(list(wanted))
+        found: dict[TopicPartition, int | None] = {}
+        asked_ms = int(time.time() * 1000)  # aiokafka stamps fetch answers with the wall clock
+        for tp, offset in wanted.items():
+            if offset < starts.get(tp, 0):
+                found[tp] = None  # deleted, or the log now starts later
+            else:
+                consumer.seek(tp, offset)
+        try:
+            while len(found) < len(wanted):
+                pending = [tp for tp in wanted if tp not in found]
+                try:
+                    batch = await consumer.getmany(*pending, timeout_ms=50)
+                except OffsetOutOfRangeError as exc:
+                    for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending:
+                        found[tp] = None
+                    continue
+                for tp, records in batch.items():
+                    record = next((r for r in records if r.offset == wanted[tp]), None)
+                    if record is not None:
+                        found[tp] = record_fingerprint(record.timestamp, record.key, record.value)
+                    elif records and records[0].offset > wanted[tp]:
+                        found[tp] = None  # compacted or skipped: the record is not there
+                for tp in pending:
+                    if tp in found:
+                        continue
+                    # The log's end, from a fetch answered after this probe began (a paused
+                    # partition's is from an earlier probe), at or before the offset: no record.
+                    high, answered = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+                    if high is not None and answered is not None and answered >= asked_ms and wanted[tp] >= high:
+                        found[tp] = None
+        finally:
+            consumer.pause(*wanted)  # no fetching in the background between probes
+        return {
+            (tp.topic, tp.partition): LogProbe(
+                offset=wanted[tp],
+                fingerprint=found[tp],
+                log_start=starts.get(tp, 0),
+                high_water=consumer.highwater(tp),
+            )
+            for tp in wanted
+        }
+
+    async def ping(self) -> None:
+        """A metadata round trip: does the broker answer at all?"""
+        async with self._lock:
+            try:
+                consumer = await self._client()
+                await asyncio.wait_for(consumer.topics(), self.timeout)
+            except BaseException:
+                await self._drop_client()
+                raise
+        self.last_answer = time.monotonic()
+
+    async def rewind(self, topic: str, partition: int, offset: int) -> None:
+        consumer: Any = self._app.consumer
+        tp = faust.types.TP(topic, partition)
+        if consumer is None or tp not in consumer.assignment():
+            return
+        # Faust keeps, per partition, the last offset it read, acked and committed, and drops
+        # whatever it believes it has read already. Forget them as a revocation does (the
+        # names are faust-streaming 0.15's), then seek: the new log is read from ``offset``.
+        for table in ("_gap", "_acked", "_acked_index", "_read_offset", "_committed_offset"):
+            getattr(consumer, table).pop(tp, None)
+        await consumer.seek(tp, offset)
+        log.info("partition rewound", topic=topic, partition=partition, offset=offset)
+
+    async def _drop_client(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                await asyncio.wait_for(consumer.stop(), 2.0)
+            except Exception:  # a broker that is gone cannot be said goodbye to
+                log.debug("probe client stop failed", exc_info=True)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop_client()
