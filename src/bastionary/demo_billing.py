@@ -18,6 +18,7 @@ exhausted after a burst of usage, and the suspension of a non-payer takes featur
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 import threading
 import time
@@ -61,7 +62,7 @@ class DunningPeers:
         # The dunning clock stands still until the demo moves it: nothing is overdue before.
         self.clock = FileClock(demo_dir / "dunning-clock")
         self.clock.set(datetime.now(timezone.utc))
-        self.secret = secrets.token_urlsafe(18)
+        self.secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()  # Standard Webhooks form
         self.api_key = secrets.token_urlsafe(18)
         self.web_port = free_port()
         self.smtp = SmtpSink()

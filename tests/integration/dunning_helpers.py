@@ -11,7 +11,7 @@ from bastionary.kafka import UsageProducer, read_topic
 
 CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "dunning_catalog.yaml"
 DUE = datetime(2026, 3, 1, tzinfo=timezone.utc)
-SECRET = "whsec-test"
+SECRET = "whsec_dGVzdC1zZWNyZXQtb2YtMjQtYnl0ZXMh"  # Standard Webhooks form: 24 bytes
 
 
 def cloudevent(event_type: str, event_id: str, subject: str, when: datetime, data: dict) -> dict:

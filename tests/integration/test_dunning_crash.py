@@ -9,7 +9,7 @@ so a kill lands while notices are on the wire):
   dunning.notices are exactly the expected ones (a record may repeat on the topic, an id is
   never minted twice).
 - Webhook: at least once on the wire, exactly once for a receiver that dedupes on
-  ``Idempotency-Key`` (the notice_id). A repeat carries the same key and the same body.
+  ``webhook-id`` (the notice_id, signed). A repeat carries the same key and the same body.
 - Email: AT LEAST ONCE. A notice's email is sent a second time exactly when the worker died
   after the SMTP server accepted it (250) and before ``delivered`` was recorded in
   ClickHouse; every copy carries the same deterministic ``Message-ID``
@@ -189,7 +189,7 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
         assert len(kills) >= 2 * len(STEP_DAYS) - 1, summary
         assert all(k.webhooks_seen < INVOICES for k in kills), f"a kill came after the sending: {summary}"
 
-        # Webhook: every notice at least once; deduped on Idempotency-Key, exactly the expected set.
+        # Webhook: every notice at least once; deduped on webhook-id, exactly the expected set.
         assert set(hooked) == all_ids, summary
         assert {d.idempotency_key for d in hooks.unique()} == all_ids
         assert len(hooks.unique()) == len(all_ids)

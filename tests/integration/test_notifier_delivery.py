@@ -7,6 +7,7 @@ customer would run, and the SMTP sink is a real server the client speaks SMTP to
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import json
 import socket
@@ -28,7 +29,10 @@ from bastionary.dunning.notify.email import (
 )
 from bastionary.dunning.notify.retry import Attempt
 from bastionary.dunning.notify.webhook import (
+    ID_HEADER,
+    IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     SignatureError,
     WebhookConfig,
     deliver_webhook,
@@ -37,7 +41,7 @@ from bastionary.dunning.notify.webhook import (
 
 pytestmark = pytest.mark.integration
 
-SECRET = "whsec_integration"
+SECRET = "whsec_" + base64.b64encode(b"integration-test-key-32-bytes-ok").decode()
 NOTICE = {
     "notice_id": "dn-0001-step-2",
     "invoice_id": "inv-2026-02-0042",
@@ -87,9 +91,10 @@ class Attempts:
 
 @dataclass
 class Seen:
+    webhook_id: str | None
     idempotency_key: str | None
-    event_id: str | None
     content_type: str | None
+    timestamp: str | None
     signature: str | None
     verified: int | str  # the timestamp, or the SignatureError reason
     body: bytes
@@ -106,13 +111,13 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        signature = request.headers.get(SIGNATURE_HEADER)
         try:
-            verified: int | str = verify(SECRET, signature, body, now=time.time())
+            verified: int | str = verify(SECRET, request.headers, body, now=time.time())
         except SignatureError as error:
             verified = error.reason
-        self.seen.append(Seen(request.headers.get("Idempotency-Key"), request.headers.get("Bastionary-Event-Id"),
-                              request.headers.get("Content-Type"), signature, verified, body))
+        headers = request.headers
+        self.seen.append(Seen(headers.get(ID_HEADER), headers.get(IDEMPOTENCY_HEADER), headers.get("Content-Type"),
+                              headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER), verified, body))
         if self.delay:
             await asyncio.sleep(self.delay)
         if isinstance(verified, str):
@@ -159,8 +164,8 @@ async def test_webhook_retries_503_then_delivers(receiver, session):
         (1, False, "http 503"), (2, False, "http 503"), (3, True, "http 200")]
     assert len(receiver.seen) == 3
     for seen in receiver.seen:
-        assert seen.idempotency_key == NOTICE["notice_id"]
-        assert seen.event_id == NOTICE["notice_id"]
+        assert seen.webhook_id == seen.idempotency_key == NOTICE["notice_id"]
+        assert seen.signature.startswith("v1,") and " " not in seen.signature
         assert seen.content_type == "application/cloudevents+json"
         assert isinstance(seen.verified, int), seen.verified
         assert seen.body == BODY
@@ -172,8 +177,9 @@ async def test_webhook_signs_each_attempt_afresh(receiver, session):
     ticks = iter([base, base + 7])
     await deliver_webhook(webhook_config(receiver.url), session, NOTICE["notice_id"], BODY,
                           clock=lambda: next(ticks))
-    assert [seen.signature.split(",")[0] for seen in receiver.seen] == [f"t={base}", f"t={base + 7}"]
+    assert [seen.timestamp for seen in receiver.seen] == [str(base), str(base + 7)]
     assert [seen.verified for seen in receiver.seen] == [base, base + 7]
+    assert receiver.seen[0].signature != receiver.seen[1].signature
 
 
 async def test_webhook_400_is_permanent(receiver, session):
@@ -187,7 +193,8 @@ async def test_webhook_400_is_permanent(receiver, session):
 
 
 async def test_webhook_wrong_secret_is_refused_permanently(receiver, session):
-    config = WebhookConfig(url=receiver.url, secret=SecretStr("not-the-secret"), backoff_base=0.01)
+    other = "whsec_" + base64.b64encode(b"not-the-secret-the-receiver-has").decode()
+    config = WebhookConfig(url=receiver.url, secret=SecretStr(other), backoff_base=0.01)
     outcome = await deliver_webhook(config, session, NOTICE["notice_id"], BODY)
     assert (outcome.ok, outcome.attempts, outcome.reason) == (False, 1, "http 401")
     assert receiver.seen[0].verified == "mismatch"

@@ -33,7 +33,7 @@ from bastionary.dunning import engine as dunning_engine
 from bastionary.dunning import events as dunning_events
 from bastionary.dunning import policy as dunning_policy
 from bastionary.entitlements import spec as entitlement_spec
-from bastionary.ingest.cloudevents import REQUIRED_ATTRIBUTES, UsageEvent, parse_record
+from bastionary.ingest.cloudevents import REQUIRED_ATTRIBUTES, RecordLimits, UsageEvent, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.ingest.jsonpath import JsonPathError, compile_path
 from bastionary.metering.readings import MeterIndex
@@ -124,7 +124,7 @@ def model_accepts(event: object) -> bool:
 
 
 def parse(value: bytes | None, headers: list[tuple[str, bytes]] | None = None):
-    return parse_record(value, headers, BROKER_MS, MAX_BYTES, SKEW)
+    return parse_record(value, headers, BROKER_MS, RecordLimits(MAX_BYTES, 10_000, SKEW))
 
 
 def worker_accepts(value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> bool:
@@ -628,7 +628,7 @@ def test_error_classes_as_documented(value, code):
 
 def test_record_over_the_limit_is_record_too_large():
     value = orjson.dumps(BASE_EVENT)
-    parsed = parse_record(value, None, BROKER_MS, len(value) - 1, SKEW)
+    parsed = parse_record(value, None, BROKER_MS, RecordLimits(len(value) - 1, 10_000, SKEW))
     assert parsed.rejection.code is ErrorClass.RECORD_TOO_LARGE
     assert worker_accepts(value)
 
@@ -1345,6 +1345,14 @@ def test_dunning_enums_and_patterns_match():
     assert policy["steps"]["minItems"] == 1
     # `after` is a fixed duration, spelled like payment_terms (both parsed by parse_iso_duration)
     assert step["after"]["pattern"] == PLAN_SCHEMA["properties"]["payment_terms"]["pattern"]
+    # ... and so is max_promise, which must also be longer than zero (a digit 1-9 somewhere)
+    positive = PLAN_SCHEMA["properties"]["payment_terms"]["pattern"].replace("^P(?!$)", "^P(?!$)(?=[^1-9]*[1-9])", 1)
+    assert policy["max_promise"]["pattern"] == positive
+    from bastionary.settings import format_iso_duration
+
+    default = dunning_policy.Policy.model_fields["max_promise"].default
+    assert default == dunning_policy.DEFAULT_MAX_PROMISE
+    assert f"default {format_iso_duration(default)}" in policy["max_promise"]["description"]
 
 
 # The email templates shipped with the package, as the schema and README name them.
@@ -1389,6 +1397,8 @@ def with_step(**overrides: object) -> dict:
     return dunning_catalog(policy(steps=[step(**overrides)]))
 
 
+MAX_PROMISES = ["P30D", "P1W", "PT1H", "PT0.5S", "P0DT1S", "P0D", "PT0S", "P0W0DT0H", "PT0.0S", "P1M", "P1Y", "P",
+                "PT", "30D", "P-1D", "", None, [], {}, MISSING]  # fmt: skip
 AFTERS = ["P1D", "PT5S", "P1W", "P0D", "PT0S", "P2W3D", "PT36H", "PT1.5S", "P1DT12H", "P1M", "P1Y", "P", "PT", "P1DT",
           "1D", "P-1D", "-P1D", "P1.5D", "PT1D", "", None, [], {}, ["P1D"], MISSING]  # fmt: skip
 
@@ -1405,6 +1415,7 @@ def dunning_catalog_documents() -> list[object]:
                        {"plans": "pro"}, {"plans": [1]}, {"plans": [None]}, {"plans": None}, {"plan": ["pro"]}, [], ["pro"], "pro", 1]:  # fmt: skip
         documents.append(dunning_catalog(policy(applies_to=applies_to)))
     documents += [dunning_catalog(policy(min_amount_due=v)) for v in [*POSITIVE_VALUES, None, MISSING]]
+    documents += [dunning_catalog(policy(max_promise=v)) for v in MAX_PROMISES]
     documents += [dunning_catalog(policy(steps=v)) for v in [[], None, {}, "P1D", [None], [1], [[]], [{}], STEPS[:1], STEPS[-1:], MISSING]]
     documents += [dunning_catalog(policy(name="Standard")), dunning_catalog(policy(steps=[step(price=1)]))]
     documents += [with_step(after=v) for v in AFTERS]
@@ -1447,6 +1458,8 @@ DUNNING_CODE_ONLY_REJECTS = {
     "mark_uncollectible not last": dunning_catalog(policy(steps=[step(action="mark_uncollectible"), step(after="P2D")])),
     "unknown email template": with_step(channels=["email"], template="nope"),
     "oversized after": with_step(after="P9999999999D"),
+    "oversized max_promise": dunning_catalog(policy(max_promise="P9999999999D")),
+    "max_promise rounding to zero": dunning_catalog(policy(max_promise="PT0.0000001S")),
 }
 # ... and the code reads durations and amounts more leniently (parse_iso_duration strips
 # blanks, ignores case and reads a number as seconds; Decimal() strips blanks):
@@ -1455,6 +1468,8 @@ DUNNING_CODE_ONLY_ACCEPTS = {
     "lower-case after": with_step(after="p1d"),
     "blank-padded after": with_step(after=" P1D "),
     "blank-padded min_amount_due": dunning_catalog(policy(min_amount_due=" 1 ")),
+    "max_promise in seconds": dunning_catalog(policy(max_promise=86400)),
+    "lower-case max_promise": dunning_catalog(policy(max_promise="p30d")),
 }
 
 
@@ -1480,6 +1495,13 @@ def _after_ok(text: str) -> bool:
 @given(DURATION_TEXT)
 def test_random_step_afters_agree(text):
     assert CATALOG_VALIDATOR.is_valid(with_step(after=text)) == _after_ok(text)
+
+
+@HYPOTHESIS
+@given(DURATION_TEXT)
+def test_random_max_promises_agree(text):
+    document = dunning_catalog(policy(max_promise=text))
+    assert CATALOG_VALIDATOR.is_valid(document) == catalog_accepted(document)
 
 
 @HYPOTHESIS
@@ -1623,7 +1645,8 @@ def payment_events() -> list[object]:
         events.append(billing_event(PAYMENT, {k: MISSING for k in PAYMENT["data"] if k != "invoice_id"}, type=kind))
         for field in ("payment_id", "amount", "currency"):
             events += [billing_event(PAYMENT, {field: v}, type=kind) for v in (MISSING, None)]
-        events += [billing_event(PAYMENT, {"amount": v}, type=kind) for v in POSITIVE_VALUES]
+        # "0.001" USD is finer than a cent: only the code knows each currency's minor unit.
+        events += [billing_event(PAYMENT, {"amount": v}, type=kind) for v in POSITIVE_VALUES if v != "0.001"]
         events += [billing_event(PAYMENT, {"currency": v}, type=kind) for v in ["JPY", "usd", "XXX", "", 1]]
     events += [billing_event(PAYMENT, {"invoice_id": v}) for v in ["i", "", None, 1, [], MISSING]]
     events += [billing_event(PAYMENT, {"payment_id": v}) for v in ["p", "", 1, []]]
@@ -1667,6 +1690,13 @@ def test_payment_schema_agrees_with_parse_payment(candidate):
     expected = payment_accepted(candidate)
     errors = schema_errors(PAYMENT_VALIDATOR, wire(candidate))
     assert (not errors) == expected, f"parse_payment accepts: {expected}; schema errors: {errors}"
+
+
+def test_payment_amounts_finer_than_the_currency_only_the_code_rejects():
+    candidate = billing_event(PAYMENT, {"amount": "0.001", "currency": "USD"})
+    assert not schema_errors(PAYMENT_VALIDATOR, wire(candidate))
+    assert not payment_accepted(candidate)
+    assert payment_accepted(billing_event(PAYMENT, {"amount": "0.001", "currency": "BHD"}))
 
 
 @pytest.mark.parametrize("candidate", RESPONSE_EVENTS, ids=lambda v: repr(v)[:90])
@@ -1777,7 +1807,8 @@ def _table_keys(heading: str) -> list[str]:
 
 
 def test_readme_lists_every_error_class():
-    assert sorted(_table_keys("Error classes")) == sorted(c.value for c in ErrorClass)
+    # A code may appear twice: once where it rejects a whole record, once for one event.
+    assert sorted(set(_table_keys("Error classes"))) == sorted(c.value for c in ErrorClass)
 
 
 def test_readme_lists_every_aggregation():
@@ -1811,20 +1842,25 @@ VALUE_METERS = MeterIndex(
 )
 
 
-def readings(event_type: str, data: dict) -> list:
-    return VALUE_METERS.readings(UsageEvent.model_validate(event(type=event_type, data=data)))
+def readings(event_type: str, data: dict | bytes) -> list:
+    """Through the parser, as the worker reads it: ``data`` as a dict, or as JSON text."""
+    text = data if isinstance(data, bytes) else orjson.dumps(data)
+    value = orjson.dumps(event(type=event_type, data={})).replace(b'"data":{}', b'"data":' + text)
+    parsed = parse(value)
+    if parsed.rejection is not None:
+        raise parsed.rejection
+    (member,) = parsed.members
+    assert member.event is not None, member.rejection
+    return VALUE_METERS.readings(member.event, lambda: parsed.exact_data(0))
 
 
 @pytest.mark.parametrize(
     ("raw", "value"),
-    [
-        (17, "17"), ("17", "17"), (" 4.5 ", "4.5"), ("1e3", "1000"), ("-2", "-2"), (0.1, "0.1"),
-        ("0.0000000005", "0"), ("0.0000000015", "0.000000002"), ("0.0000000025", "0.000000002"),
-        ("-99999999999999999999999999999", "-99999999999999999999999999999"),
-    ],
+    [(b"17", "17"), (b'"17"', "17"), (b'"4.5"', "4.5"), (b"1e3", "1000"), (b"0.1", "0.1"),
+     (b'"999999999999999999.999999999"', "999999999999999999.999999999"), (b"1.50", "1.5")],
 )  # fmt: skip
 def test_readme_number_rule(raw, value):
-    (reading,) = readings("sum", {"v": raw})
+    (reading,) = readings("sum", b'{"v":' + raw + b"}")
     assert reading.value == Decimal(value)
     assert reading.value.as_tuple().exponent == -9
 
@@ -1832,7 +1868,7 @@ def test_readme_number_rule(raw, value):
 @pytest.mark.parametrize(
     "data",
     [{}, {"v": None}, {"v": True}, {"v": {}}, {"v": [1]}, {"v": ""}, {"v": "abc"}, {"v": "NaN"},
-     {"v": "Infinity"}, {"v": 1e29}, {"v": "-1e29"}, {"w": 1}],
+     {"v": "Infinity"}, {"v": " 8 "}, {"v": "1e3"}, {"v": "1_000"}, {"v": "+5"}, {"w": 1}],
 )  # fmt: skip
 def test_readme_non_numbers_are_invalid_meter_value(data):
     with pytest.raises(Rejection) as caught:
@@ -1840,8 +1876,22 @@ def test_readme_non_numbers_are_invalid_meter_value(data):
     assert caught.value.code is ErrorClass.INVALID_METER_VALUE
 
 
+@pytest.mark.parametrize("raw", [b"1e18", b"0.0000000001", b"18446744073709551617", b'"0.30000000000000004"'])
+def test_readme_out_of_range_numbers_are_never_rounded(raw):
+    with pytest.raises(Rejection) as caught:
+        readings("sum", b'{"v":' + raw + b"}")
+    assert caught.value.code is ErrorClass.VALUE_OUT_OF_RANGE
+
+
+def test_readme_negative_values_need_allow_negative():
+    with pytest.raises(Rejection) as caught:
+        readings("sum", {"v": -2})
+    assert caught.value.code is ErrorClass.NEGATIVE_VALUE
+    assert "`allow_negative: true`" in _section("Meters")
+
+
 def test_readme_unique_count_values():
-    assert {r.unique for v in (100, 100.0, 1e2, "100") for r in readings("unique", {"v": v})} == {"100"}
+    assert {r.unique for v in (b"100", b"100.0", b"1e2", b'"100"') for r in readings("unique", b'{"v":' + v + b"}")} == {"100"}
     assert [r.unique for r in readings("unique", {"v": "100.0"})] == ["100.0"]
     for bad in ("", None, True, [], {}):
         with pytest.raises(Rejection):
@@ -1936,7 +1986,11 @@ def test_readme_dead_letter_reasons_are_the_codes():
     payment_reasons = re.findall(r"^\| `(\w+)` \| ", section, flags=re.M)
     assert payment_reasons == ["invalid_json", "not_cloudevent", "unknown_type", "invalid_data", "unknown_invoice", "wrong_currency"]
     assert set(payment_reasons) <= raised
-    assert set(re.findall(r"`(\w+)`", section.split("On `dunning.dlq`", 1)[1])) >= set(payment_reasons) - {"wrong_currency"}
+    on_dunning_dlq = set(re.findall(r"`(\w+)`", section.split("On `dunning.dlq`", 1)[1]))
+    assert on_dunning_dlq >= set(payment_reasons) - {"wrong_currency"}
+    # Every code the dunning code raises is documented (unknown_plan is a subscription's, on billing.dlq).
+    assert raised - {"unknown_plan"} <= set(payment_reasons) | on_dunning_dlq
+    assert "promise_too_far" in raised and "promise_too_far" in on_dunning_dlq
     billing = (ROOT / "src" / "bastionary" / "worker" / "billing.py").read_text()  # send_dead_letter
     documented = re.findall(r"^\| `((?:error|source)\.\w+)` \|", section, flags=re.M)
     assert documented == re.findall(r'\("((?:error|source)\.\w+)", ', billing)
@@ -1974,7 +2028,8 @@ def test_readme_catalog_example_is_accepted():
     assert catalog.dunning.policy_for("pro").key == "standard" and catalog.dunning.policy_for("free") is None
 
 
-README_WEBHOOK_SECRET = "whsec_example"
+# A real Standard Webhooks secret: whsec_ and the base64 of 24 random bytes.
+README_WEBHOOK_SECRET = "whsec_FHfl2gDj6wJg1M4Q4lyzguxrvKbVLKH4"
 
 
 def _readme_webhook_request() -> tuple[dict[str, str], bytes]:
@@ -1985,39 +2040,70 @@ def _readme_webhook_request() -> tuple[dict[str, str], bytes]:
 
 
 def test_readme_webhook_example_is_signed_as_documented():
+    import base64
+    import hashlib
+    import hmac
+
     from bastionary.dunning.notify import webhook
 
-    assert f"`{README_WEBHOOK_SECRET}`" in _section("Webhook delivery")
+    section = _section("Webhook delivery")
+    assert f"`{README_WEBHOOK_SECRET}`" in section
+    key = webhook.secret_bytes(README_WEBHOOK_SECRET)
+    assert len(key) >= 24  # what Standard Webhooks asks of a secret
     headers, body = _readme_webhook_request()
-    assert list(headers) == ["Content-Type", webhook.IDEMPOTENCY_HEADER, webhook.EVENT_ID_HEADER, webhook.SIGNATURE_HEADER]
-    assert headers["Content-Type"] == webhook.CONTENT_TYPE
     event = orjson.loads(body)
-    assert headers[webhook.IDEMPOTENCY_HEADER] == headers[webhook.EVENT_ID_HEADER] == event["id"] == event["data"]["notice_id"]
     assert schema_errors(NOTICE_VALIDATOR, event["data"]) == []
-    timestamp = int(re.match(r"t=(\d+),", headers[webhook.SIGNATURE_HEADER]).group(1))
-    assert webhook.sign(README_WEBHOOK_SECRET, timestamp, body) == headers[webhook.SIGNATURE_HEADER]
-    assert webhook.verify(README_WEBHOOK_SECRET, headers[webhook.SIGNATURE_HEADER], body, now=timestamp + 299) == timestamp
-    assert webhook.DEFAULT_TOLERANCE == 300 and "(default 300 seconds)" in _section("Webhook delivery")
+    timestamp = int(headers[webhook.TIMESTAMP_HEADER])
+    # Exactly the headers the code sends, in its order, for this notice, secret and time.
+    assert headers == webhook.signed_headers(README_WEBHOOK_SECRET, event["id"], timestamp, body)
+    assert headers[webhook.ID_HEADER] == headers[webhook.IDEMPOTENCY_HEADER] == event["id"] == event["data"]["notice_id"]
+    assert headers["Content-Type"] == webhook.CONTENT_TYPE
+    # ... and the signature is the documented formula, computed here without the module.
+    signed = f"{event['id']}.{timestamp}.".encode() + body
+    assert headers[webhook.SIGNATURE_HEADER] == "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert webhook.verify(README_WEBHOOK_SECRET, headers, body, now=timestamp + 299) == timestamp
+    assert webhook.DEFAULT_TOLERANCE == 300 and "(default 300 seconds)" in section
+    for header in (webhook.ID_HEADER, webhook.TIMESTAMP_HEADER, webhook.SIGNATURE_HEADER, webhook.IDEMPOTENCY_HEADER):
+        assert f"**`{header}`**" in section
 
 
 def test_readme_receiver_snippet_verifies_signatures():
+    import base64
     import time as time_module
 
     from bastionary.dunning.notify import webhook
 
     (snippet,) = _blocks("python")
+    assert not re.search(r"^\s*(?:import|from)\s+(?!base64|hashlib|hmac|time)\b", snippet, flags=re.M)  # stdlib only
     namespace: dict = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
     verify = namespace["verify"]
     _, body = _readme_webhook_request()
+    notice = orjson.loads(body)["id"]
     now = int(time_module.time())
-    secret, old = b"new-secret", b"old-secret"
-    assert verify([secret], webhook.sign(secret, now, body), body)
-    assert verify([secret], webhook.sign([old, secret], now, body) + ",v2=future", body)  # rotation; unknown keys
-    assert not verify([secret], webhook.sign(old, now, body), body)
-    assert not verify([secret], webhook.sign(secret, now, body), body + b" ")
-    assert not verify([secret], webhook.sign(secret, now - 301, body), body)
-    assert not verify([secret], "v1=" + webhook.sign(secret, now, body).split("v1=")[1], body)
+    secret, old = README_WEBHOOK_SECRET, "whsec_" + base64.b64encode(b"the-old-secret-of-24byte").decode()
+
+    def signed(secrets, timestamp: int = now, webhook_id: str = notice) -> dict[str, str]:
+        return webhook.signed_headers(secrets, webhook_id, timestamp, body)
+
+    assert verify([secret], signed(secret), body)
+    assert verify([secret], {k.upper(): v for k, v in signed(secret).items()}, body)  # names in any case
+    assert verify([secret], signed([old, secret]), body)  # the sender rotating
+    assert verify([old, secret], signed(old), body)  # the receiver rotating
+    assert verify(["plain-utf8-secret"], signed("plain-utf8-secret"), body)
+    future = signed(secret)
+    future["webhook-signature"] = "v2,xyz " + future["webhook-signature"]  # unknown versions are ignored
+    assert verify([secret], future, body)
+    assert not verify([secret], signed(old), body)
+    assert not verify([secret], signed(secret), body + b" ")
+    assert not verify([secret], signed(secret) | {"webhook-id": "another-notice"}, body)
+    assert not verify([secret], signed(secret) | {"webhook-timestamp": str(now + 1)}, body)
+    assert not verify([secret], signed(secret, now - 301), body)
+    assert not verify([secret], signed(secret, now + 301), body)
+    assert not verify([secret], signed(secret) | {"webhook-signature": "v2,xyz"}, body)
+    assert not verify([secret], signed(secret) | {"webhook-timestamp": "9" * 5000}, body)
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        assert not verify([secret], {k: v for k, v in signed(secret).items() if k != name}, body)
 
 
 def test_readme_delivery_defaults_are_the_settings():

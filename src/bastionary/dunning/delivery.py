@@ -4,7 +4,7 @@ Order per channel, and what a crash right after each step does:
 1. read which channels of this notice_id are recorded as delivered -> nothing sent yet
 2. send (retries with backoff inside; each attempt recorded)      -> the record is redelivered
    by Kafka (the offset is not committed) and the channel is sent again: webhook receivers
-   see the same Idempotency-Key (the notice_id) and drop it; an email goes out a second time
+   see the same webhook-id (the notice_id) and drop it; an email goes out a second time
    with the same Message-ID. This window, between the peer accepting and step 3, is the
    only way a notice reaches a peer twice.
 3. record ``delivered`` (or ``delivery_failed`` + dead letter)    -> done; a redelivered

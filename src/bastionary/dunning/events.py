@@ -2,18 +2,38 @@
 
 ``billing.payments`` (keyed by customer id) and ``dunning.responses`` carry structured-JSON
 CloudEvents. What fails here goes to a dead-letter topic with the reason; what passes is
-checked against the invoice it names by the worker (unknown invoice, wrong currency).
+checked against the invoice it names by the worker (unknown invoice, wrong currency, a
+promise reaching past the invoice's policy's ``max_promise``).
+
+Like the billing parsers (see :mod:`bastionary.rating.events`), these are total and accept
+only storable values: any bytes give a parsed event or :class:`InvalidBillingEvent`.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
+from typing import Annotated
 
 from pydantic import AwareDatetime, Field, StrictStr, model_validator
 
-from bastionary.rating.events import BillingEvent, InvalidBillingEvent, _Data, parse_data, parse_envelope
-from bastionary.rating.money import MINOR_UNITS
+from bastionary.rating.events import (
+    LATEST,
+    MAX_CHANNEL_LENGTH,
+    Amount,
+    BillingEvent,
+    BillingTime,
+    Id,
+    InvalidBillingEvent,
+    OptionalId,
+    Text,
+    _Data,
+    check_currency,
+    parse_data,
+    parse_envelope,
+    preview,
+    time_in_range,
+)
+from bastionary.settings import format_iso_duration
 
 PAYMENT_TYPES = {
     "bastionary.payment.succeeded.v1": "succeeded",
@@ -36,57 +56,65 @@ INVOICE_FINALIZED = "bastionary.invoice.finalized.v1"
 
 
 class InvoiceData(_Data):
-    invoice_id: StrictStr = Field(min_length=1)
-    customer_id: StrictStr = Field(min_length=1)
-    plan: StrictStr = ""
+    invoice_id: Id
+    customer_id: Id
+    plan: OptionalId = ""
     currency: StrictStr
-    total: Decimal = Field(ge=0, allow_inf_nan=False)
-    issued_at: AwareDatetime
-    due_at: AwareDatetime
-    period_start: AwareDatetime
-    period_end: AwareDatetime
+    total: Amount = Field(ge=0)
+    issued_at: BillingTime
+    due_at: BillingTime
+    period_start: BillingTime
+    period_end: BillingTime
+
+    @model_validator(mode="after")
+    def _money(self) -> "InvoiceData":
+        check_currency(self.currency, self.total)
+        return self
 
 
 class PaymentData(_Data):
-    invoice_id: StrictStr = Field(min_length=1)
-    payment_id: StrictStr | None = Field(default=None, min_length=1)
-    customer_id: StrictStr | None = None
-    amount: Decimal | None = Field(default=None, allow_inf_nan=False)
+    invoice_id: Id
+    payment_id: Id | None = None
+    customer_id: OptionalId | None = None
+    amount: Amount | None = None
     currency: StrictStr | None = None
-    paid_at: AwareDatetime | None = None
-    reason: StrictStr = ""
+    paid_at: BillingTime | None = None
+    reason: Text = ""
 
     @model_validator(mode="after")
     def _money(self) -> "PaymentData":
         if self.amount is not None and self.amount <= 0:
-            raise ValueError(f"amount must be positive, got {self.amount}")
-        if self.currency is not None and self.currency not in MINOR_UNITS:
-            raise ValueError(f"unknown currency {self.currency!r}")
+            raise ValueError(f"amount must be positive, got {preview(str(self.amount), 40)}")
+        check_currency(self.currency, self.amount)
         return self
 
 
 class ResponseData(_Data):
-    invoice_id: StrictStr = Field(min_length=1)
-    notice_id: StrictStr | None = None
-    customer_id: StrictStr | None = None
-    channel: StrictStr = ""
+    invoice_id: Id
+    notice_id: OptionalId | None = None
+    customer_id: OptionalId | None = None
+    channel: Annotated[StrictStr, Field(max_length=MAX_CHANNEL_LENGTH)] = ""
+    # Not bounded here: parse_response tells a promise too far (promise_too_far) from a bad one.
     promised_by: AwareDatetime | None = None
-    reason: StrictStr = ""
+    reason: Text = ""
 
 
 def parse_invoice(value: bytes) -> InvoiceData | None:
-    """The receivable of an invoice.finalized event; None for the other types on the topic."""
+    """The receivable of an invoice.finalized event; None for the other types on the topic.
+
+    The event's ``time`` is not checked against the record's timestamp: these are the rater's
+    own events, republished as stored, and only their ``data`` is kept."""
     event = parse_envelope(value)
     if event.type != INVOICE_FINALIZED:
         return None
     return parse_data(InvoiceData, event)
 
 
-def parse_payment(value: bytes) -> tuple[BillingEvent, str, PaymentData]:
-    event = parse_envelope(value)
+def parse_payment(value: bytes, *, latest_time: datetime | None = None) -> tuple[BillingEvent, str, PaymentData]:
+    event = parse_envelope(value, latest_time)
     kind = PAYMENT_TYPES.get(event.type)
     if kind is None:
-        raise InvalidBillingEvent("unknown_type", f"not a payment event type: {event.type}")
+        raise InvalidBillingEvent("unknown_type", f"not a payment event type: {preview(event.type)}")
     data = parse_data(PaymentData, event)
     if kind in ("succeeded", "refunded", "failed") and data.payment_id is None:
         raise InvalidBillingEvent("invalid_data", f"{kind} needs payment_id")
@@ -95,16 +123,24 @@ def parse_payment(value: bytes) -> tuple[BillingEvent, str, PaymentData]:
     return event, kind, data
 
 
-def parse_response(value: bytes) -> tuple[BillingEvent, str, ResponseData]:
-    event = parse_envelope(value)
+def parse_response(value: bytes, *, latest_time: datetime | None = None) -> tuple[BillingEvent, str, ResponseData]:
+    event = parse_envelope(value, latest_time)
     kind = RESPONSE_TYPES.get(event.type)
     if kind is None:
-        raise InvalidBillingEvent("unknown_type", f"not a dunning response type: {event.type}")
+        raise InvalidBillingEvent("unknown_type", f"not a dunning response type: {preview(event.type)}")
     data = parse_data(ResponseData, event)
     if kind == "promised" and data.promised_by is None:
         raise InvalidBillingEvent("invalid_data", "promised needs promised_by")
     if kind == "promised" and data.promised_by <= event.time:
         raise InvalidBillingEvent("invalid_data", "promised_by must be after the event time")
+    if data.promised_by is not None and not time_in_range(data.promised_by):
+        if kind == "promised":  # later than LATEST: too far whatever the policy
+            raise InvalidBillingEvent(
+                "promise_too_far",
+                f"promised_by {data.promised_by.isoformat()} is not before {LATEST.isoformat()}, the end of"
+                " the dates Bastionary stores",
+            )
+        raise InvalidBillingEvent("invalid_data", "promised_by: must fall within 1970-01-01 .. 2105-12-31 UTC")
     return event, kind, data
 
 
@@ -115,6 +151,27 @@ def check_against_invoice(kind: str, data: PaymentData, invoice_currency: str | 
     if data.currency is not None and data.currency != invoice_currency:
         raise InvalidBillingEvent(
             "wrong_currency", f"payment in {data.currency} for invoice {data.invoice_id} in {invoice_currency}"
+        )
+
+
+def check_promise(event: BillingEvent, kind: str, data: ResponseData, max_promise: timedelta) -> None:
+    """Raise the dead-letter reason for a promise reaching past ``max_promise`` after its ``time``.
+
+    A promise pauses dunning until ``promised_by``: unbounded, ``9999-12-31`` would stop it for
+    good. Exactly ``max_promise`` after the response is still accepted.
+    """
+    if kind != "promised" or data.promised_by is None:
+        return
+    try:
+        limit = event.time + max_promise
+    except OverflowError:
+        return  # the limit is past year 9999: no datetime can exceed it
+    if data.promised_by > limit:
+        raise InvalidBillingEvent(
+            "promise_too_far",
+            f"promised_by {data.promised_by.isoformat()} is more than max_promise"
+            f" {format_iso_duration(max_promise)} after the response's time {event.time.isoformat()}"
+            f" (at most {limit.isoformat()})",
         )
 
 

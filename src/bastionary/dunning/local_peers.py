@@ -2,8 +2,8 @@
 
 The demo catches its dunning email and webhooks with them, and the tests check what
 arrived. Both are real servers on 127.0.0.1 (aiosmtpd speaks SMTP; the receiver is an HTTP
-server that verifies ``Bastionary-Signature`` and dedupes on ``Idempotency-Key`` the way
-the README asks a production receiver to).
+server that verifies the Standard Webhooks ``webhook-*`` headers and dedupes on the signed
+``webhook-id`` the way the README asks a production receiver to).
 
 Both take a ``delay`` (seconds, or a ``(low, high)`` range drawn uniformly per request) to
 play a slow peer: the request is kept first and answered only after the delay, so a sender
@@ -26,8 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from aiosmtpd.controller import Controller
 
 from bastionary.dunning.notify.webhook import (
-    IDEMPOTENCY_HEADER,
-    SIGNATURE_HEADER,
+    ID_HEADER,
     SignatureError,
     verify,
 )
@@ -91,7 +90,7 @@ class SmtpSink:
 
 @dataclass
 class WebhookDelivery:
-    idempotency_key: str
+    idempotency_key: str  # the signed webhook-id: what the receiver dedupes on
     timestamp: int
     body: bytes
     duplicate: bool
@@ -99,7 +98,7 @@ class WebhookDelivery:
 
 @dataclass
 class WebhookReceiver:
-    """POSTs with a valid signature are kept; a repeated Idempotency-Key is marked duplicate.
+    """POSTs with a valid signature are kept; a repeated webhook-id is marked duplicate.
 
     ``fail_first`` answers 503 to that many requests first, to exercise the retries.
     ``delay`` holds back every answer, after the request is kept (see the module docstring)."""
@@ -136,7 +135,7 @@ class WebhookReceiver:
             return [d for d in self.deliveries if not d.duplicate]
 
     def duplicates(self) -> list[WebhookDelivery]:
-        """Deliveries of an Idempotency-Key seen before: what a deduping receiver drops."""
+        """Deliveries of a webhook-id seen before: what a deduping receiver drops."""
         with self._lock:
             return [d for d in self.deliveries if d.duplicate]
 
@@ -151,15 +150,16 @@ class WebhookReceiver:
                         receiver.fail_first -= 1
                         return self._answer(503)
                 try:
-                    stamp = verify(receiver.secret, self.headers.get(SIGNATURE_HEADER), body, now=time.time())
+                    stamp = verify(receiver.secret, self.headers, body, now=time.time())
                 except SignatureError as error:
                     with receiver._lock:
                         receiver.rejected.append(error.reason)
                     return self._answer(400)
-                key = self.headers.get(IDEMPOTENCY_HEADER, "")
+                # The signed id, not Idempotency-Key: only it cannot be changed on the way.
+                webhook_id = self.headers[ID_HEADER].strip()
                 with receiver._lock:
-                    seen = any(d.idempotency_key == key for d in receiver.deliveries)
-                    receiver.deliveries.append(WebhookDelivery(key, stamp, body, seen))
+                    seen = any(d.idempotency_key == webhook_id for d in receiver.deliveries)
+                    receiver.deliveries.append(WebhookDelivery(webhook_id, stamp, body, seen))
                 self._answer(200)
 
             def _answer(self, status: int) -> None:

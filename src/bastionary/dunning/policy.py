@@ -2,7 +2,8 @@
 
 Each step's ``after`` counts from the invoice's ``due_at``, minus the time the case spent
 paused (a promise to pay, a dispute), so a lapsed promise resumes the schedule where it
-stood instead of firing every step it covered at once.
+stood instead of firing every step it covered at once. A promise pauses for at most the
+policy's ``max_promise``: ``promised_by: 9999-12-31`` must not stop dunning for good.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class Action(StrEnum):
 # that only notify are collapsed to the latest one.
 STATE_ACTIONS = {Action.SUSPEND, Action.MARK_UNCOLLECTIBLE}
 CHANNELS = ("email", "webhook")
+# How far past its response a promise to pay may reach, when the policy does not say (or
+# no policy applies: the promise is still recorded, and the bound still holds).
+DEFAULT_MAX_PROMISE = timedelta(days=30)
 
 
 class _Model(BaseModel):
@@ -75,7 +79,15 @@ class Policy(_Model):
     key: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     applies_to: AppliesTo | None = None
     min_amount_due: Decimal = Field(default=Decimal("0.01"), gt=0, allow_inf_nan=False)
+    max_promise: Duration = DEFAULT_MAX_PROMISE
     steps: tuple[Step, ...] = Field(min_length=1)
+
+    @field_validator("max_promise")
+    @classmethod
+    def _promise_possible(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("max_promise must be longer than zero (promised_by is always after the response)")
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> "Policy":
@@ -118,3 +130,8 @@ class DunningConfig(_Model):
 
     def policy(self, key: str) -> Policy | None:
         return next((p for p in self.policies if p.key == key), None)
+
+    def max_promise_for(self, plan: str) -> timedelta:
+        """How far past its response a promise on an invoice of ``plan`` may reach."""
+        policy = self.policy_for(plan)
+        return policy.max_promise if policy is not None else DEFAULT_MAX_PROMISE

@@ -1,7 +1,10 @@
 """Per-customer entitlement overrides: the ``entitlements.overrides`` topic.
 
 Each record is one structured-JSON CloudEvent of type ``bastionary.entitlement.override.v1``,
-keyed by customer id. Invalid ones are reported with a code, as billing events are.
+keyed by customer id. Invalid ones are reported with a code, as billing events are: whatever
+bytes arrive, :func:`parse_override` returns an :class:`Override` or raises
+:class:`InvalidOverride`, and what it accepts fits ``entitlement_overrides`` (times within
+1970 .. 2105, limits within 18 integer and 9 fractional digits, ids of at most 256 characters).
 """
 
 from __future__ import annotations
@@ -11,10 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from bastionary.entitlements.spec import FEATURE_REGEX
-from bastionary.rating.events import InvalidBillingEvent, parse_data, parse_envelope
+from bastionary.rating.events import (
+    MAX_ID_LENGTH,
+    Amount,
+    BillingTime,
+    Id,
+    InvalidBillingEvent,
+    parse_data,
+    parse_envelope,
+    preview,
+)
 
 OVERRIDE_TYPE = "bastionary.entitlement.override.v1"
 ACTIONS = ("limit", "limit_delta", "enabled")
@@ -47,13 +59,13 @@ class _OverrideData(BaseModel):
     # Forbid unknown fields: a misspelt ``expires_at`` would otherwise grant forever.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    override_id: StrictStr = Field(min_length=1)
-    customer_id: StrictStr = Field(min_length=1)
-    feature: StrictStr = Field(pattern=FEATURE_REGEX)
-    effective_at: AwareDatetime
-    expires_at: AwareDatetime | None = None
-    limit: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    limit_delta: Decimal | None = Field(default=None, allow_inf_nan=False)
+    override_id: Id
+    customer_id: Id
+    feature: StrictStr = Field(max_length=MAX_ID_LENGTH, pattern=FEATURE_REGEX)
+    effective_at: BillingTime
+    expires_at: BillingTime | None = None
+    limit: Amount | None = Field(default=None, ge=0)  # Amount: finite, 18 integer and 9 fractional digits
+    limit_delta: Amount | None = None
     enabled: StrictBool | None = None
 
     @model_validator(mode="after")
@@ -68,11 +80,14 @@ class _OverrideData(BaseModel):
         return self
 
 
-def parse_override(value: bytes) -> Override:
+def parse_override(value: bytes, *, latest_time: datetime | None = None) -> Override:
+    """``latest_time``: see :func:`bastionary.rating.events.latest_event_time` (``future_time``)."""
     try:
-        event = parse_envelope(value)
+        event = parse_envelope(value, latest_time)
         if event.type != OVERRIDE_TYPE:
-            raise InvalidBillingEvent("unknown_type", f"not an entitlement override event type: {event.type}")
+            raise InvalidBillingEvent(
+                "unknown_type", f"not an entitlement override event type: {preview(event.type)}"
+            )
         data = parse_data(_OverrideData, event)
     except InvalidBillingEvent as exc:
         raise InvalidOverride(exc.code, str(exc)) from None

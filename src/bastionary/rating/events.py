@@ -2,16 +2,34 @@
 
 Each record on ``billing.subscriptions`` / ``billing.credit-grants`` is one CloudEvent
 (structured JSON), keyed by customer id. Invalid ones go to ``billing.dlq`` with a reason.
+
+The parsers here (and those built on :func:`parse_envelope`: payments, responses, invoices,
+entitlement overrides) are total: whatever bytes arrive, they return a parsed event or raise
+:class:`InvalidBillingEvent` with a code, never anything else. And everything they accept can
+be stored: times fall within :data:`EARLIEST` .. :data:`LATEST`, amounts and limits fit
+``Decimal(38, 9)`` exactly (at most :data:`MAX_INTEGER_DIGITS` integer digits, and no more
+decimals than the currency has, or than 9 without a currency), ids and texts have a bounded
+length. schemas/README.md (Billing limits) lists the bounds.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from bastionary.rating.money import MINOR_UNITS
 
@@ -22,34 +40,125 @@ SUBSCRIPTION_TYPES = {
 }
 CREDIT_TYPES = {"bastionary.credit.granted.v1": "granted", "bastionary.credit.voided.v1": "voided"}
 
+# The storable range of every billing time: the usage range (ClickHouse DateTime, which the
+# rollup windows use), well inside DateTime64's 1900 .. 2299. LATEST itself is excluded.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
+# Amounts and limits are Decimal(38, 9) columns; like meter values, at most 18 integer digits
+# (sums of many still fit) and at most 9 decimals (what the column keeps; fewer for a currency).
+MAX_INTEGER_DIGITS = 18
+MAX_FRACTION_DIGITS = 9
+MAX_PRIORITY = 2**31 - 1  # credit_ledger.priority is Int32
+MAX_EVENT_ID_LENGTH = 512  # the CloudEvent's id, as for usage events
+MAX_SOURCE_LENGTH = 1024
+MAX_TYPE_LENGTH = 256
+MAX_ID_LENGTH = 256  # ids and keys in data: customer, subscription, grant, invoice, payment, plan...
+MAX_EMAIL_LENGTH = 254  # the longest forward path SMTP carries
+MAX_TEXT_LENGTH = 2048  # free text: a payment's or a response's reason
+MAX_CHANNEL_LENGTH = 64
+
+
+def _storable_time(value: datetime) -> datetime:
+    # Aware datetimes compare as UTC without overflowing, whatever their offsets.
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("must fall within 1970-01-01 .. 2105-12-31 UTC")
+    return value
+
+
+def time_in_range(value: datetime) -> bool:
+    return EARLIEST <= value < LATEST
+
+
+# A date-time with an offset, within EARLIEST .. LATEST.
+BillingTime = Annotated[AwareDatetime, AfterValidator(_storable_time)]
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+OptionalId = Annotated[StrictStr, Field(max_length=MAX_ID_LENGTH)]  # may be empty
+Text = Annotated[StrictStr, Field(max_length=MAX_TEXT_LENGTH)]
+
+
+def fraction_digits(value: Decimal) -> int:
+    """Decimals ``value`` needs, trailing zeros aside (``1.50`` needs 1), computed exactly:
+    ``Decimal.normalize`` would round to the context's 28 digits first."""
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int) or exponent >= 0:
+        return 0
+    zeros = 0
+    for digit in reversed(digits):
+        if digit != 0 or zeros == -exponent:
+            break
+        zeros += 1
+    return -exponent - zeros
+
+
+def amount_problem(value: Decimal, currency: str | None = None) -> str | None:
+    """Why ``value`` cannot be stored exactly as an amount (in ``currency``), or None."""
+    if not value.is_finite():
+        return "must be a finite number"
+    if value != 0 and value.adjusted() >= MAX_INTEGER_DIGITS:
+        return f"must be below 10^{MAX_INTEGER_DIGITS} in magnitude (at most {MAX_INTEGER_DIGITS} integer digits)"
+    allowed = MINOR_UNITS.get(currency, MAX_FRACTION_DIGITS) if currency is not None else MAX_FRACTION_DIGITS
+    needed = fraction_digits(value)
+    if needed > allowed:
+        unit = f"{currency} has {allowed}" if currency in MINOR_UNITS else f"at most {allowed}"
+        return f"has {needed} decimal place{'s' if needed != 1 else ''}; {unit}"
+    return None
+
+
+def _storable_decimal(value: Decimal) -> Decimal:
+    problem = amount_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# A finite Decimal(38, 9) value with at most 18 integer digits; the currency's decimals are
+# checked by the model that knows the currency.
+Amount = Annotated[Decimal, Field(allow_inf_nan=False), AfterValidator(_storable_decimal)]
+
+
+def preview(value: Any, limit: int = 80) -> str:
+    """A bounded repr for messages: a hostile value must not make a huge dead-letter header."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_currency(currency: str | None, *amounts: Decimal | None) -> None:
+    """Raise ValueError for an unknown currency, or an amount with more decimals than it has."""
+    if currency is not None and currency not in MINOR_UNITS:
+        raise ValueError(f"unknown currency {preview(currency)}")
+    for amount in amounts:
+        if amount is not None and (problem := amount_problem(amount, currency)) is not None:
+            raise ValueError(f"amount {preview(str(amount), 40)} {problem}")
+
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class SubscriptionData(_Data):
-    subscription_id: StrictStr = Field(min_length=1)
-    customer_id: StrictStr = Field(min_length=1)
-    plan: StrictStr | None = None
-    start: AwareDatetime | None = None
-    billing_anchor: AwareDatetime | None = None
-    effective_at: AwareDatetime | None = None
-    billing_email: StrictStr | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")  # where dunning email goes
+    subscription_id: Id
+    customer_id: Id
+    plan: Annotated[StrictStr, Field(max_length=MAX_ID_LENGTH)] | None = None
+    start: BillingTime | None = None
+    billing_anchor: BillingTime | None = None
+    effective_at: BillingTime | None = None
+    billing_email: StrictStr | None = Field(  # where dunning email goes
+        default=None, max_length=MAX_EMAIL_LENGTH, pattern=r"^[^@\s]+@[^@\s]+$"
+    )
 
 
 class CreditGrantData(_Data):
-    grant_id: StrictStr = Field(min_length=1)
-    customer_id: StrictStr = Field(min_length=1)
-    amount: Decimal | None = Field(default=None, gt=0, allow_inf_nan=False)
+    grant_id: Id
+    customer_id: Id
+    amount: Amount | None = Field(default=None, gt=0)
     currency: StrictStr | None = None
-    priority: int = Field(default=100, ge=0)
-    effective_at: AwareDatetime | None = None
-    expires_at: AwareDatetime | None = None
+    priority: StrictInt = Field(default=100, ge=0, le=MAX_PRIORITY)
+    effective_at: BillingTime | None = None
+    expires_at: BillingTime | None = None
 
     @model_validator(mode="after")
     def _currency(self) -> "CreditGrantData":
-        if self.currency is not None and self.currency not in MINOR_UNITS:
-            raise ValueError(f"unknown currency {self.currency!r}")
+        check_currency(self.currency, self.amount)
         return self
 
 
@@ -57,10 +166,10 @@ class BillingEvent(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     specversion: Literal["1.0"]
-    id: StrictStr = Field(min_length=1)
-    source: StrictStr = Field(min_length=1)
-    type: StrictStr
-    time: AwareDatetime
+    id: StrictStr = Field(min_length=1, max_length=MAX_EVENT_ID_LENGTH)
+    source: StrictStr = Field(min_length=1, max_length=MAX_SOURCE_LENGTH)
+    type: StrictStr = Field(max_length=MAX_TYPE_LENGTH)
+    time: BillingTime
     data: dict
 
 
@@ -70,14 +179,28 @@ class InvalidBillingEvent(ValueError):
         self.code = code
 
 
-def parse_subscription(value: bytes, known_plans: set[str]) -> tuple[BillingEvent, str, SubscriptionData]:
-    event = parse_envelope(value)
+def latest_event_time(record_timestamp: float | None, max_future_skew: timedelta) -> datetime | None:
+    """The latest ``time`` an event may carry in a record with this broker timestamp (seconds,
+    as Faust gives it): the timestamp plus ``max_future_skew``. None when the record has no
+    usable timestamp (Kafka's -1, or past any date): its events' times are then not checked."""
+    if record_timestamp is None or not 0 <= record_timestamp < LATEST.timestamp():
+        return None
+    try:
+        return datetime.fromtimestamp(record_timestamp, tz=timezone.utc) + max_future_skew
+    except OverflowError:  # a skew reaching past year 9999: no time can be later
+        return None
+
+
+def parse_subscription(
+    value: bytes, known_plans: set[str], *, latest_time: datetime | None = None
+) -> tuple[BillingEvent, str, SubscriptionData]:
+    event = parse_envelope(value, latest_time)
     kind = SUBSCRIPTION_TYPES.get(event.type)
     if kind is None:
-        raise InvalidBillingEvent("unknown_type", f"not a subscription event type: {event.type}")
+        raise InvalidBillingEvent("unknown_type", f"not a subscription event type: {preview(event.type)}")
     data = parse_data(SubscriptionData, event)
     if kind in ("created", "changed") and (data.plan is None or data.plan not in known_plans):
-        raise InvalidBillingEvent("unknown_plan", f"plan {data.plan!r} is not in the catalog")
+        raise InvalidBillingEvent("unknown_plan", f"plan {preview(data.plan)} is not in the catalog")
     if kind == "created" and data.start is None:
         raise InvalidBillingEvent("invalid_data", "created needs start")
     if kind in ("changed", "canceled") and data.effective_at is None:
@@ -85,11 +208,11 @@ def parse_subscription(value: bytes, known_plans: set[str]) -> tuple[BillingEven
     return event, kind, data
 
 
-def parse_credit(value: bytes) -> tuple[BillingEvent, str, CreditGrantData]:
-    event = parse_envelope(value)
+def parse_credit(value: bytes, *, latest_time: datetime | None = None) -> tuple[BillingEvent, str, CreditGrantData]:
+    event = parse_envelope(value, latest_time)
     kind = CREDIT_TYPES.get(event.type)
     if kind is None:
-        raise InvalidBillingEvent("unknown_type", f"not a credit event type: {event.type}")
+        raise InvalidBillingEvent("unknown_type", f"not a credit event type: {preview(event.type)}")
     data = parse_data(CreditGrantData, event)
     if kind == "granted" and (data.amount is None or data.currency is None or data.effective_at is None):
         raise InvalidBillingEvent("invalid_data", "granted needs amount, currency and effective_at")
@@ -98,13 +221,22 @@ def parse_credit(value: bytes) -> tuple[BillingEvent, str, CreditGrantData]:
     return event, kind, data
 
 
-def parse_envelope(value: bytes) -> BillingEvent:
+def parse_envelope(value: bytes, latest_time: datetime | None = None) -> BillingEvent:
+    """The CloudEvent envelope; with ``latest_time`` (see :func:`latest_event_time`), an event
+    whose ``time`` is later is rejected as ``future_time``."""
     try:
-        return BillingEvent.model_validate(orjson.loads(value))
+        event = BillingEvent.model_validate(orjson.loads(value))
     except orjson.JSONDecodeError as exc:
-        raise InvalidBillingEvent("invalid_json", f"value is not JSON: {exc}") from None
+        raise InvalidBillingEvent("invalid_json", f"value is not JSON: {str(exc)[:200]}") from None
     except ValidationError as exc:
         raise InvalidBillingEvent("not_cloudevent", _errors(exc)) from None
+    if latest_time is not None and event.time > latest_time:
+        raise InvalidBillingEvent(
+            "future_time",
+            f"time {event.time.isoformat()} is after the record's timestamp plus the allowed clock skew"
+            f" ({latest_time.isoformat()}; BASTIONARY_MAX_FUTURE_SKEW)",
+        )
+    return event
 
 
 def parse_data(model, event: BillingEvent):
@@ -115,7 +247,12 @@ def parse_data(model, event: BillingEvent):
 
 
 def _errors(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)[:5])
+    # Bounded: a location may be a producer's (misspelt, or huge) field name.
+    parts = []
+    for error in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p)[:64] for p in error["loc"])
+        parts.append(f"{where}: {error['msg'][:200]}" if where else error["msg"][:200])
+    return "; ".join(parts)
 
 
 def event_time(moment: datetime | None, fallback: datetime) -> datetime:

@@ -63,6 +63,14 @@ class DunningStore:
         ).result_rows
         return rows[0][0] if rows else None
 
+    def invoice_customer_plan(self, invoice_id: str) -> tuple[str, str] | None:
+        """(customer, plan) of an invoice: a response needs both (its row, its policy)."""
+        rows = self.client.query(
+            "SELECT customer_id, plan FROM receivables WHERE invoice_id = {i:String} LIMIT 1",
+            parameters={"i": invoice_id},
+        ).result_rows
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def insert_payments(self, rows: list[tuple]) -> None:
         if rows:
             self.client.insert("payments", rows, column_names=PAYMENT_COLUMNS)

@@ -14,17 +14,22 @@ from bastionary.dunning.clock import clock_from_setting
 from bastionary.dunning.delivery import Notifier
 from bastionary.dunning.dunner import Dunner
 from bastionary.dunning.events import (
+    InvoiceData,
+    PaymentData,
+    ResponseData,
     check_against_invoice,
+    check_promise,
     parse_invoice,
     parse_payment,
     parse_response,
     payment_moment,
 )
 from bastionary.dunning.notify import SmtpConfig, WebhookConfig
-from bastionary.rating.events import InvalidBillingEvent
+from bastionary.rating.events import BillingEvent, InvalidBillingEvent, latest_event_time
 from bastionary.settings import Settings
 from bastionary.storage.dunning import DunningStore, TrailRow
 from bastionary.topics import Topics
+from bastionary.worker.billing import consume_intake
 from bastionary.worker.http import authenticated, json_error
 
 log = structlog.get_logger(__name__)
@@ -32,7 +37,8 @@ DELIVERY_CONCURRENCY = 4  # notices in flight per worker; a slow peer holds one 
 
 
 def install_dunning(app: faust.App, settings: Settings, catalog: Catalog, client_factory, owns, dead_letter) -> None:
-    """``dead_letter(topic, key, value, code, message, source)`` sends to a dead-letter topic."""
+    """``dead_letter(topic, message, code, text, value=None, exception=None)`` sends to a
+    dead-letter topic (see install_billing's send_dead_letter)."""
     topics = Topics(settings.topic_prefix)
     raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": settings.usage_partitions}
     invoices_topic = app.topic(topics.invoices, **raw)
@@ -46,53 +52,49 @@ def install_dunning(app: faust.App, settings: Settings, catalog: Catalog, client
             state["store"] = DunningStore(client_factory())
         return state["store"]
 
+    def latest(message) -> datetime | None:
+        """The latest event ``time`` a record may carry (``future_time`` beyond it)."""
+        return latest_event_time(message.timestamp, settings.max_future_skew)
+
+    def intake(stream, dlq_topic: str, handle):
+        return consume_intake(app, stream, dead_letter=dead_letter, dlq_topic=dlq_topic,
+                              invalid=InvalidBillingEvent, handle=handle, prepare=store)
+
+    async def store_invoice(message) -> None:
+        data = parse_invoice(message.value or b"")
+        if data is None:
+            return
+        row = receivable_row(data, datetime.now(timezone.utc))
+        await asyncio.to_thread(store().insert_receivables, [row])
+
+    async def store_payment(message) -> None:
+        envelope, kind, data = parse_payment(message.value or b"", latest_time=latest(message))
+        currency = await asyncio.to_thread(store().invoice_currency, data.invoice_id)
+        check_against_invoice(kind, data, currency)
+        customer = data.customer_id or await asyncio.to_thread(store().invoice_customer, data.invoice_id)
+        row = payment_row(envelope, kind, data, customer, currency, datetime.now(timezone.utc))
+        await asyncio.to_thread(store().insert_payments, [row])
+
+    async def store_response(message) -> None:
+        envelope, kind, data = parse_response(message.value or b"", latest_time=latest(message))
+        invoice = await asyncio.to_thread(store().invoice_customer_plan, data.invoice_id)
+        if invoice is None:
+            raise InvalidBillingEvent("unknown_invoice", f"no invoice {data.invoice_id!r}")
+        customer, plan = invoice
+        check_promise(envelope, kind, data, catalog.dunning.max_promise_for(plan))
+        await asyncio.to_thread(store().insert_trail, [response_row(envelope, kind, data, customer)])
+
     @app.agent(invoices_topic, name="dunning-invoices")
     async def invoice_intake(stream):
-        async for event in stream.events():
-            try:
-                data = parse_invoice(event.message.value or b"")
-            except InvalidBillingEvent as error:
-                await dead_letter(topics.dunning_dlq, event.message, error.code, str(error))
-                continue
-            if data is None:
-                continue
-            row = (data.invoice_id, data.customer_id, data.plan, data.currency, data.total, data.issued_at,
-                   data.due_at, data.period_start, data.period_end, datetime.now(timezone.utc))
-            await asyncio.to_thread(store().insert_receivables, [row])
+        await intake(stream, topics.dunning_dlq, store_invoice)
 
     @app.agent(payments_topic, name="dunning-payments")
     async def payment_intake(stream):
-        async for event in stream.events():
-            value = event.message.value or b""
-            try:
-                envelope, kind, data = parse_payment(value)
-                currency = await asyncio.to_thread(store().invoice_currency, data.invoice_id)
-                check_against_invoice(kind, data, currency)
-            except InvalidBillingEvent as error:
-                await dead_letter(topics.billing_dlq, event.message, error.code, str(error))
-                continue
-            customer = data.customer_id or await asyncio.to_thread(store().invoice_customer, data.invoice_id)
-            row = (
-                envelope.id, kind, data.payment_id or envelope.id, data.invoice_id, customer,
-                data.amount or 0, data.currency or currency, payment_moment(envelope, data), data.reason,
-                datetime.now(timezone.utc),
-            )
-            await asyncio.to_thread(store().insert_payments, [row])
+        await intake(stream, topics.billing_dlq, store_payment)
 
     @app.agent(responses_topic, name="dunning-responses")
     async def response_intake(stream):
-        async for event in stream.events():
-            try:
-                envelope, kind, data = parse_response(event.message.value or b"")
-                customer = await asyncio.to_thread(store().invoice_customer, data.invoice_id)
-                if customer is None:
-                    raise InvalidBillingEvent("unknown_invoice", f"no invoice {data.invoice_id!r}")
-            except InvalidBillingEvent as error:
-                await dead_letter(topics.dunning_dlq, event.message, error.code, str(error))
-                continue
-            row = TrailRow(envelope.id, data.invoice_id, customer, "response", envelope.time, action=kind,
-                           channel=data.channel, detail=data.reason or (data.notice_id or ""), until=data.promised_by)
-            await asyncio.to_thread(store().insert_trail, [row])
+        await intake(stream, topics.dunning_dlq, store_response)
 
     @app.page("/v1/dunning/responses")
     class ResponsesView(faust.web.View):
@@ -102,7 +104,9 @@ def install_dunning(app: faust.App, settings: Settings, catalog: Catalog, client
                 return denied
             body = await request.read()
             try:
-                envelope, _, data = parse_response(body)
+                # Checked as the topic's reader will check it, the record stamped about now.
+                latest = latest_event_time(datetime.now(timezone.utc).timestamp(), settings.max_future_skew)
+                envelope, _, data = parse_response(body, latest_time=latest)
             except InvalidBillingEvent as error:
                 return json_error(400, "invalid_event", str(error))
             # Through the topic, not straight to the table: one path, one validation, and
@@ -153,6 +157,27 @@ def install_dunning(app: faust.App, settings: Settings, catalog: Catalog, client
         if result.recorded or result.republished:
             log.info("dunning run", recorded=result.recorded, published=len(result.published),
                      republished=result.republished)
+
+
+def receivable_row(data: InvoiceData, received: datetime) -> tuple:
+    """The ``receivables`` row (RECEIVABLE_COLUMNS) of a finalized invoice."""
+    return (data.invoice_id, data.customer_id, data.plan, data.currency, data.total, data.issued_at,
+            data.due_at, data.period_start, data.period_end, received)
+
+
+def payment_row(envelope: BillingEvent, kind: str, data: PaymentData, customer: str, invoice_currency: str,
+                received: datetime) -> tuple:
+    """The ``payments`` row (PAYMENT_COLUMNS) of a payment that fits its invoice."""
+    return (
+        envelope.id, kind, data.payment_id or envelope.id, data.invoice_id, customer,
+        data.amount or 0, data.currency or invoice_currency, payment_moment(envelope, data), data.reason, received,
+    )
+
+
+def response_row(envelope: BillingEvent, kind: str, data: ResponseData, customer: str) -> TrailRow:
+    """The ``dunning_events`` response row of a response to an invoice of ``customer``."""
+    return TrailRow(envelope.id, data.invoice_id, customer, "response", envelope.time, action=kind,
+                    channel=data.channel, detail=data.reason or (data.notice_id or ""), until=data.promised_by)
 
 
 def webhook_config(settings: Settings) -> WebhookConfig | None:

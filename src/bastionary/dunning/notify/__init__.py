@@ -16,16 +16,24 @@ from bastionary.dunning.notify.retry import (
     with_retries,
 )
 from bastionary.dunning.notify.webhook import (
+    ID_HEADER,
+    IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
     SignatureError,
     WebhookConfig,
     deliver_webhook,
+    secret_bytes,
     sign,
+    signed_headers,
     verify,
 )
 
 __all__ = [
+    "IDEMPOTENCY_HEADER",
+    "ID_HEADER",
     "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER",
     "Attempt",
     "DeliveryError",
     "DeliveryOutcome",
@@ -38,8 +46,10 @@ __all__ = [
     "build_message",
     "deliver_webhook",
     "render_email",
+    "secret_bytes",
     "send_email",
     "sign",
+    "signed_headers",
     "verify",
     "with_retries",
 ]

@@ -1,26 +1,35 @@
-"""Signed webhook delivery of dunning notices.
+"""Signed webhook delivery of dunning notices, in the Standard Webhooks scheme.
 
 Header scheme (a public contract: receivers implement it, so change it only with a new
-version tag):
+version tag). It is Standard Webhooks (https://www.standardwebhooks.com), so the verifier
+libraries published for it, in any language, check our requests given a ``whsec_`` secret:
 
     POST <url>
     Content-Type: application/cloudevents+json
+    webhook-id: <notice_id>
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256(key, f"{webhook-id}.{webhook-timestamp}." + body)>
     Idempotency-Key: <notice_id>
-    Bastionary-Event-Id: <notice_id>
-    Bastionary-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, f"{t}." + body)>
 
 The body is the whole ``bastionary.dunning.step.v1`` CloudEvent, as JSON bytes, sent
-unchanged on every attempt. The signed payload is the ASCII decimal timestamp, a dot, then
-the raw body bytes. Each attempt is signed afresh, with its own timestamp.
+unchanged on every attempt. The signed content is the ``webhook-id``, a dot, the
+``webhook-timestamp`` as sent (ASCII decimal), a dot, then the raw body bytes: the id that
+receivers dedupe on is signed with the body. Each attempt is signed afresh, with its own
+timestamp. ``Idempotency-Key`` repeats ``webhook-id`` for generic idempotency middleware;
+it is not signed, so dedupe on ``webhook-id``.
 
-``Bastionary-Signature`` may carry several ``v1=`` entries (one per secret while a secret
-is being rotated); a receiver accepts the request when any entry matches any secret it
-holds, compared in constant time. Unknown keys are ignored, so a future scheme can be
-added alongside ``v1``.
+The key: a secret written ``whsec_<base64>`` stands for its base64-decoded bytes, as in
+Standard Webhooks; any other string for its UTF-8 bytes. Prefer the ``whsec_`` form: the
+Standard Webhooks libraries base64-decode every secret, so only that form works with them.
+
+``webhook-signature`` is a space-separated list of ``<version>,<signature>`` entries: one
+``v1`` entry per secret while a secret is being rotated. A receiver accepts the request
+when any ``v1`` entry matches any secret it holds, compared in constant time; entries of
+other versions are ignored, so a future scheme can be sent alongside ``v1``.
 
 Receivers reject a timestamp older or newer than their tolerance (default 300 seconds)
-from their own clock — replay protection — and dedupe on ``Idempotency-Key``: a retried
-notice keeps its key, so a receiver that answered too slowly sees it again.
+from their own clock — replay protection — and dedupe on ``webhook-id``: a retried notice
+keeps its id, so a receiver that answered too slowly sees it again.
 
 Responses: 2xx is delivered. 408, 425, 429 and 5xx, timeouts and connection errors are
 retried with backoff (a numeric ``Retry-After`` on 429/503 is honoured, bounded by the
@@ -30,12 +39,14 @@ backoff cap). Any other 4xx is a permanent failure and is not retried.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -48,10 +59,13 @@ from bastionary.dunning.notify.retry import (
     with_retries,
 )
 
-SIGNATURE_HEADER = "Bastionary-Signature"
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SIGNATURE_HEADER = "webhook-signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-EVENT_ID_HEADER = "Bastionary-Event-Id"
 CONTENT_TYPE = "application/cloudevents+json"
+SECRET_PREFIX = "whsec_"
+SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE = 300.0
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -61,7 +75,7 @@ Secrets = str | bytes | Sequence[str | bytes]
 
 
 class SignatureError(ValueError):
-    """A signature header that does not verify; ``reason`` is one of REASONS."""
+    """A signed request that does not verify; ``reason`` is one of REASONS."""
 
     REASONS = ("missing", "malformed", "stale", "mismatch")
 
@@ -72,71 +86,130 @@ class SignatureError(ValueError):
         self.reason = reason
 
 
-def _secret_list(secrets: Secrets) -> list[bytes]:
-    items = [secrets] if isinstance(secrets, (str, bytes)) else list(secrets)
+def secret_bytes(secret: str | bytes) -> bytes:
+    """The HMAC key a secret stands for: ``whsec_<base64>`` decoded, another str as UTF-8."""
+    if isinstance(secret, (bytes, bytearray)):
+        return bytes(secret)
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode()
+    try:
+        return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        # The secret itself stays out of the message: it ends up in logs and config errors.
+        raise ValueError(
+            f"a webhook secret starting with {SECRET_PREFIX} must be followed by standard base64"
+            " (A-Z, a-z, 0-9, +, /, with = padding)"
+        ) from None
+
+
+def _keys(secrets: Secrets) -> list[bytes]:
+    items = [secrets] if isinstance(secrets, (str, bytes, bytearray)) else list(secrets)
     if not items:
         raise ValueError("no webhook secret given")
-    return [s.encode() if isinstance(s, str) else bytes(s) for s in items]
+    keys = [secret_bytes(s) for s in items]
+    if not all(keys):
+        raise ValueError("a webhook secret is empty")
+    return keys
 
 
-def _digest(secret: bytes, timestamp: int, body: bytes) -> str:
-    return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+def _digest(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> bytes:
+    signed = f"{webhook_id}.{timestamp}.".encode() + body
+    return hmac.new(key, signed, hashlib.sha256).digest()
 
 
-def sign(secret: Secrets, timestamp: int, body: bytes) -> str:
-    """The ``Bastionary-Signature`` value; several secrets give several ``v1=`` entries."""
-    parts = [f"t={int(timestamp)}"]
-    parts += [f"v1={_digest(s, int(timestamp), body)}" for s in _secret_list(secret)]
-    return ",".join(parts)
+def sign(secrets: Secrets, webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value; several secrets give several ``v1`` entries."""
+    stamp = str(int(timestamp))
+    return " ".join(
+        f"{SIGNATURE_VERSION},{base64.b64encode(_digest(key, webhook_id, stamp, body)).decode()}"
+        for key in _keys(secrets)
+    )
 
 
-def _parse(header: str) -> tuple[int, list[str]]:
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for item in header.split(","):
-        key, sep, value = item.strip().partition("=")
-        if not sep or not value:
-            raise SignatureError("malformed", "signature header entry is not key=value")
-        if key == "t":
-            # Digits only: int() would also take "+12", " 12" or "1_2".
-            if timestamp is not None or not value.isascii() or not value.isdigit():
-                raise SignatureError("malformed", "signature header has a bad or repeated t=")
-            timestamp = int(value)
-        elif key == "v1":
-            signatures.append(value)
-    if timestamp is None:
-        raise SignatureError("malformed", "signature header has no t=")
+def signed_headers(secrets: Secrets, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Every header of one delivery attempt, in the order they are sent."""
+    return {
+        "Content-Type": CONTENT_TYPE,
+        ID_HEADER: webhook_id,
+        TIMESTAMP_HEADER: str(int(timestamp)),
+        SIGNATURE_HEADER: sign(secrets, webhook_id, timestamp, body),
+        IDEMPOTENCY_HEADER: webhook_id,
+    }
+
+
+def _signature_headers(headers: Mapping[str, str]) -> tuple[str, str, str]:
+    """(id, timestamp, signature) from ``headers``, whatever the names' case."""
+    wanted = (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+    found: dict[str, list[str]] = {name: [] for name in wanted}
+    # items(), not get(): multi-dicts (aiohttp, http.server) list a repeated header twice.
+    for name, value in headers.items():
+        if name.lower() in found:
+            found[name.lower()].append(value.strip())
+    absent = [name for name in wanted if not any(found[name])]
+    if absent:
+        raise SignatureError("missing", f"no {', '.join(absent)} header")
+    repeated = [name for name in wanted if len(found[name]) > 1]
+    if repeated:
+        # Two ids would let a replay pass the signature with one and the dedupe with the other.
+        raise SignatureError("malformed", f"repeated {', '.join(repeated)} header")
+    return found[ID_HEADER][0], found[TIMESTAMP_HEADER][0], found[SIGNATURE_HEADER][0]
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    signatures: list[bytes] = []
+    for entry in header.split():
+        version, sep, value = entry.partition(",")
+        if not sep or not version or not value:
+            raise SignatureError("malformed", f"{SIGNATURE_HEADER} entry is not <version>,<signature>")
+        if version != SIGNATURE_VERSION:
+            continue  # a scheme we do not know, sent alongside v1
+        try:
+            digest = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            continue  # cannot match any key; a good entry beside it still may
+        if len(digest) == hashlib.sha256().digest_size:
+            signatures.append(digest)
     if not signatures:
-        raise SignatureError("malformed", "signature header has no v1=")
-    return timestamp, signatures
+        raise SignatureError("malformed", f"{SIGNATURE_HEADER} has no usable {SIGNATURE_VERSION} entry")
+    return signatures
 
 
 def verify(
     secrets: Secrets,
-    header: str | None,
+    headers: Mapping[str, str],
     body: bytes,
     *,
     now: float,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> int:
-    """Check a ``Bastionary-Signature`` header against ``body``; return its timestamp.
+    """Check a request's ``webhook-*`` headers against ``body``; return its timestamp.
 
-    Raises :class:`SignatureError`. The signature is checked before the timestamp, so a
-    forged request is reported as a mismatch whatever its timestamp says.
+    ``headers`` is any mapping (aiohttp's, http.server's, a dict); names match in any case.
+    Raises :class:`SignatureError`: ``missing`` (one of the three headers absent or blank),
+    ``malformed`` (a header repeated, a timestamp that is not decimal digits, an entry that
+    is not ``<version>,<signature>``, no ``v1`` entry holding a base64 SHA-256 digest),
+    ``mismatch``, then ``stale``: the signature is checked before the timestamp, so a forged
+    request is reported as a mismatch whatever its timestamp says.
     """
-    if not header or not header.strip():
-        raise SignatureError("missing", f"no {SIGNATURE_HEADER} header")
-    timestamp, given = _parse(header)
-    expected = [_digest(s, timestamp, body).encode() for s in _secret_list(secrets)]
+    keys = _keys(secrets)
+    webhook_id, stamp, header = _signature_headers(headers)
+    # Digits only: int() would also take "+12", " 12" or "1_2", which the sender never signs.
+    # At most 20 of them: unix seconds need 11 for millennia, and int() refuses 4301 anyway.
+    if not stamp.isascii() or not stamp.isdigit() or len(stamp) > 20:
+        raise SignatureError("malformed", f"{TIMESTAMP_HEADER} is not unix seconds")
+    given = _v1_signatures(header)
+    expected = [_digest(key, webhook_id, stamp, body) for key in keys]
     # Compare every pair without stopping early, so timing tells nothing about which matched.
     matched = False
     for candidate in given:
         for digest in expected:
-            matched |= hmac.compare_digest(candidate.encode(), digest)
+            matched |= hmac.compare_digest(candidate, digest)
     if not matched:
         raise SignatureError("mismatch", "no signature matches")
-    if abs(now - timestamp) > tolerance:
-        raise SignatureError("stale", f"timestamp {timestamp} is outside the {tolerance:g}s tolerance")
+    timestamp = int(stamp)
+    # Compared, not subtracted: a huge timestamp would overflow a float difference.
+    if not now - tolerance <= timestamp <= now + tolerance:
+        raise SignatureError("stale", f"timestamp {stamp} is outside the {tolerance:g}s tolerance")
     return timestamp
 
 
@@ -183,16 +256,13 @@ async def deliver_webhook(
     clock: Callable[[], float] = time.time,
 ) -> DeliveryOutcome:
     """POST ``body`` to ``config.url``, signed, retrying what a later attempt could fix."""
-    secret = config.secret.get_secret_value()
+    # Decoded once, before any attempt: a bad whsec_ secret is a configuration error, not a
+    # delivery failure to retry.
+    key = secret_bytes(config.secret.get_secret_value())
     timeout = aiohttp.ClientTimeout(total=config.timeout)
 
     async def attempt() -> str:
-        headers = {
-            "Content-Type": CONTENT_TYPE,
-            IDEMPOTENCY_HEADER: notice_id,
-            EVENT_ID_HEADER: notice_id,
-            SIGNATURE_HEADER: sign(secret, int(clock()), body),
-        }
+        headers = signed_headers(key, notice_id, int(clock()), body)
         try:
             async with session.post(
                 config.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
