@@ -206,3 +206,13 @@ def stack(kafka_bootstrap, clickhouse_url, tmp_path):
     yield created
     created.stop()
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Figures that long tests measured (the soak's totals, memory and disk), shown every run."""
+    from tests.integration import test_hostile_soak
+
+    if test_hostile_soak.FIGURES:
+        terminalreporter.section("measured")
+        for line in test_hostile_soak.FIGURES:
+            terminalreporter.write_line(line)

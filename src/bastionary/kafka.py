@@ -26,6 +26,16 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, r
         await admin.close()
 
 
+async def list_topics(bootstrap: str) -> list[str]:
+    """The broker's topics: a round trip that proves it answers."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 def subject_key(payload) -> bytes | None:
     """The record key is the customer: the CloudEvents subject, or ``data.customer_id`` for
     billing events, so all of a customer's records share one partition."""

@@ -1,4 +1,9 @@
-"""structlog set-up: JSON lines when not on a terminal, readable output on one."""
+"""structlog set-up: JSON lines when not on a terminal, readable output on one.
+
+Everything that logs in the process goes through the same renderer: our structlog calls, and
+the standard library loggers of Faust, aiokafka and mode. So a worker's stderr off a
+terminal holds JSON objects only, one per line, tracebacks included as a field.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,19 @@ import sys
 
 import structlog
 
+_SHARED = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *_SHARED,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,
@@ -24,6 +33,19 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Faust, aiokafka and mode log through the standard library; keep them to warnings.
-    stdlib_level = logging.INFO if level == "DEBUG" else logging.WARNING
-    logging.basicConfig(level=stdlib_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # Faust, aiokafka and mode log through the standard library; keep them to warnings, and
+    # render them like everything else.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)

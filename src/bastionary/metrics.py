@@ -36,3 +36,15 @@ LOG_RESETS = Counter(
 DEDUPE_PURGED = Counter(
     "bastionary_dedupe_keys_purged", "Dedupe cache entries dropped past the horizon", registry=REGISTRY
 )
+INTAKE_DEAD_LETTERED = Counter(
+    "bastionary_intake_dead_lettered",
+    "Records of the billing, dunning and entitlement-override topics sent to a dead-letter topic,"
+    " by the topic they were read from and the error class (internal_error: a bug of ours met the record)",
+    ["topic", "error_class"],
+    registry=REGISTRY,
+)
+ENTITLEMENT_CUSTOMERS = Gauge(
+    "bastionary_entitlement_customers_in_memory",
+    "Customers whose entitlement state this worker holds (the owner of their partition)",
+    registry=REGISTRY,
+)

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     )
     query_host: str = "127.0.0.1"
     query_port: int = Field(default=0, ge=0, le=65535, description="embedded query gateway; 0 = free port")
+    query_timeout: IsoDuration = Field(
+        default=timedelta(seconds=30), description="longest a read-only query on the embedded gateway may run"
+    )
+    query_max_result_bytes: int = Field(
+        default=100 * 1024 * 1024, gt=0, description="largest result a read-only query on the gateway may return"
+    )
     query_reader_password: SecretStr | None = None
     query_writer_password: SecretStr | None = None
     rating_enabled: bool = Field(default=True, description="run the rater inside workers")

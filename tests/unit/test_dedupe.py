@@ -191,3 +191,22 @@ def test_entries_survive_a_reopen(tmp_path: Path):
         assert reopened.high_water("usage", 3) == (4, 9)
     finally:
         reopened.close()
+
+
+def test_scheduled_purges_keep_the_disk_bounded_under_a_short_horizon(tmp_path: Path):
+    """Every round writes 20,000 new ids; the purge after it drops the ones past the horizon.
+    Without purging the cache would grow by every round; with it the disk stays flat."""
+    store = RocksDedupeStore(tmp_path / "d", horizon_seconds=10)
+    try:
+        sizes = []
+        for round_no in range(8):
+            now = 1_000 + round_no * 100  # each round is past the previous one's horizon
+            entries = [(store.key("usage", 0, "s", f"{round_no}-{i}"), sighting(i, seen_at=now)) for i in range(20_000)]
+            store.record("usage", 0, entries, through_offset=round_no)
+            purged = store.purge_expired(now=now)
+            assert purged == (20_000 if round_no else 0)
+            sizes.append(store.disk_bytes())
+        # Bounded: the last rounds are no bigger than the second (one round's ids and the log).
+        assert max(sizes[4:]) <= 1.5 * sizes[1], sizes
+    finally:
+        store.close()

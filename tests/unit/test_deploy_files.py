@@ -25,3 +25,14 @@ def test_compose_runs_kafka_clickhouse_and_a_worker_with_health_checks():
 
 def test_deployed_catalog_is_valid():
     assert load_catalog(ROOT / "deploy" / "catalog.yaml").meters
+
+
+def test_compose_has_no_default_for_a_secret():
+    """An unset secret stops `docker compose up` with a message; it never becomes empty or a placeholder."""
+    import re
+
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name in ("CLICKHOUSE_PASSWORD", "BASTIONARY_API_KEYS", "BASTIONARY_WEBHOOK_SECRET"):
+        uses = re.findall(r"\$\{" + name + r"(:?[-?])?([^}]*)\}", text)
+        assert uses, name
+        assert all(op == ":?" for op, _ in uses), (name, uses)

@@ -173,7 +173,7 @@ def test_entitlement_problems_accepts_known_meters_and_ignores_other_types():
 
 def test_spec_imports_neither_catalog_nor_plans():
     code = "import sys, bastionary.entitlements.spec; assert not {'bastionary.catalog', 'bastionary.rating.plans'} & set(sys.modules)"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
 @pytest.mark.parametrize(

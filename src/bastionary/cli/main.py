@@ -57,9 +57,9 @@ def cli() -> None:
 
 
 @cli.command("config")
-@click.option("--validate", is_flag=True, help="Check settings and catalog, print the effective config.")
+@click.option("--validate", is_flag=True, help="Also check that the broker and ClickHouse answer; exit 1 if not.")
 def config_cmd(validate: bool) -> None:
-    """Print the effective configuration (secrets masked)."""
+    """Print the effective configuration (secrets masked), after checking settings and catalog."""
     settings = _settings()
     try:
         catalog = load_catalog(settings.catalog)
@@ -67,6 +67,35 @@ def config_cmd(validate: bool) -> None:
         raise click.ClickException(str(exc)) from None
     out = settings.redacted() | {"meters": [m.key for m in catalog.meters]}
     click.echo(json.dumps(out, indent=2))
+    if validate:
+        answers = [_broker_answers(settings), _clickhouse_answers(settings)]
+        for ok, line in answers:
+            click.echo(("ok: " if ok else "FAILED: ") + line, err=True)
+        if not all(ok for ok, _ in answers):
+            raise SystemExit(1)
+
+
+def _broker_answers(settings: Settings) -> tuple[bool, str]:
+    from bastionary.kafka import list_topics
+
+    try:
+        bootstrap = resolve_kafka(settings).bootstrap
+    except NoBroker as exc:
+        return False, f"broker: {exc}"
+    try:
+        topics = asyncio.run(asyncio.wait_for(list_topics(bootstrap), 10))
+    except Exception as exc:
+        return False, f"broker {bootstrap} does not answer: {type(exc).__name__}: {exc}"
+    return True, f"broker {bootstrap} answers ({len(topics)} topics)"
+
+
+def _clickhouse_answers(settings: Settings) -> tuple[bool, str]:
+    try:
+        handle = connect_clickhouse(settings, role="reader")
+        version = handle.client.command("SELECT version()")
+    except Exception as exc:
+        return False, f"ClickHouse does not answer: {_engine_message(exc)}"
+    return True, f"ClickHouse {version} answers ({handle.dsn_description})"
 
 
 @cli.command()
@@ -105,6 +134,7 @@ def serve_clickhouse() -> None:
         QueryGateway,
         gateway_dsn,
         read_gateway_file,
+        reader_limits,
         write_gateway_file,
     )
     from bastionary.worker.run import gateway_credentials
@@ -119,7 +149,9 @@ def serve_clickhouse() -> None:
     path = gateway_file(settings.data_path)
 
     async def serve() -> None:
-        gateway = QueryGateway(handle.client, credentials, database=settings.database)
+        gateway = QueryGateway(handle.client, credentials, database=settings.database,
+                               reader_limits=reader_limits(settings.query_timeout.total_seconds(),
+                                                           settings.query_max_result_bytes))
         port = await gateway.start(settings.query_host, settings.query_port)
         write_gateway_file(path, settings.query_host, port, credentials, settings.database)
         info = read_gateway_file(path)

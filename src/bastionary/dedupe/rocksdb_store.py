@@ -31,6 +31,7 @@ class RocksDedupeStore:
         options.create_if_missing(True)
         options.set_write_buffer_size(32 * 1024 * 1024)
         self._db = Rdict(str(path), options)
+        self._path = path
         self.horizon_seconds = horizon_seconds
 
     @staticmethod
@@ -74,15 +75,29 @@ class RocksDedupeStore:
         self._db.delete_range(b"k" + scope, b"k" + scope + b"\xff")
         self._db.delete(b"h" + scope)
 
-    def purge_expired(self, now: int | None = None) -> int:
-        """Drop keys older than the horizon; returns how many. Run it off the hot path."""
+    def purge_expired(self, now: int | None = None, chunk: int = 50_000) -> int:
+        """Drop keys older than the horizon, then compact so the disk shrinks as well; returns
+        how many. Past the horizon a key means a new event anyway (see :meth:`get`), so this
+        changes no verdict. Run it off the event loop: it reads every key."""
         cutoff = (now if now is not None else int(time.time())) - self.horizon_seconds
-        expired = [k for k, v in self._db.items(from_key=b"k") if k[:1] == b"k" and _VALUE.unpack(v)[2] < cutoff]
+        purged = 0
         batch = WriteBatch(raw_mode=True)
-        for key in expired:
-            batch.delete(key)
+        for key, value in self._db.items(from_key=b"k"):
+            if key[:1] != b"k":
+                break
+            if _VALUE.unpack(value)[2] < cutoff:
+                batch.delete(key)
+                purged += 1
+                if purged % chunk == 0:
+                    self._db.write(batch)
+                    batch = WriteBatch(raw_mode=True)
         self._db.write(batch)
-        return len(expired)
+        if purged:
+            self._db.compact_range(b"k", b"l")
+        return purged
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self._path.iterdir() if p.is_file())
 
     def close(self) -> None:
         self._db.close()

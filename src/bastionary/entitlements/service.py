@@ -86,6 +86,11 @@ class Entitlements:
                 self._dirty.add(customer)
         self._wake.set()
 
+    @property
+    def customers_in_memory(self) -> int:
+        """How many customers' state this worker holds (it owns them), for the metrics."""
+        return len(self._loaded)
+
     def forget_all(self) -> None:
         """Partitions moved: what this worker owns may have changed."""
         self._loaded.clear()

@@ -202,15 +202,14 @@ class UsageSink:
         self.on_log_reset: Callable[[str, int], None] | None = None
         self.lock = asyncio.Lock()
         self._partitions: dict[TopicPartition, _PartitionState] = {}
+        self._recovering: dict[TopicPartition, asyncio.Lock] = {}
         self._buffered_bytes = 0
 
     # -- intake --------------------------------------------------------------------------
 
     async def admit(self, record: InboundRecord) -> Admission:
         tp = (record.topic, record.partition)
-        state = self._partitions.get(tp)
-        if state is None:
-            state = self._partitions[tp] = await self._recover(record.topic, record.partition)
+        state = self._partitions.get(tp) or await self._state(tp)
         if state.rewind_to is not None:
             if record.offset != state.rewind_to:
                 # Read before the rewind took effect (or a rewind not yet asked for).
@@ -260,6 +259,14 @@ class UsageSink:
                     self._buffered_bytes -= sum(len(r.value or b"") for r in state.buffer)
 
     # -- recovery ------------------------------------------------------------------------
+
+    async def _state(self, tp: TopicPartition) -> _PartitionState:
+        """The partition's state, recovered once however many callers ask at the same time."""
+        async with self._recovering.setdefault(tp, asyncio.Lock()):
+            state = self._partitions.get(tp)
+            if state is None:
+                state = self._partitions[tp] = await self._recover(*tp)
+            return state
 
     async def _recover(self, topic: str, partition: int) -> _PartitionState:
         marker = await asyncio.to_thread(self._sync_dedupe_cache, topic, partition)
@@ -357,9 +364,17 @@ class UsageSink:
         state.rewound_at = time.monotonic()
         await self.partition_log.rewind(tp[0], tp[1], state.rewind_to if state.rewind_to is not None else 0)
 
-    async def check_logs(self) -> None:
+    async def check_logs(self, assigned: set[TopicPartition] | None = None) -> None:
         """On a timer: catch a replaced log even while nothing is flushed (a consumer reset to
-        a shorter log reads nothing new), and rewind again where a rewind did not take."""
+        a shorter log reads nothing new), and rewind again where a rewind did not take.
+
+        ``assigned`` partitions are recovered now if no record has come for them: a consumer
+        that resumed from an offset past the end of a new, shorter log (some brokers answer
+        an empty fetch there, not "out of range") would otherwise wait at it forever.
+        """
+        for tp in sorted(assigned or set()):
+            if tp not in self._partitions:
+                await self._state(tp)
         async with self.lock:
             anchors = {tp: s.anchor.offset for tp, s in self._partitions.items() if s.anchor is not None}
             probes = await self._probe(anchors) if anchors else {}

@@ -200,8 +200,10 @@ def create_app(
             await asyncio.sleep(interval)
             try:
                 await partition_log.ping()
-                if state["sink"] is not None:
-                    await state["sink"].check_logs()
+                if state["sink"] is not None and state["stream"] is not None:
+                    assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()
+                                if tp.topic == usage_topic.get_topic_name()}
+                    await state["sink"].check_logs(assigned)
             except Exception as exc:
                 log.warning("log check failed; the broker may be unreachable", error=f"{type(exc).__name__}: {exc}")
 

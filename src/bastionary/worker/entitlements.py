@@ -11,14 +11,17 @@ import faust
 import structlog
 from faust.web.exceptions import ServiceUnavailable
 
+from bastionary import metrics
 from bastionary.catalog import Catalog
 from bastionary.entitlements.auth import valid_customer_id, valid_feature
 from bastionary.entitlements.overrides import InvalidOverride, parse_override
 from bastionary.entitlements.service import Entitlements, UnknownCustomer
 from bastionary.entitlements.state import Loaded, known_features
+from bastionary.rating.events import latest_event_time
 from bastionary.settings import Settings
 from bastionary.storage.entitlements import EntitlementStore
 from bastionary.topics import Topics
+from bastionary.worker.billing import consume_intake
 from bastionary.worker.http import authenticated, json_error
 
 log = structlog.get_logger(__name__)
@@ -62,19 +65,20 @@ def install_entitlements(app: faust.App, settings: Settings, catalog: Catalog, c
             state["store"] = store
             state["service"] = Entitlements(store, catalog, publish, usage_sink.lock, on_loaded=mirror)
             usage_sink.listeners.append(state["service"].on_flush)
+            metrics.ENTITLEMENT_CUSTOMERS.set_function(lambda: state["service"].customers_in_memory)
         return state["service"]
+
+    async def store_override(message) -> None:
+        latest = latest_event_time(message.timestamp, settings.max_future_skew)
+        override = parse_override(message.value or b"", latest_time=latest)
+        await asyncio.to_thread(state["store"].insert_override, override)
+        service().invalidate([override.customer_id])
 
     @app.agent(overrides_topic, name="entitlement-overrides")
     async def override_intake(stream):
-        async for event in stream.events():
-            try:
-                override = parse_override(event.message.value or b"")
-            except InvalidOverride as error:
-                await dead_letter(topics.billing_dlq, event.message, error.code, str(error))
-                continue
-            service()
-            await asyncio.to_thread(state["store"].insert_override, override)
-            service().invalidate([override.customer_id])
+        # Rejected overrides go to billing.dlq; see consume_intake for what else can happen to one.
+        await consume_intake(app, stream, dead_letter=dead_letter, dlq_topic=topics.billing_dlq,
+                             invalid=InvalidOverride, handle=store_override, prepare=service)
 
     @app.task
     async def follow_changes() -> None:

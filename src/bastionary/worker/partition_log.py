@@ -30,6 +30,7 @@ class KafkaPartitionLog:
         self.last_answer: float | None = None  # monotonic time the broker last answered a probe
 
     async def _client(self) -> AIOKafkaConsumer:
+        """The probe consumer, started on first use (within the caller's timeout)."""
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self._bootstrap,
@@ -40,7 +41,11 @@ class KafkaPartitionLog:
                 max_partition_fetch_bytes=64 * 1024,
                 request_timeout_ms=int(self.timeout * 1000),
             )
-            await consumer.start()
+            try:
+                await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
             self._consumer = consumer
         return self._consumer
 
@@ -60,7 +65,9 @@ class KafkaPartitionLog:
         consumer = await self._client()
         wanted = {TopicPartition(t, p): offset for (t, p), offset in anchors.items()}
         starts = await consumer.beginning_offsets(list(wanted))
-        consumer.assign(list(wanted))
+        if not set(wanted) <= consumer.assignment():
+            consumer.assign(list(set(wanted) | consumer.assignment()))
+            consumer.pause(*consumer.assignment())
         found: dict[TopicPartition, int | None] = {}
         asked_ms = int(time.time() * 1000)  # aiokafka stamps fetch answers with the wall clock
         for tp, offset in wanted.items():
@@ -68,6 +75,7 @@ class KafkaPartitionLog:
                 found[tp] = None  # deleted, or the log now starts later
             else:
                 consumer.seek(tp, offset)
+                consumer.resume(tp)
         try:
             while len(found) < len(wanted):
                 pending = [tp for tp in wanted if tp not in found]
@@ -107,12 +115,14 @@ class KafkaPartitionLog:
         """A metadata round trip: does the broker answer at all?"""
         async with self._lock:
             try:
-                consumer = await self._client()
-                await asyncio.wait_for(consumer.topics(), self.timeout)
+                await asyncio.wait_for(self._topics(), self.timeout)
             except BaseException:
                 await self._drop_client()
                 raise
         self.last_answer = time.monotonic()
+
+    async def _topics(self) -> set[str]:
+        return await (await self._client()).topics()
 
     async def rewind(self, topic: str, partition: int, offset: int) -> None:
         consumer: Any = self._app.consumer

@@ -65,10 +65,12 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     gateway_path: Path | None = None
     serve_gateway = None
     if handle.in_process:
-        from bastionary.storage.http_gateway import QueryGateway, write_gateway_file
+        from bastionary.storage.http_gateway import QueryGateway, reader_limits, write_gateway_file
 
         credentials = gateway_credentials(settings)
-        gateway = QueryGateway(handle.client, credentials, database=settings.database)
+        gateway = QueryGateway(handle.client, credentials, database=settings.database,
+                               reader_limits=reader_limits(settings.query_timeout.total_seconds(),
+                                                           settings.query_max_result_bytes))
         gateway_path = gateway_file(settings.data_path)
 
         async def serve_gateway(app) -> None:

@@ -67,8 +67,9 @@ class _TolerantBatch:
                 record = next(records)
             except StopIteration:
                 return
-            except CorruptRecordException as exc:
-                if "UnicodeDecodeError" not in str(exc):
+            except (UnicodeDecodeError, CorruptRecordException) as exc:
+                # The C parser raises the UnicodeDecodeError itself; aiokafka's Python one wraps it.
+                if not isinstance(exc, UnicodeDecodeError) and "UnicodeDecodeError" not in str(exc):
                     raise
                 for escaped in _EscapingBatch(self._frame()):
                     if last_offset is None or escaped.offset > last_offset:

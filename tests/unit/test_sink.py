@@ -1,0 +1,329 @@
+"""The usage sink without a broker or a database: fakes for ClickHouse and the broker's log.
+
+What is checked here: no record, whatever its bytes, makes a flush raise; a bug of ours
+costs one record; a replaced log is caught at recovery, before a flush and on a timer, and
+the new log lands under a new epoch with tokens that never collide with the old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bastionary.catalog import parse_catalog
+from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.ingest.errors import ErrorClass
+from bastionary.metering.logs import LogProbe, record_fingerprint
+from bastionary.metering.readings import MeterIndex
+from bastionary.metering.sink import Admission, InboundRecord, SinkConfig, UsageSink
+from bastionary.storage.clickhouse import FlushMarker
+
+TOPIC = "usage.events"
+NOW_MS = int(datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp() * 1000)
+CATALOG = parse_catalog(
+    {"meters": [{"key": "tokens", "event_type": "llm", "aggregation": "SUM", "value_property": "$.tokens"}]}
+)
+
+
+class FakeStore:
+    """ClickHouse as the sink sees it: markers, and inserts deduplicated by token."""
+
+    def __init__(self) -> None:
+        self.markers: list[tuple] = []
+        self.events: dict[str, list[tuple]] = {}
+        self.rollups: dict[str, list[tuple]] = {}
+
+    def insert_markers(self, rows: list[tuple]) -> None:
+        self.markers.extend(rows)
+
+    def insert_events(self, rows: list[tuple], token: str) -> None:
+        self.events.setdefault(token, rows)
+
+    def insert_rollups(self, rows: list[tuple], token: str) -> None:
+        self.rollups.setdefault(token, rows)
+
+    def latest_marker(self, topic: str, partition: int) -> FlushMarker | None:
+        mine = [m for m in self.markers if m[0] == topic and m[2] == partition]
+        if not mine:
+            return None
+        m = max(mine, key=lambda m: (m[1], m[4]))
+        return FlushMarker(m[1], m[3], m[4], m[11], m[9])
+
+    def sightings_after(self, topic, partition, after, since):
+        return []
+
+    def total(self) -> int:
+        return sum(int(row[6]) for rows in self.rollups.values() for row in rows)
+
+
+@dataclass
+class FakeLog:
+    """The broker's partitions: offset -> fingerprint; rewinds are recorded."""
+
+    records: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
+    rewinds: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def hold(self, records: list[InboundRecord]) -> None:
+        for r in records:
+            self.records.setdefault((r.topic, r.partition), {})[r.offset] = r.fingerprint
+
+    def replace(self, topic: str, partition: int, records: list[InboundRecord]) -> None:
+        self.records[(topic, partition)] = {}
+        self.hold(records)
+
+    async def probe(self, anchors):
+        out = {}
+        for tp, offset in anchors.items():
+            log = self.records.get(tp, {})
+            out[tp] = LogProbe(offset, log.get(offset), 0, max(log, default=-1) + 1)
+        return out
+
+    async def rewind(self, topic, partition, offset):
+        self.rewinds.append((topic, partition, offset))
+
+
+def event_record(offset: int, event_id: str, tokens: int = 1, *, partition: int = 0, ts_ms: int = NOW_MS,
+                 source: str = "test") -> InboundRecord:
+    body = {"specversion": "1.0", "id": event_id, "source": source, "type": "llm", "subject": "cust-1",
+            "time": "2026-02-28T23:59:00Z", "data": {"tokens": tokens}}
+    return InboundRecord(TOPIC, partition, offset, ts_ms, b"cust-1", json.dumps(body).encode(), [])
+
+
+def make_sink(tmp_path, store=None, log=None, meters=None, floor: int = 1) -> tuple[UsageSink, FakeStore, FakeLog, list]:
+    store = store or FakeStore()
+    log = log or FakeLog()
+    letters: list = []
+
+    async def send(batch):
+        letters.extend(batch)
+
+    config = SinkConfig("w1", floor, RecordLimits(1 << 20, 100, timedelta(minutes=5)), timedelta(days=35))
+    dedupe = RocksDedupeStore(tmp_path / f"dedupe-{len(list(tmp_path.iterdir()))}", 35 * 86400)
+    sink = UsageSink(store, dedupe, meters or MeterIndex(CATALOG), send, config, log)
+    return sink, store, log, letters
+
+
+async def admit_all(sink: UsageSink, records: list[InboundRecord]) -> list[Admission]:
+    return [await sink.admit(r) for r in records]
+
+
+# --- no record stops the pipeline ------------------------------------------------------
+
+header_names = st.one_of(st.text(max_size=12), st.sampled_from(["ce_specversion", "ce_subject", "ce_\udcff", "\udcfe"]))
+headers = st.lists(st.tuples(header_names, st.one_of(st.none(), st.binary(max_size=20))), max_size=4)
+values = st.one_of(
+    st.none(),
+    st.binary(max_size=200),
+    st.builds(lambda e: json.dumps(e).encode(), st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
+        lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+        max_leaves=20,
+    )),
+    st.builds(lambda i, t: event_record(0, i, t).value, st.text(max_size=5), st.integers()),
+    st.just(b"[" * 300 + b"]" * 300),
+)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=8)), values, headers,
+                          st.integers(min_value=-(2**63), max_value=2**63 - 1)), min_size=1, max_size=8))
+def test_whatever_a_record_holds_the_flush_lands_or_dead_letters_it(tmp_path, records):
+    async def scenario():
+        sink, store, _, letters = make_sink(tmp_path)
+        inbound = [InboundRecord(TOPIC, 0, i, ts, key, value, list(hs)) for i, (key, value, hs, ts) in enumerate(records)]
+        await admit_all(sink, inbound)
+        landed = await sink.flush()
+        assert [r.offset for r in landed] == list(range(len(records)))
+        for letter in letters:  # what the DLQ producer will be handed must be encodable
+            for name, value in letter.headers:
+                name.encode("utf-8")
+                assert value is None or isinstance(value, bytes)
+            assert letter.code in ErrorClass
+        marker = store.markers[-1]
+        assert marker[5] == len(records)  # every record counted in the marker
+
+    asyncio.run(scenario())
+
+
+def test_a_bug_of_ours_costs_one_record_not_the_partition(tmp_path):
+    class Buggy(MeterIndex):
+        def readings(self, event, exact_data):
+            if event.id == "poison":
+                raise ZeroDivisionError("a bug")
+            return super().readings(event, exact_data)
+
+    async def scenario():
+        sink, store, _, letters = make_sink(tmp_path, meters=Buggy(CATALOG))
+        await admit_all(sink, [event_record(0, "a"), event_record(1, "poison"), event_record(2, "b")])
+        with structlog.testing.capture_logs() as logs:
+            await sink.flush()
+        assert store.total() == 2
+        (letter,) = letters
+        headers = dict(letter.headers)
+        assert letter.code is ErrorClass.INTERNAL_ERROR
+        assert headers["error.exception"] == b"ZeroDivisionError" and headers["source.offset"] == b"1"
+        assert any(entry["log_level"] == "error" for entry in logs)
+
+    asyncio.run(scenario())
+
+
+def test_header_names_that_were_not_utf8_reach_the_dead_letter_escaped(tmp_path):
+    async def scenario():
+        sink, _, _, letters = make_sink(tmp_path)
+        record = InboundRecord(TOPIC, 0, 0, NOW_MS, None, b"nope", [("x-\udcff", b"v"), ("y", None)])
+        await sink.admit(record)
+        await sink.flush()
+        (letter,) = letters
+        assert ("x-\\udcff", b"v") in letter.headers and ("y", None) in letter.headers
+
+    asyncio.run(scenario())
+
+
+# --- a replaced log is detected, not trusted ------------------------------------------
+
+
+def test_a_log_replaced_while_the_worker_was_down_is_landed_from_its_start(tmp_path):
+    async def scenario():
+        first, store, log, _ = make_sink(tmp_path)
+        old = [event_record(i, f"old-{i}") for i in range(10)]
+        log.hold(old)
+        await admit_all(first, old)
+        await first.flush()
+        # The broker comes back empty and 12 new events are produced before a worker reads.
+        new = [event_record(i, f"new-{i}", ts_ms=NOW_MS + 5000) for i in range(12)]
+        log.replace(TOPIC, 0, new)
+        second, _, _, _ = make_sink(tmp_path, store=store, log=log)
+        with structlog.testing.capture_logs() as logs:
+            admissions = await admit_all(second, new)
+        assert admissions == [Admission.BUFFERED] * 12  # none skipped as "already landed"
+        await second.flush()
+        assert store.total() == 22
+        warning = next(e for e in logs if e["log_level"] == "warning")
+        assert "replaced" in warning["event"] and warning["new_epoch"] > warning["old_epoch"]
+        epochs = {m[1] for m in store.markers}
+        assert len(epochs) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_log_replaced_under_a_running_worker_drops_the_batch_and_rewinds(tmp_path):
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path)
+        old = [event_record(i, f"old-{i}") for i in range(10)]
+        log.hold(old)
+        await admit_all(sink, old)
+        await sink.flush()
+        # The consumer went on at offset 10 in a new log: offsets 0..9 of it were never read.
+        new = [event_record(i, f"new-{i}", ts_ms=NOW_MS + 5000) for i in range(14)]
+        log.replace(TOPIC, 0, new)
+        await admit_all(sink, new[10:])
+        assert await sink.flush() == []  # nothing lands on the old epoch's offsets
+        assert log.rewinds == [(TOPIC, 0, 0)]
+        assert store.total() == 10
+        # Records fetched before the rewind took effect are stale: dropped, never acked.
+        assert await sink.admit(new[12]) is Admission.STALE
+        assert await admit_all(sink, new) == [Admission.BUFFERED] * 14
+        await sink.flush()
+        assert store.total() == 24
+        assert len({token.split("@")[1].split("/")[0] for token in store.events}) == 2  # two epochs
+
+    asyncio.run(scenario())
+
+
+def test_a_shorter_log_is_caught_by_the_timer_even_with_nothing_to_flush(tmp_path):
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path)
+        old = [event_record(i, f"old-{i}") for i in range(10)]
+        log.hold(old)
+        await admit_all(sink, old)
+        await sink.flush()
+        log.replace(TOPIC, 0, [event_record(i, f"new-{i}", ts_ms=NOW_MS + 1) for i in range(3)])
+        await sink.check_logs()
+        assert log.rewinds == [(TOPIC, 0, 0)]
+        assert sink.status()[(TOPIC, 0)].rewinding
+
+    asyncio.run(scenario())
+
+
+def test_repeats_across_a_replaced_log_still_count_once(tmp_path):
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path)
+        old = [event_record(i, f"e-{i}") for i in range(5)]
+        log.hold(old)
+        await admit_all(sink, old)
+        await sink.flush()
+        resent = [event_record(i, f"e-{i}", ts_ms=NOW_MS + 9000) for i in range(8)]  # 5 repeats, 3 new
+        log.replace(TOPIC, 0, resent)
+        await admit_all(sink, resent[5:])
+        await sink.flush()  # anchor gone: rewinds
+        await admit_all(sink, resent)
+        await sink.flush()
+        assert store.total() == 8
+
+    asyncio.run(scenario())
+
+
+def test_a_marker_from_before_fingerprints_is_trusted_as_before(tmp_path):
+    async def scenario():
+        store = FakeStore()
+        store.markers.append((TOPIC, 1, 0, 5, 9, 5, 5, 0, 0, "old", None, 0))  # last_fingerprint 0
+        log = FakeLog()
+        log.hold([event_record(i, f"x-{i}") for i in range(12)])
+        sink, _, _, _ = make_sink(tmp_path, store=store, log=log)
+        assert await sink.admit(event_record(3, "x-3")) is Admission.LANDED  # before the replayed range
+        assert await sink.admit(event_record(5, "x-5")) is Admission.BUFFERED
+
+    asyncio.run(scenario())
+
+
+def test_an_unchanged_log_replays_the_last_flush_exactly(tmp_path):
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path)
+        records = [event_record(i, f"e-{i}") for i in range(6)]
+        log.hold(records)
+        await admit_all(sink, records)
+        await sink.flush()
+        tokens = set(store.events)
+        again, _, _, _ = make_sink(tmp_path, store=store, log=log)  # a crash before the ack
+        assert await admit_all(again, records) == [Admission.BUFFERED] * 6
+        await again.flush()
+        assert set(store.events) == tokens and store.total() == 6
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("fingerprint_inputs", [(0, None, None), (1, b"", b""), (2**62, b"k", b"v" * 100)])
+def test_fingerprints_are_never_zero_and_tell_records_apart(fingerprint_inputs):
+    ts, key, value = fingerprint_inputs
+    fp = record_fingerprint(ts, key, value)
+    assert 0 < fp < 2**63
+    assert fp != record_fingerprint(ts + 1, key, value)
+    assert record_fingerprint(ts, None, b"") != record_fingerprint(ts, b"", None)
+
+
+def test_an_assigned_partition_is_recovered_and_rewound_even_if_no_record_comes(tmp_path):
+    """A consumer that resumes past the end of a new, shorter log reads nothing: the timer
+    must find the partition without any record to trigger it."""
+
+    async def scenario():
+        first, store, log, _ = make_sink(tmp_path)
+        old = [event_record(i, f"old-{i}") for i in range(10)]
+        log.hold(old)
+        await admit_all(first, old)
+        await first.flush()
+        log.replace(TOPIC, 0, [event_record(i, f"new-{i}", ts_ms=NOW_MS + 1) for i in range(4)])
+        second, _, _, _ = make_sink(tmp_path, store=store, log=log)
+        await second.check_logs({(TOPIC, 0)})
+        assert log.rewinds == [(TOPIC, 0, 0)]
+        await second.check_logs({(TOPIC, 0)})
+        assert log.rewinds == [(TOPIC, 0, 0)]  # once, until the retry delay has passed
+
+    asyncio.run(scenario())
