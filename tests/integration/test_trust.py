@@ -266,3 +266,33 @@ def test_the_web_server_binds_the_configured_host_and_health_reports_partitions(
     report = json.loads(body)
     assert status == 200 and report["status"] == "ok" and report["problems"] == []
     assert report["worker_id"] == "w1"
+
+
+# --- bounded state; configuration that checks what it names --------------------------------
+
+
+def test_the_worker_purges_dedupe_entries_past_a_short_horizon_on_its_schedule(stack):
+    env = stack.env("w1")
+    port = int(env["BASTIONARY_WEB_PORT"])
+    stack.start_worker("w1", BASTIONARY_WEB_PORT=str(port), BASTIONARY_DEDUPE_HORIZON="PT2S",
+                       BASTIONARY_DEDUPE_PURGE_INTERVAL="PT1S")
+    for round_no in range(3):
+        hostile.publish(stack.bootstrap, stack.usage_topic, _events(f"r{round_no}", 300))
+        wait_until(lambda: stack.query("SELECT count() FROM usage_events FINAL")[0][0] == 300 * (round_no + 1),
+                   what="the round landed")
+    # Every id is past the 2 s horizon within a few seconds, and the schedule drops it.
+    wait_until(lambda: metric(port, "bastionary_dedupe_keys_purged_total") >= 900, what="900 ids purged")
+
+
+def test_config_validate_exits_non_zero_unless_the_broker_and_clickhouse_answer(stack):
+    def validate(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN), "config", "--validate"], env=stack.env("cli") | extra, capture_output=True,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    answered = validate()
+    assert answered.returncode == 0, answered.stderr
+    assert "ok: broker" in answered.stderr and "ok: ClickHouse" in answered.stderr
+    no_broker = validate(BASTIONARY_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    assert no_broker.returncode == 1 and "FAILED: broker" in no_broker.stderr
+    no_clickhouse = validate(BASTIONARY_CLICKHOUSE_DSN=f"http://u:p@127.0.0.1:{free_port()}/db")
+    assert no_clickhouse.returncode == 1 and "FAILED: ClickHouse does not answer" in no_clickhouse.stderr

@@ -94,6 +94,8 @@ def _clickhouse_answers(settings: Settings) -> tuple[bool, str]:
         handle = connect_clickhouse(settings, role="reader")
         version = handle.client.command("SELECT version()")
     except Exception as exc:
+        if "UNKNOWN_DATABASE" in str(exc):  # it answered; the first worker creates the database
+            return True, f"ClickHouse answers; database {settings.database} does not exist yet (a worker creates it)"
         return False, f"ClickHouse does not answer: {_engine_message(exc)}"
     return True, f"ClickHouse {version} answers ({handle.dsn_description})"
 

@@ -8,6 +8,7 @@ import os
 import time
 
 import faust
+from faust.types import TP
 import structlog
 from aiohttp.web import Response
 from prometheus_client import generate_latest
@@ -236,7 +237,7 @@ def create_app(
         if usage_sink is not None and app.consumer is not None:
             for (topic, partition), done in usage_sink.last_landed().items():
                 with contextlib.suppress(Exception):
-                    high = app.consumer.highwater(faust.types.TP(topic, partition))
+                    high = app.consumer.highwater(TP(topic, partition))
                     metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, (high or 0) - done - 1))
         return Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain")
 

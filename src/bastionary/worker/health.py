@@ -7,7 +7,7 @@ import contextlib
 import time
 from typing import Any
 
-import faust
+from faust.types import TP
 
 from bastionary.metering.sink import UsageSink
 
@@ -31,7 +31,7 @@ def health_report(
     for (topic, partition), status in (sink.status() if sink is not None else {}).items():
         high = None
         with contextlib.suppress(Exception):
-            high = consumer.highwater(faust.types.TP(topic, partition)) if consumer is not None else None
+            high = consumer.highwater(TP(topic, partition)) if consumer is not None else None
         waiting = max(0, high - status.done_through - 1) if high is not None else status.buffered
         partitions[f"{topic}/{partition}"] = {
             "epoch": status.epoch,

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import faust
+from faust.types import TP
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
@@ -126,7 +127,7 @@ class KafkaPartitionLog:
 
     async def rewind(self, topic: str, partition: int, offset: int) -> None:
         consumer: Any = self._app.consumer
-        tp = faust.types.TP(topic, partition)
+        tp = TP(topic, partition)
         if consumer is None or tp not in consumer.assignment():
             return
         # Faust keeps, per partition, the last offset it read, acked and committed, and drops
