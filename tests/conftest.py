@@ -46,7 +46,7 @@ def kafka_bootstrap(tmp_path_factory):
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from bastionary.embedded.broker import EmbeddedBroker
+    from bastionary.devstack.broker import EmbeddedBroker
 
     with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as broker:
         yield broker.bootstrap
@@ -121,7 +121,7 @@ class Stack:
         return f"{self.prefix}usage.dlq"
 
     def env(self, worker_id: str = "w1", **extra: str) -> dict[str, str]:
-        from bastionary.embedded.broker import free_port
+        from bastionary.devstack.broker import free_port
 
         return os.environ | {
             "BASTIONARY_KAFKA_BOOTSTRAP": self.bootstrap,
@@ -138,7 +138,7 @@ class Stack:
 
     def start_worker(self, worker_id: str = "w1", **extra: str) -> subprocess.Popen:
         log = (self.tmp_path / f"{worker_id}.log").open("ab")
-        from bastionary.embedded.processes import PREEXEC
+        from bastionary.devstack.processes import PREEXEC
 
         process = subprocess.Popen(
             [str(BIN), "worker"], env=self.env(worker_id, **extra), stdout=log, stderr=subprocess.STDOUT,

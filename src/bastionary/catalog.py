@@ -1,11 +1,15 @@
-"""The catalog YAML: meters now, plans and policies as later issues add them.
+"""The catalog YAML: meters, plans, dunning policies and entitlements, checked together.
 
-Loaded once at start; every problem in the file is reported together.
+Each part is described by its own domain (:mod:`bastionary.metering.meters`,
+:mod:`bastionary.rating.plans`, :mod:`bastionary.dunning.policy`,
+:mod:`bastionary.entitlements.spec`); this module reads the file and checks what ties the
+parts together (a price's meter, a policy's plans). Loaded once at start by the processes
+that compose the domains (the worker, the command line, the tools): the domains themselves
+never import it. Every problem in the file is reported together.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,63 +26,10 @@ from pydantic import (
 
 from bastionary.dunning.policy import DunningConfig
 from bastionary.entitlements.spec import entitlement_problems
-from bastionary.ingest.jsonpath import JsonPathError, compile_path
+from bastionary.metering.meters import Aggregation, Meter
 from bastionary.rating.plans import Plan
 
-
-class Aggregation(StrEnum):
-    SUM = "SUM"
-    COUNT = "COUNT"
-    MAX = "MAX"
-    UNIQUE_COUNT = "UNIQUE_COUNT"
-    LATEST = "LATEST"
-
-
-class Meter(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    key: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)
-    event_type: str = Field(min_length=1)
-    aggregation: Aggregation
-    value_property: str | None = None
-    group_by: dict[str, str] = Field(default_factory=dict)
-    allow_negative: bool = Field(
-        default=False, description="accept values below zero (corrections); otherwise they are dead-lettered"
-    )
-    description: str = ""
-
-    @field_validator("value_property")
-    @classmethod
-    def _value_path(cls, value: str | None) -> str | None:
-        if value is not None:
-            compile_path(value)
-        return value
-
-    @field_validator("group_by")
-    @classmethod
-    def _group_paths(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, path in value.items():
-            if not name.isidentifier():
-                raise ValueError(f"dimension name {name!r} must be an identifier")
-            try:
-                compile_path(path)
-            except JsonPathError as exc:
-                raise ValueError(f"dimension {name!r}: {exc}") from None
-        return value
-
-    @model_validator(mode="after")
-    def _value_needed(self) -> "Meter":
-        if self.aggregation is not Aggregation.COUNT and not self.value_property:
-            raise ValueError(f"{self.aggregation.value} needs value_property")
-        return self
-
-    @property
-    def value_steps(self) -> tuple[str | int, ...] | None:
-        return compile_path(self.value_property) if self.value_property else None
-
-    @property
-    def group_steps(self) -> dict[str, tuple[str | int, ...]]:
-        return {name: compile_path(path) for name, path in self.group_by.items()}
+__all__ = ["Aggregation", "Catalog", "CatalogError", "Meter", "load_catalog", "parse_catalog"]
 
 
 class Catalog(BaseModel):

@@ -1,62 +1,33 @@
 """Resolving where Kafka and ClickHouse are, for every command, from :class:`Settings` alone.
 
-Embedded defaults: the broker that ``bastionary run`` or ``bastionary broker`` started
-(found through ``<data dir>/broker.json``), and chdb in ``<data dir>/clickhouse``. When a
-running process holds that chdb directory, other processes use its HTTP gateway.
+Embedded defaults: the broker that ``bastionary run`` or ``bastionary broker`` started, and
+chdb in ``<data dir>/clickhouse``; when a running process holds that chdb directory, other
+processes use its HTTP gateway (both found through :mod:`bastionary.devstack.discovery`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from bastionary.devstack.discovery import gateway_alive, gateway_dsn, gateway_file, read_gateway_file, running_broker
+from bastionary.kafka import KafkaTarget
 from bastionary.locks import CLICKHOUSE, owning
 from bastionary.settings import Settings
-from bastionary.storage.clickhouse import gateway_file, open_client
+from bastionary.storage.client import open_client
 
-_HELD: list[object] = []  # locks this process keeps until it exits
+_HELD: list[Any] = []  # locks this process keeps until it exits
 
 
 class NoBroker(RuntimeError):
     pass
 
 
-def broker_file(settings: Settings) -> Path:
-    return settings.data_path / "broker.json"
-
-
-@dataclass(frozen=True)
-class KafkaTarget:
-    bootstrap: str
-    log_epoch: int  # an embedded broker starts empty, so each start is a new epoch
-
-
-def write_broker_file(settings: Settings, target: KafkaTarget) -> None:
-    path = broker_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"bootstrap": target.bootstrap, "log_epoch": target.log_epoch, "pid": os.getpid()}))
-    tmp.replace(path)
-
-
-def running_broker(settings: Settings) -> KafkaTarget | None:
-    """The embedded broker started from this data dir, if its process is still up."""
-    path = broker_file(settings)
-    try:
-        info = json.loads(path.read_text())
-        os.kill(info["pid"], 0)
-        return KafkaTarget(info["bootstrap"], int(info["log_epoch"]))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 def resolve_kafka(settings: Settings) -> KafkaTarget:
     if settings.kafka_bootstrap:
         return KafkaTarget(settings.kafka_bootstrap, settings.kafka_log_epoch or 0)
-    target = running_broker(settings)
+    target = running_broker(settings.data_path)
     if target is None:
         raise NoBroker(
             "no Kafka: set BASTIONARY_KAFKA_BOOTSTRAP, or start `bastionary run` / `bastionary broker` "
@@ -72,23 +43,13 @@ class ClickHouseHandle:
     dsn_description: str
 
 
-def _gateway_alive(info: dict) -> bool:
-    try:
-        with socket.create_connection((info["host"], int(info["port"])), timeout=1.0):
-            return True
-    except (OSError, KeyError, ValueError):
-        return False
-
-
 def connect_clickhouse(settings: Settings, role: str = "writer") -> ClickHouseHandle:
     """Open ClickHouse: in-process chdb, the holder's gateway if chdb is taken, or a server."""
-    from bastionary.storage.http_gateway import gateway_dsn, read_gateway_file
-
     dsn = settings.clickhouse_url()
     if not dsn.startswith("chdb:"):
         return ClickHouseHandle(open_client(dsn, settings.database, create=role == "writer"), False, "server")
     info = read_gateway_file(gateway_file(settings.data_path))
-    if info is not None and _gateway_alive(info):
+    if info is not None and gateway_alive(info):
         # A running worker holds the chdb directory; chdb admits one process per directory.
         client = open_client(gateway_dsn(info, role), info.get("database") or settings.database)
         return ClickHouseHandle(client, False, f"gateway http://{info['host']}:{info['port']}")

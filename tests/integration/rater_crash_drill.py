@@ -14,10 +14,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from bastionary.catalog import parse_catalog
-from bastionary.rating.benchmark import CATALOG, _seed
+from bastionary.tools.bench.rating import CATALOG, _seed
 from bastionary.rating.rater import Rater
-from bastionary.storage.billing import BillingStore
-from bastionary.storage.clickhouse import UsageStore, open_client
+from bastionary.storage.billing import ClickHouseBillingStore
+from bastionary.storage.client import open_client
+from bastionary.storage.usage import ClickHouseUsageStore
 
 
 class Crash(Exception):
@@ -26,7 +27,7 @@ class Crash(Exception):
 
 async def main(workdir: Path) -> dict:
     client = open_client(f"chdb://{workdir / 'clickhouse'}", "drill", create=True)
-    UsageStore(client).migrate()
+    ClickHouseUsageStore(client).migrate()
     now = datetime.now(timezone.utc)
     period_start = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)).replace(day=1)
     _seed(client, 60, period_start)
@@ -51,13 +52,13 @@ async def main(workdir: Path) -> dict:
         done.set_result(None)
         return done
 
-    store = BillingStore(client)
+    store = ClickHouseBillingStore(client)
     try:
-        await Rater(store, catalog, timedelta(0), dying_publish, settle=timedelta(0), batch_size=20).run_once(now)
+        await Rater(store, catalog.plans, catalog.meters, timedelta(0), dying_publish, settle=timedelta(0), batch_size=20).run_once(now)
     except Crash:
         pass
-    second = await Rater(store, catalog, timedelta(0), publish, settle=timedelta(0), batch_size=20).run_once(now)
-    third = await Rater(store, catalog, timedelta(0), publish, settle=timedelta(0)).run_once(now)
+    second = await Rater(store, catalog.plans, catalog.meters, timedelta(0), publish, settle=timedelta(0), batch_size=20).run_once(now)
+    third = await Rater(store, catalog.plans, catalog.meters, timedelta(0), publish, settle=timedelta(0)).run_once(now)
     stored = client.query("SELECT count(), countIf(published = 1) FROM invoices FINAL").result_rows[0]
     return {
         "published": {k: len(v) for k, v in published.items()},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bastionary.bench import BenchOptions, render, run_bench
+from bastionary.tools.bench import BenchOptions, render, run_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

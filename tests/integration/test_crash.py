@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bastionary.workload import generate
+from bastionary.tools.workload import generate
 
 from .helpers import assert_totals_equal, dead_letters, pipeline_totals, publish
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from bastionary.workload import Record
+from bastionary.tools.workload import Record
 
 from .helpers import dead_letters, publish
 

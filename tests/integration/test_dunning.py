@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from bastionary.dunning.clock import FileClock
-from bastionary.dunning.local_peers import SmtpSink, WebhookReceiver
-from bastionary.embedded.broker import free_port
+from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
+from bastionary.devstack.broker import free_port
 from tests.conftest import BIN
 
 from .dunning_helpers import (

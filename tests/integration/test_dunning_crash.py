@@ -37,7 +37,7 @@ import pytest
 
 from bastionary.dunning.clock import FileClock
 from bastionary.dunning.engine import notice_id
-from bastionary.dunning.local_peers import SmtpSink, WebhookReceiver
+from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
 from bastionary.dunning.notify.email import message_id
 from bastionary.worker.dunning import DELIVERY_CONCURRENCY
 

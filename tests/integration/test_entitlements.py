@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bastionary.embedded.broker import free_port
+from bastionary.devstack.broker import free_port
 from tests.conftest import BIN
 
 from .dunning_helpers import cloudevent, read, send, wait_for

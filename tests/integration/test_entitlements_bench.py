@@ -65,7 +65,7 @@ def test_quick_entitlements_bench_reports_latency_and_freshness(tmp_path):
     assert result["targets"]["freshness_p99_s"]["met"] == freshness["met"]
     assert set(result["contention"]) == {"latency", "latency_under_load", "freshness"}
 
-    from bastionary.bench.entitlements import render_entitlements
+    from bastionary.tools.bench.entitlements import render_entitlements
 
     table = render_entitlements(result, as_json=False)
     assert "check latency" in table and "freshness" in table and ("MET" in table or "MISSED" in table)

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bastionary.embedded.broker import free_port
+from bastionary.devstack.broker import free_port
 from bastionary.kafka import read_topic
 
 from . import hostile

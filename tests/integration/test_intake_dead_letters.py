@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from bastionary.embedded.broker import free_port
+from bastionary.devstack.broker import free_port
 
 from .dunning_helpers import CATALOG, cloudevent, invoice_event, read, send, wait_for
 

@@ -31,10 +31,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 sys.path.insert(0, ".")
 from tests.unit import test_intake_parsers as props
 from bastionary.catalog import parse_catalog
-from bastionary.storage.billing import BillingStore
-from bastionary.storage.clickhouse import UsageStore, open_client
-from bastionary.storage.dunning import DunningStore
-from bastionary.storage.entitlements import EntitlementStore
+from bastionary.storage.billing import ClickHouseBillingStore
+from bastionary.storage.client import open_client
+from bastionary.storage.usage import ClickHouseUsageStore
+from bastionary.storage.dunning import ClickHouseDunningStore
+from bastionary.storage.entitlements import ClickHouseEntitlementStore
 from bastionary.worker.billing import credit_row, is_infrastructure_failure, subscription_row
 from bastionary.worker.dunning import payment_row, receivable_row, response_row
 
@@ -44,9 +45,9 @@ RECEIVED = datetime(2026, 3, 5, 12, tzinfo=timezone.utc)
 
 tmp = tempfile.mkdtemp()
 client = open_client(f"chdb://{tmp}/clickhouse", "bastionary", create=True)
-UsageStore(client).migrate()
-billing, dunning = BillingStore(client), DunningStore(client)
-overrides = EntitlementStore(client, parse_catalog({}))
+ClickHouseUsageStore(client).migrate()
+billing, dunning = ClickHouseBillingStore(client), ClickHouseDunningStore(client)
+overrides = ClickHouseEntitlementStore(client, [])
 stored = {name: 0 for name in TABLES}
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from bastionary.workload import Record, generate
+from bastionary.tools.workload import Record, generate
 
 from .helpers import assert_totals_equal, dead_letters, pipeline_totals, publish
 

@@ -24,13 +24,8 @@ import lz4.frame
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from bastionary.storage.http_gateway import (
-    GatewayCredentials,
-    QueryGateway,
-    gateway_dsn,
-    read_gateway_file,
-    write_gateway_file,
-)
+from bastionary.devstack.discovery import gateway_dsn, read_gateway_file
+from bastionary.devstack.gateway import GatewayCredentials, QueryGateway, write_gateway_file
 
 pytestmark = pytest.mark.integration
 
@@ -415,7 +410,7 @@ async def test_output_settings_in_the_url_are_allowed(database, gateway):
 
 @pytest.fixture
 async def tight_gateway(chdb_client, database):
-    from bastionary.storage.http_gateway import reader_limits
+    from bastionary.devstack.gateway import reader_limits
 
     gw = QueryGateway(chdb_client, CREDS, database=database, reader_limits=reader_limits(1, 10_000))
     port = await gw.start()

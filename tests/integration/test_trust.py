@@ -18,8 +18,8 @@ import clickhouse_connect
 import orjson
 import pytest
 
-from bastionary.embedded.broker import free_port
-from bastionary.embedded.processes import PREEXEC
+from bastionary.devstack.broker import free_port
+from bastionary.devstack.processes import PREEXEC
 from bastionary.kafka import read_topic
 from tests.conftest import BIN
 

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from bastionary.catalog import parse_catalog
+from bastionary.metering.ports import RollupRow
 from bastionary.entitlements.evaluate import CustomerState
 from bastionary.entitlements.service import Entitlements
 from bastionary.entitlements.state import Loaded
@@ -34,12 +35,12 @@ class FakePlan:
 
 
 def row(meter, customer, window, count=0, total=Decimal(0), method="GET"):
-    return (meter, customer, "", {"method": method} if meter == "api_requests" else {}, window, window, total, count,
-            None, [], None)
+    return RollupRow(meter, customer, "", {"method": method} if meter == "api_requests" else {}, window, window,
+                     total, count, None, [], (window, Decimal(0)))
 
 
 def service_with(customer="c1", usage=None) -> Entitlements:
-    service = Entitlements(store=None, catalog=CATALOG, publish=None, lock=asyncio.Lock())
+    service = Entitlements(store=None, meters=CATALOG.meters, publish=None, lock=asyncio.Lock())
     usage = usage or {"calls": Decimal(0), "gets": Decimal(0), "tokens": Decimal(0), "peak": Decimal(0)}
     service._loaded[customer] = Loaded(CustomerState(customer, CATALOG.plans[0], START, END, False, usage, ()))
     return service

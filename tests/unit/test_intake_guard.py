@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 from bastionary.entitlements.overrides import InvalidOverride
 from bastionary.metrics import REGISTRY
 from bastionary.rating.events import InvalidBillingEvent
-from bastionary.storage.clickhouse import DataDirLocked
+from bastionary.storage.client import DataDirLocked
 from bastionary.worker.billing import CLICKHOUSE_DATA_ERRORS, consume_intake, is_infrastructure_failure
 
 

@@ -326,7 +326,10 @@ def plan_in(currency: str, **fields) -> Plan:
 
 
 def final(lines, currency="USD", grants=(), drawn=None, sub=PRO_SUB, period=JANUARY, kind="period", **plan_fields):
-    return finalize(sub, plan_in(currency, **plan_fields), period, list(lines), ISSUED, list(grants), dict(drawn or {}), kind)
+    """The invoice as its JSON document (what is stored and published), and the allocations."""
+    invoice, allocations = finalize(sub, plan_in(currency, **plan_fields), period, list(lines), ISSUED, list(grants),
+                                    dict(drawn or {}), kind)
+    return invoice.document(), allocations
 
 
 def test_finalized_invoice_adds_up():

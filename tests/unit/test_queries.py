@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 import pytest
 
 from bastionary.catalog import parse_catalog
-from bastionary.storage.queries import VALUE_EXPRESSIONS, usage_query
+from bastionary.metering.meters import Aggregation, behaviour
+from bastionary.storage.queries import usage_query, value_expression
 
 CATALOG = parse_catalog(
     {
@@ -111,14 +112,16 @@ def test_unknown_group_by_dimension_is_a_value_error():
 @pytest.mark.parametrize("meter", CATALOG.meters, ids=lambda m: m.aggregation.value)
 def test_value_expression_follows_the_aggregation(meter):
     sql, _ = usage_query(meter)
-    assert f"{VALUE_EXPRESSIONS[meter.aggregation]} AS value" in sql
+    assert f"{value_expression(meter.aggregation)} AS value" in sql
 
 
 def test_value_expressions_match_the_rollup_merges():
-    assert set(VALUE_EXPRESSIONS.values()) == {
-        "sum(value_sum)",
-        "toDecimal128(sum(event_count), 9)",
-        "max(value_max)",
-        "toDecimal128(length(groupUniqArrayArray(unique_values)), 9)",
-        "tupleElement(max(latest), 2)",
+    assert {a: value_expression(a) for a in Aggregation} == {
+        Aggregation.SUM: "sum(value_sum)",
+        Aggregation.COUNT: "toDecimal128(sum(event_count), 9)",
+        Aggregation.MAX: "max(value_max)",
+        Aggregation.UNIQUE_COUNT: "toDecimal128(length(groupUniqArrayArray(unique_values)), 9)",
+        Aggregation.LATEST: "tupleElement(max(latest), 2)",
     }
+    for aggregation in Aggregation:  # each reads the column its behaviour names
+        assert behaviour(aggregation).rollup_column in value_expression(aggregation)

@@ -80,7 +80,8 @@ def invoices(draw, fractional_grants: bool = False):
 
 def rate(currency: str, lines: list[Line], the_grants: list[Grant], drawn: dict):
     sub = Subscription("sub-1", "cust-1", JAN, (Segment(Plan(key="p", currency=currency), JAN),))
-    return finalize(sub, Plan(key="p", currency=currency), JANUARY, lines, FEB, the_grants, drawn)
+    invoice, allocations = finalize(sub, Plan(key="p", currency=currency), JANUARY, lines, FEB, the_grants, drawn)
+    return invoice.document(), allocations
 
 
 # --- invoices -----------------------------------------------------------------------------

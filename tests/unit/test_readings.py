@@ -40,7 +40,7 @@ CATALOG = parse_catalog(
         ]
     }
 )
-INDEX = MeterIndex(CATALOG)
+INDEX = MeterIndex(CATALOG.meters)
 RECORD_MS = int(datetime(2024, 5, 2, tzinfo=timezone.utc).timestamp() * 1000)
 SUM_METER = CATALOG.meter("llm_tokens")
 UNIQUE_METER = CATALOG.meter("active_users")
@@ -103,7 +103,7 @@ def test_group_dimensions_are_sorted_by_name_and_missing_ones_are_empty():
 
 def test_count_needs_no_value():
     # llm_tokens would reject this event, so use a COUNT-only catalog.
-    index = MeterIndex(parse_catalog({"meters": [{"key": "hits", "event_type": "hit", "aggregation": "COUNT"}]}))
+    index = MeterIndex(parse_catalog({"meters": [{"key": "hits", "event_type": "hit", "aggregation": "COUNT"}]}).meters)
     assert readings("hit", {}, index) == [Reading("hits", Aggregation.COUNT, ())]
 
 
@@ -192,7 +192,7 @@ def test_negative_values_need_allow_negative():
     (reading,) = readings("seats.updated", {"seats": 0}) and readings("seats.updated", b'{"seats":-0}')
     assert reading.value == 0
     lenient = MeterIndex(parse_catalog({"meters": [
-        {"key": "credit", "event_type": "c", "aggregation": "SUM", "value_property": "$.v", "allow_negative": True}]}))
+        {"key": "credit", "event_type": "c", "aggregation": "SUM", "value_property": "$.v", "allow_negative": True}]}).meters)
     (reading,) = readings("c", {"v": -3}, lenient)
     assert reading.value == Decimal(-3)
 
@@ -201,7 +201,7 @@ def test_negative_values_need_allow_negative():
 def test_every_value_in_range_comes_back_exactly_whichever_way_it_is_spelled(value):
     meter = parse_catalog({"meters": [
         {"key": "v", "event_type": "t", "aggregation": "SUM", "value_property": "$.v", "allow_negative": True}]})
-    index = MeterIndex(meter)
+    index = MeterIndex(meter.meters)
     number = format(value, "f").encode()
     for data in (b'{"v":' + number + b"}", b'{"v":"' + number + b'"}'):
         (reading,) = readings("t", data, index)

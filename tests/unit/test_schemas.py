@@ -1838,7 +1838,7 @@ VALUE_METERS = MeterIndex(
                 {"key": "both_users", "event_type": "both", "aggregation": "UNIQUE_COUNT", "value_property": "$.u"},
             ]
         }
-    )
+    ).meters
 )
 
 
@@ -1907,10 +1907,11 @@ def test_readme_all_or_nothing():
 
 _RUN_README_SQL = """
 import json, sys, tempfile
-from bastionary.storage.clickhouse import UsageStore, open_client
+from bastionary.storage.client import open_client
+from bastionary.storage.usage import ClickHouseUsageStore
 with tempfile.TemporaryDirectory() as tmp:
     client = open_client(f"chdb://{tmp}/clickhouse", "bastionary", create=True)
-    UsageStore(client).migrate()
+    ClickHouseUsageStore(client).migrate()
     failures = []
     for sql in json.loads(sys.stdin.read()):
         try:

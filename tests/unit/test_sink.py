@@ -24,7 +24,7 @@ from bastionary.ingest.errors import ErrorClass
 from bastionary.metering.logs import LogProbe, record_fingerprint
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.sink import Admission, InboundRecord, SinkConfig, UsageSink
-from bastionary.storage.clickhouse import FlushMarker
+from bastionary.metering.ports import FlushMarker
 
 TOPIC = "usage.events"
 NOW_MS = int(datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp() * 1000)
@@ -107,7 +107,7 @@ def make_sink(tmp_path, store=None, log=None, meters=None, floor: int = 1) -> tu
 
     config = SinkConfig("w1", floor, RecordLimits(1 << 20, 100, timedelta(minutes=5)), timedelta(days=35))
     dedupe = RocksDedupeStore(tmp_path / f"dedupe-{len(list(tmp_path.iterdir()))}", 35 * 86400)
-    sink = UsageSink(store, dedupe, meters or MeterIndex(CATALOG), send, config, log)
+    sink = UsageSink(store, dedupe, meters or MeterIndex(CATALOG.meters), send, config, log)
     return sink, store, log, letters
 
 
@@ -161,7 +161,7 @@ def test_a_bug_of_ours_costs_one_record_not_the_partition(tmp_path):
             return super().readings(event, exact_data)
 
     async def scenario():
-        sink, store, _, letters = make_sink(tmp_path, meters=Buggy(CATALOG))
+        sink, store, _, letters = make_sink(tmp_path, meters=Buggy(CATALOG.meters))
         await admit_all(sink, [event_record(0, "a"), event_record(1, "poison"), event_record(2, "b")])
         with structlog.testing.capture_logs() as logs:
             await sink.flush()

@@ -29,13 +29,13 @@ def status(customer: str | None, show_all: bool, fmt: str) -> None:
     """Open cases: state, amount due, the last step taken and what comes next."""
     from bastionary.catalog import load_catalog
     from bastionary.dunning.engine import overdue_for, paused_at, state_of
-    from bastionary.storage.dunning import DunningStore
+    from bastionary.storage.dunning import ClickHouseDunningStore
 
     settings = settings_or_exit()
     catalog = load_catalog(settings.catalog)
     now = _now(settings)
     rows = []
-    for case in DunningStore(reader_client(settings)).cases({customer} if customer else None):
+    for case in ClickHouseDunningStore(reader_client(settings)).cases({customer} if customer else None):
         state = state_of(case, now)
         if state in ("paid", "void") and not show_all:
             continue
@@ -60,11 +60,11 @@ def status(customer: str | None, show_all: bool, fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def report(within_days: int, fmt: str) -> None:
     """The funnel: notices sent per step, and how many of those invoices were paid within N days."""
-    from bastionary.storage.dunning import DunningStore
+    from bastionary.storage.dunning import ClickHouseDunningStore
 
     settings = settings_or_exit()
     rows = []
-    for step, action, sent, paid_within, paid_ever in DunningStore(reader_client(settings)).funnel(within_days):
+    for step, action, sent, paid_within, paid_ever in ClickHouseDunningStore(reader_client(settings)).funnel(within_days):
         rate = f"{100 * paid_within / sent:.1f}%" if sent else "-"
         rows.append([step, action, sent, paid_within, rate, paid_ever])
     emit(["step", "action", "sent", f"paid_within_{within_days}d", "rate", "paid_ever"], rows, fmt)

@@ -27,7 +27,7 @@ def check_cmd(customer: str, feature: str | None) -> None:
     from bastionary.entitlements.auth import valid_customer_id, valid_feature
     from bastionary.entitlements.evaluate import check, check_all
     from bastionary.entitlements.state import build_state, known_features
-    from bastionary.storage.entitlements import EntitlementStore
+    from bastionary.storage.entitlements import ClickHouseEntitlementStore
 
     settings = settings_or_exit()
     catalog = load_catalog(settings.catalog)
@@ -36,14 +36,14 @@ def check_cmd(customer: str, feature: str | None) -> None:
     if feature is not None and not valid_feature(feature):
         raise click.BadParameter("features are lowercase letters, digits and _", param_hint="FEATURE")
     now = datetime.now(timezone.utc)
-    loaded = build_state(EntitlementStore(reader_client(settings), catalog), catalog, customer, now)
+    loaded = build_state(ClickHouseEntitlementStore(reader_client(settings), catalog.plans), {m.key: m for m in catalog.meters}, customer, now)
     if loaded is None:
         raise click.ClickException(f"unknown customer {customer!r}")
     if feature is None:
         body = {"customer_id": customer, "entitlements": [d.to_json() for d in check_all(loaded.state, now)]}
     else:
         decision = check(loaded.state, feature, now)
-        if decision.reason == "not_in_plan" and feature not in known_features(catalog):
+        if decision.reason == "not_in_plan" and feature not in known_features(catalog.plans):
             raise click.ClickException(f"no plan has a feature {feature!r}")
         body = decision.to_json()
     click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2))

@@ -23,14 +23,9 @@ from bastionary.cli.dunning import clock, dunning
 from bastionary.cli.entitlements import entitlements
 from bastionary.locks import BROKER, DataDirInUse
 from bastionary.logs import configure_logging
-from bastionary.runtime import (
-    KafkaTarget,
-    NoBroker,
-    connect_clickhouse,
-    hold_for_process,
-    resolve_kafka,
-    write_broker_file,
-)
+from bastionary.devstack.discovery import write_broker_file
+from bastionary.kafka import KafkaTarget
+from bastionary.runtime import NoBroker, connect_clickhouse, hold_for_process, resolve_kafka
 from bastionary.settings import Settings
 from bastionary.storage.queries import usage_query
 from bastionary.topics import Topics
@@ -104,14 +99,14 @@ def _clickhouse_answers(settings: Settings) -> tuple[bool, str]:
 @click.option("--port", type=int, default=None, help="Listen port (default: a free one).")
 def broker(port: int | None) -> None:
     """Run the embedded Kafka-protocol broker in the foreground."""
-    from bastionary.embedded.broker import EmbeddedBroker
+    from bastionary.devstack.broker import EmbeddedBroker
 
     settings = _settings()
     hold_for_process(settings.data_path, BROKER)
     with EmbeddedBroker(settings.data_path, port) as embedded:
         # Bastionary's topics exist before any producer can create them with other partition counts.
         _create_topics(settings, embedded.bootstrap)
-        write_broker_file(settings, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
+        write_broker_file(settings.data_path, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
         click.echo(f"broker ready: {embedded.bootstrap} (Ctrl-C stops it)")
         _wait_for_signal()
 
@@ -131,14 +126,8 @@ def serve_clickhouse() -> None:
     chdb admits one process per directory: with several `bastionary worker` processes on one
     machine, run this once and point every worker at its writer DSN.
     """
-    from bastionary.storage.clickhouse import gateway_file
-    from bastionary.storage.http_gateway import (
-        QueryGateway,
-        gateway_dsn,
-        read_gateway_file,
-        reader_limits,
-        write_gateway_file,
-    )
+    from bastionary.devstack.discovery import gateway_dsn, gateway_file, read_gateway_file
+    from bastionary.devstack.gateway import QueryGateway, reader_limits, write_gateway_file
     from bastionary.worker.run import gateway_credentials
 
     settings = _settings()
@@ -176,7 +165,7 @@ def serve_clickhouse() -> None:
 @_fail_cleanly
 def run() -> None:
     """Everything in one process: the embedded broker when no bootstrap is set, and the worker."""
-    from bastionary.embedded.broker import EmbeddedBroker
+    from bastionary.devstack.broker import EmbeddedBroker
     from bastionary.worker.run import run_worker
 
     settings = _settings()
@@ -190,7 +179,7 @@ def run() -> None:
 
     def announce(embedded: EmbeddedBroker) -> None:
         _create_topics(settings, embedded.bootstrap)
-        write_broker_file(settings, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
+        write_broker_file(settings.data_path, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
 
     with EmbeddedBroker(settings.data_path) as embedded:
         announce(embedded)
@@ -404,11 +393,11 @@ def credits() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def credits_balance(customer: str, at: str | None, fmt: str) -> None:
     """Remaining balance per grant of CUSTOMER."""
-    from bastionary.storage.billing import BillingStore
+    from bastionary.storage.billing import ClickHouseBillingStore
 
     settings = _settings()
     moment = _parse_time(at) or datetime.now(timezone.utc)
-    store = BillingStore(_reader_client(settings))
+    store = ClickHouseBillingStore(_reader_client(settings))
     grants, drawn = store.grants_as_of(moment)
     rows = []
     for grant in sorted(grants.get(customer, []), key=lambda g: g.order):
@@ -427,7 +416,7 @@ def credits_balance(customer: str, at: str | None, fmt: str) -> None:
 @click.option("--customers", default=300, show_default=True)
 def demo(events: int, customers: int) -> None:
     """Start the embedded stack, meter a realistic workload, print a summary."""
-    from bastionary.demo import DemoOptions, run_demo
+    from bastionary.tools.demo import DemoOptions, run_demo
 
     settings = _settings()
     configure_logging("WARNING", settings.log_format)  # the summary speaks for itself
@@ -449,13 +438,13 @@ def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None
     """Measure the pipeline on the embedded stack against its targets."""
     settings = _settings()
     if entitlement_checks:
-        from bastionary.bench.entitlements import render_entitlements, run_entitlements_bench
+        from bastionary.tools.bench.entitlements import render_entitlements, run_entitlements_bench
 
         configure_logging("WARNING", settings.log_format)
         click.echo(render_entitlements(run_entitlements_bench(quick=quick), as_json))
         return
     if rating:
-        from bastionary.rating.benchmark import run_rating_bench
+        from bastionary.tools.bench.rating import run_rating_bench
 
         configure_logging("WARNING", settings.log_format)
         result = run_rating_bench(subscriptions)
@@ -465,7 +454,7 @@ def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None
             for key, value in result.items():
                 click.echo(f"{key:>28}: {value}")
         return
-    from bastionary.bench import BenchOptions, render, run_bench
+    from bastionary.tools.bench import BenchOptions, render, run_bench
 
     options = BenchOptions(quick=quick)
     if events:

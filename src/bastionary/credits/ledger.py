@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_DOWN, Decimal
@@ -9,6 +10,12 @@ from decimal import ROUND_DOWN, Decimal
 from bastionary.rating.money import minor_unit
 
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=timezone.utc)
+# Ledger movement ids are UUIDv5 of their parts in this namespace: the same movement, the same id.
+LEDGER_NAMESPACE = uuid.UUID("0d7f6c1e-54a1-4b7f-8c57-4c1d5d1d0b11")
+
+
+def movement_id(*parts: str) -> str:
+    return str(uuid.uuid5(LEDGER_NAMESPACE, "|".join(parts)))
 
 
 @dataclass(frozen=True)

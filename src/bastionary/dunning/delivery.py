@@ -33,7 +33,7 @@ from bastionary.dunning.notify import (
     render_email,
     send_email,
 )
-from bastionary.storage.dunning import DunningStore, TrailRow
+from bastionary.dunning.ports import DunningStore, TrailRow
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ import structlog
 from bastionary.dunning.clock import Clock
 from bastionary.dunning.engine import Case, Record, advance
 from bastionary.dunning.policy import DunningConfig
-from bastionary.storage.dunning import DunningStore
+from bastionary.dunning.ports import DunningStore
 
 log = structlog.get_logger(__name__)
 

@@ -12,21 +12,20 @@ the rater does with invoices; a crash in between republishes the same change ids
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import structlog
 
-from bastionary.catalog import Aggregation, Catalog
+from bastionary.metering.meters import Meter, behaviour
 from bastionary.entitlements.changes import change_event, due_changes
 from bastionary.entitlements.evaluate import Decision, check, check_all
 from bastionary.entitlements.spec import MeteredEntitlement
 from bastionary.entitlements.state import Loaded, build_state, suspension_changes
-from bastionary.storage.entitlements import EntitlementStore
+from bastionary.entitlements.ports import EntitlementStore
 
 log = structlog.get_logger(__name__)
-ADDITIVE = {Aggregation.SUM: 6, Aggregation.COUNT: 7}  # rollup row column holding the delta
 # (key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
 Publish = Callable[[str, bytes], Awaitable[Awaitable]]
 
@@ -36,16 +35,15 @@ class UnknownCustomer(LookupError):
 
 
 class Entitlements:
-    def __init__(self, store: EntitlementStore, catalog: Catalog, publish: Publish, lock: asyncio.Lock,
+    def __init__(self, store: EntitlementStore, meters: Iterable[Meter], publish: Publish, lock: asyncio.Lock,
                  now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  on_loaded: Callable[[str, Loaded], None] | None = None):
         self.store = store
-        self.catalog = catalog
         self.publish = publish
         self.lock = lock  # the usage sink's flush lock
         self.now = now
         self.on_loaded = on_loaded
-        self._meters = {m.key: m for m in catalog.meters}
+        self._meters = {m.key: m for m in meters}
         self._loaded: dict[str, Loaded | None] = {}
         self._dirty: set[str] = set()
         self._unpublished: set[str] = set()  # stored changes a publish may not have reached
@@ -69,7 +67,7 @@ class Entitlements:
 
     async def _load(self, customer: str) -> Loaded | None:
         async with self.lock:
-            loaded = await asyncio.to_thread(build_state, self.store, self.catalog, customer, self.now())
+            loaded = await asyncio.to_thread(build_state, self.store, self._meters, customer, self.now())
             self._loaded[customer] = loaded
         log.debug("entitlement state loaded", customer_id=customer, known=loaded is not None)
         if loaded is not None and self.on_loaded is not None:
@@ -102,7 +100,7 @@ class Entitlements:
         stale: set[str] = set()
         for plan in plans:
             for row in plan.rollup_rows:
-                meter, customer, group_values, window_start = row[0], row[1], row[3], row[4]
+                meter, customer, group_values, window_start = row.meter, row.customer_id, row.group_values, row.window_start
                 if customer not in self._loaded:
                     # Not read yet: the reconciler reads it (this flush included) so that a
                     # limit crossed by a customer nobody has checked still emits its changes.
@@ -122,11 +120,12 @@ class Entitlements:
                         continue
                     if any(group_values.get(k) != v for k, v in entitlement.filter.items()):
                         continue
-                    column = ADDITIVE.get(self._meters[meter].aggregation)
-                    if column is None:
+                    aggregation = behaviour(self._meters[meter].aggregation)
+                    if not aggregation.additive:  # a MAX or a UNIQUE_COUNT does not move by deltas
                         stale.add(customer)
                         continue
-                    usage[entitlement.feature] = usage.get(entitlement.feature, 0) + row[column]
+                    delta = getattr(row, aggregation.rollup_column)
+                    usage[entitlement.feature] = usage.get(entitlement.feature, 0) + delta
                     touched.add(customer)
                 loaded.state = replace(loaded.state, usage=usage)
         for customer in stale:

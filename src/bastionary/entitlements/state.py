@@ -6,16 +6,18 @@ CLI builds one on demand. Both come from the same rollups, so they agree once da
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from bastionary.catalog import Catalog
+from bastionary.metering.meters import Meter
+from bastionary.rating.plans import Plan
 from bastionary.entitlements.changes import CUSTOMER_WIDE, Change, change_id
 from bastionary.entitlements.evaluate import CustomerState
 from bastionary.entitlements.spec import MeteredEntitlement
 from bastionary.rating.invoice import Subscription
-from bastionary.storage.entitlements import EntitlementStore
+from bastionary.entitlements.ports import EntitlementStore
 
 
 @dataclass
@@ -41,7 +43,7 @@ def plan_and_period(sub: Subscription | None, now: datetime):
     return plan, start, end
 
 
-def build_state(store: EntitlementStore, catalog: Catalog, customer: str, now: datetime) -> Loaded | None:
+def build_state(store: EntitlementStore, meters: Mapping[str, Meter], customer: str, now: datetime) -> Loaded | None:
     """None for a customer Bastionary knows nothing about (no subscription, no override)."""
     sub = store.subscription(customer)
     overrides = store.overrides(customer)
@@ -49,7 +51,6 @@ def build_state(store: EntitlementStore, catalog: Catalog, customer: str, now: d
         return None
     plan, start, end = plan_and_period(sub, now)
     usage: dict[str, Decimal] = {}
-    meters = {m.key: m for m in catalog.meters}
     for entitlement in plan.entitlements if plan is not None else ():
         if isinstance(entitlement, MeteredEntitlement):
             usage[entitlement.feature] = store.usage(customer, meters[entitlement.meter], entitlement.filter, start, end)
@@ -72,5 +73,5 @@ def suspension_changes(loaded: Loaded) -> list[Change]:
     return out
 
 
-def known_features(catalog: Catalog) -> set[str]:
-    return {e.feature for plan in catalog.plans for e in plan.entitlements}
+def known_features(plans: Iterable[Plan]) -> set[str]:
+    return {e.feature for plan in plans for e in plan.entitlements}

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Context, Decimal, DecimalException, Inexact, InvalidOperation
 from typing import Any
 
 import orjson
 
-from bastionary.catalog import Aggregation, Catalog, Meter
+from bastionary.metering.meters import Aggregation, Meter
 from bastionary.ingest.cloudevents import UsageEvent
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.ingest.jsonpath import MISSING, extract
@@ -45,11 +45,11 @@ class _CompiledMeter:
 
 
 class MeterIndex:
-    """The catalog's meters, indexed by CloudEvents ``type`` and with JSONPaths compiled."""
+    """The meters, indexed by CloudEvents ``type`` and with JSONPaths compiled."""
 
-    def __init__(self, catalog: Catalog):
+    def __init__(self, meters: Iterable[Meter]):
         self._by_type: dict[str, list[_CompiledMeter]] = {}
-        for meter in catalog.meters:
+        for meter in meters:
             compiled = _CompiledMeter(meter, meter.value_steps, tuple(sorted(meter.group_steps.items())))
             self._by_type.setdefault(meter.event_type, []).append(compiled)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Context, Decimal
+from typing import assert_never
 
 import orjson
 
-from bastionary.catalog import Aggregation
+from bastionary.metering.meters import Aggregation
+from bastionary.metering.ports import RollupRow
 from bastionary.metering.readings import Group, Reading
 
 WINDOW_SECONDS = 60
@@ -42,37 +44,29 @@ class RollupCell:
 
     def add(self, reading: Reading, event_time: datetime) -> None:
         self.event_count += 1
-        value = reading.value
-        aggregation = reading.aggregation
-        if aggregation is Aggregation.SUM:
-            self.value_sum = _SUM_CONTEXT.add(self.value_sum, value)
-        elif aggregation is Aggregation.MAX:
-            if self.value_max is None or value > self.value_max:
-                self.value_max = value
-        elif aggregation is Aggregation.UNIQUE_COUNT:
-            self.unique_values.add(reading.unique)
-        elif aggregation is Aggregation.LATEST:
-            candidate = (event_time, value)
-            # Ties on time go to the larger value, so the result never depends on arrival order.
-            if self.latest is None or candidate > self.latest:
-                self.latest = candidate
+        value = reading.value if reading.value is not None else ZERO
+        match reading.aggregation:
+            case Aggregation.SUM:
+                self.value_sum = _SUM_CONTEXT.add(self.value_sum, value)
+            case Aggregation.COUNT:
+                pass  # event_count is every cell's
+            case Aggregation.MAX:
+                if self.value_max is None or value > self.value_max:
+                    self.value_max = value
+            case Aggregation.UNIQUE_COUNT:
+                self.unique_values.add(reading.unique or "")
+            case Aggregation.LATEST:
+                candidate = (event_time, value)
+                # Ties on time go to the larger value, so the result never depends on arrival order.
+                if self.latest is None or candidate > self.latest:
+                    self.latest = candidate
+            case _:
+                assert_never(reading.aggregation)
 
 
 RollupKey = tuple[str, str, str, datetime, datetime]  # meter, customer, group_key, window, ingested minute
 
-ROLLUP_COLUMNS = (
-    "meter",
-    "customer_id",
-    "group_key",
-    "group_values",
-    "window_start",
-    "ingested_minute",
-    "value_sum",
-    "event_count",
-    "value_max",
-    "unique_values",
-    "latest",
-)
+ROLLUP_COLUMNS = RollupRow._fields
 
 
 class RollupBuilder:
@@ -88,24 +82,24 @@ class RollupBuilder:
             self._groups[key] = reading.group
         cell.add(reading, event_time)
 
-    def rows(self) -> list[tuple]:
+    def rows(self) -> list[RollupRow]:
         rows = []
         for key in sorted(self.cells):
             cell = self.cells[key]
             meter, customer_id, gkey, start, ingested_minute = key
             rows.append(
-                (
-                    meter,
-                    customer_id,
-                    gkey,
-                    dict(self._groups[key]),
-                    start,
-                    ingested_minute,
-                    cell.value_sum,
-                    cell.event_count,
-                    cell.value_max,
-                    sorted(cell.unique_values),
-                    cell.latest or (EPOCH, ZERO),
+                RollupRow(
+                    meter=meter,
+                    customer_id=customer_id,
+                    group_key=gkey,
+                    group_values=dict(self._groups[key]),
+                    window_start=start,
+                    ingested_minute=ingested_minute,
+                    value_sum=cell.value_sum,
+                    event_count=cell.event_count,
+                    value_max=cell.value_max,
+                    unique_values=sorted(cell.unique_values),
+                    latest=cell.latest or (EPOCH, ZERO),
                 )
             )
         return rows

@@ -35,13 +35,12 @@ from typing import Any
 import structlog
 
 from bastionary.dedupe import Sighting, Verdict, judge
-from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, RecordMember, member_bytes, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.metering.logs import Anchor, LogProbe, PartitionLog, record_fingerprint
+from bastionary.metering.ports import DedupeCache, EventRow, FlushMarker, MarkerRow, RollupRow, UsageStore
 from bastionary.metering.readings import MeterIndex, Reading
 from bastionary.metering.rollup import RollupBuilder
-from bastionary.storage.clickhouse import FlushMarker, UsageStore
 
 log = structlog.get_logger(__name__)
 
@@ -101,8 +100,8 @@ class _Plan:
     first_offset: int
     last_offset: int
     records: list[InboundRecord]
-    event_rows: list[tuple] = field(default_factory=list)
-    rollup_rows: list[tuple] = field(default_factory=list)
+    event_rows: list[EventRow] = field(default_factory=list)
+    rollup_rows: list[RollupRow] = field(default_factory=list)
     sightings: list[tuple[bytes, Sighting]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     stats: FlushStats = field(default_factory=FlushStats)
@@ -160,7 +159,7 @@ class _Accepted:
 
     member: RecordMember
     key: bytes
-    row: tuple
+    row: EventRow
     readings: list[Reading]
 
 
@@ -181,7 +180,7 @@ class UsageSink:
     def __init__(
         self,
         store: UsageStore,
-        dedupe: RocksDedupeStore,
+        dedupe: DedupeCache,
         meters: MeterIndex,
         send_dead_letters: DeadLetterSender,
         config: SinkConfig,
@@ -313,10 +312,11 @@ class UsageSink:
         rows = self.store.sightings_after(topic, partition, after, since)
         entries = [
             (
-                self.dedupe.key(topic, partition, source, event_id),
-                Sighting(int(o), int(i), int(ts), bytes.fromhex(h), int(e)),
+                self.dedupe.key(topic, partition, row.source, row.event_id),
+                Sighting(row.ingest_offset, row.ingest_index, row.seen_at, bytes.fromhex(row.payload_hash),
+                         row.ingest_epoch),
             )
-            for source, event_id, e, o, i, ts, h in rows
+            for row in rows
         ]
         self.dedupe.record(topic, partition, entries, through[1], epoch=through[0])
         log.info("dedupe cache backfilled", topic=topic, partition=partition, keys=len(entries), after=after)
@@ -474,19 +474,19 @@ class UsageSink:
         # predecessor; a crash anywhere leaves that decision to be made again.
         now = datetime.now(timezone.utc)
         markers = [
-            (
-                p.topic,
-                p.log_epoch,
-                p.partition,
-                p.first_offset,
-                p.last_offset,
-                p.stats.records,
-                p.stats.accepted,
-                p.stats.duplicates,
-                p.stats.dead_lettered,
-                self.config.worker_id,
-                now,
-                p.last_fingerprint,
+            MarkerRow(
+                topic=p.topic,
+                log_epoch=p.log_epoch,
+                partition=p.partition,
+                first_offset=p.first_offset,
+                last_offset=p.last_offset,
+                records=p.stats.records,
+                events_accepted=p.stats.accepted,
+                duplicates=p.stats.duplicates,
+                dead_lettered=p.stats.dead_lettered,
+                worker_id=self.config.worker_id,
+                written_at=now,
+                last_fingerprint=p.last_fingerprint,
             )
             for p in plans
         ]
@@ -551,20 +551,20 @@ class UsageSink:
             except Rejection as rejection:
                 examined.rejected.append((member, rejection))
                 continue
-            row = (
-                event.id,
-                event.source,
-                event.type,
-                event.subject,
-                event.time,
-                parsed.stored_data(member),
-                member.payload_hash.hex(),
-                ingested_at,
-                record.topic,
-                epoch,
-                record.partition,
-                record.offset,
-                member.index,
+            row = EventRow(
+                event_id=event.id,
+                source=event.source,
+                type=event.type,
+                customer_id=event.subject,
+                time=event.time,
+                data=parsed.stored_data(member),
+                payload_hash=member.payload_hash.hex(),
+                ingested_at=ingested_at,
+                ingest_topic=record.topic,
+                ingest_epoch=epoch,
+                ingest_partition=record.partition,
+                ingest_offset=record.offset,
+                ingest_index=member.index,
             )
             key = self.dedupe.key(record.topic, record.partition, event.source, event.id)
             examined.accepted.append(_Accepted(member, key, row, readings))
@@ -608,9 +608,8 @@ class UsageSink:
             plan.sightings.append((accepted.key, current))
             plan.stats.accepted += 1
             plan.event_rows.append(accepted.row)
-            ingested_at = accepted.row[7]
             for reading in accepted.readings:
-                rollups.add(event.subject, event.time, reading, ingested_at)
+                rollups.add(event.subject, event.time, reading, accepted.row.ingested_at)
 
     def _reject_member(
         self, plan: _Plan, record: InboundRecord, parsed: ParsedRecord, member: RecordMember, rejection: Rejection

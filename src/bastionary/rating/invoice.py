@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
 from bastionary.rating.money import round_money
@@ -171,6 +172,33 @@ def adjustment_lines(
     return lines
 
 
+@dataclass(frozen=True)
+class Invoice:
+    """The ``bastionary.invoice.finalized.v1`` data: amounts as decimal strings, times ISO 8601."""
+
+    invoice_id: str
+    customer_id: str
+    subscription_id: str
+    plan: str
+    currency: str
+    kind: str
+    period_start: str
+    period_end: str
+    issued_at: str
+    due_at: str
+    lines: tuple[dict[str, Any], ...]
+    subtotal: str
+    credits_applied: str
+    credit_allocations: tuple[dict[str, str], ...]
+    total: str
+    status: str
+    credits_expired: tuple[dict[str, str], ...] = ()
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document, keys in this order (stored documents are republished as they are)."""
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in vars(self).items()}
+
+
 def finalize(
     sub: Subscription,
     plan: Plan,
@@ -180,38 +208,36 @@ def finalize(
     grants: list[Grant],
     drawn: dict[str, Decimal],
     kind: str = "period",
-) -> tuple[dict, list[Allocation]]:
-    """Round the lines, apply credits, and shape the ``bastionary.invoice.finalized.v1`` data."""
+) -> tuple[Invoice, list[Allocation]]:
+    """Round the lines, apply credits, and shape the invoice."""
     currency = plan.currency
     rounded = [round_money(line.amount, currency) for line in lines]
     subtotal = round_money(sum(rounded, ZERO), currency)
     allocations = allocate(grants, drawn, subtotal, currency, period.end)
     credits = sum((a.amount for a in allocations), ZERO)
     total = max(ZERO, subtotal - credits)
-    data = {
-        "invoice_id": invoice_id(sub.subscription_id, period.start, kind),
-        "customer_id": sub.customer_id,
-        "subscription_id": sub.subscription_id,
-        "plan": plan.key,
-        "currency": currency,
-        "kind": kind,
-        "period_start": period.start.isoformat(),
-        "period_end": period.end.isoformat(),
-        "issued_at": issued_at.isoformat(),
-        "due_at": (issued_at + parse_iso_duration(plan.payment_terms)).isoformat(),
-        "lines": [line.as_dict(currency) for line in lines],
-        "subtotal": str(subtotal),
-        "credits_applied": str(round_money(credits, currency)),
-        "credit_allocations": [{"grant_id": a.grant_id, "amount": str(a.amount)} for a in allocations],
-        "total": str(round_money(total, currency)),
-        "status": "finalized",
-    }
-    return data, allocations
+    invoice = Invoice(
+        invoice_id=invoice_id(sub.subscription_id, period.start, kind),
+        customer_id=sub.customer_id,
+        subscription_id=sub.subscription_id,
+        plan=plan.key,
+        currency=currency,
+        kind=kind,
+        period_start=period.start.isoformat(),
+        period_end=period.end.isoformat(),
+        issued_at=issued_at.isoformat(),
+        due_at=(issued_at + parse_iso_duration(plan.payment_terms)).isoformat(),
+        lines=tuple(line.as_dict(currency) for line in lines),
+        subtotal=str(subtotal),
+        credits_applied=str(round_money(credits, currency)),
+        credit_allocations=tuple({"grant_id": a.grant_id, "amount": str(a.amount)} for a in allocations),
+        total=str(round_money(total, currency)),
+        status="finalized",
+    )
+    return invoice, allocations
 
 
 def _text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def grace_cutoff(period_end: datetime, grace: timedelta) -> datetime:
-    return period_end + grace

@@ -20,15 +20,15 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import orjson
 import structlog
 
-from bastionary.catalog import Catalog
-from bastionary.credits.ledger import Grant
+from bastionary.metering.meters import Meter
+from bastionary.credits.ledger import Grant, movement_id
 from bastionary.rating.invoice import (
     Period,
     Subscription,
@@ -40,7 +40,7 @@ from bastionary.rating.invoice import (
 )
 from bastionary.rating.money import round_money
 from bastionary.rating.pricing import Usage
-from bastionary.storage.billing import BillingStore, movement_id
+from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +84,8 @@ class Rater:
     def __init__(
         self,
         store: BillingStore,
-        catalog: Catalog,
+        plans: Sequence[Plan],
+        meters: Sequence[Meter],
         grace: timedelta,
         publish: Publish,
         owns: Callable[[str], bool] = lambda customer: True,
@@ -93,12 +94,12 @@ class Rater:
     ):
         self.batch_size = batch_size
         self.store = store
-        self.catalog = catalog
+        self.plans = {p.key: p for p in plans}
         self.grace = grace
         self.publish = publish
         self.owns = owns
         self.settle = settle  # wait past a cutoff so the pipeline has landed what came before it
-        self._meters = {m.key: m for m in catalog.meters}
+        self._meters = {m.key: m for m in meters}
 
     async def run_once(self, now: datetime | None = None) -> RatingResult:
         now = now or datetime.now(timezone.utc)
@@ -111,7 +112,7 @@ class Rater:
                 await asyncio.to_thread(self.store.mark_published, [(data, datetime.fromisoformat(data["issued_at"]))])
                 result.republished += 1
         rated = await asyncio.to_thread(self.store.invoice_ids)
-        subscriptions = await asyncio.to_thread(self.store.subscriptions, self.catalog)
+        subscriptions = await asyncio.to_thread(self.store.subscriptions, self.plans)
         due = []
         for sub in subscriptions:
             if not self.owns(sub.customer_id):
@@ -128,13 +129,14 @@ class Rater:
         for offset in range(0, len(due), self.batch_size):
             batch = due[offset : offset + self.batch_size]
             rated = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)
-            deliveries = [future for data, _, _, _ in rated for future in await self._send(data)]
+            documents = [(r.invoice.document(), r.cutoff) for r in rated]
+            deliveries = [future for document, _ in documents for future in await self._send(document)]
             await asyncio.gather(*deliveries)
-            await asyncio.to_thread(self.store.mark_published, [(d, c) for d, c, _, _ in rated])
-            result.invoices.extend(d for d, _, _, _ in rated)
+            await asyncio.to_thread(self.store.mark_published, documents)
+            result.invoices.extend(document for document, _ in documents)
         return result
 
-    def _rate_batch(self, batch, grants: dict, drawn: dict, cache: dict) -> list[tuple]:
+    def _rate_batch(self, batch, grants: dict, drawn: dict, cache: dict) -> list[RatedInvoice]:
         rated = [
             self._rate(sub, [p for p, _ in earlier], period, cutoff, grants.get(sub.customer_id, []), drawn, cache)
             for _, _, sub, earlier, period, cutoff in batch
@@ -142,8 +144,8 @@ class Rater:
         self.store.store_invoices(rated)
         return rated
 
-    def _rate(self, sub, earlier, period: Period, cutoff, grants: list[Grant], drawn: dict, cache: dict) -> tuple:
-        """(invoice data, cutoff, lines, ledger rows) of one period; nothing is written here."""
+    def _rate(self, sub, earlier, period: Period, cutoff, grants: list[Grant], drawn: dict, cache: dict) -> RatedInvoice:
+        """One period's invoice, lines and ledger movements; nothing is written here."""
         usage = self._usage_lookup(cache)
         plan = _plan_at(sub, period.start)
         lines = period_lines(sub, period, cutoff, usage)
@@ -152,22 +154,23 @@ class Rater:
             lines.append(true_up)
         if earlier:
             lines.extend(adjustment_lines(sub, earlier, cutoff, usage, self.store.billed(sub.subscription_id), plan.currency))
-        data, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn)
+        invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn)
         recorded = datetime.now(timezone.utc)
         ledger = []
         for allocation in allocations:
             drawn[allocation.grant_id] = drawn.get(allocation.grant_id, Decimal(0)) + allocation.amount
             grant = next(g for g in grants if g.grant_id == allocation.grant_id)
-            ledger.append(_ledger_row("applied", grant, allocation.amount, data["invoice_id"], recorded))
-        data["credits_expired"] = []
+            ledger.append(_ledger_row("applied", grant, allocation.amount, invoice.invoice_id, recorded))
+        expired = []
         for grant in grants:
             left = grant.amount - drawn.get(grant.grant_id, Decimal(0))
             if grant.expires_at is not None and grant.expires_at <= period.end and left > 0:
                 drawn[grant.grant_id] = grant.amount
-                ledger.append(_ledger_row("expired", grant, left, data["invoice_id"], recorded))
-                data["credits_expired"].append({"grant_id": grant.grant_id, "amount": str(left)})
-        log.debug("invoice rated", invoice_id=data["invoice_id"], customer_id=sub.customer_id, total=data["total"])
-        return data, cutoff, lines, ledger
+                ledger.append(_ledger_row("expired", grant, left, invoice.invoice_id, recorded))
+                expired.append({"grant_id": grant.grant_id, "amount": str(left)})
+        invoice = replace(invoice, credits_expired=tuple(expired))
+        log.debug("invoice rated", invoice_id=invoice.invoice_id, customer_id=sub.customer_id, total=invoice.total)
+        return RatedInvoice(invoice, cutoff, lines, ledger)
 
     def _usage_lookup(self, cache: dict):
         """Usage per customer, fetched once per (meter, filter, window, cutoff) for all customers."""
@@ -206,8 +209,8 @@ def _plan_at(sub: Subscription, moment: datetime):
     return sub.segments[-1].plan
 
 
-def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded: datetime) -> tuple:
-    return (
+def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded: datetime) -> LedgerRow:
+    return LedgerRow(
         movement_id(kind, grant.grant_id, invoice), kind, grant.grant_id, grant.customer_id,
         round_money(amount, grant.currency), grant.currency, grant.priority, grant.effective_at, grant.expires_at,
         invoice, recorded,

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 
 import orjson
 
-from bastionary.catalog import Catalog, Meter
 from bastionary.credits.ledger import Grant
-from bastionary.rating.invoice import Billed, Segment, Subscription
+from bastionary.metering.meters import Meter
+from bastionary.rating.invoice import Billed, Subscription
+from bastionary.rating.plans import Plan
+from bastionary.rating.ports import LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
-from bastionary.storage.queries import VALUE_EXPRESSIONS
+from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription, utc
+from bastionary.storage.queries import value_expression
 
-LEDGER_NAMESPACE = uuid.UUID("0d7f6c1e-54a1-4b7f-8c57-4c1d5d1d0b11")
 SUBSCRIPTION_COLUMNS = (
     "event_id", "event_type", "subscription_id", "customer_id", "plan", "start", "billing_anchor",
     "effective_at", "received_at", "billing_email",
 )
-LEDGER_COLUMNS = (
-    "movement_id", "kind", "grant_id", "customer_id", "amount", "currency", "priority", "effective_at",
-    "expires_at", "invoice_id", "recorded_at",
-)
+LEDGER_COLUMNS = LedgerRow._fields
 INVOICE_COLUMNS = (
     "invoice_id", "customer_id", "subscription_id", "plan", "currency", "kind", "period_start", "period_end",
     "usage_cutoff", "issued_at", "due_at", "subtotal", "credits_applied", "total", "status", "document", "published",
@@ -34,11 +33,9 @@ LINE_COLUMNS = (
 )
 
 
-def movement_id(*parts: str) -> str:
-    return str(uuid.uuid5(LEDGER_NAMESPACE, "|".join(parts)))
+class ClickHouseBillingStore:
+    """Rating's tables (:class:`bastionary.rating.ports.BillingStore`), and the billing inputs' writes."""
 
-
-class BillingStore:
     def __init__(self, client):
         self.client = client
 
@@ -52,17 +49,17 @@ class BillingStore:
         if rows:
             self.client.insert("credit_ledger", rows, column_names=LEDGER_COLUMNS)
 
-    def subscriptions(self, catalog: Catalog) -> list[Subscription]:
+    def subscriptions(self, plans: Mapping[str, Plan]) -> list[Subscription]:
         rows = self.client.query(
             "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at"
             " FROM subscriptions FINAL ORDER BY subscription_id, effective_at, event_type = 'canceled', event_id"
         ).result_rows
-        by_id: dict[str, list] = defaultdict(list)
+        by_id: dict[str, list[SubscriptionEvent]] = defaultdict(list)
         for row in rows:
-            by_id[row[0]].append(row)
+            by_id[row[0]].append(SubscriptionEvent(*row))
         out = []
         for subscription_id, events in by_id.items():
-            sub = _build_subscription(subscription_id, events, catalog)
+            sub = build_subscription(subscription_id, events, plans)
             if sub is not None:
                 out.append(sub)
         return out
@@ -82,9 +79,9 @@ class BillingStore:
         granted, voided, drawn = {}, {}, defaultdict(Decimal)
         for kind, grant_id, customer, amount, currency, priority, effective_at, expires_at in rows:
             if kind == "granted":
-                granted[grant_id] = (customer, amount, currency, priority, _utc(effective_at), _utc(expires_at))
+                granted[grant_id] = (customer, amount, currency, priority, utc(effective_at), utc(expires_at))
             elif kind == "voided":
-                voided[grant_id] = _utc(effective_at)
+                voided[grant_id] = utc(effective_at)
             else:
                 drawn[grant_id] += Decimal(amount)
         by_customer: dict[str, list[Grant]] = defaultdict(list)
@@ -110,7 +107,7 @@ class BillingStore:
             params[f"k{i}"], params[f"v{i}"] = name, value
             where.append(f"group_values[{{k{i}:String}}] = {{v{i}:String}}")
         sql = (
-            f"SELECT customer_id, {VALUE_EXPRESSIONS[meter.aggregation]}, sum(event_count)"
+            f"SELECT customer_id, {value_expression(meter.aggregation)}, sum(event_count)"
             f" FROM usage_rollup_1m WHERE {' AND '.join(where)} GROUP BY customer_id"
         )
         return {
@@ -133,14 +130,13 @@ class BillingStore:
             " WHERE subscription_id = {s:String} GROUP BY period_start, line_key",
             parameters={"s": subscription_id},
         ).result_rows
-        return {(_utc(start), key): (Decimal(q), Decimal(a)) for start, key, q, a in rows}
+        return {(utc(start), key): (Decimal(q), Decimal(a)) for start, key, q, a in rows}
 
-    def store_invoices(self, rated: list[tuple]) -> None:
-        """Lines and ledger first, the invoice rows last: a stored invoice is always complete.
-
-        ``rated``: (invoice data, cutoff, lines, ledger rows) per invoice."""
+    def store_invoices(self, rated: list[RatedInvoice]) -> None:
+        """Lines and ledger first, the invoice rows last: a stored invoice is always complete."""
         line_rows, ledger_rows, invoice_rows = [], [], []
-        for data, cutoff, lines, ledger in rated:
+        for item in rated:
+            data, cutoff, lines, ledger = item.invoice.document(), item.cutoff, item.lines, item.ledger
             currency = data["currency"]
             period_start = _parse(data["period_start"])
             for n, line in enumerate(lines):
@@ -173,45 +169,6 @@ class BillingStore:
             Decimal(data["credits_applied"]), Decimal(data["total"]), data["status"],
             orjson.dumps(data).decode(), published,
         )
-
-
-def _build_subscription(subscription_id: str, events: list, catalog: Catalog) -> Subscription | None:
-    known = {p.key: p for p in catalog.plans}
-    segments: list[Segment] = []
-    customer, anchor, canceled_at = None, None, None
-    for _, customer_id, kind, plan, start, billing_anchor, effective_at in events:
-        effective_at = _utc(effective_at)
-        if kind == "created" and not segments and plan in known:
-            customer = customer_id
-            start = _utc(start)
-            anchor = _minute(_utc(billing_anchor) or start)
-            segments.append(Segment(known[plan], _minute(start)))
-        elif kind == "changed" and segments and plan in known and canceled_at is None:
-            at = _minute(effective_at)
-            last = segments[-1]
-            if at <= last.start:
-                segments[-1] = Segment(known[plan], last.start)
-            else:
-                segments[-1] = Segment(last.plan, last.start, at)
-                segments.append(Segment(known[plan], at))
-        elif kind == "canceled" and segments and canceled_at is None:
-            canceled_at = _minute(effective_at)
-            last = segments[-1]
-            segments[-1] = Segment(last.plan, last.start, max(canceled_at, last.start))
-    if not segments:
-        return None
-    return Subscription(subscription_id, customer, anchor, tuple(segments), canceled_at)
-
-
-def _utc(value):
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def _minute(value: datetime) -> datetime:
-    """Periods are cut at minute boundaries, the resolution of the usage rollups."""
-    return value.replace(second=0, microsecond=0)
 
 
 def _parse(text: str) -> datetime:

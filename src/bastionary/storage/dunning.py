@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
 import orjson
 
 from bastionary.dunning.engine import Case, InvoiceFacts, Pause, Record
+from bastionary.dunning.ports import TrailRow
+from bastionary.storage.client import Client
 
 RECEIVABLE_COLUMNS = (
     "invoice_id", "customer_id", "plan", "currency", "total", "issued_at", "due_at", "period_start", "period_end",
@@ -25,24 +26,10 @@ EVENT_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class TrailRow:
-    """A dunning_events row that is not a decision: an attempt, a delivery, a response."""
+class ClickHouseDunningStore:
+    """Dunning's tables (:class:`bastionary.dunning.ports.DunningStore`), and the intake writes."""
 
-    event_id: str
-    invoice_id: str
-    customer_id: str
-    kind: str
-    at: datetime
-    step: int = 0
-    action: str = ""
-    channel: str = ""
-    detail: str = ""
-    until: datetime | None = None
-
-
-class DunningStore:
-    def __init__(self, client):
+    def __init__(self, client: Client):
         self.client = client
 
     # -- inputs --------------------------------------------------------------------------

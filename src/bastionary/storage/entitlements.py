@@ -7,12 +7,17 @@ from decimal import Decimal
 
 import orjson
 
-from bastionary.catalog import Catalog, Meter
+from collections.abc import Iterable
+
 from bastionary.entitlements.changes import Change
 from bastionary.entitlements.overrides import Override
+from bastionary.metering.meters import Meter
 from bastionary.rating.invoice import Subscription
-from bastionary.storage.billing import _build_subscription, _utc
-from bastionary.storage.queries import VALUE_EXPRESSIONS
+from bastionary.rating.plans import Plan
+from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
+from bastionary.rating.subscriptions import utc as _utc
+from bastionary.storage.client import Client
+from bastionary.storage.queries import value_expression
 
 OVERRIDE_COLUMNS = (
     "event_id", "override_id", "customer_id", "feature", "effective_at", "expires_at", "limit_value", "limit_delta",
@@ -23,10 +28,12 @@ CHANGE_COLUMNS = (
 )
 
 
-class EntitlementStore:
-    def __init__(self, client, catalog: Catalog):
+class ClickHouseEntitlementStore:
+    """Entitlements' tables (:class:`bastionary.entitlements.ports.EntitlementStore`) and override writes."""
+
+    def __init__(self, client: Client, plans: Iterable[Plan]):
         self.client = client
-        self.catalog = catalog
+        self.plans = {plan.key: plan for plan in plans}
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -56,10 +63,10 @@ class EntitlementStore:
             " ORDER BY subscription_id, effective_at, event_type = 'canceled', event_id",
             parameters={"c": customer},
         ).result_rows
-        by_id: dict[str, list] = {}
+        by_id: dict[str, list[SubscriptionEvent]] = {}
         for row in rows:
-            by_id.setdefault(row[0], []).append(row)
-        subs = [s for s in (_build_subscription(i, ev, self.catalog) for i, ev in by_id.items()) if s is not None]
+            by_id.setdefault(row[0], []).append(SubscriptionEvent(*row))
+        subs = [s for s in (build_subscription(i, ev, self.plans) for i, ev in by_id.items()) if s is not None]
         return max(subs, key=lambda s: s.segments[0].start, default=None)
 
     def suspended(self, customer: str) -> bool:
@@ -99,7 +106,7 @@ class EntitlementStore:
             params[f"k{i}"], params[f"v{i}"] = name, value
             where.append(f"group_values[{{k{i}:String}}] = {{v{i}:String}}")
         rows = self.client.query(
-            f"SELECT {VALUE_EXPRESSIONS[meter.aggregation]} FROM usage_rollup_1m WHERE {' AND '.join(where)}",
+            f"SELECT {value_expression(meter.aggregation)} FROM usage_rollup_1m WHERE {' AND '.join(where)}",
             parameters=params,
         ).result_rows
         return Decimal(rows[0][0] or 0) if rows else Decimal(0)

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bastionary.catalog import Aggregation, Meter
+from typing import assert_never
 
-VALUE_EXPRESSIONS = {
-    Aggregation.SUM: "sum(value_sum)",
-    Aggregation.COUNT: "toDecimal128(sum(event_count), 9)",
-    Aggregation.MAX: "max(value_max)",
-    Aggregation.UNIQUE_COUNT: "toDecimal128(length(groupUniqArrayArray(unique_values)), 9)",
-    Aggregation.LATEST: "tupleElement(max(latest), 2)",
-}
+from bastionary.metering.meters import Aggregation, Meter
+
+
+def value_expression(aggregation: Aggregation) -> str:
+    """How a meter's rollup rows merge into its value, in ClickHouse SQL (Decimal(38, 9))."""
+    match aggregation:
+        case Aggregation.SUM:
+            return "sum(value_sum)"
+        case Aggregation.COUNT:
+            return "toDecimal128(sum(event_count), 9)"
+        case Aggregation.MAX:
+            return "max(value_max)"
+        case Aggregation.UNIQUE_COUNT:
+            return "toDecimal128(length(groupUniqArrayArray(unique_values)), 9)"
+        case Aggregation.LATEST:
+            return "tupleElement(max(latest), 2)"
+        case _:
+            assert_never(aggregation)
 WINDOW_FUNCTIONS = {"MINUTE": "toStartOfMinute", "HOUR": "toStartOfHour", "DAY": "toStartOfDay"}
 WINDOW_SECONDS = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 
@@ -60,7 +71,7 @@ def usage_query(
     keys = ["customer_id"] + group_cols + (["ws"] if window else [])
     sql = (
         f"SELECT customer_id, {win_start} AS ws, {win_end} AS we, {group_expr} AS grp,"
-        f" {VALUE_EXPRESSIONS[meter.aggregation]} AS value"
+        f" {value_expression(meter.aggregation)} AS value"
         f" FROM usage_rollup_1m WHERE {' AND '.join(where)}"
         f" GROUP BY {', '.join(keys)}"
         f" ORDER BY customer_id{', ws' if window else ''}, grp"

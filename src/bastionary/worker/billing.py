@@ -36,8 +36,8 @@ from bastionary.rating.events import (
 )
 from bastionary.rating.rater import Rater
 from bastionary.settings import Settings
-from bastionary.storage.billing import BillingStore
-from bastionary.storage.clickhouse import DataDirLocked
+from bastionary.storage.billing import ClickHouseBillingStore
+from bastionary.storage.client import DataDirLocked
 from bastionary.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -200,7 +200,7 @@ def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_
     plans = {p.key for p in catalog.plans}
     state: dict = {}
 
-    def store() -> BillingStore:
+    def store() -> ClickHouseBillingStore:
         if "store" not in state:
             state["store"] = store_factory()
         return state["store"]
@@ -280,7 +280,7 @@ def install_billing(app: faust.App, settings: Settings, catalog: Catalog, store_
     async def rate_closed_periods() -> None:
         rater = state.get("rater")
         if rater is None:
-            rater = state["rater"] = Rater(store(), catalog, settings.rating_grace, publish, owns)
+            rater = state["rater"] = Rater(store(), catalog.plans, catalog.meters, settings.rating_grace, publish, owns)
         try:
             result = await rater.run_once()
         except Exception:

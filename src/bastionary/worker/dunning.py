@@ -27,7 +27,8 @@ from bastionary.dunning.events import (
 from bastionary.dunning.notify import SmtpConfig, WebhookConfig
 from bastionary.rating.events import BillingEvent, InvalidBillingEvent, latest_event_time
 from bastionary.settings import Settings
-from bastionary.storage.dunning import DunningStore, TrailRow
+from bastionary.dunning.ports import TrailRow
+from bastionary.storage.dunning import ClickHouseDunningStore
 from bastionary.topics import Topics
 from bastionary.worker.billing import consume_intake
 from bastionary.worker.http import authenticated, json_error
@@ -47,9 +48,9 @@ def install_dunning(app: faust.App, settings: Settings, catalog: Catalog, client
     notices_topic = app.topic(topics.dunning_notices, **raw)
     state: dict = {}
 
-    def store() -> DunningStore:
+    def store() -> ClickHouseDunningStore:
         if "store" not in state:
-            state["store"] = DunningStore(client_factory())
+            state["store"] = ClickHouseDunningStore(client_factory())
         return state["store"]
 
     def latest(message) -> datetime | None:

@@ -19,7 +19,7 @@ from bastionary.entitlements.service import Entitlements, UnknownCustomer
 from bastionary.entitlements.state import Loaded, known_features
 from bastionary.rating.events import latest_event_time
 from bastionary.settings import Settings
-from bastionary.storage.entitlements import EntitlementStore
+from bastionary.storage.entitlements import ClickHouseEntitlementStore
 from bastionary.topics import Topics
 from bastionary.worker.billing import consume_intake
 from bastionary.worker.http import authenticated, json_error
@@ -41,7 +41,7 @@ def install_entitlements(app: faust.App, settings: Settings, catalog: Catalog, c
     # key_type bytes = the raw serializer: the key's bytes are the customer id, as on usage.events.
     table = app.Table("entitlements", default=None, partitions=settings.usage_partitions, key_type=bytes,
                       use_partitioner=True)
-    features = known_features(catalog)
+    features = known_features(catalog.plans)
     state: dict = {}
 
     def mirror(customer: str, loaded: Loaded) -> None:
@@ -61,9 +61,9 @@ def install_entitlements(app: faust.App, settings: Settings, catalog: Catalog, c
     def service() -> Entitlements:
         if "service" not in state:
             usage_sink = sink()
-            store = EntitlementStore(client_factory(), catalog)
+            store = ClickHouseEntitlementStore(client_factory(), catalog.plans)
             state["store"] = store
-            state["service"] = Entitlements(store, catalog, publish, usage_sink.lock, on_loaded=mirror)
+            state["service"] = Entitlements(store, catalog.meters, publish, usage_sink.lock, on_loaded=mirror)
             usage_sink.listeners.append(state["service"].on_flush)
             metrics.ENTITLEMENT_CUSTOMERS.set_function(lambda: state["service"].customers_in_memory)
         return state["service"]

@@ -15,16 +15,18 @@ from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.sink import SinkConfig, UsageSink
 from bastionary.locks import worker_part
-from bastionary.runtime import KafkaTarget, connect_clickhouse, hold_for_process
+from bastionary.kafka import KafkaTarget
+from bastionary.runtime import connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
-from bastionary.storage.clickhouse import UsageStore, gateway_file
+from bastionary.devstack.discovery import gateway_file
+from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.worker.app import create_app
 
 log = structlog.get_logger(__name__)
 
 
 def gateway_credentials(settings: Settings):
-    from bastionary.storage.http_gateway import GatewayCredentials
+    from bastionary.devstack.gateway import GatewayCredentials
 
     def secret(value) -> str:
         return value.get_secret_value() if value is not None else secrets.token_urlsafe(18)
@@ -46,7 +48,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     settings = settings.model_copy(update={"worker_id": worker_id})
     hold_for_process(settings.data_path, worker_part(worker_id))  # its dedupe cache and Faust state
     handle = connect_clickhouse(settings, role="writer")
-    store = UsageStore(handle.client)
+    store = ClickHouseUsageStore(handle.client)
     store.migrate()
     dedupe = RocksDedupeStore(
         settings.data_path / "dedupe" / worker_id, int(settings.dedupe_horizon.total_seconds())
@@ -60,12 +62,12 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     )
 
     def sink_factory(send_dead_letters, on_flushed, partition_log) -> UsageSink:
-        return UsageSink(store, dedupe, MeterIndex(catalog), send_dead_letters, config, partition_log, on_flushed)
+        return UsageSink(store, dedupe, MeterIndex(catalog.meters), send_dead_letters, config, partition_log, on_flushed)
 
     gateway_path: Path | None = None
     serve_gateway = None
     if handle.in_process:
-        from bastionary.storage.http_gateway import QueryGateway, reader_limits, write_gateway_file
+        from bastionary.devstack.gateway import QueryGateway, reader_limits, write_gateway_file
 
         credentials = gateway_credentials(settings)
         gateway = QueryGateway(handle.client, credentials, database=settings.database,
@@ -79,9 +81,9 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
             write_gateway_file(gateway_path, settings.query_host, port, credentials, settings.database)
             log.info("query gateway serving", url=f"http://{settings.query_host}:{port}", database=settings.database)
 
-    from bastionary.storage.billing import BillingStore
+    from bastionary.storage.billing import ClickHouseBillingStore
 
-    billing = (catalog, lambda: BillingStore(handle.client))
+    billing = (catalog, lambda: ClickHouseBillingStore(handle.client))
     app = create_app(settings, kafka.bootstrap, sink_factory, on_started=serve_gateway, billing=billing, usage=usage)
     log.info(
         "worker starting",

@@ -7,8 +7,8 @@ import random
 import statistics
 import time
 
-from bastionary.bench.entitlements.constants import FEATURE, TARGET_CHECK_P99_MS
-from bastionary.bench.entitlements.figures import _ms
+from bastionary.tools.bench.entitlements.constants import FEATURE, TARGET_CHECK_P99_MS
+from bastionary.tools.bench.entitlements.figures import _ms
 
 
 def _urls(base: str, customers: list[str]) -> list:

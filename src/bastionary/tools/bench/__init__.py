@@ -5,7 +5,7 @@ Everything runs on a stack the benchmark starts and tears down itself: one embed
 holds chdb in-process and serves the query gateway), a fresh topic prefix and a fresh
 consumer group. The phases:
 
-(a) bare Faust ceiling: :mod:`bastionary.worker.bare` (one agent that only counts) reads
+(a) bare Faust ceiling: :mod:`bastionary.devstack.bare_agent` (one agent that only counts) reads
     the single-event records of (b); records/s from the first to the last record counted.
 (b) pipeline throughput: the same workload as single-event records, then packed into
     100-event batch records; pre-published, then a worker started on it; timed from its
@@ -24,14 +24,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bastionary.bench.options import BATCH_EVENTS, BenchError, BenchOptions
-from bastionary.bench.phases import _bare_ceiling, _latency, _peak_rss, _throughput
-from bastionary.bench.processes import _Processes, _say, _sigterm_as_interrupt
-from bastionary.bench.report import _verdicts, machine_info, render
-from bastionary.bench.stack import _Bench
-from bastionary.bench.workloads import _batched
-from bastionary.embedded.broker import EmbeddedBroker
-from bastionary.workload import generate
+from bastionary.tools.bench.options import BATCH_EVENTS, BenchError, BenchOptions
+from bastionary.tools.bench.phases import _bare_ceiling, _latency, _peak_rss, _throughput
+from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt
+from bastionary.tools.bench.report import _verdicts, machine_info, render
+from bastionary.tools.bench.stack import _Bench
+from bastionary.tools.bench.workloads import _batched
+from bastionary.devstack.broker import EmbeddedBroker
+from bastionary.tools.workload import generate
 
 __all__ = ["BenchError", "BenchOptions", "machine_info", "render", "run_bench"]
 

@@ -9,7 +9,7 @@ import os
 import platform
 from pathlib import Path
 
-from bastionary.bench.options import (
+from bastionary.tools.bench.options import (
     BATCH_EVENTS,
     CONTENTION_WARNING,
     LATENCY_POLL_SECONDS,

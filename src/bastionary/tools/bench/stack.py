@@ -14,11 +14,11 @@ from pathlib import Path
 
 import orjson
 
-from bastionary.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
-from bastionary.bench.processes import _bastionary_command, _CpuMeter, _Processes, _tail
-from bastionary.embedded.broker import EmbeddedBroker, free_port
+from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
+from bastionary.tools.bench.processes import _bastionary_command, _CpuMeter, _Processes, _tail
+from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.topics import Topics
-from bastionary.workload import Record
+from bastionary.tools.workload import Record
 
 
 @dataclass
@@ -40,8 +40,7 @@ class _Worker:
         """A clickhouse-connect client on the worker's query gateway, as the reader."""
         import clickhouse_connect
 
-        from bastionary.storage.clickhouse import gateway_file
-        from bastionary.storage.http_gateway import gateway_dsn, read_gateway_file
+        from bastionary.devstack.discovery import gateway_dsn, gateway_file, read_gateway_file
 
         path = gateway_file(self.data_dir)
         deadline = time.monotonic() + timeout

@@ -4,7 +4,7 @@ It consumes a topic with the same consumer settings as the usage worker (see
 :mod:`bastionary.worker.app`) but does nothing with the records, so the rate it reaches is
 the most a single Faust process can deliver on this machine and broker. Run it as::
 
-    python -m bastionary.worker.bare --bootstrap HOST:PORT --topic T --group G \
+    python -m bastionary.devstack.bare_agent --bootstrap HOST:PORT --topic T --group G \
         --expect N --report /path/result.json
 
 When it has counted ``expect`` records it writes ``{"count", "first", "last"}`` (wall-clock

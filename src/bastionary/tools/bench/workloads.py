@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import orjson
 
-from bastionary.bench.options import BATCH_EVENTS
-from bastionary.workload import Record, Workload
+from bastionary.tools.bench.options import BATCH_EVENTS
+from bastionary.tools.workload import Record, Workload
 
 
 # -- workloads -------------------------------------------------------------------------------

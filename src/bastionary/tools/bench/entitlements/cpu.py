@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from bastionary.bench.stack import _Worker
+from bastionary.tools.bench.stack import _Worker
 
 
 class _CpuClock:

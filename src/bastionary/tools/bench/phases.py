@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 
 import orjson
 
-from bastionary.bench.options import LATENCY_POLL_SECONDS, PARTITIONS, BenchError
-from bastionary.bench.processes import _say, _tail
-from bastionary.bench.stack import _Bench, _Worker
-from bastionary.bench.workloads import _distinct_id_records, _exactness
-from bastionary.workload import Record, Workload
+from bastionary.tools.bench.options import LATENCY_POLL_SECONDS, PARTITIONS, BenchError
+from bastionary.tools.bench.processes import _say, _tail
+from bastionary.tools.bench.stack import _Bench, _Worker
+from bastionary.tools.bench.workloads import _distinct_id_records, _exactness
+from bastionary.tools.workload import Record, Workload
 
 
 # -- phases ----------------------------------------------------------------------------------
@@ -26,7 +26,7 @@ def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> di
     _, group = bench.names("bare")
     report = bench.root / "bare" / "result.json"
     command = [
-        sys.executable, "-m", "bastionary.worker.bare",
+        sys.executable, "-m", "bastionary.devstack.bare_agent",
         "--bootstrap", bench.bootstrap, "--topic", topic, "--group", group,
         "--expect", str(records), "--report", str(report), "--partitions", str(PARTITIONS),
     ]  # fmt: skip

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 
 import orjson
 
-from bastionary.bench.entitlements.constants import SETTLED_CORES
-from bastionary.bench.entitlements.cpu import _CpuClock
-from bastionary.bench.options import BenchError
-from bastionary.bench.stack import _Worker
+from bastionary.tools.bench.entitlements.constants import SETTLED_CORES
+from bastionary.tools.bench.entitlements.cpu import _CpuClock
+from bastionary.tools.bench.options import BenchError
+from bastionary.tools.bench.stack import _Worker
 
 
 def _subscription(customer: str, plan: str, start: datetime) -> dict:

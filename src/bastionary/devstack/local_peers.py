@@ -30,7 +30,7 @@ from bastionary.dunning.notify.webhook import (
     SignatureError,
     verify,
 )
-from bastionary.embedded.broker import free_port
+from bastionary.devstack.broker import free_port
 
 Delay = float | tuple[float, float]
 

@@ -11,8 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from bastionary.embedded.broker import EmbeddedBroker
-from bastionary.embedded.processes import PREEXEC, stop_process
+from bastionary.devstack.broker import EmbeddedBroker
+from bastionary.devstack.processes import PREEXEC, stop_process
 
 
 # -- processes -------------------------------------------------------------------------------

@@ -10,17 +10,17 @@ import threading
 import time
 from decimal import Decimal
 
-from bastionary.bench.entitlements.constants import (
+from bastionary.tools.bench.entitlements.constants import (
     POLL_S,
     TARGET_FRESHNESS_P99_S,
     TRIAL_LIMIT,
     TRIAL_TIMEOUT_S,
 )
-from bastionary.bench.entitlements.figures import _seconds
-from bastionary.bench.entitlements.preparation import _usage
-from bastionary.bench.options import BenchError
-from bastionary.bench.processes import _say
-from bastionary.bench.stack import _Worker
+from bastionary.tools.bench.entitlements.figures import _seconds
+from bastionary.tools.bench.entitlements.preparation import _usage
+from bastionary.tools.bench.options import BenchError
+from bastionary.tools.bench.processes import _say
+from bastionary.tools.bench.stack import _Worker
 
 
 class _Background:

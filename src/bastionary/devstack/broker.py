@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from bastionary.embedded.processes import PREEXEC, stop_process
+from bastionary.devstack.processes import PREEXEC, stop_process
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from bastionary.bench.entitlements.constants import (
+from bastionary.tools.bench.entitlements.constants import (
     BACKGROUND_RATE,
     CHECK_RATE,
     FEATURE,
@@ -23,26 +23,26 @@ from bastionary.bench.entitlements.constants import (
     STEADY_LIMIT,
     TRIAL_LIMIT,
 )
-from bastionary.bench.entitlements.cpu import _CpuClock
-from bastionary.bench.entitlements.figures import _verdicts
-from bastionary.bench.entitlements.freshness import (
+from bastionary.tools.bench.entitlements.cpu import _CpuClock
+from bastionary.tools.bench.entitlements.figures import _verdicts
+from bastionary.tools.bench.entitlements.freshness import (
     _Background,
     _flush_delta,
     _flush_metrics,
     _freshness,
 )
-from bastionary.bench.entitlements.latency import _open_loop, _serial, _urls
-from bastionary.bench.entitlements.preparation import (
+from bastionary.tools.bench.entitlements.latency import _open_loop, _serial, _urls
+from bastionary.tools.bench.entitlements.preparation import (
     _settle,
     _subscription,
     _wait_ready,
     _warm_up,
 )
-from bastionary.bench.options import PARTITIONS, BenchError
-from bastionary.bench.processes import _Processes, _say, _sigterm_as_interrupt
-from bastionary.bench.report import machine_info
-from bastionary.bench.stack import _Bench, _Worker
-from bastionary.embedded.broker import EmbeddedBroker, free_port
+from bastionary.tools.bench.options import PARTITIONS, BenchError
+from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt
+from bastionary.tools.bench.report import machine_info
+from bastionary.tools.bench.stack import _Bench, _Worker
+from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.settings import Settings, format_iso_duration
 from bastionary.topics import Topics
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import json
 
-from bastionary.bench.entitlements.constants import (
+from bastionary.tools.bench.entitlements.constants import (
     BACKGROUND_RATE,
     CHECK_RATE,
     TARGET_CHECK_P99_MS,
     TARGET_FRESHNESS_P99_S,
 )
-from bastionary.bench.report import print_contention_and_machine
+from bastionary.tools.bench.report import print_contention_and_machine
 
 # -- figures ---------------------------------------------------------------------------------
 

@@ -36,11 +36,11 @@ from rich.table import Table
 
 from bastionary.dunning.clock import FileClock
 from bastionary.dunning.engine import notice_id
-from bastionary.dunning.local_peers import SmtpSink, WebhookReceiver
+from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
 from bastionary.dunning.policy import Policy
-from bastionary.embedded.broker import free_port
+from bastionary.devstack.broker import free_port
 from bastionary.kafka import UsageProducer
-from bastionary.storage.dunning import DunningStore
+from bastionary.storage.dunning import ClickHouseDunningStore
 from bastionary.topics import Topics
 
 NON_PAYERS = ("cust-0001", "cust-0003", "cust-0006")  # never pay their first invoice
@@ -473,7 +473,7 @@ def _show_funnel(console: Console, client) -> None:
     table = Table(title="Dunning funnel (as `bastionary dunning report`)")
     for column in ("step", "action", "sent", "paid within 7d", "rate", "paid ever"):
         table.add_column(column, justify="left" if column == "action" else "right")
-    for step, action, sent, paid_within, paid_ever in DunningStore(client).funnel(7):
+    for step, action, sent, paid_within, paid_ever in ClickHouseDunningStore(client).funnel(7):
         rate = f"{100 * paid_within / sent:.1f}%" if sent else "-"
         table.add_row(str(step), action, str(sent), str(paid_within), rate, str(paid_ever))
     console.print(table)

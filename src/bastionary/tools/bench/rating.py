@@ -22,11 +22,12 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from bastionary.catalog import parse_catalog
-from bastionary.embedded.broker import EmbeddedBroker
+from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.kafka import ensure_topics
 from bastionary.rating.rater import Rater
-from bastionary.storage.billing import LEDGER_COLUMNS, SUBSCRIPTION_COLUMNS, BillingStore
-from bastionary.storage.clickhouse import UsageStore, open_client
+from bastionary.storage.billing import LEDGER_COLUMNS, SUBSCRIPTION_COLUMNS, ClickHouseBillingStore
+from bastionary.storage.client import open_client
+from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.metering.rollup import ROLLUP_COLUMNS
 
 METERS = ("tokens", "requests", "storage", "users", "payments")
@@ -73,7 +74,7 @@ def run_rating_bench(subscriptions: int = 10_000, keep_dir: Path | None = None) 
 async def _bench(count: int, workdir: Path) -> dict:
     catalog = parse_catalog(CATALOG)
     client = open_client(f"chdb://{workdir / 'clickhouse'}", "bench", create=True)
-    UsageStore(client).migrate()
+    ClickHouseUsageStore(client).migrate()
     now = datetime.now(timezone.utc)
     period_start = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)).replace(day=1)
     _seed(client, count, period_start)
@@ -87,7 +88,7 @@ async def _bench(count: int, workdir: Path) -> dict:
             async def publish(role: str, key: str, value: bytes):
                 return await producer.send(topics[role], value, key=key.encode())
 
-            rater = Rater(BillingStore(client), catalog, timedelta(0), publish, settle=timedelta(0))
+            rater = Rater(ClickHouseBillingStore(client), catalog.plans, catalog.meters, timedelta(0), publish, settle=timedelta(0))
             started = time.perf_counter()
             result = await rater.run_once(now)
             elapsed = time.perf_counter() - started

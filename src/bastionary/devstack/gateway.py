@@ -38,6 +38,7 @@ import lz4.frame
 import structlog
 from aiohttp import web
 
+from bastionary.devstack import discovery
 from bastionary.storage.readonly_sql import NotReadOnly, checked_statement
 
 log = structlog.get_logger(__name__)
@@ -397,33 +398,9 @@ def _quote_ident(name: str) -> str:
 
 
 def write_gateway_file(path: Path, host: str, port: int, credentials: GatewayCredentials, database: str) -> None:
-    """Publish where the gateway listens; the file holds passwords, so only its owner may read it."""
-    info = {"host": host, "port": port, "database": database, "pid": os.getpid(),
-            "reader": {"user": credentials.reader_user, "password": credentials.reader_password},
-            "writer": {"user": credentials.writer_user, "password": credentials.writer_password}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0o600
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_gateway_file(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-
-
-def gateway_dsn(info: dict, role: Literal["reader", "writer"]) -> str:
-    user, host = info[role], str(info["host"])
-    host = f"[{host}]" if ":" in host else host
-    auth = f"{quote(user['user'], safe='')}:{quote(user['password'], safe='')}"
-    return f"http://{auth}@{host}:{info['port']}/{quote(str(info.get('database') or ''), safe='')}"
+    """Publish where this gateway listens, and its users (see :mod:`bastionary.devstack.discovery`)."""
+    discovery.write_gateway_file(path, {
+        "host": host, "port": port, "database": database,
+        "reader": {"user": credentials.reader_user, "password": credentials.reader_password},
+        "writer": {"user": credentials.writer_user, "password": credentials.writer_password},
+    })

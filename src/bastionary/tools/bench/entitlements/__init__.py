@@ -1,6 +1,6 @@
 """``bastionary bench --entitlements``: the check API measured against its targets.
 
-The same embedded stack as ``bastionary bench`` (see :mod:`bastionary.bench`): one embedded
+The same embedded stack as ``bastionary bench`` (see :mod:`bastionary.tools.bench`): one embedded
 broker (Tansu) and one ``bastionary worker`` subprocess with a fresh data dir (chdb
 in-process), a fresh topic prefix and consumer group, all torn down afterwards. The worker
 gets a catalog of its own (written to the temp dir), a random API key, rating off, and the
@@ -35,7 +35,7 @@ processes used. Targets are reported as met or missed, never enforced.
 
 from __future__ import annotations
 
-from bastionary.bench.entitlements.figures import render_entitlements
-from bastionary.bench.entitlements.run import run_entitlements_bench
+from bastionary.tools.bench.entitlements.figures import render_entitlements
+from bastionary.tools.bench.entitlements.run import run_entitlements_bench
 
 __all__ = ["render_entitlements", "run_entitlements_bench"]

@@ -4,7 +4,7 @@ It runs the same processes an operator would (the embedded broker, a ``bastionar
 holding chdb and serving the query gateway), publishes a workload with duplicates, bad
 records and late events, waits until every record has landed, and then checks the
 ClickHouse totals against the workload's own ground truth. Then it follows the billing: the
-first invoices, the dunning of the customers who do not pay (see :mod:`bastionary.demo_billing`)
+first invoices, the dunning of the customers who do not pay (see :mod:`bastionary.tools.demo.billing`)
 and a few entitlement checks.
 """
 
@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bastionary.catalog import load_catalog
-from bastionary.demo_billing import (
+from bastionary.tools.demo.billing import (
     Collections,
     DunningPeers,
     billing_email,
@@ -36,15 +36,14 @@ from bastionary.demo_billing import (
     show_entitlements,
     suspension_checks,
 )
-from bastionary.embedded.broker import EmbeddedBroker
-from bastionary.embedded.processes import PREEXEC, stop_process
+from bastionary.devstack.broker import EmbeddedBroker
+from bastionary.devstack.processes import PREEXEC, stop_process
 from bastionary.kafka import committed_offsets, ensure_topics, publish_records
 from bastionary.settings import Settings
-from bastionary.storage.clickhouse import gateway_file
-from bastionary.storage.http_gateway import gateway_dsn, read_gateway_file
+from bastionary.devstack.discovery import gateway_dsn, gateway_file, read_gateway_file
 from bastionary.storage.queries import usage_query
 from bastionary.topics import Topics
-from bastionary.workload import generate
+from bastionary.tools.workload import generate
 
 
 DEMO_CATALOG = Path(__file__).with_name("demo_catalog.yaml")

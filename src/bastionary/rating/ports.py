@@ -1,0 +1,67 @@
+"""What rating needs from storage, and the rows it hands over.
+
+The ClickHouse implementation is :class:`bastionary.storage.billing.ClickHouseBillingStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, NamedTuple, Protocol
+
+from bastionary.credits.ledger import Grant
+from bastionary.metering.meters import Meter
+from bastionary.rating.invoice import Billed, Invoice, Line, Subscription
+from bastionary.rating.plans import Plan
+from bastionary.rating.pricing import Usage
+
+
+class LedgerRow(NamedTuple):
+    """A credit movement: a row of ``credit_ledger``."""
+
+    movement_id: str
+    kind: str  # granted | voided | applied | expired
+    grant_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+    priority: int
+    effective_at: datetime | None
+    expires_at: datetime | None
+    invoice_id: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class RatedInvoice:
+    """One rated period, ready to store: the invoice, its cutoff, its lines and ledger movements."""
+
+    invoice: Invoice
+    cutoff: datetime
+    lines: list[Line]
+    ledger: list[LedgerRow]
+
+
+Grants = tuple[dict[str, list[Grant]], dict[str, Decimal]]  # per customer; drawn per grant
+
+
+class BillingStore(Protocol):
+    def unpublished_documents(self) -> list[str]: ...
+
+    def mark_published(self, invoices: list[tuple[dict[str, Any], datetime]]) -> None: ...
+
+    def invoice_ids(self) -> set[str]: ...
+
+    def subscriptions(self, plans: Mapping[str, Plan]) -> list[Subscription]: ...
+
+    def grants(self) -> Grants: ...
+
+    def usage_by_customer(
+        self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
+    ) -> dict[str, Usage]: ...
+
+    def billed(self, subscription_id: str) -> Billed: ...
+
+    def store_invoices(self, rated: list[RatedInvoice]) -> None: ...

@@ -1,0 +1,65 @@
+"""The usage pipeline's tables in ClickHouse (:class:`bastionary.metering.ports.UsageStore`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bastionary.metering.ports import EventRow, FlushMarker, MarkerRow, RollupRow, SightingRow
+from bastionary.storage.client import Client
+from bastionary.storage.migrations import apply_migrations
+
+
+class ClickHouseUsageStore:
+    """Writes are idempotent by token; reads serve recovery."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    def migrate(self) -> list[int]:
+        return apply_migrations(self.client)
+
+    def insert_events(self, rows: list[EventRow], token: str) -> None:
+        if rows:
+            self.client.insert(
+                "usage_events", rows, column_names=EventRow._fields, settings={"insert_deduplication_token": token}
+            )
+
+    def insert_rollups(self, rows: list[RollupRow], token: str) -> None:
+        if rows:
+            self.client.insert(
+                "usage_rollup_1m",
+                rows,
+                column_names=RollupRow._fields,
+                settings={"insert_deduplication_token": token},
+            )
+
+    def insert_markers(self, rows: list[MarkerRow]) -> None:
+        self.client.insert("ingest_progress", rows, column_names=MarkerRow._fields)
+
+    def latest_marker(self, topic: str, partition: int) -> FlushMarker | None:
+        """The newest flush of a partition, over all epochs."""
+        rows = self.client.query(
+            "SELECT log_epoch, first_offset, last_offset, last_fingerprint, worker_id FROM ingest_progress"
+            " WHERE topic = {t:String} AND partition = {p:UInt32}"
+            " ORDER BY log_epoch DESC, last_offset DESC LIMIT 1",
+            parameters={"t": topic, "p": partition},
+        ).result_rows
+        if not rows:
+            return None
+        epoch, first, last, fingerprint, worker_id = rows[0]
+        return FlushMarker(int(epoch), int(first), int(last), int(fingerprint), str(worker_id))
+
+    def sightings_after(
+        self, topic: str, partition: int, after: tuple[int, int] | None, since: datetime
+    ) -> list[SightingRow]:
+        """Dedupe keys of flushes past position ``after`` (epoch, offset): what a cache lacks."""
+        epoch, offset = after if after is not None else (0, -1)
+        rows = self.client.query(
+            "SELECT source, event_id, ingest_epoch, ingest_offset, ingest_index,"
+            " toUnixTimestamp(ingested_at), payload_hash"
+            " FROM usage_events WHERE ingest_topic = {t:String} AND ingest_partition = {p:UInt32}"
+            " AND (ingest_epoch, ingest_offset) > ({e:UInt64}, {o:Int64})"
+            " AND ingested_at >= {since:DateTime64(3, 'UTC')}",
+            parameters={"t": topic, "p": partition, "e": epoch, "o": offset, "since": since},
+        ).result_rows
+        return [SightingRow(s, i, int(e), int(o), int(x), int(ts), h) for s, i, e, o, x, ts, h in rows]
