@@ -39,7 +39,7 @@ from bastionary.dunning.clock import FileClock
 from bastionary.dunning.engine import notice_id
 from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
 from bastionary.dunning.notify.email import message_id
-from bastionary.worker.dunning import DELIVERY_CONCURRENCY
+from bastionary.worker.services.dunning import DELIVERY_CONCURRENCY
 
 from .dunning_helpers import CATALOG, DUE, SECRET, invoice_event, read, send, subscription_event, wait_for
 

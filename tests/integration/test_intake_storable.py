@@ -36,8 +36,9 @@ from bastionary.storage.client import open_client
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.storage.dunning import ClickHouseDunningStore
 from bastionary.storage.entitlements import ClickHouseEntitlementStore
-from bastionary.worker.billing import credit_row, is_infrastructure_failure, subscription_row
-from bastionary.worker.dunning import payment_row, receivable_row, response_row
+from bastionary.rating.events import credit_row, subscription_row
+from bastionary.worker.intake import is_infrastructure_failure
+from bastionary.dunning.events import payment_row, receivable_row, response_row
 
 TABLES = {"subscription": "subscriptions", "credit": "credit_ledger", "invoice": "receivables",
           "payment": "payments", "response": "dunning_events", "override": "entitlement_overrides"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from bastionary.metering.sink import PartitionStatus
-from bastionary.worker.health import health_report
+from bastionary.worker.api.health import health_report
 
 
 class FakeSink:

@@ -1,6 +1,6 @@
 """One record's failure costs that record only, and an infrastructure failure costs none.
 
-:func:`bastionary.worker.billing.consume_intake` runs every billing, dunning and override
+:func:`bastionary.worker.intake.consume_intake` runs every billing, dunning and override
 intake agent; :func:`is_infrastructure_failure` decides whether an exception is the record's
 (dead-lettered as ``internal_error``) or the infrastructure's (the worker stops, the record
 stays unacked and is read again after a restart). No broker, no database: a fake stream.
@@ -28,7 +28,7 @@ from bastionary.entitlements.overrides import InvalidOverride
 from bastionary.metrics import REGISTRY
 from bastionary.rating.events import InvalidBillingEvent
 from bastionary.storage.client import DataDirLocked
-from bastionary.worker.billing import CLICKHOUSE_DATA_ERRORS, consume_intake, is_infrastructure_failure
+from bastionary.worker.intake import CLICKHOUSE_DATA_ERRORS, consume_intake, is_infrastructure_failure
 
 
 def _from(exc: BaseException, cause: BaseException) -> BaseException:

@@ -35,8 +35,8 @@ from bastionary.rating.events import (
 )
 from bastionary.rating.money import MINOR_UNITS
 from bastionary.storage.dunning import TrailRow
-from bastionary.worker.billing import credit_row, subscription_row
-from bastionary.worker.dunning import payment_row, receivable_row, response_row
+from bastionary.rating.events import credit_row, subscription_row
+from bastionary.dunning.events import payment_row, receivable_row, response_row
 
 PLANS = {"pro", "team"}
 NOW = datetime(2026, 3, 5, 12, tzinfo=timezone.utc)

@@ -23,7 +23,8 @@ from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import ErrorClass
 from bastionary.metering.logs import LogProbe, record_fingerprint
 from bastionary.metering.readings import MeterIndex
-from bastionary.metering.sink import Admission, InboundRecord, SinkConfig, UsageSink
+from bastionary.metering.records import Admission, InboundRecord
+from bastionary.metering.sink import SinkConfig, UsageSink
 from bastionary.metering.ports import FlushMarker
 
 TOPIC = "usage.events"

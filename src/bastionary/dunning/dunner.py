@@ -25,6 +25,7 @@ from bastionary.dunning.clock import Clock
 from bastionary.dunning.engine import Case, Record, advance
 from bastionary.dunning.policy import DunningConfig
 from bastionary.dunning.ports import DunningStore
+from bastionary.outbound import cloud_event
 
 log = structlog.get_logger(__name__)
 
@@ -86,13 +87,4 @@ def notice_event(kind: str, data: dict, time: str) -> bytes:
         event_type, event_id = STEP_TYPE, data["notice_id"]
     else:
         event_type, event_id = REINSTATED_TYPE, data["reinstatement_id"]
-    return orjson.dumps({
-        "specversion": "1.0",
-        "id": event_id,
-        "source": "bastionary/dunning",
-        "type": event_type,
-        "subject": data["customer_id"],
-        "time": data.get("decided_at", time),
-        "datacontenttype": "application/json",
-        "data": data,
-    })
+    return cloud_event(event_type, event_id, "bastionary/dunning", data["customer_id"], data.get("decided_at", time), data)

@@ -12,6 +12,7 @@ only storable values: any bytes give a parsed event or :class:`InvalidBillingEve
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Annotated
 
 from pydantic import AwareDatetime, Field, StrictStr, model_validator
@@ -33,6 +34,7 @@ from bastionary.rating.events import (
     preview,
     time_in_range,
 )
+from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
 from bastionary.settings import format_iso_duration
 
 PAYMENT_TYPES = {
@@ -177,3 +179,24 @@ def check_promise(event: BillingEvent, kind: str, data: ResponseData, max_promis
 
 def payment_moment(event: BillingEvent, data: PaymentData) -> datetime:
     return data.paid_at or event.time
+
+
+def receivable_row(data: InvoiceData, received: datetime) -> ReceivableRow:
+    """The ``receivables`` row of a finalized invoice."""
+    return ReceivableRow(data.invoice_id, data.customer_id, data.plan, data.currency, data.total, data.issued_at,
+            data.due_at, data.period_start, data.period_end, received)
+
+
+def payment_row(envelope: BillingEvent, kind: str, data: PaymentData, customer: str, invoice_currency: str,
+                received: datetime) -> PaymentRow:
+    """The ``payments`` row of a payment that fits its invoice."""
+    return PaymentRow(
+        envelope.id, kind, data.payment_id or envelope.id, data.invoice_id, customer,
+        data.amount or Decimal(0), data.currency or invoice_currency, payment_moment(envelope, data), data.reason, received,
+    )
+
+
+def response_row(envelope: BillingEvent, kind: str, data: ResponseData, customer: str) -> TrailRow:
+    """The ``dunning_events`` response row of a response to an invoice of ``customer``."""
+    return TrailRow(envelope.id, data.invoice_id, customer, "response", envelope.time, action=kind,
+                    channel=data.channel, detail=data.reason or (data.notice_id or ""), until=data.promised_by)

@@ -7,9 +7,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from decimal import Decimal
+from typing import Any, NamedTuple, Protocol
 
 from bastionary.dunning.engine import Case, Record
+
+
+class ReceivableRow(NamedTuple):
+    """A finalized invoice dunning chases: a row of ``receivables``."""
+
+    invoice_id: str
+    customer_id: str
+    plan: str
+    currency: str
+    total: Decimal
+    issued_at: datetime
+    due_at: datetime
+    period_start: datetime
+    period_end: datetime
+    received_at: datetime
+
+
+class PaymentRow(NamedTuple):
+    """A payment, refund or void: a row of ``payments``."""
+
+    event_id: str
+    kind: str
+    payment_id: str
+    invoice_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+    paid_at: datetime
+    reason: str
+    received_at: datetime
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-import orjson
+from bastionary.outbound import cloud_event
 
 from bastionary.entitlements.evaluate import ZERO, CustomerState, effective_limit, iso_z
 from bastionary.entitlements.spec import MeteredEntitlement, decimal_text
@@ -64,17 +64,8 @@ def change_event(change: Change, time: datetime) -> bytes:
         "period_start": iso_z(change.period_start),
     }
     data.update({k: v for k, v in change.detail.items() if k not in data})
-    event = {
-        "specversion": "1.0",
-        "id": change.change_id,
-        "source": SOURCE,
-        "type": f"bastionary.entitlement.{change.kind}.v1",
-        "subject": change.customer_id,
-        "time": iso_z(time),
-        "datacontenttype": "application/json",
-        "data": data,
-    }
-    return orjson.dumps(event)
+    return cloud_event(f"bastionary.entitlement.{change.kind}.v1", change.change_id, SOURCE, change.customer_id,
+                       iso_z(time), data)
 
 
 def _thresholds(

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 import structlog
 
 from bastionary.metering.meters import Meter, behaviour
+from bastionary.metering.sink import LandedFlush
 from bastionary.entitlements.changes import change_event, due_changes
 from bastionary.entitlements.evaluate import Decision, check, check_all
 from bastionary.entitlements.spec import MeteredEntitlement
@@ -94,12 +95,12 @@ class Entitlements:
         self._loaded.clear()
         self._dirty.clear()
 
-    def on_flush(self, plans) -> None:
-        """A UsageSink listener: called under the flush lock once ``plans`` have landed."""
+    def on_flush(self, flushes: list[LandedFlush]) -> None:
+        """A UsageSink listener: called under the flush lock once ``flushes`` have landed."""
         touched: set[str] = set()
         stale: set[str] = set()
-        for plan in plans:
-            for row in plan.rollup_rows:
+        for flush in flushes:
+            for row in flush.rollup_rows:
                 meter, customer, group_values, window_start = row.meter, row.customer_id, row.group_values, row.window_start
                 if customer not in self._loaded:
                     # Not read yet: the reconciler reads it (this flush included) so that a
@@ -109,7 +110,7 @@ class Entitlements:
                 loaded = self._loaded[customer]
                 if loaded is None or loaded.state.plan is None:
                     continue
-                if plan.replayed:
+                if flush.replayed:
                     stale.add(customer)  # part of it may be counted already: read it again
                     continue
                 usage = dict(loaded.state.usage)

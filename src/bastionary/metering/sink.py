@@ -29,93 +29,36 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from enum import Enum
 from typing import Any
 
 import structlog
 
-from bastionary.dedupe import Sighting, Verdict, judge
-from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, RecordMember, member_bytes, parse_record
-from bastionary.ingest.errors import ErrorClass, Rejection
-from bastionary.metering.logs import Anchor, LogProbe, PartitionLog, record_fingerprint
-from bastionary.metering.ports import DedupeCache, EventRow, FlushMarker, MarkerRow, RollupRow, UsageStore
-from bastionary.metering.readings import MeterIndex, Reading
-from bastionary.metering.rollup import RollupBuilder
+from bastionary.dedupe import Sighting
+from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.metering.logs import Anchor, LogProbe, PartitionLog
+from bastionary.metering.planning import FlushPlan, FlushPlanner
+from bastionary.metering.ports import DedupeCache, FlushMarker, MarkerRow, RollupRow, UsageStore
+from bastionary.metering.readings import MeterIndex
+from bastionary.metering.records import Admission, DeadLetter, FlushStats, InboundRecord
 
 log = structlog.get_logger(__name__)
 
 TopicPartition = tuple[str, int]
 
 
-@dataclass(slots=True)
-class InboundRecord:
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]
-    handle: object = None  # the Faust event to ack once the flush has landed
-
-    @property
-    def fingerprint(self) -> int:
-        return record_fingerprint(self.timestamp_ms, self.key, self.value)
-
-
-class Admission(Enum):
-    BUFFERED = "buffered"  # held, unacked, until its flush lands
-    LANDED = "landed"  # it had landed before: ack it now
-    STALE = "stale"  # read before the partition was rewound: drop it, never ack it
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes | None]]
-    code: ErrorClass
-
-
-DEAD_LETTER_VALUE_LIMIT = 64 * 1024
-
 DeadLetterSender = Callable[[list[DeadLetter]], Awaitable[None]]
 
 
-@dataclass
-class FlushStats:
-    records: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    dead_lettered: int = 0
-    by_error: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Plan:
-    """Everything one flush of one partition will write, computed before anything is written."""
+@dataclass(frozen=True)
+class LandedFlush:
+    """What listeners hear once a flush of one partition has landed (under the flush lock)."""
 
     topic: str
     partition: int
     first_offset: int
     last_offset: int
-    records: list[InboundRecord]
-    event_rows: list[EventRow] = field(default_factory=list)
-    rollup_rows: list[RollupRow] = field(default_factory=list)
-    sightings: list[tuple[bytes, Sighting]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    stats: FlushStats = field(default_factory=FlushStats)
-
-    log_epoch: int = 0
-    replayed: bool = False  # the range of a flush that may have landed before (see _recover)
-
-    @property
-    def token(self) -> str:
-        return f"{self.topic}/{self.partition}@{self.log_epoch}/{self.first_offset}-{self.last_offset}"
-
-    @property
-    def last_fingerprint(self) -> int:
-        return self.records[-1].fingerprint
+    replayed: bool  # it may have landed before, partly or whole: counters derived from it must re-read
+    rollup_rows: list[RollupRow]
 
 
 @dataclass
@@ -153,25 +96,6 @@ class SinkConfig:
     rewind_retry_seconds: float = 10.0
 
 
-@dataclass(slots=True)
-class _Accepted:
-    """A member that passed every check that needs no dedupe state."""
-
-    member: RecordMember
-    key: bytes
-    row: EventRow
-    readings: list[Reading]
-
-
-@dataclass(slots=True)
-class _Examined:
-    """One record, judged: rejected whole, or members accepted or rejected one by one."""
-
-    parsed: ParsedRecord
-    accepted: list[_Accepted] = field(default_factory=list)
-    rejected: list[tuple[RecordMember, Rejection]] = field(default_factory=list)
-
-
 class LogNotAnswering(RuntimeError):
     """The broker did not answer a log probe; nothing may land until it does."""
 
@@ -194,10 +118,11 @@ class UsageSink:
         self.config = config
         self.partition_log = partition_log
         self.on_flushed = on_flushed
-        # Called with each flush's plans once they have landed, under the flush lock: what
-        # keeps state derived from the rollups (entitlements) can hold ``lock`` to read
-        # ClickHouse without a flush landing halfway through its read.
-        self.listeners: list[Callable[[list[_Plan]], None]] = []
+        self.planner = FlushPlanner(meters, dedupe, config.limits)
+        # Called with what each flush landed, under the flush lock: what keeps state derived
+        # from the rollups (entitlements) can hold ``lock`` to read ClickHouse without a flush
+        # landing halfway through its read.
+        self.listeners: list[Callable[[list[LandedFlush]], None]] = []
         self.on_log_reset: Callable[[str, int], None] | None = None
         self.lock = asyncio.Lock()
         self._partitions: dict[TopicPartition, _PartitionState] = {}
@@ -409,7 +334,7 @@ class UsageSink:
             probing = asyncio.ensure_future(self._probe(anchors) if anchors else _no_probes())
             try:
                 plans = await asyncio.to_thread(
-                    lambda: [self._plan(tp[0], tp[1], state.epoch, r, rep) for tp, state, r, rep in batches]
+                    lambda: [self.planner.plan(tp[0], tp[1], state.epoch, r, rep) for tp, state, r, rep in batches]
                 )
             finally:
                 probes = await probing
@@ -427,8 +352,11 @@ class UsageSink:
             plans = [plan for _, plan in kept]
             await self._land(plans)
             landed = []
+            landed_flushes = [
+                LandedFlush(p.topic, p.partition, p.first_offset, p.last_offset, p.replayed, p.rollup_rows) for p in plans
+            ]
             for listener in self.listeners:
-                listener(plans)
+                listener(landed_flushes)
             now = time.monotonic()
             for ((_, state, records, _), plan) in kept:
                 state.done_through = plan.last_offset
@@ -462,7 +390,7 @@ class UsageSink:
         state.buffer = [r for r in state.buffer if r.offset > end]
         return records
 
-    async def _land(self, plans: list[_Plan]) -> None:
+    async def _land(self, plans: list[FlushPlan]) -> None:
         # The order below is the guarantee. A crash after step...
         #  1 (markers): the next owner replays [a, b] exactly; nothing else was written.
         #  2 (dead letters): they are sent again on replay; the DLQ is at-least-once, and its
@@ -496,7 +424,7 @@ class UsageSink:
             await self.send_dead_letters(dead_letters)
         await asyncio.to_thread(self._write_data, plans)
 
-    def _write_data(self, plans: list[_Plan]) -> None:
+    def _write_data(self, plans: list[FlushPlan]) -> None:
         for plan in plans:
             self.store.insert_events(plan.event_rows, plan.token + "/events")
             self.store.insert_rollups(plan.rollup_rows, plan.token + "/rollups")
@@ -509,164 +437,6 @@ class UsageSink:
                 last_offset=plan.last_offset,
                 accepted=plan.stats.accepted,
             )
-
-    # -- planning: a pure function of the records (and the dedupe state before them) -----
-
-    def _plan(
-        self, topic: str, partition: int, epoch: int, records: list[InboundRecord], replayed: bool = False
-    ) -> _Plan:
-        plan = _Plan(topic, partition, records[0].offset, records[-1].offset, records, log_epoch=epoch,
-                     replayed=replayed)
-        rollups = RollupBuilder()
-        in_flush: dict[bytes, Sighting] = {}
-        for record in records:
-            plan.stats.records += 1
-            try:
-                examined = self._examine(record, epoch)
-            except Exception as exc:  # a bug of ours: this record is dead-lettered, the partition goes on
-                log.error(
-                    "record could not be processed; dead-lettered as internal_error",
-                    topic=topic, partition=partition, offset=record.offset, exc_info=True,
-                )
-                self._dead_letter(plan, record, record.value or b"", _internal_error(exc), None, type(exc).__name__)
-                continue
-            self._settle(plan, record, examined, rollups, in_flush)
-        plan.rollup_rows = rollups.rows()
-        return plan
-
-    def _examine(self, record: InboundRecord, epoch: int) -> _Examined:
-        """Everything about one record that depends on the record alone."""
-        parsed = parse_record(record.value, record.headers, record.timestamp_ms, self.config.limits, record.key)
-        examined = _Examined(parsed)
-        if parsed.rejection is not None:
-            return examined
-        ingested_at = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=timezone.utc)
-        for member in parsed.members:
-            event = member.event
-            if event is None:
-                examined.rejected.append((member, member.rejection or _internal_error(None)))
-                continue
-            try:
-                readings = self.meters.readings(event, lambda m=member: parsed.exact_data(m.index))
-            except Rejection as rejection:
-                examined.rejected.append((member, rejection))
-                continue
-            row = EventRow(
-                event_id=event.id,
-                source=event.source,
-                type=event.type,
-                customer_id=event.subject,
-                time=event.time,
-                data=parsed.stored_data(member),
-                payload_hash=member.payload_hash.hex(),
-                ingested_at=ingested_at,
-                ingest_topic=record.topic,
-                ingest_epoch=epoch,
-                ingest_partition=record.partition,
-                ingest_offset=record.offset,
-                ingest_index=member.index,
-            )
-            key = self.dedupe.key(record.topic, record.partition, event.source, event.id)
-            examined.accepted.append(_Accepted(member, key, row, readings))
-        return examined
-
-    def _settle(
-        self,
-        plan: _Plan,
-        record: InboundRecord,
-        examined: _Examined,
-        rollups: RollupBuilder,
-        in_flush: dict[bytes, Sighting],
-    ) -> None:
-        """Dedupe verdicts and the record's share of the flush, in member order."""
-        parsed = examined.parsed
-        if parsed.rejection is not None:
-            self._dead_letter(plan, record, record.value or b"", parsed.rejection, None)
-            return
-        for member, rejection in examined.rejected:
-            self._reject_member(plan, record, parsed, member, rejection)
-        seen_at = record.timestamp_ms // 1000
-        for accepted in examined.accepted:
-            member, event = accepted.member, accepted.member.event
-            assert event is not None
-            current = Sighting(record.offset, member.index, seen_at, member.payload_hash, plan.log_epoch)
-            previous = in_flush.get(accepted.key) or self.dedupe.get(accepted.key, seen_at)
-            verdict = judge(previous, current)
-            if verdict is Verdict.DUPLICATE:
-                plan.stats.duplicates += 1
-                continue
-            if verdict is Verdict.CONFLICT:
-                assert previous is not None
-                conflict = Rejection(
-                    ErrorClass.DUPLICATE_CONFLICT,
-                    f"(source, id) = ({event.source}, {event.id}) was first seen at offset"
-                    f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
-                )
-                self._reject_member(plan, record, parsed, member, conflict)
-                continue
-            in_flush[accepted.key] = previous or current
-            plan.sightings.append((accepted.key, current))
-            plan.stats.accepted += 1
-            plan.event_rows.append(accepted.row)
-            for reading in accepted.readings:
-                rollups.add(event.subject, event.time, reading, accepted.row.ingested_at)
-
-    def _reject_member(
-        self, plan: _Plan, record: InboundRecord, parsed: ParsedRecord, member: RecordMember, rejection: Rejection
-    ) -> None:
-        index = member.index if parsed.batch else None
-        self._dead_letter(plan, record, member_bytes(record.value or b"", parsed, member), rejection, index)
-
-    @staticmethod
-    def _dead_letter(
-        plan: _Plan,
-        record: InboundRecord,
-        value: bytes,
-        rejection: Rejection,
-        index: int | None,
-        exception_type: str | None = None,
-    ) -> None:
-        headers: list[tuple[str, bytes | None]] = [
-            ("error.class", rejection.code.value.encode()),
-            ("error.message", _utf8_prefix(rejection.message, 4096)),
-            ("source.topic", record.topic.encode()),
-            ("source.partition", str(record.partition).encode()),
-            ("source.offset", str(record.offset).encode()),
-        ]
-        if index is not None:  # a member of a batch record
-            headers.append(("source.index", str(index).encode()))
-        if exception_type is not None:
-            headers.append(("error.exception", exception_type.encode()))
-        if len(value) > DEAD_LETTER_VALUE_LIMIT:
-            # The whole value would not fit the DLQ either; keep its head and say so.
-            headers.append(("source.value_bytes", str(len(value)).encode()))
-            value = value[:DEAD_LETTER_VALUE_LIMIT]
-        # The original headers travel too: a binary-mode event's attributes live there. A name
-        # the transport could only decode with escapes is written with visible escapes.
-        headers.extend(
-            (_printable_header_name(name), None if v is None else bytes(v))
-            for name, v in record.headers
-            if not name.startswith(("error.", "source."))
-        )
-        plan.dead_letters.append(DeadLetter(record.key, value, headers, rejection.code))
-        plan.stats.dead_lettered += 1
-        plan.stats.by_error[rejection.code.value] = plan.stats.by_error.get(rejection.code.value, 0) + 1
-
-
-def _internal_error(exc: BaseException | None) -> Rejection:
-    detail = f"{type(exc).__name__}: {exc}" if exc is not None else "a member with neither an event nor a rejection"
-    return Rejection(ErrorClass.INTERNAL_ERROR, f"internal error while processing this record ({detail[:500]})")
-
-
-def _utf8_prefix(text: str, limit: int) -> bytes:
-    """At most ``limit`` bytes of ``text`` in UTF-8, never cutting a character in two."""
-    encoded = text.encode("utf-8", "backslashreplace")
-    return encoded if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore").encode()
-
-
-def _printable_header_name(name: str) -> str:
-    return name.encode("utf-8", "backslashreplace").decode("utf-8")
-
 
 async def _no_probes() -> dict[Any, LogProbe]:
     return {}

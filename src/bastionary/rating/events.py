@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from bastionary.rating.money import MINOR_UNITS
+from bastionary.rating.ports import LedgerRow, SubscriptionRow
 
 SUBSCRIPTION_TYPES = {
     "bastionary.subscription.created.v1": "created",
@@ -257,3 +258,20 @@ def _errors(exc: ValidationError) -> str:
 
 def event_time(moment: datetime | None, fallback: datetime) -> datetime:
     return moment or fallback
+
+
+def subscription_row(envelope: BillingEvent, kind: str, data: SubscriptionData, received: datetime) -> SubscriptionRow:
+    """The ``subscriptions`` row of a parsed subscription event."""
+    effective = data.effective_at or data.start
+    return SubscriptionRow(
+        envelope.id, kind, data.subscription_id, data.customer_id, data.plan or "",
+        data.start or effective, data.billing_anchor, effective, received, data.billing_email or "",
+    )
+
+
+def credit_row(envelope: BillingEvent, kind: str, data: CreditGrantData, recorded: datetime) -> LedgerRow:
+    """The ``credit_ledger`` row of a parsed grant or void."""
+    return LedgerRow(
+        envelope.id, kind, data.grant_id, data.customer_id, data.amount or Decimal(0), data.currency or "",
+        data.priority, data.effective_at or envelope.time, data.expires_at, "", recorded,
+    )

@@ -18,6 +18,21 @@ from bastionary.rating.plans import Plan
 from bastionary.rating.pricing import Usage
 
 
+class SubscriptionRow(NamedTuple):
+    """A subscription event: a row of ``subscriptions``."""
+
+    event_id: str
+    event_type: str  # created | changed | canceled
+    subscription_id: str
+    customer_id: str
+    plan: str
+    start: datetime | None
+    billing_anchor: datetime | None
+    effective_at: datetime | None
+    received_at: datetime
+    billing_email: str
+
+
 class LedgerRow(NamedTuple):
     """A credit movement: a row of ``credit_ledger``."""
 

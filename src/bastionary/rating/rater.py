@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import structlog
 
 from bastionary.metering.meters import Meter
 from bastionary.credits.ledger import Grant, movement_id
+from bastionary.outbound import cloud_event
 from bastionary.rating.invoice import (
     Period,
     Subscription,
@@ -39,6 +41,7 @@ from bastionary.rating.invoice import (
     period_lines,
 )
 from bastionary.rating.money import round_money
+from bastionary.rating.plans import Plan
 from bastionary.rating.pricing import Usage
 from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
 
@@ -217,16 +220,5 @@ def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded
     )
 
 
-def _cloudevent(event_type: str, event_id: str, subject: str, time: str, data: dict) -> bytes:
-    return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": "bastionary/rater",
-            "type": event_type,
-            "subject": subject,
-            "time": time,
-            "datacontenttype": "application/json",
-            "data": data,
-        }
-    )
+def _cloudevent(event_type: str, event_id: str, subject: str, time: str, data: dict[str, Any]) -> bytes:
+    return cloud_event(event_type, event_id, "bastionary/rater", subject, time, data)

@@ -13,15 +13,12 @@ from bastionary.credits.ledger import Grant
 from bastionary.metering.meters import Meter
 from bastionary.rating.invoice import Billed, Subscription
 from bastionary.rating.plans import Plan
-from bastionary.rating.ports import LedgerRow, RatedInvoice
+from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
 from bastionary.rating.pricing import Usage
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription, utc
 from bastionary.storage.queries import value_expression
 
-SUBSCRIPTION_COLUMNS = (
-    "event_id", "event_type", "subscription_id", "customer_id", "plan", "start", "billing_anchor",
-    "effective_at", "received_at", "billing_email",
-)
+SUBSCRIPTION_COLUMNS = SubscriptionRow._fields
 LEDGER_COLUMNS = LedgerRow._fields
 INVOICE_COLUMNS = (
     "invoice_id", "customer_id", "subscription_id", "plan", "currency", "kind", "period_start", "period_end",
@@ -41,11 +38,11 @@ class ClickHouseBillingStore:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def insert_subscription_events(self, rows: list[tuple]) -> None:
+    def insert_subscription_events(self, rows: list[SubscriptionRow]) -> None:
         if rows:
             self.client.insert("subscriptions", rows, column_names=SUBSCRIPTION_COLUMNS)
 
-    def insert_ledger(self, rows: list[tuple]) -> None:
+    def insert_ledger(self, rows: list[LedgerRow]) -> None:
         if rows:
             self.client.insert("credit_ledger", rows, column_names=LEDGER_COLUMNS)
 

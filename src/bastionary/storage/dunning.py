@@ -9,17 +9,11 @@ from decimal import Decimal
 import orjson
 
 from bastionary.dunning.engine import Case, InvoiceFacts, Pause, Record
-from bastionary.dunning.ports import TrailRow
+from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
 from bastionary.storage.client import Client
 
-RECEIVABLE_COLUMNS = (
-    "invoice_id", "customer_id", "plan", "currency", "total", "issued_at", "due_at", "period_start", "period_end",
-    "received_at",
-)
-PAYMENT_COLUMNS = (
-    "event_id", "kind", "payment_id", "invoice_id", "customer_id", "amount", "currency", "paid_at", "reason",
-    "received_at",
-)
+RECEIVABLE_COLUMNS = ReceivableRow._fields
+PAYMENT_COLUMNS = PaymentRow._fields
 EVENT_COLUMNS = (
     "event_id", "invoice_id", "customer_id", "kind", "step", "action", "channel", "detail", "amount_due",
     "currency", "at", "until", "recorded_at", "document", "published",
@@ -34,7 +28,7 @@ class ClickHouseDunningStore:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def insert_receivables(self, rows: list[tuple]) -> None:
+    def insert_receivables(self, rows: list[ReceivableRow]) -> None:
         if rows:
             self.client.insert("receivables", rows, column_names=RECEIVABLE_COLUMNS)
 
@@ -58,7 +52,7 @@ class ClickHouseDunningStore:
         ).result_rows
         return (rows[0][0], rows[0][1]) if rows else None
 
-    def insert_payments(self, rows: list[tuple]) -> None:
+    def insert_payments(self, rows: list[PaymentRow]) -> None:
         if rows:
             self.client.insert("payments", rows, column_names=PAYMENT_COLUMNS)
 

@@ -20,7 +20,7 @@ from bastionary.runtime import connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
 from bastionary.devstack.discovery import gateway_file
 from bastionary.storage.usage import ClickHouseUsageStore
-from bastionary.worker.app import create_app
+from bastionary.worker.app import Billing, create_app
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +83,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
 
     from bastionary.storage.billing import ClickHouseBillingStore
 
-    billing = (catalog, lambda: ClickHouseBillingStore(handle.client))
+    billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client))
     app = create_app(settings, kafka.bootstrap, sink_factory, on_started=serve_gateway, billing=billing, usage=usage)
     log.info(
         "worker starting",

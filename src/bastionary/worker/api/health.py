@@ -1,4 +1,4 @@
-"""What ``/healthz`` answers: ok only while the broker answers and every owned partition
+"""``/metrics`` and ``/healthz``: ok only while the broker answers and every owned partition
 moves (or has nothing to move)."""
 
 from __future__ import annotations
@@ -7,9 +7,15 @@ import contextlib
 import time
 from typing import Any
 
+import faust
+from aiohttp.web import Response
 from faust.types import TP
+from prometheus_client import generate_latest
 
+from bastionary import metrics
 from bastionary.metering.sink import UsageSink
+from bastionary.settings import Settings
+from bastionary.worker.services.usage import UsageService
 
 
 def health_report(
@@ -54,3 +60,23 @@ def health_report(
         "problems": problems,
         "partitions": partitions,
     }
+
+
+def install(app: faust.App, settings: Settings, worker_id: str, usage: UsageService) -> None:
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Response:
+        usage.update_lag_metrics()
+        return Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain")
+
+    @app.page("/healthz")
+    async def health_view(web: Any, request: Any) -> Any:
+        report = health_report(
+            worker_id,
+            usage.opened_sink,
+            usage.partition_log.last_answer,
+            app.consumer,
+            started_at=usage.started_at,
+            stall_after=settings.stall_timeout.total_seconds(),
+            broker_silence=3 * settings.log_check_interval.total_seconds() + usage.partition_log.timeout,
+        )
+        return web.json(report, status=200 if report["status"] == "ok" else 503)

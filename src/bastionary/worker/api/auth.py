@@ -12,7 +12,7 @@ def json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-def authenticated(request, settings: Settings) -> web.Response | None:
+def authenticated(request: web.Request, settings: Settings) -> web.Response | None:
     """None when the request carries a valid key, else the 401/403 response to return."""
     try:
         authenticate(request.headers.get("Authorization"), settings.api_key_list)

@@ -1,0 +1,66 @@
+"""What Bastionary writes to Kafka for others: CloudEvents, and dead letters' headers.
+
+One way to spell both, so every topic a consumer reads (invoices, credits, dunning notices,
+entitlement changes, the dead-letter topics) follows the same contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+Headers = list[tuple[str, bytes | None]]
+MESSAGE_LIMIT = 4096  # bytes of error.message
+
+
+def cloud_event(event_type: str, event_id: str, source: str, subject: str, time: str, data: Any) -> bytes:
+    """A structured-mode CloudEvent 1.0 in JSON; ``id`` is what consumers dedupe on."""
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": source,
+            "type": event_type,
+            "subject": subject,
+            "time": time,
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a dead-lettered record came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    index: int | None = None  # a member of a batch record
+
+
+def dead_letter_headers(code: str, message: str, source: Source | None = None, *,
+                        exception: str | None = None) -> Headers:
+    """The headers every dead letter carries, in this order: ``error.class``, ``error.message``
+    (UTF-8, at most 4096 bytes), ``source.topic``, ``source.partition``, ``source.offset``,
+    ``source.index`` (a batch member), ``error.exception`` (an ``internal_error``)."""
+    headers: Headers = [("error.class", code.encode()), ("error.message", utf8_prefix(message, MESSAGE_LIMIT))]
+    if source is not None:
+        headers += [
+            ("source.topic", source.topic.encode()),
+            ("source.partition", str(source.partition).encode()),
+            ("source.offset", str(source.offset).encode()),
+        ]
+        if source.index is not None:
+            headers.append(("source.index", str(source.index).encode()))
+    if exception is not None:
+        headers.append(("error.exception", exception.encode()))
+    return headers
+
+
+def utf8_prefix(text: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``text`` in UTF-8, never cutting a character in two."""
+    encoded = text.encode("utf-8", "backslashreplace")
+    return encoded if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore").encode()

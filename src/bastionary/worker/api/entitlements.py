@@ -1,0 +1,73 @@
+"""``GET /v1/customers/{customer_id}/entitlements[/{feature}]``, answered by the worker that
+owns the customer: any worker takes the request and Faust routes it over the
+``entitlements`` table, partitioned like ``usage.events``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+import structlog
+from faust.web.exceptions import ServiceUnavailable
+
+from bastionary.entitlements.auth import valid_customer_id, valid_feature
+from bastionary.entitlements.service import UnknownCustomer
+from bastionary.settings import Settings
+from bastionary.worker.api.auth import authenticated, json_error
+from bastionary.worker.services.entitlements import EntitlementService
+
+log = structlog.get_logger(__name__)
+
+
+def install(app: faust.App, settings: Settings, service: EntitlementService) -> None:
+    routed = app.table_route(table=service.table, match_info="customer_id")
+
+    async def answer_one(view: Any, request: Any, customer_id: str, feature: str) -> Any:
+        try:
+            decision = await service.check(customer_id, feature)
+        except UnknownCustomer:
+            return json_error(404, "unknown_customer", f"no customer {customer_id!r}")
+        if decision.reason == "not_in_plan" and feature not in service.features:
+            return json_error(404, "unknown_feature", f"no plan has a feature {feature!r}")
+        return view.json(decision.to_json())
+
+    async def answer_all(view: Any, request: Any, customer_id: str) -> Any:
+        try:
+            decisions = await service.check_all(customer_id)
+        except UnknownCustomer:
+            return json_error(404, "unknown_customer", f"no customer {customer_id!r}")
+        return view.json({"customer_id": customer_id, "entitlements": [d.to_json() for d in decisions]})
+
+    routed_one, routed_all = routed(answer_one), routed(answer_all)
+
+    async def via_owner(handler: Callable[..., Awaitable[Any]], view: Any, request: Any, **params: str) -> Any:
+        try:
+            return await handler(view, request, **params)
+        except (ServiceUnavailable, KeyError, TypeError, ValueError):
+            # Before the first assignment (or mid-rebalance) no worker is known to own the key.
+            log.debug("no owner known for the customer yet", exc_info=True)
+            response = json_error(503, "not_ready", "partitions are being assigned; retry shortly")
+            response.headers["Retry-After"] = "1"
+            return response
+
+    def refused(request: Any, customer_id: str, feature: str | None = None) -> Any:
+        denied = authenticated(request, settings)
+        if denied is not None:
+            return denied
+        if not valid_customer_id(customer_id):
+            return json_error(400, "invalid_customer_id", "customer ids are 1-128 of A-Z a-z 0-9 . _ : @ -")
+        if feature is not None and not valid_feature(feature):
+            return json_error(400, "invalid_feature", "features are lowercase letters, digits and _")
+        return None
+
+    @app.page("/v1/customers/{customer_id}/entitlements/{feature}")
+    class FeatureView(faust.web.View):
+        async def get(self, request: Any, customer_id: str, feature: str) -> Any:
+            return refused(request, customer_id, feature) or await via_owner(
+                routed_one, self, request, customer_id=customer_id, feature=feature)
+
+    @app.page("/v1/customers/{customer_id}/entitlements")
+    class CustomerView(faust.web.View):
+        async def get(self, request: Any, customer_id: str) -> Any:
+            return refused(request, customer_id) or await via_owner(routed_all, self, request, customer_id=customer_id)

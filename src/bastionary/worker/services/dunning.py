@@ -1,0 +1,177 @@
+"""The dunning service: invoice, payment and response intake, the decision timer, and the
+notifier on ``dunning.notices``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import structlog
+
+from bastionary.catalog import Catalog
+from bastionary.dunning.clock import clock_from_setting
+from bastionary.dunning.delivery import Notifier
+from bastionary.dunning.dunner import Dunner
+from bastionary.dunning.events import (
+    check_against_invoice,
+    check_promise,
+    parse_invoice,
+    parse_payment,
+    parse_response,
+    payment_row,
+    receivable_row,
+    response_row,
+)
+from bastionary.dunning.notify import SmtpConfig, WebhookConfig
+from bastionary.rating.events import InvalidBillingEvent, latest_event_time
+from bastionary.settings import Settings
+from bastionary.storage.client import Client
+from bastionary.storage.dunning import ClickHouseDunningStore
+from bastionary.worker.context import WorkerContext
+from bastionary.worker.intake import consume_intake
+
+log = structlog.get_logger(__name__)
+DELIVERY_CONCURRENCY = 4  # notices in flight per worker; a slow peer holds one slot, not the partition
+
+
+class DunningService:
+    def __init__(self, ctx: WorkerContext, catalog: Catalog, client_factory: Callable[[], Client],
+                 owns: Callable[[str], bool]):
+        self.ctx = ctx
+        self.catalog = catalog
+        self._client_factory = client_factory
+        self._owns = owns
+        self._store: ClickHouseDunningStore | None = None
+        self._delivery: Notifier | None = None
+        self._dunner: Dunner | None = None
+        self._notifier_configs: tuple[WebhookConfig | None, SmtpConfig | None] = (None, None)
+
+    def store(self) -> ClickHouseDunningStore:
+        if self._store is None:
+            self._store = ClickHouseDunningStore(self._client_factory())
+        return self._store
+
+    def install(self) -> None:
+        app, topics, settings = self.ctx.app, self.ctx.topics, self.ctx.settings
+        app.agent(self.ctx.topic(topics.invoices), name="dunning-invoices")(self._invoice_intake)
+        app.agent(self.ctx.topic(topics.payments), name="dunning-payments")(self._payment_intake)
+        app.agent(self.ctx.topic(topics.dunning_responses), name="dunning-responses")(self._response_intake)
+        if not settings.dunning_enabled:
+            return
+        webhook, smtp = webhook_config(settings), smtp_config(settings)  # a bad setting stops the start
+        self._notifier_configs = (webhook, smtp)
+        app.agent(self.ctx.topic(topics.dunning_notices), name="dunning-notifier",
+                  concurrency=DELIVERY_CONCURRENCY)(self._deliver_notices)
+        app.timer(interval=settings.dunning_interval.total_seconds())(self._decide_cases)
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def _intake(self, stream: Any, dlq_topic: str, handle: Callable[[Any], Any]) -> None:
+        await consume_intake(self.ctx.app, stream, dead_letter=self.ctx.dead_letter, dlq_topic=dlq_topic,
+                             invalid=InvalidBillingEvent, handle=handle, prepare=self.store)
+
+    async def _invoice_intake(self, stream: Any) -> None:
+        await self._intake(stream, self.ctx.topics.dunning_dlq, self._store_invoice)
+
+    async def _payment_intake(self, stream: Any) -> None:
+        await self._intake(stream, self.ctx.topics.billing_dlq, self._store_payment)
+
+    async def _response_intake(self, stream: Any) -> None:
+        await self._intake(stream, self.ctx.topics.dunning_dlq, self._store_response)
+
+    async def _store_invoice(self, message: Any) -> None:
+        data = parse_invoice(message.value or b"")
+        if data is None:
+            return
+        row = receivable_row(data, datetime.now(timezone.utc))
+        await asyncio.to_thread(self.store().insert_receivables, [row])
+
+    async def _store_payment(self, message: Any) -> None:
+        store = self.store()
+        envelope, kind, data = parse_payment(message.value or b"", latest_time=self.ctx.latest_time(message))
+        currency = await asyncio.to_thread(store.invoice_currency, data.invoice_id)
+        check_against_invoice(kind, data, currency)
+        customer = data.customer_id or await asyncio.to_thread(store.invoice_customer, data.invoice_id)
+        row = payment_row(envelope, kind, data, customer or "", currency or "", datetime.now(timezone.utc))
+        await asyncio.to_thread(store.insert_payments, [row])
+
+    async def _store_response(self, message: Any) -> None:
+        envelope, kind, data = parse_response(message.value or b"", latest_time=self.ctx.latest_time(message))
+        invoice = await asyncio.to_thread(self.store().invoice_customer_plan, data.invoice_id)
+        if invoice is None:
+            raise InvalidBillingEvent("unknown_invoice", f"no invoice {data.invoice_id!r}")
+        customer, plan = invoice
+        check_promise(envelope, kind, data, self.catalog.dunning.max_promise_for(plan))
+        await asyncio.to_thread(self.store().insert_trail, [response_row(envelope, kind, data, customer)])
+
+    async def accept_response(self, body: bytes) -> tuple[str, str]:
+        """A response posted over HTTP: checked as the topic's reader will check it (the record
+        stamped about now), then sent through the topic, so a response has one path and one
+        validation and survives this worker dying right after the 202. Returns (id, invoice)."""
+        latest = latest_event_time(datetime.now(timezone.utc).timestamp(), self.ctx.settings.max_future_skew)
+        envelope, _, data = parse_response(body, latest_time=latest)
+        topic = self.ctx.topic(self.ctx.topics.dunning_responses)
+        await (await topic.send(key=data.invoice_id.encode(), value=body))
+        return envelope.id, data.invoice_id
+
+    # -- decisions and delivery -----------------------------------------------------------
+
+    def _notifier(self) -> Notifier:
+        if self._delivery is None:
+            webhook, smtp = self._notifier_configs
+            self._delivery = Notifier(self.store(), webhook, smtp, self._dead_letter_notice,
+                                      self.ctx.settings.company_name)
+        return self._delivery
+
+    async def _dead_letter_notice(self, value: bytes, code: str, message: str) -> None:
+        await self.ctx.dead_letter(self.ctx.topics.dunning_dlq, None, code, message, value=value)
+
+    async def _deliver_notices(self, stream: Any) -> None:
+        async for value in stream:
+            try:
+                await self._notifier().handle(value)
+            except Exception:
+                # A storage failure: nothing was recorded as delivered, so a restart sends it.
+                log.exception("notice delivery failed; stopping so a restart redelivers it")
+                await self.ctx.app.crash(RuntimeError("notice delivery failed"))
+                return
+
+    async def _publish_notice(self, key: str, value: bytes) -> Any:
+        return await self.ctx.topic(self.ctx.topics.dunning_notices).send(key=key.encode(), value=value)
+
+    async def _decide_cases(self) -> None:
+        if self._dunner is None:
+            clock = clock_from_setting(self.ctx.settings.clock)
+            self._dunner = Dunner(self.store(), self.catalog.dunning, self._publish_notice, clock, self._owns)
+        try:
+            result = await self._dunner.run_once()
+        except Exception:
+            log.exception("dunning run failed; retried on the next tick")
+            return
+        if result.recorded or result.republished:
+            log.info("dunning run", recorded=result.recorded, published=len(result.published),
+                     republished=result.republished)
+
+
+def webhook_config(settings: Settings) -> WebhookConfig | None:
+    if not settings.webhook_url:
+        return None
+    if settings.webhook_secret is None:
+        raise ValueError("BASTIONARY_WEBHOOK_URL is set without BASTIONARY_WEBHOOK_SECRET")
+    return WebhookConfig(
+        url=settings.webhook_url, secret=settings.webhook_secret,
+        timeout=settings.webhook_timeout.total_seconds(), max_attempts=settings.webhook_max_attempts,
+        backoff_base=settings.webhook_backoff.total_seconds(), backoff_cap=settings.webhook_backoff_cap.total_seconds(),
+    )
+
+
+def smtp_config(settings: Settings) -> SmtpConfig | None:
+    if not settings.smtp_host:
+        return None
+    return SmtpConfig(
+        host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_sender,
+        username=settings.smtp_username, password=settings.smtp_password, starttls=settings.smtp_starttls,
+        use_tls=settings.smtp_tls, max_attempts=settings.smtp_max_attempts,
+    )

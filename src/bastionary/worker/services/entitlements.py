@@ -1,0 +1,129 @@
+"""The entitlements service: each owned customer's state in memory, fed by the usage flushes,
+the override intake, a poll of ClickHouse for changes from any worker, the changes
+reconciler, and the ``entitlements`` table that routes checks to the owner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import structlog
+
+from bastionary import metrics
+from bastionary.catalog import Catalog
+from bastionary.entitlements.evaluate import Decision
+from bastionary.entitlements.overrides import InvalidOverride, parse_override
+from bastionary.entitlements.service import Entitlements
+from bastionary.entitlements.state import Loaded, known_features
+from bastionary.storage.client import Client
+from bastionary.storage.entitlements import ClickHouseEntitlementStore
+from bastionary.worker.context import WorkerContext
+from bastionary.worker.intake import consume_intake
+from bastionary.worker.services.usage import UsageService
+
+log = structlog.get_logger(__name__)
+POLL_SECONDS = 1.0  # how soon a subscription, override or suspension change reaches checks
+# Rows become visible to the poll a little after their received_at: look back this far.
+POLL_WINDOW = timedelta(seconds=5)
+
+
+class EntitlementService:
+    def __init__(self, ctx: WorkerContext, catalog: Catalog, client_factory: Callable[[], Client],
+                 usage: UsageService):
+        self.ctx = ctx
+        self.catalog = catalog
+        self.features = known_features(catalog.plans)
+        self._client_factory = client_factory
+        self._usage = usage
+        self._store: ClickHouseEntitlementStore | None = None
+        self._service: Entitlements | None = None
+        # Keyed by customer id like usage.events, with as many partitions: Faust assigns both
+        # topics' partition n to one worker, and routes a check to the owner of its key.
+        # key_type bytes = the raw serializer: the key's bytes are the customer id, as on usage.events.
+        self.table = ctx.app.Table("entitlements", default=None, partitions=ctx.settings.usage_partitions,
+                                   key_type=bytes, use_partitioner=True)
+
+    @property
+    def service(self) -> Entitlements:
+        """Opened at first use, when the worker starts; hears about every landed usage flush."""
+        if self._service is None:
+            sink = self._usage.sink
+            self._store = ClickHouseEntitlementStore(self._client_factory(), self.catalog.plans)
+            service = Entitlements(self._store, self.catalog.meters, self._publish, sink.lock, on_loaded=self._mirror)
+            sink.listeners.append(service.on_flush)
+            metrics.ENTITLEMENT_CUSTOMERS.set_function(lambda: service.customers_in_memory)
+            self._service = service
+        return self._service
+
+    def install(self) -> None:
+        app = self.ctx.app
+        overrides = self.ctx.topic(self.ctx.topics.entitlement_overrides)
+        app.agent(overrides, name="entitlement-overrides")(self._override_intake)
+        app.task(self._follow_changes)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    async def check(self, customer_id: str, feature: str) -> Decision:
+        return await self.service.check(customer_id, feature)
+
+    async def check_all(self, customer_id: str) -> list[Decision]:
+        return await self.service.check_all(customer_id)
+
+    def _mirror(self, customer: str, loaded: Loaded) -> None:
+        """The table holds each owned customer's state for operators; checks use memory."""
+        snapshot = {
+            "plan": loaded.state.plan.key if loaded.state.plan else None,
+            "period_start": loaded.state.period_start.isoformat() if loaded.state.period_start else None,
+            "usage": {k: str(v) for k, v in loaded.state.usage.items()},
+            "suspended": loaded.state.suspended,
+        }
+        with contextlib.suppress(Exception):
+            self.table[customer.encode()] = snapshot
+
+    async def _publish(self, key: str, value: bytes) -> Any:
+        return await self.ctx.topic(self.ctx.topics.entitlement_changes).send(key=key.encode(), value=value)
+
+    async def _store_override(self, message: Any) -> None:
+        override = parse_override(message.value or b"", latest_time=self.ctx.latest_time(message))
+        service = self.service
+        assert self._store is not None  # opened with the service
+        await asyncio.to_thread(self._store.insert_override, override)
+        service.invalidate([override.customer_id])
+
+    async def _override_intake(self, stream: Any) -> None:
+        # Rejected overrides go to billing.dlq; see consume_intake for what else can happen to one.
+        await consume_intake(self.ctx.app, stream, dead_letter=self.ctx.dead_letter,
+                             dlq_topic=self.ctx.topics.billing_dlq, invalid=InvalidOverride,
+                             handle=self._store_override, prepare=lambda: self.service)
+
+    async def _follow_changes(self) -> None:
+        """Subscriptions, overrides and dunning suspensions land in ClickHouse from several
+        agents and workers; polling it is the one path that sees them all, restarts included."""
+        since = datetime.now(timezone.utc)
+        seen: dict[tuple[str, str], datetime] = {}  # rows already acted on, kept while in the window
+        service = self.service
+        assert self._store is not None
+        store = self._store
+        reconciler = asyncio.ensure_future(service.run_reconciler())
+        try:
+            while True:
+                await asyncio.sleep(POLL_SECONDS)
+                now = datetime.now(timezone.utc)
+                try:
+                    rows = await asyncio.to_thread(store.changed_rows, since)
+                except Exception:
+                    log.exception("entitlement change poll failed; retried")
+                    continue
+                since = now - POLL_WINDOW
+                fresh = rows - seen.keys()
+                seen = {row: at for row, at in seen.items() if at > since} | {row: now for row in fresh}
+                if fresh:
+                    service.invalidate({customer for customer, _ in fresh})
+        finally:
+            reconciler.cancel()
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        if self._service is not None:
+            self._service.forget_all()

@@ -1,0 +1,189 @@
+"""The usage service: the ingest agent on ``usage.events``, the flush timer, the log check and
+the dedupe purge, around one :class:`bastionary.metering.sink.UsageSink`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from faust.types import TP
+
+from bastionary import metrics
+from bastionary.metering.logs import PartitionLog
+from bastionary.metering.records import Admission, DeadLetter, FlushStats, InboundRecord
+from bastionary.metering.sink import UsageSink
+from bastionary.worker.context import WorkerContext
+from bastionary.worker.partition_log import KafkaPartitionLog
+
+log = structlog.get_logger(__name__)
+
+SinkFactory = Callable[
+    [Callable[[list[DeadLetter]], Awaitable[None]], Callable[[str, int, FlushStats], None], PartitionLog], UsageSink
+]
+
+
+class UsageService:
+    def __init__(self, ctx: WorkerContext, bootstrap: str, sink_factory: SinkFactory,
+                 on_started: Callable[[Any], Awaitable[None]] | None = None):
+        self.ctx = ctx
+        self.partition_log = KafkaPartitionLog(bootstrap, ctx.app)
+        self.started_at = time.monotonic()
+        self._sink_factory = sink_factory
+        self._on_started = on_started
+        self._sink: UsageSink | None = None
+        self._stream: Any = None
+        self._flush_needed = asyncio.Event()
+        self.topic = ctx.topic(ctx.topics.usage_events)
+        self._dlq = ctx.topic(ctx.topics.usage_dlq)
+
+    @property
+    def sink(self) -> UsageSink:
+        """Opened at first use, when the worker starts (storage is not touched before)."""
+        if self._sink is None:
+            sink = self._sink_factory(self._send_dead_letters, _record_stats, self.partition_log)
+            sink.on_log_reset = lambda topic, partition: metrics.LOG_RESETS.labels(topic, str(partition)).inc()
+            self._sink = sink
+        return self._sink
+
+    @property
+    def opened_sink(self) -> UsageSink | None:
+        return self._sink
+
+    def install(self, *, ingest: bool = True) -> None:
+        app = self.ctx.app
+        if ingest:
+            app.agent(self.topic, name="usage-ingest")(self._ingest)
+        app.task(self._flusher)
+        app.task(self._log_watch)
+        app.task(self._dedupe_purge)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    # -- the agent and the flushes -------------------------------------------------------
+
+    async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
+        pending = [await self._dlq.send(key=letter.key, value=letter.value, headers=letter.headers) for letter in letters]
+        await asyncio.gather(*pending)  # delivered before the flush goes on
+
+    async def _flush_once(self) -> None:
+        started = time.perf_counter()
+        landed = await self.sink.flush()
+        if landed:
+            metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+            for record in landed:
+                await self._stream.ack(record.handle)
+
+    async def _ingest(self, stream: Any) -> None:
+        settings, app = self.ctx.settings, self.ctx.app
+        max_buffer, max_bytes = settings.flush_max_events, settings.flush_max_bytes
+        stream = stream.noack()
+        self._stream = stream
+        sink = self.sink
+        async for event in stream.events():
+            message = event.message
+            metrics.RECORDS_RECEIVED.inc()
+            record = InboundRecord(
+                message.topic,
+                message.partition,
+                message.offset,
+                # No timestamp (-1) is dead-lettered, never replaced by the wall clock: a replay
+                # must judge the record as before.
+                round(message.timestamp * 1000) if message.timestamp is not None else -1,
+                message.key,
+                message.value,
+                list(message.headers or ()),
+                event,
+            )
+            try:
+                admission = await sink.admit(record)
+            except Exception:
+                log.exception("partition recovery failed; stopping the worker so a restart can retry")
+                await app.crash(RuntimeError("usage partition recovery failed"))
+                return
+            if admission is Admission.LANDED:
+                await stream.ack(event)
+                continue
+            if admission is Admission.STALE:
+                continue  # read before a rewind: the new log brings it again if it is there
+            buffered, buffered_bytes = sink.buffered(), sink.buffered_bytes()
+            if buffered >= max_buffer or buffered_bytes >= max_bytes:
+                self._flush_needed.set()
+            if buffered >= 4 * max_buffer or buffered_bytes >= 4 * max_bytes:
+                await self._flush_once()  # backpressure: stop reading until the backlog lands
+
+    async def _flusher(self) -> None:
+        if self._on_started is not None:
+            await self._on_started(self.ctx.app)
+        interval = self.ctx.settings.flush_interval.total_seconds()
+        started = time.monotonic()
+        while True:
+            # A fixed rate, not a fixed pause: a flush that took its time does not push the
+            # next one a whole interval further (usage reaches checks and queries sooner).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._flush_needed.wait(), timeout=max(0.05, started + interval - time.monotonic()))
+            self._flush_needed.clear()
+            started = time.monotonic()
+            if self._stream is None:
+                continue
+            try:
+                await self._flush_once()
+            except Exception:
+                # The buffers are kept unacked; the worker stops so a restart replays them.
+                log.exception("flush failed; stopping the worker so a restart can replay")
+                await self.ctx.app.crash(RuntimeError("usage flush failed"))
+                return
+
+    # -- watching the broker, bounding the cache -----------------------------------------
+
+    async def _log_watch(self) -> None:
+        """Catch a replaced log between flushes; keep the broker's last answer fresh for /healthz."""
+        app, interval = self.ctx.app, self.ctx.settings.log_check_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.partition_log.ping()
+                if self._sink is not None and self._stream is not None:
+                    assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()
+                                if tp.topic == self.topic.get_topic_name()}
+                    await self._sink.check_logs(assigned)
+            except Exception as exc:
+                log.warning("log check failed; the broker may be unreachable", error=f"{type(exc).__name__}: {exc}")
+
+    async def _dedupe_purge(self) -> None:
+        """Entries past the horizon count as new events anyway; dropping them bounds the disk."""
+        interval = self.ctx.settings.dedupe_purge_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            if self._sink is None:
+                continue
+            try:
+                purged = await asyncio.to_thread(self._sink.dedupe.purge_expired)
+            except Exception:
+                log.exception("dedupe purge failed; retried at the next interval")
+                continue
+            metrics.DEDUPE_PURGED.inc(purged)
+            if purged:
+                log.info("dedupe cache purged", keys=purged)
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        if self._sink is not None:
+            await self._sink.release([(tp.topic, tp.partition) for tp in revoked])
+
+    def update_lag_metrics(self) -> None:
+        consumer = self.ctx.app.consumer
+        if self._sink is None or consumer is None:
+            return
+        for (topic, partition), done in self._sink.last_landed().items():
+            with contextlib.suppress(Exception):
+                high = consumer.highwater(TP(topic, partition))
+                metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, (high or 0) - done - 1))
+
+
+def _record_stats(topic: str, partition: int, stats: FlushStats) -> None:
+    metrics.EVENTS_ACCEPTED.inc(stats.accepted)
+    metrics.EVENTS_DUPLICATE.inc(stats.duplicates)
+    for code, count in stats.by_error.items():
+        metrics.EVENTS_DEAD_LETTERED.labels(code).inc(count)
