@@ -123,25 +123,32 @@ class Stack:
     def env(self, worker_id: str = "w1", **extra: str) -> dict[str, str]:
         from bastionary.devstack.broker import free_port
 
-        return os.environ | {
-            "BASTIONARY_KAFKA_BOOTSTRAP": self.bootstrap,
-            "BASTIONARY_CLICKHOUSE_DSN": f"{self.clickhouse_url}/{self.database}",
-            "BASTIONARY_TOPIC_PREFIX": self.prefix,
-            "BASTIONARY_CONSUMER_GROUP": self.group,
-            "BASTIONARY_DATA_DIR": str(self.tmp_path / "data"),
-            "BASTIONARY_WORKER_ID": worker_id,
-            "BASTIONARY_WEB_PORT": str(free_port()),
-            "BASTIONARY_KAFKA_SESSION_TIMEOUT": "PT3S",
-            "BASTIONARY_FLUSH_INTERVAL": "PT0.2S",
-            "BASTIONARY_LOG_FORMAT": "json",
-        } | extra
+        return (
+            os.environ
+            | {
+                "BASTIONARY_KAFKA_BOOTSTRAP": self.bootstrap,
+                "BASTIONARY_CLICKHOUSE_DSN": f"{self.clickhouse_url}/{self.database}",
+                "BASTIONARY_TOPIC_PREFIX": self.prefix,
+                "BASTIONARY_CONSUMER_GROUP": self.group,
+                "BASTIONARY_DATA_DIR": str(self.tmp_path / "data"),
+                "BASTIONARY_WORKER_ID": worker_id,
+                "BASTIONARY_WEB_PORT": str(free_port()),
+                "BASTIONARY_KAFKA_SESSION_TIMEOUT": "PT3S",
+                "BASTIONARY_FLUSH_INTERVAL": "PT0.2S",
+                "BASTIONARY_LOG_FORMAT": "json",
+            }
+            | extra
+        )
 
     def start_worker(self, worker_id: str = "w1", **extra: str) -> subprocess.Popen:
         log = (self.tmp_path / f"{worker_id}.log").open("ab")
         from bastionary.devstack.processes import PREEXEC
 
         process = subprocess.Popen(
-            [str(BIN), "worker"], env=self.env(worker_id, **extra), stdout=log, stderr=subprocess.STDOUT,
+            [str(BIN), "worker"],
+            env=self.env(worker_id, **extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             preexec_fn=PREEXEC,  # a worker never outlives the test run
         )
         self.workers[worker_id] = process

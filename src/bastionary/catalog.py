@@ -49,7 +49,7 @@ class Catalog(BaseModel):
         return meters
 
     @model_validator(mode="after")
-    def _prices_reference_meters(self) -> "Catalog":
+    def _prices_reference_meters(self) -> Catalog:
         meters = {m.key: m for m in self.meters}
         problems = []
         plan_keys = [p.key for p in self.plans]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,10 +26,8 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, r
         existing = set(await admin.list_topics())
         missing = [NewTopic(n, partitions, replication) for n in names if n not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 
@@ -63,7 +62,7 @@ class UsageProducer:
             bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=256 * 1024
         )
 
-    async def __aenter__(self) -> "UsageProducer":
+    async def __aenter__(self) -> UsageProducer:
         await self._producer.start()
         return self
 

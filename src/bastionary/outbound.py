@@ -41,8 +41,9 @@ class Source:
     index: int | None = None  # a member of a batch record
 
 
-def dead_letter_headers(code: str, message: str, source: Source | None = None, *,
-                        exception: str | None = None) -> Headers:
+def dead_letter_headers(
+    code: str, message: str, source: Source | None = None, *, exception: str | None = None
+) -> Headers:
     """The headers every dead letter carries, in this order: ``error.class``, ``error.message``
     (UTF-8, at most 4096 bytes), ``source.topic``, ``source.partition``, ``source.offset``,
     ``source.index`` (a batch member), ``error.exception`` (an ``internal_error``)."""

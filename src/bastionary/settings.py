@@ -55,7 +55,9 @@ def format_iso_duration(value: timedelta) -> str:
     minutes, _ = divmod(rest, 60)
     secs = round(total - days * 86400 - hours * 3600 - minutes * 60, 6)
     secs_text = f"{secs:.6f}".rstrip("0").rstrip(".") if secs else ""
-    time_part = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M")) if n) + (f"{secs_text}S" if secs_text else "")
+    time_part = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M")) if n) + (
+        f"{secs_text}S" if secs_text else ""
+    )
     return "P" + (f"{days}D" if days else "") + (f"T{time_part}" if time_part else "" if days else "T0S")
 
 
@@ -128,18 +130,23 @@ class Settings(BaseSettings):
     query_writer_password: SecretStr | None = None
     rating_enabled: bool = Field(default=True, description="run the rater inside workers")
     rating_grace: IsoDuration = Field(default=timedelta(hours=1), description="wait after a period ends")
-    rating_interval: IsoDuration = Field(default=timedelta(seconds=10), description="how often to look for closed periods")
+    rating_interval: IsoDuration = Field(
+        default=timedelta(seconds=10), description="how often to look for closed periods"
+    )
     dunning_enabled: bool = Field(default=True, description="run dunning (decisions and delivery) inside workers")
     dunning_interval: IsoDuration = Field(default=timedelta(seconds=5), description="how often open cases are decided")
     clock: str = Field(
-        default="system", pattern=r"^(system|file:.+)$",
+        default="system",
+        pattern=r"^(system|file:.+)$",
         description="the clock dunning runs on: system, or file:PATH holding an ISO time (tests, demos)",
     )
     webhook_url: str | None = Field(default=None, description="where dunning notices are POSTed")
     webhook_secret: SecretStr | None = Field(default=None, description="Standard Webhooks secret: whsec_<base64 key>")
     webhook_timeout: IsoDuration = Field(default=timedelta(seconds=10))
     webhook_max_attempts: int = Field(default=5, gt=0)
-    webhook_backoff: IsoDuration = Field(default=timedelta(seconds=1), description="first retry delay (doubles, jittered)")
+    webhook_backoff: IsoDuration = Field(
+        default=timedelta(seconds=1), description="first retry delay (doubles, jittered)"
+    )
     webhook_backoff_cap: IsoDuration = Field(default=timedelta(seconds=30))
     smtp_host: str | None = Field(default=None, description="SMTP server for dunning email; unset = no email")
     smtp_port: int = Field(default=25, gt=0, le=65535)
@@ -173,7 +180,11 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "clickhouse_dsn", "query_reader_password", "query_writer_password", "webhook_secret", "smtp_password",
+        "clickhouse_dsn",
+        "query_reader_password",
+        "query_writer_password",
+        "webhook_secret",
+        "smtp_password",
         "api_keys",
     )
     @classmethod
@@ -194,7 +205,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _webhook_needs_a_secret(self) -> "Settings":
+    def _webhook_needs_a_secret(self) -> Settings:
         if self.webhook_url and self.webhook_secret is None:
             raise ValueError("WEBHOOK_URL is set without WEBHOOK_SECRET: notices must be signed")
         if self.webhook_url and urlsplit(self.webhook_url).scheme not in ("http", "https"):
@@ -278,9 +289,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        problems += [
-            f"BASTIONARY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
-        ]
+        problems += [f"BASTIONARY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()]
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return settings

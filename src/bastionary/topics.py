@@ -79,6 +79,18 @@ class Topics:
         return self.name(ENTITLEMENT_CHANGES)
 
     def all(self) -> list[str]:
-        return [self.usage_events, self.usage_dlq, self.subscriptions, self.credit_grants, self.invoices,
-                self.credits, self.billing_dlq, self.payments, self.dunning_responses, self.dunning_notices,
-                self.dunning_dlq, self.entitlement_overrides, self.entitlement_changes]
+        return [
+            self.usage_events,
+            self.usage_dlq,
+            self.subscriptions,
+            self.credit_grants,
+            self.invoices,
+            self.credits,
+            self.billing_dlq,
+            self.payments,
+            self.dunning_responses,
+            self.dunning_notices,
+            self.dunning_dlq,
+            self.entitlement_overrides,
+            self.entitlement_changes,
+        ]

@@ -21,7 +21,10 @@ def test_demo_runs_end_to_end_and_reports_exact_totals(tmp_path):
     bastionary = Path(sys.executable).parent / "bastionary"
     done = subprocess.run(
         [str(bastionary), "demo", "--events", "3000", "--customers", "40"],
-        env=env, capture_output=True, text=True, timeout=420,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-3000:]
@@ -44,8 +47,10 @@ def test_demo_runs_end_to_end_and_reports_exact_totals(tmp_path):
 
     # The funnel, as `bastionary dunning report` computes it.
     assert "Dunning funnel" in out
-    funnel = {int(m[0]): (m[1], int(m[2]), int(m[3])) for m in re.findall(
-        r"│\s+(\d)\s+│\s+(\w+)\s+│\s+(\d+)\s+│\s+(\d+)\s+│\s+[\d.]+%\s+│", out)}
+    funnel = {
+        int(m[0]): (m[1], int(m[2]), int(m[3]))
+        for m in re.findall(r"│\s+(\d)\s+│\s+(\w+)\s+│\s+(\d+)\s+│\s+(\d+)\s+│\s+[\d.]+%\s+│", out)
+    }
     assert funnel == {1: ("remind", 4, 1), 2: ("remind", 4, 1), 3: ("final_notice", 3, 0), 4: ("suspend", 3, 0)}
 
     # Entitlements over the HTTP API: a hard limit flips to exhausted, a suspension takes sso away.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -18,7 +18,7 @@ from aiokafka.producer import message_accumulator
 from aiokafka.producer import producer as producer_module
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 class RawName(str):
@@ -48,8 +48,15 @@ class Hostile:
 
 
 def event(event_id: str, customer: str = "cust-hostile", **data: object) -> dict:
-    return {"specversion": "1.0", "id": event_id, "source": "hostile", "type": "llm.completion",
-            "subject": customer, "time": NOW.isoformat(), "data": {"tokens": 10, "model": "m"} | data}
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "hostile",
+        "type": "llm.completion",
+        "subject": customer,
+        "time": NOW.isoformat(),
+        "data": {"tokens": 10, "model": "m"} | data,
+    }
 
 
 def _json(payload: object) -> bytes:
@@ -60,28 +67,69 @@ def catalogue(tag: str, customer: str = "cust-hostile", max_batch: int = 20) -> 
     """One record of every hostile class, each followed by a good event that must still count."""
     good = lambda n: Hostile(customer.encode(), _json(event(f"{tag}-good-{n}", customer)), events=1)  # noqa: E731
     deep = b'{"a":' * 300 + b"1" + b"}" * 300
-    binary = [("ce_specversion", b"1.0"), ("ce_id", f"{tag}-bin".encode()), ("ce_source", b"hostile"),
-              ("ce_type", b"llm.completion"), ("ce_time", NOW.isoformat().encode())]
+    binary = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", f"{tag}-bin".encode()),
+        ("ce_source", b"hostile"),
+        ("ce_type", b"llm.completion"),
+        ("ce_time", NOW.isoformat().encode()),
+    ]
     cases = [
-        Hostile(customer.encode(), orjson.dumps(event(f"{tag}-deep", customer)).replace(b'"tokens":10', b'"tokens":10,"d":' + deep), expect="nesting_too_deep"),
-        Hostile(customer.encode(), _json(b'{"tokens": 10, "model": "m"}'), binary + [("ce_subject", b"cust-\xff\xfe")], expect="invalid_encoding"),
+        Hostile(
+            customer.encode(),
+            orjson.dumps(event(f"{tag}-deep", customer)).replace(b'"tokens":10', b'"tokens":10,"d":' + deep),
+            expect="nesting_too_deep",
+        ),
+        Hostile(
+            customer.encode(),
+            _json(b'{"tokens": 10, "model": "m"}'),
+            binary + [("ce_subject", b"cust-\xff\xfe")],
+            expect="invalid_encoding",
+        ),
         Hostile(b"cust-\xff", _json(event(f"{tag}-badkey", customer)), expect="invalid_encoding"),
         Hostile(customer.encode(), _json(event(f"{tag}-named", customer)), [(RawName(b"x-\xff\xfe"), b"v")], events=1),
-        Hostile(customer.encode(), b'{"tokens": 1}', binary + [("ce_subject", customer.encode()), (RawName(b"ce_\xff"), b"v")],
-                expect="invalid_encoding"),
-        Hostile(customer.encode(), orjson.dumps(event(f"{tag}-big", customer)).replace(b'"tokens":10', b'"tokens":18446744073709551617'), expect="value_out_of_range"),
-        Hostile(customer.encode(), _json(event(f"{tag}-underscore", customer, tokens="1_000")), expect="invalid_meter_value"),
+        Hostile(
+            customer.encode(),
+            b'{"tokens": 1}',
+            binary + [("ce_subject", customer.encode()), (RawName(b"ce_\xff"), b"v")],
+            expect="invalid_encoding",
+        ),
+        Hostile(
+            customer.encode(),
+            orjson.dumps(event(f"{tag}-big", customer)).replace(b'"tokens":10', b'"tokens":18446744073709551617'),
+            expect="value_out_of_range",
+        ),
+        Hostile(
+            customer.encode(), _json(event(f"{tag}-underscore", customer, tokens="1_000")), expect="invalid_meter_value"
+        ),
         Hostile(customer.encode(), _json(event(f"{tag}-negative", customer, tokens=-5)), expect="negative_value"),
-        Hostile(customer.encode(), _json([event(f"{tag}-batch-{i}", customer) for i in range(max_batch + 1)]), expect="batch_too_large"),
+        Hostile(
+            customer.encode(),
+            _json([event(f"{tag}-batch-{i}", customer) for i in range(max_batch + 1)]),
+            expect="batch_too_large",
+        ),
         Hostile(customer.encode(), None, expect="invalid_json"),
-        Hostile(customer.encode(), _json(event(f"{tag}-far", customer)), timestamp_ms=2**50, expect="invalid_record_timestamp"),
-        Hostile(customer.encode(), _json({k: v for k, v in event(f"{tag}-nosubject", customer).items() if k != "subject"}),
-                expect="not_cloudevent"),
+        Hostile(
+            customer.encode(),
+            _json(event(f"{tag}-far", customer)),
+            timestamp_ms=2**50,
+            expect="invalid_record_timestamp",
+        ),
+        Hostile(
+            customer.encode(),
+            _json({k: v for k, v in event(f"{tag}-nosubject", customer).items() if k != "subject"}),
+            expect="not_cloudevent",
+        ),
         Hostile(customer.encode(), _json(event(f"{tag}-noon", customer) | {"time": "noon"}), expect="invalid_time"),
-        Hostile(customer.encode(), _json(event(f"{tag}-future", customer) | {"time": (NOW + timedelta(days=1)).isoformat()}),
-                expect="future_time"),
+        Hostile(
+            customer.encode(),
+            _json(event(f"{tag}-future", customer) | {"time": (NOW + timedelta(days=1)).isoformat()}),
+            expect="future_time",
+        ),
         Hostile(customer.encode(), b"[]", expect="empty_batch"),
-        Hostile(customer.encode(), _json(event(f"{tag}-huge", customer, pad="x" * (1 << 20))), expect="record_too_large"),
+        Hostile(
+            customer.encode(), _json(event(f"{tag}-huge", customer, pad="x" * (1 << 20))), expect="record_too_large"
+        ),
         # The first good event again under its id with another payload: the first one counts.
         Hostile(customer.encode(), _json(event(f"{tag}-good-0", customer, tokens=11)), expect="duplicate_conflict"),
     ]
@@ -98,8 +146,14 @@ async def publish_hostile(bootstrap: str, topic: str, records: list[Hostile], pa
         for record in records:
             raw_names = any(isinstance(name, RawName) for name, _ in record.headers)
             with _python_builder() if raw_names else contextlib.nullcontext():
-                sent = await producer.send(topic, record.value, key=record.key, headers=record.headers or None,
-                                           timestamp_ms=record.timestamp_ms, partition=partition)
+                sent = await producer.send(
+                    topic,
+                    record.value,
+                    key=record.key,
+                    headers=record.headers or None,
+                    timestamp_ms=record.timestamp_ms,
+                    partition=partition,
+                )
                 await sent  # in order, one batch each where the builder differs
     finally:
         await producer.stop()
@@ -114,7 +168,7 @@ def _python_builder():
     try:
         yield
     finally:
-        for module, original in zip(modules, originals):
+        for module, original in zip(modules, originals, strict=False):
             module.DefaultRecordBatchBuilder = original
 
 

@@ -32,7 +32,7 @@ def assert_matches(method: str, path: str, status: int, body) -> None:
     if "$ref" in response:
         response = DOCUMENT["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
     schema = response["content"]["application/json"]["schema"]
-    ref = schema["$ref"] if "$ref" in schema else None
+    ref = schema.get("$ref", None)
     validator = Draft202012Validator({"$ref": URI + ref} if ref else schema, registry=REGISTRY)
     errors = [e.message for e in validator.iter_errors(body)]
     assert not errors, f"{method} {path} {status}: {errors[:3]} in {body}"

@@ -10,15 +10,15 @@ import asyncio
 import json
 import sys
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bastionary.catalog import parse_catalog
-from bastionary.tools.bench.rating import CATALOG, _seed
 from bastionary.rating.rater import Rater
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import open_client
 from bastionary.storage.usage import ClickHouseUsageStore
+from bastionary.tools.bench.rating import CATALOG, _seed
 
 
 class Crash(Exception):
@@ -28,7 +28,7 @@ class Crash(Exception):
 async def main(workdir: Path) -> dict:
     client = open_client(f"chdb://{workdir / 'clickhouse'}", "drill", create=True)
     ClickHouseUsageStore(client).migrate()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     period_start = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)).replace(day=1)
     _seed(client, 60, period_start)
     catalog = parse_catalog(CATALOG)
@@ -54,10 +54,14 @@ async def main(workdir: Path) -> dict:
 
     store = ClickHouseBillingStore(client)
     try:
-        await Rater(store, catalog.plans, catalog.meters, timedelta(0), dying_publish, settle=timedelta(0), batch_size=20).run_once(now)
+        await Rater(
+            store, catalog.plans, catalog.meters, timedelta(0), dying_publish, settle=timedelta(0), batch_size=20
+        ).run_once(now)
     except Crash:
         pass
-    second = await Rater(store, catalog.plans, catalog.meters, timedelta(0), publish, settle=timedelta(0), batch_size=20).run_once(now)
+    second = await Rater(
+        store, catalog.plans, catalog.meters, timedelta(0), publish, settle=timedelta(0), batch_size=20
+    ).run_once(now)
     third = await Rater(store, catalog.plans, catalog.meters, timedelta(0), publish, settle=timedelta(0)).run_once(now)
     stored = client.query("SELECT count(), countIf(published = 1) FROM invoices FINAL").result_rows[0]
     return {

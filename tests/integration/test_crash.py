@@ -35,7 +35,7 @@ def test_three_sigkills_at_random_moments_keep_totals_exact(stack):
     ends = {}
     producer = threading.Thread(target=lambda: ends.update(publish(stack, workload.records)))
     producer.start()
-    for crash in range(3):
+    for _crash in range(3):
         time.sleep(rng.uniform(3.0, 9.0))
         stack.kill_worker("w1")  # SIGKILL: no flush, no commit, no goodbye
         stack.start_worker()

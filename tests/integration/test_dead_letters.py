@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -13,13 +13,18 @@ from .helpers import dead_letters, publish
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def _event(event_id: str, **overrides) -> dict:
     event = {
-        "specversion": "1.0", "id": event_id, "source": "dlq-test", "type": "llm.completion",
-        "subject": "cust-dlq", "time": NOW.isoformat(), "data": {"tokens": 10, "model": "gpt-4"},
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "dlq-test",
+        "type": "llm.completion",
+        "subject": "cust-dlq",
+        "time": NOW.isoformat(),
+        "data": {"tokens": 10, "model": "gpt-4"},
     }
     return event | overrides
 

@@ -12,9 +12,9 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from bastionary.dunning.clock import FileClock
-from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
 from bastionary.devstack.broker import free_port
+from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
+from bastionary.dunning.clock import FileClock
 from tests.conftest import BIN
 
 from .dunning_helpers import (
@@ -38,8 +38,12 @@ API_KEY = "test-api-key"
 
 
 def _post(port: int, body: bytes, key: str | None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/dunning/responses", data=body, method="POST",
-                                     headers={"Content-Type": "application/cloudevents+json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/dunning/responses",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/cloudevents+json"},
+    )
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
@@ -57,26 +61,44 @@ def test_policy_walk_payment_promise_and_dead_letters(stack, tmp_path):
     port = free_port()
     with SmtpSink() as smtp, WebhookReceiver(SECRET, fail_first=1) as hooks:
         env = {
-            "BASTIONARY_CATALOG": str(CATALOG), "BASTIONARY_RATING_ENABLED": "false",
-            "BASTIONARY_CLOCK": f"file:{clock.path}", "BASTIONARY_DUNNING_INTERVAL": "PT0.5S",
-            "BASTIONARY_SMTP_HOST": smtp.host, "BASTIONARY_SMTP_PORT": str(smtp.port),
-            "BASTIONARY_WEBHOOK_URL": hooks.url, "BASTIONARY_WEBHOOK_SECRET": SECRET,
-            "BASTIONARY_WEBHOOK_BACKOFF": "PT0.1S", "BASTIONARY_API_KEYS": f"other-key,{API_KEY}",
+            "BASTIONARY_CATALOG": str(CATALOG),
+            "BASTIONARY_RATING_ENABLED": "false",
+            "BASTIONARY_CLOCK": f"file:{clock.path}",
+            "BASTIONARY_DUNNING_INTERVAL": "PT0.5S",
+            "BASTIONARY_SMTP_HOST": smtp.host,
+            "BASTIONARY_SMTP_PORT": str(smtp.port),
+            "BASTIONARY_WEBHOOK_URL": hooks.url,
+            "BASTIONARY_WEBHOOK_SECRET": SECRET,
+            "BASTIONARY_WEBHOOK_BACKOFF": "PT0.1S",
+            "BASTIONARY_API_KEYS": f"other-key,{API_KEY}",
             "BASTIONARY_WEB_PORT": str(port),
         }
         stack.start_worker("w1", **env)
         send(stack, "billing.subscriptions", [subscription_event(c, f"{c}@example.com") for c in ("a", "b", "c")])
-        send(stack, "billing.invoices", [invoice_event("inv-a", "a", "100.00"), invoice_event("inv-b", "b", "120.00"),
-                                         invoice_event("inv-c", "c", "100.00"), invoice_event("inv-z", "z", "0")])
+        send(
+            stack,
+            "billing.invoices",
+            [
+                invoice_event("inv-a", "a", "100.00"),
+                invoice_event("inv-b", "b", "120.00"),
+                invoice_event("inv-c", "c", "100.00"),
+                invoice_event("inv-z", "z", "0"),
+            ],
+        )
         wait_for(lambda: stack.query("SELECT count() FROM receivables FINAL")[0][0] == 4, 90, "receivables")
-        send(stack, "billing.payments", [
-            payment_event("p1", "inv-b", "b", "60.00"), payment_event("p1", "inv-b", "b", "60.00"),  # duplicate
-            payment_event("p-unknown", "inv-nope", "b", "5.00"),
-            payment_event("p-eur", "inv-a", "a", "10.00", currency="EUR"),
-            payment_event("p-neg", "inv-a", "a", "-10.00"),
-        ])
+        send(
+            stack,
+            "billing.payments",
+            [
+                payment_event("p1", "inv-b", "b", "60.00"),
+                payment_event("p1", "inv-b", "b", "60.00"),  # duplicate
+                payment_event("p-unknown", "inv-nope", "b", "5.00"),
+                payment_event("p-eur", "inv-a", "a", "10.00", currency="EUR"),
+                payment_event("p-neg", "inv-a", "a", "-10.00"),
+            ],
+        )
         letters = read(stack, "billing.dlq", expect=3, idle=20)
-        reasons = sorted(dict((k, v.decode()) for k, v in m.headers)["error.class"] for m in letters)
+        reasons = sorted({k: v.decode() for k, v in m.headers}["error.class"] for m in letters)
         assert reasons == ["invalid_data", "unknown_invoice", "wrong_currency"]
 
         def step_to(days: float, expected: set) -> None:
@@ -88,8 +110,15 @@ def test_policy_walk_payment_promise_and_dead_letters(stack, tmp_path):
 
         # A promise to pay by day 12, made on day 2 through the HTTP endpoint.
         clock.set(DUE + timedelta(days=2))
-        promise = orjson.dumps(cloudevent("bastionary.dunning.promised.v1", "promise-c", "c", DUE + timedelta(days=2), {
-            "invoice_id": "inv-c", "promised_by": (DUE + timedelta(days=12)).isoformat()}))
+        promise = orjson.dumps(
+            cloudevent(
+                "bastionary.dunning.promised.v1",
+                "promise-c",
+                "c",
+                DUE + timedelta(days=2),
+                {"invoice_id": "inv-c", "promised_by": (DUE + timedelta(days=12)).isoformat()},
+            )
+        )
         assert _post(port, promise, None)[0] == 401
         assert _post(port, promise, "wrong")[0] == 403
         assert _post(port, b"{not json", API_KEY)[0] == 400
@@ -113,8 +142,16 @@ def test_policy_walk_payment_promise_and_dead_letters(stack, tmp_path):
         assert [r[4] for r in events(stack, "state", "inv-b")][-1] == "paid"
 
         # Every notice with channels reached email and webhook exactly once.
-        mailed = {("inv-a", 1), ("inv-a", 2), ("inv-a", 3), ("inv-b", 1), ("inv-b", 2), ("inv-b", 3),
-                  ("inv-c", 1), ("inv-c", 2)}
+        mailed = {
+            ("inv-a", 1),
+            ("inv-a", 2),
+            ("inv-a", 3),
+            ("inv-b", 1),
+            ("inv-b", 2),
+            ("inv-b", 3),
+            ("inv-c", 1),
+            ("inv-c", 2),
+        }
         wait_for(lambda: len(smtp.received()) >= len(mailed) and len(hooks.unique()) >= len(mailed), 60, "deliveries")
         got_mail = {(m["X-Bastionary-Invoice-Id"], m["Message-ID"]) for m in smtp.received()}
         assert len(smtp.received()) == len(got_mail) == len(mailed)
@@ -138,15 +175,25 @@ def test_policy_walk_payment_promise_and_dead_letters(stack, tmp_path):
         kinds = {(e["type"], e["data"].get("invoice_id")) for e in on_topic}
         assert ("bastionary.dunning.reinstated.v1", "inv-b") in kinds
         assert {e["id"] for e in on_topic if e["type"].endswith("step.v1")} == {
-            e["data"]["notice_id"] for e in on_topic if e["type"].endswith("step.v1")}
+            e["data"]["notice_id"] for e in on_topic if e["type"].endswith("step.v1")
+        }
 
         report = subprocess.run(
             [str(BIN), "dunning", "report", "--within", "30", "--format", "json"],
-            env=stack.env("cli"), capture_output=True, text=True, timeout=60, check=True)
+            env=stack.env("cli"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         funnel = {row["step"]: row for row in orjson.loads(report.stdout)}
         assert funnel[1]["sent"] == 3 and funnel[1]["paid_within_30d"] == 1
         status = subprocess.run(
             [str(BIN), "dunning", "status", "--customer", "a", "--format", "json"],
             env=stack.env("cli") | {"BASTIONARY_CLOCK": f"file:{clock.path}", "BASTIONARY_CATALOG": str(CATALOG)},
-            capture_output=True, text=True, timeout=60, check=True)
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         assert [(r["invoice_id"], r["state"]) for r in orjson.loads(status.stdout)] == [("inv-a", "uncollectible")]

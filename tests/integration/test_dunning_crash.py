@@ -35,9 +35,9 @@ from datetime import timedelta
 import orjson
 import pytest
 
+from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
 from bastionary.dunning.clock import FileClock
 from bastionary.dunning.engine import notice_id
-from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
 from bastionary.dunning.notify.email import message_id
 from bastionary.worker.services.dunning import DELIVERY_CONCURRENCY
 
@@ -92,7 +92,8 @@ def _delivered(stack) -> dict[str, set[str]]:
     """channel -> notice ids with a ``delivered`` row (any copy; FINAL not needed for existence)."""
     found: dict[str, set[str]] = {c: set() for c in CHANNELS}
     for event_id, channel in stack.query(
-            "SELECT DISTINCT event_id, channel FROM dunning_events WHERE kind = 'delivered'"):
+        "SELECT DISTINCT event_id, channel FROM dunning_events WHERE kind = 'delivered'"
+    ):
         found[channel].add(event_id.split(":")[0])
     return found
 
@@ -103,8 +104,10 @@ def _worker_state(stack, worker_id: str) -> str:
     alive = "not started" if process is None else ("running" if process.poll() is None else process.returncode)
     log = stack.worker_log(worker_id).splitlines()
     bad = [line for line in log if any(w in line.lower() for w in ("error", "exception", "crash", "traceback"))]
-    return (f"worker {worker_id} exit code {alive}; last complaints {[line[:400] for line in bad[-5:]]}; "
-            f"log tail {[line[:400] for line in log[-5:]]}")
+    return (
+        f"worker {worker_id} exit code {alive}; last complaints {[line[:400] for line in bad[-5:]]}; "
+        f"log tail {[line[:400] for line in log[-5:]]}"
+    )
 
 
 def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
@@ -118,22 +121,37 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
     all_ids = set().union(*expected.values())
     kills: list[Kill] = []
 
-    with SmtpSink(delay=PEER_DELAY, seed=seed) as smtp, \
-            WebhookReceiver(SECRET, delay=PEER_DELAY, seed=seed + 1) as hooks:
+    with (
+        SmtpSink(delay=PEER_DELAY, seed=seed) as smtp,
+        WebhookReceiver(SECRET, delay=PEER_DELAY, seed=seed + 1) as hooks,
+    ):
         env = {
-            "BASTIONARY_CATALOG": str(CATALOG), "BASTIONARY_RATING_ENABLED": "false",
-            "BASTIONARY_CLOCK": f"file:{clock.path}", "BASTIONARY_DUNNING_INTERVAL": "PT0.5S",
-            "BASTIONARY_SMTP_HOST": smtp.host, "BASTIONARY_SMTP_PORT": str(smtp.port),
-            "BASTIONARY_WEBHOOK_URL": hooks.url, "BASTIONARY_WEBHOOK_SECRET": SECRET,
+            "BASTIONARY_CATALOG": str(CATALOG),
+            "BASTIONARY_RATING_ENABLED": "false",
+            "BASTIONARY_CLOCK": f"file:{clock.path}",
+            "BASTIONARY_DUNNING_INTERVAL": "PT0.5S",
+            "BASTIONARY_SMTP_HOST": smtp.host,
+            "BASTIONARY_SMTP_PORT": str(smtp.port),
+            "BASTIONARY_WEBHOOK_URL": hooks.url,
+            "BASTIONARY_WEBHOOK_SECRET": SECRET,
             "BASTIONARY_WEBHOOK_BACKOFF": "PT0.1S",
         }
         stack.start_worker("w1", **env)
-        send(stack, "billing.subscriptions",
-             [subscription_event(_customer(i), f"{_customer(i)}@example.com") for i in range(INVOICES)])
+        send(
+            stack,
+            "billing.subscriptions",
+            [subscription_event(_customer(i), f"{_customer(i)}@example.com") for i in range(INVOICES)],
+        )
         send(stack, "billing.invoices", [invoice_event(_invoice(i), _customer(i), "100.00") for i in range(INVOICES)])
         wait_for(lambda: stack.query("SELECT count() FROM receivables FINAL")[0][0] == INVOICES, 90, "receivables")
-        wait_for(lambda: stack.query("SELECT uniqExact(customer_id) FROM subscriptions WHERE billing_email != ''")
-                 [0][0] == INVOICES, 60, "billing emails")
+        wait_for(
+            lambda: (
+                stack.query("SELECT uniqExact(customer_id) FROM subscriptions WHERE billing_email != ''")[0][0]
+                == INVOICES
+            ),
+            60,
+            "billing emails",
+        )
 
         for step, day in STEP_DAYS.items():
             ids = expected[step]
@@ -153,8 +171,10 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
                 stack.kill_worker("w1", 9)  # SIGKILL: no commit, no `delivered` for what is on the wire
                 time.sleep(0.5)  # let the peers finish reading what was fully sent before the kill
                 delivered = _delivered(stack)
-                copies = {"webhook": {n: len(c) for n, c in _hooked(hooks).items()},
-                          "email": {n: len(c) for n, c in _mailed(smtp).items()}}
+                copies = {
+                    "webhook": {n: len(c) for n, c in _hooked(hooks).items()},
+                    "email": {n: len(c) for n, c in _mailed(smtp).items()},
+                }
                 before = kills[-1].copies if kills else {c: {} for c in CHANNELS}
                 unrecorded = {c: set(copies[c]) - delivered[c] for c in CHANNELS}
                 in_flight = {c: {n for n in unrecorded[c] if copies[c][n] > before[c].get(n, 0)} for c in CHANNELS}
@@ -163,28 +183,35 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
 
             def missing() -> dict[str, int]:
                 delivered = _delivered(stack)
-                return {"webhook": len(ids - set(_hooked(hooks))), "email": len(ids - set(_mailed(smtp))),
-                        **{f"{c} recorded": len(ids - delivered[c]) for c in CHANNELS}}
+                return {
+                    "webhook": len(ids - set(_hooked(hooks))),
+                    "email": len(ids - set(_mailed(smtp))),
+                    **{f"{c} recorded": len(ids - delivered[c]) for c in CHANNELS},
+                }
 
             try:
                 wait_for(lambda: not any(missing().values()), 120, f"every notice of step {step} delivered")
             except TimeoutError:
-                raise AssertionError(f"step {step} notices missing {missing()} after kills "
-                                     f"{[(k.step, k.webhooks_seen) for k in kills]}, seed {seed}; "
-                                     f"{_worker_state(stack, 'w1')}") from None
+                raise AssertionError(
+                    f"step {step} notices missing {missing()} after kills "
+                    f"{[(k.step, k.webhooks_seen) for k in kills]}, seed {seed}; "
+                    f"{_worker_state(stack, 'w1')}"
+                ) from None
 
         # -- what the peers saw -----------------------------------------------------------------
         hooked, mailed = _hooked(hooks), _mailed(smtp)
         webhook_repeats = {n: len(c) - 1 for n, c in hooked.items() if len(c) > 1}
         email_repeats = {n: len(c) - 1 for n, c in mailed.items() if len(c) > 1}
         unrecorded = {c: set().union(*(k.unrecorded[c] for k in kills)) for c in CHANNELS}
-        summary = (f"seed {seed}; {len(kills)} kills at (step, webhooks, emails) "
-                   f"{[(k.step, k.webhooks_seen, k.emails_seen) for k in kills]}; in flight per kill "
-                   f"{[{c: len(k.in_flight[c]) for c in CHANNELS} for k in kills]} (unrecorded "
-                   f"{[{c: len(k.unrecorded[c]) for c in CHANNELS} for k in kills]}); raw webhook repeats "
-                   f"{sum(webhook_repeats.values())} on {len(webhook_repeats)} notices, email repeats "
-                   f"{sum(email_repeats.values())} on {len(email_repeats)} notices; "
-                   f"{time.monotonic() - started:.0f}s")
+        summary = (
+            f"seed {seed}; {len(kills)} kills at (step, webhooks, emails) "
+            f"{[(k.step, k.webhooks_seen, k.emails_seen) for k in kills]}; in flight per kill "
+            f"{[{c: len(k.in_flight[c]) for c in CHANNELS} for k in kills]} (unrecorded "
+            f"{[{c: len(k.unrecorded[c]) for c in CHANNELS} for k in kills]}); raw webhook repeats "
+            f"{sum(webhook_repeats.values())} on {len(webhook_repeats)} notices, email repeats "
+            f"{sum(email_repeats.values())} on {len(email_repeats)} notices; "
+            f"{time.monotonic() - started:.0f}s"
+        )
         print(summary)
         assert len(kills) >= 2 * len(STEP_DAYS) - 1, summary
         assert all(k.webhooks_seen < INVOICES for k in kills), f"a kill came after the sending: {summary}"
@@ -219,13 +246,15 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
         # -- what ClickHouse and the topic say ----------------------------------------------------
         notice_rows = stack.query(
             "SELECT invoice_id, step, count(), groupArray(event_id) FROM dunning_events FINAL"
-            " WHERE kind = 'notice' GROUP BY invoice_id, step")
+            " WHERE kind = 'notice' GROUP BY invoice_id, step"
+        )
         assert all(count == 1 for _, _, count, _ in notice_rows), [r for r in notice_rows if r[2] != 1]
         assert {ids[0] for *_, ids in notice_rows} == all_ids
         unpublished = "SELECT count() FROM dunning_events FINAL WHERE kind = 'notice' AND published = 0"
         assert stack.query(unpublished)[0][0] == 0
         delivered_rows = stack.query(
-            "SELECT event_id, count() FROM dunning_events FINAL WHERE kind = 'delivered' GROUP BY event_id")
+            "SELECT event_id, count() FROM dunning_events FINAL WHERE kind = 'delivered' GROUP BY event_id"
+        )
         assert all(count == 1 for _, count in delivered_rows)
         assert {e for e, _ in delivered_rows} == {f"{n}:{c}:delivered" for n in all_ids for c in CHANNELS}
         assert stack.query("SELECT count() FROM dunning_events WHERE kind = 'delivery_failed'")[0][0] == 0

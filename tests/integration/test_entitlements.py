@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -47,13 +47,28 @@ def check(port: int, customer: str, feature: str) -> dict:
 
 
 def subscribe(stack, customer: str, start: datetime) -> None:
-    send(stack, "billing.subscriptions", [cloudevent(
-        "bastionary.subscription.created.v1", f"sub-{customer}", customer, start,
-        {"subscription_id": f"sub-{customer}", "customer_id": customer, "plan": "pro", "start": start.isoformat()})])
+    send(
+        stack,
+        "billing.subscriptions",
+        [
+            cloudevent(
+                "bastionary.subscription.created.v1",
+                f"sub-{customer}",
+                customer,
+                start,
+                {
+                    "subscription_id": f"sub-{customer}",
+                    "customer_id": customer,
+                    "plan": "pro",
+                    "start": start.isoformat(),
+                },
+            )
+        ],
+    )
 
 
 def api_calls(customer: str, ids: list[str]) -> list[dict]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return [cloudevent("api.request", f"{customer}-{i}", customer, now, {"method": "GET"}) for i in ids]
 
 
@@ -64,62 +79,136 @@ def changes(stack) -> Counter:
 
 def test_limit_override_suspension_and_restart(stack):
     port = free_port()
-    env = {"BASTIONARY_CATALOG": str(CATALOG), "BASTIONARY_API_KEYS": KEY, "BASTIONARY_WEB_PORT": str(port),
-           "BASTIONARY_RATING_ENABLED": "false", "BASTIONARY_DUNNING_INTERVAL": "PT0.5S"}
+    env = {
+        "BASTIONARY_CATALOG": str(CATALOG),
+        "BASTIONARY_API_KEYS": KEY,
+        "BASTIONARY_WEB_PORT": str(port),
+        "BASTIONARY_RATING_ENABLED": "false",
+        "BASTIONARY_DUNNING_INTERVAL": "PT0.5S",
+    }
     stack.start_worker("w1", **env)
-    start = datetime.now(timezone.utc) - timedelta(days=1)
+    start = datetime.now(UTC) - timedelta(days=1)
     subscribe(stack, "cust-e", start)
     wait_for(lambda: get(port, "/v1/customers/cust-e/entitlements/api_calls")[0] == 200, 90, "the worker")
     first = check(port, "cust-e", "api_calls")
-    assert first | {"reset_at": None} == {"feature": "api_calls", "has_access": True, "type": "metered", "usage": "0",
-                                          "limit": "10", "balance": "10", "soft": False, "reset_at": None,
-                                          "reason": None, "config": None}
+    assert first | {"reset_at": None} == {
+        "feature": "api_calls",
+        "has_access": True,
+        "type": "metered",
+        "usage": "0",
+        "limit": "10",
+        "balance": "10",
+        "soft": False,
+        "reset_at": None,
+        "reason": None,
+        "config": None,
+    }
     assert check(port, "cust-e", "seats")["config"] == {"max": 10}
 
     ids = [str(i) for i in range(10)]
     send(stack, "usage.events", api_calls("cust-e", ids + ids[:3]))  # 3 repeats, deduplicated
-    exhausted = wait_for(lambda: (c := check(port, "cust-e", "api_calls"))["has_access"] is False and c, 60, "exhausted")
+    exhausted = wait_for(
+        lambda: (c := check(port, "cust-e", "api_calls"))["has_access"] is False and c, 60, "exhausted"
+    )
     assert (exhausted["usage"], exhausted["balance"], exhausted["reason"]) == ("10", "0", "exhausted")
     rollup = stack.query("SELECT sum(event_count) FROM usage_rollup_1m WHERE customer_id = 'cust-e'")[0][0]
     assert rollup == 10  # the same dedupe feeds the rollups and the counters
 
-    send(stack, "entitlements.overrides", [cloudevent(
-        "bastionary.entitlement.override.v1", "ov-1", "cust-e", datetime.now(timezone.utc),
-        {"override_id": "ov-1", "customer_id": "cust-e", "feature": "api_calls", "limit_delta": "5",
-         "effective_at": start.isoformat()})])
+    send(
+        stack,
+        "entitlements.overrides",
+        [
+            cloudevent(
+                "bastionary.entitlement.override.v1",
+                "ov-1",
+                "cust-e",
+                datetime.now(UTC),
+                {
+                    "override_id": "ov-1",
+                    "customer_id": "cust-e",
+                    "feature": "api_calls",
+                    "limit_delta": "5",
+                    "effective_at": start.isoformat(),
+                },
+            )
+        ],
+    )
     restored = wait_for(lambda: (c := check(port, "cust-e", "api_calls"))["has_access"] and c, 30, "override")
     assert (restored["limit"], restored["balance"]) == ("15", "5")
 
     # Dunning: an invoice due a minute ago; the policy suspends after 2 s; a payment reinstates.
-    due = datetime.now(timezone.utc) - timedelta(minutes=1)
-    send(stack, "billing.invoices", [cloudevent("bastionary.invoice.finalized.v1", "inv-e", "cust-e", due, {
-        "invoice_id": "inv-e", "customer_id": "cust-e", "plan": "pro", "currency": "USD", "total": "50.00",
-        "issued_at": due.isoformat(), "due_at": due.isoformat(), "period_start": start.isoformat(),
-        "period_end": due.isoformat()})])
+    due = datetime.now(UTC) - timedelta(minutes=1)
+    send(
+        stack,
+        "billing.invoices",
+        [
+            cloudevent(
+                "bastionary.invoice.finalized.v1",
+                "inv-e",
+                "cust-e",
+                due,
+                {
+                    "invoice_id": "inv-e",
+                    "customer_id": "cust-e",
+                    "plan": "pro",
+                    "currency": "USD",
+                    "total": "50.00",
+                    "issued_at": due.isoformat(),
+                    "due_at": due.isoformat(),
+                    "period_start": start.isoformat(),
+                    "period_end": due.isoformat(),
+                },
+            )
+        ],
+    )
     suspended = wait_for(lambda: (c := check(port, "cust-e", "sso"))["has_access"] is False and c, 60, "suspension")
     assert suspended["reason"] == "suspended"
     assert check(port, "cust-e", "billing_portal")["has_access"] is True  # survives_suspension
     assert check(port, "cust-e", "api_calls")["reason"] == "suspended"
-    send(stack, "billing.payments", [cloudevent("bastionary.payment.succeeded.v1", "pay-e", "cust-e", due, {
-        "payment_id": "pay-e", "invoice_id": "inv-e", "amount": "50.00", "currency": "USD"})])
+    send(
+        stack,
+        "billing.payments",
+        [
+            cloudevent(
+                "bastionary.payment.succeeded.v1",
+                "pay-e",
+                "cust-e",
+                due,
+                {"payment_id": "pay-e", "invoice_id": "inv-e", "amount": "50.00", "currency": "USD"},
+            )
+        ],
+    )
     wait_for(lambda: check(port, "cust-e", "sso")["has_access"], 60, "reinstatement")
 
-    expected = Counter({("threshold", "api_calls", "0.5"): 1, ("threshold", "api_calls", "1"): 1,
-                        ("exhausted", "api_calls", None): 1, ("restored", "api_calls", None): 1,
-                        ("suspended", "*", None): 1, ("reinstated", "*", None): 1})
+    expected = Counter(
+        {
+            ("threshold", "api_calls", "0.5"): 1,
+            ("threshold", "api_calls", "1"): 1,
+            ("exhausted", "api_calls", None): 1,
+            ("restored", "api_calls", None): 1,
+            ("suspended", "*", None): 1,
+            ("reinstated", "*", None): 1,
+        }
+    )
     wait_for(lambda: changes(stack) == expected, 30, "the change events")
 
     stack.kill_worker("w1")
     stack.start_worker("w1", **env)
-    after = wait_for(lambda: (r := get(port, "/v1/customers/cust-e/entitlements/api_calls"))[0] == 200 and r[1], 90,
-                     "restart")
+    after = wait_for(
+        lambda: (r := get(port, "/v1/customers/cust-e/entitlements/api_calls"))[0] == 200 and r[1], 90, "restart"
+    )
     assert (after["usage"], after["limit"], after["has_access"]) == ("10", "15", True)
     assert check(port, "cust-e", "sso")["has_access"] is True
     time.sleep(3)  # a reconciler pass after the restart emits nothing new
     assert changes(stack) == expected
 
-    cli = subprocess.run([str(BIN), "entitlements", "check", "cust-e", "api_calls"], env=stack.env("cli") | {
-        "BASTIONARY_CATALOG": str(CATALOG)}, capture_output=True, text=True, timeout=60)
+    cli = subprocess.run(
+        [str(BIN), "entitlements", "check", "cust-e", "api_calls"],
+        env=stack.env("cli") | {"BASTIONARY_CATALOG": str(CATALOG)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cli.returncode == 0, cli.stderr
     assert orjson.loads(cli.stdout) == after | {"reset_at": orjson.loads(cli.stdout)["reset_at"]}
 
@@ -131,7 +220,8 @@ def test_limit_override_suspension_and_restart(stack):
     assert get(port, "/v1/customers/cust-e/entitlements/warp_drive")[1]["error"]["code"] == "unknown_feature"
     listing = get(port, "/v1/customers/cust-e/entitlements")[1]
     assert [d["feature"] for d in listing["entitlements"]] == sorted(
-        ["sso", "seats", "api_calls", "tokens", "billing_portal"])
+        ["sso", "seats", "api_calls", "tokens", "billing_portal"]
+    )
 
 
 def test_any_worker_answers_for_any_customer(stack):
@@ -139,15 +229,16 @@ def test_any_worker_answers_for_any_customer(stack):
     base = {"BASTIONARY_CATALOG": str(CATALOG), "BASTIONARY_API_KEYS": KEY, "BASTIONARY_RATING_ENABLED": "false"}
     for worker, port in ports.items():
         stack.start_worker(worker, **base, BASTIONARY_WEB_PORT=str(port))
-    start = datetime.now(timezone.utc) - timedelta(days=1)
+    start = datetime.now(UTC) - timedelta(days=1)
     customers = [f"c{i}" for i in range(8)]
-    for n, customer in enumerate(customers):
+    for _n, customer in enumerate(customers):
         subscribe(stack, customer, start)
     send(stack, "usage.events", [e for n, c in enumerate(customers) for e in api_calls(c, [str(i) for i in range(n)])])
 
     def settled() -> bool:
-        return all(check(port, c, "api_calls")["usage"] == str(n) for port in ports.values()
-                   for n, c in enumerate(customers))
+        return all(
+            check(port, c, "api_calls")["usage"] == str(n) for port in ports.values() for n, c in enumerate(customers)
+        )
 
     wait_for(settled, 120, "both workers to agree on every customer")
     in_memory = {w: customers_in_memory(port) for w, port in ports.items()}
@@ -161,6 +252,9 @@ def customers_in_memory(port: int) -> int:
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    (value,) = [line.rpartition(" ")[2] for line in text.splitlines()
-                if line.startswith("bastionary_entitlement_customers_in_memory ")]
+    (value,) = [
+        line.rpartition(" ")[2]
+        for line in text.splitlines()
+        if line.startswith("bastionary_entitlement_customers_in_memory ")
+    ]
     return int(float(value))

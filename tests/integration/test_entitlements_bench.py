@@ -22,8 +22,9 @@ def test_quick_entitlements_bench_reports_latency_and_freshness(tmp_path):
     # The bench makes its temp dir (broker, worker data, catalog) under TMPDIR: here, so
     # whatever it leaves running or lying around afterwards can be found.
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")} | {"TMPDIR": str(tmp_path)}
-    run = subprocess.run([str(BIN), "bench", "--entitlements", "--quick", "--json"], env=env,
-                         capture_output=True, text=True, timeout=240)
+    run = subprocess.run(
+        [str(BIN), "bench", "--entitlements", "--quick", "--json"], env=env, capture_output=True, text=True, timeout=240
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
 

@@ -80,9 +80,11 @@ class Producer:
         by_customer: dict[bytes, list[hostile.Hostile]] = {}
         for record in records[: len(records) // 2]:
             by_customer.setdefault(record.key or b"", []).append(record)
-        batches = [hostile.Hostile(key, b"[" + b",".join(r.value or b"" for r in group) + b"]", events=len(group))
-                   for key, group in by_customer.items()]
-        return batches + records[len(records) // 2:]
+        batches = [
+            hostile.Hostile(key, b"[" + b",".join(r.value or b"" for r in group) + b"]", events=len(group))
+            for key, group in by_customer.items()
+        ]
+        return batches + records[len(records) // 2 :]
 
     def _hostile(self) -> list[hostile.Hostile]:
         self.rounds += 1
@@ -123,8 +125,14 @@ def test_hostile_producers_a_broker_wipe_and_a_sigkill_leave_totals_exact(tmp_pa
     broker_dir, data_dir, port, web = tmp_path / "broker", tmp_path / "data", free_port(), free_port()
     bootstrap = f"127.0.0.1:{port}"
     broker_env = _run_env(broker_dir, 0)
-    run_env = _run_env(data_dir, web, BASTIONARY_KAFKA_BOOTSTRAP=bootstrap, BASTIONARY_MAX_BATCH_EVENTS="50",
-                       BASTIONARY_WORKER_ID="soak", BASTIONARY_LOG_LEVEL="WARNING")
+    run_env = _run_env(
+        data_dir,
+        web,
+        BASTIONARY_KAFKA_BOOTSTRAP=bootstrap,
+        BASTIONARY_MAX_BATCH_EVENTS="50",
+        BASTIONARY_WORKER_ID="soak",
+        BASTIONARY_LOG_LEVEL="WARNING",
+    )
     broker = _start(["broker", "--port", str(port)], broker_env, tmp_path / "broker.log")
     wait_until(lambda: (broker_dir / "broker.json").exists(), what="the broker")
     run = _start(["run"], run_env, tmp_path / "run.log")
@@ -176,9 +184,13 @@ def test_hostile_producers_a_broker_wipe_and_a_sigkill_leave_totals_exact(tmp_pa
         letters_2 = _dead_letters(bootstrap)
         assert letters_2 == second.expected_letters
 
-        totals = dict(_gateway_client(data_dir).query(
-            "SELECT customer_id, sum(value_sum) FROM usage_rollup_1m WHERE meter = 'llm_tokens' GROUP BY customer_id"
-        ).result_rows)
+        totals = dict(
+            _gateway_client(data_dir)
+            .query(
+                "SELECT customer_id, sum(value_sum) FROM usage_rollup_1m WHERE meter = 'llm_tokens' GROUP BY customer_id"
+            )
+            .result_rows
+        )
         assert {c: int(v) for c, v in totals.items()} == dict(second.truth)
         assert run.poll() is None  # alive: nothing it read stopped it
         output = (tmp_path / "run.log").read_text(errors="replace")
@@ -187,15 +199,23 @@ def test_hostile_producers_a_broker_wipe_and_a_sigkill_leave_totals_exact(tmp_pa
         rss = [r for _, r, _ in samples]
         disk = [d for _, _, d in samples]
         late = [r for t, r, _ in samples if t > SOAK_SECONDS * 0.8]
-        FIGURES.extend([
-            f"soak: {SOAK_SECONDS:.0f} s producing, {len(second.sent)} distinct valid events "
-            f"({VALID_PER_SECOND}/s, 10% repeats, singles and 20-event batches), "
-            f"{sum(letters_1.values()) + sum(letters_2.values())} hostile records in {len(letters_1 | letters_2)} classes",
-            f"soak: totals exact for {len(totals)} customers; dead letters per class as sent "
-            f"(phase 1 {dict(letters_1)}, phase 2 {dict(letters_2)})",
-            f"soak: worker RSS min {min(rss):.0f} MB, max {max(rss):.0f} MB, last fifth max {max(late):.0f} MB;"
-            f" data dir {min(disk):.0f}..{max(disk):.0f} MB",
-        ])
+        FIGURES.extend(
+            [
+                (
+                    f"soak: {SOAK_SECONDS:.0f} s producing, {len(second.sent)} distinct valid events "
+                    f"({VALID_PER_SECOND}/s, 10% repeats, singles and 20-event batches), "
+                    f"{sum(letters_1.values()) + sum(letters_2.values())} hostile records in {len(letters_1 | letters_2)} classes"
+                ),
+                (
+                    f"soak: totals exact for {len(totals)} customers; dead letters per class as sent "
+                    f"(phase 1 {dict(letters_1)}, phase 2 {dict(letters_2)})"
+                ),
+                (
+                    f"soak: worker RSS min {min(rss):.0f} MB, max {max(rss):.0f} MB, last fifth max {max(late):.0f} MB;"
+                    f" data dir {min(disk):.0f}..{max(disk):.0f} MB"
+                ),
+            ]
+        )
         assert max(rss) < 1500 and max(disk) < 2000  # bounded, not growing without limit
     finally:
         _stop(run)

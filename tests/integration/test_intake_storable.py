@@ -171,9 +171,7 @@ print(json.dumps({"stored": stored, "failures": failures}))
 
 
 def test_accepted_events_land_unchanged_and_storage_errors_are_classified():
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, "60"], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run([sys.executable, "-c", _SCRIPT, "60"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert all(count > 0 for count in report["stored"].values()), report["stored"]

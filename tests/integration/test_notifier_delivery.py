@@ -61,14 +61,16 @@ NOTICE = {
     "recipient_email": "ap@acme.example",
     "policy": "default",
 }
-BODY = json.dumps({
-    "specversion": "1.0",
-    "id": NOTICE["notice_id"],
-    "source": "bastionary/dunning",
-    "type": "bastionary.dunning.step.v1",
-    "datacontenttype": "application/json",
-    "data": NOTICE,
-}).encode()
+BODY = json.dumps(
+    {
+        "specversion": "1.0",
+        "id": NOTICE["notice_id"],
+        "source": "bastionary/dunning",
+        "type": "bastionary.dunning.step.v1",
+        "datacontenttype": "application/json",
+        "data": NOTICE,
+    }
+).encode()
 
 
 def free_port() -> int:
@@ -116,8 +118,17 @@ class Receiver:
         except SignatureError as error:
             verified = error.reason
         headers = request.headers
-        self.seen.append(Seen(headers.get(ID_HEADER), headers.get(IDEMPOTENCY_HEADER), headers.get("Content-Type"),
-                              headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER), verified, body))
+        self.seen.append(
+            Seen(
+                headers.get(ID_HEADER),
+                headers.get(IDEMPOTENCY_HEADER),
+                headers.get("Content-Type"),
+                headers.get(TIMESTAMP_HEADER),
+                headers.get(SIGNATURE_HEADER),
+                verified,
+                body,
+            )
+        )
         if self.delay:
             await asyncio.sleep(self.delay)
         if isinstance(verified, str):
@@ -157,11 +168,15 @@ def webhook_config(url: str, **overrides) -> WebhookConfig:
 async def test_webhook_retries_503_then_delivers(receiver, session):
     receiver.script = [(503, {}), (503, {}), (200, {})]
     attempts = Attempts()
-    outcome = await deliver_webhook(webhook_config(receiver.url), session, NOTICE["notice_id"], BODY,
-                                    on_attempt=attempts)
+    outcome = await deliver_webhook(
+        webhook_config(receiver.url), session, NOTICE["notice_id"], BODY, on_attempt=attempts
+    )
     assert outcome.ok and outcome.attempts == 3 and outcome.reason == "http 200"
     assert [(a.number, a.ok, a.detail) for a in attempts.seen] == [
-        (1, False, "http 503"), (2, False, "http 503"), (3, True, "http 200")]
+        (1, False, "http 503"),
+        (2, False, "http 503"),
+        (3, True, "http 200"),
+    ]
     assert len(receiver.seen) == 3
     for seen in receiver.seen:
         assert seen.webhook_id == seen.idempotency_key == NOTICE["notice_id"]
@@ -175,8 +190,7 @@ async def test_webhook_signs_each_attempt_afresh(receiver, session):
     receiver.script = [(503, {}), (200, {})]
     base = int(time.time())
     ticks = iter([base, base + 7])
-    await deliver_webhook(webhook_config(receiver.url), session, NOTICE["notice_id"], BODY,
-                          clock=lambda: next(ticks))
+    await deliver_webhook(webhook_config(receiver.url), session, NOTICE["notice_id"], BODY, clock=lambda: next(ticks))
     assert [seen.timestamp for seen in receiver.seen] == [str(base), str(base + 7)]
     assert [seen.verified for seen in receiver.seen] == [base, base + 7]
     assert receiver.seen[0].signature != receiver.seen[1].signature
@@ -185,8 +199,9 @@ async def test_webhook_signs_each_attempt_afresh(receiver, session):
 async def test_webhook_400_is_permanent(receiver, session):
     receiver.script = [(400, {}), (200, {})]
     attempts = Attempts()
-    outcome = await deliver_webhook(webhook_config(receiver.url), session, NOTICE["notice_id"], BODY,
-                                    on_attempt=attempts)
+    outcome = await deliver_webhook(
+        webhook_config(receiver.url), session, NOTICE["notice_id"], BODY, on_attempt=attempts
+    )
     assert not outcome.ok and outcome.attempts == 1 and outcome.reason == "http 400"
     assert [a.permanent for a in attempts.seen] == [True]
     assert len(receiver.seen) == 1
@@ -207,16 +222,18 @@ async def test_webhook_honours_retry_after_within_cap(receiver, session):
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    outcome = await deliver_webhook(webhook_config(receiver.url, backoff_cap=10.0), session,
-                                    NOTICE["notice_id"], BODY, sleep=sleep)
+    outcome = await deliver_webhook(
+        webhook_config(receiver.url, backoff_cap=10.0), session, NOTICE["notice_id"], BODY, sleep=sleep
+    )
     assert outcome.ok and outcome.attempts == 3
     assert slept == [3.0, 10.0]
 
 
 async def test_webhook_timeout_is_retried(receiver, session):
     receiver.delay = 0.5
-    outcome = await deliver_webhook(webhook_config(receiver.url, timeout=0.1, max_attempts=2), session,
-                                    NOTICE["notice_id"], BODY)
+    outcome = await deliver_webhook(
+        webhook_config(receiver.url, timeout=0.1, max_attempts=2), session, NOTICE["notice_id"], BODY
+    )
     assert (outcome.ok, outcome.attempts) == (False, 2)
     assert "timeout" in outcome.reason
 

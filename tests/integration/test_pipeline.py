@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -56,12 +56,17 @@ def test_metrics_endpoint_counts_what_the_pipeline_did(stack):
 
 def test_late_event_for_an_already_flushed_window_counts_once(stack):
     stack.start_worker()
-    minute = (datetime.now(timezone.utc) - timedelta(hours=3)).replace(second=5, microsecond=0)
+    minute = (datetime.now(UTC) - timedelta(hours=3)).replace(second=5, microsecond=0)
 
     def event(i: int, tokens: int) -> Record:
         body = {
-            "specversion": "1.0", "id": f"late-{i}", "source": "test", "type": "llm.completion",
-            "subject": "cust-late", "time": minute.isoformat(), "data": {"tokens": tokens, "model": "gpt-4"},
+            "specversion": "1.0",
+            "id": f"late-{i}",
+            "source": "test",
+            "type": "llm.completion",
+            "subject": "cust-late",
+            "time": minute.isoformat(),
+            "data": {"tokens": tokens, "model": "gpt-4"},
         }
         return Record(b"cust-late", orjson.dumps(body))
 
@@ -90,7 +95,10 @@ def test_usage_and_sql_commands_read_the_live_pipeline(stack):
     env = stack.env("cli")
     out = subprocess.run(
         [".venv/bin/bastionary", "usage", "llm_tokens", "--group-by", "model", "--format", "json"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rows = json.loads(out)
     assert rows and set(rows[0]) == {"customer_id", "window_start", "window_end", "group", "value"}
@@ -100,7 +108,10 @@ def test_usage_and_sql_commands_read_the_live_pipeline(stack):
     }
     out = subprocess.run(
         [".venv/bin/bastionary", "sql", "SELECT count() AS n FROM usage_events", "--format", "json"],
-        env=env, capture_output=True, text=True, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(out) == [{"n": 300}]
     outfile = stack.tmp_path / "written.txt"

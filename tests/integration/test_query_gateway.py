@@ -17,7 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import clickhouse_connect
 import lz4.frame
@@ -80,7 +80,7 @@ def basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-ROWS = [(i, f"n{i}", datetime(2024, 1, 1, 0, i, tzinfo=timezone.utc)) for i in range(5)]
+ROWS = [(i, f"n{i}", datetime(2024, 1, 1, 0, i, tzinfo=UTC)) for i in range(5)]
 COLUMNS = ["id", "name", "at"]
 
 
@@ -107,7 +107,7 @@ async def test_writer_insert_is_visible_to_reader(database, gateway, compress):
 
     summary, rows = await asyncio.to_thread(write_then_read)
     assert summary.written_rows == 5
-    assert [(i, name, at.replace(tzinfo=timezone.utc)) for i, name, at in rows] == ROWS
+    assert [(i, name, at.replace(tzinfo=UTC)) for i, name, at in rows] == ROWS
 
 
 async def test_raw_insert_with_compressed_bodies(database, gateway):
@@ -230,7 +230,9 @@ async def test_curl_style_insert(database, gateway):
     assert status == 200 and json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "1"
     body = b'INSERT INTO events FORMAT JSONEachRow\n{"id": 2, "name": "b", "at": "2024-01-01 00:00:00"}\n'
     assert (await asyncio.to_thread(http, gateway, {"database": database}, body, creds))[0] == 200
-    status, _, body = await asyncio.to_thread(http, gateway, {"database": database}, b"SELECT count() FROM events", creds)
+    status, _, body = await asyncio.to_thread(
+        http, gateway, {"database": database}, b"SELECT count() FROM events", creds
+    )
     assert body == b"2\n"
 
 
@@ -295,8 +297,9 @@ def test_credentials_repr_hides_passwords():
 
 def _refused(port: int, database: str, statement: str, **params: str) -> bytes:
     """Refused before anything runs: as not a read (164), or as several statements (62)."""
-    status, headers, body = http(port, {"query": statement, "database": database, **params}, None,
-                                 basic("reader", "r-secret"))
+    status, headers, body = http(
+        port, {"query": statement, "database": database, **params}, None, basic("reader", "r-secret")
+    )
     several = status == 400 and headers["X-ClickHouse-Exception-Code"] == "62" and b"Multi-statements" in body
     assert several or (status == 403 and headers["X-ClickHouse-Exception-Code"] == "164"), (statement, status, body)
     return body
@@ -402,8 +405,11 @@ async def test_settings_in_the_url_cannot_raise_a_readers_limits(database, gatew
 
 
 async def test_output_settings_in_the_url_are_allowed(database, gateway):
-    params = {"query": "SELECT toUInt64(1) AS x FORMAT JSONEachRow", "database": database,
-              "output_format_json_quote_64bit_integers": "1"}
+    params = {
+        "query": "SELECT toUInt64(1) AS x FORMAT JSONEachRow",
+        "database": database,
+        "output_format_json_quote_64bit_integers": "1",
+    }
     status, _, body = await asyncio.to_thread(http, gateway, params, None, basic("reader", "r-secret"))
     assert status == 200 and body.strip() == b'{"x":"1"}'
 

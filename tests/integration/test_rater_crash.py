@@ -14,8 +14,9 @@ pytestmark = pytest.mark.integration
 
 def test_rater_killed_mid_run_never_yields_two_invoices_for_a_period(tmp_path):
     drill = Path(__file__).with_name("rater_crash_drill.py")
-    out = subprocess.run([sys.executable, str(drill), str(tmp_path)], capture_output=True, text=True, check=True,
-                         timeout=300).stdout
+    out = subprocess.run(
+        [sys.executable, str(drill), str(tmp_path)], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert len(result["published"]) == 60  # every period invoiced
     assert set(result["published"].values()) == {1}  # each id published with one content only

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -21,8 +21,15 @@ CENT = Decimal("0.01")
 
 
 def _cloudevent(event_type: str, event_id: str, subject: str, when: datetime, data: dict) -> dict:
-    return {"specversion": "1.0", "id": event_id, "source": "rating-test", "type": event_type,
-            "subject": subject, "time": when.isoformat(), "data": data}
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "rating-test",
+        "type": event_type,
+        "subject": subject,
+        "time": when.isoformat(),
+        "data": data,
+    }
 
 
 async def _send(stack, topic: str, payloads: list[dict]) -> list:
@@ -60,9 +67,9 @@ def _expected_team(tokens: int, calls: int, payments: Decimal, payment_events: i
 
 def test_invoices_equal_an_independent_computation_and_raters_never_disagree(stack):
     # Start at a fresh minute so all usage lands (by broker time) inside the first period.
-    while datetime.now(timezone.utc).second > 30:
+    while datetime.now(UTC).second > 30:
         time.sleep(1)
-    start = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    start = datetime.now(UTC).replace(second=0, microsecond=0)
     env = {
         "BASTIONARY_CATALOG": str(CATALOG),
         "BASTIONARY_RATING_GRACE": "PT0S",
@@ -70,20 +77,57 @@ def test_invoices_equal_an_independent_computation_and_raters_never_disagree(sta
     }
     stack.start_worker("w1", **env)
     subs = [
-        _cloudevent("bastionary.subscription.created.v1", "sub-a", "cust-a", start,
-                    {"subscription_id": "sub-a", "customer_id": "cust-a", "plan": "pro", "start": start.isoformat()}),
-        _cloudevent("bastionary.subscription.created.v1", "sub-b", "cust-b", start,
-                    {"subscription_id": "sub-b", "customer_id": "cust-b", "plan": "team", "start": start.isoformat()}),
-        _cloudevent("bastionary.subscription.created.v1", "sub-c", "cust-c", start,
-                    {"subscription_id": "sub-c", "customer_id": "cust-c", "plan": "pro", "start": start.isoformat()}),
+        _cloudevent(
+            "bastionary.subscription.created.v1",
+            "sub-a",
+            "cust-a",
+            start,
+            {"subscription_id": "sub-a", "customer_id": "cust-a", "plan": "pro", "start": start.isoformat()},
+        ),
+        _cloudevent(
+            "bastionary.subscription.created.v1",
+            "sub-b",
+            "cust-b",
+            start,
+            {"subscription_id": "sub-b", "customer_id": "cust-b", "plan": "team", "start": start.isoformat()},
+        ),
+        _cloudevent(
+            "bastionary.subscription.created.v1",
+            "sub-c",
+            "cust-c",
+            start,
+            {"subscription_id": "sub-c", "customer_id": "cust-c", "plan": "pro", "start": start.isoformat()},
+        ),
     ]
     grants = [
-        _cloudevent("bastionary.credit.granted.v1", "g1", "cust-a", start, {
-            "grant_id": "g1", "customer_id": "cust-a", "amount": "5.00", "currency": "USD", "priority": 1,
-            "effective_at": (start - timedelta(days=1)).isoformat()}),
-        _cloudevent("bastionary.credit.granted.v1", "g2", "cust-a", start, {
-            "grant_id": "g2", "customer_id": "cust-a", "amount": "100.00", "currency": "EUR", "priority": 0,
-            "effective_at": (start - timedelta(days=1)).isoformat()}),  # wrong currency: never used
+        _cloudevent(
+            "bastionary.credit.granted.v1",
+            "g1",
+            "cust-a",
+            start,
+            {
+                "grant_id": "g1",
+                "customer_id": "cust-a",
+                "amount": "5.00",
+                "currency": "USD",
+                "priority": 1,
+                "effective_at": (start - timedelta(days=1)).isoformat(),
+            },
+        ),
+        _cloudevent(
+            "bastionary.credit.granted.v1",
+            "g2",
+            "cust-a",
+            start,
+            {
+                "grant_id": "g2",
+                "customer_id": "cust-a",
+                "amount": "100.00",
+                "currency": "EUR",
+                "priority": 0,
+                "effective_at": (start - timedelta(days=1)).isoformat(),
+            },
+        ),  # wrong currency: never used
     ]
     asyncio.run(_send(stack, "billing.subscriptions", subs))
     asyncio.run(_send(stack, "billing.credit-grants", grants))
@@ -127,8 +171,9 @@ def test_invoices_equal_an_independent_computation_and_raters_never_disagree(sta
     for data in _invoice_events(stack):
         contents.setdefault(data["invoice_id"], set()).add(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
     assert all(len(v) == 1 for v in contents.values()), "an invoice id was published with two contents"
-    stored = stack.query("SELECT invoice_id, total FROM invoices FINAL WHERE period_start = {s:DateTime64(3, 'UTC')}",
-                         s=start)
+    stored = stack.query(
+        "SELECT invoice_id, total FROM invoices FINAL WHERE period_start = {s:DateTime64(3, 'UTC')}", s=start
+    )
     assert {str(i) for i, _ in stored} == {first_period[s]["invoice_id"] for s in expected}
     _check_cli(stack, first_period["sub-a"])
 
@@ -177,7 +222,12 @@ def test_rating_bench_rates_every_subscription_once():
     import sys
 
     bastionary = Path(sys.executable).parent / "bastionary"
-    out = subprocess.run([str(bastionary), "bench", "--rating", "--subscriptions", "300", "--json"],
-                         capture_output=True, text=True, check=True, timeout=300).stdout
+    out = subprocess.run(
+        [str(bastionary), "bench", "--rating", "--subscriptions", "300", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
     result = json.loads(out)
     assert result["invoices"] == result["invoices_stored_published"] == 300

@@ -67,11 +67,14 @@ def test_hostile_records_are_dead_lettered_with_their_class_and_good_ones_still_
     records = hostile.catalogue("t1")
     hostile.publish(stack.bootstrap, stack.usage_topic, records, partition=0)
     expected_events = sum(r.events for r in records)
-    wait_until(lambda: stack.query("SELECT count() FROM usage_events FINAL")[0][0] == expected_events,
-               what=f"{expected_events} events landed")
+    wait_until(
+        lambda: stack.query("SELECT count() FROM usage_events FINAL")[0][0] == expected_events,
+        what=f"{expected_events} events landed",
+    )
 
-    letters = asyncio.run(read_topic(stack.bootstrap, stack.dlq_topic, idle_seconds=3,
-                                     expect=sum(1 for r in records if r.expect)))
+    letters = asyncio.run(
+        read_topic(stack.bootstrap, stack.dlq_topic, idle_seconds=3, expect=sum(1 for r in records if r.expect))
+    )
     classes = sorted(dict(m.headers)["error.class"].decode() for m in letters)
     assert classes == sorted(r.expect for r in records if r.expect)
     assert worker.poll() is None  # nothing it read stopped it
@@ -84,22 +87,32 @@ def test_hostile_records_are_dead_lettered_with_their_class_and_good_ones_still_
 
 def _run_env(data_dir: Path, web_port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
-    return env | {
-        "BASTIONARY_DATA_DIR": str(data_dir),
-        "BASTIONARY_WEB_PORT": str(web_port),
-        "BASTIONARY_LOG_FORMAT": "json",
-        "BASTIONARY_KAFKA_SESSION_TIMEOUT": "PT3S",
-        "BASTIONARY_FLUSH_INTERVAL": "PT0.2S",
-        "BASTIONARY_LOG_CHECK_INTERVAL": "PT1S",
-        "BASTIONARY_RATING_ENABLED": "false",
-        "BASTIONARY_DUNNING_ENABLED": "false",
-    } | extra
+    return (
+        env
+        | {
+            "BASTIONARY_DATA_DIR": str(data_dir),
+            "BASTIONARY_WEB_PORT": str(web_port),
+            "BASTIONARY_LOG_FORMAT": "json",
+            "BASTIONARY_KAFKA_SESSION_TIMEOUT": "PT3S",
+            "BASTIONARY_FLUSH_INTERVAL": "PT0.2S",
+            "BASTIONARY_LOG_CHECK_INTERVAL": "PT1S",
+            "BASTIONARY_RATING_ENABLED": "false",
+            "BASTIONARY_DUNNING_ENABLED": "false",
+        }
+        | extra
+    )
 
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
-        return subprocess.Popen([str(BIN), *command], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=PREEXEC)
+        return subprocess.Popen(
+            [str(BIN), *command],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=PREEXEC,
+        )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -113,14 +126,21 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _events(tag: str, count: int, start: int = 0) -> list[hostile.Hostile]:
-    return [hostile.Hostile(f"cust-{i % 5}".encode(), orjson.dumps(hostile.event(f"{tag}-{i}", f"cust-{i % 5}")),
-                            events=1) for i in range(start, start + count)]
+    return [
+        hostile.Hostile(f"cust-{i % 5}".encode(), orjson.dumps(hostile.event(f"{tag}-{i}", f"cust-{i % 5}")), events=1)
+        for i in range(start, start + count)
+    ]
 
 
 def _gateway_client(data_dir: Path):
     info = json.loads((data_dir / "query-gateway.json").read_text())
-    return clickhouse_connect.get_client(host=info["host"], port=info["port"], username=info["reader"]["user"],
-                                         password=info["reader"]["password"], database=info["database"])
+    return clickhouse_connect.get_client(
+        host=info["host"],
+        port=info["port"],
+        username=info["reader"]["user"],
+        password=info["reader"]["password"],
+        database=info["database"],
+    )
 
 
 def _landed(data_dir: Path) -> int:
@@ -155,8 +175,14 @@ def test_run_lands_new_usage_exactly_after_its_embedded_broker_restarts(tmp_path
 
         (broker_pid,) = [p for p in _children(run.pid) if b"broker" in Path(f"/proc/{p}/cmdline").read_bytes()]
         os.kill(broker_pid, signal.SIGKILL)  # in-memory: it comes back empty, offsets from 0
-        wait_until(lambda: _bootstrap(data_dir) and http_get(f"http://127.0.0.1:{web}/healthz")[0] == 200
-                   and broker_pid not in _children(run.pid), what="the broker restarted")
+        wait_until(
+            lambda: (
+                _bootstrap(data_dir)
+                and http_get(f"http://127.0.0.1:{web}/healthz")[0] == 200
+                and broker_pid not in _children(run.pid)
+            ),
+            what="the broker restarted",
+        )
         # Fewer new records than were landed before: offsets the old log had already passed.
         hostile.publish(_bootstrap(data_dir), "usage.events", _events("after", 150) + _events("before", 20))
         wait_until(lambda: _landed(data_dir) == 350, what="350 events landed")
@@ -230,13 +256,25 @@ def test_a_second_run_on_the_same_data_dir_exits_naming_the_owner(tmp_path):
     try:
         wait_until(lambda: (data_dir / "query-gateway.json").exists(), what="the first run")
         broker_file = (data_dir / "broker.json").read_text()
-        second = subprocess.run([str(BIN), "run"], env=_run_env(data_dir, free_port()), capture_output=True,
-                                text=True, timeout=60, stdin=subprocess.DEVNULL)
+        second = subprocess.run(
+            [str(BIN), "run"],
+            env=_run_env(data_dir, free_port()),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert second.returncode == 1
         assert second.stderr.count("\n") == 1 and f"pid {first.pid}" in second.stderr, second.stderr
         assert (data_dir / "broker.json").read_text() == broker_file  # untouched
-        produce = subprocess.run([str(BIN), "produce", "-"], env=_run_env(data_dir, 0), capture_output=True,
-                                 text=True, timeout=60, input=orjson.dumps(hostile.event("p-1")).decode() + "\n")
+        produce = subprocess.run(
+            [str(BIN), "produce", "-"],
+            env=_run_env(data_dir, 0),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            input=orjson.dumps(hostile.event("p-1")).decode() + "\n",
+        )
         assert produce.returncode == 0, produce.stderr
         wait_until(lambda: _landed(data_dir) == 1, what="the produced event")
         assert first.poll() is None
@@ -251,7 +289,7 @@ def _listening_addresses(port: int) -> set[str]:
         local, state = line.split()[1], line.split()[3]
         address, port_hex = local.split(":")
         if state == "0A" and int(port_hex, 16) == port:  # LISTEN
-            found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
     return found
 
 
@@ -274,20 +312,29 @@ def test_the_web_server_binds_the_configured_host_and_health_reports_partitions(
 def test_the_worker_purges_dedupe_entries_past_a_short_horizon_on_its_schedule(stack):
     env = stack.env("w1")
     port = int(env["BASTIONARY_WEB_PORT"])
-    stack.start_worker("w1", BASTIONARY_WEB_PORT=str(port), BASTIONARY_DEDUPE_HORIZON="PT2S",
-                       BASTIONARY_DEDUPE_PURGE_INTERVAL="PT1S")
+    stack.start_worker(
+        "w1", BASTIONARY_WEB_PORT=str(port), BASTIONARY_DEDUPE_HORIZON="PT2S", BASTIONARY_DEDUPE_PURGE_INTERVAL="PT1S"
+    )
     for round_no in range(3):
         hostile.publish(stack.bootstrap, stack.usage_topic, _events(f"r{round_no}", 300))
-        wait_until(lambda: stack.query("SELECT count() FROM usage_events FINAL")[0][0] == 300 * (round_no + 1),
-                   what="the round landed")
+        wait_until(
+            lambda: stack.query("SELECT count() FROM usage_events FINAL")[0][0] == 300 * (round_no + 1),
+            what="the round landed",
+        )
     # Every id is past the 2 s horizon within a few seconds, and the schedule drops it.
     wait_until(lambda: metric(port, "bastionary_dedupe_keys_purged_total") >= 900, what="900 ids purged")
 
 
 def test_config_validate_exits_non_zero_unless_the_broker_and_clickhouse_answer(stack):
     def validate(**extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN), "config", "--validate"], env=stack.env("cli") | extra, capture_output=True,
-                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [str(BIN), "config", "--validate"],
+            env=stack.env("cli") | extra,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
 
     answered = validate()
     assert answered.returncode == 0, answered.stderr

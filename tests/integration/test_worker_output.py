@@ -15,7 +15,9 @@ pytestmark = pytest.mark.integration
 def test_a_worker_off_a_terminal_writes_json_lines_only(stack):
     # auto: not a terminal (the output goes to a file), so JSON. DEBUG lets Faust and aiokafka
     # speak too; bad records make warnings; the stop makes shutdown messages.
-    stack.start_worker("w1", BASTIONARY_LOG_FORMAT="auto", BASTIONARY_LOG_LEVEL="DEBUG", BASTIONARY_MAX_BATCH_EVENTS="20")
+    stack.start_worker(
+        "w1", BASTIONARY_LOG_FORMAT="auto", BASTIONARY_LOG_LEVEL="DEBUG", BASTIONARY_MAX_BATCH_EVENTS="20"
+    )
     records = hostile.catalogue("out")
     hostile.publish(stack.bootstrap, stack.usage_topic, records)
     wanted = sum(r.events for r in records)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -12,7 +12,7 @@ from bastionary.ingest.cloudevents import RecordLimits, UsageEvent, member_bytes
 from bastionary.ingest.errors import ErrorClass, Rejection
 
 # The broker timestamp every record in this file carries: 2024-05-01T12:00:00Z.
-RECORD_TS = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+RECORD_TS = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RECORD_TS_MS = int(RECORD_TS.timestamp() * 1000)
 SKEW = timedelta(minutes=5)
 LIMIT = 1_048_576
@@ -67,7 +67,7 @@ def test_structured_event_is_accepted():
     ev = member.event
     assert isinstance(ev, UsageEvent)
     assert (ev.id, ev.source, ev.type, ev.subject) == ("evt-1", "//api.example/llm", "llm.completion", "cust-42")
-    assert ev.time == datetime(2024, 5, 1, 11, 59, tzinfo=timezone.utc)
+    assert ev.time == datetime(2024, 5, 1, 11, 59, tzinfo=UTC)
     assert ev.data == {"tokens": 17, "model": "small"}
     assert len(member.payload_hash) == 16
     assert member.raw == event()
@@ -86,7 +86,7 @@ def test_data_defaults_to_an_empty_object():
 
 def test_time_with_a_non_utc_offset_is_accepted():
     ev = only_member(parse(event(time="2024-05-01T13:59:00+02:00"))).event
-    assert ev.time == datetime(2024, 5, 1, 11, 59, tzinfo=timezone.utc)
+    assert ev.time == datetime(2024, 5, 1, 11, 59, tzinfo=UTC)
 
 
 # --- batch mode ------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_binary_mode_reads_attributes_from_headers_and_data_from_the_value():
     ev = member.event
     assert ev is not None, member.rejection
     assert (ev.id, ev.source, ev.type, ev.subject) == ("evt-b", "//api.example/storage", "storage.sampled", "cust-7")
-    assert ev.time == datetime(2024, 5, 1, 11, 0, tzinfo=timezone.utc)
+    assert ev.time == datetime(2024, 5, 1, 11, 0, tzinfo=UTC)
     assert ev.data == {"gb": 12.5}
     assert ev.model_extra == {"region": "eu"}
     assert member.raw["data"] == {"gb": 12.5}
@@ -290,7 +290,7 @@ def test_time_beyond_the_skew_is_future_time():
 def test_future_time_depends_on_the_record_timestamp_not_the_wall_clock():
     far_future = "2100-01-01T00:00:00Z"
     assert rejection_code(parse(event(time=far_future))) is ErrorClass.FUTURE_TIME
-    ts_2100 = int(datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    ts_2100 = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
     assert only_member(parse(event(time=far_future), ts_ms=ts_2100)).event is not None
     # Old events are never rejected for their age.
     assert only_member(parse(event(time="2001-01-01T00:00:00Z"))).event is not None

@@ -3,7 +3,7 @@ more than they hold or than the invoice needs."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -11,12 +11,14 @@ import pytest
 from bastionary.credits.ledger import Allocation, Grant, allocate, remaining
 
 D = Decimal
-UTC = timezone.utc
+UTC = UTC
 PERIOD_END = datetime(2024, 2, 1, tzinfo=UTC)
 JAN = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def grant(grant_id: str, amount, *, currency="USD", priority=0, effective_at=JAN, expires_at=None, voided_at=None) -> Grant:
+def grant(
+    grant_id: str, amount, *, currency="USD", priority=0, effective_at=JAN, expires_at=None, voided_at=None
+) -> Grant:
     return Grant(grant_id, "cust-1", D(str(amount)), currency, priority, effective_at, expires_at, voided_at)
 
 

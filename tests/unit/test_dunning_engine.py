@@ -1,6 +1,6 @@
 """The dunning decision, without broker or database."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -17,23 +17,34 @@ from bastionary.dunning.engine import (
 )
 from bastionary.dunning.policy import DunningConfig, Policy
 
-DUE = datetime(2026, 3, 1, tzinfo=timezone.utc)
-POLICY = Policy.model_validate({
-    "key": "standard",
-    "min_amount_due": "1.00",
-    "steps": [
-        {"after": "P1D", "action": "remind", "channels": ["email", "webhook"], "template": "friendly"},
-        {"after": "P7D", "action": "remind", "channels": ["email", "webhook"], "template": "firm"},
-        {"after": "P14D", "action": "final_notice", "channels": ["email", "webhook"]},
-        {"after": "P21D", "action": "suspend"},
-        {"after": "P30D", "action": "mark_uncollectible"},
-    ],
-})
+DUE = datetime(2026, 3, 1, tzinfo=UTC)
+POLICY = Policy.model_validate(
+    {
+        "key": "standard",
+        "min_amount_due": "1.00",
+        "steps": [
+            {"after": "P1D", "action": "remind", "channels": ["email", "webhook"], "template": "friendly"},
+            {"after": "P7D", "action": "remind", "channels": ["email", "webhook"], "template": "firm"},
+            {"after": "P14D", "action": "final_notice", "channels": ["email", "webhook"]},
+            {"after": "P21D", "action": "suspend"},
+            {"after": "P30D", "action": "mark_uncollectible"},
+        ],
+    }
+)
 
 
 def case(total="100.00", **kwargs) -> Case:
-    invoice = InvoiceFacts("inv-1", "cust-1", "pro", "USD", Decimal(total), DUE - timedelta(days=14), DUE,
-                           DUE - timedelta(days=44), DUE - timedelta(days=14))
+    invoice = InvoiceFacts(
+        "inv-1",
+        "cust-1",
+        "pro",
+        "USD",
+        Decimal(total),
+        DUE - timedelta(days=14),
+        DUE,
+        DUE - timedelta(days=44),
+        DUE - timedelta(days=14),
+    )
     return Case(invoice, **kwargs)
 
 
@@ -57,34 +68,46 @@ def day(n: float) -> datetime:
 def test_walks_every_step_once_in_order():
     c = case()
     sent = []
-    for n in range(0, 40):
+    for n in range(40):
         records = advance(c, POLICY, day(n + 0.5))
         apply(c, records)
         sent += [(n, r.step, r.action) for r in records if r.kind == "notice"]
-    assert sent == [(1, 1, "remind"), (7, 2, "remind"), (14, 3, "final_notice"), (21, 4, "suspend"),
-                    (30, 5, "mark_uncollectible")]
+    assert sent == [
+        (1, 1, "remind"),
+        (7, 2, "remind"),
+        (14, 3, "final_notice"),
+        (21, 4, "suspend"),
+        (30, 5, "mark_uncollectible"),
+    ]
     assert c.state == "uncollectible"
     assert advance(c, POLICY, day(60)) == []
 
 
 def test_notice_ids_are_deterministic_and_per_step():
-    first = [r for r in advance(case(), POLICY, day(1)) if r.kind == "notice"][0]
-    again = [r for r in advance(case(), POLICY, day(1.9)) if r.kind == "notice"][0]
+    first = next(r for r in advance(case(), POLICY, day(1)) if r.kind == "notice")
+    again = next(r for r in advance(case(), POLICY, day(1.9)) if r.kind == "notice")
     assert first.event_id == again.event_id == notice_id("inv-1", 1) == first.data["notice_id"]
     assert notice_id("inv-1", 2) != first.event_id and notice_id("inv-2", 1) != first.event_id
 
 
 def test_notice_carries_the_contract_fields():
-    data = [r for r in advance(case(paid=Decimal("30")), POLICY, day(8)) if r.kind == "notice"][0].data
-    assert {k: data[k] for k in ("invoice_id", "customer_id", "step", "action", "days_overdue", "amount_due",
-                                 "currency")} == {
-        "invoice_id": "inv-1", "customer_id": "cust-1", "step": 2, "action": "remind", "days_overdue": 8,
-        "amount_due": "70.00", "currency": "USD"}
+    data = next(r for r in advance(case(paid=Decimal(30)), POLICY, day(8)) if r.kind == "notice").data
+    assert {
+        k: data[k] for k in ("invoice_id", "customer_id", "step", "action", "days_overdue", "amount_due", "currency")
+    } == {
+        "invoice_id": "inv-1",
+        "customer_id": "cust-1",
+        "step": 2,
+        "action": "remind",
+        "days_overdue": 8,
+        "amount_due": "70.00",
+        "currency": "USD",
+    }
 
 
 def test_amounts_are_shown_in_the_currency_minor_unit():
     c = case(total="100.000000000", paid=Decimal("30.500000000"))  # as ClickHouse Decimal(38, 9) returns them
-    data = [r for r in advance(c, POLICY, day(1)) if r.kind == "notice"][0].data
+    data = next(r for r in advance(c, POLICY, day(1)) if r.kind == "notice").data
     assert (data["amount_due"], data["invoice_total"]) == ("69.50", "100.00")
 
 
@@ -114,9 +137,9 @@ def test_payment_in_full_stops_the_policy_and_lifts_a_suspension():
 
 
 def test_partial_payment_keeps_dunning_for_the_rest():
-    c = case(paid=Decimal("40"))
+    c = case(paid=Decimal(40))
     assert state_of(c, day(-1)) == "partially_paid"
-    notice = [r for r in advance(c, POLICY, day(1)) if r.kind == "notice"][0]
+    notice = next(r for r in advance(c, POLICY, day(1)) if r.kind == "notice")
     assert notice.data["amount_due"] == "60.00"
 
 
@@ -158,18 +181,33 @@ def test_refund_reopens_with_new_state_rows():
 
 def test_policy_validation():
     with pytest.raises(ValidationError, match="strictly increasing"):
-        Policy.model_validate({"key": "p", "steps": [{"after": "P2D", "action": "remind"}, {"after": "P1D", "action": "remind"}]})
+        Policy.model_validate(
+            {"key": "p", "steps": [{"after": "P2D", "action": "remind"}, {"after": "P1D", "action": "remind"}]}
+        )
     with pytest.raises(ValidationError, match="last step"):
-        Policy.model_validate({"key": "p", "steps": [{"after": "P2D", "action": "mark_uncollectible"},
-                                                      {"after": "P3D", "action": "remind"}]})
+        Policy.model_validate(
+            {
+                "key": "p",
+                "steps": [{"after": "P2D", "action": "mark_uncollectible"}, {"after": "P3D", "action": "remind"}],
+            }
+        )
     with pytest.raises(ValidationError, match="unknown channels"):
         Policy.model_validate({"key": "p", "steps": [{"after": "P2D", "action": "remind", "channels": ["sms"]}]})
-    config = DunningConfig.model_validate({"policies": [
-        {"key": "standard", "applies_to": {"plans": ["pro"]}, "steps": [{"after": "P1D", "action": "remind"}]},
-        {"key": "fallback", "steps": [{"after": "P1D", "action": "remind"}]},
-    ]})
+    config = DunningConfig.model_validate(
+        {
+            "policies": [
+                {"key": "standard", "applies_to": {"plans": ["pro"]}, "steps": [{"after": "P1D", "action": "remind"}]},
+                {"key": "fallback", "steps": [{"after": "P1D", "action": "remind"}]},
+            ]
+        }
+    )
     assert config.policy_for("pro").key == "standard" and config.policy_for("starter").key == "fallback"
     with pytest.raises(ValidationError, match="more than one default"):
-        DunningConfig.model_validate({"policies": [
-            {"key": "a", "steps": [{"after": "P1D", "action": "remind"}]},
-            {"key": "b", "steps": [{"after": "P1D", "action": "remind"}]}]})
+        DunningConfig.model_validate(
+            {
+                "policies": [
+                    {"key": "a", "steps": [{"after": "P1D", "action": "remind"}]},
+                    {"key": "b", "steps": [{"after": "P1D", "action": "remind"}]},
+                ]
+            }
+        )

@@ -65,7 +65,7 @@ def test_each_template_shows_the_essentials_in_both_parts(name):
 
 
 @pytest.mark.parametrize(
-    "name,phrase",
+    ("name", "phrase"),
     [
         ("friendly", "friendly reminder"),
         ("firm", "final notice"),
@@ -91,7 +91,8 @@ def test_remind_without_template_is_friendly():
 
 def test_explicit_template_wins_over_action():
     assert render_email(make_notice(action="remind", template="firm")) == render_email(
-        make_notice(action="final_notice", template="firm"))
+        make_notice(action="final_notice", template="firm")
+    )
 
 
 def test_html_escapes_customer_data_and_text_does_not():

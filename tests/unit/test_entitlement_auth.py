@@ -26,7 +26,9 @@ def refused(header, keys=KEYS) -> AuthError:
     return info.value
 
 
-@pytest.mark.parametrize("header", ["Bearer key-one-0123456789", "Bearer key-two-abcdefghij", "bearer key-two-abcdefghij"])
+@pytest.mark.parametrize(
+    "header", ["Bearer key-one-0123456789", "Bearer key-two-abcdefghij", "bearer key-two-abcdefghij"]
+)
 def test_any_configured_key_is_accepted(header):
     assert authenticate(header, KEYS) is None
 
@@ -42,7 +44,8 @@ def test_missing_or_malformed_header_is_401(header):
 
 
 @pytest.mark.parametrize(
-    "token", ["wrong", "key-one-012345678", "key-one-01234567890", "KEY-ONE-0123456789", "key-one-0123456789\x00", "ключ"]
+    "token",
+    ["wrong", "key-one-012345678", "key-one-01234567890", "KEY-ONE-0123456789", "key-one-0123456789\x00", "ключ"],
 )
 def test_a_wrong_key_is_403(token):
     error = refused(f"Bearer {token}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import orjson
@@ -22,10 +22,10 @@ from bastionary.entitlements.evaluate import CustomerState
 from bastionary.entitlements.overrides import Override
 from bastionary.rating.plans import Plan
 
-P1 = datetime(2024, 5, 1, tzinfo=timezone.utc)
-P2 = datetime(2024, 6, 1, tzinfo=timezone.utc)
-P3 = datetime(2024, 7, 1, tzinfo=timezone.utc)
-NOW = datetime(2024, 5, 15, tzinfo=timezone.utc)
+P1 = datetime(2024, 5, 1, tzinfo=UTC)
+P2 = datetime(2024, 6, 1, tzinfo=UTC)
+P3 = datetime(2024, 7, 1, tzinfo=UTC)
+NOW = datetime(2024, 5, 15, tzinfo=UTC)
 
 PLAN = Plan.model_validate(
     {
@@ -33,8 +33,21 @@ PLAN = Plan.model_validate(
         "currency": "USD",
         "entitlements": [
             {"feature": "sso", "type": "boolean"},
-            {"feature": "api_calls", "type": "metered", "meter": "api_requests", "limit": 1000, "notify_at": [0.5, 0.8, 1]},
-            {"feature": "tokens", "type": "metered", "meter": "llm_tokens", "limit": 100, "soft": True, "notify_at": [1, 1.5]},
+            {
+                "feature": "api_calls",
+                "type": "metered",
+                "meter": "api_requests",
+                "limit": 1000,
+                "notify_at": [0.5, 0.8, 1],
+            },
+            {
+                "feature": "tokens",
+                "type": "metered",
+                "meter": "llm_tokens",
+                "limit": 100,
+                "soft": True,
+                "notify_at": [1, 1.5],
+            },
         ],
     }
 )
@@ -160,7 +173,9 @@ def test_the_sequence_number_counts_same_kind_changes():
         settle(state(api_calls=1000, overrides=[grant]), recorded)
     ids = {(c.kind, c.change_id) for c in recorded if c.kind in ("exhausted", "restored")}
     expected = {
-        (kind, change_id("cust-1", "api_calls", P1, kind, str(n))) for kind in ("exhausted", "restored") for n in (1, 2, 3)
+        (kind, change_id("cust-1", "api_calls", P1, kind, str(n)))
+        for kind in ("exhausted", "restored")
+        for n in (1, 2, 3)
     }
     assert ids == expected
 
@@ -244,12 +259,18 @@ def test_any_history_is_idempotent_alternating_and_unique(history):
     assert len(ids) == len(set(ids))
     keys = {(c.feature, c.period_start) for c in recorded}
     for feature, period in keys:
-        toggles = [c.kind for c in recorded if (c.feature, c.period_start) == (feature, period) and c.kind != "threshold"]
+        toggles = [
+            c.kind for c in recorded if (c.feature, c.period_start) == (feature, period) and c.kind != "threshold"
+        ]
         if feature == "*":
             assert toggles == ["suspended", "reinstated"] * (len(toggles) // 2) + ["suspended"] * (len(toggles) % 2)
         else:
             assert toggles == ["exhausted", "restored"] * (len(toggles) // 2) + ["exhausted"] * (len(toggles) % 2)
-        fractions = [c.detail["fraction"] for c in recorded if (c.feature, c.period_start) == (feature, period) and c.kind == "threshold"]
+        fractions = [
+            c.detail["fraction"]
+            for c in recorded
+            if (c.feature, c.period_start) == (feature, period) and c.kind == "threshold"
+        ]
         assert len(fractions) == len(set(fractions))
     assert not any(c.kind in ("exhausted", "restored") for c in recorded if c.feature == "tokens")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -18,9 +18,9 @@ from bastionary.entitlements.evaluate import (
 from bastionary.entitlements.overrides import Override
 from bastionary.rating.plans import Plan
 
-START = datetime(2024, 5, 1, tzinfo=timezone.utc)
-END = datetime(2024, 6, 1, tzinfo=timezone.utc)
-NOW = datetime(2024, 5, 15, tzinfo=timezone.utc)
+START = datetime(2024, 5, 1, tzinfo=UTC)
+END = datetime(2024, 6, 1, tzinfo=UTC)
+NOW = datetime(2024, 5, 15, tzinfo=UTC)
 
 PLAN = Plan.model_validate(
     {
@@ -265,7 +265,9 @@ def test_check_all_lists_plan_features_and_granted_ones_by_name():
     ]
     decisions = check_all(state(overrides=overrides), NOW)
     names = [d.feature for d in decisions]
-    assert names == sorted(["sso", "audit_log", "seats", "api_calls", "tokens", "billing_portal", "exports", "beta", "zeta"])
+    assert names == sorted(
+        ["sso", "audit_log", "seats", "api_calls", "tokens", "billing_portal", "exports", "beta", "zeta"]
+    )
     assert {d.feature: d for d in decisions}["sso"].reason == "disabled"
     assert all(d == check(state(overrides=overrides), d.feature, NOW) for d in decisions)
 

@@ -2,30 +2,44 @@
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from bastionary.catalog import parse_catalog
-from bastionary.metering.ports import RollupRow
 from bastionary.entitlements.evaluate import CustomerState
 from bastionary.entitlements.service import Entitlements
 from bastionary.entitlements.state import Loaded
+from bastionary.metering.ports import RollupRow
 
-CATALOG = parse_catalog({
-    "meters": [
-        {"key": "api_requests", "event_type": "api.request", "aggregation": "COUNT", "group_by": {"method": "$.m"}},
-        {"key": "tokens", "event_type": "llm", "aggregation": "SUM", "value_property": "$.t"},
-        {"key": "peak", "event_type": "st", "aggregation": "MAX", "value_property": "$.gb"},
-    ],
-    "plans": [{"key": "pro", "currency": "USD", "entitlements": [
-        {"feature": "calls", "type": "metered", "meter": "api_requests", "limit": 10},
-        {"feature": "gets", "type": "metered", "meter": "api_requests", "limit": 5, "filter": {"method": "GET"}},
-        {"feature": "tokens", "type": "metered", "meter": "tokens", "limit": 1000},
-        {"feature": "peak", "type": "metered", "meter": "peak", "limit": 3},
-    ]}],
-})
-START = datetime(2026, 3, 1, tzinfo=timezone.utc)
-END = datetime(2026, 4, 1, tzinfo=timezone.utc)
+CATALOG = parse_catalog(
+    {
+        "meters": [
+            {"key": "api_requests", "event_type": "api.request", "aggregation": "COUNT", "group_by": {"method": "$.m"}},
+            {"key": "tokens", "event_type": "llm", "aggregation": "SUM", "value_property": "$.t"},
+            {"key": "peak", "event_type": "st", "aggregation": "MAX", "value_property": "$.gb"},
+        ],
+        "plans": [
+            {
+                "key": "pro",
+                "currency": "USD",
+                "entitlements": [
+                    {"feature": "calls", "type": "metered", "meter": "api_requests", "limit": 10},
+                    {
+                        "feature": "gets",
+                        "type": "metered",
+                        "meter": "api_requests",
+                        "limit": 5,
+                        "filter": {"method": "GET"},
+                    },
+                    {"feature": "tokens", "type": "metered", "meter": "tokens", "limit": 1000},
+                    {"feature": "peak", "type": "metered", "meter": "peak", "limit": 3},
+                ],
+            }
+        ],
+    }
+)
+START = datetime(2026, 3, 1, tzinfo=UTC)
+END = datetime(2026, 4, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -35,8 +49,19 @@ class FakePlan:
 
 
 def row(meter, customer, window, count=0, total=Decimal(0), method="GET"):
-    return RollupRow(meter, customer, "", {"method": method} if meter == "api_requests" else {}, window, window,
-                     total, count, None, [], (window, Decimal(0)))
+    return RollupRow(
+        meter,
+        customer,
+        "",
+        {"method": method} if meter == "api_requests" else {},
+        window,
+        window,
+        total,
+        count,
+        None,
+        [],
+        (window, Decimal(0)),
+    )
 
 
 def service_with(customer="c1", usage=None) -> Entitlements:
@@ -49,9 +74,17 @@ def service_with(customer="c1", usage=None) -> Entitlements:
 def test_additive_meters_move_by_the_flush_deltas_and_filters_apply():
     service = service_with()
     inside = START + timedelta(days=2)
-    service.on_flush([FakePlan([row("api_requests", "c1", inside, count=4),
-                                row("api_requests", "c1", inside, count=3, method="POST"),
-                                row("tokens", "c1", inside, total=Decimal("12.5"))])])
+    service.on_flush(
+        [
+            FakePlan(
+                [
+                    row("api_requests", "c1", inside, count=4),
+                    row("api_requests", "c1", inside, count=3, method="POST"),
+                    row("tokens", "c1", inside, total=Decimal("12.5")),
+                ]
+            )
+        ]
+    )
     usage = service._loaded["c1"].state.usage
     assert (usage["calls"], usage["gets"], usage["tokens"]) == (7, 4, Decimal("12.5"))
     assert service._dirty == {"c1"}
@@ -59,8 +92,16 @@ def test_additive_meters_move_by_the_flush_deltas_and_filters_apply():
 
 def test_windows_outside_the_current_period_do_not_count():
     service = service_with()
-    service.on_flush([FakePlan([row("api_requests", "c1", START - timedelta(minutes=1), count=5),
-                                row("api_requests", "c1", END, count=5)])])
+    service.on_flush(
+        [
+            FakePlan(
+                [
+                    row("api_requests", "c1", START - timedelta(minutes=1), count=5),
+                    row("api_requests", "c1", END, count=5),
+                ]
+            )
+        ]
+    )
     assert service._loaded["c1"].state.usage["calls"] == 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -16,7 +16,7 @@ from bastionary.entitlements.overrides import (
     parse_override,
 )
 
-T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
 _DROP = object()
 
 
@@ -56,7 +56,7 @@ def test_a_limit_delta_override_parses():
         customer_id="cust-1",
         feature="api_calls",
         effective_at=T0,
-        expires_at=datetime(2024, 5, 31, 22, tzinfo=timezone.utc),
+        expires_at=datetime(2024, 5, 31, 22, tzinfo=UTC),
         limit_delta=Decimal(5000),
     )
     assert override.limit is None and override.enabled is None

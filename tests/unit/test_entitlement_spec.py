@@ -127,7 +127,11 @@ def test_the_same_feature_in_two_plans_is_fine():
     document = {
         "plans": [
             {"key": "pro", "currency": "USD", "entitlements": [{"feature": "sso", "type": "boolean"}]},
-            {"key": "team", "currency": "USD", "entitlements": [{"feature": "sso", "type": "boolean", "enabled": False}]},
+            {
+                "key": "team",
+                "currency": "USD",
+                "entitlements": [{"feature": "sso", "type": "boolean", "enabled": False}],
+            },
         ]
     }
     catalog = parse_catalog(document)
@@ -178,7 +182,15 @@ def test_spec_imports_neither_catalog_nor_plans():
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [("100000", "100000"), ("1E+5", "100000"), ("0.80", "0.8"), ("0", "0"), ("-0", "0"), ("0.000", "0"), ("-1.50", "-1.5")],
+    [
+        ("100000", "100000"),
+        ("1E+5", "100000"),
+        ("0.80", "0.8"),
+        ("0", "0"),
+        ("-0", "0"),
+        ("0.000", "0"),
+        ("-1.50", "-1.5"),
+    ],
 )
 def test_decimal_text_is_plain(value, text):
     assert decimal_text(Decimal(value)) == text

@@ -25,14 +25,16 @@ class FakeConsumer:
 
 
 def status(done=9, buffered=0, idle=0.0, unlanded=0.0, rewinding=False) -> PartitionStatus:
-    return PartitionStatus(epoch=1, done_through=done, buffered=buffered, seconds_idle=idle,
-                           seconds_unlanded=unlanded, rewinding=rewinding)
+    return PartitionStatus(
+        epoch=1, done_through=done, buffered=buffered, seconds_idle=idle, seconds_unlanded=unlanded, rewinding=rewinding
+    )
 
 
 def report(sink=None, answered_ago=1.0, high=10):
     now = time.monotonic()
-    return health_report("w1", sink, now - answered_ago, FakeConsumer(high), started_at=now - 100,
-                         stall_after=60, broker_silence=10)
+    return health_report(
+        "w1", sink, now - answered_ago, FakeConsumer(high), started_at=now - 100, stall_after=60, broker_silence=10
+    )
 
 
 def test_ok_when_the_broker_answers_and_nothing_waits():

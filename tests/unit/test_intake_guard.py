@@ -56,7 +56,7 @@ INFRASTRUCTURE = [
     ConnectionRefusedError(111, "Connection refused"),
     ConnectionResetError(104, "Connection reset by peer"),
     TimeoutError("timed out"),
-    socket.timeout("timed out"),
+    TimeoutError("timed out"),
     socket.gaierror(-2, "Name or service not known"),
     OSError(28, "No space left on device"),
     MemoryError(),
@@ -141,7 +141,7 @@ class Stream:
         self.read: list[int] = []
         self.acks_enabled = True
 
-    def noack(self) -> "Stream":
+    def noack(self) -> Stream:
         self.acks_enabled = False
         return self
 
@@ -175,8 +175,15 @@ class DeadLetters:
         self.sent.append((topic, message.offset, code, text, exception))
 
 
-def run(messages: list[Message], failures: dict[int, BaseException], *, app: App | None = None,
-        dead_letters: DeadLetters | None = None, invalid: type[Exception] = InvalidBillingEvent, prepare=None):
+def run(
+    messages: list[Message],
+    failures: dict[int, BaseException],
+    *,
+    app: App | None = None,
+    dead_letters: DeadLetters | None = None,
+    invalid: type[Exception] = InvalidBillingEvent,
+    prepare=None,
+):
     """Consume ``messages``; the record at offset n raises ``failures[n]`` when handled."""
     app = app or App()
     stream = Stream(messages)
@@ -189,8 +196,17 @@ def run(messages: list[Message], failures: dict[int, BaseException], *, app: App
             raise failures[message.offset]
         stored.append(message.offset)
 
-    asyncio.run(consume_intake(app, stream, dead_letter=dead_letters, dlq_topic="t.billing.dlq", invalid=invalid,
-                               handle=handle, prepare=prepare))
+    asyncio.run(
+        consume_intake(
+            app,
+            stream,
+            dead_letter=dead_letters,
+            dlq_topic="t.billing.dlq",
+            invalid=invalid,
+            handle=handle,
+            prepare=prepare,
+        )
+    )
     return app, stream, dead_letters, stored
 
 
@@ -213,8 +229,11 @@ def test_a_rejected_record_is_dead_lettered_with_its_code_and_the_partition_goes
 
 
 def test_the_parser_s_own_error_type_is_the_one_dead_lettered_with_its_code():
-    _, stream, dead_letters, _ = run([Message(0, topic="t.entitlements.overrides")],
-                                     {0: InvalidOverride("future_time", "time is after ...")}, invalid=InvalidOverride)
+    _, stream, dead_letters, _ = run(
+        [Message(0, topic="t.entitlements.overrides")],
+        {0: InvalidOverride("future_time", "time is after ...")},
+        invalid=InvalidOverride,
+    )
     assert [(s[2], s[4]) for s in dead_letters.sent] == [("future_time", None)]
     assert stream.acked == [0]
 
@@ -247,8 +266,11 @@ def test_an_infrastructure_failure_stops_the_worker_without_a_dead_letter_or_an_
 
 
 def test_a_dead_letter_the_broker_does_not_take_stops_the_worker():
-    app, stream, _, _ = run([Message(0), Message(1)], {0: InvalidBillingEvent("invalid_json", "x")},
-                            dead_letters=DeadLetters(fail_with=KafkaTimeoutError()))
+    app, stream, _, _ = run(
+        [Message(0), Message(1)],
+        {0: InvalidBillingEvent("invalid_json", "x")},
+        dead_letters=DeadLetters(fail_with=KafkaTimeoutError()),
+    )
     assert stream.acked == [] and stream.read == [0] and len(app.crashes) == 1
 
 

@@ -9,17 +9,28 @@ tests/integration/test_intake_storable.py inserts such rows into real tables.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from datetime import datetime, timedelta, timezone
+import operator
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bastionary.dunning.events import INVOICE_FINALIZED, PAYMENT_TYPES, RESPONSE_TYPES, parse_invoice, parse_payment
-from bastionary.dunning.events import parse_response
+from bastionary.dunning.events import (
+    INVOICE_FINALIZED,
+    PAYMENT_TYPES,
+    RESPONSE_TYPES,
+    parse_invoice,
+    parse_payment,
+    parse_response,
+    payment_row,
+    receivable_row,
+    response_row,
+)
 from bastionary.entitlements.overrides import OVERRIDE_TYPE, InvalidOverride, Override, parse_override
 from bastionary.rating.events import (
     CREDIT_TYPES,
@@ -28,19 +39,19 @@ from bastionary.rating.events import (
     MAX_PRIORITY,
     SUBSCRIPTION_TYPES,
     InvalidBillingEvent,
+    credit_row,
     fraction_digits,
     latest_event_time,
     parse_credit,
     parse_subscription,
+    subscription_row,
 )
 from bastionary.rating.money import MINOR_UNITS
 from bastionary.storage.dunning import TrailRow
-from bastionary.rating.events import credit_row, subscription_row
-from bastionary.dunning.events import payment_row, receivable_row, response_row
 
 PLANS = {"pro", "team"}
-NOW = datetime(2026, 3, 5, 12, tzinfo=timezone.utc)
-RECEIVED = datetime(2026, 3, 5, 12, 0, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 5, 12, tzinfo=UTC)
+RECEIVED = datetime(2026, 3, 5, 12, 0, 1, tzinfo=UTC)
 PROPERTY = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -144,7 +155,7 @@ def storable_row(row: tuple, text_limit: int = LENGTHS["reason"]) -> None:
         elif isinstance(cell, str):
             storable_text(cell, text_limit)
         else:
-            raise AssertionError(f"unexpected cell {cell!r}")
+            raise TypeError(f"unexpected cell {cell!r}")
 
 
 def check_lengths(model) -> None:
@@ -232,7 +243,7 @@ def outcome(name: str, value: bytes, latest: datetime | None = None):
 # --- strategies ------------------------------------------------------------------------
 
 DROP = object()
-OFFSETS = [timezone.utc, timezone(timedelta(hours=14)), timezone(timedelta(hours=-23, minutes=-59)),
+OFFSETS = [UTC, timezone(timedelta(hours=14)), timezone(timedelta(hours=-23, minutes=-59)),
            timezone(timedelta(hours=5, minutes=30))]  # fmt: skip
 EDGE_TIMES = [
     "1970-01-01T00:00:00Z", "1969-12-31T23:59:59.999999Z", "1970-01-01T03:00:00+05:00", "2105-12-31T23:59:59.999999Z",
@@ -291,7 +302,7 @@ def mutated(draw, name: str) -> bytes:
         keys = data_keys if target is not event else ENVELOPE_KEYS
         key = draw(st.one_of(st.sampled_from(keys), st.text(max_size=6)))
         if key == "type" and target is event:
-            value = draw(st.one_of(st.sampled_from(sum(TYPES.values(), [])), values))
+            value = draw(st.one_of(st.sampled_from(functools.reduce(operator.iadd, TYPES.values(), [])), values))
         else:
             value = draw(st.one_of(st.just(DROP), values))
         if value is DROP:
@@ -354,8 +365,8 @@ def test_any_json_document_is_parsed_storable_or_rejected(name, document):
 def test_latest_event_time_never_raises(timestamp, skew):
     latest = latest_event_time(timestamp, skew)
     if latest is not None:
-        assert math.isfinite(timestamp) and 0 <= timestamp
-        assert latest == datetime.fromtimestamp(timestamp, tz=timezone.utc) + skew
+        assert math.isfinite(timestamp) and timestamp >= 0
+        assert latest == datetime.fromtimestamp(timestamp, tz=UTC) + skew
 
 
 @PROPERTY
@@ -489,7 +500,7 @@ def test_messages_stay_short_whatever_the_input():
 
 @pytest.mark.parametrize("name", [n for n in PARSERS if n != "invoice"])
 def test_an_event_time_after_the_record_timestamp_plus_the_skew_is_future_time(name):
-    time = datetime(2026, 3, 5, 10, tzinfo=timezone.utc)
+    time = datetime(2026, 3, 5, 10, tzinfo=UTC)
     value = encode(VALID[name])
     assert code(name, value, time) is None  # exactly at the limit
     assert code(name, value, time - timedelta(microseconds=1)) == "future_time"
@@ -501,13 +512,13 @@ def test_an_event_time_after_the_record_timestamp_plus_the_skew_is_future_time(n
 
 
 def test_invoices_are_not_checked_against_the_record_timestamp():
-    assert code("invoice", encode(VALID["invoice"]), datetime(2000, 1, 1, tzinfo=timezone.utc)) is None
+    assert code("invoice", encode(VALID["invoice"]), datetime(2000, 1, 1, tzinfo=UTC)) is None
 
 
 @pytest.mark.parametrize(
     ("timestamp", "expected"),
     [(None, None), (-0.001, None), (float("nan"), None), (float("inf"), None), (1e20, None), (4_291_747_200.0, None),
-     (1772704800.0, datetime(2026, 3, 5, 10, 5, tzinfo=timezone.utc)), (0.0, datetime(1970, 1, 1, 0, 5, tzinfo=timezone.utc))],
+     (1772704800.0, datetime(2026, 3, 5, 10, 5, tzinfo=UTC)), (0.0, datetime(1970, 1, 1, 0, 5, tzinfo=UTC))],
 )  # fmt: skip
 def test_latest_event_time(timestamp, expected):
     assert latest_event_time(timestamp, timedelta(minutes=5)) == expected

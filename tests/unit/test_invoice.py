@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -28,7 +28,7 @@ from bastionary.rating.plans import Plan
 from bastionary.rating.pricing import Usage
 
 D = Decimal
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(*parts: int) -> datetime:
@@ -191,7 +191,12 @@ def test_minimum_commitment_true_up():
     lines = period_lines(subscription(Segment(PRO, JAN)), JANUARY, CUTOFF, FakeUsage(tokens(1500, at(2024, 1, 3))))
     true_up = minimum_true_up(PRO, lines, "USD")
     assert true_up is not None
-    assert (true_up.price_key, true_up.meter, true_up.quantity, true_up.amount) == ("minimum_commitment", None, 1, D("9.50"))
+    assert (true_up.price_key, true_up.meter, true_up.quantity, true_up.amount) == (
+        "minimum_commitment",
+        None,
+        1,
+        D("9.50"),
+    )
     assert true_up.description == "Minimum commitment true-up"
 
 
@@ -259,7 +264,11 @@ def test_repeated_late_usage_is_billed_once_and_adds_up_to_the_final_price():
     0.009, still 0.01); then 3 more (12 units, 0.012). What the period has been billed for in
     total always equals its price now, rounded: nothing billed twice, nothing lost."""
     plan = Plan.model_validate(
-        {"key": "milli", "currency": "USD", "prices": [{"key": "u", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.001"}]}
+        {
+            "key": "milli",
+            "currency": "USD",
+            "prices": [{"key": "u", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.001"}],
+        }
     )
     sub = subscription(Segment(plan, JAN))
     usage = FakeUsage(
@@ -327,8 +336,9 @@ def plan_in(currency: str, **fields) -> Plan:
 
 def final(lines, currency="USD", grants=(), drawn=None, sub=PRO_SUB, period=JANUARY, kind="period", **plan_fields):
     """The invoice as its JSON document (what is stored and published), and the allocations."""
-    invoice, allocations = finalize(sub, plan_in(currency, **plan_fields), period, list(lines), ISSUED, list(grants),
-                                    dict(drawn or {}), kind)
+    invoice, allocations = finalize(
+        sub, plan_in(currency, **plan_fields), period, list(lines), ISSUED, list(grants), dict(drawn or {}), kind
+    )
     return invoice.document(), allocations
 
 

@@ -123,4 +123,4 @@ def test_extract_on_non_container_roots():
 
 def test_missing_is_distinct_from_every_json_value():
     for value in (None, False, 0, "", [], {}):
-        assert MISSING is not value and MISSING != value
+        assert MISSING is not value and value != MISSING

@@ -63,12 +63,20 @@ def test_empty_directory_has_no_migrations(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "name",
-    ["1_short.sql", "0001-dash.sql", "0001_Upper.sql", "0001_.sql", "00001_five_digits.sql", "init.sql", "0001_a b.sql"],
+    [
+        "1_short.sql",
+        "0001-dash.sql",
+        "0001_Upper.sql",
+        "0001_.sql",
+        "00001_five_digits.sql",
+        "init.sql",
+        "0001_a b.sql",
+    ],
 )
 def test_bad_file_name_is_a_migration_error(tmp_path: Path, name: str):
     write(tmp_path, "0001_ok.sql")
     write(tmp_path, name)
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)
 
 

@@ -44,7 +44,7 @@ def scripted(*results: str | DeliveryError):
 
 
 @pytest.mark.parametrize("attempt", range(1, 12))
-@pytest.mark.parametrize("base,cap", [(0.5, 30.0), (1.0, 5.0), (0.01, 0.05)])
+@pytest.mark.parametrize(("base", "cap"), [(0.5, 30.0), (1.0, 5.0), (0.01, 0.05)])
 def test_backoff_stays_within_full_jitter_bounds(attempt, base, cap):
     ceiling = min(cap, base * 2 ** (attempt - 1))
     rng = random.Random(attempt).random
@@ -71,8 +71,9 @@ def test_backoff_attempts_are_one_based():
 
 async def test_success_first_time():
     rec = Recorder()
-    outcome = await with_retries("webhook", scripted("http 200"), max_attempts=5, base=0.5, cap=30,
-                                 on_attempt=rec.on_attempt, sleep=rec.sleep)
+    outcome = await with_retries(
+        "webhook", scripted("http 200"), max_attempts=5, base=0.5, cap=30, on_attempt=rec.on_attempt, sleep=rec.sleep
+    )
     assert outcome == DeliveryOutcome("webhook", True, 1, "http 200")
     assert rec.attempts == [Attempt("webhook", 1, True, "http 200", False)]
     assert rec.sleeps == []
@@ -81,8 +82,9 @@ async def test_success_first_time():
 async def test_permanent_failure_stops_at_once():
     rec = Recorder()
     operation = scripted(DeliveryError("http 400", permanent=True), "http 200")
-    outcome = await with_retries("webhook", operation, max_attempts=5, base=0.5, cap=30,
-                                 on_attempt=rec.on_attempt, sleep=rec.sleep)
+    outcome = await with_retries(
+        "webhook", operation, max_attempts=5, base=0.5, cap=30, on_attempt=rec.on_attempt, sleep=rec.sleep
+    )
     assert outcome == DeliveryOutcome("webhook", False, 1, "http 400")
     assert len(operation.calls) == 1
     assert rec.attempts == [Attempt("webhook", 1, False, "http 400", True)]
@@ -92,8 +94,16 @@ async def test_permanent_failure_stops_at_once():
 async def test_retryable_failure_retries_up_to_max_attempts():
     rec = Recorder()
     operation = scripted(*[DeliveryError("connection refused", permanent=False)] * 4)
-    outcome = await with_retries("email", operation, max_attempts=4, base=0.5, cap=30,
-                                 on_attempt=rec.on_attempt, sleep=rec.sleep, rng=lambda: 1.0)
+    outcome = await with_retries(
+        "email",
+        operation,
+        max_attempts=4,
+        base=0.5,
+        cap=30,
+        on_attempt=rec.on_attempt,
+        sleep=rec.sleep,
+        rng=lambda: 1.0,
+    )
     assert outcome == DeliveryOutcome("email", False, 4, "connection refused")
     assert len(operation.calls) == 4
     assert [a.number for a in rec.attempts] == [1, 2, 3, 4]
@@ -105,11 +115,22 @@ async def test_retryable_failure_retries_up_to_max_attempts():
 async def test_recovers_after_retryable_failures():
     rec = Recorder()
     operation = scripted(DeliveryError("http 503", False), DeliveryError("http 503", False), "http 200")
-    outcome = await with_retries("webhook", operation, max_attempts=5, base=0.5, cap=30,
-                                 on_attempt=rec.on_attempt, sleep=rec.sleep, rng=lambda: 0.5)
+    outcome = await with_retries(
+        "webhook",
+        operation,
+        max_attempts=5,
+        base=0.5,
+        cap=30,
+        on_attempt=rec.on_attempt,
+        sleep=rec.sleep,
+        rng=lambda: 0.5,
+    )
     assert outcome == DeliveryOutcome("webhook", True, 3, "http 200")
     assert [(a.number, a.ok, a.detail) for a in rec.attempts] == [
-        (1, False, "http 503"), (2, False, "http 503"), (3, True, "http 200")]
+        (1, False, "http 503"),
+        (2, False, "http 503"),
+        (3, True, "http 200"),
+    ]
     assert rec.sleeps == [0.25, 0.5]
 
 
@@ -121,16 +142,18 @@ async def test_retry_after_overrides_backoff_bounded_by_cap():
         DeliveryError("http 429", False, retry_after=-5.0),
         "http 200",
     )
-    outcome = await with_retries("webhook", operation, max_attempts=5, base=0.5, cap=30,
-                                 sleep=rec.sleep, rng=lambda: 0.0)
+    outcome = await with_retries(
+        "webhook", operation, max_attempts=5, base=0.5, cap=30, sleep=rec.sleep, rng=lambda: 0.0
+    )
     assert outcome.ok
     assert rec.sleeps == [2.0, 30.0, 0.0]
 
 
 async def test_max_attempts_one_means_no_retry():
     rec = Recorder()
-    outcome = await with_retries("webhook", scripted(DeliveryError("http 503", False)), max_attempts=1,
-                                 base=0.5, cap=30, sleep=rec.sleep)
+    outcome = await with_retries(
+        "webhook", scripted(DeliveryError("http 503", False)), max_attempts=1, base=0.5, cap=30, sleep=rec.sleep
+    )
     assert (outcome.ok, outcome.attempts) == (False, 1)
     assert rec.sleeps == []
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,9 +26,9 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOC_URI = "urn:bastionary:entitlements-openapi"
 REGISTRY = Registry().with_resource(DOC_URI, Resource.from_contents(DOCUMENT, default_specification=DRAFT202012))
 
-START = datetime(2024, 5, 1, tzinfo=timezone.utc)
-END = datetime(2024, 6, 1, tzinfo=timezone.utc)
-NOW = datetime(2024, 5, 15, tzinfo=timezone.utc)
+START = datetime(2024, 5, 1, tzinfo=UTC)
+END = datetime(2024, 6, 1, tzinfo=UTC)
+NOW = datetime(2024, 5, 15, tzinfo=UTC)
 PLAN = Plan.model_validate(
     {
         "key": "pro",
@@ -106,7 +106,7 @@ def test_every_operation_is_complete():
             operation_ids.append(operation["operationId"])
             assert operation["responses"], (path, method)
             for status in operation["responses"]:
-                assert status in ("default",) or (len(status) == 3 and status.isdigit())
+                assert status == "default" or (len(status) == 3 and status.isdigit())
             # Path templates and path parameters agree.
             params = [p if "$ref" not in p else resolve(p["$ref"]) for p in operation.get("parameters", [])]
             templated = {part[1:-1] for part in path.split("/") if part.startswith("{")}

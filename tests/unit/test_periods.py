@@ -3,7 +3,7 @@ with the day clamped (never drifting), fixed durations, and which period holds a
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from bastionary.rating.periods import Interval
 from bastionary.rating.plans import Plan
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(*parts: int, tz=UTC) -> datetime:
@@ -52,7 +52,25 @@ def test_parse(text, months, fixed):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "P", "PT", "P1", "1M", "M1", "P1M1D", "P1Y1W", "P1MT1H", "P1.5M", "-P1M", "P-1M", "P0D", "PT0S", "P0W", "P1DT", "month"],
+    [
+        "",
+        "P",
+        "PT",
+        "P1",
+        "1M",
+        "M1",
+        "P1M1D",
+        "P1Y1W",
+        "P1MT1H",
+        "P1.5M",
+        "-P1M",
+        "P-1M",
+        "P0D",
+        "PT0S",
+        "P0W",
+        "P1DT",
+        "month",
+    ],
 )
 def test_parse_rejects(text):
     with pytest.raises(ValueError):
@@ -103,7 +121,12 @@ def test_monthly_keeps_time_of_day_and_zone():
 
 
 def test_monthly_across_years():
-    assert boundaries("P1M", at(2024, 11, 30), 4) == [at(2024, 11, 30), at(2024, 12, 30), at(2025, 1, 30), at(2025, 2, 28)]
+    assert boundaries("P1M", at(2024, 11, 30), 4) == [
+        at(2024, 11, 30),
+        at(2024, 12, 30),
+        at(2025, 1, 30),
+        at(2025, 2, 28),
+    ]
 
 
 def test_quarterly_from_november_30():

@@ -112,6 +112,7 @@ def test_stripe_quantity_transformation_per_5_users(users, total):
 
 # --- Stripe: flat amounts per tier --------------------------------------------------------
 
+
 # https://docs.stripe.com/billing/subscriptions/usage-based-v1/use-cases/flat-fee-and-overages
 # Rates 0-1000 tokens at 0 USD, 1000+ at 0.04 USD (plus 100 USD per user, a flat price). The
 # page gives the rates but no totals; hand-computed: 1,000 tokens cost 0, 1,500 cost 500 x 0.04.
@@ -155,7 +156,11 @@ def test_lago_standard():
 # finally, $0.10 for any additional unit". The page gives no total: hand-computed.
 @pytest.mark.parametrize(("calls", "total"), [(50, "50"), (100, "100"), (150, "125"), (200, "150"), (250, "155")])
 def test_lago_graduated(calls, total):
-    tiers = [{"up_to": 100, "unit_amount": 1}, {"up_to": 200, "unit_amount": "0.50"}, {"up_to": None, "unit_amount": "0.10"}]
+    tiers = [
+        {"up_to": 100, "unit_amount": 1},
+        {"up_to": 200, "unit_amount": "0.50"},
+        {"up_to": None, "unit_amount": "0.10"},
+    ]
     assert amount(price("graduated", tiers=tiers), calls) == D(total)
 
 
@@ -339,7 +344,7 @@ def test_prices_parse_into_their_model():
 
 def test_the_catalog_example_in_the_docs_is_valid():
     root = Path(__file__).resolve().parents[2]
-    (block,) = re.findall(r"```yaml\n(.*?)```", (root / "docs" / "pricing.md").read_text(), flags=re.S)
+    (block,) = re.findall(r"```yaml\n(.*?)```", (root / "docs" / "pricing.md").read_text(), flags=re.DOTALL)
     document = yaml.safe_load(block)
     schema = json.loads((root / "schemas" / "catalog.schema.json").read_text())
     assert list(Draft202012Validator(schema).iter_errors(document)) == []

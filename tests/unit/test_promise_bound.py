@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -14,7 +14,7 @@ from bastionary.dunning.events import check_promise, parse_response
 from bastionary.dunning.policy import DEFAULT_MAX_PROMISE, DunningConfig, Policy
 from bastionary.rating.events import InvalidBillingEvent
 
-RESPONDED = datetime(2026, 3, 3, 16, 20, tzinfo=timezone.utc)
+RESPONDED = datetime(2026, 3, 3, 16, 20, tzinfo=UTC)
 STEPS = [{"after": "P1D", "action": "remind"}, {"after": "P7D", "action": "final_notice"}]
 
 
@@ -40,18 +40,26 @@ def rejection(promised_by: str, max_promise: timedelta = DEFAULT_MAX_PROMISE, **
 
 
 def test_max_promise_defaults_to_thirty_days():
-    assert DEFAULT_MAX_PROMISE == timedelta(days=30)
+    assert timedelta(days=30) == DEFAULT_MAX_PROMISE
     assert Policy.model_validate({"key": "p", "steps": STEPS}).max_promise == timedelta(days=30)
 
 
-@pytest.mark.parametrize(("text", "expected"), [("P7D", timedelta(days=7)), ("P1W", timedelta(weeks=1)),
-                                                ("PT36H", timedelta(hours=36)), ("PT0.5S", timedelta(seconds=0.5))])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("P7D", timedelta(days=7)),
+        ("P1W", timedelta(weeks=1)),
+        ("PT36H", timedelta(hours=36)),
+        ("PT0.5S", timedelta(seconds=0.5)),
+    ],
+)
 def test_max_promise_is_a_fixed_iso_duration(text, expected):
     assert Policy.model_validate({"key": "p", "max_promise": text, "steps": STEPS}).max_promise == expected
 
 
-@pytest.mark.parametrize("text", ["P0D", "PT0S", "PT0.0000001S", "P1M", "P1Y", "P-1D", "30 days", "", -86400,
-                                  "P9999999999D"])
+@pytest.mark.parametrize(
+    "text", ["P0D", "PT0S", "PT0.0000001S", "P1M", "P1Y", "P-1D", "30 days", "", -86400, "P9999999999D"]
+)
 def test_max_promise_must_be_a_positive_fixed_duration(text):
     with pytest.raises(ValidationError, match="max_promise"):
         Policy.model_validate({"key": "p", "max_promise": text, "steps": STEPS})
@@ -64,8 +72,9 @@ def test_max_promise_for_a_plan_is_its_policy_s_else_the_default():
     ]})  # fmt: skip
     assert config.max_promise_for("pro") == timedelta(days=7)
     assert config.max_promise_for("team") == timedelta(days=14)  # the default policy
-    only_pro = DunningConfig.model_validate({"policies": [
-        {"key": "strict", "applies_to": {"plans": ["pro"]}, "max_promise": "P7D", "steps": STEPS}]})
+    only_pro = DunningConfig.model_validate(
+        {"policies": [{"key": "strict", "applies_to": {"plans": ["pro"]}, "max_promise": "P7D", "steps": STEPS}]}
+    )
     assert only_pro.policy_for("free") is None
     assert only_pro.max_promise_for("free") == DEFAULT_MAX_PROMISE  # not dunned, but still bounded
     assert DunningConfig().max_promise_for("anything") == DEFAULT_MAX_PROMISE
@@ -118,12 +127,21 @@ def test_other_responses_are_not_checked(kind):
 def test_the_engine_takes_a_pause_to_the_end_of_the_calendar():
     # Bounded promises never get there, but rows written before the bound can; nothing in the
     # decision adds to promised_by, so it cannot overflow.
-    due = datetime(2026, 3, 1, tzinfo=timezone.utc)
-    invoice = InvoiceFacts("inv-1", "cust-1", "pro", "USD", Decimal("100"), due - timedelta(days=14), due,
-                           due - timedelta(days=44), due - timedelta(days=14))
-    far = datetime.max.replace(tzinfo=timezone.utc)
+    due = datetime(2026, 3, 1, tzinfo=UTC)
+    invoice = InvoiceFacts(
+        "inv-1",
+        "cust-1",
+        "pro",
+        "USD",
+        Decimal(100),
+        due - timedelta(days=14),
+        due,
+        due - timedelta(days=44),
+        due - timedelta(days=14),
+    )
+    far = datetime.max.replace(tzinfo=UTC)
     case = Case(invoice, pauses=[Pause(RESPONDED, far, "promised")])
-    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
     assert paused_at(case, now) is not None
     assert overdue_for(case, now) == RESPONDED - due
     policy = Policy.model_validate({"key": "p", "steps": STEPS})

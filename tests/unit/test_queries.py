@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -29,8 +29,8 @@ CATALOG = parse_catalog(
     }
 )
 TOKENS = CATALOG.meter("llm_tokens")
-START = datetime(2024, 5, 1, tzinfo=timezone.utc)
-END = datetime(2024, 6, 1, tzinfo=timezone.utc)
+START = datetime(2024, 5, 1, tzinfo=UTC)
+END = datetime(2024, 6, 1, tzinfo=UTC)
 PLACEHOLDER = re.compile(r"\{(\w+):([^}]+)\}")
 
 

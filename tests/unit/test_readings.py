@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -41,7 +41,7 @@ CATALOG = parse_catalog(
     }
 )
 INDEX = MeterIndex(CATALOG.meters)
-RECORD_MS = int(datetime(2024, 5, 2, tzinfo=timezone.utc).timestamp() * 1000)
+RECORD_MS = int(datetime(2024, 5, 2, tzinfo=UTC).timestamp() * 1000)
 SUM_METER = CATALOG.meter("llm_tokens")
 UNIQUE_METER = CATALOG.meter("active_users")
 
@@ -53,7 +53,7 @@ def usage_event(type_: str, data: dict) -> UsageEvent:
         source="test",
         type=type_,
         subject="cust-1",
-        time=datetime(2024, 5, 1, tzinfo=timezone.utc),
+        time=datetime(2024, 5, 1, tzinfo=UTC),
         data=data,
     )
 
@@ -84,9 +84,9 @@ def test_one_event_type_feeds_every_meter_on_it():
     out = readings("llm.completion", {"tokens": 120, "model": "small", "meta": {"region": "eu"}})
     group = (("model", "small"), ("region", "eu"))
     assert out == [
-        Reading("llm_tokens", Aggregation.SUM, group, value=Decimal("120")),
+        Reading("llm_tokens", Aggregation.SUM, group, value=Decimal(120)),
         Reading("llm_requests", Aggregation.COUNT, ()),
-        Reading("llm_peak", Aggregation.MAX, (), value=Decimal("120")),
+        Reading("llm_peak", Aggregation.MAX, (), value=Decimal(120)),
     ]
 
 
@@ -112,8 +112,8 @@ def test_count_needs_no_value():
     [
         ("storage.sampled", {"gb": 12.5}, Aggregation.MAX, Decimal("12.5")),
         ("storage.sampled", {"gb": "12.5"}, Aggregation.MAX, Decimal("12.5")),
-        ("seats.updated", {"seats": 7}, Aggregation.LATEST, Decimal("7")),
-        ("seats.updated", {"seats": "7"}, Aggregation.LATEST, Decimal("7")),
+        ("seats.updated", {"seats": 7}, Aggregation.LATEST, Decimal(7)),
+        ("seats.updated", {"seats": "7"}, Aggregation.LATEST, Decimal(7)),
     ],
 )
 def test_max_and_latest_readings_carry_the_value(type_, data, aggregation, expected):
@@ -191,16 +191,34 @@ def test_negative_values_need_allow_negative():
     assert rejected("llm.completion", {"tokens": "-0.5"}, ErrorClass.NEGATIVE_VALUE)
     (reading,) = readings("seats.updated", {"seats": 0}) and readings("seats.updated", b'{"seats":-0}')
     assert reading.value == 0
-    lenient = MeterIndex(parse_catalog({"meters": [
-        {"key": "credit", "event_type": "c", "aggregation": "SUM", "value_property": "$.v", "allow_negative": True}]}).meters)
+    lenient = MeterIndex(
+        parse_catalog(
+            {
+                "meters": [
+                    {
+                        "key": "credit",
+                        "event_type": "c",
+                        "aggregation": "SUM",
+                        "value_property": "$.v",
+                        "allow_negative": True,
+                    }
+                ]
+            }
+        ).meters
+    )
     (reading,) = readings("c", {"v": -3}, lenient)
     assert reading.value == Decimal(-3)
 
 
 @given(st.decimals(min_value=-(10**18) + 1, max_value=10**18 - 1, places=9, allow_nan=False))
 def test_every_value_in_range_comes_back_exactly_whichever_way_it_is_spelled(value):
-    meter = parse_catalog({"meters": [
-        {"key": "v", "event_type": "t", "aggregation": "SUM", "value_property": "$.v", "allow_negative": True}]})
+    meter = parse_catalog(
+        {
+            "meters": [
+                {"key": "v", "event_type": "t", "aggregation": "SUM", "value_property": "$.v", "allow_negative": True}
+            ]
+        }
+    )
     index = MeterIndex(meter.meters)
     number = format(value, "f").encode()
     for data in (b'{"v":' + number + b"}", b'{"v":"' + number + b'"}'):

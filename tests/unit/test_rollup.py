@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import itertools
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from bastionary.metering.rollup import (
     window_start,
 )
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
@@ -83,7 +84,7 @@ def test_sum_cell():
     for v in ("1.5", "2", "-0.5"):
         b.add("c1", at(5), r("tokens", Aggregation.SUM, v))
     row = single_row(b)
-    assert row["value_sum"] == Decimal("3")
+    assert row["value_sum"] == Decimal(3)
     assert row["event_count"] == 3
     assert row["value_max"] is None
     assert row["unique_values"] == []
@@ -103,7 +104,7 @@ def test_max_cell_with_negative_values():
     for v in ("-7", "-2", "-9"):
         b.add("c1", at(1), r("temp", Aggregation.MAX, v))
     row = single_row(b)
-    assert row["value_max"] == Decimal("-2")
+    assert row["value_max"] == Decimal(-2)
     assert row["event_count"] == 3
 
 
@@ -120,7 +121,7 @@ def test_latest_cell_takes_the_latest_event_time_not_the_last_arrival():
     b = RollupBuilder()
     b.add("c1", at(30), r("seats", Aggregation.LATEST, "10"))
     b.add("c1", at(10), r("seats", Aggregation.LATEST, "99"))  # arrives later, happened earlier
-    assert single_row(b)["latest"] == (at(30), Decimal("10"))
+    assert single_row(b)["latest"] == (at(30), Decimal(10))
 
 
 def test_latest_tie_on_time_goes_to_the_larger_value_in_any_order():
@@ -128,14 +129,14 @@ def test_latest_tie_on_time_goes_to_the_larger_value_in_any_order():
         b = RollupBuilder()
         for v in values:
             b.add("c1", at(10), r("seats", Aggregation.LATEST, v))
-        assert single_row(b)["latest"] == (at(10), Decimal("5"))
+        assert single_row(b)["latest"] == (at(10), Decimal(5))
 
 
 def test_latest_tie_across_offsets_is_still_a_tie():
     b = RollupBuilder()
     b.add("c1", at(10), r("seats", Aggregation.LATEST, "3"))
     b.add("c1", at(10).astimezone(timezone(timedelta(hours=-5))), r("seats", Aggregation.LATEST, "4"))
-    assert single_row(b)["latest"][1] == Decimal("4")
+    assert single_row(b)["latest"][1] == Decimal(4)
 
 
 def test_cells_are_kept_apart_by_meter_customer_group_and_window():
@@ -151,11 +152,11 @@ def test_cells_are_kept_apart_by_meter_customer_group_and_window():
     rows = [dict(zip(ROLLUP_COLUMNS, row, strict=True)) for row in b.rows()]
     summary = [(x["meter"], x["customer_id"], x["group_values"], x["window_start"], x["value_sum"]) for x in rows]
     assert summary == [
-        ("other", "c1", {"model": "small"}, T0, Decimal("32")),
-        ("tokens", "c1", {"model": "large"}, T0, Decimal("4")),
-        ("tokens", "c1", {"model": "small"}, T0, Decimal("3")),
-        ("tokens", "c1", {"model": "small"}, at(60), Decimal("16")),
-        ("tokens", "c2", {"model": "small"}, T0, Decimal("8")),
+        ("other", "c1", {"model": "small"}, T0, Decimal(32)),
+        ("tokens", "c1", {"model": "large"}, T0, Decimal(4)),
+        ("tokens", "c1", {"model": "small"}, T0, Decimal(3)),
+        ("tokens", "c1", {"model": "small"}, at(60), Decimal(16)),
+        ("tokens", "c2", {"model": "small"}, T0, Decimal(8)),
     ]
     assert rows[1]["group_key"] == '{"model":"large"}'
 
@@ -190,7 +191,7 @@ def readings_with_context(draw):
     moment = T0 + timedelta(seconds=draw(st.sampled_from([0, 0.5, 30, 59.999999, 60, 90, 185])))
     value = draw(decimals) if aggregation in (Aggregation.SUM, Aggregation.MAX, Aggregation.LATEST) else None
     if aggregation is Aggregation.LATEST:
-        value = draw(st.sampled_from([Decimal("1"), Decimal("2"), Decimal("-3")]))
+        value = draw(st.sampled_from([Decimal(1), Decimal(2), Decimal(-3)]))
     unique = draw(st.sampled_from(["x", "y", "z", "1"])) if aggregation is Aggregation.UNIQUE_COUNT else None
     return customer, moment, Reading(meter, aggregation, group, value=value, unique=unique)
 
@@ -233,7 +234,7 @@ def test_partial_rollups_merge_to_the_single_pass(items, cuts, order):
 
     # Split the stream into arbitrary consecutive chunks (flushes) ...
     bounds = sorted({0, len(items), *(min(c, len(items)) for c in cuts)})
-    chunks = [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    chunks = [items[a:b] for a, b in itertools.pairwise(bounds)]
     assert sum(len(c) for c in chunks) == len(items)
     # ... flushed in any order (late events, replays of other partitions).
     order.shuffle(chunks)

@@ -14,7 +14,7 @@ import json
 import re
 import string
 import typing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -50,7 +50,7 @@ DEFAULT_CATALOG = ROOT / "src" / "bastionary" / "default_catalog.yaml"
 
 # Records are judged against a broker timestamp far after every event time used here, so
 # `future_time` never fires by accident; the size limit is far above every record's size.
-BROKER_MS = int(datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+BROKER_MS = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
 SKEW = timedelta(minutes=5)
 MAX_BYTES = 64 * 1024 * 1024
 
@@ -92,8 +92,12 @@ def load_schema(name: str) -> dict:
 
 
 SCHEMA_FILES = (
-    "usage-event.schema.json", "usage-record.schema.json", "catalog.schema.json",
-    "dunning-notice.schema.json", "payment-event.schema.json", "dunning-response.schema.json",
+    "usage-event.schema.json",
+    "usage-record.schema.json",
+    "catalog.schema.json",
+    "dunning-notice.schema.json",
+    "payment-event.schema.json",
+    "dunning-response.schema.json",
 )
 EVENT_SCHEMA = load_schema("usage-event.schema.json")
 RECORD_SCHEMA = load_schema("usage-record.schema.json")
@@ -407,9 +411,17 @@ def test_time_pattern_alone_requires_an_offset():
 
 
 # Random events: each attribute absent, well-formed, or any JSON value at all.
-json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
 json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
 )
 
 
@@ -660,7 +672,9 @@ def test_meter_key_constraints_match():
     max_len = next(m.max_length for m in metadata if isinstance(m, annotated_types.MaxLen))
     assert METER_SCHEMA["properties"]["key"]["pattern"] == pattern
     assert METER_SCHEMA["properties"]["key"]["maxLength"] == max_len
-    min_len = next(m.min_length for m in Meter.model_fields["event_type"].metadata if isinstance(m, annotated_types.MinLen))
+    min_len = next(
+        m.min_length for m in Meter.model_fields["event_type"].metadata if isinstance(m, annotated_types.MinLen)
+    )
     assert METER_SCHEMA["properties"]["event_type"]["minLength"] == min_len
 
 
@@ -690,7 +704,10 @@ def test_jsonpath_pattern_matches_compile_path(path):
 # "\n" is left out: Python's re lets `$` match before a final newline (ECMA-262 does not),
 # and non-ASCII digits because compile_path's `\d` takes them while the schema's [0-9] does not.
 @HYPOTHESIS
-@given(st.text(alphabet="$.[]'\"aZ_9-0 *?@:é", max_size=12).map(lambda s: "$" + s if s[:1] != "$" else s) | st.text(max_size=6))
+@given(
+    st.text(alphabet="$.[]'\"aZ_9-0 *?@:é", max_size=12).map(lambda s: "$" + s if s[:1] != "$" else s)
+    | st.text(max_size=6)
+)
 def test_random_jsonpaths_agree(path):
     if "\n" in path or any(c.isdigit() and not c.isascii() for c in path):
         return
@@ -736,7 +753,7 @@ def catalog_documents() -> list[object]:
         meters.append(meter(group_by=group_by))
     for description in ["", "Tokens used", None, 1, MISSING]:
         meters.append(meter(description=description))
-    meters += [meter(unit="tokens"), meter(price=1), meter(**{"Key": "x"})]
+    meters += [meter(unit="tokens"), meter(price=1), meter(Key="x")]
 
     documents: list[object] = [{"meters": [m]} for m in meters]
     documents += [
@@ -905,7 +922,28 @@ def with_price(kind: str, /, **overrides: object) -> dict:
 # strings written plainly; the code's extra leniency is listed in PLAN_CODE_ONLY_ACCEPTS).
 MONEY_VALUES = [0, 1, 49, 2.5, 10**12, "0", "0.000002", "19.99", "+1", ".5", "5.", "1e3", "2.5E-4",
                 -1, -0.01, "-1", "-0.5", "", " ", "x", "1,5", "0x10", "NaN", "Infinity", "-inf", True, False, [], {}]  # fmt: skip
-POSITIVE_VALUES = [1, 0.5, 1000, "1", "0.001", "1e3", "+2", ".5", 0, 0.0, -1, "0", "0.000", "0e3", "-1", "", "x", "inf", True, []]
+POSITIVE_VALUES = [
+    1,
+    0.5,
+    1000,
+    "1",
+    "0.001",
+    "1e3",
+    "+2",
+    ".5",
+    0,
+    0.0,
+    -1,
+    "0",
+    "0.000",
+    "0e3",
+    "-1",
+    "",
+    "x",
+    "inf",
+    True,
+    [],
+]
 RATE_VALUES = [0, 1, 0.029, 0.5, "0", "1", "1.0", "1.", "0.029", ".5", "+0.5", "00.5", 1.01, 2, -0.1, "1.01", "2",
                "10", "-0.1", "", ".", "x", "NaN", True, None, []]  # fmt: skip
 INTERVALS = ["P1M", "P3M", "P12M", "P1Y", "P1Y6M", "P2Y", "PT1M", "PT1H", "PT90S", "PT0.5S", "P7D", "P1W", "P1W2D",
@@ -934,9 +972,31 @@ TIERS = [
 
 def plan_catalog_documents() -> list[object]:
     documents: list[object] = [plan_catalog(plan()), plan_catalog(), plan_catalog(plan(), plan(key="team"))]
-    documents += [{"plans": [plan(prices=[price("flat")])]}, {"plans": [plan(prices=[])]}, {"plans": None}, {"plans": {}}]
+    documents += [
+        {"plans": [plan(prices=[price("flat")])]},
+        {"plans": [plan(prices=[])]},
+        {"plans": None},
+        {"plans": {}},
+    ]
     documents += [{"plans": [x]} for x in (None, 1, "pro", [], {}, {"key": "pro"}, {"currency": "USD"})]
-    for key in ["pro", "pro-2024", "a", "p_1", "a-", "", "Pro", "1pro", "-pro", "_pro", "pro plan", "pro.x", "prö", None, 1, MISSING]:
+    for key in [
+        "pro",
+        "pro-2024",
+        "a",
+        "p_1",
+        "a-",
+        "",
+        "Pro",
+        "1pro",
+        "-pro",
+        "_pro",
+        "pro plan",
+        "pro.x",
+        "prö",
+        None,
+        1,
+        MISSING,
+    ]:
         documents.append(plan_catalog(plan(key=key)))
     for currency in ["USD", "JPY", "BHD", "usd", "XXX", "US", "USDX", "", None, 1, MISSING]:
         documents.append(plan_catalog(plan(currency=currency)))
@@ -944,8 +1004,14 @@ def plan_catalog_documents() -> list[object]:
     documents += [plan_catalog(plan(payment_terms=v)) for v in [*TERMS, MISSING]]
     documents += [plan_catalog(plan(minimum_commitment=v)) for v in [*MONEY_VALUES, None, MISSING]]
     documents += [plan_catalog(plan(prices=v)) for v in [[], None, {}, "base", [None], [1], [[]], MISSING]]
-    documents += [plan_catalog(plan(entitlements=v)) for v in [[], [{}], [{"feature": "sso"}], [1], ["sso"], None, {}, MISSING]]
-    documents += [plan_catalog(plan(id="pro")), plan_catalog(plan(name="Pro")), plan_catalog(plan(prices=[price("flat", meter="llm_tokens")]))]
+    documents += [
+        plan_catalog(plan(entitlements=v)) for v in [[], [{}], [{"feature": "sso"}], [1], ["sso"], None, {}, MISSING]
+    ]
+    documents += [
+        plan_catalog(plan(id="pro")),
+        plan_catalog(plan(name="Pro")),
+        plan_catalog(plan(prices=[price("flat", meter="llm_tokens")])),
+    ]
     for model in PRICES:
         for key in ["x", "a_1", "", "X", "1x", "a-b", "_x", None, 1, MISSING]:
             documents.append(with_price(model, key=key))
@@ -971,10 +1037,17 @@ def plan_catalog_documents() -> list[object]:
     for model in ("graduated", "volume"):
         documents += [with_price(model, tiers=tiers) for tiers in [*TIERS, MISSING]]
         documents += [with_price(model, tiers=[{"up_to": v}, {"up_to": None}]) for v in POSITIVE_VALUES]
-        documents += [with_price(model, tiers=[{"up_to": None, field: v}]) for field in ("unit_amount", "flat_amount") for v in MONEY_VALUES]
+        documents += [
+            with_price(model, tiers=[{"up_to": None, field: v}])
+            for field in ("unit_amount", "flat_amount")
+            for v in MONEY_VALUES
+        ]
     documents += [with_price("package", package_size=v) for v in [*POSITIVE_VALUES, None, MISSING]]
     documents += [with_price("percentage", rate=v) for v in [*RATE_VALUES, MISSING]]
-    documents += [with_price("percentage", min_amount=5, max_amount=5), with_price("percentage", min_amount=None, max_amount=0)]
+    documents += [
+        with_price("percentage", min_amount=5, max_amount=5),
+        with_price("percentage", min_amount=None, max_amount=0),
+    ]
     return documents
 
 
@@ -986,7 +1059,9 @@ def test_plan_corpus_holds_both_verdicts():
     assert sum(verdicts) > 150 and verdicts.count(False) > 250
 
 
-@pytest.mark.parametrize("document", PLAN_CATALOG_DOCUMENTS, ids=lambda d: repr(d.get("plans") if isinstance(d, dict) else d)[:90])
+@pytest.mark.parametrize(
+    "document", PLAN_CATALOG_DOCUMENTS, ids=lambda d: repr(d.get("plans") if isinstance(d, dict) else d)[:90]
+)
 def test_plan_schema_agrees_with_parse_catalog(document):
     expected = catalog_accepted(document)
     errors = schema_errors(CATALOG_VALIDATOR, document)
@@ -994,7 +1069,11 @@ def test_plan_schema_agrees_with_parse_catalog(document):
 
 
 def test_plans_is_a_section_of_its_own():
-    for document in ({"plans": "anything"}, {"plans": [{"id": "pro"}]}, {"plans": [{"name": "later issues add these"}]}):
+    for document in (
+        {"plans": "anything"},
+        {"plans": [{"id": "pro"}]},
+        {"plans": [{"name": "later issues add these"}]},
+    ):
         assert not catalog_accepted(document)
         assert not CATALOG_VALIDATOR.is_valid(document)
     assert catalog_accepted({"plans": [], "dunning": {"policies": []}})
@@ -1094,7 +1173,9 @@ def duration_like(draw) -> str:
 
 # Upper-case only (lower case is a code-only spelling); short numbers, so none overflows a
 # timedelta and no fraction of a second rounds to zero.
-DURATION_TEXT = st.text(alphabet="PYMWDTHS0123456789.", max_size=9).map(lambda s: s if s[:1] == "P" else "P" + s) | duration_like()
+DURATION_TEXT = (
+    st.text(alphabet="PYMWDTHS0123456789.", max_size=9).map(lambda s: s if s[:1] == "P" else "P" + s) | duration_like()
+)
 
 
 @HYPOTHESIS
@@ -1148,7 +1229,9 @@ def test_random_rate_strings_agree(text):
 
 
 def test_catalog_with_plans_parses():
-    catalog = parse_catalog(plan_catalog(plan(), plan(key="team", currency="JPY", billing_interval="P1Y", minimum_commitment=None)))
+    catalog = parse_catalog(
+        plan_catalog(plan(), plan(key="team", currency="JPY", billing_interval="P1Y", minimum_commitment=None))
+    )
     assert [p.key for p in catalog.plans] == ["pro", "team"]
     assert [p.model for p in catalog.plan("pro").prices] == list(PRICES)
     assert catalog.plan("team").interval == Interval(months=12)
@@ -1228,20 +1311,45 @@ def entitlement_catalog_documents() -> list[object]:
             documents.append(with_entitlements(entitlement(kind, type=tag)))
         documents.append(with_entitlements(entitlement(kind, description="x")))
     # another type's fields
-    documents += [with_entitlements(entitlement("boolean", meter="api_requests")), with_entitlements(entitlement("boolean", config={}))]
-    documents += [with_entitlements(entitlement("static", enabled=True)), with_entitlements(entitlement("metered", config={}))]
+    documents += [
+        with_entitlements(entitlement("boolean", meter="api_requests")),
+        with_entitlements(entitlement("boolean", config={})),
+    ]
+    documents += [
+        with_entitlements(entitlement("static", enabled=True)),
+        with_entitlements(entitlement("metered", config={})),
+    ]
     documents += [with_entitlements(entitlement("boolean", enabled=v)) for v in BOOLEAN_VALUES]
-    documents += [with_entitlements(entitlement("static", config=v)) for v in [{}, {"a": [1, {"b": None}]}, None, [], "x", 1, MISSING]]
-    documents += [with_entitlements(entitlement("metered", meter=v)) for v in ["api_requests", "llm_tokens", "", None, 1, ["api_requests"], MISSING]]
+    documents += [
+        with_entitlements(entitlement("static", config=v))
+        for v in [{}, {"a": [1, {"b": None}]}, None, [], "x", 1, MISSING]
+    ]
+    documents += [
+        with_entitlements(entitlement("metered", meter=v))
+        for v in ["api_requests", "llm_tokens", "", None, 1, ["api_requests"], MISSING]
+    ]
     documents += [with_entitlements(entitlement("metered", limit=v)) for v in [*MONEY_VALUES, None, MISSING]]
     documents += [with_entitlements(entitlement("metered", soft=v)) for v in BOOLEAN_VALUES]
-    documents += [with_entitlements(entitlement("metered", reset=v)) for v in ["billing_period", "monthly", "Billing_Period", "", None, 1, MISSING]]
+    documents += [
+        with_entitlements(entitlement("metered", reset=v))
+        for v in ["billing_period", "monthly", "Billing_Period", "", None, 1, MISSING]
+    ]
     documents += [
         with_entitlements(entitlement("metered", notify_at=v))
         for v in [[], [0.8], ["0.8", 1, 1.5], [0.8, "0.80"], [1.5, 0.5], 0.8, "0.8", None, {}, [None], [[0.8]], MISSING]
     ]
     documents += [with_entitlements(entitlement("metered", notify_at=[v])) for v in POSITIVE_VALUES]
-    for filter_ in [{}, {"model": "small"}, {"model": 1}, {"model": None}, {"model": ["small"]}, [], None, "model", MISSING]:
+    for filter_ in [
+        {},
+        {"model": "small"},
+        {"model": 1},
+        {"model": None},
+        {"model": ["small"]},
+        [],
+        None,
+        "model",
+        MISSING,
+    ]:
         documents.append(with_entitlements(entitlement("metered", meter="llm_tokens", filter=filter_)))
     return documents
 
@@ -1255,7 +1363,9 @@ def test_entitlement_corpus_holds_both_verdicts():
 
 
 @pytest.mark.parametrize(
-    "document", ENTITLEMENT_CATALOG_DOCUMENTS, ids=lambda d: repr(d["plans"][0].get("entitlements") if isinstance(d["plans"][0], dict) else d)[:90]
+    "document",
+    ENTITLEMENT_CATALOG_DOCUMENTS,
+    ids=lambda d: repr(d["plans"][0].get("entitlements") if isinstance(d["plans"][0], dict) else d)[:90],
 )
 def test_entitlement_schema_agrees_with_parse_catalog(document):
     expected = catalog_accepted(document)
@@ -1267,7 +1377,9 @@ def test_entitlement_schema_agrees_with_parse_catalog(document):
 ENTITLEMENT_CODE_ONLY_REJECTS = {
     "duplicate features": with_entitlements(entitlement("boolean"), entitlement("static", feature="sso")),
     "unknown meter": with_entitlements(entitlement("metered", meter="no_such_meter")),
-    "dimension not in the meter's group_by": with_entitlements(entitlement("metered", meter="llm_tokens", filter={"region": "eu"})),
+    "dimension not in the meter's group_by": with_entitlements(
+        entitlement("metered", meter="llm_tokens", filter={"region": "eu"})
+    ),
     "dimension of a meter without group_by": with_entitlements(entitlement("metered", filter={"model": "small"})),
 }
 # pydantic's lax bool and the code's Decimal() read more spellings than the schema describes.
@@ -1383,7 +1495,13 @@ def step(**overrides: object) -> dict:
 
 
 def policy(**overrides: object) -> dict:
-    merged = {"key": "standard", "applies_to": {"plans": ["pro"]}, "min_amount_due": "1.00", "steps": STEPS, **overrides}
+    merged = {
+        "key": "standard",
+        "applies_to": {"plans": ["pro"]},
+        "min_amount_due": "1.00",
+        "steps": STEPS,
+        **overrides,
+    }
     return {k: v for k, v in merged.items() if v is not MISSING}
 
 
@@ -1404,8 +1522,16 @@ AFTERS = ["P1D", "PT5S", "P1W", "P0D", "PT0S", "P2W3D", "PT36H", "PT1.5S", "P1DT
 
 
 def dunning_catalog_documents() -> list[object]:
-    documents: list[object] = [dunning_catalog(policy()), dunning_catalog(), dunning_catalog(policy(), policy(key="fallback", applies_to=MISSING))]
-    documents += [dunning_catalog(policy(applies_to={"plans": ["pro"]}), policy(key="team_policy", applies_to={"plans": ["team"]}))]
+    documents: list[object] = [
+        dunning_catalog(policy()),
+        dunning_catalog(),
+        dunning_catalog(policy(), policy(key="fallback", applies_to=MISSING)),
+    ]
+    documents += [
+        dunning_catalog(
+            policy(applies_to={"plans": ["pro"]}), policy(key="team_policy", applies_to={"plans": ["team"]})
+        )
+    ]
     for section in [{}, {"policies": []}, None, [], "policies", 1, {"policies": None}, {"policies": {}}, {"policies": [None]},
                     {"policies": ["standard"]}, {"policies": [[]]}, {"policy": []}, {"policies": [], "enabled": True}]:  # fmt: skip
         documents.append(dunning_catalog(section=section))
@@ -1416,10 +1542,23 @@ def dunning_catalog_documents() -> list[object]:
         documents.append(dunning_catalog(policy(applies_to=applies_to)))
     documents += [dunning_catalog(policy(min_amount_due=v)) for v in [*POSITIVE_VALUES, None, MISSING]]
     documents += [dunning_catalog(policy(max_promise=v)) for v in MAX_PROMISES]
-    documents += [dunning_catalog(policy(steps=v)) for v in [[], None, {}, "P1D", [None], [1], [[]], [{}], STEPS[:1], STEPS[-1:], MISSING]]
+    documents += [
+        dunning_catalog(policy(steps=v))
+        for v in [[], None, {}, "P1D", [None], [1], [[]], [{}], STEPS[:1], STEPS[-1:], MISSING]
+    ]
     documents += [dunning_catalog(policy(name="Standard")), dunning_catalog(policy(steps=[step(price=1)]))]
     documents += [with_step(after=v) for v in AFTERS]
-    for action in [*(a.value for a in dunning_policy.Action), "Remind", "warn", "suspended", "", None, 1, ["remind"], MISSING]:
+    for action in [
+        *(a.value for a in dunning_policy.Action),
+        "Remind",
+        "warn",
+        "suspended",
+        "",
+        None,
+        1,
+        ["remind"],
+        MISSING,
+    ]:
         documents.append(with_step(action=action))
     for channels in [[], ["email"], ["webhook"], ["email", "webhook"], ["webhook", "email"], ["email", "email"],
                      ["sms"], ["Email"], "email", None, [None], [1], [["email"]], {}, MISSING]:  # fmt: skip
@@ -1427,7 +1566,10 @@ def dunning_catalog_documents() -> list[object]:
     for template in [*_TEMPLATE_ORDER, "nope", "", None, 1, [], ["friendly"], MISSING]:
         documents.append(with_step(template=template))  # webhook only: the template is not checked
     documents += [with_step(channels=["email"], template=t) for t in _TEMPLATE_ORDER]
-    documents += [with_step(action=a, channels=["email"], template=MISSING) for a in ("final_notice", "suspend", "mark_uncollectible")]
+    documents += [
+        with_step(action=a, channels=["email"], template=MISSING)
+        for a in ("final_notice", "suspend", "mark_uncollectible")
+    ]
     return documents
 
 
@@ -1455,7 +1597,9 @@ DUNNING_CODE_ONLY_REJECTS = {
     "unknown plan": dunning_catalog(policy(applies_to={"plans": ["enterprise"]})),
     "steps out of order": dunning_catalog(policy(steps=[step(after="P7D"), step(after="P1D")])),
     "equal afters": dunning_catalog(policy(steps=[step(after="P1D"), step(after="PT24H")])),
-    "mark_uncollectible not last": dunning_catalog(policy(steps=[step(action="mark_uncollectible"), step(after="P2D")])),
+    "mark_uncollectible not last": dunning_catalog(
+        policy(steps=[step(action="mark_uncollectible"), step(after="P2D")])
+    ),
     "unknown email template": with_step(channels=["email"], template="nope"),
     "oversized after": with_step(after="P9999999999D"),
     "oversized max_promise": dunning_catalog(policy(max_promise="P9999999999D")),
@@ -1517,7 +1661,6 @@ def test_dunning_fixture_catalog_validates():
     assert [p.key for p in parse_catalog(document).dunning.policies] == ["standard"]
 
 
-
 # --- dunning: notices, payments and responses ------------------------------------------
 
 NOTICE_SCHEMA = load_schema("dunning-notice.schema.json")
@@ -1527,11 +1670,13 @@ NOTICE_VALIDATOR = validator(NOTICE_SCHEMA)
 PAYMENT_VALIDATOR = validator(PAYMENT_SCHEMA)
 RESPONSE_VALIDATOR = validator(RESPONSE_SCHEMA)
 
-DUE = datetime(2026, 3, 1, tzinfo=timezone.utc)
+DUE = datetime(2026, 3, 1, tzinfo=UTC)
 NOTICE_POLICY = dunning_policy.Policy.model_validate(policy(applies_to=MISSING))
 
 
-def dunning_case(total: str = "100.000000000", paid: str = "0", email: str | None = None, **invoice: object) -> dunning_engine.Case:
+def dunning_case(
+    total: str = "100.000000000", paid: str = "0", email: str | None = None, **invoice: object
+) -> dunning_engine.Case:
     facts = {
         "invoice_id": "inv-2026-03-0042", "customer_id": "cust-42", "plan": "pro", "currency": "USD", "total": Decimal(total),
         "issued_at": DUE - timedelta(days=14), "due_at": DUE, "period_start": DUE - timedelta(days=42),
@@ -1572,7 +1717,10 @@ def test_notice_cloudevent_carries_the_notice_id():
     (notice,) = NOTICE_SAMPLES[:1]
     event = orjson.loads(dunning_dunner.notice_event("notice", notice, "2000-01-01T00:00:00+00:00"))
     assert (event["id"], event["type"], event["subject"], event["time"]) == (
-        notice["notice_id"], dunning_dunner.STEP_TYPE, notice["customer_id"], notice["decided_at"]
+        notice["notice_id"],
+        dunning_dunner.STEP_TYPE,
+        notice["customer_id"],
+        notice["decided_at"],
     )
     assert event["data"] == notice
     assert notice["notice_id"] == dunning_engine.notice_id(notice["invoice_id"], notice["step"])
@@ -1659,18 +1807,27 @@ def payment_events() -> list[object]:
 
 def response_events() -> list[object]:
     events: list[object] = [None, 1, "x", [], [RESPONSE], {}]
-    events += [billing_event(RESPONSE, **change) for change in ENVELOPE_CHANGES if change.get("type") != "bastionary.payment.succeeded"]
+    events += [
+        billing_event(RESPONSE, **change)
+        for change in ENVELOPE_CHANGES
+        if change.get("type") != "bastionary.payment.succeeded"
+    ]
     events.append(billing_event(RESPONSE, type="bastionary.payment.succeeded.v1"))
     for kind in dunning_events.RESPONSE_TYPES:
         events.append(billing_event(RESPONSE, type=kind))
         events.append(billing_event(RESPONSE, {k: MISSING for k in RESPONSE["data"] if k != "invoice_id"}, type=kind))
-        events += [billing_event(RESPONSE, {"promised_by": v}, type=kind) for v in (MISSING, None, "2026-03-10", "soon")]
+        events += [
+            billing_event(RESPONSE, {"promised_by": v}, type=kind) for v in (MISSING, None, "2026-03-10", "soon")
+        ]
     events += [billing_event(RESPONSE, {"invoice_id": v}) for v in ["i", "", None, 1, MISSING]]
     for field in ("notice_id", "customer_id"):
         events += [billing_event(RESPONSE, {field: v}) for v in ["n", "", None, 1, []]]
     for field in ("channel", "reason"):
         events += [billing_event(RESPONSE, {field: v}) for v in ["webhook", "", None, 1, []]]
-    events += [billing_event(RESPONSE, {"promised_by": v}) for v in ["2026-03-03T16:20:00.000001Z", "2026-03-04T00:00:00+02:00", *EVENT_TIMES[6:]]]
+    events += [
+        billing_event(RESPONSE, {"promised_by": v})
+        for v in ["2026-03-03T16:20:00.000001Z", "2026-03-04T00:00:00+02:00", *EVENT_TIMES[6:]]
+    ]
     return events
 
 
@@ -1718,16 +1875,32 @@ def test_dunning_event_types_match_the_code():
 # Differences, listed in the README. Checked against the stored invoice (unknown_invoice,
 # wrong_currency) or relating two values: the code only.
 DUNNING_EVENT_CODE_ONLY_REJECTS = {
-    "promised_by before time": (RESPONSE_VALIDATOR, response_accepted, billing_event(RESPONSE, {"promised_by": "2026-03-01T00:00:00Z"})),
-    "promised_by equal to time": (RESPONSE_VALIDATOR, response_accepted, billing_event(RESPONSE, {"promised_by": "2026-03-03T17:20:00+01:00"})),
+    "promised_by before time": (
+        RESPONSE_VALIDATOR,
+        response_accepted,
+        billing_event(RESPONSE, {"promised_by": "2026-03-01T00:00:00Z"}),
+    ),
+    "promised_by equal to time": (
+        RESPONSE_VALIDATOR,
+        response_accepted,
+        billing_event(RESPONSE, {"promised_by": "2026-03-03T17:20:00+01:00"}),
+    ),
     "leap second": (PAYMENT_VALIDATOR, payment_accepted, billing_event(PAYMENT, time="2016-12-31T23:59:60Z")),
 }
 # ... and pydantic reads times and amounts more leniently than the schemas describe them.
 DUNNING_EVENT_CODE_ONLY_ACCEPTS = {
     "Unix time": (PAYMENT_VALIDATOR, payment_accepted, billing_event(PAYMENT, time=1772704800)),
     "Unix time as a string": (RESPONSE_VALIDATOR, response_accepted, billing_event(RESPONSE, time="1772554800")),
-    "time without seconds": (PAYMENT_VALIDATOR, payment_accepted, billing_event(PAYMENT, {"paid_at": "2026-03-05T10:00Z"})),
-    "space for T": (RESPONSE_VALIDATOR, response_accepted, billing_event(RESPONSE, {"promised_by": "2026-03-10 00:00:00Z"})),
+    "time without seconds": (
+        PAYMENT_VALIDATOR,
+        payment_accepted,
+        billing_event(PAYMENT, {"paid_at": "2026-03-05T10:00Z"}),
+    ),
+    "space for T": (
+        RESPONSE_VALIDATOR,
+        response_accepted,
+        billing_event(RESPONSE, {"promised_by": "2026-03-10 00:00:00Z"}),
+    ),
     "blank-padded amount": (PAYMENT_VALIDATOR, payment_accepted, billing_event(PAYMENT, {"amount": " 40 "})),
     "underscores in an amount": (PAYMENT_VALIDATOR, payment_accepted, billing_event(PAYMENT, {"amount": "1_000"})),
 }
@@ -1779,7 +1952,7 @@ README_TEXT = README.read_text()
 
 
 def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README_TEXT, flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", README_TEXT, flags=re.DOTALL)
 
 
 def test_readme_record_examples_are_accepted():
@@ -1793,8 +1966,8 @@ def test_readme_record_examples_are_accepted():
 
 def test_readme_binary_example_is_accepted():
     (example,) = _blocks("text")
-    headers = [(name, text.encode()) for name, text in re.findall(r"^(ce_\w+): (.+)$", example, flags=re.M)]
-    (value,) = re.findall(r"^value: (.+)$", example, flags=re.M)
+    headers = [(name, text.encode()) for name, text in re.findall(r"^(ce_\w+): (.+)$", example, flags=re.MULTILINE)]
+    (value,) = re.findall(r"^value: (.+)$", example, flags=re.MULTILINE)
     assert {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_subject", "ce_time"} <= {h[0] for h in headers}
     assert worker_accepts(value.encode(), headers)
     assert schema_errors(EVENT_VALIDATOR, binary_event(value.encode(), headers)) == []
@@ -1803,7 +1976,7 @@ def test_readme_binary_example_is_accepted():
 def _table_keys(heading: str) -> list[str]:
     """The `code` in the first column of every table row in the README section ``heading``."""
     section = README_TEXT.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    return re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
 
 
 def test_readme_lists_every_error_class():
@@ -1821,8 +1994,10 @@ def test_readme_lists_the_required_attributes():
 
 def test_readme_lists_every_dead_letter_header():
     section = README_TEXT.split("\n## Topics\n", 1)[1].split("\n## ", 1)[0]
-    documented = re.findall(r"^  \| `([\w.]+)` \|", section, flags=re.M)
-    written = "".join((ROOT / "src" / "bastionary" / name).read_text() for name in ("outbound.py", "metering/planning.py"))
+    documented = re.findall(r"^  \| `([\w.]+)` \|", section, flags=re.MULTILINE)
+    written = "".join(
+        (ROOT / "src" / "bastionary" / name).read_text() for name in ("outbound.py", "metering/planning.py")
+    )
     assert documented == re.findall(r'\("((?:error|source)\.\w+)", ', written)
 
 
@@ -1891,7 +2066,9 @@ def test_readme_negative_values_need_allow_negative():
 
 
 def test_readme_unique_count_values():
-    assert {r.unique for v in (b"100", b"100.0", b"1e2", b'"100"') for r in readings("unique", b'{"v":' + v + b"}")} == {"100"}
+    assert {
+        r.unique for v in (b"100", b"100.0", b"1e2", b'"100"') for r in readings("unique", b'{"v":' + v + b"}")
+    } == {"100"}
     assert [r.unique for r in readings("unique", {"v": "100.0"})] == ["100.0"]
     for bad in ("", None, True, [], {}):
         with pytest.raises(Rejection):
@@ -1969,10 +2146,13 @@ def test_readme_notice_tables_match_the_code():
 
 
 def test_readme_lists_every_dunning_type():
-    for heading, types in (("Payment events", dunning_events.PAYMENT_TYPES), ("Dunning responses", dunning_events.RESPONSE_TYPES)):
+    for heading, types in (
+        ("Payment events", dunning_events.PAYMENT_TYPES),
+        ("Dunning responses", dunning_events.RESPONSE_TYPES),
+    ):
         section = _section(heading)
-        assert re.findall(r"^\| `(bastionary\.[\w.]+)` \|", section, flags=re.M) == list(types)
-        fields = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+        assert re.findall(r"^\| `(bastionary\.[\w.]+)` \|", section, flags=re.MULTILINE) == list(types)
+        fields = re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
         model = dunning_events.PaymentData if heading == "Payment events" else dunning_events.ResponseData
         assert sorted(fields) == sorted(model.model_fields)
 
@@ -1980,12 +2160,21 @@ def test_readme_lists_every_dunning_type():
 def test_readme_dead_letter_reasons_are_the_codes():
     raised = set()
     for module in ("dunning/events.py", "rating/events.py"):
-        raised |= set(re.findall(r'InvalidBillingEvent\(\s*"(\w+)"', (ROOT / "src" / "bastionary" / module).read_text()))
+        raised |= set(
+            re.findall(r'InvalidBillingEvent\(\s*"(\w+)"', (ROOT / "src" / "bastionary" / module).read_text())
+        )
     worker = (ROOT / "src" / "bastionary" / "worker" / "services" / "dunning.py").read_text()
     raised |= set(re.findall(r'InvalidBillingEvent\(\s*"(\w+)"', worker))
     section = _section("Dunning dead letters")
-    payment_reasons = re.findall(r"^\| `(\w+)` \| ", section, flags=re.M)
-    assert payment_reasons == ["invalid_json", "not_cloudevent", "unknown_type", "invalid_data", "unknown_invoice", "wrong_currency"]
+    payment_reasons = re.findall(r"^\| `(\w+)` \| ", section, flags=re.MULTILINE)
+    assert payment_reasons == [
+        "invalid_json",
+        "not_cloudevent",
+        "unknown_type",
+        "invalid_data",
+        "unknown_invoice",
+        "wrong_currency",
+    ]
     assert set(payment_reasons) <= raised
     on_dunning_dlq = set(re.findall(r"`(\w+)`", section.split("On `dunning.dlq`", 1)[1]))
     assert on_dunning_dlq >= set(payment_reasons) - {"wrong_currency"}
@@ -1993,13 +2182,13 @@ def test_readme_dead_letter_reasons_are_the_codes():
     assert raised - {"unknown_plan"} <= set(payment_reasons) | on_dunning_dlq
     assert "promise_too_far" in raised and "promise_too_far" in on_dunning_dlq
     written = (ROOT / "src" / "bastionary" / "outbound.py").read_text()  # every dead letter's headers
-    documented = re.findall(r"^\| `((?:error|source)\.\w+)` \|", section, flags=re.M)
+    documented = re.findall(r"^\| `((?:error|source)\.\w+)` \|", section, flags=re.MULTILINE)
     assert documented == [h for h in re.findall(r'\("((?:error|source)\.\w+)", ', written) if h != "source.index"]
 
 
 def _table_columns(table: str) -> list[str]:
     section = _section(f"`{table}`", "###")
-    return re.findall(r"^\| `(\w+)` \| [A-Z]", section, flags=re.M)
+    return re.findall(r"^\| `(\w+)` \| [A-Z]", section, flags=re.MULTILINE)
 
 
 def test_readme_lists_every_dunning_column_and_kind():
@@ -2010,13 +2199,13 @@ def test_readme_lists_every_dunning_column_and_kind():
     assert _table_columns("dunning_events") == list(dunning_storage.EVENT_COLUMNS)
     sql = (SCHEMAS / "clickhouse" / "0007_dunning.sql").read_text()
     (kinds,) = re.findall(r"kind\s+LowCardinality\(String\),\s+-- (.+)", sql)[1:]
-    documented = re.findall(r"^\| `(\w+)` \| [a-z]", _section("`dunning_events`", "###"), flags=re.M)
+    documented = re.findall(r"^\| `(\w+)` \| [a-z]", _section("`dunning_events`", "###"), flags=re.MULTILINE)
     assert documented == [k.strip() for k in kinds.split(",")]
 
 
 def test_readme_states_are_the_engine_states():
     section = _section("Dunning policies")
-    states = re.findall(r"^  \| `(\w+)` \|", section, flags=re.M)
+    states = re.findall(r"^  \| `(\w+)` \|", section, flags=re.MULTILINE)
     assert sorted(states) == sorted([dunning_engine.OPEN, dunning_engine.PARTIALLY_PAID, dunning_engine.OVERDUE,
                                      dunning_engine.PAID, dunning_engine.UNCOLLECTIBLE, dunning_engine.VOID])  # fmt: skip
 
@@ -2057,11 +2246,16 @@ def test_readme_webhook_example_is_signed_as_documented():
     timestamp = int(headers[webhook.TIMESTAMP_HEADER])
     # Exactly the headers the code sends, in its order, for this notice, secret and time.
     assert headers == webhook.signed_headers(README_WEBHOOK_SECRET, event["id"], timestamp, body)
-    assert headers[webhook.ID_HEADER] == headers[webhook.IDEMPOTENCY_HEADER] == event["id"] == event["data"]["notice_id"]
+    assert (
+        headers[webhook.ID_HEADER] == headers[webhook.IDEMPOTENCY_HEADER] == event["id"] == event["data"]["notice_id"]
+    )
     assert headers["Content-Type"] == webhook.CONTENT_TYPE
     # ... and the signature is the documented formula, computed here without the module.
     signed = f"{event['id']}.{timestamp}.".encode() + body
-    assert headers[webhook.SIGNATURE_HEADER] == "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert (
+        headers[webhook.SIGNATURE_HEADER]
+        == "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    )
     assert webhook.verify(README_WEBHOOK_SECRET, headers, body, now=timestamp + 299) == timestamp
     assert webhook.DEFAULT_TOLERANCE == 300 and "(default 300 seconds)" in section
     for header in (webhook.ID_HEADER, webhook.TIMESTAMP_HEADER, webhook.SIGNATURE_HEADER, webhook.IDEMPOTENCY_HEADER):
@@ -2075,7 +2269,9 @@ def test_readme_receiver_snippet_verifies_signatures():
     from bastionary.dunning.notify import webhook
 
     (snippet,) = _blocks("python")
-    assert not re.search(r"^\s*(?:import|from)\s+(?!base64|hashlib|hmac|time)\b", snippet, flags=re.M)  # stdlib only
+    assert not re.search(
+        r"^\s*(?:import|from)\s+(?!base64|hashlib|hmac|time)\b", snippet, flags=re.MULTILINE
+    )  # stdlib only
     namespace: dict = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
     verify = namespace["verify"]
@@ -2114,9 +2310,20 @@ def test_readme_delivery_defaults_are_the_settings():
     fields = Settings.model_fields
     webhook_section, email_section = _section("Webhook delivery"), _section("Email delivery")
     for name in ("webhook_timeout", "webhook_backoff", "webhook_backoff_cap"):
-        assert f"`BASTIONARY_{name.upper()}`, default `{format_iso_duration(fields[name].default)}`" in webhook_section.replace("\n  ", " ")
-    assert f"`BASTIONARY_WEBHOOK_MAX_ATTEMPTS` attempts in all (default {fields['webhook_max_attempts'].default})" in webhook_section.replace("\n  ", " ")
-    assert f"`BASTIONARY_SMTP_MAX_ATTEMPTS` attempts (default {fields['smtp_max_attempts'].default})" in email_section.replace("\n  ", " ")
-    assert f"(base {SmtpConfig.backoff_base:g} s, cap {SmtpConfig.backoff_cap:g} s)" in email_section.replace("\n  ", " ")
+        assert (
+            f"`BASTIONARY_{name.upper()}`, default `{format_iso_duration(fields[name].default)}`"
+            in webhook_section.replace("\n  ", " ")
+        )
+    assert (
+        f"`BASTIONARY_WEBHOOK_MAX_ATTEMPTS` attempts in all (default {fields['webhook_max_attempts'].default})"
+        in webhook_section.replace("\n  ", " ")
+    )
+    assert (
+        f"`BASTIONARY_SMTP_MAX_ATTEMPTS` attempts (default {fields['smtp_max_attempts'].default})"
+        in email_section.replace("\n  ", " ")
+    )
+    assert f"(base {SmtpConfig.backoff_base:g} s, cap {SmtpConfig.backoff_cap:g} s)" in email_section.replace(
+        "\n  ", " "
+    )
     assert f"<notice_id@{MESSAGE_ID_DOMAIN}>" in email_section
     assert f"(default `{format_iso_duration(fields['dunning_interval'].default)}`)" in _section("Dunning policies")

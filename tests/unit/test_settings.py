@@ -89,8 +89,9 @@ def test_the_test_suites_own_variables_are_not_settings_and_not_errors(monkeypat
     assert load_settings().kafka_bootstrap is None
 
 
-@pytest.mark.parametrize("name", ["WEBHOOK_SECRET", "API_KEYS", "SMTP_PASSWORD", "QUERY_READER_PASSWORD",
-                                  "QUERY_WRITER_PASSWORD"])
+@pytest.mark.parametrize(
+    "name", ["WEBHOOK_SECRET", "API_KEYS", "SMTP_PASSWORD", "QUERY_READER_PASSWORD", "QUERY_WRITER_PASSWORD"]
+)
 def test_empty_secrets_are_refused_at_start_up(monkeypatch, name):
     for empty in ("", "  ", ","):
         message = config_error(monkeypatch, **{name: empty})
@@ -280,16 +281,18 @@ def test_format_then_parse_round_trips_microseconds(value):
 
 
 def test_dunning_and_api_settings():
-    import pytest as _pytest
-
     from bastionary.settings import ConfigError, load_settings
 
-    with _pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
         load_settings(webhook_url="https://hooks.example.com/dunning")
-    with _pytest.raises(ConfigError, match="BASTIONARY_CLOCK"):
+    with pytest.raises(ConfigError, match="BASTIONARY_CLOCK"):
         load_settings(clock="tomorrow")
-    settings = load_settings(webhook_url="https://hooks.example.com/x", webhook_secret="s3cret-of-sixteen-bytes",
-                             api_keys=" a, b ,", smtp_password="pw")
+    settings = load_settings(
+        webhook_url="https://hooks.example.com/x",
+        webhook_secret="s3cret-of-sixteen-bytes",
+        api_keys=" a, b ,",
+        smtp_password="pw",
+    )
     assert [k.get_secret_value() for k in settings.api_key_list] == ["a", "b"]
     shown = settings.redacted()
     assert shown["webhook_secret"] == shown["smtp_password"] == shown["api_keys"] == "***"

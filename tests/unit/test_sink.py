@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
@@ -22,13 +22,13 @@ from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import ErrorClass
 from bastionary.metering.logs import LogProbe, record_fingerprint
+from bastionary.metering.ports import FlushMarker
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import Admission, InboundRecord
 from bastionary.metering.sink import SinkConfig, UsageSink
-from bastionary.metering.ports import FlushMarker
 
 TOPIC = "usage.events"
-NOW_MS = int(datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp() * 1000)
+NOW_MS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
 CATALOG = parse_catalog(
     {"meters": [{"key": "tokens", "event_type": "llm", "aggregation": "SUM", "value_property": "$.tokens"}]}
 )
@@ -91,14 +91,24 @@ class FakeLog:
         self.rewinds.append((topic, partition, offset))
 
 
-def event_record(offset: int, event_id: str, tokens: int = 1, *, partition: int = 0, ts_ms: int = NOW_MS,
-                 source: str = "test") -> InboundRecord:
-    body = {"specversion": "1.0", "id": event_id, "source": source, "type": "llm", "subject": "cust-1",
-            "time": "2026-02-28T23:59:00Z", "data": {"tokens": tokens}}
+def event_record(
+    offset: int, event_id: str, tokens: int = 1, *, partition: int = 0, ts_ms: int = NOW_MS, source: str = "test"
+) -> InboundRecord:
+    body = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": "llm",
+        "subject": "cust-1",
+        "time": "2026-02-28T23:59:00Z",
+        "data": {"tokens": tokens},
+    }
     return InboundRecord(TOPIC, partition, offset, ts_ms, b"cust-1", json.dumps(body).encode(), [])
 
 
-def make_sink(tmp_path, store=None, log=None, meters=None, floor: int = 1) -> tuple[UsageSink, FakeStore, FakeLog, list]:
+def make_sink(
+    tmp_path, store=None, log=None, meters=None, floor: int = 1
+) -> tuple[UsageSink, FakeStore, FakeLog, list]:
     store = store or FakeStore()
     log = log or FakeLog()
     letters: list = []
@@ -123,23 +133,40 @@ headers = st.lists(st.tuples(header_names, st.one_of(st.none(), st.binary(max_si
 values = st.one_of(
     st.none(),
     st.binary(max_size=200),
-    st.builds(lambda e: json.dumps(e).encode(), st.recursive(
-        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
-        lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
-        max_leaves=20,
-    )),
+    st.builds(
+        lambda e: json.dumps(e).encode(),
+        st.recursive(
+            st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
+            lambda children: (
+                st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+            ),
+            max_leaves=20,
+        ),
+    ),
     st.builds(lambda i, t: event_record(0, i, t).value, st.text(max_size=5), st.integers()),
     st.just(b"[" * 300 + b"]" * 300),
 )
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=8)), values, headers,
-                          st.integers(min_value=-(2**63), max_value=2**63 - 1)), min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.binary(max_size=8)),
+            values,
+            headers,
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_whatever_a_record_holds_the_flush_lands_or_dead_letters_it(tmp_path, records):
     async def scenario():
         sink, store, _, letters = make_sink(tmp_path)
-        inbound = [InboundRecord(TOPIC, 0, i, ts, key, value, list(hs)) for i, (key, value, hs, ts) in enumerate(records)]
+        inbound = [
+            InboundRecord(TOPIC, 0, i, ts, key, value, list(hs)) for i, (key, value, hs, ts) in enumerate(records)
+        ]
         await admit_all(sink, inbound)
         landed = await sink.flush()
         assert [r.offset for r in landed] == list(range(len(records)))
@@ -241,7 +268,7 @@ def test_a_log_replaced_under_a_running_worker_drops_the_batch_and_rewinds(tmp_p
 
 def test_a_shorter_log_is_caught_by_the_timer_even_with_nothing_to_flush(tmp_path):
     async def scenario():
-        sink, store, log, _ = make_sink(tmp_path)
+        sink, _store, log, _ = make_sink(tmp_path)
         old = [event_record(i, f"old-{i}") for i in range(10)]
         log.hold(old)
         await admit_all(sink, old)

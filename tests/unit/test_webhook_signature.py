@@ -60,7 +60,7 @@ def test_signature_is_the_documented_hmac_in_base64():
 def test_headers_are_the_documented_ones_in_order():
     headers = _headers()
     assert list(headers) == ["Content-Type", "webhook-id", "webhook-timestamp", "webhook-signature", "Idempotency-Key"]
-    assert [ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER, IDEMPOTENCY_HEADER] == list(headers)[1:]
+    assert list(headers)[1:] == [ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER, IDEMPOTENCY_HEADER]
     assert headers["Content-Type"] == CONTENT_TYPE == "application/cloudevents+json"
     assert headers[ID_HEADER] == headers[IDEMPOTENCY_HEADER] == NOTICE_ID
     assert headers[TIMESTAMP_HEADER] == str(NOW)
@@ -70,8 +70,9 @@ def test_headers_are_the_documented_ones_in_order():
 def test_standard_webhooks_reference_vector():
     # test_sign_function of the reference Python library (standard-webhooks/standard-webhooks),
     # so a receiver using any Standard Webhooks library agrees with us.
-    signature = sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
-                     b'{"test": 2432232314}')
+    signature = sign(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
+    )
     assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
@@ -101,8 +102,9 @@ def test_other_strings_are_their_utf8_bytes_and_bytes_pass_through():
     assert sign("plain-secret", NOTICE_ID, NOW, BODY) == _v1(b"plain-secret", NOTICE_ID, str(NOW), BODY)
 
 
-@pytest.mark.parametrize("secret", ["whsec_not base64", "whsec_abc", "whsec_ab$d", "whsec_YWJj\n", "whsec_éé==",
-                                    "whsec_YW-j", "whsec_YW_j"])
+@pytest.mark.parametrize(
+    "secret", ["whsec_not base64", "whsec_abc", "whsec_ab$d", "whsec_YWJj\n", "whsec_éé==", "whsec_YW-j", "whsec_YW_j"]
+)
 def test_whsec_secret_with_bad_base64_is_refused_clearly(secret):
     with pytest.raises(ValueError, match="whsec_ must be followed by standard base64") as excinfo:
         secret_bytes(secret)
@@ -250,8 +252,9 @@ def test_rotation_receiver_holds_old_and_new_secrets():
 
 def test_rotation_sender_signs_with_both_secrets():
     headers = _headers([SECRET, OLD_SECRET])
-    assert headers[SIGNATURE_HEADER] == " ".join([_v1(KEY, NOTICE_ID, str(NOW), BODY),
-                                                  _v1(OLD_KEY, NOTICE_ID, str(NOW), BODY)])
+    assert headers[SIGNATURE_HEADER] == " ".join(
+        [_v1(KEY, NOTICE_ID, str(NOW), BODY), _v1(OLD_KEY, NOTICE_ID, str(NOW), BODY)]
+    )
     # Whichever of the two the receiver has, it verifies.
     assert verify(OLD_SECRET, headers, BODY, now=NOW) == NOW
     assert verify(SECRET, headers, BODY, now=NOW) == NOW

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 import orjson
@@ -30,7 +30,9 @@ def reader_client(settings: Settings):
 
 def emit(columns: list[str], rows: list[list], fmt: str) -> None:
     if fmt == "json":
-        click.echo(orjson.dumps([dict(zip(columns, r)) for r in rows], default=str, option=orjson.OPT_INDENT_2))
+        click.echo(
+            orjson.dumps([dict(zip(columns, r, strict=False)) for r in rows], default=str, option=orjson.OPT_INDENT_2)
+        )
         return
     from rich.console import Console
     from rich.table import Table
@@ -45,13 +47,12 @@ def number(value):
     """Decimal to a JSON-safe exact string with no trailing zeros."""
     if value is None:
         return None
-    text = format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
-    return text
+    return format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
 
 
 def jsonable(value):
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
     if hasattr(value, "normalize") and hasattr(value, "as_tuple"):
         return number(value)
     if isinstance(value, bytes):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
@@ -48,11 +48,36 @@ def status(customer: str | None, show_all: bool, fmt: str) -> None:
             next_step = f"{n} {step.action.value} in {max(step.after - overdue_for(case, now), step.after * 0)}"
         else:
             next_step = f"paused ({pause.reason})" if pause else "-"
-        rows.append([case.invoice.invoice_id, case.invoice.customer_id, state, jsonable(case.amount_due),
-                     case.invoice.currency, jsonable(case.invoice.due_at), policy.key if policy else "-",
-                     last or "-", "yes" if case.suspended else "", next_step])
-    emit(["invoice_id", "customer_id", "state", "amount_due", "currency", "due_at", "policy", "last_step",
-          "suspended", "next"], rows, fmt)
+        rows.append(
+            [
+                case.invoice.invoice_id,
+                case.invoice.customer_id,
+                state,
+                jsonable(case.amount_due),
+                case.invoice.currency,
+                jsonable(case.invoice.due_at),
+                policy.key if policy else "-",
+                last or "-",
+                "yes" if case.suspended else "",
+                next_step,
+            ]
+        )
+    emit(
+        [
+            "invoice_id",
+            "customer_id",
+            "state",
+            "amount_due",
+            "currency",
+            "due_at",
+            "policy",
+            "last_step",
+            "suspended",
+            "next",
+        ],
+        rows,
+        fmt,
+    )
 
 
 @dunning.command("report")
@@ -64,7 +89,9 @@ def report(within_days: int, fmt: str) -> None:
 
     settings = settings_or_exit()
     rows = []
-    for step, action, sent, paid_within, paid_ever in ClickHouseDunningStore(reader_client(settings)).funnel(within_days):
+    for step, action, sent, paid_within, paid_ever in ClickHouseDunningStore(reader_client(settings)).funnel(
+        within_days
+    ):
         rate = f"{100 * paid_within / sent:.1f}%" if sent else "-"
         rows.append([step, action, sent, paid_within, rate, paid_ever])
     emit(["step", "action", "sent", f"paid_within_{within_days}d", "rate", "paid_ever"], rows, fmt)
@@ -84,7 +111,7 @@ def clock_show() -> None:
 @click.argument("moment")
 def clock_set(moment: str) -> None:
     """Set the clock to MOMENT (ISO 8601, e.g. 2026-03-01T00:00:00Z, or 'now')."""
-    target = datetime.now(timezone.utc) if moment == "now" else _parse(moment)
+    target = datetime.now(UTC) if moment == "now" else _parse(moment)
     click.echo(_file_clock().set(target).isoformat())
 
 

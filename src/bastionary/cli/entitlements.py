@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 import orjson
@@ -35,8 +35,13 @@ def check_cmd(customer: str, feature: str | None) -> None:
         raise click.BadParameter("customer ids are 1-128 of A-Z a-z 0-9 . _ : @ -", param_hint="CUSTOMER")
     if feature is not None and not valid_feature(feature):
         raise click.BadParameter("features are lowercase letters, digits and _", param_hint="FEATURE")
-    now = datetime.now(timezone.utc)
-    loaded = build_state(ClickHouseEntitlementStore(reader_client(settings), catalog.plans), {m.key: m for m in catalog.meters}, customer, now)
+    now = datetime.now(UTC)
+    loaded = build_state(
+        ClickHouseEntitlementStore(reader_client(settings), catalog.plans),
+        {m.key: m for m in catalog.meters},
+        customer,
+        now,
+    )
     if loaded is None:
         raise click.ClickException(f"unknown customer {customer!r}")
     if feature is None:

@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -21,10 +21,10 @@ from bastionary.cli.common import reader_client as _reader_client
 from bastionary.cli.common import settings_or_exit as _settings
 from bastionary.cli.dunning import clock, dunning
 from bastionary.cli.entitlements import entitlements
-from bastionary.locks import BROKER, DataDirInUse
-from bastionary.logs import configure_logging
 from bastionary.devstack.discovery import write_broker_file
 from bastionary.kafka import KafkaTarget
+from bastionary.locks import BROKER, DataDirInUse
+from bastionary.logs import configure_logging
 from bastionary.runtime import NoBroker, connect_clickhouse, hold_for_process, resolve_kafka
 from bastionary.settings import Settings
 from bastionary.storage.queries import usage_query
@@ -140,9 +140,12 @@ def serve_clickhouse() -> None:
     path = gateway_file(settings.data_path)
 
     async def serve() -> None:
-        gateway = QueryGateway(handle.client, credentials, database=settings.database,
-                               reader_limits=reader_limits(settings.query_timeout.total_seconds(),
-                                                           settings.query_max_result_bytes))
+        gateway = QueryGateway(
+            handle.client,
+            credentials,
+            database=settings.database,
+            reader_limits=reader_limits(settings.query_timeout.total_seconds(), settings.query_max_result_bytes),
+        )
         port = await gateway.start(settings.query_host, settings.query_port)
         write_gateway_file(path, settings.query_host, port, credentials, settings.database)
         info = read_gateway_file(path)
@@ -223,7 +226,9 @@ def _create_topics(settings: Settings, bootstrap: str) -> None:
 
 @cli.command()
 @click.argument("source", default="-", type=click.File("rb"))
-@click.option("--topic", default="usage.events", show_default=True, help="Topic, before the prefix (e.g. billing.subscriptions).")
+@click.option(
+    "--topic", default="usage.events", show_default=True, help="Topic, before the prefix (e.g. billing.subscriptions)."
+)
 @click.option("--events-per-record", default=1, show_default=True, help="Pack N events into one batch record.")
 @_fail_cleanly
 def produce(source, topic: str | None, events_per_record: int) -> None:
@@ -267,7 +272,7 @@ def produce(source, topic: str | None, events_per_record: int) -> None:
 def _engine_message(exc: Exception) -> str:
     """ClickHouse's own words, without the client's wrapping."""
     text = str(exc)
-    text = text[text.find("Code: "):] if "Code: " in text else text
+    text = text[text.find("Code: ") :] if "Code: " in text else text
     return text.splitlines()[0] if text.strip() else type(exc).__name__
 
 
@@ -275,14 +280,10 @@ def _parse_time(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"not an ISO 8601 time: {value}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-
-
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @cli.command()
@@ -303,12 +304,10 @@ def usage(meter, customer, start, end, window, group_by, fmt) -> None:
         raise click.ClickException(str(exc).strip('"')) from None
     result = _reader_client(settings).query(sql, parameters=params)
     rows = [
-        [customer_id, ws.replace(tzinfo=timezone.utc).isoformat(), we.replace(tzinfo=timezone.utc).isoformat(), grp, _number(value)]
+        [customer_id, ws.replace(tzinfo=UTC).isoformat(), we.replace(tzinfo=UTC).isoformat(), grp, _number(value)]
         for customer_id, ws, we, grp, value in result.result_rows
     ]
     _emit(["customer_id", "window_start", "window_end", "group", "value"], rows, fmt)
-
-
 
 
 @cli.command()
@@ -337,8 +336,6 @@ def sql(query: str, fmt: str) -> None:
     _emit(list(result.column_names), rows, fmt)
 
 
-
-
 @cli.command()
 @click.option("--customer", default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
@@ -346,13 +343,29 @@ def invoices(customer: str | None, fmt: str) -> None:
     """List finalized invoices."""
     settings = _settings()
     where, params = ("WHERE customer_id = {c:String}", {"c": customer}) if customer else ("", {})
-    rows = _reader_client(settings).query(
-        "SELECT invoice_id, customer_id, subscription_id, plan, kind, period_start, period_end, currency,"
-        f" subtotal, credits_applied, total, status FROM invoices FINAL {where} ORDER BY period_end, invoice_id",
-        parameters=params,
-    ).result_rows
-    columns = ["invoice_id", "customer_id", "subscription_id", "plan", "kind", "period_start", "period_end",
-               "currency", "subtotal", "credits_applied", "total", "status"]
+    rows = (
+        _reader_client(settings)
+        .query(
+            "SELECT invoice_id, customer_id, subscription_id, plan, kind, period_start, period_end, currency,"
+            f" subtotal, credits_applied, total, status FROM invoices FINAL {where} ORDER BY period_end, invoice_id",
+            parameters=params,
+        )
+        .result_rows
+    )
+    columns = [
+        "invoice_id",
+        "customer_id",
+        "subscription_id",
+        "plan",
+        "kind",
+        "period_start",
+        "period_end",
+        "currency",
+        "subtotal",
+        "credits_applied",
+        "total",
+        "status",
+    ]
     _emit(columns, [[_jsonable(v) for v in row] for row in rows], fmt)
 
 
@@ -369,9 +382,11 @@ def invoice_show(invoice_id: str, html_path: str | None) -> None:
     from bastionary.rating.render import render_html
 
     settings = _settings()
-    rows = _reader_client(settings).query(
-        "SELECT document FROM invoices FINAL WHERE invoice_id = {i:String}", parameters={"i": invoice_id}
-    ).result_rows
+    rows = (
+        _reader_client(settings)
+        .query("SELECT document FROM invoices FINAL WHERE invoice_id = {i:String}", parameters={"i": invoice_id})
+        .result_rows
+    )
     if not rows:
         raise click.ClickException(f"no invoice {invoice_id}")
     data = orjson.loads(rows[0][0])
@@ -396,19 +411,37 @@ def credits_balance(customer: str, at: str | None, fmt: str) -> None:
     from bastionary.storage.billing import ClickHouseBillingStore
 
     settings = _settings()
-    moment = _parse_time(at) or datetime.now(timezone.utc)
+    moment = _parse_time(at) or datetime.now(UTC)
     store = ClickHouseBillingStore(_reader_client(settings))
     grants, drawn = store.grants_as_of(moment)
     rows = []
     for grant in sorted(grants.get(customer, []), key=lambda g: g.order):
         left = max(grant.amount - drawn.get(grant.grant_id, 0), 0)
-        status = "voided" if grant.voided_at and grant.voided_at <= moment else (
-            "expired" if grant.expires_at and grant.expires_at <= moment else (
-                "pending" if grant.effective_at > moment else "active"))
+        status = (
+            "voided"
+            if grant.voided_at and grant.voided_at <= moment
+            else (
+                "expired"
+                if grant.expires_at and grant.expires_at <= moment
+                else ("pending" if grant.effective_at > moment else "active")
+            )
+        )
         usable = left if status == "active" else 0
-        rows.append([grant.grant_id, grant.currency, _number(grant.amount), _number(usable), grant.priority,
-                     _jsonable(grant.effective_at), _jsonable(grant.expires_at), status])
-    _emit(["grant_id", "currency", "granted", "remaining", "priority", "effective_at", "expires_at", "status"], rows, fmt)
+        rows.append(
+            [
+                grant.grant_id,
+                grant.currency,
+                _number(grant.amount),
+                _number(usable),
+                grant.priority,
+                _jsonable(grant.effective_at),
+                _jsonable(grant.expires_at),
+                status,
+            ]
+        )
+    _emit(
+        ["grant_id", "currency", "granted", "remaining", "priority", "effective_at", "expires_at", "status"], rows, fmt
+    )
 
 
 @cli.command()
@@ -431,10 +464,21 @@ def demo(events: int, customers: int) -> None:
 @click.option("--dedupe-ids", type=int, default=None, help="Distinct ids for the RSS figure (default 1,000,000).")
 @click.option("--rating", is_flag=True, help="Rate N subscriptions x 5 metered prices instead (target <= 30 s).")
 @click.option("--subscriptions", default=10_000, show_default=True, help="With --rating.")
-@click.option("--entitlements", "entitlement_checks", is_flag=True,
-              help="Check latency at 1,000 checks/s (target p99 <= 5 ms) and freshness (target p99 <= 1 s) instead.")
-def bench(as_json: bool, quick: bool, events: int | None, dedupe_ids: int | None, rating: bool, subscriptions: int,
-          entitlement_checks: bool) -> None:
+@click.option(
+    "--entitlements",
+    "entitlement_checks",
+    is_flag=True,
+    help="Check latency at 1,000 checks/s (target p99 <= 5 ms) and freshness (target p99 <= 1 s) instead.",
+)
+def bench(
+    as_json: bool,
+    quick: bool,
+    events: int | None,
+    dedupe_ids: int | None,
+    rating: bool,
+    subscriptions: int,
+    entitlement_checks: bool,
+) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
     settings = _settings()
     if entitlement_checks:

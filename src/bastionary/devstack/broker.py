@@ -20,6 +20,7 @@ from bastionary.devstack.processes import PREEXEC, stop_process
 
 log = structlog.get_logger(__name__)
 
+
 class BrokerError(RuntimeError):
     pass
 
@@ -49,7 +50,7 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedBroker":
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"
         command = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
@@ -78,7 +79,7 @@ class EmbeddedBroker:
         self.stop()
         raise BrokerError(f"broker not ready on {self.bootstrap} after {timeout}s; see {self.log_path}")
 
-    def supervise(self, on_restart: Callable[["EmbeddedBroker"], None], poll: float = 0.5) -> None:
+    def supervise(self, on_restart: Callable[[EmbeddedBroker], None], poll: float = 0.5) -> None:
         """Start the broker again, on the same port, whenever it dies; ``on_restart`` then sees it.
 
         Its topics lived in memory, so the restarted broker holds new, empty logs: the workers
@@ -112,7 +113,7 @@ class EmbeddedBroker:
         stop_process(process, timeout)
         log.info("embedded broker stopped", bootstrap=self.bootstrap)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc) -> None:

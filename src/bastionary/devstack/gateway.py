@@ -22,16 +22,13 @@ import binascii
 import contextlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import Any
 
 import chdb
 import lz4.frame
@@ -46,9 +43,29 @@ log = structlog.get_logger(__name__)
 READ_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
 # URL parameters that steer the HTTP transport; chdb rejects most of them as unknown settings.
 TRANSPORT_PARAMS = frozenset(
-    "query user password database default_format query_id session_id session_timeout session_check compress"
-    " decompress buffer_size wait_end_of_query client_protocol_version quota_key role stacktrace close_session"
-    " send_progress_in_http_headers http_headers_progress_interval_ms enable_http_compression".split()
+    [
+        "query",
+        "user",
+        "password",
+        "database",
+        "default_format",
+        "query_id",
+        "session_id",
+        "session_timeout",
+        "session_check",
+        "compress",
+        "decompress",
+        "buffer_size",
+        "wait_end_of_query",
+        "client_protocol_version",
+        "quota_key",
+        "role",
+        "stacktrace",
+        "close_session",
+        "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms",
+        "enable_http_compression",
+    ]
 )
 _IDENT = r"(?:`[^`]*`|\"[^\"]*\"|[\w$]+)"
 # Only plain-table inserts carry a data body; INSERT ... VALUES / SELECT run as ordinary queries.
@@ -115,9 +132,17 @@ class _Plan:
 
 
 class QueryGateway:
-    def __init__(self, client: Any, credentials: GatewayCredentials, database: str | None = None, *,
-                 max_concurrent_queries: int = 1, max_concurrent_reads: int = 2, max_body_bytes: int = 1 << 30,
-                 reader_limits: dict[str, str] | None = None):
+    def __init__(
+        self,
+        client: Any,
+        credentials: GatewayCredentials,
+        database: str | None = None,
+        *,
+        max_concurrent_queries: int = 1,
+        max_concurrent_reads: int = 2,
+        max_body_bytes: int = 1 << 30,
+        reader_limits: dict[str, str] | None = None,
+    ):
         if credentials.reader_user == credentials.writer_user:
             raise ValueError("reader and writer must be different users")
         if not (credentials.reader_password and credentials.writer_password):
@@ -128,11 +153,15 @@ class QueryGateway:
         if not conn_str:
             raise TypeError("QueryGateway needs a clickhouse-connect chdb client or a chdb connection string")
         self._conn_str = conn_str
-        self._users = {"reader": (credentials.reader_user, credentials.reader_password),
-                       "writer": (credentials.writer_user, credentials.writer_password)}
+        self._users = {
+            "reader": (credentials.reader_user, credentials.reader_password),
+            "writer": (credentials.writer_user, credentials.writer_password),
+        }
         self._database = database or getattr(client, "database", None)
-        self._slots = {"writer": asyncio.Semaphore(max_concurrent_queries),
-                       "reader": asyncio.Semaphore(max_concurrent_reads)}
+        self._slots = {
+            "writer": asyncio.Semaphore(max_concurrent_queries),
+            "reader": asyncio.Semaphore(max_concurrent_reads),
+        }
         # Applied after the reader's own settings and before readonly = 1, which locks them.
         self._reader_limits = reader_limits if reader_limits is not None else READER_LIMITS
         self._max_body = max_body_bytes
@@ -188,8 +217,11 @@ class QueryGateway:
             headers = {"X-ClickHouse-Exception-Code": str(exc.code), "X-ClickHouse-Query-Id": query_id}
             return web.Response(status=exc.status, text=f"{exc}\n", headers=headers)
         summary["elapsed_ns"] = str(int((time.monotonic() - started) * 1e9))
-        headers = {"X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Timezone": plan.timezone,
-                   "X-ClickHouse-Summary": json.dumps(summary)}
+        headers = {
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Timezone": plan.timezone,
+            "X-ClickHouse-Summary": json.dumps(summary),
+        }
         fmt = None if plan.insert_head else _output_format(plan)
         # ClickHouse names a format only for statements that produce a result set.
         if fmt and (body or _first_keyword(plan.sql) in READ_KEYWORDS):
@@ -211,8 +243,12 @@ class QueryGateway:
         elif "user" in url:
             user, password = url["user"], url.get("password", "")
         if user is None:
-            raise GatewayError(516, "Authentication required: use HTTP basic auth, X-ClickHouse-User/X-ClickHouse-Key"
-                               " headers or user/password parameters", "AUTHENTICATION_FAILED")
+            raise GatewayError(
+                516,
+                "Authentication required: use HTTP basic auth, X-ClickHouse-User/X-ClickHouse-Key"
+                " headers or user/password parameters",
+                "AUTHENTICATION_FAILED",
+            )
         matched = None
         for role, (name, secret) in self._users.items():
             # Check every pair so timing does not tell which user names exist.
@@ -222,8 +258,11 @@ class QueryGateway:
             matched = matched or (role if ok else None)
         if matched is None:
             log.warning("query_gateway.auth_failed", user=user, peer=request.remote)
-            raise GatewayError(516, f"{user}: Authentication failed: password is incorrect, or there is no user"
-                               " with such name", "AUTHENTICATION_FAILED")
+            raise GatewayError(
+                516,
+                f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
+                "AUTHENTICATION_FAILED",
+            )
         return matched
 
     async def _plan(self, request: web.Request, role: str) -> _Plan:
@@ -307,9 +346,14 @@ class QueryGateway:
                     try:
                         plan.sql = checked_statement(lambda q: _text(conn, q, plan.params), plan.sql, plan.database)
                     except NotReadOnly as refused:
-                        hint = " Method GET implies readonly; use POST for modifying queries." if plan.role == "writer" else ""
-                        raise GatewayError(164, f"{plan.role}: Cannot execute query in readonly mode: {refused}.{hint}",
-                                           "READONLY") from None
+                        hint = (
+                            " Method GET implies readonly; use POST for modifying queries."
+                            if plan.role == "writer"
+                            else ""
+                        )
+                        raise GatewayError(
+                            164, f"{plan.role}: Cannot execute query in readonly mode: {refused}.{hint}", "READONLY"
+                        ) from None
                 limits = ", ".join(f"{k} = {_quote(v)}" for k, v in self._reader_limits.items())
                 # Last: readonly = 1 locks every setting, so nothing in the query can raise a limit.
                 conn.query(f"SET {limits}, readonly = 1" if limits else "SET readonly = 1", "TabSeparated")
@@ -326,9 +370,13 @@ class QueryGateway:
                 return b"", {"written_rows": str(done.rows_written), "written_bytes": str(done.bytes_written)}
             result = conn.query(plan.sql, plan.default_format, params=plan.params)
             body = result.bytes() or b""
-            return body, {"read_rows": str(result.rows_read()), "read_bytes": str(result.bytes_read()),
-                          "written_rows": str(result.rows_written()), "written_bytes": str(result.bytes_written()),
-                          "result_bytes": str(len(body))}
+            return body, {
+                "read_rows": str(result.rows_read()),
+                "read_bytes": str(result.bytes_read()),
+                "written_rows": str(result.rows_written()),
+                "written_bytes": str(result.bytes_written()),
+                "result_bytes": str(len(body)),
+            }
         except Exception as exc:
             raise GatewayError.from_engine(exc) from exc
         finally:
@@ -399,8 +447,13 @@ def _quote_ident(name: str) -> str:
 
 def write_gateway_file(path: Path, host: str, port: int, credentials: GatewayCredentials, database: str) -> None:
     """Publish where this gateway listens, and its users (see :mod:`bastionary.devstack.discovery`)."""
-    discovery.write_gateway_file(path, {
-        "host": host, "port": port, "database": database,
-        "reader": {"user": credentials.reader_user, "password": credentials.reader_password},
-        "writer": {"user": credentials.writer_user, "password": credentials.writer_password},
-    })
+    discovery.write_gateway_file(
+        path,
+        {
+            "host": host,
+            "port": port,
+            "database": database,
+            "reader": {"user": credentials.reader_user, "password": credentials.reader_password},
+            "writer": {"user": credentials.writer_user, "password": credentials.writer_password},
+        },
+    )

@@ -25,12 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.controller import Controller
 
+from bastionary.devstack.broker import free_port
 from bastionary.dunning.notify.webhook import (
     ID_HEADER,
     SignatureError,
     verify,
 )
-from bastionary.devstack.broker import free_port
 
 Delay = float | tuple[float, float]
 
@@ -59,8 +59,7 @@ class SmtpSink:
 
     ``delay`` holds back the 250 after the message is kept (see the module docstring)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, delay: Delay = 0.0,
-                 seed: int | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, delay: Delay = 0.0, seed: int | None = None):
         self.host, self.port = host, port or free_port()
         self.messages: list[EmailMessage] = []
         self._lock = threading.Lock()
@@ -76,7 +75,7 @@ class SmtpSink:
             await asyncio.sleep(pause)  # the sink's own loop: other sessions go on meanwhile
         return "250 Message accepted"
 
-    def __enter__(self) -> "SmtpSink":
+    def __enter__(self) -> SmtpSink:
         self._controller.start()
         return self
 
@@ -122,7 +121,7 @@ class WebhookReceiver:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/dunning"
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         self._thread.start()
         return self
 
@@ -161,6 +160,7 @@ class WebhookReceiver:
                     seen = any(d.idempotency_key == webhook_id for d in receiver.deliveries)
                     receiver.deliveries.append(WebhookDelivery(webhook_id, stamp, body, seen))
                 self._answer(200)
+                return None
 
             def _answer(self, status: int) -> None:
                 pause = receiver._delay()

@@ -8,7 +8,7 @@ steps, so a restart (or a clock file that outlives the worker) loses no timer.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +19,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class FileClock:
@@ -34,7 +34,7 @@ class FileClock:
         return parse_moment(text)
 
     def set(self, moment: datetime) -> datetime:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
         tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(moment.isoformat())
@@ -51,12 +51,12 @@ class ClockError(ValueError):
 
 def parse_moment(text: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise ClockError(f"not an ISO 8601 time: {text!r}") from None
     if moment.tzinfo is None:
         raise ClockError(f"time needs an offset (e.g. Z): {text!r}")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def clock_from_setting(value: str) -> SystemClock | FileClock:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 import orjson
@@ -42,8 +42,14 @@ DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
 
 
 class Notifier:
-    def __init__(self, store: DunningStore, webhook: WebhookConfig | None, smtp: SmtpConfig | None,
-                 dead_letter: DeadLetter, company: str = "Bastionary"):
+    def __init__(
+        self,
+        store: DunningStore,
+        webhook: WebhookConfig | None,
+        smtp: SmtpConfig | None,
+        dead_letter: DeadLetter,
+        company: str = "Bastionary",
+    ):
         self.store = store
         self.webhook = webhook
         self.smtp = smtp
@@ -68,8 +74,13 @@ class Notifier:
         notice = data["notice_id"]
 
         async def record_attempt(attempt: Attempt) -> None:
-            await self._trail(data, "attempt", channel, f"#{attempt.number} {'ok' if attempt.ok else 'failed'}: {attempt.detail}",
-                              f"{notice}:{channel}:attempt:{uuid.uuid4()}")
+            await self._trail(
+                data,
+                "attempt",
+                channel,
+                f"#{attempt.number} {'ok' if attempt.ok else 'failed'}: {attempt.detail}",
+                f"{notice}:{channel}:attempt:{uuid.uuid4()}",
+            )
 
         if channel == "webhook" and self.webhook is not None:
             outcome = await deliver_webhook(self.webhook, self._client(), notice, value, on_attempt=record_attempt)
@@ -79,7 +90,9 @@ class Notifier:
         else:
             outcome = DeliveryOutcome(channel, False, 0, f"{channel} is not configured")
         if outcome.ok:
-            await self._trail(data, "delivered", channel, f"after {outcome.attempts} attempt(s)", f"{notice}:{channel}:delivered")
+            await self._trail(
+                data, "delivered", channel, f"after {outcome.attempts} attempt(s)", f"{notice}:{channel}:delivered"
+            )
         else:
             await self._trail(data, "delivery_failed", channel, outcome.reason, f"{notice}:{channel}:failed")
             await self.dead_letter(value, f"{channel}_delivery_failed", f"{channel}: {outcome.reason}")
@@ -87,8 +100,17 @@ class Notifier:
         return outcome
 
     async def _trail(self, data: dict, kind: str, channel: str, detail: str, event_id: str) -> None:
-        row = TrailRow(event_id, data["invoice_id"], data["customer_id"], kind, datetime.now(timezone.utc),
-                       data["step"], data["action"], channel, detail)
+        row = TrailRow(
+            event_id,
+            data["invoice_id"],
+            data["customer_id"],
+            kind,
+            datetime.now(UTC),
+            data["step"],
+            data["action"],
+            channel,
+            detail,
+        )
         await asyncio.to_thread(self.store.insert_trail, [row])
 
     def _client(self) -> aiohttp.ClientSession:

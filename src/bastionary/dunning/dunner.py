@@ -43,8 +43,14 @@ class DunningResult:
 
 
 class Dunner:
-    def __init__(self, store: DunningStore, config: DunningConfig, publish: Publish, clock: Clock,
-                 owns: Callable[[str], bool] = lambda customer: True):
+    def __init__(
+        self,
+        store: DunningStore,
+        config: DunningConfig,
+        publish: Publish,
+        clock: Clock,
+        owns: Callable[[str], bool] = lambda customer: True,
+    ):
         self.store = store
         self.config = config
         self.publish = publish
@@ -70,14 +76,22 @@ class Dunner:
         await asyncio.to_thread(self.store.store_decisions, decided, now)
         result.recorded = len(decided)
         to_publish = [(record.kind, record.data) for _, record in decided if record.publish]
-        futures = [await self.publish(data["invoice_id"], notice_event(kind, data, now.isoformat()))
-                   for kind, data in to_publish]
+        futures = [
+            await self.publish(data["invoice_id"], notice_event(kind, data, now.isoformat()))
+            for kind, data in to_publish
+        ]
         await asyncio.gather(*futures)
         await asyncio.to_thread(self.store.mark_published, to_publish)
         result.published = [data for _, data in to_publish]
         for case, record in decided:
-            log.info("dunning decision", invoice_id=case.invoice.invoice_id, kind=record.kind,
-                     step=record.step, action=record.action, detail=record.detail)
+            log.info(
+                "dunning decision",
+                invoice_id=case.invoice.invoice_id,
+                kind=record.kind,
+                step=record.step,
+                action=record.action,
+                detail=record.detail,
+            )
         return result
 
 
@@ -87,4 +101,6 @@ def notice_event(kind: str, data: dict, time: str) -> bytes:
         event_type, event_id = STEP_TYPE, data["notice_id"]
     else:
         event_type, event_id = REINSTATED_TYPE, data["reinstatement_id"]
-    return cloud_event(event_type, event_id, "bastionary/dunning", data["customer_id"], data.get("decided_at", time), data)
+    return cloud_event(
+        event_type, event_id, "bastionary/dunning", data["customer_id"], data.get("decided_at", time), data
+    )

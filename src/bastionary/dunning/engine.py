@@ -21,7 +21,12 @@ from bastionary.rating.money import format_money
 NAMESPACE = uuid.UUID("6b0f7f0a-3f57-4bb1-9d4c-2f5f3f1e8a21")
 
 OPEN, PARTIALLY_PAID, OVERDUE, PAID, UNCOLLECTIBLE, VOID = (
-    "open", "partially_paid", "overdue", "paid", "uncollectible", "void",
+    "open",
+    "partially_paid",
+    "overdue",
+    "paid",
+    "uncollectible",
+    "void",
 )
 
 
@@ -126,8 +131,14 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
     settled = state in (PAID, VOID)
     if settled and case.suspended:
         n = case.reinstatements + 1
-        records.append(Record(derived_id(case.invoice.invoice_id, "reinstated", n), "reinstated", detail=state,
-                              data=_reinstated(case, n, now, state)))
+        records.append(
+            Record(
+                derived_id(case.invoice.invoice_id, "reinstated", n),
+                "reinstated",
+                detail=state,
+                data=_reinstated(case, n, now, state),
+            )
+        )
     if settled or state == UNCOLLECTIBLE or policy is None or case.invoice.total <= 0:
         return records
     if case.amount_due < policy.min_amount_due or paused_at(case, now) is not None:
@@ -140,15 +151,29 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
     for n in due:
         step = policy.steps[n - 1]
         if n == latest or step.action in STATE_ACTIONS:
-            records.append(Record(notice_id(case.invoice.invoice_id, n), "notice", n, step.action.value,
-                                  data=_notice(case, policy, n, now)))
+            records.append(
+                Record(
+                    notice_id(case.invoice.invoice_id, n),
+                    "notice",
+                    n,
+                    step.action.value,
+                    data=_notice(case, policy, n, now),
+                )
+            )
             if step.action is Action.MARK_UNCOLLECTIBLE:
                 records.append(_state_change(case, UNCOLLECTIBLE, sum(r.kind == "state" for r in records)))
         else:
             # Downtime (or a late start) made several notices due at once: the customer gets
             # only the latest, and the ones passed over stay visible as skipped.
-            records.append(Record(derived_id(case.invoice.invoice_id, "skipped", n), "skipped", n,
-                                  step.action.value, detail=f"superseded by step {latest}"))
+            records.append(
+                Record(
+                    derived_id(case.invoice.invoice_id, "skipped", n),
+                    "skipped",
+                    n,
+                    step.action.value,
+                    detail=f"superseded by step {latest}",
+                )
+            )
     return records
 
 

@@ -17,6 +17,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, Field, StrictStr, model_validator
 
+from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
 from bastionary.rating.events import (
     LATEST,
     MAX_CHANNEL_LENGTH,
@@ -34,7 +35,6 @@ from bastionary.rating.events import (
     preview,
     time_in_range,
 )
-from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
 from bastionary.settings import format_iso_duration
 
 PAYMENT_TYPES = {
@@ -69,7 +69,7 @@ class InvoiceData(_Data):
     period_end: BillingTime
 
     @model_validator(mode="after")
-    def _money(self) -> "InvoiceData":
+    def _money(self) -> InvoiceData:
         check_currency(self.currency, self.total)
         return self
 
@@ -84,7 +84,7 @@ class PaymentData(_Data):
     reason: Text = ""
 
     @model_validator(mode="after")
-    def _money(self) -> "PaymentData":
+    def _money(self) -> PaymentData:
         if self.amount is not None and self.amount <= 0:
             raise ValueError(f"amount must be positive, got {preview(str(self.amount), 40)}")
         check_currency(self.currency, self.amount)
@@ -183,20 +183,48 @@ def payment_moment(event: BillingEvent, data: PaymentData) -> datetime:
 
 def receivable_row(data: InvoiceData, received: datetime) -> ReceivableRow:
     """The ``receivables`` row of a finalized invoice."""
-    return ReceivableRow(data.invoice_id, data.customer_id, data.plan, data.currency, data.total, data.issued_at,
-            data.due_at, data.period_start, data.period_end, received)
+    return ReceivableRow(
+        data.invoice_id,
+        data.customer_id,
+        data.plan,
+        data.currency,
+        data.total,
+        data.issued_at,
+        data.due_at,
+        data.period_start,
+        data.period_end,
+        received,
+    )
 
 
-def payment_row(envelope: BillingEvent, kind: str, data: PaymentData, customer: str, invoice_currency: str,
-                received: datetime) -> PaymentRow:
+def payment_row(
+    envelope: BillingEvent, kind: str, data: PaymentData, customer: str, invoice_currency: str, received: datetime
+) -> PaymentRow:
     """The ``payments`` row of a payment that fits its invoice."""
     return PaymentRow(
-        envelope.id, kind, data.payment_id or envelope.id, data.invoice_id, customer,
-        data.amount or Decimal(0), data.currency or invoice_currency, payment_moment(envelope, data), data.reason, received,
+        envelope.id,
+        kind,
+        data.payment_id or envelope.id,
+        data.invoice_id,
+        customer,
+        data.amount or Decimal(0),
+        data.currency or invoice_currency,
+        payment_moment(envelope, data),
+        data.reason,
+        received,
     )
 
 
 def response_row(envelope: BillingEvent, kind: str, data: ResponseData, customer: str) -> TrailRow:
     """The ``dunning_events`` response row of a response to an invoice of ``customer``."""
-    return TrailRow(envelope.id, data.invoice_id, customer, "response", envelope.time, action=kind,
-                    channel=data.channel, detail=data.reason or (data.notice_id or ""), until=data.promised_by)
+    return TrailRow(
+        envelope.id,
+        data.invoice_id,
+        customer,
+        "response",
+        envelope.time,
+        action=kind,
+        channel=data.channel,
+        detail=data.reason or (data.notice_id or ""),
+        until=data.promised_by,
+    )

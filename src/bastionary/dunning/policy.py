@@ -8,6 +8,7 @@ policy's ``max_promise``: ``promised_by: 9999-12-31`` must not stop dunning for 
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -90,9 +91,9 @@ class Policy(_Model):
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Policy":
+    def _ordered(self) -> Policy:
         afters = [s.after for s in self.steps]
-        if any(a >= b for a, b in zip(afters, afters[1:])):
+        if any(a >= b for a, b in itertools.pairwise(afters)):
             raise ValueError("steps must have strictly increasing 'after'")
         if any(s.action is Action.MARK_UNCOLLECTIBLE for s in self.steps[:-1]):
             raise ValueError("mark_uncollectible ends a policy: it must be the last step")
@@ -103,7 +104,7 @@ class DunningConfig(_Model):
     policies: tuple[Policy, ...] = ()
 
     @model_validator(mode="after")
-    def _one_default(self) -> "DunningConfig":
+    def _one_default(self) -> DunningConfig:
         keys = [p.key for p in self.policies]
         if len(set(keys)) != len(keys):
             raise ValueError("duplicate policy keys")

@@ -11,14 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from bastionary.outbound import cloud_event
-
 from bastionary.entitlements.evaluate import ZERO, CustomerState, effective_limit, iso_z
 from bastionary.entitlements.spec import MeteredEntitlement, decimal_text
+from bastionary.outbound import cloud_event
 
 CHANGE_NAMESPACE = uuid.UUID("0b6f4f3e-7d1c-4f55-9a0e-6f1e2c9d8a41")
 SOURCE = "bastionary/entitlements"
@@ -64,8 +63,9 @@ def change_event(change: Change, time: datetime) -> bytes:
         "period_start": iso_z(change.period_start),
     }
     data.update({k: v for k, v in change.detail.items() if k not in data})
-    return cloud_event(f"bastionary.entitlement.{change.kind}.v1", change.change_id, SOURCE, change.customer_id,
-                       iso_z(time), data)
+    return cloud_event(
+        f"bastionary.entitlement.{change.kind}.v1", change.change_id, SOURCE, change.customer_id, iso_z(time), data
+    )
 
 
 def _thresholds(
@@ -95,7 +95,13 @@ def _exhaustion(
     exhausted = not entitlement.soft and usage >= limit
     detail = {"usage": decimal_text(usage), "limit": decimal_text(limit), "reset_at": iso_z(state.period_end)}
     return _toggle(
-        state.customer_id, entitlement.feature, state.period_start, exhausted, ("exhausted", "restored"), detail, recorded
+        state.customer_id,
+        entitlement.feature,
+        state.period_start,
+        exhausted,
+        ("exhausted", "restored"),
+        detail,
+        recorded,
     )
 
 
@@ -129,4 +135,4 @@ def _toggle(
 
 def _utc_iso(moment: datetime) -> str:
     # The same instant in any zone gives the same id.
-    return moment.astimezone(timezone.utc).isoformat()
+    return moment.astimezone(UTC).isoformat()

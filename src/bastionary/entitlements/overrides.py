@@ -69,7 +69,7 @@ class _OverrideData(BaseModel):
     enabled: StrictBool | None = None
 
     @model_validator(mode="after")
-    def _one_action(self) -> "_OverrideData":
+    def _one_action(self) -> _OverrideData:
         given = [name for name in ACTIONS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"exactly one of {', '.join(ACTIONS)} is needed, got {', '.join(given) or 'none'}")
@@ -85,9 +85,7 @@ def parse_override(value: bytes, *, latest_time: datetime | None = None) -> Over
     try:
         event = parse_envelope(value, latest_time)
         if event.type != OVERRIDE_TYPE:
-            raise InvalidBillingEvent(
-                "unknown_type", f"not an entitlement override event type: {preview(event.type)}"
-            )
+            raise InvalidBillingEvent("unknown_type", f"not an entitlement override event type: {preview(event.type)}")
         data = parse_data(_OverrideData, event)
     except InvalidBillingEvent as exc:
         raise InvalidOverride(exc.code, str(exc)) from None
@@ -105,4 +103,3 @@ def active_overrides(overrides: Iterable[Override], feature: str, now: datetime)
         latest[override.override_id] = override
     active = [o for o in latest.values() if o.feature == feature and o.active_at(now)]
     return sorted(active, key=lambda o: (o.effective_at, o.override_id))
-

@@ -14,17 +14,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from bastionary.metering.meters import Meter, behaviour
-from bastionary.metering.sink import LandedFlush
 from bastionary.entitlements.changes import change_event, due_changes
 from bastionary.entitlements.evaluate import Decision, check, check_all
+from bastionary.entitlements.ports import EntitlementStore
 from bastionary.entitlements.spec import MeteredEntitlement
 from bastionary.entitlements.state import Loaded, build_state, suspension_changes
-from bastionary.entitlements.ports import EntitlementStore
+from bastionary.metering.meters import Meter, behaviour
+from bastionary.metering.sink import LandedFlush
 
 log = structlog.get_logger(__name__)
 # (key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
@@ -36,9 +36,15 @@ class UnknownCustomer(LookupError):
 
 
 class Entitlements:
-    def __init__(self, store: EntitlementStore, meters: Iterable[Meter], publish: Publish, lock: asyncio.Lock,
-                 now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 on_loaded: Callable[[str, Loaded], None] | None = None):
+    def __init__(
+        self,
+        store: EntitlementStore,
+        meters: Iterable[Meter],
+        publish: Publish,
+        lock: asyncio.Lock,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_loaded: Callable[[str, Loaded], None] | None = None,
+    ):
         self.store = store
         self.publish = publish
         self.lock = lock  # the usage sink's flush lock
@@ -101,7 +107,12 @@ class Entitlements:
         stale: set[str] = set()
         for flush in flushes:
             for row in flush.rollup_rows:
-                meter, customer, group_values, window_start = row.meter, row.customer_id, row.group_values, row.window_start
+                meter, customer, group_values, window_start = (
+                    row.meter,
+                    row.customer_id,
+                    row.group_values,
+                    row.window_start,
+                )
                 if customer not in self._loaded:
                     # Not read yet: the reconciler reads it (this flush included) so that a
                     # limit crossed by a customer nobody has checked still emits its changes.
@@ -145,7 +156,7 @@ class Entitlements:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 now = self.now()
                 self._dirty |= {c for c, loaded in self._loaded.items() if loaded is not None and _clocked(loaded, now)}
             self._wake.clear()
@@ -188,6 +199,7 @@ class Entitlements:
 def _clocked(loaded: Loaded, now: datetime) -> bool:
     """Access can change with no input: an override starts or ends, or the period ends."""
     return loaded.stale_at(now) or any(
-        o.effective_at > now - timedelta(minutes=1) or (o.expires_at is not None and o.expires_at > now - timedelta(minutes=1))
+        o.effective_at > now - timedelta(minutes=1)
+        or (o.expires_at is not None and o.expires_at > now - timedelta(minutes=1))
         for o in loaded.state.overrides
     )

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from bastionary.metering.meters import Meter
-from bastionary.rating.plans import Plan
 from bastionary.entitlements.changes import CUSTOMER_WIDE, Change, change_id
 from bastionary.entitlements.evaluate import CustomerState
-from bastionary.entitlements.spec import MeteredEntitlement
-from bastionary.rating.invoice import Subscription
 from bastionary.entitlements.ports import EntitlementStore
+from bastionary.entitlements.spec import MeteredEntitlement
+from bastionary.metering.meters import Meter
+from bastionary.rating.invoice import Subscription
+from bastionary.rating.plans import Plan
 
 
 @dataclass
@@ -35,8 +35,9 @@ def plan_and_period(sub: Subscription | None, now: datetime):
     """(plan in force, period start, period end) of ``sub`` at ``now``; no plan if none."""
     if sub is None or now < sub.segments[0].start or (sub.canceled_at is not None and now >= sub.canceled_at):
         return None, None, None
-    plan = next((s.plan for s in sub.segments if s.start <= now and (s.end is None or now < s.end)),
-                sub.segments[-1].plan)
+    plan = next(
+        (s.plan for s in sub.segments if s.start <= now and (s.end is None or now < s.end)), sub.segments[-1].plan
+    )
     _, start, end = sub.first_plan.interval.period_containing(sub.anchor, now)
     if sub.canceled_at is not None:
         end = min(end, sub.canceled_at)
@@ -53,7 +54,9 @@ def build_state(store: EntitlementStore, meters: Mapping[str, Meter], customer: 
     usage: dict[str, Decimal] = {}
     for entitlement in plan.entitlements if plan is not None else ():
         if isinstance(entitlement, MeteredEntitlement):
-            usage[entitlement.feature] = store.usage(customer, meters[entitlement.meter], entitlement.filter, start, end)
+            usage[entitlement.feature] = store.usage(
+                customer, meters[entitlement.meter], entitlement.filter, start, end
+            )
     suspensions = store.suspension_history(customer)
     suspended = bool(suspensions) and suspensions[-1] == "suspended"
     state = CustomerState(customer, plan, start, end, suspended, usage, tuple(overrides))
@@ -66,10 +69,11 @@ def suspension_changes(loaded: Loaded) -> list[Change]:
     customer = loaded.state.customer_id
     emitted = [c.kind for c in loaded.recorded if c.kind in ("suspended", "reinstated")]
     out = []
-    for n, kind in enumerate(loaded.suspensions[len(emitted):], len(emitted)):
+    for _n, kind in enumerate(loaded.suspensions[len(emitted) :], len(emitted)):
         seq = (emitted + [c.kind for c in out]).count(kind) + 1
-        out.append(Change(change_id(customer, CUSTOMER_WIDE, None, kind, str(seq)), kind, customer, CUSTOMER_WIDE,
-                          None, {}))
+        out.append(
+            Change(change_id(customer, CUSTOMER_WIDE, None, kind, str(seq)), kind, customer, CUSTOMER_WIDE, None, {})
+        )
     return out
 
 

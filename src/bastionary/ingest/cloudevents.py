@@ -10,7 +10,7 @@ returns; it never raises.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from hashlib import blake2b
 from typing import Any, Literal
@@ -23,8 +23,8 @@ from bastionary.ingest.errors import ErrorClass, Rejection
 
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
 # The range of ClickHouse DateTime, which the 1-minute rollup windows use.
-_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2106, 1, 1, tzinfo=UTC)
 _LATEST_MS = int(_LATEST.timestamp() * 1000)
 # orjson serialises at most 254 nested levels; the payload hash serialises each event, so an
 # event nested deeper is rejected by that limit, the same way on every run (a replay must
@@ -147,7 +147,7 @@ def parse_record(
         decoded = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return ParsedRecord([], _decode_rejection(value, exc))
-    latest_allowed = datetime.fromtimestamp(record_timestamp_ms / 1000, tz=timezone.utc) + limits.max_future_skew
+    latest_allowed = datetime.fromtimestamp(record_timestamp_ms / 1000, tz=UTC) + limits.max_future_skew
     if binary_attrs is not None:
         binary_attrs["data"] = decoded
         return ParsedRecord([_member(0, binary_attrs, latest_allowed)], value=value, binary=True)
@@ -197,7 +197,7 @@ def payload_hash(raw: dict[str, Any], event: UsageEvent) -> bytes:
     ``time`` is hashed in its parsed form so that ``Z`` and ``+00:00`` spell the same event.
     """
     canonical = dict(raw)
-    canonical["time"] = event.time.astimezone(timezone.utc).isoformat()
+    canonical["time"] = event.time.astimezone(UTC).isoformat()
     return blake2b(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
 

@@ -58,7 +58,7 @@ class Meter(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _value_needed(self) -> "Meter":
+    def _value_needed(self) -> Meter:
         if behaviour(self.aggregation).reads_value and not self.value_property:
             raise ValueError(f"{self.aggregation.value} needs value_property")
         return self

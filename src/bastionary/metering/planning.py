@@ -9,12 +9,19 @@ letter, ``internal_error`` included; dedupe verdicts come after, in member order
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import structlog
 
 from bastionary.dedupe import Sighting, Verdict, judge
-from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, RecordMember, member_bytes, parse_record
+from bastionary.ingest.cloudevents import (
+    ParsedRecord,
+    RecordLimits,
+    RecordMember,
+    UsageEvent,
+    member_bytes,
+    parse_record,
+)
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.metering.ports import DedupeCache, EventRow, RollupRow
 from bastionary.metering.readings import MeterIndex, Reading
@@ -59,6 +66,7 @@ class _Accepted:
     """A member that passed every check that needs no dedupe state."""
 
     member: RecordMember
+    event: UsageEvent
     key: bytes
     row: EventRow
     readings: list[Reading]
@@ -82,8 +90,9 @@ class FlushPlanner:
     def plan(
         self, topic: str, partition: int, epoch: int, records: list[InboundRecord], replayed: bool = False
     ) -> FlushPlan:
-        plan = FlushPlan(topic, partition, records[0].offset, records[-1].offset, records, log_epoch=epoch,
-                     replayed=replayed)
+        plan = FlushPlan(
+            topic, partition, records[0].offset, records[-1].offset, records, log_epoch=epoch, replayed=replayed
+        )
         rollups = RollupBuilder()
         in_flush: dict[bytes, Sighting] = {}
         for record in records:
@@ -91,9 +100,11 @@ class FlushPlanner:
             try:
                 examined = self._examine(record, epoch)
             except Exception as exc:  # a bug of ours: this record is dead-lettered, the partition goes on
-                log.error(
+                log.exception(
                     "record could not be processed; dead-lettered as internal_error",
-                    topic=topic, partition=partition, offset=record.offset, exc_info=True,
+                    topic=topic,
+                    partition=partition,
+                    offset=record.offset,
                 )
                 self._dead_letter(plan, record, record.value or b"", _internal_error(exc), None, type(exc).__name__)
                 continue
@@ -107,7 +118,7 @@ class FlushPlanner:
         examined = _Examined(parsed)
         if parsed.rejection is not None:
             return examined
-        ingested_at = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=timezone.utc)
+        ingested_at = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
         for member in parsed.members:
             event = member.event
             if event is None:
@@ -134,7 +145,7 @@ class FlushPlanner:
                 ingest_index=member.index,
             )
             key = self.dedupe.key(record.topic, record.partition, event.source, event.id)
-            examined.accepted.append(_Accepted(member, key, row, readings))
+            examined.accepted.append(_Accepted(member, event, key, row, readings))
         return examined
 
     def _settle(
@@ -154,16 +165,14 @@ class FlushPlanner:
             self._reject_member(plan, record, parsed, member, rejection)
         seen_at = record.timestamp_ms // 1000
         for accepted in examined.accepted:
-            member, event = accepted.member, accepted.member.event
-            assert event is not None
+            member, event = accepted.member, accepted.event
             current = Sighting(record.offset, member.index, seen_at, member.payload_hash, plan.log_epoch)
             previous = in_flush.get(accepted.key) or self.dedupe.get(accepted.key, seen_at)
             verdict = judge(previous, current)
             if verdict is Verdict.DUPLICATE:
                 plan.stats.duplicates += 1
                 continue
-            if verdict is Verdict.CONFLICT:
-                assert previous is not None
+            if verdict is Verdict.CONFLICT and previous is not None:
                 conflict = Rejection(
                     ErrorClass.DUPLICATE_CONFLICT,
                     f"(source, id) = ({event.source}, {event.id}) was first seen at offset"
@@ -218,5 +227,3 @@ def _internal_error(exc: BaseException | None) -> Rejection:
 
 def _printable_header_name(name: str) -> str:
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
-
-

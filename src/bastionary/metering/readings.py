@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from bastionary.metering.meters import Aggregation, Meter
 from bastionary.ingest.cloudevents import UsageEvent
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.ingest.jsonpath import MISSING, extract
+from bastionary.metering.meters import Aggregation, Meter
 
 VALUE_QUANTUM = Decimal("0.000000001")  # the 9 fractional digits of Decimal(38, 9) in ClickHouse
 # At most 18 integer digits per value, so that the rollup sums of Decimal(38, 9) (29 integer
@@ -93,9 +93,9 @@ def numeric_value(meter: Meter, raw: Any) -> Decimal:
     """
     if raw is MISSING:
         raise Rejection(ErrorClass.INVALID_METER_VALUE, f"meter {meter.key}: {meter.value_property} is missing")
-    if isinstance(raw, str) and _PLAIN_DECIMAL.fullmatch(raw):
-        value = Decimal(raw)
-    elif isinstance(raw, (int, Decimal)) and not isinstance(raw, bool):
+    if (isinstance(raw, str) and _PLAIN_DECIMAL.fullmatch(raw)) or (
+        isinstance(raw, (int, Decimal)) and not isinstance(raw, bool)
+    ):
         value = Decimal(raw)
     else:
         raise Rejection(

@@ -8,7 +8,7 @@ up to the same totals as one pass over all raw events.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Context, Decimal
 from typing import assert_never
 
@@ -20,13 +20,13 @@ from bastionary.metering.readings import Group, Reading
 
 WINDOW_SECONDS = 60
 ZERO = Decimal(0)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SUM_CONTEXT = Context(prec=38)  # Decimal(38, 9): the default 28 digits would round large sums
 
 
 def window_start(moment: datetime) -> datetime:
     epoch = int(moment.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % WINDOW_SECONDS, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch - epoch % WINDOW_SECONDS, tz=UTC)
 
 
 def group_key(group: Group) -> str:
@@ -75,7 +75,13 @@ class RollupBuilder:
         self._groups: dict[RollupKey, Group] = {}
 
     def add(self, customer_id: str, event_time: datetime, reading: Reading, ingested_at: datetime = EPOCH) -> None:
-        key = (reading.meter, customer_id, group_key(reading.group), window_start(event_time), window_start(ingested_at))
+        key = (
+            reading.meter,
+            customer_id,
+            group_key(reading.group),
+            window_start(event_time),
+            window_start(ingested_at),
+        )
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = RollupCell()

@@ -28,7 +28,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -233,13 +233,14 @@ class UsageSink:
     def _backfill_dedupe(
         self, topic: str, partition: int, after: tuple[int, int] | None, through: tuple[int, int]
     ) -> None:
-        since = datetime.now(timezone.utc) - self.config.dedupe_horizon
+        since = datetime.now(UTC) - self.config.dedupe_horizon
         rows = self.store.sightings_after(topic, partition, after, since)
         entries = [
             (
                 self.dedupe.key(topic, partition, row.source, row.event_id),
-                Sighting(row.ingest_offset, row.ingest_index, row.seen_at, bytes.fromhex(row.payload_hash),
-                         row.ingest_epoch),
+                Sighting(
+                    row.ingest_offset, row.ingest_index, row.seen_at, bytes.fromhex(row.payload_hash), row.ingest_epoch
+                ),
             )
             for row in rows
         ]
@@ -339,7 +340,7 @@ class UsageSink:
             finally:
                 probes = await probing
             kept = []
-            for batch, plan in zip(batches, plans):
+            for batch, plan in zip(batches, plans, strict=False):
                 tp, state = batch[0], batch[1]
                 probe = probes.get(tp)
                 if probe is not None and state.anchor is not None and not probe.matches(state.anchor):
@@ -353,12 +354,13 @@ class UsageSink:
             await self._land(plans)
             landed = []
             landed_flushes = [
-                LandedFlush(p.topic, p.partition, p.first_offset, p.last_offset, p.replayed, p.rollup_rows) for p in plans
+                LandedFlush(p.topic, p.partition, p.first_offset, p.last_offset, p.replayed, p.rollup_rows)
+                for p in plans
             ]
             for listener in self.listeners:
                 listener(landed_flushes)
             now = time.monotonic()
-            for ((_, state, records, _), plan) in kept:
+            for (_, state, records, _), plan in kept:
                 state.done_through = plan.last_offset
                 state.anchor = Anchor(plan.last_offset, plan.last_fingerprint)
                 state.replay = None
@@ -400,7 +402,7 @@ class UsageSink:
         #  6 (ack, by the caller): Kafka may redeliver; records <= b are skipped by offset.
         # The anchor check before step 1 (see flush) decides that [a, b] belongs after b's
         # predecessor; a crash anywhere leaves that decision to be made again.
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         markers = [
             MarkerRow(
                 topic=p.topic,
@@ -437,6 +439,7 @@ class UsageSink:
                 last_offset=plan.last_offset,
                 accepted=plan.stats.accepted,
             )
+
 
 async def _no_probes() -> dict[Any, LogProbe]:
     return {}

@@ -14,7 +14,7 @@ length. schemas/README.md (Billing limits) lists the bounds.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -43,8 +43,8 @@ CREDIT_TYPES = {"bastionary.credit.granted.v1": "granted", "bastionary.credit.vo
 
 # The storable range of every billing time: the usage range (ClickHouse DateTime, which the
 # rollup windows use), well inside DateTime64's 1900 .. 2299. LATEST itself is excluded.
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(2106, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2106, 1, 1, tzinfo=UTC)
 # Amounts and limits are Decimal(38, 9) columns; like meter values, at most 18 integer digits
 # (sums of many still fit) and at most 9 decimals (what the column keeps; fewer for a currency).
 MAX_INTEGER_DIGITS = 18
@@ -158,7 +158,7 @@ class CreditGrantData(_Data):
     expires_at: BillingTime | None = None
 
     @model_validator(mode="after")
-    def _currency(self) -> "CreditGrantData":
+    def _currency(self) -> CreditGrantData:
         check_currency(self.currency, self.amount)
         return self
 
@@ -187,7 +187,7 @@ def latest_event_time(record_timestamp: float | None, max_future_skew: timedelta
     if record_timestamp is None or not 0 <= record_timestamp < LATEST.timestamp():
         return None
     try:
-        return datetime.fromtimestamp(record_timestamp, tz=timezone.utc) + max_future_skew
+        return datetime.fromtimestamp(record_timestamp, tz=UTC) + max_future_skew
     except OverflowError:  # a skew reaching past year 9999: no time can be later
         return None
 
@@ -264,14 +264,31 @@ def subscription_row(envelope: BillingEvent, kind: str, data: SubscriptionData, 
     """The ``subscriptions`` row of a parsed subscription event."""
     effective = data.effective_at or data.start
     return SubscriptionRow(
-        envelope.id, kind, data.subscription_id, data.customer_id, data.plan or "",
-        data.start or effective, data.billing_anchor, effective, received, data.billing_email or "",
+        envelope.id,
+        kind,
+        data.subscription_id,
+        data.customer_id,
+        data.plan or "",
+        data.start or effective,
+        data.billing_anchor,
+        effective,
+        received,
+        data.billing_email or "",
     )
 
 
 def credit_row(envelope: BillingEvent, kind: str, data: CreditGrantData, recorded: datetime) -> LedgerRow:
     """The ``credit_ledger`` row of a parsed grant or void."""
     return LedgerRow(
-        envelope.id, kind, data.grant_id, data.customer_id, data.amount or Decimal(0), data.currency or "",
-        data.priority, data.effective_at or envelope.time, data.expires_at, "", recorded,
+        envelope.id,
+        kind,
+        data.grant_id,
+        data.customer_id,
+        data.amount or Decimal(0),
+        data.currency or "",
+        data.priority,
+        data.effective_at or envelope.time,
+        data.expires_at,
+        "",
+        recorded,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -112,13 +112,17 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
                 prorated = fraction != 1
                 text = price.description or price.key
                 label = f"{text}{suffix}" + (f", prorated {fraction:.4f}" if prorated else "")
-                lines.append(Line(price.key, None, label, fraction, price.amount * fraction, line_key=f"{plan.key}:{price.key}"))
+                lines.append(
+                    Line(price.key, None, label, fraction, price.amount * fraction, line_key=f"{plan.key}:{price.key}")
+                )
                 continue
             used = usage(price, sub.customer_id, lo, hi, as_of)
             priced = price_usage(price, used)
             label = f"{price.description or price.key}{suffix}"
             lines.append(
-                Line(price.key, price.meter, label, used.quantity, priced.amount, priced.tiers, f"{plan.key}:{price.key}")
+                Line(
+                    price.key, price.meter, label, used.quantity, priced.amount, priced.tiers, f"{plan.key}:{price.key}"
+                )
             )
     return lines
 
@@ -161,7 +165,7 @@ def adjustment_lines(
                     Line(
                         line.price_key,
                         line.meter,
-                        f"Adjustment: late usage for {period.start:%Y-%m-%d %H:%M}–{period.end:%Y-%m-%d %H:%M}"
+                        f"Adjustment: late usage for {period.start:%Y-%m-%d %H:%M}–{period.end:%Y-%m-%d %H:%M}"  # noqa: RUF001
                         f" ({line.description})",
                         quantity - old_quantity,
                         delta,
@@ -239,5 +243,3 @@ def finalize(
 
 def _text(value: Decimal) -> str:
     return format(value.normalize(), "f")
-
-

@@ -20,7 +20,7 @@ class Interval:
     fixed: timedelta = timedelta(0)
 
     @classmethod
-    def parse(cls, text: str) -> "Interval":
+    def parse(cls, text: str) -> Interval:
         match = _CALENDAR.match(text.strip().upper())
         if match and (match.group(1) or match.group(2)):
             months = int(match.group(1) or 0) * 12 + int(match.group(2) or 0)

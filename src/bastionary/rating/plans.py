@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -56,7 +57,7 @@ class _TieredPrice(_MeteredPrice):
         if any(b is None for b in bounds[:-1]):
             raise ValueError("only the last tier may have up_to: null")
         finite = bounds[:-1]
-        if any(b <= 0 for b in finite) or any(a >= b for a, b in zip(finite, finite[1:])):
+        if any(b <= 0 for b in finite) or any(a >= b for a, b in itertools.pairwise(finite)):
             raise ValueError(f"tiers must have strictly increasing positive up_to bounds, got {finite}")
         return tiers
 
@@ -83,7 +84,7 @@ class PercentagePrice(_MeteredPrice):
     max_amount: Money | None = None
 
     @model_validator(mode="after")
-    def _bounds(self) -> "PercentagePrice":
+    def _bounds(self) -> PercentagePrice:
         if self.min_amount is not None and self.max_amount is not None and self.min_amount > self.max_amount:
             raise ValueError("min_amount must not exceed max_amount")
         return self

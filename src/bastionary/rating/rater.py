@@ -21,15 +21,15 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import structlog
 
-from bastionary.metering.meters import Meter
 from bastionary.credits.ledger import Grant, movement_id
+from bastionary.metering.meters import Meter
 from bastionary.outbound import cloud_event
 from bastionary.rating.invoice import (
     Period,
@@ -42,8 +42,8 @@ from bastionary.rating.invoice import (
 )
 from bastionary.rating.money import round_money
 from bastionary.rating.plans import Plan
-from bastionary.rating.pricing import Usage
 from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
+from bastionary.rating.pricing import Usage
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
     """``period_end + grace``, rounded up to a minute: usage is read by whole ingest minutes."""
     moment = period_end + grace
     epoch = moment.timestamp()
-    return datetime.fromtimestamp(math.ceil(epoch / 60) * 60, tz=timezone.utc)
+    return datetime.fromtimestamp(math.ceil(epoch / 60) * 60, tz=UTC)
 
 
 def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[tuple[Period, datetime]]:
@@ -105,7 +105,7 @@ class Rater:
         self._meters = {m.key: m for m in meters}
 
     async def run_once(self, now: datetime | None = None) -> RatingResult:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         result = RatingResult([])
         # Only ids are needed to find what is due; documents only of the unpublished ones.
         for document in await asyncio.to_thread(self.store.unpublished_documents):
@@ -147,7 +147,9 @@ class Rater:
         self.store.store_invoices(rated)
         return rated
 
-    def _rate(self, sub, earlier, period: Period, cutoff, grants: list[Grant], drawn: dict, cache: dict) -> RatedInvoice:
+    def _rate(
+        self, sub, earlier, period: Period, cutoff, grants: list[Grant], drawn: dict, cache: dict
+    ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here."""
         usage = self._usage_lookup(cache)
         plan = _plan_at(sub, period.start)
@@ -156,9 +158,11 @@ class Rater:
         if true_up is not None:
             lines.append(true_up)
         if earlier:
-            lines.extend(adjustment_lines(sub, earlier, cutoff, usage, self.store.billed(sub.subscription_id), plan.currency))
+            lines.extend(
+                adjustment_lines(sub, earlier, cutoff, usage, self.store.billed(sub.subscription_id), plan.currency)
+            )
         invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn)
-        recorded = datetime.now(timezone.utc)
+        recorded = datetime.now(UTC)
         ledger = []
         for allocation in allocations:
             drawn[allocation.grant_id] = drawn.get(allocation.grant_id, Decimal(0)) + allocation.amount
@@ -188,9 +192,19 @@ class Rater:
 
     async def _send(self, data: dict) -> list[Awaitable]:
         """Enqueue the invoice and its credit events; returns their delivery futures."""
-        sent = [await self.publish("invoices", data["invoice_id"], _cloudevent(
-            "bastionary.invoice.finalized.v1", data["invoice_id"], data["customer_id"], data["issued_at"], data))]
-        for kind, movements in (("applied", data.get("credit_allocations", [])), ("expired", data.get("credits_expired", []))):
+        sent = [
+            await self.publish(
+                "invoices",
+                data["invoice_id"],
+                _cloudevent(
+                    "bastionary.invoice.finalized.v1", data["invoice_id"], data["customer_id"], data["issued_at"], data
+                ),
+            )
+        ]
+        for kind, movements in (
+            ("applied", data.get("credit_allocations", [])),
+            ("expired", data.get("credits_expired", [])),
+        ):
             for movement in movements:
                 credit = {
                     "grant_id": movement["grant_id"],
@@ -200,7 +214,9 @@ class Rater:
                     "currency": data["currency"],
                 }
                 event_id = movement_id(kind, movement["grant_id"], data["invoice_id"])
-                event = _cloudevent(f"bastionary.credit.{kind}.v1", event_id, data["customer_id"], data["issued_at"], credit)
+                event = _cloudevent(
+                    f"bastionary.credit.{kind}.v1", event_id, data["customer_id"], data["issued_at"], credit
+                )
                 sent.append(await self.publish("credits", data["customer_id"], event))
         return sent
 
@@ -214,9 +230,17 @@ def _plan_at(sub: Subscription, moment: datetime):
 
 def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded: datetime) -> LedgerRow:
     return LedgerRow(
-        movement_id(kind, grant.grant_id, invoice), kind, grant.grant_id, grant.customer_id,
-        round_money(amount, grant.currency), grant.currency, grant.priority, grant.effective_at, grant.expires_at,
-        invoice, recorded,
+        movement_id(kind, grant.grant_id, invoice),
+        kind,
+        grant.grant_id,
+        grant.customer_id,
+        round_money(amount, grant.currency),
+        grant.currency,
+        grant.priority,
+        grant.effective_at,
+        grant.expires_at,
+        invoice,
+        recorded,
     )
 
 

@@ -23,18 +23,18 @@ def render_html(data: dict) -> str:
         for line in data["lines"]
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Invoice {escape(data['invoice_id'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Invoice {escape(data["invoice_id"])}</title>
 <style>{_STYLE}</style></head><body>
-<header><div><h1>Invoice</h1><div class=muted>{escape(data['invoice_id'])}</div></div>
-<div style="text-align:right"><div><b>Customer</b> {escape(data['customer_id'])}</div>
-<div><b>Plan</b> {escape(data['plan'])}</div><div><b>Issued</b> {escape(data['issued_at'][:10])}</div>
-<div><b>Due</b> {escape(data['due_at'][:10])}</div></div></header>
-<p class=muted>Billing period {escape(data['period_start'])} to {escape(data['period_end'])}</p>
+<header><div><h1>Invoice</h1><div class=muted>{escape(data["invoice_id"])}</div></div>
+<div style="text-align:right"><div><b>Customer</b> {escape(data["customer_id"])}</div>
+<div><b>Plan</b> {escape(data["plan"])}</div><div><b>Issued</b> {escape(data["issued_at"][:10])}</div>
+<div><b>Due</b> {escape(data["due_at"][:10])}</div></div></header>
+<p class=muted>Billing period {escape(data["period_start"])} to {escape(data["period_end"])}</p>
 <table><thead><tr><th>Description</th><th class=num>Quantity</th><th class=num>Amount</th></tr></thead>
 <tbody>{rows}</tbody></table>
 <table class=totals>
-<tr><td></td><td class=num>Subtotal</td><td class=num>{escape(data['subtotal'])} {cur}</td></tr>
-<tr><td></td><td class=num>Credits applied</td><td class=num>-{escape(data['credits_applied'])} {cur}</td></tr>
-<tr class=grand><td></td><td class=num>Total due</td><td class=num>{escape(data['total'])} {cur}</td></tr>
+<tr><td></td><td class=num>Subtotal</td><td class=num>{escape(data["subtotal"])} {cur}</td></tr>
+<tr><td></td><td class=num>Credits applied</td><td class=num>-{escape(data["credits_applied"])} {cur}</td></tr>
+<tr class=grand><td></td><td class=num>Total due</td><td class=num>{escape(data["total"])} {cur}</td></tr>
 </table></body></html>
 """

@@ -7,7 +7,7 @@ the same events always give the same subscription, whoever reads them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from bastionary.rating.invoice import Segment, Subscription
@@ -60,7 +60,7 @@ def utc(value: datetime | None) -> datetime | None:
     """ClickHouse gives naive UTC datetimes back; make every moment aware."""
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def minute(value: datetime) -> datetime:

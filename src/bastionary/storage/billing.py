@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 
 import orjson
@@ -21,12 +21,37 @@ from bastionary.storage.queries import value_expression
 SUBSCRIPTION_COLUMNS = SubscriptionRow._fields
 LEDGER_COLUMNS = LedgerRow._fields
 INVOICE_COLUMNS = (
-    "invoice_id", "customer_id", "subscription_id", "plan", "currency", "kind", "period_start", "period_end",
-    "usage_cutoff", "issued_at", "due_at", "subtotal", "credits_applied", "total", "status", "document", "published",
+    "invoice_id",
+    "customer_id",
+    "subscription_id",
+    "plan",
+    "currency",
+    "kind",
+    "period_start",
+    "period_end",
+    "usage_cutoff",
+    "issued_at",
+    "due_at",
+    "subtotal",
+    "credits_applied",
+    "total",
+    "status",
+    "document",
+    "published",
 )
 LINE_COLUMNS = (
-    "invoice_id", "line_no", "customer_id", "subscription_id", "line_key", "price_key", "meter", "description",
-    "quantity", "amount", "currency", "period_start",
+    "invoice_id",
+    "line_no",
+    "customer_id",
+    "subscription_id",
+    "line_key",
+    "price_key",
+    "meter",
+    "description",
+    "quantity",
+    "amount",
+    "currency",
+    "period_start",
 )
 
 
@@ -67,7 +92,11 @@ class ClickHouseBillingStore:
 
     def grants_as_of(self, moment: datetime | None) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
         """Grants, and what invoices issued up to ``moment`` (all, if None) drew from them."""
-        drawn_filter = "" if moment is None else " WHERE kind IN ('granted', 'voided') OR invoice_id IN (SELECT invoice_id FROM invoices FINAL WHERE issued_at <= {at:DateTime64(3, 'UTC')})"
+        drawn_filter = (
+            ""
+            if moment is None
+            else " WHERE kind IN ('granted', 'voided') OR invoice_id IN (SELECT invoice_id FROM invoices FINAL WHERE issued_at <= {at:DateTime64(3, 'UTC')})"
+        )
         rows = self.client.query(
             "SELECT kind, grant_id, customer_id, amount, currency, priority, effective_at, expires_at"
             " FROM credit_ledger FINAL" + drawn_filter,
@@ -83,7 +112,9 @@ class ClickHouseBillingStore:
                 drawn[grant_id] += Decimal(amount)
         by_customer: dict[str, list[Grant]] = defaultdict(list)
         for grant_id, (customer, amount, currency, priority, effective_at, expires_at) in granted.items():
-            grant = Grant(grant_id, customer, Decimal(amount), currency, priority, effective_at, expires_at, voided.get(grant_id))
+            grant = Grant(
+                grant_id, customer, Decimal(amount), currency, priority, effective_at, expires_at, voided.get(grant_id)
+            )
             by_customer[customer].append(grant)
         return dict(by_customer), dict(drawn)
 
@@ -119,7 +150,9 @@ class ClickHouseBillingStore:
 
     def unpublished_documents(self) -> list[str]:
         """Stored invoices not yet confirmed on billing.invoices (a rater stopped in between)."""
-        return [row[0] for row in self.client.query("SELECT document FROM invoices FINAL WHERE published = 0").result_rows]
+        return [
+            row[0] for row in self.client.query("SELECT document FROM invoices FINAL WHERE published = 0").result_rows
+        ]
 
     def billed(self, subscription_id: str) -> Billed:
         rows = self.client.query(
@@ -139,9 +172,18 @@ class ClickHouseBillingStore:
             for n, line in enumerate(lines):
                 line_rows.append(
                     (
-                        data["invoice_id"], n, data["customer_id"], data["subscription_id"], line.line_key,
-                        line.price_key, line.meter or "", line.description, line.quantity,
-                        Decimal(line.as_dict(currency)["amount"]), currency, line.period_start or period_start,
+                        data["invoice_id"],
+                        n,
+                        data["customer_id"],
+                        data["subscription_id"],
+                        line.line_key,
+                        line.price_key,
+                        line.meter or "",
+                        line.description,
+                        line.quantity,
+                        Decimal(line.as_dict(currency)["amount"]),
+                        currency,
+                        line.period_start or period_start,
                     )
                 )
             ledger_rows.extend(ledger)
@@ -160,11 +202,23 @@ class ClickHouseBillingStore:
     @staticmethod
     def _invoice_row(data: dict, cutoff: datetime, published: int) -> tuple:
         return (
-            data["invoice_id"], data["customer_id"], data["subscription_id"], data["plan"], data["currency"],
-            data["kind"], _parse(data["period_start"]), _parse(data["period_end"]), cutoff,
-            _parse(data["issued_at"]), _parse(data["due_at"]), Decimal(data["subtotal"]),
-            Decimal(data["credits_applied"]), Decimal(data["total"]), data["status"],
-            orjson.dumps(data).decode(), published,
+            data["invoice_id"],
+            data["customer_id"],
+            data["subscription_id"],
+            data["plan"],
+            data["currency"],
+            data["kind"],
+            _parse(data["period_start"]),
+            _parse(data["period_end"]),
+            cutoff,
+            _parse(data["issued_at"]),
+            _parse(data["due_at"]),
+            Decimal(data["subtotal"]),
+            Decimal(data["credits_applied"]),
+            Decimal(data["total"]),
+            data["status"],
+            orjson.dumps(data).decode(),
+            published,
         )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
@@ -15,8 +15,21 @@ from bastionary.storage.client import Client
 RECEIVABLE_COLUMNS = ReceivableRow._fields
 PAYMENT_COLUMNS = PaymentRow._fields
 EVENT_COLUMNS = (
-    "event_id", "invoice_id", "customer_id", "kind", "step", "action", "channel", "detail", "amount_due",
-    "currency", "at", "until", "recorded_at", "document", "published",
+    "event_id",
+    "invoice_id",
+    "customer_id",
+    "kind",
+    "step",
+    "action",
+    "channel",
+    "detail",
+    "amount_due",
+    "currency",
+    "at",
+    "until",
+    "recorded_at",
+    "document",
+    "published",
 )
 
 
@@ -59,8 +72,23 @@ class ClickHouseDunningStore:
     def insert_trail(self, rows: list[TrailRow]) -> None:
         now = _now()
         values = [
-            (r.event_id, r.invoice_id, r.customer_id, r.kind, r.step, r.action, r.channel, r.detail[:2048],
-             Decimal(0), "", r.at, r.until, now, "", 1)
+            (
+                r.event_id,
+                r.invoice_id,
+                r.customer_id,
+                r.kind,
+                r.step,
+                r.action,
+                r.channel,
+                r.detail[:2048],
+                Decimal(0),
+                "",
+                r.at,
+                r.until,
+                now,
+                "",
+                1,
+            )
             for r in rows
         ]
         if values:
@@ -148,11 +176,25 @@ class ClickHouseDunningStore:
         for case, record in decided:
             invoice = case.invoice
             document = orjson.dumps(record.data).decode() if record.data is not None else ""
-            rows.append((
-                record.event_id, invoice.invoice_id, invoice.customer_id, record.kind, record.step, record.action,
-                "", record.detail, case.amount_due, invoice.currency, at, None, now, document,
-                published if record.publish else 1,
-            ))
+            rows.append(
+                (
+                    record.event_id,
+                    invoice.invoice_id,
+                    invoice.customer_id,
+                    record.kind,
+                    record.step,
+                    record.action,
+                    "",
+                    record.detail,
+                    case.amount_due,
+                    invoice.currency,
+                    at,
+                    None,
+                    now,
+                    document,
+                    published if record.publish else 1,
+                )
+            )
         if rows:
             self.client.insert("dunning_events", rows, column_names=EVENT_COLUMNS)
 
@@ -188,24 +230,26 @@ class ClickHouseDunningStore:
 
     def funnel(self, within_days: int) -> list[tuple]:
         """Per (step, action): notices sent, and how many of their invoices were paid within N days."""
-        return self.client.query(
-            "SELECT n.step, n.action, count() AS sent,"
-            " countIf(p.invoice_id != '' AND p.paid_at <= n.at + toIntervalDay({d:UInt32})) AS paid_within,"
-            " countIf(p.invoice_id != '') AS paid_ever"
-            " FROM (SELECT invoice_id, step, action, at FROM dunning_events FINAL WHERE kind = 'notice') AS n"
-            " LEFT JOIN (SELECT invoice_id, min(at) AS paid_at FROM dunning_events FINAL"
-            "            WHERE kind = 'state' AND detail = 'paid' GROUP BY invoice_id) AS p"
-            " ON n.invoice_id = p.invoice_id"
-            " GROUP BY n.step, n.action ORDER BY n.step",
-            parameters={"d": within_days},
-        ).result_rows  # unmatched rows of the LEFT JOIN carry defaults: invoice_id '' (no setting: readers may not set any)
+        return (
+            self.client.query(
+                "SELECT n.step, n.action, count() AS sent,"
+                " countIf(p.invoice_id != '' AND p.paid_at <= n.at + toIntervalDay({d:UInt32})) AS paid_within,"
+                " countIf(p.invoice_id != '') AS paid_ever"
+                " FROM (SELECT invoice_id, step, action, at FROM dunning_events FINAL WHERE kind = 'notice') AS n"
+                " LEFT JOIN (SELECT invoice_id, min(at) AS paid_at FROM dunning_events FINAL"
+                "            WHERE kind = 'state' AND detail = 'paid' GROUP BY invoice_id) AS p"
+                " ON n.invoice_id = p.invoice_id"
+                " GROUP BY n.step, n.action ORDER BY n.step",
+                parameters={"d": within_days},
+            ).result_rows
+        )  # unmatched rows of the LEFT JOIN carry defaults: invoice_id '' (no setting: readers may not set any)
 
 
 def _utc(value):
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

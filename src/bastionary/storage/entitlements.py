@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
-
-from collections.abc import Iterable
 
 from bastionary.entitlements.changes import Change
 from bastionary.entitlements.overrides import Override
@@ -20,11 +19,27 @@ from bastionary.storage.client import Client
 from bastionary.storage.queries import value_expression
 
 OVERRIDE_COLUMNS = (
-    "event_id", "override_id", "customer_id", "feature", "effective_at", "expires_at", "limit_value", "limit_delta",
-    "enabled", "received_at",
+    "event_id",
+    "override_id",
+    "customer_id",
+    "feature",
+    "effective_at",
+    "expires_at",
+    "limit_value",
+    "limit_delta",
+    "enabled",
+    "received_at",
 )
 CHANGE_COLUMNS = (
-    "change_id", "customer_id", "feature", "kind", "period_start", "detail", "ordinal", "recorded_at", "published",
+    "change_id",
+    "customer_id",
+    "feature",
+    "kind",
+    "period_start",
+    "detail",
+    "ordinal",
+    "recorded_at",
+    "published",
 )
 
 
@@ -39,9 +54,18 @@ class ClickHouseEntitlementStore:
 
     def insert_override(self, override: Override) -> None:
         enabled = None if override.enabled is None else int(override.enabled)
-        row = (override.event_id, override.override_id, override.customer_id, override.feature,
-               override.effective_at, override.expires_at, override.limit, override.limit_delta, enabled,
-               datetime.now(timezone.utc))
+        row = (
+            override.event_id,
+            override.override_id,
+            override.customer_id,
+            override.feature,
+            override.effective_at,
+            override.expires_at,
+            override.limit,
+            override.limit_delta,
+            enabled,
+            datetime.now(UTC),
+        )
         self.client.insert("entitlement_overrides", [row], column_names=OVERRIDE_COLUMNS)
 
     def overrides(self, customer: str) -> list[Override]:
@@ -100,8 +124,12 @@ class ClickHouseEntitlementStore:
 
     def usage(self, customer: str, meter: Meter, filters: dict[str, str], start: datetime, end: datetime) -> Decimal:
         params: dict = {"meter": meter.key, "c": customer, "start": start, "end": end}
-        where = ["meter = {meter:String}", "customer_id = {c:String}",
-                 "window_start >= {start:DateTime('UTC')}", "window_start < {end:DateTime('UTC')}"]
+        where = [
+            "meter = {meter:String}",
+            "customer_id = {c:String}",
+            "window_start >= {start:DateTime('UTC')}",
+            "window_start < {end:DateTime('UTC')}",
+        ]
         for i, (name, value) in enumerate(sorted(filters.items())):
             params[f"k{i}"], params[f"v{i}"] = name, value
             where.append(f"group_values[{{k{i}:String}}] = {{v{i}:String}}")
@@ -136,10 +164,19 @@ class ClickHouseEntitlementStore:
         return [Change(i, k, c, f, _utc(p), orjson.loads(d)) for i, k, c, f, p, d in rows]
 
     def store_changes(self, changes: list[Change], first_ordinal: int, published: int = 0) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rows = [
-            (c.change_id, c.customer_id, c.feature, c.kind, c.period_start, orjson.dumps(c.detail).decode(),
-             first_ordinal + n, now, published)
+            (
+                c.change_id,
+                c.customer_id,
+                c.feature,
+                c.kind,
+                c.period_start,
+                orjson.dumps(c.detail).decode(),
+                first_ordinal + n,
+                now,
+                published,
+            )
             for n, c in enumerate(changes)
         ]
         if rows:

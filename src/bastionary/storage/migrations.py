@@ -81,9 +81,7 @@ def apply_migrations(client, migrations: list[Migration] | None = None) -> list[
     for migration in migrations:
         if migration.version in applied:
             if applied[migration.version] != migration.checksum:
-                raise MigrationError(
-                    f"migration {migration.version:04d}_{migration.name} changed after it was applied"
-                )
+                raise MigrationError(f"migration {migration.version:04d}_{migration.name} changed after it was applied")
             continue
         for statement in _statements(migration.sql):
             client.command(statement)

@@ -4,7 +4,6 @@ formatted into SQL text, only identifiers chosen from fixed tables below."""
 from __future__ import annotations
 
 from datetime import datetime
-
 from typing import assert_never
 
 from bastionary.metering.meters import Aggregation, Meter
@@ -25,6 +24,8 @@ def value_expression(aggregation: Aggregation) -> str:
             return "tupleElement(max(latest), 2)"
         case _:
             assert_never(aggregation)
+
+
 WINDOW_FUNCTIONS = {"MINUTE": "toStartOfMinute", "HOUR": "toStartOfHour", "DAY": "toStartOfDay"}
 WINDOW_SECONDS = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}
 
@@ -44,7 +45,9 @@ def usage_query(
     """
     unknown = [g for g in group_by if g not in meter.group_by]
     if unknown:
-        raise ValueError(f"meter {meter.key} has no dimension {', '.join(unknown)}; it has: {', '.join(meter.group_by) or 'none'}")
+        raise ValueError(
+            f"meter {meter.key} has no dimension {', '.join(unknown)}; it has: {', '.join(meter.group_by) or 'none'}"
+        )
     params: dict = {"meter": meter.key}
     where = ["meter = {meter:String}"]
     if customer is not None:
@@ -60,7 +63,11 @@ def usage_query(
     for i, name in enumerate(group_by):
         params[f"g{i}"] = name
         group_cols.append(f"group_values[{{g{i}:String}}]")
-    group_expr = "map(" + ", ".join(f"{{g{i}:String}}, {col}" for i, col in enumerate(group_cols)) + ")" if group_cols else "map()"
+    group_expr = (
+        "map(" + ", ".join(f"{{g{i}:String}}, {col}" for i, col in enumerate(group_cols)) + ")"
+        if group_cols
+        else "map()"
+    )
     if window:
         fn = WINDOW_FUNCTIONS[window.upper()]
         win_start = f"{fn}(window_start)"

@@ -34,8 +34,17 @@ READ_ROOTS = frozenset(
     }
 )
 GENERATOR_TABLE_FUNCTIONS = frozenset(
-    {"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "values", "null",
-     "viewexplain"}  # SELECT ... FROM (EXPLAIN ...): the explained statement is in the tree and checked too
+    {
+        "numbers",
+        "numbers_mt",
+        "zeros",
+        "zeros_mt",
+        "generate_series",
+        "generateseries",
+        "values",
+        "null",
+        "viewexplain",
+    }  # SELECT ... FROM (EXPLAIN ...): the explained statement is in the tree and checked too
 )
 # Scalar functions that read the host or its memory; the introspection ones are off by
 # default and readonly cannot turn them on, but a list that names them costs nothing.
@@ -47,7 +56,7 @@ READABLE_SYSTEM_TABLES = frozenset(
      "time_zones", "table_functions", "settings", "build_options"}
 )  # fmt: skip
 # In canonical text the clause starts a line, and a literal's line breaks are escaped.
-_OUTFILE_CLAUSE = re.compile(r"^INTO OUTFILE\b", re.M)
+_OUTFILE_CLAUSE = re.compile(r"^INTO OUTFILE\b", re.MULTILINE)
 _LINE = re.compile(r"^(?P<indent> *)(?P<node>\S+)(?: (?P<rest>.*?))?(?: \(children \d+\))?(?: \(alias [^)]*\))?$")
 
 
@@ -92,9 +101,8 @@ def refusal(formatted: str, ast: str, database: str | None) -> str | None:
             child = nodes[position + 1]
             if child.kind == "Function" and child.detail.split(" ")[0].lower() not in GENERATOR_TABLE_FUNCTIONS:
                 return f"table function {child.detail.split(' ')[0]}() reads outside the database"
-        if node.kind == "TableIdentifier":
-            if reason := _foreign_table(node.detail.split(" ")[0], database):
-                return reason
+        if node.kind == "TableIdentifier" and (reason := _foreign_table(node.detail.split(" ")[0], database)):
+            return reason
     if root.kind in ("ExistsTableQuery", "ShowCreateTableQuery"):
         parts = root.detail.split(" ")
         if len(parts) >= 2 and (reason := _foreign_table(f"{parts[0]}.{parts[1]}", database)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -78,7 +78,7 @@ def generate(
 ) -> Workload:
     """``events`` distinct events, plus repeats, bad records and late events as asked."""
     rng = random.Random(seed)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     customer_ids = [f"cust-{i:04d}" for i in range(customers)]
     # Recent events spread over the last 30 minutes; late ones hours to days back.
     unique = [
@@ -155,7 +155,9 @@ def bad_record_examples(rng: random.Random, customers: list[str], now: datetime)
         Record(customer, orjson.dumps({**base, "id": "bad-time", "time": "yesterday", "data": {"tokens": 1}})),
         Record(
             customer,
-            orjson.dumps({**base, "id": "future", "time": (now + timedelta(days=1)).isoformat(), "data": {"tokens": 1}}),
+            orjson.dumps(
+                {**base, "id": "future", "time": (now + timedelta(days=1)).isoformat(), "data": {"tokens": 1}}
+            ),
         ),
         Record(customer, orjson.dumps({**base, "id": "no-tokens", "time": stamp, "data": {"model": "gpt-4"}})),
         Record(customer, b"[]"),
@@ -163,7 +165,7 @@ def bad_record_examples(rng: random.Random, customers: list[str], now: datetime)
 
 
 def _minute(moment: str) -> datetime:
-    return datetime.fromisoformat(moment.replace("Z", "+00:00")).replace(second=0, microsecond=0)
+    return datetime.fromisoformat(moment).replace(second=0, microsecond=0)
 
 
 def ground_truth(events: list[dict]) -> dict[str, dict[tuple[str, tuple], Decimal]]:
@@ -187,7 +189,7 @@ def ground_truth(events: list[dict]) -> dict[str, dict[tuple[str, tuple], Decima
         elif etype == "user.active":
             uniques.setdefault((customer, ()), set()).add(data["user_id"])
         elif etype == "seats.updated":
-            candidate = (datetime.fromisoformat(e["time"].replace("Z", "+00:00")), Decimal(data["seats"]))
+            candidate = (datetime.fromisoformat(e["time"]), Decimal(data["seats"]))
             latest[(customer, ())] = max(latest.get((customer, ()), candidate), candidate)
     return {
         **sums,

@@ -115,7 +115,13 @@ def create_app(
         if usage:
             entitlement_service = EntitlementService(ctx, billing.catalog, client, usage_service)
             entitlement_service.install()
-    api.install(app, settings, worker_id, usage=usage_service, dunning_service=dunning_service,
-                entitlement_service=entitlement_service)
+    api.install(
+        app,
+        settings,
+        worker_id,
+        usage=usage_service,
+        dunning_service=dunning_service,
+        entitlement_service=entitlement_service,
+    )
     app.bastionary_worker_id = worker_id  # type: ignore[attr-defined]
     return app

@@ -124,11 +124,15 @@ async def consume_intake(
                     raise  # not the record's fault: handled below, without a dead letter
                 log.exception(
                     "record could not be processed; dead-lettered as internal_error",
-                    topic=message.topic, partition=message.partition, offset=message.offset,
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
                 )
                 detail = f"{type(exc).__name__}: {exc}"
                 await dead_letter(
-                    dlq_topic, message, "internal_error",
+                    dlq_topic,
+                    message,
+                    "internal_error",
                     f"internal error while processing this record ({detail[:500]})",
                     exception=type(exc).__name__,
                 )
@@ -138,12 +142,18 @@ async def consume_intake(
             # store not opening): the record is fine, so it is neither dead-lettered nor acked.
             # The worker stops, as the usage flusher does, and a restart retries the record.
             if app.should_stop:
-                log.warning("record left unprocessed while the worker stops; read again after a restart",
-                            topic=message.topic, partition=message.partition, offset=message.offset)
+                log.warning(
+                    "record left unprocessed while the worker stops; read again after a restart",
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                )
                 return
             log.exception(
                 "record not stored (storage or broker unavailable); stopping the worker so a restart retries it",
-                topic=message.topic, partition=message.partition, offset=message.offset,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
             )
             await app.crash(RuntimeError(f"intake of {message.topic} failed"))
             return

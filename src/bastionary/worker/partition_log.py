@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 import faust
-from faust.types import TP
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
+from faust.types import TP
 
 from bastionary.metering.logs import LogProbe, record_fingerprint
 

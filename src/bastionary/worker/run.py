@@ -11,14 +11,14 @@ import structlog
 
 from bastionary.catalog import load_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.devstack.discovery import gateway_file
 from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.kafka import KafkaTarget
+from bastionary.locks import worker_part
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.sink import SinkConfig, UsageSink
-from bastionary.locks import worker_part
-from bastionary.kafka import KafkaTarget
 from bastionary.runtime import connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
-from bastionary.devstack.discovery import gateway_file
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.worker.app import Billing, create_app
 
@@ -50,9 +50,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     handle = connect_clickhouse(settings, role="writer")
     store = ClickHouseUsageStore(handle.client)
     store.migrate()
-    dedupe = RocksDedupeStore(
-        settings.data_path / "dedupe" / worker_id, int(settings.dedupe_horizon.total_seconds())
-    )
+    dedupe = RocksDedupeStore(settings.data_path / "dedupe" / worker_id, int(settings.dedupe_horizon.total_seconds()))
     config = SinkConfig(
         worker_id=worker_id,
         log_epoch=kafka.log_epoch,
@@ -62,7 +60,9 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     )
 
     def sink_factory(send_dead_letters, on_flushed, partition_log) -> UsageSink:
-        return UsageSink(store, dedupe, MeterIndex(catalog.meters), send_dead_letters, config, partition_log, on_flushed)
+        return UsageSink(
+            store, dedupe, MeterIndex(catalog.meters), send_dead_letters, config, partition_log, on_flushed
+        )
 
     gateway_path: Path | None = None
     serve_gateway = None
@@ -70,9 +70,12 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         from bastionary.devstack.gateway import QueryGateway, reader_limits, write_gateway_file
 
         credentials = gateway_credentials(settings)
-        gateway = QueryGateway(handle.client, credentials, database=settings.database,
-                               reader_limits=reader_limits(settings.query_timeout.total_seconds(),
-                                                           settings.query_max_result_bytes))
+        gateway = QueryGateway(
+            handle.client,
+            credentials,
+            database=settings.database,
+            reader_limits=reader_limits(settings.query_timeout.total_seconds(), settings.query_max_result_bytes),
+        )
         gateway_path = gateway_file(settings.data_path)
 
         async def serve_gateway(app) -> None:

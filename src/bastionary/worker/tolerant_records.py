@@ -23,7 +23,7 @@ _FRAME = struct.Struct(">qi")  # base offset, batch length: every batch starts w
 
 
 class _EscapedBytes(bytes):
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:  # noqa: ARG002 - always escapes
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return bytes.decode(self, encoding, "surrogateescape")
 
 

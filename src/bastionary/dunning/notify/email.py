@@ -34,8 +34,20 @@ from bastionary.dunning.notify.retry import (
 DEFAULT_TEMPLATES = {"remind": "friendly"}
 
 # Spelled out rather than strftime("%B"), which follows the process locale.
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 # RFC 5322 dot-atom-text: what may stand left of the "@" in a Message-ID.
 _MSGID_LEFT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
@@ -82,14 +94,12 @@ def available_templates() -> set[str]:
     return {
         name.removesuffix(".txt.j2")
         for name in names
-        if name.endswith(".txt.j2")
-        and not name.startswith("_")
-        and name.replace(".txt.j2", ".html.j2") in names
+        if name.endswith(".txt.j2") and not name.startswith("_") and name.replace(".txt.j2", ".html.j2") in names
     }
 
 
 def _parse_moment(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return datetime.fromisoformat(value)
 
 
 def _human_date(moment: datetime) -> str:
@@ -229,8 +239,9 @@ async def send_email(
             raise _smtp_error(error) from None
         except OSError as error:
             # Raised outside aiosmtplib's own wrapping, e.g. while resolving the host.
-            raise DeliveryError(f"connection failed: {error.strerror or type(error).__name__}",
-                                permanent=False) from None
+            raise DeliveryError(
+                f"connection failed: {error.strerror or type(error).__name__}", permanent=False
+            ) from None
         # send() returns only once the server accepted the data, which is a 250.
         return f"250 {response}"
 

@@ -76,8 +76,13 @@ async def with_retries(
             detail = await operation()
         except DeliveryError as error:
             attempt = Attempt(channel, number, False, error.detail, error.permanent)
-            log.debug("delivery attempt failed", channel=channel, attempt=number, detail=error.detail,
-                      permanent=error.permanent)
+            log.debug(
+                "delivery attempt failed",
+                channel=channel,
+                attempt=number,
+                detail=error.detail,
+                permanent=error.permanent,
+            )
             if on_attempt is not None:
                 await on_attempt(attempt)
             if error.permanent or number == max_attempts:

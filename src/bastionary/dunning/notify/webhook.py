@@ -64,7 +64,7 @@ TIMESTAMP_HEADER = "webhook-timestamp"
 SIGNATURE_HEADER = "webhook-signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CONTENT_TYPE = "application/cloudevents+json"
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the scheme's prefix, not a secret
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE = 300.0
 
@@ -93,7 +93,7 @@ def secret_bytes(secret: str | bytes) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         return secret.encode()
     try:
-        return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):
         # The secret itself stays out of the message: it ends up in logs and config errors.
         raise ValueError(
@@ -270,7 +270,7 @@ async def deliver_webhook(
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
         # aiohttp's timeouts are also ClientConnectionErrors: catch them first.
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeliveryError(f"timeout after {config.timeout:g}s", permanent=False) from None
         except aiohttp.InvalidURL:
             raise DeliveryError("invalid url", permanent=True) from None

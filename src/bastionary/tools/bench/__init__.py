@@ -24,13 +24,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.tools.bench.options import BATCH_EVENTS, BenchError, BenchOptions
 from bastionary.tools.bench.phases import _bare_ceiling, _latency, _peak_rss, _throughput
 from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt
 from bastionary.tools.bench.report import _verdicts, machine_info, render
 from bastionary.tools.bench.stack import _Bench
 from bastionary.tools.bench.workloads import _batched
-from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.tools.workload import generate
 
 __all__ = ["BenchError", "BenchOptions", "machine_info", "render", "run_bench"]

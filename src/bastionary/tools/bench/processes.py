@@ -14,7 +14,6 @@ from pathlib import Path
 from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.devstack.processes import PREEXEC, stop_process
 
-
 # -- processes -------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import random
 import shutil
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,11 +24,11 @@ from aiokafka import AIOKafkaProducer
 from bastionary.catalog import parse_catalog
 from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.kafka import ensure_topics
+from bastionary.metering.rollup import ROLLUP_COLUMNS
 from bastionary.rating.rater import Rater
 from bastionary.storage.billing import LEDGER_COLUMNS, SUBSCRIPTION_COLUMNS, ClickHouseBillingStore
 from bastionary.storage.client import open_client
 from bastionary.storage.usage import ClickHouseUsageStore
-from bastionary.metering.rollup import ROLLUP_COLUMNS
 
 METERS = ("tokens", "requests", "storage", "users", "payments")
 CATALOG = {
@@ -47,15 +47,34 @@ CATALOG = {
             "minimum_commitment": "20.00",
             "prices": [
                 {"key": "base", "model": "flat", "amount": "29.00"},
-                {"key": "tokens", "meter": "tokens", "model": "graduated", "tiers": [
-                    {"up_to": 100000, "unit_amount": "0"}, {"up_to": None, "unit_amount": "0.00002"}]},
-                {"key": "requests", "meter": "requests", "model": "package", "package_size": 1000,
-                 "package_amount": "1.50"},
-                {"key": "storage", "meter": "storage", "model": "volume", "tiers": [
-                    {"up_to": 100, "unit_amount": "0.20"}, {"up_to": None, "unit_amount": "0.10"}]},
+                {
+                    "key": "tokens",
+                    "meter": "tokens",
+                    "model": "graduated",
+                    "tiers": [{"up_to": 100000, "unit_amount": "0"}, {"up_to": None, "unit_amount": "0.00002"}],
+                },
+                {
+                    "key": "requests",
+                    "meter": "requests",
+                    "model": "package",
+                    "package_size": 1000,
+                    "package_amount": "1.50",
+                },
+                {
+                    "key": "storage",
+                    "meter": "storage",
+                    "model": "volume",
+                    "tiers": [{"up_to": 100, "unit_amount": "0.20"}, {"up_to": None, "unit_amount": "0.10"}],
+                },
                 {"key": "users", "meter": "users", "model": "per_unit", "unit_amount": "4.00"},
-                {"key": "payments", "meter": "payments", "model": "percentage", "rate": "0.029",
-                 "fixed_amount": "0.30", "max_amount": "500.00"},
+                {
+                    "key": "payments",
+                    "meter": "payments",
+                    "model": "percentage",
+                    "rate": "0.029",
+                    "fixed_amount": "0.30",
+                    "max_amount": "500.00",
+                },
             ],
         }
     ],
@@ -75,26 +94,37 @@ async def _bench(count: int, workdir: Path) -> dict:
     catalog = parse_catalog(CATALOG)
     client = open_client(f"chdb://{workdir / 'clickhouse'}", "bench", create=True)
     ClickHouseUsageStore(client).migrate()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     period_start = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)).replace(day=1)
     _seed(client, count, period_start)
     with EmbeddedBroker(workdir) as broker:
         topics = {"invoices": "billing.invoices", "credits": "billing.credits"}
         await ensure_topics(broker.bootstrap, topics.values(), 4)
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=20,
-                                    max_batch_size=512 * 1024)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024
+        )
         await producer.start()
         try:
+
             async def publish(role: str, key: str, value: bytes):
                 return await producer.send(topics[role], value, key=key.encode())
 
-            rater = Rater(ClickHouseBillingStore(client), catalog.plans, catalog.meters, timedelta(0), publish, settle=timedelta(0))
+            rater = Rater(
+                ClickHouseBillingStore(client),
+                catalog.plans,
+                catalog.meters,
+                timedelta(0),
+                publish,
+                settle=timedelta(0),
+            )
             started = time.perf_counter()
             result = await rater.run_once(now)
             elapsed = time.perf_counter() - started
         finally:
             await producer.stop()
-    totals = client.query("SELECT count(), sum(total), sum(credits_applied) FROM invoices FINAL WHERE published = 1").result_rows[0]
+    totals = client.query(
+        "SELECT count(), sum(total), sum(credits_applied) FROM invoices FINAL WHERE published = 1"
+    ).result_rows[0]
     return {
         "subscriptions": count,
         "metered_prices": len(METERS),
@@ -109,23 +139,47 @@ async def _bench(count: int, workdir: Path) -> dict:
 
 def _seed(client, count: int, period_start: datetime) -> None:
     rng = random.Random(5)
-    received = datetime.now(timezone.utc)
+    received = datetime.now(UTC)
     subs, rollups, ledger = [], [], []
     window = period_start + timedelta(days=3)
     for i in range(count):
         customer = f"bench-{i:06d}"
-        subs.append((f"create-{i}", "created", f"sub-{i}", customer, "bench", period_start, None, period_start, received, ""))
+        subs.append(
+            (f"create-{i}", "created", f"sub-{i}", customer, "bench", period_start, None, period_start, received, "")
+        )
         for meter in METERS:
             value = Decimal(rng.randint(0, 300_000))
-            rollups.append((
-                meter, customer, "", {}, window, window, value if meter in ("tokens", "payments") else Decimal(0),
-                rng.randint(1, 5000), value / 1000 if meter == "storage" else None,
-                [f"u{k}" for k in range(rng.randint(0, 20))] if meter == "users" else [],
-                (datetime(1970, 1, 1, tzinfo=timezone.utc), Decimal(0)),
-            ))
+            rollups.append(
+                (
+                    meter,
+                    customer,
+                    "",
+                    {},
+                    window,
+                    window,
+                    value if meter in ("tokens", "payments") else Decimal(0),
+                    rng.randint(1, 5000),
+                    value / 1000 if meter == "storage" else None,
+                    [f"u{k}" for k in range(rng.randint(0, 20))] if meter == "users" else [],
+                    (datetime(1970, 1, 1, tzinfo=UTC), Decimal(0)),
+                )
+            )
         if i % 4 == 0:
-            ledger.append((f"grant-{i}", "granted", f"grant-{i}", customer, Decimal("15.00"), "USD", 1,
-                           period_start, None, "", received))
+            ledger.append(
+                (
+                    f"grant-{i}",
+                    "granted",
+                    f"grant-{i}",
+                    customer,
+                    Decimal("15.00"),
+                    "USD",
+                    1,
+                    period_start,
+                    None,
+                    "",
+                    received,
+                )
+            )
     client.insert("subscriptions", subs, column_names=SUBSCRIPTION_COLUMNS)
     client.insert("usage_rollup_1m", rollups, column_names=ROLLUP_COLUMNS)
     client.insert("credit_ledger", ledger, column_names=LEDGER_COLUMNS)

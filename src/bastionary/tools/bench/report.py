@@ -21,7 +21,6 @@ from bastionary.tools.bench.options import (
     BenchOptions,
 )
 
-
 # -- machine ---------------------------------------------------------------------------------
 
 

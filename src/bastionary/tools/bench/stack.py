@@ -14,11 +14,11 @@ from pathlib import Path
 
 import orjson
 
+from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
 from bastionary.tools.bench.processes import _bastionary_command, _CpuMeter, _Processes, _tail
-from bastionary.devstack.broker import EmbeddedBroker, free_port
-from bastionary.topics import Topics
 from bastionary.tools.workload import Record
+from bastionary.topics import Topics
 
 
 @dataclass
@@ -67,10 +67,11 @@ class _Worker:
                     entry = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     continue
-                if entry.get("event") in ("partition starts fresh", "partition recovered") and entry.get(
-                    "topic"
-                ) == self.topic:
-                    stamp = datetime.fromisoformat(str(entry["timestamp"]).replace("Z", "+00:00")).timestamp()
+                if (
+                    entry.get("event") in ("partition starts fresh", "partition recovered")
+                    and entry.get("topic") == self.topic
+                ):
+                    stamp = datetime.fromisoformat(str(entry["timestamp"])).timestamp()
                     first = stamp if first is None else min(first, stamp)
         return first
 
@@ -161,7 +162,7 @@ class _Bench:
                 except Exception:  # the coordinator is busy with a rebalance: ask again
                     values = [None] * len(pending)
                 seen = time.time()
-                committed.update({tp: v for tp, v in zip(pending, values) if v is not None})
+                committed.update({tp: v for tp, v in zip(pending, values, strict=False) if v is not None})
                 if all(committed.get(tp, -1) >= end for tp, end in wanted.items()):
                     return seen
                 await asyncio.sleep(0.05)

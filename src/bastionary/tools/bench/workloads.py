@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
 
 from bastionary.tools.bench.options import BATCH_EVENTS
 from bastionary.tools.workload import Record, Workload
-
 
 # -- workloads -------------------------------------------------------------------------------
 
@@ -25,9 +24,7 @@ def _batched(records: list[Record], size: int) -> list[Record]:
     by_key: dict[bytes, list[bytes]] = {}
     for record in records:
         by_key.setdefault(record.key, []).append(record.value)
-    chunks = {
-        key: [values[i : i + size] for i in range(0, len(values), size)] for key, values in by_key.items()
-    }
+    chunks = {key: [values[i : i + size] for i in range(0, len(values), size)] for key, values in by_key.items()}
     out: list[Record] = []
     round_ = 0
     while True:  # round-robin over customers, so every partition fills at the same pace
@@ -43,7 +40,7 @@ def _batched(records: list[Record], size: int) -> list[Record]:
 
 def _distinct_id_records(count: int, customers: int = 300, size: int = BATCH_EVENTS) -> tuple[list[Record], list[dict]]:
     """``count`` events with distinct ids in ``size``-event records, and the events themselves."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     stamps = [(now - timedelta(seconds=s)).isoformat().replace("+00:00", "Z") for s in range(1800)]
     methods = ("GET", "POST", "DELETE")
     events: list[dict] = []

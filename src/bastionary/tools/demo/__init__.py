@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import clickhouse_connect
@@ -27,6 +27,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bastionary.catalog import load_catalog
+from bastionary.devstack.broker import EmbeddedBroker
+from bastionary.devstack.discovery import gateway_dsn, gateway_file, read_gateway_file
+from bastionary.devstack.processes import PREEXEC, stop_process
+from bastionary.kafka import committed_offsets, ensure_topics, publish_records
+from bastionary.settings import Settings
+from bastionary.storage.queries import usage_query
 from bastionary.tools.demo.billing import (
     Collections,
     DunningPeers,
@@ -36,15 +42,8 @@ from bastionary.tools.demo.billing import (
     show_entitlements,
     suspension_checks,
 )
-from bastionary.devstack.broker import EmbeddedBroker
-from bastionary.devstack.processes import PREEXEC, stop_process
-from bastionary.kafka import committed_offsets, ensure_topics, publish_records
-from bastionary.settings import Settings
-from bastionary.devstack.discovery import gateway_dsn, gateway_file, read_gateway_file
-from bastionary.storage.queries import usage_query
-from bastionary.topics import Topics
 from bastionary.tools.workload import generate
-
+from bastionary.topics import Topics
 
 DEMO_CATALOG = Path(__file__).with_name("demo_catalog.yaml")
 SUBSCRIBERS = [  # (customer, plan, credit grant or None)
@@ -77,8 +76,10 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
     with EmbeddedBroker(demo_dir) as broker, DunningPeers(demo_dir) as peers:
         asyncio.run(ensure_topics(broker.bootstrap, [topics.usage_events, topics.usage_dlq], settings.usage_partitions))
         console.print(f"Kafka-protocol broker (Tansu) on {broker.bootstrap}")
-        console.print(f"dunning peers in this process: SMTP sink on {peers.smtp.host}:{peers.smtp.port}, "
-                      f"webhook receiver at {peers.hooks.url}")
+        console.print(
+            f"dunning peers in this process: SMTP sink on {peers.smtp.host}:{peers.smtp.port}, "
+            f"webhook receiver at {peers.hooks.url}"
+        )
         worker = _start_worker(settings, demo_dir, broker.bootstrap, peers.worker_env())
         try:
             client, gateway = _wait_for_gateway(demo_dir, worker, console)
@@ -106,8 +107,9 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
             stop_process(worker, 20)
 
 
-def _follow_billing(console: Console, client, peers: DunningPeers, collections: Collections,
-                    bootstrap: str, topics: Topics) -> bool:
+def _follow_billing(
+    console: Console, client, peers: DunningPeers, collections: Collections, bootstrap: str, topics: Topics
+) -> bool:
     """A metered limit spent, the dunning walk, then what the suspension did to entitlements."""
     problems: list[str] = []
     console.rule("[bold]Entitlements and dunning")
@@ -119,22 +121,28 @@ def _follow_billing(console: Console, client, peers: DunningPeers, collections: 
     for problem in problems:
         console.print(f"[red]FAILED: {problem}")
     if not problems:
-        console.print("[green]dunning and entitlements as expected: every step reached the non-payers, "
-                      "none reached the late payer after it paid")
+        console.print(
+            "[green]dunning and entitlements as expected: every step reached the non-payers, "
+            "none reached the late payer after it paid"
+        )
     return not problems
 
 
 def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str, extra_env: dict[str, str]) -> subprocess.Popen:
-    env = os.environ | {
-        "BASTIONARY_KAFKA_BOOTSTRAP": bootstrap,
-        "BASTIONARY_DATA_DIR": str(demo_dir),
-        "BASTIONARY_WORKER_ID": "demo-worker",
-        "BASTIONARY_KAFKA_SESSION_TIMEOUT": "PT3S",
-        "BASTIONARY_LOG_FORMAT": "json",
-        "BASTIONARY_CATALOG": str(DEMO_CATALOG),
-        "BASTIONARY_RATING_GRACE": "PT0S",
-        "BASTIONARY_RATING_INTERVAL": "PT2S",
-    } | extra_env
+    env = (
+        os.environ
+        | {
+            "BASTIONARY_KAFKA_BOOTSTRAP": bootstrap,
+            "BASTIONARY_DATA_DIR": str(demo_dir),
+            "BASTIONARY_WORKER_ID": "demo-worker",
+            "BASTIONARY_KAFKA_SESSION_TIMEOUT": "PT3S",
+            "BASTIONARY_LOG_FORMAT": "json",
+            "BASTIONARY_CATALOG": str(DEMO_CATALOG),
+            "BASTIONARY_RATING_GRACE": "PT0S",
+            "BASTIONARY_RATING_INTERVAL": "PT2S",
+        }
+        | extra_env
+    )
     env.pop("BASTIONARY_CLICKHOUSE_DSN", None)
     log = (demo_dir / "worker.log").open("ab")
     command = [str(Path(sys.executable).parent / "bastionary"), "worker"]
@@ -192,21 +200,39 @@ def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[li
     """Subscriptions starting this minute (1-minute periods), a few credit grants, and usage."""
     from bastionary.kafka import UsageProducer
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     start = now.replace(second=0, microsecond=0)
     subscriptions, grants, usage = [], [], []
     for n, (customer, plan, grant) in enumerate(SUBSCRIBERS):
-        data = {"subscription_id": f"sub-{customer}", "customer_id": customer, "plan": plan, "start": start.isoformat(),
-                "billing_email": billing_email(customer)}
+        data = {
+            "subscription_id": f"sub-{customer}",
+            "customer_id": customer,
+            "plan": plan,
+            "start": start.isoformat(),
+            "billing_email": billing_email(customer),
+        }
         subscriptions.append(_event("bastionary.subscription.created.v1", f"sub-{customer}", customer, now, data))
         if grant:
             currency, amount = grant
-            grant_data = {"grant_id": f"grant-{customer}", "customer_id": customer, "amount": amount,
-                          "currency": currency, "priority": 1, "effective_at": start.isoformat()}
+            grant_data = {
+                "grant_id": f"grant-{customer}",
+                "customer_id": customer,
+                "amount": amount,
+                "currency": currency,
+                "priority": 1,
+                "effective_at": start.isoformat(),
+            }
             grants.append(_event("bastionary.credit.granted.v1", f"grant-{customer}", customer, now, grant_data))
         for i in range(40 * (n + 1)):
-            usage.append(_event("llm.completion", f"bill-{customer}-t{i}", customer, now,
-                                {"tokens": 900 + 37 * i, "model": "gpt-4" if i % 3 else "gpt-4o-mini"}))
+            usage.append(
+                _event(
+                    "llm.completion",
+                    f"bill-{customer}-t{i}",
+                    customer,
+                    now,
+                    {"tokens": 900 + 37 * i, "model": "gpt-4" if i % 3 else "gpt-4o-mini"},
+                )
+            )
             usage.append(_event("api.request", f"bill-{customer}-a{i}", customer, now, {"method": "GET"}))
         usage.append(_event("user.active", f"bill-{customer}-u", customer, now, {"user_id": f"{customer}-admin"}))
         usage.append(_event("storage.sampled", f"bill-{customer}-s", customer, now, {"gb": 120.5 + n}))
@@ -214,21 +240,33 @@ def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[li
 
     async def send() -> None:
         async with UsageProducer(bootstrap) as producer:
-            for topic, payloads in ((topics.subscriptions, subscriptions), (topics.credit_grants, grants),
-                                    (topics.usage_events, usage)):
+            for topic, payloads in (
+                (topics.subscriptions, subscriptions),
+                (topics.credit_grants, grants),
+                (topics.usage_events, usage),
+            ):
                 for payload in payloads:
                     await producer.send(topic, payload)
             await producer.flush()
 
     asyncio.run(send())
-    console.print(f"{len(subscriptions)} subscriptions on 1-minute periods from {start:%H:%M} UTC, "
-                  f"{len(grants)} credit grants, {len(usage)} billable usage events")
+    console.print(
+        f"{len(subscriptions)} subscriptions on 1-minute periods from {start:%H:%M} UTC, "
+        f"{len(grants)} credit grants, {len(usage)} billable usage events"
+    )
     return [f"sub-{customer}" for customer, _, _ in SUBSCRIBERS], usage, start
 
 
 def _event(event_type: str, event_id: str, subject: str, when: datetime, data: dict) -> dict:
-    return {"specversion": "1.0", "id": event_id, "source": "bastionary-demo", "type": event_type,
-            "subject": subject, "time": when.isoformat(), "data": data}
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "bastionary-demo",
+        "type": event_type,
+        "subject": subject,
+        "time": when.isoformat(),
+        "data": data,
+    }
 
 
 def _show_invoices(console: Console, client, subscriptions: list[str], timeout: float = 180.0) -> None:
@@ -252,7 +290,9 @@ def _show_invoices(console: Console, client, subscriptions: list[str], timeout: 
             continue
         seen.add(sub)
         lines = len(orjson.loads(document)["lines"])
-        table.add_row(customer, plan, str(lines), f"{subtotal:.2f} {currency}", f"{credits:.2f}", f"{total:.2f} {currency}")
+        table.add_row(
+            customer, plan, str(lines), f"{subtotal:.2f} {currency}", f"{credits:.2f}", f"{total:.2f} {currency}"
+        )
     console.print(table)
     if rows:
         sample = orjson.loads(rows[-1][7])

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -34,11 +34,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from bastionary.devstack.broker import free_port
+from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
 from bastionary.dunning.clock import FileClock
 from bastionary.dunning.engine import notice_id
-from bastionary.devstack.local_peers import SmtpSink, WebhookReceiver
 from bastionary.dunning.policy import Policy
-from bastionary.devstack.broker import free_port
 from bastionary.kafka import UsageProducer
 from bastionary.storage.dunning import ClickHouseDunningStore
 from bastionary.topics import Topics
@@ -61,7 +61,7 @@ class DunningPeers:
     def __init__(self, demo_dir: Path) -> None:
         # The dunning clock stands still until the demo moves it: nothing is overdue before.
         self.clock = FileClock(demo_dir / "dunning-clock")
-        self.clock.set(datetime.now(timezone.utc))
+        self.clock.set(datetime.now(UTC))
         self.secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()  # Standard Webhooks form
         self.api_key = secrets.token_urlsafe(18)
         self.web_port = free_port()
@@ -69,7 +69,7 @@ class DunningPeers:
         self.hooks = WebhookReceiver(self.secret)
         self._stack = ExitStack()
 
-    def __enter__(self) -> "DunningPeers":
+    def __enter__(self) -> DunningPeers:
         self._stack.enter_context(self.smtp)
         self._stack.enter_context(self.hooks)
         return self
@@ -139,10 +139,9 @@ class Collections:
         self.last_error: str | None = None
         self._halt = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._loop()), name="demo-collections",
-                                        daemon=True)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._loop()), name="demo-collections", daemon=True)
 
-    def __enter__(self) -> "Collections":
+    def __enter__(self) -> Collections:
         self._thread.start()
         return self
 
@@ -174,21 +173,35 @@ class Collections:
                 continue
             if start == first and customer in DUNNED:
                 with self._lock:
-                    self.dunned.setdefault(customer, Receivable(invoice_id, customer, currency, Decimal(total),
-                                                                _utc(due_at)))
+                    self.dunned.setdefault(
+                        customer, Receivable(invoice_id, customer, currency, Decimal(total), _utc(due_at))
+                    )
                 reminded = notice_id(invoice_id, PAY_AFTER_STEP) in self.peers.notice_ids_mailed()
                 if customer != LATE_PAYER or not reminded:
                     continue
             await self._pay(producer, invoice_id, customer, Decimal(total), currency)
 
-    async def _pay(self, producer: UsageProducer, invoice_id: str, customer: str, amount: Decimal,
-                   currency: str) -> None:
-        now = datetime.now(timezone.utc)
-        data = {"payment_id": f"pay-{invoice_id}", "invoice_id": invoice_id, "customer_id": customer,
-                "amount": format(amount.normalize(), "f"), "currency": currency, "paid_at": now.isoformat()}
-        event = {"specversion": "1.0", "id": f"pay-{invoice_id}", "source": "bastionary-demo",
-                 "type": "bastionary.payment.succeeded.v1", "subject": customer, "time": now.isoformat(),
-                 "data": data}
+    async def _pay(
+        self, producer: UsageProducer, invoice_id: str, customer: str, amount: Decimal, currency: str
+    ) -> None:
+        now = datetime.now(UTC)
+        data = {
+            "payment_id": f"pay-{invoice_id}",
+            "invoice_id": invoice_id,
+            "customer_id": customer,
+            "amount": format(amount.normalize(), "f"),
+            "currency": currency,
+            "paid_at": now.isoformat(),
+        }
+        event = {
+            "specversion": "1.0",
+            "id": f"pay-{invoice_id}",
+            "source": "bastionary-demo",
+            "type": "bastionary.payment.succeeded.v1",
+            "subject": customer,
+            "time": now.isoformat(),
+            "data": data,
+        }
         await (await producer.send(self.topics.payments, event))
         with self._lock:
             self.paid[invoice_id] = Payment(invoice_id, customer, amount, currency, now)
@@ -197,8 +210,9 @@ class Collections:
 # -- entitlements --------------------------------------------------------------------------
 
 
-def exhaust_entitlement(console: Console, peers: DunningPeers, bootstrap: str, topics: Topics,
-                        problems: list[str]) -> list[list[str]]:
+def exhaust_entitlement(
+    console: Console, peers: DunningPeers, bootstrap: str, topics: Topics, problems: list[str]
+) -> list[list[str]]:
     """Check a hard limit, spend it with a burst of API calls, check again: rows for the table."""
     customer, feature = EXHAUSTS
     with console.status(f"entitlements: {customer} spends its {feature} limit..."):
@@ -206,19 +220,30 @@ def exhaust_entitlement(console: Console, peers: DunningPeers, bootstrap: str, t
         if status != 200:
             problems.append(f"entitlement check {customer}/{feature} answered {status}: {before}")
             return []
-        left = 60 - datetime.now(timezone.utc).second
+        left = 60 - datetime.now(UTC).second
         if left < 10:  # a 1-minute billing period resets the counter: start the burst in a fresh one
             time.sleep(left + 1.5)
             _, before = peers.check(customer, feature)
         calls = int(Decimal(before["balance"] or "0"))
-        now = datetime.now(timezone.utc)
-        burst = [{"specversion": "1.0", "id": f"ent-{customer}-{now:%H%M%S}-{i}", "source": "bastionary-demo",
-                  "type": "api.request", "subject": customer, "time": now.isoformat(), "data": {"method": "POST"}}
-                 for i in range(calls)]
+        now = datetime.now(UTC)
+        burst = [
+            {
+                "specversion": "1.0",
+                "id": f"ent-{customer}-{now:%H%M%S}-{i}",
+                "source": "bastionary-demo",
+                "type": "api.request",
+                "subject": customer,
+                "time": now.isoformat(),
+                "data": {"method": "POST"},
+            }
+            for i in range(calls)
+        ]
         asyncio.run(_send_all(bootstrap, topics.usage_events, burst))
         status, after = _wait_check(peers, customer, feature, lambda s, b: s == 200 and not b["has_access"], 30)
-    rows = [_entitlement_row(customer, feature, "before", before),
-            _entitlement_row(customer, feature, f"after {calls} API calls", after)]
+    rows = [
+        _entitlement_row(customer, feature, "before", before),
+        _entitlement_row(customer, feature, f"after {calls} API calls", after),
+    ]
     if not before.get("has_access") or after.get("reason") != "exhausted":
         problems.append(f"{customer}/{feature} did not flip from access to exhausted: {before} -> {after}")
     return rows
@@ -273,8 +298,9 @@ async def _send_all(bootstrap: str, topic: str, events: list[dict]) -> None:
 # -- dunning -------------------------------------------------------------------------------
 
 
-def follow_dunning(console: Console, client, peers: DunningPeers, collections: Collections, policy: Policy,
-                   problems: list[str]) -> None:
+def follow_dunning(
+    console: Console, client, peers: DunningPeers, collections: Collections, policy: Policy, problems: list[str]
+) -> None:
     """Walk the dunning clock through the policy, then print what arrived and check it."""
     try:
         _walk(console, client, peers, collections, policy)
@@ -295,33 +321,47 @@ def _walk(console: Console, client, peers: DunningPeers, collections: Collection
         _wait(lambda: _quiet_moment(client, collections), 120, "a moment with every other invoice paid")
     dunned, _ = collections.snapshot()
     due = max(r.due_at for r in dunned.values())
-    console.print(f"The dunning clock ({peers.clock.path.name}) moves through policy {policy.key!r} from the "
-                  f"first invoices' due date, {due:%Y-%m-%d}:")
+    console.print(
+        f"The dunning clock ({peers.clock.path.name}) moves through policy {policy.key!r} from the "
+        f"first invoices' due date, {due:%Y-%m-%d}:"
+    )
     for n, step in enumerate(policy.steps, 1):
         moment = peers.clock.set(due + step.after + timedelta(minutes=1))
         customers = [c for c in DUNNED if c in NON_PAYERS or n <= PAY_AFTER_STEP]
         expected = {notice_id(dunned[c].invoice_id, n) for c in customers}
         with console.status(f"dunning: clock at {moment:%Y-%m-%d %H:%M}, waiting for step {n} ({step.action})..."):
-            _wait(lambda: expected <= peers.notice_ids_mailed() & _hooked(peers), 45,
-                  f"step {n} ({step.action}) to reach {', '.join(customers)}")
+            _wait(
+                lambda: expected <= peers.notice_ids_mailed() & _hooked(peers),
+                45,
+                f"step {n} ({step.action}) to reach {', '.join(customers)}",
+            )
         name = step.action.value + (f"/{step.template}" if step.template else "")
-        console.print(f"  {moment:%Y-%m-%d}, day {step.after.days:>2}: step {n} {name}, email + webhook -> "
-                      f"{' '.join(customers)}")
+        console.print(
+            f"  {moment:%Y-%m-%d}, day {step.after.days:>2}: step {n} {name}, email + webhook -> {' '.join(customers)}"
+        )
         if n == PAY_AFTER_STEP:
             late = dunned[LATE_PAYER]
             with console.status(f"dunning: {LATE_PAYER} pays after reminder {n}..."):
-                _wait(lambda: late.invoice_id in collections.snapshot()[1]
-                      and _states(client, late.invoice_id)[-1:] == ["paid"], 45, f"{LATE_PAYER}'s payment")
+                _wait(
+                    lambda: (
+                        late.invoice_id in collections.snapshot()[1]
+                        and _states(client, late.invoice_id)[-1:] == ["paid"]
+                    ),
+                    45,
+                    f"{LATE_PAYER}'s payment",
+                )
             payment = collections.snapshot()[1][late.invoice_id]
-            console.print(f"  {LATE_PAYER} pays {_amount(payment.amount)} {payment.currency} (billing.payments) "
-                          f"after reminder {n}: its invoice is paid, its dunning stops")
+            console.print(
+                f"  {LATE_PAYER} pays {_amount(payment.amount)} {payment.currency} (billing.payments) "
+                f"after reminder {n}: its invoice is paid, its dunning stops"
+            )
 
 
 def _quiet_moment(client, collections: Collections) -> bool:
     """Every invoice but the dunned ones is paid (and recorded), the current minute's invoices
     included, and the next ones are not due for a while: a clock moved ahead would dun an
     invoice the demo has not paid yet."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if not 5 <= now.second <= 40:  # the walk takes a few seconds: it ends well before the next invoices
         return False
     dunned, _ = collections.snapshot()
@@ -376,13 +416,18 @@ def _notices(client) -> dict[str, Notice]:
 
 
 def _states(client, invoice_id: str) -> list[str]:
-    return [r[0] for r in client.query(
-        "SELECT detail FROM dunning_events FINAL WHERE kind = 'state' AND invoice_id = {i:String} ORDER BY step",
-        parameters={"i": invoice_id}).result_rows]
+    return [
+        r[0]
+        for r in client.query(
+            "SELECT detail FROM dunning_events FINAL WHERE kind = 'state' AND invoice_id = {i:String} ORDER BY step",
+            parameters={"i": invoice_id},
+        ).result_rows
+    ]
 
 
-def _show_emails(console: Console, peers: DunningPeers, notices: dict[str, Notice],
-                 dunned: dict[str, Receivable]) -> None:
+def _show_emails(
+    console: Console, peers: DunningPeers, notices: dict[str, Notice], dunned: dict[str, Receivable]
+) -> None:
     due = {r.invoice_id: r.due_at for r in dunned.values()}
     table = Table(title=f"Dunning email caught by the demo's SMTP sink ({peers.smtp.host}:{peers.smtp.port})")
     for column in ("day", "to", "subject", "step", "amount due"):
@@ -395,17 +440,35 @@ def _show_emails(console: Console, peers: DunningPeers, notices: dict[str, Notic
             continue
         since = str((notice.at - due[notice.invoice_id]).days) if notice.invoice_id in due else "?"
         subject = str(message["Subject"]).strip().replace(notice.invoice_id, notice.invoice_id[:8] + "…")
-        rows.append((notice.customer_id, notice.step, [since, str(message["To"]), subject,
-                                                       f"{notice.step} {notice.action}",
-                                                       f"{_amount(notice.amount_due)} {notice.currency}"]))
+        rows.append(
+            (
+                notice.customer_id,
+                notice.step,
+                [
+                    since,
+                    str(message["To"]),
+                    subject,
+                    f"{notice.step} {notice.action}",
+                    f"{_amount(notice.amount_due)} {notice.currency}",
+                ],
+            )
+        )
     for _, _, row in sorted(rows, key=lambda r: (r[0], r[1])):
         table.add_row(*row)
     console.print(table)
     console.print("[dim]day: days past the due date, on the dunning clock the demo moved (BASTIONARY_CLOCK=file:...)")
 
 
-def _show_cases(console: Console, client, peers: DunningPeers, policy: Policy, notices: dict[str, Notice],
-                dunned: dict[str, Receivable], paid: dict[str, Payment], problems: list[str]) -> None:
+def _show_cases(
+    console: Console,
+    client,
+    peers: DunningPeers,
+    policy: Policy,
+    notices: dict[str, Notice],
+    dunned: dict[str, Receivable],
+    paid: dict[str, Payment],
+    problems: list[str],
+) -> None:
     mailed: dict[str, list[int]] = {}
     for message in peers.smtp.received():
         notice = notices.get(str(message["X-Bastionary-Notice-Id"]))
@@ -433,8 +496,7 @@ def _show_cases(console: Console, client, peers: DunningPeers, policy: Policy, n
         if customer == LATE_PAYER:
             expected = all_steps[:PAY_AFTER_STEP]
             payment = paid.get(case.invoice_id)
-            outcome = (f"[green]paid after reminder {PAY_AFTER_STEP}: dunning stopped" if payment
-                       else "[red]never paid")
+            outcome = f"[green]paid after reminder {PAY_AFTER_STEP}: dunning stopped" if payment else "[red]never paid"
             beyond = [n for n in decided.get(case.invoice_id, []) if n > PAY_AFTER_STEP]
             if beyond:
                 problems.append(f"{customer} paid after reminder {PAY_AFTER_STEP} and still got step(s) {beyond}")
@@ -448,22 +510,36 @@ def _show_cases(console: Console, client, peers: DunningPeers, policy: Policy, n
             problems.append(f"{customer}: emails for steps {got}, expected {expected}")
         if hooks != expected:
             problems.append(f"{customer}: webhooks for steps {hooks}, expected {expected}")
-        if any(str(m["To"]) != billing_email(customer) for m in peers.smtp.received()
-               if m["X-Bastionary-Invoice-Id"] == case.invoice_id):
+        if any(
+            str(m["To"]) != billing_email(customer)
+            for m in peers.smtp.received()
+            if m["X-Bastionary-Invoice-Id"] == case.invoice_id
+        ):
             problems.append(f"{customer}: an email went to someone other than {billing_email(customer)}")
-        table.add_row(customer, case.invoice_id[:8] + "…", f"{_amount(case.total)} {case.currency}",
-                      "steps " + " ".join(map(str, got)) if got else "-",
-                      "steps " + " ".join(map(str, hooks)) if hooks else "-", outcome)
+        table.add_row(
+            customer,
+            case.invoice_id[:8] + "…",
+            f"{_amount(case.total)} {case.currency}",
+            "steps " + " ".join(map(str, got)) if got else "-",
+            "steps " + " ".join(map(str, hooks)) if hooks else "-",
+            outcome,
+        )
     console.print(table)
     ours = {r.invoice_id for r in dunned.values()}
     others = [n for n in notices.values() if n.invoice_id not in ours]
     auto = sum(1 for p in paid.values() if p.invoice_id not in ours)
-    note = (f"[yellow]{len(others)} notice(s) still reached {', '.join(sorted({n.customer_id for n in others}))}"
-            " (an invoice issued while the clock was ahead)" if others else "none was dunned")
+    note = (
+        f"[yellow]{len(others)} notice(s) still reached {', '.join(sorted({n.customer_id for n in others}))}"
+        " (an invoice issued while the clock was ahead)"
+        if others
+        else "none was dunned"
+    )
     console.print(f"{auto} other invoice{'' if auto == 1 else 's'} paid as soon as issued (most customers pay); {note}")
     deliveries = peers.hooks.deliveries
-    console.print(f"webhooks: {len(deliveries)} POSTs to {peers.hooks.url}, every signature verified (HMAC-SHA256), "
-                  f"{len(peers.hooks.rejected)} rejected, {sum(d.duplicate for d in deliveries)} repeated")
+    console.print(
+        f"webhooks: {len(deliveries)} POSTs to {peers.hooks.url}, every signature verified (HMAC-SHA256), "
+        f"{len(peers.hooks.rejected)} rejected, {sum(d.duplicate for d in deliveries)} repeated"
+    )
     if peers.hooks.rejected:
         problems.append(f"webhooks rejected: {peers.hooks.rejected}")
 
@@ -484,4 +560,4 @@ def _amount(value) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -15,8 +15,15 @@ from bastionary.worker.services.entitlements import EntitlementService
 from bastionary.worker.services.usage import UsageService
 
 
-def install(app: faust.App, settings: Settings, worker_id: str, *, usage: UsageService,
-            dunning_service: DunningService | None, entitlement_service: EntitlementService | None) -> None:
+def install(
+    app: faust.App,
+    settings: Settings,
+    worker_id: str,
+    *,
+    usage: UsageService,
+    dunning_service: DunningService | None,
+    entitlement_service: EntitlementService | None,
+) -> None:
     health.install(app, settings, worker_id, usage)
     if dunning_service is not None:
         dunning.install(app, settings, dunning_service)

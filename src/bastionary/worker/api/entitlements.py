@@ -65,7 +65,8 @@ def install(app: faust.App, settings: Settings, service: EntitlementService) -> 
     class FeatureView(faust.web.View):
         async def get(self, request: Any, customer_id: str, feature: str) -> Any:
             return refused(request, customer_id, feature) or await via_owner(
-                routed_one, self, request, customer_id=customer_id, feature=feature)
+                routed_one, self, request, customer_id=customer_id, feature=feature
+            )
 
     @app.page("/v1/customers/{customer_id}/entitlements")
     class CustomerView(faust.web.View):

@@ -49,11 +49,13 @@ def health_report(
         if status.seconds_unlanded > stall_after:
             problems.append(f"{name}: records read {status.seconds_unlanded:.0f} s ago have not landed")
         elif status.rewinding and status.seconds_idle > stall_after:
-            problems.append(f"{name}: rewound after a log reset, and the new log has not come for"
-                            f" {status.seconds_idle:.0f} s")
+            problems.append(
+                f"{name}: rewound after a log reset, and the new log has not come for {status.seconds_idle:.0f} s"
+            )
         elif waiting and status.seconds_idle > stall_after:
-            problems.append(f"{name}: {waiting} records wait in the log and none was read for"
-                            f" {status.seconds_idle:.0f} s")
+            problems.append(
+                f"{name}: {waiting} records wait in the log and none was read for {status.seconds_idle:.0f} s"
+            )
     return {
         "status": "unhealthy" if problems else "ok",
         "worker_id": worker_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -53,9 +53,15 @@ class BillingService:
             app.timer(interval=self.ctx.settings.rating_interval.total_seconds())(self._rate_closed_periods)
 
     async def _intake(self, stream: Any, handle: Callable[[Any], Any]) -> None:
-        await consume_intake(self.ctx.app, stream, dead_letter=self.ctx.dead_letter,
-                             dlq_topic=self.ctx.topics.billing_dlq, invalid=InvalidBillingEvent, handle=handle,
-                             prepare=self.store)
+        await consume_intake(
+            self.ctx.app,
+            stream,
+            dead_letter=self.ctx.dead_letter,
+            dlq_topic=self.ctx.topics.billing_dlq,
+            invalid=InvalidBillingEvent,
+            handle=handle,
+            prepare=self.store,
+        )
 
     async def _subscription_intake(self, stream: Any) -> None:
         await self._intake(stream, self._store_subscription)
@@ -64,14 +70,15 @@ class BillingService:
         await self._intake(stream, self._store_credit)
 
     async def _store_subscription(self, message: Any) -> None:
-        envelope, kind, data = parse_subscription(message.value or b"", self._plan_keys,
-                                                  latest_time=self.ctx.latest_time(message))
-        row = subscription_row(envelope, kind, data, datetime.now(timezone.utc))
+        envelope, kind, data = parse_subscription(
+            message.value or b"", self._plan_keys, latest_time=self.ctx.latest_time(message)
+        )
+        row = subscription_row(envelope, kind, data, datetime.now(UTC))
         await asyncio.to_thread(self.store().insert_subscription_events, [row])
 
     async def _store_credit(self, message: Any) -> None:
         envelope, kind, data = parse_credit(message.value or b"", latest_time=self.ctx.latest_time(message))
-        row = credit_row(envelope, kind, data, datetime.now(timezone.utc))
+        row = credit_row(envelope, kind, data, datetime.now(UTC))
         await asyncio.to_thread(self.store().insert_ledger, [row])
 
     async def _publish(self, role: str, key: str, value: bytes) -> Any:
@@ -80,8 +87,14 @@ class BillingService:
 
     async def _rate_closed_periods(self) -> None:
         if self._rater is None:
-            self._rater = Rater(self.store(), self.catalog.plans, self.catalog.meters,
-                                self.ctx.settings.rating_grace, self._publish, self.owns)
+            self._rater = Rater(
+                self.store(),
+                self.catalog.plans,
+                self.catalog.meters,
+                self.ctx.settings.rating_grace,
+                self._publish,
+                self.owns,
+            )
         try:
             result = await self._rater.run_once()
         except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -37,8 +37,9 @@ DELIVERY_CONCURRENCY = 4  # notices in flight per worker; a slow peer holds one 
 
 
 class DunningService:
-    def __init__(self, ctx: WorkerContext, catalog: Catalog, client_factory: Callable[[], Client],
-                 owns: Callable[[str], bool]):
+    def __init__(
+        self, ctx: WorkerContext, catalog: Catalog, client_factory: Callable[[], Client], owns: Callable[[str], bool]
+    ):
         self.ctx = ctx
         self.catalog = catalog
         self._client_factory = client_factory
@@ -62,15 +63,23 @@ class DunningService:
             return
         webhook, smtp = webhook_config(settings), smtp_config(settings)  # a bad setting stops the start
         self._notifier_configs = (webhook, smtp)
-        app.agent(self.ctx.topic(topics.dunning_notices), name="dunning-notifier",
-                  concurrency=DELIVERY_CONCURRENCY)(self._deliver_notices)
+        app.agent(self.ctx.topic(topics.dunning_notices), name="dunning-notifier", concurrency=DELIVERY_CONCURRENCY)(
+            self._deliver_notices
+        )
         app.timer(interval=settings.dunning_interval.total_seconds())(self._decide_cases)
 
     # -- intake ---------------------------------------------------------------------------
 
     async def _intake(self, stream: Any, dlq_topic: str, handle: Callable[[Any], Any]) -> None:
-        await consume_intake(self.ctx.app, stream, dead_letter=self.ctx.dead_letter, dlq_topic=dlq_topic,
-                             invalid=InvalidBillingEvent, handle=handle, prepare=self.store)
+        await consume_intake(
+            self.ctx.app,
+            stream,
+            dead_letter=self.ctx.dead_letter,
+            dlq_topic=dlq_topic,
+            invalid=InvalidBillingEvent,
+            handle=handle,
+            prepare=self.store,
+        )
 
     async def _invoice_intake(self, stream: Any) -> None:
         await self._intake(stream, self.ctx.topics.dunning_dlq, self._store_invoice)
@@ -85,7 +94,7 @@ class DunningService:
         data = parse_invoice(message.value or b"")
         if data is None:
             return
-        row = receivable_row(data, datetime.now(timezone.utc))
+        row = receivable_row(data, datetime.now(UTC))
         await asyncio.to_thread(self.store().insert_receivables, [row])
 
     async def _store_payment(self, message: Any) -> None:
@@ -94,7 +103,7 @@ class DunningService:
         currency = await asyncio.to_thread(store.invoice_currency, data.invoice_id)
         check_against_invoice(kind, data, currency)
         customer = data.customer_id or await asyncio.to_thread(store.invoice_customer, data.invoice_id)
-        row = payment_row(envelope, kind, data, customer or "", currency or "", datetime.now(timezone.utc))
+        row = payment_row(envelope, kind, data, customer or "", currency or "", datetime.now(UTC))
         await asyncio.to_thread(store.insert_payments, [row])
 
     async def _store_response(self, message: Any) -> None:
@@ -110,7 +119,7 @@ class DunningService:
         """A response posted over HTTP: checked as the topic's reader will check it (the record
         stamped about now), then sent through the topic, so a response has one path and one
         validation and survives this worker dying right after the 202. Returns (id, invoice)."""
-        latest = latest_event_time(datetime.now(timezone.utc).timestamp(), self.ctx.settings.max_future_skew)
+        latest = latest_event_time(datetime.now(UTC).timestamp(), self.ctx.settings.max_future_skew)
         envelope, _, data = parse_response(body, latest_time=latest)
         topic = self.ctx.topic(self.ctx.topics.dunning_responses)
         await (await topic.send(key=data.invoice_id.encode(), value=body))
@@ -121,8 +130,9 @@ class DunningService:
     def _notifier(self) -> Notifier:
         if self._delivery is None:
             webhook, smtp = self._notifier_configs
-            self._delivery = Notifier(self.store(), webhook, smtp, self._dead_letter_notice,
-                                      self.ctx.settings.company_name)
+            self._delivery = Notifier(
+                self.store(), webhook, smtp, self._dead_letter_notice, self.ctx.settings.company_name
+            )
         return self._delivery
 
     async def _dead_letter_notice(self, value: bytes, code: str, message: str) -> None:
@@ -151,8 +161,9 @@ class DunningService:
             log.exception("dunning run failed; retried on the next tick")
             return
         if result.recorded or result.republished:
-            log.info("dunning run", recorded=result.recorded, published=len(result.published),
-                     republished=result.republished)
+            log.info(
+                "dunning run", recorded=result.recorded, published=len(result.published), republished=result.republished
+            )
 
 
 def webhook_config(settings: Settings) -> WebhookConfig | None:
@@ -161,9 +172,12 @@ def webhook_config(settings: Settings) -> WebhookConfig | None:
     if settings.webhook_secret is None:
         raise ValueError("BASTIONARY_WEBHOOK_URL is set without BASTIONARY_WEBHOOK_SECRET")
     return WebhookConfig(
-        url=settings.webhook_url, secret=settings.webhook_secret,
-        timeout=settings.webhook_timeout.total_seconds(), max_attempts=settings.webhook_max_attempts,
-        backoff_base=settings.webhook_backoff.total_seconds(), backoff_cap=settings.webhook_backoff_cap.total_seconds(),
+        url=settings.webhook_url,
+        secret=settings.webhook_secret,
+        timeout=settings.webhook_timeout.total_seconds(),
+        max_attempts=settings.webhook_max_attempts,
+        backoff_base=settings.webhook_backoff.total_seconds(),
+        backoff_cap=settings.webhook_backoff_cap.total_seconds(),
     )
 
 
@@ -171,7 +185,12 @@ def smtp_config(settings: Settings) -> SmtpConfig | None:
     if not settings.smtp_host:
         return None
     return SmtpConfig(
-        host=settings.smtp_host, port=settings.smtp_port, sender=settings.smtp_sender,
-        username=settings.smtp_username, password=settings.smtp_password, starttls=settings.smtp_starttls,
-        use_tls=settings.smtp_tls, max_attempts=settings.smtp_max_attempts,
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        sender=settings.smtp_sender,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        starttls=settings.smtp_starttls,
+        use_tls=settings.smtp_tls,
+        max_attempts=settings.smtp_max_attempts,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -31,8 +31,7 @@ POLL_WINDOW = timedelta(seconds=5)
 
 
 class EntitlementService:
-    def __init__(self, ctx: WorkerContext, catalog: Catalog, client_factory: Callable[[], Client],
-                 usage: UsageService):
+    def __init__(self, ctx: WorkerContext, catalog: Catalog, client_factory: Callable[[], Client], usage: UsageService):
         self.ctx = ctx
         self.catalog = catalog
         self.features = known_features(catalog.plans)
@@ -43,20 +42,28 @@ class EntitlementService:
         # Keyed by customer id like usage.events, with as many partitions: Faust assigns both
         # topics' partition n to one worker, and routes a check to the owner of its key.
         # key_type bytes = the raw serializer: the key's bytes are the customer id, as on usage.events.
-        self.table = ctx.app.Table("entitlements", default=None, partitions=ctx.settings.usage_partitions,
-                                   key_type=bytes, use_partitioner=True)
+        self.table = ctx.app.Table(
+            "entitlements", default=None, partitions=ctx.settings.usage_partitions, key_type=bytes, use_partitioner=True
+        )
 
     @property
     def service(self) -> Entitlements:
         """Opened at first use, when the worker starts; hears about every landed usage flush."""
-        if self._service is None:
+        return self._opened()[0]
+
+    @property
+    def store(self) -> ClickHouseEntitlementStore:
+        return self._opened()[1]
+
+    def _opened(self) -> tuple[Entitlements, ClickHouseEntitlementStore]:
+        if self._service is None or self._store is None:
             sink = self._usage.sink
-            self._store = ClickHouseEntitlementStore(self._client_factory(), self.catalog.plans)
-            service = Entitlements(self._store, self.catalog.meters, self._publish, sink.lock, on_loaded=self._mirror)
+            store = ClickHouseEntitlementStore(self._client_factory(), self.catalog.plans)
+            service = Entitlements(store, self.catalog.meters, self._publish, sink.lock, on_loaded=self._mirror)
             sink.listeners.append(service.on_flush)
             metrics.ENTITLEMENT_CUSTOMERS.set_function(lambda: service.customers_in_memory)
-            self._service = service
-        return self._service
+            self._service, self._store = service, store
+        return self._service, self._store
 
     def install(self) -> None:
         app = self.ctx.app
@@ -87,30 +94,33 @@ class EntitlementService:
 
     async def _store_override(self, message: Any) -> None:
         override = parse_override(message.value or b"", latest_time=self.ctx.latest_time(message))
-        service = self.service
-        assert self._store is not None  # opened with the service
-        await asyncio.to_thread(self._store.insert_override, override)
+        service, store = self._opened()
+        await asyncio.to_thread(store.insert_override, override)
         service.invalidate([override.customer_id])
 
     async def _override_intake(self, stream: Any) -> None:
         # Rejected overrides go to billing.dlq; see consume_intake for what else can happen to one.
-        await consume_intake(self.ctx.app, stream, dead_letter=self.ctx.dead_letter,
-                             dlq_topic=self.ctx.topics.billing_dlq, invalid=InvalidOverride,
-                             handle=self._store_override, prepare=lambda: self.service)
+        await consume_intake(
+            self.ctx.app,
+            stream,
+            dead_letter=self.ctx.dead_letter,
+            dlq_topic=self.ctx.topics.billing_dlq,
+            invalid=InvalidOverride,
+            handle=self._store_override,
+            prepare=lambda: self.service,
+        )
 
     async def _follow_changes(self) -> None:
         """Subscriptions, overrides and dunning suspensions land in ClickHouse from several
         agents and workers; polling it is the one path that sees them all, restarts included."""
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         seen: dict[tuple[str, str], datetime] = {}  # rows already acted on, kept while in the window
-        service = self.service
-        assert self._store is not None
-        store = self._store
+        service, store = self._opened()
         reconciler = asyncio.ensure_future(service.run_reconciler())
         try:
             while True:
                 await asyncio.sleep(POLL_SECONDS)
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 try:
                     rows = await asyncio.to_thread(store.changed_rows, since)
                 except Exception:
@@ -118,7 +128,7 @@ class EntitlementService:
                     continue
                 since = now - POLL_WINDOW
                 fresh = rows - seen.keys()
-                seen = {row: at for row, at in seen.items() if at > since} | {row: now for row in fresh}
+                seen = {row: at for row, at in seen.items() if at > since} | dict.fromkeys(fresh, now)
                 if fresh:
                     service.invalidate({customer for customer, _ in fresh})
         finally:

@@ -27,8 +27,13 @@ SinkFactory = Callable[
 
 
 class UsageService:
-    def __init__(self, ctx: WorkerContext, bootstrap: str, sink_factory: SinkFactory,
-                 on_started: Callable[[Any], Awaitable[None]] | None = None):
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        bootstrap: str,
+        sink_factory: SinkFactory,
+        on_started: Callable[[Any], Awaitable[None]] | None = None,
+    ):
         self.ctx = ctx
         self.partition_log = KafkaPartitionLog(bootstrap, ctx.app)
         self.started_at = time.monotonic()
@@ -65,7 +70,9 @@ class UsageService:
     # -- the agent and the flushes -------------------------------------------------------
 
     async def _send_dead_letters(self, letters: list[DeadLetter]) -> None:
-        pending = [await self._dlq.send(key=letter.key, value=letter.value, headers=letter.headers) for letter in letters]
+        pending = [
+            await self._dlq.send(key=letter.key, value=letter.value, headers=letter.headers) for letter in letters
+        ]
         await asyncio.gather(*pending)  # delivered before the flush goes on
 
     async def _flush_once(self) -> None:
@@ -123,7 +130,9 @@ class UsageService:
             # A fixed rate, not a fixed pause: a flush that took its time does not push the
             # next one a whole interval further (usage reaches checks and queries sooner).
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._flush_needed.wait(), timeout=max(0.05, started + interval - time.monotonic()))
+                await asyncio.wait_for(
+                    self._flush_needed.wait(), timeout=max(0.05, started + interval - time.monotonic())
+                )
             self._flush_needed.clear()
             started = time.monotonic()
             if self._stream is None:
@@ -146,8 +155,11 @@ class UsageService:
             try:
                 await self.partition_log.ping()
                 if self._sink is not None and self._stream is not None:
-                    assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()
-                                if tp.topic == self.topic.get_topic_name()}
+                    assigned = {
+                        (tp.topic, tp.partition)
+                        for tp in app.consumer.assignment()
+                        if tp.topic == self.topic.get_topic_name()
+                    }
                     await self._sink.check_logs(assigned)
             except Exception as exc:
                 log.warning("log check failed; the broker may be unreachable", error=f"{type(exc).__name__}: {exc}")

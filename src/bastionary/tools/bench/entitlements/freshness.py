@@ -49,7 +49,7 @@ class _Background:
     def _run(self) -> None:
         try:
             asyncio.run(self._stream())
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+        except BaseException as exc:
             self._error = exc
 
     async def _stream(self) -> None:
@@ -71,27 +71,35 @@ class _Background:
                 due = int((time.monotonic() - started) * self.rate) + 1
                 while sent < due:
                     customer = rng.choice(self.customers)
-                    future = await producer.send(self.topic, _usage(customer, f"bg-{tag}-{sent}"),
-                                                 key=customer.encode())
+                    future = await producer.send(
+                        self.topic, _usage(customer, f"bg-{tag}-{sent}"), key=customer.encode()
+                    )
                     future.add_done_callback(acked)
                     sent += 1
                 await asyncio.sleep(0.01)
             seconds = time.monotonic() - started
             await producer.flush()
-        self._stats = {"events": sent, "seconds": round(seconds, 1), "events_per_s": round(sent / max(seconds, 1e-6)),
-                       "ends": ends}
+        self._stats = {
+            "events": sent,
+            "seconds": round(seconds, 1),
+            "events_per_s": round(sent / max(seconds, 1e-6)),
+            "ends": ends,
+        }
 
 
-async def _freshness(worker: _Worker, producer, topic: str, check, customers: list[str], flush_s: float,
-                     rng: random.Random) -> dict:
+async def _freshness(
+    worker: _Worker, producer, topic: str, check, customers: list[str], flush_s: float, rng: random.Random
+) -> dict:
     from_send: list[float] = []
     from_ack: list[float] = []
     missing = 0
     for n, customer in enumerate(customers):
         worker.check_alive()
         # TRIAL_LIMIT - 1 events, landed and counted.
-        futures = [await producer.send(topic, _usage(customer, f"{customer}-{i}"), key=customer.encode())
-                   for i in range(TRIAL_LIMIT - 1)]
+        futures = [
+            await producer.send(topic, _usage(customer, f"{customer}-{i}"), key=customer.encode())
+            for i in range(TRIAL_LIMIT - 1)
+        ]
         await asyncio.gather(*futures)
         deadline = time.monotonic() + TRIAL_TIMEOUT_S
         while True:
@@ -99,8 +107,10 @@ async def _freshness(worker: _Worker, producer, topic: str, check, customers: li
             if status == 200 and Decimal(body["usage"]) >= TRIAL_LIMIT - 1:
                 break
             if time.monotonic() > deadline:
-                raise BenchError(f"trial {customer}: {TRIAL_LIMIT - 1} events not counted in {TRIAL_TIMEOUT_S:.0f}s"
-                                 f" (last {status} {body}); see {worker.log_path}")
+                raise BenchError(
+                    f"trial {customer}: {TRIAL_LIMIT - 1} events not counted in {TRIAL_TIMEOUT_S:.0f}s"
+                    f" (last {status} {body}); see {worker.log_path}"
+                )
             await asyncio.sleep(0.02)
         if body["has_access"] is not True:
             raise BenchError(f"trial {customer}: no access before its limit: {body}")
@@ -165,8 +175,10 @@ def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict:
     if not count:
         return {"flushes": 0}
     buckets = sorted(
-        (float(k.split('le="')[1].split('"')[0]), v) for k, v in delta.items() if k.startswith(
-            "bastionary_usage_flush_seconds_bucket") and "+Inf" not in k)
+        (float(k.split('le="')[1].split('"')[0]), v)
+        for k, v in delta.items()
+        if k.startswith("bastionary_usage_flush_seconds_bucket") and "+Inf" not in k
+    )
     p99_bucket = next((le for le, n in buckets if n >= 0.99 * count), None)
     return {
         "flushes": int(count),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -26,7 +26,7 @@ def _subscription(customer: str, plan: str, start: datetime) -> dict:
 def _usage(customer: str, event_id: str) -> bytes:
     return orjson.dumps({
         "specversion": "1.0", "id": event_id, "source": "bastionary-bench-entitlements", "type": "api.request",
-        "subject": customer, "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "subject": customer, "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "data": {"method": "GET"},
     })  # fmt: skip
 
@@ -66,12 +66,12 @@ async def _warm_up(worker: _Worker, check, customers: list[str], timeout: float)
         if time.monotonic() > deadline:
             raise BenchError(f"{len(pending)} customers never answered 200 in {timeout:.0f}s; see {worker.log_path}")
         done = await asyncio.gather(*(warm(c) for c in pending))
-        pending = [c for c, ok in zip(pending, done) if not ok]
+        pending = [c for c, ok in zip(pending, done, strict=False) if not ok]
         if pending:
             await asyncio.sleep(0.5)
 
 
-async def _settle(worker: _Worker, clock: "_CpuClock", timeout: float) -> tuple[float, float]:
+async def _settle(worker: _Worker, clock: _CpuClock, timeout: float) -> tuple[float, float]:
     """Wait until the worker idles: (seconds waited, its CPU in cores over the last second).
 
     Its change poll looks back ``POLL_WINDOW`` (5 s) every second, so a freshly subscribed

@@ -9,11 +9,13 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 
+from bastionary.devstack.broker import EmbeddedBroker, free_port
+from bastionary.settings import Settings, format_iso_duration
 from bastionary.tools.bench.entitlements.constants import (
     BACKGROUND_RATE,
     CHECK_RATE,
@@ -42,8 +44,6 @@ from bastionary.tools.bench.options import PARTITIONS, BenchError
 from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt
 from bastionary.tools.bench.report import machine_info
 from bastionary.tools.bench.stack import _Bench, _Worker
-from bastionary.devstack.broker import EmbeddedBroker, free_port
-from bastionary.settings import Settings, format_iso_duration
 from bastionary.topics import Topics
 
 
@@ -157,8 +157,9 @@ def _run(bench: _Bench, sizes: _Sizes, port: int, key: str, flush_s: float) -> d
         bench.processes.stop(worker.process)
 
 
-async def _measure(bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes, port: int, key: str,
-                   flush_s: float) -> dict:
+async def _measure(
+    bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes, port: int, key: str, flush_s: float
+) -> dict:
     import aiohttp
 
     from bastionary.kafka import UsageProducer
@@ -170,8 +171,9 @@ async def _measure(bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes
     base = f"http://127.0.0.1:{port}/v1/customers"
     headers = {"Authorization": f"Bearer {key}"}
     connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
 
         async def check(customer: str) -> tuple[int, dict | None]:
             async with session.get(f"{base}/{customer}/entitlements/{FEATURE}") as response:
@@ -180,7 +182,7 @@ async def _measure(bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes
 
         async with UsageProducer(bench.bootstrap, linger_ms=0) as producer:
             # -- set-up: subscriptions, then one check per customer loads its state --------
-            start = datetime.now(timezone.utc) - timedelta(days=1)
+            start = datetime.now(UTC) - timedelta(days=1)
             plans = [(c, "steady") for c in steady] + [(c, "trial") for c in trials]
             _say(f"subscribing {len(steady):,} steady and {len(trials)} trial customers")
             futures = [await producer.send(topics.subscriptions, _subscription(c, plan, start)) for c, plan in plans]
@@ -236,9 +238,15 @@ async def _measure(bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes
                 background.raise_if_failed()
             finally:
                 stats = background.stop()
-            out["freshness"] = fresh | {"background_events_per_s": BACKGROUND_RATE,
-                                        "background_achieved_per_s": stats["events_per_s"],
-                                        "worker_cpu_cores": usage_cpu["worker_cpu_cores"]} | flushes
+            out["freshness"] = (
+                fresh
+                | {
+                    "background_events_per_s": BACKGROUND_RATE,
+                    "background_achieved_per_s": stats["events_per_s"],
+                    "worker_cpu_cores": usage_cpu["worker_cpu_cores"],
+                }
+                | flushes
+            )
             _say(f"    p50 {fresh['p50_s']} s, p99 {fresh['p99_s']} s")
 
     # The worker kept up with the stream: its commits reach the stream's log end soon after it stops.
