@@ -1,15 +1,27 @@
-"""What the CLI commands share: settings, the read-only ClickHouse client, output."""
+"""What the CLI commands share: settings, the read-only ClickHouse client, errors and output."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ParamSpec, TypeVar
 
 import click
 import orjson
 
+from bastionary.catalog import CatalogError
+from bastionary.locks import DataDirInUse
 from bastionary.logs import configure_logging
-from bastionary.runtime import connect_clickhouse
+from bastionary.runtime import NoBroker, connect_clickhouse
 from bastionary.settings import ConfigError, Settings, load_settings
+from bastionary.storage.client import Client
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+output_format = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 
 
 def settings_or_exit() -> Settings:
@@ -21,18 +33,48 @@ def settings_or_exit() -> Settings:
     return settings
 
 
-def reader_client(settings: Settings):
+def fail_cleanly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Known start-up problems become one readable line, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (CatalogError, NoBroker, DataDirInUse) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def reader_client(settings: Settings) -> Client:
     try:
         return connect_clickhouse(settings, role="reader").client
     except Exception as exc:  # a locked chdb dir with no gateway, an unreachable server
         raise click.ClickException(f"cannot open ClickHouse: {exc}") from None
 
 
-def emit(columns: list[str], rows: list[list], fmt: str) -> None:
+def engine_message(exc: Exception) -> str:
+    """ClickHouse's own words, without the client's wrapping."""
+    text = str(exc)
+    text = text[text.find("Code: ") :] if "Code: " in text else text
+    return text.splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO 8601 option value; a time without an offset is UTC."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 time: {value}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
     if fmt == "json":
-        click.echo(
-            orjson.dumps([dict(zip(columns, r, strict=False)) for r in rows], default=str, option=orjson.OPT_INDENT_2)
-        )
+        records = [dict(zip(columns, row, strict=False)) for row in rows]
+        click.echo(orjson.dumps(records, default=str, option=orjson.OPT_INDENT_2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -43,17 +85,17 @@ def emit(columns: list[str], rows: list[list], fmt: str) -> None:
     Console(width=200).print(table)
 
 
-def number(value):
-    """Decimal to a JSON-safe exact string with no trailing zeros."""
+def number(value: Decimal | float | int | None) -> str | None:
+    """An exact JSON-safe string with no trailing zeros (Decimals are never turned into floats)."""
     if value is None:
         return None
-    return format(value.normalize(), "f") if hasattr(value, "normalize") else str(value)
+    return format(value.normalize(), "f") if isinstance(value, Decimal) else str(value)
 
 
-def jsonable(value):
+def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    if hasattr(value, "normalize") and hasattr(value, "as_tuple"):
+    if isinstance(value, Decimal):
         return number(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")

@@ -13,7 +13,7 @@ from bastionary.dunning.clock import (
     clock_from_setting,
     parse_moment,
 )
-from bastionary.settings import parse_iso_duration
+from bastionary.settings import Settings, parse_iso_duration
 
 
 @click.group()
@@ -136,7 +136,7 @@ def _file_clock() -> FileClock:
     return chosen
 
 
-def _now(settings) -> datetime:
+def _now(settings: Settings) -> datetime:
     try:
         return clock_from_setting(settings.clock).now()
     except ClockError as exc:

@@ -1,0 +1,77 @@
+"""`invoices`, `invoice show` and `credits balance`: what the rater decided, read back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import orjson
+
+from bastionary.cli.common import emit, jsonable, number, output_format, parse_time, reader_client, settings_or_exit
+from bastionary.storage.reports import INVOICE_COLUMNS, InvoiceReports
+
+
+@click.command()
+@click.option("--customer", default=None)
+@output_format
+def invoices(customer: str | None, fmt: str) -> None:
+    """List finalized invoices."""
+    rows = InvoiceReports(reader_client(settings_or_exit())).invoices(customer)
+    emit(INVOICE_COLUMNS, [[jsonable(v) for v in row] for row in rows], fmt)
+
+
+@click.group()
+def invoice() -> None:
+    """One invoice."""
+
+
+@invoice.command("show")
+@click.argument("invoice_id")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None)
+def invoice_show(invoice_id: str, html_path: str | None) -> None:
+    """Show an invoice as JSON, or render it as printable HTML with --html FILE."""
+    from bastionary.rating.render import render_html
+
+    document = InvoiceReports(reader_client(settings_or_exit())).document(invoice_id)
+    if document is None:
+        raise click.ClickException(f"no invoice {invoice_id}")
+    if html_path:
+        Path(html_path).write_text(render_html(document))
+        click.echo(f"wrote {html_path}")
+    else:
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+
+
+@click.group()
+def credits() -> None:
+    """Prepaid credits."""
+
+
+@credits.command("balance")
+@click.argument("customer")
+@click.option("--at", "at", default=None, help="ISO 8601 time (default now).")
+@output_format
+def credits_balance(customer: str, at: str | None, fmt: str) -> None:
+    """Remaining balance per grant of CUSTOMER."""
+    from bastionary.credits.balances import balances
+    from bastionary.storage.billing import ClickHouseBillingStore
+
+    settings = settings_or_exit()
+    moment = parse_time(at) or datetime.now(UTC)
+    grants, drawn = ClickHouseBillingStore(reader_client(settings)).grants_as_of(moment)
+    rows = [
+        [
+            line.grant.grant_id,
+            line.grant.currency,
+            number(line.grant.amount),
+            number(line.remaining),
+            line.grant.priority,
+            jsonable(line.grant.effective_at),
+            jsonable(line.grant.expires_at),
+            line.status,
+        ]
+        for line in balances(grants.get(customer, []), drawn, moment)
+    ]
+    columns = ["grant_id", "currency", "granted", "remaining", "priority", "effective_at", "expires_at", "status"]
+    emit(columns, rows, fmt)

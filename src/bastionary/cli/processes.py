@@ -1,0 +1,147 @@
+"""The long-running processes: `run`, `worker`, `rater`, `broker` and `serve-clickhouse`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import click
+
+from bastionary.catalog import load_catalog
+from bastionary.cli.common import fail_cleanly, settings_or_exit
+from bastionary.devstack.discovery import write_broker_file
+from bastionary.kafka import KafkaTarget
+from bastionary.locks import BROKER
+from bastionary.runtime import connect_clickhouse, hold_for_process, resolve_kafka
+from bastionary.settings import Settings
+from bastionary.topics import Topics
+
+
+def create_topics(settings: Settings, bootstrap: str) -> None:
+    """Bastionary's topics exist before any producer can auto-create them with other partition counts."""
+    from bastionary.kafka import ensure_topics
+
+    topics = Topics(settings.topic_prefix)
+    asyncio.run(ensure_topics(bootstrap, topics.all(), settings.usage_partitions, settings.topic_replication))
+
+
+@click.command()
+@fail_cleanly
+def run() -> None:
+    """Everything in one process: the embedded broker when no bootstrap is set, and the worker."""
+    from bastionary.devstack.broker import EmbeddedBroker
+    from bastionary.worker.run import run_worker
+
+    settings = settings_or_exit()
+    load_catalog(settings.catalog)  # fail before anything starts
+    if settings.kafka_bootstrap:
+        target = resolve_kafka(settings)
+        create_topics(settings, target.bootstrap)
+        run_worker(settings, target)
+        return
+    hold_for_process(settings.data_path, BROKER)
+
+    def announce(embedded: EmbeddedBroker) -> None:
+        create_topics(settings, embedded.bootstrap)
+        write_broker_file(settings.data_path, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
+
+    with EmbeddedBroker(settings.data_path) as embedded:
+        announce(embedded)
+        embedded.supervise(announce)
+        run_worker(settings, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
+
+
+@click.command()
+@fail_cleanly
+def worker() -> None:
+    """The Faust worker only; start several with one consumer group to scale out."""
+    from bastionary.worker.run import run_worker
+
+    settings = settings_or_exit()
+    target = resolve_kafka(settings)
+    create_topics(settings, target.bootstrap)
+    run_worker(settings, target)
+
+
+@click.command()
+@fail_cleanly
+def rater() -> None:
+    """The rater alone (billing intake and rating, no usage ingest), for server deployments.
+
+    Run it in its own consumer group, and set BASTIONARY_RATING_ENABLED=false on the workers."""
+    from bastionary.worker.run import run_worker
+
+    settings = settings_or_exit()
+    settings = settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-rater"})
+    target = resolve_kafka(settings)
+    create_topics(settings, target.bootstrap)
+    run_worker(settings, target, usage=False)
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="Listen port (default: a free one).")
+@fail_cleanly
+def broker(port: int | None) -> None:
+    """Run the embedded Kafka-protocol broker in the foreground."""
+    from bastionary.devstack.broker import EmbeddedBroker
+
+    settings = settings_or_exit()
+    hold_for_process(settings.data_path, BROKER)
+    with EmbeddedBroker(settings.data_path, port) as embedded:
+        create_topics(settings, embedded.bootstrap)
+        write_broker_file(settings.data_path, KafkaTarget(embedded.bootstrap, embedded.started_at_ms))
+        click.echo(f"broker ready: {embedded.bootstrap} (Ctrl-C stops it)")
+        _wait_for_signal()
+
+
+def _wait_for_signal() -> None:
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(0.2)
+
+
+@click.command("serve-clickhouse")
+def serve_clickhouse() -> None:
+    """Hold the embedded chdb directory and serve it over HTTP for several workers.
+
+    chdb admits one process per directory: with several `bastionary worker` processes on one
+    machine, run this once and point every worker at its writer DSN.
+    """
+    from bastionary.devstack.discovery import gateway_file
+    from bastionary.devstack.gateway import QueryGateway, reader_limits, write_gateway_file
+    from bastionary.worker.run import gateway_credentials
+
+    settings = settings_or_exit()
+    if not settings.embedded_clickhouse:
+        raise click.ClickException("serve-clickhouse is for the embedded chdb:// DSN; a server needs no gateway")
+    handle = connect_clickhouse(settings, role="writer")
+    if not handle.in_process:
+        raise click.ClickException(f"the chdb directory is already served ({handle.dsn_description})")
+    credentials = gateway_credentials(settings)
+    path = gateway_file(settings.data_path)
+
+    async def serve() -> None:
+        gateway = QueryGateway(
+            handle.client,
+            credentials,
+            database=settings.database,
+            reader_limits=reader_limits(settings.query_timeout.total_seconds(), settings.query_max_result_bytes),
+        )
+        port = await gateway.start(settings.query_host, settings.query_port)
+        write_gateway_file(path, settings.query_host, port, credentials, settings.database)
+        click.echo(f"serving {settings.clickhouse_url()} at http://{settings.query_host}:{port}", err=True)
+        click.echo(f"the writer and reader DSNs (with their passwords) are in {path}", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await gateway.stop()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        path.unlink(missing_ok=True)

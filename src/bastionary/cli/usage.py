@@ -1,0 +1,129 @@
+"""Usage in and out: `produce` publishes JSON Lines, `usage` reads meter totals, `sql` runs reads."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC
+from typing import IO, Any
+
+import click
+import orjson
+
+from bastionary.catalog import CatalogError, load_catalog
+from bastionary.cli.common import (
+    emit,
+    engine_message,
+    fail_cleanly,
+    jsonable,
+    number,
+    output_format,
+    parse_time,
+    reader_client,
+    settings_or_exit,
+)
+from bastionary.runtime import resolve_kafka
+from bastionary.storage.queries import usage_query
+from bastionary.topics import Topics
+
+
+@click.command()
+@click.argument("source", default="-", type=click.File("rb"))
+@click.option(
+    "--topic", default="usage.events", show_default=True, help="Topic, before the prefix (e.g. billing.subscriptions)."
+)
+@click.option("--events-per-record", default=1, show_default=True, help="Pack N events into one batch record.")
+@fail_cleanly
+def produce(source: IO[bytes], topic: str, events_per_record: int) -> None:
+    """Publish events from JSON Lines (a file or - for stdin)."""
+    from bastionary.kafka import UsageProducer
+
+    settings = settings_or_exit()
+    bootstrap = resolve_kafka(settings).bootstrap
+    topic = Topics(settings.topic_prefix).name(topic)
+
+    async def publish() -> tuple[int, int]:
+        records = events = 0
+        pending: list[Any] = []
+        async with UsageProducer(bootstrap) as producer:
+            for line_no, line in enumerate(source, 1):
+                if not line.strip():
+                    continue
+                try:
+                    payload = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise click.ClickException(f"line {line_no}: not JSON: {exc}") from None
+                if events_per_record > 1 and isinstance(payload, dict):
+                    pending.append(payload)
+                    if len(pending) < events_per_record:
+                        continue
+                    payload, pending = pending, []
+                await producer.send(topic, payload)
+                records += 1
+                events += len(payload) if isinstance(payload, list) else 1
+            if pending:
+                await producer.send(topic, pending)
+                records += 1
+                events += len(pending)
+            await producer.flush()
+        return records, events
+
+    records, events = asyncio.run(publish())
+    click.echo(f"published {events} events in {records} records to {topic}")
+
+
+@click.command()
+@click.argument("meter")
+@click.option("--customer", default=None)
+@click.option("--from", "start", default=None, help="Inclusive start, ISO 8601 (UTC if no offset).")
+@click.option("--to", "end", default=None, help="Exclusive end, ISO 8601.")
+@click.option("--window", type=click.Choice(["MINUTE", "HOUR", "DAY"], case_sensitive=False), default=None)
+@click.option("--group-by", multiple=True, help="A dimension of the meter; repeatable.")
+@output_format
+def usage(
+    meter: str,
+    customer: str | None,
+    start: str | None,
+    end: str | None,
+    window: str | None,
+    group_by: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """Meter totals per customer (and group, and window)."""
+    settings = settings_or_exit()
+    try:
+        definition = load_catalog(settings.catalog).meter(meter)
+        sql, params = usage_query(definition, customer, parse_time(start), parse_time(end), window, list(group_by))
+    except (CatalogError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc).strip('"')) from None
+    result = reader_client(settings).query(sql, parameters=params)
+    rows = [
+        [customer_id, ws.replace(tzinfo=UTC).isoformat(), we.replace(tzinfo=UTC).isoformat(), grp, number(value)]
+        for customer_id, ws, we, grp, value in result.result_rows
+    ]
+    emit(["customer_id", "window_start", "window_end", "group", "value"], rows, fmt)
+
+
+@click.command()
+@click.argument("query")
+@output_format
+def sql(query: str, fmt: str) -> None:
+    """Run one read-only statement (SELECT, SHOW, DESCRIBE, EXISTS, EXPLAIN).
+
+    ClickHouse's own parser decides what is a read, by the rule the query gateway applies."""
+    from bastionary.storage.readonly_sql import NotReadOnly, checked_statement, tab_separated_text
+
+    settings = settings_or_exit()
+    client = reader_client(settings)
+
+    def run(statement: str) -> str:
+        return tab_separated_text(client.raw_query(statement))
+
+    try:
+        statement = checked_statement(run, query, settings.database)
+        result = client.query(statement, settings={"readonly": 2} if not settings.embedded_clickhouse else None)
+    except NotReadOnly as refused:
+        raise click.ClickException(f"not run: {refused}; `bastionary sql` runs reads only") from None
+    except Exception as exc:
+        raise click.ClickException(engine_message(exc)) from None
+    rows = [[jsonable(v) for v in row] for row in result.result_rows]
+    emit(list(result.column_names), rows, fmt)

@@ -1,0 +1,38 @@
+"""What a customer can still draw from each grant at a moment: the `credits balance` answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from bastionary.credits.ledger import Grant
+
+GrantStatus = Literal["active", "pending", "expired", "voided"]
+
+
+@dataclass(frozen=True)
+class GrantBalance:
+    grant: Grant
+    status: GrantStatus
+    remaining: Decimal  # what an invoice issued at the moment could draw; 0 unless active
+
+
+def grant_status(grant: Grant, moment: datetime) -> GrantStatus:
+    """A void wins over an expiry, and both over a grant that has not started."""
+    if grant.voided_at is not None and grant.voided_at <= moment:
+        return "voided"
+    if grant.expires_at is not None and grant.expires_at <= moment:
+        return "expired"
+    return "pending" if grant.effective_at > moment else "active"
+
+
+def balances(grants: list[Grant], drawn: dict[str, Decimal], moment: datetime) -> list[GrantBalance]:
+    """One line per grant, in the order invoices draw from them."""
+    lines = []
+    for grant in sorted(grants, key=lambda g: g.order):
+        status = grant_status(grant, moment)
+        left = max(grant.amount - drawn.get(grant.grant_id, Decimal(0)), Decimal(0))
+        lines.append(GrantBalance(grant, status, left if status == "active" else Decimal(0)))
+    return lines
