@@ -38,7 +38,7 @@ class Grant:
         )
 
     @property
-    def order(self) -> tuple:
+    def order(self) -> tuple[int, datetime, datetime, str]:
         """Lower priority number first, then earliest expiry, then the oldest grant."""
         return (self.priority, self.expires_at or FAR_FUTURE, self.effective_at, self.grant_id)
 

@@ -17,6 +17,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import orjson
@@ -70,7 +71,7 @@ class Notifier:
         pending = [c for c in data.get("channels", []) if c not in done]
         return list(await asyncio.gather(*(self._deliver(channel, value, data) for channel in pending)))
 
-    async def _deliver(self, channel: str, value: bytes, data: dict) -> DeliveryOutcome:
+    async def _deliver(self, channel: str, value: bytes, data: dict[str, Any]) -> DeliveryOutcome:
         notice = data["notice_id"]
 
         async def record_attempt(attempt: Attempt) -> None:
@@ -99,7 +100,7 @@ class Notifier:
             log.warning("notice not delivered", notice_id=notice, channel=channel, reason=outcome.reason)
         return outcome
 
-    async def _trail(self, data: dict, kind: str, channel: str, detail: str, event_id: str) -> None:
+    async def _trail(self, data: dict[str, Any], kind: str, channel: str, detail: str, event_id: str) -> None:
         row = TrailRow(
             event_id,
             data["invoice_id"],

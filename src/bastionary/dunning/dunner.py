@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import structlog
@@ -32,12 +33,12 @@ log = structlog.get_logger(__name__)
 STEP_TYPE = "bastionary.dunning.step.v1"
 REINSTATED_TYPE = "bastionary.dunning.reinstated.v1"
 # (key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
-Publish = Callable[[str, bytes], Awaitable[Awaitable]]
+Publish = Callable[[str, bytes], Awaitable[Awaitable[object]]]
 
 
 @dataclass
 class DunningResult:
-    published: list[dict] = field(default_factory=list)
+    published: list[dict[str, Any]] = field(default_factory=list)
     recorded: int = 0
     republished: int = 0
 
@@ -75,7 +76,8 @@ class Dunner:
             return result
         await asyncio.to_thread(self.store.store_decisions, decided, now)
         result.recorded = len(decided)
-        to_publish = [(record.kind, record.data) for _, record in decided if record.publish]
+        # The records with data are the ones to publish (Record.publish); testing data narrows it.
+        to_publish = [(record.kind, record.data) for _, record in decided if record.data is not None]
         futures = [
             await self.publish(data["invoice_id"], notice_event(kind, data, now.isoformat()))
             for kind, data in to_publish
@@ -95,7 +97,7 @@ class Dunner:
         return result
 
 
-def notice_event(kind: str, data: dict, time: str) -> bytes:
+def notice_event(kind: str, data: dict[str, Any], time: str) -> bytes:
     """The CloudEvent on dunning.notices: a step notice or a reinstatement."""
     if kind == "notice":
         event_type, event_id = STEP_TYPE, data["notice_id"]

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from bastionary.dunning.policy import STATE_ACTIONS, Action, Policy
 from bastionary.rating.money import format_money
@@ -88,7 +89,7 @@ class Record:
     step: int = 0
     action: str = ""
     detail: str = ""
-    data: dict | None = None  # the CloudEvent data of a published record
+    data: dict[str, Any] | None = None  # the CloudEvent data of a published record
 
     @property
     def publish(self) -> bool:
@@ -184,7 +185,7 @@ def _state_change(case: Case, state: str, earlier_in_batch: int) -> Record:
     return Record(derived_id(case.invoice.invoice_id, "state", n), "state", n, detail=state)
 
 
-def _notice(case: Case, policy: Policy, n: int, now: datetime) -> dict:
+def _notice(case: Case, policy: Policy, n: int, now: datetime) -> dict[str, Any]:
     step = policy.steps[n - 1]
     invoice = case.invoice
     return {
@@ -209,7 +210,7 @@ def _notice(case: Case, policy: Policy, n: int, now: datetime) -> dict:
     }
 
 
-def _reinstated(case: Case, n: int, now: datetime, state: str) -> dict:
+def _reinstated(case: Case, n: int, now: datetime, state: str) -> dict[str, Any]:
     return {
         "reinstatement_id": derived_id(case.invoice.invoice_id, "reinstated", n),
         "invoice_id": case.invoice.invoice_id,

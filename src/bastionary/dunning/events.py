@@ -131,10 +131,11 @@ def parse_response(value: bytes, *, latest_time: datetime | None = None) -> tupl
     if kind is None:
         raise InvalidBillingEvent("unknown_type", f"not a dunning response type: {preview(event.type)}")
     data = parse_data(ResponseData, event)
-    if kind == "promised" and data.promised_by is None:
-        raise InvalidBillingEvent("invalid_data", "promised needs promised_by")
-    if kind == "promised" and data.promised_by <= event.time:
-        raise InvalidBillingEvent("invalid_data", "promised_by must be after the event time")
+    if kind == "promised":
+        if data.promised_by is None:
+            raise InvalidBillingEvent("invalid_data", "promised needs promised_by")
+        if data.promised_by <= event.time:
+            raise InvalidBillingEvent("invalid_data", "promised_by must be after the event time")
     if data.promised_by is not None and not time_in_range(data.promised_by):
         if kind == "promised":  # later than LATEST: too far whatever the policy
             raise InvalidBillingEvent(

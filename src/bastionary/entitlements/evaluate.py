@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from bastionary.entitlements.overrides import Override, active_overrides
 from bastionary.entitlements.spec import (
@@ -93,7 +93,7 @@ def check(state: CustomerState, feature: str, now: datetime) -> Decision:
         return _deny(decision, "disabled")
     if state.suspended and not entitlement.survives_suspension:
         return _deny(decision, "suspended")
-    if isinstance(entitlement, MeteredEntitlement) and not entitlement.soft and decision.usage >= decision.limit:
+    if isinstance(entitlement, MeteredEntitlement) and not entitlement.soft and _used_up(decision):
         return _deny(decision, "exhausted")
     return decision
 
@@ -133,9 +133,20 @@ def _describe(state: CustomerState, entitlement: AnyEntitlement, now: datetime) 
     return Decision(entitlement.feature, True, type="static", config=copy.deepcopy(entitlement.config))
 
 
+def _used_up(decision: Decision) -> bool:
+    # _describe sets both on every metered decision; Decision leaves them None for the other types.
+    return decision.usage is not None and decision.limit is not None and decision.usage >= decision.limit
+
+
 def _deny(decision: Decision, reason: str) -> Decision:
     # Keep the description (usage, limit, config): it tells the caller why, and how far off.
     return replace(decision, has_access=False, reason=reason)
+
+
+@overload
+def iso_z(moment: datetime) -> str: ...
+@overload
+def iso_z(moment: datetime | None) -> str | None: ...
 
 
 def iso_z(moment: datetime | None) -> str | None:

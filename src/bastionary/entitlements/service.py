@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from bastionary.entitlements.changes import change_event, due_changes
+from bastionary.entitlements.changes import Change, change_event, due_changes
 from bastionary.entitlements.evaluate import Decision, check, check_all
 from bastionary.entitlements.ports import EntitlementStore
 from bastionary.entitlements.spec import MeteredEntitlement
@@ -28,7 +28,7 @@ from bastionary.metering.sink import LandedFlush
 
 log = structlog.get_logger(__name__)
 # (key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
-Publish = Callable[[str, bytes], Awaitable[Awaitable]]
+Publish = Callable[[str, bytes], Awaitable[Awaitable[object]]]
 
 
 class UnknownCustomer(LookupError):
@@ -65,8 +65,8 @@ class Entitlements:
         return check_all((await self._state(customer)).state, self.now())
 
     async def _state(self, customer: str) -> Loaded:
-        loaded = self._loaded.get(customer, False)
-        if loaded is False or (loaded is not None and loaded.stale_at(self.now())):
+        loaded = self._loaded.get(customer)  # None: not read yet, or read and unknown
+        if customer not in self._loaded or (loaded is not None and loaded.stale_at(self.now())):
             loaded = await self._load(customer)
         if loaded is None:
             raise UnknownCustomer(customer)
@@ -83,7 +83,7 @@ class Entitlements:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def invalidate(self, customers) -> None:
+    def invalidate(self, customers: Iterable[str]) -> None:
         """Their subscription, overrides or suspension changed: read them again, then reconcile."""
         for customer in customers:
             if customer in self._loaded:
@@ -119,16 +119,20 @@ class Entitlements:
                     touched.add(customer)
                     continue
                 loaded = self._loaded[customer]
-                if loaded is None or loaded.state.plan is None:
+                if loaded is None:
+                    continue
+                state = loaded.state
+                # No plan now: no period, and no usage to count (build_state sets all three or none).
+                if state.plan is None or state.period_start is None or state.period_end is None:
                     continue
                 if flush.replayed:
                     stale.add(customer)  # part of it may be counted already: read it again
                     continue
-                usage = dict(loaded.state.usage)
-                for entitlement in loaded.state.plan.entitlements:
+                usage = dict(state.usage)
+                for entitlement in state.plan.entitlements:
                     if not isinstance(entitlement, MeteredEntitlement) or entitlement.meter != meter:
                         continue
-                    if not loaded.state.period_start <= window_start < loaded.state.period_end:
+                    if not state.period_start <= window_start < state.period_end:
                         continue
                     if any(group_values.get(k) != v for k, v in entitlement.filter.items()):
                         continue
@@ -139,7 +143,7 @@ class Entitlements:
                     delta = getattr(row, aggregation.rollup_column)
                     usage[entitlement.feature] = usage.get(entitlement.feature, 0) + delta
                     touched.add(customer)
-                loaded.state = replace(loaded.state, usage=usage)
+                loaded.state = replace(state, usage=usage)
         for customer in stale:
             self._loaded.pop(customer, None)
         self._dirty |= touched | stale
@@ -173,7 +177,7 @@ class Entitlements:
                     self._dirty.add(customer)
                     self._unpublished.add(customer)
 
-    async def reconcile(self, customer: str) -> list:
+    async def reconcile(self, customer: str) -> list[Change]:
         """Store, publish and mark the changes now due for ``customer``; returns them."""
         if customer in self._unpublished:
             for change, ordinal in await asyncio.to_thread(self.store.unpublished, customer):

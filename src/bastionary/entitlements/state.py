@@ -31,7 +31,9 @@ class Loaded:
         return self.state.period_end is not None and now >= self.state.period_end
 
 
-def plan_and_period(sub: Subscription | None, now: datetime):
+def plan_and_period(
+    sub: Subscription | None, now: datetime
+) -> tuple[Plan, datetime, datetime] | tuple[None, None, None]:
     """(plan in force, period start, period end) of ``sub`` at ``now``; no plan if none."""
     if sub is None or now < sub.segments[0].start or (sub.canceled_at is not None and now >= sub.canceled_at):
         return None, None, None
@@ -52,11 +54,12 @@ def build_state(store: EntitlementStore, meters: Mapping[str, Meter], customer: 
         return None
     plan, start, end = plan_and_period(sub, now)
     usage: dict[str, Decimal] = {}
-    for entitlement in plan.entitlements if plan is not None else ():
-        if isinstance(entitlement, MeteredEntitlement):
-            usage[entitlement.feature] = store.usage(
-                customer, meters[entitlement.meter], entitlement.filter, start, end
-            )
+    if plan is not None and start is not None and end is not None:  # all three or none
+        for entitlement in plan.entitlements:
+            if isinstance(entitlement, MeteredEntitlement):
+                usage[entitlement.feature] = store.usage(
+                    customer, meters[entitlement.meter], entitlement.filter, start, end
+                )
     suspensions = store.suspension_history(customer)
     suspended = bool(suspensions) and suspensions[-1] == "suspended"
     state = CustomerState(customer, plan, start, end, suspended, usage, tuple(overrides))
@@ -68,7 +71,7 @@ def suspension_changes(loaded: Loaded) -> list[Change]:
     :func:`due_changes` numbers them, so either path derives the same ids."""
     customer = loaded.state.customer_id
     emitted = [c.kind for c in loaded.recorded if c.kind in ("suspended", "reinstated")]
-    out = []
+    out: list[Change] = []
     for _n, kind in enumerate(loaded.suspensions[len(emitted) :], len(emitted)):
         seq = (emitted + [c.kind for c in out]).count(kind) + 1
         out.append(

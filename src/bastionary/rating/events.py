@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import (
@@ -171,7 +171,7 @@ class BillingEvent(BaseModel):
     source: StrictStr = Field(min_length=1, max_length=MAX_SOURCE_LENGTH)
     type: StrictStr = Field(max_length=MAX_TYPE_LENGTH)
     time: BillingTime
-    data: dict
+    data: dict[str, Any]  # the JSON object a parse_data model validates
 
 
 class InvalidBillingEvent(ValueError):
@@ -240,7 +240,10 @@ def parse_envelope(value: bytes, latest_time: datetime | None = None) -> Billing
     return event
 
 
-def parse_data(model, event: BillingEvent):
+DataModel = TypeVar("DataModel", bound=BaseModel)
+
+
+def parse_data(model: type[DataModel], event: BillingEvent) -> DataModel:
     try:
         return model.model_validate(event.data)
     except ValidationError as exc:

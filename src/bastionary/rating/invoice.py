@@ -17,7 +17,7 @@ from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
 from bastionary.rating.money import round_money
-from bastionary.rating.plans import FlatPrice, Plan
+from bastionary.rating.plans import FlatPrice, MeteredPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
 from bastionary.settings import parse_iso_duration
 
@@ -56,7 +56,7 @@ class Period:
 
 
 # usage(price, customer_id, start, end, as_of) -> Usage
-UsageLookup = Callable[[object, str, datetime, datetime, datetime], Usage]
+UsageLookup = Callable[[MeteredPrice, str, datetime, datetime, datetime], Usage]
 
 
 @dataclass
@@ -66,12 +66,12 @@ class Line:
     description: str
     quantity: Decimal
     amount: Decimal
-    tiers: list[dict] = field(default_factory=list)
+    tiers: list[dict[str, Any]] = field(default_factory=list)
     line_key: str = ""  # plan:price, stable across invoices
     period_start: datetime | None = None  # set on adjustment lines: the period adjusted
 
-    def as_dict(self, currency: str) -> dict:
-        out = {
+    def as_dict(self, currency: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "price_key": self.price_key,
             "meter": self.meter,
             "description": self.description,
@@ -150,13 +150,13 @@ def adjustment_lines(
     lines = []
     for period in earlier:
         # One plan can appear twice in a period (A -> B -> A): compare per line key, summed.
-        current: dict[str, list] = {}
+        # The first line of a key names the adjustment.
+        current: dict[str, tuple[Decimal, Decimal, Line]] = {}
         for line in period_lines(sub, period, as_of, usage):
             if line.meter is None:
                 continue
-            entry = current.setdefault(line.line_key, [ZERO, ZERO, line])
-            entry[0] += line.quantity
-            entry[1] += round_money(line.amount, currency)
+            quantity, amount, first = current.get(line.line_key, (ZERO, ZERO, line))
+            current[line.line_key] = (quantity + line.quantity, amount + round_money(line.amount, currency), first)
         for key, (quantity, amount, line) in current.items():
             old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
             delta = amount - old_amount

@@ -56,7 +56,7 @@ class _TieredPrice(_MeteredPrice):
             raise ValueError("the last tier must have up_to: null")
         if any(b is None for b in bounds[:-1]):
             raise ValueError("only the last tier may have up_to: null")
-        finite = bounds[:-1]
+        finite = [b for b in bounds[:-1] if b is not None]  # drops nothing (checked above); tells mypy so
         if any(b <= 0 for b in finite) or any(a >= b for a, b in itertools.pairwise(finite)):
             raise ValueError(f"tiers must have strictly increasing positive up_to bounds, got {finite}")
         return tiers
@@ -129,7 +129,7 @@ class Plan(_Model):
 
     @field_validator("prices")
     @classmethod
-    def _unique_price_keys(cls, prices: list) -> list:
+    def _unique_price_keys(cls, prices: list[Price]) -> list[Price]:
         keys = [p.key for p in prices]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
@@ -138,7 +138,7 @@ class Plan(_Model):
 
     @field_validator("entitlements")
     @classmethod
-    def _unique_features(cls, entitlements: list) -> list:
+    def _unique_features(cls, entitlements: list[Entitlement]) -> list[Entitlement]:
         features = [e.feature for e in entitlements]
         dupes = sorted({f for f in features if features.count(f) > 1})
         if dupes:

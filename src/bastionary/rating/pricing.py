@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
 from bastionary.rating.plans import (
     GraduatedPrice,
+    MeteredPrice,
     PackagePrice,
     PercentagePrice,
     PerUnitPrice,
@@ -24,7 +26,7 @@ ZERO = Decimal(0)
 @dataclass
 class Priced:
     amount: Decimal
-    tiers: list[dict] = field(default_factory=list)
+    tiers: list[dict[str, Any]] = field(default_factory=list)  # JSON, on the invoice line
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Usage:
     events: int = 0
 
 
-def price_usage(price, usage: Usage) -> Priced:
+def price_usage(price: MeteredPrice, usage: Usage) -> Priced:
     quantity = max(usage.quantity, ZERO)
     if isinstance(price, PerUnitPrice):
         return Priced(quantity * price.unit_amount)
@@ -91,7 +93,7 @@ def percentage(price: PercentagePrice, quantity: Decimal, events: int) -> Priced
     return Priced(amount, [{"rate": str(price.rate), "events": events}])
 
 
-def _tier_part(index: int, tier: Tier, units: Decimal, amount: Decimal) -> dict:
+def _tier_part(index: int, tier: Tier, units: Decimal, amount: Decimal) -> dict[str, Any]:
     return {
         "tier": index + 1,
         "up_to": None if tier.up_to is None else str(tier.up_to),

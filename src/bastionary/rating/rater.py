@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -34,6 +34,7 @@ from bastionary.outbound import cloud_event
 from bastionary.rating.invoice import (
     Period,
     Subscription,
+    UsageLookup,
     adjustment_lines,
     finalize,
     invoice_id,
@@ -41,14 +42,16 @@ from bastionary.rating.invoice import (
     period_lines,
 )
 from bastionary.rating.money import round_money
-from bastionary.rating.plans import Plan
+from bastionary.rating.plans import MeteredPrice, Plan
 from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
 
 log = structlog.get_logger(__name__)
 
 # (topic role, key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
-Publish = Callable[[str, str, bytes], Awaitable[Awaitable]]
+Publish = Callable[[str, str, bytes], Awaitable[Awaitable[object]]]
+# (meter, filter items, start, end, as of) -> usage per customer: one query serves every customer
+UsageCache = dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime, datetime], dict[str, Usage]]
 
 
 def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
@@ -77,9 +80,20 @@ def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[t
     return out
 
 
+class _Due(NamedTuple):
+    """A closed period not rated yet; rated in (period end, subscription id) order."""
+
+    period_end: datetime
+    subscription_id: str
+    sub: Subscription
+    earlier: list[tuple[Period, datetime]]  # the subscription's closed periods before this one
+    period: Period
+    cutoff: datetime
+
+
 @dataclass
 class RatingResult:
-    invoices: list[dict]
+    invoices: list[dict[str, Any]]
     republished: int = 0
 
 
@@ -116,30 +130,32 @@ class Rater:
                 result.republished += 1
         rated = await asyncio.to_thread(self.store.invoice_ids)
         subscriptions = await asyncio.to_thread(self.store.subscriptions, self.plans)
-        due = []
+        due: list[_Due] = []
         for sub in subscriptions:
             if not self.owns(sub.customer_id):
                 continue
             periods = closed_periods(sub, now - self.settle, self.grace)
             for k, (period, cutoff) in enumerate(periods):
                 if invoice_id(sub.subscription_id, period.start) not in rated:
-                    due.append((period.end, sub.subscription_id, sub, periods[:k], period, cutoff))
+                    due.append(_Due(period.end, sub.subscription_id, sub, periods[:k], period, cutoff))
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
-        cache: dict = {}
-        due.sort(key=lambda d: (d[0], d[1]))
+        cache: UsageCache = {}
+        due.sort(key=lambda d: (d.period_end, d.subscription_id))
         for offset in range(0, len(due), self.batch_size):
             batch = due[offset : offset + self.batch_size]
-            rated = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)
-            documents = [(r.invoice.document(), r.cutoff) for r in rated]
+            rated_batch = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)
+            documents = [(r.invoice.document(), r.cutoff) for r in rated_batch]
             deliveries = [future for document, _ in documents for future in await self._send(document)]
             await asyncio.gather(*deliveries)
             await asyncio.to_thread(self.store.mark_published, documents)
             result.invoices.extend(document for document, _ in documents)
         return result
 
-    def _rate_batch(self, batch, grants: dict, drawn: dict, cache: dict) -> list[RatedInvoice]:
+    def _rate_batch(
+        self, batch: list[_Due], grants: dict[str, list[Grant]], drawn: dict[str, Decimal], cache: UsageCache
+    ) -> list[RatedInvoice]:
         rated = [
             self._rate(sub, [p for p, _ in earlier], period, cutoff, grants.get(sub.customer_id, []), drawn, cache)
             for _, _, sub, earlier, period, cutoff in batch
@@ -148,7 +164,14 @@ class Rater:
         return rated
 
     def _rate(
-        self, sub, earlier, period: Period, cutoff, grants: list[Grant], drawn: dict, cache: dict
+        self,
+        sub: Subscription,
+        earlier: list[Period],
+        period: Period,
+        cutoff: datetime,
+        grants: list[Grant],
+        drawn: dict[str, Decimal],
+        cache: UsageCache,
     ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here."""
         usage = self._usage_lookup(cache)
@@ -179,10 +202,10 @@ class Rater:
         log.debug("invoice rated", invoice_id=invoice.invoice_id, customer_id=sub.customer_id, total=invoice.total)
         return RatedInvoice(invoice, cutoff, lines, ledger)
 
-    def _usage_lookup(self, cache: dict):
+    def _usage_lookup(self, cache: UsageCache) -> UsageLookup:
         """Usage per customer, fetched once per (meter, filter, window, cutoff) for all customers."""
 
-        def usage(price, customer_id: str, start: datetime, end: datetime, as_of: datetime) -> Usage:
+        def usage(price: MeteredPrice, customer_id: str, start: datetime, end: datetime, as_of: datetime) -> Usage:
             key = (price.meter, tuple(sorted(price.filter.items())), start, end, as_of)
             if key not in cache:
                 cache[key] = self.store.usage_by_customer(self._meters[price.meter], price.filter, start, end, as_of)
@@ -190,7 +213,7 @@ class Rater:
 
         return usage
 
-    async def _send(self, data: dict) -> list[Awaitable]:
+    async def _send(self, data: dict[str, Any]) -> list[Awaitable[object]]:
         """Enqueue the invoice and its credit events; returns their delivery futures."""
         sent = [
             await self.publish(
@@ -221,7 +244,7 @@ class Rater:
         return sent
 
 
-def _plan_at(sub: Subscription, moment: datetime):
+def _plan_at(sub: Subscription, moment: datetime) -> Plan:
     for segment in sub.segments:
         if segment.start <= moment and (segment.end is None or moment < segment.end):
             return segment.plan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 _STYLE = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1d2430;margin:40px auto;max-width:820px}
@@ -15,7 +16,7 @@ header{display:flex;justify-content:space-between;align-items:flex-start}
 """
 
 
-def render_html(data: dict) -> str:
+def render_html(data: dict[str, Any]) -> str:
     cur = escape(data["currency"])
     rows = "".join(
         f"<tr><td>{escape(line['description'])}</td><td class=num>{escape(line['quantity'])}</td>"

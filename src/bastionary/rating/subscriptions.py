@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from bastionary.rating.invoice import Segment, Subscription
 from bastionary.rating.plans import Plan
@@ -54,6 +54,12 @@ def build_subscription(
     if not segments or anchor is None:
         return None
     return Subscription(subscription_id, customer, anchor, tuple(segments), canceled_at)
+
+
+@overload
+def utc(value: datetime) -> datetime: ...
+@overload
+def utc(value: datetime | None) -> datetime | None: ...
 
 
 def utc(value: datetime | None) -> datetime | None:

@@ -145,8 +145,9 @@ def _context(notice: Mapping[str, Any], company: str) -> dict[str, Any]:
 
 
 def template_name(notice: Mapping[str, Any]) -> str:
-    action = notice["action"]
-    return notice.get("template") or DEFAULT_TEMPLATES.get(action, action)
+    action: str = notice["action"]
+    template: str | None = notice.get("template")
+    return template or DEFAULT_TEMPLATES.get(action, action)
 
 
 def render_email(notice: Mapping[str, Any], *, company: str = "Bastionary") -> EmailContent:
