@@ -10,6 +10,7 @@ never import it. Every problem in the file is reported together.
 
 from __future__ import annotations
 
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from pydantic import (
 from bastionary.dunning.policy import DunningConfig
 from bastionary.entitlements.spec import entitlement_problems
 from bastionary.metering.meters import Aggregation, Meter
-from bastionary.rating.plans import Plan
+from bastionary.rating.plans import MeteredPrice, Plan
 
 __all__ = ["Aggregation", "Catalog", "CatalogError", "Meter", "load_catalog", "parse_catalog"]
 
@@ -42,8 +43,7 @@ class Catalog(BaseModel):
     @field_validator("meters")
     @classmethod
     def _unique_keys(cls, meters: list[Meter]) -> list[Meter]:
-        seen: set[str] = set()
-        dupes = sorted({m.key for m in meters if m.key in seen or seen.add(m.key)})
+        dupes = sorted(key for key, n in Counter(m.key for m in meters).items() if n > 1)
         if dupes:
             raise ValueError(f"duplicate meter keys: {', '.join(dupes)}")
         return meters
@@ -56,9 +56,9 @@ class Catalog(BaseModel):
         problems += [f"duplicate plan key {k!r}" for k in sorted({k for k in plan_keys if plan_keys.count(k) > 1})]
         for plan in self.plans:
             for price in plan.prices:
-                meter_key = getattr(price, "meter", None)
-                if meter_key is None:
-                    continue
+                if not isinstance(price, MeteredPrice):
+                    continue  # a flat price reads no meter
+                meter_key = price.meter
                 meter = meters.get(meter_key)
                 if meter is None:
                     problems.append(f"plan {plan.key}, price {price.key}: unknown meter {meter_key!r}")
@@ -125,7 +125,7 @@ def parse_catalog(document: Any, origin: str = "catalog") -> Catalog:
 
 def _duplicate_meter_keys(document: Any) -> list[str]:
     meters = document.get("meters") if isinstance(document, dict) else None
-    keys = [m.get("key") for m in meters or [] if isinstance(m, dict) and isinstance(m.get("key"), str)]
+    keys: list[str] = [m["key"] for m in meters or [] if isinstance(m, dict) and isinstance(m.get("key"), str)]
     return sorted({k for k in keys if keys.count(k) > 1})
 
 

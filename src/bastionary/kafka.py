@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class ProducedRecord(Protocol):
+    """A prepared record (such as a workload's): its key, value and headers as they go on the wire."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Headers: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,7 @@ async def list_topics(bootstrap: str) -> list[str]:
         await admin.close()
 
 
-def subject_key(payload) -> bytes | None:
+def subject_key(payload: object) -> bytes | None:
     """The record key is the customer: the CloudEvents subject, or ``data.customer_id`` for
     billing events, so all of a customer's records share one partition."""
     first = payload[0] if isinstance(payload, list) and payload else payload
@@ -57,7 +73,7 @@ def subject_key(payload) -> bytes | None:
 class UsageProducer:
     """Publishes usage records: one event, or a list of events as one batch record."""
 
-    def __init__(self, bootstrap: str, linger_ms: int = 10):
+    def __init__(self, bootstrap: str, linger_ms: int = 10) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_batch_size=256 * 1024
         )
@@ -66,24 +82,34 @@ class UsageProducer:
         await self._producer.start()
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._producer.stop()
 
-    async def send(self, topic: str, payload, key: bytes | None = None, headers=None) -> asyncio.Future:
+    async def send(
+        self, topic: str, payload: object, key: bytes | None = None, headers: Headers | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue ``payload`` (bytes as they are, anything else as JSON); the future resolves to
+        aiokafka's record metadata once the broker has it."""
         value = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        return await self._producer.send(
+        delivery: asyncio.Future[Any] = await self._producer.send(
             topic, value, key=key if key is not None else subject_key(payload), headers=headers
         )
+        return delivery
 
     async def flush(self) -> None:
         await self._producer.flush()
 
 
-async def publish_records(bootstrap: str, topic: str, records, progress=None) -> dict[int, int]:
+async def publish_records(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[ProducedRecord],
+    progress: Callable[[int], object] | None = None,
+) -> dict[int, int]:
     """Send workload records (key, value, headers) in order; returns the next offset per partition."""
     ends: dict[int, int] = {}
     async with UsageProducer(bootstrap) as producer:
-        pending = []
+        pending: list[asyncio.Future[Any]] = []
         for record in records:
             pending.append(await producer.send(topic, record.value, key=record.key, headers=record.headers or None))
             if len(pending) >= 5000:
@@ -99,13 +125,15 @@ async def publish_records(bootstrap: str, topic: str, records, progress=None) ->
     return ends
 
 
-async def read_topic(bootstrap: str, topic: str, idle_seconds: float = 2.0, expect: int | None = None):
+async def read_topic(
+    bootstrap: str, topic: str, idle_seconds: float = 2.0, expect: int | None = None
+) -> list[Any]:  # aiokafka's ConsumerRecords
     """Every record of ``topic`` from the beginning (stops once idle, or at ``expect`` records)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
-    out = []
+    out: list[Any] = []
     try:
         idle_since = asyncio.get_running_loop().time()
         while True:
@@ -133,7 +161,7 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
         if not partitions:
             await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic) or set()
-        out = {}
+        out: dict[int, int] = {}
         for partition in partitions:
             offset = await consumer.committed(TopicPartition(topic, partition))
             if offset is not None and offset >= 0:

@@ -7,17 +7,24 @@ processes use its HTTP gateway (both found through :mod:`bastionary.devstack.dis
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bastionary.devstack.discovery import gateway_alive, gateway_dsn, gateway_file, read_gateway_file, running_broker
+from bastionary.devstack.discovery import (
+    GatewayRole,
+    gateway_alive,
+    gateway_dsn,
+    gateway_file,
+    read_gateway_file,
+    running_broker,
+)
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import CLICKHOUSE, owning
 from bastionary.settings import Settings
-from bastionary.storage.client import open_client
+from bastionary.storage.client import Client, open_client
 
-_HELD: list[Any] = []  # locks this process keeps until it exits
+_HELD: list[AbstractContextManager[None]] = []  # locks this process keeps until it exits
 
 
 class NoBroker(RuntimeError):
@@ -38,12 +45,12 @@ def resolve_kafka(settings: Settings) -> KafkaTarget:
 
 @dataclass
 class ClickHouseHandle:
-    client: object
+    client: Client
     in_process: bool  # this process holds the chdb directory (and should serve the gateway)
     dsn_description: str
 
 
-def connect_clickhouse(settings: Settings, role: str = "writer") -> ClickHouseHandle:
+def connect_clickhouse(settings: Settings, role: GatewayRole = "writer") -> ClickHouseHandle:
     """Open ClickHouse: in-process chdb, the holder's gateway if chdb is taken, or a server."""
     dsn = settings.clickhouse_url()
     if not dsn.startswith("chdb:"):

@@ -14,6 +14,7 @@ import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import orjson
 from rocksdict import Options, Rdict, WriteBatch
@@ -83,7 +84,7 @@ class RocksDedupeStore:
         purged = 0
         batch = WriteBatch(raw_mode=True)
         for key, value in self._db.items(from_key=b"k"):
-            if key[:1] != b"k":
+            if cast(bytes, key)[:1] != b"k":  # raw mode: every key is bytes
                 break
             if _VALUE.unpack(value)[2] < cutoff:
                 batch.delete(key)

@@ -20,11 +20,20 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import faust
 
 from bastionary.worker.app import broker_url
+
+
+@dataclass
+class _Tally:
+    count: int = 0
+    first: float = 0.0  # wall-clock seconds of the first record counted
+    last: float = 0.0
+    reported: bool = False
 
 
 def create_bare_app(
@@ -48,24 +57,24 @@ def create_bare_app(
     source = app.topic(
         topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=partitions
     )
-    state = {"count": 0, "first": 0.0, "last": 0.0, "reported": False}
+    tally = _Tally()
 
     @app.agent(source, name="bare-count")
-    async def count(stream):
+    async def count(stream: faust.StreamT[bytes]) -> None:
         async for _event in stream.events():
             now = time.time()
-            if state["count"] == 0:
-                state["first"] = now
-            state["count"] += 1
-            state["last"] = now
-            if state["count"] >= expect and not state["reported"]:
-                state["reported"] = True
-                _report(report, {"count": state["count"], "first": state["first"], "last": state["last"]})
+            if tally.count == 0:
+                tally.first = now
+            tally.count += 1
+            tally.last = now
+            if tally.count >= expect and not tally.reported:
+                tally.reported = True
+                _report(report, {"count": tally.count, "first": tally.first, "last": tally.last})
 
     return app
 
 
-def _report(path: Path, result: dict) -> None:
+def _report(path: Path, result: dict[str, float]) -> None:
     line = json.dumps(result)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -28,7 +28,8 @@ class BrokerError(RuntimeError):
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def broker_binary() -> str:
@@ -38,11 +39,11 @@ def broker_binary() -> str:
 
 
 class EmbeddedBroker:
-    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log_path = data_dir / "logs" / "broker.log"
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self.started_at_ms = 0
         self._stopping = threading.Event()
 
@@ -56,7 +57,7 @@ class EmbeddedBroker:
         command = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         self.started_at_ms = int(time.time() * 1000)
         log_file = self.log_path.open("ab")
-        self._process = subprocess.Popen(
+        self._process = process = subprocess.Popen(
             command,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -64,15 +65,15 @@ class EmbeddedBroker:
             preexec_fn=PREEXEC,
         )
         log_file.close()
-        self._wait_ready(timeout)
-        log.info("embedded broker ready", bootstrap=self.bootstrap, pid=self._process.pid, log=str(self.log_path))
+        self._wait_ready(process, timeout)
+        log.info("embedded broker ready", bootstrap=self.bootstrap, pid=process.pid, log=str(self.log_path))
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise BrokerError(f"broker exited with {self._process.returncode}; see {self.log_path}")
+            if process.poll() is not None:
+                raise BrokerError(f"broker exited with {process.returncode}; see {self.log_path}")
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
                 return
             time.sleep(0.05)
@@ -116,5 +117,5 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from bastionary.kafka import KafkaTarget
 
 GatewayInfo = dict[str, Any]
+GatewayRole = Literal["reader", "writer"]  # the gateway's two accounts
 
 
 def broker_file(data_dir: Path) -> Path:
@@ -78,7 +79,7 @@ def gateway_alive(info: GatewayInfo) -> bool:
         return False
 
 
-def gateway_dsn(info: GatewayInfo, role: Literal["reader", "writer"]) -> str:
+def gateway_dsn(info: GatewayInfo, role: GatewayRole) -> str:
     user, host = info[role], str(info["host"])
     host = f"[{host}]" if ":" in host else host
     auth = f"{quote(user['user'], safe='')}:{quote(user['password'], safe='')}"

@@ -319,7 +319,7 @@ class QueryGateway:
                 plan.data = body[start:]
             else:  # copy the body only if the parameter itself carried some data
                 plan.data = head[start:] + body if start < len(head) else body
-            plan.insert_head, plan.insert_format = match["head"].decode(), match["fmt"]
+            plan.insert_head, plan.insert_format = match["head"].decode(), match["fmt"].decode()
             return plan
         try:
             plan.sql = f"{query_text}\n{body.decode()}" if query_text and body else query_text or body.decode()
@@ -333,7 +333,7 @@ class QueryGateway:
     def _execute(self, plan: _Plan) -> tuple[bytes, dict[str, str]]:
         """Runs in a worker thread, since chdb calls block."""
         try:
-            conn = chdb.connect(self._conn_str)
+            conn = chdb.connect(self._conn_str)  # type: ignore[no-untyped-call]  # chdb's lazy, unannotated wrapper
         except Exception as exc:
             raise GatewayError.from_engine(exc) from exc
         try:
@@ -400,7 +400,8 @@ def _text(conn: Any, statement: str, params: dict[str, str]) -> str:
 
 
 def _first_keyword(sql: str) -> str:
-    match = re.match(r"[A-Za-z]+", sql[_LEADING_NOISE.match(sql).end() :])
+    noise = _LEADING_NOISE.match(sql)  # never None: the pattern also matches the empty string
+    match = re.match(r"[A-Za-z]+", sql[noise.end() if noise else 0 :])
     return match.group(0).upper() if match else ""
 
 

@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import subprocess
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -20,7 +21,7 @@ def die_with_parent() -> None:
 PREEXEC = die_with_parent if os.name == "posix" else None
 
 
-def stop_process(process: subprocess.Popen, timeout: float) -> None:
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
     """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
     if process.poll() is not None:
         return

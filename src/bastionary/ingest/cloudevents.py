@@ -141,8 +141,8 @@ def parse_record(
         return ParsedRecord([], Rejection(ErrorClass.INVALID_ENCODING, "record key is not UTF-8"))
     try:
         binary_attrs = _binary_mode_attributes(headers)
-    except Rejection as rejection:
-        return ParsedRecord([], rejection)
+    except Rejection as refused:
+        return ParsedRecord([], refused)
     try:
         decoded = orjson.loads(value)
     except orjson.JSONDecodeError as exc:

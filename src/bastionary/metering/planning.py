@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import structlog
 
@@ -125,7 +126,7 @@ class FlushPlanner:
                 examined.rejected.append((member, member.rejection or _internal_error(None)))
                 continue
             try:
-                readings = self.meters.readings(event, lambda m=member: parsed.exact_data(m.index))
+                readings = self.meters.readings(event, partial(parsed.exact_data, member.index))
             except Rejection as rejection:
                 examined.rejected.append((member, rejection))
                 continue

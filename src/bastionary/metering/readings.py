@@ -40,7 +40,7 @@ class Reading:
 @dataclass(slots=True, frozen=True)
 class _CompiledMeter:
     meter: Meter
-    value_steps: tuple[str | int, ...] | None
+    value_steps: tuple[str | int, ...]  # empty for COUNT, the one aggregation that reads no value
     group_steps: tuple[tuple[str, tuple[str | int, ...]], ...]
 
 
@@ -50,7 +50,7 @@ class MeterIndex:
     def __init__(self, meters: Iterable[Meter]):
         self._by_type: dict[str, list[_CompiledMeter]] = {}
         for meter in meters:
-            compiled = _CompiledMeter(meter, meter.value_steps, tuple(sorted(meter.group_steps.items())))
+            compiled = _CompiledMeter(meter, meter.value_steps or (), tuple(sorted(meter.group_steps.items())))
             self._by_type.setdefault(meter.event_type, []).append(compiled)
 
     def readings(self, event: UsageEvent, exact_data: Callable[[], Any]) -> list[Reading]:
@@ -118,7 +118,7 @@ def numeric_value(meter: Meter, raw: Any) -> Decimal:
     return exact
 
 
-def _exact_value(meter: Meter, exact_data: Callable[[], Any], steps: tuple[str | int, ...] | None) -> Any:
+def _exact_value(meter: Meter, exact_data: Callable[[], Any], steps: tuple[str | int, ...]) -> Any:
     try:
         return extract(exact_data(), steps)
     except ValueError:  # an integer literal longer than Python converts (4,300 digits)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -174,7 +174,7 @@ class UsageSink:
             for tp, s in self._partitions.items()
         }
 
-    async def release(self, topic_partitions) -> None:
+    async def release(self, topic_partitions: Iterable[TopicPartition]) -> None:
         """Forget revoked partitions after any flush in progress has landed (no zombie writes)."""
         async with self.lock:
             for tp in topic_partitions:

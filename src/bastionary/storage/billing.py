@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
@@ -16,7 +17,8 @@ from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
 from bastionary.rating.pricing import Usage
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription, utc
-from bastionary.storage.queries import value_expression
+from bastionary.storage.client import Client
+from bastionary.storage.queries import QueryParameters, value_expression
 
 SUBSCRIPTION_COLUMNS = SubscriptionRow._fields
 LEDGER_COLUMNS = LedgerRow._fields
@@ -58,7 +60,7 @@ LINE_COLUMNS = (
 class ClickHouseBillingStore:
     """Rating's tables (:class:`bastionary.rating.ports.BillingStore`), and the billing inputs' writes."""
 
-    def __init__(self, client):
+    def __init__(self, client: Client) -> None:
         self.client = client
 
     # -- inputs --------------------------------------------------------------------------
@@ -102,7 +104,8 @@ class ClickHouseBillingStore:
             " FROM credit_ledger FINAL" + drawn_filter,
             parameters={"at": moment} if moment is not None else None,
         ).result_rows
-        granted, voided, drawn = {}, {}, defaultdict(Decimal)
+        granted, voided = {}, {}
+        drawn: defaultdict[str, Decimal] = defaultdict(Decimal)
         for kind, grant_id, customer, amount, currency, priority, effective_at, expires_at in rows:
             if kind == "granted":
                 granted[grant_id] = (customer, amount, currency, priority, utc(effective_at), utc(expires_at))
@@ -124,7 +127,7 @@ class ClickHouseBillingStore:
         self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
     ) -> dict[str, Usage]:
         """Each customer's meter value over [start, end) counting only rows ingested before ``as_of``."""
-        params: dict = {"meter": meter.key, "start": start, "end": end, "as_of": as_of}
+        params: QueryParameters = {"meter": meter.key, "start": start, "end": end, "as_of": as_of}
         where = [
             "meter = {meter:String}",
             "window_start >= {start:DateTime('UTC')}",
@@ -194,13 +197,13 @@ class ClickHouseBillingStore:
         if invoice_rows:
             self.client.insert("invoices", invoice_rows, column_names=INVOICE_COLUMNS)
 
-    def mark_published(self, invoices: list[tuple[dict, datetime]]) -> None:
+    def mark_published(self, invoices: list[tuple[dict[str, Any], datetime]]) -> None:
         rows = [self._invoice_row(data, cutoff, published=1) for data, cutoff in invoices]
         if rows:
             self.client.insert("invoices", rows, column_names=INVOICE_COLUMNS)
 
     @staticmethod
-    def _invoice_row(data: dict, cutoff: datetime, published: int) -> tuple:
+    def _invoice_row(data: dict[str, Any], cutoff: datetime, published: int) -> tuple[object, ...]:
         return (
             data["invoice_id"],
             data["customer_id"],

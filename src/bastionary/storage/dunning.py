@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
 from bastionary.dunning.engine import Case, InvoiceFacts, Pause, Record
 from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
+from bastionary.rating.subscriptions import utc as _utc
 from bastionary.storage.client import Client
 
 RECEIVABLE_COLUMNS = ReceivableRow._fields
@@ -207,7 +209,7 @@ class ClickHouseDunningStore:
             ).result_rows
         ]
 
-    def mark_published(self, published: list[tuple[str, dict]]) -> None:
+    def mark_published(self, published: list[tuple[str, dict[str, Any]]]) -> None:
         """Rewrite each published row with published=1 (the row with 1 wins on merge)."""
         if not published:
             return
@@ -228,27 +230,21 @@ class ClickHouseDunningStore:
 
     # -- reports -------------------------------------------------------------------------
 
-    def funnel(self, within_days: int) -> list[tuple]:
-        """Per (step, action): notices sent, and how many of their invoices were paid within N days."""
-        return (
-            self.client.query(
-                "SELECT n.step, n.action, count() AS sent,"
-                " countIf(p.invoice_id != '' AND p.paid_at <= n.at + toIntervalDay({d:UInt32})) AS paid_within,"
-                " countIf(p.invoice_id != '') AS paid_ever"
-                " FROM (SELECT invoice_id, step, action, at FROM dunning_events FINAL WHERE kind = 'notice') AS n"
-                " LEFT JOIN (SELECT invoice_id, min(at) AS paid_at FROM dunning_events FINAL"
-                "            WHERE kind = 'state' AND detail = 'paid' GROUP BY invoice_id) AS p"
-                " ON n.invoice_id = p.invoice_id"
-                " GROUP BY n.step, n.action ORDER BY n.step",
-                parameters={"d": within_days},
-            ).result_rows
-        )  # unmatched rows of the LEFT JOIN carry defaults: invoice_id '' (no setting: readers may not set any)
-
-
-def _utc(value):
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    def funnel(self, within_days: int) -> list[tuple[int, str, int, int, int]]:
+        """(step, action, sent, paid_within, paid_ever): notices sent per step, and how many of
+        their invoices were paid within N days."""
+        rows: list[tuple[int, str, int, int, int]] = self.client.query(
+            "SELECT n.step, n.action, count() AS sent,"
+            " countIf(p.invoice_id != '' AND p.paid_at <= n.at + toIntervalDay({d:UInt32})) AS paid_within,"
+            " countIf(p.invoice_id != '') AS paid_ever"
+            " FROM (SELECT invoice_id, step, action, at FROM dunning_events FINAL WHERE kind = 'notice') AS n"
+            " LEFT JOIN (SELECT invoice_id, min(at) AS paid_at FROM dunning_events FINAL"
+            "            WHERE kind = 'state' AND detail = 'paid' GROUP BY invoice_id) AS p"
+            " ON n.invoice_id = p.invoice_id"
+            " GROUP BY n.step, n.action ORDER BY n.step",
+            parameters={"d": within_days},
+        ).result_rows  # unmatched rows of the LEFT JOIN carry defaults: invoice_id '' (no setting: readers may not set any)
+        return rows
 
 
 def _now() -> datetime:

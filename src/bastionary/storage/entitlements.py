@@ -16,7 +16,7 @@ from bastionary.rating.plans import Plan
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
 from bastionary.rating.subscriptions import utc as _utc
 from bastionary.storage.client import Client
-from bastionary.storage.queries import value_expression
+from bastionary.storage.queries import QueryParameters, value_expression
 
 OVERRIDE_COLUMNS = (
     "event_id",
@@ -123,7 +123,7 @@ class ClickHouseEntitlementStore:
         return transitions
 
     def usage(self, customer: str, meter: Meter, filters: dict[str, str], start: datetime, end: datetime) -> Decimal:
-        params: dict = {"meter": meter.key, "c": customer, "start": start, "end": end}
+        params: QueryParameters = {"meter": meter.key, "c": customer, "start": start, "end": end}
         where = [
             "meter = {meter:String}",
             "customer_id = {c:String}",
@@ -198,5 +198,5 @@ class ClickHouseEntitlementStore:
         return [(Change(i, k, c, f, _utc(p), orjson.loads(d)), o) for i, k, c, f, p, d, o in rows]
 
 
-def _dec(value) -> Decimal | None:
+def _dec(value: Decimal | None) -> Decimal | None:
     return None if value is None else Decimal(value)

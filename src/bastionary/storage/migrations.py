@@ -15,6 +15,8 @@ from pathlib import Path
 
 import structlog
 
+from bastionary.storage.client import Client
+
 log = structlog.get_logger(__name__)
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -69,7 +71,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-def apply_migrations(client, migrations: list[Migration] | None = None) -> list[int]:
+def apply_migrations(client: Client, migrations: list[Migration] | None = None) -> list[int]:
     """Apply what is missing; return the versions applied now."""
     migrations = migrations if migrations is not None else load_migrations()
     client.command(_MIGRATIONS_TABLE)

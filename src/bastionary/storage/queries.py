@@ -8,6 +8,8 @@ from typing import assert_never
 
 from bastionary.metering.meters import Aggregation, Meter
 
+QueryParameters = dict[str, str | datetime]  # bound by name in the SQL text: {name:Type}
+
 
 def value_expression(aggregation: Aggregation) -> str:
     """How a meter's rollup rows merge into its value, in ClickHouse SQL (Decimal(38, 9))."""
@@ -37,7 +39,7 @@ def usage_query(
     end: datetime | None = None,
     window: str | None = None,
     group_by: list[str] | tuple[str, ...] = (),
-) -> tuple[str, dict]:
+) -> tuple[str, QueryParameters]:
     """Totals of one meter; ``start`` is inclusive and ``end`` exclusive, both in UTC.
 
     Without a window, one row per customer and group for the whole range; ranges are cut at
@@ -48,7 +50,7 @@ def usage_query(
         raise ValueError(
             f"meter {meter.key} has no dimension {', '.join(unknown)}; it has: {', '.join(meter.group_by) or 'none'}"
         )
-    params: dict = {"meter": meter.key}
+    params: QueryParameters = {"meter": meter.key}
     where = ["meter = {meter:String}"]
     if customer is not None:
         where.append("customer_id = {customer:String}")

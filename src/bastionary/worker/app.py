@@ -41,8 +41,9 @@ def _shorten_fetch_wait(fetch_max_wait_ms: int) -> None:
         consumer._fetch_max_wait_ms = fetch_max_wait_ms
         return consumer
 
-    thread_class._bastionary_original_create = original
-    thread_class._create_worker_consumer = create
+    # A patch of Faust's class, which has neither the marker attribute nor a settable method.
+    thread_class._bastionary_original_create = original  # type: ignore[attr-defined]
+    thread_class._create_worker_consumer = create  # type: ignore[method-assign]
 
 
 def broker_url(bootstrap: str) -> str:

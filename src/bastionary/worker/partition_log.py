@@ -123,7 +123,8 @@ class KafkaPartitionLog:
         self.last_answer = time.monotonic()
 
     async def _topics(self) -> set[str]:
-        return await (await self._client()).topics()
+        topics: set[str] = await (await self._client()).topics()
+        return topics
 
     async def rewind(self, topic: str, partition: int, offset: int) -> None:
         consumer: Any = self._app.consumer

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faust
 import structlog
+from pydantic import SecretStr
 
 from bastionary.catalog import load_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
@@ -15,20 +18,25 @@ from bastionary.devstack.discovery import gateway_file
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import worker_part
+from bastionary.metering.logs import PartitionLog
 from bastionary.metering.readings import MeterIndex
-from bastionary.metering.sink import SinkConfig, UsageSink
+from bastionary.metering.records import FlushStats
+from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
 from bastionary.runtime import connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.worker.app import Billing, create_app
 
+if TYPE_CHECKING:
+    from bastionary.devstack.gateway import GatewayCredentials
+
 log = structlog.get_logger(__name__)
 
 
-def gateway_credentials(settings: Settings):
+def gateway_credentials(settings: Settings) -> GatewayCredentials:
     from bastionary.devstack.gateway import GatewayCredentials
 
-    def secret(value) -> str:
+    def secret(value: SecretStr | None) -> str:
         return value.get_secret_value() if value is not None else secrets.token_urlsafe(18)
 
     return GatewayCredentials(
@@ -59,13 +67,17 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         rewind_retry_seconds=max(5.0, 5 * settings.log_check_interval.total_seconds()),
     )
 
-    def sink_factory(send_dead_letters, on_flushed, partition_log) -> UsageSink:
+    def sink_factory(
+        send_dead_letters: DeadLetterSender,
+        on_flushed: Callable[[str, int, FlushStats], None],
+        partition_log: PartitionLog,
+    ) -> UsageSink:
         return UsageSink(
             store, dedupe, MeterIndex(catalog.meters), send_dead_letters, config, partition_log, on_flushed
         )
 
     gateway_path: Path | None = None
-    serve_gateway = None
+    serve_gateway: Callable[[faust.App], Awaitable[None]] | None = None
     if handle.in_process:
         from bastionary.devstack.gateway import QueryGateway, reader_limits, write_gateway_file
 
@@ -78,7 +90,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         )
         gateway_path = gateway_file(settings.data_path)
 
-        async def serve_gateway(app) -> None:
+        async def serve_gateway(app: faust.App) -> None:
             # This process holds chdb: serve it to the CLI, analysts and other workers.
             port = await gateway.start(settings.query_host, settings.query_port)
             write_gateway_file(gateway_path, settings.query_host, port, credentials, settings.database)

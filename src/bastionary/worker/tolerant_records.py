@@ -35,7 +35,9 @@ class _EscapingBuffer(bytearray):
         return _EscapedBytes(item) if isinstance(index, slice) else item
 
 
-class _EscapingBatch(_DefaultRecordBatchPy):
+class _EscapingBatch(_DefaultRecordBatchPy):  # type: ignore[misc]  # aiokafka ships no types: its classes are Any
+    _buffer: bytearray  # aiokafka's parser reads the batch from it (decompressed in place of the raw one)
+
     def __init__(self, buffer: bytes) -> None:
         super().__init__(buffer)
         self._buffer = _EscapingBuffer(self._buffer)
@@ -95,10 +97,12 @@ class TolerantMemoryRecords:
         self._fast = MemoryRecords(raw)
 
     def size_in_bytes(self) -> int:
-        return self._fast.size_in_bytes()
+        size: int = self._fast.size_in_bytes()
+        return size
 
     def has_next(self) -> bool:
-        return self._fast.has_next()
+        more: bool = self._fast.has_next()
+        return more
 
     def next_batch(self) -> Any:
         batch = self._fast.next_batch()
@@ -107,4 +111,4 @@ class TolerantMemoryRecords:
 
 def install() -> None:
     """Make every aiokafka consumer in this process (Faust's included) read batches this way."""
-    fetcher.MemoryRecords = TolerantMemoryRecords  # type: ignore[misc, assignment]
+    fetcher.MemoryRecords = TolerantMemoryRecords

@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 import faust
-from aiohttp.web import Response
 from faust.types import TP
+from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from bastionary import metrics
@@ -66,12 +66,12 @@ def health_report(
 
 def install(app: faust.App, settings: Settings, worker_id: str, usage: UsageService) -> None:
     @app.page("/metrics")
-    async def metrics_view(web: Any, request: Any) -> Response:
+    async def metrics_view(web: View, request: Request) -> Response:
         usage.update_lag_metrics()
-        return Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain")
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type="text/plain")
 
     @app.page("/healthz")
-    async def health_view(web: Any, request: Any) -> Any:
+    async def health_view(web: View, request: Request) -> Response:
         report = health_report(
             worker_id,
             usage.opened_sink,

@@ -70,7 +70,9 @@ class EntitlementService:
         overrides = self.ctx.topic(self.ctx.topics.entitlement_overrides)
         app.agent(overrides, name="entitlement-overrides")(self._override_intake)
         app.task(self._follow_changes)
-        app.on_partitions_revoked.connect(self._on_revoked)
+        # mode types a receiver as taking any positional arguments after the sender; this
+        # signal sends exactly one, the revoked partitions.
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     async def check(self, customer_id: str, feature: str) -> Decision:
         return await self.service.check(customer_id, feature)

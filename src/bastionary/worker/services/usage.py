@@ -65,7 +65,9 @@ class UsageService:
         app.task(self._flusher)
         app.task(self._log_watch)
         app.task(self._dedupe_purge)
-        app.on_partitions_revoked.connect(self._on_revoked)
+        # mode types a receiver as taking any positional arguments after the sender; this
+        # signal sends exactly one, the revoked partitions.
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     # -- the agent and the flushes -------------------------------------------------------
 
