@@ -12,11 +12,16 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
 MODELS = ("gpt-4", "gpt-4o-mini", "claude-3", "llama-3")
 METHODS = ("GET", "POST", "DELETE")
+
+Event = dict[str, Any]  # a CloudEvent in its JSON form
+GroupKey = tuple[str, tuple[tuple[str, str], ...]]  # (customer, sorted (dimension, value) pairs)
+Truth = dict[str, dict[GroupKey, Decimal]]  # meter -> {(customer, group): total}
 
 
 @dataclass
@@ -30,17 +35,18 @@ class Record:
 @dataclass
 class Workload:
     records: list[Record]
-    unique_events: list[dict]  # every distinct event that must be counted exactly once
+    unique_events: list[Event]  # every distinct event that must be counted exactly once
     duplicates: int  # repeats that must be dropped
     bad_records: int  # records or members that must reach the DLQ
     late_events: int
 
-    def truth(self) -> dict[str, dict[tuple[str, tuple], Decimal]]:
+    def truth(self) -> Truth:
         return ground_truth(self.unique_events)
 
 
-def _event(rng: random.Random, index: int, customer: str, when: datetime, source: str) -> dict:
+def _event(rng: random.Random, index: int, customer: str, when: datetime, source: str) -> Event:
     kind = rng.random()
+    data: dict[str, Any]
     if kind < 0.45:
         etype, data = "llm.completion", {"tokens": rng.randint(1, 4000), "model": rng.choice(MODELS)}
     elif kind < 0.75:
@@ -98,7 +104,14 @@ def generate(
     return Workload(records, unique + late, len(dupes), min(bad_records, len(BAD_KINDS)), len(late))
 
 
-def _pack(rng, stream, batch_share, binary_share, single_only, batch_size) -> list[Record]:
+def _pack(
+    rng: random.Random,
+    stream: list[Event],
+    batch_share: float,
+    binary_share: float,
+    single_only: bool,
+    batch_size: int | None,
+) -> list[Record]:
     if batch_size:
         return _pack_batches(stream, batch_size)
     records: list[Record] = []
@@ -121,9 +134,9 @@ def _pack(rng, stream, batch_share, binary_share, single_only, batch_size) -> li
     return records
 
 
-def _pack_batches(events: list[dict], size: int) -> list[Record]:
+def _pack_batches(events: list[Event], size: int) -> list[Record]:
     """Batch records of up to ``size`` events; one customer per record, as it is keyed by one."""
-    by_customer: dict[str, list[dict]] = {}
+    by_customer: dict[str, list[Event]] = {}
     for event in events:
         by_customer.setdefault(event["subject"], []).append(event)
     return [
@@ -168,12 +181,12 @@ def _minute(moment: str) -> datetime:
     return datetime.fromisoformat(moment).replace(second=0, microsecond=0)
 
 
-def ground_truth(events: list[dict]) -> dict[str, dict[tuple[str, tuple], Decimal]]:
+def ground_truth(events: list[Event]) -> Truth:
     """Per meter of the example catalog: {(customer, group): total over all time}."""
-    sums: dict[str, dict] = {m: {} for m in ("llm_tokens", "llm_requests", "api_requests")}
-    peaks: dict = {}
-    uniques: dict = {}
-    latest: dict = {}
+    sums: Truth = {m: {} for m in ("llm_tokens", "llm_requests", "api_requests")}
+    peaks: dict[GroupKey, Decimal] = {}
+    uniques: dict[GroupKey, set[str]] = {}
+    latest: dict[GroupKey, tuple[datetime, Decimal]] = {}
     for e in events:
         customer, data, etype = e["subject"], e["data"], e["type"]
         if etype == "llm.completion":

@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.tools.bench.options import BATCH_EVENTS, BenchError, BenchOptions
@@ -39,14 +40,14 @@ __all__ = ["BenchError", "BenchOptions", "machine_info", "render", "run_bench"]
 # -- the benchmark ---------------------------------------------------------------------------
 
 
-def run_bench(options: BenchOptions) -> dict:
+def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run every phase on a fresh embedded stack; returns the figures (see :func:`render`)."""
     started = time.monotonic()
     temporary = options.data_dir is None
-    root = Path(tempfile.mkdtemp(prefix="bastionary-bench-")) if temporary else Path(options.data_dir)
+    root = Path(tempfile.mkdtemp(prefix="bastionary-bench-")) if options.data_dir is None else Path(options.data_dir)
     root.mkdir(parents=True, exist_ok=True)
     processes = _Processes()
-    result: dict = {"options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}}
+    result: dict[str, Any] = {"options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}}
     result["machine"] = machine_info()
     try:
         with _sigterm_as_interrupt():
@@ -65,8 +66,8 @@ def run_bench(options: BenchOptions) -> dict:
     return result
 
 
-def _run_phases(bench: _Bench, options: BenchOptions) -> dict:
-    out: dict = {}
+def _run_phases(bench: _Bench, options: BenchOptions) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     timeout = max(300.0, options.events / 200)
     cpu = bench.cpu
 

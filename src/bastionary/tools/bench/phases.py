@@ -9,19 +9,39 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from typing import NotRequired, TypedDict
 
 import orjson
 
+from bastionary.storage import diagnostics
+from bastionary.storage.client import Client
 from bastionary.tools.bench.options import LATENCY_POLL_SECONDS, PARTITIONS, BenchError
 from bastionary.tools.bench.processes import _say, _tail
 from bastionary.tools.bench.stack import _Bench, _Worker
-from bastionary.tools.bench.workloads import _distinct_id_records, _exactness
+from bastionary.tools.bench.workloads import Exactness, _distinct_id_records, _exactness
 from bastionary.tools.workload import Record, Workload
+
+
+class Throughput(TypedDict):
+    """The figures of one throughput run (b)."""
+
+    records: int
+    events: int
+    events_per_record: float
+    seconds: float
+    records_per_s: int
+    events_per_s: int
+    flushes: int
+    max_flush_events: int
+    startup_s: float
+    timing: str
+    ratio_to_bare: NotRequired[float]  # the single-event run's, set once both are known
+
 
 # -- phases ----------------------------------------------------------------------------------
 
 
-def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> dict:
+def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> dict[str, float]:
     _, group = bench.names("bare")
     report = bench.root / "bare" / "result.json"
     command = [
@@ -40,14 +60,23 @@ def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> di
             if time.monotonic() > deadline:
                 raise BenchError(f"bare Faust app did not count {records} records in {timeout:.0f}s")
             time.sleep(0.1)
-        result = json.loads(report.read_text())
+        result: dict[str, float] = json.loads(report.read_text())
     finally:
         bench.processes.stop(process)
     seconds = max(result["last"] - result["first"], 1e-6)
     return {"records": result["count"], "seconds": round(seconds, 3), "records_per_s": round(result["count"] / seconds)}
 
 
-def _throughput(bench: _Bench, phase: str, prefix: str, group: str, records: list[Record], ends, workload, timeout):
+def _throughput(
+    bench: _Bench,
+    phase: str,
+    prefix: str,
+    group: str,
+    records: list[Record],
+    ends: dict[int, int],
+    workload: Workload,
+    timeout: float,
+) -> tuple[Throughput, Exactness]:
     """Start a worker on pre-published records; time it from its first record to caught up.
 
     Timing starts when the worker takes in its first record (its log says so, see
@@ -68,18 +97,12 @@ def _throughput(bench: _Bench, phase: str, prefix: str, group: str, records: lis
         start = worker.consumption_started()
         timing = "first record taken in -> committed at log end"
         counted_records, counted_events = total_records, total_events
-        flushes, first_ms, max_flush_events = client.query(
-            "SELECT uniqExact(written_at), toUnixTimestamp64Milli(min(written_at)), max(e) FROM (SELECT written_at,"
-            " sum(events_accepted + duplicates + dead_lettered) AS e FROM ingest_progress GROUP BY written_at)"
-        ).result_rows[0]
+        flushes = diagnostics.flushes(client)
         if start is None:
-            first_records, first_events = client.query(
-                "SELECT sum(records), sum(events_accepted + duplicates + dead_lettered) FROM ingest_progress"
-                " WHERE written_at = (SELECT min(written_at) FROM ingest_progress)"
-            ).result_rows[0]
-            start = first_ms / 1000
-            counted_records -= int(first_records)
-            counted_events -= int(first_events)
+            first = diagnostics.first_flush(client)
+            start = flushes.first_written_ms / 1000
+            counted_records -= first.records
+            counted_events -= first.events
             timing = "first flush marker -> committed at log end (first flush not counted)"
         seconds = max(end - start, 1e-6)
         exactness = _exactness(client, workload)
@@ -90,8 +113,8 @@ def _throughput(bench: _Bench, phase: str, prefix: str, group: str, records: lis
             "seconds": round(seconds, 3),
             "records_per_s": round(counted_records / seconds),
             "events_per_s": round(counted_events / seconds),
-            "flushes": int(flushes),
-            "max_flush_events": int(max_flush_events),
+            "flushes": flushes.number,
+            "max_flush_events": flushes.max_events,
             "startup_s": round(start - worker.started_at, 2),
             "timing": timing,
         }, exactness
@@ -108,7 +131,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
-def _latency(bench: _Bench, rate: float, seconds: float) -> dict:
+def _latency(bench: _Bench, rate: float, seconds: float) -> dict[str, float | None]:
     prefix, group = bench.names("latency")
     topic = bench.create_topics(prefix)
     worker = bench.start_worker("latency", prefix, group)
@@ -119,7 +142,9 @@ def _latency(bench: _Bench, rate: float, seconds: float) -> dict:
         bench.processes.stop(worker.process)
 
 
-async def _measure_latency(worker: _Worker, client, bootstrap: str, topic: str, rate: float, seconds: float) -> dict:
+async def _measure_latency(
+    worker: _Worker, client: Client, bootstrap: str, topic: str, rate: float, seconds: float
+) -> dict[str, float | None]:
     from bastionary.kafka import UsageProducer
 
     source = "bastionary-bench-latency"
@@ -134,24 +159,20 @@ async def _measure_latency(worker: _Worker, client, bootstrap: str, topic: str, 
         # Newly visible ids among the pending ones. ingested_at is the record's broker
         # timestamp (the producer's send time), so a window from the oldest pending send
         # (less a second of slack) keeps each answer to the ids still in flight.
-        sql = (
-            "SELECT event_id FROM usage_events WHERE source = {s:String}"
-            " AND ingested_at >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC')"
-        )
         while not stop.is_set():
             with lock:
                 pending = [produced[i] for i in produced if i not in visible]
             lo = int(((min(pending) if pending else time.time()) - 1.0) * 1000)
             asked = time.time()
             try:
-                rows = client.query(sql, parameters={"s": source, "lo": lo}).result_rows
+                ids = diagnostics.visible_event_ids(client, source, lo)
             except Exception as exc:
                 poll_errors.append(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                rows = []
+                ids = []
             seen = time.time()  # the answer's arrival: an id counts as visible no earlier
             round_trips.append(seen - asked)
             with lock:
-                for (event_id,) in rows:
+                for event_id in ids:
                     if event_id in produced and event_id not in visible:
                         visible[event_id] = seen
             stop.wait(LATENCY_POLL_SECONDS)
@@ -230,7 +251,7 @@ async def _measure_latency(worker: _Worker, client, bootstrap: str, topic: str, 
     }
 
 
-def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict, dict]:
+def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict[str, float], Exactness]:
     prefix, group = bench.names("rss")
     topic = bench.create_topics(prefix)
     records, events = _distinct_id_records(distinct_ids)
@@ -238,7 +259,7 @@ def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict, d
     ends = bench.publish(topic, records)
     worker = bench.start_worker("rss", prefix, group)
     try:
-        stats = {"distinct_ids": distinct_ids}
+        stats: dict[str, float] = {"distinct_ids": distinct_ids}
         caught_up = bench.wait_caught_up(worker, ends, timeout)
         start = worker.consumption_started()
         if start is not None:
@@ -248,21 +269,19 @@ def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict, d
         ends = bench.publish(topic, repeats)
         bench.wait_caught_up(worker, ends, timeout)
         status = worker.status_kb()
-        stats["repeats_sent"] = sum(r.events for r in repeats)
+        repeats_sent = sum(r.events for r in repeats)
+        stats["repeats_sent"] = repeats_sent
         stats["vmhwm_mb"] = round(status["VmHWM"] / 1024, 1)
         stats["vmrss_mb"] = round(status["VmRSS"] / 1024, 1)
         # RssFile is mostly chdb's shared library (clean, shared pages), RssAnon the heap.
         stats["rss_anon_mb"] = round(status.get("RssAnon", 0) / 1024, 1)
         stats["rss_file_mb"] = round(status.get("RssFile", 0) / 1024, 1)
         client = worker.reader()
-        flushes, max_records, max_events = client.query(
-            "SELECT uniqExact(written_at), max(r), max(e) FROM (SELECT written_at, sum(records) AS r,"
-            " sum(events_accepted + duplicates + dead_lettered) AS e FROM ingest_progress GROUP BY written_at)"
-        ).result_rows[0]
-        stats["flushes"] = int(flushes)
-        stats["max_flush_records"] = int(max_records)
-        stats["max_flush_events"] = int(max_events)
-        workload = Workload(records, events, stats["repeats_sent"], 0, 0)
+        flushes = diagnostics.flushes(client)
+        stats["flushes"] = flushes.number
+        stats["max_flush_records"] = flushes.max_records
+        stats["max_flush_events"] = flushes.max_events
+        workload = Workload(records, events, repeats_sent, 0, 0)
         exactness = _exactness(client, workload)
         return stats, exactness
     finally:

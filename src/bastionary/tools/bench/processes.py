@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.devstack.processes import PREEXEC, stop_process
@@ -30,9 +32,9 @@ class _Processes:
     """Every child the benchmark starts; all of them are stopped on the way out, whatever happens."""
 
     def __init__(self) -> None:
-        self._children: list[subprocess.Popen] = []
+        self._children: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    def spawn(self, command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -47,7 +49,7 @@ class _Processes:
         self._children.append(process)
         return process
 
-    def stop(self, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    def stop(self, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         stop_process(process, timeout)
         with contextlib.suppress(ValueError):
             self._children.remove(process)
@@ -70,7 +72,7 @@ class _CpuMeter:
     def __init__(self, processes: _Processes, broker: EmbeddedBroker):
         self.processes = processes
         self.broker = broker
-        self.phases: dict[str, dict] = {}
+        self.phases: dict[str, dict[str, float]] = {}
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -83,7 +85,7 @@ class _CpuMeter:
     def _ours(self) -> float:
         t = os.times()
         total = t.user + t.system + t.children_user + t.children_system
-        live = list(self.processes._children)
+        live: list[subprocess.Popen[bytes]] = list(self.processes._children)
         broker_process = getattr(self.broker, "_process", None)
         if broker_process is not None:
             live.append(broker_process)
@@ -94,7 +96,7 @@ class _CpuMeter:
         return total
 
     @contextlib.contextmanager
-    def phase(self, name: str):
+    def phase(self, name: str) -> Iterator[None]:
         try:
             wall, busy, ours = time.monotonic(), self._machine_busy(), self._ours()
         except OSError:  # no /proc: nothing to say
@@ -117,13 +119,13 @@ class _CpuMeter:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so the ``finally`` blocks stop the children."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum, frame):
+    def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, interrupt)

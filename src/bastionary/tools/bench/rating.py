@@ -15,23 +15,27 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from bastionary.catalog import parse_catalog
 from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.kafka import ensure_topics
-from bastionary.metering.rollup import ROLLUP_COLUMNS
+from bastionary.metering.ports import RollupRow
+from bastionary.rating.ports import LedgerRow, SubscriptionRow
 from bastionary.rating.rater import Rater
-from bastionary.storage.billing import LEDGER_COLUMNS, SUBSCRIPTION_COLUMNS, ClickHouseBillingStore
-from bastionary.storage.client import open_client
+from bastionary.storage.billing import ClickHouseBillingStore
+from bastionary.storage.client import Client, open_client
+from bastionary.storage.diagnostics import published_invoices, seed_rating_inputs
 from bastionary.storage.usage import ClickHouseUsageStore
 
 METERS = ("tokens", "requests", "storage", "users", "payments")
-CATALOG = {
+CATALOG: dict[str, Any] = {
     "meters": [
         {"key": "tokens", "event_type": "t", "aggregation": "SUM", "value_property": "$.v"},
         {"key": "requests", "event_type": "r", "aggregation": "COUNT"},
@@ -81,7 +85,7 @@ CATALOG = {
 }
 
 
-def run_rating_bench(subscriptions: int = 10_000, keep_dir: Path | None = None) -> dict:
+def run_rating_bench(subscriptions: int = 10_000, keep_dir: Path | None = None) -> dict[str, Any]:
     workdir = keep_dir or Path(tempfile.mkdtemp(prefix="bastionary-rating-bench-"))
     try:
         return asyncio.run(_bench(subscriptions, workdir))
@@ -90,7 +94,7 @@ def run_rating_bench(subscriptions: int = 10_000, keep_dir: Path | None = None) 
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _bench(count: int, workdir: Path) -> dict:
+async def _bench(count: int, workdir: Path) -> dict[str, Any]:
     catalog = parse_catalog(CATALOG)
     client = open_client(f"chdb://{workdir / 'clickhouse'}", "bench", create=True)
     ClickHouseUsageStore(client).migrate()
@@ -106,8 +110,9 @@ async def _bench(count: int, workdir: Path) -> dict:
         await producer.start()
         try:
 
-            async def publish(role: str, key: str, value: bytes):
-                return await producer.send(topics[role], value, key=key.encode())
+            async def publish(role: str, key: str, value: bytes) -> Awaitable[Any]:
+                delivered: Awaitable[Any] = await producer.send(topics[role], value, key=key.encode())
+                return delivered  # resolves to aiokafka's RecordMetadata once the broker acked
 
             rater = Rater(
                 ClickHouseBillingStore(client),
@@ -122,14 +127,12 @@ async def _bench(count: int, workdir: Path) -> dict:
             elapsed = time.perf_counter() - started
         finally:
             await producer.stop()
-    totals = client.query(
-        "SELECT count(), sum(total), sum(credits_applied) FROM invoices FINAL WHERE published = 1"
-    ).result_rows[0]
+    published = published_invoices(client)
     return {
         "subscriptions": count,
         "metered_prices": len(METERS),
         "invoices": len(result.invoices),
-        "invoices_stored_published": int(totals[0]),
+        "invoices_stored_published": published.invoices,
         "seconds": round(elapsed, 2),
         "invoices_per_second": round(len(result.invoices) / elapsed, 1) if elapsed else None,
         "target_seconds": 30,
@@ -137,20 +140,24 @@ async def _bench(count: int, workdir: Path) -> dict:
     }
 
 
-def _seed(client, count: int, period_start: datetime) -> None:
+def _seed(client: Client, count: int, period_start: datetime) -> None:
     rng = random.Random(5)
     received = datetime.now(UTC)
-    subs, rollups, ledger = [], [], []
+    subs: list[SubscriptionRow] = []
+    rollups: list[RollupRow] = []
+    ledger: list[LedgerRow] = []
     window = period_start + timedelta(days=3)
     for i in range(count):
         customer = f"bench-{i:06d}"
         subs.append(
-            (f"create-{i}", "created", f"sub-{i}", customer, "bench", period_start, None, period_start, received, "")
+            SubscriptionRow(
+                f"create-{i}", "created", f"sub-{i}", customer, "bench", period_start, None, period_start, received, ""
+            )
         )
         for meter in METERS:
             value = Decimal(rng.randint(0, 300_000))
             rollups.append(
-                (
+                RollupRow(
                     meter,
                     customer,
                     "",
@@ -166,7 +173,7 @@ def _seed(client, count: int, period_start: datetime) -> None:
             )
         if i % 4 == 0:
             ledger.append(
-                (
+                LedgerRow(
                     f"grant-{i}",
                     "granted",
                     f"grant-{i}",
@@ -180,6 +187,4 @@ def _seed(client, count: int, period_start: datetime) -> None:
                     received,
                 )
             )
-    client.insert("subscriptions", subs, column_names=SUBSCRIPTION_COLUMNS)
-    client.insert("usage_rollup_1m", rollups, column_names=ROLLUP_COLUMNS)
-    client.insert("credit_ledger", ledger, column_names=LEDGER_COLUMNS)
+    seed_rating_inputs(client, subs, rollups, ledger)

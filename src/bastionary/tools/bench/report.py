@@ -8,6 +8,7 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bastionary.tools.bench.options import (
     BATCH_EVENTS,
@@ -21,11 +22,14 @@ from bastionary.tools.bench.options import (
     BenchOptions,
 )
 
+if TYPE_CHECKING:
+    from rich.console import Console  # imported where used: the JSON output does without rich
+
 # -- machine ---------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    info: dict = {
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_count": os.cpu_count(),
         "cpu_model": None,
@@ -53,7 +57,7 @@ def machine_info() -> dict:
 # -- verdicts --------------------------------------------------------------------------------
 
 
-def _verdicts(out: dict, options: BenchOptions) -> dict:
+def _verdicts(out: dict[str, Any], options: BenchOptions) -> dict[str, dict[str, Any]]:
     return {
         "single_ratio": {
             "target": f">= {TARGET_SINGLE_RATIO}x bare",
@@ -79,13 +83,14 @@ def _verdicts(out: dict, options: BenchOptions) -> dict:
 # -- output ----------------------------------------------------------------------------------
 
 
-def render(result: dict, as_json: bool) -> str:
+def render(result: dict[str, Any], as_json: bool) -> str:
     if as_json:
         return json.dumps(result, indent=2, default=str)
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=False)
+    output = io.StringIO()
+    console = Console(file=output, width=110, color_system=None, force_terminal=False)
     targets = result.get("targets", {})
 
     def verdict(name: str) -> str:
@@ -166,10 +171,10 @@ def render(result: dict, as_json: bool) -> str:
     )
 
     print_contention_and_machine(console, result, "the pipeline")
-    return console.file.getvalue().rstrip()
+    return output.getvalue().rstrip()
 
 
-def print_contention_and_machine(console, result: dict, measured: str) -> None:
+def print_contention_and_machine(console: Console, result: dict[str, Any], measured: str) -> None:
     """The CPU each phase had and the machine: both benchmarks end their report with them."""
     from rich.table import Table
 

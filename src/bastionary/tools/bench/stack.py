@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from bastionary.devstack.broker import EmbeddedBroker, free_port
+from bastionary.storage.client import Client
 from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
 from bastionary.tools.bench.processes import _bastionary_command, _CpuMeter, _Processes, _tail
 from bastionary.tools.workload import Record
@@ -23,7 +24,7 @@ from bastionary.topics import Topics
 
 @dataclass
 class _Worker:
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     data_dir: Path
     log_path: Path
     topic: str
@@ -36,7 +37,7 @@ class _Worker:
                 f"worker exited with {self.process.returncode}; last lines of {self.log_path}:\n{_tail(self.log_path)}"
             )
 
-    def reader(self, timeout: float = 90.0):
+    def reader(self, timeout: float = 90.0) -> Client:
         """A clickhouse-connect client on the worker's query gateway, as the reader."""
         import clickhouse_connect
 
@@ -151,7 +152,7 @@ class _Bench:
         await consumer.start()
         try:
             deadline = time.monotonic() + timeout
-            committed: dict = {}
+            committed: dict[TopicPartition, int] = {}
             while time.monotonic() < deadline:
                 worker.check_alive()
                 pending = [tp for tp, end in wanted.items() if committed.get(tp, -1) < end]

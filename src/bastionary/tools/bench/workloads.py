@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from typing import TypedDict
 
 import orjson
 
+from bastionary.storage.client import Client
+from bastionary.storage.diagnostics import ingest_totals, meter_totals, stored_event_count
 from bastionary.tools.bench.options import BATCH_EVENTS
-from bastionary.tools.workload import Record, Workload
+from bastionary.tools.workload import Event, Record, Workload
+
+
+class Exactness(TypedDict):
+    """A run's ClickHouse totals against the workload's ground truth."""
+
+    exact: bool
+    mismatches: dict[str, int]  # meter -> (customer, group) keys wrong or unexpected
+    stored_events: int
+    expected_events: int
+    duplicates_dropped: int
+    expected_duplicates: int
+
 
 # -- workloads -------------------------------------------------------------------------------
 
@@ -38,12 +52,14 @@ def _batched(records: list[Record], size: int) -> list[Record]:
         round_ += 1
 
 
-def _distinct_id_records(count: int, customers: int = 300, size: int = BATCH_EVENTS) -> tuple[list[Record], list[dict]]:
+def _distinct_id_records(
+    count: int, customers: int = 300, size: int = BATCH_EVENTS
+) -> tuple[list[Record], list[Event]]:
     """``count`` events with distinct ids in ``size``-event records, and the events themselves."""
     now = datetime.now(UTC).replace(microsecond=0)
     stamps = [(now - timedelta(seconds=s)).isoformat().replace("+00:00", "Z") for s in range(1800)]
     methods = ("GET", "POST", "DELETE")
-    events: list[dict] = []
+    events: list[Event] = []
     values: dict[bytes, list[bytes]] = {}
     for i in range(count):
         customer = f"cust-{i % customers:04d}"
@@ -65,36 +81,34 @@ def _distinct_id_records(count: int, customers: int = 300, size: int = BATCH_EVE
 # -- exactness -------------------------------------------------------------------------------
 
 
-def _exactness(client, workload: Workload) -> dict:
+def _exactness(client: Client, workload: Workload) -> Exactness:
     from bastionary.catalog import load_catalog
-    from bastionary.storage.queries import usage_query
 
     truth = workload.truth()
     mismatches: dict[str, int] = {}
     for meter in load_catalog(None).meters:
-        sql, params = usage_query(meter, group_by=list(meter.group_by))
-        rows = client.query(sql, parameters=params).result_rows
-        got = {(c, tuple(sorted(g.items()))): Decimal(v) for c, _, _, g, v in rows}
+        got = {
+            (t.customer_id, tuple(sorted(t.group.items()))): t.value
+            for t in meter_totals(client, meter, list(meter.group_by))
+        }
         want = truth[meter.key]
         wrong = sum(1 for key, value in want.items() if got.get(key) != value)
         unexpected = sum(1 for key in got if key not in want)
         mismatches[meter.key] = wrong + unexpected
-    stored = int(client.query("SELECT count() FROM usage_events FINAL").result_rows[0][0])
-    accepted, duplicates = client.query(
-        "SELECT sum(events_accepted), sum(duplicates) FROM ingest_progress FINAL"
-    ).result_rows[0]
+    stored = stored_event_count(client)
+    totals = ingest_totals(client)
     expected = len(workload.unique_events)
     exact = (
         not any(mismatches.values())
         and stored == expected
-        and int(accepted or 0) == expected
-        and int(duplicates or 0) == workload.duplicates
+        and totals.accepted == expected
+        and totals.duplicates == workload.duplicates
     )
     return {
         "exact": exact,
         "mismatches": mismatches,
         "stored_events": stored,
         "expected_events": expected,
-        "duplicates_dropped": int(duplicates or 0),
+        "duplicates_dropped": totals.duplicates,
         "expected_duplicates": workload.duplicates,
     }

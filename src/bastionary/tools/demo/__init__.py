@@ -16,9 +16,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any, Literal
 
 import clickhouse_connect
 import orjson
@@ -28,11 +31,12 @@ from rich.table import Table
 
 from bastionary.catalog import load_catalog
 from bastionary.devstack.broker import EmbeddedBroker
-from bastionary.devstack.discovery import gateway_dsn, gateway_file, read_gateway_file
+from bastionary.devstack.discovery import GatewayInfo, gateway_dsn, gateway_file, read_gateway_file
 from bastionary.devstack.processes import PREEXEC, stop_process
 from bastionary.kafka import committed_offsets, ensure_topics, publish_records
 from bastionary.settings import Settings
-from bastionary.storage.queries import usage_query
+from bastionary.storage import diagnostics
+from bastionary.storage.client import Client
 from bastionary.tools.demo.billing import (
     Collections,
     DunningPeers,
@@ -42,7 +46,7 @@ from bastionary.tools.demo.billing import (
     show_entitlements,
     suspension_checks,
 )
-from bastionary.tools.workload import generate
+from bastionary.tools.workload import Event, GroupKey, Record, Workload, generate
 from bastionary.topics import Topics
 
 DEMO_CATALOG = Path(__file__).with_name("demo_catalog.yaml")
@@ -108,13 +112,15 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
 
 
 def _follow_billing(
-    console: Console, client, peers: DunningPeers, collections: Collections, bootstrap: str, topics: Topics
+    console: Console, client: Client, peers: DunningPeers, collections: Collections, bootstrap: str, topics: Topics
 ) -> bool:
     """A metered limit spent, the dunning walk, then what the suspension did to entitlements."""
     problems: list[str] = []
     console.rule("[bold]Entitlements and dunning")
     checks = exhaust_entitlement(console, peers, bootstrap, topics, problems)
     policy = load_catalog(DEMO_CATALOG).dunning.policy_for("pro")
+    if policy is None:
+        raise RuntimeError(f"{DEMO_CATALOG.name} has no dunning policy for plan 'pro'")
     follow_dunning(console, client, peers, collections, policy, problems)
     checks += suspension_checks(console, peers, problems)
     show_entitlements(console, checks)
@@ -128,7 +134,9 @@ def _follow_billing(
     return not problems
 
 
-def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str, extra_env: dict[str, str]) -> subprocess.Popen:
+def _start_worker(
+    settings: Settings, demo_dir: Path, bootstrap: str, extra_env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     env = (
         os.environ
         | {
@@ -149,7 +157,9 @@ def _start_worker(settings: Settings, demo_dir: Path, bootstrap: str, extra_env:
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=PREEXEC)
 
 
-def _wait_for_gateway(demo_dir: Path, worker: subprocess.Popen, console: Console, timeout: float = 90.0):
+def _wait_for_gateway(
+    demo_dir: Path, worker: subprocess.Popen[bytes], console: Console, timeout: float = 90.0
+) -> tuple[Client, GatewayInfo]:
     path = gateway_file(demo_dir)
     deadline = time.monotonic() + timeout
     with console.status("starting the worker (ClickHouse in-process, Faust consumer group)..."):
@@ -164,7 +174,7 @@ def _wait_for_gateway(demo_dir: Path, worker: subprocess.Popen, console: Console
     raise TimeoutError(f"worker not ready after {timeout}s; see {demo_dir / 'worker.log'}")
 
 
-def _client(gateway: dict, role: str = "reader"):
+def _client(gateway: GatewayInfo, role: Literal["reader", "writer"] = "reader") -> Client:
     """A client of the worker's query gateway: read-only unless asked for the writer."""
     return clickhouse_connect.get_client(dsn=gateway_dsn(gateway, role), compress=False)
 
@@ -175,13 +185,15 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _publish(console: Console, bootstrap: str, topic: str, records) -> dict[int, int]:
+def _publish(console: Console, bootstrap: str, topic: str, records: Sequence[Record]) -> dict[int, int]:
     with _progress(console) as progress:
         task = progress.add_task("publishing usage records", total=len(records))
         return asyncio.run(publish_records(bootstrap, topic, records, lambda n: progress.advance(task, n)))
 
 
-def _wait_until_landed(console, bootstrap, group, topic, ends: dict[int, int], timeout: float = 600.0) -> None:
+def _wait_until_landed(
+    console: Console, bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout: float = 600.0
+) -> None:
     total = sum(ends.values())
     with _progress(console) as progress:
         task = progress.add_task("landing in ClickHouse  ", total=total)
@@ -196,13 +208,15 @@ def _wait_until_landed(console, bootstrap, group, topic, ends: dict[int, int], t
     raise TimeoutError("the pipeline did not catch up in time")
 
 
-def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[list[str], list[dict], datetime]:
+def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[list[str], list[Event], datetime]:
     """Subscriptions starting this minute (1-minute periods), a few credit grants, and usage."""
     from bastionary.kafka import UsageProducer
 
     now = datetime.now(UTC)
     start = now.replace(second=0, microsecond=0)
-    subscriptions, grants, usage = [], [], []
+    subscriptions: list[Event] = []
+    grants: list[Event] = []
+    usage: list[Event] = []
     for n, (customer, plan, grant) in enumerate(SUBSCRIBERS):
         data = {
             "subscription_id": f"sub-{customer}",
@@ -257,7 +271,7 @@ def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[li
     return [f"sub-{customer}" for customer, _, _ in SUBSCRIBERS], usage, start
 
 
-def _event(event_type: str, event_id: str, subject: str, when: datetime, data: dict) -> dict:
+def _event(event_type: str, event_id: str, subject: str, when: datetime, data: dict[str, Any]) -> Event:
     return {
         "specversion": "1.0",
         "id": event_id,
@@ -269,22 +283,19 @@ def _event(event_type: str, event_id: str, subject: str, when: datetime, data: d
     }
 
 
-def _show_invoices(console: Console, client, subscriptions: list[str], timeout: float = 180.0) -> None:
+def _show_invoices(console: Console, client: Client, subscriptions: list[str], timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
-    rows: list = []
+    rows: list[diagnostics.PeriodInvoice] = []
     with console.status("waiting for the first billing period to close and be rated..."):
         while time.monotonic() < deadline:
-            rows = client.query(
-                "SELECT subscription_id, customer_id, plan, currency, subtotal, credits_applied, total, document"
-                " FROM invoices FINAL WHERE kind = 'period' ORDER BY period_start, subscription_id"
-            ).result_rows
-            if {r[0] for r in rows} >= set(subscriptions):
+            rows = diagnostics.period_invoices(client)
+            if {r.subscription_id for r in rows} >= set(subscriptions):
                 break
             time.sleep(2)
     table = Table(title="Invoices (first period of each subscription)")
     for column in ("customer", "plan", "lines", "subtotal", "credits", "total"):
         table.add_column(column, justify="right" if column in ("subtotal", "credits", "total") else "left")
-    seen = set()
+    seen: set[str] = set()
     for sub, customer, plan, currency, subtotal, credits, total, document in rows:
         if sub in seen:
             continue
@@ -295,7 +306,7 @@ def _show_invoices(console: Console, client, subscriptions: list[str], timeout: 
         )
     console.print(table)
     if rows:
-        sample = orjson.loads(rows[-1][7])
+        sample = orjson.loads(rows[-1].document)
         detail = Table(title=f"Invoice {sample['invoice_id']} ({sample['customer_id']}, {sample['plan']})")
         for column in ("line", "quantity", "amount"):
             detail.add_column(column, justify="left" if column == "line" else "right")
@@ -310,10 +321,8 @@ def _show_invoices(console: Console, client, subscriptions: list[str], timeout: 
         console.print(f"[yellow]not rated yet: {', '.join(sorted(missing))}")
 
 
-def _summarize(console: Console, client, workload) -> bool:
-    accepted, duplicates, dead = client.query(
-        "SELECT sum(events_accepted), sum(duplicates), sum(dead_lettered) FROM ingest_progress FINAL"
-    ).result_rows[0]
+def _summarize(console: Console, client: Client, workload: Workload) -> bool:
+    accepted, duplicates, dead = diagnostics.ingest_totals(client)
     events_in = sum(r.events for r in workload.records)
     table = Table(title="Pipeline", show_header=False)
     table.add_row("records published", f"{len(workload.records):,}")
@@ -330,14 +339,12 @@ def _summarize(console: Console, client, workload) -> bool:
     for column in ("meter", "aggregation", "#1", "#2", "#3"):
         top.add_column(column)
     for meter in load_catalog(None).meters:
-        sql, params = usage_query(meter)
-        totals = {c: v for c, _, _, _, v in client.query(sql, parameters=params).result_rows}
+        totals = {t.customer_id: t.value for t in diagnostics.meter_totals(client, meter)}
         leaders = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:3]
         top.add_row(meter.key, meter.aggregation.value, *(f"{c}: {v.normalize():f}" for c, v in leaders))
-        grouped_sql, grouped_params = usage_query(meter, group_by=list(meter.group_by))
-        grouped = {
-            (c, tuple(sorted(g.items()))): v
-            for c, _, _, g, v in client.query(grouped_sql, parameters=grouped_params).result_rows
+        grouped: dict[GroupKey, Decimal] = {
+            (t.customer_id, tuple(sorted(t.group.items()))): t.value
+            for t in diagnostics.meter_totals(client, meter, list(meter.group_by))
         }
         exact = exact and grouped == truth[meter.key]
     console.print(top)

@@ -24,11 +24,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 from rich.console import Console
@@ -40,7 +42,11 @@ from bastionary.dunning.clock import FileClock
 from bastionary.dunning.engine import notice_id
 from bastionary.dunning.policy import Policy
 from bastionary.kafka import UsageProducer
+from bastionary.storage import diagnostics
+from bastionary.storage.client import Client
+from bastionary.storage.diagnostics import DunningNotice
 from bastionary.storage.dunning import ClickHouseDunningStore
+from bastionary.tools.workload import Event
 from bastionary.topics import Topics
 
 NON_PAYERS = ("cust-0001", "cust-0003", "cust-0006")  # never pay their first invoice
@@ -49,6 +55,8 @@ PAY_AFTER_STEP = 2
 DUNNED = (*NON_PAYERS, LATE_PAYER)
 EXHAUSTS = ("cust-0002", "api_calls")  # a starter customer with a hard limit of 100 API calls
 SUSPENDED = "cust-0003"  # a non-payer whose features go away when the suspend step applies
+
+Check = dict[str, Any]  # an entitlement check's JSON answer
 
 
 def billing_email(customer: str) -> str:
@@ -74,7 +82,7 @@ class DunningPeers:
         self._stack.enter_context(self.hooks)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
     def worker_env(self) -> dict[str, str]:
@@ -92,7 +100,7 @@ class DunningPeers:
             "BASTIONARY_WEBHOOK_BACKOFF": "PT0.2S",
         }
 
-    def check(self, customer: str, feature: str) -> tuple[int, dict]:
+    def check(self, customer: str, feature: str) -> tuple[int, Check]:
         """GET /v1/customers/{customer}/entitlements/{feature} with the demo's API key."""
         url = f"http://127.0.0.1:{self.web_port}/v1/customers/{customer}/entitlements/{feature}"
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.api_key}"})
@@ -131,7 +139,9 @@ class Collections:
     pays each invoice as soon as dunning knows it (a payment for an invoice not yet
     receivable is dead-lettered), except the first invoices of :data:`DUNNED`."""
 
-    def __init__(self, client, bootstrap: str, topics: Topics, first_period: datetime, peers: DunningPeers):
+    def __init__(
+        self, client: Client, bootstrap: str, topics: Topics, first_period: datetime, peers: DunningPeers
+    ) -> None:
         self.client = client  # its own ClickHouse client: one client is not shared between threads
         self.bootstrap, self.topics, self.first_period, self.peers = bootstrap, topics, first_period, peers
         self.dunned: dict[str, Receivable] = {}  # customer -> its first invoice, left unpaid
@@ -145,7 +155,7 @@ class Collections:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._halt.set()
         self._thread.join(timeout=10)
 
@@ -163,23 +173,17 @@ class Collections:
                 await asyncio.sleep(1.0)
 
     async def _tick(self, producer: UsageProducer) -> None:
-        rows = self.client.query(
-            "SELECT invoice_id, customer_id, currency, total, due_at, toUnixTimestamp(period_start)"
-            " FROM receivables FINAL WHERE total > 0 ORDER BY issued_at, invoice_id"
-        ).result_rows
         first = int(self.first_period.timestamp())
-        for invoice_id, customer, currency, total, due_at, start in rows:
+        for invoice_id, customer, currency, total, due_at, start in diagnostics.receivables_due(self.client):
             if invoice_id in self.paid:
                 continue
             if start == first and customer in DUNNED:
                 with self._lock:
-                    self.dunned.setdefault(
-                        customer, Receivable(invoice_id, customer, currency, Decimal(total), _utc(due_at))
-                    )
+                    self.dunned.setdefault(customer, Receivable(invoice_id, customer, currency, total, due_at))
                 reminded = notice_id(invoice_id, PAY_AFTER_STEP) in self.peers.notice_ids_mailed()
                 if customer != LATE_PAYER or not reminded:
                     continue
-            await self._pay(producer, invoice_id, customer, Decimal(total), currency)
+            await self._pay(producer, invoice_id, customer, total, currency)
 
     async def _pay(
         self, producer: UsageProducer, invoice_id: str, customer: str, amount: Decimal, currency: str
@@ -250,7 +254,7 @@ def exhaust_entitlement(
 
 
 def suspension_checks(console: Console, peers: DunningPeers, problems: list[str]) -> list[list[str]]:
-    rows = []
+    rows: list[list[str]] = []
     with console.status(f"entitlements: checking {SUSPENDED} after its suspension..."):
         status, sso = _wait_check(peers, SUSPENDED, "sso", lambda s, b: b.get("reason") == "suspended", 20)
         rows.append(_entitlement_row(SUSPENDED, "sso", "after the suspend step", sso))
@@ -274,7 +278,9 @@ def show_entitlements(console: Console, rows: list[list[str]]) -> None:
     console.print(table)
 
 
-def _wait_check(peers: DunningPeers, customer: str, feature: str, done, timeout: float) -> tuple[int, dict]:
+def _wait_check(
+    peers: DunningPeers, customer: str, feature: str, done: Callable[[int, Check], bool], timeout: float
+) -> tuple[int, Check]:
     deadline = time.monotonic() + timeout
     status, body = peers.check(customer, feature)
     while not done(status, body) and time.monotonic() < deadline:
@@ -283,14 +289,15 @@ def _wait_check(peers: DunningPeers, customer: str, feature: str, done, timeout:
     return status, body
 
 
-def _entitlement_row(customer: str, feature: str, when: str, body: dict) -> list[str]:
-    access = {True: "[green]yes", False: "[red]no"}.get(body.get("has_access"), "?")
+def _entitlement_row(customer: str, feature: str, when: str, body: Check) -> list[str]:
+    labels: dict[object, str] = {True: "[green]yes", False: "[red]no"}
+    access = labels.get(body.get("has_access"), "?")
     usage = f"{body['usage']} / {body['limit']}" if body.get("limit") is not None else "-"
     reason = body.get("reason") or ("survives suspension" if feature == "billing_portal" else "-")
     return [customer, feature, when, access, usage, reason]
 
 
-async def _send_all(bootstrap: str, topic: str, events: list[dict]) -> None:
+async def _send_all(bootstrap: str, topic: str, events: list[Event]) -> None:
     async with UsageProducer(bootstrap) as producer:
         await asyncio.gather(*[await producer.send(topic, event) for event in events])
 
@@ -299,7 +306,7 @@ async def _send_all(bootstrap: str, topic: str, events: list[dict]) -> None:
 
 
 def follow_dunning(
-    console: Console, client, peers: DunningPeers, collections: Collections, policy: Policy, problems: list[str]
+    console: Console, client: Client, peers: DunningPeers, collections: Collections, policy: Policy, problems: list[str]
 ) -> None:
     """Walk the dunning clock through the policy, then print what arrived and check it."""
     try:
@@ -314,7 +321,7 @@ def follow_dunning(
     _show_funnel(console, client)
 
 
-def _walk(console: Console, client, peers: DunningPeers, collections: Collections, policy: Policy) -> None:
+def _walk(console: Console, client: Client, peers: DunningPeers, collections: Collections, policy: Policy) -> None:
     """Move the dunning clock to each step's day after the first invoices' due date, and wait
     for that step's email and webhooks; the late payer pays between its steps."""
     with console.status("dunning: waiting until every other invoice is paid..."):
@@ -345,7 +352,7 @@ def _walk(console: Console, client, peers: DunningPeers, collections: Collection
                 _wait(
                     lambda: (
                         late.invoice_id in collections.snapshot()[1]
-                        and _states(client, late.invoice_id)[-1:] == ["paid"]
+                        and diagnostics.dunning_states(client, late.invoice_id)[-1:] == ["paid"]
                     ),
                     45,
                     f"{LATE_PAYER}'s payment",
@@ -357,7 +364,7 @@ def _walk(console: Console, client, peers: DunningPeers, collections: Collection
             )
 
 
-def _quiet_moment(client, collections: Collections) -> bool:
+def _quiet_moment(client: Client, collections: Collections) -> bool:
     """Every invoice but the dunned ones is paid (and recorded), the current minute's invoices
     included, and the next ones are not due for a while: a clock moved ahead would dun an
     invoice the demo has not paid yet."""
@@ -368,22 +375,20 @@ def _quiet_moment(client, collections: Collections) -> bool:
     if set(dunned) != set(DUNNED):
         return False
     boundary = now.replace(second=0, microsecond=0)
-    rows = client.query(
-        "SELECT invoice_id, total, toUnixTimestamp(period_start), toUnixTimestamp(period_end) FROM receivables FINAL"
-    ).result_rows
-    subscriptions = sum(1 for r in rows if r[2] == int(collections.first_period.timestamp()))
-    if sum(1 for r in rows if r[3] == int(boundary.timestamp())) < subscriptions:
+    rows = diagnostics.receivable_periods(client)
+    subscriptions = sum(1 for r in rows if r.period_start == int(collections.first_period.timestamp()))
+    if sum(1 for r in rows if r.period_end == int(boundary.timestamp())) < subscriptions:
         return False  # this minute's invoices are still being rated
-    paid = {r[0] for r in client.query("SELECT DISTINCT invoice_id FROM payments FINAL").result_rows}
+    paid = diagnostics.paid_invoice_ids(client)
     ours = {r.invoice_id for r in dunned.values()}
-    return all(r[0] in paid for r in rows if r[1] > 0 and r[0] not in ours)
+    return all(r.invoice_id in paid for r in rows if r.total > 0 and r.invoice_id not in ours)
 
 
 def _hooked(peers: DunningPeers) -> set[str]:
     return {orjson.loads(d.body)["id"] for d in peers.hooks.unique()}
 
 
-def _wait(condition, timeout: float, what: str) -> None:
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -395,44 +400,19 @@ def _wait(condition, timeout: float, what: str) -> None:
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@dataclass(frozen=True)
-class Notice:
-    invoice_id: str
-    customer_id: str
-    step: int
-    action: str
-    amount_due: Decimal
-    currency: str
-    at: datetime
-
-
-def _notices(client) -> dict[str, Notice]:
+def _notices(client: Client) -> dict[str, DunningNotice]:
     """Every notice dunning decided, by notice_id (what emails and webhooks carry)."""
-    rows = client.query(
-        "SELECT event_id, invoice_id, customer_id, step, action, amount_due, currency, at"
-        " FROM dunning_events FINAL WHERE kind = 'notice'"
-    ).result_rows
-    return {row[0]: Notice(*row[1:7], _utc(row[7])) for row in rows}
-
-
-def _states(client, invoice_id: str) -> list[str]:
-    return [
-        r[0]
-        for r in client.query(
-            "SELECT detail FROM dunning_events FINAL WHERE kind = 'state' AND invoice_id = {i:String} ORDER BY step",
-            parameters={"i": invoice_id},
-        ).result_rows
-    ]
+    return {notice.notice_id: notice for notice in diagnostics.dunning_notices(client)}
 
 
 def _show_emails(
-    console: Console, peers: DunningPeers, notices: dict[str, Notice], dunned: dict[str, Receivable]
+    console: Console, peers: DunningPeers, notices: dict[str, DunningNotice], dunned: dict[str, Receivable]
 ) -> None:
     due = {r.invoice_id: r.due_at for r in dunned.values()}
     table = Table(title=f"Dunning email caught by the demo's SMTP sink ({peers.smtp.host}:{peers.smtp.port})")
     for column in ("day", "to", "subject", "step", "amount due"):
         table.add_column(column, justify="right" if column in ("day", "amount due") else "left")
-    rows = []
+    rows: list[tuple[str, int, list[str]]] = []
     for message in peers.smtp.received():
         notice = notices.get(str(message["X-Bastionary-Notice-Id"]))
         if notice is None:
@@ -461,10 +441,10 @@ def _show_emails(
 
 def _show_cases(
     console: Console,
-    client,
+    client: Client,
     peers: DunningPeers,
     policy: Policy,
-    notices: dict[str, Notice],
+    notices: dict[str, DunningNotice],
     dunned: dict[str, Receivable],
     paid: dict[str, Payment],
     problems: list[str],
@@ -492,7 +472,7 @@ def _show_cases(
             problems.append(f"{customer}: its first invoice never became receivable")
             continue
         got, hooks = sorted(mailed.get(case.invoice_id, [])), sorted(hooked.get(case.invoice_id, []))
-        states = _states(client, case.invoice_id)
+        states = diagnostics.dunning_states(client, case.invoice_id)
         if customer == LATE_PAYER:
             expected = all_steps[:PAY_AFTER_STEP]
             payment = paid.get(case.invoice_id)
@@ -544,7 +524,7 @@ def _show_cases(
         problems.append(f"webhooks rejected: {peers.hooks.rejected}")
 
 
-def _show_funnel(console: Console, client) -> None:
+def _show_funnel(console: Console, client: Client) -> None:
     """The same query as `bastionary dunning report`, on the read-only connection."""
     table = Table(title="Dunning funnel (as `bastionary dunning report`)")
     for column in ("step", "action", "sent", "paid within 7d", "rate", "paid ever"):
@@ -555,9 +535,5 @@ def _show_funnel(console: Console, client) -> None:
     console.print(table)
 
 
-def _amount(value) -> str:
+def _amount(value: Decimal) -> str:
     return format(Decimal(value).quantize(Decimal("0.01")), "f")
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

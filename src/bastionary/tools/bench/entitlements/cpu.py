@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from bastionary.tools.bench.entitlements.figures import Figures
 from bastionary.tools.bench.stack import _Worker
 
 
@@ -25,7 +27,7 @@ class _CpuClock:
         return (int(fields_[11]) + int(fields_[12])) / self._tick
 
     @contextlib.contextmanager
-    def measure(self, into: dict, checks: int | None = None):
+    def measure(self, into: Figures, checks: int | None = None) -> Iterator[None]:
         wall, worker, ours = time.monotonic(), self.worker(), time.process_time()
         yield
         seconds = max(time.monotonic() - wall, 1e-6)

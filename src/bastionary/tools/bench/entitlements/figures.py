@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 from bastionary.tools.bench.entitlements.constants import (
     BACKGROUND_RATE,
@@ -12,6 +13,8 @@ from bastionary.tools.bench.entitlements.constants import (
     TARGET_FRESHNESS_P99_S,
 )
 from bastionary.tools.bench.report import print_contention_and_machine
+
+Figures = dict[str, Any]  # a phase's results, JSON-shaped as ``--json`` prints them
 
 # -- figures ---------------------------------------------------------------------------------
 
@@ -33,7 +36,7 @@ def _seconds(sorted_values: list[float], q: float) -> float | None:
     return round(_percentile(sorted_values, q), 3) if sorted_values else None
 
 
-def _verdicts(out: dict) -> dict:
+def _verdicts(out: Figures) -> dict[str, dict[str, Any]]:
     return {
         "check_latency_p99_ms": {
             "target": f"<= {TARGET_CHECK_P99_MS:g} ms at {CHECK_RATE:,} checks/s",
@@ -49,19 +52,20 @@ def _verdicts(out: dict) -> dict:
 # -- output ----------------------------------------------------------------------------------
 
 
-def render_entitlements(result: dict, as_json: bool) -> str:
+def render_entitlements(result: Figures, as_json: bool) -> str:
     if as_json:
         return json.dumps(result, indent=2, default=str)
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=False)
+    output = io.StringIO()
+    console = Console(file=output, width=110, color_system=None, force_terminal=False)
     options = result["options"]
 
     def verdict(met: bool) -> str:
         return "MET" if met else "MISSED"
 
-    def latency_row(title: str, figures: dict, judged: bool) -> None:
+    def latency_row(title: str, figures: Figures, judged: bool) -> None:
         errors = f", {figures['errors']} not 200" if figures["errors"] else ""
         table.add_row(
             title,
@@ -124,4 +128,4 @@ def render_entitlements(result: dict, as_json: bool) -> str:
     console.print(f"timing: latency = {options['latency_timing']}; freshness = {options['freshness_timing']}")
 
     print_contention_and_machine(console, result, "the check API")
-    return console.file.getvalue().rstrip()
+    return output.getvalue().rstrip()

@@ -9,6 +9,7 @@ import secrets
 import threading
 import time
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from bastionary.tools.bench.entitlements.constants import (
     POLL_S,
@@ -16,27 +17,32 @@ from bastionary.tools.bench.entitlements.constants import (
     TRIAL_LIMIT,
     TRIAL_TIMEOUT_S,
 )
-from bastionary.tools.bench.entitlements.figures import _seconds
-from bastionary.tools.bench.entitlements.preparation import _usage
+from bastionary.tools.bench.entitlements.figures import Figures, _seconds
+from bastionary.tools.bench.entitlements.preparation import Check, _usage
 from bastionary.tools.bench.options import BenchError
 from bastionary.tools.bench.processes import _say
 from bastionary.tools.bench.stack import _Worker
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession
+
+    from bastionary.kafka import UsageProducer
 
 
 class _Background:
     """A steady stream of single-event usage records from a thread with its own loop and producer."""
 
-    def __init__(self, bootstrap: str, topic: str, customers: list[str], rate: float):
+    def __init__(self, bootstrap: str, topic: str, customers: list[str], rate: float) -> None:
         self.bootstrap, self.topic, self.customers, self.rate = bootstrap, topic, customers, rate
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-background-usage", daemon=True)
         self._error: BaseException | None = None
-        self._stats: dict = {}
+        self._stats: Figures = {}
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> dict:
+    def stop(self) -> Figures:
         self._stop.set()
         self._thread.join(60)
         self.raise_if_failed()
@@ -57,7 +63,7 @@ class _Background:
 
         ends: dict[int, int] = {}
 
-        def acked(future) -> None:
+        def acked(future: asyncio.Future[Any]) -> None:  # of aiokafka's RecordMetadata
             if not future.cancelled() and future.exception() is None:
                 meta = future.result()
                 ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
@@ -88,8 +94,14 @@ class _Background:
 
 
 async def _freshness(
-    worker: _Worker, producer, topic: str, check, customers: list[str], flush_s: float, rng: random.Random
-) -> dict:
+    worker: _Worker,
+    producer: UsageProducer,
+    topic: str,
+    check: Check,
+    customers: list[str],
+    flush_s: float,
+    rng: random.Random,
+) -> Figures:
     from_send: list[float] = []
     from_ack: list[float] = []
     missing = 0
@@ -104,7 +116,7 @@ async def _freshness(
         deadline = time.monotonic() + TRIAL_TIMEOUT_S
         while True:
             status, body = await check(customer)
-            if status == 200 and Decimal(body["usage"]) >= TRIAL_LIMIT - 1:
+            if status == 200 and body is not None and Decimal(body["usage"]) >= TRIAL_LIMIT - 1:
                 break
             if time.monotonic() > deadline:
                 raise BenchError(
@@ -124,7 +136,7 @@ async def _freshness(
         while True:
             status, body = await check(customer)
             seen = time.monotonic()
-            if status == 200 and body["has_access"] is False:
+            if status == 200 and body is not None and body["has_access"] is False:
                 if body.get("reason") != "exhausted":
                     raise BenchError(f"trial {customer}: denied for another reason: {body}")
                 from_send.append(seen - before)
@@ -134,7 +146,11 @@ async def _freshness(
                 missing += 1
                 break
             await asyncio.sleep(POLL_S)
-        flipped = f"{seen - before:.3f} s" if status == 200 and body["has_access"] is False else "never flipped"
+        flipped = (
+            f"{seen - before:.3f} s"
+            if status == 200 and body is not None and body["has_access"] is False
+            else "never flipped"
+        )
         _say(f"    trial {n + 1}/{len(customers)}: {flipped}")
     from_send.sort()
     from_ack.sort()
@@ -151,11 +167,11 @@ async def _freshness(
         "from_ack_p50_s": _seconds(from_ack, 0.50),
         "from_ack_p99_s": _seconds(from_ack, 0.99),
         "target_p99_s": TARGET_FRESHNESS_P99_S,
-        "met": missing == 0 and bool(from_send) and p99 <= TARGET_FRESHNESS_P99_S,
+        "met": missing == 0 and p99 is not None and p99 <= TARGET_FRESHNESS_P99_S,
     }
 
 
-async def _flush_metrics(session, port: int) -> dict[str, float]:
+async def _flush_metrics(session: ClientSession, port: int) -> dict[str, float]:
     """The worker's flush-duration histogram (``/metrics``): sum, count and bucket counts."""
     out: dict[str, float] = {}
     with contextlib.suppress(Exception):
@@ -168,7 +184,7 @@ async def _flush_metrics(session, port: int) -> dict[str, float]:
     return out
 
 
-def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict:
+def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
     """Flushes that landed during the freshness trials: how many, how long on average, the slowest bucket."""
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
     count = delta.get("bastionary_usage_flush_seconds_count", 0.0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -12,9 +14,13 @@ from bastionary.tools.bench.entitlements.constants import SETTLED_CORES
 from bastionary.tools.bench.entitlements.cpu import _CpuClock
 from bastionary.tools.bench.options import BenchError
 from bastionary.tools.bench.stack import _Worker
+from bastionary.tools.workload import Event
+
+CheckAnswer = tuple[int, dict[str, Any] | None]  # the status and the JSON body (None when empty)
+Check = Callable[[str], Awaitable[CheckAnswer]]  # GET /v1/customers/{customer}/entitlements/{FEATURE}
 
 
-def _subscription(customer: str, plan: str, start: datetime) -> dict:
+def _subscription(customer: str, plan: str, start: datetime) -> Event:
     return {
         "specversion": "1.0", "id": f"sub-{customer}", "source": "bastionary-bench-entitlements",
         "type": "bastionary.subscription.created.v1", "subject": customer, "time": start.isoformat(),
@@ -31,12 +37,12 @@ def _usage(customer: str, event_id: str) -> bytes:
     })  # fmt: skip
 
 
-async def _wait_ready(worker: _Worker, check, customer: str, timeout: float) -> None:
+async def _wait_ready(worker: _Worker, check: Check, customer: str, timeout: float) -> None:
     """Until the worker's web server answers for its partitions (503 not_ready before)."""
     import aiohttp
 
     deadline = time.monotonic() + timeout
-    last = None
+    last: CheckAnswer | Exception | None = None
     while time.monotonic() < deadline:
         worker.check_alive()
         try:
@@ -50,7 +56,7 @@ async def _wait_ready(worker: _Worker, check, customer: str, timeout: float) -> 
     raise BenchError(f"the worker's check API was not ready in {timeout:.0f}s (last: {last!r}); see {worker.log_path}")
 
 
-async def _warm_up(worker: _Worker, check, customers: list[str], timeout: float) -> None:
+async def _warm_up(worker: _Worker, check: Check, customers: list[str], timeout: float) -> None:
     """One check per customer loads its state (a 404 is retried until its subscription lands)."""
     deadline = time.monotonic() + timeout
     pending = list(customers)

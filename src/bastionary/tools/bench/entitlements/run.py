@@ -6,6 +6,7 @@ import asyncio
 import random
 import secrets
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from bastionary.tools.bench.entitlements.constants import (
     TRIAL_LIMIT,
 )
 from bastionary.tools.bench.entitlements.cpu import _CpuClock
-from bastionary.tools.bench.entitlements.figures import _verdicts
+from bastionary.tools.bench.entitlements.figures import Figures, _verdicts
 from bastionary.tools.bench.entitlements.freshness import (
     _Background,
     _flush_delta,
@@ -35,6 +36,7 @@ from bastionary.tools.bench.entitlements.freshness import (
 )
 from bastionary.tools.bench.entitlements.latency import _open_loop, _serial, _urls
 from bastionary.tools.bench.entitlements.preparation import (
+    CheckAnswer,
     _settle,
     _subscription,
     _wait_ready,
@@ -81,20 +83,20 @@ plans:
 class _WorkerEnv(_Processes):
     """``_Processes`` whose children also get the entitlement settings (catalog, key, port)."""
 
-    def __init__(self, extra: dict[str, str]):
+    def __init__(self, extra: dict[str, str]) -> None:
         super().__init__()
         self.extra = extra
 
-    def spawn(self, command, env, log_path):
+    def spawn(self, command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
         return super().spawn(command, env | self.extra, log_path)
 
 
-def run_entitlements_bench(quick: bool = False, data_dir: Path | None = None) -> dict:
+def run_entitlements_bench(quick: bool = False, data_dir: Path | None = None) -> Figures:
     """Measure check latency and freshness on a fresh embedded stack; see :func:`render_entitlements`."""
     started = time.monotonic()
     sizes = QUICK if quick else FULL
     temporary = data_dir is None
-    root = Path(tempfile.mkdtemp(prefix="bastionary-bench-ent-")) if temporary else Path(data_dir)
+    root = Path(tempfile.mkdtemp(prefix="bastionary-bench-ent-")) if data_dir is None else Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     defaults = Settings.model_fields
     flush_interval = defaults["flush_interval"].default
@@ -107,7 +109,7 @@ def run_entitlements_bench(quick: bool = False, data_dir: Path | None = None) ->
         "BASTIONARY_WEB_PORT": str(port),
         "BASTIONARY_RATING_ENABLED": "false",
     })  # fmt: skip
-    result: dict = {
+    result: Figures = {
         "options": {
             "quick": quick,
             "customers": sizes.customers,
@@ -143,7 +145,7 @@ def run_entitlements_bench(quick: bool = False, data_dir: Path | None = None) ->
     return result
 
 
-def _run(bench: _Bench, sizes: _Sizes, port: int, key: str, flush_s: float) -> dict:
+def _run(bench: _Bench, sizes: _Sizes, port: int, key: str, flush_s: float) -> Figures:
     from bastionary.kafka import ensure_topics
 
     prefix, group = bench.names("entitlements")
@@ -159,12 +161,12 @@ def _run(bench: _Bench, sizes: _Sizes, port: int, key: str, flush_s: float) -> d
 
 async def _measure(
     bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes, port: int, key: str, flush_s: float
-) -> dict:
+) -> Figures:
     import aiohttp
 
     from bastionary.kafka import UsageProducer
 
-    out: dict = {}
+    out: Figures = {}
     rng = random.Random(7)
     steady = [f"ent-{bench.tag}-s{i:05d}" for i in range(sizes.customers)]
     trials = [f"ent-{bench.tag}-t{i:04d}" for i in range(sizes.trials)]
@@ -175,7 +177,7 @@ async def _measure(
         connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
 
-        async def check(customer: str) -> tuple[int, dict | None]:
+        async def check(customer: str) -> CheckAnswer:
             async with session.get(f"{base}/{customer}/entitlements/{FEATURE}") as response:
                 body = await response.read()
                 return response.status, (orjson.loads(body) if body else None)
@@ -209,7 +211,7 @@ async def _measure(
             _say(f"    one at a time: p50 {serial['p50_ms']} ms, p99 {serial['p99_ms']} ms")
             _say(f"(a) check latency at {CHECK_RATE:,}/s for {sizes.latency_seconds:g} s")
             with bench.cpu.phase("latency"):
-                figures: dict = {}
+                figures: Figures = {}
                 with clock.measure(figures):
                     figures.update(await _open_loop(session, urls, CHECK_RATE, sizes.latency_seconds, rng))
             out["latency"] = figures | {"background_events_per_s": 0}
@@ -231,7 +233,7 @@ async def _measure(
                 _say(f"(b) freshness: {len(trials)} trials with {BACKGROUND_RATE}/s usage ingested")
                 flushes_before = await _flush_metrics(session, port)
                 with bench.cpu.phase("freshness"):
-                    usage_cpu: dict = {}
+                    usage_cpu: Figures = {}
                     with clock.measure(usage_cpu):
                         fresh = await _freshness(worker, producer, topics.usage_events, check, trials, flush_s, rng)
                 flushes = _flush_delta(flushes_before, await _flush_metrics(session, port))
