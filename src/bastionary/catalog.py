@@ -26,9 +26,9 @@ from pydantic import (
 )
 
 from bastionary.dunning.policy import DunningConfig
-from bastionary.entitlements.spec import entitlement_problems
+from bastionary.entitlements.spec import EntitledPlan, entitlement_problems
 from bastionary.metering.meters import Aggregation, Meter
-from bastionary.rating.plans import MeteredPrice, Plan
+from bastionary.rating.plans import MeteredPrice
 
 __all__ = ["Aggregation", "Catalog", "CatalogError", "Meter", "load_catalog", "parse_catalog"]
 
@@ -37,7 +37,7 @@ class Catalog(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     meters: list[Meter] = Field(default_factory=list)
-    plans: list[Plan] = Field(default_factory=list)
+    plans: list[EntitledPlan] = Field(default_factory=list)
     dunning: DunningConfig = Field(default_factory=DunningConfig)
 
     @field_validator("meters")
@@ -88,7 +88,7 @@ class Catalog(BaseModel):
                     problems.append(f"dunning policy {policy.key}, step {n}: unknown template {name!r}")
         return problems
 
-    def plan(self, key: str) -> Plan:
+    def plan(self, key: str) -> EntitledPlan:
         for plan in self.plans:
             if plan.key == key:
                 return plan

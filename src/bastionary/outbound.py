@@ -1,4 +1,4 @@
-"""What Bastionary writes to Kafka for others: CloudEvents, and dead letters' headers.
+"""What Bastionary writes for others: CloudEvents, dead letters' headers, the webhook secret format.
 
 One way to spell both, so every topic a consumer reads (invoices, credits, dunning notices,
 entitlement changes, the dead-letter topics) follows the same contract.
@@ -6,6 +6,8 @@ entitlement changes, the dead-letter topics) follows the same contract.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,8 @@ import orjson
 
 Headers = list[tuple[str, bytes | None]]
 MESSAGE_LIMIT = 4096  # bytes of error.message
+# Standard Webhooks secrets are whsec_<base64>; settings check one at start-up, the sender signs with it.
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the scheme's prefix, not a secret
 
 
 def cloud_event(event_type: str, event_id: str, source: str, subject: str, time: str, data: Any) -> bytes:
@@ -65,3 +69,19 @@ def utf8_prefix(text: str, limit: int) -> bytes:
     """At most ``limit`` bytes of ``text`` in UTF-8, never cutting a character in two."""
     encoded = text.encode("utf-8", "backslashreplace")
     return encoded if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore").encode()
+
+
+def secret_bytes(secret: str | bytes) -> bytes:
+    """The HMAC key a secret stands for: ``whsec_<base64>`` decoded, another str as UTF-8."""
+    if isinstance(secret, (bytes, bytearray)):
+        return bytes(secret)
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode()
+    try:
+        return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        # The secret itself stays out of the message: it ends up in logs and config errors.
+        raise ValueError(
+            f"a webhook secret starting with {SECRET_PREFIX} must be followed by standard base64"
+            " (A-Z, a-z, 0-9, +, /, with = padding)"
+        ) from None

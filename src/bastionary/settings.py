@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     @classmethod
     def _webhook_secret_strength(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            from bastionary.dunning.notify.webhook import secret_bytes
+            from bastionary.outbound import secret_bytes
 
             if len(secret_bytes(value.get_secret_value())) < 16:
                 raise ValueError("must hold at least 16 bytes (Standard Webhooks: whsec_ + base64 of 24-64 bytes)")

@@ -14,7 +14,7 @@ def grant(grant_id: str, **fields: object) -> Grant:
     base: dict[str, object] = {
         "grant_id": grant_id,
         "customer_id": "c1",
-        "amount": Decimal("100"),
+        "amount": Decimal(100),
         "currency": "USD",
         "priority": 1,
         "effective_at": NOW - DAY,
@@ -32,7 +32,7 @@ def test_a_void_wins_over_an_expiry_and_both_over_a_grant_not_yet_started() -> N
 def test_only_active_grants_have_a_balance_and_draws_never_make_it_negative() -> None:
     lines = balances(
         [grant("over", priority=2), grant("late", effective_at=NOW + DAY), grant("part", priority=1)],
-        {"over": Decimal("150"), "part": Decimal("30.25")},
+        {"over": Decimal(150), "part": Decimal("30.25")},
         NOW,
     )
     assert [(line.grant.grant_id, line.status, line.remaining) for line in lines] == [

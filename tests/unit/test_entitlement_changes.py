@@ -20,14 +20,14 @@ from bastionary.entitlements.changes import (
 )
 from bastionary.entitlements.evaluate import CustomerState
 from bastionary.entitlements.overrides import Override
-from bastionary.rating.plans import Plan
+from bastionary.entitlements.spec import EntitledPlan
 
 P1 = datetime(2024, 5, 1, tzinfo=UTC)
 P2 = datetime(2024, 6, 1, tzinfo=UTC)
 P3 = datetime(2024, 7, 1, tzinfo=UTC)
 NOW = datetime(2024, 5, 15, tzinfo=UTC)
 
-PLAN = Plan.model_validate(
+PLAN = EntitledPlan.model_validate(
     {
         "key": "pro",
         "currency": "USD",

@@ -16,13 +16,13 @@ from bastionary.entitlements.evaluate import (
     effective_limit,
 )
 from bastionary.entitlements.overrides import Override
-from bastionary.rating.plans import Plan
+from bastionary.entitlements.spec import EntitledPlan
 
 START = datetime(2024, 5, 1, tzinfo=UTC)
 END = datetime(2024, 6, 1, tzinfo=UTC)
 NOW = datetime(2024, 5, 15, tzinfo=UTC)
 
-PLAN = Plan.model_validate(
+PLAN = EntitledPlan.model_validate(
     {
         "key": "pro",
         "currency": "USD",
@@ -39,7 +39,9 @@ PLAN = Plan.model_validate(
 )
 
 
-def state(usage: dict | None = None, overrides=(), suspended: bool = False, plan: Plan | None = PLAN) -> CustomerState:
+def state(
+    usage: dict | None = None, overrides=(), suspended: bool = False, plan: EntitledPlan | None = PLAN
+) -> CustomerState:
     usage = {k: Decimal(v) for k, v in (usage or {}).items()}
     return CustomerState("cust-1", plan, START, END, suspended, usage, tuple(overrides))
 

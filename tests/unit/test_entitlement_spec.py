@@ -13,13 +13,13 @@ from pydantic import TypeAdapter, ValidationError
 from bastionary.catalog import CatalogError, parse_catalog
 from bastionary.entitlements.spec import (
     BooleanEntitlement,
+    EntitledPlan,
     Entitlement,
     MeteredEntitlement,
     StaticEntitlement,
     decimal_text,
     entitlement_problems,
 )
-from bastionary.rating.plans import Plan
 
 EXAMPLE = """
 entitlements:
@@ -36,8 +36,8 @@ def entitlement(**fields):
     return ADAPTER.validate_python(fields)
 
 
-def plan(entitlements) -> Plan:
-    return Plan.model_validate({"key": "pro", "currency": "USD", "entitlements": entitlements})
+def plan(entitlements) -> EntitledPlan:
+    return EntitledPlan.model_validate({"key": "pro", "currency": "USD", "entitlements": entitlements})
 
 
 def test_the_documented_yaml_parses_into_the_discriminated_models():
@@ -68,7 +68,7 @@ def test_notify_at_is_sorted_and_deduplicated_by_value():
 
 
 def test_plans_without_entitlements_have_none():
-    assert Plan.model_validate({"key": "pro", "currency": "USD"}).entitlements == []
+    assert EntitledPlan.model_validate({"key": "pro", "currency": "USD"}).entitlements == []
 
 
 def test_models_are_frozen():
@@ -155,7 +155,7 @@ METERED = {"feature": "api_calls", "type": "metered", "meter": "api_requests", "
 def test_entitlement_problems_names_unknown_meters_and_dimensions():
     plans = [
         plan([METERED, {**METERED, "feature": "calls_eu", "filter": {"region": "eu", "tier": "x"}}]),
-        Plan.model_validate({"key": "team", "currency": "USD", "entitlements": [{**METERED, "meter": "x"}]}),
+        EntitledPlan.model_validate({"key": "team", "currency": "USD", "entitlements": [{**METERED, "meter": "x"}]}),
     ]
     assert entitlement_problems(plans, {"api_requests": FakeMeter(model="$.model")}) == [
         "plan pro, entitlement calls_eu: meter api_requests has no dimension region, tier",
@@ -175,8 +175,9 @@ def test_entitlement_problems_accepts_known_meters_and_ignores_other_types():
     assert entitlement_problems([], {}) == []
 
 
-def test_spec_imports_neither_catalog_nor_plans():
-    code = "import sys, bastionary.entitlements.spec; assert not {'bastionary.catalog', 'bastionary.rating.plans'} & set(sys.modules)"
+def test_rating_never_loads_the_entitlements_package():
+    """Rating reads prices only; the features a plan grants belong to entitlements (see test_architecture)."""
+    code = "import sys, bastionary.rating.rater; assert not [m for m in sys.modules if m.startswith('bastionary.entitlements')]"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 

@@ -32,6 +32,7 @@ from bastionary.dunning.events import (
     response_row,
 )
 from bastionary.entitlements.overrides import OVERRIDE_TYPE, InvalidOverride, Override, parse_override
+from bastionary.money import MINOR_UNITS
 from bastionary.rating.events import (
     CREDIT_TYPES,
     EARLIEST,
@@ -46,7 +47,6 @@ from bastionary.rating.events import (
     parse_subscription,
     subscription_row,
 )
-from bastionary.rating.money import MINOR_UNITS
 from bastionary.storage.dunning import TrailRow
 
 PLANS = {"pro", "team"}

@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 
 from bastionary.credits.ledger import Grant
+from bastionary.money import round_money
 from bastionary.rating.invoice import (
     Line,
     Period,
@@ -23,7 +24,6 @@ from bastionary.rating.invoice import (
     minimum_true_up,
     period_lines,
 )
-from bastionary.rating.money import round_money
 from bastionary.rating.plans import Plan
 from bastionary.rating.pricing import Usage
 

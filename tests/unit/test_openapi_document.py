@@ -16,8 +16,7 @@ from referencing.jsonschema import DRAFT202012
 from bastionary.entitlements.auth import CUSTOMER_ID_PATTERN
 from bastionary.entitlements.evaluate import REASONS, CustomerState, Decision, check, check_all
 from bastionary.entitlements.overrides import Override
-from bastionary.entitlements.spec import FEATURE_REGEX
-from bastionary.rating.plans import Plan
+from bastionary.entitlements.spec import FEATURE_REGEX, EntitledPlan
 
 DOCUMENT_PATH = Path(__file__).resolve().parents[2] / "schemas" / "entitlements.openapi.yaml"
 DOCUMENT = yaml.safe_load(DOCUMENT_PATH.read_text())
@@ -29,7 +28,7 @@ REGISTRY = Registry().with_resource(DOC_URI, Resource.from_contents(DOCUMENT, de
 START = datetime(2024, 5, 1, tzinfo=UTC)
 END = datetime(2024, 6, 1, tzinfo=UTC)
 NOW = datetime(2024, 5, 15, tzinfo=UTC)
-PLAN = Plan.model_validate(
+PLAN = EntitledPlan.model_validate(
     {
         "key": "pro",
         "currency": "USD",

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastionary.credits.ledger import Grant, allocate, remaining
+from bastionary.money import MINOR_UNITS, minor_unit, round_money
 from bastionary.rating.invoice import Line, Period, Segment, Subscription, adjustment_lines, finalize, period_lines
-from bastionary.rating.money import MINOR_UNITS, minor_unit, round_money
 from bastionary.rating.plans import Plan, Tier
 from bastionary.rating.pricing import Usage, graduated, price_usage, volume
 

@@ -15,11 +15,11 @@ from bastionary.dunning.notify.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     SignatureError,
-    secret_bytes,
     sign,
     signed_headers,
     verify,
 )
+from bastionary.outbound import secret_bytes
 
 KEY = bytes(range(24))  # Standard Webhooks secrets are 24 to 64 random bytes
 SECRET = "whsec_" + base64.b64encode(KEY).decode()

@@ -38,6 +38,7 @@ def check_cmd(customer: str, feature: str | None) -> None:
     now = datetime.now(UTC)
     loaded = build_state(
         ClickHouseEntitlementStore(reader_client(settings), catalog.plans),
+        {p.key: p for p in catalog.plans},
         {m.key: m for m in catalog.meters},
         customer,
         now,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 
-from bastionary.rating.money import minor_unit
+from bastionary.money import minor_unit
 
 FAR_FUTURE = datetime(9999, 12, 31, tzinfo=UTC)
 # Ledger movement ids are UUIDv5 of their parts in this namespace: the same movement, the same id.

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from bastionary.dunning.policy import STATE_ACTIONS, Action, Policy
-from bastionary.rating.money import format_money
+from bastionary.money import format_money
 
 NAMESPACE = uuid.UUID("6b0f7f0a-3f57-4bb1-9d4c-2f5f3f1e8a21")
 

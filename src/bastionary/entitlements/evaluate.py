@@ -13,10 +13,10 @@ from bastionary.entitlements.overrides import Override, active_overrides
 from bastionary.entitlements.spec import (
     AnyEntitlement,
     BooleanEntitlement,
+    EntitledPlan,
     MeteredEntitlement,
     decimal_text,
 )
-from bastionary.rating.plans import Plan
 
 ZERO = Decimal(0)
 REASONS = ("no_subscription", "not_in_plan", "disabled", "suspended", "exhausted")
@@ -25,7 +25,7 @@ REASONS = ("no_subscription", "not_in_plan", "disabled", "suspended", "exhausted
 @dataclass(frozen=True)
 class CustomerState:
     customer_id: str
-    plan: Plan | None  # the plan in force now; None: no subscription
+    plan: EntitledPlan | None  # the plan in force now; None: no subscription
     period_start: datetime | None  # the subscription's current billing period
     period_end: datetime | None  # when metered usage resets
     suspended: bool
@@ -109,7 +109,7 @@ def check_all(state: CustomerState, now: datetime) -> list[Decision]:
     return sorted(in_plan + granted, key=lambda d: d.feature)
 
 
-def _in_plan(plan: Plan, feature: str) -> AnyEntitlement | None:
+def _in_plan(plan: EntitledPlan, feature: str) -> AnyEntitlement | None:
     return next((e for e in plan.entitlements if e.feature == feature), None)
 
 

@@ -21,7 +21,7 @@ import structlog
 from bastionary.entitlements.changes import Change, change_event, due_changes
 from bastionary.entitlements.evaluate import Decision, check, check_all
 from bastionary.entitlements.ports import EntitlementStore
-from bastionary.entitlements.spec import MeteredEntitlement
+from bastionary.entitlements.spec import EntitledPlan, MeteredEntitlement
 from bastionary.entitlements.state import Loaded, build_state, suspension_changes
 from bastionary.metering.meters import Meter, behaviour
 from bastionary.metering.sink import LandedFlush
@@ -39,6 +39,7 @@ class Entitlements:
     def __init__(
         self,
         store: EntitlementStore,
+        plans: Iterable[EntitledPlan],
         meters: Iterable[Meter],
         publish: Publish,
         lock: asyncio.Lock,
@@ -50,6 +51,7 @@ class Entitlements:
         self.lock = lock  # the usage sink's flush lock
         self.now = now
         self.on_loaded = on_loaded
+        self._plans = {p.key: p for p in plans}
         self._meters = {m.key: m for m in meters}
         self._loaded: dict[str, Loaded | None] = {}
         self._dirty: set[str] = set()
@@ -74,7 +76,7 @@ class Entitlements:
 
     async def _load(self, customer: str) -> Loaded | None:
         async with self.lock:
-            loaded = await asyncio.to_thread(build_state, self.store, self._meters, customer, self.now())
+            loaded = await asyncio.to_thread(build_state, self.store, self._plans, self._meters, customer, self.now())
             self._loaded[customer] = loaded
         log.debug("entitlement state loaded", customer_id=customer, known=loaded is not None)
         if loaded is not None and self.on_loaded is not None:

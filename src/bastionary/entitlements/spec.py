@@ -1,15 +1,14 @@
-"""Entitlements as written in a plan of the catalog YAML.
-
-Kept free of catalog and plan imports: ``rating.plans`` imports this module.
-"""
+"""Entitlements as written in a plan of the catalog YAML, and the plan that carries them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bastionary.rating.plans import Plan
 
 FEATURE_REGEX = r"^[a-z][a-z0-9_]*$"
 
@@ -58,20 +57,27 @@ Entitlement = Annotated[BooleanEntitlement | StaticEntitlement | MeteredEntitlem
 AnyEntitlement = BooleanEntitlement | StaticEntitlement | MeteredEntitlement
 
 
+class EntitledPlan(Plan):
+    """A catalog plan: its prices (all rating reads) and the features it grants."""
+
+    entitlements: list[Entitlement] = Field(default_factory=list)
+
+    @field_validator("entitlements")
+    @classmethod
+    def _unique_features(cls, entitlements: list[AnyEntitlement]) -> list[AnyEntitlement]:
+        features = [e.feature for e in entitlements]
+        dupes = sorted({f for f in features if features.count(f) > 1})
+        if dupes:
+            raise ValueError(f"duplicate entitlement features: {', '.join(dupes)}")
+        return entitlements
+
+
 class _HasGroupBy(Protocol):
     @property
     def group_by(self) -> Mapping[str, str]: ...
 
 
-class _HasEntitlements(Protocol):
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def entitlements(self) -> Sequence[AnyEntitlement]: ...
-
-
-def entitlement_problems(plans: Iterable[_HasEntitlements], meters: Mapping[str, _HasGroupBy]) -> list[str]:
+def entitlement_problems(plans: Iterable[EntitledPlan], meters: Mapping[str, _HasGroupBy]) -> list[str]:
     """Metered entitlements whose meter, or a dimension of whose filter, the catalog does not define."""
     problems = []
     for plan in plans:

@@ -14,7 +14,7 @@ from decimal import Decimal
 from bastionary.entitlements.changes import CUSTOMER_WIDE, Change, change_id
 from bastionary.entitlements.evaluate import CustomerState
 from bastionary.entitlements.ports import EntitlementStore
-from bastionary.entitlements.spec import MeteredEntitlement
+from bastionary.entitlements.spec import EntitledPlan, MeteredEntitlement
 from bastionary.metering.meters import Meter
 from bastionary.rating.invoice import Subscription
 from bastionary.rating.plans import Plan
@@ -46,13 +46,22 @@ def plan_and_period(
     return plan, start, end
 
 
-def build_state(store: EntitlementStore, meters: Mapping[str, Meter], customer: str, now: datetime) -> Loaded | None:
-    """None for a customer Bastionary knows nothing about (no subscription, no override)."""
+def build_state(
+    store: EntitlementStore,
+    plans: Mapping[str, EntitledPlan],
+    meters: Mapping[str, Meter],
+    customer: str,
+    now: datetime,
+) -> Loaded | None:
+    """None for a customer Bastionary knows nothing about (no subscription, no override).
+
+    ``plans`` is the catalog the store built the subscriptions from, so every plan key is in it."""
     sub = store.subscription(customer)
     overrides = store.overrides(customer)
     if sub is None and not overrides:
         return None
-    plan, start, end = plan_and_period(sub, now)
+    in_force, start, end = plan_and_period(sub, now)
+    plan = plans[in_force.key] if in_force is not None else None
     usage: dict[str, Decimal] = {}
     if plan is not None and start is not None and end is not None:  # all three or none
         for entitlement in plan.entitlements:
@@ -80,5 +89,5 @@ def suspension_changes(loaded: Loaded) -> list[Change]:
     return out
 
 
-def known_features(plans: Iterable[Plan]) -> set[str]:
+def known_features(plans: Iterable[EntitledPlan]) -> set[str]:
     return {e.feature for plan in plans for e in plan.entitlements}

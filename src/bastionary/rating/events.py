@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from bastionary.rating.money import MINOR_UNITS
+from bastionary.money import MINOR_UNITS
 from bastionary.rating.ports import LedgerRow, SubscriptionRow
 
 SUBSCRIPTION_TYPES = {

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
-from bastionary.rating.money import round_money
+from bastionary.money import round_money
 from bastionary.rating.plans import FlatPrice, MeteredPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
 from bastionary.settings import parse_iso_duration

@@ -1,4 +1,8 @@
-"""Plans and prices, as written in the catalog YAML."""
+"""Plans and prices, as written in the catalog YAML.
+
+A catalog plan also lists the features it grants: :class:`bastionary.entitlements.spec.EntitledPlan`
+adds them, so rating never reads entitlements.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bastionary.entitlements.spec import Entitlement
-from bastionary.rating.money import MINOR_UNITS
+from bastionary.money import MINOR_UNITS
 from bastionary.rating.periods import Interval
 
 Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
@@ -104,7 +107,6 @@ class Plan(_Model):
     payment_terms: str = "P14D"
     minimum_commitment: Money | None = None
     prices: list[Price] = Field(default_factory=list)
-    entitlements: list[Entitlement] = Field(default_factory=list)
 
     @field_validator("currency")
     @classmethod
@@ -135,15 +137,6 @@ class Plan(_Model):
         if dupes:
             raise ValueError(f"duplicate price keys: {', '.join(dupes)}")
         return prices
-
-    @field_validator("entitlements")
-    @classmethod
-    def _unique_features(cls, entitlements: list[Entitlement]) -> list[Entitlement]:
-        features = [e.feature for e in entitlements]
-        dupes = sorted({f for f in features if features.count(f) > 1})
-        if dupes:
-            raise ValueError(f"duplicate entitlement features: {', '.join(dupes)}")
-        return entitlements
 
     @property
     def interval(self) -> Interval:

@@ -30,6 +30,7 @@ import structlog
 
 from bastionary.credits.ledger import Grant, movement_id
 from bastionary.metering.meters import Meter
+from bastionary.money import round_money
 from bastionary.outbound import cloud_event
 from bastionary.rating.invoice import (
     Period,
@@ -41,7 +42,6 @@ from bastionary.rating.invoice import (
     minimum_true_up,
     period_lines,
 )
-from bastionary.rating.money import round_money
 from bastionary.rating.plans import MeteredPrice, Plan
 from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage

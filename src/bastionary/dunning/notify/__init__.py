@@ -23,11 +23,11 @@ from bastionary.dunning.notify.webhook import (
     SignatureError,
     WebhookConfig,
     deliver_webhook,
-    secret_bytes,
     sign,
     signed_headers,
     verify,
 )
+from bastionary.outbound import secret_bytes
 
 __all__ = [
     "IDEMPOTENCY_HEADER",

@@ -58,13 +58,13 @@ from bastionary.dunning.notify.retry import (
     DeliveryOutcome,
     with_retries,
 )
+from bastionary.outbound import secret_bytes
 
 ID_HEADER = "webhook-id"
 TIMESTAMP_HEADER = "webhook-timestamp"
 SIGNATURE_HEADER = "webhook-signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CONTENT_TYPE = "application/cloudevents+json"
-SECRET_PREFIX = "whsec_"  # noqa: S105 - the scheme's prefix, not a secret
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE = 300.0
 
@@ -84,22 +84,6 @@ class SignatureError(ValueError):
             raise ValueError(f"unknown signature error reason {reason!r}")
         super().__init__(message or reason)
         self.reason = reason
-
-
-def secret_bytes(secret: str | bytes) -> bytes:
-    """The HMAC key a secret stands for: ``whsec_<base64>`` decoded, another str as UTF-8."""
-    if isinstance(secret, (bytes, bytearray)):
-        return bytes(secret)
-    if not secret.startswith(SECRET_PREFIX):
-        return secret.encode()
-    try:
-        return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
-    except (binascii.Error, ValueError):
-        # The secret itself stays out of the message: it ends up in logs and config errors.
-        raise ValueError(
-            f"a webhook secret starting with {SECRET_PREFIX} must be followed by standard base64"
-            " (A-Z, a-z, 0-9, +, /, with = padding)"
-        ) from None
 
 
 def _keys(secrets: Secrets) -> list[bytes]:

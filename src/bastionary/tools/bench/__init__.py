@@ -5,7 +5,7 @@ Everything runs on a stack the benchmark starts and tears down itself: one embed
 holds chdb in-process and serves the query gateway), a fresh topic prefix and a fresh
 consumer group. The phases:
 
-(a) bare Faust ceiling: :mod:`bastionary.devstack.bare_agent` (one agent that only counts) reads
+(a) bare Faust ceiling: :mod:`bastionary.worker.bare_agent` (one agent that only counts) reads
     the single-event records of (b); records/s from the first to the last record counted.
 (b) pipeline throughput: the same workload as single-event records, then packed into
     100-event batch records; pre-published, then a worker started on it; timed from its

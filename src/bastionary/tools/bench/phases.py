@@ -45,7 +45,7 @@ def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> di
     _, group = bench.names("bare")
     report = bench.root / "bare" / "result.json"
     command = [
-        sys.executable, "-m", "bastionary.devstack.bare_agent",
+        sys.executable, "-m", "bastionary.worker.bare_agent",
         "--bootstrap", bench.bootstrap, "--topic", topic, "--group", group,
         "--expect", str(records), "--report", str(report), "--partitions", str(PARTITIONS),
     ]  # fmt: skip

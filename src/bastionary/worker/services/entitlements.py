@@ -59,7 +59,9 @@ class EntitlementService:
         if self._service is None or self._store is None:
             sink = self._usage.sink
             store = ClickHouseEntitlementStore(self._client_factory(), self.catalog.plans)
-            service = Entitlements(store, self.catalog.meters, self._publish, sink.lock, on_loaded=self._mirror)
+            service = Entitlements(
+                store, self.catalog.plans, self.catalog.meters, self._publish, sink.lock, on_loaded=self._mirror
+            )
             sink.listeners.append(service.on_flush)
             metrics.ENTITLEMENT_CUSTOMERS.set_function(lambda: service.customers_in_memory)
             self._service, self._store = service, store

@@ -1,4 +1,4 @@
-"""Currencies and rounding."""
+"""Currencies and rounding: shared by rating, credits and dunning, so it depends on none of them."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """A bare Faust app with one agent that only counts records: the Faust ceiling for ``bench``.
 
-It consumes a topic with the same consumer settings as the usage worker (see
-:mod:`bastionary.worker.app`) but does nothing with the records, so the rate it reaches is
-the most a single Faust process can deliver on this machine and broker. Run it as::
+It is Faust wiring, so it lives with the worker. It consumes a topic with the same consumer
+settings as the usage worker (see :mod:`bastionary.worker.app`) but does nothing with the
+records, so the rate it reaches is the most a single Faust process can deliver on this
+machine and broker. Run it as::
 
-    python -m bastionary.devstack.bare_agent --bootstrap HOST:PORT --topic T --group G \
+    python -m bastionary.worker.bare_agent --bootstrap HOST:PORT --topic T --group G \
         --expect N --report /path/result.json
 
 When it has counted ``expect`` records it writes ``{"count", "first", "last"}`` (wall-clock
@@ -81,7 +82,7 @@ def _report(path: Path, result: dict[str, float]) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(line)
     os.replace(tmp, path)
-    print(line, flush=True)
+    print(line, flush=True)  # noqa: T201 - the bench reads this line from stdout
 
 
 def main(argv: list[str] | None = None) -> None:

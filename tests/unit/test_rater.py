@@ -1,0 +1,618 @@
+"""The rater (``rating/rater.py``) over an in-memory billing store and publisher: a closed
+period is rated once and published, a crash at each step of store-then-publish leaves
+nothing lost, doubled or changed, replays rate nothing, late usage is adjusted on the next
+invoice once, and a rater rates only the customers it owns.
+
+``FakeBillingStore`` implements the ``BillingStore`` port with the ClickHouse store's
+semantics (``storage/billing.py``): subscriptions built from their events, grants with what
+the ledger says was drawn from them, usage per (meter, filter, window) counting only rows
+ingested before the cutoff's minute, invoice rows that a later row with the same id replaces
+(``published`` 0, then 1), lines and ledger movements keyed as the tables key them, and
+``billed`` summed from the stored lines. Every step can be made to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from bastionary.credits.ledger import Grant, movement_id
+from bastionary.metering.meters import Aggregation, Meter
+from bastionary.money import round_money
+from bastionary.rating.invoice import Billed, Subscription, invoice_id
+from bastionary.rating.plans import Plan
+from bastionary.rating.ports import LedgerRow, RatedInvoice
+from bastionary.rating.pricing import Usage
+from bastionary.rating.rater import Rater, RatingResult
+from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
+
+D = Decimal
+
+
+def at(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)
+
+
+JAN, FEB, MAR, APR, MAY = (at(2024, month, 1) for month in range(1, 6))
+GRACE = timedelta(hours=1)
+# Each month's invoice is rated once its cutoff (period end + grace) and the settle time have passed.
+AFTER_JAN, AFTER_FEB, AFTER_MAR, AFTER_APR = (end + timedelta(hours=2) for end in (FEB, MAR, APR, MAY))
+
+TOKENS = Meter(key="llm_tokens", event_type="llm.completion", aggregation=Aggregation.SUM, value_property="$.tokens")
+PRO = Plan.model_validate(
+    {
+        "key": "pro",
+        "currency": "USD",
+        "billing_interval": "P1M",
+        "payment_terms": "P14D",
+        "prices": [
+            {"key": "base", "model": "flat", "amount": 20, "description": "Platform fee"},
+            {"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.01"},
+        ],
+    }
+)
+
+
+class StoreFailed(Exception):
+    pass
+
+
+class PublishFailed(Exception):
+    pass
+
+
+# --- the fakes -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One event's meter value: ``time`` decides its period, ``ingested`` which cutoff sees it."""
+
+    meter: str
+    customer_id: str
+    time: datetime
+    ingested: datetime
+    value: Decimal
+    dimensions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class StoredInvoice:
+    document: str  # the JSON text, as the invoices table holds it
+    cutoff: datetime
+    published: bool
+
+
+@dataclass(frozen=True)
+class StoredLine:
+    subscription_id: str
+    line_key: str
+    quantity: Decimal
+    amount: Decimal  # rounded, as stored
+    period_start: datetime  # the period the line bills (an adjustment's: the period it adjusts)
+
+
+@dataclass
+class FakeBillingStore:
+    """``bastionary.rating.ports.BillingStore`` in memory (see the module docstring)."""
+
+    events: list[SubscriptionEvent] = field(default_factory=list)
+    granted: list[Grant] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    invoices: dict[str, StoredInvoice] = field(default_factory=dict)
+    lines: dict[tuple[str, int], StoredLine] = field(default_factory=dict)  # (invoice id, line no)
+    ledger: dict[str, LedgerRow] = field(default_factory=dict)  # movement id
+    # Crash points: store_invoices raises before writing "lines", "ledger" or "invoices";
+    # mark_published raises before writing anything.
+    fail_store_before: str | None = None
+    fail_mark_published: bool = False
+    store_calls: int = 0
+    usage_queries: list[tuple[str, tuple[tuple[str, str], ...], datetime, datetime, datetime]] = field(
+        default_factory=list
+    )
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def subscribe(self, subscription_id: str, customer_id: str, start: datetime = JAN, plan: str = "pro") -> None:
+        self.events.append(SubscriptionEvent(subscription_id, customer_id, "created", plan, start, None, start))
+
+    def grant(self, grant_id: str, customer_id: str, amount: str, expires_at: datetime | None = None) -> None:
+        self.granted.append(Grant(grant_id, customer_id, D(amount), "USD", 1, JAN - timedelta(days=1), expires_at))
+
+    def use(self, customer_id: str, tokens: int, time: datetime, ingested: datetime | None = None) -> None:
+        self.readings.append(Reading("llm_tokens", customer_id, time, ingested or time, D(tokens)))
+
+    # -- the port ----------------------------------------------------------------------
+
+    def unpublished_documents(self) -> list[str]:
+        return [stored.document for stored in self.invoices.values() if not stored.published]
+
+    def mark_published(self, invoices: list[tuple[dict[str, Any], datetime]]) -> None:
+        if self.fail_mark_published:
+            raise StoreFailed("mark_published")
+        for data, cutoff in invoices:
+            self.invoices[data["invoice_id"]] = StoredInvoice(orjson.dumps(data).decode(), cutoff, True)
+
+    def invoice_ids(self) -> set[str]:
+        return set(self.invoices)
+
+    def subscriptions(self, plans: Mapping[str, Plan]) -> list[Subscription]:
+        by_id: dict[str, list[SubscriptionEvent]] = defaultdict(list)
+        for event in sorted(self.events, key=lambda e: (e.subscription_id, e.effective_at, e.kind == "canceled")):
+            by_id[event.subscription_id].append(event)
+        built = (build_subscription(sub_id, events, plans) for sub_id, events in by_id.items())
+        return [sub for sub in built if sub is not None]
+
+    def grants(self) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
+        by_customer: dict[str, list[Grant]] = defaultdict(list)
+        for grant in self.granted:
+            by_customer[grant.customer_id].append(grant)
+        drawn: dict[str, Decimal] = defaultdict(Decimal)
+        for row in self.ledger.values():
+            if row.kind in ("applied", "expired"):
+                drawn[row.grant_id] += row.amount
+        return dict(by_customer), dict(drawn)
+
+    def usage_by_customer(
+        self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
+    ) -> dict[str, Usage]:
+        assert meter.aggregation is Aggregation.SUM, "the fake sums; other aggregations are the rollups' business"
+        self.usage_queries.append((meter.key, tuple(sorted(filters.items())), start, end, as_of))
+        out: dict[str, Usage] = {}
+        for r in self.readings:
+            minute, ingested_minute = (t.replace(second=0, microsecond=0) for t in (r.time, r.ingested))
+            dimensions = dict(r.dimensions)
+            if (
+                r.meter == meter.key
+                and start <= minute < end
+                and ingested_minute < as_of
+                and all(dimensions.get(k) == v for k, v in filters.items())
+            ):
+                before = out.get(r.customer_id, Usage(D(0), 0))
+                out[r.customer_id] = Usage(before.quantity + r.value, before.events + 1)
+        return out
+
+    def billed(self, subscription_id: str) -> Billed:
+        out: Billed = {}
+        for line in self.lines.values():
+            if line.subscription_id == subscription_id:
+                quantity, amount = out.get((line.period_start, line.line_key), (D(0), D(0)))
+                out[(line.period_start, line.line_key)] = (quantity + line.quantity, amount + line.amount)
+        return out
+
+    def store_invoices(self, rated: list[RatedInvoice]) -> None:
+        """Lines, then ledger movements, then the invoice rows (unpublished), as ClickHouse does."""
+        self.store_calls += 1
+        self._maybe_fail("lines")
+        for item in rated:
+            data = item.invoice.document()
+            period_start = datetime.fromisoformat(data["period_start"])
+            for n, line in enumerate(item.lines):
+                amount = round_money(line.amount, data["currency"])
+                self.lines[(data["invoice_id"], n)] = StoredLine(
+                    data["subscription_id"], line.line_key, line.quantity, amount, line.period_start or period_start
+                )
+        self._maybe_fail("ledger")
+        for item in rated:
+            self.ledger.update((row.movement_id, row) for row in item.ledger)
+        self._maybe_fail("invoices")
+        for item in rated:
+            data = item.invoice.document()
+            self.invoices[data["invoice_id"]] = StoredInvoice(orjson.dumps(data).decode(), item.cutoff, False)
+
+    def _maybe_fail(self, step: str) -> None:
+        if self.fail_store_before == step:
+            raise StoreFailed(f"before {step}")
+
+    # -- for the tests -----------------------------------------------------------------
+
+    def document(self, invoice: str) -> dict[str, Any]:
+        return orjson.loads(self.invoices[invoice].document)
+
+
+@dataclass
+class FakePublisher:
+    """The rater's ``publish``: records every event delivered; can be made to fail, either
+    when enqueuing (the call raises) or on delivery (the returned future fails)."""
+
+    delivered: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (role, key, event)
+    calls: int = 0
+    fail_after: int | None = None  # calls beyond this many fail ...
+    fail_mode: str = "enqueue"  # ... by raising ("enqueue") or with a failed future ("delivery")
+
+    def fail(self, after: int = 0, mode: str = "enqueue") -> None:
+        self.fail_after, self.fail_mode = self.calls + after, mode
+
+    def heal(self) -> None:
+        self.fail_after = None
+
+    async def __call__(self, role: str, key: str, value: bytes) -> Awaitable[object]:
+        self.calls += 1
+        done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.fail_after is not None and self.calls > self.fail_after:
+            if self.fail_mode == "enqueue":
+                raise PublishFailed(f"enqueue {role} {key}")
+            done.set_exception(PublishFailed(f"deliver {role} {key}"))
+            return done
+        self.delivered.append((role, key, orjson.loads(value)))
+        done.set_result(None)
+        return done
+
+    def events(self, role: str) -> list[dict[str, Any]]:
+        return [event for r, _, event in self.delivered if r == role]
+
+    def invoices(self) -> list[dict[str, Any]]:
+        return [event["data"] for event in self.events("invoices")]
+
+
+def rater(
+    store: FakeBillingStore, publish: FakePublisher, owns: Callable[[str], bool] = lambda c: True, **options: Any
+) -> Rater:
+    return Rater(store, [PRO], [TOKENS], GRACE, publish, owns, **options)
+
+
+def one_customer(tokens: int = 1000) -> FakeBillingStore:
+    """cust-1 on pro from January 1st, with ``tokens`` used (and ingested) in January."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    store.use("cust-1", tokens, at(2024, 1, 15))
+    return store
+
+
+def amounts(document: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(line["price_key"], line["quantity"], line["amount"]) for line in document["lines"]]
+
+
+JAN_INVOICE = invoice_id("sub-1", JAN)
+
+
+# --- a closed period -------------------------------------------------------------------
+
+
+async def test_a_closed_period_is_rated_stored_and_published():
+    store, publish = one_customer(), FakePublisher()
+    result = await rater(store, publish).run_once(AFTER_JAN)
+
+    (document,) = result.invoices
+    cutoff = FEB + GRACE
+    assert document["invoice_id"] == JAN_INVOICE
+    assert (document["customer_id"], document["subscription_id"], document["plan"]) == ("cust-1", "sub-1", "pro")
+    assert (document["period_start"], document["period_end"]) == (JAN.isoformat(), FEB.isoformat())
+    assert document["issued_at"] == cutoff.isoformat()
+    assert document["due_at"] == (cutoff + timedelta(days=14)).isoformat()
+    assert amounts(document) == [("base", "1", "20.00"), ("tokens", "1000", "10.00")]
+    assert (document["subtotal"], document["credits_applied"], document["total"]) == ("30.00", "0.00", "30.00")
+    assert result.republished == 0
+    # Stored, with its cutoff, and marked published once delivered.
+    assert store.invoices[JAN_INVOICE] == StoredInvoice(orjson.dumps(document).decode(), cutoff, True)
+    assert store.billed("sub-1") == {(JAN, "pro:base"): (D(1), D("20.00")), (JAN, "pro:tokens"): (D(1000), D("10.00"))}
+    # One invoice.finalized event: the document, keyed and identified by the invoice id.
+    ((role, key, event),) = publish.delivered
+    assert (role, key) == ("invoices", JAN_INVOICE)
+    assert (event["type"], event["id"], event["subject"], event["time"]) == (
+        "bastionary.invoice.finalized.v1",
+        JAN_INVOICE,
+        "cust-1",
+        cutoff.isoformat(),
+    )
+    assert event["data"] == document
+
+
+@pytest.mark.parametrize(
+    "now",
+    [FEB, FEB + GRACE - timedelta(seconds=1), FEB + GRACE + timedelta(seconds=4)],
+    ids=["at the period end", "before the cutoff", "within the settle time"],
+)
+async def test_nothing_is_rated_before_the_cutoff_and_the_settle_time(now):
+    store, publish = one_customer(), FakePublisher()
+    assert await rater(store, publish).run_once(now) == RatingResult([])
+    assert await rater(store, publish).run_once(FEB + GRACE + timedelta(seconds=5)) != RatingResult([])
+    assert [d["invoice_id"] for d in publish.invoices()] == [JAN_INVOICE]
+
+
+async def test_credits_are_applied_expired_and_published_as_credit_events():
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-promo", "cust-1", "12.50")
+    store.grant("g-trial", "cust-1", "5.00", expires_at=at(2024, 1, 20))  # unusable at the period end
+    (document,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+
+    assert (document["subtotal"], document["credits_applied"], document["total"]) == ("30.00", "12.50", "17.50")
+    assert document["credit_allocations"] == [{"grant_id": "g-promo", "amount": "12.50"}]
+    assert document["credits_expired"] == [{"grant_id": "g-trial", "amount": "5.00"}]
+    applied, expired = movement_id("applied", "g-promo", JAN_INVOICE), movement_id("expired", "g-trial", JAN_INVOICE)
+    assert {m: (row.kind, row.amount, row.invoice_id) for m, row in store.ledger.items()} == {
+        applied: ("applied", D("12.50"), JAN_INVOICE),
+        expired: ("expired", D("5.00"), JAN_INVOICE),
+    }
+    assert [(role, key) for role, key, _ in publish.delivered] == [
+        ("invoices", JAN_INVOICE),
+        ("credits", "cust-1"),
+        ("credits", "cust-1"),
+    ]
+    credit_events = publish.events("credits")
+    assert [(e["type"], e["id"]) for e in credit_events] == [
+        ("bastionary.credit.applied.v1", applied),
+        ("bastionary.credit.expired.v1", expired),
+    ]
+    assert credit_events[0]["data"] == {
+        "grant_id": "g-promo",
+        "customer_id": "cust-1",
+        "invoice_id": JAN_INVOICE,
+        "amount": "12.50",
+        "currency": "USD",
+    }
+    # Drawn is drawn: February finds nothing left.
+    (february,) = (await rater(store, publish).run_once(AFTER_FEB)).invoices
+    assert (february["credits_applied"], february["credit_allocations"], february["credits_expired"]) == (
+        "0.00",
+        [],
+        [],
+    )
+
+
+@pytest.mark.xfail(
+    reason="credit events carry the invoice's currency: a grant in another currency that expires by the period end"
+    " gets its expired movement (in its own currency, in the ledger) announced in the invoice's currency",
+    raises=AssertionError,
+)
+async def test_a_grant_in_another_currency_expires_in_its_own_currency():
+    store, publish = one_customer(), FakePublisher()
+    store.granted.append(Grant("g-eur", "cust-1", D("8.00"), "EUR", 1, JAN - timedelta(days=1), at(2024, 1, 20)))
+    (document,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+
+    assert document["credits_expired"] == [{"grant_id": "g-eur", "amount": "8.00"}]
+    assert store.ledger[movement_id("expired", "g-eur", JAN_INVOICE)].currency == "EUR"
+    (event,) = publish.events("credits")
+    assert (event["type"], event["data"]["amount"]) == ("bastionary.credit.expired.v1", "8.00")
+    assert event["data"]["currency"] == "EUR"
+
+
+async def test_usage_is_read_once_per_meter_window_and_cutoff_for_every_customer():
+    store, publish = FakeBillingStore(), FakePublisher()
+    for n in (1, 2, 3):
+        store.subscribe(f"sub-{n}", f"cust-{n}")
+        store.use(f"cust-{n}", 100 * n, at(2024, 1, 10))
+    result = await rater(store, publish).run_once(AFTER_JAN)
+
+    assert [amounts(d)[1][1:] for d in result.invoices] == [("100", "1.00"), ("200", "2.00"), ("300", "3.00")]
+    assert store.usage_queries == [("llm_tokens", (), JAN, FEB, FEB + GRACE)]
+
+
+async def test_periods_are_rated_in_order_and_stored_batch_by_batch():
+    store, publish = FakeBillingStore(), FakePublisher()
+    for n in (3, 1, 2):
+        store.subscribe(f"sub-{n}", f"cust-{n}")
+    result = await rater(store, publish, batch_size=2).run_once(AFTER_FEB)
+
+    expected = [invoice_id(f"sub-{n}", start) for start in (JAN, FEB) for n in (1, 2, 3)]
+    assert [d["invoice_id"] for d in result.invoices] == expected
+    assert [d["invoice_id"] for d in publish.invoices()] == expected
+    assert store.store_calls == 3
+    assert all(stored.published for stored in store.invoices.values())
+
+
+# --- replays ---------------------------------------------------------------------------
+
+
+async def test_a_second_run_rates_and_publishes_nothing():
+    store, publish = one_customer(), FakePublisher()
+    the_rater = rater(store, publish)
+    first = await the_rater.run_once(AFTER_JAN)
+
+    assert await the_rater.run_once(AFTER_JAN) == RatingResult([])
+    assert await the_rater.run_once(AFTER_JAN + timedelta(days=3)) == RatingResult([])
+    assert await rater(store, publish).run_once(AFTER_JAN) == RatingResult([])  # a restarted rater too
+    assert len(first.invoices) == 1 and len(publish.delivered) == 1 and list(store.invoices) == [JAN_INVOICE]
+    assert store.store_calls == 1
+
+
+async def test_a_rated_period_is_never_rated_again_even_if_its_usage_changes():
+    store, publish = one_customer(), FakePublisher()
+    await rater(store, publish).run_once(AFTER_JAN)
+    stored = store.invoices[JAN_INVOICE]
+    store.use("cust-1", 500, at(2024, 1, 20), ingested=at(2024, 1, 20))  # landed late, ingested in time
+
+    assert await rater(store, publish).run_once(AFTER_JAN) == RatingResult([])
+    assert store.invoices[JAN_INVOICE] == stored
+
+
+# --- crashes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("after", "mode"),
+    [(0, "enqueue"), (0, "delivery"), (1, "enqueue"), (1, "delivery")],
+    ids=["invoice not enqueued", "invoice not delivered", "credit event not enqueued", "credit event not delivered"],
+)
+async def test_publish_failing_after_the_store_republishes_the_stored_document_as_is(after, mode):
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-promo", "cust-1", "12.50")
+    publish.fail(after, mode)
+    with pytest.raises(PublishFailed):
+        await rater(store, publish).run_once(AFTER_JAN)
+
+    stored = store.invoices[JAN_INVOICE]
+    assert not stored.published and store.unpublished_documents() == [stored.document]
+    ledger = dict(store.ledger)
+    # The inputs change before the next run: were the invoice rated again, it would differ.
+    store.use("cust-1", 700, at(2024, 1, 25), ingested=at(2024, 1, 25))
+    store.grant("g-later", "cust-1", "100.00")
+    publish.heal()
+    result = await rater(store, publish).run_once(AFTER_JAN)
+
+    assert (result.invoices, result.republished) == ([], 1)
+    republished = [event for event in publish.events("invoices") if event["id"] == JAN_INVOICE][-1]
+    assert orjson.dumps(republished["data"]).decode() == stored.document  # the same bytes, not recomputed
+    assert amounts(republished["data"])[1] == ("tokens", "1000", "10.00")
+    assert store.invoices[JAN_INVOICE] == StoredInvoice(stored.document, stored.cutoff, True)
+    assert store.ledger == ledger and store.store_calls == 1
+    # Credit events go out again too (consumers dedupe on their ids), and nothing is left over.
+    assert {e["id"] for e in publish.events("credits")} == {movement_id("applied", "g-promo", JAN_INVOICE)}
+    assert await rater(store, publish).run_once(AFTER_JAN) == RatingResult([])
+
+
+async def test_marking_published_failing_republishes_the_stored_document_next_run():
+    store, publish = one_customer(), FakePublisher()
+    store.fail_mark_published = True
+    with pytest.raises(StoreFailed):
+        await rater(store, publish).run_once(AFTER_JAN)
+    (first,) = publish.invoices()
+    store.fail_mark_published = False
+
+    result = await rater(store, publish).run_once(AFTER_JAN)
+
+    assert (result.invoices, result.republished) == ([], 1)
+    assert publish.invoices() == [first, first]  # the same invoice twice: consumers dedupe on its id
+    assert store.invoices[JAN_INVOICE].published
+
+
+async def test_store_failing_before_anything_is_stored_rates_the_same_invoice_next_run():
+    control_store, control_publish = one_customer(), FakePublisher()
+    control_store.grant("g-promo", "cust-1", "12.50")
+    (expected,) = (await rater(control_store, control_publish).run_once(AFTER_JAN)).invoices
+
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-promo", "cust-1", "12.50")
+    store.fail_store_before = "lines"
+    with pytest.raises(StoreFailed):
+        await rater(store, publish).run_once(AFTER_JAN)
+    assert (store.invoices, store.lines, store.ledger, publish.delivered) == ({}, {}, {}, [])
+
+    store.fail_store_before = None
+    result = await rater(store, publish).run_once(AFTER_JAN)
+
+    assert result.invoices == [expected]  # same id, same content
+    assert publish.delivered == control_publish.delivered
+    assert store.invoices == control_store.invoices
+    assert store.billed("sub-1") == control_store.billed("sub-1")
+    assert {m: (r.kind, r.amount) for m, r in store.ledger.items()} == {
+        m: (r.kind, r.amount) for m, r in control_store.ledger.items()
+    }
+
+
+@pytest.mark.xfail(
+    reason="store_invoices is three writes (lines, ledger, invoices): a crash after the ledger rows and before the"
+    " invoice rows leaves credit movements without an invoice; grants() counts them as drawn, so the period is rated"
+    " again without the credit, and the orphan 'applied' row stays in the ledger",
+    raises=AssertionError,
+)
+async def test_store_failing_between_the_ledger_and_the_invoice_rows_rates_the_same_invoice_next_run():
+    control_store, control_publish = one_customer(), FakePublisher()
+    control_store.grant("g-promo", "cust-1", "12.50")
+    (expected,) = (await rater(control_store, control_publish).run_once(AFTER_JAN)).invoices
+
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-promo", "cust-1", "12.50")
+    store.fail_store_before = "invoices"
+    with pytest.raises(StoreFailed):
+        await rater(store, publish).run_once(AFTER_JAN)
+    store.fail_store_before = None
+    (document,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+
+    assert (document["credits_applied"], document["total"]) == (expected["credits_applied"], expected["total"])
+    assert document == expected
+    assert store.ledger.keys() == control_store.ledger.keys()
+
+
+# --- late usage ------------------------------------------------------------------------
+
+
+async def test_late_usage_is_adjusted_on_the_next_invoice_once():
+    store, publish = one_customer(tokens=1000), FakePublisher()
+    (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+    assert amounts(january)[1] == ("tokens", "1000", "10.00")
+
+    # 300 January tokens reach us after January's cutoff; 200 are February's own.
+    store.use("cust-1", 300, at(2024, 1, 31, 23, 59), ingested=FEB + GRACE)
+    store.use("cust-1", 200, at(2024, 2, 10))
+    (february,) = (await rater(store, publish).run_once(AFTER_FEB)).invoices
+
+    assert amounts(february) == [("base", "1", "20.00"), ("tokens", "200", "2.00"), ("tokens", "300", "3.00")]
+    adjustment = february["lines"][2]
+    assert adjustment["adjusts_period_start"] == JAN.isoformat()
+    assert adjustment["description"] == "Adjustment: late usage for 2024-01-01 00:00–2024-02-01 00:00 (tokens)"
+    assert february["subtotal"] == "25.00"
+    assert store.document(JAN_INVOICE) == january  # the January invoice itself never changes
+    assert publish.invoices() == [january, february]
+
+    # 50 more January tokens, later still: March adjusts by what was not billed yet (50, not 350).
+    store.use("cust-1", 50, at(2024, 1, 31), ingested=MAR + GRACE + timedelta(days=2))
+    (march,) = (await rater(store, publish).run_once(AFTER_MAR)).invoices
+    assert amounts(march) == [("base", "1", "20.00"), ("tokens", "0", "0.00"), ("tokens", "50", "0.50")]
+    assert march["lines"][2]["adjusts_period_start"] == JAN.isoformat()
+
+    # Nothing else arrived: April adjusts nothing, for January or any other month.
+    (april,) = (await rater(store, publish).run_once(AFTER_APR)).invoices
+    assert amounts(april) == [("base", "1", "20.00"), ("tokens", "0", "0.00")]
+    assert store.billed("sub-1")[(JAN, "pro:tokens")] == (D(1350), D("13.50"))
+
+
+async def test_late_usage_is_adjusted_when_the_periods_are_rated_in_separate_batches():
+    store, publish = one_customer(tokens=1000), FakePublisher()
+    store.use("cust-1", 300, at(2024, 1, 31), ingested=FEB + GRACE)
+    result = await rater(store, publish, batch_size=1).run_once(AFTER_FEB)  # January and February at once
+
+    january, february = result.invoices
+    assert amounts(january)[1] == ("tokens", "1000", "10.00")
+    assert amounts(february)[1:] == [("tokens", "0", "0.00"), ("tokens", "300", "3.00")]
+
+
+@pytest.mark.xfail(
+    reason="a batch is stored only after all its periods are rated, so a period rated in the same batch as an earlier"
+    " period of the same subscription reads billed() without that period's lines and bills all of its usage again"
+    " as an adjustment (a rater catching up on two periods with the default batch_size)",
+    raises=AssertionError,
+)
+async def test_late_usage_is_adjusted_when_the_periods_are_rated_in_the_same_batch():
+    store, publish = one_customer(tokens=1000), FakePublisher()
+    store.use("cust-1", 300, at(2024, 1, 31), ingested=FEB + GRACE)
+    result = await rater(store, publish).run_once(AFTER_FEB)  # January and February at once
+
+    january, february = result.invoices
+    assert amounts(january)[1] == ("tokens", "1000", "10.00")
+    assert amounts(february)[1:] == [("tokens", "0", "0.00"), ("tokens", "300", "3.00")]
+
+
+# --- ownership -------------------------------------------------------------------------
+
+
+async def test_a_rater_rates_only_the_customers_it_owns():
+    store, publish = one_customer(), FakePublisher()
+    store.subscribe("sub-2", "cust-2")
+    store.use("cust-2", 400, at(2024, 1, 3))
+    result = await rater(store, publish, owns=lambda customer: customer == "cust-1").run_once(AFTER_JAN)
+
+    assert [d["customer_id"] for d in result.invoices] == ["cust-1"]
+    assert list(store.invoices) == [JAN_INVOICE]
+    assert [d["customer_id"] for d in publish.invoices()] == ["cust-1"]
+
+    result = await rater(store, publish, owns=lambda customer: customer == "cust-2").run_once(AFTER_JAN)
+    assert [d["invoice_id"] for d in result.invoices] == [invoice_id("sub-2", JAN)]
+
+
+async def test_a_rater_republishes_only_the_stored_documents_of_customers_it_owns():
+    store, publish = one_customer(), FakePublisher()
+    store.subscribe("sub-2", "cust-2")
+    publish.fail()
+    with pytest.raises(PublishFailed):
+        await rater(store, publish).run_once(AFTER_JAN)
+    publish.heal()
+    cust_2_invoice = invoice_id("sub-2", JAN)
+    assert len(store.unpublished_documents()) == 2
+
+    first = await rater(store, publish, owns=lambda customer: customer == "cust-1").run_once(AFTER_JAN)
+    assert (first.invoices, first.republished) == ([], 1)
+    assert [d["invoice_id"] for d in publish.invoices()] == [JAN_INVOICE]
+    assert store.unpublished_documents() == [store.invoices[cust_2_invoice].document]
+
+    second = await rater(store, publish, owns=lambda customer: customer == "cust-2").run_once(AFTER_JAN)
+    assert (second.invoices, second.republished) == ([], 1)
+    assert store.unpublished_documents() == []
