@@ -1,6 +1,6 @@
 """What Bastionary writes for others: CloudEvents, dead letters' headers, the webhook secret format.
 
-One way to spell both, so every topic a consumer reads (invoices, credits, dunning notices,
+One way to spell each, so every topic a consumer reads (invoices, credits, dunning notices,
 entitlement changes, the dead-letter topics) follows the same contract.
 """
 
