@@ -22,7 +22,6 @@ from bastionary.outbound import cloud_event
 CHANGE_NAMESPACE = uuid.UUID("0b6f4f3e-7d1c-4f55-9a0e-6f1e2c9d8a41")
 SOURCE = "bastionary/entitlements"
 CUSTOMER_WIDE = "*"  # the feature of suspended/reinstated: the whole customer
-KINDS = ("threshold", "exhausted", "restored", "suspended", "reinstated")
 
 
 @dataclass(frozen=True)
