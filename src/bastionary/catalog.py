@@ -100,12 +100,6 @@ class Catalog(BaseModel):
                 return meter
         raise KeyError(f"unknown meter {key!r}; known: {', '.join(m.key for m in self.meters) or 'none'}")
 
-    def meters_by_event_type(self) -> dict[str, list[Meter]]:
-        index: dict[str, list[Meter]] = {}
-        for meter in self.meters:
-            index.setdefault(meter.event_type, []).append(meter)
-        return index
-
 
 class CatalogError(Exception):
     pass

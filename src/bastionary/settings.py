@@ -219,10 +219,6 @@ class Settings(BaseSettings):
         return [SecretStr(k.strip()) for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     @property
-    def embedded_kafka(self) -> bool:
-        return not self.kafka_bootstrap
-
-    @property
     def data_path(self) -> Path:
         return self.data_dir.expanduser().resolve()
 

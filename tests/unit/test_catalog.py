@@ -42,11 +42,12 @@ def test_valid_catalog():
     assert tokens.group_steps == {"model": ("model",), "region": ("meta", "region name")}
     assert catalog.meter("requests").value_steps is None
     assert catalog.meter("peak_gb").value_steps == ("gb", 0)
-    assert {k: [m.key for m in v] for k, v in catalog.meters_by_event_type().items()} == {
-        "llm.completion": ["tokens", "requests"],
-        "user.active": ["users"],
-        "seats.updated": ["seats"],
-        "storage.sampled": ["peak_gb"],
+    assert {m.key: m.event_type for m in catalog.meters} == {
+        "tokens": "llm.completion",
+        "requests": "llm.completion",
+        "users": "user.active",
+        "seats": "seats.updated",
+        "peak_gb": "storage.sampled",
     }
 
 

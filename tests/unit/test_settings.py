@@ -37,7 +37,7 @@ def config_error(monkeypatch, **env: str) -> str:
 def test_defaults(tmp_path: Path):
     s = load_settings()
     assert isinstance(s, Settings)
-    assert s.embedded_kafka
+    assert s.kafka_bootstrap is None
     assert s.embedded_clickhouse
     assert s.clickhouse_url() == f"chdb://{tmp_path.resolve() / '.bastionary' / 'clickhouse'}"
     assert s.database == "bastionary"
@@ -61,7 +61,7 @@ def test_environment_variables_are_read(monkeypatch):
     assert s.max_future_skew == timedelta(seconds=30)
     assert s.flush_interval == timedelta(seconds=0.5)
     assert s.max_record_bytes == 2048
-    assert not s.embedded_kafka
+    assert s.kafka_bootstrap
     assert s.topic_prefix == "prod.billing-v1_"
     assert s.log_level == "DEBUG"
 

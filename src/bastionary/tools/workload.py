@@ -177,10 +177,6 @@ def bad_record_examples(rng: random.Random, customers: list[str], now: datetime)
     ]
 
 
-def _minute(moment: str) -> datetime:
-    return datetime.fromisoformat(moment).replace(second=0, microsecond=0)
-
-
 def ground_truth(events: list[Event]) -> Truth:
     """Per meter of the example catalog: {(customer, group): total over all time}."""
     sums: Truth = {m: {} for m in ("llm_tokens", "llm_requests", "api_requests")}
