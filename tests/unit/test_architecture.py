@@ -81,3 +81,13 @@ def test_only_the_worker_imports_faust() -> None:
             if any(name.split(".")[0] in ("faust", "mode") for name in names):
                 outside.append(str(path.relative_to(PACKAGE)))
     assert not outside, outside
+
+
+def test_each_top_level_part_has_a_readme_naming_only_files_that_exist() -> None:
+    import re
+
+    for folder in (PACKAGE, PACKAGE / "devstack", PACKAGE / "tools"):
+        text = (folder / "README.md").read_text()
+        for name in re.findall(r"`([a-z_/]+(?:\.py|/))`", text):
+            roots = (folder, PACKAGE, PACKAGE.parents[1])
+            assert any((root / name).exists() for root in roots), f"{folder.name}/README.md names {name}"
