@@ -8,7 +8,10 @@ semantics (``storage/billing.py``): subscriptions built from their events, grant
 the ledger says was drawn from them, usage per (meter, filter, window) counting only rows
 ingested before the cutoff's minute, invoice rows that a later row with the same id replaces
 (``published`` 0, then 1), lines and ledger movements keyed as the tables key them, and
-``billed`` summed from the stored lines. Every step can be made to fail.
+``billed`` summed from the stored lines. As there, an invoice row is the commit marker: lines
+count in ``billed``, and movements as drawn in ``grants``, only once their invoice's row
+exists, and a store zeroes the rows an interrupted earlier store of the same invoices left
+that it does not rewrite. Every step can be made to fail.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from bastionary.credits.balances import balances
 from bastionary.credits.ledger import Grant, movement_id
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.money import round_money
@@ -110,9 +116,10 @@ class FakeBillingStore:
     invoices: dict[str, StoredInvoice] = field(default_factory=dict)
     lines: dict[tuple[str, int], StoredLine] = field(default_factory=dict)  # (invoice id, line no)
     ledger: dict[str, LedgerRow] = field(default_factory=dict)  # movement id
-    # Crash points: store_invoices raises before writing "lines", "ledger" or "invoices";
-    # mark_published raises before writing anything.
+    # Crash points: store_invoices raises before writing "lines", "ledger" or "invoices"
+    # (from its ``fail_store_from_call``-th call on); mark_published raises before writing anything.
     fail_store_before: str | None = None
+    fail_store_from_call: int = 1
     fail_mark_published: bool = False
     store_calls: int = 0
     usage_queries: list[tuple[str, tuple[tuple[str, str], ...], datetime, datetime, datetime]] = field(
@@ -157,7 +164,7 @@ class FakeBillingStore:
             by_customer[grant.customer_id].append(grant)
         drawn: dict[str, Decimal] = defaultdict(Decimal)
         for row in self.ledger.values():
-            if row.kind in ("applied", "expired"):
+            if row.kind in ("applied", "expired") and row.invoice_id in self.invoices:
                 drawn[row.grant_id] += row.amount
         return dict(by_customer), dict(drawn)
 
@@ -182,15 +189,24 @@ class FakeBillingStore:
 
     def billed(self, subscription_id: str) -> Billed:
         out: Billed = {}
-        for line in self.lines.values():
-            if line.subscription_id == subscription_id:
+        for (invoice, _), line in self.lines.items():
+            if line.subscription_id == subscription_id and invoice in self.invoices:
                 quantity, amount = out.get((line.period_start, line.line_key), (D(0), D(0)))
                 out[(line.period_start, line.line_key)] = (quantity + line.quantity, amount + line.amount)
         return out
 
     def store_invoices(self, rated: list[RatedInvoice]) -> None:
-        """Lines, then ledger movements, then the invoice rows (unpublished), as ClickHouse does."""
+        """Lines, then ledger movements, then the invoice rows (unpublished), as ClickHouse does;
+        rows of these invoices an interrupted store left and this one does not rewrite, zeroed."""
         self.store_calls += 1
+        counts = {item.invoice.invoice_id: len(item.lines) for item in rated}
+        movements = {row.movement_id for item in rated for row in item.ledger}
+        stale_lines = [key for key in self.lines if key[0] in counts and key[1] >= counts[key[0]]]
+        stale_movements = [
+            row
+            for row in self.ledger.values()
+            if row.invoice_id in counts and row.kind in ("applied", "expired") and row.movement_id not in movements
+        ]
         self._maybe_fail("lines")
         for item in rated:
             data = item.invoice.document()
@@ -200,16 +216,20 @@ class FakeBillingStore:
                 self.lines[(data["invoice_id"], n)] = StoredLine(
                     data["subscription_id"], line.line_key, line.quantity, amount, line.period_start or period_start
                 )
+        for key in stale_lines:
+            self.lines[key] = replace(self.lines[key], line_key="", quantity=D(0), amount=D(0))
         self._maybe_fail("ledger")
         for item in rated:
             self.ledger.update((row.movement_id, row) for row in item.ledger)
+        for row in stale_movements:
+            self.ledger[row.movement_id] = row._replace(amount=D(0))
         self._maybe_fail("invoices")
         for item in rated:
             data = item.invoice.document()
             self.invoices[data["invoice_id"]] = StoredInvoice(orjson.dumps(data).decode(), item.cutoff, False)
 
     def _maybe_fail(self, step: str) -> None:
-        if self.fail_store_before == step:
+        if self.fail_store_before == step and self.store_calls >= self.fail_store_from_call:
             raise StoreFailed(f"before {step}")
 
     # -- for the tests -----------------------------------------------------------------
@@ -358,11 +378,6 @@ async def test_credits_are_applied_expired_and_published_as_credit_events():
     )
 
 
-@pytest.mark.xfail(
-    reason="credit events carry the invoice's currency: a grant in another currency that expires by the period end"
-    " gets its expired movement (in its own currency, in the ledger) announced in the invoice's currency",
-    raises=AssertionError,
-)
 async def test_a_grant_in_another_currency_expires_in_its_own_currency():
     store, publish = one_customer(), FakePublisher()
     store.granted.append(Grant("g-eur", "cust-1", D("8.00"), "EUR", 1, JAN - timedelta(days=1), at(2024, 1, 20)))
@@ -498,12 +513,6 @@ async def test_store_failing_before_anything_is_stored_rates_the_same_invoice_ne
     }
 
 
-@pytest.mark.xfail(
-    reason="store_invoices is three writes (lines, ledger, invoices): a crash after the ledger rows and before the"
-    " invoice rows leaves credit movements without an invoice; grants() counts them as drawn, so the period is rated"
-    " again without the credit, and the orphan 'applied' row stays in the ledger",
-    raises=AssertionError,
-)
 async def test_store_failing_between_the_ledger_and_the_invoice_rows_rates_the_same_invoice_next_run():
     control_store, control_publish = one_customer(), FakePublisher()
     control_store.grant("g-promo", "cust-1", "12.50")
@@ -565,12 +574,6 @@ async def test_late_usage_is_adjusted_when_the_periods_are_rated_in_separate_bat
     assert amounts(february)[1:] == [("tokens", "0", "0.00"), ("tokens", "300", "3.00")]
 
 
-@pytest.mark.xfail(
-    reason="a batch is stored only after all its periods are rated, so a period rated in the same batch as an earlier"
-    " period of the same subscription reads billed() without that period's lines and bills all of its usage again"
-    " as an adjustment (a rater catching up on two periods with the default batch_size)",
-    raises=AssertionError,
-)
 async def test_late_usage_is_adjusted_when_the_periods_are_rated_in_the_same_batch():
     store, publish = one_customer(tokens=1000), FakePublisher()
     store.use("cust-1", 300, at(2024, 1, 31), ingested=FEB + GRACE)
@@ -616,3 +619,295 @@ async def test_a_rater_republishes_only_the_stored_documents_of_customers_it_own
     second = await rater(store, publish, owns=lambda customer: customer == "cust-2").run_once(AFTER_JAN)
     assert (second.invoices, second.republished) == ([], 1)
     assert store.unpublished_documents() == []
+
+
+# --- catching up: the batch size changes nothing ---------------------------------------
+
+AFTER_EACH_MONTH = (AFTER_JAN, AFTER_FEB, AFTER_MAR, AFTER_APR)
+MONTHS = (JAN, FEB, MAR, APR, MAY)
+
+
+def cutoff_of(month: int) -> datetime:
+    """The cutoff of the period that starts at ``MONTHS[month]``."""
+    return MONTHS[month + 1] + GRACE
+
+
+def outcome(store: FakeBillingStore, publish: FakePublisher, invoices: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything a run leaves that must not depend on how it was batched."""
+    return {
+        "invoices": invoices,
+        "delivered": publish.delivered,
+        "stored": {i: (s.document, s.cutoff, s.published) for i, s in store.invoices.items()},
+        "lines": store.lines,
+        "ledger": {m: row._replace(recorded_at=JAN) for m, row in store.ledger.items()},
+        "billed": {sub: store.billed(sub) for sub in {e.subscription_id for e in store.events}},
+    }
+
+
+async def month_by_month(build: Callable[[], FakeBillingStore]) -> dict[str, Any]:
+    store, publish = build(), FakePublisher()
+    invoices: list[dict[str, Any]] = []
+    for now in AFTER_EACH_MONTH:
+        invoices.extend((await rater(store, publish).run_once(now)).invoices)
+    return outcome(store, publish, invoices)
+
+
+async def caught_up(build: Callable[[], FakeBillingStore], batch_size: int) -> dict[str, Any]:
+    store, publish = build(), FakePublisher()
+    result = await rater(store, publish, batch_size=batch_size).run_once(AFTER_APR)
+    return outcome(store, publish, result.invoices)
+
+
+def late_every_month() -> FakeBillingStore:
+    """Two subscriptions of cust-1 (sub-2 from February) and one of cust-2; usage every month,
+    some of it ingested one or two cutoffs late; credits applied, expiring, voided."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    store.subscribe("sub-2", "cust-1", start=FEB)
+    store.subscribe("sub-3", "cust-2")
+    for month in range(4):
+        start = MONTHS[month]
+        for n, customer in enumerate(("cust-1", "cust-2"), start=1):
+            store.use(customer, 1000 * n + month, start + timedelta(days=3))
+            store.use(customer, 300 * n, start + timedelta(days=20), ingested=cutoff_of(month))  # one cutoff late
+            if month < 2:  # two cutoffs late
+                store.use(
+                    customer, 70 * n, start + timedelta(days=27), ingested=cutoff_of(month + 1) + timedelta(hours=5)
+                )
+    store.grant("g-promo", "cust-1", "45.00")
+    store.grant("g-trial", "cust-1", "10.00", expires_at=at(2024, 2, 15))
+    store.granted.append(Grant("g-void", "cust-2", D("80.00"), "USD", 1, JAN, None, at(2024, 3, 10)))
+    store.granted.append(Grant("g-eur", "cust-2", D("8.00"), "EUR", 1, JAN, at(2024, 3, 1)))
+    return store
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 2000])
+async def test_catching_up_on_four_months_gives_the_invoices_month_by_month_rating_gives(batch_size):
+    expected = await month_by_month(late_every_month)
+    assert len(expected["invoices"]) == 11  # 4 + 3 + 4 periods
+    # The late usage is billed once: each period's tokens, as of April's cutoff, across its invoices.
+    assert expected["billed"]["sub-1"][(JAN, "pro:tokens")] == (D(1370), D("13.70"))
+    assert expected["billed"]["sub-3"][(FEB, "pro:tokens")] == (D(2741), D("27.41"))
+
+    assert await caught_up(late_every_month, batch_size) == expected
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Callable[[], FakeBillingStore]:
+    """Subscriptions, usage ingested on time or up to three cutoffs late, and grants that may
+    expire, be voided, or be in another currency; as a function building a fresh store."""
+    subscriptions = [("sub-1", "cust-1", JAN)]
+    subscriptions += [
+        (f"sub-{n}", draw(st.sampled_from(["cust-1", "cust-2"])), draw(st.sampled_from(MONTHS[:3])))
+        for n in range(2, draw(st.integers(2, 4)))
+    ]
+    readings = [
+        (
+            draw(st.sampled_from(["cust-1", "cust-2"])),
+            draw(st.integers(0, 5000)),
+            draw(st.integers(0, 3)),  # month
+            draw(st.integers(0, 30 * 24 * 60 - 1)),  # minute of the month
+            draw(st.sampled_from([0, 0, 1, 2, 3])),  # cutoffs late
+            draw(st.integers(0, 600)),  # minutes after that cutoff
+        )
+        for _ in range(draw(st.integers(0, 12)))
+    ]
+    moments = st.one_of(st.none(), st.integers(-10, 130).map(lambda days: JAN + timedelta(days=days)))
+    grants = [
+        Grant(
+            f"g-{n}",
+            draw(st.sampled_from(["cust-1", "cust-2"])),
+            D(draw(st.integers(0, 6000))) / 100,
+            draw(st.sampled_from(["USD", "USD", "EUR"])),
+            draw(st.integers(0, 2)),
+            JAN + timedelta(days=draw(st.integers(-5, 100))),
+            draw(moments),
+            draw(moments),
+        )
+        for n in range(draw(st.integers(0, 4)))
+    ]
+
+    def build() -> FakeBillingStore:
+        store = FakeBillingStore()
+        for subscription, customer, start in subscriptions:
+            store.subscribe(subscription, customer, start=start)
+        for customer, tokens, month, minute, late, after in readings:
+            time = MONTHS[month] + timedelta(minutes=minute)
+            late_by = min(month + late, 4) - 1
+            ingested = time if late == 0 or late_by < month else cutoff_of(late_by) + timedelta(minutes=after)
+            store.use(customer, tokens, time, ingested=max(time, ingested))
+        store.granted.extend(grants)
+        return store
+
+    return build
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_rating_any_closed_periods_gives_the_same_invoices_whatever_the_batch_size(build):
+    expected = asyncio.run(month_by_month(build))
+    for batch_size in (1, 2, 2000):
+        assert asyncio.run(caught_up(build, batch_size)) == expected, f"batch_size={batch_size}"
+    # Late usage is billed exactly once: by April's invoices, every period's tokens are those
+    # ingested before April's cutoff, split over the invoices that billed them.
+    store = build()
+    tokens = Meter(key="llm_tokens", event_type="e", aggregation=Aggregation.SUM, value_property="$.v")
+    for sub in store.subscriptions({"pro": PRO}):
+        for month in range(MONTHS.index(sub.anchor), 4):
+            start, end = MONTHS[month], MONTHS[month + 1]
+            usage = store.usage_by_customer(tokens, {}, start, end, cutoff_of(3)).get(sub.customer_id)
+            billed = expected["billed"][sub.subscription_id].get((start, "pro:tokens"), (D(0), D(0)))
+            assert billed[0] == (usage.quantity if usage else D(0))
+
+
+# --- a crash inside store_invoices -----------------------------------------------------
+
+
+def two_months_with_credits() -> FakeBillingStore:
+    """January and February rated in one run: late January usage adjusted on February, a
+    grant applied on both, one expiring in January, one in another currency expiring too."""
+    store = one_customer(tokens=1000)
+    store.use("cust-1", 300, at(2024, 1, 31), ingested=FEB + GRACE)
+    store.use("cust-1", 800, at(2024, 2, 12))
+    store.grant("g-promo", "cust-1", "40.00")
+    store.grant("g-trial", "cust-1", "5.00", expires_at=at(2024, 1, 20))
+    store.granted.append(Grant("g-eur", "cust-1", D("8.00"), "EUR", 1, JAN - timedelta(days=1), at(2024, 2, 20)))
+    return store
+
+
+@pytest.mark.parametrize("step", ["lines", "ledger", "invoices"])
+@pytest.mark.parametrize(
+    ("batch_size", "crash_call"),
+    [(2000, 1), (1, 1), (1, 2)],
+    ids=["one batch", "january's batch", "february's batch"],
+)
+async def test_a_crash_before_any_write_of_store_invoices_rates_the_same_invoices_next_run(
+    step, batch_size, crash_call
+):
+    control, control_publish = two_months_with_credits(), FakePublisher()
+    expected = (await rater(control, control_publish, batch_size=batch_size).run_once(AFTER_FEB)).invoices
+    assert [d["credits_applied"] for d in expected] == ["30.00", "10.00"]  # 40.00 over both months
+    assert [d["credits_expired"] for d in expected] == [
+        [{"grant_id": "g-trial", "amount": "5.00"}],
+        [{"grant_id": "g-eur", "amount": "8.00"}],
+    ]
+    assert amounts(expected[1])[1:] == [("tokens", "800", "8.00"), ("tokens", "300", "3.00")]
+
+    store, publish = two_months_with_credits(), FakePublisher()
+    store.fail_store_before, store.fail_store_from_call = step, crash_call
+    with pytest.raises(StoreFailed):
+        await rater(store, publish, batch_size=batch_size).run_once(AFTER_FEB)
+    # What the crash left counts for nothing: only stored invoices draw, bill and are announced.
+    if crash_call == 1:
+        assert (store.invoice_ids(), store.grants()[1], store.billed("sub-1")) == (set(), {}, {})
+        assert publish.delivered == []
+    else:
+        assert store.invoice_ids() == {JAN_INVOICE}
+        assert store.grants()[1] == {"g-promo": D("30.00"), "g-trial": D("5.00")}
+        assert store.billed("sub-1") == {(JAN, "pro:base"): (D(1), D(20)), (JAN, "pro:tokens"): (D(1000), D(10))}
+        assert publish.invoices() == expected[:1]
+    store.fail_store_before = None
+    result = await rater(store, publish, batch_size=batch_size).run_once(AFTER_FEB)
+
+    assert result.invoices == expected[crash_call - 1 :]
+    assert {i: s.document for i, s in store.invoices.items()} == {i: s.document for i, s in control.invoices.items()}
+    assert publish.delivered == control_publish.delivered  # each invoice and movement announced once
+    assert store.lines == control.lines
+    assert {m: r._replace(recorded_at=JAN) for m, r in store.ledger.items()} == {
+        m: r._replace(recorded_at=JAN) for m, r in control.ledger.items()
+    }
+    assert store.grants() == control.grants() and store.billed("sub-1") == control.billed("sub-1")
+    assert {e["data"]["currency"] for e in publish.events("credits") if e["data"]["grant_id"] == "g-eur"} == {"EUR"}
+
+
+async def test_a_grant_arriving_between_a_crash_and_the_rerun_leaves_no_orphan_draw():
+    """The re-rated invoice draws from another grant than the interrupted attempt did: that
+    attempt's movement is zeroed, so the grant it named keeps its whole balance."""
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-promo", "cust-1", "12.50")
+    store.fail_store_before = "invoices"
+    with pytest.raises(StoreFailed):
+        await rater(store, publish).run_once(AFTER_JAN)
+    orphan = movement_id("applied", "g-promo", JAN_INVOICE)
+    assert store.ledger[orphan].amount == D("12.50")
+
+    store.fail_store_before = None
+    store.granted.append(Grant("g-first", "cust-1", D("30.00"), "USD", 0, JAN - timedelta(days=1)))
+    (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+
+    assert january["credit_allocations"] == [{"grant_id": "g-first", "amount": "30.00"}]
+    assert store.ledger[orphan].amount == 0  # zeroed, not left drawing 12.50
+    assert store.grants()[1] == {"g-first": D("30.00"), "g-promo": D(0)}
+    assert [e["data"]["grant_id"] for e in publish.events("credits")] == ["g-first"]
+    (february,) = (await rater(store, publish).run_once(AFTER_FEB)).invoices
+    assert february["credit_allocations"] == [{"grant_id": "g-promo", "amount": "12.50"}]
+
+
+async def test_an_expiry_left_by_a_crash_is_announced_once_or_never_if_the_grant_is_voided_meanwhile():
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-trial", "cust-1", "5.00", expires_at=at(2024, 1, 20))
+    store.fail_store_before = "invoices"
+    with pytest.raises(StoreFailed):
+        await rater(store, publish).run_once(AFTER_JAN)
+    expiry = movement_id("expired", "g-trial", JAN_INVOICE)
+    assert store.ledger[expiry].amount == D("5.00") and store.grants()[1] == {}
+
+    # Voided (before it expired) by the time the period is rated again: the void wins.
+    store.fail_store_before = None
+    store.granted = [replace(store.granted[0], voided_at=at(2024, 1, 10))]
+    (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+
+    assert january["credits_expired"] == []
+    assert store.ledger[expiry].amount == 0
+    assert publish.events("credits") == []
+    await rater(store, publish).run_once(AFTER_MAR)
+    assert publish.events("credits") == []  # never announced later either
+
+
+# --- credit event currency, voids ------------------------------------------------------
+
+
+async def test_a_republished_credit_event_carries_the_grants_currency():
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-promo", "cust-1", "12.50")
+    store.granted.append(Grant("g-eur", "cust-1", D("8.00"), "EUR", 1, JAN - timedelta(days=1), at(2024, 1, 20)))
+    publish.fail(after=1)  # the invoice goes out, the credit events do not
+    with pytest.raises(PublishFailed):
+        await rater(store, publish).run_once(AFTER_JAN)
+    publish.heal()
+    result = await rater(store, publish).run_once(AFTER_JAN)
+
+    assert result.republished == 1
+    assert [(e["type"], e["data"]["grant_id"], e["data"]["currency"]) for e in publish.events("credits")] == [
+        ("bastionary.credit.applied.v1", "g-promo", "USD"),
+        ("bastionary.credit.expired.v1", "g-eur", "EUR"),
+    ]
+    assert {row.grant_id: row.currency for row in store.ledger.values()} == {"g-promo": "USD", "g-eur": "EUR"}
+
+
+@pytest.mark.parametrize(
+    ("voided_at", "expired"),
+    [
+        (at(2024, 1, 10), False),  # voided, then it would have expired
+        (at(2024, 1, 25), False),  # expired, then voided, both by the period end: the void wins
+        (FEB, False),  # voided at the period end
+        (at(2024, 2, 15), True),  # expired by the period end, voided only after it
+    ],
+    ids=["voided before the expiry", "voided after the expiry", "voided at the period end", "voided later"],
+)
+async def test_a_voided_grant_never_expires(voided_at, expired):
+    store, publish = one_customer(), FakePublisher()
+    store.granted.append(
+        Grant("g-trial", "cust-1", D("5.00"), "USD", 1, JAN - timedelta(days=1), at(2024, 1, 20), voided_at)
+    )
+    results = [(await rater(store, publish).run_once(now)).invoices for now in (AFTER_JAN, AFTER_FEB, AFTER_MAR)]
+
+    assert [document["credits_expired"] for (document,) in results] == [
+        [{"grant_id": "g-trial", "amount": "5.00"}] if expired else [],
+        [],
+        [],
+    ]
+    assert [row.kind for row in store.ledger.values()] == (["expired"] if expired else [])
+    assert len(publish.events("credits")) == (1 if expired else 0)
+    assert all(document["credit_allocations"] == [] for (document,) in results)
+    assert balances(store.granted, store.grants()[1], MAR)[0].status == "voided"

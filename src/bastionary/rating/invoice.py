@@ -139,6 +139,15 @@ def minimum_true_up(plan: Plan, lines: list[Line], currency: str) -> Line | None
 Billed = dict[tuple[datetime, str], tuple[Decimal, Decimal]]  # (period start, line key) -> qty, amount
 
 
+def add_billed(billed: Billed, lines: list[Line], period_start: datetime, currency: str) -> None:
+    """Add one invoice's lines to ``billed`` as ``invoice_lines`` keeps them: per (period the line
+    bills, line key), the quantity and the amount rounded once, as on the invoice."""
+    for line in lines:
+        key = (line.period_start or period_start, line.line_key)
+        quantity, amount = billed.get(key, (ZERO, ZERO))
+        billed[key] = (quantity + line.quantity, amount + round_money(line.amount, currency))
+
+
 def adjustment_lines(
     sub: Subscription, earlier: list[Period], as_of: datetime, usage: UsageLookup, billed: Billed, currency: str
 ) -> list[Line]:

@@ -63,6 +63,10 @@ Grants = tuple[dict[str, list[Grant]], dict[str, Decimal]]  # per customer; draw
 
 
 class BillingStore(Protocol):
+    """Rating's storage. An invoice's row is the commit marker of its store: its lines and
+    ledger movements count (in ``billed`` and in what ``grants`` reports drawn) only once the
+    invoice's row exists, so a store interrupted before it leaves nothing that counts."""
+
     def unpublished_documents(self) -> list[str]: ...
 
     def mark_published(self, invoices: list[tuple[dict[str, Any], datetime]]) -> None: ...
@@ -71,12 +75,21 @@ class BillingStore(Protocol):
 
     def subscriptions(self, plans: Mapping[str, Plan]) -> list[Subscription]: ...
 
-    def grants(self) -> Grants: ...
+    def grants(self) -> Grants:
+        """Every customer's grants (voids applied), and what stored invoices drew from each
+        (their ``applied`` and ``expired`` movements)."""
+        ...
 
     def usage_by_customer(
         self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
     ) -> dict[str, Usage]: ...
 
-    def billed(self, subscription_id: str) -> Billed: ...
+    def billed(self, subscription_id: str) -> Billed:
+        """What the subscription's stored invoices billed, from their lines."""
+        ...
 
-    def store_invoices(self, rated: list[RatedInvoice]) -> None: ...
+    def store_invoices(self, rated: list[RatedInvoice]) -> None:
+        """Store the invoices (published=0) with their lines and movements, the invoice rows
+        last; rows an interrupted earlier store of the same invoices left and these do not
+        rewrite are zeroed, so an invoice's stored rows are exactly what it says."""
+        ...

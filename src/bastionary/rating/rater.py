@@ -2,12 +2,23 @@
 
 Order per batch of invoices, and what a crash right after each step does:
 1. compute (pure; usage read as of each period's cutoff)           -> nothing written: rated again
-2. store lines and credit movements, then the invoices (published=0) -> a stored document is
-   republished as is on the next run: it is never recomputed, so never different (invoice
-   rows go last, so a stored invoice always has its lines and movements)
+2. store lines and credit movements, then the invoices (published=0) -> the invoice row is the
+   commit marker: lines and movements count (``billed``, what grants have drawn) only once
+   their invoice's row exists, so a crash inside the store leaves nothing that counts and the
+   period is rated again, identically, onto the same keys (the crash points are listed at
+   ``ClickHouseBillingStore.store_invoices``). A stored document is republished as is on the
+   next run: it is never recomputed, so never different
 3. publish invoice.finalized and credit.applied/.expired           -> republished next run;
-   consumers dedupe on invoice_id (the content is identical)
+   consumers dedupe on invoice_id and the movement ids (the content is identical)
 4. mark published=1                                                -> done
+
+Credit events are announced only from a stored invoice document (its ``credit_allocations``
+and ``credits_expired``), in the grant's currency: a movement whose invoice was never stored
+is never announced, and one that was is announced with it until it is marked published.
+
+The result does not depend on the batch size: a subscription's periods are rated in order,
+and a later period adjusts against what the earlier ones billed, whether those are already
+stored or only rated earlier in the same batch (``pending``, below).
 
 A customer is rated by one rater at a time: the worker owning the customer's partition
 (``owns``), so two raters never draw on the same credit grants concurrently. A second rater
@@ -19,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,14 +39,17 @@ from typing import Any, NamedTuple
 import orjson
 import structlog
 
+from bastionary.credits.balances import grant_status
 from bastionary.credits.ledger import Grant, movement_id
 from bastionary.metering.meters import Meter
 from bastionary.money import round_money
 from bastionary.outbound import cloud_event
 from bastionary.rating.invoice import (
+    Billed,
     Period,
     Subscription,
     UsageLookup,
+    add_billed,
     adjustment_lines,
     finalize,
     invoice_id,
@@ -122,10 +136,13 @@ class Rater:
         now = now or datetime.now(UTC)
         result = RatingResult([])
         # Only ids are needed to find what is due; documents only of the unpublished ones.
+        currencies: dict[str, str] | None = None  # grant id -> currency, read once if needed
         for document in await asyncio.to_thread(self.store.unpublished_documents):
             data = orjson.loads(document)
             if self.owns(data["customer_id"]):
-                await asyncio.gather(*await self._send(data))
+                if currencies is None and (data.get("credit_allocations") or data.get("credits_expired")):
+                    currencies = _grant_currencies((await asyncio.to_thread(self.store.grants))[0])
+                await asyncio.gather(*await self._send(data, currencies or {}))
                 await asyncio.to_thread(self.store.mark_published, [(data, datetime.fromisoformat(data["issued_at"]))])
                 result.republished += 1
         rated = await asyncio.to_thread(self.store.invoice_ids)
@@ -141,13 +158,14 @@ class Rater:
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
+        currencies = _grant_currencies(grants)
         cache: UsageCache = {}
         due.sort(key=lambda d: (d.period_end, d.subscription_id))
         for offset in range(0, len(due), self.batch_size):
             batch = due[offset : offset + self.batch_size]
             rated_batch = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)
             documents = [(r.invoice.document(), r.cutoff) for r in rated_batch]
-            deliveries = [future for document, _ in documents for future in await self._send(document)]
+            deliveries = [future for document, _ in documents for future in await self._send(document, currencies)]
             await asyncio.gather(*deliveries)
             await asyncio.to_thread(self.store.mark_published, documents)
             result.invoices.extend(document for document, _ in documents)
@@ -156,8 +174,21 @@ class Rater:
     def _rate_batch(
         self, batch: list[_Due], grants: dict[str, list[Grant]], drawn: dict[str, Decimal], cache: UsageCache
     ) -> list[RatedInvoice]:
+        # What this batch has rated per subscription, as the store will keep it once stored: a
+        # later period of the same subscription in this batch adjusts against it (the store's
+        # ``billed`` cannot have it yet). Earlier batches are stored before this one is rated.
+        pending: dict[str, Billed] = {}
         rated = [
-            self._rate(sub, [p for p, _ in earlier], period, cutoff, grants.get(sub.customer_id, []), drawn, cache)
+            self._rate(
+                sub,
+                [p for p, _ in earlier],
+                period,
+                cutoff,
+                grants.get(sub.customer_id, []),
+                drawn,
+                cache,
+                pending.setdefault(sub.subscription_id, {}),
+            )
             for _, _, sub, earlier, period, cutoff in batch
         ]
         self.store.store_invoices(rated)
@@ -172,8 +203,13 @@ class Rater:
         grants: list[Grant],
         drawn: dict[str, Decimal],
         cache: UsageCache,
+        pending: Billed,
     ) -> RatedInvoice:
-        """One period's invoice, lines and ledger movements; nothing is written here."""
+        """One period's invoice, lines and ledger movements; nothing is written here.
+
+        ``pending`` is what earlier periods of the subscription billed in invoices rated but
+        not stored yet; this period's lines are added to it.
+        """
         usage = self._usage_lookup(cache)
         plan = _plan_at(sub, period.start)
         lines = period_lines(sub, period, cutoff, usage)
@@ -181,9 +217,12 @@ class Rater:
         if true_up is not None:
             lines.append(true_up)
         if earlier:
-            lines.extend(
-                adjustment_lines(sub, earlier, cutoff, usage, self.store.billed(sub.subscription_id), plan.currency)
-            )
+            billed = dict(self.store.billed(sub.subscription_id))  # stored (committed) invoices only
+            for key, (quantity, amount) in pending.items():
+                before_quantity, before_amount = billed.get(key, (Decimal(0), Decimal(0)))
+                billed[key] = (before_quantity + quantity, before_amount + amount)
+            lines.extend(adjustment_lines(sub, earlier, cutoff, usage, billed, plan.currency))
+        add_billed(pending, lines, period.start, plan.currency)
         invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn)
         recorded = datetime.now(UTC)
         ledger = []
@@ -194,7 +233,9 @@ class Rater:
         expired = []
         for grant in grants:
             left = grant.amount - drawn.get(grant.grant_id, Decimal(0))
-            if grant.expires_at is not None and grant.expires_at <= period.end and left > 0:
+            # Expired by the period end, and not voided by then: a void wins over an expiry
+            # (``grant_status``), and a voided grant's balance is gone, not lapsed.
+            if grant_status(grant, period.end) == "expired" and left > 0:
                 drawn[grant.grant_id] = grant.amount
                 ledger.append(_ledger_row("expired", grant, left, invoice.invoice_id, recorded))
                 expired.append({"grant_id": grant.grant_id, "amount": str(left)})
@@ -213,8 +254,12 @@ class Rater:
 
         return usage
 
-    async def _send(self, data: dict[str, Any]) -> list[Awaitable[object]]:
-        """Enqueue the invoice and its credit events; returns their delivery futures."""
+    async def _send(self, data: dict[str, Any], currencies: Mapping[str, str]) -> list[Awaitable[object]]:
+        """Enqueue the invoice and its credit events; returns their delivery futures.
+
+        A credit event carries its grant's currency (``currencies``: grant id -> currency), as
+        its ledger row does: an expired grant may be in another currency than the invoice.
+        """
         sent = [
             await self.publish(
                 "invoices",
@@ -234,7 +279,7 @@ class Rater:
                     "customer_id": data["customer_id"],
                     "invoice_id": data["invoice_id"],
                     "amount": movement["amount"],
-                    "currency": data["currency"],
+                    "currency": _movement_currency(kind, movement["grant_id"], data, currencies),
                 }
                 event_id = movement_id(kind, movement["grant_id"], data["invoice_id"])
                 event = _cloudevent(
@@ -242,6 +287,19 @@ class Rater:
                 )
                 sent.append(await self.publish("credits", data["customer_id"], event))
         return sent
+
+
+def _grant_currencies(grants: Mapping[str, list[Grant]]) -> dict[str, str]:
+    return {grant.grant_id: grant.currency for customer in grants.values() for grant in customer}
+
+
+def _movement_currency(kind: str, grant_id: str, data: dict[str, Any], currencies: Mapping[str, str]) -> str:
+    currency = currencies.get(grant_id)
+    if currency is not None:
+        return currency
+    if kind == "applied":  # only grants in the invoice's currency are drawn (``Grant.usable_at``)
+        return str(data["currency"])
+    raise LookupError(f"grant {grant_id} expired on invoice {data['invoice_id']} is not in the credit ledger")
 
 
 def _plan_at(sub: Subscription, moment: datetime) -> Plan:

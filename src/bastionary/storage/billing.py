@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -89,19 +89,23 @@ class ClickHouseBillingStore:
         return out
 
     def grants(self) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
-        """Every customer's grants, and what has been drawn from each (applied + expired)."""
+        """Every customer's grants, and what stored invoices have drawn from each (applied + expired)."""
         return self.grants_as_of(None)
 
     def grants_as_of(self, moment: datetime | None) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
-        """Grants, and what invoices issued up to ``moment`` (all, if None) drew from them."""
-        drawn_filter = (
-            ""
+        """Grants, and what invoices issued up to ``moment`` (all, if None) drew from them.
+
+        A movement counts once its invoice's row exists (the commit marker of ``store_invoices``):
+        movements a crashed store left without their invoice are not drawn.
+        """
+        stored = (
+            "SELECT invoice_id FROM invoices"
             if moment is None
-            else " WHERE kind IN ('granted', 'voided') OR invoice_id IN (SELECT invoice_id FROM invoices FINAL WHERE issued_at <= {at:DateTime64(3, 'UTC')})"
+            else "SELECT invoice_id FROM invoices FINAL WHERE issued_at <= {at:DateTime64(3, 'UTC')}"
         )
         rows = self.client.query(
             "SELECT kind, grant_id, customer_id, amount, currency, priority, effective_at, expires_at"
-            " FROM credit_ledger FINAL" + drawn_filter,
+            f" FROM credit_ledger FINAL WHERE kind IN ('granted', 'voided') OR invoice_id IN ({stored})",
             parameters={"at": moment} if moment is not None else None,
         ).result_rows
         granted, voided = {}, {}
@@ -158,20 +162,53 @@ class ClickHouseBillingStore:
         ]
 
     def billed(self, subscription_id: str) -> Billed:
+        """What the subscription's stored invoices billed: lines whose invoice row exists."""
         rows = self.client.query(
             "SELECT period_start, line_key, sum(quantity), sum(amount) FROM invoice_lines FINAL"
-            " WHERE subscription_id = {s:String} GROUP BY period_start, line_key",
+            " WHERE subscription_id = {s:String}"
+            " AND invoice_id IN (SELECT invoice_id FROM invoices WHERE subscription_id = {s:String})"
+            " GROUP BY period_start, line_key",
             parameters={"s": subscription_id},
         ).result_rows
         return {(utc(start), key): (Decimal(q), Decimal(a)) for start, key, q, a in rows}
 
     def store_invoices(self, rated: list[RatedInvoice]) -> None:
-        """Lines and ledger first, the invoice rows last: a stored invoice is always complete."""
-        line_rows, ledger_rows, invoice_rows = [], [], []
+        """Lines, then ledger movements, then the invoice rows: the invoice row is the commit marker.
+
+        ``billed`` counts a line, and ``grants`` / ``grants_as_of`` a movement, only once its
+        invoice's row exists; ``invoice_ids`` (what is rated) is the invoice rows. Every row is
+        keyed by a deterministic id (lines by (invoice id, line no), movements by UUIDv5 of
+        (kind, grant, invoice)), so storing the same invoice again lands on the same keys.
+        An insert lands whole or, were it cut between blocks, a prefix of its rows; the rows
+        are in rating order, so a prefix of invoice rows is what stopping after those invoices
+        would have left (each one's earlier periods and draws are committed before it).
+
+        What a crash (or a failed insert) at each point leaves, and what the next run does:
+        - before the stale read or the line rows: nothing of this attempt; rated again.
+        - after the line rows, before the movements: lines without an invoice row. ``billed``
+          ignores them; the period is rated again, the same invoice rewrites the same lines.
+        - after the movements, before the invoice rows: lines and movements without an invoice
+          row. Not drawn (the grants keep their balance), not announced (credit events are
+          sent only from a stored invoice's document), not in ``billed``; the period is rated
+          again with the same balances, so the same invoice rewrites the same rows under the
+          same movement ids (``recorded_at`` becomes the later attempt's).
+        - after the invoice rows: stored; the next run republishes the documents as stored.
+        If the inputs changed in between (a grant granted or voided, a backdated plan change),
+        the re-rated invoice may differ from the interrupted attempt: the attempt's line and
+        movement rows that it does not rewrite are then rewritten with zero quantity and amount
+        in the same inserts (found by the stale read below), so the stored rows of an invoice
+        never add up to more than its document says, and an orphan movement never draws.
+        """
+        line_rows: list[tuple[object, ...]] = []
+        ledger_rows: list[LedgerRow] = []
+        invoice_rows: list[tuple[object, ...]] = []
+        counts: dict[str, int] = {}
+        movements: set[str] = set()
         for item in rated:
             data, cutoff, lines, ledger = item.invoice.document(), item.cutoff, item.lines, item.ledger
             currency = data["currency"]
             period_start = _parse(data["period_start"])
+            counts[data["invoice_id"]] = len(lines)
             for n, line in enumerate(lines):
                 line_rows.append(
                     (
@@ -190,12 +227,48 @@ class ClickHouseBillingStore:
                     )
                 )
             ledger_rows.extend(ledger)
+            movements.update(row.movement_id for row in ledger)
             invoice_rows.append(self._invoice_row(data, cutoff, published=0))
+        stale_lines, stale_movements = self._stale_rows(rated, counts, movements)
+        line_rows.extend(stale_lines)
+        ledger_rows.extend(stale_movements)
         if line_rows:
             self.client.insert("invoice_lines", line_rows, column_names=LINE_COLUMNS)
         self.insert_ledger(ledger_rows)
         if invoice_rows:
             self.client.insert("invoices", invoice_rows, column_names=INVOICE_COLUMNS)
+
+    def _stale_rows(
+        self, rated: list[RatedInvoice], counts: dict[str, int], movements: set[str]
+    ) -> tuple[list[tuple[object, ...]], list[LedgerRow]]:
+        """Rows an interrupted earlier store of these invoices left that this one does not
+        rewrite, zeroed (none unless a store crashed and the inputs changed since)."""
+        if not rated:
+            return [], []
+        ids = list(counts)
+        customers = sorted({item.invoice.customer_id for item in rated})
+        lines = self.client.query(
+            "SELECT DISTINCT invoice_id, line_no, customer_id, subscription_id, currency, period_start"
+            " FROM invoice_lines WHERE invoice_id IN {ids:Array(String)}",
+            parameters={"ids": ids},
+        ).result_rows
+        zero = Decimal(0)
+        stale_lines: list[tuple[object, ...]] = [
+            (invoice, line_no, customer, subscription, "", "", "", "", zero, zero, currency, period_start)
+            for invoice, line_no, customer, subscription, currency, period_start in lines
+            if line_no >= counts[invoice]
+        ]
+        ledger = self.client.query(
+            f"SELECT {', '.join(LEDGER_COLUMNS)} FROM credit_ledger FINAL"
+            " WHERE customer_id IN {customers:Array(String)} AND invoice_id IN {ids:Array(String)}"
+            " AND kind IN ('applied', 'expired')",
+            parameters={"customers": customers, "ids": ids},
+        ).result_rows
+        now = datetime.now(UTC)
+        stale_movements = [
+            LedgerRow(*row)._replace(amount=zero, recorded_at=now) for row in ledger if row[0] not in movements
+        ]
+        return stale_lines, stale_movements
 
     def mark_published(self, invoices: list[tuple[dict[str, Any], datetime]]) -> None:
         rows = [self._invoice_row(data, cutoff, published=1) for data, cutoff in invoices]
