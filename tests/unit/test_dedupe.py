@@ -147,33 +147,57 @@ def test_get_expires_entries_beyond_the_horizon(tmp_path: Path):
         store.close()
 
 
-def test_purge_expired_drops_old_keys_only(tmp_path: Path):
+def test_purge_expired_drops_keys_past_the_horizon_of_their_partitions_newest_time(tmp_path: Path):
     store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
     try:
-        old = [store.key("usage", p, "s", f"old-{p}") for p in (0, 1)]
+        old = store.key("usage", 0, "s", "old")
         edge = store.key("usage", 0, "s", "edge")
         fresh = store.key("usage", 0, "s", "fresh")
-        store.record("usage", 0, [(old[0], sighting(1, seen_at=800)), (edge, sighting(2, seen_at=900))], 2)
-        store.record("usage", 1, [(old[1], sighting(1, seen_at=899))], 1)
+        behind = store.key("usage", 1, "s", "behind")  # partition 1's own time is 899
+        store.record("usage", 0, [(old, sighting(1, seen_at=800)), (edge, sighting(2, seen_at=900))], 2)
+        store.record("usage", 1, [(behind, sighting(1, seen_at=899))], 1)
         store.record("usage", 0, [(fresh, sighting(3, seen_at=1_000))], 3)
+        assert store.partition_time("usage", 0) == 1_000
+        assert store.partition_time("usage", 1) == 899
 
-        assert store.purge_expired(now=1_000) == 2
-        for key in old:
-            assert store.get(key, now=0) is None  # gone, not merely hidden by the horizon
+        assert store.purge_expired() == 1
+        assert store.get(old, now=0) is None  # gone, not merely hidden by the horizon
         assert store.get(edge, now=1_000) == sighting(2, seen_at=900)
         assert store.get(fresh, now=1_000) == sighting(3, seen_at=1_000)
+        assert store.get(behind, now=899) == sighting(1, seen_at=899)
         assert store.high_water("usage", 0) == (0, 3)  # high-water marks are not keys
         assert store.high_water("usage", 1) == (0, 1)
-        assert store.purge_expired(now=1_000) == 0
+        assert store.purge_expired() == 0
     finally:
         store.close()
 
 
-def test_purge_expired_honours_an_explicit_now_of_zero(tmp_path: Path):
+def test_the_wall_clock_never_expires_a_key(tmp_path: Path):
+    """Usage re-imported with broker times far behind the wall clock keeps its repeats caught."""
     store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
     try:
-        store.record("usage", 0, [(store.key("usage", 0, "s", "a"), sighting(1, seen_at=5))], 1)
-        assert store.purge_expired(now=0) == 0
+        key = store.key("usage", 0, "s", "a")
+        store.record("usage", 0, [(key, sighting(1, seen_at=5))], 1)
+        assert store.purge_expired() == 0
+        assert store.get(key, now=100) == sighting(1, seen_at=5)
+    finally:
+        store.close()
+
+
+def test_a_high_water_mark_written_before_partition_times_leaves_its_keys_alone(tmp_path: Path):
+    import struct
+
+    store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
+    try:
+        key = store.key("usage", 0, "s", "a")
+        store.record("usage", 0, [(key, sighting(1, seen_at=5))], 1)
+        store._db[b"husage\x000\x00"] = struct.pack(">qq", 0, 1)  # the old format: no time
+        assert store.high_water("usage", 0) == (0, 1)
+        assert store.partition_time("usage", 0) is None
+        assert store.purge_expired() == 0
+        store.record("usage", 0, [(store.key("usage", 0, "s", "b"), sighting(2, seen_at=500))], 2)
+        assert store.partition_time("usage", 0) == 500
+        assert store.purge_expired() == 1
     finally:
         store.close()
 
@@ -203,7 +227,7 @@ def test_scheduled_purges_keep_the_disk_bounded_under_a_short_horizon(tmp_path: 
             now = 1_000 + round_no * 100  # each round is past the previous one's horizon
             entries = [(store.key("usage", 0, "s", f"{round_no}-{i}"), sighting(i, seen_at=now)) for i in range(20_000)]
             store.record("usage", 0, entries, through_offset=round_no)
-            purged = store.purge_expired(now=now)
+            purged = store.purge_expired()
             assert purged == (20_000 if round_no else 0)
             sizes.append(store.disk_bytes())
         # Bounded: the last rounds are no bigger than the second (one round's ids and the log).

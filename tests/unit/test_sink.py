@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,74 +20,17 @@ from bastionary.catalog import parse_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import ErrorClass
-from bastionary.metering.logs import LogProbe, record_fingerprint
-from bastionary.metering.ports import FlushMarker
+from bastionary.metering.logs import record_fingerprint
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import Admission, InboundRecord
 from bastionary.metering.sink import SinkConfig, UsageSink
+from tests.unit.sink_fakes import FakeLog, FakeStore
 
 TOPIC = "usage.events"
 NOW_MS = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * 1000)
 CATALOG = parse_catalog(
     {"meters": [{"key": "tokens", "event_type": "llm", "aggregation": "SUM", "value_property": "$.tokens"}]}
 )
-
-
-class FakeStore:
-    """ClickHouse as the sink sees it: markers, and inserts deduplicated by token."""
-
-    def __init__(self) -> None:
-        self.markers: list[tuple] = []
-        self.events: dict[str, list[tuple]] = {}
-        self.rollups: dict[str, list[tuple]] = {}
-
-    def insert_markers(self, rows: list[tuple]) -> None:
-        self.markers.extend(rows)
-
-    def insert_events(self, rows: list[tuple], token: str) -> None:
-        self.events.setdefault(token, rows)
-
-    def insert_rollups(self, rows: list[tuple], token: str) -> None:
-        self.rollups.setdefault(token, rows)
-
-    def latest_marker(self, topic: str, partition: int) -> FlushMarker | None:
-        mine = [m for m in self.markers if m[0] == topic and m[2] == partition]
-        if not mine:
-            return None
-        m = max(mine, key=lambda m: (m[1], m[4]))
-        return FlushMarker(m[1], m[3], m[4], m[11], m[9])
-
-    def sightings_after(self, topic, partition, after, since):
-        return []
-
-    def total(self) -> int:
-        return sum(int(row[6]) for rows in self.rollups.values() for row in rows)
-
-
-@dataclass
-class FakeLog:
-    """The broker's partitions: offset -> fingerprint; rewinds are recorded."""
-
-    records: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
-    rewinds: list[tuple[str, int, int]] = field(default_factory=list)
-
-    def hold(self, records: list[InboundRecord]) -> None:
-        for r in records:
-            self.records.setdefault((r.topic, r.partition), {})[r.offset] = r.fingerprint
-
-    def replace(self, topic: str, partition: int, records: list[InboundRecord]) -> None:
-        self.records[(topic, partition)] = {}
-        self.hold(records)
-
-    async def probe(self, anchors):
-        out = {}
-        for tp, offset in anchors.items():
-            log = self.records.get(tp, {})
-            out[tp] = LogProbe(offset, log.get(offset), 0, max(log, default=-1) + 1)
-        return out
-
-    async def rewind(self, topic, partition, offset):
-        self.rewinds.append((topic, partition, offset))
 
 
 def event_record(

@@ -2,16 +2,21 @@
 
 Layout, all keys bytes:
   k<topic>\0<partition>\0<json [source, id]>  -> offset, index, seen_at, payload digest, log epoch
-  h<topic>\0<partition>                        -> (epoch, offset) through which all keys are written
+  h<topic>\0<partition>                        -> (epoch, offset) through which all keys are written,
+                                                  and the partition's newest seen_at (its broker time)
 
 Keys are not scoped by epoch: a topic recreated under the same name (a restarted embedded
 broker) still recognises events counted before.
+
+A key expires by broker time, never by the wall clock: :meth:`get` compares it with the
+record being judged, and :meth:`purge_expired` with the newest broker time its partition
+has landed. So a producer that stamps records with old times (re-importing last quarter's
+usage) keeps its repeats caught, however far behind the wall clock those times are.
 """
 
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
@@ -22,7 +27,8 @@ from rocksdict import Options, Rdict, WriteBatch
 from bastionary.dedupe import Sighting
 
 _VALUE = struct.Struct(">qIq16sq")
-_HWM = struct.Struct(">qq")
+_HWM = struct.Struct(">qqq")  # epoch, offset, newest seen_at
+_HWM_WITHOUT_TIME = struct.Struct(">qq")  # written before the partition's time was kept
 
 
 class RocksDedupeStore:
@@ -60,33 +66,63 @@ class RocksDedupeStore:
         epoch: int = 0,
     ) -> None:
         """Write the keys and advance the epoch's high-water mark in one atomic batch."""
+        newest = self.partition_time(topic, partition)
         batch = WriteBatch(raw_mode=True)
         for key, s in entries:
             batch.put(key, _VALUE.pack(s.offset, s.index, s.seen_at, s.payload_hash, s.log_epoch))
-        batch.put(b"h" + self._scope(topic, partition), _HWM.pack(epoch, through_offset))
+            newest = s.seen_at if newest is None else max(newest, s.seen_at)
+        unknown = -1  # no key landed yet: nothing to purge
+        stored_newest = unknown if newest is None else newest
+        batch.put(b"h" + self._scope(topic, partition), _HWM.pack(epoch, through_offset, stored_newest))
         self._db.write(batch)
+
+    def _high_water_record(self, scope: bytes) -> tuple[int, int, int | None] | None:
+        raw = self._db.get(b"h" + scope)
+        if raw is None:
+            return None
+        if len(raw) == _HWM_WITHOUT_TIME.size:
+            return (*_HWM_WITHOUT_TIME.unpack(raw), None)
+        epoch, offset, newest = _HWM.unpack(raw)
+        return epoch, offset, (newest if newest >= 0 else None)
 
     def high_water(self, topic: str, partition: int) -> tuple[int, int] | None:
         """The (epoch, offset) through which this cache holds every key, if any."""
-        raw = self._db.get(b"h" + self._scope(topic, partition))
-        return None if raw is None else _HWM.unpack(raw)
+        found = self._high_water_record(self._scope(topic, partition))
+        return None if found is None else found[:2]
+
+    def partition_time(self, topic: str, partition: int) -> int | None:
+        """The newest broker time (seconds) of a key this partition recorded; None if unknown."""
+        found = self._high_water_record(self._scope(topic, partition))
+        return None if found is None else found[2]
 
     def forget_partition(self, topic: str, partition: int) -> None:
         scope = self._scope(topic, partition)
         self._db.delete_range(b"k" + scope, b"k" + scope + b"\xff")
         self._db.delete(b"h" + scope)
 
-    def purge_expired(self, now: int | None = None, chunk: int = 50_000) -> int:
-        """Drop keys older than the horizon, then compact so the disk shrinks as well; returns
-        how many. Past the horizon a key means a new event anyway (see :meth:`get`), so this
-        changes no verdict. Run it off the event loop: it reads every key."""
-        cutoff = (now if now is not None else int(time.time())) - self.horizon_seconds
+    def purge_expired(self, chunk: int = 50_000) -> int:
+        """Drop each partition's keys older than the horizon before that partition's newest
+        broker time, then compact so the disk shrinks as well; returns how many.
+
+        A record is judged against its own broker time (see :meth:`get`), so this changes no
+        verdict for a record stamped no older than its partition's newest. One stamped older
+        (producer timestamps out of order) may find a key at its horizon's edge purged, and
+        count as new. A partition whose time is unknown is left alone. Run it off the event
+        loop: it reads every key."""
+        cutoffs: dict[bytes, int | None] = {}
         purged = 0
         batch = WriteBatch(raw_mode=True)
         for key, value in self._db.items(from_key=b"k"):
-            if cast(bytes, key)[:1] != b"k":  # raw mode: every key is bytes
+            key = cast(bytes, key)  # raw mode: every key is bytes
+            if key[:1] != b"k":
                 break
-            if _VALUE.unpack(value)[2] < cutoff:
+            scope = key[1 : key.index(b"\0", key.index(b"\0") + 1) + 1]  # b"<topic>\0<partition>\0"
+            if scope not in cutoffs:
+                found = self._high_water_record(scope)
+                newest = None if found is None else found[2]
+                cutoffs[scope] = None if newest is None else newest - self.horizon_seconds
+            cutoff = cutoffs[scope]
+            if cutoff is not None and _VALUE.unpack(value)[2] < cutoff:
                 batch.delete(key)
                 purged += 1
                 if purged % chunk == 0:

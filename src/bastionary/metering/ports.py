@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple, Protocol
 
@@ -104,8 +104,11 @@ class UsageStore(Protocol):
     def latest_marker(self, topic: str, partition: int) -> FlushMarker | None: ...
 
     def sightings_after(
-        self, topic: str, partition: int, after: tuple[int, int] | None, since: datetime
-    ) -> list[SightingRow]: ...
+        self, topic: str, partition: int, after: tuple[int, int] | None, horizon: timedelta
+    ) -> list[SightingRow]:
+        """Keys landed past ``after`` (epoch, offset) and seen within ``horizon`` of the newest
+        broker time the partition landed (not of the wall clock)."""
+        ...
 
 
 class DedupeCache(Protocol):
@@ -128,4 +131,4 @@ class DedupeCache(Protocol):
 
     def forget_partition(self, topic: str, partition: int) -> None: ...
 
-    def purge_expired(self, now: int | None = None, chunk: int = 50_000) -> int: ...
+    def purge_expired(self, chunk: int = 50_000) -> int: ...

@@ -233,8 +233,9 @@ class UsageSink:
     def _backfill_dedupe(
         self, topic: str, partition: int, after: tuple[int, int] | None, through: tuple[int, int]
     ) -> None:
-        since = datetime.now(UTC) - self.config.dedupe_horizon
-        rows = self.store.sightings_after(topic, partition, after, since)
+        # The horizon runs in broker time, as the verdicts do: a partition stamped weeks behind
+        # the wall clock (re-imported usage) still needs every key within it.
+        rows = self.store.sightings_after(topic, partition, after, self.config.dedupe_horizon)
         entries = [
             (
                 self.dedupe.key(topic, partition, row.source, row.event_id),
@@ -399,7 +400,8 @@ class UsageSink:
         #    source.partition/source.offset headers identify repeats.
         #  3/4 (events, rollups): the replay's identical tokens make ClickHouse drop them.
         #  5 (dedupe cache): the next owner re-reads the missing keys from usage_events.
-        #  6 (ack, by the caller): Kafka may redeliver; records <= b are skipped by offset.
+        #  6 (ack, by the caller): Kafka may redeliver; records < a are skipped by offset and
+        #    [a, b] is replayed as in 1 (its inserts dropped by token), unless Kafka resumes past b.
         # The anchor check before step 1 (see flush) decides that [a, b] belongs after b's
         # predecessor; a crash anywhere leaves that decision to be made again.
         now = datetime.now(UTC)

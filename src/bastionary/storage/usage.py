@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import timedelta
 
 from bastionary.metering.ports import EventRow, FlushMarker, MarkerRow, RollupRow, SightingRow
 from bastionary.storage.client import Client
@@ -50,16 +50,18 @@ class ClickHouseUsageStore:
         return FlushMarker(int(epoch), int(first), int(last), int(fingerprint), str(worker_id))
 
     def sightings_after(
-        self, topic: str, partition: int, after: tuple[int, int] | None, since: datetime
+        self, topic: str, partition: int, after: tuple[int, int] | None, horizon: timedelta
     ) -> list[SightingRow]:
-        """Dedupe keys of flushes past position ``after`` (epoch, offset): what a cache lacks."""
+        """Dedupe keys of flushes past position ``after`` (epoch, offset): what a cache lacks.
+        Keys older than ``horizon`` before the partition's newest landed broker time are left out."""
         epoch, offset = after if after is not None else (0, -1)
         rows = self.client.query(
             "SELECT source, event_id, ingest_epoch, ingest_offset, ingest_index,"
             " toUnixTimestamp(ingested_at), payload_hash"
             " FROM usage_events WHERE ingest_topic = {t:String} AND ingest_partition = {p:UInt32}"
             " AND (ingest_epoch, ingest_offset) > ({e:UInt64}, {o:Int64})"
-            " AND ingested_at >= {since:DateTime64(3, 'UTC')}",
-            parameters={"t": topic, "p": partition, "e": epoch, "o": offset, "since": since},
+            " AND ingested_at >= (SELECT max(ingested_at) FROM usage_events"
+            " WHERE ingest_topic = {t:String} AND ingest_partition = {p:UInt32}) - toIntervalSecond({h:UInt64})",
+            parameters={"t": topic, "p": partition, "e": epoch, "o": offset, "h": int(horizon.total_seconds())},
         ).result_rows
         return [SightingRow(s, i, int(e), int(o), int(x), int(ts), h) for s, i, e, o, x, ts, h in rows]
