@@ -152,6 +152,10 @@ def _bootstrap(data_dir: Path) -> str:
     return json.loads((data_dir / "broker.json").read_text())["bootstrap"]
 
 
+def _broker_epoch(data_dir: Path) -> int:
+    return int(json.loads((data_dir / "broker.json").read_text())["log_epoch"])
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -175,14 +179,13 @@ def test_run_lands_new_usage_exactly_after_its_embedded_broker_restarts(tmp_path
         wait_until(lambda: _landed(data_dir) == 200, what="200 events landed")
 
         (broker_pid,) = [p for p in _children(run.pid) if b"broker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        epoch_before = _broker_epoch(data_dir)
         os.kill(broker_pid, signal.SIGKILL)  # in-memory: it comes back empty, offsets from 0
+        # `run` rewrites broker.json with a new log epoch only once the new broker answers and
+        # its topics exist; until then the file still names the dead one.
         wait_until(
-            lambda: (
-                _bootstrap(data_dir)
-                and http_get(f"http://127.0.0.1:{web}/healthz")[0] == 200
-                and broker_pid not in _children(run.pid)
-            ),
-            what="the broker restarted",
+            lambda: _broker_epoch(data_dir) != epoch_before and http_get(f"http://127.0.0.1:{web}/healthz")[0] == 200,
+            what="the broker restarted and announced",
         )
         # Fewer new records than were landed before: offsets the old log had already passed.
         hostile.publish(_bootstrap(data_dir), "usage.events", _events("after", 150) + _events("before", 20))
