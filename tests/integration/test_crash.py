@@ -8,9 +8,11 @@ import time
 
 import pytest
 
+from bastionary.devstack.broker import free_port
 from bastionary.tools.workload import generate
 
 from .helpers import assert_totals_equal, dead_letters, pipeline_totals, publish
+from .test_trust import http_get, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,13 +55,28 @@ def _source(message) -> tuple:
 
 def test_two_workers_one_killed_mid_run_keep_totals_exact(stack):
     workload = generate(60_000, customers=200, duplicate_rate=0.10, late_events=200, seed=23)
-    stack.start_worker("w1")
-    stack.start_worker("w2")
-    time.sleep(6)  # both in the group, partitions split
+    ports = {"w1": free_port(), "w2": free_port()}
+    for worker_id, port in ports.items():
+        stack.start_worker(worker_id, BASTIONARY_WEB_PORT=str(port))
+    wait_until(
+        lambda: all(http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200 for port in ports.values()),
+        timeout=120,
+        what="both workers serving",
+    )
     ends = {}
     producer = threading.Thread(target=lambda: ends.update(publish(stack, workload.records)))
     producer.start()
-    time.sleep(4)
+    # Killed only once both have landed usage: the group was split, and w2 dies holding some.
+    # Two flushes of one partition, because w1 replays w2's newest one there (same first
+    # offset, so its row replaces w2's) and only the earlier one stays w2's.
+    wait_until(
+        lambda: stack.query(
+            "SELECT uniqExact(worker_id) = 2 AND countIf(worker_id = 'w2') > uniqExactIf((topic, partition), worker_id = 'w2')"
+            " FROM ingest_progress"
+        )[0][0],
+        timeout=180,
+        what="w1 landed a flush and w2 two of one partition",
+    )
     stack.kill_worker("w2")  # its partitions move to w1 after the session timeout
     producer.join()
     stack.wait_caught_up(ends, timeout=600)

@@ -240,11 +240,16 @@ def test_any_worker_answers_for_any_customer(stack):
             check(port, c, "api_calls")["usage"] == str(n) for port in ports.values() for n, c in enumerate(customers)
         )
 
-    wait_for(settled, 120, "both workers to agree on every customer")
-    in_memory = {w: customers_in_memory(port) for w, port in ports.items()}
-    # Each customer's state lives on its owner only (the other worker's answers were routed):
-    # both hold some, and together exactly one copy of each of the 8.
-    assert in_memory["w1"] and in_memory["w2"] and in_memory["w1"] + in_memory["w2"] == len(customers)
+    def split_between_owners() -> bool:
+        # Each customer's state lives on its owner only (the other worker's answers were
+        # routed): both hold some, and together exactly one copy of each of the 8. Polled with
+        # the checks, since a late rebalance empties a worker's memory until the next check.
+        if not settled():
+            return False
+        in_memory = {w: customers_in_memory(port) for w, port in ports.items()}
+        return bool(in_memory["w1"] and in_memory["w2"] and in_memory["w1"] + in_memory["w2"] == len(customers))
+
+    wait_for(split_between_owners, 120, "both workers to agree on every customer, each owner holding its own")
 
 
 def customers_in_memory(port: int) -> int:

@@ -24,7 +24,7 @@ from bastionary.devstack.broker import free_port
 from bastionary.kafka import read_topic
 
 from . import hostile
-from .test_trust import _gateway_client, _run_env, _start, _stop, http_get, wait_until
+from .test_trust import _broker_epoch, _gateway_client, _run_env, _start, _stop, http_get, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -159,9 +159,11 @@ def test_hostile_producers_a_broker_wipe_and_a_sigkill_leave_totals_exact(tmp_pa
         assert letters_1 == first.expected_letters
 
         # The broker is wiped (its logs, its DLQ, the group's offsets) and comes back.
+        epoch_before = _broker_epoch(broker_dir)
         _stop(broker)
         wait_until(lambda: http_get(f"http://127.0.0.1:{web}/healthz")[0] == 503, what="/healthz failing")
         broker = _start(["broker", "--port", str(port)], broker_env, tmp_path / "broker.log")
+        wait_until(lambda: _broker_epoch(broker_dir) != epoch_before, what="the new broker announced")
         wait_until(lambda: http_get(f"http://127.0.0.1:{web}/healthz")[0] == 200, what="the worker healthy again")
 
         # Phase 2: the rest of the time, with the worker SIGKILLed and started again midway.

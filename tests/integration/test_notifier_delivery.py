@@ -161,7 +161,7 @@ async def session():
 
 
 def webhook_config(url: str, **overrides) -> WebhookConfig:
-    settings = {"timeout": 2.0, "max_attempts": 4, "backoff_base": 0.01, "backoff_cap": 0.05} | overrides
+    settings = {"timeout": 10.0, "max_attempts": 4, "backoff_base": 0.01, "backoff_cap": 0.05} | overrides
     return WebhookConfig(url=url, secret=SecretStr(SECRET), **settings)
 
 
@@ -291,7 +291,7 @@ def refusing_sink():
 
 
 def smtp_config(port: int, **overrides) -> SmtpConfig:
-    settings = {"timeout": 2.0, "max_attempts": 3, "backoff_base": 0.01, "backoff_cap": 0.05} | overrides
+    settings = {"timeout": 10.0, "max_attempts": 3, "backoff_base": 0.01, "backoff_cap": 0.05} | overrides
     return SmtpConfig(host="127.0.0.1", port=port, sender="billing@bastionary.example", **settings)
 
 

@@ -5,6 +5,7 @@ web server and health answer as documented."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -21,7 +22,7 @@ import pytest
 
 from bastionary.devstack.broker import free_port
 from bastionary.devstack.processes import PREEXEC
-from bastionary.kafka import read_topic
+from bastionary.kafka import list_topics, read_topic
 from tests.conftest import BIN
 
 from . import hostile
@@ -212,9 +213,12 @@ def test_run_lands_new_usage_after_a_separately_started_broker_restarts(tmp_path
         hostile.publish(bootstrap, "usage.events", _events("first", 120))
         wait_until(lambda: _landed(data_dir) == 120, what="120 landed")
 
+        epoch_before = _broker_epoch(broker_dir)
         _stop(broker)
         wait_until(lambda: http_get(f"http://127.0.0.1:{web}/healthz")[0] == 503, what="/healthz failing")
         broker = _start(["broker", "--port", str(port)], broker_env, tmp_path / "broker.log")
+        # broker.json gets the new epoch once the broker answers and its topics exist.
+        wait_until(lambda: _broker_epoch(broker_dir) != epoch_before, what="the new broker announced")
         wait_until(lambda: http_get(f"http://127.0.0.1:{web}/healthz")[0] == 200, what="/healthz ok again")
         hostile.publish(bootstrap, "usage.events", _events("second", 60))
         wait_until(lambda: _landed(data_dir) == 180, what="180 landed")
@@ -228,6 +232,7 @@ def test_run_lands_new_usage_after_a_separately_started_broker_restarts(tmp_path
 @pytest.mark.slow
 def test_a_usage_topic_deleted_and_created_again_lands_its_new_records(stack):
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
 
     stack.start_worker()
     hostile.publish(stack.bootstrap, stack.usage_topic, _events("old", 100))
@@ -238,8 +243,14 @@ def test_a_usage_topic_deleted_and_created_again_lands_its_new_records(stack):
         await admin.start()
         try:
             await admin.delete_topics([stack.usage_topic])
-            await asyncio.sleep(1)
-            await admin.create_topics([NewTopic(stack.usage_topic, 4, 1)])
+            for _poll in range(300):  # up to 30 s for the delete to take effect
+                if stack.usage_topic not in await list_topics(stack.bootstrap):
+                    break
+                await asyncio.sleep(0.1)
+            # The worker's metadata refresh may have created it again already (brokers that
+            # auto-create topics do): then it is the new, empty log this test wants anyway.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(stack.usage_topic, 4, 1)])
         finally:
             await admin.close()
 
