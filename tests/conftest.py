@@ -48,11 +48,16 @@ def kafka_bootstrap(tmp_path_factory):
         return
     from bastionary.devstack.broker import EmbeddedBroker
 
-    with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as broker:
+    # Session-wide: one slow start on a loaded machine would fail every integration test, so it
+    # gets more than the product's 15 s (the wait still ends early if the broker exits).
+    broker = EmbeddedBroker(tmp_path_factory.mktemp("broker")).start(timeout=120)
+    try:
         yield broker.bootstrap
+    finally:
+        broker.stop()
 
 
-def _wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 30.0) -> None:
+def _wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
