@@ -88,6 +88,27 @@ def _hooked(hooks: WebhookReceiver) -> dict[str, list]:
     return by_notice
 
 
+def _settled_after_kill(stack, hooks: WebhookReceiver, smtp: SmtpSink) -> tuple[dict, dict]:
+    """What the peers received and ClickHouse recorded once the dead worker's last bytes are in.
+
+    The peers may still be reading a request that was fully sent before the kill, and the
+    gateway may still be running an insert: read until two reads a second apart agree."""
+    previous = None
+    deadline = time.monotonic() + 30
+    while True:
+        snapshot = (
+            _delivered(stack),
+            {
+                "webhook": {n: len(c) for n, c in _hooked(hooks).items()},
+                "email": {n: len(c) for n, c in _mailed(smtp).items()},
+            },
+        )
+        if snapshot == previous or time.monotonic() > deadline:
+            return snapshot
+        previous = snapshot
+        time.sleep(1.0)
+
+
 def _delivered(stack) -> dict[str, set[str]]:
     """channel -> notice ids with a ``delivered`` row (any copy; FINAL not needed for existence)."""
     found: dict[str, set[str]] = {c: set() for c in CHANNELS}
@@ -169,12 +190,7 @@ def test_worker_killed_while_sending_each_notice_goes_out_once(stack, tmp_path):
                 wait_for(lambda: reached() >= target, 90, f"{target} webhooks of step {step}")
                 time.sleep(rng.uniform(0.0, 0.2))
                 stack.kill_worker("w1", 9)  # SIGKILL: no commit, no `delivered` for what is on the wire
-                time.sleep(0.5)  # let the peers finish reading what was fully sent before the kill
-                delivered = _delivered(stack)
-                copies = {
-                    "webhook": {n: len(c) for n, c in _hooked(hooks).items()},
-                    "email": {n: len(c) for n, c in _mailed(smtp).items()},
-                }
+                delivered, copies = _settled_after_kill(stack, hooks, smtp)
                 before = kills[-1].copies if kills else {c: {} for c in CHANNELS}
                 unrecorded = {c: set(copies[c]) - delivered[c] for c in CHANNELS}
                 in_flight = {c: {n for n in unrecorded[c] if copies[c][n] > before[c].get(n, 0)} for c in CHANNELS}
