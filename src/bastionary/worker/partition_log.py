@@ -1,7 +1,9 @@
 """The sink's view of the broker (``metering.logs.PartitionLog``) on Kafka.
 
 Probes read single records with a consumer of their own that joins no group, so they
-never disturb the worker's assignment or offsets. Rewinds move the Faust consumer.
+never disturb the worker's assignment or offsets. Rewinds move the Faust consumer. Every call
+on the probe client is bounded by :func:`bastionary.worker.deadline.within`: one that hangs is
+given up on and the client replaced, so the lock here is never held past a timeout.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 from faust.types import TP
 
 from bastionary.metering.logs import LogProbe, record_fingerprint
+from bastionary.worker.deadline import within
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +48,7 @@ class KafkaPartitionLog:
             try:
                 await consumer.start()
             except BaseException:
-                await consumer.stop()
+                await _stop(consumer)
                 raise
             self._consumer = consumer
         return self._consumer
@@ -55,7 +58,7 @@ class KafkaPartitionLog:
             return {}
         async with self._lock:
             try:
-                result = await asyncio.wait_for(self._probe(anchors), self.timeout)
+                result = await within(self._probe(anchors), self.timeout, "a log probe")
             except BaseException:
                 await self._drop_client()
                 raise
@@ -116,7 +119,7 @@ class KafkaPartitionLog:
         """A metadata round trip: does the broker answer at all?"""
         async with self._lock:
             try:
-                await asyncio.wait_for(self._topics(), self.timeout)
+                await within(self._topics(), self.timeout, "a metadata request")
             except BaseException:
                 await self._drop_client()
                 raise
@@ -142,11 +145,15 @@ class KafkaPartitionLog:
     async def _drop_client(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            try:
-                await asyncio.wait_for(consumer.stop(), 2.0)
-            except Exception:  # a broker that is gone cannot be said goodbye to
-                log.debug("probe client stop failed", exc_info=True)
+            await _stop(consumer)
 
     async def close(self) -> None:
         async with self._lock:
             await self._drop_client()
+
+
+async def _stop(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await within(consumer.stop(), 2.0, "stopping the probe client")
+    except Exception:  # a broker that is gone cannot be said goodbye to
+        log.debug("probe client stop failed", exc_info=True)

@@ -17,6 +17,7 @@ from bastionary.metering.logs import PartitionLog
 from bastionary.metering.records import Admission, DeadLetter, FlushStats, InboundRecord
 from bastionary.metering.sink import UsageSink
 from bastionary.worker.context import WorkerContext
+from bastionary.worker.deadline import keep_checking
 from bastionary.worker.partition_log import KafkaPartitionLog
 
 log = structlog.get_logger(__name__)
@@ -150,21 +151,33 @@ class UsageService:
     # -- watching the broker, bounding the cache -----------------------------------------
 
     async def _log_watch(self) -> None:
-        """Catch a replaced log between flushes; keep the broker's last answer fresh for /healthz."""
-        app, interval = self.ctx.app, self.ctx.settings.log_check_interval.total_seconds()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.partition_log.ping()
-                if self._sink is not None and self._stream is not None:
-                    assigned = {
-                        (tp.topic, tp.partition)
-                        for tp in app.consumer.assignment()
-                        if tp.topic == self.topic.get_topic_name()
-                    }
-                    await self._sink.check_logs(assigned)
-            except Exception as exc:
-                log.warning("log check failed; the broker may be unreachable", error=f"{type(exc).__name__}: {exc}")
+        """Catch a replaced log between flushes; keep the broker's last answer fresh for /healthz.
+
+        Nothing may end or freeze this loop: without it /healthz reports a silent broker for
+        good and a log replaced while nothing is flushed goes unnoticed. A round that fails,
+        leaks a ``CancelledError`` from the Kafka client or hangs is logged and the next one
+        starts on time; rounds that keep hanging past the stall timeout stop the worker, so
+        its supervisor restarts it.
+        """
+        settings = self.ctx.settings
+        await keep_checking(
+            self._check_logs_once,
+            interval=settings.log_check_interval.total_seconds(),
+            deadline=3 * self.partition_log.timeout,
+            give_up_after=settings.stall_timeout.total_seconds(),
+            what="the log check (is the broker reachable?)",
+        )
+        log.error("log checks have hung past the stall timeout; stopping the worker so a restart can recover")
+        await self.ctx.app.crash(RuntimeError("the log check hangs"))
+
+    async def _check_logs_once(self) -> None:
+        await self.partition_log.ping()
+        if self._sink is not None and self._stream is not None:
+            app = self.ctx.app
+            assigned = {
+                (tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == self.topic.get_topic_name()
+            }
+            await self._sink.check_logs(assigned)
 
     async def _dedupe_purge(self) -> None:
         """Entries past the horizon count as new events anyway; dropping them bounds the disk."""
