@@ -71,3 +71,24 @@ def test_before_the_first_answer_the_start_time_counts():
     assert fresh["status"] == "ok"
     stale = health_report("w1", None, None, None, started_at=now - 60, stall_after=60, broker_silence=10)
     assert stale["status"] == "unhealthy"
+
+
+def test_a_rebalance_that_does_not_end_within_the_stall_timeout_is_unhealthy():
+    now = time.monotonic()
+
+    def rebalancing_for(seconds: float):
+        return health_report(
+            "w1",
+            FakeSink(t=status()),
+            now - 1,
+            FakeConsumer(10),
+            started_at=now - 100,
+            stall_after=60,
+            broker_silence=10,
+            rebalancing_since=now - seconds,
+        )
+
+    assert rebalancing_for(5)["status"] == "ok"  # a rebalance takes a few seconds
+    stuck = rebalancing_for(90)
+    assert stuck["status"] == "unhealthy"
+    assert "the consumer group has been rebalancing for 90 s" in stuck["problems"]

@@ -132,8 +132,8 @@ class KafkaPartitionLog:
     async def rewind(self, topic: str, partition: int, offset: int) -> None:
         consumer: Any = self._app.consumer
         tp = TP(topic, partition)
-        if consumer is None or tp not in consumer.assignment():
-            return
+        if consumer is None or self._app.rebalancing or tp not in consumer.assignment():
+            return  # not ours, or not yet: the sink asks again after its retry interval
         # Faust keeps, per partition, the last offset it read, acked and committed, and drops
         # whatever it believes it has read already. Forget them as a revocation does (the
         # names are faust-streaming 0.15's), then seek: the new log is read from ``offset``.

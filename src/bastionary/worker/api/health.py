@@ -27,9 +27,12 @@ def health_report(
     started_at: float,
     stall_after: float,
     broker_silence: float,
+    rebalancing_since: float | None = None,
 ) -> dict[str, Any]:
     now = time.monotonic()
     problems: list[str] = []
+    if rebalancing_since is not None and now - rebalancing_since > stall_after:
+        problems.append(f"the consumer group has been rebalancing for {now - rebalancing_since:.0f} s")
     last_answer = broker_answered_at if broker_answered_at is not None else started_at
     if now - last_answer > broker_silence:
         problems.append(f"the broker has not answered for {now - last_answer:.0f} s")
@@ -80,5 +83,6 @@ def install(app: faust.App, settings: Settings, worker_id: str, usage: UsageServ
             started_at=usage.started_at,
             stall_after=settings.stall_timeout.total_seconds(),
             broker_silence=3 * settings.log_check_interval.total_seconds() + usage.partition_log.timeout,
+            rebalancing_since=usage.rebalancing_since,
         )
         return web.json(report, status=200 if report["status"] == "ok" else 503)

@@ -38,6 +38,7 @@ class UsageService:
         self.ctx = ctx
         self.partition_log = KafkaPartitionLog(bootstrap, ctx.app)
         self.started_at = time.monotonic()
+        self.rebalancing_since: float | None = None  # as the log check last saw it
         self._sink_factory = sink_factory
         self._on_started = on_started
         self._sink: UsageSink | None = None
@@ -172,8 +173,15 @@ class UsageService:
 
     async def _check_logs_once(self) -> None:
         await self.partition_log.ping()
+        app = self.ctx.app
+        if app.rebalancing:
+            # The assignment is in flux: Faust has revoked every partition and the consumer
+            # still reports the old ones. Recovering or rewinding now would move a consumer
+            # that is rejoining its group; the partitions are checked once they are assigned.
+            self.rebalancing_since = self.rebalancing_since or time.monotonic()
+            return
+        self.rebalancing_since = None
         if self._sink is not None and self._stream is not None:
-            app = self.ctx.app
             assigned = {
                 (tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == self.topic.get_topic_name()
             }
