@@ -49,7 +49,7 @@ def event_record(
 
 
 def make_sink(
-    tmp_path, store=None, log=None, meters=None, floor: int = 1
+    tmp_path, store=None, log=None, meters=None, floor: int = 1, rewind_retry: float = 10.0
 ) -> tuple[UsageSink, FakeStore, FakeLog, list]:
     store = store or FakeStore()
     log = log or FakeLog()
@@ -58,7 +58,7 @@ def make_sink(
     async def send(batch):
         letters.extend(batch)
 
-    config = SinkConfig("w1", floor, RecordLimits(1 << 20, 100, timedelta(minutes=5)), timedelta(days=35))
+    config = SinkConfig("w1", floor, RecordLimits(1 << 20, 100, timedelta(minutes=5)), timedelta(days=35), rewind_retry)
     dedupe = RocksDedupeStore(tmp_path / f"dedupe-{len(list(tmp_path.iterdir()))}", 35 * 86400)
     sink = UsageSink(store, dedupe, meters or MeterIndex(CATALOG.meters), send, config, log)
     return sink, store, log, letters
@@ -295,5 +295,43 @@ def test_an_assigned_partition_is_recovered_and_rewound_even_if_no_record_comes(
         assert log.rewinds == [(TOPIC, 0, 0)]
         await second.check_logs({(TOPIC, 0)})
         assert log.rewinds == [(TOPIC, 0, 0)]  # once, until the retry delay has passed
+
+    asyncio.run(scenario())
+
+
+def test_a_partition_whose_records_stop_coming_is_read_on_from_what_landed(tmp_path):
+    """Seen after a broker restart under load: the consumer took a rewound partition's first
+    record and skipped the rest. The timer finds records in the log past what landed and none
+    coming, and seeks to the next offset to land."""
+
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path, rewind_retry=0.0)
+        records = [event_record(i, f"e-{i}") for i in range(24)]
+        log.hold(records)
+        await admit_all(sink, records[:1])
+        await sink.flush()
+        await sink.check_logs({(TOPIC, 0)})
+        assert log.rewinds == [(TOPIC, 0, 1)]
+        # What the seek delivers lands; a record delivered twice lands once.
+        again = records[1:3] + records[2:3]
+        assert await admit_all(sink, again) == [Admission.BUFFERED, Admission.BUFFERED, Admission.STALE]
+        await admit_all(sink, records[3:])
+        await sink.flush()
+        assert store.total() == 24
+        await sink.check_logs({(TOPIC, 0)})
+        assert log.rewinds == [(TOPIC, 0, 1)]  # caught up: nothing to read on from
+
+    asyncio.run(scenario())
+
+
+def test_a_partition_that_is_merely_quiet_for_a_moment_is_left_alone(tmp_path):
+    async def scenario():
+        sink, _store, log, _ = make_sink(tmp_path)  # 10 s before a partition counts as stalled
+        records = [event_record(i, f"e-{i}") for i in range(24)]
+        log.hold(records)
+        await admit_all(sink, records[:1])
+        await sink.flush()
+        await sink.check_logs({(TOPIC, 0)})
+        assert log.rewinds == []
 
     asyncio.run(scenario())

@@ -92,7 +92,8 @@ class SinkConfig:
     log_epoch: int  # the lowest epoch a partition may have (embedded broker start, or a setting)
     limits: RecordLimits
     dedupe_horizon: timedelta
-    # A rewound partition whose first record has not come by then is rewound again.
+    # A rewound partition whose first record has not come by then is rewound again, and one
+    # whose log holds records past what landed, none of them coming, is read on from there.
     rewind_retry_seconds: float = 10.0
 
 
@@ -144,6 +145,8 @@ class UsageSink:
         state.active_at = time.monotonic()
         if record.offset <= state.done_through:
             return Admission.LANDED
+        if state.buffer and record.offset <= state.buffer[-1].offset:
+            return Admission.STALE  # delivered again after a seek: the buffered copy lands
         if not state.buffer:
             state.buffered_since = state.active_at
         state.buffer.append(record)
@@ -315,6 +318,38 @@ class UsageSink:
                     not state.rewound_at or now - state.rewound_at > self.config.rewind_retry_seconds
                 ):
                     await self._rewind(tp, state)
+                elif self._stalled(state, probes.get(tp), now):
+                    await self._resume(tp, state, probes[tp])
+
+    def _stalled(self, state: _PartitionState, probe: LogProbe | None, now: float) -> bool:
+        """The log holds records past what landed, yet none has come for a while.
+
+        Seen after a broker restart under load: the consumer took a rewound partition's first
+        record and then skipped the rest, its own idea of the read position still that of the
+        old log. Nothing else would ever move that partition again.
+        """
+        retry = self.config.rewind_retry_seconds
+        return (
+            probe is not None
+            and state.anchor is not None
+            and probe.matches(state.anchor)
+            and not state.buffer
+            and probe.high_water is not None
+            and probe.high_water > state.done_through + 1
+            and now - state.active_at > retry
+            and now - state.rewound_at > retry
+        )
+
+    async def _resume(self, tp: TopicPartition, state: _PartitionState, probe: LogProbe) -> None:
+        log.warning(
+            "partition stalled: the log holds records past what landed and none has come; reading on from there",
+            topic=tp[0],
+            partition=tp[1],
+            landed_through=state.done_through,
+            high_water=probe.high_water,
+        )
+        state.rewound_at = time.monotonic()
+        await self.partition_log.rewind(tp[0], tp[1], state.done_through + 1)
 
     # -- flushing ------------------------------------------------------------------------
 
