@@ -335,3 +335,35 @@ def test_a_partition_that_is_merely_quiet_for_a_moment_is_left_alone(tmp_path):
         assert log.rewinds == []
 
     asyncio.run(scenario())
+
+
+def test_records_the_consumer_skipped_are_read_again_not_counted_as_landed(tmp_path):
+    """Seen after a broker restart under load: the consumer delivered a new log's first
+    record, then went on from an offset the old log had reached. A flush covers its range by
+    its marker, so the skipped records would never have counted."""
+
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path)
+        records = [event_record(i, f"e-{i}") for i in range(50)]
+        log.hold(records)
+        assert await admit_all(sink, [records[0], records[48]]) == [Admission.BUFFERED, Admission.STALE]
+        assert log.rewinds == [(TOPIC, 0, 1)]
+        assert await admit_all(sink, records[1:]) == [Admission.BUFFERED] * 49
+        await sink.flush()
+        assert store.total() == 50
+
+    asyncio.run(scenario())
+
+
+def test_a_gap_the_log_itself_has_is_not_a_skip(tmp_path):
+    """Transaction markers and compaction leave offsets without records."""
+
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path)
+        records = [event_record(i, f"e-{i}") for i in (0, 1, 2, 5, 6)]
+        log.hold(records)
+        assert await admit_all(sink, records) == [Admission.BUFFERED] * 5
+        await sink.flush()
+        assert log.rewinds == [] and store.total() == 5
+
+    asyncio.run(scenario())

@@ -147,11 +147,39 @@ class UsageSink:
             return Admission.LANDED
         if state.buffer and record.offset <= state.buffer[-1].offset:
             return Admission.STALE  # delivered again after a seek: the buffered copy lands
+        expected = state.buffer[-1].offset + 1 if state.buffer else state.done_through + 1
+        if record.offset > expected and state.replay is None and await self._skipped(tp, state, expected):
+            return Admission.STALE
         if not state.buffer:
             state.buffered_since = state.active_at
         state.buffer.append(record)
         self._buffered_bytes += len(record.value or b"")
         return Admission.BUFFERED
+
+    async def _skipped(self, tp: TopicPartition, state: _PartitionState, expected: int) -> bool:
+        """Did the consumer skip records before this one? Then it is read again from ``expected``.
+
+        Offsets may have gaps (transaction markers, compaction), so the log is asked whether
+        a record sits at ``expected``. A flush covers a contiguous range by its marker, so a
+        record that was skipped and not caught would never be counted. Seen after a broker
+        restart under load: the consumer read a new log's first record, then went on from an
+        offset the old log had reached.
+        """
+        try:
+            probe = (await self._probe({tp: expected}))[tp]
+        except LogNotAnswering:
+            return True  # unverified: dropped unacked; the records are read again later
+        if probe.fingerprint is None:
+            return False  # nothing there: a real gap
+        log.warning(
+            "partition skipped records; reading them again",
+            topic=tp[0],
+            partition=tp[1],
+            expected_offset=expected,
+        )
+        state.rewound_at = time.monotonic()
+        await self.partition_log.rewind(tp[0], tp[1], expected)
+        return True
 
     def buffered(self) -> int:
         return sum(len(s.buffer) for s in self._partitions.values())
