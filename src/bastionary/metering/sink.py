@@ -72,6 +72,8 @@ class _PartitionState:
     rewound_at: float = 0.0
     active_at: float = field(default_factory=time.monotonic)  # last record admitted or flush landed
     buffered_since: float | None = None  # when the oldest unlanded record was admitted
+    # The last offset admitted, buffered or in a flush still landing; None: done_through.
+    read_through: int | None = None
 
 
 @dataclass(frozen=True)
@@ -145,18 +147,24 @@ class UsageSink:
         state.active_at = time.monotonic()
         if record.offset <= state.done_through:
             return Admission.LANDED
-        if state.buffer and record.offset <= state.buffer[-1].offset:
-            return Admission.STALE  # delivered again after a seek: the buffered copy lands
-        expected = state.buffer[-1].offset + 1 if state.buffer else state.done_through + 1
-        if record.offset > expected and state.replay is None and await self._skipped(tp, state, expected):
+        read_through = state.done_through if state.read_through is None else state.read_through
+        if record.offset <= read_through:
+            return Admission.STALE  # delivered again after a seek: the copy read first lands
+        expected = read_through + 1
+        if (
+            record.offset > expected
+            and state.replay is None
+            and await self._skipped(tp, state, expected, record.offset)
+        ):
             return Admission.STALE
+        state.read_through = record.offset
         if not state.buffer:
             state.buffered_since = state.active_at
         state.buffer.append(record)
         self._buffered_bytes += len(record.value or b"")
         return Admission.BUFFERED
 
-    async def _skipped(self, tp: TopicPartition, state: _PartitionState, expected: int) -> bool:
+    async def _skipped(self, tp: TopicPartition, state: _PartitionState, expected: int, delivered: int) -> bool:
         """Did the consumer skip records before this one? Then it is read again from ``expected``.
 
         Offsets may have gaps (transaction markers, compaction), so the log is asked whether
@@ -176,9 +184,11 @@ class UsageSink:
             topic=tp[0],
             partition=tp[1],
             expected_offset=expected,
+            delivered_offset=delivered,
         )
-        state.rewound_at = time.monotonic()
-        await self.partition_log.rewind(tp[0], tp[1], expected)
+        # As after a log reset: what was fetched past the gap is stale until ``expected`` comes.
+        state.rewind_to = expected
+        await self._rewind(tp, state)
         return True
 
     def buffered(self) -> int:
@@ -310,6 +320,7 @@ class UsageSink:
         self._buffered_bytes -= sum(len(r.value or b"") for r in state.buffer)
         state.epoch = new_epoch
         state.done_through = probe.log_start - 1
+        state.read_through = None
         state.anchor = None
         state.replay = None
         state.buffer = []
