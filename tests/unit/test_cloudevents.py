@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from bastionary.ingest.cloudevents import RecordLimits, UsageEvent, member_bytes, parse_record, payload_hash
+from bastionary.ingest.cloudevents import (
+    RecordLimits,
+    UsageEvent,
+    ValidUsageEvent,
+    _canonical_zulu,
+    _checked_fast,
+    member_bytes,
+    parse_record,
+    payload_hash,
+)
 from bastionary.ingest.errors import ErrorClass, Rejection
 
 # The broker timestamp every record in this file carries: 2024-05-01T12:00:00Z.
@@ -65,7 +77,7 @@ def test_structured_event_is_accepted():
     assert member.rejection is None
     assert member.index == 0
     ev = member.event
-    assert isinstance(ev, UsageEvent)
+    assert isinstance(ev, ValidUsageEvent)
     assert (ev.id, ev.source, ev.type, ev.subject) == ("evt-1", "//api.example/llm", "llm.completion", "cust-42")
     assert ev.time == datetime(2024, 5, 1, 11, 59, tzinfo=UTC)
     assert ev.data == {"tokens": 17, "model": "small"}
@@ -76,7 +88,7 @@ def test_structured_event_is_accepted():
 def test_optional_attributes_and_extensions_are_kept():
     ev = only_member(parse(event(datacontenttype="application/json", region="eu"))).event
     assert ev.datacontenttype == "application/json"
-    assert ev.model_extra == {"region": "eu"}
+    assert ev.extensions == {"region": "eu"}
 
 
 def test_data_defaults_to_an_empty_object():
@@ -157,7 +169,7 @@ def test_binary_mode_reads_attributes_from_headers_and_data_from_the_value():
     assert (ev.id, ev.source, ev.type, ev.subject) == ("evt-b", "//api.example/storage", "storage.sampled", "cust-7")
     assert ev.time == datetime(2024, 5, 1, 11, 0, tzinfo=UTC)
     assert ev.data == {"gb": 12.5}
-    assert ev.model_extra == {"region": "eu"}
+    assert ev.extensions == {"region": "eu"}
     assert member.raw["data"] == {"gb": 12.5}
 
 
@@ -479,3 +491,69 @@ def test_member_bytes_of_a_batch_member_is_that_member_as_json():
         out = member_bytes(value, parsed, member)
         assert out != value
         assert orjson.loads(out) == original
+
+
+# --- the fast check and pydantic agree -------------------------------------------------
+
+_OFFSETS = st.integers(-24 * 60 + 1, 24 * 60 - 1).map(lambda minutes: timezone(timedelta(minutes=minutes)))
+
+
+def _rfc3339(moment: datetime, zulu: bool, digits: int) -> str:
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + f"{moment.microsecond:06d}"[:digits]
+    offset = int(moment.utcoffset().total_seconds() // 60)  # type: ignore[union-attr]
+    if zulu and offset == 0:
+        return text + "Z"
+    sign = "-" if offset < 0 else "+"
+    return text + f"{sign}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
+
+
+_TIMES = st.one_of(
+    st.builds(
+        _rfc3339,
+        st.datetimes(min_value=datetime(1969, 12, 30), max_value=datetime(2106, 1, 2), timezones=_OFFSETS),
+        st.booleans(),
+        st.integers(0, 6),
+    ),
+    st.from_regex(
+        r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:?[0-9]{2})?",
+        fullmatch=True,
+    ),
+    st.text(max_size=40),
+)
+_TEXTS = st.one_of(st.text(max_size=3), st.text(min_size=250, max_size=260), st.integers(), st.none())
+_MEMBERS = st.fixed_dictionaries(
+    {"time": _TIMES},
+    optional={
+        "specversion": st.sampled_from(["1.0", "1.1", 1.0, None]),
+        "id": _TEXTS,
+        "source": _TEXTS,
+        "type": _TEXTS,
+        "subject": _TEXTS,
+        "data": st.one_of(st.dictionaries(st.text(max_size=3), st.integers()), st.lists(st.integers()), st.none()),
+        "datacontenttype": _TEXTS,
+        "dataschema": _TEXTS,
+        "region": _TEXTS,
+    },
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(raw=_MEMBERS, complete=st.booleans())
+def test_the_fast_check_accepts_only_what_pydantic_accepts_with_the_same_values(raw, complete):
+    """The hot path skips pydantic for the common shape; a verdict must not depend on the path."""
+    if complete:  # most generated members lack a required attribute; half get all of them
+        raw = {**event(), **raw}
+    fast = _checked_fast(raw)
+    try:
+        slow = ValidUsageEvent.of(UsageEvent.model_validate(raw))
+    except ValidationError:
+        slow = None
+    if fast is None:
+        return  # pydantic decides
+    assert slow is not None, raw
+    assert fast == slow
+    assert fast.time.utcoffset() == slow.time.utcoffset()
+    assert payload_hash(raw, fast) == payload_hash(raw, slow)
+    assert payload_hash(raw, fast, _canonical_zulu(raw["time"])) == payload_hash(raw, slow)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bastionary.catalog import Aggregation, parse_catalog
-from bastionary.ingest.cloudevents import RecordLimits, UsageEvent, parse_record
+from bastionary.ingest.cloudevents import RecordLimits, UsageEvent, ValidUsageEvent, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.ingest.jsonpath import MISSING
 from bastionary.metering.readings import MeterIndex, Reading, dimension_value, numeric_value, unique_value
@@ -46,7 +46,7 @@ SUM_METER = CATALOG.meter("llm_tokens")
 UNIQUE_METER = CATALOG.meter("active_users")
 
 
-def usage_event(type_: str, data: dict) -> UsageEvent:
+def contract_event(type_: str, data: dict) -> UsageEvent:
     return UsageEvent(
         specversion="1.0",
         id="e-1",
@@ -58,10 +58,14 @@ def usage_event(type_: str, data: dict) -> UsageEvent:
     )
 
 
+def usage_event(type_: str, data: dict) -> ValidUsageEvent:
+    return ValidUsageEvent.of(contract_event(type_, data))
+
+
 def readings(type_: str, data: dict | bytes, index: MeterIndex = INDEX) -> list[Reading]:
     """Through the parser, as the sink does: ``data`` as a dict, or as JSON text to keep its digits."""
     text = data if isinstance(data, bytes) else orjson.dumps(data)
-    value = orjson.dumps(usage_event(type_, {}).model_dump(mode="json")).replace(b'"data":{}', b'"data":' + text)
+    value = orjson.dumps(contract_event(type_, {}).model_dump(mode="json")).replace(b'"data":{}', b'"data":' + text)
     parsed = parse_record(value, None, RECORD_MS, RecordLimits(1 << 20, 10, timedelta(0)))
     if parsed.rejection is not None:
         raise parsed.rejection

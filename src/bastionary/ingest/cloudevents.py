@@ -9,6 +9,7 @@ returns; it never raises.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -74,13 +75,47 @@ class UsageEvent(BaseModel):
         return value
 
 
+@dataclass(frozen=True, slots=True)
+class ValidUsageEvent:
+    """A member that meets :class:`UsageEvent`'s contract, as the hot path carries it.
+
+    :class:`UsageEvent` is the contract (its JSON Schema is published); building one per event
+    costs more than everything else an event needs, so the common shape is checked by
+    :func:`_checked_fast` and only the rest goes through pydantic (see :func:`_member`).
+    """
+
+    id: str
+    source: str
+    type: str
+    subject: str  # the customer id
+    time: datetime
+    data: dict[str, Any]
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, event: UsageEvent) -> ValidUsageEvent:
+        return cls(
+            event.id,
+            event.source,
+            event.type,
+            event.subject,
+            event.time,
+            event.data,
+            event.datacontenttype,
+            event.dataschema,
+            dict(event.model_extra or {}),
+        )
+
+
 @dataclass(slots=True)
 class RecordMember:
     """One event of a record: ``index`` is its position in a batch (0 for single events)."""
 
     index: int
     raw: Any  # the decoded JSON member, kept to rebuild the dead letter's value
-    event: UsageEvent | None = None
+    event: ValidUsageEvent | None = None
     payload_hash: bytes = b""
     rejection: Rejection | None = None
 
@@ -170,18 +205,21 @@ def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
     if not isinstance(raw, dict):
         member.rejection = Rejection(ErrorClass.NOT_CLOUDEVENT, f"expected a JSON object, got {type(raw).__name__}")
         return member
-    try:
-        event = UsageEvent.model_validate(raw)
-    except ValidationError as exc:
-        member.rejection = _validation_rejection(raw, exc)
-        return member
+    event = _checked_fast(raw)
+    canonical_time = None if event is None else _canonical_zulu(raw["time"])
+    if event is None:  # not the common shape: pydantic decides, and words any rejection
+        try:
+            event = ValidUsageEvent.of(UsageEvent.model_validate(raw))
+        except ValidationError as exc:
+            member.rejection = _validation_rejection(raw, exc)
+            return member
     if event.time > latest_allowed:
         member.rejection = Rejection(
             ErrorClass.FUTURE_TIME, f"time {event.time.isoformat()} is after {latest_allowed.isoformat()}"
         )
         return member
     try:
-        member.payload_hash = payload_hash(raw, event)
+        member.payload_hash = payload_hash(raw, event, canonical_time)
     except TypeError:  # orjson's "Recursion limit reached": deeper than MAX_NESTING_DEPTH
         member.rejection = Rejection(
             ErrorClass.NESTING_TOO_DEEP, f"the event nests more than {MAX_NESTING_DEPTH} levels deep"
@@ -191,14 +229,72 @@ def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
     return member
 
 
-def payload_hash(raw: dict[str, Any], event: UsageEvent) -> bytes:
+# RFC 3339 as producers write it, ASCII digits only. Python's parser and pydantic's agree on
+# every string of this shape that either accepts (tests/unit/test_cloudevents.py checks it).
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_ATTRIBUTE_LENGTHS = (("id", 512), ("source", 1024), ("type", 256), ("subject", 256))
+_DECLARED = frozenset(UsageEvent.model_fields)
+
+
+def _checked_fast(raw: dict[str, Any]) -> ValidUsageEvent | None:
+    """The event, if ``raw`` has the common shape and meets the contract; else None.
+
+    None means "ask pydantic", never "rejected": this accepts a subset of what
+    :class:`UsageEvent` accepts, with the same values, so a verdict never depends on which
+    path judged it.
+    """
+    if raw.get("specversion") != "1.0":
+        return None
+    for name, longest in _ATTRIBUTE_LENGTHS:
+        value = raw.get(name)
+        if type(value) is not str or not 0 < len(value) <= longest:
+            return None
+    text = raw.get("time")
+    if type(text) is not str or _RFC3339.fullmatch(text) is None:
+        return None
+    try:
+        time = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if not _EARLIEST <= time < _LATEST:
+        return None
+    data = raw.get("data", _ABSENT)
+    if data is _ABSENT:
+        data = {}
+    elif type(data) is not dict:
+        return None
+    content_type, schema = raw.get("datacontenttype"), raw.get("dataschema")
+    if (content_type is not None and type(content_type) is not str) or (schema is not None and type(schema) is not str):
+        return None
+    declared = 6 + ("data" in raw) + ("datacontenttype" in raw) + ("dataschema" in raw)
+    extensions = {k: v for k, v in raw.items() if k not in _DECLARED} if len(raw) > declared else {}
+    return ValidUsageEvent(
+        raw["id"], raw["source"], raw["type"], raw["subject"], time, data, content_type, schema, extensions
+    )
+
+
+_ABSENT = object()
+
+
+def payload_hash(raw: dict[str, Any], event: ValidUsageEvent | UsageEvent, canonical_time: str | None = None) -> bytes:
     """A digest of the event as sent; equal digests mean a true repeat, not a conflict.
 
-    ``time`` is hashed in its parsed form so that ``Z`` and ``+00:00`` spell the same event.
+    ``time`` is hashed in its parsed form so that ``Z`` and ``+00:00`` spell the same event;
+    ``canonical_time``, when given, is that form already.
     """
     canonical = dict(raw)
-    canonical["time"] = event.time.astimezone(UTC).isoformat()
+    canonical["time"] = canonical_time or event.time.astimezone(UTC).isoformat()
     return blake2b(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def _canonical_zulu(text: str) -> str | None:
+    """The hashed spelling of a time :func:`_checked_fast` accepted, where reading it off the
+    text is safe: ``Z`` with no fraction, or with 6 digits not all zero (else None)."""
+    if text[-1] == "Z" and (len(text) == 20 or (len(text) == 27 and text[20:26] != "000000")):
+        return text[:-1] + "+00:00"
+    return None
 
 
 def _validation_rejection(raw: dict[str, Any], exc: ValidationError) -> Rejection:

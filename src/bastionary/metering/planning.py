@@ -19,7 +19,7 @@ from bastionary.ingest.cloudevents import (
     ParsedRecord,
     RecordLimits,
     RecordMember,
-    UsageEvent,
+    ValidUsageEvent,
     member_bytes,
     parse_record,
 )
@@ -67,7 +67,7 @@ class _Accepted:
     """A member that passed every check that needs no dedupe state."""
 
     member: RecordMember
-    event: UsageEvent
+    event: ValidUsageEvent
     key: bytes
     row: EventRow
     readings: list[Reading]
@@ -166,7 +166,7 @@ class FlushPlanner:
             return
         for member, rejection in examined.rejected:
             self._reject_member(plan, record, parsed, member, rejection)
-        seen_at = record.timestamp_ms // 1000
+        seen_at = record.timestamp_ms // 1000  # also the record's ingested second
         for accepted in examined.accepted:
             member, event = accepted.member, accepted.event
             current = Sighting(record.offset, member.index, seen_at, member.payload_hash, plan.log_epoch)
@@ -187,8 +187,10 @@ class FlushPlanner:
             plan.sightings.append((accepted.key, current))
             plan.stats.accepted += 1
             plan.event_rows.append(accepted.row)
-            for reading in accepted.readings:
-                rollups.add(event.subject, event.time, reading, accepted.row.ingested_at)
+            if accepted.readings:
+                event_second = int(event.time.timestamp())
+                for reading in accepted.readings:
+                    rollups.add_at(event.subject, event.time, event_second, reading, seen_at)
 
     def _reject_member(
         self, plan: FlushPlan, record: InboundRecord, parsed: ParsedRecord, member: RecordMember, rejection: Rejection

@@ -6,11 +6,11 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Context, Decimal, DecimalException, Inexact, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from bastionary.ingest.cloudevents import UsageEvent
+from bastionary.ingest.cloudevents import ValidUsageEvent
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.ingest.jsonpath import MISSING, extract
 from bastionary.metering.meters import Aggregation, Meter
@@ -28,8 +28,7 @@ _PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 Group = tuple[tuple[str, str], ...]
 
 
-@dataclass(slots=True, frozen=True)
-class Reading:
+class Reading(NamedTuple):  # a tuple: one is built for every meter an event feeds
     meter: str
     aggregation: Aggregation
     group: Group
@@ -53,7 +52,7 @@ class MeterIndex:
             compiled = _CompiledMeter(meter, meter.value_steps or (), tuple(sorted(meter.group_steps.items())))
             self._by_type.setdefault(meter.event_type, []).append(compiled)
 
-    def readings(self, event: UsageEvent, exact_data: Callable[[], Any]) -> list[Reading]:
+    def readings(self, event: ValidUsageEvent, exact_data: Callable[[], Any]) -> list[Reading]:
         """Every meter's reading, or :class:`Rejection` if any meter cannot read the event.
 
         All-or-nothing: an event is stored only if every meter it feeds can count it, so the
@@ -68,7 +67,11 @@ class MeterIndex:
         out = []
         for compiled in meters:
             meter = compiled.meter
-            group = tuple((name, dimension_value(extract(data, steps))) for name, steps in compiled.group_steps)
+            group = (
+                tuple([(name, dimension_value(extract(data, steps))) for name, steps in compiled.group_steps])
+                if compiled.group_steps
+                else ()
+            )
             aggregation = meter.aggregation
             if aggregation is Aggregation.COUNT:
                 out.append(Reading(meter.key, aggregation, group))

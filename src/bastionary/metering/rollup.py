@@ -64,7 +64,9 @@ class RollupCell:
                 assert_never(reading.aggregation)
 
 
-RollupKey = tuple[str, str, str, datetime, datetime]  # meter, customer, group_key, window, ingested minute
+# meter, customer, group, window start and ingested minute (Unix seconds): integer minutes
+# and the group as a tuple, because the key is built for every reading.
+RollupKey = tuple[str, str, Group, int, int]
 
 ROLLUP_COLUMNS = RollupRow._fields
 
@@ -72,40 +74,51 @@ ROLLUP_COLUMNS = RollupRow._fields
 class RollupBuilder:
     def __init__(self) -> None:
         self.cells: dict[RollupKey, RollupCell] = {}
-        self._groups: dict[RollupKey, Group] = {}
 
     def add(self, customer_id: str, event_time: datetime, reading: Reading, ingested_at: datetime = EPOCH) -> None:
+        self.add_at(customer_id, event_time, int(event_time.timestamp()), reading, int(ingested_at.timestamp()))
+
+    def add_at(
+        self, customer_id: str, event_time: datetime, event_second: int, reading: Reading, ingested_second: int
+    ) -> None:
+        """:meth:`add`, with the event's and the record's times already in Unix seconds."""
         key = (
             reading.meter,
             customer_id,
-            group_key(reading.group),
-            window_start(event_time),
-            window_start(ingested_at),
+            reading.group,
+            event_second - event_second % WINDOW_SECONDS,
+            ingested_second - ingested_second % WINDOW_SECONDS,
         )
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = RollupCell()
-            self._groups[key] = reading.group
         cell.add(reading, event_time)
 
     def rows(self) -> list[RollupRow]:
-        rows = []
-        for key in sorted(self.cells):
-            cell = self.cells[key]
-            meter, customer_id, gkey, start, ingested_minute = key
-            rows.append(
-                RollupRow(
-                    meter=meter,
-                    customer_id=customer_id,
-                    group_key=gkey,
-                    group_values=dict(self._groups[key]),
-                    window_start=start,
-                    ingested_minute=ingested_minute,
-                    value_sum=cell.value_sum,
-                    event_count=cell.event_count,
-                    value_max=cell.value_max,
-                    unique_values=sorted(cell.unique_values),
-                    latest=cell.latest or (EPOCH, ZERO),
-                )
+        minutes: dict[int, datetime] = {}
+
+        def minute(second: int) -> datetime:
+            found = minutes.get(second)
+            if found is None:
+                found = minutes[second] = datetime.fromtimestamp(second, tz=UTC)
+            return found
+
+        rows = [
+            RollupRow(
+                meter=meter,
+                customer_id=customer_id,
+                group_key=group_key(group),
+                group_values=dict(group),
+                window_start=minute(start),
+                ingested_minute=minute(ingested),
+                value_sum=cell.value_sum,
+                event_count=cell.event_count,
+                value_max=cell.value_max,
+                unique_values=sorted(cell.unique_values),
+                latest=cell.latest or (EPOCH, ZERO),
             )
+            for (meter, customer_id, group, start, ingested), cell in self.cells.items()
+        ]
+        # The order rows were always written in (by their text key), whatever order events came in.
+        rows.sort(key=lambda r: (r.meter, r.customer_id, r.group_key, r.window_start, r.ingested_minute))
         return rows
