@@ -22,13 +22,17 @@ from bastionary.entitlements.changes import Change, change_event, due_changes
 from bastionary.entitlements.evaluate import Decision, check, check_all
 from bastionary.entitlements.ports import EntitlementStore
 from bastionary.entitlements.spec import EntitledPlan, MeteredEntitlement
-from bastionary.entitlements.state import Loaded, build_state, suspension_changes
+from bastionary.entitlements.state import Loaded, build_states, suspension_changes
 from bastionary.metering.meters import Meter, behaviour
 from bastionary.metering.sink import LandedFlush
 
 log = structlog.get_logger(__name__)
 # (key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
 Publish = Callable[[str, bytes], Awaitable[Awaitable[object]]]
+# Customers read per query batch: first-seen customers (a worker starting, or a new owner after
+# a rebalance) are read a batch at a time, each batch holding the flush lock for a handful of
+# queries rather than one customer's queries at a time.
+LOAD_BATCH = 500
 
 
 class UnknownCustomer(LookupError):
@@ -75,13 +79,30 @@ class Entitlements:
         return loaded
 
     async def _load(self, customer: str) -> Loaded | None:
+        return (await self._load_many([customer]))[customer]
+
+    async def _load_many(self, customers: list[str]) -> dict[str, Loaded | None]:
+        """Read customers' state in one batch, under the flush lock (no flush lands halfway
+        through the read), off the event loop."""
         async with self.lock:
-            loaded = await asyncio.to_thread(build_state, self.store, self._plans, self._meters, customer, self.now())
-            self._loaded[customer] = loaded
-        log.debug("entitlement state loaded", customer_id=customer, known=loaded is not None)
-        if loaded is not None and self.on_loaded is not None:
-            self.on_loaded(customer, loaded)
-        return loaded
+            states = await asyncio.to_thread(build_states, self.store, self._plans, self._meters, customers, self.now())
+            self._loaded.update(states)
+        log.debug("entitlement states loaded", customers=len(states), known=sum(1 for s in states.values() if s))
+        if self.on_loaded is not None:
+            for customer, loaded in states.items():
+                if loaded is not None:
+                    self.on_loaded(customer, loaded)
+        return states
+
+    async def _load_unread(self, customers: list[str], now: datetime) -> None:
+        """Read, in batches, the customers among ``customers`` not in memory (or stale)."""
+        unread = [
+            c
+            for c in customers
+            if c not in self._loaded or ((loaded := self._loaded[c]) is not None and loaded.stale_at(now))
+        ]
+        for start in range(0, len(unread), LOAD_BATCH):
+            await self._load_many(unread[start : start + LOAD_BATCH])
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -167,6 +188,12 @@ class Entitlements:
                 self._dirty |= {c for c, loaded in self._loaded.items() if loaded is not None and _clocked(loaded, now)}
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
+            try:
+                await self._load_unread(sorted(dirty), self.now())
+            except Exception:
+                log.exception("entitlement states not read; retried", customers=len(dirty))
+                self._dirty |= dirty
+                continue
             for n, customer in enumerate(sorted(dirty)):
                 if n % 50 == 49:
                     await asyncio.sleep(0)  # a long sweep must not hold checks up

@@ -6,7 +6,7 @@ CLI builds one on demand. Both come from the same rollups, so they agree once da
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -53,26 +53,55 @@ def build_state(
     customer: str,
     now: datetime,
 ) -> Loaded | None:
-    """None for a customer Bastionary knows nothing about (no subscription, no override).
+    """One customer's state (see :func:`build_states`)."""
+    return build_states(store, plans, meters, [customer], now)[customer]
+
+
+def build_states(
+    store: EntitlementStore,
+    plans: Mapping[str, EntitledPlan],
+    meters: Mapping[str, Meter],
+    customers: Collection[str],
+    now: datetime,
+) -> dict[str, Loaded | None]:
+    """Every customer's state, None for one Bastionary knows nothing about (no subscription,
+    no override). A handful of queries whatever the number of customers: one per table, and
+    one per (metered entitlement, period) for the usage.
 
     ``plans`` is the catalog the store built the subscriptions from, so every plan key is in it."""
-    sub = store.subscription(customer)
-    overrides = store.overrides(customer)
-    if sub is None and not overrides:
-        return None
-    in_force, start, end = plan_and_period(sub, now)
-    plan = plans[in_force.key] if in_force is not None else None
-    usage: dict[str, Decimal] = {}
-    if plan is not None and start is not None and end is not None:  # all three or none
-        for entitlement in plan.entitlements:
-            if isinstance(entitlement, MeteredEntitlement):
-                usage[entitlement.feature] = store.usage(
-                    customer, meters[entitlement.meter], entitlement.filter, start, end
-                )
-    suspensions = store.suspension_history(customer)
-    suspended = bool(suspensions) and suspensions[-1] == "suspended"
-    state = CustomerState(customer, plan, start, end, suspended, usage, tuple(overrides))
-    return Loaded(state, store.recorded_changes(customer), suspensions)
+    subscriptions = store.subscriptions(customers)
+    overrides = store.overrides(customers)
+    known = [c for c in customers if c in subscriptions or c in overrides]
+    periods: dict[str, tuple[EntitledPlan | None, datetime | None, datetime | None]] = {}
+    usage_asked: dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime], list[str]] = {}
+    for customer in known:
+        in_force, start, end = plan_and_period(subscriptions.get(customer), now)
+        plan = plans[in_force.key] if in_force is not None else None
+        periods[customer] = (plan, start, end)
+        if plan is not None and start is not None and end is not None:  # all three or none
+            for entitlement in plan.entitlements:
+                if isinstance(entitlement, MeteredEntitlement):
+                    key = (entitlement.meter, tuple(sorted(entitlement.filter.items())), start, end)
+                    usage_asked.setdefault(key, []).append(customer)
+    usage_found = {
+        key: store.usage(asking, meters[key[0]], dict(key[1]), key[2], key[3]) for key, asking in usage_asked.items()
+    }
+    suspensions = store.suspension_histories(known) if known else {}
+    recorded = store.recorded_changes(known) if known else {}
+    states: dict[str, Loaded | None] = dict.fromkeys(customers)
+    for customer in known:
+        plan, start, end = periods[customer]
+        usage: dict[str, Decimal] = {}
+        if plan is not None and start is not None and end is not None:
+            for entitlement in plan.entitlements:
+                if isinstance(entitlement, MeteredEntitlement):
+                    key = (entitlement.meter, tuple(sorted(entitlement.filter.items())), start, end)
+                    usage[entitlement.feature] = usage_found[key].get(customer, Decimal(0))
+        history = suspensions.get(customer, [])
+        suspended = bool(history) and history[-1] == "suspended"
+        state = CustomerState(customer, plan, start, end, suspended, usage, tuple(overrides.get(customer, ())))
+        states[customer] = Loaded(state, recorded.get(customer, []), history)
+    return states
 
 
 def suspension_changes(loaded: Loaded) -> list[Change]:

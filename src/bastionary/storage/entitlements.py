@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -43,6 +43,10 @@ CHANGE_COLUMNS = (
 )
 
 
+# The customers of a batch read: a set the primary key can use, not one query per customer.
+_CUSTOMERS = "(SELECT arrayJoin({cs:Array(String)}))"
+
+
 class ClickHouseEntitlementStore:
     """Entitlements' tables (:class:`bastionary.entitlements.ports.EntitlementStore`) and override writes."""
 
@@ -68,30 +72,39 @@ class ClickHouseEntitlementStore:
         )
         self.client.insert("entitlement_overrides", [row], column_names=OVERRIDE_COLUMNS)
 
-    def overrides(self, customer: str) -> list[Override]:
+    def overrides(self, customers: Collection[str]) -> dict[str, list[Override]]:
         rows = self.client.query(
             "SELECT event_id, override_id, customer_id, feature, effective_at, expires_at, limit_value, limit_delta,"
-            " enabled FROM entitlement_overrides FINAL WHERE customer_id = {c:String} ORDER BY received_at",
-            parameters={"c": customer},
+            f" enabled FROM entitlement_overrides FINAL WHERE customer_id IN {_CUSTOMERS} ORDER BY received_at",
+            parameters={"cs": list(customers)},
         ).result_rows
-        return [
-            Override(e, o, c, f, _utc(at), _utc(exp), _dec(lim), _dec(delta), None if en is None else bool(en))
-            for e, o, c, f, at, exp, lim, delta, en in rows
-        ]
+        out: dict[str, list[Override]] = {}
+        for e, o, c, f, at, exp, lim, delta, en in rows:
+            override = Override(
+                e, o, c, f, _utc(at), _utc(exp), _dec(lim), _dec(delta), None if en is None else bool(en)
+            )
+            out.setdefault(c, []).append(override)
+        return out
 
-    def subscription(self, customer: str) -> Subscription | None:
-        """The customer's newest subscription (the one a check is answered from)."""
+    def subscriptions(self, customers: Collection[str]) -> dict[str, Subscription]:
+        """Each customer's newest subscription (the one a check is answered from)."""
         rows = self.client.query(
             "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at"
-            " FROM subscriptions FINAL WHERE customer_id = {c:String}"
-            " ORDER BY subscription_id, effective_at, event_type = 'canceled', event_id",
-            parameters={"c": customer},
+            f" FROM subscriptions FINAL WHERE customer_id IN {_CUSTOMERS}"
+            " ORDER BY customer_id, subscription_id, effective_at, event_type = 'canceled', event_id",
+            parameters={"cs": list(customers)},
         ).result_rows
-        by_id: dict[str, list[SubscriptionEvent]] = {}
+        by_id: dict[tuple[str, str], list[SubscriptionEvent]] = {}
         for row in rows:
-            by_id.setdefault(row[0], []).append(SubscriptionEvent(*row))
-        subs = [s for s in (build_subscription(i, ev, self.plans) for i, ev in by_id.items()) if s is not None]
-        return max(subs, key=lambda s: s.segments[0].start, default=None)
+            by_id.setdefault((row[1], row[0]), []).append(SubscriptionEvent(*row))
+        newest: dict[str, Subscription] = {}
+        for (customer, subscription_id), events in by_id.items():
+            sub = build_subscription(subscription_id, events, self.plans)
+            if sub is not None and (
+                customer not in newest or sub.segments[0].start > newest[customer].segments[0].start
+            ):
+                newest[customer] = sub
+        return newest
 
     def suspended(self, customer: str) -> bool:
         """A dunning suspend step applied to one of the customer's invoices and not reinstated."""
@@ -103,30 +116,35 @@ class ClickHouseEntitlementStore:
         ).result_rows
         return any(row[0] for row in rows)
 
-    def suspension_history(self, customer: str) -> list[str]:
-        """The customer's suspended/reinstated transitions, in order, from the dunning trail:
+    def suspension_histories(self, customers: Collection[str]) -> dict[str, list[str]]:
+        """Each customer's suspended/reinstated transitions, in order, from the dunning trail:
         suspended when a first invoice is suspended, reinstated when the last one is lifted.
         Derived from history, not the current flag, so a suspension lifted before anyone
-        looked still yields both events."""
+        looked still yields both events. Customers with none are left out."""
         rows = self.client.query(
-            "SELECT invoice_id, kind FROM dunning_events FINAL WHERE customer_id = {c:String}"
-            " AND ((kind = 'notice' AND action = 'suspend') OR kind = 'reinstated') ORDER BY at, recorded_at, kind",
-            parameters={"c": customer},
+            f"SELECT customer_id, invoice_id, kind FROM dunning_events FINAL WHERE customer_id IN {_CUSTOMERS}"
+            " AND ((kind = 'notice' AND action = 'suspend') OR kind = 'reinstated')"
+            " ORDER BY customer_id, at, recorded_at, kind",
+            parameters={"cs": list(customers)},
         ).result_rows
-        open_invoices: set[str] = set()
-        transitions = []
-        for invoice_id, kind in rows:
-            before = bool(open_invoices)
-            (open_invoices.add if kind == "notice" else open_invoices.discard)(invoice_id)
-            if bool(open_invoices) != before:
-                transitions.append("suspended" if open_invoices else "reinstated")
+        open_invoices: dict[str, set[str]] = {}
+        transitions: dict[str, list[str]] = {}
+        for customer, invoice_id, kind in rows:
+            invoices = open_invoices.setdefault(customer, set())
+            before = bool(invoices)
+            (invoices.add if kind == "notice" else invoices.discard)(invoice_id)
+            if bool(invoices) != before:
+                transitions.setdefault(customer, []).append("suspended" if invoices else "reinstated")
         return transitions
 
-    def usage(self, customer: str, meter: Meter, filters: dict[str, str], start: datetime, end: datetime) -> Decimal:
-        params: QueryParameters = {"meter": meter.key, "c": customer, "start": start, "end": end}
+    def usage(
+        self, customers: Collection[str], meter: Meter, filters: dict[str, str], start: datetime, end: datetime
+    ) -> dict[str, Decimal]:
+        """Each customer's usage of ``meter`` in [start, end); customers with none are left out."""
+        params: QueryParameters = {"meter": meter.key, "cs": list(customers), "start": start, "end": end}
         where = [
             "meter = {meter:String}",
-            "customer_id = {c:String}",
+            f"customer_id IN {_CUSTOMERS}",
             "window_start >= {start:DateTime('UTC')}",
             "window_start < {end:DateTime('UTC')}",
         ]
@@ -134,10 +152,11 @@ class ClickHouseEntitlementStore:
             params[f"k{i}"], params[f"v{i}"] = name, value
             where.append(f"group_values[{{k{i}:String}}] = {{v{i}:String}}")
         rows = self.client.query(
-            f"SELECT {value_expression(meter.aggregation)} FROM usage_rollup_1m WHERE {' AND '.join(where)}",
+            f"SELECT customer_id, {value_expression(meter.aggregation)} FROM usage_rollup_1m"
+            f" WHERE {' AND '.join(where)} GROUP BY customer_id",
             parameters=params,
         ).result_rows
-        return Decimal(rows[0][0] or 0) if rows else Decimal(0)
+        return {customer: Decimal(value or 0) for customer, value in rows}
 
     def changed_rows(self, since: datetime) -> set[tuple[str, str]]:
         """(customer, row id) of subscription, override and suspension rows received after
@@ -155,13 +174,16 @@ class ClickHouseEntitlementStore:
 
     # -- changes -------------------------------------------------------------------------
 
-    def recorded_changes(self, customer: str) -> list[Change]:
+    def recorded_changes(self, customers: Collection[str]) -> dict[str, list[Change]]:
         rows = self.client.query(
             "SELECT change_id, kind, customer_id, feature, period_start, detail FROM entitlement_changes FINAL"
-            " WHERE customer_id = {c:String} ORDER BY ordinal",
-            parameters={"c": customer},
+            f" WHERE customer_id IN {_CUSTOMERS} ORDER BY customer_id, ordinal",
+            parameters={"cs": list(customers)},
         ).result_rows
-        return [Change(i, k, c, f, _utc(p), orjson.loads(d)) for i, k, c, f, p, d in rows]
+        out: dict[str, list[Change]] = {}
+        for i, k, c, f, p, d in rows:
+            out.setdefault(c, []).append(Change(i, k, c, f, _utc(p), orjson.loads(d)))
+        return out
 
     def store_changes(self, changes: list[Change], first_ordinal: int, published: int = 0) -> None:
         now = datetime.now(UTC)

@@ -8,7 +8,7 @@ from typing import assert_never
 
 from bastionary.metering.meters import Aggregation, Meter
 
-QueryParameters = dict[str, str | datetime]  # bound by name in the SQL text: {name:Type}
+QueryParameters = dict[str, str | datetime | list[str]]  # bound by name in the SQL text: {name:Type}
 
 
 def value_expression(aggregation: Aggregation) -> str:

@@ -7,6 +7,8 @@ consumer group. The phases:
 
 (a) bare Faust ceiling: :mod:`bastionary.worker.bare_agent` (one agent that only counts) reads
     the single-event records of (b); records/s from the first to the last record counted.
+(a') same-run references on each workload of (b), see :mod:`bastionary.tools.bench.references`:
+    aiokafka's transport ceiling and the hand-written loop a user would write.
 (b) pipeline throughput: the same workload as single-event records, then packed into
     100-event batch records; pre-published, then a worker started on it; timed from its
     first consumed record to "caught up" (committed offsets at the log end).
@@ -27,7 +29,7 @@ from typing import Any
 
 from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.tools.bench.options import BATCH_EVENTS, BenchError, BenchOptions
-from bastionary.tools.bench.phases import _bare_ceiling, _latency, _peak_rss, _throughput
+from bastionary.tools.bench.phases import _bare_ceiling, _latency, _peak_rss, _reference, _throughput
 from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt
 from bastionary.tools.bench.report import _verdicts, machine_info, render
 from bastionary.tools.bench.stack import _Bench
@@ -84,6 +86,13 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict[str, Any]:
         out["bare"] = _bare_ceiling(bench, topic, len(singles), timeout)
     _say(f"    {out['bare']['records_per_s']:,} records/s")
 
+    references: dict[str, dict[str, Any]] = {"transport": {}, "handwritten": {}}
+    total_events = sum(r.events for r in singles)
+    for kind in references:
+        with cpu.phase(f"{kind}_single"):
+            references[kind]["single"] = _reference(bench, kind, "single", topic, len(singles), total_events, timeout)
+        _say(f"    reference {kind}, single-event records: {references[kind]['single']['records_per_s']:,} records/s")
+
     _say("(b) pipeline, single-event records")
     with cpu.phase("single"):
         single, single_exact = _throughput(bench, "single", prefix, group, singles, ends, workload, timeout)
@@ -96,10 +105,21 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict[str, Any]:
     prefix, group = bench.names("batch")
     topic = bench.create_topics(prefix)
     ends = bench.publish(topic, batches)
+    for kind in references:
+        with cpu.phase(f"{kind}_batch"):
+            references[kind]["batch"] = _reference(bench, kind, "batch", topic, len(batches), total_events, timeout)
+        _say(f"    reference {kind}, batch records: {references[kind]['batch']['events_per_s']:,} events/s")
     with cpu.phase("batch"):
         batch, batch_exact = _throughput(bench, "batch", prefix, group, batches, ends, workload, timeout)
+    single["ratio_to_handwritten"] = round(
+        single["records_per_s"] / max(references["handwritten"]["single"]["records_per_s"], 1), 3
+    )
+    batch["ratio_to_handwritten"] = round(
+        batch["events_per_s"] / max(references["handwritten"]["batch"]["events_per_s"], 1), 3
+    )
     out["batch"] = batch
-    _say(f"    {batch['events_per_s']:,} events/s")
+    out["references"] = references
+    _say(f"    {batch['events_per_s']:,} events/s ({batch['ratio_to_handwritten']}x the hand-written loop)")
     del workload, singles, batches
 
     rate = max(20.0, min(out["single"]["records_per_s"] / 2, 50_000.0))

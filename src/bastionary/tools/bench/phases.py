@@ -36,6 +36,7 @@ class Throughput(TypedDict):
     startup_s: float
     timing: str
     ratio_to_bare: NotRequired[float]  # the single-event run's, set once both are known
+    ratio_to_handwritten: NotRequired[float]  # to the hand-written loop on the same records
 
 
 # -- phases ----------------------------------------------------------------------------------
@@ -65,6 +66,43 @@ def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> di
         bench.processes.stop(process)
     seconds = max(result["last"] - result["first"], 1e-6)
     return {"records": result["count"], "seconds": round(seconds, 3), "records_per_s": round(result["count"] / seconds)}
+
+
+def _reference(
+    bench: _Bench, kind: str, workload: str, topic: str, records: int, events: int, timeout: float
+) -> dict[str, float]:
+    """One same-run reference (see :mod:`bastionary.tools.bench.references`) over ``topic``."""
+    _, group = bench.names(f"{kind}-{workload}")
+    report = bench.root / kind / f"{group}.json"
+    command = [
+        sys.executable, "-m", "bastionary.tools.bench.references", kind,
+        "--bootstrap", bench.bootstrap, "--topic", topic, "--group", group,
+        "--expect-records", str(records), "--report", str(report), "--data-dir", str(bench.root / kind / group),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
+    log_path = bench.root / "logs" / f"{group}.log"
+    process = bench.processes.spawn(command, env, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while not report.exists():
+            if process.poll() is not None and not report.exists():
+                raise BenchError(f"reference {kind} exited with {process.returncode}:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"reference {kind} did not count {records} records in {timeout:.0f}s")
+            time.sleep(0.1)
+        result: dict[str, float] = json.loads(report.read_text())
+    finally:
+        bench.processes.stop(process)
+    seconds = max(result["last"] - result["first"], 1e-6)
+    counted = result["events"] + result["duplicates"] if kind == "handwritten" else events
+    return {
+        "records": result["records"],
+        "events": counted,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(result["records"] / seconds),
+        "events_per_s": round(counted / seconds),
+        "duplicates_dropped": result["duplicates"],
+    }
 
 
 def _throughput(

@@ -15,6 +15,7 @@ from bastionary.tools.bench.options import (
     CONTENTION_WARNING,
     LATENCY_POLL_SECONDS,
     TARGET_BATCH_EVENTS_PER_S,
+    TARGET_HANDWRITTEN_RATIO,
     TARGET_P99_S,
     TARGET_RSS_IDS,
     TARGET_RSS_MB,
@@ -66,6 +67,10 @@ def _verdicts(out: dict[str, Any], options: BenchOptions) -> dict[str, dict[str,
         "batch_events_per_s": {
             "target": f">= {TARGET_BATCH_EVENTS_PER_S:,} events/s",
             "pass": out["batch"]["events_per_s"] >= TARGET_BATCH_EVENTS_PER_S,
+        },
+        "batch_vs_handwritten": {
+            "target": f">= {TARGET_HANDWRITTEN_RATIO}x the hand-written loop",
+            "pass": out["batch"].get("ratio_to_handwritten", 0) >= TARGET_HANDWRITTEN_RATIO,
         },
         "latency_p99_s": {
             "target": f"<= {TARGET_P99_S:g} s",
@@ -123,6 +128,24 @@ def render(result: dict[str, Any], as_json: bool) -> str:
         f">= {TARGET_BATCH_EVENTS_PER_S:,} events/s per worker",
         verdict("batch_events_per_s"),
     )
+    references = result.get("references", {})
+    if "handwritten" in references:
+        handwritten = references["handwritten"]
+        table.add_row(
+            "pipeline / hand-written loop, batch",
+            f"{batch['ratio_to_handwritten']:.2f}x\n({handwritten['batch']['events_per_s']:,} events/s by hand)",
+            f">= {TARGET_HANDWRITTEN_RATIO}x the hand-written loop",
+            verdict("batch_vs_handwritten"),
+        )
+    for kind, label in (("transport", "aiokafka getmany, count only"), ("handwritten", "hand-written loop")):
+        if kind in references:
+            runs = references[kind]
+            table.add_row(
+                f"reference: {label}",
+                f"{runs['single']['records_per_s']:,} records/s single\n{runs['batch']['events_per_s']:,} events/s batch",
+                "(same run, same records)",
+                "",
+            )
     missing = f", {latency['missing']} never seen" if latency["missing"] else ""
     table.add_row(
         "end-to-end latency p50 / p99",

@@ -1,0 +1,187 @@
+"""Same-run references for ``bench``: what the broker can deliver, and the naive loop by hand.
+
+Run as a subprocess on a topic the bench has published (one process per chdb directory)::
+
+    python -m bastionary.tools.bench.references transport|handwritten --bootstrap HOST:PORT \
+        --topic T --group G --expect-records N --report /path/result.json [--data-dir D]
+
+- ``transport``: aiokafka ``getmany`` that only counts records, the ceiling of the client and
+  broker on this machine.
+- ``handwritten``: what a user would write in an afternoon. aiokafka ``getmany``, orjson, a
+  Python set for dedupe (lost with the process), per-minute count rollups in a dict, and
+  column-oriented inserts into ClickHouse (chdb in ``--data-dir``), one per table per fetch
+  round of at least 20,000 events or 250 ms, offsets committed after the inserts. It
+  validates nothing beyond what it needs to read, and has no dead letters, no replay-safe
+  tokens and no per-meter aggregations.
+
+Both time from the first record taken to the last one counted (the hand-written loop: to its
+last insert) and write ``{"records", "events", "duplicates", "first", "last"}`` to
+``--report`` when ``--expect-records`` have been counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+_FLUSH_EVENTS = 20_000
+_FLUSH_SECONDS = 0.25
+
+
+async def _transport(bootstrap: str, topic: str, group: str, expect: int) -> dict[str, float]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records, first = 0, 0.0
+    try:
+        while records < expect:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for batch in fetched.values():
+                if batch and not first:
+                    first = time.time()
+                records += len(batch)
+    finally:
+        await consumer.stop()
+    return {"records": records, "events": records, "duplicates": 0, "first": first, "last": time.time()}
+
+
+class _HandWritten:
+    def __init__(self, data_dir: Path):
+        import clickhouse_connect
+
+        self.client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir.resolve()}")
+        self.client.command(
+            "CREATE TABLE IF NOT EXISTS events (id String, source String, type String, customer_id String,"
+            " time DateTime64(6, 'UTC'), data String) ENGINE = MergeTree ORDER BY (customer_id, time)"
+        )
+        self.client.command(
+            "CREATE TABLE IF NOT EXISTS rollup (type String, customer_id String, minute DateTime('UTC'),"
+            " events UInt64) ENGINE = SummingMergeTree ORDER BY (type, customer_id, minute)"
+        )
+        self.seen: set[tuple[str, str]] = set()
+        self.columns: list[list[Any]] = [[] for _ in range(6)]
+        self.rollup: dict[tuple[str, str, int], int] = {}
+        self.events = self.duplicates = 0
+
+    def take(self, value: bytes) -> None:
+        decoded = orjson.loads(value)
+        for event in decoded if isinstance(decoded, list) else (decoded,):
+            key = (event["source"], event["id"])
+            if key in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen.add(key)
+            moment = datetime.fromisoformat(event["time"])
+            second = int(moment.timestamp())
+            ids, sources, types, customers, times, data = self.columns
+            ids.append(event["id"])
+            sources.append(event["source"])
+            types.append(event["type"])
+            customers.append(event["subject"])
+            times.append(second * 1_000_000 + moment.microsecond)
+            data.append(orjson.dumps(event.get("data", {})).decode())
+            minute = (event["type"], event["subject"], second - second % 60)
+            self.rollup[minute] = self.rollup.get(minute, 0) + 1
+            self.events += 1
+
+    def pending(self) -> int:
+        return len(self.columns[0])
+
+    def flush(self) -> None:
+        if self.columns[0]:
+            names = ["id", "source", "type", "customer_id", "time", "data"]
+            self.client.insert("events", self.columns, column_names=names, column_oriented=True)
+            self.columns = [[] for _ in range(6)]
+        if self.rollup:
+            keys = list(self.rollup)
+            columns: list[list[Any]] = [
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [k[2] for k in keys],
+                list(self.rollup.values()),
+            ]
+            self.client.insert(
+                "rollup", columns, column_names=["type", "customer_id", "minute", "events"], column_oriented=True
+            )
+            self.rollup = {}
+
+
+async def _handwritten(bootstrap: str, topic: str, group: str, expect: int, data_dir: Path) -> dict[str, float]:
+    from aiokafka import AIOKafkaConsumer
+
+    loop = _HandWritten(data_dir)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    records, first, flushed_at = 0, 0.0, time.monotonic()
+    try:
+        while records < expect:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for batch in fetched.values():
+                if batch and not first:
+                    first = time.time()
+                for message in batch:
+                    loop.take(message.value)
+                records += len(batch)
+            if loop.pending() >= _FLUSH_EVENTS or time.monotonic() - flushed_at >= _FLUSH_SECONDS or records >= expect:
+                loop.flush()  # crash here: the set is gone, and a restart counts repeats again
+                await consumer.commit()
+                flushed_at = time.monotonic()
+    finally:
+        await consumer.stop()
+    return {
+        "records": records,
+        "events": loop.events,
+        "duplicates": loop.duplicates,
+        "first": first,
+        "last": time.time(),
+    }
+
+
+def _report(path: Path, result: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(result))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["transport", "handwritten"])
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True)
+    parser.add_argument("--expect-records", type=int, required=True)
+    parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.kind == "transport":
+        result = asyncio.run(_transport(args.bootstrap, args.topic, args.group, args.expect_records))
+    else:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 10)  # as the worker does: the loop's best figure, not its worst
+        data_dir = args.data_dir or args.report.parent / "handwritten"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(_handwritten(args.bootstrap, args.topic, args.group, args.expect_records, data_dir))
+    _report(args.report, result)
+
+
+if __name__ == "__main__":
+    main()
