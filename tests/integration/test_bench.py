@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_quick_bench_runs_every_phase_and_is_exact(tmp_path):
-    options = BenchOptions(quick=True, data_dir=tmp_path / "bench")
+    options = BenchOptions(quick=True, data_dir=tmp_path / "bench", profile_dir=tmp_path / "profiles")
     assert (options.events, options.dedupe_ids, options.latency_seconds) == (20_000, 50_000, 5.0)
 
     result = run_bench(options)
@@ -47,13 +47,27 @@ def test_quick_bench_runs_every_phase_and_is_exact(tmp_path):
     assert rss["distinct_ids"] == 50_000
     assert rss["vmhwm_mb"] >= rss["vmrss_mb"] > 0
 
-    assert set(result["targets"]) == {"single_ratio", "batch_events_per_s", "latency_p99_s", "rss_mb", "exact"}
+    references = result["references"]
+    for kind in ("transport", "handwritten"):
+        for run in ("single", "batch"):
+            assert references[kind][run]["records_per_s"] > 0 and references[kind][run]["events"] == 22_000
+    # The hand-written loop's set catches the repeats too (it keeps them only while it runs).
+    assert references["handwritten"]["single"]["duplicates_dropped"] == 2_000
+    assert result["batch"]["ratio_to_handwritten"] > 0
+
+    assert set(result["targets"]) == {
+        "single_ratio", "batch_events_per_s", "batch_vs_handwritten", "latency_p99_s", "rss_mb", "exact",
+    }  # fmt: skip
     assert all(isinstance(t["pass"], bool) for t in result["targets"].values())
     assert result["targets"]["exact"]["pass"] is True
     assert result["machine"]["nproc"] >= 1 and result["machine"]["python"]
 
     table = render(result, as_json=False)
-    assert "bare Faust ceiling" in table and "p99" in table and "VmHWM" in table
+    assert "bare Faust ceiling" in table and "p99" in table and "VmHWM" in table and "hand-written" in table
+    # --profile: one py-spy profile per worker the bench started.
+    profiles = sorted(p.name for p in (tmp_path / "profiles").iterdir())
+    assert profiles == [f"worker-{phase}.speedscope.json" for phase in ("batch", "latency", "rss", "single")]
+    assert all(json.loads((tmp_path / "profiles" / name).read_text())["profiles"] for name in profiles)
     assert json.loads(render(result, as_json=True))["exact"] is True
     # The data dir it was given is kept, and nothing it started is left running.
     assert (tmp_path / "bench").is_dir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -28,6 +29,12 @@ def demo(events: int, customers: int) -> None:
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run, not a measurement.")
 @click.option("--events", type=int, default=None, help="Events per throughput run (default 200,000).")
 @click.option("--dedupe-ids", type=int, default=None, help="Distinct ids for the RSS figure (default 1,000,000).")
+@click.option(
+    "--profile",
+    type=click.Path(file_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write a py-spy profile of each worker (speedscope JSON) to this directory.",
+)
 @click.option("--rating", is_flag=True, help="Rate N subscriptions x 5 metered prices instead (target <= 30 s).")
 @click.option("--subscriptions", default=10_000, show_default=True, help="With --rating.")
 @click.option(
@@ -41,6 +48,7 @@ def bench(
     quick: bool,
     events: int | None,
     dedupe_ids: int | None,
+    profile: Path | None,
     rating: bool,
     subscriptions: int,
     entitlement_checks: bool,
@@ -71,4 +79,5 @@ def bench(
         options.events = events
     if dedupe_ids:
         options.dedupe_ids = dedupe_ids
+    options.profile_dir = profile
     click.echo(render(run_bench(options), as_json))

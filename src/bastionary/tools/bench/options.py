@@ -28,6 +28,7 @@ class BenchOptions:
     latency_seconds: float = 20.0
     data_dir: Path | None = None  # default: a fresh temp dir, removed afterwards
     quick: bool = False  # small sizes for the test (e.g. 20k events, 50k ids, 5 s)
+    profile_dir: Path | None = None  # a py-spy profile of each worker goes here
 
     def __post_init__(self) -> None:
         # Quick sizes replace the defaults only; a value set explicitly (or later, as the

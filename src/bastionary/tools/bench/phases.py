@@ -157,7 +157,7 @@ def _throughput(
             "timing": timing,
         }, exactness
     finally:
-        bench.processes.stop(worker.process)
+        bench.stop_worker(worker)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -177,7 +177,7 @@ def _latency(bench: _Bench, rate: float, seconds: float) -> dict[str, float | No
         client = worker.reader()
         return asyncio.run(_measure_latency(worker, client, bench.bootstrap, topic, rate, seconds))
     finally:
-        bench.processes.stop(worker.process)
+        bench.stop_worker(worker)
 
 
 async def _measure_latency(
@@ -323,4 +323,4 @@ def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict[st
         exactness = _exactness(client, workload)
         return stats, exactness
     finally:
-        bench.processes.stop(worker.process)
+        bench.stop_worker(worker)

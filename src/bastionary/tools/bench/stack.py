@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ class _Worker:
     topic: str
     group: str
     started_at: float
+    profiler: subprocess.Popen[bytes] | None = None
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -87,10 +90,11 @@ class _Worker:
 
 
 class _Bench:
-    def __init__(self, root: Path, processes: _Processes, broker: EmbeddedBroker):
+    def __init__(self, root: Path, processes: _Processes, broker: EmbeddedBroker, profile_dir: Path | None = None):
         self.root = root
         self.processes = processes
         self.broker = broker
+        self.profile_dir = profile_dir
         self.tag = uuid.uuid4().hex[:8]
         self.cpu = _CpuMeter(processes, broker)
 
@@ -131,7 +135,31 @@ class _Bench:
         }
         log_path = self.root / "logs" / f"worker-{phase}.log"
         process = self.processes.spawn(_bastionary_command() + ["worker"], env, log_path)
-        return _Worker(process, data_dir, log_path, Topics(prefix).usage_events, group, time.time())
+        worker = _Worker(process, data_dir, log_path, Topics(prefix).usage_events, group, time.time())
+        if self.profile_dir is not None:
+            worker.profiler = self._profile(process.pid, phase, self.profile_dir)
+        return worker
+
+    def _profile(self, pid: int, phase: str, profile_dir: Path) -> subprocess.Popen[bytes]:
+        """py-spy on the worker until it exits; it writes the profile then (see stop_worker)."""
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(py_spy).exists():
+            raise BenchError("--profile needs py-spy (pip install py-spy; `make venv` installs it)")
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        output = profile_dir / f"worker-{phase}.speedscope.json"
+        command = [py_spy, "record", "--pid", str(pid), "--format", "speedscope", "--output", str(output)]
+        command += ["--rate", "100", "--nonblocking", "--threads"]
+        with (self.root / "logs" / f"py-spy-{phase}.log").open("ab") as log:
+            # Not one of the bench's children to stop: py-spy writes its profile once the worker exits.
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def stop_worker(self, worker: _Worker) -> None:
+        self.processes.stop(worker.process)
+        if worker.profiler is not None:
+            try:
+                worker.profiler.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.profiler.kill()
 
     def wait_caught_up(self, worker: _Worker, ends: dict[int, int], timeout: float) -> float:
         """Poll the group's committed offsets until every partition is at its log end.
