@@ -75,7 +75,7 @@ class UsageEvent(BaseModel):
         return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs several times more; never changed
 class ValidUsageEvent:
     """A member that meets :class:`UsageEvent`'s contract, as the hot path carries it.
 

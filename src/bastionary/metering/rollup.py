@@ -96,29 +96,38 @@ class RollupBuilder:
 
     def rows(self) -> list[RollupRow]:
         minutes: dict[int, datetime] = {}
-
-        def minute(second: int) -> datetime:
-            found = minutes.get(second)
-            if found is None:
-                found = minutes[second] = datetime.fromtimestamp(second, tz=UTC)
-            return found
-
-        rows = [
-            RollupRow(
-                meter=meter,
-                customer_id=customer_id,
-                group_key=group_key(group),
-                group_values=dict(group),
-                window_start=minute(start),
-                ingested_minute=minute(ingested),
-                value_sum=cell.value_sum,
-                event_count=cell.event_count,
-                value_max=cell.value_max,
-                unique_values=sorted(cell.unique_values),
-                latest=cell.latest or (EPOCH, ZERO),
-            )
-            for (meter, customer_id, group, start, ingested), cell in self.cells.items()
-        ]
+        groups: dict[Group, str] = {}
+        keyed = []
+        for key, cell in self.cells.items():
+            meter, customer_id, group, start, ingested = key
+            text = groups.get(group)
+            if text is None:
+                text = groups[group] = group_key(group)
+            keyed.append(((meter, customer_id, text, start, ingested), group, cell))
         # The order rows were always written in (by their text key), whatever order events came in.
-        rows.sort(key=lambda r: (r.meter, r.customer_id, r.group_key, r.window_start, r.ingested_minute))
+        keyed.sort(key=lambda item: item[0])
+        rows = []
+        for (meter, customer_id, text, start, ingested), group, cell in keyed:
+            window = minutes.get(start)
+            if window is None:
+                window = minutes[start] = datetime.fromtimestamp(start, tz=UTC)
+            minute = minutes.get(ingested)
+            if minute is None:
+                minute = minutes[ingested] = datetime.fromtimestamp(ingested, tz=UTC)
+            # Positional, in the column order (see planning.py on EventRow).
+            rows.append(
+                RollupRow(
+                    meter,
+                    customer_id,
+                    text,
+                    dict(group),
+                    window,
+                    minute,
+                    cell.value_sum,
+                    cell.event_count,
+                    cell.value_max,
+                    sorted(cell.unique_values),
+                    cell.latest or (EPOCH, ZERO),
+                )
+            )
         return rows
