@@ -169,25 +169,29 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
-def _latency(bench: _Bench, rate: float, seconds: float) -> dict[str, float | None]:
+def _latency(bench: _Bench, rate: float, seconds: float, batch: int = 1) -> dict[str, float | None]:
     prefix, group = bench.names("latency")
     topic = bench.create_topics(prefix)
     worker = bench.start_worker("latency", prefix, group)
     try:
         client = worker.reader()
-        return asyncio.run(_measure_latency(worker, client, bench.bootstrap, topic, rate, seconds))
+        return asyncio.run(_measure_latency(worker, client, bench.bootstrap, topic, rate, seconds, batch))
     finally:
         bench.stop_worker(worker)
 
 
 async def _measure_latency(
-    worker: _Worker, client: Client, bootstrap: str, topic: str, rate: float, seconds: float
+    worker: _Worker, client: Client, bootstrap: str, topic: str, rate: float, seconds: float, batch: int = 1
 ) -> dict[str, float | None]:
+    """Events at ``rate`` per second, in records of ``batch`` events of one customer each."""
     from bastionary.kafka import UsageProducer
 
     source = "bastionary-bench-latency"
     produced: dict[str, float] = {}  # id -> wall time just before it was handed to the producer
     visible: dict[str, float] = {}
+    # Not yet visible, in send order: the oldest is the first (batch rates send hundreds of
+    # thousands of ids; the poll must not walk them all every 50 ms on the measured cores).
+    pending: dict[str, float] = {}
     lock = threading.Lock()
     stop = threading.Event()
     poll_errors: list[str] = []
@@ -199,8 +203,8 @@ async def _measure_latency(
         # (less a second of slack) keeps each answer to the ids still in flight.
         while not stop.is_set():
             with lock:
-                pending = [produced[i] for i in produced if i not in visible]
-            lo = int(((min(pending) if pending else time.time()) - 1.0) * 1000)
+                oldest = next(iter(pending.values()), None)
+            lo = int(((oldest if oldest is not None else time.time()) - 1.0) * 1000)
             asked = time.time()
             try:
                 ids = diagnostics.visible_event_ids(client, source, lo)
@@ -213,11 +217,11 @@ async def _measure_latency(
                 for event_id in ids:
                     if event_id in produced and event_id not in visible:
                         visible[event_id] = seen
+                        pending.pop(event_id, None)
             stop.wait(LATENCY_POLL_SECONDS)
 
-    def event(i: int) -> tuple[str, bytes, bytes]:
+    def event(i: int, customer: str) -> tuple[str, bytes, bytes]:
         event_id = f"lat-{i}"
-        customer = f"cust-{i % 300:04d}"
         body = {
             "specversion": "1.0", "id": event_id, "source": source, "type": "api.request", "subject": customer,
             "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
@@ -225,32 +229,48 @@ async def _measure_latency(
         }  # fmt: skip
         return event_id, customer.encode(), orjson.dumps(body)
 
-    async def wait_visible(ids: list[str], timeout: float) -> None:
+    async def send(first: int, count: int) -> None:
+        """Events first .. first+count-1 as one record (one customer's), stamped as handed over."""
+        customer = f"cust-{first // batch % 300:04d}"
+        events = [event(i, customer) for i in range(first, first + count)]
+        value = events[0][2] if batch == 1 else b"[" + b",".join(e[2] for e in events) + b"]"
+        with lock:
+            now = time.time()
+            for event_id, _, _ in events:
+                produced[event_id] = pending[event_id] = now
+        await producer.send(topic, value, key=customer.encode())
+
+    async def wait_visible(timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             worker.check_alive()
             with lock:
-                if all(i in visible for i in ids):
+                if not pending:
                     return
             await asyncio.sleep(0.05)
+
+    async def send_one_warm(p: int) -> None:
+        event_id, key, value = event(-1 - p, f"cust-{p:04d}")
+        with lock:
+            produced[event_id] = pending[event_id] = time.time()
+        await producer.send(topic, value, key=key)
 
     poller = threading.Thread(target=poll, name="bench-latency-poll", daemon=True)
     poller.start()
     try:
         async with UsageProducer(bootstrap, linger_ms=5) as producer:
             # Warm-up: the worker has joined its group and landed a flush before we measure.
-            warm = [event(-1 - p) for p in range(8)]
-            for event_id, key, value in warm:
-                with lock:
-                    produced[event_id] = time.time()
-                await producer.send(topic, value, key=key)
+            warm = [f"lat-{-1 - p}" for p in range(8)]
+            for p in range(8):
+                await send_one_warm(p)
             await producer.flush()
-            await wait_visible([w[0] for w in warm], 90.0)
+            await wait_visible(90.0)
             with lock:
-                if not all(w[0] in visible for w in warm):
+                if not all(w in visible for w in warm):
                     raise BenchError(f"latency warm-up events never became visible; see {worker.log_path}")
                 produced.clear()
                 visible.clear()
+                pending.clear()
             # Steady rate: every 10 ms, send what the schedule says is due by now.
             started = time.monotonic()
             sent = 0
@@ -258,15 +278,13 @@ async def _measure_latency(
             while sent < total:
                 due = min(total, int((time.monotonic() - started) * rate) + 1)
                 while sent < due:
-                    event_id, key, value = event(sent)
-                    with lock:
-                        produced[event_id] = time.time()
-                    await producer.send(topic, value, key=key)
-                    sent += 1
+                    count = min(batch, total - sent)
+                    await send(sent, count)
+                    sent += count
                 await asyncio.sleep(0.01)
             produce_seconds = time.monotonic() - started
             await producer.flush()
-        await wait_visible(list(produced), 60.0)
+        await wait_visible(60.0)
     finally:
         stop.set()
         poller.join(5)
@@ -275,6 +293,7 @@ async def _measure_latency(
         missing = sum(1 for i in produced if i not in visible)
     return {
         "target_rate_per_s": round(rate),
+        "events_per_record": batch,
         "achieved_rate_per_s": round(len(produced) / max(produce_seconds, 1e-6)),
         "seconds": round(produce_seconds, 2),
         "events": len(produced),

@@ -150,7 +150,8 @@ def render(result: dict[str, Any], as_json: bool) -> str:
     table.add_row(
         "end-to-end latency p50 / p99",
         f"{latency['p50_s']:.3f} s / {latency['p99_s']:.3f} s",
-        f"p99 <= {TARGET_P99_S:g} s (at {latency['target_rate_per_s']:,} events/s{missing})",
+        f"p99 <= {TARGET_P99_S:g} s (at {latency['target_rate_per_s']:,} events/s"
+        f" in {latency.get('events_per_record', 1)}-event records{missing})",
         verdict("latency_p99_s"),
     )
     table.add_row(
