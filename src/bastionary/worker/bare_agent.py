@@ -70,12 +70,13 @@ def create_bare_app(
             tally.last = now
             if tally.count >= expect and not tally.reported:
                 tally.reported = True
-                _report(report, {"count": tally.count, "first": tally.first, "last": tally.last})
+                write_report(report, {"count": tally.count, "first": tally.first, "last": tally.last})
 
     return app
 
 
-def _report(path: Path, result: dict[str, float]) -> None:
+def write_report(path: Path, result: dict[str, float]) -> None:
+    """Write ``result`` as one JSON line, atomically, and print it (the bench reads either)."""
     line = json.dumps(result)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

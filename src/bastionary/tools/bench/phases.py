@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import NotRequired, TypedDict
 
 import orjson
@@ -50,20 +51,8 @@ def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> di
         "--bootstrap", bench.bootstrap, "--topic", topic, "--group", group,
         "--expect", str(records), "--report", str(report), "--partitions", str(PARTITIONS),
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
-    log_path = bench.root / "logs" / "bare.log"
-    process = bench.processes.spawn(command, env, log_path)
-    try:
-        deadline = time.monotonic() + timeout
-        while not report.exists():
-            if process.poll() is not None:
-                raise BenchError(f"bare Faust app exited with {process.returncode}:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"bare Faust app did not count {records} records in {timeout:.0f}s")
-            time.sleep(0.1)
-        result: dict[str, float] = json.loads(report.read_text())
-    finally:
-        bench.processes.stop(process)
+    what = f"bare Faust app (counting {records} records)"
+    result = _run_until_reported(bench, command, report, bench.root / "logs" / "bare.log", what, timeout)
     seconds = max(result["last"] - result["first"], 1e-6)
     return {"records": result["count"], "seconds": round(seconds, 3), "records_per_s": round(result["count"] / seconds)}
 
@@ -79,20 +68,8 @@ def _reference(
         "--bootstrap", bench.bootstrap, "--topic", topic, "--group", group,
         "--expect-records", str(records), "--report", str(report), "--data-dir", str(bench.root / kind / group),
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
-    log_path = bench.root / "logs" / f"{group}.log"
-    process = bench.processes.spawn(command, env, log_path)
-    try:
-        deadline = time.monotonic() + timeout
-        while not report.exists():
-            if process.poll() is not None and not report.exists():
-                raise BenchError(f"reference {kind} exited with {process.returncode}:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"reference {kind} did not count {records} records in {timeout:.0f}s")
-            time.sleep(0.1)
-        result: dict[str, float] = json.loads(report.read_text())
-    finally:
-        bench.processes.stop(process)
+    what = f"reference {kind} (counting {records} records)"
+    result = _run_until_reported(bench, command, report, bench.root / "logs" / f"{group}.log", what, timeout)
     seconds = max(result["last"] - result["first"], 1e-6)
     counted = result["events"] + result["duplicates"] if kind == "handwritten" else events
     return {
@@ -103,6 +80,26 @@ def _reference(
         "events_per_s": round(counted / seconds),
         "duplicates_dropped": result["duplicates"],
     }
+
+
+def _run_until_reported(
+    bench: _Bench, command: list[str], report: Path, log_path: Path, what: str, timeout: float
+) -> dict[str, float]:
+    """Run ``command`` (no BASTIONARY_* settings) until it writes ``report``; then stop it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
+    process = bench.processes.spawn(command, env, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while not report.exists():
+            if process.poll() is not None and not report.exists():
+                raise BenchError(f"{what} exited with {process.returncode}:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{what} did not finish in {timeout:.0f}s")
+            time.sleep(0.1)
+        result: dict[str, float] = json.loads(report.read_text())
+    finally:
+        bench.processes.stop(process)
+    return result
 
 
 def _throughput(

@@ -23,26 +23,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from bastionary.worker.bare_agent import write_report
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
 
 _FLUSH_EVENTS = 20_000
 _FLUSH_SECONDS = 0.25
 
 
-async def _transport(bootstrap: str, topic: str, group: str, expect: int) -> dict[str, float]:
+def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(
+    return AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
     )
+
+
+async def _transport(bootstrap: str, topic: str, group: str, expect: int) -> dict[str, float]:
+    consumer = _consumer(bootstrap, topic, group)
     await consumer.start()
     records, first = 0, 0.0
     try:
@@ -119,12 +125,8 @@ class _HandWritten:
 
 
 async def _handwritten(bootstrap: str, topic: str, group: str, expect: int, data_dir: Path) -> dict[str, float]:
-    from aiokafka import AIOKafkaConsumer
-
     loop = _HandWritten(data_dir)
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
-    )
+    consumer = _consumer(bootstrap, topic, group)
     await consumer.start()
     records, first, flushed_at = 0, 0.0, time.monotonic()
     try:
@@ -151,14 +153,6 @@ async def _handwritten(bootstrap: str, topic: str, group: str, expect: int, data
     }
 
 
-def _report(path: Path, result: dict[str, float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(result))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["transport", "handwritten"])
@@ -180,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir = args.data_dir or args.report.parent / "handwritten"
         data_dir.mkdir(parents=True, exist_ok=True)
         result = asyncio.run(_handwritten(args.bootstrap, args.topic, args.group, args.expect_records, data_dir))
-    _report(args.report, result)
+    write_report(args.report, result)
 
 
 if __name__ == "__main__":
