@@ -1,0 +1,46 @@
+"""SIGKILL between each pair of a flush's steps, on the real sink, ClickHouse (chdb) and RocksDB.
+
+The steps, in the order :meth:`bastionary.metering.sink.UsageSink._land` fixes: the marker,
+the raw events, the rollups, the dedupe cache, then the commit of the acked offsets. A worker
+process (``flush_kill_child``) is killed right after one of them, in its second flush, where
+the dedupe cache already holds keys; a new process then reads from the committed offset to the
+end. Whatever step it died after, ClickHouse ends with the workload's exact totals: every
+distinct event once, every meter's value, and the repeats counted as duplicates.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bastionary.storage.client import open_client
+from bastionary.tools.bench.workloads import _exactness
+from tests.integration.flush_kill_child import workload
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).parents[2]
+STEPS = ["insert_markers", "insert_events", "insert_rollups", "dedupe.record", "kafka_commit"]
+
+
+def child(directory: Path, now_ms: int, *kill: str) -> subprocess.CompletedProcess[bytes]:
+    command = [sys.executable, "-m", "tests.integration.flush_kill_child", str(directory), str(now_ms), *kill]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_worker_killed_after_any_step_of_a_flush_leaves_exact_totals(tmp_path, step):
+    now_ms = int(time.time() * 1000)
+    killed = child(tmp_path, now_ms, step, "2")
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    finished = child(tmp_path, now_ms)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+
+    client = open_client(f"chdb://{tmp_path}/clickhouse", "bastionary")
+    exactness = _exactness(client, workload(now_ms))
+    assert exactness["exact"], exactness
+    assert exactness["stored_events"] == exactness["expected_events"] > 0
