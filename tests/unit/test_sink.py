@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -368,28 +367,3 @@ def test_a_gap_the_log_itself_has_is_not_a_skip(tmp_path):
         assert log.rewinds == [] and store.total() == 5
 
     asyncio.run(scenario())
-
-
-def test_a_flush_plans_at_most_flush_max_bytes_and_leaves_the_rest_for_the_next(tmp_path):
-    """The cap bounds a plan's memory; what it leaves lands next, in contiguous ranges, once."""
-    sink, store, log, _ = make_sink(tmp_path)
-    records = [event_record(o, f"e{p}-{o}", partition=p) for p in (0, 1) for o in range(10)]
-    size = len(records[0].value)
-    sink.config = replace(sink.config, flush_max_bytes=7 * size)
-    log.hold(records)
-
-    async def go():
-        await admit_all(sink, records)
-        flushed = []
-        while landed := await sink.flush():
-            flushed.append([(r.partition, r.offset) for r in landed])
-        return flushed
-
-    flushed = asyncio.run(go())
-    assert [len(f) for f in flushed] == [7, 7, 6]  # the oldest waiting partition first
-    for partition in (0, 1):
-        offsets = [o for f in flushed for p, o in f if p == partition]
-        assert offsets == list(range(10))
-    ranges = sorted((m[2], m[3], m[4]) for m in store.markers_final())
-    assert ranges == [(0, 0, 6), (0, 7, 9), (1, 0, 6), (1, 7, 9)]
-    assert store.total() == 20

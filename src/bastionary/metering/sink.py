@@ -97,9 +97,6 @@ class SinkConfig:
     # A rewound partition whose first record has not come by then is rewound again, and one
     # whose log holds records past what landed, none of them coming, is read on from there.
     rewind_retry_seconds: float = 10.0
-    # Record bytes one flush plans at most (over all partitions; the rest waits for the next
-    # flush): a plan holds every event's rows at once, so this bounds the worker's peak memory.
-    flush_max_bytes: int | None = None
 
 
 class LogNotAnswering(RuntimeError):
@@ -398,19 +395,12 @@ class UsageSink:
     async def flush(self) -> list[InboundRecord]:
         """Land every flushable buffer; returns the records that may now be acked."""
         async with self.lock:
-            batches: list[tuple[TopicPartition, _PartitionState, list[InboundRecord], bool]] = []
-            room = self.config.flush_max_bytes
-            # Oldest waiting first: a partition that keeps filling up cannot starve the others.
-            waiting = sorted(self._partitions.items(), key=lambda item: item[1].buffered_since or 0.0)
-            for tp, state in waiting:
-                if room is not None and room <= 0 and batches:
-                    break
+            batches = []
+            for tp, state in self._partitions.items():
                 replaying = state.replay is not None
-                records = self._take_flushable(state, room)
+                records = self._take_flushable(state)
                 if records:
                     batches.append((tp, state, records, replaying and state.replay is not None))
-                    if room is not None:
-                        room -= sum(len(r.value or b"") for r in records)
             self._buffered_bytes = sum(len(r.value or b"") for s in self._partitions.values() for r in s.buffer)
             if not batches:
                 return []
@@ -457,22 +447,11 @@ class UsageSink:
             return landed
 
     @staticmethod
-    def _take_flushable(state: _PartitionState, room: int | None = None) -> list[InboundRecord]:
-        """The buffered records the next flush lands: a prefix (a flush covers a contiguous
-        range), of at most ``room`` bytes but at least one record, or a replay's exact range."""
+    def _take_flushable(state: _PartitionState) -> list[InboundRecord]:
         if not state.buffer:
             return []
         if state.replay is None:
-            if room is None or sum(len(r.value or b"") for r in state.buffer) <= room:
-                records, state.buffer = state.buffer, []
-                return records
-            taken, size = 0, 0
-            for record in state.buffer:
-                size += len(record.value or b"")
-                if taken and size > room:
-                    break
-                taken += 1
-            records, state.buffer = state.buffer[:taken], state.buffer[taken:]
+            records, state.buffer = state.buffer, []
             return records
         # A replay lands only as the very range it had before, or its tokens would not match.
         end = state.replay.last_offset

@@ -67,7 +67,6 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         limits=RecordLimits(settings.max_record_bytes, settings.max_batch_events, settings.max_future_skew),
         dedupe_horizon=settings.dedupe_horizon,
         rewind_retry_seconds=max(5.0, 5 * settings.log_check_interval.total_seconds()),
-        flush_max_bytes=settings.flush_max_bytes,
     )
 
     def sink_factory(

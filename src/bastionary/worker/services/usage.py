@@ -86,8 +86,6 @@ class UsageService:
             metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
             for record in landed:
                 await self._stream.ack(record.handle)
-        if self.sink.buffered_bytes() >= self.ctx.settings.flush_max_bytes:
-            self._flush_needed.set()  # a flush lands at most that much: the rest goes next
 
     async def _ingest(self, stream: Any) -> None:
         settings, app = self.ctx.settings, self.ctx.app
