@@ -72,11 +72,16 @@ class Entitlements:
 
     async def _state(self, customer: str) -> Loaded:
         loaded = self._loaded.get(customer)  # None: not read yet, or read and unknown
-        if customer not in self._loaded or (loaded is not None and loaded.stale_at(self.now())):
+        if self._unread(customer, self.now()):
             loaded = await self._load(customer)
         if loaded is None:
             raise UnknownCustomer(customer)
         return loaded
+
+    def _unread(self, customer: str, now: datetime) -> bool:
+        """Not read yet, or read before a period boundary passed (its counters reset)."""
+        loaded = self._loaded.get(customer)
+        return customer not in self._loaded or (loaded is not None and loaded.stale_at(now))
 
     async def _load(self, customer: str) -> Loaded | None:
         return (await self._load_many([customer]))[customer]
@@ -96,11 +101,7 @@ class Entitlements:
 
     async def _load_unread(self, customers: list[str], now: datetime) -> None:
         """Read, in batches, the customers among ``customers`` not in memory (or stale)."""
-        unread = [
-            c
-            for c in customers
-            if c not in self._loaded or ((loaded := self._loaded[c]) is not None and loaded.stale_at(now))
-        ]
+        unread = [c for c in customers if self._unread(c, now)]
         for start in range(0, len(unread), LOAD_BATCH):
             await self._load_many(unread[start : start + LOAD_BATCH])
 

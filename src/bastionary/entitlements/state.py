@@ -73,7 +73,9 @@ def build_states(
     overrides = store.overrides(customers)
     known = [c for c in customers if c in subscriptions or c in overrides]
     periods: dict[str, tuple[EntitledPlan | None, datetime | None, datetime | None]] = {}
+    # (meter, filter, start, end) -> the customers asking; per customer, (feature, that question)
     usage_asked: dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime], list[str]] = {}
+    features: dict[str, list[tuple[str, tuple[str, tuple[tuple[str, str], ...], datetime, datetime]]]] = {}
     for customer in known:
         in_force, start, end = plan_and_period(subscriptions.get(customer), now)
         plan = plans[in_force.key] if in_force is not None else None
@@ -83,6 +85,7 @@ def build_states(
                 if isinstance(entitlement, MeteredEntitlement):
                     key = (entitlement.meter, tuple(sorted(entitlement.filter.items())), start, end)
                     usage_asked.setdefault(key, []).append(customer)
+                    features.setdefault(customer, []).append((entitlement.feature, key))
     usage_found = {
         key: store.usage(asking, meters[key[0]], dict(key[1]), key[2], key[3]) for key, asking in usage_asked.items()
     }
@@ -91,12 +94,7 @@ def build_states(
     states: dict[str, Loaded | None] = dict.fromkeys(customers)
     for customer in known:
         plan, start, end = periods[customer]
-        usage: dict[str, Decimal] = {}
-        if plan is not None and start is not None and end is not None:
-            for entitlement in plan.entitlements:
-                if isinstance(entitlement, MeteredEntitlement):
-                    key = (entitlement.meter, tuple(sorted(entitlement.filter.items())), start, end)
-                    usage[entitlement.feature] = usage_found[key].get(customer, Decimal(0))
+        usage = {feature: usage_found[key].get(customer, Decimal(0)) for feature, key in features.get(customer, [])}
         history = suspensions.get(customer, [])
         suspended = bool(history) and history[-1] == "suspended"
         state = CustomerState(customer, plan, start, end, suspended, usage, tuple(overrides.get(customer, ())))

@@ -25,8 +25,12 @@ _SUM_CONTEXT = Context(prec=38)  # Decimal(38, 9): the default 28 digits would r
 
 
 def window_start(moment: datetime) -> datetime:
-    epoch = int(moment.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % WINDOW_SECONDS, tz=UTC)
+    return datetime.fromtimestamp(window_second(int(moment.timestamp())), tz=UTC)
+
+
+def window_second(second: int) -> int:
+    """The start of the window holding Unix second ``second``, in Unix seconds."""
+    return second - second % WINDOW_SECONDS
 
 
 def group_key(group: Group) -> str:
@@ -86,8 +90,8 @@ class RollupBuilder:
             reading.meter,
             customer_id,
             reading.group,
-            event_second - event_second % WINDOW_SECONDS,
-            ingested_second - ingested_second % WINDOW_SECONDS,
+            window_second(event_second),
+            window_second(ingested_second),
         )
         cell = self.cells.get(key)
         if cell is None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ import orjson
 from bastionary.worker.bare_agent import write_report
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 _FLUSH_EVENTS = 20_000
 _FLUSH_SECONDS = 0.25
@@ -47,20 +48,34 @@ def _consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
     )
 
 
+class _Fetched:
+    """A consumer's ``getmany`` rounds until ``expect`` records came, with the time of the first."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, expect: int):
+        self.consumer, self.expect = consumer, expect
+        self.records, self.first = 0, 0.0
+
+    async def rounds(self) -> AsyncIterator[list[list[ConsumerRecord[Any, Any]]]]:
+        while self.records < self.expect:
+            batches = list((await self.consumer.getmany(timeout_ms=200, max_records=5000)).values())
+            for batch in batches:
+                if batch and not self.first:
+                    self.first = time.time()
+                self.records += len(batch)
+            yield batches
+
+
 async def _transport(bootstrap: str, topic: str, group: str, expect: int) -> dict[str, float]:
     consumer = _consumer(bootstrap, topic, group)
     await consumer.start()
-    records, first = 0, 0.0
+    fetched = _Fetched(consumer, expect)
     try:
-        while records < expect:
-            fetched = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for batch in fetched.values():
-                if batch and not first:
-                    first = time.time()
-                records += len(batch)
+        async for _ in fetched.rounds():
+            pass
     finally:
         await consumer.stop()
-    return {"records": records, "events": records, "duplicates": 0, "first": first, "last": time.time()}
+    records = fetched.records
+    return {"records": records, "events": records, "duplicates": 0, "first": fetched.first, "last": time.time()}
 
 
 class _HandWritten:
@@ -128,27 +143,24 @@ async def _handwritten(bootstrap: str, topic: str, group: str, expect: int, data
     loop = _HandWritten(data_dir)
     consumer = _consumer(bootstrap, topic, group)
     await consumer.start()
-    records, first, flushed_at = 0, 0.0, time.monotonic()
+    fetched, flushed_at = _Fetched(consumer, expect), time.monotonic()
     try:
-        while records < expect:
-            fetched = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for batch in fetched.values():
-                if batch and not first:
-                    first = time.time()
+        async for batches in fetched.rounds():
+            for batch in batches:
                 for message in batch:
                     loop.take(message.value)
-                records += len(batch)
-            if loop.pending() >= _FLUSH_EVENTS or time.monotonic() - flushed_at >= _FLUSH_SECONDS or records >= expect:
+            flush_due = loop.pending() >= _FLUSH_EVENTS or time.monotonic() - flushed_at >= _FLUSH_SECONDS
+            if flush_due or fetched.records >= expect:
                 loop.flush()  # crash here: the set is gone, and a restart counts repeats again
                 await consumer.commit()
                 flushed_at = time.monotonic()
     finally:
         await consumer.stop()
     return {
-        "records": records,
+        "records": fetched.records,
         "events": loop.events,
         "duplicates": loop.duplicates,
-        "first": first,
+        "first": fetched.first,
         "last": time.time(),
     }
 
