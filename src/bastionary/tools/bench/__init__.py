@@ -89,10 +89,19 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict[str, Any]:
 
     references: dict[str, dict[str, Any]] = {"transport": {}, "handwritten": {}}
     total_events = sum(r.events for r in singles)
-    for kind in references:
-        with cpu.phase(f"{kind}_single"):
-            references[kind]["single"] = _reference(bench, kind, "single", topic, len(singles), total_events, timeout)
-        _say(f"    reference {kind}, single-event records: {references[kind]['single']['records_per_s']:,} records/s")
+
+    def run_references(workload: str, topic: str, records: int) -> None:
+        for kind in references:
+            with cpu.phase(f"{kind}_{workload}"):
+                figures = references[kind][workload] = _reference(
+                    bench, kind, workload, topic, records, total_events, timeout
+                )
+            _say(
+                f"    reference {kind}, {workload} records: {figures['records_per_s']:,} records/s,"
+                f" {figures['events_per_s']:,} events/s"
+            )
+
+    run_references("single", topic, len(singles))
 
     _say("(b) pipeline, single-event records")
     with cpu.phase("single"):
@@ -106,10 +115,7 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict[str, Any]:
     prefix, group = bench.names("batch")
     topic = bench.create_topics(prefix)
     ends = bench.publish(topic, batches)
-    for kind in references:
-        with cpu.phase(f"{kind}_batch"):
-            references[kind]["batch"] = _reference(bench, kind, "batch", topic, len(batches), total_events, timeout)
-        _say(f"    reference {kind}, batch records: {references[kind]['batch']['events_per_s']:,} events/s")
+    run_references("batch", topic, len(batches))
     with cpu.phase("batch"):
         batch, batch_exact = _throughput(bench, "batch", prefix, group, batches, ends, workload, timeout)
     single["ratio_to_handwritten"] = round(

@@ -156,7 +156,7 @@ def _run(bench: _Bench, sizes: _Sizes, port: int, key: str, flush_s: float) -> F
     try:
         return asyncio.run(_measure(bench, worker, topics, sizes, port, key, flush_s))
     finally:
-        bench.processes.stop(worker.process)
+        bench.stop_worker(worker)
 
 
 async def _measure(
