@@ -84,15 +84,43 @@ def test_range_without_window_reports_the_requested_bounds():
 
 
 @pytest.mark.parametrize(
-    ("window", "function", "seconds"),
-    [("MINUTE", "toStartOfMinute", 60), ("hour", "toStartOfHour", 3600), ("Day", "toStartOfDay", 86400)],
+    ("window", "function", "length"),
+    [
+        ("MINUTE", "toStartOfMinute", "1 MINUTE"),
+        ("hour", "toStartOfHour", "1 HOUR"),
+        ("Day", "toStartOfDay", "1 DAY"),
+    ],
 )
-def test_windows(window, function, seconds):
+def test_windows(window, function, length):
     sql, _ = usage_query(TOKENS, window=window)
     assert f"{function}(window_start) AS ws" in sql
-    assert f"{function}(window_start) + INTERVAL {seconds} SECOND AS we" in sql
-    assert "GROUP BY customer_id, ws" in sql
-    assert "ORDER BY customer_id, ws, grp" in sql
+    assert f"{function}(window_start) + INTERVAL {length} AS we" in sql
+    assert f"GROUP BY customer_id, {function}(window_start)" in sql
+
+
+def test_month_windows_are_reported_as_utc_times():
+    sql, _ = usage_query(TOKENS, window="month")
+    assert "toDateTime(toStartOfMonth(window_start), 'UTC') AS ws" in sql
+    assert "toDateTime(toStartOfMonth(window_start), 'UTC') + INTERVAL 1 MONTH AS we" in sql
+
+
+def test_a_range_cuts_its_first_and_last_windows():
+    sql, _ = usage_query(TOKENS, start=START, end=END, window="day")
+    assert "greatest(toStartOfDay(window_start), {start:DateTime('UTC')}) AS ws" in sql
+    assert "least(toStartOfDay(window_start) + INTERVAL 1 DAY, {end:DateTime('UTC')}) AS we" in sql
+
+
+def test_filters_are_typed_placeholders_on_known_dimensions():
+    sql, params = usage_query(TOKENS, filters={"model": "m'1"})
+    assert "group_values[{fk0:String}] = {fv0:String}" in sql
+    assert params["fk0"] == "model" and params["fv0"] == "m'1"
+    with pytest.raises(ValueError, match="no dimension colour"):
+        usage_query(TOKENS, filters={"colour": "red"})
+
+
+def test_an_empty_range_is_refused():
+    with pytest.raises(ValueError, match="range is empty"):
+        usage_query(TOKENS, start=END, end=START)
 
 
 def test_group_by_dimensions_are_parameters_too():

@@ -28,8 +28,21 @@ def value_expression(aggregation: Aggregation) -> str:
             assert_never(aggregation)
 
 
-WINDOW_FUNCTIONS = {"MINUTE": "toStartOfMinute", "HOUR": "toStartOfHour", "DAY": "toStartOfDay"}
-WINDOW_SECONDS = {"MINUTE": 60, "HOUR": 3600, "DAY": 86400}
+WINDOW_FUNCTIONS = {
+    "MINUTE": "toStartOfMinute",
+    "HOUR": "toStartOfHour",
+    "DAY": "toStartOfDay",
+    "MONTH": "toStartOfMonth",
+}
+# toStartOfMonth gives a Date; the others a DateTime. Windows are reported as DateTime in UTC.
+_AS_TIME = {"MONTH": "toDateTime({}, 'UTC')"}
+WINDOW_LENGTHS = {
+    "MINUTE": "INTERVAL 1 MINUTE",
+    "HOUR": "INTERVAL 1 HOUR",
+    "DAY": "INTERVAL 1 DAY",
+    "MONTH": "INTERVAL 1 MONTH",
+}
+WINDOWS = tuple(WINDOW_FUNCTIONS)
 
 
 def usage_query(
@@ -39,17 +52,24 @@ def usage_query(
     end: datetime | None = None,
     window: str | None = None,
     group_by: list[str] | tuple[str, ...] = (),
+    filters: dict[str, str] | None = None,
 ) -> tuple[str, QueryParameters]:
     """Totals of one meter; ``start`` is inclusive and ``end`` exclusive, both in UTC.
 
     Without a window, one row per customer and group for the whole range; ranges are cut at
-    minute boundaries, the rollup resolution.
+    minute boundaries, the rollup resolution. With a window (minute, hour, day, month, in
+    UTC), a window the range cuts is reported with the range's bound as its start or end:
+    the first and last windows may be partial, and say so. ``filters`` keeps the rows whose
+    dimension equals the value.
     """
-    unknown = [g for g in group_by if g not in meter.group_by]
+    filters = filters or {}
+    unknown = [g for g in (*group_by, *filters) if g not in meter.group_by]
     if unknown:
         raise ValueError(
             f"meter {meter.key} has no dimension {', '.join(unknown)}; it has: {', '.join(meter.group_by) or 'none'}"
         )
+    if start is not None and end is not None and start >= end:
+        raise ValueError("the range is empty: its start must be before its end")
     params: QueryParameters = {"meter": meter.key}
     where = ["meter = {meter:String}"]
     if customer is not None:
@@ -61,6 +81,9 @@ def usage_query(
     if end is not None:
         where.append("window_start < {end:DateTime('UTC')}")
         params["end"] = end
+    for i, (name, value) in enumerate(sorted(filters.items())):
+        params[f"fk{i}"], params[f"fv{i}"] = name, value
+        where.append(f"group_values[{{fk{i}:String}}] = {{fv{i}:String}}")
     group_cols = []
     for i, name in enumerate(group_by):
         params[f"g{i}"] = name
@@ -72,12 +95,17 @@ def usage_query(
     )
     if window:
         fn = WINDOW_FUNCTIONS[window.upper()]
-        win_start = f"{fn}(window_start)"
-        win_end = f"{win_start} + INTERVAL {WINDOW_SECONDS[window.upper()]} SECOND"
+        win_start = _AS_TIME.get(window.upper(), "{}").format(f"{fn}(window_start)")
+        win_end = f"{win_start} + {WINDOW_LENGTHS[window.upper()]}"
+        # A window the range cuts is reported as the part of it the range covers.
+        if start is not None:
+            win_start = f"greatest({win_start}, {{start:DateTime('UTC')}})"
+        if end is not None:
+            win_end = f"least({win_end}, {{end:DateTime('UTC')}})"
     else:
         win_start = "min(window_start)" if start is None else "{start:DateTime('UTC')}"
         win_end = "max(window_start) + INTERVAL 60 SECOND" if end is None else "{end:DateTime('UTC')}"
-    keys = ["customer_id"] + group_cols + (["ws"] if window else [])
+    keys = ["customer_id"] + group_cols + ([f"{WINDOW_FUNCTIONS[window.upper()]}(window_start)"] if window else [])
     sql = (
         f"SELECT customer_id, {win_start} AS ws, {win_end} AS we, {group_expr} AS grp,"
         f" {value_expression(meter.aggregation)} AS value"
