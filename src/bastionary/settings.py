@@ -158,7 +158,11 @@ class Settings(BaseSettings):
     smtp_max_attempts: int = Field(default=3, gt=0)
     company_name: str = Field(default="Bastionary", description="the sender named in dunning email")
     api_keys: SecretStr | None = Field(
-        default=None, description="comma-separated API keys for the workers' HTTP API (Authorization: Bearer)"
+        default=None,
+        description="comma-separated admin API keys for the workers' HTTP API (Authorization: Bearer)",
+    )
+    api_key_file: Path | None = Field(
+        default=None, description="JSON Lines of hashed API keys with scopes (`bastionary api-key new`)"
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -7,7 +7,7 @@ import hmac
 import pytest
 from pydantic import SecretStr
 
-from bastionary.entitlements import auth
+from bastionary import apikeys
 from bastionary.entitlements.auth import (
     CUSTOMER_ID_PATTERN,
     FEATURE_PATTERN,
@@ -72,7 +72,7 @@ def test_every_key_is_compared_with_compare_digest(monkeypatch):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(apikeys.hmac, "compare_digest", spy)
     authenticate("Bearer key-one-0123456789", KEYS)  # matches the first key...
     assert [b for _, b in calls] == [b"key-one-0123456789", b"key-two-abcdefghij"]  # ...and still tries the second
     calls.clear()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from bastionary.cli.apikeys import api_key
 from bastionary.cli.billing import credits, invoice, invoices
 from bastionary.cli.config import config_cmd
 from bastionary.cli.dunning import clock, dunning
@@ -40,6 +41,7 @@ for command in (
     dunning,
     clock,
     entitlements,
+    api_key,
 ):
     cli.add_command(command)
 
