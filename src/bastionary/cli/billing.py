@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 import orjson
 
-from bastionary.cli.common import emit, jsonable, number, output_format, parse_time, reader_client, settings_or_exit
-from bastionary.storage.reports import INVOICE_COLUMNS, InvoiceReports
+from bastionary.cli.common import emit, output_format, parse_time, reader_client, settings_or_exit
+from bastionary.storage.reports import INVOICE_COLUMNS, InvoiceReports, jsonable, number
 
 
 @click.command()

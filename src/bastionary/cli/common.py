@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -83,20 +82,3 @@ def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     Console(width=200).print(table)
-
-
-def number(value: Decimal | float | int | None) -> str | None:
-    """An exact JSON-safe string with no trailing zeros (Decimals are never turned into floats)."""
-    if value is None:
-        return None
-    return format(value.normalize(), "f") if isinstance(value, Decimal) else str(value)
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    if isinstance(value, Decimal):
-        return number(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value

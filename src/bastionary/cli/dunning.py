@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import click
 
-from bastionary.cli.common import emit, jsonable, reader_client, settings_or_exit
+from bastionary.cli.common import emit, reader_client, settings_or_exit
 from bastionary.dunning.clock import (
     ClockError,
     FileClock,
@@ -14,6 +14,7 @@ from bastionary.dunning.clock import (
     parse_moment,
 )
 from bastionary.settings import Settings, parse_iso_duration
+from bastionary.storage.reports import jsonable
 
 
 @click.group()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC
 from typing import IO, Any
 
 import click
@@ -14,15 +13,14 @@ from bastionary.cli.common import (
     emit,
     engine_message,
     fail_cleanly,
-    jsonable,
-    number,
     output_format,
     parse_time,
     reader_client,
     settings_or_exit,
 )
 from bastionary.runtime import resolve_kafka
-from bastionary.storage.queries import usage_query
+from bastionary.storage.queries import WINDOWS
+from bastionary.storage.reports import USAGE_COLUMNS, jsonable, meter_usage
 from bastionary.topics import Topics
 
 
@@ -76,8 +74,9 @@ def produce(source: IO[bytes], topic: str, events_per_record: int) -> None:
 @click.option("--customer", default=None)
 @click.option("--from", "start", default=None, help="Inclusive start, ISO 8601 (UTC if no offset).")
 @click.option("--to", "end", default=None, help="Exclusive end, ISO 8601.")
-@click.option("--window", type=click.Choice(["MINUTE", "HOUR", "DAY"], case_sensitive=False), default=None)
+@click.option("--window", type=click.Choice(list(WINDOWS), case_sensitive=False), default=None)
 @click.option("--group-by", multiple=True, help="A dimension of the meter; repeatable.")
+@click.option("--filter", "filters", multiple=True, help="DIMENSION=VALUE: only those rows; repeatable.")
 @output_format
 def usage(
     meter: str,
@@ -86,21 +85,34 @@ def usage(
     end: str | None,
     window: str | None,
     group_by: tuple[str, ...],
+    filters: tuple[str, ...],
     fmt: str,
 ) -> None:
-    """Meter totals per customer (and group, and window)."""
+    """Meter totals per customer (and group, and window). A window the range cuts is shown
+    as the part the range covers."""
     settings = settings_or_exit()
     try:
         definition = load_catalog(settings.catalog).meter(meter)
-        sql, params = usage_query(definition, customer, parse_time(start), parse_time(end), window, list(group_by))
+        rows = meter_usage(
+            reader_client(settings),
+            definition,
+            customer,
+            parse_time(start),
+            parse_time(end),
+            window,
+            list(group_by),
+            dict(_filter(item) for item in filters),
+        )
     except (CatalogError, KeyError, ValueError) as exc:
         raise click.ClickException(str(exc).strip('"')) from None
-    result = reader_client(settings).query(sql, parameters=params)
-    rows = [
-        [customer_id, ws.replace(tzinfo=UTC).isoformat(), we.replace(tzinfo=UTC).isoformat(), grp, number(value)]
-        for customer_id, ws, we, grp, value in result.result_rows
-    ]
-    emit(["customer_id", "window_start", "window_end", "group", "value"], rows, fmt)
+    emit(USAGE_COLUMNS, [[row[column] for column in USAGE_COLUMNS] for row in rows], fmt)
+
+
+def _filter(item: str) -> tuple[str, str]:
+    name, equals, value = item.partition("=")
+    if not equals or not name:
+        raise click.BadParameter(f"expected DIMENSION=VALUE, got {item!r}", param_hint="--filter")
+    return name, value
 
 
 @click.command()

@@ -94,6 +94,40 @@ def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[t
     return out
 
 
+def upcoming_period(
+    sub: Subscription, now: datetime, grace: timedelta, rated: set[str]
+) -> tuple[list[Period], Period, datetime] | None:
+    """The subscription's next invoice: its first period not rated yet whose cutoff is still
+    ahead, with the periods before it and its cutoff. None once the subscription has ended
+    and every period is rated (or due)."""
+    interval = sub.first_plan.interval
+    # Periods before the one holding (now - grace) have all passed their cutoff: skip them.
+    first = interval.period_containing(sub.anchor, now - grace)[0] if now - grace > sub.anchor else 0
+    n = first
+    while True:
+        start, full_end = interval.nth_boundary(sub.anchor, n), interval.nth_boundary(sub.anchor, n + 1)
+        if sub.canceled_at is not None and start >= sub.canceled_at:
+            return None
+        end = min(full_end, sub.canceled_at) if sub.canceled_at else full_end
+        cutoff = cutoff_for(end, grace)
+        if end > start:
+            period = Period(n, start, end, full_end)
+            if cutoff > now and invoice_id(sub.subscription_id, start) not in rated:
+                return _periods_before(sub, n, grace), period, cutoff
+        n += 1
+
+
+def _periods_before(sub: Subscription, n: int, grace: timedelta) -> list[Period]:
+    interval = sub.first_plan.interval
+    out = []
+    for k in range(n):
+        start, full_end = interval.nth_boundary(sub.anchor, k), interval.nth_boundary(sub.anchor, k + 1)
+        end = min(full_end, sub.canceled_at) if sub.canceled_at else full_end
+        if end > start:
+            out.append(Period(k, start, end, full_end))
+    return out
+
+
 class _Due(NamedTuple):
     """A closed period not rated yet; rated in (period end, subscription id) order."""
 
@@ -170,6 +204,24 @@ class Rater:
             await asyncio.to_thread(self.store.mark_published, documents)
             result.invoices.extend(document for document, _ in documents)
         return result
+
+    def preview(
+        self,
+        due: list[tuple[Subscription, list[Period], Period, datetime]],
+        grants: list[Grant],
+        drawn: dict[str, Decimal],
+    ) -> list[dict[str, Any]]:
+        """The next invoice of each of one customer's subscriptions, priced now with the code
+        that will issue it: usage landed so far, credits as they stand. Nothing is written.
+
+        Each document is the one the rater would issue if no more usage arrived (same id,
+        lines, credits and totals), with ``status: "preview"``."""
+        drawn = dict(drawn)  # the previews draw on a copy: nothing is applied yet
+        out = []
+        for sub, earlier, period, cutoff in sorted(due, key=lambda d: (d[2].end, d[0].subscription_id)):
+            rated = self._rate(sub, earlier, period, cutoff, grants, drawn, {}, {})
+            out.append(replace(rated.invoice, status="preview").document())
+        return out
 
     def _rate_batch(
         self, batch: list[_Due], grants: dict[str, list[Grant]], drawn: dict[str, Decimal], cache: UsageCache

@@ -73,10 +73,14 @@ class ClickHouseBillingStore:
         if rows:
             self.client.insert("credit_ledger", rows, column_names=LEDGER_COLUMNS)
 
-    def subscriptions(self, plans: Mapping[str, Plan]) -> list[Subscription]:
+    def subscriptions(self, plans: Mapping[str, Plan], customer: str | None = None) -> list[Subscription]:
+        """Every subscription as its events build it; ``customer``: that customer's only."""
+        where, params = ("WHERE customer_id = {c:String}", {"c": customer}) if customer is not None else ("", None)
         rows = self.client.query(
             "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at"
-            " FROM subscriptions FINAL ORDER BY subscription_id, effective_at, event_type = 'canceled', event_id"
+            f" FROM subscriptions FINAL {where}"
+            " ORDER BY subscription_id, effective_at, event_type = 'canceled', event_id",
+            parameters=params,
         ).result_rows
         by_id: dict[str, list[SubscriptionEvent]] = defaultdict(list)
         for row in rows:
@@ -92,8 +96,11 @@ class ClickHouseBillingStore:
         """Every customer's grants, and what stored invoices have drawn from each (applied + expired)."""
         return self.grants_as_of(None)
 
-    def grants_as_of(self, moment: datetime | None) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
-        """Grants, and what invoices issued up to ``moment`` (all, if None) drew from them.
+    def grants_as_of(
+        self, moment: datetime | None, customer: str | None = None
+    ) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
+        """Grants, and what invoices issued up to ``moment`` (all, if None) drew from them;
+        ``customer``: that customer's only.
 
         A movement counts once its invoice's row exists (the commit marker of ``store_invoices``):
         movements a crashed store left without their invoice are not drawn.
@@ -103,10 +110,14 @@ class ClickHouseBillingStore:
             if moment is None
             else "SELECT invoice_id FROM invoices FINAL WHERE issued_at <= {at:DateTime64(3, 'UTC')}"
         )
+        params: dict[str, Any] = {"at": moment} if moment is not None else {}
+        only = ""
+        if customer is not None:
+            only, params["c"] = "customer_id = {c:String} AND ", customer
         rows = self.client.query(
             "SELECT kind, grant_id, customer_id, amount, currency, priority, effective_at, expires_at"
-            f" FROM credit_ledger FINAL WHERE kind IN ('granted', 'voided') OR invoice_id IN ({stored})",
-            parameters={"at": moment} if moment is not None else None,
+            f" FROM credit_ledger FINAL WHERE {only}(kind IN ('granted', 'voided') OR invoice_id IN ({stored}))",
+            parameters=params or None,
         ).result_rows
         granted, voided = {}, {}
         drawn: defaultdict[str, Decimal] = defaultdict(Decimal)
@@ -152,8 +163,12 @@ class ClickHouseBillingStore:
 
     # -- invoices ------------------------------------------------------------------------
 
-    def invoice_ids(self) -> set[str]:
-        return {row[0] for row in self.client.query("SELECT DISTINCT invoice_id FROM invoices").result_rows}
+    def invoice_ids(self, subscription_id: str | None = None) -> set[str]:
+        where, params = (
+            ("WHERE subscription_id = {s:String}", {"s": subscription_id}) if subscription_id else ("", None)
+        )
+        sql = f"SELECT DISTINCT invoice_id FROM invoices {where}"
+        return {row[0] for row in self.client.query(sql, parameters=params).result_rows}
 
     def unpublished_documents(self) -> list[str]:
         """Stored invoices not yet confirmed on billing.invoices (a rater stopped in between)."""

@@ -1,12 +1,17 @@
-"""Read-only reports over the billing tables, for the CLI and analysts' scripts."""
+"""Read-only reports over the usage and billing tables: what the CLI prints and the HTTP API
+answers, from one query each, so the two always agree."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
+from bastionary.metering.meters import Meter
 from bastionary.storage.client import Client
+from bastionary.storage.queries import usage_query
 
 INVOICE_COLUMNS = (
     "invoice_id",
@@ -24,6 +29,39 @@ INVOICE_COLUMNS = (
 )
 
 
+LEDGER_COLUMNS = (
+    "movement_id",
+    "kind",
+    "grant_id",
+    "amount",
+    "currency",
+    "effective_at",
+    "expires_at",
+    "invoice_id",
+    "recorded_at",
+)
+USAGE_COLUMNS = ("customer_id", "window_start", "window_end", "group", "value")
+
+
+def meter_usage(
+    client: Client,
+    meter: Meter,
+    customer: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    window: str | None = None,
+    group_by: list[str] | tuple[str, ...] = (),
+    filters: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """A meter's values (:func:`bastionary.storage.queries.usage_query`), one JSON-ready row
+    per customer, group and window; values are exact decimal strings."""
+    sql, params = usage_query(meter, customer, start, end, window, group_by, filters)
+    return [
+        dict(zip(USAGE_COLUMNS, (customer_id, jsonable(ws), jsonable(we), dict(group), number(value)), strict=True))
+        for customer_id, ws, we, group, value in client.query(sql, parameters=params).result_rows
+    ]
+
+
 class InvoiceReports:
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -34,6 +72,18 @@ class InvoiceReports:
         sql = f"SELECT {', '.join(INVOICE_COLUMNS)} FROM invoices FINAL {where} ORDER BY period_end, invoice_id"
         return [tuple(row) for row in self.client.query(sql, parameters=params).result_rows]
 
+    def ledger(self, customer_id: str) -> list[tuple[Any, ...]]:
+        """The customer's credit movements in ``LEDGER_COLUMNS`` order, oldest first. An
+        invoice's movements are listed once the invoice is stored (its row is the commit
+        marker of the rater's store)."""
+        sql = (
+            f"SELECT {', '.join(LEDGER_COLUMNS)} FROM credit_ledger FINAL WHERE customer_id = {{c:String}}"
+            " AND (kind IN ('granted', 'voided')"
+            " OR invoice_id IN (SELECT invoice_id FROM invoices WHERE customer_id = {c:String}))"
+            " ORDER BY recorded_at, movement_id"
+        )
+        return [tuple(row) for row in self.client.query(sql, parameters={"c": customer_id}).result_rows]
+
     def document(self, invoice_id: str) -> dict[str, Any] | None:
         """The invoice document exactly as the rater published it, or None for an unknown id."""
         rows = self.client.query(
@@ -43,3 +93,20 @@ class InvoiceReports:
             return None
         document: dict[str, Any] = orjson.loads(rows[0][0])
         return document
+
+
+def number(value: Decimal | float | int | None) -> str | None:
+    """An exact JSON-safe string with no trailing zeros (Decimals are never turned into floats)."""
+    if value is None:
+        return None
+    return format(value.normalize(), "f") if isinstance(value, Decimal) else str(value)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, Decimal):
+        return number(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value

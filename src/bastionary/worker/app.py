@@ -17,8 +17,10 @@ import structlog
 from bastionary.catalog import Catalog
 from bastionary.settings import Settings
 from bastionary.storage.billing import ClickHouseBillingStore
+from bastionary.storage.client import Client
 from bastionary.worker import api, tolerant_records
 from bastionary.worker.context import WorkerContext
+from bastionary.worker.services.api import ApiBackend
 from bastionary.worker.services.billing import BillingService
 from bastionary.worker.services.dunning import DunningService
 from bastionary.worker.services.entitlements import EntitlementService
@@ -56,6 +58,9 @@ class Billing:
 
     catalog: Catalog
     store_factory: Callable[[], ClickHouseBillingStore]
+    # The HTTP API's reads; default: the billing store's client. A worker writing to a
+    # ClickHouse server passes a read-only one.
+    reader_factory: Callable[[], Client] | None = None
 
 
 def create_app(
@@ -104,6 +109,7 @@ def create_app(
     usage_service = UsageService(ctx, bootstrap, sink_factory, on_started)
     usage_service.install(ingest=usage)
     dunning_service = entitlement_service = None
+    backend: ApiBackend | None = None
     if billing is not None:
         billing_service = BillingService(ctx, billing.catalog, billing.store_factory)
         billing_service.install()
@@ -116,11 +122,13 @@ def create_app(
         if usage:
             entitlement_service = EntitlementService(ctx, billing.catalog, client, usage_service)
             entitlement_service.install()
+        backend = ApiBackend(ctx, billing.catalog, billing.reader_factory or client)
     api.install(
         app,
         settings,
         worker_id,
         usage=usage_service,
+        backend=backend,
         dunning_service=dunning_service,
         entitlement_service=entitlement_service,
     )

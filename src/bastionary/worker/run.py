@@ -26,6 +26,7 @@ from bastionary.metering.records import FlushStats
 from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
 from bastionary.runtime import connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
+from bastionary.storage.client import Client
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.worker.app import Billing, create_app
 
@@ -100,7 +101,12 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
 
     from bastionary.storage.billing import ClickHouseBillingStore
 
-    billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client))
+    def reader() -> Client:
+        # In-process chdb has one client. Otherwise the API's reads get their own client: on
+        # another worker's gateway, with its read-only role.
+        return handle.client if handle.in_process else connect_clickhouse(settings, role="reader").client
+
+    billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client), reader)
     app = create_app(settings, kafka.bootstrap, sink_factory, on_started=serve_gateway, billing=billing, usage=usage)
     log.info(
         "worker starting",

@@ -11,16 +11,16 @@ import faust
 import structlog
 from faust.web.exceptions import ServiceUnavailable
 
-from bastionary.entitlements.auth import valid_customer_id, valid_feature
+from bastionary.apikeys import ApiKey
+from bastionary.entitlements.auth import valid_feature
 from bastionary.entitlements.service import UnknownCustomer
-from bastionary.settings import Settings
-from bastionary.worker.api.auth import authenticated, json_error
+from bastionary.worker.api.auth import Guard, json_error
 from bastionary.worker.services.entitlements import EntitlementService
 
 log = structlog.get_logger(__name__)
 
 
-def install(app: faust.App, settings: Settings, service: EntitlementService) -> None:
+def install(app: faust.App, guard: Guard, service: EntitlementService) -> None:
     routed = app.table_route(table=service.table, match_info="customer_id")
 
     async def answer_one(view: Any, request: Any, customer_id: str, feature: str) -> Any:
@@ -52,11 +52,9 @@ def install(app: faust.App, settings: Settings, service: EntitlementService) -> 
             return response
 
     def refused(request: Any, customer_id: str, feature: str | None = None) -> Any:
-        denied = authenticated(request, settings)
-        if denied is not None:
-            return denied
-        if not valid_customer_id(customer_id):
-            return json_error(400, "invalid_customer_id", "customer ids are 1-128 of A-Z a-z 0-9 . _ : @ -")
+        key = guard.customer_path(request, "read", customer_id)
+        if not isinstance(key, ApiKey):
+            return key
         if feature is not None and not valid_feature(feature):
             return json_error(400, "invalid_feature", "features are lowercase letters, digits and _")
         return None

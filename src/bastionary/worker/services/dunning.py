@@ -115,12 +115,19 @@ class DunningService:
         check_promise(envelope, kind, data, self.catalog.dunning.max_promise_for(plan))
         await asyncio.to_thread(self.store().insert_trail, [response_row(envelope, kind, data, customer)])
 
-    async def accept_response(self, body: bytes) -> tuple[str, str]:
+    async def accept_response(self, body: bytes, customer: str | None = None) -> tuple[str, str]:
         """A response posted over HTTP: checked as the topic's reader will check it (the record
         stamped about now), then sent through the topic, so a response has one path and one
-        validation and survives this worker dying right after the 202. Returns (id, invoice)."""
+        validation and survives this worker dying right after the 202. Returns (id, invoice).
+
+        ``customer``: the only customer the caller may act for; a response to another
+        customer's invoice (or an unknown one) is refused as ``other_customer``."""
         latest = latest_event_time(datetime.now(UTC).timestamp(), self.ctx.settings.max_future_skew)
         envelope, _, data = parse_response(body, latest_time=latest)
+        if customer is not None:
+            owner = await asyncio.to_thread(self.store().invoice_customer, data.invoice_id)
+            if owner != customer:
+                raise PermissionError(f"invoice {data.invoice_id!r} is not customer {customer!r}'s")
         topic = self.ctx.topic(self.ctx.topics.dunning_responses)
         await (await topic.send(key=data.invoice_id.encode(), value=body))
         return envelope.id, data.invoice_id

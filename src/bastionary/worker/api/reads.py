@@ -1,0 +1,215 @@
+"""The read API: meter usage, invoices, credits, subscriptions and the upcoming invoice.
+
+Every read here comes from ClickHouse, so any worker answers it locally; the queries are
+the CLI's own (:mod:`bastionary.storage.reports`), so the API and the CLI always agree.
+A customer-limited key reads its own customer only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from aiohttp import web
+
+from bastionary.apikeys import ApiKey
+from bastionary.credits.balances import balances
+from bastionary.rating.render import render_html
+from bastionary.storage.queries import WINDOWS
+from bastionary.storage.reports import INVOICE_COLUMNS, LEDGER_COLUMNS, InvoiceReports, jsonable, meter_usage, number
+from bastionary.worker.api.auth import Guard, forbidden_customer, json_error
+from bastionary.worker.services.api import ApiBackend
+
+
+class BadQuery(ValueError):
+    pass
+
+
+def query_time(request: web.Request, name: str) -> datetime | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadQuery(f"{name}: not an ISO 8601 time: {text[:64]!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def usage_filters(request: web.Request) -> dict[str, str]:
+    """``filter[DIMENSION]=VALUE``, repeatable for different dimensions."""
+    found: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name.startswith("filter[") and name.endswith("]"):
+            dimension = name[7:-1]
+            if dimension in found:
+                raise BadQuery(f"filter[{dimension}] is given twice")
+            found[dimension] = value
+        elif name.startswith("filter"):
+            raise BadQuery(f"expected filter[DIMENSION]=VALUE, got {name[:64]!r}")
+    return found
+
+
+def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
+    @app.page("/v1/meters/{meter}/query")
+    class MeterQueryView(faust.web.View):
+        async def get(self, request: Any, meter: str) -> Any:
+            key = guard.key(request, "read")
+            if not isinstance(key, ApiKey):
+                return key
+            customer = request.query.get("customer", key.customer)
+            if not key.may_see(customer):
+                return forbidden_customer(key)
+            try:
+                definition = backend.catalog.meter(meter)
+            except KeyError:
+                return json_error(404, "unknown_meter", f"no meter {meter[:64]!r} in the catalog")
+            window = request.query.get("window")
+            try:
+                if window is not None and window.upper() not in WINDOWS:
+                    raise BadQuery(f"window: one of {', '.join(w.lower() for w in WINDOWS)}")
+                start, end = query_time(request, "from"), query_time(request, "to")
+                group_by = request.query.getall("group_by", [])
+                rows = await asyncio.to_thread(
+                    meter_usage,
+                    backend.reader,
+                    definition,
+                    customer,
+                    start,
+                    end,
+                    window,
+                    group_by,
+                    usage_filters(request),
+                )
+            except (BadQuery, ValueError) as exc:
+                return json_error(400, "invalid_query", str(exc))
+            return self.json(
+                {
+                    "meter": meter,
+                    "customer": customer,
+                    "from": jsonable(start),
+                    "to": jsonable(end),
+                    "window": window.lower() if window else None,
+                    "data": rows,
+                }
+            )
+
+    @app.page("/v1/invoices")
+    class InvoicesView(faust.web.View):
+        async def get(self, request: Any) -> Any:
+            key = guard.key(request, "read")
+            if not isinstance(key, ApiKey):
+                return key
+            customer = request.query.get("customer", key.customer)
+            if not key.may_see(customer):
+                return forbidden_customer(key)
+            rows = await asyncio.to_thread(InvoiceReports(backend.reader).invoices, customer)
+            invoices = [dict(zip(INVOICE_COLUMNS, map(jsonable, row), strict=True)) for row in rows]
+            return self.json({"invoices": invoices})
+
+    async def invoice_document(request: web.Request, invoice_id: str) -> dict[str, Any] | web.Response:
+        key = guard.key(request, "read")
+        if not isinstance(key, ApiKey):
+            return key
+        document = await asyncio.to_thread(InvoiceReports(backend.reader).document, invoice_id)
+        # A customer-limited key is told "no such invoice" for another customer's: the ids of
+        # other customers' invoices are not its business either.
+        if document is None or not key.may_see(document.get("customer_id")):
+            return json_error(404, "unknown_invoice", f"no invoice {invoice_id[:64]!r}")
+        return document
+
+    @app.page("/v1/invoices/{invoice_id}")
+    class InvoiceView(faust.web.View):
+        async def get(self, request: Any, invoice_id: str) -> Any:
+            document = await invoice_document(request, invoice_id)
+            return document if isinstance(document, web.Response) else self.json(document)
+
+    @app.page("/v1/invoices/{invoice_id}/html")
+    class InvoiceHtmlView(faust.web.View):
+        async def get(self, request: Any, invoice_id: str) -> Any:
+            document = await invoice_document(request, invoice_id)
+            if isinstance(document, web.Response):
+                return document
+            return web.Response(text=render_html(document), content_type="text/html")
+
+    @app.page("/v1/customers/{customer_id}/credits")
+    class CreditsView(faust.web.View):
+        async def get(self, request: Any, customer_id: str) -> Any:
+            key = guard.customer_path(request, "read", customer_id)
+            if not isinstance(key, ApiKey):
+                return key
+            try:
+                moment = query_time(request, "at") or datetime.now(UTC)
+            except BadQuery as exc:
+                return json_error(400, "invalid_query", str(exc))
+            grants, drawn = await asyncio.to_thread(backend.billing_reads().grants_as_of, moment, customer_id)
+            lines = balances(grants.get(customer_id, []), drawn, moment)
+            totals: dict[str, Any] = {}
+            for line in lines:
+                totals[line.grant.currency] = totals.get(line.grant.currency, 0) + line.remaining
+            return self.json(
+                {
+                    "customer_id": customer_id,
+                    "at": jsonable(moment),
+                    "balances": [{"currency": c, "available": number(v)} for c, v in sorted(totals.items())],
+                    "grants": [
+                        {
+                            "grant_id": line.grant.grant_id,
+                            "currency": line.grant.currency,
+                            "granted": number(line.grant.amount),
+                            "remaining": number(line.remaining),
+                            "priority": line.grant.priority,
+                            "effective_at": jsonable(line.grant.effective_at),
+                            "expires_at": jsonable(line.grant.expires_at),
+                            "status": line.status,
+                        }
+                        for line in lines
+                    ],
+                }
+            )
+
+    @app.page("/v1/customers/{customer_id}/credits/ledger")
+    class LedgerView(faust.web.View):
+        async def get(self, request: Any, customer_id: str) -> Any:
+            key = guard.customer_path(request, "read", customer_id)
+            if not isinstance(key, ApiKey):
+                return key
+            rows = await asyncio.to_thread(InvoiceReports(backend.reader).ledger, customer_id)
+            movements = [dict(zip(LEDGER_COLUMNS, map(jsonable, row), strict=True)) for row in rows]
+            return self.json({"customer_id": customer_id, "movements": movements})
+
+    @app.page("/v1/customers/{customer_id}/subscriptions")
+    class SubscriptionsView(faust.web.View):
+        async def get(self, request: Any, customer_id: str) -> Any:
+            key = guard.customer_path(request, "read", customer_id)
+            if not isinstance(key, ApiKey):
+                return key
+            subs = await asyncio.to_thread(backend.billing_reads().subscriptions, backend.plans, customer_id)
+            return self.json(
+                {
+                    "customer_id": customer_id,
+                    "subscriptions": [
+                        {
+                            "subscription_id": sub.subscription_id,
+                            "billing_anchor": jsonable(sub.anchor),
+                            "canceled_at": jsonable(sub.canceled_at),
+                            "plans": [
+                                {"plan": s.plan.key, "from": jsonable(s.start), "until": jsonable(s.end)}
+                                for s in sub.segments
+                            ],
+                        }
+                        for sub in subs
+                    ],
+                }
+            )
+
+    @app.page("/v1/customers/{customer_id}/upcoming-invoice")
+    class UpcomingInvoiceView(faust.web.View):
+        async def get(self, request: Any, customer_id: str) -> Any:
+            key = guard.customer_path(request, "read", customer_id)
+            if not isinstance(key, ApiKey):
+                return key
+            invoices = await asyncio.to_thread(backend.upcoming_invoices, customer_id)
+            return self.json({"customer_id": customer_id, "preview": True, "invoices": invoices})

@@ -1,0 +1,191 @@
+"""The write API for billing inputs: each request becomes the CloudEvent a producer would
+publish, checked by the topic reader's own parser and sent to the same topic, so there is
+one path and one validation. 202 once the broker has acknowledged it.
+
+``Idempotency-Key`` makes a retried POST safe: the event's id is derived from the key's
+name, the path and the idempotency key, so a retry publishes the same id again, and every
+billing table keeps one row per id (subscriptions, credit movements) or per payment id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from aiohttp import web
+
+from bastionary.apikeys import ApiKey
+from bastionary.dunning.events import PAYMENT_TYPES, parse_payment
+from bastionary.outbound import cloud_event
+from bastionary.rating.events import (
+    CREDIT_TYPES,
+    SUBSCRIPTION_TYPES,
+    InvalidBillingEvent,
+    latest_event_time,
+    parse_credit,
+    parse_subscription,
+)
+from bastionary.storage.reports import InvoiceReports
+from bastionary.worker.api.auth import Guard, forbidden_customer, json_error
+from bastionary.worker.services.api import ApiBackend
+from bastionary.worker.services.dunning import DunningService
+
+IDEMPOTENCY_NAMESPACE = uuid.UUID("0b7f3c0e-5d0c-4a8e-9f57-3f0d2f1c9a11")
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _type_of(types: dict[str, str], kind: str) -> str:
+    return next(event_type for event_type, k in types.items() if k == kind)
+
+
+@dataclass(frozen=True)
+class Write:
+    path: str
+    topic: Callable[[Any], str]  # Topics -> topic name
+    event_type: str | None  # None: chosen by the body's ``outcome`` (payments)
+    check: Callable[[ApiBackend, bytes, datetime | None], Any]  # the topic reader's parser
+    path_field: str | None = None  # the path parameter that names the data's id
+
+
+def _subscription(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
+    return parse_subscription(value, set(backend.plans), latest_time=latest)
+
+
+def _credit(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
+    return parse_credit(value, latest_time=latest)
+
+
+def _payment(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
+    return parse_payment(value, latest_time=latest)
+
+
+WRITES = (
+    Write("/v1/subscriptions", lambda t: t.subscriptions, _type_of(SUBSCRIPTION_TYPES, "created"), _subscription),
+    Write(
+        "/v1/subscriptions/{subscription_id}/change",
+        lambda t: t.subscriptions,
+        _type_of(SUBSCRIPTION_TYPES, "changed"),
+        _subscription,
+        "subscription_id",
+    ),
+    Write(
+        "/v1/subscriptions/{subscription_id}/cancel",
+        lambda t: t.subscriptions,
+        _type_of(SUBSCRIPTION_TYPES, "canceled"),
+        _subscription,
+        "subscription_id",
+    ),
+    Write("/v1/credit-grants", lambda t: t.credit_grants, _type_of(CREDIT_TYPES, "granted"), _credit),
+    Write(
+        "/v1/credit-grants/{grant_id}/void",
+        lambda t: t.credit_grants,
+        _type_of(CREDIT_TYPES, "voided"),
+        _credit,
+        "grant_id",
+    ),
+    Write("/v1/payments", lambda t: t.payments, None, _payment),
+)
+PAYMENT_OUTCOMES = {kind: event_type for event_type, kind in PAYMENT_TYPES.items()}
+
+
+class Refused(Exception):
+    def __init__(self, response: web.Response):
+        self.response = response
+
+
+def event_id(key: ApiKey, path: str, idempotency_key: str | None) -> str:
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise Refused(json_error(400, "invalid_idempotency_key", f"1-{MAX_IDEMPOTENCY_KEY} characters"))
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{key.name}|{path}|{idempotency_key}"))
+
+
+async def request_data(request: web.Request, write: Write, params: dict[str, str]) -> dict[str, Any]:
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise Refused(json_error(400, "invalid_event", f"the body is not JSON: {exc}", reason="invalid_json")) from None
+    if not isinstance(data, dict):
+        raise Refused(json_error(400, "invalid_event", "the body must be a JSON object", reason="invalid_data"))
+    if write.path_field is not None:
+        named = params[write.path_field]
+        if data.setdefault(write.path_field, named) != named:
+            raise Refused(
+                json_error(400, "invalid_event", f"{write.path_field} differs from the path's", reason="invalid_data")
+            )
+    return data
+
+
+def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningService | None) -> None:
+    async def invoice_customer(invoice_id: str) -> str | None:
+        document = await asyncio.to_thread(InvoiceReports(backend.reader).document, invoice_id)
+        return None if document is None else str(document["customer_id"])
+
+    async def accept(request: web.Request, write: Write, params: dict[str, str]) -> web.Response:
+        key = guard.key(request, "write")
+        if not isinstance(key, ApiKey):
+            return key
+        try:
+            data = await request_data(request, write, params)
+            event_type = write.event_type
+            if event_type is None:
+                outcome = data.pop("outcome", None)
+                event_type = PAYMENT_OUTCOMES.get(outcome) if isinstance(outcome, str) else None
+                if event_type is None:
+                    message = f"outcome: one of {', '.join(PAYMENT_OUTCOMES)}"
+                    raise Refused(json_error(400, "invalid_event", message, reason="invalid_data"))
+            now = datetime.now(UTC)
+            identity = event_id(key, request.path, request.headers.get("Idempotency-Key"))
+            named = data.get("customer_id")
+            customer = named if isinstance(named, str) else ""
+            value = cloud_event(event_type, identity, f"bastionary/api/{key.name}", customer, now.isoformat(), data)
+            latest = latest_event_time(now.timestamp(), backend.ctx.settings.max_future_skew)
+            _, _, checked = write.check(backend, value, latest)
+        except Refused as refused:
+            return refused.response
+        except InvalidBillingEvent as error:
+            return json_error(400, "invalid_event", str(error), reason=error.code)
+        customer = checked.customer_id or ""
+        if not customer and hasattr(checked, "invoice_id"):  # a payment may name its invoice only
+            customer = await invoice_customer(checked.invoice_id) or ""
+        if not key.may_see(customer or None):
+            return forbidden_customer(key)
+        await backend.publish(write.topic(backend.ctx.topics), customer or getattr(checked, "invoice_id", ""), value)
+        return web.json_response({"accepted": True, "id": identity, "type": event_type}, status=202)
+
+    for write in WRITES:
+
+        def view(write: Write = write) -> type[faust.web.View]:
+            class WriteView(faust.web.View):
+                async def post(self, request: Any, **params: str) -> Any:
+                    return await accept(request, write, params)
+
+            return WriteView
+
+        app.page(write.path, name=f"write:{write.path}")(view())
+
+    if dunning is not None:
+        install_responses(app, guard, dunning)
+
+
+def install_responses(app: faust.App, guard: Guard, dunning: DunningService) -> None:
+    @app.page("/v1/dunning/responses")
+    class ResponsesView(faust.web.View):
+        async def post(self, request: Any) -> Any:
+            key = guard.key(request, "write")
+            if not isinstance(key, ApiKey):
+                return key
+            try:
+                event_id, _ = await dunning.accept_response(await request.read(), key.customer)
+            except PermissionError:
+                return forbidden_customer(key)
+            except InvalidBillingEvent as error:
+                return json_error(400, "invalid_event", str(error), reason=error.code)
+            return self.json({"accepted": True, "id": event_id}, status=202)
