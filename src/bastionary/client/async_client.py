@@ -1,0 +1,249 @@
+"""The asyncio client. :class:`bastionary.client.Client` is the same client, run for
+synchronous callers on a private event loop."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+from pydantic import BaseModel
+
+from bastionary.client.batcher import Batcher, ErrorHandler
+from bastionary.client.models import (
+    CreditBalance,
+    CreditLedger,
+    Decision,
+    Invoice,
+    InvoiceSummary,
+    MeterQuery,
+    Subscriptions,
+    UpcomingInvoices,
+    WriteAccepted,
+)
+from bastionary.client.transport import EventSender, HttpSender, KafkaSender, Retryable, checked, with_retries
+
+M = TypeVar("M", bound=BaseModel)
+Moment = datetime | str | None
+
+
+def _text(value: Moment) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot send a {type(value).__name__} as JSON")
+
+
+class AsyncClient:
+    """``AsyncClient("http://localhost:6066", api_key=...)`` for the HTTP API, or
+    ``AsyncClient(bootstrap="kafka:9092")`` to publish usage straight to Kafka (no reads).
+
+    ``track_usage`` queues an event and returns its id; events leave in batches of
+    ``batch_size`` or after ``linger`` seconds, are retried ``max_retries`` times with the
+    same ids (the pipeline counts a repeat once), and are flushed by :meth:`flush` and
+    :meth:`close`. What still fails goes to ``on_error`` (default: logged) and is raised by
+    the next :meth:`flush`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        bootstrap: str | None = None,
+        topic: str = "usage.events",
+        source: str = "bastionary-client",
+        batch_size: int = 100,
+        linger: float = 0.2,
+        max_pending: int = 100_000,
+        max_retries: int = 5,
+        timeout: float = 10.0,
+        on_error: ErrorHandler | None = None,
+    ):
+        if (url is None) == (bootstrap is None):
+            raise ValueError("give either url (the HTTP API) or bootstrap (Kafka), not both")
+        self.source = source
+        self.max_retries = max_retries
+        self._http: httpx.AsyncClient | None = None
+        sender: EventSender
+        if url is not None:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            self._http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+            sender = HttpSender(self._http, max_retries)
+        else:
+            sender = KafkaSender(str(bootstrap), topic, max_retries)
+        self._sender = sender
+        self._batcher = Batcher(sender, batch_size, linger, max_pending, on_error)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- usage in ------------------------------------------------------------------------
+
+    async def track_usage(
+        self,
+        customer_id: str,
+        event_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        time: Moment = None,
+        source: str | None = None,
+    ) -> str:
+        """Queue one usage event; returns its id (a fresh UUID when none is given)."""
+        event_id = id or str(uuid.uuid4())
+        event = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": source or self.source,
+            "type": event_type,
+            "subject": customer_id,
+            "time": _text(time) or datetime.now(UTC).isoformat(),
+            "data": orjson.loads(orjson.dumps(dict(data or {}), default=_json_default)),
+        }
+        await self._batcher.add(event)
+        return event_id
+
+    async def flush(self) -> None:
+        await self._batcher.flush()
+
+    async def close(self) -> None:
+        try:
+            await self._batcher.close()
+        finally:
+            await self._sender.close()
+            if self._http is not None:
+                await self._http.aclose()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def usage(
+        self,
+        meter: str,
+        *,
+        customer: str | None = None,
+        start: Moment = None,
+        end: Moment = None,
+        window: str | None = None,
+        group_by: Sequence[str] = (),
+        filters: Mapping[str, str] | None = None,
+    ) -> MeterQuery:
+        params: list[tuple[str, str]] = [
+            (name, value)
+            for name, value in (("customer", customer), ("from", _text(start)), ("to", _text(end)), ("window", window))
+            if value is not None
+        ]
+        params += [("group_by", name) for name in group_by]
+        params += [(f"filter[{name}]", value) for name, value in (filters or {}).items()]
+        return await self._get(MeterQuery, f"/v1/meters/{meter}/query", params)
+
+    async def invoices(self, customer: str | None = None) -> list[InvoiceSummary]:
+        response = await self._request("GET", "/v1/invoices", params={"customer": customer} if customer else None)
+        return [InvoiceSummary.model_validate(row) for row in response.json()["invoices"]]
+
+    async def invoice(self, invoice_id: str) -> Invoice:
+        return await self._get(Invoice, f"/v1/invoices/{invoice_id}")
+
+    async def invoice_html(self, invoice_id: str) -> str:
+        return (await self._request("GET", f"/v1/invoices/{invoice_id}/html")).text
+
+    async def credit_balance(self, customer_id: str, at: Moment = None) -> CreditBalance:
+        params = [("at", text)] if (text := _text(at)) else []
+        return await self._get(CreditBalance, f"/v1/customers/{customer_id}/credits", params)
+
+    async def credit_ledger(self, customer_id: str) -> CreditLedger:
+        return await self._get(CreditLedger, f"/v1/customers/{customer_id}/credits/ledger")
+
+    async def subscriptions(self, customer_id: str) -> Subscriptions:
+        return await self._get(Subscriptions, f"/v1/customers/{customer_id}/subscriptions")
+
+    async def upcoming_invoice(self, customer_id: str) -> UpcomingInvoices:
+        return await self._get(UpcomingInvoices, f"/v1/customers/{customer_id}/upcoming-invoice")
+
+    async def check(self, customer_id: str, feature: str) -> Decision:
+        return await self._get(Decision, f"/v1/customers/{customer_id}/entitlements/{feature}")
+
+    # -- billing inputs ------------------------------------------------------------------
+
+    async def create_subscription(
+        self, subscription_id: str, customer_id: str, plan: str, start: Moment, **fields: Any
+    ) -> WriteAccepted:
+        data = {"subscription_id": subscription_id, "customer_id": customer_id, "plan": plan, "start": _text(start)}
+        return await self._write("/v1/subscriptions", {**data, **fields})
+
+    async def change_subscription(
+        self, subscription_id: str, customer_id: str, plan: str, effective_at: Moment, **fields: Any
+    ) -> WriteAccepted:
+        data = {"customer_id": customer_id, "plan": plan, "effective_at": _text(effective_at), **fields}
+        return await self._write(f"/v1/subscriptions/{subscription_id}/change", data)
+
+    async def cancel_subscription(
+        self, subscription_id: str, customer_id: str, effective_at: Moment, **fields: Any
+    ) -> WriteAccepted:
+        data = {"customer_id": customer_id, "effective_at": _text(effective_at), **fields}
+        return await self._write(f"/v1/subscriptions/{subscription_id}/cancel", data)
+
+    async def grant_credits(
+        self,
+        grant_id: str,
+        customer_id: str,
+        amount: Decimal | str,
+        currency: str,
+        effective_at: Moment,
+        **fields: Any,
+    ) -> WriteAccepted:
+        data = {
+            "grant_id": grant_id,
+            "customer_id": customer_id,
+            "amount": str(amount),
+            "currency": currency,
+            "effective_at": _text(effective_at),
+        }
+        return await self._write("/v1/credit-grants", {**data, **fields})
+
+    async def void_grant(self, grant_id: str, customer_id: str, effective_at: Moment = None) -> WriteAccepted:
+        data = {"customer_id": customer_id, "effective_at": _text(effective_at or datetime.now(UTC))}
+        return await self._write(f"/v1/credit-grants/{grant_id}/void", data)
+
+    async def record_payment(self, outcome: str, invoice_id: str, **fields: Any) -> WriteAccepted:
+        """``outcome``: succeeded, failed or refunded."""
+        return await self._write("/v1/payments", {"outcome": outcome, "invoice_id": invoice_id, **fields})
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _write(self, path: str, data: dict[str, Any], idempotency_key: str | None = None) -> WriteAccepted:
+        """Every write carries an ``Idempotency-Key`` (fresh unless given), so the retries
+        here publish the same event id, and the billing tables keep it once."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4()), "Content-Type": "application/json"}
+        body = orjson.dumps({k: v for k, v in data.items() if v is not None}, default=_json_default)
+        response = await self._request("POST", path, content=body, headers=headers)
+        return WriteAccepted.model_validate(response.json())
+
+    async def _get(self, model: type[M], path: str, params: Any = None) -> M:
+        return model.model_validate((await self._request("GET", path, params=params)).json())
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        http = self._http
+        if http is None:
+            raise RuntimeError("this client publishes to Kafka; reads and writes need the HTTP API's url")
+
+        async def attempt() -> httpx.Response:
+            try:
+                response = await http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise Retryable(exc) from None
+            return checked(response)
+
+        return await with_retries(attempt, self.max_retries)

@@ -1,0 +1,184 @@
+"""The API's answers as typed models. Each one is checked against ``schemas/openapi.yaml``
+(tests/unit/test_client_models.py): the same fields, the same required ones.
+
+Amounts, quantities and meter values are exact decimal strings on the wire and
+:class:`~decimal.Decimal` here; times are aware datetimes in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    # A newer server may add fields: an older client keeps working and ignores them.
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class Accepted(_Model):
+    """``POST /v1/events``: the ids the broker acknowledged."""
+
+    accepted: int
+    ids: list[str]
+
+
+class RejectedEvent(_Model):
+    index: int
+    id: str | None
+    code: str
+    message: str
+
+
+class UsageRow(_Model):
+    customer_id: str
+    window_start: datetime
+    window_end: datetime
+    group: dict[str, str]
+    value: Decimal
+
+
+class MeterQuery(_Model):
+    meter: str
+    customer: str | None
+    from_: datetime | None = Field(alias="from")
+    to: datetime | None
+    window: str | None
+    data: list[UsageRow]
+
+
+class InvoiceSummary(_Model):
+    invoice_id: str
+    customer_id: str
+    subscription_id: str
+    plan: str
+    kind: str
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    subtotal: Decimal
+    credits_applied: Decimal
+    total: Decimal
+    status: str
+
+
+class InvoiceLine(_Model):
+    price_key: str
+    meter: str | None
+    description: str
+    quantity: Decimal
+    amount: Decimal
+    tiers: list[dict[str, Any]]
+    adjusts_period_start: datetime | None = None
+
+
+class Invoice(_Model):
+    """An invoice document as the rater issued it (or, with ``status: preview``, would)."""
+
+    invoice_id: str
+    customer_id: str
+    subscription_id: str
+    plan: str
+    currency: str
+    kind: str
+    period_start: datetime
+    period_end: datetime
+    issued_at: datetime
+    due_at: datetime
+    lines: list[InvoiceLine]
+    subtotal: Decimal
+    credits_applied: Decimal
+    credit_allocations: list[dict[str, str]]
+    total: Decimal
+    status: str
+    credits_expired: list[dict[str, str]] = []
+
+
+class UpcomingInvoices(_Model):
+    customer_id: str
+    preview: bool
+    invoices: list[Invoice]
+
+
+class CurrencyBalance(_Model):
+    currency: str
+    available: Decimal
+
+
+class GrantBalance(_Model):
+    grant_id: str
+    currency: str
+    granted: Decimal
+    remaining: Decimal
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    status: str
+
+
+class CreditBalance(_Model):
+    customer_id: str
+    at: datetime
+    balances: list[CurrencyBalance]
+    grants: list[GrantBalance]
+
+
+class LedgerMovement(_Model):
+    movement_id: str
+    kind: str
+    grant_id: str
+    amount: Decimal
+    currency: str
+    effective_at: datetime
+    expires_at: datetime | None
+    invoice_id: str
+    recorded_at: datetime
+
+
+class CreditLedger(_Model):
+    customer_id: str
+    movements: list[LedgerMovement]
+
+
+class PlanSpan(_Model):
+    plan: str
+    from_: datetime = Field(alias="from")
+    until: datetime | None
+
+
+class SubscriptionState(_Model):
+    subscription_id: str
+    billing_anchor: datetime
+    canceled_at: datetime | None
+    plans: list[PlanSpan]
+
+
+class Subscriptions(_Model):
+    customer_id: str
+    subscriptions: list[SubscriptionState]
+
+
+class Decision(_Model):
+    """An entitlement check."""
+
+    feature: str
+    has_access: bool
+    type: str
+    usage: Decimal | None = None
+    limit: Decimal | None = None
+    balance: Decimal | None = None
+    soft: bool | None = None
+    reset_at: datetime | None = None
+    reason: str | None = None
+    config: Any = None
+
+
+class WriteAccepted(_Model):
+    """A billing input the broker acknowledged: its event id and type."""
+
+    accepted: bool
+    id: str
+    type: str | None = None
