@@ -37,7 +37,7 @@ from bastionary.rating.invoice import Billed, Subscription, invoice_id
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
-from bastionary.rating.rater import Rater, RatingResult
+from bastionary.rating.rater import Rater, RatingResult, upcoming_period
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
 
 D = Decimal
@@ -911,3 +911,48 @@ async def test_a_voided_grant_never_expires(voided_at, expired):
     assert len(publish.events("credits")) == (1 if expired else 0)
     assert all(document["credit_allocations"] == [] for (document,) in results)
     assert balances(store.granted, store.grants()[1], MAR)[0].status == "voided"
+
+
+# --- the upcoming invoice --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("late_jan_tokens", [0, 700])
+async def test_a_preview_is_the_invoice_later_issued_when_no_usage_follows(late_jan_tokens):
+    """Mid-February: January is rated; February's preview (with credits, and an adjustment
+    for January usage that landed after January's cutoff) equals February's invoice."""
+    store = one_customer(tokens=1500)
+    store.grant("g1", "cust-1", "40.00")
+    publish = FakePublisher()
+    await rater(store, publish).run_once(AFTER_JAN)
+    store.use("cust-1", 2500, at(2024, 2, 10))
+    if late_jan_tokens:
+        store.use("cust-1", late_jan_tokens, at(2024, 1, 20), ingested=at(2024, 2, 5))
+    mid_feb = at(2024, 2, 15)
+    (sub,) = store.subscriptions({"pro": PRO})
+    found = upcoming_period(sub, mid_feb, GRACE, store.invoice_ids())
+    assert found is not None
+    earlier, period, cutoff = found
+    assert (period.start, period.end, [p.start for p in earlier]) == (FEB, MAR, [JAN])
+    grants, drawn = store.grants()
+    (preview,) = rater(store, publish).preview([(sub, earlier, period, cutoff)], grants["cust-1"], drawn)
+    assert preview["status"] == "preview"
+    assert store.grants()[1] == drawn  # nothing was drawn by the preview
+    await rater(store, publish).run_once(AFTER_FEB)
+    issued = next(i for i in publish.invoices() if i["period_start"] == FEB.isoformat())
+    assert issued == preview | {"status": "finalized"}
+    assert any(line.get("adjusts_period_start") for line in issued["lines"]) == bool(late_jan_tokens)
+
+
+def test_the_upcoming_period_skips_rated_and_due_periods_and_ends_with_the_subscription():
+    store = one_customer()
+    (sub,) = store.subscriptions({"pro": PRO})
+    assert upcoming_period(sub, at(2024, 1, 10), GRACE, set())[1].start == JAN
+    # Within January's grace, January is still the upcoming invoice; once rated, February is.
+    assert upcoming_period(sub, FEB + timedelta(minutes=30), GRACE, set())[1].start == JAN
+    assert upcoming_period(sub, FEB + timedelta(minutes=30), GRACE, {JAN_INVOICE})[1].start == FEB
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "", JAN, None, at(2024, 2, 10)))
+    (ended,) = store.subscriptions({"pro": PRO})
+    last = upcoming_period(ended, at(2024, 2, 10, 0, 30), GRACE, {JAN_INVOICE})
+    assert last is not None and (last[1].start, last[1].end) == (FEB, at(2024, 2, 10))
+    # Past the last period's cutoff that period is due (the rater's), and nothing follows it.
+    assert upcoming_period(ended, at(2024, 2, 11), GRACE, {JAN_INVOICE}) is None

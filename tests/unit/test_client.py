@@ -1,0 +1,216 @@
+"""The Python client against a real HTTP peer (an aiohttp server in this process): batches,
+linger, retries with the same bytes, what it does with failures and rejections; and its
+models against schemas/openapi.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import typing
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+
+from bastionary.client import AsyncClient, Client, DeliveryFailed, models
+
+DOCUMENT = yaml.safe_load((Path(__file__).resolve().parents[2] / "schemas" / "openapi.yaml").read_text())
+
+
+class Peer:
+    """Records every POST /v1/events body; answers from ``script`` (status list), then 202."""
+
+    def __init__(self, script: list[int] | None = None, reject_index: int | None = None):
+        self.bodies: list[bytes] = []
+        self.script = list(script or [])
+        self.reject_index = reject_index
+        self.app = web.Application()
+        self.app.router.add_post("/v1/events", self.events)
+        self.app.router.add_get("/v1/customers/{c}/credits", self.credits)
+
+    async def events(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.bodies.append(body)
+        assert request.headers["Authorization"] == "Bearer k"
+        assert request.headers["Content-Type"] == "application/cloudevents-batch+json"
+        if self.script:
+            status = self.script.pop(0)
+            return web.json_response({"error": {"code": "broker_unavailable", "message": "x"}}, status=status)
+        events = orjson.loads(body)
+        ids = [e["id"] for e in events]
+        if self.reject_index is not None:
+            bad = ids[self.reject_index]
+            rejected = [{"index": self.reject_index, "id": bad, "code": "future_time", "message": "late"}]
+            accepted = [i for i in ids if i != bad]
+            error = {"code": "rejected_events", "message": "1 event(s) rejected"}
+            answer = {"error": error, "accepted": len(accepted), "ids": accepted, "rejected": rejected}
+            return web.json_response(answer, status=400)
+        return web.json_response({"accepted": len(ids), "ids": ids}, status=202)
+
+    async def credits(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "customer_id": request.match_info["c"],
+                "at": "2026-11-30T00:00:00+00:00",
+                "balances": [{"currency": "USD", "available": "1.50"}],
+                "grants": [],
+            }
+        )
+
+    def events_sent(self) -> list[list[str]]:
+        return [[e["id"] for e in orjson.loads(body)] for body in self.bodies]
+
+
+async def serve(peer: Peer) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(peer.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_batches_of_size_then_the_rest_on_flush():
+    peer = Peer()
+    runner, url = await serve(peer)
+    async with AsyncClient(url, api_key="k", batch_size=100, linger=60) as bc:
+        ids = [await bc.track_usage("c1", "llm", {"tokens": n}) for n in range(250)]
+        await bc.flush()
+        assert [len(batch) for batch in peer.events_sent()] == [100, 100, 50]
+    assert [i for batch in peer.events_sent() for i in batch] == ids
+    assert len(set(ids)) == 250
+    await runner.cleanup()
+
+
+async def test_a_lone_event_leaves_after_the_linger():
+    peer = Peer()
+    runner, url = await serve(peer)
+    async with AsyncClient(url, api_key="k", linger=0.1) as bc:
+        await bc.track_usage("c1", "llm", {"tokens": 1}, id="only")
+        await asyncio.sleep(0.5)
+        assert peer.events_sent() == [["only"]]
+    await runner.cleanup()
+
+
+async def test_a_retry_sends_the_same_bytes():
+    peer = Peer(script=[503, 502])
+    runner, url = await serve(peer)
+    async with AsyncClient(url, api_key="k", linger=0) as bc:
+        await bc.track_usage("c1", "llm", {"tokens": 1}, id="e1")
+        await bc.flush()
+    assert len(peer.bodies) == 3 and len(set(peer.bodies)) == 1
+    await runner.cleanup()
+
+
+async def test_what_fails_every_retry_goes_to_on_error_and_the_next_flush():
+    peer = Peer(script=[503] * 10)
+    runner, url = await serve(peer)
+    failed: list[DeliveryFailed] = []
+    bc = AsyncClient(url, api_key="k", linger=0, max_retries=2, on_error=failed.append)
+    await bc.track_usage("c1", "llm", {"tokens": 1}, id="e1")
+    with pytest.raises(DeliveryFailed) as raised:
+        await bc.flush()
+    assert [e["id"] for e in raised.value.events] == ["e1"] and len(peer.bodies) == 3
+    assert [[e["id"] for e in f.events] for f in failed] == [["e1"]]
+    await bc.flush()  # reported once
+    await bc.close()
+    await runner.cleanup()
+
+
+async def test_rejected_members_fail_alone_and_are_not_retried():
+    peer = Peer(reject_index=1)
+    runner, url = await serve(peer)
+    bc = AsyncClient(url, api_key="k", linger=60)
+    for n in range(3):
+        await bc.track_usage("c1", "llm", {"tokens": n}, id=f"e{n}")
+    with pytest.raises(DeliveryFailed) as raised:
+        await bc.flush()
+    assert [e["id"] for e in raised.value.events] == ["e1"] and len(peer.bodies) == 1
+    await bc.close()
+    await runner.cleanup()
+
+
+def test_the_sync_client_flushes_on_close_and_reads():
+    peer = Peer()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, url = asyncio.run_coroutine_threadsafe(serve(peer), loop).result()
+    try:
+        bc = Client(url, api_key="k", linger=60)
+        bc.track_usage("c1", "llm", {"tokens": 812}, id="sync-1")
+        assert str(bc.credit_balance("c1").balances[0].available) == "1.50"
+        assert peer.bodies == []
+        bc.close()
+        bc.close()
+        assert peer.events_sent() == [["sync-1"]]
+        with pytest.raises(RuntimeError, match="closed"):
+            bc.track_usage("c1", "llm", {})
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_client_needs_exactly_one_destination():
+    with pytest.raises(ValueError):
+        AsyncClient()
+    with pytest.raises(ValueError):
+        AsyncClient("http://x", bootstrap="k:9092")
+
+
+MODEL_SCHEMAS = {
+    models.Accepted: "EventsAccepted",
+    models.MeterQuery: "MeterQuery",
+    models.UsageRow: "UsageRow",
+    models.InvoiceSummary: "InvoiceSummary",
+    models.InvoiceLine: "InvoiceLine",
+    models.Invoice: "Invoice",
+    models.UpcomingInvoices: "UpcomingInvoices",
+    models.CreditBalance: "CreditBalance",
+    models.CreditLedger: "CreditLedger",
+    models.Subscriptions: "Subscriptions",
+    models.Decision: "Decision",
+    models.WriteAccepted: "WriteAccepted",
+}
+
+
+def schema(name: str) -> dict:
+    return DOCUMENT["components"]["schemas"][name]
+
+
+def nested(model: type, field: str) -> type | None:
+    """The model a field holds (directly or in a list), if any."""
+    for arg in typing.get_args(model.model_fields[field].annotation) or (model.model_fields[field].annotation,):
+        if isinstance(arg, type) and issubclass(arg, models._Model):
+            return arg
+    return None
+
+
+@pytest.mark.parametrize("model", list(MODEL_SCHEMAS), ids=lambda m: m.__name__)
+def test_every_model_has_the_documented_fields(model):
+    documented = schema(MODEL_SCHEMAS[model])
+    names = {field.alias or name: name for name, field in model.model_fields.items()}
+    assert set(names) == set(documented["properties"])
+    required = {alias for alias, name in names.items() if model.model_fields[name].is_required()}
+    # A field the document requires may be optional here only where a default stands in.
+    assert required <= set(documented.get("required", []))
+    for alias, name in names.items():
+        inner = nested(model, name)
+        prop = documented["properties"][alias]
+        target = prop.get("items", prop)
+        if inner is not None and "properties" in target:
+            assert {f.alias or n for n, f in inner.model_fields.items()} == set(target["properties"]), alias
+
+
+def test_a_sync_call_waits_for_its_answer_not_for_the_linger():
+    started = time.monotonic()
+    bc = Client("http://127.0.0.1:9", api_key="k", max_retries=0, timeout=2, linger=60)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 (nothing listens: a connection error)
+            bc.credit_balance("c")
+    finally:
+        bc.close()
+    assert time.monotonic() - started < 10
