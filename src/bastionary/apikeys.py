@@ -121,8 +121,10 @@ class KeyRing:
             if stamp == self._stamp:
                 return
             entries = read_key_file(self._file)
-        except (OSError, KeyFileError):
+        except (OSError, KeyFileError) as exc:
             if strict:
+                if isinstance(exc, OSError):
+                    raise KeyFileError(f"BASTIONARY_API_KEY_FILE {self._file}: {exc.strerror}") from None
                 raise
             return
         self._stamp = stamp

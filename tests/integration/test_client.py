@@ -23,11 +23,15 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 KEY = "client-test-key-123"
 
 
-def readme_examples() -> list[str]:
+def readme_examples(url: str) -> list[str]:
+    """The README's client examples (the quick start's, then the API section's), pointed at ``url``."""
     text = README.read_text()
-    section = text[text.index("## HTTP API and the Python client") :]
-    section = section[: section.index("\n## ", 1)]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    blocks = []
+    for heading in ("## Two commands", "## HTTP API and the Python client"):
+        section = text[text.index(heading) :]
+        section = section[: section.index("\n## ", 1)]
+        blocks += re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    return [block.replace("http://localhost:6066", url).replace("dev-key-123", KEY) for block in blocks]
 
 
 def subscribed(port: int, customer: str) -> bool:
@@ -49,24 +53,25 @@ def test_the_readme_examples_run_and_their_usage_lands_once(stack):
     with Client(url, api_key=KEY) as bc:
         bc.create_subscription("sub-1", "cust-1", "pro", start="2026-11-01T00:00:00Z")
     wait_for(lambda: subscribed(port, "cust-1"), 90, "cust-1's subscription")
-    examples = readme_examples()
-    assert len(examples) == 2
-    env = stack.env() | {"BASTIONARY_URL": url, "BASTIONARY_API_KEY": KEY}
+    examples = readme_examples(url)
+    assert len(examples) == 3
+    env = stack.env()
     for example in examples:
         run = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
     printed = run.stdout  # the async example lists cust-2's invoices: none yet
     assert printed.strip() == "[]"
     # The async example's ids are fixed: running it again counts nothing twice.
-    again = subprocess.run([sys.executable, "-c", examples[1]], env=env, capture_output=True, timeout=120)
+    again = subprocess.run([sys.executable, "-c", examples[-1]], env=env, capture_output=True, timeout=120)
     assert again.returncode == 0, again.stderr
     per_customer = "SELECT customer_id, count() FROM usage_events FINAL GROUP BY customer_id ORDER BY customer_id"
-    wait_for(lambda: stack.query(per_customer) == [("cust-1", 1), ("cust-2", 3)], 60, "the tracked events")
-    assert stack.query("SELECT count() FROM usage_events")[0][0] == 4
+    # Two for cust-1 (the quick start's and the API section's, each with a fresh id), three for cust-2.
+    wait_for(lambda: stack.query(per_customer) == [("cust-1", 2), ("cust-2", 3)], 60, "the tracked events")
+    assert stack.query("SELECT count() FROM usage_events")[0][0] == 5
 
     with Client(url, api_key=KEY) as bc:
         tokens = bc.usage("llm_tokens", customer="cust-1")
-        assert [row.value for row in tokens.data] == [Decimal(812)]
+        assert [row.value for row in tokens.data] == [Decimal(1624)]
         assert bc.check("cust-1", "api_calls").has_access
         assert [s.plans[0].plan for s in bc.subscriptions("cust-1").subscriptions] == ["pro"]
 

@@ -98,3 +98,8 @@ def test_any_header_is_a_key_or_an_auth_error(header):
         ring.authenticate(header)
     except AuthError as refused:
         assert refused.status in (401, 403)
+
+
+def test_a_missing_key_file_is_one_clear_error(tmp_path):
+    with pytest.raises(KeyFileError, match="BASTIONARY_API_KEY_FILE .*No such file"):
+        KeyRing([], tmp_path / "absent")

@@ -557,3 +557,26 @@ def test_the_fast_check_accepts_only_what_pydantic_accepts_with_the_same_values(
     assert fast.time.utcoffset() == slow.time.utcoffset()
     assert payload_hash(raw, fast) == payload_hash(raw, slow)
     assert payload_hash(raw, fast, _canonical_zulu(raw["time"])) == payload_hash(raw, slow)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-05-01T11:59:00Z",
+        "2024-05-01T11:59:00.123456Z",
+        "2024-05-01T11:59:00.000000Z",
+        "2024-05-01T11:59:00+00:00",
+        "2024-05-01T11:59:00.123456+00:00",
+        "2024-05-01T11:59:00.000000+00:00",
+        "2024-05-01T11:59:00.5+00:00",
+        "2024-05-01T13:59:00+02:00",
+    ],
+)
+def test_a_time_read_off_its_text_hashes_as_the_parsed_time(text):
+    raw = event(time=text)
+    fast = _checked_fast(raw)
+    assert fast is not None
+    canonical = _canonical_zulu(text)
+    if canonical is not None:
+        assert payload_hash(raw, fast, canonical) == payload_hash(raw, fast)
+    assert (canonical is None) == (text.endswith("+02:00") or "000000" in text or ".5" in text)

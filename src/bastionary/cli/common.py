@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 import orjson
 
+from bastionary.apikeys import KeyFileError
 from bastionary.catalog import CatalogError
 from bastionary.locks import DataDirInUse
 from bastionary.logs import configure_logging
@@ -39,7 +40,7 @@ def fail_cleanly(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (CatalogError, NoBroker, DataDirInUse) as exc:
+        except (CatalogError, NoBroker, DataDirInUse, KeyFileError) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper

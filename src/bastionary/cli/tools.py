@@ -43,6 +43,12 @@ def demo(events: int, customers: int) -> None:
     is_flag=True,
     help="Check latency at 1,000 checks/s (target p99 <= 5 ms) and freshness (target p99 <= 1 s) instead.",
 )
+@click.option(
+    "--api",
+    "api",
+    is_flag=True,
+    help="HTTP ingest in 100-event requests (target >= 20,000 events/s) and a 30-day daily query (p99 <= 100 ms).",
+)
 def bench(
     as_json: bool,
     quick: bool,
@@ -52,9 +58,16 @@ def bench(
     rating: bool,
     subscriptions: int,
     entitlement_checks: bool,
+    api: bool,
 ) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
     settings = settings_or_exit()
+    if api:
+        from bastionary.tools.bench.api import render_api, run_api_bench
+
+        configure_logging("WARNING", settings.log_format)
+        click.echo(render_api(run_api_bench(quick=quick), as_json))
+        return
     if entitlement_checks:
         from bastionary.tools.bench.entitlements import render_entitlements, run_entitlements_bench
 

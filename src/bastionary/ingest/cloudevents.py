@@ -291,9 +291,12 @@ def payload_hash(raw: dict[str, Any], event: ValidUsageEvent | UsageEvent, canon
 
 def _canonical_zulu(text: str) -> str | None:
     """The hashed spelling of a time :func:`_checked_fast` accepted, where reading it off the
-    text is safe: ``Z`` with no fraction, or with 6 digits not all zero (else None)."""
+    text is safe: UTC as ``Z`` or ``+00:00`` (what Python's ``isoformat`` writes), with no
+    fraction or with 6 digits not all zero (else None)."""
     if text[-1] == "Z" and (len(text) == 20 or (len(text) == 27 and text[20:26] != "000000")):
         return text[:-1] + "+00:00"
+    if text.endswith("+00:00") and (len(text) == 25 or (len(text) == 32 and text[20:26] != "000000")):
+        return text
     return None
 
 
