@@ -101,5 +101,5 @@ def test_any_header_is_a_key_or_an_auth_error(header):
 
 
 def test_a_missing_key_file_is_one_clear_error(tmp_path):
-    with pytest.raises(KeyFileError, match="BASTIONARY_API_KEY_FILE .*No such file"):
+    with pytest.raises(KeyFileError, match=r"BASTIONARY_API_KEY_FILE .*No such file"):
         KeyRing([], tmp_path / "absent")
