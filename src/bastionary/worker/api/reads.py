@@ -8,7 +8,9 @@ A customer-limited key reads its own customer only.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import faust
@@ -134,82 +136,74 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
                 return document
             return web.Response(text=render_html(document), content_type="text/html")
 
-    @app.page("/v1/customers/{customer_id}/credits")
-    class CreditsView(faust.web.View):
-        async def get(self, request: Any, customer_id: str) -> Any:
-            key = guard.customer_path(request, "read", customer_id)
-            if not isinstance(key, ApiKey):
-                return key
-            try:
-                moment = query_time(request, "at") or datetime.now(UTC)
-            except BadQuery as exc:
-                return json_error(400, "invalid_query", str(exc))
-            grants, drawn = await asyncio.to_thread(backend.billing_reads().grants_as_of, moment, customer_id)
-            lines = balances(grants.get(customer_id, []), drawn, moment)
-            totals: dict[str, Any] = {}
-            for line in lines:
-                totals[line.grant.currency] = totals.get(line.grant.currency, 0) + line.remaining
-            return self.json(
-                {
-                    "customer_id": customer_id,
-                    "at": jsonable(moment),
-                    "balances": [{"currency": c, "available": number(v)} for c, v in sorted(totals.items())],
-                    "grants": [
-                        {
-                            "grant_id": line.grant.grant_id,
-                            "currency": line.grant.currency,
-                            "granted": number(line.grant.amount),
-                            "remaining": number(line.remaining),
-                            "priority": line.grant.priority,
-                            "effective_at": jsonable(line.grant.effective_at),
-                            "expires_at": jsonable(line.grant.expires_at),
-                            "status": line.status,
-                        }
-                        for line in lines
-                    ],
-                }
-            )
+    def customer_read(path: str, answer: Callable[[ApiBackend, web.Request, str], dict[str, Any]]) -> None:
+        """GET ``path`` for one customer: the key checked, then ``answer`` (it reads ClickHouse) in a thread."""
 
-    @app.page("/v1/customers/{customer_id}/credits/ledger")
-    class LedgerView(faust.web.View):
-        async def get(self, request: Any, customer_id: str) -> Any:
-            key = guard.customer_path(request, "read", customer_id)
-            if not isinstance(key, ApiKey):
-                return key
-            rows = await asyncio.to_thread(InvoiceReports(backend.reader).ledger, customer_id)
-            movements = [dict(zip(LEDGER_COLUMNS, map(jsonable, row), strict=True)) for row in rows]
-            return self.json({"customer_id": customer_id, "movements": movements})
+        @app.page(path, name=f"read:{path}")
+        class CustomerRead(faust.web.View):
+            async def get(self, request: Any, customer_id: str) -> Any:
+                key = guard.customer_path(request, "read", customer_id)
+                if not isinstance(key, ApiKey):
+                    return key
+                try:
+                    body = await asyncio.to_thread(answer, backend, request, customer_id)
+                except BadQuery as exc:
+                    return json_error(400, "invalid_query", str(exc))
+                return self.json({"customer_id": customer_id, **body})
 
-    @app.page("/v1/customers/{customer_id}/subscriptions")
-    class SubscriptionsView(faust.web.View):
-        async def get(self, request: Any, customer_id: str) -> Any:
-            key = guard.customer_path(request, "read", customer_id)
-            if not isinstance(key, ApiKey):
-                return key
-            subs = await asyncio.to_thread(backend.billing_reads().subscriptions, backend.plans, customer_id)
-            return self.json(
-                {
-                    "customer_id": customer_id,
-                    "subscriptions": [
-                        {
-                            "subscription_id": sub.subscription_id,
-                            "billing_anchor": jsonable(sub.anchor),
-                            "canceled_at": jsonable(sub.canceled_at),
-                            "plans": [
-                                {"plan": s.plan.key, "from": jsonable(s.start), "until": jsonable(s.end)}
-                                for s in sub.segments
-                            ],
-                        }
-                        for sub in subs
-                    ],
-                }
-            )
+    customer_read("/v1/customers/{customer_id}/credits", credit_balance)
+    customer_read("/v1/customers/{customer_id}/credits/ledger", credit_ledger)
+    customer_read("/v1/customers/{customer_id}/subscriptions", subscriptions)
+    customer_read("/v1/customers/{customer_id}/upcoming-invoice", upcoming_invoice)
 
-    @app.page("/v1/customers/{customer_id}/upcoming-invoice")
-    class UpcomingInvoiceView(faust.web.View):
-        async def get(self, request: Any, customer_id: str) -> Any:
-            key = guard.customer_path(request, "read", customer_id)
-            if not isinstance(key, ApiKey):
-                return key
-            invoices = await asyncio.to_thread(backend.upcoming_invoices, customer_id)
-            return self.json({"customer_id": customer_id, "preview": True, "invoices": invoices})
+
+def credit_balance(backend: ApiBackend, request: web.Request, customer_id: str) -> dict[str, Any]:
+    moment = query_time(request, "at") or datetime.now(UTC)
+    grants, drawn = backend.billing_reads().grants_as_of(moment, customer_id)
+    lines = balances(grants.get(customer_id, []), drawn, moment)
+    totals: dict[str, Decimal] = {}
+    for line in lines:
+        totals[line.grant.currency] = totals.get(line.grant.currency, Decimal(0)) + line.remaining
+    return {
+        "at": jsonable(moment),
+        "balances": [{"currency": c, "available": number(v)} for c, v in sorted(totals.items())],
+        "grants": [
+            {
+                "grant_id": line.grant.grant_id,
+                "currency": line.grant.currency,
+                "granted": number(line.grant.amount),
+                "remaining": number(line.remaining),
+                "priority": line.grant.priority,
+                "effective_at": jsonable(line.grant.effective_at),
+                "expires_at": jsonable(line.grant.expires_at),
+                "status": line.status,
+            }
+            for line in lines
+        ],
+    }
+
+
+def credit_ledger(backend: ApiBackend, request: web.Request, customer_id: str) -> dict[str, Any]:
+    rows = InvoiceReports(backend.reader).ledger(customer_id)
+    return {"movements": [dict(zip(LEDGER_COLUMNS, map(jsonable, row), strict=True)) for row in rows]}
+
+
+def subscriptions(backend: ApiBackend, request: web.Request, customer_id: str) -> dict[str, Any]:
+    subs = backend.billing_reads().subscriptions(backend.plans, customer_id)
+    return {
+        "subscriptions": [
+            {
+                "subscription_id": sub.subscription_id,
+                "billing_anchor": jsonable(sub.anchor),
+                "canceled_at": jsonable(sub.canceled_at),
+                "plans": [
+                    {"plan": s.plan.key, "from": jsonable(s.start), "until": jsonable(s.end)} for s in sub.segments
+                ],
+            }
+            for sub in subs
+        ]
+    }
+
+
+def upcoming_invoice(backend: ApiBackend, request: web.Request, customer_id: str) -> dict[str, Any]:
+    return {"preview": True, "invoices": backend.upcoming_invoices(customer_id)}
