@@ -91,3 +91,9 @@ def test_each_top_level_part_has_a_readme_naming_only_files_that_exist() -> None
         for name in re.findall(r"`([a-z_/]+(?:\.py|/))`", text):
             roots = (folder, PACKAGE, PACKAGE.parents[1])
             assert any((root / name).exists() for root in roots), f"{folder.name}/README.md names {name}"
+
+
+def test_the_client_imports_no_other_part() -> None:
+    """``bastionary.client`` ships to users' applications: it must not pull in the server."""
+    reached = {dst: files for (src, dst), files in _imports().items() if src == "client"}
+    assert not reached, reached
