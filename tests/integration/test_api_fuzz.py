@@ -24,7 +24,7 @@ SCHEMA = schemathesis.openapi.from_path(Path(__file__).resolve().parents[2] / "s
 CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "billing_catalog.yaml"
 KEY = "fuzz-key-0123456789"
 EXAMPLES = 25  # per operation and mode: about 950 requests
-DOCUMENTED_503 = {"not_ready", "broker_unavailable"}
+DOCUMENTED_503 = {"not_ready", "broker_unavailable", "unavailable"}
 
 
 def owner_known(base: str) -> bool:

@@ -120,6 +120,7 @@ def test_http_api_end_to_end(stack, tmp_path):
     assert first[0] == again[0] == 202 and first[1]["id"] == again[1]["id"]
     grant = {"grant_id": "g-a", "customer_id": "cust-a", "amount": "5.00", "currency": "USD"}
     assert api.post("/v1/credit-grants", grant | {"effective_at": start.isoformat()})[0] == 202
+    assert api.post("/v1/subscriptions", b"x" * 1_200_000)[1]["error"]["code"] == "record_too_large"
     bad_plan = api.post("/v1/subscriptions", subscription | {"subscription_id": "sub-x", "plan": "nope"})
     assert bad_plan[0] == 400 and bad_plan[1]["error"]["reason"] == "unknown_plan"
 

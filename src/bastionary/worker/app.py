@@ -19,6 +19,7 @@ from bastionary.settings import Settings
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import Client
 from bastionary.worker import api, tolerant_records
+from bastionary.worker.api.failures import failures_as_json
 from bastionary.worker.context import WorkerContext
 from bastionary.worker.services.api import ApiBackend
 from bastionary.worker.services.billing import BillingService
@@ -104,6 +105,12 @@ def create_app(
         # Checks are routed between workers by this address (Faust table routing).
         canonical_url=settings.web_url or f"http://{settings.web_host}:{settings.web_port or 6066}",
         web_in_thread=False,
+        # The API answers every failure as JSON (worker/api/failures.py); a body may be as
+        # large as a Kafka record, and /v1/events refuses a larger one itself, as JSON.
+        web_application_options={
+            "middlewares": [failures_as_json],
+            "client_max_size": settings.max_record_bytes + 64 * 1024,
+        },
     )
     ctx = WorkerContext(app, settings, worker_id)
     usage_service = UsageService(ctx, bootstrap, sink_factory, on_started)

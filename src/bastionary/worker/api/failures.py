@@ -1,0 +1,41 @@
+"""What a request that fails past its view answers: JSON, never aiohttp's plain text.
+
+Storage or broker trouble (a connection refused, a timeout) is ``503 unavailable`` with
+``Retry-After``: the request may be retried as it is. Anything else is a bug of ours,
+``500 internal_error``, logged with its traceback. A body over the size limit is ``413``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from aiokafka.errors import KafkaError
+from clickhouse_connect.driver.exceptions import OperationalError
+
+from bastionary.worker.api.auth import json_error
+
+log = structlog.get_logger(__name__)
+RETRY_AFTER_S = 1
+UNAVAILABLE = (OperationalError, KafkaError, ConnectionError, TimeoutError)
+
+
+@web.middleware
+async def failures_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as too_large:
+        return json_error(413, "record_too_large", too_large.text or "the body is too large")
+    except web.HTTPException:
+        raise
+    except UNAVAILABLE as exc:
+        log.warning("request failed on storage or the broker", path=request.path, error=str(exc)[:300])
+        response = json_error(503, "unavailable", "storage or the broker did not answer; retry shortly")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+    except Exception:
+        log.exception("request failed", path=request.path)
+        return json_error(500, "internal_error", "the request failed; see the worker's log")

@@ -1,0 +1,47 @@
+"""A request that fails past its view still answers JSON: 503 for storage or broker trouble,
+500 for a bug, 413 for a body over the limit (a real aiohttp server and client)."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiokafka.errors import KafkaConnectionError
+from clickhouse_connect.driver.exceptions import OperationalError
+
+from bastionary.worker.api.failures import failures_as_json
+
+
+async def failing(request: web.Request) -> web.Response:
+    kind = request.match_info["kind"]
+    if kind == "clickhouse":
+        raise OperationalError("connection refused")
+    if kind == "kafka":
+        raise KafkaConnectionError()
+    if kind == "bug":
+        raise KeyError("oops")
+    await request.read()
+    return web.json_response({"ok": True})
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [("clickhouse", 503, "unavailable"), ("kafka", 503, "unavailable"), ("bug", 500, "internal_error")],
+)
+async def test_failures_answer_json(kind, status, code):
+    app = web.Application(middlewares=[failures_as_json], client_max_size=1000)
+    app.router.add_post("/{kind}", failing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/{kind}", data=b"{}") as response:
+                assert (response.status, (await response.json())["error"]["code"]) == (status, code)
+                assert (response.headers.get("Retry-After") is not None) == (status == 503)
+            async with session.post(f"http://127.0.0.1:{port}/fine", data=b"x" * 5000) as response:
+                assert (response.status, (await response.json())["error"]["code"]) == (413, "record_too_large")
+    finally:
+        await runner.cleanup()
