@@ -8,6 +8,7 @@ USAGE_EVENTS = "usage.events"
 USAGE_DLQ = "usage.dlq"
 SUBSCRIPTIONS = "billing.subscriptions"
 CREDIT_GRANTS = "billing.credit-grants"
+CUSTOMERS = "billing.customers"
 INVOICES = "billing.invoices"
 CREDITS = "billing.credits"
 BILLING_DLQ = "billing.dlq"
@@ -41,6 +42,10 @@ class Topics:
     @property
     def credit_grants(self) -> str:
         return self.name(CREDIT_GRANTS)
+
+    @property
+    def customers(self) -> str:
+        return self.name(CUSTOMERS)
 
     @property
     def invoices(self) -> str:
@@ -84,6 +89,7 @@ class Topics:
             self.usage_dlq,
             self.subscriptions,
             self.credit_grants,
+            self.customers,
             self.invoices,
             self.credits,
             self.billing_dlq,

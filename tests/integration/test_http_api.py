@@ -121,6 +121,11 @@ def test_http_api_end_to_end(stack, tmp_path):
     grant = {"grant_id": "g-a", "customer_id": "cust-a", "amount": "5.00", "currency": "USD"}
     assert api.post("/v1/credit-grants", grant | {"effective_at": start.isoformat()})[0] == 202
     assert api.post("/v1/subscriptions", b"x" * 1_200_000)[1]["error"]["code"] == "record_too_large"
+    record = {"customer_id": "cust-a", "name": "Acme GmbH", "email": "ap@acme.example", "tax_id": "DE123",
+              "address": {"line1": "Hauptstr. 1", "city": "Berlin", "postal_code": "10115", "country": "DE"}}  # fmt: skip
+    assert api.post("/v1/customers", record)[0] == 202
+    bad_country = api.post("/v1/customers", record | {"address": {"country": "Germany"}})
+    assert bad_country[0] == 400 and bad_country[1]["error"]["reason"] == "invalid_data"
     bad_plan = api.post("/v1/subscriptions", subscription | {"subscription_id": "sub-x", "plan": "nope"})
     assert bad_plan[0] == 400 and bad_plan[1]["error"]["reason"] == "unknown_plan"
 
@@ -155,6 +160,10 @@ def test_http_api_end_to_end(stack, tmp_path):
     expected["cust-b"] += sum(i for i in range(60) if not i % 2)
     wait_for(lambda: stack.query("SELECT count() FROM usage_events FINAL")[0][0] == 63, 60, "the posted events landed")
     assert stack.query("SELECT count(), uniqExact(source, event_id) FROM usage_events")[0] == (63, 63)
+
+    stored = wait_for(lambda: (c := api.get("/v1/customers/cust-a"))[0] == 200 and c[1], 30, "the customer record")
+    assert stored["name"] == "Acme GmbH" and stored["address"]["city"] == "Berlin" and not stored["tax_exempt"]
+    assert api.get("/v1/customers/cust-nobody")[1]["error"]["code"] == "unknown_customer"
 
     # -- the upcoming invoice is the invoice the rater issues ---------------------------
     subs = wait_for(lambda: (s := api.get("/v1/customers/cust-a/subscriptions")[1])["subscriptions"] and s, 30, "sub")
@@ -213,7 +222,8 @@ def test_http_api_end_to_end(stack, tmp_path):
     assert api.post("/v1/subscriptions", subscription, key=keys["reader"])[0] == 403
     portal = keys["portal-a"]
     assert api.get("/v1/customers/cust-a/credits", key=portal)[0] == 200
-    for other in ("/v1/customers/cust-b/credits", "/v1/customers/cust-b/subscriptions",
+    assert api.get("/v1/customers/cust-a", key=portal)[0] == 200
+    for other in ("/v1/customers/cust-b", "/v1/customers/cust-b/credits", "/v1/customers/cust-b/subscriptions",
                   "/v1/customers/cust-b/upcoming-invoice", "/v1/customers/cust-b/entitlements",
                   "/v1/meters/llm_tokens/query?customer=cust-b", "/v1/invoices?customer=cust-b"):  # fmt: skip
         status, answer = api.get(other, key=portal)
@@ -225,6 +235,7 @@ def test_http_api_end_to_end(stack, tmp_path):
     assert status == 400 and answer["rejected"][0]["code"] == "other_customer" and answer["ids"] == []
     other_sub = subscription | {"subscription_id": "sub-b", "customer_id": "cust-b"}
     assert api.post("/v1/subscriptions", other_sub, key=portal)[1]["error"]["code"] == "other_customer"
+    assert api.post("/v1/customers", record | {"customer_id": "cust-b"}, key=portal)[0] == 403
     response = {
         "specversion": "1.0",
         "id": "resp-1",

@@ -174,6 +174,7 @@ MODEL_SCHEMAS = {
     models.Subscriptions: "Subscriptions",
     models.Decision: "Decision",
     models.WriteAccepted: "WriteAccepted",
+    models.Customer: "Customer",
 }
 
 

@@ -33,6 +33,7 @@ from bastionary.dunning.events import (
 )
 from bastionary.entitlements.overrides import OVERRIDE_TYPE, InvalidOverride, Override, parse_override
 from bastionary.money import MINOR_UNITS
+from bastionary.rating.customers import CUSTOMER_UPSERTED, customer_row, parse_customer
 from bastionary.rating.events import (
     CREDIT_TYPES,
     EARLIEST,
@@ -77,6 +78,10 @@ VALID = {
     "response": envelope("bastionary.dunning.promised.v1", {
         "invoice_id": "inv-1", "notice_id": "n-1", "customer_id": "cust-1", "channel": "email",
         "promised_by": "2026-03-10T00:00:00Z", "reason": "paying next week"}),
+    "customer": envelope(CUSTOMER_UPSERTED, {
+        "customer_id": "cust-1", "name": "Acme GmbH", "email": "ap@example.com", "tax_id": "DE123456789",
+        "tax_exempt": False, "address": {"line1": "Hauptstr. 1", "city": "Berlin", "postal_code": "10115",
+        "country": "DE"}}),
     "override": envelope(OVERRIDE_TYPE, {
         "override_id": "ovr-1", "customer_id": "cust-1", "feature": "api_calls", "effective_at": "2026-03-01T00:00:00Z",
         "expires_at": "2026-04-01T00:00:00Z", "limit_delta": "5000"}),
@@ -87,6 +92,7 @@ TYPES = {
     "invoice": [INVOICE_FINALIZED, "bastionary.credit.applied.v1"],
     "payment": list(PAYMENT_TYPES),
     "response": list(RESPONSE_TYPES),
+    "customer": [CUSTOMER_UPSERTED],
     "override": [OVERRIDE_TYPE],
 }
 COMMON = {"invalid_json", "not_cloudevent", "invalid_data"}
@@ -96,6 +102,7 @@ CODES = {  # what each parser may raise: schemas/README.md, Billing and Dunning 
     "invoice": COMMON,
     "payment": COMMON | {"future_time", "unknown_type"},
     "response": COMMON | {"future_time", "unknown_type", "promise_too_far"},
+    "customer": COMMON | {"future_time", "unknown_type"},
     "override": COMMON | {"future_time", "unknown_type"},
 }
 PARSERS = {
@@ -104,6 +111,7 @@ PARSERS = {
     "invoice": lambda value, latest: parse_invoice(value),
     "payment": lambda value, latest: parse_payment(value, latest_time=latest),
     "response": lambda value, latest: parse_response(value, latest_time=latest),
+    "customer": lambda value, latest: parse_customer(value, latest_time=latest),
     "override": lambda value, latest: parse_override(value, latest_time=latest),
 }
 ERRORS = {name: InvalidOverride if name == "override" else InvalidBillingEvent for name in PARSERS}
@@ -200,6 +208,14 @@ def check_accepted(name: str, result, latest: datetime | None) -> None:
             if number is not None:
                 storable_decimal(number)
         return
+    if name == "customer":
+        event, data = result
+        check_envelope(event, latest)
+        row = customer_row(event, data, RECEIVED)
+        storable_row(row)
+        for text, limit in zip(row[:5], (ID_LENGTH, 512, LENGTHS["billing_email"], 6 * 600, 64), strict=True):
+            assert len(text) <= limit, (text[:40], limit)
+        return
     event, kind, data = result
     check_envelope(event, latest)
     check_lengths(data)
@@ -294,7 +310,7 @@ ENVELOPE_KEYS = ["specversion", "id", "source", "type", "time", "data", "subject
 def mutated(draw, name: str) -> bytes:
     """A valid event of ``name`` with 1 to 4 attributes or data fields changed or removed."""
     event = json.loads(json.dumps(VALID[name]))
-    data_keys = list(event["data"]) + ["effective_at", "expires_at", "amount", "currency", "limit", "enabled",
+    data_keys = list(event["data"]) + ["name", "tax_exempt", "address", "country", "effective_at", "expires_at", "amount", "currency", "limit", "enabled",
                                        "priority", "promised_by", "start"]  # fmt: skip
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
         in_data = draw(st.booleans())

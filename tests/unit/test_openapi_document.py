@@ -87,6 +87,7 @@ def test_it_is_an_openapi_31_document():
 
 POSTS = {
     "/v1/events",
+    "/v1/customers",
     "/v1/subscriptions",
     "/v1/subscriptions/{subscription_id}/change",
     "/v1/subscriptions/{subscription_id}/cancel",
@@ -97,6 +98,7 @@ POSTS = {
 }
 GETS = {
     "/v1/meters/{meter}/query",
+    "/v1/customers/{customer_id}",
     "/v1/invoices",
     "/v1/invoices/{invoice_id}",
     "/v1/invoices/{invoice_id}/html",

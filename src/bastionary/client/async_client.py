@@ -17,6 +17,7 @@ from bastionary.client.batcher import Batcher, ErrorHandler
 from bastionary.client.models import (
     CreditBalance,
     CreditLedger,
+    Customer,
     Decision,
     Invoice,
     InvoiceSummary,
@@ -176,6 +177,14 @@ class AsyncClient:
         return await self._get(Decision, f"/v1/customers/{customer_id}/entitlements/{feature}")
 
     # -- billing inputs ------------------------------------------------------------------
+
+    async def upsert_customer(self, customer_id: str, **fields: Any) -> WriteAccepted:
+        """The whole record: name, email, address (line1, line2, city, postal_code, region,
+        country), tax_id, tax_exempt. A field left out is empty afterwards."""
+        return await self._write("/v1/customers", {"customer_id": customer_id, **fields})
+
+    async def customer(self, customer_id: str) -> Customer:
+        return await self._get(Customer, f"/v1/customers/{customer_id}")
 
     async def create_subscription(
         self, subscription_id: str, customer_id: str, plan: str, start: Moment, **fields: Any

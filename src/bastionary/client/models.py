@@ -176,6 +176,27 @@ class Decision(_Model):
     config: Any = None
 
 
+class Address(_Model):
+    line1: str = ""
+    line2: str = ""
+    city: str = ""
+    postal_code: str = ""
+    region: str = ""
+    country: str = ""
+
+
+class Customer(_Model):
+    """A customer's record: who invoices are addressed to."""
+
+    customer_id: str
+    name: str
+    email: str
+    address: Address
+    tax_id: str
+    tax_exempt: bool
+    updated_at: datetime
+
+
 class WriteAccepted(_Model):
     """A billing input the broker acknowledged: its event id and type."""
 

@@ -14,6 +14,7 @@ from bastionary.client.async_client import AsyncClient, Moment
 from bastionary.client.models import (
     CreditBalance,
     CreditLedger,
+    Customer,
     Decision,
     Invoice,
     InvoiceSummary,
@@ -127,6 +128,12 @@ class Client:
 
     def check(self, customer_id: str, feature: str) -> Decision:
         return self._run(self._client.check(customer_id, feature))
+
+    def upsert_customer(self, customer_id: str, **fields: Any) -> WriteAccepted:
+        return self._run(self._client.upsert_customer(customer_id, **fields))
+
+    def customer(self, customer_id: str) -> Customer:
+        return self._run(self._client.customer(customer_id))
 
     def create_subscription(
         self, subscription_id: str, customer_id: str, plan: str, start: Moment, **fields: Any

@@ -12,6 +12,7 @@ import orjson
 
 from bastionary.credits.ledger import Grant
 from bastionary.metering.meters import Meter
+from bastionary.rating.customers import CustomerRow
 from bastionary.rating.invoice import Billed, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
@@ -68,6 +69,10 @@ class ClickHouseBillingStore:
     def insert_subscription_events(self, rows: list[SubscriptionRow]) -> None:
         if rows:
             self.client.insert("subscriptions", rows, column_names=SUBSCRIPTION_COLUMNS)
+
+    def insert_customers(self, rows: list[CustomerRow]) -> None:
+        if rows:
+            self.client.insert("customers", rows, column_names=CustomerRow._fields)
 
     def insert_ledger(self, rows: list[LedgerRow]) -> None:
         if rows:

@@ -84,6 +84,26 @@ class InvoiceReports:
         )
         return [tuple(row) for row in self.client.query(sql, parameters={"c": customer_id}).result_rows]
 
+    def customer(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer's record (the newest ``bastionary.customer.upserted.v1``), or None."""
+        rows = self.client.query(
+            "SELECT customer_id, name, email, address, tax_id, tax_exempt, updated_at FROM customers FINAL"
+            " WHERE customer_id = {c:String}",
+            parameters={"c": customer_id},
+        ).result_rows
+        if not rows:
+            return None
+        customer, name, email, address, tax_id, exempt, updated = rows[0]
+        return {
+            "customer_id": customer,
+            "name": name,
+            "email": email,
+            "address": orjson.loads(address),
+            "tax_id": tax_id,
+            "tax_exempt": bool(exempt),
+            "updated_at": jsonable(updated),
+        }
+
     def document(self, invoice_id: str) -> dict[str, Any] | None:
         """The invoice document exactly as the rater published it, or None for an unknown id."""
         rows = self.client.query(

@@ -151,6 +151,17 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
                     return json_error(400, "invalid_query", str(exc))
                 return self.json({"customer_id": customer_id, **body})
 
+    @app.page("/v1/customers/{customer_id}")
+    class CustomerView(faust.web.View):
+        async def get(self, request: Any, customer_id: str) -> Any:
+            key = guard.customer_path(request, "read", customer_id)
+            if not isinstance(key, ApiKey):
+                return key
+            record = await asyncio.to_thread(InvoiceReports(backend.reader).customer, customer_id)
+            if record is None:
+                return json_error(404, "unknown_customer", f"no customer record for {customer_id!r}")
+            return self.json(record)
+
     customer_read("/v1/customers/{customer_id}/credits", credit_balance)
     customer_read("/v1/customers/{customer_id}/credits/ledger", credit_ledger)
     customer_read("/v1/customers/{customer_id}/subscriptions", subscriptions)

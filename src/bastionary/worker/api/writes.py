@@ -23,6 +23,7 @@ from aiohttp import web
 from bastionary.apikeys import ApiKey
 from bastionary.dunning.events import PAYMENT_TYPES, parse_payment
 from bastionary.outbound import cloud_event
+from bastionary.rating.customers import CUSTOMER_UPSERTED, parse_customer
 from bastionary.rating.events import (
     CREDIT_TYPES,
     SUBSCRIPTION_TYPES,
@@ -61,11 +62,17 @@ def _credit(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
     return parse_credit(value, latest_time=latest)
 
 
+def _customer(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
+    envelope, data = parse_customer(value, latest_time=latest)
+    return envelope, "upserted", data
+
+
 def _payment(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
     return parse_payment(value, latest_time=latest)
 
 
 WRITES = (
+    Write("/v1/customers", lambda t: t.customers, CUSTOMER_UPSERTED, _customer),
     Write("/v1/subscriptions", lambda t: t.subscriptions, _type_of(SUBSCRIPTION_TYPES, "created"), _subscription),
     Write(
         "/v1/subscriptions/{subscription_id}/change",

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from bastionary.catalog import Catalog
+from bastionary.rating.customers import customer_row, parse_customer
 from bastionary.rating.events import (
     InvalidBillingEvent,
     credit_row,
@@ -49,6 +50,7 @@ class BillingService:
         app, topics = self.ctx.app, self.ctx.topics
         app.agent(self.ctx.topic(topics.subscriptions), name="billing-subscriptions")(self._subscription_intake)
         app.agent(self.ctx.topic(topics.credit_grants), name="billing-credit-grants")(self._credit_intake)
+        app.agent(self.ctx.topic(topics.customers), name="billing-customers")(self._customer_intake)
         if self.ctx.settings.rating_enabled:
             app.timer(interval=self.ctx.settings.rating_interval.total_seconds())(self._rate_closed_periods)
 
@@ -68,6 +70,14 @@ class BillingService:
 
     async def _credit_intake(self, stream: Any) -> None:
         await self._intake(stream, self._store_credit)
+
+    async def _customer_intake(self, stream: Any) -> None:
+        await self._intake(stream, self._store_customer)
+
+    async def _store_customer(self, message: Any) -> None:
+        envelope, data = parse_customer(message.value or b"", latest_time=self.ctx.latest_time(message))
+        row = customer_row(envelope, data, datetime.now(UTC))
+        await asyncio.to_thread(self.store().insert_customers, [row])
 
     async def _store_subscription(self, message: Any) -> None:
         envelope, kind, data = parse_subscription(

@@ -1,0 +1,85 @@
+"""The customer record: who an invoice is addressed to, from ``billing.customers``.
+
+A ``bastionary.customer.upserted.v1`` event carries the whole record (an upsert replaces
+every field; a field left out is empty afterwards). The newest event by its ``time`` wins,
+so a late redelivery of an older record never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, NamedTuple
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from bastionary.rating.events import (
+    MAX_EMAIL_LENGTH,
+    BillingEvent,
+    Id,
+    InvalidBillingEvent,
+    parse_data,
+    parse_envelope,
+    preview,
+)
+
+CUSTOMER_UPSERTED = "bastionary.customer.upserted.v1"
+MAX_FIELD_LENGTH = 512
+Field512 = Annotated[StrictStr, Field(max_length=MAX_FIELD_LENGTH)]
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    line1: Field512 = ""
+    line2: Field512 = ""
+    city: Field512 = ""
+    postal_code: Annotated[StrictStr, Field(max_length=32)] = ""
+    region: Field512 = ""
+    country: Annotated[StrictStr, Field(pattern=r"^([A-Z]{2})?$")] = ""  # ISO 3166-1 alpha-2
+
+
+class CustomerData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    customer_id: Id
+    name: Field512 = ""
+    email: Annotated[StrictStr, Field(max_length=MAX_EMAIL_LENGTH, pattern=r"^([^@\s]+@[^@\s]+)?$")] = ""
+    address: Address = Address()
+    tax_id: Annotated[StrictStr, Field(max_length=64)] = ""
+    tax_exempt: StrictBool = False
+
+
+class CustomerRow(NamedTuple):
+    """A row of ``customers``."""
+
+    customer_id: str
+    name: str
+    email: str
+    address: str  # JSON
+    tax_id: str
+    tax_exempt: bool
+    event_id: str
+    updated_at: datetime
+    received_at: datetime
+
+
+def parse_customer(value: bytes, *, latest_time: datetime | None = None) -> tuple[BillingEvent, CustomerData]:
+    event = parse_envelope(value, latest_time)
+    if event.type != CUSTOMER_UPSERTED:
+        raise InvalidBillingEvent("unknown_type", f"not a customer event type: {preview(event.type)}")
+    return event, parse_data(CustomerData, event)
+
+
+def customer_row(envelope: BillingEvent, data: CustomerData, received: datetime) -> CustomerRow:
+    return CustomerRow(
+        data.customer_id,
+        data.name,
+        data.email,
+        orjson.dumps(data.address.model_dump()).decode(),
+        data.tax_id,
+        data.tax_exempt,
+        envelope.id,
+        envelope.time,
+        received,
+    )
