@@ -76,9 +76,9 @@ def event(customer: str, event_id: str, tokens, when: datetime, model: str = "gp
     }
 
 
-def cli_usage(stack, *args: str) -> list[dict]:
+def cli_json(stack, *args: str) -> list[dict]:
     out = subprocess.run(
-        [str(BIN), "usage", *args, "--format", "json"], env=stack.env(), capture_output=True, check=True, timeout=60
+        [str(BIN), *args, "--format", "json"], env=stack.env(), capture_output=True, check=True, timeout=60
     )
     return orjson.loads(out.stdout)
 
@@ -192,7 +192,7 @@ def test_http_api_end_to_end(stack, tmp_path):
     )
     assert windows["data"] == direct
     assert windows["data"][-1]["window_end"] == datetime.fromisoformat(to).isoformat()  # the partial last window
-    cli = cli_usage(stack, "llm_tokens", "--customer", "cust-a", "--window", "DAY", "--group-by", "model",
+    cli = cli_json(stack, "usage", "llm_tokens", "--customer", "cust-a", "--window", "DAY", "--group-by", "model",
                     "--from", frm, "--to", to)  # fmt: skip
     assert cli == direct
     filtered = api.get("/v1/meters/llm_tokens/query?filter[model]=m")[1]["data"]
@@ -209,6 +209,11 @@ def test_http_api_end_to_end(stack, tmp_path):
     assert issued == preview | {"status": "finalized"}
     listed = api.get("/v1/invoices?customer=cust-a")[1]["invoices"]
     assert [i["invoice_id"] for i in listed] == [preview["invoice_id"]]
+    assert listed == cli_json(stack, "invoices", "--customer", "cust-a")
+    at = "2030-01-01T00:00:00+00:00"
+    grants = api.get(f"/v1/customers/cust-a/credits?at={at}".replace("+", "%2B"))[1]["grants"]
+    assert grants == cli_json(stack, "credits", "balance", "cust-a", "--at", at)
+    assert grants[0]["remaining"] == "0"  # the invoice drew the whole grant
     html = api.get(f"/v1/invoices/{preview['invoice_id']}/html")
     assert html[0] == 200 and preview["invoice_id"] in html[1]
     ledger = api.get("/v1/customers/cust-a/credits/ledger")[1]["movements"]
