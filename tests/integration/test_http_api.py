@@ -118,6 +118,8 @@ def test_http_api_end_to_end(stack, tmp_path):
     first = api.post("/v1/subscriptions", subscription, headers=retry)
     again = api.post("/v1/subscriptions", subscription, headers=retry)
     assert first[0] == again[0] == 202 and first[1]["id"] == again[1]["id"]
+    reused = api.post("/v1/subscriptions", subscription | {"plan": "team"}, headers=retry)
+    assert reused[0] == 422 and reused[1]["error"]["code"] == "idempotency_key_reused"
     grant = {"grant_id": "g-a", "customer_id": "cust-a", "amount": "5.00", "currency": "USD"}
     assert api.post("/v1/credit-grants", grant | {"effective_at": start.isoformat()})[0] == 202
     assert api.post("/v1/subscriptions", b"x" * 1_200_000)[1]["error"]["code"] == "record_too_large"

@@ -129,7 +129,7 @@ def create_app(
         if usage:
             entitlement_service = EntitlementService(ctx, billing.catalog, client, usage_service)
             entitlement_service.install()
-        backend = ApiBackend(ctx, billing.catalog, billing.reader_factory or client)
+        backend = ApiBackend(ctx, billing.catalog, billing.reader_factory or client, client)
     api.install(
         app,
         settings,

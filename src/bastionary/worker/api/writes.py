@@ -2,14 +2,18 @@
 publish, checked by the topic reader's own parser and sent to the same topic, so there is
 one path and one validation. 202 once the broker has acknowledged it.
 
-``Idempotency-Key`` makes a retried POST safe: the event's id is derived from the key's
-name, the path and the idempotency key, so a retry publishes the same id again, and every
-billing table keeps one row per id (subscriptions, credit movements) or per payment id.
+``Idempotency-Key`` makes a retried POST safe. The first request under a key is recorded
+(``api_idempotency``) with the event it publishes, before publishing; a retry with the same
+data publishes that very event again (same id, same bytes), which every billing table keeps
+once; a reuse of the key with other data is refused (422 ``idempotency_key_reused``), as
+Stripe does. Keys are per API key and path. A crash between the record and the publish is
+mended by the retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from bastionary.rating.events import (
     parse_credit,
     parse_subscription,
 )
+from bastionary.storage.idempotency import IdempotencyRecord
 from bastionary.storage.reports import InvoiceReports
 from bastionary.worker.api.auth import Guard, forbidden_customer, json_error
 from bastionary.worker.services.api import ApiBackend
@@ -109,9 +114,19 @@ class Refused(Exception):
 def event_id(key: ApiKey, path: str, idempotency_key: str | None) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
-    if not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        raise Refused(json_error(400, "invalid_idempotency_key", f"1-{MAX_IDEMPOTENCY_KEY} characters"))
+    # Derived, so two racing first requests publish one id.
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{key.name}|{path}|{idempotency_key}"))
+
+
+def checked_idempotency_key(request: web.Request) -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    if value is not None and not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
+        raise Refused(json_error(400, "invalid_idempotency_key", f"1-{MAX_IDEMPOTENCY_KEY} characters"))
+    return value
+
+
+def data_digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 async def request_data(request: web.Request, write: Write, params: dict[str, str]) -> dict[str, Any]:
@@ -140,7 +155,16 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
         if not isinstance(key, ApiKey):
             return key
         try:
+            idempotency_key = checked_idempotency_key(request)
             data = await request_data(request, write, params)
+            digest = data_digest(data)
+            if idempotency_key is not None:
+                first = await asyncio.to_thread(backend.idempotency.first, key.name, request.path, idempotency_key)
+                if first is not None:
+                    if first.body_digest != digest:
+                        message = "this Idempotency-Key was used with other data; use a new key for a new request"
+                        return json_error(422, "idempotency_key_reused", message)
+                    return await publish_checked(key, write, first.value.encode(), None)
             event_type = write.event_type
             if event_type is None:
                 outcome = data.pop("outcome", None)
@@ -149,14 +173,26 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
                     message = f"outcome: one of {', '.join(PAYMENT_OUTCOMES)}"
                     raise Refused(json_error(400, "invalid_event", message, reason="invalid_data"))
             now = datetime.now(UTC)
-            identity = event_id(key, request.path, request.headers.get("Idempotency-Key"))
+            identity = event_id(key, request.path, idempotency_key)
             named = data.get("customer_id")
             customer = named if isinstance(named, str) else ""
             value = cloud_event(event_type, identity, f"bastionary/api/{key.name}", customer, now.isoformat(), data)
-            latest = latest_event_time(now.timestamp(), backend.ctx.settings.max_future_skew)
-            _, _, checked = write.check(backend, value, latest)
         except Refused as refused:
             return refused.response
+        record = None
+        if idempotency_key is not None:
+            record = IdempotencyRecord(key.name, request.path, idempotency_key, digest, identity, value.decode(), now)
+        return await publish_checked(key, write, value, record)
+
+    async def publish_checked(
+        key: ApiKey, write: Write, value: bytes, record: IdempotencyRecord | None
+    ) -> web.Response:
+        """Check ``value`` as the topic's reader will, and the key's customer; record the
+        first request of an idempotency key; then publish."""
+        now = datetime.now(UTC)
+        latest = latest_event_time(now.timestamp(), backend.ctx.settings.max_future_skew)
+        try:
+            envelope, _, checked = write.check(backend, value, latest)
         except InvalidBillingEvent as error:
             return json_error(400, "invalid_event", str(error), reason=error.code)
         customer = checked.customer_id or ""
@@ -164,8 +200,12 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
             customer = await invoice_customer(checked.invoice_id) or ""
         if not key.may_see(customer or None):
             return forbidden_customer(key)
+        if record is not None:
+            # Recorded before it is published: a crash in between is mended by the retry,
+            # which finds the record and publishes its event.
+            await asyncio.to_thread(backend.idempotency.record, record)
         await backend.publish(write.topic(backend.ctx.topics), customer or getattr(checked, "invoice_id", ""), value)
-        return web.json_response({"accepted": True, "id": identity, "type": event_type}, status=202)
+        return web.json_response({"accepted": True, "id": envelope.id, "type": envelope.type}, status=202)
 
     for write in WRITES:
 

@@ -16,6 +16,7 @@ from bastionary.metering.readings import MeterIndex
 from bastionary.rating.rater import Rater, upcoming_period
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import Client
+from bastionary.storage.idempotency import ClickHouseIdempotency
 from bastionary.worker.context import WorkerContext
 
 
@@ -25,6 +26,7 @@ class ApiBackend:
         ctx: WorkerContext,
         catalog: Catalog,
         reader_factory: Callable[[], Client],
+        writer_factory: Callable[[], Client],
     ):
         self.ctx = ctx
         self.catalog = catalog
@@ -34,6 +36,8 @@ class ApiBackend:
         self.plans = {plan.key: plan for plan in catalog.plans}
         self._reader_factory = reader_factory
         self._reader: Client | None = None
+        self._writer_factory = writer_factory
+        self._idempotency: ClickHouseIdempotency | None = None
 
     @property
     def reader(self) -> Client:
@@ -41,6 +45,12 @@ class ApiBackend:
         if self._reader is None:
             self._reader = self._reader_factory()
         return self._reader
+
+    @property
+    def idempotency(self) -> ClickHouseIdempotency:
+        if self._idempotency is None:
+            self._idempotency = ClickHouseIdempotency(self._writer_factory())
+        return self._idempotency
 
     def billing_reads(self) -> ClickHouseBillingStore:
         return ClickHouseBillingStore(self.reader)

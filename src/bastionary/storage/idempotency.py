@@ -1,0 +1,37 @@
+"""The write API's idempotency records (``api_idempotency``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+from bastionary.storage.client import Client
+
+
+class IdempotencyRecord(NamedTuple):
+    key_name: str
+    path: str
+    idempotency_key: str
+    body_digest: str
+    event_id: str
+    value: str
+    created_at: datetime
+
+
+class ClickHouseIdempotency:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def first(self, key_name: str, path: str, idempotency_key: str) -> IdempotencyRecord | None:
+        """The first request recorded under the key, if any: two racing first requests both
+        record, and the earlier one is the one every later retry gets."""
+        rows = self.client.query(
+            f"SELECT {', '.join(IdempotencyRecord._fields)} FROM api_idempotency"
+            " WHERE key_name = {k:String} AND path = {p:String} AND idempotency_key = {i:String}"
+            " ORDER BY created_at, event_id LIMIT 1",
+            parameters={"k": key_name, "p": path, "i": idempotency_key},
+        ).result_rows
+        return IdempotencyRecord(*rows[0]) if rows else None
+
+    def record(self, record: IdempotencyRecord) -> None:
+        self.client.insert("api_idempotency", [record], column_names=IdempotencyRecord._fields)
