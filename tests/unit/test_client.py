@@ -215,3 +215,25 @@ def test_a_sync_call_waits_for_its_answer_not_for_the_linger():
     finally:
         bc.close()
     assert time.monotonic() - started < 10
+
+
+def test_what_waits_is_sent_when_the_program_exits():
+    import subprocess
+    import sys
+
+    peer = Peer()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, url = asyncio.run_coroutine_threadsafe(serve(peer), loop).result()
+    program = (
+        "from bastionary.client import Client\n"
+        f"bc = Client({url!r}, api_key='k', linger=60)\n"
+        "bc.track_usage('c1', 'llm', {'tokens': 1}, id='at-exit')\n"
+    )  # never closed, never flushed: the linger would hold it a minute
+    try:
+        subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
+        assert peer.events_sent() == [["at-exit"]]
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
