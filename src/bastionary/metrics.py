@@ -48,3 +48,16 @@ ENTITLEMENT_CUSTOMERS = Gauge(
     "Customers whose entitlement state this worker holds (the owner of their partition)",
     registry=REGISTRY,
 )
+API_REQUESTS = Histogram(
+    "bastionary_api_request_seconds",
+    "HTTP API requests by route template, method and status, and how long they took to answer",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+API_EVENTS = Counter(
+    "bastionary_api_events",
+    "Usage events posted to POST /v1/events, by outcome (accepted: published and acknowledged)",
+    ["outcome"],
+    registry=REGISTRY,
+)

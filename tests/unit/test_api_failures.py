@@ -45,3 +45,34 @@ async def test_failures_answer_json(kind, status, code):
                 assert (response.status, (await response.json())["error"]["code"]) == (413, "record_too_large")
     finally:
         await runner.cleanup()
+
+
+async def test_every_answer_is_counted_by_its_route_template():
+    from bastionary import metrics
+
+    app = web.Application(middlewares=[failures_as_json])
+    app.router.add_post("/{kind}", failing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+
+    def seen(route: str, method: str, status: str) -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "bastionary_api_request_seconds_count", {"route": route, "method": method, "status": status}
+        )
+        return value or 0.0
+
+    before = seen("/{kind}", "POST", "200"), seen("/{kind}", "POST", "503"), seen("unmatched", "GET", "404")
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/fine", "/other", "/clickhouse"):
+                async with session.post(f"http://127.0.0.1:{port}{path}", data=b"{}") as response:
+                    await response.read()
+            async with session.get(f"http://127.0.0.1:{port}/a/b/c") as response:
+                assert response.status == 404
+    finally:
+        await runner.cleanup()
+    after = seen("/{kind}", "POST", "200"), seen("/{kind}", "POST", "503"), seen("unmatched", "GET", "404")
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]

@@ -13,6 +13,7 @@ from typing import Any
 import faust
 import structlog
 
+from bastionary import metrics
 from bastionary.apikeys import ApiKey
 from bastionary.worker.api.auth import Guard, json_error
 from bastionary.worker.services.api import ApiBackend
@@ -44,6 +45,8 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             except Exception:
                 log.exception("posted usage could not be published")
                 return json_error(503, "broker_unavailable", "the events could not be published; retry the request")
+            metrics.API_EVENTS.labels("accepted").inc(len(posted.accepted))
+            metrics.API_EVENTS.labels("rejected").inc(len(posted.rejected))
             if posted.refused is not None:
                 status = 413 if posted.refused.code.value in ("record_too_large", "batch_too_large") else 400
                 return json_error(status, posted.refused.code.value, posted.refused.message)

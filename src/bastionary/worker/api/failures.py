@@ -1,4 +1,5 @@
-"""What a request that fails past its view answers: JSON, never aiohttp's plain text.
+"""What a request that fails past its view answers: JSON, never aiohttp's plain text. And
+every request's route, status and time, in ``bastionary_api_request_seconds``.
 
 Storage or broker trouble (a connection refused, a timeout) is ``503 unavailable`` with
 ``Retry-After``: the request may be retried as it is. Anything else is a bug of ours,
@@ -7,6 +8,7 @@ Storage or broker trouble (a connection refused, a timeout) is ``503 unavailable
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -14,6 +16,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from bastionary import metrics
 from bastionary.worker.api.auth import json_error
 
 log = structlog.get_logger(__name__)
@@ -23,6 +26,24 @@ UNAVAILABLE = (OperationalError, KafkaError, ConnectionError, TimeoutError)
 
 @web.middleware
 async def failures_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await _answered(request, handler)
+        status = response.status
+        return response
+    except web.HTTPException as refused:  # aiohttp's own answers (no route, wrong method)
+        status = refused.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"  # bounded labels: never the raw path
+        metrics.API_REQUESTS.labels(route, request.method, str(status)).observe(time.perf_counter() - started)
+
+
+async def _answered(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     try:
