@@ -68,6 +68,9 @@ def _wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 120.0
     raise TimeoutError(f"{path} did not appear")
 
 
+READER_URLS: dict[str, str] = {}  # writer URL -> a read-only user's URL, where the server has one
+
+
 @pytest.fixture(scope="session")
 def clickhouse_url(tmp_path_factory):
     """A read-write http:// URL of a ClickHouse server, without a database."""
@@ -97,7 +100,9 @@ def clickhouse_url(tmp_path_factory):
         import json
 
         info = json.loads(gateway.read_text())
-        yield f"http://writer:{password}@{info['host']}:{info['port']}"
+        writer = f"http://writer:{password}@{info['host']}:{info['port']}"
+        READER_URLS[writer] = f"http://reader:{password}r@{info['host']}:{info['port']}"
+        yield writer
     finally:
         process.terminate()
         process.wait(10)
@@ -116,6 +121,12 @@ class Stack:
         self.tmp_path = tmp_path
         self.workers: dict[str, subprocess.Popen] = {}
         self._client = None
+
+    @property
+    def reader_url(self) -> str | None:
+        """A read-only user's DSN on this test's database, when the server has one."""
+        reader = READER_URLS.get(self.clickhouse_url)
+        return f"{reader}/{self.database}" if reader else None
 
     @property
     def usage_topic(self) -> str:

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         default=None,
         description="chdb:///dir for in-process ClickHouse, or http(s)://user:pass@host:8123/db.",
     )
+    clickhouse_reader_dsn: SecretStr | None = Field(
+        default=None,
+        description="http(s)://user:pass@host:8123/db of a read-only user for the HTTP API's reads"
+        " (default: CLICKHOUSE_DSN; the embedded stack uses its gateway's reader)",
+    )
     clickhouse_database: str | None = Field(
         default=None, description="Database name; defaults to the DSN path, else 'bastionary'."
     )
@@ -183,8 +188,16 @@ class Settings(BaseSettings):
                 raise ValueError("scheme must be chdb://, http:// or https://")
         return value
 
+    @field_validator("clickhouse_reader_dsn")
+    @classmethod
+    def _reader_dsn_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and urlsplit(value.get_secret_value()).scheme not in ("http", "https"):
+            raise ValueError("scheme must be http:// or https:// (a ClickHouse server's read-only user)")
+        return value
+
     @field_validator(
         "clickhouse_dsn",
+        "clickhouse_reader_dsn",
         "query_reader_password",
         "query_writer_password",
         "webhook_secret",
@@ -253,6 +266,11 @@ class Settings(BaseSettings):
             netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
             parts = parts._replace(netloc=netloc)
         out["clickhouse_dsn"] = urlunsplit(parts) if parts.netloc else self.clickhouse_url()
+        if self.clickhouse_reader_dsn is not None:
+            reader = urlsplit(self.clickhouse_reader_dsn.get_secret_value())
+            if reader.password:
+                reader = reader._replace(netloc=f"{reader.username}:***@{reader.netloc.rpartition('@')[2]}")
+            out["clickhouse_reader_dsn"] = urlunsplit(reader)
         for key in ("query_reader_password", "query_writer_password", "webhook_secret", "smtp_password", "api_keys"):
             out[key] = "***" if getattr(self, key) else None
         for key, field_info in type(self).model_fields.items():

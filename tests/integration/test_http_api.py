@@ -96,8 +96,11 @@ def test_http_api_end_to_end(stack, tmp_path):
     key_file = tmp_path / "keys.jsonl"
     key_file.write_text("\n".join(lines) + "\n")
     port = free_port()
+    # The API's reads as a read-only ClickHouse user, as production should run them.
+    reader = {"BASTIONARY_CLICKHOUSE_READER_DSN": stack.reader_url} if stack.reader_url else {}
     stack.start_worker(
         "w1",
+        **reader,
         BASTIONARY_CATALOG=str(CATALOG),
         BASTIONARY_API_KEYS=ADMIN,
         BASTIONARY_API_KEY_FILE=str(key_file),
@@ -107,6 +110,12 @@ def test_http_api_end_to_end(stack, tmp_path):
     )
     api = Api(port)
     wait_for(lambda: api.get("/healthz")[0] == 200, 90, "the worker")
+    if stack.reader_url:  # the API reads below go through a user that cannot write
+        import clickhouse_connect
+
+        reader_client = clickhouse_connect.get_client(dsn=stack.reader_url, compress=False)
+        with pytest.raises(Exception, match=r"(?i)readonly|read-only|not allowed"):
+            reader_client.command("CREATE TABLE t (x UInt8) ENGINE = Log")
 
     # -- billing inputs over HTTP: a subscription from this minute, created twice (a retry) --
     # The first period is one minute; the preview below must come before it ends.

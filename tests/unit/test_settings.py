@@ -190,6 +190,15 @@ def test_redacted_masks_the_dsn_password_and_query_passwords(monkeypatch):
         assert secret not in text
 
 
+def test_the_reader_dsn_is_a_server_and_is_masked(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_CLICKHOUSE_READER_DSN", "https://analyst:r34d-pw@ch.example:8443/metering")
+    out = load_settings().redacted()
+    assert out["clickhouse_reader_dsn"] == "https://analyst:***@ch.example:8443/metering"
+    assert "r34d-pw" not in json.dumps(out)
+    message = config_error(monkeypatch, CLICKHOUSE_READER_DSN="chdb:///tmp/x")
+    assert "BASTIONARY_CLICKHOUSE_READER_DSN" in message and "http" in message
+
+
 def test_redacted_keeps_dsns_without_a_password_and_renders_durations(monkeypatch):
     monkeypatch.setenv("BASTIONARY_DEDUPE_HORIZON", "P7D")
     out = load_settings(clickhouse_dsn="http://ch.example:8123/db").redacted()

@@ -26,7 +26,7 @@ from bastionary.metering.records import FlushStats
 from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
 from bastionary.runtime import connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
-from bastionary.storage.client import Client
+from bastionary.storage.client import Client, open_client
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.worker.app import Billing, create_app
 
@@ -102,8 +102,10 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     from bastionary.storage.billing import ClickHouseBillingStore
 
     def reader() -> Client:
-        # In-process chdb has one client. Otherwise the API's reads get their own client: on
-        # another worker's gateway, with its read-only role.
+        # The API's reads: a server's read-only user when one is configured; in-process chdb
+        # has one client; another worker's gateway has a read-only role.
+        if settings.clickhouse_reader_dsn is not None:
+            return open_client(settings.clickhouse_reader_dsn.get_secret_value(), settings.database)
         return handle.client if handle.in_process else connect_clickhouse(settings, role="reader").client
 
     billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client), reader)
