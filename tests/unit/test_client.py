@@ -237,3 +237,20 @@ def test_what_waits_is_sent_when_the_program_exits():
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_the_sync_client_bounds_what_waits_and_loses_nothing():
+    peer = Peer()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, url = asyncio.run_coroutine_threadsafe(serve(peer), loop).result()
+    try:
+        with Client(url, api_key="k", batch_size=10, max_pending=20, linger=0.01) as bc:
+            ids = [bc.track_usage("c1", "llm", {"n": n}) for n in range(200)]
+        sent = peer.events_sent()
+        assert [i for batch in sent for i in batch] == ids
+        assert max(len(batch) for batch in sent) <= 10
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)

@@ -104,18 +104,31 @@ class AsyncClient:
         source: str | None = None,
     ) -> str:
         """Queue one usage event; returns its id (a fresh UUID when none is given)."""
-        event_id = id or str(uuid.uuid4())
-        event = {
+        event = self.usage_event(customer_id, event_type, data, id=id, time=time, source=source)
+        await self._batcher.add(event)
+        return str(event["id"])
+
+    def usage_event(
+        self,
+        customer_id: str,
+        event_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        time: Moment = None,
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        """The CloudEvent ``track_usage`` sends; its data is copied (a later change by the
+        caller does not change what is sent) and must be JSON (Decimals become strings)."""
+        return {
             "specversion": "1.0",
-            "id": event_id,
+            "id": id or str(uuid.uuid4()),
             "source": source or self.source,
             "type": event_type,
             "subject": customer_id,
             "time": _text(time) or datetime.now(UTC).isoformat(),
             "data": orjson.loads(orjson.dumps(dict(data or {}), default=_json_default)),
         }
-        await self._batcher.add(event)
-        return event_id
 
     async def flush(self) -> None:
         await self._batcher.flush()

@@ -39,10 +39,20 @@ class Batcher:
         self._flushing = 0
         self._failures: list[DeliveryFailed] = []
         self._task: asyncio.Task[None] | None = None
+        self._release: Callable[[int], None] = self._release_space
+
+    def bound_by(self, release: Callable[[int], None]) -> None:
+        """Let the caller bound what waits (a thread's semaphore, for the sync client):
+        ``release(n)`` is called as ``n`` events leave, delivered or failed."""
+        self._release = release
 
     async def add(self, event: dict[str, Any]) -> None:
         """Queue one event; waits while ``max_pending`` events are still undelivered."""
         await self._space.acquire()
+        self.put(event)
+
+    def put(self, event: dict[str, Any]) -> None:
+        """Queue one event without waiting (on the loop's thread): the caller bounds."""
         self._pending.append(event)
         self._drained.clear()
         if self._task is None or self._task.done():
@@ -95,8 +105,11 @@ class Batcher:
             except Exception as exc:
                 self._fail(DeliveryFailed(batch, exc))
             finally:
-                for _ in batch:
-                    self._space.release()
+                self._release(len(batch))
+
+    def _release_space(self, count: int) -> None:
+        for _ in range(count):
+            self._space.release()
 
     def _fail(self, failure: DeliveryFailed) -> None:
         self._failures.append(failure)

@@ -31,6 +31,9 @@ class Client:
     """``Client("http://localhost:6066", api_key=...)``; the options are :class:`AsyncClient`'s."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, **options: Any):
+        # track_usage hands events to the loop without waiting for it; this bounds how many
+        # wait undelivered (the caller blocks beyond), as AsyncClient's max_pending does.
+        self._space = threading.BoundedSemaphore(options.get("max_pending", 100_000))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="bastionary-client", daemon=True)
         self._thread.start()
@@ -44,7 +47,12 @@ class Client:
         except BaseException:
             self._stop_loop()
             raise
+        self._client._batcher.bound_by(self._release)
         atexit.register(self.close)
+
+    def _release(self, count: int) -> None:
+        for _ in range(count):
+            self._space.release()
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._closed:
@@ -83,7 +91,14 @@ class Client:
         time: Moment = None,
         source: str | None = None,
     ) -> str:
-        return self._run(self._client.track_usage(customer_id, event_type, data, id=id, time=time, source=source))
+        """Queue one usage event and return its id at once; blocks only while ``max_pending``
+        events wait undelivered."""
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        event = self._client.usage_event(customer_id, event_type, data, id=id, time=time, source=source)
+        self._space.acquire()
+        self._loop.call_soon_threadsafe(self._client._batcher.put, event)
+        return str(event["id"])
 
     def flush(self) -> None:
         self._run(self._client.flush())

@@ -111,11 +111,12 @@ class Refused(Exception):
         self.response = response
 
 
-def event_id(key: ApiKey, path: str, idempotency_key: str | None) -> str:
+def event_id(key: ApiKey, path: str, idempotency_key: str | None, digest: str) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
-    # Derived, so two racing first requests publish one id.
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{key.name}|{path}|{idempotency_key}"))
+    # Derived from the data too: two first requests racing on two workers with the same data
+    # publish one id, and with other data two ids, never one id for two contents.
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{key.name}|{path}|{idempotency_key}|{digest}"))
 
 
 def checked_idempotency_key(request: web.Request) -> str | None:
@@ -173,7 +174,7 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
                     message = f"outcome: one of {', '.join(PAYMENT_OUTCOMES)}"
                     raise Refused(json_error(400, "invalid_event", message, reason="invalid_data"))
             now = datetime.now(UTC)
-            identity = event_id(key, request.path, idempotency_key)
+            identity = event_id(key, request.path, idempotency_key, digest)
             named = data.get("customer_id")
             customer = named if isinstance(named, str) else ""
             value = cloud_event(event_type, identity, f"bastionary/api/{key.name}", customer, now.isoformat(), data)
