@@ -58,7 +58,12 @@ def _expected_team(tokens: int, calls: int, payments: Decimal, payment_events: i
         Decimal("99.00"),
         (tokens * volume_rate).quantize(CENT, ROUND_HALF_UP),
         ((Decimal(calls) / 100).to_integral_value(ROUND_CEILING) * Decimal("2.50")).quantize(CENT),
-        max(Decimal(1), payments * Decimal("0.029") + Decimal("0.30") * payment_events).quantize(CENT, ROUND_HALF_UP),
+        # min_amount 1.00 applies only to a period with payment events
+        (
+            max(Decimal(1), payments * Decimal("0.029") + Decimal("0.30") * payment_events)
+            if payment_events
+            else Decimal(0)
+        ).quantize(CENT, ROUND_HALF_UP),
         Decimal(users * 3).quantize(CENT),
     ]
     subtotal = sum(lines)

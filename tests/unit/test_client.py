@@ -232,7 +232,7 @@ def test_what_waits_is_sent_when_the_program_exits():
         "bc.track_usage('c1', 'llm', {'tokens': 1}, id='at-exit')\n"
     )  # never closed, never flushed: the linger would hold it a minute
     try:
-        subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
+        subprocess.run([sys.executable, "-c", program], check=True, timeout=60, capture_output=True)
         assert peer.events_sent() == [["at-exit"]]
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()

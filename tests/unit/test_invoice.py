@@ -189,7 +189,7 @@ def test_segments_outside_the_period_give_no_lines():
 
 def test_minimum_commitment_true_up():
     lines = period_lines(subscription(Segment(PRO, JAN)), JANUARY, CUTOFF, FakeUsage(tokens(1500, at(2024, 1, 3))))
-    true_up = minimum_true_up(PRO, lines, "USD")
+    true_up = minimum_true_up(PRO, lines, "USD", JANUARY)
     assert true_up is not None
     assert (true_up.price_key, true_up.meter, true_up.quantity, true_up.amount) == (
         "minimum_commitment",
@@ -203,26 +203,30 @@ def test_minimum_commitment_true_up():
 @pytest.mark.parametrize("used", [11_000, 20_000])  # 90 + 10 = 100 exactly; 90 + 19 = 109
 def test_no_true_up_at_or_above_the_minimum(used):
     lines = period_lines(subscription(Segment(PRO, JAN)), JANUARY, CUTOFF, FakeUsage(tokens(used, at(2024, 1, 3))))
-    assert minimum_true_up(PRO, lines, "USD") is None
+    assert minimum_true_up(PRO, lines, "USD", JANUARY) is None
 
 
 def test_no_minimum_no_true_up():
-    assert minimum_true_up(STARTER, [], "USD") is None
+    assert minimum_true_up(STARTER, [], "USD", JANUARY) is None
 
 
 def test_true_up_compares_rounded_lines():
     plan = Plan(key="tiny", currency="USD", minimum_commitment=D(1))
     lines = [Line("a", None, "a", D(1), D("0.005")), Line("b", None, "b", D(1), D("0.994"))]  # 0.01 + 0.99
-    assert minimum_true_up(plan, lines, "USD") is None
+    assert minimum_true_up(plan, lines, "USD", JANUARY) is None
     lines = [Line("a", None, "a", D(1), D("0.004")), Line("b", None, "b", D(1), D("0.994"))]  # 0.00 + 0.99
-    assert minimum_true_up(plan, lines, "USD").amount == D("0.01")
+    assert minimum_true_up(plan, lines, "USD", JANUARY).amount == D("0.01")
 
 
-def test_true_up_is_against_the_whole_minimum_even_in_a_prorated_period():
-    """Pins current behaviour: the minimum is not prorated for a partial (canceled) period."""
+def test_a_period_cut_short_commits_to_its_share_of_the_minimum():
+    """Canceled on January 11th: 10 of 31 days, so 100 x 10/31 = 32.26 committed; the flat
+    fee already charged 90 x 10/31 = 29.03, so the true-up is 3.23."""
     sub = subscription(Segment(PRO, JAN), canceled_at=at(2024, 1, 11))
-    lines = period_lines(sub, Period(0, JAN, at(2024, 1, 11), FEB), at(2024, 1, 12), FakeUsage())
-    assert minimum_true_up(PRO, lines, "USD").amount == D(100) - D("29.03")  # 90 x 10/31 = 29.03
+    period = Period(0, JAN, at(2024, 1, 11), FEB)
+    lines = period_lines(sub, period, at(2024, 1, 12), FakeUsage())
+    true_up = minimum_true_up(PRO, lines, "USD", period)
+    assert true_up is not None and true_up.amount == D("32.26") - D("29.03")
+    assert true_up.quantity == D(10) / D(31) and true_up.description == "Minimum commitment true-up, prorated 0.3226"
 
 
 # --- late usage: adjustments ------------------------------------------------------------

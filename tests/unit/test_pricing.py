@@ -219,10 +219,11 @@ def test_percentage_fixed_amount_is_per_event_not_per_period():
     assert amount(p, 0, events=7) == D("2.10")
 
 
-def test_percentage_minimum_applies_to_a_period_without_usage():
-    """A period minimum is a minimum: a period with no events still costs ``min_amount``."""
+def test_percentage_minimum_applies_only_to_a_period_with_usage():
+    """The minimum is a floor on what usage costs: a period without events costs nothing."""
     p = price("percentage", rate="0.029", fixed_amount="0.30", min_amount=5)
-    assert amount(p, 0, events=0) == 5
+    assert amount(p, 0, events=0) == 0
+    assert amount(p, 10, events=1) == 5
     assert amount(price("percentage", rate="0.029"), 0) == 0
 
 

@@ -127,13 +127,21 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
     return lines
 
 
-def minimum_true_up(plan: Plan, lines: list[Line], currency: str) -> Line | None:
+def minimum_true_up(plan: Plan, lines: list[Line], currency: str, period: Period) -> Line | None:
+    """A line topping the period's charges up to the plan's minimum commitment, prorated by
+    the share of the period the subscription ran (a period cut by a cancellation commits to
+    its share only), rounded to the currency's minor unit."""
     if plan.minimum_commitment is None:
         return None
+    fraction = Decimal(str((period.end - period.start).total_seconds())) / Decimal(
+        str((period.full_end - period.start).total_seconds())
+    )
+    minimum = round_money(plan.minimum_commitment * fraction, currency)
     charged = sum((round_money(line.amount, currency) for line in lines), ZERO)
-    if charged >= plan.minimum_commitment:
+    if charged >= minimum:
         return None
-    return Line("minimum_commitment", None, "Minimum commitment true-up", Decimal(1), plan.minimum_commitment - charged)
+    label = "Minimum commitment true-up" + (f", prorated {fraction:.4f}" if fraction != 1 else "")
+    return Line("minimum_commitment", None, label, fraction, minimum - charged)
 
 
 Billed = dict[tuple[datetime, str], tuple[Decimal, Decimal]]  # (period start, line key) -> qty, amount

@@ -85,8 +85,12 @@ def volume(tiers: list[Tier], quantity: Decimal) -> Priced:
 
 
 def percentage(price: PercentagePrice, quantity: Decimal, events: int) -> Priced:
+    """``rate`` of the value plus ``fixed_amount`` per event, within ``min_amount`` ..
+    ``max_amount``. A period without events costs nothing: the minimum is a floor on what
+    usage costs, not a fee for having the price (as Stripe and Lago charge a minimum only
+    on a transaction)."""
     amount = quantity * price.rate + price.fixed_amount * events
-    if price.min_amount is not None:
+    if price.min_amount is not None and events > 0:
         amount = max(amount, price.min_amount)
     if price.max_amount is not None:
         amount = min(amount, price.max_amount)

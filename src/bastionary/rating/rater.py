@@ -265,7 +265,7 @@ class Rater:
         usage = self._usage_lookup(cache)
         plan = _plan_at(sub, period.start)
         lines = period_lines(sub, period, cutoff, usage)
-        true_up = minimum_true_up(plan, lines, plan.currency)
+        true_up = minimum_true_up(plan, lines, plan.currency, period)
         if true_up is not None:
             lines.append(true_up)
         if earlier:
