@@ -162,6 +162,10 @@ class FakeBillingStore:
         by_customer: dict[str, list[Grant]] = defaultdict(list)
         for grant in self.granted:
             by_customer[grant.customer_id].append(grant)
+        for row in self.ledger.values():  # a carried balance, once its invoice is stored
+            if row.kind == "carried" and row.invoice_id in self.invoices:
+                carried = Grant(row.grant_id, row.customer_id, row.amount, row.currency, row.priority, row.effective_at)
+                by_customer[row.customer_id].append(carried)
         drawn: dict[str, Decimal] = defaultdict(Decimal)
         for row in self.ledger.values():
             if row.kind in ("applied", "expired") and row.invoice_id in self.invoices:
@@ -205,7 +209,9 @@ class FakeBillingStore:
         stale_movements = [
             row
             for row in self.ledger.values()
-            if row.invoice_id in counts and row.kind in ("applied", "expired") and row.movement_id not in movements
+            if row.invoice_id in counts
+            and row.kind in ("applied", "expired", "carried")
+            and row.movement_id not in movements
         ]
         self._maybe_fail("lines")
         for item in rated:
@@ -956,3 +962,46 @@ def test_the_upcoming_period_skips_rated_and_due_periods_and_ends_with_the_subsc
     assert last is not None and (last[1].start, last[1].end) == (FEB, at(2024, 2, 10))
     # Past the last period's cutoff that period is due (the rater's), and nothing follows it.
     assert upcoming_period(ended, at(2024, 2, 11), GRACE, {JAN_INVOICE}) is None
+
+
+# --- a negative period is carried forward ----------------------------------------------
+
+METERED_ONLY = Plan.model_validate(
+    {
+        "key": "metered",
+        "currency": "USD",
+        "billing_interval": "P1M",
+        "prices": [{"key": "tokens", "meter": "llm_tokens", "model": "per_unit", "unit_amount": "0.01"}],
+    }
+)
+
+
+async def test_a_negative_period_is_carried_forward_and_drawn_by_the_next_invoices():
+    """January bills 1,000 tokens (10.00). A correction of -1,000 January tokens lands in
+    February: February's adjustment is -10.00, so its invoice is 0 and 10.00 is carried.
+    March (5.00) and April (10.00) draw it: 5.00, then the other 5.00. No money is made or lost."""
+    store = FakeBillingStore()
+    store.subscribe("sub-m", "cust-m", plan="metered")
+    store.use("cust-m", 1000, at(2024, 1, 10))
+    store.use("cust-m", -1000, at(2024, 1, 20), ingested=at(2024, 2, 5))
+    store.use("cust-m", 500, at(2024, 3, 10))
+    store.use("cust-m", 1000, at(2024, 4, 10))
+    publish = FakePublisher()
+    rate = Rater(store, [METERED_ONLY], [TOKENS], GRACE, publish)
+    for moment in (AFTER_JAN, AFTER_FEB, AFTER_MAR, AFTER_APR):
+        await rate.run_once(moment)
+    invoices = sorted(publish.invoices(), key=lambda d: d["period_start"])
+    assert [(d["subtotal"], d["credits_applied"], d["total"], d["carried_forward"]) for d in invoices] == [
+        ("10.00", "0.00", "10.00", "0.00"),
+        ("-10.00", "0.00", "0.00", "10.00"),
+        ("5.00", "5.00", "0.00", "0.00"),
+        ("10.00", "5.00", "5.00", "0.00"),
+    ]
+    carried = [e for e in publish.events("credits") if e["type"] == "bastionary.credit.carried.v1"]
+    assert [(e["data"]["amount"], e["data"]["currency"]) for e in carried] == [("10.00", "USD")]
+    # Charges equal credits applied plus totals minus what was carried, over the history.
+    charged = sum(D(d["subtotal"]) for d in invoices)
+    assert charged == sum(D(d["credits_applied"]) + D(d["total"]) - D(d["carried_forward"]) for d in invoices)
+    grants, drawn = store.grants()
+    (balance,) = grants["cust-m"]
+    assert (balance.amount, drawn[balance.grant_id]) == (D("10.00"), D("10.00"))

@@ -95,6 +95,7 @@ class Invoice(_Model):
     total: Decimal
     status: str
     credits_expired: list[dict[str, str]] = []
+    carried_forward: Decimal = Decimal(0)  # a negative subtotal's difference, drawn by later invoices
 
 
 class UpcomingInvoices(_Model):

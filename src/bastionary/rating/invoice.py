@@ -214,6 +214,8 @@ class Invoice:
     total: str
     status: str
     credits_expired: tuple[dict[str, str], ...] = ()
+    # What a negative subtotal leaves the customer: a credit the next invoices draw on.
+    carried_forward: str = "0"
 
     def document(self) -> dict[str, Any]:
         """The JSON document, keys in this order (stored documents are republished as they are)."""
@@ -237,6 +239,7 @@ def finalize(
     allocations = allocate(grants, drawn, subtotal, currency, period.end)
     credits = sum((a.amount for a in allocations), ZERO)
     total = max(ZERO, subtotal - credits)
+    carried = max(ZERO, -subtotal)  # credits draw nothing from a negative subtotal
     invoice = Invoice(
         invoice_id=invoice_id(sub.subscription_id, period.start, kind),
         customer_id=sub.customer_id,
@@ -254,6 +257,7 @@ def finalize(
         credit_allocations=tuple({"grant_id": a.grant_id, "amount": str(a.amount)} for a in allocations),
         total=str(round_money(total, currency)),
         status="finalized",
+        carried_forward=str(round_money(carried, currency)),
     )
     return invoice, allocations
 

@@ -61,6 +61,7 @@ from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
 
 log = structlog.get_logger(__name__)
+CARRIED_PRIORITY = 2**31 - 1  # a carried balance is drawn after every grant (credit_ledger.priority is Int32)
 
 # (topic role, key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
 Publish = Callable[[str, str, bytes], Awaitable[Awaitable[object]]]
@@ -236,7 +237,7 @@ class Rater:
                 [p for p, _ in earlier],
                 period,
                 cutoff,
-                grants.get(sub.customer_id, []),
+                grants.setdefault(sub.customer_id, []),  # a carried balance joins them for later periods
                 drawn,
                 cache,
                 pending.setdefault(sub.subscription_id, {}),
@@ -292,6 +293,20 @@ class Rater:
                 ledger.append(_ledger_row("expired", grant, left, invoice.invoice_id, recorded))
                 expired.append({"grant_id": grant.grant_id, "amount": str(left)})
         invoice = replace(invoice, credits_expired=tuple(expired))
+        carried = Decimal(invoice.carried_forward)
+        if carried > 0:
+            # The customer's balance: a grant the next invoices draw on after every other
+            # (priority last), never expiring; it counts once this invoice is stored.
+            credit = Grant(
+                movement_id("carried", invoice.invoice_id),
+                sub.customer_id,
+                carried,
+                plan.currency,
+                CARRIED_PRIORITY,
+                period.end,
+            )
+            grants.append(credit)
+            ledger.append(_ledger_row("carried", credit, carried, invoice.invoice_id, recorded))
         log.debug("invoice rated", invoice_id=invoice.invoice_id, customer_id=sub.customer_id, total=invoice.total)
         return RatedInvoice(invoice, cutoff, lines, ledger)
 
@@ -321,9 +336,14 @@ class Rater:
                 ),
             )
         ]
+        carried = Decimal(data.get("carried_forward", "0"))
         for kind, movements in (
             ("applied", data.get("credit_allocations", [])),
             ("expired", data.get("credits_expired", [])),
+            (
+                "carried",
+                [{"grant_id": movement_id("carried", data["invoice_id"]), "amount": str(carried)}] if carried else [],
+            ),
         ):
             for movement in movements:
                 credit = {
@@ -349,7 +369,7 @@ def _movement_currency(kind: str, grant_id: str, data: dict[str, Any], currencie
     currency = currencies.get(grant_id)
     if currency is not None:
         return currency
-    if kind == "applied":  # only grants in the invoice's currency are drawn (``Grant.usable_at``)
+    if kind in ("applied", "carried"):  # drawn or carried in the invoice's currency
         return str(data["currency"])
     raise LookupError(f"grant {grant_id} expired on invoice {data['invoice_id']} is not in the credit ledger")
 

@@ -127,7 +127,7 @@ class ClickHouseBillingStore:
         granted, voided = {}, {}
         drawn: defaultdict[str, Decimal] = defaultdict(Decimal)
         for kind, grant_id, customer, amount, currency, priority, effective_at, expires_at in rows:
-            if kind == "granted":
+            if kind in ("granted", "carried"):  # a carried row is here only once its invoice is stored
                 granted[grant_id] = (customer, amount, currency, priority, utc(effective_at), utc(expires_at))
             elif kind == "voided":
                 voided[grant_id] = utc(effective_at)
@@ -281,7 +281,7 @@ class ClickHouseBillingStore:
         ledger = self.client.query(
             f"SELECT {', '.join(LEDGER_COLUMNS)} FROM credit_ledger FINAL"
             " WHERE customer_id IN {customers:Array(String)} AND invoice_id IN {ids:Array(String)}"
-            " AND kind IN ('applied', 'expired')",
+            " AND kind IN ('applied', 'expired', 'carried')",
             parameters={"customers": customers, "ids": ids},
         ).result_rows
         now = datetime.now(UTC)
