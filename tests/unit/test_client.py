@@ -5,9 +5,11 @@ models against schemas/openapi.yaml."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -62,6 +64,20 @@ class Peer:
 
     def events_sent(self) -> list[list[str]]:
         return [[e["id"] for e in orjson.loads(body)] for body in self.bodies]
+
+
+@contextlib.contextmanager
+def peer_in_thread(peer: Peer) -> Iterator[str]:
+    """The peer on its own event loop in a thread, for the sync client; yields its URL."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner, url = asyncio.run_coroutine_threadsafe(serve(peer), loop).result()
+    try:
+        yield url
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
 
 
 async def serve(peer: Peer) -> tuple[web.AppRunner, str]:
@@ -135,11 +151,7 @@ async def test_rejected_members_fail_alone_and_are_not_retried():
 
 def test_the_sync_client_flushes_on_close_and_reads():
     peer = Peer()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner, url = asyncio.run_coroutine_threadsafe(serve(peer), loop).result()
-    try:
+    with peer_in_thread(peer) as url:
         bc = Client(url, api_key="k", linger=60)
         bc.track_usage("c1", "llm", {"tokens": 812}, id="sync-1")
         assert str(bc.credit_balance("c1").balances[0].available) == "1.50"
@@ -149,9 +161,6 @@ def test_the_sync_client_flushes_on_close_and_reads():
         assert peer.events_sent() == [["sync-1"]]
         with pytest.raises(RuntimeError, match="closed"):
             bc.track_usage("c1", "llm", {})
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
 
 
 def test_a_client_needs_exactly_one_destination():
@@ -222,35 +231,21 @@ def test_what_waits_is_sent_when_the_program_exits():
     import sys
 
     peer = Peer()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner, url = asyncio.run_coroutine_threadsafe(serve(peer), loop).result()
-    program = (
-        "from bastionary.client import Client\n"
-        f"bc = Client({url!r}, api_key='k', linger=60)\n"
-        "bc.track_usage('c1', 'llm', {'tokens': 1}, id='at-exit')\n"
-    )  # never closed, never flushed: the linger would hold it a minute
-    try:
+    with peer_in_thread(peer) as url:
+        program = (
+            "from bastionary.client import Client\n"
+            f"bc = Client({url!r}, api_key='k', linger=60)\n"
+            "bc.track_usage('c1', 'llm', {'tokens': 1}, id='at-exit')\n"
+        )  # never closed, never flushed: the linger would hold it a minute
         subprocess.run([sys.executable, "-c", program], check=True, timeout=60, capture_output=True)
         assert peer.events_sent() == [["at-exit"]]
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
 
 
 def test_the_sync_client_bounds_what_waits_and_loses_nothing():
     peer = Peer()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner, url = asyncio.run_coroutine_threadsafe(serve(peer), loop).result()
-    try:
+    with peer_in_thread(peer) as url:
         with Client(url, api_key="k", batch_size=10, max_pending=20, linger=0.01) as bc:
             ids = [bc.track_usage("c1", "llm", {"n": n}) for n in range(200)]
         sent = peer.events_sent()
         assert [i for batch in sent for i in batch] == ids
         assert max(len(batch) for batch in sent) <= 10
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)

@@ -40,6 +40,15 @@ class Guard:
             return forbidden_customer(key)
         return key
 
+    def customer_query(self, request: web.Request, scope: Scope) -> tuple[ApiKey, str | None] | web.Response:
+        """The key and the ``customer`` query parameter: a customer-limited key's own customer
+        when the request names none, 403 when it names another."""
+        key = self.key(request, scope)
+        if not isinstance(key, ApiKey):
+            return key
+        customer = request.query.get("customer", key.customer)
+        return (key, customer) if key.may_see(customer) else forbidden_customer(key)
+
     def customer_path(self, request: web.Request, scope: Scope, customer_id: str) -> ApiKey | web.Response:
         """As :meth:`customer`, for a customer id taken from the path (checked for shape)."""
         key = self.key(request, scope)

@@ -21,7 +21,7 @@ from bastionary.credits.balances import balances
 from bastionary.rating.render import render_html
 from bastionary.storage.queries import WINDOWS
 from bastionary.storage.reports import INVOICE_COLUMNS, LEDGER_COLUMNS, InvoiceReports, jsonable, meter_usage, number
-from bastionary.worker.api.auth import Guard, forbidden_customer, json_error
+from bastionary.worker.api.auth import Guard, json_error
 from bastionary.worker.services.api import ApiBackend
 
 
@@ -58,12 +58,10 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
     @app.page("/v1/meters/{meter}/query")
     class MeterQueryView(faust.web.View):
         async def get(self, request: Any, meter: str) -> Any:
-            key = guard.key(request, "read")
-            if not isinstance(key, ApiKey):
-                return key
-            customer = request.query.get("customer", key.customer)
-            if not key.may_see(customer):
-                return forbidden_customer(key)
+            allowed = guard.customer_query(request, "read")
+            if isinstance(allowed, web.Response):
+                return allowed
+            _, customer = allowed
             try:
                 definition = backend.catalog.meter(meter)
             except KeyError:
@@ -101,12 +99,10 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
     @app.page("/v1/invoices")
     class InvoicesView(faust.web.View):
         async def get(self, request: Any) -> Any:
-            key = guard.key(request, "read")
-            if not isinstance(key, ApiKey):
-                return key
-            customer = request.query.get("customer", key.customer)
-            if not key.may_see(customer):
-                return forbidden_customer(key)
+            allowed = guard.customer_query(request, "read")
+            if isinstance(allowed, web.Response):
+                return allowed
+            _, customer = allowed
             rows = await asyncio.to_thread(InvoiceReports(backend.reader).invoices, customer)
             invoices = [dict(zip(INVOICE_COLUMNS, map(jsonable, row), strict=True)) for row in rows]
             return self.json({"invoices": invoices})
