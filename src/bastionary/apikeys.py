@@ -85,7 +85,11 @@ def new_key(name: str, scopes: Iterable[Scope], customer: str | None = None) -> 
 def read_key_file(path: Path) -> list[KeyEntry]:
     entries = []
     names: set[str] = set()
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:

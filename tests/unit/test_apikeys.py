@@ -103,3 +103,25 @@ def test_any_header_is_a_key_or_an_auth_error(header):
 def test_a_missing_key_file_is_one_clear_error(tmp_path):
     with pytest.raises(KeyFileError, match=r"BASTIONARY_API_KEY_FILE .*No such file"):
         KeyRing([], tmp_path / "absent")
+
+
+@given(st.lists(st.one_of(st.text(max_size=120), st.sampled_from(['{"name": "a"}', "# note", "", "null", "[]"]))))
+def test_any_key_file_is_keys_or_one_clear_error(lines):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "keys"
+        path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+        try:
+            entries = read_key_file(path)
+        except KeyFileError as error:
+            assert str(error).startswith(str(path))
+        else:
+            assert all(entry.sha256 and entry.scopes for entry in entries)
+
+
+def test_a_key_file_that_is_not_text_is_one_clear_error(tmp_path):
+    (tmp_path / "keys").write_bytes(b'{"name": "\xff"}\n')
+    with pytest.raises(KeyFileError, match="not UTF-8"):
+        KeyRing([], tmp_path / "keys")
