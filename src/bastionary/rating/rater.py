@@ -76,21 +76,27 @@ def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
     return datetime.fromtimestamp(math.ceil(epoch / 60) * 60, tz=UTC)
 
 
+def nth_period(sub: Subscription, n: int) -> Period | None:
+    """Period ``n`` of the subscription, cut at its cancellation (it may then be empty); None
+    once periods start at or after the cancellation."""
+    interval = sub.first_plan.interval
+    start, full_end = interval.nth_boundary(sub.anchor, n), interval.nth_boundary(sub.anchor, n + 1)
+    if sub.canceled_at is not None and start >= sub.canceled_at:
+        return None
+    end = min(full_end, sub.canceled_at) if sub.canceled_at else full_end
+    return Period(n, start, end, full_end)
+
+
 def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[tuple[Period, datetime]]:
     """Every period whose cutoff has passed, with its cutoff, in order."""
-    interval = sub.first_plan.interval
     out = []
     n = 0
-    while True:
-        start, full_end = interval.nth_boundary(sub.anchor, n), interval.nth_boundary(sub.anchor, n + 1)
-        if sub.canceled_at is not None and start >= sub.canceled_at:
-            break
-        end = min(full_end, sub.canceled_at) if sub.canceled_at else full_end
-        cutoff = cutoff_for(end, grace)
+    while (period := nth_period(sub, n)) is not None:
+        cutoff = cutoff_for(period.end, grace)
         if cutoff > now:
             break
-        if end > start:
-            out.append((Period(n, start, end, full_end), cutoff))
+        if period.end > period.start:
+            out.append((period, cutoff))
         n += 1
     return out
 
@@ -103,30 +109,14 @@ def upcoming_period(
     and every period is rated (or due)."""
     interval = sub.first_plan.interval
     # Periods before the one holding (now - grace) have all passed their cutoff: skip them.
-    first = interval.period_containing(sub.anchor, now - grace)[0] if now - grace > sub.anchor else 0
-    n = first
-    while True:
-        start, full_end = interval.nth_boundary(sub.anchor, n), interval.nth_boundary(sub.anchor, n + 1)
-        if sub.canceled_at is not None and start >= sub.canceled_at:
-            return None
-        end = min(full_end, sub.canceled_at) if sub.canceled_at else full_end
-        cutoff = cutoff_for(end, grace)
-        if end > start:
-            period = Period(n, start, end, full_end)
-            if cutoff > now and invoice_id(sub.subscription_id, start) not in rated:
-                return _periods_before(sub, n, grace), period, cutoff
+    n = interval.period_containing(sub.anchor, now - grace)[0] if now - grace > sub.anchor else 0
+    while (period := nth_period(sub, n)) is not None:
+        cutoff = cutoff_for(period.end, grace)
+        if period.end > period.start and cutoff > now and invoice_id(sub.subscription_id, period.start) not in rated:
+            earlier = [p for k in range(n) if (p := nth_period(sub, k)) is not None and p.end > p.start]
+            return earlier, period, cutoff
         n += 1
-
-
-def _periods_before(sub: Subscription, n: int, grace: timedelta) -> list[Period]:
-    interval = sub.first_plan.interval
-    out = []
-    for k in range(n):
-        start, full_end = interval.nth_boundary(sub.anchor, k), interval.nth_boundary(sub.anchor, k + 1)
-        end = min(full_end, sub.canceled_at) if sub.canceled_at else full_end
-        if end > start:
-            out.append(Period(k, start, end, full_end))
-    return out
+    return None
 
 
 class _Due(NamedTuple):
