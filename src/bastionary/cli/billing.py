@@ -9,7 +9,7 @@ import click
 import orjson
 
 from bastionary.cli.common import emit, output_format, parse_time, reader_client, settings_or_exit
-from bastionary.storage.reports import INVOICE_COLUMNS, InvoiceReports, jsonable, number
+from bastionary.storage.reports import GRANT_COLUMNS, INVOICE_COLUMNS, InvoiceReports, grant_row, jsonable
 
 
 @click.command()
@@ -60,18 +60,6 @@ def credits_balance(customer: str, at: str | None, fmt: str) -> None:
     settings = settings_or_exit()
     moment = parse_time(at) or datetime.now(UTC)
     grants, drawn = ClickHouseBillingStore(reader_client(settings)).grants_as_of(moment)
-    rows = [
-        [
-            line.grant.grant_id,
-            line.grant.currency,
-            number(line.grant.amount),
-            number(line.remaining),
-            line.grant.priority,
-            jsonable(line.grant.effective_at),
-            jsonable(line.grant.expires_at),
-            line.status,
-        ]
-        for line in balances(grants.get(customer, []), drawn, moment)
-    ]
-    columns = ["grant_id", "currency", "granted", "remaining", "priority", "effective_at", "expires_at", "status"]
-    emit(columns, rows, fmt)
+    lines = balances(grants.get(customer, []), drawn, moment)
+    rows = [list(grant_row(line).values()) for line in lines]
+    emit(GRANT_COLUMNS, rows, fmt)

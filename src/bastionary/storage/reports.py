@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from bastionary.credits.balances import GrantBalance
 from bastionary.metering.meters import Meter
 from bastionary.storage.client import Client
 from bastionary.storage.queries import usage_query
@@ -41,6 +42,23 @@ LEDGER_COLUMNS = (
     "recorded_at",
 )
 USAGE_COLUMNS = ("customer_id", "window_start", "window_end", "group", "value")
+GRANT_COLUMNS = ("grant_id", "currency", "granted", "remaining", "priority", "effective_at", "expires_at", "status")
+
+
+def grant_row(line: GrantBalance) -> dict[str, Any]:
+    """One grant of a credit balance, JSON-ready (``credits balance`` and the API)."""
+    grant = line.grant
+    values = (
+        grant.grant_id,
+        grant.currency,
+        number(grant.amount),
+        number(line.remaining),
+        grant.priority,
+        jsonable(grant.effective_at),
+        jsonable(grant.expires_at),
+        line.status,
+    )
+    return dict(zip(GRANT_COLUMNS, values, strict=True))
 
 
 def meter_usage(

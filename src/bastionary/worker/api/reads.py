@@ -20,7 +20,15 @@ from bastionary.apikeys import ApiKey
 from bastionary.credits.balances import balances
 from bastionary.rating.render import render_html
 from bastionary.storage.queries import WINDOWS
-from bastionary.storage.reports import INVOICE_COLUMNS, LEDGER_COLUMNS, InvoiceReports, jsonable, meter_usage, number
+from bastionary.storage.reports import (
+    INVOICE_COLUMNS,
+    LEDGER_COLUMNS,
+    InvoiceReports,
+    grant_row,
+    jsonable,
+    meter_usage,
+    number,
+)
 from bastionary.worker.api.auth import Guard, json_error
 from bastionary.worker.services.api import ApiBackend
 
@@ -174,19 +182,7 @@ def credit_balance(backend: ApiBackend, request: web.Request, customer_id: str) 
     return {
         "at": jsonable(moment),
         "balances": [{"currency": c, "available": number(v)} for c, v in sorted(totals.items())],
-        "grants": [
-            {
-                "grant_id": line.grant.grant_id,
-                "currency": line.grant.currency,
-                "granted": number(line.grant.amount),
-                "remaining": number(line.remaining),
-                "priority": line.grant.priority,
-                "effective_at": jsonable(line.grant.effective_at),
-                "expires_at": jsonable(line.grant.expires_at),
-                "status": line.status,
-            }
-            for line in lines
-        ],
+        "grants": [grant_row(line) for line in lines],
     }
 
 

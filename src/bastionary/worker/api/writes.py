@@ -36,8 +36,8 @@ from bastionary.rating.events import (
     parse_credit,
     parse_subscription,
 )
+from bastionary.storage.dunning import ClickHouseDunningStore
 from bastionary.storage.idempotency import IdempotencyRecord
-from bastionary.storage.reports import InvoiceReports
 from bastionary.worker.api.auth import Guard, forbidden_customer, json_error
 from bastionary.worker.services.api import ApiBackend
 from bastionary.worker.services.dunning import DunningService
@@ -148,8 +148,8 @@ async def request_data(request: web.Request, write: Write, params: dict[str, str
 
 def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningService | None) -> None:
     async def invoice_customer(invoice_id: str) -> str | None:
-        document = await asyncio.to_thread(InvoiceReports(backend.reader).document, invoice_id)
-        return None if document is None else str(document["customer_id"])
+        # The lookup the payment intake makes: the invoice as dunning received it.
+        return await asyncio.to_thread(ClickHouseDunningStore(backend.reader).invoice_customer, invoice_id)
 
     async def accept(request: web.Request, write: Write, params: dict[str, str]) -> web.Response:
         key = guard.key(request, "write")

@@ -55,10 +55,6 @@ class ApiBackend:
     def billing_reads(self) -> ClickHouseBillingStore:
         return ClickHouseBillingStore(self.reader)
 
-    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        result = await asyncio.to_thread(self.reader.query, sql, parameters=parameters)
-        return [tuple(row) for row in result.result_rows]
-
     # -- publishing ----------------------------------------------------------------------
 
     async def post_usage(self, body: bytes, batch: bool | None, customer: str | None) -> PostedEvents:
