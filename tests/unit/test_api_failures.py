@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -24,39 +27,36 @@ async def failing(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+@contextlib.asynccontextmanager
+async def served(**options) -> AsyncIterator[str]:
+    """``failing`` behind the middleware on a real port; yields its base URL."""
+    app = web.Application(middlewares=[failures_as_json], **options)
+    app.router.add_post("/{kind}", failing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.parametrize(
     ("kind", "status", "code"),
     [("clickhouse", 503, "unavailable"), ("kafka", 503, "unavailable"), ("bug", 500, "internal_error")],
 )
 async def test_failures_answer_json(kind, status, code):
-    app = web.Application(middlewares=[failures_as_json], client_max_size=1000)
-    app.router.add_post("/{kind}", failing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://127.0.0.1:{port}/{kind}", data=b"{}") as response:
-                assert (response.status, (await response.json())["error"]["code"]) == (status, code)
-                assert (response.headers.get("Retry-After") is not None) == (status == 503)
-            async with session.post(f"http://127.0.0.1:{port}/fine", data=b"x" * 5000) as response:
-                assert (response.status, (await response.json())["error"]["code"]) == (413, "record_too_large")
-    finally:
-        await runner.cleanup()
+    async with served(client_max_size=1000) as base, aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/{kind}", data=b"{}") as response:
+            assert (response.status, (await response.json())["error"]["code"]) == (status, code)
+            assert (response.headers.get("Retry-After") is not None) == (status == 503)
+        async with session.post(f"{base}/fine", data=b"x" * 5000) as response:
+            assert (response.status, (await response.json())["error"]["code"]) == (413, "record_too_large")
 
 
 async def test_every_answer_is_counted_by_its_route_template():
     from bastionary import metrics
-
-    app = web.Application(middlewares=[failures_as_json])
-    app.router.add_post("/{kind}", failing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
 
     def seen(route: str, method: str, status: str) -> float:
         value = metrics.REGISTRY.get_sample_value(
@@ -65,14 +65,11 @@ async def test_every_answer_is_counted_by_its_route_template():
         return value or 0.0
 
     before = seen("/{kind}", "POST", "200"), seen("/{kind}", "POST", "503"), seen("unmatched", "GET", "404")
-    try:
-        async with aiohttp.ClientSession() as session:
-            for path in ("/fine", "/other", "/clickhouse"):
-                async with session.post(f"http://127.0.0.1:{port}{path}", data=b"{}") as response:
-                    await response.read()
-            async with session.get(f"http://127.0.0.1:{port}/a/b/c") as response:
-                assert response.status == 404
-    finally:
-        await runner.cleanup()
+    async with served() as base, aiohttp.ClientSession() as session:
+        for path in ("/fine", "/other", "/clickhouse"):
+            async with session.post(f"{base}{path}", data=b"{}") as response:
+                await response.read()
+        async with session.get(f"{base}/a/b/c") as response:
+            assert response.status == 404
     after = seen("/{kind}", "POST", "200"), seen("/{kind}", "POST", "503"), seen("unmatched", "GET", "404")
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
