@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from bastionary.credits.ledger import Allocation, Grant, allocate, remaining
+from bastionary.credits.ledger import Allocation, Grant, allocate, remaining, usable_balance
 
 D = Decimal
 UTC = UTC
@@ -17,9 +17,17 @@ JAN = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def grant(
-    grant_id: str, amount, *, currency="USD", priority=0, effective_at=JAN, expires_at=None, voided_at=None
+    grant_id: str,
+    amount,
+    *,
+    currency="USD",
+    priority=0,
+    effective_at=JAN,
+    expires_at=None,
+    voided_at=None,
+    funding="promotional",
 ) -> Grant:
-    return Grant(grant_id, "cust-1", D(str(amount)), currency, priority, effective_at, expires_at, voided_at)
+    return Grant(grant_id, "cust-1", D(str(amount)), currency, priority, effective_at, expires_at, voided_at, funding)
 
 
 def draw(grants, total, drawn=None, currency="USD", at=PERIOD_END) -> list[tuple[str, Decimal]]:
@@ -62,7 +70,29 @@ def test_full_tie_is_broken_by_grant_id_so_the_order_is_deterministic():
 
 def test_order_key():
     g = grant("g", 1, priority=3, expires_at=None)
-    assert g.order[0] == 3 and g.order[1].year == 9999 and g.order[2:] == (JAN, "g")
+    assert g.order[0] == 0 and g.order[1] == 3 and g.order[2].year == 9999 and g.order[3:] == (JAN, "g")
+
+
+def test_promotional_then_paid_then_carried_whatever_the_priority_and_expiry():
+    grants = [
+        grant("carried", 10, priority=0, funding="carried"),
+        grant("paid", 10, priority=0, expires_at=datetime(2024, 3, 1, tzinfo=UTC), funding="paid"),
+        grant("promo", 10, priority=9, funding="promotional"),
+    ]
+    assert draw(grants, 25) == [("promo", D(10)), ("paid", D(10)), ("carried", D(5))]
+    allocations = allocate(grants, {}, D(25), "USD", PERIOD_END)
+    assert [a.funding for a in allocations] == ["promotional", "paid", "carried"]
+
+
+def test_usable_balance_counts_every_funding_usable_at_the_moment_in_the_currency():
+    grants = [
+        grant("promo", 10),
+        grant("paid", 7, funding="paid"),
+        grant("eur", 5, currency="EUR"),
+        grant("expired", 5, expires_at=PERIOD_END),
+        grant("later", 5, effective_at=PERIOD_END + timedelta(days=1)),
+    ]
+    assert usable_balance(grants, {"promo": D(4)}, "USD", PERIOD_END) == D(13)
 
 
 # --- which grants are usable at the period end ----------------------------------------

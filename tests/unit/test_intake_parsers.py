@@ -68,6 +68,9 @@ VALID = {
     "credit": envelope("bastionary.credit.granted.v1", {
         "grant_id": "g-1", "customer_id": "cust-1", "amount": "25.00", "currency": "USD", "priority": 1,
         "effective_at": "2026-03-01T00:00:00Z", "expires_at": "2026-06-01T00:00:00Z"}),
+    "purchase": envelope("bastionary.credit.purchased.v1", {
+        "grant_id": "pack-1", "customer_id": "cust-1", "amount": "100.00", "currency": "USD", "price_paid": "90.00",
+        "payment_reference": "pi_3N8", "effective_at": "2026-03-01T00:00:00Z"}),
     "invoice": envelope(INVOICE_FINALIZED, {
         "invoice_id": "inv-1", "customer_id": "cust-1", "plan": "pro", "currency": "USD", "total": "100.000000000",
         "issued_at": "2026-02-15T00:00:00Z", "due_at": "2026-03-01T00:00:00Z", "period_start": "2026-01-15T00:00:00Z",
@@ -81,7 +84,7 @@ VALID = {
     "customer": envelope(CUSTOMER_UPSERTED, {
         "customer_id": "cust-1", "name": "Acme GmbH", "email": "ap@example.com", "tax_id": "DE123456789",
         "tax_exempt": False, "address": {"line1": "Hauptstr. 1", "city": "Berlin", "postal_code": "10115",
-        "country": "DE"}}),
+        "country": "DE"}, "auto_topup": [{"currency": "EUR", "threshold": "20.00", "amount": "100"}]}),
     "override": envelope(OVERRIDE_TYPE, {
         "override_id": "ovr-1", "customer_id": "cust-1", "feature": "api_calls", "effective_at": "2026-03-01T00:00:00Z",
         "expires_at": "2026-04-01T00:00:00Z", "limit_delta": "5000"}),
@@ -89,6 +92,7 @@ VALID = {
 TYPES = {
     "subscription": list(SUBSCRIPTION_TYPES),
     "credit": list(CREDIT_TYPES),
+    "purchase": list(CREDIT_TYPES),
     "invoice": [INVOICE_FINALIZED, "bastionary.credit.applied.v1"],
     "payment": list(PAYMENT_TYPES),
     "response": list(RESPONSE_TYPES),
@@ -99,6 +103,7 @@ COMMON = {"invalid_json", "not_cloudevent", "invalid_data"}
 CODES = {  # what each parser may raise: schemas/README.md, Billing and Dunning dead letters
     "subscription": COMMON | {"future_time", "unknown_type", "unknown_plan"},
     "credit": COMMON | {"future_time", "unknown_type"},
+    "purchase": COMMON | {"future_time", "unknown_type"},
     "invoice": COMMON,
     "payment": COMMON | {"future_time", "unknown_type"},
     "response": COMMON | {"future_time", "unknown_type", "promise_too_far"},
@@ -108,6 +113,7 @@ CODES = {  # what each parser may raise: schemas/README.md, Billing and Dunning 
 PARSERS = {
     "subscription": lambda value, latest: parse_subscription(value, PLANS, latest_time=latest),
     "credit": lambda value, latest: parse_credit(value, latest_time=latest),
+    "purchase": lambda value, latest: parse_credit(value, latest_time=latest),
     "invoice": lambda value, latest: parse_invoice(value),
     "payment": lambda value, latest: parse_payment(value, latest_time=latest),
     "response": lambda value, latest: parse_response(value, latest_time=latest),
@@ -215,6 +221,11 @@ def check_accepted(name: str, result, latest: datetime | None) -> None:
         storable_row(row)
         for text, limit in zip(row[:5], (ID_LENGTH, 512, LENGTHS["billing_email"], 6 * 600, 64), strict=True):
             assert len(text) <= limit, (text[:40], limit)
+        assert len({rule.currency for rule in data.auto_topup}) == len(data.auto_topup) <= 16
+        for rule in data.auto_topup:
+            assert rule.amount > 0 and rule.threshold >= 0
+            storable_decimal(rule.amount, rule.currency)
+            storable_decimal(rule.threshold, rule.currency)
         return
     event, kind, data = result
     check_envelope(event, latest)
@@ -222,8 +233,11 @@ def check_accepted(name: str, result, latest: datetime | None) -> None:
     if name == "subscription":
         assert kind in SUBSCRIPTION_TYPES.values()
         storable_row(subscription_row(event, kind, data, RECEIVED))
-    elif name == "credit":
+    elif name in ("credit", "purchase"):
         assert kind in CREDIT_TYPES.values()
+        if kind == "purchased":
+            assert data.price_paid is not None and data.price_paid >= 0 and data.payment_reference
+            storable_decimal(data.price_paid, data.currency)
         assert 0 <= data.priority <= MAX_PRIORITY and type(data.priority) is int
         if data.amount is not None:
             assert data.amount > 0
@@ -552,3 +566,42 @@ def test_far_json_integers_never_reach_a_column():
     assert code("credit", with_data("credit", priority=2**64)) == "invalid_data"
     value = with_data("credit", amount="AMOUNT").replace(b'"AMOUNT"', b"1" * 30)
     assert code("credit", value) == "invalid_data"
+
+
+@pytest.mark.parametrize("missing", ["amount", "currency", "price_paid", "payment_reference"])
+def test_a_purchase_needs_its_amount_currency_price_and_payment(missing):
+    assert code("purchase", with_data("purchase", **{missing: DROP})) == "invalid_data"
+
+
+@pytest.mark.parametrize(
+    ("price", "accepted"), [("0", True), ("90.00", True), ("90.001", False), ("-1", False), ("NaN", False)]
+)
+def test_a_purchase_price_is_a_non_negative_amount_in_the_currency(price, accepted):
+    assert (code("purchase", with_data("purchase", price_paid=price)) is None) == accepted
+
+
+def test_a_purchase_row_keeps_its_price_and_payment_and_starts_at_the_event_time_by_default():
+    event, kind, data = parse_credit(with_data("purchase", effective_at=DROP))
+    row = credit_row(event, kind, data, RECEIVED)
+    assert (row.kind, row.price_paid, row.payment_reference) == ("purchased", Decimal("90.00"), "pi_3N8")
+    assert row.effective_at == event.time
+    granted = credit_row(*parse_credit(with_data("credit", price_paid="5")), RECEIVED)
+    assert (granted.price_paid, granted.payment_reference) == (None, "")  # only a purchase keeps them
+
+
+@pytest.mark.parametrize(
+    ("rules", "accepted"),
+    [
+        ([{"currency": "USD", "threshold": "0", "amount": "1"}], True),
+        ([{"currency": "USD", "threshold": "1", "amount": "1"}, {"currency": "EUR", "threshold": "1", "amount": "1"}], True),
+        ([{"currency": "USD", "threshold": "1", "amount": "1"}] * 2, False),  # two rules for one currency
+        ([{"currency": "USD", "threshold": "1", "amount": "0"}], False),
+        ([{"currency": "USD", "threshold": "-1", "amount": "1"}], False),
+        ([{"currency": "JPY", "threshold": "1.5", "amount": "1"}], False),
+        ([{"currency": "XXX", "threshold": "1", "amount": "1"}], False),
+        ([{"currency": "USD", "threshold": "1"}], False),
+        ([{"currency": f"C{i}", "threshold": "1", "amount": "1"} for i in range(17)], False),
+    ],
+)  # fmt: skip
+def test_auto_topup_rules(rules, accepted):
+    assert (code("customer", with_data("customer", auto_topup=rules)) is None) == accepted

@@ -353,7 +353,7 @@ def test_finalized_invoice_adds_up():
     assert data["subtotal"] == "47.02"
     assert data["credits_applied"] == "20.00"
     assert data["total"] == "27.02"
-    assert data["credit_allocations"] == [{"grant_id": "g", "amount": "20.00"}]
+    assert data["credit_allocations"] == [{"grant_id": "g", "amount": "20.00", "funding": "promotional"}]
     assert [(a.grant_id, a.amount) for a in allocations] == [("g", D(20))]
     assert (data["currency"], data["kind"], data["status"], data["plan"]) == ("USD", "period", "finalized", "p")
     assert (data["subscription_id"], data["customer_id"]) == ("sub-1", "cust-1")
@@ -387,7 +387,7 @@ def test_credits_usable_at_the_period_end_in_the_invoice_currency_only():
         grant("ok", 7),
     ]
     data, _ = final([line(10)], grants=grants)
-    assert data["credit_allocations"] == [{"grant_id": "ok", "amount": "7.00"}]
+    assert data["credit_allocations"] == [{"grant_id": "ok", "amount": "7.00", "funding": "promotional"}]
     assert data["total"] == "3.00"
 
 

@@ -92,6 +92,7 @@ POSTS = {
     "/v1/subscriptions/{subscription_id}/change",
     "/v1/subscriptions/{subscription_id}/cancel",
     "/v1/credit-grants",
+    "/v1/credit-purchases",
     "/v1/credit-grants/{grant_id}/void",
     "/v1/payments",
     "/v1/dunning/responses",

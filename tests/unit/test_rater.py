@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastionary.credits.balances import balances
-from bastionary.credits.ledger import Grant, movement_id
+from bastionary.credits.ledger import Funding, Grant, movement_id
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.money import round_money
 from bastionary.rating.invoice import Billed, Subscription, invoice_id
@@ -116,6 +116,7 @@ class FakeBillingStore:
     invoices: dict[str, StoredInvoice] = field(default_factory=dict)
     lines: dict[tuple[str, int], StoredLine] = field(default_factory=dict)  # (invoice id, line no)
     ledger: dict[str, LedgerRow] = field(default_factory=dict)  # movement id
+    topups: dict[str, dict[str, tuple[Decimal, Decimal]]] = field(default_factory=dict)
     # Crash points: store_invoices raises before writing "lines", "ledger" or "invoices"
     # (from its ``fail_store_from_call``-th call on); mark_published raises before writing anything.
     fail_store_before: str | None = None
@@ -131,8 +132,17 @@ class FakeBillingStore:
     def subscribe(self, subscription_id: str, customer_id: str, start: datetime = JAN, plan: str = "pro") -> None:
         self.events.append(SubscriptionEvent(subscription_id, customer_id, "created", plan, start, None, start))
 
-    def grant(self, grant_id: str, customer_id: str, amount: str, expires_at: datetime | None = None) -> None:
-        self.granted.append(Grant(grant_id, customer_id, D(amount), "USD", 1, JAN - timedelta(days=1), expires_at))
+    def grant(
+        self,
+        grant_id: str,
+        customer_id: str,
+        amount: str,
+        expires_at: datetime | None = None,
+        funding: Funding = "promotional",
+        priority: int = 1,
+    ) -> None:
+        start = JAN - timedelta(days=1)
+        self.granted.append(Grant(grant_id, customer_id, D(amount), "USD", priority, start, expires_at, None, funding))
 
     def use(self, customer_id: str, tokens: int, time: datetime, ingested: datetime | None = None) -> None:
         self.readings.append(Reading("llm_tokens", customer_id, time, ingested or time, D(tokens)))
@@ -164,13 +174,24 @@ class FakeBillingStore:
             by_customer[grant.customer_id].append(grant)
         for row in self.ledger.values():  # a carried balance, once its invoice is stored
             if row.kind == "carried" and row.invoice_id in self.invoices:
-                carried = Grant(row.grant_id, row.customer_id, row.amount, row.currency, row.priority, row.effective_at)
+                carried = Grant(
+                    row.grant_id,
+                    row.customer_id,
+                    row.amount,
+                    row.currency,
+                    row.priority,
+                    row.effective_at,
+                    funding="carried",
+                )
                 by_customer[row.customer_id].append(carried)
         drawn: dict[str, Decimal] = defaultdict(Decimal)
         for row in self.ledger.values():
             if row.kind in ("applied", "expired") and row.invoice_id in self.invoices:
                 drawn[row.grant_id] += row.amount
         return dict(by_customer), dict(drawn)
+
+    def topup_rules(self) -> dict[str, dict[str, tuple[Decimal, Decimal]]]:
+        return self.topups
 
     def usage_by_customer(
         self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
@@ -344,6 +365,55 @@ async def test_nothing_is_rated_before_the_cutoff_and_the_settle_time(now):
     assert [d["invoice_id"] for d in publish.invoices()] == [JAN_INVOICE]
 
 
+async def test_paid_credit_is_drawn_after_promotional_credit_whatever_its_priority():
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-paid", "cust-1", "50.00", funding="paid", priority=0)
+    store.grant("g-promo", "cust-1", "10.00", priority=500)
+    (document,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+
+    assert document["credit_allocations"] == [
+        {"grant_id": "g-promo", "amount": "10.00", "funding": "promotional"},
+        {"grant_id": "g-paid", "amount": "20.00", "funding": "paid"},
+    ]
+    assert [e["data"]["funding"] for e in publish.events("credits")] == ["promotional", "paid"]
+
+
+async def test_an_auto_topup_is_requested_once_per_crossing_of_the_threshold():
+    store, publish = one_customer(), FakePublisher()  # 30.00 for January, then 20.00 a month
+    store.grant("g-paid", "cust-1", "100.00", funding="paid")
+    store.topups["cust-1"] = {"USD": (D("60"), D("100.00"))}
+    requests = []
+    for moment in (AFTER_JAN, AFTER_FEB, AFTER_MAR):  # balance 70, 50 (crossed), 30 (still below)
+        (document,) = (await rater(store, publish).run_once(moment)).invoices
+        requests.append(document["topup_requested"])
+    assert requests == [[], [{"currency": "USD", "threshold": "60", "amount": "100.00", "balance": "50.00"}], []]
+    # The payment system buys 30.00: back at the threshold; April's draw crosses it again.
+    store.grant("g-bought", "cust-1", "30.00", funding="paid")
+    (april,) = (await rater(store, publish).run_once(AFTER_APR)).invoices
+    assert april["topup_requested"] == [{"currency": "USD", "threshold": "60", "amount": "100.00", "balance": "40.00"}]
+
+    topups = [e for e in publish.events("credits") if e["type"] == "bastionary.credit.topup_requested.v1"]
+    assert [e["data"]["invoice_id"] for e in topups] == [invoice_id("sub-1", FEB), invoice_id("sub-1", APR)]
+    assert len({e["id"] for e in topups}) == 2
+    assert topups[0]["data"] == {
+        "customer_id": "cust-1",
+        "invoice_id": invoice_id("sub-1", FEB),
+        "currency": "USD",
+        "threshold": "60",
+        "amount": "100.00",
+        "balance": "50.00",
+    }
+    assert await rater(store, publish).run_once(AFTER_APR) == RatingResult([])  # nothing asked twice
+
+
+async def test_no_topup_rule_for_the_currency_no_request():
+    store, publish = one_customer(), FakePublisher()
+    store.grant("g-paid", "cust-1", "40.00", funding="paid")
+    store.topups["cust-1"] = {"EUR": (D("50"), D("100.00"))}
+    (document,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+    assert document["topup_requested"] == []
+
+
 async def test_credits_are_applied_expired_and_published_as_credit_events():
     store, publish = one_customer(), FakePublisher()
     store.grant("g-promo", "cust-1", "12.50")
@@ -351,7 +421,7 @@ async def test_credits_are_applied_expired_and_published_as_credit_events():
     (document,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
 
     assert (document["subtotal"], document["credits_applied"], document["total"]) == ("30.00", "12.50", "17.50")
-    assert document["credit_allocations"] == [{"grant_id": "g-promo", "amount": "12.50"}]
+    assert document["credit_allocations"] == [{"grant_id": "g-promo", "amount": "12.50", "funding": "promotional"}]
     assert document["credits_expired"] == [{"grant_id": "g-trial", "amount": "5.00"}]
     applied, expired = movement_id("applied", "g-promo", JAN_INVOICE), movement_id("expired", "g-trial", JAN_INVOICE)
     assert {m: (row.kind, row.amount, row.invoice_id) for m, row in store.ledger.items()} == {
@@ -374,6 +444,7 @@ async def test_credits_are_applied_expired_and_published_as_credit_events():
         "invoice_id": JAN_INVOICE,
         "amount": "12.50",
         "currency": "USD",
+        "funding": "promotional",
     }
     # Drawn is drawn: February finds nothing left.
     (february,) = (await rater(store, publish).run_once(AFTER_FEB)).invoices
@@ -841,12 +912,12 @@ async def test_a_grant_arriving_between_a_crash_and_the_rerun_leaves_no_orphan_d
     store.granted.append(Grant("g-first", "cust-1", D("30.00"), "USD", 0, JAN - timedelta(days=1)))
     (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
 
-    assert january["credit_allocations"] == [{"grant_id": "g-first", "amount": "30.00"}]
+    assert january["credit_allocations"] == [{"grant_id": "g-first", "amount": "30.00", "funding": "promotional"}]
     assert store.ledger[orphan].amount == 0  # zeroed, not left drawing 12.50
     assert store.grants()[1] == {"g-first": D("30.00"), "g-promo": D(0)}
     assert [e["data"]["grant_id"] for e in publish.events("credits")] == ["g-first"]
     (february,) = (await rater(store, publish).run_once(AFTER_FEB)).invoices
-    assert february["credit_allocations"] == [{"grant_id": "g-promo", "amount": "12.50"}]
+    assert february["credit_allocations"] == [{"grant_id": "g-promo", "amount": "12.50", "funding": "promotional"}]
 
 
 async def test_an_expiry_left_by_a_crash_is_announced_once_or_never_if_the_grant_is_voided_meanwhile():

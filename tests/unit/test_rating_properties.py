@@ -132,7 +132,9 @@ def test_credits_are_never_over_applied(invoice):
         grant = by_id[allocation.grant_id]
         assert 0 < allocation.amount <= left[grant.grant_id]
         assert grant.usable_at(JANUARY.end, currency)
-    assert data["credit_allocations"] == [{"grant_id": a.grant_id, "amount": str(a.amount)} for a in allocations]
+    assert data["credit_allocations"] == [
+        {"grant_id": a.grant_id, "amount": str(a.amount), "funding": a.funding} for a in allocations
+    ]
 
 
 @PROPERTIES

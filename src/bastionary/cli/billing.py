@@ -1,4 +1,4 @@
-"""`invoices`, `invoice show` and `credits balance`: what the rater decided, read back."""
+"""`invoices`, `invoice show`, `credits balance` and `credits ledger`: what the rater decided, read back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import click
 import orjson
 
 from bastionary.cli.common import emit, output_format, parse_time, reader_client, settings_or_exit
-from bastionary.storage.reports import GRANT_COLUMNS, INVOICE_COLUMNS, InvoiceReports, grant_row, jsonable
+from bastionary.storage.reports import (
+    BALANCE_COLUMNS,
+    GRANT_COLUMNS,
+    INVOICE_COLUMNS,
+    LEDGER_COLUMNS,
+    InvoiceReports,
+    balance_rows,
+    grant_row,
+    jsonable,
+)
 
 
 @click.command()
@@ -51,9 +60,12 @@ def credits() -> None:
 @credits.command("balance")
 @click.argument("customer")
 @click.option("--at", "at", default=None, help="ISO 8601 time (default now).")
+@click.option("--totals", is_flag=True, help="Only the totals per currency, by funding.")
 @output_format
-def credits_balance(customer: str, at: str | None, fmt: str) -> None:
-    """Remaining balance per grant of CUSTOMER."""
+def credits_balance(customer: str, at: str | None, totals: bool, fmt: str) -> None:
+    """Remaining balance of CUSTOMER per grant, in the order invoices draw on them
+    (promotional, then paid, then carried credit), and in total per currency by funding.
+    With --format json: the grants, or with --totals the totals."""
     from bastionary.credits.balances import balances
     from bastionary.storage.billing import ClickHouseBillingStore
 
@@ -61,5 +73,20 @@ def credits_balance(customer: str, at: str | None, fmt: str) -> None:
     moment = parse_time(at) or datetime.now(UTC)
     grants, drawn = ClickHouseBillingStore(reader_client(settings)).grants_as_of(moment)
     lines = balances(grants.get(customer, []), drawn, moment)
-    rows = [list(grant_row(line).values()) for line in lines]
-    emit(GRANT_COLUMNS, rows, fmt)
+    summary = [list(row.values()) for row in balance_rows(lines)]
+    if totals:
+        emit(BALANCE_COLUMNS, summary, fmt)
+        return
+    emit(GRANT_COLUMNS, [list(grant_row(line).values()) for line in lines], fmt)
+    if fmt == "table":
+        emit(BALANCE_COLUMNS, summary, fmt)
+
+
+@credits.command("ledger")
+@click.argument("customer")
+@output_format
+def credits_ledger(customer: str, fmt: str) -> None:
+    """Every credit movement of CUSTOMER, oldest first: grants, purchases, voids, and what
+    each stored invoice drew (applied), let lapse (expired) or carried forward."""
+    rows = InvoiceReports(reader_client(settings_or_exit())).ledger(customer)
+    emit(LEDGER_COLUMNS, [[jsonable(v) for v in row] for row in rows], fmt)

@@ -235,6 +235,27 @@ class AsyncClient:
         }
         return await self._write("/v1/credit-grants", {**data, **fields})
 
+    async def purchase_credits(
+        self,
+        grant_id: str,
+        customer_id: str,
+        amount: Decimal | str,
+        currency: str,
+        price_paid: Decimal | str,
+        payment_reference: str,
+        **fields: Any,
+    ) -> WriteAccepted:
+        """Paid credit (a top-up): ``amount`` of credit bought for ``price_paid``."""
+        data = {
+            "grant_id": grant_id,
+            "customer_id": customer_id,
+            "amount": str(amount),
+            "currency": currency,
+            "price_paid": str(price_paid),
+            "payment_reference": payment_reference,
+        }
+        return await self._write("/v1/credit-purchases", {**data, **fields})
+
     async def void_grant(self, grant_id: str, customer_id: str, effective_at: Moment = None) -> WriteAccepted:
         data = {"customer_id": customer_id, "effective_at": _text(effective_at or datetime.now(UTC))}
         return await self._write(f"/v1/credit-grants/{grant_id}/void", data)

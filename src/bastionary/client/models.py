@@ -96,6 +96,7 @@ class Invoice(_Model):
     status: str
     credits_expired: list[dict[str, str]] = []
     carried_forward: Decimal = Decimal(0)  # a negative subtotal's difference, drawn by later invoices
+    topup_requested: list[dict[str, str]] = []  # the auto top-up this invoice's draws set off
 
 
 class UpcomingInvoices(_Model):
@@ -106,11 +107,15 @@ class UpcomingInvoices(_Model):
 
 class CurrencyBalance(_Model):
     currency: str
-    available: Decimal
+    promotional: Decimal
+    paid: Decimal
+    carried: Decimal
+    available: Decimal  # promotional + paid + carried
 
 
 class GrantBalance(_Model):
     grant_id: str
+    funding: str  # promotional | paid | carried: the order invoices draw in
     currency: str
     granted: Decimal
     remaining: Decimal
@@ -137,6 +142,8 @@ class LedgerMovement(_Model):
     expires_at: datetime | None
     invoice_id: str
     recorded_at: datetime
+    price_paid: Decimal | None  # a purchase's
+    payment_reference: str  # a purchase's
 
 
 class CreditLedger(_Model):
@@ -186,6 +193,12 @@ class Address(_Model):
     country: str = ""
 
 
+class AutoTopup(_Model):
+    currency: str
+    threshold: Decimal
+    amount: Decimal
+
+
 class Customer(_Model):
     """A customer's record: who invoices are addressed to."""
 
@@ -195,6 +208,7 @@ class Customer(_Model):
     address: Address
     tax_id: str
     tax_exempt: bool
+    auto_topup: list[AutoTopup] = []
     updated_at: datetime
 
 

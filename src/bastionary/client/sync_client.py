@@ -170,6 +170,23 @@ class Client:
     ) -> WriteAccepted:
         return self._run(self._client.grant_credits(grant_id, customer_id, amount, currency, effective_at, **fields))
 
+    def purchase_credits(
+        self,
+        grant_id: str,
+        customer_id: str,
+        amount: Decimal | str,
+        currency: str,
+        price_paid: Decimal | str,
+        payment_reference: str,
+        **fields: Any,
+    ) -> WriteAccepted:
+        """Paid credit (a top-up): ``amount`` of credit bought for ``price_paid``."""
+        return self._run(
+            self._client.purchase_credits(
+                grant_id, customer_id, amount, currency, price_paid, payment_reference, **fields
+            )
+        )
+
     def void_grant(self, grant_id: str, customer_id: str, effective_at: Moment = None) -> WriteAccepted:
         return self._run(self._client.void_grant(grant_id, customer_id, effective_at))
 

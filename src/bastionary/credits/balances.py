@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from bastionary.credits.ledger import Grant
+from bastionary.credits.ledger import FUNDING_ORDER, Grant
 
 GrantStatus = Literal["active", "pending", "expired", "voided"]
 
@@ -36,3 +36,15 @@ def balances(grants: list[Grant], drawn: dict[str, Decimal], moment: datetime) -
         left = max(grant.amount - drawn.get(grant.grant_id, Decimal(0)), Decimal(0))
         lines.append(GrantBalance(grant, status, left if status == "active" else Decimal(0)))
     return lines
+
+
+def totals(lines: list[GrantBalance]) -> dict[str, dict[str, Decimal]]:
+    """What is available per currency, by funding (promotional, paid, carried) and in all
+    (``available``), currencies in order."""
+    out: dict[str, dict[str, Decimal]] = {}
+    for line in lines:
+        currency = out.setdefault(line.grant.currency, {**dict.fromkeys(FUNDING_ORDER, Decimal(0))})
+        currency[line.grant.funding] += line.remaining
+    for currency in out.values():
+        currency["available"] = sum((currency[f] for f in FUNDING_ORDER), Decimal(0))
+    return dict(sorted(out.items()))

@@ -8,16 +8,19 @@ so a late redelivery of an older record never overwrites a newer one.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, NamedTuple
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
 from bastionary.rating.events import (
     MAX_EMAIL_LENGTH,
+    Amount,
     BillingEvent,
     Id,
     InvalidBillingEvent,
+    check_currency,
     parse_data,
     parse_envelope,
     preview,
@@ -39,6 +42,22 @@ class Address(BaseModel):
     country: Annotated[StrictStr, Field(pattern=r"^([A-Z]{2})?$")] = ""  # ISO 3166-1 alpha-2
 
 
+class AutoTopup(BaseModel):
+    """Ask for ``amount`` of paid credit (``bastionary.credit.topup_requested.v1``) whenever
+    an invoice's draws take the customer's ``currency`` balance below ``threshold``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    currency: StrictStr
+    threshold: Amount = Field(ge=0)
+    amount: Amount = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _currency(self) -> AutoTopup:
+        check_currency(self.currency, self.threshold, self.amount)
+        return self
+
+
 class CustomerData(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,6 +67,14 @@ class CustomerData(BaseModel):
     address: Address = Address()
     tax_id: Annotated[StrictStr, Field(max_length=64)] = ""
     tax_exempt: StrictBool = False
+    auto_topup: Annotated[list[AutoTopup], Field(max_length=16)] = []  # at most one rule per currency
+
+    @model_validator(mode="after")
+    def _one_rule_per_currency(self) -> CustomerData:
+        currencies = [rule.currency for rule in self.auto_topup]
+        if len(set(currencies)) != len(currencies):
+            raise ValueError("auto_topup has more than one rule for a currency")
+        return self
 
 
 class CustomerRow(NamedTuple):
@@ -62,6 +89,7 @@ class CustomerRow(NamedTuple):
     event_id: str
     updated_at: datetime
     received_at: datetime
+    auto_topup: str  # JSON array of {currency, threshold, amount}, amounts as decimal strings
 
 
 def parse_customer(value: bytes, *, latest_time: datetime | None = None) -> tuple[BillingEvent, CustomerData]:
@@ -82,4 +110,10 @@ def customer_row(envelope: BillingEvent, data: CustomerData, received: datetime)
         envelope.id,
         envelope.time,
         received,
+        orjson.dumps([rule.model_dump(mode="json") for rule in data.auto_topup]).decode(),
     )
+
+
+def topup_rules(text: str) -> dict[str, tuple[Decimal, Decimal]]:
+    """A stored ``auto_topup`` column: currency -> (threshold, amount)."""
+    return {rule["currency"]: (Decimal(rule["threshold"]), Decimal(rule["amount"])) for rule in orjson.loads(text)}

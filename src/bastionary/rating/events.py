@@ -39,7 +39,11 @@ SUBSCRIPTION_TYPES = {
     "bastionary.subscription.changed.v1": "changed",
     "bastionary.subscription.canceled.v1": "canceled",
 }
-CREDIT_TYPES = {"bastionary.credit.granted.v1": "granted", "bastionary.credit.voided.v1": "voided"}
+CREDIT_TYPES = {
+    "bastionary.credit.granted.v1": "granted",
+    "bastionary.credit.purchased.v1": "purchased",
+    "bastionary.credit.voided.v1": "voided",
+}
 
 # The storable range of every billing time: the usage range (ClickHouse DateTime, which the
 # rollup windows use), well inside DateTime64's 1900 .. 2299. LATEST itself is excluded.
@@ -156,10 +160,14 @@ class CreditGrantData(_Data):
     priority: StrictInt = Field(default=100, ge=0, le=MAX_PRIORITY)
     effective_at: BillingTime | None = None
     expires_at: BillingTime | None = None
+    # A purchase (paid credit): what the customer paid for ``amount`` of credit, in the same
+    # currency (less than ``amount`` for a discounted pack), and the payment it came from.
+    price_paid: Amount | None = Field(default=None, ge=0)
+    payment_reference: Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)] | None = None
 
     @model_validator(mode="after")
     def _currency(self) -> CreditGrantData:
-        check_currency(self.currency, self.amount)
+        check_currency(self.currency, self.amount, self.price_paid)
         return self
 
 
@@ -217,6 +225,10 @@ def parse_credit(value: bytes, *, latest_time: datetime | None = None) -> tuple[
     data = parse_data(CreditGrantData, event)
     if kind == "granted" and (data.amount is None or data.currency is None or data.effective_at is None):
         raise InvalidBillingEvent("invalid_data", "granted needs amount, currency and effective_at")
+    if kind == "purchased" and (
+        data.amount is None or data.currency is None or data.price_paid is None or data.payment_reference is None
+    ):
+        raise InvalidBillingEvent("invalid_data", "purchased needs amount, currency, price_paid and payment_reference")
     if data.expires_at is not None and data.effective_at is not None and data.expires_at <= data.effective_at:
         raise InvalidBillingEvent("invalid_data", "expires_at must be after effective_at")
     return event, kind, data
@@ -281,7 +293,8 @@ def subscription_row(envelope: BillingEvent, kind: str, data: SubscriptionData, 
 
 
 def credit_row(envelope: BillingEvent, kind: str, data: CreditGrantData, recorded: datetime) -> LedgerRow:
-    """The ``credit_ledger`` row of a parsed grant or void."""
+    """The ``credit_ledger`` row of a parsed grant, purchase or void. A purchase without
+    ``effective_at`` is usable from the event's time."""
     return LedgerRow(
         envelope.id,
         kind,
@@ -294,4 +307,6 @@ def credit_row(envelope: BillingEvent, kind: str, data: CreditGrantData, recorde
         data.expires_at,
         "",
         recorded,
+        data.price_paid if kind == "purchased" else None,
+        (data.payment_reference or "") if kind == "purchased" else "",
     )

@@ -216,6 +216,9 @@ class Invoice:
     credits_expired: tuple[dict[str, str], ...] = ()
     # What a negative subtotal leaves the customer: a credit the next invoices draw on.
     carried_forward: str = "0"
+    # An auto top-up this invoice's draws set off (the customer's balance fell below the
+    # rule's threshold): currency, threshold, amount, balance. Empty when none.
+    topup_requested: tuple[dict[str, str], ...] = ()
 
     def document(self) -> dict[str, Any]:
         """The JSON document, keys in this order (stored documents are republished as they are)."""
@@ -254,7 +257,9 @@ def finalize(
         lines=tuple(line.as_dict(currency) for line in lines),
         subtotal=str(subtotal),
         credits_applied=str(round_money(credits, currency)),
-        credit_allocations=tuple({"grant_id": a.grant_id, "amount": str(a.amount)} for a in allocations),
+        credit_allocations=tuple(
+            {"grant_id": a.grant_id, "amount": str(a.amount), "funding": a.funding} for a in allocations
+        ),
         total=str(round_money(total, currency)),
         status="finalized",
         carried_forward=str(round_money(carried, currency)),

@@ -37,7 +37,7 @@ class LedgerRow(NamedTuple):
     """A credit movement: a row of ``credit_ledger``."""
 
     movement_id: str
-    kind: str  # granted | voided | applied | expired | carried
+    kind: str  # granted | purchased | voided | applied | expired | carried
     grant_id: str
     customer_id: str
     amount: Decimal
@@ -47,6 +47,8 @@ class LedgerRow(NamedTuple):
     expires_at: datetime | None
     invoice_id: str
     recorded_at: datetime
+    price_paid: Decimal | None = None  # a purchase's: what was paid for ``amount`` of credit
+    payment_reference: str = ""  # a purchase's payment
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class BillingStore(Protocol):
     def grants(self) -> Grants:
         """Every customer's grants (voids applied), and what stored invoices drew from each
         (their ``applied`` and ``expired`` movements)."""
+        ...
+
+    def topup_rules(self) -> Mapping[str, Mapping[str, tuple[Decimal, Decimal]]]:
+        """Each customer's auto top-up rules: currency -> (threshold, amount)."""
         ...
 
     def usage_by_customer(

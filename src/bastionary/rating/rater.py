@@ -40,7 +40,7 @@ import orjson
 import structlog
 
 from bastionary.credits.balances import grant_status
-from bastionary.credits.ledger import Grant, movement_id
+from bastionary.credits.ledger import Grant, movement_id, usable_balance
 from bastionary.metering.meters import Meter
 from bastionary.money import round_money
 from bastionary.outbound import cloud_event
@@ -65,6 +65,8 @@ CARRIED_PRIORITY = 2**31 - 1  # a carried balance is drawn after every grant (cr
 
 # (topic role, key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
 Publish = Callable[[str, str, bytes], Awaitable[Awaitable[object]]]
+# customer -> currency -> (threshold, amount): the customers' auto top-up rules
+TopupRules = Mapping[str, Mapping[str, tuple[Decimal, Decimal]]]
 # (meter, filter items, start, end, as of) -> usage per customer: one query serves every customer
 UsageCache = dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime, datetime], dict[str, Usage]]
 
@@ -156,6 +158,7 @@ class Rater:
         self.owns = owns
         self.settle = settle  # wait past a cutoff so the pipeline has landed what came before it
         self._meters = {m.key: m for m in meters}
+        self._topups: TopupRules = {}  # read with the grants, once per run that rates
 
     async def run_once(self, now: datetime | None = None) -> RatingResult:
         now = now or datetime.now(UTC)
@@ -183,6 +186,7 @@ class Rater:
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
+        self._topups = await asyncio.to_thread(self.store.topup_rules)
         currencies = _grant_currencies(grants)
         cache: UsageCache = {}
         due.sort(key=lambda d: (d.period_end, d.subscription_id))
@@ -267,6 +271,7 @@ class Rater:
             lines.extend(adjustment_lines(sub, earlier, cutoff, usage, billed, plan.currency))
         add_billed(pending, lines, period.start, plan.currency)
         invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn)
+        balance_before = usable_balance(grants, drawn, plan.currency, period.end)
         recorded = datetime.now(UTC)
         ledger = []
         for allocation in allocations:
@@ -286,7 +291,8 @@ class Rater:
         carried = Decimal(invoice.carried_forward)
         if carried > 0:
             # The customer's balance: a grant the next invoices draw on after every other
-            # (priority last), never expiring; it counts once this invoice is stored.
+            # (carried funding, priority last), never expiring; it counts once this invoice
+            # is stored.
             credit = Grant(
                 movement_id("carried", invoice.invoice_id),
                 sub.customer_id,
@@ -294,9 +300,19 @@ class Rater:
                 plan.currency,
                 CARRIED_PRIORITY,
                 period.end,
+                funding="carried",
             )
             grants.append(credit)
             ledger.append(_ledger_row("carried", credit, carried, invoice.invoice_id, recorded))
+        rule = self._topups.get(sub.customer_id, {}).get(plan.currency)
+        if rule is not None:
+            balance = usable_balance(grants, drawn, plan.currency, period.end)
+            threshold, amount = rule
+            # Once per crossing: only the invoice whose draws take the balance from at or
+            # above the threshold to below it asks; the request's id derives from the invoice.
+            if balance_before >= threshold > balance:
+                request = {"currency": plan.currency, "threshold": str(threshold), "amount": str(amount)}
+                invoice = replace(invoice, topup_requested=({**request, "balance": str(balance)},))
         log.debug("invoice rated", invoice_id=invoice.invoice_id, customer_id=sub.customer_id, total=invoice.total)
         return RatedInvoice(invoice, cutoff, lines, ledger)
 
@@ -343,11 +359,20 @@ class Rater:
                     "amount": movement["amount"],
                     "currency": _movement_currency(kind, movement["grant_id"], data, currencies),
                 }
+                if "funding" in movement:
+                    credit["funding"] = movement["funding"]
                 event_id = movement_id(kind, movement["grant_id"], data["invoice_id"])
                 event = _cloudevent(
                     f"bastionary.credit.{kind}.v1", event_id, data["customer_id"], data["issued_at"], credit
                 )
                 sent.append(await self.publish("credits", data["customer_id"], event))
+        for request in data.get("topup_requested", []):
+            event_id = movement_id("topup_requested", data["customer_id"], request["currency"], data["invoice_id"])
+            topup = {"customer_id": data["customer_id"], "invoice_id": data["invoice_id"], **request}
+            event = _cloudevent(
+                "bastionary.credit.topup_requested.v1", event_id, data["customer_id"], data["issued_at"], topup
+            )
+            sent.append(await self.publish("credits", data["customer_id"], event))
         return sent
 
 

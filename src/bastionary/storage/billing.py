@@ -10,9 +10,9 @@ from typing import Any
 
 import orjson
 
-from bastionary.credits.ledger import Grant
+from bastionary.credits.ledger import FUNDING_OF_KIND, Grant
 from bastionary.metering.meters import Meter
-from bastionary.rating.customers import CustomerRow
+from bastionary.rating.customers import CustomerRow, topup_rules
 from bastionary.rating.invoice import Billed, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
@@ -22,6 +22,8 @@ from bastionary.storage.client import Client
 from bastionary.storage.queries import QueryParameters, value_expression
 
 SUBSCRIPTION_COLUMNS = SubscriptionRow._fields
+# The ledger rows that open a grant, from the billing inputs: they count as soon as stored.
+OPENING_KINDS = "('granted', 'purchased', 'voided')"
 LEDGER_COLUMNS = LedgerRow._fields
 INVOICE_COLUMNS = (
     "invoice_id",
@@ -121,25 +123,39 @@ class ClickHouseBillingStore:
             only, params["c"] = "customer_id = {c:String} AND ", customer
         rows = self.client.query(
             "SELECT kind, grant_id, customer_id, amount, currency, priority, effective_at, expires_at"
-            f" FROM credit_ledger FINAL WHERE {only}(kind IN ('granted', 'voided') OR invoice_id IN ({stored}))",
+            f" FROM credit_ledger FINAL WHERE {only}(kind IN {OPENING_KINDS} OR invoice_id IN ({stored}))",
             parameters=params or None,
         ).result_rows
         granted, voided = {}, {}
         drawn: defaultdict[str, Decimal] = defaultdict(Decimal)
         for kind, grant_id, customer, amount, currency, priority, effective_at, expires_at in rows:
-            if kind in ("granted", "carried"):  # a carried row is here only once its invoice is stored
-                granted[grant_id] = (customer, amount, currency, priority, utc(effective_at), utc(expires_at))
+            if kind in FUNDING_OF_KIND:  # a carried row is here only once its invoice is stored
+                granted[grant_id] = (kind, customer, amount, currency, priority, utc(effective_at), utc(expires_at))
             elif kind == "voided":
                 voided[grant_id] = utc(effective_at)
             else:
                 drawn[grant_id] += Decimal(amount)
         by_customer: dict[str, list[Grant]] = defaultdict(list)
-        for grant_id, (customer, amount, currency, priority, effective_at, expires_at) in granted.items():
+        for grant_id, (kind, customer, amount, currency, priority, effective_at, expires_at) in granted.items():
             grant = Grant(
-                grant_id, customer, Decimal(amount), currency, priority, effective_at, expires_at, voided.get(grant_id)
+                grant_id,
+                customer,
+                Decimal(amount),
+                currency,
+                priority,
+                effective_at,
+                expires_at,
+                voided.get(grant_id),
+                FUNDING_OF_KIND[kind],
             )
             by_customer[customer].append(grant)
         return dict(by_customer), dict(drawn)
+
+    def topup_rules(self) -> dict[str, dict[str, tuple[Decimal, Decimal]]]:
+        """Each customer's auto top-up rules from its newest record: currency -> (threshold, amount)."""
+        # Filtered after FINAL: a newer record without rules replaces an older one with them.
+        rows = self.client.query("SELECT customer_id, auto_topup FROM customers FINAL").result_rows
+        return {customer: topup_rules(text) for customer, text in rows if text != "[]"}
 
     # -- usage ---------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from bastionary.credits.balances import GrantBalance
+from bastionary.credits.balances import GrantBalance, totals
 from bastionary.metering.meters import Meter
 from bastionary.storage.client import Client
 from bastionary.storage.queries import usage_query
@@ -40,9 +40,22 @@ LEDGER_COLUMNS = (
     "expires_at",
     "invoice_id",
     "recorded_at",
+    "price_paid",
+    "payment_reference",
 )
 USAGE_COLUMNS = ("customer_id", "window_start", "window_end", "group", "value")
-GRANT_COLUMNS = ("grant_id", "currency", "granted", "remaining", "priority", "effective_at", "expires_at", "status")
+GRANT_COLUMNS = (
+    "grant_id",
+    "funding",
+    "currency",
+    "granted",
+    "remaining",
+    "priority",
+    "effective_at",
+    "expires_at",
+    "status",
+)
+BALANCE_COLUMNS = ("currency", "promotional", "paid", "carried", "available")
 
 
 def grant_row(line: GrantBalance) -> dict[str, Any]:
@@ -50,6 +63,7 @@ def grant_row(line: GrantBalance) -> dict[str, Any]:
     grant = line.grant
     values = (
         grant.grant_id,
+        grant.funding,
         grant.currency,
         number(grant.amount),
         number(line.remaining),
@@ -59,6 +73,14 @@ def grant_row(line: GrantBalance) -> dict[str, Any]:
         line.status,
     )
     return dict(zip(GRANT_COLUMNS, values, strict=True))
+
+
+def balance_rows(lines: list[GrantBalance]) -> list[dict[str, Any]]:
+    """What is available per currency, by funding and in all, JSON-ready."""
+    return [
+        {"currency": currency, **{name: number(value) for name, value in amounts.items()}}
+        for currency, amounts in totals(lines).items()
+    ]
 
 
 def meter_usage(
@@ -96,7 +118,7 @@ class InvoiceReports:
         marker of the rater's store)."""
         sql = (
             f"SELECT {', '.join(LEDGER_COLUMNS)} FROM credit_ledger FINAL WHERE customer_id = {{c:String}}"
-            " AND (kind IN ('granted', 'voided')"
+            " AND (kind IN ('granted', 'purchased', 'voided')"
             " OR invoice_id IN (SELECT invoice_id FROM invoices WHERE customer_id = {c:String}))"
             " ORDER BY recorded_at, movement_id"
         )
@@ -105,13 +127,13 @@ class InvoiceReports:
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         """The customer's record (the newest ``bastionary.customer.upserted.v1``), or None."""
         rows = self.client.query(
-            "SELECT customer_id, name, email, address, tax_id, tax_exempt, updated_at FROM customers FINAL"
+            "SELECT customer_id, name, email, address, tax_id, tax_exempt, auto_topup, updated_at FROM customers FINAL"
             " WHERE customer_id = {c:String}",
             parameters={"c": customer_id},
         ).result_rows
         if not rows:
             return None
-        customer, name, email, address, tax_id, exempt, updated = rows[0]
+        customer, name, email, address, tax_id, exempt, topups, updated = rows[0]
         return {
             "customer_id": customer,
             "name": name,
@@ -119,6 +141,7 @@ class InvoiceReports:
             "address": orjson.loads(address),
             "tax_id": tax_id,
             "tax_exempt": bool(exempt),
+            "auto_topup": orjson.loads(topups),
             "updated_at": jsonable(updated),
         }
 

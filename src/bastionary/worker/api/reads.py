@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import faust
@@ -24,10 +23,10 @@ from bastionary.storage.reports import (
     INVOICE_COLUMNS,
     LEDGER_COLUMNS,
     InvoiceReports,
+    balance_rows,
     grant_row,
     jsonable,
     meter_usage,
-    number,
 )
 from bastionary.worker.api.auth import Guard, json_error
 from bastionary.worker.services.api import ApiBackend
@@ -176,14 +175,7 @@ def credit_balance(backend: ApiBackend, request: web.Request, customer_id: str) 
     moment = query_time(request, "at") or datetime.now(UTC)
     grants, drawn = backend.billing_reads().grants_as_of(moment, customer_id)
     lines = balances(grants.get(customer_id, []), drawn, moment)
-    totals: dict[str, Decimal] = {}
-    for line in lines:
-        totals[line.grant.currency] = totals.get(line.grant.currency, Decimal(0)) + line.remaining
-    return {
-        "at": jsonable(moment),
-        "balances": [{"currency": c, "available": number(v)} for c, v in sorted(totals.items())],
-        "grants": [grant_row(line) for line in lines],
-    }
+    return {"at": jsonable(moment), "balances": balance_rows(lines), "grants": [grant_row(line) for line in lines]}
 
 
 def credit_ledger(backend: ApiBackend, request: web.Request, customer_id: str) -> dict[str, Any]:

@@ -94,6 +94,7 @@ WRITES = (
         "subscription_id",
     ),
     Write("/v1/credit-grants", lambda t: t.credit_grants, _type_of(CREDIT_TYPES, "granted"), _credit),
+    Write("/v1/credit-purchases", lambda t: t.credit_grants, _type_of(CREDIT_TYPES, "purchased"), _credit),
     Write(
         "/v1/credit-grants/{grant_id}/void",
         lambda t: t.credit_grants,
