@@ -62,4 +62,6 @@ def test_a_negative_period_is_carried_to_the_next_invoice(stack):
     kinds = sorted(m["kind"] for m in api.get("/v1/customers/cust-n/credits/ledger")[1]["movements"])
     assert kinds == ["applied", "carried"]
     balance = api.get("/v1/customers/cust-n/credits")[1]
-    assert balance["balances"] == [{"currency": "USD", "available": "5"}]
+    assert balance["balances"] == [
+        {"currency": "USD", "promotional": "0", "paid": "0", "carried": "5", "available": "5"}
+    ]

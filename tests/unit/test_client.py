@@ -57,7 +57,9 @@ class Peer:
             {
                 "customer_id": request.match_info["c"],
                 "at": "2026-11-30T00:00:00+00:00",
-                "balances": [{"currency": "USD", "promotional": "1.50", "paid": "0", "carried": "0", "available": "1.50"}],
+                "balances": [
+                    {"currency": "USD", "promotional": "1.50", "paid": "0", "carried": "0", "available": "1.50"}
+                ],
                 "grants": [],
             }
         )

@@ -37,7 +37,7 @@ from bastionary.rating.invoice import Billed, Subscription, invoice_id
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
-from bastionary.rating.rater import Rater, RatingResult, upcoming_period
+from bastionary.rating.rater import EMPTY, FINAL_ADJUSTMENT, Rater, RatingResult, final_adjustment, upcoming_period
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
 
 D = Decimal
@@ -386,11 +386,13 @@ async def test_an_auto_topup_is_requested_once_per_crossing_of_the_threshold():
     for moment in (AFTER_JAN, AFTER_FEB, AFTER_MAR):  # balance 70, 50 (crossed), 30 (still below)
         (document,) = (await rater(store, publish).run_once(moment)).invoices
         requests.append(document["topup_requested"])
-    assert requests == [[], [{"currency": "USD", "threshold": "60", "amount": "100.00", "balance": "50.00"}], []]
+    assert requests == [[], [{"currency": "USD", "threshold": "60.00", "amount": "100.00", "balance": "50.00"}], []]
     # The payment system buys 30.00: back at the threshold; April's draw crosses it again.
     store.grant("g-bought", "cust-1", "30.00", funding="paid")
     (april,) = (await rater(store, publish).run_once(AFTER_APR)).invoices
-    assert april["topup_requested"] == [{"currency": "USD", "threshold": "60", "amount": "100.00", "balance": "40.00"}]
+    assert april["topup_requested"] == [
+        {"currency": "USD", "threshold": "60.00", "amount": "100.00", "balance": "40.00"}
+    ]
 
     topups = [e for e in publish.events("credits") if e["type"] == "bastionary.credit.topup_requested.v1"]
     assert [e["data"]["invoice_id"] for e in topups] == [invoice_id("sub-1", FEB), invoice_id("sub-1", APR)]
@@ -399,7 +401,7 @@ async def test_an_auto_topup_is_requested_once_per_crossing_of_the_threshold():
         "customer_id": "cust-1",
         "invoice_id": invoice_id("sub-1", FEB),
         "currency": "USD",
-        "threshold": "60",
+        "threshold": "60.00",
         "amount": "100.00",
         "balance": "50.00",
     }
@@ -1076,3 +1078,116 @@ async def test_a_negative_period_is_carried_forward_and_drawn_by_the_next_invoic
     grants, drawn = store.grants()
     (balance,) = grants["cust-m"]
     assert (balance.amount, drawn[balance.grant_id]) == (D("10.00"), D("10.00"))
+
+
+# --- an ended subscription still bills its late usage, once -----------------------------
+
+FINAL_JAN = invoice_id("sub-1", JAN, FINAL_ADJUSTMENT)
+
+
+def ended_in_january(late_tokens: int = 500) -> FakeBillingStore:
+    """sub-1 canceled at the end of January: 1,000 tokens in time, ``late_tokens`` ingested
+    after January's cutoff (01:00) but before the final cutoff (02:00), and 300 after it."""
+    store = one_customer()
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "", JAN, None, FEB))
+    if late_tokens:
+        store.use("cust-1", late_tokens, at(2024, 1, 20), ingested=at(2024, 2, 1, 1, 30))
+    store.use("cust-1", 300, at(2024, 1, 25), ingested=at(2024, 2, 1, 2, 30))
+    return store
+
+
+async def test_late_usage_of_an_ended_subscription_is_billed_once_on_a_final_adjustment():
+    store, publish = ended_in_january(), FakePublisher()
+    (january,) = (await rater(store, publish).run_once(at(2024, 2, 1, 1, 30))).invoices
+    assert (january["kind"], january["subtotal"]) == ("period", "30.00")
+    (final,) = (await rater(store, publish).run_once(at(2024, 2, 1, 3))).invoices
+    assert (final["invoice_id"], final["kind"], final["status"]) == (FINAL_JAN, FINAL_ADJUSTMENT, "finalized")
+    assert (final["period_start"], final["period_end"]) == (JAN.isoformat(), FEB.isoformat())
+    assert [(line["price_key"], line["quantity"], line["amount"]) for line in final["lines"]] == [
+        ("tokens", "500", "5.00")
+    ]
+    assert final["total"] == "5.00" and final["issued_at"] == at(2024, 2, 1, 2).isoformat()
+    # Once: the 300 tokens ingested after the final cutoff are never billed, and nothing follows.
+    assert await rater(store, publish).run_once(at(2024, 6, 1)) == RatingResult([])
+    assert [d["invoice_id"] for d in publish.invoices()] == [JAN_INVOICE, FINAL_JAN]
+
+    # Caught up in one run, the same two invoices.
+    again, publish_again = ended_in_january(), FakePublisher()
+    await rater(again, publish_again).run_once(at(2024, 6, 1))
+    assert publish_again.invoices() == publish.invoices()
+
+
+async def test_an_ended_subscription_without_late_usage_has_an_empty_final_adjustment_never_published():
+    store, publish = ended_in_january(late_tokens=0), FakePublisher()
+    result = await rater(store, publish).run_once(at(2024, 2, 1, 3))
+    assert [(d["invoice_id"], d["status"]) for d in result.invoices] == [
+        (JAN_INVOICE, "finalized"),
+        (FINAL_JAN, EMPTY),
+    ]
+    assert [d["invoice_id"] for d in publish.invoices()] == [JAN_INVOICE]
+    assert store.invoices[FINAL_JAN].published  # stored and done with: never rated again
+    assert await rater(store, publish).run_once(at(2024, 6, 1)) == RatingResult([])
+
+
+def test_the_final_cutoff_is_the_last_cutoff_plus_the_grace_and_only_for_an_ended_subscription():
+    store = one_customer()
+    (running,) = store.subscriptions({"pro": PRO})
+    assert final_adjustment(running, at(2030, 1, 1), GRACE) is None
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "", JAN, None, at(2024, 2, 10)))
+    (ended,) = store.subscriptions({"pro": PRO})
+    assert final_adjustment(ended, at(2024, 2, 10, 1, 59), GRACE) is None
+    periods, cutoff = final_adjustment(ended, at(2024, 2, 10, 2), GRACE)
+    assert [(p.start, p.end) for p in periods] == [(JAN, FEB), (FEB, at(2024, 2, 10))]
+    assert cutoff == at(2024, 2, 10, 2)
+
+
+# --- any sequence of grants, purchases, usage and corrections: no money made or lost -------
+
+FOUR_MONTHS = (JAN, FEB, MAR, APR)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    usage=st.lists(st.tuples(st.integers(0, 3), st.integers(-1500, 4000), st.booleans()), max_size=8),
+    credits=st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from(["promotional", "paid"]),
+            st.integers(1, 4000),
+            st.none() | st.integers(0, 4),
+        ),
+        max_size=5,
+    ),
+    threshold=st.none() | st.integers(0, 30),
+)
+def test_any_sequence_keeps_every_balance_the_ledger_sum_and_every_invoice_adding_up(usage, credits, threshold):
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-m", "cust-m", plan="metered")
+    if threshold is not None:
+        store.topups["cust-m"] = {"USD": (D(threshold), D(50))}
+    for month, tokens, late in usage:  # a late reading lands after its month's cutoff
+        when = FOUR_MONTHS[month] + timedelta(days=3)
+        store.use("cust-m", tokens, when, ingested=FOUR_MONTHS[month] + timedelta(days=40) if late else when)
+    rate = Rater(store, [METERED_ONLY], [TOKENS], GRACE, publish)
+    for month, moment in enumerate(AFTER_EACH_MONTH):
+        for n, (at_month, funding, cents, expiry) in enumerate(credits):
+            if at_month == month:
+                expires = None if expiry is None else FOUR_MONTHS[0] + timedelta(days=31 * expiry + 15)
+                store.grant(f"g{n}", "cust-m", str(D(cents) / 100), expires, funding=funding)
+        asyncio.run(rate.run_once(moment))
+
+    invoices = publish.invoices()
+    assert all(D(d["total"]) >= 0 for d in invoices)
+    subtotals, applied, totals, carried = (sum(D(d[k]) for d in invoices) for k in FIELDS)
+    assert subtotals == applied + totals - carried  # no money made or lost
+    grants, drawn = store.grants()
+    ledger = [row for row in store.ledger.values() if row.invoice_id in store.invoices]
+    assert applied == sum(row.amount for row in ledger if row.kind == "applied")
+    for grant in grants.get("cust-m", []):  # a balance is the grant less its ledger draws, never below 0
+        draws = sum(r.amount for r in ledger if r.grant_id == grant.grant_id and r.kind in ("applied", "expired"))
+        assert drawn.get(grant.grant_id, D(0)) == draws <= grant.amount
+    for request in (r for d in invoices for r in d["topup_requested"]):
+        assert D(request["balance"]) < D(request["threshold"])
+
+
+FIELDS = ("subtotal", "credits_applied", "total", "carried_forward")

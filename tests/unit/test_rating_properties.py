@@ -10,7 +10,7 @@ from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bastionary.credits.ledger import Grant, allocate, remaining
+from bastionary.credits.ledger import FUNDING_ORDER, Grant, allocate, remaining
 from bastionary.money import MINOR_UNITS, minor_unit, round_money
 from bastionary.rating.invoice import Line, Period, Segment, Subscription, adjustment_lines, finalize, period_lines
 from bastionary.rating.plans import Plan, Tier
@@ -61,6 +61,7 @@ def grants(draw, currency: str, fractional: bool = False) -> list[Grant]:
                 effective_at=draw(around_feb),
                 expires_at=draw(st.none() | around_feb),
                 voided_at=draw(st.none() | around_feb),
+                funding=draw(st.sampled_from(["promotional", "paid", "carried"])),
             )
         )
     return out
@@ -153,6 +154,8 @@ def test_allocation_order_and_greed(invoice, total):
             expected.append((grant.grant_id, take))
             still -= take
     assert [(a.grant_id, a.amount) for a in allocations] == expected
+    ranks = [FUNDING_ORDER[a.funding] for a in allocations]  # promotional, then paid, then carried
+    assert ranks == sorted(ranks)
     assert all(a.amount == left[a.grant_id].quantize(cent, rounding=ROUND_DOWN) for a in allocations[:-1])
 
 

@@ -62,6 +62,8 @@ from bastionary.rating.pricing import Usage
 
 log = structlog.get_logger(__name__)
 CARRIED_PRIORITY = 2**31 - 1  # a carried balance is drawn after every grant (credit_ledger.priority is Int32)
+FINAL_ADJUSTMENT = "final_adjustment"  # an ended subscription's invoice for its late usage
+EMPTY = "empty"  # the status of a final adjustment with nothing to bill: stored, never published
 
 # (topic role, key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
 Publish = Callable[[str, str, bytes], Awaitable[Awaitable[object]]]
@@ -103,6 +105,24 @@ def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[t
     return out
 
 
+def final_adjustment(sub: Subscription, now: datetime, grace: timedelta) -> tuple[list[Period], datetime] | None:
+    """An ended subscription's last invoice, for usage that landed after its last period's
+    cutoff: every period of the subscription, and the final cutoff, the last cutoff plus the
+    grace again. None for a subscription that has not ended, or before the final cutoff.
+    Usage ingested after the final cutoff is never billed."""
+    if sub.canceled_at is None:
+        return None
+    periods, n = [], 0
+    while (period := nth_period(sub, n)) is not None:
+        if period.end > period.start:
+            periods.append(period)
+        n += 1
+    if not periods:
+        return None
+    cutoff = cutoff_for(cutoff_for(periods[-1].end, grace), grace)
+    return (periods, cutoff) if cutoff <= now else None
+
+
 def upcoming_period(
     sub: Subscription, now: datetime, grace: timedelta, rated: set[str]
 ) -> tuple[list[Period], Period, datetime] | None:
@@ -122,14 +142,21 @@ def upcoming_period(
 
 
 class _Due(NamedTuple):
-    """A closed period not rated yet; rated in (period end, subscription id) order."""
+    """A closed period not rated yet; rated in (period end, subscription id, kind) order."""
 
+    # A final adjustment's: its last period's cutoff, which its own cutoff follows by the grace
+    # as a period's cutoff follows its end.
     period_end: datetime
     subscription_id: str
     sub: Subscription
-    earlier: list[tuple[Period, datetime]]  # the subscription's closed periods before this one
-    period: Period
+    earlier: list[Period]  # the subscription's periods before this one (a final adjustment's: all)
+    period: Period  # a final adjustment's: the subscription's last period
     cutoff: datetime
+    kind: str = "period"
+
+    @property
+    def order(self) -> tuple[datetime, str, bool]:
+        return (self.period_end, self.subscription_id, self.kind == FINAL_ADJUSTMENT)
 
 
 @dataclass
@@ -182,14 +209,22 @@ class Rater:
             periods = closed_periods(sub, now - self.settle, self.grace)
             for k, (period, cutoff) in enumerate(periods):
                 if invoice_id(sub.subscription_id, period.start) not in rated:
-                    due.append(_Due(period.end, sub.subscription_id, sub, periods[:k], period, cutoff))
+                    earlier = [p for p, _ in periods[:k]]
+                    due.append(_Due(period.end, sub.subscription_id, sub, earlier, period, cutoff))
+            final = final_adjustment(sub, now - self.settle, self.grace)
+            if final is not None and invoice_id(sub.subscription_id, final[0][-1].start, FINAL_ADJUSTMENT) not in rated:
+                all_periods, cutoff = final
+                last_cutoff = cutoff_for(all_periods[-1].end, self.grace)
+                due.append(
+                    _Due(last_cutoff, sub.subscription_id, sub, all_periods, all_periods[-1], cutoff, FINAL_ADJUSTMENT)
+                )
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
         self._topups = await asyncio.to_thread(self.store.topup_rules)
         currencies = _grant_currencies(grants)
         cache: UsageCache = {}
-        due.sort(key=lambda d: (d.period_end, d.subscription_id))
+        due.sort(key=lambda d: d.order)
         for offset in range(0, len(due), self.batch_size):
             batch = due[offset : offset + self.batch_size]
             rated_batch = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)
@@ -227,16 +262,17 @@ class Rater:
         pending: dict[str, Billed] = {}
         rated = [
             self._rate(
-                sub,
-                [p for p, _ in earlier],
-                period,
-                cutoff,
-                grants.setdefault(sub.customer_id, []),  # a carried balance joins them for later periods
+                item.sub,
+                item.earlier,
+                item.period,
+                item.cutoff,
+                grants.setdefault(item.sub.customer_id, []),  # a carried balance joins them for later periods
                 drawn,
                 cache,
-                pending.setdefault(sub.subscription_id, {}),
+                pending.setdefault(item.subscription_id, {}),
+                item.kind,
             )
-            for _, _, sub, earlier, period, cutoff in batch
+            for item in batch
         ]
         self.store.store_invoices(rated)
         return rated
@@ -251,16 +287,18 @@ class Rater:
         drawn: dict[str, Decimal],
         cache: UsageCache,
         pending: Billed,
+        kind: str = "period",
     ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here.
 
         ``pending`` is what earlier periods of the subscription billed in invoices rated but
-        not stored yet; this period's lines are added to it.
+        not stored yet; this period's lines are added to it. A final adjustment (``kind``)
+        has only the adjustment lines of ``earlier``, every period of the subscription.
         """
         usage = self._usage_lookup(cache)
         plan = _plan_at(sub, period.start)
-        lines = period_lines(sub, period, cutoff, usage)
-        true_up = minimum_true_up(plan, lines, plan.currency, period)
+        lines = [] if kind == FINAL_ADJUSTMENT else period_lines(sub, period, cutoff, usage)
+        true_up = minimum_true_up(plan, lines, plan.currency, period) if kind != FINAL_ADJUSTMENT else None
         if true_up is not None:
             lines.append(true_up)
         if earlier:
@@ -270,7 +308,7 @@ class Rater:
                 billed[key] = (before_quantity + quantity, before_amount + amount)
             lines.extend(adjustment_lines(sub, earlier, cutoff, usage, billed, plan.currency))
         add_billed(pending, lines, period.start, plan.currency)
-        invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn)
+        invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn, kind)
         balance_before = usable_balance(grants, drawn, plan.currency, period.end)
         recorded = datetime.now(UTC)
         ledger = []
@@ -311,8 +349,16 @@ class Rater:
             # Once per crossing: only the invoice whose draws take the balance from at or
             # above the threshold to below it asks; the request's id derives from the invoice.
             if balance_before >= threshold > balance:
-                request = {"currency": plan.currency, "threshold": str(threshold), "amount": str(amount)}
-                invoice = replace(invoice, topup_requested=({**request, "balance": str(balance)},))
+                money = {"threshold": threshold, "amount": amount, "balance": balance}
+                request = {
+                    "currency": plan.currency,
+                    **{k: str(round_money(v, plan.currency)) for k, v in money.items()},
+                }
+                invoice = replace(invoice, topup_requested=(request,))
+        if kind == FINAL_ADJUSTMENT and not lines and not ledger:
+            # No late usage: nothing to tell the customer. Stored (so the subscription is done
+            # with) but never published; the reports leave it out.
+            invoice = replace(invoice, status=EMPTY)
         log.debug("invoice rated", invoice_id=invoice.invoice_id, customer_id=sub.customer_id, total=invoice.total)
         return RatedInvoice(invoice, cutoff, lines, ledger)
 
@@ -332,7 +378,10 @@ class Rater:
 
         A credit event carries its grant's currency (``currencies``: grant id -> currency), as
         its ledger row does: an expired grant may be in another currency than the invoice.
+        An empty final adjustment is not sent: it has no lines and no movements.
         """
+        if data["status"] == EMPTY:
+            return []
         sent = [
             await self.publish(
                 "invoices",

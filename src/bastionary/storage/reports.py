@@ -107,9 +107,13 @@ class InvoiceReports:
         self.client = client
 
     def invoices(self, customer_id: str | None = None) -> list[tuple[Any, ...]]:
-        """Finalized invoices (one row per invoice id, the latest version), in ``INVOICE_COLUMNS`` order."""
-        where, params = ("WHERE customer_id = {c:String}", {"c": customer_id}) if customer_id else ("", {})
-        sql = f"SELECT {', '.join(INVOICE_COLUMNS)} FROM invoices FINAL {where} ORDER BY period_end, invoice_id"
+        """Finalized invoices (one row per invoice id, the latest version), in ``INVOICE_COLUMNS``
+        order; an empty final adjustment (nothing to bill, never published) is left out."""
+        where, params = ("AND customer_id = {c:String}", {"c": customer_id}) if customer_id else ("", {})
+        sql = (
+            f"SELECT {', '.join(INVOICE_COLUMNS)} FROM invoices FINAL WHERE status != 'empty' {where}"
+            " ORDER BY period_end, invoice_id"
+        )
         return [tuple(row) for row in self.client.query(sql, parameters=params).result_rows]
 
     def ledger(self, customer_id: str) -> list[tuple[Any, ...]]:

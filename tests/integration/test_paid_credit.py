@@ -1,0 +1,101 @@
+"""Paid credit on the real broker and ClickHouse, through the HTTP API: a purchase is drawn
+after a promotional grant, and the invoice that takes the balance below the customer's auto
+top-up threshold asks for more paid credit, once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bastionary.devstack.broker import free_port
+from bastionary.kafka import read_topic
+
+from .dunning_helpers import wait_for
+from .test_http_api import ADMIN, BATCH, Api, cli_json, event
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "carry_catalog.yaml"
+
+
+def test_paid_credit_is_drawn_after_promotional_and_a_crossing_asks_for_a_topup(stack):
+    port = free_port()
+    stack.start_worker(
+        "w1",
+        BASTIONARY_CATALOG=str(CATALOG),
+        BASTIONARY_API_KEYS=ADMIN,
+        BASTIONARY_WEB_PORT=str(port),
+        BASTIONARY_RATING_GRACE="PT0S",
+        BASTIONARY_RATING_INTERVAL="PT1S",
+    )
+    api = Api(port)
+    wait_for(lambda: api.get("/healthz")[0] == 200, 90, "the worker")
+    if datetime.now(UTC).second > 40:
+        time.sleep(61 - datetime.now(UTC).second)
+    start = datetime.now(UTC).replace(second=0, microsecond=0)
+    earlier = (start - timedelta(days=1)).isoformat()
+    rule = {"currency": "USD", "threshold": "8.00", "amount": "20.00"}
+    assert api.post("/v1/customers", {"customer_id": "cust-p", "name": "Paid Ltd", "auto_topup": [rule]})[0] == 202
+    purchase = {
+        "grant_id": "pack-1",
+        "customer_id": "cust-p",
+        "amount": "10.00",
+        "currency": "USD",
+        "price_paid": "9.00",
+        "payment_reference": "pay-1",
+        "priority": 0,  # still after every promotional grant
+        "effective_at": earlier,
+    }
+    assert api.post("/v1/credit-purchases", purchase)[0] == 202
+    promo = {"grant_id": "promo-1", "customer_id": "cust-p", "amount": "5.00", "currency": "USD"}
+    assert api.post("/v1/credit-grants", {**promo, "priority": 900, "effective_at": earlier})[0] == 202
+    sub = {"subscription_id": "sub-p", "customer_id": "cust-p", "plan": "metered", "start": start.isoformat()}
+    assert api.post("/v1/subscriptions", sub)[0] == 202
+    wait_for(lambda: api.get("/v1/customers/cust-p")[0] == 200, 60, "the customer record")
+    assert api.get("/v1/customers/cust-p")[1]["auto_topup"] == [rule]
+    payload = event("cust-p", "use-0", 1000, start + timedelta(seconds=1))  # 10.00
+    assert api.post("/v1/events", [payload], content_type=BATCH)[0] == 202
+
+    def first_invoice() -> dict:
+        found = api.get("/v1/invoices?customer=cust-p")[1]["invoices"]
+        return found[0] if found else {}
+
+    summary = wait_for(first_invoice, 150, "the first invoice")
+    document = api.get(f"/v1/invoices/{summary['invoice_id']}")[1]
+    assert (document["subtotal"], document["credits_applied"], document["total"]) == ("10.00", "10.00", "0.00")
+    assert document["credit_allocations"] == [
+        {"grant_id": "promo-1", "amount": "5.00", "funding": "promotional"},
+        {"grant_id": "pack-1", "amount": "5.00", "funding": "paid"},
+    ]
+    # 15.00 before, 5.00 after: below the 8.00 threshold.
+    assert document["topup_requested"] == [{**rule, "threshold": "8.00", "balance": "5.00"}]
+
+    def topups() -> list[dict]:
+        messages = asyncio.run(read_topic(stack.bootstrap, f"{stack.prefix}billing.credits", idle_seconds=2.0))
+        events = [orjson.loads(m.value) for m in messages]
+        return [e for e in events if e["type"] == "bastionary.credit.topup_requested.v1"]
+
+    (request,) = wait_for(topups, 60, "the top-up request")
+    assert request["data"] == {"customer_id": "cust-p", "invoice_id": summary["invoice_id"], **rule, "balance": "5.00"}
+
+    balance = api.get("/v1/customers/cust-p/credits")[1]
+    assert balance["balances"] == [
+        {"currency": "USD", "promotional": "0", "paid": "5", "carried": "0", "available": "5"}
+    ]
+    assert [(g["grant_id"], g["funding"]) for g in balance["grants"]] == [
+        ("promo-1", "promotional"),
+        ("pack-1", "paid"),
+    ]
+    totals = cli_json(stack, "credits", "balance", "cust-p", "--totals")
+    assert totals == balance["balances"]
+    movements = cli_json(stack, "credits", "ledger", "cust-p")
+    assert movements == api.get("/v1/customers/cust-p/credits/ledger")[1]["movements"]
+    bought = [m for m in movements if m["kind"] == "purchased"]
+    assert [(m["grant_id"], m["amount"], m["price_paid"], m["payment_reference"]) for m in bought] == [
+        ("pack-1", "10", "9", "pay-1")
+    ]
+    assert sorted(m["kind"] for m in movements) == ["applied", "applied", "granted", "purchased"]
