@@ -9,6 +9,7 @@ USAGE_DLQ = "usage.dlq"
 SUBSCRIPTIONS = "billing.subscriptions"
 CREDIT_GRANTS = "billing.credit-grants"
 CUSTOMERS = "billing.customers"
+CREDIT_NOTES = "billing.credit-notes"
 INVOICES = "billing.invoices"
 CREDITS = "billing.credits"
 BILLING_DLQ = "billing.dlq"
@@ -46,6 +47,10 @@ class Topics:
     @property
     def customers(self) -> str:
         return self.name(CUSTOMERS)
+
+    @property
+    def credit_notes(self) -> str:
+        return self.name(CREDIT_NOTES)
 
     @property
     def invoices(self) -> str:
@@ -90,6 +95,7 @@ class Topics:
             self.subscriptions,
             self.credit_grants,
             self.customers,
+            self.credit_notes,
             self.invoices,
             self.credits,
             self.billing_dlq,

@@ -186,6 +186,8 @@ MODEL_SCHEMAS = {
     models.Decision: "Decision",
     models.WriteAccepted: "WriteAccepted",
     models.Customer: "Customer",
+    models.CreditNote: "CreditNote",
+    models.CreditNoteList: "CreditNoteList",
 }
 
 

@@ -1,4 +1,5 @@
-"""`invoices`, `invoice show`, `credits balance` and `credits ledger`: what the rater decided, read back."""
+"""`invoices`, `invoice show`, `credit-notes`, `credit-note show`, `credits balance` and
+`credits ledger`: what the rater decided, read back."""
 
 from __future__ import annotations
 
@@ -50,6 +51,34 @@ def invoice_show(invoice_id: str, html_path: str | None) -> None:
         click.echo(f"wrote {html_path}")
     else:
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+
+
+@click.command("credit-notes")
+@click.option("--customer", default=None)
+@output_format
+def credit_notes(customer: str | None, fmt: str) -> None:
+    """List decided credit notes (issued and rejected)."""
+    from bastionary.storage.credit_notes import LIST_COLUMNS, ClickHouseCreditNoteStore
+
+    rows = ClickHouseCreditNoteStore(reader_client(settings_or_exit())).listing(customer)
+    emit(LIST_COLUMNS, [[jsonable(v) for v in row] for row in rows], fmt)
+
+
+@click.group("credit-note")
+def credit_note() -> None:
+    """One credit note."""
+
+
+@credit_note.command("show")
+@click.argument("credit_note_id")
+def credit_note_show(credit_note_id: str) -> None:
+    """Show a credit note's decision as JSON, as published on billing.invoices."""
+    from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
+
+    document = ClickHouseCreditNoteStore(reader_client(settings_or_exit())).document(credit_note_id)
+    if document is None:
+        raise click.ClickException(f"no credit note {credit_note_id}")
+    click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2))
 
 
 @click.group()

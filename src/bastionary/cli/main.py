@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from bastionary.cli.apikeys import api_key
-from bastionary.cli.billing import credits, invoice, invoices
+from bastionary.cli.billing import credit_note, credit_notes, credits, invoice, invoices
 from bastionary.cli.config import config_cmd
 from bastionary.cli.dunning import clock, dunning
 from bastionary.cli.entitlements import entitlements
@@ -35,6 +35,8 @@ for command in (
     sql,
     invoices,
     invoice,
+    credit_notes,
+    credit_note,
     credits,
     demo,
     bench,

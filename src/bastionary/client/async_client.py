@@ -17,6 +17,9 @@ from bastionary.client.batcher import Batcher, ErrorHandler
 from bastionary.client.models import (
     CreditBalance,
     CreditLedger,
+    CreditNote,
+    CreditNoteList,
+    CreditNoteSummary,
     Customer,
     Decision,
     Invoice,
@@ -169,6 +172,21 @@ class AsyncClient:
 
     async def invoice(self, invoice_id: str) -> Invoice:
         return await self._get(Invoice, f"/v1/invoices/{invoice_id}")
+
+    async def credit_notes(self, customer: str | None = None) -> list[CreditNoteSummary]:
+        params = {"customer": customer} if customer else None
+        return (await self._get(CreditNoteList, "/v1/credit-notes", params)).credit_notes
+
+    async def credit_note(self, credit_note_id: str) -> CreditNote:
+        return await self._get(CreditNote, f"/v1/credit-notes/{credit_note_id}")
+
+    async def request_credit_note(
+        self, credit_note_id: str, invoice_id: str, customer_id: str, **fields: Any
+    ) -> WriteAccepted:
+        """Credit part or all of an invoice: ``amount=``, ``lines=``, neither (all that is
+        creditable) or ``void=True``; ``refund_to="balance"`` (default) or ``"payment"``."""
+        data = {"credit_note_id": credit_note_id, "invoice_id": invoice_id, "customer_id": customer_id}
+        return await self._write("/v1/credit-notes", {**data, **fields})
 
     async def invoice_html(self, invoice_id: str) -> str:
         return (await self._request("GET", f"/v1/invoices/{invoice_id}/html")).text

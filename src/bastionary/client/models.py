@@ -193,6 +193,50 @@ class Address(_Model):
     country: str = ""
 
 
+class CreditNoteLine(_Model):
+    description: str
+    amount: Decimal
+
+
+class CreditNote(_Model):
+    """A credit note request's decision: issued (with where the money went) or rejected."""
+
+    credit_note_id: str
+    requested_id: str
+    request_event_id: str
+    invoice_id: str
+    customer_id: str
+    reason: str
+    requested_at: datetime
+    issued_at: datetime
+    status: str  # issued | rejected
+    rejection: str | None = None
+    currency: str | None = None
+    amount: Decimal | None = None
+    lines: list[CreditNoteLine] = []
+    reduces_amount_due: Decimal | None = None
+    refunded: Decimal | None = None
+    credited_to_balance: Decimal | None = None
+    voids_invoice: bool = False
+
+
+class CreditNoteSummary(_Model):
+    credit_note_id: str
+    invoice_id: str
+    customer_id: str
+    status: str
+    currency: str
+    amount: Decimal
+    reduces_amount_due: Decimal
+    refunded: Decimal
+    credited_to_balance: Decimal
+    issued_at: datetime
+
+
+class CreditNoteList(_Model):
+    credit_notes: list[CreditNoteSummary]
+
+
 class AutoTopup(_Model):
     currency: str
     threshold: Decimal

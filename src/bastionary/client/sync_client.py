@@ -14,6 +14,8 @@ from bastionary.client.async_client import AsyncClient, Moment
 from bastionary.client.models import (
     CreditBalance,
     CreditLedger,
+    CreditNote,
+    CreditNoteSummary,
     Customer,
     Decision,
     Invoice,
@@ -125,6 +127,19 @@ class Client:
 
     def invoice(self, invoice_id: str) -> Invoice:
         return self._run(self._client.invoice(invoice_id))
+
+    def credit_notes(self, customer: str | None = None) -> list[CreditNoteSummary]:
+        return self._run(self._client.credit_notes(customer))
+
+    def credit_note(self, credit_note_id: str) -> CreditNote:
+        return self._run(self._client.credit_note(credit_note_id))
+
+    def request_credit_note(
+        self, credit_note_id: str, invoice_id: str, customer_id: str, **fields: Any
+    ) -> WriteAccepted:
+        """Credit part or all of an invoice: ``amount=``, ``lines=``, neither (all that is
+        creditable) or ``void=True``; ``refund_to="balance"`` (default) or ``"payment"``."""
+        return self._run(self._client.request_credit_note(credit_note_id, invoice_id, customer_id, **fields))
 
     def invoice_html(self, invoice_id: str) -> str:
         return self._run(self._client.invoice_html(invoice_id))

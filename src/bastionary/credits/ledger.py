@@ -16,9 +16,15 @@ LEDGER_NAMESPACE = uuid.UUID("0d7f6c1e-54a1-4b7f-8c57-4c1d5d1d0b11")
 
 
 # What a grant's credit is, from the ledger row that opened it: ``granted`` (promotional),
-# ``purchased`` (paid for: a top-up) or ``carried`` (a negative invoice's remainder).
+# ``purchased`` (paid for: a top-up), or the customer's balance, ``carried``: a negative
+# invoice's remainder (``carried``) or what a credit note gave back (``credit_note``).
 Funding = Literal["promotional", "paid", "carried"]
-FUNDING_OF_KIND: dict[str, Funding] = {"granted": "promotional", "purchased": "paid", "carried": "carried"}
+FUNDING_OF_KIND: dict[str, Funding] = {
+    "granted": "promotional",
+    "purchased": "paid",
+    "carried": "carried",
+    "credit_note": "carried",
+}
 # Promotional credit is drawn first (it has no cash value and usually expires), then paid
 # credit (it may expire if its purchase says so), then the carried balance (never expires).
 FUNDING_ORDER: dict[str, int] = {"promotional": 0, "paid": 1, "carried": 2}

@@ -66,6 +66,7 @@ class Pause:
 class Case:
     invoice: InvoiceFacts
     paid: Decimal = Decimal(0)  # succeeded minus refunded payments, each payment_id once
+    credited: Decimal = Decimal(0)  # by issued credit notes, each once
     voided: bool = False
     pauses: list[Pause] = field(default_factory=list)
     steps_done: set[int] = field(default_factory=set)  # 1-based steps sent, applied or skipped
@@ -77,7 +78,7 @@ class Case:
 
     @property
     def amount_due(self) -> Decimal:
-        return max(self.invoice.total - self.paid, Decimal(0))
+        return max(self.invoice.total - self.paid - self.credited, Decimal(0))
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Record:
 def state_of(case: Case, now: datetime) -> str:
     if case.voided:
         return VOID
-    if case.paid >= case.invoice.total:
+    if case.paid + case.credited >= case.invoice.total:  # settled, by payments and credit notes
         return PAID
     if case.state == UNCOLLECTIBLE:
         return UNCOLLECTIBLE

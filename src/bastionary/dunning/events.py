@@ -18,6 +18,7 @@ from typing import Annotated
 from pydantic import AwareDatetime, Field, StrictStr, model_validator
 
 from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
+from bastionary.rating.credit_notes import CREDIT_NOTE_ISSUED
 from bastionary.rating.events import (
     LATEST,
     MAX_CHANNEL_LENGTH,
@@ -99,6 +100,54 @@ class ResponseData(_Data):
     # Not bounded here: parse_response tells a promise too far (promise_too_far) from a bad one.
     promised_by: AwareDatetime | None = None
     reason: Text = ""
+
+
+class CreditNoteIssuedData(_Data):
+    """What dunning keeps of a ``bastionary.credit_note.issued.v1`` (the rater's own event)."""
+
+    credit_note_id: Id
+    invoice_id: Id
+    customer_id: Id
+    currency: StrictStr
+    amount: Amount = Field(gt=0)
+    voids_invoice: bool = False
+    issued_at: BillingTime
+
+    @model_validator(mode="after")
+    def _money(self) -> CreditNoteIssuedData:
+        check_currency(self.currency, self.amount)
+        return self
+
+
+def parse_credit_note_issued(value: bytes) -> CreditNoteIssuedData | None:
+    """An issued credit note on ``billing.invoices``; None for the other types there."""
+    event = parse_envelope(value)
+    if event.type != CREDIT_NOTE_ISSUED:
+        return None
+    return parse_data(CreditNoteIssuedData, event)
+
+
+def credit_note_rows(event_id: str, data: CreditNoteIssuedData, received: datetime) -> list[PaymentRow]:
+    """A credit note lowers what is due by its whole amount, whatever part of it was given
+    back (so a refund the payment system also reports as ``payment.refunded`` nets out); a
+    void also voids the invoice. Keyed by the credit note id: a redelivery counts once."""
+    rows = [
+        PaymentRow(
+            event_id,
+            "credited",
+            data.credit_note_id,
+            data.invoice_id,
+            data.customer_id,
+            data.amount,
+            data.currency,
+            data.issued_at,
+            "credit note",
+            received,
+        )
+    ]
+    if data.voids_invoice:
+        rows.append(rows[0]._replace(kind="voided", amount=Decimal(0), reason="voided by a credit note"))
+    return rows
 
 
 def parse_invoice(value: bytes) -> InvoiceData | None:

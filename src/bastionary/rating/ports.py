@@ -37,7 +37,7 @@ class LedgerRow(NamedTuple):
     """A credit movement: a row of ``credit_ledger``."""
 
     movement_id: str
-    kind: str  # granted | purchased | voided | applied | expired | carried
+    kind: str  # granted | purchased | voided | applied | expired | carried | credit_note
     grant_id: str
     customer_id: str
     amount: Decimal

@@ -23,7 +23,7 @@ from bastionary.storage.queries import QueryParameters, value_expression
 
 SUBSCRIPTION_COLUMNS = SubscriptionRow._fields
 # The ledger rows that open a grant, from the billing inputs: they count as soon as stored.
-OPENING_KINDS = "('granted', 'purchased', 'voided')"
+OPENING_KINDS = "('granted', 'purchased', 'voided', 'credit_note')"
 LEDGER_COLUMNS = LedgerRow._fields
 INVOICE_COLUMNS = (
     "invoice_id",

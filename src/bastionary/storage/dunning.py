@@ -124,6 +124,8 @@ class ClickHouseDunningStore:
                 case.paid += Decimal(amount)
             elif kind == "refunded":
                 case.paid -= Decimal(amount)
+            elif kind == "credited":
+                case.credited += Decimal(amount)
             elif kind == "voided":
                 case.voided = True
         self._load_trail(cases)

@@ -122,7 +122,7 @@ class InvoiceReports:
         marker of the rater's store)."""
         sql = (
             f"SELECT {', '.join(LEDGER_COLUMNS)} FROM credit_ledger FINAL WHERE customer_id = {{c:String}}"
-            " AND (kind IN ('granted', 'purchased', 'voided')"
+            " AND (kind IN ('granted', 'purchased', 'voided', 'credit_note')"
             " OR invoice_id IN (SELECT invoice_id FROM invoices WHERE customer_id = {c:String}))"
             " ORDER BY recorded_at, movement_id"
         )

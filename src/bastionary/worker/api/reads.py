@@ -18,6 +18,8 @@ from aiohttp import web
 from bastionary.apikeys import ApiKey
 from bastionary.credits.balances import balances
 from bastionary.rating.render import render_html
+from bastionary.storage.credit_notes import LIST_COLUMNS as CREDIT_NOTE_COLUMNS
+from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
 from bastionary.storage.queries import WINDOWS
 from bastionary.storage.reports import (
     INVOICE_COLUMNS,
@@ -138,6 +140,28 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             if isinstance(document, web.Response):
                 return document
             return web.Response(text=render_html(document), content_type="text/html")
+
+    @app.page("/v1/credit-notes")
+    class CreditNotesView(faust.web.View):
+        async def get(self, request: Any) -> Any:
+            allowed = guard.customer_query(request, "read")
+            if isinstance(allowed, web.Response):
+                return allowed
+            _, customer = allowed
+            rows = await asyncio.to_thread(ClickHouseCreditNoteStore(backend.reader).listing, customer)
+            notes = [dict(zip(CREDIT_NOTE_COLUMNS, map(jsonable, row), strict=True)) for row in rows]
+            return self.json({"credit_notes": notes})
+
+    @app.page("/v1/credit-notes/{credit_note_id}")
+    class CreditNoteView(faust.web.View):
+        async def get(self, request: Any, credit_note_id: str) -> Any:
+            key = guard.key(request, "read")
+            if not isinstance(key, ApiKey):
+                return key
+            document = await asyncio.to_thread(ClickHouseCreditNoteStore(backend.reader).document, credit_note_id)
+            if document is None or not key.may_see(document.get("customer_id")):
+                return json_error(404, "unknown_credit_note", f"no credit note {credit_note_id[:64]!r}")
+            return self.json(document)
 
     def customer_read(path: str, answer: Callable[[ApiBackend, web.Request, str], dict[str, Any]]) -> None:
         """GET ``path`` for one customer: the key checked, then ``answer`` (it reads ClickHouse) in a thread."""

@@ -27,6 +27,7 @@ from aiohttp import web
 from bastionary.apikeys import ApiKey
 from bastionary.dunning.events import PAYMENT_TYPES, parse_payment
 from bastionary.outbound import cloud_event
+from bastionary.rating.credit_notes import CREDIT_NOTE_REQUESTED, parse_credit_note_request
 from bastionary.rating.customers import CUSTOMER_UPSERTED, parse_customer
 from bastionary.rating.events import (
     CREDIT_TYPES,
@@ -72,6 +73,11 @@ def _customer(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any
     return envelope, "upserted", data
 
 
+def _credit_note(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
+    envelope, data = parse_credit_note_request(value, latest_time=latest)
+    return envelope, "requested", data
+
+
 def _payment(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
     return parse_payment(value, latest_time=latest)
 
@@ -102,6 +108,7 @@ WRITES = (
         _credit,
         "grant_id",
     ),
+    Write("/v1/credit-notes", lambda t: t.credit_notes, CREDIT_NOTE_REQUESTED, _credit_note),
     Write("/v1/payments", lambda t: t.payments, None, _payment),
 )
 PAYMENT_OUTCOMES = {kind: event_type for event_type, kind in PAYMENT_TYPES.items()}

@@ -1,4 +1,5 @@
-"""The billing service: subscription and credit-grant intake, and the rater on a timer."""
+"""The billing service: subscription, credit-grant, customer and credit-note intake, and the
+rater and the credit note desk on a timer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import structlog
 
 from bastionary.catalog import Catalog
+from bastionary.rating.credit_note_desk import CreditNoteDesk
+from bastionary.rating.credit_notes import parse_credit_note_request
 from bastionary.rating.customers import customer_row, parse_customer
 from bastionary.rating.events import (
     InvalidBillingEvent,
@@ -20,6 +23,7 @@ from bastionary.rating.events import (
 )
 from bastionary.rating.rater import Rater
 from bastionary.storage.billing import ClickHouseBillingStore
+from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
 from bastionary.worker.context import WorkerContext
 from bastionary.worker.intake import consume_intake
 
@@ -33,6 +37,7 @@ class BillingService:
         self._store_factory = store_factory
         self._store: ClickHouseBillingStore | None = None
         self._rater: Rater | None = None
+        self._desk: CreditNoteDesk | None = None
         self._plan_keys = {plan.key for plan in catalog.plans}
 
     def store(self) -> ClickHouseBillingStore:
@@ -51,6 +56,7 @@ class BillingService:
         app.agent(self.ctx.topic(topics.subscriptions), name="billing-subscriptions")(self._subscription_intake)
         app.agent(self.ctx.topic(topics.credit_grants), name="billing-credit-grants")(self._credit_intake)
         app.agent(self.ctx.topic(topics.customers), name="billing-customers")(self._customer_intake)
+        app.agent(self.ctx.topic(topics.credit_notes), name="billing-credit-notes")(self._credit_note_intake)
         if self.ctx.settings.rating_enabled:
             app.timer(interval=self.ctx.settings.rating_interval.total_seconds())(self._rate_closed_periods)
 
@@ -73,6 +79,15 @@ class BillingService:
 
     async def _customer_intake(self, stream: Any) -> None:
         await self._intake(stream, self._store_customer)
+
+    async def _credit_note_intake(self, stream: Any) -> None:
+        await self._intake(stream, self._store_credit_note_request)
+
+    async def _store_credit_note_request(self, message: Any) -> None:
+        # Checked against the invoice later, by the desk of the worker rating the customer.
+        envelope, request = parse_credit_note_request(message.value or b"", latest_time=self.ctx.latest_time(message))
+        store = ClickHouseCreditNoteStore(self.store().client)
+        await asyncio.to_thread(store.insert_request, envelope, request)
 
     async def _store_customer(self, message: Any) -> None:
         envelope, data = parse_customer(message.value or b"", latest_time=self.ctx.latest_time(message))
@@ -105,6 +120,9 @@ class BillingService:
                 self._publish,
                 self.owns,
             )
+        if self._desk is None:
+            notes = ClickHouseCreditNoteStore(self.store().client)
+            self._desk = CreditNoteDesk(notes, self.store().insert_ledger, self._publish, self.owns)
         try:
             result = await self._rater.run_once()
         except Exception:
@@ -112,3 +130,7 @@ class BillingService:
             return
         if result.invoices or result.republished:
             log.info("rating run", invoices=len(result.invoices), republished=result.republished)
+        try:  # after rating: a note may credit an invoice this run issued
+            await self._desk.run_once()
+        except Exception:
+            log.exception("credit note run failed; retried on the next tick")

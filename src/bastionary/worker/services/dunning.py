@@ -17,6 +17,8 @@ from bastionary.dunning.dunner import Dunner
 from bastionary.dunning.events import (
     check_against_invoice,
     check_promise,
+    credit_note_rows,
+    parse_credit_note_issued,
     parse_invoice,
     parse_payment,
     parse_response,
@@ -91,11 +93,15 @@ class DunningService:
         await self._intake(stream, self.ctx.topics.dunning_dlq, self._store_response)
 
     async def _store_invoice(self, message: Any) -> None:
-        data = parse_invoice(message.value or b"")
-        if data is None:
+        value = message.value or b""
+        data = parse_invoice(value)
+        if data is not None:
+            await asyncio.to_thread(self.store().insert_receivables, [receivable_row(data, datetime.now(UTC))])
             return
-        row = receivable_row(data, datetime.now(UTC))
-        await asyncio.to_thread(self.store().insert_receivables, [row])
+        note = parse_credit_note_issued(value)
+        if note is not None:
+            rows = credit_note_rows(note.credit_note_id, note, datetime.now(UTC))
+            await asyncio.to_thread(self.store().insert_payments, rows)
 
     async def _store_payment(self, message: Any) -> None:
         store = self.store()

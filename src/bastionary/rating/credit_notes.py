@@ -1,0 +1,183 @@
+"""Credit notes: a request to credit part or all of an issued invoice, and the decision.
+
+A ``bastionary.credit_note.requested.v1`` on ``billing.credit-notes`` (keyed by customer id)
+names the invoice and either an ``amount``, ``lines`` (the amount is their sum), nothing (all
+that is still creditable) or ``void: true`` (the whole invoice, which must be unpaid and
+uncredited). The worker that rates the customer decides each request in the order received,
+against the invoice as stored and what was paid and credited so far (:func:`decide`):
+
+- the amount first reduces what is still due (``reduces_amount_due``);
+- the rest, at most what was paid and not yet given back, is given back: to the customer's
+  credit balance (``refund_to: balance``, the default: a ``credit_note`` row of
+  ``credit_ledger``, drawn like a carried balance) or as a refund the payment system makes
+  (``refund_to: payment``: ``refunded``).
+
+Pure Python: no broker, no database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from bastionary.money import round_money
+from bastionary.rating.events import (
+    Amount,
+    BillingEvent,
+    Id,
+    InvalidBillingEvent,
+    Text,
+    amount_problem,
+    parse_data,
+    parse_envelope,
+    preview,
+)
+
+CREDIT_NOTE_REQUESTED = "bastionary.credit_note.requested.v1"
+CREDIT_NOTE_ISSUED = "bastionary.credit_note.issued.v1"
+CREDIT_NOTE_REJECTED = "bastionary.credit_note.rejected.v1"
+# Issued credit note ids are UUIDv5 of (customer, requested id) in this namespace.
+CREDIT_NOTE_NAMESPACE = uuid.UUID("5f2b0a3c-8e1d-4c6a-9b7e-2d4f6a8c0e13")
+MAX_LINES = 100
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CreditNoteLine(_Data):
+    description: Annotated[str, Field(min_length=1, max_length=512)]
+    amount: Amount = Field(gt=0)
+
+
+class CreditNoteRequest(_Data):
+    credit_note_id: Id  # the requester's id: a repeat of it is the same request
+    invoice_id: Id
+    customer_id: Id
+    amount: Amount | None = Field(default=None, gt=0)
+    lines: Annotated[list[CreditNoteLine], Field(max_length=MAX_LINES)] | None = None
+    reason: Text = ""
+    refund_to: Literal["balance", "payment"] = "balance"
+    void: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> CreditNoteRequest:
+        if self.void and (self.amount is not None or self.lines is not None):
+            raise ValueError("void credits the whole invoice: give neither amount nor lines")
+        if self.amount is not None and self.lines is not None:
+            raise ValueError("give amount or lines, not both")
+        if self.lines is not None and not self.lines:
+            raise ValueError("lines must not be empty")
+        return self
+
+    @property
+    def requested_amount(self) -> Decimal | None:
+        """None: all that is still creditable."""
+        if self.lines is not None:
+            return sum((line.amount for line in self.lines), Decimal(0))
+        return self.amount
+
+
+def parse_credit_note_request(
+    value: bytes, *, latest_time: datetime | None = None
+) -> tuple[BillingEvent, CreditNoteRequest]:
+    event = parse_envelope(value, latest_time)
+    if event.type != CREDIT_NOTE_REQUESTED:
+        raise InvalidBillingEvent("unknown_type", f"not a credit note event type: {preview(event.type)}")
+    return event, parse_data(CreditNoteRequest, event)
+
+
+def credit_note_id(customer_id: str, requested_id: str) -> str:
+    return str(uuid.uuid5(CREDIT_NOTE_NAMESPACE, f"{customer_id}|{requested_id}"))
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An invoice as a credit note finds it."""
+
+    invoice_id: str
+    customer_id: str
+    currency: str
+    total: Decimal
+    paid: Decimal  # succeeded minus refunded payments
+    credited: Decimal  # by credit notes issued before
+    reduced: Decimal  # the part of ``credited`` that reduced what was due
+
+
+@dataclass(frozen=True)
+class Decision:
+    credit_note_id: str
+    status: Literal["issued", "rejected"]
+    document: dict[str, Any]
+    credited_to_balance: Decimal  # a credit_note ledger row of this amount (issued only)
+
+    @property
+    def issued(self) -> bool:
+        return self.status == "issued"
+
+
+def decide(
+    event_id: str, requested_at: datetime, request: CreditNoteRequest, standing: Standing | None, issued_at: datetime
+) -> Decision:
+    """Issue or reject one request. Amounts are exact in the invoice's currency: a request
+    with more decimals than the currency has is rejected, never rounded."""
+    note_id = credit_note_id(request.customer_id, request.credit_note_id)
+    base: dict[str, Any] = {
+        "credit_note_id": note_id,
+        "requested_id": request.credit_note_id,
+        "request_event_id": event_id,
+        "invoice_id": request.invoice_id,
+        "customer_id": request.customer_id,
+        "reason": request.reason,
+        "requested_at": requested_at.isoformat(),
+        "issued_at": issued_at.isoformat(),
+    }
+
+    def reject(why: str) -> Decision:
+        return Decision(note_id, "rejected", {**base, "status": "rejected", "rejection": why}, Decimal(0))
+
+    if standing is None:
+        return reject(f"no invoice {preview(request.invoice_id)}")
+    if standing.customer_id != request.customer_id:
+        return reject(f"invoice {preview(request.invoice_id)} is not customer {preview(request.customer_id)}'s")
+    currency = standing.currency
+    creditable = standing.total - standing.credited
+    if request.void:
+        if standing.paid > 0 or standing.credited > 0:
+            return reject("only an unpaid invoice without credit notes can be voided: issue a credit note instead")
+        amount = standing.total
+    else:
+        requested = request.requested_amount
+        amount = creditable if requested is None else requested
+        if (problem := amount_problem(amount, currency)) is not None:
+            return reject(f"amount {amount} {problem}")
+        if amount > creditable:
+            return reject(f"amount {amount} is more than the {creditable} {currency} still creditable")
+    if amount <= 0:
+        return reject("nothing left to credit")
+    due = max(standing.total - standing.paid - standing.reduced, Decimal(0))
+    reduces_due = min(amount, due)
+    given_back = amount - reduces_due
+    to_balance = given_back if request.refund_to == "balance" else Decimal(0)
+    lines = request.lines or [CreditNoteLine(description=request.reason or "Credit", amount=amount)]
+
+    def money(value: Decimal) -> str:
+        return str(round_money(value, currency))  # exact already: this fixes the scale
+
+    document = {
+        **base,
+        "status": "issued",
+        "currency": currency,
+        "amount": money(amount),
+        "lines": [{"description": line.description, "amount": money(line.amount)} for line in lines],
+        "reduces_amount_due": money(reduces_due),
+        "refunded": money(given_back - to_balance),
+        "credited_to_balance": money(to_balance),
+        "voids_invoice": request.void,
+    }
+    return Decision(note_id, "issued", document, to_balance)

@@ -1,0 +1,182 @@
+"""ClickHouse reads and writes for credit notes (:class:`bastionary.rating.ports.CreditNoteStore`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from bastionary.rating.credit_notes import CreditNoteRequest, Decision, Standing, credit_note_id
+from bastionary.rating.events import BillingEvent
+from bastionary.storage.client import Client
+
+COLUMNS = (
+    "credit_note_id",
+    "requested_id",
+    "request_event_id",
+    "invoice_id",
+    "customer_id",
+    "status",
+    "currency",
+    "amount",
+    "reduces_amount_due",
+    "refunded",
+    "credited_to_balance",
+    "requested_at",
+    "issued_at",
+    "request",
+    "document",
+    "version",
+)
+REQUESTED, DECIDED, PUBLISHED = 0, 1, 2
+ZERO = Decimal(0)
+LIST_COLUMNS = (
+    "credit_note_id",
+    "invoice_id",
+    "customer_id",
+    "status",
+    "currency",
+    "amount",
+    "reduces_amount_due",
+    "refunded",
+    "credited_to_balance",
+    "issued_at",
+)
+
+
+class ClickHouseCreditNoteStore:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def insert_request(self, envelope: BillingEvent, request: CreditNoteRequest) -> None:
+        row = (
+            credit_note_id(request.customer_id, request.credit_note_id),
+            request.credit_note_id,
+            envelope.id,
+            request.invoice_id,
+            request.customer_id,
+            "requested",
+            "",
+            ZERO,
+            ZERO,
+            ZERO,
+            ZERO,
+            envelope.time,
+            None,
+            request.model_dump_json(),
+            "",
+            REQUESTED,
+        )
+        self.client.insert("credit_notes", [row], column_names=COLUMNS)
+
+    def _rows(self, versions: tuple[int, ...]) -> list[tuple[Any, ...]]:
+        # Filtered after FINAL: a decided row replaces its request.
+        rows = self.client.query(
+            "SELECT request_event_id, request, document, credited_to_balance, customer_id, version, requested_at"
+            " FROM credit_notes FINAL ORDER BY requested_at, credit_note_id"
+        ).result_rows
+        return [row for row in rows if row[5] in versions]
+
+    def requests(self) -> list[tuple[str, datetime, CreditNoteRequest]]:
+        """Requests not decided yet, oldest first: (request event id, its time, request)."""
+        return [
+            (row[0], row[6].replace(tzinfo=UTC), CreditNoteRequest.model_validate_json(row[1]))
+            for row in self._rows((REQUESTED,))
+        ]
+
+    def unpublished(self) -> list[tuple[dict[str, Any], Decimal]]:
+        """Decisions stored but not confirmed published: (document, credited to balance)."""
+        return [(orjson.loads(row[2]), Decimal(row[3])) for row in self._rows((DECIDED,))]
+
+    def standing(self, invoice_id: str) -> Standing | None:
+        """The invoice as stored by the rater, what was paid for it, and its issued credit notes."""
+        invoices = self.client.query(
+            "SELECT customer_id, currency, total FROM invoices FINAL WHERE invoice_id = {i:String}"
+            " AND status != 'empty'",
+            parameters={"i": invoice_id},
+        ).result_rows
+        if not invoices:
+            return None
+        customer, currency, total = invoices[0]
+        paid = self.client.query(
+            "SELECT sumIf(amount, kind = 'succeeded') - sumIf(amount, kind = 'refunded') FROM payments FINAL"
+            " WHERE invoice_id = {i:String}",
+            parameters={"i": invoice_id},
+        ).result_rows[0][0]
+        credited, reduced = self.client.query(
+            "SELECT sum(amount), sum(reduces_amount_due) FROM credit_notes FINAL"
+            " WHERE customer_id = {c:String} AND invoice_id = {i:String} AND status = 'issued'",
+            parameters={"c": customer, "i": invoice_id},
+        ).result_rows[0]
+        return Standing(
+            invoice_id, customer, currency, Decimal(total), Decimal(paid or 0), Decimal(credited), Decimal(reduced)
+        )
+
+    def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]], version: int = DECIDED) -> None:
+        rows = []
+        for event_id, request, decision in decisions:
+            data = decision.document
+            issued = decision.issued
+
+            def amount(name: str, data: dict[str, Any] = data, issued: bool = issued) -> Decimal:
+                return Decimal(data[name]) if issued else ZERO
+
+            rows.append(
+                (
+                    decision.credit_note_id,
+                    request.credit_note_id,
+                    event_id,
+                    request.invoice_id,
+                    request.customer_id,
+                    decision.status,
+                    data.get("currency", ""),
+                    amount("amount"),
+                    amount("reduces_amount_due"),
+                    amount("refunded"),
+                    amount("credited_to_balance"),
+                    datetime.fromisoformat(data["requested_at"]),
+                    datetime.fromisoformat(data["issued_at"]),
+                    request.model_dump_json(),
+                    orjson.dumps(data).decode(),
+                    version,
+                )
+            )
+        if rows:
+            self.client.insert("credit_notes", rows, column_names=COLUMNS)
+
+    def mark_published(self, documents: list[dict[str, Any]]) -> None:
+        """Rewrite each decision (as stored) with version 2."""
+        if not documents:
+            return
+        ids = [document["credit_note_id"] for document in documents]
+        rows = self.client.query(
+            f"SELECT {', '.join(COLUMNS)} FROM credit_notes FINAL WHERE credit_note_id IN {{ids:Array(String)}}",
+            parameters={"ids": ids},
+        ).result_rows
+        published = [(*row[:-1], PUBLISHED) for row in rows if row[-1] == DECIDED]
+        if published:
+            self.client.insert("credit_notes", published, column_names=COLUMNS)
+
+    # -- reports -------------------------------------------------------------------------
+
+    def listing(self, customer_id: str | None = None) -> list[tuple[Any, ...]]:
+        """Decided credit notes (issued and rejected), in ``LIST_COLUMNS`` order, oldest first."""
+        where, params = ("WHERE customer_id = {c:String}", {"c": customer_id}) if customer_id else ("", {})
+        rows = self.client.query(
+            f"SELECT {', '.join(LIST_COLUMNS)}, version FROM credit_notes FINAL {where}"
+            " ORDER BY issued_at, credit_note_id",
+            parameters=params,
+        ).result_rows
+        return [tuple(row[:-1]) for row in rows if row[-1] != REQUESTED]
+
+    def document(self, note_id: str) -> dict[str, Any] | None:
+        rows = self.client.query(
+            "SELECT document, version FROM credit_notes FINAL WHERE credit_note_id = {i:String}",
+            parameters={"i": note_id},
+        ).result_rows
+        if not rows or rows[0][1] == REQUESTED:
+            return None
+        document: dict[str, Any] = orjson.loads(rows[0][0])
+        return document

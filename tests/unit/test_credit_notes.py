@@ -1,0 +1,329 @@
+"""Credit notes (``rating/credit_notes.py`` and the desk): what a request credits, where the
+money goes, and that no sequence of notes credits an invoice more than once in total."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bastionary.credits.ledger import FUNDING_OF_KIND
+from bastionary.dunning.engine import PAID, Case, InvoiceFacts, state_of
+from bastionary.dunning.events import credit_note_rows, parse_credit_note_issued
+from bastionary.rating.credit_note_desk import CreditNoteDesk
+from bastionary.rating.credit_notes import (
+    CREDIT_NOTE_ISSUED,
+    CREDIT_NOTE_REQUESTED,
+    CreditNoteRequest,
+    Decision,
+    Standing,
+    credit_note_id,
+    decide,
+    parse_credit_note_request,
+)
+from bastionary.rating.events import InvalidBillingEvent
+from bastionary.rating.ports import LedgerRow
+
+D = Decimal
+NOW = datetime(2026, 3, 5, 12, tzinfo=UTC)
+ASKED = datetime(2026, 3, 5, 11, tzinfo=UTC)
+
+
+def request(**fields: Any) -> CreditNoteRequest:
+    return CreditNoteRequest.model_validate(
+        {"credit_note_id": "cn-1", "invoice_id": "inv-1", "customer_id": "c1"} | fields
+    )
+
+
+def standing(total: str = "100.00", paid: str = "0", credited: str = "0", reduced: str = "0") -> Standing:
+    return Standing("inv-1", "c1", "USD", D(total), D(paid), D(credited), D(reduced))
+
+
+def issued(req: CreditNoteRequest, at: Standing | None) -> dict[str, Any]:
+    decision = decide("evt-1", ASKED, req, at, NOW)
+    assert decision.issued, decision.document
+    return decision.document
+
+
+def split(document: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (document["amount"], document["reduces_amount_due"], document["refunded"], document["credited_to_balance"])
+
+
+# --- what a note credits, and where it goes ----------------------------------------------
+
+
+def test_a_note_on_an_open_invoice_reduces_what_is_due():
+    assert split(issued(request(amount="30"), standing())) == ("30.00", "30.00", "0.00", "0.00")
+
+
+def test_a_note_on_a_paid_invoice_goes_to_the_balance_by_default_or_back_to_the_payment():
+    assert split(issued(request(amount="30"), standing(paid="100"))) == ("30.00", "0.00", "0.00", "30.00")
+    refund = request(amount="30", refund_to="payment")
+    assert split(issued(refund, standing(paid="100"))) == ("30.00", "0.00", "30.00", "0.00")
+
+
+def test_a_note_on_a_partly_paid_invoice_reduces_the_due_first_and_gives_back_the_rest():
+    assert split(issued(request(amount="70"), standing(paid="50"))) == ("70.00", "50.00", "0.00", "20.00")
+
+
+def test_no_amount_credits_all_that_is_still_creditable():
+    document = issued(request(), standing(paid="40", credited="25", reduced="25"))
+    assert split(document) == ("75.00", "35.00", "0.00", "40.00")
+    assert document["lines"] == [{"description": "Credit", "amount": "75.00"}]
+
+
+def test_lines_name_what_is_credited_and_sum_to_the_amount():
+    lines = [{"description": "Outage 3 March", "amount": "12.5"}, {"description": "Goodwill", "amount": "2"}]
+    document = issued(request(lines=lines, reason="outage"), standing())
+    assert document["amount"] == "14.50"
+    assert document["lines"] == [
+        {"description": "Outage 3 March", "amount": "12.50"},
+        {"description": "Goodwill", "amount": "2.00"},
+    ]
+
+
+def test_a_void_credits_the_whole_unpaid_invoice():
+    document = issued(request(void=True), standing())
+    assert split(document) == ("100.00", "100.00", "0.00", "0.00") and document["voids_invoice"] is True
+
+
+@pytest.mark.parametrize(
+    ("req", "at", "why"),
+    [
+        (request(amount="100.01"), standing(), "more than the 100.00 USD still creditable"),
+        (request(amount="10"), standing(credited="95"), "still creditable"),
+        (request(), standing(credited="100"), "nothing left to credit"),
+        (request(amount="0.001"), standing(), "decimal place"),
+        (request(void=True), standing(paid="1"), "only an unpaid invoice"),
+        (request(void=True), standing(credited="1", reduced="1"), "only an unpaid invoice"),
+        (request(amount="1"), None, "no invoice"),
+        (request(amount="1", customer_id="c2"), standing(), "is not customer"),
+    ],
+)
+def test_what_cannot_be_credited_is_rejected_with_the_reason(req, at, why):
+    decision = decide("evt-1", ASKED, req, at, NOW)
+    assert decision.status == "rejected" and why in decision.document["rejection"]
+    assert decision.credited_to_balance == 0
+
+
+def test_the_issued_id_is_deterministic_per_customer_and_requested_id():
+    assert decide("evt-1", ASKED, request(amount="1"), standing(), NOW).credit_note_id == credit_note_id("c1", "cn-1")
+    assert credit_note_id("c1", "cn-1") != credit_note_id("c2", "cn-1")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"amount": "1", "lines": [{"description": "x", "amount": "1"}]},
+        {"void": True, "amount": "1"},
+        {"lines": []},
+        {"amount": "0"},
+        {"amount": "-1"},
+        {"refund_to": "cash"},
+        {"unknown": 1},
+    ],
+)
+def test_a_request_that_cannot_be_read_is_invalid_data(data):
+    event = {
+        "specversion": "1.0",
+        "id": "e",
+        "source": "s",
+        "type": CREDIT_NOTE_REQUESTED,
+        "time": "2026-03-05T10:00:00Z",
+        "data": {"credit_note_id": "cn", "invoice_id": "inv", "customer_id": "c"} | data,
+    }
+    with pytest.raises(InvalidBillingEvent) as raised:
+        parse_credit_note_request(json.dumps(event).encode())
+    assert raised.value.code == "invalid_data"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)),
+    data=st.dictionaries(
+        st.sampled_from(["credit_note_id", "invoice_id", "customer_id", "amount", "lines", "void", "refund_to"]),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=6), st.lists(st.text(max_size=3))),
+    ),
+)
+def test_any_input_gives_a_request_or_the_parser_s_error(value, data):
+    event = {"specversion": "1.0", "id": "e", "source": "s", "type": CREDIT_NOTE_REQUESTED, "time": NOW.isoformat()}
+    for candidate in (value, json.dumps(event | {"data": data}).encode()):
+        try:
+            parse_credit_note_request(candidate)
+        except InvalidBillingEvent:
+            pass
+
+
+# --- any sequence of notes against one invoice --------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    total=st.integers(1, 100_00),
+    paid=st.integers(0, 100_00),
+    notes=st.lists(
+        st.tuples(st.none() | st.integers(1, 120_00), st.sampled_from(["balance", "payment"]), st.booleans()),
+        max_size=6,
+    ),
+)
+def test_notes_never_credit_more_than_the_invoice_nor_give_back_more_than_was_paid(total, paid, notes):
+    at = Standing("inv-1", "c1", "USD", D(total) / 100, D(min(paid, total)) / 100, D(0), D(0))
+    given_back = D(0)
+    for n, (cents, refund_to, void) in enumerate(notes):
+        fields: dict[str, Any] = {"credit_note_id": f"cn-{n}", "refund_to": refund_to}
+        if void:
+            fields["void"] = True
+        elif cents is not None:
+            fields["amount"] = str(D(cents) / 100)
+        decision = decide(f"evt-{n}", ASKED, request(**fields), at, NOW)
+        if not decision.issued:
+            continue
+        amount, reduced, refunded, balance = (D(v) for v in split(decision.document))
+        assert amount > 0 and reduced >= 0 and refunded >= 0 and balance >= 0
+        assert amount == reduced + refunded + balance
+        given_back += refunded + balance
+        at = Standing("inv-1", "c1", "USD", at.total, at.paid, at.credited + amount, at.reduced + reduced)
+    assert at.credited <= at.total
+    assert given_back <= at.paid  # never more back than was paid
+    assert at.reduced <= at.total - at.paid  # never below zero due
+
+
+# --- dunning sees the open balance shrink ------------------------------------------------
+
+
+def issued_event(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {"specversion": "1.0", "id": document["credit_note_id"], "source": "bastionary/rater",
+         "type": CREDIT_NOTE_ISSUED, "time": document["issued_at"], "data": document}
+    )  # fmt: skip
+
+
+def case_after(total: str, paid: str, *documents: dict[str, Any]) -> Case:
+    facts = InvoiceFacts("inv-1", "c1", "pro", "USD", D(total), NOW, NOW, NOW, NOW)
+    case = Case(facts, paid=D(paid))
+    for document in documents:
+        data = parse_credit_note_issued(issued_event(document))
+        assert data is not None
+        for row in credit_note_rows(document["credit_note_id"], data, NOW):
+            if row.kind == "credited":
+                case.credited += row.amount
+            elif row.kind == "voided":
+                case.voided = True
+    return case
+
+
+def test_dunning_sees_what_is_due_shrink_and_a_full_credit_settle_the_invoice():
+    first = issued(request(amount="30"), standing())
+    assert case_after("100", "0", first).amount_due == D(70)
+    rest = issued(request(credit_note_id="cn-2"), standing(credited="30", reduced="30"))
+    assert state_of(case_after("100", "0", first, rest), NOW) == PAID
+    void = issued(request(void=True), standing())
+    assert state_of(case_after("100", "0", void), NOW) == "void"
+
+
+def test_a_refund_the_payment_system_also_reports_nets_out():
+    refund = issued(request(amount="30", refund_to="payment"), standing(paid="100"))
+    assert case_after("100", "70", refund).amount_due == 0  # paid 100, refunded 30, credited 30
+
+
+def test_other_types_on_the_invoices_topic_are_not_credit_notes():
+    assert parse_credit_note_issued(orjson.dumps({"specversion": "1.0", "id": "x", "source": "s",
+                                                  "type": "bastionary.invoice.finalized.v1",
+                                                  "time": NOW.isoformat(), "data": {}})) is None  # fmt: skip
+
+
+# --- the desk ------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeNotes:
+    standings: dict[str, Standing]
+    pending: list[tuple[str, datetime, CreditNoteRequest]] = field(default_factory=list)
+    decided: dict[str, tuple[dict[str, Any], Decimal, int]] = field(default_factory=dict)  # id -> doc, balance, version
+    fail_mark: bool = False
+
+    def requests(self) -> list[tuple[str, datetime, CreditNoteRequest]]:
+        return [p for p in self.pending if credit_note_id(p[2].customer_id, p[2].credit_note_id) not in self.decided]
+
+    def unpublished(self) -> list[tuple[dict[str, Any], Decimal]]:
+        return [(doc, balance) for doc, balance, version in self.decided.values() if version == 1]
+
+    def standing(self, invoice_id: str) -> Standing | None:
+        base = self.standings.get(invoice_id)
+        if base is None:
+            return None
+        notes = [d for d, _, _ in self.decided.values() if d["status"] == "issued" and d["invoice_id"] == invoice_id]
+        credited = sum((D(d["amount"]) for d in notes), D(0))
+        reduced = sum((D(d["reduces_amount_due"]) for d in notes), D(0))
+        return Standing(base.invoice_id, base.customer_id, base.currency, base.total, base.paid, credited, reduced)
+
+    def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]]) -> None:
+        for _, _, decision in decisions:
+            self.decided[decision.credit_note_id] = (decision.document, decision.credited_to_balance, 1)
+
+    def mark_published(self, documents: list[dict[str, Any]]) -> None:
+        if self.fail_mark:
+            raise RuntimeError("mark")
+        for document in documents:
+            doc, balance, _ = self.decided[document["credit_note_id"]]
+            self.decided[document["credit_note_id"]] = (doc, balance, 2)
+
+
+@dataclass
+class Sent:
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+    async def __call__(self, role: str, key: str, value: bytes) -> Any:
+        self.events.append((role, key, orjson.loads(value)))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def test_the_desk_decides_in_order_publishes_once_and_puts_the_balance_in_the_ledger():
+    notes = FakeNotes({"inv-1": standing(paid="100")})
+    notes.pending = [
+        ("e1", ASKED, request(amount="60")),
+        ("e2", ASKED, request(credit_note_id="cn-2", amount="60")),  # only 40 left: rejected
+        ("e3", ASKED, request(credit_note_id="cn-3", customer_id="c9")),  # not ours
+    ]
+    ledger: list[LedgerRow] = []
+    sent = Sent()
+    desk = CreditNoteDesk(notes, ledger.extend, sent, owns=lambda customer: customer == "c1")
+    documents = asyncio.run(desk.run_once(NOW))
+    assert [d["status"] for d in documents] == ["issued", "rejected"]
+    assert [(role, key, e["type"]) for role, key, e in sent.events] == [
+        ("invoices", "inv-1", CREDIT_NOTE_ISSUED),
+        ("invoices", "inv-1", "bastionary.credit_note.rejected.v1"),
+    ]
+    (row,) = ledger
+    assert (row.kind, row.grant_id, row.amount, FUNDING_OF_KIND[row.kind]) == (
+        "credit_note",
+        credit_note_id("c1", "cn-1"),
+        D("60.00"),
+        "carried",
+    )
+    assert asyncio.run(desk.run_once(NOW)) == []  # decided and published: nothing again
+
+
+def test_a_crash_before_the_published_mark_republishes_the_same_decision():
+    notes = FakeNotes({"inv-1": standing(paid="100")}, fail_mark=True)
+    notes.pending = [("e1", ASKED, request(amount="60"))]
+    ledger: list[LedgerRow] = []
+    sent = Sent()
+    desk = CreditNoteDesk(notes, ledger.extend, sent)
+    with pytest.raises(RuntimeError):
+        asyncio.run(desk.run_once(NOW))
+    notes.fail_mark = False
+    asyncio.run(desk.run_once(datetime(2026, 3, 6, tzinfo=UTC)))  # decided already: not again
+    first, second = (e for _, _, e in sent.events)
+    assert first == second
+    assert {row.movement_id for row in ledger} == {ledger[0].movement_id}  # one movement, written twice
