@@ -29,6 +29,7 @@ from bastionary.dunning.policy import DunningConfig
 from bastionary.entitlements.spec import EntitledPlan, entitlement_problems
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.rating.plans import MeteredPrice
+from bastionary.rating.tax import Invoicing
 
 __all__ = ["Aggregation", "Catalog", "CatalogError", "Meter", "load_catalog", "parse_catalog"]
 
@@ -39,6 +40,7 @@ class Catalog(BaseModel):
     meters: list[Meter] = Field(default_factory=list)
     plans: list[EntitledPlan] = Field(default_factory=list)
     dunning: DunningConfig = Field(default_factory=DunningConfig)
+    invoicing: Invoicing = Field(default_factory=Invoicing)  # issuer, tax rates, what the page hides
 
     @field_validator("meters")
     @classmethod

@@ -451,6 +451,7 @@ def test_line_dicts():
     data, _ = final(lines)
     assert data["lines"][0] == {
         "price_key": "base", "meter": None, "description": "base", "quantity": "1", "amount": "90.00", "tiers": [],
+        "unit_price": "90",
     }  # fmt: skip
     assert data["lines"][1]["quantity"] == "20" and data["lines"][1]["tiers"][0]["tier"] == 1
 

@@ -104,6 +104,7 @@ GETS = {
     "/v1/invoices",
     "/v1/invoices/{invoice_id}",
     "/v1/invoices/{invoice_id}/html",
+    "/v1/invoices/{invoice_id}/pdf",
     "/v1/credit-notes",
     "/v1/credit-notes/{credit_note_id}",
     "/v1/customers/{customer_id}/credits",

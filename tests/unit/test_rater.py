@@ -33,6 +33,8 @@ from bastionary.credits.balances import balances
 from bastionary.credits.ledger import Funding, Grant, movement_id
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.money import round_money
+from bastionary.rating.customers import CustomerTerms
+from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate
 from bastionary.rating.invoice import Billed, Subscription, invoice_id
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice
@@ -117,6 +119,7 @@ class FakeBillingStore:
     lines: dict[tuple[str, int], StoredLine] = field(default_factory=dict)  # (invoice id, line no)
     ledger: dict[str, LedgerRow] = field(default_factory=dict)  # movement id
     topups: dict[str, dict[str, tuple[Decimal, Decimal]]] = field(default_factory=dict)
+    terms: dict[str, CustomerTerms] = field(default_factory=dict)
     # Crash points: store_invoices raises before writing "lines", "ledger" or "invoices"
     # (from its ``fail_store_from_call``-th call on); mark_published raises before writing anything.
     fail_store_before: str | None = None
@@ -190,8 +193,11 @@ class FakeBillingStore:
                 drawn[row.grant_id] += row.amount
         return dict(by_customer), dict(drawn)
 
-    def topup_rules(self) -> dict[str, dict[str, tuple[Decimal, Decimal]]]:
-        return self.topups
+    def customer_terms(self) -> dict[str, CustomerTerms]:
+        terms = dict(self.terms)
+        for customer, rules in self.topups.items():
+            terms[customer] = replace(terms.get(customer, CustomerTerms()), topups=rules)
+        return terms
 
     def usage_by_customer(
         self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
@@ -1191,3 +1197,22 @@ def test_any_sequence_keeps_every_balance_the_ledger_sum_and_every_invoice_addin
 
 
 FIELDS = ("subtotal", "credits_applied", "total", "carried_forward")
+
+
+# --- who the invoice is from and to, and its tax -------------------------------------------
+
+
+async def test_an_invoice_carries_the_issuer_the_customer_s_details_and_their_tax_as_rated():
+    store, publish = one_customer(), FakePublisher()  # 30.00
+    bill_to = {"name": "Acme GmbH", "email": "ap@acme.example", "address": {"country": "DE"}, "tax_id": "DE1"}
+    store.terms["cust-1"] = CustomerTerms(bill_to, TaxProfile("DE"))
+    invoicing = Invoicing(
+        issuer=Issuer(name="Seller Ltd", tax_id="GB1"),
+        taxes=[TaxRate(key="vat", name="VAT 19%", rate=D("0.19"), countries=["DE"])],
+    )
+    (january,) = (await rater(store, publish, invoicing=invoicing).run_once(AFTER_JAN)).invoices
+    assert (january["subtotal"], january["tax"], january["total"]) == ("30.00", "5.70", "35.70")
+    assert january["bill_to"] == bill_to and january["issuer"]["name"] == "Seller Ltd"
+    store.terms["cust-1"] = CustomerTerms(bill_to, TaxProfile("DE", exempt=True))  # exempt from February
+    (february,) = (await rater(store, publish, invoicing=invoicing).run_once(AFTER_FEB)).invoices
+    assert (february["tax_lines"], february["tax"], february["total"]) == ([], "0.00", february["subtotal"])

@@ -10,6 +10,7 @@ import click
 import orjson
 
 from bastionary.cli.common import emit, output_format, parse_time, reader_client, settings_or_exit
+from bastionary.settings import Settings
 from bastionary.storage.reports import (
     BALANCE_COLUMNS,
     GRANT_COLUMNS,
@@ -36,20 +37,44 @@ def invoice() -> None:
     """One invoice."""
 
 
+PAGE = click.Path(dir_okay=False, writable=True)
+
+
+def _hide_zero_lines(settings: Settings) -> bool:
+    from bastionary.catalog import CatalogError, load_catalog
+
+    try:
+        return load_catalog(settings.catalog).invoicing.hide_zero_lines
+    except CatalogError:  # the page is still worth printing: the default
+        return True
+
+
+def _write(path: str, content: str | bytes) -> None:
+    try:
+        Path(path).write_bytes(content if isinstance(content, bytes) else content.encode())
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {path}")
+
+
 @invoice.command("show")
 @click.argument("invoice_id")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, writable=True), default=None)
-def invoice_show(invoice_id: str, html_path: str | None) -> None:
-    """Show an invoice as JSON, or render it as printable HTML with --html FILE."""
-    from bastionary.rating.render import render_html
+@click.option("--html", "html_path", type=PAGE, default=None, help="Write a printable HTML page.")
+@click.option("--pdf", "pdf_path", type=PAGE, default=None, help="Write a PDF.")
+def invoice_show(invoice_id: str, html_path: str | None, pdf_path: str | None) -> None:
+    """Show an invoice as JSON, or render it with --html FILE and/or --pdf FILE."""
+    from bastionary.rating.render import render_html, render_invoice_pdf
 
-    document = InvoiceReports(reader_client(settings_or_exit())).document(invoice_id)
+    settings = settings_or_exit()
+    document = InvoiceReports(reader_client(settings)).document(invoice_id)
     if document is None:
         raise click.ClickException(f"no invoice {invoice_id}")
+    hide = _hide_zero_lines(settings)
     if html_path:
-        Path(html_path).write_text(render_html(document))
-        click.echo(f"wrote {html_path}")
-    else:
+        _write(html_path, render_html(document, hide))
+    if pdf_path:
+        _write(pdf_path, render_invoice_pdf(document, hide))
+    if not html_path and not pdf_path:
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2))
 
 
@@ -71,14 +96,28 @@ def credit_note() -> None:
 
 @credit_note.command("show")
 @click.argument("credit_note_id")
-def credit_note_show(credit_note_id: str) -> None:
-    """Show a credit note's decision as JSON, as published on billing.invoices."""
+@click.option("--html", "html_path", type=PAGE, default=None, help="Write a printable HTML page (issued notes).")
+@click.option("--pdf", "pdf_path", type=PAGE, default=None, help="Write a PDF (issued notes).")
+def credit_note_show(credit_note_id: str, html_path: str | None, pdf_path: str | None) -> None:
+    """Show a credit note's decision as JSON, as published on billing.invoices, or render an
+    issued one with --html FILE and/or --pdf FILE."""
+    from bastionary.rating.render import credit_note_view, render_pdf_view, render_view
     from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
 
-    document = ClickHouseCreditNoteStore(reader_client(settings_or_exit())).document(credit_note_id)
+    client = reader_client(settings_or_exit())
+    document = ClickHouseCreditNoteStore(client).document(credit_note_id)
     if document is None:
         raise click.ClickException(f"no credit note {credit_note_id}")
-    click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    if not html_path and not pdf_path:
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+        return
+    if document["status"] != "issued":
+        raise click.ClickException(f"credit note {credit_note_id} was rejected: {document.get('rejection', '')}")
+    view = credit_note_view(document, InvoiceReports(client).document(document["invoice_id"]))
+    if html_path:
+        _write(html_path, render_view(view))
+    if pdf_path:
+        _write(pdf_path, render_pdf_view(view))
 
 
 @click.group()

@@ -73,6 +73,7 @@ class InvoiceLine(_Model):
     amount: Decimal
     tiers: list[dict[str, Any]]
     adjusts_period_start: datetime | None = None
+    unit_price: Decimal | None = None
 
 
 class Invoice(_Model):
@@ -97,6 +98,10 @@ class Invoice(_Model):
     credits_expired: list[dict[str, str]] = []
     carried_forward: Decimal = Decimal(0)  # a negative subtotal's difference, drawn by later invoices
     topup_requested: list[dict[str, str]] = []  # the auto top-up this invoice's draws set off
+    tax_lines: list[dict[str, Any]] = []  # one per rate: key, name, rate, inclusive, taxable, amount
+    tax: Decimal = Decimal(0)
+    issuer: dict[str, Any] = {}
+    bill_to: dict[str, Any] = {}
 
 
 class UpcomingInvoices(_Model):

@@ -7,9 +7,10 @@ so a late redelivery of an older record never overwrites a newer one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
@@ -25,6 +26,7 @@ from bastionary.rating.events import (
     parse_envelope,
     preview,
 )
+from bastionary.rating.tax import TaxProfile
 
 CUSTOMER_UPSERTED = "bastionary.customer.upserted.v1"
 MAX_FIELD_LENGTH = 512
@@ -117,3 +119,19 @@ def customer_row(envelope: BillingEvent, data: CustomerData, received: datetime)
 def topup_rules(text: str) -> dict[str, tuple[Decimal, Decimal]]:
     """A stored ``auto_topup`` column: currency -> (threshold, amount)."""
     return {rule["currency"]: (Decimal(rule["threshold"]), Decimal(rule["amount"])) for rule in orjson.loads(text)}
+
+
+@dataclass(frozen=True)
+class CustomerTerms:
+    """What rating takes from a customer's record, as it stands when an invoice is rated."""
+
+    bill_to: dict[str, Any] = field(default_factory=dict)  # name, email, address, tax_id: printed on the invoice
+    tax: TaxProfile = field(default_factory=TaxProfile)
+    topups: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)  # currency -> (threshold, amount)
+
+
+def customer_terms(name: str, email: str, address: str, tax_id: str, exempt: bool, topups: str) -> CustomerTerms:
+    """The terms of a stored ``customers`` row."""
+    where = orjson.loads(address)
+    bill_to = {"name": name, "email": email, "address": where, "tax_id": tax_id}
+    return CustomerTerms(bill_to, TaxProfile(where.get("country", ""), bool(exempt)), topup_rules(topups))

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
 from bastionary.money import round_money
-from bastionary.rating.plans import FlatPrice, MeteredPrice, Plan
+from bastionary.rating.plans import FlatPrice, MeteredPrice, PerUnitPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
+from bastionary.rating.tax import TaxRate, added_tax, tax_lines
 from bastionary.settings import parse_iso_duration
 
 INVOICE_NAMESPACE = uuid.UUID("5b0b7a53-3b8e-4c4e-9a55-bb5e1e7f0c01")
@@ -69,6 +70,7 @@ class Line:
     tiers: list[dict[str, Any]] = field(default_factory=list)
     line_key: str = ""  # plan:price, stable across invoices
     period_start: datetime | None = None  # set on adjustment lines: the period adjusted
+    unit_price: Decimal | None = None  # per-unit and flat prices: the price of one unit / of the fee
 
     def as_dict(self, currency: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +83,8 @@ class Line:
         }
         if self.period_start is not None:
             out["adjusts_period_start"] = self.period_start.isoformat()
+        if self.unit_price is not None:
+            out["unit_price"] = _text(self.unit_price)
         return out
 
 
@@ -112,16 +116,25 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
                 prorated = fraction != 1
                 text = price.description or price.key
                 label = f"{text}{suffix}" + (f", prorated {fraction:.4f}" if prorated else "")
-                lines.append(
-                    Line(price.key, None, label, fraction, price.amount * fraction, line_key=f"{plan.key}:{price.key}")
+                line = Line(
+                    price.key, None, label, fraction, price.amount * fraction, line_key=f"{plan.key}:{price.key}"
                 )
+                lines.append(replace(line, unit_price=price.amount))
                 continue
             used = usage(price, sub.customer_id, lo, hi, as_of)
             priced = price_usage(price, used)
             label = f"{price.description or price.key}{suffix}"
+            unit = price.unit_amount if isinstance(price, PerUnitPrice) else None
             lines.append(
                 Line(
-                    price.key, price.meter, label, used.quantity, priced.amount, priced.tiers, f"{plan.key}:{price.key}"
+                    price.key,
+                    price.meter,
+                    label,
+                    used.quantity,
+                    priced.amount,
+                    priced.tiers,
+                    f"{plan.key}:{price.key}",
+                    unit_price=unit,
                 )
             )
     return lines
@@ -219,6 +232,13 @@ class Invoice:
     # An auto top-up this invoice's draws set off (the customer's balance fell below the
     # rule's threshold): currency, threshold, amount, balance. Empty when none.
     topup_requested: tuple[dict[str, str], ...] = ()
+    # Tax, one line per rate (rating/tax.py), and its sum; the total adds the exclusive lines.
+    tax_lines: tuple[dict[str, Any], ...] = ()
+    tax: str = "0"
+    # Who the invoice is from and to, as the catalog and the customer record said when it was
+    # rated: an issued invoice never changes.
+    issuer: dict[str, Any] = field(default_factory=dict)
+    bill_to: dict[str, Any] = field(default_factory=dict)
 
     def document(self) -> dict[str, Any]:
         """The JSON document, keys in this order (stored documents are republished as they are)."""
@@ -234,14 +254,18 @@ def finalize(
     grants: list[Grant],
     drawn: dict[str, Decimal],
     kind: str = "period",
+    taxes: list[TaxRate] | None = None,
 ) -> tuple[Invoice, list[Allocation]]:
-    """Round the lines, apply credits, and shape the invoice."""
+    """Round the lines, add tax, apply credits (to the subtotal plus the added tax), and
+    shape the invoice."""
     currency = plan.currency
     rounded = [round_money(line.amount, currency) for line in lines]
     subtotal = round_money(sum(rounded, ZERO), currency)
-    allocations = allocate(grants, drawn, subtotal, currency, period.end)
+    taxed = tax_lines(subtotal, currency, taxes or [])
+    payable = subtotal + added_tax(taxed)
+    allocations = allocate(grants, drawn, payable, currency, period.end)
     credits = sum((a.amount for a in allocations), ZERO)
-    total = max(ZERO, subtotal - credits)
+    total = max(ZERO, payable - credits)
     carried = max(ZERO, -subtotal)  # credits draw nothing from a negative subtotal
     invoice = Invoice(
         invoice_id=invoice_id(sub.subscription_id, period.start, kind),
@@ -263,6 +287,8 @@ def finalize(
         total=str(round_money(total, currency)),
         status="finalized",
         carried_forward=str(round_money(carried, currency)),
+        tax_lines=tuple(taxed),
+        tax=str(round_money(sum((Decimal(t["amount"]) for t in taxed), ZERO), currency)),
     )
     return invoice, allocations
 

@@ -9,13 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from bastionary.credits.ledger import Grant
 from bastionary.metering.meters import Meter
 from bastionary.rating.invoice import Billed, Invoice, Line, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.pricing import Usage
+
+if TYPE_CHECKING:  # customers imports the events, which import this module's rows
+    from bastionary.rating.customers import CustomerTerms
 
 
 class SubscriptionRow(NamedTuple):
@@ -82,8 +85,8 @@ class BillingStore(Protocol):
         (their ``applied`` and ``expired`` movements)."""
         ...
 
-    def topup_rules(self) -> Mapping[str, Mapping[str, tuple[Decimal, Decimal]]]:
-        """Each customer's auto top-up rules: currency -> (threshold, amount)."""
+    def customer_terms(self) -> Mapping[str, CustomerTerms]:
+        """Each customer's terms (billing details, tax profile, auto top-up rules) from its record."""
         ...
 
     def usage_by_customer(

@@ -44,6 +44,7 @@ from bastionary.credits.ledger import Grant, movement_id, usable_balance
 from bastionary.metering.meters import Meter
 from bastionary.money import round_money
 from bastionary.outbound import cloud_event
+from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import (
     Billed,
     Period,
@@ -59,6 +60,7 @@ from bastionary.rating.invoice import (
 from bastionary.rating.plans import MeteredPrice, Plan
 from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
+from bastionary.rating.tax import Invoicing, rates_for
 
 log = structlog.get_logger(__name__)
 CARRIED_PRIORITY = 2**31 - 1  # a carried balance is drawn after every grant (credit_ledger.priority is Int32)
@@ -67,8 +69,6 @@ EMPTY = "empty"  # the status of a final adjustment with nothing to bill: stored
 
 # (topic role, key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
 Publish = Callable[[str, str, bytes], Awaitable[Awaitable[object]]]
-# customer -> currency -> (threshold, amount): the customers' auto top-up rules
-TopupRules = Mapping[str, Mapping[str, tuple[Decimal, Decimal]]]
 # (meter, filter items, start, end, as of) -> usage per customer: one query serves every customer
 UsageCache = dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime, datetime], dict[str, Usage]]
 
@@ -176,7 +176,9 @@ class Rater:
         owns: Callable[[str], bool] = lambda customer: True,
         settle: timedelta = timedelta(seconds=5),
         batch_size: int = 2000,
+        invoicing: Invoicing | None = None,
     ):
+        self.invoicing = invoicing or Invoicing()
         self.batch_size = batch_size
         self.store = store
         self.plans = {p.key: p for p in plans}
@@ -185,7 +187,7 @@ class Rater:
         self.owns = owns
         self.settle = settle  # wait past a cutoff so the pipeline has landed what came before it
         self._meters = {m.key: m for m in meters}
-        self._topups: TopupRules = {}  # read with the grants, once per run that rates
+        self._customers: Mapping[str, CustomerTerms] = {}  # read with the grants, once per run that rates
 
     async def run_once(self, now: datetime | None = None) -> RatingResult:
         now = now or datetime.now(UTC)
@@ -221,7 +223,7 @@ class Rater:
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
-        self._topups = await asyncio.to_thread(self.store.topup_rules)
+        self._customers = await asyncio.to_thread(self.store.customer_terms)
         currencies = _grant_currencies(grants)
         cache: UsageCache = {}
         due.sort(key=lambda d: d.order)
@@ -308,7 +310,10 @@ class Rater:
                 billed[key] = (before_quantity + quantity, before_amount + amount)
             lines.extend(adjustment_lines(sub, earlier, cutoff, usage, billed, plan.currency))
         add_billed(pending, lines, period.start, plan.currency)
-        invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn, kind)
+        terms = self._customers.get(sub.customer_id, CustomerTerms())
+        rates = rates_for(self.invoicing.taxes, terms.tax)
+        invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn, kind, rates)
+        invoice = replace(invoice, issuer=self.invoicing.issuer.model_dump(), bill_to=terms.bill_to)
         balance_before = usable_balance(grants, drawn, plan.currency, period.end)
         recorded = datetime.now(UTC)
         ledger = []
@@ -342,7 +347,7 @@ class Rater:
             )
             grants.append(credit)
             ledger.append(_ledger_row("carried", credit, carried, invoice.invoice_id, recorded))
-        rule = self._topups.get(sub.customer_id, {}).get(plan.currency)
+        rule = terms.topups.get(plan.currency)
         if rule is not None:
             balance = usable_balance(grants, drawn, plan.currency, period.end)
             threshold, amount = rule

@@ -1,41 +1,217 @@
-"""A clean, printable HTML invoice from the published invoice data (no external assets)."""
+"""Invoices and credit notes as a customer reads them: HTML and PDF from one Jinja2 template
+(``templates/invoice.html.j2``), from the published document alone.
+
+The page shows amounts at the currency's precision with thousands separators and no
+negative zero, quantities at up to 4 decimals (the exact value stays in the JSON), periods
+as dates ("1-30 Nov 2026" with an en dash; the stored end is exclusive, the page shows the last day), and
+leaves off lines of zero quantity and amount unless told to keep them. The PDF is drawn by
+fpdf2 with Source Sans Pro (Latin, Greek, Cyrillic), both from PyPI.
+"""
 
 from __future__ import annotations
 
-from html import escape
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from typing import Any
 
-_STYLE = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;color:#1d2430;margin:40px auto;max-width:820px}
-h1{font-size:28px;margin:0}.muted{color:#6b7380}table{width:100%;border-collapse:collapse;margin-top:24px}
-th,td{padding:8px 6px;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}.totals td{border:none}
-.totals tr.grand td{font-weight:700;font-size:18px;border-top:2px solid #1d2430}
-header{display:flex;justify-content:space-between;align-items:flex-start}
-@media print{body{margin:0}}
-"""
+import jinja2
+
+from bastionary.money import MINOR_UNITS
+
+QUANTITY_PLACES = Decimal("0.0001")
+DASH = "\u2013"  # an en dash between the ends of a range
+TITLES = {"period": "Invoice", "final_adjustment": "Final adjustment invoice"}
 
 
-def render_html(data: dict[str, Any]) -> str:
-    cur = escape(data["currency"])
-    rows = "".join(
-        f"<tr><td>{escape(line['description'])}</td><td class=num>{escape(line['quantity'])}</td>"
-        f"<td class=num>{escape(line['amount'])} {cur}</td></tr>"
-        for line in data["lines"]
+@cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("bastionary.rating", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Invoice {escape(data["invoice_id"])}</title>
-<style>{_STYLE}</style></head><body>
-<header><div><h1>Invoice</h1><div class=muted>{escape(data["invoice_id"])}</div></div>
-<div style="text-align:right"><div><b>Customer</b> {escape(data["customer_id"])}</div>
-<div><b>Plan</b> {escape(data["plan"])}</div><div><b>Issued</b> {escape(data["issued_at"][:10])}</div>
-<div><b>Due</b> {escape(data["due_at"][:10])}</div></div></header>
-<p class=muted>Billing period {escape(data["period_start"])} to {escape(data["period_end"])}</p>
-<table><thead><tr><th>Description</th><th class=num>Quantity</th><th class=num>Amount</th></tr></thead>
-<tbody>{rows}</tbody></table>
-<table class=totals>
-<tr><td></td><td class=num>Subtotal</td><td class=num>{escape(data["subtotal"])} {cur}</td></tr>
-<tr><td></td><td class=num>Credits applied</td><td class=num>-{escape(data["credits_applied"])} {cur}</td></tr>
-<tr class=grand><td></td><td class=num>Total due</td><td class=num>{escape(data["total"])} {cur}</td></tr>
-</table></body></html>
-"""
+
+
+def money(text: str | None, currency: str) -> str:
+    """``"1234.5"`` -> ``"1,234.50 USD"``; zero is never negative."""
+    value = Decimal(text or 0)
+    places = MINOR_UNITS.get(currency, 2)
+    if value == 0:
+        value = abs(value)
+    return f"{value:,.{places}f} {currency}"
+
+
+def price(text: str | None, currency: str) -> str:
+    """A unit price, exact: at least the currency's decimals, more when it has them."""
+    value = Decimal(text or 0)
+    places = max(MINOR_UNITS.get(currency, 2), -min(value.normalize().as_tuple().exponent, 0))  # type: ignore[operator]
+    return f"{value:,.{places}f} {currency}"
+
+
+def quantity(text: str | None) -> str:
+    value = Decimal(text or 0)
+    if value == value.to_integral_value():
+        return f"{value:,.0f}"
+    return format(value.quantize(QUANTITY_PLACES, rounding=ROUND_HALF_UP).normalize(), ",f")
+
+
+def day(moment: datetime) -> str:
+    return f"{moment.day} {moment:%b %Y}"
+
+
+def period_label(start_text: str, end_text: str) -> str:
+    """The period as a customer reads it, its exclusive end shown as the last day (or minute)."""
+    start, end = datetime.fromisoformat(start_text), datetime.fromisoformat(end_text)
+    if (start.hour, start.minute, start.second, end.hour, end.minute, end.second) != (0,) * 6:
+        last = end - timedelta(minutes=1) if end - start >= timedelta(minutes=1) else end
+        until = "" if last.date() == start.date() else day(last) + " "
+        return f"{day(start)} {start:%H:%M}{DASH}{until}{last:%H:%M} UTC"
+    last = end - timedelta(days=1)
+    if last <= start:
+        return day(start)
+    if (start.year, start.month) == (last.year, last.month):
+        return f"{start.day}{DASH}{last.day} {last:%b %Y}"
+    if start.year == last.year:
+        return f"{start.day} {start:%b} {DASH} {day(last)}"
+    return f"{day(start)} {DASH} {day(last)}"
+
+
+def _party(details: dict[str, Any], fallback: str = "") -> list[str]:
+    address = details.get("address") or {}
+    if isinstance(address, dict):
+        city = " ".join(p for p in (address.get("postal_code", ""), address.get("city", "")) if p)
+        where = [address.get("line1", ""), address.get("line2", ""), city, address.get("region", "")]
+        where.append(address.get("country", ""))
+    else:
+        where = list(address)
+    lines = [details.get("name") or fallback, *where, details.get("email", "")]
+    if details.get("tax_id"):
+        lines.append(f"Tax id {details['tax_id']}")
+    return [line for line in lines if line]
+
+
+def _line_notes(line: dict[str, Any], currency: str) -> list[str]:
+    notes = []
+    if line.get("adjusts_period_start"):
+        notes.append(f"Adjusts the period from {day(datetime.fromisoformat(line['adjusts_period_start']))}")
+    for tier in line.get("tiers") or []:
+        if "tier" in tier:
+            upper = f"up to {quantity(tier['up_to'])}" if tier.get("up_to") else "above"
+            flat = f" + {price(tier['flat_amount'], currency)} flat" if Decimal(tier.get("flat_amount") or 0) else ""
+            at = price(tier["unit_amount"], currency)
+            notes.append(f"Tier {tier['tier']} ({upper}): {quantity(tier['units'])} at {at}{flat}")
+        elif "packages" in tier:
+            notes.append(f"{quantity(tier['packages'])} packages")
+        elif "rate" in tier:
+            notes.append(f"{Decimal(tier['rate']) * 100:f}% of the value, {tier['events']} events")
+    return notes
+
+
+def invoice_view(data: dict[str, Any], hide_zero_lines: bool = True) -> dict[str, Any]:
+    currency = data["currency"]
+    lines = [
+        {
+            "description": line["description"],
+            "notes": _line_notes(line, currency),
+            "quantity": quantity(line["quantity"]),
+            "unit_price": price(line["unit_price"], currency) if line.get("unit_price") is not None else "",
+            "amount": money(line["amount"], currency),
+        }
+        for line in data["lines"]
+        if not (hide_zero_lines and Decimal(line["quantity"]) == 0 and Decimal(line["amount"]) == 0)
+    ]
+    totals: list[dict[str, Any]] = [{"label": "Subtotal", "amount": money(data["subtotal"], currency)}]
+    for tax in data.get("tax_lines", []):
+        how = "included" if tax["inclusive"] else "on"
+        label = f"{tax['name']} ({how} {money(tax['taxable'], currency)})"
+        totals.append({"label": label, "amount": money(tax["amount"], currency)})
+    if Decimal(data["credits_applied"]) > 0:
+        totals.append({"label": "Credits applied", "amount": "-" + money(data["credits_applied"], currency)})
+    totals.append({"label": "Total due", "amount": money(data["total"], currency), "grand": True})
+    if Decimal(data.get("carried_forward", "0")) > 0:
+        totals.append({"label": "Credited to your balance", "amount": money(data["carried_forward"], currency)})
+    issuer = data.get("issuer") or {}
+    title = TITLES.get(data["kind"], "Invoice")
+    return {
+        "title": f"{title} (preview)" if data["status"] == "preview" else title,
+        "number": data["invoice_id"],
+        "issuer_lines": _party(issuer),
+        "bill_to_lines": _party(data.get("bill_to") or {}, data["customer_id"]),
+        "issued": day(datetime.fromisoformat(data["issued_at"])),
+        "due": day(datetime.fromisoformat(data["due_at"])),
+        "period": period_label(data["period_start"], data["period_end"]),
+        "plan": data["plan"],
+        "lines": lines,
+        "totals": totals,
+        "payment_instructions": [p for p in (issuer.get("payment_instructions") or "").splitlines() if p],
+    }
+
+
+def credit_note_view(data: dict[str, Any], invoice: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An issued credit note, on the page of the invoice it credits (issuer and customer from it)."""
+    currency = data["currency"]
+    invoice = invoice or {}
+    lines = [
+        {"description": line["description"], "notes": [], "quantity": "", "unit_price": "",
+         "amount": money(line["amount"], currency)}
+        for line in data["lines"]
+    ]  # fmt: skip
+    totals: list[dict[str, Any]] = [{"label": "Credit total", "amount": money(data["amount"], currency), "grand": True}]
+    for key, label in (
+        ("reduces_amount_due", "Taken off the amount due"),
+        ("refunded", "Refunded to your payment method"),
+        ("credited_to_balance", "Credited to your balance"),
+    ):
+        if Decimal(data[key]) > 0:
+            totals.append({"label": label, "amount": money(data[key], currency)})
+    issued = day(datetime.fromisoformat(data["issued_at"]))
+    period = period_label(invoice["period_start"], invoice["period_end"]) if invoice.get("period_start") else ""
+    return {
+        "title": "Credit note" + (" (void)" if data.get("voids_invoice") else ""),
+        "number": data["credit_note_id"],
+        "issuer_lines": _party(invoice.get("issuer") or {}),
+        "bill_to_lines": _party(invoice.get("bill_to") or {}, data["customer_id"]),
+        "issued": issued,
+        "due": f"credits invoice {data['invoice_id']}",
+        "period": period,
+        "plan": invoice.get("plan", ""),
+        "lines": lines,
+        "totals": totals,
+        "payment_instructions": [],
+    }
+
+
+def render_view(view: dict[str, Any], pdf: bool = False) -> str:
+    return _environment().get_template("invoice.html.j2").render(doc=view, pdf=pdf)
+
+
+def render_html(data: dict[str, Any], hide_zero_lines: bool = True) -> str:
+    return render_view(invoice_view(data, hide_zero_lines))
+
+
+def render_pdf_view(view: dict[str, Any]) -> bytes:
+    from font_source_sans_pro import font_files_ttf
+    from fpdf import FPDF, FontFace
+
+    pdf = FPDF(format="A4")
+    pdf.set_margins(18, 18, 18)
+    pdf.add_page()
+    for style, name in (("", "SourceSansPro"), ("B", "SourceSansProBold"), ("I", "SourceSansProIt")):
+        pdf.add_font("SourceSans", style, font_files_ttf[name])
+    pdf.add_font("SourceSans", "BI", font_files_ttf["SourceSansProBoldIt"])
+    pdf.set_font("SourceSans", size=10)
+    heading = FontFace(color=(29, 36, 48), size_pt=22, emphasis="BOLD")
+    pdf.write_html(
+        render_view(view, pdf=True),
+        font_family="SourceSans",
+        table_line_separators=True,
+        tag_styles={"h1": heading},
+    )
+    return bytes(pdf.output())
+
+
+def render_invoice_pdf(data: dict[str, Any], hide_zero_lines: bool = True) -> bytes:
+    return render_pdf_view(invoice_view(data, hide_zero_lines))

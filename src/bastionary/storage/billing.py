@@ -12,7 +12,7 @@ import orjson
 
 from bastionary.credits.ledger import FUNDING_OF_KIND, Grant
 from bastionary.metering.meters import Meter
-from bastionary.rating.customers import CustomerRow, topup_rules
+from bastionary.rating.customers import CustomerRow, CustomerTerms, customer_terms
 from bastionary.rating.invoice import Billed, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
@@ -151,11 +151,12 @@ class ClickHouseBillingStore:
             by_customer[customer].append(grant)
         return dict(by_customer), dict(drawn)
 
-    def topup_rules(self) -> dict[str, dict[str, tuple[Decimal, Decimal]]]:
-        """Each customer's auto top-up rules from its newest record: currency -> (threshold, amount)."""
-        # Filtered after FINAL: a newer record without rules replaces an older one with them.
-        rows = self.client.query("SELECT customer_id, auto_topup FROM customers FINAL").result_rows
-        return {customer: topup_rules(text) for customer, text in rows if text != "[]"}
+    def customer_terms(self) -> dict[str, CustomerTerms]:
+        """Each customer's terms from its newest record (customers without one have none)."""
+        rows = self.client.query(
+            "SELECT customer_id, name, email, address, tax_id, tax_exempt, auto_topup FROM customers FINAL"
+        ).result_rows
+        return {row[0]: customer_terms(*row[1:]) for row in rows}
 
     # -- usage ---------------------------------------------------------------------------
 

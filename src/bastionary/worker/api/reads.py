@@ -17,7 +17,7 @@ from aiohttp import web
 
 from bastionary.apikeys import ApiKey
 from bastionary.credits.balances import balances
-from bastionary.rating.render import render_html
+from bastionary.rating.render import render_html, render_invoice_pdf
 from bastionary.storage.credit_notes import LIST_COLUMNS as CREDIT_NOTE_COLUMNS
 from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
 from bastionary.storage.queries import WINDOWS
@@ -139,7 +139,18 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             document = await invoice_document(request, invoice_id)
             if isinstance(document, web.Response):
                 return document
-            return web.Response(text=render_html(document), content_type="text/html")
+            hide = backend.catalog.invoicing.hide_zero_lines
+            return web.Response(text=render_html(document, hide), content_type="text/html")
+
+    @app.page("/v1/invoices/{invoice_id}/pdf")
+    class InvoicePdfView(faust.web.View):
+        async def get(self, request: Any, invoice_id: str) -> Any:
+            document = await invoice_document(request, invoice_id)
+            if isinstance(document, web.Response):
+                return document
+            hide = backend.catalog.invoicing.hide_zero_lines
+            body = await asyncio.to_thread(render_invoice_pdf, document, hide)
+            return web.Response(body=body, content_type="application/pdf")
 
     @app.page("/v1/credit-notes")
     class CreditNotesView(faust.web.View):

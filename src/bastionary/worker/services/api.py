@@ -86,7 +86,9 @@ class ApiBackend:
         if not due:
             return []
         grants, drawn = store.grants_as_of(None, customer=customer_id)
-        rater = Rater(store, self.catalog.plans, self.catalog.meters, grace, _never_publish)
+        rater = Rater(
+            store, self.catalog.plans, self.catalog.meters, grace, _never_publish, invoicing=self.catalog.invoicing
+        )
         return rater.preview(due, grants.get(customer_id, []), drawn)
 
 

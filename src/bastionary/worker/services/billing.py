@@ -119,6 +119,7 @@ class BillingService:
                 self.ctx.settings.rating_grace,
                 self._publish,
                 self.owns,
+                invoicing=self.catalog.invoicing,
             )
         if self._desk is None:
             notes = ClickHouseCreditNoteStore(self.store().client)

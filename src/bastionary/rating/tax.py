@@ -1,0 +1,110 @@
+"""Tax on invoices, and who issues them: the catalog's ``invoicing`` section.
+
+A rate applies to a customer whose address country is in its ``countries`` (every customer
+when the list is empty), unless the customer is tax exempt. Tax is computed on the
+subtotal (a negative or zero subtotal is taxed nothing) once per rate, and rounded once per
+rate to the currency's minor unit, ``ROUND_HALF_UP``:
+
+- exclusive (the default): ``subtotal x rate``, added to the invoice;
+- inclusive (the prices include it): ``subtotal x rate / (1 + the inclusive rates)``, shown
+  but not added.
+
+Credits pay the invoice, tax included: they are a means of payment, not a discount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bastionary.money import round_money
+
+ZERO = Decimal(0)
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
+class TaxRate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1)
+    name: str = Field(min_length=1)  # as the invoice shows it, e.g. "VAT 19%"
+    rate: Decimal = Field(gt=0, lt=1, allow_inf_nan=False)
+    countries: list[Country] = []  # empty: every customer
+    inclusive: bool = False
+
+    @field_validator("rate")
+    @classmethod
+    def _scale(cls, rate: Decimal) -> Decimal:
+        if rate != rate.quantize(Decimal("0.000001")):
+            raise ValueError("a rate has at most 6 decimals (0.19 is 19%)")
+        return rate
+
+
+class Issuer(BaseModel):
+    """Who the invoices are from; every field is printed as given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = ""
+    address: list[str] = []  # one entry per printed line
+    tax_id: str = ""
+    email: str = ""
+    payment_instructions: str = ""  # e.g. bank details; printed under the totals
+
+
+class Invoicing(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: Issuer = Issuer()
+    taxes: list[TaxRate] = []
+    hide_zero_lines: bool = True  # lines of zero quantity and amount are left off the page (kept in the JSON)
+
+    @field_validator("taxes")
+    @classmethod
+    def _unique(cls, taxes: list[TaxRate]) -> list[TaxRate]:
+        keys = [t.key for t in taxes]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate tax keys")
+        return taxes
+
+
+@dataclass(frozen=True)
+class TaxProfile:
+    country: str = ""
+    exempt: bool = False
+
+
+def rates_for(taxes: list[TaxRate], profile: TaxProfile) -> list[TaxRate]:
+    if profile.exempt:
+        return []
+    return [t for t in taxes if not t.countries or profile.country in t.countries]
+
+
+def tax_lines(subtotal: Decimal, currency: str, rates: list[TaxRate]) -> list[dict[str, Any]]:
+    """One line per rate: key, name, rate, inclusive, taxable, amount (decimal strings)."""
+    if subtotal <= 0 or not rates:
+        return []
+    inclusive = sum((t.rate for t in rates if t.inclusive), ZERO)
+    net = subtotal / (1 + inclusive)  # what the inclusive prices are before their tax
+    out = []
+    for tax in rates:
+        base = net if tax.inclusive else subtotal
+        out.append(
+            {
+                "key": tax.key,
+                "name": tax.name,
+                "rate": format(tax.rate.normalize(), "f"),
+                "inclusive": tax.inclusive,
+                "taxable": str(round_money(base, currency)),
+                "amount": str(round_money(base * tax.rate, currency)),
+            }
+        )
+    return out
+
+
+def added_tax(lines: list[dict[str, Any]]) -> Decimal:
+    """What the tax adds to the invoice: its exclusive lines."""
+    return sum((Decimal(line["amount"]) for line in lines if not line["inclusive"]), ZERO)
