@@ -34,13 +34,13 @@ from bastionary.credits.ledger import Funding, Grant, movement_id
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.money import round_money
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate
 from bastionary.rating.invoice import Billed, Subscription, invoice_id
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
 from bastionary.rating.rater import EMPTY, FINAL_ADJUSTMENT, Rater, RatingResult, final_adjustment, upcoming_period
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
+from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate
 
 D = Decimal
 
