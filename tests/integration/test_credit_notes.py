@@ -4,20 +4,39 @@ customer's balance, which the ledger shows; a note for more than is left is reje
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from bastionary.devstack.broker import free_port
+from bastionary.kafka import read_topic
+from bastionary.rating.contracts import CONTRACTS, schema_for
 from bastionary.rating.credit_notes import credit_note_id
 
 from .dunning_helpers import wait_for
 from .test_http_api import ADMIN, BATCH, Api, cli_json, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def invoice_events(stack) -> list[dict]:
+    messages = asyncio.run(read_topic(stack.bootstrap, f"{stack.prefix}billing.invoices", idle_seconds=2.0))
+    return [orjson.loads(m.value) for m in messages]
+
+
+def fits_contract(event: dict) -> None:
+    name = next(name for name, (types, _, _) in CONTRACTS.items() if event["type"] in types)
+    validator = Draft202012Validator(schema_for(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    errors = [error.message for error in validator.iter_errors(event)]
+    assert not errors, (event["type"], errors[:3])
+
+
 CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "carry_catalog.yaml"
 
 
@@ -83,6 +102,10 @@ def test_credit_notes_lower_what_is_due_refund_to_the_balance_and_never_credit_t
     third = wait_for(lambda: decided("cn-3"), 60, "the third credit note")
     assert third["status"] == "rejected" and "still creditable" in third["rejection"]
 
+    decisions = [e for e in invoice_events(stack) if e["type"].startswith("bastionary.credit_note.")]
+    assert sorted(e["data"]["status"] for e in decisions) == ["issued", "issued", "rejected"]
+    for message in invoice_events(stack):  # real messages fit the published contracts
+        fits_contract(message)
     balance = api.get("/v1/customers/cust-c/credits")[1]["balances"]
     assert balance == [{"currency": "USD", "promotional": "0", "paid": "0", "carried": "3", "available": "3"}]
     kinds = [m["kind"] for m in api.get("/v1/customers/cust-c/credits/ledger")[1]["movements"]]

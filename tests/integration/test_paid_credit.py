@@ -16,6 +16,7 @@ from bastionary.devstack.broker import free_port
 from bastionary.kafka import read_topic
 
 from .dunning_helpers import wait_for
+from .test_credit_notes import fits_contract, invoice_events
 from .test_http_api import ADMIN, BATCH, Api, cli_json, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,6 +81,8 @@ def test_paid_credit_is_drawn_after_promotional_and_a_crossing_asks_for_a_topup(
         return [e for e in events if e["type"] == "bastionary.credit.topup_requested.v1"]
 
     (request,) = wait_for(topups, 60, "the top-up request")
+    for message in (request, *invoice_events(stack)):  # real messages fit the published contracts
+        fits_contract(message)
     assert request["data"] == {"customer_id": "cust-p", "invoice_id": summary["invoice_id"], **rule, "balance": "5.00"}
 
     balance = api.get("/v1/customers/cust-p/credits")[1]

@@ -146,6 +146,10 @@ def decide(
     if standing.customer_id != request.customer_id:
         return reject(f"invoice {preview(request.invoice_id)} is not customer {preview(request.customer_id)}'s")
     currency = standing.currency
+
+    def money(value: Decimal) -> str:
+        return str(round_money(value, currency))  # exact already: this fixes the scale
+
     creditable = standing.total - standing.credited
     if request.void:
         if standing.paid > 0 or standing.credited > 0:
@@ -157,7 +161,7 @@ def decide(
         if (problem := amount_problem(amount, currency)) is not None:
             return reject(f"amount {amount} {problem}")
         if amount > creditable:
-            return reject(f"amount {amount} is more than the {creditable} {currency} still creditable")
+            return reject(f"amount {amount} is more than the {money(creditable)} {currency} still creditable")
     if amount <= 0:
         return reject("nothing left to credit")
     due = max(standing.total - standing.paid - standing.reduced, Decimal(0))
@@ -165,9 +169,6 @@ def decide(
     given_back = amount - reduces_due
     to_balance = given_back if request.refund_to == "balance" else Decimal(0)
     lines = request.lines or [CreditNoteLine(description=request.reason or "Credit", amount=amount)]
-
-    def money(value: Decimal) -> str:
-        return str(round_money(value, currency))  # exact already: this fixes the scale
 
     document = {
         **base,

@@ -50,12 +50,23 @@ from bastionary.tools.workload import Event, GroupKey, Record, Workload, generat
 from bastionary.topics import Topics
 
 DEMO_CATALOG = Path(__file__).with_name("demo_catalog.yaml")
+# (name, country, tax exempt) of each subscriber's customer record: VAT applies in Germany
+# (demo_catalog.yaml, invoicing), except to cust-0006 (a reverse-charge business).
+CUSTOMER_RECORDS = {
+    "cust-0001": ("Northwind Traders Inc.", "US", False),
+    "cust-0002": ("Blue Harbor LLC", "US", False),
+    "cust-0003": ("Contoso Labs Ltd", "GB", False),
+    "cust-0004": ("Fabrikam Robotics", "US", False),
+    "cust-0005": ("Müller & Söhne GmbH", "DE", False),
+    "cust-0006": ("Rheinwerk Analytics AG", "DE", True),
+}
+CREDITED = "cust-0005"  # gets a credit note on its first invoice
 SUBSCRIBERS = [  # (customer, plan, credit grant or None)
     ("cust-0001", "starter", None),
     ("cust-0002", "starter", ("USD", "10.00")),
     ("cust-0003", "pro", None),
     ("cust-0004", "pro", ("USD", "25.00")),
-    ("cust-0005", "enterprise", ("EUR", "1000.00")),
+    ("cust-0005", "enterprise", ("EUR", "100.00")),
     ("cust-0006", "enterprise", None),
 ]
 
@@ -105,6 +116,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
                 if not options.billing:
                     return exact
                 _show_invoices(console, client, subscribed)
+                _show_invoice_and_credit_note(console, client, broker.bootstrap, topics, demo_dir)
                 followed = _follow_billing(console, client, peers, collections, broker.bootstrap, topics)
             return exact and followed
         finally:
@@ -215,6 +227,7 @@ def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[li
     now = datetime.now(UTC)
     start = now.replace(second=0, microsecond=0)
     subscriptions: list[Event] = []
+    customers: list[Event] = []
     grants: list[Event] = []
     usage: list[Event] = []
     for n, (customer, plan, grant) in enumerate(SUBSCRIBERS):
@@ -226,6 +239,10 @@ def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[li
             "billing_email": billing_email(customer),
         }
         subscriptions.append(_event("bastionary.subscription.created.v1", f"sub-{customer}", customer, now, data))
+        name, country, exempt = CUSTOMER_RECORDS[customer]
+        record = {"customer_id": customer, "name": name, "email": billing_email(customer), "tax_exempt": exempt,
+                  "address": {"line1": f"{n + 1} Market Street", "city": "Springfield", "country": country}}  # fmt: skip
+        customers.append(_event("bastionary.customer.upserted.v1", f"customer-{customer}", customer, now, record))
         if grant:
             currency, amount = grant
             grant_data = {
@@ -255,6 +272,7 @@ def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[li
     async def send() -> None:
         async with UsageProducer(bootstrap) as producer:
             for topic, payloads in (
+                (topics.customers, customers),
                 (topics.subscriptions, subscriptions),
                 (topics.credit_grants, grants),
                 (topics.usage_events, usage),
@@ -293,16 +311,22 @@ def _show_invoices(console: Console, client: Client, subscriptions: list[str], t
                 break
             time.sleep(2)
     table = Table(title="Invoices (first period of each subscription)")
-    for column in ("customer", "plan", "lines", "subtotal", "credits", "total"):
-        table.add_column(column, justify="right" if column in ("subtotal", "credits", "total") else "left")
+    for column in ("customer", "plan", "lines", "subtotal", "tax", "credits", "total"):
+        table.add_column(column, justify="right" if column in ("subtotal", "tax", "credits", "total") else "left")
     seen: set[str] = set()
     for sub, customer, plan, currency, subtotal, credits, total, document in rows:
         if sub in seen:
             continue
         seen.add(sub)
-        lines = len(orjson.loads(document)["lines"])
+        data = orjson.loads(document)
         table.add_row(
-            customer, plan, str(lines), f"{subtotal:.2f} {currency}", f"{credits:.2f}", f"{total:.2f} {currency}"
+            customer,
+            plan,
+            str(len(data["lines"])),
+            f"{subtotal:.2f} {currency}",
+            data.get("tax", "0"),
+            f"{credits:.2f}",
+            f"{total:.2f} {currency}",
         )
     console.print(table)
     if rows:
@@ -319,6 +343,65 @@ def _show_invoices(console: Console, client: Client, subscriptions: list[str], t
     missing = set(subscriptions) - seen
     if missing:
         console.print(f"[yellow]not rated yet: {', '.join(sorted(missing))}")
+
+
+def _show_invoice_and_credit_note(
+    console: Console, client: Client, bootstrap: str, topics: Topics, demo_dir: Path, timeout: float = 90.0
+) -> None:
+    """The VAT invoice of a German customer as a PDF, then a credit note on it."""
+    from bastionary.kafka import UsageProducer
+    from bastionary.rating.credit_notes import credit_note_id
+    from bastionary.rating.render import credit_note_view, render_html, render_invoice_pdf, render_pdf_view
+    from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
+    from bastionary.storage.reports import InvoiceReports
+
+    reports = InvoiceReports(client)
+    invoice = next((r for r in reports.invoices(CREDITED) if r[4] == "period"), None)
+    document = reports.document(invoice[0]) if invoice is not None else None
+    if document is None:
+        console.print(f"[yellow]{CREDITED} has no invoice yet: no credit note shown")
+        return
+    pdf, html = demo_dir / "invoice.pdf", demo_dir / "invoice.html"
+    pdf.write_bytes(render_invoice_pdf(document))
+    html.write_text(render_html(document))
+    taxes = ", ".join(f"{t['name']} {t['amount']} {document['currency']}" for t in document["tax_lines"]) or "none"
+    console.print(
+        f"Invoice {document['invoice_id']} of {CREDITED} ({document['bill_to'].get('name', '')}):"
+        f" subtotal {document['subtotal']}, tax {taxes}, total {document['total']} {document['currency']}"
+        f"\n  written to {pdf} and {html}"
+    )
+    amount = str((Decimal(document["subtotal"]) / 10).quantize(Decimal("0.01")))
+    request = {"credit_note_id": "demo-credit-1", "invoice_id": document["invoice_id"], "customer_id": CREDITED,
+               "amount": amount, "reason": "Service credit: 10% for the API latency incident"}  # fmt: skip
+    event = _event("bastionary.credit_note.requested.v1", "demo-credit-1", CREDITED, datetime.now(UTC), request)
+
+    async def send() -> None:
+        async with UsageProducer(bootstrap) as producer:
+            await producer.send(topics.credit_notes, event)
+            await producer.flush()
+
+    asyncio.run(send())
+    notes = ClickHouseCreditNoteStore(client)
+    note_id = credit_note_id(CREDITED, "demo-credit-1")
+    deadline = time.monotonic() + timeout
+    decided = None
+    with console.status("waiting for the credit note to be decided..."):
+        while decided is None and time.monotonic() < deadline:
+            decided = notes.document(note_id)
+            time.sleep(1)
+    if decided is None:
+        console.print("[yellow]the credit note was not decided in time")
+        return
+    if decided["status"] != "issued":
+        console.print(f"[yellow]credit note rejected: {decided.get('rejection')}")
+        return
+    note_pdf = demo_dir / "credit-note.pdf"
+    note_pdf.write_bytes(render_pdf_view(credit_note_view(decided, document)))
+    console.print(
+        f"Credit note {note_id}: {decided['amount']} {decided['currency']} ({decided['reason']});"
+        f" off the amount due {decided['reduces_amount_due']}, to the balance {decided['credited_to_balance']},"
+        f" refunded {decided['refunded']}\n  written to {note_pdf}"
+    )
 
 
 def _summarize(console: Console, client: Client, workload: Workload) -> bool:

@@ -1,0 +1,210 @@
+"""The billing topics' contracts as JSON Schemas, generated from the pydantic models.
+
+Inputs are the models the parsers validate with; outputs (what the rater and the credit note
+desk publish) are described by the models below, which the tests check the published events
+against. ``python -m bastionary.rating.contracts`` writes ``schemas/billing/``; a test keeps
+the committed files equal to what this module generates.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from bastionary.rating.credit_notes import (
+    CREDIT_NOTE_ISSUED,
+    CREDIT_NOTE_REJECTED,
+    CREDIT_NOTE_REQUESTED,
+    CreditNoteRequest,
+)
+from bastionary.rating.customers import CUSTOMER_UPSERTED, CustomerData
+from bastionary.rating.events import CREDIT_TYPES, SUBSCRIPTION_TYPES, CreditGrantData, SubscriptionData
+
+DecimalText = Annotated[str, Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="an exact decimal number")]
+Time = Annotated[str, Field(description="ISO 8601 with an offset")]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InvoiceLine(_Out):
+    price_key: str
+    meter: str | None
+    description: str
+    quantity: DecimalText
+    amount: DecimalText
+    tiers: list[dict[str, Any]]
+    adjusts_period_start: Time | None = None
+    unit_price: DecimalText | None = None
+
+
+class TaxLine(_Out):
+    key: str
+    name: str
+    rate: DecimalText
+    inclusive: bool
+    taxable: DecimalText
+    amount: DecimalText
+
+
+class Allocation(_Out):
+    grant_id: str
+    amount: DecimalText
+    funding: Literal["promotional", "paid", "carried"] | None = None
+
+
+class Movement(_Out):
+    grant_id: str
+    amount: DecimalText
+
+
+class Topup(_Out):
+    currency: str
+    threshold: DecimalText
+    amount: DecimalText
+    balance: DecimalText
+
+
+class InvoiceDocument(_Out):
+    """``bastionary.invoice.finalized.v1`` on ``billing.invoices`` (README, Rating)."""
+
+    invoice_id: str
+    customer_id: str
+    subscription_id: str
+    plan: str
+    currency: str
+    kind: Literal["period", "final_adjustment"]
+    period_start: Time
+    period_end: Time
+    issued_at: Time
+    due_at: Time
+    lines: list[InvoiceLine]
+    subtotal: DecimalText
+    credits_applied: DecimalText
+    credit_allocations: list[Allocation]
+    total: DecimalText
+    status: Literal["finalized"]
+    credits_expired: list[Movement] = []
+    carried_forward: DecimalText = "0"
+    topup_requested: list[Topup] = []
+    tax_lines: list[TaxLine] = []
+    tax: DecimalText = "0"
+    issuer: dict[str, Any] = {}
+    bill_to: dict[str, Any] = {}
+
+
+class CreditMovement(_Out):
+    """``bastionary.credit.applied.v1`` / ``.expired.v1`` / ``.carried.v1`` on ``billing.credits``."""
+
+    grant_id: str
+    customer_id: str
+    invoice_id: str
+    amount: DecimalText
+    currency: str
+    funding: Literal["promotional", "paid", "carried"] | None = None
+
+
+class TopupRequest(Topup):
+    """``bastionary.credit.topup_requested.v1`` on ``billing.credits``: the payment system's cue."""
+
+    customer_id: str
+    invoice_id: str
+
+
+class CreditNoteLine(_Out):
+    description: str
+    amount: DecimalText
+
+
+class CreditNoteDecision(_Out):
+    """``bastionary.credit_note.issued.v1`` / ``.rejected.v1`` on ``billing.invoices``."""
+
+    credit_note_id: str
+    requested_id: str
+    request_event_id: str
+    invoice_id: str
+    customer_id: str
+    reason: str
+    requested_at: Time
+    issued_at: Time
+    status: Literal["issued", "rejected"]
+    rejection: str | None = None
+    currency: str | None = None
+    amount: DecimalText | None = None
+    lines: list[CreditNoteLine] = []
+    reduces_amount_due: DecimalText | None = None
+    refunded: DecimalText | None = None
+    credited_to_balance: DecimalText | None = None
+    voids_invoice: bool = False
+
+
+def _types(types: dict[str, str]) -> list[str]:
+    return list(types)
+
+
+# Each billing event type and the model of its ``data``.
+CONTRACTS: dict[str, tuple[list[str], type[BaseModel], str]] = {
+    "subscription": (_types(SUBSCRIPTION_TYPES), SubscriptionData, "billing.subscriptions"),
+    "credit-grant": (_types(CREDIT_TYPES), CreditGrantData, "billing.credit-grants"),
+    "customer": ([CUSTOMER_UPSERTED], CustomerData, "billing.customers"),
+    "credit-note-request": ([CREDIT_NOTE_REQUESTED], CreditNoteRequest, "billing.credit-notes"),
+    "invoice": (["bastionary.invoice.finalized.v1"], InvoiceDocument, "billing.invoices"),
+    "credit-note-decision": ([CREDIT_NOTE_ISSUED, CREDIT_NOTE_REJECTED], CreditNoteDecision, "billing.invoices"),
+    "credit-movement": (
+        [f"bastionary.credit.{kind}.v1" for kind in ("applied", "expired", "carried")],
+        CreditMovement,
+        "billing.credits",
+    ),
+    "topup-request": (["bastionary.credit.topup_requested.v1"], TopupRequest, "billing.credits"),
+}
+
+
+def schema_for(name: str) -> dict[str, Any]:
+    """The CloudEvent (structured JSON) carrying one of the contract's types."""
+    types, model, topic = CONTRACTS[name]
+    data = model.model_json_schema(mode="validation")
+    defs = data.pop("$defs", {})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"Bastionary {name.replace('-', ' ')} event",
+        "description": f"On {topic}. Generated from {model.__module__}.{model.__name__}; do not edit.",
+        "type": "object",
+        "required": ["specversion", "id", "source", "type", "time", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string", "minLength": 1},
+            "source": {"type": "string", "minLength": 1},
+            "type": {"enum": types},
+            "subject": {"type": "string"},
+            "time": {"type": "string"},
+            "datacontenttype": {"type": "string"},
+            "data": data,
+        },
+        "$defs": defs,
+    }
+
+
+def schema_files() -> dict[str, bytes]:
+    return {
+        f"{name}.schema.json": orjson.dumps(schema_for(name), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        for name in CONTRACTS
+    }
+
+
+def main(directory: str) -> None:
+    # Through the package, not ``__main__``: the models' names in the files are their modules'.
+    from bastionary.rating import contracts
+
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, content in contracts.schema_files().items():
+        (target / name).write_bytes(content)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1] if len(sys.argv) > 1 else "schemas/billing")
