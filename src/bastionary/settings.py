@@ -134,7 +134,10 @@ class Settings(BaseSettings):
     query_reader_password: SecretStr | None = None
     query_writer_password: SecretStr | None = None
     rating_enabled: bool = Field(default=True, description="run the rater inside workers")
-    rating_grace: IsoDuration = Field(default=timedelta(hours=1), description="wait after a period ends")
+    rating_grace: IsoDuration = Field(
+        default=timedelta(hours=1),
+        description="wait after a period ends (whole minutes: usage is read by ingest minute)",
+    )
     rating_interval: IsoDuration = Field(
         default=timedelta(seconds=10), description="how often to look for closed periods"
     )
@@ -171,6 +174,14 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("rating_grace")
+    @classmethod
+    def _grace_in_whole_minutes(cls, value: timedelta) -> timedelta:
+        # Usage is read by whole ingest minutes: a grace of seconds would be rounded up, silently.
+        if value < timedelta(0) or value % timedelta(minutes=1):
+            raise ValueError("must be zero or a whole number of minutes (usage is read by ingest minute), e.g. PT5M")
+        return value
 
     @field_validator("topic_prefix")
     @classmethod

@@ -49,7 +49,7 @@ def test_a_negative_period_is_carried_to_the_next_invoice(stack):
 
     tokens("use-0", 1000, start + timedelta(seconds=1))
     first = wait_for(lambda: invoice(0), 150, "period 0's invoice")
-    assert (first["subtotal"], first["total"]) == ("10", "10")
+    assert (first["subtotal"], first["total"]) == ("10.00", "10.00")
     # A correction of period 0, landing after its invoice: period 1 adjusts it by -10.00.
     tokens("fix-0", -1000, start + timedelta(seconds=2))
     second = wait_for(lambda: invoice(1), 150, "period 1's invoice")
@@ -58,10 +58,10 @@ def test_a_negative_period_is_carried_to_the_next_invoice(stack):
     wait_for(lambda: datetime.now(UTC) >= start + 2 * minute, 120, "period 2")
     tokens("use-2", 500, datetime.now(UTC))
     third = wait_for(lambda: invoice(2), 150, "period 2's invoice")
-    assert (third["subtotal"], third["credits_applied"], third["total"]) == ("5", "5", "0")
+    assert (third["subtotal"], third["credits_applied"], third["total"]) == ("5.00", "5.00", "0.00")
     kinds = sorted(m["kind"] for m in api.get("/v1/customers/cust-n/credits/ledger")[1]["movements"])
     assert kinds == ["applied", "carried"]
     balance = api.get("/v1/customers/cust-n/credits")[1]
     assert balance["balances"] == [
-        {"currency": "USD", "promotional": "0", "paid": "0", "carried": "5", "available": "5"}
+        {"currency": "USD", "promotional": "0.00", "paid": "0.00", "carried": "5.00", "available": "5.00"}
     ]

@@ -107,9 +107,11 @@ def test_credit_notes_lower_what_is_due_refund_to_the_balance_and_never_credit_t
     for message in invoice_events(stack):  # real messages fit the published contracts
         fits_contract(message)
     balance = api.get("/v1/customers/cust-c/credits")[1]["balances"]
-    assert balance == [{"currency": "USD", "promotional": "0", "paid": "0", "carried": "3", "available": "3"}]
+    assert balance == [
+        {"currency": "USD", "promotional": "0.00", "paid": "0.00", "carried": "3.00", "available": "3.00"}
+    ]
     kinds = [m["kind"] for m in api.get("/v1/customers/cust-c/credits/ledger")[1]["movements"]]
     assert kinds == ["credit_note"]
     listed = cli_json(stack, "credit-notes", "--customer", "cust-c")
-    assert [(n["status"], n["amount"]) for n in listed] == [("issued", "4"), ("issued", "3"), ("rejected", "0")]
+    assert [(n["status"], n["amount"]) for n in listed] == [("issued", "4.00"), ("issued", "3.00"), ("rejected", "0")]
     assert api.get("/v1/credit-notes?customer=cust-c")[1]["credit_notes"] == listed

@@ -181,7 +181,9 @@ def test_http_api_end_to_end(stack, tmp_path):
     assert subs["subscriptions"][0]["plans"][0]["plan"] == "pro"
     assert stack.query("SELECT count() FROM subscriptions FINAL WHERE subscription_id = 'sub-a'")[0][0] == 1
     balance = wait_for(lambda: (b := api.get("/v1/customers/cust-a/credits")[1])["grants"] and b, 30, "the grant")
-    assert balance["balances"] == [{"currency": "USD", "available": "5"}]
+    assert balance["balances"] == [
+        {"currency": "USD", "promotional": "5.00", "paid": "0.00", "carried": "0.00", "available": "5.00"}
+    ]
     status, upcoming = api.get("/v1/customers/cust-a/upcoming-invoice")
     assert status == 200 and len(upcoming["invoices"]) == 1
     preview = upcoming["invoices"][0]
@@ -220,11 +222,12 @@ def test_http_api_end_to_end(stack, tmp_path):
     assert issued == preview | {"status": "finalized"}
     listed = api.get("/v1/invoices?customer=cust-a")[1]["invoices"]
     assert [i["invoice_id"] for i in listed] == [preview["invoice_id"]]
-    assert listed == cli_json(stack, "invoices", "--customer", "cust-a")
+    assert cli_json(stack, "invoices", "--customer", "cust-a") == [issued]  # the CLI's JSON: whole documents
+    assert (listed[0]["total"], listed[0]["due_at"]) == (issued["total"], issued["due_at"])
     at = "2030-01-01T00:00:00+00:00"
     grants = api.get(f"/v1/customers/cust-a/credits?at={at}".replace("+", "%2B"))[1]["grants"]
     assert grants == cli_json(stack, "credits", "balance", "cust-a", "--at", at)
-    assert grants[0]["remaining"] == "0"  # the invoice drew the whole grant
+    assert grants[0]["remaining"] == "0.00"  # the invoice drew the whole grant
     html = api.get(f"/v1/invoices/{preview['invoice_id']}/html")
     assert html[0] == 200 and preview["invoice_id"] in html[1]
     ledger = api.get("/v1/customers/cust-a/credits/ledger")[1]["movements"]

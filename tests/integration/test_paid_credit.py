@@ -87,7 +87,7 @@ def test_paid_credit_is_drawn_after_promotional_and_a_crossing_asks_for_a_topup(
 
     balance = api.get("/v1/customers/cust-p/credits")[1]
     assert balance["balances"] == [
-        {"currency": "USD", "promotional": "0", "paid": "5", "carried": "0", "available": "5"}
+        {"currency": "USD", "promotional": "0.00", "paid": "5.00", "carried": "0.00", "available": "5.00"}
     ]
     assert [(g["grant_id"], g["funding"]) for g in balance["grants"]] == [
         ("promo-1", "promotional"),
@@ -99,6 +99,6 @@ def test_paid_credit_is_drawn_after_promotional_and_a_crossing_asks_for_a_topup(
     assert movements == api.get("/v1/customers/cust-p/credits/ledger")[1]["movements"]
     bought = [m for m in movements if m["kind"] == "purchased"]
     assert [(m["grant_id"], m["amount"], m["price_paid"], m["payment_reference"]) for m in bought] == [
-        ("pack-1", "10", "9", "pay-1")
+        ("pack-1", "10.00", "9.00", "pay-1")
     ]
     assert sorted(m["kind"] for m in movements) == ["applied", "applied", "granted", "purchased"]

@@ -19,7 +19,6 @@ from bastionary.storage.reports import (
     InvoiceReports,
     balance_rows,
     grant_row,
-    jsonable,
 )
 
 
@@ -27,9 +26,13 @@ from bastionary.storage.reports import (
 @click.option("--customer", default=None)
 @output_format
 def invoices(customer: str | None, fmt: str) -> None:
-    """List finalized invoices."""
-    rows = InvoiceReports(reader_client(settings_or_exit())).invoices(customer)
-    emit(INVOICE_COLUMNS, [[jsonable(v) for v in row] for row in rows], fmt)
+    """List finalized invoices; with --format json, each invoice's whole document (lines,
+    due date, tax, credits) as published on billing.invoices."""
+    reports = InvoiceReports(reader_client(settings_or_exit()))
+    if fmt == "json":
+        click.echo(orjson.dumps(reports.documents(customer), option=orjson.OPT_INDENT_2))
+        return
+    emit(INVOICE_COLUMNS, [list(row.values()) for row in reports.summaries(customer)], fmt)
 
 
 @click.group()
@@ -85,8 +88,8 @@ def credit_notes(customer: str | None, fmt: str) -> None:
     """List decided credit notes (issued and rejected)."""
     from bastionary.storage.credit_notes import LIST_COLUMNS, ClickHouseCreditNoteStore
 
-    rows = ClickHouseCreditNoteStore(reader_client(settings_or_exit())).listing(customer)
-    emit(LIST_COLUMNS, [[jsonable(v) for v in row] for row in rows], fmt)
+    rows = ClickHouseCreditNoteStore(reader_client(settings_or_exit())).summaries(customer)
+    emit(LIST_COLUMNS, [list(row.values()) for row in rows], fmt)
 
 
 @click.group("credit-note")
@@ -156,5 +159,5 @@ def credits_balance(customer: str, at: str | None, totals: bool, fmt: str) -> No
 def credits_ledger(customer: str, fmt: str) -> None:
     """Every credit movement of CUSTOMER, oldest first: grants, purchases, voids, and what
     each stored invoice drew (applied), let lapse (expired) or carried forward."""
-    rows = InvoiceReports(reader_client(settings_or_exit())).ledger(customer)
-    emit(LEDGER_COLUMNS, [[jsonable(v) for v in row] for row in rows], fmt)
+    rows = InvoiceReports(reader_client(settings_or_exit())).ledger_rows(customer)
+    emit(LEDGER_COLUMNS, [list(row.values()) for row in rows], fmt)

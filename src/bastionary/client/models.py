@@ -58,6 +58,7 @@ class InvoiceSummary(_Model):
     kind: str
     period_start: datetime
     period_end: datetime
+    due_at: datetime | None = None  # servers before it existed lack it
     currency: str
     subtotal: Decimal
     credits_applied: Decimal

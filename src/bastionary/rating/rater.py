@@ -74,7 +74,9 @@ UsageCache = dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime, da
 
 
 def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
-    """``period_end + grace``, rounded up to a minute: usage is read by whole ingest minutes."""
+    """``period_end + grace``, rounded up to a minute: usage is read by whole ingest minutes.
+    (The settings take the grace in whole minutes; a period end inside a minute, from a
+    cancellation or a plan change, is what gets rounded.)"""
     moment = period_end + grace
     epoch = moment.timestamp()
     return datetime.fromtimestamp(math.ceil(epoch / 60) * 60, tz=UTC)

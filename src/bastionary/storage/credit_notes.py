@@ -11,6 +11,7 @@ import orjson
 from bastionary.rating.credit_notes import CreditNoteRequest, Decision, Standing, credit_note_id
 from bastionary.rating.events import BillingEvent
 from bastionary.storage.client import Client
+from bastionary.storage.reports import jsonable, money_text
 
 COLUMNS = (
     "credit_note_id",
@@ -160,6 +161,16 @@ class ClickHouseCreditNoteStore:
             self.client.insert("credit_notes", published, column_names=COLUMNS)
 
     # -- reports -------------------------------------------------------------------------
+
+    def summaries(self, customer_id: str | None = None) -> list[dict[str, Any]]:
+        """:meth:`listing` JSON-ready, amounts at the currency's precision."""
+        out = []
+        for row in self.listing(customer_id):
+            note = dict(zip(LIST_COLUMNS, map(jsonable, row), strict=True))
+            for name in ("amount", "reduces_amount_due", "refunded", "credited_to_balance"):
+                note[name] = money_text(row[LIST_COLUMNS.index(name)], note["currency"])
+            out.append(note)
+        return out
 
     def listing(self, customer_id: str | None = None) -> list[tuple[Any, ...]]:
         """Decided credit notes (issued and rejected), in ``LIST_COLUMNS`` order, oldest first."""

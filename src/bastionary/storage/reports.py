@@ -11,6 +11,7 @@ import orjson
 
 from bastionary.credits.balances import GrantBalance, totals
 from bastionary.metering.meters import Meter
+from bastionary.money import MINOR_UNITS, round_money
 from bastionary.storage.client import Client
 from bastionary.storage.queries import usage_query
 
@@ -22,12 +23,14 @@ INVOICE_COLUMNS = (
     "kind",
     "period_start",
     "period_end",
+    "due_at",
     "currency",
     "subtotal",
     "credits_applied",
     "total",
     "status",
 )
+MONEY_COLUMNS = ("subtotal", "credits_applied", "total")
 
 
 LEDGER_COLUMNS = (
@@ -65,8 +68,8 @@ def grant_row(line: GrantBalance) -> dict[str, Any]:
         grant.grant_id,
         grant.funding,
         grant.currency,
-        number(grant.amount),
-        number(line.remaining),
+        money_text(grant.amount, grant.currency),
+        money_text(line.remaining, grant.currency),
         grant.priority,
         jsonable(grant.effective_at),
         jsonable(grant.expires_at),
@@ -78,7 +81,7 @@ def grant_row(line: GrantBalance) -> dict[str, Any]:
 def balance_rows(lines: list[GrantBalance]) -> list[dict[str, Any]]:
     """What is available per currency, by funding and in all, JSON-ready."""
     return [
-        {"currency": currency, **{name: number(value) for name, value in amounts.items()}}
+        {"currency": currency, **{name: money_text(value, currency) for name, value in amounts.items()}}
         for currency, amounts in totals(lines).items()
     ]
 
@@ -115,6 +118,33 @@ class InvoiceReports:
             " ORDER BY period_end, invoice_id"
         )
         return [tuple(row) for row in self.client.query(sql, parameters=params).result_rows]
+
+    def summaries(self, customer_id: str | None = None) -> list[dict[str, Any]]:
+        """:meth:`invoices` JSON-ready: amounts at the currency's precision (``10.00``), as on
+        the invoice itself; times ISO 8601."""
+        out = []
+        for row in self.invoices(customer_id):
+            summary = dict(zip(INVOICE_COLUMNS, map(jsonable, row), strict=True))
+            for name in MONEY_COLUMNS:
+                summary[name] = money_text(row[INVOICE_COLUMNS.index(name)], summary["currency"])
+            out.append(summary)
+        return out
+
+    def documents(self, customer_id: str | None = None) -> list[dict[str, Any]]:
+        """The invoice documents as published (lines, due dates, tax, credits), oldest period first."""
+        where, params = ("AND customer_id = {c:String}", {"c": customer_id}) if customer_id else ("", {})
+        sql = f"SELECT document FROM invoices FINAL WHERE status != 'empty' {where} ORDER BY period_end, invoice_id"
+        return [orjson.loads(row[0]) for row in self.client.query(sql, parameters=params).result_rows]
+
+    def ledger_rows(self, customer_id: str) -> list[dict[str, Any]]:
+        """:meth:`ledger` JSON-ready, amounts at their currency's precision."""
+        out = []
+        for row in self.ledger(customer_id):
+            movement = dict(zip(LEDGER_COLUMNS, map(jsonable, row), strict=True))
+            for name in ("amount", "price_paid"):
+                movement[name] = money_text(row[LEDGER_COLUMNS.index(name)], movement["currency"])
+            out.append(movement)
+        return out
 
     def ledger(self, customer_id: str) -> list[tuple[Any, ...]]:
         """The customer's credit movements in ``LEDGER_COLUMNS`` order, oldest first. An
@@ -158,6 +188,14 @@ class InvoiceReports:
             return None
         document: dict[str, Any] = orjson.loads(rows[0][0])
         return document
+
+
+def money_text(value: Decimal | None, currency: str) -> str | None:
+    """An amount at its currency's precision (``10.00``; JPY ``1000``): the one format for
+    amounts, as invoices carry them. Quantities and rates stay exact (:func:`number`)."""
+    if value is None:
+        return None
+    return str(round_money(Decimal(value), currency)) if currency in MINOR_UNITS else number(Decimal(value))
 
 
 def number(value: Decimal | float | int | None) -> str | None:

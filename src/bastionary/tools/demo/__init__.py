@@ -337,7 +337,10 @@ def _show_invoices(console: Console, client: Client, subscriptions: list[str], t
         for line in sample["lines"]:
             detail.add_row(line["description"], line["quantity"], f"{line['amount']} {sample['currency']}")
         detail.add_row("subtotal", "", f"{sample['subtotal']}")
-        detail.add_row("credits applied", "", f"-{sample['credits_applied']}")
+        for tax in sample.get("tax_lines", []):
+            detail.add_row(tax["name"], "", tax["amount"])
+        if Decimal(sample["credits_applied"]) > 0:
+            detail.add_row("credits applied", "", f"-{sample['credits_applied']}")
         detail.add_row("total due " + sample["due_at"][:10], "", f"{sample['total']} {sample['currency']}")
         console.print(detail)
     missing = set(subscriptions) - seen

@@ -18,12 +18,9 @@ from aiohttp import web
 from bastionary.apikeys import ApiKey
 from bastionary.credits.balances import balances
 from bastionary.rating.render import render_html, render_invoice_pdf
-from bastionary.storage.credit_notes import LIST_COLUMNS as CREDIT_NOTE_COLUMNS
 from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
 from bastionary.storage.queries import WINDOWS
 from bastionary.storage.reports import (
-    INVOICE_COLUMNS,
-    LEDGER_COLUMNS,
     InvoiceReports,
     balance_rows,
     grant_row,
@@ -112,8 +109,7 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             if isinstance(allowed, web.Response):
                 return allowed
             _, customer = allowed
-            rows = await asyncio.to_thread(InvoiceReports(backend.reader).invoices, customer)
-            invoices = [dict(zip(INVOICE_COLUMNS, map(jsonable, row), strict=True)) for row in rows]
+            invoices = await asyncio.to_thread(InvoiceReports(backend.reader).summaries, customer)
             return self.json({"invoices": invoices})
 
     async def invoice_document(request: web.Request, invoice_id: str) -> dict[str, Any] | web.Response:
@@ -159,8 +155,7 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             if isinstance(allowed, web.Response):
                 return allowed
             _, customer = allowed
-            rows = await asyncio.to_thread(ClickHouseCreditNoteStore(backend.reader).listing, customer)
-            notes = [dict(zip(CREDIT_NOTE_COLUMNS, map(jsonable, row), strict=True)) for row in rows]
+            notes = await asyncio.to_thread(ClickHouseCreditNoteStore(backend.reader).summaries, customer)
             return self.json({"credit_notes": notes})
 
     @app.page("/v1/credit-notes/{credit_note_id}")
@@ -214,8 +209,7 @@ def credit_balance(backend: ApiBackend, request: web.Request, customer_id: str) 
 
 
 def credit_ledger(backend: ApiBackend, request: web.Request, customer_id: str) -> dict[str, Any]:
-    rows = InvoiceReports(backend.reader).ledger(customer_id)
-    return {"movements": [dict(zip(LEDGER_COLUMNS, map(jsonable, row), strict=True)) for row in rows]}
+    return {"movements": InvoiceReports(backend.reader).ledger_rows(customer_id)}
 
 
 def subscriptions(backend: ApiBackend, request: web.Request, customer_id: str) -> dict[str, Any]:
