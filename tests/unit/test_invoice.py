@@ -464,3 +464,18 @@ def test_amounts_always_carry_the_currency_minor_unit():
 def test_invoice_adds_up_with_a_grant_in_fractions_of_a_cent():
     data, _ = final([line(20)], grants=[grant("g", "10.005")])
     assert D(data["subtotal"]) == D(data["credits_applied"]) + D(data["total"])
+
+
+def test_the_readme_s_id_recipes_recompute_the_ids():
+    import re
+    from pathlib import Path
+
+    from bastionary.credits.ledger import movement_id
+    from bastionary.rating.credit_notes import credit_note_id
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    invoice_ns, note_ns, movement_ns = re.findall(r"uuid5\(([0-9a-f-]{36}),", readme)[:3]
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    assert invoice_id("sub-1", start) == str(uuid.uuid5(uuid.UUID(invoice_ns), f"sub-1|period|{start.isoformat()}"))
+    assert credit_note_id("c1", "cn-1") == str(uuid.uuid5(uuid.UUID(note_ns), "c1|cn-1"))
+    assert movement_id("applied", "g", "inv") == str(uuid.uuid5(uuid.UUID(movement_ns), "applied|g|inv"))

@@ -230,7 +230,15 @@ def test_percentage_minimum_applies_only_to_a_period_with_usage():
 def test_percentage_explains_rate_and_events():
     priced = price_usage(price("percentage", rate="0.029", fixed_amount="0.30"), Usage(D(100), 3))
     assert priced.amount == D("3.80")
-    assert priced.tiers == [{"rate": "0.029", "events": 3}]
+    assert priced.tiers == []  # its own fields, not tiers
+    assert priced.percentage == {
+        "rate": "0.029",
+        "value": "100",
+        "events": 3,
+        "fixed_amount": "0.30",
+        "min_amount": None,
+        "max_amount": None,
+    }
 
 
 # --- choices documented in pricing.py -----------------------------------------------------

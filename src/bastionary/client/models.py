@@ -75,6 +75,7 @@ class InvoiceLine(_Model):
     tiers: list[dict[str, Any]]
     adjusts_period_start: datetime | None = None
     unit_price: Decimal | None = None
+    percentage: dict[str, Any] | None = None
 
 
 class Invoice(_Model):

@@ -9,6 +9,7 @@ returns; it never raises.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -286,7 +287,16 @@ def payload_hash(raw: dict[str, Any], event: ValidUsageEvent | UsageEvent, canon
     """
     canonical = dict(raw)
     canonical["time"] = canonical_time or event.time.astimezone(UTC).isoformat()
-    return blake2b(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    try:
+        text = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        # An integer past 64 bits, which only an exact decode keeps: the stdlib encodes any.
+        # The same event always takes the same branch, so its digest is stable. (Nesting past
+        # orjson's limit is the caller's to reject, so that error goes on.)
+        if "64-bit" not in str(exc):
+            raise
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return blake2b(text, digest_size=16).digest()
 
 
 def _canonical_zulu(text: str) -> str | None:

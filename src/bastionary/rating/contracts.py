@@ -41,6 +41,7 @@ class InvoiceLine(_Out):
     tiers: list[dict[str, Any]]
     adjusts_period_start: Time | None = None
     unit_price: DecimalText | None = None
+    percentage: dict[str, Any] | None = None
 
 
 class TaxLine(_Out):

@@ -71,6 +71,7 @@ class Line:
     line_key: str = ""  # plan:price, stable across invoices
     period_start: datetime | None = None  # set on adjustment lines: the period adjusted
     unit_price: Decimal | None = None  # per-unit and flat prices: the price of one unit / of the fee
+    percentage: dict[str, Any] | None = None  # percentage prices: rate, value, events, fixed/min/max amount
 
     def as_dict(self, currency: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -85,6 +86,8 @@ class Line:
             out["adjusts_period_start"] = self.period_start.isoformat()
         if self.unit_price is not None:
             out["unit_price"] = _text(self.unit_price)
+        if self.percentage is not None:
+            out["percentage"] = self.percentage
         return out
 
 
@@ -135,6 +138,7 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
                     priced.tiers,
                     f"{plan.key}:{price.key}",
                     unit_price=unit,
+                    percentage=priced.percentage,
                 )
             )
     return lines

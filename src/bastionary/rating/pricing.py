@@ -27,6 +27,7 @@ ZERO = Decimal(0)
 class Priced:
     amount: Decimal
     tiers: list[dict[str, Any]] = field(default_factory=list)  # JSON, on the invoice line
+    percentage: dict[str, Any] | None = None  # a percentage price's terms and what they gave, on the line
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,15 @@ def percentage(price: PercentagePrice, quantity: Decimal, events: int) -> Priced
         amount = max(amount, price.min_amount)
     if price.max_amount is not None:
         amount = min(amount, price.max_amount)
-    return Priced(amount, [{"rate": str(price.rate), "events": events}])
+    terms = {
+        "rate": str(price.rate),
+        "value": str(quantity),
+        "events": events,
+        "fixed_amount": str(price.fixed_amount),
+        "min_amount": None if price.min_amount is None else str(price.min_amount),
+        "max_amount": None if price.max_amount is None else str(price.max_amount),
+    }
+    return Priced(amount, [], terms)
 
 
 def _tier_part(index: int, tier: Tier, units: Decimal, amount: Decimal) -> dict[str, Any]:

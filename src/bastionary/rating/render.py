@@ -105,8 +105,11 @@ def _line_notes(line: dict[str, Any], currency: str) -> list[str]:
             notes.append(f"Tier {tier['tier']} ({upper}): {quantity(tier['units'])} at {at}{flat}")
         elif "packages" in tier:
             notes.append(f"{quantity(tier['packages'])} packages")
-        elif "rate" in tier:
-            notes.append(f"{Decimal(tier['rate']) * 100:f}% of the value, {tier['events']} events")
+    if terms := line.get("percentage"):
+        rate = format((Decimal(terms["rate"]) * 100).normalize(), "f")
+        fixed = Decimal(terms.get("fixed_amount") or 0)
+        per_event = f" + {price(terms['fixed_amount'], currency)} x {terms['events']} events" if fixed else ""
+        notes.append(f"{rate}% of {quantity(terms.get('value'))}{per_event}")
     return notes
 
 
