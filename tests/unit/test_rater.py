@@ -200,7 +200,13 @@ class FakeBillingStore:
         return terms
 
     def usage_by_customer(
-        self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
+        self,
+        meter: Meter,
+        filters: dict[str, str],
+        start: datetime,
+        end: datetime,
+        as_of: datetime,
+        customer: str | None = None,
     ) -> dict[str, Usage]:
         assert meter.aggregation is Aggregation.SUM, "the fake sums; other aggregations are the rollups' business"
         self.usage_queries.append((meter.key, tuple(sorted(filters.items())), start, end, as_of))
@@ -212,6 +218,7 @@ class FakeBillingStore:
                 r.meter == meter.key
                 and start <= minute < end
                 and ingested_minute < as_of
+                and customer in (None, r.customer_id)
                 and all(dimensions.get(k) == v for k, v in filters.items())
             ):
                 before = out.get(r.customer_id, Usage(D(0), 0))

@@ -90,8 +90,16 @@ class BillingStore(Protocol):
         ...
 
     def usage_by_customer(
-        self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
-    ) -> dict[str, Usage]: ...
+        self,
+        meter: Meter,
+        filters: dict[str, str],
+        start: datetime,
+        end: datetime,
+        as_of: datetime,
+        customer: str | None = None,
+    ) -> dict[str, Usage]:
+        """Each customer's usage (``customer``: that one's only: a preview's single read)."""
+        ...
 
     def billed(self, subscription_id: str) -> Billed:
         """What the subscription's stored invoices billed, from their lines."""

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import structlog
@@ -143,6 +143,36 @@ def upcoming_period(
     return None
 
 
+class PreviewStore(Protocol):
+    """What :func:`upcoming_invoices` reads, for one customer."""
+
+    def subscriptions(self, plans: Mapping[str, Plan], customer: str | None = None) -> list[Subscription]: ...
+
+    def invoice_ids(self, subscription_id: str | None = None) -> set[str]: ...
+
+    def grants_as_of(
+        self, moment: datetime | None, customer: str | None = None
+    ) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]: ...
+
+    def customer_terms(self, customer: str | None = None) -> Mapping[str, CustomerTerms]: ...
+
+
+def upcoming_invoices(store: PreviewStore, rater: Rater, customer_id: str, now: datetime) -> list[dict[str, Any]]:
+    """The customer's running charge: each subscription's next invoice priced now
+    (:meth:`Rater.preview`), from one customer's reads. Blocking."""
+    due = []
+    for sub in store.subscriptions(rater.plans, customer=customer_id):
+        found = upcoming_period(sub, now, rater.grace, store.invoice_ids(sub.subscription_id))
+        if found is not None:
+            earlier, period, cutoff = found
+            due.append((sub, earlier, period, cutoff))
+    if not due:
+        return []
+    grants, drawn = store.grants_as_of(None, customer=customer_id)
+    terms = store.customer_terms(customer_id)
+    return rater.preview(due, grants.get(customer_id, []), drawn, terms.get(customer_id))
+
+
 class _Due(NamedTuple):
     """A closed period not rated yet; rated in (period end, subscription id, kind) order."""
 
@@ -244,16 +274,21 @@ class Rater:
         due: list[tuple[Subscription, list[Period], Period, datetime]],
         grants: list[Grant],
         drawn: dict[str, Decimal],
+        terms: CustomerTerms | None = None,
     ) -> list[dict[str, Any]]:
         """The next invoice of each of one customer's subscriptions, priced now with the code
-        that will issue it: usage landed so far, credits as they stand. Nothing is written.
+        that will issue it: usage landed so far, credits and the customer's record (``terms``)
+        as they stand. Nothing is written.
 
         Each document is the one the rater would issue if no more usage arrived (same id,
         lines, credits and totals), with ``status: "preview"``."""
         drawn = dict(drawn)  # the previews draw on a copy: nothing is applied yet
+        if terms is not None and due:
+            self._customers = {due[0][0].customer_id: terms}
+        cache: UsageCache = {}  # one customer's reads, shared by its subscriptions
         out = []
         for sub, earlier, period, cutoff in sorted(due, key=lambda d: (d[2].end, d[0].subscription_id)):
-            rated = self._rate(sub, earlier, period, cutoff, grants, drawn, {}, {})
+            rated = self._rate(sub, earlier, period, cutoff, grants, drawn, cache, {}, only=sub.customer_id)
             out.append(replace(rated.invoice, status="preview").document())
         return out
 
@@ -292,6 +327,7 @@ class Rater:
         cache: UsageCache,
         pending: Billed,
         kind: str = "period",
+        only: str | None = None,
     ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here.
 
@@ -299,7 +335,7 @@ class Rater:
         not stored yet; this period's lines are added to it. A final adjustment (``kind``)
         has only the adjustment lines of ``earlier``, every period of the subscription.
         """
-        usage = self._usage_lookup(cache)
+        usage = self._usage_lookup(cache, only)
         plan = _plan_at(sub, period.start)
         lines = [] if kind == FINAL_ADJUSTMENT else period_lines(sub, period, cutoff, usage)
         true_up = minimum_true_up(plan, lines, plan.currency, period) if kind != FINAL_ADJUSTMENT else None
@@ -369,13 +405,15 @@ class Rater:
         log.debug("invoice rated", invoice_id=invoice.invoice_id, customer_id=sub.customer_id, total=invoice.total)
         return RatedInvoice(invoice, cutoff, lines, ledger)
 
-    def _usage_lookup(self, cache: UsageCache) -> UsageLookup:
-        """Usage per customer, fetched once per (meter, filter, window, cutoff) for all customers."""
+    def _usage_lookup(self, cache: UsageCache, only: str | None = None) -> UsageLookup:
+        """Usage per customer, fetched once per (meter, filter, window, cutoff) for all
+        customers, or (``only``, a preview) for that customer alone."""
 
         def usage(price: MeteredPrice, customer_id: str, start: datetime, end: datetime, as_of: datetime) -> Usage:
             key = (price.meter, tuple(sorted(price.filter.items())), start, end, as_of)
             if key not in cache:
-                cache[key] = self.store.usage_by_customer(self._meters[price.meter], price.filter, start, end, as_of)
+                meter = self._meters[price.meter]
+                cache[key] = self.store.usage_by_customer(meter, price.filter, start, end, as_of, only)
             return cache[key].get(customer_id, Usage(Decimal(0), 0))
 
         return usage

@@ -151,21 +151,34 @@ class ClickHouseBillingStore:
             by_customer[customer].append(grant)
         return dict(by_customer), dict(drawn)
 
-    def customer_terms(self) -> dict[str, CustomerTerms]:
-        """Each customer's terms from its newest record (customers without one have none)."""
+    def customer_terms(self, customer: str | None = None) -> dict[str, CustomerTerms]:
+        """Each customer's terms from its newest record (customers without one have none);
+        ``customer``: that customer's only."""
+        where, params = ("WHERE customer_id = {c:String}", {"c": customer}) if customer is not None else ("", None)
         rows = self.client.query(
-            "SELECT customer_id, name, email, address, tax_id, tax_exempt, auto_topup FROM customers FINAL"
+            f"SELECT customer_id, name, email, address, tax_id, tax_exempt, auto_topup FROM customers FINAL {where}",
+            parameters=params,
         ).result_rows
         return {row[0]: customer_terms(*row[1:]) for row in rows}
 
     # -- usage ---------------------------------------------------------------------------
 
     def usage_by_customer(
-        self, meter: Meter, filters: dict[str, str], start: datetime, end: datetime, as_of: datetime
+        self,
+        meter: Meter,
+        filters: dict[str, str],
+        start: datetime,
+        end: datetime,
+        as_of: datetime,
+        customer: str | None = None,
     ) -> dict[str, Usage]:
-        """Each customer's meter value over [start, end) counting only rows ingested before ``as_of``."""
+        """Each customer's meter value over [start, end) counting only rows ingested before
+        ``as_of``; ``customer``: that customer's only."""
         params: QueryParameters = {"meter": meter.key, "start": start, "end": end, "as_of": as_of}
-        where = [
+        where = ["customer_id = {customer:String}"] if customer is not None else []
+        if customer is not None:
+            params["customer"] = customer
+        where += [
             "meter = {meter:String}",
             "window_start >= {start:DateTime('UTC')}",
             "window_start < {end:DateTime('UTC')}",

@@ -13,7 +13,7 @@ from bastionary.catalog import Catalog
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.metering.posted import PostedEvents, judge_posted
 from bastionary.metering.readings import MeterIndex
-from bastionary.rating.rater import Rater, upcoming_period
+from bastionary.rating.rater import Rater, upcoming_invoices
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import Client
 from bastionary.storage.idempotency import ClickHouseIdempotency
@@ -74,22 +74,15 @@ class ApiBackend:
     def upcoming_invoices(self, customer_id: str, now: datetime | None = None) -> list[dict[str, Any]]:
         """Each of the customer's subscriptions' next invoice, rated now (blocking: run it in a
         thread). The same pricing code as the rater; see :meth:`Rater.preview`."""
-        now = now or datetime.now(UTC)
-        store = self.billing_reads()
-        grace = self.ctx.settings.rating_grace
-        due = []
-        for sub in store.subscriptions(self.plans, customer=customer_id):
-            found = upcoming_period(sub, now, grace, store.invoice_ids(sub.subscription_id))
-            if found is not None:
-                earlier, period, cutoff = found
-                due.append((sub, earlier, period, cutoff))
-        if not due:
-            return []
-        grants, drawn = store.grants_as_of(None, customer=customer_id)
         rater = Rater(
-            store, self.catalog.plans, self.catalog.meters, grace, _never_publish, invoicing=self.catalog.invoicing
+            self.billing_reads(),
+            self.catalog.plans,
+            self.catalog.meters,
+            self.ctx.settings.rating_grace,
+            _never_publish,
+            invoicing=self.catalog.invoicing,
         )
-        return rater.preview(due, grants.get(customer_id, []), drawn)
+        return upcoming_invoices(self.billing_reads(), rater, customer_id, now or datetime.now(UTC))
 
 
 async def _never_publish(role: str, key: str, value: bytes) -> Any:
