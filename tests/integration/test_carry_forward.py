@@ -4,36 +4,20 @@ difference to the customer's balance, which the invoice after draws on."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from bastionary.devstack.broker import free_port
-
+from .billing_helpers import fresh_minute, start_billing_worker
 from .dunning_helpers import wait_for
-from .test_http_api import ADMIN, BATCH, Api, event
+from .test_http_api import BATCH, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "carry_catalog.yaml"
 
 
 def test_a_negative_period_is_carried_to_the_next_invoice(stack):
-    port = free_port()
-    stack.start_worker(
-        "w1",
-        BASTIONARY_CATALOG=str(CATALOG),
-        BASTIONARY_API_KEYS=ADMIN,
-        BASTIONARY_WEB_PORT=str(port),
-        BASTIONARY_RATING_GRACE="PT0S",
-        BASTIONARY_RATING_INTERVAL="PT1S",
-    )
-    api = Api(port)
-    wait_for(lambda: api.get("/healthz")[0] == 200, 90, "the worker")
-    if datetime.now(UTC).second > 40:
-        time.sleep(61 - datetime.now(UTC).second)
-    start = datetime.now(UTC).replace(second=0, microsecond=0)
+    api, _ = start_billing_worker(stack)
+    start = fresh_minute()
     minute = timedelta(minutes=1)
     sub = {"subscription_id": "sub-n", "customer_id": "cust-n", "plan": "metered", "start": start.isoformat()}
     assert api.post("/v1/subscriptions", sub)[0] == 202

@@ -4,57 +4,23 @@ customer's balance, which the ledger shows; a note for more than is left is reje
 
 from __future__ import annotations
 
-import asyncio
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
-import orjson
 import pytest
-from jsonschema import Draft202012Validator
 
-from bastionary.devstack.broker import free_port
-from bastionary.kafka import read_topic
-from bastionary.rating.contracts import CONTRACTS, schema_for
 from bastionary.rating.credit_notes import credit_note_id
 
+from .billing_helpers import fits_contract, fresh_minute, invoice_events, start_billing_worker
 from .dunning_helpers import wait_for
-from .test_http_api import ADMIN, BATCH, Api, cli_json, event
+from .test_http_api import BATCH, cli_json, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def invoice_events(stack) -> list[dict]:
-    messages = asyncio.run(read_topic(stack.bootstrap, f"{stack.prefix}billing.invoices", idle_seconds=2.0))
-    return [orjson.loads(m.value) for m in messages]
-
-
-def fits_contract(event: dict) -> None:
-    name = next(name for name, (types, _, _) in CONTRACTS.items() if event["type"] in types)
-    validator = Draft202012Validator(schema_for(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
-    errors = [error.message for error in validator.iter_errors(event)]
-    assert not errors, (event["type"], errors[:3])
-
-
-CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "carry_catalog.yaml"
-
-
 def test_credit_notes_lower_what_is_due_refund_to_the_balance_and_never_credit_too_much(stack):
-    port = free_port()
-    stack.start_worker(
-        "w1",
-        BASTIONARY_CATALOG=str(CATALOG),
-        BASTIONARY_API_KEYS=ADMIN,
-        BASTIONARY_WEB_PORT=str(port),
-        BASTIONARY_RATING_GRACE="PT0S",
-        BASTIONARY_RATING_INTERVAL="PT1S",
-    )
-    api = Api(port)
-    wait_for(lambda: api.get("/healthz")[0] == 200, 90, "the worker")
-    if datetime.now(UTC).second > 40:
-        time.sleep(61 - datetime.now(UTC).second)
-    start = datetime.now(UTC).replace(second=0, microsecond=0)
+    api, _ = start_billing_worker(stack)
+    start = fresh_minute()
     sub = {"subscription_id": "sub-c", "customer_id": "cust-c", "plan": "metered", "start": start.isoformat()}
     assert api.post("/v1/subscriptions", sub)[0] == 202
     payload = event("cust-c", "use-0", 1000, start + timedelta(seconds=1))  # 10.00

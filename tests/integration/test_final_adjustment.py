@@ -6,34 +6,19 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from bastionary.devstack.broker import free_port
-
+from .billing_helpers import fresh_minute, start_billing_worker
 from .dunning_helpers import wait_for
-from .test_http_api import ADMIN, BATCH, Api, event
+from .test_http_api import BATCH, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "carry_catalog.yaml"
 
 
 def test_late_usage_after_cancellation_is_billed_once_on_a_final_adjustment(stack):
-    port = free_port()
-    stack.start_worker(
-        "w1",
-        BASTIONARY_CATALOG=str(CATALOG),
-        BASTIONARY_API_KEYS=ADMIN,
-        BASTIONARY_WEB_PORT=str(port),
-        BASTIONARY_RATING_GRACE="PT1M",
-        BASTIONARY_RATING_INTERVAL="PT1S",
-    )
-    api = Api(port)
-    wait_for(lambda: api.get("/healthz")[0] == 200, 90, "the worker")
-    if datetime.now(UTC).second > 30:
-        time.sleep(61 - datetime.now(UTC).second)
-    start = datetime.now(UTC).replace(second=0, microsecond=0)
+    api, _ = start_billing_worker(stack, grace="PT1M")
+    start = fresh_minute(30)
     minute = timedelta(minutes=1)
     # One one-minute period [start, start+1m); cutoff start+2m; final cutoff start+3m.
     sub = {"subscription_id": "sub-f", "customer_id": "cust-f", "plan": "metered", "start": start.isoformat()}

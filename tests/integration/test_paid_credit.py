@@ -5,39 +5,23 @@ top-up threshold asks for more paid credit, once."""
 from __future__ import annotations
 
 import asyncio
-import time
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import orjson
 import pytest
 
-from bastionary.devstack.broker import free_port
 from bastionary.kafka import read_topic
 
+from .billing_helpers import fits_contract, fresh_minute, invoice_events, start_billing_worker
 from .dunning_helpers import wait_for
-from .test_credit_notes import fits_contract, invoice_events
-from .test_http_api import ADMIN, BATCH, Api, cli_json, event
+from .test_http_api import BATCH, cli_json, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "carry_catalog.yaml"
 
 
 def test_paid_credit_is_drawn_after_promotional_and_a_crossing_asks_for_a_topup(stack):
-    port = free_port()
-    stack.start_worker(
-        "w1",
-        BASTIONARY_CATALOG=str(CATALOG),
-        BASTIONARY_API_KEYS=ADMIN,
-        BASTIONARY_WEB_PORT=str(port),
-        BASTIONARY_RATING_GRACE="PT0S",
-        BASTIONARY_RATING_INTERVAL="PT1S",
-    )
-    api = Api(port)
-    wait_for(lambda: api.get("/healthz")[0] == 200, 90, "the worker")
-    if datetime.now(UTC).second > 40:
-        time.sleep(61 - datetime.now(UTC).second)
-    start = datetime.now(UTC).replace(second=0, microsecond=0)
+    api, _ = start_billing_worker(stack)
+    start = fresh_minute()
     earlier = (start - timedelta(days=1)).isoformat()
     rule = {"currency": "USD", "threshold": "8.00", "amount": "20.00"}
     assert api.post("/v1/customers", {"customer_id": "cust-p", "name": "Paid Ltd", "auto_topup": [rule]})[0] == 202

@@ -1223,3 +1223,13 @@ async def test_an_invoice_carries_the_issuer_the_customer_s_details_and_their_ta
     store.terms["cust-1"] = CustomerTerms(bill_to, TaxProfile("DE", exempt=True))  # exempt from February
     (february,) = (await rater(store, publish, invoicing=invoicing).run_once(AFTER_FEB)).invoices
     assert (february["tax_lines"], february["tax"], february["total"]) == ([], "0.00", february["subtotal"])
+
+
+async def test_a_mid_period_plan_change_names_both_plans_and_the_plan_at_the_end_picks_the_policy():
+    store, publish = one_customer(), FakePublisher()
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "metered", JAN, None, at(2024, 1, 16)))
+    rate = Rater(store, [PRO, METERED_ONLY], [TOKENS], GRACE, publish)
+    (january,) = (await rate.run_once(AFTER_JAN)).invoices
+    assert (january["plan"], january["plans"]) == ("metered", ["pro", "metered"])
+    (february,) = (await rate.run_once(AFTER_FEB)).invoices
+    assert (february["plan"], february["plans"]) == ("metered", ["metered"])

@@ -104,6 +104,7 @@ class Invoice(_Model):
     tax: Decimal = Decimal(0)
     issuer: dict[str, Any] = {}
     bill_to: dict[str, Any] = {}
+    plans: list[str] = []  # every plan of the period, in order; ``plan`` is the one at its end
 
 
 class UpcomingInvoices(_Model):

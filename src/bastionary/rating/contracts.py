@@ -97,6 +97,7 @@ class InvoiceDocument(_Out):
     tax: DecimalText = "0"
     issuer: dict[str, Any] = {}
     bill_to: dict[str, Any] = {}
+    plans: list[str] = []
 
 
 class CreditMovement(_Out):

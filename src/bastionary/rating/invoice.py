@@ -243,6 +243,7 @@ class Invoice:
     # rated: an issued invoice never changes.
     issuer: dict[str, Any] = field(default_factory=dict)
     bill_to: dict[str, Any] = field(default_factory=dict)
+    plans: tuple[str, ...] = ()  # every plan in force during the period, in order; ``plan`` is the last
 
     def document(self) -> dict[str, Any]:
         """The JSON document, keys in this order (stored documents are republished as they are)."""

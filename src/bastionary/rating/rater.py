@@ -55,6 +55,7 @@ from bastionary.rating.invoice import (
     finalize,
     invoice_id,
     minimum_true_up,
+    overlap,
     period_lines,
 )
 from bastionary.rating.plans import MeteredPrice, Plan
@@ -350,8 +351,17 @@ class Rater:
         add_billed(pending, lines, period.start, plan.currency)
         terms = self._customers.get(sub.customer_id, CustomerTerms())
         rates = rates_for(self.invoicing.taxes, terms.tax)
-        invoice, allocations = finalize(sub, plan, period, lines, cutoff, grants, drawn, kind, rates)
-        invoice = replace(invoice, issuer=self.invoicing.issuer.model_dump(), bill_to=terms.bill_to)
+        # The plan in force at the period's end names the invoice (and picks its dunning policy
+        # and payment terms); ``plans`` lists every plan the period saw, in order.
+        at_end = _plan_at(sub, max(period.start, period.end - timedelta(microseconds=1)))
+        invoice, allocations = finalize(sub, at_end, period, lines, cutoff, grants, drawn, kind, rates)
+        seen = [s.plan.key for s in sub.segments if overlap(s, period.start, period.end)] or [at_end.key]
+        invoice = replace(
+            invoice,
+            issuer=self.invoicing.issuer.model_dump(),
+            bill_to=terms.bill_to,
+            plans=tuple(dict.fromkeys(seen)),
+        )
         balance_before = usable_balance(grants, drawn, plan.currency, period.end)
         recorded = datetime.now(UTC)
         ledger = []

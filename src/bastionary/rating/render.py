@@ -146,7 +146,7 @@ def invoice_view(data: dict[str, Any], hide_zero_lines: bool = True) -> dict[str
         "issued": day(datetime.fromisoformat(data["issued_at"])),
         "due": day(datetime.fromisoformat(data["due_at"])),
         "period": period_label(data["period_start"], data["period_end"]),
-        "plan": data["plan"],
+        "plan": " \u2192 ".join(data.get("plans") or [data["plan"]]),
         "lines": lines,
         "totals": totals,
         "payment_instructions": [p for p in (issuer.get("payment_instructions") or "").splitlines() if p],
