@@ -195,7 +195,7 @@ def _check_cli(stack, invoice: dict) -> None:
         return subprocess.run([bastionary, *args], env=env, capture_output=True, text=True, check=True).stdout
 
     balances = {row["grant_id"]: row for row in json.loads(run("credits", "balance", "cust-a", "--format", "json"))}
-    assert balances["g1"]["remaining"] == "0.00" and balances["g1"]["status"] == "active"
+    assert balances["g1"]["remaining"] == "0.00" and balances["g1"]["status"] == "used_up"
     assert balances["g2"]["remaining"] == "100.00"  # EUR: never drawn by USD invoices
     listed = json.loads(run("invoices", "--customer", "cust-a", "--format", "json"))
     assert invoice["invoice_id"] in {row["invoice_id"] for row in listed}

@@ -38,5 +38,5 @@ def test_only_active_grants_have_a_balance_and_draws_never_make_it_negative() ->
     assert [(line.grant.grant_id, line.status, line.remaining) for line in lines] == [
         ("part", "active", Decimal("69.75")),
         ("late", "pending", Decimal(0)),
-        ("over", "active", Decimal(0)),
+        ("over", "used_up", Decimal(0)),
     ]

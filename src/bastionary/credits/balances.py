@@ -9,7 +9,7 @@ from typing import Literal
 
 from bastionary.credits.ledger import FUNDING_ORDER, Grant
 
-GrantStatus = Literal["active", "pending", "expired", "voided"]
+GrantStatus = Literal["active", "used_up", "pending", "expired", "voided"]
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class GrantBalance:
     grant: Grant
     status: GrantStatus
     remaining: Decimal  # what an invoice issued at the moment could draw; 0 unless active
+    # ``used_up``: active, but invoices have drawn all of it (a balance line, not a grant state)
 
 
 def grant_status(grant: Grant, moment: datetime) -> GrantStatus:
@@ -34,6 +35,8 @@ def balances(grants: list[Grant], drawn: dict[str, Decimal], moment: datetime) -
     for grant in sorted(grants, key=lambda g: g.order):
         status = grant_status(grant, moment)
         left = max(grant.amount - drawn.get(grant.grant_id, Decimal(0)), Decimal(0))
+        if status == "active" and left == 0:
+            status = "used_up"
         lines.append(GrantBalance(grant, status, left if status == "active" else Decimal(0)))
     return lines
 
