@@ -1233,3 +1233,13 @@ async def test_a_mid_period_plan_change_names_both_plans_and_the_plan_at_the_end
     assert (january["plan"], january["plans"]) == ("metered", ["pro", "metered"])
     (february,) = (await rate.run_once(AFTER_FEB)).invoices
     assert (february["plan"], february["plans"]) == ("metered", ["metered"])
+
+
+async def test_a_remainder_below_one_minor_unit_lapses_explicitly():
+    store, publish = one_customer(), FakePublisher()  # 30.00
+    store.grant("g-odd", "cust-1", "10.005")  # older data: more decimals than USD has
+    (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+    assert january["credit_allocations"] == [{"grant_id": "g-odd", "amount": "10.00", "funding": "promotional"}]
+    assert january["credits_expired"] == [{"grant_id": "g-odd", "amount": "0.005"}]
+    grants, drawn = store.grants()
+    assert drawn["g-odd"] == D("10.005")  # the ledger sums to the grant: nothing stranded

@@ -42,7 +42,7 @@ import structlog
 from bastionary.credits.balances import grant_status
 from bastionary.credits.ledger import Grant, movement_id, usable_balance
 from bastionary.metering.meters import Meter
-from bastionary.money import round_money
+from bastionary.money import minor_unit, round_money
 from bastionary.outbound import cloud_event
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import (
@@ -374,7 +374,11 @@ class Rater:
             left = grant.amount - drawn.get(grant.grant_id, Decimal(0))
             # Expired by the period end, and not voided by then: a void wins over an expiry
             # (``grant_status``), and a voided grant's balance is gone, not lapsed.
-            if grant_status(grant, period.end) == "expired" and left > 0:
+            # A usable remainder below one minor unit can never be drawn (draws are whole minor
+            # units): it lapses here, explicitly, instead of lingering as an unusable balance.
+            # (Inputs carry at most the currency's decimals, so only older data can hold one.)
+            dust = grant.usable_at(period.end, plan.currency) and 0 < left < minor_unit(plan.currency)
+            if (grant_status(grant, period.end) == "expired" and left > 0) or dust:
                 drawn[grant.grant_id] = grant.amount
                 ledger.append(_ledger_row("expired", grant, left, invoice.invoice_id, recorded))
                 expired.append({"grant_id": grant.grant_id, "amount": str(left)})
@@ -506,7 +510,7 @@ def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded
         kind,
         grant.grant_id,
         grant.customer_id,
-        round_money(amount, grant.currency),
+        amount,  # exact: draws are whole minor units already, and a lapsed remainder is what it is
         grant.currency,
         grant.priority,
         grant.effective_at,
