@@ -1241,5 +1241,5 @@ async def test_a_remainder_below_one_minor_unit_lapses_explicitly():
     (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
     assert january["credit_allocations"] == [{"grant_id": "g-odd", "amount": "10.00", "funding": "promotional"}]
     assert january["credits_expired"] == [{"grant_id": "g-odd", "amount": "0.005"}]
-    grants, drawn = store.grants()
+    _, drawn = store.grants()
     assert drawn["g-odd"] == D("10.005")  # the ledger sums to the grant: nothing stranded
