@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -230,6 +231,8 @@ DECISIONS = {
     "exhausted": check(state(api_calls=100000), "api_calls", NOW),
     "suspended metered": check(state(suspended=True, api_calls=3), "api_calls", NOW),
     "suspended static": check(state(suspended=True), "seats", NOW),
+    "credit limit metered": check(replace(state(api_calls=3), credit_limited=True), "api_calls", NOW),
+    "credit limit static": check(replace(state(), credit_limited=True), "seats", NOW),
     "disabled plan": check(state(), "audit_log", NOW),
     "disabled override": check(CustomerState("c", PLAN, START, END, False, {}, (off,)), "sso", NOW),
     "not_in_plan": check(state(), "sla", NOW),

@@ -161,15 +161,25 @@ class FakeBillingStore:
         for data, cutoff in invoices:
             self.invoices[data["invoice_id"]] = StoredInvoice(orjson.dumps(data).decode(), cutoff, True)
 
-    def invoice_ids(self) -> set[str]:
-        return set(self.invoices)
+    def invoice_ids(self, subscription_id: str | None = None) -> set[str]:
+        if subscription_id is None:
+            return set(self.invoices)
+        return {
+            i for i in self.invoices if orjson.loads(self.invoices[i].document)["subscription_id"] == subscription_id
+        }
 
-    def subscriptions(self, plans: Mapping[str, Plan]) -> list[Subscription]:
+    def subscriptions(self, plans: Mapping[str, Plan], customer: str | None = None) -> list[Subscription]:
         by_id: dict[str, list[SubscriptionEvent]] = defaultdict(list)
         for event in sorted(self.events, key=lambda e: (e.subscription_id, e.effective_at, e.kind == "canceled")):
             by_id[event.subscription_id].append(event)
         built = (build_subscription(sub_id, events, plans) for sub_id, events in by_id.items())
-        return [sub for sub in built if sub is not None]
+        return [sub for sub in built if sub is not None and customer in (None, sub.customer_id)]
+
+    def grants_as_of(
+        self, moment: datetime | None, customer: str | None = None
+    ) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
+        grants, drawn = self.grants()  # the fake keeps no issue times: as of now
+        return {c: g for c, g in grants.items() if customer in (None, c)}, drawn
 
     def grants(self) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
         by_customer: dict[str, list[Grant]] = defaultdict(list)
@@ -193,10 +203,11 @@ class FakeBillingStore:
                 drawn[row.grant_id] += row.amount
         return dict(by_customer), dict(drawn)
 
-    def customer_terms(self) -> dict[str, CustomerTerms]:
-        terms = dict(self.terms)
-        for customer, rules in self.topups.items():
-            terms[customer] = replace(terms.get(customer, CustomerTerms()), topups=rules)
+    def customer_terms(self, customer: str | None = None) -> dict[str, CustomerTerms]:
+        terms = {c: t for c, t in self.terms.items() if customer in (None, c)}
+        for name, rules in self.topups.items():
+            if customer in (None, name):
+                terms[name] = replace(terms.get(name, CustomerTerms()), topups=rules)
         return terms
 
     def usage_by_customer(

@@ -245,6 +245,12 @@ class CreditNoteList(_Model):
     credit_notes: list[CreditNoteSummary]
 
 
+class CreditLimit(_Model):
+    currency: str
+    amount: Decimal
+    alert_at: list[Decimal] = []
+
+
 class AutoTopup(_Model):
     currency: str
     threshold: Decimal
@@ -261,6 +267,7 @@ class Customer(_Model):
     tax_id: str
     tax_exempt: bool
     auto_topup: list[AutoTopup] = []
+    credit_limit: CreditLimit | None = None
     updated_at: datetime
 
 

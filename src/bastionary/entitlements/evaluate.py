@@ -19,7 +19,7 @@ from bastionary.entitlements.spec import (
 )
 
 ZERO = Decimal(0)
-REASONS = ("no_subscription", "not_in_plan", "disabled", "suspended", "exhausted")
+REASONS = ("no_subscription", "not_in_plan", "disabled", "suspended", "credit_limit_reached", "exhausted")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class CustomerState:
     suspended: bool
     usage: Mapping[str, Decimal]  # metered feature -> usage in the current period
     overrides: Sequence[Override]
+    credit_limited: bool = False  # the customer's credit limit is reached (rating/spend.py)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def check(state: CustomerState, feature: str, now: datetime) -> Decision:
         return _deny(decision, "disabled")
     if state.suspended and not entitlement.survives_suspension:
         return _deny(decision, "suspended")
+    if state.credit_limited and isinstance(entitlement, MeteredEntitlement):
+        return _deny(decision, "credit_limit_reached")  # more usage would charge past the limit
     if isinstance(entitlement, MeteredEntitlement) and not entitlement.soft and _used_up(decision):
         return _deny(decision, "exhausted")
     return decision

@@ -90,6 +90,7 @@ def build_states(
         key: store.usage(asking, meters[key[0]], dict(key[1]), key[2], key[3]) for key, asking in usage_asked.items()
     }
     suspensions = store.suspension_histories(known) if known else {}
+    limited = store.credit_limited(known) if known else set()
     recorded = store.recorded_changes(known) if known else {}
     states: dict[str, Loaded | None] = dict.fromkeys(customers)
     for customer in known:
@@ -97,7 +98,9 @@ def build_states(
         usage = {feature: usage_found[key].get(customer, Decimal(0)) for feature, key in features.get(customer, [])}
         history = suspensions.get(customer, [])
         suspended = bool(history) and history[-1] == "suspended"
-        state = CustomerState(customer, plan, start, end, suspended, usage, tuple(overrides.get(customer, ())))
+        state = CustomerState(
+            customer, plan, start, end, suspended, usage, tuple(overrides.get(customer, ())), customer in limited
+        )
         states[customer] = Loaded(state, recorded.get(customer, []), history)
     return states
 

@@ -23,6 +23,7 @@ from bastionary.rating.credit_notes import (
 )
 from bastionary.rating.customers import CUSTOMER_UPSERTED, CustomerData
 from bastionary.rating.events import CREDIT_TYPES, SUBSCRIPTION_TYPES, CreditGrantData, SubscriptionData
+from bastionary.rating.spend import LIMIT_REACHED, LIMIT_RESTORED, THRESHOLD_CROSSED
 
 DecimalText = Annotated[str, Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="an exact decimal number")]
 Time = Annotated[str, Field(description="ISO 8601 with an offset")]
@@ -118,6 +119,22 @@ class TopupRequest(Topup):
     invoice_id: str
 
 
+class CreditLimitEvent(_Out):
+    """``bastionary.credit_limit.threshold_crossed.v1`` / ``.reached.v1`` / ``.restored.v1``
+    on ``billing.credits`` (README, Credit limits)."""
+
+    customer_id: str
+    currency: str
+    limit: DecimalText
+    exposure: DecimalText
+    unpaid: DecimalText
+    running_charge: DecimalText
+    period_start: Time | None
+    at: Time
+    share: DecimalText
+    sequence: int | None = None
+
+
 class CreditNoteLine(_Out):
     description: str
     amount: DecimalText
@@ -163,6 +180,7 @@ CONTRACTS: dict[str, tuple[list[str], type[BaseModel], str]] = {
         "billing.credits",
     ),
     "topup-request": (["bastionary.credit.topup_requested.v1"], TopupRequest, "billing.credits"),
+    "credit-limit": ([THRESHOLD_CROSSED, LIMIT_REACHED, LIMIT_RESTORED], CreditLimitEvent, "billing.credits"),
 }
 
 

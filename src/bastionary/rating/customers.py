@@ -26,6 +26,7 @@ from bastionary.rating.events import (
     parse_envelope,
     preview,
 )
+from bastionary.rating.spend import CreditLimit
 from bastionary.rating.tax import TaxProfile
 
 CUSTOMER_UPSERTED = "bastionary.customer.upserted.v1"
@@ -70,6 +71,7 @@ class CustomerData(BaseModel):
     tax_id: Annotated[StrictStr, Field(max_length=64)] = ""
     tax_exempt: StrictBool = False
     auto_topup: Annotated[list[AutoTopup], Field(max_length=16)] = []  # at most one rule per currency
+    credit_limit: CreditLimit | None = None  # unbilled plus unpaid charge allowed (rating/spend.py)
 
     @model_validator(mode="after")
     def _one_rule_per_currency(self) -> CustomerData:
@@ -92,6 +94,7 @@ class CustomerRow(NamedTuple):
     updated_at: datetime
     received_at: datetime
     auto_topup: str  # JSON array of {currency, threshold, amount}, amounts as decimal strings
+    credit_limit: str  # JSON {currency, amount, alert_at}, or '' for none
 
 
 def parse_customer(value: bytes, *, latest_time: datetime | None = None) -> tuple[BillingEvent, CustomerData]:
@@ -113,6 +116,7 @@ def customer_row(envelope: BillingEvent, data: CustomerData, received: datetime)
         envelope.time,
         received,
         orjson.dumps([rule.model_dump(mode="json") for rule in data.auto_topup]).decode(),
+        data.credit_limit.model_dump_json() if data.credit_limit is not None else "",
     )
 
 
@@ -128,10 +132,14 @@ class CustomerTerms:
     bill_to: dict[str, Any] = field(default_factory=dict)  # name, email, address, tax_id: printed on the invoice
     tax: TaxProfile = field(default_factory=TaxProfile)
     topups: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)  # currency -> (threshold, amount)
+    credit_limit: CreditLimit | None = None
 
 
-def customer_terms(name: str, email: str, address: str, tax_id: str, exempt: bool, topups: str) -> CustomerTerms:
+def customer_terms(
+    name: str, email: str, address: str, tax_id: str, exempt: bool, topups: str, limit: str = ""
+) -> CustomerTerms:
     """The terms of a stored ``customers`` row."""
     where = orjson.loads(address)
     bill_to = {"name": name, "email": email, "address": where, "tax_id": tax_id}
-    return CustomerTerms(bill_to, TaxProfile(where.get("country", ""), bool(exempt)), topup_rules(topups))
+    credit_limit = CreditLimit.model_validate_json(limit) if limit else None
+    return CustomerTerms(bill_to, TaxProfile(where.get("country", ""), bool(exempt)), topup_rules(topups), credit_limit)

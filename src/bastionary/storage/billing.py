@@ -156,7 +156,8 @@ class ClickHouseBillingStore:
         ``customer``: that customer's only."""
         where, params = ("WHERE customer_id = {c:String}", {"c": customer}) if customer is not None else ("", None)
         rows = self.client.query(
-            f"SELECT customer_id, name, email, address, tax_id, tax_exempt, auto_topup FROM customers FINAL {where}",
+            "SELECT customer_id, name, email, address, tax_id, tax_exempt, auto_topup, credit_limit"
+            f" FROM customers FINAL {where}",
             parameters=params,
         ).result_rows
         return {row[0]: customer_terms(*row[1:]) for row in rows}

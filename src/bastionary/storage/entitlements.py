@@ -116,6 +116,16 @@ class ClickHouseEntitlementStore:
         ).result_rows
         return any(row[0] for row in rows)
 
+    def credit_limited(self, customers: Collection[str]) -> set[str]:
+        """Customers whose last reached/restored event is ``reached`` (they alternate, so an
+        odd count of them means reached)."""
+        rows = self.client.query(
+            f"SELECT customer_id, count() FROM spend_events FINAL WHERE customer_id IN {_CUSTOMERS}"
+            " AND kind IN ('reached', 'restored') GROUP BY customer_id",
+            parameters={"cs": list(customers)},
+        ).result_rows
+        return {customer for customer, changes in rows if changes % 2 == 1}
+
     def suspension_histories(self, customers: Collection[str]) -> dict[str, list[str]]:
         """Each customer's suspended/reinstated transitions, in order, from the dunning trail:
         suspended when a first invoice is suspended, reinstated when the last one is lifted.
@@ -167,7 +177,9 @@ class ClickHouseEntitlementStore:
             f" UNION DISTINCT SELECT customer_id, concat('o:', event_id) FROM entitlement_overrides"
             f" WHERE received_at > {at}"
             f" UNION DISTINCT SELECT customer_id, concat('d:', event_id) FROM dunning_events WHERE recorded_at > {at}"
-            "   AND ((kind = 'notice' AND action = 'suspend') OR kind = 'reinstated')",
+            "   AND ((kind = 'notice' AND action = 'suspend') OR kind = 'reinstated')"
+            f" UNION DISTINCT SELECT customer_id, concat('l:', event_id) FROM spend_events WHERE at > {at}"
+            "   AND kind IN ('reached', 'restored')",
             parameters={"t": since},
         ).result_rows
         return {(customer, row_id) for customer, row_id in rows}

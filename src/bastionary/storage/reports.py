@@ -161,13 +161,14 @@ class InvoiceReports:
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         """The customer's record (the newest ``bastionary.customer.upserted.v1``), or None."""
         rows = self.client.query(
-            "SELECT customer_id, name, email, address, tax_id, tax_exempt, auto_topup, updated_at FROM customers FINAL"
+            "SELECT customer_id, name, email, address, tax_id, tax_exempt, auto_topup, credit_limit, updated_at"
+            " FROM customers FINAL"
             " WHERE customer_id = {c:String}",
             parameters={"c": customer_id},
         ).result_rows
         if not rows:
             return None
-        customer, name, email, address, tax_id, exempt, topups, updated = rows[0]
+        customer, name, email, address, tax_id, exempt, topups, limit, updated = rows[0]
         return {
             "customer_id": customer,
             "name": name,
@@ -176,6 +177,7 @@ class InvoiceReports:
             "tax_id": tax_id,
             "tax_exempt": bool(exempt),
             "auto_topup": orjson.loads(topups),
+            "credit_limit": orjson.loads(limit) if limit else None,
             "updated_at": jsonable(updated),
         }
 

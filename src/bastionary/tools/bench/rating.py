@@ -223,7 +223,7 @@ def _seed(client: Client, count: int, period_start: datetime) -> None:
         customers.append(
             CustomerRow(
                 customer, f"Customer {i}", f"ap@{customer}.example", address, "", exempt, f"c-{i}",
-                period_start, received, topups,
+                period_start, received, topups, "",
             )
         )  # fmt: skip
         if i % 4 == 0:

@@ -22,8 +22,10 @@ from bastionary.rating.events import (
     subscription_row,
 )
 from bastionary.rating.rater import Rater
+from bastionary.rating.spend_monitor import SpendMonitor
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
+from bastionary.storage.spend import ClickHouseSpendStore
 from bastionary.worker.context import WorkerContext
 from bastionary.worker.intake import consume_intake
 
@@ -38,6 +40,7 @@ class BillingService:
         self._store: ClickHouseBillingStore | None = None
         self._rater: Rater | None = None
         self._desk: CreditNoteDesk | None = None
+        self._spend: SpendMonitor | None = None
         self._plan_keys = {plan.key for plan in catalog.plans}
 
     def store(self) -> ClickHouseBillingStore:
@@ -124,6 +127,9 @@ class BillingService:
         if self._desk is None:
             notes = ClickHouseCreditNoteStore(self.store().client)
             self._desk = CreditNoteDesk(notes, self.store().insert_ledger, self._publish, self.owns)
+        if self._spend is None:
+            spend = ClickHouseSpendStore(self.store().client)
+            self._spend = SpendMonitor(self.store(), spend, self._rater, self._publish, self.owns)
         try:
             result = await self._rater.run_once()
         except Exception:
@@ -135,3 +141,7 @@ class BillingService:
             await self._desk.run_once()
         except Exception:
             log.exception("credit note run failed; retried on the next tick")
+        try:  # after both: the exposure counts what they issued
+            await self._spend.run_once()
+        except Exception:
+            log.exception("credit limit run failed; retried on the next tick")

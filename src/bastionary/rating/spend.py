@@ -1,0 +1,140 @@
+"""Credit limits: how much unbilled plus unpaid charge a customer may build up.
+
+A customer record may carry ``credit_limit: {currency, amount, alert_at}``. The customer's
+**exposure** in that currency is what it owes and has not paid (every issued invoice's
+amount due, after payments and credit notes) plus the **running charge** of its open
+periods: each subscription's next invoice priced now with the rater's own code, after the
+credits it would draw (``rating.rater.upcoming_invoices``).
+
+From the exposure, :func:`spend_events` decides what to announce, at most once each:
+
+- ``bastionary.credit_limit.threshold_crossed.v1`` when the exposure reaches a share in
+  ``alert_at`` of the limit, once per share and open period (id: customer, currency, share,
+  period start);
+- ``bastionary.credit_limit.reached.v1`` when it reaches the limit, and
+  ``bastionary.credit_limit.restored.v1`` when it falls back below it (a payment, a credit
+  note, a new period), numbered by how many such changes came before (id: customer,
+  currency, number), so a decision taken twice lands on the same event.
+
+While the limit is reached, metered entitlements answer ``credit_limit_reached``.
+
+Pure Python: no broker, no database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+
+from bastionary.money import round_money
+from bastionary.rating.events import Amount, check_currency
+
+SPEND_NAMESPACE = uuid.UUID("7c1e2f4a-9b3d-4e5f-8a6b-1c2d3e4f5a6b")
+THRESHOLD_CROSSED = "bastionary.credit_limit.threshold_crossed.v1"
+LIMIT_REACHED = "bastionary.credit_limit.reached.v1"
+LIMIT_RESTORED = "bastionary.credit_limit.restored.v1"
+Share = Annotated[Decimal, Field(gt=0, lt=1, allow_inf_nan=False)]
+
+
+class CreditLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    currency: StrictStr
+    amount: Amount = Field(gt=0)
+    alert_at: Annotated[list[Share], Field(max_length=8)] = []  # shares of the limit, e.g. 0.8
+
+    @field_validator("alert_at")
+    @classmethod
+    def _distinct(cls, shares: list[Decimal]) -> list[Decimal]:
+        if len(set(shares)) != len(shares):
+            raise ValueError("alert_at repeats a share")
+        return sorted(shares)
+
+    @model_validator(mode="after")
+    def _money(self) -> CreditLimit:
+        check_currency(self.currency, self.amount)
+        return self
+
+
+@dataclass
+class SpendHistory:
+    """What was announced before for one customer and currency."""
+
+    alerts: set[tuple[str, str]] = field(default_factory=set)  # (share, period start) sent
+    reached: bool = False
+    changes: int = 0  # reached/restored events so far
+
+
+@dataclass(frozen=True)
+class SpendEvent:
+    event_id: str
+    event_type: str
+    kind: str  # threshold_crossed | reached | restored
+    customer_id: str
+    currency: str
+    share: str  # the alert share, "1" for reached/restored
+    data: dict[str, Any]
+
+
+def _id(*parts: str) -> str:
+    return str(uuid.uuid5(SPEND_NAMESPACE, "|".join(parts)))
+
+
+def spend_events(
+    customer: str,
+    limit: CreditLimit,
+    unpaid: Decimal,
+    running: Decimal,
+    period_start: datetime | None,
+    history: SpendHistory,
+    now: datetime,
+) -> list[SpendEvent]:
+    """What the customer's exposure now calls for, given what was announced (``history``)."""
+    exposure = max(unpaid, Decimal(0)) + max(running, Decimal(0))
+    period = period_start.isoformat() if period_start is not None else ""
+    money = {
+        "limit": str(round_money(limit.amount, limit.currency)),
+        "exposure": str(round_money(exposure, limit.currency)),
+        "unpaid": str(round_money(unpaid, limit.currency)),
+        "running_charge": str(round_money(running, limit.currency)),
+    }
+    base: dict[str, Any] = {
+        "customer_id": customer,
+        "currency": limit.currency,
+        **money,
+        "period_start": period or None,
+    }
+    base["at"] = now.isoformat()
+    out = []
+    for share in limit.alert_at:
+        text = format(share.normalize(), "f")
+        if exposure >= share * limit.amount and (text, period) not in history.alerts:
+            data = {**base, "share": text}
+            out.append(
+                SpendEvent(
+                    _id(customer, limit.currency, "alert", text, period),
+                    THRESHOLD_CROSSED,
+                    "threshold_crossed",
+                    customer,
+                    limit.currency,
+                    text,
+                    data,
+                )
+            )
+    reached = exposure >= limit.amount
+    if reached != history.reached:
+        kind = "reached" if reached else "restored"
+        number = str(history.changes + 1)
+        data = {**base, "share": "1", "sequence": history.changes + 1}
+        event_type = LIMIT_REACHED if reached else LIMIT_RESTORED
+        out.append(
+            SpendEvent(
+                _id(customer, limit.currency, kind, number), event_type, kind, customer, limit.currency, "1", data
+            )
+        )
+    return out

@@ -1,0 +1,103 @@
+"""The spend monitor: each run, the exposure of every customer with a credit limit that this
+worker rates, and the events it calls for (``rating/spend.py``). Run by the billing service
+after the rater and the credit note desk.
+
+Order, and what a crash after each step does:
+1. publish what an earlier run stored but did not confirm       (steps 4-5 for those)
+2. read the limits, what was announced, what is unpaid; price each customer's open
+   periods now (reads only)                                      -> nothing written
+3. decide the events (pure)                                      -> decided again next run,
+   from the same history: the same ids
+4. store them (published 0)                                      -> announced for good: the
+   next run's history has them; published by step 1
+5. publish on ``billing.credits`` keyed by customer, then mark published -> republished
+   after a crash; consumers dedupe on the CloudEvents id
+
+Entitlements read the stored reached/restored events (they poll ``spend_events``), so a
+reached limit denies metered features from the moment it is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Protocol
+
+import structlog
+
+from bastionary.outbound import cloud_event
+from bastionary.rating.customers import CustomerTerms
+from bastionary.rating.rater import PreviewStore, Publish, Rater, upcoming_invoices
+from bastionary.rating.spend import CreditLimit, SpendEvent, SpendHistory, spend_events
+
+log = structlog.get_logger(__name__)
+
+
+class SpendStore(Protocol):
+    def history(self) -> dict[tuple[str, str], SpendHistory]: ...
+
+    def unpaid(self, customers: set[str]) -> dict[str, dict[str, Decimal]]: ...
+
+    def store(self, events: list[SpendEvent], published: int = 0) -> None: ...
+
+    def unpublished(self) -> list[SpendEvent]: ...
+
+
+class SpendMonitor:
+    def __init__(
+        self,
+        billing: PreviewStore,
+        spend: SpendStore,
+        rater: Rater,
+        publish: Publish,
+        owns: Callable[[str], bool] = lambda customer: True,
+    ):
+        self.billing = billing
+        self.spend = spend
+        self.rater = rater
+        self.publish = publish
+        self.owns = owns
+
+    async def run_once(self, now: datetime | None = None) -> list[SpendEvent]:
+        """Decide, store and publish; returns the events this run decided."""
+        now = now or datetime.now(UTC)
+        undelivered = [e for e in await asyncio.to_thread(self.spend.unpublished) if self.owns(e.customer_id)]
+        terms: Mapping[str, CustomerTerms] = await asyncio.to_thread(self.billing.customer_terms)
+        limited = {c: t.credit_limit for c, t in terms.items() if t.credit_limit is not None and self.owns(c)}
+        decided: list[SpendEvent] = []
+        if limited:
+            decided = await asyncio.to_thread(self._decide, limited, now)
+            if decided:
+                await asyncio.to_thread(self.spend.store, decided)
+        if undelivered or decided:
+            await self._deliver(undelivered + decided)
+        return decided
+
+    def _decide(self, limited: Mapping[str, CreditLimit], now: datetime) -> list[SpendEvent]:
+        history = self.spend.history()
+        unpaid = self.spend.unpaid(set(limited))
+        out: list[SpendEvent] = []
+        for customer, limit in sorted(limited.items()):
+            previews = upcoming_invoices(self.billing, self.rater, customer, now)
+            currency = limit.currency
+            running = sum((Decimal(d["total"]) for d in previews if d["currency"] == currency), Decimal(0))
+            starts = [datetime.fromisoformat(d["period_start"]) for d in previews if d["currency"] == currency]
+            owed = unpaid.get(customer, {}).get(currency, Decimal(0))
+            before = history.get((customer, currency), SpendHistory())
+            events = spend_events(customer, limit, owed, running, min(starts, default=None), before, now)
+            for event in events:
+                log.info("credit limit event", customer_id=customer, kind=event.kind, exposure=event.data["exposure"])
+            out.extend(events)
+        return out
+
+    async def _deliver(self, events: list[SpendEvent]) -> None:
+        futures = []
+        for event in events:
+            value = cloud_event(
+                event.event_type, event.event_id, "bastionary/rater", event.customer_id, event.data["at"], event.data
+            )
+            futures.append(await self.publish("credits", event.customer_id, value))
+        await asyncio.gather(*futures)
+        await asyncio.to_thread(self.spend.store, events, 1)
