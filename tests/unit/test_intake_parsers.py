@@ -84,7 +84,8 @@ VALID = {
     "customer": envelope(CUSTOMER_UPSERTED, {
         "customer_id": "cust-1", "name": "Acme GmbH", "email": "ap@example.com", "tax_id": "DE123456789",
         "tax_exempt": False, "address": {"line1": "Hauptstr. 1", "city": "Berlin", "postal_code": "10115",
-        "country": "DE"}, "auto_topup": [{"currency": "EUR", "threshold": "20.00", "amount": "100"}]}),
+        "country": "DE"}, "auto_topup": [{"currency": "EUR", "threshold": "20.00", "amount": "100"}],
+        "credit_limit": {"currency": "EUR", "amount": "500.00", "alert_at": ["0.8", "0.5"]}}),
     "override": envelope(OVERRIDE_TYPE, {
         "override_id": "ovr-1", "customer_id": "cust-1", "feature": "api_calls", "effective_at": "2026-03-01T00:00:00Z",
         "expires_at": "2026-04-01T00:00:00Z", "limit_delta": "5000"}),
@@ -222,6 +223,9 @@ def check_accepted(name: str, result, latest: datetime | None) -> None:
         for text, limit in zip(row[:5], (ID_LENGTH, 512, LENGTHS["billing_email"], 6 * 600, 64), strict=True):
             assert len(text) <= limit, (text[:40], limit)
         assert len({rule.currency for rule in data.auto_topup}) == len(data.auto_topup) <= 16
+        if data.credit_limit is not None:
+            assert data.credit_limit.amount > 0 and all(0 < s < 1 for s in data.credit_limit.alert_at)
+            storable_decimal(data.credit_limit.amount, data.credit_limit.currency)
         for rule in data.auto_topup:
             assert rule.amount > 0 and rule.threshold >= 0
             storable_decimal(rule.amount, rule.currency)
