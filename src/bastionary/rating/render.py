@@ -63,12 +63,13 @@ def day(moment: datetime) -> str:
 
 
 def period_label(start_text: str, end_text: str) -> str:
-    """The period as a customer reads it, its exclusive end shown as the last day (or minute)."""
+    """The period as a customer reads it: whole days as dates, the exclusive end shown as the
+    last day; a period that does not run midnight to midnight as times (instants, end
+    exclusive, as times are read)."""
     start, end = datetime.fromisoformat(start_text), datetime.fromisoformat(end_text)
     if (start.hour, start.minute, start.second, end.hour, end.minute, end.second) != (0,) * 6:
-        last = end - timedelta(minutes=1) if end - start >= timedelta(minutes=1) else end
-        until = "" if last.date() == start.date() else day(last) + " "
-        return f"{day(start)} {start:%H:%M}{DASH}{until}{last:%H:%M} UTC"
+        until = "" if end.date() == start.date() else day(end) + " "
+        return f"{day(start)} {start:%H:%M}{DASH}{until}{end:%H:%M} UTC"
     last = end - timedelta(days=1)
     if last <= start:
         return day(start)
@@ -143,8 +144,10 @@ def invoice_view(data: dict[str, Any], hide_zero_lines: bool = True) -> dict[str
         "number": data["invoice_id"],
         "issuer_lines": _party(issuer),
         "bill_to_lines": _party(data.get("bill_to") or {}, data["customer_id"]),
-        "issued": day(datetime.fromisoformat(data["issued_at"])),
-        "due": day(datetime.fromisoformat(data["due_at"])),
+        "dates": [
+            f"Issued: {day(datetime.fromisoformat(data['issued_at']))}",
+            f"Due: {day(datetime.fromisoformat(data['due_at']))}",
+        ],
         "period": period_label(data["period_start"], data["period_end"]),
         "plan": " \u2192 ".join(data.get("plans") or [data["plan"]]),
         "lines": lines,
@@ -177,8 +180,7 @@ def credit_note_view(data: dict[str, Any], invoice: dict[str, Any] | None = None
         "number": data["credit_note_id"],
         "issuer_lines": _party(invoice.get("issuer") or {}),
         "bill_to_lines": _party(invoice.get("bill_to") or {}, data["customer_id"]),
-        "issued": issued,
-        "due": f"credits invoice {data['invoice_id']}",
+        "dates": [f"Issued: {issued}", f"Credits invoice {data['invoice_id']}"],
         "period": period,
         "plan": invoice.get("plan", ""),
         "lines": lines,
