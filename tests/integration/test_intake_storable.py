@@ -151,9 +151,9 @@ for name, value in EDGES:
 now = datetime.now(timezone.utc)
 failures = {}
 for label, row in {
-    "int32 overflow": ("e", "granted", "g", "c", Decimal(1), "USD", 2**31, now, None, "", now),
-    "decimal beyond 38 digits": ("e", "granted", "g", "c", Decimal(10) ** 30, "USD", 1, now, None, "", now),
-    "lone surrogate": ("e", "granted", "g\ud800", "c", Decimal(1), "USD", 1, now, None, "", now),
+    "int32 overflow": ("e", "granted", "g", "c", Decimal(1), "USD", 2**31, now, None, "", now, None, ""),
+    "decimal beyond 38 digits": ("e", "granted", "g", "c", Decimal(10) ** 30, "USD", 1, now, None, "", now, None, ""),
+    "lone surrogate": ("e", "granted", "g\ud800", "c", Decimal(1), "USD", 1, now, None, "", now, None, ""),
 }.items():
     try:
         billing.insert_ledger([row])
@@ -163,7 +163,7 @@ for label, row in {
         failures[label] = ["stored", None]
 client.close()
 try:
-    billing.insert_ledger([("e", "granted", "g", "c", Decimal(1), "USD", 1, now, None, "", now)])
+    billing.insert_ledger([("e", "granted", "g", "c", Decimal(1), "USD", 1, now, None, "", now, None, "")])
 except Exception as exc:
     failures["closed client"] = [type(exc).__name__, is_infrastructure_failure(exc)]
 print(json.dumps({"stored": stored, "failures": failures}))

@@ -74,8 +74,8 @@ def test_a_grant_arriving_between_the_crash_and_the_rerun_leaves_no_orphan_draw(
     # Rated again with g-first there, January draws from g-first instead of g-promo ...
     assert changed["rerun_invoices"] == control["invoices"]
     assert [d["credit_allocations"] for d in changed["rerun_invoices"]] == [
-        [{"grant_id": "g-first", "amount": "30.00"}],
-        [{"grant_id": "g-promo", "amount": "31.00"}],
+        [{"grant_id": "g-first", "amount": "30.00", "funding": "promotional"}],
+        [{"grant_id": "g-promo", "amount": "31.00", "funding": "promotional"}],
     ]
     assert changed["events"] == control["events"]
     # ... and the interrupted attempt's 30.00 from g-promo on January is zeroed, not drawn.
