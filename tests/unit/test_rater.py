@@ -38,7 +38,8 @@ from bastionary.rating.invoice import Billed, Subscription, invoice_id
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
-from bastionary.rating.rater import EMPTY, FINAL_ADJUSTMENT, Rater, RatingResult, final_adjustment, upcoming_period
+from bastionary.rating.rater import EMPTY, Rater, RatingResult
+from bastionary.rating.schedule import FINAL_ADJUSTMENT, final_adjustment, upcoming_period
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
 from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate
 

@@ -43,6 +43,14 @@ class InvoiceLine(_Out):
     adjusts_period_start: Time | None = None
     unit_price: DecimalText | None = None
     percentage: dict[str, Any] | None = None
+    billing_timing: Literal["advance"] | None = Field(
+        None, description="a fee billed in advance, for the period service_period_start .. service_period_end"
+    )
+    service_period_start: Time | None = None
+    service_period_end: Time | None = None
+    already_billed: bool | None = Field(
+        None, description="deducts what earlier (progressive) invoices billed of this period's usage"
+    )
 
 
 class TaxLine(_Out):
@@ -80,7 +88,7 @@ class InvoiceDocument(_Out):
     subscription_id: str
     plan: str
     currency: str
-    kind: Literal["period", "final_adjustment"]
+    kind: Literal["period", "advance", "progressive", "final_adjustment"]
     period_start: Time
     period_end: Time
     issued_at: Time

@@ -24,6 +24,7 @@ from bastionary.settings import parse_iso_duration
 
 INVOICE_NAMESPACE = uuid.UUID("5b0b7a53-3b8e-4c4e-9a55-bb5e1e7f0c01")
 ZERO = Decimal(0)
+ADVANCE = "advance"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class Line:
     period_start: datetime | None = None  # set on adjustment lines: the period adjusted
     unit_price: Decimal | None = None  # per-unit and flat prices: the price of one unit / of the fee
     percentage: dict[str, Any] | None = None  # percentage prices: rate, value, events, fixed/min/max amount
+    # A fee billed in advance: ``period_start`` (always set) .. ``service_end`` is the period it pays for.
+    timing: str = "arrears"
+    service_end: datetime | None = None
+    # Deducts what earlier invoices (progressive ones) billed of this period's usage.
+    already_billed: bool = False
 
     def as_dict(self, currency: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,8 +88,14 @@ class Line:
             "amount": str(round_money(self.amount, currency)),
             "tiers": self.tiers,
         }
-        if self.period_start is not None:
+        if self.timing == ADVANCE and self.period_start is not None and self.service_end is not None:
+            out["billing_timing"] = ADVANCE
+            out["service_period_start"] = self.period_start.isoformat()
+            out["service_period_end"] = self.service_end.isoformat()
+        elif self.period_start is not None:
             out["adjusts_period_start"] = self.period_start.isoformat()
+        if self.already_billed:
+            out["already_billed"] = True
         if self.unit_price is not None:
             out["unit_price"] = _text(self.unit_price)
         if self.percentage is not None:
@@ -101,10 +113,26 @@ def overlap(segment: Segment, start: datetime, end: datetime) -> tuple[datetime,
     return (lo, hi) if lo < hi else None
 
 
-def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: UsageLookup) -> list[Line]:
-    """Recurring fees (prorated by time) and usage charges, per plan segment in the period."""
-    lines: list[Line] = []
+def share(plan: Plan, start: datetime, end: datetime, period: Period) -> Decimal:
+    """The share of ``period`` that [start, end) is: the proration factor of a flat fee or a
+    minimum commitment. 1 for a plan with ``prorate: false``."""
+    if not plan.prorate:
+        return Decimal(1)
     full = (period.full_end - period.start).total_seconds()
+    return Decimal(str((end - start).total_seconds())) / Decimal(str(full))
+
+
+def _flat_line(price: FlatPrice, plan: Plan, fraction: Decimal, suffix: str) -> Line:
+    text = price.description or price.key
+    label = f"{text}{suffix}" + (f", prorated {fraction:.4f}" if fraction != 1 else "")
+    line = Line(price.key, None, label, fraction, price.amount * fraction, line_key=f"{plan.key}:{price.key}")
+    return replace(line, unit_price=price.amount)
+
+
+def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: UsageLookup) -> list[Line]:
+    """Recurring fees billed in arrears (prorated by time) and usage charges, per plan segment
+    in the period. Fees billed in advance are :func:`advance_lines`."""
+    lines: list[Line] = []
     several = sum(1 for s in sub.segments if overlap(s, period.start, period.end)) > 1
     for segment in sub.segments:
         window = overlap(segment, period.start, period.end)
@@ -113,16 +141,10 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
         lo, hi = window
         plan = segment.plan
         suffix = f" ({plan.key})" if several else ""
-        fraction = Decimal(str((hi - lo).total_seconds())) / Decimal(str(full))
         for price in plan.prices:
             if isinstance(price, FlatPrice):
-                prorated = fraction != 1
-                text = price.description or price.key
-                label = f"{text}{suffix}" + (f", prorated {fraction:.4f}" if prorated else "")
-                line = Line(
-                    price.key, None, label, fraction, price.amount * fraction, line_key=f"{plan.key}:{price.key}"
-                )
-                lines.append(replace(line, unit_price=price.amount))
+                if price.billing_timing != ADVANCE:
+                    lines.append(_flat_line(price, plan, share(plan, lo, hi, period), suffix))
                 continue
             used = usage(price, sub.customer_id, lo, hi, as_of)
             priced = price_usage(price, used)
@@ -144,17 +166,18 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
     return lines
 
 
-def minimum_true_up(plan: Plan, lines: list[Line], currency: str, period: Period) -> Line | None:
+def minimum_true_up(
+    plan: Plan, lines: list[Line], currency: str, period: Period, in_advance: Decimal = ZERO
+) -> Line | None:
     """A line topping the period's charges up to the plan's minimum commitment, prorated by
     the share of the period the subscription ran (a period cut by a cancellation commits to
-    its share only), rounded to the currency's minor unit."""
+    its share only), rounded to the currency's minor unit. ``in_advance``: what the period's
+    fees billed in advance come to, which count as charged."""
     if plan.minimum_commitment is None:
         return None
-    fraction = Decimal(str((period.end - period.start).total_seconds())) / Decimal(
-        str((period.full_end - period.start).total_seconds())
-    )
+    fraction = share(plan, period.start, period.end, period)
     minimum = round_money(plan.minimum_commitment * fraction, currency)
-    charged = sum((round_money(line.amount, currency) for line in lines), ZERO)
+    charged = sum((round_money(line.amount, currency) for line in lines), in_advance)
     if charged >= minimum:
         return None
     label = "Minimum commitment true-up" + (f", prorated {fraction:.4f}" if fraction != 1 else "")
@@ -210,6 +233,86 @@ def adjustment_lines(
     return lines
 
 
+def advance_keys(sub: Subscription) -> list[str]:
+    """The line keys of every fee the subscription's plans bill in advance, in order."""
+    keys = [f"{s.plan.key}:{p.key}" for s in sub.segments for p in s.plan.advance_prices]
+    return list(dict.fromkeys(keys))
+
+
+def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: str) -> list[Line]:
+    """The period's fees billed in advance, as the subscription now stands, less what earlier
+    invoices billed of them (``billed``): the whole fee on the invoice before the period, then
+    nothing, unless a plan change or a cancellation changed what the period owes since, when
+    the difference is billed (or credited) on the next invoice. Each line names the period
+    it pays for (``period_start`` .. ``service_end``)."""
+    owed: dict[str, tuple[Decimal, Decimal, Line]] = {}
+    names = {f"{s.plan.key}:{p.key}": p.description or p.key for s in sub.segments for p in s.plan.advance_prices}
+    several = sum(1 for s in sub.segments if overlap(s, period.start, period.end)) > 1
+    for segment in sub.segments:
+        window = overlap(segment, period.start, period.end)
+        if window is None:
+            continue
+        suffix = f" ({segment.plan.key})" if several else ""
+        for price in segment.plan.advance_prices:
+            names[f"{segment.plan.key}:{price.key}"] = f"{price.description or price.key}{suffix}"
+            line = _flat_line(price, segment.plan, share(segment.plan, *window, period), suffix)
+            quantity, amount, first = owed.get(line.line_key, (ZERO, ZERO, line))
+            owed[line.line_key] = (quantity + line.quantity, amount + round_money(line.amount, currency), first)
+    lines = []
+    for key in advance_keys(sub):
+        old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
+        price_key = key.split(":", 1)[1]
+        fee = Line(price_key, None, price_key, ZERO, ZERO, line_key=key)  # owed nothing now
+        quantity, amount, fee = owed.get(key, (ZERO, ZERO, fee))
+        if amount == old_amount and quantity == old_quantity:
+            continue
+        if old_quantity or old_amount:
+            fee = Line(price_key, None, f"Adjustment: {names[key]}, billed in advance", ZERO, ZERO, line_key=key)
+        lines.append(
+            replace(
+                fee,
+                quantity=quantity - old_quantity,
+                amount=amount - old_amount,
+                period_start=period.start,
+                timing=ADVANCE,
+                service_end=period.end,
+            )
+        )
+    return lines
+
+
+def advance_refunds(sub: Subscription, billed: Billed) -> list[Line]:
+    """Fees billed in advance for periods that, after a backdated cancellation, never came:
+    credited back whole."""
+    if sub.canceled_at is None:
+        return []
+    keys = set(advance_keys(sub))
+    lines = []
+    for (start, key), (quantity, amount) in sorted(billed.items()):
+        if key in keys and start >= sub.canceled_at and (quantity or amount):
+            label = f"Refund: {key.split(':', 1)[1]}, billed in advance for a period after the cancellation"
+            refund = Line(key.split(":", 1)[1], None, label, -quantity, -amount, line_key=key, period_start=start)
+            lines.append(replace(refund, timing=ADVANCE, service_end=start))
+    return lines
+
+
+def already_billed_lines(lines: list[Line], billed: Billed, period_start: datetime) -> list[Line]:
+    """For each usage line, what earlier invoices of the same period (progressive ones)
+    billed of it, deducted: the lines show the period's whole usage, the deduction what was
+    paid for already."""
+    out, seen = [], set()
+    for line in lines:
+        if line.meter is None or line.period_start is not None or line.line_key in seen:
+            continue
+        seen.add(line.line_key)  # one deduction per key, though a plan can appear twice (A -> B -> A)
+        quantity, amount = billed.get((period_start, line.line_key), (ZERO, ZERO))
+        if quantity or amount:
+            label = f"Billed on earlier invoices this period ({line.description})"
+            deduction = Line(line.price_key, line.meter, label, -quantity, -amount, line_key=line.line_key)
+            out.append(replace(deduction, already_billed=True))
+    return out
+
+
 @dataclass(frozen=True)
 class Invoice:
     """The ``bastionary.invoice.finalized.v1`` data: amounts as decimal strings, times ISO 8601."""
@@ -260,20 +363,23 @@ def finalize(
     drawn: dict[str, Decimal],
     kind: str = "period",
     taxes: list[TaxRate] | None = None,
+    id_key: str | None = None,
+    credits_at: datetime | None = None,
 ) -> tuple[Invoice, list[Allocation]]:
-    """Round the lines, add tax, apply credits (to the subtotal plus the added tax), and
-    shape the invoice."""
+    """Round the lines, add tax, apply credits usable at ``credits_at`` (default: the period's
+    end) to the subtotal plus the added tax, and shape the invoice. ``id_key`` replaces
+    ``kind`` in the invoice id (a progressive invoice's names its threshold)."""
     currency = plan.currency
     rounded = [round_money(line.amount, currency) for line in lines]
     subtotal = round_money(sum(rounded, ZERO), currency)
     taxed = tax_lines(subtotal, currency, taxes or [])
     payable = subtotal + added_tax(taxed)
-    allocations = allocate(grants, drawn, payable, currency, period.end)
+    allocations = allocate(grants, drawn, payable, currency, credits_at or period.end)
     credits = sum((a.amount for a in allocations), ZERO)
     total = max(ZERO, payable - credits)
     carried = max(ZERO, -subtotal)  # credits draw nothing from a negative subtotal
     invoice = Invoice(
-        invoice_id=invoice_id(sub.subscription_id, period.start, kind),
+        invoice_id=invoice_id(sub.subscription_id, period.start, id_key or kind),
         customer_id=sub.customer_id,
         subscription_id=sub.subscription_id,
         plan=plan.key,

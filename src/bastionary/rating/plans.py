@@ -36,6 +36,10 @@ class _Price(_Model):
 class FlatPrice(_Price):
     model: Literal["flat"]
     amount: Money
+    # arrears: on the period's own invoice, at its end. advance: on the invoice before the
+    # period starts (the subscription's opening invoice for its first period, then each
+    # period's invoice for the next), trued up on the period's own invoice (rater.py).
+    billing_timing: Literal["arrears", "advance"] = "arrears"
 
 
 class _MeteredPrice(_Price):
@@ -106,6 +110,13 @@ class Plan(_Model):
     billing_interval: str = "P1M"
     payment_terms: str = "P14D"
     minimum_commitment: Money | None = None
+    # False: a partial period (the first, a plan change, a cancellation) owes the whole flat
+    # fee and the whole minimum commitment instead of their share of the time.
+    prorate: bool = True
+    # Progressive billing: an invoice as soon as the open period's usage charges (before tax
+    # and credits) reach each amount, once per amount and period; the period's own invoice
+    # then deducts what these billed.
+    usage_thresholds: list[Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]] = Field(default_factory=list)
     prices: list[Price] = Field(default_factory=list)
 
     @field_validator("currency")
@@ -137,6 +148,25 @@ class Plan(_Model):
         if dupes:
             raise ValueError(f"duplicate price keys: {', '.join(dupes)}")
         return prices
+
+    @field_validator("usage_thresholds")
+    @classmethod
+    def _increasing(cls, thresholds: list[Decimal]) -> list[Decimal]:
+        if any(a >= b for a, b in itertools.pairwise(thresholds)):
+            raise ValueError(f"usage_thresholds must be strictly increasing, got {[str(t) for t in thresholds]}")
+        return thresholds
+
+    @model_validator(mode="after")
+    def _threshold_precision(self) -> Plan:
+        digits = MINOR_UNITS[self.currency]
+        for threshold in self.usage_thresholds:
+            if threshold != threshold.quantize(Decimal(1).scaleb(-digits)):
+                raise ValueError(f"usage threshold {threshold} has more decimals than {self.currency} allows")
+        return self
+
+    @property
+    def advance_prices(self) -> list[FlatPrice]:
+        return [p for p in self.prices if isinstance(p, FlatPrice) and p.billing_timing == "advance"]
 
     @property
     def interval(self) -> Interval:

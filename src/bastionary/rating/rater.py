@@ -29,7 +29,6 @@ the same ReplacingMergeTree key.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -46,12 +45,18 @@ from bastionary.money import minor_unit, round_money
 from bastionary.outbound import cloud_event
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import (
+    ADVANCE,
     Billed,
+    Line,
     Period,
     Subscription,
     UsageLookup,
     add_billed,
     adjustment_lines,
+    advance_keys,
+    advance_lines,
+    advance_refunds,
+    already_billed_lines,
     finalize,
     invoice_id,
     minimum_true_up,
@@ -61,87 +66,29 @@ from bastionary.rating.invoice import (
 from bastionary.rating.plans import MeteredPrice, Plan
 from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
+from bastionary.rating.schedule import (
+    FINAL_ADJUSTMENT,
+    PROGRESSIVE,
+    advance_due,
+    closed_periods,
+    cutoff_for,
+    final_adjustment,
+    nth_period,
+    open_period,
+    progressive_id,
+    progressive_key,
+    upcoming_period,
+)
 from bastionary.rating.tax import Invoicing, rates_for
 
 log = structlog.get_logger(__name__)
 CARRIED_PRIORITY = 2**31 - 1  # a carried balance is drawn after every grant (credit_ledger.priority is Int32)
-FINAL_ADJUSTMENT = "final_adjustment"  # an ended subscription's invoice for its late usage
-EMPTY = "empty"  # the status of a final adjustment with nothing to bill: stored, never published
+EMPTY = "empty"  # the status of an invoice with nothing to bill: stored, never published
 
 # (topic role, key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
 Publish = Callable[[str, str, bytes], Awaitable[Awaitable[object]]]
 # (meter, filter items, start, end, as of) -> usage per customer: one query serves every customer
 UsageCache = dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime, datetime], dict[str, Usage]]
-
-
-def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
-    """``period_end + grace``, rounded up to a minute: usage is read by whole ingest minutes.
-    (The settings take the grace in whole minutes; a period end inside a minute, from a
-    cancellation or a plan change, is what gets rounded.)"""
-    moment = period_end + grace
-    epoch = moment.timestamp()
-    return datetime.fromtimestamp(math.ceil(epoch / 60) * 60, tz=UTC)
-
-
-def nth_period(sub: Subscription, n: int) -> Period | None:
-    """Period ``n`` of the subscription, cut at its cancellation (it may then be empty); None
-    once periods start at or after the cancellation."""
-    interval = sub.first_plan.interval
-    start, full_end = interval.nth_boundary(sub.anchor, n), interval.nth_boundary(sub.anchor, n + 1)
-    if sub.canceled_at is not None and start >= sub.canceled_at:
-        return None
-    end = min(full_end, sub.canceled_at) if sub.canceled_at else full_end
-    return Period(n, start, end, full_end)
-
-
-def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[tuple[Period, datetime]]:
-    """Every period whose cutoff has passed, with its cutoff, in order."""
-    out = []
-    n = 0
-    while (period := nth_period(sub, n)) is not None:
-        cutoff = cutoff_for(period.end, grace)
-        if cutoff > now:
-            break
-        if period.end > period.start:
-            out.append((period, cutoff))
-        n += 1
-    return out
-
-
-def final_adjustment(sub: Subscription, now: datetime, grace: timedelta) -> tuple[list[Period], datetime] | None:
-    """An ended subscription's last invoice, for usage that landed after its last period's
-    cutoff: every period of the subscription, and the final cutoff, the last cutoff plus the
-    grace again. None for a subscription that has not ended, or before the final cutoff.
-    Usage ingested after the final cutoff is never billed."""
-    if sub.canceled_at is None:
-        return None
-    periods, n = [], 0
-    while (period := nth_period(sub, n)) is not None:
-        if period.end > period.start:
-            periods.append(period)
-        n += 1
-    if not periods:
-        return None
-    cutoff = cutoff_for(cutoff_for(periods[-1].end, grace), grace)
-    return (periods, cutoff) if cutoff <= now else None
-
-
-def upcoming_period(
-    sub: Subscription, now: datetime, grace: timedelta, rated: set[str]
-) -> tuple[list[Period], Period, datetime] | None:
-    """The subscription's next invoice: its first period not rated yet whose cutoff is still
-    ahead, with the periods before it and its cutoff. None once the subscription has ended
-    and every period is rated (or due)."""
-    interval = sub.first_plan.interval
-    # Periods before the one holding (now - grace) have all passed their cutoff: skip them.
-    n = interval.period_containing(sub.anchor, now - grace)[0] if now - grace > sub.anchor else 0
-    while (period := nth_period(sub, n)) is not None:
-        cutoff = cutoff_for(period.end, grace)
-        if period.end > period.start and cutoff > now and invoice_id(sub.subscription_id, period.start) not in rated:
-            earlier = [p for k in range(n) if (p := nth_period(sub, k)) is not None and p.end > p.start]
-            return earlier, period, cutoff
-        n += 1
-    return None
 
 
 class PreviewStore(Protocol):
@@ -184,8 +131,9 @@ class _Due(NamedTuple):
     sub: Subscription
     earlier: list[Period]  # the subscription's periods before this one (a final adjustment's: all)
     period: Period  # a final adjustment's: the subscription's last period
-    cutoff: datetime
+    cutoff: datetime  # an advance invoice's: the segment start; a progressive one's: its usage cutoff
     kind: str = "period"
+    threshold: Decimal | None = None  # a progressive invoice's: the highest usage threshold it answers
 
     @property
     def order(self) -> tuple[datetime, str, bool]:
@@ -221,6 +169,7 @@ class Rater:
         self.settle = settle  # wait past a cutoff so the pipeline has landed what came before it
         self._meters = {m.key: m for m in meters}
         self._customers: Mapping[str, CustomerTerms] = {}  # read with the grants, once per run that rates
+        self._thresholds_checked: datetime | None = None  # the usage cutoff progressive billing last checked
 
     async def run_once(self, now: datetime | None = None) -> RatingResult:
         now = now or datetime.now(UTC)
@@ -253,12 +202,16 @@ class Rater:
                 due.append(
                     _Due(last_cutoff, sub.subscription_id, sub, all_periods, all_periods[-1], cutoff, FINAL_ADJUSTMENT)
                 )
+            for period, start in advance_due(sub, now - self.settle):
+                if invoice_id(sub.subscription_id, start, ADVANCE) not in rated:
+                    due.append(_Due(start, sub.subscription_id, sub, [], period, start, ADVANCE))
+        cache: UsageCache = {}
+        due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache))
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
         self._customers = await asyncio.to_thread(self.store.customer_terms)
         currencies = _grant_currencies(grants)
-        cache: UsageCache = {}
         due.sort(key=lambda d: d.order)
         for offset in range(0, len(due), self.batch_size):
             batch = due[offset : offset + self.batch_size]
@@ -269,6 +222,37 @@ class Rater:
             await asyncio.to_thread(self.store.mark_published, documents)
             result.invoices.extend(document for document, _ in documents)
         return result
+
+    def _progressive_due(
+        self, subscriptions: list[Subscription], rated: set[str], now: datetime, cache: UsageCache
+    ) -> list[_Due]:
+        """Open periods whose usage charges (before tax and credits, whole period so far)
+        reached a usage threshold of their plan that no progressive invoice has answered yet.
+        Checked once per usage minute: usage is read as of whole ingest minutes, so a second
+        check within the minute would read the same."""
+        as_of = (now - self.settle).replace(second=0, microsecond=0)
+        if as_of == self._thresholds_checked:
+            return []
+        usage = self._usage_lookup(cache)
+        due = []
+        for sub in subscriptions:
+            if not self.owns(sub.customer_id) or not any(s.plan.usage_thresholds for s in sub.segments):
+                continue
+            period = open_period(sub, as_of)
+            thresholds = _plan_at(sub, as_of).usage_thresholds
+            if period is None or not thresholds or as_of <= period.start:
+                continue
+            currency = _plan_at(sub, period.start).currency
+            charge = sum(
+                (round_money(line.amount, currency) for line in period_lines(sub, period, as_of, usage) if line.meter),
+                Decimal(0),
+            )
+            crossed = [t for t in thresholds if t <= charge]
+            answered = [t for t in thresholds if progressive_id(sub, period, t) in rated]
+            if crossed and not (answered and max(answered) >= crossed[-1]):
+                due.append(_Due(as_of, sub.subscription_id, sub, [], period, as_of, PROGRESSIVE, threshold=crossed[-1]))
+        self._thresholds_checked = as_of
+        return due
 
     def preview(
         self,
@@ -311,6 +295,7 @@ class Rater:
                 cache,
                 pending.setdefault(item.subscription_id, {}),
                 item.kind,
+                threshold=item.threshold,
             )
             for item in batch
         ]
@@ -329,6 +314,7 @@ class Rater:
         pending: Billed,
         kind: str = "period",
         only: str | None = None,
+        threshold: Decimal | None = None,
     ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here.
 
@@ -338,31 +324,35 @@ class Rater:
         """
         usage = self._usage_lookup(cache, only)
         plan = _plan_at(sub, period.start)
-        lines = [] if kind == FINAL_ADJUSTMENT else period_lines(sub, period, cutoff, usage)
-        true_up = minimum_true_up(plan, lines, plan.currency, period) if kind != FINAL_ADJUSTMENT else None
-        if true_up is not None:
-            lines.append(true_up)
-        if earlier:
-            billed = dict(self.store.billed(sub.subscription_id))  # stored (committed) invoices only
-            for key, (quantity, amount) in pending.items():
-                before_quantity, before_amount = billed.get(key, (Decimal(0), Decimal(0)))
-                billed[key] = (before_quantity + quantity, before_amount + amount)
-            lines.extend(adjustment_lines(sub, earlier, cutoff, usage, billed, plan.currency))
-        add_billed(pending, lines, period.start, plan.currency)
+        billed = self._billed(sub, pending, needed=bool(earlier) or kind != "period")
+        lines = self._lines(sub, earlier, period, cutoff, kind, usage, billed)
+        # What the invoice shows as its period, and the moment its credits are drawn and
+        # expire at: the period's end, except for an advance invoice (issued at a plan
+        # segment's start, for the rest of its period) and a progressive one (the period so far).
+        shown = period
+        if kind == ADVANCE:
+            shown = Period(period.index, cutoff, period.end, period.full_end)
+        elif kind == PROGRESSIVE:
+            shown = Period(period.index, period.start, cutoff, period.full_end)
+        moment = cutoff if kind in (ADVANCE, PROGRESSIVE) else period.end
+        add_billed(pending, lines, shown.start, plan.currency)
         terms = self._customers.get(sub.customer_id, CustomerTerms())
         rates = rates_for(self.invoicing.taxes, terms.tax)
         # The plan in force at the period's end names the invoice (and picks its dunning policy
         # and payment terms); ``plans`` lists every plan the period saw, in order.
-        at_end = _plan_at(sub, max(period.start, period.end - timedelta(microseconds=1)))
-        invoice, allocations = finalize(sub, at_end, period, lines, cutoff, grants, drawn, kind, rates)
-        seen = [s.plan.key for s in sub.segments if overlap(s, period.start, period.end)] or [at_end.key]
+        at_end = _plan_at(sub, max(shown.start, shown.end - timedelta(microseconds=1)))
+        id_key = progressive_key(threshold) if threshold is not None else None
+        invoice, allocations = finalize(
+            sub, at_end, shown, lines, cutoff, grants, drawn, kind, rates, id_key=id_key, credits_at=moment
+        )
+        seen = [s.plan.key for s in sub.segments if overlap(s, shown.start, shown.end)] or [at_end.key]
         invoice = replace(
             invoice,
             issuer=self.invoicing.issuer.model_dump(),
             bill_to=terms.bill_to,
             plans=tuple(dict.fromkeys(seen)),
         )
-        balance_before = usable_balance(grants, drawn, plan.currency, period.end)
+        balance_before = usable_balance(grants, drawn, plan.currency, moment)
         recorded = datetime.now(UTC)
         ledger = []
         for allocation in allocations:
@@ -377,8 +367,8 @@ class Rater:
             # A usable remainder below one minor unit can never be drawn (draws are whole minor
             # units): it lapses here, explicitly, instead of lingering as an unusable balance.
             # (Inputs carry at most the currency's decimals, so only older data can hold one.)
-            dust = grant.usable_at(period.end, plan.currency) and 0 < left < minor_unit(plan.currency)
-            if (grant_status(grant, period.end) == "expired" and left > 0) or dust:
+            dust = grant.usable_at(moment, plan.currency) and 0 < left < minor_unit(plan.currency)
+            if (grant_status(grant, moment) == "expired" and left > 0) or dust:
                 drawn[grant.grant_id] = grant.amount
                 ledger.append(_ledger_row("expired", grant, left, invoice.invoice_id, recorded))
                 expired.append({"grant_id": grant.grant_id, "amount": str(left)})
@@ -394,14 +384,14 @@ class Rater:
                 carried,
                 plan.currency,
                 CARRIED_PRIORITY,
-                period.end,
+                moment,
                 funding="carried",
             )
             grants.append(credit)
             ledger.append(_ledger_row("carried", credit, carried, invoice.invoice_id, recorded))
         rule = terms.topups.get(plan.currency)
         if rule is not None:
-            balance = usable_balance(grants, drawn, plan.currency, period.end)
+            balance = usable_balance(grants, drawn, plan.currency, moment)
             threshold, amount = rule
             # Once per crossing: only the invoice whose draws take the balance from at or
             # above the threshold to below it asks; the request's id derives from the invoice.
@@ -412,12 +402,77 @@ class Rater:
                     **{k: str(round_money(v, plan.currency)) for k, v in money.items()},
                 }
                 invoice = replace(invoice, topup_requested=(request,))
-        if kind == FINAL_ADJUSTMENT and not lines and not ledger:
-            # No late usage: nothing to tell the customer. Stored (so the subscription is done
-            # with) but never published; the reports leave it out.
+        if kind in (FINAL_ADJUSTMENT, ADVANCE) and not lines and not ledger:
+            # No late usage, no fee owed in advance: nothing to tell the customer. Stored (so it
+            # is not rated again) but never published; the reports leave it out.
             invoice = replace(invoice, status=EMPTY)
         log.debug("invoice rated", invoice_id=invoice.invoice_id, customer_id=sub.customer_id, total=invoice.total)
         return RatedInvoice(invoice, cutoff, lines, ledger)
+
+    def _billed(self, sub: Subscription, pending: Billed, needed: bool) -> Billed:
+        """What invoices billed per (period, line key): the stored (committed) ones, plus
+        ``pending``. Read only when the invoice can depend on it: it has earlier periods to
+        adjust, bills fees in advance, or follows a progressive invoice."""
+        plans = [s.plan for s in sub.segments]
+        if not (needed or any(p.advance_prices or p.usage_thresholds for p in plans)):
+            return {}
+        billed = dict(self.store.billed(sub.subscription_id))
+        for key, (quantity, amount) in pending.items():
+            before_quantity, before_amount = billed.get(key, (Decimal(0), Decimal(0)))
+            billed[key] = (before_quantity + quantity, before_amount + amount)
+        return billed
+
+    def _lines(
+        self,
+        sub: Subscription,
+        earlier: list[Period],
+        period: Period,
+        cutoff: datetime,
+        kind: str,
+        usage: UsageLookup,
+        billed: Billed,
+    ) -> list[Line]:
+        """The invoice's lines, by kind:
+        - period: the period's fees in arrears and usage, the minimum commitment's true-up,
+          less what progressive invoices billed of the period's usage; the period's fees in
+          advance trued up, and the next period's billed; late usage of earlier periods.
+        - advance: the fees in advance of the period the plan segment starts in, less what was
+          billed of them (a plan change's difference; a new subscription's first fee, prorated).
+        - progressive: the period's usage as of the cutoff, less what earlier progressive
+          invoices billed.
+        - final adjustment: late usage of every period, advance fees trued up, and those
+          billed for periods a backdated cancellation removed, credited."""
+        currency = _plan_at(sub, period.start).currency
+        if kind == ADVANCE:
+            return advance_lines(sub, period, billed, currency)
+        if kind == PROGRESSIVE:
+            usage_lines = [line for line in period_lines(sub, period, cutoff, usage) if line.meter]
+            return usage_lines + already_billed_lines(usage_lines, billed, period.start)
+        lines: list[Line] = []
+        if kind == FINAL_ADJUSTMENT:
+            for each in earlier:
+                lines.extend(advance_lines(sub, each, billed, currency))
+            lines.extend(advance_refunds(sub, billed))
+            return adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + lines
+        lines = period_lines(sub, period, cutoff, usage)
+        advance = advance_lines(sub, period, billed, currency)
+        # The minimum commitment counts the period's fees in advance: as billed before, and
+        # as trued up now.
+        keys = set(advance_keys(sub))
+        before = [amount for (start, key), (_, amount) in billed.items() if start == period.start and key in keys]
+        now = [round_money(line.amount, currency) for line in advance]
+        in_advance = sum(before + now, Decimal(0))
+        true_up = minimum_true_up(_plan_at(sub, period.start), lines, currency, period, in_advance)
+        if true_up is not None:
+            lines.append(true_up)
+        lines.extend(already_billed_lines(lines, billed, period.start))
+        lines.extend(advance)
+        following = nth_period(sub, period.index + 1)
+        if following is not None and following.end > following.start:
+            lines.extend(advance_lines(sub, following, billed, currency))
+        if earlier:
+            lines.extend(adjustment_lines(sub, earlier, cutoff, usage, billed, currency))
+        return lines
 
     def _usage_lookup(self, cache: UsageCache, only: str | None = None) -> UsageLookup:
         """Usage per customer, fetched once per (meter, filter, window, cutoff) for all

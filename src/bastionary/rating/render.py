@@ -21,7 +21,12 @@ from bastionary.money import MINOR_UNITS
 
 QUANTITY_PLACES = Decimal("0.0001")
 DASH = "\u2013"  # an en dash between the ends of a range
-TITLES = {"period": "Invoice", "final_adjustment": "Final adjustment invoice"}
+TITLES = {
+    "period": "Invoice",
+    "advance": "Invoice (fees in advance)",
+    "progressive": "Progressive invoice (usage so far)",
+    "final_adjustment": "Final adjustment invoice",
+}
 
 
 @cache
@@ -96,6 +101,9 @@ def _party(details: dict[str, Any], fallback: str = "") -> list[str]:
 
 def _line_notes(line: dict[str, Any], currency: str) -> list[str]:
     notes = []
+    if line.get("billing_timing") == "advance":
+        service = period_label(line["service_period_start"], line["service_period_end"])
+        notes.append(f"In advance, for {service}")
     if line.get("adjusts_period_start"):
         notes.append(f"Adjusts the period from {day(datetime.fromisoformat(line['adjusts_period_start']))}")
     for tier in line.get("tiers") or []:
