@@ -21,6 +21,7 @@ from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate
 from .test_credit_notes import ASKED, NOW, FakeNotes, Sent, request, standing
 from .test_intake_parsers import VALID
 from .test_rater import AFTER_EACH_MONTH, GRACE, METERED_ONLY, PRO, TOKENS, FakeBillingStore, FakePublisher, at
+from .test_rater_timing import ADV, STEPS, store_on
 
 DIRECTORY = Path(__file__).resolve().parents[2] / "schemas" / "billing"
 VALIDATORS = {
@@ -102,3 +103,20 @@ def test_every_credit_limit_event_fits_its_schema():
     for event in events:
         check({"specversion": "1.0", "id": event.event_id, "source": "s", "type": event.event_type,
                "time": event.data["at"], "data": event.data})  # fmt: skip
+
+
+def test_advance_and_progressive_invoices_fit_the_invoice_schema():
+    publish = FakePublisher()
+    for plan_key in ("adv", "steps"):
+        store = store_on(plan_key)
+        store.use("cust-1", 15000, at(2024, 1, 5))
+        store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "", None, None, at(2024, 2, 15)))
+        rate = Rater(store, [ADV, STEPS], [TOKENS], GRACE, publish)
+        for moment in (at(2024, 1, 1, 0, 1), at(2024, 1, 6), *AFTER_EACH_MONTH):
+            asyncio.run(rate.run_once(moment + timedelta(hours=2)))
+    kinds = {event["data"]["kind"] for event in publish.events("invoices")}
+    assert kinds == {"advance", "progressive", "period"}
+    lines = [line for event in publish.events("invoices") for line in event["data"]["lines"]]
+    assert any(line.get("already_billed") for line in lines) and any(line.get("billing_timing") for line in lines)
+    for _, _, event in publish.delivered:
+        check(event)

@@ -177,3 +177,12 @@ def test_a_credit_note_renders_on_its_invoice_s_page():
     for expected in ("Credit note", "Outage", "Credit total", "Credited to your balance", "20.00 EUR", "Seller GmbH"):
         assert expected in text, expected
     assert "Refunded" not in text
+
+
+def test_a_fee_in_advance_names_the_period_it_pays_for_and_the_kind_titles_the_page():
+    data = document(kind="advance")
+    data["lines"][0] |= {"billing_timing": "advance", "service_period_start": FEB.isoformat(),
+                         "service_period_end": datetime(2026, 3, 1, tzinfo=UTC).isoformat()}  # fmt: skip
+    page = render_html(data)
+    assert "Invoice (fees in advance)" in page and "In advance, for 1\u201328 Feb 2026" in page
+    assert "Progressive invoice (usage so far)" in render_html(document(kind="progressive"))
