@@ -15,12 +15,14 @@ from pydantic import ValidationError
 
 from bastionary.entitlements.evaluate import check
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.spend import CreditLimit, SpendEvent, SpendHistory, spend_events
+from bastionary.rating.plans import Plan
+from bastionary.rating.rater import Rater
+from bastionary.rating.spend import CreditLimit, SpendEvent, SpendHistory, plan_limits, spend_events
 from bastionary.rating.spend_monitor import SpendMonitor
 
 from .test_openapi_document import NOW as ENTITLEMENT_NOW
 from .test_openapi_document import state
-from .test_rater import AFTER_JAN, FakeBillingStore, FakePublisher, one_customer, rater
+from .test_rater import AFTER_JAN, GRACE, PRO, TOKENS, FakeBillingStore, FakePublisher, one_customer, rater
 
 D = Decimal
 NOW = datetime(2026, 3, 5, tzinfo=UTC)
@@ -147,3 +149,20 @@ def test_a_customer_without_a_limit_costs_nothing():
     store, publish = FakeBillingStore(), FakePublisher()
     store.subscribe("sub-1", "cust-1")
     assert asyncio.run(SpendMonitor(store, FakeSpend({}), rater(store, publish), publish).run_once(AFTER_JAN)) == []
+
+
+def test_a_plan_s_credit_limit_applies_to_its_customers_without_their_own():
+    limited = Plan.model_validate(
+        PRO.model_dump() | {"key": "limited", "credit_limit": {"amount": "15", "alert_at": ["0.5"]}}
+    )
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="limited")
+    store.subscribe("sub-2", "cust-2", plan="limited")
+    store.terms["cust-2"] = CustomerTerms(credit_limit=CreditLimit(currency="USD", amount=D("1000")))  # its own wins
+    rate = Rater(store, [PRO, limited], [TOKENS], GRACE, publish)
+    decided = asyncio.run(SpendMonitor(store, FakeSpend({}), rate, publish).run_once(AFTER_JAN))
+    assert [(e.customer_id, e.kind) for e in decided] == [("cust-1", "threshold_crossed"), ("cust-1", "reached")]
+    assert decided[1].data["limit"] == "15.00"  # the 20.00 seat fee of February's open period
+    subs = store.subscriptions({p.key: p for p in (PRO, limited)})
+    assert plan_limits(subs, AFTER_JAN)["cust-1"].amount == D(15)
+    assert plan_limits(subs, datetime(2023, 12, 31, tzinfo=UTC)) == {}  # before the subscriptions start

@@ -76,6 +76,10 @@ class InvoiceLine(_Model):
     adjusts_period_start: datetime | None = None
     unit_price: Decimal | None = None
     percentage: dict[str, Any] | None = None
+    billing_timing: str | None = None  # "advance": a fee for service_period_start .. service_period_end
+    service_period_start: datetime | None = None
+    service_period_end: datetime | None = None
+    already_billed: bool | None = None  # deducts what progressive invoices billed of the period
 
 
 class Invoice(_Model):

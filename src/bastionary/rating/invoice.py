@@ -48,6 +48,16 @@ class Subscription:
     def first_plan(self) -> Plan:
         return self.segments[0].plan
 
+    def plan_at(self, moment: datetime) -> Plan:
+        """The plan in force at ``moment``; the last one after the subscription's end."""
+        for segment in self.segments:
+            if segment.start <= moment and (segment.end is None or moment < segment.end):
+                return segment.plan
+        return self.segments[-1].plan
+
+    def active_at(self, moment: datetime) -> bool:
+        return self.segments[0].start <= moment and (self.canceled_at is None or moment < self.canceled_at)
+
 
 @dataclass(frozen=True)
 class Period:

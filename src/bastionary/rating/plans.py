@@ -104,6 +104,16 @@ Price = Annotated[
 MeteredPrice = PerUnitPrice | GraduatedPrice | VolumePrice | PackagePrice | PercentagePrice
 
 
+class PlanCreditLimit(_Model):
+    """A plan's credit limit, in the plan's currency: ``amount``, and the shares of it that
+    raise an alert. A customer record's own ``credit_limit`` wins over it."""
+
+    amount: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+    alert_at: list[Annotated[Decimal, Field(gt=0, lt=1, allow_inf_nan=False)]] = Field(
+        default_factory=list, max_length=8
+    )
+
+
 class Plan(_Model):
     key: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     currency: str
@@ -117,6 +127,8 @@ class Plan(_Model):
     # and credits) reach each amount, once per amount and period; the period's own invoice
     # then deducts what these billed.
     usage_thresholds: list[Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]] = Field(default_factory=list)
+    # The credit limit of a customer on this plan without one of its own (rating/spend.py).
+    credit_limit: PlanCreditLimit | None = None
     prices: list[Price] = Field(default_factory=list)
 
     @field_validator("currency")
@@ -162,6 +174,11 @@ class Plan(_Model):
         for threshold in self.usage_thresholds:
             if threshold != threshold.quantize(Decimal(1).scaleb(-digits)):
                 raise ValueError(f"usage threshold {threshold} has more decimals than {self.currency} allows")
+        limit = self.credit_limit
+        if limit is not None and limit.amount != limit.amount.quantize(Decimal(1).scaleb(-digits)):
+            raise ValueError(f"credit_limit {limit.amount} has more decimals than {self.currency} allows")
+        if limit is not None and len(set(limit.alert_at)) != len(limit.alert_at):
+            raise ValueError("credit_limit.alert_at repeats a share")
         return self
 
     @property

@@ -239,10 +239,10 @@ class Rater:
             if not self.owns(sub.customer_id) or not any(s.plan.usage_thresholds for s in sub.segments):
                 continue
             period = open_period(sub, as_of)
-            thresholds = _plan_at(sub, as_of).usage_thresholds
+            thresholds = sub.plan_at(as_of).usage_thresholds
             if period is None or not thresholds or as_of <= period.start:
                 continue
-            currency = _plan_at(sub, period.start).currency
+            currency = sub.plan_at(period.start).currency
             charge = sum(
                 (round_money(line.amount, currency) for line in period_lines(sub, period, as_of, usage) if line.meter),
                 Decimal(0),
@@ -323,7 +323,7 @@ class Rater:
         has only the adjustment lines of ``earlier``, every period of the subscription.
         """
         usage = self._usage_lookup(cache, only)
-        plan = _plan_at(sub, period.start)
+        plan = sub.plan_at(period.start)
         billed = self._billed(sub, pending, needed=bool(earlier) or kind != "period")
         lines = self._lines(sub, earlier, period, cutoff, kind, usage, billed)
         # What the invoice shows as its period, and the moment its credits are drawn and
@@ -340,7 +340,7 @@ class Rater:
         rates = rates_for(self.invoicing.taxes, terms.tax)
         # The plan in force at the period's end names the invoice (and picks its dunning policy
         # and payment terms); ``plans`` lists every plan the period saw, in order.
-        at_end = _plan_at(sub, max(shown.start, shown.end - timedelta(microseconds=1)))
+        at_end = sub.plan_at(max(shown.start, shown.end - timedelta(microseconds=1)))
         id_key = progressive_key(threshold) if threshold is not None else None
         invoice, allocations = finalize(
             sub, at_end, shown, lines, cutoff, grants, drawn, kind, rates, id_key=id_key, credits_at=moment
@@ -442,7 +442,7 @@ class Rater:
           invoices billed.
         - final adjustment: late usage of every period, advance fees trued up, and those
           billed for periods a backdated cancellation removed, credited."""
-        currency = _plan_at(sub, period.start).currency
+        currency = sub.plan_at(period.start).currency
         if kind == ADVANCE:
             return advance_lines(sub, period, billed, currency)
         if kind == PROGRESSIVE:
@@ -462,7 +462,7 @@ class Rater:
         before = [amount for (start, key), (_, amount) in billed.items() if start == period.start and key in keys]
         now = [round_money(line.amount, currency) for line in advance]
         in_advance = sum(before + now, Decimal(0))
-        true_up = minimum_true_up(_plan_at(sub, period.start), lines, currency, period, in_advance)
+        true_up = minimum_true_up(sub.plan_at(period.start), lines, currency, period, in_advance)
         if true_up is not None:
             lines.append(true_up)
         lines.extend(already_billed_lines(lines, billed, period.start))
@@ -550,13 +550,6 @@ def _movement_currency(kind: str, grant_id: str, data: dict[str, Any], currencie
     if kind in ("applied", "carried"):  # drawn or carried in the invoice's currency
         return str(data["currency"])
     raise LookupError(f"grant {grant_id} expired on invoice {data['invoice_id']} is not in the credit ledger")
-
-
-def _plan_at(sub: Subscription, moment: datetime) -> Plan:
-    for segment in sub.segments:
-        if segment.start <= moment and (segment.end is None or moment < segment.end):
-            return segment.plan
-    return sub.segments[-1].plan
 
 
 def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded: datetime) -> LedgerRow:

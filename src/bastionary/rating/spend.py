@@ -1,6 +1,8 @@
 """Credit limits: how much unbilled plus unpaid charge a customer may build up.
 
-A customer record may carry ``credit_limit: {currency, amount, alert_at}``. The customer's
+A customer record may carry ``credit_limit: {currency, amount, alert_at}``, or the plan a
+customer is on ``credit_limit: {amount, alert_at}`` in the plan's currency (the record's
+own limit wins; :func:`plan_limits`). The customer's
 **exposure** in that currency is what it owes and has not paid (every issued invoice's
 amount due, after payments and credit notes) plus the **running charge** of its open
 periods: each subscription's next invoice priced now with the rater's own code, after the
@@ -33,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, m
 
 from bastionary.money import round_money
 from bastionary.rating.events import Amount, check_currency
+from bastionary.rating.invoice import Subscription
 
 SPEND_NAMESPACE = uuid.UUID("7c1e2f4a-9b3d-4e5f-8a6b-1c2d3e4f5a6b")
 THRESHOLD_CROSSED = "bastionary.credit_limit.threshold_crossed.v1"
@@ -59,6 +62,24 @@ class CreditLimit(BaseModel):
     def _money(self) -> CreditLimit:
         check_currency(self.currency, self.amount)
         return self
+
+
+def plan_limits(subscriptions: list[Subscription], now: datetime) -> dict[str, CreditLimit]:
+    """The credit limit each customer's plans set: the ``credit_limit`` of the plan in force
+    now of each active subscription; with several, the lowest (in the first currency by code).
+    A customer record's own limit wins over these (the caller applies it)."""
+    out: dict[str, CreditLimit] = {}
+    for sub in subscriptions:
+        plan = sub.plan_at(now)
+        if not sub.active_at(now) or plan.credit_limit is None:
+            continue
+        limit = CreditLimit(
+            currency=plan.currency, amount=plan.credit_limit.amount, alert_at=plan.credit_limit.alert_at
+        )
+        current = out.get(sub.customer_id)
+        if current is None or (limit.currency, limit.amount) < (current.currency, current.amount):
+            out[sub.customer_id] = limit
+    return out
 
 
 @dataclass

@@ -30,7 +30,7 @@ import structlog
 from bastionary.outbound import cloud_event
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.rater import PreviewStore, Publish, Rater, upcoming_invoices
-from bastionary.rating.spend import CreditLimit, SpendEvent, SpendHistory, spend_events
+from bastionary.rating.spend import CreditLimit, SpendEvent, SpendHistory, plan_limits, spend_events
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +66,11 @@ class SpendMonitor:
         undelivered = [e for e in await asyncio.to_thread(self.spend.unpublished) if self.owns(e.customer_id)]
         terms: Mapping[str, CustomerTerms] = await asyncio.to_thread(self.billing.customer_terms)
         limited = {c: t.credit_limit for c, t in terms.items() if t.credit_limit is not None and self.owns(c)}
+        if any(plan.credit_limit is not None for plan in self.rater.plans.values()):
+            subscriptions = await asyncio.to_thread(self.billing.subscriptions, self.rater.plans)
+            for customer, limit in plan_limits(subscriptions, now).items():
+                if customer not in limited and self.owns(customer):
+                    limited[customer] = limit
         decided: list[SpendEvent] = []
         if limited:
             decided = await asyncio.to_thread(self._decide, limited, now)
