@@ -166,3 +166,16 @@ def test_a_plan_s_credit_limit_applies_to_its_customers_without_their_own():
     subs = store.subscriptions({p.key: p for p in (PRO, limited)})
     assert plan_limits(subs, AFTER_JAN)["cust-1"].amount == D(15)
     assert plan_limits(subs, datetime(2023, 12, 31, tzinfo=UTC)) == {}  # before the subscriptions start
+
+
+def test_a_run_for_flushed_customers_prices_only_limited_ones_and_reads_nothing_for_others():
+    store, publish = one_customer(tokens=0), FakePublisher()
+    store.subscribe("sub-2", "cust-2")
+    store.terms["cust-1"] = CustomerTerms(credit_limit=CreditLimit(currency="USD", amount=D("15")))
+    spend = FakeSpend({})
+    monitor = SpendMonitor(store, spend, rater(store, publish), publish)
+    assert asyncio.run(monitor.run_once(AFTER_JAN, customers={"cust-1"})) == []  # no full run yet: none known
+    assert kinds(asyncio.run(monitor.run_once(AFTER_JAN))) == [("reached", "1")]
+    spend.rows.clear()  # as if nothing had been announced
+    assert asyncio.run(monitor.run_once(AFTER_JAN, customers={"cust-2"})) == []  # no limit: nothing priced
+    assert kinds(asyncio.run(monitor.run_once(AFTER_JAN, customers={"cust-1", "cust-2"}))) == [("reached", "1")]

@@ -268,12 +268,21 @@ class Rater:
         Each document is the one the rater would issue if no more usage arrived (same id,
         lines, credits and totals), with ``status: "preview"``."""
         drawn = dict(drawn)  # the previews draw on a copy: nothing is applied yet
-        if terms is not None and due:
-            self._customers = {due[0][0].customer_id: terms}
         cache: UsageCache = {}  # one customer's reads, shared by its subscriptions
         out = []
         for sub, earlier, period, cutoff in sorted(due, key=lambda d: (d[2].end, d[0].subscription_id)):
-            rated = self._rate(sub, earlier, period, cutoff, grants, drawn, cache, {}, only=sub.customer_id)
+            rated = self._rate(
+                sub,
+                earlier,
+                period,
+                cutoff,
+                grants,
+                drawn,
+                cache,
+                {},
+                only=sub.customer_id,
+                terms=terms or CustomerTerms(),
+            )
             out.append(replace(rated.invoice, status="preview").document())
         return out
 
@@ -315,6 +324,7 @@ class Rater:
         kind: str = "period",
         only: str | None = None,
         threshold: Decimal | None = None,
+        terms: CustomerTerms | None = None,
     ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here.
 
@@ -336,7 +346,8 @@ class Rater:
             shown = Period(period.index, period.start, cutoff, period.full_end)
         moment = cutoff if kind in (ADVANCE, PROGRESSIVE) else period.end
         add_billed(pending, lines, shown.start, plan.currency)
-        terms = self._customers.get(sub.customer_id, CustomerTerms())
+        # A preview passes the customer's record; a rating run reads every record once.
+        terms = terms or self._customers.get(sub.customer_id, CustomerTerms())
         rates = rates_for(self.invoicing.taxes, terms.tax)
         # The plan in force at the period's end names the invoice (and picks its dunning policy
         # and payment terms); ``plans`` lists every plan the period saw, in order.

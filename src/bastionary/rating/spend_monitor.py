@@ -20,7 +20,7 @@ reached limit denies metered features from the moment it is stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
@@ -59,10 +59,14 @@ class SpendMonitor:
         self.rater = rater
         self.publish = publish
         self.owns = owns
+        self._limited: set[str] = set()  # who had a limit at the last full run
 
-    async def run_once(self, now: datetime | None = None) -> list[SpendEvent]:
-        """Decide, store and publish; returns the events this run decided."""
+    async def run_once(self, now: datetime | None = None, customers: Collection[str] | None = None) -> list[SpendEvent]:
+        """Decide, store and publish; returns the events this run decided. ``customers``:
+        only those (the ones a usage flush just touched); None: every limited customer."""
         now = now or datetime.now(UTC)
+        if customers is not None and not self._limited.intersection(customers):
+            return []  # a flush of customers without a limit (as of the last full run): no reads
         undelivered = [e for e in await asyncio.to_thread(self.spend.unpublished) if self.owns(e.customer_id)]
         terms: Mapping[str, CustomerTerms] = await asyncio.to_thread(self.billing.customer_terms)
         limited = {c: t.credit_limit for c, t in terms.items() if t.credit_limit is not None and self.owns(c)}
@@ -71,6 +75,10 @@ class SpendMonitor:
             for customer, limit in plan_limits(subscriptions, now).items():
                 if customer not in limited and self.owns(customer):
                     limited[customer] = limit
+        if customers is None:
+            self._limited = set(limited)
+        else:
+            limited = {c: limit for c, limit in limited.items() if c in customers}
         decided: list[SpendEvent] = []
         if limited:
             decided = await asyncio.to_thread(self._decide, limited, now)

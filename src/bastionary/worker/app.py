@@ -119,6 +119,8 @@ def create_app(
     backend: ApiBackend | None = None
     if billing is not None:
         billing_service = BillingService(ctx, billing.catalog, billing.store_factory)
+        if usage:
+            billing_service.watch_limits(lambda: usage_service.sink)
         billing_service.install()
 
         def client() -> Any:
@@ -129,6 +131,7 @@ def create_app(
         if usage:
             entitlement_service = EntitlementService(ctx, billing.catalog, client, usage_service)
             entitlement_service.install()
+            billing_service.on_limit_change = entitlement_service.limits_changed
         backend = ApiBackend(ctx, billing.catalog, billing.reader_factory or client, client)
     api.install(
         app,

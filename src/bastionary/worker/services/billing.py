@@ -1,16 +1,20 @@
 """The billing service: subscription, credit-grant, customer and credit-note intake, and the
-rater and the credit note desk on a timer."""
+rater, the credit note desk and the spend monitor on a timer. The spend monitor also runs
+right after a usage flush lands, for the flushed customers (``watch_limits``), and tells
+this worker's entitlements at once when a limit is reached or restored, so neither the
+rating interval nor the entitlement poll stands between usage and a check."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from bastionary.catalog import Catalog
+from bastionary.metering.sink import LandedFlush, UsageSink
 from bastionary.rating.credit_note_desk import CreditNoteDesk
 from bastionary.rating.credit_notes import parse_credit_note_request
 from bastionary.rating.customers import customer_row, parse_customer
@@ -22,6 +26,7 @@ from bastionary.rating.events import (
     subscription_row,
 )
 from bastionary.rating.rater import Rater
+from bastionary.rating.spend import SpendEvent
 from bastionary.rating.spend_monitor import SpendMonitor
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
@@ -30,6 +35,8 @@ from bastionary.worker.context import WorkerContext
 from bastionary.worker.intake import consume_intake
 
 log = structlog.get_logger(__name__)
+# After a flush, wait this long for the flushes of the other partitions before pricing.
+LIMIT_DEBOUNCE_SECONDS = 0.05
 
 
 class BillingService:
@@ -41,7 +48,16 @@ class BillingService:
         self._rater: Rater | None = None
         self._desk: CreditNoteDesk | None = None
         self._spend: SpendMonitor | None = None
+        # One run at a time: the tick's (rater, desk, spend monitor) or a flush's (spend monitor).
+        # A monitor run during a rating run could read the unpaid invoices before an invoice
+        # is stored and the open periods after, and miss it for a moment.
+        self._runs = asyncio.Lock()
         self._plan_keys = {plan.key for plan in catalog.plans}
+        self._usage_sink: Callable[[], UsageSink] | None = None
+        self._flushed: set[str] = set()  # customers whose usage landed since the last limit run
+        self._flush_landed = asyncio.Event()
+        # This worker's entitlements: told which customers' limit changed (None: poll only).
+        self.on_limit_change: Callable[[set[str]], None] | None = None
 
     def store(self) -> ClickHouseBillingStore:
         """Opened at first use, when the worker starts."""
@@ -62,6 +78,44 @@ class BillingService:
         app.agent(self.ctx.topic(topics.credit_notes), name="billing-credit-notes")(self._credit_note_intake)
         if self.ctx.settings.rating_enabled:
             app.timer(interval=self.ctx.settings.rating_interval.total_seconds())(self._rate_closed_periods)
+            if self._usage_sink is not None:
+                app.task(self._follow_flushes)
+
+    def watch_limits(self, usage_sink: Callable[[], UsageSink]) -> None:
+        """Check credit limits after each usage flush this worker lands (call before install)."""
+        self._usage_sink = usage_sink
+
+    def _on_flush(self, flushes: list[LandedFlush]) -> None:
+        """A UsageSink listener, under the flush lock: note who to price, nothing more."""
+        for flush in flushes:
+            self._flushed.update(row.customer_id for row in flush.rollup_rows)
+        self._flush_landed.set()
+
+    async def _follow_flushes(self) -> None:
+        if self._usage_sink is None:  # installed only with one
+            return
+        self._usage_sink().listeners.append(self._on_flush)
+        while True:
+            await self._flush_landed.wait()
+            await asyncio.sleep(LIMIT_DEBOUNCE_SECONDS)
+            self._flush_landed.clear()
+            customers, self._flushed = self._flushed, set()
+            if self._spend is not None:  # set up by the first rating tick
+                async with self._runs:
+                    await self._check_limits(self._spend, customers)
+
+    async def _check_limits(self, spend: SpendMonitor, customers: Collection[str] | None = None) -> None:
+        try:
+            decided = await spend.run_once(customers=customers)
+        except Exception:
+            log.exception("credit limit run failed; retried on the next tick")
+            return
+        self._tell_entitlements(decided)
+
+    def _tell_entitlements(self, decided: list[SpendEvent]) -> None:
+        changed = {event.customer_id for event in decided if event.kind in ("reached", "restored")}
+        if changed and self.on_limit_change is not None:
+            self.on_limit_change(changed)
 
     async def _intake(self, stream: Any, handle: Callable[[Any], Any]) -> None:
         await consume_intake(
@@ -114,6 +168,10 @@ class BillingService:
         return await self.ctx.topic(topic).send(key=key.encode(), value=value)
 
     async def _rate_closed_periods(self) -> None:
+        async with self._runs:
+            await self._rate_and_check()
+
+    async def _rate_and_check(self) -> None:
         if self._rater is None:
             self._rater = Rater(
                 self.store(),
@@ -141,7 +199,4 @@ class BillingService:
             await self._desk.run_once()
         except Exception:
             log.exception("credit note run failed; retried on the next tick")
-        try:  # after both: the exposure counts what they issued
-            await self._spend.run_once()
-        except Exception:
-            log.exception("credit limit run failed; retried on the next tick")
+        await self._check_limits(self._spend)  # after both: the exposure counts what they issued

@@ -82,6 +82,13 @@ class EntitlementService:
     async def check_all(self, customer_id: str) -> list[Decision]:
         return await self.service.check_all(customer_id)
 
+    def limits_changed(self, customers: set[str]) -> None:
+        """This worker's spend monitor stored a reached/restored event for ``customers``: read
+        those it holds again now (the poll would, within a second; this is for the owner of
+        both, as on one worker)."""
+        if self._service is not None:
+            self._service.invalidate(customers)
+
     def _mirror(self, customer: str, loaded: Loaded) -> None:
         """The table holds each owned customer's state for operators; checks use memory."""
         snapshot = {
