@@ -98,7 +98,7 @@ def test_every_credit_limit_event_fits_its_schema():
 
     limit = CreditLimit(currency="USD", amount=Decimal(100), alert_at=[Decimal("0.5")])
     events = spend_events("c1", limit, Decimal(80), Decimal(30), None, SpendHistory(), NOW)
-    events += spend_events("c1", limit, Decimal(0), Decimal(0), None, SpendHistory(reached=True, changes=1), NOW)
+    events += spend_events("c1", limit, Decimal(0), Decimal(0), None, SpendHistory(changes=1), NOW)
     assert [e.kind for e in events] == ["threshold_crossed", "reached", "restored"]
     for event in events:
         check({"specversion": "1.0", "id": event.event_id, "source": "s", "type": event.event_type,

@@ -40,7 +40,6 @@ def remember(history: SpendHistory, events: list[SpendEvent]) -> SpendHistory:
             history.alerts.add((event.share, event.data["period_start"] or ""))
         else:
             history.changes += 1
-            history.reached = event.kind == "reached"
     return history
 
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from bastionary.money import round_money
+from bastionary.money import format_money
 from bastionary.rating.events import (
     Amount,
     BillingEvent,
@@ -148,7 +148,7 @@ def decide(
     currency = standing.currency
 
     def money(value: Decimal) -> str:
-        return str(round_money(value, currency))  # exact already: this fixes the scale
+        return format_money(value, currency)  # exact already: this fixes the scale
 
     creditable = standing.total - standing.credited
     if request.void:

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
-from bastionary.money import round_money
+from bastionary.money import format_money, round_money
 from bastionary.rating.plans import FlatPrice, MeteredPrice, PerUnitPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
 from bastionary.rating.tax import TaxRate, added_tax, tax_lines
@@ -95,7 +95,7 @@ class Line:
             "meter": self.meter,
             "description": self.description,
             "quantity": _text(self.quantity),
-            "amount": str(round_money(self.amount, currency)),
+            "amount": format_money(self.amount, currency),
             "tiers": self.tiers,
         }
         if self.timing == ADVANCE and self.period_start is not None and self.service_end is not None:
@@ -401,15 +401,15 @@ def finalize(
         due_at=(issued_at + parse_iso_duration(plan.payment_terms)).isoformat(),
         lines=tuple(line.as_dict(currency) for line in lines),
         subtotal=str(subtotal),
-        credits_applied=str(round_money(credits, currency)),
+        credits_applied=format_money(credits, currency),
         credit_allocations=tuple(
             {"grant_id": a.grant_id, "amount": str(a.amount), "funding": a.funding} for a in allocations
         ),
-        total=str(round_money(total, currency)),
+        total=format_money(total, currency),
         status="finalized",
-        carried_forward=str(round_money(carried, currency)),
+        carried_forward=format_money(carried, currency),
         tax_lines=tuple(taxed),
-        tax=str(round_money(sum((Decimal(t["amount"]) for t in taxed), ZERO), currency)),
+        tax=format_money(sum((Decimal(t["amount"]) for t in taxed), ZERO), currency),
     )
     return invoice, allocations
 

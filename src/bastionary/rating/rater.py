@@ -41,7 +41,7 @@ import structlog
 from bastionary.credits.balances import grant_status
 from bastionary.credits.ledger import Grant, movement_id, usable_balance
 from bastionary.metering.meters import Meter
-from bastionary.money import minor_unit, round_money
+from bastionary.money import format_money, minor_unit, round_money
 from bastionary.outbound import cloud_event
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import (
@@ -410,7 +410,7 @@ class Rater:
                 money = {"threshold": threshold, "amount": amount, "balance": balance}
                 request = {
                     "currency": plan.currency,
-                    **{k: str(round_money(v, plan.currency)) for k, v in money.items()},
+                    **{k: format_money(v, plan.currency) for k, v in money.items()},
                 }
                 invoice = replace(invoice, topup_requested=(request,))
         if kind in (FINAL_ADJUSTMENT, ADVANCE) and not lines and not ledger:

@@ -33,7 +33,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
-from bastionary.money import round_money
+from bastionary.money import format_money
 from bastionary.rating.events import Amount, check_currency
 from bastionary.rating.invoice import Subscription
 
@@ -87,8 +87,11 @@ class SpendHistory:
     """What was announced before for one customer and currency."""
 
     alerts: set[tuple[str, str]] = field(default_factory=set)  # (share, period start) sent
-    reached: bool = False
     changes: int = 0  # reached/restored events so far
+
+    @property
+    def reached(self) -> bool:
+        return self.changes % 2 == 1  # they alternate, reached first
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,10 @@ def spend_events(
     exposure = max(unpaid, Decimal(0)) + max(running, Decimal(0))
     period = period_start.isoformat() if period_start is not None else ""
     money = {
-        "limit": str(round_money(limit.amount, limit.currency)),
-        "exposure": str(round_money(exposure, limit.currency)),
-        "unpaid": str(round_money(unpaid, limit.currency)),
-        "running_charge": str(round_money(running, limit.currency)),
+        "limit": format_money(limit.amount, limit.currency),
+        "exposure": format_money(exposure, limit.currency),
+        "unpaid": format_money(unpaid, limit.currency),
+        "running_charge": format_money(running, limit.currency),
     }
     base: dict[str, Any] = {
         "customer_id": customer,

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bastionary.money import round_money
+from bastionary.money import format_money
 
 ZERO = Decimal(0)
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
@@ -98,8 +98,8 @@ def tax_lines(subtotal: Decimal, currency: str, rates: list[TaxRate]) -> list[di
                 "name": tax.name,
                 "rate": format(tax.rate.normalize(), "f"),
                 "inclusive": tax.inclusive,
-                "taxable": str(round_money(base, currency)),
-                "amount": str(round_money(base * tax.rate, currency)),
+                "taxable": format_money(base, currency),
+                "amount": format_money(base * tax.rate, currency),
             }
         )
     return out

@@ -11,7 +11,7 @@ import orjson
 
 from bastionary.credits.balances import GrantBalance, totals
 from bastionary.metering.meters import Meter
-from bastionary.money import MINOR_UNITS, round_money
+from bastionary.money import MINOR_UNITS, format_money
 from bastionary.storage.client import Client
 from bastionary.storage.queries import usage_query
 
@@ -197,7 +197,7 @@ def money_text(value: Decimal | None, currency: str) -> str | None:
     amounts, as invoices carry them. Quantities and rates stay exact (:func:`number`)."""
     if value is None:
         return None
-    return str(round_money(Decimal(value), currency)) if currency in MINOR_UNITS else number(Decimal(value))
+    return format_money(Decimal(value), currency) if currency in MINOR_UNITS else number(Decimal(value))
 
 
 def number(value: Decimal | float | int | None) -> str | None:

@@ -40,7 +40,6 @@ class ClickHouseSpendStore:
                 history.alerts.add((share, period))
             else:
                 history.changes += 1
-                history.reached = history.changes % 2 == 1  # they alternate, reached first
         return out
 
     def unpaid(self, customers: Collection[str]) -> dict[str, dict[str, Decimal]]:
