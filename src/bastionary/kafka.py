@@ -79,7 +79,11 @@ class UsageProducer:
         )
 
     async def __aenter__(self) -> UsageProducer:
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # a failed start leaves its connections open otherwise
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

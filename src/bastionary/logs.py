@@ -8,7 +8,10 @@ terminal holds JSON objects only, one per line, tracebacks included as a field.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import structlog
 from structlog.typing import Processor
@@ -20,6 +23,14 @@ _SHARED: list[Processor] = [
 ]
 
 
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_terminal_codes(logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Faust and mode colour some of their messages for a terminal; a log line keeps the text."""
+    return {k: _TERMINAL_CODES.sub("", v) if isinstance(v, str) else v for k, v in event.items()}
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -28,6 +39,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             *_SHARED,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            strip_terminal_codes,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
@@ -43,6 +55,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                strip_terminal_codes,
                 renderer,
             ],
         )

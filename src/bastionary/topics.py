@@ -19,6 +19,24 @@ DUNNING_NOTICES = "dunning.notices"
 DUNNING_DLQ = "dunning.dlq"
 ENTITLEMENT_OVERRIDES = "entitlements.overrides"
 ENTITLEMENT_CHANGES = "entitlements.changes"
+# Every topic Bastionary reads or writes, before the prefix.
+OWNED = (
+    USAGE_EVENTS,
+    USAGE_DLQ,
+    SUBSCRIPTIONS,
+    CREDIT_GRANTS,
+    CUSTOMERS,
+    CREDIT_NOTES,
+    INVOICES,
+    CREDITS,
+    BILLING_DLQ,
+    PAYMENTS,
+    DUNNING_RESPONSES,
+    DUNNING_NOTICES,
+    DUNNING_DLQ,
+    ENTITLEMENT_OVERRIDES,
+    ENTITLEMENT_CHANGES,
+)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import orjson
 
-from bastionary.cli.common import emit, output_format, parse_time, reader_client, settings_or_exit
+from bastionary.cli.common import emit, output_format, parse_time, reader_client, require_customer, settings_or_exit
 from bastionary.settings import Settings
 from bastionary.storage.reports import (
     BALANCE_COLUMNS,
@@ -28,7 +28,10 @@ from bastionary.storage.reports import (
 def invoices(customer: str | None, fmt: str) -> None:
     """List finalized invoices; with --format json, each invoice's whole document (lines,
     due date, tax, credits) as published on billing.invoices."""
-    reports = InvoiceReports(reader_client(settings_or_exit()))
+    client = reader_client(settings_or_exit())
+    if customer is not None:
+        require_customer(client, customer)
+    reports = InvoiceReports(client)
     if fmt == "json":
         click.echo(orjson.dumps(reports.documents(customer), option=orjson.OPT_INDENT_2))
         return
@@ -88,7 +91,10 @@ def credit_notes(customer: str | None, fmt: str) -> None:
     """List decided credit notes (issued and rejected)."""
     from bastionary.storage.credit_notes import LIST_COLUMNS, ClickHouseCreditNoteStore
 
-    rows = ClickHouseCreditNoteStore(reader_client(settings_or_exit())).summaries(customer)
+    client = reader_client(settings_or_exit())
+    if customer is not None:
+        require_customer(client, customer)
+    rows = ClickHouseCreditNoteStore(client).summaries(customer)
     emit(LIST_COLUMNS, [list(row.values()) for row in rows], fmt)
 
 
@@ -142,7 +148,9 @@ def credits_balance(customer: str, at: str | None, totals: bool, fmt: str) -> No
 
     settings = settings_or_exit()
     moment = parse_time(at) or datetime.now(UTC)
-    grants, drawn = ClickHouseBillingStore(reader_client(settings)).grants_as_of(moment)
+    client = reader_client(settings)
+    require_customer(client, customer)
+    grants, drawn = ClickHouseBillingStore(client).grants_as_of(moment)
     lines = balances(grants.get(customer, []), drawn, moment)
     summary = [list(row.values()) for row in balance_rows(lines)]
     if totals:
@@ -159,5 +167,7 @@ def credits_balance(customer: str, at: str | None, totals: bool, fmt: str) -> No
 def credits_ledger(customer: str, fmt: str) -> None:
     """Every credit movement of CUSTOMER, oldest first: grants, purchases, voids, and what
     each stored invoice drew (applied), let lapse (expired) or carried forward."""
-    rows = InvoiceReports(reader_client(settings_or_exit())).ledger_rows(customer)
+    client = reader_client(settings_or_exit())
+    require_customer(client, customer)
+    rows = InvoiceReports(client).ledger_rows(customer)
     emit(LEDGER_COLUMNS, [list(row.values()) for row in rows], fmt)

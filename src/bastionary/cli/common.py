@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -46,6 +48,55 @@ def fail_cleanly(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+DEBUG_VARIABLE = "BASTIONARY_DEBUG"  # set: an unexpected error shows its traceback
+
+
+class Cli(click.Group):
+    """The command group: an error no command turned into a message becomes one line saying
+    what was wrong and what to do (exit 1), not a traceback; ``BASTIONARY_DEBUG=1`` shows it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get(DEBUG_VARIABLE):
+                raise
+            raise click.ClickException(explain(exc)) from None
+
+
+def explain(exc: Exception) -> str:
+    """One line for an error a command let through: the known ones with what to do."""
+    text = str(exc)
+    name = type(exc).__name__
+    if "UNKNOWN_TABLE" in text or "UNKNOWN_DATABASE" in text:
+        return (
+            "Bastionary's tables do not exist in this ClickHouse yet: start `bastionary run` (or "
+            "`bastionary worker`) once to create them, or point BASTIONARY_CLICKHOUSE_URL at the right one"
+        )
+    if "Code: " in text:
+        return f"ClickHouse refused the query: {engine_message(exc)}"
+    if name.startswith("Kafka") or "bootstrap" in text.lower():
+        return f"cannot reach Kafka ({text.splitlines()[0]}): check BASTIONARY_KAFKA_BOOTSTRAP, or unset it for the embedded broker"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"{exc.strerror}: another process holds the port; stop it or choose another port (BASTIONARY_WEB_PORT)"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot use {exc.filename}: {exc.strerror or text}"
+    first = text.splitlines()[0] if text.strip() else ""
+    return f"{name}: {first} (a bug of ours, please report it; {DEBUG_VARIABLE}=1 shows the traceback)"
+
+
+def require_customer(client: Client, customer: str) -> None:
+    """An unknown customer id is an error, not an empty answer (a typo looks like no data)."""
+    from bastionary.storage.reports import InvoiceReports
+
+    if not InvoiceReports(client).knows(customer):
+        raise click.ClickException(
+            f"unknown customer {customer!r}: no subscription, customer record, credit or usage has this id"
+        )
+
+
 def reader_client(settings: Settings) -> Client:
     try:
         return connect_clickhouse(settings, role="reader").client
@@ -62,8 +113,11 @@ def engine_message(exc: Exception) -> str:
 
 def parse_time(value: str | None) -> datetime | None:
     """An ISO 8601 option value; a time without an offset is UTC."""
-    if value is None:
-        return None
+    return None if value is None else required_time(value)
+
+
+def required_time(value: str) -> datetime:
+    """An ISO 8601 time, the way every command reads one: UTC when it has no offset."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -81,5 +135,15 @@ def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
 
     table = Table(*columns)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console(width=200).print(table)
+        table.add_row(*(cell(v) for v in row))
+    # Wide enough never to cut a cell: ids are printed whole, for the commands that take them.
+    Console(width=10_000).print(table)
+
+
+def cell(value: Any) -> str:
+    """A table cell: nothing for None, ``key=value`` pairs for a mapping (a usage group)."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={item}" for key, item in value.items())
+    return str(value)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import click
 
-from bastionary.cli.common import emit, reader_client, settings_or_exit
+from bastionary.cli.common import emit, reader_client, require_customer, required_time, settings_or_exit
 from bastionary.dunning.clock import (
     ClockError,
     FileClock,
     clock_from_setting,
-    parse_moment,
 )
 from bastionary.settings import Settings, parse_iso_duration
 from bastionary.storage.reports import jsonable
@@ -36,7 +35,10 @@ def status(customer: str | None, show_all: bool, fmt: str) -> None:
     catalog = load_catalog(settings.catalog)
     now = _now(settings)
     rows = []
-    for case in ClickHouseDunningStore(reader_client(settings)).cases({customer} if customer else None):
+    client = reader_client(settings)
+    if customer is not None:
+        require_customer(client, customer)
+    for case in ClickHouseDunningStore(client).cases({customer} if customer else None):
         state = state_of(case, now)
         if state in ("paid", "void") and not show_all:
             continue
@@ -46,7 +48,7 @@ def status(customer: str | None, show_all: bool, fmt: str) -> None:
         pause = paused_at(case, now)
         if upcoming and pause is None:
             n, step = upcoming[0]
-            next_step = f"{n} {step.action.value} in {max(step.after - overdue_for(case, now), step.after * 0)}"
+            next_step = f"{n} {step.action.value} {in_words(step.after - overdue_for(case, now))}"
         else:
             next_step = f"paused ({pause.reason})" if pause else "-"
         rows.append(
@@ -82,7 +84,14 @@ def status(customer: str | None, show_all: bool, fmt: str) -> None:
 
 
 @dunning.command("report")
-@click.option("--within", "within_days", default=7, show_default=True, help="Paid within N days of the notice.")
+@click.option(
+    "--within",
+    "within_days",
+    default=7,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Paid within N days of the notice.",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def report(within_days: int, fmt: str) -> None:
     """The funnel: notices sent per step, and how many of those invoices were paid within N days."""
@@ -145,7 +154,17 @@ def _now(settings: Settings) -> datetime:
 
 
 def _parse(text: str) -> datetime:
-    try:
-        return parse_moment(text)
-    except ClockError as exc:
-        raise click.BadParameter(str(exc)) from None
+    """As every command reads a time: ISO 8601, UTC when it has no offset."""
+    return required_time(text)
+
+
+def in_words(delta: timedelta) -> str:
+    """A wait as a person says it: "in 6 days", "in 3 hours", "now" once it is due."""
+    seconds = int(delta.total_seconds())
+    if seconds <= 0:
+        return "now"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size:
+            count = round(seconds / size) if size > 1 else seconds
+            return f"in {count} {unit}{'s' if count != 1 else ''}"
+    return "now"

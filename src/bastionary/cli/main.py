@@ -9,6 +9,7 @@ import click
 
 from bastionary.cli.apikeys import api_key
 from bastionary.cli.billing import credit_note, credit_notes, credits, invoice, invoices
+from bastionary.cli.common import Cli
 from bastionary.cli.config import config_cmd
 from bastionary.cli.dunning import clock, dunning
 from bastionary.cli.entitlements import entitlements
@@ -17,7 +18,7 @@ from bastionary.cli.tools import bench, demo
 from bastionary.cli.usage import produce, sql, usage
 
 
-@click.group()
+@click.group(cls=Cli)
 @click.version_option(package_name="bastionary")
 def cli() -> None:
     """Self-hosted usage billing on Kafka, Faust and ClickHouse."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 
 import click
@@ -35,6 +36,7 @@ def run() -> None:
 
     settings = settings_or_exit()
     load_catalog(settings.catalog)  # fail before anything starts
+    port_free_or_exit(settings)
     if settings.kafka_bootstrap:
         target = resolve_kafka(settings)
         create_topics(settings, target.bootstrap)
@@ -59,9 +61,26 @@ def worker() -> None:
     from bastionary.worker.run import run_worker
 
     settings = settings_or_exit()
+    port_free_or_exit(settings)
     target = resolve_kafka(settings)
     create_topics(settings, target.bootstrap)
     run_worker(settings, target)
+
+
+def port_free_or_exit(settings: Settings) -> None:
+    """The web port must be free before anything starts: Faust would find out only after the
+    broker and the consumer group are up, and end with a traceback."""
+    if not settings.web_port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.web_host, settings.web_port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on {settings.web_host}:{settings.web_port} ({exc.strerror}): another process "
+                "holds it; stop it, or set BASTIONARY_WEB_PORT to a free port"
+            ) from None
 
 
 @click.command()

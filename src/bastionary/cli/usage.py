@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import IO, Any
 
 import click
@@ -16,12 +17,13 @@ from bastionary.cli.common import (
     output_format,
     parse_time,
     reader_client,
+    require_customer,
     settings_or_exit,
 )
 from bastionary.runtime import resolve_kafka
 from bastionary.storage.queries import WINDOWS
 from bastionary.storage.reports import USAGE_COLUMNS, jsonable, meter_usage
-from bastionary.topics import Topics
+from bastionary.topics import OWNED, Topics
 
 
 @click.command()
@@ -29,13 +31,27 @@ from bastionary.topics import Topics
 @click.option(
     "--topic", default="usage.events", show_default=True, help="Topic, before the prefix (e.g. billing.subscriptions)."
 )
-@click.option("--events-per-record", default=1, show_default=True, help="Pack N events into one batch record.")
+@click.option(
+    "--events-per-record",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Pack N events into one batch record.",
+)
+@click.option("--create", is_flag=True, help="Allow a topic Bastionary does not own (the broker may create it).")
 @fail_cleanly
-def produce(source: IO[bytes], topic: str, events_per_record: int) -> None:
+def produce(source: IO[bytes], topic: str, events_per_record: int, create: bool) -> None:
     """Publish events from JSON Lines (a file or - for stdin)."""
     from bastionary.kafka import UsageProducer
 
+    if topic not in OWNED and not create:
+        raise click.BadParameter(
+            f"{topic!r} is not a Bastionary topic ({', '.join(OWNED)}); pass --create to publish to it anyway",
+            param_hint="--topic",
+        )
     settings = settings_or_exit()
+    # aiokafka logs each failed connection attempt; the one-line error below says it all.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     bootstrap = resolve_kafka(settings).bootstrap
     topic = Topics(settings.topic_prefix).name(topic)
 
@@ -91,14 +107,20 @@ def usage(
     """Meter totals per customer (and group, and window). A window the range cuts is shown
     as the part the range covers."""
     settings = settings_or_exit()
+    since, until = parse_time(start), parse_time(end)
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter(f"--from {since.isoformat()} is not before --to {until.isoformat()}")
+    client = reader_client(settings)
+    if customer is not None:
+        require_customer(client, customer)
     try:
         definition = load_catalog(settings.catalog).meter(meter)
         rows = meter_usage(
-            reader_client(settings),
+            client,
             definition,
             customer,
-            parse_time(start),
-            parse_time(end),
+            since,
+            until,
             window,
             list(group_by),
             dict(_filter(item) for item in filters),

@@ -109,6 +109,14 @@ class InvoiceReports:
     def __init__(self, client: Client) -> None:
         self.client = client
 
+    def knows(self, customer_id: str) -> bool:
+        """Whether any subscription, customer record, credit movement or usage has this id."""
+        tables = ("subscriptions", "customers", "credit_ledger", "usage_rollup_1m")
+        probes = " UNION ALL ".join(f"(SELECT 1 FROM {t} WHERE customer_id = {{c:String}} LIMIT 1)" for t in tables)
+        return bool(
+            self.client.query(f"SELECT count() FROM ({probes})", parameters={"c": customer_id}).result_rows[0][0]
+        )
+
     def invoices(self, customer_id: str | None = None) -> list[tuple[Any, ...]]:
         """Finalized invoices (one row per invoice id, the latest version), in ``INVOICE_COLUMNS``
         order; an empty final adjustment (nothing to bill, never published) is left out."""
