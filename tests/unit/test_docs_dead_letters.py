@@ -45,3 +45,14 @@ def test_readme_dead_letter_reasons_are_the_codes():
     written = (ROOT / "src" / "bastionary" / "outbound.py").read_text()  # every dead letter's headers
     documented = re.findall(r"^\| `((?:error|source)\.\w+)` \|", section, flags=re.MULTILINE)
     assert documented == [h for h in re.findall(r'\("((?:error|source)\.\w+)", ', written) if h != "source.index"]
+
+
+def test_the_readme_names_the_bad_records_the_demo_sends():
+    from bastionary.tools.workload import BAD_KINDS
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("`make demo` starts")
+    intro = readme[start : readme.index("\n\n", start)]
+    named = [kind for kind in BAD_KINDS if f"`{kind}`" in intro]
+    assert named == list(BAD_KINDS)
+    assert "seven bad records" in intro and len(BAD_KINDS) == 7
