@@ -141,8 +141,14 @@ class Settings(BaseSettings):
     rating_interval: IsoDuration = Field(
         default=timedelta(seconds=10), description="how often to look for closed periods"
     )
+    rating_backfill: bool = Field(
+        default=False,
+        description="rate the periods of every subscription that ended before it was received (a backfill); "
+        "otherwise only those whose created event says backfill: true",
+    )
     dunning_enabled: bool = Field(default=True, description="run dunning (decisions and delivery) inside workers")
     dunning_interval: IsoDuration = Field(default=timedelta(seconds=5), description="how often open cases are decided")
+    dunning_backfill: bool = Field(default=False, description="chase invoices a backfill issued (backfill: true)")
     clock: str = Field(
         default="system",
         pattern=r"^(system|file:.+)$",

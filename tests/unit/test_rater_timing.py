@@ -5,7 +5,9 @@ the tests sum every invoice's lines per period."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,12 +15,15 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bastionary.dunning.dunner import Dunner
+from bastionary.dunning.policy import DunningConfig
 from bastionary.rating.invoice import ADVANCE, invoice_id
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import EMPTY, Rater
 from bastionary.rating.schedule import PROGRESSIVE, progressive_key
 from bastionary.rating.subscriptions import SubscriptionEvent
 
+from .test_dunning_engine import POLICY, case
 from .test_rater import GRACE, TOKENS, FakeBillingStore, FakePublisher, at
 
 D = Decimal
@@ -260,3 +265,79 @@ async def test_whenever_thresholds_are_checked_a_period_is_billed_its_usage_exac
     assert billed.get((JAN, "steps:tokens"), D(0)) == usage
     totals = [D(store.document(i)["total"]) for i in store.invoices]
     assert all(total >= 0 for total in totals)
+
+
+# --- backfill is deliberate ----------------------------------------------------------------
+
+
+def backfilled(flag: bool = False) -> FakeBillingStore:
+    """sub-1 on steps from January 1st, its created event received on March 10th; usage in
+    every month."""
+    store = FakeBillingStore()
+    event = SubscriptionEvent("sub-1", "cust-1", "created", "steps", JAN, None, JAN, at(2024, 3, 10), int(flag))
+    store.events.append(event)
+    for month in (1, 2, 3):
+        store.use("cust-1", 100, at(2024, month, 5), ingested=at(2024, month, 5))
+    return store
+
+
+AFTER_MAR = at(2024, 4, 1, 2)
+
+
+async def test_periods_that_ended_before_the_subscription_was_received_are_not_rated():
+    store, publish = backfilled(), FakePublisher()
+    invoices = (await rater(store, publish).run_once(AFTER_MAR)).invoices
+    (march,) = invoices  # January and February are left alone, and not billed as adjustments
+    assert (march["period_start"], march["backfill"]) == (MAR.isoformat(), False)
+    assert line_amounts(march) == [("base", "5.00"), ("tokens", "1.00"), ("Minimum commitment true-up", "4.00")]
+    assert (await rater(store, publish).run_once(AFTER_MAR + timedelta(days=1))).invoices == []
+
+
+async def test_a_backfill_rates_them_when_the_event_or_the_setting_says_so_and_marks_them():
+    for store, rate_all in ((backfilled(flag=True), False), (backfilled(), True)):
+        publish = FakePublisher()
+        rate = Rater(store, [ADV, BIG, FIXED, STEPS], [TOKENS], GRACE, publish, backfill=rate_all)
+        invoices = (await rate.run_once(AFTER_MAR)).invoices
+        assert [(i["period_start"][:10], i["backfill"]) for i in invoices] == [
+            ("2024-01-01", True),
+            ("2024-02-01", True),
+            ("2024-03-01", False),  # it ended after the subscription was received
+        ]
+
+
+async def test_dunning_leaves_a_backfill_s_invoices_alone_unless_told():
+    class Cases:
+        def __init__(self, cases: list) -> None:
+            self.cases_ = cases
+            self.decided: list = []
+
+        def unpublished(self) -> list:
+            return []
+
+        def cases(self, customers: set[str] | None = None) -> list:
+            return self.cases_
+
+        def store_decisions(self, decided: list, at: datetime, published: int = 0) -> None:
+            self.decided.extend(decided)
+
+        def mark_published(self, published: list) -> None:
+            pass
+
+    class Clock:
+        def now(self) -> datetime:
+            return at(2026, 6, 1)
+
+    async def sent(_: str, __: bytes) -> Any:
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    config = DunningConfig(policies=[POLICY])
+    for chase, expected in ((False, set()), (True, {"inv-b"})):
+        plain, backfill = case(), case()
+        plain.invoice = replace(plain.invoice, invoice_id="inv-p")
+        backfill.invoice = replace(backfill.invoice, invoice_id="inv-b", backfill=True)
+        store = Cases([plain, backfill])
+        await Dunner(store, config, sent, Clock(), chase_backfill=chase).run_once()
+        decided = {c.invoice.invoice_id for c, _ in store.decided}
+        assert decided == {"inv-p"} | expected

@@ -109,6 +109,7 @@ class Invoice(_Model):
     issuer: dict[str, Any] = {}
     bill_to: dict[str, Any] = {}
     plans: list[str] = []  # every plan of the period, in order; ``plan`` is the one at its end
+    backfill: bool = False  # the period ended before the subscription was received
 
 
 class UpcomingInvoices(_Model):

@@ -51,9 +51,11 @@ class Dunner:
         publish: Publish,
         clock: Clock,
         owns: Callable[[str], bool] = lambda customer: True,
+        chase_backfill: bool = False,
     ):
         self.store = store
         self.config = config
+        self.chase_backfill = chase_backfill  # act on invoices a backfill issued
         self.publish = publish
         self.clock = clock
         self.owns = owns
@@ -67,7 +69,11 @@ class Dunner:
                 await (await self.publish(data["invoice_id"], notice_event(kind, data, at)))
                 await asyncio.to_thread(self.store.mark_published, [(kind, data)])
                 result.republished += 1
-        cases = [c for c in await asyncio.to_thread(self.store.cases) if self.owns(c.invoice.customer_id)]
+        cases = [
+            c
+            for c in await asyncio.to_thread(self.store.cases)
+            if self.owns(c.invoice.customer_id) and (self.chase_backfill or not c.invoice.backfill)
+        ]
         decided: list[tuple[Case, Record]] = []
         for case in cases:
             policy = self.config.policy_for(case.invoice.plan)

@@ -51,6 +51,7 @@ class InvoiceFacts:
     due_at: datetime
     period_start: datetime
     period_end: datetime
+    backfill: bool = False  # issued by a backfill (rated after the subscription's periods had ended)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class InvoiceData(_Data):
     due_at: BillingTime
     period_start: BillingTime
     period_end: BillingTime
+    backfill: bool = False  # issued by a backfill: not chased unless BASTIONARY_DUNNING_BACKFILL
 
     @model_validator(mode="after")
     def _money(self) -> InvoiceData:
@@ -244,6 +245,7 @@ def receivable_row(data: InvoiceData, received: datetime) -> ReceivableRow:
         data.period_start,
         data.period_end,
         received,
+        int(data.backfill),
     )
 
 

@@ -26,6 +26,7 @@ class ReceivableRow(NamedTuple):
     period_start: datetime
     period_end: datetime
     received_at: datetime
+    backfill: int = 0  # 1: issued by a backfill
 
 
 class PaymentRow(NamedTuple):

@@ -107,6 +107,9 @@ class InvoiceDocument(_Out):
     issuer: dict[str, Any] = {}
     bill_to: dict[str, Any] = {}
     plans: list[str] = []
+    backfill: bool = Field(
+        False, description="issued for a period that ended before its subscription was received (README, Backfill)"
+    )
 
 
 class CreditMovement(_Out):

@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -150,6 +151,8 @@ class SubscriptionData(_Data):
     billing_email: StrictStr | None = Field(  # where dunning email goes
         default=None, max_length=MAX_EMAIL_LENGTH, pattern=r"^[^@\s]+@[^@\s]+$"
     )
+    # On a created event: rate the periods that ended before the event was received (rater.py).
+    backfill: StrictBool = False
 
 
 class CreditGrantData(_Data):
@@ -289,6 +292,7 @@ def subscription_row(envelope: BillingEvent, kind: str, data: SubscriptionData, 
         effective,
         received,
         data.billing_email or "",
+        int(data.backfill),
     )
 
 

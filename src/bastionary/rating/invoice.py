@@ -43,6 +43,8 @@ class Subscription:
     anchor: datetime
     segments: tuple[Segment, ...]
     canceled_at: datetime | None = None
+    received_at: datetime | None = None  # when its created event was received
+    backfill: bool = False  # its created event asks for the periods before that to be rated
 
     @property
     def first_plan(self) -> Plan:
@@ -357,6 +359,9 @@ class Invoice:
     issuer: dict[str, Any] = field(default_factory=dict)
     bill_to: dict[str, Any] = field(default_factory=dict)
     plans: tuple[str, ...] = ()  # every plan in force during the period, in order; ``plan`` is the last
+    # Issued for a period that ended before its subscription was received: dunning leaves it
+    # alone unless told to (BASTIONARY_DUNNING_BACKFILL).
+    backfill: bool = False
 
     def document(self) -> dict[str, Any]:
         """The JSON document, keys in this order (stored documents are republished as they are)."""

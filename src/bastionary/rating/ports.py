@@ -34,6 +34,7 @@ class SubscriptionRow(NamedTuple):
     effective_at: datetime | None
     received_at: datetime
     billing_email: str
+    backfill: int = 0  # 1: a created event that asks for its past periods to be rated
 
 
 class LedgerRow(NamedTuple):

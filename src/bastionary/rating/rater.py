@@ -70,6 +70,7 @@ from bastionary.rating.schedule import (
     FINAL_ADJUSTMENT,
     PROGRESSIVE,
     advance_due,
+    billable,
     closed_periods,
     cutoff_for,
     final_adjustment,
@@ -77,6 +78,7 @@ from bastionary.rating.schedule import (
     open_period,
     progressive_id,
     progressive_key,
+    unbilled_before,
     upcoming_period,
 )
 from bastionary.rating.tax import Invoicing, rates_for
@@ -110,7 +112,8 @@ def upcoming_invoices(store: PreviewStore, rater: Rater, customer_id: str, now: 
     (:meth:`Rater.preview`), from one customer's reads. Blocking."""
     due = []
     for sub in store.subscriptions(rater.plans, customer=customer_id):
-        found = upcoming_period(sub, now, rater.grace, store.invoice_ids(sub.subscription_id))
+        unbilled = unbilled_before(sub, rater.backfill)
+        found = upcoming_period(sub, now, rater.grace, store.invoice_ids(sub.subscription_id), unbilled)
         if found is not None:
             earlier, period, cutoff = found
             due.append((sub, earlier, period, cutoff))
@@ -158,8 +161,11 @@ class Rater:
         settle: timedelta = timedelta(seconds=5),
         batch_size: int = 2000,
         invoicing: Invoicing | None = None,
+        backfill: bool = False,
     ):
         self.invoicing = invoicing or Invoicing()
+        self.backfill = backfill  # rate every subscription's periods from before it was received
+        self._told: set[str] = set()  # subscriptions whose backfill was logged
         self.batch_size = batch_size
         self.store = store
         self.plans = {p.key: p for p in plans}
@@ -190,20 +196,29 @@ class Rater:
         for sub in subscriptions:
             if not self.owns(sub.customer_id):
                 continue
-            periods = closed_periods(sub, now - self.settle, self.grace)
+            unbilled = unbilled_before(sub, self.backfill)
+            every = closed_periods(sub, now - self.settle, self.grace)
+            periods = [(period, cutoff) for period, cutoff in every if billable(period, unbilled)]
+            self._tell_backfill(sub, unbilled, len(every) - len(periods))
             for k, (period, cutoff) in enumerate(periods):
                 if invoice_id(sub.subscription_id, period.start) not in rated:
                     earlier = [p for p, _ in periods[:k]]
                     due.append(_Due(period.end, sub.subscription_id, sub, earlier, period, cutoff))
             final = final_adjustment(sub, now - self.settle, self.grace)
-            if final is not None and invoice_id(sub.subscription_id, final[0][-1].start, FINAL_ADJUSTMENT) not in rated:
+            if final is not None:
+                final = ([p for p in final[0] if billable(p, unbilled)], final[1])
+            if (
+                final is not None
+                and final[0]
+                and invoice_id(sub.subscription_id, final[0][-1].start, FINAL_ADJUSTMENT) not in rated
+            ):
                 all_periods, cutoff = final
                 last_cutoff = cutoff_for(all_periods[-1].end, self.grace)
                 due.append(
                     _Due(last_cutoff, sub.subscription_id, sub, all_periods, all_periods[-1], cutoff, FINAL_ADJUSTMENT)
                 )
             for period, start in advance_due(sub, now - self.settle):
-                if invoice_id(sub.subscription_id, start, ADVANCE) not in rated:
+                if billable(period, unbilled) and invoice_id(sub.subscription_id, start, ADVANCE) not in rated:
                     due.append(_Due(start, sub.subscription_id, sub, [], period, start, ADVANCE))
         cache: UsageCache = {}
         due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache))
@@ -222,6 +237,33 @@ class Rater:
             await asyncio.to_thread(self.store.mark_published, documents)
             result.invoices.extend(document for document, _ in documents)
         return result
+
+    def _tell_backfill(self, sub: Subscription, unbilled: datetime | None, skipped: int) -> None:
+        """Log, once per subscription and process, that its past periods are left unrated,
+        or that a backfill rates them."""
+        if sub.subscription_id in self._told or sub.received_at is None:
+            return
+        if skipped:
+            self._told.add(sub.subscription_id)
+            log.warning(
+                "subscription received after its periods ended: they are not rated",
+                subscription_id=sub.subscription_id,
+                customer_id=sub.customer_id,
+                periods=skipped,
+                received_at=sub.received_at.isoformat(),
+                to_rate_them="backfill: true on the created event, or BASTIONARY_RATING_BACKFILL=true",
+            )
+        elif unbilled is None and nth_period(sub, 0) is not None and sub.anchor < sub.received_at:
+            first = nth_period(sub, 0)
+            if first is not None and first.end <= sub.received_at:
+                self._told.add(sub.subscription_id)
+                log.warning(
+                    "rating a backfill: periods that ended before the subscription was received",
+                    subscription_id=sub.subscription_id,
+                    customer_id=sub.customer_id,
+                    received_at=sub.received_at.isoformat(),
+                    dunning="leaves their invoices alone unless BASTIONARY_DUNNING_BACKFILL=true",
+                )
 
     def _progressive_due(
         self, subscriptions: list[Subscription], rated: set[str], now: datetime, cache: UsageCache
@@ -362,6 +404,7 @@ class Rater:
             issuer=self.invoicing.issuer.model_dump(),
             bill_to=terms.bill_to,
             plans=tuple(dict.fromkeys(seen)),
+            backfill=sub.received_at is not None and shown.end <= sub.received_at,
         )
         balance_before = usable_balance(grants, drawn, plan.currency, moment)
         recorded = datetime.now(UTC)

@@ -14,6 +14,20 @@ FINAL_ADJUSTMENT = "final_adjustment"  # an ended subscription's invoice for its
 PROGRESSIVE = "progressive"  # an open period's usage billed early, at a usage threshold
 
 
+def unbilled_before(sub: Subscription, backfill: bool) -> datetime | None:
+    """Backfill is deliberate: periods that ended before the subscription was received (it
+    started more than a period in the past) are not rated, unless the operator said so
+    (``backfill``, the setting, or ``backfill: true`` on the created event). Returns the moment
+    such periods end by, or None when every period is rated."""
+    if backfill or sub.backfill or sub.received_at is None:
+        return None
+    return sub.received_at
+
+
+def billable(period: Period, before: datetime | None) -> bool:
+    return before is None or period.end > before
+
+
 def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
     """``period_end + grace``, rounded up to a minute: usage is read by whole ingest minutes.
     (The settings take the grace in whole minutes; a period end inside a minute, from a
@@ -67,7 +81,7 @@ def final_adjustment(sub: Subscription, now: datetime, grace: timedelta) -> tupl
 
 
 def upcoming_period(
-    sub: Subscription, now: datetime, grace: timedelta, rated: set[str]
+    sub: Subscription, now: datetime, grace: timedelta, rated: set[str], unbilled: datetime | None = None
 ) -> tuple[list[Period], Period, datetime] | None:
     """The subscription's next invoice: its first period not rated yet whose cutoff is still
     ahead, with the periods before it and its cutoff. None once the subscription has ended
@@ -78,7 +92,11 @@ def upcoming_period(
     while (period := nth_period(sub, n)) is not None:
         cutoff = cutoff_for(period.end, grace)
         if period.end > period.start and cutoff > now and invoice_id(sub.subscription_id, period.start) not in rated:
-            earlier = [p for k in range(n) if (p := nth_period(sub, k)) is not None and p.end > p.start]
+            earlier = [
+                p
+                for k in range(n)
+                if (p := nth_period(sub, k)) is not None and p.end > p.start and billable(p, unbilled)
+            ]
             return earlier, period, cutoff
         n += 1
     return None

@@ -24,6 +24,8 @@ class SubscriptionEvent(NamedTuple):
     start: datetime | None
     billing_anchor: datetime | None
     effective_at: datetime
+    received_at: datetime | None = None
+    backfill: int = 0
 
 
 def build_subscription(
@@ -32,6 +34,7 @@ def build_subscription(
     """None until a created event for a known plan has been seen."""
     segments: list[Segment] = []
     customer, anchor, canceled_at = "", None, None
+    received, backfill = None, False
     for event in events:
         effective_at = utc(event.effective_at)
         if event.kind == "created" and not segments and event.plan in plans:
@@ -39,6 +42,7 @@ def build_subscription(
             start = utc(event.start) or effective_at
             anchor = minute(utc(event.billing_anchor) or start)
             segments.append(Segment(plans[event.plan], minute(start)))
+            received, backfill = utc(event.received_at), bool(event.backfill)
         elif event.kind == "changed" and segments and event.plan in plans and canceled_at is None:
             at = minute(effective_at)
             last = segments[-1]
@@ -53,7 +57,7 @@ def build_subscription(
             segments[-1] = Segment(last.plan, last.start, max(canceled_at, last.start))
     if not segments or anchor is None:
         return None
-    return Subscription(subscription_id, customer, anchor, tuple(segments), canceled_at)
+    return Subscription(subscription_id, customer, anchor, tuple(segments), canceled_at, received, backfill)
 
 
 @overload

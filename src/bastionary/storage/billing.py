@@ -84,8 +84,8 @@ class ClickHouseBillingStore:
         """Every subscription as its events build it; ``customer``: that customer's only."""
         where, params = ("WHERE customer_id = {c:String}", {"c": customer}) if customer is not None else ("", None)
         rows = self.client.query(
-            "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at"
-            f" FROM subscriptions FINAL {where}"
+            "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at,"
+            f" received_at, backfill FROM subscriptions FINAL {where}"
             " ORDER BY subscription_id, effective_at, event_type = 'canceled', event_id",
             parameters=params,
         ).result_rows

@@ -104,11 +104,24 @@ class ClickHouseDunningStore:
         ``customers`` None = all. Settled invoices come too: a refund can reopen one, and a
         suspension is lifted by the decision that sees the invoice settled."""
         invoices = self.client.query(
-            "SELECT invoice_id, customer_id, plan, currency, total, issued_at, due_at, period_start, period_end"
-            " FROM receivables FINAL WHERE total > 0"
+            "SELECT invoice_id, customer_id, plan, currency, total, issued_at, due_at, period_start, period_end,"
+            " backfill FROM receivables FINAL WHERE total > 0"
         ).result_rows
         cases = {
-            row[0]: Case(InvoiceFacts(row[0], row[1], row[2], row[3], Decimal(row[4]), *map(_utc, row[5:9])))
+            row[0]: Case(
+                InvoiceFacts(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    Decimal(row[4]),
+                    _utc(row[5]),
+                    _utc(row[6]),
+                    _utc(row[7]),
+                    _utc(row[8]),
+                    bool(row[9]),
+                )
+            )
             for row in invoices
             if customers is None or row[1] in customers
         }

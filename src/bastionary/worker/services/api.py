@@ -81,6 +81,7 @@ class ApiBackend:
             self.ctx.settings.rating_grace,
             _never_publish,
             invoicing=self.catalog.invoicing,
+            backfill=self.ctx.settings.rating_backfill,
         )
         return upcoming_invoices(self.billing_reads(), rater, customer_id, now or datetime.now(UTC))
 

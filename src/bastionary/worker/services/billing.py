@@ -181,6 +181,7 @@ class BillingService:
                 self._publish,
                 self.owns,
                 invoicing=self.catalog.invoicing,
+                backfill=self.ctx.settings.rating_backfill,
             )
         if self._desk is None:
             notes = ClickHouseCreditNoteStore(self.store().client)

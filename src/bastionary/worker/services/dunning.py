@@ -97,6 +97,13 @@ class DunningService:
         data = parse_invoice(value)
         if data is not None:
             await asyncio.to_thread(self.store().insert_receivables, [receivable_row(data, datetime.now(UTC))])
+            if data.backfill and not self.ctx.settings.dunning_backfill:
+                log.warning(
+                    "invoice issued by a backfill: dunning leaves it alone",
+                    invoice_id=data.invoice_id,
+                    customer_id=data.customer_id,
+                    to_chase_it="BASTIONARY_DUNNING_BACKFILL=true",
+                )
             return
         note = parse_credit_note_issued(value)
         if note is not None:
@@ -167,7 +174,14 @@ class DunningService:
     async def _decide_cases(self) -> None:
         if self._dunner is None:
             clock = clock_from_setting(self.ctx.settings.clock)
-            self._dunner = Dunner(self.store(), self.catalog.dunning, self._publish_notice, clock, self._owns)
+            self._dunner = Dunner(
+                self.store(),
+                self.catalog.dunning,
+                self._publish_notice,
+                clock,
+                self._owns,
+                chase_backfill=self.ctx.settings.dunning_backfill,
+            )
         try:
             result = await self._dunner.run_once()
         except Exception:
