@@ -61,3 +61,77 @@ API_EVENTS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+
+# -- rating, credit limits --------------------------------------------------------------------
+INVOICES_ISSUED = Counter(
+    "bastionary_rating_invoices",
+    "Invoices the rater issued (stored and published), by kind and currency",
+    ["kind", "currency"],
+    registry=REGISTRY,
+)
+INVOICED_AMOUNT = Counter(
+    "bastionary_rating_invoiced_amount",
+    "Sum of the issued invoices' totals (after credits, with tax), by currency; a float view of exact amounts",
+    ["currency"],
+    registry=REGISTRY,
+)
+RATING_RUNS = Counter(
+    "bastionary_rating_runs", "Rating runs of this worker, by outcome (ok, failed)", ["outcome"], registry=REGISTRY
+)
+RATING_RUN_SECONDS = Histogram(
+    "bastionary_rating_run_seconds",
+    "Time of one rating run: finding what is due, pricing, storing, publishing",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+RATING_LAG = Gauge(
+    "bastionary_rating_lag_seconds",
+    "How long the oldest invoice rated in the last run had been due (now minus its cutoff and settle time)",
+    registry=REGISTRY,
+)
+CREDIT_LIMIT_EVENTS = Counter(
+    "bastionary_credit_limit_events",
+    "Credit-limit events decided (threshold_crossed, reached, restored)",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+# -- dunning --------------------------------------------------------------------------------
+DUNNING_NOTICES = Counter(
+    "bastionary_dunning_notices", "Dunning notices decided, by step and action", ["step", "action"], registry=REGISTRY
+)
+DUNNING_DELIVERIES = Counter(
+    "bastionary_dunning_deliveries",
+    "Notice deliveries by channel and outcome (delivered, failed: dead-lettered after the last attempt)",
+    ["channel", "outcome"],
+    registry=REGISTRY,
+)
+DUNNING_DELIVERY_ATTEMPTS = Counter(
+    "bastionary_dunning_delivery_attempts",
+    "Delivery attempts by channel (attempts beyond one per delivery are retries)",
+    ["channel"],
+    registry=REGISTRY,
+)
+
+# -- entitlements -----------------------------------------------------------------------------
+ENTITLEMENT_CHECKS = Counter(
+    "bastionary_entitlement_checks",
+    "Entitlement checks answered by this worker, by result (granted, denied) and reason (none when granted)",
+    ["result", "reason"],
+    registry=REGISTRY,
+)
+ENTITLEMENT_STATE_LOADS = Counter(
+    "bastionary_entitlement_state_loads",
+    "Customers whose entitlement state was read from ClickHouse (first check, or a change invalidated it)",
+    registry=REGISTRY,
+)
+
+# -- the SQL gateway ----------------------------------------------------------------------------
+GATEWAY_QUERIES = Histogram(
+    "bastionary_gateway_query_seconds",
+    "Queries answered by the embedded ClickHouse gateway, by role and outcome (ok, refused: not read-only,"
+    " error: the engine or the request failed), and how long they took",
+    ["role", "outcome"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+    registry=REGISTRY,
+)

@@ -35,11 +35,13 @@ import lz4.frame
 import structlog
 from aiohttp import web
 
+from bastionary import metrics
 from bastionary.devstack import discovery
 from bastionary.storage.readonly_sql import NotReadOnly, checked_statement
 
 log = structlog.get_logger(__name__)
 
+READONLY_CODE = 164  # ClickHouse's READONLY: a statement that is not a read
 READ_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
 # URL parameters that steer the HTTP transport; chdb rejects most of them as unknown settings.
 TRANSPORT_PARAMS = frozenset(
@@ -204,12 +206,16 @@ class QueryGateway:
         if request.method in ("GET", "HEAD") and "query" not in request.query and not request.can_read_body:
             return web.Response(text="Ok.\n")
         started = time.monotonic()
+        role = "unknown"  # until authenticated
         try:
             role = self._authenticate(request)
             plan = await self._plan(request, role)
             async with self._slots["reader" if plan.readonly else "writer"]:
                 body, summary = await asyncio.to_thread(self._execute, plan)
         except Exception as exc:
+            refused = isinstance(exc, GatewayError) and exc.code == READONLY_CODE
+            outcome = "refused" if refused else "error"
+            metrics.GATEWAY_QUERIES.labels(role, outcome).observe(time.monotonic() - started)
             if not isinstance(exc, GatewayError):
                 log.exception("query_gateway.internal_error", query_id=query_id)
                 exc = GatewayError(1001, f"Query gateway failure: {type(exc).__name__}", "STD_EXCEPTION")
@@ -217,6 +223,7 @@ class QueryGateway:
             headers = {"X-ClickHouse-Exception-Code": str(exc.code), "X-ClickHouse-Query-Id": query_id}
             return web.Response(status=exc.status, text=f"{exc}\n", headers=headers)
         summary["elapsed_ns"] = str(int((time.monotonic() - started) * 1e9))
+        metrics.GATEWAY_QUERIES.labels(role, "ok").observe(time.monotonic() - started)
         headers = {
             "X-ClickHouse-Query-Id": query_id,
             "X-ClickHouse-Timezone": plan.timezone,
@@ -352,7 +359,9 @@ class QueryGateway:
                             else ""
                         )
                         raise GatewayError(
-                            164, f"{plan.role}: Cannot execute query in readonly mode: {refused}.{hint}", "READONLY"
+                            READONLY_CODE,
+                            f"{plan.role}: Cannot execute query in readonly mode: {refused}.{hint}",
+                            "READONLY",
                         ) from None
                 limits = ", ".join(f"{k} = {_quote(v)}" for k, v in self._reader_limits.items())
                 # Last: readonly = 1 locks every setting, so nothing in the query can raise a limit.

@@ -147,6 +147,7 @@ class _Due(NamedTuple):
 class RatingResult:
     invoices: list[dict[str, Any]]
     republished: int = 0
+    oldest_due: datetime | None = None  # the earliest moment an invoice rated this run was due at
 
 
 class Rater:
@@ -228,6 +229,7 @@ class Rater:
         self._customers = await asyncio.to_thread(self.store.customer_terms)
         currencies = _grant_currencies(grants)
         due.sort(key=lambda d: d.order)
+        result.oldest_due = min(d.cutoff for d in due) + self.settle
         for offset in range(0, len(due), self.batch_size):
             batch = due[offset : offset + self.batch_size]
             rated_batch = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)

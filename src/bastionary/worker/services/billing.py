@@ -7,12 +7,14 @@ rating interval nor the entitlement poll stands between usage and a check."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
+from bastionary import metrics
 from bastionary.catalog import Catalog
 from bastionary.metering.sink import LandedFlush, UsageSink
 from bastionary.rating.credit_note_desk import CreditNoteDesk
@@ -25,7 +27,7 @@ from bastionary.rating.events import (
     parse_subscription,
     subscription_row,
 )
-from bastionary.rating.rater import Rater
+from bastionary.rating.rater import EMPTY, Rater, RatingResult
 from bastionary.rating.spend import SpendEvent
 from bastionary.rating.spend_monitor import SpendMonitor
 from bastionary.storage.billing import ClickHouseBillingStore
@@ -35,6 +37,20 @@ from bastionary.worker.context import WorkerContext
 from bastionary.worker.intake import consume_intake
 
 log = structlog.get_logger(__name__)
+
+
+def record_invoices(result: RatingResult) -> None:
+    """The metrics of a rating run: invoices issued by kind and currency, their totals, and how
+    far behind its cutoff the oldest one was rated."""
+    for document in result.invoices:
+        if document["status"] == EMPTY:
+            continue
+        metrics.INVOICES_ISSUED.labels(document["kind"], document["currency"]).inc()
+        metrics.INVOICED_AMOUNT.labels(document["currency"]).inc(float(document["total"]))
+    if result.oldest_due is not None:
+        metrics.RATING_LAG.set(max(0.0, (datetime.now(UTC) - result.oldest_due).total_seconds()))
+
+
 # After a flush, wait this long for the flushes of the other partitions before pricing.
 LIMIT_DEBOUNCE_SECONDS = 0.05
 
@@ -113,6 +129,8 @@ class BillingService:
         self._tell_entitlements(decided)
 
     def _tell_entitlements(self, decided: list[SpendEvent]) -> None:
+        for event in decided:
+            metrics.CREDIT_LIMIT_EVENTS.labels(event.kind).inc()
         changed = {event.customer_id for event in decided if event.kind in ("reached", "restored")}
         if changed and self.on_limit_change is not None:
             self.on_limit_change(changed)
@@ -189,11 +207,16 @@ class BillingService:
         if self._spend is None:
             spend = ClickHouseSpendStore(self.store().client)
             self._spend = SpendMonitor(self.store(), spend, self._rater, self._publish, self.owns)
+        started = time.monotonic()
         try:
             result = await self._rater.run_once()
         except Exception:
+            metrics.RATING_RUNS.labels("failed").inc()
             log.exception("rating run failed; retried on the next tick")
             return
+        metrics.RATING_RUNS.labels("ok").inc()
+        metrics.RATING_RUN_SECONDS.observe(time.monotonic() - started)
+        record_invoices(result)
         if result.invoices or result.republished:
             log.info("rating run", invoices=len(result.invoices), republished=result.republished)
         try:  # after rating: a note may credit an invoice this run issued

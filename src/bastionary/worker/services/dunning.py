@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from bastionary import metrics
 from bastionary.catalog import Catalog
 from bastionary.dunning.clock import clock_from_setting
 from bastionary.dunning.delivery import Notifier
@@ -161,12 +162,15 @@ class DunningService:
     async def _deliver_notices(self, stream: Any) -> None:
         async for value in stream:
             try:
-                await self._notifier().handle(value)
+                outcomes = await self._notifier().handle(value)
             except Exception:
                 # A storage failure: nothing was recorded as delivered, so a restart sends it.
                 log.exception("notice delivery failed; stopping so a restart redelivers it")
                 await self.ctx.app.crash(RuntimeError("notice delivery failed"))
                 return
+            for outcome in outcomes:
+                metrics.DUNNING_DELIVERIES.labels(outcome.channel, "delivered" if outcome.ok else "failed").inc()
+                metrics.DUNNING_DELIVERY_ATTEMPTS.labels(outcome.channel).inc(outcome.attempts)
 
     async def _publish_notice(self, key: str, value: bytes) -> Any:
         return await self.ctx.topic(self.ctx.topics.dunning_notices).send(key=key.encode(), value=value)
@@ -187,6 +191,8 @@ class DunningService:
         except Exception:
             log.exception("dunning run failed; retried on the next tick")
             return
+        for notice in result.published:
+            metrics.DUNNING_NOTICES.labels(str(notice.get("step", "")), str(notice.get("action", ""))).inc()
         if result.recorded or result.republished:
             log.info(
                 "dunning run", recorded=result.recorded, published=len(result.published), republished=result.republished

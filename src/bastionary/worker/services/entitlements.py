@@ -77,10 +77,15 @@ class EntitlementService:
         app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
 
     async def check(self, customer_id: str, feature: str) -> Decision:
-        return await self.service.check(customer_id, feature)
+        decision = await self.service.check(customer_id, feature)
+        _count(decision)
+        return decision
 
     async def check_all(self, customer_id: str) -> list[Decision]:
-        return await self.service.check_all(customer_id)
+        decisions = await self.service.check_all(customer_id)
+        for decision in decisions:
+            _count(decision)
+        return decisions
 
     def limits_changed(self, customers: set[str]) -> None:
         """This worker's spend monitor stored a reached/restored event for ``customers``: read
@@ -91,6 +96,7 @@ class EntitlementService:
 
     def _mirror(self, customer: str, loaded: Loaded) -> None:
         """The table holds each owned customer's state for operators; checks use memory."""
+        metrics.ENTITLEMENT_STATE_LOADS.inc()
         snapshot = {
             "plan": loaded.state.plan.key if loaded.state.plan else None,
             "period_start": loaded.state.period_start.isoformat() if loaded.state.period_start else None,
@@ -148,3 +154,10 @@ class EntitlementService:
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         if self._service is not None:
             self._service.forget_all()
+
+
+def _count(decision: Decision) -> None:
+    if decision.has_access:
+        metrics.ENTITLEMENT_CHECKS.labels("granted", "").inc()
+    else:
+        metrics.ENTITLEMENT_CHECKS.labels("denied", decision.reason or "").inc()
