@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint format bench venv clean
+.PHONY: demo test test-fast lint format bench venv clean runtime-lock
 
 venv: $(STAMP)
 
@@ -25,8 +25,8 @@ test: $(STAMP)
 
 # Style and types: ruff's rules and format, and mypy strict on src (settings in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests deploy
+	$(BIN)/ruff format --check src tests deploy
 	$(BIN)/mypy
 
 format: $(STAMP)
@@ -35,6 +35,10 @@ format: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# The worker image's pins: requirements.lock's, for the runtime dependencies only.
+runtime-lock: $(STAMP)
+	$(BIN)/python deploy/runtime_lock.py
 
 bench: $(STAMP)
 	$(BIN)/bastionary bench

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -121,7 +122,10 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     web_url: str | None = Field(
-        default=None, description="how other workers reach this one's web server (default http://WEB_HOST:WEB_PORT)"
+        default=None,
+        description="how other workers reach this one's web server (default http://WEB_HOST:WEB_PORT); "
+        "{hostname} and {ip} are replaced by this host's name and address, so that one setting serves "
+        "every replica (docker compose --scale, a Kubernetes Deployment)",
     )
     query_host: str = "127.0.0.1"
     query_port: int = Field(default=0, ge=0, le=65535, description="embedded query gateway; 0 = free port")
@@ -251,6 +255,20 @@ class Settings(BaseSettings):
         if self.api_keys is None:
             return []
         return [SecretStr(k.strip()) for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+
+    def advertised_web_url(self) -> str:
+        """``web_url`` with ``{hostname}`` and ``{ip}`` filled in, or the listening address."""
+        if not self.web_url:
+            return f"http://{self.web_host}:{self.web_port or 6066}"
+        hostname = socket.gethostname()
+        url = self.web_url.replace("{hostname}", hostname)
+        if "{ip}" in url:
+            try:
+                address = socket.gethostbyname(hostname)
+            except OSError:
+                address = "127.0.0.1"
+            url = url.replace("{ip}", address)
+        return url
 
     @property
     def data_path(self) -> Path:

@@ -103,7 +103,7 @@ def create_app(
         web_bind=settings.web_host,  # web_host alone only names the URL; Faust binds 0.0.0.0 without this
         web_port=settings.web_port or 6066,
         # Checks are routed between workers by this address (Faust table routing).
-        canonical_url=settings.web_url or f"http://{settings.web_host}:{settings.web_port or 6066}",
+        canonical_url=settings.advertised_web_url(),
         web_in_thread=False,
         # The API answers every failure as JSON (worker/api/failures.py); a body may be as
         # large as a Kafka record, and /v1/events refuses a larger one itself, as JSON.
