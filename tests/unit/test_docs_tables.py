@@ -60,3 +60,39 @@ def test_readme_queries_run_on_the_migrated_tables():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def _ddl_columns() -> dict[str, list[str]]:
+    """Every table the migrations create, with its columns (ALTER ... ADD COLUMN included)."""
+    tables: dict[str, list[str]] = {}
+    for path in sorted((SCHEMAS / "clickhouse").glob("*.sql")):
+        text = re.sub(r"--[^\n]*", "", path.read_text())
+        for name, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*?)\)\s*ENGINE", text, re.DOTALL):
+            columns = []
+            depth = 0
+            part = ""
+            for char in body + ",":
+                if char == "," and depth == 0:
+                    if part.strip():
+                        columns.append(part.split()[0])
+                    part = ""
+                    continue
+                depth += {"(": 1, ")": -1}.get(char, 0)
+                part += char
+            tables[name] = columns
+        for name, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+)", text):
+            tables[name].append(column)
+    return tables
+
+
+def test_every_table_and_column_is_documented_for_analysts():
+    text = (SCHEMAS / "README.md").read_text()
+    for table, columns in _ddl_columns().items():
+        heading = f"### `{table}`"
+        assert heading in text, f"{table} has no section in schemas/README.md"
+        section = text[text.index(heading) : text.find("\n### ", text.index(heading) + 1)]
+        cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+        documented = [name for cell in cells for name in re.findall(r"`(\w+)`", cell)]
+        missing = [c for c in columns if c not in documented]
+        assert not missing, (table, missing)
+        assert "FINAL" in section or "MergeTree" in section, f"{table}: say how to read it"
