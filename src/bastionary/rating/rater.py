@@ -194,13 +194,16 @@ class Rater:
         rated = await asyncio.to_thread(self.store.invoice_ids)
         subscriptions = await asyncio.to_thread(self.store.subscriptions, self.plans)
         due: list[_Due] = []
+        told: dict[str, list[str]] = {"skipped": [], "rated": []}  # backfills seen this run
         for sub in subscriptions:
             if not self.owns(sub.customer_id):
                 continue
             unbilled = unbilled_before(sub, self.backfill)
             every = closed_periods(sub, now - self.settle, self.grace)
             periods = [(period, cutoff) for period, cutoff in every if billable(period, unbilled)]
-            self._tell_backfill(sub, unbilled, len(every) - len(periods))
+            said = self._backfill_kind(sub, unbilled, len(every) - len(periods))
+            if said is not None:
+                told[said].append(sub.subscription_id)
             for k, (period, cutoff) in enumerate(periods):
                 if invoice_id(sub.subscription_id, period.start) not in rated:
                     earlier = [p for p, _ in periods[:k]]
@@ -221,6 +224,7 @@ class Rater:
             for period, start in advance_due(sub, now - self.settle):
                 if billable(period, unbilled) and invoice_id(sub.subscription_id, start, ADVANCE) not in rated:
                     due.append(_Due(start, sub.subscription_id, sub, [], period, start, ADVANCE))
+        self._tell_backfill(told)
         cache: UsageCache = {}
         due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache))
         if not due:
@@ -240,32 +244,36 @@ class Rater:
             result.invoices.extend(document for document, _ in documents)
         return result
 
-    def _tell_backfill(self, sub: Subscription, unbilled: datetime | None, skipped: int) -> None:
-        """Log, once per subscription and process, that its past periods are left unrated,
-        or that a backfill rates them."""
+    def _backfill_kind(self, sub: Subscription, unbilled: datetime | None, skipped: int) -> str | None:
+        """ "skipped" when the subscription's past periods are left unrated, "rated" when a
+        backfill rates them; None otherwise, or once said for this subscription (per process)."""
         if sub.subscription_id in self._told or sub.received_at is None:
-            return
-        if skipped:
-            self._told.add(sub.subscription_id)
+            return None
+        first = nth_period(sub, 0)
+        backfill = unbilled is None and first is not None and first.end <= sub.received_at
+        if not (skipped or backfill):
+            return None
+        self._told.add(sub.subscription_id)
+        return "skipped" if skipped else "rated"
+
+    @staticmethod
+    def _tell_backfill(told: dict[str, list[str]]) -> None:
+        """One log line per run and kind, naming a few subscriptions: a bulk load of thousands
+        says so once."""
+        if told["skipped"]:
             log.warning(
-                "subscription received after its periods ended: they are not rated",
-                subscription_id=sub.subscription_id,
-                customer_id=sub.customer_id,
-                periods=skipped,
-                received_at=sub.received_at.isoformat(),
+                "subscriptions received after periods of theirs had ended: those periods are not rated",
+                subscriptions=len(told["skipped"]),
+                first=told["skipped"][:5],
                 to_rate_them="backfill: true on the created event, or BASTIONARY_RATING_BACKFILL=true",
             )
-        elif unbilled is None and nth_period(sub, 0) is not None and sub.anchor < sub.received_at:
-            first = nth_period(sub, 0)
-            if first is not None and first.end <= sub.received_at:
-                self._told.add(sub.subscription_id)
-                log.warning(
-                    "rating a backfill: periods that ended before the subscription was received",
-                    subscription_id=sub.subscription_id,
-                    customer_id=sub.customer_id,
-                    received_at=sub.received_at.isoformat(),
-                    dunning="leaves their invoices alone unless BASTIONARY_DUNNING_BACKFILL=true",
-                )
+        if told["rated"]:
+            log.warning(
+                "rating a backfill: periods that ended before their subscription was received",
+                subscriptions=len(told["rated"]),
+                first=told["rated"][:5],
+                dunning="leaves their invoices alone unless BASTIONARY_DUNNING_BACKFILL=true",
+            )
 
     def _progressive_due(
         self, subscriptions: list[Subscription], rated: set[str], now: datetime, cache: UsageCache

@@ -188,9 +188,20 @@ def _seed(client: Client, count: int, period_start: datetime) -> None:
     window = period_start + timedelta(days=3)
     for i in range(count):
         customer = f"bench-{i:06d}"
+        # Last month's period, loaded now: a deliberate backfill (README, Backfill).
         subs.append(
             SubscriptionRow(
-                f"create-{i}", "created", f"sub-{i}", customer, "bench", period_start, None, period_start, received, ""
+                f"create-{i}",
+                "created",
+                f"sub-{i}",
+                customer,
+                "bench",
+                period_start,
+                None,
+                period_start,
+                received,
+                "",
+                1,
             )
         )
         for meter in METERS:
