@@ -64,7 +64,7 @@ def envelope(event_type: str, data: dict, time: str = "2026-03-05T10:00:00Z") ->
 VALID = {
     "subscription": envelope("bastionary.subscription.created.v1", {
         "subscription_id": "sub-1", "customer_id": "cust-1", "plan": "pro", "start": "2026-03-01T00:00:00Z",
-        "billing_anchor": "2026-03-01T00:00:00Z", "billing_email": "ap@example.com"}),
+        "billing_anchor": "2026-03-01T00:00:00Z", "billing_email": "ap@example.com", "backfill": True}),
     "credit": envelope("bastionary.credit.granted.v1", {
         "grant_id": "g-1", "customer_id": "cust-1", "amount": "25.00", "currency": "USD", "priority": 1,
         "effective_at": "2026-03-01T00:00:00Z", "expires_at": "2026-06-01T00:00:00Z"}),
@@ -74,7 +74,7 @@ VALID = {
     "invoice": envelope(INVOICE_FINALIZED, {
         "invoice_id": "inv-1", "customer_id": "cust-1", "plan": "pro", "currency": "USD", "total": "100.000000000",
         "issued_at": "2026-02-15T00:00:00Z", "due_at": "2026-03-01T00:00:00Z", "period_start": "2026-01-15T00:00:00Z",
-        "period_end": "2026-02-15T00:00:00Z"}),
+        "period_end": "2026-02-15T00:00:00Z", "backfill": False}),
     "payment": envelope("bastionary.payment.succeeded.v1", {
         "invoice_id": "inv-1", "payment_id": "pay-1", "customer_id": "cust-1", "amount": "40.00", "currency": "USD",
         "paid_at": "2026-03-05T09:58:12+01:00", "reason": ""}),
