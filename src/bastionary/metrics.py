@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+def start_at_zero(metric: Counter | Histogram, label_sets: Iterable[tuple[str, ...]]) -> None:
+    """Create each label set at 0 before anything happens. A series that first appears at 1
+    has no earlier sample, so ``rate()`` and ``increase()`` never count its first step: the
+    first invoice of a currency, the first denial for a reason would not show on a dashboard."""
+    for labels in label_sets:
+        metric.labels(*labels)
+
 
 RECORDS_RECEIVED = Counter(
     "bastionary_usage_records_received", "Kafka records read from usage.events", registry=REGISTRY

@@ -61,3 +61,26 @@ def test_a_rating_run_counts_its_invoices_by_kind_and_currency_but_not_an_empty_
     assert value("bastionary_rating_invoiced_amount_total", currency="CHF") == amount + 25.0
     assert value("bastionary_rating_invoices_total", kind="final_adjustment", currency="CHF") == 0
     assert 119 < value("bastionary_rating_lag_seconds") < 180
+
+
+def test_every_denial_reason_starts_at_zero() -> None:
+    """The worker creates a zero series for each reason in ``DENIAL_REASONS``; a reason the
+    evaluator can give but the list lacks would miss its first denial on the dashboard."""
+    from bastionary.entitlements import evaluate
+    from bastionary.entitlements.evaluate import DENIAL_REASONS
+
+    source = Path(evaluate.__file__).read_text()
+    given = set(re.findall(r'reason="([a-z_]+)"', source)) | set(re.findall(r'_deny\(decision, "([a-z_]+)"\)', source))
+    assert given and given <= set(DENIAL_REASONS)
+
+
+def test_start_at_zero_exports_a_zero_sample() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from bastionary.metrics import start_at_zero
+
+    registry = CollectorRegistry()
+    counter = Counter("example_invoices", "test", ["kind", "currency"], registry=registry)
+    start_at_zero(counter, [("period", "EUR"), ("advance", "EUR")])
+    assert registry.get_sample_value("example_invoices_total", {"kind": "period", "currency": "EUR"}) == 0.0
+    assert registry.get_sample_value("example_invoices_total", {"kind": "advance", "currency": "EUR"}) == 0.0

@@ -141,6 +141,9 @@ def _used_up(decision: Decision) -> bool:
     return decision.usage is not None and decision.limit is not None and decision.usage >= decision.limit
 
 
+DENIAL_REASONS = ("no_subscription", "not_in_plan", "disabled", "suspended", "credit_limit_reached", "exhausted")
+
+
 def _deny(decision: Decision, reason: str) -> Decision:
     # Keep the description (usage, limit, config): it tells the caller why, and how far off.
     return replace(decision, has_access=False, reason=reason)

@@ -27,6 +27,7 @@ from bastionary.rating.spend import LIMIT_REACHED, LIMIT_RESTORED, THRESHOLD_CRO
 
 DecimalText = Annotated[str, Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="an exact decimal number")]
 Time = Annotated[str, Field(description="ISO 8601 with an offset")]
+InvoiceKind = Literal["period", "advance", "progressive", "final_adjustment"]
 
 
 class _Out(BaseModel):
@@ -88,7 +89,7 @@ class InvoiceDocument(_Out):
     subscription_id: str
     plan: str
     currency: str
-    kind: Literal["period", "advance", "progressive", "final_adjustment"]
+    kind: InvoiceKind
     period_start: Time
     period_end: Time
     issued_at: Time

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
@@ -41,6 +41,7 @@ SPEND_NAMESPACE = uuid.UUID("7c1e2f4a-9b3d-4e5f-8a6b-1c2d3e4f5a6b")
 THRESHOLD_CROSSED = "bastionary.credit_limit.threshold_crossed.v1"
 LIMIT_REACHED = "bastionary.credit_limit.reached.v1"
 LIMIT_RESTORED = "bastionary.credit_limit.restored.v1"
+SpendEventKind = Literal["threshold_crossed", "reached", "restored"]
 Share = Annotated[Decimal, Field(gt=0, lt=1, allow_inf_nan=False)]
 
 
@@ -98,7 +99,7 @@ class SpendHistory:
 class SpendEvent:
     event_id: str
     event_type: str
-    kind: str  # threshold_crossed | reached | restored
+    kind: SpendEventKind
     customer_id: str
     currency: str
     share: str  # the alert share, "1" for reached/restored
@@ -152,7 +153,7 @@ def spend_events(
             )
     reached = exposure >= limit.amount
     if reached != history.reached:
-        kind = "reached" if reached else "restored"
+        kind: SpendEventKind = "reached" if reached else "restored"
         number = str(history.changes + 1)
         data = {**base, "share": "1", "sequence": history.changes + 1}
         event_type = LIMIT_REACHED if reached else LIMIT_RESTORED

@@ -10,13 +10,14 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import structlog
 
 from bastionary import metrics
 from bastionary.catalog import Catalog
 from bastionary.metering.sink import LandedFlush, UsageSink
+from bastionary.rating.contracts import InvoiceKind
 from bastionary.rating.credit_note_desk import CreditNoteDesk
 from bastionary.rating.credit_notes import parse_credit_note_request
 from bastionary.rating.customers import customer_row, parse_customer
@@ -28,7 +29,7 @@ from bastionary.rating.events import (
     subscription_row,
 )
 from bastionary.rating.rater import EMPTY, Rater, RatingResult
-from bastionary.rating.spend import SpendEvent
+from bastionary.rating.spend import SpendEvent, SpendEventKind
 from bastionary.rating.spend_monitor import SpendMonitor
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
@@ -68,6 +69,11 @@ class BillingService:
         # A monitor run during a rating run could read the unpaid invoices before an invoice
         # is stored and the open periods after, and miss it for a moment.
         self._runs = asyncio.Lock()
+        currencies = sorted({plan.currency for plan in catalog.plans})
+        metrics.start_at_zero(metrics.INVOICES_ISSUED, [(k, c) for k in get_args(InvoiceKind) for c in currencies])
+        metrics.start_at_zero(metrics.INVOICED_AMOUNT, [(c,) for c in currencies])
+        metrics.start_at_zero(metrics.RATING_RUNS, [("ok",), ("failed",)])
+        metrics.start_at_zero(metrics.CREDIT_LIMIT_EVENTS, [(k,) for k in get_args(SpendEventKind)])
         self._plan_keys = {plan.key for plan in catalog.plans}
         self._usage_sink: Callable[[], UsageSink] | None = None
         self._flushed: set[str] = set()  # customers whose usage landed since the last limit run

@@ -51,6 +51,11 @@ class DunningService:
         self._delivery: Notifier | None = None
         self._dunner: Dunner | None = None
         self._notifier_configs: tuple[WebhookConfig | None, SmtpConfig | None] = (None, None)
+        steps = {(str(n), step.action.value) for p in catalog.dunning.policies for n, step in enumerate(p.steps, 1)}
+        metrics.start_at_zero(metrics.DUNNING_NOTICES, sorted(steps))
+        channels = sorted({c for p in catalog.dunning.policies for step in p.steps for c in step.channels})
+        metrics.start_at_zero(metrics.DUNNING_DELIVERIES, [(c, o) for c in channels for o in ("delivered", "failed")])
+        metrics.start_at_zero(metrics.DUNNING_DELIVERY_ATTEMPTS, [(c,) for c in channels])
 
     def store(self) -> ClickHouseDunningStore:
         if self._store is None:

@@ -13,6 +13,7 @@ import structlog
 from faust.types import TP
 
 from bastionary import metrics
+from bastionary.ingest.errors import ErrorClass
 from bastionary.metering.logs import PartitionLog
 from bastionary.metering.records import Admission, DeadLetter, FlushStats, InboundRecord
 from bastionary.metering.sink import UsageSink
@@ -46,6 +47,7 @@ class UsageService:
         self._flush_needed = asyncio.Event()
         self.topic = ctx.topic(ctx.topics.usage_events)
         self._dlq = ctx.topic(ctx.topics.usage_dlq)
+        metrics.start_at_zero(metrics.EVENTS_DEAD_LETTERED, [(code.value,) for code in ErrorClass])
 
     @property
     def sink(self) -> UsageSink:
