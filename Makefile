@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint format bench venv clean runtime-lock
+.PHONY: demo test test-fast lint format bench venv clean runtime-lock dashboard-shots
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ runtime-lock: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/bastionary bench
+
+# docs/dashboard.png: the Grafana dashboard's panels from a demo run, through a real Prometheus
+# (a `prometheus` binary on PATH or in PROMETHEUS). matplotlib is for this picture only.
+dashboard-shots: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "matplotlib==3.11.2"
+	$(BIN)/python deploy/grafana/render_panels.py docs/dashboard.png
 
 clean:
 	rm -rf $(VENV) .bastionary .pytest_cache

@@ -98,6 +98,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
         worker = _start_worker(settings, demo_dir, broker.bootstrap, peers.worker_env())
         try:
             client, gateway = _wait_for_gateway(demo_dir, worker, console)
+            console.print(f"worker API and Prometheus metrics at http://127.0.0.1:{peers.web_port}/metrics")
             workload = generate(
                 options.events,
                 customers=options.customers,
