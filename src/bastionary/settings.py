@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     flush_interval: IsoDuration = Field(default=timedelta(milliseconds=250))
     flush_max_events: int = Field(default=20_000, gt=0, description="records buffered before a flush")
     flush_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="record bytes buffered before a flush")
+    # Read-ahead is counted in records, and a record may hold 100 events (~13 KB): 16,384 held
+    # a whole backlog in memory. The worker's peak RSS after 1M distinct ids over HTTP was
+    # 773 MB with 16,384 and 627 MB with 1,024, at about the same ingest rate (bench's rss
+    # phase, 2026-11-30).
+    stream_buffer_records: int = Field(
+        default=1024, gt=0, description="records Faust may read ahead per partition before the agent takes them"
+    )
     kafka_fetch_max_wait: IsoDuration = Field(
         default=timedelta(milliseconds=100), description="how long a fetch may wait for data (Faust fixes 1.5 s)"
     )

@@ -24,9 +24,9 @@ def test_quick_bench_runs_every_phase_and_is_exact(tmp_path):
     result = run_bench(options)
 
     assert result["exact"] is True, json.dumps(result["exactness"], indent=2)
-    assert set(result["mismatches"]) == {"single", "batch", "rss"}
+    assert set(result["mismatches"]) == {"single", "batch", "rss", "rss_http"}
     assert all(count == 0 for count in result["mismatches"].values())
-    for run in ("single", "batch", "rss"):
+    for run in ("single", "batch", "rss", "rss_http"):
         details = result["exactness"][run]
         assert details["stored_events"] == details["expected_events"] > 0
 
@@ -43,9 +43,11 @@ def test_quick_bench_runs_every_phase_and_is_exact(tmp_path):
     assert latency["events"] > 0 and latency["missing"] == 0 and latency["seen"] == latency["events"]
     assert 0 <= latency["p50_s"] <= latency["p99_s"] <= latency["max_s"]
 
-    rss = result["rss"]
-    assert rss["distinct_ids"] == 50_000
-    assert rss["vmhwm_mb"] >= rss["vmrss_mb"] > 0
+    for name in ("rss", "rss_http"):
+        rss = result[name]
+        assert rss["distinct_ids"] == 50_000
+        assert rss["vmhwm_mb"] >= rss["vmrss_mb"] > 0
+        assert rss["dedupe_disk_bytes_per_id"] > 0
 
     references = result["references"]
     for kind in ("transport", "handwritten"):
@@ -66,7 +68,8 @@ def test_quick_bench_runs_every_phase_and_is_exact(tmp_path):
     assert "bare Faust ceiling" in table and "p99" in table and "VmHWM" in table and "hand-written" in table
     # --profile: one py-spy profile per worker the bench started.
     profiles = sorted(p.name for p in (tmp_path / "profiles").iterdir())
-    assert profiles == [f"worker-{phase}.speedscope.json" for phase in ("batch", "latency", "rss", "single")]
+    phases = ("batch", "latency", "rss", "rss-http", "single")
+    assert profiles == sorted(f"worker-{phase}.speedscope.json" for phase in phases)
     assert all(json.loads((tmp_path / "profiles" / name).read_text())["profiles"] for name in profiles)
     assert json.loads(render(result, as_json=True))["exact"] is True
     # The data dir it was given is kept, and nothing it started is left running.

@@ -44,6 +44,13 @@ def demo(events: int, customers: int) -> None:
     help="Check latency at 1,000 checks/s (target p99 <= 5 ms) and freshness (target p99 <= 1 s) instead.",
 )
 @click.option(
+    "--ingest-rate",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --entitlements: usage events/s ingested during the loaded phases, in 100-event records"
+    " (default 13,000: half the development machine's batch maximum).",
+)
+@click.option(
     "--api",
     "api",
     is_flag=True,
@@ -58,6 +65,7 @@ def bench(
     rating: bool,
     subscriptions: int,
     entitlement_checks: bool,
+    ingest_rate: int | None,
     api: bool,
 ) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
@@ -72,7 +80,10 @@ def bench(
         from bastionary.tools.bench.entitlements import render_entitlements, run_entitlements_bench
 
         configure_logging("WARNING", settings.log_format)
-        click.echo(render_entitlements(run_entitlements_bench(quick=quick), as_json))
+        from bastionary.tools.bench.entitlements.constants import DEFAULT_INGEST_RATE
+
+        rate = ingest_rate or DEFAULT_INGEST_RATE
+        click.echo(render_entitlements(run_entitlements_bench(quick=quick, ingest_rate=rate), as_json))
         return
     if rating:
         from bastionary.tools.bench.rating import run_rating_bench

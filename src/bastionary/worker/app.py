@@ -94,7 +94,7 @@ def create_app(
         producer_acks=-1,
         producer_linger_ms=5,
         broker_max_poll_records=2000,
-        stream_buffer_maxsize=16384,
+        stream_buffer_maxsize=settings.stream_buffer_records,
         # Records wait unacked in the sink's buffers until they land; on a rebalance the
         # revoked ones are dropped for the next owner, so Faust must not wait for their acks.
         stream_wait_empty=False,

@@ -142,9 +142,14 @@ def _run_phases(bench: _Bench, options: BenchOptions) -> dict[str, Any]:
     _say(f"(d) worker peak RSS with {options.dedupe_ids:,} distinct ids")
     with cpu.phase("rss"):
         out["rss"], rss_exact = _peak_rss(bench, options.dedupe_ids, max(300.0, options.dedupe_ids / 200))
-    _say(f"    VmHWM {out['rss']['vmhwm_mb']} MB")
+    _say(f"    VmHWM {out['rss']['vmhwm_mb']} MB (chdb in the worker)")
+    with cpu.phase("rss_http"):
+        out["rss_http"], rss_http_exact = _peak_rss(
+            bench, options.dedupe_ids, max(300.0, options.dedupe_ids / 200), over_http=True
+        )
+    _say(f"    VmHWM {out['rss_http']['vmhwm_mb']} MB (ClickHouse over HTTP)")
 
-    runs = {"single": single_exact, "batch": batch_exact, "rss": rss_exact}
+    runs = {"single": single_exact, "batch": batch_exact, "rss": rss_exact, "rss_http": rss_http_exact}
     out["exact"] = all(r["exact"] for r in runs.values())
     out["mismatches"] = {name: sum(r["mismatches"].values()) for name, r in runs.items()}
     out["exactness"] = runs

@@ -305,13 +305,20 @@ async def _measure_latency(
     }
 
 
-def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict[str, float], Exactness]:
-    prefix, group = bench.names("rss")
+def _peak_rss(
+    bench: _Bench, distinct_ids: int, timeout: float, over_http: bool = False
+) -> tuple[dict[str, float], Exactness]:
+    """The worker's peak RSS after ``distinct_ids`` ids and a tenth of them again. Over HTTP,
+    the worker writes to a separate ClickHouse process (``serve-clickhouse``, chdb behind
+    ClickHouse's HTTP interface) and holds no ClickHouse itself, as in production."""
+    phase = "rss-http" if over_http else "rss"
+    prefix, group = bench.names(phase)
     topic = bench.create_topics(prefix)
     records, events = _distinct_id_records(distinct_ids)
-    _say(f"rss: publishing {distinct_ids:,} distinct ids in {len(records):,} records")
+    _say(f"{phase}: publishing {distinct_ids:,} distinct ids in {len(records):,} records")
     ends = bench.publish(topic, records)
-    worker = bench.start_worker("rss", prefix, group)
+    server = bench.start_clickhouse_server(phase) if over_http else None
+    worker = bench.start_worker(phase, prefix, group, clickhouse_dsn=server[0] if server else None)
     try:
         stats: dict[str, float] = {"distinct_ids": distinct_ids}
         caught_up = bench.wait_caught_up(worker, ends, timeout)
@@ -330,6 +337,9 @@ def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict[st
         # RssFile is mostly chdb's shared library (clean, shared pages), RssAnon the heap.
         stats["rss_anon_mb"] = round(status.get("RssAnon", 0) / 1024, 1)
         stats["rss_file_mb"] = round(status.get("RssFile", 0) / 1024, 1)
+        # The dedupe store lives in RocksDB files, off the Python heap: its size per id.
+        dedupe_bytes = sum(f.stat().st_size for f in (worker.data_dir / "dedupe").rglob("*") if f.is_file())
+        stats["dedupe_disk_bytes_per_id"] = round(dedupe_bytes / distinct_ids, 1)
         client = worker.reader()
         flushes = diagnostics.flushes(client)
         stats["flushes"] = flushes.number
@@ -340,3 +350,5 @@ def _peak_rss(bench: _Bench, distinct_ids: int, timeout: float) -> tuple[dict[st
         return stats, exactness
     finally:
         bench.stop_worker(worker)
+        if server is not None:
+            bench.processes.stop(server[1])

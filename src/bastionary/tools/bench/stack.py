@@ -118,7 +118,31 @@ class _Bench:
 
         return asyncio.run(publish_records(self.bootstrap, topic, records))
 
-    def start_worker(self, phase: str, prefix: str, group: str) -> _Worker:
+    def start_clickhouse_server(self, phase: str, timeout: float = 90.0) -> tuple[str, subprocess.Popen[bytes]]:
+        """``bastionary serve-clickhouse`` on the phase's data dir, as a ClickHouse server the
+        worker reaches over HTTP only (the production shape): its writer DSN and process."""
+        from bastionary.devstack.discovery import gateway_dsn, gateway_file, read_gateway_file
+
+        data_dir = self.root / phase
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")} | {
+            "BASTIONARY_DATA_DIR": str(data_dir),
+            "BASTIONARY_LOG_FORMAT": "json",
+        }
+        log_path = self.root / "logs" / f"clickhouse-{phase}.log"
+        process = self.processes.spawn(_bastionary_command() + ["serve-clickhouse"], env, log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise BenchError(f"serve-clickhouse exited with {process.returncode}:\n{_tail(log_path)}")
+            info = read_gateway_file(gateway_file(data_dir))
+            if info:
+                return gateway_dsn(info, "writer"), process
+            time.sleep(0.1)
+        raise BenchError(f"serve-clickhouse did not come up in {timeout:.0f}s; see {log_path}")
+
+    def start_worker(self, phase: str, prefix: str, group: str, clickhouse_dsn: str | None = None) -> _Worker:
+        """A worker with chdb in-process, or writing to ``clickhouse_dsn`` over HTTP."""
         data_dir = self.root / phase
         data_dir.mkdir(parents=True, exist_ok=True)
         # Only our settings: an inherited BASTIONARY_* (a DSN, a catalog, a prefix) would
@@ -133,6 +157,8 @@ class _Bench:
             "BASTIONARY_KAFKA_SESSION_TIMEOUT": SESSION_TIMEOUT,
             "BASTIONARY_LOG_FORMAT": "json",
         }
+        if clickhouse_dsn is not None:
+            env["BASTIONARY_CLICKHOUSE_DSN"] = clickhouse_dsn
         log_path = self.root / "logs" / f"worker-{phase}.log"
         process = self.processes.spawn(_bastionary_command() + ["worker"], env, log_path)
         worker = _Worker(process, data_dir, log_path, Topics(prefix).usage_events, group, time.time())

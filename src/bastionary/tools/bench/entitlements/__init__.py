@@ -16,10 +16,11 @@ customer then loads its state in the worker (warm-up), and the worker is left to
     scheduled times, 1,000/s. Latency is counted from the *scheduled* send time to the
     whole answer read (so a stall delays every request queued behind it: no coordinated
     omission); the time from the actual send is reported too. Run once on an idle worker
-    (the figure held against the target) and once while the steady usage stream below
-    is being ingested (for information).
-(b) freshness: while a steady stream of usage (``BACKGROUND_RATE`` single-event records/s
-    for the steady customers) is ingested by the same worker, each trial customer gets
+    (target p99 5 ms) and once while the steady usage stream below is being ingested
+    (target p99 10 ms).
+(b) freshness: while a steady stream of usage (``--ingest-rate`` events/s, by default
+    ``DEFAULT_INGEST_RATE``, half the batch maximum of ``bastionary bench``, in 100-event
+    records for the steady customers) is ingested by the same worker, each trial customer gets
     ``TRIAL_LIMIT - 1`` events, is polled until its check shows them, then, after a random
     pause within one flush interval, gets the one event that exhausts its limit. Its check
     is polled every ``POLL_S`` until it answers ``has_access: false``. Freshness is the

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from bastionary.tools.bench.entitlements.constants import (
-    BACKGROUND_RATE,
     CHECK_RATE,
     TARGET_CHECK_P99_MS,
+    TARGET_CHECK_UNDER_LOAD_P99_MS,
     TARGET_FRESHNESS_P99_S,
 )
 from bastionary.tools.bench.report import print_contention_and_machine
@@ -42,8 +42,13 @@ def _verdicts(out: Figures) -> dict[str, dict[str, Any]]:
             "target": f"<= {TARGET_CHECK_P99_MS:g} ms at {CHECK_RATE:,} checks/s",
             "met": out["latency"]["met"],
         },
+        "check_latency_under_load_p99_ms": {
+            "target": f"<= {TARGET_CHECK_UNDER_LOAD_P99_MS:g} ms at {CHECK_RATE:,} checks/s while"
+            f" {out['latency_under_load']['background_events_per_s']:,} usage events/s are ingested",
+            "met": out["latency_under_load"]["met"],
+        },
         "freshness_p99_s": {
-            "target": f"<= {TARGET_FRESHNESS_P99_S:g} s under {BACKGROUND_RATE} events/s",
+            "target": f"<= {TARGET_FRESHNESS_P99_S:g} s under {out['freshness']['background_events_per_s']:,} events/s",
             "met": out["freshness"]["met"],
         },
     }
@@ -82,7 +87,7 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
     latency_row("check latency, idle worker", result["latency"], True)
     if "latency_under_load" in result:
         loaded = result["latency_under_load"]
-        latency_row(f"check latency, {loaded['background_events_per_s']} usage events/s", loaded, False)
+        latency_row(f"check latency, {loaded['background_events_per_s']:,} usage events/s ingested", loaded, True)
     fresh = result["freshness"]
     missing = f", {fresh['missing']} never flipped" if fresh["missing"] else ""
     table.add_row(

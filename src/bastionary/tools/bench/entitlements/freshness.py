@@ -18,7 +18,7 @@ from bastionary.tools.bench.entitlements.constants import (
     TRIAL_TIMEOUT_S,
 )
 from bastionary.tools.bench.entitlements.figures import Figures, _seconds
-from bastionary.tools.bench.entitlements.preparation import Check, _usage
+from bastionary.tools.bench.entitlements.preparation import Check, _usage, _usage_batch
 from bastionary.tools.bench.options import BenchError
 from bastionary.tools.bench.processes import _say
 from bastionary.tools.bench.stack import _Worker
@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 
 
 class _Background:
-    """A steady stream of single-event usage records from a thread with its own loop and producer."""
+    """A steady stream of usage from a thread with its own loop and producer: ``rate`` events/s
+    in records of ``per_record`` events, each record one customer's (the key)."""
 
-    def __init__(self, bootstrap: str, topic: str, customers: list[str], rate: float) -> None:
+    def __init__(self, bootstrap: str, topic: str, customers: list[str], rate: float, per_record: int = 1) -> None:
         self.bootstrap, self.topic, self.customers, self.rate = bootstrap, topic, customers, rate
+        self.per_record = per_record
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-background-usage", daemon=True)
         self._error: BaseException | None = None
@@ -77,11 +79,11 @@ class _Background:
                 due = int((time.monotonic() - started) * self.rate) + 1
                 while sent < due:
                     customer = rng.choice(self.customers)
-                    future = await producer.send(
-                        self.topic, _usage(customer, f"bg-{tag}-{sent}"), key=customer.encode()
-                    )
+                    ids = [f"bg-{tag}-{sent + i}" for i in range(self.per_record)]
+                    value = _usage(customer, ids[0]) if self.per_record == 1 else _usage_batch(customer, ids)
+                    future = await producer.send(self.topic, value, key=customer.encode())
                     future.add_done_callback(acked)
-                    sent += 1
+                    sent += self.per_record
                 await asyncio.sleep(0.01)
             seconds = time.monotonic() - started
             await producer.flush()

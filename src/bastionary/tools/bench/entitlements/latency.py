@@ -48,7 +48,12 @@ async def _serial(session: ClientSession, urls: list[URL], seconds: float, rng: 
 
 
 async def _open_loop(
-    session: ClientSession, urls: list[URL], rate: float, seconds: float, rng: random.Random
+    session: ClientSession,
+    urls: list[URL],
+    rate: float,
+    seconds: float,
+    rng: random.Random,
+    target_p99_ms: float = TARGET_CHECK_P99_MS,
 ) -> Figures:
     """Checks at fixed scheduled times, whatever the answers do (open loop)."""
     loop = asyncio.get_running_loop()
@@ -107,6 +112,6 @@ async def _open_loop(
         "from_send_p50_ms": _ms(from_sent, 0.50),
         "from_send_p99_ms": _ms(from_sent, 0.99),
         "client_lag_p99_ms": _ms(lags, 0.99),
-        "target_p99_ms": TARGET_CHECK_P99_MS,
-        "met": errors == 0 and p99_ms is not None and p99_ms <= TARGET_CHECK_P99_MS,
+        "target_p99_ms": target_p99_ms,
+        "met": errors == 0 and p99_ms is not None and p99_ms <= target_p99_ms,
     }

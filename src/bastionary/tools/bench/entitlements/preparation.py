@@ -30,11 +30,20 @@ def _subscription(customer: str, plan: str, start: datetime) -> Event:
 
 
 def _usage(customer: str, event_id: str) -> bytes:
-    return orjson.dumps({
+    return orjson.dumps(_usage_event(customer, event_id, datetime.now(UTC).isoformat().replace("+00:00", "Z")))
+
+
+def _usage_batch(customer: str, event_ids: list[str]) -> bytes:
+    """One batch record of ``customer``'s events, all stamped now."""
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return orjson.dumps([_usage_event(customer, event_id, now) for event_id in event_ids])
+
+
+def _usage_event(customer: str, event_id: str, time: str) -> dict[str, Any]:
+    return {
         "specversion": "1.0", "id": event_id, "source": "bastionary-bench-entitlements", "type": "api.request",
-        "subject": customer, "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "data": {"method": "GET"},
-    })  # fmt: skip
+        "subject": customer, "time": time, "data": {"method": "GET"},
+    }  # fmt: skip
 
 
 async def _wait_ready(worker: _Worker, check: Check, customer: str, timeout: float) -> None:

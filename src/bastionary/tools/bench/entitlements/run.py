@@ -18,12 +18,14 @@ import orjson
 from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.settings import Settings, format_iso_duration
 from bastionary.tools.bench.entitlements.constants import (
-    BACKGROUND_RATE,
+    BACKGROUND_EVENTS_PER_RECORD,
     CHECK_RATE,
+    DEFAULT_INGEST_RATE,
     FEATURE,
     MAX_CONNECTIONS,
     POLL_S,
     STEADY_LIMIT,
+    TARGET_CHECK_UNDER_LOAD_P99_MS,
     TRIAL_LIMIT,
 )
 from bastionary.tools.bench.entitlements.cpu import _CpuClock
@@ -91,7 +93,9 @@ class _WorkerEnv(_Processes):
         return super().spawn(command, env | self.extra, log_path)
 
 
-def run_entitlements_bench(quick: bool = False, data_dir: Path | None = None) -> Figures:
+def run_entitlements_bench(
+    quick: bool = False, data_dir: Path | None = None, ingest_rate: int = DEFAULT_INGEST_RATE
+) -> Figures:
     """Measure check latency and freshness on a fresh embedded stack; see :func:`render_entitlements`."""
     started = time.monotonic()
     sizes = QUICK if quick else FULL
@@ -116,7 +120,8 @@ def run_entitlements_bench(quick: bool = False, data_dir: Path | None = None) ->
             "trial_customers": sizes.trials,
             "check_rate_per_s": CHECK_RATE,
             "latency_seconds": sizes.latency_seconds,
-            "background_events_per_s": BACKGROUND_RATE,
+            "background_events_per_s": ingest_rate,
+            "background_events_per_record": BACKGROUND_EVENTS_PER_RECORD,
             "trial_limit": TRIAL_LIMIT,
             "flush_interval": format_iso_duration(flush_interval),
             "kafka_fetch_max_wait": format_iso_duration(defaults["kafka_fetch_max_wait"].default),
@@ -133,7 +138,7 @@ def run_entitlements_bench(quick: bool = False, data_dir: Path | None = None) ->
             try:
                 broker.start()
                 bench = _Bench(root, processes, broker)
-                result.update(_run(bench, sizes, port, key, flush_interval.total_seconds()))
+                result.update(_run(bench, sizes, port, key, flush_interval.total_seconds(), ingest_rate))
             finally:
                 processes.stop_all()
                 broker.stop()
@@ -145,7 +150,7 @@ def run_entitlements_bench(quick: bool = False, data_dir: Path | None = None) ->
     return result
 
 
-def _run(bench: _Bench, sizes: _Sizes, port: int, key: str, flush_s: float) -> Figures:
+def _run(bench: _Bench, sizes: _Sizes, port: int, key: str, flush_s: float, ingest_rate: int) -> Figures:
     from bastionary.kafka import ensure_topics
 
     prefix, group = bench.names("entitlements")
@@ -154,13 +159,20 @@ def _run(bench: _Bench, sizes: _Sizes, port: int, key: str, flush_s: float) -> F
     _say(f"starting a worker (checks on port {port})")
     worker = bench.start_worker("entitlements", prefix, group)
     try:
-        return asyncio.run(_measure(bench, worker, topics, sizes, port, key, flush_s))
+        return asyncio.run(_measure(bench, worker, topics, sizes, port, key, flush_s, ingest_rate))
     finally:
         bench.stop_worker(worker)
 
 
 async def _measure(
-    bench: _Bench, worker: _Worker, topics: Topics, sizes: _Sizes, port: int, key: str, flush_s: float
+    bench: _Bench,
+    worker: _Worker,
+    topics: Topics,
+    sizes: _Sizes,
+    port: int,
+    key: str,
+    flush_s: float,
+    ingest_rate: int,
 ) -> Figures:
     import aiohttp
 
@@ -218,19 +230,25 @@ async def _measure(
             _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
             # -- (b) with a steady usage stream: latency again, then freshness --------------
-            background = _Background(bench.bootstrap, topics.usage_events, steady, BACKGROUND_RATE)
+            background = _Background(
+                bench.bootstrap, topics.usage_events, steady, ingest_rate, BACKGROUND_EVENTS_PER_RECORD
+            )
             background.start()
             try:
                 await asyncio.sleep(2.0)  # the stream flows and flushes land before measuring
-                _say(f"(a') check latency at {CHECK_RATE:,}/s with {BACKGROUND_RATE}/s usage ingested")
+                _say(f"(a') check latency at {CHECK_RATE:,}/s with {ingest_rate:,} usage events/s ingested")
                 with bench.cpu.phase("latency_under_load"):
                     figures = {}
                     with clock.measure(figures):
-                        figures.update(await _open_loop(session, urls, CHECK_RATE, sizes.latency_seconds, rng))
-                out["latency_under_load"] = figures | {"background_events_per_s": BACKGROUND_RATE}
+                        figures.update(
+                            await _open_loop(
+                                session, urls, CHECK_RATE, sizes.latency_seconds, rng, TARGET_CHECK_UNDER_LOAD_P99_MS
+                            )
+                        )
+                out["latency_under_load"] = figures | {"background_events_per_s": ingest_rate}
                 _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
-                _say(f"(b) freshness: {len(trials)} trials with {BACKGROUND_RATE}/s usage ingested")
+                _say(f"(b) freshness: {len(trials)} trials with {ingest_rate:,} usage events/s ingested")
                 flushes_before = await _flush_metrics(session, port)
                 with bench.cpu.phase("freshness"):
                     usage_cpu: Figures = {}
@@ -243,7 +261,7 @@ async def _measure(
             out["freshness"] = (
                 fresh
                 | {
-                    "background_events_per_s": BACKGROUND_RATE,
+                    "background_events_per_s": ingest_rate,
                     "background_achieved_per_s": stats["events_per_s"],
                     "worker_cpu_cores": usage_cpu["worker_cpu_cores"],
                 }
