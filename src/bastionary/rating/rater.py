@@ -260,20 +260,19 @@ class Rater:
     def _tell_backfill(told: dict[str, list[str]]) -> None:
         """One log line per run and kind, naming a few subscriptions: a bulk load of thousands
         says so once."""
-        if told["skipped"]:
-            log.warning(
+        said = {
+            "skipped": (
                 "subscriptions received after periods of theirs had ended: those periods are not rated",
-                subscriptions=len(told["skipped"]),
-                first=told["skipped"][:5],
-                to_rate_them="backfill: true on the created event, or BASTIONARY_RATING_BACKFILL=true",
-            )
-        if told["rated"]:
-            log.warning(
+                {"to_rate_them": "backfill: true on the created event, or BASTIONARY_RATING_BACKFILL=true"},
+            ),
+            "rated": (
                 "rating a backfill: periods that ended before their subscription was received",
-                subscriptions=len(told["rated"]),
-                first=told["rated"][:5],
-                dunning="leaves their invoices alone unless BASTIONARY_DUNNING_BACKFILL=true",
-            )
+                {"dunning": "leaves their invoices alone unless BASTIONARY_DUNNING_BACKFILL=true"},
+            ),
+        }
+        for kind, (message, advice) in said.items():
+            if told[kind]:
+                log.warning(message, subscriptions=len(told[kind]), first=told[kind][:5], **advice)
 
     def _progressive_due(
         self, subscriptions: list[Subscription], rated: set[str], now: datetime, cache: UsageCache

@@ -94,7 +94,7 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
         "freshness: exhausting event -> has_access false",
         f"{fresh['p50_s']} s / {fresh['p99_s']} s",
         f"p99 <= {fresh['target_p99_s']:g} s ({fresh['trials']} trials under"
-        f" {fresh['background_events_per_s']} events/s{missing})",
+        f" {fresh['background_events_per_s']:,} events/s{missing})",
         verdict(fresh["met"]),
     )
     console.print(table)
