@@ -2,8 +2,9 @@
 
 Run as a subprocess on a topic the bench has published (one process per chdb directory)::
 
-    python -m bastionary.tools.bench.references transport|handwritten --bootstrap HOST:PORT \
-        --topic T --group G --expect-records N --report /path/result.json [--data-dir D]
+    python -m bastionary.tools.bench.references transport|handwritten|kafkaengine \
+        --bootstrap HOST:PORT --topic T --group G --expect-records N [--expect-events M] \
+        --report /path/result.json [--data-dir D]
 
 - ``transport``: aiokafka ``getmany`` that only counts records, the ceiling of the client and
   broker on this machine.
@@ -13,6 +14,8 @@ Run as a subprocess on a topic the bench has published (one process per chdb dir
   round of at least 20,000 events or 250 ms, offsets committed after the inserts. It
   validates nothing beyond what it needs to read, and has no dead letters, no replay-safe
   tokens and no per-meter aggregations.
+- ``kafkaengine``: ClickHouse's own Kafka table engine in chdb with materialized views, no
+  dedupe at all; see :mod:`bastionary.tools.bench.kafka_engine` for how it is timed.
 
 Both time from the first record taken to the last one counted (the hand-written loop: to its
 last insert) and write ``{"records", "events", "duplicates", "first", "last"}`` to
@@ -167,24 +170,30 @@ async def _handwritten(bootstrap: str, topic: str, group: str, expect: int, data
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["transport", "handwritten"])
+    parser.add_argument("kind", choices=["transport", "handwritten", "kafkaengine"])
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--expect-records", type=int, required=True)
+    parser.add_argument("--expect-events", type=int, default=None, help="kafkaengine: rows to wait for")
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    data_dir = args.data_dir or args.report.parent / args.kind
+    data_dir.mkdir(parents=True, exist_ok=True)
     if args.kind == "transport":
         result = asyncio.run(_transport(args.bootstrap, args.topic, args.group, args.expect_records))
+    elif args.kind == "kafkaengine":
+        from bastionary.tools.bench import kafka_engine
+
+        expect_events = args.expect_events or args.expect_records
+        result = kafka_engine.run(args.bootstrap, args.topic, args.group, args.expect_records, expect_events, data_dir)
     else:
         import gc
 
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 10)  # as the worker does: the loop's best figure, not its worst
-        data_dir = args.data_dir or args.report.parent / "handwritten"
-        data_dir.mkdir(parents=True, exist_ok=True)
         result = asyncio.run(_handwritten(args.bootstrap, args.topic, args.group, args.expect_records, data_dir))
     write_report(args.report, result)
 

@@ -137,15 +137,14 @@ def render(result: dict[str, Any], as_json: bool) -> str:
             f">= {TARGET_HANDWRITTEN_RATIO}x the hand-written loop",
             verdict("batch_vs_handwritten"),
         )
-    for kind, label in (("transport", "aiokafka getmany, count only"), ("handwritten", "hand-written loop")):
+    labels = {
+        "transport": "aiokafka getmany, count only",
+        "handwritten": "hand-written loop",
+        "kafkaengine": "ClickHouse Kafka engine",
+    }
+    for kind, label in labels.items():
         if kind in references:
-            runs = references[kind]
-            table.add_row(
-                f"reference: {label}",
-                f"{runs['single']['records_per_s']:,} records/s single\n{runs['batch']['events_per_s']:,} events/s batch",
-                "(same run, same records)",
-                "",
-            )
+            table.add_row(f"reference: {label}", *_reference_cells(references[kind]), "")
     missing = f", {latency['missing']} never seen" if latency["missing"] else ""
     table.add_row(
         "end-to-end latency p50 / p99",
@@ -241,3 +240,18 @@ def print_contention_and_machine(console: Console, result: dict[str, Any], measu
     quick = " (quick sizes)" if result["options"].get("quick") else ""
     info.add_row("elapsed", f"{result.get('elapsed_s', 0):.0f} s{quick}")
     console.print(info)
+
+
+def _reference_cells(runs: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """A reference's measured cell and its note: rates, repeats it stored, or why it did not run."""
+    cells, notes = [], []
+    for workload, unit, rate in (("single", "records/s", "records_per_s"), ("batch", "events/s", "events_per_s")):
+        figures = runs.get(workload, {})
+        if rate not in figures:
+            cells.append(f"did not run ({workload})")
+            notes.append(str(figures.get("error", "no figures")).splitlines()[0][:80])
+            continue
+        cells.append(f"{figures[rate]:,} {unit} {workload}")
+        if "overcount" in figures:
+            notes.append(f"{workload}: +{figures['overcount']:,} repeats kept")
+    return "\n".join(cells), "\n".join(notes) or "(same run, same records)"
