@@ -64,14 +64,14 @@ def test_a_rating_run_counts_its_invoices_by_kind_and_currency_but_not_an_empty_
 
 
 def test_every_denial_reason_starts_at_zero() -> None:
-    """The worker creates a zero series for each reason in ``DENIAL_REASONS``; a reason the
+    """The worker creates a zero series for each reason in ``REASONS``; a reason the
     evaluator can give but the list lacks would miss its first denial on the dashboard."""
     from bastionary.entitlements import evaluate
-    from bastionary.entitlements.evaluate import DENIAL_REASONS
+    from bastionary.entitlements.evaluate import REASONS
 
     source = Path(evaluate.__file__).read_text()
     given = set(re.findall(r'reason="([a-z_]+)"', source)) | set(re.findall(r'_deny\(decision, "([a-z_]+)"\)', source))
-    assert given and given <= set(DENIAL_REASONS)
+    assert given and given <= set(REASONS)
 
 
 def test_start_at_zero_exports_a_zero_sample() -> None:

@@ -9,6 +9,7 @@ import click
 
 from bastionary.cli.common import settings_or_exit
 from bastionary.logs import configure_logging
+from bastionary.tools.bench.entitlements.constants import DEFAULT_INGEST_RATE
 
 
 @click.command()
@@ -46,9 +47,10 @@ def demo(events: int, customers: int) -> None:
 @click.option(
     "--ingest-rate",
     type=click.IntRange(min=1),
-    default=None,
+    default=DEFAULT_INGEST_RATE,
+    show_default=True,
     help="With --entitlements: usage events/s ingested during the loaded phases, in 100-event records"
-    " (default 13,000: half the development machine's batch maximum).",
+    " (the default is half the development machine's batch maximum).",
 )
 @click.option(
     "--api",
@@ -65,7 +67,7 @@ def bench(
     rating: bool,
     subscriptions: int,
     entitlement_checks: bool,
-    ingest_rate: int | None,
+    ingest_rate: int,
     api: bool,
 ) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
@@ -80,10 +82,7 @@ def bench(
         from bastionary.tools.bench.entitlements import render_entitlements, run_entitlements_bench
 
         configure_logging("WARNING", settings.log_format)
-        from bastionary.tools.bench.entitlements.constants import DEFAULT_INGEST_RATE
-
-        rate = ingest_rate or DEFAULT_INGEST_RATE
-        click.echo(render_entitlements(run_entitlements_bench(quick=quick, ingest_rate=rate), as_json))
+        click.echo(render_entitlements(run_entitlements_bench(quick=quick, ingest_rate=ingest_rate), as_json))
         return
     if rating:
         from bastionary.tools.bench.rating import run_rating_bench

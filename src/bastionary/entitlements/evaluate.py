@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, overload
+from typing import Any, Literal, get_args, overload
 
 from bastionary.entitlements.overrides import Override, active_overrides
 from bastionary.entitlements.spec import (
@@ -19,7 +19,8 @@ from bastionary.entitlements.spec import (
 )
 
 ZERO = Decimal(0)
-REASONS = ("no_subscription", "not_in_plan", "disabled", "suspended", "credit_limit_reached", "exhausted")
+DenialReason = Literal["no_subscription", "not_in_plan", "disabled", "suspended", "credit_limit_reached", "exhausted"]
+REASONS: tuple[DenialReason, ...] = get_args(DenialReason)  # the API's enum and the metric's zero series
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Decision:
     balance: Decimal | None = None
     soft: bool | None = None
     reset_at: datetime | None = None
-    reason: str | None = None
+    reason: DenialReason | None = None
     config: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -141,10 +142,7 @@ def _used_up(decision: Decision) -> bool:
     return decision.usage is not None and decision.limit is not None and decision.usage >= decision.limit
 
 
-DENIAL_REASONS = ("no_subscription", "not_in_plan", "disabled", "suspended", "credit_limit_reached", "exhausted")
-
-
-def _deny(decision: Decision, reason: str) -> Decision:
+def _deny(decision: Decision, reason: DenialReason) -> Decision:
     # Keep the description (usage, limit, config): it tells the caller why, and how far off.
     return replace(decision, has_access=False, reason=reason)
 

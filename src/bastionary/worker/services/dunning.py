@@ -37,6 +37,7 @@ from bastionary.worker.intake import consume_intake
 
 log = structlog.get_logger(__name__)
 DELIVERY_CONCURRENCY = 4  # notices in flight per worker; a slow peer holds one slot, not the partition
+DELIVERY_OUTCOMES = ("delivered", "failed")  # the outcome label of bastionary_dunning_deliveries_total
 
 
 class DunningService:
@@ -54,7 +55,7 @@ class DunningService:
         steps = {(str(n), step.action.value) for p in catalog.dunning.policies for n, step in enumerate(p.steps, 1)}
         metrics.start_at_zero(metrics.DUNNING_NOTICES, sorted(steps))
         channels = sorted({c for p in catalog.dunning.policies for step in p.steps for c in step.channels})
-        metrics.start_at_zero(metrics.DUNNING_DELIVERIES, [(c, o) for c in channels for o in ("delivered", "failed")])
+        metrics.start_at_zero(metrics.DUNNING_DELIVERIES, [(c, o) for c in channels for o in DELIVERY_OUTCOMES])
         metrics.start_at_zero(metrics.DUNNING_DELIVERY_ATTEMPTS, [(c,) for c in channels])
 
     def store(self) -> ClickHouseDunningStore:
@@ -174,7 +175,8 @@ class DunningService:
                 await self.ctx.app.crash(RuntimeError("notice delivery failed"))
                 return
             for outcome in outcomes:
-                metrics.DUNNING_DELIVERIES.labels(outcome.channel, "delivered" if outcome.ok else "failed").inc()
+                delivered, failed = DELIVERY_OUTCOMES
+                metrics.DUNNING_DELIVERIES.labels(outcome.channel, delivered if outcome.ok else failed).inc()
                 metrics.DUNNING_DELIVERY_ATTEMPTS.labels(outcome.channel).inc(outcome.attempts)
 
     async def _publish_notice(self, key: str, value: bytes) -> Any:

@@ -14,7 +14,7 @@ import structlog
 
 from bastionary import metrics
 from bastionary.catalog import Catalog
-from bastionary.entitlements.evaluate import DENIAL_REASONS, Decision
+from bastionary.entitlements.evaluate import REASONS, Decision
 from bastionary.entitlements.overrides import InvalidOverride, parse_override
 from bastionary.entitlements.service import Entitlements
 from bastionary.entitlements.state import Loaded, known_features
@@ -35,7 +35,7 @@ class EntitlementService:
         self.ctx = ctx
         self.catalog = catalog
         self.features = known_features(catalog.plans)
-        metrics.start_at_zero(metrics.ENTITLEMENT_CHECKS, [("granted", "")] + [("denied", r) for r in DENIAL_REASONS])
+        metrics.start_at_zero(metrics.ENTITLEMENT_CHECKS, [("granted", "")] + [("denied", r) for r in REASONS])
         self._client_factory = client_factory
         self._usage = usage
         self._store: ClickHouseEntitlementStore | None = None
