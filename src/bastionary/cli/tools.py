@@ -9,7 +9,6 @@ import click
 
 from bastionary.cli.common import settings_or_exit
 from bastionary.logs import configure_logging
-from bastionary.tools.bench.entitlements.constants import DEFAULT_INGEST_RATE
 
 
 @click.command()
@@ -23,6 +22,14 @@ def demo(events: int, customers: int) -> None:
     configure_logging("WARNING", settings.log_format)  # the summary speaks for itself
     if not run_demo(settings, DemoOptions(events=events, customers=customers)):
         raise SystemExit(1)
+
+
+def _default_ingest_rate() -> int:
+    # Read when the option is parsed, not when the CLI starts: the bench package costs ~50 ms
+    # of imports that every other command would pay.
+    from bastionary.tools.bench.entitlements.constants import DEFAULT_INGEST_RATE
+
+    return DEFAULT_INGEST_RATE
 
 
 @click.command()
@@ -47,10 +54,9 @@ def demo(events: int, customers: int) -> None:
 @click.option(
     "--ingest-rate",
     type=click.IntRange(min=1),
-    default=DEFAULT_INGEST_RATE,
-    show_default=True,
+    default=_default_ingest_rate,
     help="With --entitlements: usage events/s ingested during the loaded phases, in 100-event records"
-    " (the default is half the development machine's batch maximum).",
+    " (default: half the development machine's batch maximum).",
 )
 @click.option(
     "--api",
