@@ -11,6 +11,7 @@ import queue
 import random
 import secrets
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ class _Background:
         self._results: multiprocessing.queues.Queue[tuple[str, Any]] = context.Queue()
         self._process = context.Process(
             target=_stream_in_child,
-            args=(bootstrap, topic, customers, rate, per_record, self._stop, self._results),
+            args=(_Stream(bootstrap, topic, customers, rate, per_record), self._stop, self._results),
             name="bench-background-usage",
             daemon=True,
         )
@@ -81,29 +82,27 @@ class _Background:
                 self._outcome = self._results.get(timeout=timeout) if timeout else self._results.get_nowait()
 
 
+@dataclass(frozen=True)
+class _Stream:
+    """What the child streams: picklable, as a spawned process receives it."""
+
+    bootstrap: str
+    topic: str
+    customers: list[str]
+    rate: float  # events/s
+    per_record: int
+
+
 def _stream_in_child(
-    bootstrap: str,
-    topic: str,
-    customers: list[str],
-    rate: float,
-    per_record: int,
-    stop: multiprocessing.synchronize.Event,
-    results: multiprocessing.queues.Queue[tuple[str, Any]],
+    stream: _Stream, stop: multiprocessing.synchronize.Event, results: multiprocessing.queues.Queue[tuple[str, Any]]
 ) -> None:
     try:
-        results.put(("stats", asyncio.run(_stream(bootstrap, topic, customers, rate, per_record, stop))))
+        results.put(("stats", asyncio.run(_produce(stream, stop))))
     except BaseException as exc:
         results.put(("error", repr(exc)))
 
 
-async def _stream(
-    bootstrap: str,
-    topic: str,
-    customers: list[str],
-    rate: float,
-    per_record: int,
-    stop: multiprocessing.synchronize.Event,
-) -> Figures:
+async def _produce(stream: _Stream, stop: multiprocessing.synchronize.Event) -> Figures:
     from bastionary.kafka import UsageProducer
 
     ends: dict[int, int] = {}
@@ -115,17 +114,17 @@ async def _stream(
 
     rng = random.Random(11)
     tag = secrets.token_hex(4)
-    async with UsageProducer(bootstrap, linger_ms=5) as producer:
+    async with UsageProducer(stream.bootstrap, linger_ms=5) as producer:
         started = time.monotonic()
         sent = 0
         while not stop.is_set():
-            due = int((time.monotonic() - started) * rate) + 1
+            due = int((time.monotonic() - started) * stream.rate) + 1
             while sent < due:
-                customer = rng.choice(customers)
-                value = _usage_batch(customer, [f"bg-{tag}-{sent + i}" for i in range(per_record)])
-                future = await producer.send(topic, value, key=customer.encode())
+                customer = rng.choice(stream.customers)
+                value = _usage_batch(customer, [f"bg-{tag}-{sent + i}" for i in range(stream.per_record)])
+                future = await producer.send(stream.topic, value, key=customer.encode())
                 future.add_done_callback(acked)
-                sent += per_record
+                sent += stream.per_record
             await asyncio.sleep(0.01)
         seconds = time.monotonic() - started
         await producer.flush()
