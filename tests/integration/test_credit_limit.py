@@ -61,13 +61,15 @@ def test_a_credit_limit_flips_metered_access_and_a_payment_restores_it(stack):
     invoice = wait_for(first_invoice, 150, "the invoice")
     assert invoice["total"] == "16.00"
     assert access() == (False, "credit_limit_reached")
+    # The new period crosses half the limit at once (the unpaid 16.00 counts): once per period.
+    # Waited for, so that the payment cannot land before the run that sees it unpaid.
+    wait_for(lambda: kinds() == ["threshold_crossed", "reached", "threshold_crossed"], 60, "the new period's alert")
     paid = {"outcome": "succeeded", "invoice_id": invoice["invoice_id"], "payment_id": "pay-l", "amount": "16.00",
             "currency": "USD"}  # fmt: skip
     assert api.post("/v1/payments", paid)[0] == 202
     wait_for(lambda: kinds()[-1:] == ["restored"], 60, "the limit restored")
     wait_for(lambda: access() == (True, None), 30, "metered access to return")
     events = limit_events()
-    # The new period crossed half the limit again (the unpaid 16.00 counts): once per period.
     assert kinds() == ["threshold_crossed", "reached", "threshold_crossed", "restored"]
     assert len({e["id"] for e in events}) == len(events)  # each once
     for message in events:

@@ -48,24 +48,30 @@ class ClickHouseDunningStore:
             self.client.insert("receivables", rows, column_names=RECEIVABLE_COLUMNS)
 
     def invoice_currency(self, invoice_id: str) -> str | None:
-        rows = self.client.query(
-            "SELECT currency FROM receivables WHERE invoice_id = {i:String} LIMIT 1", parameters={"i": invoice_id}
-        ).result_rows
-        return rows[0][0] if rows else None
+        found = self._invoice(invoice_id, "currency")
+        return found[0] if found else None
 
     def invoice_customer(self, invoice_id: str) -> str | None:
-        rows = self.client.query(
-            "SELECT customer_id FROM receivables WHERE invoice_id = {i:String} LIMIT 1", parameters={"i": invoice_id}
-        ).result_rows
-        return rows[0][0] if rows else None
+        found = self._invoice(invoice_id, "customer_id")
+        return found[0] if found else None
 
     def invoice_customer_plan(self, invoice_id: str) -> tuple[str, str] | None:
         """(customer, plan) of an invoice: a response needs both (its row, its policy)."""
-        rows = self.client.query(
-            "SELECT customer_id, plan FROM receivables WHERE invoice_id = {i:String} LIMIT 1",
-            parameters={"i": invoice_id},
-        ).result_rows
-        return (rows[0][0], rows[0][1]) if rows else None
+        found = self._invoice(invoice_id, "customer_id, plan")
+        return (found[0], found[1]) if found else None
+
+    def _invoice(self, invoice_id: str, columns: str) -> tuple[Any, ...] | None:
+        """An invoice as dunning received it, else as the rater stored it. The rater stores an
+        invoice before it publishes it on billing.invoices, and a payment travels on its own
+        topic: one made the moment the invoice shows in the API can reach dunning before the
+        invoice does, and without the second read it was dead-lettered as unknown_invoice."""
+        for table in ("receivables", "invoices"):
+            rows = self.client.query(
+                f"SELECT {columns} FROM {table} WHERE invoice_id = {{i:String}} LIMIT 1", parameters={"i": invoice_id}
+            ).result_rows
+            if rows:
+                return tuple(rows[0])
+        return None
 
     def insert_payments(self, rows: list[PaymentRow]) -> None:
         if rows:

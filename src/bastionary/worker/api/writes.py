@@ -156,7 +156,7 @@ async def request_data(request: web.Request, write: Write, params: dict[str, str
 
 def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningService | None) -> None:
     async def invoice_customer(invoice_id: str) -> str | None:
-        # The lookup the payment intake makes: the invoice as dunning received it.
+        # The lookup the payment intake makes: the invoice as dunning or the rater stored it.
         return await asyncio.to_thread(ClickHouseDunningStore(backend.reader).invoice_customer, invoice_id)
 
     async def accept(request: web.Request, write: Write, params: dict[str, str]) -> web.Response:
