@@ -77,3 +77,22 @@ def test_a_batch_read_gives_each_customer_what_a_read_of_that_customer_alone_giv
     assert len({u["tokens"] for u in usage.values()}) > 1  # customers' usage kept apart
     assert [len(together[f"cust-{n:02d}"].recorded) for n in (1, 2, 5)] == [0, 2, 2]
     assert [len(together[f"cust-{n:02d}"].state.overrides) for n in (2, 3, 7)] == [0, 1, 1]
+
+
+def test_a_subscription_booked_to_start_later_takes_over_at_its_start_and_not_before(store):
+    plans = {p.key: p for p in CATALOG.plans}
+    meters = {m.key: m for m in CATALOG.meters}
+    booked_start = NOW + timedelta(days=3)
+    ClickHouseBillingStore(store.client).insert_subscription_events([
+        SubscriptionRow("b-1", "created", "sub-b1", "cust-booked", "pro", NOW - timedelta(days=40), None,
+                        NOW - timedelta(days=40), NOW, ""),
+        SubscriptionRow("b-2", "created", "sub-b2", "cust-booked", "pro", booked_start, None, NOW, NOW, ""),
+    ])  # fmt: skip
+    now = build_state(store, plans, meters, "cust-booked", NOW)
+    assert now is not None and now.state.plan is not None  # before: no plan until the 23rd
+    # answered from the subscription in force (its period began on the 8th), not the booked one
+    assert (now.state.period_start, now.next_start) == (datetime(2026, 3, 8, 12, tzinfo=UTC), booked_start)
+    assert not now.stale_at(booked_start - timedelta(seconds=1)) and now.stale_at(booked_start)
+    later = build_state(store, plans, meters, "cust-booked", booked_start)
+    assert later is not None and later.state.plan is not None
+    assert (later.state.period_start, later.next_start) == (booked_start, None)

@@ -20,7 +20,9 @@ class EntitlementStore(Protocol):
     """Reads take a batch of customers (one query each, whatever its size) and leave out
     customers with nothing to return."""
 
-    def subscriptions(self, customers: Collection[str]) -> dict[str, Subscription]: ...
+    def subscriptions(self, customers: Collection[str]) -> dict[str, list[Subscription]]:
+        """Every subscription of each customer, whether in force or not."""
+        ...
 
     def overrides(self, customers: Collection[str]) -> dict[str, list[Override]]: ...
 

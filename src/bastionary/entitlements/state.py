@@ -25,10 +25,26 @@ class Loaded:
     state: CustomerState
     recorded: list[Change] = field(default_factory=list)  # changes emitted so far, in order
     suspensions: list[str] = field(default_factory=list)  # dunning's suspended/reinstated transitions
+    next_start: datetime | None = None  # a subscription not begun yet starts: the answer may change
 
     def stale_at(self, now: datetime) -> bool:
-        """A period boundary passed: the counters reset, so the state is built again."""
-        return self.state.period_end is not None and now >= self.state.period_end
+        """A period boundary passed (the counters reset) or another subscription began: the
+        state is built again."""
+        return any(moment is not None and now >= moment for moment in (self.state.period_end, self.next_start))
+
+
+def subscription_in_force(
+    subscriptions: Iterable[Subscription], now: datetime
+) -> tuple[Subscription | None, datetime | None]:
+    """The subscription a check is answered from: of those in force at ``now``, the one that
+    started last (None if none is). Also the earliest start still to come, when the answer
+    may change: a subscription booked to start next month neither takes access away now nor
+    is forgotten when it begins."""
+    subscriptions = list(subscriptions)
+    in_force = [sub for sub in subscriptions if sub.active_at(now)]
+    chosen = max(in_force, key=lambda sub: sub.segments[0].start, default=None)
+    next_start = min((sub.segments[0].start for sub in subscriptions if sub.segments[0].start > now), default=None)
+    return chosen, next_start
 
 
 def plan_and_period(
@@ -76,8 +92,10 @@ def build_states(
     # (meter, filter, start, end) -> the customers asking; per customer, (feature, that question)
     usage_asked: dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime], list[str]] = {}
     features: dict[str, list[tuple[str, tuple[str, tuple[tuple[str, str], ...], datetime, datetime]]]] = {}
+    next_starts: dict[str, datetime | None] = {}
     for customer in known:
-        in_force, start, end = plan_and_period(subscriptions.get(customer), now)
+        chosen, next_starts[customer] = subscription_in_force(subscriptions.get(customer, ()), now)
+        in_force, start, end = plan_and_period(chosen, now)
         plan = plans[in_force.key] if in_force is not None else None
         periods[customer] = (plan, start, end)
         if plan is not None and start is not None and end is not None:  # all three or none
@@ -101,7 +119,7 @@ def build_states(
         state = CustomerState(
             customer, plan, start, end, suspended, usage, tuple(overrides.get(customer, ())), customer in limited
         )
-        states[customer] = Loaded(state, recorded.get(customer, []), history)
+        states[customer] = Loaded(state, recorded.get(customer, []), history, next_starts[customer])
     return states
 
 

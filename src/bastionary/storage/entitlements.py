@@ -86,8 +86,9 @@ class ClickHouseEntitlementStore:
             out.setdefault(c, []).append(override)
         return out
 
-    def subscriptions(self, customers: Collection[str]) -> dict[str, Subscription]:
-        """Each customer's newest subscription (the one a check is answered from)."""
+    def subscriptions(self, customers: Collection[str]) -> dict[str, list[Subscription]]:
+        """Every subscription of each customer; the state picks the one a check is answered
+        from (:func:`bastionary.entitlements.state.subscription_in_force`)."""
         rows = self.client.query(
             "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at"
             f" FROM subscriptions FINAL WHERE customer_id IN {_CUSTOMERS}"
@@ -97,14 +98,12 @@ class ClickHouseEntitlementStore:
         by_id: dict[tuple[str, str], list[SubscriptionEvent]] = {}
         for row in rows:
             by_id.setdefault((row[1], row[0]), []).append(SubscriptionEvent(*row))
-        newest: dict[str, Subscription] = {}
+        out: dict[str, list[Subscription]] = {}
         for (customer, subscription_id), events in by_id.items():
             sub = build_subscription(subscription_id, events, self.plans)
-            if sub is not None and (
-                customer not in newest or sub.segments[0].start > newest[customer].segments[0].start
-            ):
-                newest[customer] = sub
-        return newest
+            if sub is not None:
+                out.setdefault(customer, []).append(sub)
+        return out
 
     def suspended(self, customer: str) -> bool:
         """A dunning suspend step applied to one of the customer's invoices and not reinstated."""
