@@ -33,8 +33,9 @@ store = ClickHouseDunningStore(client)
 
 
 def lookups(invoice_id):
-    return [store.invoice_currency(invoice_id), store.invoice_customer(invoice_id),
-            store.invoice_customer_plan(invoice_id)]
+    pair, customer = store.invoice_currency_customer(invoice_id), store.invoice_customer(invoice_id)
+    assert pair is None or pair[1] == customer, (pair, customer)
+    return [pair and pair[0], customer, store.invoice_customer_plan(invoice_id)]
 
 
 report = {"unknown": lookups("inv-1")}

@@ -47,9 +47,10 @@ class ClickHouseDunningStore:
         if rows:
             self.client.insert("receivables", rows, column_names=RECEIVABLE_COLUMNS)
 
-    def invoice_currency(self, invoice_id: str) -> str | None:
-        found = self._invoice(invoice_id, "currency")
-        return found[0] if found else None
+    def invoice_currency_customer(self, invoice_id: str) -> tuple[str, str] | None:
+        """(currency, customer) of an invoice: what a payment is checked against and stored with."""
+        found = self._invoice(invoice_id, "currency, customer_id")
+        return (found[0], found[1]) if found else None
 
     def invoice_customer(self, invoice_id: str) -> str | None:
         found = self._invoice(invoice_id, "customer_id")

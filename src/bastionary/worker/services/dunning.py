@@ -120,10 +120,11 @@ class DunningService:
     async def _store_payment(self, message: Any) -> None:
         store = self.store()
         envelope, kind, data = parse_payment(message.value or b"", latest_time=self.ctx.latest_time(message))
-        currency = await asyncio.to_thread(store.invoice_currency, data.invoice_id)
+        invoice = await asyncio.to_thread(store.invoice_currency_customer, data.invoice_id)
+        currency, invoice_customer = invoice or (None, None)
         check_against_invoice(kind, data, currency)
-        customer = data.customer_id or await asyncio.to_thread(store.invoice_customer, data.invoice_id)
-        row = payment_row(envelope, kind, data, customer or "", currency or "", datetime.now(UTC))
+        customer = data.customer_id or invoice_customer or ""
+        row = payment_row(envelope, kind, data, customer, currency or "", datetime.now(UTC))
         await asyncio.to_thread(store.insert_payments, [row])
 
     async def _store_response(self, message: Any) -> None:
@@ -174,8 +175,8 @@ class DunningService:
                 log.exception("notice delivery failed; stopping so a restart redelivers it")
                 await self.ctx.app.crash(RuntimeError("notice delivery failed"))
                 return
+            delivered, failed = DELIVERY_OUTCOMES
             for outcome in outcomes:
-                delivered, failed = DELIVERY_OUTCOMES
                 metrics.DUNNING_DELIVERIES.labels(outcome.channel, delivered if outcome.ok else failed).inc()
                 metrics.DUNNING_DELIVERY_ATTEMPTS.labels(outcome.channel).inc(outcome.attempts)
 
