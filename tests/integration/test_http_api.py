@@ -196,7 +196,11 @@ def test_http_api_end_to_end(stack, tmp_path):
     assert {row["customer_id"]: Decimal(row["value"]) for row in query["data"]} == expected
     meter = load_catalog(CATALOG).meter("llm_tokens")
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    frm, to = (day - timedelta(days=29)).isoformat(), (now + timedelta(hours=1)).replace(microsecond=0).isoformat()
+    # An hour ahead, but not past midnight: the events are today's, and a later `to` would end
+    # the last window with data at midnight rather than at `to` (this failed in the last hour
+    # of a UTC day).
+    until = min((now + timedelta(hours=1)).replace(microsecond=0), day + timedelta(days=1))
+    frm, to = (day - timedelta(days=29)).isoformat(), until.isoformat()
     path = f"/v1/meters/llm_tokens/query?customer=cust-a&window=day&group_by=model&from={frm}&to={to}"
     status, windows = api.get(path.replace("+00:00", "Z"))
     assert status == 200
