@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from bastionary.metering.ports import EventRow, FlushMarker, MarkerRow, RollupRow, SightingRow
 from bastionary.storage.client import Client
@@ -14,27 +16,45 @@ class ClickHouseUsageStore:
 
     def __init__(self, client: Client):
         self.client = client
+        self._column_types: dict[str, Any] = {}
+
+    def _insert(
+        self,
+        table: str,
+        rows: Sequence[tuple[Any, ...]],
+        columns: Sequence[str],
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        """Insert with the table's column types read once, not before every insert.
+
+        clickhouse-connect otherwise sends ``DESCRIBE TABLE`` ahead of each insert: a query
+        per table per flush (0.5 ms of CPU each in chdb, a round trip to a server). A failed
+        insert forgets the table's types: after a table changed under a running worker, one
+        insert fails and the next describes the table again.
+        """
+        types = self._column_types.get(table)
+        if types is None:
+            types = self.client.create_insert_context(table, column_names=columns).column_types
+            self._column_types[table] = types
+        try:
+            self.client.insert(table, rows, column_names=columns, column_types=types, settings=settings)
+        except BaseException:
+            self._column_types.pop(table, None)
+            raise
 
     def migrate(self) -> list[int]:
         return apply_migrations(self.client)
 
     def insert_events(self, rows: list[EventRow], token: str) -> None:
         if rows:
-            self.client.insert(
-                "usage_events", rows, column_names=EventRow._fields, settings={"insert_deduplication_token": token}
-            )
+            self._insert("usage_events", rows, EventRow._fields, {"insert_deduplication_token": token})
 
     def insert_rollups(self, rows: list[RollupRow], token: str) -> None:
         if rows:
-            self.client.insert(
-                "usage_rollup_1m",
-                rows,
-                column_names=RollupRow._fields,
-                settings={"insert_deduplication_token": token},
-            )
+            self._insert("usage_rollup_1m", rows, RollupRow._fields, {"insert_deduplication_token": token})
 
     def insert_markers(self, rows: list[MarkerRow]) -> None:
-        self.client.insert("ingest_progress", rows, column_names=MarkerRow._fields)
+        self._insert("ingest_progress", rows, MarkerRow._fields)
 
     def latest_marker(self, topic: str, partition: int) -> FlushMarker | None:
         """The newest flush of a partition, over all epochs."""
