@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Context, Decimal
+from operator import itemgetter
 from typing import assert_never
 
 import orjson
@@ -100,18 +101,20 @@ class RollupBuilder:
 
     def rows(self) -> list[RollupRow]:
         minutes: dict[int, datetime] = {}
-        groups: dict[Group, str] = {}
+        # Per group, its text and its values: rows of one group share one dict, which nothing
+        # changes (building one per row was a tenth of what rows() cost).
+        groups: dict[Group, tuple[str, dict[str, str]]] = {}
         keyed = []
         for key, cell in self.cells.items():
             meter, customer_id, group, start, ingested = key
-            text = groups.get(group)
-            if text is None:
-                text = groups[group] = group_key(group)
-            keyed.append(((meter, customer_id, text, start, ingested), group, cell))
+            described = groups.get(group)
+            if described is None:
+                described = groups[group] = (group_key(group), dict(group))
+            keyed.append(((meter, customer_id, described[0], start, ingested), described[1], cell))
         # The order rows were always written in (by their text key), whatever order events came in.
-        keyed.sort(key=lambda item: item[0])
+        keyed.sort(key=_sort_key)
         rows = []
-        for (meter, customer_id, text, start, ingested), group, cell in keyed:
+        for (meter, customer_id, text, start, ingested), values, cell in keyed:
             window = minutes.get(start)
             if window is None:
                 window = minutes[start] = datetime.fromtimestamp(start, tz=UTC)
@@ -124,14 +127,18 @@ class RollupBuilder:
                     meter,
                     customer_id,
                     text,
-                    dict(group),
+                    values,
                     window,
                     minute,
                     cell.value_sum,
                     cell.event_count,
                     cell.value_max,
-                    sorted(cell.unique_values),
-                    cell.latest or (EPOCH, ZERO),
+                    sorted(cell.unique_values) if cell.unique_values else [],
+                    cell.latest or _NO_LATEST,
                 )
             )
         return rows
+
+
+_sort_key = itemgetter(0)
+_NO_LATEST = (EPOCH, ZERO)
