@@ -42,8 +42,7 @@ class KafkaPartitionLog:
                 enable_auto_commit=False,
                 auto_offset_reset="none",  # an offset outside the log is an answer, not a reset
                 fetch_max_wait_ms=20,
-                # A broker may answer with more (Tansu sent 3.8 MB for one partition); the
-                # probe reads one record per partition and drops the rest (see _probe).
+                # A cap a broker may exceed (Tansu sent 3.8 MB for one partition): see _probe.
                 max_partition_fetch_bytes=64 * 1024,
                 request_timeout_ms=int(self.timeout * 1000),
             )
@@ -90,8 +89,7 @@ class KafkaPartitionLog:
                     # answers. A fetch brings 64 KiB or more per partition; unpacking all of it
                     # ran on the event loop at every flush (6% of the main thread's busy time
                     # with single-event records; 8.4-8.8 ms of CPU per probe of 4 partitions
-                    # of 300-byte records, 1.9-2.3 ms like this). The seek after
-                    # the probe drops the rest unread.
+                    # of 300-byte records, 1.9-2.3 ms like this).
                     batch = await consumer.getmany(*pending, timeout_ms=50, max_records=1)
                 except OffsetOutOfRangeError as exc:
                     for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending:
