@@ -18,7 +18,7 @@ from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
 from bastionary.rating.pricing import Usage
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription, utc
-from bastionary.storage.client import Client
+from bastionary.storage.client import Client, insert_rows
 from bastionary.storage.queries import QueryParameters, value_expression
 
 SUBSCRIPTION_COLUMNS = SubscriptionRow._fields
@@ -70,15 +70,15 @@ class ClickHouseBillingStore:
 
     def insert_subscription_events(self, rows: list[SubscriptionRow]) -> None:
         if rows:
-            self.client.insert("subscriptions", rows, column_names=SUBSCRIPTION_COLUMNS)
+            insert_rows(self.client, "subscriptions", rows, SUBSCRIPTION_COLUMNS)
 
     def insert_customers(self, rows: list[CustomerRow]) -> None:
         if rows:
-            self.client.insert("customers", rows, column_names=CustomerRow._fields)
+            insert_rows(self.client, "customers", rows, CustomerRow._fields)
 
     def insert_ledger(self, rows: list[LedgerRow]) -> None:
         if rows:
-            self.client.insert("credit_ledger", rows, column_names=LEDGER_COLUMNS)
+            insert_rows(self.client, "credit_ledger", rows, LEDGER_COLUMNS)
 
     def subscriptions(self, plans: Mapping[str, Plan], customer: str | None = None) -> list[Subscription]:
         """Every subscription as its events build it; ``customer``: that customer's only."""
@@ -284,10 +284,10 @@ class ClickHouseBillingStore:
         line_rows.extend(stale_lines)
         ledger_rows.extend(stale_movements)
         if line_rows:
-            self.client.insert("invoice_lines", line_rows, column_names=LINE_COLUMNS)
+            insert_rows(self.client, "invoice_lines", line_rows, LINE_COLUMNS)
         self.insert_ledger(ledger_rows)
         if invoice_rows:
-            self.client.insert("invoices", invoice_rows, column_names=INVOICE_COLUMNS)
+            insert_rows(self.client, "invoices", invoice_rows, INVOICE_COLUMNS)
 
     def _stale_rows(
         self, rated: list[RatedInvoice], counts: dict[str, int], movements: set[str]
@@ -324,7 +324,7 @@ class ClickHouseBillingStore:
     def mark_published(self, invoices: list[tuple[dict[str, Any], datetime]]) -> None:
         rows = [self._invoice_row(data, cutoff, published=1) for data, cutoff in invoices]
         if rows:
-            self.client.insert("invoices", rows, column_names=INVOICE_COLUMNS)
+            insert_rows(self.client, "invoices", rows, INVOICE_COLUMNS)
 
     @staticmethod
     def _invoice_row(data: dict[str, Any], cutoff: datetime, published: int) -> tuple[object, ...]:

@@ -7,6 +7,7 @@ gateway (see :mod:`bastionary.devstack.gateway`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,3 +46,29 @@ def open_client(dsn: str, database: str | None, create: bool = False) -> Client:
     if parts.scheme == "chdb":
         return clickhouse_connect.get_client(dsn=f"chdb://{Path(parts.path)}", database=database)
     return clickhouse_connect.get_client(dsn=dsn, database=database, compress=False)
+
+
+def insert_rows(
+    client: Client,
+    table: str,
+    rows: Sequence[Sequence[Any]],
+    column_names: Sequence[str],
+    column_types: Sequence[Any] | None = None,
+    settings: dict[str, str] | None = None,
+) -> None:
+    """``client.insert``, leaving nothing behind for the cyclic garbage collector.
+
+    clickhouse-connect's insert context keeps a bound method of itself, so only the cyclic
+    collector frees it, and with it the list it was given and every row in that list. A
+    flush's rows then waited for the next young collection, which walked them all with the
+    GIL held: 26,100 rows in one collection, 40-58 ms every 3 s while 13,000 events/s were
+    ingested, stalling entitlement checks and heartbeats (bench --entitlements, each
+    collection timed by a gc callback). The context gets a copy of the list, emptied once
+    the insert is over, so the rows go as soon as their owner drops them. (A failed insert
+    may still leave them to the collector, through its exception; that is rare.)
+    """
+    batch = list(rows)
+    try:
+        client.insert(table, batch, column_names=column_names, column_types=column_types, settings=settings)
+    finally:
+        batch.clear()

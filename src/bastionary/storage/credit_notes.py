@@ -10,7 +10,7 @@ import orjson
 
 from bastionary.rating.credit_notes import CreditNoteRequest, Decision, Standing, credit_note_id
 from bastionary.rating.events import BillingEvent
-from bastionary.storage.client import Client
+from bastionary.storage.client import Client, insert_rows
 from bastionary.storage.reports import jsonable, money_text
 
 COLUMNS = (
@@ -70,7 +70,7 @@ class ClickHouseCreditNoteStore:
             "",
             REQUESTED,
         )
-        self.client.insert("credit_notes", [row], column_names=COLUMNS)
+        insert_rows(self.client, "credit_notes", [row], COLUMNS)
 
     def _rows(self, versions: tuple[int, ...]) -> list[tuple[Any, ...]]:
         # Filtered after FINAL: a decided row replaces its request.
@@ -145,7 +145,7 @@ class ClickHouseCreditNoteStore:
                 )
             )
         if rows:
-            self.client.insert("credit_notes", rows, column_names=COLUMNS)
+            insert_rows(self.client, "credit_notes", rows, COLUMNS)
 
     def mark_published(self, documents: list[dict[str, Any]]) -> None:
         """Rewrite each decision (as stored) with version 2."""
@@ -158,7 +158,7 @@ class ClickHouseCreditNoteStore:
         ).result_rows
         published = [(*row[:-1], PUBLISHED) for row in rows if row[-1] == DECIDED]
         if published:
-            self.client.insert("credit_notes", published, column_names=COLUMNS)
+            insert_rows(self.client, "credit_notes", published, COLUMNS)
 
     # -- reports -------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import orjson
 from bastionary.dunning.engine import Case, InvoiceFacts, Pause, Record
 from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
 from bastionary.rating.subscriptions import utc as _utc
-from bastionary.storage.client import Client
+from bastionary.storage.client import Client, insert_rows
 
 RECEIVABLE_COLUMNS = ReceivableRow._fields
 PAYMENT_COLUMNS = PaymentRow._fields
@@ -45,7 +45,7 @@ class ClickHouseDunningStore:
 
     def insert_receivables(self, rows: list[ReceivableRow]) -> None:
         if rows:
-            self.client.insert("receivables", rows, column_names=RECEIVABLE_COLUMNS)
+            insert_rows(self.client, "receivables", rows, RECEIVABLE_COLUMNS)
 
     def invoice_currency_customer(self, invoice_id: str) -> tuple[str, str] | None:
         """(currency, customer) of an invoice: what a payment is checked against and stored with."""
@@ -76,7 +76,7 @@ class ClickHouseDunningStore:
 
     def insert_payments(self, rows: list[PaymentRow]) -> None:
         if rows:
-            self.client.insert("payments", rows, column_names=PAYMENT_COLUMNS)
+            insert_rows(self.client, "payments", rows, PAYMENT_COLUMNS)
 
     def insert_trail(self, rows: list[TrailRow]) -> None:
         now = _now()
@@ -101,7 +101,7 @@ class ClickHouseDunningStore:
             for r in rows
         ]
         if values:
-            self.client.insert("dunning_events", values, column_names=EVENT_COLUMNS)
+            insert_rows(self.client, "dunning_events", values, EVENT_COLUMNS)
 
     # -- cases ---------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class ClickHouseDunningStore:
                 )
             )
         if rows:
-            self.client.insert("dunning_events", rows, column_names=EVENT_COLUMNS)
+            insert_rows(self.client, "dunning_events", rows, EVENT_COLUMNS)
 
     def unpublished(self) -> list[tuple[str, str, str, str]]:
         """(kind, customer_id, at, document) of decisions stored but not confirmed on the topic."""
@@ -241,7 +241,7 @@ class ClickHouseDunningStore:
             parameters={"ids": ids},
         ).result_rows
         if rows:
-            self.client.insert("dunning_events", [(*row, 1) for row in rows], column_names=EVENT_COLUMNS)
+            insert_rows(self.client, "dunning_events", [(*row, 1) for row in rows], EVENT_COLUMNS)
 
     def delivered_channels(self, notice_id: str) -> set[str]:
         rows = self.client.query(

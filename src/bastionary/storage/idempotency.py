@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
-from bastionary.storage.client import Client
+from bastionary.storage.client import Client, insert_rows
 
 
 class IdempotencyRecord(NamedTuple):
@@ -34,4 +34,4 @@ class ClickHouseIdempotency:
         return IdempotencyRecord(*rows[0]) if rows else None
 
     def record(self, record: IdempotencyRecord) -> None:
-        self.client.insert("api_idempotency", [record], column_names=IdempotencyRecord._fields)
+        insert_rows(self.client, "api_idempotency", [record], IdempotencyRecord._fields)

@@ -9,7 +9,7 @@ from decimal import Decimal
 import orjson
 
 from bastionary.rating.spend import SpendEvent, SpendHistory
-from bastionary.storage.client import Client
+from bastionary.storage.client import Client, insert_rows
 
 COLUMNS = (
     "event_id",
@@ -92,7 +92,7 @@ class ClickHouseSpendStore:
             for event in events
         ]
         if rows:
-            self.client.insert("spend_events", rows, column_names=COLUMNS)
+            insert_rows(self.client, "spend_events", rows, COLUMNS)
 
     def unpublished(self) -> list[SpendEvent]:
         rows = self.client.query(

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from bastionary.metering.ports import EventRow, FlushMarker, MarkerRow, RollupRow, SightingRow
-from bastionary.storage.client import Client
+from bastionary.storage.client import Client, insert_rows
 from bastionary.storage.migrations import apply_migrations
 
 
@@ -37,7 +37,7 @@ class ClickHouseUsageStore:
             types = self.client.create_insert_context(table, column_names=columns).column_types
             self._column_types[table] = types
         try:
-            self.client.insert(table, rows, column_names=columns, column_types=types, settings=settings)
+            insert_rows(self.client, table, rows, columns, types, settings)
         except BaseException:
             self._column_types.pop(table, None)
             raise
