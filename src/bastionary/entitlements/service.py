@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import NamedTuple
 
 import structlog
 
@@ -39,6 +41,13 @@ class UnknownCustomer(LookupError):
     pass
 
 
+class _Counting(NamedTuple):
+    feature: str
+    wanted: tuple[tuple[str, str], ...]  # the entitlement's filter on the meter's groups
+    additive: bool  # False: the flush's rows cannot move it, the customer is read again
+    column: str  # the rollup column that moves it
+
+
 class Entitlements:
     def __init__(
         self,
@@ -61,6 +70,7 @@ class Entitlements:
         self._dirty: set[str] = set()
         self._unpublished: set[str] = set()  # stored changes a publish may not have reached
         self._wake = asyncio.Event()
+        self._counting: dict[tuple[int, str], tuple[EntitledPlan, list[_Counting]]] = {}
 
     # -- checks --------------------------------------------------------------------------
 
@@ -126,9 +136,15 @@ class Entitlements:
         self._dirty.clear()
 
     def on_flush(self, flushes: list[LandedFlush]) -> None:
-        """A UsageSink listener: called under the flush lock once ``flushes`` have landed."""
+        """A UsageSink listener: called under the flush lock once ``flushes`` have landed.
+
+        It runs on the event loop, between checks, so each customer's usage is copied once
+        per call and its state replaced once, not once per rollup row; the deltas are still
+        added in row order.
+        """
         touched: set[str] = set()
         stale: set[str] = set()
+        counted: dict[str, tuple[Loaded, dict[str, Decimal]]] = {}  # customer -> its usage so far
         for flush in flushes:
             for row in flush.rollup_rows:
                 meter, customer, group_values, window_start = (
@@ -152,27 +168,41 @@ class Entitlements:
                 if flush.replayed:
                     stale.add(customer)  # part of it may be counted already: read it again
                     continue
-                usage = dict(state.usage)
-                for entitlement in state.plan.entitlements:
-                    if not isinstance(entitlement, MeteredEntitlement) or entitlement.meter != meter:
+                if not state.period_start <= window_start < state.period_end:
+                    continue
+                for feature, wanted, additive, column in self._counted_by(state.plan, meter):
+                    if wanted and any(group_values.get(k) != v for k, v in wanted):
                         continue
-                    if not state.period_start <= window_start < state.period_end:
-                        continue
-                    if any(group_values.get(k) != v for k, v in entitlement.filter.items()):
-                        continue
-                    aggregation = behaviour(self._meters[meter].aggregation)
-                    if not aggregation.additive:  # a MAX or a UNIQUE_COUNT does not move by deltas
+                    if not additive:  # a MAX or a UNIQUE_COUNT does not move by deltas
                         stale.add(customer)
                         continue
-                    delta = getattr(row, aggregation.rollup_column)
-                    usage[entitlement.feature] = usage.get(entitlement.feature, 0) + delta
+                    if customer not in counted:
+                        counted[customer] = (loaded, dict(state.usage))
+                    usage = counted[customer][1]
+                    usage[feature] = usage.get(feature, 0) + getattr(row, column)
                     touched.add(customer)
-                loaded.state = replace(state, usage=usage)
+        for loaded, usage in counted.values():
+            loaded.state = replace(loaded.state, usage=usage)
         for customer in stale:
             self._loaded.pop(customer, None)
         self._dirty |= touched | stale
         if self._dirty:
             self._wake.set()
+
+    def _counted_by(self, plan: EntitledPlan, meter: str) -> list[_Counting]:
+        """The plan's metered features that ``meter``'s rollups count towards, worked out once
+        per plan and meter rather than for every row of every flush."""
+        cached = self._counting.get((id(plan), meter))
+        if cached is not None and cached[0] is plan:
+            return cached[1]
+        counting = [
+            _Counting(e.feature, tuple(e.filter.items()), aggregation.additive, aggregation.rollup_column)
+            for e in plan.entitlements
+            if isinstance(e, MeteredEntitlement) and e.meter == meter
+            for aggregation in [behaviour(self._meters[meter].aggregation)]
+        ]
+        self._counting[(id(plan), meter)] = (plan, counting)  # the plan kept: its id is not reused
+        return counting
 
     # -- changes -------------------------------------------------------------------------
 
