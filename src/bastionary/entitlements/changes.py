@@ -9,7 +9,7 @@ consumers can drop the duplicates by id.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -92,20 +92,19 @@ def _exhaustion(
     state: CustomerState, entitlement: MeteredEntitlement, usage: Decimal, limit: Decimal, recorded: Sequence[Change]
 ) -> list[Change]:
     exhausted = not entitlement.soft and usage >= limit
-    detail = {"usage": decimal_text(usage), "limit": decimal_text(limit), "reset_at": iso_z(state.period_end)}
     return _toggle(
         state.customer_id,
         entitlement.feature,
         state.period_start,
         exhausted,
         ("exhausted", "restored"),
-        detail,
+        lambda: {"usage": decimal_text(usage), "limit": decimal_text(limit), "reset_at": iso_z(state.period_end)},
         recorded,
     )
 
 
 def _suspension(state: CustomerState, recorded: Sequence[Change]) -> list[Change]:
-    return _toggle(state.customer_id, CUSTOMER_WIDE, None, state.suspended, ("suspended", "reinstated"), {}, recorded)
+    return _toggle(state.customer_id, CUSTOMER_WIDE, None, state.suspended, ("suspended", "reinstated"), dict, recorded)
 
 
 def _toggle(
@@ -114,10 +113,13 @@ def _toggle(
     period_start: datetime | None,
     on: bool,
     kinds: tuple[str, str],
-    detail: dict[str, Any],
+    detail: Callable[[], dict[str, Any]],
     recorded: Sequence[Change],
 ) -> list[Change]:
-    """An on/off pair that alternates, starting with on: emit when ``on`` differs from the last one."""
+    """An on/off pair that alternates, starting with on: emit when ``on`` differs from the last one.
+
+    ``detail`` is written only for a change that is due: the reconciler asks every customer
+    a flush touched, on the event loop, and nearly always nothing is due."""
     on_kind, off_kind = kinds
     history = [c for c in recorded if c.kind in kinds and c.feature == feature and c.period_start == period_start]
     last = history[-1].kind if history else None
@@ -129,7 +131,7 @@ def _toggle(
         return []
     sequence = sum(1 for c in history if c.kind == kind) + 1
     cid = change_id(customer_id, feature, period_start, kind, str(sequence))
-    return [Change(cid, kind, customer_id, feature, period_start, dict(detail))]
+    return [Change(cid, kind, customer_id, feature, period_start, detail())]
 
 
 def _utc_iso(moment: datetime) -> str:
