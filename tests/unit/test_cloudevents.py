@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
-import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -428,47 +427,6 @@ def test_exact_data_of_binary_and_batch_records():
     assert binary.exact_data(0) == {"gb": Decimal("0.1")}
     batch = parse(b"[" + orjson.dumps(event(id="a")) + b"," + orjson.dumps(event(id="b", data={"v": 2.5})) + b"]")
     assert batch.exact_data(1) == {"v": Decimal("2.5")}
-
-
-def test_in_a_batch_only_the_members_that_needed_an_exact_decode_are_stored_from_it():
-    batch = parse(
-        b"[" + orjson.dumps(event(id="a", data={"v": 2})) + b"," + orjson.dumps(event(id="b", data={"v": 2.5})) + b"]"
-    )
-    first, second = batch.members
-    assert batch.exact_data(1) == {"v": Decimal("2.5")}
-    assert batch.stored_data(first) == '{"v":2}'  # the fast encoding: never decoded exactly
-    assert batch.stored_data(second) == '{"v":2.5}'
-
-
-_NUMBERS = st.one_of(
-    st.integers(min_value=-(10**18), max_value=10**18),
-    st.decimals(allow_nan=False, allow_infinity=False).filter(lambda d: abs(d.adjusted()) < 40),
-)
-_DATA = st.dictionaries(st.sampled_from(["v", "w", "é", "a b"]), st.one_of(_NUMBERS, st.text(max_size=4)), max_size=3)
-
-
-@settings(max_examples=300, deadline=None)
-@given(datas=st.lists(_DATA, min_size=1, max_size=6), asked=st.lists(st.integers(0, 5), max_size=6))
-def test_a_member_decoded_exactly_alone_is_the_member_of_the_whole_record_decoded_exactly(datas, asked):
-    members = [
-        orjson.dumps(event(id=str(i), data={})).replace(b'"data":{}', b'"data":' + _exact_json(data))
-        for i, data in enumerate(datas)
-    ]
-    value = b"[" + b", ".join(members) + b"]"
-    whole = msgspec.json.Decoder(float_hook=Decimal).decode(value)
-    parsed = parse(value)
-    for index in [i for i in asked if i < len(datas)]:
-        assert parsed.exact_data(index) == whole[index]["data"]
-    for member in parsed.members:
-        stored = parsed.stored_data(member)
-        if member.index in asked:
-            assert msgspec.json.Decoder(float_hook=Decimal).decode(stored) == whole[member.index]["data"]  # every digit
-        else:
-            assert stored == orjson.dumps(member.raw["data"]).decode()  # the fast encoding
-
-
-def _exact_json(data: dict) -> bytes:
-    return msgspec.json.Encoder(decimal_format="number").encode(data)
 
 
 # --- payload hash ----------------------------------------------------------------------

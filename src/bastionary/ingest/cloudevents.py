@@ -34,7 +34,6 @@ _LATEST_MS = int(_LATEST.timestamp() * 1000)
 MAX_NESTING_DEPTH = 254
 _EXACT_JSON = msgspec.json.Decoder(float_hook=Decimal)
 _EXACT_ENCODER = msgspec.json.Encoder(decimal_format="number")
-_MEMBER_TEXTS = msgspec.json.Decoder(list[msgspec.Raw])  # a batch's members, each as its own bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,37 +128,26 @@ class ParsedRecord:
     batch: bool = False
     value: bytes = b""
     binary: bool = False
-    _exact: dict[int, Any] | None = field(default=None, repr=False)  # member index -> its exact decode
-    _member_texts: list[msgspec.Raw] | None = field(default=None, repr=False)
+    _exact: Any = field(default=None, repr=False)
 
     def exact_data(self, index: int) -> Any:
         """Member ``index``'s ``data`` decoded with every number exact (ints of any size,
         decimals as :class:`Decimal`), for the rare values orjson can only give as floats.
 
-        Decoded on first use, one member at a time: in a batch, only the members holding
-        such a value pay for it. The record had already decoded as JSON and passed the
-        nesting limit, so this cannot fail on depth.
+        Decoded once per record, on first use; the record had already decoded as JSON and
+        passed the nesting limit, so this cannot fail on depth.
         """
         if self._exact is None:
-            self._exact = {}
-        decoded = self._exact.get(index, _ABSENT)
-        if decoded is _ABSENT:
-            decoded = self._exact[index] = _EXACT_JSON.decode(self._member_text(index))
+            self._exact = _EXACT_JSON.decode(self.value)
         if self.binary:
-            return decoded
-        return decoded.get("data", {})
-
-    def _member_text(self, index: int) -> bytes | msgspec.Raw:
-        if not self.batch:
-            return self.value
-        if self._member_texts is None:
-            self._member_texts = _MEMBER_TEXTS.decode(self.value)
-        return self._member_texts[index]
+            return self._exact
+        member = self._exact[index] if self.batch else self._exact
+        return member.get("data", {})
 
     def stored_data(self, member: RecordMember) -> str:
         """The JSON text stored in ``usage_events.data``: exact digits wherever the exact
         decode was needed, so the raw table re-derives every meter value."""
-        if self._exact is not None and member.index in self._exact:
+        if self._exact is not None:
             return _EXACT_ENCODER.encode(self.exact_data(member.index)).decode()
         return orjson.dumps(member.raw.get("data", {})).decode()
 
