@@ -1,19 +1,20 @@
 """Inserted rows are freed by reference counting, not left to the cyclic garbage collector.
 
 clickhouse-connect's insert context refers to itself; whatever list it holds lives until a
-cyclic collection, which then walks every row of a flush with the GIL held.
+cyclic collection, which then walks every row of a flush with the GIL held. Checked over
+HTTP, the production path (chdb's client builds the same insert context).
 """
 
 from __future__ import annotations
 
 import gc
+import secrets
 import weakref
 from collections.abc import Iterator
 
-import clickhouse_connect
 import pytest
 
-from bastionary.storage.client import Client, insert_rows
+from bastionary.storage.client import Client, insert_rows, open_client
 
 
 class Tag(str):
@@ -21,11 +22,13 @@ class Tag(str):
 
 
 @pytest.fixture
-def client(tmp_path) -> Iterator[Client]:  # type: ignore[no-untyped-def]
-    chdb = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path / 'chdb'}")
-    chdb.command("CREATE TABLE tags (n UInt32, tag String) ENGINE = MergeTree ORDER BY n")
-    yield chdb
-    chdb.close()
+def client(clickhouse_url: str) -> Iterator[Client]:
+    database = f"garbage_{secrets.token_hex(4)}"
+    opened = open_client(clickhouse_url, database, create=True)
+    opened.command("CREATE TABLE tags (n UInt32, tag String) ENGINE = MergeTree ORDER BY n")
+    yield opened
+    opened.command(f"DROP DATABASE IF EXISTS `{database}`")
+    opened.close()
 
 
 def _rows_outlive_their_owner(client: Client, insert) -> bool:  # type: ignore[no-untyped-def]
