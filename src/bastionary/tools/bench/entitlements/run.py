@@ -94,7 +94,10 @@ class _WorkerEnv(_Processes):
 
 
 def run_entitlements_bench(
-    quick: bool = False, data_dir: Path | None = None, ingest_rate: int = DEFAULT_INGEST_RATE
+    quick: bool = False,
+    data_dir: Path | None = None,
+    ingest_rate: int = DEFAULT_INGEST_RATE,
+    profile_dir: Path | None = None,
 ) -> Figures:
     """Measure check latency and freshness on a fresh embedded stack; see :func:`render_entitlements`."""
     started = time.monotonic()
@@ -137,7 +140,7 @@ def run_entitlements_bench(
             broker = EmbeddedBroker(root / "broker")
             try:
                 broker.start()
-                bench = _Bench(root, processes, broker)
+                bench = _Bench(root, processes, broker, profile_dir)
                 result.update(_run(bench, sizes, port, key, flush_interval.total_seconds(), ingest_rate))
             finally:
                 processes.stop_all()
