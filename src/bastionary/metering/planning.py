@@ -2,35 +2,28 @@
 
 Nothing here writes anything: the sink lands a :class:`FlushPlan` in the order that makes
 it exactly once (see :mod:`bastionary.metering.sink`). Per record, the work that depends on
-the record alone runs inside a guard, so whatever a record holds ends as rows or as a dead
-letter, ``internal_error`` included; dedupe verdicts come after, in member order.
+the record alone (:mod:`bastionary.metering.examine`, here or in another process) runs inside
+a guard, so whatever a record holds ends as rows or as a dead letter, ``internal_error``
+included; dedupe verdicts come after, in member order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import partial
+from typing import Any
 
-import structlog
+import orjson
 
 from bastionary.dedupe import Sighting, Verdict, judge
-from bastionary.ingest.cloudevents import (
-    ParsedRecord,
-    RecordLimits,
-    RecordMember,
-    ValidUsageEvent,
-    member_bytes,
-    parse_record,
-)
+from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import ErrorClass, Rejection
+from bastionary.metering.examine import Examined, RecordFields, examine, internal_error
 from bastionary.metering.ports import DedupeCache, EventRow, RollupRow
-from bastionary.metering.readings import MeterIndex, Reading
+from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import DeadLetter, FlushStats, InboundRecord
 from bastionary.metering.rollup import RollupBuilder
 from bastionary.outbound import Source, dead_letter_headers
-
-log = structlog.get_logger(__name__)
 
 DEAD_LETTER_VALUE_LIMIT = 64 * 1024
 
@@ -62,31 +55,32 @@ class FlushPlan:
         return self.records[-1].fingerprint
 
 
-@dataclass(slots=True)
-class _Accepted:
-    """A member that passed every check that needs no dedupe state."""
-
-    member: RecordMember
-    event: ValidUsageEvent
-    key: bytes
-    row: EventRow
-    readings: list[Reading]
+Examiner = Callable[[list[InboundRecord], int], Iterable[Examined]]
+"""Examines a flush's records (with the flush's log epoch), yielding results in record order."""
 
 
-@dataclass(slots=True)
-class _Examined:
-    """One record, judged: rejected whole, or members accepted or rejected one by one."""
+def examine_here(meters: MeterIndex, limits: RecordLimits) -> Examiner:
+    """The default :data:`Examiner`: in this process, one record at a time."""
 
-    parsed: ParsedRecord
-    accepted: list[_Accepted] = field(default_factory=list)
-    rejected: list[tuple[RecordMember, Rejection]] = field(default_factory=list)
+    def examine_all(records: list[InboundRecord], epoch: int) -> Iterator[Examined]:
+        for record in records:
+            yield examine(fields_of(record), epoch, meters, limits)
+
+    return examine_all
+
+
+def fields_of(record: InboundRecord) -> RecordFields:
+    return RecordFields(
+        record.topic, record.partition, record.offset, record.timestamp_ms, record.key, record.value, record.headers
+    )
 
 
 class FlushPlanner:
-    def __init__(self, meters: MeterIndex, dedupe: DedupeCache, limits: RecordLimits):
+    def __init__(self, meters: MeterIndex, dedupe: DedupeCache, limits: RecordLimits, examiner: Examiner | None = None):
         self.meters = meters
         self.dedupe = dedupe
         self.limits = limits
+        self.examiner = examiner or examine_here(meters, limits)
 
     def plan(
         self, topic: str, partition: int, epoch: int, records: list[InboundRecord], replayed: bool = False
@@ -96,81 +90,39 @@ class FlushPlanner:
         )
         rollups = RollupBuilder()
         in_flush: dict[bytes, Sighting] = {}
+        examined_records = iter(self.examiner(records, epoch))
         for record in records:
             plan.stats.records += 1
-            try:
-                examined = self._examine(record, epoch)
-            except Exception as exc:  # a bug of ours: this record is dead-lettered, the partition goes on
-                log.exception(
-                    "record could not be processed; dead-lettered as internal_error",
-                    topic=topic,
-                    partition=partition,
-                    offset=record.offset,
-                )
-                self._dead_letter(plan, record, record.value or b"", _internal_error(exc), None, type(exc).__name__)
+            examined = next(examined_records)
+            if examined.failure is not None:  # a bug of ours: this record is dead-lettered, the partition goes on
+                exception_type, detail = examined.failure
+                self._dead_letter(plan, record, record.value or b"", internal_error(detail), None, exception_type)
                 continue
             self._settle(plan, record, examined, rollups, in_flush)
         plan.rollup_rows = rollups.rows()
         return plan
 
-    def _examine(self, record: InboundRecord, epoch: int) -> _Examined:
-        """Everything about one record that depends on the record alone."""
-        parsed = parse_record(record.value, record.headers, record.timestamp_ms, self.limits, record.key)
-        examined = _Examined(parsed)
-        if parsed.rejection is not None:
-            return examined
-        ingested_at = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
-        for member in parsed.members:
-            event = member.event
-            if event is None:
-                examined.rejected.append((member, member.rejection or _internal_error(None)))
-                continue
-            try:
-                readings = self.meters.readings(event, partial(parsed.exact_data, member.index))
-            except Rejection as rejection:
-                examined.rejected.append((member, rejection))
-                continue
-            # Positional, in the column order: keyword arguments cost a NamedTuple more than
-            # twice as much, on the one line every event passes.
-            row = EventRow(
-                event.id,
-                event.source,
-                event.type,
-                event.subject,  # customer_id
-                event.time,
-                parsed.stored_data(member),
-                member.payload_hash.hex(),
-                ingested_at,
-                record.topic,
-                epoch,
-                record.partition,
-                record.offset,
-                member.index,
-            )
-            key = self.dedupe.key(record.topic, record.partition, event.source, event.id)
-            examined.accepted.append(_Accepted(member, event, key, row, readings))
-        return examined
-
     def _settle(
         self,
         plan: FlushPlan,
         record: InboundRecord,
-        examined: _Examined,
+        examined: Examined,
         rollups: RollupBuilder,
         in_flush: dict[bytes, Sighting],
     ) -> None:
         """Dedupe verdicts and the record's share of the flush, in member order."""
-        parsed = examined.parsed
-        if parsed.rejection is not None:
-            self._dead_letter(plan, record, record.value or b"", parsed.rejection, None)
+        if examined.rejection is not None:
+            self._dead_letter(plan, record, record.value or b"", examined.rejection, None)
             return
-        for member, rejection in examined.rejected:
-            self._reject_member(plan, record, parsed, member, rejection)
+        members = _MemberValues(record.value or b"", examined.batch)
+        for index, rejection in examined.rejected:
+            self._reject_member(plan, record, members, index, rejection)
         seen_at = record.timestamp_ms // 1000  # also the record's ingested second
         for accepted in examined.accepted:
-            member, event = accepted.member, accepted.event
-            current = Sighting(record.offset, member.index, seen_at, member.payload_hash, plan.log_epoch)
-            previous = in_flush.get(accepted.key) or self.dedupe.get(accepted.key, seen_at)
+            row = accepted.row
+            key = self.dedupe.key(record.topic, record.partition, row.source, row.event_id)
+            current = Sighting(record.offset, accepted.index, seen_at, accepted.payload_hash, plan.log_epoch)
+            previous = in_flush.get(key) or self.dedupe.get(key, seen_at)
             verdict = judge(previous, current)
             if verdict is Verdict.DUPLICATE:
                 plan.stats.duplicates += 1
@@ -178,25 +130,25 @@ class FlushPlanner:
             if verdict is Verdict.CONFLICT and previous is not None:
                 conflict = Rejection(
                     ErrorClass.DUPLICATE_CONFLICT,
-                    f"(source, id) = ({event.source}, {event.id}) was first seen at offset"
+                    f"(source, id) = ({row.source}, {row.event_id}) was first seen at offset"
                     f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
                 )
-                self._reject_member(plan, record, parsed, member, conflict)
+                self._reject_member(plan, record, members, accepted.index, conflict)
                 continue
-            in_flush[accepted.key] = previous or current
-            plan.sightings.append((accepted.key, current))
+            in_flush[key] = previous or current
+            plan.sightings.append((key, current))
             plan.stats.accepted += 1
-            plan.event_rows.append(accepted.row)
+            plan.event_rows.append(row)
             if accepted.readings:
-                event_second = int(event.time.timestamp())
+                event_time = row.time
+                event_second = int(event_time.timestamp())
                 for reading in accepted.readings:
-                    rollups.add_at(event.subject, event.time, event_second, reading, seen_at)
+                    rollups.add_at(row.customer_id, event_time, event_second, reading, seen_at)
 
     def _reject_member(
-        self, plan: FlushPlan, record: InboundRecord, parsed: ParsedRecord, member: RecordMember, rejection: Rejection
+        self, plan: FlushPlan, record: InboundRecord, members: _MemberValues, index: int, rejection: Rejection
     ) -> None:
-        index = member.index if parsed.batch else None
-        self._dead_letter(plan, record, member_bytes(record.value or b"", parsed, member), rejection, index)
+        self._dead_letter(plan, record, members.value_of(index), rejection, index if members.batch else None)
 
     @staticmethod
     def _dead_letter(
@@ -225,9 +177,25 @@ class FlushPlanner:
         plan.stats.by_error[rejection.code.value] = plan.stats.by_error.get(rejection.code.value, 0) + 1
 
 
-def _internal_error(exc: BaseException | None) -> Rejection:
-    detail = f"{type(exc).__name__}: {exc}" if exc is not None else "a member with neither an event nor a rejection"
-    return Rejection(ErrorClass.INTERNAL_ERROR, f"internal error while processing this record ({detail[:500]})")
+class _MemberValues:
+    """What a member's dead letter carries: the record's own bytes, or the member re-encoded
+    for a batch (decoded once per record, and only when a member is rejected)."""
+
+    def __init__(self, value: bytes, batch: bool):
+        self.value = value
+        self.batch = batch
+        self._members: list[Any] | None = None
+
+    def value_of(self, index: int) -> bytes:
+        if not self.batch:
+            return self.value
+        if self._members is None:
+            # It decoded as a JSON array when it was examined, with the same decoder.
+            self._members = orjson.loads(self.value)
+        try:
+            return orjson.dumps(self._members[index])
+        except TypeError:  # too deeply nested to re-encode: source.index still points at it
+            return b""
 
 
 def _printable_header_name(name: str) -> str:
