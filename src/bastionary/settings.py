@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     flush_interval: IsoDuration = Field(default=timedelta(milliseconds=250))
     flush_max_events: int = Field(default=20_000, gt=0, description="records buffered before a flush")
     flush_max_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="record bytes buffered before a flush")
+    examine_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="child processes that parse and validate usage records off the worker's interpreter (0: in it)",
+    )
     # Read-ahead is counted in records, and a record may hold 100 events (~13 KB): 16,384 held
     # a whole backlog in memory. The worker's peak RSS after 1M distinct ids over HTTP was
     # 773 MB with 16,384 and 627 MB with 1,024, at about the same ingest rate (bench's rss

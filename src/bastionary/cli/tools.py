@@ -88,7 +88,11 @@ def bench(
         from bastionary.tools.bench.entitlements import render_entitlements, run_entitlements_bench
 
         configure_logging("WARNING", settings.log_format)
-        click.echo(render_entitlements(run_entitlements_bench(quick=quick, ingest_rate=ingest_rate, profile_dir=profile), as_json))
+        click.echo(
+            render_entitlements(
+                run_entitlements_bench(quick=quick, ingest_rate=ingest_rate, profile_dir=profile), as_json
+            )
+        )
         return
     if rating:
         from bastionary.tools.bench.rating import run_rating_bench

@@ -30,3 +30,7 @@ class Rejection(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple[type[Rejection], tuple[ErrorClass, str]]:
+        # Sent back from the process that examines records (metering.examine_pool).
+        return (Rejection, (self.code, self.message))

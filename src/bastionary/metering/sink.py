@@ -36,7 +36,7 @@ import structlog
 from bastionary.dedupe import Sighting
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.metering.logs import Anchor, LogProbe, PartitionLog
-from bastionary.metering.planning import FlushPlan, FlushPlanner
+from bastionary.metering.planning import Examiner, FlushPlan, FlushPlanner
 from bastionary.metering.ports import DedupeCache, FlushMarker, MarkerRow, RollupRow, UsageStore
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import Admission, DeadLetter, FlushStats, InboundRecord
@@ -113,6 +113,7 @@ class UsageSink:
         config: SinkConfig,
         partition_log: PartitionLog,
         on_flushed: Callable[[str, int, FlushStats], None] | None = None,
+        examiner: Examiner | None = None,
     ):
         self.store = store
         self.dedupe = dedupe
@@ -121,7 +122,7 @@ class UsageSink:
         self.config = config
         self.partition_log = partition_log
         self.on_flushed = on_flushed
-        self.planner = FlushPlanner(meters, dedupe, config.limits)
+        self.planner = FlushPlanner(meters, dedupe, config.limits, examiner)
         # Called with what each flush landed, under the flush lock: what keeps state derived
         # from the rollups (entitlements) can hold ``lock`` to read ClickHouse without a flush
         # landing halfway through its read.

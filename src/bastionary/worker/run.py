@@ -21,6 +21,7 @@ from bastionary.devstack.discovery import gateway_file
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import worker_part
+from bastionary.metering.examine_pool import ExaminePool
 from bastionary.metering.logs import PartitionLog
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import FlushStats
@@ -72,13 +73,24 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         rewind_retry_seconds=max(5.0, 5 * settings.log_check_interval.total_seconds()),
     )
 
+    examine_pool = (
+        ExaminePool(catalog.meters, config.limits, settings.examine_processes) if settings.examine_processes else None
+    )
+
     def sink_factory(
         send_dead_letters: DeadLetterSender,
         on_flushed: Callable[[str, int, FlushStats], None],
         partition_log: PartitionLog,
     ) -> UsageSink:
         return UsageSink(
-            store, dedupe, MeterIndex(catalog.meters), send_dead_letters, config, partition_log, on_flushed
+            store,
+            dedupe,
+            MeterIndex(catalog.meters),
+            send_dead_letters,
+            config,
+            partition_log,
+            on_flushed,
+            examiner=examine_pool,
         )
 
     gateway_path: Path | None = None
@@ -135,6 +147,8 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     finally:
         if gateway_path is not None:
             gateway_path.unlink(missing_ok=True)
+        if examine_pool is not None:
+            examine_pool.close()
         dedupe.close()
 
 
