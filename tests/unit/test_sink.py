@@ -145,6 +145,27 @@ def test_a_bug_of_ours_costs_one_record_not_the_partition(tmp_path):
     asyncio.run(scenario())
 
 
+def test_an_event_without_a_dedupe_key_costs_that_event_not_the_partition(tmp_path):
+    class Keyless(RocksDedupeStore):
+        def key(self, topic, partition, source, event_id):
+            if event_id == "poison":
+                raise ValueError("no key for this one")
+            return super().key(topic, partition, source, event_id)
+
+    async def scenario():
+        sink, store, _, letters = make_sink(tmp_path)
+        sink.dedupe = sink.planner.dedupe = Keyless(tmp_path / "keyless", 35 * 86400)
+        await admit_all(sink, [event_record(0, "a"), event_record(1, "poison"), event_record(2, "b")])
+        with structlog.testing.capture_logs() as logs:
+            landed = await sink.flush()
+        assert [r.offset for r in landed] == [0, 1, 2] and store.total() == 2
+        (letter,) = letters
+        assert letter.code is ErrorClass.INTERNAL_ERROR and dict(letter.headers)["source.offset"] == b"1"
+        assert any(entry["log_level"] == "error" for entry in logs)
+
+    asyncio.run(scenario())
+
+
 def test_header_names_that_were_not_utf8_reach_the_dead_letter_escaped(tmp_path):
     async def scenario():
         sink, _, _, letters = make_sink(tmp_path)

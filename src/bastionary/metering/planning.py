@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import structlog
 
 from bastionary.dedupe import Sighting, Verdict, judge
 from bastionary.ingest.cloudevents import RecordLimits
@@ -24,6 +25,8 @@ from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import DeadLetter, FlushStats, InboundRecord
 from bastionary.metering.rollup import RollupBuilder
 from bastionary.outbound import Source, dead_letter_headers
+
+log = structlog.get_logger(__name__)
 
 DEAD_LETTER_VALUE_LIMIT = 64 * 1024
 
@@ -120,7 +123,14 @@ class FlushPlanner:
         seen_at = record.timestamp_ms // 1000  # also the record's ingested second
         for accepted in examined.accepted:
             row = accepted.row
-            key = self.dedupe.key(record.topic, record.partition, row.source, row.event_id)
+            try:
+                key = self.dedupe.key(record.topic, record.partition, row.source, row.event_id)
+            except Exception as exc:  # a bug of ours (the key is built from checked text): it costs this member
+                log.exception("no dedupe key for an event; dead-lettered as internal_error", offset=record.offset)
+                self._reject_member(
+                    plan, record, members, accepted.index, internal_error(f"{type(exc).__name__}: {exc}")
+                )
+                continue
             current = Sighting(record.offset, accepted.index, seen_at, accepted.payload_hash, plan.log_epoch)
             previous = in_flush.get(key) or self.dedupe.get(key, seen_at)
             verdict = judge(previous, current)

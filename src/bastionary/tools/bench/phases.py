@@ -341,6 +341,12 @@ def _peak_rss(
         repeats_sent = sum(r.events for r in repeats)
         stats["repeats_sent"] = repeats_sent
         stats["vmhwm_mb"] = round(status["VmHWM"] / 1024, 1)
+        # With EXAMINE_PROCESSES the worker has children; the target counts them too (their
+        # peaks summed: an upper bound, as they need not peak at the same moment).
+        children = worker.children_status_kb()
+        stats["children"] = len(children)
+        stats["children_vmhwm_mb"] = round(sum(c.get("VmHWM", 0) for c in children) / 1024, 1)
+        stats["total_vmhwm_mb"] = round(stats["vmhwm_mb"] + stats["children_vmhwm_mb"], 1)
         stats["vmrss_mb"] = round(status["VmRSS"] / 1024, 1)
         # RssFile is mostly chdb's shared library (clean, shared pages), RssAnon the heap.
         stats["rss_anon_mb"] = round(status.get("RssAnon", 0) / 1024, 1)

@@ -79,7 +79,7 @@ def _verdicts(out: dict[str, Any], options: BenchOptions) -> dict[str, dict[str,
         "rss_mb": {
             "target": f"<= {TARGET_RSS_MB} MB with {TARGET_RSS_IDS:,} ids, writing to ClickHouse over HTTP",
             # Only a run with at least the target's ids can meet it.
-            "pass": out["rss_http"]["vmhwm_mb"] <= TARGET_RSS_MB and options.dedupe_ids >= TARGET_RSS_IDS,
+            "pass": out["rss_http"]["total_vmhwm_mb"] <= TARGET_RSS_MB and options.dedupe_ids >= TARGET_RSS_IDS,
         },
         "exact": {"target": "true", "pass": out["exact"]},
     }
@@ -155,7 +155,12 @@ def render(result: dict[str, Any], as_json: bool) -> str:
     )
     table.add_row(
         "worker peak RSS (VmHWM), ClickHouse over HTTP",
-        f"{rss_http['vmhwm_mb']:,.0f} MB\nwith {rss_http['distinct_ids']:,} ids",
+        f"{rss_http['total_vmhwm_mb']:,.0f} MB\nwith {rss_http['distinct_ids']:,} ids"
+        + (
+            f"\n({rss_http['children']} child processes: {rss_http['children_vmhwm_mb']:,.0f} MB)"
+            if rss_http["children"]
+            else ""
+        ),
         f"<= {TARGET_RSS_MB} MB with {TARGET_RSS_IDS:,} distinct ids",
         verdict("rss_mb"),
     )

@@ -80,13 +80,34 @@ class _Worker:
         return first
 
     def status_kb(self) -> dict[str, int]:
-        out = {}
-        with open(f"/proc/{self.process.pid}/status") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                    out[key] = int(value.split()[0])
-        return out
+        return _status_kb(self.process.pid)
+
+    def children_status_kb(self) -> list[dict[str, int]]:
+        """The same figures for each process the worker started (``EXAMINE_PROCESSES``, and
+        multiprocessing's resource tracker): their memory is the worker's too."""
+        return [_status_kb(pid) for pid in _descendants(self.process.pid)]
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:  # gone, or a kernel without /proc/<pid>/task/<tid>/children
+        return found
+    for child in children:
+        found.append(child)
+        found.extend(_descendants(child))
+    return found
 
 
 class _Bench:
