@@ -16,9 +16,10 @@ from .helpers import assert_totals_equal, dead_letters, pipeline_totals, publish
 pytestmark = pytest.mark.integration
 
 
-def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_events(stack):
+@pytest.mark.parametrize("examine_processes", ["0", "1"], ids=["examined-in-worker", "examined-in-child"])
+def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_events(stack, examine_processes):
     workload = generate(4000, customers=60, late_events=50, bad_records=7, seed=11)
-    stack.start_worker()
+    stack.start_worker(BASTIONARY_EXAMINE_PROCESSES=examine_processes)
     ends = publish(stack, workload.records)
     stack.wait_caught_up(ends)
 

@@ -12,11 +12,17 @@ from .test_trust import wait_until
 pytestmark = pytest.mark.integration
 
 
-def test_a_worker_off_a_terminal_writes_json_lines_only(stack):
+@pytest.mark.parametrize("examine_processes", ["0", "1"], ids=["examined-in-worker", "examined-in-child"])
+def test_a_worker_off_a_terminal_writes_json_lines_only(stack, examine_processes):
     # auto: not a terminal (the output goes to a file), so JSON. DEBUG lets Faust and aiokafka
-    # speak too; bad records make warnings; the stop makes shutdown messages.
+    # speak too; bad records make warnings; the stop makes shutdown messages. A child that
+    # examines records writes to the same stderr, the same way.
     stack.start_worker(
-        "w1", BASTIONARY_LOG_FORMAT="auto", BASTIONARY_LOG_LEVEL="DEBUG", BASTIONARY_MAX_BATCH_EVENTS="20"
+        "w1",
+        BASTIONARY_LOG_FORMAT="auto",
+        BASTIONARY_LOG_LEVEL="DEBUG",
+        BASTIONARY_MAX_BATCH_EVENTS="20",
+        BASTIONARY_EXAMINE_PROCESSES=examine_processes,
     )
     records = hostile.catalogue("out")
     hostile.publish(stack.bootstrap, stack.usage_topic, records)

@@ -27,6 +27,7 @@ import structlog
 
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import Rejection
+from bastionary.logs import configure_logging
 from bastionary.metering.examine import Accepted, Examined, RecordFields, examine
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.metering.planning import examine_here, fields_of
@@ -46,8 +47,16 @@ _limits: RecordLimits | None = None
 
 
 class ExaminePool:
-    def __init__(self, meters: Sequence[Meter], limits: RecordLimits, processes: int = 1):
+    def __init__(
+        self,
+        meters: Sequence[Meter],
+        limits: RecordLimits,
+        processes: int = 1,
+        log_level: str = "INFO",
+        log_format: str = "auto",
+    ):
         self._meters = list(meters)
+        self._logging = (log_level, log_format)
         self._limits = limits
         self._processes = processes
         self._here = examine_here(MeterIndex(meters), limits)
@@ -61,7 +70,7 @@ class ExaminePool:
                 self._processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_child,
-                initargs=(self._meters, self._limits),
+                initargs=(self._meters, self._limits, self._logging),
             )
         return self._executor
 
@@ -118,10 +127,11 @@ def _chunks(records: list[InboundRecord], chunk_bytes: int) -> list[list[Inbound
     return chunks
 
 
-def _start_child(meters: list[Meter], limits: RecordLimits) -> None:
+def _start_child(meters: list[Meter], limits: RecordLimits, logging: tuple[str, str]) -> None:
     global _meters, _limits
     # Ctrl-C reaches the whole process group: the worker decides when its children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(*logging)  # the worker's stderr: JSON lines off a terminal, as the worker writes
     _meters, _limits = MeterIndex(meters), limits
     gc.collect()
     gc.freeze()

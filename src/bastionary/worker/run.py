@@ -74,7 +74,9 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     )
 
     examine_pool = (
-        ExaminePool(catalog.meters, config.limits, settings.examine_processes) if settings.examine_processes else None
+        ExaminePool(catalog.meters, config.limits, settings.examine_processes, settings.log_level, settings.log_format)
+        if settings.examine_processes
+        else None
     )
 
     def sink_factory(
