@@ -8,8 +8,8 @@ keeps the GIL for dedupe verdicts, rollups and inserts.
 
 Nothing depends on where a record was examined: the child runs the same pure function over
 the same fields, so a replay judges a record the same either way. If a child dies or a
-chunk cannot come back, that chunk and the rest of the flush are examined in the worker and
-the pool is started again for the next flush: a broken pool costs time, never records.
+chunk cannot come back, that chunk and the rest of the partition's records are examined in
+the worker, and a new pool starts at the next plan: a broken pool costs time, never records.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import structlog
 
@@ -38,8 +37,9 @@ from bastionary.metering.records import InboundRecord
 log = structlog.get_logger(__name__)
 
 # Records go to a child in chunks of about this many bytes: large enough that a chunk's
-# round trip (about 0.1-0.2 ms) is small beside its work, small enough that the worker
-# settles one chunk while the child examines the next.
+# round trip is small beside its work (a few hundred single-event records, or about a dozen
+# 100-event ones), small enough that the worker settles one chunk while the child examines
+# the next.
 CHUNK_BYTES = 128 * 1024
 
 _meters: MeterIndex | None = None
@@ -91,7 +91,7 @@ class ExaminePool:
             try:
                 results = future.result()
             except Exception:
-                log.exception("the examine pool failed; examining the rest of this flush in the worker")
+                log.exception("the examine pool failed; examining the rest of these records in the worker")
                 for pending in futures[position:]:
                     pending.cancel()
                 self._discard()
@@ -199,12 +199,9 @@ def _unpack(packed: _Packed, record: InboundRecord, epoch: int, aggregations: di
             index,
         )
         values = [
-            Reading(meter, aggregations[meter], group, None if value is None else _decimal(value), unique)
+            # str() of a Decimal reads back to the same digits and exponent.
+            Reading(meter, aggregations[meter], group, None if value is None else Decimal(value), unique)
             for meter, group, value, unique in readings
         ]
         append(Accepted(index, payload_hash, row, values))
     return examined
-
-
-def _decimal(text: str) -> Any:
-    return Decimal(text)  # str() of a Decimal reads back to the same digits and exponent

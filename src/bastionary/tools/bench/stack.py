@@ -85,7 +85,11 @@ class _Worker:
     def children_status_kb(self) -> list[dict[str, int]]:
         """The same figures for each process the worker started (``EXAMINE_PROCESSES``, and
         multiprocessing's resource tracker): their memory is the worker's too."""
-        return [_status_kb(pid) for pid in _descendants(self.process.pid)]
+        found = []
+        for pid in _descendants(self.process.pid):
+            with contextlib.suppress(OSError):  # exited since it was listed
+                found.append(_status_kb(pid))
+        return found
 
 
 def _status_kb(pid: int) -> dict[str, int]:
