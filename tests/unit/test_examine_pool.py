@@ -28,6 +28,7 @@ from bastionary.metering.planning import FlushPlan, FlushPlanner
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import InboundRecord
 from bastionary.tools.workload import BAD_KINDS, generate
+from tests.unit.schema_helpers import json_values
 
 CATALOG = load_catalog(None)
 LIMITS = RecordLimits(1_000_000, 1_000, timedelta(minutes=5))
@@ -91,15 +92,6 @@ def test_the_pool_plans_a_flush_exactly_as_the_worker_does(pool, tmp_path):
     assert here.stats.duplicates > 0 and here.stats.accepted > 2_000
 
 
-_json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 _events = st.fixed_dictionaries(
     {
         "specversion": st.sampled_from(["1.0", "0.3"]),
@@ -113,7 +105,7 @@ _events = st.fixed_dictionaries(
     },
     optional={
         "data": st.dictionaries(
-            st.sampled_from(["tokens", "gb", "user_id", "seats", "model", "method"]), _json_values, max_size=4
+            st.sampled_from(["tokens", "gb", "user_id", "seats", "model", "method"]), json_values, max_size=4
         )
     },
 )
@@ -122,7 +114,7 @@ _values = st.one_of(
     st.binary(max_size=40),
     _events.map(orjson.dumps),
     st.lists(_events, min_size=0, max_size=5).map(orjson.dumps),
-    _json_values.map(orjson.dumps),
+    json_values.map(orjson.dumps),
 )
 
 

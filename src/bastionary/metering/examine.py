@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import NamedTuple
 
 import structlog
 
@@ -19,20 +18,9 @@ from bastionary.ingest.cloudevents import RecordLimits, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.metering.ports import EventRow
 from bastionary.metering.readings import MeterIndex, Reading
+from bastionary.metering.records import InboundRecord
 
 log = structlog.get_logger(__name__)
-
-
-class RecordFields(NamedTuple):
-    """What examining a record reads: an :class:`InboundRecord` without its Faust handle."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]
 
 
 @dataclass(slots=True)
@@ -56,7 +44,7 @@ class Examined:
     failure: tuple[str, str] | None = None  # a bug of ours met the record: (exception type, detail)
 
 
-def examine(record: RecordFields, epoch: int, meters: MeterIndex, limits: RecordLimits) -> Examined:
+def examine(record: InboundRecord, epoch: int, meters: MeterIndex, limits: RecordLimits) -> Examined:
     """Never raises: a bug of ours met by this record comes back as :attr:`Examined.failure`."""
     try:
         return _examine(record, epoch, meters, limits)
@@ -70,7 +58,7 @@ def examine(record: RecordFields, epoch: int, meters: MeterIndex, limits: Record
         return Examined(failure=(type(exc).__name__, f"{type(exc).__name__}: {exc}"))
 
 
-def _examine(record: RecordFields, epoch: int, meters: MeterIndex, limits: RecordLimits) -> Examined:
+def _examine(record: InboundRecord, epoch: int, meters: MeterIndex, limits: RecordLimits) -> Examined:
     parsed = parse_record(record.value, record.headers, record.timestamp_ms, limits, record.key)
     examined = Examined(parsed.rejection, parsed.batch)
     if parsed.rejection is not None:

@@ -27,9 +27,9 @@ import structlog
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import Rejection
 from bastionary.logs import configure_logging
-from bastionary.metering.examine import Accepted, Examined, RecordFields, examine
+from bastionary.metering.examine import Accepted, Examined, examine
 from bastionary.metering.meters import Aggregation, Meter
-from bastionary.metering.planning import examine_here, fields_of
+from bastionary.metering.planning import examine_here
 from bastionary.metering.ports import EventRow
 from bastionary.metering.readings import Group, MeterIndex, Reading
 from bastionary.metering.records import InboundRecord
@@ -79,9 +79,7 @@ class ExaminePool:
         chunks = _chunks(records, CHUNK_BYTES)
         try:
             pool = self._pool()
-            futures: list[Future[list[_Packed]]] = [
-                pool.submit(_examine_chunk, [fields_of(r) for r in chunk], epoch) for chunk in chunks
-            ]
+            futures: list[Future[list[_Packed]]] = [pool.submit(_examine_chunk, chunk, epoch) for chunk in chunks]
         except Exception:
             log.exception("the examine pool did not take a flush; examining it in the worker")
             self._discard()
@@ -138,7 +136,7 @@ def _start_child(meters: list[Meter], limits: RecordLimits, logging: tuple[str, 
     gc.set_threshold(50_000, 20, 10)  # as the worker does (see worker.run)
 
 
-def _examine_chunk(records: list[RecordFields], epoch: int) -> list[_Packed]:
+def _examine_chunk(records: list[InboundRecord], epoch: int) -> list[_Packed]:
     if _meters is None or _limits is None:
         raise RuntimeError("the examine pool's initializer has not run")
     return [_pack(examine(record, epoch, _meters, _limits)) for record in records]

@@ -19,7 +19,7 @@ import structlog
 from bastionary.dedupe import Sighting, Verdict, judge
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import ErrorClass, Rejection
-from bastionary.metering.examine import Examined, RecordFields, examine, internal_error
+from bastionary.metering.examine import Examined, examine, internal_error
 from bastionary.metering.ports import DedupeCache, EventRow, RollupRow
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import DeadLetter, FlushStats, InboundRecord
@@ -67,15 +67,9 @@ def examine_here(meters: MeterIndex, limits: RecordLimits) -> Examiner:
 
     def examine_all(records: list[InboundRecord], epoch: int) -> Iterator[Examined]:
         for record in records:
-            yield examine(fields_of(record), epoch, meters, limits)
+            yield examine(record, epoch, meters, limits)
 
     return examine_all
-
-
-def fields_of(record: InboundRecord) -> RecordFields:
-    return RecordFields(
-        record.topic, record.partition, record.offset, record.timestamp_ms, record.key, record.value, record.headers
-    )
 
 
 class FlushPlanner:

@@ -21,6 +21,11 @@ class InboundRecord:
     headers: list[tuple[str, bytes | None]]
     handle: object = None  # the Faust event to ack once the flush has landed
 
+    def __reduce__(self) -> tuple[type[InboundRecord], tuple[object, ...]]:
+        # Sent to the processes that examine records (metering.examine_pool): the Faust handle stays.
+        fields = (self.topic, self.partition, self.offset, self.timestamp_ms, self.key, self.value, self.headers)
+        return (InboundRecord, fields)
+
     @property
     def fingerprint(self) -> int:
         return record_fingerprint(self.timestamp_ms, self.key, self.value)
