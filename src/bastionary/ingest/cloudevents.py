@@ -382,9 +382,12 @@ def member_bytes(record_value: bytes, parsed: ParsedRecord, member: RecordMember
     A member too deeply nested to re-encode carries nothing; its ``source.offset`` and
     ``source.index`` headers still point at it in the original record.
     """
-    if not parsed.batch:
-        return record_value
+    return reencoded_member(member.raw) if parsed.batch else record_value
+
+
+def reencoded_member(raw: Any) -> bytes:
+    """A batch member as its own JSON, or nothing if it nests too deeply to re-encode."""
     try:
-        return orjson.dumps(member.raw)
+        return orjson.dumps(raw)
     except TypeError:
         return b""

@@ -63,7 +63,7 @@ def _examine(record: InboundRecord, epoch: int, meters: MeterIndex, limits: Reco
     examined = Examined(parsed.rejection, parsed.batch)
     if parsed.rejection is not None:
         return examined
-    ingested_at = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
+    ingested_at = ingested_at_of(record)
     for member in parsed.members:
         event = member.event
         if event is None:
@@ -93,6 +93,11 @@ def _examine(record: InboundRecord, epoch: int, meters: MeterIndex, limits: Reco
         )
         examined.accepted.append(Accepted(member.index, member.payload_hash, row, readings))
     return examined
+
+
+def ingested_at_of(record: InboundRecord) -> datetime:
+    """The record's broker time, as ``usage_events.ingested_at`` holds it."""
+    return datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
 
 
 def internal_error(detail: str | None) -> Rejection:

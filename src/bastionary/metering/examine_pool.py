@@ -27,7 +27,7 @@ import structlog
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import Rejection
 from bastionary.logs import configure_logging
-from bastionary.metering.examine import Accepted, Examined, examine
+from bastionary.metering.examine import Accepted, Examined, examine, ingested_at_of
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.metering.planning import examine_here
 from bastionary.metering.ports import EventRow
@@ -178,7 +178,7 @@ def _unpack(packed: _Packed, record: InboundRecord, epoch: int, aggregations: di
     examined = Examined(rejection, batch, [], rejected, failure)
     if not members:
         return examined
-    ingested_at = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)  # as examine has it
+    ingested_at = ingested_at_of(record)
     append = examined.accepted.append
     for index, payload_hash, event_id, source, type_, customer_id, micros, data, readings in members:
         row = EventRow(

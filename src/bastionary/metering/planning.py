@@ -17,7 +17,7 @@ import orjson
 import structlog
 
 from bastionary.dedupe import Sighting, Verdict, judge
-from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.ingest.cloudevents import RecordLimits, reencoded_member
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.metering.examine import Examined, examine, internal_error
 from bastionary.metering.ports import DedupeCache, EventRow, RollupRow
@@ -74,9 +74,7 @@ def examine_here(meters: MeterIndex, limits: RecordLimits) -> Examiner:
 
 class FlushPlanner:
     def __init__(self, meters: MeterIndex, dedupe: DedupeCache, limits: RecordLimits, examiner: Examiner | None = None):
-        self.meters = meters
         self.dedupe = dedupe
-        self.limits = limits
         self.examiner = examiner or examine_here(meters, limits)
 
     def plan(
@@ -196,10 +194,7 @@ class _MemberValues:
         if self._members is None:
             # It decoded as a JSON array when it was examined, with the same decoder.
             self._members = orjson.loads(self.value)
-        try:
-            return orjson.dumps(self._members[index])
-        except TypeError:  # too deeply nested to re-encode: source.index still points at it
-            return b""
+        return reencoded_member(self._members[index])  # b"" if too deep: source.index still points at it
 
 
 def _printable_header_name(name: str) -> str:
