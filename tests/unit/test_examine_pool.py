@@ -44,10 +44,10 @@ def pool():
     examine_pool.close()
 
 
-def plan_with(path: Path, records: list[InboundRecord], examiner=None) -> FlushPlan:
+def plan_with(path: Path, records: list[InboundRecord], examiner=None, limits=LIMITS) -> FlushPlan:
     dedupe = RocksDedupeStore(path, HORIZON)
     try:
-        return FlushPlanner(MeterIndex(CATALOG.meters), dedupe, LIMITS, examiner).plan("usage", 0, 7, records)
+        return FlushPlanner(MeterIndex(CATALOG.meters), dedupe, limits, examiner).plan("usage", 0, 7, records)
     finally:
         dedupe.close()
 
@@ -146,6 +146,44 @@ def test_a_child_that_dies_costs_time_not_records(tmp_path):
         assert all(child.is_alive() for child in examine_pool._pool()._processes.values())
     finally:
         examine_pool.close()
+
+
+class LimitsWithABug:
+    """Record limits whose batch limit raises: a bug of ours that every batch record meets.
+
+    Defined at module level so that a spawned child unpickles it by importing this module,
+    and the bug runs inside the child's examine, as a real one would.
+    """
+
+    max_record_bytes = LIMITS.max_record_bytes
+    max_future_skew = LIMITS.max_future_skew
+
+    @property
+    def max_batch_events(self) -> int:
+        raise ArithmeticError("a bug injected by the test")
+
+
+def test_a_bug_met_in_a_child_costs_that_record_not_the_flush(tmp_path):
+    workload = generate(400, now=NOW, seed=5, single_only=True)
+    singles = [(r.key, r.value, list(r.headers)) for r in workload.records]
+    batch = (b"c", orjson.dumps([event("in-batch-1"), event("in-batch-2")]), [])
+    records = inbound([*singles[:200], batch, *singles[200:]])
+    buggy = LimitsWithABug()
+    here = plan_with(tmp_path / "here", records, limits=buggy)
+    examine_pool = ExaminePool(CATALOG.meters, buggy)  # type: ignore[arg-type]
+    try:
+        pooled = plan_with(tmp_path / "pooled", records, examine_pool, limits=buggy)
+        assert examine_pool._executor is not None  # the child examined the flush: no fallback ran
+    finally:
+        examine_pool.close()
+    assert_same(pooled, here)
+    [letter] = pooled.dead_letters
+    headers = dict(letter.headers)
+    assert (letter.code, letter.value) == (ErrorClass.INTERNAL_ERROR, batch[1])
+    assert headers["error.exception"] == b"ArithmeticError"
+    assert b"a bug injected by the test" in headers["error.message"]
+    assert headers["source.offset"] == b"200"
+    assert pooled.stats.accepted == len(workload.records) - pooled.stats.duplicates
 
 
 def test_a_rejection_crosses_processes_whole():
