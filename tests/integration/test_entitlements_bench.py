@@ -51,6 +51,7 @@ def test_quick_entitlements_bench_reports_latency_and_freshness(tmp_path):
         assert latency["from_send_p50_ms"] <= latency["p50_ms"]  # the scheduled time is never after the send
         assert latency["rate"] > 0 and isinstance(latency["met"], bool)
         assert latency["worker_cpu_cores"] > 0 and latency["worker_cpu_ms_per_check"] > 0
+        assert latency["worker_children_cpu_cores"] == 0  # no EXAMINE_PROCESSES: the worker has no children
     assert result["latency"]["background_events_per_s"] == 0 and result["latency"]["target_p99_ms"] == 5.0
     assert result["latency_under_load"]["background_events_per_s"] == 2_000
     assert result["latency_under_load"]["target_p99_ms"] == 10.0

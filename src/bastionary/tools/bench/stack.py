@@ -86,7 +86,7 @@ class _Worker:
         """The same figures for each process the worker started (``EXAMINE_PROCESSES``, and
         multiprocessing's resource tracker): their memory is the worker's too."""
         found = []
-        for pid in _descendants(self.process.pid):
+        for pid in descendants(self.process.pid):
             with contextlib.suppress(OSError):  # exited since it was listed
                 found.append(_status_kb(pid))
         return found
@@ -102,7 +102,7 @@ def _status_kb(pid: int) -> dict[str, int]:
     return out
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     found: list[int] = []
     try:
         children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
@@ -110,7 +110,7 @@ def _descendants(pid: int) -> list[int]:
         return found
     for child in children:
         found.append(child)
-        found.extend(_descendants(child))
+        found.extend(descendants(child))
     return found
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bastionary.tools.bench.entitlements.figures import Figures
-from bastionary.tools.bench.stack import _Worker
+from bastionary.tools.bench.stack import _Worker, descendants
 
 
 class _CpuClock:
@@ -20,19 +21,32 @@ class _CpuClock:
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
     def worker(self) -> float:
+        return self._seconds(self.pid)
+
+    def children(self) -> dict[int, float]:
+        """CPU seconds of each live process the worker started (``EXAMINE_PROCESSES``): work
+        taken off the worker, which a per-check cost must still count."""
+        return {pid: self._seconds(pid) for pid in descendants(self.pid)}
+
+    def _seconds(self, pid: int) -> float:
         try:
-            fields_ = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return float("nan")
         return (int(fields_[11]) + int(fields_[12])) / self._tick
 
     @contextlib.contextmanager
     def measure(self, into: Figures, checks: int | None = None) -> Iterator[None]:
-        wall, worker, ours = time.monotonic(), self.worker(), time.process_time()
+        wall, worker, children, ours = time.monotonic(), self.worker(), self.children(), time.process_time()
         yield
         seconds = max(time.monotonic() - wall, 1e-6)
         used = self.worker() - worker
+        # A child started during the measure counts whole; one that exited during it is lost.
+        by_children = sum(
+            spent - children.get(pid, 0.0) for pid, spent in self.children().items() if not math.isnan(spent)
+        )
         into["worker_cpu_cores"] = round(used / seconds, 2)
+        into["worker_children_cpu_cores"] = round(by_children / seconds, 2)
         into["bench_cpu_cores"] = round((time.process_time() - ours) / seconds, 2)
         count = into.get("requests", checks)
         if count:

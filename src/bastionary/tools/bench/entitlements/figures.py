@@ -113,7 +113,8 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
                 f" max {figures['max_ms']} ms; from the actual send p50 {figures['from_send_p50_ms']} ms,"
                 f" p99 {figures['from_send_p99_ms']} ms; client scheduling lag p99 {figures['client_lag_p99_ms']} ms;"
                 f" worker CPU {figures.get('worker_cpu_cores')} cores"
-                f" ({figures.get('worker_cpu_ms_per_check')} ms per check), bench CPU {figures.get('bench_cpu_cores')}"
+                f" ({figures.get('worker_cpu_ms_per_check')} ms per check; its children"
+                f" {figures.get('worker_children_cpu_cores')} cores), bench CPU {figures.get('bench_cpu_cores')}"
                 " cores"
             )
     background = result.get("background", {})
@@ -124,6 +125,7 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
         f" (worker caught up {background.get('caught_up_after_stop_s')} s after the stream stopped);"
         f" {fresh.get('flushes', 0)} flushes landed during the trials, mean {fresh.get('flush_mean_s')} s,"
         f" p99 <= {fresh.get('flush_p99_at_most_s')} s; worker CPU {fresh.get('worker_cpu_cores')} cores"
+        f" (its children {fresh.get('worker_children_cpu_cores')})"
     )
     console.print(
         f"setup: {options['customers']:,} steady + {options['trial_customers']} trial customers"

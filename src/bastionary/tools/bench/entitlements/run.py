@@ -267,6 +267,7 @@ async def _measure(
                     "background_events_per_s": ingest_rate,
                     "background_achieved_per_s": stats["events_per_s"],
                     "worker_cpu_cores": usage_cpu["worker_cpu_cores"],
+                    "worker_children_cpu_cores": usage_cpu["worker_children_cpu_cores"],
                 }
                 | flushes
             )
