@@ -17,7 +17,7 @@ _PARENT = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'while 
 
 
 def test_the_cpu_of_the_workers_children_is_its_own_figure():
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT])
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     clock = _CpuClock(SimpleNamespace(process=parent))  # type: ignore[arg-type]
     try:
         deadline = time.monotonic() + 10
