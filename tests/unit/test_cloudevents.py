@@ -111,6 +111,17 @@ def test_batch_record_yields_one_member_per_event():
     assert [m.event.id for m in parsed.members] == ["a", "b", "c"]
 
 
+def test_attributes_that_repeat_across_events_are_held_once():
+    # A flush holds tens of thousands of rows: one string per customer, not one per event.
+    fast = parse([event(id="a"), event(id="b")]).members
+    pydantic_judged = event(id="c", time="2024-05-01 11:59:00Z")  # not the shape _checked_fast takes
+    assert _checked_fast(pydantic_judged) is None
+    validated = parse([pydantic_judged, pydantic_judged]).members
+    for first, second in (fast, validated):
+        for name in ("source", "type", "subject"):
+            assert getattr(first.event, name) is getattr(second.event, name), name
+
+
 def test_empty_batch_is_rejected():
     parsed = parse([])
     assert parsed.batch

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from hashlib import blake2b
+from sys import intern
 from typing import Any, Literal
 
 import msgspec
@@ -99,9 +100,9 @@ class ValidUsageEvent:
     def of(cls, event: UsageEvent) -> ValidUsageEvent:
         return cls(
             event.id,
-            event.source,
-            event.type,
-            event.subject,
+            intern(event.source),  # as _checked_fast does
+            intern(event.type),
+            intern(event.subject),
             event.time,
             event.data,
             event.datacontenttype,
@@ -271,8 +272,18 @@ def _checked_fast(raw: dict[str, Any]) -> ValidUsageEvent | None:
         return None
     declared = 6 + ("data" in raw) + ("datacontenttype" in raw) + ("dataschema" in raw)
     extensions = {k: v for k, v in raw.items() if k not in _DECLARED} if len(raw) > declared else {}
+    # source, type and subject repeat across a flush's events: one string each, not one per
+    # event (sys.intern's strings go when the last row holding them goes).
     return ValidUsageEvent(
-        raw["id"], raw["source"], raw["type"], raw["subject"], time, data, content_type, schema, extensions
+        raw["id"],
+        intern(raw["source"]),
+        intern(raw["type"]),
+        intern(raw["subject"]),
+        time,
+        data,
+        content_type,
+        schema,
+        extensions,
     )
 
 
