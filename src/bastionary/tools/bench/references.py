@@ -179,11 +179,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.kind == "transport":  # counts records only: it stores nothing
+        result = asyncio.run(_transport(args.bootstrap, args.topic, args.group, args.expect_records))
+        write_report(args.report, result)
+        return
     data_dir = args.data_dir or args.report.parent / args.kind
     data_dir.mkdir(parents=True, exist_ok=True)
-    if args.kind == "transport":
-        result = asyncio.run(_transport(args.bootstrap, args.topic, args.group, args.expect_records))
-    elif args.kind == "kafkaengine":
+    if args.kind == "kafkaengine":
         from bastionary.tools.bench import kafka_engine
 
         expect_events = args.expect_events or args.expect_records
