@@ -24,8 +24,9 @@ class _CpuClock:
         return self._seconds(self.pid)
 
     def children(self) -> dict[int, float]:
-        """CPU seconds of each live process the worker started (``EXAMINE_PROCESSES``): work
-        taken off the worker, which a per-check cost must still count."""
+        """CPU seconds of each live process the worker started (``EXAMINE_PROCESSES`` and
+        multiprocessing's resource tracker): work taken off the worker, reported beside its own
+        (``worker_cpu_ms_per_check`` counts the worker alone)."""
         return {pid: self._seconds(pid) for pid in descendants(self.pid)}
 
     def _seconds(self, pid: int) -> float:
