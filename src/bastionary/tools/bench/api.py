@@ -31,7 +31,7 @@ from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.tools.bench.entitlements.figures import _percentile
 from bastionary.tools.bench.entitlements.run import _WorkerEnv
 from bastionary.tools.bench.options import PARTITIONS, BenchError
-from bastionary.tools.bench.processes import _say, _sigterm_as_interrupt
+from bastionary.tools.bench.processes import _say, _sigterm_as_interrupt, cpu_seconds_of, machine_busy_seconds
 from bastionary.tools.bench.report import machine_info
 from bastionary.tools.bench.stack import _Bench, _Worker
 from bastionary.topics import Topics
@@ -219,20 +219,12 @@ def _cpu_seconds(worker_pid: int, bench: _Bench) -> dict[str, float]:
     """CPU seconds so far of the worker, the broker, this process (the poster) and the machine."""
     import os
 
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def of(pid: int) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     broker = getattr(bench.broker, "_process", None)
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    machine = (sum(values[:8]) - values[3] - values[4]) / tick
     return {
-        "worker": of(worker_pid),
-        "broker": of(broker.pid) if broker is not None else 0.0,
-        "poster": of(os.getpid()),
-        "machine": machine,
+        "worker": cpu_seconds_of(worker_pid),
+        "broker": cpu_seconds_of(broker.pid) if broker is not None else 0.0,
+        "poster": cpu_seconds_of(os.getpid()),
+        "machine": machine_busy_seconds(),
     }
 
 

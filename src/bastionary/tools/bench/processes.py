@@ -60,6 +60,23 @@ class _Processes:
                 self.stop(process)
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` so far (OSError once it is gone)."""
+    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields_[11]) + int(fields_[12])) / _TICK  # utime, stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy, all cores (``/proc/stat``)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    busy = sum(values[:8]) - idle  # guest time is already inside user
+    return busy / _TICK
+
+
 class _CpuMeter:
     """How much of the machine other processes used while a phase ran.
 
@@ -73,14 +90,7 @@ class _CpuMeter:
         self.processes = processes
         self.broker = broker
         self.phases: dict[str, dict[str, float]] = {}
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-    def _machine_busy(self) -> float:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = values[3] + (values[4] if len(values) > 4 else 0)
-        busy = sum(values[:8]) - idle  # guest time is already inside user
-        return busy / self._tick
 
     def _ours(self) -> float:
         t = os.times()
@@ -91,14 +101,13 @@ class _CpuMeter:
             live.append(broker_process)
         for process in live:
             with contextlib.suppress(OSError, ValueError, IndexError):
-                fields_ = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields_[11]) + int(fields_[12])) / self._tick  # utime, stime
+                total += cpu_seconds_of(process.pid)
         return total
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         try:
-            wall, busy, ours = time.monotonic(), self._machine_busy(), self._ours()
+            wall, busy, ours = time.monotonic(), machine_busy_seconds(), self._ours()
         except OSError:  # no /proc: nothing to say
             yield
             return
@@ -109,7 +118,7 @@ class _CpuMeter:
                 seconds = max(time.monotonic() - wall, 1e-6)
                 capacity = seconds * self._cores
                 mine = self._ours() - ours
-                others = max(0.0, self._machine_busy() - busy - mine)
+                others = max(0.0, machine_busy_seconds() - busy - mine)
                 self.phases[name] = {
                     "seconds": round(seconds, 1),
                     "bench_cpu_share": round(mine / capacity, 3),

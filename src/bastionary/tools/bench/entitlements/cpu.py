@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from bastionary.tools.bench.entitlements.figures import Figures
+from bastionary.tools.bench.processes import cpu_seconds_of
 from bastionary.tools.bench.stack import _Worker, descendants
 
 
@@ -18,7 +17,6 @@ class _CpuClock:
 
     def __init__(self, worker: _Worker):
         self.pid = worker.process.pid
-        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
     def worker(self) -> float:
         return self._seconds(self.pid)
@@ -29,12 +27,12 @@ class _CpuClock:
         (``worker_cpu_ms_per_check`` counts the worker alone)."""
         return {pid: self._seconds(pid) for pid in descendants(self.pid)}
 
-    def _seconds(self, pid: int) -> float:
+    @staticmethod
+    def _seconds(pid: int) -> float:
         try:
-            fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return cpu_seconds_of(pid)
         except OSError:
             return float("nan")
-        return (int(fields_[11]) + int(fields_[12])) / self._tick
 
     @contextlib.contextmanager
     def measure(self, into: Figures, checks: int | None = None) -> Iterator[None]:
