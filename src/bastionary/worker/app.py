@@ -26,6 +26,7 @@ from bastionary.worker.services.billing import BillingService
 from bastionary.worker.services.dunning import DunningService
 from bastionary.worker.services.entitlements import EntitlementService
 from bastionary.worker.services.usage import SinkFactory, UsageService
+from bastionary.worker.switching import SwitchInterval
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +80,7 @@ def create_app(
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
     _shorten_fetch_wait(int(settings.kafka_fetch_max_wait.total_seconds() * 1000))
     tolerant_records.install()
+    switch_interval = SwitchInterval()
     app = faust.App(
         settings.consumer_group,
         broker=broker_url(bootstrap),
@@ -108,11 +110,16 @@ def create_app(
         # The API answers every failure as JSON (worker/api/failures.py); a body may be as
         # large as a Kafka record, and /v1/events refuses a larger one itself, as JSON.
         web_application_options={
-            "middlewares": [failures_as_json],
+            "middlewares": [switch_interval.middleware(), failures_as_json],
             "client_max_size": settings.max_record_bytes + 64 * 1024,
         },
     )
     ctx = WorkerContext(app, settings, worker_id)
+
+    async def settle_switch_interval() -> None:
+        switch_interval.settle()
+
+    app.timer(interval=0.5)(settle_switch_interval)
     usage_service = UsageService(ctx, bootstrap, sink_factory, on_started)
     usage_service.install(ingest=usage)
     dunning_service = entitlement_service = None

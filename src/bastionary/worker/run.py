@@ -140,10 +140,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     # not a terminal; the worker's output must stay pure JSON lines.
     worker.spinner = None
     _tune_garbage_collector()
-    # A flush plans in a thread while the event loop answers checks and heartbeats: hand the
-    # interpreter over every 1 ms, not 5. Entitlement checks at 1,000/s on an idle worker,
-    # p99: 10.0 and 14.9 ms with 5 ms, 6.0 and 6.7 ms with 1 ms (bench --entitlements, twice each).
-    sys.setswitchinterval(0.001)
+    # The interpreter's switch interval follows the requests (worker/switching.py).
     try:
         worker.execute_from_commandline()
     finally:
