@@ -59,6 +59,11 @@ ENTITLEMENT_CUSTOMERS = Gauge(
     "Customers whose entitlement state this worker holds (the owner of their partition)",
     registry=REGISTRY,
 )
+SWITCH_INTERVAL = Gauge(
+    "bastionary_switch_interval_seconds",
+    "The interpreter's switch interval: short while HTTP requests come in, long while the worker only ingests",
+    registry=REGISTRY,
+)
 API_REQUESTS = Histogram(
     "bastionary_api_request_seconds",
     "HTTP API requests by route template, method and status, and how long they took to answer",

@@ -104,6 +104,10 @@ def test_limit_override_suspension_and_restart(stack):
         "config": None,
     }
     assert check(port, "cust-e", "seats")["config"] == {"max": 10}
+    # While checks come in the worker hands the GIL over every 1 ms, and every 20 ms once they
+    # stop (worker/switching.py); reading /metrics is not a request that counts.
+    assert metric(port, "bastionary_switch_interval_seconds") == 0.001
+    wait_for(lambda: metric(port, "bastionary_switch_interval_seconds") == 0.02, 30, "the long switch interval")
 
     ids = [str(i) for i in range(10)]
     send(stack, "usage.events", api_calls("cust-e", ids + ids[:3]))  # 3 repeats, deduplicated
@@ -253,13 +257,13 @@ def test_any_worker_answers_for_any_customer(stack):
 
 
 def customers_in_memory(port: int) -> int:
+    return int(metric(port, "bastionary_entitlement_customers_in_memory"))
+
+
+def metric(port: int, name: str) -> float:
     """From the worker's own metrics: a structured channel, not its log lines."""
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    (value,) = [
-        line.rpartition(" ")[2]
-        for line in text.splitlines()
-        if line.startswith("bastionary_entitlement_customers_in_memory ")
-    ]
-    return int(float(value))
+    (value,) = [line.rpartition(" ")[2] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)

@@ -44,6 +44,15 @@ def test_it_starts_long_goes_short_on_a_request_and_back_once_requests_stop():
     assert not switch.responsive
 
 
+def test_the_metric_reports_the_interval_in_force():
+    from bastionary import metrics
+
+    switch, _, _ = switch_with_log()
+    assert metrics.SWITCH_INTERVAL._value.get() == THROUGHPUT_SECONDS
+    switch.request_seen()
+    assert metrics.SWITCH_INTERVAL._value.get() == RESPONSIVE_SECONDS
+
+
 def test_settling_with_no_request_ever_seen_changes_nothing():
     switch, clock, applied = switch_with_log()
     clock.now += 1000

@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from bastionary import metrics
+
 RESPONSIVE_SECONDS = 0.001
 THROUGHPUT_SECONDS = 0.02
 PROBE_PATHS = frozenset({"/healthz", "/metrics"})
@@ -45,19 +47,23 @@ class SwitchInterval:
         self._apply = apply
         self._last_request = float("-inf")
         self.responsive = False
-        apply(THROUGHPUT_SECONDS)
+        self._set(THROUGHPUT_SECONDS)
+
+    def _set(self, seconds: float) -> None:
+        self._apply(seconds)
+        metrics.SWITCH_INTERVAL.set(seconds)
 
     def request_seen(self) -> None:
         self._last_request = self._clock()
         if not self.responsive:
             self.responsive = True
-            self._apply(RESPONSIVE_SECONDS)
+            self._set(RESPONSIVE_SECONDS)
 
     def settle(self) -> None:
         """Back to the long interval once requests have stopped (call it on a timer)."""
         if self.responsive and self._clock() - self._last_request > self.hold_seconds:
             self.responsive = False
-            self._apply(THROUGHPUT_SECONDS)
+            self._set(THROUGHPUT_SECONDS)
 
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
         @web.middleware
