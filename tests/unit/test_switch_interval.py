@@ -1,4 +1,4 @@
-"""The interpreter hands the GIL over every 1 ms while requests come in and every 5 ms
+"""The interpreter hands the GIL over every 1 ms while requests come in and every 20 ms
 otherwise; probes do not count as requests (a real aiohttp server and client)."""
 
 from __future__ import annotations
