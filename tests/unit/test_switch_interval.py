@@ -3,14 +3,18 @@ otherwise; probes do not count as requests (a real aiohttp server and client).""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bastionary.worker.switching import RESPONSIVE_SECONDS, THROUGHPUT_SECONDS, SwitchInterval
+from bastionary.worker.switching import PROBE_PATHS, RESPONSIVE_SECONDS, THROUGHPUT_SECONDS, SwitchInterval
 
 
 class FakeClock:
@@ -100,3 +104,19 @@ def test_the_real_interpreter_setting_follows():
         assert sys.getswitchinterval() == RESPONSIVE_SECONDS
     finally:
         sys.setswitchinterval(before)
+
+
+@settings(max_examples=60, deadline=None)
+@given(path=st.text(max_size=40))
+def test_any_path_is_answered_and_only_probes_leave_the_interval_long(path):
+    switch, _, applied = switch_with_log()
+
+    async def request() -> int:
+        async with served(switch) as base, aiohttp.ClientSession() as session:
+            response = await session.get(base + "/" + urllib.parse.quote(path, safe=""))
+            response.release()
+            return response.status
+
+    assert asyncio.run(request()) in (200, 404)
+    probe = ("/" + path).rstrip("/") in PROBE_PATHS
+    assert applied == ([THROUGHPUT_SECONDS] if probe else [THROUGHPUT_SECONDS, RESPONSIVE_SECONDS])
