@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -13,6 +12,7 @@ from aiokafka.errors import KafkaConnectionError
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from bastionary.worker.api.failures import failures_as_json
+from tests.unit.served_apps import served as served_app
 
 
 async def failing(request: web.Request) -> web.Response:
@@ -27,19 +27,11 @@ async def failing(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-@contextlib.asynccontextmanager
-async def served(**options) -> AsyncIterator[str]:
+def served(**options) -> contextlib.AbstractAsyncContextManager[str]:
     """``failing`` behind the middleware on a real port; yields its base URL."""
     app = web.Application(middlewares=[failures_as_json], **options)
     app.router.add_post("/{kind}", failing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    finally:
-        await runner.cleanup()
+    return served_app(app)
 
 
 @pytest.mark.parametrize(

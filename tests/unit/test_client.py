@@ -18,6 +18,7 @@ import yaml
 from aiohttp import web
 
 from bastionary.client import AsyncClient, Client, DeliveryFailed, models
+from tests.unit.served_apps import start
 
 DOCUMENT = yaml.safe_load((Path(__file__).resolve().parents[2] / "schemas" / "openapi.yaml").read_text())
 
@@ -83,12 +84,7 @@ def peer_in_thread(peer: Peer) -> Iterator[str]:
 
 
 async def serve(peer: Peer) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(peer.app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    return await start(peer.app)
 
 
 async def test_batches_of_size_then_the_rest_on_flush():

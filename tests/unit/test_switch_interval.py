@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import sys
 import urllib.parse
-from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -15,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastionary.worker.switching import PROBE_PATHS, RESPONSIVE_SECONDS, THROUGHPUT_SECONDS, SwitchInterval
+from tests.unit.served_apps import served as served_app
 
 
 class FakeClock:
@@ -68,19 +68,11 @@ async def ok(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-@contextlib.asynccontextmanager
-async def served(switch: SwitchInterval) -> AsyncIterator[str]:
+def served(switch: SwitchInterval) -> contextlib.AbstractAsyncContextManager[str]:
     app = web.Application(middlewares=[switch.middleware()])
     for path in ("/healthz", "/metrics", "/v1/entitlements/check"):
         app.router.add_get(path, ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    finally:
-        await runner.cleanup()
+    return served_app(app)
 
 
 async def test_a_request_shortens_the_interval_and_probes_do_not():
