@@ -388,3 +388,55 @@ def test_a_gap_the_log_itself_has_is_not_a_skip(tmp_path):
         assert log.rewinds == [] and store.total() == 5
 
     asyncio.run(scenario())
+
+
+# --- the intake's synchronous admission agrees with admit ------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.one_of(st.integers(0, 24), st.just("flush")), max_size=40))
+def test_admit_now_decides_as_admit_does_or_leaves_the_record_to_it(tmp_path, steps):
+    """The worker's intake tries ``admit_now`` and awaits ``admit`` only when it says None.
+    Any order of offsets (repeats, gaps, going back) and flushes lands the same that way as
+    through ``admit`` alone, and a None leaves the sink as it was."""
+    records = [event_record(i, f"e-{i}") for i in range(25)]
+
+    async def run(use_now: bool) -> tuple[list, int, list]:
+        sink, store, log, _ = make_sink(tmp_path)
+        log.hold(records)
+        seen: list = []
+        for step in steps:
+            if step == "flush":
+                seen.append(("flush", len(await sink.flush())))
+                continue
+            record = records[step]
+            before = (sink.buffered(), sink.buffered_bytes())
+            admission = sink.admit_now(record) if use_now else None
+            if admission is None:
+                assert (sink.buffered(), sink.buffered_bytes()) == before
+                admission = await sink.admit(record)
+            seen.append(admission)
+        seen.append(("flush", len(await sink.flush())))
+        return seen, store.total(), sorted(log.rewinds)
+
+    async def scenario():
+        assert await run(use_now=True) == await run(use_now=False)
+
+    asyncio.run(scenario())
+
+
+def test_admit_now_leaves_unknown_partitions_gaps_and_rewinds_to_admit(tmp_path):
+    async def scenario():
+        sink, _, log, _ = make_sink(tmp_path)
+        records = [event_record(i, f"e-{i}") for i in range(6)]
+        log.hold(records)
+        assert sink.admit_now(records[0]) is None  # not recovered yet: that awaits the store
+        assert await sink.admit(records[0]) is Admission.BUFFERED
+        assert sink.admit_now(records[1]) is Admission.BUFFERED
+        assert sink.admit_now(records[1]) is Admission.STALE  # a second delivery
+        assert sink.admit_now(records[4]) is None  # a gap: the log is asked, which awaits
+        assert sink.buffered() == 2
+        await sink.flush()
+        assert sink.admit_now(records[0]) is Admission.LANDED
+
+    asyncio.run(scenario())

@@ -158,6 +158,28 @@ class UsageSink:
             and await self._skipped(tp, state, expected, record.offset)
         ):
             return Admission.STALE
+        return self._buffer(state, record)
+
+    def admit_now(self, record: InboundRecord) -> Admission | None:
+        """:meth:`admit` without awaiting, for the common case: the next record of a known
+        partition. None when the record needs :meth:`admit` (a partition not yet recovered, a
+        rewind under way, or a gap in the offsets to ask the log about); nothing changed then."""
+        state = self._partitions.get((record.topic, record.partition))
+        if state is None or state.rewind_to is not None:
+            return None
+        if record.offset <= state.done_through:
+            state.active_at = time.monotonic()
+            return Admission.LANDED
+        read_through = state.done_through if state.read_through is None else state.read_through
+        if record.offset <= read_through:
+            state.active_at = time.monotonic()
+            return Admission.STALE
+        if record.offset > read_through + 1 and state.replay is None:
+            return None
+        state.active_at = time.monotonic()
+        return self._buffer(state, record)
+
+    def _buffer(self, state: _PartitionState, record: InboundRecord) -> Admission:
         state.read_through = record.offset
         if not state.buffer:
             state.buffered_since = state.active_at
