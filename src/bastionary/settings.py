@@ -111,7 +111,9 @@ class Settings(BaseSettings):
     # 773 MB with 16,384 and 627 MB with 1,024, at about the same ingest rate (bench's rss
     # phase, 2026-11-30).
     stream_buffer_records: int = Field(
-        default=1024, gt=0, description="records Faust may read ahead per partition before the agent takes them"
+        default=1024,
+        gt=0,
+        description="records Faust may read ahead per partition before an agent (billing, dunning, overrides) takes them",
     )
     kafka_fetch_max_wait: IsoDuration = Field(
         default=timedelta(milliseconds=100), description="how long a fetch may wait for data (Faust fixes 1.5 s)"

@@ -15,11 +15,12 @@ from faust.types import TP
 from bastionary import metrics
 from bastionary.ingest.errors import ErrorClass
 from bastionary.metering.logs import PartitionLog
-from bastionary.metering.records import Admission, DeadLetter, FlushStats, InboundRecord
+from bastionary.metering.records import DeadLetter, FlushStats
 from bastionary.metering.sink import UsageSink
 from bastionary.worker.context import WorkerContext
 from bastionary.worker.deadline import keep_checking
 from bastionary.worker.partition_log import KafkaPartitionLog
+from bastionary.worker.services.usage_intake import UsageIntake, UsageTopic
 
 log = structlog.get_logger(__name__)
 
@@ -43,9 +44,17 @@ class UsageService:
         self._sink_factory = sink_factory
         self._on_started = on_started
         self._sink: UsageSink | None = None
-        self._stream: Any = None
         self._flush_needed = asyncio.Event()
         self.topic = ctx.topic(ctx.topics.usage_events)
+        settings = ctx.settings
+        self.intake = UsageIntake(
+            ctx.app,
+            lambda: self.sink,
+            settings.flush_max_events,
+            settings.flush_max_bytes,
+            self._flush_needed,
+            self._flush_once,
+        )
         self._dlq = ctx.topic(ctx.topics.usage_dlq)
         metrics.start_at_zero(metrics.EVENTS_DEAD_LETTERED, [(code.value,) for code in ErrorClass])
 
@@ -65,7 +74,18 @@ class UsageService:
     def install(self, *, ingest: bool = True) -> None:
         app = self.ctx.app
         if ingest:
-            app.agent(self.topic, name="usage-ingest")(self._ingest)
+            # Records reach the intake from the conductor, not through an agent's stream
+            # (services/usage_intake.py says why).
+            app.topics.add(
+                UsageTopic(
+                    app,
+                    topics=[self.topic.get_topic_name()],
+                    key_serializer="raw",
+                    value_serializer="raw",
+                    partitions=self.ctx.settings.usage_partitions,
+                    intake=self.intake,
+                )
+            )
         app.task(self._flusher)
         app.task(self._log_watch)
         app.task(self._dedupe_purge)
@@ -87,45 +107,7 @@ class UsageService:
         if landed:
             metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
             for record in landed:
-                await self._stream.ack(record.handle)
-
-    async def _ingest(self, stream: Any) -> None:
-        settings, app = self.ctx.settings, self.ctx.app
-        max_buffer, max_bytes = settings.flush_max_events, settings.flush_max_bytes
-        stream = stream.noack()
-        self._stream = stream
-        sink = self.sink
-        async for event in stream.events():
-            message = event.message
-            metrics.RECORDS_RECEIVED.inc()
-            record = InboundRecord(
-                message.topic,
-                message.partition,
-                message.offset,
-                # No timestamp (-1) is dead-lettered, never replaced by the wall clock: a replay
-                # must judge the record as before.
-                round(message.timestamp * 1000) if message.timestamp is not None else -1,
-                message.key,
-                message.value,
-                list(message.headers or ()),
-                event,
-            )
-            try:
-                admission = await sink.admit(record)
-            except Exception:
-                log.exception("partition recovery failed; stopping the worker so a restart can retry")
-                await app.crash(RuntimeError("usage partition recovery failed"))
-                return
-            if admission is Admission.LANDED:
-                await stream.ack(event)
-                continue
-            if admission is Admission.STALE:
-                continue  # read before a rewind: the new log brings it again if it is there
-            buffered, buffered_bytes = sink.buffered(), sink.buffered_bytes()
-            if buffered >= max_buffer or buffered_bytes >= max_bytes:
-                self._flush_needed.set()
-            if buffered >= 4 * max_buffer or buffered_bytes >= 4 * max_bytes:
-                await self._flush_once()  # backpressure: stop reading until the backlog lands
+                self.intake.ack(record)
 
     async def _flusher(self) -> None:
         if self._on_started is not None:
@@ -141,7 +123,7 @@ class UsageService:
                 )
             self._flush_needed.clear()
             started = time.monotonic()
-            if self._stream is None:
+            if not self.intake.started:
                 continue
             try:
                 await self._flush_once()
@@ -183,7 +165,7 @@ class UsageService:
             self.rebalancing_since = self.rebalancing_since or time.monotonic()
             return
         self.rebalancing_since = None
-        if self._sink is not None and self._stream is not None:
+        if self._sink is not None and self.intake.started:
             assigned = {
                 (tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == self.topic.get_topic_name()
             }
