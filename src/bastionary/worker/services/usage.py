@@ -44,6 +44,7 @@ class UsageService:
         self._sink_factory = sink_factory
         self._on_started = on_started
         self._sink: UsageSink | None = None
+        self._ingesting = False  # usage intake installed (a rater-only worker has none)
         self._flush_needed = asyncio.Event()
         self.topic = ctx.topic(ctx.topics.usage_events)
         settings = ctx.settings
@@ -73,6 +74,7 @@ class UsageService:
 
     def install(self, *, ingest: bool = True) -> None:
         app = self.ctx.app
+        self._ingesting = ingest
         if ingest:
             # Records reach the intake from the conductor, not through an agent's stream
             # (services/usage_intake.py says why).
@@ -112,6 +114,16 @@ class UsageService:
     async def _flusher(self) -> None:
         if self._on_started is not None:
             await self._on_started(self.ctx.app)
+        if self._ingesting:
+            # Opened now, not at the first record: the log check must recover assigned
+            # partitions that no record reaches (a consumer waiting past the end of a new,
+            # shorter log; UsageSink.check_logs).
+            try:
+                self.sink  # noqa: B018 - the property opens the storage
+            except Exception:
+                log.exception("usage storage did not open; stopping the worker so a restart can retry")
+                await self.ctx.app.crash(RuntimeError("usage storage did not open"))
+                return
         interval = self.ctx.settings.flush_interval.total_seconds()
         started = time.monotonic()
         while True:
@@ -123,7 +135,7 @@ class UsageService:
                 )
             self._flush_needed.clear()
             started = time.monotonic()
-            if not self.intake.started:
+            if not self._ingesting:
                 continue
             try:
                 await self._flush_once()
@@ -165,7 +177,7 @@ class UsageService:
             self.rebalancing_since = self.rebalancing_since or time.monotonic()
             return
         self.rebalancing_since = None
-        if self._sink is not None and self.intake.started:
+        if self._sink is not None and self._ingesting:
             assigned = {
                 (tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == self.topic.get_topic_name()
             }

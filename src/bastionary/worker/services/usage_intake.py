@@ -57,7 +57,6 @@ class UsageIntake:
         self._catching_up: asyncio.Future[None] | None = None
         self._crashing: asyncio.Future[None] | None = None
         self._backlogged = False  # 4x the flush size is buffered: land it before reading on
-        self.started = False  # a record has come; before that there is nothing to flush or check
         self._stopping = False  # the worker is stopping for a failure: admit nothing more
 
     def ack(self, record: InboundRecord) -> None:
@@ -108,7 +107,6 @@ class UsageIntake:
         app = self._app
         if self._stopping or not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
             return None
-        self.started = True
         metrics.RECORDS_RECEIVED.inc()
         return InboundRecord(
             message.topic,
