@@ -145,18 +145,12 @@ class UsageSink:
                     await self._rewind(tp, state)
                 return Admission.STALE
             state.rewind_to = None
+        admission = self._admit_in_order(state, record)
+        if admission is not None:
+            return admission
         state.active_at = time.monotonic()
-        if record.offset <= state.done_through:
-            return Admission.LANDED
-        read_through = state.done_through if state.read_through is None else state.read_through
-        if record.offset <= read_through:
-            return Admission.STALE  # delivered again after a seek: the copy read first lands
-        expected = read_through + 1
-        if (
-            record.offset > expected
-            and state.replay is None
-            and await self._skipped(tp, state, expected, record.offset)
-        ):
+        expected = (state.done_through if state.read_through is None else state.read_through) + 1
+        if await self._skipped(tp, state, expected, record.offset):
             return Admission.STALE
         return self._buffer(state, record)
 
@@ -167,16 +161,19 @@ class UsageSink:
         state = self._partitions.get((record.topic, record.partition))
         if state is None or state.rewind_to is not None:
             return None
-        if record.offset <= state.done_through:
-            state.active_at = time.monotonic()
-            return Admission.LANDED
+        return self._admit_in_order(state, record)
+
+    def _admit_in_order(self, state: _PartitionState, record: InboundRecord) -> Admission | None:
+        """Where ``record`` falls against what the partition has read and landed; None for a
+        gap in the offsets outside a replay (the log must be asked; nothing changed)."""
         read_through = state.done_through if state.read_through is None else state.read_through
-        if record.offset <= read_through:
-            state.active_at = time.monotonic()
-            return Admission.STALE
         if record.offset > read_through + 1 and state.replay is None:
             return None
         state.active_at = time.monotonic()
+        if record.offset <= state.done_through:
+            return Admission.LANDED
+        if record.offset <= read_through:
+            return Admission.STALE  # delivered again after a seek: the copy read first lands
         return self._buffer(state, record)
 
     def _buffer(self, state: _PartitionState, record: InboundRecord) -> Admission:
