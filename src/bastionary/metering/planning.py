@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from bastionary.dedupe import Sighting, Verdict, judge
 from bastionary.ingest.cloudevents import RecordLimits, reencoded_member
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.metering.examine import Examined, examine, internal_error
-from bastionary.metering.ports import DedupeCache, EventRow, RollupRow
+from bastionary.metering.ports import DedupeCache, EventRow, MarkerRow, RollupRow
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import DeadLetter, FlushStats, InboundRecord
 from bastionary.metering.rollup import RollupBuilder
@@ -56,6 +57,23 @@ class FlushPlan:
     @property
     def last_fingerprint(self) -> int:
         return self.records[-1].fingerprint
+
+    def marker(self, worker_id: str, written_at: datetime) -> MarkerRow:
+        """The ``ingest_progress`` row written before this flush's data."""
+        return MarkerRow(
+            topic=self.topic,
+            log_epoch=self.log_epoch,
+            partition=self.partition,
+            first_offset=self.first_offset,
+            last_offset=self.last_offset,
+            records=self.stats.records,
+            events_accepted=self.stats.accepted,
+            duplicates=self.stats.duplicates,
+            dead_lettered=self.stats.dead_lettered,
+            worker_id=worker_id,
+            written_at=written_at,
+            last_fingerprint=self.last_fingerprint,
+        )
 
 
 Examiner = Callable[[list[InboundRecord], int], Iterable[Examined]]

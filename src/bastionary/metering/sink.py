@@ -37,7 +37,7 @@ from bastionary.dedupe import Sighting
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.metering.logs import Anchor, LogProbe, PartitionLog
 from bastionary.metering.planning import Examiner, FlushPlan, FlushPlanner
-from bastionary.metering.ports import DedupeCache, FlushMarker, MarkerRow, RollupRow, UsageStore
+from bastionary.metering.ports import DedupeCache, FlushMarker, RollupRow, UsageStore
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import Admission, DeadLetter, FlushStats, InboundRecord
 
@@ -499,23 +499,7 @@ class UsageSink:
         # The anchor check before step 1 (see flush) decides that [a, b] belongs after b's
         # predecessor; a crash anywhere leaves that decision to be made again.
         now = datetime.now(UTC)
-        markers = [
-            MarkerRow(
-                topic=p.topic,
-                log_epoch=p.log_epoch,
-                partition=p.partition,
-                first_offset=p.first_offset,
-                last_offset=p.last_offset,
-                records=p.stats.records,
-                events_accepted=p.stats.accepted,
-                duplicates=p.stats.duplicates,
-                dead_lettered=p.stats.dead_lettered,
-                worker_id=self.config.worker_id,
-                written_at=now,
-                last_fingerprint=p.last_fingerprint,
-            )
-            for p in plans
-        ]
+        markers = [p.marker(self.config.worker_id, now) for p in plans]
         await asyncio.to_thread(self.store.insert_markers, markers)
         dead_letters = [d for p in plans for d in p.dead_letters]
         if dead_letters:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import secrets
 import sys
@@ -26,7 +25,7 @@ from bastionary.metering.logs import PartitionLog
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import FlushStats
 from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
-from bastionary.runtime import connect_clickhouse, hold_for_process
+from bastionary.runtime import connect_clickhouse, hold_for_process, tune_garbage_collector
 from bastionary.settings import Settings
 from bastionary.storage.client import Client, open_client
 from bastionary.storage.usage import ClickHouseUsageStore
@@ -139,7 +138,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     # Faust's start-up spinner writes backspaces and a cursor escape to stdout even when it is
     # not a terminal; the worker's output must stay pure JSON lines.
     worker.spinner = None
-    _tune_garbage_collector()
+    tune_garbage_collector()
     # The interpreter's switch interval follows the requests (worker/switching.py).
     try:
         worker.execute_from_commandline()
@@ -149,24 +148,6 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         if examine_pool is not None:
             examine_pool.close()
         dedupe.close()
-
-
-def _tune_garbage_collector() -> None:
-    """Fewer, cheaper cyclic collections on the hot path; reference counting still frees
-    nearly everything as soon as it is dropped.
-
-    A flush plan holds tens of thousands of short-lived objects (parsed events,
-    readings, sightings, typed rows). The typed rows are tuple subclasses, which the cyclic
-    collector keeps tracking where it untracks plain tuples. By default a young collection
-    runs every 700 allocations and walks all of them again. Objects made during start-up
-    (modules, schemas, the app) live as long as the process: frozen, full collections skip
-    them. A young collection every 50,000 allocations leaves a flush's objects to reference
-    counting first. Under callgrind this cut the planner's instructions per event by about
-    5%; the worker's CPU time in the bench's 1M-id phase fell by about 15%.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
