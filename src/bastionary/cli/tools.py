@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bastionary.cli.common import settings_or_exit
+from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.logs import configure_logging
 
 
@@ -59,6 +60,11 @@ def _default_ingest_rate() -> int:
     " (default: half the development machine's batch maximum).",
 )
 @click.option(
+    "--stages",
+    is_flag=True,
+    help="Time each stage of a flush (examine, settle, inserts, dedupe) per batch event, in this process, instead.",
+)
+@click.option(
     "--api",
     "api",
     is_flag=True,
@@ -75,6 +81,7 @@ def bench(
     entitlement_checks: bool,
     ingest_rate: int,
     api: bool,
+    stages: bool,
 ) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
     settings = settings_or_exit()
@@ -93,6 +100,21 @@ def bench(
                 run_entitlements_bench(quick=quick, ingest_rate=ingest_rate, profile_dir=profile), as_json
             )
         )
+        return
+    if stages:
+        from bastionary.runtime import tune_garbage_collector
+        from bastionary.tools.bench.stages import render_stages, run_stages_embedded
+
+        configure_logging("WARNING", settings.log_format)
+        tune_garbage_collector()  # as the worker runs its flushes
+        limits = RecordLimits(settings.max_record_bytes, settings.max_batch_events, settings.max_future_skew)
+        result = run_stages_embedded(
+            events or (20_000 if quick else 200_000),
+            settings.flush_max_bytes,
+            limits,
+            int(settings.dedupe_horizon.total_seconds()),
+        )
+        click.echo(render_stages(result, as_json))
         return
     if rating:
         from bastionary.tools.bench.rating import run_rating_bench

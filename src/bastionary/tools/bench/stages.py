@@ -1,0 +1,169 @@
+"""``bastionary bench --stages``: where a batch event's time goes, one flush stage at a time.
+
+The throughput phases time the whole worker. This times the stages of its flush alone, over
+the same records (the throughput phase's workload in 100-event records), in this process,
+with no broker and no Faust: each flush is planned and landed as the sink lands it, one
+stage after the other, so each stage's time is its own:
+
+- ``examine``: parse, validate, read the meters and build each event's row
+  (:mod:`bastionary.metering.examine`);
+- ``settle``: dedupe verdicts and the flush's rollup rows (:class:`FlushPlanner`, given the
+  examined records);
+- ``markers``, ``events_insert``, ``rollups_insert``: the flush's ClickHouse inserts,
+  clickhouse-connect's serialization included;
+- ``dedupe_record``: the flush's sightings written to the dedupe store.
+
+Figures are microseconds per event offered (repeats included, as the throughput phase counts
+them). The flush runs in one interpreter, so their sum bounds what a worker lands per second
+however its threads are arranged; the batch target (100,000 events/s) leaves 10 us per
+event for all of it. Dead letters are counted, not sent: there is no broker here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bastionary.catalog import load_catalog
+from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.metering.examine import Examined
+from bastionary.metering.planning import FlushPlanner, examine_here
+from bastionary.metering.ports import DedupeCache
+from bastionary.metering.readings import MeterIndex
+from bastionary.metering.records import InboundRecord
+from bastionary.storage.client import Client, open_client
+from bastionary.storage.usage import ClickHouseUsageStore
+from bastionary.tools.bench.options import BATCH_EVENTS, TARGET_BATCH_EVENTS_PER_S
+from bastionary.tools.bench.workloads import _batched, _exactness
+from bastionary.tools.workload import Record, generate
+
+STAGES = ("examine", "settle", "markers", "events_insert", "rollups_insert", "dedupe_record")
+TOPIC = "bench-stages.usage.events"
+EPOCH = 1
+WORKER_ID = "bench-stages"
+
+
+def run_stages_embedded(events: int, flush_bytes: int, limits: RecordLimits, horizon_seconds: int) -> dict[str, Any]:
+    """:func:`run_stages` against chdb in this process, in a temp dir removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="bastionary-stages-"))
+    try:
+        client = open_client(f"chdb://{root / 'clickhouse'}", "bastionary", create=True)
+        dedupe = RocksDedupeStore(root / "dedupe", horizon_seconds)
+        try:
+            result = run_stages(client, dedupe, events, flush_bytes, limits)
+        finally:
+            dedupe.close()
+        return result | {"clickhouse": "chdb in this process"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_stages(
+    client: Client, dedupe: DedupeCache, events: int, flush_bytes: int, limits: RecordLimits
+) -> dict[str, Any]:
+    """Land the workload flush by flush into ``client``'s database (migrated here), timed per stage."""
+    store = ClickHouseUsageStore(client)
+    store.migrate()
+    workload = generate(events, single_only=True)
+    records = _batched(workload.records, BATCH_EVENTS)
+    meters = MeterIndex(load_catalog(None).meters)
+    examine_all = examine_here(meters, limits)
+    examined: list[Examined] = []
+
+    def already_examined(_records: list[InboundRecord], _epoch: int) -> Iterable[Examined]:
+        return examined
+
+    planner = FlushPlanner(meters, dedupe, limits, already_examined)
+    spent = dict.fromkeys(STAGES, 0.0)
+    offered = flushes = rollup_rows = dead_letters = next_offset = 0
+    for flush in _flushes(records, flush_bytes):
+        inbound = _inbound(flush, next_offset)
+        next_offset += len(inbound)
+        offered += sum(r.events for r in flush)
+        started = time.perf_counter()
+        examined[:] = examine_all(inbound, EPOCH)
+        examined_at = time.perf_counter()
+        plan = planner.plan(TOPIC, 0, EPOCH, inbound)
+        planned_at = time.perf_counter()
+        store.insert_markers([plan.marker(WORKER_ID, datetime.now(UTC))])
+        marked_at = time.perf_counter()
+        store.insert_events(plan.event_rows, plan.token + "/events")
+        events_at = time.perf_counter()
+        store.insert_rollups(plan.rollup_rows, plan.token + "/rollups")
+        rollups_at = time.perf_counter()
+        dedupe.record(TOPIC, 0, plan.sightings, plan.last_offset, epoch=EPOCH)
+        recorded_at = time.perf_counter()
+        marks = (started, examined_at, planned_at, marked_at, events_at, rollups_at, recorded_at)
+        for stage, begin, end in zip(STAGES, marks, marks[1:], strict=False):
+            spent[stage] += end - begin
+        flushes += 1
+        rollup_rows += len(plan.rollup_rows)
+        dead_letters += plan.stats.dead_lettered
+    per_event = {stage: round(1e6 * seconds / max(offered, 1), 2) for stage, seconds in spent.items()}
+    total = sum(spent.values())
+    return {
+        "events": offered,
+        "records": len(records),
+        "flushes": flushes,
+        "events_per_flush": round(offered / max(flushes, 1)),
+        "rollup_rows": rollup_rows,
+        "dead_letters": dead_letters,
+        "us_per_event": per_event,
+        "total_us_per_event": round(1e6 * total / max(offered, 1), 2),
+        "ceiling_events_per_s": round(offered / max(total, 1e-9)),
+        "budget_us_per_event": round(1e6 / TARGET_BATCH_EVENTS_PER_S, 2),
+        "exactness": _exactness(client, workload),
+    }
+
+
+def _flushes(records: list[Record], flush_bytes: int) -> Iterator[list[Record]]:
+    """Consecutive records of about ``flush_bytes`` (the sink flushes at ``FLUSH_MAX_BYTES``)."""
+    flush: list[Record] = []
+    held = 0
+    for record in records:
+        flush.append(record)
+        held += len(record.value)
+        if held >= flush_bytes:
+            yield flush
+            flush, held = [], 0
+    if flush:
+        yield flush
+
+
+def _inbound(flush: list[Record], first_offset: int) -> list[InboundRecord]:
+    now_ms = int(time.time() * 1000)  # the broker time: the workload's events are at most days old
+    return [
+        InboundRecord(TOPIC, 0, first_offset + n, now_ms, r.key, r.value, list(r.headers)) for n, r in enumerate(flush)
+    ]
+
+
+def render_stages(result: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(result, indent=2)
+    lines = [
+        (
+            f"{result['events']:,} events in {result['records']:,} records, {result['flushes']} flushes"
+            f" of about {result['events_per_flush']:,} events, {result['rollup_rows']:,} rollup rows"
+            f" ({result['clickhouse']})"
+        ),
+        "",
+        f"{'stage':<16}{'us per event':>14}",
+    ]
+    lines += [f"{stage:<16}{value:>14.2f}" for stage, value in result["us_per_event"].items()]
+    lines += [
+        f"{'total':<16}{result['total_us_per_event']:>14.2f}",
+        "",
+        (
+            f"one interpreter lands at most {result['ceiling_events_per_s']:,} events/s this way;"
+            f" the batch target leaves {result['budget_us_per_event']} us per event"
+        ),
+        f"exact: {result['exactness']['exact']}",
+    ]
+    return "\n".join(lines)
