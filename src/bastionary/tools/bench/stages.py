@@ -60,6 +60,7 @@ def run_stages_embedded(events: int, flush_bytes: int, limits: RecordLimits, hor
             result = run_stages(client, dedupe, events, flush_bytes, limits)
         finally:
             dedupe.close()
+            client.close()
         return result | {"clickhouse": "chdb in this process"}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -75,7 +76,7 @@ def run_stages(
     records = _batched(workload.records, BATCH_EVENTS)
     meters = MeterIndex(load_catalog(None).meters)
     examine_all = examine_here(meters, limits)
-    examined: list[Examined] = []
+    examined: list[Examined] = []  # this flush's, examined apart so the two stages are timed apart
 
     def already_examined(_records: list[InboundRecord], _epoch: int) -> Iterable[Examined]:
         return examined
