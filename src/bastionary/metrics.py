@@ -64,6 +64,19 @@ SWITCH_INTERVAL = Gauge(
     "The interpreter's switch interval: short while HTTP requests come in, long while the worker only ingests",
     registry=REGISTRY,
 )
+GC_PAUSE_SECONDS = Histogram(
+    "bastionary_gc_pause_seconds",
+    "The worker's cyclic garbage collections, run between flushes (young) and every minute (full);"
+    " each one pauses every thread of the worker",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
+GC_UNREACHABLE = Counter(
+    "bastionary_gc_unreachable_objects",
+    "Objects the worker's garbage collections found in unreachable reference cycles (freed)",
+    registry=REGISTRY,
+)
 API_REQUESTS = Histogram(
     "bastionary_api_request_seconds",
     "HTTP API requests by route template, method and status, and how long they took to answer",

@@ -117,6 +117,8 @@ def test_limit_override_suspension_and_restart(stack):
     assert (exhausted["usage"], exhausted["balance"], exhausted["reason"]) == ("10", "0", "exhausted")
     rollup = stack.query("SELECT sum(event_count) FROM usage_rollup_1m WHERE customer_id = 'cust-e'")[0][0]
     assert rollup == 10  # the same dedupe feeds the rollups and the counters
+    # The worker's own garbage collections, between flushes and on a clock (worker/collecting.py).
+    assert metric(port, 'bastionary_gc_pause_seconds_count{kind="young"}') >= 1
 
     send(
         stack,

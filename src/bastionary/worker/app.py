@@ -20,6 +20,7 @@ from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import Client
 from bastionary.worker import api, tolerant_records
 from bastionary.worker.api.failures import failures_as_json
+from bastionary.worker.collecting import BoundaryCollector
 from bastionary.worker.context import WorkerContext
 from bastionary.worker.services.api import ApiBackend
 from bastionary.worker.services.billing import BillingService
@@ -72,10 +73,12 @@ def create_app(
     on_started: Callable[[Any], Awaitable[None]] | None = None,
     billing: Billing | None = None,
     usage: bool = True,
+    collector: BoundaryCollector | None = None,
 ) -> faust.App:
     """Build the worker's app. Storage opens lazily, at start: ``sink_factory(send_dead_letters,
     on_flushed, partition_log)`` and ``billing.store_factory()``. ``usage=False`` runs billing
-    alone (``bastionary rater``)."""
+    alone (``bastionary rater``). A ``collector`` that has taken over garbage collection
+    (:mod:`bastionary.worker.collecting`) collects after each flush and on a timer."""
     worker_id = settings.worker_id or f"worker-{os.getpid()}"
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
     _shorten_fetch_wait(int(settings.kafka_fetch_max_wait.total_seconds() * 1000))
@@ -120,7 +123,13 @@ def create_app(
         switch_interval.settle()
 
     app.timer(interval=0.5)(settle_switch_interval)
-    usage_service = UsageService(ctx, bootstrap, sink_factory, on_started)
+    if collector is not None:
+
+        async def collect_when_idle() -> None:
+            collector.on_clock()
+
+        app.timer(interval=0.5)(collect_when_idle)
+    usage_service = UsageService(ctx, bootstrap, sink_factory, on_started, collector)
     usage_service.install(ingest=usage)
     dunning_service = entitlement_service = None
     backend: ApiBackend | None = None

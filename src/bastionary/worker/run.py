@@ -25,11 +25,12 @@ from bastionary.metering.logs import PartitionLog
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import FlushStats
 from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
-from bastionary.runtime import connect_clickhouse, hold_for_process, tune_garbage_collector
+from bastionary.runtime import connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
 from bastionary.storage.client import Client, open_client
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.worker.app import Billing, create_app
+from bastionary.worker.collecting import BoundaryCollector
 
 if TYPE_CHECKING:
     from bastionary.devstack.gateway import GatewayCredentials
@@ -124,7 +125,16 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         return handle.client if handle.in_process else connect_clickhouse(settings, role="reader").client
 
     billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client), reader)
-    app = create_app(settings, kafka.bootstrap, sink_factory, on_started=serve_gateway, billing=billing, usage=usage)
+    collector = BoundaryCollector()
+    app = create_app(
+        settings,
+        kafka.bootstrap,
+        sink_factory,
+        on_started=serve_gateway,
+        billing=billing,
+        usage=usage,
+        collector=collector,
+    )
     log.info(
         "worker starting",
         worker_id=worker_id,
@@ -138,7 +148,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     # Faust's start-up spinner writes backspaces and a cursor escape to stdout even when it is
     # not a terminal; the worker's output must stay pure JSON lines.
     worker.spinner = None
-    tune_garbage_collector()
+    collector.take_over()  # garbage collection between flushes (worker/collecting.py)
     # The interpreter's switch interval follows the requests (worker/switching.py).
     try:
         worker.execute_from_commandline()

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
 
         gc.collect()
         gc.freeze()
-        gc.set_threshold(50_000, 20, 10)  # as the worker does: the loop's best figure, not its worst
+        gc.set_threshold(50_000, 20, 10)  # tuned, as the loop was: its best figure, not its worst
         result = asyncio.run(_handwritten(args.bootstrap, args.topic, args.group, args.expect_records, data_dir))
     write_report(args.report, result)
 

@@ -17,6 +17,7 @@ from bastionary.ingest.errors import ErrorClass
 from bastionary.metering.logs import PartitionLog
 from bastionary.metering.records import DeadLetter, FlushStats
 from bastionary.metering.sink import UsageSink
+from bastionary.worker.collecting import BoundaryCollector
 from bastionary.worker.context import WorkerContext
 from bastionary.worker.deadline import keep_checking
 from bastionary.worker.partition_log import KafkaPartitionLog
@@ -36,8 +37,10 @@ class UsageService:
         bootstrap: str,
         sink_factory: SinkFactory,
         on_started: Callable[[Any], Awaitable[None]] | None = None,
+        collector: BoundaryCollector | None = None,
     ):
         self.ctx = ctx
+        self.collector = collector
         self.partition_log = KafkaPartitionLog(bootstrap, ctx.app)
         self.started_at = time.monotonic()
         self.rebalancing_since: float | None = None  # as the log check last saw it
@@ -110,6 +113,10 @@ class UsageService:
             metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
             for record in landed:
                 self.intake.ack(record)
+            # Between flushes: the plan is gone. If another flush holds the lock, its plan may be
+            # alive in the flush thread; the collection waits for that flush's own end.
+            if self.collector is not None and not self.sink.lock.locked():
+                self.collector.after_flush()
 
     async def _flusher(self) -> None:
         if self._on_started is not None:
