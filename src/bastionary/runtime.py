@@ -7,7 +7,6 @@ processes use its HTTP gateway (both found through :mod:`bastionary.devstack.dis
 
 from __future__ import annotations
 
-import gc
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,21 +72,3 @@ def hold_for_process(data_dir: Path, *parts: str) -> None:
     lock = owning(data_dir, *parts)
     lock.__enter__()
     _HELD.append(lock)
-
-
-def tune_garbage_collector() -> None:
-    """Fewer, cheaper cyclic collections on the hot path; reference counting still frees
-    nearly everything as soon as it is dropped.
-
-    A flush plan holds tens of thousands of short-lived objects (parsed events,
-    readings, sightings, typed rows). The typed rows are tuple subclasses, which the cyclic
-    collector keeps tracking where it untracks plain tuples. By default a young collection
-    runs every 700 allocations and walks all of them again. Objects made during start-up
-    (modules, schemas, the app) live as long as the process: frozen, full collections skip
-    them. A young collection every 50,000 allocations leaves a flush's objects to reference
-    counting first. Under callgrind this cut the planner's instructions per event by about
-    5%; the worker's CPU time in the bench's 1M-id phase fell by about 15%.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)

@@ -102,17 +102,19 @@ def bench(
         )
         return
     if stages:
-        from bastionary.runtime import tune_garbage_collector
         from bastionary.tools.bench.stages import render_stages, run_stages_embedded
+        from bastionary.worker.collecting import BoundaryCollector
 
         configure_logging("WARNING", settings.log_format)
-        tune_garbage_collector()  # as the worker runs its flushes
+        collector = BoundaryCollector()
+        collector.take_over()  # as the worker collects garbage: between flushes
         limits = RecordLimits(settings.max_record_bytes, settings.max_batch_events, settings.max_future_skew)
         result = run_stages_embedded(
             events or (20_000 if quick else 200_000),
             settings.flush_max_bytes,
             limits,
             int(settings.dedupe_horizon.total_seconds()),
+            collector.after_flush,
         )
         click.echo(render_stages(result, as_json))
         return

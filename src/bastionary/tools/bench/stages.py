@@ -11,7 +11,10 @@ stage after the other, so each stage's time is its own:
   examined records);
 - ``markers``, ``events_insert``, ``rollups_insert``: the flush's ClickHouse inserts,
   clickhouse-connect's serialization included;
-- ``dedupe_record``: the flush's sightings written to the dedupe store.
+- ``dedupe_record``: the flush's sightings written to the dedupe store;
+- ``release``: the flush's objects freed as its plan goes, and the garbage collection the
+  worker runs between flushes (:mod:`bastionary.worker.collecting`: the command's collector
+  takes over as the worker's does; a caller that passes none times the freeing alone).
 
 Figures are microseconds per event offered (repeats included, as the throughput phase counts
 them). The flush runs in one interpreter, so their sum bounds what a worker lands per second
@@ -25,7 +28,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,20 +47,26 @@ from bastionary.tools.bench.options import BATCH_EVENTS, TARGET_BATCH_EVENTS_PER
 from bastionary.tools.bench.workloads import _batched, _exactness
 from bastionary.tools.workload import Record, generate
 
-STAGES = ("examine", "settle", "markers", "events_insert", "rollups_insert", "dedupe_record")
+STAGES = ("examine", "settle", "markers", "events_insert", "rollups_insert", "dedupe_record", "release")
 TOPIC = "bench-stages.usage.events"
 EPOCH = 1
 WORKER_ID = "bench-stages"
 
 
-def run_stages_embedded(events: int, flush_bytes: int, limits: RecordLimits, horizon_seconds: int) -> dict[str, Any]:
+def run_stages_embedded(
+    events: int,
+    flush_bytes: int,
+    limits: RecordLimits,
+    horizon_seconds: int,
+    between_flushes: Callable[[], object] = lambda: None,
+) -> dict[str, Any]:
     """:func:`run_stages` against chdb in this process, in a temp dir removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="bastionary-stages-"))
     try:
         client = open_client(f"chdb://{root / 'clickhouse'}", "bastionary", create=True)
         dedupe = RocksDedupeStore(root / "dedupe", horizon_seconds)
         try:
-            result = run_stages(client, dedupe, events, flush_bytes, limits)
+            result = run_stages(client, dedupe, events, flush_bytes, limits, between_flushes)
         finally:
             dedupe.close()
             client.close()
@@ -67,46 +76,38 @@ def run_stages_embedded(events: int, flush_bytes: int, limits: RecordLimits, hor
 
 
 def run_stages(
-    client: Client, dedupe: DedupeCache, events: int, flush_bytes: int, limits: RecordLimits
+    client: Client,
+    dedupe: DedupeCache,
+    events: int,
+    flush_bytes: int,
+    limits: RecordLimits,
+    between_flushes: Callable[[], object] = lambda: None,
 ) -> dict[str, Any]:
-    """Land the workload flush by flush into ``client``'s database (migrated here), timed per stage."""
+    """Land the workload flush by flush into ``client``'s database (migrated here), timed per
+    stage; ``between_flushes`` runs after each, as the worker collects garbage there."""
     store = ClickHouseUsageStore(client)
     store.migrate()
     workload = generate(events, single_only=True)
     records = _batched(workload.records, BATCH_EVENTS)
     meters = MeterIndex(load_catalog(None).meters)
-    examine_all = examine_here(meters, limits)
-    examined: list[Examined] = []  # this flush's, examined apart so the two stages are timed apart
-
-    def already_examined(_records: list[InboundRecord], _epoch: int) -> Iterable[Examined]:
-        return examined
-
-    planner = FlushPlanner(meters, dedupe, limits, already_examined)
+    flush_stages = _FlushStages(store, dedupe, meters, limits)
+    # Once before the timing: the workload is the bench's own, which no worker holds, and a
+    # collection moves it out of the young generation the timed ones walk.
+    between_flushes()
     spent = dict.fromkeys(STAGES, 0.0)
     offered = flushes = rollup_rows = dead_letters = next_offset = 0
     for flush in _flushes(records, flush_bytes):
         inbound = _inbound(flush, next_offset)
         next_offset += len(inbound)
         offered += sum(r.events for r in flush)
-        started = time.perf_counter()
-        examined[:] = examine_all(inbound, EPOCH)
-        examined_at = time.perf_counter()
-        plan = planner.plan(TOPIC, 0, EPOCH, inbound)
-        planned_at = time.perf_counter()
-        store.insert_markers([plan.marker(WORKER_ID, datetime.now(UTC))])
-        marked_at = time.perf_counter()
-        store.insert_events(plan.event_rows, plan.token + "/events")
-        events_at = time.perf_counter()
-        store.insert_rollups(plan.rollup_rows, plan.token + "/rollups")
-        rollups_at = time.perf_counter()
-        dedupe.record(TOPIC, 0, plan.sightings, plan.last_offset, epoch=EPOCH)
-        recorded_at = time.perf_counter()
-        marks = (started, examined_at, planned_at, marked_at, events_at, rollups_at, recorded_at)
+        marks, counts = flush_stages.land(inbound)  # returns once the plan is released
+        between_flushes()
+        marks.append(time.perf_counter())
         for stage, begin, end in zip(STAGES, marks, marks[1:], strict=False):
             spent[stage] += end - begin
         flushes += 1
-        rollup_rows += len(plan.rollup_rows)
-        dead_letters += plan.stats.dead_lettered
+        rollup_rows += counts[0]
+        dead_letters += counts[1]
     per_event = {stage: round(1e6 * seconds / max(offered, 1), 2) for stage, seconds in spent.items()}
     total = sum(spent.values())
     return {
@@ -122,6 +123,39 @@ def run_stages(
         "budget_us_per_event": round(1e6 / TARGET_BATCH_EVENTS_PER_S, 2),
         "exactness": _exactness(client, workload),
     }
+
+
+class _FlushStages:
+    """One flush planned and landed as the sink does it, with the time each stage ends."""
+
+    def __init__(self, store: ClickHouseUsageStore, dedupe: DedupeCache, meters: MeterIndex, limits: RecordLimits):
+        self.store = store
+        self.dedupe = dedupe
+        self.examine_all = examine_here(meters, limits)
+        self.examined: list[Examined] = []  # this flush's, examined apart so the two stages are timed apart
+        self.planner = FlushPlanner(meters, dedupe, limits, self._already_examined)
+
+    def _already_examined(self, _records: list[InboundRecord], _epoch: int) -> Iterable[Examined]:
+        return self.examined
+
+    def land(self, inbound: list[InboundRecord]) -> tuple[list[float], tuple[int, int]]:
+        """The stage marks so far, and (rollup rows, dead letters); the flush's objects are
+        released when this returns, as the worker's are when its flush returns."""
+        marks = [time.perf_counter()]
+        self.examined[:] = self.examine_all(inbound, EPOCH)
+        marks.append(time.perf_counter())
+        plan = self.planner.plan(TOPIC, 0, EPOCH, inbound)
+        self.examined.clear()
+        marks.append(time.perf_counter())
+        self.store.insert_markers([plan.marker(WORKER_ID, datetime.now(UTC))])
+        marks.append(time.perf_counter())
+        self.store.insert_events(plan.event_rows, plan.token + "/events")
+        marks.append(time.perf_counter())
+        self.store.insert_rollups(plan.rollup_rows, plan.token + "/rollups")
+        marks.append(time.perf_counter())
+        self.dedupe.record(TOPIC, 0, plan.sightings, plan.last_offset, epoch=EPOCH)
+        marks.append(time.perf_counter())
+        return marks, (len(plan.rollup_rows), plan.stats.dead_lettered)
 
 
 def _flushes(records: list[Record], flush_bytes: int) -> Iterator[list[Record]]:
