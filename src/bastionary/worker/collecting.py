@@ -5,13 +5,13 @@ cells), hundreds of thousands in a big flush, for a fraction of a second. None o
 a reference cycle, so reference counting frees every one when the plan goes. CPython's
 collector, started by allocation counts, walks them anyway, each time the plan's allocations
 fill the youngest generation, and every collection stops all threads: checks, heartbeats and
-HTTP wait. ``bastionary bench --stages``, 220,000 events in 10 flushes, three alternating
-runs each on 2026-12-02:
+HTTP wait. ``bench --stages``' runner (:func:`bastionary.tools.bench.stages.run_stages_embedded`)
+with a gc callback, 220,000 events in 10 flushes, three alternating runs each (2026-12-02):
 
-- started by allocations (the youngest generation every 50,000): 67 collections during the
-  flushes, 636-666 ms in all (about 3 us per event), the longest 67-77 ms;
-- at flush boundaries: 10 collections, 9-10 ms in all, the longest 8-10 ms (the first, which
-  walks what the run made before it).
+- started by allocations (the youngest generation every 50,000, as the worker had it): 66
+  collections during the flushes, 754-1,147 ms in all, the longest 80-117 ms; 30.9-38.5 us
+  per event;
+- here: 11 collections, 2 ms in all, the longest 0.2-0.4 ms; 28.5-32.6 us per event.
 
 So the worker turns the automatic collector off and collects here instead: after each flush
 has landed and its plan is gone, generations 0 and 1, where only what arrived since (buffered
