@@ -66,8 +66,8 @@ SWITCH_INTERVAL = Gauge(
 )
 GC_PAUSE_SECONDS = Histogram(
     "bastionary_gc_pause_seconds",
-    "The worker's cyclic garbage collections, run between flushes (young) and every minute (full);"
-    " each one pauses every thread of the worker",
+    "The worker's cyclic garbage collections: between flushes (young), every minute (full: what aged"
+    " since the last), every hour (all, the frozen included); each one pauses every thread of the worker",
     ["kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
     registry=REGISTRY,

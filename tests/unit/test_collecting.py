@@ -1,5 +1,6 @@
 """The worker collects garbage between flushes: young generations after each flush, all of
-them once a minute, and on a clock when nothing flushes (worker/collecting.py)."""
+them once a minute (freezing what survives), the frozen too once an hour, and on a clock when
+nothing flushes (worker/collecting.py)."""
 
 from __future__ import annotations
 
@@ -18,40 +19,70 @@ class FakeClock:
         return self.now
 
 
-def collector_with_log() -> tuple[BoundaryCollector, FakeClock, list[int]]:
-    clock, collected = FakeClock(), []
+def collector_with_log() -> tuple[BoundaryCollector, FakeClock, list[object]]:
+    clock, calls = FakeClock(), []
 
     def collect(generation: int) -> int:
-        collected.append(generation)
+        calls.append(generation)
         return 3
 
-    return BoundaryCollector(full_every_seconds=60.0, idle_seconds=2.0, clock=clock, collect=collect), clock, collected
+    collector = BoundaryCollector(
+        full_every_seconds=60.0,
+        thaw_every_seconds=3600.0,
+        idle_seconds=2.0,
+        clock=clock,
+        collect=collect,
+        freeze=lambda: calls.append("freeze"),
+        unfreeze=lambda: calls.append("unfreeze"),
+    )
+    collector.taken_over = True  # without gc.disable(): the test process keeps its own collector
+    return collector, clock, calls
+
+
+def test_nothing_is_collected_before_taking_over():
+    collector, clock, calls = collector_with_log()
+    collector.taken_over = False
+    clock.now += 10.0
+    assert (collector.after_flush(), collector.on_clock(), calls) == (0, 0, [])
 
 
 def test_each_flush_is_followed_by_a_young_collection_and_a_full_one_comes_once_a_minute():
-    collector, clock, collected = collector_with_log()
+    collector, clock, calls = collector_with_log()
     collector.after_flush()
     clock.now += 59.0
     collector.after_flush()
-    assert collected == [YOUNG, YOUNG]
+    assert calls == [YOUNG, YOUNG]
     clock.now += 1.0
     collector.after_flush()
     clock.now += 0.5
     collector.after_flush()
-    assert collected == [YOUNG, YOUNG, FULL, YOUNG]
+    # What survives a full collection is frozen: the next one walks only what aged since.
+    assert calls == [YOUNG, YOUNG, FULL, "freeze", YOUNG]
+
+
+def test_once_an_hour_the_frozen_objects_are_thawed_and_walked_too():
+    collector, clock, calls = collector_with_log()
+    for _ in range(60):
+        clock.now += 60.0
+        collector.after_flush()
+    assert calls == [FULL, "freeze"] * 59 + ["unfreeze", FULL, "freeze"]
+    calls.clear()
+    clock.now += 60.0
+    collector.after_flush()
+    assert calls == [FULL, "freeze"]
 
 
 def test_the_clock_collects_only_once_nothing_has_collected_for_a_while():
-    collector, clock, collected = collector_with_log()
+    collector, clock, calls = collector_with_log()
     clock.now += 1.0
     assert collector.on_clock() == 0  # a worker landing flushes never needs the clock
     collector.after_flush()
     clock.now += 1.9
     collector.on_clock()
-    assert collected == [YOUNG]
+    assert calls == [YOUNG]
     clock.now += 0.1
     assert collector.on_clock() == 3  # nothing landed for 2 s: the clock collects instead
-    assert collected == [YOUNG, YOUNG]
+    assert calls == [YOUNG, YOUNG]
 
 
 def test_each_collection_is_on_the_metrics():
@@ -61,13 +92,17 @@ def test_each_collection_is_on_the_metrics():
     young_before = sample("bastionary_gc_pause_seconds_count", {"kind": "young"})
     full_before = sample("bastionary_gc_pause_seconds_count", {"kind": "full"})
     unreachable_before = sample("bastionary_gc_unreachable_objects_total")
+    all_before = sample("bastionary_gc_pause_seconds_count", {"kind": "all"})
     collector, clock, _ = collector_with_log()
     collector.after_flush()
     clock.now += 60.0
     collector.after_flush()
+    clock.now += 3600.0
+    collector.after_flush()
     assert sample("bastionary_gc_pause_seconds_count", {"kind": "young"}) == young_before + 1
     assert sample("bastionary_gc_pause_seconds_count", {"kind": "full"}) == full_before + 1
-    assert sample("bastionary_gc_unreachable_objects_total") == unreachable_before + 6
+    assert sample("bastionary_gc_pause_seconds_count", {"kind": "all"}) == all_before + 1
+    assert sample("bastionary_gc_unreachable_objects_total") == unreachable_before + 9
 
 
 class Node:

@@ -77,8 +77,9 @@ def create_app(
 ) -> faust.App:
     """Build the worker's app. Storage opens lazily, at start: ``sink_factory(send_dead_letters,
     on_flushed, partition_log)`` and ``billing.store_factory()``. ``usage=False`` runs billing
-    alone (``bastionary rater``). A ``collector`` that has taken over garbage collection
-    (:mod:`bastionary.worker.collecting`) collects after each flush and on a timer."""
+    alone (``bastionary rater``). A ``collector`` (:mod:`bastionary.worker.collecting`) takes
+    garbage collection over at its timer's first tick, then collects after each flush and on
+    that timer."""
     worker_id = settings.worker_id or f"worker-{os.getpid()}"
     (settings.data_path / "faust").mkdir(parents=True, exist_ok=True)
     _shorten_fetch_wait(int(settings.kafka_fetch_max_wait.total_seconds() * 1000))
@@ -126,7 +127,10 @@ def create_app(
     if collector is not None:
 
         async def collect_when_idle() -> None:
-            collector.on_clock()
+            if collector.taken_over:
+                collector.on_clock()
+            else:  # the first tick: the app has started, and what it made is frozen with the rest
+                collector.take_over()
 
         app.timer(interval=0.5)(collect_when_idle)
     usage_service = UsageService(ctx, bootstrap, sink_factory, on_started, collector)

@@ -148,7 +148,6 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     # Faust's start-up spinner writes backspaces and a cursor escape to stdout even when it is
     # not a terminal; the worker's output must stay pure JSON lines.
     worker.spinner = None
-    collector.take_over()  # garbage collection between flushes (worker/collecting.py)
     # The interpreter's switch interval follows the requests (worker/switching.py).
     try:
         worker.execute_from_commandline()
