@@ -34,9 +34,20 @@ def collector_with_log() -> tuple[BoundaryCollector, FakeClock, list[object]]:
         collect=collect,
         freeze=lambda: calls.append("freeze"),
         unfreeze=lambda: calls.append("unfreeze"),
+        automatic=lambda on: calls.append(AUTOMATIC_ON if on else AUTOMATIC_OFF),
     )
-    collector.taken_over = True  # without gc.disable(): the test process keeps its own collector
+    collector.take_over()
+    calls.clear()
     return collector, clock, calls
+
+
+AUTOMATIC_ON, AUTOMATIC_OFF = "allocation-triggered on", "allocation-triggered off"
+
+
+def test_taking_over_collects_freezes_and_leaves_the_allocation_triggered_collector_on():
+    collector, _, calls = collector_with_log()
+    collector.take_over()
+    assert calls == [FULL, "freeze", AUTOMATIC_ON]
 
 
 def test_nothing_is_collected_before_taking_over():
@@ -51,13 +62,13 @@ def test_each_flush_is_followed_by_a_young_collection_and_a_full_one_comes_once_
     collector.after_flush()
     clock.now += 59.0
     collector.after_flush()
-    assert calls == [YOUNG, YOUNG]
+    assert calls == [AUTOMATIC_OFF, YOUNG, YOUNG]  # the first landed flush turns it off
     clock.now += 1.0
     collector.after_flush()
     clock.now += 0.5
     collector.after_flush()
     # What survives a full collection is frozen: the next one walks only what aged since.
-    assert calls == [YOUNG, YOUNG, FULL, "freeze", YOUNG]
+    assert calls == [AUTOMATIC_OFF, YOUNG, YOUNG, FULL, "freeze", YOUNG]
 
 
 def test_once_an_hour_the_frozen_objects_are_thawed_and_walked_too():
@@ -65,24 +76,28 @@ def test_once_an_hour_the_frozen_objects_are_thawed_and_walked_too():
     for _ in range(60):
         clock.now += 60.0
         collector.after_flush()
-    assert calls == [FULL, "freeze"] * 59 + ["unfreeze", FULL, "freeze"]
+    assert calls == [AUTOMATIC_OFF] + [FULL, "freeze"] * 59 + ["unfreeze", FULL, "freeze"]
     calls.clear()
     clock.now += 60.0
     collector.after_flush()
     assert calls == [FULL, "freeze"]
 
 
-def test_the_clock_collects_only_once_nothing_has_collected_for_a_while():
+def test_once_nothing_has_landed_for_a_while_the_clock_hands_collection_back():
     collector, clock, calls = collector_with_log()
-    clock.now += 1.0
-    assert collector.on_clock() == 0  # a worker landing flushes never needs the clock
+    clock.now += 5.0
+    assert collector.on_clock() == 0  # nothing landed yet: the allocation-triggered collector runs
     collector.after_flush()
     clock.now += 1.9
     collector.on_clock()
-    assert calls == [YOUNG]
+    assert calls == [AUTOMATIC_OFF, YOUNG]
     clock.now += 0.1
-    assert collector.on_clock() == 3  # nothing landed for 2 s: the clock collects instead
-    assert calls == [YOUNG, YOUNG]
+    assert collector.on_clock() == 3  # nothing landed for 2 s: a last collection, and it hands back
+    assert calls == [AUTOMATIC_OFF, YOUNG, YOUNG, AUTOMATIC_ON]
+    clock.now += 5.0
+    assert collector.on_clock() == 0
+    collector.after_flush()
+    assert calls[-2:] == [AUTOMATIC_OFF, YOUNG]
 
 
 def test_each_collection_is_on_the_metrics():
@@ -109,13 +124,15 @@ class Node:
     partner: Node | None = None
 
 
-def test_after_taking_over_only_its_collections_free_a_reference_cycle():
-    was_enabled = gc.isenabled()
+def test_between_flushes_only_its_collections_free_a_reference_cycle():
+    was_enabled, thresholds = gc.isenabled(), gc.get_threshold()
     collector = BoundaryCollector()
     try:
         collector.take_over()
+        assert gc.isenabled() and gc.get_threshold()[0] == 50_000
+        assert gc.get_freeze_count() > 0  # what exists at take-over: no collection walks it
+        collector.after_flush()
         assert not gc.isenabled()
-        assert gc.get_freeze_count() > 0  # what start-up made: no collection walks it
         first, second = Node(), Node()
         first.partner, second.partner = second, first
         freed: list[bool] = []
@@ -128,5 +145,8 @@ def test_after_taking_over_only_its_collections_free_a_reference_cycle():
         assert freed == [True]
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
         if was_enabled:
             gc.enable()
+        else:
+            gc.disable()
