@@ -8,7 +8,7 @@ import gc
 import weakref
 
 from bastionary.metrics import REGISTRY
-from bastionary.worker.collecting import FULL, YOUNG, BoundaryCollector
+from bastionary.worker.collecting import ALLOCATIONS, FULL, YOUNG, BoundaryCollector
 
 
 class FakeClock:
@@ -19,8 +19,10 @@ class FakeClock:
         return self.now
 
 
-def collector_with_log() -> tuple[BoundaryCollector, FakeClock, list[object]]:
+def collector_with_log(allocations: list[int] | None = None) -> tuple[BoundaryCollector, FakeClock, list[object]]:
+    """``allocations[0]``: young objects allocated since the last collection (default: enough)."""
     clock, calls = FakeClock(), []
+    young = allocations if allocations is not None else [ALLOCATIONS]
 
     def collect(generation: int) -> int:
         calls.append(generation)
@@ -35,6 +37,7 @@ def collector_with_log() -> tuple[BoundaryCollector, FakeClock, list[object]]:
         freeze=lambda: calls.append("freeze"),
         unfreeze=lambda: calls.append("unfreeze"),
         automatic=lambda on: calls.append(AUTOMATIC_ON if on else AUTOMATIC_OFF),
+        young_allocations=lambda: young[0],
     )
     collector.take_over()
     calls.clear()
@@ -69,6 +72,19 @@ def test_each_flush_is_followed_by_a_young_collection_and_a_full_one_comes_once_
     collector.after_flush()
     # What survives a full collection is frozen: the next one walks only what aged since.
     assert calls == [AUTOMATIC_OFF, YOUNG, YOUNG, FULL, "freeze", YOUNG]
+
+
+def test_after_small_flushes_it_collects_as_rarely_as_the_allocation_triggered_collector():
+    allocations = [ALLOCATIONS - 1]
+    collector, clock, calls = collector_with_log(allocations)
+    assert collector.after_flush() == 0
+    assert calls == [AUTOMATIC_OFF]
+    allocations[0] = ALLOCATIONS
+    assert collector.after_flush() == 3
+    allocations[0] = 10
+    clock.now += 60.0
+    collector.after_flush()  # the minute's full collection comes however little was allocated
+    assert calls == [AUTOMATIC_OFF, YOUNG, FULL, "freeze"]
 
 
 def test_once_an_hour_the_frozen_objects_are_thawed_and_walked_too():
@@ -126,7 +142,7 @@ class Node:
 
 def test_between_flushes_only_its_collections_free_a_reference_cycle():
     was_enabled, thresholds = gc.isenabled(), gc.get_threshold()
-    collector = BoundaryCollector()
+    collector = BoundaryCollector(young_allocations=lambda: ALLOCATIONS)  # the real collector otherwise
     try:
         collector.take_over()
         assert gc.isenabled() and gc.get_threshold()[0] == 50_000
