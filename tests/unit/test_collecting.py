@@ -87,6 +87,19 @@ def test_after_small_flushes_it_collects_as_rarely_as_the_allocation_triggered_c
     assert calls == [AUTOMATIC_OFF, YOUNG, FULL, "freeze"]
 
 
+def test_while_small_flushes_land_the_clock_leaves_collection_between_flushes():
+    allocations = [10]
+    collector, clock, calls = collector_with_log(allocations)
+    for _ in range(10):  # 5 s of small flushes: none collects, and the clock does not either
+        clock.now += 0.5
+        collector.after_flush()
+        assert collector.on_clock() == 0
+    assert calls == [AUTOMATIC_OFF]
+    clock.now += 2.0
+    collector.on_clock()
+    assert calls == [AUTOMATIC_OFF, YOUNG, AUTOMATIC_ON]
+
+
 def test_once_an_hour_the_frozen_objects_are_thawed_and_walked_too():
     collector, clock, calls = collector_with_log()
     for _ in range(60):

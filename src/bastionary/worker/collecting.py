@@ -36,8 +36,8 @@ collector off throughout, ``bench --entitlements``' idle phase (checks, no usage
 collection over 2 ms found none in that phase, so the cause is not pinned down. So
 :meth:`on_clock`, called on a timer, hands collection back to the allocation-triggered
 collector (the youngest generation every 50,000 allocations) once nothing has landed for
-``idle_seconds``, and the next landed flush takes it over again. The worker's timer takes over on its first tick, once the app has started, so what
-start-up made is frozen with it.
+``idle_seconds``, and the next landed flush takes it over again. The worker's timer takes over
+on its first tick, once the app has started, so what start-up made is frozen with it.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class BoundaryCollector:
         self._young_allocations = young_allocations
         self.taken_over = False
         self.between_flushes = False  # else the allocation-triggered collector runs
-        self._last = self._last_full = self._last_thaw = clock()
+        self._last = self._last_full = self._last_thaw = self._last_landed = clock()
 
     def take_over(self) -> None:
         """Freeze what exists now; from now on this decides when collections run."""
@@ -102,6 +102,7 @@ class BoundaryCollector:
         unreachable (0, collecting nothing, before :meth:`take_over`)."""
         if not self.taken_over:
             return 0
+        self._last_landed = self._clock()
         if not self.between_flushes:
             self._automatic(False)
             self.between_flushes = True
@@ -112,7 +113,7 @@ class BoundaryCollector:
     def on_clock(self) -> int:
         """Call on a timer: once nothing has landed for ``idle_seconds``, a last collection,
         and the allocation-triggered collector takes over again."""
-        if not (self.between_flushes and self._clock() - self._last >= self.idle_seconds):
+        if not (self.between_flushes and self._clock() - self._last_landed >= self.idle_seconds):
             return 0
         unreachable = self._run()
         self._automatic(True)
