@@ -117,8 +117,9 @@ def test_limit_override_suspension_and_restart(stack):
     assert (exhausted["usage"], exhausted["balance"], exhausted["reason"]) == ("10", "0", "exhausted")
     rollup = stack.query("SELECT sum(event_count) FROM usage_rollup_1m WHERE customer_id = 'cust-e'")[0][0]
     assert rollup == 10  # the same dedupe feeds the rollups and the counters
-    # The worker's own garbage collections, between flushes and on a clock (worker/collecting.py).
-    assert metric(port, 'bastionary_gc_pause_seconds_count{kind="young"}') >= 1
+    # The worker's own garbage collections (worker/collecting.py): a young one follows landed
+    # flushes at the latest when nothing has landed for 2 s, as the clock hands collection back.
+    wait_for(lambda: metric(port, 'bastionary_gc_pause_seconds_count{kind="young"}') >= 1, 30, "a young collection")
 
     send(
         stack,
