@@ -87,7 +87,7 @@ class BoundaryCollector:
         self._young_allocations = young_allocations
         self.taken_over = False
         self.between_flushes = False  # else the allocation-triggered collector runs
-        self._last = self._last_full = self._last_thaw = self._last_landed = clock()
+        self._last_full = self._last_thaw = self._last_landed = clock()
 
     def take_over(self) -> None:
         """Freeze what exists now; from now on this decides when collections run."""
@@ -95,18 +95,18 @@ class BoundaryCollector:
         self._freeze()
         self._automatic(True)
         self.taken_over = True
-        self._last = self._last_full = self._last_thaw = self._clock()
+        self._last_full = self._last_thaw = self._clock()
 
     def after_flush(self) -> int:
         """Call once a flush has landed and its plan is released; returns the objects found
         unreachable (0, collecting nothing, before :meth:`take_over`)."""
         if not self.taken_over:
             return 0
-        self._last_landed = self._clock()
+        self._last_landed = now = self._clock()
         if not self.between_flushes:
             self._automatic(False)
             self.between_flushes = True
-        if self._young_allocations() < ALLOCATIONS and self._clock() - self._last_full < self.full_every_seconds:
+        if self._young_allocations() < ALLOCATIONS and now - self._last_full < self.full_every_seconds:
             return 0  # small flushes: no more collections than the allocation-triggered collector would run
         return self._run()
 
@@ -136,5 +136,4 @@ class BoundaryCollector:
             self._last_full = now
         metrics.GC_PAUSE_SECONDS.labels(kind).observe(time.perf_counter() - started)
         metrics.GC_UNREACHABLE.inc(unreachable)
-        self._last = now
         return unreachable
