@@ -32,7 +32,8 @@ objects) is young:
 
 While nothing lands, no plan is alive and there is nothing to gain. With the automatic
 collector off throughout, ``bench --entitlements``' idle phase (checks, no usage) had a p99 of
-13.9-29.4 ms in five runs, against 4.9-8.7 ms in three with it; a run that logged every
+13.9-29.4 ms in five runs, against 4.9-8.7 ms in the three runs with it alternated with them
+(two later ones with it gave 29.8 and 44.0 ms on a noisier machine); a run that logged every
 collection over 2 ms found none in that phase, so the cause is not pinned down. So
 :meth:`on_clock`, called on a timer, hands collection back to the allocation-triggered
 collector (the youngest generation every 50,000 allocations) once nothing has landed for
