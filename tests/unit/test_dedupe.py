@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bastionary.dedupe import Sighting, Verdict, judge
-from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.dedupe.rocksdb_store import WRITE_CHUNK_KEYS, RocksDedupeStore
 
 H1 = bytes(range(16))
 H2 = bytes(range(1, 17))
@@ -114,6 +114,47 @@ def test_record_overwrites_an_existing_key(store: RocksDedupeStore):
     store.record("usage", 0, [(key, sighting(1, payload_hash=H1))], through_offset=1)
     store.record("usage", 0, [(key, sighting(2, payload_hash=H2))], through_offset=2)
     assert store.get(key, NOW) == sighting(2, payload_hash=H2)
+
+
+def test_a_record_larger_than_one_write_lands_whole(store: RocksDedupeStore):
+    count = 2 * WRITE_CHUNK_KEYS + 1
+    entries = [(store.key("usage", 0, "s", f"e{i}"), sighting(i)) for i in range(count)]
+    store.record("usage", 0, entries, through_offset=count - 1)
+    assert store.high_water("usage", 0) == (0, count - 1)
+    assert all(store.get(key, NOW) == expected for key, expected in entries)
+
+
+class _CrashAfterWrites:
+    """The store's database, dying (as a SIGKILL would) once it has taken ``writes`` writes."""
+
+    def __init__(self, db: object, writes: int):
+        self._db = db
+        self._left = writes
+
+    def write(self, batch: object) -> None:
+        if self._left == 0:
+            raise KeyboardInterrupt("killed between writes")
+        self._left -= 1
+        self._db.write(batch)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_crash_between_writes_keeps_the_old_mark_and_replays_as_new(store: RocksDedupeStore):
+    store.record("usage", 0, [], through_offset=9)
+    entries = [(store.key("usage", 0, "s", f"e{i}"), sighting(10, index=i)) for i in range(WRITE_CHUNK_KEYS + 5)]
+    real = store._db
+    store._db = _CrashAfterWrites(real, writes=1)  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        store.record("usage", 0, entries, through_offset=10)
+    store._db = real
+    assert store.high_water("usage", 0) == (0, 9)  # offset 10 is replayed from the log
+    landed = [(key, s) for key, s in entries if store.get(key, NOW) is not None]
+    assert len(landed) == WRITE_CHUNK_KEYS
+    # The replayed record meets its own sightings: every member counts again, none as a repeat.
+    for key, first in landed:
+        assert judge(store.get(key, NOW), sighting(10, index=first.index, seen_at=NOW + 60)) is Verdict.NEW
 
 
 def test_forget_partition_drops_only_that_partition(store: RocksDedupeStore):
