@@ -36,6 +36,7 @@ def test_quick_entitlements_bench_reports_latency_and_freshness(tmp_path):
     assert options["quick"] is True
     assert (options["customers"], options["trial_customers"]) == (50, 5)
     assert options["check_rate_per_s"] == 1_000 and options["flush_interval"] == "PT0.25S"
+    assert options["worker_settings"] == {}
     assert result["machine"]["nproc"] >= 1 and result["machine"]["python"]
     assert result["warmup"]["customers"] == 55
 
@@ -78,11 +79,46 @@ def test_quick_entitlements_bench_reports_latency_and_freshness(tmp_path):
 
     table = render_entitlements(result, as_json=False)
     assert "check latency" in table and "freshness" in table and ("MET" in table or "MISSED" in table)
+    assert "worker settings" in table and "defaults" in table
     assert json.loads(render_entitlements(result, as_json=True)) == result
 
     # Torn down: no process left naming its dir, and the temp dir itself removed.
     assert _processes_mentioning(str(tmp_path)) == []
     assert not list(tmp_path.glob("bastionary-bench-ent-*"))
+
+
+def test_a_worker_setting_reaches_the_measured_worker(tmp_path):
+    # examine_processes=1 gives the worker a child that examines the ingested records: its
+    # CPU shows only if the setting reached the worker the bench started.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")} | {"TMPDIR": str(tmp_path)}
+    command = [str(BIN), "bench", "--entitlements", "--quick", "--json", "--ingest-rate", "2000"]
+    run = subprocess.run(
+        [*command, "--worker-setting", "examine_processes=1"], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+
+    assert result["options"]["worker_settings"] == {"BASTIONARY_EXAMINE_PROCESSES": "1"}
+    assert result["latency"]["worker_children_cpu_cores"] >= 0
+    assert result["latency_under_load"]["worker_children_cpu_cores"] > 0
+    assert result["freshness"]["worker_children_cpu_cores"] > 0
+
+    from bastionary.tools.bench.entitlements import render_entitlements
+
+    assert "BASTIONARY_EXAMINE_PROCESSES=1" in render_entitlements(result, as_json=False)
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_worker_setting_the_bench_owns_or_does_not_know_is_refused():
+    for setting, reason in (
+        ("data_dir=/elsewhere", "the bench sets 'data_dir'"),
+        ("examine_processess=1", "is not a worker setting"),
+        ("examine_processes", "NAME=VALUE"),
+    ):
+        run = subprocess.run(
+            [str(BIN), "bench", "--entitlements", "--worker-setting", setting], capture_output=True, text=True
+        )
+        assert run.returncode == 2 and reason in run.stderr, run.stderr
 
 
 def _processes_mentioning(text: str) -> list[int]:

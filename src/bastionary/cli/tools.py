@@ -44,6 +44,13 @@ def _default_ingest_rate() -> int:
     default=None,
     help="Write a py-spy profile of each worker (speedscope JSON) to this directory.",
 )
+@click.option(
+    "--worker-setting",
+    "worker_settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A setting for the measured workers, e.g. examine_processes=1 (repeatable; default: every default).",
+)
 @click.option("--rating", is_flag=True, help="Rate N subscriptions x 5 metered prices instead (target <= 30 s).")
 @click.option("--subscriptions", default=10_000, show_default=True, help="With --rating.")
 @click.option(
@@ -76,6 +83,7 @@ def bench(
     events: int | None,
     dedupe_ids: int | None,
     profile: Path | None,
+    worker_settings: tuple[str, ...],
     rating: bool,
     subscriptions: int,
     entitlement_checks: bool,
@@ -85,6 +93,14 @@ def bench(
 ) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
     settings = settings_or_exit()
+    if worker_settings and (api or rating or stages):
+        raise click.UsageError("--worker-setting applies to the full bench and --entitlements")
+    from bastionary.tools.bench.options import BenchError, worker_environment
+
+    try:
+        worker_env = worker_environment(worker_settings)
+    except BenchError as error:
+        raise click.BadParameter(str(error), param_hint="--worker-setting") from error
     if api:
         from bastionary.tools.bench.api import render_api, run_api_bench
 
@@ -97,7 +113,10 @@ def bench(
         configure_logging("WARNING", settings.log_format)
         click.echo(
             render_entitlements(
-                run_entitlements_bench(quick=quick, ingest_rate=ingest_rate, profile_dir=profile), as_json
+                run_entitlements_bench(
+                    quick=quick, ingest_rate=ingest_rate, profile_dir=profile, worker_settings=worker_env
+                ),
+                as_json,
             )
         )
         return
@@ -137,4 +156,5 @@ def bench(
     if dedupe_ids:
         options.dedupe_ids = dedupe_ids
     options.profile_dir = profile
+    options.worker_settings = worker_env
     click.echo(render(run_bench(options), as_json))

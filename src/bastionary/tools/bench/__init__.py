@@ -61,7 +61,9 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
             broker = EmbeddedBroker(root / "broker")
             try:
                 broker.start()
-                result.update(_run_phases(_Bench(root, processes, broker, options.profile_dir), options))
+                result.update(
+                    _run_phases(_Bench(root, processes, broker, options.profile_dir, options.worker_settings), options)
+                )
             finally:
                 processes.stop_all()
                 broker.stop()

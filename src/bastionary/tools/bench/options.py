@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PARTITIONS = 4  # the default BASTIONARY_USAGE_PARTITIONS, which the workers use
@@ -20,6 +21,13 @@ CONTENTION_WARNING = 0.10  # other processes' share of the cores above which a p
 
 _QUICK = {"events": 20_000, "dedupe_ids": 50_000, "latency_seconds": 5.0}
 
+# What the bench sets on its workers itself: each phase needs its own broker, topics, group,
+# data dir and port, and the entitlement phases their catalog, key and rating switch.
+BENCH_OWNED_SETTINGS = frozenset({
+    "kafka_bootstrap", "data_dir", "topic_prefix", "consumer_group", "worker_id", "web_port",
+    "kafka_session_timeout", "log_format", "clickhouse_dsn", "catalog", "api_keys", "rating_enabled",
+})  # fmt: skip
+
 
 @dataclass
 class BenchOptions:
@@ -29,6 +37,9 @@ class BenchOptions:
     data_dir: Path | None = None  # default: a fresh temp dir, removed afterwards
     quick: bool = False  # small sizes for the test (e.g. 20k events, 50k ids, 5 s)
     profile_dir: Path | None = None  # a py-spy profile of each worker goes here
+    # BASTIONARY_* variables for the measured workers (see worker_environment), so a run can
+    # measure a setting other than its default
+    worker_settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Quick sizes replace the defaults only; a value set explicitly (or later, as the
@@ -41,3 +52,24 @@ class BenchOptions:
 
 class BenchError(RuntimeError):
     pass
+
+
+def worker_environment(assignments: Iterable[str]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs (``examine_processes=1``) as the workers' BASTIONARY_* variables.
+
+    A name that is no setting of the worker, or that the bench sets itself, is an error: either
+    would leave the run measuring the default while its report says otherwise."""
+    from bastionary.settings import Settings
+
+    environment: dict[str, str] = {}
+    for assignment in assignments:
+        name, equals, value = assignment.partition("=")
+        name = name.strip().lower().removeprefix("bastionary_")
+        if not equals or not name:
+            raise BenchError(f"a worker setting is NAME=VALUE, not {assignment!r}")
+        if name not in Settings.model_fields:
+            raise BenchError(f"{name!r} is not a worker setting (see the README's settings table)")
+        if name in BENCH_OWNED_SETTINGS:
+            raise BenchError(f"the bench sets {name!r} on its workers itself")
+        environment[f"BASTIONARY_{name.upper()}"] = value
+    return environment

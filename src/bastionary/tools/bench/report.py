@@ -244,6 +244,10 @@ def print_contention_and_machine(console: Console, result: dict[str, Any], measu
     info.add_row("packages", versions)
     quick = " (quick sizes)" if result["options"].get("quick") else ""
     info.add_row("elapsed", f"{result.get('elapsed_s', 0):.0f} s{quick}")
+    settings = result["options"].get("worker_settings")
+    info.add_row(
+        "worker settings", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) if settings else "defaults"
+    )
     console.print(info)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -115,11 +116,21 @@ def descendants(pid: int) -> list[int]:
 
 
 class _Bench:
-    def __init__(self, root: Path, processes: _Processes, broker: EmbeddedBroker, profile_dir: Path | None = None):
+    def __init__(
+        self,
+        root: Path,
+        processes: _Processes,
+        broker: EmbeddedBroker,
+        profile_dir: Path | None = None,
+        worker_settings: Mapping[str, str] | None = None,
+    ):
         self.root = root
         self.processes = processes
         self.broker = broker
         self.profile_dir = profile_dir
+        # The operator's settings for the measured workers (``--worker-setting``), as
+        # BASTIONARY_* variables; the bench's own (below) win over them.
+        self.worker_settings = dict(worker_settings or {})
         self.tag = uuid.uuid4().hex[:8]
         self.cpu = _CpuMeter(processes, broker)
 
@@ -172,16 +183,20 @@ class _Bench:
         data_dir.mkdir(parents=True, exist_ok=True)
         # Only our settings: an inherited BASTIONARY_* (a DSN, a catalog, a prefix) would
         # measure something else than the embedded defaults.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")} | {
-            "BASTIONARY_KAFKA_BOOTSTRAP": self.bootstrap,
-            "BASTIONARY_DATA_DIR": str(data_dir),
-            "BASTIONARY_TOPIC_PREFIX": prefix,
-            "BASTIONARY_CONSUMER_GROUP": group,
-            "BASTIONARY_WORKER_ID": f"bench-{phase}",
-            "BASTIONARY_WEB_PORT": str(free_port()),
-            "BASTIONARY_KAFKA_SESSION_TIMEOUT": SESSION_TIMEOUT,
-            "BASTIONARY_LOG_FORMAT": "json",
-        }
+        env = (
+            {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
+            | self.worker_settings
+            | {
+                "BASTIONARY_KAFKA_BOOTSTRAP": self.bootstrap,
+                "BASTIONARY_DATA_DIR": str(data_dir),
+                "BASTIONARY_TOPIC_PREFIX": prefix,
+                "BASTIONARY_CONSUMER_GROUP": group,
+                "BASTIONARY_WORKER_ID": f"bench-{phase}",
+                "BASTIONARY_WEB_PORT": str(free_port()),
+                "BASTIONARY_KAFKA_SESSION_TIMEOUT": SESSION_TIMEOUT,
+                "BASTIONARY_LOG_FORMAT": "json",
+            }
+        )
         if clickhouse_dsn is not None:
             env["BASTIONARY_CLICKHOUSE_DSN"] = clickhouse_dsn
         log_path = self.root / "logs" / f"worker-{phase}.log"

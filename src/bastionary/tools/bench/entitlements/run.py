@@ -98,6 +98,7 @@ def run_entitlements_bench(
     data_dir: Path | None = None,
     ingest_rate: int = DEFAULT_INGEST_RATE,
     profile_dir: Path | None = None,
+    worker_settings: dict[str, str] | None = None,
 ) -> Figures:
     """Measure check latency and freshness on a fresh embedded stack; see :func:`render_entitlements`."""
     started = time.monotonic()
@@ -132,6 +133,7 @@ def run_entitlements_bench(
             "poll_interval_ms": POLL_S * 1000,
             "latency_timing": "open loop at fixed scheduled times: answer read - scheduled send",
             "freshness_timing": "has_access:false answer received - just before the exhausting event was produced",
+            "worker_settings": dict(worker_settings or {}),
         },
         "machine": machine_info(),
     }
@@ -140,7 +142,7 @@ def run_entitlements_bench(
             broker = EmbeddedBroker(root / "broker")
             try:
                 broker.start()
-                bench = _Bench(root, processes, broker, profile_dir)
+                bench = _Bench(root, processes, broker, profile_dir, worker_settings)
                 result.update(_run(bench, sizes, port, key, flush_interval.total_seconds(), ingest_rate))
             finally:
                 processes.stop_all()
