@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -72,4 +73,29 @@ def worker_environment(assignments: Iterable[str]) -> dict[str, str]:
         if name in BENCH_OWNED_SETTINGS:
             raise BenchError(f"the bench sets {name!r} on its workers itself")
         environment[f"BASTIONARY_{name.upper()}"] = value
+    _check_as_the_worker_reads(environment)
     return environment
+
+
+def _check_as_the_worker_reads(environment: dict[str, str]) -> None:
+    """Validate the values as the worker will: from its environment, without the others that
+    the bench strips (so a bad value fails here, not as a worker that never starts)."""
+    from pydantic import ValidationError
+
+    from bastionary.settings import Settings
+
+    if not environment:
+        return
+    saved = {k: v for k, v in os.environ.items() if k.startswith("BASTIONARY_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(environment)
+    try:
+        Settings()
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise BenchError(f"a worker setting does not validate: {problems}") from error
+    finally:
+        for name in environment:
+            del os.environ[name]
+        os.environ.update(saved)

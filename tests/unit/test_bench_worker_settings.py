@@ -1,0 +1,44 @@
+"""``bench --worker-setting``: what reaches the measured workers, and what is refused."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bastionary.tools.bench.options import BenchError, worker_environment
+
+
+def test_settings_become_the_workers_variables():
+    assert worker_environment([]) == {}
+    assert worker_environment(["examine_processes=1", "BASTIONARY_FLUSH_INTERVAL=PT0.5S"]) == {
+        "BASTIONARY_EXAMINE_PROCESSES": "1",
+        "BASTIONARY_FLUSH_INTERVAL": "PT0.5S",
+    }
+
+
+@pytest.mark.parametrize(
+    ("assignment", "reason"),
+    [
+        ("examine_processes", "NAME=VALUE"),
+        ("=1", "NAME=VALUE"),
+        ("examine_processess=1", "is not a worker setting"),
+        ("data_dir=/elsewhere", "the bench sets 'data_dir'"),
+        ("clickhouse_dsn=http://elsewhere:8123", "the bench sets 'clickhouse_dsn'"),
+        ("examine_processes=two", "examine_processes: Input should be a valid integer"),
+        ("examine_processes=65", "examine_processes: Input should be less than or equal to 64"),
+        ("flush_interval=soon", "flush_interval: Value error"),
+    ],
+)
+def test_a_setting_the_run_would_not_measure_is_refused(assignment: str, reason: str):
+    with pytest.raises(BenchError, match=reason):
+        worker_environment([assignment])
+
+
+def test_checking_the_values_leaves_this_process_environment_as_it_was(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BASTIONARY_FLUSH_INTERVAL", "not a duration")  # the bench strips it for workers
+    before = dict(os.environ)
+    worker_environment(["examine_processes=2"])
+    with pytest.raises(BenchError):
+        worker_environment(["examine_processes=two"])
+    assert dict(os.environ) == before
