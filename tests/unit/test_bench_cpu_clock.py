@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 from bastionary.tools.bench.entitlements.cpu import _CpuClock
+from bastionary.tools.bench.processes import descendants
 
 # A parent that only waits, and its child that spins: the worker and an examine child.
 _PARENT = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'while True: pass'])"
@@ -30,6 +31,33 @@ def test_the_cpu_of_the_workers_children_is_its_own_figure():
         assert figures["worker_cpu_cores"] < 0.1  # the waiting parent
     finally:
         for pid in clock.children():  # before the parent: an orphan is no longer listed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+
+
+def test_a_phase_counts_the_grandchildren_the_bench_started_as_its_own():
+    # The bench's child (a worker) starts a child of its own inside the phase (an examining
+    # child at the first flush): its CPU is the bench's share, not "other processes".
+    from bastionary.tools.bench.processes import _CpuMeter
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import time, subprocess, sys; time.sleep(0.3); " + _PARENT.split("; ", 1)[1]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    meter = _CpuMeter(SimpleNamespace(_children=[parent]), SimpleNamespace())  # type: ignore[arg-type]
+    spinning: list[int] = []
+    try:
+        with meter.phase("grandchild"):
+            time.sleep(1.5)
+            spinning = descendants(parent.pid)
+        assert spinning, "the child never started its own"
+        figures = meter.phases["grandchild"]
+        assert figures["bench_cpu_share"] * meter._cores > 0.3  # about a core's worth, as a share of all cores
+    finally:
+        for pid in spinning or descendants(parent.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         parent.kill()

@@ -69,6 +69,18 @@ def cpu_seconds_of(pid: int) -> float:
     return (int(fields_[11]) + int(fields_[12])) / _TICK  # utime, stime
 
 
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:  # gone, or a kernel without /proc/<pid>/task/<tid>/children
+        return found
+    for child in children:
+        found.append(child)
+        found.extend(descendants(child))
+    return found
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has been busy, all cores (``/proc/stat``)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -99,9 +111,13 @@ class _CpuMeter:
         broker_process = getattr(self.broker, "_process", None)
         if broker_process is not None:
             live.append(broker_process)
-        for process in live:
+        # With their descendants: a worker's examining children start at its first flush,
+        # inside a phase, and their CPU is the pipeline's, not another process's.
+        pids = [process.pid for process in live]
+        pids += [child for pid in pids for child in descendants(pid)]
+        for pid in pids:
             with contextlib.suppress(OSError, ValueError, IndexError):
-                total += cpu_seconds_of(process.pid)
+                total += cpu_seconds_of(pid)
         return total
 
     @contextlib.contextmanager

@@ -20,7 +20,7 @@ import orjson
 from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.storage.client import Client
 from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
-from bastionary.tools.bench.processes import _bastionary_command, _CpuMeter, _Processes, _tail
+from bastionary.tools.bench.processes import _bastionary_command, _CpuMeter, _Processes, _tail, descendants
 from bastionary.tools.workload import Record
 from bastionary.topics import Topics
 
@@ -101,18 +101,6 @@ def _status_kb(pid: int) -> dict[str, int]:
             if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0])
     return out
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-    except OSError:  # gone, or a kernel without /proc/<pid>/task/<tid>/children
-        return found
-    for child in children:
-        found.append(child)
-        found.extend(descendants(child))
-    return found
 
 
 class _Bench:

@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 
 from bastionary.tools.bench.entitlements.figures import Figures
-from bastionary.tools.bench.processes import cpu_seconds_of
-from bastionary.tools.bench.stack import _Worker, descendants
+from bastionary.tools.bench.processes import cpu_seconds_of, descendants
+from bastionary.tools.bench.stack import _Worker
 
 
 class _CpuClock:
