@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from bastionary.settings import Settings
 from bastionary.tools.bench.options import BenchError, worker_environment
 
 
@@ -41,4 +44,29 @@ def test_checking_the_values_leaves_this_process_environment_as_it_was(monkeypat
     worker_environment(["examine_processes=2"])
     with pytest.raises(BenchError):
         worker_environment(["examine_processes=two"])
+    assert dict(os.environ) == before
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=40),
+            st.builds(
+                lambda n, v: f"{n}={v}",
+                st.sampled_from([*sorted(Settings.model_fields), "BASTIONARY_FLUSH_MAX_BYTES"]),
+                st.text(max_size=30),
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_whatever_is_typed_the_answer_is_settings_or_a_clear_refusal(assignments: list[str]):
+    before = dict(os.environ)
+    try:
+        environment = worker_environment(assignments)
+    except BenchError as error:
+        assert str(error)
+    else:
+        assert all(name.startswith("BASTIONARY_") for name in environment)
     assert dict(os.environ) == before

@@ -72,9 +72,19 @@ def worker_environment(assignments: Iterable[str]) -> dict[str, str]:
             raise BenchError(f"{name!r} is not a worker setting (see the README's settings table)")
         if name in BENCH_OWNED_SETTINGS:
             raise BenchError(f"the bench sets {name!r} on its workers itself")
+        if "\0" in value or not _encodable(value):
+            raise BenchError(f"the value of {name!r} cannot be passed in an environment variable")
         environment[f"BASTIONARY_{name.upper()}"] = value
     _check_as_the_worker_reads(environment)
     return environment
+
+
+def _encodable(value: str) -> bool:
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def _check_as_the_worker_reads(environment: dict[str, str]) -> None:
@@ -95,7 +105,9 @@ def _check_as_the_worker_reads(environment: dict[str, str]) -> None:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise BenchError(f"a worker setting does not validate: {problems}") from error
+    except ValueError as error:  # pydantic-settings' own, e.g. a value it cannot decode at all
+        raise BenchError(f"a worker setting does not validate: {error}") from error
     finally:
         for name in environment:
-            del os.environ[name]
+            os.environ.pop(name, None)
         os.environ.update(saved)
