@@ -59,7 +59,8 @@ def worker_environment(assignments: Iterable[str]) -> dict[str, str]:
     """``NAME=VALUE`` pairs (``examine_processes=1``) as the workers' BASTIONARY_* variables.
 
     A name that is no setting of the worker, or that the bench sets itself, is an error: either
-    would leave the run measuring the default while its report says otherwise."""
+    would leave the run measuring the default while its report says otherwise. So is a value
+    the worker would refuse: the run would end in a worker that never starts."""
     from bastionary.settings import Settings
 
     environment: dict[str, str] = {}
