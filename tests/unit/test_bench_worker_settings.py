@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from bastionary.settings import Settings
 from bastionary.tools.bench.options import BenchError, worker_environment
+from bastionary.tools.bench.processes import environment_without_settings
 
 
 def test_settings_become_the_workers_variables():
@@ -70,3 +71,12 @@ def test_whatever_is_typed_the_answer_is_settings_or_a_clear_refusal(assignments
     else:
         assert all(name.startswith("BASTIONARY_") for name in environment)
     assert dict(os.environ) == before
+
+
+def test_children_get_the_environment_without_the_callers_settings(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BASTIONARY_CLICKHOUSE_DSN", "http://the-callers:8123")
+    monkeypatch.setenv("BENCH_UNRELATED", "kept")
+    environment = environment_without_settings()
+    assert "BASTIONARY_CLICKHOUSE_DSN" not in environment
+    assert environment["BENCH_UNRELATED"] == "kept"
+    assert os.environ["BASTIONARY_CLICKHOUSE_DSN"] == "http://the-callers:8123"  # ours is left alone

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ import orjson
 from bastionary.storage import diagnostics
 from bastionary.storage.client import Client
 from bastionary.tools.bench.options import LATENCY_POLL_SECONDS, PARTITIONS, BenchError
-from bastionary.tools.bench.processes import _say, _tail
+from bastionary.tools.bench.processes import _say, _tail, environment_without_settings
 from bastionary.tools.bench.stack import _Bench, _Worker
 from bastionary.tools.bench.workloads import Exactness, _distinct_id_records, _exactness
 from bastionary.tools.workload import Record, Workload
@@ -94,8 +93,7 @@ def _run_until_reported(
     bench: _Bench, command: list[str], report: Path, log_path: Path, what: str, timeout: float
 ) -> dict[str, float]:
     """Run ``command`` (no BASTIONARY_* settings) until it writes ``report``; then stop it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
-    process = bench.processes.spawn(command, env, log_path)
+    process = bench.processes.spawn(command, environment_without_settings(), log_path)
     try:
         deadline = time.monotonic() + timeout
         while not report.exists():

@@ -23,6 +23,12 @@ def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment without its BASTIONARY_* variables: a child of the bench runs
+    on the settings the bench gives it, not on a DSN, catalog or prefix the caller happens to have."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
+
+
 def _bastionary_command() -> list[str]:
     script = Path(sys.executable).parent / "bastionary"
     return [str(script)] if script.exists() else [sys.executable, "-m", "bastionary.cli.main"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,14 @@ import orjson
 from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.storage.client import Client
 from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
-from bastionary.tools.bench.processes import _bastionary_command, _CpuMeter, _Processes, _tail, descendants
+from bastionary.tools.bench.processes import (
+    _bastionary_command,
+    _CpuMeter,
+    _Processes,
+    _tail,
+    descendants,
+    environment_without_settings,
+)
 from bastionary.tools.workload import Record
 from bastionary.topics import Topics
 
@@ -149,7 +155,7 @@ class _Bench:
 
         data_dir = self.root / phase
         data_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")} | {
+        env = environment_without_settings() | {
             "BASTIONARY_DATA_DIR": str(data_dir),
             "BASTIONARY_LOG_FORMAT": "json",
         }
@@ -172,7 +178,7 @@ class _Bench:
         # Only our settings: an inherited BASTIONARY_* (a DSN, a catalog, a prefix) would
         # measure something else than the embedded defaults.
         env = (
-            {k: v for k, v in os.environ.items() if not k.startswith("BASTIONARY_")}
+            environment_without_settings()
             | self.worker_settings
             | {
                 "BASTIONARY_KAFKA_BOOTSTRAP": self.bootstrap,
