@@ -16,9 +16,9 @@ from bastionary.apikeys import KeyFileError
 from bastionary.catalog import CatalogError
 from bastionary.locks import DataDirInUse
 from bastionary.logs import configure_logging
-from bastionary.runtime import NoBroker, connect_clickhouse
+from bastionary.runtime import NoBroker, connect_clickhouse, exit_past_engine_teardown
 from bastionary.settings import ConfigError, Settings, load_settings
-from bastionary.storage.client import Client
+from bastionary.storage.client import Client, engine_in_process
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,6 +44,26 @@ def fail_cleanly(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except (CatalogError, NoBroker, DataDirInUse, KeyFileError) as exc:
             raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def ends_past_engine_teardown(fn: Callable[P, None]) -> Callable[P, None]:
+    """For the long-running commands: once the command is done (returned, or raised
+    ``SystemExit`` as Faust's worker does on SIGTERM), a process that opened chdb ends without
+    chdb's exit handlers (:func:`bastionary.runtime.exit_past_engine_teardown` says why). Any
+    other exception is left to click, as before."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except SystemExit as exited:
+            if not engine_in_process():
+                raise
+            exit_past_engine_teardown(exited.code)
+        if engine_in_process():
+            exit_past_engine_teardown(0)
 
     return wrapper
 

@@ -10,7 +10,7 @@ import time
 import click
 
 from bastionary.catalog import load_catalog
-from bastionary.cli.common import fail_cleanly, settings_or_exit
+from bastionary.cli.common import ends_past_engine_teardown, fail_cleanly, settings_or_exit
 from bastionary.devstack.discovery import write_broker_file
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import BROKER
@@ -28,6 +28,7 @@ def create_topics(settings: Settings, bootstrap: str) -> None:
 
 
 @click.command()
+@ends_past_engine_teardown
 @fail_cleanly
 def run() -> None:
     """Everything in one process: the embedded broker when no bootstrap is set, and the worker."""
@@ -55,6 +56,7 @@ def run() -> None:
 
 
 @click.command()
+@ends_past_engine_teardown
 @fail_cleanly
 def worker() -> None:
     """The Faust worker only; start several with one consumer group to scale out."""
@@ -84,6 +86,7 @@ def port_free_or_exit(settings: Settings) -> None:
 
 
 @click.command()
+@ends_past_engine_teardown
 @fail_cleanly
 def rater() -> None:
     """The rater alone (billing intake and rating, no usage ingest), for server deployments.
@@ -123,6 +126,7 @@ def _wait_for_signal() -> None:
 
 
 @click.command("serve-clickhouse")
+@ends_past_engine_teardown
 def serve_clickhouse() -> None:
     """Hold the embedded chdb directory and serve it over HTTP for several workers.
 

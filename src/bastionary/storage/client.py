@@ -22,6 +22,14 @@ class DataDirLocked(Exception):
     """The chdb directory is held by another process (normally a running worker)."""
 
 
+_engine_in_process = False
+
+
+def engine_in_process() -> bool:
+    """Whether this process has opened chdb (the embedded engine runs inside it)."""
+    return _engine_in_process
+
+
 def open_client(dsn: str, database: str | None, create: bool = False) -> Client:
     """A clickhouse-connect client on ``database``; ``create`` makes the database first."""
     parts = urlsplit(dsn)
@@ -29,6 +37,8 @@ def open_client(dsn: str, database: str | None, create: bool = False) -> Client:
     # rejects concurrent queries in one HTTP session, and the pipeline needs no session state.
     clickhouse_common.set_setting("autogenerate_session_id", False)
     if parts.scheme == "chdb":
+        global _engine_in_process
+        _engine_in_process = True  # before the attempt: a failed open may have started the engine
         path = Path(parts.path)
         path.mkdir(parents=True, exist_ok=True)
         try:

@@ -157,6 +157,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         if examine_pool is not None:
             examine_pool.close()
         dedupe.close()
+        handle.client.close()
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
