@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from bastionary.storage import time_columns
 from bastionary.storage.client import Client, insert_rows, open_client
 
 
@@ -49,14 +48,6 @@ def test_rows_are_freed_as_soon_as_their_owner_drops_them(client: Client) -> Non
     assert client.query("SELECT groupArray(tag) FROM (SELECT tag FROM tags ORDER BY n)").result_rows == [
         (["tag-0", "tag-1", "tag-2"],)
     ]
-
-
-def test_columns_are_freed_as_soon_as_their_owner_drops_them(client: Client) -> None:
-    def insert_columns(c: Client, rows: list[tuple[int, Tag]]) -> None:
-        insert_rows(c, "tags", time_columns.as_columns(rows, {}), ["n", "tag"], column_oriented=True)
-
-    assert not _rows_outlive_their_owner(client, insert_columns)
-    assert client.query("SELECT count() FROM tags").result_rows == [(3,)]
 
 
 def test_the_plain_insert_keeps_them_until_a_cyclic_collection(client: Client) -> None:

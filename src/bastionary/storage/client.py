@@ -65,7 +65,6 @@ def insert_rows(
     column_names: Sequence[str],
     column_types: Sequence[Any] | None = None,
     settings: dict[str, str] | None = None,
-    column_oriented: bool = False,
 ) -> None:
     """``client.insert``, leaving nothing behind for the cyclic garbage collector.
 
@@ -76,18 +75,10 @@ def insert_rows(
     ingested, stalling entitlement checks and heartbeats (bench --entitlements, each
     collection timed by a gc callback). The context gets a copy of the list, emptied once
     the insert is over, so the rows go as soon as their owner drops them. (A failed insert
-    may still leave them to the collector, through its exception; that is rare.) With
-    ``column_oriented``, ``rows`` holds columns.
+    may still leave them to the collector, through its exception; that is rare.)
     """
     batch = list(rows)
     try:
-        client.insert(
-            table,
-            batch,
-            column_names=column_names,
-            column_types=column_types,
-            settings=settings,
-            column_oriented=column_oriented,
-        )
+        client.insert(table, batch, column_names=column_names, column_types=column_types, settings=settings)
     finally:
         batch.clear()

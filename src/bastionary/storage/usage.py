@@ -7,20 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 from bastionary.metering.ports import EventRow, FlushMarker, MarkerRow, RollupRow, SightingRow
-from bastionary.storage import time_columns
 from bastionary.storage.client import Client, insert_rows
 from bastionary.storage.migrations import apply_migrations
-
-# Each table's time columns, by position, as integer ticks (see time_columns).
-_EVENT_TIMES = {
-    EventRow._fields.index("time"): time_columns.microseconds,  # DateTime64(6)
-    EventRow._fields.index("ingested_at"): time_columns.repeating(time_columns.milliseconds),  # one per record
-}
-_ROLLUP_TIMES = {
-    RollupRow._fields.index("window_start"): time_columns.repeating(time_columns.seconds),
-    RollupRow._fields.index("ingested_minute"): time_columns.repeating(time_columns.seconds),
-    RollupRow._fields.index("latest"): time_columns.repeating(time_columns.latest_pairs),  # mostly "none yet"
-}
 
 
 class ClickHouseUsageStore:
@@ -36,10 +24,8 @@ class ClickHouseUsageStore:
         rows: Sequence[tuple[Any, ...]],
         columns: Sequence[str],
         settings: dict[str, str] | None = None,
-        times: dict[int, time_columns.Converter] | None = None,
     ) -> None:
-        """Insert with the table's column types read once, not before every insert; the
-        columns ``times`` names are sent as integer ticks (:mod:`~bastionary.storage.time_columns`).
+        """Insert with the table's column types read once, not before every insert.
 
         clickhouse-connect otherwise sends ``DESCRIBE TABLE`` ahead of each insert: two per
         partition and one for the markers at every flush (0.5 ms of CPU each in chdb, a round
@@ -51,11 +37,7 @@ class ClickHouseUsageStore:
             types = self.client.create_insert_context(table, column_names=columns).column_types
             self._column_types[table] = types
         try:
-            if times:
-                columns_data = time_columns.as_columns(rows, times)
-                insert_rows(self.client, table, columns_data, columns, types, settings, column_oriented=True)
-            else:
-                insert_rows(self.client, table, rows, columns, types, settings)
+            insert_rows(self.client, table, rows, columns, types, settings)
         except BaseException:
             self._column_types.pop(table, None)
             raise
@@ -65,13 +47,11 @@ class ClickHouseUsageStore:
 
     def insert_events(self, rows: list[EventRow], token: str) -> None:
         if rows:
-            self._insert("usage_events", rows, EventRow._fields, {"insert_deduplication_token": token}, _EVENT_TIMES)
+            self._insert("usage_events", rows, EventRow._fields, {"insert_deduplication_token": token})
 
     def insert_rollups(self, rows: list[RollupRow], token: str) -> None:
         if rows:
-            self._insert(
-                "usage_rollup_1m", rows, RollupRow._fields, {"insert_deduplication_token": token}, _ROLLUP_TIMES
-            )
+            self._insert("usage_rollup_1m", rows, RollupRow._fields, {"insert_deduplication_token": token})
 
     def insert_markers(self, rows: list[MarkerRow]) -> None:
         self._insert("ingest_progress", rows, MarkerRow._fields)
