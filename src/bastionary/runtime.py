@@ -85,13 +85,15 @@ def exit_past_engine_teardown(code: object) -> NoReturn:
     chdb shuts its engine down in C++ exit handlers that race the engine's own threads
     (chdb-core issue 177, "interpreter-exit SIGSEGV"). A worker that had stopped cleanly on
     SIGTERM (Faust stopped, its dedupe cache closed) then died with SIGSEGV inside those
-    handlers in 16 of 33 stops, or hung in them until it was killed 20 s later (3 of 33), on the
-    embedded stack on 2026-12-02; a core dump put the main thread in ``exit()``'s handlers and
-    the faulting thread in chdb. Ending here, 10 of 10 stops exited 0. By the time a long-running command
-    returns, everything it wrote is durable: each INSERT returned, the dedupe cache is closed,
-    and Kafka offsets were committed only for what landed. Ending here is then what a SIGKILL
-    after the last write would do, a case the crash drills cover. Python's own exit work that
-    matters here, flushing logs and output, is done first.
+    handlers in 16 of 33 stops, or hung in them until killed 20 s later in 3, on the embedded
+    stack on 2026-12-02. A core dump put the main thread in ``exit()``'s handlers and the
+    faulting thread in chdb. Leaving through ``os._exit``, 10 of 10 stops exited 0.
+
+    By the time a long-running command returns, everything it wrote is durable: each INSERT
+    returned, the dedupe cache is closed, and Kafka offsets were committed only for what
+    landed. Ending here is then what a SIGKILL after the last write would do, a case the crash
+    drills cover. The exit work of Python's that matters here, flushing logs and output, is
+    done first.
     """
     if code is None:
         status = 0
