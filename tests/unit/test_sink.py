@@ -244,6 +244,33 @@ def test_a_shorter_log_is_caught_by_the_timer_even_with_nothing_to_flush(tmp_pat
     asyncio.run(scenario())
 
 
+def test_the_buffered_counts_follow_the_buffers_through_a_release_and_a_replaced_log(tmp_path):
+    """The intake reads ``buffered()`` and ``buffered_bytes()`` after every record, so they are
+    kept as counts, not summed from the buffers: every way a buffer empties must lower them."""
+
+    def waiting(sink: UsageSink) -> tuple[int, int]:
+        return sink.buffered(), sink.buffered_bytes()
+
+    async def scenario():
+        sink, _store, log, _ = make_sink(tmp_path)
+        landed = [event_record(i, f"landed-{i}") for i in range(2)]
+        first = [*landed, *(event_record(i, f"p0-{i}") for i in range(2, 7))]
+        second = [event_record(i, f"p1-{i}", partition=1) for i in range(3)]
+        log.hold(first + second)
+        await admit_all(sink, landed)
+        await sink.flush()  # an anchor, so that a replaced log can be told from this one
+        assert waiting(sink) == (0, 0)
+        await admit_all(sink, first[2:] + second)
+        assert waiting(sink) == (8, sum(len(r.value) for r in first[2:] + second))
+        await sink.release([(TOPIC, 1)])
+        assert waiting(sink) == (5, sum(len(r.value) for r in first[2:]))
+        log.replace(TOPIC, 0, [event_record(0, "new-0", ts_ms=NOW_MS + 1)])
+        await sink.check_logs()  # the new log is read from its start: the buffer is dropped
+        assert waiting(sink) == (0, 0)
+
+    asyncio.run(scenario())
+
+
 def test_repeats_across_a_replaced_log_still_count_once(tmp_path):
     async def scenario():
         sink, store, log, _ = make_sink(tmp_path)
@@ -416,6 +443,7 @@ def test_admit_now_decides_as_admit_does_or_leaves_the_record_to_it(tmp_path, st
                 assert (sink.buffered(), sink.buffered_bytes()) == before
                 admission = await sink.admit(record)
             seen.append(admission)
+            assert sink.buffered() == sum(s.buffered for s in sink.status().values())
         seen.append(("flush", len(await sink.flush())))
         return seen, store.total(), sorted(log.rewinds)
 

@@ -131,6 +131,8 @@ class UsageSink:
         self.lock = asyncio.Lock()
         self._partitions: dict[TopicPartition, _PartitionState] = {}
         self._recovering: dict[TopicPartition, asyncio.Lock] = {}
+        # Kept beside the buffers, not summed from them: the intake asks after every record.
+        self._buffered_records = 0
         self._buffered_bytes = 0
 
     # -- intake --------------------------------------------------------------------------
@@ -181,6 +183,7 @@ class UsageSink:
         if not state.buffer:
             state.buffered_since = state.active_at
         state.buffer.append(record)
+        self._buffered_records += 1
         self._buffered_bytes += len(record.value or b"")
         return Admission.BUFFERED
 
@@ -212,11 +215,20 @@ class UsageSink:
         return True
 
     def buffered(self) -> int:
-        return sum(len(s.buffer) for s in self._partitions.values())
+        return self._buffered_records
 
     def buffered_bytes(self) -> int:
         """Record bytes waiting: batch records carry many events, so bytes bound a flush's size."""
         return self._buffered_bytes
+
+    def _uncount(self, dropped: list[InboundRecord]) -> None:
+        self._buffered_records -= len(dropped)
+        self._buffered_bytes -= sum(len(r.value or b"") for r in dropped)
+
+    def _recount(self) -> None:
+        buffers = [s.buffer for s in self._partitions.values()]
+        self._buffered_records = sum(len(b) for b in buffers)
+        self._buffered_bytes = sum(len(r.value or b"") for b in buffers for r in b)
 
     def last_landed(self) -> dict[TopicPartition, int]:
         return {tp: s.done_through for tp, s in self._partitions.items()}
@@ -241,7 +253,7 @@ class UsageSink:
             for tp in topic_partitions:
                 state = self._partitions.pop(tp, None)
                 if state is not None:
-                    self._buffered_bytes -= sum(len(r.value or b"") for r in state.buffer)
+                    self._uncount(state.buffer)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -337,7 +349,7 @@ class UsageSink:
             dropped_buffered_records=len(state.buffer),
             last_writer=last_writer,
         )
-        self._buffered_bytes -= sum(len(r.value or b"") for r in state.buffer)
+        self._uncount(state.buffer)
         state.epoch = new_epoch
         state.done_through = probe.log_start - 1
         state.read_through = None
@@ -421,7 +433,7 @@ class UsageSink:
                 records = self._take_flushable(state)
                 if records:
                     batches.append((tp, state, records, replaying and state.replay is not None))
-            self._buffered_bytes = sum(len(r.value or b"") for s in self._partitions.values() for r in s.buffer)
+            self._recount()
             if not batches:
                 return []
             # Verify the anchors while the flush is planned: the records were read before this
