@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -438,6 +439,50 @@ def test_exact_data_of_binary_and_batch_records():
     assert binary.exact_data(0) == {"gb": Decimal("0.1")}
     batch = parse(b"[" + orjson.dumps(event(id="a")) + b"," + orjson.dumps(event(id="b", data={"v": 2.5})) + b"]")
     assert batch.exact_data(1) == {"v": Decimal("2.5")}
+
+
+def test_a_batch_member_decoded_exactly_stores_exact_digits_and_the_others_keep_the_fast_encoding():
+    members = [event(id="a", data={"n": 1}), event(id="b", data={"gb": 0.5}), event(id="c", data={"n": 2})]
+    value = orjson.dumps(members).replace(b'"gb":0.5', b'"gb":0.10000000000000000001')
+    parsed = parse(value)
+    assert parsed.exact_data(1) == {"gb": Decimal("0.10000000000000000001")}
+    stored = [parsed.stored_data(m) for m in parsed.members]
+    assert stored == ['{"n":1}', '{"gb":0.10000000000000000001}', '{"n":2}']
+
+
+_EXACT_VALUES = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.decimals(allow_nan=False, allow_infinity=False, places=12),
+    st.text(max_size=6),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.lists(st.dictionaries(st.sampled_from(["gb", "n", "s"]), _EXACT_VALUES, max_size=3), min_size=1, max_size=6)
+)
+def test_a_batch_member_decoded_alone_is_what_decoding_the_whole_batch_gives(data):
+    """Members are split apart and decoded one at a time; each must come out as it does in a
+    decode of the whole record, with every digit, and store the same text."""
+    texts = [
+        "{"
+        + ",".join(
+            f'"{k}":{v}' if not isinstance(v, str) else f'"{k}":{orjson.dumps(v).decode()}' for k, v in d.items()
+        )
+        + "}"
+        for d in data
+    ]
+    members = [
+        orjson.dumps(event(id=f"e{i}", data={})).replace(b'"data":{}', b'"data":' + t.encode())
+        for i, t in enumerate(texts)
+    ]
+    value = b"[" + b",".join(members) + b"]"
+    whole = msgspec.json.Decoder(float_hook=Decimal).decode(value)
+    parsed = parse(value)
+    for index in reversed(range(len(data))):  # any order: the split is kept for the next member
+        assert parsed.exact_data(index) == whole[index]["data"]
+    encoder = msgspec.json.Encoder(decimal_format="number")
+    assert [parsed.stored_data(m) for m in parsed.members] == [encoder.encode(w["data"]).decode() for w in whole]
 
 
 # --- payload hash ----------------------------------------------------------------------
