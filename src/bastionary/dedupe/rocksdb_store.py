@@ -57,13 +57,18 @@ class RocksDedupeStore:
         self._db = Rdict(str(path), options)
         self._path = path
         self.horizon_seconds = horizon_seconds
+        self._key_prefixes: dict[tuple[str, int], bytes] = {}
 
     @staticmethod
     def _scope(topic: str, partition: int) -> bytes:
         return f"{topic}\0{partition}\0".encode()
 
     def key(self, topic: str, partition: int, source: str, event_id: str) -> bytes:
-        return b"k" + self._scope(topic, partition) + orjson.dumps((source, event_id))
+        # Built for every event a flush judges: the partition's part is formatted once.
+        prefix = self._key_prefixes.get((topic, partition))
+        if prefix is None:
+            prefix = self._key_prefixes[(topic, partition)] = b"k" + self._scope(topic, partition)
+        return prefix + orjson.dumps((source, event_id))
 
     def get(self, key: bytes, now: int) -> Sighting | None:
         raw = self._db.get(key)
