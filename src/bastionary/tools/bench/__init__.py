@@ -23,8 +23,6 @@ consumer group. The phases:
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.tools.bench.options import BATCH_EVENTS, BenchError, BenchOptions
 from bastionary.tools.bench.phases import _bare_ceiling, _latency, _peak_rss, _reference, _throughput
-from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt
+from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt, bench_directory
 from bastionary.tools.bench.report import _verdicts, machine_info, render
 from bastionary.tools.bench.stack import _Bench
 from bastionary.tools.bench.workloads import _batched
@@ -50,27 +48,22 @@ __all__ = ["BenchError", "BenchOptions", "machine_info", "render", "run_bench"]
 def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run every phase on a fresh embedded stack; returns the figures (see :func:`render`)."""
     started = time.monotonic()
-    temporary = options.data_dir is None
-    root = Path(tempfile.mkdtemp(prefix="bastionary-bench-")) if options.data_dir is None else Path(options.data_dir)
-    root.mkdir(parents=True, exist_ok=True)
     processes = _Processes()
     result: dict[str, Any] = {"options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}}
     result["machine"] = machine_info()
-    try:
-        with _sigterm_as_interrupt():
-            broker = EmbeddedBroker(root / "broker")
-            try:
-                broker.start()
-                result.update(
-                    _run_phases(_Bench(root, processes, broker, options.profile_dir, options.worker_settings), options)
-                )
-            finally:
-                processes.stop_all()
-                broker.stop()
-    finally:
-        processes.stop_all()
-        if temporary:
-            shutil.rmtree(root, ignore_errors=True)
+    with bench_directory("bastionary-bench-", options.data_dir) as root:
+        try:
+            with _sigterm_as_interrupt():
+                broker = EmbeddedBroker(root / "broker")
+                try:
+                    broker.start()
+                    bench = _Bench(root, processes, broker, options.profile_dir, options.worker_settings)
+                    result.update(_run_phases(bench, options))
+                finally:
+                    processes.stop_all()
+                    broker.stop()
+        finally:
+            processes.stop_all()
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
 

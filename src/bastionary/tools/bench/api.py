@@ -17,8 +17,6 @@ import asyncio
 import json
 import random
 import secrets
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,7 +29,13 @@ from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.tools.bench.entitlements.figures import _percentile
 from bastionary.tools.bench.entitlements.run import _WorkerEnv
 from bastionary.tools.bench.options import PARTITIONS, BenchError
-from bastionary.tools.bench.processes import _say, _sigterm_as_interrupt, cpu_seconds_of, machine_busy_seconds
+from bastionary.tools.bench.processes import (
+    _say,
+    _sigterm_as_interrupt,
+    bench_directory,
+    cpu_seconds_of,
+    machine_busy_seconds,
+)
 from bastionary.tools.bench.report import machine_info
 from bastionary.tools.bench.stack import _Bench, _Worker
 from bastionary.topics import Topics
@@ -57,7 +61,13 @@ QUICK = _Sizes(events=20_000, customers=100, queries=30)
 def run_api_bench(quick: bool = False) -> Figures:
     started = time.monotonic()
     sizes = QUICK if quick else FULL
-    root = Path(tempfile.mkdtemp(prefix="bastionary-bench-api-"))
+    with bench_directory("bastionary-bench-api-") as root:
+        result = _run_in(root, sizes, quick)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _run_in(root: Path, sizes: _Sizes, quick: bool) -> Figures:
     port, key = free_port(), secrets.token_urlsafe(24)
     processes = _WorkerEnv({
         "BASTIONARY_API_KEYS": key,
@@ -97,8 +107,6 @@ def run_api_bench(quick: bool = False) -> Figures:
                 broker.stop()
     finally:
         processes.stop_all()
-        shutil.rmtree(root, ignore_errors=True)
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
 
 

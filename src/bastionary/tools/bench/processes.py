@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -164,6 +166,39 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def bench_directory(prefix: str, given: Path | None = None) -> Iterator[Path]:
+    """The bench's working directory: ``given`` (kept as it is), or a temporary one.
+
+    A temporary one is removed when the bench ends, except its ``logs``: a bench that fails
+    names a log there for the reader to open, so on any exception everything else goes and
+    the logs stay, and the path is printed.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix)) if given is None else given
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    except BaseException:
+        if given is None:
+            remove_all_but_logs(root)
+            _say(f"the bench did not finish; its logs are kept in {root / 'logs'}")
+        raise
+    if given is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def remove_all_but_logs(root: Path) -> None:
+    for entry in root.iterdir() if root.is_dir() else ():
+        if entry.name == "logs":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
 
 
 def _tail(path: Path, lines: int = 15) -> str:

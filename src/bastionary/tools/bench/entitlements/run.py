@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,7 +43,7 @@ from bastionary.tools.bench.entitlements.preparation import (
     _warm_up,
 )
 from bastionary.tools.bench.options import PARTITIONS, BenchError
-from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt
+from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt, bench_directory
 from bastionary.tools.bench.report import machine_info
 from bastionary.tools.bench.stack import _Bench, _Worker
 from bastionary.topics import Topics
@@ -103,9 +101,20 @@ def run_entitlements_bench(
     """Measure check latency and freshness on a fresh embedded stack; see :func:`render_entitlements`."""
     started = time.monotonic()
     sizes = QUICK if quick else FULL
-    temporary = data_dir is None
-    root = Path(tempfile.mkdtemp(prefix="bastionary-bench-ent-")) if data_dir is None else Path(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    with bench_directory("bastionary-bench-ent-", data_dir) as root:
+        result = _run_in(root, sizes, ingest_rate, profile_dir, worker_settings, quick)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _run_in(
+    root: Path,
+    sizes: _Sizes,
+    ingest_rate: int,
+    profile_dir: Path | None,
+    worker_settings: dict[str, str] | None,
+    quick: bool,
+) -> Figures:
     defaults = Settings.model_fields
     flush_interval = defaults["flush_interval"].default
     port, key = free_port(), secrets.token_urlsafe(24)
@@ -149,9 +158,6 @@ def run_entitlements_bench(
                 broker.stop()
     finally:
         processes.stop_all()
-        if temporary:
-            shutil.rmtree(root, ignore_errors=True)
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
 
 
