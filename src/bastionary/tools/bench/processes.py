@@ -176,7 +176,7 @@ def bench_directory(prefix: str, given: Path | None = None) -> Iterator[Path]:
     names a log there for the reader to open, so on any exception everything else goes and
     the logs stay, and the path is printed.
     """
-    root = Path(tempfile.mkdtemp(prefix=prefix)) if given is None else given
+    root = Path(tempfile.mkdtemp(prefix=prefix)) if given is None else Path(given)
     root.mkdir(parents=True, exist_ok=True)
     try:
         yield root
