@@ -11,9 +11,12 @@ import queue
 import random
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from bastionary.tools.bench.entitlements.constants import (
     POLL_S,
@@ -144,7 +147,10 @@ async def _freshness(
     customers: list[str],
     flush_s: float,
     rng: random.Random,
+    backlog: Callable[[], Awaitable[str]],
 ) -> Figures:
+    """``backlog`` words what the worker's ``/healthz`` says, for a trial that is not counted:
+    a worker behind the stream and one that lost track of the events read differently there."""
     from_send: list[float] = []
     from_ack: list[float] = []
     missing = 0
@@ -164,7 +170,7 @@ async def _freshness(
             if time.monotonic() > deadline:
                 raise BenchError(
                     f"trial {customer}: {TRIAL_LIMIT - 1} events not counted in {TRIAL_TIMEOUT_S:.0f}s"
-                    f" (last {status} {body}); see {worker.log_path}"
+                    f" (last {status} {body}; {await backlog()}); see {worker.log_path}"
                 )
             await asyncio.sleep(0.02)
         if body["has_access"] is not True:
@@ -192,7 +198,7 @@ async def _freshness(
         flipped = (
             f"{seen - before:.3f} s"
             if status == 200 and body is not None and body["has_access"] is False
-            else "never flipped"
+            else f"never flipped ({await backlog()})"
         )
         _say(f"    trial {n + 1}/{len(customers)}: {flipped}")
     from_send.sort()
@@ -212,6 +218,22 @@ async def _freshness(
         "target_p99_s": TARGET_FRESHNESS_P99_S,
         "met": missing == 0 and p99 is not None and p99 <= TARGET_FRESHNESS_P99_S,
     }
+
+
+async def _worker_backlog(session: ClientSession, port: int) -> str:
+    """The worker's ``/healthz`` in a line: its status, the records each partition has yet to
+    land, and its problems."""
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+            report = orjson.loads(await response.read())
+        partitions = report["partitions"]
+        waiting = ", ".join(f"{name} {p['waiting']:,}" for name, p in sorted(partitions.items()))
+        problems = "; ".join(report["problems"])
+        return f"the worker's /healthz: {report['status']}, records waiting to land: {waiting or 'no partitions'}" + (
+            f"; {problems}" if problems else ""
+        )
+    except Exception as exc:  # a figure for an error message: its absence is said, never raised
+        return f"the worker's /healthz gave no answer to read: {type(exc).__name__}: {exc}"
 
 
 async def _flush_metrics(session: ClientSession, port: int) -> dict[str, float]:

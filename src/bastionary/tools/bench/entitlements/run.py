@@ -33,6 +33,7 @@ from bastionary.tools.bench.entitlements.freshness import (
     _flush_delta,
     _flush_metrics,
     _freshness,
+    _worker_backlog,
 )
 from bastionary.tools.bench.entitlements.latency import _open_loop, _serial, _urls
 from bastionary.tools.bench.entitlements.preparation import (
@@ -264,7 +265,16 @@ async def _measure(
                 with bench.cpu.phase("freshness"):
                     usage_cpu: Figures = {}
                     with clock.measure(usage_cpu):
-                        fresh = await _freshness(worker, producer, topics.usage_events, check, trials, flush_s, rng)
+                        fresh = await _freshness(
+                            worker,
+                            producer,
+                            topics.usage_events,
+                            check,
+                            trials,
+                            flush_s,
+                            rng,
+                            backlog=lambda: _worker_backlog(session, port),
+                        )
                 flushes = _flush_delta(flushes_before, await _flush_metrics(session, port))
                 background.raise_if_failed()
             finally:

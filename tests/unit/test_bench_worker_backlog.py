@@ -1,0 +1,65 @@
+"""What a trial that is not counted reports about the worker: its ``/healthz``, in a line."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bastionary.devstack.broker import free_port
+from bastionary.tools.bench.entitlements.freshness import _worker_backlog
+
+BEHIND = {
+    "status": "unhealthy",
+    "worker_id": "w1",
+    "problems": ["usage.events/1: records read 31 s ago have not landed"],
+    "partitions": {
+        "usage.events/1": {"epoch": 1, "landed_through": 10, "waiting": 123456, "buffered": 800},
+        "usage.events/0": {"epoch": 1, "landed_through": 99, "waiting": 0, "buffered": 0},
+    },
+}
+
+
+async def backlog_from(report: dict[str, Any] | None) -> str:
+    """``_worker_backlog`` against a real HTTP server answering ``report`` (None: no server)."""
+    port = free_port()
+    runner = None
+    if report is not None:
+        app = web.Application()
+        app.router.add_get("/healthz", lambda _request: web.json_response(report, status=503))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            return await _worker_backlog(session, port)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+def test_a_worker_behind_the_stream_shows_its_waiting_records_and_problems():
+    line = asyncio.run(backlog_from(BEHIND))
+    assert line == (
+        "the worker's /healthz: unhealthy, records waiting to land: usage.events/0 0, usage.events/1 123,456;"
+        " usage.events/1: records read 31 s ago have not landed"
+    )
+
+
+def test_a_worker_holding_no_partition_says_so():
+    line = asyncio.run(backlog_from({"status": "ok", "worker_id": "w1", "problems": [], "partitions": {}}))
+    assert line == "the worker's /healthz: ok, records waiting to land: no partitions"
+
+
+def test_a_worker_that_does_not_answer_is_said_not_raised():
+    assert asyncio.run(backlog_from(None)).startswith(
+        "the worker's /healthz gave no answer to read: ClientConnectorError"
+    )
+
+
+def test_an_answer_of_another_shape_is_said_not_raised():
+    assert asyncio.run(backlog_from({"unexpected": True})).startswith(
+        "the worker's /healthz gave no answer to read: KeyError"
+    )
