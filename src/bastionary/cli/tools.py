@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec
 
 import click
 
 from bastionary.cli.common import settings_or_exit
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.logs import configure_logging
+
+P = ParamSpec("P")
 
 
 @click.command()
@@ -31,6 +36,23 @@ def _default_ingest_rate() -> int:
     from bastionary.tools.bench.entitlements.constants import DEFAULT_INGEST_RATE
 
     return DEFAULT_INGEST_RATE
+
+
+def _bench_failures_as_messages(fn: Callable[P, None]) -> Callable[P, None]:
+    """A bench that could not finish (a child that exited, a worker behind its stream, a
+    missing tool) says so in its own words, which name the log to read. It is not reported
+    as a bug of ours, as an unexpected exception is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        from bastionary.tools.bench.options import BenchError
+
+        try:
+            fn(*args, **kwargs)
+        except BenchError as error:
+            raise click.ClickException(f"the bench did not finish: {error}") from None
+
+    return wrapper
 
 
 @click.command()
@@ -77,6 +99,7 @@ def _default_ingest_rate() -> int:
     is_flag=True,
     help="HTTP ingest in 100-event requests (target >= 20,000 events/s) and a 30-day daily query (p99 <= 100 ms).",
 )
+@_bench_failures_as_messages
 def bench(
     as_json: bool,
     quick: bool,
