@@ -57,11 +57,12 @@ def test_an_interrupted_bench_keeps_its_logs_too():
     assert [p.name for p in roots[0].iterdir()] == ["logs"]
 
 
-def test_a_failed_bench_without_logs_leaves_nothing():
+def test_a_failed_bench_without_logs_leaves_nothing_and_claims_no_logs(capsys):
     roots: list[Path] = []
     with pytest.raises(BenchError):
         bench(roots, fails=BenchError("the broker did not start"), logs=False)
     assert not roots[0].exists()
+    assert "logs are kept" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fails", [None, BenchError("failed")])

@@ -183,7 +183,8 @@ def bench_directory(prefix: str, given: Path | None = None) -> Iterator[Path]:
     except BaseException:
         if given is None:
             remove_all_but_logs(root)
-            _say(f"the bench did not finish; its logs are kept in {root / 'logs'}")
+            if (root / "logs").is_dir():
+                _say(f"the bench did not finish; its logs are kept in {root / 'logs'}")
         raise
     if given is None:
         shutil.rmtree(root, ignore_errors=True)
