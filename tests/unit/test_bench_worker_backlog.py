@@ -6,7 +6,10 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bastionary.devstack.broker import free_port
 from bastionary.tools.bench.entitlements.freshness import _worker_backlog
@@ -63,3 +66,49 @@ def test_an_answer_of_another_shape_is_said_not_raised():
     assert asyncio.run(backlog_from({"unexpected": True})).startswith(
         "the worker's /healthz gave no answer to read: KeyError"
     )
+
+
+_JSON = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False),
+        st.text(max_size=8),
+    ),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=12,
+)
+_BODIES = st.one_of(
+    st.binary(max_size=64),
+    _JSON.map(orjson.dumps),
+    st.builds(
+        lambda status, problems, partitions: orjson.dumps(
+            {"status": status, "problems": problems, "partitions": partitions}
+        ),
+        _JSON,
+        _JSON,
+        st.dictionaries(st.text(max_size=8), st.dictionaries(st.sampled_from(["waiting", "epoch"]), _JSON), max_size=3),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(bodies=st.lists(_BODIES, min_size=1, max_size=5))
+def test_whatever_healthz_answers_becomes_a_line_never_an_exception(bodies):
+    async def scenario() -> list[str]:
+        answers = iter(bodies)
+        app = web.Application()
+        app.router.add_get("/healthz", lambda _request: web.Response(body=next(answers), status=200))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                return [await _worker_backlog(session, port) for _ in bodies]
+        finally:
+            await runner.cleanup()
+
+    for line in asyncio.run(scenario()):
+        assert isinstance(line, str) and line.startswith("the worker's /healthz")
