@@ -57,6 +57,17 @@ def _verdicts(out: Figures) -> dict[str, dict[str, Any]]:
 # -- output ----------------------------------------------------------------------------------
 
 
+def _backlog_text(figures: Figures) -> str:
+    """The worker's backlog in a phase (tools/bench/entitlements/backlog.py), if sampled."""
+    if "backlog_max_records" not in figures:
+        return ""
+    missed = figures.get("backlog_samples_missed")
+    return (
+        f"; records not yet landed: max {figures['backlog_max_records']}, mean {figures.get('backlog_mean_records')}"
+        + (f" ({missed} samples missed)" if missed else "")
+    )
+
+
 def render_entitlements(result: Figures, as_json: bool) -> str:
     if as_json:
         return json.dumps(result, indent=2, default=str)
@@ -116,6 +127,12 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
                 f" ({figures.get('worker_cpu_ms_per_check')} ms per check; its children"
                 f" {figures.get('worker_children_cpu_cores')} cores), bench CPU {figures.get('bench_cpu_cores')}"
                 " cores"
+                + (
+                    f"; {figures['flushes']} flushes landed, mean {figures.get('flush_mean_s')} s"
+                    if "flushes" in figures
+                    else ""
+                )
+                + _backlog_text(figures)
             )
     background = result.get("background", {})
     console.print(
@@ -125,7 +142,7 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
         f" (worker caught up {background.get('caught_up_after_stop_s')} s after the stream stopped);"
         f" {fresh.get('flushes', 0)} flushes landed during the trials, mean {fresh.get('flush_mean_s')} s,"
         f" p99 <= {fresh.get('flush_p99_at_most_s')} s; worker CPU {fresh.get('worker_cpu_cores')} cores"
-        f" (its children {fresh.get('worker_children_cpu_cores')})"
+        f" (its children {fresh.get('worker_children_cpu_cores')})" + _backlog_text(fresh)
     )
     console.print(
         f"setup: {options['customers']:,} steady + {options['trial_customers']} trial customers"

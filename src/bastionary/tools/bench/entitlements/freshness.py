@@ -250,7 +250,7 @@ async def _flush_metrics(session: ClientSession, port: int) -> dict[str, float]:
 
 
 def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
-    """Flushes that landed during the freshness trials: how many, how long on average, the slowest bucket."""
+    """Flushes that landed between two readings: how many, how long on average, the slowest bucket."""
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
     count = delta.get("bastionary_usage_flush_seconds_count", 0.0)
     if not count:

@@ -15,6 +15,7 @@ import orjson
 
 from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.settings import Settings, format_iso_duration
+from bastionary.tools.bench.entitlements.backlog import sampled_backlog
 from bastionary.tools.bench.entitlements.constants import (
     BACKGROUND_EVENTS_PER_RECORD,
     CHECK_RATE,
@@ -249,32 +250,43 @@ async def _measure(
             try:
                 await asyncio.sleep(2.0)  # the stream flows and flushes land before measuring
                 _say(f"(a') check latency at {CHECK_RATE:,}/s with {ingest_rate:,} usage events/s ingested")
+                flushes_before = await _flush_metrics(session, port)
+                backlog: Figures = {}
                 with bench.cpu.phase("latency_under_load"):
                     figures = {}
                     with clock.measure(figures):
-                        figures.update(
-                            await _open_loop(
-                                session, urls, CHECK_RATE, sizes.latency_seconds, rng, TARGET_CHECK_UNDER_LOAD_P99_MS
+                        async with sampled_backlog(session, port, backlog):
+                            figures.update(
+                                await _open_loop(
+                                    session,
+                                    urls,
+                                    CHECK_RATE,
+                                    sizes.latency_seconds,
+                                    rng,
+                                    TARGET_CHECK_UNDER_LOAD_P99_MS,
+                                )
                             )
-                        )
-                out["latency_under_load"] = figures | {"background_events_per_s": ingest_rate}
+                flushes = _flush_delta(flushes_before, await _flush_metrics(session, port))
+                out["latency_under_load"] = figures | {"background_events_per_s": ingest_rate} | flushes | backlog
                 _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
                 _say(f"(b) freshness: {len(trials)} trials with {ingest_rate:,} usage events/s ingested")
                 flushes_before = await _flush_metrics(session, port)
+                fresh_backlog: Figures = {}
                 with bench.cpu.phase("freshness"):
                     usage_cpu: Figures = {}
                     with clock.measure(usage_cpu):
-                        fresh = await _freshness(
-                            worker,
-                            producer,
-                            topics.usage_events,
-                            check,
-                            trials,
-                            flush_s,
-                            rng,
-                            backlog=lambda: _worker_backlog(session, port),
-                        )
+                        async with sampled_backlog(session, port, fresh_backlog):
+                            fresh = await _freshness(
+                                worker,
+                                producer,
+                                topics.usage_events,
+                                check,
+                                trials,
+                                flush_s,
+                                rng,
+                                backlog=lambda: _worker_backlog(session, port),
+                            )
                 flushes = _flush_delta(flushes_before, await _flush_metrics(session, port))
                 background.raise_if_failed()
             finally:
@@ -288,6 +300,7 @@ async def _measure(
                     "worker_children_cpu_cores": usage_cpu["worker_children_cpu_cores"],
                 }
                 | flushes
+                | fresh_backlog
             )
             _say(f"    p50 {fresh['p50_s']} s, p99 {fresh['p99_s']} s")
 

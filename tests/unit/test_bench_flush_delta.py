@@ -1,0 +1,56 @@
+"""The entitlement bench reads the worker's flush figures off ``/metrics`` (a real aiohttp
+server answering a real Prometheus exposition): the flushes between two readings, their mean
+and the bucket of the slowest."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from bastionary.devstack.broker import free_port
+from bastionary.tools.bench.entitlements.freshness import _flush_delta, _flush_metrics
+from tests.unit.served_apps import start
+
+
+def worker_registry() -> tuple[CollectorRegistry, Histogram, Counter]:
+    registry = CollectorRegistry()
+    flushes = Histogram("bastionary_usage_flush_seconds", "flushes", buckets=(0.1, 0.5, 1.0), registry=registry)
+    other = Counter("bastionary_usage_flush_other", "a metric the bench does not read", registry=registry)
+    return registry, flushes, other
+
+
+async def readings(registry: CollectorRegistry, between: list) -> tuple[dict, dict]:
+    app = web.Application()
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    app.router.add_get("/metrics", metrics)
+    runner, base = await start(app)
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        async with aiohttp.ClientSession() as session:
+            before = await _flush_metrics(session, port)
+            for step in between:
+                step()
+            return before, await _flush_metrics(session, port)
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_delta_counts_the_flushes_between_the_readings():
+    registry, flushes, other = worker_registry()
+    flushes.observe(0.3)  # before the first reading: not counted
+    before, after = await readings(
+        registry, [lambda: flushes.observe(0.2), lambda: flushes.observe(0.4), lambda: other.inc(5)]
+    )
+    assert _flush_delta(before, after) == {"flushes": 2, "flush_mean_s": 0.3, "flush_p99_at_most_s": 0.5}
+
+
+async def test_no_flush_between_the_readings_reports_none_and_no_server_reports_nothing():
+    registry, _, _ = worker_registry()
+    before, after = await readings(registry, [])
+    assert _flush_delta(before, after) == {"flushes": 0}
+    async with aiohttp.ClientSession() as session:
+        assert await _flush_metrics(session, free_port()) == {}
