@@ -64,6 +64,13 @@ SWITCH_INTERVAL = Gauge(
     "The interpreter's switch interval: short while HTTP requests come in, long while the worker only ingests",
     registry=REGISTRY,
 )
+EVENT_LOOP_LAG = Histogram(
+    "bastionary_event_loop_lag_seconds",
+    "How much later than asked the worker's event loop woke a probe (every 0.1 s): the wait any"
+    " request or record queued at that moment also had",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
 GC_PAUSE_SECONDS = Histogram(
     "bastionary_gc_pause_seconds",
     "The worker's cyclic garbage collections: between flushes (young), every minute (full: what aged"

@@ -108,6 +108,8 @@ def test_limit_override_suspension_and_restart(stack):
     # stop (worker/switching.py); reading /metrics is not a request that counts.
     assert metric(port, "bastionary_switch_interval_seconds") == 0.001
     wait_for(lambda: metric(port, "bastionary_switch_interval_seconds") == 0.02, 30, "the long switch interval")
+    # The event loop's lag is probed every 0.1 s from the start (worker/loop_lag.py).
+    assert metric(port, "bastionary_event_loop_lag_seconds_count") > 0
 
     ids = [str(i) for i in range(10)]
     send(stack, "usage.events", api_calls("cust-e", ids + ids[:3]))  # 3 repeats, deduplicated

@@ -22,6 +22,7 @@ from bastionary.worker import api, tolerant_records
 from bastionary.worker.api.failures import failures_as_json
 from bastionary.worker.collecting import BoundaryCollector
 from bastionary.worker.context import WorkerContext
+from bastionary.worker.loop_lag import probe_loop_lag
 from bastionary.worker.services.api import ApiBackend
 from bastionary.worker.services.billing import BillingService
 from bastionary.worker.services.dunning import DunningService
@@ -124,6 +125,11 @@ def create_app(
         switch_interval.settle()
 
     app.timer(interval=0.5)(settle_switch_interval)
+
+    async def lag_probe() -> None:  # no parameters: Faust passes the app to a task that takes one
+        await probe_loop_lag()
+
+    app.task(lag_probe)
     if collector is not None:
 
         async def collect_when_idle() -> None:

@@ -133,6 +133,12 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
                     else ""
                 )
                 + _backlog_text(figures)
+                + (
+                    f"; the worker's event loop late by {figures['loop_lag_mean_ms']} ms on average,"
+                    f" p99 <= {figures['loop_lag_p99_at_most_ms']} ms ({figures['loop_lag_probes']} probes)"
+                    if "loop_lag_probes" in figures
+                    else ""
+                )
             )
     background = result.get("background", {})
     console.print(

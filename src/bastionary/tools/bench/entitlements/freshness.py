@@ -234,35 +234,3 @@ async def _worker_backlog(session: ClientSession, port: int) -> str:
         )
     except Exception as exc:  # a figure for an error message: its absence is said, never raised
         return f"the worker's /healthz gave no answer to read: {type(exc).__name__}: {exc}"
-
-
-async def _flush_metrics(session: ClientSession, port: int) -> dict[str, float]:
-    """The worker's flush-duration histogram (``/metrics``): sum, count and bucket counts."""
-    out: dict[str, float] = {}
-    with contextlib.suppress(Exception):
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            text = await response.text()
-        for line in text.splitlines():
-            if line.startswith("bastionary_usage_flush_seconds"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-    return out
-
-
-def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
-    """Flushes that landed between two readings: how many, how long on average, the slowest bucket."""
-    delta = {k: after[k] - before.get(k, 0.0) for k in after}
-    count = delta.get("bastionary_usage_flush_seconds_count", 0.0)
-    if not count:
-        return {"flushes": 0}
-    buckets = sorted(
-        (float(k.split('le="')[1].split('"')[0]), v)
-        for k, v in delta.items()
-        if k.startswith("bastionary_usage_flush_seconds_bucket") and "+Inf" not in k
-    )
-    p99_bucket = next((le for le, n in buckets if n >= 0.99 * count), None)
-    return {
-        "flushes": int(count),
-        "flush_mean_s": round(delta.get("bastionary_usage_flush_seconds_sum", 0.0) / count, 3),
-        "flush_p99_at_most_s": p99_bucket,  # the histogram bucket holding the 99th percentile
-    }

@@ -31,8 +31,6 @@ from bastionary.tools.bench.entitlements.cpu import _CpuClock
 from bastionary.tools.bench.entitlements.figures import Figures, _verdicts
 from bastionary.tools.bench.entitlements.freshness import (
     _Background,
-    _flush_delta,
-    _flush_metrics,
     _freshness,
     _worker_backlog,
 )
@@ -44,6 +42,7 @@ from bastionary.tools.bench.entitlements.preparation import (
     _wait_ready,
     _warm_up,
 )
+from bastionary.tools.bench.entitlements.worker_metrics import _flush_delta, _flush_metrics, _loop_lag_delta
 from bastionary.tools.bench.options import PARTITIONS, BenchError
 from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt, bench_directory
 from bastionary.tools.bench.report import machine_info
@@ -235,11 +234,13 @@ async def _measure(
             out["latency_serial"] = serial
             _say(f"    one at a time: p50 {serial['p50_ms']} ms, p99 {serial['p99_ms']} ms")
             _say(f"(a) check latency at {CHECK_RATE:,}/s for {sizes.latency_seconds:g} s")
+            readings_before = await _flush_metrics(session, port)
             with bench.cpu.phase("latency"):
                 figures: Figures = {}
                 with clock.measure(figures):
                     figures.update(await _open_loop(session, urls, CHECK_RATE, sizes.latency_seconds, rng))
-            out["latency"] = figures | {"background_events_per_s": 0}
+            lag = _loop_lag_delta(readings_before, await _flush_metrics(session, port))
+            out["latency"] = figures | {"background_events_per_s": 0} | lag
             _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
             # -- (b) with a steady usage stream: latency again, then freshness --------------
@@ -266,7 +267,8 @@ async def _measure(
                                     TARGET_CHECK_UNDER_LOAD_P99_MS,
                                 )
                             )
-                flushes = _flush_delta(flushes_before, await _flush_metrics(session, port))
+                flushes_after = await _flush_metrics(session, port)
+                flushes = _flush_delta(flushes_before, flushes_after) | _loop_lag_delta(flushes_before, flushes_after)
                 out["latency_under_load"] = figures | {"background_events_per_s": ingest_rate} | flushes | backlog
                 _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
@@ -287,7 +289,8 @@ async def _measure(
                                 rng,
                                 backlog=lambda: _worker_backlog(session, port),
                             )
-                flushes = _flush_delta(flushes_before, await _flush_metrics(session, port))
+                flushes_after = await _flush_metrics(session, port)
+                flushes = _flush_delta(flushes_before, flushes_after) | _loop_lag_delta(flushes_before, flushes_after)
                 background.raise_if_failed()
             finally:
                 stats = background.stop()

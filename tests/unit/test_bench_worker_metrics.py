@@ -1,6 +1,6 @@
-"""The entitlement bench reads the worker's flush figures off ``/metrics`` (a real aiohttp
-server answering a real Prometheus exposition): the flushes between two readings, their mean
-and the bucket of the slowest."""
+"""The entitlement bench reads the worker's figures off ``/metrics`` (a real aiohttp server
+answering a real Prometheus exposition): the flushes between two readings, their mean and the
+bucket of the slowest, and how late the event loop woke its probe."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from bastionary.devstack.broker import free_port
-from bastionary.tools.bench.entitlements.freshness import _flush_delta, _flush_metrics
+from bastionary.tools.bench.entitlements.worker_metrics import _flush_delta, _flush_metrics, _loop_lag_delta
 from tests.unit.served_apps import start
 
 
@@ -18,6 +18,10 @@ def worker_registry() -> tuple[CollectorRegistry, Histogram, Counter]:
     flushes = Histogram("bastionary_usage_flush_seconds", "flushes", buckets=(0.1, 0.5, 1.0), registry=registry)
     other = Counter("bastionary_usage_flush_other", "a metric the bench does not read", registry=registry)
     return registry, flushes, other
+
+
+def lag_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram("bastionary_event_loop_lag_seconds", "lag", buckets=(0.001, 0.01, 0.1, 1.0), registry=registry)
 
 
 async def readings(registry: CollectorRegistry, between: list) -> tuple[dict, dict]:
@@ -54,3 +58,20 @@ async def test_no_flush_between_the_readings_reports_none_and_no_server_reports_
     assert _flush_delta(before, after) == {"flushes": 0}
     async with aiohttp.ClientSession() as session:
         assert await _flush_metrics(session, free_port()) == {}
+
+
+async def test_the_loop_lag_between_the_readings_and_none_from_a_worker_without_the_probe():
+    registry, _, _ = worker_registry()
+    before, after = await readings(registry, [])
+    assert _loop_lag_delta(before, after) == {}
+    lag = lag_histogram(registry)
+    lag.observe(5.0)  # before the first reading, and past the last finite bucket: not counted
+    steps = [lambda: lag.observe(0.0005) for _ in range(98)] + [lambda: lag.observe(0.05), lambda: lag.observe(0.5)]
+    before, after = await readings(registry, steps)
+    assert _loop_lag_delta(before, after) == {
+        "loop_lag_probes": 100,
+        "loop_lag_mean_ms": round(1000 * (98 * 0.0005 + 0.05 + 0.5) / 100, 2),
+        "loop_lag_p99_at_most_ms": 100.0,
+    }
+    before, after = await readings(registry, [lambda: lag.observe(5.0)])
+    assert _loop_lag_delta(before, after)["loop_lag_p99_at_most_ms"] is None  # beyond the last bucket
