@@ -9,7 +9,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from bastionary.devstack.broker import free_port
-from bastionary.tools.bench.entitlements.worker_metrics import _flush_delta, _flush_metrics, _loop_lag_delta
+from bastionary.tools.bench.entitlements.figures import _loop_lag_text
+from bastionary.tools.bench.entitlements.worker_metrics import _flush_delta, _loop_lag_delta, _worker_readings
 from tests.unit.served_apps import start
 
 
@@ -35,10 +36,10 @@ async def readings(registry: CollectorRegistry, between: list) -> tuple[dict, di
     port = int(base.rsplit(":", 1)[1])
     try:
         async with aiohttp.ClientSession() as session:
-            before = await _flush_metrics(session, port)
+            before = await _worker_readings(session, port)
             for step in between:
                 step()
-            return before, await _flush_metrics(session, port)
+            return before, await _worker_readings(session, port)
     finally:
         await runner.cleanup()
 
@@ -57,7 +58,7 @@ async def test_no_flush_between_the_readings_reports_none_and_no_server_reports_
     before, after = await readings(registry, [])
     assert _flush_delta(before, after) == {"flushes": 0}
     async with aiohttp.ClientSession() as session:
-        assert await _flush_metrics(session, free_port()) == {}
+        assert await _worker_readings(session, free_port()) == {}
 
 
 async def test_the_loop_lag_between_the_readings_and_none_from_a_worker_without_the_probe():
@@ -68,10 +69,13 @@ async def test_the_loop_lag_between_the_readings_and_none_from_a_worker_without_
     lag.observe(5.0)  # before the first reading, and past the last finite bucket: not counted
     steps = [lambda: lag.observe(0.0005) for _ in range(98)] + [lambda: lag.observe(0.05), lambda: lag.observe(0.5)]
     before, after = await readings(registry, steps)
-    assert _loop_lag_delta(before, after) == {
+    figures = _loop_lag_delta(before, after)
+    assert figures == {
         "loop_lag_probes": 100,
         "loop_lag_mean_ms": round(1000 * (98 * 0.0005 + 0.05 + 0.5) / 100, 2),
         "loop_lag_p99_at_most_ms": 100.0,
     }
+    assert "p99 <= 100.0 ms (100 probes)" in _loop_lag_text(figures)
+    assert _loop_lag_text({}) == ""
     before, after = await readings(registry, [lambda: lag.observe(5.0)])
     assert _loop_lag_delta(before, after)["loop_lag_p99_at_most_ms"] is None  # beyond the last bucket

@@ -68,6 +68,16 @@ def _backlog_text(figures: Figures) -> str:
     )
 
 
+def _loop_lag_text(figures: Figures) -> str:
+    """How late the worker's event loop ran in a phase (worker/loop_lag.py), if it said."""
+    if "loop_lag_probes" not in figures:
+        return ""
+    return (
+        f"; the worker's event loop late by {figures['loop_lag_mean_ms']} ms on average,"
+        f" p99 <= {figures['loop_lag_p99_at_most_ms']} ms ({figures['loop_lag_probes']} probes)"
+    )
+
+
 def render_entitlements(result: Figures, as_json: bool) -> str:
     if as_json:
         return json.dumps(result, indent=2, default=str)
@@ -133,12 +143,7 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
                     else ""
                 )
                 + _backlog_text(figures)
-                + (
-                    f"; the worker's event loop late by {figures['loop_lag_mean_ms']} ms on average,"
-                    f" p99 <= {figures['loop_lag_p99_at_most_ms']} ms ({figures['loop_lag_probes']} probes)"
-                    if "loop_lag_probes" in figures
-                    else ""
-                )
+                + _loop_lag_text(figures)
             )
     background = result.get("background", {})
     console.print(
@@ -148,7 +153,7 @@ def render_entitlements(result: Figures, as_json: bool) -> str:
         f" (worker caught up {background.get('caught_up_after_stop_s')} s after the stream stopped);"
         f" {fresh.get('flushes', 0)} flushes landed during the trials, mean {fresh.get('flush_mean_s')} s,"
         f" p99 <= {fresh.get('flush_p99_at_most_s')} s; worker CPU {fresh.get('worker_cpu_cores')} cores"
-        f" (its children {fresh.get('worker_children_cpu_cores')})" + _backlog_text(fresh)
+        f" (its children {fresh.get('worker_children_cpu_cores')})" + _backlog_text(fresh) + _loop_lag_text(fresh)
     )
     console.print(
         f"setup: {options['customers']:,} steady + {options['trial_customers']} trial customers"

@@ -42,7 +42,7 @@ from bastionary.tools.bench.entitlements.preparation import (
     _wait_ready,
     _warm_up,
 )
-from bastionary.tools.bench.entitlements.worker_metrics import _flush_delta, _flush_metrics, _loop_lag_delta
+from bastionary.tools.bench.entitlements.worker_metrics import _flush_delta, _loop_lag_delta, _worker_readings
 from bastionary.tools.bench.options import PARTITIONS, BenchError
 from bastionary.tools.bench.processes import _Processes, _say, _sigterm_as_interrupt, bench_directory
 from bastionary.tools.bench.report import machine_info
@@ -234,12 +234,12 @@ async def _measure(
             out["latency_serial"] = serial
             _say(f"    one at a time: p50 {serial['p50_ms']} ms, p99 {serial['p99_ms']} ms")
             _say(f"(a) check latency at {CHECK_RATE:,}/s for {sizes.latency_seconds:g} s")
-            readings_before = await _flush_metrics(session, port)
+            readings_before = await _worker_readings(session, port)
             with bench.cpu.phase("latency"):
                 figures: Figures = {}
                 with clock.measure(figures):
                     figures.update(await _open_loop(session, urls, CHECK_RATE, sizes.latency_seconds, rng))
-            lag = _loop_lag_delta(readings_before, await _flush_metrics(session, port))
+            lag = _loop_lag_delta(readings_before, await _worker_readings(session, port))
             out["latency"] = figures | {"background_events_per_s": 0} | lag
             _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
@@ -251,7 +251,7 @@ async def _measure(
             try:
                 await asyncio.sleep(2.0)  # the stream flows and flushes land before measuring
                 _say(f"(a') check latency at {CHECK_RATE:,}/s with {ingest_rate:,} usage events/s ingested")
-                flushes_before = await _flush_metrics(session, port)
+                readings_before = await _worker_readings(session, port)
                 backlog: Figures = {}
                 with bench.cpu.phase("latency_under_load"):
                     figures = {}
@@ -267,13 +267,15 @@ async def _measure(
                                     TARGET_CHECK_UNDER_LOAD_P99_MS,
                                 )
                             )
-                flushes_after = await _flush_metrics(session, port)
-                flushes = _flush_delta(flushes_before, flushes_after) | _loop_lag_delta(flushes_before, flushes_after)
+                readings_after = await _worker_readings(session, port)
+                flushes = _flush_delta(readings_before, readings_after) | _loop_lag_delta(
+                    readings_before, readings_after
+                )
                 out["latency_under_load"] = figures | {"background_events_per_s": ingest_rate} | flushes | backlog
                 _say(f"    p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms")
 
                 _say(f"(b) freshness: {len(trials)} trials with {ingest_rate:,} usage events/s ingested")
-                flushes_before = await _flush_metrics(session, port)
+                readings_before = await _worker_readings(session, port)
                 fresh_backlog: Figures = {}
                 with bench.cpu.phase("freshness"):
                     usage_cpu: Figures = {}
@@ -289,8 +291,10 @@ async def _measure(
                                 rng,
                                 backlog=lambda: _worker_backlog(session, port),
                             )
-                flushes_after = await _flush_metrics(session, port)
-                flushes = _flush_delta(flushes_before, flushes_after) | _loop_lag_delta(flushes_before, flushes_after)
+                readings_after = await _worker_readings(session, port)
+                flushes = _flush_delta(readings_before, readings_after) | _loop_lag_delta(
+                    readings_before, readings_after
+                )
                 background.raise_if_failed()
             finally:
                 stats = background.stop()

@@ -14,7 +14,7 @@ FLUSH = "bastionary_usage_flush_seconds"
 LOOP_LAG = "bastionary_event_loop_lag_seconds"
 
 
-async def _flush_metrics(session: ClientSession, port: int) -> dict[str, float]:
+async def _worker_readings(session: ClientSession, port: int) -> dict[str, float]:
     """The worker's flush and loop-lag histograms: sum, count and bucket counts ({} without
     an answer: the figures are then left out, never raised)."""
     out: dict[str, float] = {}
