@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastionary.devstack.broker import free_port
+from bastionary.tools.bench.entitlements.backlog import _waiting_records
 from bastionary.tools.bench.entitlements.freshness import _worker_backlog
 
 BEHIND = {
@@ -96,6 +97,8 @@ _BODIES = st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(bodies=st.lists(_BODIES, min_size=1, max_size=5))
 def test_whatever_healthz_answers_becomes_a_line_never_an_exception(bodies):
+    """And the phase sampler's count is a whole number or None (no report), never an exception."""
+
     async def scenario() -> list[str]:
         answers = iter(bodies)
         app = web.Application()
@@ -106,7 +109,12 @@ def test_whatever_healthz_answers_becomes_a_line_never_an_exception(bodies):
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-                return [await _worker_backlog(session, port) for _ in bodies]
+                lines = [await _worker_backlog(session, port) for _ in bodies]
+                answers = iter(bodies)  # the same bodies again, for the sampler
+                for _ in bodies:
+                    waiting = await _waiting_records(session, port)
+                    assert waiting is None or type(waiting) is int
+                return lines
         finally:
             await runner.cleanup()
 

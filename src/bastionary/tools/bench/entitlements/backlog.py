@@ -21,12 +21,18 @@ if TYPE_CHECKING:
 SAMPLE_EVERY_S = 0.5
 
 
+async def _healthz_report(session: ClientSession, port: int) -> Any:
+    """The worker's ``/healthz`` body, decoded, whatever its status (a worker behind its
+    stream answers 503 with the same report)."""
+    async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+        return orjson.loads(await response.read())
+
+
 async def _waiting_records(session: ClientSession, port: int) -> int | None:
     """The records not yet landed, over every partition; None if ``/healthz`` gave no report
     to read."""
     try:
-        async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
-            report = orjson.loads(await response.read())
+        report = await _healthz_report(session, port)
         return sum(int(p["waiting"]) for p in report["partitions"].values())
     except Exception:  # a figure: a sample missed is counted, never raised
         return None

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from bastionary.tools.bench.entitlements.backlog import _healthz_report
 from bastionary.tools.bench.entitlements.constants import (
     POLL_S,
     TARGET_FRESHNESS_P99_S,
@@ -224,8 +223,7 @@ async def _worker_backlog(session: ClientSession, port: int) -> str:
     """The worker's ``/healthz`` in a line: its status, the records each partition has yet to
     land, and its problems."""
     try:
-        async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
-            report = orjson.loads(await response.read())
+        report = await _healthz_report(session, port)
         partitions = report["partitions"]
         waiting = ", ".join(f"{name} {p['waiting']:,}" for name, p in sorted(partitions.items()))
         problems = "; ".join(report["problems"])
