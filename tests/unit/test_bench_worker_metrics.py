@@ -4,8 +4,12 @@ bucket of the slowest, and how late the event loop woke its probe."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from bastionary.devstack.broker import free_port
@@ -79,3 +83,42 @@ async def test_the_loop_lag_between_the_readings_and_none_from_a_worker_without_
     assert _loop_lag_text({}) == ""
     before, after = await readings(registry, [lambda: lag.observe(5.0)])
     assert _loop_lag_delta(before, after)["loop_lag_p99_at_most_ms"] is None  # beyond the last bucket
+
+
+_METRIC_LINES = st.one_of(
+    st.text(max_size=40),
+    st.builds(
+        lambda name, value: f"{name} {value}",
+        st.sampled_from(
+            [
+                "bastionary_usage_flush_seconds_count",
+                'bastionary_usage_flush_seconds_bucket{le="0.5"}',
+                "bastionary_event_loop_lag_seconds_sum",
+                'bastionary_event_loop_lag_seconds_bucket{le="+Inf"}',
+                "bastionary_event_loop_lag_seconds_bucket",
+            ]
+        ),
+        st.one_of(st.floats(allow_nan=True).map(str), st.text(max_size=6)),
+    ),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(before=st.lists(_METRIC_LINES, max_size=6), after=st.lists(_METRIC_LINES, max_size=6))
+def test_whatever_metrics_answers_the_deltas_come_back_as_figures_never_an_exception(before, after):
+    async def scenario() -> tuple[dict, dict]:
+        bodies = iter(["\n".join(before), "\n".join(after)])
+        app = web.Application()
+        app.router.add_get("/metrics", lambda _request: web.Response(text=next(bodies)))
+        runner, base = await start(app)
+        try:
+            async with aiohttp.ClientSession() as session:
+                port = int(base.rsplit(":", 1)[1])
+                return await _worker_readings(session, port), await _worker_readings(session, port)
+        finally:
+            await runner.cleanup()
+
+    first, second = asyncio.run(scenario())
+    assert all(isinstance(v, float) for v in [*first.values(), *second.values()])
+    for figures in (_flush_delta(first, second), _loop_lag_delta(first, second)):
+        assert isinstance(figures, dict)

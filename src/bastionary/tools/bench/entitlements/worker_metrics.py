@@ -5,6 +5,8 @@ event loop ran (``bastionary_event_loop_lag_seconds``, see worker/loop_lag.py)."
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,17 +16,35 @@ FLUSH = "bastionary_usage_flush_seconds"
 LOOP_LAG = "bastionary_event_loop_lag_seconds"
 
 
+# The histograms' lines as prometheus_client writes them; any other line is not read.
+_HISTOGRAM_LINE = re.compile(
+    rf'({re.escape(FLUSH)}|{re.escape(LOOP_LAG)})(_count|_sum|_bucket\{{le="([^"]+)"\}}) (\S+)'
+)
+
+
 async def _worker_readings(session: ClientSession, port: int) -> dict[str, float]:
     """The worker's flush and loop-lag histograms: sum, count and bucket counts ({} without
-    an answer: the figures are then left out, never raised)."""
-    out: dict[str, float] = {}
+    an answer, and a line that is not one of theirs skipped: the figures are then left out,
+    never raised)."""
     with contextlib.suppress(Exception):
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            text = await response.text()
-        for line in text.splitlines():
-            if line.startswith((FLUSH, LOOP_LAG)):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
+            return _histogram_readings(await response.text())
+    return {}
+
+
+def _histogram_readings(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        matched = _HISTOGRAM_LINE.fullmatch(line)
+        if matched is None:
+            continue
+        try:
+            value = float(matched[4])
+            bound = None if matched[3] is None else float(matched[3])
+        except ValueError:
+            continue
+        if math.isfinite(value) and (bound is None or not math.isnan(bound)):
+            out[line.rpartition(" ")[0]] = value
     return out
 
 
