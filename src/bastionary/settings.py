@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(
         default=None, description="JSON Lines of hashed API keys with scopes (`bastionary api-key new`)"
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop", description="the workers' event loop; asyncio's own for a platform without uvloop"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -15,6 +15,7 @@ import faust
 import structlog
 
 from bastionary.catalog import Catalog
+from bastionary.eventloop import running_loop_name
 from bastionary.settings import Settings
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import Client
@@ -127,6 +128,7 @@ def create_app(
     app.timer(interval=0.5)(settle_switch_interval)
 
     async def lag_probe() -> None:  # no parameters: Faust passes the app to a task that takes one
+        log.info("event loop running", event_loop=running_loop_name())
         await probe_loop_lag()
 
     app.task(lag_probe)

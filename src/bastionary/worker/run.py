@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from bastionary.catalog import load_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.devstack.discovery import gateway_file
+from bastionary.eventloop import use_event_loop
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import worker_part
@@ -57,6 +58,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
 
     ``usage=False`` runs the billing agents and the rater alone (`bastionary rater`)."""
     _limit_malloc_arenas()  # before any thread exists
+    use_event_loop(settings.event_loop)  # before any loop exists
     catalog = load_catalog(settings.catalog)
     worker_id = settings.worker_id or f"worker-{os.getpid()}"
     settings = settings.model_copy(update={"worker_id": worker_id})
@@ -142,6 +144,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         log_epoch=kafka.log_epoch,
         clickhouse=handle.dsn_description,
         meters=len(catalog.meters),
+        event_loop=settings.event_loop,
     )
     faust_level = "INFO" if settings.log_level == "DEBUG" else "WARNING"
     worker = faust.Worker(app, loglevel=faust_level, quiet=True, redirect_stdouts=False, override_logging=False)
