@@ -6,7 +6,7 @@ records, so the rate it reaches is the most a single Faust process can deliver o
 machine and broker. Run it as::
 
     python -m bastionary.worker.bare_agent --bootstrap HOST:PORT --topic T --group G \
-        --expect N --report /path/result.json
+        --expect N --report /path/result.json [--event-loop uvloop|asyncio]
 
 When it has counted ``expect`` records it writes ``{"count", "first", "last"}`` (wall-clock
 seconds of the first and last record counted) to ``--report`` (atomically) and prints the
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import faust
 
+from bastionary.eventloop import use_event_loop
 from bastionary.worker.app import broker_url
 
 
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop", help="as the worker's setting")
     args = parser.parse_args(argv)
+    use_event_loop(args.event_loop)
     data_dir = args.data_dir or args.report.parent / "bare-faust"
     data_dir.mkdir(parents=True, exist_ok=True)
     app = create_bare_app(args.bootstrap, args.topic, args.group, args.expect, args.report, data_dir, args.partitions)

@@ -58,6 +58,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
                 try:
                     broker.start()
                     bench = _Bench(root, processes, broker, options.profile_dir, options.worker_settings)
+                    result["event_loop"] = bench.event_loop
                     result.update(_run_phases(bench, options))
                 finally:
                     processes.stop_all()

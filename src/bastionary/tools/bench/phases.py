@@ -49,6 +49,7 @@ def _bare_ceiling(bench: _Bench, topic: str, records: int, timeout: float) -> di
         sys.executable, "-m", "bastionary.worker.bare_agent",
         "--bootstrap", bench.bootstrap, "--topic", topic, "--group", group,
         "--expect", str(records), "--report", str(report), "--partitions", str(PARTITIONS),
+        "--event-loop", bench.event_loop,
     ]  # fmt: skip
     what = f"bare Faust app (counting {records} records)"
     result = _run_until_reported(bench, command, report, bench.root / "logs" / "bare.log", what, timeout)
@@ -67,6 +68,7 @@ def _reference(
         "--bootstrap", bench.bootstrap, "--topic", topic, "--group", group,
         "--expect-records", str(records), "--expect-events", str(events),
         "--report", str(report), "--data-dir", str(bench.root / kind / group),
+        "--event-loop", bench.event_loop,
     ]  # fmt: skip
     what = f"reference {kind} (counting {records} records)"
     result = _run_until_reported(bench, command, report, bench.root / "logs" / f"{group}.log", what, timeout)

@@ -4,7 +4,7 @@ Run as a subprocess on a topic the bench has published (one process per chdb dir
 
     python -m bastionary.tools.bench.references transport|handwritten|kafkaengine \
         --bootstrap HOST:PORT --topic T --group G --expect-records N [--expect-events M] \
-        --report /path/result.json [--data-dir D]
+        --report /path/result.json [--data-dir D] [--event-loop uvloop|asyncio]
 
 - ``transport``: aiokafka ``getmany`` that only counts records, the ceiling of the client and
   broker on this machine.
@@ -17,9 +17,10 @@ Run as a subprocess on a topic the bench has published (one process per chdb dir
 - ``kafkaengine``: ClickHouse's own Kafka table engine in chdb with materialized views, no
   dedupe at all; see :mod:`bastionary.tools.bench.kafka_engine` for how it is timed.
 
-Both time from the first record taken to the last one counted (the hand-written loop: to its
-last insert) and write ``{"records", "events", "duplicates", "first", "last"}`` to
-``--report`` when ``--expect-records`` have been counted.
+Each runs on the event loop the bench's workers run on (``--event-loop``). Both time from the
+first record taken to the last one counted (the hand-written loop: to its last insert) and
+write ``{"records", "events", "duplicates", "first", "last"}`` to ``--report`` when
+``--expect-records`` have been counted.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from bastionary.eventloop import use_event_loop
 from bastionary.worker.bare_agent import write_report
 
 if TYPE_CHECKING:
@@ -178,7 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expect-events", type=int, default=None, help="kafkaengine: rows to wait for")
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop", help="as the worker's setting")
     args = parser.parse_args(argv)
+    use_event_loop(args.event_loop)
     if args.kind == "transport":  # counts records only: it stores nothing
         result = asyncio.run(_transport(args.bootstrap, args.topic, args.group, args.expect_records))
         write_report(args.report, result)

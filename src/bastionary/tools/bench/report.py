@@ -49,7 +49,7 @@ def machine_info() -> dict[str, Any]:
                 info["ram_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
     from importlib.metadata import PackageNotFoundError, version
 
-    for package in ("faust-streaming", "aiokafka", "chdb", "clickhouse-connect"):
+    for package in ("faust-streaming", "aiokafka", "chdb", "clickhouse-connect", "uvloop"):
         with contextlib.suppress(PackageNotFoundError):
             info[package] = version(package)
     return info
@@ -240,8 +240,9 @@ def print_contention_and_machine(console: Console, result: dict[str, Any], measu
     info.add_row("CPU", str(machine.get("cpu_model")))
     info.add_row("RAM", f"{machine.get('ram_gb')} GB")
     info.add_row("python", str(machine.get("python")))
-    versions = ", ".join(f"{p} {machine[p]}" for p in ("faust-streaming", "aiokafka", "chdb") if p in machine)
+    versions = ", ".join(f"{p} {machine[p]}" for p in ("faust-streaming", "aiokafka", "chdb", "uvloop") if p in machine)
     info.add_row("packages", versions)
+    info.add_row("event loop", str(result.get("event_loop", "asyncio")))  # the workers' and the references'
     quick = " (quick sizes)" if result["options"].get("quick") else ""
     info.add_row("elapsed", f"{result.get('elapsed_s', 0):.0f} s{quick}")
     settings = result["options"].get("worker_settings")

@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from bastionary.devstack.broker import EmbeddedBroker, free_port
+from bastionary.settings import Settings
 from bastionary.storage.client import Client
 from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
 from bastionary.tools.bench.processes import (
@@ -131,6 +132,13 @@ class _Bench:
     @property
     def bootstrap(self) -> str:
         return self.broker.bootstrap
+
+    @property
+    def event_loop(self) -> str:
+        """The measured workers' event loop; the bare Faust agent and the references run on it
+        too, so that each ratio compares like with like."""
+        default: str = Settings.model_fields["event_loop"].default
+        return self.worker_settings.get("BASTIONARY_EVENT_LOOP", default)
 
     def names(self, phase: str) -> tuple[str, str]:
         """A fresh topic prefix and consumer group for one run."""

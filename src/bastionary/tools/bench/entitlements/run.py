@@ -153,6 +153,7 @@ def _run_in(
             try:
                 broker.start()
                 bench = _Bench(root, processes, broker, profile_dir, worker_settings)
+                result["event_loop"] = bench.event_loop
                 result.update(_run(bench, sizes, port, key, flush_interval.total_seconds(), ingest_rate))
             finally:
                 processes.stop_all()
