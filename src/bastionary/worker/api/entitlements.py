@@ -1,6 +1,7 @@
 """``GET /v1/customers/{customer_id}/entitlements[/{feature}]``, answered by the worker that
-owns the customer: any worker takes the request and Faust routes it over the
-``entitlements`` table, partitioned like ``usage.events``."""
+owns the customer: any worker takes the request, answers it itself when it owns the
+customer's partition of the ``entitlements`` table (partitioned like ``usage.events``), and
+otherwise lets Faust route it to the owner."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from bastionary.apikeys import ApiKey
 from bastionary.entitlements.auth import valid_feature
 from bastionary.entitlements.service import UnknownCustomer
 from bastionary.worker.api.auth import Guard, json_error
+from bastionary.worker.api.owners import PartitionOwnership
 from bastionary.worker.services.entitlements import EntitlementService
 
 log = structlog.get_logger(__name__)
@@ -22,6 +24,14 @@ log = structlog.get_logger(__name__)
 
 def install(app: faust.App, guard: Guard, service: EntitlementService) -> None:
     routed = app.table_route(table=service.table, match_info="customer_id")
+    ownership = PartitionOwnership(app, service.table)
+
+    async def forget_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        ownership.forget()
+
+    # mode types a receiver as taking any positional arguments after the sender; this signal
+    # sends exactly one, the revoked partitions.
+    app.on_partitions_revoked.connect(forget_partitions)  # type: ignore[arg-type]
 
     async def answer_one(view: Any, request: Any, customer_id: str, feature: str) -> Any:
         try:
@@ -41,9 +51,17 @@ def install(app: faust.App, guard: Guard, service: EntitlementService) -> None:
 
     routed_one, routed_all = routed(answer_one), routed(answer_all)
 
-    async def via_owner(handler: Callable[..., Awaitable[Any]], view: Any, request: Any, **params: str) -> Any:
+    async def via_owner(
+        here: Callable[..., Awaitable[Any]],
+        elsewhere: Callable[..., Awaitable[Any]],
+        view: Any,
+        request: Any,
+        **params: str,
+    ) -> Any:
         try:
-            return await handler(view, request, **params)
+            if ownership.owned_here(params["customer_id"]):
+                return await here(view, request, **params)
+            return await elsewhere(view, request, **params)
         except (ServiceUnavailable, KeyError, TypeError, ValueError):
             # Before the first assignment (or mid-rebalance) no worker is known to own the key.
             log.debug("no owner known for the customer yet", exc_info=True)
@@ -63,10 +81,12 @@ def install(app: faust.App, guard: Guard, service: EntitlementService) -> None:
     class FeatureView(faust.web.View):
         async def get(self, request: Any, customer_id: str, feature: str) -> Any:
             return refused(request, customer_id, feature) or await via_owner(
-                routed_one, self, request, customer_id=customer_id, feature=feature
+                answer_one, routed_one, self, request, customer_id=customer_id, feature=feature
             )
 
     @app.page("/v1/customers/{customer_id}/entitlements")
     class CustomerView(faust.web.View):
         async def get(self, request: Any, customer_id: str) -> Any:
-            return refused(request, customer_id) or await via_owner(routed_all, self, request, customer_id=customer_id)
+            return refused(request, customer_id) or await via_owner(
+                answer_all, routed_all, self, request, customer_id=customer_id
+            )
