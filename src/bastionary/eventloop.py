@@ -9,9 +9,10 @@ loop stays one setting away, for a platform without uvloop or a suspected loop b
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Literal, get_args
 
 EventLoop = Literal["uvloop", "asyncio"]
+EVENT_LOOPS: tuple[str, ...] = get_args(EventLoop)  # for command-line choices
 
 
 class EventLoopUnavailable(RuntimeError):

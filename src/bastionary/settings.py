@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bastionary.eventloop import EventLoop
+
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
@@ -197,7 +199,7 @@ class Settings(BaseSettings):
     api_key_file: Path | None = Field(
         default=None, description="JSON Lines of hashed API keys with scopes (`bastionary api-key new`)"
     )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
+    event_loop: EventLoop = Field(
         default="uvloop", description="the workers' event loop; asyncio's own for a platform without uvloop"
     )
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import faust
 
-from bastionary.eventloop import use_event_loop
+from bastionary.eventloop import EVENT_LOOPS, use_event_loop
 from bastionary.worker.app import broker_url
 
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop", help="as the worker's setting")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop", help="as the worker's setting")
     args = parser.parse_args(argv)
     use_event_loop(args.event_loop)
     data_dir = args.data_dir or args.report.parent / "bare-faust"

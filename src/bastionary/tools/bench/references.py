@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from bastionary.eventloop import use_event_loop
+from bastionary.eventloop import EVENT_LOOPS, use_event_loop
 from bastionary.worker.bare_agent import write_report
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expect-events", type=int, default=None, help="kafkaengine: rows to wait for")
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop", help="as the worker's setting")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop", help="as the worker's setting")
     args = parser.parse_args(argv)
     use_event_loop(args.event_loop)
     if args.kind == "transport":  # counts records only: it stores nothing
