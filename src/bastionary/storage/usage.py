@@ -6,9 +6,23 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import msgspec
+
 from bastionary.metering.ports import EventRow, FlushMarker, MarkerRow, RollupRow, SightingRow
 from bastionary.storage.client import Client, insert_rows
 from bastionary.storage.migrations import apply_migrations
+
+# A flush's rows travel as JSON lines, which msgspec writes in one C call (0.4-0.7 us a row),
+# where clickhouse-connect's Native serialization runs in Python (4-5 us a row, most of it on
+# DateTime64 and Decimal columns). ClickHouse reads every value back as the Native insert
+# would write it: Decimal text exactly (exponent forms such as 1E-9 included), datetimes with
+# their offset under best_effort parsing (tests/integration/test_usage_rows_as_json.py
+# compares the stored rows of both inserts). Over HTTP this is all the worker does; the
+# server parses. In chdb the engine's JSON parse runs in the worker, and costs about what
+# the Native serialization did.
+_ROWS_AS_JSON = msgspec.json.Encoder(decimal_format="number")
+_JSON_ROWS_FORMAT = "JSONCompactEachRow"
+_JSON_ROWS_SETTINGS = {"date_time_input_format": "best_effort"}
 
 
 class ClickHouseUsageStore:
@@ -45,13 +59,29 @@ class ClickHouseUsageStore:
     def migrate(self) -> list[int]:
         return apply_migrations(self.client)
 
+    def _insert_as_json(
+        self, table: str, rows: Sequence[tuple[Any, ...]], columns: Sequence[str], settings: dict[str, str]
+    ) -> None:
+        """Insert rows sent as JSON lines; a row JSON cannot carry goes by the Native insert.
+
+        A flush's rows are far fewer than ``max_insert_block_size`` (1,048,449), so either
+        insert lands them as one block under the flush's deduplication token: a flush replayed
+        after a crash is dropped whichever way either copy went (an upgrade's first replay).
+        """
+        try:
+            body = _ROWS_AS_JSON.encode_lines(rows)
+        except (TypeError, ValueError):  # e.g. a str with a lone surrogate, which UTF-8 cannot encode
+            self._insert(table, rows, columns, settings)
+            return
+        self.client.raw_insert(table, columns, body, settings=_JSON_ROWS_SETTINGS | settings, fmt=_JSON_ROWS_FORMAT)
+
     def insert_events(self, rows: list[EventRow], token: str) -> None:
         if rows:
-            self._insert("usage_events", rows, EventRow._fields, {"insert_deduplication_token": token})
+            self._insert_as_json("usage_events", rows, EventRow._fields, {"insert_deduplication_token": token})
 
     def insert_rollups(self, rows: list[RollupRow], token: str) -> None:
         if rows:
-            self._insert("usage_rollup_1m", rows, RollupRow._fields, {"insert_deduplication_token": token})
+            self._insert_as_json("usage_rollup_1m", rows, RollupRow._fields, {"insert_deduplication_token": token})
 
     def insert_markers(self, rows: list[MarkerRow]) -> None:
         self._insert("ingest_progress", rows, MarkerRow._fields)
