@@ -51,10 +51,13 @@ def test_every_stage_is_timed_and_the_flushes_land_exactly(client: Client, tmp_p
     assert list(result["us_per_event"]) == list(STAGES)
     assert all(value > 0 for value in result["us_per_event"].values())
     assert result["total_us_per_event"] == pytest.approx(sum(result["us_per_event"].values()), abs=0.1)
+    assert list(result["cpu_us_per_event"]) == list(STAGES)
+    assert all(value >= 0 for value in result["cpu_us_per_event"].values())
+    assert result["total_cpu_us_per_event"] == pytest.approx(sum(result["cpu_us_per_event"].values()), abs=0.1)
     assert result["budget_us_per_event"] == 10.0
 
     text = render_stages(result | {"clickhouse": "a server over HTTP"}, as_json=False)
-    assert all(stage in text for stage in STAGES) and "exact: True" in text
+    assert all(stage in text for stage in STAGES) and "exact: True" in text and "CPU us" in text
     assert json.loads(render_stages(result, as_json=True)) == result
 
 
@@ -73,3 +76,29 @@ def test_the_command_times_the_stages_with_chdb_in_its_own_process(tmp_path: Pat
     assert result["clickhouse"] == "chdb in this process"
     assert result["exactness"]["exact"] is True and result["events"] == 2_200
     assert set(result["us_per_event"]) == set(STAGES)
+
+
+def test_the_command_times_the_stages_against_a_server_it_is_given(clickhouse_url: str, tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [str(BIN), "bench", "--stages", "--events", "2000", "--json", "--clickhouse-url", clickhouse_url],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+    result = json.loads(finished.stdout)
+    assert result["clickhouse"] == "a server over http"
+    assert result["exactness"]["exact"] is True and result["events"] == 2_200
+    assert set(result["cpu_us_per_event"]) == set(STAGES)
+    databases = open_client(clickhouse_url, None).query("SHOW DATABASES").result_rows
+    assert not [name for (name,) in databases if name.startswith("bastionary_stages_")]  # its own, dropped
+
+
+def test_a_server_is_for_the_stages_alone(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [str(BIN), "bench", "--rating", "--clickhouse-url", "http://localhost:1"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert finished.returncode == 2 and b"--clickhouse-url applies to --stages" in finished.stderr

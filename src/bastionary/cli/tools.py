@@ -95,6 +95,12 @@ def _bench_failures_as_messages(fn: Callable[P, None]) -> Callable[P, None]:
     help="Time each stage of a flush (examine, settle, inserts, dedupe) per batch event, in this process, instead.",
 )
 @click.option(
+    "--clickhouse-url",
+    default=None,
+    metavar="URL",
+    help="With --stages: a ClickHouse server (http://user:password@host:port) instead of chdb in this process.",
+)
+@click.option(
     "--api",
     "api",
     is_flag=True,
@@ -114,11 +120,14 @@ def bench(
     ingest_rate: int,
     api: bool,
     stages: bool,
+    clickhouse_url: str | None,
 ) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
     settings = settings_or_exit()
     if worker_settings and (api or rating or stages):
         raise click.UsageError("--worker-setting applies to the full bench and --entitlements")
+    if clickhouse_url and not stages:
+        raise click.UsageError("--clickhouse-url applies to --stages")
     from bastionary.tools.bench.options import BenchError, worker_environment
 
     try:
@@ -145,20 +154,21 @@ def bench(
         )
         return
     if stages:
-        from bastionary.tools.bench.stages import render_stages, run_stages_embedded
+        from bastionary.tools.bench.stages import render_stages, run_stages_embedded, run_stages_on_server
         from bastionary.worker.collecting import BoundaryCollector
 
         configure_logging("WARNING", settings.log_format)
         collector = BoundaryCollector()
         collector.take_over()  # as the worker collects garbage: between flushes
         limits = RecordLimits(settings.max_record_bytes, settings.max_batch_events, settings.max_future_skew)
-        result = run_stages_embedded(
+        sizes = (
             events or (20_000 if quick else 200_000),
             settings.flush_max_bytes,
             limits,
             int(settings.dedupe_horizon.total_seconds()),
             collector.after_flush,
         )
+        result = run_stages_on_server(clickhouse_url, *sizes) if clickhouse_url else run_stages_embedded(*sizes)
         click.echo(render_stages(result, as_json))
         return
     if rating:

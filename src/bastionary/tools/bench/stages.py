@@ -20,12 +20,18 @@ Figures are microseconds per event offered (repeats included, as the throughput 
 them). The flush runs in one interpreter, so their sum bounds what a worker lands per second
 however its threads are arranged; the batch target (100,000 events/s) leaves 10 us per
 event for all of it. Dead letters are counted, not sent: there is no broker here.
+
+Each stage is timed twice: by the clock, and by this process's CPU time (all its threads).
+They part where the work is elsewhere: with ClickHouse over HTTP (``--clickhouse-url``, the
+production shape), an insert's clock time includes the server's parse and the CPU time is
+the worker's own; with chdb in this process, the engine's threads count as this process's.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import secrets
 import shutil
 import tempfile
 import time
@@ -33,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bastionary.catalog import load_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
@@ -76,6 +83,32 @@ def run_stages_embedded(
         shutil.rmtree(root, ignore_errors=True)
 
 
+def run_stages_on_server(
+    url: str,
+    events: int,
+    flush_bytes: int,
+    limits: RecordLimits,
+    horizon_seconds: int,
+    between_flushes: Callable[[], object] = lambda: None,
+) -> dict[str, Any]:
+    """:func:`run_stages` against the ClickHouse server at ``url`` (a user allowed to create
+    a database), in a database of its own dropped afterwards."""
+    database = f"bastionary_stages_{secrets.token_hex(4)}"
+    root = Path(tempfile.mkdtemp(prefix="bastionary-stages-"))
+    client = open_client(url, database, create=True)
+    try:
+        dedupe = RocksDedupeStore(root / "dedupe", horizon_seconds)
+        try:
+            result = run_stages(client, dedupe, events, flush_bytes, limits, between_flushes)
+        finally:
+            dedupe.close()
+        return result | {"clickhouse": f"a server over {urlsplit(url).scheme}"}
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS `{database}`")
+        client.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def run_stages(
     client: Client,
     dedupe: DedupeCache,
@@ -96,6 +129,7 @@ def run_stages(
     # generation, and no timed collection walks it.
     gc.collect()
     spent = dict.fromkeys(STAGES, 0.0)
+    spent_cpu = dict.fromkeys(STAGES, 0.0)
     offered = flushes = rollup_rows = dead_letters = next_offset = 0
     for flush in _flushes(records, flush_bytes):
         inbound = _inbound(flush, next_offset)
@@ -103,13 +137,15 @@ def run_stages(
         offered += sum(r.events for r in flush)
         marks, counts = flush_stages.land(inbound)  # returns once the plan is released
         between_flushes()
-        marks.append(time.perf_counter())
+        marks.append((time.perf_counter(), time.process_time()))
         for stage, begin, end in zip(STAGES, marks, marks[1:], strict=False):
-            spent[stage] += end - begin
+            spent[stage] += end[0] - begin[0]
+            spent_cpu[stage] += end[1] - begin[1]
         flushes += 1
         rollup_rows += counts[0]
         dead_letters += counts[1]
     per_event = {stage: round(1e6 * seconds / max(offered, 1), 2) for stage, seconds in spent.items()}
+    cpu_per_event = {stage: round(1e6 * seconds / max(offered, 1), 2) for stage, seconds in spent_cpu.items()}
     total = sum(spent.values())
     return {
         "events": offered,
@@ -120,6 +156,8 @@ def run_stages(
         "dead_letters": dead_letters,
         "us_per_event": per_event,
         "total_us_per_event": round(1e6 * total / max(offered, 1), 2),
+        "cpu_us_per_event": cpu_per_event,
+        "total_cpu_us_per_event": round(1e6 * sum(spent_cpu.values()) / max(offered, 1), 2),
         "ceiling_events_per_s": round(offered / max(total, 1e-9)),
         "budget_us_per_event": round(1e6 / TARGET_BATCH_EVENTS_PER_S, 2),
         "exactness": _exactness(client, workload),
@@ -139,24 +177,28 @@ class _FlushStages:
     def _already_examined(self, _records: list[InboundRecord], _epoch: int) -> Iterable[Examined]:
         return self.examined
 
-    def land(self, inbound: list[InboundRecord]) -> tuple[list[float], tuple[int, int]]:
-        """The stage marks so far, and (rollup rows, dead letters); the flush's objects are
-        released when this returns, as the worker's are when its flush returns."""
-        marks = [time.perf_counter()]
+    def land(self, inbound: list[InboundRecord]) -> tuple[list[tuple[float, float]], tuple[int, int]]:
+        """The stage marks so far (clock, CPU), and (rollup rows, dead letters); the flush's
+        objects are released when this returns, as the worker's are when its flush returns."""
+        marks = [_mark()]
         self.examined[:] = self.examine_all(inbound, EPOCH)
-        marks.append(time.perf_counter())
+        marks.append(_mark())
         plan = self.planner.plan(TOPIC, 0, EPOCH, inbound)
         self.examined.clear()
-        marks.append(time.perf_counter())
+        marks.append(_mark())
         self.store.insert_markers([plan.marker(WORKER_ID, datetime.now(UTC))])
-        marks.append(time.perf_counter())
+        marks.append(_mark())
         self.store.insert_events(plan.event_rows, plan.token + "/events")
-        marks.append(time.perf_counter())
+        marks.append(_mark())
         self.store.insert_rollups(plan.rollup_rows, plan.token + "/rollups")
-        marks.append(time.perf_counter())
+        marks.append(_mark())
         self.dedupe.record(TOPIC, 0, plan.sightings, plan.last_offset, epoch=EPOCH)
-        marks.append(time.perf_counter())
+        marks.append(_mark())
         return marks, (len(plan.rollup_rows), plan.stats.dead_lettered)
+
+
+def _mark() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
 
 
 def _flushes(records: list[Record], flush_bytes: int) -> Iterator[list[Record]]:
@@ -190,11 +232,12 @@ def render_stages(result: dict[str, Any], as_json: bool) -> str:
             f" ({result['clickhouse']})"
         ),
         "",
-        f"{'stage':<16}{'us per event':>14}",
+        f"{'stage':<16}{'us per event':>14}{'CPU us':>10}",
     ]
-    lines += [f"{stage:<16}{value:>14.2f}" for stage, value in result["us_per_event"].items()]
+    cpu = result["cpu_us_per_event"]
+    lines += [f"{stage:<16}{value:>14.2f}{cpu[stage]:>10.2f}" for stage, value in result["us_per_event"].items()]
     lines += [
-        f"{'total':<16}{result['total_us_per_event']:>14.2f}",
+        f"{'total':<16}{result['total_us_per_event']:>14.2f}{result['total_cpu_us_per_event']:>10.2f}",
         "",
         (
             f"one interpreter lands at most {result['ceiling_events_per_s']:,} events/s this way;"
