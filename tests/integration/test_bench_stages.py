@@ -102,3 +102,14 @@ def test_a_server_is_for_the_stages_alone(tmp_path: Path) -> None:
         timeout=60,
     )
     assert finished.returncode == 2 and b"--clickhouse-url applies to --stages" in finished.stderr
+
+
+def test_a_server_that_cannot_be_reached_is_named_not_reported_as_a_bug(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [str(BIN), "bench", "--stages", "--events", "100", "--clickhouse-url", "http://127.0.0.1:1"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert finished.returncode == 1
+    assert b"could not be opened" in finished.stderr and b"a bug of ours" not in finished.stderr

@@ -51,7 +51,7 @@ from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import InboundRecord
 from bastionary.storage.client import Client, open_client
 from bastionary.storage.usage import ClickHouseUsageStore
-from bastionary.tools.bench.options import BATCH_EVENTS, TARGET_BATCH_EVENTS_PER_S
+from bastionary.tools.bench.options import BATCH_EVENTS, TARGET_BATCH_EVENTS_PER_S, BenchError
 from bastionary.tools.bench.workloads import _batched, _exactness
 from bastionary.tools.workload import Record, generate
 
@@ -94,8 +94,11 @@ def run_stages_on_server(
     """:func:`run_stages` against the ClickHouse server at ``url`` (a user allowed to create
     a database), in a database of its own dropped afterwards."""
     database = f"bastionary_stages_{secrets.token_hex(4)}"
+    try:
+        client = open_client(url, database, create=True)
+    except Exception as error:  # unreachable, refused, no right to create a database: the caller's to fix
+        raise BenchError(f"ClickHouse at --clickhouse-url could not be opened: {error}") from error
     root = Path(tempfile.mkdtemp(prefix="bastionary-stages-"))
-    client = open_client(url, database, create=True)
     try:
         dedupe = RocksDedupeStore(root / "dedupe", horizon_seconds)
         try:
