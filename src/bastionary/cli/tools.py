@@ -154,21 +154,21 @@ def bench(
         )
         return
     if stages:
-        from bastionary.tools.bench.stages import render_stages, run_stages_embedded, run_stages_on_server
+        from bastionary.tools.bench.stages import render_stages, run_stages_alone
         from bastionary.worker.collecting import BoundaryCollector
 
         configure_logging("WARNING", settings.log_format)
         collector = BoundaryCollector()
         collector.take_over()  # as the worker collects garbage: between flushes
         limits = RecordLimits(settings.max_record_bytes, settings.max_batch_events, settings.max_future_skew)
-        sizes = (
+        result = run_stages_alone(
+            clickhouse_url,
             events or (20_000 if quick else 200_000),
             settings.flush_max_bytes,
             limits,
             int(settings.dedupe_horizon.total_seconds()),
             collector.after_flush,
         )
-        result = run_stages_on_server(clickhouse_url, *sizes) if clickhouse_url else run_stages_embedded(*sizes)
         click.echo(render_stages(result, as_json))
         return
     if rating:

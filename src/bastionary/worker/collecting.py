@@ -5,7 +5,7 @@ cells), hundreds of thousands in a big flush, for a fraction of a second. None o
 a reference cycle, so reference counting frees every one when the plan goes. CPython's
 collector, started by allocation counts, walks them anyway, each time the plan's allocations
 fill the youngest generation, and every collection stops all threads: checks, heartbeats and
-HTTP wait. ``bench --stages``' runner (:func:`bastionary.tools.bench.stages.run_stages_embedded`)
+HTTP wait. ``bench --stages``' runner (:func:`bastionary.tools.bench.stages.run_stages_alone`)
 with a gc callback, 220,000 events in 10 flushes, three alternating runs each (2026-12-02):
 
 - started by allocations (the youngest generation every 50,000, as the worker had it): 66

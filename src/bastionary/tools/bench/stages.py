@@ -61,55 +61,45 @@ EPOCH = 1
 WORKER_ID = "bench-stages"
 
 
-def run_stages_embedded(
+def run_stages_alone(
+    clickhouse_url: str | None,
     events: int,
     flush_bytes: int,
     limits: RecordLimits,
     horizon_seconds: int,
     between_flushes: Callable[[], object] = lambda: None,
 ) -> dict[str, Any]:
-    """:func:`run_stages` against chdb in this process, in a temp dir removed afterwards."""
+    """:func:`run_stages` with chdb in this process, or against the ClickHouse server at
+    ``clickhouse_url`` (a user allowed to create a database) in a database of its own; the
+    temp dir, and the server's database, are removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="bastionary-stages-"))
     try:
-        client = open_client(f"chdb://{root / 'clickhouse'}", "bastionary", create=True)
-        dedupe = RocksDedupeStore(root / "dedupe", horizon_seconds)
+        client, where, database = _stage_client(clickhouse_url, root)
         try:
-            result = run_stages(client, dedupe, events, flush_bytes, limits, between_flushes)
+            dedupe = RocksDedupeStore(root / "dedupe", horizon_seconds)
+            try:
+                result = run_stages(client, dedupe, events, flush_bytes, limits, between_flushes)
+            finally:
+                dedupe.close()
+            return result | {"clickhouse": where}
         finally:
-            dedupe.close()
+            if clickhouse_url:
+                client.command(f"DROP DATABASE IF EXISTS `{database}`")
             client.close()
-        return result | {"clickhouse": "chdb in this process"}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_stages_on_server(
-    url: str,
-    events: int,
-    flush_bytes: int,
-    limits: RecordLimits,
-    horizon_seconds: int,
-    between_flushes: Callable[[], object] = lambda: None,
-) -> dict[str, Any]:
-    """:func:`run_stages` against the ClickHouse server at ``url`` (a user allowed to create
-    a database), in a database of its own dropped afterwards."""
+def _stage_client(clickhouse_url: str | None, root: Path) -> tuple[Client, str, str]:
+    """The client, where it writes (for the report), and its database."""
+    if not clickhouse_url:
+        return open_client(f"chdb://{root / 'clickhouse'}", "bastionary", create=True), "chdb in this process", ""
     database = f"bastionary_stages_{secrets.token_hex(4)}"
     try:
-        client = open_client(url, database, create=True)
+        client = open_client(clickhouse_url, database, create=True)
     except Exception as error:  # unreachable, refused, no right to create a database: the caller's to fix
         raise BenchError(f"ClickHouse at --clickhouse-url could not be opened: {error}") from error
-    root = Path(tempfile.mkdtemp(prefix="bastionary-stages-"))
-    try:
-        dedupe = RocksDedupeStore(root / "dedupe", horizon_seconds)
-        try:
-            result = run_stages(client, dedupe, events, flush_bytes, limits, between_flushes)
-        finally:
-            dedupe.close()
-        return result | {"clickhouse": f"a server over {urlsplit(url).scheme}"}
-    finally:
-        client.command(f"DROP DATABASE IF EXISTS `{database}`")
-        client.close()
-        shutil.rmtree(root, ignore_errors=True)
+    return client, f"a server over {urlsplit(clickhouse_url).scheme}", database
 
 
 def run_stages(
