@@ -23,6 +23,7 @@ from bastionary.worker import api, tolerant_records
 from bastionary.worker.api.failures import failures_as_json
 from bastionary.worker.collecting import BoundaryCollector
 from bastionary.worker.context import WorkerContext
+from bastionary.worker.direct_delivery import deliver_directly
 from bastionary.worker.loop_lag import probe_loop_lag
 from bastionary.worker.services.api import ApiBackend
 from bastionary.worker.services.billing import BillingService
@@ -120,6 +121,7 @@ def create_app(
             "client_max_size": settings.max_record_bytes + 64 * 1024,
         },
     )
+    deliver_directly(app.transport)  # records reach the conductor without four tasks each
     ctx = WorkerContext(app, settings, worker_id)
 
     async def settle_switch_interval() -> None:
