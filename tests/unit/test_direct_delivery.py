@@ -7,7 +7,10 @@ import asyncio
 import hashlib
 import inspect
 import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,8 +20,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode import Service
 
 from bastionary.settings import Settings
+from bastionary.worker import direct_delivery
 from bastionary.worker.app import create_app
-from bastionary.worker.direct_delivery import DirectDeliveryConsumer, deliver
+from bastionary.worker.direct_delivery import YIELD_AFTER_SECONDS, DirectDeliveryConsumer, deliver
 
 # Faust's loop, whitespace collapsed: a Faust upgrade that changes it fails here, and the copy
 # in direct_delivery.py is reread against the new one before this digest is renewed.
@@ -39,6 +43,82 @@ def test_the_copy_replaces_only_the_delivery() -> None:
     source = _normalized_source(DirectDeliveryConsumer._drain_messages)
     assert "wait_first" not in source
     assert "await deliver(callback(message), race)" in source
+
+
+class _FetchingConsumer:
+    """What ``_drain_messages`` reads of its consumer: one fetch of ``records`` records, each
+    delivery taking ``cost`` seconds of the loop's clock (``now``), then a stop."""
+
+    consumer_stopped_errors = ()
+    should_stop = False
+    _commit_every = None
+
+    def __init__(self, records: int, cost: float) -> None:
+        self._records, self._cost = records, cost
+        self._fetched = False
+        self._stopped = asyncio.Event()
+        self._read_offset: defaultdict[Any, int | None] = defaultdict(lambda: None)
+        self.diag = SimpleNamespace(set_flag=lambda _flag: None, unset_flag=lambda _flag: None)
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda _topic: False))
+        self.happened: list[str] = []
+        self.now = 0.0
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[str, Any]]:
+        if self._fetched:
+            self._stopped.set()
+            return
+        self._fetched = True
+        for offset in range(self._records):
+            yield "tp", SimpleNamespace(offset=offset, topic="usage.events")
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def callback(self, message: Any) -> None:
+        self.now += self._cost
+        self.happened.append("delivered")
+
+    async def _race_with_flow(self, rest: Any) -> None:
+        await rest
+
+
+async def _drain_beside_a_ticker(consumer: _FetchingConsumer, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The fetch loop's deliveries, and every pass another task got of the event loop."""
+    monkeypatch.setattr(direct_delivery, "time", SimpleNamespace(monotonic=lambda: consumer.now))
+
+    async def ticker() -> None:
+        while True:
+            consumer.happened.append("tick")
+            await asyncio.sleep(0)
+
+    ticking = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    try:
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        await DirectDeliveryConsumer._drain_messages(consumer, fetcher)  # type: ignore[arg-type]
+    finally:
+        ticking.cancel()
+    return consumer.happened
+
+
+def _longest_run_of_deliveries(happened: list[str]) -> int:
+    return max(len(run) for run in "".join("d" if h == "delivered" else " " for h in happened).split(" "))
+
+
+async def test_the_fetch_loop_lets_other_tasks_in_once_its_time_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each delivery takes 0.4 of the budget: the loop yields after every third.
+    consumer = _FetchingConsumer(records=30, cost=0.4 * YIELD_AFTER_SECONDS)
+    happened = await _drain_beside_a_ticker(consumer, monkeypatch)
+    assert happened.count("delivered") == 30
+    assert _longest_run_of_deliveries(happened) == 3
+
+
+async def test_the_fetch_loop_does_not_yield_per_record_within_its_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # wait_first yielded on every record; records that take no time go through in one pass,
+    # however many (Faust's own loop yielded every 100).
+    happened = await _drain_beside_a_ticker(_FetchingConsumer(records=250, cost=0.0), monkeypatch)
+    assert happened.count("delivered") == 250
+    assert _longest_run_of_deliveries(happened) == 250
 
 
 class _Flow:

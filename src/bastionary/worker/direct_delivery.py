@@ -17,7 +17,13 @@ the suspended flow, the stop and the crash by Faust's own ``wait_first``, as bef
 What changes for a delivery that finishes inline: it runs in the fetch loop's task and
 context, not a task of its own. It was never abandoned before either: a delivery that
 completes in its first step completed under ``wait_first`` too, flow suspended or not (its
-task ran first). The loop still yields to the event loop every ``YIELD_EVERY`` records.
+task ran first).
+
+Faust's loop yields to the event loop every 100 records, and ``wait_first`` yielded on every
+record besides. Inline, a fetch of a few hundred records would hold the loop for milliseconds
+while entitlement checks and heartbeats wait, so this loop yields once ``YIELD_AFTER_SECONDS``
+have passed since it last did, whatever the count. The clock is the wall's: time spent waiting
+for the GIL (the flush thread holds it too) is time a check waits as well.
 
 The fetch loop below is Faust's (faust-streaming 0.15.3, ``faust/transport/consumer.py``),
 with its delivery line replaced; ``tests/unit/test_direct_delivery.py`` fails if Faust's
@@ -27,6 +33,7 @@ loop changes, so the copy is reread on an upgrade.
 from __future__ import annotations
 
 import asyncio
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
@@ -34,7 +41,9 @@ from typing import Any, cast
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-YIELD_EVERY = 100  # records delivered between yields to the event loop, as Faust's loop
+# About a GIL switch interval while requests come in (worker/switching.py): a yield per
+# millisecond costs the loop one pass, a few microseconds.
+YIELD_AFTER_SECONDS = 0.001
 
 
 class DirectDeliveryConsumer(faust_aiokafka.Consumer):
@@ -51,19 +60,19 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         race = self._race_with_flow
-        since_yield = 0
+        clock = time.monotonic
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
                 fetched = cast(AsyncIterator[Any], getmany(timeout=1.0))
                 # Faust's reason: getmany may return at once, over and over, never yielding.
                 await self.sleep(0)
+                yield_at = clock() + YIELD_AFTER_SECONDS
                 if not self.should_stop:
                     async for tp, message in fetched:
-                        since_yield += 1
-                        if since_yield > YIELD_EVERY:
+                        if clock() >= yield_at:
                             await asyncio.sleep(0)
-                            since_yield = 0
+                            yield_at = clock() + YIELD_AFTER_SECONDS
                         offset = message.offset
                         read_offset = get_read_offset(tp)
                         if read_offset is None or offset >= read_offset:
