@@ -100,3 +100,15 @@ def test_the_answer_is_always_the_assignors_for_the_keys_partition_whatever_it_r
         expected = (sum(key.encode()) % 4) in active
         assert ownership.owned_here(key) is expected
     assert len(ownership._partitions) <= 5
+
+
+def test_keys_of_one_partition_share_one_tp_and_forget_drops_it():
+    ownership, app = _ownership()
+    for key in ("a", "e", "i"):  # each hashes to partition 1 of 4
+        ownership.owned_here(key)
+    assert len({id(tp) for tp in ownership._partitions.values()}) == 1
+    ownership.forget()
+    assert ownership._shared == {}
+    app.producer.partitions = 2  # "a" now hashes to partition 1 of 2
+    app.assignor.active.add(TP(TOPIC, sum(b"a") % 2))
+    assert ownership.owned_here("a")
