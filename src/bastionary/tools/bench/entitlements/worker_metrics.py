@@ -22,7 +22,12 @@ _HISTOGRAM_LINE = re.compile(
 )
 
 
-async def _worker_readings(session: ClientSession, port: int) -> dict[str, float]:
+# A histogram line's name, part (_count, _sum or _bucket) and bucket bound (None but for
+# _bucket; +Inf read as math.inf), parsed once as the line is read.
+ReadingKey = tuple[str, str, float | None]
+
+
+async def _worker_readings(session: ClientSession, port: int) -> dict[ReadingKey, float]:
     """The worker's flush and loop-lag histograms: sum, count and bucket counts ({} without
     an answer, and a line that is not one of theirs skipped: the figures are then left out,
     never raised)."""
@@ -32,8 +37,8 @@ async def _worker_readings(session: ClientSession, port: int) -> dict[str, float
     return {}
 
 
-def _histogram_readings(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _histogram_readings(text: str) -> dict[ReadingKey, float]:
+    out: dict[ReadingKey, float] = {}
     for line in text.splitlines():
         matched = _HISTOGRAM_LINE.fullmatch(line)
         if matched is None:
@@ -44,25 +49,28 @@ def _histogram_readings(text: str) -> dict[str, float]:
         except ValueError:
             continue
         if math.isfinite(value) and (bound is None or not math.isnan(bound)):
-            out[line.rpartition(" ")[0]] = value
+            part = "_bucket" if bound is not None else matched[2]
+            out[(matched[1], part, bound)] = value
     return out
 
 
-def _histogram_delta(before: dict[str, float], after: dict[str, float], name: str) -> tuple[float, float, float | None]:
+def _histogram_delta(
+    before: dict[ReadingKey, float], after: dict[ReadingKey, float], name: str
+) -> tuple[float, float, float | None]:
     """Observations of histogram ``name`` between the readings: count, sum, and the upper
     bound of the bucket holding the 99th percentile (None past the last finite bucket)."""
-    delta = {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(name)}
-    count = delta.get(f"{name}_count", 0.0)
+    delta = {key: v - before.get(key, 0.0) for key, v in after.items() if key[0] == name}
+    count = delta.get((name, "_count", None), 0.0)
     buckets = sorted(
-        (float(k.split('le="')[1].split('"')[0]), v)
-        for k, v in delta.items()
-        if k.startswith(f"{name}_bucket") and "+Inf" not in k
+        (bound, v)
+        for (_, part, bound), v in delta.items()
+        if part == "_bucket" and bound is not None and bound != math.inf
     )
     p99_bucket = next((le for le, n in buckets if n >= 0.99 * count), None) if count else None
-    return count, delta.get(f"{name}_sum", 0.0), p99_bucket
+    return count, delta.get((name, "_sum", None), 0.0), p99_bucket
 
 
-def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+def _flush_delta(before: dict[ReadingKey, float], after: dict[ReadingKey, float]) -> dict[str, float | None]:
     """Flushes that landed between two readings: how many, how long on average, the slowest bucket."""
     count, total, p99_bucket = _histogram_delta(before, after, FLUSH)
     if not count:
@@ -74,7 +82,7 @@ def _flush_delta(before: dict[str, float], after: dict[str, float]) -> dict[str,
     }
 
 
-def _loop_lag_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+def _loop_lag_delta(before: dict[ReadingKey, float], after: dict[ReadingKey, float]) -> dict[str, float | None]:
     """How late the worker's event loop woke its probe between two readings (none from a
     worker without the probe)."""
     count, total, p99_bucket = _histogram_delta(before, after, LOOP_LAG)
