@@ -9,6 +9,7 @@ insert into copies of them, and reads both back.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -23,7 +24,8 @@ from bastionary.storage.usage import ClickHouseUsageStore
 
 pytestmark = [pytest.mark.integration]
 
-ZONES = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))])
+# None: naive datetimes, which both inserts read in the column zone (UTC).
+ZONES = st.sampled_from([None, UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))])
 # Within the range the parser admits (1970 .. 2105 UTC), whatever the offset.
 TIMES = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2105, 12, 30), timezones=ZONES)
 MINUTES = TIMES.map(lambda t: t.replace(second=0, microsecond=0))  # windows and ingest minutes are floored
@@ -131,3 +133,35 @@ def test_a_row_json_cannot_carry_goes_by_the_native_insert(client: Client) -> No
     with pytest.raises(UnicodeEncodeError):
         ClickHouseUsageStore(client).insert_events([row], secrets.token_hex(8))
     assert client.query("SELECT count() FROM usage_events").result_rows == [(0,)]
+
+
+@pytest.fixture
+def host_zone_not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local zone at UTC+05:30 (a POSIX TZ string: no zone database needed)."""
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_naive_datetime_is_read_as_utc_by_both_inserts_on_any_host(client: Client, host_zone_not_utc: None) -> None:
+    """The pipeline builds aware datetimes, but a naive one must not land at another instant
+    by the way it went (or the host it went from): both inserts read it in the column's zone."""
+    naive = datetime(2026, 3, 1, 12, 30, 15, 250000)
+    instant = naive.replace(tzinfo=UTC)
+    event = EventRow("naive", "s", "t", "c", naive, "{}", "00", naive, "usage", 1, 0, 0, 0)
+    _stored_both_ways(client, "usage_events", [event], EventRow._fields)  # type: ignore[arg-type]
+    minute = naive.replace(second=0, microsecond=0)
+    rollup = RollupRow("c", "m", "sum", {}, minute, minute, Decimal(1), 1, None, [], (naive, Decimal(1)))
+    _stored_both_ways(client, "usage_rollup_1m", [rollup], RollupRow._fields)  # type: ignore[arg-type]
+    for suffix in ("", "_native"):
+        events = client.query(
+            f"SELECT toUnixTimestamp64Micro(time), toUnixTimestamp64Milli(ingested_at) FROM usage_events{suffix}"
+        ).result_rows
+        assert events == [(int(instant.timestamp() * 1_000_000), int(instant.timestamp() * 1000))]
+        rollups = client.query(
+            "SELECT toUnixTimestamp(window_start), toUnixTimestamp(ingested_minute),"
+            f" toUnixTimestamp64Micro(latest.1) FROM usage_rollup_1m{suffix}"
+        ).result_rows
+        assert rollups == [(int(minute.replace(tzinfo=UTC).timestamp()),) * 2 + (int(instant.timestamp() * 1_000_000),)]

@@ -36,6 +36,12 @@ def open_client(dsn: str, database: str | None, create: bool = False) -> Client:
     # The sink reads (recovery) and writes (flushes) from worker threads at once; ClickHouse
     # rejects concurrent queries in one HTTP session, and the pipeline needs no session state.
     clickhouse_common.set_setting("autogenerate_session_id", False)
+    # A naive datetime is read in the column's zone (UTC for every table here) by every insert:
+    # ClickHouse reads the JSON lines' naive text so, and clickhouse-connect's Native insert
+    # otherwise reads it in this process's local zone, which moves the instant on a host whose
+    # TZ is not UTC. The pipeline builds aware datetimes; rows read back from ClickHouse and
+    # written again may not be.
+    clickhouse_common.set_setting("naive_datetime_insert", "server")
     if parts.scheme == "chdb":
         global _engine_in_process
         _engine_in_process = True  # before the attempt: a failed open may have started the engine
