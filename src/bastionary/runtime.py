@@ -59,7 +59,10 @@ def connect_clickhouse(settings: Settings, role: GatewayRole = "writer") -> Clic
     """Open ClickHouse: in-process chdb, the holder's gateway if chdb is taken, or a server."""
     dsn = settings.clickhouse_url()
     if not dsn.startswith("chdb:"):
-        return ClickHouseHandle(open_client(dsn, settings.database, create=role == "writer"), False, "server")
+        client = open_client(
+            dsn, settings.database, create=role == "writer", compression=settings.clickhouse_compression
+        )
+        return ClickHouseHandle(client, False, "server")
     info = read_gateway_file(gateway_file(settings.data_path))
     if info is not None and gateway_alive(info):
         # A running worker holds the chdb directory; chdb admits one process per directory.

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     clickhouse_database: str | None = Field(
         default=None, description="Database name; defaults to the DSN path, else 'bastionary'."
     )
+    clickhouse_compression: Literal["lz4", "none"] = Field(
+        default="lz4",
+        description="how insert bodies and query results travel to and from a ClickHouse server (http/https);"
+        " in-process chdb and the embedded gateway send nothing over a network and ignore it",
+    )
     kafka_log_epoch: int | None = Field(
         default=None,
         ge=0,

@@ -87,7 +87,7 @@ def test_the_command_times_the_stages_against_a_server_it_is_given(clickhouse_ur
     )
     assert finished.returncode == 0, finished.stderr.decode()[-3000:]
     result = json.loads(finished.stdout)
-    assert result["clickhouse"] == "a server over http"
+    assert result["clickhouse"] == "a server over http, compression lz4"  # CLICKHOUSE_COMPRESSION's default
     assert result["exactness"]["exact"] is True and result["events"] == 2_200
     assert set(result["cpu_us_per_event"]) == set(STAGES)
     databases = open_client(clickhouse_url, None).query("SHOW DATABASES").result_rows

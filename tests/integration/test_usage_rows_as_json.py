@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
+import lz4.frame
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bastionary.metering.ports import EventRow, RollupRow
 from bastionary.storage.client import Client, insert_rows, open_client
-from bastionary.storage.usage import ClickHouseUsageStore
+from bastionary.storage.usage import _ROWS_AS_JSON, ClickHouseUsageStore
 
 pytestmark = [pytest.mark.integration]
 
@@ -83,10 +84,11 @@ def rollup_rows(draw: st.DrawFn) -> list[RollupRow]:
     ]
 
 
-@pytest.fixture(scope="module")
-def client(clickhouse_url: str) -> Iterator[Client]:
+@pytest.fixture(scope="module", params=["none", "lz4"])
+def client(clickhouse_url: str, request: pytest.FixtureRequest) -> Iterator[Client]:
+    """Each test runs with bodies sent as they are and lz4-framed (``CLICKHOUSE_COMPRESSION``)."""
     database = f"rows_as_json_{secrets.token_hex(4)}"
-    opened = open_client(clickhouse_url, database, create=True)
+    opened = open_client(clickhouse_url, database, create=True, compression=request.param)
     ClickHouseUsageStore(opened).migrate()
     for table in ("usage_events", "usage_rollup_1m"):
         opened.command(f"CREATE TABLE {table}_native AS {table}")
@@ -165,3 +167,28 @@ def test_a_naive_datetime_is_read_as_utc_by_both_inserts_on_any_host(client: Cli
             f" toUnixTimestamp64Micro(latest.1) FROM usage_rollup_1m{suffix}"
         ).result_rows
         assert rollups == [(int(minute.replace(tzinfo=UTC).timestamp()),) * 2 + (int(instant.timestamp() * 1_000_000),)]
+
+
+def test_rows_go_lz4_framed_when_the_client_compresses(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body on the wire is the JSON lines in one lz4 frame, and the server stores the rows."""
+    sent: list[tuple[bytes, str | None]] = []
+    raw_insert = client.raw_insert
+
+    def spy(table: str, columns: object, body: bytes, **kwargs: object) -> object:
+        sent.append((body, kwargs.get("compression")))  # type: ignore[arg-type]
+        return raw_insert(table, columns, body, **kwargs)
+
+    monkeypatch.setattr(client, "raw_insert", spy)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [EventRow(f"e{n}", "s", "t", "c", at, "{}", "00", at, "usage", n, 0, 0, 0) for n in range(50)]
+    client.command("TRUNCATE TABLE usage_events")
+    ClickHouseUsageStore(client).insert_events(rows, secrets.token_hex(8))
+    [(body, compression)] = sent
+    lines = _ROWS_AS_JSON.encode_lines(rows)
+    if client.write_compression == "lz4":
+        assert compression == "lz4"
+        assert lz4.frame.decompress(body) == lines
+        assert len(body) < len(lines)
+    else:
+        assert (body, compression) == (lines, None)
+    assert client.query("SELECT count() FROM usage_events").result_rows == [(50,)]

@@ -46,6 +46,13 @@ def test_defaults(tmp_path: Path):
     assert s.flush_interval == timedelta(milliseconds=250)
     assert s.max_record_bytes == 1_048_576
     assert s.data_path == (tmp_path / ".bastionary").resolve()
+    assert s.clickhouse_compression == "lz4"
+
+
+def test_clickhouse_compression_is_lz4_or_none(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_CLICKHOUSE_COMPRESSION", "none")
+    assert load_settings().clickhouse_compression == "none"
+    assert "BASTIONARY_CLICKHOUSE_COMPRESSION" in config_error(monkeypatch, CLICKHOUSE_COMPRESSION="gzip")
 
 
 def test_environment_variables_are_read(monkeypatch):

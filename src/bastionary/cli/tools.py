@@ -168,6 +168,7 @@ def bench(
             limits,
             int(settings.dedupe_horizon.total_seconds()),
             collector.after_flush,
+            settings.clickhouse_compression,
         )
         click.echo(render_stages(result, as_json))
         return

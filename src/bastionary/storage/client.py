@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -30,9 +30,19 @@ def engine_in_process() -> bool:
     return _engine_in_process
 
 
-def open_client(dsn: str, database: str | None, create: bool = False) -> Client:
-    """A clickhouse-connect client on ``database``; ``create`` makes the database first."""
+Compression = Literal["lz4", "none"]
+
+
+def open_client(dsn: str, database: str | None, create: bool = False, compression: Compression = "none") -> Client:
+    """A clickhouse-connect client on ``database``; ``create`` makes the database first.
+
+    ``compression`` applies to a server: with ``lz4``, insert bodies go lz4-framed and query
+    results come back so. A flush's JSON lines shrink about 4.6x (8.4 MB to 1.8 MB for 21,000
+    batch events) for about 0.4 us of the worker's CPU per event; uncompressed, the batch
+    target of 100,000 events/s would send about 320 Mbit/s to ClickHouse per worker.
+    """
     parts = urlsplit(dsn)
+    compress: str | bool = "lz4" if compression == "lz4" else False
     # The sink reads (recovery) and writes (flushes) from worker threads at once; ClickHouse
     # rejects concurrent queries in one HTTP session, and the pipeline needs no session state.
     clickhouse_common.set_setting("autogenerate_session_id", False)
@@ -54,14 +64,14 @@ def open_client(dsn: str, database: str | None, create: bool = False) -> Client:
                 raise DataDirLocked(str(path)) from exc
             raise
     else:
-        bootstrap = clickhouse_connect.get_client(dsn=dsn, database="default", compress=False)
+        bootstrap = clickhouse_connect.get_client(dsn=dsn, database="default", compress=compress)
     if database and create:
         bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     if not database:
         return bootstrap
     if parts.scheme == "chdb":
         return clickhouse_connect.get_client(dsn=f"chdb://{Path(parts.path)}", database=database)
-    return clickhouse_connect.get_client(dsn=dsn, database=database, compress=False)
+    return clickhouse_connect.get_client(dsn=dsn, database=database, compress=compress)
 
 
 def insert_rows(

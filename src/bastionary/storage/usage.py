@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import lz4.frame
 import msgspec
 
 from bastionary.metering.ports import EventRow, FlushMarker, MarkerRow, RollupRow, SightingRow
@@ -73,7 +74,17 @@ class ClickHouseUsageStore:
         except (TypeError, ValueError):  # e.g. a str with a lone surrogate, which UTF-8 cannot encode
             self._insert(table, rows, columns, settings)
             return
-        self.client.raw_insert(table, columns, body, settings=_JSON_ROWS_SETTINGS | settings, fmt=_JSON_ROWS_FORMAT)
+        compression = None
+        if self.client.write_compression == "lz4":  # a server's client opened with compression (open_client)
+            body, compression = lz4.frame.compress(body), "lz4"
+        self.client.raw_insert(
+            table,
+            columns,
+            body,
+            settings=_JSON_ROWS_SETTINGS | settings,
+            fmt=_JSON_ROWS_FORMAT,
+            compression=compression,
+        )
 
     def insert_events(self, rows: list[EventRow], token: str) -> None:
         if rows:

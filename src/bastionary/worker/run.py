@@ -123,7 +123,11 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
         # The API's reads: a server's read-only user when one is configured; in-process chdb
         # has one client; another worker's gateway has a read-only role.
         if settings.clickhouse_reader_dsn is not None:
-            return open_client(settings.clickhouse_reader_dsn.get_secret_value(), settings.database)
+            return open_client(
+                settings.clickhouse_reader_dsn.get_secret_value(),
+                settings.database,
+                compression=settings.clickhouse_compression,
+            )
         return handle.client if handle.in_process else connect_clickhouse(settings, role="reader").client
 
     billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client), reader)

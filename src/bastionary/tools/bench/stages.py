@@ -49,7 +49,7 @@ from bastionary.metering.planning import FlushPlanner, examine_here
 from bastionary.metering.ports import DedupeCache
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import InboundRecord
-from bastionary.storage.client import Client, open_client
+from bastionary.storage.client import Client, Compression, open_client
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.tools.bench.options import BATCH_EVENTS, TARGET_BATCH_EVENTS_PER_S, BenchError
 from bastionary.tools.bench.workloads import _batched, _exactness
@@ -68,13 +68,14 @@ def run_stages_alone(
     limits: RecordLimits,
     horizon_seconds: int,
     between_flushes: Callable[[], object] = lambda: None,
+    compression: Compression = "none",
 ) -> dict[str, Any]:
     """:func:`run_stages` with chdb in this process, or against the ClickHouse server at
     ``clickhouse_url`` (a user allowed to create a database) in a database of its own; the
     temp dir, and the server's database, are removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="bastionary-stages-"))
     try:
-        client, where, database = _stage_client(clickhouse_url, root)
+        client, where, database = _stage_client(clickhouse_url, root, compression)
         try:
             dedupe = RocksDedupeStore(root / "dedupe", horizon_seconds)
             try:
@@ -90,16 +91,16 @@ def run_stages_alone(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _stage_client(clickhouse_url: str | None, root: Path) -> tuple[Client, str, str]:
+def _stage_client(clickhouse_url: str | None, root: Path, compression: Compression) -> tuple[Client, str, str]:
     """The client, where it writes (for the report), and its database."""
     if not clickhouse_url:
         return open_client(f"chdb://{root / 'clickhouse'}", "bastionary", create=True), "chdb in this process", ""
     database = f"bastionary_stages_{secrets.token_hex(4)}"
     try:
-        client = open_client(clickhouse_url, database, create=True)
+        client = open_client(clickhouse_url, database, create=True, compression=compression)
     except Exception as error:  # unreachable, refused, no right to create a database: the caller's to fix
         raise BenchError(f"ClickHouse at --clickhouse-url could not be opened: {error}") from error
-    return client, f"a server over {urlsplit(clickhouse_url).scheme}", database
+    return client, f"a server over {urlsplit(clickhouse_url).scheme}, compression {compression}", database
 
 
 def run_stages(
