@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -53,6 +54,15 @@ def test_clickhouse_compression_is_lz4_or_none(monkeypatch):
     monkeypatch.setenv("BASTIONARY_CLICKHOUSE_COMPRESSION", "none")
     assert load_settings().clickhouse_compression == "none"
     assert "BASTIONARY_CLICKHOUSE_COMPRESSION" in config_error(monkeypatch, CLICKHOUSE_COMPRESSION="gzip")
+
+
+def test_every_setting_is_in_the_readmes_table():
+    """The README's table of variables is where operators look: no setting may be missing."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.split("| variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = [row for row in table.splitlines() if row.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row.split("|")[1])}
+    assert sorted(name.upper() for name in Settings.model_fields if name.upper() not in documented) == []
 
 
 def test_environment_variables_are_read(monkeypatch):
