@@ -90,7 +90,7 @@ def test_after_small_flushes_it_collects_as_rarely_as_the_allocation_triggered_c
 def test_while_small_flushes_land_the_clock_leaves_collection_between_flushes():
     allocations = [10]
     collector, clock, calls = collector_with_log(allocations)
-    for _ in range(10):  # 5 s of small flushes: none collects, and the clock does not either
+    for _ in range(5):  # 2.5 s of small flushes: none collects, and the clock does not either
         clock.now += 0.5
         collector.after_flush()
         assert collector.on_clock() == 0
@@ -98,6 +98,18 @@ def test_while_small_flushes_land_the_clock_leaves_collection_between_flushes():
     clock.now += 2.0
     collector.on_clock()
     assert calls == [AUTOMATIC_OFF, YOUNG, AUTOMATIC_ON]
+
+
+def test_while_flushes_land_a_young_collection_comes_every_few_seconds_however_little_was_allocated():
+    """Reference counting frees each flush's objects, so the net allocation count stays low
+    through hours of ingest; without this, nothing would be collected for a minute."""
+    allocations = [10]
+    collector, clock, calls = collector_with_log(allocations)
+    for _ in range(24):  # 12 s of flushes, one every 0.5 s
+        clock.now += 0.5
+        collector.after_flush()
+    assert calls == [AUTOMATIC_OFF] + [YOUNG] * 4  # at 3, 6, 9 and 12 s
+    assert collector.young_every_seconds == 3.0
 
 
 def test_once_an_hour_the_frozen_objects_are_thawed_and_walked_too():

@@ -20,9 +20,19 @@ objects) is young:
 - after a flush has landed and its plan is gone, once 50,000 objects have been allocated
   (net) since the last collection: generations 0 and 1 (``young``). A big flush is followed by
   one, never interrupted by one; small flushes collect no more often than the
-  allocation-triggered collector would. (Collecting after every flush of ``bench
-  --entitlements``, about 3,000 events four times a second, gave a freshness p99 of
-  0.96-2.76 s in eight runs, against 0.94-1.18 s in five on be54771.)
+  allocation-triggered collector would, or than ``young_every_seconds`` (below). (Collecting
+  after every flush of ``bench --entitlements``, about 3,000 events four times a second, gave
+  a freshness p99 of 0.96-2.76 s in eight runs, against 0.94-1.18 s in five on be54771.)
+- while flushes land, at least every ``young_every_seconds`` a young collection, however
+  little was allocated (net). Reference counting frees a flush's objects, so the net count
+  stays low through sustained ingest, and without this nothing at all was collected for
+  ``full_every_seconds``. In the bench's rss-http phase (1M distinct ids at 39,000-54,000
+  events/s, ClickHouse over HTTP, 2026-12-04) the worker's peak RSS was 650-724 MB in 13
+  runs with no collection during the ingest, and 427-463 MB in 8 with one every 3 s (of
+  generation 0, 0-1 or all). Those collections found 8-20 unreachable objects each
+  (clickhouse-connect's insert contexts, about 10 KB in all): what they free is not the
+  memory. The likeliest reading, not proven: such garbage, left among a flush's short-lived
+  objects, keeps pymalloc pools and arenas from emptying, so the next flush takes fresh ones.
 - every ``full_every_seconds``: all three (``full``), so that a cycle that outlived the young
   collections is still freed. What survives it is frozen, so the next one walks only what
   became old since (in ``bench --entitlements``' worker, 7.5-14.9 ms, against 297.7 ms for
@@ -68,6 +78,7 @@ class BoundaryCollector:
     def __init__(
         self,
         full_every_seconds: float = 60.0,
+        young_every_seconds: float = 3.0,
         thaw_every_seconds: float = 3600.0,
         idle_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -78,6 +89,7 @@ class BoundaryCollector:
         young_allocations: Callable[[], int] = lambda: gc.get_count()[0],
     ):
         self.full_every_seconds = full_every_seconds
+        self.young_every_seconds = young_every_seconds
         self.thaw_every_seconds = thaw_every_seconds
         self.idle_seconds = idle_seconds
         self._clock = clock
@@ -88,7 +100,7 @@ class BoundaryCollector:
         self._young_allocations = young_allocations
         self.taken_over = False
         self.between_flushes = False  # else the allocation-triggered collector runs
-        self._last_full = self._last_thaw = self._last_landed = clock()
+        self._last_full = self._last_thaw = self._last_landed = self._last_collection = clock()
 
     def take_over(self) -> None:
         """Freeze what exists now; from now on this decides when collections run."""
@@ -96,7 +108,7 @@ class BoundaryCollector:
         self._freeze()
         self._automatic(True)
         self.taken_over = True
-        self._last_full = self._last_thaw = self._clock()
+        self._last_full = self._last_thaw = self._last_collection = self._clock()
 
     def after_flush(self) -> int:
         """Call once a flush has landed and its plan is released; returns the objects found
@@ -107,7 +119,11 @@ class BoundaryCollector:
         if not self.between_flushes:
             self._automatic(False)
             self.between_flushes = True
-        if self._young_allocations() < ALLOCATIONS and now - self._last_full < self.full_every_seconds:
+        if (
+            self._young_allocations() < ALLOCATIONS
+            and now - self._last_collection < self.young_every_seconds
+            and now - self._last_full < self.full_every_seconds
+        ):
             return 0  # small flushes: no more collections than the allocation-triggered collector would run
         return self._run()
 
@@ -122,7 +138,7 @@ class BoundaryCollector:
         return unreachable
 
     def _run(self) -> int:
-        now = self._clock()
+        now = self._last_collection = self._clock()
         started = time.perf_counter()
         if now - self._last_full < self.full_every_seconds:
             kind, unreachable = "young", self._collect(YOUNG)
