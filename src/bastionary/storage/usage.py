@@ -74,16 +74,11 @@ class ClickHouseUsageStore:
         except (TypeError, ValueError):  # e.g. a str with a lone surrogate, which UTF-8 cannot encode
             self._insert(table, rows, columns, settings)
             return
-        compression = None
-        if self.client.write_compression == "lz4":  # a server's client opened with compression (open_client)
-            body, compression = lz4.frame.compress(body), "lz4"
+        compressed: dict[str, str] = {}
+        if getattr(self.client, "write_compression", None) == "lz4":  # a server's client opened with lz4 (open_client)
+            body, compressed = lz4.frame.compress(body), {"compression": "lz4"}
         self.client.raw_insert(
-            table,
-            columns,
-            body,
-            settings=_JSON_ROWS_SETTINGS | settings,
-            fmt=_JSON_ROWS_FORMAT,
-            compression=compression,
+            table, columns, body, settings=_JSON_ROWS_SETTINGS | settings, fmt=_JSON_ROWS_FORMAT, **compressed
         )
 
     def insert_events(self, rows: list[EventRow], token: str) -> None:
