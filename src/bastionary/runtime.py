@@ -27,7 +27,7 @@ from bastionary.devstack.discovery import (
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import CLICKHOUSE, owning
 from bastionary.settings import Settings
-from bastionary.storage.client import Client, open_client
+from bastionary.storage.client import Client, Compression, open_client
 
 _HELD: list[AbstractContextManager[None]] = []  # locks this process keeps until it exits
 
@@ -53,6 +53,9 @@ class ClickHouseHandle:
     client: Client
     in_process: bool  # this process holds the chdb directory (and should serve the gateway)
     dsn_description: str
+    # How another process of this one (the flush process) opens the same database: (DSN,
+    # database, compression). None for chdb in this process, which no other process may open.
+    reopen: tuple[str, str | None, Compression] | None = None
 
 
 def connect_clickhouse(settings: Settings, role: GatewayRole = "writer") -> ClickHouseHandle:
@@ -62,12 +65,14 @@ def connect_clickhouse(settings: Settings, role: GatewayRole = "writer") -> Clic
         client = open_client(
             dsn, settings.database, create=role == "writer", compression=settings.clickhouse_compression
         )
-        return ClickHouseHandle(client, False, "server")
+        return ClickHouseHandle(client, False, "server", (dsn, settings.database, settings.clickhouse_compression))
     info = read_gateway_file(gateway_file(settings.data_path))
     if info is not None and gateway_alive(info):
         # A running worker holds the chdb directory; chdb admits one process per directory.
-        client = open_client(gateway_dsn(info, role), info.get("database") or settings.database)
-        return ClickHouseHandle(client, False, f"gateway http://{info['host']}:{info['port']}")
+        database = info.get("database") or settings.database
+        client = open_client(gateway_dsn(info, role), database)
+        reopen: tuple[str, str | None, Compression] = (gateway_dsn(info, role), database, "none")  # loopback
+        return ClickHouseHandle(client, False, f"gateway http://{info['host']}:{info['port']}", reopen)
     # This process is about to hold the chdb directory: own it first (chdb's own lock would
     # only fail later, with a raw error and after the directory was touched).
     hold_for_process(settings.data_path, CLICKHOUSE)

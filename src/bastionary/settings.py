@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         le=64,
         description="child processes that parse and validate usage records off the worker's interpreter (0: in it)",
     )
+    flush_process: bool = Field(
+        default=False,
+        description=(
+            "plan and write each flush in a process of the worker's own, which owns the dedupe cache"
+            " (needs ClickHouse outside the worker: a server, not chdb in its process)"
+        ),
+    )
     # Read-ahead is counted in records, and a record may hold 100 events (~13 KB): 16,384 held
     # a whole backlog in memory. The worker's peak RSS after 1M distinct ids over HTTP was
     # 773 MB with 16,384 and 627 MB with 1,024, at about the same ingest rate (bench's rss

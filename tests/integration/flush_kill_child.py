@@ -5,10 +5,14 @@ The partition is a fixed generated workload held in memory (Kafka's part is only
 from the committed offset, which this process keeps in ``<dir>/committed``, written after the
 flush's records are acked, as a Kafka commit would be). Run as::
 
-    python -m tests.integration.flush_kill_child DIR NOW_MS [STEP FLUSH]
+    python -m tests.integration.flush_kill_child DIR NOW_MS [STEP FLUSH] [--flush-process]
 
-STEP is one of ``insert_markers``, ``insert_events``, ``insert_rollups``, ``dedupe.record``,
-``kafka_commit``: the process kills itself right after that step of its FLUSH-th flush.
+STEP is one of ``plan``, ``insert_markers``, ``insert_events``, ``insert_rollups``,
+``dedupe.record``, ``kafka_commit``: the process kills itself right after that step of its
+FLUSH-th flush. With ``--flush-process`` the engine runs in a flush process
+(:mod:`bastionary.metering.flush_process`), which is the one killed (``kafka_commit`` is
+this process's step); this process then exits with ``FLUSH_PROCESS_DIED``, as a worker stops
+after a failed flush.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,9 @@ from typing import Any
 from bastionary.catalog import load_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.metering.flush_process import FlushProcess, FlushProcessDied, FlushProcessSpec
+from bastionary.metering.landing import LocalFlushEngine
+from bastionary.metering.meters import Meter
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import Admission, InboundRecord
 from bastionary.metering.sink import SinkConfig, UsageSink
@@ -36,6 +44,8 @@ TOPIC = "usage.events"
 EVENTS = 1_500
 RECORDS_PER_FLUSH = 60
 HORIZON = timedelta(days=35)
+LIMITS = RecordLimits(1 << 20, 10_000, timedelta(minutes=5))
+FLUSH_PROCESS_DIED = 3  # the exit code when the flush process died under the flush
 
 
 def workload(now_ms: int) -> Workload:
@@ -82,42 +92,91 @@ class _KilledDedupe(RocksDedupeStore):
         self.killer.after("dedupe.record")
 
 
-async def main(root: Path, now_ms: int, killer: _Killer) -> None:
-    catalog = load_catalog(None)
-    partition = records(workload(now_ms), now_ms)
-    log = FakeLog()
-    log.hold(partition)
-    client = open_client(f"chdb://{root}/clickhouse", "bastionary", create=True)
+class _CountedEngine(LocalFlushEngine):
+    """Counts flushes by their plans, so the killer knows which flush it is in."""
+
+    killer: _Killer
+
+    def plan(self, requests: Any) -> Any:
+        self.killer.flushes += 1
+        plans = super().plan(requests)
+        self.killer.after("plan")
+        return plans
+
+
+def killed_engine(root: Path, killer: _Killer, clickhouse_dsn: str, meters: list[Meter]) -> _CountedEngine:
+    """The real engine on chdb and RocksDB, killing its process after ``killer``'s step."""
+    client = open_client(clickhouse_dsn, "bastionary", create=True)
     store = _KilledStore(client)
     store.migrate()
     store.killer = killer
     dedupe = _KilledDedupe(root / "dedupe", int(HORIZON.total_seconds()))
     dedupe.killer = killer
-    limits = RecordLimits(1 << 20, 10_000, timedelta(minutes=5))
+    engine = _CountedEngine(store, dedupe, MeterIndex(meters), LIMITS, HORIZON, closers=[dedupe.close])
+    engine.killer = killer
+    return engine
+
+
+@dataclass(frozen=True)
+class KilledEngineInChild:
+    """Opens :func:`killed_engine` in the flush process (sent there by reference)."""
+
+    root: Path
+    step: str | None
+    flush: int
+    clickhouse_dsn: str
+    meters: list[Meter]
+
+    def __call__(self) -> LocalFlushEngine:
+        return killed_engine(self.root, _Killer(self.step, self.flush), self.clickhouse_dsn, self.meters)
+
+
+def engine_for(root: Path, killer: _Killer, in_flush_process: bool) -> LocalFlushEngine | FlushProcess:
+    catalog = load_catalog(None)
+    dsn = f"chdb://{root}/clickhouse"
+    if not in_flush_process:
+        return killed_engine(root, killer, dsn, catalog.meters)
+    # chdb lives in the flush process alone here: this process never opens it.
+    opener = KilledEngineInChild(root, killer.step, killer.flush, dsn, catalog.meters)
+    return FlushProcess(FlushProcessSpec(opener))
+
+
+async def main(root: Path, now_ms: int, killer: _Killer, in_flush_process: bool) -> None:
+    partition = records(workload(now_ms), now_ms)
+    log = FakeLog()
+    log.hold(partition)
 
     async def dead_letters(letters: Any) -> None:
         return None
 
-    sink = UsageSink(store, dedupe, MeterIndex(catalog.meters), dead_letters, SinkConfig("w", 1, limits, HORIZON), log)
+    engine = engine_for(root, killer, in_flush_process)
+    sink = UsageSink(engine, dead_letters, SinkConfig("w", 1), log)
     committed_file = root / "committed"
     position = int(committed_file.read_text()) if committed_file.exists() else 0
     committed, acked = position, set()
-    while position < len(partition):
-        for record in partition[position : position + RECORDS_PER_FLUSH]:
-            if await sink.admit(record) is Admission.LANDED:
-                acked.add(record.offset)
-        position += RECORDS_PER_FLUSH
-        killer.flushes += 1
-        while landed := await sink.flush():
-            acked.update(r.offset for r in landed)
-        while committed in acked:
-            committed += 1
-        committed_file.write_text(str(committed))
-        killer.after("kafka_commit")
-    dedupe.close()
+    try:
+        while position < len(partition):
+            for record in partition[position : position + RECORDS_PER_FLUSH]:
+                if await sink.admit(record) is Admission.LANDED:
+                    acked.add(record.offset)
+            position += RECORDS_PER_FLUSH
+            while landed := await sink.flush():
+                acked.update(r.offset for r in landed)
+            while committed in acked:
+                committed += 1
+            committed_file.write_text(str(committed))
+            killer.after("kafka_commit")
+    except FlushProcessDied as died:
+        # What the worker does when a flush fails: stop, unacked, so a restart replays.
+        print(died, file=sys.stderr)
+        sys.exit(FLUSH_PROCESS_DIED)
+    finally:
+        engine.close()
 
 
 if __name__ == "__main__":
-    directory, now = Path(sys.argv[1]), int(sys.argv[2])
-    step, flush = (sys.argv[3], int(sys.argv[4])) if len(sys.argv) > 3 else (None, 0)
-    asyncio.run(main(directory, now, _Killer(step, flush)))
+    flags = [a for a in sys.argv[1:] if a.startswith("--")]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    directory, now = Path(args[0]), int(args[1])
+    step, flush = (args[2], int(args[3])) if len(args) > 2 else (None, 0)
+    asyncio.run(main(directory, now, _Killer(step, flush), "--flush-process" in flags))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +50,69 @@ def test_three_sigkills_at_random_moments_keep_totals_exact(stack):
     _exactness(stack, workload)
     letters = dead_letters(stack, idle=3.0)
     assert {int(m.offset) for m in letters} and len({_source(m) for m in letters}) == 7
+
+
+def test_flush_process_killed_twice_and_the_worker_once_keep_totals_exact(stack):
+    """BASTIONARY_FLUSH_PROCESS: a SIGKILL of the flush process fails the flush in progress
+    and stops the worker (its supervisor, here the test, restarts it); a SIGKILL of the worker
+    ends its flush process too, which must not outlive it."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    print(f"crash test seed {seed}")
+    workload = generate(120_000, customers=200, duplicate_rate=0.10, late_events=300, bad_records=7, seed=seed)
+    stack.start_worker(BASTIONARY_FLUSH_PROCESS="true")
+    ends = {}
+    producer = threading.Thread(target=lambda: ends.update(publish(stack, workload.records)))
+    producer.start()
+    for _crash in range(2):
+        time.sleep(rng.uniform(2.0, 6.0))
+        flusher = _flush_process_pid(stack, "w1")
+        os.kill(flusher, signal.SIGKILL)
+        assert stack.workers["w1"].wait(60) != 0, "the worker must stop once its flush process died"
+        stack.workers.pop("w1")
+        stack.start_worker(BASTIONARY_FLUSH_PROCESS="true")
+    time.sleep(rng.uniform(2.0, 6.0))
+    flusher = _flush_process_pid(stack, "w1")
+    stack.kill_worker("w1")
+    wait_until(lambda: not _alive(flusher), timeout=30, what="the flush process ending with its worker")
+    stack.start_worker(BASTIONARY_FLUSH_PROCESS="true")
+    producer.join()
+    stack.wait_caught_up(ends, timeout=600)
+    _exactness(stack, workload)
+    letters = dead_letters(stack, idle=3.0)
+    assert len({_source(m) for m in letters}) == 7
+
+
+def _flush_process_pid(stack, worker_id: str) -> int:
+    """The pid of the worker's current flush process, from its log line "flush process started"."""
+    worker_pid = stack.workers[worker_id].pid
+
+    def started() -> int | None:
+        for line in reversed(stack.worker_log(worker_id).splitlines()):
+            if '"flush process started"' in line:
+                pid = json.loads(line)["pid"]
+                return pid if _parent_of(pid) == worker_pid else None
+        return None
+
+    wait_until(lambda: started() is not None, timeout=120, what="the worker's flush process")
+    pid = started()
+    assert pid is not None
+    return pid
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def _source(message) -> tuple:

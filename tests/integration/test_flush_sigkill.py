@@ -19,12 +19,13 @@ import pytest
 
 from bastionary.storage.client import open_client
 from bastionary.tools.bench.workloads import _exactness
-from tests.integration.flush_kill_child import workload
+from tests.integration.flush_kill_child import FLUSH_PROCESS_DIED, workload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).parents[2]
 STEPS = ["insert_markers", "insert_events", "insert_rollups", "dedupe.record", "kafka_commit"]
+FLUSH_PROCESS_STEPS = ["plan", "insert_markers", "insert_events", "insert_rollups", "dedupe.record"]
 
 
 def child(directory: Path, now_ms: int, *kill: str) -> subprocess.CompletedProcess[bytes]:
@@ -38,6 +39,24 @@ def test_a_worker_killed_after_any_step_of_a_flush_leaves_exact_totals(tmp_path,
     killed = child(tmp_path, now_ms, step, "2")
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     finished = child(tmp_path, now_ms)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+
+    client = open_client(f"chdb://{tmp_path}/clickhouse", "bastionary")
+    exactness = _exactness(client, workload(now_ms))
+    assert exactness["exact"], exactness
+    assert exactness["stored_events"] == exactness["expected_events"] > 0
+
+
+@pytest.mark.parametrize("step", FLUSH_PROCESS_STEPS)
+def test_a_flush_process_killed_after_any_step_leaves_exact_totals(tmp_path, step):
+    """BASTIONARY_FLUSH_PROCESS: the flush process, which owns chdb and the dedupe cache here,
+    is the one killed; the worker's flush fails, it stops, and its restart lands the rest."""
+    now_ms = int(time.time() * 1000)
+    killed = child(tmp_path, now_ms, step, "2", "--flush-process")
+    stderr = killed.stderr.decode()
+    assert killed.returncode == FLUSH_PROCESS_DIED, stderr[-2000:]
+    assert "exit code -9" in stderr, stderr[-2000:]
+    finished = child(tmp_path, now_ms, "--flush-process")
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
 
     client = open_client(f"chdb://{tmp_path}/clickhouse", "bastionary")

@@ -16,10 +16,19 @@ from .helpers import assert_totals_equal, dead_letters, pipeline_totals, publish
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("examine_processes", ["0", "1"], ids=["examined-in-worker", "examined-in-child"])
-def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_events(stack, examine_processes):
+@pytest.mark.parametrize(
+    "placement",
+    [
+        {"BASTIONARY_EXAMINE_PROCESSES": "0"},
+        {"BASTIONARY_EXAMINE_PROCESSES": "1"},
+        {"BASTIONARY_FLUSH_PROCESS": "true"},
+        {"BASTIONARY_FLUSH_PROCESS": "true", "BASTIONARY_EXAMINE_PROCESSES": "1"},
+    ],
+    ids=["examined-in-worker", "examined-in-child", "flushed-in-child", "flushed-in-child-examined-in-its-child"],
+)
+def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_events(stack, placement):
     workload = generate(4000, customers=60, late_events=50, bad_records=7, seed=11)
-    stack.start_worker(BASTIONARY_EXAMINE_PROCESSES=examine_processes)
+    stack.start_worker(**placement)
     ends = publish(stack, workload.records)
     stack.wait_caught_up(ends)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.metering.landing import LocalFlushEngine
 from bastionary.metering.logs import LogProbe
 from bastionary.metering.ports import EventRow, FlushMarker, RollupRow, SightingRow
 from bastionary.metering.readings import MeterIndex
@@ -231,9 +232,11 @@ class Cluster:
         """A new worker process (worker_id ``w<n>``) on this cluster; close the cache when it ends."""
         self.workers += 1
         rocks = RocksDedupeStore(self.root / f"dedupe-{self.disk}", int(self.horizon.total_seconds()))
-        config = SinkConfig(f"w{self.workers}", 1, self.limits, self.horizon)
-        dedupe = CrashingDedupe(rocks, self.faults)
-        return UsageSink(self.store, dedupe, self.meters, self.send, config, self.log), rocks
+        config = SinkConfig(f"w{self.workers}", 1)
+        engine = LocalFlushEngine(
+            self.store, CrashingDedupe(rocks, self.faults), self.meters, self.limits, self.horizon
+        )
+        return UsageSink(engine, self.send, config, self.log), rocks
 
 
 async def work(cl: Cluster, bounds: Sequence[int], deaths: dict[int, Any], commits: Callable[[int], bool]) -> bool:

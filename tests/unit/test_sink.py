@@ -20,6 +20,7 @@ from bastionary.catalog import parse_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import ErrorClass
+from bastionary.metering.landing import LocalFlushEngine
 from bastionary.metering.logs import record_fingerprint
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import Admission, InboundRecord
@@ -58,9 +59,11 @@ def make_sink(
     async def send(batch):
         letters.extend(batch)
 
-    config = SinkConfig("w1", floor, RecordLimits(1 << 20, 100, timedelta(minutes=5)), timedelta(days=35), rewind_retry)
+    config = SinkConfig("w1", floor, rewind_retry)
     dedupe = RocksDedupeStore(tmp_path / f"dedupe-{len(list(tmp_path.iterdir()))}", 35 * 86400)
-    sink = UsageSink(store, dedupe, meters or MeterIndex(CATALOG.meters), send, config, log)
+    limits = RecordLimits(1 << 20, 100, timedelta(minutes=5))
+    engine = LocalFlushEngine(store, dedupe, meters or MeterIndex(CATALOG.meters), limits, timedelta(days=35))
+    sink = UsageSink(engine, send, config, log)
     return sink, store, log, letters
 
 
@@ -154,7 +157,7 @@ def test_an_event_without_a_dedupe_key_costs_that_event_not_the_partition(tmp_pa
 
     async def scenario():
         sink, store, _, letters = make_sink(tmp_path)
-        sink.dedupe = sink.planner.dedupe = Keyless(tmp_path / "keyless", 35 * 86400)
+        sink.engine.dedupe = sink.engine.planner.dedupe = Keyless(tmp_path / "keyless", 35 * 86400)
         await admit_all(sink, [event_record(0, "a"), event_record(1, "poison"), event_record(2, "b")])
         with structlog.testing.capture_logs() as logs:
             landed = await sink.flush()

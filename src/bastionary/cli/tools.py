@@ -74,6 +74,12 @@ def _bench_failures_as_messages(fn: Callable[P, None]) -> Callable[P, None]:
     metavar="NAME=VALUE",
     help="A setting for the measured workers, e.g. examine_processes=1 (repeatable; default: every default).",
 )
+@click.option(
+    "--clickhouse-server",
+    is_flag=True,
+    help="The measured workers write to a ClickHouse server over HTTP (serve-clickhouse, one per phase), as in"
+    " production, instead of holding chdb; needed by --worker-setting flush_process=true. Full bench and --entitlements.",
+)
 @click.option("--rating", is_flag=True, help="Rate N subscriptions x 5 metered prices instead (target <= 30 s).")
 @click.option("--subscriptions", default=10_000, show_default=True, help="With --rating.")
 @click.option(
@@ -114,6 +120,7 @@ def bench(
     dedupe_ids: int | None,
     profile: Path | None,
     worker_settings: tuple[str, ...],
+    clickhouse_server: bool,
     rating: bool,
     subscriptions: int,
     entitlement_checks: bool,
@@ -128,6 +135,8 @@ def bench(
         raise click.UsageError("--worker-setting applies to the full bench and --entitlements")
     if clickhouse_url and not stages:
         raise click.UsageError("--clickhouse-url applies to --stages")
+    if clickhouse_server and (api or rating or stages):
+        raise click.UsageError("--clickhouse-server applies to the full bench and --entitlements")
     from bastionary.tools.bench.options import BenchError, worker_environment
 
     try:
@@ -147,7 +156,11 @@ def bench(
         click.echo(
             render_entitlements(
                 run_entitlements_bench(
-                    quick=quick, ingest_rate=ingest_rate, profile_dir=profile, worker_settings=worker_env
+                    quick=quick,
+                    ingest_rate=ingest_rate,
+                    profile_dir=profile,
+                    worker_settings=worker_env,
+                    clickhouse_server=clickhouse_server,
                 ),
                 as_json,
             )
@@ -192,4 +205,5 @@ def bench(
         options.dedupe_ids = dedupe_ids
     options.profile_dir = profile
     options.worker_settings = worker_env
+    options.clickhouse_server = clickhouse_server
     click.echo(render(run_bench(options), as_json))

@@ -49,14 +49,11 @@ class FlushPlan:
 
     log_epoch: int = 0
     replayed: bool = False  # the range of a flush that may have landed before (see _recover)
+    last_fingerprint: int = 0  # of the last record: the partition's anchor once this has landed
 
     @property
     def token(self) -> str:
         return f"{self.topic}/{self.partition}@{self.log_epoch}/{self.first_offset}-{self.last_offset}"
-
-    @property
-    def last_fingerprint(self) -> int:
-        return self.records[-1].fingerprint
 
     def marker(self, worker_id: str, written_at: datetime) -> MarkerRow:
         """The ``ingest_progress`` row written before this flush's data."""
@@ -99,7 +96,14 @@ class FlushPlanner:
         self, topic: str, partition: int, epoch: int, records: list[InboundRecord], replayed: bool = False
     ) -> FlushPlan:
         plan = FlushPlan(
-            topic, partition, records[0].offset, records[-1].offset, records, log_epoch=epoch, replayed=replayed
+            topic,
+            partition,
+            records[0].offset,
+            records[-1].offset,
+            records,
+            log_epoch=epoch,
+            replayed=replayed,
+            last_fingerprint=records[-1].fingerprint,
         )
         rollups = RollupBuilder()
         in_flush: dict[bytes, Sighting] = {}

@@ -28,17 +28,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from bastionary.dedupe import Sighting
-from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.metering.landing import FlushEngine
 from bastionary.metering.logs import Anchor, LogProbe, PartitionLog
-from bastionary.metering.planning import Examiner, FlushPlan, FlushPlanner
-from bastionary.metering.ports import DedupeCache, FlushMarker, RollupRow, UsageStore
-from bastionary.metering.readings import MeterIndex
+from bastionary.metering.planning import FlushPlan
+from bastionary.metering.ports import FlushMarker, RollupRow
 from bastionary.metering.records import Admission, DeadLetter, FlushStats, InboundRecord
 
 log = structlog.get_logger(__name__)
@@ -92,8 +90,6 @@ class PartitionStatus:
 class SinkConfig:
     worker_id: str
     log_epoch: int  # the lowest epoch a partition may have (embedded broker start, or a setting)
-    limits: RecordLimits
-    dedupe_horizon: timedelta
     # A rewound partition whose first record has not come by then is rewound again, and one
     # whose log holds records past what landed, none of them coming, is read on from there.
     rewind_retry_seconds: float = 10.0
@@ -106,23 +102,17 @@ class LogNotAnswering(RuntimeError):
 class UsageSink:
     def __init__(
         self,
-        store: UsageStore,
-        dedupe: DedupeCache,
-        meters: MeterIndex,
+        engine: FlushEngine,
         send_dead_letters: DeadLetterSender,
         config: SinkConfig,
         partition_log: PartitionLog,
         on_flushed: Callable[[str, int, FlushStats], None] | None = None,
-        examiner: Examiner | None = None,
     ):
-        self.store = store
-        self.dedupe = dedupe
-        self.meters = meters
+        self.engine = engine  # plans and writes; this class decides when, and in what order
         self.send_dead_letters = send_dead_letters
         self.config = config
         self.partition_log = partition_log
         self.on_flushed = on_flushed
-        self.planner = FlushPlanner(meters, dedupe, config.limits, examiner)
         # Called with what each flush landed, under the flush lock: what keeps state derived
         # from the rollups (entitlements) can hold ``lock`` to read ClickHouse without a flush
         # landing halfway through its read.
@@ -266,7 +256,7 @@ class UsageSink:
             return state
 
     async def _recover(self, topic: str, partition: int) -> _PartitionState:
-        marker = await asyncio.to_thread(self._sync_dedupe_cache, topic, partition)
+        marker = await asyncio.to_thread(self.engine.recover, topic, partition)
         floor = self.config.log_epoch
         if marker is None or marker.log_epoch < floor:
             # Nothing landed yet, or the operator (or a fresh embedded broker) declared a new log.
@@ -289,37 +279,6 @@ class UsageSink:
         return _PartitionState(
             epoch=marker.log_epoch, done_through=marker.first_offset - 1, anchor=anchor, replay=marker
         )
-
-    def _sync_dedupe_cache(self, topic: str, partition: int) -> FlushMarker | None:
-        """The newest marker, after making the local dedupe cache agree with ClickHouse."""
-        marker = self.store.latest_marker(topic, partition)
-        landed = (marker.log_epoch, marker.last_offset) if marker else None
-        cached = self.dedupe.high_water(topic, partition)
-        if cached is not None and (landed is None or cached > landed):
-            # The cache knows offsets ClickHouse does not (a new or reset database): drop it.
-            self.dedupe.forget_partition(topic, partition)
-            cached = None
-        if landed is not None and (cached is None or cached < landed):
-            self._backfill_dedupe(topic, partition, cached, landed)
-        return marker
-
-    def _backfill_dedupe(
-        self, topic: str, partition: int, after: tuple[int, int] | None, through: tuple[int, int]
-    ) -> None:
-        # The horizon runs in broker time, as the verdicts do: a partition stamped weeks behind
-        # the wall clock (re-imported usage) still needs every key within it.
-        rows = self.store.sightings_after(topic, partition, after, self.config.dedupe_horizon)
-        entries = [
-            (
-                self.dedupe.key(topic, partition, row.source, row.event_id),
-                Sighting(
-                    row.ingest_offset, row.ingest_index, row.seen_at, bytes.fromhex(row.payload_hash), row.ingest_epoch
-                ),
-            )
-            for row in rows
-        ]
-        self.dedupe.record(topic, partition, entries, through[1], epoch=through[0])
-        log.info("dedupe cache backfilled", topic=topic, partition=partition, keys=len(entries), after=after)
 
     # -- the log under the offsets -------------------------------------------------------
 
@@ -441,9 +400,8 @@ class UsageSink:
             anchors = {tp: state.anchor.offset for tp, state, _, _ in batches if state.anchor is not None}
             probing = asyncio.ensure_future(self._probe(anchors) if anchors else _no_probes())
             try:
-                plans = await asyncio.to_thread(
-                    lambda: [self.planner.plan(tp[0], tp[1], state.epoch, r, rep) for tp, state, r, rep in batches]
-                )
+                requests = [(tp[0], tp[1], state.epoch, r, rep) for tp, state, r, rep in batches]
+                plans = await asyncio.to_thread(self.engine.plan, requests)
             finally:
                 probes = await probing
             kept = []
@@ -512,25 +470,11 @@ class UsageSink:
         # predecessor; a crash anywhere leaves that decision to be made again.
         now = datetime.now(UTC)
         markers = [p.marker(self.config.worker_id, now) for p in plans]
-        await asyncio.to_thread(self.store.insert_markers, markers)
+        await asyncio.to_thread(self.engine.insert_markers, markers)
         dead_letters = [d for p in plans for d in p.dead_letters]
         if dead_letters:
             await self.send_dead_letters(dead_letters)
-        await asyncio.to_thread(self._write_data, plans)
-
-    def _write_data(self, plans: list[FlushPlan]) -> None:
-        for plan in plans:
-            self.store.insert_events(plan.event_rows, plan.token + "/events")
-            self.store.insert_rollups(plan.rollup_rows, plan.token + "/rollups")
-            self.dedupe.record(plan.topic, plan.partition, plan.sightings, plan.last_offset, epoch=plan.log_epoch)
-            log.debug(
-                "flush landed",
-                topic=plan.topic,
-                partition=plan.partition,
-                first_offset=plan.first_offset,
-                last_offset=plan.last_offset,
-                accepted=plan.stats.accepted,
-            )
+        await asyncio.to_thread(self.engine.write, plans)  # 3, 4 and 5, per plan
 
 
 async def _no_probes() -> dict[Any, LogProbe]:

@@ -15,15 +15,11 @@ import structlog
 from pydantic import SecretStr
 
 from bastionary.catalog import load_catalog
-from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.devstack.discovery import gateway_file
 from bastionary.eventloop import use_event_loop
-from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import worker_part
-from bastionary.metering.examine_pool import ExaminePool
 from bastionary.metering.logs import PartitionLog
-from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import FlushStats
 from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
 from bastionary.runtime import connect_clickhouse, hold_for_process
@@ -32,6 +28,7 @@ from bastionary.storage.client import Client, open_client
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.worker.app import Billing, create_app
 from bastionary.worker.collecting import BoundaryCollector
+from bastionary.worker.flushing import flush_engine
 
 if TYPE_CHECKING:
     from bastionary.devstack.gateway import GatewayCredentials
@@ -64,38 +61,20 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     settings = settings.model_copy(update={"worker_id": worker_id})
     hold_for_process(settings.data_path, worker_part(worker_id))  # its dedupe cache and Faust state
     handle = connect_clickhouse(settings, role="writer")
-    store = ClickHouseUsageStore(handle.client)
-    store.migrate()
-    dedupe = RocksDedupeStore(settings.data_path / "dedupe" / worker_id, int(settings.dedupe_horizon.total_seconds()))
+    ClickHouseUsageStore(handle.client).migrate()
     config = SinkConfig(
         worker_id=worker_id,
         log_epoch=kafka.log_epoch,
-        limits=RecordLimits(settings.max_record_bytes, settings.max_batch_events, settings.max_future_skew),
-        dedupe_horizon=settings.dedupe_horizon,
         rewind_retry_seconds=max(5.0, 5 * settings.log_check_interval.total_seconds()),
     )
-
-    examine_pool = (
-        ExaminePool(catalog.meters, config.limits, settings.examine_processes, settings.log_level, settings.log_format)
-        if settings.examine_processes
-        else None
-    )
+    engine = flush_engine(settings, catalog.meters, handle, settings.data_path / "dedupe" / worker_id)
 
     def sink_factory(
         send_dead_letters: DeadLetterSender,
         on_flushed: Callable[[str, int, FlushStats], None],
         partition_log: PartitionLog,
     ) -> UsageSink:
-        return UsageSink(
-            store,
-            dedupe,
-            MeterIndex(catalog.meters),
-            send_dead_letters,
-            config,
-            partition_log,
-            on_flushed,
-            examiner=examine_pool,
-        )
+        return UsageSink(engine, send_dead_letters, config, partition_log, on_flushed)
 
     gateway_path: Path | None = None
     serve_gateway: Callable[[faust.App], Awaitable[None]] | None = None
@@ -161,9 +140,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     finally:
         if gateway_path is not None:
             gateway_path.unlink(missing_ok=True)
-        if examine_pool is not None:
-            examine_pool.close()
-        dedupe.close()
+        engine.close()
         handle.client.close()
 
 

@@ -57,7 +57,14 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
                 broker = EmbeddedBroker(root / "broker")
                 try:
                     broker.start()
-                    bench = _Bench(root, processes, broker, options.profile_dir, options.worker_settings)
+                    bench = _Bench(
+                        root,
+                        processes,
+                        broker,
+                        options.profile_dir,
+                        options.worker_settings,
+                        options.clickhouse_server,
+                    )
                     result["event_loop"] = bench.event_loop
                     result.update(_run_phases(bench, options))
                 finally:

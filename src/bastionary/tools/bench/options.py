@@ -41,6 +41,7 @@ class BenchOptions:
     # BASTIONARY_* variables for the measured workers (see worker_environment), so a run can
     # measure a setting other than its default
     worker_settings: dict[str, str] = field(default_factory=dict)
+    clickhouse_server: bool = False  # workers write to serve-clickhouse over HTTP, not chdb in-process
 
     def __post_init__(self) -> None:
         # Quick sizes replace the defaults only; a value set explicitly (or later, as the

@@ -326,9 +326,11 @@ def _peak_rss(
     _say(f"{phase}: publishing {distinct_ids:,} distinct ids in {len(records):,} records")
     ends = bench.publish(topic, records)
     server = bench.start_clickhouse_server(phase) if over_http else None
-    worker = bench.start_worker(phase, prefix, group, clickhouse_dsn=server[0] if server else None)
+    worker = bench.start_worker(phase, prefix, group, clickhouse_dsn=server[0] if server else None, embedded=True)
     try:
         stats: dict[str, float] = {"distinct_ids": distinct_ids}
+        if not over_http and bench.flush_process:
+            stats["flush_process"] = 0  # it needs ClickHouse outside the worker: off in this phase
         caught_up = bench.wait_caught_up(worker, ends, timeout)
         start = worker.consumption_started()
         if start is not None:

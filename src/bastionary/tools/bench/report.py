@@ -249,6 +249,8 @@ def print_contention_and_machine(console: Console, result: dict[str, Any], measu
     info.add_row(
         "worker settings", ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) if settings else "defaults"
     )
+    server = result["options"].get("clickhouse_server")
+    info.add_row("ClickHouse", "a server over HTTP per phase" if server else "chdb in the worker (rss over HTTP aside)")
     console.print(info)
 
 

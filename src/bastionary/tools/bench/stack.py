@@ -41,6 +41,7 @@ class _Worker:
     group: str
     started_at: float
     profiler: subprocess.Popen[bytes] | None = None
+    clickhouse_server: subprocess.Popen[bytes] | None = None  # started for this worker alone
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -118,8 +119,12 @@ class _Bench:
         broker: EmbeddedBroker,
         profile_dir: Path | None = None,
         worker_settings: Mapping[str, str] | None = None,
+        clickhouse_server: bool = False,
     ):
         self.root = root
+        # Each measured worker writes to a ClickHouse server of its own over HTTP
+        # (``serve-clickhouse``), the production shape, instead of holding chdb itself.
+        self.clickhouse_server = clickhouse_server
         self.processes = processes
         self.broker = broker
         self.profile_dir = profile_dir
@@ -179,8 +184,14 @@ class _Bench:
             time.sleep(0.1)
         raise BenchError(f"serve-clickhouse did not come up in {timeout:.0f}s; see {log_path}")
 
-    def start_worker(self, phase: str, prefix: str, group: str, clickhouse_dsn: str | None = None) -> _Worker:
-        """A worker with chdb in-process, or writing to ``clickhouse_dsn`` over HTTP."""
+    def start_worker(
+        self, phase: str, prefix: str, group: str, clickhouse_dsn: str | None = None, embedded: bool = False
+    ) -> _Worker:
+        """A worker writing to ``clickhouse_dsn`` over HTTP, or else to a server of its own
+        (``--clickhouse-server``), or else with chdb in its process (``embedded`` forces it)."""
+        server = None
+        if clickhouse_dsn is None and self.clickhouse_server and not embedded:
+            clickhouse_dsn, server = self.start_clickhouse_server(phase)
         data_dir = self.root / phase
         data_dir.mkdir(parents=True, exist_ok=True)
         # Only our settings: an inherited BASTIONARY_* (a DSN, a catalog, a prefix) would
@@ -201,9 +212,12 @@ class _Bench:
         )
         if clickhouse_dsn is not None:
             env["BASTIONARY_CLICKHOUSE_DSN"] = clickhouse_dsn
+        elif self.flush_process:
+            env["BASTIONARY_FLUSH_PROCESS"] = "false"  # chdb in the worker: no other process may open it
         log_path = self.root / "logs" / f"worker-{phase}.log"
         process = self.processes.spawn(_bastionary_command() + ["worker"], env, log_path)
         worker = _Worker(process, data_dir, log_path, Topics(prefix).usage_events, group, time.time())
+        worker.clickhouse_server = server
         if self.profile_dir is not None:
             worker.profiler = self._profile(process.pid, phase, self.profile_dir)
         return worker
@@ -221,8 +235,15 @@ class _Bench:
             # Not one of the bench's children to stop: py-spy writes its profile once the worker exits.
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
+    @property
+    def flush_process(self) -> bool:
+        """Whether the measured workers were asked for a flush process (``--worker-setting``)."""
+        return self.worker_settings.get("BASTIONARY_FLUSH_PROCESS", "").strip().lower() in {"1", "true", "yes", "on"}
+
     def stop_worker(self, worker: _Worker) -> None:
         self.processes.stop(worker.process)
+        if worker.clickhouse_server is not None:
+            self.processes.stop(worker.clickhouse_server)
         if worker.profiler is not None:
             try:
                 worker.profiler.wait(timeout=60)

@@ -198,7 +198,7 @@ class UsageService:
             if self._sink is None:
                 continue
             try:
-                purged = await asyncio.to_thread(self._sink.dedupe.purge_expired)
+                purged = await asyncio.to_thread(self._sink.engine.purge_expired)
             except Exception:
                 log.exception("dedupe purge failed; retried at the next interval")
                 continue

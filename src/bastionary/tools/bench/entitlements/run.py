@@ -98,12 +98,13 @@ def run_entitlements_bench(
     ingest_rate: int = DEFAULT_INGEST_RATE,
     profile_dir: Path | None = None,
     worker_settings: dict[str, str] | None = None,
+    clickhouse_server: bool = False,
 ) -> Figures:
     """Measure check latency and freshness on a fresh embedded stack; see :func:`render_entitlements`."""
     started = time.monotonic()
     sizes = QUICK if quick else FULL
     with bench_directory("bastionary-bench-ent-", data_dir) as root:
-        result = _run_in(root, sizes, ingest_rate, profile_dir, worker_settings, quick)
+        result = _run_in(root, sizes, ingest_rate, profile_dir, worker_settings, quick, clickhouse_server)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
 
@@ -115,6 +116,7 @@ def _run_in(
     profile_dir: Path | None,
     worker_settings: dict[str, str] | None,
     quick: bool,
+    clickhouse_server: bool = False,
 ) -> Figures:
     defaults = Settings.model_fields
     flush_interval = defaults["flush_interval"].default
@@ -144,6 +146,7 @@ def _run_in(
             "latency_timing": "open loop at fixed scheduled times: answer read - scheduled send",
             "freshness_timing": "has_access:false answer received - just before the exhausting event was produced",
             "worker_settings": dict(worker_settings or {}),
+            "clickhouse": "a server over HTTP (serve-clickhouse)" if clickhouse_server else "chdb in the worker",
         },
         "machine": machine_info(),
     }
@@ -152,7 +155,7 @@ def _run_in(
             broker = EmbeddedBroker(root / "broker")
             try:
                 broker.start()
-                bench = _Bench(root, processes, broker, profile_dir, worker_settings)
+                bench = _Bench(root, processes, broker, profile_dir, worker_settings, clickhouse_server)
                 result["event_loop"] = bench.event_loop
                 result.update(_run(bench, sizes, port, key, flush_interval.total_seconds(), ingest_rate))
             finally:

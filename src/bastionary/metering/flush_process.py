@@ -1,0 +1,199 @@
+"""A flush planned and written in a process of the worker's own (``BASTIONARY_FLUSH_PROCESS``).
+
+In the worker, a flush's planning (parse, validate, dedupe verdicts, rollups) and its
+inserts hold the interpreter that the event loop needs for heartbeats, entitlement checks
+and HTTP. Here they run in a child that owns the dedupe cache (RocksDB) and a ClickHouse
+client of its own; the worker keeps the consumer, the buffers, the log checks and the order
+of a flush's steps (:meth:`bastionary.metering.sink.UsageSink._land`). A record crosses to
+the child once, its bytes; what comes back is what the sink needs of a plan: its range,
+stats, dead letters and rollup rows, never its event rows.
+
+Each call is one step, and answered only once the child has finished it. So if the child
+dies, the step it was in either landed or did not, exactly as if the worker had died there:
+the call raises :class:`FlushProcessDied`, the flush fails, the worker stops (as after any
+failed flush) and its restart replays the flush from its marker. The child never outlives
+the worker: it ends when the worker's end of the pipe closes, and ignores SIGINT and SIGTERM
+(its worker decides when it stops).
+
+What the child opens is the worker's to say (:mod:`bastionary.worker.flushing`); ClickHouse
+must then be outside the worker's process, since chdb admits one process per data directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import multiprocessing
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import structlog
+
+from bastionary.logs import configure_logging
+from bastionary.metering.landing import LocalFlushEngine, PlanRequest
+from bastionary.metering.planning import FlushPlan
+from bastionary.metering.ports import FlushMarker, MarkerRow
+
+log = structlog.get_logger(__name__)
+
+
+class FlushProcessDied(RuntimeError):
+    """The flush process ended; the step it was in may or may not have landed."""
+
+
+class FlushProcessFailed(RuntimeError):
+    """A step raised in the flush process (its traceback is in the message and its log)."""
+
+
+@dataclass(frozen=True)
+class FlushProcessSpec:
+    """Sent to the child once, at start."""
+
+    # Opens the engine in the child: its storage and dedupe cache are the child's alone. A
+    # module-level callable or a picklable object (see bastionary.worker.flushing).
+    open_engine: Callable[[], LocalFlushEngine]
+    log_level: str = "INFO"
+    log_format: str = "auto"
+
+
+class FlushProcess:
+    """The :class:`~bastionary.metering.landing.FlushEngine` of a worker whose flushes run in
+    a child process. Calls are serialized: the child does one step at a time."""
+
+    def __init__(self, spec: FlushProcessSpec):
+        # Spawned, never forked: the worker runs threads and an event loop.
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_end = context.Pipe()
+        # Not a daemon: a daemon may not start processes, and the child may start an examine
+        # pool. It ends at the pipe's EOF instead, which also comes if the worker is killed.
+        self._process = context.Process(target=serve, args=(child_end, spec), name="bastionary-flush", daemon=False)
+        self._process.start()
+        child_end.close()
+        self._lock = threading.Lock()
+        self._call("ready")  # the child opened its storage, or the worker fails to start here
+        log.info("flush process started", pid=self._process.pid)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def _call(self, step: str, *args: Any) -> Any:
+        with self._lock:
+            try:
+                self._conn.send((step, args))
+                status, value = self._conn.recv()
+            except (EOFError, OSError) as exc:
+                self._process.join(timeout=1.0)
+                raise FlushProcessDied(
+                    f"the flush process (pid {self._process.pid}) ended during {step!r}"
+                    f" (exit code {self._process.exitcode}); the worker must restart to replay"
+                ) from exc
+        if status == "error":
+            raise FlushProcessFailed(f"{step} failed in the flush process: {value}")
+        return value
+
+    def recover(self, topic: str, partition: int) -> FlushMarker | None:
+        marker: FlushMarker | None = self._call("recover", topic, partition)
+        return marker
+
+    def plan(self, requests: list[PlanRequest]) -> list[FlushPlan]:
+        plans: list[FlushPlan] = self._call("plan", requests)
+        return plans
+
+    def insert_markers(self, rows: list[MarkerRow]) -> None:
+        self._call("insert_markers", rows)
+
+    def write(self, plans: list[FlushPlan]) -> None:
+        self._call("write", [plan.token for plan in plans])
+
+    def purge_expired(self) -> int:
+        purged: int = self._call("purge_expired")
+        return purged
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Close the pipe (the child finishes its step and ends) and wait for it."""
+        with self._lock:
+            self._conn.close()
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("flush process did not end; killing it", pid=self._process.pid)
+            self._process.kill()
+            self._process.join()
+
+
+def _slim(plan: FlushPlan) -> FlushPlan:
+    """What the worker needs of a plan: the rows and keys stay in the child until written."""
+    return dataclasses.replace(plan, records=[], event_rows=[], sightings=[])
+
+
+class _Steps:
+    def __init__(self, engine: LocalFlushEngine):
+        self.engine = engine
+        self.pending: dict[str, FlushPlan] = {}
+
+    def ready(self) -> None:
+        return None
+
+    def recover(self, topic: str, partition: int) -> FlushMarker | None:
+        return self.engine.recover(topic, partition)
+
+    def plan(self, requests: list[PlanRequest]) -> list[FlushPlan]:
+        self.pending.clear()  # a plan the sink dropped (a replaced log) is never written
+        plans = self.engine.plan(requests)
+        self.pending = {plan.token: plan for plan in plans}
+        return [_slim(plan) for plan in plans]
+
+    def insert_markers(self, rows: list[MarkerRow]) -> None:
+        self.engine.insert_markers(rows)
+
+    def write(self, tokens: list[str]) -> None:
+        plans = [self.pending.pop(token) for token in tokens]
+        self.pending.clear()
+        self.engine.write(plans)
+
+    def purge_expired(self) -> int:
+        return self.engine.purge_expired()
+
+
+def serve(conn: Connection, spec: FlushProcessSpec) -> None:
+    """The child: one step per message until the worker closes the pipe."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    configure_logging(spec.log_level, spec.log_format)
+    try:
+        engine = spec.open_engine()
+    except Exception as exc:
+        log.exception("flush process could not open its storage")
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    steps = _Steps(engine)
+    gc.collect()
+    gc.freeze()  # imports and the engine: never garbage, never walked again
+    # A plan's objects live until its write; nothing here waits on a pause but the flush.
+    gc.set_threshold(50_000, 20, 10)
+    try:
+        while True:
+            try:
+                step, args = conn.recv()
+            except EOFError:
+                break  # the worker closed the pipe, or died
+            try:
+                answer = ("ok", getattr(steps, step)(*args))
+            except Exception as exc:
+                log.exception("flush step failed", step=step)
+                answer = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+            try:
+                conn.send(answer)
+            except OSError:
+                break  # the worker is gone; its restart replays whatever this step was part of
+            if step == "write":
+                # Between flushes nothing of the last one is alive: what a cycle still holds
+                # goes now, in a pause that holds up nothing but this process.
+                gc.collect(1)
+    finally:
+        engine.close()

@@ -1,0 +1,83 @@
+"""Where a worker's flushes are planned and written: in its own process, or in its flush
+process (``BASTIONARY_FLUSH_PROCESS``, :mod:`bastionary.metering.flush_process`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.metering.examine_pool import ExaminePool
+from bastionary.metering.flush_process import FlushProcess, FlushProcessSpec
+from bastionary.metering.landing import FlushEngine, LocalFlushEngine
+from bastionary.metering.meters import Meter
+from bastionary.metering.readings import MeterIndex
+from bastionary.runtime import ClickHouseHandle
+from bastionary.settings import Settings
+from bastionary.storage.client import Client, Compression, open_client
+from bastionary.storage.usage import ClickHouseUsageStore
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    """What an engine is made of, apart from its ClickHouse client; picklable, for the child."""
+
+    meters: list[Meter]
+    limits: RecordLimits
+    dedupe_path: Path
+    dedupe_horizon: timedelta
+    examine_processes: int
+    log_level: str
+    log_format: str
+
+    def open(self, client: Client, *also_close: Callable[[], None]) -> LocalFlushEngine:
+        dedupe = RocksDedupeStore(self.dedupe_path, int(self.dedupe_horizon.total_seconds()))
+        pool = (
+            ExaminePool(self.meters, self.limits, self.examine_processes, self.log_level, self.log_format)
+            if self.examine_processes
+            else None
+        )
+        closers = [*([pool.close] if pool else []), dedupe.close, *also_close]
+        store = ClickHouseUsageStore(client)
+        meters = MeterIndex(self.meters)
+        return LocalFlushEngine(store, dedupe, meters, self.limits, self.dedupe_horizon, pool, closers=closers)
+
+
+@dataclass(frozen=True)
+class OpenInFlushProcess:
+    """Opens the engine in the flush process, with a ClickHouse client of its own."""
+
+    parts: EngineParts
+    clickhouse_dsn: str
+    database: str | None
+    compression: Compression
+
+    def __call__(self) -> LocalFlushEngine:
+        client = open_client(self.clickhouse_dsn, self.database, compression=self.compression)
+        return self.parts.open(client, client.close)
+
+
+def flush_engine(settings: Settings, meters: list[Meter], handle: ClickHouseHandle, dedupe_path: Path) -> FlushEngine:
+    """The worker's engine: in this process on ``handle``'s client, or in a flush process."""
+    parts = EngineParts(
+        meters,
+        RecordLimits(settings.max_record_bytes, settings.max_batch_events, settings.max_future_skew),
+        dedupe_path,
+        settings.dedupe_horizon,
+        settings.examine_processes,
+        settings.log_level,
+        settings.log_format,
+    )
+    if not settings.flush_process:
+        return parts.open(handle.client)
+    if handle.reopen is None:
+        raise SystemExit(
+            "BASTIONARY_FLUSH_PROCESS needs ClickHouse outside the worker (BASTIONARY_CLICKHOUSE_DSN"
+            " naming a server): this worker holds chdb in its own process, which no other process may open"
+        )
+    dsn, database, compression = handle.reopen
+    opener = OpenInFlushProcess(parts, dsn, database, compression)
+    return FlushProcess(FlushProcessSpec(opener, settings.log_level, settings.log_format))
