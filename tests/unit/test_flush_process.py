@@ -139,3 +139,14 @@ def _alive(pid: int | None, wait: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def test_a_worker_holding_chdb_refuses_a_flush_process(tmp_path):
+    from bastionary.runtime import ClickHouseHandle
+    from bastionary.settings import Settings
+    from bastionary.worker.flushing import flush_engine
+
+    settings = Settings(flush_process=True, data_dir=tmp_path)
+    handle = ClickHouseHandle(client=None, in_process=True, dsn_description="chdb", reopen=None)
+    with pytest.raises(SystemExit, match="BASTIONARY_FLUSH_PROCESS needs ClickHouse outside the worker"):
+        flush_engine(settings, CATALOG.meters, handle, tmp_path / "dedupe")
