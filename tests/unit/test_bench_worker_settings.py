@@ -80,3 +80,17 @@ def test_children_get_the_environment_without_the_callers_settings(monkeypatch: 
     assert "BASTIONARY_CLICKHOUSE_DSN" not in environment
     assert environment["BENCH_UNRELATED"] == "kept"
     assert os.environ["BASTIONARY_CLICKHOUSE_DSN"] == "http://the-callers:8123"  # ours is left alone
+
+
+@pytest.mark.parametrize("value", ["true", "1", "YES", "on", "t"])
+def test_a_flush_process_is_read_as_the_worker_reads_it_and_needs_a_clickhouse_server(value: str):
+    from click.testing import CliRunner
+
+    from bastionary.cli.main import cli
+    from bastionary.tools.bench.options import asks_flush_process
+
+    environment = worker_environment([f"flush_process={value}"])
+    assert asks_flush_process(environment) is Settings(flush_process=value).flush_process is True
+    assert not asks_flush_process(worker_environment(["flush_process=false"]))
+    refused = CliRunner().invoke(cli, ["bench", "--quick", "--worker-setting", f"flush_process={value}"])
+    assert refused.exit_code == 2 and "needs --clickhouse-server" in refused.output

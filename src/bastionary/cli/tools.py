@@ -137,12 +137,14 @@ def bench(
         raise click.UsageError("--clickhouse-url applies to --stages")
     if clickhouse_server and (api or rating or stages):
         raise click.UsageError("--clickhouse-server applies to the full bench and --entitlements")
-    from bastionary.tools.bench.options import BenchError, worker_environment
+    from bastionary.tools.bench.options import BenchError, asks_flush_process, worker_environment
 
     try:
         worker_env = worker_environment(worker_settings)
     except BenchError as error:
         raise click.BadParameter(str(error), param_hint="--worker-setting") from error
+    if asks_flush_process(worker_env) and not clickhouse_server:
+        raise click.UsageError("--worker-setting flush_process=true needs --clickhouse-server (chdb is one process's)")
     if api:
         from bastionary.tools.bench.api import render_api, run_api_bench
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -79,6 +79,11 @@ def worker_environment(assignments: Iterable[str]) -> dict[str, str]:
         environment[f"BASTIONARY_{name.upper()}"] = value
     _check_as_the_worker_reads(environment)
     return environment
+
+
+def asks_flush_process(environment: Mapping[str, str]) -> bool:
+    """Whether these worker variables turn BASTIONARY_FLUSH_PROCESS on (as pydantic reads a bool)."""
+    return environment.get("BASTIONARY_FLUSH_PROCESS", "").strip().lower() in {"1", "true", "yes", "on", "t", "y"}
 
 
 def _encodable(value: str) -> bool:

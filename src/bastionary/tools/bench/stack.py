@@ -19,7 +19,7 @@ import orjson
 from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.settings import Settings
 from bastionary.storage.client import Client
-from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError
+from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError, asks_flush_process
 from bastionary.tools.bench.processes import (
     _bastionary_command,
     _CpuMeter,
@@ -238,7 +238,7 @@ class _Bench:
     @property
     def flush_process(self) -> bool:
         """Whether the measured workers were asked for a flush process (``--worker-setting``)."""
-        return self.worker_settings.get("BASTIONARY_FLUSH_PROCESS", "").strip().lower() in {"1", "true", "yes", "on"}
+        return asks_flush_process(self.worker_settings)
 
     def stop_worker(self, worker: _Worker) -> None:
         self.processes.stop(worker.process)
