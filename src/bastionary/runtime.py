@@ -69,10 +69,9 @@ def connect_clickhouse(settings: Settings, role: GatewayRole = "writer") -> Clic
     info = read_gateway_file(gateway_file(settings.data_path))
     if info is not None and gateway_alive(info):
         # A running worker holds the chdb directory; chdb admits one process per directory.
-        database = info.get("database") or settings.database
-        client = open_client(gateway_dsn(info, role), database)
-        reopen: tuple[str, str | None, Compression] = (gateway_dsn(info, role), database, "none")  # loopback
-        return ClickHouseHandle(client, False, f"gateway http://{info['host']}:{info['port']}", reopen)
+        dsn, database = gateway_dsn(info, role), info.get("database") or settings.database
+        client = open_client(dsn, database)  # uncompressed: the gateway is on loopback
+        return ClickHouseHandle(client, False, f"gateway http://{info['host']}:{info['port']}", (dsn, database, "none"))
     # This process is about to hold the chdb directory: own it first (chdb's own lock would
     # only fail later, with a raw error and after the directory was touched).
     hold_for_process(settings.data_path, CLICKHOUSE)

@@ -82,8 +82,12 @@ def worker_environment(assignments: Iterable[str]) -> dict[str, str]:
 
 
 def asks_flush_process(environment: Mapping[str, str]) -> bool:
-    """Whether these worker variables turn BASTIONARY_FLUSH_PROCESS on (as pydantic reads a bool)."""
-    return environment.get("BASTIONARY_FLUSH_PROCESS", "").strip().lower() in {"1", "true", "yes", "on", "t", "y"}
+    """Whether these worker variables (checked by :func:`worker_environment`) turn
+    BASTIONARY_FLUSH_PROCESS on, read by the same parser as the worker's setting."""
+    from pydantic import TypeAdapter
+
+    value = environment.get("BASTIONARY_FLUSH_PROCESS")
+    return value is not None and TypeAdapter(bool).validate_python(value)
 
 
 def _encodable(value: str) -> bool:
