@@ -8,22 +8,27 @@ a plan the sink dropped is never written; the child ends with its worker's pipe.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.ingest.errors import ErrorClass
 from bastionary.metering.flush_process import FlushProcess, FlushProcessDied, FlushProcessFailed, FlushProcessSpec
 from bastionary.metering.landing import LocalFlushEngine
 from bastionary.metering.readings import MeterIndex
+from bastionary.metering.records import InboundRecord
 from bastionary.metering.sink import SinkConfig, UsageSink
 from tests.unit.flush_process_engines import FAILING_PARTITION, OpenJournaled, journal, open_nothing
 from tests.unit.sink_fakes import FakeLog, FakeStore
-from tests.unit.test_sink import CATALOG, event_record
+from tests.unit.test_sink import CATALOG, event_record, headers, values
 
 LIMITS = RecordLimits(1 << 20, 100, timedelta(minutes=5))
 HORIZON = timedelta(days=35)
@@ -47,7 +52,7 @@ def records(partition: int = 0, count: int = 5, *, repeat_of: int | None = None)
     return made
 
 
-async def land(engine, batch) -> tuple[list, list]:
+async def land(engine, batch) -> tuple[list, list, list]:
     log = FakeLog()
     log.hold(batch)
     letters: list = []
@@ -61,21 +66,23 @@ async def land(engine, batch) -> tuple[list, list]:
     for record in batch:
         await sink.admit(record)
     landed = await sink.flush()
-    return [r.offset for r in landed], heard
+    return [r.offset for r in landed], heard, letters
 
 
 def test_a_flush_lands_in_the_flush_process_as_it_lands_in_the_worker(tmp_path, flush_process):
     batch = records(repeat_of=2) + [event_record(6, "bad", tokens=-1)]
     batch[-1].value = b"{not json"
-    landed, heard = asyncio.run(land(flush_process, batch))
+    landed, heard, letters = asyncio.run(land(flush_process, batch))
 
     store = FakeStore()
     dedupe = RocksDedupeStore(tmp_path / "local-dedupe", int(HORIZON.total_seconds()))
     local = LocalFlushEngine(store, dedupe, MeterIndex(CATALOG.meters), LIMITS, HORIZON)
-    landed_here, heard_here = asyncio.run(land(local, batch))
+    landed_here, heard_here, letters_here = asyncio.run(land(local, batch))
     dedupe.close()
 
     assert landed == landed_here == list(range(7))
+    assert [(d.value, d.headers, d.code) for d in letters] == [(d.value, d.headers, d.code) for d in letters_here]
+    assert len(letters) == 1
     assert [(f.first_offset, f.last_offset, f.rollup_rows) for f in heard] == [
         (f.first_offset, f.last_offset, f.rollup_rows) for f in heard_here
     ]
@@ -150,3 +157,46 @@ def test_a_worker_holding_chdb_refuses_a_flush_process(tmp_path):
     handle = ClickHouseHandle(client=None, in_process=True, dsn_description="chdb", reopen=None)
     with pytest.raises(SystemExit, match="BASTIONARY_FLUSH_PROCESS needs ClickHouse outside the worker"):
         flush_engine(settings, CATALOG.meters, handle, tmp_path / "dedupe")
+
+
+@pytest.fixture(scope="module")
+def shared_flush_process(tmp_path_factory):
+    process = FlushProcess(spec(tmp_path_factory.mktemp("shared")))
+    yield process
+    process.close()
+
+
+_partitions = itertools.count(100)  # a fresh partition per example: no state carries over
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.binary(max_size=8)),
+            values,
+            headers,
+            st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_whatever_a_record_holds_it_crosses_to_the_flush_process_and_back(shared_flush_process, records):
+    """The hostile records of test_sink, through the pipe: whatever they hold (lone surrogates
+    in header names, nesting, any timestamp), they and their dead letters cross both ways and
+    the flush lands, every record counted."""
+    partition = next(_partitions)
+    inbound = [
+        InboundRecord("usage.events", partition, i, ts, key, value, list(hs))
+        for i, (key, value, hs, ts) in enumerate(records)
+    ]
+    landed, heard, letters = asyncio.run(land(shared_flush_process, inbound))
+    assert landed == list(range(len(records)))
+    for letter in letters:  # what the DLQ producer will be handed must be encodable
+        for name, value in letter.headers:
+            name.encode("utf-8")
+            assert value is None or isinstance(value, bytes)
+        assert letter.code in ErrorClass
+    (flush,) = heard
+    assert (flush.partition, flush.first_offset, flush.last_offset) == (partition, 0, len(records) - 1)
