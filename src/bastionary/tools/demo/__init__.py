@@ -61,6 +61,7 @@ CUSTOMER_RECORDS = {
     "cust-0006": ("Rheinwerk Analytics AG", "DE", True),
 }
 CREDITED = "cust-0005"  # gets a credit note on its first invoice
+SUBSCRIBE_BY_SECOND = 40  # of a minute: see _early_in_a_minute
 SUBSCRIBERS = [  # (customer, plan, credit grant or None)
     ("cust-0001", "starter", None),
     ("cust-0002", "starter", ("USD", "10.00")),
@@ -221,11 +222,25 @@ def _wait_until_landed(
     raise TimeoutError("the pipeline did not catch up in time")
 
 
+def _early_in_a_minute() -> datetime:
+    """Now, or the start of the next minute when this one is nearly over.
+
+    The subscriptions start at this minute's start, and the first period ends with the minute.
+    A worker that reads a subscription only after that takes its first period for a backfill:
+    not rated unless asked, and never dunned. The dunning part needs those first invoices, so
+    the worker is given at least 20 s to read them."""
+    now = datetime.now(UTC)
+    if now.second < SUBSCRIBE_BY_SECOND:
+        return now
+    time.sleep(60 - now.second - now.microsecond / 1e6 + 0.1)
+    return datetime.now(UTC)
+
+
 def _start_billing(console: Console, bootstrap: str, topics: Topics) -> tuple[list[str], list[Event], datetime]:
     """Subscriptions starting this minute (1-minute periods), a few credit grants, and usage."""
     from bastionary.kafka import UsageProducer
 
-    now = datetime.now(UTC)
+    now = _early_in_a_minute()
     start = now.replace(second=0, microsecond=0)
     subscriptions: list[Event] = []
     customers: list[Event] = []
