@@ -230,7 +230,8 @@ class _Bench:
         profile_dir.mkdir(parents=True, exist_ok=True)
         output = profile_dir / f"worker-{phase}.speedscope.json"
         command = [py_spy, "record", "--pid", str(pid), "--format", "speedscope", "--output", str(output)]
-        command += ["--rate", "100", "--nonblocking", "--threads"]
+        # --subprocesses: a flush process or an examine pool does the worker's work there.
+        command += ["--rate", "100", "--nonblocking", "--threads", "--subprocesses"]
         with (self.root / "logs" / f"py-spy-{phase}.log").open("ab") as log:
             # Not one of the bench's children to stop: py-spy writes its profile once the worker exits.
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
