@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 
+from bastionary.tools.bench.processes import descendants
 from bastionary.tools.workload import Record, generate
 
 from .helpers import assert_totals_equal, dead_letters, pipeline_totals, publish
@@ -28,9 +30,14 @@ pytestmark = pytest.mark.integration
 )
 def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_events(stack, placement):
     workload = generate(4000, customers=60, late_events=50, bad_records=7, seed=11)
-    stack.start_worker(**placement)
+    worker = stack.start_worker(**placement)
     ends = publish(stack, workload.records)
     stack.wait_caught_up(ends)
+    # clickhouse-connect would import pandas (80 MB) at the first insert of each process that
+    # writes: the worker and every process it started are asked not to (skip_dataframe_imports).
+    processes = [worker.pid, *descendants(worker.pid)]
+    assert len(processes) >= 1 + ("BASTIONARY_FLUSH_PROCESS" in placement)
+    assert [pid for pid in processes if "/pandas/" in Path(f"/proc/{pid}/maps").read_text()] == []
 
     assert_totals_equal(pipeline_totals(stack), workload.truth())
     stored = stack.query("SELECT count() FROM usage_events FINAL")[0][0]
