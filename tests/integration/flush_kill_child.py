@@ -97,9 +97,9 @@ class _CountedEngine(LocalFlushEngine):
 
     killer: _Killer
 
-    def plan(self, requests: Any) -> Any:
+    def plan(self, requests: Any, rows_wanted: Any = None) -> Any:
         self.killer.flushes += 1
-        plans = super().plan(requests)
+        plans = super().plan(requests, rows_wanted)
         self.killer.after("plan")
         return plans
 

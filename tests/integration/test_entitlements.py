@@ -272,3 +272,39 @@ def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     (value,) = [line.rpartition(" ")[2] for line in text.splitlines() if line.startswith(name + " ")]
     return float(value)
+
+
+def test_counters_follow_usage_when_a_flush_process_sends_back_only_held_customers_rows(stack):
+    """With BASTIONARY_FLUSH_PROCESS the child sends the worker the rollup rows of the customers
+    it holds only: a held customer's counter moves by them; one nobody has checked is read
+    from ClickHouse when asked, and still emits its changes (the reconciler reads it)."""
+    port = free_port()
+    env = {
+        "BASTIONARY_CATALOG": str(CATALOG),
+        "BASTIONARY_API_KEYS": KEY,
+        "BASTIONARY_WEB_PORT": str(port),
+        "BASTIONARY_RATING_ENABLED": "false",
+        "BASTIONARY_FLUSH_PROCESS": "true",
+    }
+    stack.start_worker("w1", **env)
+    start = datetime.now(UTC) - timedelta(days=1)
+    subscribe(stack, "cust-held", start)
+    subscribe(stack, "cust-unread", start)
+    wait_for(lambda: get(port, "/v1/customers/cust-held/entitlements/api_calls")[0] == 200, 90, "the worker")
+    assert check(port, "cust-held", "api_calls")["usage"] == "0"  # held from now on
+    ids = [str(i) for i in range(10)]
+    for step in (ids[:4], ids[4:] + ids[:2]):  # two flushes, the second with 2 repeats
+        send(stack, "usage.events", api_calls("cust-held", step) + api_calls("cust-unread", step))
+        time.sleep(1)
+    exhausted = wait_for(
+        lambda: (c := check(port, "cust-held", "api_calls"))["has_access"] is False and c, 60, "exhausted"
+    )
+    assert (exhausted["usage"], exhausted["reason"]) == ("10", "exhausted")
+
+    def exhausted_customers() -> set[str]:
+        events = [orjson.loads(m.value) for m in read(stack, "entitlements.changes", idle=2)]
+        return {e["data"]["customer_id"] for e in events if e["type"].split(".")[2] == "exhausted"}
+
+    wait_for(lambda: exhausted_customers() == {"cust-held", "cust-unread"}, 60, "both customers' exhausted event")
+    unread = check(port, "cust-unread", "api_calls")
+    assert (unread["usage"], unread["has_access"]) == ("10", False)

@@ -46,6 +46,8 @@ END = datetime(2026, 4, 1, tzinfo=UTC)
 class FakePlan:
     rollup_rows: list = field(default_factory=list)
     replayed: bool = False
+    rows_of: frozenset[str] | None = None  # as a LandedFlush from a flush process may be
+    customers: frozenset[str] = frozenset()
 
 
 def row(meter, customer, window, count=0, total=Decimal(0), method="GET"):
@@ -118,3 +120,24 @@ def test_customers_not_loaded_yet_are_read_by_the_reconciler_not_counted_here():
     service = service_with()
     service.on_flush([FakePlan([row("api_requests", "c2", START, count=9)])])
     assert "c2" not in service._loaded and service._dirty == {"c2"}
+
+
+def test_rows_sent_only_for_the_customers_held_still_name_every_customer():
+    """A flush process sends back the rows of the customers held when the flush was planned
+    (``usage_rows_wanted``); the flush still names every customer it had rows of."""
+    service = service_with("c1")
+    service._loaded["c3"] = None  # read, and unknown: nothing to count
+    assert service.usage_rows_wanted() == {"c1"}
+    held_since = Loaded(CustomerState("c4", CATALOG.plans[0], START, END, False, {"calls": Decimal(0)}, ()))
+    service._loaded["c4"] = held_since  # read after the flush was planned: its rows did not come
+    inside = START + timedelta(days=2)
+    flush = FakePlan(
+        [row("api_requests", "c1", inside, count=2)],
+        rows_of=frozenset({"c1"}),
+        customers=frozenset({"c1", "c2", "c3", "c4"}),
+    )
+    service.on_flush([flush])
+    assert service._loaded["c1"].state.usage["calls"] == 2
+    assert "c4" not in service._loaded  # read again, this flush included
+    assert service._loaded["c3"] is None and "c2" not in service._loaded
+    assert service._dirty == {"c1", "c2", "c4"}

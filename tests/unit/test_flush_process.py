@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import time
@@ -28,7 +29,7 @@ from bastionary.metering.records import InboundRecord
 from bastionary.metering.sink import SinkConfig, UsageSink
 from tests.unit.flush_process_engines import FAILING_PARTITION, OpenJournaled, journal, open_nothing
 from tests.unit.sink_fakes import FakeLog, FakeStore
-from tests.unit.test_sink import CATALOG, event_record, headers, values
+from tests.unit.test_sink import CATALOG, NOW_MS, event_record, headers, values
 
 LIMITS = RecordLimits(1 << 20, 100, timedelta(minutes=5))
 HORIZON = timedelta(days=35)
@@ -52,7 +53,7 @@ def records(partition: int = 0, count: int = 5, *, repeat_of: int | None = None)
     return made
 
 
-async def land(engine, batch) -> tuple[list, list, list]:
+async def land(engine, batch, rows_wanted=None) -> tuple[list, list, list]:
     log = FakeLog()
     log.hold(batch)
     letters: list = []
@@ -61,6 +62,7 @@ async def land(engine, batch) -> tuple[list, list, list]:
         letters.extend(more)
 
     sink = UsageSink(engine, send, SinkConfig("w1", 1), log)
+    sink.rows_wanted = rows_wanted
     heard: list = []
     sink.listeners.append(heard.extend)
     for record in batch:
@@ -97,6 +99,49 @@ def test_the_worker_gets_no_event_rows_back(flush_process):
     assert (plan.first_offset, plan.last_offset, plan.stats.accepted) == (0, 4, 5)
     assert plan.event_rows == [] and plan.sightings == [] and plan.records == []
     assert plan.rollup_rows and plan.last_fingerprint == records()[-1].fingerprint
+
+
+def customer_records(customers: list[str]) -> list[InboundRecord]:
+    made = []
+    for offset, customer in enumerate(customers):
+        body = json.loads(event_record(offset, f"e{offset}", tokens=offset + 1).value)
+        body["subject"] = customer
+        made.append(InboundRecord("usage.events", 0, offset, NOW_MS, customer.encode(), json.dumps(body).encode(), []))
+    return made
+
+
+def test_only_the_wanted_customers_rollup_rows_come_back_and_every_row_is_written(tmp_path, flush_process):
+    batch = customer_records(["cust-0", "cust-1", "cust-2", "cust-0", "cust-1", "cust-2"])
+    (plan,) = flush_process.plan([("usage.events", 0, 1, batch, False)], frozenset({"cust-1", "cust-9"}))
+    assert plan.rollup_customers == {"cust-0", "cust-1", "cust-2"}
+    assert plan.rows_of == {"cust-1", "cust-9"}
+    assert plan.rollup_rows and {row.customer_id for row in plan.rollup_rows} == {"cust-1"}
+
+    dedupe = RocksDedupeStore(tmp_path / "local-dedupe", int(HORIZON.total_seconds()))
+    local = LocalFlushEngine(FakeStore(), dedupe, MeterIndex(CATALOG.meters), LIMITS, HORIZON)
+    (everything,) = local.plan([("usage.events", 0, 1, batch, False)], frozenset({"cust-1"}))
+    dedupe.close()
+    assert everything.rows_of is None  # in the worker's own process every row is handed over
+    assert [row for row in everything.rollup_rows if row.customer_id == "cust-1"] == plan.rollup_rows
+
+    flush_process.write([plan])
+    rollups = [count for table, _, count in journal(tmp_path) if table == "rollups"]
+    assert rollups == [len(everything.rollup_rows)]
+
+
+def test_the_sink_asks_for_its_listeners_rows_and_they_hear_every_customer(tmp_path, flush_process):
+    batch = customer_records(["cust-0", "cust-1", "cust-2"])
+    asked: list[int] = []
+
+    def wanted() -> frozenset[str]:
+        asked.append(1)
+        return frozenset({"cust-2"})
+
+    landed, heard, _ = asyncio.run(land(flush_process, batch, wanted))
+    assert landed == [0, 1, 2] and len(asked) == 1
+    (flush,) = heard
+    assert flush.customers == {"cust-0", "cust-1", "cust-2"} and flush.rows_of == {"cust-2"}
+    assert {row.customer_id for row in flush.rollup_rows} == {"cust-2"}
 
 
 def test_a_failing_step_raises_in_the_worker_and_the_child_serves_on(tmp_path, flush_process):

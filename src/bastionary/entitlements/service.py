@@ -146,6 +146,14 @@ class Entitlements:
         stale: set[str] = set()
         counted: dict[str, tuple[Loaded, dict[str, Decimal]]] = {}  # customer -> its usage so far
         for flush in flushes:
+            if flush.rows_of is not None:
+                # Rows came only for the customers held when the flush was planned (see
+                # usage_rows_wanted). One held now without its rows was read since: read again.
+                for customer in flush.customers - flush.rows_of:
+                    if customer not in self._loaded:
+                        touched.add(customer)  # as below: the reconciler reads it
+                    elif self._loaded[customer] is not None:
+                        stale.add(customer)
             for row in flush.rollup_rows:
                 meter, customer, group_values, window_start = (
                     row.meter,
@@ -188,6 +196,11 @@ class Entitlements:
         self._dirty |= touched | stale
         if self._dirty:
             self._wake.set()
+
+    def usage_rows_wanted(self) -> frozenset[str]:
+        """The customers whose rollup rows :meth:`on_flush` counts: those held with a state.
+        Of any other customer, a flush's customer list is enough (it is read when needed)."""
+        return frozenset(customer for customer, loaded in self._loaded.items() if loaded is not None)
 
     def _counted_by(self, plan: EntitledPlan, meter: str) -> list[_Counting]:
         """The plan's metered features that ``meter``'s rollups count towards, worked out once

@@ -37,9 +37,11 @@ class FlushEngine(Protocol):
         """The partition's newest marker, once the dedupe cache agrees with ClickHouse."""
         ...
 
-    def plan(self, requests: list[PlanRequest]) -> list[FlushPlan]:
+    def plan(self, requests: list[PlanRequest], rows_wanted: frozenset[str] | None = None) -> list[FlushPlan]:
         """A plan per request, in order. Each holds at least what the sink itself uses: its
-        range, token, fingerprint, stats, dead letters and rollup rows."""
+        range, token, fingerprint, stats, dead letters, the customers its rollup rows are of,
+        and the rollup rows of ``rows_wanted`` customers (of all when None; see
+        :attr:`FlushPlan.rows_of`)."""
         ...
 
     def insert_markers(self, rows: list[MarkerRow]) -> None: ...
@@ -101,7 +103,8 @@ class LocalFlushEngine:
         self.dedupe.record(topic, partition, entries, through[1], epoch=through[0])
         log.info("dedupe cache backfilled", topic=topic, partition=partition, keys=len(entries), after=after)
 
-    def plan(self, requests: list[PlanRequest]) -> list[FlushPlan]:
+    def plan(self, requests: list[PlanRequest], rows_wanted: frozenset[str] | None = None) -> list[FlushPlan]:
+        # Every row: in this process the rows cost nothing to hand over.
         return [
             self.planner.plan(topic, partition, epoch, records, replayed)
             for topic, partition, epoch, records, replayed in requests

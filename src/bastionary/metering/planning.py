@@ -50,6 +50,10 @@ class FlushPlan:
     log_epoch: int = 0
     replayed: bool = False  # the range of a flush that may have landed before (see _recover)
     last_fingerprint: int = 0  # of the last record: the partition's anchor once this has landed
+    rollup_customers: frozenset[str] = frozenset()  # every customer with a rollup row here
+    # None: rollup_rows holds every row. A plan back from a flush process may hold only the rows
+    # of these customers (the ones the worker's listeners asked for); every row is still written.
+    rows_of: frozenset[str] | None = None
 
     @property
     def token(self) -> str:
@@ -117,6 +121,7 @@ class FlushPlanner:
                 continue
             self._settle(plan, record, examined, rollups, in_flush)
         plan.rollup_rows = rollups.rows()
+        plan.rollup_customers = frozenset(row.customer_id for row in plan.rollup_rows)
         return plan
 
     def _settle(

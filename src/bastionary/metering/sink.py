@@ -56,7 +56,9 @@ class LandedFlush:
     first_offset: int
     last_offset: int
     replayed: bool  # it may have landed before, partly or whole: counters derived from it must re-read
-    rollup_rows: list[RollupRow]
+    rollup_rows: list[RollupRow]  # every row, or (rows_of set) the rows of those customers
+    customers: frozenset[str]  # every customer with a rollup row in this flush
+    rows_of: frozenset[str] | None = None  # None: rollup_rows holds every row (see UsageSink.rows_wanted)
 
 
 @dataclass
@@ -117,6 +119,10 @@ class UsageSink:
         # from the rollups (entitlements) can hold ``lock`` to read ClickHouse without a flush
         # landing halfway through its read.
         self.listeners: list[Callable[[list[LandedFlush]], None]] = []
+        # Whose rollup rows the listeners need, asked under the flush lock as each flush is
+        # planned; None: everyone's. An engine in another process then sends back only those
+        # (the rest are written all the same), and the listeners hear every flush's customers.
+        self.rows_wanted: Callable[[], frozenset[str]] | None = None
         self.on_log_reset: Callable[[str, int], None] | None = None
         self.lock = asyncio.Lock()
         self._partitions: dict[TopicPartition, _PartitionState] = {}
@@ -401,7 +407,8 @@ class UsageSink:
             probing = asyncio.ensure_future(self._probe(anchors) if anchors else _no_probes())
             try:
                 requests = [(tp[0], tp[1], state.epoch, r, rep) for tp, state, r, rep in batches]
-                plans = await asyncio.to_thread(self.engine.plan, requests)
+                wanted = self.rows_wanted() if self.rows_wanted is not None else None
+                plans = await asyncio.to_thread(self.engine.plan, requests, wanted)
             finally:
                 probes = await probing
             kept = []
@@ -419,7 +426,16 @@ class UsageSink:
             await self._land(plans)
             landed = []
             landed_flushes = [
-                LandedFlush(p.topic, p.partition, p.first_offset, p.last_offset, p.replayed, p.rollup_rows)
+                LandedFlush(
+                    p.topic,
+                    p.partition,
+                    p.first_offset,
+                    p.last_offset,
+                    p.replayed,
+                    p.rollup_rows,
+                    p.rollup_customers,
+                    p.rows_of,
+                )
                 for p in plans
             ]
             for listener in self.listeners:

@@ -110,7 +110,7 @@ class BillingService:
     def _on_flush(self, flushes: list[LandedFlush]) -> None:
         """A UsageSink listener, under the flush lock: note who to price, nothing more."""
         for flush in flushes:
-            self._flushed.update(row.customer_id for row in flush.rollup_rows)
+            self._flushed.update(flush.customers)
         self._flush_landed.set()
 
     async def _follow_flushes(self) -> None:

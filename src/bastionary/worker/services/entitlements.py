@@ -64,6 +64,7 @@ class EntitlementService:
                 store, self.catalog.plans, self.catalog.meters, self._publish, sink.lock, on_loaded=self._mirror
             )
             sink.listeners.append(service.on_flush)
+            sink.rows_wanted = service.usage_rows_wanted
             metrics.ENTITLEMENT_CUSTOMERS.set_function(lambda: service.customers_in_memory)
             self._service, self._store = service, store
         return self._service, self._store
