@@ -26,6 +26,16 @@ CATALOG = Path(__file__).resolve().parents[1] / "fixtures" / "entitlements_catal
 KEY = "ent-key"
 
 
+def worker_env(port: int, **more: str) -> dict[str, str]:
+    """A worker serving checks on ``port`` with the test catalog and key, rating off."""
+    return {
+        "BASTIONARY_CATALOG": str(CATALOG),
+        "BASTIONARY_API_KEYS": KEY,
+        "BASTIONARY_WEB_PORT": str(port),
+        "BASTIONARY_RATING_ENABLED": "false",
+    } | more
+
+
 def get(port: int, path: str, key: str | None = KEY) -> tuple[int, dict]:
     """GET and check the answer against the OpenAPI document, whatever its status."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
@@ -79,13 +89,7 @@ def changes(stack) -> Counter:
 
 def test_limit_override_suspension_and_restart(stack):
     port = free_port()
-    env = {
-        "BASTIONARY_CATALOG": str(CATALOG),
-        "BASTIONARY_API_KEYS": KEY,
-        "BASTIONARY_WEB_PORT": str(port),
-        "BASTIONARY_RATING_ENABLED": "false",
-        "BASTIONARY_DUNNING_INTERVAL": "PT0.5S",
-    }
+    env = worker_env(port, BASTIONARY_DUNNING_INTERVAL="PT0.5S")
     stack.start_worker("w1", **env)
     start = datetime.now(UTC) - timedelta(days=1)
     subscribe(stack, "cust-e", start)
@@ -235,9 +239,8 @@ def test_limit_override_suspension_and_restart(stack):
 
 def test_any_worker_answers_for_any_customer(stack):
     ports = {"w1": free_port(), "w2": free_port()}
-    base = {"BASTIONARY_CATALOG": str(CATALOG), "BASTIONARY_API_KEYS": KEY, "BASTIONARY_RATING_ENABLED": "false"}
     for worker, port in ports.items():
-        stack.start_worker(worker, **base, BASTIONARY_WEB_PORT=str(port))
+        stack.start_worker(worker, **worker_env(port))
     start = datetime.now(UTC) - timedelta(days=1)
     customers = [f"c{i}" for i in range(8)]
     for _n, customer in enumerate(customers):
@@ -279,13 +282,7 @@ def test_counters_follow_usage_when_a_flush_process_sends_back_only_held_custome
     it holds only: a held customer's counter moves by them; one nobody has checked is read
     from ClickHouse when asked, and still emits its changes (the reconciler reads it)."""
     port = free_port()
-    env = {
-        "BASTIONARY_CATALOG": str(CATALOG),
-        "BASTIONARY_API_KEYS": KEY,
-        "BASTIONARY_WEB_PORT": str(port),
-        "BASTIONARY_RATING_ENABLED": "false",
-        "BASTIONARY_FLUSH_PROCESS": "true",
-    }
+    env = worker_env(port, BASTIONARY_FLUSH_PROCESS="true")
     stack.start_worker("w1", **env)
     start = datetime.now(UTC) - timedelta(days=1)
     subscribe(stack, "cust-held", start)

@@ -17,7 +17,6 @@ from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
@@ -29,7 +28,7 @@ from bastionary.metering.records import InboundRecord
 from bastionary.metering.sink import SinkConfig, UsageSink
 from tests.unit.flush_process_engines import FAILING_PARTITION, OpenJournaled, journal, open_nothing
 from tests.unit.sink_fakes import FakeLog, FakeStore
-from tests.unit.test_sink import CATALOG, NOW_MS, event_record, headers, values
+from tests.unit.test_sink import CATALOG, NOW_MS, event_record, hostile_records
 
 LIMITS = RecordLimits(1 << 20, 100, timedelta(minutes=5))
 HORIZON = timedelta(days=35)
@@ -215,18 +214,7 @@ _partitions = itertools.count(100)  # a fresh partition per example: no state ca
 
 
 @settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.one_of(st.none(), st.binary(max_size=8)),
-            values,
-            headers,
-            st.integers(min_value=-(2**63), max_value=2**63 - 1),
-        ),
-        min_size=1,
-        max_size=8,
-    )
-)
+@given(hostile_records)
 def test_whatever_a_record_holds_it_crosses_to_the_flush_process_and_back(shared_flush_process, records):
     """The hostile records of test_sink, through the pipe: whatever they hold (lone surrogates
     in header names, nesting, any timestamp), they and their dead letters cross both ways and

@@ -93,19 +93,21 @@ values = st.one_of(
 )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.one_of(st.none(), st.binary(max_size=8)),
-            values,
-            headers,
-            st.integers(min_value=-(2**63), max_value=2**63 - 1),
-        ),
-        min_size=1,
-        max_size=8,
-    )
+# A flush's worth of records: (key, value, headers, broker timestamp) each.
+hostile_records = st.lists(
+    st.tuples(
+        st.one_of(st.none(), st.binary(max_size=8)),
+        values,
+        headers,
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    ),
+    min_size=1,
+    max_size=8,
 )
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(hostile_records)
 def test_whatever_a_record_holds_the_flush_lands_or_dead_letters_it(tmp_path, records):
     async def scenario():
         sink, store, _, letters = make_sink(tmp_path)
