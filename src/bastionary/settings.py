@@ -120,6 +120,15 @@ class Settings(BaseSettings):
             " (needs ClickHouse outside the worker: a server, not chdb in its process)"
         ),
     )
+    flush_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "with flush_process: how many flush processes share the worker's partitions, each with a"
+            " dedupe cache of its own; a flush's partitions are planned and written in all at once"
+        ),
+    )
     # Read-ahead is counted in records, and a record may hold 100 events (~13 KB): 16,384 held
     # a whole backlog in memory. The worker's peak RSS after 1M distinct ids over HTTP was
     # 773 MB with 16,384 and 627 MB with 1,024, at about the same ingest rate (bench's rss
@@ -280,6 +289,12 @@ class Settings(BaseSettings):
             raise ValueError("WEBHOOK_URL is set without WEBHOOK_SECRET: notices must be signed")
         if self.webhook_url and urlsplit(self.webhook_url).scheme not in ("http", "https"):
             raise ValueError("WEBHOOK_URL must be an http(s) URL")
+        return self
+
+    @model_validator(mode="after")
+    def _flush_processes_need_the_flush_process(self) -> Settings:
+        if self.flush_processes > 1 and not self.flush_process:
+            raise ValueError("FLUSH_PROCESSES above 1 needs FLUSH_PROCESS=true: without it the worker flushes itself")
         return self
 
     @property

@@ -52,30 +52,34 @@ def test_three_sigkills_at_random_moments_keep_totals_exact(stack):
     assert {int(m.offset) for m in letters} and len({_source(m) for m in letters}) == 7
 
 
-def test_flush_process_killed_twice_and_the_worker_once_keep_totals_exact(stack):
-    """BASTIONARY_FLUSH_PROCESS: a SIGKILL of the flush process fails the flush in progress
+@pytest.mark.parametrize("processes", [1, 2], ids=["one-flush-process", "two-flush-processes"])
+def test_flush_process_killed_twice_and_the_worker_once_keep_totals_exact(stack, processes):
+    """BASTIONARY_FLUSH_PROCESS: a SIGKILL of a flush process fails the flush in progress
     and stops the worker (its supervisor, here the test, restarts it); a SIGKILL of the worker
-    ends its flush process too, which must not outlive it."""
+    ends its flush processes too, which must not outlive it. With two, the one killed is one
+    of them, and the other may have landed its partitions' share of that flush."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     print(f"crash test seed {seed}")
     workload = generate(120_000, customers=200, duplicate_rate=0.10, late_events=300, bad_records=7, seed=seed)
-    stack.start_worker(BASTIONARY_FLUSH_PROCESS="true")
+    env = {"BASTIONARY_FLUSH_PROCESS": "true", "BASTIONARY_FLUSH_PROCESSES": str(processes)}
+    stack.start_worker(**env)
     ends = {}
     producer = threading.Thread(target=lambda: ends.update(publish(stack, workload.records)))
     producer.start()
     for _crash in range(2):
         time.sleep(rng.uniform(2.0, 6.0))
-        flusher = _flush_process_pid(stack, "w1")
+        flusher = rng.choice(_flush_process_pids(stack, "w1", processes))
         os.kill(flusher, signal.SIGKILL)
         assert stack.workers["w1"].wait(60) != 0, "the worker must stop once its flush process died"
         stack.workers.pop("w1")
-        stack.start_worker(BASTIONARY_FLUSH_PROCESS="true")
+        stack.start_worker(**env)
     time.sleep(rng.uniform(2.0, 6.0))
-    flusher = _flush_process_pid(stack, "w1")
+    flushers = _flush_process_pids(stack, "w1", processes)
     stack.kill_worker("w1")
-    wait_until(lambda: not _alive(flusher), timeout=30, what="the flush process ending with its worker")
-    stack.start_worker(BASTIONARY_FLUSH_PROCESS="true")
+    for flusher in flushers:
+        wait_until(lambda f=flusher: not _alive(f), timeout=30, what="the flush processes ending with their worker")
+    stack.start_worker(**env)
     producer.join()
     stack.wait_caught_up(ends, timeout=600)
     _exactness(stack, workload)
@@ -83,21 +87,21 @@ def test_flush_process_killed_twice_and_the_worker_once_keep_totals_exact(stack)
     assert len({_source(m) for m in letters}) == 7
 
 
-def _flush_process_pid(stack, worker_id: str) -> int:
-    """The pid of the worker's current flush process, from its log line "flush process started"."""
+def _flush_process_pids(stack, worker_id: str, processes: int) -> list[int]:
+    """The pids of the worker's current flush processes, from its log lines "flush process started"."""
     worker_pid = stack.workers[worker_id].pid
 
-    def started() -> int | None:
-        for line in reversed(stack.worker_log(worker_id).splitlines()):
+    def started() -> list[int]:
+        pids = []
+        for line in stack.worker_log(worker_id).splitlines():
             if '"flush process started"' in line:
                 pid = json.loads(line)["pid"]
-                return pid if _parent_of(pid) == worker_pid else None
-        return None
+                if _parent_of(pid) == worker_pid:
+                    pids.append(pid)
+        return pids
 
-    wait_until(lambda: started() is not None, timeout=120, what="the worker's flush process")
-    pid = started()
-    assert pid is not None
-    return pid
+    wait_until(lambda: len(started()) == processes, timeout=120, what="the worker's flush processes")
+    return started()
 
 
 def _parent_of(pid: int) -> int | None:

@@ -25,8 +25,15 @@ pytestmark = pytest.mark.integration
         {"BASTIONARY_EXAMINE_PROCESSES": "1"},
         {"BASTIONARY_FLUSH_PROCESS": "true"},
         {"BASTIONARY_FLUSH_PROCESS": "true", "BASTIONARY_EXAMINE_PROCESSES": "1"},
+        {"BASTIONARY_FLUSH_PROCESS": "true", "BASTIONARY_FLUSH_PROCESSES": "2"},
     ],
-    ids=["examined-in-worker", "examined-in-child", "flushed-in-child", "flushed-in-child-examined-in-its-child"],
+    ids=[
+        "examined-in-worker",
+        "examined-in-child",
+        "flushed-in-child",
+        "flushed-in-child-examined-in-its-child",
+        "flushed-in-two-children",
+    ],
 )
 def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_events(stack, placement):
     workload = generate(4000, customers=60, late_events=50, bad_records=7, seed=11)
@@ -36,7 +43,10 @@ def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_event
     # clickhouse-connect would import pandas (80 MB) at the first insert of each process that
     # writes: the worker and every process it started are asked not to (skip_dataframe_imports).
     processes = [worker.pid, *descendants(worker.pid)]
-    assert len(processes) >= 1 + ("BASTIONARY_FLUSH_PROCESS" in placement)
+    flush_processes = (
+        int(placement.get("BASTIONARY_FLUSH_PROCESSES", "1")) if "BASTIONARY_FLUSH_PROCESS" in placement else 0
+    )
+    assert len(processes) >= 1 + flush_processes
     assert [pid for pid in processes if "/pandas/" in Path(f"/proc/{pid}/maps").read_text()] == []
 
     assert_totals_equal(pipeline_totals(stack), workload.truth())

@@ -1,10 +1,13 @@
 """Where a worker's flushes are planned and written: in its own process, or in its flush
-process (``BASTIONARY_FLUSH_PROCESS``, :mod:`bastionary.metering.flush_process`)."""
+process (``BASTIONARY_FLUSH_PROCESS``, :mod:`bastionary.metering.flush_process`), or in
+several that share its partitions (``BASTIONARY_FLUSH_PROCESSES``,
+:mod:`bastionary.metering.flush_shards`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.metering.examine_pool import ExaminePool
 from bastionary.metering.flush_process import FlushProcess, FlushProcessSpec
+from bastionary.metering.flush_shards import ShardedFlushEngine
 from bastionary.metering.landing import FlushEngine, LocalFlushEngine
 from bastionary.metering.meters import Meter
 from bastionary.metering.readings import MeterIndex
@@ -80,5 +84,35 @@ def flush_engine(settings: Settings, meters: list[Meter], handle: ClickHouseHand
             " naming a server): this worker holds chdb in its own process, which no other process may open"
         )
     dsn, database, compression = handle.reopen
-    opener = OpenInFlushProcess(parts, dsn, database, compression)
-    return FlushProcess(FlushProcessSpec(opener, settings.log_level, settings.log_format))
+    specs = [
+        FlushProcessSpec(
+            OpenInFlushProcess(
+                replace(parts, dedupe_path=shard_dedupe_path(dedupe_path, shard)), dsn, database, compression
+            ),
+            settings.log_level,
+            settings.log_format,
+        )
+        for shard in range(settings.flush_processes)
+    ]
+    if len(specs) == 1:
+        return FlushProcess(specs[0])
+    return ShardedFlushEngine(start_flush_processes(specs))
+
+
+def shard_dedupe_path(dedupe_path: Path, shard: int) -> Path:
+    """Shard 0 keeps the single flush process's cache, so turning shards on keeps its keys."""
+    return dedupe_path if shard == 0 else dedupe_path.with_name(f"{dedupe_path.name}.shard-{shard}")
+
+
+def start_flush_processes(specs: list[FlushProcessSpec]) -> list[FlushProcess]:
+    """Started at once (each takes a second or two to open its storage); if one fails, the
+    others are closed and the failure is the worker's."""
+    with ThreadPoolExecutor(len(specs)) as pool:
+        starting = [pool.submit(FlushProcess, spec) for spec in specs]
+    started = [future.result() for future in starting if future.exception() is None]
+    failed = [future.exception() for future in starting if future.exception() is not None]
+    if failed:
+        for process in started:
+            process.close()
+        raise failed[0]  # type: ignore[misc]
+    return started
