@@ -94,3 +94,16 @@ def test_a_flush_process_is_read_as_the_worker_reads_it_and_needs_a_clickhouse_s
     assert not asks_flush_process(worker_environment(["flush_process=false"]))
     refused = CliRunner().invoke(cli, ["bench", "--quick", "--worker-setting", f"flush_process={value}"])
     assert refused.exit_code == 2 and "needs --clickhouse-server" in refused.output
+
+
+def test_a_worker_holding_chdb_is_started_without_any_flush_process():
+    """The bench's chdb phase runs with the flush process off: the number of flush processes
+    goes too, or the worker would refuse FLUSH_PROCESSES=2 without FLUSH_PROCESS."""
+    from bastionary.tools.bench.options import _check_as_the_worker_reads, without_flush_process
+
+    asked = worker_environment(["flush_process=true", "flush_processes=2", "examine_processes=1"])
+    embedded = without_flush_process(asked)
+    assert embedded == {"BASTIONARY_FLUSH_PROCESS": "false", "BASTIONARY_EXAMINE_PROCESSES": "1"}
+    _check_as_the_worker_reads(embedded)
+    with pytest.raises(BenchError, match="FLUSH_PROCESSES above 1 needs FLUSH_PROCESS=true"):
+        worker_environment(["flush_processes=2"])

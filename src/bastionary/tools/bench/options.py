@@ -90,6 +90,13 @@ def asks_flush_process(environment: Mapping[str, str]) -> bool:
     return value is not None and TypeAdapter(bool).validate_python(value)
 
 
+def without_flush_process(environment: Mapping[str, str]) -> dict[str, str]:
+    """These worker variables for a worker that holds chdb, which no other process may open:
+    no flush process, and so no number of them either (the worker refuses one without the other)."""
+    kept = {k: v for k, v in environment.items() if k not in ("BASTIONARY_FLUSH_PROCESS", "BASTIONARY_FLUSH_PROCESSES")}
+    return kept | {"BASTIONARY_FLUSH_PROCESS": "false"}
+
+
 def _encodable(value: str) -> bool:
     try:
         os.fsencode(value)

@@ -19,7 +19,13 @@ import orjson
 from bastionary.devstack.broker import EmbeddedBroker, free_port
 from bastionary.settings import Settings
 from bastionary.storage.client import Client
-from bastionary.tools.bench.options import PARTITIONS, SESSION_TIMEOUT, BenchError, asks_flush_process
+from bastionary.tools.bench.options import (
+    PARTITIONS,
+    SESSION_TIMEOUT,
+    BenchError,
+    asks_flush_process,
+    without_flush_process,
+)
 from bastionary.tools.bench.processes import (
     _bastionary_command,
     _CpuMeter,
@@ -213,7 +219,7 @@ class _Bench:
         if clickhouse_dsn is not None:
             env["BASTIONARY_CLICKHOUSE_DSN"] = clickhouse_dsn
         elif self.flush_process:
-            env["BASTIONARY_FLUSH_PROCESS"] = "false"  # chdb in the worker: no other process may open it
+            env = without_flush_process(env)  # chdb in the worker
         log_path = self.root / "logs" / f"worker-{phase}.log"
         process = self.processes.spawn(_bastionary_command() + ["worker"], env, log_path)
         worker = _Worker(process, data_dir, log_path, Topics(prefix).usage_events, group, time.time())
