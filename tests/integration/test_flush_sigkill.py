@@ -5,7 +5,9 @@ the raw events, the rollups, the dedupe cache, then the commit of the acked offs
 process (``flush_kill_child``) is killed right after one of them, in its second flush, where
 the dedupe cache already holds keys; a new process then reads from the committed offset to the
 end. Whatever step it died after, ClickHouse ends with the workload's exact totals: every
-distinct event once, every meter's value, and the repeats counted as duplicates.
+distinct event once, every meter's value, and the repeats counted as duplicates. The same
+holds with the flush in a flush process, and with two flush processes sharing four
+partitions, one of them killed while the other finishes its share of the step.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -60,6 +63,28 @@ def test_a_flush_process_killed_after_any_step_leaves_exact_totals(tmp_path, ste
     assert finished.returncode == 0, finished.stderr.decode()[-2000:]
 
     client = open_client(f"chdb://{tmp_path}/clickhouse", "bastionary")
+    exactness = _exactness(client, workload(now_ms))
+    assert exactness["exact"], exactness
+    assert exactness["stored_events"] == exactness["expected_events"] > 0
+
+
+@pytest.mark.parametrize("step", FLUSH_PROCESS_STEPS)
+def test_one_of_two_flush_processes_killed_after_any_step_leaves_exact_totals(tmp_path, clickhouse_url, step):
+    """BASTIONARY_FLUSH_PROCESSES=2 over four partitions, on a ClickHouse server: one flush
+    process is killed after a step while the other finishes its share of it (or has none, for
+    the markers, which the first writes). The worker's flush fails and it stops; its restart
+    replays, and the other's landed share is dropped by token and matched by its own keys."""
+    database = f"kill_{uuid.uuid4().hex[:10]}"
+    sharded = ["--flush-processes=2", f"--clickhouse={clickhouse_url}", f"--database={database}"]
+    now_ms = int(time.time() * 1000)
+    killed = child(tmp_path, now_ms, step, "2", *sharded)
+    stderr = killed.stderr.decode()
+    assert killed.returncode == FLUSH_PROCESS_DIED, stderr[-2000:]
+    assert "exit code -9" in stderr, stderr[-2000:]
+    finished = child(tmp_path, now_ms, *sharded)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+
+    client = open_client(clickhouse_url, database)
     exactness = _exactness(client, workload(now_ms))
     assert exactness["exact"], exactness
     assert exactness["stored_events"] == exactness["expected_events"] > 0
