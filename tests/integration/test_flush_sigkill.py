@@ -88,3 +88,21 @@ def test_one_of_two_flush_processes_killed_after_any_step_leaves_exact_totals(tm
     exactness = _exactness(client, workload(now_ms))
     assert exactness["exact"], exactness
     assert exactness["stored_events"] == exactness["expected_events"] > 0
+
+
+@pytest.mark.parametrize("restarted_with", [1, 3])
+def test_a_restart_with_another_number_of_flush_processes_leaves_exact_totals(tmp_path, clickhouse_url, restarted_with):
+    """Partitions move between flush processes (and their dedupe caches) when their number
+    changes: each reads back from ClickHouse the keys its new cache lacks, so the repeats
+    still in the workload after the restart count once."""
+    database = f"reshard_{uuid.uuid4().hex[:10]}"
+    server = [f"--clickhouse={clickhouse_url}", f"--database={database}"]
+    now_ms = int(time.time() * 1000)
+    killed = child(tmp_path, now_ms, "dedupe.record", "3", "--flush-processes=2", *server)
+    assert killed.returncode == FLUSH_PROCESS_DIED, killed.stderr.decode()[-2000:]
+    finished = child(tmp_path, now_ms, f"--flush-processes={restarted_with}", *server)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+
+    exactness = _exactness(open_client(clickhouse_url, database), workload(now_ms))
+    assert exactness["exact"], exactness
+    assert exactness["duplicates_dropped"] == exactness["expected_duplicates"] > 0
