@@ -24,7 +24,7 @@ from bastionary.metering.landing import LocalFlushEngine
 from bastionary.metering.logs import record_fingerprint
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import Admission, InboundRecord
-from bastionary.metering.sink import SinkConfig, UsageSink
+from bastionary.metering.sink import FlushRefused, SinkConfig, UsageSink
 from tests.unit.sink_fakes import FakeLog, FakeStore
 
 TOPIC = "usage.events"
@@ -473,3 +473,49 @@ def test_admit_now_leaves_unknown_partitions_gaps_and_rewinds_to_admit(tmp_path)
         assert sink.admit_now(records[0]) is Admission.LANDED
 
     asyncio.run(scenario())
+
+
+# --- a failed flush ---------------------------------------------------------------------
+
+
+class _EventsRefusedOnce(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = False
+
+    def insert_events(self, rows, token):
+        if not self.refused:
+            self.refused = True
+            raise RuntimeError("ClickHouse refused the insert")
+        super().insert_events(rows, token)
+
+
+def test_after_a_failed_flush_nothing_more_lands_and_the_restart_loses_nothing(tmp_path):
+    """The failed flush took its records out of the buffers, and its marker landed. Had a
+    later flush (the timer's, or the intake's backlog, before the worker stopped) landed the
+    partition's next range, the restart would replay only that newest range and skip the
+    failed one by offset: 5 of these 10 events were lost that way."""
+    store = _EventsRefusedOnce()
+    sink, _, log, _ = make_sink(tmp_path, store=store)
+    records = [event_record(i, f"e{i}") for i in range(10)]
+    log.hold(records)
+
+    async def run() -> list[Admission]:
+        await admit_all(sink, records[:5])
+        with pytest.raises(RuntimeError, match="ClickHouse refused"):
+            await sink.flush()
+        await admit_all(sink, records[5:])
+        with pytest.raises(FlushRefused) as refused:
+            await sink.flush()
+        assert isinstance(refused.value.__cause__, RuntimeError)
+        # The restart: a sink on the same storage, and Kafka delivers from the last commit (none).
+        restarted = UsageSink(sink.engine, sink.send_dead_letters, sink.config, log)
+        admitted = await admit_all(restarted, records)
+        while await restarted.flush():
+            pass
+        return admitted
+
+    admitted = asyncio.run(run())
+    assert Admission.LANDED not in admitted
+    stored = [row[0] for rows in store.events.values() for row in rows]
+    assert sorted(stored) == sorted(f"e{i}" for i in range(10))

@@ -101,6 +101,10 @@ class LogNotAnswering(RuntimeError):
     """The broker did not answer a log probe; nothing may land until it does."""
 
 
+class FlushRefused(RuntimeError):
+    """An earlier flush of this sink failed: nothing more may land until the worker restarts."""
+
+
 class UsageSink:
     def __init__(
         self,
@@ -130,6 +134,7 @@ class UsageSink:
         # Kept beside the buffers, not summed from them: the intake asks after every record.
         self._buffered_records = 0
         self._buffered_bytes = 0
+        self._failed_flush: BaseException | None = None
 
     # -- intake --------------------------------------------------------------------------
 
@@ -390,67 +395,86 @@ class UsageSink:
     # -- flushing ------------------------------------------------------------------------
 
     async def flush(self) -> list[InboundRecord]:
-        """Land every flushable buffer; returns the records that may now be acked."""
+        """Land every flushable buffer; returns the records that may now be acked.
+
+        After a flush fails, every later one raises :class:`FlushRefused` until the worker
+        restarts. The failed flush took its records out of the buffers, and its marker may
+        have landed. A later flush of the same partition would land the next range and its
+        marker, and the restart would replay only that newest range: the failed one would
+        be skipped by offset and lost. Two tasks flush (the timer and the intake's backlog),
+        so one may try while the other's failure is stopping the worker.
+        """
         async with self.lock:
-            batches = []
-            for tp, state in self._partitions.items():
-                replaying = state.replay is not None
-                records = self._take_flushable(state)
-                if records:
-                    batches.append((tp, state, records, replaying and state.replay is not None))
-            self._recount()
-            if not batches:
-                return []
-            # Verify the anchors while the flush is planned: the records were read before this
-            # probe, so an anchor still in the log proves they came from the log it belongs to.
-            anchors = {tp: state.anchor.offset for tp, state, _, _ in batches if state.anchor is not None}
-            probing = asyncio.ensure_future(self._probe(anchors) if anchors else _no_probes())
-            try:
-                requests = [(tp[0], tp[1], state.epoch, r, rep) for tp, state, r, rep in batches]
-                wanted = self.rows_wanted() if self.rows_wanted is not None else None
-                plans = await asyncio.to_thread(self.engine.plan, requests, wanted)
-            finally:
-                probes = await probing
-            kept = []
-            for batch, plan in zip(batches, plans, strict=False):
-                tp, state = batch[0], batch[1]
-                probe = probes.get(tp)
-                if probe is not None and state.anchor is not None and not probe.matches(state.anchor):
-                    self._open_new_epoch(tp, state, probe)  # drops this batch; the new log is read again
-                    await self._rewind(tp, state)
-                    continue
-                kept.append((batch, plan))
-            if not kept:
-                return []
-            plans = [plan for _, plan in kept]
-            await self._land(plans)
-            landed = []
-            landed_flushes = [
-                LandedFlush(
-                    p.topic,
-                    p.partition,
-                    p.first_offset,
-                    p.last_offset,
-                    p.replayed,
-                    p.rollup_rows,
-                    p.rollup_customers,
-                    p.rows_of,
+            if self._failed_flush is not None:
+                raise FlushRefused("an earlier flush failed; the worker must restart to replay it") from (
+                    self._failed_flush
                 )
-                for p in plans
-            ]
-            for listener in self.listeners:
-                listener(landed_flushes)
-            now = time.monotonic()
-            for (_, state, records, _), plan in kept:
-                state.done_through = plan.last_offset
-                state.anchor = Anchor(plan.last_offset, plan.last_fingerprint)
-                state.replay = None
-                state.active_at = now
-                state.buffered_since = now if state.buffer else None
-                landed.extend(records)
-                if self.on_flushed:
-                    self.on_flushed(plan.topic, plan.partition, plan.stats)
-            return landed
+            try:
+                return await self._flush_locked()
+            except BaseException as exc:
+                self._failed_flush = exc
+                raise
+
+    async def _flush_locked(self) -> list[InboundRecord]:
+        batches = []
+        for tp, state in self._partitions.items():
+            replaying = state.replay is not None
+            records = self._take_flushable(state)
+            if records:
+                batches.append((tp, state, records, replaying and state.replay is not None))
+        self._recount()
+        if not batches:
+            return []
+        # Verify the anchors while the flush is planned: the records were read before this
+        # probe, so an anchor still in the log proves they came from the log it belongs to.
+        anchors = {tp: state.anchor.offset for tp, state, _, _ in batches if state.anchor is not None}
+        probing = asyncio.ensure_future(self._probe(anchors) if anchors else _no_probes())
+        try:
+            requests = [(tp[0], tp[1], state.epoch, r, rep) for tp, state, r, rep in batches]
+            wanted = self.rows_wanted() if self.rows_wanted is not None else None
+            plans = await asyncio.to_thread(self.engine.plan, requests, wanted)
+        finally:
+            probes = await probing
+        kept = []
+        for batch, plan in zip(batches, plans, strict=False):
+            tp, state = batch[0], batch[1]
+            probe = probes.get(tp)
+            if probe is not None and state.anchor is not None and not probe.matches(state.anchor):
+                self._open_new_epoch(tp, state, probe)  # drops this batch; the new log is read again
+                await self._rewind(tp, state)
+                continue
+            kept.append((batch, plan))
+        if not kept:
+            return []
+        plans = [plan for _, plan in kept]
+        await self._land(plans)
+        landed = []
+        landed_flushes = [
+            LandedFlush(
+                p.topic,
+                p.partition,
+                p.first_offset,
+                p.last_offset,
+                p.replayed,
+                p.rollup_rows,
+                p.rollup_customers,
+                p.rows_of,
+            )
+            for p in plans
+        ]
+        for listener in self.listeners:
+            listener(landed_flushes)
+        now = time.monotonic()
+        for (_, state, records, _), plan in kept:
+            state.done_through = plan.last_offset
+            state.anchor = Anchor(plan.last_offset, plan.last_fingerprint)
+            state.replay = None
+            state.active_at = now
+            state.buffered_since = now if state.buffer else None
+            landed.extend(records)
+            if self.on_flushed:
+                self.on_flushed(plan.topic, plan.partition, plan.stats)
+        return landed
 
     @staticmethod
     def _take_flushable(state: _PartitionState) -> list[InboundRecord]:
