@@ -126,7 +126,8 @@ class Settings(BaseSettings):
         le=64,
         description=(
             "with flush_process: how many flush processes share the worker's partitions, each with a"
-            " dedupe cache of its own; a flush's partitions are planned and written in all at once"
+            " dedupe cache of its own (and examine_processes children of its own); a flush's partitions"
+            " are planned and written in all at once"
         ),
     )
     # Read-ahead is counted in records, and a record may hold 100 events (~13 KB): 16,384 held

@@ -46,6 +46,8 @@ def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_event
     flush_processes = (
         int(placement.get("BASTIONARY_FLUSH_PROCESSES", "1")) if "BASTIONARY_FLUSH_PROCESS" in placement else 0
     )
+    # Counted by their start, not among the children: spawn also starts a resource tracker.
+    assert stack.worker_log("w1").count('"flush process started"') == flush_processes
     assert len(processes) >= 1 + flush_processes
     assert [pid for pid in processes if "/pandas/" in Path(f"/proc/{pid}/maps").read_text()] == []
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+import structlog
+
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.metering.examine_pool import ExaminePool
@@ -23,6 +25,8 @@ from bastionary.runtime import ClickHouseHandle
 from bastionary.settings import Settings
 from bastionary.storage.client import Client, Compression, open_client, skip_dataframe_imports
 from bastionary.storage.usage import ClickHouseUsageStore
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,9 @@ def start_flush_processes(specs: list[FlushProcessSpec]) -> list[FlushProcess]:
     failed = [future.exception() for future in starting if future.exception() is not None]
     if failed:
         for process in started:
-            process.close()
+            try:
+                process.close()
+            except Exception:
+                log.exception("closing a started flush process failed", pid=process.pid)
         raise failed[0]  # type: ignore[misc]
     return started
