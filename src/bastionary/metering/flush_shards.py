@@ -21,8 +21,9 @@ recovery reads them back from ClickHouse, as after a rebalance to a new worker.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
 import structlog
@@ -51,10 +52,10 @@ class ShardedFlushEngine:
         self.engines = list(engines)
         self._pool = ThreadPoolExecutor(len(self.engines), thread_name_prefix="flush-shard")
 
-    def _engine(self, topic: str, partition: int) -> FlushEngine:
-        return self.engines[shard_of(topic, partition, len(self.engines))]
+    def _shard(self, topic: str, partition: int) -> int:
+        return shard_of(topic, partition, len(self.engines))
 
-    def _in_each(self, work: dict[int, Callable[[], T]]) -> dict[int, T]:
+    def _in_each(self, work: Mapping[int, Callable[[], T]]) -> dict[int, T]:
         """Run each engine's share at once; return when all have ended, raising the first error.
 
         Waiting for all before raising keeps a failed step a step: nothing of it is still
@@ -73,17 +74,17 @@ class ShardedFlushEngine:
         return results
 
     def recover(self, topic: str, partition: int) -> FlushMarker | None:
-        return self._engine(topic, partition).recover(topic, partition)
+        return self.engines[self._shard(topic, partition)].recover(topic, partition)
 
     def plan(self, requests: list[PlanRequest], rows_wanted: frozenset[str] | None = None) -> list[FlushPlan]:
         shares: dict[int, list[int]] = {}  # engine -> indexes of its requests
         for index, (topic, partition, *_) in enumerate(requests):
-            shares.setdefault(shard_of(topic, partition, len(self.engines)), []).append(index)
+            shares.setdefault(self._shard(topic, partition), []).append(index)
         # Every engine plans, even with no request: a plan call also drops the plans of the last
         # call that were never written (FlushEngine.write), in every engine alike.
         work = {
-            shard: _planner(self.engines[shard], [requests[i] for i in shares.get(shard, [])], rows_wanted)
-            for shard in range(len(self.engines))
+            shard: partial(engine.plan, [requests[i] for i in shares.get(shard, [])], rows_wanted)
+            for shard, engine in enumerate(self.engines)
         }
         planned = self._in_each(work)
         plans: list[FlushPlan | None] = [None] * len(requests)
@@ -99,8 +100,8 @@ class ShardedFlushEngine:
     def write(self, plans: list[FlushPlan]) -> None:
         shares: dict[int, list[FlushPlan]] = {}
         for plan in plans:
-            shares.setdefault(shard_of(plan.topic, plan.partition, len(self.engines)), []).append(plan)
-        self._in_each({shard: _writer(self.engines[shard], share) for shard, share in shares.items()})
+            shares.setdefault(self._shard(plan.topic, plan.partition), []).append(plan)
+        self._in_each({shard: partial(self.engines[shard].write, share) for shard, share in shares.items()})
 
     def purge_expired(self) -> int:
         purged = self._in_each({shard: engine.purge_expired for shard, engine in enumerate(self.engines)})
@@ -111,13 +112,3 @@ class ShardedFlushEngine:
             self._in_each({shard: engine.close for shard, engine in enumerate(self.engines)})
         finally:
             self._pool.shutdown(wait=True)
-
-
-def _planner(
-    engine: FlushEngine, requests: list[PlanRequest], rows_wanted: frozenset[str] | None
-) -> Callable[[], list[FlushPlan]]:
-    return lambda: engine.plan(requests, rows_wanted)
-
-
-def _writer(engine: FlushEngine, plans: list[FlushPlan]) -> Callable[[], None]:
-    return lambda: engine.write(plans)
