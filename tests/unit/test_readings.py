@@ -252,6 +252,28 @@ def test_numeric_value_accepts_numbers_and_plain_decimal_strings(raw, expected):
     assert value.as_tuple().exponent == -9  # at the scale of Decimal(38, 9)
 
 
+@given(st.integers(min_value=-(10**19), max_value=10**19) | st.integers(min_value=-3, max_value=3))
+def test_a_whole_number_takes_the_fast_path_with_the_general_paths_verdict(number):
+    """JSON integers skip the general checks: the verdict, the value and its scale must be the
+    ones the same number gets spelled as a decimal string (which the general path judges)."""
+    for meter in (SUM_METER, NEGATIVE_SUM_METER):
+        try:
+            expected = numeric_value(meter, str(number))
+        except Rejection as rejection:
+            with pytest.raises(Rejection) as info:
+                numeric_value(meter, number)
+            assert info.value.code == rejection.code
+            continue
+        value = numeric_value(meter, number)
+        assert value == expected
+        assert value.as_tuple() == expected.as_tuple()
+
+
+NEGATIVE_SUM_METER = parse_catalog(
+    {"meters": [{"key": "v", "event_type": "t", "aggregation": "SUM", "value_property": "$.v", "allow_negative": True}]}
+).meters[0]
+
+
 @pytest.mark.parametrize("raw", ["0.0000000005", "1.1234567894", Decimal("0.30000000000000004"), 10**18, "-1e18"])
 def test_numeric_value_never_rounds(raw):
     with pytest.raises(Rejection) as info:

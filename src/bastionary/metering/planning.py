@@ -170,9 +170,7 @@ class FlushPlanner:
             plan.event_rows.append(row)
             if accepted.readings:
                 event_time = row.time
-                event_second = int(event_time.timestamp())
-                for reading in accepted.readings:
-                    rollups.add_at(row.customer_id, event_time, event_second, reading, seen_at)
+                rollups.add_event(row.customer_id, event_time, int(event_time.timestamp()), accepted.readings, seen_at)
 
     def _reject_member(
         self, plan: FlushPlan, record: InboundRecord, members: _MemberValues, index: int, rejection: Rejection

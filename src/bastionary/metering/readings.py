@@ -20,6 +20,7 @@ VALUE_QUANTUM = Decimal("0.000000001")  # the 9 fractional digits of Decimal(38,
 # digits) hold 10^11 values at the limit without overflow: no hostile value can make a sum
 # that ClickHouse or the rater cannot hold.
 VALUE_LIMIT = Decimal("1e18")
+_INT_LIMIT = 10**18
 _IDENTITY_LIMIT = Decimal("1e38")  # UNIQUE_COUNT numbers are ids, never summed
 _CONTEXT = Context(prec=48)
 _EXACT = Context(prec=48, traps=[InvalidOperation, Inexact])  # quantize raises rather than rounds
@@ -79,10 +80,11 @@ class MeterIndex:
             raw = extract(data, compiled.value_steps)
             if isinstance(raw, float):
                 raw = _exact_value(meter, exact_data, compiled.value_steps)
+            # Positional, as in examine.py: keywords cost a NamedTuple a third more.
             if aggregation is Aggregation.UNIQUE_COUNT:
-                out.append(Reading(meter.key, aggregation, group, unique=unique_value(meter, raw)))
+                out.append(Reading(meter.key, aggregation, group, None, unique_value(meter, raw)))
             else:
-                out.append(Reading(meter.key, aggregation, group, value=numeric_value(meter, raw)))
+                out.append(Reading(meter.key, aggregation, group, numeric_value(meter, raw), None))
         return out
 
 
@@ -94,6 +96,10 @@ def numeric_value(meter: Meter, raw: Any) -> Decimal:
     or 9 fractional digits is ``value_out_of_range``, and a negative one is ``negative_value`` unless
     the meter says ``allow_negative``.
     """
+    if type(raw) is int and 0 <= raw < _INT_LIMIT:
+        # Most values: a whole number in range, where every check below passes and quantizing is
+        # exact (27 digits), at a fifth of the cost of the general path.
+        return Decimal(raw).quantize(VALUE_QUANTUM, context=_EXACT)
     if raw is MISSING:
         raise Rejection(ErrorClass.INVALID_METER_VALUE, f"meter {meter.key}: {meter.value_property} is missing")
     if (isinstance(raw, str) and _PLAIN_DECIMAL.fullmatch(raw)) or (
