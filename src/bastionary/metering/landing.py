@@ -81,13 +81,24 @@ class LocalFlushEngine:
             # The cache knows offsets ClickHouse does not (a new or reset database): drop it.
             self.dedupe.forget_partition(topic, partition)
             cached = None
-        if landed is not None and (cached is None or cached < landed):
-            self._backfill_dedupe(topic, partition, cached, landed)
+        if marker is not None and landed is not None and (cached is None or cached < landed):
+            # Every key ClickHouse holds past the cache's mark is read back, but the mark moves
+            # only to the end of the flush before the newest: the newest marker's flush may not
+            # have landed (the sink replays it), so its keys may not all be in ClickHouse yet.
+            # A mark through it would stop every later recovery from reading them back, if this
+            # cache's owner never replays that range itself (the partition moves to another
+            # worker or flush process first): a repeat from that range would count again. The
+            # replay's own write moves the mark through the range once it has landed.
+            before_newest = (marker.log_epoch, marker.first_offset - 1)
+            self._backfill_dedupe(
+                topic, partition, cached, before_newest if cached is None else max(cached, before_newest)
+            )
         return marker
 
     def _backfill_dedupe(
-        self, topic: str, partition: int, after: tuple[int, int] | None, through: tuple[int, int]
+        self, topic: str, partition: int, after: tuple[int, int] | None, mark: tuple[int, int]
     ) -> None:
+        """Every key ClickHouse holds past ``after``, with the cache's mark then at ``mark``."""
         # The horizon runs in broker time, as the verdicts do: a partition stamped weeks behind
         # the wall clock (re-imported usage) still needs every key within it.
         rows = self.store.sightings_after(topic, partition, after, self.dedupe_horizon)
@@ -100,7 +111,7 @@ class LocalFlushEngine:
             )
             for row in rows
         ]
-        self.dedupe.record(topic, partition, entries, through[1], epoch=through[0])
+        self.dedupe.record(topic, partition, entries, mark[1], epoch=mark[0])
         log.info("dedupe cache backfilled", topic=topic, partition=partition, keys=len(entries), after=after)
 
     def plan(self, requests: list[PlanRequest], rows_wanted: frozenset[str] | None = None) -> list[FlushPlan]:

@@ -1,0 +1,157 @@
+"""A partition that changes hands (another worker, or another flush process of the same worker)
+while a range of it is unfinished: every event still counts once.
+
+Found by a review of the sharded flush (2026-12-04): each case below counted an event twice
+before its fix.
+- A dedupe cache was marked complete through the newest marker's range, which recovery replays
+  because it may not have landed. If that cache's owner never replayed the range itself, no
+  later recovery read the range's keys back, and a repeat of one of its events counted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.ingest.cloudevents import RecordLimits
+from bastionary.metering.flush_shards import ShardedFlushEngine, shard_of
+from bastionary.metering.landing import LocalFlushEngine
+from bastionary.metering.readings import MeterIndex
+from bastionary.metering.sink import SinkConfig, UsageSink
+from tests.unit.sink_fakes import FakeLog, FakeStore
+from tests.unit.test_sink import CATALOG, TOPIC, event_record
+
+LIMITS = RecordLimits(1 << 20, 100, timedelta(minutes=5))
+HORIZON = timedelta(days=35)
+
+
+class _Store(FakeStore):
+    """ClickHouse that can refuse one events insert."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse = False
+
+    def insert_events(self, rows, token):
+        if self.refuse:
+            self.refuse = False
+            raise RuntimeError("ClickHouse refused the insert")
+        super().insert_events(rows, token)
+
+
+async def _no_dead_letters(_letters) -> None:
+    return None
+
+
+class _Caches:
+    """Dedupe caches opened for the test, closed at its end."""
+
+    def __init__(self, root) -> None:
+        self.root = root
+        self.open: list[RocksDedupeStore] = []
+
+    def engine(self, store: FakeStore, directory: str) -> LocalFlushEngine:
+        cache = RocksDedupeStore(self.root / directory, int(HORIZON.total_seconds()))
+        self.open.append(cache)
+        return LocalFlushEngine(store, cache, MeterIndex(CATALOG.meters), LIMITS, HORIZON)
+
+    def sink(self, store: FakeStore, log: FakeLog, worker: str, directory: str) -> UsageSink:
+        return UsageSink(self.engine(store, directory), _no_dead_letters, SinkConfig(worker, 1), log)
+
+    def sharded_sink(self, store: FakeStore, log: FakeLog, processes: int) -> UsageSink:
+        # Shard 0 keeps the base directory, shard k ".shard-k", as worker/flushing.py names them.
+        engines = [
+            self.engine(store, "dedupe" if shard == 0 else f"dedupe.shard-{shard}") for shard in range(processes)
+        ]
+        return UsageSink(ShardedFlushEngine(engines), _no_dead_letters, SinkConfig("w1", 1), log)
+
+    def close(self) -> None:
+        while self.open:
+            self.open.pop().close()
+
+
+@pytest.fixture
+def caches(tmp_path):
+    opened = _Caches(tmp_path)
+    yield opened
+    opened.close()
+
+
+def _with_a_repeat() -> list:
+    """Offsets 0-13 of partition 0; offset 13 repeats offset 7's event (same id and payload)."""
+    return [event_record(i, f"e{i}", tokens=i + 1) for i in range(13)] + [event_record(13, "e7", tokens=8)]
+
+
+def test_a_cache_recovered_but_never_replaying_its_range_reads_its_keys_back_later(caches):
+    """Three workers: w0's flush of 5-9 fails after its marker; w1 recovers the partition and
+    loses it before the replay; w2 replays 5-9; the partition comes back to w1."""
+    store, log = _Store(), FakeLog()
+    records = _with_a_repeat()
+    log.hold(records)
+
+    async def scenario() -> None:
+        w0 = caches.sink(store, log, "w0", "w0")
+        for record in records[:5]:
+            await w0.admit(record)
+        await w0.flush()
+        for record in records[5:10]:
+            await w0.admit(record)
+        store.refuse = True
+        with pytest.raises(RuntimeError, match="refused"):
+            await w0.flush()
+        w1 = caches.sink(store, log, "w1", "w1")
+        for record in records[5:8]:  # recovery, and part of the replay's range
+            await w1.admit(record)
+        await w1.release([(TOPIC, 0)])
+        w2 = caches.sink(store, log, "w2", "w2")
+        for record in records[5:13]:
+            await w2.admit(record)
+        while await w2.flush():
+            pass
+        await w2.release([(TOPIC, 0)])
+        for record in records[13:]:  # back to w1, whose cache was recovered before
+            await w1.admit(record)
+        while await w1.flush():
+            pass
+
+    asyncio.run(scenario())
+    assert sorted(row.event_id for row in store.event_rows()) == sorted(f"e{i}" for i in range(13))
+    assert store.total() == sum(range(1, 14))
+
+
+def test_a_shard_cache_recovered_but_never_replaying_its_range_reads_its_keys_back_later(caches):
+    """One worker whose flush processes go 2 -> 3 -> 2 -> 3: partition 0 is in a different
+    cache with 3 than with 2. The replay fails in the first run with 3, lands in the run with
+    2, and the second run with 3 meets a repeat from the replayed range."""
+    assert shard_of(TOPIC, 0, 3) != shard_of(TOPIC, 0, 2)
+    store, log = _Store(), FakeLog()
+    records = _with_a_repeat()
+    log.hold(records)
+
+    async def run(processes: int, delivered: list, fails: bool = False) -> None:
+        sink = caches.sharded_sink(store, log, processes)
+        for record in delivered:
+            await sink.admit(record)
+        if fails:
+            store.refuse = True
+            with pytest.raises(RuntimeError, match="refused"):
+                await sink.flush()
+        else:
+            while await sink.flush():
+                pass
+        sink.engine.close()
+        caches.close()
+
+    async def scenario() -> None:
+        await run(2, records[:5])
+        await run(2, records[5:10], fails=True)
+        await run(3, records[5:10], fails=True)
+        await run(2, records[5:13])
+        await run(3, records[13:])
+
+    asyncio.run(scenario())
+    assert sorted(row.event_id for row in store.event_rows()) == sorted(f"e{i}" for i in range(13))
+    assert store.total() == sum(range(1, 14))
