@@ -3,6 +3,8 @@ while a range of it is unfinished: every event still counts once.
 
 Found by a review of the sharded flush (2026-12-04): each case below counted an event twice
 before its fix.
+- A partition released while its recovery was under way was recovered all the same, and its
+  held records landed from the old owner beside the new one.
 - A dedupe cache was marked complete through the newest marker's range, which recovery replays
   because it may not have landed. If that cache's owner never replayed the range itself, no
   later recovery read the range's keys back, and a repeat of one of its events counted again.
@@ -11,6 +13,7 @@ before its fix.
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 
 import pytest
@@ -21,25 +24,33 @@ from bastionary.metering.flush_shards import ShardedFlushEngine, shard_of
 from bastionary.metering.landing import LocalFlushEngine
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.sink import SinkConfig, UsageSink
+from bastionary.worker.services.usage_intake import UsageIntake
 from tests.unit.sink_fakes import FakeLog, FakeStore
 from tests.unit.test_sink import CATALOG, TOPIC, event_record
+from tests.unit.test_usage_intake import _App, deliver, message_of
 
 LIMITS = RecordLimits(1 << 20, 100, timedelta(minutes=5))
 HORIZON = timedelta(days=35)
 
 
 class _Store(FakeStore):
-    """ClickHouse that can refuse one events insert."""
+    """ClickHouse that can refuse one events insert, and hold recovery's marker read until let go."""
 
     def __init__(self) -> None:
         super().__init__()
         self.refuse = False
+        self.gate: threading.Event | None = None
 
     def insert_events(self, rows, token):
         if self.refuse:
             self.refuse = False
             raise RuntimeError("ClickHouse refused the insert")
         super().insert_events(rows, token)
+
+    def latest_marker(self, topic, partition):
+        if self.gate is not None:
+            self.gate.wait(10)
+        return super().latest_marker(topic, partition)
 
 
 async def _no_dead_letters(_letters) -> None:
@@ -78,6 +89,48 @@ def caches(tmp_path):
     opened = _Caches(tmp_path)
     yield opened
     opened.close()
+
+
+def test_a_partition_released_while_it_is_recovered_is_not_landed_by_its_old_owner(caches):
+    store, log = _Store(), FakeLog()
+    records = [event_record(i, f"e{i}", tokens=i + 1) for i in range(5)]
+    log.hold(records)
+    old_owner = caches.sink(store, log, "w1", "w1")
+    new_owner = caches.sink(store, log, "w2", "w2")
+    app = _App()
+
+    async def flush_once() -> None:
+        await old_owner.flush()
+
+    intake = UsageIntake(app, lambda: old_owner, 1000, 1 << 30, asyncio.Event(), flush_once)  # type: ignore[arg-type]
+
+    async def rebalance_during_recovery() -> bool:
+        gate = store.gate = threading.Event()  # a slow ClickHouse: recovery waits
+        await deliver(intake, message_of(records[0], generation=1))
+        waiting = asyncio.ensure_future(deliver(intake, message_of(records[1], generation=1)))
+        await asyncio.sleep(0.05)
+        # The rebalance: Faust suspends the flow, abandons the waiting delivery and revokes.
+        app.flow_control.active = False
+        waiting.cancel()
+        await old_owner.release([(TOPIC, 0)])
+        app.consumer_generation_id = 2
+        app.flow_control.active = True
+        store.gate = None
+        gate.set()
+        await asyncio.sleep(0.2)  # the intake's shielded catch-up ends what it held
+        return (TOPIC, 0) in old_owner.status()
+
+    async def both_flush() -> None:
+        for record in records:
+            await new_owner.admit(record)
+        await new_owner.flush()
+        await old_owner.flush()  # its timer: whatever it kept of partition 0 would land now
+
+    kept_by_old_owner = asyncio.run(rebalance_during_recovery())
+    asyncio.run(both_flush())
+    assert not kept_by_old_owner
+    assert sorted(row.event_id for row in store.event_rows()) == [f"e{i}" for i in range(5)]
+    assert store.total() == 15
 
 
 def _with_a_repeat() -> list:

@@ -131,6 +131,8 @@ class UsageSink:
         self.lock = asyncio.Lock()
         self._partitions: dict[TopicPartition, _PartitionState] = {}
         self._recovering: dict[TopicPartition, asyncio.Lock] = {}
+        # How often each partition was released: a recovery that a release overtook is void.
+        self._releases: dict[TopicPartition, int] = {}
         # Kept beside the buffers, not summed from them: the intake asks after every record.
         self._buffered_records = 0
         self._buffered_bytes = 0
@@ -141,6 +143,8 @@ class UsageSink:
     async def admit(self, record: InboundRecord) -> Admission:
         tp = (record.topic, record.partition)
         state = self._partitions.get(tp) or await self._state(tp)
+        if state is None:
+            return Admission.STALE  # released while it was recovered: its next owner reads it
         if state.rewind_to is not None:
             if record.offset != state.rewind_to:
                 # Read before the rewind took effect (or a rewind not yet asked for).
@@ -249,7 +253,14 @@ class UsageSink:
         }
 
     async def release(self, topic_partitions: Iterable[TopicPartition]) -> None:
-        """Forget revoked partitions after any flush in progress has landed (no zombie writes)."""
+        """Forget revoked partitions after any flush in progress has landed (no zombie writes).
+
+        A recovery under way for one of them is void from now on (see :meth:`_state`), even
+        before the flush lock is ours: its state would hold the partition for this worker
+        while its next owner lands the same offsets under other ranges."""
+        topic_partitions = list(topic_partitions)
+        for tp in topic_partitions:
+            self._releases[tp] = self._releases.get(tp, 0) + 1
         async with self.lock:
             for tp in topic_partitions:
                 state = self._partitions.pop(tp, None)
@@ -258,12 +269,18 @@ class UsageSink:
 
     # -- recovery ------------------------------------------------------------------------
 
-    async def _state(self, tp: TopicPartition) -> _PartitionState:
-        """The partition's state, recovered once however many callers ask at the same time."""
+    async def _state(self, tp: TopicPartition) -> _PartitionState | None:
+        """The partition's state, recovered once however many callers ask at the same time;
+        None if the partition was released while it was recovered."""
         async with self._recovering.setdefault(tp, asyncio.Lock()):
             state = self._partitions.get(tp)
             if state is None:
-                state = self._partitions[tp] = await self._recover(*tp)
+                releases = self._releases.get(tp, 0)
+                state = await self._recover(*tp)
+                if self._releases.get(tp, 0) != releases:
+                    log.info("partition released while it was recovered; not kept", topic=tp[0], partition=tp[1])
+                    return None
+                self._partitions[tp] = state
             return state
 
     async def _recover(self, topic: str, partition: int) -> _PartitionState:

@@ -104,8 +104,7 @@ class UsageIntake:
 
     def _record(self, message: Any) -> InboundRecord | None:
         """The record to admit, or None for one read before the current rebalance finished."""
-        app = self._app
-        if self._stopping or not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+        if self._stopping or not self._current(message):
             return None
         metrics.RECORDS_RECEIVED.inc()
         return InboundRecord(
@@ -121,6 +120,11 @@ class UsageIntake:
             message,
         )
 
+    def _current(self, message: Any) -> bool:
+        """Read in the current generation, with the flow running: not before a rebalance."""
+        app = self._app
+        return bool(app.flow_control.is_active()) and message.generation_id == app.consumer_generation_id
+
     async def _catch_up(self) -> None:
         """Land the backlog, then admit the held records, in the order they came."""
         sink = self._sink()
@@ -129,6 +133,12 @@ class UsageIntake:
                 await self._land_backlog()
                 continue
             record = self._held[0]
+            if not self._current(record.handle):
+                # Held across a rebalance (this task is shielded from it): dropped unacked, as
+                # at delivery; the partition's owner reads it again. Admitted, it could recover a
+                # partition this worker no longer owns and land it beside the new owner.
+                self._held.popleft()
+                continue
             try:
                 admission = await sink.admit(record)
             except Exception:
