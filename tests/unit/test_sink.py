@@ -519,3 +519,81 @@ def test_after_a_failed_flush_nothing_more_lands_and_the_restart_loses_nothing(t
     assert Admission.LANDED not in admitted
     stored = [row[0] for rows in store.events.values() for row in rows]
     assert sorted(stored) == sorted(f"e{i}" for i in range(10))
+
+
+# --- a consumer that skips records while a range is replayed ------------------------------
+
+
+class _EventsRefusedWhenAsked(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse = False
+
+    def insert_events(self, rows, token):
+        if self.refuse:
+            self.refuse = False
+            raise RuntimeError("ClickHouse refused the insert")
+        super().insert_events(rows, token)
+
+
+@pytest.mark.parametrize(
+    ("delivered", "skipped"),
+    [
+        pytest.param([5, 6, 8, 9], 7, id="inside-the-range"),
+        pytest.param([5, 6, 10, 11], 7, id="from-inside-the-range-past-it"),
+        pytest.param([5, 7, 8, 9], 6, id="after-the-first-record"),
+    ],
+)
+def test_a_record_skipped_while_its_range_is_replayed_is_read_again(tmp_path, delivered, skipped):
+    """The restart replays the range of the newest marker (5-9), whose events had not landed.
+    A consumer that skips a record there (as after a broker restart, see the test above) had
+    the range land without it, under the range's own token, and the record answered LANDED
+    when it came: lost. Only a first record past the whole range is Kafka resuming past an
+    acked range."""
+    store = _EventsRefusedWhenAsked()
+    sink, _, log, _ = make_sink(tmp_path, store=store)
+    records = [event_record(i, f"e{i}", tokens=i + 1) for i in range(12)]
+    log.hold(records)
+
+    async def run() -> list[Admission]:
+        await admit_all(sink, records[:5])
+        await sink.flush()
+        await admit_all(sink, records[5:10])
+        store.refuse = True
+        with pytest.raises(RuntimeError, match="ClickHouse refused"):
+            await sink.flush()  # the marker of 5-9 landed, its events did not
+        restarted, *_ = make_sink(tmp_path, store=store, log=log)
+        admitted = await admit_all(restarted, [records[i] for i in delivered])
+        assert Admission.STALE in admitted  # the jump was asked about, and the log rewound
+        assert log.rewinds and log.rewinds[-1][2] == skipped
+        # Kafka reads again from the rewind.
+        admitted += await admit_all(restarted, records[skipped:])
+        while await restarted.flush():
+            pass
+        return admitted
+
+    admitted = asyncio.run(run())
+    assert Admission.LANDED not in admitted
+    assert sorted(row.event_id for row in store.event_rows()) == sorted(f"e{i}" for i in range(12))
+    assert store.total() == sum(range(1, 13))
+
+
+def test_kafka_resuming_past_a_replayed_range_takes_it_as_landed_without_asking(tmp_path):
+    """The range had landed and been acked; only the dedupe keys were missing (a crash before
+    step 5). Kafka resumes past it, and nothing is read again."""
+    sink, store, log, _ = make_sink(tmp_path)
+    records = [event_record(i, f"e{i}", tokens=i + 1) for i in range(12)]
+    log.hold(records)
+
+    async def run() -> list[Admission]:
+        await admit_all(sink, records[:10])
+        await sink.flush()
+        restarted, *_ = make_sink(tmp_path, store=store, log=log)
+        admitted = await admit_all(restarted, records[10:])
+        while await restarted.flush():
+            pass
+        return admitted
+
+    assert asyncio.run(run()) == [Admission.BUFFERED, Admission.BUFFERED]
+    assert log.rewinds == []
+    assert store.total() == sum(range(1, 13))

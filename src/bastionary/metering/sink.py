@@ -174,7 +174,7 @@ class UsageSink:
         """Where ``record`` falls against what the partition has read and landed; None for a
         gap in the offsets outside a replay (the log must be asked; nothing changed)."""
         read_through = state.done_through if state.read_through is None else state.read_through
-        if record.offset > read_through + 1 and state.replay is None:
+        if record.offset > read_through + 1 and not _resumes_past_replay(state, record):
             return None
         state.active_at = time.monotonic()
         if record.offset <= state.done_through:
@@ -532,6 +532,16 @@ class UsageSink:
         if dead_letters:
             await self.send_dead_letters(dead_letters)
         await asyncio.to_thread(self.engine.write, plans)  # 3, 4 and 5, per plan
+
+
+def _resumes_past_replay(state: _PartitionState, record: InboundRecord) -> bool:
+    """The partition's first record since recovery comes after the whole range it replays:
+    Kafka resumed past the range because it was acked, so it had landed (see
+    :meth:`UsageSink._take_flushable`). Any other jump in the offsets, inside a replayed range
+    or from inside it to past it, is a gap the log must be asked about: a record the consumer
+    skipped there would otherwise be left out of the range, which lands under its own token
+    and is then answered ``LANDED`` when the record comes."""
+    return state.replay is not None and state.read_through is None and record.offset > state.replay.last_offset
 
 
 async def _no_probes() -> dict[Any, LogProbe]:
