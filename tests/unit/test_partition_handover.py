@@ -3,8 +3,9 @@ while a range of it is unfinished: every event still counts once.
 
 Found by a review of the sharded flush (2026-12-04): each case below counted an event twice
 before its fix.
-- A partition released while its recovery was under way was recovered all the same, and its
-  held records landed from the old owner beside the new one.
+- A partition released while its recovery was under way, or while a record or the log check
+  waited to recover it, was recovered all the same, and landed by the old owner beside the
+  new one.
 - A dedupe cache was marked complete through the newest marker's range, which recovery replays
   because it may not have landed. If that cache's owner never replayed the range itself, no
   later recovery read the range's keys back, and a repeat of one of its events counted again.
@@ -23,6 +24,7 @@ from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.metering.flush_shards import ShardedFlushEngine, shard_of
 from bastionary.metering.landing import LocalFlushEngine
 from bastionary.metering.readings import MeterIndex
+from bastionary.metering.records import Admission
 from bastionary.metering.sink import SinkConfig, UsageSink
 from bastionary.worker.services.usage_intake import UsageIntake
 from tests.unit.sink_fakes import FakeLog, FakeStore
@@ -130,6 +132,75 @@ def test_a_partition_released_while_it_is_recovered_is_not_landed_by_its_old_own
     asyncio.run(both_flush())
     assert not kept_by_old_owner
     assert sorted(row.event_id for row in store.event_rows()) == [f"e{i}" for i in range(5)]
+    assert store.total() == 15
+
+
+def test_an_assignment_read_before_a_rebalance_does_not_recover_a_lost_partition(caches):
+    """The log check recovers the assigned partitions one after the other. A rebalance revokes
+    both while partition 0's recovery waits on ClickHouse. Partition 1 was recovered all the same
+    and kept. When it came back to this worker, the stale state (nothing landed) rewound the
+    consumer to 0, and 0-9 landed a second time after the other worker had landed them."""
+    store, log = _Store(), FakeLog()
+    records = [event_record(i, f"e{i}", tokens=i + 1, partition=1) for i in range(12)]
+    log.hold(records)
+    old_owner = caches.sink(store, log, "w1", "w1")
+    new_owner = caches.sink(store, log, "w2", "w2")
+
+    async def scenario() -> bool:
+        gate = store.gate = threading.Event()
+        checking = asyncio.ensure_future(old_owner.check_logs({(TOPIC, 0), (TOPIC, 1)}))
+        await asyncio.sleep(0.05)
+        await old_owner.release([(TOPIC, 0), (TOPIC, 1)])
+        store.gate = None
+        gate.set()
+        await checking
+        kept = (TOPIC, 1) in old_owner.status()
+        for record in records[:10]:
+            await new_owner.admit(record)
+        await new_owner.flush()
+        await new_owner.release([(TOPIC, 1)])
+        # Back to the old owner: Kafka resumes at the commit (10), and reads again from a rewind.
+        admitted = [await old_owner.admit(record) for record in records[10:]]
+        if Admission.STALE in admitted:
+            for record in records[log.rewinds[-1][2] :]:
+                await old_owner.admit(record)
+        while await old_owner.flush():
+            pass
+        return kept
+
+    assert not asyncio.run(scenario())
+    assert store.total() == sum(range(1, 13))
+
+
+def test_a_record_waiting_behind_a_recovery_is_not_admitted_after_its_release(caches):
+    """The log check's recovery of partition 0 waits on ClickHouse; the partition's first record
+    waits behind it; the rebalance revokes the partition. The check's recovery was void, but the
+    record's then recovered the partition again, after the release, and the old owner landed
+    the record beside the new owner."""
+    store, log = _Store(), FakeLog()
+    records = [event_record(i, f"e{i}", tokens=i + 1) for i in range(5)]
+    log.hold(records)
+    old_owner = caches.sink(store, log, "w1", "w1")
+    new_owner = caches.sink(store, log, "w2", "w2")
+
+    async def scenario() -> Admission:
+        gate = store.gate = threading.Event()
+        checking = asyncio.ensure_future(old_owner.check_logs({(TOPIC, 0)}))
+        await asyncio.sleep(0.05)
+        admitting = asyncio.ensure_future(old_owner.admit(records[0]))
+        await asyncio.sleep(0.05)
+        await old_owner.release([(TOPIC, 0)])
+        store.gate = None
+        gate.set()
+        await checking
+        admission = await admitting
+        for record in records:
+            await new_owner.admit(record)
+        await new_owner.flush()
+        await old_owner.flush()
+        return admission
+
+    assert asyncio.run(scenario()) is Admission.STALE
     assert store.total() == 15
 
 

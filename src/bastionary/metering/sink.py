@@ -142,9 +142,9 @@ class UsageSink:
 
     async def admit(self, record: InboundRecord) -> Admission:
         tp = (record.topic, record.partition)
-        state = self._partitions.get(tp) or await self._state(tp)
+        state = self._partitions.get(tp) or await self._state(tp, self._releases.get(tp, 0))
         if state is None:
-            return Admission.STALE  # released while it was recovered: its next owner reads it
+            return Admission.STALE  # released since it was delivered: its next owner reads it
         if state.rewind_to is not None:
             if record.offset != state.rewind_to:
                 # Read before the rewind took effect (or a rewind not yet asked for).
@@ -269,13 +269,17 @@ class UsageSink:
 
     # -- recovery ------------------------------------------------------------------------
 
-    async def _state(self, tp: TopicPartition) -> _PartitionState | None:
+    async def _state(self, tp: TopicPartition, releases: int) -> _PartitionState | None:
         """The partition's state, recovered once however many callers ask at the same time;
-        None if the partition was released while it was recovered."""
+        None if it was released since the caller's reason to ask (a record delivered, an
+        assignment read), when it had been released ``releases`` times: the caller reads that
+        count before its first await, since a caller may wait here behind another's recovery
+        while the rebalance runs."""
         async with self._recovering.setdefault(tp, asyncio.Lock()):
+            if self._releases.get(tp, 0) != releases:
+                return None
             state = self._partitions.get(tp)
             if state is None:
-                releases = self._releases.get(tp, 0)
                 state = await self._recover(*tp)
                 if self._releases.get(tp, 0) != releases:
                     log.info("partition released while it was recovered; not kept", topic=tp[0], partition=tp[1])
@@ -360,9 +364,12 @@ class UsageSink:
         that resumed from an offset past the end of a new, shorter log (some brokers answer
         an empty fetch there, not "out of range") would otherwise wait at it forever.
         """
-        for tp in sorted(assigned or set()):
+        # Read now, with ``assigned``: a rebalance during an earlier partition's recovery
+        # voids the later ones, which would otherwise keep partitions this worker lost.
+        releases = {tp: self._releases.get(tp, 0) for tp in assigned or set()}
+        for tp in sorted(releases):
             if tp not in self._partitions:
-                await self._state(tp)
+                await self._state(tp, releases[tp])
         async with self.lock:
             anchors = {tp: s.anchor.offset for tp, s in self._partitions.items() if s.anchor is not None}
             probes = await self._probe(anchors) if anchors else {}
