@@ -93,7 +93,7 @@ def test_a_flush_lands_in_the_flush_process_as_it_lands_in_the_worker(tmp_path, 
 
 
 def test_the_worker_gets_no_event_rows_back(flush_process):
-    request = ("usage.events", 0, 1, records(), False)
+    request = ("usage.events", 0, 1, records(), None)
     (plan,) = flush_process.plan([request])
     assert (plan.first_offset, plan.last_offset, plan.stats.accepted) == (0, 4, 5)
     assert plan.event_rows == [] and plan.sightings == [] and plan.records == []
@@ -111,14 +111,14 @@ def customer_records(customers: list[str]) -> list[InboundRecord]:
 
 def test_only_the_wanted_customers_rollup_rows_come_back_and_every_row_is_written(tmp_path, flush_process):
     batch = customer_records(["cust-0", "cust-1", "cust-2", "cust-0", "cust-1", "cust-2"])
-    (plan,) = flush_process.plan([("usage.events", 0, 1, batch, False)], frozenset({"cust-1", "cust-9"}))
+    (plan,) = flush_process.plan([("usage.events", 0, 1, batch, None)], frozenset({"cust-1", "cust-9"}))
     assert plan.rollup_customers == {"cust-0", "cust-1", "cust-2"}
     assert plan.rows_of == {"cust-1", "cust-9"}
     assert plan.rollup_rows and {row.customer_id for row in plan.rollup_rows} == {"cust-1"}
 
     dedupe = RocksDedupeStore(tmp_path / "local-dedupe", int(HORIZON.total_seconds()))
     local = LocalFlushEngine(FakeStore(), dedupe, MeterIndex(CATALOG.meters), LIMITS, HORIZON)
-    (everything,) = local.plan([("usage.events", 0, 1, batch, False)], frozenset({"cust-1"}))
+    (everything,) = local.plan([("usage.events", 0, 1, batch, None)], frozenset({"cust-1"}))
     dedupe.close()
     assert everything.rows_of is None  # in the worker's own process every row is handed over
     assert [row for row in everything.rollup_rows if row.customer_id == "cust-1"] == plan.rollup_rows
@@ -144,18 +144,18 @@ def test_the_sink_asks_for_its_listeners_rows_and_they_hear_every_customer(tmp_p
 
 
 def test_a_failing_step_raises_in_the_worker_and_the_child_serves_on(tmp_path, flush_process):
-    failing = ("usage.events", FAILING_PARTITION, 1, records(FAILING_PARTITION), False)
+    failing = ("usage.events", FAILING_PARTITION, 1, records(FAILING_PARTITION), None)
     plans = flush_process.plan([failing])
     with pytest.raises(FlushProcessFailed, match="ClickHouse refused"):
         flush_process.write(plans)
-    plans = flush_process.plan([("usage.events", 0, 1, records(), False)])
+    plans = flush_process.plan([("usage.events", 0, 1, records(), None)])
     flush_process.write(plans)
     assert [t for table, t, _ in journal(tmp_path) if table == "events"] == ["usage.events/0@1/0-4/events"]
 
 
 def test_a_plan_the_sink_dropped_is_never_written(tmp_path, flush_process):
-    dropped = flush_process.plan([("usage.events", 1, 1, records(1), False)])
-    kept = flush_process.plan([("usage.events", 2, 1, records(2), False)])
+    dropped = flush_process.plan([("usage.events", 1, 1, records(1), None)])
+    kept = flush_process.plan([("usage.events", 2, 1, records(2), None)])
     with pytest.raises(FlushProcessFailed, match="KeyError"):
         flush_process.write(dropped)
     assert journal(tmp_path) == []
@@ -166,7 +166,7 @@ def test_a_plan_the_sink_dropped_is_never_written(tmp_path, flush_process):
 def test_a_dead_flush_process_fails_the_step_in_progress(flush_process):
     os.kill(flush_process.pid, signal.SIGKILL)
     with pytest.raises(FlushProcessDied, match="exit code -9"):
-        flush_process.plan([("usage.events", 0, 1, records(), False)])
+        flush_process.plan([("usage.events", 0, 1, records(), None)])
     with pytest.raises(FlushProcessDied):
         flush_process.purge_expired()
 

@@ -84,7 +84,7 @@ def test_a_step_failing_in_one_engine_raises_after_the_other_landed_and_both_ser
     failing_shard = shard_of(TOPIC, FAILING_PARTITION, 2)
     other = next(p for p in range(4) if shard_of(TOPIC, p, 2) != failing_shard)
     plans = engine.plan(
-        [(TOPIC, FAILING_PARTITION, 1, records(FAILING_PARTITION), False), (TOPIC, other, 1, records(other), False)]
+        [(TOPIC, FAILING_PARTITION, 1, records(FAILING_PARTITION), None), (TOPIC, other, 1, records(other), None)]
     )
     assert [(p.partition, p.stats.accepted) for p in plans] == [(FAILING_PARTITION, 5), (other, 5)]
     with pytest.raises(FlushProcessFailed, match="ClickHouse refused"):
@@ -94,15 +94,15 @@ def test_a_step_failing_in_one_engine_raises_after_the_other_landed_and_both_ser
     ]
     assert [table for table, _, _ in journal(roots[failing_shard])] == []
 
-    plans = engine.plan([(TOPIC, other, 1, records(other), False)])  # the replay after a restart
+    plans = engine.plan([(TOPIC, other, 1, records(other), None)])  # the replay after a restart
     engine.write(plans)
     assert engine.purge_expired() == 0
 
 
 def test_a_plan_call_drops_every_engines_unwritten_plans(shards):
     engine, roots = shards
-    dropped = engine.plan([(TOPIC, p, 1, records(p), False) for p in range(4)])
-    engine.plan([(TOPIC, 0, 1, records(0), False)])
+    dropped = engine.plan([(TOPIC, p, 1, records(p), None) for p in range(4)])
+    engine.plan([(TOPIC, 0, 1, records(0), None)])
     with pytest.raises(FlushProcessFailed, match="KeyError"):
         engine.write(dropped)
     assert journal(roots[0]) == journal(roots[1]) == []
@@ -110,7 +110,7 @@ def test_a_plan_call_drops_every_engines_unwritten_plans(shards):
 
 def test_a_partition_recovers_from_its_own_engine(shards):
     engine, _ = shards
-    plans = engine.plan([(TOPIC, p, 1, records(p), False) for p in range(4)])
+    plans = engine.plan([(TOPIC, p, 1, records(p), None) for p in range(4)])
     engine.insert_markers([plan.marker("w1", datetime.now(UTC)) for plan in plans])
     engine.write(plans)
     # The journaling store keeps each engine's markers in memory: only the first engine wrote
@@ -148,7 +148,7 @@ def test_several_flush_processes_need_the_flush_process(tmp_path):
 def test_a_single_engine_is_a_sharded_engine_of_one(tmp_path):
     engine = ShardedFlushEngine([FlushProcess(FlushProcessSpec(opener(tmp_path), "WARNING"))])
     try:
-        plans = engine.plan([(TOPIC, p, 1, records(p), False) for p in range(3)])
+        plans = engine.plan([(TOPIC, p, 1, records(p), None) for p in range(3)])
         engine.write(plans)
         assert len([t for table, t, _ in journal(tmp_path) if table == "events"]) == 3
     finally:

@@ -597,3 +597,95 @@ def test_kafka_resuming_past_a_replayed_range_takes_it_as_landed_without_asking(
     assert asyncio.run(run()) == [Admission.BUFFERED, Admission.BUFFERED]
     assert log.rewinds == []
     assert store.total() == sum(range(1, 13))
+
+
+def test_a_first_record_further_past_a_replayed_range_is_asked_about(tmp_path):
+    """Kafka resumes right after an acked range; a first record further on means the consumer
+    skipped records (10-12 here), which were answered STALE and never counted before."""
+    sink, store, log, _ = make_sink(tmp_path)
+    records = [event_record(i, f"e{i}", tokens=i + 1) for i in range(16)]
+    log.hold(records)
+
+    async def run() -> list[Admission]:
+        await admit_all(sink, records[:10])
+        await sink.flush()
+        restarted, *_ = make_sink(tmp_path, store=store, log=log)
+        admitted = await admit_all(restarted, [records[13]])
+        assert admitted == [Admission.STALE] and log.rewinds[-1][2] == 0  # the replayed range is read again
+        admitted += await admit_all(restarted, records)
+        while await restarted.flush():
+            pass
+        return admitted
+
+    assert Admission.LANDED not in asyncio.run(run())
+    assert store.total() == sum(range(1, 17))
+
+
+def test_offsets_without_records_inside_a_replayed_range_neither_rewind_nor_stall(tmp_path):
+    """Transaction markers leave offsets without records (7 and 10 here): asked about, they
+    are gaps of the log itself, and the replay keeps its range and token."""
+    offsets = [0, 1, 2, 3, 4, 5, 6, 8, 9, 11, 12]
+    store = _EventsRefusedWhenAsked()
+    sink, _, log, _ = make_sink(tmp_path, store=store)
+    records = [event_record(o, f"e{o}", tokens=o + 1) for o in offsets]
+    log.hold(records)
+
+    async def run() -> list[Admission]:
+        await admit_all(sink, [r for r in records if r.offset < 5])
+        await sink.flush()
+        await admit_all(sink, [r for r in records if 5 <= r.offset <= 9])
+        store.refuse = True
+        with pytest.raises(RuntimeError, match="ClickHouse refused"):
+            await sink.flush()
+        restarted, *_ = make_sink(tmp_path, store=store, log=log)
+        admitted = await admit_all(restarted, [r for r in records if r.offset >= 5])
+        while await restarted.flush():
+            pass
+        return admitted
+
+    assert asyncio.run(run()) == [Admission.BUFFERED] * 6
+    assert log.rewinds == []
+    assert store.total() == sum(o + 1 for o in offsets)
+    assert any(token.endswith("@1/5-9/events") for token in store.events)
+
+
+def test_a_replay_whose_first_records_retention_removed_keeps_its_token(tmp_path):
+    """5-9 landed, and the worker died before its dedupe write and ack. Retention then removed
+    0-7, and Kafka resumes at the log's start, 8. The replay was planned from its first record
+    (8-9): another token than the range's, so its rollups landed a second time and its events
+    counted as new."""
+    sink, store, log, _ = make_sink(tmp_path)
+    records = [event_record(i, f"e{i}", tokens=i + 1) for i in range(12)]
+    log.hold(records)
+
+    class _Died(Exception):
+        pass
+
+    async def first_worker() -> None:
+        await admit_all(sink, records[:5])
+        await sink.flush()
+        await admit_all(sink, records[5:10])
+        record_keys = sink.engine.dedupe.record
+
+        def dies(*_args, **_kwargs):
+            raise _Died
+
+        sink.engine.dedupe.record = dies
+        with pytest.raises(_Died):
+            await sink.flush()
+        sink.engine.dedupe.record = record_keys
+
+    asyncio.run(first_worker())
+    for offset in range(8):
+        del log.records[(TOPIC, 0)][offset]
+    restarted, *_ = make_sink(tmp_path, store=store, log=log)
+
+    async def run() -> list[Admission]:
+        admitted = await admit_all(restarted, records[8:])
+        while await restarted.flush():
+            pass
+        return admitted
+
+    assert Admission.STALE not in asyncio.run(run())
+    assert log.rewinds == []
+    assert store.total() == sum(range(1, 13))

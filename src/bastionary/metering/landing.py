@@ -26,8 +26,9 @@ from bastionary.metering.records import InboundRecord
 
 log = structlog.get_logger(__name__)
 
-PlanRequest = tuple[str, int, int, list[InboundRecord], bool]
-"""One partition's share of a flush: (topic, partition, log epoch, records, replayed)."""
+PlanRequest = tuple[str, int, int, list[InboundRecord], int | None]
+"""One partition's share of a flush: (topic, partition, log epoch, records, and the first offset
+of the range it replays, or None if it replays none)."""
 
 
 class FlushEngine(Protocol):
@@ -117,8 +118,8 @@ class LocalFlushEngine:
     def plan(self, requests: list[PlanRequest], rows_wanted: frozenset[str] | None = None) -> list[FlushPlan]:
         # Every row: in this process the rows cost nothing to hand over.
         return [
-            self.planner.plan(topic, partition, epoch, records, replayed)
-            for topic, partition, epoch, records, replayed in requests
+            self.planner.plan(topic, partition, epoch, records, replays_from)
+            for topic, partition, epoch, records, replays_from in requests
         ]
 
     def insert_markers(self, rows: list[MarkerRow]) -> None:

@@ -97,16 +97,19 @@ class FlushPlanner:
         self.examiner = examiner or examine_here(meters, limits)
 
     def plan(
-        self, topic: str, partition: int, epoch: int, records: list[InboundRecord], replayed: bool = False
+        self, topic: str, partition: int, epoch: int, records: list[InboundRecord], replays_from: int | None = None
     ) -> FlushPlan:
+        """``replays_from``: the first offset of the range this flush replays. The plan starts
+        there even if the log no longer holds the range's first records (retention removed
+        them), so its token is the one the range landed under, and ClickHouse drops what had."""
         plan = FlushPlan(
             topic,
             partition,
-            records[0].offset,
+            records[0].offset if replays_from is None else replays_from,
             records[-1].offset,
             records,
             log_epoch=epoch,
-            replayed=replayed,
+            replayed=replays_from is not None,
             last_fingerprint=records[-1].fingerprint,
         )
         rollups = RollupBuilder()

@@ -442,10 +442,12 @@ class UsageSink:
     async def _flush_locked(self) -> list[InboundRecord]:
         batches = []
         for tp, state in self._partitions.items():
-            replaying = state.replay is not None
             records = self._take_flushable(state)
             if records:
-                batches.append((tp, state, records, replaying and state.replay is not None))
+                # Still set after the take: these records are the replayed range (or what the
+                # log still holds of it).
+                replays_from = state.replay.first_offset if state.replay is not None else None
+                batches.append((tp, state, records, replays_from))
         self._recount()
         if not batches:
             return []
@@ -542,13 +544,14 @@ class UsageSink:
 
 
 def _resumes_past_replay(state: _PartitionState, record: InboundRecord) -> bool:
-    """The partition's first record since recovery comes after the whole range it replays:
-    Kafka resumed past the range because it was acked, so it had landed (see
-    :meth:`UsageSink._take_flushable`). Any other jump in the offsets, inside a replayed range
-    or from inside it to past it, is a gap the log must be asked about: a record the consumer
-    skipped there would otherwise be left out of the range, which lands under its own token
-    and is then answered ``LANDED`` when the record comes."""
-    return state.replay is not None and state.read_through is None and record.offset > state.replay.last_offset
+    """The partition's first record since recovery is the one right after the range it
+    replays: Kafka resumed there because the range was acked, so it had landed (see
+    :meth:`UsageSink._take_flushable`). Any other jump in the offsets is a gap the log must be
+    asked about: inside the range or from inside it past it, a record the consumer skipped
+    would be left out of the range, which lands under its own token, and then answered
+    ``LANDED`` when it came; further past the range, the skipped records would be answered
+    ``STALE``. The ask costs at most reading the range again, which lands once by its token."""
+    return state.replay is not None and state.read_through is None and record.offset == state.replay.last_offset + 1
 
 
 async def _no_probes() -> dict[Any, LogProbe]:
