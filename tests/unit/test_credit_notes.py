@@ -327,3 +327,43 @@ def test_a_crash_before_the_published_mark_republishes_the_same_decision():
     first, second = (e for _, _, e in sent.events)
     assert first == second
     assert {row.movement_id for row in ledger} == {ledger[0].movement_id}  # one movement, written twice
+
+
+def test_a_note_after_a_refund_the_payment_system_reported_gives_back_all_that_was_paid():
+    """Paid 100.00; the first note refunded 30.00 and the payment system reported it (paid is
+    now 70.00). The second note credits the other 70.00: nothing is due, so all of it goes
+    back. Before, 30.00 of it "reduced" a due that dunning already saw as 0: lost."""
+    first = issued(request(amount="30", refund_to="payment"), standing(paid="100"))
+    assert split(first) == ("30.00", "0.00", "30.00", "0.00")
+    second = issued(request(credit_note_id="cn-2"), standing(paid="70", credited="30"))
+    assert split(second) == ("70.00", "0.00", "0.00", "70.00")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    total=st.integers(1, 100_00),
+    paid=st.integers(0, 100_00),
+    notes=st.lists(
+        st.tuples(st.none() | st.integers(1, 120_00), st.sampled_from(["balance", "payment"]), st.booleans()),
+        max_size=6,
+    ),
+)
+def test_what_goes_back_is_what_was_paid_beyond_what_is_still_owed(total, paid, notes):
+    """Whatever the order of notes, and whether the payment system reports their refunds (which
+    lowers ``paid``): the customer gets back exactly what they paid beyond what the invoice,
+    less its notes, still asks, and no cent more or less."""
+    paid_first = D(min(paid, total)) / 100
+    at = Standing("inv-1", "c1", "USD", D(total) / 100, paid_first, D(0), D(0))
+    given_back = D(0)
+    for n, (cents, refund_to, reported) in enumerate(notes):
+        fields: dict[str, Any] = {"credit_note_id": f"cn-{n}", "refund_to": refund_to}
+        if cents is not None:
+            fields["amount"] = str(D(cents) / 100)
+        decision = decide(f"evt-{n}", ASKED, request(**fields), at, NOW)
+        if not decision.issued:
+            continue
+        amount, reduced, refunded, balance = (D(v) for v in split(decision.document))
+        given_back += refunded + balance
+        paid_now = at.paid - (refunded if reported else D(0))
+        at = Standing("inv-1", "c1", "USD", at.total, paid_now, at.credited + amount, at.reduced + reduced)
+    assert given_back == max(at.credited - (at.total - paid_first), D(0))

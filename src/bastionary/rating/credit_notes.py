@@ -164,7 +164,11 @@ def decide(
             return reject(f"amount {amount} is more than the {money(creditable)} {currency} still creditable")
     if amount <= 0:
         return reject("nothing left to credit")
-    due = max(standing.total - standing.paid - standing.reduced, Decimal(0))
+    # As dunning reckons it: ``paid`` is net of the refunds the payment system reported, which
+    # earlier notes gave back and ``credited`` counts. Subtracting only what earlier notes
+    # reduced would count a reported refund twice and call it still due (30.00 of a paid
+    # invoice's 100.00 was lost that way when a second note followed a reported refund).
+    due = max(standing.total - standing.paid - standing.credited, Decimal(0))
     reduces_due = min(amount, due)
     given_back = amount - reduces_due
     to_balance = given_back if request.refund_to == "balance" else Decimal(0)
