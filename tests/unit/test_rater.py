@@ -1255,3 +1255,24 @@ async def test_a_remainder_below_one_minor_unit_lapses_explicitly():
     assert january["credits_expired"] == [{"grant_id": "g-odd", "amount": "0.005"}]
     _, drawn = store.grants()
     assert drawn["g-odd"] == D("10.005")  # the ledger sums to the grant: nothing stranded
+
+
+async def test_a_first_period_that_starts_late_commits_to_its_share_of_the_minimum():
+    """Anchored on 1 January, started on the 17th: 15 of January's 31 days. The flat fee is
+    prorated 15/31, and so is the minimum: 100 x 15/31 = 48.39. The whole 100.00 was billed
+    before."""
+    mini = Plan.model_validate(
+        {
+            "key": "mini",
+            "currency": "USD",
+            "billing_interval": "P1M",
+            "minimum_commitment": "100",
+            "prices": [{"key": "base", "model": "flat", "amount": "31"}],
+        }
+    )
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "created", "mini", at(2024, 1, 17), JAN, at(2024, 1, 17)))
+    (january,) = (await Rater(store, [mini], [TOKENS], GRACE, publish).run_once(AFTER_JAN)).invoices
+    amounts = {line["price_key"]: line["amount"] for line in january["lines"]}
+    assert amounts == {"base": "15.00", "minimum_commitment": "33.39"}
+    assert january["subtotal"] == "48.39"

@@ -179,15 +179,23 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
 
 
 def minimum_true_up(
-    plan: Plan, lines: list[Line], currency: str, period: Period, in_advance: Decimal = ZERO
+    plan: Plan,
+    lines: list[Line],
+    currency: str,
+    period: Period,
+    in_advance: Decimal = ZERO,
+    started: datetime | None = None,
 ) -> Line | None:
     """A line topping the period's charges up to the plan's minimum commitment, prorated by
-    the share of the period the subscription ran (a period cut by a cancellation commits to
-    its share only), rounded to the currency's minor unit. ``in_advance``: what the period's
-    fees billed in advance come to, which count as charged."""
+    the share of the period the subscription ran (a first period that starts after its
+    boundary, and one cut by a cancellation, commit to their share only, as their flat fees
+    are prorated), rounded to the currency's minor unit. ``in_advance``: what the period's
+    fees billed in advance come to, which count as charged. ``started``: when the
+    subscription began."""
     if plan.minimum_commitment is None:
         return None
-    fraction = share(plan, period.start, period.end, period)
+    ran_from = period.start if started is None else max(period.start, started)
+    fraction = share(plan, ran_from, max(period.end, ran_from), period)
     minimum = round_money(plan.minimum_commitment * fraction, currency)
     charged = sum((round_money(line.amount, currency) for line in lines), in_advance)
     if charged >= minimum:

@@ -525,7 +525,9 @@ class Rater:
         before = [amount for (start, key), (_, amount) in billed.items() if start == period.start and key in keys]
         now = [round_money(line.amount, currency) for line in advance]
         in_advance = sum(before + now, Decimal(0))
-        true_up = minimum_true_up(sub.plan_at(period.start), lines, currency, period, in_advance)
+        true_up = minimum_true_up(
+            sub.plan_at(period.start), lines, currency, period, in_advance, started=sub.segments[0].start
+        )
         if true_up is not None:
             lines.append(true_up)
         lines.extend(already_billed_lines(lines, billed, period.start))
