@@ -26,7 +26,8 @@ customer then loads its state in the worker (warm-up), and the worker is left to
     is polled every ``POLL_S`` until it answers ``has_access: false``. Freshness is the
     arrival of that answer minus the moment just before the event was handed to the
     producer (linger 0; also reported from the broker's ack). The background stream comes
-    from a thread of this process, with its own event loop and producer.
+    from a child process of the bench, with its own event loop and producer (in a thread it
+    would hold the interpreter the check client needs).
 
 Reported with each phase: the CPU the worker and this process used (so a figure can be
 told apart from a starved machine), the worker's flush durations during the trials (from
