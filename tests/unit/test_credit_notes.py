@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -335,7 +335,8 @@ def test_a_note_after_a_refund_the_payment_system_reported_gives_back_all_that_w
     back. Before, 30.00 of it "reduced" a due that dunning already saw as 0: lost."""
     first = issued(request(amount="30", refund_to="payment"), standing(paid="100"))
     assert split(first) == ("30.00", "0.00", "30.00", "0.00")
-    second = issued(request(credit_note_id="cn-2"), standing(paid="70", credited="30"))
+    after_refund = replace(standing(paid="70", credited="30"), refunds_reported=D(30), notes_refunded=D(30))
+    second = issued(request(credit_note_id="cn-2"), after_refund)
     assert split(second) == ("70.00", "0.00", "0.00", "70.00")
 
 
@@ -364,6 +365,60 @@ def test_what_goes_back_is_what_was_paid_beyond_what_is_still_owed(total, paid, 
             continue
         amount, reduced, refunded, balance = (D(v) for v in split(decision.document))
         given_back += refunded + balance
-        paid_now = at.paid - (refunded if reported else D(0))
-        at = Standing("inv-1", "c1", "USD", at.total, paid_now, at.credited + amount, at.reduced + reduced)
+        reported_now = refunded if reported else D(0)
+        at = replace(
+            at,
+            paid=at.paid - reported_now,
+            credited=at.credited + amount,
+            reduced=at.reduced + reduced,
+            refunds_reported=at.refunds_reported + reported_now,
+            notes_refunded=at.notes_refunded + refunded,
+        )
     assert given_back == max(at.credited - (at.total - paid_first), D(0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    total=st.integers(1, 100_00),
+    paid=st.integers(0, 100_00),
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("note"), st.none() | st.integers(1, 120_00), st.sampled_from(["balance", "payment"])),
+            st.tuples(st.just("chargeback"), st.integers(1, 100_00), st.just("")),
+        ),
+        max_size=8,
+    ),
+)
+def test_a_note_never_gives_back_more_than_was_paid_and_not_yet_given_back(total, paid, steps):
+    """With refunds no note asked for (chargebacks) anywhere in the sequence: each note gives
+    back at most what was paid and not yet given back, by notes or by the payment system."""
+    at = Standing("inv-1", "c1", "USD", D(total) / 100, D(min(paid, total)) / 100, D(0), D(0))
+    for n, (kind, cents, refund_to) in enumerate(steps):
+        if kind == "chargeback":
+            refund = min(D(cents) / 100, at.paid)
+            at = replace(at, paid=at.paid - refund, refunds_reported=at.refunds_reported + refund)
+            continue
+        fields: dict[str, Any] = {"credit_note_id": f"cn-{n}", "refund_to": refund_to}
+        if cents is not None:
+            fields["amount"] = str(D(cents) / 100)
+        before = max(at.still_paid(), D(0))
+        decision = decide(f"evt-{n}", ASKED, request(**fields), at, NOW)
+        if not decision.issued:
+            continue
+        amount, reduced, refunded, balance = (D(v) for v in split(decision.document))
+        assert amount == reduced + refunded + balance and min(reduced, refunded, balance) >= 0
+        assert refunded + balance <= before
+        at = replace(
+            at,
+            credited=at.credited + amount,
+            reduced=at.reduced + reduced,
+            notes_refunded=at.notes_refunded + refunded,
+        )
+
+
+def test_a_chargeback_after_a_note_gave_money_back_is_not_given_back_again():
+    """Paid 100.00; a note put 30.00 on the balance; the payment system then reported a
+    50.00 refund no note asked for. Of the 100.00 paid, 20.00 is still ours: a note for the
+    other 70.00 reduces what is due by 50.00 and gives back 20.00, not 50.00."""
+    second = issued(request(credit_note_id="cn-2"), replace(standing(paid="50", credited="30"), refunds_reported=D(50)))
+    assert split(second) == ("70.00", "50.00", "0.00", "20.00")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -116,15 +117,14 @@ class CreditNoteDesk:
             standing = standings[request.invoice_id]
             decision = decide(event_id, requested_at, request, standing, now)
             if decision.issued and standing is not None:  # the next request for it sees this one
-                amount, reduced = (Decimal(decision.document[k]) for k in ("amount", "reduces_amount_due"))
-                standings[request.invoice_id] = Standing(
-                    standing.invoice_id,
-                    standing.customer_id,
-                    standing.currency,
-                    standing.total,
-                    standing.paid,
-                    standing.credited + amount,
-                    standing.reduced + reduced,
+                amount, reduced, refunded = (
+                    Decimal(decision.document[k]) for k in ("amount", "reduces_amount_due", "refunded")
+                )
+                standings[request.invoice_id] = replace(
+                    standing,
+                    credited=standing.credited + amount,
+                    reduced=standing.reduced + reduced,
+                    notes_refunded=standing.notes_refunded + refunded,
                 )
             log.info(
                 "credit note decided",

@@ -107,6 +107,20 @@ class Standing:
     paid: Decimal  # succeeded minus refunded payments
     credited: Decimal  # by credit notes issued before
     reduced: Decimal  # the part of ``credited`` that reduced what was due
+    refunds_reported: Decimal = Decimal(0)  # the refunded payments in ``paid``, whoever asked
+    notes_refunded: Decimal = Decimal(0)  # the part of ``credited`` sent back through the payment system
+
+    def still_paid(self) -> Decimal:
+        """What was paid and not yet given back.
+
+        ``paid`` is already net of every refund the payment system reported; what notes gave
+        back is taken off too, except their refunds the payment system has reported (counted
+        in ``paid`` already). A reported refund is taken as a note's up to what notes refunded,
+        since the report does not say who asked for it; the rest (a chargeback, a refund made
+        in the payment system) is the payment system's alone."""
+        given_back = self.credited - self.reduced
+        reported_for_notes = min(self.refunds_reported, self.notes_refunded)
+        return self.paid - (given_back - reported_for_notes)
 
 
 @dataclass(frozen=True)
@@ -164,11 +178,12 @@ def decide(
             return reject(f"amount {amount} is more than the {money(creditable)} {currency} still creditable")
     if amount <= 0:
         return reject("nothing left to credit")
-    # As dunning reckons it: ``paid`` is net of the refunds the payment system reported, which
-    # earlier notes gave back and ``credited`` counts. Subtracting only what earlier notes
-    # reduced would count a reported refund twice and call it still due (30.00 of a paid
-    # invoice's 100.00 was lost that way when a second note followed a reported refund).
-    due = max(standing.total - standing.paid - standing.credited, Decimal(0))
+    # What the invoice, less earlier notes, still asks, less what was paid and not given back.
+    # So the rest of the note is at most what was paid and not given back: never more back than
+    # paid, whether the payment system reported a note's refund (before 2026-12-04 a note after
+    # a reported refund called part of a paid invoice due and kept it) or a refund no note
+    # asked for (a chargeback after a note had given money back must not be given back again).
+    due = max(standing.total - standing.credited - standing.still_paid(), Decimal(0))
     reduces_due = min(amount, due)
     given_back = amount - reduces_due
     to_balance = given_back if request.refund_to == "balance" else Decimal(0)

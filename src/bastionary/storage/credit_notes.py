@@ -101,18 +101,27 @@ class ClickHouseCreditNoteStore:
         if not invoices:
             return None
         customer, currency, total = invoices[0]
-        paid = self.client.query(
-            "SELECT sumIf(amount, kind = 'succeeded') - sumIf(amount, kind = 'refunded') FROM payments FINAL"
+        succeeded, refunded = self.client.query(
+            "SELECT sumIf(amount, kind = 'succeeded'), sumIf(amount, kind = 'refunded') FROM payments FINAL"
             " WHERE invoice_id = {i:String}",
             parameters={"i": invoice_id},
-        ).result_rows[0][0]
-        credited, reduced = self.client.query(
-            "SELECT sum(amount), sum(reduces_amount_due) FROM credit_notes FINAL"
+        ).result_rows[0]
+        credited, reduced, notes_refunded = self.client.query(
+            "SELECT sum(amount), sum(reduces_amount_due), sum(refunded) FROM credit_notes FINAL"
             " WHERE customer_id = {c:String} AND invoice_id = {i:String} AND status = 'issued'",
             parameters={"c": customer, "i": invoice_id},
         ).result_rows[0]
+        succeeded, refunded = Decimal(succeeded or 0), Decimal(refunded or 0)
         return Standing(
-            invoice_id, customer, currency, Decimal(total), Decimal(paid or 0), Decimal(credited), Decimal(reduced)
+            invoice_id,
+            customer,
+            currency,
+            Decimal(total),
+            succeeded - refunded,
+            Decimal(credited),
+            Decimal(reduced),
+            refunded,
+            Decimal(notes_refunded or 0),
         )
 
     def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]], version: int = DECIDED) -> None:
