@@ -1276,3 +1276,35 @@ async def test_a_first_period_that_starts_late_commits_to_its_share_of_the_minim
     amounts = {line["price_key"]: line["amount"] for line in january["lines"]}
     assert amounts == {"base": "15.00", "minimum_commitment": "33.39"}
     assert january["subtotal"] == "48.39"
+
+
+def _late_start_plan(key: str, minimum: str | None = None) -> Plan:
+    fields: dict[str, Any] = {
+        "key": key,
+        "currency": "USD",
+        "billing_interval": "P1M",
+        "prices": [{"key": "base", "model": "flat", "amount": "31"}],
+    }
+    if minimum is not None:
+        fields["minimum_commitment"] = minimum
+    return Plan.model_validate(fields)
+
+
+@pytest.mark.parametrize(
+    ("changed_at", "rated_at"),
+    [
+        pytest.param(at(2024, 1, 25), AFTER_JAN, id="changed-in-january"),
+        pytest.param(FEB + timedelta(days=9), AFTER_FEB, id="changed-in-february"),
+    ],
+)
+async def test_a_first_period_that_starts_late_takes_the_first_plans_minimum(changed_at, rated_at):
+    """Started on 17 January on a plan with a minimum, later changed to one without. The
+    period's start (1 January) is before the subscription: the plan there was taken as the
+    last one, and January lost its true-up."""
+    with_minimum, without = _late_start_plan("a", "100"), _late_start_plan("b")
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.events.append(SubscriptionEvent("s", "c", "created", "a", at(2024, 1, 17), JAN, at(2024, 1, 17)))
+    store.events.append(SubscriptionEvent("s", "c", "changed", "b", None, None, changed_at))
+    invoices = (await Rater(store, [with_minimum, without], [TOKENS], GRACE, publish).run_once(rated_at)).invoices
+    january = next(invoice for invoice in invoices if invoice["period_start"].startswith("2024-01"))
+    assert any(line["price_key"] == "minimum_commitment" for line in january["lines"]), january["lines"]

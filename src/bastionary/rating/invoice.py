@@ -51,7 +51,11 @@ class Subscription:
         return self.segments[0].plan
 
     def plan_at(self, moment: datetime) -> Plan:
-        """The plan in force at ``moment``; the last one after the subscription's end."""
+        """The plan in force at ``moment``; the first one before the subscription's start (a
+        first period that starts late is its first plan's: its minimum, its currency), the
+        last one after its end."""
+        if moment < self.segments[0].start:
+            return self.segments[0].plan
         for segment in self.segments:
             if segment.start <= moment and (segment.end is None or moment < segment.end):
                 return segment.plan
