@@ -172,7 +172,8 @@ class UsageSink:
 
     def _admit_in_order(self, state: _PartitionState, record: InboundRecord) -> Admission | None:
         """Where ``record`` falls against what the partition has read and landed; None for a
-        gap in the offsets outside a replay (the log must be asked; nothing changed)."""
+        gap in the offsets (the log must be asked; nothing changed), unless it is Kafka
+        resuming right after a replayed range (see :func:`_resumes_past_replay`)."""
         read_through = state.done_through if state.read_through is None else state.read_through
         if record.offset > read_through + 1 and not _resumes_past_replay(state, record):
             return None
