@@ -164,25 +164,33 @@ def test_any_input_gives_a_request_or_the_parser_s_error(value, data):
 
 # --- any sequence of notes against one invoice --------------------------------------------
 
+# Per note: the amount in cents (None: all that is still creditable), refund_to, and a flag
+# each test reads its own way.
+NOTE_SEQUENCES = st.lists(
+    st.tuples(st.none() | st.integers(1, 120_00), st.sampled_from(["balance", "payment"]), st.booleans()),
+    max_size=6,
+)
+
+
+def note_fields(n: int, cents: int | None, refund_to: str) -> dict[str, Any]:
+    """The request fields of a generated sequence's n-th note."""
+    fields: dict[str, Any] = {"credit_note_id": f"cn-{n}", "refund_to": refund_to}
+    if cents is not None:
+        fields["amount"] = str(D(cents) / 100)
+    return fields
+
 
 @settings(max_examples=300, deadline=None)
 @given(
     total=st.integers(1, 100_00),
     paid=st.integers(0, 100_00),
-    notes=st.lists(
-        st.tuples(st.none() | st.integers(1, 120_00), st.sampled_from(["balance", "payment"]), st.booleans()),
-        max_size=6,
-    ),
+    notes=NOTE_SEQUENCES,
 )
 def test_notes_never_credit_more_than_the_invoice_nor_give_back_more_than_was_paid(total, paid, notes):
     at = Standing("inv-1", "c1", "USD", D(total) / 100, D(min(paid, total)) / 100, D(0), D(0))
     given_back = D(0)
     for n, (cents, refund_to, void) in enumerate(notes):
-        fields: dict[str, Any] = {"credit_note_id": f"cn-{n}", "refund_to": refund_to}
-        if void:
-            fields["void"] = True
-        elif cents is not None:
-            fields["amount"] = str(D(cents) / 100)
+        fields = note_fields(n, None if void else cents, refund_to) | ({"void": True} if void else {})
         decision = decide(f"evt-{n}", ASKED, request(**fields), at, NOW)
         if not decision.issued:
             continue
@@ -344,10 +352,7 @@ def test_a_note_after_a_refund_the_payment_system_reported_gives_back_all_that_w
 @given(
     total=st.integers(1, 100_00),
     paid=st.integers(0, 100_00),
-    notes=st.lists(
-        st.tuples(st.none() | st.integers(1, 120_00), st.sampled_from(["balance", "payment"]), st.booleans()),
-        max_size=6,
-    ),
+    notes=NOTE_SEQUENCES,
 )
 def test_what_goes_back_is_what_was_paid_beyond_what_is_still_owed(total, paid, notes):
     """Whatever the order of notes, and whether the payment system reports their refunds (which
@@ -357,9 +362,7 @@ def test_what_goes_back_is_what_was_paid_beyond_what_is_still_owed(total, paid, 
     at = Standing("inv-1", "c1", "USD", D(total) / 100, paid_first, D(0), D(0))
     given_back = D(0)
     for n, (cents, refund_to, reported) in enumerate(notes):
-        fields: dict[str, Any] = {"credit_note_id": f"cn-{n}", "refund_to": refund_to}
-        if cents is not None:
-            fields["amount"] = str(D(cents) / 100)
+        fields = note_fields(n, cents, refund_to)
         decision = decide(f"evt-{n}", ASKED, request(**fields), at, NOW)
         if not decision.issued:
             continue
@@ -398,9 +401,7 @@ def test_a_note_never_gives_back_more_than_was_paid_and_not_yet_given_back(total
             refund = min(D(cents) / 100, at.paid)
             at = replace(at, paid=at.paid - refund, refunds_reported=at.refunds_reported + refund)
             continue
-        fields: dict[str, Any] = {"credit_note_id": f"cn-{n}", "refund_to": refund_to}
-        if cents is not None:
-            fields["amount"] = str(D(cents) / 100)
+        fields = note_fields(n, cents, refund_to)
         before = max(at.still_paid(), D(0))
         decision = decide(f"evt-{n}", ASKED, request(**fields), at, NOW)
         if not decision.issued:
