@@ -2,6 +2,10 @@
 
 Events are applied in order (``effective_at``, then cancelations last, then event id), so
 the same events always give the same subscription, whoever reads them.
+
+A subscription bills in one currency on one grid of periods: a plan change keeps the
+currency and the billing interval of the plan it was created on (:func:`plan_change_problem`).
+The intake refuses a change that would not; one stored before that rule is ignored here.
 """
 
 from __future__ import annotations
@@ -10,8 +14,13 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple, overload
 
+import structlog
+
 from bastionary.rating.invoice import Segment, Subscription
+from bastionary.rating.periods import Interval
 from bastionary.rating.plans import Plan
+
+log = structlog.get_logger(__name__)
 
 
 class SubscriptionEvent(NamedTuple):
@@ -44,6 +53,10 @@ def build_subscription(
             segments.append(Segment(plans[event.plan], minute(start)))
             received, backfill = utc(event.received_at), bool(event.backfill)
         elif event.kind == "changed" and segments and event.plan in plans and canceled_at is None:
+            problem = plan_change_problem(segments[0].plan, plans[event.plan])
+            if problem is not None:
+                _tell_ignored(subscription_id, event, problem)
+                continue
             at = minute(effective_at)
             last = segments[-1]
             if at <= last.start:
@@ -58,6 +71,61 @@ def build_subscription(
     if not segments or anchor is None:
         return None
     return Subscription(subscription_id, customer, anchor, tuple(segments), canceled_at, received, backfill)
+
+
+def plan_change_problem(current: Plan, new: Plan) -> str | None:
+    """Why a subscription on ``current`` may not change to ``new``, or None. Summing an
+    invoice's lines needs one currency, and the periods are counted from the anchor by one
+    interval, so both must stay (intervals compare by length: ``P1Y`` is ``P12M``)."""
+    if new.currency == current.currency and Interval.parse(new.billing_interval) == Interval.parse(
+        current.billing_interval
+    ):
+        return None
+    return (
+        f"plan {new.key!r} bills in {new.currency} every {new.billing_interval}; the subscription bills in"
+        f" {current.currency} every {current.billing_interval} (plan {current.key!r}), and a plan change keeps"
+        " the currency and the billing interval: to move to that plan, cancel the subscription and create a new one"
+    )
+
+
+def plan_change_refusal(new: Plan, stored: Iterable[SubscriptionEvent], plans: Mapping[str, Plan]) -> str | None:
+    """Why a change to ``new`` is refused, given the subscription's ``stored`` events (in the
+    order :func:`build_subscription` applies them), or None.
+
+    Compared with the plan of the created event that :func:`build_subscription` starts from.
+    Every change it applies has that plan's currency and interval, so it bills as the plan in
+    force at any moment would, whatever the order the changes arrive in or take effect. A
+    change may arrive before its created event: it is then compared with every stored
+    change's plan, and with none stored it is accepted (should the created event disagree,
+    :func:`build_subscription` ignores the change, with a warning).
+    """
+    planned = [event for event in stored if event.kind in ("created", "changed") and event.plan in plans]
+    created = [event for event in planned if event.kind == "created"][:1]
+    for event in created or planned:
+        problem = plan_change_problem(plans[event.plan], new)
+        if problem is not None:
+            return problem
+    return None
+
+
+# Said once per process: the rater and the entitlements rebuild subscriptions every few seconds.
+# Such a change was stored before the intake refused them, or arrived before a created event
+# on a plan it disagrees with.
+_told_ignored: set[tuple[str, str, datetime]] = set()
+
+
+def _tell_ignored(subscription_id: str, event: SubscriptionEvent, problem: str) -> None:
+    key = (subscription_id, event.plan, utc(event.effective_at))
+    if key in _told_ignored:
+        return
+    _told_ignored.add(key)
+    log.warning(
+        "plan change ignored: another currency or billing interval than the subscription's",
+        subscription_id=subscription_id,
+        plan=event.plan,
+        effective_at=key[2].isoformat(),
+        problem=problem,
+    )
 
 
 @overload
