@@ -1,17 +1,24 @@
-"""A plan change keeps the subscription's currency and billing interval: the rater ignores
-one that would not, with a warning. Before, 31.00 USD and 4650 JPY were summed into
+"""A plan change keeps the subscription's currency and billing interval: the intake refuses
+one that would not (``incompatible_plan``, on ``billing.dlq``), and the rater ignores one
+stored before that rule, with a warning. Before, 31.00 USD and 4650 JPY were summed into
 one total of 4681 JPY, and a yearly plan's fee was billed every month."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import asyncio
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from bastionary.rating.events import InvalidBillingEvent, SubscriptionData, check_plan_change
 from bastionary.rating.plans import Plan
+from bastionary.rating.ports import SubscriptionRow
 from bastionary.rating.rater import Rater
 from bastionary.rating.subscriptions import (
     SubscriptionEvent,
@@ -19,6 +26,8 @@ from bastionary.rating.subscriptions import (
     plan_change_problem,
     plan_change_refusal,
 )
+from bastionary.worker.services.billing import BillingService
+from tests.unit.test_intake_guard import App, DeadLetters, Message, Stream
 from tests.unit.test_rater import AFTER_JAN, FEB, GRACE, JAN, TOKENS, FakeBillingStore, FakePublisher, at
 
 D = Decimal
@@ -72,6 +81,15 @@ def test_before_its_created_event_a_change_is_compared_with_the_stored_changes()
     assert plan_change_refusal(JPY, [changed("s", "usd", FEB)], PLANS) is not None
     assert plan_change_refusal(USD_TOO, [changed("s", "usd", FEB)], PLANS) is None
     assert plan_change_refusal(JPY, [], PLANS) is None  # nothing to compare with: the rater judges
+
+
+def test_the_intake_check_raises_incompatible_plan():
+    data = SubscriptionData(subscription_id="s", customer_id="cust-1", plan="jpy", effective_at=FEB)
+    with pytest.raises(InvalidBillingEvent) as refused:
+        check_plan_change(data, [created("s", "usd")], PLANS)
+    assert refused.value.code == "incompatible_plan"
+    assert str(refused.value).startswith("subscription 's': plan 'jpy' bills in JPY")
+    check_plan_change(data.model_copy(update={"plan": "usd-too"}), [created("s", "usd")], PLANS)
 
 
 # --- the rater: changes stored before the rule ------------------------------------------
@@ -157,3 +175,66 @@ def test_changes_checked_at_intake_are_what_the_rater_applies(catalog, changes):
     assert all(plan_change_problem(first, segment.plan) is None for segment in sub.segments)
     assert [e.plan for e in taken] == [e.plan for e in sent if plan_change_problem(first, plans[e.plan]) is None]
     assert sub.segments[-1].plan.key == order[-1].plan  # the last event taken is the plan in force
+
+
+# --- the worker's intake ----------------------------------------------------------------
+
+
+class SubscriptionStore:
+    """What the billing service's subscription intake uses of ClickHouseBillingStore."""
+
+    def __init__(self) -> None:
+        self.rows: list[SubscriptionRow] = []
+
+    def insert_subscription_events(self, rows: list[SubscriptionRow]) -> None:
+        self.rows.extend(rows)
+
+    def subscription_events(self, subscription_id: str) -> list[SubscriptionEvent]:
+        mine = sorted((r for r in self.rows if r.subscription_id == subscription_id), key=lambda r: r.effective_at)
+        return [
+            SubscriptionEvent(r.subscription_id, r.customer_id, r.event_type, r.plan, r.start, None, r.effective_at)
+            for r in mine
+        ]
+
+
+def subscription_record(offset: int, kind: str, plan_key: str, when: datetime) -> Message:
+    data = {"subscription_id": "sub-1", "customer_id": "cust-1", "plan": plan_key}
+    data |= {"start": when.isoformat()} if kind == "created" else {"effective_at": when.isoformat()}
+    event = {
+        "specversion": "1.0",
+        "id": f"evt-{offset}",
+        "source": "test",
+        "type": f"bastionary.subscription.{kind}.v1",
+        "time": when.isoformat(),
+        "data": data,
+    }
+    return Message(offset, orjson.dumps(event))
+
+
+def test_the_billing_service_dead_letters_a_change_to_another_currency_or_interval():
+    dead_letters, store, app = DeadLetters(), SubscriptionStore(), App()
+    ctx = SimpleNamespace(
+        app=app,
+        dead_letter=dead_letters,
+        topics=SimpleNamespace(billing_dlq="t.billing.dlq"),
+        latest_time=lambda m: None,
+    )
+    service = BillingService(ctx, SimpleNamespace(plans=list(PLANS.values())), lambda: store)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        subscription_record(0, "changed", "usd-too", start + timedelta(days=40)),  # before its created
+        subscription_record(1, "created", "usd", start),
+        subscription_record(2, "changed", "jpy", start + timedelta(days=10)),
+        subscription_record(3, "changed", "yearly", start + timedelta(days=20)),
+        subscription_record(4, "changed", "usd", start + timedelta(days=30)),
+    ]
+    stream = Stream(records)
+    asyncio.run(service._subscription_intake(stream))
+    assert [(sent[1], sent[2]) for sent in dead_letters.sent] == [(2, "incompatible_plan"), (3, "incompatible_plan")]
+    assert "cancel the subscription and create a new one" in dead_letters.sent[0][3]
+    assert [(row.event_type, row.plan) for row in store.rows] == [
+        ("changed", "usd-too"),
+        ("created", "usd"),
+        ("changed", "usd"),
+    ]
+    assert stream.acked == [0, 1, 2, 3, 4] and not app.crashes

@@ -14,6 +14,7 @@ length. schemas/README.md (Billing limits) lists the bounds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -33,7 +34,9 @@ from pydantic import (
 )
 
 from bastionary.money import MINOR_UNITS
+from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, SubscriptionRow
+from bastionary.rating.subscriptions import SubscriptionEvent, plan_change_refusal
 
 SUBSCRIPTION_TYPES = {
     "bastionary.subscription.created.v1": "created",
@@ -218,6 +221,16 @@ def parse_subscription(
     if kind in ("changed", "canceled") and data.effective_at is None:
         raise InvalidBillingEvent("invalid_data", f"{kind} needs effective_at")
     return event, kind, data
+
+
+def check_plan_change(data: SubscriptionData, stored: Iterable[SubscriptionEvent], plans: Mapping[str, Plan]) -> None:
+    """Raise ``incompatible_plan`` for a parsed ``changed`` event to a plan of another
+    currency or billing interval than its subscription's, given the subscription's stored
+    events (:func:`bastionary.rating.subscriptions.plan_change_refusal`)."""
+    new = plans.get(data.plan or "")
+    problem = plan_change_refusal(new, stored, plans) if new is not None else None
+    if problem is not None:
+        raise InvalidBillingEvent("incompatible_plan", f"subscription {preview(data.subscription_id)}: {problem}")
 
 
 def parse_credit(value: bytes, *, latest_time: datetime | None = None) -> tuple[BillingEvent, str, CreditGrantData]:

@@ -99,6 +99,17 @@ class ClickHouseBillingStore:
                 out.append(sub)
         return out
 
+    def subscription_events(self, subscription_id: str) -> list[SubscriptionEvent]:
+        """One subscription's stored events, in the order :func:`build_subscription` applies
+        them: what the intake checks a plan change against."""
+        rows = self.client.query(
+            "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at,"
+            " received_at, backfill FROM subscriptions FINAL WHERE subscription_id = {s:String}"
+            " ORDER BY effective_at, event_type = 'canceled', event_id",
+            parameters={"s": subscription_id},
+        ).result_rows
+        return [SubscriptionEvent(*row) for row in rows]
+
     def grants(self) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
         """Every customer's grants, and what stored invoices have drawn from each (applied + expired)."""
         return self.grants_as_of(None)

@@ -1,6 +1,9 @@
 """The write API for billing inputs: each request becomes the CloudEvent a producer would
 publish, checked by the topic reader's own parser and sent to the same topic, so there is
-one path and one validation. 202 once the broker has acknowledged it.
+one path and one validation. 202 once the broker has acknowledged it. A plan change is
+also checked against the subscription's stored events, as the reader checks it (400
+``incompatible_plan``): the reader's check stays the one that counts, since the created
+event may still be on its way.
 
 ``Idempotency-Key`` makes a retried POST safe. The first request under a key is recorded
 (``api_idempotency``) with the event it publishes, before publishing; a retry with the same
@@ -33,6 +36,8 @@ from bastionary.rating.events import (
     CREDIT_TYPES,
     SUBSCRIPTION_TYPES,
     InvalidBillingEvent,
+    SubscriptionData,
+    check_plan_change,
     latest_event_time,
     parse_credit,
     parse_subscription,
@@ -58,10 +63,17 @@ class Write:
     event_type: str | None  # None: chosen by the body's ``outcome`` (payments)
     check: Callable[[ApiBackend, bytes, datetime | None], Any]  # the topic reader's parser
     path_field: str | None = None  # the path parameter that names the data's id
+    # A check against what is stored (run in a thread, once the key may see the customer);
+    # the topic reader makes it again, so this only answers early.
+    check_stored: Callable[[ApiBackend, Any], None] | None = None
 
 
 def _subscription(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
     return parse_subscription(value, set(backend.plans), latest_time=latest)
+
+
+def _plan_change(backend: ApiBackend, data: SubscriptionData) -> None:
+    check_plan_change(data, backend.billing_reads().subscription_events(data.subscription_id), backend.plans)
 
 
 def _credit(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
@@ -91,6 +103,7 @@ WRITES = (
         _type_of(SUBSCRIPTION_TYPES, "changed"),
         _subscription,
         "subscription_id",
+        _plan_change,
     ),
     Write(
         "/v1/subscriptions/{subscription_id}/cancel",
@@ -209,6 +222,11 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
             customer = await invoice_customer(checked.invoice_id) or ""
         if not key.may_see(customer or None):
             return forbidden_customer(key)
+        if write.check_stored is not None:
+            try:
+                await asyncio.to_thread(write.check_stored, backend, checked)
+            except InvalidBillingEvent as error:
+                return json_error(400, "invalid_event", str(error), reason=error.code)
         if record is not None:
             # Recorded before it is published: a crash in between is mended by the retry,
             # which finds the record and publishes its event.

@@ -23,6 +23,7 @@ from bastionary.rating.credit_notes import parse_credit_note_request
 from bastionary.rating.customers import customer_row, parse_customer
 from bastionary.rating.events import (
     InvalidBillingEvent,
+    check_plan_change,
     credit_row,
     parse_credit,
     parse_subscription,
@@ -74,7 +75,8 @@ class BillingService:
         metrics.start_at_zero(metrics.INVOICED_AMOUNT, [(c,) for c in currencies])
         metrics.start_at_zero(metrics.RATING_RUNS, [("ok",), ("failed",)])
         metrics.start_at_zero(metrics.CREDIT_LIMIT_EVENTS, [(k,) for k in get_args(SpendEventKind)])
-        self._plan_keys = {plan.key for plan in catalog.plans}
+        self._plans = {plan.key: plan for plan in catalog.plans}
+        self._plan_keys = set(self._plans)
         self._usage_sink: Callable[[], UsageSink] | None = None
         self._flushed: set[str] = set()  # customers whose usage landed since the last limit run
         self._flush_landed = asyncio.Event()
@@ -179,6 +181,9 @@ class BillingService:
         envelope, kind, data = parse_subscription(
             message.value or b"", self._plan_keys, latest_time=self.ctx.latest_time(message)
         )
+        if kind == "changed":  # to another currency or billing interval: dead-lettered, incompatible_plan
+            stored = await asyncio.to_thread(self.store().subscription_events, data.subscription_id)
+            check_plan_change(data, stored, self._plans)
         row = subscription_row(envelope, kind, data, datetime.now(UTC))
         await asyncio.to_thread(self.store().insert_subscription_events, [row])
 
