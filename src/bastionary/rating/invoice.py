@@ -182,6 +182,29 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
     return lines
 
 
+MINIMUM_KEY = "minimum_commitment"  # the true-up's line key: no colon, so never a plan:price key
+LEGACY_MINIMUM_KEY = ""  # the key true-up lines were stored under before they had their own
+
+
+def committed_minimum(
+    plan: Plan, currency: str, period: Period, started: datetime | None = None
+) -> tuple[Decimal, Decimal] | None:
+    """The share of the period the subscription ran, and the minimum it commits to: the
+    plan's minimum prorated by that share (a first period that starts after its boundary, and
+    one cut by a cancellation, commit to their share only, as their flat fees are prorated),
+    rounded to the currency's minor unit. None for a plan without a minimum.
+    ``started``: when the subscription began."""
+    if plan.minimum_commitment is None:
+        return None
+    ran_from = period.start if started is None else max(period.start, started)
+    fraction = share(plan, ran_from, max(period.end, ran_from), period)
+    return fraction, round_money(plan.minimum_commitment * fraction, currency)
+
+
+def _true_up_label(fraction: Decimal) -> str:
+    return "Minimum commitment true-up" + (f", prorated {fraction:.4f}" if fraction != 1 else "")
+
+
 def minimum_true_up(
     plan: Plan,
     lines: list[Line],
@@ -190,22 +213,17 @@ def minimum_true_up(
     in_advance: Decimal = ZERO,
     started: datetime | None = None,
 ) -> Line | None:
-    """A line topping the period's charges up to the plan's minimum commitment, prorated by
-    the share of the period the subscription ran (a first period that starts after its
-    boundary, and one cut by a cancellation, commit to their share only, as their flat fees
-    are prorated), rounded to the currency's minor unit. ``in_advance``: what the period's
-    fees billed in advance come to, which count as charged. ``started``: when the
-    subscription began."""
-    if plan.minimum_commitment is None:
+    """A line topping the period's charges up to the plan's minimum commitment
+    (:func:`committed_minimum`). ``in_advance``: what the period's fees billed in advance come
+    to, which count as charged. ``started``: when the subscription began."""
+    committed = committed_minimum(plan, currency, period, started)
+    if committed is None:
         return None
-    ran_from = period.start if started is None else max(period.start, started)
-    fraction = share(plan, ran_from, max(period.end, ran_from), period)
-    minimum = round_money(plan.minimum_commitment * fraction, currency)
+    fraction, minimum = committed
     charged = sum((round_money(line.amount, currency) for line in lines), in_advance)
     if charged >= minimum:
         return None
-    label = "Minimum commitment true-up" + (f", prorated {fraction:.4f}" if fraction != 1 else "")
-    return Line("minimum_commitment", None, label, fraction, minimum - charged)
+    return Line("minimum_commitment", None, _true_up_label(fraction), fraction, minimum - charged, line_key=MINIMUM_KEY)
 
 
 Billed = dict[tuple[datetime, str], tuple[Decimal, Decimal]]  # (period start, line key) -> qty, amount
@@ -254,6 +272,55 @@ def adjustment_lines(
                         period_start=period.start,
                     )
                 )
+    return lines
+
+
+def true_up_adjustments(
+    sub: Subscription, earlier: list[Period], adjustments: list[Line], billed: Billed, currency: str
+) -> list[Line]:
+    """The minimum commitment's true-up of each earlier period this invoice adjusts
+    (``adjustments``: its lines for earlier periods), recomputed on the period's final figures,
+    less the true-ups already billed for it: late usage lowers the true-up, a correction that
+    lowers usage raises it again, so a period is billed in total the greater of its charges and
+    its minimum, as if rated once with everything known.
+
+    The charges are what invoices billed for the period (``billed``: its fees, its usage, its
+    fees in advance), plus ``adjustments``, in rounded amounts, so repeated rounds of late data
+    add up, and a rerun, reading the same stored lines, gives the same lines."""
+    adjusted = {line.period_start for line in adjustments if line.line_key != MINIMUM_KEY}
+    charged: dict[datetime, Decimal] = {}
+    trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
+    for (start, key), (quantity, amount) in billed.items():
+        if start not in adjusted:
+            continue
+        if key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY):
+            old_quantity, old_amount = trued_up.get(start, (ZERO, ZERO))
+            trued_up[start] = (old_quantity + quantity, old_amount + amount)
+        else:
+            charged[start] = charged.get(start, ZERO) + amount
+    for line in adjustments:
+        if line.period_start is not None and line.line_key != MINIMUM_KEY:
+            charged[line.period_start] = charged.get(line.period_start, ZERO) + round_money(line.amount, currency)
+    lines = []
+    for period in earlier:
+        if period.start not in adjusted:
+            continue
+        committed = committed_minimum(sub.plan_at(period.start), currency, period, sub.segments[0].start)
+        fraction, minimum = committed or (Decimal(1), ZERO)
+        target = max(ZERO, minimum - charged.get(period.start, ZERO))
+        old_quantity, old_amount = trued_up.get(period.start, (ZERO, ZERO))
+        if target == old_amount:
+            continue
+        # The quantity, as on a true-up line, is the committed share while there is a true-up
+        # and nothing once there is none; a share read back from the store carries 9 decimals,
+        # so it is left as billed while the true-up stays, never compared.
+        quantity = ZERO if target and old_amount else (fraction if target else ZERO) - old_quantity
+        label = (
+            f"Adjustment for {period.start:%Y-%m-%d %H:%M}–{period.end:%Y-%m-%d %H:%M}"  # noqa: RUF001
+            f" ({_true_up_label(fraction)})"
+        )
+        adjustment = Line("minimum_commitment", None, label, quantity, target - old_amount, line_key=MINIMUM_KEY)
+        lines.append(replace(adjustment, period_start=period.start))
     return lines
 
 

@@ -62,6 +62,7 @@ from bastionary.rating.invoice import (
     minimum_true_up,
     overlap,
     period_lines,
+    true_up_adjustments,
 )
 from bastionary.rating.plans import MeteredPrice, Plan
 from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
@@ -504,7 +505,8 @@ class Rater:
         - progressive: the period's usage as of the cutoff, less what earlier progressive
           invoices billed.
         - final adjustment: late usage of every period, advance fees trued up, and those
-          billed for periods a backdated cancellation removed, credited."""
+          billed for periods a backdated cancellation removed, credited.
+        Each earlier period adjusted has its minimum commitment's true-up recomputed."""
         currency = sub.plan_at(period.start).currency
         if kind == ADVANCE:
             return advance_lines(sub, period, billed, currency)
@@ -516,7 +518,8 @@ class Rater:
             for each in earlier:
                 lines.extend(advance_lines(sub, each, billed, currency))
             lines.extend(advance_refunds(sub, billed))
-            return adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + lines
+            lines = adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + lines
+            return lines + true_up_adjustments(sub, earlier, lines, billed, currency)
         lines = period_lines(sub, period, cutoff, usage)
         advance = advance_lines(sub, period, billed, currency)
         # The minimum commitment counts the period's fees in advance: as billed before, and
@@ -536,7 +539,8 @@ class Rater:
         if following is not None and following.end > following.start:
             lines.extend(advance_lines(sub, following, billed, currency))
         if earlier:
-            lines.extend(adjustment_lines(sub, earlier, cutoff, usage, billed, currency))
+            adjustments = adjustment_lines(sub, earlier, cutoff, usage, billed, currency)
+            lines.extend(adjustments + true_up_adjustments(sub, earlier, adjustments, billed, currency))
         return lines
 
     def _usage_lookup(self, cache: UsageCache, only: str | None = None) -> UsageLookup:
