@@ -50,10 +50,38 @@ def test_exclusive_tax_is_added_and_inclusive_tax_is_shown_only():
     assert added_tax([vat]) == D("19.00") and added_tax([gst]) == 0
 
 
-def test_tax_rounds_once_per_rate_half_up_and_never_taxes_a_credit():
+def test_tax_rounds_once_per_rate_half_up_and_a_zero_subtotal_takes_none():
     assert tax_lines(D("0.05"), "EUR", [VAT])[0]["amount"] == "0.01"  # 0.0095
-    assert tax_lines(D("0.00"), "EUR", [VAT]) == tax_lines(D("-5.00"), "EUR", [VAT]) == []
+    assert tax_lines(D("0.00"), "EUR", [VAT]) == []
     assert tax_lines(D("1000"), "JPY", [VAT])[0]["amount"] == "190"
+
+
+def test_a_negative_subtotal_reverses_its_tax():
+    (vat,) = tax_lines(D("-5.00"), "EUR", [VAT])
+    assert (vat["taxable"], vat["amount"]) == ("-5.00", "-0.95")
+    data = invoice(["10.00", "-15.00"], [VAT], credit="50.00")
+    assert (data["subtotal"], data["tax"], data["credits_applied"], data["total"], data["carried_forward"]) == (
+        "-5.00",
+        "-0.95",
+        "0.00",
+        "0.00",
+        "5.95",  # given back with the tax it had cost
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subtotal=st.decimals("0.01", 100000, places=2),
+    currency=st.sampled_from(["EUR", "JPY", "BHD"]),
+    rates=st.lists(st.sampled_from([VAT, GST]), min_size=1, unique_by=lambda rate: rate.key),
+)
+def test_taking_back_an_amount_takes_back_exactly_its_tax(subtotal, currency, rates):
+    """Half up is away from zero, so a reversal never differs from the tax it reverses by a
+    rounding: billing an amount and taking it back nets no tax."""
+    charged = tax_lines(subtotal, currency, rates)
+    taken_back = tax_lines(-subtotal, currency, rates)
+    assert [D(line["amount"]) for line in taken_back] == [-D(line["amount"]) for line in charged]
+    assert [D(line["taxable"]) for line in taken_back] == [-D(line["taxable"]) for line in charged]
 
 
 def test_a_rate_has_at_most_six_decimals_and_lies_between_0_and_1():

@@ -1105,6 +1105,34 @@ async def test_a_negative_period_is_carried_forward_and_drawn_by_the_next_invoic
     assert (balance.amount, drawn[balance.grant_id]) == (D("10.00"), D("10.00"))
 
 
+async def test_a_negative_period_reverses_its_tax_and_carries_it_forward():
+    """As above with 19% VAT: February takes back January's 10.00 and its 1.90 of tax, so the
+    customer's balance is the 11.90 January cost. March and April draw it tax included, and the
+    tax over the four invoices is 19% of the 15.00 of usage that stands: 2.85."""
+    store = FakeBillingStore()
+    store.subscribe("sub-m", "cust-m", plan="metered")
+    store.terms["cust-m"] = CustomerTerms({}, TaxProfile("DE"))
+    store.use("cust-m", 1000, at(2024, 1, 10))
+    store.use("cust-m", -1000, at(2024, 1, 20), ingested=at(2024, 2, 5))
+    store.use("cust-m", 500, at(2024, 3, 10))
+    store.use("cust-m", 1000, at(2024, 4, 10))
+    publish = FakePublisher()
+    invoicing = Invoicing(taxes=[TaxRate(key="vat", name="VAT 19%", rate=D("0.19"), countries=["DE"])])
+    rate = Rater(store, [METERED_ONLY], [TOKENS], GRACE, publish, invoicing=invoicing)
+    for moment in (AFTER_JAN, AFTER_FEB, AFTER_MAR, AFTER_APR):
+        await rate.run_once(moment)
+    invoices = sorted(publish.invoices(), key=lambda d: d["period_start"])
+    assert [(d["subtotal"], d["tax"], d["credits_applied"], d["total"], d["carried_forward"]) for d in invoices] == [
+        ("10.00", "1.90", "0.00", "11.90", "0.00"),
+        ("-10.00", "-1.90", "0.00", "0.00", "11.90"),
+        ("5.00", "0.95", "5.95", "0.00", "0.00"),
+        ("10.00", "1.90", "5.95", "5.95", "0.00"),
+    ]
+    assert sum(D(d["tax"]) for d in invoices) == D("2.85")
+    charged = sum(D(d["subtotal"]) + D(d["tax"]) for d in invoices)
+    assert charged == sum(D(d["credits_applied"]) + D(d["total"]) - D(d["carried_forward"]) for d in invoices)
+
+
 # --- an ended subscription still bills its late usage, once -----------------------------
 
 FINAL_JAN = invoice_id("sub-1", JAN, FINAL_ADJUSTMENT)

@@ -102,7 +102,7 @@ class Invoice(_Model):
     total: Decimal
     status: str
     credits_expired: list[dict[str, str]] = []
-    carried_forward: Decimal = Decimal(0)  # a negative subtotal's difference, drawn by later invoices
+    carried_forward: Decimal = Decimal(0)  # a negative subtotal's difference, tax included, drawn by later invoices
     topup_requested: list[dict[str, str]] = []  # the auto top-up this invoice's draws set off
     tax_lines: list[dict[str, Any]] = []  # one per rate: key, name, rate, inclusive, taxable, amount
     tax: Decimal = Decimal(0)

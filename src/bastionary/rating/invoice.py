@@ -471,7 +471,8 @@ def finalize(
     allocations = allocate(grants, drawn, payable, currency, credits_at or period.end)
     credits = sum((a.amount for a in allocations), ZERO)
     total = max(ZERO, payable - credits)
-    carried = max(ZERO, -subtotal)  # credits draw nothing from a negative subtotal
+    # Credits draw nothing from a negative subtotal; what it gives back carries its reversed tax.
+    carried = max(ZERO, -payable)
     invoice = Invoice(
         invoice_id=invoice_id(sub.subscription_id, period.start, id_key or kind),
         customer_id=sub.customer_id,

@@ -2,12 +2,19 @@
 
 A rate applies to a customer whose address country is in its ``countries`` (every customer
 when the list is empty), unless the customer is tax exempt. Tax is computed on the
-subtotal (a negative or zero subtotal is taxed nothing) once per rate, and rounded once per
-rate to the currency's minor unit, ``ROUND_HALF_UP``:
+subtotal once per rate, and rounded once per rate to the currency's minor unit,
+``ROUND_HALF_UP`` (away from zero, so a negative subtotal's tax is exactly the negative of
+the positive one's):
 
 - exclusive (the default): ``subtotal x rate``, added to the invoice;
 - inclusive (the prices include it): ``subtotal x rate / (1 + the inclusive rates)``, shown
   but not added.
+
+A negative subtotal (a correction, or a refund of fees billed in advance, larger than the
+period's charges) takes negative tax: it reverses the tax collected on what it takes back,
+and the invoice carries the amount with its tax forward to the customer's balance. Without
+the reversal, the next invoice would collect the tax again on usage the balance pays for.
+A zero subtotal is taxed nothing.
 
 Credits pay the invoice, tax included: they are a means of payment, not a discount.
 """
@@ -84,8 +91,9 @@ def rates_for(taxes: list[TaxRate], profile: TaxProfile) -> list[TaxRate]:
 
 
 def tax_lines(subtotal: Decimal, currency: str, rates: list[TaxRate]) -> list[dict[str, Any]]:
-    """One line per rate: key, name, rate, inclusive, taxable, amount (decimal strings)."""
-    if subtotal <= 0 or not rates:
+    """One line per rate: key, name, rate, inclusive, taxable, amount (decimal strings);
+    negative for a negative subtotal."""
+    if subtotal == 0 or not rates:
         return []
     inclusive = sum((t.rate for t in rates if t.inclusive), ZERO)
     net = subtotal / (1 + inclusive)  # what the inclusive prices are before their tax
