@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 import orjson
@@ -265,8 +265,10 @@ class FakeBillingStore:
             period_start = datetime.fromisoformat(data["period_start"])
             for n, line in enumerate(item.lines):
                 amount = round_money(line.amount, data["currency"])
+                # Decimal(38, 9), which the ClickHouse client truncates to.
+                quantity = line.quantity.quantize(D("0.000000001"), rounding=ROUND_DOWN)
                 self.lines[(data["invoice_id"], n)] = StoredLine(
-                    data["subscription_id"], line.line_key, line.quantity, amount, line.period_start or period_start
+                    data["subscription_id"], line.line_key, quantity, amount, line.period_start or period_start
                 )
         for key in stale_lines:
             self.lines[key] = replace(self.lines[key], line_key="", quantity=D(0), amount=D(0))

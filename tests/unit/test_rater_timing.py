@@ -150,10 +150,25 @@ async def test_a_cancellation_credits_the_unused_part_of_the_fee_billed_in_advan
     (refund,) = february["lines"][1:]
     assert (refund["description"], refund["quantity"], refund["amount"]) == (
         "Adjustment: Seats, billed in advance",
-        "-0.5172413793103448275862068966",
+        "-0.51724138",  # 1 less 14/29 at the stored scale (9 decimals, truncated): 0.482758620
         "-16.03",  # 14 of February's 29 days used: 31 * 14/29 = 14.97 owed of the 31.00 billed
     )
     assert (february["subtotal"], february["total"], february["carried_forward"]) == ("-16.03", "0.00", "16.03")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changed_at=st.integers(1, 31 * 24 * 60 - 1).map(lambda minutes: JAN + timedelta(minutes=minutes)))
+def test_a_prorated_fee_billed_in_advance_is_not_adjusted_by_its_stored_rounding(changed_at):
+    """A prorated share has 28 digits and ``invoice_lines`` keeps 9: January's invoice, rated in
+    a later run than the fees the change billed, compares what is owed with what is stored at
+    that scale, and adjusts nothing (it published an adjustment of no amount for each fee)."""
+    store, publish = store_on("adv"), FakePublisher()
+    rate = rater(store, publish)
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "big", None, None, changed_at))
+    asyncio.run(rate.run_once(changed_at + timedelta(minutes=1)))  # the opening fees, and the change's
+    (january,) = asyncio.run(rate.run_once(AFTER_JAN)).invoices
+    assert [line["description"] for line in january["lines"] if D(line["amount"]) == 0 and not line["meter"]] == []
+    assert [line["description"] for line in january["lines"] if not line["meter"]] == ["Seats"]  # February's
 
 
 async def test_a_backdated_cancellation_refunds_a_fee_billed_for_a_period_that_never_came():

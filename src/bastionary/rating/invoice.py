@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
@@ -25,6 +25,16 @@ from bastionary.settings import parse_iso_duration
 INVOICE_NAMESPACE = uuid.UUID("5b0b7a53-3b8e-4c4e-9a55-bb5e1e7f0c01")
 ZERO = Decimal(0)
 ADVANCE = "advance"
+# ``invoice_lines.quantity`` is Decimal(38, 9), and the ClickHouse client truncates to it (a
+# prorated share has 28 digits). What was billed is read back at that scale, so what is owed
+# is compared at it too; otherwise every such share differs from its stored self by less than
+# a billionth, and an adjustment of that quantity and no amount is published for it.
+STORED_QUANTITY = Decimal("0.000000001")
+
+
+def stored_quantity(quantity: Decimal) -> Decimal:
+    """A line's quantity as ``invoice_lines`` keeps it."""
+    return quantity.quantize(STORED_QUANTITY, rounding=ROUND_DOWN)
 
 
 @dataclass(frozen=True)
@@ -235,7 +245,7 @@ def add_billed(billed: Billed, lines: list[Line], period_start: datetime, curren
     for line in lines:
         key = (line.period_start or period_start, line.line_key)
         quantity, amount = billed.get(key, (ZERO, ZERO))
-        billed[key] = (quantity + line.quantity, amount + round_money(line.amount, currency))
+        billed[key] = (quantity + stored_quantity(line.quantity), amount + round_money(line.amount, currency))
 
 
 def adjustment_lines(
@@ -255,7 +265,11 @@ def adjustment_lines(
             if line.meter is None:
                 continue
             quantity, amount, first = current.get(line.line_key, (ZERO, ZERO, line))
-            current[line.line_key] = (quantity + line.quantity, amount + round_money(line.amount, currency), first)
+            current[line.line_key] = (
+                quantity + stored_quantity(line.quantity),
+                amount + round_money(line.amount, currency),
+                first,
+            )
         for key, (quantity, amount, line) in current.items():
             old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
             delta = amount - old_amount
@@ -348,7 +362,11 @@ def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: s
             names[f"{segment.plan.key}:{price.key}"] = f"{price.description or price.key}{suffix}"
             line = _flat_line(price, segment.plan, share(segment.plan, *window, period), suffix)
             quantity, amount, first = owed.get(line.line_key, (ZERO, ZERO, line))
-            owed[line.line_key] = (quantity + line.quantity, amount + round_money(line.amount, currency), first)
+            owed[line.line_key] = (
+                quantity + stored_quantity(line.quantity),
+                amount + round_money(line.amount, currency),
+                first,
+            )
     lines = []
     for key in advance_keys(sub):
         old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
