@@ -39,8 +39,8 @@ def test_readme_dead_letter_reasons_are_the_codes():
     assert set(payment_reasons) <= raised
     on_dunning_dlq = set(re.findall(r"`(\w+)`", section.split("On `dunning.dlq`", 1)[1]))
     assert on_dunning_dlq >= set(payment_reasons) - {"wrong_currency"}
-    # Every code the dunning code raises is documented; a subscription's are, on billing.dlq.
-    subscription_reasons = {"unknown_plan", "incompatible_plan"}
+    # Every code the dunning code raises is documented; a subscription's and a grant's are, on billing.dlq.
+    subscription_reasons = {"unknown_plan", "incompatible_plan", "customer_mismatch"}
     assert raised - subscription_reasons <= set(payment_reasons) | on_dunning_dlq
     billing_reasons = re.findall(r"^\| `(\w+)` \| ", readme_section("Billing dead letters"), flags=re.MULTILINE)
     assert subscription_reasons <= set(billing_reasons) and subscription_reasons <= raised

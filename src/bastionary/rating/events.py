@@ -36,7 +36,7 @@ from pydantic import (
 from bastionary.money import MINOR_UNITS
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, SubscriptionRow
-from bastionary.rating.subscriptions import SubscriptionEvent, plan_change_refusal
+from bastionary.rating.subscriptions import SubscriptionEvent, plan_change_refusal, subscription_owner
 
 SUBSCRIPTION_TYPES = {
     "bastionary.subscription.created.v1": "created",
@@ -223,6 +223,19 @@ def parse_subscription(
     return event, kind, data
 
 
+def check_owner(data: SubscriptionData, stored: Iterable[SubscriptionEvent]) -> None:
+    """Raise ``customer_mismatch`` for a parsed event naming another customer than the one
+    its subscription was created for, given the subscription's stored events
+    (:func:`bastionary.rating.subscriptions.subscription_owner`). The message does not name
+    the owner: the event's sender may be a key scoped to another customer."""
+    owner = subscription_owner(stored)
+    if owner is not None and owner != data.customer_id:
+        raise InvalidBillingEvent(
+            "customer_mismatch",
+            f"subscription {preview(data.subscription_id)} is not customer {preview(data.customer_id)}'s",
+        )
+
+
 def check_plan_change(data: SubscriptionData, stored: Iterable[SubscriptionEvent], plans: Mapping[str, Plan]) -> None:
     """Raise ``incompatible_plan`` for a parsed ``changed`` event to a plan of another
     currency or billing interval than its subscription's, given the subscription's stored
@@ -231,6 +244,17 @@ def check_plan_change(data: SubscriptionData, stored: Iterable[SubscriptionEvent
     problem = plan_change_refusal(new, stored, plans) if new is not None else None
     if problem is not None:
         raise InvalidBillingEvent("incompatible_plan", f"subscription {preview(data.subscription_id)}: {problem}")
+
+
+def check_grant_owner(data: CreditGrantData, owner: str | None) -> None:
+    """Raise ``customer_mismatch`` for a grant, purchase or void naming another customer than
+    the one whose grant holds its id (``owner``: the first stored grant's customer, None before
+    one). Grant ids are the producer's: without this, a key scoped to one customer could void
+    another's grant, or take its id, by naming itself in the body."""
+    if owner is not None and owner != data.customer_id:
+        raise InvalidBillingEvent(
+            "customer_mismatch", f"grant {preview(data.grant_id)} is not customer {preview(data.customer_id)}'s"
+        )
 
 
 def parse_credit(value: bytes, *, latest_time: datetime | None = None) -> tuple[BillingEvent, str, CreditGrantData]:

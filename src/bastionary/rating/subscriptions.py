@@ -5,7 +5,10 @@ the same events always give the same subscription, whoever reads them.
 
 A subscription bills in one currency on one grid of periods: a plan change keeps the
 currency and the billing interval of the plan it was created on (:func:`plan_change_problem`).
-The intake refuses a change that would not; one stored before that rule is ignored here.
+It belongs to the customer of its created event: a change or a cancellation naming another
+customer is not its (:func:`subscription_owner`; else a key scoped to one customer could change
+another's subscription by naming itself in the body). The intake refuses such events; one
+stored before those rules is ignored here.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def build_subscription(
             anchor = minute(utc(event.billing_anchor) or start)
             segments.append(Segment(plans[event.plan], minute(start)))
             received, backfill = utc(event.received_at), bool(event.backfill)
+        elif event.kind in ("changed", "canceled") and segments and event.customer_id != customer:
+            _tell_ignored(subscription_id, event, "it names another customer than the subscription's created event")
         elif event.kind == "changed" and segments and event.plan in plans and canceled_at is None:
             problem = plan_change_problem(segments[0].plan, plans[event.plan])
             if problem is not None:
@@ -88,6 +93,14 @@ def plan_change_problem(current: Plan, new: Plan) -> str | None:
     )
 
 
+def subscription_owner(stored: Iterable[SubscriptionEvent]) -> str | None:
+    """The customer a subscription belongs to, given its ``stored`` events (in the order
+    :func:`build_subscription` applies them): its first created event's. None before one is
+    stored: then any customer's event is taken, and ignored later if the created event names
+    another."""
+    return next((event.customer_id for event in stored if event.kind == "created"), None)
+
+
 def plan_change_refusal(new: Plan, stored: Iterable[SubscriptionEvent], plans: Mapping[str, Plan]) -> str | None:
     """Why a change to ``new`` is refused, given the subscription's ``stored`` events (in the
     order :func:`build_subscription` applies them), or None.
@@ -109,21 +122,23 @@ def plan_change_refusal(new: Plan, stored: Iterable[SubscriptionEvent], plans: M
 
 
 # Said once per process: the rater and the entitlements rebuild subscriptions every few seconds.
-# Such a change was stored before the intake refused them, or arrived before a created event
-# on a plan it disagrees with.
-_told_ignored: set[tuple[str, str, datetime]] = set()
+# Such an event was stored before the intake refused them, or arrived before a created event
+# it disagrees with.
+_told_ignored: set[tuple[str, str, str, str, datetime]] = set()
 
 
 def _tell_ignored(subscription_id: str, event: SubscriptionEvent, problem: str) -> None:
-    key = (subscription_id, event.plan, utc(event.effective_at))
+    key = (subscription_id, event.kind, event.customer_id, event.plan, utc(event.effective_at))
     if key in _told_ignored:
         return
     _told_ignored.add(key)
     log.warning(
-        "plan change ignored: another currency or billing interval than the subscription's",
+        "subscription event ignored",
         subscription_id=subscription_id,
+        kind=event.kind,
+        customer_id=event.customer_id,
         plan=event.plan,
-        effective_at=key[2].isoformat(),
+        effective_at=key[4].isoformat(),
         problem=problem,
     )
 

@@ -110,6 +110,15 @@ class ClickHouseBillingStore:
         ).result_rows
         return [SubscriptionEvent(*row) for row in rows]
 
+    def grant_owner(self, grant_id: str) -> str | None:
+        """The customer a grant id belongs to: its first stored grant's (None before one)."""
+        rows = self.client.query(
+            "SELECT customer_id FROM credit_ledger FINAL WHERE grant_id = {g:String}"
+            " AND kind IN ('granted', 'purchased') ORDER BY recorded_at, movement_id LIMIT 1",
+            parameters={"g": grant_id},
+        ).result_rows
+        return str(rows[0][0]) if rows else None
+
     def grants(self) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
         """Every customer's grants, and what stored invoices have drawn from each (applied + expired)."""
         return self.grants_as_of(None)
@@ -132,18 +141,25 @@ class ClickHouseBillingStore:
         only = ""
         if customer is not None:
             only, params["c"] = "customer_id = {c:String} AND ", customer
+        # In the order they were recorded: a grant id is its first grant's customer's. The intake
+        # refuses a grant or a void of an id that another customer's grant holds
+        # (customer_mismatch); rows stored before that rule are left out here.
         rows = self.client.query(
             "SELECT kind, grant_id, customer_id, amount, currency, priority, effective_at, expires_at"
-            f" FROM credit_ledger FINAL WHERE {only}(kind IN {OPENING_KINDS} OR invoice_id IN ({stored}))",
+            f" FROM credit_ledger FINAL WHERE {only}(kind IN {OPENING_KINDS} OR invoice_id IN ({stored}))"
+            " ORDER BY recorded_at, movement_id",
             parameters=params or None,
         ).result_rows
-        granted, voided = {}, {}
+        granted: dict[str, tuple[Any, ...]] = {}
+        voided: dict[tuple[str, str], datetime] = {}
         drawn: defaultdict[str, Decimal] = defaultdict(Decimal)
         for kind, grant_id, customer, amount, currency, priority, effective_at, expires_at in rows:
             if kind in FUNDING_OF_KIND:  # a carried row is here only once its invoice is stored
+                if grant_id in granted and granted[grant_id][1] != customer:
+                    continue
                 granted[grant_id] = (kind, customer, amount, currency, priority, utc(effective_at), utc(expires_at))
             elif kind == "voided":
-                voided[grant_id] = utc(effective_at)
+                voided[(grant_id, customer)] = utc(effective_at)
             else:
                 drawn[grant_id] += Decimal(amount)
         by_customer: dict[str, list[Grant]] = defaultdict(list)
@@ -156,7 +172,7 @@ class ClickHouseBillingStore:
                 priority,
                 effective_at,
                 expires_at,
-                voided.get(grant_id),
+                voided.get((grant_id, customer)),
                 FUNDING_OF_KIND[kind],
             )
             by_customer[customer].append(grant)

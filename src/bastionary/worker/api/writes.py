@@ -1,9 +1,12 @@
 """The write API for billing inputs: each request becomes the CloudEvent a producer would
 publish, checked by the topic reader's own parser and sent to the same topic, so there is
-one path and one validation. 202 once the broker has acknowledged it. A plan change is
-also checked against the subscription's stored events, as the reader checks it (400
-``incompatible_plan``): the reader's check stays the one that counts, since the created
-event may still be on its way.
+one path and one validation. 202 once the broker has acknowledged it. A subscription event
+is also checked against the subscription's stored events, as the reader checks it: 400
+``customer_mismatch`` for another customer's subscription (checked first, so a key scoped to
+one customer learns nothing of another's plan), and ``incompatible_plan`` for a plan change.
+A grant, purchase or void is checked likewise against the grant id's stored owner.
+The reader's check stays the one that counts, since the created event may still be on its
+way.
 
 ``Idempotency-Key`` makes a retried POST safe. The first request under a key is recorded
 (``api_idempotency``) with the event it publishes, before publishing; a retry with the same
@@ -35,8 +38,11 @@ from bastionary.rating.customers import CUSTOMER_UPSERTED, parse_customer
 from bastionary.rating.events import (
     CREDIT_TYPES,
     SUBSCRIPTION_TYPES,
+    CreditGrantData,
     InvalidBillingEvent,
     SubscriptionData,
+    check_grant_owner,
+    check_owner,
     check_plan_change,
     latest_event_time,
     parse_credit,
@@ -72,12 +78,22 @@ def _subscription(backend: ApiBackend, value: bytes, latest: datetime | None) ->
     return parse_subscription(value, set(backend.plans), latest_time=latest)
 
 
+def _owner(backend: ApiBackend, data: SubscriptionData) -> None:
+    check_owner(data, backend.billing_reads().subscription_events(data.subscription_id))
+
+
 def _plan_change(backend: ApiBackend, data: SubscriptionData) -> None:
-    check_plan_change(data, backend.billing_reads().subscription_events(data.subscription_id), backend.plans)
+    stored = backend.billing_reads().subscription_events(data.subscription_id)
+    check_owner(data, stored)  # first: the plan check's message describes the stored plan
+    check_plan_change(data, stored, backend.plans)
 
 
 def _credit(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
     return parse_credit(value, latest_time=latest)
+
+
+def _grant_owner(backend: ApiBackend, data: CreditGrantData) -> None:
+    check_grant_owner(data, backend.billing_reads().grant_owner(data.grant_id))
 
 
 def _customer(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
@@ -96,7 +112,13 @@ def _payment(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
 
 WRITES = (
     Write("/v1/customers", lambda t: t.customers, CUSTOMER_UPSERTED, _customer),
-    Write("/v1/subscriptions", lambda t: t.subscriptions, _type_of(SUBSCRIPTION_TYPES, "created"), _subscription),
+    Write(
+        "/v1/subscriptions",
+        lambda t: t.subscriptions,
+        _type_of(SUBSCRIPTION_TYPES, "created"),
+        _subscription,
+        check_stored=_owner,
+    ),
     Write(
         "/v1/subscriptions/{subscription_id}/change",
         lambda t: t.subscriptions,
@@ -111,15 +133,29 @@ WRITES = (
         _type_of(SUBSCRIPTION_TYPES, "canceled"),
         _subscription,
         "subscription_id",
+        _owner,
     ),
-    Write("/v1/credit-grants", lambda t: t.credit_grants, _type_of(CREDIT_TYPES, "granted"), _credit),
-    Write("/v1/credit-purchases", lambda t: t.credit_grants, _type_of(CREDIT_TYPES, "purchased"), _credit),
+    Write(
+        "/v1/credit-grants",
+        lambda t: t.credit_grants,
+        _type_of(CREDIT_TYPES, "granted"),
+        _credit,
+        check_stored=_grant_owner,
+    ),
+    Write(
+        "/v1/credit-purchases",
+        lambda t: t.credit_grants,
+        _type_of(CREDIT_TYPES, "purchased"),
+        _credit,
+        check_stored=_grant_owner,
+    ),
     Write(
         "/v1/credit-grants/{grant_id}/void",
         lambda t: t.credit_grants,
         _type_of(CREDIT_TYPES, "voided"),
         _credit,
         "grant_id",
+        _grant_owner,
     ),
     Write("/v1/credit-notes", lambda t: t.credit_notes, CREDIT_NOTE_REQUESTED, _credit_note),
     Write("/v1/payments", lambda t: t.payments, None, _payment),

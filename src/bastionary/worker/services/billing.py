@@ -23,6 +23,8 @@ from bastionary.rating.credit_notes import parse_credit_note_request
 from bastionary.rating.customers import customer_row, parse_customer
 from bastionary.rating.events import (
     InvalidBillingEvent,
+    check_grant_owner,
+    check_owner,
     check_plan_change,
     credit_row,
     parse_credit,
@@ -181,14 +183,17 @@ class BillingService:
         envelope, kind, data = parse_subscription(
             message.value or b"", self._plan_keys, latest_time=self.ctx.latest_time(message)
         )
+        stored = await asyncio.to_thread(self.store().subscription_events, data.subscription_id)
+        check_owner(data, stored)  # another customer's subscription: dead-lettered, customer_mismatch
         if kind == "changed":  # to another currency or billing interval: dead-lettered, incompatible_plan
-            stored = await asyncio.to_thread(self.store().subscription_events, data.subscription_id)
             check_plan_change(data, stored, self._plans)
         row = subscription_row(envelope, kind, data, datetime.now(UTC))
         await asyncio.to_thread(self.store().insert_subscription_events, [row])
 
     async def _store_credit(self, message: Any) -> None:
         envelope, kind, data = parse_credit(message.value or b"", latest_time=self.ctx.latest_time(message))
+        owner = await asyncio.to_thread(self.store().grant_owner, data.grant_id)
+        check_grant_owner(data, owner)  # another customer's grant id: dead-lettered, customer_mismatch
         row = credit_row(envelope, kind, data, datetime.now(UTC))
         await asyncio.to_thread(self.store().insert_ledger, [row])
 
