@@ -34,6 +34,8 @@ def test_a_scoped_key_cannot_touch_another_customer_s_subscription_or_grant(stac
         BASTIONARY_API_KEYS=ADMIN,
         BASTIONARY_API_KEY_FILE=str(key_file),
         BASTIONARY_WEB_PORT=str(port),
+        BASTIONARY_RATING_GRACE="PT0S",
+        BASTIONARY_RATING_INTERVAL="PT1S",
     )
     api = Api(port)
     wait_for(lambda: api.get("/healthz")[0] == 200, 90, "the worker")
@@ -99,4 +101,22 @@ def test_a_scoped_key_cannot_touch_another_customer_s_subscription_or_grant(stac
         (kept,) = [g for gs in grants.values() for g in gs if g.grant_id == "g-a"]
         assert (kept.customer_id, kept.amount, kept.voided_at) == ("cust-a", Decimal("5.00"), None)
     assert billing.grant_owner("g-a") == "cust-a"
+
+    # A payment counts for its invoice: one naming cust-b for cust-a's invoice is refused, and
+    # one naming no customer is the invoice's customer's, which the key may not see.
+    def invoices() -> list[tuple[str, str]]:
+        sql = "SELECT invoice_id, currency FROM invoices FINAL WHERE subscription_id = 'sub-a'"
+        return [tuple(row) for row in stack.client.query(sql).result_rows]
+
+    invoice_id, currency = wait_for(lambda: invoices()[:1] or None, 150, "sub-a's first invoice")[0]
+    payment = {
+        "invoice_id": invoice_id,
+        "payment_id": "p-1",
+        "outcome": "succeeded",
+        "amount": "1.00",
+        "currency": currency,
+    }
+    status, answer = api.post("/v1/payments", payment | as_b, key=portal_b)
+    assert status == 400 and answer["error"]["reason"] == "customer_mismatch", answer
+    assert api.post("/v1/payments", payment, key=portal_b)[0] == 403
     assert stack.workers["w1"].poll() is None

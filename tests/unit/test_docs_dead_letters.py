@@ -35,10 +35,11 @@ def test_readme_dead_letter_reasons_are_the_codes():
         "invalid_data",
         "unknown_invoice",
         "wrong_currency",
+        "customer_mismatch",
     ]
     assert set(payment_reasons) <= raised
     on_dunning_dlq = set(re.findall(r"`(\w+)`", section.split("On `dunning.dlq`", 1)[1]))
-    assert on_dunning_dlq >= set(payment_reasons) - {"wrong_currency"}
+    assert on_dunning_dlq >= set(payment_reasons) - {"wrong_currency", "customer_mismatch"}
     # Every code the dunning code raises is documented; a subscription's and a grant's are, on billing.dlq.
     subscription_reasons = {"unknown_plan", "incompatible_plan", "customer_mismatch"}
     assert raised - subscription_reasons <= set(payment_reasons) | on_dunning_dlq

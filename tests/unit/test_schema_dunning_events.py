@@ -266,8 +266,15 @@ def test_payment_dead_letter_reasons_as_documented(candidate, code):
 
 def test_payment_reasons_checked_against_the_invoice():
     _, kind, data = dunning_events.parse_payment(orjson.dumps(PAYMENT))
-    for currency, code in ((None, "unknown_invoice"), ("EUR", "wrong_currency")):
+    for currency, customer, code in (
+        (None, None, "unknown_invoice"),
+        ("EUR", None, "wrong_currency"),
+        ("USD", "cust-7", "customer_mismatch"),  # another customer's invoice: it would pay it
+    ):
         with pytest.raises(InvalidBillingEvent) as caught:
-            dunning_events.check_against_invoice(kind, data, currency)
+            dunning_events.check_against_invoice(kind, data, currency, customer)
         assert caught.value.code == code
     dunning_events.check_against_invoice(kind, data, "USD")
+    dunning_events.check_against_invoice(kind, data, "USD", "cust-42")
+    anyone = data.model_copy(update={"customer_id": None})  # a payment may name its invoice only
+    dunning_events.check_against_invoice(kind, anyone, "USD", "cust-7")

@@ -197,13 +197,26 @@ def parse_response(value: bytes, *, latest_time: datetime | None = None) -> tupl
     return event, kind, data
 
 
-def check_against_invoice(kind: str, data: PaymentData, invoice_currency: str | None) -> None:
+def check_against_invoice(
+    kind: str, data: PaymentData, invoice_currency: str | None, invoice_customer: str | None = None
+) -> None:
     """Raise the dead-letter reason for a payment that does not fit its invoice."""
     if invoice_currency is None:
         raise InvalidBillingEvent("unknown_invoice", f"no invoice {data.invoice_id!r}")
+    check_payment_owner(data, invoice_customer)
     if data.currency is not None and data.currency != invoice_currency:
         raise InvalidBillingEvent(
             "wrong_currency", f"payment in {data.currency} for invoice {data.invoice_id} in {invoice_currency}"
+        )
+
+
+def check_payment_owner(data: PaymentData, invoice_customer: str | None) -> None:
+    """Raise ``customer_mismatch`` for a payment naming another customer than its invoice's
+    (``invoice_customer``, None while unknown). Payments count per invoice: without this, a key
+    scoped to one customer could mark another's invoice paid, or refunded, by naming itself."""
+    if data.customer_id and invoice_customer and data.customer_id != invoice_customer:
+        raise InvalidBillingEvent(
+            "customer_mismatch", f"invoice {data.invoice_id!r} is not customer {data.customer_id!r}'s"
         )
 
 

@@ -4,7 +4,8 @@ one path and one validation. 202 once the broker has acknowledged it. A subscrip
 is also checked against the subscription's stored events, as the reader checks it: 400
 ``customer_mismatch`` for another customer's subscription (checked first, so a key scoped to
 one customer learns nothing of another's plan), and ``incompatible_plan`` for a plan change.
-A grant, purchase or void is checked likewise against the grant id's stored owner.
+A grant, purchase or void is checked likewise against the grant id's stored owner, and a
+payment against its invoice's customer.
 The reader's check stays the one that counts, since the created event may still be on its
 way.
 
@@ -31,7 +32,7 @@ import orjson
 from aiohttp import web
 
 from bastionary.apikeys import ApiKey
-from bastionary.dunning.events import PAYMENT_TYPES, parse_payment
+from bastionary.dunning.events import PAYMENT_TYPES, PaymentData, check_payment_owner, parse_payment
 from bastionary.outbound import cloud_event
 from bastionary.rating.credit_notes import CREDIT_NOTE_REQUESTED, parse_credit_note_request
 from bastionary.rating.customers import CUSTOMER_UPSERTED, parse_customer
@@ -110,6 +111,10 @@ def _payment(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
     return parse_payment(value, latest_time=latest)
 
 
+def _payment_owner(backend: ApiBackend, data: PaymentData) -> None:
+    check_payment_owner(data, ClickHouseDunningStore(backend.reader).invoice_customer(data.invoice_id))
+
+
 WRITES = (
     Write("/v1/customers", lambda t: t.customers, CUSTOMER_UPSERTED, _customer),
     Write(
@@ -158,7 +163,7 @@ WRITES = (
         _grant_owner,
     ),
     Write("/v1/credit-notes", lambda t: t.credit_notes, CREDIT_NOTE_REQUESTED, _credit_note),
-    Write("/v1/payments", lambda t: t.payments, None, _payment),
+    Write("/v1/payments", lambda t: t.payments, None, _payment, check_stored=_payment_owner),
 )
 PAYMENT_OUTCOMES = {kind: event_type for event_type, kind in PAYMENT_TYPES.items()}
 

@@ -122,7 +122,7 @@ class DunningService:
         envelope, kind, data = parse_payment(message.value or b"", latest_time=self.ctx.latest_time(message))
         invoice = await asyncio.to_thread(store.invoice_currency_customer, data.invoice_id)
         currency, invoice_customer = invoice or (None, None)
-        check_against_invoice(kind, data, currency)
+        check_against_invoice(kind, data, currency, invoice_customer)
         customer = data.customer_id or invoice_customer or ""
         row = payment_row(envelope, kind, data, customer, currency or "", datetime.now(UTC))
         await asyncio.to_thread(store.insert_payments, [row])
