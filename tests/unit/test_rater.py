@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, Context, Decimal
 from typing import Any
 
 import orjson
@@ -266,7 +266,7 @@ class FakeBillingStore:
             for n, line in enumerate(item.lines):
                 amount = round_money(line.amount, data["currency"])
                 # Decimal(38, 9), which the ClickHouse client truncates to.
-                quantity = line.quantity.quantize(D("0.000000001"), rounding=ROUND_DOWN)
+                quantity = line.quantity.quantize(D("0.000000001"), rounding=ROUND_DOWN, context=Context(prec=60))
                 self.lines[(data["invoice_id"], n)] = StoredLine(
                     data["subscription_id"], line.line_key, quantity, amount, line.period_start or period_start
                 )

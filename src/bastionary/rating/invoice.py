@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, Context, Decimal
 from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
@@ -30,11 +30,14 @@ ADVANCE = "advance"
 # is compared at it too; otherwise every such share differs from its stored self by less than
 # a billionth, and an adjustment of that quantity and no amount is published for it.
 STORED_QUANTITY = Decimal("0.000000001")
+# Wide enough for any quantity the column holds (38 digits): the default context's 28 would
+# refuse a sum of 10**19 or more at 9 decimals, and stop every customer's rating run.
+_STORED_SCALE = Context(prec=60)
 
 
 def stored_quantity(quantity: Decimal) -> Decimal:
     """A line's quantity as ``invoice_lines`` keeps it."""
-    return quantity.quantize(STORED_QUANTITY, rounding=ROUND_DOWN)
+    return quantity.quantize(STORED_QUANTITY, rounding=ROUND_DOWN, context=_STORED_SCALE)
 
 
 @dataclass(frozen=True)
