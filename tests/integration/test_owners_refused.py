@@ -12,8 +12,9 @@ from decimal import Decimal
 import pytest
 
 from bastionary.apikeys import new_key
+from bastionary.catalog import load_catalog
 from bastionary.devstack.broker import free_port
-from bastionary.rating.ports import LedgerRow
+from bastionary.rating.ports import LedgerRow, SubscriptionRow
 from bastionary.storage.billing import ClickHouseBillingStore
 
 from .billing_helpers import CATALOG
@@ -119,4 +120,12 @@ def test_a_scoped_key_cannot_touch_another_customer_s_subscription_or_grant(stac
     status, answer = api.post("/v1/payments", payment | as_b, key=portal_b)
     assert status == 400 and answer["error"]["reason"] == "customer_mismatch", answer
     assert api.post("/v1/payments", payment, key=portal_b)[0] == 403
+    # A cancellation naming cust-b stored before the rule is applied, as it was billed, and a
+    # read for cust-a builds what a whole read builds (it read cust-a's rows only).
+    legacy = SubscriptionRow("cxl-old", "canceled", "sub-a", "cust-b", "", start, None, start, datetime.now(UTC), "")
+    billing.insert_subscription_events([legacy])
+    plans = {plan.key: plan for plan in load_catalog(CATALOG).plans}
+    (whole,) = [sub for sub in billing.subscriptions(plans) if sub.subscription_id == "sub-a"]
+    assert whole.canceled_at == start and billing.subscriptions(plans, "cust-a") == [whole]
+
     assert stack.workers["w1"].poll() is None

@@ -13,8 +13,6 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from bastionary.rating.events import (
@@ -31,20 +29,26 @@ from tests.unit.test_intake_guard import App, DeadLetters, Message, Stream
 from tests.unit.test_plan_changes import PLANS
 from tests.unit.test_rater import FEB, JAN, at
 
+CREATED_RECEIVED = at(2024, 1, 2)
 
-def event(kind: str, customer: str, when: datetime, plan: str = "usd") -> SubscriptionEvent:
+
+def event(
+    kind: str, customer: str, when: datetime, plan: str = "usd", received: datetime | None = None
+) -> SubscriptionEvent:
     start = when if kind == "created" else None
-    return SubscriptionEvent("sub-1", customer, kind, "" if kind == "canceled" else plan, start, None, when)
+    received = CREATED_RECEIVED if kind == "created" else received
+    return SubscriptionEvent("sub-1", customer, kind, "" if kind == "canceled" else plan, start, None, when, received)
 
 
-# --- the rater: events stored before the rule ------------------------------------------
+# --- the rater: events the intake could not check, and events stored before the rule ------
 
 
-def test_a_change_or_cancellation_naming_another_customer_is_ignored_with_a_warning():
+def test_an_event_of_another_customer_that_came_before_the_created_one_is_ignored_with_a_warning():
+    early = at(2024, 1, 1, 12)  # received before the created event: the intake had nothing to check
     stored = [
         event("created", "cust-a", JAN),
-        event("changed", "cust-b", at(2024, 1, 10), "usd-too"),
-        event("canceled", "cust-b", at(2024, 1, 20)),
+        event("changed", "cust-b", at(2024, 1, 10), "usd-too", early),
+        event("canceled", "cust-b", at(2024, 1, 20), received=early),
     ]
     with capture_logs() as logs:
         sub = build_subscription("sub-1", stored, PLANS)
@@ -54,26 +58,11 @@ def test_a_change_or_cancellation_naming_another_customer_is_ignored_with_a_warn
     assert [(w["kind"], w["customer_id"]) for w in warned] == [("changed", "cust-b"), ("canceled", "cust-b")]
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["changed", "canceled"]),
-            st.sampled_from(["cust-a", "cust-b"]),
-            st.integers(1, 60 * 24 * 50),
-        ),
-        max_size=6,
-    )
-)
-def test_a_subscription_is_the_same_read_whole_or_read_for_its_customer(later):
-    """The store reads one customer's subscriptions by ``customer_id``: another customer's rows
-    are not there. Ignoring them in a whole read gives the same subscription."""
-    stored = [event("created", "cust-a", JAN)]
-    stored += [event(kind, who, JAN + timedelta(minutes=minutes), "usd-too") for kind, who, minutes in later]
-    stored.sort(key=lambda e: (e.effective_at, e.kind == "canceled"))
-    whole = build_subscription("sub-1", stored, PLANS)
-    own = build_subscription("sub-1", [e for e in stored if e.customer_id == "cust-a"], PLANS)
-    assert whole == own
+@pytest.mark.parametrize("received", [None, at(2024, 1, 3)], ids=["before-received-at", "after-the-created"])
+def test_one_stored_before_the_rule_is_applied_as_it_was_billed(received):
+    stored = [event("created", "cust-a", JAN), event("canceled", "cust-b", at(2024, 1, 20), received=received)]
+    sub = build_subscription("sub-1", stored, PLANS)
+    assert sub is not None and sub.canceled_at == at(2024, 1, 20)
 
 
 # --- the rules the intake and the API apply -------------------------------------------------

@@ -28,7 +28,7 @@ from bastionary.rating.subscriptions import (
 )
 from bastionary.worker.services.billing import BillingService
 from tests.unit.test_intake_guard import App, DeadLetters, Message, Stream
-from tests.unit.test_rater import AFTER_JAN, FEB, GRACE, JAN, TOKENS, FakeBillingStore, FakePublisher, at
+from tests.unit.test_rater import AFTER_FEB, AFTER_JAN, FEB, GRACE, JAN, TOKENS, FakeBillingStore, FakePublisher, at
 
 D = Decimal
 
@@ -37,12 +37,20 @@ def plan(key: str, currency: str = "USD", interval: str = "P1M", **extra: object
     return Plan.model_validate({"key": key, "currency": currency, "billing_interval": interval, **extra})
 
 
+# When the created event was stored. A change received before it came when the intake had
+# nothing to check it against; one received after it was checked (or stored before the rule).
+CREATED_RECEIVED = at(2024, 1, 2)
+BEFORE_CREATED = at(2024, 1, 1, 12)
+
+
 def created(subscription: str, plan_key: str, start: datetime = JAN) -> SubscriptionEvent:
-    return SubscriptionEvent(subscription, "cust-1", "created", plan_key, start, None, start)
+    return SubscriptionEvent(subscription, "cust-1", "created", plan_key, start, None, start, CREATED_RECEIVED)
 
 
-def changed(subscription: str, plan_key: str, effective_at: datetime) -> SubscriptionEvent:
-    return SubscriptionEvent(subscription, "cust-1", "changed", plan_key, None, None, effective_at)
+def changed(
+    subscription: str, plan_key: str, effective_at: datetime, received: datetime | None = None
+) -> SubscriptionEvent:
+    return SubscriptionEvent(subscription, "cust-1", "changed", plan_key, None, None, effective_at, received)
 
 
 USD = plan("usd")
@@ -95,10 +103,11 @@ def test_the_intake_check_raises_incompatible_plan():
 # --- the rater: changes stored before the rule ------------------------------------------
 
 
-def test_the_rater_ignores_a_stored_change_to_another_currency_with_a_warning():
+def test_the_rater_ignores_a_change_to_another_currency_that_came_before_its_created_event():
+    early = changed("s-warned", "jpy", FEB, BEFORE_CREATED)
     with capture_logs() as logs:
-        sub = build_subscription("s-warned", [created("s-warned", "usd"), changed("s-warned", "jpy", FEB)], PLANS)
-        build_subscription("s-warned", [created("s-warned", "usd"), changed("s-warned", "jpy", FEB)], PLANS)
+        sub = build_subscription("s-warned", [created("s-warned", "usd"), early], PLANS)
+        build_subscription("s-warned", [created("s-warned", "usd"), early], PLANS)
     assert sub is not None and [segment.plan.key for segment in sub.segments] == ["usd"]
     assert sub.segments[0].end is None
     warned = [entry for entry in logs if entry["log_level"] == "warning"]
@@ -111,8 +120,8 @@ async def test_a_change_to_a_plan_in_another_currency_never_adds_dollars_to_yen(
     usd = plan("usd", prices=[{"key": "base", "model": "flat", "amount": "62"}])
     jpy = plan("jpy", "JPY", prices=[{"key": "base", "model": "flat", "amount": "9300"}])
     store, publish = FakeBillingStore(), FakePublisher()
-    store.subscribe("sub-1", "cust-1", plan="usd")
-    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "jpy", None, None, at(2024, 1, 16, 12)))
+    store.events.append(created("sub-1", "usd"))
+    store.events.append(changed("sub-1", "jpy", at(2024, 1, 16, 12), BEFORE_CREATED))
     (january,) = (await Rater(store, [usd, jpy], [TOKENS], GRACE, publish).run_once(AFTER_JAN)).invoices
     # 31.00 USD and 4650 JPY were summed into one JPY total of 4681.
     assert (january["currency"], january["subtotal"]) != ("JPY", "4681")
@@ -123,8 +132,8 @@ async def test_a_change_to_a_yearly_plan_bills_its_fee_once_a_year():
     monthly = plan("monthly", prices=[{"key": "base", "model": "flat", "amount": "100"}])
     yearly = plan("yearly", interval="P1Y", prices=[{"key": "base", "model": "flat", "amount": "1200"}])
     store, publish = FakeBillingStore(), FakePublisher()
-    store.subscribe("sub-1", "cust-1", plan="monthly")
-    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "yearly", None, None, FEB))
+    store.events.append(created("sub-1", "monthly"))
+    store.events.append(changed("sub-1", "yearly", FEB, BEFORE_CREATED))
     invoices = (await Rater(store, [monthly, yearly], [TOKENS], GRACE, publish).run_once(at(2024, 4, 1, 2))).invoices
     # January on the monthly plan (100), then at most the yearly fee: 1200 was billed for each month.
     assert sum(D(invoice["subtotal"]) for invoice in invoices) <= D("1300")
@@ -238,3 +247,31 @@ def test_the_billing_service_dead_letters_a_change_to_another_currency_or_interv
         ("changed", "usd"),
     ]
     assert stream.acked == [0, 1, 2, 3, 4] and not app.crashes
+
+
+# --- changes stored before the rule: billed as they were ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "new",
+    [plan("per-year", interval="P1Y"), plan("yen", "JPY")],
+    ids=["changed-to-another-interval", "changed-to-another-currency"],
+)
+async def test_a_change_stored_before_the_rule_is_applied_as_it_was_billed(new):
+    """Such a change, received after its created event, was taken (the intake did not check
+    then) and its periods invoiced split at it. Ignoring it now would price the usage after it
+    under the old plan, and bill it again as late usage (found by review)."""
+    monthly = plan("monthly")
+    catalog = [monthly, new]
+    tokens = {"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "1"}
+    catalog = [p.model_validate(p.model_dump() | {"prices": [tokens]}) for p in catalog]
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.events.append(created("sub-1", "monthly"))
+    store.events.append(changed("sub-1", new.key, at(2024, 1, 16), received=at(2024, 1, 16)))
+    store.use("cust-1", 10, at(2024, 1, 10))
+    store.use("cust-1", 10, at(2024, 1, 20))
+    (january,) = (await Rater(store, catalog, [TOKENS], GRACE, publish).run_once(AFTER_JAN)).invoices
+    assert [line["price_key"] for line in january["lines"]] == ["tokens", "tokens"]  # split at the change
+    rerated = (await Rater(store, catalog, [TOKENS], GRACE, publish).run_once(AFTER_FEB)).invoices
+    adjusted = [line for d in rerated for line in d["lines"] if line.get("adjusts_period_start") == JAN.isoformat()]
+    assert adjusted == []

@@ -7,8 +7,10 @@ A subscription bills in one currency on one grid of periods: a plan change keeps
 currency and the billing interval of the plan it was created on (:func:`plan_change_problem`).
 It belongs to the customer of its created event: a change or a cancellation naming another
 customer is not its (:func:`subscription_owner`; else a key scoped to one customer could change
-another's subscription by naming itself in the body). The intake refuses such events; one
-stored before those rules is ignored here.
+another's subscription by naming itself in the body). The intake refuses such events. One
+it could not check, because it came before its created event was stored, is ignored here.
+One stored before those rules (received after its created event) is applied, as it was when
+its periods were invoiced: ignoring it now would bill those periods again.
 """
 
 from __future__ import annotations
@@ -55,11 +57,16 @@ def build_subscription(
             anchor = minute(utc(event.billing_anchor) or start)
             segments.append(Segment(plans[event.plan], minute(start)))
             received, backfill = utc(event.received_at), bool(event.backfill)
-        elif event.kind in ("changed", "canceled") and segments and event.customer_id != customer:
+        elif (
+            event.kind in ("changed", "canceled")
+            and segments
+            and event.customer_id != customer
+            and _unchecked(event, received)
+        ):
             _tell_ignored(subscription_id, event, "it names another customer than the subscription's created event")
         elif event.kind == "changed" and segments and event.plan in plans and canceled_at is None:
             problem = plan_change_problem(segments[0].plan, plans[event.plan])
-            if problem is not None:
+            if problem is not None and _unchecked(event, received):
                 _tell_ignored(subscription_id, event, problem)
                 continue
             at = minute(effective_at)
@@ -91,6 +98,13 @@ def plan_change_problem(current: Plan, new: Plan) -> str | None:
         f" {current.currency} every {current.billing_interval} (plan {current.key!r}), and a plan change keeps"
         " the currency and the billing interval: to move to that plan, cancel the subscription and create a new one"
     )
+
+
+def _unchecked(event: SubscriptionEvent, created_received: datetime | None) -> bool:
+    """Whether ``event`` came before its created event: the intake had nothing to check it
+    against. One received after it was checked, or was stored before the intake checked."""
+    received = utc(event.received_at)
+    return received is not None and created_received is not None and received < created_received
 
 
 def subscription_owner(stored: Iterable[SubscriptionEvent]) -> str | None:

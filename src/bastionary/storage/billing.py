@@ -23,6 +23,8 @@ from bastionary.storage.queries import QueryParameters, value_expression
 
 SUBSCRIPTION_COLUMNS = SubscriptionRow._fields
 # The ledger rows that open a grant, from the billing inputs: they count as soon as stored.
+# The subscriptions customer {c} created: a subscription is its created event's customer's.
+CREATED_BY = "SELECT subscription_id FROM subscriptions WHERE customer_id = {c:String} AND event_type = 'created'"
 OPENING_KINDS = "('granted', 'purchased', 'voided', 'credit_note')"
 LEDGER_COLUMNS = LedgerRow._fields
 INVOICE_COLUMNS = (
@@ -81,8 +83,12 @@ class ClickHouseBillingStore:
             insert_rows(self.client, "credit_ledger", rows, LEDGER_COLUMNS)
 
     def subscriptions(self, plans: Mapping[str, Plan], customer: str | None = None) -> list[Subscription]:
-        """Every subscription as its events build it; ``customer``: that customer's only."""
-        where, params = ("WHERE customer_id = {c:String}", {"c": customer}) if customer is not None else ("", None)
+        """Every subscription as its events build it; ``customer``: that customer's only (every
+        event of the subscriptions its created events name, whichever customer an event names,
+        so a read for the customer builds what a whole read builds)."""
+        where, params = ("", None)
+        if customer is not None:
+            where, params = f"WHERE subscription_id IN ({CREATED_BY})", {"c": customer}
         rows = self.client.query(
             "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at,"
             f" received_at, backfill FROM subscriptions FINAL {where}"

@@ -89,20 +89,23 @@ class ClickHouseEntitlementStore:
     def subscriptions(self, customers: Collection[str]) -> dict[str, list[Subscription]]:
         """Every subscription of each customer; the state picks the one a check is answered
         from (:func:`bastionary.entitlements.state.subscription_in_force`)."""
+        # Every event of the subscriptions the customers' created events name, as the rater
+        # reads them (``received_at`` included: it decides which events the rater ignores).
         rows = self.client.query(
-            "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at"
-            f" FROM subscriptions FINAL WHERE customer_id IN {_CUSTOMERS}"
-            " ORDER BY customer_id, subscription_id, effective_at, event_type = 'canceled', event_id",
+            "SELECT subscription_id, customer_id, event_type, plan, start, billing_anchor, effective_at,"
+            " received_at, backfill FROM subscriptions FINAL WHERE subscription_id IN (SELECT subscription_id"
+            f" FROM subscriptions WHERE customer_id IN {_CUSTOMERS} AND event_type = 'created')"
+            " ORDER BY subscription_id, effective_at, event_type = 'canceled', event_id",
             parameters={"cs": list(customers)},
         ).result_rows
-        by_id: dict[tuple[str, str], list[SubscriptionEvent]] = {}
+        by_id: dict[str, list[SubscriptionEvent]] = {}
         for row in rows:
-            by_id.setdefault((row[1], row[0]), []).append(SubscriptionEvent(*row))
+            by_id.setdefault(row[0], []).append(SubscriptionEvent(*row))
         out: dict[str, list[Subscription]] = {}
-        for (customer, subscription_id), events in by_id.items():
+        for subscription_id, events in by_id.items():
             sub = build_subscription(subscription_id, events, self.plans)
             if sub is not None:
-                out.setdefault(customer, []).append(sub)
+                out.setdefault(sub.customer_id, []).append(sub)
         return out
 
     def suspended(self, customer: str) -> bool:
