@@ -18,6 +18,7 @@ from typing import Any
 
 from bastionary.dunning.policy import STATE_ACTIONS, Action, Policy
 from bastionary.money import format_money
+from bastionary.rating.amount_due import amount_due
 
 NAMESPACE = uuid.UUID("6b0f7f0a-3f57-4bb1-9d4c-2f5f3f1e8a21")
 
@@ -68,6 +69,12 @@ class Case:
     invoice: InvoiceFacts
     paid: Decimal = Decimal(0)  # succeeded minus refunded payments, each payment_id once
     credited: Decimal = Decimal(0)  # by issued credit notes, each once
+    # What the payment system reported refunded (whoever asked), what notes gave back (to the
+    # balance or refunded) and the part of that they refunded: so a refund no note asked for
+    # (a chargeback) is told from a note's (see bastionary.rating.amount_due).
+    refunds_reported: Decimal = Decimal(0)
+    given_back: Decimal = Decimal(0)
+    notes_refunded: Decimal = Decimal(0)
     voided: bool = False
     pauses: list[Pause] = field(default_factory=list)
     steps_done: set[int] = field(default_factory=set)  # 1-based steps sent, applied or skipped
@@ -77,9 +84,28 @@ class Case:
     state_changes: int = 0  # state rows recorded so far: numbers the next one
     recipient_email: str | None = None
 
+    def count(self, kind: str, amount: Decimal) -> None:
+        """Take in the ``payments`` rows of one kind (their sum, each payment_id once)."""
+        if kind == "succeeded":
+            self.paid += amount
+        elif kind == "refunded":
+            self.paid -= amount
+            self.refunds_reported += amount
+        elif kind == "credited":
+            self.credited += amount
+        elif kind == "given_back":
+            self.given_back += amount
+        elif kind == "note_refunded":
+            self.notes_refunded += amount
+        elif kind == "voided":
+            self.voided = True
+
     @property
     def amount_due(self) -> Decimal:
-        return max(self.invoice.total - self.paid - self.credited, Decimal(0))
+        """Reckoned as the credit note decision reckons it (one function for both)."""
+        return amount_due(
+            self.invoice.total, self.paid, self.credited, self.given_back, self.refunds_reported, self.notes_refunded
+        )
 
 
 @dataclass(frozen=True)
@@ -101,7 +127,7 @@ class Record:
 def state_of(case: Case, now: datetime) -> str:
     if case.voided:
         return VOID
-    if case.paid + case.credited >= case.invoice.total:  # settled, by payments and credit notes
+    if case.amount_due <= 0:  # settled, by payments and credit notes (a chargeback reopens it)
         return PAID
     if case.state == UNCOLLECTIBLE:
         return UNCOLLECTIBLE

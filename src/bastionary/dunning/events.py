@@ -111,6 +111,10 @@ class CreditNoteIssuedData(_Data):
     customer_id: Id
     currency: StrictStr
     amount: Amount = Field(gt=0)
+    # The parts of ``amount``: None in a note published before dunning kept them (then none
+    # of it counts as given back, as dunning reckoned before).
+    reduces_amount_due: Amount | None = Field(default=None, ge=0)
+    refunded: Amount | None = Field(default=None, ge=0)
     voids_invoice: bool = False
     issued_at: BillingTime
 
@@ -129,9 +133,11 @@ def parse_credit_note_issued(value: bytes) -> CreditNoteIssuedData | None:
 
 
 def credit_note_rows(event_id: str, data: CreditNoteIssuedData, received: datetime) -> list[PaymentRow]:
-    """A credit note lowers what is due by its whole amount, whatever part of it was given
-    back (so a refund the payment system also reports as ``payment.refunded`` nets out); a
-    void also voids the invoice. Keyed by the credit note id: a redelivery counts once."""
+    """A credit note lowers what the invoice asks by its whole amount (``credited``); what it
+    gave back (``given_back``: to the balance or refunded) and the part of that it refunded
+    (``note_refunded``) are kept too, so what was paid and not yet given back is reckoned as
+    the credit note decision reckons it (a chargeback after a note's give-back is owed again).
+    A void also voids the invoice. Keyed by the credit note id: a redelivery counts once."""
     rows = [
         PaymentRow(
             event_id,
@@ -146,6 +152,12 @@ def credit_note_rows(event_id: str, data: CreditNoteIssuedData, received: dateti
             received,
         )
     ]
+    if data.reduces_amount_due is not None:
+        given_back = data.amount - data.reduces_amount_due
+        if given_back > 0:
+            rows.append(rows[0]._replace(kind="given_back", amount=given_back))
+    if data.refunded is not None and data.refunded > 0:
+        rows.append(rows[0]._replace(kind="note_refunded", amount=data.refunded))
     if data.voids_invoice:
         rows.append(rows[0]._replace(kind="voided", amount=Decimal(0), reason="voided by a credit note"))
     return rows

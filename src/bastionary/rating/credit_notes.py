@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from bastionary.money import format_money
+from bastionary.rating.amount_due import amount_due, still_paid
 from bastionary.rating.events import (
     Amount,
     BillingEvent,
@@ -115,12 +116,19 @@ class Standing:
 
         ``paid`` is already net of every refund the payment system reported; what notes gave
         back is taken off too, except their refunds the payment system has reported (counted
-        in ``paid`` already). A reported refund is taken as a note's up to what notes refunded,
-        since the report does not say who asked for it; the rest (a chargeback, a refund made
-        in the payment system) is the payment system's alone."""
-        given_back = self.credited - self.reduced
-        reported_for_notes = min(self.refunds_reported, self.notes_refunded)
-        return self.paid - (given_back - reported_for_notes)
+        in ``paid`` already): see :func:`bastionary.rating.amount_due.still_paid`."""
+        return still_paid(self.paid, self.credited - self.reduced, self.refunds_reported, self.notes_refunded)
+
+    def amount_due(self) -> Decimal:
+        """As dunning reckons it: :func:`bastionary.rating.amount_due.amount_due`."""
+        return amount_due(
+            self.total,
+            self.paid,
+            self.credited,
+            self.credited - self.reduced,
+            self.refunds_reported,
+            self.notes_refunded,
+        )
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,7 @@ def decide(
     # paid, whether the payment system reported a note's refund (before 2026-12-04 a note after
     # a reported refund called part of a paid invoice due and kept it) or a refund no note
     # asked for (a chargeback after a note had given money back must not be given back again).
-    due = max(standing.total - standing.credited - standing.still_paid(), Decimal(0))
+    due = standing.amount_due()
     reduces_due = min(amount, due)
     given_back = amount - reduces_due
     to_balance = given_back if request.refund_to == "balance" else Decimal(0)

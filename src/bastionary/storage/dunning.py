@@ -140,14 +140,7 @@ class ClickHouseDunningStore:
             case = cases.get(invoice_id)
             if case is None:
                 continue
-            if kind == "succeeded":
-                case.paid += Decimal(amount)
-            elif kind == "refunded":
-                case.paid -= Decimal(amount)
-            elif kind == "credited":
-                case.credited += Decimal(amount)
-            elif kind == "voided":
-                case.voided = True
+            case.count(kind, Decimal(amount))
         self._load_trail(cases)
         emails = self.billing_emails()
         for case in cases.values():
