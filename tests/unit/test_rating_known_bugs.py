@@ -1,4 +1,4 @@
-"""Money bugs found by a review on 2026-12-04 and not fixed yet: each test states the right
+"""Money bugs found by reviews on 2026-12-04 and not fixed yet: each test states the right
 result and is expected to fail (strict, so a fix makes it fail until its marker goes). The
 README lists them under "Rating", "Known bugs"."""
 
@@ -9,13 +9,20 @@ from decimal import Decimal
 
 import pytest
 
+from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
 from bastionary.rating.subscriptions import SubscriptionEvent
+from bastionary.rating.tax import Invoicing, TaxProfile, TaxRate
+from tests.unit.test_minimum_adjustments import mini, per_period
 from tests.unit.test_rater import (
+    AFTER_FEB,
+    AFTER_JAN,
     FEB,
     GRACE,
+    JAN,
     MAR,
+    PRO,
     TOKENS,
     FakeBillingStore,
     FakePublisher,
@@ -50,3 +57,84 @@ async def test_usage_and_fee_between_the_start_and_a_later_anchor_are_billed():
         for key in ("tokens", "base")
     }
     assert billed == {"tokens": D("10.00"), "base": D("46.00")}  # 15/31 of January, and February
+
+
+# --- a negative subtotal's tax is reversed at today's rates ---------------------------------
+
+
+def _vat(rate: str) -> Invoicing:
+    return Invoicing(taxes=[TaxRate(key="vat", name=f"VAT {rate}", rate=D(rate), countries=["DE"])])
+
+
+def _corrected() -> FakeBillingStore:
+    """January: 20.00 fee + 100.00 usage. February's invoice takes back 80.00 of January's
+    usage (a late correction) and bills its own 20.00 fee: subtotal -60.00."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    store.use("cust-1", 10000, at(2024, 1, 10))
+    store.use("cust-1", -8000, at(2024, 1, 20), ingested=FEB + GRACE + GRACE)
+    return store
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: a reversal gives back tax the customer's exempt invoice never took")
+async def test_a_correction_gives_back_no_tax_that_was_never_collected():
+    store, publish = _corrected(), FakePublisher()
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE", exempt=True))
+    (january,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19")).run_once(AFTER_JAN)
+    ).invoices
+    assert january["tax"] == "0.00"
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))  # taxable since
+    (february,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19")).run_once(AFTER_FEB)
+    ).invoices
+    assert february["subtotal"] == "-60.00"
+    assert D(january["tax"]) + D(february["tax"]) >= 0  # -11.40: tax never collected, given back
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: a reversal uses today's rate, not the rate it was collected at")
+async def test_a_correction_reverses_tax_at_the_rate_it_was_collected_at():
+    store, publish = _corrected(), FakePublisher()
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    (january,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19")).run_once(AFTER_JAN)
+    ).invoices
+    assert january["tax"] == "22.80"
+    (february,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.25")).run_once(AFTER_FEB)
+    ).invoices
+    # January's 15.20 on the 80.00 reversed, February's own fee taxed 5.00: -10.20, not -15.00.
+    assert D(february["tax"]) == D("-10.20")
+
+
+# --- the minimum's true-up is recomputed only for periods with usage adjusted ---------------
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: a backdated plan change's fee adjustment is not trued up")
+async def test_a_backdated_plan_change_keeps_a_period_at_its_minimum():
+    a, b = mini("a", fee="30", timing="advance"), mini("b", fee="60", timing="advance")
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 2000, at(2024, 1, 10))  # 30.00 fee + 20.00 usage: trued up to 100.00
+    rate = Rater(store, [a, b], [TOKENS], GRACE, publish)
+    invoices = (await rate.run_once(AFTER_JAN)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("100.00")
+    # A change to b from 16 January arrives in February: January's charges become 65.48,
+    # still under the minimum, so January still costs 100.00 (it was billed 115.49).
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 1, 16)))
+    invoices += (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("100.00")
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: a backdated cancellation prorates the minimum only if usage moved")
+async def test_a_backdated_cancellation_prorates_the_minimum_without_usage_after_it():
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="mini")
+    store.use("cust-1", 3000, at(2024, 2, 5))  # 30.00, before the cancellation point
+    rate = Rater(store, [mini()], [TOKENS], GRACE, publish)
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    # Effective 15 February, received after February was invoiced: February commits to 14/29
+    # of the minimum (48.28), as it does when usage after the 15th is moved by the cut.
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "mini", None, None, at(2024, 2, 15)))
+    invoices += (await rate.run_once(at(2024, 3, 10))).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("48.28")
