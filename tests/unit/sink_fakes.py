@@ -124,6 +124,14 @@ class FakeLog:
 
     records: dict[tuple[str, int], dict[int, int]] = field(default_factory=dict)
     rewinds: list[tuple[str, int, int]] = field(default_factory=list)
+    starts: dict[tuple[str, int], int] = field(default_factory=dict)  # the log start, once retention ran
+
+    def retain_from(self, topic: str, partition: int, start: int) -> None:
+        """Retention: the records before ``start`` are deleted."""
+        log = self.records.setdefault((topic, partition), {})
+        for offset in [o for o in log if o < start]:
+            del log[offset]
+        self.starts[(topic, partition)] = start
 
     def hold(self, records: list[InboundRecord]) -> None:
         for r in records:
@@ -137,7 +145,7 @@ class FakeLog:
         out = {}
         for tp, offset in anchors.items():
             log = self.records.get(tp, {})
-            out[tp] = LogProbe(offset, log.get(offset), 0, max(log, default=-1) + 1)
+            out[tp] = LogProbe(offset, log.get(offset), self.starts.get(tp, 0), max(log, default=-1) + 1)
         return out
 
     async def rewind(self, topic, partition, offset):

@@ -15,6 +15,7 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from bastionary.catalog import parse_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
@@ -401,6 +402,48 @@ def test_records_the_consumer_skipped_are_read_again_not_counted_as_landed(tmp_p
         log.hold(records)
         assert await admit_all(sink, [records[0], records[48]]) == [Admission.BUFFERED, Admission.STALE]
         assert log.rewinds == [(TOPIC, 0, 1)]
+        assert await admit_all(sink, records[1:]) == [Admission.BUFFERED] * 49
+        await sink.flush()
+        assert store.total() == 50
+
+    asyncio.run(scenario())
+
+
+def test_a_rewind_whose_target_retention_removed_reads_on_from_the_log_s_start(tmp_path):
+    """The sink rewinds to the first skipped record; retention deletes it before the consumer
+    gets there, so the consumer resets to the log's start. Asked again for the same target,
+    the partition waited for it for ever (every record STALE, a rewind every retry). The retry
+    probes the target, and reads on from the log's start, with an error naming the loss."""
+
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path, rewind_retry=0.0)
+        records = [event_record(i, f"e-{i}") for i in range(50)]
+        log.hold(records)
+        assert await admit_all(sink, [records[0], records[20]]) == [Admission.BUFFERED, Admission.STALE]
+        assert log.rewinds == [(TOPIC, 0, 1)]
+        log.retain_from(TOPIC, 0, 15)  # 1-14 are gone before the consumer reads them again
+        assert await admit_all(sink, [records[15]]) == [Admission.STALE]  # the consumer's reset
+        with capture_logs() as logs:
+            await sink.check_logs({(TOPIC, 0)})
+        assert log.rewinds == [(TOPIC, 0, 1), (TOPIC, 0, 15)]
+        (lost,) = [entry for entry in logs if entry["log_level"] == "error"]
+        assert (lost["rewind_target"], lost["log_start"], lost["lost_offsets"]) == (1, 15, 14)
+        assert await admit_all(sink, records[15:]) == [Admission.BUFFERED] * 35
+        await sink.flush()
+        assert store.total() == 36  # 0, and 15-49: what the log still held
+
+    asyncio.run(scenario())
+
+
+def test_a_rewind_whose_target_is_still_there_is_asked_again_unchanged(tmp_path):
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path, rewind_retry=0.0)
+        records = [event_record(i, f"e-{i}") for i in range(50)]
+        log.hold(records)
+        await admit_all(sink, [records[0], records[20]])
+        with capture_logs() as logs:
+            await sink.check_logs({(TOPIC, 0)})
+        assert log.rewinds == [(TOPIC, 0, 1), (TOPIC, 0, 1)] and not logs
         assert await admit_all(sink, records[1:]) == [Admission.BUFFERED] * 49
         await sink.flush()
         assert store.total() == 50

@@ -353,6 +353,31 @@ class UsageSink:
         if self.on_log_reset is not None:
             self.on_log_reset(*tp)
 
+    async def _rewind_again(self, tp: TopicPartition, state: _PartitionState) -> None:
+        """Ask again for a rewind that did not take, to a target that is still in the log.
+
+        Retention may have removed the target since it was set: the consumer then resets to
+        the log's start, which is never the target, and every record would be answered STALE
+        while the rewind was asked again every retry, for ever. The records between the target
+        and the log's start are gone from the log before they landed: they are lost, and said
+        so, and the partition reads on from what the log still holds."""
+        target = state.rewind_to if state.rewind_to is not None else 0
+        try:
+            probe = (await self._probe({tp: target}))[tp]
+        except LogNotAnswering:
+            probe = None  # asked again as before; the next retry probes again
+        if probe is not None and probe.fingerprint is None and target < probe.log_start:
+            log.error(
+                "records removed by retention before they landed; reading on from the log's start",
+                topic=tp[0],
+                partition=tp[1],
+                rewind_target=target,
+                log_start=probe.log_start,
+                lost_offsets=probe.log_start - target,
+            )
+            state.rewind_to = probe.log_start
+        await self._rewind(tp, state)
+
     async def _rewind(self, tp: TopicPartition, state: _PartitionState) -> None:
         state.rewound_at = time.monotonic()
         await self.partition_log.rewind(tp[0], tp[1], state.rewind_to if state.rewind_to is not None else 0)
@@ -383,7 +408,7 @@ class UsageSink:
                 if state.rewind_to is not None and (
                     not state.rewound_at or now - state.rewound_at > self.config.rewind_retry_seconds
                 ):
-                    await self._rewind(tp, state)
+                    await self._rewind_again(tp, state)
                 elif self._stalled(state, probes.get(tp), now):
                     await self._resume(tp, state, probes[tp])
 
