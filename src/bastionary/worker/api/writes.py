@@ -1,13 +1,12 @@
 """The write API for billing inputs: each request becomes the CloudEvent a producer would
 publish, checked by the topic reader's own parser and sent to the same topic, so there is
-one path and one validation. 202 once the broker has acknowledged it. A subscription event
-is also checked against the subscription's stored events, as the reader checks it: 400
-``customer_mismatch`` for another customer's subscription (checked first, so a key scoped to
-one customer learns nothing of another's plan), and ``incompatible_plan`` for a plan change.
-A grant, purchase or void is checked likewise against the grant id's stored owner, and a
-payment against its invoice's customer.
-The reader's check stays the one that counts, since the created event may still be on its
-way.
+one path and one validation. 202 once the broker has acknowledged it.
+
+A write is also checked against what is stored, as the reader checks it: 400
+``customer_mismatch`` for another customer's subscription, grant id or invoice (checked
+first, so a key scoped to one customer learns nothing of another's plan), and
+``incompatible_plan`` for a plan change. The reader's check stays the one that counts, since
+the created event may still be on its way.
 
 ``Idempotency-Key`` makes a retried POST safe. The first request under a key is recorded
 (``api_idempotency``) with the event it publishes, before publishing; a retry with the same
