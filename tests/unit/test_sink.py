@@ -732,3 +732,50 @@ def test_a_replay_whose_first_records_retention_removed_keeps_its_token(tmp_path
     assert Admission.STALE not in asyncio.run(run())
     assert log.rewinds == []
     assert store.total() == sum(range(1, 13))
+
+
+class _SilentOnce(FakeLog):
+    """A broker that does not answer the next probe."""
+
+    silent = False
+
+    async def probe(self, anchors):
+        if self.silent:
+            self.silent = False
+            raise ConnectionError("no answer")
+        return await super().probe(anchors)
+
+
+@pytest.mark.parametrize(
+    ("offsets", "start", "landed_first"),
+    [
+        pytest.param(range(10, 20), 10, 0, id="a-new-partition-whose-log-retention-trimmed"),
+        pytest.param([0, 1, 2, 3, 4, *range(7, 20)], 0, 5, id="past-offsets-without-records"),
+    ],
+)
+def test_a_record_whose_gap_the_broker_did_not_answer_about_is_read_again(tmp_path, offsets, start, landed_first):
+    """A jump in the offsets is asked about; when the broker did not answer, the record was
+    dropped unacked, and the next one asked about the same gap. Told there was no record at its
+    start (retention, or transaction markers), it was buffered, and the dropped record, still in
+    the log, was covered by the flush's range without ever landing."""
+
+    async def scenario():
+        log = _SilentOnce()
+        sink, store, _, _ = make_sink(tmp_path, log=log)
+        records = [event_record(o, f"e{o}") for o in offsets]
+        log.hold(records)
+        log.retain_from(TOPIC, 0, start)
+        before = [r for r in records if r.offset < landed_first]
+        await admit_all(sink, before)
+        await sink.flush()
+        after = [r for r in records if r.offset >= landed_first]
+        log.silent = True
+        assert (await admit_all(sink, after))[0] is Admission.STALE
+        for _topic, _partition, offset in log.rewinds:  # Kafka reads again from a rewind
+            await admit_all(sink, [r for r in records if r.offset >= offset])
+        await sink.flush()
+        return store, log
+
+    store, log = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert sorted(row.event_id for row in store.event_rows()) == sorted(f"e{o}" for o in offsets)
+    assert log.rewinds == [(TOPIC, 0, next(o for o in offsets if o >= landed_first))]

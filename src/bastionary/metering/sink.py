@@ -201,11 +201,18 @@ class UsageSink:
         record that was skipped and not caught would never be counted. Seen after a broker
         restart under load: the consumer read a new log's first record, then went on from an
         offset the old log had reached.
+
+        Unanswered, the record is dropped unacked and read again, as after a rewind: the
+        records fetched after it would otherwise ask about the same gap, and an answer "no
+        record at ``expected``" would buffer the next of them, past this one, which the
+        partition's marker would then cover without it.
         """
         try:
             probe = (await self._probe({tp: expected}))[tp]
         except LogNotAnswering:
-            return True  # unverified: dropped unacked; the records are read again later
+            state.rewind_to = delivered  # it is in the log: the consumer just read it
+            await self._rewind(tp, state)
+            return True
         if probe.fingerprint is None:
             return False  # nothing there: a real gap
         log.warning(
