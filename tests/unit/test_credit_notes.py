@@ -180,6 +180,21 @@ def note_fields(n: int, cents: int | None, refund_to: str) -> dict[str, Any]:
     return fields
 
 
+def standing_after(at: Standing, document: dict[str, Any], reported: bool) -> Standing:
+    """The invoice as the next note finds it after an issued note's ``document``; ``reported``:
+    the payment system has reported the note's refund (taken off ``paid``)."""
+    amount, reduced, refunded, _ = (D(v) for v in split(document))
+    reported_now = refunded if reported else D(0)
+    return replace(
+        at,
+        paid=at.paid - reported_now,
+        credited=at.credited + amount,
+        reduced=at.reduced + reduced,
+        refunds_reported=at.refunds_reported + reported_now,
+        notes_refunded=at.notes_refunded + refunded,
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     total=st.integers(1, 100_00),
@@ -366,17 +381,9 @@ def test_what_goes_back_is_what_was_paid_beyond_what_is_still_owed(total, paid, 
         decision = decide(f"evt-{n}", ASKED, request(**fields), at, NOW)
         if not decision.issued:
             continue
-        amount, reduced, refunded, balance = (D(v) for v in split(decision.document))
+        _, _, refunded, balance = (D(v) for v in split(decision.document))
         given_back += refunded + balance
-        reported_now = refunded if reported else D(0)
-        at = replace(
-            at,
-            paid=at.paid - reported_now,
-            credited=at.credited + amount,
-            reduced=at.reduced + reduced,
-            refunds_reported=at.refunds_reported + reported_now,
-            notes_refunded=at.notes_refunded + refunded,
-        )
+        at = standing_after(at, decision.document, reported)
     assert given_back == max(at.credited - (at.total - paid_first), D(0))
 
 
@@ -409,12 +416,7 @@ def test_a_note_never_gives_back_more_than_was_paid_and_not_yet_given_back(total
         amount, reduced, refunded, balance = (D(v) for v in split(decision.document))
         assert amount == reduced + refunded + balance and min(reduced, refunded, balance) >= 0
         assert refunded + balance <= before
-        at = replace(
-            at,
-            credited=at.credited + amount,
-            reduced=at.reduced + reduced,
-            notes_refunded=at.notes_refunded + refunded,
-        )
+        at = standing_after(at, decision.document, reported=False)
 
 
 def test_a_chargeback_after_a_note_gave_money_back_is_not_given_back_again():

@@ -15,7 +15,17 @@ from bastionary.dunning.engine import PAID, Case, InvoiceFacts, advance, state_o
 from bastionary.dunning.events import credit_note_rows, parse_credit_note_issued
 from bastionary.rating.credit_notes import Standing, decide
 
-from .test_credit_notes import ASKED, NOTE_SEQUENCES, NOW, issued, issued_event, note_fields, request, split
+from .test_credit_notes import (
+    ASKED,
+    NOTE_SEQUENCES,
+    NOW,
+    issued,
+    issued_event,
+    note_fields,
+    request,
+    split,
+    standing_after,
+)
 from .test_dunning_engine import POLICY
 
 D = Decimal
@@ -111,17 +121,9 @@ def test_dunning_reckons_what_is_due_as_the_credit_note_decision_does(total, pay
             if not decision.issued:
                 continue
             take_note(case, decision.document)
-            amount, reduced, refunded, _ = (D(v) for v in split(decision.document))
-            reported_now = refunded if reported else D(0)
-            if reported_now > 0:
-                case.count("refunded", reported_now)
-            at = replace(
-                at,
-                paid=at.paid - reported_now,
-                credited=at.credited + amount,
-                reduced=at.reduced + reduced,
-                refunds_reported=at.refunds_reported + reported_now,
-                notes_refunded=at.notes_refunded + refunded,
-            )
+            refunded = D(decision.document["refunded"])
+            if reported and refunded > 0:
+                case.count("refunded", refunded)
+            at = standing_after(at, decision.document, reported)
         assert case.amount_due == at.amount_due()
         assert (state_of(case, NOW - timedelta(days=1)) == PAID) == (at.amount_due() == 0)
