@@ -228,6 +228,49 @@ def test_period_containing_holds_the_moment(interval, anchor, offset):
     assert (start, end) == (parsed.nth_boundary(anchor, n), parsed.nth_boundary(anchor, n + 1))
 
 
+@pytest.mark.parametrize(
+    ("interval", "moment", "expected"),
+    [
+        # Before the anchor, periods count back (floored, not truncated toward the anchor):
+        # a subscription that starts before its anchor bills them (rating/schedule.py).
+        ("P1M", at(2024, 1, 17), (-1, at(2024, 1, 1), at(2024, 2, 1))),
+        ("P1M", at(2024, 1, 31, 23, 59), (-1, at(2024, 1, 1), at(2024, 2, 1))),
+        ("P1M", at(2023, 11, 30), (-3, at(2023, 11, 1), at(2023, 12, 1))),
+        ("P3M", at(2023, 12, 31), (-1, at(2023, 11, 1), at(2024, 2, 1))),
+        ("P1Y", at(2022, 2, 1), (-2, at(2022, 2, 1), at(2023, 2, 1))),
+        ("P7D", at(2024, 1, 31), (-1, at(2024, 1, 25), at(2024, 2, 1))),
+        ("P7D", at(2024, 1, 1), (-5, at(2023, 12, 28), at(2024, 1, 4))),
+        ("P7D", at(2024, 1, 25), (-1, at(2024, 1, 25), at(2024, 2, 1))),  # a boundary starts its period
+        ("PT1M", at(2024, 1, 31, 23, 59, 30), (-1, at(2024, 1, 31, 23, 59), at(2024, 2, 1))),
+    ],
+)
+def test_period_containing_a_moment_before_the_anchor(interval, moment, expected):
+    assert Interval.parse(interval).period_containing(at(2024, 2, 1), moment) == expected
+
+
+def test_period_containing_before_an_anchor_on_the_31st_clamps_as_after():
+    assert Interval.parse("P1M").period_containing(at(2024, 3, 31), at(2024, 3, 10)) == (
+        -1,
+        at(2024, 2, 29),
+        at(2024, 3, 31),
+    )
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    interval=st.sampled_from(INTERVALS),
+    anchor=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2030, 12, 31), timezones=st.just(UTC)),
+    offset=st.timedeltas(min_value=timedelta(days=-3 * 366), max_value=timedelta(days=3 * 366)),
+)
+def test_period_containing_holds_the_moment_before_or_after_the_anchor(interval, anchor, offset):
+    parsed = Interval.parse(interval)
+    moment = anchor + offset
+    n, start, end = parsed.period_containing(anchor, moment)
+    assert (n < 0) == (moment < anchor)
+    assert start <= moment < end
+    assert (start, end) == (parsed.nth_boundary(anchor, n), parsed.nth_boundary(anchor, n + 1))
+
+
 @settings(max_examples=200, deadline=None, database=None)
 @given(
     months=st.integers(1, 24),

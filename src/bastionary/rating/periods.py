@@ -33,8 +33,9 @@ class Interval:
         return cls(fixed=duration)
 
     def nth_boundary(self, anchor: datetime, n: int) -> datetime:
-        """The start of period ``n`` (0 = the anchor). Months count from the anchor, clamping
-        the day (an anchor on the 31st bills on the 30th in April), never drifting."""
+        """The start of period ``n`` (0 = the anchor; negative, before it). Months count from
+        the anchor, clamping the day (an anchor on the 31st bills on the 30th in April), never
+        drifting."""
         if not self.months:
             return anchor + self.fixed * n
         total = anchor.month - 1 + self.months * n
@@ -43,13 +44,18 @@ class Interval:
         return anchor.replace(year=year, month=month, day=day)
 
     def period_containing(self, anchor: datetime, moment: datetime) -> tuple[int, datetime, datetime]:
-        """(n, start, end) of the period that contains ``moment`` (moment >= anchor)."""
+        """(n, start, end) of the period that contains ``moment``; ``n`` is negative for a moment
+        before the anchor (periods count back from it: period -1 ends on the anchor)."""
         if self.months:
-            n = max(0, (moment.year - anchor.year) * 12 + moment.month - anchor.month) // self.months + 1
+            # Floored, so a moment before the anchor counts back; the guess is always past
+            # the moment (its boundary's month is later), and steps back to it.
+            n = ((moment.year - anchor.year) * 12 + moment.month - anchor.month) // self.months + 1
             while self.nth_boundary(anchor, n) > moment:
                 n -= 1
         else:
-            n = int((moment - anchor) / self.fixed)
+            n = (moment - anchor) // self.fixed  # exact and floored (timedelta // timedelta)
+            while self.nth_boundary(anchor, n) > moment:
+                n -= 1
             while self.nth_boundary(anchor, n + 1) <= moment:
                 n += 1
         return n, self.nth_boundary(anchor, n), self.nth_boundary(anchor, n + 1)

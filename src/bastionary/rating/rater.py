@@ -75,6 +75,7 @@ from bastionary.rating.schedule import (
     closed_periods,
     cutoff_for,
     final_adjustment,
+    first_index,
     nth_period,
     open_period,
     progressive_id,
@@ -250,7 +251,7 @@ class Rater:
         backfill rates them; None otherwise, or once said for this subscription (per process)."""
         if sub.subscription_id in self._told or sub.received_at is None:
             return None
-        first = nth_period(sub, 0)
+        first = nth_period(sub, first_index(sub))
         backfill = unbilled is None and first is not None and first.end <= sub.received_at
         if not (skipped or backfill):
             return None

@@ -37,9 +37,20 @@ def cutoff_for(period_end: datetime, grace: timedelta) -> datetime:
     return datetime.fromtimestamp(math.ceil(epoch / 60) * 60, tz=UTC)
 
 
+def first_index(sub: Subscription) -> int:
+    """The index of the subscription's first period: 0, the anchor's, unless the subscription
+    starts before its anchor; then the (negative) index of the period before the anchor that
+    holds its start. Periods count back from the anchor, so the stub from the start to the
+    anchor is billed, prorated from the start as a first period that starts late is."""
+    start = sub.segments[0].start
+    if start >= sub.anchor:
+        return 0
+    return sub.first_plan.interval.period_containing(sub.anchor, start)[0]
+
+
 def nth_period(sub: Subscription, n: int) -> Period | None:
-    """Period ``n`` of the subscription, cut at its cancellation (it may then be empty); None
-    once periods start at or after the cancellation."""
+    """Period ``n`` of the subscription (see :func:`first_index`), cut at its cancellation (it
+    may then be empty); None once periods start at or after the cancellation."""
     interval = sub.first_plan.interval
     start, full_end = interval.nth_boundary(sub.anchor, n), interval.nth_boundary(sub.anchor, n + 1)
     if sub.canceled_at is not None and start >= sub.canceled_at:
@@ -51,7 +62,7 @@ def nth_period(sub: Subscription, n: int) -> Period | None:
 def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[tuple[Period, datetime]]:
     """Every period whose cutoff has passed, with its cutoff, in order."""
     out = []
-    n = 0
+    n = first_index(sub)
     while (period := nth_period(sub, n)) is not None:
         cutoff = cutoff_for(period.end, grace)
         if cutoff > now:
@@ -69,7 +80,7 @@ def final_adjustment(sub: Subscription, now: datetime, grace: timedelta) -> tupl
     Usage ingested after the final cutoff is never billed."""
     if sub.canceled_at is None:
         return None
-    periods, n = [], 0
+    periods, n = [], first_index(sub)
     while (period := nth_period(sub, n)) is not None:
         if period.end > period.start:
             periods.append(period)
@@ -86,15 +97,15 @@ def upcoming_period(
     """The subscription's next invoice: its first period not rated yet whose cutoff is still
     ahead, with the periods before it and its cutoff. None once the subscription has ended
     and every period is rated (or due)."""
-    interval = sub.first_plan.interval
+    first = first_index(sub)
     # Periods before the one holding (now - grace) have all passed their cutoff: skip them.
-    n = interval.period_containing(sub.anchor, now - grace)[0] if now - grace > sub.anchor else 0
+    n = max(first, sub.first_plan.interval.period_containing(sub.anchor, now - grace)[0])
     while (period := nth_period(sub, n)) is not None:
         cutoff = cutoff_for(period.end, grace)
         if period.end > period.start and cutoff > now and invoice_id(sub.subscription_id, period.start) not in rated:
             earlier = [
                 p
-                for k in range(n)
+                for k in range(first, n)
                 if (p := nth_period(sub, k)) is not None and p.end > p.start and billable(p, unbilled)
             ]
             return earlier, period, cutoff
@@ -112,7 +123,7 @@ def advance_due(sub: Subscription, now: datetime) -> list[tuple[Period, datetime
         previous = sub.segments[k - 1].plan.advance_prices if k else []
         if not (segment.plan.advance_prices or previous):
             continue
-        start = max(segment.start, sub.anchor)
+        start = segment.start
         if start > now or (sub.canceled_at is not None and start >= sub.canceled_at):
             break
         period = nth_period(sub, interval.period_containing(sub.anchor, start)[0])
@@ -122,10 +133,12 @@ def advance_due(sub: Subscription, now: datetime) -> list[tuple[Period, datetime
 
 
 def open_period(sub: Subscription, moment: datetime) -> Period | None:
-    """The subscription's period holding ``moment``, if any (None before its anchor or after it ended)."""
-    if moment < sub.anchor:
+    """The subscription's period holding ``moment``, if any (None before its first period or
+    after it ended)."""
+    n = sub.first_plan.interval.period_containing(sub.anchor, moment)[0]
+    if n < first_index(sub):
         return None
-    period = nth_period(sub, sub.first_plan.interval.period_containing(sub.anchor, moment)[0])
+    period = nth_period(sub, n)
     return period if period is not None and period.start <= moment < period.end else None
 
 
