@@ -196,6 +196,64 @@ async def test_the_final_adjustment_of_an_ended_subscription_recomputes_the_true
     assert per_period([january, final]) == {JAN.isoformat(): D("100.00")}
 
 
+# --- changes that move no usage: a backdated plan change's fee, a backdated cancellation ----
+
+
+async def test_a_backdated_plan_change_keeps_a_period_at_its_minimum():
+    a, b = mini("a", fee="30", timing="advance"), mini("b", fee="60", timing="advance")
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 2000, at(2024, 1, 10))  # 30.00 fee + 20.00 usage: trued up to 100.00
+    rate = Rater(store, [a, b], [TOKENS], GRACE, publish)
+    invoices = (await rate.run_once(AFTER_JAN)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("100.00")
+    # A change to b from 16 January arrives in February: January's charges become 65.48,
+    # still under the minimum, so January still costs 100.00 (it was billed 115.49).
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 1, 16)))
+    invoices += (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("100.00")
+
+
+async def test_a_backdated_cancellation_prorates_the_minimum_without_usage_after_it():
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="mini")
+    store.use("cust-1", 3000, at(2024, 2, 5))  # 30.00, before the cancellation point
+    rate = Rater(store, [mini()], [TOKENS], GRACE, publish)
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    # Effective 15 February, received after February was invoiced: February commits to 14/29
+    # of the minimum (48.28), as it does when usage after the 15th is moved by the cut.
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "mini", None, None, at(2024, 2, 15)))
+    invoices += (await rate.run_once(at(2024, 3, 10))).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("48.28")
+
+
+async def test_a_backdated_cancellation_credits_back_a_whole_period_invoiced_after_it():
+    """March was invoiced (10.00 of usage, trued up to 100.00) before a cancellation effective
+    15 February arrived: March never came, so everything billed for it is credited back."""
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="mini")
+    store.use("cust-1", 3000, at(2024, 2, 5))
+    store.use("cust-1", 1000, at(2024, 3, 5))
+    rate = Rater(store, [mini()], [TOKENS], GRACE, publish)
+    invoices = []
+    for now in (AFTER_JAN, AFTER_FEB, AFTER_MAR):
+        invoices += (await rate.run_once(now)).invoices
+    assert per_period(invoices)[MAR.isoformat()] == D("100.00")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "mini", None, None, at(2024, 2, 15)))
+    (final,) = (await rate.run_once(at(2024, 4, 10))).invoices
+    assert final["kind"] == "final_adjustment"
+    assert [(line["price_key"], line["amount"], line["adjusts_period_start"]) for line in final["lines"]] == [
+        ("tokens", "-10.00", MAR.isoformat()),
+        ("minimum_commitment", "-90.00", MAR.isoformat()),
+        ("minimum_commitment", "-51.72", FEB.isoformat()),
+    ]
+    assert per_period([*invoices, final]) == {
+        JAN.isoformat(): D("100.00"),
+        FEB.isoformat(): D("48.28"),
+        MAR.isoformat(): D("0.00"),
+    }
+
+
 # --- true_up_adjustments on its own -----------------------------------------------------
 
 JANUARY = Period(0, JAN, FEB, FEB)

