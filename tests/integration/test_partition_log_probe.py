@@ -68,9 +68,11 @@ def test_a_probe_names_the_record_at_each_offset_and_nothing_past_the_end(kafka_
                     probe = probes[(topic, partition)]
                     assert probe.offset == offset
                     assert probe.fingerprint == expected[(partition, offset)], (partition, offset)
+                    assert probe.next_record == offset  # the record is there: it is the next one
             at_end = await log.probe({(topic, 0): PER_PARTITION, (topic, 1): 5})
             assert at_end[(topic, 0)].fingerprint is None
             assert at_end[(topic, 0)].high_water == PER_PARTITION
+            assert at_end[(topic, 0)].next_record is None
             assert at_end[(topic, 1)].fingerprint == expected[(1, 5)]
         finally:
             await log.close()

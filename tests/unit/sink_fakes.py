@@ -145,7 +145,9 @@ class FakeLog:
         out = {}
         for tp, offset in anchors.items():
             log = self.records.get(tp, {})
-            out[tp] = LogProbe(offset, log.get(offset), self.starts.get(tp, 0), max(log, default=-1) + 1)
+            start = self.starts.get(tp, 0)
+            following = min((o for o in log if o >= offset), default=None) if offset >= start else None
+            out[tp] = LogProbe(offset, log.get(offset), start, max(log, default=-1) + 1, following)
         return out
 
     async def rewind(self, topic, partition, offset):

@@ -435,6 +435,32 @@ def test_a_rewind_whose_target_retention_removed_reads_on_from_the_log_s_start(t
     asyncio.run(scenario())
 
 
+def test_a_rewind_to_a_log_start_that_holds_no_record_reads_on_from_the_first_record(tmp_path):
+    """Retention leaves the log starting at 15, but 15 and 16 hold no record (a transaction's
+    markers): the consumer's first record is 17. Rewound to 15, the partition answered 17 and
+    every record after it STALE, a rewind every retry, for ever."""
+
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path, rewind_retry=0.0)
+        records = [event_record(i, f"e-{i}") for i in range(50)]
+        log.hold(records)
+        assert await admit_all(sink, [records[0], records[20]]) == [Admission.BUFFERED, Admission.STALE]
+        log.retain_from(TOPIC, 0, 15)
+        del log.records[(TOPIC, 0)][15], log.records[(TOPIC, 0)][16]  # markers: offsets without records
+        await sink.check_logs({(TOPIC, 0)})  # the target is gone: the log's start
+        assert await admit_all(sink, [records[17]]) == [Admission.STALE]  # 15 holds nothing
+        with capture_logs() as logs:
+            await sink.check_logs({(TOPIC, 0)})
+        assert log.rewinds == [(TOPIC, 0, 1), (TOPIC, 0, 15), (TOPIC, 0, 17)]
+        (moved,) = [entry for entry in logs if entry["event"].startswith("rewind target holds no record")]
+        assert (moved["rewind_target"], moved["first_record"]) == (15, 17)
+        assert await admit_all(sink, records[17:]) == [Admission.BUFFERED] * 33
+        await sink.flush()
+        assert store.total() == 34  # 0, and 17-49
+
+    asyncio.run(scenario())
+
+
 def test_a_rewind_whose_target_is_still_there_is_asked_again_unchanged(tmp_path):
     async def scenario():
         sink, store, log, _ = make_sink(tmp_path, rewind_retry=0.0)

@@ -49,6 +49,9 @@ class LogProbe:
     fingerprint: int | None  # None: no record there (below the log start, or at/after its end)
     log_start: int  # where a rewind should start reading
     high_water: int | None  # the log's end as last reported, for the evidence in the logs
+    # The first record at or past ``offset``, when the probe read one: ``offset`` itself, or,
+    # past offsets that hold no record (transaction markers, compaction), a later one.
+    next_record: int | None = None
 
     def matches(self, anchor: Anchor) -> bool:
         if anchor.fingerprint == 0:

@@ -367,7 +367,11 @@ class UsageSink:
         the log's start, which is never the target, and every record would be answered STALE
         while the rewind was asked again every retry, for ever. The records between the target
         and the log's start are gone from the log before they landed: they are lost, and said
-        so, and the partition reads on from what the log still holds."""
+        so, and the partition reads on from what the log still holds.
+
+        A target in the log may hold no record either (a log's start, or a new log's, on a
+        transaction marker or a compacted offset): the consumer's first record comes later, and
+        would be STALE for ever too. Nothing lies between them, so that record is the target."""
         target = state.rewind_to if state.rewind_to is not None else 0
         try:
             probe = (await self._probe({tp: target}))[tp]
@@ -383,6 +387,20 @@ class UsageSink:
                 lost_offsets=probe.log_start - target,
             )
             state.rewind_to = probe.log_start
+        elif (
+            probe is not None
+            and probe.fingerprint is None
+            and probe.next_record is not None
+            and probe.next_record > target >= probe.log_start
+        ):
+            log.info(
+                "rewind target holds no record; reading on from the first record past it",
+                topic=tp[0],
+                partition=tp[1],
+                rewind_target=target,
+                first_record=probe.next_record,
+            )
+            state.rewind_to = probe.next_record
         await self._rewind(tp, state)
 
     async def _rewind(self, tp: TopicPartition, state: _PartitionState) -> None:

@@ -74,6 +74,7 @@ class KafkaPartitionLog:
             consumer.assign(list(set(wanted) | consumer.assignment()))
             consumer.pause(*consumer.assignment())
         found: dict[TopicPartition, int | None] = {}
+        next_records: dict[TopicPartition, int] = {}
         asked_ms = int(time.time() * 1000)  # aiokafka stamps fetch answers with the wall clock
         for tp, offset in wanted.items():
             if offset < starts.get(tp, 0):
@@ -99,8 +100,10 @@ class KafkaPartitionLog:
                     record = next((r for r in records if r.offset == wanted[tp]), None)
                     if record is not None:
                         found[tp] = record_fingerprint(record.timestamp, record.key, record.value)
+                        next_records[tp] = record.offset
                     elif records and records[0].offset > wanted[tp]:
                         found[tp] = None  # compacted or skipped: the record is not there
+                        next_records[tp] = records[0].offset
                 for tp in pending:
                     if tp in found:
                         continue
@@ -121,6 +124,7 @@ class KafkaPartitionLog:
                 fingerprint=found[tp],
                 log_start=starts.get(tp, 0),
                 high_water=consumer.highwater(tp),
+                next_record=next_records.get(tp),
             )
             for tp in wanted
         }
