@@ -227,6 +227,22 @@ async def test_a_backdated_cancellation_prorates_the_minimum_without_usage_after
     assert per_period(invoices)[FEB.isoformat()] == D("48.28")
 
 
+async def test_the_final_adjustment_leaves_a_last_period_whose_share_did_not_move():
+    """The cancellation was known when January was invoiced (trued up for its whole share):
+    the final adjustment finds the share unchanged, and a minimum raised in the catalog since
+    does not reach back."""
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="mini")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "mini", None, None, FEB))
+    store.use("cust-1", 6000, at(2024, 1, 10))
+    (january,) = (await Rater(store, [mini()], [TOKENS], GRACE, publish).run_once(AFTER_JAN)).invoices
+    raised = Rater(store, [mini(minimum="150")], [TOKENS], GRACE, publish)
+    (final,) = (await raised.run_once(FEB + 4 * GRACE)).invoices
+    assert final["kind"] == "final_adjustment"
+    assert final["lines"] == []
+    assert per_period([january, final]) == {JAN.isoformat(): D("100.00")}
+
+
 async def test_a_backdated_cancellation_credits_back_a_whole_period_invoiced_after_it():
     """March was invoiced (10.00 of usage, trued up to 100.00) before a cancellation effective
     15 February arrived: March never came, so everything billed for it is credited back."""

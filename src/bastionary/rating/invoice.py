@@ -302,8 +302,8 @@ def true_up_adjustments(
 ) -> list[Line]:
     """The minimum commitment's true-up of each earlier period this invoice adjusts
     (``adjustments``: its lines for earlier periods), and of ``cut``, the period a cancellation
-    ends, whose share of the minimum the cancellation moved whatever else did; recomputed on the
-    period's final figures,
+    ends, if the share of the minimum its true-up was billed for is no longer the period's (a
+    cancellation received after the period's invoice); recomputed on the period's final figures,
     less the true-ups already billed for it: late usage lowers the true-up, a correction that
     lowers usage raises it again, so a period is billed in total the greater of its charges and
     its minimum, as if rated once with everything known.
@@ -312,7 +312,7 @@ def true_up_adjustments(
     fees in advance), plus ``adjustments``, in rounded amounts, so repeated rounds of late data
     add up, and a rerun, reading the same stored lines, gives the same lines."""
     adjusted = {line.period_start for line in adjustments if line.line_key != MINIMUM_KEY}
-    if cut is not None:
+    if cut is not None and _share_moved(sub, cut, billed, currency):
         adjusted.add(cut.start)
     charged: dict[datetime, Decimal] = {}
     trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
@@ -348,6 +348,23 @@ def true_up_adjustments(
         adjustment = Line("minimum_commitment", None, label, quantity, target - old_amount, line_key=MINIMUM_KEY)
         lines.append(replace(adjustment, period_start=period.start))
     return lines
+
+
+def _share_moved(sub: Subscription, period: Period, billed: Billed, currency: str) -> bool:
+    """Was the period trued up for another share of its minimum than it commits to now?
+    A true-up's quantity is the share it was billed for; a period without one was charged at
+    least its minimum, which a smaller share leaves so. (Compared on the share only: a minimum
+    changed in the catalog since does not reach back.)"""
+    committed = committed_minimum(sub.plan_at(period.start), currency, period, sub.segments[0].start)
+    billed_share = sum(
+        (
+            quantity
+            for (start, key), (quantity, _) in billed.items()
+            if start == period.start and key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY)
+        ),
+        ZERO,
+    )
+    return committed is not None and billed_share != 0 and billed_share != stored_quantity(committed[0])
 
 
 def advance_keys(sub: Subscription) -> list[str]:

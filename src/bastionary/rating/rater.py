@@ -528,9 +528,8 @@ class Rater:
                 lines.extend(advance_lines(sub, each, billed, currency))
             lines.extend(removed_period_refunds(sub, billed))
             lines = adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + lines
-            # The last period too, adjusted or not: a cancellation received after it was
-            # invoiced moved the share of the minimum it commits to. The others keep their
-            # true-up unless adjusted (a catalog's minimum changed since does not reach back).
+            # The last period too, adjusted or not, if a cancellation received after its
+            # invoice moved the share of the minimum it commits to.
             return lines + true_up_adjustments(sub, earlier, lines, billed, currency, cut=earlier[-1])
         lines = period_lines(sub, period, cutoff, usage)
         advance = advance_lines(sub, period, billed, currency)
