@@ -251,6 +251,15 @@ def add_billed(billed: Billed, lines: list[Line], period_start: datetime, curren
         billed[key] = (quantity + stored_quantity(line.quantity), amount + round_money(line.amount, currency))
 
 
+def replanned(sub: Subscription, period: Period, billed: Billed) -> bool:
+    """Were the period's invoices billed on other plans than the subscription now has over it?
+    A plan change received after the period was invoiced (backdated) makes it so; a price or
+    a minimum changed in the catalog does not (the plans are the same)."""
+    billed_plans = {key.split(":", 1)[0] for start, key in billed if start == period.start and ":" in key}
+    plans_now = {s.plan.key for s in sub.segments if overlap(s, period.start, period.end)}
+    return bool(billed_plans) and billed_plans != plans_now
+
+
 def adjustment_lines(
     sub: Subscription, earlier: list[Period], as_of: datetime, usage: UsageLookup, billed: Billed, currency: str
 ) -> list[Line]:
@@ -258,14 +267,20 @@ def adjustment_lines(
 
     Compared with the quantities and rounded amounts already on invoices (not recomputed),
     so usage that landed late for any reason is billed once, never lost.
+
+    A period billed on other plans than it now has (:func:`replanned`) is rated again whole:
+    its fees in arrears too, and what was billed under a line key it no longer has is taken
+    back (its fees in advance are :func:`advance_lines`').
     """
+    advance = set(advance_keys(sub))
     lines = []
     for period in earlier:
+        again = replanned(sub, period, billed)
         # One plan can appear twice in a period (A -> B -> A): compare per line key, summed.
         # The first line of a key names the adjustment.
         current: dict[str, tuple[Decimal, Decimal, Line]] = {}
         for line in period_lines(sub, period, as_of, usage):
-            if line.meter is None:
+            if line.meter is None and not again:
                 continue
             quantity, amount, first = current.get(line.line_key, (ZERO, ZERO, line))
             current[line.line_key] = (
@@ -273,6 +288,12 @@ def adjustment_lines(
                 amount + round_money(line.amount, currency),
                 first,
             )
+        if again:
+            for start, key in sorted(billed):
+                if start == period.start and ":" in key and key not in advance and key not in current:
+                    gone = Line(key.split(":", 1)[1], None, key.split(":", 1)[1], ZERO, ZERO, line_key=key)
+                    current[key] = (ZERO, ZERO, gone)
+        why = "plan change" if again else "late usage"
         for key, (quantity, amount, line) in current.items():
             old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
             delta = amount - old_amount
@@ -281,7 +302,7 @@ def adjustment_lines(
                     Line(
                         line.price_key,
                         line.meter,
-                        f"Adjustment: late usage for {period.start:%Y-%m-%d %H:%M}–{period.end:%Y-%m-%d %H:%M}"  # noqa: RUF001
+                        f"Adjustment: {why} for {period.start:%Y-%m-%d %H:%M}–{period.end:%Y-%m-%d %H:%M}"  # noqa: RUF001
                         f" ({line.description})",
                         quantity - old_quantity,
                         delta,
@@ -301,7 +322,8 @@ def true_up_adjustments(
     cut: Period | None = None,
 ) -> list[Line]:
     """The minimum commitment's true-up of each earlier period this invoice adjusts
-    (``adjustments``: its lines for earlier periods), and of ``cut``, the period a cancellation
+    (``adjustments``: its lines for earlier periods), of each earlier period billed on other
+    plans than it now has (:func:`replanned`), and of ``cut``, the period a cancellation
     ends, if the share of the minimum its true-up was billed for is no longer the period's (a
     cancellation received after the period's invoice); recomputed on the period's final figures,
     less the true-ups already billed for it: late usage lowers the true-up, a correction that
@@ -314,6 +336,8 @@ def true_up_adjustments(
     adjusted = {line.period_start for line in adjustments if line.line_key != MINIMUM_KEY}
     if cut is not None and _share_moved(sub, cut, billed, currency):
         adjusted.add(cut.start)
+    # A period moved to other plans commits to their minimum, whatever else changed.
+    adjusted |= {period.start for period in earlier if replanned(sub, period, billed)}
     charged: dict[datetime, Decimal] = {}
     trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
     for (start, key), (quantity, amount) in billed.items():

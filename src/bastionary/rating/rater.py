@@ -62,6 +62,7 @@ from bastionary.rating.invoice import (
     overlap,
     period_lines,
     removed_period_refunds,
+    replanned,
     true_up_adjustments,
 )
 from bastionary.rating.plans import MeteredPrice, Plan
@@ -550,7 +551,15 @@ class Rater:
         if following is not None and following.end > following.start:
             lines.extend(advance_lines(sub, following, billed, currency))
         if earlier:
-            adjustments = adjustment_lines(sub, earlier, cutoff, usage, billed, currency)
+            # A period a backdated plan change moved to other plans has its fees in advance
+            # trued up as well (an advance invoice does so only for the period it starts in).
+            adjustments = [
+                line
+                for each in earlier
+                if replanned(sub, each, billed)
+                for line in advance_lines(sub, each, billed, currency)
+            ]
+            adjustments = adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + adjustments
             lines.extend(adjustments + true_up_adjustments(sub, earlier, adjustments, billed, currency))
         return lines
 
