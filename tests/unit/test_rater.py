@@ -41,7 +41,7 @@ from bastionary.rating.pricing import Usage
 from bastionary.rating.rater import EMPTY, Rater, RatingResult
 from bastionary.rating.schedule import FINAL_ADJUSTMENT, final_adjustment, upcoming_period
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
-from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate
+from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate, rates_of_document
 
 D = Decimal
 
@@ -243,6 +243,16 @@ class FakeBillingStore:
             if line.subscription_id == subscription_id and invoice in self.invoices:
                 quantity, amount = out.get((line.period_start, line.line_key), (D(0), D(0)))
                 out[(line.period_start, line.line_key)] = (quantity + line.quantity, amount + line.amount)
+        return out
+
+    def rates_then(self, subscription_id: str) -> dict[datetime, list[TaxRate]]:
+        out = {}
+        for stored in self.invoices.values():
+            data = orjson.loads(stored.document)
+            if data["subscription_id"] == subscription_id and data["kind"] == "period":
+                rates = rates_of_document(data)
+                if rates is not None:
+                    out[datetime.fromisoformat(data["period_start"])] = rates
         return out
 
     def store_invoices(self, rated: list[RatedInvoice]) -> None:

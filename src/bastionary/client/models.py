@@ -106,6 +106,7 @@ class Invoice(_Model):
     topup_requested: list[dict[str, str]] = []  # the auto top-up this invoice's draws set off
     tax_lines: list[dict[str, Any]] = []  # one per rate: key, name, rate, inclusive, taxable, amount
     tax: Decimal = Decimal(0)
+    tax_rates: list[dict[str, Any]] = []  # the rates of its own lines: key, name, rate, inclusive
     issuer: dict[str, Any] = {}
     bill_to: dict[str, Any] = {}
     plans: list[str] = []  # every plan of the period, in order; ``plan`` is the one at its end

@@ -63,6 +63,13 @@ class TaxLine(_Out):
     amount: DecimalText
 
 
+class AppliedTaxRate(_Out):
+    key: str
+    name: str
+    rate: DecimalText
+    inclusive: bool
+
+
 class Allocation(_Out):
     grant_id: str
     amount: DecimalText
@@ -105,6 +112,11 @@ class InvoiceDocument(_Out):
     topup_requested: list[Topup] = []
     tax_lines: list[TaxLine] = []
     tax: DecimalText = "0"
+    tax_rates: list[AppliedTaxRate] = Field(
+        [],
+        description="the rates this invoice's own lines were taxed at; a later line adjusting its period is taxed"
+        " at them (absent on invoices rated before 2026-12-04)",
+    )
     issuer: dict[str, Any] = {}
     bill_to: dict[str, Any] = {}
     plans: list[str] = []

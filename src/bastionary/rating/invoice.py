@@ -9,7 +9,7 @@ the period's usage as of the new cutoff minus its price as of the old one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_DOWN, Context, Decimal
@@ -19,7 +19,7 @@ from bastionary.credits.ledger import Allocation, Grant, allocate
 from bastionary.money import format_money, round_money
 from bastionary.rating.plans import FlatPrice, MeteredPrice, PerUnitPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
-from bastionary.rating.tax import TaxRate, added_tax, tax_lines
+from bastionary.rating.tax import TaxRate, added_tax, applied_rates, grouped_tax_lines
 from bastionary.settings import parse_iso_duration
 
 INVOICE_NAMESPACE = uuid.UUID("5b0b7a53-3b8e-4c4e-9a55-bb5e1e7f0c01")
@@ -513,6 +513,9 @@ class Invoice:
     # Tax, one line per rate (rating/tax.py), and its sum; the total adds the exclusive lines.
     tax_lines: tuple[dict[str, Any], ...] = ()
     tax: str = "0"
+    # The rates this invoice's own lines were taxed at (key, name, rate, inclusive): a later
+    # line adjusting its period is taxed at them.
+    tax_rates: tuple[dict[str, Any], ...] = ()
     # Who the invoice is from and to, as the catalog and the customer record said when it was
     # rated: an issued invoice never changes.
     issuer: dict[str, Any] = field(default_factory=dict)
@@ -539,14 +542,27 @@ def finalize(
     taxes: list[TaxRate] | None = None,
     id_key: str | None = None,
     credits_at: datetime | None = None,
+    rates_then: Mapping[datetime, list[TaxRate]] | None = None,
 ) -> tuple[Invoice, list[Allocation]]:
     """Round the lines, add tax, apply credits usable at ``credits_at`` (default: the period's
     end) to the subtotal plus the added tax, and shape the invoice. ``id_key`` replaces
-    ``kind`` in the invoice id (a progressive invoice's names its threshold)."""
+    ``kind`` in the invoice id (a progressive invoice's names its threshold).
+
+    ``taxes``: the rates of this invoice's own lines. ``rates_then``: per earlier period
+    invoiced, the rates its invoice applied; a line adjusting such a period is taxed at them
+    (rating/tax.py)."""
     currency = plan.currency
     rounded = [round_money(line.amount, currency) for line in lines]
     subtotal = round_money(sum(rounded, ZERO), currency)
-    taxed = tax_lines(subtotal, currency, taxes or [])
+    own = taxes or []
+    then = rates_then or {}
+    taxed = grouped_tax_lines(
+        [
+            (amount, then.get(line.period_start, own) if line.period_start is not None else own)
+            for line, amount in zip(lines, rounded, strict=True)
+        ],
+        currency,
+    )
     payable = subtotal + added_tax(taxed)
     allocations = allocate(grants, drawn, payable, currency, credits_at or period.end)
     credits = sum((a.amount for a in allocations), ZERO)
@@ -575,6 +591,7 @@ def finalize(
         carried_forward=format_money(carried, currency),
         tax_lines=tuple(taxed),
         tax=format_money(sum((Decimal(t["amount"]) for t in taxed), ZERO), currency),
+        tax_rates=tuple(applied_rates(own)),
     )
     return invoice, allocations
 

@@ -16,6 +16,7 @@ from bastionary.metering.meters import Meter
 from bastionary.rating.invoice import Billed, Invoice, Line, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.pricing import Usage
+from bastionary.rating.tax import TaxRate
 
 if TYPE_CHECKING:  # customers imports the events, which import this module's rows
     from bastionary.rating.customers import CustomerTerms
@@ -104,6 +105,12 @@ class BillingStore(Protocol):
 
     def billed(self, subscription_id: str) -> Billed:
         """What the subscription's stored invoices billed, from their lines."""
+        ...
+
+    def rates_then(self, subscription_id: str) -> dict[datetime, list[TaxRate]]:
+        """Per period of the subscription invoiced (its ``period`` invoice stored), the tax
+        rates that invoice applied (:func:`bastionary.rating.tax.rates_of_document`); a period
+        whose rates cannot be told is left out."""
         ...
 
     def store_invoices(self, rated: list[RatedInvoice]) -> None:

@@ -84,7 +84,7 @@ from bastionary.rating.schedule import (
     unbilled_before,
     upcoming_period,
 )
-from bastionary.rating.tax import Invoicing, rates_for
+from bastionary.rating.tax import Invoicing, TaxRate, rates_for
 
 log = structlog.get_logger(__name__)
 CARRIED_PRIORITY = 2**31 - 1  # a carried balance is drawn after every grant (credit_ledger.priority is Int32)
@@ -353,6 +353,7 @@ class Rater:
         # later period of the same subscription in this batch adjusts against it (the store's
         # ``billed`` cannot have it yet). Earlier batches are stored before this one is rated.
         pending: dict[str, Billed] = {}
+        pending_rates: dict[str, dict[datetime, list[TaxRate]]] = {}  # as ``pending``, for rates_then
         rated = [
             self._rate(
                 item.sub,
@@ -365,6 +366,7 @@ class Rater:
                 pending.setdefault(item.subscription_id, {}),
                 item.kind,
                 threshold=item.threshold,
+                pending_rates=pending_rates.setdefault(item.subscription_id, {}),
             )
             for item in batch
         ]
@@ -385,6 +387,7 @@ class Rater:
         only: str | None = None,
         threshold: Decimal | None = None,
         terms: CustomerTerms | None = None,
+        pending_rates: dict[datetime, list[TaxRate]] | None = None,
     ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here.
 
@@ -414,8 +417,21 @@ class Rater:
         at_end = sub.plan_at(max(shown.start, shown.end - timedelta(microseconds=1)))
         id_key = progressive_key(threshold) if threshold is not None else None
         invoice, allocations = finalize(
-            sub, at_end, shown, lines, cutoff, grants, drawn, kind, rates, id_key=id_key, credits_at=moment
+            sub,
+            at_end,
+            shown,
+            lines,
+            cutoff,
+            grants,
+            drawn,
+            kind,
+            rates,
+            id_key=id_key,
+            credits_at=moment,
+            rates_then=self._rates_then(sub, period, kind, lines, pending_rates),
         )
+        if kind == "period" and pending_rates is not None:
+            pending_rates[period.start] = rates
         seen = [s.plan.key for s in sub.segments if overlap(s, shown.start, shown.end)] or [at_end.key]
         invoice = replace(
             invoice,
@@ -493,6 +509,29 @@ class Rater:
             before_quantity, before_amount = billed.get(key, (Decimal(0), Decimal(0)))
             billed[key] = (before_quantity + quantity, before_amount + amount)
         return billed
+
+    def _rates_then(
+        self,
+        sub: Subscription,
+        period: Period,
+        kind: str,
+        lines: list[Line],
+        pending_rates: dict[datetime, list[TaxRate]] | None,
+    ) -> dict[datetime, list[TaxRate]]:
+        """The tax rates of the invoiced periods this invoice's lines adjust, stored or rated
+        earlier in this batch; read only when a line adjusts an earlier period (or, on an
+        advance or final adjustment invoice, its own period, invoiced already)."""
+        own = period.start if kind == "period" else None
+        adjusted = {
+            line.period_start
+            for line in lines
+            if line.period_start is not None and line.period_start <= period.start and line.period_start != own
+        }
+        if not adjusted:
+            return {}
+        known = dict(self.store.rates_then(sub.subscription_id))
+        known.update(pending_rates or {})
+        return {start: rates for start, rates in known.items() if start in adjusted}
 
     def _lines(
         self,

@@ -16,6 +16,13 @@ and the invoice carries the amount with its tax forward to the customer's balanc
 the reversal, the next invoice would collect the tax again on usage the balance pays for.
 A zero subtotal is taxed nothing.
 
+A line that adjusts an earlier period is taxed at the rates that period's invoice applied
+(its document's ``tax_rates``), not at today's: a correction reverses exactly the tax that
+was collected, even after a change of rate or of the customer's exemption or country, and
+late usage is taxed as the period it belongs to was. Lines are taxed in groups, one per set
+of rates, each group rounded as above; a period whose rates are not known (its invoice had a
+zero subtotal, or none was issued) is taxed at today's.
+
 Credits pay the invoice, tax included: they are a means of payment, not a discount.
 """
 
@@ -111,6 +118,52 @@ def tax_lines(subtotal: Decimal, currency: str, rates: list[TaxRate]) -> list[di
             }
         )
     return out
+
+
+def grouped_tax_lines(groups: list[tuple[Decimal, list[TaxRate]]], currency: str) -> list[dict[str, Any]]:
+    """:func:`tax_lines` of each (subtotal, rates) group, the groups of one set of rates summed
+    first (so an invoice taxed at one set of rates is taxed exactly as before), then lines of
+    the same key, rate and kind merged."""
+    subtotals: dict[tuple[tuple[str, str, Decimal, bool], ...], tuple[Decimal, list[TaxRate]]] = {}
+    for subtotal, rates in groups:
+        key = tuple((t.key, t.name, t.rate, t.inclusive) for t in rates)
+        summed, _ = subtotals.get(key, (ZERO, rates))
+        subtotals[key] = (summed + subtotal, rates)
+    merged: dict[tuple[str, str, str, bool], dict[str, Any]] = {}
+    for subtotal, rates in subtotals.values():
+        for line in tax_lines(subtotal, currency, rates):
+            identity = (line["key"], line["name"], line["rate"], line["inclusive"])
+            if identity in merged:
+                before = merged[identity]
+                for name in ("taxable", "amount"):
+                    before[name] = format_money(Decimal(before[name]) + Decimal(line[name]), currency)
+            else:
+                merged[identity] = line
+    return list(merged.values())
+
+
+def applied_rates(rates: list[TaxRate]) -> list[dict[str, Any]]:
+    """What an invoice's ``tax_rates`` holds: the rates it applied to its own lines."""
+    return [
+        {"key": t.key, "name": t.name, "rate": format(t.rate.normalize(), "f"), "inclusive": t.inclusive} for t in rates
+    ]
+
+
+def rates_of_document(document: dict[str, Any]) -> list[TaxRate] | None:
+    """The rates a stored invoice applied to its own lines; None when it cannot tell.
+
+    Read from ``tax_rates``; an invoice rated before that field existed taxed every line at
+    one set of rates, which its ``tax_lines`` name, unless its subtotal was zero (taxed
+    nothing whatever the rates)."""
+    if "tax_rates" in document:
+        entries = document["tax_rates"]
+    elif Decimal(document.get("subtotal", "0")) != 0:
+        entries = document.get("tax_lines", [])
+    else:
+        return None
+    return [
+        TaxRate(key=e["key"], name=e["name"], rate=Decimal(e["rate"]), inclusive=bool(e["inclusive"])) for e in entries
+    ]
 
 
 def added_tax(lines: list[dict[str, Any]]) -> Decimal:

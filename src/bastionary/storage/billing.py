@@ -18,6 +18,7 @@ from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
 from bastionary.rating.pricing import Usage
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription, utc
+from bastionary.rating.tax import TaxRate, rates_of_document
 from bastionary.storage.client import Client, insert_rows
 from bastionary.storage.queries import QueryParameters, value_expression
 
@@ -255,6 +256,19 @@ class ClickHouseBillingStore:
             parameters={"s": subscription_id},
         ).result_rows
         return {(utc(start), key): (Decimal(q), Decimal(a)) for start, key, q, a in rows}
+
+    def rates_then(self, subscription_id: str) -> dict[datetime, list[TaxRate]]:
+        rows = self.client.query(
+            "SELECT document FROM invoices FINAL WHERE subscription_id = {s:String} AND kind = 'period'",
+            parameters={"s": subscription_id},
+        ).result_rows
+        out = {}
+        for (document,) in rows:
+            data = orjson.loads(document)
+            rates = rates_of_document(data)
+            if rates is not None:
+                out[utc(datetime.fromisoformat(data["period_start"]))] = rates
+        return out
 
     def store_invoices(self, rated: list[RatedInvoice]) -> None:
         """Lines, then ledger movements, then the invoice rows: the invoice row is the commit marker.

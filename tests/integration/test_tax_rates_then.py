@@ -1,0 +1,67 @@
+"""The rates an earlier period's invoice applied, read back from ClickHouse
+(``ClickHouseBillingStore.rates_then``): what a line adjusting that period is taxed at. chdb in
+a child process (one database directory per process); no broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_SCRIPT = r"""
+import json, tempfile
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from bastionary.storage.billing import ClickHouseBillingStore
+from bastionary.storage.client import open_client
+from bastionary.storage.usage import ClickHouseUsageStore
+
+client = open_client(f"chdb://{tempfile.mkdtemp()}/clickhouse", "bastionary", create=True)
+ClickHouseUsageStore(client).migrate()
+store = ClickHouseBillingStore(client)
+VAT = {"key": "vat", "name": "VAT 19%", "rate": "0.19", "inclusive": False}
+LINE = VAT | {"taxable": "10.00", "amount": "1.90"}
+
+
+def invoice(invoice_id, subscription, kind, month, subtotal, **document):
+    start = datetime(2024, month, 1, tzinfo=timezone.utc)
+    data = {"invoice_id": invoice_id, "subscription_id": subscription, "kind": kind,
+            "period_start": start.isoformat(), "subtotal": subtotal} | document
+    return (invoice_id, "cust-1", subscription, kind, start, Decimal(subtotal), json.dumps(data), 0)
+
+
+client.insert(
+    "invoices",
+    [
+        invoice("jan", "sub-1", "period", 1, "10.00", tax_lines=[LINE], tax_rates=[VAT]),
+        invoice("feb", "sub-1", "period", 2, "0.00", tax_lines=[], tax_rates=[VAT]),  # known though zero
+        invoice("mar", "sub-1", "period", 3, "10.00", tax_lines=[LINE | {"rate": "0.25"}]),  # rated before tax_rates
+        invoice("apr", "sub-1", "period", 4, "0.00", tax_lines=[]),  # before tax_rates, zero: unknown
+        invoice("may", "sub-1", "period", 5, "10.00", tax_lines=[], tax_rates=[]),  # exempt then
+        invoice("jun", "sub-1", "advance", 6, "10.00", tax_lines=[LINE], tax_rates=[VAT]),  # not a period's
+        invoice("other", "sub-2", "period", 1, "10.00", tax_lines=[LINE], tax_rates=[VAT]),
+    ],
+    column_names=("invoice_id", "customer_id", "subscription_id", "kind", "period_start", "subtotal", "document", "published"),
+)
+found = store.rates_then("sub-1")
+print(json.dumps({start.isoformat()[:7]: [(r.key, str(r.rate)) for r in rates] for start, rates in sorted(found.items())}))
+"""
+
+
+def test_each_invoiced_period_names_the_rates_its_invoice_applied():
+    done = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "2024-01": [["vat", "0.19"]],
+        "2024-02": [["vat", "0.19"]],
+        "2024-03": [["vat", "0.25"]],
+        "2024-05": [],
+    }

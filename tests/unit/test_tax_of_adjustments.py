@@ -1,0 +1,116 @@
+"""A line adjusting an earlier period is taxed at the rates that period's invoice applied
+(its ``tax_rates``), not at today's (rating/tax.py; README, "Invoices and tax"). Until
+2026-12-04 a correction was taxed at today's rates: it gave back tax an exempt invoice never
+took, and after a change of rate more or less than was collected."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bastionary.rating.customers import CustomerTerms
+from bastionary.rating.plans import Plan
+from bastionary.rating.rater import Rater
+from bastionary.rating.tax import Invoicing, TaxProfile, TaxRate, grouped_tax_lines, rates_of_document, tax_lines
+from tests.unit.test_rater import (
+    AFTER_FEB,
+    AFTER_JAN,
+    FEB,
+    GRACE,
+    PRO,
+    TOKENS,
+    FakeBillingStore,
+    FakePublisher,
+    at,
+)
+
+D = Decimal
+
+
+def plan(key: str, currency: str = "USD", interval: str = "P1M", **extra: object) -> Plan:
+    return Plan.model_validate({"key": key, "currency": currency, "billing_interval": interval, **extra})
+
+
+def _vat(rate: str) -> Invoicing:
+    return Invoicing(taxes=[TaxRate(key="vat", name=f"VAT {rate}", rate=D(rate), countries=["DE"])])
+
+
+def _corrected() -> FakeBillingStore:
+    """January: 20.00 fee + 100.00 usage. February's invoice takes back 80.00 of January's
+    usage (a late correction) and bills its own 20.00 fee: subtotal -60.00."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    store.use("cust-1", 10000, at(2024, 1, 10))
+    store.use("cust-1", -8000, at(2024, 1, 20), ingested=FEB + GRACE + GRACE)
+    return store
+
+
+async def test_a_correction_gives_back_no_tax_that_was_never_collected():
+    store, publish = _corrected(), FakePublisher()
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE", exempt=True))
+    (january,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19")).run_once(AFTER_JAN)
+    ).invoices
+    assert january["tax"] == "0.00"
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))  # taxable since
+    (february,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19")).run_once(AFTER_FEB)
+    ).invoices
+    assert february["subtotal"] == "-60.00"
+    assert D(january["tax"]) + D(february["tax"]) >= 0  # -11.40: tax never collected, given back
+
+
+async def test_a_correction_reverses_tax_at_the_rate_it_was_collected_at():
+    store, publish = _corrected(), FakePublisher()
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    (january,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19")).run_once(AFTER_JAN)
+    ).invoices
+    assert january["tax"] == "22.80"
+    (february,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.25")).run_once(AFTER_FEB)
+    ).invoices
+    # January's 15.20 on the 80.00 reversed, February's own fee taxed 5.00: -10.20, not -15.00.
+    assert D(february["tax"]) == D("-10.20")
+
+
+async def test_late_usage_is_taxed_at_the_rate_of_the_period_it_belongs_to():
+    """February carries 30.00 of January's usage, late: at January's 19%, beside its own fee
+    at 25%. One tax key, two rates, two lines."""
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    store.use("cust-1", 3000, at(2024, 1, 20), ingested=FEB + GRACE + GRACE)
+    await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19")).run_once(AFTER_JAN)
+    (february,) = (
+        await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.25")).run_once(AFTER_FEB)
+    ).invoices
+    taxed = sorted((line["rate"], line["taxable"], line["amount"]) for line in february["tax_lines"])
+    assert taxed == [("0.19", "30.00", "5.70"), ("0.25", "20.00", "5.00")]
+    assert february["tax"] == "10.70"
+    assert february["tax_rates"] == [{"key": "vat", "name": "VAT 0.25", "rate": "0.25", "inclusive": False}]
+
+
+def test_an_invoice_rated_before_tax_rates_existed_names_its_rates_by_its_tax_lines():
+    line = {"key": "vat", "name": "VAT", "rate": "0.19", "inclusive": False, "taxable": "10.00", "amount": "1.90"}
+    (rate,) = rates_of_document({"subtotal": "10.00", "tax_lines": [line]}) or []
+    assert (rate.key, rate.rate, rate.inclusive) == ("vat", D("0.19"), False)
+    assert rates_of_document({"subtotal": "10.00", "tax_lines": []}) == []  # exempt, or no rate applied
+    assert rates_of_document({"subtotal": "0.00", "tax_lines": []}) is None  # a zero subtotal tells nothing
+
+
+RATES = [
+    TaxRate(key="vat", name="VAT", rate=D("0.19")),
+    TaxRate(key="gst", name="GST", rate=D("0.1"), inclusive=True),
+]
+
+
+@given(
+    st.lists(st.integers(-(10**9), 10**9).map(lambda cents: D(cents) / 100), max_size=6),
+    st.sampled_from([[], RATES[:1], RATES]),
+)
+def test_lines_at_one_set_of_rates_are_taxed_as_one_subtotal(amounts, rates):
+    grouped = grouped_tax_lines([(amount, rates) for amount in amounts], "USD")
+    assert grouped == tax_lines(sum(amounts, D(0)), "USD", rates)
