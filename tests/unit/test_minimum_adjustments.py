@@ -207,7 +207,7 @@ async def test_a_backdated_plan_change_keeps_a_period_at_its_minimum():
     rate = Rater(store, [a, b], [TOKENS], GRACE, publish)
     invoices = (await rate.run_once(AFTER_JAN)).invoices
     assert per_period(invoices)[JAN.isoformat()] == D("100.00")
-    # A change to b from 16 January arrives in February: January's charges become 65.48,
+    # A change to b from 16 January arrives in February: January's charges become 65.49,
     # still under the minimum, so January still costs 100.00 (it was billed 115.49).
     store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 1, 16)))
     invoices += (await rate.run_once(AFTER_FEB)).invoices

@@ -251,13 +251,78 @@ def add_billed(billed: Billed, lines: list[Line], period_start: datetime, curren
         billed[key] = (quantity + stored_quantity(line.quantity), amount + round_money(line.amount, currency))
 
 
-def replanned(sub: Subscription, period: Period, billed: Billed) -> bool:
-    """Were the period's invoices billed on other plans than the subscription now has over it?
-    A plan change received after the period was invoiced (backdated) makes it so; a price or
-    a minimum changed in the catalog does not (the plans are the same)."""
-    billed_plans = {key.split(":", 1)[0] for start, key in billed if start == period.start and ":" in key}
-    plans_now = {s.plan.key for s in sub.segments if overlap(s, period.start, period.end)}
-    return bool(billed_plans) and billed_plans != plans_now
+def _by_period(billed: Billed) -> dict[datetime, dict[str, tuple[Decimal, Decimal]]]:
+    out: dict[datetime, dict[str, tuple[Decimal, Decimal]]] = {}
+    for (start, key), value in billed.items():
+        out.setdefault(start, {})[key] = value
+    return out
+
+
+def _plans_over(sub: Subscription, period: Period) -> set[str]:
+    return {s.plan.key for s in sub.segments if overlap(s, period.start, period.end)}
+
+
+# Stored shares are truncated to 9 decimals line by line: a few units of the last one apart
+# are the same share. One second of a three-year period is 3e-8 of it.
+_SHARE_TOLERANCE = Decimal("1e-8")
+
+
+def replanned(sub: Subscription, periods: list[Period], billed: Billed) -> set[datetime]:
+    """The starts of the periods to rate again whole: their invoices billed them on other
+    plans, or other shares of their plans, than the subscription now has over them (a plan
+    change, or a cancellation cutting the period, received after the period was invoiced).
+
+    Told by the fees in arrears, whose flat lines' quantities are the shares, and by what is
+    still billed under a plan the period no longer has. Both are settled once the period is
+    rated again, and neither moves when a price changes in the catalog."""
+    by_period = _by_period(billed)
+    out = set()
+    for period in periods:
+        held = {key: value for key, value in by_period.get(period.start, {}).items() if ":" in key}
+        if not held:
+            continue
+        shares: dict[str, Decimal] = {}
+        for segment in sub.segments:
+            window = overlap(segment, period.start, period.end)
+            if window is None:
+                continue
+            for price in segment.plan.prices:
+                if isinstance(price, FlatPrice) and price.billing_timing != ADVANCE:
+                    key = f"{segment.plan.key}:{price.key}"
+                    fraction = stored_quantity(share(segment.plan, *window, period))
+                    shares[key] = shares.get(key, ZERO) + fraction
+        plans_now = _plans_over(sub, period)
+        left_on_others = any(any(value) for key, value in held.items() if key.split(":", 1)[0] not in plans_now)
+        moved = any(
+            abs(held.get(key, (ZERO, ZERO))[0] - fraction) > _SHARE_TOLERANCE for key, fraction in shares.items()
+        )
+        if left_on_others or moved:
+            out.add(period.start)
+    return out
+
+
+def plans_changed(sub: Subscription, periods: list[Period], billed: Billed) -> set[datetime]:
+    """The starts of the periods whose invoices named other plans than the subscription now
+    has over them (any line key, one of nothing included): their minimum is now another plan's.
+    Unlike :func:`replanned` this stays so once the period is rated again, so a minimum changed
+    in the catalog reaches back to such a period."""
+    by_period = _by_period(billed)
+    out = set()
+    for period in periods:
+        named = {key.split(":", 1)[0] for key in by_period.get(period.start, {}) if ":" in key}
+        if named and named != _plans_over(sub, period):
+            out.add(period.start)
+    return out
+
+
+def usage_keys(sub: Subscription) -> dict[str, str]:
+    """Every metered price's line key in the subscription's plans, with its meter."""
+    return {
+        f"{s.plan.key}:{price.key}": price.meter
+        for s in sub.segments
+        for price in s.plan.prices
+        if not isinstance(price, FlatPrice)
+    }
 
 
 def adjustment_lines(
@@ -273,9 +338,10 @@ def adjustment_lines(
     back (its fees in advance are :func:`advance_lines`').
     """
     advance = set(advance_keys(sub))
+    moved = replanned(sub, earlier, billed)
     lines = []
     for period in earlier:
-        again = replanned(sub, period, billed)
+        again = period.start in moved
         # One plan can appear twice in a period (A -> B -> A): compare per line key, summed.
         # The first line of a key names the adjustment.
         current: dict[str, tuple[Decimal, Decimal, Line]] = {}
@@ -323,7 +389,8 @@ def true_up_adjustments(
 ) -> list[Line]:
     """The minimum commitment's true-up of each earlier period this invoice adjusts
     (``adjustments``: its lines for earlier periods), of each earlier period billed on other
-    plans than it now has (:func:`replanned`), and of ``cut``, the period a cancellation
+    plans or shares than it now has (:func:`replanned`, :func:`plans_changed`), and of ``cut``,
+    the period a cancellation
     ends, if the share of the minimum its true-up was billed for is no longer the period's (a
     cancellation received after the period's invoice); recomputed on the period's final figures,
     less the true-ups already billed for it: late usage lowers the true-up, a correction that
@@ -337,7 +404,7 @@ def true_up_adjustments(
     if cut is not None and _share_moved(sub, cut, billed, currency):
         adjusted.add(cut.start)
     # A period moved to other plans commits to their minimum, whatever else changed.
-    adjusted |= {period.start for period in earlier if replanned(sub, period, billed)}
+    adjusted |= replanned(sub, earlier, billed) | plans_changed(sub, earlier, billed)
     charged: dict[datetime, Decimal] = {}
     trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
     for (start, key), (quantity, amount) in billed.items():
@@ -467,10 +534,13 @@ def removed_period_refunds(sub: Subscription, billed: Billed) -> list[Line]:
     return lines
 
 
-def already_billed_lines(lines: list[Line], billed: Billed, period_start: datetime) -> list[Line]:
+def already_billed_lines(
+    lines: list[Line], billed: Billed, period_start: datetime, metered: Mapping[str, str] | None = None
+) -> list[Line]:
     """For each usage line, what earlier invoices of the same period (progressive ones)
     billed of it, deducted: the lines show the period's whole usage, the deduction what was
-    paid for already."""
+    paid for already. ``metered`` (:func:`usage_keys`): what they billed under a usage key the
+    lines no longer have (a plan a backdated change took the period off) is deducted too."""
     out, seen = [], set()
     for line in lines:
         if line.meter is None or line.period_start is not None or line.line_key in seen:
@@ -480,6 +550,13 @@ def already_billed_lines(lines: list[Line], billed: Billed, period_start: dateti
         if quantity or amount:
             label = f"Billed on earlier invoices this period ({line.description})"
             deduction = Line(line.price_key, line.meter, label, -quantity, -amount, line_key=line.line_key)
+            out.append(replace(deduction, already_billed=True))
+    for key, meter in sorted((metered or {}).items()):
+        quantity, amount = billed.get((period_start, key), (ZERO, ZERO))
+        if key not in seen and (quantity or amount):
+            price_key = key.split(":", 1)[1]
+            label = f"Billed on earlier invoices this period ({price_key}, on a plan the period no longer has)"
+            deduction = Line(price_key, meter, label, -quantity, -amount, line_key=key)
             out.append(replace(deduction, already_billed=True))
     return out
 

@@ -64,6 +64,7 @@ from bastionary.rating.invoice import (
     removed_period_refunds,
     replanned,
     true_up_adjustments,
+    usage_keys,
 )
 from bastionary.rating.plans import MeteredPrice, Plan
 from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
@@ -216,17 +217,20 @@ class Rater:
             final = final_adjustment(sub, now - self.settle, self.grace)
             if final is not None:
                 final = ([p for p in final[0] if billable(p, unbilled)], final[1])
-            if (
+            # The final adjustment is an ended subscription's last bill: once it is rated, a
+            # plan change received since bills no fee in advance either.
+            ended = (
                 final is not None
-                and final[0]
-                and invoice_id(sub.subscription_id, final[0][-1].start, FINAL_ADJUSTMENT) not in rated
-            ):
+                and bool(final[0])
+                and invoice_id(sub.subscription_id, final[0][-1].start, FINAL_ADJUSTMENT) in rated
+            )
+            if final is not None and final[0] and not ended:
                 all_periods, cutoff = final
                 last_cutoff = cutoff_for(all_periods[-1].end, self.grace)
                 due.append(
                     _Due(last_cutoff, sub.subscription_id, sub, all_periods, all_periods[-1], cutoff, FINAL_ADJUSTMENT)
                 )
-            for period, start in advance_due(sub, now - self.settle):
+            for period, start in [] if ended else advance_due(sub, now - self.settle):
                 if billable(period, unbilled) and invoice_id(sub.subscription_id, start, ADVANCE) not in rated:
                     # A backdated plan change's fee for a period already invoiced: that period's
                     # minimum true-up is recomputed on this invoice. A period not invoiced yet
@@ -561,7 +565,7 @@ class Rater:
             return advance + true_up_adjustments(sub, earlier, advance, billed, currency)
         if kind == PROGRESSIVE:
             usage_lines = [line for line in period_lines(sub, period, cutoff, usage) if line.meter]
-            return usage_lines + already_billed_lines(usage_lines, billed, period.start)
+            return usage_lines + already_billed_lines(usage_lines, billed, period.start, usage_keys(sub))
         lines: list[Line] = []
         if kind == FINAL_ADJUSTMENT:
             for each in earlier:
@@ -584,7 +588,7 @@ class Rater:
         )
         if true_up is not None:
             lines.append(true_up)
-        lines.extend(already_billed_lines(lines, billed, period.start))
+        lines.extend(already_billed_lines(lines, billed, period.start, usage_keys(sub)))
         lines.extend(advance)
         following = nth_period(sub, period.index + 1)
         if following is not None and following.end > following.start:
@@ -592,11 +596,9 @@ class Rater:
         if earlier:
             # A period a backdated plan change moved to other plans has its fees in advance
             # trued up as well (an advance invoice does so only for the period it starts in).
+            moved = replanned(sub, earlier, billed)
             adjustments = [
-                line
-                for each in earlier
-                if replanned(sub, each, billed)
-                for line in advance_lines(sub, each, billed, currency)
+                line for each in earlier if each.start in moved for line in advance_lines(sub, each, billed, currency)
             ]
             adjustments = adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + adjustments
             lines.extend(adjustments + true_up_adjustments(sub, earlier, adjustments, billed, currency))
