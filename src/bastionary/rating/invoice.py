@@ -331,7 +331,9 @@ def adjustment_lines(
     """Late usage of earlier periods: what the period's usage costs now minus what was billed.
 
     Compared with the quantities and rounded amounts already on invoices (not recomputed),
-    so usage that landed late for any reason is billed once, never lost.
+    so usage that landed late for any reason is billed once, never lost. A line whose quantity
+    did not move is left alone, so a price changed in the catalog does not reach back to
+    periods without late usage (one with late usage is priced whole at today's price).
 
     A period billed on other plans than it now has (:func:`replanned`) is rated again whole:
     its fees in arrears too, and what was billed under a line key it no longer has is taken
@@ -362,6 +364,11 @@ def adjustment_lines(
         why = "plan change" if again else "late usage"
         for key, (quantity, amount, line) in current.items():
             old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
+            if not again and quantity == old_quantity and line.meter is not None and line.percentage is None:
+                # No usage moved: a price changed in the catalog since does not reach back.
+                # (A percentage price's fixed amount per event moves with events its
+                # quantity does not count, so it is compared by amount.)
+                continue
             delta = amount - old_amount
             if delta != 0 or quantity != old_quantity:
                 lines.append(

@@ -1,0 +1,43 @@
+"""A price changed in the catalog applies from the next invoice on: it does not reach back to
+periods already invoiced, unless late usage of theirs arrives (docs/pricing.md, "Late usage").
+Until 2026-12-04 every invoice priced every earlier period's usage again at today's prices,
+and billed the difference as late usage: raising a price re-billed all of history."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from bastionary.rating.plans import Plan
+from bastionary.rating.rater import Rater
+from tests.unit.test_minimum_adjustments import per_period
+from tests.unit.test_rater import AFTER_FEB, AFTER_JAN, FEB, GRACE, JAN, TOKENS, FakeBillingStore, FakePublisher, at
+
+D = Decimal
+
+
+def tokens_at(unit: str) -> Plan:
+    price = {"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": unit}
+    return Plan.model_validate({"key": "a", "currency": "USD", "billing_interval": "P1M", "prices": [price]})
+
+
+async def _january_then_raised(late_tokens: int) -> list[dict]:
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 1000, at(2024, 1, 10))
+    if late_tokens:
+        store.use("cust-1", late_tokens, at(2024, 1, 20), ingested=FEB + 2 * GRACE)
+    invoices = (await Rater(store, [tokens_at("0.01")], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_JAN)).invoices
+    raised = Rater(store, [tokens_at("0.02")], [TOKENS], GRACE, FakePublisher())
+    return invoices + (await raised.run_once(AFTER_FEB)).invoices
+
+
+async def test_a_price_raised_in_the_catalog_does_not_reach_back():
+    january, february = await _january_then_raised(0)
+    assert [line.get("adjusts_period_start") for line in february["lines"]] == [None]  # February's own usage
+    assert per_period([january, february])[JAN.isoformat()] == D("10.00")
+
+
+async def test_late_usage_after_a_raise_prices_its_period_at_today_s_price():
+    """The documented limit: the period's usage is priced again whole, 1,500 tokens at 0.02."""
+    invoices = await _january_then_raised(500)
+    assert per_period(invoices)[JAN.isoformat()] == D("30.00")
