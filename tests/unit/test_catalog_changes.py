@@ -9,8 +9,20 @@ from decimal import Decimal
 
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
+from bastionary.rating.subscriptions import SubscriptionEvent
 from tests.unit.test_minimum_adjustments import per_period
-from tests.unit.test_rater import AFTER_FEB, AFTER_JAN, FEB, GRACE, JAN, TOKENS, FakeBillingStore, FakePublisher, at
+from tests.unit.test_rater import (
+    AFTER_FEB,
+    AFTER_JAN,
+    FEB,
+    GRACE,
+    JAN,
+    MAR,
+    TOKENS,
+    FakeBillingStore,
+    FakePublisher,
+    at,
+)
 
 D = Decimal
 
@@ -41,3 +53,24 @@ async def test_late_usage_after_a_raise_prices_its_period_at_today_s_price():
     """The documented limit: the period's usage is priced again whole, 1,500 tokens at 0.02."""
     invoices = await _january_then_raised(500)
     assert per_period(invoices)[JAN.isoformat()] == D("30.00")
+
+
+async def test_a_fee_in_advance_raised_in_the_catalog_is_not_billed_again_for_periods_it_paid():
+    """Canceled from March: January's and February's fees were billed at 30.00 before the
+    raise to 50.00. February's invoice and the final adjustment billed 20.00 more for each."""
+    seat = {"key": "seat", "model": "flat", "billing_timing": "advance"}
+
+    def plan(fee: str) -> Plan:
+        return Plan.model_validate(
+            {"key": "a", "currency": "USD", "billing_interval": "P1M", "prices": [seat | {"amount": fee}]}
+        )
+
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "a", None, None, MAR))
+    invoices = []
+    for now in (at(2024, 1, 1, 1), AFTER_JAN):
+        invoices += (await Rater(store, [plan("30")], [TOKENS], GRACE, FakePublisher()).run_once(now)).invoices
+    raised = Rater(store, [plan("50")], [TOKENS], GRACE, FakePublisher())
+    invoices += (await raised.run_once(MAR + 4 * GRACE)).invoices
+    assert per_period(invoices) == {JAN.isoformat(): D("30.00"), FEB.isoformat(): D("30.00")}

@@ -474,8 +474,8 @@ def advance_keys(sub: Subscription) -> list[str]:
 def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: str) -> list[Line]:
     """The period's fees billed in advance, as the subscription now stands, less what earlier
     invoices billed of them (``billed``): the whole fee on the invoice before the period, then
-    nothing, unless a plan change or a cancellation changed what the period owes since, when
-    the difference is billed (or credited) on the next invoice. Each line names the period
+    nothing, unless a plan change or a cancellation changed what the period owes since (its
+    share of the fee), when the difference is billed (or credited) on the next invoice. Each line names the period
     it pays for (``period_start`` .. ``service_end``)."""
     owed: dict[str, tuple[Decimal, Decimal, Line]] = {}
     names = {f"{s.plan.key}:{p.key}": p.description or p.key for s in sub.segments for p in s.plan.advance_prices}
@@ -500,7 +500,9 @@ def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: s
         price_key = key.split(":", 1)[1]
         fee = Line(price_key, None, price_key, ZERO, ZERO, line_key=key)  # owed nothing now
         quantity, amount, fee = owed.get(key, (ZERO, ZERO, fee))
-        if amount == old_amount and quantity == old_quantity:
+        if quantity == old_quantity and (amount == old_amount or old_quantity):
+            # Its share did not move: a fee changed in the catalog since does not reach back
+            # to a period it was billed for.
             continue
         if old_quantity or old_amount:
             fee = Line(price_key, None, f"Adjustment: {names[key]}, billed in advance", ZERO, ZERO, line_key=key)
