@@ -51,7 +51,7 @@ client.insert(
     ],
     column_names=("invoice_id", "customer_id", "subscription_id", "kind", "period_start", "subtotal", "document", "published"),
 )
-found = store.rates_then("sub-1")
+found = store.rates_then("cust-1", "sub-1")
 print(json.dumps({start.isoformat()[:7]: [(r.key, str(r.rate)) for r in rates] for start, rates in sorted(found.items())}))
 """
 

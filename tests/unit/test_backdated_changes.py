@@ -236,3 +236,18 @@ async def test_a_backdated_change_does_not_bill_a_progressively_billed_period_tw
     store.events.append(_changed("b", at(2024, 1, 18)))
     invoices += (await rate.run_once(AFTER_FEB)).invoices
     assert per_period(invoices)[FEB.isoformat()] == D("120.00")
+
+
+async def test_a_plan_replaced_from_the_start_does_not_bill_a_progressive_period_twice():
+    metered = {"key": "tokens", "model": "per_unit", "meter": "llm_tokens"}
+    a = plan("a", prices=[metered | {"unit_amount": "0.01"}], usage_thresholds=["50"])
+    b = plan("b", prices=[metered | {"unit_amount": "0.02"}], usage_thresholds=["50"])
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 6000, at(2024, 1, 10))
+    rate = Rater(store, [a, b], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(at(2024, 1, 12))).invoices
+    assert [(i["kind"], i["subtotal"]) for i in invoices] == [("progressive", "60.00")]
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 1, 1)))
+    invoices += (await rate.run_once(AFTER_JAN)).invoices
+    assert per_period(invoices)["2024-01-01T00:00:00+00:00"] == D("120.00")  # observed 180.00

@@ -12,8 +12,10 @@ from bastionary.rating.rater import Rater
 from bastionary.rating.subscriptions import SubscriptionEvent
 from tests.unit.test_minimum_adjustments import per_period
 from tests.unit.test_rater import (
+    AFTER_APR,
     AFTER_FEB,
     AFTER_JAN,
+    AFTER_MAR,
     FEB,
     GRACE,
     JAN,
@@ -74,3 +76,44 @@ async def test_a_fee_in_advance_raised_in_the_catalog_is_not_billed_again_for_pe
     raised = Rater(store, [plan("50")], [TOKENS], GRACE, FakePublisher())
     invoices += (await raised.run_once(MAR + 4 * GRACE)).invoices
     assert per_period(invoices) == {JAN.isoformat(): D("30.00"), FEB.isoformat(): D("30.00")}
+
+
+def _plan(key: str, **extra: object) -> Plan:
+    return Plan.model_validate({"key": key, "currency": "USD", "billing_interval": "P1M", **extra})
+
+
+async def test_a_minimum_raised_in_the_catalog_does_not_reach_back_to_a_replanned_period():
+    def flat(key, fee, minimum):
+        return _plan(key, prices=[{"key": "base", "model": "flat", "amount": fee}], minimum_commitment=minimum)
+
+    a, b = flat("a", "10", "100"), flat("b", "10", "200")
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    rate = Rater(store, [a, b], [TOKENS], GRACE, publish)
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 1, 18)))
+    invoices += (await rate.run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("200.00")
+    raised = Rater(store, [a, flat("b", "10", "300")], [TOKENS], GRACE, publish)
+    (april,) = (await raised.run_once(AFTER_APR)).invoices
+    # observed: [("2024-02-01…", "100.00")], a true-up for February on April's invoice
+    assert [(x["adjusts_period_start"], x["amount"]) for x in april["lines"] if x.get("adjusts_period_start")] == []
+
+
+async def test_a_fee_added_to_the_plan_in_the_catalog_does_not_reach_back():
+    a = _plan("a", prices=[{"key": "base", "model": "flat", "amount": "30"}])
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    rate = Rater(store, [a], [TOKENS], GRACE, publish)
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices) == {"2024-01-01T00:00:00+00:00": D("30.00"), FEB.isoformat(): D("30.00")}
+    grown = _plan(
+        "a",
+        prices=[
+            {"key": "base", "model": "flat", "amount": "30"},
+            {"key": "support", "model": "flat", "amount": "5"},
+        ],
+    )
+    (march,) = (await Rater(store, [grown], [TOKENS], GRACE, publish).run_once(AFTER_MAR)).invoices
+    # observed: [('2024-01-01…', '5.00'), ('2024-02-01…', '5.00')] billed for periods invoiced long ago
+    assert [(x["adjusts_period_start"], x["amount"]) for x in march["lines"] if x.get("adjusts_period_start")] == []

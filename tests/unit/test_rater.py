@@ -245,7 +245,7 @@ class FakeBillingStore:
                 out[(line.period_start, line.line_key)] = (quantity + line.quantity, amount + line.amount)
         return out
 
-    def rates_then(self, subscription_id: str) -> dict[datetime, list[TaxRate]]:
+    def rates_then(self, customer_id: str, subscription_id: str) -> dict[datetime, list[TaxRate]]:
         out = {}
         for stored in self.invoices.values():
             data = orjson.loads(stored.document)

@@ -13,10 +13,13 @@ from hypothesis import strategies as st
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
+from bastionary.rating.subscriptions import SubscriptionEvent
 from bastionary.rating.tax import Invoicing, TaxProfile, TaxRate, grouped_tax_lines, rates_of_document, tax_lines
+from tests.unit.test_minimum_adjustments import per_period
 from tests.unit.test_rater import (
     AFTER_FEB,
     AFTER_JAN,
+    AFTER_MAR,
     FEB,
     GRACE,
     PRO,
@@ -114,3 +117,70 @@ RATES = [
 def test_lines_at_one_set_of_rates_are_taxed_as_one_subtotal(amounts, rates):
     grouped = grouped_tax_lines([(amount, rates) for amount in amounts], "USD")
     assert grouped == tax_lines(sum(amounts, D(0)), "USD", rates)
+
+
+# --- found by the review of 2026-12-04 (each failed before its fix) -------------------------
+
+
+def _taxed(invoices: list[dict]) -> Decimal:
+    return sum((D(i["tax"]) for i in invoices), D(0))
+
+
+ADV = plan("adv", prices=[{"key": "base", "model": "flat", "amount": "30", "billing_timing": "advance"}])
+
+
+async def test_refund_of_a_removed_invoiced_period_reverses_the_tax_it_collected():
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    first = Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19"))
+    invoices = (await first.run_once(AFTER_JAN)).invoices + (await first.run_once(AFTER_FEB)).invoices
+    assert [i["tax"] for i in invoices] == ["3.80", "3.80"]  # 20.00 fee each, at 19%
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "pro", None, None, FEB))
+    later = (await Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.25")).run_once(AFTER_MAR)).invoices
+    (final,) = [i for i in later if i["kind"] == "final_adjustment"]
+    assert final["subtotal"] == "-20.00"  # February's fee given back
+    assert final["tax"] == "-3.80"  # observed -5.00: reversed at 25%, collected at 19%
+
+
+async def test_refund_of_a_removed_period_gives_back_no_tax_an_exempt_invoice_never_took():
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE", exempt=True))
+    rate = Rater(store, [PRO], [TOKENS], GRACE, publish, invoicing=_vat("0.19"))
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    assert _taxed(invoices) == 0
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))  # taxable since
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "pro", None, None, FEB))
+    invoices += (await rate.run_once(AFTER_MAR)).invoices
+    assert _taxed(invoices) >= 0  # observed -3.80: tax never collected, given back
+
+
+async def test_an_advance_fee_refunded_by_a_cancellation_gives_back_no_tax_never_collected():
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="adv")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE", exempt=True))
+    rate = Rater(store, [ADV], [TOKENS], GRACE, publish, invoicing=_vat("0.19"))
+    invoices = (await rate.run_once(AFTER_JAN)).invoices  # January's invoice bills February's 30.00
+    assert _taxed(invoices) == 0
+    assert per_period(invoices)[FEB.isoformat()] == D("30.00")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))  # taxable since
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "adv", None, None, at(2024, 2, 15)))
+    invoices += (await rate.run_once(at(2024, 2, 20))).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("14.48")  # 15.52 of the fee given back
+    assert _taxed(invoices) >= 0  # observed -2.95: 19% of 15.52 given back, never collected
+
+
+async def test_an_advance_fee_true_up_is_reversed_at_the_rate_it_was_collected_at():
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="adv")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    await Rater(store, [ADV], [TOKENS], GRACE, publish, invoicing=_vat("0.19")).run_once(AFTER_JAN)
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "adv", None, None, at(2024, 2, 15)))
+    feb = (
+        await Rater(store, [ADV], [TOKENS], GRACE, publish, invoicing=_vat("0.25")).run_once(at(2024, 2, 20))
+    ).invoices
+    (period,) = [i for i in feb if i["kind"] == "period"]
+    assert period["subtotal"] == "-15.52"
+    # 30.00 for February was billed on January's invoice at 19%: 15.52 of it reversed at 19%.
+    assert period["tax"] == "-2.95"  # observed -3.88 (25%)

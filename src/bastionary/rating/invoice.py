@@ -9,7 +9,7 @@ the period's usage as of the new cutoff minus its price as of the old one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_DOWN, Context, Decimal
@@ -272,55 +272,45 @@ def replanned(sub: Subscription, periods: list[Period], billed: Billed) -> set[d
     plans, or other shares of their plans, than the subscription now has over them (a plan
     change, or a cancellation cutting the period, received after the period was invoiced).
 
-    Told by the fees in arrears, whose flat lines' quantities are the shares, and by what is
-    still billed under a plan the period no longer has. Both are settled once the period is
-    rated again, and neither moves when a price changes in the catalog."""
+    Told by a plan now over the period that none of its lines named, by what is still billed
+    under a plan it no longer has, and by the shares of the fees in arrears it billed (a flat
+    line's quantity is its share). Each is settled once the period is rated again, and none
+    moves when a price changes, or is added, in the catalog. (A period whose new plan bills
+    nothing at all, no fee and no usage line, names it on no line and stays to be rated again:
+    a catalog change to that plan's minimum reaches back to it.)"""
     by_period = _by_period(billed)
     out = set()
     for period in periods:
         held = {key: value for key, value in by_period.get(period.start, {}).items() if ":" in key}
         if not held:
             continue
+        plans_now = _plans_over(sub, period)
+        named = {key.split(":", 1)[0] for key in held}
+        left_on_others = any(any(value) for key, value in held.items() if key.split(":", 1)[0] not in plans_now)
         shares: dict[str, Decimal] = {}
         for segment in sub.segments:
             window = overlap(segment, period.start, period.end)
             if window is None:
                 continue
             for price in segment.plan.prices:
-                if isinstance(price, FlatPrice) and price.billing_timing != ADVANCE:
-                    key = f"{segment.plan.key}:{price.key}"
+                key = f"{segment.plan.key}:{price.key}"
+                if isinstance(price, FlatPrice) and price.billing_timing != ADVANCE and key in held:
                     fraction = stored_quantity(share(segment.plan, *window, period))
                     shares[key] = shares.get(key, ZERO) + fraction
-        plans_now = _plans_over(sub, period)
-        left_on_others = any(any(value) for key, value in held.items() if key.split(":", 1)[0] not in plans_now)
-        moved = any(
-            abs(held.get(key, (ZERO, ZERO))[0] - fraction) > _SHARE_TOLERANCE for key, fraction in shares.items()
-        )
-        if left_on_others or moved:
+        moved = any(abs(held[key][0] - fraction) > _SHARE_TOLERANCE for key, fraction in shares.items())
+        if plans_now - named or left_on_others or moved:
             out.add(period.start)
     return out
 
 
-def plans_changed(sub: Subscription, periods: list[Period], billed: Billed) -> set[datetime]:
-    """The starts of the periods whose invoices named other plans than the subscription now
-    has over them (any line key, one of nothing included): their minimum is now another plan's.
-    Unlike :func:`replanned` this stays so once the period is rated again, so a minimum changed
-    in the catalog reaches back to such a period."""
-    by_period = _by_period(billed)
-    out = set()
-    for period in periods:
-        named = {key.split(":", 1)[0] for key in by_period.get(period.start, {}) if ":" in key}
-        if named and named != _plans_over(sub, period):
-            out.add(period.start)
-    return out
-
-
-def usage_keys(sub: Subscription) -> dict[str, str]:
-    """Every metered price's line key in the subscription's plans, with its meter."""
+def usage_keys(sub: Subscription, catalog: Iterable[Plan] = ()) -> dict[str, str]:
+    """Every metered price's line key, with its meter: of the subscription's plans and of the
+    ``catalog``'s (a plan a backdated change replaced from the start is no segment of it)."""
+    plans = [*catalog, *(s.plan for s in sub.segments)]
     return {
-        f"{s.plan.key}:{price.key}": price.meter
-        for s in sub.segments
-        for price in s.plan.prices
+        f"{plan.key}:{price.key}": price.meter
+        for plan in plans
+        for price in plan.prices
         if not isinstance(price, FlatPrice)
     }
 
@@ -396,7 +386,7 @@ def true_up_adjustments(
 ) -> list[Line]:
     """The minimum commitment's true-up of each earlier period this invoice adjusts
     (``adjustments``: its lines for earlier periods), of each earlier period billed on other
-    plans or shares than it now has (:func:`replanned`, :func:`plans_changed`), and of ``cut``,
+    plans or shares than it now has (:func:`replanned`), and of ``cut``,
     the period a cancellation
     ends, if the share of the minimum its true-up was billed for is no longer the period's (a
     cancellation received after the period's invoice); recomputed on the period's final figures,
@@ -411,7 +401,7 @@ def true_up_adjustments(
     if cut is not None and _share_moved(sub, cut, billed, currency):
         adjusted.add(cut.start)
     # A period moved to other plans commits to their minimum, whatever else changed.
-    adjusted |= replanned(sub, earlier, billed) | plans_changed(sub, earlier, billed)
+    adjusted |= replanned(sub, earlier, billed)
     charged: dict[datetime, Decimal] = {}
     trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
     for (start, key), (quantity, amount) in billed.items():
@@ -628,27 +618,20 @@ def finalize(
     taxes: list[TaxRate] | None = None,
     id_key: str | None = None,
     credits_at: datetime | None = None,
-    rates_then: Mapping[datetime, list[TaxRate]] | None = None,
+    line_rates: Sequence[list[TaxRate]] | None = None,
 ) -> tuple[Invoice, list[Allocation]]:
     """Round the lines, add tax, apply credits usable at ``credits_at`` (default: the period's
     end) to the subtotal plus the added tax, and shape the invoice. ``id_key`` replaces
     ``kind`` in the invoice id (a progressive invoice's names its threshold).
 
-    ``taxes``: the rates of this invoice's own lines. ``rates_then``: per earlier period
-    invoiced, the rates its invoice applied; a line adjusting such a period is taxed at them
-    (rating/tax.py)."""
+    ``taxes``: the rates of this invoice's own lines. ``line_rates``: per line, the rates it is
+    taxed at, for lines adjusting what earlier invoices billed (rating/tax.py); default all
+    at ``taxes``."""
     currency = plan.currency
     rounded = [round_money(line.amount, currency) for line in lines]
     subtotal = round_money(sum(rounded, ZERO), currency)
     own = taxes or []
-    then = rates_then or {}
-    taxed = grouped_tax_lines(
-        [
-            (amount, then.get(line.period_start, own) if line.period_start is not None else own)
-            for line, amount in zip(lines, rounded, strict=True)
-        ],
-        currency,
-    )
+    taxed = grouped_tax_lines(list(zip(rounded, line_rates or [own] * len(lines), strict=True)), currency)
     payable = subtotal + added_tax(taxed)
     allocations = allocate(grants, drawn, payable, currency, credits_at or period.end)
     credits = sum((a.amount for a in allocations), ZERO)

@@ -107,7 +107,7 @@ class BillingStore(Protocol):
         """What the subscription's stored invoices billed, from their lines."""
         ...
 
-    def rates_then(self, subscription_id: str) -> dict[datetime, list[TaxRate]]:
+    def rates_then(self, customer_id: str, subscription_id: str) -> dict[datetime, list[TaxRate]]:
         """Per period of the subscription invoiced (its ``period`` invoice stored), the tax
         rates that invoice applied (:func:`bastionary.rating.tax.rates_of_document`); a period
         whose rates cannot be told is left out."""

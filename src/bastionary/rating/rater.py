@@ -432,7 +432,7 @@ class Rater:
             rates,
             id_key=id_key,
             credits_at=moment,
-            rates_then=self._rates_then(sub, period, kind, lines, pending_rates),
+            line_rates=self._line_rates(sub, lines, billed, rates, pending_rates),
         )
         if kind == "period" and pending_rates is not None:
             pending_rates[period.start] = rates
@@ -514,28 +514,37 @@ class Rater:
             billed[key] = (before_quantity + quantity, before_amount + amount)
         return billed
 
-    def _rates_then(
+    def _line_rates(
         self,
         sub: Subscription,
-        period: Period,
-        kind: str,
         lines: list[Line],
+        billed: Billed,
+        own: list[TaxRate],
         pending_rates: dict[datetime, list[TaxRate]] | None,
-    ) -> dict[datetime, list[TaxRate]]:
-        """The tax rates of the invoiced periods this invoice's lines adjust, stored or rated
-        earlier in this batch; read only when a line adjusts an earlier period (or, on an
-        advance or final adjustment invoice, its own period, invoiced already)."""
-        own = period.start if kind == "period" else None
-        adjusted = {
-            line.period_start
-            for line in lines
-            if line.period_start is not None and line.period_start <= period.start and line.period_start != own
-        }
-        if not adjusted:
-            return {}
-        known = dict(self.store.rates_then(sub.subscription_id))
+    ) -> list[list[TaxRate]] | None:
+        """Per line, the rates it is taxed at (None: all at ``own``, today's).
+
+        A line that adjusts what an invoice billed is taxed at that invoice's rates, stored or
+        rated earlier in this batch (:meth:`BillingStore.rates_then`): a period's own lines
+        were billed on its period invoice; a fee in advance billed before was billed on the
+        invoice of the period before the one it pays for. A fee in advance billed for the first
+        time, a period not invoiced, and one billed on an ``advance`` invoice (not kept by
+        period) are taxed at today's rates."""
+        interval = sub.first_plan.interval
+        starts: list[datetime | None] = []
+        for line in lines:
+            start = line.period_start
+            if start is not None and line.timing == ADVANCE:
+                if not any(billed.get((start, line.line_key), ())):
+                    start = None  # billed now, for the first time
+                else:
+                    start = interval.period_containing(sub.anchor, start - timedelta(microseconds=1))[1]
+            starts.append(start)
+        if all(start is None for start in starts):
+            return None
+        known = dict(self.store.rates_then(sub.customer_id, sub.subscription_id))
         known.update(pending_rates or {})
-        return {start: rates for start, rates in known.items() if start in adjusted}
+        return [own if start is None else known.get(start, own) for start in starts]
 
     def _lines(
         self,
@@ -565,7 +574,9 @@ class Rater:
             return advance + true_up_adjustments(sub, earlier, advance, billed, currency)
         if kind == PROGRESSIVE:
             usage_lines = [line for line in period_lines(sub, period, cutoff, usage) if line.meter]
-            return usage_lines + already_billed_lines(usage_lines, billed, period.start, usage_keys(sub))
+            return usage_lines + already_billed_lines(
+                usage_lines, billed, period.start, usage_keys(sub, self.plans.values())
+            )
         lines: list[Line] = []
         if kind == FINAL_ADJUSTMENT:
             for each in earlier:
@@ -588,7 +599,7 @@ class Rater:
         )
         if true_up is not None:
             lines.append(true_up)
-        lines.extend(already_billed_lines(lines, billed, period.start, usage_keys(sub)))
+        lines.extend(already_billed_lines(lines, billed, period.start, usage_keys(sub, self.plans.values())))
         lines.extend(advance)
         following = nth_period(sub, period.index + 1)
         if following is not None and following.end > following.start:

@@ -16,10 +16,11 @@ and the invoice carries the amount with its tax forward to the customer's balanc
 the reversal, the next invoice would collect the tax again on usage the balance pays for.
 A zero subtotal is taxed nothing.
 
-A line that adjusts an earlier period is taxed at the rates that period's invoice applied
+A line that adjusts what an earlier invoice billed is taxed at the rates that invoice applied
 (its document's ``tax_rates``), not at today's: a correction reverses exactly the tax that
 was collected, even after a change of rate or of the customer's exemption or country, and
-late usage is taxed as the period it belongs to was. Lines are taxed in groups, one per set
+late usage is taxed as the period it belongs to was (the rater picks the invoice:
+``Rater._line_rates``). Lines are taxed in groups, one per set
 of rates, each group rounded as above; a period whose rates are not known (its invoice had a
 zero subtotal, or none was issued) is taxed at today's.
 
