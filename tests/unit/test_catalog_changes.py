@@ -117,3 +117,27 @@ async def test_a_fee_added_to_the_plan_in_the_catalog_does_not_reach_back():
     (march,) = (await Rater(store, [grown], [TOKENS], GRACE, publish).run_once(AFTER_MAR)).invoices
     # observed: [('2024-01-01…', '5.00'), ('2024-02-01…', '5.00')] billed for periods invoiced long ago
     assert [(x["adjusts_period_start"], x["amount"]) for x in march["lines"] if x.get("adjusts_period_start")] == []
+
+
+async def test_usage_moved_between_two_segments_of_one_plan_is_adjusted():
+    """February: A (1-10), B (10-20), A again (20-). A's tokens are graduated, the first 1,000
+    of each segment free. 1,500 tokens on 25 February: 5.00. A correction re-times 500 of them
+    to 5 February (-500 on the 25th, +500 on the 5th, both late): A's segments hold 500 and
+    1,000, both free, so February owes 0.00. A's summed quantity did not move, so f491ccd
+    skips the line and February stays billed 5.00."""
+    tiers = [{"up_to": "1000", "unit_amount": "0"}, {"up_to": None, "unit_amount": "0.01"}]
+    a = _plan("a", prices=[{"key": "tokens", "model": "graduated", "meter": "llm_tokens", "tiers": tiers}])
+    b = _plan("b", prices=[{"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.01"}])
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+    store.use("cust-1", 1500, at(2024, 2, 25))
+    rate = Rater(store, [a, b], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("5.00")
+    late = AFTER_FEB + GRACE
+    store.use("cust-1", -500, at(2024, 2, 25), ingested=late)
+    store.use("cust-1", 500, at(2024, 2, 5), ingested=late)
+    invoices += (await rate.run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("0.00")  # observed 5.00

@@ -184,3 +184,38 @@ async def test_an_advance_fee_true_up_is_reversed_at_the_rate_it_was_collected_a
     assert period["subtotal"] == "-15.52"
     # 30.00 for February was billed on January's invoice at 19%: 15.52 of it reversed at 19%.
     assert period["tax"] == "-2.95"  # observed -3.88 (25%)
+
+
+def _rater(store: FakeBillingStore, plans: list[Plan], rate: str) -> Rater:
+    return Rater(store, plans, [TOKENS], GRACE, FakePublisher(), invoicing=_vat(rate))
+
+
+def _taxed_per_rate(invoice: dict) -> list[tuple[str, str, str]]:
+    """The invoice's tax lines: (rate, taxable, amount)."""
+    return sorted((t["rate"], t["taxable"], t["amount"]) for t in invoice["tax_lines"])
+
+
+async def test_advance_fee_first_billed_on_its_own_period_invoice_is_adjusted_at_that_invoices_rate():
+    """Created on 1 January on ADV, received on 10 February (no backfill): January is not
+    rated, so no invoice billed February's fee before February's own invoice (at 19%, with
+    March's). A cancellation on 20 February, received later, takes back 10.34 of February's
+    fee on the final adjustment (rated at 25%): it was collected at 19% on February's
+    invoice, so 1.96 goes back; 0220d78 looks for January's invoice, finds none (skipped), and
+    reverses at today's 25% (2.59)."""
+    store = FakeBillingStore()
+    store.events.append(
+        SubscriptionEvent("sub-1", "cust-1", "created", "adv", at(2024, 1, 1), None, at(2024, 1, 1), at(2024, 2, 10))
+    )
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    first = (await _rater(store, [ADV], "0.19").run_once(AFTER_FEB)).invoices
+    assert [(i["kind"], i["subtotal"], i["tax"]) for i in first] == [
+        ("period", "60.00", "11.40")
+    ]  # Feb's and Mar's fees
+    store.events.append(
+        SubscriptionEvent("sub-1", "cust-1", "canceled", "adv", None, None, at(2024, 2, 20), at(2024, 3, 5))
+    )
+    (final,) = (await _rater(store, [ADV], "0.25").run_once(at(2024, 3, 5))).invoices
+    assert final["kind"] == "final_adjustment"
+    assert per_period(first + [final]) == {FEB.isoformat(): D("19.66"), at(2024, 3, 1).isoformat(): D("0.00")}
+    # -10.34 (February) and -30.00 (March): both billed on February's invoice at 19%.
+    assert _taxed_per_rate(final) == [("0.19", "-40.34", "-7.66")]  # observed: -10.34 at 0.25 (-2.59), -30.00 at 0.19

@@ -337,9 +337,11 @@ def adjustment_lines(
         # One plan can appear twice in a period (A -> B -> A): compare per line key, summed.
         # The first line of a key names the adjustment.
         current: dict[str, tuple[Decimal, Decimal, Line]] = {}
+        segments: dict[str, int] = {}  # lines per key: one plan twice in the period prices each apart
         for line in period_lines(sub, period, as_of, usage):
             if line.meter is None and not again:
                 continue
+            segments[line.line_key] = segments.get(line.line_key, 0) + 1
             quantity, amount, first = current.get(line.line_key, (ZERO, ZERO, line))
             current[line.line_key] = (
                 quantity + stored_quantity(line.quantity),
@@ -354,10 +356,12 @@ def adjustment_lines(
         why = "plan change" if again else "late usage"
         for key, (quantity, amount, line) in current.items():
             old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
-            if not again and quantity == old_quantity and line.meter is not None and line.percentage is None:
+            unmoved = quantity == old_quantity and segments.get(key) == 1
+            if not again and unmoved and line.meter is not None and line.percentage is None:
                 # No usage moved: a price changed in the catalog since does not reach back.
-                # (A percentage price's fixed amount per event moves with events its
-                # quantity does not count, so it is compared by amount.)
+                # (A percentage price's fixed amount per event moves with events its quantity
+                # does not count, and usage can move between two segments of one plan, whose
+                # tiers count apart, without moving the sum: both are compared by amount.)
                 continue
             delta = amount - old_amount
             if delta != 0 or quantity != old_quantity:

@@ -531,20 +531,25 @@ class Rater:
         time, a period not invoiced, and one billed on an ``advance`` invoice (not kept by
         period) are taxed at today's rates."""
         interval = sub.first_plan.interval
-        starts: list[datetime | None] = []
+        starts: list[tuple[datetime, ...]] = []  # where to look, in order
         for line in lines:
             start = line.period_start
-            if start is not None and line.timing == ADVANCE:
-                if not any(billed.get((start, line.line_key), ())):
-                    start = None  # billed now, for the first time
-                else:
-                    start = interval.period_containing(sub.anchor, start - timedelta(microseconds=1))[1]
-            starts.append(start)
-        if all(start is None for start in starts):
+            if start is None:
+                starts.append(())
+            elif line.timing != ADVANCE:
+                starts.append((start,))
+            elif not any(billed.get((start, line.line_key), ())):
+                starts.append(())  # billed now, for the first time
+            else:
+                # Billed on the invoice of the period before; with none (a backfill skipped
+                # it), on the period's own.
+                before = interval.period_containing(sub.anchor, start - timedelta(microseconds=1))[1]
+                starts.append((before, start))
+        if not any(starts):
             return None
         known = dict(self.store.rates_then(sub.customer_id, sub.subscription_id))
         known.update(pending_rates or {})
-        return [own if start is None else known.get(start, own) for start in starts]
+        return [next((known[s] for s in where if s in known), own) for where in starts]
 
     def _lines(
         self,
