@@ -527,9 +527,10 @@ class Rater:
         A line that adjusts what an invoice billed is taxed at that invoice's rates, stored or
         rated earlier in this batch (:meth:`BillingStore.rates_then`): a period's own lines
         were billed on its period invoice; a fee in advance billed before was billed on the
-        invoice of the period before the one it pays for. A fee in advance billed for the first
-        time, a period not invoiced, and one billed on an ``advance`` invoice (not kept by
-        period) are taxed at today's rates."""
+        invoice of the period before the one it pays for (with none, a backfill having skipped
+        it, on the period's own). A fee in advance billed for the first time, and a line whose
+        invoice is not known, are taxed at today's rates. A fee billed on an ``advance`` invoice
+        is taken for one billed on the invoice before its period (README, Known bugs)."""
         interval = sub.first_plan.interval
         starts: list[tuple[datetime, ...]] = []  # where to look, in order
         for line in lines:
