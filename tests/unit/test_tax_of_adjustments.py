@@ -219,3 +219,19 @@ async def test_advance_fee_first_billed_on_its_own_period_invoice_is_adjusted_at
     assert per_period(first + [final]) == {FEB.isoformat(): D("19.66"), at(2024, 3, 1).isoformat(): D("0.00")}
     # -10.34 (February) and -30.00 (March): both billed on February's invoice at 19%.
     assert _taxed_per_rate(final) == [("0.19", "-40.34", "-7.66")]  # observed: -10.34 at 0.25 (-2.59), -30.00 at 0.19
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+FIELDS = st.sampled_from(["subtotal", "tax_lines", "tax_rates", "key", "name", "rate", "inclusive"])
+
+
+@given(st.dictionaries(FIELDS, JSON | st.lists(st.dictionaries(FIELDS, JSON, max_size=5), max_size=3), max_size=4))
+def test_a_stored_document_of_any_shape_names_rates_or_none_and_never_raises(document):
+    """A document edited by hand or damaged must not stop the rating run: its rates are then
+    unknown (today's are used)."""
+    rates = rates_of_document(document)
+    assert rates is None or all(isinstance(rate, TaxRate) for rate in rates)

@@ -156,15 +156,21 @@ def rates_of_document(document: dict[str, Any]) -> list[TaxRate] | None:
     Read from ``tax_rates``; an invoice rated before that field existed taxed every line at
     one set of rates, which its ``tax_lines`` name, unless its subtotal was zero (taxed
     nothing whatever the rates)."""
-    if "tax_rates" in document:
-        entries = document["tax_rates"]
-    elif Decimal(document.get("subtotal", "0")) != 0:
-        entries = document.get("tax_lines", [])
-    else:
+    try:
+        if "tax_rates" in document:
+            entries = document["tax_rates"]
+        elif Decimal(document.get("subtotal", "0")) != 0:
+            entries = document.get("tax_lines", [])
+        else:
+            return None
+        return [
+            TaxRate(key=e["key"], name=e["name"], rate=Decimal(e["rate"]), inclusive=bool(e["inclusive"]))
+            for e in entries
+        ]
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError):
+        # Not a document this code wrote (edited by hand, or damaged): its rates are not known,
+        # so its period's adjustments are taxed at today's, and the rating run goes on.
         return None
-    return [
-        TaxRate(key=e["key"], name=e["name"], rate=Decimal(e["rate"]), inclusive=bool(e["inclusive"])) for e in entries
-    ]
 
 
 def added_tax(lines: list[dict[str, Any]]) -> Decimal:
