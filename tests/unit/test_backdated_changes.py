@@ -220,13 +220,19 @@ async def test_a_plan_change_received_after_the_final_adjustment_bills_nothing()
     assert [i for i in (await rate.run_once(AFTER_FEB)).invoices if i["status"] != "empty"] == []
 
 
+def _progressive_plans() -> tuple[Plan, Plan]:
+    """a and b bill tokens progressively from 50.00, b at twice a's price."""
+    metered = {"key": "tokens", "model": "per_unit", "meter": "llm_tokens"}
+    a = plan("a", prices=[metered | {"unit_amount": "0.01"}], usage_thresholds=["50"])
+    b = plan("b", prices=[metered | {"unit_amount": "0.02"}], usage_thresholds=["50"])
+    return a, b
+
+
 async def test_a_backdated_change_does_not_bill_a_progressively_billed_period_twice():
     """February's usage was billed progressively on a (60.00); b, learned before February's
     invoice, prices it 120.00. The invoice deducted only what was billed under b's key, so
     February stood at 180.00 until the next invoice took a's 60.00 back."""
-    metered = {"key": "tokens", "model": "per_unit", "meter": "llm_tokens"}
-    a = plan("a", prices=[metered | {"unit_amount": "0.01"}], usage_thresholds=["50"])
-    b = plan("b", prices=[metered | {"unit_amount": "0.02"}], usage_thresholds=["50"])
+    a, b = _progressive_plans()
     store = FakeBillingStore()
     store.subscribe("sub-1", "cust-1", plan="a")
     store.use("cust-1", 6000, at(2024, 2, 10))
@@ -239,9 +245,7 @@ async def test_a_backdated_change_does_not_bill_a_progressively_billed_period_tw
 
 
 async def test_a_plan_replaced_from_the_start_does_not_bill_a_progressive_period_twice():
-    metered = {"key": "tokens", "model": "per_unit", "meter": "llm_tokens"}
-    a = plan("a", prices=[metered | {"unit_amount": "0.01"}], usage_thresholds=["50"])
-    b = plan("b", prices=[metered | {"unit_amount": "0.02"}], usage_thresholds=["50"])
+    a, b = _progressive_plans()
     store = FakeBillingStore()
     store.subscribe("sub-1", "cust-1", plan="a")
     store.use("cust-1", 6000, at(2024, 1, 10))

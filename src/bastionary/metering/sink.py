@@ -377,30 +377,26 @@ class UsageSink:
             probe = (await self._probe({tp: target}))[tp]
         except LogNotAnswering:
             probe = None  # asked again as before; the next retry probes again
-        if probe is not None and probe.fingerprint is None and target < probe.log_start:
-            log.error(
-                "records removed by retention before they landed; reading on from the log's start",
-                topic=tp[0],
-                partition=tp[1],
-                rewind_target=target,
-                log_start=probe.log_start,
-                lost_offsets=probe.log_start - target,
-            )
-            state.rewind_to = probe.log_start
-        elif (
-            probe is not None
-            and probe.fingerprint is None
-            and probe.next_record is not None
-            and probe.next_record > target >= probe.log_start
-        ):
-            log.info(
-                "rewind target holds no record; reading on from the first record past it",
-                topic=tp[0],
-                partition=tp[1],
-                rewind_target=target,
-                first_record=probe.next_record,
-            )
-            state.rewind_to = probe.next_record
+        if probe is not None and probe.fingerprint is None:  # no record at the target
+            if target < probe.log_start:
+                log.error(
+                    "records removed by retention before they landed; reading on from the log's start",
+                    topic=tp[0],
+                    partition=tp[1],
+                    rewind_target=target,
+                    log_start=probe.log_start,
+                    lost_offsets=probe.log_start - target,
+                )
+                state.rewind_to = probe.log_start
+            elif probe.next_record is not None and probe.next_record > target:
+                log.info(
+                    "rewind target holds no record; reading on from the first record past it",
+                    topic=tp[0],
+                    partition=tp[1],
+                    rewind_target=target,
+                    first_record=probe.next_record,
+                )
+                state.rewind_to = probe.next_record
         await self._rewind(tp, state)
 
     async def _rewind(self, tp: TopicPartition, state: _PartitionState) -> None:

@@ -521,7 +521,7 @@ def removed_period_refunds(sub: Subscription, billed: Billed) -> list[Line]:
     if sub.canceled_at is None:
         return []
     advance = set(advance_keys(sub))
-    meters = {f"{s.plan.key}:{p.key}": getattr(p, "meter", None) for s in sub.segments for p in s.plan.prices}
+    meters = usage_keys(sub)
     lines = []
     for (start, key), (quantity, amount) in sorted(billed.items()):
         if start < sub.canceled_at or not (quantity or amount):
