@@ -20,8 +20,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 BIN = Path(sys.executable).parent / "bastionary"
+
+# The suite shares two cores with a broker and ClickHouse (and CI with whatever else runs):
+# there, drawing one input or running one example can take seconds. Speed is the benchmark's
+# to measure, never a test's, so no property fails on time; a test's own @settings adds to this.
+settings.register_profile("bastionary", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("bastionary")
 
 
 def _docker_available() -> bool:
