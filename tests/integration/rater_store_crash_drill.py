@@ -145,9 +145,9 @@ def state(client: Client) -> dict[str, Any]:
             ).result_rows
         ],
         "lines": [
-            [invoice, int(n), key, money(quantity), money(amount), str(start)]
-            for invoice, n, key, quantity, amount, start in client.query(
-                "SELECT invoice_id, line_no, line_key, quantity, amount, period_start FROM invoice_lines FINAL"
+            [invoice, int(n), key, money(quantity), money(amount), str(start), events]
+            for invoice, n, key, quantity, amount, start, events in client.query(
+                "SELECT invoice_id, line_no, line_key, quantity, amount, period_start, events FROM invoice_lines FINAL"
                 " ORDER BY invoice_id, line_no"
             ).result_rows
         ],
@@ -158,8 +158,8 @@ def state(client: Client) -> dict[str, Any]:
         },
         "grants": sorted(g.grant_id for g in grants.get("cust-1", [])),
         "billed": sorted(
-            [str(start), key, money(quantity), money(amount)]
-            for (start, key), (quantity, amount) in store.billed("sub-1").items()
+            [str(start), key, money(quantity), money(amount), events]
+            for (start, key), (quantity, amount, events) in store.billed("sub-1").items()
         ),
     }
 

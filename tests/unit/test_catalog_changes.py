@@ -5,8 +5,16 @@ and billed the difference as late usage: raising a price re-billed all of histor
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bastionary.money import round_money
+from bastionary.rating.invoice import stored_quantity
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
 from bastionary.rating.subscriptions import SubscriptionEvent
@@ -20,6 +28,7 @@ from tests.unit.test_rater import (
     GRACE,
     JAN,
     MAR,
+    PRO,
     TOKENS,
     FakeBillingStore,
     FakePublisher,
@@ -141,3 +150,131 @@ async def test_usage_moved_between_two_segments_of_one_plan_is_adjusted():
     store.use("cust-1", 500, at(2024, 2, 5), ingested=late)
     invoices += (await rate.run_once(AFTER_MAR)).invoices
     assert per_period(invoices)[FEB.isoformat()] == D("0.00")  # observed 5.00
+
+
+def _advance_fee(fee: str | Decimal) -> Plan:
+    price = {"key": "base", "model": "flat", "amount": str(fee), "billing_timing": "advance"}
+    return Plan.model_validate({"key": "adv", "currency": "USD", "billing_interval": "P1M", "prices": [price]})
+
+
+async def _advance_fee_raised_then_canceled(old: str | Decimal, new: str | Decimal, canceled: datetime) -> list[dict]:
+    """January's invoice bills February's fee in advance at ``old``; the catalog then has
+    ``new``, and a cancellation effective ``canceled`` (in February) cuts February."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="adv")
+    invoices = [store.document(i) for i in store.invoices]
+    invoices += (await Rater(store, [_advance_fee(old)], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_JAN)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "adv", None, None, canceled))
+    raised = Rater(store, [_advance_fee(new)], [TOKENS], GRACE, FakePublisher())
+    return invoices + (await raised.run_once(max(canceled, FEB) + 4 * GRACE)).invoices
+
+
+async def test_a_fee_in_advance_raised_in_the_catalog_does_not_reach_back_through_a_cancellation():
+    """January's invoice bills February's fee, 30.00. The catalog then raises it to 50.00. A
+    cancellation on 15 February (14/29 of the period) gives back the unused 15/29 of the 30.00
+    paid: February costs 14.48. Until 2026-12-05 the new share was priced at today's 50.00:
+    50 x 14/29 - 30 = -5.86, and February cost 24.14."""
+    invoices = await _advance_fee_raised_then_canceled("30", "50", at(2024, 2, 15))
+    assert per_period(invoices)[FEB.isoformat()] == D("14.48")
+
+
+async def test_a_fee_in_arrears_raised_in_the_catalog_does_not_reach_back_through_a_backdated_cancellation():
+    """January and February billed at 20.00 each (PRO). The catalog raises the fee to 40.00; a
+    cancellation effective 15 February, received in March, rates February again: it costs
+    20 x 14/29 = 9.66 (a refund of 10.34). Until 2026-12-05 it was priced at 40 x 14/29 = 19.31."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    first = Rater(store, [PRO], [TOKENS], GRACE, FakePublisher())
+    invoices = (await first.run_once(AFTER_JAN)).invoices + (await first.run_once(AFTER_FEB)).invoices
+    raised = PRO.model_copy(update={"prices": [PRO.prices[0].model_copy(update={"amount": D(40)}), PRO.prices[1]]})
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "pro", None, None, at(2024, 2, 15)))
+    invoices += (await Rater(store, [raised], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("9.66")
+
+
+_FEES = st.decimals(min_value=D("0.01"), max_value=D("100000"), places=2)
+
+
+_FEBRUARY_MINUTES = (MAR - FEB) // timedelta(minutes=1)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_FEES, _FEES, st.integers(1, _FEBRUARY_MINUTES - 1))
+def test_a_period_cut_after_a_catalog_change_costs_its_share_of_the_fee_it_was_billed(old, new, minutes):
+    """Whatever the fees before and after the change, and wherever the cancellation cuts the
+    period (periods are cut at minutes), the period costs its share of the fee it was billed,
+    rounded once: here, where the whole fee was billed, exactly."""
+    invoices = asyncio.run(_advance_fee_raised_then_canceled(old, new, FEB + timedelta(minutes=minutes)))
+    kept = stored_quantity(D(minutes) / D(_FEBRUARY_MINUTES))  # the share as invoice_lines stores it
+    assert per_period(invoices)[FEB.isoformat()] == round_money(old * kept, "USD")
+
+
+def _arrears_fee(key: str, fee: Decimal) -> Plan:
+    price = {"key": "base", "model": "flat", "amount": str(fee)}
+    return Plan.model_validate({"key": key, "currency": "USD", "billing_interval": "P1M", "prices": [price]})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_FEES, _FEES, st.integers(2, _FEBRUARY_MINUTES - 1), st.data())
+def test_a_partial_share_given_back_after_a_catalog_change_is_credited_at_what_was_paid(old, new, changed, data):
+    """February billed on plan a until ``changed``, then on b (a partial share of a's fee). The
+    catalog then changes a's fee, and a cancellation before ``changed``, received in March,
+    gives back part of that share and all of b's. February costs its share of a's fee as it
+    was billed: the fee read back from a partial share may be a cent off."""
+    canceled = data.draw(st.integers(1, changed - 1))
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.events.append(
+        SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, FEB + timedelta(minutes=changed))
+    )
+    before = Rater(store, [_arrears_fee("a", old), _arrears_fee("b", D(7))], [TOKENS], GRACE, FakePublisher())
+    invoices = asyncio.run(before.run_once(AFTER_JAN)).invoices + asyncio.run(before.run_once(AFTER_FEB)).invoices
+    store.events.append(
+        SubscriptionEvent("sub-1", "cust-1", "canceled", "b", None, None, FEB + timedelta(minutes=canceled))
+    )
+    after = Rater(store, [_arrears_fee("a", new), _arrears_fee("b", D(7))], [TOKENS], GRACE, FakePublisher())
+    invoices += asyncio.run(after.run_once(AFTER_MAR)).invoices
+    kept = stored_quantity(D(canceled) / D(_FEBRUARY_MINUTES))
+    assert abs(per_period(invoices)[FEB.isoformat()] - round_money(old * kept, "USD")) <= D("0.01")
+
+
+def _percentage(rate: str) -> Plan:
+    price = {"key": "fees", "model": "percentage", "meter": "llm_tokens", "rate": rate, "fixed_amount": "0.30"}
+    return Plan.model_validate({"key": "pay", "currency": "USD", "billing_interval": "P1M", "prices": [price]})
+
+
+async def _percentage_january(late: list[int], forget_events: bool = False) -> list[dict]:
+    """January: 10,000 at 2.9% + 0.30 x 1 event = 290.30, invoiced; ``late`` values arrive
+    after its invoice; February is rated at 3.9%. ``forget_events``: January's lines as stored
+    before invoice_lines.events (no count)."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="pay")
+    store.use("cust-1", 10000, at(2024, 1, 10))
+    for value in late:
+        store.use("cust-1", value, at(2024, 1, 20), ingested=FEB + 2 * GRACE)
+    invoices = (
+        await Rater(store, [_percentage("0.029")], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_JAN)
+    ).invoices
+    if forget_events:
+        store.lines = {key: replace(line, events=None) for key, line in store.lines.items()}
+    raised = Rater(store, [_percentage("0.039")], [TOKENS], GRACE, FakePublisher())
+    return invoices + (await raised.run_once(AFTER_FEB)).invoices
+
+
+async def test_a_percentage_price_changed_in_the_catalog_does_not_reach_back():
+    """No usage of January moved: February's invoice leaves it alone. Until 2026-12-05 a
+    percentage line was compared by amount (its fixed amount counts events its quantity does
+    not), and February billed January +100.00 at the new rate."""
+    assert per_period(await _percentage_january([]))[JAN.isoformat()] == D("290.30")
+
+
+async def test_a_late_event_of_no_value_moves_a_percentage_line():
+    """The quantity stays 10,000, but a second event costs its fixed 0.30: January is priced
+    whole at today's rate (the documented limit of late usage), 390.00 + 0.60."""
+    assert per_period(await _percentage_january([0]))[JAN.isoformat()] == D("390.60")
+
+
+async def test_a_percentage_line_stored_without_its_events_is_compared_by_amount():
+    """Lines stored before invoice_lines.events have no count: their periods are compared by
+    amount, as before, so the new rate reaches back to them once."""
+    assert per_period(await _percentage_january([], forget_events=True))[JAN.isoformat()] == D("390.30")

@@ -14,10 +14,13 @@ import pytest
 from bastionary.credits.ledger import Grant
 from bastionary.money import round_money
 from bastionary.rating.invoice import (
+    NOTHING_BILLED,
+    Billing,
     Line,
     Period,
     Segment,
     Subscription,
+    added_events,
     adjustment_lines,
     finalize,
     invoice_id,
@@ -108,8 +111,10 @@ def billed_from(period: Period, lines: list[Line], currency: str = "USD", billed
     billed = dict(billed or {})
     for line in lines:
         key = (line.period_start or period.start, line.line_key)
-        quantity, amount = billed.get(key, (D(0), D(0)))
-        billed[key] = (quantity + line.quantity, amount + round_money(line.amount, currency))
+        quantity, amount, events = billed.get(key, NOTHING_BILLED)
+        billed[key] = Billing(
+            quantity + line.quantity, amount + round_money(line.amount, currency), added_events(events, line.events)
+        )
     return billed
 
 
@@ -288,7 +293,7 @@ def test_repeated_late_usage_is_billed_once_and_adds_up_to_the_final_price():
     second = adjustment_lines(sub, [JANUARY], at(2024, 4, 1), usage, billed, "USD")
     assert [(line.quantity, line.amount) for line in second] == [(D(3), D("0.00"))]  # 0.012 -> 0.01
     billed = billed_from(JANUARY, second, billed=billed)
-    assert billed[(JAN, "milli:u")] == (D(12), round_money(D("0.012"), "USD"))
+    assert billed[(JAN, "milli:u")][:2] == (D(12), round_money(D("0.012"), "USD"))
     assert adjustment_lines(sub, [JANUARY], at(2024, 5, 1), usage, billed, "USD") == []
 
 

@@ -22,6 +22,7 @@ from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import (
     LEGACY_MINIMUM_KEY,
     MINIMUM_KEY,
+    Billing,
     Line,
     Period,
     Segment,
@@ -127,7 +128,7 @@ async def test_rounds_of_late_usage_and_a_correction_keep_january_at_its_final_p
     assert true_ups == ["-20.00", "-20.00", "40.00"]
     assert per_period(invoices)[JAN.isoformat()] == D("100.00")
     # Stored as the true-up's own key: what the period was billed per key, as a query reads it.
-    assert store.billed("sub-1")[(JAN, MINIMUM_KEY)] == (D(1), D("40.00"))
+    assert store.billed("sub-1")[(JAN, MINIMUM_KEY)] == Billing(D(1), D("40.00"))
 
 
 async def test_a_late_first_period_adjusts_against_its_prorated_minimum():
@@ -286,7 +287,7 @@ def usage_adjustment(amount: str) -> Line:
 
 def test_a_true_up_stored_before_it_had_a_key_counts_as_billed():
     """Invoices rated before the true-up had its own line key stored it under ""."""
-    billed = {(JAN, "mini:tokens"): (D(6000), D("60.00")), (JAN, LEGACY_MINIMUM_KEY): (D(1), D("40.00"))}
+    billed = {(JAN, "mini:tokens"): Billing(D(6000), D("60.00")), (JAN, LEGACY_MINIMUM_KEY): Billing(D(1), D("40.00"))}
     (line,) = true_up_adjustments(subscription(mini()), [JANUARY], [usage_adjustment("20.00")], billed, "USD")
     assert (line.line_key, line.amount, line.quantity, line.period_start) == (MINIMUM_KEY, D("-20.00"), D(0), JAN)
 
@@ -294,7 +295,7 @@ def test_a_true_up_stored_before_it_had_a_key_counts_as_billed():
 def test_a_period_not_adjusted_keeps_its_true_up():
     """Only the periods this invoice adjusts are trued up again: a plan's minimum changed in
     the catalog since does not reach back to periods without late usage."""
-    billed = {(JAN, "mini:tokens"): (D(6000), D("60.00")), (JAN, MINIMUM_KEY): (D(1), D("40.00"))}
+    billed = {(JAN, "mini:tokens"): Billing(D(6000), D("60.00")), (JAN, MINIMUM_KEY): Billing(D(1), D("40.00"))}
     assert true_up_adjustments(subscription(mini(minimum="150")), [JANUARY], [], billed, "USD") == []
 
 
@@ -306,7 +307,7 @@ def test_a_period_not_adjusted_keeps_its_true_up():
     ],
 )
 def test_the_true_up_quantity_is_the_share_while_there_is_one(late, amount, quantity):
-    billed = {(JAN, "mini:tokens"): (D(6000), D("60.00")), (JAN, MINIMUM_KEY): (D(1), D("40.00"))}
+    billed = {(JAN, "mini:tokens"): Billing(D(6000), D("60.00")), (JAN, MINIMUM_KEY): Billing(D(1), D("40.00"))}
     (line,) = true_up_adjustments(subscription(mini()), [JANUARY], [usage_adjustment(late)], billed, "USD")
     assert (line.amount, line.quantity) == (D(amount), D(quantity))
 
@@ -316,7 +317,7 @@ def test_a_prorated_minimum_in_yen_is_whole_yen():
     was trued up by 3839; 3838 more late leave 1 yen of it."""
     plan = mini(currency="JPY", minimum="10000", unit="1")
     sub = Subscription("sub-1", "cust-1", JAN, (Segment(plan, at(2024, 1, 17)),))
-    billed = {(JAN, "mini:tokens"): (D(1000), D(1000)), (JAN, MINIMUM_KEY): (D(15) / D(31), D(3839))}
+    billed = {(JAN, "mini:tokens"): Billing(D(1000), D(1000)), (JAN, MINIMUM_KEY): Billing(D(15) / D(31), D(3839))}
     (line,) = true_up_adjustments(sub, [JANUARY], [usage_adjustment("3838")], billed, "JPY")
     assert (line.amount, line.quantity) == (D(-3838), D(0))
     assert line.description.endswith("(Minimum commitment true-up, prorated 0.4839)")

@@ -34,7 +34,7 @@ from bastionary.credits.ledger import Funding, Grant, movement_id
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.money import round_money
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.invoice import Billed, Subscription, invoice_id
+from bastionary.rating.invoice import NOTHING_BILLED, Billed, Billing, Subscription, added_events, invoice_id
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice
 from bastionary.rating.pricing import Usage
@@ -107,6 +107,7 @@ class StoredLine:
     quantity: Decimal
     amount: Decimal  # rounded, as stored
     period_start: datetime  # the period the line bills (an adjustment's: the period it adjusts)
+    events: int | None = None  # a percentage price's (invoice_lines.events)
 
 
 @dataclass
@@ -241,8 +242,10 @@ class FakeBillingStore:
         out: Billed = {}
         for (invoice, _), line in self.lines.items():
             if line.subscription_id == subscription_id and invoice in self.invoices:
-                quantity, amount = out.get((line.period_start, line.line_key), (D(0), D(0)))
-                out[(line.period_start, line.line_key)] = (quantity + line.quantity, amount + line.amount)
+                quantity, amount, events = out.get((line.period_start, line.line_key), NOTHING_BILLED)
+                out[(line.period_start, line.line_key)] = Billing(
+                    quantity + line.quantity, amount + line.amount, added_events(events, line.events)
+                )
         return out
 
     def rates_then(self, customer_id: str, subscription_id: str) -> dict[datetime, list[TaxRate]]:
@@ -278,10 +281,15 @@ class FakeBillingStore:
                 # Decimal(38, 9), which the ClickHouse client truncates to.
                 quantity = line.quantity.quantize(D("0.000000001"), rounding=ROUND_DOWN, context=Context(prec=60))
                 self.lines[(data["invoice_id"], n)] = StoredLine(
-                    data["subscription_id"], line.line_key, quantity, amount, line.period_start or period_start
+                    data["subscription_id"],
+                    line.line_key,
+                    quantity,
+                    amount,
+                    line.period_start or period_start,
+                    line.events,
                 )
         for key in stale_lines:
-            self.lines[key] = replace(self.lines[key], line_key="", quantity=D(0), amount=D(0))
+            self.lines[key] = replace(self.lines[key], line_key="", quantity=D(0), amount=D(0), events=None)
         self._maybe_fail("ledger")
         for item in rated:
             self.ledger.update((row.movement_id, row) for row in item.ledger)
@@ -377,7 +385,10 @@ async def test_a_closed_period_is_rated_stored_and_published():
     assert result.republished == 0
     # Stored, with its cutoff, and marked published once delivered.
     assert store.invoices[JAN_INVOICE] == StoredInvoice(orjson.dumps(document).decode(), cutoff, True)
-    assert store.billed("sub-1") == {(JAN, "pro:base"): (D(1), D("20.00")), (JAN, "pro:tokens"): (D(1000), D("10.00"))}
+    assert store.billed("sub-1") == {
+        (JAN, "pro:base"): Billing(D(1), D("20.00")),
+        (JAN, "pro:tokens"): Billing(D(1000), D("10.00")),
+    }
     # One invoice.finalized event: the document, keyed and identified by the invoice id.
     ((role, key, event),) = publish.delivered
     assert (role, key) == ("invoices", JAN_INVOICE)
@@ -677,7 +688,7 @@ async def test_late_usage_is_adjusted_on_the_next_invoice_once():
     # Nothing else arrived: April adjusts nothing, for January or any other month.
     (april,) = (await rater(store, publish).run_once(AFTER_APR)).invoices
     assert amounts(april) == [("base", "1", "20.00"), ("tokens", "0", "0.00")]
-    assert store.billed("sub-1")[(JAN, "pro:tokens")] == (D(1350), D("13.50"))
+    assert store.billed("sub-1")[(JAN, "pro:tokens")] == Billing(D(1350), D("13.50"))
 
 
 async def test_late_usage_is_adjusted_when_the_periods_are_rated_in_separate_batches():
@@ -802,8 +813,8 @@ async def test_catching_up_on_four_months_gives_the_invoices_month_by_month_rati
     expected = await month_by_month(late_every_month)
     assert len(expected["invoices"]) == 11  # 4 + 3 + 4 periods
     # The late usage is billed once: each period's tokens, as of April's cutoff, across its invoices.
-    assert expected["billed"]["sub-1"][(JAN, "pro:tokens")] == (D(1370), D("13.70"))
-    assert expected["billed"]["sub-3"][(FEB, "pro:tokens")] == (D(2741), D("27.41"))
+    assert expected["billed"]["sub-1"][(JAN, "pro:tokens")] == Billing(D(1370), D("13.70"))
+    assert expected["billed"]["sub-3"][(FEB, "pro:tokens")] == Billing(D(2741), D("27.41"))
 
     assert await caught_up(late_every_month, batch_size) == expected
 
@@ -920,7 +931,10 @@ async def test_a_crash_before_any_write_of_store_invoices_rates_the_same_invoice
     else:
         assert store.invoice_ids() == {JAN_INVOICE}
         assert store.grants()[1] == {"g-promo": D("30.00"), "g-trial": D("5.00")}
-        assert store.billed("sub-1") == {(JAN, "pro:base"): (D(1), D(20)), (JAN, "pro:tokens"): (D(1000), D(10))}
+        assert store.billed("sub-1") == {
+            (JAN, "pro:base"): Billing(D(1), D(20)),
+            (JAN, "pro:tokens"): Billing(D(1000), D(10)),
+        }
         assert publish.invoices() == expected[:1]
     store.fail_store_before = None
     result = await rater(store, publish, batch_size=batch_size).run_once(AFTER_FEB)

@@ -12,7 +12,18 @@ from hypothesis import strategies as st
 
 from bastionary.credits.ledger import FUNDING_ORDER, Grant, allocate, remaining
 from bastionary.money import MINOR_UNITS, minor_unit, round_money
-from bastionary.rating.invoice import Line, Period, Segment, Subscription, adjustment_lines, finalize, period_lines
+from bastionary.rating.invoice import (
+    NOTHING_BILLED,
+    Billing,
+    Line,
+    Period,
+    Segment,
+    Subscription,
+    added_events,
+    adjustment_lines,
+    finalize,
+    period_lines,
+)
 from bastionary.rating.plans import Plan, Tier
 from bastionary.rating.pricing import Usage, graduated, price_usage, volume
 
@@ -282,8 +293,10 @@ def test_late_usage_is_billed_exactly_once(arrivals):
     def store(lines):
         for line in lines:
             key = (JAN, line.line_key)
-            quantity, amount = billed.get(key, (D(0), D(0)))
-            billed[key] = (quantity + line.quantity, amount + round_money(line.amount, "USD"))
+            quantity, amount, events = billed.get(key, NOTHING_BILLED)
+            billed[key] = Billing(
+                quantity + line.quantity, amount + round_money(line.amount, "USD"), added_events(events, line.events)
+            )
 
     store(period_lines(sub, JANUARY, cutoffs[0], usage))
     for cutoff in cutoffs[1:]:
@@ -291,5 +304,5 @@ def test_late_usage_is_billed_exactly_once(arrivals):
 
     final = {line.line_key: line for line in period_lines(sub, JANUARY, cutoffs[-1], usage)}
     for key in ("pro:per_unit", "pro:tiered"):
-        assert billed[(JAN, key)] == (final[key].quantity, round_money(final[key].amount, "USD"))
-    assert billed[(JAN, "pro:base")] == (D(1), D("10.00"))  # flat fees are billed once, never adjusted
+        assert billed[(JAN, key)][:2] == (final[key].quantity, round_money(final[key].amount, "USD"))
+    assert billed[(JAN, "pro:base")][:2] == (D(1), D("10.00"))  # flat fees are billed once, never adjusted

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_DOWN, Context, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
 from bastionary.money import format_money, round_money
@@ -107,6 +107,9 @@ class Line:
     service_end: datetime | None = None
     # Deducts what earlier invoices (progressive ones) billed of this period's usage.
     already_billed: bool = False
+    # A percentage price's events (its fixed amount is charged per event, which its quantity
+    # does not count), or the change in them; None on other lines, or when not known.
+    events: int | None = None
 
     def as_dict(self, currency: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -158,6 +161,29 @@ def _flat_line(price: FlatPrice, plan: Plan, fraction: Decimal, suffix: str) -> 
     return replace(line, unit_price=price.amount)
 
 
+def owed_as_billed(
+    quantity: Decimal, amount: Decimal, fee: Line, billed_before: Billing | None, currency: str
+) -> Decimal:
+    """What a flat fee owes for a period already billed for it, when its share moved since (a
+    cancellation or a plan change received later): ``quantity`` and ``amount`` are its share now
+    and that share at today's fee (``fee``, the fee's first line), ``billed_before`` the share
+    and amount invoices billed.
+
+    A fee changed in the catalog since does not reach back: a share given back is credited at
+    what was paid for it (the amount billed, scaled by the share kept), and a share added is
+    charged at today's fee. If today's fee gives the amount billed, it did not change, and
+    today's amount is kept as it is. Scaled, a rounded amount may be a cent off the amount
+    the fee then would give: never more (the part scaled is at most what was billed)."""
+    if billed_before is None or fee.meter is not None or fee.unit_price is None:
+        return amount
+    billed_share, billed_amount, _ = billed_before
+    if billed_share <= 0 or round_money(fee.unit_price * billed_share, currency) == billed_amount:
+        return amount
+    if quantity <= billed_share:
+        return round_money(billed_amount * quantity / billed_share, currency)
+    return billed_amount + round_money(fee.unit_price * (quantity - billed_share), currency)
+
+
 def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: UsageLookup) -> list[Line]:
     """Recurring fees billed in arrears (prorated by time) and usage charges, per plan segment
     in the period. Fees billed in advance are :func:`advance_lines`."""
@@ -190,6 +216,7 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
                     f"{plan.key}:{price.key}",
                     unit_price=unit,
                     percentage=priced.percentage,
+                    events=used.events if priced.percentage is not None else None,
                 )
             )
     return lines
@@ -239,7 +266,22 @@ def minimum_true_up(
     return Line("minimum_commitment", None, _true_up_label(fraction), fraction, minimum - charged, line_key=MINIMUM_KEY)
 
 
-Billed = dict[tuple[datetime, str], tuple[Decimal, Decimal]]  # (period start, line key) -> qty, amount
+class Billing(NamedTuple):
+    """What invoices billed of one (period, line key), summed as ``invoice_lines`` keeps it."""
+
+    quantity: Decimal
+    amount: Decimal
+    # A percentage price's events; None if any line of the key has no count (another kind of
+    # price, or a line stored before invoice_lines.events existed).
+    events: int | None = None
+
+
+NOTHING_BILLED = Billing(ZERO, ZERO, 0)
+Billed = dict[tuple[datetime, str], Billing]  # (period start, line key) -> what was billed
+
+
+def added_events(before: int | None, more: int | None) -> int | None:
+    return None if before is None or more is None else before + more
 
 
 def add_billed(billed: Billed, lines: list[Line], period_start: datetime, currency: str) -> None:
@@ -247,12 +289,16 @@ def add_billed(billed: Billed, lines: list[Line], period_start: datetime, curren
     bills, line key), the quantity and the amount rounded once, as on the invoice."""
     for line in lines:
         key = (line.period_start or period_start, line.line_key)
-        quantity, amount = billed.get(key, (ZERO, ZERO))
-        billed[key] = (quantity + stored_quantity(line.quantity), amount + round_money(line.amount, currency))
+        quantity, amount, events = billed.get(key, NOTHING_BILLED)
+        billed[key] = Billing(
+            quantity + stored_quantity(line.quantity),
+            amount + round_money(line.amount, currency),
+            added_events(events, line.events),
+        )
 
 
-def _by_period(billed: Billed) -> dict[datetime, dict[str, tuple[Decimal, Decimal]]]:
-    out: dict[datetime, dict[str, tuple[Decimal, Decimal]]] = {}
+def _by_period(billed: Billed) -> dict[datetime, dict[str, Billing]]:
+    out: dict[datetime, dict[str, Billing]] = {}
     for (start, key), value in billed.items():
         out.setdefault(start, {})[key] = value
     return out
@@ -336,33 +382,42 @@ def adjustment_lines(
         again = period.start in moved
         # One plan can appear twice in a period (A -> B -> A): compare per line key, summed.
         # The first line of a key names the adjustment.
-        current: dict[str, tuple[Decimal, Decimal, Line]] = {}
+        current: dict[str, tuple[Decimal, Decimal, int | None, Line]] = {}
         segments: dict[str, int] = {}  # lines per key: one plan twice in the period prices each apart
         for line in period_lines(sub, period, as_of, usage):
             if line.meter is None and not again:
                 continue
             segments[line.line_key] = segments.get(line.line_key, 0) + 1
-            quantity, amount, first = current.get(line.line_key, (ZERO, ZERO, line))
+            quantity, amount, events, first = current.get(line.line_key, (ZERO, ZERO, 0, line))
             current[line.line_key] = (
                 quantity + stored_quantity(line.quantity),
                 amount + round_money(line.amount, currency),
+                added_events(events, line.events),
                 first,
             )
         if again:
             for start, key in sorted(billed):
                 if start == period.start and ":" in key and key not in advance and key not in current:
                     gone = Line(key.split(":", 1)[1], None, key.split(":", 1)[1], ZERO, ZERO, line_key=key)
-                    current[key] = (ZERO, ZERO, gone)
+                    current[key] = (ZERO, ZERO, 0, gone)
         why = "plan change" if again else "late usage"
-        for key, (quantity, amount, line) in current.items():
-            old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
-            unmoved = quantity == old_quantity and segments.get(key) == 1
-            if not again and unmoved and line.meter is not None and line.percentage is None:
+        for key, (quantity, amount, events, line) in current.items():
+            old = billed.get((period.start, key), NOTHING_BILLED)
+            amount = owed_as_billed(quantity, amount, line, billed.get((period.start, key)), currency)
+            # A percentage price's fixed amount per event moves with events its quantity does
+            # not count: its events are compared too, where both counts are known.
+            unmoved = (
+                quantity == old.quantity
+                and segments.get(key) == 1
+                and (line.percentage is None or (events is not None and events == old.events))
+            )
+            if not again and unmoved and line.meter is not None:
                 # No usage moved: a price changed in the catalog since does not reach back.
-                # (A percentage price's fixed amount per event moves with events its quantity
-                # does not count, and usage can move between two segments of one plan, whose
-                # tiers count apart, without moving the sum: both are compared by amount.)
+                # (Usage can move between two segments of one plan, whose tiers count apart,
+                # without moving the sum, and a percentage line stored without its events
+                # cannot tell: both are compared by amount.)
                 continue
+            old_quantity, old_amount = old.quantity, old.amount
             delta = amount - old_amount
             if delta != 0 or quantity != old_quantity:
                 lines.append(
@@ -375,9 +430,14 @@ def adjustment_lines(
                         delta,
                         line_key=key,
                         period_start=period.start,
+                        events=None if line.meter is None else _events_moved(events, old.events),
                     )
                 )
     return lines
+
+
+def _events_moved(now: int | None, billed: int | None) -> int | None:
+    return None if now is None or billed is None else now - billed
 
 
 def true_up_adjustments(
@@ -408,7 +468,7 @@ def true_up_adjustments(
     adjusted |= replanned(sub, earlier, billed)
     charged: dict[datetime, Decimal] = {}
     trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
-    for (start, key), (quantity, amount) in billed.items():
+    for (start, key), (quantity, amount, _) in billed.items():
         if start not in adjusted:
             continue
         if key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY):
@@ -451,7 +511,7 @@ def _share_moved(sub: Subscription, period: Period, billed: Billed, currency: st
     billed_share = sum(
         (
             quantity
-            for (start, key), (quantity, _) in billed.items()
+            for (start, key), (quantity, _, _) in billed.items()
             if start == period.start and key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY)
         ),
         ZERO,
@@ -490,10 +550,11 @@ def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: s
             )
     lines = []
     for key in advance_keys(sub):
-        old_quantity, old_amount = billed.get((period.start, key), (ZERO, ZERO))
+        old_quantity, old_amount, _ = billed.get((period.start, key), NOTHING_BILLED)
         price_key = key.split(":", 1)[1]
         fee = Line(price_key, None, price_key, ZERO, ZERO, line_key=key)  # owed nothing now
         quantity, amount, fee = owed.get(key, (ZERO, ZERO, fee))
+        amount = owed_as_billed(quantity, amount, fee, billed.get((period.start, key)), currency)
         if quantity == old_quantity and (amount == old_amount or old_quantity):
             # Its share did not move: a fee changed in the catalog since does not reach back
             # to a period it was billed for.
@@ -523,7 +584,7 @@ def removed_period_refunds(sub: Subscription, billed: Billed) -> list[Line]:
     advance = set(advance_keys(sub))
     meters = usage_keys(sub)
     lines = []
-    for (start, key), (quantity, amount) in sorted(billed.items()):
+    for (start, key), (quantity, amount, events) in sorted(billed.items()):
         if start < sub.canceled_at or not (quantity or amount):
             continue
         if key in advance:
@@ -533,7 +594,8 @@ def removed_period_refunds(sub: Subscription, billed: Billed) -> list[Line]:
             continue
         price_key = MINIMUM_KEY if key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY) else key.split(":", 1)[-1]
         label = f"Refund: {price_key}, billed for a period after the cancellation"
-        lines.append(Line(price_key, meters.get(key), label, -quantity, -amount, line_key=key, period_start=start))
+        refund = Line(price_key, meters.get(key), label, -quantity, -amount, line_key=key, period_start=start)
+        lines.append(replace(refund, events=None if events is None else -events))
     return lines
 
 
@@ -549,18 +611,18 @@ def already_billed_lines(
         if line.meter is None or line.period_start is not None or line.line_key in seen:
             continue
         seen.add(line.line_key)  # one deduction per key, though a plan can appear twice (A -> B -> A)
-        quantity, amount = billed.get((period_start, line.line_key), (ZERO, ZERO))
+        quantity, amount, events = billed.get((period_start, line.line_key), NOTHING_BILLED)
         if quantity or amount:
             label = f"Billed on earlier invoices this period ({line.description})"
             deduction = Line(line.price_key, line.meter, label, -quantity, -amount, line_key=line.line_key)
-            out.append(replace(deduction, already_billed=True))
+            out.append(replace(deduction, already_billed=True, events=None if events is None else -events))
     for key, meter in sorted((metered or {}).items()):
-        quantity, amount = billed.get((period_start, key), (ZERO, ZERO))
+        quantity, amount, events = billed.get((period_start, key), NOTHING_BILLED)
         if key not in seen and (quantity or amount):
             price_key = key.split(":", 1)[1]
             label = f"Billed on earlier invoices this period ({price_key}, on a plan the period no longer has)"
             deduction = Line(price_key, meter, label, -quantity, -amount, line_key=key)
-            out.append(replace(deduction, already_billed=True))
+            out.append(replace(deduction, already_billed=True, events=None if events is None else -events))
     return out
 
 

@@ -46,12 +46,15 @@ from bastionary.outbound import cloud_event
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import (
     ADVANCE,
+    NOTHING_BILLED,
     Billed,
+    Billing,
     Line,
     Period,
     Subscription,
     UsageLookup,
     add_billed,
+    added_events,
     adjustment_lines,
     advance_keys,
     advance_lines,
@@ -509,9 +512,11 @@ class Rater:
         if not (needed or any(p.advance_prices or p.usage_thresholds for p in plans)):
             return {}
         billed = dict(self.store.billed(sub.subscription_id))
-        for key, (quantity, amount) in pending.items():
-            before_quantity, before_amount = billed.get(key, (Decimal(0), Decimal(0)))
-            billed[key] = (before_quantity + quantity, before_amount + amount)
+        for key, (quantity, amount, events) in pending.items():
+            before = billed.get(key, NOTHING_BILLED)
+            billed[key] = Billing(
+                before.quantity + quantity, before.amount + amount, added_events(before.events, events)
+            )
         return billed
 
     def _line_rates(
@@ -597,7 +602,7 @@ class Rater:
         # The minimum commitment counts the period's fees in advance: as billed before, and
         # as trued up now.
         keys = set(advance_keys(sub))
-        before = [amount for (start, key), (_, amount) in billed.items() if start == period.start and key in keys]
+        before = [billing.amount for (start, key), billing in billed.items() if start == period.start and key in keys]
         now = [round_money(line.amount, currency) for line in advance]
         in_advance = sum(before + now, Decimal(0))
         true_up = minimum_true_up(

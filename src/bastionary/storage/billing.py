@@ -13,7 +13,7 @@ import orjson
 from bastionary.credits.ledger import FUNDING_OF_KIND, Grant
 from bastionary.metering.meters import Meter
 from bastionary.rating.customers import CustomerRow, CustomerTerms, customer_terms
-from bastionary.rating.invoice import Billed, Subscription
+from bastionary.rating.invoice import Billed, Billing, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
 from bastionary.rating.pricing import Usage
@@ -60,6 +60,7 @@ LINE_COLUMNS = (
     "amount",
     "currency",
     "period_start",
+    "events",
 )
 
 
@@ -249,13 +250,19 @@ class ClickHouseBillingStore:
     def billed(self, subscription_id: str) -> Billed:
         """What the subscription's stored invoices billed: lines whose invoice row exists."""
         rows = self.client.query(
-            "SELECT period_start, line_key, sum(quantity), sum(amount) FROM invoice_lines FINAL"
+            "SELECT period_start, line_key, sum(quantity), sum(amount),"
+            # A key's events are known only if every line of it has them.
+            " if(countIf(events IS NULL) = 0, sum(assumeNotNull(events)), NULL)"
+            " FROM invoice_lines FINAL"
             " WHERE subscription_id = {s:String}"
             " AND invoice_id IN (SELECT invoice_id FROM invoices WHERE subscription_id = {s:String})"
             " GROUP BY period_start, line_key",
             parameters={"s": subscription_id},
         ).result_rows
-        return {(utc(start), key): (Decimal(q), Decimal(a)) for start, key, q, a in rows}
+        return {
+            (utc(start), key): Billing(Decimal(q), Decimal(a), None if events is None else int(events))
+            for start, key, q, a, events in rows
+        }
 
     def rates_then(self, customer_id: str, subscription_id: str) -> dict[datetime, list[TaxRate]]:
         # By customer first, the table's key, and only the fields the rates are read from:
@@ -329,6 +336,7 @@ class ClickHouseBillingStore:
                         Decimal(line.as_dict(currency)["amount"]),
                         currency,
                         line.period_start or period_start,
+                        line.events,
                     )
                 )
             ledger_rows.extend(ledger)
@@ -359,7 +367,7 @@ class ClickHouseBillingStore:
         ).result_rows
         zero = Decimal(0)
         stale_lines: list[tuple[object, ...]] = [
-            (invoice, line_no, customer, subscription, "", "", "", "", zero, zero, currency, period_start)
+            (invoice, line_no, customer, subscription, "", "", "", "", zero, zero, currency, period_start, None)
             for invoice, line_no, customer, subscription, currency, period_start in lines
             if line_no >= counts[invoice]
         ]

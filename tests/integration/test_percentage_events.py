@@ -1,0 +1,102 @@
+"""A percentage price's events, kept in ``invoice_lines.events`` and read back by
+``ClickHouseBillingStore.billed``: a rate changed in the catalog does not reach back to a
+period whose usage did not move, and one event more (of no value) is still billed. The real
+store on migrated chdb tables, in a child process (one database directory per process); no
+broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_SCRIPT = r"""
+import asyncio, json, tempfile
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from bastionary.metering.meters import Aggregation, Meter
+from bastionary.metering.ports import RollupRow
+from bastionary.rating.plans import Plan
+from bastionary.rating.ports import SubscriptionRow
+from bastionary.rating.rater import Rater
+from bastionary.storage.billing import ClickHouseBillingStore
+from bastionary.storage.client import open_client
+from bastionary.storage.diagnostics import seed_rating_inputs
+from bastionary.storage.usage import ClickHouseUsageStore
+
+JAN, FEB, MAR, APR = (datetime(2024, m, 1, tzinfo=UTC) for m in (1, 2, 3, 4))
+GRACE = timedelta(hours=1)
+PAYMENTS = Meter(key="payments", event_type="payment", aggregation=Aggregation.SUM, value_property="$.amount")
+RECEIVED = datetime(2023, 12, 1, tzinfo=UTC)
+
+
+def plan(rate):
+    price = {"key": "fees", "model": "percentage", "meter": "payments", "rate": rate, "fixed_amount": "0.30"}
+    return Plan.model_validate({"key": "pay", "currency": "USD", "billing_interval": "P1M", "prices": [price]})
+
+
+def payments(value, events, time, ingested):
+    zero = (datetime(1970, 1, 1, tzinfo=UTC), Decimal(0))
+    return RollupRow("payments", "cust-1", "", {}, time, ingested, Decimal(value), events, None, [], zero)
+
+
+client = open_client(f"chdb://{tempfile.mkdtemp()}/clickhouse", "bastionary", create=True)
+ClickHouseUsageStore(client).migrate()
+store = ClickHouseBillingStore(client)
+subscription = SubscriptionRow("create-1", "created", "sub-1", "cust-1", "pay", JAN, None, JAN, RECEIVED, "")
+seed_rating_inputs(client, [subscription], [payments(10000, 1, datetime(2024, 1, 10, tzinfo=UTC), JAN + timedelta(days=9))], [])
+
+
+async def publish(role, key, value):
+    delivered = asyncio.get_running_loop().create_future()
+    delivered.set_result(None)
+    return delivered
+
+
+async def rate(rate, now):
+    return (await Rater(store, [plan(rate)], [PAYMENTS], GRACE, publish).run_once(now)).invoices
+
+
+def adjusting(invoices):
+    return [
+        [line["amount"], line["quantity"]] for i in invoices for line in i["lines"] if line.get("adjusts_period_start")
+    ]
+
+
+out = {}
+out["january"] = [i["subtotal"] for i in asyncio.run(rate("0.029", FEB + 2 * GRACE))]
+out["billed_after_january"] = {k: [str(q), str(a), e] for (_, k), (q, a, e) in store.billed("sub-1").items()}
+# The rate goes to 3.9%: January's usage did not move, so February's invoice leaves it alone.
+out["february_adjusts"] = adjusting(asyncio.run(rate("0.039", MAR + 2 * GRACE)))
+# A payment of no value, ingested late: January's quantity stays, its events do not.
+client.insert("usage_rollup_1m", [payments(0, 1, datetime(2024, 1, 20, tzinfo=UTC), MAR + 3 * GRACE)],
+              column_names=RollupRow._fields)
+out["march_adjusts"] = adjusting(asyncio.run(rate("0.039", APR + 2 * GRACE)))
+out["events_of_january"] = store.billed("sub-1")[(JAN, "pay:fees")].events
+# A line stored before invoice_lines.events (NULL): its key's events are unknown.
+client.command("ALTER TABLE invoice_lines UPDATE events = NULL WHERE line_no = 0 SETTINGS mutations_sync = 1")
+out["events_unknown"] = store.billed("sub-1")[(JAN, "pay:fees")].events
+print(json.dumps(out))
+"""
+
+
+def test_a_rate_changed_in_the_catalog_leaves_periods_alone_and_an_event_more_is_billed():
+    done = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["january"] == ["290.30"]  # 10,000 x 2.9% + 0.30 x 1 event
+    assert out["billed_after_january"] == {"pay:fees": ["10000.000000000", "290.300000000", 1]}
+    assert out["february_adjusts"] == []  # before invoice_lines.events: +100.00 for January
+    # The zero payment's 0.30, priced whole at today's rate (the documented limit of late usage):
+    # 10,000 x 3.9% + 0.30 x 2 = 390.60, less 290.30 billed.
+    assert out["march_adjusts"] == [["100.30", "0"]]
+    assert out["events_of_january"] == 2
+    assert out["events_unknown"] is None
