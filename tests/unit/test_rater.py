@@ -258,6 +258,22 @@ class FakeBillingStore:
                     out[datetime.fromisoformat(data["period_start"])] = rates
         return out
 
+    def rates_first_billed(self, customer_id: str, subscription_id: str) -> dict[tuple[datetime, str], list[TaxRate]]:
+        documents = {i: orjson.loads(stored.document) for i, stored in self.invoices.items()}
+        first: dict[tuple[datetime, str], tuple[str, str]] = {}  # -> (issued_at, invoice id)
+        for (invoice, _), line in self.lines.items():
+            data = documents.get(invoice)
+            if data is None or data["subscription_id"] != subscription_id or line.amount <= 0:
+                continue
+            key = (line.period_start, line.line_key)
+            first[key] = min(first.get(key, (data["issued_at"], invoice)), (data["issued_at"], invoice))
+        out = {}
+        for key, (_, invoice) in first.items():
+            rates = rates_of_document(documents[invoice])
+            if rates is not None:
+                out[key] = rates
+        return out
+
     def store_invoices(self, rated: list[RatedInvoice]) -> None:
         """Lines, then ledger movements, then the invoice rows (unpublished), as ClickHouse does;
         rows of these invoices an interrupted store left and this one does not rewrite, zeroed."""

@@ -221,6 +221,45 @@ async def test_advance_fee_first_billed_on_its_own_period_invoice_is_adjusted_at
     assert _taxed_per_rate(final) == [("0.19", "-40.34", "-7.66")]  # observed: -10.34 at 0.25 (-2.59), -30.00 at 0.19
 
 
+async def test_advance_fee_billed_on_a_plan_change_invoice_is_refunded_at_the_rate_it_was_collected_at():
+    """January on PRO, invoiced at 19%. On 10 February the customer moves to ADV (30.00 in
+    advance): the plan change's advance invoice bills February's 20/29 share, 20.69, at 25%.
+    A cancellation on 15 February takes 15.52 of it back on February's invoice: the tax
+    collected on it was 25%, so 3.88 is owed back. Until 2026-12-05 (rates_first_billed) it
+    was reversed at January's 19% (2.95), though January's invoice never billed this fee."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    await _rater(store, [PRO, ADV], "0.19").run_once(AFTER_JAN)
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "adv", None, None, at(2024, 2, 10)))
+    later = _rater(store, [PRO, ADV], "0.25")
+    (advance,) = (await later.run_once(at(2024, 2, 11))).invoices
+    assert advance["kind"] == "advance" and advance["subtotal"] == "20.69" and advance["tax"] == "5.17"
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "adv", None, None, at(2024, 2, 15)))
+    invoices = (await later.run_once(at(2024, 2, 20))).invoices
+    (feb,) = [i for i in invoices if i["kind"] == "period"]
+    refund = [line for line in feb["lines"] if line.get("billing_timing") == "advance"]
+    assert [line["amount"] for line in refund] == ["-15.52"]
+    # Every line of February's invoice at 25%: its own fee (PRO, 1-10 Feb, 6.21) and the refund
+    # (before the fix, [("0.19", "-15.52", "-2.95"), ("0.25", "6.21", "1.55")]: 0.93 of tax kept).
+    assert _taxed_per_rate(feb) == [("0.25", "-9.31", "-2.33")]
+
+
+async def test_a_first_period_s_fee_billed_on_its_advance_invoice_is_refunded_at_that_invoice_s_rate():
+    """Subscribed on 1 January to ADV: its advance invoice bills January's 30.00 at 19%. The
+    rate is 25% when a cancellation on 15 January, known before January's invoice, gives back
+    16/31 of the fee (15.48): at 19%, where it was collected. Until 2026-12-05 the refund was
+    taxed at the period invoice's own 25% (no invoice before the first period to look at)."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="adv")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    (first,) = (await _rater(store, [ADV], "0.19").run_once(at(2024, 1, 1, 2))).invoices
+    assert (first["kind"], first["subtotal"], first["tax"]) == ("advance", "30.00", "5.70")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "adv", None, None, at(2024, 1, 16)))
+    (january,) = [i for i in (await _rater(store, [ADV], "0.25").run_once(AFTER_JAN)).invoices if i["kind"] == "period"]
+    assert _taxed_per_rate(january) == [("0.19", "-15.48", "-2.94")]
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),

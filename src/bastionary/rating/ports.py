@@ -113,6 +113,13 @@ class BillingStore(Protocol):
         whose rates cannot be told is left out."""
         ...
 
+    def rates_first_billed(self, customer_id: str, subscription_id: str) -> dict[tuple[datetime, str], list[TaxRate]]:
+        """Per (period, line key) the subscription's stored invoices billed an amount for, the
+        tax rates of the first invoice (by ``issued_at``) that billed it more than zero: where a
+        fee billed in advance was collected, whichever invoice (a period's, an ``advance`` one)
+        that was. A key whose first invoice's rates cannot be told is left out."""
+        ...
+
     def store_invoices(self, rated: list[RatedInvoice]) -> None:
         """Store the invoices (published=0) with their lines and movements, the invoice rows
         last; rows an interrupted earlier store of the same invoices left and these do not

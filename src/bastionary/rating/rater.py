@@ -361,6 +361,7 @@ class Rater:
         # ``billed`` cannot have it yet). Earlier batches are stored before this one is rated.
         pending: dict[str, Billed] = {}
         pending_rates: dict[str, dict[datetime, list[TaxRate]]] = {}  # as ``pending``, for rates_then
+        pending_origins: dict[str, dict[tuple[datetime, str], list[TaxRate]]] = {}  # for rates_first_billed
         rated = [
             self._rate(
                 item.sub,
@@ -374,6 +375,7 @@ class Rater:
                 item.kind,
                 threshold=item.threshold,
                 pending_rates=pending_rates.setdefault(item.subscription_id, {}),
+                pending_origins=pending_origins.setdefault(item.subscription_id, {}),
             )
             for item in batch
         ]
@@ -395,6 +397,7 @@ class Rater:
         threshold: Decimal | None = None,
         terms: CustomerTerms | None = None,
         pending_rates: dict[datetime, list[TaxRate]] | None = None,
+        pending_origins: dict[tuple[datetime, str], list[TaxRate]] | None = None,
     ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here.
 
@@ -435,10 +438,15 @@ class Rater:
             rates,
             id_key=id_key,
             credits_at=moment,
-            line_rates=self._line_rates(sub, lines, billed, rates, pending_rates),
+            line_rates=(line_rates := self._line_rates(sub, lines, billed, rates, pending_rates, pending_origins)),
         )
         if kind == "period" and pending_rates is not None:
             pending_rates[period.start] = rates
+        if pending_origins is not None:
+            for n, line in enumerate(lines):
+                if line.timing == ADVANCE and line.period_start is not None and line.amount > 0:
+                    origin = (line.period_start, line.line_key)
+                    pending_origins.setdefault(origin, line_rates[n] if line_rates else rates)
         seen = [s.plan.key for s in sub.segments if overlap(s, shown.start, shown.end)] or [at_end.key]
         invoice = replace(
             invoice,
@@ -526,20 +534,24 @@ class Rater:
         billed: Billed,
         own: list[TaxRate],
         pending_rates: dict[datetime, list[TaxRate]] | None,
+        pending_origins: dict[tuple[datetime, str], list[TaxRate]] | None = None,
     ) -> list[list[TaxRate]] | None:
         """Per line, the rates it is taxed at (None: all at ``own``, today's).
 
         A line that adjusts what an invoice billed is taxed at that invoice's rates, stored or
         rated earlier in this batch (:meth:`BillingStore.rates_then`): a period's own lines
-        were billed on its period invoice; a fee in advance billed before was billed on the
-        invoice of the period before the one it pays for (with none, a backfill having skipped
-        it, on the period's own). A fee in advance billed for the first time, and a line whose
-        invoice is not known, are taxed at today's rates. A fee billed on an ``advance`` invoice
-        is taken for one billed on the invoice before its period (README, Known bugs)."""
+        were billed on its period invoice; a fee in advance billed before, on the first invoice
+        that billed it (:meth:`BillingStore.rates_first_billed`: the invoice of the period before
+        the one it pays for, or an ``advance`` invoice of a plan change or a first period); if
+        that is not known, on the invoice of the period before (with none, a backfill having
+        skipped it, on the period's own). A fee in advance billed for the first time, and a line
+        whose invoice is not known, are taxed at today's rates."""
         interval = sub.first_plan.interval
         starts: list[tuple[datetime, ...]] = []  # where to look, in order
+        origins: list[tuple[datetime, str] | None] = []  # a fee in advance billed before: its (period, key)
         for line in lines:
             start = line.period_start
+            origins.append(None)
             if start is None:
                 starts.append(())
             elif line.timing != ADVANCE:
@@ -547,15 +559,26 @@ class Rater:
             elif not any(billed.get((start, line.line_key), ())):
                 starts.append(())  # billed now, for the first time
             else:
-                # Billed on the invoice of the period before; with none (a backfill skipped
-                # it), on the period's own.
+                origins[-1] = (start, line.line_key)
                 before = interval.period_containing(sub.anchor, start - timedelta(microseconds=1))[1]
                 starts.append((before, start))
         if not any(starts):
             return None
         known = dict(self.store.rates_then(sub.customer_id, sub.subscription_id))
         known.update(pending_rates or {})
-        return [next((known[s] for s in where if s in known), own) for where in starts]
+        first_billed: dict[tuple[datetime, str], list[TaxRate]] = {}
+        if any(origins):
+            # Stored invoices were issued before any of this batch's: theirs come first.
+            first_billed = {
+                **(pending_origins or {}),
+                **self.store.rates_first_billed(sub.customer_id, sub.subscription_id),
+            }
+        return [
+            first_billed[origin]
+            if origin is not None and origin in first_billed
+            else next((known[s] for s in where if s in known), own)
+            for origin, where in zip(origins, starts, strict=True)
+        ]
 
     def _lines(
         self,

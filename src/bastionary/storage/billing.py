@@ -284,6 +284,30 @@ class ClickHouseBillingStore:
                 out[utc(start)] = rates
         return out
 
+    def rates_first_billed(self, customer_id: str, subscription_id: str) -> dict[tuple[datetime, str], list[TaxRate]]:
+        rows = self.client.query(
+            "SELECT l.period_start, l.line_key, toString(i.subtotal), JSONHas(i.document, 'tax_rates'),"
+            " JSONExtractRaw(i.document, 'tax_rates'), JSONExtractRaw(i.document, 'tax_lines')"
+            " FROM (SELECT invoice_id, period_start, line_key FROM invoice_lines FINAL"
+            "       WHERE subscription_id = {s:String} AND amount > 0) AS l"
+            " INNER JOIN (SELECT invoice_id, issued_at, subtotal, document FROM invoices FINAL"
+            "       WHERE customer_id = {c:String} AND subscription_id = {s:String}) AS i"
+            " ON l.invoice_id = i.invoice_id"
+            " ORDER BY i.issued_at DESC, i.invoice_id DESC",
+            parameters={"c": customer_id, "s": subscription_id},
+        ).result_rows
+        out: dict[tuple[datetime, str], list[TaxRate]] = {}
+        for start, key, subtotal, has_rates, tax_rates, tax_lines in rows:  # latest first: the first invoice wins
+            document: dict[str, Any] = {"subtotal": subtotal, "tax_lines": orjson.loads(tax_lines or "[]")}
+            if has_rates:
+                document["tax_rates"] = orjson.loads(tax_rates)
+            rates = rates_of_document(document)
+            if rates is None:
+                out.pop((utc(start), key), None)
+            else:
+                out[(utc(start), key)] = rates
+        return out
+
     def store_invoices(self, rated: list[RatedInvoice]) -> None:
         """Lines, then ledger movements, then the invoice rows: the invoice row is the commit marker.
 
