@@ -1,6 +1,7 @@
 """Paid credit on the real broker and ClickHouse, through the HTTP API: a purchase is drawn
 after a promotional grant, and the invoice that takes the balance below the customer's auto
-top-up threshold asks for more paid credit, once."""
+top-up threshold asks for more paid credit, once; a credit note on that invoice, paid wholly
+with credit, gives the credit back to the balance."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 import pytest
 
 from bastionary.kafka import read_topic
+from bastionary.rating.credit_notes import credit_note_id
 
 from .billing_helpers import fits_contract, fresh_minute, invoice_events, start_billing_worker
 from .dunning_helpers import wait_for
@@ -86,3 +88,26 @@ def test_paid_credit_is_drawn_after_promotional_and_a_crossing_asks_for_a_topup(
         ("pack-1", "10.00", "9.00", "pay-1")
     ]
     assert sorted(m["kind"] for m in movements) == ["applied", "applied", "granted", "purchased"]
+
+    # The invoice was paid wholly with credit (total 0.00): a credit note gives that credit back
+    # to the balance, even asked to refund to the payment (no money came in). Until 2026-12-05
+    # it was rejected: nothing left to credit.
+    note = {"credit_note_id": "cn-p", "invoice_id": summary["invoice_id"], "customer_id": "cust-p"}
+    assert api.post("/v1/credit-notes", note | {"refund_to": "payment"})[0] == 202
+
+    def decided() -> dict:
+        status, body = api.get(f"/v1/credit-notes/{credit_note_id('cust-p', 'cn-p')}")
+        return body if status == 200 else {}
+
+    issued = wait_for(decided, 60, "the credit note")
+    assert (issued["status"], issued["amount"], issued["refunded"], issued["credited_to_balance"]) == (
+        "issued",
+        "10.00",
+        "0.00",
+        "10.00",
+    )
+    wait_for(
+        lambda: api.get("/v1/customers/cust-p/credits")[1]["balances"][0]["available"] == "15.00",
+        60,
+        "the credit back in the balance",
+    )

@@ -219,6 +219,72 @@ def test_notes_never_credit_more_than_the_invoice_nor_give_back_more_than_was_pa
     assert at.reduced <= at.total - at.paid  # never below zero due
 
 
+# --- an invoice paid with prepaid credit ---------------------------------------------------
+# Its total is net of the credit it drew; what credit paid can be credited too, and goes back
+# to the credit balance (README, "Credit notes"). Until 2026-12-05 an invoice paid wholly with
+# credit (total 0) could take no credit note at all.
+
+
+def paid_with_credit(total: str, paid: str, credits: str) -> Standing:
+    return Standing("inv-1", "c1", "USD", D(total), D(paid), D(0), D(0), credits_applied=D(credits))
+
+
+def test_an_invoice_paid_wholly_with_credit_gives_its_credit_back_to_the_balance():
+    note = issued(request(), paid_with_credit("0.00", "0", "100.00"))
+    assert split(note) == ("100.00", "0.00", "0.00", "100.00")
+
+
+def test_a_refund_to_payment_refunds_the_money_paid_and_gives_the_credit_back_as_credit():
+    note = issued(request(refund_to="payment"), paid_with_credit("60.00", "60.00", "40.00"))
+    assert split(note) == ("100.00", "0.00", "60.00", "40.00")
+
+
+def test_a_note_on_an_unpaid_invoice_partly_paid_with_credit_reduces_what_is_due_first():
+    note = issued(request(amount="70.00", refund_to="payment"), paid_with_credit("60.00", "0", "40.00"))
+    assert split(note) == ("70.00", "60.00", "0.00", "10.00")
+
+
+def test_no_more_than_the_subtotal_with_tax_can_be_credited():
+    decision = decide("evt-1", ASKED, request(amount="100.01"), paid_with_credit("60.00", "60.00", "40.00"), NOW)
+    assert not decision.issued
+    assert decision.document["rejection"] == "amount 100.01 is more than the 100.00 USD still creditable"
+
+
+def test_a_void_gives_the_credit_the_invoice_drew_back_to_the_balance():
+    note = issued(request(void=True), paid_with_credit("60.00", "0", "40.00"))
+    assert split(note) == ("100.00", "60.00", "0.00", "40.00") and note["voids_invoice"] is True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    total=st.integers(0, 100_00),
+    paid=st.integers(0, 100_00),
+    credits=st.integers(0, 100_00),
+    notes=NOTE_SEQUENCES,
+)
+def test_notes_on_an_invoice_paid_with_credit_never_give_back_more_than_was_paid_and_drawn(total, paid, credits, notes):
+    paid = min(paid, total)
+    at = paid_with_credit(str(D(total) / 100), str(D(paid) / 100), str(D(credits) / 100))
+    refunded_in_all = given_back = D(0)
+    for n, (cents, refund_to, void) in enumerate(notes):
+        fields = note_fields(n, None if void else cents, refund_to) | ({"void": True} if void else {})
+        decision = decide(f"evt-{n}", ASKED, request(**fields), at, NOW)
+        if not decision.issued:
+            continue
+        amount, reduced, refunded, balance = (D(v) for v in split(decision.document))
+        assert amount > 0 and reduced >= 0 and refunded >= 0 and balance >= 0
+        assert amount == reduced + refunded + balance
+        refunded_in_all += refunded
+        given_back += refunded + balance
+        at = replace(
+            at, credited=at.credited + amount, reduced=at.reduced + reduced, notes_refunded=at.notes_refunded + refunded
+        )
+    assert at.credited <= at.total + at.credits_applied
+    assert refunded_in_all <= at.paid  # money goes back only as far as money came in
+    assert given_back <= at.paid + at.credits_applied
+    assert at.reduced <= at.total - at.paid  # never below zero due
+
+
 # --- dunning sees the open balance shrink ------------------------------------------------
 
 

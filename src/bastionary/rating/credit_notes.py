@@ -7,10 +7,15 @@ uncredited). The worker that rates the customer decides each request in the orde
 against the invoice as stored and what was paid and credited so far (:func:`decide`):
 
 - the amount first reduces what is still due (``reduces_amount_due``);
-- the rest, at most what was paid and not yet given back, is given back: to the customer's
+- the rest is given back: first what was paid and not yet given back, to the customer's
   credit balance (``refund_to: balance``, the default: a ``credit_note`` row of
   ``credit_ledger``, drawn like a carried balance) or as a refund the payment system makes
-  (``refund_to: payment``: ``refunded``).
+  (``refund_to: payment``: ``refunded``); then what prepaid credit paid of the invoice, to
+  the credit balance whatever ``refund_to`` says (credit is given back as credit, as Lago
+  does), so an invoice paid wholly with credit can be credited too.
+
+What can be credited in all is the invoice's subtotal with tax: its ``total`` plus the
+credits it drew.
 
 Pure Python: no broker, no database.
 """
@@ -110,6 +115,7 @@ class Standing:
     reduced: Decimal  # the part of ``credited`` that reduced what was due
     refunds_reported: Decimal = Decimal(0)  # the refunded payments in ``paid``, whoever asked
     notes_refunded: Decimal = Decimal(0)  # the part of ``credited`` sent back through the payment system
+    credits_applied: Decimal = Decimal(0)  # prepaid credit the invoice drew (``total`` is net of it)
 
     def still_paid(self) -> Decimal:
         """What was paid and not yet given back.
@@ -172,11 +178,11 @@ def decide(
     def money(value: Decimal) -> str:
         return format_money(value, currency)  # exact already: this fixes the scale
 
-    creditable = standing.total - standing.credited
+    creditable = standing.total + standing.credits_applied - standing.credited
     if request.void:
         if standing.paid > 0 or standing.credited > 0:
             return reject("only an unpaid invoice without credit notes can be voided: issue a credit note instead")
-        amount = standing.total
+        amount = standing.total + standing.credits_applied  # the credits it drew go back to the balance
     else:
         requested = request.requested_amount
         amount = creditable if requested is None else requested
@@ -194,7 +200,11 @@ def decide(
     due = standing.amount_due()
     reduces_due = min(amount, due)
     given_back = amount - reduces_due
-    to_balance = given_back if request.refund_to == "balance" else Decimal(0)
+    # Money first, then credit: the part beyond what was paid and not given back is what credit
+    # paid (``creditable`` counts it), and goes back to the balance.
+    money_back = min(given_back, max(standing.still_paid(), Decimal(0)))
+    refunded = money_back if request.refund_to == "payment" else Decimal(0)
+    to_balance = given_back - refunded
     lines = request.lines or [CreditNoteLine(description=request.reason or "Credit", amount=amount)]
 
     document = {
@@ -204,7 +214,7 @@ def decide(
         "amount": money(amount),
         "lines": [{"description": line.description, "amount": money(line.amount)} for line in lines],
         "reduces_amount_due": money(reduces_due),
-        "refunded": money(given_back - to_balance),
+        "refunded": money(refunded),
         "credited_to_balance": money(to_balance),
         "voids_invoice": request.void,
     }

@@ -94,13 +94,13 @@ class ClickHouseCreditNoteStore:
     def standing(self, invoice_id: str) -> Standing | None:
         """The invoice as stored by the rater, what was paid for it, and its issued credit notes."""
         invoices = self.client.query(
-            "SELECT customer_id, currency, total FROM invoices FINAL WHERE invoice_id = {i:String}"
+            "SELECT customer_id, currency, total, credits_applied FROM invoices FINAL WHERE invoice_id = {i:String}"
             " AND status != 'empty'",
             parameters={"i": invoice_id},
         ).result_rows
         if not invoices:
             return None
-        customer, currency, total = invoices[0]
+        customer, currency, total, credits_applied = invoices[0]
         succeeded, refunded = self.client.query(
             "SELECT sumIf(amount, kind = 'succeeded'), sumIf(amount, kind = 'refunded') FROM payments FINAL"
             " WHERE invoice_id = {i:String}",
@@ -122,6 +122,7 @@ class ClickHouseCreditNoteStore:
             Decimal(reduced),
             refunded,
             Decimal(notes_refunded or 0),
+            Decimal(credits_applied),
         )
 
     def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]], version: int = DECIDED) -> None:
