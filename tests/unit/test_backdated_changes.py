@@ -255,3 +255,49 @@ async def test_a_plan_replaced_from_the_start_does_not_bill_a_progressive_period
     store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 1, 1)))
     invoices += (await rate.run_once(AFTER_JAN)).invoices
     assert per_period(invoices)["2024-01-01T00:00:00+00:00"] == D("120.00")  # observed 180.00
+
+
+FREE = plan("free", prices=[])
+
+
+def _minimum_only(minimum: str) -> Plan:
+    return plan("floor", prices=[], minimum_commitment=minimum)
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "january"),
+    [
+        pytest.param(FREE, _flat("a", "30"), "30.00", id="free-to-a-fee"),
+        pytest.param(_minimum_only("50"), _flat("a", "30"), "30.00", id="a-minimum-alone-to-a-fee"),
+        pytest.param(_flat("a", "30"), FREE, "0.00", id="a-fee-to-free"),
+    ],
+)
+async def test_a_period_invoiced_on_a_plan_without_prices_is_rated_again_after_a_backdated_change(first, then, january):
+    """January invoiced on a plan without prices (no line names it), then changed from 1
+    January, received in February. Until 2026-12-05 a period holding no line key was never
+    rated again: free to a fee of 30.00 billed January nothing, a minimum of 50.00 alone to a
+    fee of 30.00 kept January at 50.00."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan=first.key)
+    rate = Rater(store, [first, then], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", then.key, None, None, JAN))
+    invoices += (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D(january)
+
+
+async def test_a_minimum_alone_raised_in_the_catalog_does_not_reach_back_to_a_period_moved_onto_it():
+    """January billed a fee of 30.00, then moved onto a 50.00 minimum alone from 1 January:
+    January costs 50.00. The catalog then raises that minimum to 80.00: January stays at 50.00.
+    Until 2026-12-05 a period on a plan without prices stayed to be rated again for ever, and
+    each later invoice trued it up to the minimum of the day."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    rate = Rater(store, [_flat("a", "30"), _minimum_only("50")], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "floor", None, None, JAN))
+    invoices += (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("50.00")
+    raised = Rater(store, [_flat("a", "30"), _minimum_only("80")], [TOKENS], GRACE, FakePublisher())
+    invoices += (await raised.run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("50.00")

@@ -304,8 +304,9 @@ def _by_period(billed: Billed) -> dict[datetime, dict[str, Billing]]:
     return out
 
 
-def _plans_over(sub: Subscription, period: Period) -> set[str]:
-    return {s.plan.key for s in sub.segments if overlap(s, period.start, period.end)}
+def _priced_plans_over(sub: Subscription, period: Period) -> set[str]:
+    """The plans over the period that bill lines (a plan without prices names no line key)."""
+    return {s.plan.key for s in sub.segments if s.plan.prices and overlap(s, period.start, period.end)}
 
 
 # Stored shares are truncated to 9 decimals line by line: a few units of the last one apart
@@ -321,16 +322,16 @@ def replanned(sub: Subscription, periods: list[Period], billed: Billed) -> set[d
     Told by a plan now over the period that none of its lines named, by what is still billed
     under a plan it no longer has, and by the shares of the fees in arrears it billed (a flat
     line's quantity is its share). Each is settled once the period is rated again, and none
-    moves when a price changes, or is added, in the catalog. (A period whose new plan bills
-    nothing at all, no fee and no usage line, names it on no line and stays to be rated again:
-    a catalog change to that plan's minimum reaches back to it.)"""
+    moves when a price changes, or is added, in the catalog. A plan without prices (free, or a
+    minimum commitment alone) names no line: it is not looked for, and a period billed on it
+    alone holds no line key, so a plan with prices over it now is one no line named.
+
+    ``periods`` are invoiced, each (earlier periods are rated before later ones)."""
     by_period = _by_period(billed)
     out = set()
     for period in periods:
         held = {key: value for key, value in by_period.get(period.start, {}).items() if ":" in key}
-        if not held:
-            continue
-        plans_now = _plans_over(sub, period)
+        plans_now = _priced_plans_over(sub, period)
         named = {key.split(":", 1)[0] for key in held}
         left_on_others = any(any(value) for key, value in held.items() if key.split(":", 1)[0] not in plans_now)
         shares: dict[str, Decimal] = {}
