@@ -22,6 +22,7 @@ from tests.unit.test_rater import (
     AFTER_MAR,
     FEB,
     GRACE,
+    JAN,
     PRO,
     TOKENS,
     FakeBillingStore,
@@ -274,3 +275,26 @@ def test_a_stored_document_of_any_shape_names_rates_or_none_and_never_raises(doc
     unknown (today's are used)."""
     rates = rates_of_document(document)
     assert rates is None or all(isinstance(rate, TaxRate) for rate in rates)
+
+
+async def test_fees_in_advance_of_a_plan_replaced_from_the_start_are_given_back_as_billed():
+    """On ADV (30.00 in advance) from 1 January: its advance invoice bills January at 19%, and
+    January's invoice February at 25%. In February, a change to B (10.00 in arrears) effective
+    1 January replaces ADV from the start: February's invoice, at 30%, gives both fees back,
+    each at the rate it was collected at, and bills B for both months. Until 2026-12-05
+    February's fee was not given back on February's invoice (February cost 40.00 until the
+    next one), and January's was given back at January's invoice's 25%."""
+    b = plan("b", prices=[{"key": "base", "model": "flat", "amount": "10"}])
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="adv")
+    store.terms["cust-1"] = CustomerTerms(tax=TaxProfile(country="DE"))
+    invoices = (await _rater(store, [ADV, b], "0.19").run_once(at(2024, 1, 1, 2))).invoices
+    invoices += (await _rater(store, [ADV, b], "0.25").run_once(AFTER_JAN)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, JAN))
+    (february,) = (await _rater(store, [ADV, b], "0.30").run_once(AFTER_FEB)).invoices
+    assert per_period([*invoices, february]) == {JAN.isoformat(): D("10.00"), FEB.isoformat(): D("10.00")}
+    assert _taxed_per_rate(february) == [
+        ("0.19", "-30.00", "-5.70"),  # January's ADV fee, collected on its advance invoice
+        ("0.25", "-20.00", "-5.00"),  # February's ADV fee (January's invoice), and B's January
+        ("0.3", "10.00", "3.00"),  # B's February
+    ]

@@ -363,7 +363,13 @@ def usage_keys(sub: Subscription, catalog: Iterable[Plan] = ()) -> dict[str, str
 
 
 def adjustment_lines(
-    sub: Subscription, earlier: list[Period], as_of: datetime, usage: UsageLookup, billed: Billed, currency: str
+    sub: Subscription,
+    earlier: list[Period],
+    as_of: datetime,
+    usage: UsageLookup,
+    billed: Billed,
+    currency: str,
+    catalog: Iterable[Plan] = (),
 ) -> list[Line]:
     """Late usage of earlier periods: what the period's usage costs now minus what was billed.
 
@@ -376,7 +382,7 @@ def adjustment_lines(
     its fees in arrears too, and what was billed under a line key it no longer has is taken
     back (its fees in advance are :func:`advance_lines`').
     """
-    advance = set(advance_keys(sub))
+    advance = set(advance_keys(sub, catalog))  # taken back by advance_lines, as fees in advance
     moved = replanned(sub, earlier, billed)
     lines = []
     for period in earlier:
@@ -520,20 +526,25 @@ def _share_moved(sub: Subscription, period: Period, billed: Billed, currency: st
     return committed is not None and billed_share != 0 and billed_share != stored_quantity(committed[0])
 
 
-def advance_keys(sub: Subscription) -> list[str]:
-    """The line keys of every fee the subscription's plans bill in advance, in order."""
-    keys = [f"{s.plan.key}:{p.key}" for s in sub.segments for p in s.plan.advance_prices]
-    return list(dict.fromkeys(keys))
+def advance_keys(sub: Subscription, catalog: Iterable[Plan] = ()) -> list[str]:
+    """The line keys of every fee the subscription's plans bill in advance, in order, then
+    the ``catalog``'s (a plan a backdated change replaced from the start is no segment of the
+    subscription, and what it billed in advance is still to be given back as such)."""
+    plans = [*(s.plan for s in sub.segments), *catalog]
+    return list(dict.fromkeys(f"{plan.key}:{price.key}" for plan in plans for price in plan.advance_prices))
 
 
-def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: str) -> list[Line]:
+def advance_lines(
+    sub: Subscription, period: Period, billed: Billed, currency: str, catalog: Iterable[Plan] = ()
+) -> list[Line]:
     """The period's fees billed in advance, as the subscription now stands, less what earlier
     invoices billed of them (``billed``): the whole fee on the invoice before the period, then
     nothing, unless a plan change or a cancellation changed what the period owes since (its
     share of the fee), when the difference is billed (or credited) on the next invoice. Each line names the period
-    it pays for (``period_start`` .. ``service_end``)."""
+    it pays for (``period_start`` .. ``service_end``). ``catalog``: see :func:`advance_keys`."""
     owed: dict[str, tuple[Decimal, Decimal, Line]] = {}
-    names = {f"{s.plan.key}:{p.key}": p.description or p.key for s in sub.segments for p in s.plan.advance_prices}
+    plans = [*catalog, *(s.plan for s in sub.segments)]
+    names = {f"{plan.key}:{p.key}": p.description or p.key for plan in plans for p in plan.advance_prices}
     several = sum(1 for s in sub.segments if overlap(s, period.start, period.end)) > 1
     for segment in sub.segments:
         window = overlap(segment, period.start, period.end)
@@ -550,7 +561,7 @@ def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: s
                 first,
             )
     lines = []
-    for key in advance_keys(sub):
+    for key in advance_keys(sub, catalog):
         old_quantity, old_amount, _ = billed.get((period.start, key), NOTHING_BILLED)
         price_key = key.split(":", 1)[1]
         fee = Line(price_key, None, price_key, ZERO, ZERO, line_key=key)  # owed nothing now
@@ -575,15 +586,15 @@ def advance_lines(sub: Subscription, period: Period, billed: Billed, currency: s
     return lines
 
 
-def removed_period_refunds(sub: Subscription, billed: Billed) -> list[Line]:
+def removed_period_refunds(sub: Subscription, billed: Billed, catalog: Iterable[Plan] = ()) -> list[Line]:
     """Everything billed for periods that, after a backdated cancellation, never came (they
     start at or after it), credited back whole, per line key: the fees billed in advance for
     them and, for one already invoiced, its fees in arrears, its usage and its minimum's
     true-up. Usage after the cancellation is not the subscription's to bill."""
     if sub.canceled_at is None:
         return []
-    advance = set(advance_keys(sub))
-    meters = usage_keys(sub)
+    advance = set(advance_keys(sub, catalog))
+    meters = usage_keys(sub, catalog)
     lines = []
     for (start, key), (quantity, amount, events) in sorted(billed.items()):
         if start < sub.canceled_at or not (quantity or amount):

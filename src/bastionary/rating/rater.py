@@ -603,8 +603,9 @@ class Rater:
         Each earlier period adjusted has its minimum commitment's true-up recomputed, and so has
         a final adjustment's last period (the one its cancellation cuts)."""
         currency = sub.plan_at(period.start).currency
+        catalog = list(self.plans.values())  # plans a backdated change took off every segment billed too
         if kind == ADVANCE:
-            advance = advance_lines(sub, period, billed, currency)
+            advance = advance_lines(sub, period, billed, currency, catalog)
             return advance + true_up_adjustments(sub, earlier, advance, billed, currency)
         if kind == PROGRESSIVE:
             usage_lines = [line for line in period_lines(sub, period, cutoff, usage) if line.meter]
@@ -614,17 +615,17 @@ class Rater:
         lines: list[Line] = []
         if kind == FINAL_ADJUSTMENT:
             for each in earlier:
-                lines.extend(advance_lines(sub, each, billed, currency))
-            lines.extend(removed_period_refunds(sub, billed))
-            lines = adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + lines
+                lines.extend(advance_lines(sub, each, billed, currency, catalog))
+            lines.extend(removed_period_refunds(sub, billed, catalog))
+            lines = adjustment_lines(sub, earlier, cutoff, usage, billed, currency, catalog) + lines
             # The last period too, adjusted or not, if a cancellation received after its
             # invoice moved the share of the minimum it commits to.
             return lines + true_up_adjustments(sub, earlier, lines, billed, currency, cut=earlier[-1])
         lines = period_lines(sub, period, cutoff, usage)
-        advance = advance_lines(sub, period, billed, currency)
+        advance = advance_lines(sub, period, billed, currency, catalog)
         # The minimum commitment counts the period's fees in advance: as billed before, and
         # as trued up now.
-        keys = set(advance_keys(sub))
+        keys = set(advance_keys(sub, catalog))
         before = [billing.amount for (start, key), billing in billed.items() if start == period.start and key in keys]
         now = [round_money(line.amount, currency) for line in advance]
         in_advance = sum(before + now, Decimal(0))
@@ -637,15 +638,18 @@ class Rater:
         lines.extend(advance)
         following = nth_period(sub, period.index + 1)
         if following is not None and following.end > following.start:
-            lines.extend(advance_lines(sub, following, billed, currency))
+            lines.extend(advance_lines(sub, following, billed, currency, catalog))
         if earlier:
             # A period a backdated plan change moved to other plans has its fees in advance
             # trued up as well (an advance invoice does so only for the period it starts in).
             moved = replanned(sub, earlier, billed)
             adjustments = [
-                line for each in earlier if each.start in moved for line in advance_lines(sub, each, billed, currency)
+                line
+                for each in earlier
+                if each.start in moved
+                for line in advance_lines(sub, each, billed, currency, catalog)
             ]
-            adjustments = adjustment_lines(sub, earlier, cutoff, usage, billed, currency) + adjustments
+            adjustments = adjustment_lines(sub, earlier, cutoff, usage, billed, currency, catalog) + adjustments
             lines.extend(adjustments + true_up_adjustments(sub, earlier, adjustments, billed, currency))
         return lines
 
