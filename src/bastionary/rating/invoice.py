@@ -9,7 +9,7 @@ the period's usage as of the new cutoff minus its price as of the old one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_DOWN, Context, Decimal
@@ -314,7 +314,9 @@ def _priced_plans_over(sub: Subscription, period: Period) -> set[str]:
 _SHARE_TOLERANCE = Decimal("1e-8")
 
 
-def replanned(sub: Subscription, periods: list[Period], billed: Billed) -> set[datetime]:
+def replanned(
+    sub: Subscription, periods: list[Period], billed: Billed, invoiced: Collection[datetime] | None = None
+) -> set[datetime]:
     """The starts of the periods to rate again whole: their invoices billed them on other
     plans, or other shares of their plans, than the subscription now has over them (a plan
     change, or a cancellation cutting the period, received after the period was invoiced).
@@ -326,11 +328,15 @@ def replanned(sub: Subscription, periods: list[Period], billed: Billed) -> set[d
     minimum commitment alone) names no line: it is not looked for, and a period billed on it
     alone holds no line key, so a plan with prices over it now is one no line named.
 
-    ``periods`` are invoiced, each (earlier periods are rated before later ones)."""
+    ``invoiced``: the starts of the ``periods`` invoiced (None: all, as when rating, where
+    earlier periods are rated first); a preview's may not be yet, and one holding no line key
+    is then not taken for rated."""
     by_period = _by_period(billed)
     out = set()
     for period in periods:
         held = {key: value for key, value in by_period.get(period.start, {}).items() if ":" in key}
+        if not held and invoiced is not None and period.start not in invoiced:
+            continue
         plans_now = _priced_plans_over(sub, period)
         named = {key.split(":", 1)[0] for key in held}
         left_on_others = any(any(value) for key, value in held.items() if key.split(":", 1)[0] not in plans_now)
@@ -370,6 +376,7 @@ def adjustment_lines(
     billed: Billed,
     currency: str,
     catalog: Iterable[Plan] = (),
+    invoiced: Collection[datetime] | None = None,
 ) -> list[Line]:
     """Late usage of earlier periods: what the period's usage costs now minus what was billed.
 
@@ -383,7 +390,7 @@ def adjustment_lines(
     back (its fees in advance are :func:`advance_lines`').
     """
     advance = set(advance_keys(sub, catalog))  # taken back by advance_lines, as fees in advance
-    moved = replanned(sub, earlier, billed)
+    moved = replanned(sub, earlier, billed, invoiced)
     lines = []
     for period in earlier:
         again = period.start in moved
@@ -454,6 +461,7 @@ def true_up_adjustments(
     billed: Billed,
     currency: str,
     cut: Period | None = None,
+    invoiced: Collection[datetime] | None = None,
 ) -> list[Line]:
     """The minimum commitment's true-up of each earlier period this invoice adjusts
     (``adjustments``: its lines for earlier periods), of each earlier period billed on other
@@ -472,7 +480,7 @@ def true_up_adjustments(
     if cut is not None and _share_moved(sub, cut, billed, currency):
         adjusted.add(cut.start)
     # A period moved to other plans commits to their minimum, whatever else changed.
-    adjusted |= replanned(sub, earlier, billed)
+    adjusted |= replanned(sub, earlier, billed, invoiced)
     charged: dict[datetime, Decimal] = {}
     trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
     for (start, key), (quantity, amount, _) in billed.items():

@@ -29,7 +29,7 @@ the same ReplacingMergeTree key.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -118,17 +118,22 @@ def upcoming_invoices(store: PreviewStore, rater: Rater, customer_id: str, now: 
     """The customer's running charge: each subscription's next invoice priced now
     (:meth:`Rater.preview`), from one customer's reads. Blocking."""
     due = []
+    invoiced: dict[str, set[datetime]] = {}
     for sub in store.subscriptions(rater.plans, customer=customer_id):
         unbilled = unbilled_before(sub, rater.backfill)
-        found = upcoming_period(sub, now, rater.grace, store.invoice_ids(sub.subscription_id), unbilled)
+        rated = store.invoice_ids(sub.subscription_id)
+        found = upcoming_period(sub, now, rater.grace, rated, unbilled)
         if found is not None:
             earlier, period, cutoff = found
             due.append((sub, earlier, period, cutoff))
+            invoiced[sub.subscription_id] = {
+                p.start for p in earlier if invoice_id(sub.subscription_id, p.start) in rated
+            }
     if not due:
         return []
     grants, drawn = store.grants_as_of(None, customer=customer_id)
     terms = store.customer_terms(customer_id)
-    return rater.preview(due, grants.get(customer_id, []), drawn, terms.get(customer_id))
+    return rater.preview(due, grants.get(customer_id, []), drawn, terms.get(customer_id), invoiced)
 
 
 class _Due(NamedTuple):
@@ -327,10 +332,13 @@ class Rater:
         grants: list[Grant],
         drawn: dict[str, Decimal],
         terms: CustomerTerms | None = None,
+        invoiced: Mapping[str, Collection[datetime]] | None = None,
     ) -> list[dict[str, Any]]:
         """The next invoice of each of one customer's subscriptions, priced now with the code
         that will issue it: usage landed so far, credits and the customer's record (``terms``)
-        as they stand. Nothing is written.
+        as they stand. Nothing is written. ``invoiced``: per subscription, the starts of its
+        earlier periods already invoiced (None: all of them); one not invoiced yet, its own
+        invoice due, is not taken for a period to rate again (:func:`replanned`).
 
         Each document is the one the rater would issue if no more usage arrived (same id,
         lines, credits and totals), with ``status: "preview"``."""
@@ -349,6 +357,7 @@ class Rater:
                 {},
                 only=sub.customer_id,
                 terms=terms or CustomerTerms(),
+                invoiced=None if invoiced is None else invoiced.get(sub.subscription_id, ()),
             )
             out.append(replace(rated.invoice, status="preview").document())
         return out
@@ -398,6 +407,7 @@ class Rater:
         terms: CustomerTerms | None = None,
         pending_rates: dict[datetime, list[TaxRate]] | None = None,
         pending_origins: dict[tuple[datetime, str], list[TaxRate]] | None = None,
+        invoiced: Collection[datetime] | None = None,
     ) -> RatedInvoice:
         """One period's invoice, lines and ledger movements; nothing is written here.
 
@@ -408,7 +418,7 @@ class Rater:
         usage = self._usage_lookup(cache, only)
         plan = sub.plan_at(period.start)
         billed = self._billed(sub, pending, needed=bool(earlier) or kind != "period")
-        lines = self._lines(sub, earlier, period, cutoff, kind, usage, billed)
+        lines = self._lines(sub, earlier, period, cutoff, kind, usage, billed, invoiced)
         # What the invoice shows as its period, and the moment its credits are drawn and
         # expire at: the period's end, except for an advance invoice (issued at a plan
         # segment's start, for the rest of its period) and a progressive one (the period so far).
@@ -589,8 +599,9 @@ class Rater:
         kind: str,
         usage: UsageLookup,
         billed: Billed,
+        invoiced: Collection[datetime] | None = None,
     ) -> list[Line]:
-        """The invoice's lines, by kind:
+        """The invoice's lines, by kind (``invoiced``: see :meth:`preview`):
         - period: the period's fees in arrears and usage, the minimum commitment's true-up,
           less what progressive invoices billed of the period's usage; the period's fees in
           advance trued up, and the next period's billed; late usage of earlier periods.
@@ -606,7 +617,7 @@ class Rater:
         catalog = list(self.plans.values())  # plans a backdated change took off every segment billed too
         if kind == ADVANCE:
             advance = advance_lines(sub, period, billed, currency, catalog)
-            return advance + true_up_adjustments(sub, earlier, advance, billed, currency)
+            return advance + true_up_adjustments(sub, earlier, advance, billed, currency, invoiced=invoiced)
         if kind == PROGRESSIVE:
             usage_lines = [line for line in period_lines(sub, period, cutoff, usage) if line.meter]
             return usage_lines + already_billed_lines(
@@ -617,10 +628,12 @@ class Rater:
             for each in earlier:
                 lines.extend(advance_lines(sub, each, billed, currency, catalog))
             lines.extend(removed_period_refunds(sub, billed, catalog))
-            lines = adjustment_lines(sub, earlier, cutoff, usage, billed, currency, catalog) + lines
+            lines = adjustment_lines(sub, earlier, cutoff, usage, billed, currency, catalog, invoiced) + lines
             # The last period too, adjusted or not, if a cancellation received after its
             # invoice moved the share of the minimum it commits to.
-            return lines + true_up_adjustments(sub, earlier, lines, billed, currency, cut=earlier[-1])
+            return lines + true_up_adjustments(
+                sub, earlier, lines, billed, currency, cut=earlier[-1], invoiced=invoiced
+            )
         lines = period_lines(sub, period, cutoff, usage)
         advance = advance_lines(sub, period, billed, currency, catalog)
         # The minimum commitment counts the period's fees in advance: as billed before, and
@@ -642,15 +655,19 @@ class Rater:
         if earlier:
             # A period a backdated plan change moved to other plans has its fees in advance
             # trued up as well (an advance invoice does so only for the period it starts in).
-            moved = replanned(sub, earlier, billed)
+            moved = replanned(sub, earlier, billed, invoiced)
             adjustments = [
                 line
                 for each in earlier
                 if each.start in moved
                 for line in advance_lines(sub, each, billed, currency, catalog)
             ]
-            adjustments = adjustment_lines(sub, earlier, cutoff, usage, billed, currency, catalog) + adjustments
-            lines.extend(adjustments + true_up_adjustments(sub, earlier, adjustments, billed, currency))
+            adjustments = (
+                adjustment_lines(sub, earlier, cutoff, usage, billed, currency, catalog, invoiced) + adjustments
+            )
+            lines.extend(
+                adjustments + true_up_adjustments(sub, earlier, adjustments, billed, currency, invoiced=invoiced)
+            )
         return lines
 
     def _usage_lookup(self, cache: UsageCache, only: str | None = None) -> UsageLookup:
