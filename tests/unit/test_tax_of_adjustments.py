@@ -298,3 +298,17 @@ async def test_fees_in_advance_of_a_plan_replaced_from_the_start_are_given_back_
         ("0.25", "-20.00", "-5.00"),  # February's ADV fee (January's invoice), and B's January
         ("0.3", "10.00", "3.00"),  # B's February
     ]
+
+
+async def test_a_first_period_s_fee_in_advance_of_a_plan_replaced_from_the_start_is_given_back_on_its_invoice():
+    """ADV's advance invoice bills January's 30.00; a change to B (10.00 in arrears) effective
+    1 January arrives before January's invoice, which gives the 30.00 back and bills 10.00.
+    Until 2026-12-05 January's invoice, with no earlier period and no fee in advance of its
+    own, did not read what was billed, and January cost 40.00 until February's invoice."""
+    b = plan("b", prices=[{"key": "base", "model": "flat", "amount": "10"}])
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="adv")
+    invoices = (await _rater(store, [ADV, b], "0.19").run_once(at(2024, 1, 1, 2))).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, JAN))
+    invoices += (await _rater(store, [ADV, b], "0.19").run_once(AFTER_JAN)).invoices
+    assert per_period(invoices) == {JAN.isoformat(): D("10.00")}

@@ -525,9 +525,16 @@ class Rater:
     def _billed(self, sub: Subscription, pending: Billed, needed: bool) -> Billed:
         """What invoices billed per (period, line key): the stored (committed) ones, plus
         ``pending``. Read only when the invoice can depend on it: it has earlier periods to
-        adjust, bills fees in advance, or follows a progressive invoice."""
+        adjust, bills fees in advance, or follows a progressive invoice. Any plan of the
+        catalog that bills in advance counts: a backdated change may have replaced one from
+        the subscription's start, and its fee for the first period is given back on that
+        period's invoice (advance_lines)."""
         plans = [s.plan for s in sub.segments]
-        if not (needed or any(p.advance_prices or p.usage_thresholds for p in plans)):
+        if not (
+            needed
+            or any(p.advance_prices or p.usage_thresholds for p in plans)
+            or any(p.advance_prices for p in self.plans.values())
+        ):
             return {}
         billed = dict(self.store.billed(sub.subscription_id))
         for key, (quantity, amount, events) in pending.items():
