@@ -278,3 +278,30 @@ async def test_a_percentage_line_stored_without_its_events_is_compared_by_amount
     """Lines stored before invoice_lines.events have no count: their periods are compared by
     amount, as before, so the new rate reaches back to them once."""
     assert per_period(await _percentage_january([], forget_events=True))[JAN.isoformat()] == D("390.30")
+
+
+async def test_a_percentage_price_billed_progressively_does_not_reach_back_after_a_rate_change():
+    """January: 5,000 on 10 January, billed progressively (threshold 100.00: 145.30), then 5,000
+    more; January's invoice bills 10,000 (2 events) at 2.9% + 0.30 each, 290.60, less the
+    145.30 billed. Its events add up over the three lines (1 + 2 - 1), so the rate raised to
+    3.9% leaves January alone on February's invoice."""
+
+    def progressive(rate: str) -> Plan:
+        price = {"key": "fees", "model": "percentage", "meter": "llm_tokens", "rate": rate, "fixed_amount": "0.30"}
+        return Plan.model_validate(
+            {"key": "pay", "currency": "USD", "billing_interval": "P1M", "prices": [price], "usage_thresholds": ["100"]}
+        )
+
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="pay")
+    store.use("cust-1", 5000, at(2024, 1, 10))
+    rate = Rater(store, [progressive("0.029")], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(at(2024, 1, 12))).invoices
+    assert [(i["kind"], i["subtotal"]) for i in invoices] == [("progressive", "145.30")]
+    store.use("cust-1", 5000, at(2024, 1, 20))
+    invoices += (await rate.run_once(AFTER_JAN)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("290.60")
+    raised = Rater(store, [progressive("0.039")], [TOKENS], GRACE, FakePublisher())
+    february = (await raised.run_once(AFTER_FEB)).invoices
+    assert [line for i in february for line in i["lines"] if line.get("adjusts_period_start")] == []
+    assert per_period(invoices + february)[JAN.isoformat()] == D("290.60")
