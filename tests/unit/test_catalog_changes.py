@@ -305,3 +305,75 @@ async def test_a_percentage_price_billed_progressively_does_not_reach_back_after
     february = (await raised.run_once(AFTER_FEB)).invoices
     assert [line for i in february for line in i["lines"] if line.get("adjusts_period_start")] == []
     assert per_period(invoices + february)[JAN.isoformat()] == D("290.60")
+
+
+# Found by the review of 2026-12-05 (a helper's, of 0afbbd3), fixed the same day.
+
+
+def _pct_plan(key: str, rate: str, fixed: str = "0", **extra: object) -> Plan:
+    price = {"key": "fees", "model": "percentage", "meter": "llm_tokens", "rate": rate, "fixed_amount": fixed}
+    return _plan(key, prices=[price], **extra)
+
+
+async def test_events_moved_without_amount_are_recorded_so_a_later_rate_change_does_not_reach_back():
+    """January: 10,000 at 2.9% (no fixed amount) = 290.00. A correction arrives late (-500 and
+    +500 on 20 January): value unchanged, two more events, same amount: February's invoice
+    bills nothing for January. The rate then goes to 3.9% from March's invoice on: no usage
+    of January moved since February's invoice, so January stays 290.00."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="pay")
+    store.use("cust-1", 10000, at(2024, 1, 10))
+    store.use("cust-1", -500, at(2024, 1, 20), ingested=FEB + 2 * GRACE)
+    store.use("cust-1", 500, at(2024, 1, 20), ingested=FEB + 2 * GRACE)
+    rate = Rater(store, [_pct_plan("pay", "0.029")], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("290.00")
+    raised = Rater(store, [_pct_plan("pay", "0.039")], [TOKENS], GRACE, FakePublisher())
+    invoices += (await raised.run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("290.00")
+
+
+async def test_a_percentage_price_billed_progressively_stays_billed_after_a_rate_change():
+    """Not a bug (passes at HEAD; failed before it, 585.60): a percentage price billed
+    progressively, its deductions carrying -events, is not reached back by a rate change."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="pay")
+    store.use("cust-1", 10000, at(2024, 1, 10))
+    store.use("cust-1", 5000, at(2024, 1, 20))
+    plans = [_pct_plan("pay", "0.029", "0.30", usage_thresholds=["100"])]
+    rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(at(2024, 1, 12))).invoices
+    assert [i["kind"] for i in invoices] == ["progressive"]
+    invoices += (await rate.run_once(AFTER_JAN)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("435.60")
+    raised = Rater(
+        store, [_pct_plan("pay", "0.039", "0.30", usage_thresholds=["100"])], [TOKENS], GRACE, FakePublisher()
+    )
+    invoices += (await raised.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("435.60")
+
+
+async def test_a_key_left_with_events_only_does_not_keep_a_period_replanned_forever():
+    """January on a (a percentage price, no fixed amount): a correction of +500 and -500 on
+    10 January bills a:fees 0.00 for a value of 0 and 2 events. A change to b effective 1
+    January, received in February, rates January again on b (10.00 fee, 100.00 minimum):
+    January costs 100.00. The catalog then raises b's minimum to 200.00: no usage of January
+    moved, nothing reaches back (docs/pricing.md: "nor does a minimum"). But a:fees is still
+    held with events 2 (Billing(0, 0, 2) is truthy in replanned's any(value)), so January is
+    rated again on every invoice, and March's trues it up to 200.00."""
+
+    def b(minimum: str) -> Plan:
+        return _plan("b", prices=[{"key": "base", "model": "flat", "amount": "10"}], minimum_commitment=minimum)
+
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 500, at(2024, 1, 10))
+    store.use("cust-1", -500, at(2024, 1, 10))
+    rate = Rater(store, [_pct_plan("a", "0.029"), b("100")], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, JAN))
+    invoices += (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("100.00")
+    raised = Rater(store, [_pct_plan("a", "0.029"), b("200")], [TOKENS], GRACE, FakePublisher())
+    invoices += (await raised.run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[JAN.isoformat()] == D("100.00")

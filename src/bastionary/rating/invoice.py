@@ -339,7 +339,10 @@ def replanned(
             continue
         plans_now = _priced_plans_over(sub, period)
         named = {key.split(":", 1)[0] for key in held}
-        left_on_others = any(any(value) for key, value in held.items() if key.split(":", 1)[0] not in plans_now)
+        # What still bills: a quantity or an amount (events alone, of a value and amount of 0, bill nothing).
+        left_on_others = any(
+            value.quantity or value.amount for key, value in held.items() if key.split(":", 1)[0] not in plans_now
+        )
         shares: dict[str, Decimal] = {}
         for segment in sub.segments:
             window = overlap(segment, period.start, period.end)
@@ -433,7 +436,10 @@ def adjustment_lines(
                 continue
             old_quantity, old_amount = old.quantity, old.amount
             delta = amount - old_amount
-            if delta != 0 or quantity != old_quantity:
+            # Events that moved alone (a value and an amount unchanged) are written too, on a line
+            # of 0.00, so what is billed keeps their count and a later rate change sees no move.
+            events_moved = _events_moved(events, old.events)
+            if delta != 0 or quantity != old_quantity or events_moved:
                 lines.append(
                     Line(
                         line.price_key,
@@ -444,7 +450,7 @@ def adjustment_lines(
                         delta,
                         line_key=key,
                         period_start=period.start,
-                        events=None if line.meter is None else _events_moved(events, old.events),
+                        events=events_moved,
                     )
                 )
     return lines
