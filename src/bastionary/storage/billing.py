@@ -275,11 +275,8 @@ class ClickHouseBillingStore:
             parameters={"c": customer_id, "s": subscription_id},
         ).result_rows
         out = {}
-        for start, subtotal, has_rates, tax_rates, tax_lines in rows:
-            document: dict[str, Any] = {"subtotal": subtotal, "tax_lines": orjson.loads(tax_lines or "[]")}
-            if has_rates:
-                document["tax_rates"] = orjson.loads(tax_rates)
-            rates = rates_of_document(document)
+        for start, *columns in rows:
+            rates = _rates_of_columns(*columns)
             if rates is not None:
                 out[utc(start)] = rates
         return out
@@ -297,11 +294,8 @@ class ClickHouseBillingStore:
             parameters={"c": customer_id, "s": subscription_id},
         ).result_rows
         out: dict[tuple[datetime, str], list[TaxRate]] = {}
-        for start, key, subtotal, has_rates, tax_rates, tax_lines in rows:  # latest first: the first invoice wins
-            document: dict[str, Any] = {"subtotal": subtotal, "tax_lines": orjson.loads(tax_lines or "[]")}
-            if has_rates:
-                document["tax_rates"] = orjson.loads(tax_rates)
-            rates = rates_of_document(document)
+        for start, key, *columns in rows:  # latest first: the first invoice wins
+            rates = _rates_of_columns(*columns)
             if rates is None:
                 out.pop((utc(start), key), None)
             else:
@@ -437,3 +431,12 @@ class ClickHouseBillingStore:
 
 def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+def _rates_of_columns(subtotal: str, has_rates: int, tax_rates: str, tax_lines: str) -> list[TaxRate] | None:
+    """An invoice's rates from the four columns both rate queries select: its subtotal, whether
+    its document has ``tax_rates``, and that field and ``tax_lines`` as raw JSON."""
+    document: dict[str, Any] = {"subtotal": subtotal, "tax_lines": orjson.loads(tax_lines or "[]")}
+    if has_rates:
+        document["tax_rates"] = orjson.loads(tax_rates)
+    return rates_of_document(document)
