@@ -62,3 +62,27 @@ def test_a_phase_counts_the_grandchildren_the_bench_started_as_its_own():
                 os.kill(pid, signal.SIGKILL)
         parent.kill()
         parent.wait()
+
+
+def test_the_busy_share_of_a_timed_span_is_read_off_its_own_samples():
+    # Start-up idles, the timed span runs a core flat out, teardown idles: the span's share
+    # is its own (half of two cores), not the whole run's.
+    from bastionary.tools.bench.processes import BusySampler
+
+    sampler = BusySampler(cores=2)
+    sampler.samples = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 1.0), (4.0, 2.0), (5.0, 2.0), (6.0, 2.0)]
+    assert sampler.share(2.0, 4.0) == 0.5
+    assert sampler.share(0.0, 6.0) == round(2.0 / (6.0 * 2), 3)
+    assert sampler.share(2.5, 2.9) is None  # no sample inside: nothing to say
+
+
+def test_the_sampler_samples_the_machine_while_it_runs():
+    from bastionary.tools.bench.processes import BusySampler
+
+    with BusySampler(interval=0.01) as sampler:
+        time.sleep(0.2)
+    taken = len(sampler.samples)
+    time.sleep(0.05)
+    assert taken >= 3 and len(sampler.samples) == taken  # it stopped on leaving
+    share = sampler.share(sampler.samples[0][0], sampler.samples[-1][0])
+    assert share is not None and 0.0 <= share <= 1.0

@@ -16,7 +16,7 @@ import orjson
 from bastionary.storage import diagnostics
 from bastionary.storage.client import Client
 from bastionary.tools.bench.options import LATENCY_POLL_SECONDS, PARTITIONS, BenchError
-from bastionary.tools.bench.processes import _say, _tail, environment_without_settings
+from bastionary.tools.bench.processes import BusySampler, _say, _tail, environment_without_settings
 from bastionary.tools.bench.stack import _Bench, _Worker
 from bastionary.tools.bench.workloads import Exactness, _distinct_id_records, _exactness
 from bastionary.tools.workload import Record, Workload
@@ -35,6 +35,7 @@ class Throughput(TypedDict):
     max_flush_events: int
     startup_s: float
     timing: str
+    machine_busy_share: float | None  # all cores' busy share over the timed span (BusySampler)
     ratio_to_bare: NotRequired[float]  # the single-event run's, set once both are known
     ratio_to_handwritten: NotRequired[float]  # to the hand-written loop on the same records
 
@@ -131,9 +132,14 @@ def _throughput(
     log mark be missing, the first ingest_progress row stands in (that excludes the first
     flush's records from the count as well, since they were consumed before it).
     """
-    worker = bench.start_worker(phase, prefix, group)
+    with BusySampler() as busy:
+        worker = bench.start_worker(phase, prefix, group)
+        try:
+            end = bench.wait_caught_up(worker, ends, timeout)
+        except BaseException:
+            bench.stop_worker(worker)
+            raise
     try:
-        end = bench.wait_caught_up(worker, ends, timeout)
         client = worker.reader()
         total_records = len(records)
         total_events = sum(r.events for r in records)
@@ -160,6 +166,7 @@ def _throughput(
             "max_flush_events": flushes.max_events,
             "startup_s": round(start - worker.started_at, 2),
             "timing": timing,
+            "machine_busy_share": busy.share(start, end),
         }, exactness
     finally:
         bench.stop_worker(worker)

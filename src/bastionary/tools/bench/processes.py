@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -95,6 +95,50 @@ def machine_busy_seconds() -> float:
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     busy = sum(values[:8]) - idle  # guest time is already inside user
     return busy / _TICK
+
+
+class BusySampler:
+    """How busy the machine was over a span known only afterwards.
+
+    A throughput run's timed span starts at a mark in the worker's log, after its start-up, so
+    :class:`_CpuMeter`'s phase share (start-up and teardown included) cannot say whether the
+    span itself was held back by the cores or by waiting. A thread samples ``/proc/stat``
+    every ``interval`` seconds while the run lasts; :meth:`share` reads the span off the samples.
+    """
+
+    def __init__(self, interval: float = 0.1, busy: Callable[[], float] | None = None, cores: int | None = None):
+        self.interval = interval
+        self._busy = busy or machine_busy_seconds
+        self._cores = cores or (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
+        self.samples: list[tuple[float, float]] = []  # (time.time(), busy seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-busy-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):  # no /proc: no samples, and share() says None
+                self.samples.append((time.time(), self._busy()))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> BusySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def share(self, start: float, end: float) -> float | None:
+        """The share of all cores busy between the first and last samples inside [start, end]
+        (None if fewer than two fell there)."""
+        inside = [sample for sample in self.samples if start <= sample[0] <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        (first_at, first_busy), (last_at, last_busy) = inside[0], inside[-1]
+        return round((last_busy - first_busy) / ((last_at - first_at) * self._cores), 3)
 
 
 class _CpuMeter:
