@@ -24,6 +24,7 @@ from bastionary.rating.schedule import PROGRESSIVE, progressive_key
 from bastionary.rating.subscriptions import SubscriptionEvent
 
 from .test_dunning_engine import POLICY, case
+from .test_minimum_adjustments import per_period
 from .test_rater import GRACE, TOKENS, FakeBillingStore, FakePublisher, at
 
 D = Decimal
@@ -356,3 +357,43 @@ async def test_dunning_leaves_a_backfill_s_invoices_alone_unless_told():
         await Dunner(store, config, sent, Clock(), chase_backfill=chase).run_once()
         decided = {c.invoice.invoice_id for c, _ in store.decided}
         assert decided == {"inv-p"} | expected
+
+
+def _whole(key: str, timing: str) -> Plan:
+    price = {"key": "base", "model": "flat", "amount": "30", "billing_timing": timing}
+    return Plan.model_validate({"key": key, "currency": "USD", "prorate": False, "prices": [price]})
+
+
+async def _a_b_a_in_february(timing: str) -> Decimal:
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+    rater = Rater(store, [_whole("a", timing), _whole("b", timing)], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rater.run_once(AFTER_JAN)).invoices + (await rater.run_once(AFTER_FEB)).invoices
+    return per_period(invoices)[FEB.isoformat()]
+
+
+async def test_a_plan_without_proration_owes_its_fee_once_in_a_period_it_comes_back_to():
+    """prorate: false, a -> b -> a in February: a's fee whole and b's fee whole, 60.00; a's
+    second segment owed its fee again (90.00), in arrears and in advance alike."""
+    assert await _a_b_a_in_february("arrears") == D("60.00")
+    assert await _a_b_a_in_february("advance") == D("60.00")
+
+
+async def test_a_period_that_owed_a_fee_twice_before_the_fix_is_credited_the_second(monkeypatch):
+    """Invoices written before 2026-12-05 billed a's fee twice (90.00) for a -> b -> a in February,
+    in arrears; the next invoice rates February again and credits the second (60.00)."""
+    import bastionary.rating.invoice as invoice_module
+
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+    rater = Rater(store, [_whole("a", "arrears"), _whole("b", "arrears")], [TOKENS], GRACE, FakePublisher())
+    monkeypatch.setattr(invoice_module, "owes_fees_again", lambda *_: True)  # the code before the fix
+    invoices = (await rater.run_once(AFTER_JAN)).invoices + (await rater.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("90.00")
+    monkeypatch.undo()
+    invoices += (await rater.run_once(MAR + timedelta(days=31, hours=2))).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("60.00")

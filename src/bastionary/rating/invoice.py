@@ -154,6 +154,20 @@ def share(plan: Plan, start: datetime, end: datetime, period: Period) -> Decimal
     return Decimal(str((end - start).total_seconds())) / Decimal(str(full))
 
 
+def owes_fees_again(sub: Subscription, segment: Segment, period: Period) -> bool:
+    """False for a segment whose plan has ``prorate: false`` and held an earlier segment of the
+    period (A -> B -> A): such a plan owes its flat fees whole once per period, however many
+    segments of it the period holds, so its later segments owe none (they owed the fee again)."""
+    if segment.plan.prorate:
+        return True
+    for earlier in sub.segments:
+        if earlier is segment:
+            return True
+        if earlier.plan.key == segment.plan.key and overlap(earlier, period.start, period.end) is not None:
+            return False
+    return True
+
+
 def _flat_line(price: FlatPrice, plan: Plan, fraction: Decimal, suffix: str) -> Line:
     text = price.description or price.key
     label = f"{text}{suffix}" + (f", prorated {fraction:.4f}" if fraction != 1 else "")
@@ -198,7 +212,7 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
         suffix = f" ({plan.key})" if several else ""
         for price in plan.prices:
             if isinstance(price, FlatPrice):
-                if price.billing_timing != ADVANCE:
+                if price.billing_timing != ADVANCE and owes_fees_again(sub, segment, period):
                     lines.append(_flat_line(price, plan, share(plan, lo, hi, period), suffix))
                 continue
             used = usage(price, sub.customer_id, lo, hi, as_of)
@@ -346,7 +360,7 @@ def replanned(
         shares: dict[str, Decimal] = {}
         for segment in sub.segments:
             window = overlap(segment, period.start, period.end)
-            if window is None:
+            if window is None or not owes_fees_again(sub, segment, period):
                 continue
             for price in segment.plan.prices:
                 key = f"{segment.plan.key}:{price.key}"
@@ -567,6 +581,8 @@ def advance_lines(
         suffix = f" ({segment.plan.key})" if several else ""
         for price in segment.plan.advance_prices:
             names[f"{segment.plan.key}:{price.key}"] = f"{price.description or price.key}{suffix}"
+            if not owes_fees_again(sub, segment, period):
+                continue
             line = _flat_line(price, segment.plan, share(segment.plan, *window, period), suffix)
             quantity, amount, first = owed.get(line.line_key, (ZERO, ZERO, line))
             owed[line.line_key] = (
