@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 import msgspec
 import orjson
+from msgspec import UNSET
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
+from bastionary.ingest.common_shape import CommonEvent, decode_common
 from bastionary.ingest.errors import ErrorClass, Rejection
 
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type", "subject", "time")
@@ -189,11 +191,15 @@ def parse_record(
         binary_attrs = _binary_mode_attributes(headers)
     except Rejection as refused:
         return ParsedRecord([], refused)
+    latest_allowed = datetime.fromtimestamp(record_timestamp_ms / 1000, tz=UTC) + limits.max_future_skew
+    if binary_attrs is None:
+        common = _in_common_shape(value, latest_allowed, limits)
+        if common is not None:
+            return common
     try:
         decoded = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return ParsedRecord([], _decode_rejection(value, exc))
-    latest_allowed = datetime.fromtimestamp(record_timestamp_ms / 1000, tz=UTC) + limits.max_future_skew
     if binary_attrs is not None:
         binary_attrs["data"] = decoded
         return ParsedRecord([_member(0, binary_attrs, latest_allowed)], value=value, binary=True)
@@ -209,6 +215,67 @@ def parse_record(
         members = [_member(i, raw, latest_allowed) for i, raw in enumerate(decoded)]
         return ParsedRecord(members, batch=True, value=value)
     return ParsedRecord([_member(0, decoded, latest_allowed)], value=value)
+
+
+def _in_common_shape(value: bytes, latest_allowed: datetime, limits: RecordLimits) -> ParsedRecord | None:
+    """The record, if it is of the common shape (:mod:`bastionary.ingest.common_shape`) and
+    every member of it is accepted; else None, and the general path below judges it.
+
+    The members it gives equal the general path's (a property test compares the two), so a
+    replay judges a record the same whichever path took it. Only acceptance is decided here:
+    anything to reject goes the general path, which words the rejection.
+    """
+    decoded = decode_common(value)
+    if decoded is None:
+        return None
+    if not isinstance(decoded, list):
+        member = _common_member(0, decoded, latest_allowed)
+        return None if member is None else ParsedRecord([member], value=value)
+    if not 0 < len(decoded) <= limits.max_batch_events:
+        return None
+    members = []
+    for index, shaped in enumerate(decoded):
+        member = _common_member(index, shaped, latest_allowed)
+        if member is None:
+            return None
+        members.append(member)
+    return ParsedRecord(members, batch=True, value=value)
+
+
+def _common_member(index: int, shaped: CommonEvent, latest_allowed: datetime) -> RecordMember | None:
+    """The accepted member, as :func:`_member` makes it from the same JSON, or None."""
+    if shaped.specversion != "1.0":
+        return None
+    ident, source, kind, subject, text = shaped.id, shaped.source, shaped.type, shaped.subject, shaped.time
+    if not (0 < len(ident) <= 512 and 0 < len(source) <= 1024 and 0 < len(kind) <= 256 and 0 < len(subject) <= 256):
+        return None
+    time = _fast_time(text)
+    if time is None or time > latest_allowed:
+        return None
+    # The dict the general path decodes: the attributes sent, and only those.
+    raw: dict[str, Any] = {"specversion": "1.0", "id": ident, "source": source, "type": kind, "subject": subject}
+    raw["time"] = text
+    data, content_type, schema = shaped.data, shaped.datacontenttype, shaped.dataschema
+    if data is UNSET:
+        data = {}
+    else:
+        raw["data"] = data
+    if content_type is UNSET:
+        content_type = None
+    else:
+        raw["datacontenttype"] = content_type
+    if schema is UNSET:
+        schema = None
+    else:
+        raw["dataschema"] = schema
+    event = ValidUsageEvent(ident, intern(source), intern(kind), intern(subject), time, data, content_type, schema, {})
+    try:
+        digest = payload_hash(raw, event, _canonical_zulu(text), wide_integers=False)
+    except TypeError:
+        # Too deep to encode, or an integer past 64 bits: orjson decodes the latter as a float
+        # and msgspec as an int, so the two decodes differ and the general path must judge it.
+        return None
+    return RecordMember(index, raw, event, digest)
 
 
 def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
@@ -263,13 +330,10 @@ def _checked_fast(raw: dict[str, Any]) -> ValidUsageEvent | None:
         if type(value) is not str or not 0 < len(value) <= longest:
             return None
     text = raw.get("time")
-    if type(text) is not str or _RFC3339.fullmatch(text) is None:
+    if type(text) is not str:
         return None
-    try:
-        time = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if not _EARLIEST <= time < _LATEST:
+    time = _fast_time(text)
+    if time is None:
         return None
     data = raw.get("data", _ABSENT)
     if data is _ABSENT:
@@ -299,11 +363,29 @@ def _checked_fast(raw: dict[str, Any]) -> ValidUsageEvent | None:
 _ABSENT = object()
 
 
-def payload_hash(raw: dict[str, Any], event: ValidUsageEvent | UsageEvent, canonical_time: str | None = None) -> bytes:
+def _fast_time(text: str) -> datetime | None:
+    """``time`` parsed, if it is RFC 3339 as producers write it and storable; else None."""
+    if _RFC3339.fullmatch(text) is None:
+        return None
+    try:
+        time = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return time if _EARLIEST <= time < _LATEST else None
+
+
+def payload_hash(
+    raw: dict[str, Any],
+    event: ValidUsageEvent | UsageEvent,
+    canonical_time: str | None = None,
+    *,
+    wide_integers: bool = True,
+) -> bytes:
     """A digest of the event as sent; equal digests mean a true repeat, not a conflict.
 
     ``time`` is hashed in its parsed form so that ``Z`` and ``+00:00`` spell the same event;
-    ``canonical_time``, when given, is that form already.
+    ``canonical_time``, when given, is that form already. An integer past 64 bits raises
+    TypeError, as deep nesting does, unless ``wide_integers``.
     """
     canonical = dict(raw)
     canonical["time"] = canonical_time or event.time.astimezone(UTC).isoformat()
@@ -313,7 +395,7 @@ def payload_hash(raw: dict[str, Any], event: ValidUsageEvent | UsageEvent, canon
         # An integer past 64 bits, which only an exact decode keeps: the stdlib encodes any.
         # The same event always takes the same branch, so its digest is stable. (Nesting past
         # orjson's limit is the caller's to reject, so that error goes on.)
-        if "64-bit" not in str(exc):
+        if "64-bit" not in str(exc) or not wide_integers:
             raise
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return blake2b(text, digest_size=16).digest()

@@ -1,0 +1,161 @@
+"""The one-call decode of the common shape judges a record exactly as the general path does.
+
+:func:`parse_record` first tries :func:`bastionary.ingest.common_shape.decode_common`; a replay
+must judge a record the same whichever path took it, so every field of every member (the
+dict, the event, the payload hash, the stored data) must be what the general path gives.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from unittest import mock
+
+import orjson
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from bastionary.ingest import cloudevents
+from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, parse_record
+
+RECORD_TS_MS = int(datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp() * 1000)
+LIMITS = RecordLimits(1_048_576, 8, timedelta(minutes=5))
+
+
+def _event(**overrides: object) -> dict:
+    base = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "//api.example/llm",
+        "type": "llm.completion",
+        "subject": "cust-42",
+        "time": "2024-05-01T11:59:00.123456Z",
+        "data": {"tokens": 17, "model": "small"},
+    }
+    return base | overrides
+
+
+def _both(value: bytes) -> tuple[ParsedRecord, ParsedRecord]:
+    either = parse_record(value, None, RECORD_TS_MS, LIMITS)
+    with mock.patch.object(cloudevents, "_in_common_shape", return_value=None):
+        general = parse_record(value, None, RECORD_TS_MS, LIMITS)
+    return either, general
+
+
+def _judged(parsed: ParsedRecord) -> tuple:
+    def rejection(r: object) -> tuple | None:
+        return None if r is None else (r.code, r.message)  # type: ignore[attr-defined]
+
+    members = [
+        (
+            m.index,
+            m.raw,
+            m.event,
+            None if m.event is None else m.event.time.utcoffset(),
+            m.payload_hash,
+            rejection(m.rejection),
+            None if m.event is None else parsed.stored_data(m),
+        )
+        for m in parsed.members
+    ]
+    return rejection(parsed.rejection), parsed.batch, members
+
+
+def test_the_common_shape_is_decoded_in_one_call():
+    batch = orjson.dumps([_event(), _event(id="evt-2", data={}), _event(id="evt-3", datacontenttype=None)])
+    latest = datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
+    assert cloudevents._in_common_shape(batch, latest, LIMITS) is not None
+    assert cloudevents._in_common_shape(orjson.dumps(_event()), latest, LIMITS) is not None
+    either, general = _both(batch)
+    assert _judged(either) == _judged(general)
+
+
+def test_anything_else_is_left_to_the_general_path():
+    latest = datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
+    others = [
+        [_event(), _event(region="eu")],  # an extension attribute
+        [_event(), {k: v for k, v in _event().items() if k != "subject"}],
+        [_event(time="2024-05-01T12:06:00Z")],  # after the allowed skew: rejected, so the general path words it
+        [_event(data={"n": 2**64})],  # orjson decodes it as a float, msgspec as an int
+        [_event(id="")],
+        [_event(specversion="1.1")],
+        [_event()] * 9,  # more members than the limit
+        [],
+    ]
+    for members in others:
+        assert cloudevents._in_common_shape(json.dumps(members).encode(), latest, LIMITS) is None, members
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=8,
+)
+_TIMES = st.one_of(
+    st.sampled_from(
+        [
+            "2024-05-01T11:59:00Z",
+            "2024-05-01T11:59:00.000000Z",
+            "2024-05-01T11:59:00.5+00:00",
+            "2024-05-01T13:59:00+02:00",
+            "2024-05-01T12:05:00Z",
+            "2024-05-01T12:05:00.000001Z",
+            "2024-05-01 11:59:00Z",
+            "2024-05-01T11:59:00",
+            "1969-12-31T23:59:59Z",
+            "2106-01-01T00:00:00Z",
+        ]
+    ),
+    st.datetimes(min_value=datetime(2024, 4, 30), max_value=datetime(2024, 5, 2)).map(
+        lambda moment: moment.isoformat() + "Z"
+    ),
+    st.integers(),
+)
+_ATTRIBUTES = st.one_of(st.text(min_size=1, max_size=3), st.text(min_size=250, max_size=260), st.just(""), st.none())
+_MEMBERS = st.builds(
+    lambda base, overrides, dropped: {k: v for k, v in (base | overrides).items() if k not in dropped},
+    st.builds(_event, data=st.dictionaries(st.text(max_size=3), _JSON_VALUES, max_size=4)),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "specversion": st.sampled_from(["1.0", "1.1", 1]),
+            "id": _ATTRIBUTES,
+            "subject": _ATTRIBUTES,
+            "time": _TIMES,
+            "data": _JSON_VALUES,
+            "datacontenttype": _ATTRIBUTES,
+            "dataschema": _ATTRIBUTES,
+            "region": _ATTRIBUTES,
+        },
+    ),
+    st.sets(st.sampled_from(["id", "subject", "time", "data"]), max_size=1),
+)
+
+
+def _text(value: object, ascii_only: bool, spaced: bool) -> bytes:
+    # The stdlib writes what orjson cannot (integers past 64 bits), and escapes or not.
+    return json.dumps(value, ensure_ascii=ascii_only, indent=1 if spaced else None).encode()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    members=st.lists(_MEMBERS, min_size=1, max_size=9),
+    batch=st.booleans(),
+    ascii_only=st.booleans(),
+    spaced=st.booleans(),
+    repeated=st.sampled_from([b"", b',"id":"evt-9"', b',"data":{"n":1}', b',"data":7']),
+)
+@example(
+    members=[_event(data={"n": 2**63})], batch=True, ascii_only=False, spaced=False, repeated=b""
+)  # a float to orjson, an int to msgspec
+def test_either_path_judges_a_record_the_same(members, batch, ascii_only, spaced, repeated):
+    value = _text(members if batch else members[0], ascii_only, spaced)
+    if repeated and not spaced:  # a key given twice (in the last member): the last one counts, for both decoders
+        end = 2 if batch else 1
+        value = value[:-end] + repeated + value[-end:] if value[-end:] in (b"}", b"}]") else value
+    either, general = _both(value)
+    assert _judged(either) == _judged(general)
