@@ -16,7 +16,7 @@ import structlog
 
 from bastionary.ingest.cloudevents import RecordLimits, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
-from bastionary.metering.ports import EventRow
+from bastionary.metering.ports import EventRow, new_row
 from bastionary.metering.readings import MeterIndex, Reading
 from bastionary.metering.records import InboundRecord
 
@@ -74,22 +74,24 @@ def _examine(record: InboundRecord, epoch: int, meters: MeterIndex, limits: Reco
         except Rejection as rejection:
             examined.rejected.append((member.index, rejection))
             continue
-        # Positional, in the column order: keyword arguments cost a NamedTuple more than
-        # twice as much, on the one line every event passes.
-        row = EventRow(
-            event.id,
-            event.source,
-            event.type,
-            event.subject,  # customer_id
-            event.time,
-            parsed.stored_data(member),
-            member.payload_hash.hex(),
-            ingested_at,
-            record.topic,
-            epoch,
-            record.partition,
-            record.offset,
-            member.index,
+        # Every field, in the column order, through tuple.__new__ (see ports.new_row).
+        row = new_row(
+            EventRow,
+            (
+                event.id,
+                event.source,
+                event.type,
+                event.subject,  # customer_id
+                event.time,
+                parsed.stored_data(member),
+                member.payload_hash.hex(),
+                ingested_at,
+                record.topic,
+                epoch,
+                record.partition,
+                record.offset,
+                member.index,
+            ),
         )
         examined.accepted.append(Accepted(member.index, member.payload_hash, row, readings))
     return examined

@@ -17,7 +17,7 @@ from typing import Final, assert_never
 import orjson
 
 from bastionary.metering.meters import Aggregation
-from bastionary.metering.ports import RollupRow
+from bastionary.metering.ports import RollupRow, new_row
 from bastionary.metering.readings import Group, Reading
 
 WINDOW_SECONDS = 60
@@ -140,20 +140,23 @@ class RollupBuilder:
             minute = minutes.get(ingested)
             if minute is None:
                 minute = minutes[ingested] = datetime.fromtimestamp(ingested, tz=UTC)
-            # Positional, in the column order (see planning.py on EventRow).
+            # Every field, in the column order, through tuple.__new__ (see ports.new_row).
             rows.append(
-                RollupRow(
-                    meter,
-                    customer_id,
-                    text,
-                    values,
-                    window,
-                    minute,
-                    cell.value_sum,
-                    cell.event_count,
-                    cell.value_max,
-                    sorted(cell.unique_values) if cell.unique_values else [],
-                    cell.latest or _NO_LATEST,
+                new_row(
+                    RollupRow,
+                    (
+                        meter,
+                        customer_id,
+                        text,
+                        values,
+                        window,
+                        minute,
+                        cell.value_sum,
+                        cell.event_count,
+                        cell.value_max,
+                        sorted(cell.unique_values) if cell.unique_values else [],
+                        cell.latest or _NO_LATEST,
+                    ),
                 )
             )
         return rows
