@@ -128,6 +128,59 @@ async def test_a_fee_added_to_the_plan_in_the_catalog_does_not_reach_back():
     assert [(x["adjusts_period_start"], x["amount"]) for x in march["lines"] if x.get("adjusts_period_start")] == []
 
 
+async def test_usage_of_a_period_rated_again_whole_is_not_repriced_at_a_raised_catalog_price():
+    """A known bug until 2026-12-05 (29.66). PRO: 20.00 fee + 0.01/token. February: 1,000 tokens on 10 Feb (10.00), fee 20.00.
+    The catalog raises tokens to 0.02; a cancellation effective 15 Feb, received in March,
+    rates February again. No usage of February moved (none after the 15th): it costs
+    20 x 14/29 + 10.00 = 19.66, as the commit keeps the fee at what was billed."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    store.use("cust-1", 1000, at(2024, 2, 10))
+    first = Rater(store, [PRO], [TOKENS], GRACE, FakePublisher())
+    invoices = (await first.run_once(AFTER_JAN)).invoices + (await first.run_once(AFTER_FEB)).invoices
+    raised = PRO.model_copy(
+        update={"prices": [PRO.prices[0], PRO.prices[1].model_copy(update={"unit_amount": D("0.02")})]}
+    )
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "pro", None, None, at(2024, 2, 15)))
+    invoices += (await Rater(store, [raised], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("19.66")
+
+
+async def test_a_plan_change_received_late_leaves_the_old_plan_s_usage_at_the_price_billed():
+    """a at 0.01/token: 1,000 tokens on 5 February, billed 10.00. The catalog raises a to 0.02;
+    a change to b (0.03/token) effective 15 February, received in March, with 500 tokens on b
+    on 20 February: February is rated again whole. a's usage did not move and stays 10.00; b's
+    is new and costs today's 15.00."""
+    b = tokens_at("0.03").model_copy(update={"key": "b"})
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 1000, at(2024, 2, 5))
+    first = Rater(store, [tokens_at("0.01"), b], [TOKENS], GRACE, FakePublisher())
+    invoices = (await first.run_once(AFTER_JAN)).invoices + (await first.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("10.00")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 15)))
+    store.use("cust-1", 500, at(2024, 2, 20), ingested=AFTER_FEB + GRACE)
+    raised = Rater(store, [tokens_at("0.02"), b], [TOKENS], GRACE, FakePublisher())
+    invoices += (await raised.run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("25.00")
+
+
+async def test_usage_that_moved_in_a_period_rated_again_whole_is_priced_at_today_s_price():
+    """The same cancellation as above, with 500 tokens after 15 February that it takes out of
+    February: a's quantity moved (1,500 -> 1,000), so the line is priced again, at today's 0.02
+    (docs/pricing.md, "Late usage": a period whose usage moved is priced whole at today's price)."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 1000, at(2024, 2, 10))
+    store.use("cust-1", 500, at(2024, 2, 20))
+    first = Rater(store, [tokens_at("0.01")], [TOKENS], GRACE, FakePublisher())
+    invoices = (await first.run_once(AFTER_JAN)).invoices + (await first.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("15.00")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "a", None, None, at(2024, 2, 15)))
+    invoices += (await Rater(store, [tokens_at("0.02")], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("20.00")
+
+
 async def test_usage_moved_between_two_segments_of_one_plan_is_adjusted():
     """February: A (1-10), B (10-20), A again (20-). A's tokens are graduated, the first 1,000
     of each segment free. 1,500 tokens on 25 February: 5.00. A correction re-times 500 of them

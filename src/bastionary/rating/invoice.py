@@ -400,7 +400,8 @@ def adjustment_lines(
     Compared with the quantities and rounded amounts already on invoices (not recomputed),
     so usage that landed late for any reason is billed once, never lost. A line whose quantity
     did not move is left alone, so a price changed in the catalog does not reach back to
-    periods without late usage (one with late usage is priced whole at today's price).
+    periods without late usage (one with late usage is priced whole at today's price), whether
+    or not the period is rated again whole.
 
     A period billed on other plans than it now has (:func:`replanned`) is rated again whole:
     its fees in arrears too, and what was billed under a line key it no longer has is taken
@@ -442,11 +443,13 @@ def adjustment_lines(
                 and segments.get(key) == 1
                 and (line.percentage is None or (events is not None and events == old.events))
             )
-            if not again and unmoved and line.meter is not None:
-                # No usage moved: a price changed in the catalog since does not reach back.
-                # (Usage can move between two segments of one plan, whose tiers count apart,
-                # without moving the sum, and a percentage line stored without its events
-                # cannot tell: both are compared by amount.)
+            if unmoved and line.meter is not None:
+                # No usage moved: a price changed in the catalog since does not reach back, in a
+                # period rated again whole too (usage is priced per segment, never by its share
+                # of the period, so a plan change or a cancellation that leaves a key's usage
+                # where it was leaves its amount too). (Usage can move between two segments of
+                # one plan, whose tiers count apart, without moving the sum, and a percentage
+                # line stored without its events cannot tell: both are compared by amount.)
                 continue
             old_quantity, old_amount = old.quantity, old.amount
             delta = amount - old_amount
