@@ -15,6 +15,7 @@ import orjson
 
 from bastionary.storage import diagnostics
 from bastionary.storage.client import Client
+from bastionary.tools.bench.landed import LandedWatch
 from bastionary.tools.bench.options import LATENCY_POLL_SECONDS, PARTITIONS, BenchError
 from bastionary.tools.bench.processes import BusySampler, _say, _tail, environment_without_settings
 from bastionary.tools.bench.stack import _Bench, _Worker
@@ -36,6 +37,11 @@ class Throughput(TypedDict):
     startup_s: float
     timing: str
     machine_busy_share: float | None  # all cores' busy share over the timed span (BusySampler)
+    # To the last event landed, by the worker's /metrics (tools/bench/landed.py), not to the
+    # commit after it: the commit comes once a second, so "seconds" moves in steps of one.
+    landed_seconds: float | None
+    landed_events_per_s: int | None
+    commit_lag_s: float | None  # from the last event landed to the commit that the end mark saw
     ratio_to_bare: NotRequired[float]  # the single-event run's, set once both are known
     ratio_to_handwritten: NotRequired[float]  # to the hand-written loop on the same records
 
@@ -132,17 +138,18 @@ def _throughput(
     log mark be missing, the first ingest_progress row stands in (that excludes the first
     flush's records from the count as well, since they were consumed before it).
     """
+    total_events = sum(r.events for r in records)
     with BusySampler() as busy:
         worker = bench.start_worker(phase, prefix, group)
         try:
-            end = bench.wait_caught_up(worker, ends, timeout)
+            with LandedWatch(worker.web_port, total_events) as landed:
+                end = bench.wait_caught_up(worker, ends, timeout)
         except BaseException:
             bench.stop_worker(worker)
             raise
     try:
         client = worker.reader()
         total_records = len(records)
-        total_events = sum(r.events for r in records)
         start = worker.consumption_started()
         timing = "first record taken in -> committed at log end"
         counted_records, counted_events = total_records, total_events
@@ -154,6 +161,7 @@ def _throughput(
             counted_events -= first.events
             timing = "first flush marker -> committed at log end (first flush not counted)"
         seconds = max(end - start, 1e-6)
+        landed_seconds = None if landed.landed_at is None else max(landed.landed_at - start, 1e-6)
         exactness = _exactness(client, workload)
         return {
             "records": total_records,
@@ -167,6 +175,9 @@ def _throughput(
             "startup_s": round(start - worker.started_at, 2),
             "timing": timing,
             "machine_busy_share": busy.share(start, end),
+            "landed_seconds": None if landed_seconds is None else round(landed_seconds, 3),
+            "landed_events_per_s": None if landed_seconds is None else round(counted_events / landed_seconds),
+            "commit_lag_s": None if landed.landed_at is None else round(end - landed.landed_at, 3),
         }, exactness
     finally:
         bench.stop_worker(worker)

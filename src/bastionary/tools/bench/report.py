@@ -7,6 +7,7 @@ import io
 import json
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,18 +184,21 @@ def render(result: dict[str, Any], as_json: bool) -> str:
 
     details = Table(title="runs", title_justify="left")
     columns = ("run", "records", "events", "ev/record", "seconds", "records/s", "events/s", "flushes", "largest flush")
-    for column in columns + ("start-up", "cores busy"):
+    for column in columns + ("start-up", "cores busy", "landed: s, events/s"):
         details.add_column(column, justify="right" if column != "run" else "left")
     for name, run in (("single", single), ("batch", batch)):
         details.add_row(
             name, f"{run['records']:,}", f"{run['events']:,}", f"{run['events_per_record']}",
             f"{run['seconds']:.2f}", f"{run['records_per_s']:,}", f"{run['events_per_s']:,}",
             str(run["flushes"]), f"{run['max_flush_events']:,} ev", f"{run['startup_s']:.1f} s",
-            _share(run.get("machine_busy_share")),
+            _share(run.get("machine_busy_share")), _landed(run),
         )  # fmt: skip
     console.print(details)
     console.print(f"timing: {single['timing']}; start-up (process, chdb, group join) excluded")
     console.print("cores busy: the whole machine's busy share over the timed span (below 1: the run waited)")
+    console.print(
+        "landed: to the last event landed (the worker's /metrics), not to the commit, which comes once a second"
+    )
     console.print(
         f"latency: {latency['events']:,} events over {latency['seconds']:.1f} s"
         f" ({latency['achieved_rate_per_s']:,}/s), max {latency['max_s']} s;"
@@ -276,6 +280,11 @@ def _reference_cells(runs: dict[str, dict[str, Any]]) -> tuple[str, str]:
         if "overcount" in figures:
             notes.append(f"{workload}: +{figures['overcount']:,} repeats kept")
     return "\n".join(cells), "\n".join(notes) or "(same run, same records)"
+
+
+def _landed(run: Mapping[str, Any]) -> str:
+    seconds, rate = run.get("landed_seconds"), run.get("landed_events_per_s")
+    return "-" if seconds is None or rate is None else f"{seconds:.2f}, {rate:,}"
 
 
 def _share(value: float | None) -> str:

@@ -48,6 +48,7 @@ class _Worker:
     started_at: float
     profiler: subprocess.Popen[bytes] | None = None
     clickhouse_server: subprocess.Popen[bytes] | None = None  # started for this worker alone
+    web_port: int = 0  # its HTTP port: /metrics, checks
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -200,6 +201,7 @@ class _Bench:
             clickhouse_dsn, server = self.start_clickhouse_server(phase)
         data_dir = self.root / phase
         data_dir.mkdir(parents=True, exist_ok=True)
+        web_port = free_port()
         # Only our settings: an inherited BASTIONARY_* (a DSN, a catalog, a prefix) would
         # measure something else than the embedded defaults.
         env = (
@@ -211,7 +213,7 @@ class _Bench:
                 "BASTIONARY_TOPIC_PREFIX": prefix,
                 "BASTIONARY_CONSUMER_GROUP": group,
                 "BASTIONARY_WORKER_ID": f"bench-{phase}",
-                "BASTIONARY_WEB_PORT": str(free_port()),
+                "BASTIONARY_WEB_PORT": str(web_port),
                 "BASTIONARY_KAFKA_SESSION_TIMEOUT": SESSION_TIMEOUT,
                 "BASTIONARY_LOG_FORMAT": "json",
             }
@@ -224,6 +226,7 @@ class _Bench:
         process = self.processes.spawn(_bastionary_command() + ["worker"], env, log_path)
         worker = _Worker(process, data_dir, log_path, Topics(prefix).usage_events, group, time.time())
         worker.clickhouse_server = server
+        worker.web_port = web_port
         if self.profile_dir is not None:
             worker.profiler = self._profile(process.pid, phase, self.profile_dir)
         return worker
