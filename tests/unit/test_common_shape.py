@@ -66,6 +66,8 @@ def test_the_common_shape_is_decoded_in_one_call():
     latest = datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
     assert cloudevents._in_common_shape(batch, latest, LIMITS) is not None
     assert cloudevents._in_common_shape(orjson.dumps(_event()), latest, LIMITS) is not None
+    longest = _event(id="i" * 512, source="s" * 1024, type="t" * 256, subject="c" * 256)
+    assert cloudevents._in_common_shape(orjson.dumps(longest), latest, LIMITS) is not None
     either, general = _both(batch)
     assert _judged(either) == _judged(general)
 
@@ -78,6 +80,10 @@ def test_anything_else_is_left_to_the_general_path():
         [_event(time="2024-05-01T12:06:00Z")],  # after the allowed skew: rejected, so the general path words it
         [_event(data={"n": 2**64})],  # orjson decodes it as a float, msgspec as an int
         [_event(id="")],
+        [_event(id="i" * 513)],  # each attribute one past the longest the contract takes
+        [_event(source="s" * 1025)],
+        [_event(type="t" * 257)],
+        [_event(subject="c" * 257)],
         [_event(specversion="1.1")],
         [_event()] * 9,  # more members than the limit
         [],
@@ -123,8 +129,8 @@ _MEMBERS = st.builds(
         {},
         optional={
             "specversion": st.sampled_from(["1.0", "1.1", 1]),
-            "id": _ATTRIBUTES,
-            "subject": _ATTRIBUTES,
+            "id": _ATTRIBUTES | st.text(min_size=510, max_size=514),  # 512 at most
+            "subject": _ATTRIBUTES,  # 256 at most
             "time": _TIMES,
             "data": _JSON_VALUES,
             "datacontenttype": _ATTRIBUTES,

@@ -38,6 +38,8 @@ MAX_NESTING_DEPTH = 254
 _EXACT_JSON = msgspec.json.Decoder(float_hook=Decimal)
 _EXACT_ENCODER = msgspec.json.Encoder(decimal_format="number")
 _RAW_MEMBERS = msgspec.json.Decoder(list[msgspec.Raw])
+# The longest id, source, type and subject the contract takes, in characters.
+_ID_LONGEST, _SOURCE_LONGEST, _TYPE_LONGEST, _SUBJECT_LONGEST = 512, 1024, 256, 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +55,10 @@ class UsageEvent(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     specversion: Literal["1.0"]
-    id: StrictStr = Field(min_length=1, max_length=512)
-    source: StrictStr = Field(min_length=1, max_length=1024)
-    type: StrictStr = Field(min_length=1, max_length=256)
-    subject: StrictStr = Field(min_length=1, max_length=256)
+    id: StrictStr = Field(min_length=1, max_length=_ID_LONGEST)
+    source: StrictStr = Field(min_length=1, max_length=_SOURCE_LONGEST)
+    type: StrictStr = Field(min_length=1, max_length=_TYPE_LONGEST)
+    subject: StrictStr = Field(min_length=1, max_length=_SUBJECT_LONGEST)
     time: AwareDatetime
     data: dict[str, Any] = Field(default_factory=dict)
     datacontenttype: StrictStr | None = None
@@ -247,7 +249,12 @@ def _common_member(index: int, shaped: CommonEvent, latest_allowed: datetime) ->
     if shaped.specversion != "1.0":
         return None
     ident, source, kind, subject, text = shaped.id, shaped.source, shaped.type, shaped.subject, shaped.time
-    if not (0 < len(ident) <= 512 and 0 < len(source) <= 1024 and 0 < len(kind) <= 256 and 0 < len(subject) <= 256):
+    if not (
+        0 < len(ident) <= _ID_LONGEST
+        and 0 < len(source) <= _SOURCE_LONGEST
+        and 0 < len(kind) <= _TYPE_LONGEST
+        and 0 < len(subject) <= _SUBJECT_LONGEST
+    ):
         return None
     time = _fast_time(text)
     if time is None or time > latest_allowed:
@@ -312,7 +319,12 @@ def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
 )
-_ATTRIBUTE_LENGTHS = (("id", 512), ("source", 1024), ("type", 256), ("subject", 256))
+_ATTRIBUTE_LENGTHS = (
+    ("id", _ID_LONGEST),
+    ("source", _SOURCE_LONGEST),
+    ("type", _TYPE_LONGEST),
+    ("subject", _SUBJECT_LONGEST),
+)
 _DECLARED = frozenset(UsageEvent.model_fields)
 
 
