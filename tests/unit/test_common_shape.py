@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from unittest import mock
 
 import orjson
@@ -17,22 +18,11 @@ from hypothesis import strategies as st
 
 from bastionary.ingest import cloudevents
 from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, parse_record
+from tests.unit.test_cloudevents import RECORD_TS_MS, event
 
-RECORD_TS_MS = int(datetime(2024, 5, 1, 12, 0, tzinfo=UTC).timestamp() * 1000)
 LIMITS = RecordLimits(1_048_576, 8, timedelta(minutes=5))
-
-
-def _event(**overrides: object) -> dict:
-    base = {
-        "specversion": "1.0",
-        "id": "evt-1",
-        "source": "//api.example/llm",
-        "type": "llm.completion",
-        "subject": "cust-42",
-        "time": "2024-05-01T11:59:00.123456Z",
-        "data": {"tokens": 17, "model": "small"},
-    }
-    return base | overrides
+# test_cloudevents' event, with a time of six fractional digits: the producers' usual spelling.
+_event = partial(event, time="2024-05-01T11:59:00.123456Z")
 
 
 def _both(value: bytes) -> tuple[ParsedRecord, ParsedRecord]:
