@@ -47,7 +47,7 @@ def test_a_phase_counts_the_grandchildren_the_bench_started_as_its_own():
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    meter = _CpuMeter(SimpleNamespace(_children=[parent]), SimpleNamespace())  # type: ignore[arg-type]
+    meter = _CpuMeter(SimpleNamespace(_children=[parent]), SimpleNamespace(pid=None))  # type: ignore[arg-type]
     spinning: list[int] = []
     try:
         with meter.phase("grandchild"):
@@ -86,3 +86,55 @@ def test_the_sampler_samples_the_machine_while_it_runs():
     assert taken >= 3 and len(sampler.samples) == taken  # it stopped on leaving
     share = sampler.share(sampler.samples[0][0], sampler.samples[-1][0])
     assert share is not None and 0.0 <= share <= 1.0
+
+
+def test_each_part_s_share_of_a_timed_span_is_read_off_its_own_samples():
+    # The worker starts inside the span (absent from the first sample: counted from zero), its
+    # flush processes run two cores flat out for two seconds, the broker idles.
+    from bastionary.tools.bench.processes import BusySampler
+
+    sampler = BusySampler(cores=2)
+    sampler.part_samples = [
+        (1.0, {"broker": 5.0}),
+        (2.0, {"broker": 5.0, "worker": 0.2, "worker_children": 0.0}),
+        (3.0, {"broker": 5.0, "worker": 0.4, "worker_children": 2.0}),
+        (4.0, {"broker": 5.0, "worker": 0.6, "worker_children": 4.0}),
+    ]
+    assert sampler.part_shares(2.0, 4.0) == {"broker": 0.0, "worker": 0.2, "worker_children": 2.0}
+    assert sampler.part_shares(1.0, 3.0) == {"broker": 0.0, "worker": 0.2, "worker_children": 1.0}
+    assert sampler.part_shares(2.5, 2.9) is None  # no sample inside: nothing to say
+
+
+def test_the_parts_are_real_processes_read_while_they_run():
+    # A real "worker" (this test's child) with a real child of its own spinning a core, and a
+    # "broker" that sleeps: the spinning grandchild's CPU is the worker's children's.
+    from bastionary.tools.bench.processes import BusySampler, PartsCpu
+
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass\n"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {spin!r}])"]
+    )
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        parts = PartsCpu(sleeper.pid)
+        parts.worker_pid = parent.pid
+        with BusySampler(interval=0.05, parts=parts) as sampler:
+            deadline = time.time() + 20
+            while not descendants(parent.pid) and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # past the grandchild's start-up: spinning now
+            started = time.time()
+            time.sleep(0.5)
+            ended = time.time()
+        shares = sampler.part_shares(started, ended)
+        assert shares is not None
+        assert set(shares) == {"worker", "worker_children", "broker"}
+        assert shares["worker_children"] > 0.5  # spinning, so close to one core
+        assert shares["broker"] < 0.2 and shares["worker"] < 0.2
+    finally:
+        for pid in descendants(parent.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for process in (parent, sleeper):
+            process.kill()
+            process.wait()

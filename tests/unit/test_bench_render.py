@@ -71,6 +71,23 @@ def test_a_reference_that_did_not_run_shows_why_on_its_own_row() -> None:
     assert "second line" not in table
 
 
+def test_each_part_s_cores_are_printed_for_a_run_that_has_them() -> None:
+    # The fixture predates the figure: a result without it renders as before.
+    result = json.loads(FIXTURE.read_text())
+    assert "cores by part" not in render(result, as_json=False)
+    result["batch"]["cpu_by_part"] = {
+        "worker": 0.085,
+        "worker_children": 0.894,
+        "clickhouse_server": 0.35,
+        "broker": 0.089,
+    }
+    lines = render(result, as_json=False).splitlines()
+    assert any(
+        "cores by part, batch: worker 0.09, worker children 0.89, clickhouse server 0.35, broker 0.09" in line
+        for line in lines
+    )
+
+
 @pytest.mark.parametrize("where", ["a server over HTTP (serve-clickhouse)", "chdb in the worker"])
 def test_the_entitlements_table_names_where_clickhouse_ran(where: str) -> None:
     output = io.StringIO()

@@ -51,6 +51,11 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (the bench reads its CPU time)."""
+        return None if self._process is None else self._process.pid
+
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"

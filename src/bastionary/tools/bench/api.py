@@ -227,10 +227,10 @@ def _cpu_seconds(worker_pid: int, bench: _Bench) -> dict[str, float]:
     """CPU seconds so far of the worker, the broker, this process (the poster) and the machine."""
     import os
 
-    broker = getattr(bench.broker, "_process", None)
+    broker = bench.broker.pid
     return {
         "worker": cpu_seconds_of(worker_pid),
-        "broker": cpu_seconds_of(broker.pid) if broker is not None else 0.0,
+        "broker": cpu_seconds_of(broker) if broker is not None else 0.0,
         "poster": cpu_seconds_of(os.getpid()),
         "machine": machine_busy_seconds(),
     }

@@ -17,7 +17,7 @@ from bastionary.storage import diagnostics
 from bastionary.storage.client import Client
 from bastionary.tools.bench.landed import LandedWatch
 from bastionary.tools.bench.options import LATENCY_POLL_SECONDS, PARTITIONS, BenchError
-from bastionary.tools.bench.processes import BusySampler, _say, _tail, environment_without_settings
+from bastionary.tools.bench.processes import BusySampler, PartsCpu, _say, _tail, environment_without_settings
 from bastionary.tools.bench.stack import _Bench, _Worker
 from bastionary.tools.bench.workloads import Exactness, _distinct_id_records, _exactness
 from bastionary.tools.workload import Record, Workload
@@ -37,6 +37,9 @@ class Throughput(TypedDict):
     startup_s: float
     timing: str
     machine_busy_share: float | None  # all cores' busy share over the timed span (BusySampler)
+    # Over the same span, in cores: the worker, its children (flush processes), its ClickHouse
+    # server (with --clickhouse-server) and the broker; the rest of the busy share is others'.
+    cpu_by_part: dict[str, float] | None
     # To the last event landed, by the worker's /metrics (tools/bench/landed.py), not to the
     # commit after it: the commit comes once a second, so "seconds" moves in steps of one.
     landed_seconds: float | None
@@ -139,8 +142,12 @@ def _throughput(
     flush's records from the count as well, since they were consumed before it).
     """
     total_events = sum(r.events for r in records)
-    with BusySampler() as busy:
+    parts = PartsCpu(bench.broker.pid)
+    with BusySampler(parts=parts) as busy:
         worker = bench.start_worker(phase, prefix, group)
+        parts.worker_pid = worker.process.pid
+        if worker.clickhouse_server is not None:
+            parts.server_pid = worker.clickhouse_server.pid
         try:
             with LandedWatch(worker.web_port, total_events) as landed:
                 end = bench.wait_caught_up(worker, ends, timeout)
@@ -175,6 +182,7 @@ def _throughput(
             "startup_s": round(start - worker.started_at, 2),
             "timing": timing,
             "machine_busy_share": busy.share(start, end),
+            "cpu_by_part": busy.part_shares(start, end),
             "landed_seconds": None if landed_seconds is None else round(landed_seconds, 3),
             "landed_events_per_s": None if landed_seconds is None else round(counted_events / landed_seconds),
             "commit_lag_s": None if landed.landed_at is None else round(end - landed.landed_at, 3),

@@ -104,11 +104,23 @@ class BusySampler:
     :class:`_CpuMeter`'s phase share (start-up and teardown included) cannot say whether the
     span itself was held back by the cores or by waiting. A thread samples ``/proc/stat``
     every ``interval`` seconds while the run lasts; :meth:`share` reads the span off the samples.
+
+    ``parts`` (optional) gives each part of the run's CPU seconds so far (the worker, its flush
+    processes, the ClickHouse server, the broker: see :class:`PartsCpu`), sampled with the
+    machine, so :meth:`part_shares` says which of them held the cores over the same span.
     """
 
-    def __init__(self, interval: float = 0.1, busy: Callable[[], float] | None = None, cores: int | None = None):
+    def __init__(
+        self,
+        interval: float = 0.1,
+        busy: Callable[[], float] | None = None,
+        cores: int | None = None,
+        parts: Callable[[], dict[str, float]] | None = None,
+    ):
         self.interval = interval
         self._busy = busy or machine_busy_seconds
+        self._parts = parts
+        self.part_samples: list[tuple[float, dict[str, float]]] = []  # (time.time(), CPU seconds by part)
         self._cores = cores or (
             len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         )
@@ -120,6 +132,9 @@ class BusySampler:
         while True:
             with contextlib.suppress(OSError):  # no /proc: no samples, and share() says None
                 self.samples.append((time.time(), self._busy()))
+            if self._parts is not None:
+                with contextlib.suppress(OSError):
+                    self.part_samples.append((time.time(), self._parts()))
             if self._stop.wait(self.interval):
                 return
 
@@ -139,6 +154,49 @@ class BusySampler:
             return None
         (first_at, first_busy), (last_at, last_busy) = inside[0], inside[-1]
         return round((last_busy - first_busy) / ((last_at - first_at) * self._cores), 3)
+
+    def part_shares(self, start: float, end: float) -> dict[str, float] | None:
+        """Each part's CPU between the first and last part samples inside [start, end], as a
+        share of one core (a part busy on both cores counts 2.0); None if fewer than two fell
+        there. A part absent from the first sample (not started yet) counts from zero."""
+        inside = [sample for sample in self.part_samples if start <= sample[0] <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        (first_at, first), (last_at, last) = inside[0], inside[-1]
+        span = last_at - first_at
+        return {part: round(max(0.0, seconds - first.get(part, 0.0)) / span, 3) for part, seconds in last.items()}
+
+
+class PartsCpu:
+    """The CPU seconds so far of each part of a throughput run, by ``/proc/<pid>/stat``: the
+    worker's own process, its children (flush processes, multiprocessing's resource tracker),
+    its ClickHouse server (``--clickhouse-server``) and the broker. The worker and its server
+    start inside the sampled span, so they are set once known; a part not running is absent."""
+
+    def __init__(self, broker_pid: int | None):
+        self.broker_pid = broker_pid
+        self.worker_pid: int | None = None
+        self.server_pid: int | None = None
+
+    def __call__(self) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        if self.worker_pid is not None:
+            parts["worker"] = _cpu_or_zero(self.worker_pid)
+            parts["worker_children"] = sum(_cpu_or_zero(pid) for pid in descendants(self.worker_pid))
+        if self.server_pid is not None:
+            parts["clickhouse_server"] = _cpu_or_zero(self.server_pid) + sum(
+                _cpu_or_zero(pid) for pid in descendants(self.server_pid)
+            )
+        if self.broker_pid is not None:
+            parts["broker"] = _cpu_or_zero(self.broker_pid)
+        return parts
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds_of(pid)
+    except (OSError, ValueError, IndexError):  # exited since it was listed
+        return 0.0
 
 
 class _CpuMeter:
@@ -160,12 +218,11 @@ class _CpuMeter:
         t = os.times()
         total = t.user + t.system + t.children_user + t.children_system
         live: list[subprocess.Popen[bytes]] = list(self.processes._children)
-        broker_process = getattr(self.broker, "_process", None)
-        if broker_process is not None:
-            live.append(broker_process)
         # With their descendants: a worker's examining children start at its first flush,
         # inside a phase, and their CPU is the pipeline's, not another process's.
         pids = [process.pid for process in live]
+        if self.broker.pid is not None:
+            pids.append(self.broker.pid)
         pids += [child for pid in pids for child in descendants(pid)]
         for pid in pids:
             with contextlib.suppress(OSError, ValueError, IndexError):

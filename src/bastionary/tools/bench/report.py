@@ -196,6 +196,9 @@ def render(result: dict[str, Any], as_json: bool) -> str:
     console.print(details)
     console.print(f"timing: {single['timing']}; start-up (process, chdb, group join) excluded")
     console.print("cores busy: the whole machine's busy share over the timed span (below 1: the run waited)")
+    for name, run in (("single", single), ("batch", batch)):
+        if run.get("cpu_by_part"):
+            console.print(f"cores by part, {name}: {_parts(run['cpu_by_part'])}")
     console.print(
         "landed: to the last event landed (the worker's /metrics), not to the commit, which comes once a second"
     )
@@ -285,6 +288,11 @@ def _reference_cells(runs: dict[str, dict[str, Any]]) -> tuple[str, str]:
 def _landed(run: Mapping[str, Any]) -> str:
     seconds, rate = run.get("landed_seconds"), run.get("landed_events_per_s")
     return "-" if seconds is None or rate is None else f"{seconds:.2f}, {rate:,}"
+
+
+def _parts(parts: Mapping[str, float]) -> str:
+    """Each part's CPU over the timed span, in cores (1.00: one core flat out)."""
+    return ", ".join(f"{part.replace('_', ' ')} {cores:.2f}" for part, cores in parts.items())
 
 
 def _share(value: float | None) -> str:
