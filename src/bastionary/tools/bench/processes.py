@@ -224,10 +224,7 @@ class _CpuMeter:
         if self.broker.pid is not None:
             pids.append(self.broker.pid)
         pids += [child for pid in pids for child in descendants(pid)]
-        for pid in pids:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += cpu_seconds_of(pid)
-        return total
+        return total + sum(_cpu_or_zero(pid) for pid in pids)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
