@@ -23,7 +23,7 @@ from bastionary.metering.meters import Meter
 from bastionary.metering.readings import MeterIndex
 from bastionary.runtime import ClickHouseHandle
 from bastionary.settings import Settings
-from bastionary.storage.client import Client, Compression, open_client, skip_dataframe_imports
+from bastionary.storage.client import Client, Compression, open_client, skip_numpy_and_pandas_imports
 from bastionary.storage.usage import ClickHouseUsageStore
 
 log = structlog.get_logger(__name__)
@@ -64,7 +64,7 @@ class OpenInFlushProcess:
     compression: Compression
 
     def __call__(self) -> LocalFlushEngine:
-        skip_dataframe_imports()
+        skip_numpy_and_pandas_imports()
         client = open_client(self.clickhouse_dsn, self.database, compression=self.compression)
         return self.parts.open(client, client.close)
 

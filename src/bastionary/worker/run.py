@@ -24,7 +24,7 @@ from bastionary.metering.records import FlushStats
 from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
 from bastionary.runtime import connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
-from bastionary.storage.client import Client, open_client, skip_dataframe_imports
+from bastionary.storage.client import Client, open_client, skip_numpy_and_pandas_imports
 from bastionary.storage.usage import ClickHouseUsageStore
 from bastionary.worker.app import Billing, create_app
 from bastionary.worker.collecting import BoundaryCollector
@@ -55,7 +55,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
 
     ``usage=False`` runs the billing agents and the rater alone (`bastionary rater`)."""
     _limit_malloc_arenas()  # before any thread exists
-    skip_dataframe_imports()  # before the first insert (the migrations')
+    skip_numpy_and_pandas_imports()  # before the first insert (the migrations')
     use_event_loop(settings.event_loop)  # before any loop exists
     catalog = load_catalog(settings.catalog)
     worker_id = settings.worker_id or f"worker-{os.getpid()}"
