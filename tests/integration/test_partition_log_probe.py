@@ -8,6 +8,8 @@ name exactly the record at the asked offset, never a neighbour fetched with it, 
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 import uuid
 
 import pytest
@@ -74,6 +76,45 @@ def test_a_probe_names_the_record_at_each_offset_and_nothing_past_the_end(kafka_
             assert at_end[(topic, 0)].high_water == PER_PARTITION
             assert at_end[(topic, 0)].next_record is None
             assert at_end[(topic, 1)].fingerprint == expected[(1, 5)]
+        finally:
+            await log.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_probe_keeps_little_of_what_its_fetches_brought(kafka_bootstrap):
+    # A probe reads one record; the rest of what its fetch brought stays in the consumer until
+    # the next probe. A worker ingesting a backlog probes at every flush, and a broker that
+    # exceeds the per-partition cap (Tansu sent 5.5 MB for one partition asked for 64 KiB)
+    # made that about 100 MB of the worker's heap. The response's cap bounds it on any broker.
+    topic = f"probe-big-{uuid.uuid4().hex[:8]}"
+    records_per_partition, value = 400, b"v" * 13_000  # 5.2 MB a partition: batch records' size
+
+    async def scenario() -> None:
+        await ensure_topics(kafka_bootstrap, [topic], 2)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=50, max_batch_size=256 * 1024)
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(topic, value, partition=p) for _ in range(records_per_partition) for p in (0, 1)
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        log = KafkaPartitionLog(kafka_bootstrap, app=None)  # type: ignore[arg-type]  # rewind is not used
+        try:
+            await log.probe({(topic, 0): 0, (topic, 1): 0})  # the client started, its buffers made
+            gc.collect()
+            tracemalloc.start()
+            try:
+                for offset in (1, 100, 200):
+                    probes = await log.probe({(topic, 0): offset, (topic, 1): offset})
+                    assert all(probe.fingerprint is not None for probe in probes.values())
+                gc.collect()
+                held, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert held < 1024 * 1024, f"{held / 1e6:.1f} MB held after a probe"
         finally:
             await log.close()
 
