@@ -38,7 +38,10 @@ class RocksDedupeStore:
         path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
-        options.set_write_buffer_size(32 * 1024 * 1024)
+        # Each flush process holds a store, and its memtables count in the worker's RSS: 16 MB
+        # instead of 32 lowered two flush processes' summed peak by about 20 MB (1M ids, four
+        # paired runs) at the same CPU per key written and looked up (2.5-3.0 us either way).
+        options.set_write_buffer_size(16 * 1024 * 1024)
         # Most lookups are of new keys, which RocksDB without a filter confirms missing by
         # reading index and data blocks at every level: a bloom filter (10 bits per key, about
         # 1% false positives) answers most of them from memory. The block cache is bounded so
