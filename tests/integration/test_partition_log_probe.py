@@ -86,7 +86,7 @@ def test_a_probe_keeps_little_of_what_its_fetches_brought(kafka_bootstrap):
     # A probe reads one record; the rest of what its fetch brought stays in the consumer until
     # the next probe. A worker ingesting a backlog probes at every flush, and a broker that
     # exceeds the per-partition cap (Tansu sent 5.5 MB for one partition asked for 64 KiB)
-    # made that about 100 MB of the worker's heap. The response's cap bounds it on any broker.
+    # made that about 100 MB of the worker's heap. The probe drops it before it returns.
     topic = f"probe-big-{uuid.uuid4().hex[:8]}"
     records_per_partition, value = 400, b"v" * 13_000  # 5.2 MB a partition: batch records' size
 
