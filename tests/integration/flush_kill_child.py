@@ -219,12 +219,20 @@ def _position(record: InboundRecord) -> tuple[int, int]:
     return record.partition, record.offset
 
 
-if __name__ == "__main__":
-    flags = dict(a.partition("=")[::2] for a in sys.argv[1:] if a.startswith("--"))
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+def run_from_command_line(argv: list[str]) -> None:
+    flags = dict(a.partition("=")[::2] for a in argv if a.startswith("--"))
+    args = [a for a in argv if not a.startswith("--")]
     directory, now = Path(args[0]), int(args[1])
     step, flush = (args[2], int(args[3])) if len(args) > 2 else (None, 0)
     sharding = None
     if "--flush-processes" in flags:
         sharding = (int(flags["--flush-processes"]), flags["--clickhouse"], flags["--database"])
     asyncio.run(main(directory, now, _Killer(step, flush), "--flush-process" in flags, sharding))
+
+
+if __name__ == "__main__":
+    # Run from this module imported by its name: a flush process unpickles its opener
+    # (KilledEngineInChild) by module and name, and never imports its worker's __main__.
+    from tests.integration import flush_kill_child
+
+    flush_kill_child.run_from_command_line(sys.argv[1:])

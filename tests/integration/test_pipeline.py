@@ -48,7 +48,8 @@ def test_totals_equal_ground_truth_with_duplicates_batches_binary_and_late_event
     flush_processes = (
         int(placement.get("BASTIONARY_FLUSH_PROCESSES", "1")) if "BASTIONARY_FLUSH_PROCESS" in placement else 0
     )
-    # Counted by their start, not among the children: spawn also starts a resource tracker.
+    # Counted by their start, not among the descendants: a flush process's examine pool (and
+    # multiprocessing's resource tracker with it) are processes of its own.
     assert stack.worker_log("w1").count('"flush process started"') == flush_processes
     assert len(processes) >= 1 + flush_processes
     maps = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in processes}

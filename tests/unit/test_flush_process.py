@@ -1,4 +1,4 @@
-"""The flush process (``BASTIONARY_FLUSH_PROCESS``): a real spawned child, a journaling store.
+"""The flush process (``BASTIONARY_FLUSH_PROCESS``): a real child interpreter, a journaling store.
 
 What is checked: a flush lands there as it lands in the worker; a failing step raises in
 the worker and leaves the child serving; a dead child fails the step in progress with
@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import os
+import pickle
 import signal
 import time
 from datetime import timedelta
@@ -26,6 +27,7 @@ from bastionary.metering.landing import LocalFlushEngine
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import InboundRecord
 from bastionary.metering.sink import SinkConfig, UsageSink
+from bastionary.tools.bench.processes import descendants
 from tests.unit.flush_process_engines import FAILING_PARTITION, OpenJournaled, journal, open_nothing
 from tests.unit.sink_fakes import FakeLog, FakeStore
 from tests.unit.test_sink import CATALOG, NOW_MS, event_record, hostile_records
@@ -179,6 +181,13 @@ def test_the_flush_process_ends_with_its_worker_and_storage_errors_surface_at_st
     assert not _alive(pid)
     with pytest.raises(FlushProcessFailed, match="no storage here"):
         FlushProcess(spec(tmp_path, open_nothing))
+
+
+def test_a_spec_that_does_not_pickle_fails_the_start_and_leaves_no_child(tmp_path):
+    before = set(descendants(os.getpid()))
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        FlushProcess(FlushProcessSpec(lambda: None))  # a lambda pickles by name, and has none
+    assert set(descendants(os.getpid())) == before
 
 
 def _alive(pid: int | None, wait: float = 5.0) -> bool:

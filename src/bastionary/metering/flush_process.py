@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import multiprocessing
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -55,7 +58,8 @@ class FlushProcessSpec:
     """Sent to the child once, at start."""
 
     # Opens the engine in the child: its storage and dedupe cache are the child's alone. A
-    # module-level callable or a picklable object (see bastionary.worker.flushing).
+    # module-level callable or a picklable object (see bastionary.worker.engine_parts), of a
+    # module the child can import by name: the child never runs the worker's __main__.
     open_engine: Callable[[], LocalFlushEngine]
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -66,15 +70,38 @@ class FlushProcess:
     a child process. Calls are serialized: the child does one step at a time."""
 
     def __init__(self, spec: FlushProcessSpec):
-        # Spawned, never forked: the worker runs threads and an event loop.
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_end = context.Pipe()
-        # Not a daemon: a daemon may not start processes, and the child may start an examine
-        # pool. It ends at the pipe's EOF instead, which also comes if the worker is killed.
-        self._process = context.Process(target=serve, args=(child_end, spec), name="bastionary-flush", daemon=False)
-        self._process.start()
-        child_end.close()
+        # A new interpreter (never a fork: the worker runs threads and an event loop), started
+        # here rather than by multiprocessing's spawn, which re-imports the worker's main module
+        # (the whole CLI: settings, aiokafka, click) into the child and starts a resource
+        # tracker process beside it. Those were about 13 MB and 12 MB of the worker's summed
+        # RSS; this child imports what its engine is made of and nothing else.
+        ours, theirs = socket.socketpair()
+        self._conn = Connection(ours.detach())
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, *_interpreter_flags(), "-c", _CHILD_MAIN, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=_child_environment(),
+                stdin=subprocess.DEVNULL,
+                # The worker's own streams: the child's log lines are the worker's.
+                stdout=None,
+                stderr=None,
+            )
+        except BaseException:
+            self._conn.close()
+            raise
+        finally:
+            theirs.close()
         self._lock = threading.Lock()
+        try:
+            # The worker's import path first, so the spec (and any module it names) unpickles there.
+            self._conn.send(list(sys.path))
+            self._conn.send(spec)
+        except OSError:
+            pass  # the child is already gone: the first step says so, with its exit code
+        except BaseException:  # the spec does not pickle: the child ends at the pipe's EOF
+            self.close()
+            raise
         self._call("ready")  # the child opened its storage, or the worker fails to start here
         log.info("flush process started", pid=self._process.pid)
 
@@ -88,10 +115,9 @@ class FlushProcess:
                 self._conn.send((step, args))
                 status, value = self._conn.recv()
             except (EOFError, OSError) as exc:
-                self._process.join(timeout=1.0)
                 raise FlushProcessDied(
                     f"the flush process (pid {self._process.pid}) ended during {step!r}"
-                    f" (exit code {self._process.exitcode}); the worker must restart to replay"
+                    f" (exit code {self._exit_code(wait=1.0)}); the worker must restart to replay"
                 ) from exc
         if status == "error":
             raise FlushProcessFailed(f"{step} failed in the flush process: {value}")
@@ -119,11 +145,46 @@ class FlushProcess:
         """Close the pipe (the child finishes its step and ends) and wait for it."""
         with self._lock:
             self._conn.close()
-        self._process.join(timeout)
-        if self._process.is_alive():
+        if self._exit_code(wait=timeout) is None:
             log.warning("flush process did not end; killing it", pid=self._process.pid)
             self._process.kill()
-            self._process.join()
+            self._process.wait()
+
+    def _exit_code(self, wait: float) -> int | None:
+        try:
+            return self._process.wait(wait)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+# The child's first lines: SIGINT and SIGTERM are its worker's to act on (a Ctrl-C reaches the
+# whole process group, even while the child still imports), then the worker's import path.
+_CHILD_MAIN = """
+import signal, sys
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, signal.SIG_IGN)
+from multiprocessing.connection import Connection
+conn = Connection(int(sys.argv[1]))
+sys.path[:] = conn.recv()
+from bastionary.metering.flush_process import serve_worker
+serve_worker(conn)
+"""
+
+
+def _child_environment() -> dict[str, str]:
+    """The worker's environment, with at most two malloc arenas unless the operator chose a
+    number (as the worker limits its own, :func:`bastionary.worker.run._limit_malloc_arenas`):
+    RocksDB's background threads would each take an arena of their own that keeps its peak.
+    The rss-http phase alone, two flush processes: children 295-312 MB with two arenas
+    against 303-343 without (two and three runs)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return dict(os.environ)
+    return {**os.environ, "MALLOC_ARENA_MAX": "2"}
+
+
+def _interpreter_flags() -> list[str]:
+    """The worker interpreter's flags (-B, -X ..., warnings), as multiprocessing passes them."""
+    return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
 
 
 def _slim(plan: FlushPlan, rows_wanted: frozenset[str] | None) -> FlushPlan:
@@ -154,7 +215,9 @@ class _Steps:
     def plan(self, requests: list[PlanRequest], rows_wanted: frozenset[str] | None) -> list[FlushPlan]:
         self.pending.clear()  # a plan the sink dropped (a replaced log) is never written
         plans = self.engine.plan(requests)
-        self.pending = {plan.token: plan for plan in plans}
+        # A write needs the plan's rows and keys, not its records: their values (about 9 MB for
+        # a 44,000-event plan) go before the write encodes its rows.
+        self.pending = {plan.token: dataclasses.replace(plan, records=[]) for plan in plans}
         return [_slim(plan, rows_wanted) for plan in plans]
 
     def insert_markers(self, rows: list[MarkerRow]) -> None:
@@ -167,6 +230,19 @@ class _Steps:
 
     def purge_expired(self) -> int:
         return self.engine.purge_expired()
+
+
+def serve_worker(conn: Connection) -> None:
+    """The child, from its first message on (see ``_CHILD_MAIN``)."""
+    try:
+        spec = conn.recv()
+    except EOFError:
+        return  # the worker died before it sent the spec
+    except Exception as exc:  # the spec names something this interpreter cannot import
+        traceback.print_exc()
+        conn.send(("error", f"the flush process could not read its spec: {type(exc).__name__}: {exc}"))
+        return
+    serve(conn, spec)
 
 
 def serve(conn: Connection, spec: FlushProcessSpec) -> None:

@@ -5,68 +5,22 @@ several that share its partitions (``BASTIONARY_FLUSH_PROCESSES``,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from datetime import timedelta
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
 
-from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
-from bastionary.metering.examine_pool import ExaminePool
 from bastionary.metering.flush_process import FlushProcess, FlushProcessSpec
 from bastionary.metering.flush_shards import ShardedFlushEngine
-from bastionary.metering.landing import FlushEngine, LocalFlushEngine
+from bastionary.metering.landing import FlushEngine
 from bastionary.metering.meters import Meter
-from bastionary.metering.readings import MeterIndex
 from bastionary.runtime import ClickHouseHandle
 from bastionary.settings import Settings
-from bastionary.storage.client import Client, Compression, open_client, skip_numpy_and_pandas_imports
-from bastionary.storage.usage import ClickHouseUsageStore
+from bastionary.worker.engine_parts import EngineParts, OpenInFlushProcess
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineParts:
-    """What an engine is made of, apart from its ClickHouse client; picklable, for the child."""
-
-    meters: list[Meter]
-    limits: RecordLimits
-    dedupe_path: Path
-    dedupe_horizon: timedelta
-    examine_processes: int
-    log_level: str
-    log_format: str
-
-    def open(self, client: Client, *also_close: Callable[[], None]) -> LocalFlushEngine:
-        dedupe = RocksDedupeStore(self.dedupe_path, int(self.dedupe_horizon.total_seconds()))
-        pool = (
-            ExaminePool(self.meters, self.limits, self.examine_processes, self.log_level, self.log_format)
-            if self.examine_processes
-            else None
-        )
-        closers = [*([pool.close] if pool else []), dedupe.close, *also_close]
-        store = ClickHouseUsageStore(client)
-        meters = MeterIndex(self.meters)
-        return LocalFlushEngine(store, dedupe, meters, self.limits, self.dedupe_horizon, pool, closers=closers)
-
-
-@dataclass(frozen=True)
-class OpenInFlushProcess:
-    """Opens the engine in the flush process, with a ClickHouse client of its own."""
-
-    parts: EngineParts
-    clickhouse_dsn: str
-    database: str | None
-    compression: Compression
-
-    def __call__(self) -> LocalFlushEngine:
-        skip_numpy_and_pandas_imports()
-        client = open_client(self.clickhouse_dsn, self.database, compression=self.compression)
-        return self.parts.open(client, client.close)
 
 
 def flush_engine(settings: Settings, meters: list[Meter], handle: ClickHouseHandle, dedupe_path: Path) -> FlushEngine:

@@ -169,7 +169,7 @@ class BusySampler:
 
 class PartsCpu:
     """The CPU seconds so far of each part of a throughput run, by ``/proc/<pid>/stat``: the
-    worker's own process, its children (flush processes, multiprocessing's resource tracker),
+    worker's own process, its descendants (flush processes, examine processes and their resource tracker),
     its ClickHouse server (``--clickhouse-server``) and the broker. The worker and its server
     start inside the sampled span, so they are set once known; a part not running is absent."""
 

@@ -99,8 +99,8 @@ class _Worker:
         return _status_kb(self.process.pid)
 
     def children_status_kb(self) -> list[dict[str, int]]:
-        """The same figures for each process the worker started (``EXAMINE_PROCESSES``, and
-        multiprocessing's resource tracker): their memory is the worker's too."""
+        """The same figures for each process the worker started (flush processes,
+        ``EXAMINE_PROCESSES`` and their multiprocessing resource tracker): their memory is the worker's too."""
         found = []
         for pid in descendants(self.process.pid):
             with contextlib.suppress(OSError):  # exited since it was listed
