@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from bastionary.metering.ports import EventRow, MarkerRow
-from bastionary.storage.usage import ClickHouseUsageStore
+from bastionary.storage.usage import FLUSH_INSERT_SETTINGS, ClickHouseUsageStore
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -57,7 +57,7 @@ def test_each_table_is_described_once_and_tokens_still_reach_each_insert():
         store.insert_events([_event(flush)], f"tok{flush}/events")
     assert client.described == ["ingest_progress"]  # the events went as JSON: nothing to describe
     tokens = [settings for table, _, settings in client.inserts if table == "usage_events"]
-    assert tokens == [{"insert_deduplication_token": f"tok{n}/events"} for n in range(3)]
+    assert tokens == [FLUSH_INSERT_SETTINGS | {"insert_deduplication_token": f"tok{n}/events"} for n in range(3)]
 
 
 def test_a_failed_insert_makes_the_next_one_describe_the_table_again():
