@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 import signal
 import socket
 import subprocess
@@ -38,6 +37,7 @@ from typing import Any
 import structlog
 
 from bastionary.logs import configure_logging
+from bastionary.malloc_arenas import limit_malloc_arenas
 from bastionary.metering.landing import LocalFlushEngine, PlanRequest
 from bastionary.metering.planning import FlushPlan
 from bastionary.metering.ports import FlushMarker, MarkerRow
@@ -81,7 +81,6 @@ class FlushProcess:
             self._process = subprocess.Popen(
                 [sys.executable, *_interpreter_flags(), "-c", _CHILD_MAIN, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
-                env=_child_environment(),
                 stdin=subprocess.DEVNULL,
                 # The worker's own streams: the child's log lines are the worker's.
                 stdout=None,
@@ -171,17 +170,6 @@ serve_worker(conn)
 """
 
 
-def _child_environment() -> dict[str, str]:
-    """The worker's environment, with at most two malloc arenas unless the operator chose a
-    number (as the worker limits its own, :func:`bastionary.worker.run._limit_malloc_arenas`):
-    RocksDB's background threads would each take an arena of their own that keeps its peak.
-    The rss-http phase alone, two flush processes: children 295-312 MB with two arenas
-    against 303-343 without (two and three runs)."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return dict(os.environ)
-    return {**os.environ, "MALLOC_ARENA_MAX": "2"}
-
-
 def _interpreter_flags() -> list[str]:
     """The worker interpreter's flags (-B, -X ..., warnings), as multiprocessing passes them."""
     return list(subprocess._args_from_interpreter_flags())  # type: ignore[attr-defined]
@@ -234,6 +222,7 @@ class _Steps:
 
 def serve_worker(conn: Connection) -> None:
     """The child, from its first message on (see ``_CHILD_MAIN``)."""
+    limit_malloc_arenas()  # before RocksDB starts its threads
     try:
         spec = conn.recv()
     except EOFError:

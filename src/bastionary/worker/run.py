@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +17,7 @@ from bastionary.devstack.discovery import gateway_file
 from bastionary.eventloop import use_event_loop
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import worker_part
+from bastionary.malloc_arenas import limit_malloc_arenas
 from bastionary.metering.logs import PartitionLog
 from bastionary.metering.records import FlushStats
 from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
@@ -54,7 +53,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
     """Run one Faust worker until it is stopped (SIGTERM/SIGINT); blocks.
 
     ``usage=False`` runs the billing agents and the rater alone (`bastionary rater`)."""
-    _limit_malloc_arenas()  # before any thread exists
+    limit_malloc_arenas()  # before any thread exists
     skip_numpy_and_pandas_imports()  # before the first insert (the migrations')
     use_event_loop(settings.event_loop)  # before any loop exists
     catalog = load_catalog(settings.catalog)
@@ -143,23 +142,3 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
             gateway_path.unlink(missing_ok=True)
         engine.close()
         handle.client.close()
-
-
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """At most two malloc arenas, as ``MALLOC_ARENA_MAX=2`` would set: glibc gives each thread
-    that allocates its own arena (up to 8 per core), and each keeps the peak of what its
-    thread once held. The flush threads allocate a whole plan's objects; with their own
-    arenas the worker's peak RSS after 1M distinct ids over HTTP was 627 MB, with two 544 MB
-    (bench's rss phase, 2026-11-30, both with a flush's cyclic collection paused, since
-    dropped: without the pause, 449 MB). No-op where the C library is not glibc, or when
-    ``MALLOC_ARENA_MAX`` is set (the operator's value stands)."""
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, arenas)
-    except (OSError, AttributeError):  # musl or another C library: nothing to set
-        log.debug("mallopt unavailable; malloc arenas left as they are")

@@ -169,9 +169,10 @@ class BusySampler:
 
 class PartsCpu:
     """The CPU seconds so far of each part of a throughput run, by ``/proc/<pid>/stat``: the
-    worker's own process, its descendants (flush processes, examine processes and their resource tracker),
-    its ClickHouse server (``--clickhouse-server``) and the broker. The worker and its server
-    start inside the sampled span, so they are set once known; a part not running is absent."""
+    worker's own process, its descendants (flush processes, examine processes and their
+    resource tracker), its ClickHouse server (``--clickhouse-server``) and the broker. The
+    worker and its server start inside the sampled span, so they are set once known; a part
+    not running is absent."""
 
     def __init__(self, broker_pid: int | None):
         self.broker_pid = broker_pid

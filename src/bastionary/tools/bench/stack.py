@@ -100,7 +100,8 @@ class _Worker:
 
     def children_status_kb(self) -> list[dict[str, int]]:
         """The same figures for each process the worker started (flush processes,
-        ``EXAMINE_PROCESSES`` and their multiprocessing resource tracker): their memory is the worker's too."""
+        ``EXAMINE_PROCESSES`` and their multiprocessing resource tracker): their memory is the
+        worker's too."""
         found = []
         for pid in descendants(self.process.pid):
             with contextlib.suppress(OSError):  # exited since it was listed

@@ -23,8 +23,8 @@ class _CpuClock:
 
     def children(self) -> dict[int, float]:
         """CPU seconds of each live process the worker started (flush processes,
-        ``EXAMINE_PROCESSES`` and their multiprocessing resource tracker): work taken off the worker, reported beside its own
-        (``worker_cpu_ms_per_check`` counts the worker alone)."""
+        ``EXAMINE_PROCESSES`` and their multiprocessing resource tracker): work taken off the
+        worker, reported beside its own (``worker_cpu_ms_per_check`` counts the worker alone)."""
         return {pid: self._seconds(pid) for pid in descendants(self.pid)}
 
     @staticmethod
