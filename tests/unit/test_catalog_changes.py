@@ -205,6 +205,59 @@ async def test_usage_moved_between_two_segments_of_one_plan_is_adjusted():
     assert per_period(invoices)[FEB.isoformat()] == D("0.00")  # observed 5.00
 
 
+def one_plan_twice(price_a: dict, raised_a: dict, moves: tuple[tuple[int, datetime], ...] = ()) -> list[dict]:
+    """February: plan a (1-10), b (10-20), a again (20-), with ``price_a`` on a and 0.05 a token on
+    b; 10,000 tokens on 5 February, invoiced with February. The catalog then gives a
+    ``raised_a``, and ``moves`` (tokens, when) arrive late before March's invoice."""
+
+    async def run() -> list[dict]:
+        b = _plan("b", prices=[{"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.05"}])
+        store = FakeBillingStore()
+        store.subscribe("sub-1", "cust-1", plan="a")
+        store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
+        store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+        store.use("cust-1", 10000, at(2024, 2, 5))
+        rate = Rater(store, [_plan("a", prices=[price_a]), b], [TOKENS], GRACE, FakePublisher())
+        invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+        for tokens, when in moves:
+            store.use("cust-1", tokens, when, ingested=AFTER_FEB + GRACE)
+        raised = Rater(store, [_plan("a", prices=[raised_a]), b], [TOKENS], GRACE, FakePublisher())
+        return invoices + (await raised.run_once(AFTER_MAR)).invoices
+
+    return asyncio.run(run())
+
+
+def per_unit_tokens(unit: str) -> dict:
+    return {"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": unit}
+
+
+def percentage_fees(rate: str, **bounds: str) -> dict:
+    return {"key": "tokens", "model": "percentage", "meter": "llm_tokens", "rate": rate, **bounds}
+
+
+def test_a_percentage_rate_changed_does_not_reach_back_to_a_period_with_one_plan_twice():
+    """10,000 on 5 February at a's 2.9%: 290.00. a's rate then goes to 3.9%; no usage of
+    February moved, so it stays 290.00. Until 2026-12-05 (the thirty-first session) a key with
+    two segments in a period was compared by amount whatever its price, and March billed
+    February +100.00."""
+    invoices = one_plan_twice(percentage_fees("0.029"), percentage_fees("0.039"))
+    assert per_period(invoices)[FEB.isoformat()] == D("290.00")
+
+
+def test_a_per_unit_price_changed_does_not_reach_back_to_a_period_with_one_plan_twice():
+    invoices = one_plan_twice(per_unit_tokens("0.01"), per_unit_tokens("0.02"))
+    assert per_period(invoices)[FEB.isoformat()] == D("100.00")
+
+
+def test_usage_moved_between_two_segments_of_a_linear_price_keeps_the_amount_billed():
+    """A correction re-times 4,000 tokens from 5 to 25 February: both days are a's, so a's sum
+    did not move, and a per-unit price costs the same however it is split: February stays
+    100.00 though the catalog now says 0.02."""
+    moves = ((-4000, at(2024, 2, 5)), (4000, at(2024, 2, 25)))
+    invoices = one_plan_twice(per_unit_tokens("0.01"), per_unit_tokens("0.02"), moves)
+    assert per_period(invoices)[FEB.isoformat()] == D("100.00")
+
+
 def _advance_fee(fee: str | Decimal) -> Plan:
     price = {"key": "base", "model": "flat", "amount": str(fee), "billing_timing": "advance"}
     return Plan.model_validate({"key": "adv", "currency": "USD", "billing_interval": "P1M", "prices": [price]})

@@ -440,7 +440,7 @@ def adjustment_lines(
             # not count: its events are compared too, where both counts are known.
             unmoved = (
                 quantity == old.quantity
-                and segments.get(key) == 1
+                and (segments.get(key) == 1 or _priced_linearly(line))
                 and (line.percentage is None or (events is not None and events == old.events))
             )
             if unmoved and line.meter is not None:
@@ -448,8 +448,9 @@ def adjustment_lines(
                 # period rated again whole too (usage is priced per segment, never by its share
                 # of the period, so a plan change or a cancellation that leaves a key's usage
                 # where it was leaves its amount too). (Usage can move between two segments of
-                # one plan, whose tiers count apart, without moving the sum, and a percentage
-                # line stored without its events cannot tell: both are compared by amount.)
+                # one plan, whose tiers count apart, without moving the sum: such a key is
+                # compared by amount unless its price is linear, and so is a percentage line
+                # stored without its events, which cannot tell.)
                 continue
             old_quantity, old_amount = old.quantity, old.amount
             delta = amount - old_amount
@@ -471,6 +472,20 @@ def adjustment_lines(
                     )
                 )
     return lines
+
+
+def _priced_linearly(line: Line) -> bool:
+    """Whether the line's price costs the same however its usage is split between segments of
+    one plan (A -> B -> A): ``per_unit``, and ``percentage`` without a minimum or maximum (a
+    bound applies to each segment's line apart). Tiers and packages count each segment apart.
+
+    Only the rounding can tell a split apart: each segment's line is rounded to the minor
+    unit, so usage moved between two segments with the sums unchanged may leave the period a
+    cent off what rating it again from scratch would give."""
+    if line.unit_price is not None:
+        return True
+    terms = line.percentage
+    return terms is not None and terms.get("min_amount") is None and terms.get("max_amount") is None
 
 
 def _events_moved(now: int | None, billed: int | None) -> int | None:
