@@ -29,8 +29,9 @@ from bastionary.metering.meters import Aggregation, Meter
 from bastionary.metering.ports import RollupRow
 from bastionary.rating.invoice import Invoice, Line, invoice_id
 from bastionary.rating.plans import Plan
-from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
+from bastionary.rating.ports import RatedInvoice
 from bastionary.rating.rater import Rater
+from bastionary.rating.rows import LedgerRow, SubscriptionRow
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import Client, open_client
 from bastionary.storage.diagnostics import seed_rating_inputs

@@ -20,7 +20,7 @@ from bastionary.entitlements.state import build_state, build_states
 from bastionary.metering.meters import Aggregation
 from bastionary.metering.readings import Reading
 from bastionary.metering.rollup import RollupBuilder
-from bastionary.rating.ports import SubscriptionRow
+from bastionary.rating.rows import SubscriptionRow
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import open_client
 from bastionary.storage.entitlements import ClickHouseEntitlementStore

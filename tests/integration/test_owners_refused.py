@@ -14,7 +14,7 @@ import pytest
 from bastionary.apikeys import new_key
 from bastionary.catalog import load_catalog
 from bastionary.devstack.broker import free_port
-from bastionary.rating.ports import LedgerRow, SubscriptionRow
+from bastionary.rating.rows import LedgerRow, SubscriptionRow
 from bastionary.storage.billing import ClickHouseBillingStore
 
 from .billing_helpers import CATALOG

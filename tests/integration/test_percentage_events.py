@@ -25,7 +25,7 @@ from decimal import Decimal
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.metering.ports import RollupRow
 from bastionary.rating.plans import Plan
-from bastionary.rating.ports import SubscriptionRow
+from bastionary.rating.rows import SubscriptionRow
 from bastionary.rating.rater import Rater
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import open_client

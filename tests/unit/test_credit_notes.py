@@ -30,7 +30,7 @@ from bastionary.rating.credit_notes import (
     parse_credit_note_request,
 )
 from bastionary.rating.events import InvalidBillingEvent
-from bastionary.rating.ports import LedgerRow
+from bastionary.rating.rows import LedgerRow
 
 D = Decimal
 NOW = datetime(2026, 3, 5, 12, tzinfo=UTC)

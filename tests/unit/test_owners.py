@@ -22,7 +22,7 @@ from bastionary.rating.events import (
     check_grant_owner,
     check_owner,
 )
-from bastionary.rating.ports import LedgerRow, SubscriptionRow
+from bastionary.rating.rows import LedgerRow, SubscriptionRow
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription, subscription_owner
 from bastionary.worker.services.billing import BillingService
 from tests.unit.test_intake_guard import App, DeadLetters, Message, Stream

@@ -18,8 +18,8 @@ from structlog.testing import capture_logs
 
 from bastionary.rating.events import InvalidBillingEvent, SubscriptionData, check_plan_change
 from bastionary.rating.plans import Plan
-from bastionary.rating.ports import SubscriptionRow
 from bastionary.rating.rater import Rater
+from bastionary.rating.rows import SubscriptionRow
 from bastionary.rating.subscriptions import (
     SubscriptionEvent,
     build_subscription,

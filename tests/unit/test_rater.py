@@ -36,9 +36,10 @@ from bastionary.money import round_money
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import NOTHING_BILLED, Billed, Billing, Subscription, added_events, invoice_id
 from bastionary.rating.plans import Plan
-from bastionary.rating.ports import LedgerRow, RatedInvoice
+from bastionary.rating.ports import RatedInvoice
 from bastionary.rating.pricing import Usage
 from bastionary.rating.rater import EMPTY, Rater, RatingResult
+from bastionary.rating.rows import LedgerRow
 from bastionary.rating.schedule import FINAL_ADJUSTMENT, final_adjustment, upcoming_period
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
 from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate, rates_of_document

@@ -41,8 +41,8 @@ from bastionary.rating.credit_notes import (
     Standing,
     decide,
 )
-from bastionary.rating.ports import LedgerRow
 from bastionary.rating.rater import CARRIED_PRIORITY, Publish
+from bastionary.rating.rows import LedgerRow
 
 log = structlog.get_logger(__name__)
 

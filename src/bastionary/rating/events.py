@@ -35,7 +35,7 @@ from pydantic import (
 
 from bastionary.money import MINOR_UNITS
 from bastionary.rating.plans import Plan
-from bastionary.rating.ports import LedgerRow, SubscriptionRow
+from bastionary.rating.rows import LedgerRow, SubscriptionRow
 from bastionary.rating.subscriptions import SubscriptionEvent, plan_change_refusal, subscription_owner
 
 SUBSCRIPTION_TYPES = {

@@ -1,4 +1,4 @@
-"""What rating needs from storage, and the rows it hands over.
+"""What rating needs from storage (the rows it hands over are :mod:`bastionary.rating.rows`).
 
 The ClickHouse implementation is :class:`bastionary.storage.billing.ClickHouseBillingStore`.
 """
@@ -9,51 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from bastionary.credits.ledger import Grant
 from bastionary.metering.meters import Meter
+from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import Billed, Invoice, Line, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.pricing import Usage
+from bastionary.rating.rows import LedgerRow
 from bastionary.rating.tax import TaxRate
-
-if TYPE_CHECKING:  # customers imports the events, which import this module's rows
-    from bastionary.rating.customers import CustomerTerms
-
-
-class SubscriptionRow(NamedTuple):
-    """A subscription event: a row of ``subscriptions``."""
-
-    event_id: str
-    event_type: str  # created | changed | canceled
-    subscription_id: str
-    customer_id: str
-    plan: str
-    start: datetime | None
-    billing_anchor: datetime | None
-    effective_at: datetime | None
-    received_at: datetime
-    billing_email: str
-    backfill: int = 0  # 1: a created event that asks for its past periods to be rated
-
-
-class LedgerRow(NamedTuple):
-    """A credit movement: a row of ``credit_ledger``."""
-
-    movement_id: str
-    kind: str  # granted | purchased | voided | applied | expired | carried | credit_note
-    grant_id: str
-    customer_id: str
-    amount: Decimal
-    currency: str
-    priority: int
-    effective_at: datetime | None
-    expires_at: datetime | None
-    invoice_id: str
-    recorded_at: datetime
-    price_paid: Decimal | None = None  # a purchase's: what was paid for ``amount`` of credit
-    payment_reference: str = ""  # a purchase's payment
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,9 @@ from bastionary.rating.invoice import (
     usage_keys,
 )
 from bastionary.rating.plans import MeteredPrice, Plan
-from bastionary.rating.ports import BillingStore, LedgerRow, RatedInvoice
+from bastionary.rating.ports import BillingStore, RatedInvoice
 from bastionary.rating.pricing import Usage
+from bastionary.rating.rows import LedgerRow
 from bastionary.rating.schedule import (
     FINAL_ADJUSTMENT,
     PROGRESSIVE,

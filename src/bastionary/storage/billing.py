@@ -15,8 +15,9 @@ from bastionary.metering.meters import Meter
 from bastionary.rating.customers import CustomerRow, CustomerTerms, customer_terms
 from bastionary.rating.invoice import Billed, Billing, Subscription
 from bastionary.rating.plans import Plan
-from bastionary.rating.ports import LedgerRow, RatedInvoice, SubscriptionRow
+from bastionary.rating.ports import RatedInvoice
 from bastionary.rating.pricing import Usage
+from bastionary.rating.rows import LedgerRow, SubscriptionRow
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription, utc
 from bastionary.rating.tax import TaxRate, rates_of_document
 from bastionary.storage.client import Client, insert_rows

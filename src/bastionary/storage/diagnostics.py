@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from bastionary.metering.meters import Meter
 from bastionary.metering.ports import RollupRow
-from bastionary.rating.ports import LedgerRow, SubscriptionRow
+from bastionary.rating.rows import LedgerRow, SubscriptionRow
 from bastionary.storage.client import Client
 from bastionary.storage.queries import usage_query
 

@@ -33,8 +33,8 @@ from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.kafka import ensure_topics
 from bastionary.metering.ports import RollupRow
 from bastionary.rating.customers import CustomerRow
-from bastionary.rating.ports import LedgerRow, SubscriptionRow
 from bastionary.rating.rater import Rater, upcoming_invoices
+from bastionary.rating.rows import LedgerRow, SubscriptionRow
 from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.client import Client, open_client
 from bastionary.storage.diagnostics import published_invoices, seed_rating_inputs
