@@ -60,7 +60,12 @@ def _bench_failures_as_messages(fn: Callable[P, None]) -> Callable[P, None]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run, not a measurement.")
 @click.option("--events", type=int, default=None, help="Events per throughput run (default 200,000).")
-@click.option("--dedupe-ids", type=int, default=None, help="Distinct ids for the RSS figure (default 1,000,000).")
+@click.option(
+    "--dedupe-ids",
+    type=int,
+    default=None,
+    help="Distinct ids for the RSS figure and --dedupe-store (default 1,000,000).",
+)
 @click.option(
     "--profile",
     type=click.Path(file_okay=False, writable=True, path_type=Path),
@@ -107,6 +112,11 @@ def _bench_failures_as_messages(fn: Callable[P, None]) -> Callable[P, None]:
     help="With --stages: a ClickHouse server (http://user:password@host:port) instead of chdb in this process.",
 )
 @click.option(
+    "--dedupe-store",
+    is_flag=True,
+    help="The dedupe cache alone: write --dedupe-ids keys as flushes do, then time lookups of stored and new keys.",
+)
+@click.option(
     "--api",
     "api",
     is_flag=True,
@@ -128,14 +138,15 @@ def bench(
     api: bool,
     stages: bool,
     clickhouse_url: str | None,
+    dedupe_store: bool,
 ) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
     settings = settings_or_exit()
-    if worker_settings and (api or rating or stages):
+    if worker_settings and (api or rating or stages or dedupe_store):
         raise click.UsageError("--worker-setting applies to the full bench and --entitlements")
     if clickhouse_url and not stages:
         raise click.UsageError("--clickhouse-url applies to --stages")
-    if clickhouse_server and (api or rating or stages):
+    if clickhouse_server and (api or rating or stages or dedupe_store):
         raise click.UsageError("--clickhouse-server applies to the full bench and --entitlements")
     from bastionary.tools.bench.options import BenchError, asks_flush_process, worker_environment
 
@@ -167,6 +178,12 @@ def bench(
                 as_json,
             )
         )
+        return
+    if dedupe_store:
+        from bastionary.tools.bench.dedupe_store import render_dedupe_store, run_dedupe_store
+
+        result = run_dedupe_store(dedupe_ids or (50_000 if quick else 1_000_000))
+        click.echo(json.dumps(result, indent=2) if as_json else render_dedupe_store(result))
         return
     if stages:
         from bastionary.tools.bench.stages import render_stages, run_stages_alone

@@ -48,9 +48,9 @@ class RocksDedupeStore:
         # data blocks only. Each table's index and filter stay with the open table instead,
         # about 2 MB per 1M keys (off the Python heap): held in the cache, they were evicted
         # by the data blocks of lookups that hit (repeats, replays) once the store outgrew the
-        # cache, and every lookup read them back whole. 1M keys, 20,000 random lookups
-        # (throwaway script, 2026-12-05): 64-82 us per stored key and 77 per missing key with
-        # them in the cache, 4.7-7.1 and 0.57 without.
+        # cache, and every lookup read them back whole. `bench --dedupe-store` (1M keys, 20,000
+        # random lookups, 2026-12-05): 121.4 us per stored key and 2.5 per new key with them in
+        # the cache, 7.2-7.6 and 1.0 without.
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
         table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
