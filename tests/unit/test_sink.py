@@ -250,6 +250,28 @@ def test_a_shorter_log_is_caught_by_the_timer_even_with_nothing_to_flush(tmp_pat
     asyncio.run(scenario())
 
 
+def test_a_log_check_waits_for_a_flush_only_as_long_as_it_is_told(tmp_path):
+    """A flush that holds the sink (a slow ClickHouse) is not a hung log check: past its wait
+    the round returns having checked nothing, and the next round, with the lock free, checks.
+    Before, the round waited for the flush, and rounds that waited past the stall timeout
+    stopped the worker as if the broker were unreachable."""
+
+    async def scenario():
+        sink, _store, log, _ = make_sink(tmp_path)
+        old = [event_record(i, f"old-{i}") for i in range(10)]
+        log.hold(old)
+        await admit_all(sink, old)
+        await sink.flush()
+        log.replace(TOPIC, 0, [event_record(i, f"new-{i}", ts_ms=NOW_MS + 1) for i in range(3)])
+        async with sink.lock:  # a flush in progress
+            await asyncio.wait_for(sink.check_logs(lock_wait=0.05), timeout=5)
+            assert log.rewinds == []
+        await sink.check_logs(lock_wait=0.05)
+        assert log.rewinds == [(TOPIC, 0, 0)]
+
+    asyncio.run(scenario())
+
+
 def test_the_buffered_counts_follow_the_buffers_through_a_release_and_a_replaced_log(tmp_path):
     """The intake reads ``buffered()`` and ``buffered_bytes()`` after every record, so they are
     kept as counts, not summed from the buffers: every way a buffer empties must lower them."""

@@ -403,13 +403,19 @@ class UsageSink:
         state.rewound_at = time.monotonic()
         await self.partition_log.rewind(tp[0], tp[1], state.rewind_to if state.rewind_to is not None else 0)
 
-    async def check_logs(self, assigned: set[TopicPartition] | None = None) -> None:
+    async def check_logs(self, assigned: set[TopicPartition] | None = None, lock_wait: float | None = None) -> None:
         """On a timer: catch a replaced log even while nothing is flushed (a consumer reset to
         a shorter log reads nothing new), and rewind again where a rewind did not take.
 
         ``assigned`` partitions are recovered now if no record has come for them: a consumer
         that resumed from an offset past the end of a new, shorter log (some brokers answer
         an empty fetch there, not "out of range") would otherwise wait at it forever.
+
+        ``lock_wait``: how long to wait for a flush that holds the sink's lock (None: as long
+        as it takes). Past it this round checks nothing and returns: the timer's next round
+        checks, and a slow flush is not taken for a hung log check (which stops the worker
+        once rounds have hung past the stall timeout). The lock is fair, so a round that waits
+        takes it before the next flush does.
         """
         # Read now, with ``assigned``: a rebalance during an earlier partition's recovery
         # voids the later ones, which would otherwise keep partitions this worker lost.
@@ -417,21 +423,32 @@ class UsageSink:
         for tp in sorted(releases):
             if tp not in self._partitions:
                 await self._state(tp, releases[tp])
-        async with self.lock:
-            anchors = {tp: s.anchor.offset for tp, s in self._partitions.items() if s.anchor is not None}
-            probes = await self._probe(anchors) if anchors else {}
-            for tp, probe in probes.items():
-                state = self._partitions.get(tp)
-                if state is not None and state.anchor is not None and not probe.matches(state.anchor):
-                    self._open_new_epoch(tp, state, probe)
-            now = time.monotonic()
-            for tp, state in self._partitions.items():
-                if state.rewind_to is not None and (
-                    not state.rewound_at or now - state.rewound_at > self.config.rewind_retry_seconds
-                ):
-                    await self._rewind_again(tp, state)
-                elif self._stalled(state, probes.get(tp), now):
-                    await self._resume(tp, state, probes[tp])
+        try:
+            async with asyncio.timeout(lock_wait):
+                await self.lock.acquire()
+        except TimeoutError:
+            log.info("log check skipped: a flush holds the sink past the wait", waited_s=lock_wait)
+            return
+        try:
+            await self._check_logs_locked()
+        finally:
+            self.lock.release()
+
+    async def _check_logs_locked(self) -> None:
+        anchors = {tp: s.anchor.offset for tp, s in self._partitions.items() if s.anchor is not None}
+        probes = await self._probe(anchors) if anchors else {}
+        for tp, probe in probes.items():
+            state = self._partitions.get(tp)
+            if state is not None and state.anchor is not None and not probe.matches(state.anchor):
+                self._open_new_epoch(tp, state, probe)
+        now = time.monotonic()
+        for tp, state in self._partitions.items():
+            if state.rewind_to is not None and (
+                not state.rewound_at or now - state.rewound_at > self.config.rewind_retry_seconds
+            ):
+                await self._rewind_again(tp, state)
+            elif self._stalled(state, probes.get(tp), now):
+                await self._resume(tp, state, probes[tp])
 
     def _stalled(self, state: _PartitionState, probe: LogProbe | None, now: float) -> bool:
         """The log holds records past what landed, yet none has come for a while.

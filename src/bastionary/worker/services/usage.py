@@ -188,7 +188,7 @@ class UsageService:
             assigned = {
                 (tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic == self.topic.get_topic_name()
             }
-            await self._sink.check_logs(assigned)
+            await self._sink.check_logs(assigned, lock_wait=self.partition_log.timeout)
 
     async def _dedupe_purge(self) -> None:
         """Entries past the horizon count as new events anyway; dropping them bounds the disk."""
