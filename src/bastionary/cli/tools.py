@@ -142,12 +142,12 @@ def bench(
 ) -> None:
     """Measure the pipeline on the embedded stack against its targets."""
     settings = settings_or_exit()
-    if worker_settings and (api or rating or stages or dedupe_store):
-        raise click.UsageError("--worker-setting applies to the full bench and --entitlements")
+    if worker_settings and (rating or stages or dedupe_store):
+        raise click.UsageError("--worker-setting applies to the full bench, --entitlements and --api")
     if clickhouse_url and not stages:
         raise click.UsageError("--clickhouse-url applies to --stages")
-    if clickhouse_server and (api or rating or stages or dedupe_store):
-        raise click.UsageError("--clickhouse-server applies to the full bench and --entitlements")
+    if clickhouse_server and (rating or stages or dedupe_store):
+        raise click.UsageError("--clickhouse-server applies to the full bench, --entitlements and --api")
     from bastionary.tools.bench.options import BenchError, asks_flush_process, worker_environment
 
     try:
@@ -160,7 +160,11 @@ def bench(
         from bastionary.tools.bench.api import render_api, run_api_bench
 
         configure_logging("WARNING", settings.log_format)
-        click.echo(render_api(run_api_bench(quick=quick), as_json))
+        click.echo(
+            render_api(
+                run_api_bench(quick=quick, worker_settings=worker_env, clickhouse_server=clickhouse_server), as_json
+            )
+        )
         return
     if entitlement_checks:
         from bastionary.tools.bench.entitlements import render_entitlements, run_entitlements_bench

@@ -30,10 +30,12 @@ from bastionary.tools.bench.entitlements.figures import _percentile
 from bastionary.tools.bench.entitlements.run import _WorkerEnv
 from bastionary.tools.bench.options import PARTITIONS, BenchError
 from bastionary.tools.bench.processes import (
+    _cpu_or_zero,
     _say,
     _sigterm_as_interrupt,
     bench_directory,
     cpu_seconds_of,
+    descendants,
     machine_busy_seconds,
 )
 from bastionary.tools.bench.report import machine_info
@@ -58,16 +60,23 @@ FULL = _Sizes(events=1_000_000, customers=1_000, queries=300)
 QUICK = _Sizes(events=20_000, customers=100, queries=30)
 
 
-def run_api_bench(quick: bool = False) -> Figures:
+def run_api_bench(
+    quick: bool = False, worker_settings: dict[str, str] | None = None, clickhouse_server: bool = False
+) -> Figures:
+    """``worker_settings`` and ``clickhouse_server`` as the full bench takes them: with a
+    server, the worker's flushes may run in flush processes (``flush_process=true``), and the
+    worker's own interpreter then judges the posted events and answers HTTP alone."""
     started = time.monotonic()
     sizes = QUICK if quick else FULL
     with bench_directory("bastionary-bench-api-") as root:
-        result = _run_in(root, sizes, quick)
+        result = _run_in(root, sizes, quick, worker_settings or {}, clickhouse_server)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
 
 
-def _run_in(root: Path, sizes: _Sizes, quick: bool) -> Figures:
+def _run_in(
+    root: Path, sizes: _Sizes, quick: bool, worker_settings: dict[str, str], clickhouse_server: bool
+) -> Figures:
     port, key = free_port(), secrets.token_urlsafe(24)
     processes = _WorkerEnv({
         "BASTIONARY_API_KEYS": key,
@@ -84,6 +93,8 @@ def _run_in(root: Path, sizes: _Sizes, quick: bool) -> Figures:
             "connections": CONCURRENCY,
             "queries": sizes.queries,
             "partitions": PARTITIONS,
+            "worker_settings": dict(worker_settings),
+            "clickhouse": "a server over HTTP (serve-clickhouse)" if clickhouse_server else "chdb in the worker",
         },
         "machine": machine_info(),
     }
@@ -92,7 +103,7 @@ def _run_in(root: Path, sizes: _Sizes, quick: bool) -> Figures:
             broker = EmbeddedBroker(root / "broker")
             try:
                 broker.start()
-                bench = _Bench(root, processes, broker)
+                bench = _Bench(root, processes, broker, None, worker_settings, clickhouse_server)
                 prefix, group = bench.names("api")
                 from bastionary.kafka import ensure_topics
 
@@ -171,11 +182,11 @@ async def _measure(bench: _Bench, worker: _Worker, sizes: _Sizes, base: str, key
                     if response.status != 202:
                         failures.append(f"{response.status}")
 
-        cpu_before = _cpu_seconds(worker.process.pid, bench)
+        cpu_before = _cpu_seconds(worker, bench)
         posted_at = time.time()
         await asyncio.gather(*(poster() for _ in range(CONCURRENCY)))
         acknowledged_at = time.time()
-        cpu_used = {name: after - cpu_before[name] for name, after in _cpu_seconds(worker.process.pid, bench).items()}
+        cpu_used = {name: after - cpu_before[name] for name, after in _cpu_seconds(worker, bench).items()}
         if failures:
             raise BenchError(f"{len(failures)} requests were not accepted: {sorted(set(failures))}")
         ends = await _log_ends(bench.bootstrap, worker.topic)
@@ -223,13 +234,19 @@ async def _measure(bench: _Bench, worker: _Worker, sizes: _Sizes, base: str, key
     return {"ingest": ingest, "query": query}
 
 
-def _cpu_seconds(worker_pid: int, bench: _Bench) -> dict[str, float]:
-    """CPU seconds so far of the worker, the broker, this process (the poster) and the machine."""
+def _cpu_seconds(worker: _Worker, bench: _Bench) -> dict[str, float]:
+    """CPU seconds so far of the worker, its children (flush processes), its ClickHouse server
+    (with ``--clickhouse-server``), the broker, this process (the poster) and the machine. A
+    child that ended since is no longer counted: none should, in a run."""
     import os
 
+    pid = worker.process.pid
+    server = worker.clickhouse_server.pid if worker.clickhouse_server is not None else None
     broker = bench.broker.pid
     return {
-        "worker": cpu_seconds_of(worker_pid),
+        "worker": cpu_seconds_of(pid),
+        "worker_children": sum(_cpu_or_zero(child) for child in descendants(pid)),
+        "clickhouse_server": 0.0 if server is None else _cpu_or_zero(server),
         "broker": cpu_seconds_of(broker) if broker is not None else 0.0,
         "poster": cpu_seconds_of(os.getpid()),
         "machine": machine_busy_seconds(),
