@@ -30,12 +30,11 @@ from bastionary.tools.bench.entitlements.figures import _percentile
 from bastionary.tools.bench.entitlements.run import _WorkerEnv
 from bastionary.tools.bench.options import PARTITIONS, BenchError
 from bastionary.tools.bench.processes import (
-    _cpu_or_zero,
+    PartsCpu,
     _say,
     _sigterm_as_interrupt,
     bench_directory,
     cpu_seconds_of,
-    descendants,
     machine_busy_seconds,
 )
 from bastionary.tools.bench.report import machine_info
@@ -235,22 +234,16 @@ async def _measure(bench: _Bench, worker: _Worker, sizes: _Sizes, base: str, key
 
 
 def _cpu_seconds(worker: _Worker, bench: _Bench) -> dict[str, float]:
-    """CPU seconds so far of the worker, its children (flush processes), its ClickHouse server
-    (with ``--clickhouse-server``), the broker, this process (the poster) and the machine. A
-    child that ended since is no longer counted: none should, in a run."""
+    """CPU seconds so far of each part (:class:`PartsCpu`: the worker, its children, its
+    ClickHouse server with ``--clickhouse-server``, the broker), this process (the poster) and
+    the machine."""
     import os
 
-    pid = worker.process.pid
-    server = worker.clickhouse_server.pid if worker.clickhouse_server is not None else None
-    broker = bench.broker.pid
-    return {
-        "worker": cpu_seconds_of(pid),
-        "worker_children": sum(_cpu_or_zero(child) for child in descendants(pid)),
-        "clickhouse_server": 0.0 if server is None else _cpu_or_zero(server),
-        "broker": cpu_seconds_of(broker) if broker is not None else 0.0,
-        "poster": cpu_seconds_of(os.getpid()),
-        "machine": machine_busy_seconds(),
-    }
+    parts = PartsCpu(bench.broker.pid)
+    parts.worker_pid = worker.process.pid
+    if worker.clickhouse_server is not None:
+        parts.server_pid = worker.clickhouse_server.pid
+    return {**parts(), "poster": cpu_seconds_of(os.getpid()), "machine": machine_busy_seconds()}
 
 
 async def _log_ends(bootstrap: str, topic: str) -> dict[int, int]:
