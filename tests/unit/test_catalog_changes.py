@@ -181,34 +181,29 @@ async def test_usage_that_moved_in_a_period_rated_again_whole_is_priced_at_today
     assert per_period(invoices)[FEB.isoformat()] == D("20.00")
 
 
-async def test_usage_moved_between_two_segments_of_one_plan_is_adjusted():
+def test_usage_moved_between_two_segments_of_one_plan_is_adjusted():
     """February: A (1-10), B (10-20), A again (20-). A's tokens are graduated, the first 1,000
     of each segment free. 1,500 tokens on 25 February: 5.00. A correction re-times 500 of them
     to 5 February (-500 on the 25th, +500 on the 5th, both late): A's segments hold 500 and
     1,000, both free, so February owes 0.00. A's summed quantity did not move, so f491ccd
-    skips the line and February stays billed 5.00."""
+    skipped the line and February stayed billed 5.00."""
     tiers = [{"up_to": "1000", "unit_amount": "0"}, {"up_to": None, "unit_amount": "0.01"}]
-    a = _plan("a", prices=[{"key": "tokens", "model": "graduated", "meter": "llm_tokens", "tiers": tiers}])
-    b = _plan("b", prices=[{"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.01"}])
-    store = FakeBillingStore()
-    store.subscribe("sub-1", "cust-1", plan="a")
-    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
-    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
-    store.use("cust-1", 1500, at(2024, 2, 25))
-    rate = Rater(store, [a, b], [TOKENS], GRACE, FakePublisher())
-    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
-    assert per_period(invoices)[FEB.isoformat()] == D("5.00")
-    late = AFTER_FEB + GRACE
-    store.use("cust-1", -500, at(2024, 2, 25), ingested=late)
-    store.use("cust-1", 500, at(2024, 2, 5), ingested=late)
-    invoices += (await rate.run_once(AFTER_MAR)).invoices
-    assert per_period(invoices)[FEB.isoformat()] == D("0.00")  # observed 5.00
+    graduated = {"key": "tokens", "model": "graduated", "meter": "llm_tokens", "tiers": tiers}
+    moves = ((-500, at(2024, 2, 25)), (500, at(2024, 2, 5)))
+    invoices = one_plan_twice(graduated, graduated, moves, used=(1500, at(2024, 2, 25)))
+    assert per_period(invoices[:2])[FEB.isoformat()] == D("5.00")
+    assert per_period(invoices)[FEB.isoformat()] == D("0.00")
 
 
-def one_plan_twice(price_a: dict, raised_a: dict, moves: tuple[tuple[int, datetime], ...] = ()) -> list[dict]:
+def one_plan_twice(
+    price_a: dict,
+    raised_a: dict,
+    moves: tuple[tuple[int, datetime], ...] = (),
+    used: tuple[int, datetime] = (10000, at(2024, 2, 5)),
+) -> list[dict]:
     """February: plan a (1-10), b (10-20), a again (20-), with ``price_a`` on a and 0.05 a token on
-    b; 10,000 tokens on 5 February, invoiced with February. The catalog then gives a
-    ``raised_a``, and ``moves`` (tokens, when) arrive late before March's invoice."""
+    b; ``used`` (tokens, when: 10,000 on 5 February) invoiced with February. The catalog then
+    gives a ``raised_a``, and ``moves`` (tokens, when) arrive late before March's invoice."""
 
     async def run() -> list[dict]:
         b = _plan("b", prices=[{"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.05"}])
@@ -216,7 +211,7 @@ def one_plan_twice(price_a: dict, raised_a: dict, moves: tuple[tuple[int, dateti
         store.subscribe("sub-1", "cust-1", plan="a")
         store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
         store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
-        store.use("cust-1", 10000, at(2024, 2, 5))
+        store.use("cust-1", *used)
         rate = Rater(store, [_plan("a", prices=[price_a]), b], [TOKENS], GRACE, FakePublisher())
         invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
         for tokens, when in moves:
