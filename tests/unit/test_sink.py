@@ -237,18 +237,18 @@ def test_a_log_replaced_under_a_running_worker_drops_the_batch_and_rewinds(tmp_p
 
 async def _landed_then_replaced_by_a_shorter_log(tmp_path):
     """A sink that landed 10 records of partition 0, whose log then holds 3 other records."""
-    sink, _store, log, _ = make_sink(tmp_path)
+    sink, store, log, _ = make_sink(tmp_path)
     old = [event_record(i, f"old-{i}") for i in range(10)]
     log.hold(old)
     await admit_all(sink, old)
     await sink.flush()
     log.replace(TOPIC, 0, [event_record(i, f"new-{i}", ts_ms=NOW_MS + 1) for i in range(3)])
-    return sink, log
+    return sink, store, log
 
 
 def test_a_shorter_log_is_caught_by_the_timer_even_with_nothing_to_flush(tmp_path):
     async def scenario():
-        sink, log = await _landed_then_replaced_by_a_shorter_log(tmp_path)
+        sink, _store, log = await _landed_then_replaced_by_a_shorter_log(tmp_path)
         await sink.check_logs()
         assert log.rewinds == [(TOPIC, 0, 0)]
         assert sink.status()[(TOPIC, 0)].rewinding
@@ -263,7 +263,7 @@ def test_a_log_check_waits_for_a_flush_only_as_long_as_it_is_told(tmp_path):
     stopped the worker as if the broker were unreachable."""
 
     async def scenario():
-        sink, log = await _landed_then_replaced_by_a_shorter_log(tmp_path)
+        sink, _store, log = await _landed_then_replaced_by_a_shorter_log(tmp_path)
         async with sink.lock:  # a flush in progress
             await asyncio.wait_for(sink.check_logs(lock_wait=0.05), timeout=5)
             assert log.rewinds == []
@@ -361,12 +361,7 @@ def test_an_assigned_partition_is_recovered_and_rewound_even_if_no_record_comes(
     must find the partition without any record to trigger it."""
 
     async def scenario():
-        first, store, log, _ = make_sink(tmp_path)
-        old = [event_record(i, f"old-{i}") for i in range(10)]
-        log.hold(old)
-        await admit_all(first, old)
-        await first.flush()
-        log.replace(TOPIC, 0, [event_record(i, f"new-{i}", ts_ms=NOW_MS + 1) for i in range(4)])
+        _first, store, log = await _landed_then_replaced_by_a_shorter_log(tmp_path)
         second, _, _, _ = make_sink(tmp_path, store=store, log=log)
         await second.check_logs({(TOPIC, 0)})
         assert log.rewinds == [(TOPIC, 0, 0)]
