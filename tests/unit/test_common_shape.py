@@ -8,7 +8,9 @@ dict, the event, the payload hash, the stored data) must be what the general pat
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import partial
 from unittest import mock
 
@@ -17,7 +19,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bastionary.ingest import cloudevents
-from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, parse_record
+from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, RecordMember, parse_record
+from bastionary.ingest.errors import Rejection
+from bastionary.metering.meters import Meter
+from bastionary.metering.readings import MeterIndex
 from tests.unit.test_cloudevents import RECORD_TS_MS, event
 
 LIMITS = RecordLimits(1_048_576, 8, timedelta(minutes=5))
@@ -32,18 +37,53 @@ def _both(value: bytes) -> tuple[ParsedRecord, ParsedRecord]:
     return either, general
 
 
+# Meters on the members' type that read what the generated data holds: a key "" (often drawn)
+# as a value and as a dimension, "a" as a unique value.
+_METERS = MeterIndex(
+    [
+        Meter(
+            key="summed", event_type="llm.completion", aggregation="SUM", value_property="$['']", allow_negative=True
+        ),
+        Meter(key="counted", event_type="llm.completion", aggregation="COUNT", group_by={"dim": "$['']"}),
+        Meter(key="uniques", event_type="llm.completion", aggregation="UNIQUE_COUNT", value_property="$.a"),
+    ]
+)
+
+
+def _as_general(value: object) -> object:
+    """What the general path's decode holds: the common shape decodes a number with a fraction
+    as a Decimal of its digits, the general path as a float (and reads it exactly on demand)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _as_general(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_general(item) for item in value]
+    return value
+
+
 def _judged(parsed: ParsedRecord) -> tuple:
     def rejection(r: object) -> tuple | None:
         return None if r is None else (r.code, r.message)  # type: ignore[attr-defined]
 
+    def readings(member: RecordMember) -> object:
+        if member.event is None:
+            return None
+        try:
+            return _METERS.readings(member.event, partial(parsed.exact_data, member.index))
+        except Rejection as refused:
+            return rejection(refused)
+
+    # Readings first: a value read exactly is stored with its digits, so they decide stored_data.
     members = [
         (
             m.index,
-            m.raw,
-            m.event,
+            _as_general(m.raw),
+            None if m.event is None else replace(m.event, data=_as_general(m.event.data)),
             None if m.event is None else m.event.time.utcoffset(),
             m.payload_hash,
             rejection(m.rejection),
+            readings(m),
             None if m.event is None else parsed.stored_data(m),
         )
         for m in parsed.members
@@ -80,6 +120,27 @@ def test_anything_else_is_left_to_the_general_path():
     ]
     for members in others:
         assert cloudevents._in_common_shape(json.dumps(members).encode(), latest, LIMITS) is None, members
+
+
+def test_a_number_with_a_fraction_is_read_exactly_in_the_one_call():
+    """The common shape decodes such a number as its digits, so a meter reads it exactly and
+    the stored data keeps its spelling without a second decode of the member; the digest,
+    readings and stored data are the general path's, whose exact decode runs on demand."""
+    latest = datetime(2024, 5, 1, 12, 5, tzinfo=UTC)
+    spellings = [b"1.50", b"0.123456789", b"1E5", b"-0.0", b"2.5e-3", b"0.10000000000000001", b"1e-400"]
+    for spelling in spellings:
+        value = orjson.dumps([_event(data={"": "X", "a": 1}), _event(id="evt-2")]).replace(b'"X"', spelling)
+        assert cloudevents._in_common_shape(value, latest, LIMITS) is not None, spelling
+        either, general = _both(value)
+        assert _judged(either) == _judged(general), spelling
+    read = parse_record(
+        orjson.dumps([_event(data={"": "X", "a": 1})]).replace(b'"X"', b"1.50"), None, RECORD_TS_MS, LIMITS
+    )
+    assert _METERS.readings(read.members[0].event, partial(read.exact_data, 0))[0].value == Decimal("1.500000000")
+    assert read.stored_data(read.members[0]) == '{"":1.50,"a":1}'
+    # No float holds it, and orjson refuses it: the general path rejects the record.
+    too_large = orjson.dumps(_event(data={"": "X"})).replace(b'"X"', b"1e400")
+    assert cloudevents._in_common_shape(too_large, latest, LIMITS) is None
 
 
 _JSON_VALUES = st.recursive(

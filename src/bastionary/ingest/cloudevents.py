@@ -10,6 +10,7 @@ returns; it never raises.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -137,6 +138,8 @@ class ParsedRecord:
     _exact: Any = field(default=None, repr=False)  # a single or binary record's value, decoded exactly
     _raw_members: list[msgspec.Raw] | None = field(default=None, repr=False)  # a batch's members, undecoded
     _exact_members: dict[int, Any] = field(default_factory=dict, repr=False)  # a batch's, decoded exactly
+    # Taken by the common shape's decode, whose members' data holds every number exactly already.
+    exact_decoded: bool = False
 
     def exact_data(self, index: int) -> Any:
         """Member ``index``'s ``data`` decoded with every number exact (ints of any size,
@@ -145,8 +148,13 @@ class ParsedRecord:
         Decoded once, on first use: a single or binary record whole, a batch member alone. A
         batch is split into its members' bytes once, which costs about a tenth of decoding
         them all, and most members of a batch need no exact decode. The record had already
-        decoded as JSON, so neither decode meets a syntax error.
+        decoded as JSON, so neither decode meets a syntax error. A record of the common shape
+        needs neither: its one-call decode kept every number's digits.
         """
+        if self.exact_decoded:
+            # Marked as read exactly, so that stored_data keeps its digits as the general path does.
+            data = self._exact_members[index] = self.members[index].raw.get("data", {})
+            return data
         if not self.batch:
             if self._exact is None:
                 self._exact = _EXACT_JSON.decode(self.value)
@@ -163,7 +171,7 @@ class ParsedRecord:
         needed the exact decode, so the raw table re-derives every meter value."""
         if self._exact is not None or member.index in self._exact_members:
             return _EXACT_ENCODER.encode(self.exact_data(member.index)).decode()
-        return orjson.dumps(member.raw.get("data", {})).decode()
+        return orjson.dumps(member.raw.get("data", {}), default=as_float).decode()
 
 
 def parse_record(
@@ -232,7 +240,7 @@ def _in_common_shape(value: bytes, latest_allowed: datetime, limits: RecordLimit
         return None
     if not isinstance(decoded, list):
         member = _common_member(0, decoded, latest_allowed)
-        return None if member is None else ParsedRecord([member], value=value)
+        return None if member is None else ParsedRecord([member], value=value, exact_decoded=True)
     if not 0 < len(decoded) <= limits.max_batch_events:
         return None
     members = []
@@ -241,7 +249,7 @@ def _in_common_shape(value: bytes, latest_allowed: datetime, limits: RecordLimit
         if member is None:
             return None
         members.append(member)
-    return ParsedRecord(members, batch=True, value=value)
+    return ParsedRecord(members, batch=True, value=value, exact_decoded=True)
 
 
 def _common_member(index: int, shaped: CommonEvent, latest_allowed: datetime) -> RecordMember | None:
@@ -402,7 +410,7 @@ def payload_hash(
     canonical = dict(raw)
     canonical["time"] = canonical_time or event.time.astimezone(UTC).isoformat()
     try:
-        text = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+        text = orjson.dumps(canonical, default=as_float, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         # An integer past 64 bits, which only an exact decode keeps: the stdlib encodes any.
         # The same event always takes the same branch, so its digest is stable. (Nesting past
@@ -411,6 +419,18 @@ def payload_hash(
             raise
         text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return blake2b(text, digest_size=16).digest()
+
+
+def as_float(value: Any) -> float:
+    """orjson's ``default``: a number the common shape decoded exactly (a Decimal) written as
+    the float the general path's decode holds, so digests and stored text match either way.
+    A number no float holds (``1e400``, which orjson refuses to decode) raises TypeError, so
+    the record goes the general path."""
+    if type(value) is Decimal:
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    raise TypeError(f"not serialisable as JSON: {type(value).__name__}")
 
 
 def _canonical_zulu(text: str) -> str | None:

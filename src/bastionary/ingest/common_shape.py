@@ -5,6 +5,10 @@ strings, ``data`` an object, and no extension attributes. msgspec decodes such a
 straight into :class:`CommonEvent` structs in C, several times faster than decoding it to
 dicts and checking each dict in Python (:func:`bastionary.ingest.cloudevents.parse_record`).
 
+A number with a fraction or an exponent in ``data`` comes as a :class:`~decimal.Decimal` of
+its exact digits, as the exact decode of the general path gives it: a meter reading it needs
+no second decode of the member (which cost several microseconds per such event).
+
 This is only a faster way to the same verdict. :func:`decode_common` answers None for
 anything else (an extension attribute, a missing or mistyped attribute, JSON msgspec
 refuses), and the general path judges the record from its own decode.
@@ -12,6 +16,7 @@ refuses), and the general path judges the record from its own decode.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -34,7 +39,7 @@ class CommonEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     dataschema: str | UnsetType | None = UNSET
 
 
-_DECODER = msgspec.json.Decoder(list[CommonEvent] | CommonEvent)
+_DECODER = msgspec.json.Decoder(list[CommonEvent] | CommonEvent, float_hook=Decimal)
 
 
 def decode_common(value: bytes) -> list[CommonEvent] | CommonEvent | None:

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from bastionary.ingest.cloudevents import ValidUsageEvent
+from bastionary.ingest.cloudevents import ValidUsageEvent, as_float
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.ingest.jsonpath import MISSING, extract
 from bastionary.metering.meters import Aggregation, Meter
@@ -79,7 +79,7 @@ class MeterIndex:
                 out.append(new_row(Reading, (meter.key, aggregation, group, None, None)))
                 continue
             raw = extract(data, compiled.value_steps)
-            if isinstance(raw, float):
+            if isinstance(raw, (float, Decimal)):  # a Decimal: decoded exactly already (the common shape)
                 raw = _exact_value(meter, exact_data, compiled.value_steps)
             # Every field, through tuple.__new__ (see ports.new_row).
             if aggregation is Aggregation.UNIQUE_COUNT:
@@ -185,4 +185,6 @@ def dimension_value(raw: Any) -> str:
         return "true" if raw else "false"
     if isinstance(raw, (int, float)):
         return str(raw)
-    return orjson.dumps(raw, option=orjson.OPT_SORT_KEYS).decode()
+    if isinstance(raw, Decimal):  # the common shape's exact decode: spelled as the general path's float
+        return str(as_float(raw))
+    return orjson.dumps(raw, default=as_float, option=orjson.OPT_SORT_KEYS).decode()
