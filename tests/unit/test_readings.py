@@ -371,3 +371,76 @@ def test_unique_count_missing_value_is_rejected_through_the_index():
 )
 def test_dimension_value(raw, expected):
     assert dimension_value(raw) == expected
+
+
+def _reference_readings(meters: list, data: object, exact_data: object) -> list[Reading]:
+    """Every meter read by walking its steps, as MeterIndex did before its readers were
+    specialised per meter (2026-12-06): the compiled readers must agree with it."""
+    from bastionary.ingest.jsonpath import extract
+
+    out = []
+    for meter in meters:
+        group = tuple(
+            (name, dimension_value(extract(data, steps))) for name, steps in sorted(meter.group_steps.items())
+        )
+        if meter.aggregation is Aggregation.COUNT:
+            out.append(Reading(meter.key, meter.aggregation, group))
+            continue
+        raw = extract(data, meter.value_steps)
+        if isinstance(raw, (float, Decimal)):
+            raw = extract(exact_data(), meter.value_steps)  # type: ignore[operator]
+        if meter.aggregation is Aggregation.UNIQUE_COUNT:
+            out.append(Reading(meter.key, meter.aggregation, group, None, unique_value(meter, raw)))
+        else:
+            out.append(Reading(meter.key, meter.aggregation, group, numeric_value(meter, raw)))
+    return out
+
+
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.decimals(allow_nan=False, allow_infinity=False, places=3)
+    | st.text(max_size=3)
+)
+_DATA = st.recursive(
+    _LEAVES,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(["a", "b", "0"]), children),
+    max_leaves=6,
+)
+_PATHS = st.sampled_from(["$.a", "$.b", "$.a.b", "$['a'][0]", "$[0]", "$.a[1].b"])
+_METERS = st.lists(
+    st.builds(
+        lambda key, aggregation, value, dimensions, negative: {
+            "key": f"m{key}",
+            "event_type": "t",
+            "aggregation": aggregation,
+            **({} if aggregation == "COUNT" else {"value_property": value}),
+            "group_by": dimensions,
+            "allow_negative": negative,
+        },
+        st.integers(0, 99),
+        st.sampled_from(["SUM", "COUNT", "MAX", "UNIQUE_COUNT", "LATEST"]),
+        _PATHS,
+        st.dictionaries(st.sampled_from(["x", "y"]), _PATHS, max_size=2),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=4,
+    unique_by=lambda meter: meter["key"],
+)
+
+
+@given(meters=_METERS, data=_DATA)
+def test_the_compiled_readers_read_as_walking_each_meter_s_steps(meters, data):
+    catalog = parse_catalog({"meters": meters})
+    event = ValidUsageEvent("e-1", "test", "t", "cust-1", datetime(2024, 5, 1, tzinfo=UTC), data, None, None, {})
+
+    def outcome(read: object) -> object:
+        try:
+            return read()  # type: ignore[operator]
+        except Rejection as refused:
+            return (refused.code, refused.message)
+
+    compiled = outcome(lambda: MeterIndex(catalog.meters).readings(event, lambda: data))
+    assert compiled == outcome(lambda: _reference_readings(list(catalog.meters), data, lambda: data))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from decimal import Context, Decimal, DecimalException, Inexact, InvalidOperation
 from typing import Any, NamedTuple
 
@@ -38,55 +37,93 @@ class Reading(NamedTuple):  # a tuple: one is built for every meter an event fee
     unique: str | None = None  # UNIQUE_COUNT
 
 
-@dataclass(slots=True, frozen=True)
-class _CompiledMeter:
-    meter: Meter
-    value_steps: tuple[str | int, ...]  # empty for COUNT, the one aggregation that reads no value
-    group_steps: tuple[tuple[str, tuple[str | int, ...]], ...]
+ExactData = Callable[[], Any]
+MeterReader = Callable[[Any, ExactData], Reading]  # (the event's data, its exact decode) -> the reading
 
 
 class MeterIndex:
-    """The meters, indexed by CloudEvents ``type`` and with JSONPaths compiled."""
+    """The meters, indexed by CloudEvents ``type``, each compiled to a reader of its own."""
 
     def __init__(self, meters: Iterable[Meter]):
-        self._by_type: dict[str, list[_CompiledMeter]] = {}
+        self._by_type: dict[str, list[MeterReader]] = {}
         for meter in meters:
-            compiled = _CompiledMeter(meter, meter.value_steps or (), tuple(sorted(meter.group_steps.items())))
-            self._by_type.setdefault(meter.event_type, []).append(compiled)
+            self._by_type.setdefault(meter.event_type, []).append(_reader(meter))
 
-    def readings(self, event: ValidUsageEvent, exact_data: Callable[[], Any]) -> list[Reading]:
+    def readings(self, event: ValidUsageEvent, exact_data: ExactData) -> list[Reading]:
         """Every meter's reading, or :class:`Rejection` if any meter cannot read the event.
 
         All-or-nothing: an event is stored only if every meter it feeds can count it, so the
         raw events table always re-derives the rollups. ``exact_data()`` gives the event's
         ``data`` with exact numbers; it is called only for a value the fast decoder could
-        give as a float alone.
+        give as a float alone, or gave as a Decimal (the common shape's decode keeps digits).
         """
-        meters = self._by_type.get(event.type)
-        if not meters:
+        readers = self._by_type.get(event.type)
+        if not readers:
             return []
         data = event.data
-        out = []
-        for compiled in meters:
-            meter = compiled.meter
-            group = (
-                tuple([(name, dimension_value(extract(data, steps))) for name, steps in compiled.group_steps])
-                if compiled.group_steps
-                else ()
-            )
-            aggregation = meter.aggregation
-            if aggregation is Aggregation.COUNT:
-                out.append(new_row(Reading, (meter.key, aggregation, group, None, None)))
-                continue
-            raw = extract(data, compiled.value_steps)
-            if isinstance(raw, (float, Decimal)):  # a Decimal: decoded exactly already (the common shape)
-                raw = _exact_value(meter, exact_data, compiled.value_steps)
-            # Every field, through tuple.__new__ (see ports.new_row).
-            if aggregation is Aggregation.UNIQUE_COUNT:
-                out.append(new_row(Reading, (meter.key, aggregation, group, None, unique_value(meter, raw))))
-            else:
-                out.append(new_row(Reading, (meter.key, aggregation, group, numeric_value(meter, raw), None)))
-        return out
+        return [read(data, exact_data) for read in readers]
+
+
+# Readers are built once per meter and run for every event it counts, so each is specialised
+# to its meter: a path of one name is a dict lookup, a COUNT without dimensions always gives
+# the same reading (a tuple, shared), and nothing is decided per event that the catalog fixed.
+# On `bench --stages`' workload, examined alone (2026-12-06): 7.33-7.42 -> 6.87-6.94 us per event
+# against one loop over every meter's steps.
+
+
+def _reader(meter: Meter) -> MeterReader:
+    key, aggregation = meter.key, meter.aggregation
+    group_of = _group_reader(sorted(meter.group_steps.items()))
+    if aggregation is Aggregation.COUNT:
+        if group_of is None:
+            counted = new_row(Reading, (key, aggregation, (), None, None))
+            return lambda _data, _exact: counted
+        return lambda data, _exact: new_row(Reading, (key, aggregation, group_of(data), None, None))
+    steps = meter.value_steps or ()
+    value_at = _path_reader(steps)
+    no_group = ()
+
+    def raw_value(data: Any, exact_data: ExactData) -> Any:
+        raw = value_at(data)
+        if isinstance(raw, (float, Decimal)):  # a float's digits are lost: read them from the exact decode
+            raw = _exact_value(meter, exact_data, steps)
+        return raw
+
+    # Every field, through tuple.__new__ (see ports.new_row); the group is read before the value.
+    if aggregation is Aggregation.UNIQUE_COUNT:
+
+        def read_unique(data: Any, exact_data: ExactData) -> Reading:
+            group = no_group if group_of is None else group_of(data)
+            unique = unique_value(meter, raw_value(data, exact_data))
+            return new_row(Reading, (key, aggregation, group, None, unique))
+
+        return read_unique
+
+    def read_number(data: Any, exact_data: ExactData) -> Reading:
+        group = no_group if group_of is None else group_of(data)
+        value = numeric_value(meter, raw_value(data, exact_data))
+        return new_row(Reading, (key, aggregation, group, value, None))
+
+    return read_number
+
+
+def _path_reader(steps: tuple[str | int, ...]) -> Callable[[Any], Any]:
+    """``extract`` of these steps; a single name (``$.tokens``) as one dict lookup."""
+    if len(steps) == 1 and isinstance(steps[0], str):
+        name = steps[0]
+        return lambda data: data.get(name, MISSING) if type(data) is dict else extract(data, steps)
+    return lambda data: extract(data, steps)
+
+
+def _group_reader(dimensions: list[tuple[str, tuple[str | int, ...]]]) -> Callable[[Any], Group] | None:
+    """The dimensions' values as a group, in the dimensions' sorted order; None for none."""
+    if not dimensions:
+        return None
+    readers = [(name, _path_reader(steps)) for name, steps in dimensions]
+    if len(readers) == 1:
+        ((name, value_at),) = readers
+        return lambda data: ((name, dimension_value(value_at(data))),)
+    return lambda data: tuple([(name, dimension_value(value_at(data))) for name, value_at in readers])
 
 
 def numeric_value(meter: Meter, raw: Any) -> Decimal:
