@@ -143,37 +143,42 @@ class FlushPlanner:
         for index, rejection in examined.rejected:
             self._reject_member(plan, record, members, index, rejection)
         seen_at = record.timestamp_ms // 1000  # also the record's ingested second
+        # Names taken once per record: the loop below runs for every event of a flush.
+        topic, partition, offset, epoch = record.topic, record.partition, record.offset, plan.log_epoch
+        key_of, stored, add_rollups = self.dedupe.key, self.dedupe.get, rollups.add_event
+        sightings, event_rows = plan.sightings, plan.event_rows
         for accepted in examined.accepted:
             row = accepted.row
             try:
-                key = self.dedupe.key(record.topic, record.partition, row.source, row.event_id)
+                key = key_of(topic, partition, row.source, row.event_id)
             except Exception as exc:  # a bug of ours (the key is built from checked text): it costs this member
                 log.exception("no dedupe key for an event; dead-lettered as internal_error", offset=record.offset)
                 self._reject_member(
                     plan, record, members, accepted.index, internal_error(f"{type(exc).__name__}: {exc}")
                 )
                 continue
-            current = Sighting(record.offset, accepted.index, seen_at, accepted.payload_hash, plan.log_epoch)
-            previous = in_flush.get(key) or self.dedupe.get(key, seen_at)
-            verdict = judge(previous, current)
-            if verdict is Verdict.DUPLICATE:
-                plan.stats.duplicates += 1
-                continue
-            if verdict is Verdict.CONFLICT and previous is not None:
-                conflict = Rejection(
-                    ErrorClass.DUPLICATE_CONFLICT,
-                    f"(source, id) = ({row.source}, {row.event_id}) was first seen at offset"
-                    f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
-                )
-                self._reject_member(plan, record, members, accepted.index, conflict)
-                continue
+            current = Sighting(offset, accepted.index, seen_at, accepted.payload_hash, epoch)
+            previous = in_flush.get(key) or stored(key, seen_at)
+            if previous is not None:  # most keys are new, and a new one needs no judging
+                verdict = judge(previous, current)
+                if verdict is Verdict.DUPLICATE:
+                    plan.stats.duplicates += 1
+                    continue
+                if verdict is Verdict.CONFLICT:
+                    conflict = Rejection(
+                        ErrorClass.DUPLICATE_CONFLICT,
+                        f"(source, id) = ({row.source}, {row.event_id}) was first seen at offset"
+                        f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
+                    )
+                    self._reject_member(plan, record, members, accepted.index, conflict)
+                    continue
             in_flush[key] = previous or current
-            plan.sightings.append((key, current))
-            plan.stats.accepted += 1
-            plan.event_rows.append(row)
+            sightings.append((key, current))
+            event_rows.append(row)
             if accepted.readings:
                 event_time = row.time
-                rollups.add_event(row.customer_id, event_time, int(event_time.timestamp()), accepted.readings, seen_at)
+                add_rollups(row.customer_id, event_time, int(event_time.timestamp()), accepted.readings, seen_at)
+        plan.stats.accepted = len(event_rows)
 
     def _reject_member(
         self, plan: FlushPlan, record: InboundRecord, members: _MemberValues, index: int, rejection: Rejection
