@@ -85,7 +85,9 @@ def _reader(meter: Meter) -> MeterReader:
 
     def raw_value(data: Any, exact_data: ExactData) -> Any:
         raw = value_at(data)
-        if isinstance(raw, (float, Decimal)):  # a float's digits are lost: read them from the exact decode
+        # A float lost its digits: read them from the exact decode. A Decimal (the common shape's
+        # decode) has them, but asking marks the member read exactly, so its stored data keeps them.
+        if isinstance(raw, (float, Decimal)):
             raw = _exact_value(meter, exact_data, steps)
         return raw
 
