@@ -70,7 +70,7 @@ def _judged(parsed: ParsedRecord) -> tuple:
         if member.event is None:
             return None
         try:
-            return _METERS.readings(member.event, partial(parsed.exact_data, member.index))
+            return _METERS.readings(member.event, parsed.exact_data, member.index)
         except Rejection as refused:
             return rejection(refused)
 
@@ -136,7 +136,7 @@ def test_a_number_with_a_fraction_is_read_exactly_in_the_one_call():
     read = parse_record(
         orjson.dumps([_event(data={"": "X", "a": 1})]).replace(b'"X"', b"1.50"), None, RECORD_TS_MS, LIMITS
     )
-    assert _METERS.readings(read.members[0].event, partial(read.exact_data, 0))[0].value == Decimal("1.500000000")
+    assert _METERS.readings(read.members[0].event, read.exact_data, 0)[0].value == Decimal("1.500000000")
     assert read.stored_data(read.members[0]) == '{"":1.50,"a":1}'
     # No float holds it, and orjson refuses it: the general path rejects the record.
     too_large = orjson.dumps(_event(data={"": "X"})).replace(b'"X"', b"1e400")

@@ -86,7 +86,7 @@ def readings(event_type: str, data: dict | bytes) -> list:
         raise parsed.rejection
     (member,) = parsed.members
     assert member.event is not None, member.rejection
-    return VALUE_METERS.readings(member.event, lambda: parsed.exact_data(0))
+    return VALUE_METERS.readings(member.event, parsed.exact_data, 0)
 
 
 @pytest.mark.parametrize(

@@ -131,10 +131,10 @@ def test_whatever_a_record_holds_the_flush_lands_or_dead_letters_it(tmp_path, re
 
 def test_a_bug_of_ours_costs_one_record_not_the_partition(tmp_path):
     class Buggy(MeterIndex):
-        def readings(self, event, exact_data):
+        def readings(self, event, exact_data, index):
             if event.id == "poison":
                 raise ZeroDivisionError("a bug")
-            return super().readings(event, exact_data)
+            return super().readings(event, exact_data, index)
 
     async def scenario():
         sink, store, _, letters = make_sink(tmp_path, meters=Buggy(CATALOG.meters))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 
 import structlog
 
@@ -70,7 +69,7 @@ def _examine(record: InboundRecord, epoch: int, meters: MeterIndex, limits: Reco
             examined.rejected.append((member.index, member.rejection or internal_error(None)))
             continue
         try:
-            readings = meters.readings(event, partial(parsed.exact_data, member.index))
+            readings = meters.readings(event, parsed.exact_data, member.index)
         except Rejection as rejection:
             examined.rejected.append((member.index, rejection))
             continue

@@ -14,7 +14,6 @@ counts once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import msgspec
@@ -78,7 +77,7 @@ def judge_posted(
             out.rejected.append(RejectedMember(member.index, shown_id, rejection.code.value, rejection.message))
             continue
         try:
-            meters.readings(event, partial(parsed.exact_data, member.index))
+            meters.readings(event, parsed.exact_data, member.index)
         except Rejection as rejection:
             out.rejected.append(RejectedMember(member.index, event.id, rejection.code.value, rejection.message))
             continue
