@@ -267,9 +267,10 @@ def _common_member(index: int, shaped: CommonEvent, latest_allowed: datetime) ->
     time = _fast_time(text)
     if time is None or time > latest_allowed:
         return None
-    # The dict the general path decodes: the attributes sent, and only those.
+    # The dict the general path decodes: the attributes sent, and only those. Its time is spelled
+    # as hashed until the digest is taken (payload_hash would copy the dict to respell it).
     raw: dict[str, Any] = {"specversion": "1.0", "id": ident, "source": source, "type": kind, "subject": subject}
-    raw["time"] = text
+    raw["time"] = _canonical_zulu(text) or time.astimezone(UTC).isoformat()
     data, content_type, schema = shaped.data, shaped.datacontenttype, shaped.dataschema
     if data is UNSET:
         data = {}
@@ -283,13 +284,14 @@ def _common_member(index: int, shaped: CommonEvent, latest_allowed: datetime) ->
         schema = None
     else:
         raw["dataschema"] = schema
-    event = ValidUsageEvent(ident, intern(source), intern(kind), intern(subject), time, data, content_type, schema, {})
     try:
-        digest = payload_hash(raw, event, _canonical_zulu(text), wide_integers=False)
+        digest = _digest(raw, wide_integers=False)
     except TypeError:
         # Too deep to encode, or an integer past 64 bits: orjson decodes the latter as a float
         # and msgspec as an int, so the two decodes differ and the general path must judge it.
         return None
+    raw["time"] = text  # as sent
+    event = ValidUsageEvent(ident, intern(source), intern(kind), intern(subject), time, data, content_type, schema, {})
     return RecordMember(index, raw, event, digest)
 
 
@@ -409,6 +411,11 @@ def payload_hash(
     """
     canonical = dict(raw)
     canonical["time"] = canonical_time or event.time.astimezone(UTC).isoformat()
+    return _digest(canonical, wide_integers)
+
+
+def _digest(canonical: dict[str, Any], wide_integers: bool) -> bytes:
+    """:func:`payload_hash` of a dict whose ``time`` is spelled canonically already."""
     try:
         text = orjson.dumps(canonical, default=as_float, option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
