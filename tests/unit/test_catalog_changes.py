@@ -190,9 +190,9 @@ def test_usage_moved_between_two_segments_of_one_plan_is_adjusted():
     tiers = [{"up_to": "1000", "unit_amount": "0"}, {"up_to": None, "unit_amount": "0.01"}]
     graduated = {"key": "tokens", "model": "graduated", "meter": "llm_tokens", "tiers": tiers}
     moves = ((-500, at(2024, 2, 25)), (500, at(2024, 2, 5)))
-    invoices = one_plan_twice(graduated, graduated, moves, used=(1500, at(2024, 2, 25)))
-    assert per_period(invoices[:2])[FEB.isoformat()] == D("5.00")
-    assert per_period(invoices)[FEB.isoformat()] == D("0.00")
+    before, after = one_plan_twice_apart(graduated, graduated, moves, used=(1500, at(2024, 2, 25)))
+    assert per_period(before)[FEB.isoformat()] == D("5.00")
+    assert per_period(before + after)[FEB.isoformat()] == D("0.00")
 
 
 def one_plan_twice(
@@ -204,8 +204,19 @@ def one_plan_twice(
     """February: plan a (1-10), b (10-20), a again (20-), with ``price_a`` on a and 0.05 a token on
     b; ``used`` (tokens, when: 10,000 on 5 February) invoiced with February. The catalog then
     gives a ``raised_a``, and ``moves`` (tokens, when) arrive late before March's invoice."""
+    before, after = one_plan_twice_apart(price_a, raised_a, moves, used)
+    return before + after
 
-    async def run() -> list[dict]:
+
+def one_plan_twice_apart(
+    price_a: dict,
+    raised_a: dict,
+    moves: tuple[tuple[int, datetime], ...] = (),
+    used: tuple[int, datetime] = (10000, at(2024, 2, 5)),
+) -> tuple[list[dict], list[dict]]:
+    """:func:`one_plan_twice`'s invoices, those before the catalog change apart from March's."""
+
+    async def run() -> tuple[list[dict], list[dict]]:
         b = _plan("b", prices=[{"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "0.05"}])
         store = FakeBillingStore()
         store.subscribe("sub-1", "cust-1", plan="a")
@@ -217,7 +228,7 @@ def one_plan_twice(
         for tokens, when in moves:
             store.use("cust-1", tokens, when, ingested=AFTER_FEB + GRACE)
         raised = Rater(store, [_plan("a", prices=[raised_a]), b], [TOKENS], GRACE, FakePublisher())
-        return invoices + (await raised.run_once(AFTER_MAR)).invoices
+        return invoices, (await raised.run_once(AFTER_MAR)).invoices
 
     return asyncio.run(run())
 
