@@ -61,16 +61,19 @@ _UNIQUE_COUNT: Final = Aggregation.UNIQUE_COUNT
 _LATEST: Final = Aggregation.LATEST
 
 
-# meter, customer, group, window start and ingested minute (Unix seconds): integer minutes
-# and the group as a tuple, because the key is built for every reading.
-RollupKey = tuple[str, str, Group, int, int]
+# A series is one (meter, customer, group); its cells are keyed by (window start, ingested
+# minute), in Unix seconds. Two levels instead of one 5-tuple key: a flush's rows are sorted by
+# series (a few thousand) and then by minutes within each (a handful), instead of every cell by
+# its whole key, and the minute key is built once per event, not per reading.
+SeriesKey = tuple[str, str, Group]
+MinuteKey = tuple[int, int]
 
 ROLLUP_COLUMNS = RollupRow._fields
 
 
 class RollupBuilder:
     def __init__(self) -> None:
-        self.cells: dict[RollupKey, RollupCell] = {}
+        self.series: dict[SeriesKey, dict[MinuteKey, RollupCell]] = {}
 
     def add(self, customer_id: str, event_time: datetime, reading: Reading, ingested_at: datetime = EPOCH) -> None:
         self.add_at(customer_id, event_time, int(event_time.timestamp()), reading, int(ingested_at.timestamp()))
@@ -92,14 +95,16 @@ class RollupBuilder:
         """Every reading of one event (times in Unix seconds), in one call: this runs for each
         reading of a flush, so the windows are computed once per event and the cell's merge is
         inline (a method call per reading cost as much as the merge)."""
-        window = event_second - event_second % WINDOW_SECONDS
-        ingested = ingested_second - ingested_second % WINDOW_SECONDS
-        cells = self.cells
+        minutes = (event_second - event_second % WINDOW_SECONDS, ingested_second - ingested_second % WINDOW_SECONDS)
+        all_series = self.series
         for meter, aggregation, group, value, unique in readings:
-            key = (meter, customer_id, group, window, ingested)
-            cell = cells.get(key)
+            series_key = (meter, customer_id, group)
+            cells = all_series.get(series_key)
+            if cells is None:
+                cells = all_series[series_key] = {}
+            cell = cells.get(minutes)
             if cell is None:
-                cell = cells[key] = RollupCell()
+                cell = cells[minutes] = RollupCell()
             cell.event_count += 1
             if aggregation is _COUNT:
                 continue  # event_count is every cell's
@@ -124,46 +129,49 @@ class RollupBuilder:
                 assert_never(aggregation)
 
     def rows(self) -> list[RollupRow]:
-        minutes: dict[int, datetime] = {}
+        times: dict[int, datetime] = {}
         # Per group, its text and its values: rows of one group share one dict, which nothing
         # changes (building one per row was a tenth of what rows() cost).
         groups: dict[Group, tuple[str, dict[str, str]]] = {}
         keyed = []
-        for key, cell in self.cells.items():
-            meter, customer_id, group, start, ingested = key
+        for (meter, customer_id, group), cells in self.series.items():
             described = groups.get(group)
             if described is None:
                 described = groups[group] = (group_key(group), dict(group))
-            keyed.append(((meter, customer_id, described[0], start, ingested), described[1], cell))
-        # The order rows were always written in (by their text key), whatever order events came in.
+            keyed.append(((meter, customer_id, described[0]), described[1], cells))
+        # The order rows were always written in, whatever order events came in: by their text
+        # key (meter, customer, group text, window, ingested minute), the table's sorting key,
+        # so the server's sort of an inserted block finds it sorted. A group's text is one per
+        # group (its values in the meter's order), so no two series share a text.
         keyed.sort(key=_sort_key)
         rows = []
-        for (meter, customer_id, text, start, ingested), values, cell in keyed:
-            window = minutes.get(start)
-            if window is None:
-                window = minutes[start] = datetime.fromtimestamp(start, tz=UTC)
-            minute = minutes.get(ingested)
-            if minute is None:
-                minute = minutes[ingested] = datetime.fromtimestamp(ingested, tz=UTC)
-            # Every field, in the column order, through tuple.__new__ (see ports.new_row).
-            rows.append(
-                new_row(
-                    RollupRow,
-                    (
-                        meter,
-                        customer_id,
-                        text,
-                        values,
-                        window,
-                        minute,
-                        cell.value_sum,
-                        cell.event_count,
-                        cell.value_max,
-                        sorted(cell.unique_values) if cell.unique_values else [],
-                        cell.latest or _NO_LATEST,
-                    ),
+        for (meter, customer_id, text), values, cells in keyed:
+            for (start, ingested), cell in sorted(cells.items()) if len(cells) > 1 else cells.items():
+                window = times.get(start)
+                if window is None:
+                    window = times[start] = datetime.fromtimestamp(start, tz=UTC)
+                minute = times.get(ingested)
+                if minute is None:
+                    minute = times[ingested] = datetime.fromtimestamp(ingested, tz=UTC)
+                # Every field, in the column order, through tuple.__new__ (see ports.new_row).
+                rows.append(
+                    new_row(
+                        RollupRow,
+                        (
+                            meter,
+                            customer_id,
+                            text,
+                            values,
+                            window,
+                            minute,
+                            cell.value_sum,
+                            cell.event_count,
+                            cell.value_max,
+                            sorted(cell.unique_values) if cell.unique_values else [],
+                            cell.latest or _NO_LATEST,
+                        ),
+                    )
                 )
-            )
         return rows
 
 
