@@ -220,6 +220,26 @@ def test_purge_expired_drops_keys_past_the_horizon_of_their_partitions_newest_ti
         store.close()
 
 
+def test_a_partition_s_time_is_the_newest_it_recorded_whatever_the_order(tmp_path: Path):
+    """Across writes: an older record later, and a write without keys, leave it where it was;
+    within one write it is the newest of its keys, wherever that one is, and a time of 0 counts."""
+    store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
+    try:
+        store.record("usage", 0, [(store.key("usage", 0, "s", "zero"), sighting(1, seen_at=0))], 1)
+        assert store.partition_time("usage", 0) == 0
+        keys = [(store.key("usage", 0, "s", str(n)), sighting(n, seen_at=t)) for n, t in ((2, 700), (3, 900), (4, 800))]
+        store.record("usage", 0, keys, 4)
+        assert store.partition_time("usage", 0) == 900
+        store.record("usage", 0, [(store.key("usage", 0, "s", "late"), sighting(5, seen_at=600))], 5)
+        store.record("usage", 0, [], 6)
+        assert store.partition_time("usage", 0) == 900
+        assert store.high_water("usage", 0) == (0, 6)
+        store.record("usage", 1, [], 1)  # no key yet: no time
+        assert store.partition_time("usage", 1) is None
+    finally:
+        store.close()
+
+
 def test_the_wall_clock_never_expires_a_key(tmp_path: Path):
     """Usage re-imported with broker times far behind the wall clock keeps its repeats caught."""
     store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)

@@ -104,16 +104,26 @@ class RocksDedupeStore:
         record matches them at its own position (a new verdict, see ``judge``), and the
         backfill at the next start rewrites them with the same values."""
         newest = self.partition_time(topic, partition)
+        newest_here = -1  # no key yet
+        pack = _VALUE.pack
         batch = WriteBatch(raw_mode=True)
+        put = batch.put
         in_batch = 0
+        # Runs for every key a flush writes: names taken once, and the newest time kept by a
+        # comparison rather than max() per key.
         for key, s in entries:
-            batch.put(key, _VALUE.pack(s.offset, s.index, s.seen_at, s.payload_hash, s.log_epoch))
-            newest = s.seen_at if newest is None else max(newest, s.seen_at)
+            seen_at = s.seen_at
+            put(key, pack(s.offset, s.index, seen_at, s.payload_hash, s.log_epoch))
+            if seen_at > newest_here:
+                newest_here = seen_at
             in_batch += 1
             if in_batch == WRITE_CHUNK_KEYS:
                 self._db.write(batch)
                 batch = WriteBatch(raw_mode=True)
+                put = batch.put
                 in_batch = 0
+        if newest_here >= 0 and (newest is None or newest_here > newest):
+            newest = newest_here
         unknown = -1  # no key landed yet: nothing to purge
         stored_newest = unknown if newest is None else newest
         batch.put(b"h" + self._scope(topic, partition), _HWM.pack(epoch, through_offset, stored_newest))
