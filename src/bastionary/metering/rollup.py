@@ -141,8 +141,9 @@ class RollupBuilder:
             keyed.append(((meter, customer_id, described[0]), described[1], cells))
         # The order rows were always written in, whatever order events came in: by their text
         # key (meter, customer, group text, window, ingested minute), the table's sorting key,
-        # so the server's sort of an inserted block finds it sorted. A group's text is one per
-        # group (its values in the meter's order), so no two series share a text.
+        # so the server's sort of an inserted block finds it sorted. Sorting series first gives
+        # that order because no two series of a meter and customer share a group text: a meter
+        # reads its dimensions in one order (sorted by name), so equal values make equal groups.
         keyed.sort(key=_sort_key)
         rows = []
         for (meter, customer_id, text), values, cells in keyed:
