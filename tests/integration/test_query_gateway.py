@@ -12,6 +12,7 @@ import base64
 import gzip
 import json
 import stat
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -461,3 +462,43 @@ async def test_a_slow_read_never_holds_up_a_writer(database, gateway):
     await asyncio.to_thread(insert)
     await reading
     assert finished == ["insert", "read"]
+
+
+async def test_inserts_run_at_once_while_other_writes_go_one_at_a_time(chdb_client, database, monkeypatch):
+    """Two inserts pass a barrier that only lets them through together; two CREATE TABLEs,
+    each held a moment inside the engine's call, never overlap."""
+    gw = QueryGateway(chdb_client, CREDS, database=database, max_concurrent_inserts=2)
+    both_inserting = threading.Barrier(2, timeout=20)
+    lock, running, most = threading.Lock(), [0], [0]
+    execute = gw._execute
+
+    def watched(plan):
+        if plan.insert_head:
+            both_inserting.wait()  # one insert at a time would break the barrier: a failed insert
+        elif plan.sql.startswith("CREATE TABLE"):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.3)  # time for the other to come in, were it let
+            with lock:
+                running[0] -= 1
+        return execute(plan)
+
+    monkeypatch.setattr(gw, "_execute", watched)
+    port = await gw.start()
+    try:
+
+        def insert(first_id: int) -> None:
+            row = f'{{"id":{first_id},"name":"x","at":"2024-01-01 00:00:00"}}\n'.encode()
+            connect(port, database, "writer").raw_insert("events", COLUMNS, row, fmt="JSONEachRow")
+
+        def create(name: str) -> None:
+            connect(port, database, "writer").command(f"CREATE TABLE {name} (x UInt8) ENGINE = Memory")
+
+        await asyncio.gather(asyncio.to_thread(insert, 1), asyncio.to_thread(insert, 2))
+        await asyncio.gather(asyncio.to_thread(create, "one"), asyncio.to_thread(create, "two"))
+        count = await asyncio.to_thread(lambda: connect(port, database).command("SELECT count() FROM events"))
+    finally:
+        await gw.stop()
+    assert count == 2
+    assert most == [1]
