@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bastionary.dedupe import Sighting, Verdict, judge
 from bastionary.dedupe.rocksdb_store import WRITE_CHUNK_KEYS, RocksDedupeStore
@@ -191,6 +193,35 @@ def test_get_expires_entries_beyond_the_horizon(tmp_path: Path):
         assert store.get(key, now=1_100) is not None  # exactly at the horizon: still remembered
         assert store.get(key, now=1_101) is None
         assert store.get(key, now=500) is not None  # a clock behind the entry never expires it
+    finally:
+        store.close()
+
+
+def test_get_many_answers_as_get_does_key_by_key(tmp_path: Path):
+    """The multi-get a flush uses per record: missing, expired, repeated and present keys, in
+    the order asked, each as :meth:`get` answers it at the same time."""
+    store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
+    partitions = iter(range(1_000_000))  # a fresh partition per example: examples share the store
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        stored=st.dictionaries(st.text(max_size=4), st.integers(900, 1_100), max_size=12),
+        asked=st.lists(st.text(max_size=4), max_size=20),
+        now=st.integers(800, 1_300),
+    )
+    def check(stored: dict[str, int], asked: list[str], now: int) -> None:
+        partition = next(partitions)
+        entries = [
+            (store.key("usage", partition, "s", ident), sighting(i, seen_at=t))
+            for i, (ident, t) in enumerate(stored.items())
+        ]
+        store.record("usage", partition, entries, through_offset=len(entries))
+        keys = [store.key("usage", partition, "s", ident) for ident in [*asked, *stored]]
+        assert store.get_many(keys, now) == [store.get(key, now) for key in keys]
+
+    try:
+        check()
+        assert store.get_many([], NOW) == []
     finally:
         store.close()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,7 +20,7 @@ import structlog
 from bastionary.dedupe import Sighting, Verdict, judge
 from bastionary.ingest.cloudevents import RecordLimits, reencoded_member
 from bastionary.ingest.errors import ErrorClass, Rejection
-from bastionary.metering.examine import Examined, examine, internal_error
+from bastionary.metering.examine import Accepted, Examined, examine, internal_error
 from bastionary.metering.ports import DedupeCache, EventRow, MarkerRow, RollupRow
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import DeadLetter, FlushStats, InboundRecord
@@ -30,6 +30,8 @@ from bastionary.outbound import Source, dead_letter_headers
 log = structlog.get_logger(__name__)
 
 DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
 
 @dataclass
@@ -144,21 +146,17 @@ class FlushPlanner:
             self._reject_member(plan, record, members, index, rejection)
         seen_at = record.timestamp_ms // 1000  # also the record's ingested second
         # Names taken once per record: the loop below runs for every event of a flush.
-        topic, partition, offset, epoch = record.topic, record.partition, record.offset, plan.log_epoch
-        key_of, stored, add_rollups = self.dedupe.key, self.dedupe.get, rollups.add_event
+        offset, epoch = record.offset, plan.log_epoch
+        keyed = self._keyed(plan, record, members, examined.accepted)
+        # Every key of the record looked up at once; the store does not change during a plan,
+        # so a key met earlier in the flush (in_flush) still wins over what it stored.
+        stored = self.dedupe.get_many([key for _, key in keyed], seen_at)
+        add_rollups = rollups.add_event
         sightings, event_rows = plan.sightings, plan.event_rows
-        for accepted in examined.accepted:
+        for (accepted, key), previous in zip(keyed, stored, strict=True):
             row = accepted.row
-            try:
-                key = key_of(topic, partition, row.source, row.event_id)
-            except Exception as exc:  # a bug of ours (the key is built from checked text): it costs this member
-                log.exception("no dedupe key for an event; dead-lettered as internal_error", offset=record.offset)
-                self._reject_member(
-                    plan, record, members, accepted.index, internal_error(f"{type(exc).__name__}: {exc}")
-                )
-                continue
             current = Sighting(offset, accepted.index, seen_at, accepted.payload_hash, epoch)
-            previous = in_flush.get(key) or stored(key, seen_at)
+            previous = in_flush.get(key) or previous
             if previous is not None:  # most keys are new, and a new one needs no judging
                 verdict = judge(previous, current)
                 if verdict is Verdict.DUPLICATE:
@@ -177,8 +175,24 @@ class FlushPlanner:
             event_rows.append(row)
             if accepted.readings:
                 event_time = row.time
-                add_rollups(row.customer_id, event_time, int(event_time.timestamp()), accepted.readings, seen_at)
+                # Exact integer seconds (the time is at or after 1970), cheaper than timestamp().
+                add_rollups(row.customer_id, event_time, (event_time - _EPOCH) // _SECOND, accepted.readings, seen_at)
         plan.stats.accepted = len(event_rows)
+
+    def _keyed(
+        self, plan: FlushPlan, record: InboundRecord, members: _MemberValues, accepted: list[Accepted]
+    ) -> list[tuple[Accepted, bytes]]:
+        """Each accepted member with its dedupe key; a member without one is dead-lettered."""
+        key_of, topic, partition = self.dedupe.key, record.topic, record.partition
+        keyed = []
+        for member in accepted:
+            row = member.row
+            try:
+                keyed.append((member, key_of(topic, partition, row.source, row.event_id)))
+            except Exception as exc:  # a bug of ours (the key is built from checked text): it costs this member
+                log.exception("no dedupe key for an event; dead-lettered as internal_error", offset=record.offset)
+                self._reject_member(plan, record, members, member.index, internal_error(f"{type(exc).__name__}: {exc}"))
+        return keyed
 
     def _reject_member(
         self, plan: FlushPlan, record: InboundRecord, members: _MemberValues, index: int, rejection: Rejection

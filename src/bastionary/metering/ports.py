@@ -124,6 +124,10 @@ class DedupeCache(Protocol):
 
     def get(self, key: bytes, now: int) -> Sighting | None: ...
 
+    def get_many(self, keys: list[bytes], now: int) -> list[Sighting | None]:
+        """:meth:`get` of each key, in order."""
+        ...
+
     def record(
         self,
         topic: str,
