@@ -16,6 +16,7 @@ from bastionary.metering.meters import Aggregation, Meter
 from bastionary.metering.ports import new_row
 
 VALUE_QUANTUM = Decimal("0.000000001")  # the 9 fractional digits of Decimal(38, 9) in ClickHouse
+_ZERO_AT_QUANTUM = Decimal("0.000000000")
 # At most 18 integer digits per value, so that the rollup sums of Decimal(38, 9) (29 integer
 # digits) hold 10^11 values at the limit without overflow: no hostile value can make a sum
 # that ClickHouse or the rater cannot hold.
@@ -140,8 +141,10 @@ def numeric_value(meter: Meter, raw: Any) -> Decimal:
     """
     if type(raw) is int and 0 <= raw < _INT_LIMIT:
         # Most values: a whole number in range, where every check below passes and quantizing is
-        # exact (27 digits), at a fifth of the cost of the general path.
-        return Decimal(raw).quantize(VALUE_QUANTUM, context=_EXACT)
+        # exact (27 digits), at a fifth of the cost of the general path. Adding zero at the
+        # quantum's scale gives the quantized value (the sum takes the smaller exponent) in
+        # 0.38 us instead of quantize's 0.64.
+        return _EXACT.add(Decimal(raw), _ZERO_AT_QUANTUM)
     if raw is MISSING:
         raise Rejection(ErrorClass.INVALID_METER_VALUE, f"meter {meter.key}: {meter.value_property} is missing")
     if (isinstance(raw, str) and _PLAIN_DECIMAL.fullmatch(raw)) or (
