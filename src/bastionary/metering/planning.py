@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,13 +24,12 @@ from bastionary.metering.examine import Accepted, Examined, examine, internal_er
 from bastionary.metering.ports import DedupeCache, EventRow, MarkerRow, RollupRow
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import DeadLetter, FlushStats, InboundRecord
-from bastionary.metering.rollup import RollupBuilder
+from bastionary.metering.rollup import EPOCH, RollupBuilder
 from bastionary.outbound import Source, dead_letter_headers
 
 log = structlog.get_logger(__name__)
 
 DEAD_LETTER_VALUE_LIMIT = 64 * 1024
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
 
@@ -176,7 +175,7 @@ class FlushPlanner:
             if accepted.readings:
                 event_time = row.time
                 # Exact integer seconds (the time is at or after 1970), cheaper than timestamp().
-                add_rollups(row.customer_id, event_time, (event_time - _EPOCH) // _SECOND, accepted.readings, seen_at)
+                add_rollups(row.customer_id, event_time, (event_time - EPOCH) // _SECOND, accepted.readings, seen_at)
         plan.stats.accepted = len(event_rows)
 
     def _keyed(
