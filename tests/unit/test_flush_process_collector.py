@@ -5,6 +5,7 @@ all of them once a minute, and the allocation-triggered collector only past a pl
 from __future__ import annotations
 
 from bastionary.metering.flush_process import FULL, YOUNG, StepCollector
+from bastionary.settings import Settings
 
 
 class Recorder:
@@ -28,9 +29,11 @@ def test_starting_collects_everything_freezes_it_and_raises_the_allocation_thres
     recorder = Recorder()
     recorder.collector()
     assert recorder.calls == [FULL, "freeze", (StepCollector.SAFETY_NET, 20, 10)]
-    # A plan of the default flush size (4 MB of the bench's batch records: about 22,000 events
-    # at about nine net allocations each) never starts it.
-    assert StepCollector.SAFETY_NET > 4 * 22_000 * 9
+    # A plan of the default flush size never starts it: 4 MB of the bench's batch records is
+    # about 22,000 events (191 bytes each) at about nine net allocations each, and the net
+    # leaves room for events four times as costly.
+    events = Settings.model_fields["flush_max_bytes"].default // 191
+    assert events * 9 * 4 < StepCollector.SAFETY_NET
 
 
 def test_each_write_collects_the_young_generations_and_one_a_minute_collects_all_three():
