@@ -7,8 +7,9 @@ from __future__ import annotations
 import gc
 import weakref
 
+from bastionary.gc_generations import ALLOCATIONS, FULL, YOUNG
 from bastionary.metrics import REGISTRY
-from bastionary.worker.collecting import ALLOCATIONS, FULL, YOUNG, BoundaryCollector
+from bastionary.worker.collecting import BoundaryCollector
 
 
 class FakeClock:

@@ -4,7 +4,8 @@ all of them once a minute, and the allocation-triggered collector only past a pl
 
 from __future__ import annotations
 
-from bastionary.metering.flush_process import FULL, YOUNG, StepCollector
+from bastionary.gc_generations import FULL, FULL_EVERY_SECONDS, YOUNG
+from bastionary.metering.flush_process import StepCollector
 from bastionary.settings import Settings
 
 
@@ -43,7 +44,7 @@ def test_each_write_collects_the_young_generations_and_one_a_minute_collects_all
     for _ in range(3):
         recorder.now += 10.0
         collector.after_write()
-    recorder.now += StepCollector.FULL_EVERY_SECONDS - 30.0
+    recorder.now += FULL_EVERY_SECONDS - 30.0
     collector.after_write()
     recorder.now += 1.0
     collector.after_write()

@@ -24,6 +24,7 @@ from decimal import Decimal
 
 import structlog
 
+from bastionary.gc_generations import ALLOCATIONS, collect_every
 from bastionary.ingest.cloudevents import RecordLimits
 from bastionary.ingest.errors import Rejection
 from bastionary.logs import configure_logging
@@ -135,7 +136,7 @@ def _start_child(meters: list[Meter], limits: RecordLimits, logging: tuple[str, 
     gc.freeze()
     # A child holds one chunk's objects at a time and its pauses hold up no request: the
     # collector stays on, started every 50,000 allocations rather than 700.
-    gc.set_threshold(50_000, 20, 10)
+    collect_every(ALLOCATIONS)
 
 
 def _examine_chunk(records: list[InboundRecord], epoch: int) -> list[_Packed]:

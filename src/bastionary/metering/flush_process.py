@@ -37,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from bastionary.gc_generations import FULL, FULL_EVERY_SECONDS, YOUNG, collect_every
 from bastionary.logs import configure_logging
 from bastionary.malloc_arenas import limit_malloc_arenas
 from bastionary.metering.landing import LocalFlushEngine, PlanRequest
@@ -190,10 +191,6 @@ def _slim(plan: FlushPlan, rows_wanted: frozenset[str] | None) -> FlushPlan:
     return dataclasses.replace(plan, records=[], event_rows=[], sightings=[], rollup_rows=rows, rows_of=rows_wanted)
 
 
-YOUNG = 1  # gc generations 0 and 1
-FULL = 2
-
-
 class StepCollector:
     """The child's cyclic garbage collection: between flushes, not while a plan is made.
 
@@ -210,11 +207,11 @@ class StepCollector:
     does not reach (4 MB of records: about 22,000 of the bench's batch events, at 191 bytes
     each): it is a net for bigger flushes and for plans that are never written. After each
     write, when nothing of the flush is alive, the young generations go, and every
-    ``FULL_EVERY_SECONDS`` all three, so that a cycle among older objects is still freed within
-    a minute (the automatic collector, started so rarely, seldom gets to them)."""
+    ``FULL_EVERY_SECONDS`` (:mod:`bastionary.gc_generations`) all three, so that a cycle among
+    older objects is still freed within a minute (the automatic collector, started so rarely,
+    seldom gets to them)."""
 
     SAFETY_NET = 1_000_000
-    FULL_EVERY_SECONDS = 60.0
 
     def __init__(
         self,
@@ -226,15 +223,15 @@ class StepCollector:
         self._clock, self._collect = clock, collect
         collect(FULL)
         freeze()  # imports and the engine: never garbage, never walked again
-        set_threshold(self.SAFETY_NET, 20, 10)
-        self._next_full = clock() + self.FULL_EVERY_SECONDS
+        collect_every(self.SAFETY_NET, set_threshold)
+        self._next_full = clock() + FULL_EVERY_SECONDS
 
     def after_write(self) -> None:
         # A pause here holds up nothing but this process: the worker waits on the next step.
         now = self._clock()
         if now >= self._next_full:
             self._collect(FULL)
-            self._next_full = now + self.FULL_EVERY_SECONDS
+            self._next_full = now + FULL_EVERY_SECONDS
         else:
             self._collect(YOUNG)
 

@@ -58,17 +58,14 @@ import time
 from collections.abc import Callable
 
 from bastionary import metrics
-
-YOUNG = 1  # generations 0 and 1
-FULL = 2
-ALLOCATIONS = 50_000  # what starts a young collection, as the allocation-triggered collector has it
+from bastionary.gc_generations import ALLOCATIONS, FULL, FULL_EVERY_SECONDS, YOUNG, collect_every
 
 
 def automatic_collection(on: bool) -> None:
     """The allocation-triggered collector, on (the youngest generation every 50,000
     allocations, not 700) or off."""
     if on:
-        gc.set_threshold(ALLOCATIONS, 20, 10)
+        collect_every(ALLOCATIONS)
         gc.enable()
     else:
         gc.disable()
@@ -77,7 +74,7 @@ def automatic_collection(on: bool) -> None:
 class BoundaryCollector:
     def __init__(
         self,
-        full_every_seconds: float = 60.0,
+        full_every_seconds: float = FULL_EVERY_SECONDS,
         young_every_seconds: float = 3.0,
         thaw_every_seconds: float = 3600.0,
         idle_seconds: float = 2.0,
