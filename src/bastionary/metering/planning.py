@@ -146,13 +146,13 @@ class FlushPlanner:
         seen_at = record.timestamp_ms // 1000  # also the record's ingested second
         # Names taken once per record: the loop below runs for every event of a flush.
         offset, epoch = record.offset, plan.log_epoch
-        keyed = self._keyed(plan, record, members, examined.accepted)
+        keyed, keys = self._keyed(plan, record, members, examined.accepted)
         # Every key of the record looked up at once; the store does not change during a plan,
         # so a key met earlier in the flush (in_flush) still wins over what it stored.
-        stored = self.dedupe.get_many([key for _, key in keyed], seen_at)
+        stored = self.dedupe.get_many(keys, seen_at)
         add_rollups = rollups.add_event
         sightings, event_rows = plan.sightings, plan.event_rows
-        for (accepted, key), previous in zip(keyed, stored, strict=True):
+        for accepted, key, previous in zip(keyed, keys, stored, strict=True):
             row = accepted.row
             current = Sighting(offset, accepted.index, seen_at, accepted.payload_hash, epoch)
             previous = in_flush.get(key) or previous
@@ -180,18 +180,23 @@ class FlushPlanner:
 
     def _keyed(
         self, plan: FlushPlan, record: InboundRecord, members: _MemberValues, accepted: list[Accepted]
-    ) -> list[tuple[Accepted, bytes]]:
-        """Each accepted member with its dedupe key; a member without one is dead-lettered."""
+    ) -> tuple[list[Accepted], list[bytes]]:
+        """The accepted members that have a dedupe key, and their keys, in one order (two lists,
+        not pairs: the keys go to the store as they are); a member without one is dead-lettered."""
         key_of, topic, partition = self.dedupe.key, record.topic, record.partition
-        keyed = []
+        keyed: list[Accepted] = []
+        keys: list[bytes] = []
         for member in accepted:
             row = member.row
             try:
-                keyed.append((member, key_of(topic, partition, row.source, row.event_id)))
+                key = key_of(topic, partition, row.source, row.event_id)
             except Exception as exc:  # a bug of ours (the key is built from checked text): it costs this member
                 log.exception("no dedupe key for an event; dead-lettered as internal_error", offset=record.offset)
                 self._reject_member(plan, record, members, member.index, internal_error(f"{type(exc).__name__}: {exc}"))
-        return keyed
+                continue
+            keyed.append(member)
+            keys.append(key)
+        return keyed, keys
 
     def _reject_member(
         self, plan: FlushPlan, record: InboundRecord, members: _MemberValues, index: int, rejection: Rejection
