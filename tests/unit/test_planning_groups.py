@@ -1,0 +1,87 @@
+"""A flush's verdicts do not depend on how its records are grouped for dedupe lookups.
+
+The planner reads the stored sightings of a group of records at once, one multi-get per
+second the records arrived in (groups of about ``LOOKUP_GROUP_EVENTS`` events), and settles
+them record by record. These tests plan the same flush with groups of one record (a lookup per
+record, as before), of a few and of the default size, over repeats, conflicts and keys the
+horizon let go, placed across the groups' edges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bastionary.dedupe import Sighting
+from bastionary.dedupe.rocksdb_store import RocksDedupeStore
+from bastionary.ingest.errors import ErrorClass
+from bastionary.metering import planning
+from bastionary.metering.planning import FlushPlan, FlushPlanner
+from bastionary.metering.readings import MeterIndex
+from bastionary.metering.records import InboundRecord
+from tests.unit.test_examine_pool import CATALOG, LIMITS, NOW_MS, event
+
+HORIZON = 100  # seconds: short, so that records a few minutes apart see a stored key differently
+STORED_AT = NOW_MS // 1000
+
+
+def _record(offset: int, value: object, seconds_later: int) -> InboundRecord:
+    return InboundRecord("usage", 0, offset, NOW_MS + seconds_later * 1000, b"cust-1", orjson.dumps(value), [])
+
+
+def _flush() -> list[InboundRecord]:
+    """300 records over three seconds of arrival: single events, repeats of them 128 and 131
+    records later (in another group of the default size), a conflicting repeat, batches, and repeats of a key stored before the flush
+    from inside the horizon (a duplicate) and from outside it (a new event)."""
+    values: list[tuple[object, int]] = []
+    for n in range(300):
+        if n % 50 == 7:
+            values.append((event("stored", tokens=1), 50 if n < 150 else 150))
+        elif n >= 128 and n % 9 == 0:
+            values.append((event(f"e{n - 128}"), n // 100))  # a repeat, from the group before
+        elif n >= 131 and n % 13 == 0:
+            values.append((event(f"e{n - 131}", tokens=6), n // 100))  # same id, other payload
+        elif n % 10 == 3:
+            values.append(([event(f"b{n}-{i}") for i in range(5)] + [event(f"e{n - 1}")], n // 100))
+        else:
+            values.append((event(f"e{n}"), n // 100))
+    return [_record(offset, value, seconds) for offset, (value, seconds) in enumerate(values)]
+
+
+def _plan(path: Path, records: list[InboundRecord]) -> FlushPlan:
+    dedupe = RocksDedupeStore(path, HORIZON)
+    try:
+        digest = bytes(16)  # not the flush's payload: the stored key conflicts unless outside the horizon
+        key = dedupe.key("usage", 0, "tests", "stored")
+        dedupe.record("usage", 0, [(key, Sighting(0, 0, STORED_AT, digest, 1))], through_offset=0, epoch=1)
+        return FlushPlanner(MeterIndex(CATALOG.meters), dedupe, LIMITS).plan("usage", 0, 7, records)
+    finally:
+        dedupe.close()
+
+
+def _outcome(plan: FlushPlan) -> tuple[object, ...]:
+    return (plan.event_rows, plan.rollup_rows, plan.sightings, plan.dead_letters, plan.stats)
+
+
+@pytest.mark.parametrize("group_events", [2, 7, 40, planning.LOOKUP_GROUP_EVENTS])
+def test_records_grouped_for_lookups_are_judged_as_one_by_one(tmp_path, monkeypatch, group_events):
+    records = _flush()
+    monkeypatch.setattr(planning, "LOOKUP_GROUP_EVENTS", 1)
+    one_by_one = _plan(tmp_path / "one", records)
+    monkeypatch.setattr(planning, "LOOKUP_GROUP_EVENTS", group_events)
+    grouped = _plan(tmp_path / "grouped", records)
+    assert _outcome(grouped) == _outcome(one_by_one)
+
+
+def test_the_flush_s_repeats_conflicts_and_horizon_are_judged(tmp_path):
+    plan = _plan(tmp_path / "d", _flush())
+    conflicts = [letter for letter in plan.dead_letters if letter.code is ErrorClass.DUPLICATE_CONFLICT]
+    stored = [row for row in plan.event_rows if row.event_id == "stored"]
+    # From inside the horizon (50 s after it was stored) the stored key conflicts; from outside
+    # it (150 s) it is a new event once, then a duplicate of itself.
+    assert len(stored) == 1 and conflicts and plan.stats.duplicates > 0
+    assert plan.stats.accepted + plan.stats.duplicates + len(plan.dead_letters) == sum(
+        len(orjson.loads(r.value or b"")) if (r.value or b"").startswith(b"[") else 1 for r in _flush()
+    )
