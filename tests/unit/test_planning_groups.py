@@ -23,7 +23,7 @@ from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import InboundRecord
 from tests.unit.test_examine_pool import CATALOG, LIMITS, NOW_MS, event
 
-HORIZON = 100  # seconds: short, so that records a few minutes apart see a stored key differently
+HORIZON = 100  # seconds: short, so that records 50 and 150 s after a stored key see it differently
 STORED_AT = NOW_MS // 1000
 
 
@@ -32,15 +32,17 @@ def _record(offset: int, value: object, seconds_later: int) -> InboundRecord:
 
 
 def _flush() -> list[InboundRecord]:
-    """300 records over three seconds of arrival: single events, repeats of them 128 and 131
-    records later (in another group of the default size), a conflicting repeat, batches, and repeats of a key stored before the flush
-    from inside the horizon (a duplicate) and from outside it (a new event)."""
+    """300 records arriving over five seconds (0, 1 and 2, and 50 and 150 after the stored
+    sighting): single events, repeats of them 128 records later (in a later group), repeats
+    131 later with another payload (conflicts), batches holding a repeat of the record before,
+    and events under a key stored before the flush, seen from inside the horizon (a conflict:
+    the stored payload differs) and from outside it (a new event, then its duplicates)."""
     values: list[tuple[object, int]] = []
     for n in range(300):
         if n % 50 == 7:
             values.append((event("stored", tokens=1), 50 if n < 150 else 150))
         elif n >= 128 and n % 9 == 0:
-            values.append((event(f"e{n - 128}"), n // 100))  # a repeat, from the group before
+            values.append((event(f"e{n - 128}"), n // 100))  # a repeat, from an earlier group
         elif n >= 131 and n % 13 == 0:
             values.append((event(f"e{n - 131}", tokens=6), n // 100))  # same id, other payload
         elif n % 10 == 3:
@@ -79,9 +81,12 @@ def test_the_flush_s_repeats_conflicts_and_horizon_are_judged(tmp_path):
     plan = _plan(tmp_path / "d", _flush())
     conflicts = [letter for letter in plan.dead_letters if letter.code is ErrorClass.DUPLICATE_CONFLICT]
     stored = [row for row in plan.event_rows if row.event_id == "stored"]
-    # From inside the horizon (50 s after it was stored) the stored key conflicts; from outside
-    # it (150 s) it is a new event once, then a duplicate of itself.
-    assert len(stored) == 1 and conflicts and plan.stats.duplicates > 0
+    # From inside the horizon (50 s after it was stored: records 7, 57 and 107) the stored key
+    # conflicts; from outside it (150 s: 157, 207 and 257) it is a new event once, then a
+    # duplicate of itself.
+    assert len([letter for letter in conflicts if b'"stored"' in letter.value]) == 3
+    assert [row.ingest_offset for row in stored] == [157]
+    assert len(conflicts) > 3 and plan.stats.duplicates > 2
     assert plan.stats.accepted + plan.stats.duplicates + len(plan.dead_letters) == sum(
         len(orjson.loads(r.value or b"")) if (r.value or b"").startswith(b"[") else 1 for r in _flush()
     )
