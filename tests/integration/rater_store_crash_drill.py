@@ -159,8 +159,15 @@ def state(client: Client) -> dict[str, Any]:
         },
         "grants": sorted(g.grant_id for g in grants.get("cust-1", [])),
         "billed": sorted(
-            [str(start), key, money(quantity), money(amount), events]
-            for (start, key), (quantity, amount, events) in store.billed("sub-1").items()
+            [
+                str(start),
+                key,
+                money(quantity),
+                money(amount),
+                events,
+                None if spans is None else [str(w) for w in spans],
+            ]
+            for (start, key), (quantity, amount, events, spans) in store.billed("sub-1").items()
         ),
     }
 

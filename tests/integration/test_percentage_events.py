@@ -73,7 +73,7 @@ def adjusting(invoices):
 
 out = {}
 out["january"] = [i["subtotal"] for i in asyncio.run(rate("0.029", FEB + 2 * GRACE))]
-out["billed_after_january"] = {k: [str(q), str(a), e] for (_, k), (q, a, e) in store.billed("sub-1").items()}
+out["billed_after_january"] = {k: [str(q), str(a), e] for (_, k), (q, a, e, _) in store.billed("sub-1").items()}
 # The rate goes to 3.9%: January's usage did not move, so February's invoice leaves it alone.
 out["february_adjusts"] = adjusting(asyncio.run(rate("0.039", MAR + 2 * GRACE)))
 # A payment of no value, ingested late: January's quantity stays, its events do not.

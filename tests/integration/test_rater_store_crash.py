@@ -104,5 +104,5 @@ def test_lines_an_interrupted_store_left_beyond_the_rerated_invoice_are_zeroed(d
     assert len(document["lines"]) == 2
     assert fewer["line_rows"] == 3 and fewer["line_sum"] == "30"  # the third row now bills nothing
     assert fewer["final"]["lines"][2][2:5] == ["", "0", "0"]
-    assert ["2024-01-01 00:00:00+00:00", "pro:tokens", "1000", "10", None] in fewer["final"]["billed"]
+    assert ["2024-01-01 00:00:00+00:00", "pro:tokens", "1000", "10", None, None] in fewer["final"]["billed"]
     assert fewer["final"]["drawn"] == {"g-promo": "30"}

@@ -21,6 +21,7 @@ from bastionary.rating.invoice import (
     Segment,
     Subscription,
     added_events,
+    added_windows,
     adjustment_lines,
     finalize,
     invoice_id,
@@ -111,9 +112,12 @@ def billed_from(period: Period, lines: list[Line], currency: str = "USD", billed
     billed = dict(billed or {})
     for line in lines:
         key = (line.period_start or period.start, line.line_key)
-        quantity, amount, events = billed.get(key, NOTHING_BILLED)
+        quantity, amount, events, windows = billed.get(key, NOTHING_BILLED)
         billed[key] = Billing(
-            quantity + line.quantity, amount + round_money(line.amount, currency), added_events(events, line.events)
+            quantity + line.quantity,
+            amount + round_money(line.amount, currency),
+            added_events(events, line.events),
+            added_windows(windows, line, currency),
         )
     return billed
 

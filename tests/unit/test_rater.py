@@ -34,7 +34,16 @@ from bastionary.credits.ledger import Funding, Grant, movement_id
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.money import round_money
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.invoice import NOTHING_BILLED, Billed, Billing, Subscription, added_events, invoice_id
+from bastionary.rating.fee_windows import ServiceWindow, net_windows
+from bastionary.rating.invoice import (
+    NOTHING_BILLED,
+    Billed,
+    Billing,
+    Subscription,
+    added_events,
+    invoice_id,
+    stored_windows,
+)
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import RatedInvoice
 from bastionary.rating.pricing import Usage
@@ -109,6 +118,7 @@ class StoredLine:
     amount: Decimal  # rounded, as stored
     period_start: datetime  # the period the line bills (an adjustment's: the period it adjusts)
     events: int | None = None  # a percentage price's (invoice_lines.events)
+    windows: tuple[ServiceWindow, ...] = ()  # a prorated fee's spans (invoice_lines.windows)
 
 
 @dataclass
@@ -243,9 +253,14 @@ class FakeBillingStore:
         out: Billed = {}
         for (invoice, _), line in self.lines.items():
             if line.subscription_id == subscription_id and invoice in self.invoices:
-                quantity, amount, events = out.get((line.period_start, line.line_key), NOTHING_BILLED)
+                before = out.get((line.period_start, line.line_key), NOTHING_BILLED)
+                # As ClickHouseBillingStore.billed: known only if every line billing something has them.
+                known = before.windows is not None and (line.windows or not (line.quantity or line.amount))
                 out[(line.period_start, line.line_key)] = Billing(
-                    quantity + line.quantity, amount + line.amount, added_events(events, line.events)
+                    before.quantity + line.quantity,
+                    before.amount + line.amount,
+                    added_events(before.events, line.events),
+                    net_windows((*before.windows, *line.windows)) if known else None,
                 )
         return out
 
@@ -304,9 +319,10 @@ class FakeBillingStore:
                     amount,
                     line.period_start or period_start,
                     line.events,
+                    stored_windows(line.windows, data["currency"]),
                 )
         for key in stale_lines:
-            self.lines[key] = replace(self.lines[key], line_key="", quantity=D(0), amount=D(0), events=None)
+            self.lines[key] = replace(self.lines[key], line_key="", quantity=D(0), amount=D(0), events=None, windows=())
         self._maybe_fail("ledger")
         for item in rated:
             self.ledger.update((row.movement_id, row) for row in item.ledger)
@@ -403,7 +419,8 @@ async def test_a_closed_period_is_rated_stored_and_published():
     # Stored, with its cutoff, and marked published once delivered.
     assert store.invoices[JAN_INVOICE] == StoredInvoice(orjson.dumps(document).decode(), cutoff, True)
     assert store.billed("sub-1") == {
-        (JAN, "pro:base"): Billing(D(1), D("20.00")),
+        # The fee's span: January whole, at 20.00 (invoice_lines.windows).
+        (JAN, "pro:base"): Billing(D(1), D("20.00"), windows=(ServiceWindow(JAN, FEB, D(1), D("20.00")),)),
         (JAN, "pro:tokens"): Billing(D(1000), D("10.00")),
     }
     # One invoice.finalized event: the document, keyed and identified by the invoice id.
@@ -949,7 +966,7 @@ async def test_a_crash_before_any_write_of_store_invoices_rates_the_same_invoice
         assert store.invoice_ids() == {JAN_INVOICE}
         assert store.grants()[1] == {"g-promo": D("30.00"), "g-trial": D("5.00")}
         assert store.billed("sub-1") == {
-            (JAN, "pro:base"): Billing(D(1), D(20)),
+            (JAN, "pro:base"): Billing(D(1), D(20), windows=(ServiceWindow(JAN, FEB, D(1), D(20)),)),
             (JAN, "pro:tokens"): Billing(D(1000), D(10)),
         }
         assert publish.invoices() == expected[:1]

@@ -20,6 +20,7 @@ from bastionary.rating.invoice import (
     Segment,
     Subscription,
     added_events,
+    added_windows,
     adjustment_lines,
     finalize,
     period_lines,
@@ -293,9 +294,12 @@ def test_late_usage_is_billed_exactly_once(arrivals):
     def store(lines):
         for line in lines:
             key = (JAN, line.line_key)
-            quantity, amount, events = billed.get(key, NOTHING_BILLED)
+            quantity, amount, events, windows = billed.get(key, NOTHING_BILLED)
             billed[key] = Billing(
-                quantity + line.quantity, amount + round_money(line.amount, "USD"), added_events(events, line.events)
+                quantity + line.quantity,
+                amount + round_money(line.amount, "USD"),
+                added_events(events, line.events),
+                added_windows(windows, line, "USD"),
             )
 
     store(period_lines(sub, JANUARY, cutoffs[0], usage))

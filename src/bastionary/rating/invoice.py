@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
 from bastionary.money import format_money, round_money
+from bastionary.rating.fee_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows
 from bastionary.rating.plans import FlatPrice, MeteredPrice, PerUnitPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
 from bastionary.rating.tax import TaxRate, added_tax, applied_rates, grouped_tax_lines
@@ -110,6 +111,10 @@ class Line:
     # A percentage price's events (its fixed amount is charged per event, which its quantity
     # does not count), or the change in them; None on other lines, or when not known.
     events: int | None = None
+    # A prorated fee's spans of the period (fee_windows.py): on a first line, the span it
+    # bills; on an adjustment, the spans it replaces, negated, and those it bills instead.
+    # Empty on other lines, and where what was billed is not known span by span.
+    windows: tuple[ServiceWindow, ...] = ()
 
     def as_dict(self, currency: str) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -168,34 +173,59 @@ def owes_fees_again(sub: Subscription, segment: Segment, period: Period) -> bool
     return True
 
 
-def _flat_line(price: FlatPrice, plan: Plan, fraction: Decimal, suffix: str) -> Line:
+def _flat_line(price: FlatPrice, plan: Plan, window: tuple[datetime, datetime], period: Period, suffix: str) -> Line:
+    """The fee's share of ``period`` for ``window``, a span of it on ``plan``."""
+    fraction = share(plan, *window, period)
     text = price.description or price.key
     label = f"{text}{suffix}" + (f", prorated {fraction:.4f}" if fraction != 1 else "")
-    line = Line(price.key, None, label, fraction, price.amount * fraction, line_key=f"{plan.key}:{price.key}")
-    return replace(line, unit_price=price.amount)
+    amount = price.amount * fraction
+    line = Line(price.key, None, label, fraction, amount, line_key=f"{plan.key}:{price.key}")
+    # A fee that is not prorated owes the same for any span: its spans tell nothing.
+    windows = (ServiceWindow(*window, fraction, amount),) if plan.prorate else ()
+    return replace(line, unit_price=price.amount, windows=windows)
 
 
 def owed_as_billed(
-    quantity: Decimal, amount: Decimal, fee: Line, billed_before: Billing | None, currency: str
-) -> Decimal:
+    quantity: Decimal,
+    amount: Decimal,
+    fee: Line,
+    billed_before: Billing | None,
+    currency: str,
+    windows: Sequence[ServiceWindow] = (),
+) -> tuple[Decimal, tuple[ServiceWindow, ...]]:
     """What a flat fee owes for a period already billed for it, when its share moved since (a
     cancellation or a plan change received later): ``quantity`` and ``amount`` are its share now
-    and that share at today's fee (``fee``, the fee's first line), ``billed_before`` the share
-    and amount invoices billed.
+    and that share at today's fee (``fee``, the fee's first line), ``windows`` its spans now at
+    today's fee (rounded, as stored), ``billed_before`` what invoices billed. Also returns the
+    windows of the line billing the difference (``Line.windows``).
 
-    A fee changed in the catalog since does not reach back: a share given back is credited at
-    what was paid for it (the amount billed, scaled by the share kept), and a share added is
-    charged at today's fee. If today's fee gives the amount billed, it did not change, and
-    today's amount is kept as it is. Scaled, a rounded amount may be a cent off the amount
-    the fee then would give: never more (the part scaled is at most what was billed)."""
-    if billed_before is None or fee.meter is not None or fee.unit_price is None:
-        return amount
-    billed_share, billed_amount, _ = billed_before
+    A fee changed in the catalog since does not reach back: a span given back is credited at
+    what was paid for it, and a span added is charged at today's fee (fee_windows.py). If
+    today's fee gives what every span still billed was paid, it did not change, and today's
+    amount is kept as it is. Where what was billed is not known span by span (a fee that is
+    not prorated, lines stored before 2026-12-06), the share given back is credited at the
+    amount billed scaled by the share kept, which is the average of what its parts were paid.
+    Either way, a part of a rounded amount may be a cent off the amount the fee then would
+    give: never more."""
+    if fee.meter is not None:
+        return amount, ()
+    if billed_before is None:
+        return amount, tuple(windows)
+    billed_windows = billed_before.windows
+    if billed_windows is not None and (windows or not quantity):
+        replaced = tuple(window.negated() for window in billed_windows)
+        if fee.unit_price is None or fee_unchanged(fee.unit_price, billed_windows, currency):
+            return amount, (*replaced, *windows)
+        owed = owed_windows(windows, fee.unit_price, billed_windows, currency)
+        return sum((window.amount for window in owed), ZERO), (*replaced, *owed)
+    if fee.unit_price is None:
+        return amount, ()
+    billed_share, billed_amount = billed_before.quantity, billed_before.amount
     if billed_share <= 0 or round_money(fee.unit_price * billed_share, currency) == billed_amount:
-        return amount
+        return amount, ()
     if quantity <= billed_share:
-        return round_money(billed_amount * quantity / billed_share, currency)
-    return billed_amount + round_money(fee.unit_price * (quantity - billed_share), currency)
+        return round_money(billed_amount * quantity / billed_share, currency), ()
+    return billed_amount + round_money(fee.unit_price * (quantity - billed_share), currency), ()
 
 
 def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: UsageLookup) -> list[Line]:
@@ -213,7 +243,7 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
         for price in plan.prices:
             if isinstance(price, FlatPrice):
                 if price.billing_timing != ADVANCE and owes_fees_again(sub, segment, period):
-                    lines.append(_flat_line(price, plan, share(plan, lo, hi, period), suffix))
+                    lines.append(_flat_line(price, plan, window, period, suffix))
                 continue
             used = usage(price, sub.customer_id, lo, hi, as_of)
             priced = price_usage(price, used)
@@ -288,9 +318,13 @@ class Billing(NamedTuple):
     # A percentage price's events; None if any line of the key has no count (another kind of
     # price, or a line stored before invoice_lines.events existed).
     events: int | None = None
+    # A prorated fee's spans still billed (fee_windows.py); None if a line of the key that
+    # bills something has none (another kind of price, a fee that is not prorated, a line
+    # stored before invoice_lines.windows existed).
+    windows: tuple[ServiceWindow, ...] | None = None
 
 
-NOTHING_BILLED = Billing(ZERO, ZERO, 0)
+NOTHING_BILLED = Billing(ZERO, ZERO, 0, ())
 Billed = dict[tuple[datetime, str], Billing]  # (period start, line key) -> what was billed
 
 
@@ -298,16 +332,48 @@ def added_events(before: int | None, more: int | None) -> int | None:
     return None if before is None or more is None else before + more
 
 
+def stored_windows(windows: Iterable[ServiceWindow], currency: str) -> tuple[ServiceWindow, ...]:
+    """Windows as ``invoice_lines.windows`` keeps them: shares to 9 decimals, amounts rounded."""
+    return tuple(
+        ServiceWindow(w.start, w.end, stored_quantity(w.quantity), round_money(w.amount, currency)) for w in windows
+    )
+
+
+def added_windows(
+    before: tuple[ServiceWindow, ...] | None, line: Line, currency: str
+) -> tuple[ServiceWindow, ...] | None:
+    """The spans a key still bills once ``line`` is added to it (unknown stays unknown)."""
+    if before is None:
+        return None
+    if line.windows:
+        return net_windows((*before, *stored_windows(line.windows, currency)))
+    if stored_quantity(line.quantity) or round_money(line.amount, currency):
+        return None  # it bills something, not span by span
+    return before
+
+
+def combined(before: Billing, more: Billing) -> Billing:
+    """What a key billed over two sets of invoices (stored, and rated in this batch)."""
+    windows = None if before.windows is None or more.windows is None else net_windows((*before.windows, *more.windows))
+    return Billing(
+        before.quantity + more.quantity,
+        before.amount + more.amount,
+        added_events(before.events, more.events),
+        windows,
+    )
+
+
 def add_billed(billed: Billed, lines: list[Line], period_start: datetime, currency: str) -> None:
     """Add one invoice's lines to ``billed`` as ``invoice_lines`` keeps them: per (period the line
     bills, line key), the quantity and the amount rounded once, as on the invoice."""
     for line in lines:
         key = (line.period_start or period_start, line.line_key)
-        quantity, amount, events = billed.get(key, NOTHING_BILLED)
+        before = billed.get(key, NOTHING_BILLED)
         billed[key] = Billing(
-            quantity + stored_quantity(line.quantity),
-            amount + round_money(line.amount, currency),
-            added_events(events, line.events),
+            before.quantity + stored_quantity(line.quantity),
+            before.amount + round_money(line.amount, currency),
+            added_events(before.events, line.events),
+            added_windows(before.windows, line, currency),
         )
 
 
@@ -414,28 +480,29 @@ def adjustment_lines(
         again = period.start in moved
         # One plan can appear twice in a period (A -> B -> A): compare per line key, summed.
         # The first line of a key names the adjustment.
-        current: dict[str, tuple[Decimal, Decimal, int | None, Line]] = {}
+        current: dict[str, tuple[Decimal, Decimal, int | None, Line, tuple[ServiceWindow, ...]]] = {}
         segments: dict[str, int] = {}  # lines per key: one plan twice in the period prices each apart
         for line in period_lines(sub, period, as_of, usage):
             if line.meter is None and not again:
                 continue
             segments[line.line_key] = segments.get(line.line_key, 0) + 1
-            quantity, amount, events, first = current.get(line.line_key, (ZERO, ZERO, 0, line))
+            quantity, amount, events, first, windows = current.get(line.line_key, (ZERO, ZERO, 0, line, ()))
             current[line.line_key] = (
                 quantity + stored_quantity(line.quantity),
                 amount + round_money(line.amount, currency),
                 added_events(events, line.events),
                 first,
+                windows + stored_windows(line.windows, currency),
             )
         if again:
             for start, key in sorted(billed):
                 if start == period.start and ":" in key and key not in advance and key not in current:
                     gone = Line(key.split(":", 1)[1], None, key.split(":", 1)[1], ZERO, ZERO, line_key=key)
-                    current[key] = (ZERO, ZERO, 0, gone)
+                    current[key] = (ZERO, ZERO, 0, gone, ())
         why = "plan change" if again else "late usage"
-        for key, (quantity, amount, events, line) in current.items():
+        for key, (quantity, amount, events, line, windows) in current.items():
             old = billed.get((period.start, key), NOTHING_BILLED)
-            amount = owed_as_billed(quantity, amount, line, billed.get((period.start, key)), currency)
+            amount, windows = owed_as_billed(quantity, amount, line, billed.get((period.start, key)), currency, windows)
             # A percentage price's fixed amount per event moves with events its quantity does
             # not count: its events are compared too, where both counts are known.
             unmoved = (
@@ -469,6 +536,7 @@ def adjustment_lines(
                         line_key=key,
                         period_start=period.start,
                         events=events_moved,
+                        windows=windows,
                     )
                 )
     return lines
@@ -521,7 +589,7 @@ def true_up_adjustments(
     adjusted |= replanned(sub, earlier, billed, invoiced)
     charged: dict[datetime, Decimal] = {}
     trued_up: dict[datetime, tuple[Decimal, Decimal]] = {}  # period start -> quantity, amount
-    for (start, key), (quantity, amount, _) in billed.items():
+    for (start, key), (quantity, amount, *_) in billed.items():
         if start not in adjusted:
             continue
         if key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY):
@@ -564,7 +632,7 @@ def _share_moved(sub: Subscription, period: Period, billed: Billed, currency: st
     billed_share = sum(
         (
             quantity
-            for (start, key), (quantity, _, _) in billed.items()
+            for (start, key), (quantity, *_) in billed.items()
             if start == period.start and key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY)
         ),
         ZERO,
@@ -588,7 +656,7 @@ def advance_lines(
     nothing, unless a plan change or a cancellation changed what the period owes since (its
     share of the fee), when the difference is billed (or credited) on the next invoice. Each line names the period
     it pays for (``period_start`` .. ``service_end``). ``catalog``: see :func:`advance_keys`."""
-    owed: dict[str, tuple[Decimal, Decimal, Line]] = {}
+    owed: dict[str, tuple[Decimal, Decimal, Line, tuple[ServiceWindow, ...]]] = {}
     plans = [*catalog, *(s.plan for s in sub.segments)]
     names = {f"{plan.key}:{p.key}": p.description or p.key for plan in plans for p in plan.advance_prices}
     several = sum(1 for s in sub.segments if overlap(s, period.start, period.end)) > 1
@@ -601,20 +669,21 @@ def advance_lines(
             names[f"{segment.plan.key}:{price.key}"] = f"{price.description or price.key}{suffix}"
             if not owes_fees_again(sub, segment, period):
                 continue
-            line = _flat_line(price, segment.plan, share(segment.plan, *window, period), suffix)
-            quantity, amount, first = owed.get(line.line_key, (ZERO, ZERO, line))
+            line = _flat_line(price, segment.plan, window, period, suffix)
+            quantity, amount, first, windows = owed.get(line.line_key, (ZERO, ZERO, line, ()))
             owed[line.line_key] = (
                 quantity + stored_quantity(line.quantity),
                 amount + round_money(line.amount, currency),
                 first,
+                windows + stored_windows(line.windows, currency),
             )
     lines = []
     for key in advance_keys(sub, catalog):
-        old_quantity, old_amount, _ = billed.get((period.start, key), NOTHING_BILLED)
+        old_quantity, old_amount, *_ = billed.get((period.start, key), NOTHING_BILLED)
         price_key = key.split(":", 1)[1]
         fee = Line(price_key, None, price_key, ZERO, ZERO, line_key=key)  # owed nothing now
-        quantity, amount, fee = owed.get(key, (ZERO, ZERO, fee))
-        amount = owed_as_billed(quantity, amount, fee, billed.get((period.start, key)), currency)
+        quantity, amount, fee, windows = owed.get(key, (ZERO, ZERO, fee, ()))
+        amount, windows = owed_as_billed(quantity, amount, fee, billed.get((period.start, key)), currency, windows)
         if quantity == old_quantity and (amount == old_amount or old_quantity):
             # Its share did not move: a fee changed in the catalog since does not reach back
             # to a period it was billed for.
@@ -629,6 +698,7 @@ def advance_lines(
                 period_start=period.start,
                 timing=ADVANCE,
                 service_end=period.end,
+                windows=windows,
             )
         )
     return lines
@@ -644,18 +714,19 @@ def removed_period_refunds(sub: Subscription, billed: Billed, catalog: Iterable[
     advance = set(advance_keys(sub, catalog))
     meters = usage_keys(sub, catalog)
     lines = []
-    for (start, key), (quantity, amount, events) in sorted(billed.items()):
+    for (start, key), (quantity, amount, events, windows) in sorted(billed.items()):
         if start < sub.canceled_at or not (quantity or amount):
             continue
+        given_back = tuple(window.negated() for window in windows or ())
         if key in advance:
             label = f"Refund: {key.split(':', 1)[1]}, billed in advance for a period after the cancellation"
             refund = Line(key.split(":", 1)[1], None, label, -quantity, -amount, line_key=key, period_start=start)
-            lines.append(replace(refund, timing=ADVANCE, service_end=start))
+            lines.append(replace(refund, timing=ADVANCE, service_end=start, windows=given_back))
             continue
         price_key = MINIMUM_KEY if key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY) else key.split(":", 1)[-1]
         label = f"Refund: {price_key}, billed for a period after the cancellation"
         refund = Line(price_key, meters.get(key), label, -quantity, -amount, line_key=key, period_start=start)
-        lines.append(replace(refund, events=None if events is None else -events))
+        lines.append(replace(refund, events=None if events is None else -events, windows=given_back))
     return lines
 
 
@@ -671,13 +742,13 @@ def already_billed_lines(
         if line.meter is None or line.period_start is not None or line.line_key in seen:
             continue
         seen.add(line.line_key)  # one deduction per key, though a plan can appear twice (A -> B -> A)
-        quantity, amount, events = billed.get((period_start, line.line_key), NOTHING_BILLED)
+        quantity, amount, events, _ = billed.get((period_start, line.line_key), NOTHING_BILLED)
         if quantity or amount:
             label = f"Billed on earlier invoices this period ({line.description})"
             deduction = Line(line.price_key, line.meter, label, -quantity, -amount, line_key=line.line_key)
             out.append(replace(deduction, already_billed=True, events=None if events is None else -events))
     for key, meter in sorted((metered or {}).items()):
-        quantity, amount, events = billed.get((period_start, key), NOTHING_BILLED)
+        quantity, amount, events, _ = billed.get((period_start, key), NOTHING_BILLED)
         if key not in seen and (quantity or amount):
             price_key = key.split(":", 1)[1]
             label = f"Billed on earlier invoices this period ({price_key}, on a plan the period no longer has)"

@@ -48,17 +48,16 @@ from bastionary.rating.invoice import (
     ADVANCE,
     NOTHING_BILLED,
     Billed,
-    Billing,
     Line,
     Period,
     Subscription,
     UsageLookup,
     add_billed,
-    added_events,
     adjustment_lines,
     advance_keys,
     advance_lines,
     already_billed_lines,
+    combined,
     finalize,
     invoice_id,
     minimum_true_up,
@@ -538,11 +537,8 @@ class Rater:
         ):
             return {}
         billed = dict(self.store.billed(sub.subscription_id))
-        for key, (quantity, amount, events) in pending.items():
-            before = billed.get(key, NOTHING_BILLED)
-            billed[key] = Billing(
-                before.quantity + quantity, before.amount + amount, added_events(before.events, events)
-            )
+        for key, more in pending.items():
+            billed[key] = combined(billed.get(key, NOTHING_BILLED), more)
         return billed
 
     def _line_rates(
@@ -574,7 +570,7 @@ class Rater:
                 starts.append(())
             elif line.timing != ADVANCE:
                 starts.append((start,))
-            elif not any(billed.get((start, line.line_key), ())):
+            elif not any(billed.get((start, line.line_key), NOTHING_BILLED)[:2]):
                 starts.append(())  # billed now, for the first time
             else:
                 origins[-1] = (start, line.line_key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +13,8 @@ import orjson
 from bastionary.credits.ledger import FUNDING_OF_KIND, Grant
 from bastionary.metering.meters import Meter
 from bastionary.rating.customers import CustomerRow, CustomerTerms, customer_terms
-from bastionary.rating.invoice import Billed, Billing, Subscription
+from bastionary.rating.fee_windows import ServiceWindow, net_windows
+from bastionary.rating.invoice import Billed, Billing, Subscription, stored_windows
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import RatedInvoice
 from bastionary.rating.pricing import Usage
@@ -24,6 +25,7 @@ from bastionary.storage.client import Client, insert_rows
 from bastionary.storage.queries import QueryParameters, value_expression
 
 SUBSCRIPTION_COLUMNS = SubscriptionRow._fields
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The ledger rows that open a grant, from the billing inputs: they count as soon as stored.
 # The subscriptions customer {c} created: a subscription is its created event's customer's.
 CREATED_BY = "SELECT subscription_id FROM subscriptions WHERE customer_id = {c:String} AND event_type = 'created'"
@@ -62,6 +64,7 @@ LINE_COLUMNS = (
     "currency",
     "period_start",
     "events",
+    "windows",
 )
 
 
@@ -253,7 +256,12 @@ class ClickHouseBillingStore:
         rows = self.client.query(
             "SELECT period_start, line_key, sum(quantity), sum(amount),"
             # A key's events are known only if every line of it has them.
-            " if(countIf(events IS NULL) = 0, sum(assumeNotNull(events)), NULL)"
+            " if(countIf(events IS NULL) = 0, sum(assumeNotNull(events)), NULL),"
+            # A key's windows are known only if every line of it that bills something has them.
+            " countIf(empty(windows) AND (quantity != 0 OR amount != 0)) = 0,"
+            # Plain values: integer microseconds and decimal text, read the same over HTTP and in chdb.
+            " arrayMap(w -> (toUnixTimestamp64Micro(w.1), toUnixTimestamp64Micro(w.2), toString(w.3), toString(w.4)),"
+            "   groupArrayArray(windows))"
             " FROM invoice_lines FINAL"
             " WHERE subscription_id = {s:String}"
             " AND invoice_id IN (SELECT invoice_id FROM invoices WHERE subscription_id = {s:String})"
@@ -261,8 +269,13 @@ class ClickHouseBillingStore:
             parameters={"s": subscription_id},
         ).result_rows
         return {
-            (utc(start), key): Billing(Decimal(q), Decimal(a), None if events is None else int(events))
-            for start, key, q, a, events in rows
+            (utc(start), key): Billing(
+                Decimal(q),
+                Decimal(a),
+                None if events is None else int(events),
+                net_windows(_windows(windows)) if known else None,
+            )
+            for start, key, q, a, events, known, windows in rows
         }
 
     def rates_then(self, customer_id: str, subscription_id: str) -> dict[datetime, list[TaxRate]]:
@@ -356,6 +369,7 @@ class ClickHouseBillingStore:
                         currency,
                         line.period_start or period_start,
                         line.events,
+                        list(stored_windows(line.windows, currency)),
                     )
                 )
             ledger_rows.extend(ledger)
@@ -386,7 +400,7 @@ class ClickHouseBillingStore:
         ).result_rows
         zero = Decimal(0)
         stale_lines: list[tuple[object, ...]] = [
-            (invoice, line_no, customer, subscription, "", "", "", "", zero, zero, currency, period_start, None)
+            (invoice, line_no, customer, subscription, "", "", "", "", zero, zero, currency, period_start, None, [])
             for invoice, line_no, customer, subscription, currency, period_start in lines
             if line_no >= counts[invoice]
         ]
@@ -441,3 +455,11 @@ def _rates_of_columns(subtotal: str, has_rates: int, tax_rates: str, tax_lines: 
     if has_rates:
         document["tax_rates"] = orjson.loads(tax_rates)
     return rates_of_document(document)
+
+
+def _windows(rows: list[tuple[int, int, str, str]]) -> list[ServiceWindow]:
+    return [ServiceWindow(_micros(start), _micros(end), Decimal(q), Decimal(a)) for start, end, q, a in rows]
+
+
+def _micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)

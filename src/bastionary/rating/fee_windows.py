@@ -1,0 +1,92 @@
+"""What a flat fee was paid for, window by window.
+
+A prorated fee's share of a period is a span of time: [start, end) of a plan segment. An
+invoice bills it, and later invoices adjust it (a plan change or a cancellation received
+late) while the catalog's fee may change in between. Summed per line key, a share given back
+could only be credited at the average of what its parts were paid. Kept per window
+(``invoice_lines.windows``), a span given back is credited at what was paid for that span,
+and a span added is charged at today's fee (docs/pricing.md, "Late usage").
+
+An adjusting line's windows are the windows it replaces, negated, and the windows it bills in
+their place, so the windows a key still bills are its lines' windows less exact opposites
+(:func:`net_windows`). A fee without windows (a plan with ``prorate: false``, or a line stored
+before they were kept) leaves its key's windows unknown, and the key is priced from its sums.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import NamedTuple
+
+from bastionary.money import round_money
+
+ZERO = Decimal(0)
+# Shares are kept to 9 decimals, truncated: a share read back, or a part of it, may fall short
+# of the exact share by a few units of the last; one second of a three-year period is 3e-8.
+_SHARE_TOLERANCE = Decimal("1e-8")
+
+
+class ServiceWindow(NamedTuple):
+    """A span of a period a fee line bills (or, negative, gives back)."""
+
+    start: datetime
+    end: datetime
+    quantity: Decimal  # the share of the period, kept to 9 decimals as invoice_lines.quantity
+    amount: Decimal  # what it costs, rounded to the currency's minor unit
+
+    def negated(self) -> ServiceWindow:
+        return self._replace(quantity=-self.quantity, amount=-self.amount)
+
+
+def net_windows(entries: Iterable[ServiceWindow]) -> tuple[ServiceWindow, ...]:
+    """The windows still billed: each entry less its exact opposite, in order of time."""
+    left = Counter(entries)
+    for entry in list(left):
+        if (entry.quantity, entry.amount) > (ZERO, ZERO):
+            opposite = entry.negated()
+            cancelled = min(left[entry], left[opposite])
+            left[entry] -= cancelled
+            left[opposite] -= cancelled
+    kept = [entry for entry, count in left.items() for _ in range(count) if entry.quantity or entry.amount]
+    return tuple(sorted(kept))
+
+
+def fee_unchanged(fee: Decimal, billed: Sequence[ServiceWindow], currency: str) -> bool:
+    """Whether today's fee (per whole period) gives what every window still billed was paid."""
+    return all(round_money(fee * window.quantity, currency) == window.amount for window in billed)
+
+
+def _seconds(start: datetime, end: datetime) -> Decimal:
+    return Decimal(str((end - start).total_seconds()))
+
+
+def owed_windows(
+    now: Sequence[ServiceWindow], fee: Decimal, billed: Sequence[ServiceWindow], currency: str
+) -> tuple[ServiceWindow, ...]:
+    """``now`` (the fee's windows as the subscription stands) with what each owes: the part of
+    it a window still billed covers, at what was paid for that part (the window's amount,
+    spread evenly over its time), and the rest at today's ``fee`` per whole period. Each
+    window's amount is rounded once, so a part given back may be a cent off the fee it was
+    paid at (never more)."""
+    out = []
+    for window in now:
+        paid = covered = ZERO
+        for entry in billed:
+            lo, hi = max(window.start, entry.start), min(window.end, entry.end)
+            if lo >= hi or entry.end <= entry.start:
+                continue
+            part = _seconds(lo, hi) / _seconds(entry.start, entry.end)
+            paid += entry.amount * part
+            covered += entry.quantity * part
+        rest = window.quantity - covered
+        if covered > 0 and rest < _SHARE_TOLERANCE:
+            # Covered whole (or, should windows still billed overlap, more than whole: what
+            # they paid, scaled to the window's share).
+            owed = paid if rest > -_SHARE_TOLERANCE else paid * window.quantity / covered
+        else:
+            owed = paid + fee * rest
+        out.append(window._replace(amount=round_money(owed, currency)))
+    return tuple(out)

@@ -1,0 +1,186 @@
+"""A fee's share given back is credited at what was paid for that span of the period, and a
+share added is charged at today's fee (rating/fee_windows.py, ``invoice_lines.windows``).
+
+Until 2026-12-06 what a key billed was kept as sums, so a share given back was credited at the
+average of what its parts were paid (the second of the README's known bugs until then)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from itertools import pairwise
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bastionary.money import round_money
+from bastionary.rating.fee_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows
+from bastionary.rating.invoice import stored_quantity
+from bastionary.rating.plans import Plan
+from bastionary.rating.rater import Rater
+from bastionary.rating.subscriptions import SubscriptionEvent
+from tests.unit.test_minimum_adjustments import per_period
+from tests.unit.test_rater import (
+    AFTER_APR,
+    AFTER_FEB,
+    AFTER_JAN,
+    AFTER_MAR,
+    FEB,
+    GRACE,
+    MAR,
+    TOKENS,
+    FakeBillingStore,
+    FakePublisher,
+    at,
+)
+
+D = Decimal
+FEBRUARY = MAR - FEB  # 29 days: 2024
+
+
+def _plan(key: str, **extra: object) -> Plan:
+    return Plan.model_validate({"key": key, "currency": "USD", "billing_interval": "P1M", **extra})
+
+
+def _adv(key: str, fee: str) -> Plan:
+    return _plan(key, prices=[{"key": "base", "model": "flat", "amount": fee, "billing_timing": "advance"}])
+
+
+def _arrears(key: str, fee: str) -> Plan:
+    return _plan(key, prices=[{"key": "base", "model": "flat", "amount": fee}])
+
+
+def _window(first_day: int, end_day: int, fee: str) -> ServiceWindow:
+    """February from ``first_day`` to ``end_day`` (30: 1 March) at ``fee`` per month, as stored."""
+    start, end = at(2024, 2, first_day), MAR if end_day == 30 else at(2024, 2, end_day)
+    share = stored_quantity(D(str((end - start).total_seconds())) / D(str(FEBRUARY.total_seconds())))
+    return ServiceWindow(start, end, share, round_money(D(fee) * share, "USD"))
+
+
+def _spans_add_up(store: FakeBillingStore) -> int:
+    """Every stored fee line that bills something has windows, and bills what they bill, share
+    and amount; returns how many there are."""
+    fees = [line for line in store.lines.values() if line.line_key.endswith(":base") and (line.quantity or line.amount)]
+    for line in fees:
+        assert line.windows, line
+        assert sum(w.quantity for w in line.windows) == line.quantity, line
+        assert sum(w.amount for w in line.windows) == line.amount, line
+    return len(fees)
+
+
+async def test_a_share_added_at_today_s_fee_is_given_back_at_that_fee():
+    """February's fee (a, 30.00) billed in advance on January's invoice. The catalog raises a
+    to 50.00. On time: a -> b on 10 February (a keeps 9/29: 9.31, b 60 x 20/29), b -> a on
+    20 February (a adds 10/29 at today's 50.00: +17.24, b cut to 10/29). A cancellation
+    effective 15 February then arrives before February's invoice: a keeps only its first 9/29
+    (paid 9.31), b 5/29 (10.34): 19.65. The span given back, 20 February on, is credited at the
+    17.24 it was charged; at the average of what a was billed (26.55 x 9/19) a stayed 12.58 and
+    February cost 22.92."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    invoices = (
+        await Rater(store, [_adv("a", "30"), _adv("b", "60")], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_JAN)
+    ).invoices
+    rate = Rater(store, [_adv("a", "50"), _adv("b", "60")], [TOKENS], GRACE, FakePublisher())
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
+    invoices += (await rate.run_once(at(2024, 2, 10) + 4 * GRACE)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+    invoices += (await rate.run_once(at(2024, 2, 20) + 4 * GRACE)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "a", None, None, at(2024, 2, 15)))
+    invoices += (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("19.65")
+    billed = store.billed("sub-1")
+    assert billed[(FEB, "a:base")].windows == (_window(1, 10, "30"),)
+    assert billed[(FEB, "b:base")].windows == (_window(10, 15, "60"),)
+    assert _spans_add_up(store) == 8
+
+
+async def test_a_share_added_at_today_s_fee_is_given_back_at_that_fee_in_arrears():
+    """The same in arrears: February billed a 9/29 (9.31 at 30.00) and b 20/29 (41.38). The
+    catalog raises a to 50.00; b -> a on 20 February, received in March, adds 10/29 at 17.24;
+    a cancellation effective 15 February, received in April, gives it back at that: February
+    ends 9.31 + 10.34 = 19.65 (at the average, 22.92)."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
+    rate = Rater(store, [_arrears("a", "30"), _arrears("b", "60")], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    rate = Rater(store, [_arrears("a", "50"), _arrears("b", "60")], [TOKENS], GRACE, FakePublisher())
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+    invoices += (await rate.run_once(AFTER_MAR)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "a", None, None, at(2024, 2, 15)))
+    invoices += (await rate.run_once(AFTER_APR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("19.65")
+    assert _spans_add_up(store) > 0
+
+
+async def test_the_span_given_back_is_the_one_paid_at_the_old_fee_though_a_newer_one_was_added_last():
+    """On b (free) since January; a (30.00 in advance) from 10 February: +20.69 for 20/29. The
+    catalog raises a to 50.00, then a backdated change moves a's start to 5 February: +8.62 for
+    5/29 at 50.00. A cancellation effective 25 February gives back 25 February on, a span
+    paid at 30.00, though the last share added was paid at 50.00: a keeps 8.62 + 30 x 15/29
+    (15.52) = 24.14. (Taking back the last share added first would credit 50.00's rate: 23.45
+    kept at the average, 22.24 so.)"""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="b")
+    rate = Rater(store, [_adv("a", "30"), _adv("b", "0")], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 10)))
+    invoices += (await rate.run_once(at(2024, 2, 10) + 4 * GRACE)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("20.69")
+    rate = Rater(store, [_adv("a", "50"), _adv("b", "0")], [TOKENS], GRACE, FakePublisher())
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 5)))
+    invoices += (await rate.run_once(at(2024, 2, 12) + 4 * GRACE)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("29.31")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "a", None, None, at(2024, 2, 25)))
+    invoices += (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("24.14")
+    assert _spans_add_up(store) > 0
+
+
+# --- the arithmetic ----------------------------------------------------------------------
+
+
+def test_an_adjustment_s_windows_replace_what_it_adjusts():
+    paid = _window(1, 30, "30")
+    kept = _window(1, 10, "30")
+    assert net_windows([paid, paid.negated(), kept]) == (kept,)
+    assert net_windows([paid, paid.negated()]) == ()
+    # A window billed twice (two invoices each billing it) stays twice until both are replaced.
+    assert net_windows([paid, paid, paid.negated()]) == (paid,)
+
+
+def test_a_window_covered_by_what_was_billed_owes_what_was_paid_for_it():
+    billed = (_window(1, 10, "30"), _window(20, 30, "50"))  # 9.31 and 17.24
+    now = (_window(1, 10, "99"), _window(20, 25, "99"), _window(10, 15, "60"))
+    owed = owed_windows(now, D(60), billed, "USD")
+    # The first whole, half of the second's span (17.24 / 2), the third new at today's 60.00.
+    assert [w.amount for w in owed] == [D("9.31"), D("8.62"), D("10.34")]
+    assert not fee_unchanged(D(50), billed, "USD") and fee_unchanged(D(30), billed[:1], "USD")
+
+
+# Cut points of windows: days of February, 30 standing for 1 March.
+_cuts = st.lists(st.integers(min_value=1, max_value=30), min_size=2, max_size=6, unique=True).map(sorted)
+_fees = st.decimals(min_value=0, max_value=10_000, places=2, allow_nan=False, allow_infinity=False)
+
+
+@given(_cuts, _fees, _fees)
+def test_windows_owed_as_billed_cost_what_was_paid_and_a_split_moves_each_part_by_under_a_cent(cuts, old, new):
+    spans = list(pairwise(cuts))
+    billed = tuple(_window(lo, hi, str(old)) for lo, hi in spans)
+    # Nothing moved: each window owes exactly what was paid, whatever today's fee.
+    assert owed_windows(billed, new, billed, "USD") == billed
+    # Each window split at a day inside it: the parts owe what the window was paid, each
+    # rounded once, so together within half a cent per part.
+    parts = []
+    for lo, hi in spans:
+        middle = (lo + hi) // 2
+        parts += [(lo, middle), (middle, hi)] if lo < middle < hi else [(lo, hi)]
+    owed = owed_windows([_window(lo, hi, "0") for lo, hi in parts], new, billed, "USD")
+    assert abs(sum(w.amount for w in owed) - sum(w.amount for w in billed)) <= D("0.005") * len(owed)
+
+
+@given(_cuts, _fees)
+def test_a_window_billed_for_the_first_time_owes_today_s_fee(cuts, fee):
+    windows = tuple(_window(lo, hi, "0") for lo, hi in pairwise(cuts))
+    owed = owed_windows(windows, fee, (), "USD")
+    assert [w.amount for w in owed] == [round_money(fee * w.quantity, "USD") for w in windows]
