@@ -74,6 +74,8 @@ def adjusting(invoices):
 out = {}
 out["january"] = [i["subtotal"] for i in asyncio.run(rate("0.029", FEB + 2 * GRACE))]
 out["billed_after_january"] = {k: [str(q), str(a), e] for (_, k), (q, a, e, _) in store.billed("sub-1").items()}
+# The usage line's span (invoice_lines.windows), as the store reads it back.
+out["spans_after_january"] = [[str(v) for v in w] for w in store.billed("sub-1")[(JAN, "pay:fees")].windows]
 # The rate goes to 3.9%: January's usage did not move, so February's invoice leaves it alone.
 out["february_adjusts"] = adjusting(asyncio.run(rate("0.039", MAR + 2 * GRACE)))
 # A payment of no value, ingested late: January's quantity stays, its events do not.
@@ -94,6 +96,7 @@ def test_a_rate_changed_in_the_catalog_leaves_periods_alone_and_an_event_more_is
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["january"] == ["290.30"]  # 10,000 x 2.9% + 0.30 x 1 event
     assert out["billed_after_january"] == {"pay:fees": ["10000.000000000", "290.300000000", 1]}
+    assert out["spans_after_january"] == [["2024-01-01 00:00:00+00:00", "2024-02-01 00:00:00+00:00", "10000", "290.3"]]
     assert out["february_adjusts"] == []  # before invoice_lines.events: +100.00 for January
     # The zero payment's 0.30, priced whole at today's rate (the documented limit of late usage):
     # 10,000 x 3.9% + 0.30 x 2 = 390.60, less 290.30 billed.

@@ -264,6 +264,40 @@ def test_usage_moved_between_two_segments_of_a_linear_price_keeps_the_amount_bil
     assert per_period(invoices)[FEB.isoformat()] == D("100.00")
 
 
+def test_a_bounded_percentage_rate_changed_does_not_reach_back_to_a_period_with_one_plan_twice():
+    """10,000 on 5 February at a's 2.9%, with a minimum of 1.00 per segment's line (which a's
+    second segment, without events, does not owe): 290.00. a's rate then goes to 3.9%: no
+    usage of February moved, so it stays 290.00. A bound applies to each segment apart, so the
+    sums cannot tell usage moved between the segments from none moved; the spans can
+    (invoice_lines.windows). Until 2026-12-06 (the README's known bug) such a key was compared
+    by amount, and March billed February +100.00."""
+    invoices = one_plan_twice(percentage_fees("0.029", min_amount="1"), percentage_fees("0.039", min_amount="1"))
+    assert per_period(invoices)[FEB.isoformat()] == D("290.00")
+
+
+def _graduated_tokens(above_5000: str) -> dict:
+    tiers = [{"up_to": "5000", "unit_amount": "0"}, {"up_to": None, "unit_amount": above_5000}]
+    return {"key": "tokens", "model": "graduated", "meter": "llm_tokens", "tiers": tiers}
+
+
+def test_a_graduated_price_changed_does_not_reach_back_to_a_period_with_one_plan_twice():
+    """The first 5,000 tokens of each segment's line free, then 0.01: 10,000 on 5 February is
+    50.00. The catalog then says 0.02: no usage moved, so February stays 50.00 (until
+    2026-12-06 it was compared by amount: +50.00)."""
+    invoices = one_plan_twice(_graduated_tokens("0.01"), _graduated_tokens("0.02"))
+    assert per_period(invoices)[FEB.isoformat()] == D("50.00")
+
+
+def test_usage_moved_between_two_segments_of_a_graduated_price_is_priced_again():
+    """The same price, unchanged; a correction re-times 4,000 of the tokens to 25 February, a's
+    second segment. The sums did not move, the spans did: 6,000 (10.00) and 4,000 (free), so
+    February is 10.00 (-40.00 on March's invoice)."""
+    moves = ((-4000, at(2024, 2, 5)), (4000, at(2024, 2, 25)))
+    before, after = one_plan_twice_apart(_graduated_tokens("0.01"), _graduated_tokens("0.01"), moves)
+    assert per_period(before)[FEB.isoformat()] == D("50.00")
+    assert per_period(before + after)[FEB.isoformat()] == D("10.00")
+
+
 def _advance_fee(fee: str | Decimal) -> Plan:
     price = {"key": "base", "model": "flat", "amount": str(fee), "billing_timing": "advance"}
     return Plan.model_validate({"key": "adv", "currency": "USD", "billing_interval": "P1M", "prices": [price]})

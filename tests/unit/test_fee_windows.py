@@ -1,5 +1,5 @@
 """A fee's share given back is credited at what was paid for that span of the period, and a
-share added is charged at today's fee (rating/fee_windows.py, ``invoice_lines.windows``).
+share added is charged at today's fee (rating/service_windows.py, ``invoice_lines.windows``).
 
 Until 2026-12-06 what a key billed was kept as sums, so a share given back was credited at the
 average of what its parts were paid (the second of the README's known bugs until then)."""
@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bastionary.money import round_money
-from bastionary.rating.fee_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows
 from bastionary.rating.invoice import stored_quantity
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
+from bastionary.rating.service_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows
 from bastionary.rating.subscriptions import SubscriptionEvent
 from tests.unit.test_minimum_adjustments import per_period
 from tests.unit.test_rater import (

@@ -34,7 +34,6 @@ from bastionary.credits.ledger import Funding, Grant, movement_id
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.money import round_money
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.fee_windows import ServiceWindow, net_windows
 from bastionary.rating.invoice import (
     NOTHING_BILLED,
     Billed,
@@ -50,6 +49,7 @@ from bastionary.rating.pricing import Usage
 from bastionary.rating.rater import EMPTY, Rater, RatingResult
 from bastionary.rating.rows import LedgerRow
 from bastionary.rating.schedule import FINAL_ADJUSTMENT, final_adjustment, upcoming_period
+from bastionary.rating.service_windows import ServiceWindow, net_windows
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription
 from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate, rates_of_document
 
@@ -421,7 +421,7 @@ async def test_a_closed_period_is_rated_stored_and_published():
     assert store.billed("sub-1") == {
         # The fee's span: January whole, at 20.00 (invoice_lines.windows).
         (JAN, "pro:base"): Billing(D(1), D("20.00"), windows=(ServiceWindow(JAN, FEB, D(1), D("20.00")),)),
-        (JAN, "pro:tokens"): Billing(D(1000), D("10.00")),
+        (JAN, "pro:tokens"): Billing(D(1000), D("10.00"), windows=(ServiceWindow(JAN, FEB, D(1000), D("10.00")),)),
     }
     # One invoice.finalized event: the document, keyed and identified by the invoice id.
     ((role, key, event),) = publish.delivered
@@ -722,7 +722,9 @@ async def test_late_usage_is_adjusted_on_the_next_invoice_once():
     # Nothing else arrived: April adjusts nothing, for January or any other month.
     (april,) = (await rater(store, publish).run_once(AFTER_APR)).invoices
     assert amounts(april) == [("base", "1", "20.00"), ("tokens", "0", "0.00")]
-    assert store.billed("sub-1")[(JAN, "pro:tokens")] == Billing(D(1350), D("13.50"))
+    # The late line replaced the span's 1,000 tokens with 1,350: one span still billed.
+    window = ServiceWindow(JAN, FEB, D(1350), D("13.50"))
+    assert store.billed("sub-1")[(JAN, "pro:tokens")] == Billing(D(1350), D("13.50"), windows=(window,))
 
 
 async def test_late_usage_is_adjusted_when_the_periods_are_rated_in_separate_batches():
@@ -847,8 +849,8 @@ async def test_catching_up_on_four_months_gives_the_invoices_month_by_month_rati
     expected = await month_by_month(late_every_month)
     assert len(expected["invoices"]) == 11  # 4 + 3 + 4 periods
     # The late usage is billed once: each period's tokens, as of April's cutoff, across its invoices.
-    assert expected["billed"]["sub-1"][(JAN, "pro:tokens")] == Billing(D(1370), D("13.70"))
-    assert expected["billed"]["sub-3"][(FEB, "pro:tokens")] == Billing(D(2741), D("27.41"))
+    assert expected["billed"]["sub-1"][(JAN, "pro:tokens")][:3] == (D(1370), D("13.70"), None)
+    assert expected["billed"]["sub-3"][(FEB, "pro:tokens")][:3] == (D(2741), D("27.41"), None)
 
     assert await caught_up(late_every_month, batch_size) == expected
 
@@ -967,7 +969,7 @@ async def test_a_crash_before_any_write_of_store_invoices_rates_the_same_invoice
         assert store.grants()[1] == {"g-promo": D("30.00"), "g-trial": D("5.00")}
         assert store.billed("sub-1") == {
             (JAN, "pro:base"): Billing(D(1), D(20), windows=(ServiceWindow(JAN, FEB, D(1), D(20)),)),
-            (JAN, "pro:tokens"): Billing(D(1000), D(10)),
+            (JAN, "pro:tokens"): Billing(D(1000), D(10), windows=(ServiceWindow(JAN, FEB, D(1000), D(10)),)),
         }
         assert publish.invoices() == expected[:1]
     store.fail_store_before = None

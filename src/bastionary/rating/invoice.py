@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
 from bastionary.money import format_money, round_money
-from bastionary.rating.fee_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows
 from bastionary.rating.plans import FlatPrice, MeteredPrice, PerUnitPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
+from bastionary.rating.service_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows, same_usage
 from bastionary.rating.tax import TaxRate, added_tax, applied_rates, grouped_tax_lines
 from bastionary.settings import parse_iso_duration
 
@@ -111,9 +111,9 @@ class Line:
     # A percentage price's events (its fixed amount is charged per event, which its quantity
     # does not count), or the change in them; None on other lines, or when not known.
     events: int | None = None
-    # A prorated fee's spans of the period (fee_windows.py): on a first line, the span it
-    # bills; on an adjustment, the spans it replaces, negated, and those it bills instead.
-    # Empty on other lines, and where what was billed is not known span by span.
+    # The spans of the period it bills (service_windows.py): on a prorated fee's or a usage
+    # line, its segment's; on an adjustment, the spans it replaces, negated, and those it
+    # bills instead. Empty on other lines, and where what was billed is not known span by span.
     windows: tuple[ServiceWindow, ...] = ()
 
     def as_dict(self, currency: str) -> dict[str, Any]:
@@ -200,18 +200,20 @@ def owed_as_billed(
     windows of the line billing the difference (``Line.windows``).
 
     A fee changed in the catalog since does not reach back: a span given back is credited at
-    what was paid for it, and a span added is charged at today's fee (fee_windows.py). If
+    what was paid for it, and a span added is charged at today's fee (service_windows.py). If
     today's fee gives what every span still billed was paid, it did not change, and today's
     amount is kept as it is. Where what was billed is not known span by span (a fee that is
     not prorated, lines stored before 2026-12-06), the share given back is credited at the
     amount billed scaled by the share kept, which is the average of what its parts were paid.
     Either way, a part of a rounded amount may be a cent off the amount the fee then would
-    give: never more."""
-    if fee.meter is not None:
-        return amount, ()
+    give: never more. A usage line (``fee.meter``) owes ``amount`` as it is (usage that moved
+    is priced whole at today's price), and its line replaces the spans billed with ``windows``."""
     if billed_before is None:
         return amount, tuple(windows)
     billed_windows = billed_before.windows
+    if fee.meter is not None:  # usage: priced whole at today's price, its spans as they are now
+        known = billed_windows is not None and (windows or not quantity)
+        return amount, ((*(w.negated() for w in billed_windows or ()), *windows) if known else ())
     if billed_windows is not None and (windows or not quantity):
         replaced = tuple(window.negated() for window in billed_windows)
         if fee.unit_price is None or fee_unchanged(fee.unit_price, billed_windows, currency):
@@ -261,6 +263,7 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
                     unit_price=unit,
                     percentage=priced.percentage,
                     events=used.events if priced.percentage is not None else None,
+                    windows=(ServiceWindow(lo, hi, used.quantity, priced.amount),),
                 )
             )
     return lines
@@ -318,9 +321,9 @@ class Billing(NamedTuple):
     # A percentage price's events; None if any line of the key has no count (another kind of
     # price, or a line stored before invoice_lines.events existed).
     events: int | None = None
-    # A prorated fee's spans still billed (fee_windows.py); None if a line of the key that
-    # bills something has none (another kind of price, a fee that is not prorated, a line
-    # stored before invoice_lines.windows existed).
+    # The spans still billed (service_windows.py); None if a line of the key that bills
+    # something has none (a true-up, a fee that is not prorated, a line stored before
+    # invoice_lines.windows existed).
     windows: tuple[ServiceWindow, ...] | None = None
 
 
@@ -500,14 +503,14 @@ def adjustment_lines(
                     gone = Line(key.split(":", 1)[1], None, key.split(":", 1)[1], ZERO, ZERO, line_key=key)
                     current[key] = (ZERO, ZERO, 0, gone, ())
         why = "plan change" if again else "late usage"
-        for key, (quantity, amount, events, line, windows) in current.items():
+        for key, (quantity, amount, events, line, spans) in current.items():
             old = billed.get((period.start, key), NOTHING_BILLED)
-            amount, windows = owed_as_billed(quantity, amount, line, billed.get((period.start, key)), currency, windows)
+            amount, windows = owed_as_billed(quantity, amount, line, billed.get((period.start, key)), currency, spans)
             # A percentage price's fixed amount per event moves with events its quantity does
             # not count: its events are compared too, where both counts are known.
             unmoved = (
                 quantity == old.quantity
-                and (segments.get(key) == 1 or _priced_linearly(line))
+                and (segments.get(key) == 1 or _priced_linearly(line) or same_usage(spans, old.windows))
                 and (line.percentage is None or (events is not None and events == old.events))
             )
             if unmoved and line.meter is not None:
@@ -516,8 +519,9 @@ def adjustment_lines(
                 # of the period, so a plan change or a cancellation that leaves a key's usage
                 # where it was leaves its amount too). (Usage can move between two segments of
                 # one plan, whose tiers count apart, without moving the sum: such a key is
-                # compared by amount unless its price is linear, and so is a percentage line
-                # stored without its events, which cannot tell.)
+                # compared span by span, or, with lines stored before their spans were kept, by
+                # amount unless its price is linear; so is a percentage line stored without its
+                # events, which cannot tell.)
                 continue
             old_quantity, old_amount = old.quantity, old.amount
             delta = amount - old_amount
@@ -717,7 +721,7 @@ def removed_period_refunds(sub: Subscription, billed: Billed, catalog: Iterable[
     for (start, key), (quantity, amount, events, windows) in sorted(billed.items()):
         if start < sub.canceled_at or not (quantity or amount):
             continue
-        given_back = tuple(window.negated() for window in windows or ())
+        given_back = _given_back(windows)
         if key in advance:
             label = f"Refund: {key.split(':', 1)[1]}, billed in advance for a period after the cancellation"
             refund = Line(key.split(":", 1)[1], None, label, -quantity, -amount, line_key=key, period_start=start)
@@ -726,8 +730,17 @@ def removed_period_refunds(sub: Subscription, billed: Billed, catalog: Iterable[
         price_key = MINIMUM_KEY if key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY) else key.split(":", 1)[-1]
         label = f"Refund: {price_key}, billed for a period after the cancellation"
         refund = Line(price_key, meters.get(key), label, -quantity, -amount, line_key=key, period_start=start)
-        lines.append(replace(refund, events=None if events is None else -events, windows=given_back))
+        lines.append(replace(refund, events=_negated(events), windows=given_back))
     return lines
+
+
+def _negated(events: int | None) -> int | None:
+    return None if events is None else -events
+
+
+def _given_back(windows: tuple[ServiceWindow, ...] | None) -> tuple[ServiceWindow, ...]:
+    """The windows of a line giving back all a key billed: its spans negated (none if unknown)."""
+    return tuple(window.negated() for window in windows or ())
 
 
 def already_billed_lines(
@@ -742,18 +755,18 @@ def already_billed_lines(
         if line.meter is None or line.period_start is not None or line.line_key in seen:
             continue
         seen.add(line.line_key)  # one deduction per key, though a plan can appear twice (A -> B -> A)
-        quantity, amount, events, _ = billed.get((period_start, line.line_key), NOTHING_BILLED)
+        quantity, amount, events, windows = billed.get((period_start, line.line_key), NOTHING_BILLED)
         if quantity or amount:
             label = f"Billed on earlier invoices this period ({line.description})"
             deduction = Line(line.price_key, line.meter, label, -quantity, -amount, line_key=line.line_key)
-            out.append(replace(deduction, already_billed=True, events=None if events is None else -events))
+            out.append(replace(deduction, already_billed=True, events=_negated(events), windows=_given_back(windows)))
     for key, meter in sorted((metered or {}).items()):
-        quantity, amount, events, _ = billed.get((period_start, key), NOTHING_BILLED)
+        quantity, amount, events, windows = billed.get((period_start, key), NOTHING_BILLED)
         if key not in seen and (quantity or amount):
             price_key = key.split(":", 1)[1]
             label = f"Billed on earlier invoices this period ({price_key}, on a plan the period no longer has)"
             deduction = Line(price_key, meter, label, -quantity, -amount, line_key=key)
-            out.append(replace(deduction, already_billed=True, events=None if events is None else -events))
+            out.append(replace(deduction, already_billed=True, events=_negated(events), windows=_given_back(windows)))
     return out
 
 

@@ -13,12 +13,12 @@ import orjson
 from bastionary.credits.ledger import FUNDING_OF_KIND, Grant
 from bastionary.metering.meters import Meter
 from bastionary.rating.customers import CustomerRow, CustomerTerms, customer_terms
-from bastionary.rating.fee_windows import ServiceWindow, net_windows
 from bastionary.rating.invoice import Billed, Billing, Subscription, stored_windows
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import RatedInvoice
 from bastionary.rating.pricing import Usage
 from bastionary.rating.rows import LedgerRow, SubscriptionRow
+from bastionary.rating.service_windows import ServiceWindow, net_windows
 from bastionary.rating.subscriptions import SubscriptionEvent, build_subscription, utc
 from bastionary.rating.tax import TaxRate, rates_of_document
 from bastionary.storage.client import Client, insert_rows

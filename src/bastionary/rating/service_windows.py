@@ -1,16 +1,22 @@
-"""What a flat fee was paid for, window by window.
+"""What a line billed, span by span of its period (``invoice_lines.windows``).
 
-A prorated fee's share of a period is a span of time: [start, end) of a plan segment. An
-invoice bills it, and later invoices adjust it (a plan change or a cancellation received
-late) while the catalog's fee may change in between. Summed per line key, a share given back
-could only be credited at the average of what its parts were paid. Kept per window
-(``invoice_lines.windows``), a span given back is credited at what was paid for that span,
-and a span added is charged at today's fee (docs/pricing.md, "Late usage").
+A line bills a span of a period, [start, end) of one plan segment: a prorated fee its share
+of the period, a usage line its segment's usage. Later invoices adjust it (a plan change or
+a cancellation received late, late usage) while the catalog may change in between. Summed per
+line key, what was billed cannot tell its parts apart; kept per span, it can:
+
+- a fee's span given back is credited at what was paid for that span, and a span added is
+  charged at today's fee, where the sums could only credit the average of what the key's
+  parts were paid;
+- a key with two segments in one period (A -> B -> A) whose price counts each segment apart
+  (tiers, packages, a bounded percentage) keeps its amount when no segment's usage moved,
+  where the sums could not tell usage moved between the segments from none moved.
 
 An adjusting line's windows are the windows it replaces, negated, and the windows it bills in
 their place, so the windows a key still bills are its lines' windows less exact opposites
-(:func:`net_windows`). A fee without windows (a plan with ``prorate: false``, or a line stored
-before they were kept) leaves its key's windows unknown, and the key is priced from its sums.
+(:func:`net_windows`). A line without windows (a fee with ``prorate: false``, a true-up, a
+line stored before they were kept) leaves its key's windows unknown, and the key is priced
+from its sums, as before (docs/pricing.md, "Late usage").
 """
 
 from __future__ import annotations
@@ -30,11 +36,12 @@ _SHARE_TOLERANCE = Decimal("1e-8")
 
 
 class ServiceWindow(NamedTuple):
-    """A span of a period a fee line bills (or, negative, gives back)."""
+    """A span of a period a line bills (or, negative, gives back)."""
 
     start: datetime
     end: datetime
-    quantity: Decimal  # the share of the period, kept to 9 decimals as invoice_lines.quantity
+    # A fee's share of the period, or the span's usage; to 9 decimals, as invoice_lines.quantity.
+    quantity: Decimal
     amount: Decimal  # what it costs, rounded to the currency's minor unit
 
     def negated(self) -> ServiceWindow:
@@ -90,3 +97,13 @@ def owed_windows(
             owed = paid + fee * rest
         out.append(window._replace(amount=round_money(owed, currency)))
     return tuple(out)
+
+
+def same_usage(now: Iterable[ServiceWindow], billed: Iterable[ServiceWindow] | None) -> bool:
+    """Whether each span holds the usage it was billed for (None: not known span by span).
+    Spans of no usage count for nothing either side."""
+    if billed is None:
+        return False
+    return Counter((w.start, w.end, w.quantity) for w in now if w.quantity) == Counter(
+        (w.start, w.end, w.quantity) for w in billed if w.quantity
+    )
