@@ -495,7 +495,7 @@ def adjustment_lines(
                 amount + round_money(line.amount, currency),
                 added_events(events, line.events),
                 first,
-                windows + stored_windows(line.windows, currency),
+                windows + line.windows,  # as rated: stored_windows only where compared or billed
             )
         if again:
             for start, key in sorted(billed):
@@ -505,12 +505,15 @@ def adjustment_lines(
         why = "plan change" if again else "late usage"
         for key, (quantity, amount, events, line, spans) in current.items():
             old = billed.get((period.start, key), NOTHING_BILLED)
-            amount, windows = owed_as_billed(quantity, amount, line, billed.get((period.start, key)), currency, spans)
             # A percentage price's fixed amount per event moves with events its quantity does
             # not count: its events are compared too, where both counts are known.
             unmoved = (
                 quantity == old.quantity
-                and (segments.get(key) == 1 or _priced_linearly(line) or same_usage(spans, old.windows))
+                and (
+                    segments.get(key) == 1
+                    or _priced_linearly(line)
+                    or same_usage(stored_windows(spans, currency), old.windows)
+                )
                 and (line.percentage is None or (events is not None and events == old.events))
             )
             if unmoved and line.meter is not None:
@@ -523,6 +526,8 @@ def adjustment_lines(
                 # amount unless its price is linear; so is a percentage line stored without its
                 # events, which cannot tell.)
                 continue
+            spans = stored_windows(spans, currency)
+            amount, windows = owed_as_billed(quantity, amount, line, billed.get((period.start, key)), currency, spans)
             old_quantity, old_amount = old.quantity, old.amount
             delta = amount - old_amount
             # Events that moved alone (a value and an amount unchanged) are written too, on a line

@@ -45,11 +45,14 @@ class ServiceWindow(NamedTuple):
     amount: Decimal  # what it costs, rounded to the currency's minor unit
 
     def negated(self) -> ServiceWindow:
-        return self._replace(quantity=-self.quantity, amount=-self.amount)
+        return ServiceWindow(self.start, self.end, -self.quantity, -self.amount)
 
 
 def net_windows(entries: Iterable[ServiceWindow]) -> tuple[ServiceWindow, ...]:
     """The windows still billed: each entry less its exact opposite, in order of time."""
+    entries = tuple(entries)
+    if all(entry.quantity >= 0 and entry.amount >= 0 for entry in entries):  # nothing given back
+        return tuple(sorted(entry for entry in entries if entry.quantity or entry.amount))
     left = Counter(entries)
     for entry in list(left):
         if (entry.quantity, entry.amount) > (ZERO, ZERO):
