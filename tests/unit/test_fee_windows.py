@@ -118,8 +118,8 @@ async def test_the_span_given_back_is_the_one_paid_at_the_old_fee_though_a_newer
     catalog raises a to 50.00, then a backdated change moves a's start to 5 February: +8.62 for
     5/29 at 50.00. A cancellation effective 25 February gives back 25 February on, a span
     paid at 30.00, though the last share added was paid at 50.00: a keeps 8.62 + 30 x 15/29
-    (15.52) = 24.14. (Taking back the last share added first would credit 50.00's rate: 23.45
-    kept at the average, 22.24 so.)"""
+    (15.52) = 24.14. (At the average of what a billed it would keep 23.45; giving back the
+    last share added first, at 50.00, 22.41.)"""
     store = FakeBillingStore()
     store.subscribe("sub-1", "cust-1", plan="b")
     rate = Rater(store, [_adv("a", "30"), _adv("b", "0")], [TOKENS], GRACE, FakePublisher())
