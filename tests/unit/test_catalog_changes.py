@@ -298,6 +298,32 @@ def test_usage_moved_between_two_segments_of_a_graduated_price_is_priced_again()
     assert per_period(before + after)[FEB.isoformat()] == D("10.00")
 
 
+async def test_usage_moved_between_two_segments_at_the_same_amount_keeps_its_spans():
+    """8,000 tokens on 5 February and 7,000 on the 25th, the first 5,000 of each segment free
+    then 0.01: 50.00. A correction re-times 1,000 from the 5th to the 25th: 7,000 and 8,000,
+    still 50.00, so March bills nothing, but February's line keeps the usage's new spans (a
+    line of 0.00). The catalog then says 0.02: no usage moved since, so February stays 50.00.
+    Until 2026-12-06 (the thirty-ninth session) the spans were left as billed, and every later
+    invoice saw usage moved and priced February again at today's price: +50.00 in April."""
+    b = _plan("b", prices=[per_unit_tokens("0.05")])
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+    store.use("cust-1", 8000, at(2024, 2, 5))
+    store.use("cust-1", 7000, at(2024, 2, 25))
+    rate = Rater(store, [_plan("a", prices=[_graduated_tokens("0.01")]), b], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    store.use("cust-1", -1000, at(2024, 2, 5), ingested=AFTER_FEB + GRACE)
+    store.use("cust-1", 1000, at(2024, 2, 25), ingested=AFTER_FEB + GRACE)
+    invoices += (await rate.run_once(AFTER_MAR)).invoices
+    spans = store.billed("sub-1")[(FEB, "a:tokens")].windows
+    assert [w.quantity for w in spans or ()] == [D(7000), D(8000)]
+    raised = Rater(store, [_plan("a", prices=[_graduated_tokens("0.02")]), b], [TOKENS], GRACE, FakePublisher())
+    invoices += (await raised.run_once(AFTER_APR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("50.00")
+
+
 def _advance_fee(fee: str | Decimal) -> Plan:
     price = {"key": "base", "model": "flat", "amount": str(fee), "billing_timing": "advance"}
     return Plan.model_validate({"key": "adv", "currency": "USD", "billing_interval": "P1M", "prices": [price]})

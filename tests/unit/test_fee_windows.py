@@ -16,7 +16,7 @@ from bastionary.money import round_money
 from bastionary.rating.invoice import stored_quantity
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
-from bastionary.rating.service_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows
+from bastionary.rating.service_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows, spans_moved
 from bastionary.rating.subscriptions import SubscriptionEvent
 from tests.unit.test_minimum_adjustments import per_period
 from tests.unit.test_rater import (
@@ -184,3 +184,98 @@ def test_a_window_billed_for_the_first_time_owes_today_s_fee(cuts, fee):
     windows = tuple(_window(lo, hi, "0") for lo, hi in pairwise(cuts))
     owed = owed_windows(windows, fee, (), "USD")
     assert [w.amount for w in owed] == [round_money(fee * w.quantity, "USD") for w in windows]
+
+
+# --- spans that move without moving a share -------------------------------------------------
+
+
+async def _a_b_a_moved(plans: list[Plan], raised: list[Plan]) -> tuple[FakeBillingStore, list[dict], Rater]:
+    """February billed a 1-10 and 20-29 (19/29), b 10-20 (10/29); the catalog then changes to
+    ``raised``, and changes effective 5 and 15 February arrive: a 1-5 and 15-29, b 5-15. Every
+    plan keeps its share of February; the spans move."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 10)))
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+    rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    rate = Rater(store, raised, [TOKENS], GRACE, FakePublisher())
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 5)))
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 15)))
+    invoices += (await rate.run_once(AFTER_MAR)).invoices
+    return store, invoices, rate
+
+
+async def test_a_fee_s_spans_follow_a_change_that_moves_them_without_moving_its_share():
+    """In arrears, a at 30.00, b at 60.00; the catalog raises a to 50.00 before the changes
+    arrive. a gives back 5-10 February (paid at 30.00: 9.31 x 5/9, 5.17) and adds 15-20 at
+    50.00 (8.62): +3.45; b keeps its 10/29, now 5-10 and 10-15 (two changes, so two spans) at
+    10.34 each: -0.01. What each still bills is its spans as they are now: a later cancellation
+    gives back what was paid for the span it cuts."""
+    store, invoices, rate = await _a_b_a_moved(
+        [_arrears("a", "30"), _arrears("b", "60")], [_arrears("a", "50"), _arrears("b", "60")]
+    )
+    billed = store.billed("sub-1")
+    assert [(w.start, w.end) for w in billed[(FEB, "a:base")].windows] == [
+        (at(2024, 2, 1), at(2024, 2, 5)),
+        (at(2024, 2, 15), at(2024, 2, 20)),
+        (at(2024, 2, 20), MAR),
+    ]
+    assert [(w.start, w.end) for w in billed[(FEB, "b:base")].windows] == [
+        (at(2024, 2, 5), at(2024, 2, 10)),
+        (at(2024, 2, 10), at(2024, 2, 15)),
+    ]
+    assert per_period(invoices)[FEB.isoformat()] == D("9.31") + D("10.34") + D("20.69") + D("3.45") - D("0.01")
+    assert _spans_add_up(store) > 0
+    # The catalog raises a again; a cancellation effective 25 February gives back 25-29 at
+    # the 30.00 it was paid, and keeps 15-20 at the 50.00 it was charged, not today's 70.00.
+    rate = Rater(store, [_arrears("a", "70"), _arrears("b", "60")], [TOKENS], GRACE, FakePublisher())
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "a", None, None, at(2024, 2, 25)))
+    invoices += (await rate.run_once(AFTER_APR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("4.14") + D("8.62") + D("5.17") + D("20.68")
+
+
+async def test_a_fee_in_advance_follows_its_spans_too():
+    """The same with both fees billed in advance, on January's invoice: February moves by
+    +3.45 - 0.01 as in arrears."""
+    store, invoices, _ = await _a_b_a_moved([_adv("a", "30"), _adv("b", "60")], [_adv("a", "50"), _adv("b", "60")])
+    assert per_period(invoices)[FEB.isoformat()] == D("9.31") + D("10.34") + D("20.69") + D("3.45") - D("0.01")
+    billed = store.billed("sub-1")
+    assert [(w.start, w.end) for w in billed[(FEB, "a:base")].windows] == [
+        (at(2024, 2, 1), at(2024, 2, 5)),
+        (at(2024, 2, 15), at(2024, 2, 20)),
+        (at(2024, 2, 20), MAR),
+    ]
+    assert [(w.start, w.end) for w in billed[(FEB, "b:base")].windows] == [
+        (at(2024, 2, 5), at(2024, 2, 10)),
+        (at(2024, 2, 10), at(2024, 2, 15)),
+    ]
+    assert _spans_add_up(store) > 0
+
+
+async def test_a_change_to_the_plan_already_held_moves_no_span():
+    """A change to a at 20 February, a being held then, cuts a's span in two: no share and no
+    span moved, so even with the fee raised since nothing is billed again."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    rate = Rater(store, [_arrears("a", "30")], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "a", None, None, at(2024, 2, 20)))
+    rate = Rater(store, [_arrears("a", "50")], [TOKENS], GRACE, FakePublisher())
+    invoices += (await rate.run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("30.00")
+
+
+@given(_cuts, st.integers(min_value=1, max_value=30))
+def test_spans_cut_in_two_did_not_move_and_spans_shifted_did(cuts, extra):
+    billed = tuple(_window(lo, hi, "30") for lo, hi in pairwise(cuts))
+    inside = {extra} if cuts[0] < extra < cuts[-1] else set()
+    split = tuple(_window(lo, hi, "50") for lo, hi in pairwise(sorted({*cuts, *inside})))
+    assert not spans_moved(split, billed) and not spans_moved(billed, split)
+    assert not spans_moved(billed[:1], None)  # not known span by span: not told
+    if len(billed) > 1:
+        assert spans_moved(billed[1:], billed) and spans_moved(billed[:-1], billed)
+    # The same time, shifted by a day: moved.
+    if cuts[-1] < 30:
+        shifted = tuple(_window(lo + 1, hi + 1, "30") for lo, hi in pairwise(cuts))
+        assert spans_moved(shifted, billed)

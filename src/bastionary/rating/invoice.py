@@ -19,7 +19,14 @@ from bastionary.credits.ledger import Allocation, Grant, allocate
 from bastionary.money import format_money, round_money
 from bastionary.rating.plans import FlatPrice, MeteredPrice, PerUnitPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
-from bastionary.rating.service_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows, same_usage
+from bastionary.rating.service_windows import (
+    ServiceWindow,
+    fee_unchanged,
+    net_windows,
+    owed_windows,
+    same_usage,
+    spans_moved,
+)
 from bastionary.rating.tax import TaxRate, added_tax, applied_rates, grouped_tax_lines
 from bastionary.settings import parse_iso_duration
 
@@ -401,12 +408,13 @@ def replanned(
     sub: Subscription, periods: list[Period], billed: Billed, invoiced: Collection[datetime] | None = None
 ) -> set[datetime]:
     """The starts of the periods to rate again whole: their invoices billed them on other
-    plans, or other shares of their plans, than the subscription now has over them (a plan
-    change, or a cancellation cutting the period, received after the period was invoiced).
+    plans, or other shares or spans of their plans, than the subscription now has over them (a
+    plan change, or a cancellation cutting the period, received after the period was invoiced).
 
     Told by a plan now over the period that none of its lines named, by what is still billed
     under a plan it no longer has, and by the shares of the fees in arrears it billed (a flat
-    line's quantity is its share). Each is settled once the period is rated again, and none
+    line's quantity is its share), and their spans where known (A -> B -> A can move both
+    plans' spans and keep their shares: :func:`spans_moved`). Each is settled once the period is rated again, and none
     moves when a price changes, or is added, in the catalog. A plan without prices (free, or a
     minimum commitment alone) names no line: it is not looked for, and a period billed on it
     alone holds no line key, so a plan with prices over it now is one no line named.
@@ -427,6 +435,7 @@ def replanned(
             value.quantity or value.amount for key, value in held.items() if key.split(":", 1)[0] not in plans_now
         )
         shares: dict[str, Decimal] = {}
+        spans: dict[str, list[ServiceWindow]] = {}
         for segment in sub.segments:
             window = overlap(segment, period.start, period.end)
             if window is None or not owes_fees_again(sub, segment, period):
@@ -436,7 +445,10 @@ def replanned(
                 if isinstance(price, FlatPrice) and price.billing_timing != ADVANCE and key in held:
                     fraction = stored_quantity(share(segment.plan, *window, period))
                     shares[key] = shares.get(key, ZERO) + fraction
-        moved = any(abs(held[key][0] - fraction) > _SHARE_TOLERANCE for key, fraction in shares.items())
+                    spans.setdefault(key, []).append(ServiceWindow(*window, fraction, ZERO))
+        moved = any(abs(held[key][0] - fraction) > _SHARE_TOLERANCE for key, fraction in shares.items()) or any(
+            spans_moved(spans.get(key, ()), held[key].windows) for key in shares
+        )
         if plans_now - named or left_on_others or moved:
             out.add(period.start)
     return out
@@ -531,9 +543,12 @@ def adjustment_lines(
             old_quantity, old_amount = old.quantity, old.amount
             delta = amount - old_amount
             # Events that moved alone (a value and an amount unchanged) are written too, on a line
-            # of 0.00, so what is billed keeps their count and a later rate change sees no move.
+            # of 0.00, so what is billed keeps their count and a later rate change sees no move;
+            # so are spans that moved alone, so what is billed keeps them (else the period is
+            # rated again on every run, and a span given back later is credited at the rate of
+            # the span it was billed as).
             events_moved = _events_moved(events, old.events)
-            if delta != 0 or quantity != old_quantity or events_moved:
+            if delta != 0 or quantity != old_quantity or events_moved or _spans_moved(line, spans, old.windows):
                 lines.append(
                     Line(
                         line.price_key,
@@ -549,6 +564,14 @@ def adjustment_lines(
                     )
                 )
     return lines
+
+
+def _spans_moved(line: Line, now: tuple[ServiceWindow, ...], billed: tuple[ServiceWindow, ...] | None) -> bool:
+    """Whether the line's key bills other spans now than were billed: a fee's time, a usage
+    price's usage per span (None: not known span by span, so not told)."""
+    if billed is None:
+        return False
+    return not same_usage(now, billed) if line.meter is not None else spans_moved(now, billed)
 
 
 def _priced_linearly(line: Line) -> bool:
@@ -691,11 +714,16 @@ def advance_lines(
         old_quantity, old_amount, *_ = billed.get((period.start, key), NOTHING_BILLED)
         price_key = key.split(":", 1)[1]
         fee = Line(price_key, None, price_key, ZERO, ZERO, line_key=key)  # owed nothing now
-        quantity, amount, fee, windows = owed.get(key, (ZERO, ZERO, fee, ()))
-        amount, windows = owed_as_billed(quantity, amount, fee, billed.get((period.start, key)), currency, windows)
-        if quantity == old_quantity and (amount == old_amount or old_quantity):
-            # Its share did not move: a fee changed in the catalog since does not reach back
-            # to a period it was billed for.
+        quantity, amount, fee, spans = owed.get(key, (ZERO, ZERO, fee, ()))
+        before = billed.get((period.start, key))
+        amount, windows = owed_as_billed(quantity, amount, fee, before, currency, spans)
+        if (
+            quantity == old_quantity
+            and (amount == old_amount or old_quantity)
+            and not spans_moved(spans, None if before is None else before.windows)
+        ):
+            # Its share and its spans did not move: a fee changed in the catalog since does not
+            # reach back to a period it was billed for.
             continue
         if old_quantity or old_amount:
             fee = Line(price_key, None, f"Adjustment: {names[key]}, billed in advance", ZERO, ZERO, line_key=key)

@@ -102,6 +102,26 @@ def owed_windows(
     return tuple(out)
 
 
+def _spans(windows: Iterable[ServiceWindow]) -> list[tuple[datetime, datetime]]:
+    """The time that ``windows`` bill, in order, adjacent ones joined (a change to the plan
+    already held cuts a span in two, and moves nothing)."""
+    out: list[tuple[datetime, datetime]] = []
+    for window in sorted(w for w in windows if w.quantity):
+        if out and out[-1][1] == window.start:
+            out[-1] = (out[-1][0], window.end)
+        else:
+            out.append((window.start, window.end))
+    return out
+
+
+def spans_moved(now: Iterable[ServiceWindow], billed: Iterable[ServiceWindow] | None) -> bool:
+    """Whether a fee bills other spans of its period now than those still billed (None: not
+    known span by span, so not told). Two plans in turn (A -> B -> A) can swap spans and keep
+    their shares of the period; what each was paid for a span tells them apart once a span
+    is given back."""
+    return billed is not None and _spans(now) != _spans(billed)
+
+
 def same_usage(now: Iterable[ServiceWindow], billed: Iterable[ServiceWindow] | None) -> bool:
     """Whether each span holds the usage it was billed for (None: not known span by span).
     Spans of no usage count for nothing either side."""
