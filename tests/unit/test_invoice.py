@@ -1,6 +1,6 @@
-"""Invoices (``rating/invoice.py``) built from small subscriptions and a fake usage lookup:
-proration, plan changes, the minimum commitment, late-usage adjustments, and ``finalize``
-(rounding per line, credits, totals, ids)."""
+"""Invoices (``rating/invoice.py``, ``rating/adjustments.py``) built from small subscriptions
+and a fake usage lookup: proration, plan changes, the minimum commitment, late-usage
+adjustments, and ``finalize`` (rounding per line, credits, totals, ids)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,13 @@ import pytest
 
 from bastionary.credits.ledger import Grant
 from bastionary.money import round_money
+from bastionary.rating.adjustments import adjustment_lines
+from bastionary.rating.billed import add_billed
 from bastionary.rating.invoice import (
-    NOTHING_BILLED,
-    Billing,
     Line,
     Period,
     Segment,
     Subscription,
-    added_events,
-    added_windows,
-    adjustment_lines,
     finalize,
     invoice_id,
     minimum_true_up,
@@ -110,15 +107,7 @@ def billed_from(period: Period, lines: list[Line], currency: str = "USD", billed
     """What the invoice store reports as billed: per (period start, line key), the summed
     quantity and rounded amount of every stored line (storage/billing.py ``billed``)."""
     billed = dict(billed or {})
-    for line in lines:
-        key = (line.period_start or period.start, line.line_key)
-        quantity, amount, events, windows = billed.get(key, NOTHING_BILLED)
-        billed[key] = Billing(
-            quantity + line.quantity,
-            amount + round_money(line.amount, currency),
-            added_events(events, line.events),
-            added_windows(windows, line, currency),
-        )
+    add_billed(billed, lines, period.start, currency)
     return billed
 
 

@@ -1,5 +1,5 @@
 """Late usage of a period with a minimum commitment (``true_up_adjustments`` in
-``rating/invoice.py``): the period's true-up is recomputed whenever the period is adjusted,
+``rating/adjustments.py``): the period's true-up is recomputed whenever the period is adjusted,
 so late usage the minimum already covered is not billed again, a correction that lowers usage
 raises the true-up again, and the period is billed in total what it would have been billed had
 all its usage been known at its cutoff (docs/pricing.md, "Late usage")."""
@@ -18,17 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bastionary.rating.adjustments import true_up_adjustments
+from bastionary.rating.billed import Billing
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.invoice import (
-    LEGACY_MINIMUM_KEY,
-    MINIMUM_KEY,
-    Billing,
-    Line,
-    Period,
-    Segment,
-    Subscription,
-    true_up_adjustments,
-)
+from bastionary.rating.invoice import LEGACY_MINIMUM_KEY, MINIMUM_KEY, Line, Period, Segment, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
 from bastionary.rating.subscriptions import SubscriptionEvent

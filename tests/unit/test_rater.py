@@ -33,16 +33,9 @@ from bastionary.credits.balances import balances
 from bastionary.credits.ledger import Funding, Grant, movement_id
 from bastionary.metering.meters import Aggregation, Meter
 from bastionary.money import round_money
+from bastionary.rating.billed import NOTHING_BILLED, Billed, Billing, added_events, stored_windows
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.invoice import (
-    NOTHING_BILLED,
-    Billed,
-    Billing,
-    Subscription,
-    added_events,
-    invoice_id,
-    stored_windows,
-)
+from bastionary.rating.invoice import Subscription, invoice_id
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import RatedInvoice
 from bastionary.rating.pricing import Usage

@@ -12,19 +12,9 @@ from hypothesis import strategies as st
 
 from bastionary.credits.ledger import FUNDING_ORDER, Grant, allocate, remaining
 from bastionary.money import MINOR_UNITS, minor_unit, round_money
-from bastionary.rating.invoice import (
-    NOTHING_BILLED,
-    Billing,
-    Line,
-    Period,
-    Segment,
-    Subscription,
-    added_events,
-    added_windows,
-    adjustment_lines,
-    finalize,
-    period_lines,
-)
+from bastionary.rating.adjustments import adjustment_lines
+from bastionary.rating.billed import add_billed
+from bastionary.rating.invoice import Line, Period, Segment, Subscription, finalize, period_lines
 from bastionary.rating.plans import Plan, Tier
 from bastionary.rating.pricing import Usage, graduated, price_usage, volume
 
@@ -292,15 +282,7 @@ def test_late_usage_is_billed_exactly_once(arrivals):
     billed: dict = {}
 
     def store(lines):
-        for line in lines:
-            key = (JAN, line.line_key)
-            quantity, amount, events, windows = billed.get(key, NOTHING_BILLED)
-            billed[key] = Billing(
-                quantity + line.quantity,
-                amount + round_money(line.amount, "USD"),
-                added_events(events, line.events),
-                added_windows(windows, line, "USD"),
-            )
+        add_billed(billed, lines, JAN, "USD")
 
     store(period_lines(sub, JANUARY, cutoffs[0], usage))
     for cutoff in cutoffs[1:]:

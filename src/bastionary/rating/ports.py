@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 from bastionary.credits.ledger import Grant
 from bastionary.metering.meters import Meter
+from bastionary.rating.billed import Billed
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.invoice import Billed, Invoice, Line, Subscription
+from bastionary.rating.invoice import Invoice, Line, Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.pricing import Usage
 from bastionary.rating.rows import LedgerRow

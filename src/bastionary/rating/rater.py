@@ -43,30 +43,28 @@ from bastionary.credits.ledger import Grant, movement_id, usable_balance
 from bastionary.metering.meters import Meter
 from bastionary.money import format_money, minor_unit, round_money
 from bastionary.outbound import cloud_event
+from bastionary.rating.adjustments import (
+    adjustment_lines,
+    already_billed_lines,
+    removed_period_refunds,
+    replanned,
+    true_up_adjustments,
+    usage_keys,
+)
+from bastionary.rating.advance import advance_keys, advance_lines
+from bastionary.rating.billed import NOTHING_BILLED, Billed, add_billed, combined
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.invoice import (
     ADVANCE,
-    NOTHING_BILLED,
-    Billed,
     Line,
     Period,
     Subscription,
     UsageLookup,
-    add_billed,
-    adjustment_lines,
-    advance_keys,
-    advance_lines,
-    already_billed_lines,
-    combined,
     finalize,
     invoice_id,
     minimum_true_up,
     overlap,
     period_lines,
-    removed_period_refunds,
-    replanned,
-    true_up_adjustments,
-    usage_keys,
 )
 from bastionary.rating.plans import MeteredPrice, Plan
 from bastionary.rating.ports import BillingStore, RatedInvoice

@@ -32,7 +32,7 @@ from bastionary.money import round_money
 ZERO = Decimal(0)
 # Shares are kept to 9 decimals, truncated: a share read back, or a part of it, may fall short
 # of the exact share by a few units of the last; one second of a three-year period is 3e-8.
-_SHARE_TOLERANCE = Decimal("1e-8")
+SHARE_TOLERANCE = Decimal("1e-8")
 
 
 class ServiceWindow(NamedTuple):
@@ -92,10 +92,10 @@ def owed_windows(
             paid += entry.amount * part
             covered += entry.quantity * part
         rest = window.quantity - covered
-        if covered > 0 and rest < _SHARE_TOLERANCE:
+        if covered > 0 and rest < SHARE_TOLERANCE:
             # Covered whole (or, should windows still billed overlap, more than whole: what
             # they paid, scaled to the window's share).
-            owed = paid if rest > -_SHARE_TOLERANCE else paid * window.quantity / covered
+            owed = paid if rest > -SHARE_TOLERANCE else paid * window.quantity / covered
         else:
             owed = paid + fee * rest
         out.append(window._replace(amount=round_money(owed, currency)))

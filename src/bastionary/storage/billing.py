@@ -12,8 +12,9 @@ import orjson
 
 from bastionary.credits.ledger import FUNDING_OF_KIND, Grant
 from bastionary.metering.meters import Meter
+from bastionary.rating.billed import Billed, Billing, stored_windows
 from bastionary.rating.customers import CustomerRow, CustomerTerms, customer_terms
-from bastionary.rating.invoice import Billed, Billing, Subscription, stored_windows
+from bastionary.rating.invoice import Subscription
 from bastionary.rating.plans import Plan
 from bastionary.rating.ports import RatedInvoice
 from bastionary.rating.pricing import Usage
