@@ -6,13 +6,17 @@ average of what its parts were paid (the second of the README's known bugs until
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from itertools import pairwise
 
-from hypothesis import given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bastionary.money import round_money
+from bastionary.rating.billed import NOTHING_BILLED
 from bastionary.rating.invoice import stored_quantity
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
@@ -279,3 +283,56 @@ def test_spans_cut_in_two_did_not_move_and_spans_shifted_did(cuts, extra):
     if cuts[-1] < 30:
         shifted = tuple(_window(lo + 1, hi + 1, "30") for lo, hi in pairwise(cuts))
         assert spans_moved(shifted, billed)
+
+
+_changes = st.lists(st.tuples(st.integers(2, 28), st.sampled_from("ab")), max_size=3, unique_by=lambda c: c[0])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_changes, _changes, st.sampled_from(["arrears", "advance"]), st.sampled_from(["30", "50"]))
+@example([(10, "b"), (20, "a")], [(5, "b"), (15, "a")], "arrears", "30")  # spans moved, shares kept
+@example([(10, "b"), (20, "a")], [(5, "b"), (15, "a")], "advance", "50")
+def test_whatever_changes_arrive_late_a_fee_ends_billing_its_spans_as_they_are(on_time, late, timing, raised):
+    """February's plan changes, some rated on time and some arriving in March after the
+    catalog changed a's fee: after March's invoice, each fee's spans still billed for
+    February are the subscription's spans of its plan, and April's invoice adjusts nothing
+    of February (the spans, once billed again, are settled)."""
+    late = [(day, plan) for day, plan in late if day not in {d for d, _ in on_time}]
+
+    def plans(fee_a: str) -> list[Plan]:
+        return [_adv(k, f) if timing == "advance" else _arrears(k, f) for k, f in (("a", fee_a), ("b", "60"))]
+
+    async def run() -> tuple[FakeBillingStore, list[dict]]:
+        store = FakeBillingStore()
+        store.subscribe("sub-1", "cust-1", plan="a")
+        for day, plan in on_time:
+            store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+        rate = Rater(store, plans("30"), [TOKENS], GRACE, FakePublisher())
+        await rate.run_once(AFTER_JAN)
+        await rate.run_once(AFTER_FEB)
+        for day, plan in late:
+            store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+        rate = Rater(store, plans(raised), [TOKENS], GRACE, FakePublisher())
+        await rate.run_once(AFTER_MAR)
+        return store, (await rate.run_once(AFTER_APR)).invoices
+
+    store, april = asyncio.run(run())
+    assert not [line for invoice in april for line in invoice["lines"] if FEB.isoformat() in str(line)]
+    cuts = [(1, "a"), *sorted(on_time + late), (30, "")]
+    billed = store.billed("sub-1")
+    for plan in "ab":
+        expected = [_window(lo, hi, "0") for (lo, held), (hi, _) in pairwise(cuts) if held == plan and lo < hi]
+        windows = billed.get((FEB, f"{plan}:base"), NOTHING_BILLED).windows
+        assert windows is not None and _time(windows) == _time(expected), (plan, windows)
+    _spans_add_up(store)
+
+
+def _time(windows: Iterable[ServiceWindow]) -> list[tuple[datetime, datetime]]:
+    """The time windows bill, adjacent ones joined."""
+    out: list[tuple[datetime, datetime]] = []
+    for window in sorted(w for w in windows if w.quantity):
+        if out and out[-1][1] == window.start:
+            out[-1] = (out[-1][0], window.end)
+        else:
+            out.append((window.start, window.end))
+    return out

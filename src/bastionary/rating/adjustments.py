@@ -61,9 +61,9 @@ def replanned(
 
     Told by a plan now over the period that none of its lines named, by what is still billed
     under a plan it no longer has, and by the shares of the fees in arrears it billed (a flat
-    line's quantity is its share), and their spans where known (A -> B -> A can move both
-    plans' spans and keep their shares: :func:`spans_moved`). Each is settled once the period is rated again, and none
-    moves when a price changes, or is added, in the catalog. A plan without prices (free, or a
+    line's quantity is its share) and their spans where known (A -> B -> A can move both
+    plans' spans and keep their shares: :func:`spans_moved`). Each is settled once the period
+    is rated again, and none moves when a price changes, or is added, in the catalog. A plan without prices (free, or a
     minimum commitment alone) names no line: it is not looked for, and a period billed on it
     alone holds no line key, so a plan with prices over it now is one no line named.
 
