@@ -336,3 +336,49 @@ def _time(windows: Iterable[ServiceWindow]) -> list[tuple[datetime, datetime]]:
         else:
             out.append((window.start, window.end))
     return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_changes, _changes, st.sampled_from(["arrears", "advance"]), st.none() | st.integers(2, 28))
+@example([(10, "b"), (20, "a")], [(5, "b"), (15, "a")], "arrears", None)
+@example([(10, "b"), (20, "a")], [(5, "b"), (15, "a")], "advance", 25)
+def test_with_the_catalog_unchanged_late_changes_end_where_rating_them_on_time_would(on_time, late, timing, canceled):
+    """With no fee changed in the catalog, February's changes received late (and a cancellation,
+    received later still) leave February billed what rating the whole history on time gives,
+    within a cent per span (each span's amount is rounded once)."""
+    late = [(day, plan) for day, plan in late if day not in {d for d, _ in on_time}]
+    plans = [_adv(k, f) if timing == "advance" else _arrears(k, f) for k, f in (("a", "30"), ("b", "60"))]
+
+    def changed(store: FakeBillingStore, changes: list[tuple[int, str]]) -> None:
+        for day, plan in changes:
+            store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+
+    def cancel(store: FakeBillingStore) -> None:
+        if canceled is not None:
+            store.events.append(
+                SubscriptionEvent("sub-1", "cust-1", "canceled", "a", None, None, at(2024, 2, canceled))
+            )
+
+    async def late_then_canceled() -> list[dict]:
+        store = FakeBillingStore()
+        store.subscribe("sub-1", "cust-1", plan="a")
+        changed(store, on_time)
+        rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
+        invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+        changed(store, late)
+        invoices += (await rate.run_once(AFTER_MAR)).invoices
+        cancel(store)
+        return invoices + (await rate.run_once(AFTER_APR)).invoices
+
+    async def on_time_only() -> list[dict]:
+        store = FakeBillingStore()
+        store.subscribe("sub-1", "cust-1", plan="a")
+        changed(store, on_time + late)
+        cancel(store)
+        rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
+        return (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+
+    got = per_period(asyncio.run(late_then_canceled())).get(FEB.isoformat(), D(0))
+    want = per_period(asyncio.run(on_time_only())).get(FEB.isoformat(), D(0))
+    spans = len(on_time) + len(late) + 2
+    assert abs(got - want) <= D("0.01") * spans, (got, want)
