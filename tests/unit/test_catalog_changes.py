@@ -558,3 +558,56 @@ async def test_a_key_left_with_events_only_does_not_keep_a_period_replanned_fore
     raised = Rater(store, [_pct_plan("a", "0.029"), b("200")], [TOKENS], GRACE, FakePublisher())
     invoices += (await raised.run_once(AFTER_MAR)).invoices
     assert per_period(invoices)[JAN.isoformat()] == D("100.00")
+
+
+_days = st.integers(1, 28)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(2, 28), st.sampled_from("ab")), max_size=3, unique_by=lambda c: c[0]),
+    st.lists(st.tuples(_days, st.integers(0, 9000)), min_size=1, max_size=5),
+    st.lists(st.tuples(_days, _days, st.integers(0, 9000)), max_size=3),
+    st.lists(st.tuples(_days, st.integers(0, 9000)), max_size=2),
+)
+@example([(10, "b"), (20, "a")], [(5, 8000), (25, 7000)], [(5, 25, 1000)], [])  # the same amount
+@example([(10, "b"), (20, "a")], [(5, 8000)], [(5, 25, 4000)], [])  # 30.00, then both segments free
+def test_with_the_catalog_unchanged_late_usage_ends_where_rating_it_on_time_would(changes, used, moved, added):
+    """a's tokens graduated per segment (the first 5,000 free, then 0.01), b's 0.05 a token; a
+    -> b -> a changes in February. Usage re-timed late (tokens taken off one day and put on
+    another, across segments or not) and usage added late leave February billed exactly what
+    rating the final usage on time gives: usage that moved is priced whole at the price, which
+    did not change."""
+    plans = [_plan("a", prices=[_graduated_tokens("0.01")]), _plan("b", prices=[per_unit_tokens("0.05")])]
+    moves = [
+        (day_from, day_to, min(tokens, sum(t for d, t in used if d == day_from))) for day_from, day_to, tokens in moved
+    ]
+    late = [(d, -t) for d, _, t in moves] + [(d, t) for _, d, t in moves] + added
+
+    def subscribed() -> FakeBillingStore:
+        store = FakeBillingStore()
+        store.subscribe("sub-1", "cust-1", plan="a")
+        for day, plan in changes:
+            store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+        return store
+
+    async def late_usage() -> list[dict]:
+        store = subscribed()
+        for day, tokens in used:
+            store.use("cust-1", tokens, at(2024, 2, day, 12))
+        rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
+        invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+        for day, tokens in late:
+            store.use("cust-1", tokens, at(2024, 2, day, 12), ingested=AFTER_FEB + GRACE)
+        invoices += (await rate.run_once(AFTER_MAR)).invoices
+        return invoices + (await rate.run_once(AFTER_APR)).invoices
+
+    async def on_time() -> list[dict]:
+        store = subscribed()
+        for day, tokens in used + late:
+            store.use("cust-1", tokens, at(2024, 2, day, 12))
+        rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
+        return (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+
+    got = per_period(asyncio.run(late_usage())).get(FEB.isoformat(), D(0))
+    assert got == per_period(asyncio.run(on_time())).get(FEB.isoformat(), D(0))
