@@ -18,6 +18,7 @@ from bastionary.rating.invoice import stored_quantity
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
 from bastionary.rating.subscriptions import SubscriptionEvent
+from tests.unit.test_fee_windows import assert_spans_add_up_to_their_lines
 from tests.unit.test_minimum_adjustments import per_period
 from tests.unit.test_rater import (
     AFTER_APR,
@@ -609,5 +610,7 @@ def test_with_the_catalog_unchanged_late_usage_ends_where_rating_it_on_time_woul
         rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
         return (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
 
-    got = per_period(asyncio.run(late_usage())).get(FEB.isoformat(), D(0))
+    invoices = asyncio.run(late_usage())
+    assert_spans_add_up_to_their_lines(invoices)
+    got = per_period(invoices).get(FEB.isoformat(), D(0))
     assert got == per_period(asyncio.run(on_time())).get(FEB.isoformat(), D(0))

@@ -141,6 +141,16 @@ async def test_the_span_given_back_is_the_one_paid_at_the_old_fee_though_a_newer
     assert _spans_add_up(store) > 0
 
 
+def assert_spans_add_up_to_their_lines(invoices: list[dict]) -> None:
+    """Every invoice line's ``service_spans`` bill what the line bills, share and amount."""
+    for invoice in invoices:
+        for line in invoice["lines"]:
+            spans = line.get("service_spans")
+            if spans:
+                assert sum(D(span["amount"]) for span in spans) == D(line["amount"]), line
+                assert sum(D(span["quantity"]) for span in spans) == stored_quantity(D(line["quantity"])), line
+
+
 # --- the arithmetic ----------------------------------------------------------------------
 
 
@@ -237,6 +247,7 @@ async def test_a_fee_s_spans_follow_a_change_that_moves_them_without_moving_its_
     store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "a", None, None, at(2024, 2, 25)))
     invoices += (await rate.run_once(AFTER_APR)).invoices
     assert per_period(invoices)[FEB.isoformat()] == D("4.14") + D("8.62") + D("5.17") + D("20.68")
+    assert_spans_add_up_to_their_lines(invoices)
 
 
 async def test_a_fee_in_advance_follows_its_spans_too():
@@ -378,7 +389,9 @@ def test_with_the_catalog_unchanged_late_changes_end_where_rating_them_on_time_w
         rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
         return (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
 
-    got = per_period(asyncio.run(late_then_canceled())).get(FEB.isoformat(), D(0))
+    invoices = asyncio.run(late_then_canceled())
+    assert_spans_add_up_to_their_lines(invoices)
+    got = per_period(invoices).get(FEB.isoformat(), D(0))
     want = per_period(asyncio.run(on_time_only())).get(FEB.isoformat(), D(0))
     spans = len(on_time) + len(late) + 2
     assert abs(got - want) <= D("0.01") * spans, (got, want)

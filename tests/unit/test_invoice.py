@@ -447,11 +447,13 @@ def test_line_dicts():
     usage = FakeUsage(tokens(20, at(2024, 1, 2)))
     lines = period_lines(subscription(Segment(PRO, JAN)), JANUARY, CUTOFF, usage)
     data, _ = final(lines)
+    january = {"start": JAN.isoformat(), "end": FEB.isoformat()}
     assert data["lines"][0] == {
         "price_key": "base", "meter": None, "description": "base", "quantity": "1", "amount": "90.00", "tiers": [],
-        "unit_price": "90",
+        "unit_price": "90", "service_spans": [{**january, "quantity": "1", "amount": "90.00"}],
     }  # fmt: skip
     assert data["lines"][1]["quantity"] == "20" and data["lines"][1]["tiers"][0]["tier"] == 1
+    assert data["lines"][1]["service_spans"] == [{**january, "quantity": "20", "amount": data["lines"][1]["amount"]}]
 
 
 def test_amounts_always_carry_the_currency_minor_unit():

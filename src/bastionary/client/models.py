@@ -66,6 +66,13 @@ class InvoiceSummary(_Model):
     status: str
 
 
+class ServiceSpan(_Model):
+    start: datetime
+    end: datetime  # exclusive
+    quantity: Decimal  # a fee's share of the period, or the span's usage
+    amount: Decimal
+
+
 class InvoiceLine(_Model):
     price_key: str
     meter: str | None
@@ -80,6 +87,8 @@ class InvoiceLine(_Model):
     service_period_start: datetime | None = None
     service_period_end: datetime | None = None
     already_billed: bool | None = None  # deducts what progressive invoices billed of the period
+    # The spans of the period the line bills; an adjustment's: those it replaces, negated, then its own.
+    service_spans: list[ServiceSpan] | None = None
 
 
 class Invoice(_Model):

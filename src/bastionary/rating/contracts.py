@@ -34,6 +34,13 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ServiceSpan(_Out):
+    start: Time
+    end: Time = Field(description="exclusive")
+    quantity: DecimalText = Field(description="a fee's share of the period, or the span's usage")
+    amount: DecimalText
+
+
 class InvoiceLine(_Out):
     price_key: str
     meter: str | None
@@ -51,6 +58,14 @@ class InvoiceLine(_Out):
     service_period_end: Time | None = None
     already_billed: bool | None = Field(
         None, description="deducts what earlier (progressive) invoices billed of this period's usage"
+    )
+    service_spans: list[ServiceSpan] | None = Field(
+        None,
+        description=(
+            "the spans of the period the line bills (a prorated fee's plan segment, a usage price's"
+            " segment), each with its share or usage and amount; on a line adjusting or giving back"
+            " what was billed, the spans it replaces, negated, then those it bills in their place"
+        ),
     )
 
 

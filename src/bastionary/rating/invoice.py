@@ -138,6 +138,16 @@ class Line:
             out["unit_price"] = _text(self.unit_price)
         if self.percentage is not None:
             out["percentage"] = self.percentage
+        if self.windows:
+            out["service_spans"] = [
+                {
+                    "start": window.start.isoformat(),
+                    "end": window.end.isoformat(),
+                    "quantity": _text(stored_quantity(window.quantity)),
+                    "amount": format_money(window.amount, currency),
+                }
+                for window in self.windows
+            ]
         return out
 
 
