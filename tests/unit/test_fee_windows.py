@@ -20,6 +20,7 @@ from bastionary.rating.billed import NOTHING_BILLED
 from bastionary.rating.invoice import stored_quantity
 from bastionary.rating.plans import Plan
 from bastionary.rating.rater import Rater
+from bastionary.rating.render import render_html
 from bastionary.rating.service_windows import ServiceWindow, fee_unchanged, net_windows, owed_windows, spans_moved
 from bastionary.rating.subscriptions import SubscriptionEvent
 from tests.unit.test_minimum_adjustments import per_period
@@ -241,6 +242,12 @@ async def test_a_fee_s_spans_follow_a_change_that_moves_them_without_moving_its_
     ]
     assert per_period(invoices)[FEB.isoformat()] == D("9.31") + D("10.34") + D("20.69") + D("3.45") - D("0.01")
     assert _spans_add_up(store) > 0
+    # March's invoice shows what a's adjustment gave back and billed (20 February on nets out).
+    march = render_html(invoices[-1])
+    for note in ("Given back for 1\u20139 Feb 2024: -9.31 USD", "For 1\u20134 Feb 2024: 4.14 USD",
+                 "For 15\u201319 Feb 2024: 8.62 USD"):  # fmt: skip
+        assert note in march, note
+    assert "20\u201329 Feb 2024" not in march
     # The catalog raises a again; a cancellation effective 25 February gives back 25-29 at
     # the 30.00 it was paid, and keeps 15-20 at the 50.00 it was charged, not today's 70.00.
     rate = Rater(store, [_arrears("a", "70"), _arrears("b", "60")], [TOKENS], GRACE, FakePublisher())

@@ -214,3 +214,25 @@ def test_a_fee_in_advance_names_the_period_it_pays_for_and_the_kind_titles_the_p
     page = render_html(data)
     assert "Invoice (fees in advance)" in page and "In advance, for 1\u201328 Feb 2026" in page
     assert "Progressive invoice (usage so far)" in render_html(document(kind="progressive"))
+
+
+def test_a_line_s_spans_are_shown_where_they_tell_more_than_its_period():
+    def span(first: int, end: int, amount: str) -> dict[str, str]:
+        ends = datetime(2026, 2, end, tzinfo=UTC) if end <= 28 else datetime(2026, 3, 1, tzinfo=UTC)
+        share = str(round(Decimal(end - first) / 28, 9))
+        return {"start": datetime(2026, 2, first, tzinfo=UTC).isoformat(), "end": ends.isoformat(),
+                "quantity": share if not amount.startswith("-") else "-" + share, "amount": amount}  # fmt: skip
+
+    data = document()
+    data["lines"][0]["service_spans"] = [span(1, 10, "9.64"), span(20, 29, "9.64")]  # a -> b -> a: two spans
+    data["lines"][2]["service_spans"] = [span(1, 29, "12.35")]  # one: its period says it all
+    page = render_html(data)
+    assert "For 1\u20139 Feb 2026: 9.64 EUR" in page and "For 20\u201328 Feb 2026: 9.64 EUR" in page
+    assert "12.35 EUR" not in page.split("line 2", 1)[1].split("</td>", 1)[0]
+    # An adjustment: what it replaces at the same amount nets out, the rest reads given back or billed.
+    data["lines"][0] |= {"adjusts_period_start": FEB.isoformat(),
+                         "service_spans": [span(1, 10, "-9.64"), span(20, 29, "-9.64"), span(1, 5, "4.29"),
+                                           span(20, 29, "9.64")]}  # fmt: skip
+    page = render_html(data)
+    assert "Given back for 1\u20139 Feb 2026: -9.64 EUR" in page and "For 1\u20134 Feb 2026: 4.29 EUR" in page
+    assert "20\u201328 Feb 2026" not in page

@@ -10,6 +10,7 @@ fpdf2 with Source Sans Pro (Latin, Greek, Cyrillic), both from PyPI.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
@@ -119,7 +120,29 @@ def _line_notes(line: dict[str, Any], currency: str) -> list[str]:
         fixed = Decimal(terms.get("fixed_amount") or 0)
         per_event = f" + {price(terms['fixed_amount'], currency)} x {terms['events']} events" if fixed else ""
         notes.append(f"{rate}% of {quantity(terms.get('value'))}{per_event}")
-    return notes
+    return notes + _span_notes(line, currency)
+
+
+def _span_notes(line: dict[str, Any], currency: str) -> list[str]:
+    """The spans a line bills or gives back, where they tell more than its period: several, or
+    an adjustment's. A span it replaces with the same span at the same amount nets out."""
+    spans = Counter(
+        (span["start"], span["end"], Decimal(span["quantity"]), Decimal(span["amount"]))
+        for span in line.get("service_spans") or []
+    )
+    for start, end, share, amount in list(spans):
+        if share > 0 or (share == 0 and amount > 0):
+            both = min(spans[(start, end, share, amount)], spans[(start, end, -share, -amount)])
+            spans[(start, end, share, amount)] -= both
+            spans[(start, end, -share, -amount)] -= both
+    left = sorted(span for span, count in spans.items() for _ in range(count) if span[2] or span[3])
+    if len(left) < 2 and not line.get("adjusts_period_start"):
+        return []
+    return [
+        f"{'Given back for' if share < 0 or (share == 0 and amount < 0) else 'For'} {period_label(start, end)}:"
+        f" {money(str(amount), currency)}"
+        for start, end, share, amount in left
+    ]
 
 
 def invoice_view(data: dict[str, Any], hide_zero_lines: bool = True) -> dict[str, Any]:
