@@ -10,7 +10,6 @@ fpdf2 with Source Sans Pro (Latin, Greek, Cyrillic), both from PyPI.
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
@@ -19,6 +18,7 @@ from typing import Any
 import jinja2
 
 from bastionary.money import MINOR_UNITS
+from bastionary.rating.service_windows import ZERO, ServiceWindow, net_windows
 
 QUANTITY_PLACES = Decimal("0.0001")
 DASH = "\u2013"  # an en dash between the ends of a range
@@ -126,22 +126,21 @@ def _line_notes(line: dict[str, Any], currency: str) -> list[str]:
 def _span_notes(line: dict[str, Any], currency: str) -> list[str]:
     """The spans a line bills or gives back, where they tell more than its period: several, or
     an adjustment's. A span it replaces with the same span at the same amount nets out."""
-    spans = Counter(
-        (span["start"], span["end"], Decimal(span["quantity"]), Decimal(span["amount"]))
+    left = net_windows(
+        ServiceWindow(
+            datetime.fromisoformat(span["start"]),
+            datetime.fromisoformat(span["end"]),
+            Decimal(span["quantity"]),
+            Decimal(span["amount"]),
+        )
         for span in line.get("service_spans") or []
     )
-    for start, end, share, amount in list(spans):
-        if share > 0 or (share == 0 and amount > 0):
-            both = min(spans[(start, end, share, amount)], spans[(start, end, -share, -amount)])
-            spans[(start, end, share, amount)] -= both
-            spans[(start, end, -share, -amount)] -= both
-    left = sorted(span for span, count in spans.items() for _ in range(count) if span[2] or span[3])
     if len(left) < 2 and not line.get("adjusts_period_start"):
         return []
     return [
-        f"{'Given back for' if share < 0 or (share == 0 and amount < 0) else 'For'} {period_label(start, end)}:"
-        f" {money(str(amount), currency)}"
-        for start, end, share, amount in left
+        f"{'Given back for' if (w.quantity, w.amount) < (ZERO, ZERO) else 'For'}"
+        f" {period_label(w.start.isoformat(), w.end.isoformat())}: {money(str(w.amount), currency)}"
+        for w in left
     ]
 
 
