@@ -96,7 +96,7 @@ def invoice(invoice_id, subscription, kind, issued_day, rates, subtotal="10.00")
 
 
 def line(invoice_id, n, subscription, key, amount):
-    return (invoice_id, n, "cust-1", subscription, key, key, "", key, Decimal(1), Decimal(amount), "USD", FEB, None, [])
+    return (invoice_id, n, "cust-1", subscription, key, key, "", key, Decimal(1), Decimal(amount), "USD", FEB, None, [], [])
 
 
 client.insert(

@@ -614,3 +614,74 @@ def test_with_the_catalog_unchanged_late_usage_ends_where_rating_it_on_time_woul
     assert_spans_add_up_to_their_lines(invoices)
     got = per_period(invoices).get(FEB.isoformat(), D(0))
     assert got == per_period(asyncio.run(on_time())).get(FEB.isoformat(), D(0))
+
+
+def _capped_fees() -> dict:
+    price = {"key": "fees", "model": "percentage", "meter": "llm_tokens", "rate": "0.029", "fixed_amount": "0.30"}
+    return price | {"max_amount": "1.00"}
+
+
+async def test_events_of_no_value_moved_between_two_segments_of_one_plan_are_billed():
+    """February: a (2.9% + 0.30 an event, at most 1.00 a segment) 1-10, b (0.05 a token) 10-20,
+    a again from the 20th; events of no value on the 2nd, 3rd, 4th, 5th and 9th (1.00, capped),
+    the 19th (b's) and the 25th (0.30): 1.30. Both changes turn out two days earlier: a holds
+    four events before the 8th (1.00), the 19th's (0.30) and the 25th's (0.30), 1.60, with its
+    usage (0) and events (6) summed unmoved. Until spans kept their events it stayed 1.30."""
+    b = _plan("b", prices=[per_unit_tokens("0.05")])
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    for day, plan in ((10, "b"), (20, "a")):
+        store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+    for day in (2, 3, 4, 5, 9, 19, 25):
+        store.use("cust-1", 0, at(2024, 2, day))
+    rate = Rater(store, [_plan("a", prices=[_capped_fees()]), b], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("1.30")
+    for day, plan in ((8, "b"), (18, "a")):
+        store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+    invoices += (await rate.run_once(AFTER_MAR)).invoices
+    assert_spans_add_up_to_their_lines(invoices)
+    assert per_period(invoices)[FEB.isoformat()] == D("1.60")
+
+
+_changes = st.lists(st.tuples(st.integers(2, 28), st.sampled_from("ab")), max_size=3, unique_by=lambda c: c[0])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_changes, _changes, st.lists(st.tuples(_days, st.sampled_from([0, 0, 10, 40])), min_size=1, max_size=7))
+@example([(10, "b"), (20, "a")], [(8, "b"), (18, "a")], [(2, 0), (3, 0), (4, 0), (5, 0), (9, 0), (19, 0), (25, 0)])
+def test_with_the_catalog_unchanged_a_late_plan_change_ends_where_rating_it_on_time_would(changes, late, used):
+    """a's capped percentage (2.9% + 0.30 an event, at most 1.00 a segment), b's 0.05 a token;
+    plan changes in February, and more received after February's invoice. February ends
+    billed exactly what rating it with every change known on time gives: the catalog did not
+    change, so whatever moved between segments (usage, or events of no value) is priced as on
+    time."""
+    late = [(day, plan) for day, plan in late if day not in {d for d, _ in changes}]
+    plans = [_plan("a", prices=[_capped_fees()]), _plan("b", prices=[per_unit_tokens("0.05")])]
+
+    def subscribed(changed: list[tuple[int, str]]) -> FakeBillingStore:
+        store = FakeBillingStore()
+        store.subscribe("sub-1", "cust-1", plan="a")
+        for day, plan in changed:
+            store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+        for day, tokens in used:
+            store.use("cust-1", tokens, at(2024, 2, day, 12))
+        return store
+
+    async def changed_late() -> list[dict]:
+        store = subscribed(changes)
+        rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
+        invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+        for day, plan in late:
+            store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+        invoices += (await rate.run_once(AFTER_MAR)).invoices
+        return invoices + (await rate.run_once(AFTER_APR)).invoices
+
+    async def on_time() -> list[dict]:
+        rate = Rater(subscribed(changes + late), plans, [TOKENS], GRACE, FakePublisher())
+        return (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+
+    invoices = asyncio.run(changed_late())
+    assert_spans_add_up_to_their_lines(invoices)
+    got = per_period(invoices).get(FEB.isoformat(), D(0))
+    assert got == per_period(asyncio.run(on_time())).get(FEB.isoformat(), D(0))

@@ -40,7 +40,7 @@ def added_events(before: int | None, more: int | None) -> int | None:
 def stored_windows(windows: Iterable[ServiceWindow], currency: str) -> tuple[ServiceWindow, ...]:
     """Windows as ``invoice_lines.windows`` keeps them: shares to 9 decimals, amounts rounded."""
     return tuple(
-        ServiceWindow(w.start, w.end, stored_quantity(w.quantity), round_money(w.amount, currency)) for w in windows
+        w._replace(quantity=stored_quantity(w.quantity), amount=round_money(w.amount, currency)) for w in windows
     )
 
 

@@ -217,6 +217,7 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
             priced = price_usage(price, used)
             label = f"{price.description or price.key}{suffix}"
             unit = price.unit_amount if isinstance(price, PerUnitPrice) else None
+            events = used.events if priced.percentage is not None else None
             lines.append(
                 Line(
                     price.key,
@@ -228,8 +229,8 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
                     f"{plan.key}:{price.key}",
                     unit_price=unit,
                     percentage=priced.percentage,
-                    events=used.events if priced.percentage is not None else None,
-                    windows=(ServiceWindow(lo, hi, used.quantity, priced.amount),),
+                    events=events,
+                    windows=(ServiceWindow(lo, hi, used.quantity, priced.amount, events),),
                 )
             )
     return lines

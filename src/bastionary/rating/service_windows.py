@@ -43,25 +43,39 @@ class ServiceWindow(NamedTuple):
     # A fee's share of the period, or the span's usage; to 9 decimals, as invoice_lines.quantity.
     quantity: Decimal
     amount: Decimal  # what it costs, rounded to the currency's minor unit
+    # A percentage price's events in the span (its fixed amount is charged per event, and a
+    # bound applies to each segment apart, so events of no value moving between two segments
+    # of one plan move its amount); None on every other line, and where not known.
+    events: int | None = None
 
     def negated(self) -> ServiceWindow:
-        return ServiceWindow(self.start, self.end, -self.quantity, -self.amount)
+        events = None if self.events is None else -self.events
+        return ServiceWindow(self.start, self.end, -self.quantity, -self.amount, events)
+
+    def bills(self) -> bool:
+        """Whether the window bills anything: a share or usage, an amount, or events."""
+        return bool(self.quantity or self.amount or self.events)
 
 
 def net_windows(entries: Iterable[ServiceWindow]) -> tuple[ServiceWindow, ...]:
     """The windows still billed: each entry less its exact opposite, in order of time."""
     entries = tuple(entries)
-    if all(entry.quantity >= 0 and entry.amount >= 0 for entry in entries):  # nothing given back
-        return tuple(sorted(entry for entry in entries if entry.quantity or entry.amount))
+    if all(entry.quantity >= 0 and entry.amount >= 0 and (entry.events or 0) >= 0 for entry in entries):
+        return tuple(sorted((entry for entry in entries if entry.bills()), key=_order))  # nothing given back
     left = Counter(entries)
     for entry in list(left):
-        if (entry.quantity, entry.amount) > (ZERO, ZERO):
+        if (entry.quantity, entry.amount, entry.events or 0) > (ZERO, ZERO, 0):
             opposite = entry.negated()
             cancelled = min(left[entry], left[opposite])
             left[entry] -= cancelled
             left[opposite] -= cancelled
-    kept = [entry for entry, count in left.items() for _ in range(count) if entry.quantity or entry.amount]
-    return tuple(sorted(kept))
+    kept = [entry for entry, count in left.items() for _ in range(count) if entry.bills()]
+    return tuple(sorted(kept, key=_order))
+
+
+def _order(window: ServiceWindow) -> tuple[datetime, datetime, Decimal, Decimal, int]:
+    # Sorted by time; events may be None, which does not compare with an int.
+    return window.start, window.end, window.quantity, window.amount, window.events or 0
 
 
 def fee_unchanged(fee: Decimal, billed: Sequence[ServiceWindow], currency: str) -> bool:
@@ -123,10 +137,17 @@ def spans_moved(now: Iterable[ServiceWindow], billed: Iterable[ServiceWindow] | 
 
 
 def same_usage(now: Iterable[ServiceWindow], billed: Iterable[ServiceWindow] | None) -> bool:
-    """Whether each span holds the usage it was billed for (None: not known span by span).
-    Spans of no usage count for nothing either side."""
+    """Whether each span holds the usage it was billed for (None: not known span by span), and,
+    for a percentage price, the events, where every span still billed keeps its count (spans
+    stored before 2026-12-07 do not: they are compared by usage alone). Spans of no usage (and
+    no events) count for nothing either side."""
     if billed is None:
         return False
+    billed = tuple(billed)
+    if all(w.events is not None for w in billed):
+        return Counter((w.start, w.end, w.quantity, w.events) for w in now if w.quantity or w.events) == Counter(
+            (w.start, w.end, w.quantity, w.events) for w in billed if w.quantity or w.events
+        )
     return Counter((w.start, w.end, w.quantity) for w in now if w.quantity) == Counter(
         (w.start, w.end, w.quantity) for w in billed if w.quantity
     )

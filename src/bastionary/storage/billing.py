@@ -66,6 +66,7 @@ LINE_COLUMNS = (
     "period_start",
     "events",
     "windows",
+    "window_events",
 )
 
 
@@ -261,8 +262,10 @@ class ClickHouseBillingStore:
             # A key's windows are known only if every line of it that bills something has them.
             " countIf(empty(windows) AND (quantity != 0 OR amount != 0)) = 0,"
             # Plain values: integer microseconds and decimal text, read the same over HTTP and in chdb.
-            " arrayMap(w -> (toUnixTimestamp64Micro(w.1), toUnixTimestamp64Micro(w.2), toString(w.3), toString(w.4)),"
-            "   groupArrayArray(windows))"
+            # A window's events: NULL where its line kept none (window_events empty, older lines).
+            " groupArrayArray(arrayMap((w, i) -> (toUnixTimestamp64Micro(w.1), toUnixTimestamp64Micro(w.2),"
+            "   toString(w.3), toString(w.4), if(length(window_events) = length(windows), window_events[i], NULL)),"
+            "   windows, arrayEnumerate(windows)))"
             " FROM invoice_lines FINAL"
             " WHERE subscription_id = {s:String}"
             " AND invoice_id IN (SELECT invoice_id FROM invoices WHERE subscription_id = {s:String})"
@@ -370,7 +373,7 @@ class ClickHouseBillingStore:
                         currency,
                         line.period_start or period_start,
                         line.events,
-                        list(stored_windows(line.windows, currency)),
+                        *_window_columns(stored_windows(line.windows, currency)),
                     )
                 )
             ledger_rows.extend(ledger)
@@ -401,7 +404,7 @@ class ClickHouseBillingStore:
         ).result_rows
         zero = Decimal(0)
         stale_lines: list[tuple[object, ...]] = [
-            (invoice, line_no, customer, subscription, "", "", "", "", zero, zero, currency, period_start, None, [])
+            (invoice, line_no, customer, subscription, "", "", "", "", zero, zero, currency, period_start, None, [], [])
             for invoice, line_no, customer, subscription, currency, period_start in lines
             if line_no >= counts[invoice]
         ]
@@ -458,8 +461,15 @@ def _rates_of_columns(subtotal: str, has_rates: int, tax_rates: str, tax_lines: 
     return rates_of_document(document)
 
 
-def _windows(rows: list[tuple[int, int, str, str]]) -> list[ServiceWindow]:
-    return [ServiceWindow(_micros(start), _micros(end), Decimal(q), Decimal(a)) for start, end, q, a in rows]
+def _window_columns(windows: tuple[ServiceWindow, ...]) -> tuple[list[tuple[object, ...]], list[int | None]]:
+    """``invoice_lines.windows`` and ``window_events``: the spans, and their events apart."""
+    return [(w.start, w.end, w.quantity, w.amount) for w in windows], [w.events for w in windows]
+
+
+def _windows(rows: list[tuple[int, int, str, str, int | None]]) -> list[ServiceWindow]:
+    return [
+        ServiceWindow(_micros(start), _micros(end), Decimal(q), Decimal(a), events) for start, end, q, a, events in rows
+    ]
 
 
 def _micros(value: int) -> datetime:
