@@ -90,3 +90,28 @@ def test_the_flush_s_repeats_conflicts_and_horizon_are_judged(tmp_path):
     assert plan.stats.accepted + plan.stats.duplicates + len(plan.dead_letters) == sum(
         len(orjson.loads(r.value or b"")) if (r.value or b"").startswith(b"[") else 1 for r in _flush()
     )
+
+
+def _landed(path: Path, flushes: list[list[InboundRecord]]) -> list[int]:
+    """The offsets of the records whose event counted, over ``flushes`` planned and recorded in turn."""
+    dedupe = RocksDedupeStore(path, HORIZON)
+    try:
+        planner, counted = FlushPlanner(MeterIndex(CATALOG.meters), dedupe, LIMITS), []
+        for records in flushes:
+            plan = planner.plan("usage", 0, 7, records)
+            dedupe.record("usage", 0, plan.sightings, plan.last_offset, 7)
+            counted += [row.ingest_offset for row in plan.event_rows]
+        return counted
+    finally:
+        dedupe.close()
+
+
+def test_a_copy_past_the_horizon_counts_again_wherever_the_flushes_are_cut(tmp_path):
+    """Copies of one event 0, 50, 150, 200 and 310 s after the first (horizon 100 s): the first
+    counts, 50 repeats it, 150 is past its horizon and counts again, 200 repeats 150, and 310 is
+    past 150's. Until 2026-12-07 a first sighting met earlier in the same flush was judged
+    without the horizon, so one flush counted the event once (a backlog, a re-import)."""
+    records = [_record(offset, event("again"), seconds) for offset, seconds in enumerate((0, 50, 150, 200, 310))]
+    for cut in range(len(records) + 1):
+        flushes = [part for part in (records[:cut], records[cut:]) if part]
+        assert _landed(tmp_path / f"cut-{cut}", flushes) == [0, 2, 4]

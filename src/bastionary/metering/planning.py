@@ -188,6 +188,11 @@ class FlushPlanner:
         for index, failure in keyed_members.failures:
             self._reject_member(plan, record, members, index, failure)
         seen_at = record.timestamp_ms // 1000  # also the record's ingested second
+        # A first sighting from before the horizon is gone for all purposes: the store says so of
+        # what it holds, and this says so of one met earlier in the flush (a backlog or a
+        # re-import can hold both copies), so a copy's verdict does not depend on where the
+        # flushes were cut.
+        oldest = seen_at - self.dedupe.horizon_seconds
         # Names taken once per record: the loop below runs for every event of a flush.
         offset, epoch = record.offset, plan.log_epoch
         keyed, keys = keyed_members.members, keyed_members.keys
@@ -197,6 +202,8 @@ class FlushPlanner:
             row = accepted.row
             current = Sighting(offset, accepted.index, seen_at, accepted.payload_hash, epoch)
             previous = in_flush.get(key) or previous
+            if previous is not None and previous.seen_at < oldest:
+                previous = None
             if previous is not None:  # most keys are new, and a new one needs no judging
                 verdict = judge(previous, current)
                 if verdict is Verdict.DUPLICATE:

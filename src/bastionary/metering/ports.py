@@ -120,6 +120,10 @@ class UsageStore(Protocol):
 class DedupeCache(Protocol):
     """The local cache of first sightings (see :mod:`bastionary.dedupe`)."""
 
+    # How long a first sighting counts (seconds, of broker time): a copy seen later is a new
+    # event. The store lets go of what it holds past it; the planner applies it within a flush.
+    horizon_seconds: int
+
     def key(self, topic: str, partition: int, source: str, event_id: str) -> bytes: ...
 
     def get(self, key: bytes, now: int) -> Sighting | None: ...
