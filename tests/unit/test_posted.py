@@ -150,3 +150,22 @@ def test_every_member_is_accepted_or_rejected_once_and_published_as_itself(body)
 def test_any_bytes_are_judged_never_raised(raw):
     posted = judged(raw)
     assert posted.refused is not None or len(posted.accepted) + len(posted.rejected) >= 1
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=40), st.integers(-3, 3), st.booleans())
+def test_an_event_accepted_near_the_size_limit_is_never_published_too_large(pad, slack, as_batch):
+    """The limit set a few bytes around the body's own size: what POST accepts, the pipeline
+    takes. Until 2026-12-07 a lone event within the limit was published as a one-member batch,
+    two bytes longer, and dead-lettered as ``record_too_large`` after its 202."""
+    document = event("near") | {"data": {"tokens": 5, "pad": pad}}
+    raw = orjson.dumps([document] if as_batch else document)
+    limits = RecordLimits(len(raw) + slack, 1000, timedelta(minutes=5))
+    posted = judge_posted(raw, as_batch, NOW_MS, limits, METERS)
+    if slack < 0:
+        assert posted.refused is not None and posted.refused.code.value == "record_too_large"
+        return
+    assert posted.accepted == ["near"]
+    for key, value in posted.records:
+        parsed = parse_record(value, None, NOW_MS, limits, key)
+        assert parsed.rejection is None and [m.event.id for m in parsed.members if m.event] == ["near"]

@@ -90,5 +90,15 @@ def judge_posted(
             exact = _EXACT.decode(body)
         grouped.setdefault(event.subject, []).append(_ENCODE.encode(exact[member.index] if parsed.batch else exact))
         out.accepted.append(event.id)
-    out.records = [(subject.encode(), b"[" + b",".join(members) + b"]") for subject, members in grouped.items()]
+    out.records = [(subject.encode(), _record_value(members, limits)) for subject, members in grouped.items()]
     return out
+
+
+def _record_value(members: list[bytes], limits: RecordLimits) -> bytes:
+    """One customer's members as a batch record, or a lone member as itself where the batch's
+    two brackets would take it past the record size limit: the body was within it, and an
+    accepted event must not come back as ``record_too_large``."""
+    value = b"[" + b",".join(members) + b"]"
+    if len(members) == 1 and len(value) > limits.max_record_bytes:
+        return members[0]
+    return value
