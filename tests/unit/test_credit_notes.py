@@ -102,6 +102,17 @@ def test_a_void_credits_the_whole_unpaid_invoice():
         (request(amount="10"), standing(credited="95"), "still creditable"),
         (request(), standing(credited="100"), "nothing left to credit"),
         (request(amount="0.001"), standing(), "decimal place"),
+        # The sum is exact, the lines are not: rounding them would issue 10.01 + 10.00 as 20.00.
+        (
+            request(lines=[{"description": "a", "amount": "10.005"}, {"description": "b", "amount": "9.995"}]),
+            standing(),
+            "line amount 10.005 has 3 decimal places; USD has 2",
+        ),
+        (
+            request(lines=[{"description": "a", "amount": "0.5"}, {"description": "b", "amount": "0.5"}]),
+            replace(standing(), currency="JPY"),
+            "line amount 0.5 has 1 decimal place; JPY has 0",
+        ),
         (request(void=True), standing(paid="1"), "only an unpaid invoice"),
         (request(void=True), standing(credited="1", reduced="1"), "only an unpaid invoice"),
         (request(amount="1"), None, "no invoice"),
@@ -160,6 +171,25 @@ def test_any_input_gives_a_request_or_the_parser_s_error(value, data):
             parse_credit_note_request(candidate)
         except InvalidBillingEvent:
             pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(mills=st.lists(st.integers(1, 20_000), min_size=1, max_size=5))
+def test_lines_are_issued_exactly_as_requested_or_rejected_never_rounded(mills):
+    # Line amounts in thousandths of a dollar: some are whole cents, some are not.
+    lines = [{"description": f"line {n}", "amount": str(D(m) / 1000)} for n, m in enumerate(mills)]
+    decision = decide("evt-1", ASKED, request(lines=lines), standing(total="100.00"), NOW)
+    exact = all(m % 10 == 0 for m in mills)
+    if not exact:
+        assert decision.status == "rejected" and "line amount" in decision.document["rejection"]
+        return
+    if sum(mills) > 100_000:
+        assert decision.status == "rejected" and "still creditable" in decision.document["rejection"]
+        return
+    assert decision.issued
+    issued_lines = [D(line["amount"]) for line in decision.document["lines"]]
+    assert issued_lines == [D(m) / 1000 for m in mills]
+    assert sum(issued_lines) == D(decision.document["amount"])
 
 
 # --- any sequence of notes against one invoice --------------------------------------------

@@ -184,6 +184,12 @@ def decide(
             return reject("only an unpaid invoice without credit notes can be voided: issue a credit note instead")
         amount = standing.total + standing.credits_applied  # the credits it drew go back to the balance
     else:
+        # Each line is shown as issued, so each must be exact in the currency: a sum can be
+        # (10.005 + 9.995 USD) when its lines are not, and rounding them would issue lines that
+        # no longer add up to the amount.
+        for line in request.lines or []:
+            if (problem := amount_problem(line.amount, currency)) is not None:
+                return reject(f"line amount {line.amount} {problem}")
         requested = request.requested_amount
         amount = creditable if requested is None else requested
         if (problem := amount_problem(amount, currency)) is not None:
