@@ -47,6 +47,7 @@ from bastionary.rating.subscriptions import SubscriptionEvent, build_subscriptio
 from bastionary.rating.tax import Invoicing, Issuer, TaxProfile, TaxRate, rates_of_document
 
 D = Decimal
+_SUMS = Context(prec=76)
 
 
 def at(*parts: int) -> datetime:
@@ -239,7 +240,8 @@ class FakeBillingStore:
                 and all(dimensions.get(k) == v for k, v in filters.items())
             ):
                 before = out.get(r.customer_id, Usage(D(0), 0))
-                out[r.customer_id] = Usage(before.quantity + r.value, before.events + 1)
+                # ClickHouse sums Decimal(38, 9) exactly; the default context keeps 28 digits.
+                out[r.customer_id] = Usage(_SUMS.add(before.quantity, r.value), before.events + 1)
         return out
 
     def billed(self, subscription_id: str) -> Billed:
@@ -1328,6 +1330,33 @@ async def test_a_mid_period_plan_change_names_both_plans_and_the_plan_at_the_end
     assert (january["plan"], january["plans"]) == ("metered", ["pro", "metered"])
     (february,) = (await rate.run_once(AFTER_FEB)).invoices
     assert (february["plan"], february["plans"]) == ("metered", ["metered"])
+
+
+async def test_expired_amounts_are_at_the_grant_currency_s_precision():
+    """As intake accepts them (``5``) or the ledger reads them back (Decimal(38, 9)), expired
+    amounts were shown as stored (``5``, ``7.000000000``) until 2026-12-07."""
+    store, publish = one_customer(), FakePublisher()
+    expiry = at(2024, 1, 20)
+    for grant_id, amount, currency in [
+        ("g-int", "5", "USD"),
+        ("g-ch", "7.000000000", "USD"),
+        ("g-jpy", "300.0", "JPY"),
+    ]:
+        store.granted.append(Grant(grant_id, "cust-1", D(amount), currency, 1, JAN - timedelta(days=1), expiry))
+    (document,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+
+    shown = [("g-int", "5.00"), ("g-ch", "7.00"), ("g-jpy", "300")]
+    assert [(m["grant_id"], m["amount"]) for m in document["credits_expired"]] == shown
+    events = [e["data"] for e in publish.events("credits") if e["type"] == "bastionary.credit.expired.v1"]
+    assert [(e["grant_id"], e["amount"]) for e in events] == shown
+    assert store.ledger[movement_id("expired", "g-ch", JAN_INVOICE)].amount == D(7)  # the ledger stays exact
+
+
+async def test_a_remainder_below_one_minor_unit_lapses_exactly_whatever_its_stored_scale():
+    store, publish = one_customer(), FakePublisher()  # 30.00
+    store.grant("g-odd", "cust-1", "10.005000000")  # as the ledger reads older data back
+    (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
+    assert january["credits_expired"] == [{"grant_id": "g-odd", "amount": "0.005"}]  # not rounded to 0.01
 
 
 async def test_a_remainder_below_one_minor_unit_lapses_explicitly():

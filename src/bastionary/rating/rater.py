@@ -41,7 +41,7 @@ import structlog
 from bastionary.credits.balances import grant_status
 from bastionary.credits.ledger import Grant, movement_id, usable_balance
 from bastionary.metering.meters import Meter
-from bastionary.money import format_money, minor_unit, round_money
+from bastionary.money import MINOR_UNITS, format_money, minor_unit, round_money
 from bastionary.outbound import cloud_event
 from bastionary.rating.adjustments import (
     adjustment_lines,
@@ -54,6 +54,7 @@ from bastionary.rating.adjustments import (
 from bastionary.rating.advance import advance_keys, advance_lines
 from bastionary.rating.billed import NOTHING_BILLED, Billed, add_billed, combined
 from bastionary.rating.customers import CustomerTerms
+from bastionary.rating.events import fraction_digits
 from bastionary.rating.invoice import (
     ADVANCE,
     Line,
@@ -482,7 +483,7 @@ class Rater:
             if (grant_status(grant, moment) == "expired" and left > 0) or dust:
                 drawn[grant.grant_id] = grant.amount
                 ledger.append(_ledger_row("expired", grant, left, invoice.invoice_id, recorded))
-                expired.append({"grant_id": grant.grant_id, "amount": str(left)})
+                expired.append({"grant_id": grant.grant_id, "amount": _lapsed_amount(left, grant.currency)})
         invoice = replace(invoice, credits_expired=tuple(expired))
         carried = Decimal(invoice.carried_forward)
         if carried > 0:
@@ -748,6 +749,15 @@ def _movement_currency(kind: str, grant_id: str, data: dict[str, Any], currencie
     if kind in ("applied", "carried"):  # drawn or carried in the invoice's currency
         return str(data["currency"])
     raise LookupError(f"grant {grant_id} expired on invoice {data['invoice_id']} is not in the credit ledger")
+
+
+def _lapsed_amount(amount: Decimal, currency: str) -> str:
+    """A lapsed remainder as shown on the invoice and its ``credit.expired`` event: at the
+    grant currency's precision like every amount (``5`` from intake or ``7.000000000`` read
+    back from the ledger is ``5.00``/``7.00``), but exact: a remainder below one minor unit
+    (older data) is what lapsed, so it keeps its decimals rather than round to ``0.00``."""
+    places = max(MINOR_UNITS[currency], fraction_digits(amount))
+    return format(amount.quantize(Decimal(1).scaleb(-places)), "f")
 
 
 def _ledger_row(kind: str, grant: Grant, amount: Decimal, invoice: str, recorded: datetime) -> LedgerRow:
