@@ -594,6 +594,50 @@ def test_a_purchase_row_keeps_its_price_and_payment_and_starts_at_the_event_time
 
 
 @pytest.mark.parametrize(
+    ("expires_at", "accepted"),
+    [("2026-03-01T00:00:00Z", False), ("2026-03-05T10:00:00Z", False), ("2026-03-05T11:00:00+01:00", False),
+     ("2026-03-05T10:00:00.000001Z", True), ("2027-03-05T00:00:00Z", True)],
+)  # fmt: skip
+def test_a_purchase_without_effective_at_must_expire_after_the_event_time(expires_at, accepted):
+    """It is usable from the event's time (10:00Z): one expiring by then was accepted until
+    2026-12-07, and its paid-for credit lapsed on the next invoice, never usable."""
+    value = with_data("purchase", effective_at=DROP, expires_at=expires_at)
+    result = outcome("purchase", value, None)
+    if accepted:
+        assert not isinstance(result, Exception)
+    else:
+        assert isinstance(result, InvalidBillingEvent) and result.code == "invalid_data"
+        assert "expires_at must be after the event's time" in str(result)
+
+
+def test_a_void_is_not_held_to_the_expiry_of_what_it_voids():
+    # A void's expires_at is never read: a void of an expired grant naming its expiry stands.
+    void = {"type": "bastionary.credit.voided.v1"}
+    assert code("credit", with_data("credit", void, effective_at=DROP, expires_at="2026-03-01T00:00:00Z")) is None
+
+
+@PROPERTY
+@given(
+    kind=st.sampled_from(["credit", "purchase"]),
+    effective=st.one_of(st.none(), st.integers(-10**6, 10**6)),
+    expires=st.integers(-10**6, 10**6),
+)  # fmt: skip
+def test_an_accepted_grant_or_purchase_is_usable_before_it_expires(kind, effective, expires):
+    """Offsets in seconds from the event's time; no effective_at: usable from the event's time."""
+    event_time = datetime(2026, 3, 5, 10, tzinfo=UTC)
+    changes = {"expires_at": (event_time + timedelta(seconds=expires)).isoformat()}
+    changes["effective_at"] = DROP if effective is None else (event_time + timedelta(seconds=effective)).isoformat()
+    result = outcome(kind, with_data(kind, **changes), None)
+    if kind == "credit" and effective is None:  # a grant needs its effective_at
+        assert isinstance(result, InvalidBillingEvent)
+        return
+    assert isinstance(result, InvalidBillingEvent) == (expires <= (effective or 0))
+    if not isinstance(result, Exception):
+        row = credit_row(*parse_credit(with_data(kind, **changes)), RECEIVED)
+        assert row.expires_at is not None and row.expires_at > row.effective_at
+
+
+@pytest.mark.parametrize(
     ("rules", "accepted"),
     [
         ([{"currency": "USD", "threshold": "0", "amount": "1"}], True),

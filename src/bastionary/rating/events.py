@@ -269,9 +269,20 @@ def parse_credit(value: bytes, *, latest_time: datetime | None = None) -> tuple[
         data.amount is None or data.currency is None or data.price_paid is None or data.payment_reference is None
     ):
         raise InvalidBillingEvent("invalid_data", "purchased needs amount, currency, price_paid and payment_reference")
-    if data.expires_at is not None and data.effective_at is not None and data.expires_at <= data.effective_at:
-        raise InvalidBillingEvent("invalid_data", "expires_at must be after effective_at")
+    # Against the time the credit is usable from as stored (``credit_row``): a purchase without
+    # ``effective_at`` is usable from the event's time, and one expiring by then was accepted
+    # until 2026-12-07 and lapsed unused. A void's times are not a grant's: its expires_at is
+    # never read, so only an explicit effective_at is held to it, as before.
+    effective = credit_effective_at(event, data) if kind != "voided" else data.effective_at
+    if data.expires_at is not None and effective is not None and data.expires_at <= effective:
+        which = "effective_at" if data.effective_at is not None else "the event's time (effective_at's default)"
+        raise InvalidBillingEvent("invalid_data", f"expires_at must be after {which}")
     return event, kind, data
+
+
+def credit_effective_at(envelope: BillingEvent, data: CreditGrantData) -> datetime:
+    """When a grant, purchase or void takes effect: ``effective_at``, or the event's time."""
+    return data.effective_at or envelope.time
 
 
 def parse_envelope(value: bytes, latest_time: datetime | None = None) -> BillingEvent:
@@ -344,7 +355,7 @@ def credit_row(envelope: BillingEvent, kind: str, data: CreditGrantData, recorde
         data.amount or Decimal(0),
         data.currency or "",
         data.priority,
-        data.effective_at or envelope.time,
+        credit_effective_at(envelope, data),
         data.expires_at,
         "",
         recorded,
