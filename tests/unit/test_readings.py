@@ -327,6 +327,29 @@ def test_unique_numbers_through_the_index():
     assert a == b
 
 
+@pytest.mark.parametrize("raw", [0, Decimal("0.0"), Decimal("-0"), Decimal("-0.0"), Decimal("0e5"), Decimal("-0E-3")])
+def test_unique_value_every_spelling_of_zero_is_one_id(raw):
+    # normalize() keeps the sign of -0: -0 and 0 would count as two users
+    assert unique_value(UNIQUE_METER, raw) == "0"
+
+
+@given(st.integers(-(10**47) + 1, 10**47 - 1), st.integers(0, 9), st.booleans())
+def test_unique_value_is_one_plain_spelling_of_the_number(nanos, padding, minus):
+    # Any number up to 38 integer and 9 fractional digits, spelled with trailing zeros and,
+    # for zero, a minus sign: its text is the number (nothing rounded) in one canonical form.
+    sign = "-" if minus and nanos == 0 else ""
+    spelled = Decimal(f"{sign}{nanos}{'0' * padding}E-{9 + padding}")
+    text = unique_value(UNIQUE_METER, spelled)
+    assert Decimal(text) == spelled
+    assert text == unique_value(UNIQUE_METER, Decimal(f"{nanos}E-9"))
+    assert "E" not in text and text != "-0" and not ("." in text and text.endswith("0"))
+
+
+def test_unique_zeros_through_the_index_are_one_id():
+    spellings = [b'{"user":{"id":0}}', b'{"user":{"id":0.0}}', b'{"user":{"id":-0.0}}', b'{"user":{"id":-0E-3}}']
+    assert {readings("user.active", text)[0].unique for text in spellings} == {"0"}
+
+
 @pytest.mark.parametrize(("raw", "expected"), [(100, "100"), (Decimal("1000.0"), "1000"), (12300, "12300")])
 def test_unique_value_numbers_render_in_plain_notation(raw, expected):
     assert unique_value(UNIQUE_METER, raw) == expected

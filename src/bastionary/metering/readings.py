@@ -193,8 +193,9 @@ def _exact_at_scale(value: Decimal, limit: Decimal = VALUE_LIMIT) -> Decimal | N
 
 def unique_value(meter: Meter, raw: Any) -> str:
     """A UNIQUE_COUNT value as text: strings as they are, numbers in plain decimal notation
-    (``100``, ``100.0`` and ``1e2`` are one value). A number is an identity here, not an
-    amount, so it may have up to 38 integer digits (and at most 9 fractional ones)."""
+    (``100``, ``100.0`` and ``1e2`` are one value, and so are ``0`` and ``-0``). A number is
+    an identity here, not an amount, so it may have up to 38 integer digits (and at most 9
+    fractional ones)."""
     if isinstance(raw, str) and raw:
         return raw
     if isinstance(raw, (int, Decimal)) and not isinstance(raw, bool):
@@ -206,6 +207,8 @@ def unique_value(meter: Meter, raw: Any) -> str:
                 f"meter {meter.key}: {meter.value_property} = {_shown(raw)} is out of range: at most 38 integer and"
                 " 9 fractional digits",
             )
+        if not exact:  # -0, -0.0, 0e5: one id, and normalize() would keep the sign of -0
+            return "0"
         return format(exact.normalize(_CONTEXT), "f")
     raise Rejection(
         ErrorClass.INVALID_METER_VALUE,
