@@ -55,3 +55,11 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
 
 def format_money(amount: Decimal, currency: str) -> str:
     return str(round_money(amount, currency))
+
+
+def plain_decimal(value: Decimal) -> str:
+    """``value`` in plain notation (``100000``, not ``1E+5``) with no trailing zeros, every
+    digit kept: normalize() would round to its context's 28 digits, and a Decimal(38, 9)
+    total has up to 38."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -219,6 +219,16 @@ def test_an_extra_grant_restores_access():
     assert decision.has_access and decision.limit == 6000 and decision.balance == 4800
 
 
+def test_a_balance_and_a_raised_limit_keep_every_digit_of_a_38_digit_column():
+    """Limits and usage are Decimal(38, 9). Until 2026-12-07 the balance and a limit raised by
+    an override were computed in the default 28-digit context: 86999999999999999999.50000001."""
+    usage = Decimal("12999999999999999999.999999987")
+    raised = override("api_calls", limit_delta=Decimal("99999999999999998999.5"))
+    decision = check(state({"api_calls": usage}, overrides=[raised]), "api_calls", NOW)
+    assert decision.limit == Decimal("99999999999999999999.5")
+    assert decision.balance == Decimal("86999999999999999999.500000013")
+
+
 # --- effective_limit -------------------------------------------------------------------
 
 

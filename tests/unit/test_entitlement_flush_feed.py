@@ -92,6 +92,14 @@ def test_additive_meters_move_by_the_flush_deltas_and_filters_apply():
     assert service._dirty == {"c1"}
 
 
+def test_usage_past_28_digits_moves_by_the_exact_delta_as_its_rollup_total_does():
+    # Decimal(38, 9) usage of 29 significant digits: the default context would round the sum.
+    loaded = Decimal("12999999999999999999.999999987")
+    service = service_with(usage={"calls": Decimal(0), "gets": Decimal(0), "tokens": loaded, "peak": Decimal(0)})
+    service.on_flush([FakePlan([row("tokens", "c1", START + timedelta(days=2), total=Decimal("0.000000001"))])])
+    assert service._loaded["c1"].state.usage["tokens"] == Decimal("12999999999999999999.999999988")
+
+
 def test_windows_outside_the_current_period_do_not_count():
     service = service_with()
     service.on_flush(

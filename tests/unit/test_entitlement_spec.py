@@ -8,6 +8,8 @@ from decimal import Decimal
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from bastionary.catalog import CatalogError, parse_catalog
@@ -191,7 +193,21 @@ def test_rating_never_loads_the_entitlements_package():
         ("-0", "0"),
         ("0.000", "0"),
         ("-1.50", "-1.5"),
+        # a Decimal(38, 9) usage total of 38 digits: normalize() at 28 would round it
+        ("12999999999999999999.999999987", "12999999999999999999.999999987"),
+        ("-99999999999999999999999999999.999999999", "-99999999999999999999999999999.999999999"),
+        ("1.2999999999999999999999999999987E+28", "12999999999999999999999999999.987"),
     ],
 )
 def test_decimal_text_is_plain(value, text):
     assert decimal_text(Decimal(value)) == text
+
+
+@given(st.integers(-(10**38) + 1, 10**38 - 1), st.integers(0, 9), st.booleans())
+def test_decimal_text_is_every_digit_of_the_value_in_one_plain_spelling(nanos, padding, minus):
+    # Any Decimal(38, 9) value, spelled with trailing zeros (and zero with a minus sign too)
+    sign = "-" if minus and nanos == 0 else ""
+    value = Decimal(f"{sign}{nanos}{'0' * padding}E-{9 + padding}")
+    text = decimal_text(value)
+    assert Decimal(text) == value  # nothing rounded
+    assert "E" not in text and text != "-0" and not ("." in text and text.endswith(("0", ".")))

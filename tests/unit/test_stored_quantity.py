@@ -40,3 +40,14 @@ async def test_a_huge_but_storable_usage_is_rated_and_the_run_goes_on():
     store.readings.append(Reading("llm_tokens", "cust-2", at(2024, 1, 10), at(2024, 1, 10), D(10) ** 19))
     invoices = (await Rater(store, [PRO], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_JAN)).invoices
     assert sorted(d["customer_id"] for d in invoices) == ["cust-1", "cust-2"]
+
+
+async def test_an_invoice_line_states_every_digit_of_a_huge_quantity():
+    """Until 2026-12-07 the line's quantity was written in the default 28-digit context:
+    12999999999999999999.99999999 for ...999999987 tokens."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    huge = D("12999999999999999999.999999987")
+    store.readings.append(Reading("llm_tokens", "cust-1", at(2024, 1, 10), at(2024, 1, 10), huge))
+    (invoice,) = (await Rater(store, [PRO], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_JAN)).invoices
+    assert [line["quantity"] for line in invoice["lines"] if line.get("meter")] == [str(huge)]

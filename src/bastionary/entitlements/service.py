@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import NamedTuple
 
 import structlog
@@ -35,6 +35,10 @@ Publish = Callable[[str, bytes], Awaitable[Awaitable[object]]]
 # a rebalance) are read a batch at a time, each batch holding the flush lock for a handful of
 # queries rather than one customer's queries at a time.
 LOAD_BATCH = 500
+# Usage is a rollup total, Decimal(38, 9), and the rollups sum at 38 digits: the default
+# context's 28 would round each flush's deltas into usage past 10^19, and drift from it.
+# Twice the column's digits keep these sums exact.
+_USAGE_SUM = Context(prec=76)
 
 
 class UnknownCustomer(LookupError):
@@ -187,7 +191,7 @@ class Entitlements:
                     if customer not in counted:
                         counted[customer] = (loaded, dict(state.usage))
                     usage = counted[customer][1]
-                    usage[feature] = usage.get(feature, 0) + getattr(row, column)
+                    usage[feature] = _USAGE_SUM.add(usage.get(feature, 0), getattr(row, column))
                     touched.add(customer)
         for loaded, usage in counted.values():
             loaded.state = replace(loaded.state, usage=usage)

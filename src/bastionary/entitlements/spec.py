@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bastionary.money import plain_decimal
 from bastionary.rating.plans import Plan
 
 FEATURE_REGEX = r"^[a-z][a-z0-9_]*$"
@@ -97,5 +98,5 @@ def entitlement_problems(plans: Iterable[EntitledPlan], meters: Mapping[str, _Ha
 
 def decimal_text(value: Decimal) -> str:
     """A plain decimal string (``100000``, not ``1E+5``) for JSON and ids."""
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "0") else text
+    text = plain_decimal(value)
+    return "0" if text == "-0" else text

@@ -17,7 +17,7 @@ from decimal import ROUND_DOWN, Context, Decimal
 from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
-from bastionary.money import format_money, round_money
+from bastionary.money import format_money, plain_decimal, round_money
 from bastionary.rating.plans import FlatPrice, MeteredPrice, PerUnitPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
 from bastionary.rating.service_windows import ServiceWindow
@@ -386,4 +386,4 @@ def finalize(
 
 
 def _text(value: Decimal) -> str:
-    return format(value.normalize(), "f")
+    return plain_decimal(value)  # every digit: a quantity may have 38, normalize() keeps 28

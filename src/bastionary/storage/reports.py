@@ -11,7 +11,7 @@ import orjson
 
 from bastionary.credits.balances import GrantBalance, totals
 from bastionary.metering.meters import Meter
-from bastionary.money import MINOR_UNITS, format_money
+from bastionary.money import MINOR_UNITS, format_money, plain_decimal
 from bastionary.storage.client import Client
 from bastionary.storage.queries import usage_query
 
@@ -212,7 +212,7 @@ def number(value: Decimal | float | int | None) -> str | None:
     """An exact JSON-safe string with no trailing zeros (Decimals are never turned into floats)."""
     if value is None:
         return None
-    return format(value.normalize(), "f") if isinstance(value, Decimal) else str(value)
+    return plain_decimal(value) if isinstance(value, Decimal) else str(value)
 
 
 def jsonable(value: Any) -> Any:
