@@ -485,6 +485,22 @@ async def test_an_auto_topup_is_requested_once_per_crossing_of_the_threshold():
     assert await rater(store, publish).run_once(AFTER_APR) == RatingResult([])  # nothing asked twice
 
 
+async def test_an_expiry_that_takes_the_balance_below_the_threshold_asks_for_a_top_up():
+    """Paid 40.00 and promotional 100.00 expiring 20 February; January draws 30.00 of the promo
+    (110.00 left), February lapses its 70.00 and draws 20.00: 20.00, below 50.00. Until
+    2026-12-07 the balance before February's invoice was taken at its period end, without the
+    expired grant (40.00, already below), so no invoice ever asked."""
+    store, publish = one_customer(), FakePublisher()  # 30.00 for January, then 20.00 a month
+    store.grant("g-paid", "cust-1", "40.00", funding="paid")
+    store.grant("g-promo", "cust-1", "100.00", expires_at=at(2024, 2, 20))
+    store.topups["cust-1"] = {"USD": (D("50"), D("100.00"))}
+    requests = []
+    for moment in (AFTER_JAN, AFTER_FEB, AFTER_MAR):
+        (document,) = (await rater(store, publish).run_once(moment)).invoices
+        requests.append(document["topup_requested"])
+    assert requests == [[], [{"currency": "USD", "threshold": "50.00", "amount": "100.00", "balance": "20.00"}], []]
+
+
 async def test_no_topup_rule_for_the_currency_no_request():
     store, publish = one_customer(), FakePublisher()
     store.grant("g-paid", "cust-1", "40.00", funding="paid")

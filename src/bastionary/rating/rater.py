@@ -464,7 +464,12 @@ class Rater:
             plans=tuple(dict.fromkeys(seen)),
             backfill=sub.received_at is not None and shown.end <= sub.received_at,
         )
-        balance_before = usable_balance(grants, drawn, plan.currency, moment)
+        # What the customer's invoices left usable, this invoice's expiries still in it: the
+        # balance at ``moment`` already leaves out a grant expired by then, and an expiry that
+        # takes the balance below a top-up threshold asks as a draw does (README, "Auto top-up").
+        balance_before = usable_balance(grants, drawn, plan.currency, moment) + sum(
+            (_lapsing(grant, drawn, moment) for grant in grants if grant.currency == plan.currency), Decimal(0)
+        )
         recorded = datetime.now(UTC)
         ledger = []
         for allocation in allocations:
@@ -749,6 +754,13 @@ def _movement_currency(kind: str, grant_id: str, data: dict[str, Any], currencie
     if kind in ("applied", "carried"):  # drawn or carried in the invoice's currency
         return str(data["currency"])
     raise LookupError(f"grant {grant_id} expired on invoice {data['invoice_id']} is not in the credit ledger")
+
+
+def _lapsing(grant: Grant, drawn: dict[str, Decimal], moment: datetime) -> Decimal:
+    """What of ``grant`` is left to lapse at ``moment``: its remainder if it expired by then
+    (not voided: a void wins) and no invoice lapsed it yet (a lapse counts as drawn)."""
+    left = grant.amount - drawn.get(grant.grant_id, Decimal(0))
+    return left if left > 0 and grant_status(grant, moment) == "expired" else Decimal(0)
 
 
 def _lapsed_amount(amount: Decimal, currency: str) -> str:
