@@ -238,6 +238,24 @@ async def test_a_usage_threshold_bills_the_period_so_far_once_and_the_period_s_i
     assert february["kind"] == "period"
 
 
+async def test_credit_valid_at_a_period_s_end_pays_it_though_a_later_invoice_was_due_first():
+    """100.00 of credit expiring at 00:30 on 1 February, usable at January's end. February's
+    usage crosses 50.00 at 00:05, so its progressive invoice is due at 00:40, inside January's
+    grace hour. Until 2026-12-07 it was rated then, lapsed the grant, and January's invoice,
+    rated after its grace, charged its 15.00 in cash. The progressive invoice now waits for
+    January's, which draws the credit at its period's end; the rest lapses after."""
+    store, publish = store_on("steps"), FakePublisher()
+    store.use("cust-1", 1000, at(2024, 1, 15))  # January: 5.00 + 10.00
+    store.grant("g1", "cust-1", "100.00", expires_at=FEB + timedelta(minutes=30))
+    store.use("cust-1", 6000, FEB + timedelta(minutes=5))
+    rate = rater(store, publish)
+    assert (await rate.run_once(FEB + timedelta(minutes=40))).invoices == []
+    january, early = (await rate.run_once(FEB + GRACE + timedelta(minutes=10))).invoices
+    assert (january["kind"], january["credits_applied"], january["total"]) == ("period", "15.00", "0.00")
+    assert (early["kind"], early["credits_applied"], early["total"]) == (PROGRESSIVE, "0.00", "60.00")
+    assert early["credits_expired"] == [{"grant_id": "g1", "amount": "85.00"}]
+
+
 async def test_reaching_two_thresholds_at_once_issues_one_invoice_for_the_higher():
     store, publish = store_on("steps"), FakePublisher()
     store.use("cust-1", 15000, at(2024, 1, 5))

@@ -247,6 +247,7 @@ class Rater:
         self._tell_backfill(told)
         cache: UsageCache = {}
         due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache))
+        due = self._in_credit_order(due, subscriptions, rated, now)
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
@@ -293,6 +294,43 @@ class Rater:
         for kind, (message, advice) in said.items():
             if told[kind]:
                 log.warning(message, subscriptions=len(told[kind]), first=told[kind][:5], **advice)
+
+    def _in_credit_order(
+        self, due: list[_Due], subscriptions: list[Subscription], rated: set[str], now: datetime
+    ) -> list[_Due]:
+        """``due`` less the advance and progressive invoices left to a later run: those that
+        draw credits at a moment (their cutoff) at or after the end of a period of the same
+        customer whose invoice still waits for its grace. That invoice draws at its period's
+        end, earlier; rated after them, it would find the credit they drew, or a grant that
+        expired in between lapsed by them, and charge in cash what credit valid at its
+        period's end pays. They wait at most the grace, then sort after it (``_Due.order``)."""
+        early = [item for item in due if item.kind in (ADVANCE, PROGRESSIVE)]
+        if not early:
+            return due
+        customers = {item.sub.customer_id for item in early}
+        rating = {(item.subscription_id, item.period.start) for item in due if item.kind == "period"}
+        waiting: dict[str, datetime] = {}  # customer -> the earliest end of a period whose invoice waits
+        for sub in subscriptions:
+            if sub.customer_id not in customers:
+                continue
+            unbilled = unbilled_before(sub, self.backfill)
+            # Grace 0 (rounded up to a minute): every period that has ended by now.
+            for period, _ in closed_periods(sub, now + timedelta(minutes=1), timedelta(0)):
+                if (
+                    billable(period, unbilled)
+                    and invoice_id(sub.subscription_id, period.start) not in rated
+                    and (sub.subscription_id, period.start) not in rating
+                ):
+                    end = waiting.get(sub.customer_id, period.end)
+                    waiting[sub.customer_id] = min(end, period.end)
+                    break
+        return [
+            item
+            for item in due
+            if item.kind not in (ADVANCE, PROGRESSIVE)
+            or item.sub.customer_id not in waiting
+            or item.cutoff < waiting[item.sub.customer_id]
+        ]
 
     def _progressive_due(
         self, subscriptions: list[Subscription], rated: set[str], now: datetime, cache: UsageCache
