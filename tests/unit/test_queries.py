@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bastionary.catalog import parse_catalog
 from bastionary.metering.meters import Aggregation, behaviour
@@ -153,3 +155,31 @@ def test_value_expressions_match_the_rollup_merges():
     }
     for aggregation in Aggregation:  # each reads the column its behaviour names
         assert behaviour(aggregation).rollup_column in value_expression(aggregation)
+
+
+def _minute_ceiling(moment: datetime) -> datetime:
+    """The first minute start at or after ``moment``, by integer microseconds since the epoch."""
+    micros = (moment - EPOCH) // timedelta(microseconds=1)
+    return EPOCH + timedelta(microseconds=-(-micros // 60_000_000) * 60_000_000)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@given(
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    st.integers(1, 10**7),
+)
+def test_a_range_moves_each_bound_inside_a_minute_up_to_the_next_one_and_says_so(start, length_ms):
+    """Rollups count whole minutes: the rows found answer for whole minutes, and the bounds
+    passed (and reported) are those minutes'. Until 2026-12-07 a start at 00:00:30 left out
+    the 00:00 minute but was reported as 00:00:30, and a fraction of a second was cut off."""
+    end = start + timedelta(milliseconds=length_ms)
+    first, last = _minute_ceiling(start), _minute_ceiling(end)
+    if first >= last:
+        with pytest.raises(ValueError, match="no whole minute"):
+            usage_query(TOKENS, start=start, end=end)
+        return
+    sql, params = usage_query(TOKENS, start=start, end=end)
+    assert (params["start"], params["end"]) == (first, last)
+    assert "{start:DateTime('UTC')} AS ws" in sql and "{end:DateTime('UTC')} AS we" in sql

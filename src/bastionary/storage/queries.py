@@ -3,7 +3,7 @@ formatted into SQL text, only identifiers chosen from fixed tables below."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import assert_never
 
 from bastionary.metering.meters import Aggregation, Meter
@@ -70,6 +70,13 @@ def usage_query(
         )
     if start is not None and end is not None and start >= end:
         raise ValueError("the range is empty: its start must be before its end")
+    # The rollups count whole minutes, so a bound inside a minute moves to the next minute's
+    # start, the bound the rows found answer for, and the one reported. (Compared as given, a
+    # start with seconds left out its minute but reported its seconds, an end with seconds took
+    # its minute whole, and a fraction of a second was cut off by the DateTime parameter.)
+    start, end = _minute_up(start), _minute_up(end)
+    if start is not None and end is not None and start >= end:
+        raise ValueError("the range holds no whole minute: rollups count minutes, and both bounds round up to one")
     params: QueryParameters = {"meter": meter.key}
     where = ["meter = {meter:String}"]
     if customer is not None:
@@ -114,3 +121,10 @@ def usage_query(
         f" ORDER BY customer_id{', ws' if window else ''}, grp"
     )
     return sql, params
+
+
+def _minute_up(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    floor = moment.replace(second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(minutes=1)
