@@ -115,6 +115,10 @@ def test_a_void_credits_the_whole_unpaid_invoice():
         ),
         (request(void=True), standing(paid="1"), "only an unpaid invoice"),
         (request(void=True), standing(credited="1", reduced="1"), "only an unpaid invoice"),
+        # Voided through billing.payments (bastionary.invoice.voided.v1): cancelled for good.
+        (request(amount="1"), replace(standing(), voided=True), "'inv-1' was voided: nothing is owed on it"),
+        (request(), replace(standing(paid="100"), voided=True), "was voided"),
+        (request(void=True), replace(standing(), voided=True), "was voided"),
         (request(amount="1"), None, "no invoice"),
         (request(amount="1", customer_id="c2"), standing(), "is not customer"),
     ],
@@ -313,6 +317,63 @@ def test_notes_on_an_invoice_paid_with_credit_never_give_back_more_than_was_paid
     assert refunded_in_all <= at.paid  # money goes back only as far as money came in
     assert given_back <= at.paid + at.credits_applied
     assert at.reduced <= at.total - at.paid  # never below zero due
+
+
+# --- an overpaid invoice (paid more than its total) that drew credit ------------------------
+# Money paid beyond the total is an overpayment: not creditable, and no note gives it back.
+# Before 2026-12-07 a note took it for the invoice's money, so the credit the invoice drew
+# came back as money (total 100.00, 50.00 of credit, paid 150.00: a full note refunded
+# 150.00 and gave no credit back).
+
+
+def test_an_overpaid_invoice_refunds_at_most_its_total_and_gives_the_credit_back_as_credit():
+    overpaid = paid_with_credit("100.00", "150.00", "50.00")
+    assert split(issued(request(refund_to="payment"), overpaid)) == ("150.00", "0.00", "100.00", "50.00")
+    assert split(issued(request(), overpaid)) == ("150.00", "0.00", "0.00", "150.00")
+    first = issued(request(amount="120.00", refund_to="payment"), overpaid)
+    assert split(first) == ("120.00", "0.00", "100.00", "20.00")
+    after = replace(overpaid, credited=D("120.00"), notes_refunded=D("100.00"))
+    rest = issued(request(credit_note_id="cn-2", refund_to="payment"), after)
+    assert split(rest) == ("30.00", "0.00", "0.00", "30.00")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    total=st.integers(0, 100_00),
+    paid=st.integers(0, 250_00),
+    credits=st.integers(0, 100_00),
+    notes=st.lists(st.tuples(st.none() | st.integers(1, 220_00), st.booleans()), max_size=6),
+    last_credits_the_rest=st.booleans(),
+)
+def test_a_note_refunds_no_more_money_than_paid_the_invoice_and_gives_credit_back_as_credit(
+    total, paid, credits, notes, last_credits_the_rest
+):
+    """Overpaid or not, every note ``refund_to: payment`` (so all it puts on the balance is
+    credit), the payment system reporting some of their refunds: money refunded in all is at
+    most the money that paid the invoice's total, and credit never goes back as money. Once
+    the whole invoice is credited, that money came back exactly, and the credit exactly as
+    drawn. The oracle is the invoice's own figures, not the decision's reckoning."""
+    money_toward_total = D(min(paid, total)) / 100
+    drawn = D(credits) / 100
+    at = paid_with_credit(str(D(total) / 100), str(D(paid) / 100), str(drawn))
+    steps = [*notes, (None, False)] if last_credits_the_rest else notes
+    refunded_in_all = credit_back = reduced_in_all = D(0)
+    for n, (cents, reported) in enumerate(steps):
+        decision = decide(f"evt-{n}", ASKED, request(**note_fields(n, cents, "payment")), at, NOW)
+        if not decision.issued:
+            continue
+        amount, reduced, refunded, balance = (D(v) for v in split(decision.document))
+        assert amount == reduced + refunded + balance and min(reduced, refunded, balance) >= 0
+        refunded_in_all += refunded
+        credit_back += balance
+        reduced_in_all += reduced
+        assert refunded_in_all <= money_toward_total  # never the overpayment, never the credit
+        assert credit_back <= drawn
+        at = standing_after(at, decision.document, reported)
+    if at.credited == D(total) / 100 + drawn:  # the whole invoice credited
+        assert credit_back == drawn
+        assert refunded_in_all == money_toward_total
+        assert reduced_in_all == max(D(total - paid) / 100, D(0))
 
 
 # --- dunning sees the open balance shrink ------------------------------------------------

@@ -7,7 +7,8 @@ uncredited). The worker that rates the customer decides each request in the orde
 against the invoice as stored and what was paid and credited so far (:func:`decide`):
 
 - the amount first reduces what is still due (``reduces_amount_due``);
-- the rest is given back: first what was paid and not yet given back, to the customer's
+- the rest is given back: first the money that paid the invoice and was not yet given back
+  (at most its total: money paid beyond it is an overpayment, not the note's), to the customer's
   credit balance (``refund_to: balance``, the default: a ``credit_note`` row of
   ``credit_ledger``, drawn like a carried balance) or as a refund the payment system makes
   (``refund_to: payment``: ``refunded``); then what prepaid credit paid of the invoice, to
@@ -15,7 +16,8 @@ against the invoice as stored and what was paid and credited so far (:func:`deci
   does), so an invoice paid wholly with credit can be credited too.
 
 What can be credited in all is the invoice's subtotal with tax: its ``total`` plus the
-credits it drew.
+credits it drew. An invoice voided through ``billing.payments`` (``bastionary.invoice.voided.v1``)
+is cancelled for good: it takes no credit note, and no void.
 
 Pure Python: no broker, no database.
 """
@@ -116,6 +118,9 @@ class Standing:
     refunds_reported: Decimal = Decimal(0)  # the refunded payments in ``paid``, whoever asked
     notes_refunded: Decimal = Decimal(0)  # the part of ``credited`` sent back through the payment system
     credits_applied: Decimal = Decimal(0)  # prepaid credit the invoice drew (``total`` is net of it)
+    # A ``voided`` payments row: the payment system (``bastionary.invoice.voided.v1``) or a void
+    # note cancelled the invoice, so nothing is owed on it, for good.
+    voided: bool = False
 
     def still_paid(self) -> Decimal:
         """What was paid and not yet given back.
@@ -173,6 +178,10 @@ def decide(
         return reject(f"no invoice {preview(request.invoice_id)}")
     if standing.customer_id != request.customer_id:
         return reject(f"invoice {preview(request.invoice_id)} is not customer {preview(request.customer_id)}'s")
+    if standing.voided:
+        # A void cancels the invoice: nothing is owed on it, for good (schemas/README.md, payment
+        # events). A note would give back, to the balance or as a refund, what nobody owes.
+        return reject(f"invoice {preview(request.invoice_id)} was voided: nothing is owed on it, nothing to credit")
     currency = standing.currency
 
     def money(value: Decimal) -> str:
@@ -206,9 +215,16 @@ def decide(
     due = standing.amount_due()
     reduces_due = min(amount, due)
     given_back = amount - reduces_due
-    # Money first, then credit: the part beyond what was paid and not given back is what credit
-    # paid (``creditable`` counts it), and goes back to the balance.
-    money_back = min(given_back, max(standing.still_paid(), Decimal(0)))
+    # Money first, then credit. Money back is at most the money that paid what the invoice, less
+    # earlier notes (which took money before credit), still asks in money: its total less what
+    # they credited. Money paid beyond that is an overpayment, which ``creditable`` does not
+    # count and no note gives back; taking it for the invoice's money would hand the credit the
+    # invoice drew back as money (before 2026-12-07: total 100.00 with 50.00 of credit, paid
+    # 150.00, a full note refunded 150.00 and gave no credit back). The rest is what prepaid
+    # credit paid, and goes back to the balance.
+    money_owed = max(standing.total - standing.credited, Decimal(0))
+    money_paid_toward_total = min(max(standing.still_paid(), Decimal(0)), money_owed)
+    money_back = min(given_back, money_paid_toward_total)
     refunded = money_back if request.refund_to == "payment" else Decimal(0)
     to_balance = given_back - refunded
     lines = request.lines or [CreditNoteLine(description=request.reason or "Credit", amount=amount)]

@@ -92,7 +92,8 @@ class ClickHouseCreditNoteStore:
         return [(orjson.loads(row[2]), Decimal(row[3])) for row in self._rows((DECIDED,))]
 
     def standing(self, invoice_id: str) -> Standing | None:
-        """The invoice as stored by the rater, what was paid for it, and its issued credit notes."""
+        """The invoice as stored by the rater, what was paid for it, whether it was voided, and its
+        issued credit notes."""
         invoices = self.client.query(
             "SELECT customer_id, currency, total, credits_applied FROM invoices FINAL WHERE invoice_id = {i:String}"
             " AND status != 'empty'",
@@ -101,9 +102,11 @@ class ClickHouseCreditNoteStore:
         if not invoices:
             return None
         customer, currency, total, credits_applied = invoices[0]
-        succeeded, refunded = self.client.query(
-            "SELECT sumIf(amount, kind = 'succeeded'), sumIf(amount, kind = 'refunded') FROM payments FINAL"
-            " WHERE invoice_id = {i:String}",
+        # A ``voided`` row (a ``bastionary.invoice.voided.v1``, or a void note as dunning read it)
+        # cancels the invoice for good: the decision rejects any note for it.
+        succeeded, refunded, voids = self.client.query(
+            "SELECT sumIf(amount, kind = 'succeeded'), sumIf(amount, kind = 'refunded'), countIf(kind = 'voided')"
+            " FROM payments FINAL WHERE invoice_id = {i:String}",
             parameters={"i": invoice_id},
         ).result_rows[0]
         credited, reduced, notes_refunded = self.client.query(
@@ -123,6 +126,7 @@ class ClickHouseCreditNoteStore:
             refunded,
             Decimal(notes_refunded or 0),
             Decimal(credits_applied),
+            voided=voids > 0,
         )
 
     def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]], version: int = DECIDED) -> None:
