@@ -48,14 +48,16 @@ def case(total="100.00", **kwargs) -> Case:
     return Case(invoice, **kwargs)
 
 
-def apply(c: Case, records) -> Case:
-    """What the store would load back after recording ``records``."""
+def apply(c: Case, records, at: datetime | None = None) -> Case:
+    """What the store would load back after recording ``records`` (their clock ``at``, if given)."""
     for r in records:
         if r.kind in ("notice", "skipped"):
             c.steps_done.add(r.step)
             c.suspended = c.suspended or (r.kind == "notice" and r.action == "suspend")
         elif r.kind == "state":
             c.state, c.state_changes = r.detail, r.step
+            if at is not None:
+                c.state_history.append((at, r.detail))
         elif r.kind == "reinstated":
             c.suspended, c.reinstatements = False, c.reinstatements + 1
     return c
@@ -63,6 +65,13 @@ def apply(c: Case, records) -> Case:
 
 def day(n: float) -> datetime:
     return DUE + timedelta(days=n)
+
+
+def run(c: Case, now: datetime) -> list:
+    """One run of the dunning timer: decide, and record as the store would load it back."""
+    records = advance(c, POLICY, now)
+    apply(c, records, now)
+    return records
 
 
 def test_walks_every_step_once_in_order():
@@ -177,6 +186,54 @@ def test_refund_reopens_with_new_state_rows():
     reopened = advance(c, POLICY, day(4))
     assert [(r.kind, r.detail) for r in reopened] == [("state", "overdue")]
     assert len({r.event_id for r in reopened} | {notice_id("inv-1", 1)}) == 2
+
+
+def test_a_chargeback_long_after_payment_resumes_the_schedule_where_it_stood():
+    """Paid two days after due, charged back on day 90: the 88 days it stood paid do not count,
+    so the reopened case is 2 days overdue, not 90 (which skipped the reminders and applied
+    suspend and mark_uncollectible at once)."""
+    c = case()
+    run(c, day(1.5))  # step 1
+    c.paid = Decimal(100)
+    run(c, day(2))
+    c.paid = Decimal(0)
+    assert overdue_for(c, day(90)) == timedelta(days=2)
+    assert [(r.kind, r.detail) for r in run(c, day(90))] == [("state", "overdue")]
+    sent = []
+    for n in range(180, 260):
+        sent += [(n / 2, r.step) for r in run(c, day(n / 2)) if r.kind in ("notice", "skipped")]
+    assert sent == [(95, 2), (102, 3), (109, 4), (118, 5)]
+
+
+def test_paid_before_due_and_refunded_after_counts_from_the_refund():
+    c = case()
+    run(c, day(-5))  # open
+    c.paid = Decimal(100)
+    run(c, day(-4))
+    c.paid = Decimal(0)
+    assert [(r.kind, r.detail) for r in run(c, day(10))] == [("state", "overdue")]
+    assert [r.step for r in run(c, day(10.9)) if r.kind == "notice"] == []
+    assert [r.step for r in run(c, day(11)) if r.kind == "notice"] == [1]
+
+
+def test_time_settled_during_a_pause_is_not_taken_off_twice():
+    c = case(pauses=[Pause(day(1), day(20), "promised")])
+    c.state_history = [(day(0), "overdue"), (day(5), "paid"), (day(10), "overdue")]
+    assert overdue_for(c, day(30)) == timedelta(days=11)  # 30 days minus the promise's 19
+
+
+def test_paying_down_below_the_minimum_lifts_a_suspension_and_leaves_the_rest_owed():
+    c = case()
+    run(c, day(22))
+    assert c.suspended
+    c.paid = Decimal("99.50")  # 0.50 left, below min_amount_due 1.00: never dunned
+    records = run(c, day(23))
+    assert [(r.kind, r.detail) for r in records] == [("reinstated", "below_minimum")]
+    assert records[0].data["reason"] == "below_minimum"
+    assert not c.suspended and c.state == "overdue" and c.amount_due == Decimal("0.50")
+    assert run(c, day(60)) == []  # no further steps, no second reinstatement
+    c.paid = Decimal(100)
+    assert [(r.kind, r.detail) for r in run(c, day(61))] == [("state", "paid")]
 
 
 def test_policy_validation():

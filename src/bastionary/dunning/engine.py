@@ -30,6 +30,10 @@ OPEN, PARTIALLY_PAID, OVERDUE, PAID, UNCOLLECTIBLE, VOID = (
     "uncollectible",
     "void",
 )
+SETTLED = (PAID, VOID)
+# Why a suspension is lifted: the settled state (paid, void), or this: what is left is below the
+# policy's min_amount_due, which is never dunned, so it keeps no suspension (it is still owed).
+BELOW_MINIMUM = "below_minimum"
 
 
 def derived_id(*parts: object) -> str:
@@ -61,7 +65,7 @@ class Pause:
 
     start: datetime
     end: datetime | None
-    reason: str  # promised | disputed
+    reason: str  # promised | disputed | settled
 
 
 @dataclass
@@ -82,6 +86,9 @@ class Case:
     reinstatements: int = 0
     state: str | None = None  # the last recorded state
     state_changes: int = 0  # state rows recorded so far: numbers the next one
+    # Every recorded state row in order, as (dunning clock when recorded, state): when the
+    # case stood settled and when a refund reopened it (see settled_stretches).
+    state_history: list[tuple[datetime, str]] = field(default_factory=list)
     recipient_email: str | None = None
 
     def count(self, kind: str, amount: Decimal) -> None:
@@ -140,11 +147,33 @@ def paused_at(case: Case, now: datetime) -> Pause | None:
     return next((p for p in case.pauses if p.start <= now and (p.end is None or now < p.end)), None)
 
 
+def settled_stretches(case: Case) -> list[Pause]:
+    """When the case stood settled (paid or void), from its recorded state rows. The policy's
+    clock stands still then, as in a pause: a refund or chargeback long after payment reopens
+    the schedule where it stood when the invoice was settled, not with every step due at once.
+    The last stretch is open (``end`` None) while the last recorded state is settled: a case
+    found reopened now was settled until now.
+
+    The rows carry the dunning clock of the run that saw the change, so a stretch starts and
+    ends up to one run after the payment or the refund did."""
+    stretches: list[Pause] = []
+    start: datetime | None = None
+    for at, state in case.state_history:
+        if state in SETTLED and start is None:
+            start = at
+        elif state not in SETTLED and start is not None:
+            stretches.append(Pause(start, at, "settled"))
+            start = None
+    if start is not None:
+        stretches.append(Pause(start, None, "settled"))
+    return stretches
+
+
 def overdue_for(case: Case, now: datetime) -> timedelta:
-    """Time past ``due_at`` that counts for the policy: paused stretches do not."""
+    """Time past ``due_at`` that counts for the policy: paused and settled stretches do not."""
     due = case.invoice.due_at
     elapsed = max(now - due, timedelta(0))
-    for pause in _merged(case.pauses):
+    for pause in _merged(case.pauses + settled_stretches(case)):
         start, end = max(pause.start, due), min(pause.end or now, now)
         if end > start:
             elapsed -= end - start
@@ -157,20 +186,24 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
     state = state_of(case, now)
     if state != case.state:
         records.append(_state_change(case, state, len(records)))
-    settled = state in (PAID, VOID)
-    if settled and case.suspended:
+    settled = state in SETTLED
+    below_minimum = not settled and policy is not None and case.amount_due < policy.min_amount_due
+    if case.suspended and (settled or below_minimum):
+        # A remainder below the minimum gets no more steps, so a suspension kept for it would
+        # never end nor be told: lift it as payment in full does, the remainder still owed.
+        reason = state if settled else BELOW_MINIMUM
         n = case.reinstatements + 1
         records.append(
             Record(
                 derived_id(case.invoice.invoice_id, "reinstated", n),
                 "reinstated",
-                detail=state,
-                data=_reinstated(case, n, now, state),
+                detail=reason,
+                data=_reinstated(case, n, now, reason),
             )
         )
     if settled or state == UNCOLLECTIBLE or policy is None or case.invoice.total <= 0:
         return records
-    if case.amount_due < policy.min_amount_due or paused_at(case, now) is not None:
+    if below_minimum or paused_at(case, now) is not None:
         return records
     elapsed = overdue_for(case, now)
     due = [n for n, step in enumerate(policy.steps, 1) if step.after <= elapsed and n not in case.steps_done]
@@ -238,12 +271,12 @@ def _notice(case: Case, policy: Policy, n: int, now: datetime) -> dict[str, Any]
     }
 
 
-def _reinstated(case: Case, n: int, now: datetime, state: str) -> dict[str, Any]:
+def _reinstated(case: Case, n: int, now: datetime, reason: str) -> dict[str, Any]:
     return {
         "reinstatement_id": derived_id(case.invoice.invoice_id, "reinstated", n),
         "invoice_id": case.invoice.invoice_id,
         "customer_id": case.invoice.customer_id,
-        "reason": state,
+        "reason": reason,
         "decided_at": now.isoformat(),
     }
 

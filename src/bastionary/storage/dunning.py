@@ -154,6 +154,7 @@ class ClickHouseDunningStore:
             " ORDER BY invoice_id, at, recorded_at"
         ).result_rows
         disputes: dict[str, list[datetime]] = defaultdict(list)
+        states: dict[str, list[tuple[int, datetime, str]]] = defaultdict(list)
         for invoice_id, kind, step, action, detail, at, until in rows:
             case = cases.get(invoice_id)
             if case is None:
@@ -166,14 +167,21 @@ class ClickHouseDunningStore:
             elif kind == "reinstated":
                 case.reinstatements += 1
                 case.suspended = False
-            elif kind == "state" and step > case.state_changes:
-                case.state_changes, case.state = step, detail
+            elif kind == "state":
+                states[invoice_id].append((step, at, detail))
             elif kind == "response" and action == "promised":
                 case.pauses.append(Pause(at, _utc(until), "promised"))
             elif kind == "response" and action == "disputed":
                 disputes[invoice_id].append(at)
             elif kind == "response" and action == "dispute_resolved" and disputes[invoice_id]:
                 case.pauses.append(Pause(disputes[invoice_id].pop(0), at, "disputed"))
+        for invoice_id, recorded in states.items():
+            # In the order the engine numbered them: the engine reads when the case stood
+            # settled from this history (engine.settled_stretches), the next number from its end.
+            recorded.sort()
+            case = cases[invoice_id]
+            case.state_history = [(at, detail) for _, at, detail in recorded]
+            case.state_changes, _, case.state = recorded[-1]
         for invoice_id, opened in disputes.items():
             for start in opened:
                 cases[invoice_id].pauses.append(Pause(start, None, "disputed"))
