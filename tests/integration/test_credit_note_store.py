@@ -1,7 +1,8 @@
 """The credit note store reads what the decision needs from ClickHouse: an invoice voided
 through ``billing.payments`` (``bastionary.invoice.voided.v1``, a ``voided`` row of
-``payments``) takes no credit note and no void (before 2026-12-07 the store did not see the
-void, so a note credited the cancelled invoice); an overpaid invoice that drew credit
+``payments``) takes no void, and notes only for the prepaid credit it drew, to the balance
+(before 2026-12-07 the store did not see the void, so a note reduced what the cancelled
+invoice no longer asked, or refunded money); an overpaid invoice that drew credit
 refunds at most its total and gives the credit back as credit. chdb in a child process
 (one database directory per process); no broker."""
 
@@ -56,8 +57,8 @@ store = ClickHouseCreditNoteStore(client)
 out = {"voided": store.standing("inv-void").voided, "over_voided": store.standing("inv-over").voided}
 for label, invoice_id, fields in [
     ("void", "inv-void", {"void": True}),
-    ("full", "inv-void", {}),
-    ("part", "inv-void", {"amount": "30"}),
+    ("more", "inv-void", {"amount": "50.01"}),
+    ("part", "inv-void", {"amount": "30", "refund_to": "payment"}),
     ("overpaid", "inv-over", {"refund_to": "payment"}),
 ]:
     request = CreditNoteRequest.model_validate(
@@ -74,9 +75,15 @@ def test_the_store_sees_a_payment_system_void_and_an_overpaid_invoice_refunds_at
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert (out["voided"], out["over_voided"]) == (True, False)
-    for label in ("void", "full", "part"):
-        assert out[label]["status"] == "rejected"
-        assert out[label]["rejection"] == "invoice 'inv-void' was voided: nothing is owed on it, nothing to credit"
+    assert out["void"]["rejection"] == "invoice 'inv-void' was voided already"
+    assert out["more"]["rejection"] == "amount 50.01 is more than the 50.00 USD still creditable"
+    part = out["part"]  # the credit it drew, back to the balance whatever refund_to says
+    assert (part["amount"], part["reduces_amount_due"], part["refunded"], part["credited_to_balance"]) == (
+        "30.00",
+        "0.00",
+        "0.00",
+        "30.00",
+    )
     over = out["overpaid"]
     assert over["status"] == "issued"
     parts = (over["amount"], over["reduces_amount_due"], over["refunded"], over["credited_to_balance"])

@@ -115,10 +115,11 @@ def test_a_void_credits_the_whole_unpaid_invoice():
         ),
         (request(void=True), standing(paid="1"), "only an unpaid invoice"),
         (request(void=True), standing(credited="1", reduced="1"), "only an unpaid invoice"),
-        # Voided through billing.payments (bastionary.invoice.voided.v1): cancelled for good.
-        (request(amount="1"), replace(standing(), voided=True), "'inv-1' was voided: nothing is owed on it"),
-        (request(), replace(standing(paid="100"), voided=True), "was voided"),
-        (request(void=True), replace(standing(), voided=True), "was voided"),
+        # Voided through billing.payments (bastionary.invoice.voided.v1): cancelled for good, only
+        # the prepaid credit it drew (none here) may come back.
+        (request(amount="1"), replace(standing(), voided=True), "more than the 0.00 USD still creditable"),
+        (request(), replace(standing(paid="100"), voided=True), "nothing left to credit"),
+        (request(void=True), replace(standing(), voided=True), "'inv-1' was voided already"),
         (request(amount="1"), None, "no invoice"),
         (request(amount="1", customer_id="c2"), standing(), "is not customer"),
     ],
@@ -582,3 +583,16 @@ def test_a_chargeback_after_a_note_gave_money_back_is_not_given_back_again():
     other 70.00 reduces what is due by 50.00 and gives back 20.00, not 50.00."""
     second = issued(request(credit_note_id="cn-2"), replace(standing(paid="50", credited="30"), refunds_reported=D(50)))
     assert split(second) == ("70.00", "50.00", "0.00", "20.00")
+
+
+def test_a_voided_invoice_gives_back_only_the_credit_it_drew_to_the_balance():
+    """Voided through billing.payments, its 50.00 of prepaid credit is still the customer's and
+    the void does not give it back: a note may, to the balance whatever refund_to says, and no
+    more (notes after it find less)."""
+    voided = replace(standing(total="100.00", paid="100"), credits_applied=D("50"), voided=True)
+    document = issued(request(refund_to="payment"), voided)
+    assert split(document) == ("50.00", "0.00", "0.00", "50.00")
+    after = replace(voided, credited=D("50"))
+    assert (
+        "0.00 USD still creditable" in decide("evt-2", ASKED, request(amount="0.01"), after, NOW).document["rejection"]
+    )

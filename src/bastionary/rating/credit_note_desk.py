@@ -125,6 +125,7 @@ class CreditNoteDesk:
                     credited=standing.credited + amount,
                     reduced=standing.reduced + reduced,
                     notes_refunded=standing.notes_refunded + refunded,
+                    voided=standing.voided or decision.document["voids_invoice"],  # as the store reads a void note
                 )
             log.info(
                 "credit note decided",

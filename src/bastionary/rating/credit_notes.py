@@ -17,7 +17,8 @@ against the invoice as stored and what was paid and credited so far (:func:`deci
 
 What can be credited in all is the invoice's subtotal with tax: its ``total`` plus the
 credits it drew. An invoice voided through ``billing.payments`` (``bastionary.invoice.voided.v1``)
-is cancelled for good: it takes no credit note, and no void.
+is cancelled for good: it takes no void, and notes only for the prepaid credit it drew, to the
+balance.
 
 Pure Python: no broker, no database.
 """
@@ -178,16 +179,20 @@ def decide(
         return reject(f"no invoice {preview(request.invoice_id)}")
     if standing.customer_id != request.customer_id:
         return reject(f"invoice {preview(request.invoice_id)} is not customer {preview(request.customer_id)}'s")
-    if standing.voided:
-        # A void cancels the invoice: nothing is owed on it, for good (schemas/README.md, payment
-        # events). A note would give back, to the balance or as a refund, what nobody owes.
-        return reject(f"invoice {preview(request.invoice_id)} was voided: nothing is owed on it, nothing to credit")
+    if standing.voided and request.void:
+        return reject(f"invoice {preview(request.invoice_id)} was voided already")
     currency = standing.currency
 
     def money(value: Decimal) -> str:
         return format_money(value, currency)  # exact already: this fixes the scale
 
     creditable = standing.total + standing.credits_applied - standing.credited
+    if standing.voided:
+        # A void cancels the invoice: nothing is owed on it, for good (schemas/README.md, payment
+        # events), and its money is the payment system's. The prepaid credit it drew is still the
+        # customer's, and a void through billing.payments does not give it back: a note may,
+        # to the balance, less what earlier notes gave back.
+        creditable = max(standing.credits_applied - (standing.credited - standing.reduced), Decimal(0))
     if request.void:
         if standing.paid > 0 or standing.credited > 0:
             return reject("only an unpaid invoice without credit notes can be voided: issue a credit note instead")
@@ -227,6 +232,8 @@ def decide(
     money_back = min(given_back, money_paid_toward_total)
     refunded = money_back if request.refund_to == "payment" else Decimal(0)
     to_balance = given_back - refunded
+    if standing.voided:  # only the credit it drew: nothing reduces what nobody owes, no money back
+        reduces_due, refunded, to_balance = Decimal(0), Decimal(0), amount
     lines = request.lines or [CreditNoteLine(description=request.reason or "Credit", amount=amount)]
 
     document = {
