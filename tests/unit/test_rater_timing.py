@@ -256,6 +256,19 @@ async def test_credit_valid_at_a_period_s_end_pays_it_though_a_later_invoice_was
     assert early["credits_expired"] == [{"grant_id": "g1", "amount": "85.00"}]
 
 
+async def test_an_advance_invoice_at_a_period_boundary_does_not_wait_for_the_period_s_invoice():
+    """A change to big effective 1 February: its advance invoice draws at the boundary, January's
+    end, so no grant can lapse between the two and it is issued at its start, not an hour later
+    on January's invoice (the first form of the fix held it back), credit or not."""
+    store, publish = store_on("adv"), FakePublisher()
+    store.grant("g1", "cust-1", "10.00", expires_at=FEB + timedelta(minutes=30))
+    rate = rater(store, publish)
+    await rate.run_once(JAN + timedelta(minutes=1))
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "big", None, None, FEB, at(2024, 1, 20)))
+    (advance,) = (await rate.run_once(FEB + timedelta(minutes=1))).invoices
+    assert (advance["kind"], line_amounts(advance)) == (ADVANCE, [("Seats", "62.00")])
+
+
 async def test_reaching_two_thresholds_at_once_issues_one_invoice_for_the_higher():
     store, publish = store_on("steps"), FakePublisher()
     store.use("cust-1", 15000, at(2024, 1, 5))

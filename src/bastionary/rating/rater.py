@@ -247,10 +247,12 @@ class Rater:
         self._tell_backfill(told)
         cache: UsageCache = {}
         due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache))
-        due = self._in_credit_order(due, subscriptions, rated, now)
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
+        due = self._in_credit_order(due, subscriptions, rated, now, grants, drawn)
+        if not due:
+            return result
         self._customers = await asyncio.to_thread(self.store.customer_terms)
         currencies = _grant_currencies(grants)
         due.sort(key=lambda d: d.order)
@@ -296,14 +298,21 @@ class Rater:
                 log.warning(message, subscriptions=len(told[kind]), first=told[kind][:5], **advice)
 
     def _in_credit_order(
-        self, due: list[_Due], subscriptions: list[Subscription], rated: set[str], now: datetime
+        self,
+        due: list[_Due],
+        subscriptions: list[Subscription],
+        rated: set[str],
+        now: datetime,
+        grants: Mapping[str, list[Grant]],
+        drawn: Mapping[str, Decimal],
     ) -> list[_Due]:
         """``due`` less the advance and progressive invoices left to a later run: those that
-        draw credits at a moment (their cutoff) at or after the end of a period of the same
-        customer whose invoice still waits for its grace. That invoice draws at its period's
-        end, earlier; rated after them, it would find the credit they drew, or a grant that
-        expired in between lapsed by them, and charge in cash what credit valid at its
-        period's end pays. They wait at most the grace, then sort after it (``_Due.order``)."""
+        draw credits at a moment (their cutoff) after the end of a period of the same customer
+        whose invoice still waits for its grace, when a grant of the customer with balance left
+        expires in between. That invoice draws at its period's end, when the grant was usable;
+        rated after them, it would find the grant lapsed by them, and charge in cash what the
+        credit pays. They wait at most the grace, then sort after it (``_Due.order``). Without
+        such a grant nothing waits: both draw on the same credit, in the order they are rated."""
         early = [item for item in due if item.kind in (ADVANCE, PROGRESSIVE)]
         if not early:
             return due
@@ -324,13 +333,17 @@ class Rater:
                     end = waiting.get(sub.customer_id, period.end)
                     waiting[sub.customer_id] = min(end, period.end)
                     break
-        return [
-            item
-            for item in due
-            if item.kind not in (ADVANCE, PROGRESSIVE)
-            or item.sub.customer_id not in waiting
-            or item.cutoff < waiting[item.sub.customer_id]
-        ]
+
+        def lapses_in_between(item: _Due) -> bool:
+            end = waiting.get(item.sub.customer_id)
+            return end is not None and any(
+                grant.expires_at is not None
+                and end < grant.expires_at <= item.cutoff
+                and grant.amount > drawn.get(grant.grant_id, Decimal(0))
+                for grant in grants.get(item.sub.customer_id, ())
+            )
+
+        return [item for item in due if item.kind not in (ADVANCE, PROGRESSIVE) or not lapses_in_between(item)]
 
     def _progressive_due(
         self, subscriptions: list[Subscription], rated: set[str], now: datetime, cache: UsageCache
