@@ -202,21 +202,22 @@ class FlushPlanner:
             row = accepted.row
             current = Sighting(offset, accepted.index, seen_at, accepted.payload_hash, epoch)
             previous = in_flush.get(key) or previous
-            if previous is not None and previous.seen_at < oldest:
-                previous = None
             if previous is not None:  # most keys are new, and a new one needs no judging
-                verdict = judge(previous, current)
-                if verdict is Verdict.DUPLICATE:
-                    plan.stats.duplicates += 1
-                    continue
-                if verdict is Verdict.CONFLICT:
-                    conflict = Rejection(
-                        ErrorClass.DUPLICATE_CONFLICT,
-                        f"(source, id) = ({row.source}, {row.event_id}) was first seen at offset"
-                        f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
-                    )
-                    self._reject_member(plan, record, members, accepted.index, conflict)
-                    continue
+                if previous.seen_at < oldest:  # past the horizon: a new event
+                    previous = None
+                else:
+                    verdict = judge(previous, current)
+                    if verdict is Verdict.DUPLICATE:
+                        plan.stats.duplicates += 1
+                        continue
+                    if verdict is Verdict.CONFLICT:
+                        conflict = Rejection(
+                            ErrorClass.DUPLICATE_CONFLICT,
+                            f"(source, id) = ({row.source}, {row.event_id}) was first seen at offset"
+                            f" {previous.offset} (epoch {previous.log_epoch}) with another payload; the first one counts",
+                        )
+                        self._reject_member(plan, record, members, accepted.index, conflict)
+                        continue
             in_flush[key] = previous or current
             sightings.append((key, current))
             event_rows.append(row)

@@ -5,7 +5,8 @@ itself, so a member is checked by :func:`bastionary.ingest.cloudevents.parse_rec
 :meth:`MeterIndex.readings`, the two steps the flush planner runs on every record, with
 the request's arrival standing in for the record's broker timestamp. What passes is
 published as records keyed by customer, one batch record per customer, in the request's
-order. A member is re-encoded from an exact decode (every number's digits as sent), so the
+order (a lone member that its batch's brackets would take past the record size limit goes
+as itself). A member is re-encoded from an exact decode (every number's digits as sent), so the
 stored data, and the payload digest the dedupe compares, are the same as if the producer
 had published the event to Kafka itself; a retried request is therefore a repeat, and
 counts once.
