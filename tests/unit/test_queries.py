@@ -183,3 +183,8 @@ def test_a_range_moves_each_bound_inside_a_minute_up_to_the_next_one_and_says_so
     sql, params = usage_query(TOKENS, start=start, end=end)
     assert (params["start"], params["end"]) == (first, last)
     assert "{start:DateTime('UTC')} AS ws" in sql and "{end:DateTime('UTC')} AS we" in sql
+
+
+def test_a_bound_in_the_last_minute_a_datetime_holds_is_a_clear_error_not_an_overflow():
+    with pytest.raises(ValueError, match="past the last minute"):
+        usage_query(TOKENS, start=START, end=datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC))

@@ -3,7 +3,7 @@ formatted into SQL text, only identifiers chosen from fixed tables below."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import assert_never
 
 from bastionary.metering.meters import Aggregation, Meter
@@ -124,7 +124,13 @@ def usage_query(
 
 
 def _minute_up(moment: datetime | None) -> datetime | None:
+    """``moment`` (in UTC: an offset may carry seconds) moved up to a minute's start."""
     if moment is None:
         return None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     floor = moment.replace(second=0, microsecond=0)
-    return floor if floor == moment else floor + timedelta(minutes=1)
+    if floor == moment:
+        return floor
+    if floor >= datetime.max.replace(tzinfo=UTC) - timedelta(minutes=1):
+        raise ValueError(f"{moment.isoformat()} is past the last minute a range can end on")
+    return floor + timedelta(minutes=1)
