@@ -19,9 +19,10 @@ from bastionary.entitlements.spec import (
 )
 
 ZERO = Decimal(0)
-# Limits and usage are Decimal(38, 9): the default context's 28 digits would round a balance or
-# a raised limit past 10^19; twice the column's digits keep them exact.
-_WIDE = Context(prec=76)
+# Limits and usage are Decimal(38, 9): the default context's 28 digits would round a balance, a
+# raised limit, or usage summed from flush deltas (the service's) past 10^19; twice the
+# column's digits keep them exact.
+WIDE = Context(prec=76)
 DenialReason = Literal["no_subscription", "not_in_plan", "disabled", "suspended", "credit_limit_reached", "exhausted"]
 REASONS: tuple[DenialReason, ...] = get_args(DenialReason)  # the API's enum and the metric's zero series
 
@@ -76,7 +77,7 @@ def effective_limit(entitlement: MeteredEntitlement, overrides: Iterable[Overrid
         if override.limit is not None:
             limit = override.limit
         elif override.limit_delta is not None:
-            limit = max(_WIDE.add(limit, override.limit_delta), ZERO)
+            limit = max(WIDE.add(limit, override.limit_delta), ZERO)
     return limit
 
 
@@ -131,7 +132,7 @@ def _describe(state: CustomerState, entitlement: AnyEntitlement, now: datetime) 
             type="metered",
             usage=usage,
             limit=limit,
-            balance=max(_WIDE.subtract(limit, usage), ZERO),
+            balance=max(WIDE.subtract(limit, usage), ZERO),
             soft=entitlement.soft,
             reset_at=state.period_end,
         )

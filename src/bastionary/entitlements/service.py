@@ -15,13 +15,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import NamedTuple
 
 import structlog
 
 from bastionary.entitlements.changes import Change, change_event, due_changes
-from bastionary.entitlements.evaluate import Decision, check, check_all
+from bastionary.entitlements.evaluate import WIDE, Decision, check, check_all
 from bastionary.entitlements.ports import EntitlementStore
 from bastionary.entitlements.spec import EntitledPlan, MeteredEntitlement
 from bastionary.entitlements.state import Loaded, build_states, suspension_changes
@@ -35,10 +35,6 @@ Publish = Callable[[str, bytes], Awaitable[Awaitable[object]]]
 # a rebalance) are read a batch at a time, each batch holding the flush lock for a handful of
 # queries rather than one customer's queries at a time.
 LOAD_BATCH = 500
-# Usage is a rollup total, Decimal(38, 9), and the rollups sum at 38 digits: the default
-# context's 28 would round each flush's deltas into usage past 10^19, and drift from it.
-# Twice the column's digits keep these sums exact.
-_USAGE_SUM = Context(prec=76)
 
 
 class UnknownCustomer(LookupError):
@@ -191,7 +187,8 @@ class Entitlements:
                     if customer not in counted:
                         counted[customer] = (loaded, dict(state.usage))
                     usage = counted[customer][1]
-                    usage[feature] = _USAGE_SUM.add(usage.get(feature, 0), getattr(row, column))
+                    # Exact, as the rollups sum it: the default context would round past 28 digits.
+                    usage[feature] = WIDE.add(usage.get(feature, 0), getattr(row, column))
                     touched.add(customer)
         for loaded, usage in counted.values():
             loaded.state = replace(loaded.state, usage=usage)

@@ -536,7 +536,7 @@ class Rater:
             # units): it lapses here, explicitly, instead of lingering as an unusable balance.
             # (Inputs carry at most the currency's decimals, so only older data can hold one.)
             dust = grant.usable_at(moment, plan.currency) and 0 < left < minor_unit(plan.currency)
-            if (grant_status(grant, moment) == "expired" and left > 0) or dust:
+            if _lapsing(grant, drawn, moment) or dust:
                 drawn[grant.grant_id] = grant.amount
                 ledger.append(_ledger_row("expired", grant, left, invoice.invoice_id, recorded))
                 expired.append({"grant_id": grant.grant_id, "amount": _lapsed_amount(left, grant.currency)})
