@@ -88,6 +88,19 @@ def test_plan_rejects_zero_billing_interval():
         Plan(key="pro", currency="USD", billing_interval="P0M")
 
 
+@pytest.mark.parametrize("text", ["PT90S", "PT0.5S", "PT1M30S", "P1DT59S"])
+def test_plan_rejects_a_fixed_interval_inside_a_minute(text):
+    # Periods are cut at whole minutes, like the usage rollups: PT90S would start a period
+    # at :30 seconds, splitting a rollup minute between two invoices.
+    with pytest.raises(ValidationError, match="whole number of minutes"):
+        Plan(key="pro", currency="USD", billing_interval=text)
+
+
+@pytest.mark.parametrize("text", ["PT120S", "PT1M", "P1DT60S", "P1M"])
+def test_plan_takes_whole_minutes_however_written(text):
+    assert Plan(key="pro", currency="USD", billing_interval=text).interval.fixed % timedelta(minutes=1) == timedelta(0)
+
+
 @pytest.mark.parametrize("text", ["P9999999999D", "P999999999999W"])
 def test_oversized_fixed_interval_is_a_value_error(text):
     with pytest.raises(ValueError):

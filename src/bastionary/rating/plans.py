@@ -7,6 +7,7 @@ adds them, so rating never reads entitlements.
 from __future__ import annotations
 
 import itertools
+from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -141,7 +142,12 @@ class Plan(_Model):
     @field_validator("billing_interval")
     @classmethod
     def _interval(cls, value: str) -> str:
-        Interval.parse(value)
+        # Anchors, changes and cancellations are cut at whole minutes, the resolution of the
+        # usage rollups; a fixed length such as PT90S would start periods inside a minute,
+        # whose usage the rollups cannot split.
+        fixed = Interval.parse(value).fixed
+        if fixed % timedelta(minutes=1):
+            raise ValueError(f"a fixed billing interval must be a whole number of minutes: {value!r}")
         return value
 
     @field_validator("payment_terms")
