@@ -112,7 +112,15 @@ INVOICED_AMOUNT = Counter(
     registry=REGISTRY,
 )
 RATING_RUNS = Counter(
-    "bastionary_rating_runs", "Rating runs of this worker, by outcome (ok, failed)", ["outcome"], registry=REGISTRY
+    "bastionary_rating_runs",
+    "Rating runs of this worker, by outcome (ok; partial: some invoices could not be priced; failed)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RATING_FAILED_INVOICES = Counter(
+    "bastionary_rating_failed_invoices",
+    "Invoices (or usage-threshold checks) that could not be priced, one per run that tried; their customer waits",
+    registry=REGISTRY,
 )
 RATING_RUN_SECONDS = Histogram(
     "bastionary_rating_run_seconds",

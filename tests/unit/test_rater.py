@@ -1436,3 +1436,57 @@ async def test_a_first_period_that_starts_late_takes_the_first_plans_minimum(cha
     invoices = (await Rater(store, [with_minimum, without], [TOKENS], GRACE, publish).run_once(rated_at)).invoices
     january = next(invoice for invoice in invoices if invoice["period_start"].startswith("2024-01"))
     assert any(line["price_key"] == "minimum_commitment" for line in january["lines"]), january["lines"]
+
+
+# --- an invoice that cannot be priced -------------------------------------------------
+
+THOUSAND_A_TOKEN = Plan.model_validate(
+    {
+        "key": "pro",
+        "currency": "USD",
+        "billing_interval": "P1M",
+        "prices": [{"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "1000"}],
+        "usage_thresholds": ["1000000"],
+    }
+)
+# 1.2E+25 tokens (a sum the usage column holds) at 1000.00 each: 29 digits before the cents,
+# past what Decimal's default 28-digit context can round to a cent.
+UNPRICEABLE = D("12345678901234567890123456.123456789")
+
+
+async def test_an_invoice_that_cannot_be_priced_stops_only_its_customer():
+    store, publish = one_customer(), FakePublisher()
+    store.subscribe("sub-2", "cust-2")
+    store.use("cust-2", UNPRICEABLE, at(2024, 1, 3))  # type: ignore[arg-type]
+    store.use("cust-2", 5, at(2024, 2, 3))
+    plans = [THOUSAND_A_TOKEN]
+    result = await Rater(store, plans, [TOKENS], GRACE, publish, lambda c: True).run_once(AFTER_FEB)
+
+    # cust-1's January and February are issued; cust-2's January cannot be priced, and its
+    # February (which would draw its credits after January) waits with it.
+    assert sorted((d["customer_id"], d["period_start"]) for d in result.invoices) == [
+        ("cust-1", JAN.isoformat()),
+        ("cust-1", FEB.isoformat()),
+    ]
+    ((customer, subscription, kind, period_start, error),) = [
+        (f.customer_id, f.subscription_id, f.kind, f.period_start, f.error) for f in result.failed
+    ]
+    assert (customer, subscription, kind, period_start) == ("cust-2", "sub-2", "period", JAN)
+    assert "InvalidOperation" in error
+    assert set(store.invoices) == {invoice_id("sub-1", JAN), invoice_id("sub-1", FEB)}
+    assert [d["customer_id"] for d in publish.invoices()] == ["cust-1", "cust-1"]
+
+    # Retried every run, failing the same way, and nothing of it is ever stored half.
+    again = await Rater(store, plans, [TOKENS], GRACE, publish, lambda c: True).run_once(AFTER_FEB)
+    assert (again.invoices, [f.customer_id for f in again.failed]) == ([], ["cust-2"])
+    assert len(store.invoices) == 2
+
+
+async def test_a_usage_threshold_check_that_cannot_be_priced_leaves_the_other_customers_checked():
+    store, publish = one_customer(tokens=2000), FakePublisher()  # 2,000,000.00: past the threshold
+    store.subscribe("sub-2", "cust-2")
+    store.use("cust-2", UNPRICEABLE, at(2024, 1, 3))  # type: ignore[arg-type]
+    result = await Rater(store, [THOUSAND_A_TOKEN], [TOKENS], GRACE, publish, lambda c: True).run_once(at(2024, 1, 20))
+
+    assert [(d["customer_id"], d["kind"]) for d in result.invoices] == [("cust-1", "progressive")]
+    assert [(f.customer_id, f.kind) for f in result.failed] == [("cust-2", "progressive")]

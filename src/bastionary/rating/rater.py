@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
@@ -156,11 +156,29 @@ class _Due(NamedTuple):
         return (self.period_end, self.subscription_id, self.kind == FINAL_ADJUSTMENT)
 
 
+@dataclass(frozen=True)
+class RatingFailure:
+    """An invoice that could not be priced (an amount past what Decimal can hold at the
+    currency's precision, say): its customer's invoices wait, the others are rated."""
+
+    customer_id: str
+    subscription_id: str
+    kind: str
+    period_start: datetime
+    error: str
+
+
+# What one customer's data can raise while it is priced. Anything else (the store, the
+# broker) fails the whole run, which is retried on the next tick.
+_CUSTOMER_ERRORS = (ArithmeticError, ValueError)
+
+
 @dataclass
 class RatingResult:
     invoices: list[dict[str, Any]]
     republished: int = 0
     oldest_due: datetime | None = None  # the earliest moment an invoice rated this run was due at
+    failed: list[RatingFailure] = field(default_factory=list)  # rated again next run, and failing again
 
 
 class Rater:
@@ -246,7 +264,7 @@ class Rater:
                     due.append(_Due(start, sub.subscription_id, sub, invoiced, period, start, ADVANCE))
         self._tell_backfill(told)
         cache: UsageCache = {}
-        due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache))
+        due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache, result.failed))
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)
@@ -257,9 +275,10 @@ class Rater:
         currencies = _grant_currencies(grants)
         due.sort(key=lambda d: d.order)
         result.oldest_due = min(d.cutoff for d in due) + self.settle
+        stopped: set[str] = set()  # customers with an invoice that could not be priced this run
         for offset in range(0, len(due), self.batch_size):
             batch = due[offset : offset + self.batch_size]
-            rated_batch = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache)
+            rated_batch = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache, result.failed, stopped)
             documents = [(r.invoice.document(), r.cutoff) for r in rated_batch]
             deliveries = [future for document, _ in documents for future in await self._send(document, currencies)]
             await asyncio.gather(*deliveries)
@@ -346,7 +365,12 @@ class Rater:
         return [item for item in due if item.kind not in (ADVANCE, PROGRESSIVE) or not lapses_in_between(item)]
 
     def _progressive_due(
-        self, subscriptions: list[Subscription], rated: set[str], now: datetime, cache: UsageCache
+        self,
+        subscriptions: list[Subscription],
+        rated: set[str],
+        now: datetime,
+        cache: UsageCache,
+        failed: list[RatingFailure],
     ) -> list[_Due]:
         """Open periods whose usage charges (before tax and credits, whole period so far)
         reached a usage threshold of their plan that no progressive invoice has answered yet.
@@ -365,10 +389,18 @@ class Rater:
             if period is None or not thresholds or as_of <= period.start:
                 continue
             currency = sub.plan_at(period.start).currency
-            charge = sum(
-                (round_money(line.amount, currency) for line in period_lines(sub, period, as_of, usage) if line.meter),
-                Decimal(0),
-            )
+            try:
+                charge = sum(
+                    (
+                        round_money(line.amount, currency)
+                        for line in period_lines(sub, period, as_of, usage)
+                        if line.meter
+                    ),
+                    Decimal(0),
+                )
+            except _CUSTOMER_ERRORS as exc:
+                failed.append(RatingFailure(sub.customer_id, sub.subscription_id, PROGRESSIVE, period.start, repr(exc)))
+                continue
             crossed = [t for t in thresholds if t <= charge]
             answered = [t for t in thresholds if progressive_id(sub, period, t) in rated]
             if crossed and not (answered and max(answered) >= crossed[-1]):
@@ -413,7 +445,13 @@ class Rater:
         return out
 
     def _rate_batch(
-        self, batch: list[_Due], grants: dict[str, list[Grant]], drawn: dict[str, Decimal], cache: UsageCache
+        self,
+        batch: list[_Due],
+        grants: dict[str, list[Grant]],
+        drawn: dict[str, Decimal],
+        cache: UsageCache,
+        failed: list[RatingFailure],
+        stopped: set[str],
     ) -> list[RatedInvoice]:
         # What this batch has rated per subscription, as the store will keep it once stored: a
         # later period of the same subscription in this batch adjusts against it (the store's
@@ -421,23 +459,35 @@ class Rater:
         pending: dict[str, Billed] = {}
         pending_rates: dict[str, dict[datetime, list[TaxRate]]] = {}  # as ``pending``, for rates_then
         pending_origins: dict[str, dict[tuple[datetime, str], list[TaxRate]]] = {}  # for rates_first_billed
-        rated = [
-            self._rate(
-                item.sub,
-                item.earlier,
-                item.period,
-                item.cutoff,
-                grants.setdefault(item.sub.customer_id, []),  # a carried balance joins them for later periods
-                drawn,
-                cache,
-                pending.setdefault(item.subscription_id, {}),
-                item.kind,
-                threshold=item.threshold,
-                pending_rates=pending_rates.setdefault(item.subscription_id, {}),
-                pending_origins=pending_origins.setdefault(item.subscription_id, {}),
-            )
-            for item in batch
-        ]
+        # A customer whose invoice cannot be priced gets none of its later invoices this run
+        # either (they draw its credits in order); what it drew in memory before failing is
+        # never stored, and its grants and pending rows are its own: no other customer sees them.
+        rated = []
+        for item in batch:
+            if item.sub.customer_id in stopped:
+                continue
+            try:
+                rated.append(
+                    self._rate(
+                        item.sub,
+                        item.earlier,
+                        item.period,
+                        item.cutoff,
+                        grants.setdefault(item.sub.customer_id, []),  # a carried balance joins them for later periods
+                        drawn,
+                        cache,
+                        pending.setdefault(item.subscription_id, {}),
+                        item.kind,
+                        threshold=item.threshold,
+                        pending_rates=pending_rates.setdefault(item.subscription_id, {}),
+                        pending_origins=pending_origins.setdefault(item.subscription_id, {}),
+                    )
+                )
+            except _CUSTOMER_ERRORS as exc:
+                stopped.add(item.sub.customer_id)
+                failed.append(
+                    RatingFailure(item.sub.customer_id, item.subscription_id, item.kind, item.period.start, repr(exc))
+                )
         self.store.store_invoices(rated)
         return rated
 

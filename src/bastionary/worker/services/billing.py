@@ -230,7 +230,17 @@ class BillingService:
             metrics.RATING_RUNS.labels("failed").inc()
             log.exception("rating run failed; retried on the next tick")
             return
-        metrics.RATING_RUNS.labels("ok").inc()
+        metrics.RATING_RUNS.labels("partial" if result.failed else "ok").inc()
+        for failure in result.failed:
+            metrics.RATING_FAILED_INVOICES.inc()
+            log.error(
+                "invoice not rated: its amounts cannot be computed; the customer's invoices wait, retried next run",
+                customer_id=failure.customer_id,
+                subscription_id=failure.subscription_id,
+                kind=failure.kind,
+                period_start=failure.period_start.isoformat(),
+                error=failure.error,
+            )
         metrics.RATING_RUN_SECONDS.observe(time.monotonic() - started)
         record_invoices(result)
         if result.invoices or result.republished:
