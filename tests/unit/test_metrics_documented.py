@@ -7,8 +7,10 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from bastionary.metrics import REGISTRY
-from bastionary.rating.rater import RatingResult
+from bastionary.rating.rater import RatingFailure, RatingResult
 from bastionary.worker.services.billing import record_invoices
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -61,6 +63,24 @@ def test_a_rating_run_counts_its_invoices_by_kind_and_currency_but_not_an_empty_
     assert value("bastionary_rating_invoiced_amount_total", currency="CHF") == amount + 25.0
     assert value("bastionary_rating_invoices_total", kind="final_adjustment", currency="CHF") == 0
     assert 119 < value("bastionary_rating_lag_seconds") < 180
+
+
+def test_an_invoice_that_could_not_be_priced_is_counted_and_logged_with_its_customer() -> None:
+    def failed() -> float:
+        return REGISTRY.get_sample_value("bastionary_rating_failed_invoices_total") or 0.0
+
+    before = failed()
+    failure = RatingFailure("cust-9", "sub-9", "period", datetime(2024, 1, 1, tzinfo=UTC), "InvalidOperation()")
+    with capture_logs() as logs:
+        record_invoices(RatingResult([], failed=[failure]))
+    assert failed() == before + 1
+    ((entry,),) = [[e for e in logs if e["log_level"] == "error"]]
+    assert (entry["customer_id"], entry["subscription_id"], entry["period_start"], entry["error"]) == (
+        "cust-9",
+        "sub-9",
+        "2024-01-01T00:00:00+00:00",
+        "InvalidOperation()",
+    )
 
 
 def test_every_denial_reason_starts_at_zero() -> None:

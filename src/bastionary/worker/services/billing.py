@@ -45,7 +45,18 @@ log = structlog.get_logger(__name__)
 
 def record_invoices(result: RatingResult) -> None:
     """The metrics of a rating run: invoices issued by kind and currency, their totals, and how
-    far behind its cutoff the oldest one was rated."""
+    far behind its cutoff the oldest one was rated; each invoice that could not be priced is
+    counted and logged with its customer."""
+    for failure in result.failed:
+        metrics.RATING_FAILED_INVOICES.inc()
+        log.error(
+            "invoice not rated: its amounts cannot be computed; the customer's invoices wait, retried next run",
+            customer_id=failure.customer_id,
+            subscription_id=failure.subscription_id,
+            kind=failure.kind,
+            period_start=failure.period_start.isoformat(),
+            error=failure.error,
+        )
     for document in result.invoices:
         if document["status"] == EMPTY:
             continue
@@ -231,16 +242,6 @@ class BillingService:
             log.exception("rating run failed; retried on the next tick")
             return
         metrics.RATING_RUNS.labels("partial" if result.failed else "ok").inc()
-        for failure in result.failed:
-            metrics.RATING_FAILED_INVOICES.inc()
-            log.error(
-                "invoice not rated: its amounts cannot be computed; the customer's invoices wait, retried next run",
-                customer_id=failure.customer_id,
-                subscription_id=failure.subscription_id,
-                kind=failure.kind,
-                period_start=failure.period_start.isoformat(),
-                error=failure.error,
-            )
         metrics.RATING_RUN_SECONDS.observe(time.monotonic() - started)
         record_invoices(result)
         if result.invoices or result.republished:
