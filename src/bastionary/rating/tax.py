@@ -17,8 +17,10 @@ the reversal, the next invoice would collect the tax again on usage the balance 
 A zero subtotal is taxed nothing.
 
 A line that adjusts what an earlier invoice billed is taxed at the rates that invoice applied
-(its document's ``tax_rates``), not at today's: a correction reverses exactly the tax that
-was collected, even after a change of rate or of the customer's exemption or country, and
+(its document's ``tax_rates``), not at today's: a correction reverses the tax that was
+collected (exactly when taken back in one step: each invoice rounds once per set of rates, so
+a correction spread over N invoices may be off by up to N half minor units), even after a
+change of rate or of the customer's exemption or country, and
 late usage is taxed as the period it belongs to was (the rater picks the invoice:
 ``Rater._line_rates``). Lines are taxed in groups, one per set
 of rates, each group rounded as above; a period whose rates are not known (its invoice had a
