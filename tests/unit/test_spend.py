@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from bastionary.entitlements.evaluate import check
 from bastionary.rating.customers import CustomerTerms
@@ -22,7 +23,17 @@ from bastionary.rating.spend_monitor import SpendMonitor
 
 from .test_openapi_document import NOW as ENTITLEMENT_NOW
 from .test_openapi_document import state
-from .test_rater import AFTER_JAN, GRACE, PRO, TOKENS, FakeBillingStore, FakePublisher, one_customer, rater
+from .test_rater import (
+    AFTER_JAN,
+    GRACE,
+    PRO,
+    TOKENS,
+    UNPRICEABLE,
+    FakeBillingStore,
+    FakePublisher,
+    one_customer,
+    rater,
+)
 
 D = Decimal
 NOW = datetime(2026, 3, 5, tzinfo=UTC)
@@ -178,3 +189,25 @@ def test_a_run_for_flushed_customers_prices_only_limited_ones_and_reads_nothing_
     spend.rows.clear()  # as if nothing had been announced
     assert asyncio.run(monitor.run_once(AFTER_JAN, customers={"cust-2"})) == []  # no limit: nothing priced
     assert kinds(asyncio.run(monitor.run_once(AFTER_JAN, customers={"cust-1", "cust-2"}))) == [("reached", "1")]
+
+
+def test_a_customer_whose_exposure_cannot_be_priced_leaves_the_others_decided():
+    huge = Plan.model_validate(
+        PRO.model_dump()
+        | {
+            "key": "huge",
+            "prices": [{"key": "tokens", "model": "per_unit", "meter": "llm_tokens", "unit_amount": "1000"}],
+        }
+    )
+    store, publish = one_customer(tokens=0), FakePublisher()
+    store.subscribe("sub-2", "cust-2", plan="huge")
+    store.use("cust-2", UNPRICEABLE, datetime(2024, 2, 3, tzinfo=UTC))  # type: ignore[arg-type]
+    for customer in ("cust-1", "cust-2"):
+        store.terms[customer] = CustomerTerms(credit_limit=CreditLimit(currency="USD", amount=D("25")))
+    spend = FakeSpend({"cust-1": {"USD": D("10.00")}})
+    monitor = SpendMonitor(store, spend, Rater(store, [PRO, huge], [TOKENS], GRACE, publish), publish)
+    with capture_logs() as logs:
+        decided = asyncio.run(monitor.run_once(datetime(2024, 2, 10, tzinfo=UTC)))
+    assert [(e.customer_id, e.kind) for e in decided] == [("cust-1", "reached")]  # 10 + 20 >= 25
+    ((failure,),) = [[e for e in logs if e["log_level"] == "error"]]
+    assert failure["customer_id"] == "cust-2"

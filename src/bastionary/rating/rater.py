@@ -170,7 +170,7 @@ class RatingFailure:
 
 # What one customer's data can raise while it is priced. Anything else (the store, the
 # broker) fails the whole run, which is retried on the next tick.
-_CUSTOMER_ERRORS = (ArithmeticError, ValueError)
+PRICING_ERRORS = (ArithmeticError, ValueError)
 
 
 @dataclass
@@ -398,7 +398,7 @@ class Rater:
                     ),
                     Decimal(0),
                 )
-            except _CUSTOMER_ERRORS as exc:
+            except PRICING_ERRORS as exc:
                 failed.append(RatingFailure(sub.customer_id, sub.subscription_id, PROGRESSIVE, period.start, repr(exc)))
                 continue
             crossed = [t for t in thresholds if t <= charge]
@@ -483,7 +483,7 @@ class Rater:
                         pending_origins=pending_origins.setdefault(item.subscription_id, {}),
                     )
                 )
-            except _CUSTOMER_ERRORS as exc:
+            except PRICING_ERRORS as exc:
                 stopped.add(item.sub.customer_id)
                 failed.append(
                     RatingFailure(item.sub.customer_id, item.subscription_id, item.kind, item.period.start, repr(exc))

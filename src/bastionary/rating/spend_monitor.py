@@ -29,7 +29,7 @@ import structlog
 
 from bastionary.outbound import cloud_event
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.rater import PreviewStore, Publish, Rater, upcoming_invoices
+from bastionary.rating.rater import PRICING_ERRORS, PreviewStore, Publish, Rater, upcoming_invoices
 from bastionary.rating.spend import CreditLimit, SpendEvent, SpendHistory, plan_limits, spend_events
 
 log = structlog.get_logger(__name__)
@@ -93,7 +93,12 @@ class SpendMonitor:
         unpaid = self.spend.unpaid(set(limited))
         out: list[SpendEvent] = []
         for customer, limit in sorted(limited.items()):
-            previews = upcoming_invoices(self.billing, self.rater, customer, now)
+            try:
+                previews = upcoming_invoices(self.billing, self.rater, customer, now)
+            except PRICING_ERRORS:
+                # As when rating: one customer's unpriceable usage leaves the others decided.
+                log.exception("credit limit not checked: the exposure cannot be priced", customer_id=customer)
+                continue
             currency = limit.currency
             running = sum((Decimal(d["total"]) for d in previews if d["currency"] == currency), Decimal(0))
             starts = [datetime.fromisoformat(d["period_start"]) for d in previews if d["currency"] == currency]
