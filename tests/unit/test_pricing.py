@@ -9,16 +9,21 @@ The numbers used in docs/pricing.md are checked here.
 from __future__ import annotations
 
 import json
+import math
 import re
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from bastionary.catalog import parse_catalog
+from bastionary.money import round_money
 from bastionary.rating.plans import FlatPrice, GraduatedPrice, PercentagePrice, Plan, VolumePrice
 from bastionary.rating.pricing import Priced, Usage, graduated, price_usage, volume
 
@@ -361,3 +366,37 @@ def test_the_catalog_example_in_the_docs_is_valid():
     pro = catalog.plan("pro")
     assert [p.model for p in pro.prices] == ["flat", "per_unit", "graduated"]
     assert amount(pro.prices[2], 1500) == D("0.5")
+
+
+# --- exact at any size a usage total can have ---------------------------------------------
+
+# Decimal(38, 9): up to 29 integer digits and 9 decimals.
+STORED_QUANTITIES = st.decimals(
+    min_value=0, max_value=D("99999999999999999999999999999.999999999"), places=9, allow_nan=False
+)
+CATALOG_AMOUNTS = st.decimals(min_value=D("0.000000001"), max_value=D(1000), places=9, allow_nan=False)
+
+
+def cents_half_up(exact: Fraction) -> Decimal:
+    """The oracle: ``exact`` (non-negative) to the cent, half up, in integer arithmetic."""
+    cents, rest = divmod(exact * 100, 1)
+    return (D(int(cents) + (rest >= Fraction(1, 2))) / 100).quantize(D("0.01"))
+
+
+@settings(max_examples=300, deadline=None)
+@example(quantity=D("10000000000000000004.999999999"), unit=D("0.001"))  # rounded at 28 digits, .005 -> .01
+@given(quantity=STORED_QUANTITIES, unit=CATALOG_AMOUNTS)
+def test_per_unit_is_rounded_once_from_the_exact_product(quantity, unit):
+    priced = amount(price("per_unit", unit_amount=str(unit)), quantity)
+    assert priced == Fraction(quantity) * Fraction(unit)  # exact, before the invoice rounds it
+    exact = Fraction(quantity) * Fraction(unit)
+    if exact < 10**25:  # what round_money can give at the cent in Decimal's default context
+        assert round_money(priced, "USD") == cents_half_up(exact)
+
+
+@settings(max_examples=300, deadline=None)
+@example(quantity=D("10000000000000000000.000000001"), size=D(1))  # the quotient rounded: one package lost
+@given(quantity=STORED_QUANTITIES, size=CATALOG_AMOUNTS)
+def test_packages_are_the_exact_quotient_rounded_up(quantity, size):
+    p = price("package", package_size=str(size), package_amount="1")
+    assert price_usage(p, Usage(quantity)).tiers == [{"packages": str(math.ceil(Fraction(quantity) / Fraction(size)))}]

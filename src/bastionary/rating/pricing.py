@@ -1,13 +1,13 @@
 """The five usage price models (plus flat fees), as Stripe and Lago define them.
 
-Amounts come back unrounded; the invoice rounds each line once. ``tiers`` explains the
-amount: one entry per tier that priced units.
+Amounts come back unrounded and exact; the invoice rounds each line once. ``tiers`` explains
+the amount: one entry per tier that priced units.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal
+from decimal import Context, Decimal, localcontext
 from typing import Any
 
 from bastionary.rating.plans import (
@@ -21,6 +21,11 @@ from bastionary.rating.plans import (
 )
 
 ZERO = Decimal(0)
+# A usage total has up to 38 digits (Decimal(38, 9)) and so may a catalog amount: their
+# product, and sums of such products, stay exact in 100. The default context's 28 would round
+# the product before the invoice rounds it to the cent: rounded twice, 10^19 + 4.999999999
+# units at 0.001 billed 10000000000000000.01 where the exact amount rounds to .00.
+_EXACT = Context(prec=100)
 
 
 @dataclass
@@ -40,7 +45,11 @@ class Usage:
 
 
 def price_usage(price: MeteredPrice, usage: Usage) -> Priced:
-    quantity = max(usage.quantity, ZERO)
+    with localcontext(_EXACT):
+        return _priced(price, max(usage.quantity, ZERO), usage.events)
+
+
+def _priced(price: MeteredPrice, quantity: Decimal, events: int) -> Priced:
     if isinstance(price, PerUnitPrice):
         return Priced(quantity * price.unit_amount)
     if isinstance(price, GraduatedPrice):
@@ -48,11 +57,18 @@ def price_usage(price: MeteredPrice, usage: Usage) -> Priced:
     if isinstance(price, VolumePrice):
         return volume(price.tiers, quantity)
     if isinstance(price, PackagePrice):
-        packages = (quantity / price.package_size).to_integral_value(rounding=ROUND_CEILING)
+        packages = package_count(quantity, price.package_size)
         return Priced(packages * price.package_amount, [{"packages": str(packages)}])
     if isinstance(price, PercentagePrice):
-        return percentage(price, quantity, usage.events)
+        return percentage(price, quantity, events)
     raise TypeError(f"not a usage price: {type(price).__name__}")
+
+
+def package_count(quantity: Decimal, size: Decimal) -> Decimal:
+    """Packages started: ``quantity / size`` rounded up, from the exact integer quotient and
+    remainder (a rounded quotient of 10^19 + 10^-9 units would drop the last package)."""
+    whole, rest = divmod(quantity, size)
+    return whole + 1 if rest else whole
 
 
 def graduated(tiers: list[Tier], quantity: Decimal) -> Priced:
