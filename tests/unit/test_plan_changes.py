@@ -139,6 +139,34 @@ async def test_a_change_to_a_yearly_plan_bills_its_fee_once_a_year():
     assert sum(D(invoice["subtotal"]) for invoice in invoices) <= D("1300")
 
 
+# --- before the start --------------------------------------------------------------------
+
+
+def canceled(subscription: str, effective_at: datetime) -> SubscriptionEvent:
+    return SubscriptionEvent(subscription, "cust-1", "canceled", "", None, None, effective_at, effective_at)
+
+
+async def test_a_cancellation_effective_before_the_start_bills_nothing():
+    # Created on 15 January to start on 1 February, canceled on the 20th: the cancellation
+    # sorts before the created event (effective at the start) and was dropped for want of a
+    # subscription, which then billed every month.
+    fees = plan("fees", prices=[{"key": "base", "model": "flat", "amount": "30"}])
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.events += [created("sub-1", "fees", start=FEB), canceled("sub-1", at(2024, 1, 20))]
+    (sub,) = store.subscriptions({"fees": fees})
+    assert sub.canceled_at == at(2024, 1, 20)
+    assert [(s.start, s.end) for s in sub.segments] == [(FEB, FEB)]
+    rater = Rater(store, [fees], [TOKENS], GRACE, publish)
+    billed = [await rater.run_once(now) for now in (AFTER_FEB, at(2024, 4, 1, 2))]
+    assert sum(D(invoice["subtotal"]) for result in billed for invoice in result.invoices) == 0
+
+
+def test_a_change_effective_before_the_start_is_the_plan_from_the_start():
+    for at_the_start in (at(2024, 1, 20), FEB):  # before it, or with it (once ordered by event id)
+        sub = build_subscription("s", [changed("s", "usd-too", at_the_start), created("s", "usd", start=FEB)], PLANS)
+        assert sub is not None and [(s.plan.key, s.start) for s in sub.segments] == [("usd-too", FEB)]
+
+
 # --- properties over plan pairs ---------------------------------------------------------
 
 CURRENCIES = ["USD", "EUR", "JPY"]

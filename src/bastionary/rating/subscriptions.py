@@ -1,7 +1,9 @@
 """A subscription's history, from its events: the plans it was on, and when it ended.
 
 Events are applied in order (``effective_at``, then cancelations last, then event id), so
-the same events always give the same subscription, whoever reads them.
+the same events always give the same subscription, whoever reads them; the created event
+first, though: a change or a cancellation effective before the start (received before the
+subscription began) applies to it, at its start, rather than being dropped for want of it.
 
 A subscription bills in one currency on one grid of periods: a plan change keeps the
 currency and the billing interval of the plan it was created on (:func:`plan_change_problem`).
@@ -49,7 +51,7 @@ def build_subscription(
     segments: list[Segment] = []
     customer, anchor, canceled_at = "", None, None
     received, backfill = None, False
-    for event in events:
+    for event in sorted(events, key=lambda e: e.kind != "created"):  # stable: the rest keep their order
         effective_at = utc(event.effective_at)
         if event.kind == "created" and not segments and event.plan in plans:
             customer = event.customer_id
