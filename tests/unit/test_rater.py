@@ -1438,6 +1438,29 @@ async def test_a_first_period_that_starts_late_takes_the_first_plans_minimum(cha
     assert any(line["price_key"] == "minimum_commitment" for line in january["lines"]), january["lines"]
 
 
+@pytest.mark.parametrize("rounds", [[at(2024, 3, 10, 3)], [at(2024, 2, 1, 2), at(2024, 3, 1, 2), at(2024, 3, 10, 3)]])
+async def test_a_period_wholly_before_the_start_bills_nothing_ahead(rounds):
+    """Anchored on 1 January, started on 10 March, a 31.00 fee in advance: February's
+    invoice (wholly before the start) billed March's fee, 22.00, and the advance invoice at the
+    start 0.00. The first fee is the advance invoice's."""
+    ahead = Plan.model_validate(
+        {
+            "key": "p",
+            "currency": "USD",
+            "prices": [{"key": "base", "model": "flat", "amount": "31", "billing_timing": "advance"}],
+        }
+    )
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "created", "p", at(2024, 3, 10), JAN, at(2024, 3, 10)))
+    rater = Rater(store, [ahead], [TOKENS], GRACE, publish)
+    invoices = [invoice for now in rounds for invoice in (await rater.run_once(now)).invoices]
+    assert [(i["kind"], i["period_start"][:10], i["subtotal"]) for i in invoices] == [
+        ("period", "2024-01-01", "0.00"),
+        ("period", "2024-02-01", "0.00"),
+        ("advance", "2024-03-10", "22.00"),
+    ]
+
+
 # --- an invoice that cannot be priced -------------------------------------------------
 
 THOUSAND_A_TOKEN = Plan.model_validate(

@@ -759,7 +759,9 @@ class Rater:
         lines.extend(already_billed_lines(lines, billed, period.start, usage_keys(sub, self.plans.values())))
         lines.extend(advance)
         following = nth_period(sub, period.index + 1)
-        if following is not None and following.end > following.start:
+        # A period wholly before the start (an anchor an interval or more before it) bills
+        # nothing ahead: the first fee is the advance invoice's, at the start.
+        if following is not None and following.end > following.start and period.end > sub.segments[0].start:
             lines.extend(advance_lines(sub, following, billed, currency, catalog))
         if earlier:
             # A period a backdated plan change moved to other plans has its fees in advance
