@@ -205,13 +205,16 @@ def test_changes_checked_at_intake_are_what_the_rater_applies(catalog, changes):
         if plan_change_refusal(plans[event.plan], stored, plans) is None:
             stored.append(event)
             taken.append(event)
-    order = sorted(stored, key=lambda e: (e.effective_at, e.kind != "created"))
+    order = sorted(stored, key=lambda e: (e.effective_at, e.kind != "created"))  # as the store reads them
     sub = build_subscription("s-prop", order, plans)
     assert sub is not None
     first = plans[keys[0]]
     assert all(plan_change_problem(first, segment.plan) is None for segment in sub.segments)
     assert [e.plan for e in taken] == [e.plan for e in sent if plan_change_problem(first, plans[e.plan]) is None]
-    assert sub.segments[-1].plan.key == order[-1].plan  # the last event taken is the plan in force
+    # The created event applies first (a change effective before the start applies at it),
+    # then the changes in effective order: the last change taken is the plan in force.
+    applied = sorted(stored, key=lambda e: (e.kind != "created", e.effective_at))
+    assert sub.segments[-1].plan.key == applied[-1].plan
 
 
 # --- the worker's intake ----------------------------------------------------------------
