@@ -1255,6 +1255,31 @@ async def test_an_ended_subscription_without_late_usage_has_an_empty_final_adjus
     assert await rater(store, publish).run_once(at(2024, 6, 1)) == RatingResult([])
 
 
+@pytest.mark.parametrize("canceled_at", [JAN, JAN - timedelta(days=1)], ids=["at-the-start", "before-it"])
+async def test_a_subscription_canceled_at_its_start_is_credited_its_fee_in_advance(canceled_at):
+    """Its advance invoice billed 30.00 at the start; a cancellation effective at the start
+    (one in the same minute, say) left no period, so no final adjustment, and the fee stayed
+    billed for a service that never ran."""
+    ahead = Plan.model_validate(
+        {
+            "key": "p",
+            "currency": "USD",
+            "prices": [{"key": "base", "model": "flat", "amount": "30", "billing_timing": "advance"}],
+        }
+    )
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="p")
+    rater = Rater(store, [ahead], [TOKENS], GRACE, publish)
+    (advance,) = (await rater.run_once(at(2024, 1, 1, 0, 5))).invoices
+    assert (advance["kind"], advance["subtotal"]) == ("advance", "30.00")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "canceled", "p", None, None, canceled_at))
+    later = [invoice for now in (at(2024, 1, 1, 3), AFTER_FEB) for invoice in (await rater.run_once(now)).invoices]
+    assert [(i["kind"], i["period_start"], i["period_end"], i["subtotal"]) for i in later] == [
+        ("final_adjustment", JAN.isoformat(), JAN.isoformat(), "-30.00")
+    ]
+    assert sum(billing.amount for billing in store.billed("sub-1").values()) == 0
+
+
 def test_the_final_cutoff_is_the_last_cutoff_plus_the_grace_and_only_for_an_ended_subscription():
     store = one_customer()
     (running,) = store.subscriptions({"pro": PRO})

@@ -734,6 +734,8 @@ class Rater:
             )
         lines: list[Line] = []
         if kind == FINAL_ADJUSTMENT:
+            if earlier[-1].end == earlier[-1].start:  # canceled at its start: only refunds
+                return removed_period_refunds(sub, billed, catalog)
             for each in earlier:
                 lines.extend(advance_lines(sub, each, billed, currency, catalog))
             lines.extend(removed_period_refunds(sub, billed, catalog))

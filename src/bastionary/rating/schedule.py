@@ -86,7 +86,12 @@ def final_adjustment(sub: Subscription, now: datetime, grace: timedelta) -> tupl
             periods.append(period)
         n += 1
     if not periods:
-        return None
+        # Canceled at or before its first period's start: nothing was served, but a fee billed
+        # in advance (at the start, before the cancellation came) is still to be credited back.
+        # The invoice is the empty first period's; it adjusts no period.
+        interval, first = sub.first_plan.interval, first_index(sub)
+        start = interval.nth_boundary(sub.anchor, first)
+        periods = [Period(first, start, start, interval.nth_boundary(sub.anchor, first + 1))]
     cutoff = cutoff_for(cutoff_for(periods[-1].end, grace), grace)
     return (periods, cutoff) if cutoff <= now else None
 
