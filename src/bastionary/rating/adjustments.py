@@ -171,7 +171,7 @@ def adjustment_lines(
                 quantity == old.quantity
                 and (
                     segments.get(key) == 1
-                    or _priced_linearly(line)
+                    or (_priced_linearly(line) and not _below_zero(spans) and not _below_zero(old.windows))
                     or same_usage(stored_windows(spans, currency), old.windows)
                 )
                 and (line.percentage is None or (events is not None and events == old.events))
@@ -227,13 +227,20 @@ def _priced_linearly(line: Line) -> bool:
     one plan (A -> B -> A): ``per_unit``, and ``percentage`` without a minimum or maximum (a
     bound applies to each segment's line apart). Tiers and packages count each segment apart.
 
-    Only the rounding can tell a split apart: each segment's line is rounded to the minor
+    Only the rounding can tell a split apart (each segment's line is rounded to the minor
     unit, so usage moved between two segments with the sums unchanged may leave the period a
-    cent off what rating it again from scratch would give."""
+    cent off what rating it again from scratch would give), and a segment whose usage is below
+    zero, priced as zero (:func:`_below_zero`: such a key is compared span by span)."""
     if line.unit_price is not None:
         return True
     terms = line.percentage
     return terms is not None and terms.get("min_amount") is None and terms.get("max_amount") is None
+
+
+def _below_zero(spans: Iterable[ServiceWindow] | None) -> bool:
+    """Whether a segment's usage is below zero (a correction larger than its usage): priced
+    as zero, so even a linear price then costs more than its summed quantity says."""
+    return any(span.quantity < 0 for span in spans or ())
 
 
 def _events_moved(now: int | None, billed: int | None) -> int | None:
