@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -186,5 +186,31 @@ def test_a_range_moves_each_bound_inside_a_minute_up_to_the_next_one_and_says_so
 
 
 def test_a_bound_in_the_last_minute_a_datetime_holds_is_a_clear_error_not_an_overflow():
-    with pytest.raises(ValueError, match="past the last minute"):
+    with pytest.raises(ValueError, match=r"outside 1970-01-01 \.\. 2106-01-01 UTC"):
         usage_query(TOKENS, start=START, end=datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC))
+
+
+MINUS_ONE, PLUS_ONE = timezone(-timedelta(hours=1)), timezone(timedelta(hours=1))
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        # ClickHouse's DateTime cannot parse a year before 1000 (sent as "999-12-31"): a 500.
+        (datetime(999, 12, 31, tzinfo=UTC), None),
+        (datetime(1, 1, 1, 0, 30, tzinfo=PLUS_ONE), None),  # before year 1 in UTC: an OverflowError
+        (None, datetime(9999, 12, 31, 23, tzinfo=MINUS_ONE)),  # after 9999 in UTC: an OverflowError
+        # Clamped by ClickHouse, and reported as 1970-01-01 or 2106-02-07T06:28:15.
+        (datetime(1000, 1, 1, tzinfo=UTC), None),
+        (None, datetime(2200, 1, 1, tzinfo=UTC)),
+        (datetime(1969, 12, 31, 23, 58, 30, tzinfo=UTC), None),  # moved up to 23:59, still before
+    ],
+)
+def test_a_bound_outside_the_range_of_usage_times_is_a_clear_error(start, end):
+    with pytest.raises(ValueError, match=r"outside 1970-01-01 \.\. 2106-01-01 UTC"):
+        usage_query(TOKENS, start=start, end=end)
+
+
+def test_the_range_of_usage_times_is_a_range_a_query_takes_whole():
+    _, params = usage_query(TOKENS, start=datetime(1970, 1, 1, tzinfo=UTC), end=datetime(2106, 1, 1, tzinfo=UTC))
+    assert (params["start"], params["end"]) == (datetime(1970, 1, 1, tzinfo=UTC), datetime(2106, 1, 1, tzinfo=UTC))

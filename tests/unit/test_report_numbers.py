@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -36,3 +37,12 @@ def test_a_report_number_is_every_digit_of_the_value_without_trailing_zeros(nano
     text = jsonable(value)
     assert Decimal(text) == value  # nothing rounded
     assert "E" not in text and not ("." in text and text.endswith(("0", ".")))
+
+
+@pytest.mark.parametrize("hours", [-4, 0, 9])
+def test_times_are_reported_in_utc_whatever_zone_the_client_returned_them_in(hours):
+    # clickhouse-connect returns DateTime('UTC') columns in the host's zone: under
+    # TZ=America/New_York the UTC day 2024-05-01 was reported as 2024-04-30T20:00:00-04:00.
+    utc_day = datetime(2024, 5, 1, tzinfo=UTC)
+    assert jsonable(utc_day.astimezone(timezone(timedelta(hours=hours)))) == "2024-05-01T00:00:00+00:00"
+    assert jsonable(datetime(2024, 5, 1)) == "2024-05-01T00:00:00+00:00"  # naive: read as UTC

@@ -123,14 +123,23 @@ def usage_query(
     return sql, params
 
 
+# Usage times run from 1970-01-01 to 2105-12-31 UTC (the rollup windows' DateTime); a bound
+# outside would be clamped by ClickHouse (or fail to parse before year 1000) and reported as
+# neither the bound given nor one moved to a minute.
+FIRST_BOUND = datetime(1970, 1, 1, tzinfo=UTC)
+LAST_BOUND = datetime(2106, 1, 1, tzinfo=UTC)
+
+
 def _minute_up(moment: datetime | None) -> datetime | None:
     """``moment`` (in UTC: an offset may carry seconds) moved up to a minute's start."""
     if moment is None:
         return None
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-01:00 is past the last date Python holds in UTC
+        raise ValueError(f"{moment.isoformat()} is outside 1970-01-01 .. 2106-01-01 UTC") from None
     floor = moment.replace(second=0, microsecond=0)
-    if floor == moment:
-        return floor
-    if floor >= datetime.max.replace(tzinfo=UTC) - timedelta(minutes=1):
-        raise ValueError(f"{moment.isoformat()} is past the last minute a range can end on")
-    return floor + timedelta(minutes=1)
+    rounded = floor if floor == moment or floor >= LAST_BOUND else floor + timedelta(minutes=1)
+    if not FIRST_BOUND <= rounded <= LAST_BOUND:
+        raise ValueError(f"{moment.isoformat()} is outside 1970-01-01 .. 2106-01-01 UTC, the range of usage times")
+    return rounded

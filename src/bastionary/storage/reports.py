@@ -217,7 +217,9 @@ def number(value: Decimal | float | int | None) -> str | None:
 
 def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+        # In UTC whatever the host's zone: clickhouse-connect returns a DateTime('UTC') in the
+        # local zone, and 2024-04-30T20:00:00-04:00 reads as a New York day, not the UTC one.
+        return (value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
     if isinstance(value, Decimal):
         return number(value)
     if isinstance(value, bytes):
