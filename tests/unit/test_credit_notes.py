@@ -444,7 +444,8 @@ class FakeNotes:
         notes = [d for d, _, _ in self.decided.values() if d["status"] == "issued" and d["invoice_id"] == invoice_id]
         credited = sum((D(d["amount"]) for d in notes), D(0))
         reduced = sum((D(d["reduces_amount_due"]) for d in notes), D(0))
-        return Standing(base.invoice_id, base.customer_id, base.currency, base.total, base.paid, credited, reduced)
+        at = Standing(base.invoice_id, base.customer_id, base.currency, base.total, base.paid, credited, reduced)
+        return replace(at, tax_lines=base.tax_lines)  # the invoice's tax, for the notes' share of it
 
     def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]]) -> None:
         for _, _, decision in decisions:

@@ -241,6 +241,7 @@ class CreditNote(_Model):
     refunded: Decimal | None = None
     credited_to_balance: Decimal | None = None
     voids_invoice: bool = False
+    tax_lines: list[dict[str, Any]] = []  # the tax it gives back, one per invoice tax line (as Invoice.tax_lines)
 
 
 class CreditNoteSummary(_Model):

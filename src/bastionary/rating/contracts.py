@@ -199,6 +199,14 @@ class CreditNoteDecision(_Out):
     refunded: DecimalText | None = None
     credited_to_balance: DecimalText | None = None
     voids_invoice: bool = False
+    tax_lines: list[TaxLine] = Field(
+        default=[],
+        description=(
+            "on an issued note: the part of each of the invoice's tax lines it gives back (same key, name, rate"
+            " and kind), from running totals so the notes of a fully credited invoice give back exactly its tax;"
+            " absent on notes issued before 2026-12-07"
+        ),
+    )
 
 
 def _types(types: dict[str, str]) -> list[str]:

@@ -16,7 +16,8 @@ against the invoice as stored and what was paid and credited so far (:func:`deci
   does), so an invoice paid wholly with credit can be credited too.
 
 What can be credited in all is the invoice's subtotal with tax: its ``total`` plus the
-credits it drew. An invoice voided through ``billing.payments`` (``bastionary.invoice.voided.v1``)
+credits it drew. An issued note gives back its part of the invoice's tax (``tax_lines``, see
+:func:`tax_given_back`). An invoice voided through ``billing.payments`` (``bastionary.invoice.voided.v1``)
 is cancelled for good: it takes no void, and notes only for the prepaid credit it drew, to the
 balance.
 
@@ -28,12 +29,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from bastionary.money import format_money
+from bastionary.money import format_money, round_money
 from bastionary.rating.amount_due import amount_due, still_paid
 from bastionary.rating.events import (
     Amount,
@@ -122,6 +123,12 @@ class Standing:
     # A ``voided`` payments row: the payment system (``bastionary.invoice.voided.v1``) or a void
     # note cancelled the invoice, so nothing is owed on it, for good.
     voided: bool = False
+    # The invoice document's ``tax_lines``: what the notes give back a part of.
+    tax_lines: tuple[dict[str, Any], ...] = ()
+
+    def gross(self) -> Decimal:
+        """What the notes' amounts are measured against: the subtotal with tax."""
+        return self.total + self.credits_applied
 
     def still_paid(self) -> Decimal:
         """What was paid and not yet given back.
@@ -186,7 +193,7 @@ def decide(
     def money(value: Decimal) -> str:
         return format_money(value, currency)  # exact already: this fixes the scale
 
-    creditable = standing.total + standing.credits_applied - standing.credited
+    creditable = standing.gross() - standing.credited
     if standing.voided:
         # A void cancels the invoice: nothing is owed on it, for good (schemas/README.md, payment
         # events), and its money is the payment system's. The prepaid credit it drew is still the
@@ -246,5 +253,52 @@ def decide(
         "refunded": money(refunded),
         "credited_to_balance": money(to_balance),
         "voids_invoice": request.void,
+        "tax_lines": tax_given_back(standing.tax_lines, standing.gross(), standing.credited, amount, currency),
     }
     return Decision(note_id, "issued", document, to_balance)
+
+
+def tax_given_back(
+    tax_lines: tuple[dict[str, Any], ...], gross: Decimal, credited_before: Decimal, amount: Decimal, currency: str
+) -> list[dict[str, Any]]:
+    """The part of the invoice's tax lines a note of ``amount`` gives back, one entry per line.
+
+    Each line's ``taxable`` and ``amount`` X is given back in proportion to what the notes have
+    credited of ``gross``, from running totals: ``round(X * after / gross) - round(X * before /
+    gross)``, rounded half up at the currency's minor unit. Rounding each note's own share
+    instead would leave cents over or short; with running totals the rounding differences
+    cancel, so the notes of a fully credited invoice give back exactly its tax and taxable,
+    however it was split, and each note is within one minor unit of its exact share.
+    ``credited_before`` counts every earlier note, those issued before notes carried
+    ``tax_lines`` too: theirs was their share, unrecorded, so later notes do not take it.
+
+    Inclusive and exclusive lines alike: inclusive tax is inside the prices the note gives
+    back, so its share is part of the note too (shown, as on the invoice, not added). A
+    negative line (an adjustment's reversal at other rates) gives back its negative share.
+    """
+    if gross <= 0:  # no note is issued then (nothing is creditable): nothing to share
+        return []
+    # Never past the whole: decide keeps every note within what is creditable.
+    before = min(credited_before, gross)
+    after = min(credited_before + amount, gross)
+
+    def share(whole: str, credited: Decimal) -> Decimal:
+        with localcontext() as exact:  # 38-digit amounts: their product must not round before the half-up
+            exact.prec = 120
+            part = Decimal(whole) * credited / gross
+        return round_money(part, currency)
+
+    def given_back(whole: str) -> str:
+        return format_money(share(whole, after) - share(whole, before), currency)
+
+    return [
+        {
+            "key": line["key"],
+            "name": line["name"],
+            "rate": line["rate"],
+            "inclusive": line["inclusive"],
+            "taxable": given_back(line["taxable"]),
+            "amount": given_back(line["amount"]),
+        }
+        for line in tax_lines
+    ]

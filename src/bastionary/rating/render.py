@@ -196,6 +196,11 @@ def credit_note_view(data: dict[str, Any], invoice: dict[str, Any] | None = None
         for line in data["lines"]
     ]  # fmt: skip
     totals: list[dict[str, Any]] = [{"label": "Credit total", "amount": money(data["amount"], currency), "grand": True}]
+    # The tax inside the credit total, for the customer's books: a note issued before notes
+    # carried tax_lines shows none, its tax part not being known.
+    for tax in data.get("tax_lines", []):
+        label = f"of which {tax['name']} (on {money(tax['taxable'], currency)})"
+        totals.append({"label": label, "amount": money(tax["amount"], currency)})
     for key, label in (
         ("reduces_amount_due", "Taken off the amount due"),
         ("refunded", "Refunded to your payment method"),

@@ -7,11 +7,14 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import structlog
 
 from bastionary.rating.credit_notes import CreditNoteRequest, Decision, Standing, credit_note_id
 from bastionary.rating.events import BillingEvent
 from bastionary.storage.client import Client, insert_rows
 from bastionary.storage.reports import jsonable, money_text
+
+log = structlog.get_logger(__name__)
 
 COLUMNS = (
     "credit_note_id",
@@ -95,13 +98,13 @@ class ClickHouseCreditNoteStore:
         """The invoice as stored by the rater, what was paid for it, whether it was voided, and its
         issued credit notes."""
         invoices = self.client.query(
-            "SELECT customer_id, currency, total, credits_applied FROM invoices FINAL WHERE invoice_id = {i:String}"
-            " AND status != 'empty'",
+            "SELECT customer_id, currency, total, credits_applied, JSONExtractRaw(document, 'tax_lines')"
+            " FROM invoices FINAL WHERE invoice_id = {i:String} AND status != 'empty'",
             parameters={"i": invoice_id},
         ).result_rows
         if not invoices:
             return None
-        customer, currency, total, credits_applied = invoices[0]
+        customer, currency, total, credits_applied, tax_lines = invoices[0]
         # A ``voided`` row (a ``bastionary.invoice.voided.v1``, or a void note as dunning read it)
         # cancels the invoice for good: the decision rejects any note for it.
         succeeded, refunded, voids = self.client.query(
@@ -127,6 +130,7 @@ class ClickHouseCreditNoteStore:
             Decimal(notes_refunded or 0),
             Decimal(credits_applied),
             voided=voids > 0,
+            tax_lines=_tax_lines(tax_lines),
         )
 
     def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]], version: int = DECIDED) -> None:
@@ -205,3 +209,26 @@ class ClickHouseCreditNoteStore:
             return None
         document: dict[str, Any] = orjson.loads(rows[0][0])
         return document
+
+
+def _tax_lines(raw: str) -> tuple[dict[str, Any], ...]:
+    """The invoice document's ``tax_lines`` ('' for a document without them). A document this
+    code did not write (edited by hand, or damaged) gives none: its notes then carry no tax
+    part, rather than stopping every credit note's decision."""
+    try:
+        lines = orjson.loads(raw or "[]")
+        if isinstance(lines, list) and all(_tax_line(line) for line in lines):
+            return tuple(lines)
+    except orjson.JSONDecodeError:
+        pass
+    log.warning("an invoice's tax_lines cannot be read: its credit notes carry no tax part", tax_lines=raw[:200])
+    return ()
+
+
+def _tax_line(line: object) -> bool:
+    if not isinstance(line, dict) or not {"key", "name", "rate", "inclusive", "taxable", "amount"} <= line.keys():
+        return False
+    try:
+        return Decimal(line["taxable"]).is_finite() and Decimal(line["amount"]).is_finite()
+    except (ArithmeticError, TypeError, ValueError):
+        return False
