@@ -60,6 +60,10 @@ def apply(c: Case, records, at: datetime | None = None) -> Case:
                 c.state_history.append((at, r.detail))
         elif r.kind == "reinstated":
             c.suspended, c.reinstatements = False, c.reinstatements + 1
+        elif r.kind == "minimum":
+            c.below_minimum, c.minimum_changes = r.detail == "below", r.step
+            if at is not None:
+                c.minimum_history.append((at, r.detail))
     return c
 
 
@@ -153,7 +157,10 @@ def test_partial_payment_keeps_dunning_for_the_rest():
 
 
 def test_below_min_amount_due_and_zero_invoices_are_not_dunned():
-    assert [r.kind for r in advance(case(paid=Decimal("99.50")), POLICY, day(2))] == ["state"]
+    assert [(r.kind, r.detail) for r in advance(case(paid=Decimal("99.50")), POLICY, day(2))] == [
+        ("state", "overdue"),
+        ("minimum", "below"),  # the policy's clock stands still from here
+    ]
     assert [(r.kind, r.detail) for r in advance(case(total="0"), POLICY, day(2))] == [("state", "paid")]
 
 
@@ -228,7 +235,7 @@ def test_paying_down_below_the_minimum_lifts_a_suspension_and_leaves_the_rest_ow
     assert c.suspended
     c.paid = Decimal("99.50")  # 0.50 left, below min_amount_due 1.00: never dunned
     records = run(c, day(23))
-    assert [(r.kind, r.detail) for r in records] == [("reinstated", "below_minimum")]
+    assert [(r.kind, r.detail) for r in records] == [("reinstated", "below_minimum"), ("minimum", "below")]
     assert records[0].data["reason"] == "below_minimum"
     assert not c.suspended and c.state == "overdue" and c.amount_due == Decimal("0.50")
     assert run(c, day(60)) == []  # no further steps, no second reinstatement

@@ -3,7 +3,8 @@
 Order per run, and what a crash right after each step does:
 1. decide (pure, on the clock's now)              -> nothing written: decided again, same ids
 2. store the decisions (notices with published=0) -> the next run republishes the stored
-   notices as they are; a decided step is never decided again (it is in ``steps_done``)
+   notices as they are; a decided step is never decided again (it is in ``steps_done``), nor
+   a suspension applied again after a reinstatement (the stored notice counts as a suspension)
 3. publish the notices on dunning.notices         -> republished next run with the same
    notice_id; the notifier delivers a notice_id's channels once (see delivery.py)
 4. mark them published=1                          -> done

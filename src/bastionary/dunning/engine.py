@@ -4,8 +4,9 @@ Pure: no clock, broker or database. The worker loads a :class:`Case` per open in
 calls :func:`advance` and records what it returns, so every decision can be replayed from
 ``dunning_events`` and ``payments``.
 
-Ids are derived from (invoice, step), so a case decided twice (a crash before the rows were
-stored, two workers during a rebalance) produces the same rows and the same notices.
+Ids are derived from (invoice, step), or (invoice, what, n) for rows that can repeat (state
+changes, minimum rows, reinstatements, a suspension applied again), so a case decided twice (a crash before
+the rows were stored, two workers during a rebalance) produces the same rows and the same notices.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ SETTLED = (PAID, VOID)
 # Why a suspension is lifted: the settled state (paid, void), or this: what is left is below the
 # policy's min_amount_due, which is never dunned, so it keeps no suspension (it is still owed).
 BELOW_MINIMUM = "below_minimum"
+# The detail of a suspend notice applied again after a reinstatement (see advance).
+RESUSPENDED = "resuspended"
+# A ``minimum`` row records the case going below the policy's min_amount_due or back above it
+# (its detail), on the dunning clock: the policy's clock stands still while it is below.
+MINIMUM, BELOW, ABOVE = "minimum", "below", "above"
 
 
 def derived_id(*parts: object) -> str:
@@ -65,7 +71,7 @@ class Pause:
 
     start: datetime
     end: datetime | None
-    reason: str  # promised | disputed | settled
+    reason: str  # promised | disputed | settled | below_minimum
 
 
 @dataclass
@@ -89,6 +95,11 @@ class Case:
     # Every recorded state row in order, as (dunning clock when recorded, state): when the
     # case stood settled and when a refund reopened it (see settled_stretches).
     state_history: list[tuple[datetime, str]] = field(default_factory=list)
+    # The same for the minimum rows: below the minimum as last recorded, how many rows so far
+    # (numbers the next one), and every one in order as (dunning clock, below | above).
+    below_minimum: bool = False
+    minimum_changes: int = 0
+    minimum_history: list[tuple[datetime, str]] = field(default_factory=list)
     recipient_email: str | None = None
 
     def count(self, kind: str, amount: Decimal) -> None:
@@ -120,7 +131,7 @@ class Record:
     """One row for ``dunning_events``; ``publish`` ones also go to ``dunning.notices``."""
 
     event_id: str
-    kind: str  # notice | skipped | state | reinstated
+    kind: str  # notice | skipped | state | reinstated | minimum
     step: int = 0
     action: str = ""
     detail: str = ""
@@ -156,24 +167,37 @@ def settled_stretches(case: Case) -> list[Pause]:
 
     The rows carry the dunning clock of the run that saw the change, so a stretch starts and
     ends up to one run after the payment or the refund did."""
+    return _stretches(case.state_history, set(SETTLED), "settled")
+
+
+def below_minimum_stretches(case: Case) -> list[Pause]:
+    """When the case stood below the policy's min_amount_due (not settled), from its recorded
+    minimum rows: never dunned then, so the policy's clock stands still, as when settled. A
+    refund that raises the amount due again resumes the schedule where it stood, instead of
+    making every step due at once. The last stretch is open while the last row is ``below``."""
+    return _stretches(case.minimum_history, {BELOW}, BELOW_MINIMUM)
+
+
+def _stretches(history: list[tuple[datetime, str]], inside: set[str], reason: str) -> list[Pause]:
     stretches: list[Pause] = []
     start: datetime | None = None
-    for at, state in case.state_history:
-        if state in SETTLED and start is None:
+    for at, value in history:
+        if value in inside and start is None:
             start = at
-        elif state not in SETTLED and start is not None:
-            stretches.append(Pause(start, at, "settled"))
+        elif value not in inside and start is not None:
+            stretches.append(Pause(start, at, reason))
             start = None
     if start is not None:
-        stretches.append(Pause(start, None, "settled"))
+        stretches.append(Pause(start, None, reason))
     return stretches
 
 
 def overdue_for(case: Case, now: datetime) -> timedelta:
-    """Time past ``due_at`` that counts for the policy: paused and settled stretches do not."""
+    """Time past ``due_at`` that counts for the policy: paused and settled stretches, and the
+    stretches below the policy's minimum, do not."""
     due = case.invoice.due_at
     elapsed = max(now - due, timedelta(0))
-    for pause in _merged(case.pauses + settled_stretches(case)):
+    for pause in _merged(case.pauses + settled_stretches(case) + below_minimum_stretches(case)):
         start, end = max(pause.start, due), min(pause.end or now, now)
         if end > start:
             elapsed -= end - start
@@ -181,7 +205,8 @@ def overdue_for(case: Case, now: datetime) -> timedelta:
 
 
 def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
-    """The rows to record for ``case`` at ``now``: state changes, steps, reinstatement."""
+    """The rows to record for ``case`` at ``now``: state changes, steps, reinstatement, and a
+    suspension applied again when a reinstated case owes again (see _suspension_to_reapply)."""
     records: list[Record] = []
     state = state_of(case, now)
     if state != case.state:
@@ -201,11 +226,21 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
                 data=_reinstated(case, n, now, reason),
             )
         )
+    if not settled and policy is not None and below_minimum != case.below_minimum:
+        # Below the minimum or back above it (a payment, a refund, the policy's minimum changed),
+        # on the run's clock. Not while settled: that stretch is counted out by the state rows.
+        n = case.minimum_changes + 1
+        records.append(
+            Record(derived_id(case.invoice.invoice_id, MINIMUM, n), MINIMUM, n, detail=_below(below_minimum))
+        )
     if settled or state == UNCOLLECTIBLE or policy is None or case.invoice.total <= 0:
         return records
     if below_minimum or paused_at(case, now) is not None:
         return records
     elapsed = overdue_for(case, now)
+    resuspend = _suspension_to_reapply(case, policy, elapsed)
+    if resuspend is not None:
+        records.append(_resuspended(case, policy, resuspend, now))
     due = [n for n, step in enumerate(policy.steps, 1) if step.after <= elapsed and n not in case.steps_done]
     if not due:
         return records
@@ -237,6 +272,43 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
                 )
             )
     return records
+
+
+def resuspension_id(invoice_id: str, n: int) -> str:
+    """The notice id of the suspension applied again after the case's ``n``-th reinstatement."""
+    return derived_id(invoice_id, "resuspended", n)
+
+
+def _suspension_to_reapply(case: Case, policy: Policy, elapsed: timedelta) -> int | None:
+    """The suspend step to apply again, if the case owes again what it was suspended for.
+
+    Each step fires once per invoice, so a suspension lifted by payment in full (a chargeback
+    or refund reopens the case) or by a remainder below min_amount_due (a refund raises it)
+    would otherwise never come back: the case is past its suspend step on the policy's clock
+    and keeps full access until it is marked uncollectible. The caller has ruled out settled,
+    below the minimum, paused and uncollectible cases; this one is not suspended and a suspend
+    step it has already applied is behind it on the clock. The latest such step is returned."""
+    if case.suspended:
+        return None
+    applied = [
+        n
+        for n, step in enumerate(policy.steps, 1)
+        if step.action is Action.SUSPEND and n in case.steps_done and step.after <= elapsed
+    ]
+    return applied[-1] if applied else None
+
+
+def _resuspended(case: Case, policy: Policy, n: int, now: datetime) -> Record:
+    # A notice with action suspend, like the step's own: every reader counts it as a suspension
+    # (entitlements: suspend notices against reinstated rows per invoice), and a reinstatement
+    # lifts it as it lifts the first. Numbered by the reinstatements so far: one id per reopening.
+    event_id = resuspension_id(case.invoice.invoice_id, case.reinstatements)
+    data = {**_notice(case, policy, n, now), "notice_id": event_id}
+    return Record(event_id, "notice", n, Action.SUSPEND.value, detail=RESUSPENDED, data=data)
+
+
+def _below(below_minimum: bool) -> str:
+    return BELOW if below_minimum else ABOVE
 
 
 def _state_change(case: Case, state: str, earlier_in_batch: int) -> Record:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from bastionary.dunning.engine import Case, InvoiceFacts, Pause, Record
+from bastionary.dunning.engine import BELOW, MINIMUM, Case, InvoiceFacts, Pause, Record
 from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
 from bastionary.rating.subscriptions import utc as _utc
 from bastionary.storage.client import Client, insert_rows
@@ -150,11 +150,13 @@ class ClickHouseDunningStore:
     def _load_trail(self, cases: dict[str, Case]) -> None:
         rows = self.client.query(
             "SELECT invoice_id, kind, step, action, detail, at, until FROM dunning_events FINAL"
-            " WHERE kind IN ('notice', 'skipped', 'state', 'reinstated', 'response')"
+            " WHERE kind IN ('notice', 'skipped', 'state', 'reinstated', 'minimum', 'response')"
             " ORDER BY invoice_id, at, recorded_at"
         ).result_rows
         disputes: dict[str, list[datetime]] = defaultdict(list)
         states: dict[str, list[tuple[int, datetime, str]]] = defaultdict(list)
+        minimums: dict[str, list[tuple[int, datetime, str]]] = defaultdict(list)
+        suspensions: dict[str, int] = defaultdict(int)
         for invoice_id, kind, step, action, detail, at, until in rows:
             case = cases.get(invoice_id)
             if case is None:
@@ -162,19 +164,24 @@ class ClickHouseDunningStore:
             at = _utc(at)
             if kind in ("notice", "skipped"):
                 case.steps_done.add(step)
-                if kind == "notice" and action == "suspend":
-                    case.suspended = True
+                if kind == "notice" and action == "suspend":  # a suspend step, or one applied again
+                    suspensions[invoice_id] += 1
             elif kind == "reinstated":
                 case.reinstatements += 1
-                case.suspended = False
             elif kind == "state":
                 states[invoice_id].append((step, at, detail))
+            elif kind == MINIMUM:
+                minimums[invoice_id].append((step, at, detail))
             elif kind == "response" and action == "promised":
                 case.pauses.append(Pause(at, _utc(until), "promised"))
             elif kind == "response" and action == "disputed":
                 disputes[invoice_id].append(at)
             elif kind == "response" and action == "dispute_resolved" and disputes[invoice_id]:
                 case.pauses.append(Pause(disputes[invoice_id].pop(0), at, "disputed"))
+        for invoice_id, case in cases.items():
+            # Counted as entitlements count them (storage/entitlements.py): suspended while its
+            # suspend notices outnumber its reinstatements, whatever order the clock gave the rows.
+            case.suspended = suspensions[invoice_id] > case.reinstatements
         for invoice_id, recorded in states.items():
             # In the order the engine numbered them: the engine reads when the case stood
             # settled from this history (engine.settled_stretches), the next number from its end.
@@ -182,6 +189,13 @@ class ClickHouseDunningStore:
             case = cases[invoice_id]
             case.state_history = [(at, detail) for _, at, detail in recorded]
             case.state_changes, _, case.state = recorded[-1]
+        for invoice_id, recorded in minimums.items():
+            # The same for the minimum rows (engine.below_minimum_stretches).
+            recorded.sort()
+            case = cases[invoice_id]
+            case.minimum_history = [(at, detail) for _, at, detail in recorded]
+            case.minimum_changes = recorded[-1][0]
+            case.below_minimum = recorded[-1][2] == BELOW
         for invoice_id, opened in disputes.items():
             for start in opened:
                 cases[invoice_id].pauses.append(Pause(start, None, "disputed"))
