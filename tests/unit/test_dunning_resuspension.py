@@ -29,7 +29,7 @@ from bastionary.dunning.policy import DunningConfig, Policy
 from bastionary.storage.dunning import ClickHouseDunningStore
 from tests.unit.schema_helpers import NOTICE_VALIDATOR, schema_errors, wire
 
-from .test_dunning_engine import POLICY, case, day, run
+from .test_dunning_engine import POLICY, apply, case, day, run
 from .test_dunning_schedule import _TrailClient
 
 SUSPEND = 4  # POLICY's suspend step (P21D); step 5 marks uncollectible at P30D
@@ -302,3 +302,38 @@ def test_a_case_owing_past_its_suspend_step_is_suspended_as_entitlements_read_it
             assert c.suspended == (SUSPEND in c.steps_done), (hour, c.amount_due)
         if c.amount_due < POLICY.min_amount_due:
             assert not c.suspended
+
+
+TWO_SUSPENDS = Policy.model_validate(
+    {
+        "key": "twice",
+        "steps": [
+            {"after": "P7D", "action": "suspend"},
+            {"after": "P14D", "action": "suspend"},
+            {"after": "P30D", "action": "mark_uncollectible"},
+        ],
+    }
+)
+
+
+def test_a_second_suspend_step_while_suspended_is_passed_over_so_one_payment_lifts_it():
+    """Two suspend notices needed two reinstatements: paid in full, the customer stayed
+    suspended for entitlements (suspend notices outnumbered reinstatements) until a later run
+    reinstated it again. Run by run, and with both due at once after downtime."""
+    for runs in ([8, 15], [15]):
+        c, trail = case(), []
+        for n in runs:
+            records = advance(c, TWO_SUSPENDS, day(n))
+            apply(c, records, day(n))
+            trail += records
+        assert [(r.kind, r.step, r.detail) for r in trail if r.step in (1, 2)][-1] == (
+            "skipped",
+            2,
+            "already suspended",
+        )
+        assert entitlements_suspended(trail)
+        c.paid = Decimal(100)
+        records = advance(c, TWO_SUSPENDS, day(16))
+        apply(c, records, day(16))
+        trail += records
+        assert not entitlements_suspended(trail), runs

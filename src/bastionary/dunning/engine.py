@@ -40,6 +40,8 @@ RESUSPENDED = "resuspended"
 # A ``minimum`` row records the case going below the policy's min_amount_due or back above it
 # (its detail), on the dunning clock: the policy's clock stands still while it is below.
 MINIMUM, BELOW, ABOVE = "minimum", "below", "above"
+# The detail of a suspend step passed over because the case is suspended already.
+ALREADY = "already suspended"
 
 
 def derived_id(*parts: object) -> str:
@@ -245,8 +247,20 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
     if not due:
         return records
     latest = due[-1]
+    suspended = case.suspended or resuspend is not None
     for n in due:
         step = policy.steps[n - 1]
+        if step.action is Action.SUSPEND and suspended:
+            # A second suspend step of the policy while the first still holds: another suspend
+            # notice would need another reinstatement to lift it (readers count notices against
+            # reinstatements), so it is recorded as passed over.
+            records.append(
+                Record(
+                    derived_id(case.invoice.invoice_id, "skipped", n), "skipped", n, step.action.value, detail=ALREADY
+                )
+            )
+            continue
+        suspended = suspended or step.action is Action.SUSPEND
         if n == latest or step.action in STATE_ACTIONS:
             records.append(
                 Record(
