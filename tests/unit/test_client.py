@@ -249,3 +249,46 @@ def test_the_sync_client_bounds_what_waits_and_loses_nothing():
         sent = peer.events_sent()
         assert [i for batch in sent for i in batch] == ids
         assert max(len(batch) for batch in sent) <= 10
+
+
+class RoutePeer:
+    """Answers every route with the route it matched and the ids it decoded from the path."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.app = web.Application()
+        for method, route in [
+            ("POST", "/v1/subscriptions/{subscription_id}/cancel"),
+            ("POST", "/v1/credit-grants/{grant_id}/void"),
+            ("GET", "/v1/customers/{customer_id}/credits"),
+        ]:
+            self.app.router.add_route(method, route, self.answer)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        assert request.match_info.route.resource is not None
+        self.seen.append((request.match_info.route.resource.canonical, dict(request.match_info)))
+        return web.json_response({"error": {"code": "x", "message": "recorded"}}, status=418)
+
+
+@pytest.mark.parametrize("identifier", ["../credit-grants/g1/void?", "g1#", "sub/x", "..", ".", "a b+ü%2F"])
+async def test_an_id_is_one_path_segment_and_never_reaches_another_route(identifier):
+    # Unquoted, cancel_subscription("../credit-grants/<gid>/void?") voided a credit grant.
+    peer = RoutePeer()
+    runner, url = await start(peer.app)
+    bc = AsyncClient(url, api_key="k", max_retries=0)
+    try:
+        for call in (
+            bc.cancel_subscription(identifier, "c1", "2026-01-01T00:00:00Z"),
+            bc.void_grant(identifier, "c1"),
+            bc.credit_balance(identifier),
+        ):
+            with contextlib.suppress(Exception):
+                await call
+    finally:
+        await bc.close()
+        await runner.cleanup()
+    assert peer.seen == [
+        ("/v1/subscriptions/{subscription_id}/cancel", {"subscription_id": identifier}),
+        ("/v1/credit-grants/{grant_id}/void", {"grant_id": identifier}),
+        ("/v1/customers/{customer_id}/credits", {"customer_id": identifier}),
+    ]

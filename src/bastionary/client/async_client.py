@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -33,6 +34,14 @@ from bastionary.client.transport import EventSender, HttpSender, KafkaSender, Re
 
 M = TypeVar("M", bound=BaseModel)
 Moment = datetime | str | None
+
+
+def _segment(value: str) -> str:
+    """``value`` as one path segment: every reserved character percent-encoded, and the dots of
+    ``.`` and ``..`` too (an HTTP client resolves those as the parent directory), so an id such
+    as ``../credit-grants/g1/void?`` names itself and never another route."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _text(value: Moment) -> str | None:
@@ -164,21 +173,21 @@ class AsyncClient:
         ]
         params += [("group_by", name) for name in group_by]
         params += [(f"filter[{name}]", value) for name, value in (filters or {}).items()]
-        return await self._get(MeterQuery, f"/v1/meters/{meter}/query", params)
+        return await self._get(MeterQuery, f"/v1/meters/{_segment(meter)}/query", params)
 
     async def invoices(self, customer: str | None = None) -> list[InvoiceSummary]:
         response = await self._request("GET", "/v1/invoices", params={"customer": customer} if customer else None)
         return [InvoiceSummary.model_validate(row) for row in response.json()["invoices"]]
 
     async def invoice(self, invoice_id: str) -> Invoice:
-        return await self._get(Invoice, f"/v1/invoices/{invoice_id}")
+        return await self._get(Invoice, f"/v1/invoices/{_segment(invoice_id)}")
 
     async def credit_notes(self, customer: str | None = None) -> list[CreditNoteSummary]:
         params = {"customer": customer} if customer else None
         return (await self._get(CreditNoteList, "/v1/credit-notes", params)).credit_notes
 
     async def credit_note(self, credit_note_id: str) -> CreditNote:
-        return await self._get(CreditNote, f"/v1/credit-notes/{credit_note_id}")
+        return await self._get(CreditNote, f"/v1/credit-notes/{_segment(credit_note_id)}")
 
     async def request_credit_note(
         self, credit_note_id: str, invoice_id: str, customer_id: str, **fields: Any
@@ -189,23 +198,23 @@ class AsyncClient:
         return await self._write("/v1/credit-notes", {**data, **fields})
 
     async def invoice_html(self, invoice_id: str) -> str:
-        return (await self._request("GET", f"/v1/invoices/{invoice_id}/html")).text
+        return (await self._request("GET", f"/v1/invoices/{_segment(invoice_id)}/html")).text
 
     async def credit_balance(self, customer_id: str, at: Moment = None) -> CreditBalance:
         params = [("at", text)] if (text := _text(at)) else []
-        return await self._get(CreditBalance, f"/v1/customers/{customer_id}/credits", params)
+        return await self._get(CreditBalance, f"/v1/customers/{_segment(customer_id)}/credits", params)
 
     async def credit_ledger(self, customer_id: str) -> CreditLedger:
-        return await self._get(CreditLedger, f"/v1/customers/{customer_id}/credits/ledger")
+        return await self._get(CreditLedger, f"/v1/customers/{_segment(customer_id)}/credits/ledger")
 
     async def subscriptions(self, customer_id: str) -> Subscriptions:
-        return await self._get(Subscriptions, f"/v1/customers/{customer_id}/subscriptions")
+        return await self._get(Subscriptions, f"/v1/customers/{_segment(customer_id)}/subscriptions")
 
     async def upcoming_invoice(self, customer_id: str) -> UpcomingInvoices:
-        return await self._get(UpcomingInvoices, f"/v1/customers/{customer_id}/upcoming-invoice")
+        return await self._get(UpcomingInvoices, f"/v1/customers/{_segment(customer_id)}/upcoming-invoice")
 
     async def check(self, customer_id: str, feature: str) -> Decision:
-        return await self._get(Decision, f"/v1/customers/{customer_id}/entitlements/{feature}")
+        return await self._get(Decision, f"/v1/customers/{_segment(customer_id)}/entitlements/{_segment(feature)}")
 
     # -- billing inputs ------------------------------------------------------------------
 
@@ -215,7 +224,7 @@ class AsyncClient:
         return await self._write("/v1/customers", {"customer_id": customer_id, **fields})
 
     async def customer(self, customer_id: str) -> Customer:
-        return await self._get(Customer, f"/v1/customers/{customer_id}")
+        return await self._get(Customer, f"/v1/customers/{_segment(customer_id)}")
 
     async def create_subscription(
         self, subscription_id: str, customer_id: str, plan: str, start: Moment, **fields: Any
@@ -227,13 +236,13 @@ class AsyncClient:
         self, subscription_id: str, customer_id: str, plan: str, effective_at: Moment, **fields: Any
     ) -> WriteAccepted:
         data = {"customer_id": customer_id, "plan": plan, "effective_at": _text(effective_at), **fields}
-        return await self._write(f"/v1/subscriptions/{subscription_id}/change", data)
+        return await self._write(f"/v1/subscriptions/{_segment(subscription_id)}/change", data)
 
     async def cancel_subscription(
         self, subscription_id: str, customer_id: str, effective_at: Moment, **fields: Any
     ) -> WriteAccepted:
         data = {"customer_id": customer_id, "effective_at": _text(effective_at), **fields}
-        return await self._write(f"/v1/subscriptions/{subscription_id}/cancel", data)
+        return await self._write(f"/v1/subscriptions/{_segment(subscription_id)}/cancel", data)
 
     async def grant_credits(
         self,
@@ -276,7 +285,7 @@ class AsyncClient:
 
     async def void_grant(self, grant_id: str, customer_id: str, effective_at: Moment = None) -> WriteAccepted:
         data = {"customer_id": customer_id, "effective_at": _text(effective_at or datetime.now(UTC))}
-        return await self._write(f"/v1/credit-grants/{grant_id}/void", data)
+        return await self._write(f"/v1/credit-grants/{_segment(grant_id)}/void", data)
 
     async def record_payment(self, outcome: str, invoice_id: str, **fields: Any) -> WriteAccepted:
         """``outcome``: succeeded, failed or refunded."""
