@@ -19,7 +19,7 @@ from bastionary.apikeys import ApiKey
 from bastionary.credits.balances import balances
 from bastionary.rating.render import render_html, render_invoice_pdf
 from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
-from bastionary.storage.queries import WINDOWS
+from bastionary.storage.queries import FIRST_BOUND, LAST_BOUND, WINDOWS
 from bastionary.storage.reports import (
     InvoiceReports,
     balance_rows,
@@ -41,9 +41,16 @@ def query_time(request: web.Request, name: str) -> datetime | None:
         return None
     try:
         moment = datetime.fromisoformat(text)
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         raise BadQuery(f"{name}: not an ISO 8601 time: {text[:64]!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # 9999-12-31T23:59-14:00 is past the last date Python holds in UTC
+        moment = None
+    # The range of usage and billing times: ClickHouse refuses a year before 1000 (a 500), and
+    # clamps what lies between.
+    if moment is None or not FIRST_BOUND <= moment <= LAST_BOUND:
+        raise BadQuery(f"{name}: {text[:64]!r} is outside 1970-01-01 .. 2106-01-01 UTC")
+    return moment
 
 
 def usage_filters(request: web.Request) -> dict[str, str]:
