@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from bastionary.apikeys import SCOPES, new_key, read_key_file
-from bastionary.entitlements.auth import valid_customer_id
+from bastionary.entitlements.auth import CUSTOMER_ID_RULE, valid_customer_id
 
 
 @click.group("api-key")
@@ -27,7 +27,7 @@ def api_key() -> None:
 def api_key_new(name: str, scopes: tuple[str, ...], customer: str | None, key_file: str | None) -> None:
     """Create key NAME. The key itself is shown once and stored nowhere; only its SHA-256 is."""
     if customer is not None and not valid_customer_id(customer):
-        raise click.BadParameter("customer ids are 1-128 of A-Z a-z 0-9 . _ : @ -", param_hint="--customer")
+        raise click.BadParameter(CUSTOMER_ID_RULE, param_hint="--customer")
     try:
         key, entry = new_key(name, scopes, customer)  # type: ignore[arg-type]  # click checked the choices
     except ValueError as exc:

@@ -24,7 +24,7 @@ def check_cmd(customer: str, feature: str | None) -> None:
     Computed by the same functions from the same ClickHouse tables the workers load their
     state from; usage still in a worker's buffer (not yet flushed) is not counted."""
     from bastionary.catalog import load_catalog
-    from bastionary.entitlements.auth import valid_customer_id, valid_feature
+    from bastionary.entitlements.auth import CUSTOMER_ID_RULE, valid_customer_id, valid_feature
     from bastionary.entitlements.evaluate import check, check_all
     from bastionary.entitlements.state import build_state, known_features
     from bastionary.storage.entitlements import ClickHouseEntitlementStore
@@ -32,7 +32,7 @@ def check_cmd(customer: str, feature: str | None) -> None:
     settings = settings_or_exit()
     catalog = load_catalog(settings.catalog)
     if not valid_customer_id(customer):
-        raise click.BadParameter("customer ids are 1-128 of A-Z a-z 0-9 . _ : @ -", param_hint="CUSTOMER")
+        raise click.BadParameter(CUSTOMER_ID_RULE, param_hint="CUSTOMER")
     if feature is not None and not valid_feature(feature):
         raise click.BadParameter("features are lowercase letters, digits and _", param_hint="FEATURE")
     now = datetime.now(UTC)

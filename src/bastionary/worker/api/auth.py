@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from bastionary.apikeys import ApiKey, AuthError, KeyRing, Scope
-from bastionary.entitlements.auth import valid_customer_id
+from bastionary.entitlements.auth import CUSTOMER_ID_RULE, valid_customer_id
 
 
 def json_error(status: int, code: str, message: str, **details: Any) -> web.Response:
@@ -55,7 +55,7 @@ class Guard:
         if not isinstance(key, ApiKey):
             return key
         if not valid_customer_id(customer_id):
-            return json_error(400, "invalid_customer_id", "customer ids are 1-128 of A-Z a-z 0-9 . _ : @ -")
+            return json_error(400, "invalid_customer_id", CUSTOMER_ID_RULE)
         return key if key.may_see(customer_id) else forbidden_customer(key)
 
 
