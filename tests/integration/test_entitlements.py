@@ -228,7 +228,8 @@ def test_limit_override_suspension_and_restart(stack):
     status, body = get(port, "/v1/customers/cust-e/entitlements", key=None)
     assert status == 401 and body["error"]["code"] == "missing_api_key"
     assert get(port, "/v1/customers/cust-e/entitlements", key="nope")[0] == 403
-    assert get(port, "/v1/customers/bad%20id/entitlements")[0] == 400
+    assert get(port, "/v1/customers/bad%0Aid/entitlements")[0] == 400  # a control character (a space is an id)
+    assert get(port, "/v1/customers/bad%20id/entitlements")[1]["error"]["code"] == "unknown_customer"
     assert get(port, "/v1/customers/nobody/entitlements")[1]["error"]["code"] == "unknown_customer"
     assert get(port, "/v1/customers/cust-e/entitlements/warp_drive")[1]["error"]["code"] == "unknown_feature"
     listing = get(port, "/v1/customers/cust-e/entitlements")[1]
