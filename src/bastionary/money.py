@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 
 # ISO 4217 minor units for the currencies we accept. A currency missing here is rejected
 # when the catalog loads, rather than rounded with a guess.
@@ -42,6 +42,13 @@ MINOR_UNITS = {
     "JOD": 3,
     "TND": 3,
 }
+
+# Where money is computed before it is rounded once to the minor unit (prices, tax lines): a
+# usage total and a catalog amount have up to 38 digits each, so their product, and sums of
+# such products, stay exact in 100. Decimal's default 28 would round them first: rounded twice,
+# 10^19 + 4.999999999 units at 0.001 billed 10000000000000000.01 where the exact amount rounds
+# to .00, and a subtotal past 10^20 could round its tax up a cent.
+EXACT = Context(prec=100)
 
 
 def minor_unit(currency: str) -> Decimal:

@@ -7,9 +7,10 @@ the amount: one entry per tier that priced units.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Context, Decimal, localcontext
+from decimal import Decimal, localcontext
 from typing import Any
 
+from bastionary.money import EXACT
 from bastionary.rating.plans import (
     GraduatedPrice,
     MeteredPrice,
@@ -21,11 +22,6 @@ from bastionary.rating.plans import (
 )
 
 ZERO = Decimal(0)
-# A usage total has up to 38 digits (Decimal(38, 9)) and so may a catalog amount: their
-# product, and sums of such products, stay exact in 100. The default context's 28 would round
-# the product before the invoice rounds it to the cent: rounded twice, 10^19 + 4.999999999
-# units at 0.001 billed 10000000000000000.01 where the exact amount rounds to .00.
-_EXACT = Context(prec=100)
 
 
 @dataclass
@@ -45,7 +41,7 @@ class Usage:
 
 
 def price_usage(price: MeteredPrice, usage: Usage) -> Priced:
-    with localcontext(_EXACT):
+    with localcontext(EXACT):  # exact before the invoice rounds it (bastionary.money.EXACT)
         return _priced(price, max(usage.quantity, ZERO), usage.events)
 
 

@@ -32,17 +32,14 @@ Credits pay the invoice, tax included: they are a means of payment, not a discou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Context, Decimal, localcontext
+from decimal import Decimal, localcontext
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bastionary.money import format_money
+from bastionary.money import EXACT, format_money
 
 ZERO = Decimal(0)
-# A subtotal's product with a rate (6 decimals) is exact here, rounded once to the minor unit;
-# past 10^20 the default context's 28 digits would round it first.
-_EXACT = Context(prec=100)
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
 
 
@@ -108,7 +105,7 @@ def tax_lines(subtotal: Decimal, currency: str, rates: list[TaxRate]) -> list[di
     negative for a negative subtotal."""
     if subtotal == 0 or not rates:
         return []
-    with localcontext(_EXACT):
+    with localcontext(EXACT):  # rounded once, from the exact product (bastionary.money.EXACT)
         inclusive = sum((t.rate for t in rates if t.inclusive), ZERO)
         net = subtotal / (1 + inclusive)  # what the inclusive prices are before their tax
         out = []
