@@ -337,3 +337,23 @@ def test_a_second_suspend_step_while_suspended_is_passed_over_so_one_payment_lif
         apply(c, records, day(16))
         trail += records
         assert not entitlements_suspended(trail), runs
+
+
+def test_a_chargeback_after_a_written_off_invoice_was_paid_is_written_off_again_and_suspended():
+    """Written off on day 31 (suspended since day 21), paid on day 35, charged back on day 50:
+    the write-off stands (mark_uncollectible fires once per invoice, and the case is past it),
+    and the suspension comes back as after any chargeback. Before, the case came back
+    ``overdue`` with every step done, so it stood overdue for ever, never written off again."""
+    c, trail = case(), []
+    trail += run(c, day(21.5))
+    trail += run(c, day(31))
+    assert c.state == "uncollectible" and c.suspended
+    c.paid = Decimal(100)
+    trail += run(c, day(35))
+    assert (c.state, c.suspended) == ("paid", False)
+    c.paid = Decimal(0)
+    records = run(c, day(50))
+    trail += records
+    assert kinds(records) == [("state", "", "uncollectible"), ("notice", "suspend", "resuspended")]
+    assert c.suspended and entitlements_suspended(trail)
+    assert run(c, day(80)) == []  # nothing more: every step is behind it

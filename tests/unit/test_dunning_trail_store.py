@@ -78,6 +78,14 @@ pay("inv-2", "c2", "refunded", "r-2", "49.50", day(40))  # 50.00 owed again
 run("day 40", 40)
 pay("inv-1", "c1", "succeeded", "p-3", "100", day(41))
 run("day 41", 41)
+pay("inv-1", "c1", "refunded", "cb-2", "100", day(42))  # charged back again
+run("day 42", 42)
+run("day 46", 46)  # 30 days owed (22 settled): marked uncollectible
+out["funnel"] = store.funnel(7)
+pay("inv-1", "c1", "succeeded", "p-4", "100", day(47))
+run("day 47", 47)
+pay("inv-1", "c1", "refunded", "cb-3", "100", day(50))  # paid after the write-off, charged back
+run("day 50", 50)
 print(json.dumps(out))
 """
 
@@ -108,3 +116,25 @@ def test_the_trail_s_readers_agree_on_a_suspension_applied_again_and_on_the_mini
     assert day41["entitlements"] == [False, False]
     assert day41["transitions"] == {"c1": ["suspended", "reinstated", "suspended", "reinstated"]}
     assert day41["overdue_days"]["inv-2"] == 3.0
+    assert out["day 46"]["decided"][:2] == [
+        ["inv-1", "notice", "mark_uncollectible", ""],
+        ["inv-1", "state", "", "uncollectible"],
+    ]
+    # The funnel pairs each notice with the first payment in full at or after it, and counts a
+    # suspension applied again as no new invoice reaching step 4: (step, action, sent, paid
+    # within 7 days, paid ever). Before, step 4 counted inv-1 twice, and step 5 counted it paid
+    # by the payment of day 25, three weeks before its notice.
+    assert out["funnel"] == [
+        [1, "remind", 2, 0, 1],
+        [2, "remind", 1, 0, 0],  # inv-2, owing again since day 40
+        [4, "suspend", 1, 1, 1],
+        [5, "mark_uncollectible", 1, 0, 0],
+    ]
+    assert out["day 47"]["decided"] == [["inv-1", "state", "", "paid"], ["inv-1", "reinstated", "", "paid"]]
+    # Written off, paid, charged back: written off again (not overdue with no step left), and
+    # suspended again as after any chargeback.
+    assert out["day 50"]["decided"] == [
+        ["inv-1", "state", "", "uncollectible"],
+        ["inv-1", "notice", "suspend", "resuspended"],
+    ]
+    assert out["day 50"]["entitlements"] == [True, False]

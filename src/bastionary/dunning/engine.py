@@ -149,7 +149,9 @@ def state_of(case: Case, now: datetime) -> str:
         return VOID
     if case.amount_due <= 0:  # settled, by payments and credit notes (a chargeback reopens it)
         return PAID
-    if case.state == UNCOLLECTIBLE:
+    if case.state == UNCOLLECTIBLE or any(recorded == UNCOLLECTIBLE for _, recorded in case.state_history):
+        # mark_uncollectible fires once per invoice: a write-off stands when a payment made
+        # after it is charged back (the case would otherwise stand overdue with no step left).
         return UNCOLLECTIBLE
     if now >= case.invoice.due_at:
         return OVERDUE
@@ -235,7 +237,7 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
         records.append(
             Record(derived_id(case.invoice.invoice_id, MINIMUM, n), MINIMUM, n, detail=_below(below_minimum))
         )
-    if settled or state == UNCOLLECTIBLE or policy is None or case.invoice.total <= 0:
+    if settled or policy is None or case.invoice.total <= 0:
         return records
     if below_minimum or paused_at(case, now) is not None:
         return records
@@ -243,6 +245,8 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
     resuspend = _suspension_to_reapply(case, policy, elapsed)
     if resuspend is not None:
         records.append(_resuspended(case, policy, resuspend, now))
+    if state == UNCOLLECTIBLE:
+        return records  # written off: no step follows, but a lifted suspension comes back
     due = [n for n, step in enumerate(policy.steps, 1) if step.after <= elapsed and n not in case.steps_done]
     if not due:
         return records
@@ -300,7 +304,7 @@ def _suspension_to_reapply(case: Case, policy: Policy, elapsed: timedelta) -> in
     or refund reopens the case) or by a remainder below min_amount_due (a refund raises it)
     would otherwise never come back: the case is past its suspend step on the policy's clock
     and keeps full access until it is marked uncollectible. The caller has ruled out settled,
-    below the minimum, paused and uncollectible cases; this one is not suspended and a suspend
+    below the minimum and paused cases; this one is not suspended and a suspend
     step it has already applied is behind it on the clock. The latest such step is returned."""
     if case.suspended:
         return None

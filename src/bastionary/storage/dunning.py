@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from bastionary.dunning.engine import BELOW, MINIMUM, Case, InvoiceFacts, Pause, Record
+from bastionary.dunning.engine import BELOW, MINIMUM, RESUSPENDED, Case, InvoiceFacts, Pause, Record
 from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
 from bastionary.rating.subscriptions import utc as _utc
 from bastionary.storage.client import Client, insert_rows
@@ -269,17 +269,24 @@ class ClickHouseDunningStore:
 
     def funnel(self, within_days: int) -> list[tuple[int, str, int, int, int]]:
         """(step, action, sent, paid_within, paid_ever): notices sent per step, and how many of
-        their invoices were paid within N days."""
+        their invoices were paid within N days.
+
+        Each notice is paired with the invoice's first payment in full at or after it (ASOF): a
+        case paid, reopened by a chargeback and dunned again is not counted as converted by the
+        payment it had before the notice. A suspension applied again after such a reopening
+        (``detail`` resuspended) is the step's second notice to one invoice, not another
+        invoice reaching the step, so it is left out."""
         rows: list[tuple[int, str, int, int, int]] = self.client.query(
             "SELECT n.step, n.action, count() AS sent,"
-            " countIf(p.invoice_id != '' AND p.paid_at <= n.at + toIntervalDay({d:UInt32})) AS paid_within,"
+            " countIf(p.invoice_id != '' AND p.at <= n.at + toIntervalDay({d:UInt32})) AS paid_within,"
             " countIf(p.invoice_id != '') AS paid_ever"
-            " FROM (SELECT invoice_id, step, action, at FROM dunning_events FINAL WHERE kind = 'notice') AS n"
-            " LEFT JOIN (SELECT invoice_id, min(at) AS paid_at FROM dunning_events FINAL"
-            "            WHERE kind = 'state' AND detail = 'paid' GROUP BY invoice_id) AS p"
-            " ON n.invoice_id = p.invoice_id"
+            " FROM (SELECT invoice_id, step, action, at FROM dunning_events FINAL"
+            "       WHERE kind = 'notice' AND detail != {resuspended:String}) AS n"
+            " ASOF LEFT JOIN (SELECT invoice_id, at FROM dunning_events FINAL"
+            "                 WHERE kind = 'state' AND detail = 'paid') AS p"
+            " ON n.invoice_id = p.invoice_id AND p.at >= n.at"
             " GROUP BY n.step, n.action ORDER BY n.step",
-            parameters={"d": within_days},
+            parameters={"d": within_days, "resuspended": RESUSPENDED},
         ).result_rows  # unmatched rows of the LEFT JOIN carry defaults: invoice_id '' (no setting: readers may not set any)
         return rows
 
