@@ -345,3 +345,42 @@ def test_each_table_keeps_its_index_and_filter_out_of_the_block_cache(store: Roc
     store._db.flush()  # the memtable becomes a table
     assert int(store._db.property_value("rocksdb.estimate-table-readers-mem") or 0) > 50_000
     assert store.get(keys[123][0], NOW) == sighting(123, seen_at=NOW)
+
+
+def test_a_purge_keeps_a_key_a_flush_recorded_anew_while_the_purge_read_the_store(tmp_path: Path):
+    """The in-process engine runs the purge in one thread and a flush's write in another. A key
+    past the horizon, read by the purge and then recorded anew by a flush (its event counted
+    again past the horizon), keeps its new sighting; before, the purge deleted it by key, and
+    a repeat of that event within the new horizon counted a third time."""
+    store = RocksDedupeStore(tmp_path / "d", horizon_seconds=100)
+    try:
+        again = store.key("usage", 0, "a", "again")  # sorts before the others: read first
+        store.record("usage", 0, [(again, sighting(1, seen_at=800))], 1)
+        store.record(
+            "usage", 0, [(store.key("usage", 0, "b", f"e{i}"), sighting(2 + i, seen_at=800)) for i in range(3)], 4
+        )
+        store.record("usage", 0, [(store.key("usage", 0, "c", "now"), sighting(5, seen_at=1_000))], 5)
+        anew = sighting(6, seen_at=1_010)
+        real = store._db
+
+        class FlushWritesDuringTheScan:
+            def __getattr__(self, name: str):
+                return getattr(real, name)
+
+            def items(self, **kwargs):
+                for position, item in enumerate(real.items(**kwargs)):
+                    yield item
+                    if position == 0:
+                        store._db = real  # the flush's write goes straight to the store
+                        store.record("usage", 0, [(again, anew)], 6)
+                        store._db = self
+
+        store._db = FlushWritesDuringTheScan()
+        try:
+            purged = store.purge_expired()
+        finally:
+            store._db = real
+        assert purged == 3  # the three left at 800; not the key recorded anew
+        assert store.get(again, now=1_020) == anew
+    finally:
+        store.close()

@@ -17,6 +17,7 @@ usage) keeps its repeats caught, however far behind the wall clock those times a
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
@@ -72,6 +73,10 @@ class RocksDedupeStore:
         self._path = path
         self.horizon_seconds = horizon_seconds
         self._key_prefixes: dict[tuple[str, int], bytes] = {}
+        # Held by each write of record() and by each purge commit: the purge decides from values
+        # it read earlier, so it reads its candidates again under this lock, and a sighting that
+        # a flush wrote meanwhile (a key counted again past the horizon) is not deleted.
+        self._writes = threading.Lock()
 
     @staticmethod
     def _scope(topic: str, partition: int) -> bytes:
@@ -132,7 +137,8 @@ class RocksDedupeStore:
                 newest_here = seen_at
             in_batch += 1
             if in_batch == WRITE_CHUNK_KEYS:
-                self._db.write(batch)
+                with self._writes:
+                    self._db.write(batch)
                 batch = WriteBatch(raw_mode=True)
                 put = batch.put
                 in_batch = 0
@@ -141,7 +147,8 @@ class RocksDedupeStore:
         unknown = -1  # no key landed yet: nothing to purge
         stored_newest = unknown if newest is None else newest
         batch.put(b"h" + self._scope(topic, partition), _HWM.pack(epoch, through_offset, stored_newest))
-        self._db.write(batch)
+        with self._writes:
+            self._db.write(batch)
 
     def _high_water_record(self, scope: bytes) -> tuple[int, int, int | None] | None:
         raw = self._db.get(b"h" + scope)
@@ -175,10 +182,12 @@ class RocksDedupeStore:
         verdict for a record stamped no older than its partition's newest. One stamped older
         (producer timestamps out of order) may find a key at its horizon's edge purged, and
         count as new. A partition whose time is unknown is left alone. Run it off the event
-        loop: it reads every key."""
+        loop: it reads every key. It may run beside a flush's :meth:`record` in another thread
+        (the in-process engine does not hold the sink's lock for it): each chunk of keys is read
+        again under the store's write lock before it is deleted."""
         cutoffs: dict[bytes, int | None] = {}
         purged = 0
-        batch = WriteBatch(raw_mode=True)
+        candidates: list[tuple[bytes, int]] = []  # (key, cutoff of its partition)
         for key, value in self._db.items(from_key=b"k"):
             key = cast(bytes, key)  # raw mode: every key is bytes
             if key[:1] != b"k":
@@ -190,15 +199,32 @@ class RocksDedupeStore:
                 cutoffs[scope] = None if newest is None else newest - self.horizon_seconds
             cutoff = cutoffs[scope]
             if cutoff is not None and _VALUE.unpack(value)[2] < cutoff:
-                batch.delete(key)
-                purged += 1
-                if purged % chunk == 0:
-                    self._db.write(batch)
-                    batch = WriteBatch(raw_mode=True)
-        self._db.write(batch)
+                candidates.append((key, cutoff))
+                if len(candidates) == chunk:
+                    purged += self._delete_still_expired(candidates)
+                    candidates = []
+        purged += self._delete_still_expired(candidates)
         if purged:
             self._db.compact_range(b"k", b"l")
         return purged
+
+    def _delete_still_expired(self, candidates: list[tuple[bytes, int]]) -> int:
+        # Read again under the write lock: the iteration above may have read a key before a
+        # flush (in another thread, in the in-process engine) recorded it anew; deleting it by
+        # key would lose that sighting, and a later repeat of the event would count again.
+        if not candidates:
+            return 0
+        batch = WriteBatch(raw_mode=True)
+        deleted = 0
+        with self._writes:
+            keys = [key for key, _ in candidates]
+            current = cast(list[bytes | None], self._db.get(cast(list[str | int | float | bytes | bool], keys)))
+            for (key, cutoff), raw in zip(candidates, current, strict=True):
+                if raw is not None and _VALUE.unpack(raw)[2] < cutoff:
+                    batch.delete(key)
+                    deleted += 1
+            self._db.write(batch)
+        return deleted
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self._path.iterdir() if p.is_file())
