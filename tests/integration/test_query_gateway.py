@@ -398,6 +398,105 @@ async def test_reads_that_only_look_dangerous_are_answered(database, gateway, st
     assert status == 200, body
 
 
+@pytest.fixture
+def other_database(chdb_client):
+    """Another database on the same engine, with a secret in a table, a Join table and a dictionary."""
+    name = f"other_{uuid.uuid4().hex}"
+    chdb_client.command(f"CREATE DATABASE {name}")
+    chdb_client.command(f"CREATE TABLE {name}.secret (s String) ENGINE = MergeTree ORDER BY s")
+    chdb_client.command(f"INSERT INTO {name}.secret VALUES ('TOPSECRET')")
+    chdb_client.command(f"CREATE TABLE {name}.j (k UInt64, v String) ENGINE = Join(ANY, LEFT, k)")
+    chdb_client.command(f"INSERT INTO {name}.j VALUES (1, 'TOPSECRET')")
+    chdb_client.command(
+        f"CREATE DICTIONARY {name}.d (k UInt64, v String) PRIMARY KEY k"
+        f" SOURCE(CLICKHOUSE(DB '{name}' TABLE 'secret_source')) LAYOUT(FLAT()) LIFETIME(0)"
+    )
+    chdb_client.command(f"CREATE TABLE {name}.secret_source (k UInt64, v String) ENGINE = MergeTree ORDER BY k")
+    chdb_client.command(f"INSERT INTO {name}.secret_source VALUES (1, 'TOPSECRET')")
+    yield name
+    chdb_client.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.mark.parametrize("chosen", ["other", "system"])
+@pytest.mark.parametrize("how", ["parameter", "header", "clickhouse-connect"])
+async def test_the_reader_cannot_choose_another_database(database, other_database, gateway, chosen, how):
+    """The database a reader's tables are checked against is the gateway's, not the request's."""
+    target, statement = {
+        "other": (other_database, "SELECT s FROM secret"),
+        "system": ("system", "SELECT query FROM processes"),  # other sessions' statements
+    }[chosen]
+
+    def attempt() -> tuple[int, str, bytes]:
+        if how == "clickhouse-connect":
+            with pytest.raises(DatabaseError) as err:
+                connect(gateway, target).command(statement)
+            return 403, str(err.value.code), str(err.value).encode()
+        params, headers = {"query": statement}, basic("reader", "r-secret")
+        if how == "parameter":
+            params["database"] = target
+        else:
+            headers["X-ClickHouse-Database"] = target
+        status, response_headers, body = http(gateway, params, None, headers)
+        return status, response_headers["X-ClickHouse-Exception-Code"], body
+
+    status, code, body = await asyncio.to_thread(attempt)
+    assert (status, code) == (403, "164")
+    assert f"database {target} is not this gateway's database {database}".encode() in body
+    assert b"TOPSECRET" not in body
+
+
+@pytest.mark.parametrize("how", ["parameter", "header"])
+async def test_the_reader_may_name_the_gateways_own_database(chdb_client, database, gateway, how):
+    chdb_client.insert(f"{database}.events", ROWS, column_names=COLUMNS)
+    params, headers = {"query": "SELECT count() FROM events"}, basic("reader", "r-secret")
+    if how == "parameter":
+        params["database"] = database
+    else:
+        headers["X-ClickHouse-Database"] = database
+    status, _, body = await asyncio.to_thread(http, gateway, params, None, headers)
+    assert (status, body) == (200, b"5\n")
+
+
+async def test_a_writers_get_still_chooses_its_database(other_database, gateway):
+    """Only the reader is held to the gateway's database: the writer may read anything by POST."""
+    params = {"query": "SELECT s FROM secret", "database": other_database}
+    status, _, body = await asyncio.to_thread(http, gateway, params, None, basic("writer", "w-secret"))
+    assert (status, body) == (200, b"TOPSECRET\n")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "SELECT 'TOPSECRET' IN {db}.secret",
+        "SELECT 'TOPSECRET' IN (`{db}`.`secret`)",
+        "SELECT 'TOPSECRET' NOT IN {db}.secret",
+        "SELECT 'TOPSECRET' GLOBAL IN {db}.secret",
+        "SELECT 'TOPSECRET' GLOBAL NOT IN {db}.secret",
+        "SELECT nullIn('TOPSECRET', {db}.secret)",
+        "SELECT notNullIn('TOPSECRET', {db}.secret)",
+        "SELECT globalNullIn('TOPSECRET', {db}.secret)",
+        "SELECT count() FROM numbers(1) WHERE 'TOPSECRET' IN {db}.secret",
+        "SELECT joinGet('{db}.j', 'v', toUInt64(1))",
+        "SELECT joinGetOrNull({db}.j, 'v', toUInt64(1))",
+        "WITH '{db}.j' AS n SELECT joinGet(n, 'v', toUInt64(1))",
+        "SELECT joinGet(concat('{db}', '.j'), 'v', toUInt64(1))",
+        "SELECT dictGet('{db}.d', 'v', toUInt64(1))",
+        "SELECT dictGetString('{db}.d', 'v', toUInt64(1))",
+        "SELECT dictGetOrNull({db}.d, 'v', toUInt64(1))",
+        "SELECT dictHas('{db}.d', toUInt64(1))",
+    ],
+)
+async def test_the_reader_cannot_read_another_database_by_name(
+    chdb_client, database, other_database, gateway, template
+):
+    statement = template.format(db=other_database)
+    # Not a vacuous refusal: run as it is, the statement reads the other database's secret.
+    assert chdb_client.command(statement) in (0, 1, "TOPSECRET")
+    body = await asyncio.to_thread(_refused, gateway, database, statement)
+    assert b"readonly" in body and b"TOPSECRET" not in body
+    assert f"is outside the database {database}".encode() in body or b"with a string literal" in body
+
+
 @pytest.mark.parametrize(
     "setting",
     ["function_sleep_max_microseconds_per_block", "max_execution_time", "max_result_bytes", "readonly_x",

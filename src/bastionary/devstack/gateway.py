@@ -321,13 +321,25 @@ class QueryGateway:
             settings.pop("readonly", None)
             if bad := next((name for name in settings if not _READER_SETTINGS.match(name)), None):
                 raise GatewayError(164, f"{role}: Cannot modify '{bad}' setting in readonly mode", "READONLY")
+        database = url.get("database") or request.headers.get("X-ClickHouse-Database") or self._database
+        if role == "reader" and database != self._database:
+            # Refused, not ignored: a client that asked for one database and silently got
+            # another would show this one's tables under the name it asked for, and ClickHouse
+            # itself refuses a database the user may not read rather than substituting one.
+            raise GatewayError(
+                READONLY_CODE,
+                f"reader: Cannot execute query in readonly mode: database {database} is not this gateway's"
+                f" database {self._database}; leave the database parameter out or set it to {self._database}.",
+                "READONLY",
+            )
         plan = _Plan(
             readonly=readonly,
             settings=settings,
             params=params,
-            database=url.get("database") or request.headers.get("X-ClickHouse-Database") or self._database,
+            database=database,
             default_format=url.get("default_format") or request.headers.get("X-ClickHouse-Format") or "TabSeparated",
             timezone=settings.get("session_timezone") or self._server_tz,
+            role=role,
         )
         hint = " Method GET implies readonly; use POST for modifying queries." if role == "writer" else ""
         denied = GatewayError(164, f"{role}: Cannot execute query in readonly mode.{hint}", "READONLY")
@@ -350,7 +362,6 @@ class QueryGateway:
             raise GatewayError(62, "Query is not valid UTF-8", "SYNTAX_ERROR") from None
         if not plan.sql.strip():
             raise GatewayError(62, "Empty query", "SYNTAX_ERROR")
-        plan.role = role
         return plan
 
     def _execute(self, plan: _Plan) -> tuple[bytes, dict[str, str]]:
@@ -366,8 +377,11 @@ class QueryGateway:
                 conn.query("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in plan.settings.items()), "TabSeparated")
             if plan.readonly:
                 if plan.sql:
+                    # A reader is held to the gateway's database whatever the request named; a
+                    # writer's GET is read-only only so a stray link changes nothing.
+                    inside = self._database if plan.role == "reader" else plan.database
                     try:
-                        plan.sql = checked_statement(lambda q: _text(conn, q, plan.params), plan.sql, plan.database)
+                        plan.sql = checked_statement(lambda q: _text(conn, q, plan.params), plan.sql, inside)
                     except NotReadOnly as refused:
                         hint = (
                             " Method GET implies readonly; use POST for modifying queries."

@@ -10,7 +10,10 @@ statements, strips comments and spells every clause one canonical way. Its synta
 - no function that reads the host: the scalar ``file()`` reads any file under readonly;
 - no table function but the generators (``numbers``, ``zeros``...): ``file``, ``url``,
   ``s3``, ``remote``, ``executable``, ``input`` and the rest read or reach outside;
-- tables of the configured database only, plus a few harmless ``system`` tables.
+- tables of the configured database only, plus a few harmless ``system`` tables; that
+  includes the tables the engine reads by name outside a FROM: a bare name on the right of
+  ``IN`` (and its ``GLOBAL``, ``NOT`` and ``null`` forms), and the Join table or dictionary
+  that ``joinGet`` and the ``dict*`` functions name in their first argument.
 
 Settings are the engine's business: the caller applies its limits and then ``readonly = 1``,
 under which ClickHouse refuses any change to them.
@@ -55,6 +58,13 @@ READABLE_SYSTEM_TABLES = frozenset(
     {"tables", "columns", "parts", "databases", "one", "numbers", "functions", "formats", "data_type_families",
      "time_zones", "table_functions", "settings", "build_options"}
 )  # fmt: skip
+# ``x IN name`` reads the table ``name`` as a set unless a column of that name is in scope:
+# a membership oracle on any table, so a bare name there is held to the rule of FROM.
+_SET_FUNCTIONS = re.compile(r"^(global)?(not)?(null)?in(ignoreset)?$")
+# These read a Join table or a dictionary named by their first argument, whose value may be
+# computed (``concat``, an alias of a literal...): only a literal name can be checked.
+_NAMED_OBJECT_FUNCTIONS = re.compile(r"^(?P<kind>joinget|dict)")
+_STRING_LITERAL = re.compile(r"^'(?P<text>(?:[^'\\]|\\.)*)'$")
 # In canonical text the clause starts a line, and a literal's line breaks are escaped.
 _OUTFILE_CLAUSE = re.compile(r"^INTO OUTFILE\b", re.MULTILINE)
 _LINE = re.compile(r"^(?P<indent> *)(?P<node>\S+)(?: (?P<rest>.*?))?(?: \(children \d+\))?(?: \(alias [^)]*\))?$")
@@ -79,7 +89,9 @@ def _nodes(ast: str) -> list[_Node]:
         match = _LINE.match(line)
         if match is None:  # a literal holding a line break continues its line
             continue
-        nodes.append(_Node(len(match["indent"]), match["node"], (match["rest"] or "").strip()))
+        # Not lstrip: a leading blank belongs to a name (` db`.t), and dropping it would make
+        # that database read as ``db``.
+        nodes.append(_Node(len(match["indent"]), match["node"], (match["rest"] or "").rstrip()))
     return nodes
 
 
@@ -97,28 +109,79 @@ def refusal(formatted: str, ast: str, database: str | None) -> str | None:
     for position, node in enumerate(nodes):
         if node.kind == "Function" and node.detail.split(" ")[0].lower() in HOST_FUNCTIONS:
             return f"function {node.detail.split(' ')[0]}() reads the host"
+        if node.kind == "Function" and (reason := _named_table_refusal(nodes, position, database)):
+            return reason
         if node.kind == "TableExpression" and position + 1 < len(nodes):
             child = nodes[position + 1]
             if child.kind == "Function" and child.detail.split(" ")[0].lower() not in GENERATOR_TABLE_FUNCTIONS:
                 return f"table function {child.detail.split(' ')[0]}() reads outside the database"
-        if node.kind == "TableIdentifier" and (reason := _foreign_table(node.detail.split(" ")[0], database)):
+        # The whole name: EXPLAIN AST prints `my db`.t unquoted, as "my db.t".
+        if node.kind == "TableIdentifier" and (reason := _foreign_table(node.detail, database)):
             return reason
     if root.kind in ("ExistsTableQuery", "ShowCreateTableQuery"):
-        parts = root.detail.split(" ")
+        # The children give the database and the table apart, blanks and all; the root's line
+        # runs them together (`my db`.t reads "my db t").
+        parts = [n.detail for n in nodes if n.depth == 1 and n.kind == "Identifier"] or root.detail.split()
         if len(parts) >= 2 and (reason := _foreign_table(f"{parts[0]}.{parts[1]}", database)):
             return reason
     return None
 
 
-def _foreign_table(name: str, database: str | None) -> str | None:
+def _named_table_refusal(nodes: list[_Node], position: int, database: str | None) -> str | None:
+    function = nodes[position].detail.split(" ")[0]
+    arguments = _arguments(nodes, position)
+    if _SET_FUNCTIONS.match(function.lower()):
+        if len(arguments) >= 2 and arguments[1].kind == "Identifier":
+            # A qualified column (``e.tags``) reads the same as a table here; both are refused
+            # unless the first part is the database, since which one the engine picks depends
+            # on the columns in scope, which the tree does not show.
+            return _foreign_table(arguments[1].detail, database)
+        return None
+    if match := _NAMED_OBJECT_FUNCTIONS.match(function.lower()):
+        kind = "table" if match["kind"] == "joinget" else "dictionary"
+        name = _string_literal_text(arguments[0]) if arguments else None
+        if name is None:
+            return f"function {function}() must name its {kind} with a string literal"
+        return _foreign_table(name, database, kind)
+    return None
+
+
+def _arguments(nodes: list[_Node], position: int) -> list[_Node]:
+    """The argument nodes of the function at ``position``: its first list's children."""
+    depth = nodes[position].depth
+    if position + 1 >= len(nodes) or nodes[position + 1].kind != "ExpressionList":
+        return []
+    if nodes[position + 1].depth != depth + 1:
+        return []
+    arguments = []
+    for node in nodes[position + 2 :]:
+        if node.depth <= depth + 1:
+            break
+        if node.depth == depth + 2:
+            arguments.append(node)
+    return arguments
+
+
+def _string_literal_text(node: _Node) -> str | None:
+    match = _STRING_LITERAL.match(node.detail) if node.kind == "Literal" else None
+    if match is None:  # a number, or an expression: nothing to check before it runs
+        return None
+    # Left escaped: it stays one line for the message, and escaping only adds backslashes, so
+    # an escaped name equals a plain database name only if it is that very name.
+    return match["text"]
+
+
+def _foreign_table(name: str, database: str | None, kind: str = "table") -> str | None:
     if "." not in name:
         return None  # the current database
     schema, table = name.split(".", 1)
-    if schema == database:
+    if schema == database and "." not in table:
         return None
     if schema.lower() == "system" and table.lower() in READABLE_SYSTEM_TABLES:
         return None
-    return f"table {name} is outside the database {database}"
+    if schema == database:  # `db`.`a.b` and `db.a`.b print alike: either may be meant
+        return f"{kind} {name} is ambiguous: a dot in a database or {kind} name"
+    return f"{kind} {name} is outside the database {database}"
 
 
 def _statement_name(node: _Node) -> str:
