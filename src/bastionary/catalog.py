@@ -11,6 +11,7 @@ never import it. Every problem in the file is reported together.
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,90 @@ def _duplicate_meter_keys(document: Any) -> list[str]:
     return sorted({k for k in keys if keys.count(k) > 1})
 
 
+class _CatalogLoader(yaml.SafeLoader):
+    """Safe YAML, strict where a catalog needs it: a key given twice is an error rather than
+    the last one winning (a second ``amount:`` would reprice a plan unnoticed), and a number
+    with a fraction is the Decimal it spells, never a binary float's approximation of it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged from an anchor are there to be overridden
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    raise CatalogError(
+                        f"line {line}: duplicate key {key!r} (first on line {lines[key]});"
+                        " YAML would keep only the last value"
+                    )
+                lines[key] = line
+            except TypeError:
+                continue  # unhashable: the base constructor refuses it, with its own message
+        return super().construct_mapping(node, deep=deep)
+
+
+def _construct_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal:
+    # The resolver's YAML 1.1 floats: 1_000.5, .5, -.inf, .nan and base 60 (1:30.5).
+    text = str(loader.construct_scalar(node)).replace("_", "").lower()
+    sign, digits = "-" if text.startswith("-") else "", text.lstrip("+-")
+    if digits == ".inf":
+        return Decimal(sign + "Infinity")
+    if digits == ".nan":
+        return Decimal("NaN")
+    if ":" in digits:
+        *sixties, last = digits.split(":")
+        whole, _, fraction = last.partition(".")
+        minutes = 0
+        for part in sixties:
+            minutes = minutes * 60 + int(part)
+        digits = f"{minutes * 60 + int(whole)}.{fraction or '0'}"
+    # Built from the text, not from arithmetic, which would round to the context's precision.
+    return Decimal(sign + digits)
+
+
+_CatalogLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
+
+
+def read_catalog_yaml(text: str) -> Any:
+    """The document in ``text``, read as a catalog is: CatalogError for a duplicate key."""
+    return yaml.load(text, Loader=_CatalogLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_catalog(path: Path | None) -> Catalog:
     """Load the catalog at ``path``; without one, the example catalog shipped with the package."""
     if path is None:
-        text = resources.files("bastionary").joinpath("default_catalog.yaml").read_text()
-        return parse_catalog(yaml.safe_load(text), "built-in example catalog")
+        text = resources.files("bastionary").joinpath("default_catalog.yaml").read_text(encoding="utf-8")
+        return parse_catalog(_static_config_floats(read_catalog_yaml(text)), "built-in example catalog")
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        document = read_catalog_yaml(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"cannot read catalog {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except (OSError, yaml.YAMLError) as exc:
         raise CatalogError(f"cannot read catalog {path}: {exc}") from None
-    return parse_catalog(document, str(path))
+    except CatalogError as exc:
+        raise CatalogError(f"{path} is invalid:\n  {exc}") from None
+    return parse_catalog(_static_config_floats(document), str(path))
+
+
+def _static_config_floats(document: Any) -> Any:
+    """A static entitlement's ``config`` goes to applications as JSON, as written: its numbers
+    stay floats there (the JSON writer takes no Decimal, and no price is computed from them)."""
+    plans = document.get("plans") if isinstance(document, dict) else None
+    for plan in plans if isinstance(plans, list) else ():
+        entitlements = plan.get("entitlements") if isinstance(plan, dict) else None
+        for entitlement in entitlements if isinstance(entitlements, list) else ():
+            if isinstance(entitlement, dict) and "config" in entitlement:
+                entitlement["config"] = _floats(entitlement["config"])
+    return document
+
+
+def _floats(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {key: _floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_floats(item) for item in value]
+    return value
