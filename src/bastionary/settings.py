@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bastionary.eventloop import EventLoop
@@ -62,6 +70,12 @@ def format_iso_duration(value: timedelta) -> str:
         f"{secs_text}S" if secs_text else ""
     )
     return "P" + (f"{days}D" if days else "") + (f"T{time_part}" if time_part else "" if days else "T0S")
+
+
+# The dedupe store keeps its horizon in whole seconds (int()): under one is zero, no dedupe.
+# A query timeout under a second stops every real query, and one under a microsecond is a
+# timedelta of zero, which ClickHouse's max_execution_time reads as no limit at all.
+_AT_LEAST = {"dedupe_horizon": timedelta(seconds=1), "query_timeout": timedelta(seconds=1)}
 
 
 class Settings(BaseSettings):
@@ -235,6 +249,32 @@ class Settings(BaseSettings):
             raise ValueError("must be zero or a whole number of minutes (usage is read by ingest minute), e.g. PT5M")
         return value
 
+    @field_validator(
+        "dedupe_horizon",
+        "flush_interval",
+        "log_check_interval",
+        "dedupe_purge_interval",
+        "stall_timeout",
+        "kafka_session_timeout",
+        "query_timeout",
+        "rating_interval",
+        "dunning_interval",
+        "webhook_timeout",
+        "webhook_backoff",
+        "webhook_backoff_cap",
+    )
+    @classmethod
+    def _longer_than_zero(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        # Zero is no value for these: a timeout of zero reads as "no limit" downstream (ClickHouse's
+        # max_execution_time, aiohttp's total), an interval of zero spins its loop, a horizon of
+        # zero deduplicates nothing. MAX_FUTURE_SKEW and RATING_GRACE may be zero: there it means none.
+        name = info.field_name or ""
+        least = _AT_LEAST.get(name)
+        if value < least if least is not None else value <= timedelta(0):
+            floor = f"at least {format_iso_duration(least)}" if least is not None else "more than zero"
+            raise ValueError(f"must be {floor}, e.g. {format_iso_duration(cls.model_fields[name].default)}")
+        return value
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:
@@ -285,17 +325,27 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _webhook_needs_a_secret(self) -> Settings:
+    def _settings_agree(self) -> Settings:
+        # One validator, so that every disagreement is reported at once (one line each).
+        problems = []
         if self.webhook_url and self.webhook_secret is None:
-            raise ValueError("WEBHOOK_URL is set without WEBHOOK_SECRET: notices must be signed")
+            problems.append("WEBHOOK_URL is set without WEBHOOK_SECRET: notices must be signed")
         if self.webhook_url and urlsplit(self.webhook_url).scheme not in ("http", "https"):
-            raise ValueError("WEBHOOK_URL must be an http(s) URL")
-        return self
-
-    @model_validator(mode="after")
-    def _flush_processes_need_the_flush_process(self) -> Settings:
+            problems.append("WEBHOOK_URL must be an http(s) URL")
+        if self.webhook_backoff_cap < self.webhook_backoff:
+            problems.append(
+                f"WEBHOOK_BACKOFF_CAP ({format_iso_duration(self.webhook_backoff_cap)}) is shorter than"
+                f" WEBHOOK_BACKOFF ({format_iso_duration(self.webhook_backoff)}): the cap bounds every retry delay"
+            )
+        if self.smtp_starttls and self.smtp_tls:
+            problems.append(
+                "SMTP_STARTTLS and SMTP_TLS are both true: choose one (SMTP_TLS for a server that speaks"
+                " TLS from the start, usually port 465; SMTP_STARTTLS to upgrade a plain connection, usually 587)"
+            )
         if self.flush_processes > 1 and not self.flush_process:
-            raise ValueError("FLUSH_PROCESSES above 1 needs FLUSH_PROCESS=true: without it the worker flushes itself")
+            problems.append("FLUSH_PROCESSES above 1 needs FLUSH_PROCESS=true: without it the worker flushes itself")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -390,7 +440,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        problems += [f"BASTIONARY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()]
+        for err in exc.errors():
+            if err["loc"]:
+                problems.append(f"BASTIONARY_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}")
+            else:  # a disagreement between settings, which names them itself
+                problems += err["msg"].removeprefix("Value error, ").splitlines()
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return settings

@@ -323,3 +323,82 @@ def test_dunning_and_api_settings():
     shown = settings.redacted()
     assert shown["webhook_secret"] == shown["smtp_password"] == shown["api_keys"] == "***"
     assert "s3cret" not in str(shown)
+
+
+# --- durations that must be more than zero, and settings that must agree ------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DEDUPE_HORIZON",
+        "FLUSH_INTERVAL",
+        "LOG_CHECK_INTERVAL",
+        "DEDUPE_PURGE_INTERVAL",
+        "STALL_TIMEOUT",
+        "KAFKA_SESSION_TIMEOUT",
+        "QUERY_TIMEOUT",
+        "RATING_INTERVAL",
+        "DUNNING_INTERVAL",
+        "WEBHOOK_TIMEOUT",
+        "WEBHOOK_BACKOFF",
+        "WEBHOOK_BACKOFF_CAP",
+    ],
+)
+@pytest.mark.parametrize("zero", ["PT0S", "P0D", "PT0.0000001S"])  # the last is below a microsecond: zero
+def test_a_zero_duration_is_refused_where_it_would_mean_no_limit(monkeypatch, name, zero):
+    message = config_error(monkeypatch, **{name: zero})
+    assert re.search(rf"BASTIONARY_{name}: Value error, must be (more than zero|at least PT1S)", message)
+
+
+@pytest.mark.parametrize("name", ["QUERY_TIMEOUT", "DEDUPE_HORIZON"])
+def test_durations_read_as_whole_seconds_are_at_least_one(monkeypatch, name):
+    # 0.5 s would be 0 s to the reader of whole seconds: no timeout, or no horizon.
+    assert f"BASTIONARY_{name}: Value error, must be at least PT1S" in config_error(monkeypatch, **{name: "PT0.5S"})
+    monkeypatch.setenv(f"BASTIONARY_{name}", "PT1S")
+    assert getattr(load_settings(), name.lower()) == timedelta(seconds=1)
+
+
+def test_zero_stays_valid_where_it_means_none(monkeypatch):
+    monkeypatch.setenv("BASTIONARY_MAX_FUTURE_SKEW", "PT0S")
+    monkeypatch.setenv("BASTIONARY_RATING_GRACE", "PT0S")
+    settings = load_settings()
+    assert settings.max_future_skew == settings.rating_grace == timedelta(0)
+
+
+def test_the_test_suites_short_durations_stay_valid(monkeypatch):
+    for name, value in {"WEBHOOK_BACKOFF": "PT0.1S", "DUNNING_INTERVAL": "PT0.5S", "FLUSH_INTERVAL": "PT0.2S"}.items():
+        monkeypatch.setenv(f"BASTIONARY_{name}", value)
+    assert load_settings().webhook_backoff == timedelta(seconds=0.1)
+
+
+def test_the_backoff_cap_is_no_shorter_than_the_first_delay(monkeypatch):
+    message = config_error(monkeypatch, WEBHOOK_BACKOFF="PT60S", WEBHOOK_BACKOFF_CAP="PT30S")
+    assert "WEBHOOK_BACKOFF_CAP (PT30S) is shorter than WEBHOOK_BACKOFF (PT1M)" in message
+    monkeypatch.setenv("BASTIONARY_WEBHOOK_BACKOFF_CAP", "PT60S")
+    assert load_settings().webhook_backoff_cap == timedelta(seconds=60)
+
+
+def test_starttls_and_implicit_tls_together_are_refused(monkeypatch):
+    message = config_error(monkeypatch, SMTP_HOST="mail.example.com", SMTP_STARTTLS="true", SMTP_TLS="true")
+    assert "SMTP_STARTTLS and SMTP_TLS are both true: choose one" in message
+    monkeypatch.setenv("BASTIONARY_SMTP_STARTTLS", "false")
+    assert load_settings().smtp_tls
+
+
+def test_disagreeing_settings_are_each_reported_on_a_line_of_their_own(monkeypatch):
+    message = config_error(
+        monkeypatch,
+        WEBHOOK_URL="https://hooks.example.com/x",
+        SMTP_STARTTLS="true",
+        SMTP_TLS="true",
+        FLUSH_PROCESSES="2",
+    )
+    lines = message.splitlines()[1:]
+    assert lines == [
+        "  WEBHOOK_URL is set without WEBHOOK_SECRET: notices must be signed",
+        f"  {lines[1].strip()}",
+        "  FLUSH_PROCESSES above 1 needs FLUSH_PROCESS=true: without it the worker flushes itself",
+    ]
+    assert lines[1].strip().startswith("SMTP_STARTTLS and SMTP_TLS are both true")
+    assert "BASTIONARY_:" not in message and "Value error" not in message

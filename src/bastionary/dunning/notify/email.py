@@ -238,6 +238,11 @@ async def send_email(
             )
         except aiosmtplib.SMTPException as error:
             raise _smtp_error(error) from None
+        except ValueError as error:
+            # aiosmtplib's refusal of its arguments (start_tls with use_tls, a control character
+            # in an address): the same on every attempt, so final. Raised, it would stop the
+            # worker, which would read the same notice again on restart.
+            raise DeliveryError(f"smtp configuration or message refused: {error}", permanent=True) from None
         except OSError as error:
             # Raised outside aiosmtplib's own wrapping, e.g. while resolving the host.
             raise DeliveryError(
