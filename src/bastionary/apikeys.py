@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 Scope = Literal["ingest", "read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -64,7 +64,18 @@ class KeyEntry(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: list[Scope] = Field(min_length=1)
-    customer: str | None = Field(default=None, min_length=1, max_length=128)
+    customer: str | None = None
+
+    @field_validator("customer")
+    @classmethod
+    def _a_customer_id(cls, value: str | None) -> str | None:
+        # The rule every route checks a customer against: a key limited to an id the routes
+        # accept must be one the key file accepts too.
+        from bastionary.entitlements.auth import CUSTOMER_ID_RULE, valid_customer_id  # it imports this module
+
+        if value is not None and not valid_customer_id(value):
+            raise ValueError(CUSTOMER_ID_RULE)
+        return value
 
 
 class KeyFileError(ValueError):

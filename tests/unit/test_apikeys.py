@@ -125,3 +125,17 @@ def test_a_key_file_that_is_not_text_is_one_clear_error(tmp_path):
     (tmp_path / "keys").write_bytes(b'{"name": "\xff"}\n')
     with pytest.raises(KeyFileError, match="not UTF-8"):
         KeyRing([], tmp_path / "keys")
+
+
+@pytest.mark.parametrize("customer", ["c" * 256, "acme corp", "a+b@example.com"])
+def test_a_key_may_name_any_customer_the_routes_accept(tmp_path, customer):
+    _, entry = new_key("portal", ["read"], customer)
+    write_keys(tmp_path / "keys", entry)
+    [found] = read_key_file(tmp_path / "keys")
+    assert found.customer == customer
+
+
+@pytest.mark.parametrize("customer", ["", "c" * 257, "a\nb", "tab\there"])
+def test_a_key_may_not_name_a_customer_id_the_routes_refuse(customer):
+    with pytest.raises(ValueError, match="customer ids are 1-256 characters"):
+        new_key("portal", ["read"], customer)

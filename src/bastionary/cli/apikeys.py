@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bastionary.apikeys import SCOPES, new_key, read_key_file
+from bastionary.cli.common import fail_cleanly
 from bastionary.entitlements.auth import CUSTOMER_ID_RULE, valid_customer_id
 
 
@@ -24,6 +25,7 @@ def api_key() -> None:
     default=None,
     help="Append the hashed entry to this key file (workers re-read it when it changes).",
 )
+@fail_cleanly
 def api_key_new(name: str, scopes: tuple[str, ...], customer: str | None, key_file: str | None) -> None:
     """Create key NAME. The key itself is shown once and stored nowhere; only its SHA-256 is."""
     if customer is not None and not valid_customer_id(customer):

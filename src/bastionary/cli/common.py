@@ -94,7 +94,7 @@ def explain(exc: Exception) -> str:
     if "UNKNOWN_TABLE" in text or "UNKNOWN_DATABASE" in text:
         return (
             "Bastionary's tables do not exist in this ClickHouse yet: start `bastionary run` (or "
-            "`bastionary worker`) once to create them, or point BASTIONARY_CLICKHOUSE_URL at the right one"
+            "`bastionary worker`) once to create them, or point BASTIONARY_CLICKHOUSE_DSN at the right one"
         )
     if "Code: " in text:
         return f"ClickHouse refused the query: {engine_message(exc)}"

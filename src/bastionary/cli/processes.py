@@ -127,6 +127,7 @@ def _wait_for_signal() -> None:
 
 @click.command("serve-clickhouse")
 @ends_past_engine_teardown
+@fail_cleanly
 def serve_clickhouse() -> None:
     """Hold the embedded chdb directory and serve it over HTTP for several workers.
 

@@ -1,0 +1,60 @@
+"""A user's mistake is told as one line saying what to do, never as "a bug of ours", and the
+variables a message names are settings that exist."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bastionary.cli.common import explain
+from bastionary.cli.main import cli
+from bastionary.locks import DataDirInUse
+from bastionary.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.upper().startswith("BASTIONARY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("BASTIONARY_DATA_DIR", str(tmp_path / "data"))
+
+
+def named_variables(text: str) -> set[str]:
+    return set(re.findall(r"BASTIONARY_[A-Z_]+", text))
+
+
+def test_the_missing_tables_hint_names_a_real_setting():
+    hint = explain(RuntimeError("Code: 60. DB::Exception: Table bastionary.invoices does not exist. (UNKNOWN_TABLE)"))
+    settings = {f"BASTIONARY_{name.upper()}" for name in Settings.model_fields}
+    assert named_variables(hint) == {"BASTIONARY_CLICKHOUSE_DSN"} <= settings
+
+
+def test_appending_a_key_to_a_broken_key_file_is_a_user_error(tmp_path: Path):
+    keys = tmp_path / "keys.jsonl"
+    keys.write_text('{"name": "old"\n')
+    result = CliRunner().invoke(cli, ["api-key", "new", "k2", "--scope", "read", "--append", str(keys)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {keys}:1: not a key entry")
+    assert "a bug of ours" not in result.output
+
+
+def test_a_key_may_be_limited_to_any_valid_customer_id():
+    customer = "c" * 256  # the longest id the routes accept
+    result = CliRunner().invoke(cli, ["api-key", "new", "portal", "--scope", "read", "--customer", customer])
+    assert result.exit_code == 0, result.output
+    assert f'"customer":"{customer}"' in result.output
+
+
+def test_serving_a_data_dir_another_process_owns_is_a_user_error(monkeypatch, tmp_path: Path):
+    def owned(*args, **kwargs):
+        raise DataDirInUse(f"{tmp_path} is in use: its clickhouse is owned by pid 1; stop that process")
+
+    monkeypatch.setattr("bastionary.cli.processes.connect_clickhouse", owned)
+    result = CliRunner().invoke(cli, ["serve-clickhouse"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path} is in use: its clickhouse is owned by pid 1; stop that process\n"
