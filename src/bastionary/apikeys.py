@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import orjson
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+log = structlog.get_logger(__name__)
 
 Scope = Literal["ingest", "read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -96,6 +99,7 @@ def new_key(name: str, scopes: Iterable[Scope], customer: str | None = None) -> 
 def read_key_file(path: Path) -> list[KeyEntry]:
     entries = []
     names: set[str] = set()
+    digests: dict[str, int] = {}
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -109,7 +113,11 @@ def read_key_file(path: Path) -> list[KeyEntry]:
             raise KeyFileError(f"{path}:{number}: not a key entry: {str(exc).splitlines()[0][:200]}") from None
         if entry.name in names:
             raise KeyFileError(f"{path}:{number}: a second key named {entry.name!r}")
+        if entry.sha256 in digests:
+            # One key, two entries: only one set of scopes and customer could hold, silently.
+            raise KeyFileError(f"{path}:{number}: the same key (sha256) as line {digests[entry.sha256]}")
         names.add(entry.name)
+        digests[entry.sha256] = number
         entries.append(entry)
     return entries
 
@@ -124,6 +132,7 @@ class KeyRing:
         self._file = key_file
         self._stamp: tuple[int, int] | None = None
         self._hashed: dict[str, ApiKey] = {}
+        self._failed: tuple[str, str] | None = None
         if key_file is not None:
             self._reload(strict=True)
 
@@ -141,9 +150,18 @@ class KeyRing:
                 if isinstance(exc, OSError):
                     raise KeyFileError(f"BASTIONARY_API_KEY_FILE {self._file}: {exc.strerror}") from None
                 raise
+            self._tell_failure(exc)
             return
+        self._failed = None
         self._stamp = stamp
         self._hashed = {entry.sha256: ApiKey(entry.name, frozenset(entry.scopes), entry.customer) for entry in entries}
+
+    def _tell_failure(self, exc: Exception) -> None:
+        failed = (type(exc).__name__, str(exc))
+        if failed != self._failed:
+            # Once per failure: the edit did not take, so a key it meant to revoke still works.
+            self._failed = failed
+            log.error("API key file not read; the keys read before stay in force", path=str(self._file), error=str(exc))
 
     @property
     def empty(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import structlog.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -139,3 +140,30 @@ def test_a_key_may_name_any_customer_the_routes_accept(tmp_path, customer):
 def test_a_key_may_not_name_a_customer_id_the_routes_refuse(customer):
     with pytest.raises(ValueError, match="customer ids are 1-256 characters"):
         new_key("portal", ["read"], customer)
+
+
+def test_one_key_given_twice_is_refused(tmp_path):
+    """Two lines with one digest: only one of their scopes and customers could hold (the last,
+    silently, before)."""
+    _, first = new_key("first", ["read"])
+    second = first.model_copy(update={"name": "second", "scopes": ["admin"]})
+    write_keys(tmp_path / "keys", first, second)
+    with pytest.raises(KeyFileError, match=r":2: the same key \(sha256\) as line 1"):
+        read_key_file(tmp_path / "keys")
+
+
+def test_a_key_file_that_turns_bad_is_logged_once_while_the_old_keys_stay(tmp_path):
+    """The edit did not take, so a key it meant to revoke still works: the operator is told."""
+    path = tmp_path / "keys"
+    key, entry = new_key("old", ["read"])
+    write_keys(path, entry)
+    ring = KeyRing([], path)
+    path.write_text("{not json\n")
+    os.utime(path, ns=(1, 1))
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            assert ring.authenticate(f"Bearer {key}").name == "old"
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("error", "API key file not read; the keys read before stay in force")
+    ]
+    assert ":1: not a key entry" in logs[0]["error"]
