@@ -479,3 +479,14 @@ def test_the_readme_s_id_recipes_recompute_the_ids():
     assert invoice_id("sub-1", start) == str(uuid.uuid5(uuid.UUID(invoice_ns), f"sub-1|period|{start.isoformat()}"))
     assert credit_note_id("c1", "cn-1") == str(uuid.uuid5(uuid.UUID(note_ns), "c1|cn-1"))
     assert movement_id("applied", "g", "inv") == str(uuid.uuid5(uuid.UUID(movement_ns), "applied|g|inv"))
+
+
+def test_a_lines_tiers_are_written_at_the_plans_currency():
+    """README (Rating): amounts at the currency's precision, quantities and rates exact."""
+    sub = subscription(Segment(PRO, JAN, FEB))
+    usage = FakeUsage(tokens(1500, at(2024, 1, 2)))
+    (line,) = [line for line in period_lines(sub, JANUARY, CUTOFF, usage) if line.tiers]
+    assert line.as_dict("USD")["tiers"] == [
+        {"tier": 1, "up_to": "1000", "units": "1000", "unit_amount": "0", "flat_amount": "0.00", "amount": "0.00"},
+        {"tier": 2, "up_to": None, "units": "500", "unit_amount": "0.001", "flat_amount": "0.00", "amount": "0.50"},
+    ]  # fmt: skip

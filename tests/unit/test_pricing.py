@@ -400,3 +400,71 @@ def test_per_unit_is_rounded_once_from_the_exact_product(quantity, unit):
 def test_packages_are_the_exact_quotient_rounded_up(quantity, size):
     p = price("package", package_size=str(size), package_amount="1")
     assert price_usage(p, Usage(quantity)).tiers == [{"packages": str(math.ceil(Fraction(quantity) / Fraction(size)))}]
+
+
+# --- the text of the detail (README, Rating: amounts at the currency's precision; quantities
+# and rates exact, trailing zeros removed) ---------------------------------------------------
+
+PLAIN = re.compile(r"^-?[0-9]+(\.[0-9]*[1-9])?$")  # no exponent, no trailing zeros
+LLM_TOKENS = [{"up_to": 1000000, "unit_amount": "0"}, {"up_to": None, "unit_amount": "0.00002", "flat_amount": "0"}]
+ROLLUP = Usage(D("1500000.000000000"), 3)  # a SUM as the Decimal(38, 9) rollups return it
+
+
+def test_tiers_read_as_the_invoice_reads():
+    priced = price_usage(price("graduated", tiers=LLM_TOKENS), ROLLUP, "USD")
+    assert priced.tiers == [
+        {
+            "tier": 1,
+            "up_to": "1000000",
+            "units": "1000000",
+            "unit_amount": "0",
+            "flat_amount": "0.00",
+            "amount": "0.00",
+        },
+        {
+            "tier": 2,
+            "up_to": None,
+            "units": "500000",
+            "unit_amount": "0.00002",
+            "flat_amount": "0.00",
+            "amount": "10.00",
+        },
+    ]
+    volume_priced = price_usage(price("volume", tiers=LLM_TOKENS), ROLLUP, "JPY")
+    assert [(t["units"], t["flat_amount"], t["amount"]) for t in volume_priced.tiers] == [("1500000", "0", "30")]
+
+
+def test_percentage_terms_read_as_the_invoice_reads():
+    p = price("percentage", rate="0.0000001", fixed_amount="0.3", min_amount="0.001", max_amount="1e1")
+    assert price_usage(p, ROLLUP, "USD").percentage == {
+        "rate": "0.0000001",
+        "value": "1500000",
+        "events": 3,
+        "fixed_amount": "0.30",
+        "min_amount": "0.001",  # finer than the cent in the catalog: kept, not misstated as 0.00
+        "max_amount": "10.00",
+    }
+
+
+@pytest.mark.parametrize("currency", [None, "USD", "JPY", "KWD"])
+def test_the_detail_is_plain_decimal_text_and_fits_the_contract(currency):
+    from bastionary.rating.contracts import PackageCount, PercentageTerms, TierCharge
+
+    quantity = Usage(D("1234567.120000000"), 2)
+    tiers = [{"up_to": "1e3", "unit_amount": "1E-7", "flat_amount": "1e1"}, {"up_to": None, "unit_amount": "0.10"}]
+    priced = (lambda p, u: price_usage(p, u)) if currency is None else (lambda p, u: price_usage(p, u, currency))
+    for model in ("graduated", "volume"):
+        for part in priced(price(model, tiers=tiers), quantity).tiers:
+            TierCharge.model_validate(part)
+            assert all(PLAIN.match(part[k]) for k in ("up_to", "units", "unit_amount") if part[k] is not None)
+    PackageCount.model_validate(price_usage(price("package", package_size="1e2", package_amount=1), quantity).tiers[0])
+    terms = priced(price("percentage", rate="1E-7", fixed_amount="1e-2", max_amount="1e3"), quantity)
+    PercentageTerms.model_validate(terms.percentage)
+    assert PLAIN.match(terms.percentage["rate"]) and PLAIN.match(terms.percentage["value"])
+
+
+@pytest.mark.parametrize("model", ["graduated", "volume", "percentage"])
+def test_the_currency_changes_the_text_not_the_amount(model):
+    fields = {"rate": "0.029", "fixed_amount": "0.30"} if model == "percentage" else {"tiers": LLM_TOKENS}
+    p = price(model, **fields)
+    assert price_usage(p, ROLLUP, "USD").amount == price_usage(p, ROLLUP).amount == amount(p, ROLLUP.quantity, 3)

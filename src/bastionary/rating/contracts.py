@@ -41,16 +41,44 @@ class ServiceSpan(_Out):
     amount: DecimalText
 
 
+class TierCharge(_Out):
+    """A tier of a ``graduated`` or ``volume`` price that priced units (rating/pricing.py)."""
+
+    tier: int = Field(ge=1)
+    up_to: DecimalText | None = Field(description="the tier's inclusive upper bound; null for the last")
+    units: DecimalText
+    unit_amount: DecimalText = Field(description="the price of a unit, exact")
+    flat_amount: DecimalText
+    amount: DecimalText
+
+
+class PackageCount(_Out):
+    """A ``package`` price's packages started."""
+
+    packages: DecimalText
+
+
+class PercentageTerms(_Out):
+    """A ``percentage`` price's terms and what they applied to."""
+
+    rate: DecimalText
+    value: DecimalText
+    events: int
+    fixed_amount: DecimalText = Field(description="per event")
+    min_amount: DecimalText | None
+    max_amount: DecimalText | None
+
+
 class InvoiceLine(_Out):
     price_key: str
     meter: str | None
     description: str
     quantity: DecimalText
     amount: DecimalText
-    tiers: list[dict[str, Any]]
+    tiers: list[TierCharge | PackageCount]
     adjusts_period_start: Time | None = None
     unit_price: DecimalText | None = None
-    percentage: dict[str, Any] | None = None
+    percentage: PercentageTerms | None = None
     billing_timing: Literal["advance"] | None = Field(
         None, description="a fee billed in advance, for the period service_period_start .. service_period_end"
     )

@@ -214,7 +214,7 @@ def period_lines(sub: Subscription, period: Period, as_of: datetime, usage: Usag
                     lines.append(flat_line(price, plan, window, period, suffix))
                 continue
             used = usage(price, sub.customer_id, lo, hi, as_of)
-            priced = price_usage(price, used)
+            priced = price_usage(price, used, plan.currency)
             label = f"{price.description or price.key}{suffix}"
             unit = price.unit_amount if isinstance(price, PerUnitPrice) else None
             events = used.events if priced.percentage is not None else None
