@@ -65,3 +65,35 @@ async def test_every_answer_is_counted_by_its_route_template():
             assert response.status == 404
     after = seen("/{kind}", "POST", "200"), seen("/{kind}", "POST", "503"), seen("unmatched", "GET", "404")
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
+
+
+async def test_a_broker_that_does_not_take_posted_events_answers_503_with_retry_after():
+    """openapi.yaml's 503 (ServiceUnavailable) promises Retry-After for broker_unavailable too."""
+    from bastionary.apikeys import ApiKey
+    from bastionary.worker.api import events
+
+    views = {}
+
+    class App:
+        def page(self, path):
+            return lambda view: views.setdefault(path, view)
+
+    class AnyKey:
+        def key(self, request, scope):
+            return ApiKey("ingest", frozenset({"ingest"}))
+
+    class DownBroker:
+        async def post_usage(self, body, batch, customer):
+            raise KafkaConnectionError()
+
+    class Request:
+        def __init__(self):
+            self.headers = {"Content-Type": "application/cloudevents+json"}
+
+        async def read(self):
+            return b"{}"
+
+    events.install(App(), AnyKey(), DownBroker())
+    response = await views["/v1/events"].post(None, Request())
+    assert response.status == 503
+    assert int(response.headers["Retry-After"]) > 0

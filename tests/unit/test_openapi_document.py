@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -301,3 +302,105 @@ def test_times_in_decisions_are_utc_z():
     shifted = CustomerState("c", PLAN, START, END.astimezone(timezone(timedelta(hours=-5))), False, {}, ())
     assert check(shifted, "api_calls", NOW).to_json()["reset_at"] == "2024-06-01T00:00:00Z"
     assert Decision("x", True).to_json()["reset_at"] is None
+
+
+def customer_answer(row: tuple) -> dict:
+    """What GET /v1/customers/{id} answers for a stored ``customers`` row."""
+    from bastionary.storage.reports import InvoiceReports
+
+    class Client:
+        def query(self, sql, parameters):
+            return type("Result", (), {"result_rows": [row]})()
+
+    return InvoiceReports(Client()).customer("cust-1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("auto_topup", "credit_limit", "stored"),
+    [
+        (  # exponents and too few decimals, as the topic's contract and the parser accept them
+            [
+                {"currency": "USD", "threshold": "1e2", "amount": "5E+1"},
+                {"currency": "JPY", "threshold": 1000, "amount": "1E+4"},
+            ],
+            {"currency": "KWD", "amount": "1e3", "alert_at": ["8E-1", "0.50"]},
+            ("100.00", "50.00", "1000", "10000", "1000.000", ["0.5", "0.8"]),
+        ),
+        (
+            [{"currency": "USD", "threshold": 100.5, "amount": 50}],
+            {"currency": "USD", "amount": 1000, "alert_at": [0.8]},
+            ("100.50", "50.00", "1000.00", ["0.8"]),
+        ),
+    ],
+)
+def test_a_customer_record_answers_its_amounts_as_the_api_documents_them(auto_topup, credit_limit, stored):
+    import orjson
+
+    from bastionary.rating.customers import CUSTOMER_UPSERTED, customer_row, customer_terms, parse_customer
+
+    data = {"customer_id": "cust-1", "auto_topup": auto_topup, "credit_limit": credit_limit}
+    value = orjson.dumps({"specversion": "1.0", "id": "c-1", "source": "//crm", "type": CUSTOMER_UPSERTED,
+                          "time": "2026-11-01T00:00:00Z", "data": data})  # fmt: skip
+    envelope, parsed = parse_customer(value)
+    row = customer_row(envelope, parsed, NOW)
+    stored_row = (*row[:6], row.auto_topup, row.credit_limit, NOW)
+    answer = customer_answer(stored_row)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in ref_validator("Customer").iter_errors(answer)]
+    assert not errors
+    limit = answer["credit_limit"]
+    amounts = [value for rule in answer["auto_topup"] for value in (rule["threshold"], rule["amount"])]
+    assert (*amounts, limit["amount"], limit["alert_at"]) == stored
+    # what rating reads of the row is what the event said
+    terms = customer_terms(*row[1:6], row.auto_topup, row.credit_limit)
+    assert terms.topups == {rule.currency: (rule.threshold, rule.amount) for rule in parsed.auto_topup}
+    assert terms.credit_limit == parsed.credit_limit
+
+
+def test_a_customer_row_stored_before_amounts_were_formatted_still_reads():
+    from bastionary.rating.customers import customer_terms
+
+    topups, limit = (
+        '[{"currency":"USD","threshold":"1E+2","amount":"5E+1"}]',
+        '{"currency":"USD","amount":"1E+3","alert_at":["0.8"]}',
+    )
+    terms = customer_terms("Acme", "", "{}", "", False, topups, limit)
+    assert terms.topups == {"USD": (Decimal(100), Decimal(50))}
+    assert terms.credit_limit is not None and terms.credit_limit.amount == 1000
+
+
+def test_operations_document_what_the_code_answers_and_accepts():
+    import inspect
+    import re
+
+    from bastionary.worker.api import reads
+    from bastionary.worker.api.writes import PAYMENT_OUTCOMES
+
+    paths = DOCUMENT["paths"]
+    pdf = paths["/v1/invoices/{invoice_id}/pdf"]["get"]["responses"]["200"]["content"]
+    assert list(pdf) == re.findall(r'content_type="(application/pdf)"', inspect.getsource(reads))
+    assert set(SCHEMAS["PaymentInput"]["properties"]["outcome"]["enum"]) == set(PAYMENT_OUTCOMES)
+    assert set(paths["/healthz"]["get"]["responses"]) == {"200", "503"}
+
+
+def test_both_health_answers_fit_the_schema():
+    from bastionary.metering.sink import PartitionStatus
+    from bastionary.worker.api.health import health_report
+
+    class Sink:
+        def status(self):
+            return {("usage.events", 0): PartitionStatus(1, 9, 0, 90.0, 0.0, False)}
+
+    class Consumer:
+        def highwater(self, tp):
+            return 50
+
+    now = time.monotonic()
+    for waiting, status in ((0, "ok"), (40, "unhealthy")):
+        consumer = Consumer() if waiting else None
+        report = health_report("w1", Sink(), now, consumer, started_at=now, stall_after=60, broker_silence=10)
+        assert report["status"] == status
+        assert schema_errors_of("Health", report) == []
+
+
+def schema_errors_of(name: str, value) -> list[str]:
+    return [f"{list(e.absolute_path)}: {e.message}" for e in ref_validator(name).iter_errors(value)]

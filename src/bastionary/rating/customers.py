@@ -15,6 +15,7 @@ from typing import Annotated, Any, NamedTuple
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
+from bastionary.money import format_money, plain_decimal
 from bastionary.rating.events import (
     MAX_EMAIL_LENGTH,
     Amount,
@@ -115,9 +116,33 @@ def customer_row(envelope: BillingEvent, data: CustomerData, received: datetime)
         envelope.id,
         envelope.time,
         received,
-        orjson.dumps([rule.model_dump(mode="json") for rule in data.auto_topup]).decode(),
-        data.credit_limit.model_dump_json() if data.credit_limit is not None else "",
+        orjson.dumps([_topup_json(rule) for rule in data.auto_topup]).decode(),
+        _credit_limit_json(data.credit_limit),
     )
+
+
+# The columns are answered as stored (GET /v1/customers/{id}), so amounts are written as every
+# report writes them, at the currency's precision, not as the event spelled them (1e2, 50).
+
+
+def _topup_json(rule: AutoTopup) -> dict[str, str]:
+    return {
+        "currency": rule.currency,
+        "threshold": format_money(rule.threshold, rule.currency),
+        "amount": format_money(rule.amount, rule.currency),
+    }
+
+
+def _credit_limit_json(limit: CreditLimit | None) -> str:
+    if limit is None:
+        return ""
+    return orjson.dumps(
+        {
+            "currency": limit.currency,
+            "amount": format_money(limit.amount, limit.currency),
+            "alert_at": [plain_decimal(share) for share in limit.alert_at],
+        }
+    ).decode()
 
 
 def topup_rules(text: str) -> dict[str, tuple[Decimal, Decimal]]:

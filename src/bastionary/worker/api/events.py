@@ -16,6 +16,7 @@ import structlog
 from bastionary import metrics
 from bastionary.apikeys import ApiKey
 from bastionary.worker.api.auth import Guard, json_error
+from bastionary.worker.api.failures import RETRY_AFTER_S
 from bastionary.worker.services.api import ApiBackend
 
 log = structlog.get_logger(__name__)
@@ -44,7 +45,10 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
                 posted = await backend.post_usage(body, CONTENT_TYPES[media], key.customer)
             except Exception:
                 log.exception("posted usage could not be published")
-                return json_error(503, "broker_unavailable", "the events could not be published; retry the request")
+                response = json_error(503, "broker_unavailable", "the events could not be published; retry the request")
+                # As every 503 of the API: a client backs off by it rather than hammering the broker.
+                response.headers["Retry-After"] = str(RETRY_AFTER_S)
+                return response
             metrics.API_EVENTS.labels("accepted").inc(len(posted.accepted))
             metrics.API_EVENTS.labels("rejected").inc(len(posted.rejected))
             if posted.refused is not None:
