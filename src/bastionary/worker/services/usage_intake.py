@@ -29,7 +29,7 @@ import faust
 import structlog
 
 from bastionary import metrics
-from bastionary.metering.records import Admission, InboundRecord
+from bastionary.metering.records import Admission, InboundRecord, record_timestamp_ms
 from bastionary.metering.sink import UsageSink
 
 log = structlog.get_logger(__name__)
@@ -112,8 +112,9 @@ class UsageIntake:
             message.partition,
             message.offset,
             # No timestamp (-1) is dead-lettered, never replaced by the wall clock: a replay
-            # must judge the record as before.
-            round(message.timestamp * 1000) if message.timestamp is not None else -1,
+            # must judge the record as before. The log probe converts the same way, or the
+            # anchor of a far-future record would never match the log.
+            record_timestamp_ms(message.timestamp),
             message.key,
             message.value,
             list(message.headers or ()),
