@@ -15,6 +15,8 @@ import orjson
 
 Headers = list[tuple[str, bytes | None]]
 MESSAGE_LIMIT = 4096  # bytes of error.message
+DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+DEAD_LETTER_KEY_LIMIT = 4 * 1024  # a customer id; a longer key is hostile
 # Standard Webhooks secrets are whsec_<base64>; settings check one at start-up, the sender signs with it.
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the scheme's prefix, not a secret
 
@@ -63,6 +65,23 @@ def dead_letter_headers(
     if exception is not None:
         headers.append(("error.exception", exception.encode()))
     return headers
+
+
+def capped_original(key: bytes | None, value: bytes, headers: Headers) -> tuple[bytes | None, bytes]:
+    """The original key and value a dead letter carries, cut where longer than
+    :data:`DEAD_LETTER_KEY_LIMIT` / :data:`DEAD_LETTER_VALUE_LIMIT`; each cut adds its
+    ``source.*_bytes`` header (the original size) to ``headers``.
+
+    Every dead-letter topic takes them this way: a dead letter the worker's producer refuses
+    (its max request size, 1,000,000 bytes, counts key, value and headers) would stop the
+    worker before the record is acked, and a restart would meet the same record again."""
+    if len(value) > DEAD_LETTER_VALUE_LIMIT:
+        headers.append(("source.value_bytes", str(len(value)).encode()))
+        value = value[:DEAD_LETTER_VALUE_LIMIT]
+    if key is not None and len(key) > DEAD_LETTER_KEY_LIMIT:
+        headers.append(("source.key_bytes", str(len(key)).encode()))
+        key = key[:DEAD_LETTER_KEY_LIMIT]
+    return key, value
 
 
 def utf8_prefix(text: str, limit: int) -> bytes:

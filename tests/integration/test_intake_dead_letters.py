@@ -56,8 +56,13 @@ def test_unstorable_billing_values_are_dead_lettered_and_the_partitions_go_on(st
             },
         )
 
+    # About 1 MB: the broker takes it, the worker's producer takes at most 1,000,000 bytes, so
+    # a dead letter of it whole was refused and stopped the worker on every restart.
+    huge = subscription("sub-huge", start="s" * 1_000_000)
     send(
-        stack, "billing.subscriptions", [subscription("sub-far", start="9999-12-31T00:00:00Z"), subscription("sub-ok")]
+        stack,
+        "billing.subscriptions",
+        [huge, subscription("sub-far", start="9999-12-31T00:00:00Z"), subscription("sub-ok")],
     )
     send(
         stack,
@@ -105,9 +110,14 @@ def test_unstorable_billing_values_are_dead_lettered_and_the_partitions_go_on(st
         ],
     )
 
+    letters = read(stack, "billing.dlq", expect=5, idle=30)
+    (cut,) = [m for m in letters if "source.value_bytes" in _headers(m)]
+    assert int(_headers(cut)["source.value_bytes"]) == len(orjson.dumps(huge)) > 1_000_000
+    assert cut.value == orjson.dumps(huge)[: 64 * 1024] and _headers(cut)["error.class"] == "invalid_data"
     billing = {
         _headers(m)["source.topic"].removeprefix(stack.prefix) + ":" + orjson_id(m.value): _headers(m)
-        for m in read(stack, "billing.dlq", expect=4, idle=30)
+        for m in letters
+        if m is not cut
     }
     assert {k: v["error.class"] for k, v in billing.items()} == {
         "billing.subscriptions:sub-far": "invalid_data",

@@ -25,6 +25,7 @@ from bastionary.metering import planning
 from bastionary.metering.planning import FlushPlanner
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import DeadLetter, InboundRecord
+from bastionary.outbound import DEAD_LETTER_KEY_LIMIT
 from tests.unit.test_sink import CATALOG, NOW_MS, TOPIC, event_record, make_sink
 
 PRODUCER_LIMIT = 1_000_000  # Faust's producer_max_request_size default, which the worker keeps
@@ -88,7 +89,7 @@ def test_a_record_within_the_header_budget_keeps_every_header(tmp_path):
 def test_a_long_key_is_cut_and_its_size_said(tmp_path):
     key = b"k" * 900_000
     (letter,) = _planner(tmp_path).plan(TOPIC, 0, 1, [_record(0, b"x" * 90_000, [], key=key)]).dead_letters
-    assert letter.key == key[: planning.DEAD_LETTER_KEY_LIMIT]
+    assert letter.key == key[:DEAD_LETTER_KEY_LIMIT]
     assert dict(letter.headers)["source.key_bytes"] == b"900000"
     assert dict(letter.headers)["source.value_bytes"] == b"90000"
     assert wire_size(letter) <= planning.DEAD_LETTER_MAX_BYTES
@@ -156,3 +157,51 @@ def test_the_flush_lands_when_the_dlq_producer_checks_sizes(tmp_path):
         assert [d.code for d in sent] == [ErrorClass.INVALID_JSON] and store.total() == 1
 
     asyncio.run(scenario())
+
+
+class _SentTopic:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | None, bytes, list]] = []
+
+    async def send(self, key, value, headers):
+        self.sent.append((key, value, headers))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class _App:
+    def __init__(self) -> None:
+        self.topics: dict[str, _SentTopic] = {}
+
+    def topic(self, name, **_options):
+        return self.topics.setdefault(name, _SentTopic())
+
+
+class _Message:
+    topic, partition, offset = "billing.subscriptions", 0, 7
+
+    def __init__(self, key: bytes, value: bytes) -> None:
+        self.key, self.value = key, value
+
+
+def test_billing_and_dunning_dead_letters_are_cut_as_usage_ones_are():
+    """A billing record of about 1 MB (the broker takes it, the worker's producer refuses more
+    than 1,000,000 bytes) was dead-lettered whole: the send failed, the intake stopped the
+    worker before the ack, and every restart met the same record."""
+    from bastionary.outbound import DEAD_LETTER_VALUE_LIMIT
+    from bastionary.settings import Settings
+    from bastionary.worker.context import WorkerContext
+
+    app = _App()
+    context = WorkerContext(app, Settings(), "w1")  # type: ignore[arg-type]
+    key, value = b"k" * 5_000, b"v" * 1_000_100
+    asyncio.run(context.dead_letter("billing.dlq", _Message(key, value), "invalid_json", "not JSON"))
+    ((sent_key, sent_value, headers),) = app.topics["billing.dlq"].sent
+    assert (sent_key, sent_value) == (key[:DEAD_LETTER_KEY_LIMIT], value[:DEAD_LETTER_VALUE_LIMIT])
+    assert dict(headers)["source.value_bytes"] == b"1000100"
+    assert dict(headers)["source.key_bytes"] == b"5000"
+    small = _Message(b"cust-1", b"{}")
+    asyncio.run(context.dead_letter("billing.dlq", small, "invalid_json", "not JSON"))
+    assert app.topics["billing.dlq"].sent[-1][:2] == (b"cust-1", b"{}")
+    assert "source.value_bytes" not in dict(app.topics["billing.dlq"].sent[-1][2])

@@ -26,12 +26,10 @@ from bastionary.metering.ports import DedupeCache, EventRow, MarkerRow, RollupRo
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import DeadLetter, FlushStats, InboundRecord
 from bastionary.metering.rollup import EPOCH, RollupBuilder
-from bastionary.outbound import Headers, Source, dead_letter_headers
+from bastionary.outbound import Headers, Source, capped_original, dead_letter_headers
 
 log = structlog.get_logger(__name__)
 
-DEAD_LETTER_VALUE_LIMIT = 64 * 1024
-DEAD_LETTER_KEY_LIMIT = 4 * 1024  # a customer id; a longer key is hostile
 # The original headers one dead letter carries, counted as names, values and _HEADER_OVERHEAD
 # each. Twice what a binary-mode event's id, source, type and subject take at their contract
 # limits in 4-byte characters (8 KiB). Per dead letter: a batch of 10,000 rejected members
@@ -293,14 +291,7 @@ class FlushPlanner:
         headers = dead_letter_headers(rejection.code.value, rejection.message, source, exception=exception_type)
         # Every part of a dead letter is capped: one the producer refuses (its max request
         # size counts key, value and headers) would fail the flush, and every replay of it.
-        if len(value) > DEAD_LETTER_VALUE_LIMIT:
-            # The whole value would not fit the DLQ either; keep its head and say so.
-            headers.append(("source.value_bytes", str(len(value)).encode()))
-            value = value[:DEAD_LETTER_VALUE_LIMIT]
-        key = record.key
-        if key is not None and len(key) > DEAD_LETTER_KEY_LIMIT:
-            headers.append(("source.key_bytes", str(len(key)).encode()))
-            key = key[:DEAD_LETTER_KEY_LIMIT]
+        key, value = capped_original(record.key, value, headers)
         # The original headers travel too: a binary-mode event's attributes live there. A name
         # the transport could only decode with escapes is written with visible escapes. They
         # are capped per dead letter: a batch copies them onto each rejected member.

@@ -10,7 +10,7 @@ from typing import Any
 import faust
 from aiokafka.partitioner import DefaultPartitioner
 
-from bastionary.outbound import Source, dead_letter_headers
+from bastionary.outbound import Source, capped_original, dead_letter_headers
 from bastionary.rating.events import latest_event_time
 from bastionary.settings import Settings
 from bastionary.topics import Topics
@@ -52,6 +52,7 @@ class WorkerContext:
         headers = dead_letter_headers(code, text, source, exception=exception)
         key = message.key if message is not None else None
         body = value if value is not None else (message.value or b"")
+        key, body = capped_original(key, body, headers)  # else the producer may refuse it
         await (await self.topic(topic).send(key=key, value=body, headers=headers))
 
     def latest_time(self, message: Any) -> datetime | None:
