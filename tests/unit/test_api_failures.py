@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from aiokafka.errors import KafkaConnectionError
@@ -97,3 +98,38 @@ async def test_a_broker_that_does_not_take_posted_events_answers_503_with_retry_
     response = await views["/v1/events"].post(None, Request())
     assert response.status == 503
     assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_events_the_broker_cannot_take_for_their_size_answer_413_not_a_retried_503():
+    """A body within BASTIONARY_MAX_RECORD_BYTES (1 MiB) whose record is over the producer's
+    1,000,000 bytes was answered 503 broker_unavailable, which a client retries for ever."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from bastionary.apikeys import ApiKey
+    from bastionary.worker.api import events
+
+    views = {}
+
+    class App:
+        def page(self, path):
+            return lambda view: views.setdefault(path, view)
+
+    class AnyKey:
+        def key(self, request, scope):
+            return ApiKey("ingest", frozenset({"ingest"}))
+
+    class SmallBroker:
+        async def post_usage(self, body, batch, customer):
+            raise MessageSizeTooLargeError("The message is 1040000 bytes when serialized")
+
+    class Request:
+        def __init__(self):
+            self.headers = {"Content-Type": "application/cloudevents+json"}
+
+        async def read(self):
+            return b"{}"
+
+    events.install(App(), AnyKey(), SmallBroker())
+    response = await views["/v1/events"].post(None, Request())
+    assert response.status == 413 and "Retry-After" not in response.headers
+    assert orjson.loads(response.body)["error"]["code"] == "record_too_large"

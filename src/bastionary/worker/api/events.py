@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 import structlog
+from aiokafka.errors import MessageSizeTooLargeError
 
 from bastionary import metrics
 from bastionary.apikeys import ApiKey
@@ -43,6 +44,17 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             body = await request.read()
             try:
                 posted = await backend.post_usage(body, CONTENT_TYPES[media], key.customer)
+            except MessageSizeTooLargeError as too_large:
+                # Within BASTIONARY_MAX_RECORD_BYTES, but a customer's record is larger than the
+                # producer (max request 1,000,000 bytes) or the broker (message.max.bytes) takes:
+                # final, so not a 503, which a client would retry for ever.
+                log.warning("posted usage is larger than the broker takes", error=str(too_large))
+                return json_error(
+                    413,
+                    "record_too_large",
+                    "a customer's events in this request make a Kafka record larger than the producer or"
+                    " the broker takes; send them in smaller requests",
+                )
             except Exception:
                 log.exception("posted usage could not be published")
                 response = json_error(503, "broker_unavailable", "the events could not be published; retry the request")
