@@ -78,6 +78,15 @@ def format_iso_duration(value: timedelta) -> str:
 _AT_LEAST = {"dedupe_horizon": timedelta(seconds=1), "query_timeout": timedelta(seconds=1)}
 
 
+def _http_url_with_host(url: str) -> bool:
+    # "http://" alone passed, and every notice then failed for good as an invalid URL.
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # an unclosed [IPv6 bracket, a port that is no number
+        return False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BASTIONARY_", extra="ignore", validate_default=True)
 
@@ -330,8 +339,8 @@ class Settings(BaseSettings):
         problems = []
         if self.webhook_url and self.webhook_secret is None:
             problems.append("WEBHOOK_URL is set without WEBHOOK_SECRET: notices must be signed")
-        if self.webhook_url and urlsplit(self.webhook_url).scheme not in ("http", "https"):
-            problems.append("WEBHOOK_URL must be an http(s) URL")
+        if self.webhook_url and not _http_url_with_host(self.webhook_url):
+            problems.append("WEBHOOK_URL must be an http(s) URL with a host, e.g. https://billing.example.com/hooks")
         if self.webhook_backoff_cap < self.webhook_backoff:
             problems.append(
                 f"WEBHOOK_BACKOFF_CAP ({format_iso_duration(self.webhook_backoff_cap)}) is shorter than"

@@ -58,3 +58,22 @@ def test_serving_a_data_dir_another_process_owns_is_a_user_error(monkeypatch, tm
     result = CliRunner().invoke(cli, ["serve-clickhouse"])
     assert result.exit_code == 1
     assert result.output == f"Error: {tmp_path} is in use: its clickhouse is owned by pid 1; stop that process\n"
+
+
+def test_config_checks_the_key_file_the_worker_would_refuse(monkeypatch, tmp_path: Path):
+    """`bastionary config` said the configuration was fine, and the worker then refused to
+    start on the same key file."""
+    keys = tmp_path / "keys.jsonl"
+    keys.write_text('{"name": "old"\n')
+    monkeypatch.setenv("BASTIONARY_API_KEY_FILE", str(keys))
+    result = CliRunner().invoke(cli, ["config"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1].startswith(f"Error: {keys}:1: not a key entry")
+
+
+@pytest.mark.parametrize("url", ["http://", "https:///hooks", "http://[::1/x", "http://host:port/x"])
+def test_a_webhook_url_without_a_host_is_refused_at_start(monkeypatch, url):
+    monkeypatch.setenv("BASTIONARY_WEBHOOK_URL", url)
+    monkeypatch.setenv("BASTIONARY_WEBHOOK_SECRET", "whsec_" + "A" * 32)
+    result = CliRunner().invoke(cli, ["config"])
+    assert result.exit_code == 1 and "WEBHOOK_URL must be an http(s) URL with a host" in result.output

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from bastionary.apikeys import KeyFileError, KeyRing
 from bastionary.catalog import CatalogError, load_catalog
 from bastionary.cli.common import engine_message, settings_or_exit
 from bastionary.runtime import NoBroker, connect_clickhouse, resolve_kafka
@@ -21,6 +22,10 @@ def config_cmd(validate: bool) -> None:
     try:
         catalog = load_catalog(settings.catalog)
     except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        KeyRing(settings.api_key_list, settings.api_key_file)  # as the worker reads it at start
+    except KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
     out = settings.redacted() | {"meters": [m.key for m in catalog.meters]}
     click.echo(json.dumps(out, indent=2))
