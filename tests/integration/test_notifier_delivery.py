@@ -349,3 +349,44 @@ async def test_email_without_recipient_does_not_connect():
     outcome = await send_email(config, build_message(config, notice, render_email(notice)), on_attempt=attempts)
     assert (outcome.ok, outcome.attempts, outcome.reason) == (False, 0, "no recipient email")
     assert attempts.seen == []
+
+
+# --- one notice, two copies at once --------------------------------------------------------
+
+
+class TrailStore:
+    """The store's two calls the notifier makes, kept in memory: a channel is delivered once
+    its ``delivered`` row is recorded."""
+
+    def __init__(self) -> None:
+        self.trail: list = []
+
+    def delivered_channels(self, notice_id: str) -> set[str]:
+        return {r.channel for r in self.trail if r.event_id.startswith(f"{notice_id}:") and r.kind == "delivered"}
+
+    def insert_trail(self, rows: list) -> None:
+        self.trail += rows
+
+
+async def test_two_copies_of_a_notice_in_flight_at_once_reach_each_peer_once(receiver, smtp_sink):
+    """A dunner restarted between publishing and marking publishes the notice again, and the
+    notifier's delivery slots (DELIVERY_CONCURRENCY) can take both copies at once: each
+    checked the delivered channels before the other recorded one, and the customer got two
+    emails and two webhooks, though no worker died in the window the README allows."""
+    from bastionary.dunning.delivery import Notifier
+
+    handler, port = smtp_sink
+    receiver.delay = 0.3  # the first copy is still being delivered when the second arrives
+    store = TrailStore()
+
+    async def dead_letter(value: bytes, code: str, message: str) -> None:
+        raise AssertionError(f"dead-lettered: {code} {message}")
+
+    notifier = Notifier(store, webhook_config(receiver.url), smtp_config(port), dead_letter)
+    try:
+        first, second = await asyncio.gather(notifier.handle(BODY), notifier.handle(BODY))
+    finally:
+        await notifier.close()
+    assert sorted(outcome.channel for outcome in first + second) == ["email", "webhook"]
+    assert len(handler.received) == 1 and len(receiver.seen) == 1
+    assert sorted(row.channel for row in store.trail if row.kind == "delivered") == ["email", "webhook"]

@@ -6,7 +6,9 @@ Order per channel, and what a crash right after each step does:
    by Kafka (the offset is not committed) and the channel is sent again: webhook receivers
    see the same webhook-id (the notice_id) and drop it; an email goes out a second time
    with the same Message-ID. This window, between the peer accepting and step 3, is the
-   only way a notice reaches a peer twice.
+   only way a notice reaches a peer twice: copies of one notice (a dunner restarted between
+   publishing and marking publishes it again) are delivered one after the other, so the
+   second finds the first's channels recorded.
 3. record ``delivered`` (or ``delivery_failed`` + dead letter)    -> done; a redelivered
    record finds the channel delivered and sends nothing
 """
@@ -14,8 +16,9 @@ Order per channel, and what a crash right after each step does:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +60,10 @@ class Notifier:
         self.dead_letter = dead_letter
         self.company = company
         self._session: aiohttp.ClientSession | None = None
+        # notice_id -> (its lock, the copies holding or awaiting it). The agent's delivery slots
+        # share one stream, and a dunner restarted between publishing and marking publishes a
+        # notice again: both copies could pass step 1 before either reached step 3.
+        self._notices: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     async def close(self) -> None:
         if self._session is not None:
@@ -67,9 +74,24 @@ class Notifier:
         if event.get("type") != STEP_TYPE:
             return []
         data = event["data"]
-        done = await asyncio.to_thread(self.store.delivered_channels, data["notice_id"])
-        pending = [c for c in data.get("channels", []) if c not in done]
-        return list(await asyncio.gather(*(self._deliver(channel, value, data) for channel in pending)))
+        async with self._one_copy_at_a_time(data["notice_id"]):
+            done = await asyncio.to_thread(self.store.delivered_channels, data["notice_id"])
+            pending = [c for c in data.get("channels", []) if c not in done]
+            return list(await asyncio.gather(*(self._deliver(channel, value, data) for channel in pending)))
+
+    @contextlib.asynccontextmanager
+    async def _one_copy_at_a_time(self, notice_id: str) -> AsyncIterator[None]:
+        # A second copy waits for the first to record its channels, then finds them delivered.
+        # Within one worker: a notice's copies share its partition, so one worker reads them.
+        lock, users = self._notices.setdefault(notice_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._notices[notice_id]
 
     async def _deliver(self, channel: str, value: bytes, data: dict[str, Any]) -> DeliveryOutcome:
         notice = data["notice_id"]
