@@ -156,9 +156,12 @@ def create_app(
         def client() -> Any:
             return billing_service.store().client
 
-        dunning_service = DunningService(ctx, billing.catalog, client, billing_service.owns)
-        dunning_service.install()
         if usage:
+            # Not in `bastionary rater`, which runs in a consumer group of its own beside the
+            # workers: dunning there would decide every case twice and deliver every notice
+            # twice, once per group. The workers run it.
+            dunning_service = DunningService(ctx, billing.catalog, client, billing_service.owns)
+            dunning_service.install()
             entitlement_service = EntitlementService(ctx, billing.catalog, client, usage_service)
             entitlement_service.install()
             billing_service.on_limit_change = entitlement_service.limits_changed
