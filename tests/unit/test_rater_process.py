@@ -30,3 +30,31 @@ def test_the_rater_process_runs_no_dunning(tmp_path: Path):
 
 def test_a_worker_runs_dunning(tmp_path: Path):
     assert {"dunning-invoices", "dunning-payments", "dunning-responses", "dunning-notifier"} <= agents(True, tmp_path)
+
+
+async def test_a_rebalance_waits_for_the_billing_and_dunning_runs_in_progress(tmp_path: Path):
+    """A worker losing a partition finished its run before the one taking it over started:
+    the two decided the same invoice (one id, two contents) and the same credit note (credited
+    twice) beside each other. Now the revocation is held until the run has stored and published."""
+    import asyncio
+
+    import faust
+
+    from bastionary.worker.context import WorkerContext
+    from bastionary.worker.services.billing import BillingService
+    from bastionary.worker.services.dunning import DunningService
+
+    settings = Settings(catalog=CATALOG, data_dir=tmp_path, worker_id="w1")
+    app = faust.App("fence-test", broker="kafka://localhost:9")
+    ctx = WorkerContext(app, settings, "w1")
+    catalog = load_catalog(CATALOG)
+    billing = BillingService(ctx, catalog, lambda: None)  # type: ignore[arg-type,return-value]
+    billing.install()
+    dunning = DunningService(ctx, catalog, lambda: None, billing.owns)  # type: ignore[arg-type,return-value]
+    dunning.install()
+    for run in (billing._runs, dunning._deciding):
+        async with run:  # a run in progress
+            revoking = asyncio.ensure_future(app.on_partitions_revoked.send(set()))
+            await asyncio.sleep(0.1)
+            assert not revoking.done()
+        await asyncio.wait_for(revoking, 5)

@@ -51,6 +51,7 @@ class DunningService:
         self._store: ClickHouseDunningStore | None = None
         self._delivery: Notifier | None = None
         self._dunner: Dunner | None = None
+        self._deciding = asyncio.Lock()  # a decision run in progress (see _on_revoked)
         self._notifier_configs: tuple[WebhookConfig | None, SmtpConfig | None] = (None, None)
         steps = {(str(n), step.action.value) for p in catalog.dunning.policies for n, step in enumerate(p.steps, 1)}
         metrics.start_at_zero(metrics.DUNNING_NOTICES, sorted(steps))
@@ -76,6 +77,16 @@ class DunningService:
             self._deliver_notices
         )
         app.timer(interval=settings.dunning_interval.total_seconds())(self._decide_cases)
+        # mode types a receiver as taking any positional arguments after the sender; this
+        # signal sends exactly one, the revoked partitions.
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        """Hold the rebalance until a decision run in progress has stored and published: the
+        worker taking a partition over decides its cases only afterwards, from what this run
+        recorded, rather than beside it."""
+        async with self._deciding:
+            pass
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -184,6 +195,10 @@ class DunningService:
         return await self.ctx.topic(self.ctx.topics.dunning_notices).send(key=key.encode(), value=value)
 
     async def _decide_cases(self) -> None:
+        async with self._deciding:
+            await self._decide_cases_now()
+
+    async def _decide_cases_now(self) -> None:
         if self._dunner is None:
             clock = clock_from_setting(self.ctx.settings.clock)
             self._dunner = Dunner(
