@@ -427,6 +427,9 @@ class ConfigError(Exception):
 
 # Names under this prefix belong to the test suite (see tests/README.md); the product never reads them.
 RESERVED_PREFIX = "BASTIONARY_TEST_"
+# Read by the CLI before any setting (cli/common.py: an unexpected error shows its traceback),
+# and named by its own error message: refused here, following that advice stopped every command.
+NOT_SETTINGS = frozenset({"BASTIONARY_DEBUG"})
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -435,7 +438,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     problems = []
     for name in sorted(environ):
         upper = name.upper()
-        if not upper.startswith("BASTIONARY_") or upper in known or upper.startswith(RESERVED_PREFIX):
+        if not upper.startswith("BASTIONARY_") or upper in known | NOT_SETTINGS or upper.startswith(RESERVED_PREFIX):
             continue
         close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else "; see `bastionary config --help` for the settings"

@@ -77,3 +77,13 @@ def test_a_webhook_url_without_a_host_is_refused_at_start(monkeypatch, url):
     monkeypatch.setenv("BASTIONARY_WEBHOOK_SECRET", "whsec_" + "A" * 32)
     result = CliRunner().invoke(cli, ["config"])
     assert result.exit_code == 1 and "WEBHOOK_URL must be an http(s) URL with a host" in result.output
+
+
+def test_the_debug_switch_the_error_message_names_is_accepted(monkeypatch):
+    """ "a bug of ours ... BASTIONARY_DEBUG=1 shows the traceback": with it set, every command
+    that reads the settings refused to start ("BASTIONARY_DEBUG: not a setting")."""
+    from bastionary.cli.common import DEBUG_VARIABLE
+
+    monkeypatch.setenv(DEBUG_VARIABLE, "1")
+    result = CliRunner().invoke(cli, ["config"])
+    assert result.exit_code == 0, result.output
