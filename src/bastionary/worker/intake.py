@@ -20,7 +20,7 @@ from clickhouse_connect.driver.exceptions import (
     OperationalError,
 )
 
-from bastionary.metrics import INTAKE_DEAD_LETTERED
+from bastionary.metrics import INTAKE_DEAD_LETTERED, start_at_zero
 from bastionary.storage.client import DataDirLocked
 
 log = structlog.get_logger(__name__)
@@ -80,6 +80,19 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
             return True
         current = current.__cause__
     return False
+
+
+# The classes any of these topics' records can be dead-lettered with; a topic's own ones
+# (unknown_plan, unknown_invoice...) appear at their first.
+COMMON_DEAD_LETTER_CLASSES = ("invalid_json", "not_cloudevent", "future_time", "unknown_type", "invalid_data")
+
+
+def count_dead_letters_from(topics: list[str]) -> None:
+    """Start each topic's dead-letter counter at 0 for the common classes and internal_error,
+    so the first dead letter of each shows on a rate() panel."""
+    start_at_zero(
+        INTAKE_DEAD_LETTERED, [(t, c) for t in topics for c in (*COMMON_DEAD_LETTER_CLASSES, "internal_error")]
+    )
 
 
 async def consume_intake(

@@ -38,7 +38,7 @@ from bastionary.storage.billing import ClickHouseBillingStore
 from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
 from bastionary.storage.spend import ClickHouseSpendStore
 from bastionary.worker.context import WorkerContext
-from bastionary.worker.intake import consume_intake
+from bastionary.worker.intake import consume_intake, count_dead_letters_from
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +62,10 @@ def record_invoices(result: RatingResult) -> None:
             continue
         metrics.INVOICES_ISSUED.labels(document["kind"], document["currency"]).inc()
         metrics.INVOICED_AMOUNT.labels(document["currency"]).inc(float(document["total"]))
-    if result.oldest_due is not None:
-        metrics.RATING_LAG.set(max(0.0, (datetime.now(UTC) - result.oldest_due).total_seconds()))
+    # A run with nothing due is not behind: left at the last run's value, the gauge stood
+    # high after a backfill until the next invoice fell due, a month later.
+    lag = 0.0 if result.oldest_due is None else (datetime.now(UTC) - result.oldest_due).total_seconds()
+    metrics.RATING_LAG.set(max(0.0, lag))
 
 
 # After a flush, wait this long for the flushes of the other partitions before pricing.
@@ -113,6 +115,7 @@ class BillingService:
         app.agent(self.ctx.topic(topics.credit_grants), name="billing-credit-grants")(self._credit_intake)
         app.agent(self.ctx.topic(topics.customers), name="billing-customers")(self._customer_intake)
         app.agent(self.ctx.topic(topics.credit_notes), name="billing-credit-notes")(self._credit_note_intake)
+        count_dead_letters_from([topics.subscriptions, topics.credit_grants, topics.customers, topics.credit_notes])
         if self.ctx.settings.rating_enabled:
             app.timer(interval=self.ctx.settings.rating_interval.total_seconds())(self._rate_closed_periods)
             if self._usage_sink is not None:

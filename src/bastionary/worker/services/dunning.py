@@ -33,7 +33,7 @@ from bastionary.settings import Settings
 from bastionary.storage.client import Client
 from bastionary.storage.dunning import ClickHouseDunningStore
 from bastionary.worker.context import WorkerContext
-from bastionary.worker.intake import consume_intake
+from bastionary.worker.intake import consume_intake, count_dead_letters_from
 
 log = structlog.get_logger(__name__)
 DELIVERY_CONCURRENCY = 4  # notices in flight per worker; a slow peer holds one slot, not the partition
@@ -69,6 +69,7 @@ class DunningService:
         app.agent(self.ctx.topic(topics.invoices), name="dunning-invoices")(self._invoice_intake)
         app.agent(self.ctx.topic(topics.payments), name="dunning-payments")(self._payment_intake)
         app.agent(self.ctx.topic(topics.dunning_responses), name="dunning-responses")(self._response_intake)
+        count_dead_letters_from([topics.invoices, topics.payments, topics.dunning_responses])
         if not settings.dunning_enabled:
             return
         webhook, smtp = webhook_config(settings), smtp_config(settings)  # a bad setting stops the start

@@ -21,7 +21,7 @@ from bastionary.entitlements.state import Loaded, known_features
 from bastionary.storage.client import Client
 from bastionary.storage.entitlements import ClickHouseEntitlementStore
 from bastionary.worker.context import WorkerContext
-from bastionary.worker.intake import consume_intake
+from bastionary.worker.intake import consume_intake, count_dead_letters_from
 from bastionary.worker.services.usage import UsageService
 
 log = structlog.get_logger(__name__)
@@ -73,6 +73,7 @@ class EntitlementService:
         app = self.ctx.app
         overrides = self.ctx.topic(self.ctx.topics.entitlement_overrides)
         app.agent(overrides, name="entitlement-overrides")(self._override_intake)
+        count_dead_letters_from([self.ctx.topics.entitlement_overrides])
         app.task(self._follow_changes)
         # mode types a receiver as taking any positional arguments after the sender; this
         # signal sends exactly one, the revoked partitions.

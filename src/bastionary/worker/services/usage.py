@@ -61,6 +61,9 @@ class UsageService:
         )
         self._dlq = ctx.topic(ctx.topics.usage_dlq)
         metrics.start_at_zero(metrics.EVENTS_DEAD_LETTERED, [(code.value,) for code in ErrorClass])
+        # A log reset is rare and grave: an alert on increase() must see its first one.
+        partitions = range(settings.usage_partitions)
+        metrics.start_at_zero(metrics.LOG_RESETS, [(ctx.topics.usage_events, str(n)) for n in partitions])
 
     @property
     def sink(self) -> UsageSink:
@@ -209,6 +212,10 @@ class UsageService:
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         if self._sink is not None:
             await self._sink.release([(tp.topic, tp.partition) for tp in revoked])
+        for tp in revoked:
+            # The new owner reports it now; kept here, summed lag would never drain to 0.
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(tp.topic, str(tp.partition))
 
     def update_lag_metrics(self) -> None:
         consumer = self.ctx.app.consumer
