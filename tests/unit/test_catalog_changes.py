@@ -129,6 +129,142 @@ async def test_a_fee_added_to_the_plan_in_the_catalog_does_not_reach_back():
     assert [(x["adjusts_period_start"], x["amount"]) for x in march["lines"] if x.get("adjusts_period_start")] == []
 
 
+def _with_surcharge(plan: Plan, unit: str = "0.005") -> Plan:
+    """``plan`` with a per-token surcharge added (a metered price of the same meter)."""
+    surcharge = {"key": "surcharge", "model": "per_unit", "meter": "llm_tokens", "unit_amount": unit}
+    return Plan.model_validate(
+        plan.model_dump(mode="json") | {"prices": [*plan.model_dump(mode="json")["prices"], surcharge]}
+    )
+
+
+def _adjusting(invoice: dict) -> list[tuple[str, str, str]]:
+    return [
+        (x["adjusts_period_start"], x["price_key"], x["amount"])
+        for x in invoice["lines"]
+        if x.get("adjusts_period_start")
+    ]
+
+
+async def _pro_january_february(forget_spans: bool = False) -> tuple[FakeBillingStore, list[dict]]:
+    """PRO (20.00 + 0.01/token): 1,000 tokens in January (30.00), 2,000 in February (40.00).
+    ``forget_spans``: their lines as stored before invoice_lines.events and .windows."""
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1")
+    store.use("cust-1", 1000, at(2024, 1, 10))
+    store.use("cust-1", 2000, at(2024, 2, 10))
+    rate = Rater(store, [PRO], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    if forget_spans:
+        store.lines = {key: replace(line, events=None, windows=()) for key, line in store.lines.items()}
+    return store, invoices
+
+
+async def test_a_metered_price_added_to_the_plan_in_the_catalog_does_not_reach_back():
+    """The catalog adds a 0.005/token surcharge to PRO before March is rated. Until 2026-12-07
+    a key no line of a period named was compared with nothing billed, so its usage (0 -> q)
+    moved: March billed January 5.00 and February 10.00 of surcharge as late usage."""
+    store, invoices = await _pro_january_february()
+    store.use("cust-1", 100, at(2024, 3, 10))
+    (march,) = (
+        await Rater(store, [_with_surcharge(PRO)], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_MAR)
+    ).invoices
+    assert _adjusting(march) == []
+    assert D(march["subtotal"]) == D("21.50")  # 20.00 + 100 x 0.01 + 100 x 0.005
+    assert per_period([*invoices, march]) == {
+        JAN.isoformat(): D("30.00"),
+        FEB.isoformat(): D("40.00"),
+        MAR.isoformat(): D("21.50"),
+    }
+
+
+async def test_a_metered_price_added_in_the_catalog_does_not_reach_back_to_lines_stored_without_spans():
+    """The same, with January's and February's lines stored before their events and spans were
+    kept (their zero-usage lines were stored all the same)."""
+    store, _ = await _pro_january_february(forget_spans=True)
+    (march,) = (
+        await Rater(store, [_with_surcharge(PRO)], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_MAR)
+    ).invoices
+    assert _adjusting(march) == []
+
+
+async def test_late_usage_after_a_metered_price_was_added_bills_the_prices_the_period_was_rated_on():
+    """500 tokens of January arrive late, after the surcharge was added: January's tokens moved
+    and are priced whole (1,500 x 0.01 = 15.00: 5.00 more); the surcharge, which January was
+    never rated on, is not billed for it."""
+    store, invoices = await _pro_january_february()
+    store.use("cust-1", 500, at(2024, 1, 20), ingested=AFTER_FEB + GRACE)
+    (march,) = (
+        await Rater(store, [_with_surcharge(PRO)], [TOKENS], GRACE, FakePublisher()).run_once(AFTER_MAR)
+    ).invoices
+    assert _adjusting(march) == [(JAN.isoformat(), "tokens", "5.00")]
+    assert per_period([*invoices, march])[JAN.isoformat()] == D("35.00")  # 20.00 + 15.00
+
+
+async def test_a_plan_change_received_late_bills_a_metered_price_of_the_new_plan_added_since():
+    """a (0.01/token) all February, 1,000 tokens on 5 February and 500 on 20 February: 15.00.
+    The catalog adds a 0.005/token surcharge to a and b (0.03/token) alike; a change to b
+    effective 15 February, received in March, rates February again. b is new to February, so
+    all its prices are: 500 x (0.03 + 0.005) = 17.50. a's surcharge was added after February
+    was rated on a, so a's 1,000 tokens cost 10.00 as billed: February costs 27.50."""
+    a, b = tokens_at("0.01"), tokens_at("0.03").model_copy(update={"key": "b"})
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 1000, at(2024, 2, 5))
+    store.use("cust-1", 500, at(2024, 2, 20))
+    first = Rater(store, [a, b], [TOKENS], GRACE, FakePublisher())
+    invoices = (await first.run_once(AFTER_JAN)).invoices + (await first.run_once(AFTER_FEB)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("15.00")
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 15)))
+    grown = Rater(store, [_with_surcharge(a), _with_surcharge(b)], [TOKENS], GRACE, FakePublisher())
+    (march,) = (await grown.run_once(AFTER_MAR)).invoices
+    assert sorted(_adjusting(march)) == [
+        (FEB.isoformat(), "surcharge", "2.50"),
+        (FEB.isoformat(), "tokens", "-5.00"),
+        (FEB.isoformat(), "tokens", "15.00"),
+    ]
+    assert per_period([*invoices, march])[FEB.isoformat()] == D("27.50")
+
+
+async def test_a_plan_billed_only_in_advance_for_a_period_is_not_taken_for_rated_on_it():
+    """b bills a 12.00 seat in advance and 0.03/token. A change from a to b effective 15
+    February, received in March, issues b's advance invoice for February's rest before
+    February is rated again: b then names a line of February, its seat, but its usage there
+    (500 tokens on 20 February, 15.00) is still to be billed."""
+    seat = {"key": "seat", "model": "flat", "amount": "12", "billing_timing": "advance"}
+    b = _plan("b", prices=[seat, per_unit_tokens("0.03")])
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 1000, at(2024, 2, 5))
+    store.use("cust-1", 500, at(2024, 2, 20))
+    rate = Rater(store, [tokens_at("0.01"), b], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 15)))
+    advance, march = (await rate.run_once(AFTER_MAR)).invoices
+    assert [(x["price_key"], x["amount"]) for x in advance["lines"]] == [("seat", "6.21")]  # 12 x 15/29
+    assert sorted(_adjusting(march)) == [(FEB.isoformat(), "tokens", "-5.00"), (FEB.isoformat(), "tokens", "15.00")]
+    assert per_period([*invoices, advance, march])[FEB.isoformat()] == D("31.21")  # 10.00 + 6.21 + 15.00
+
+
+async def test_a_fee_added_in_the_catalog_does_not_reach_back_to_a_period_rated_again():
+    """a bills 30.00 in arrears; the catalog adds a 5.00 support fee to a and b (60.00) alike. A
+    change to b effective 16 February, received in March, rates February again: a's fee is
+    30 x 15/29 = 15.52, b's (new to February) 60 x 14/29 = 28.97 and 5 x 14/29 = 2.41; a's support fee,
+    added after February was rated on a, is not billed for it (until 2026-12-07: 2.59 more)."""
+
+    def fees(key: str, base: str, *support: str) -> Plan:
+        prices = [{"key": "base", "model": "flat", "amount": base}]
+        return _plan(key, prices=prices + [{"key": "support", "model": "flat", "amount": fee} for fee in support])
+
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    rate = Rater(store, [fees("a", "30"), fees("b", "60")], [TOKENS], GRACE, publish)
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 16)))
+    grown = Rater(store, [fees("a", "30", "5"), fees("b", "60", "5")], [TOKENS], GRACE, publish)
+    invoices += (await grown.run_once(AFTER_MAR)).invoices
+    assert per_period(invoices)[FEB.isoformat()] == D("15.52") + D("28.97") + D("2.41")
+
+
 async def test_usage_of_a_period_rated_again_whole_is_not_repriced_at_a_raised_catalog_price():
     """A known bug until 2026-12-05 (29.66). PRO: 20.00 fee + 0.01/token. February: 1,000 tokens on 10 Feb (10.00), fee 20.00.
     The catalog raises tokens to 0.02; a cancellation effective 15 Feb, received in March,
@@ -614,6 +750,59 @@ def test_with_the_catalog_unchanged_late_usage_ends_where_rating_it_on_time_woul
     assert_spans_add_up_to_their_lines(invoices)
     got = per_period(invoices).get(FEB.isoformat(), D(0))
     assert got == per_period(asyncio.run(on_time())).get(FEB.isoformat(), D(0))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.integers(2, 28), st.sampled_from("ab"), st.booleans()), max_size=3, unique_by=lambda c: c[0]),
+    st.lists(st.tuples(_days, st.integers(0, 9000), st.booleans()), min_size=1, max_size=5),
+)
+@example([(10, "b", True)], [(5, 8000, False), (20, 3000, False)])  # b new to February
+@example([(10, "b", False), (20, "a", True)], [(5, 8000, False), (25, 7000, True)])
+def test_a_metered_price_added_in_the_catalog_reaches_back_only_to_a_plan_new_to_the_period(changes, used):
+    """a's tokens graduated per segment, b's 0.05 a token; changes between them in February,
+    each received on time or in March, and usage on time or late. The catalog adds a
+    surcharge to both plans before March is rated. February, rated on a (and on b if a change
+    to b was received on time), ends billed what rating it all on time gives with the
+    surcharge on b alone if February was not rated on b, and on neither otherwise."""
+    a, b = _plan("a", prices=[_graduated_tokens("0.01")]), _plan("b", prices=[per_unit_tokens("0.05")])
+
+    def subscribed() -> FakeBillingStore:
+        store = FakeBillingStore()
+        store.subscribe("sub-1", "cust-1", plan="a")
+        return store
+
+    def change(store: FakeBillingStore, late: bool) -> None:
+        for day, plan, received_late in changes:
+            if received_late == late:
+                store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", plan, None, None, at(2024, 2, day)))
+
+    async def surcharge_added() -> tuple[list[dict], bool]:
+        store = subscribed()
+        change(store, late=False)
+        for day, tokens, late in used:
+            store.use("cust-1", tokens, at(2024, 2, day, 12), ingested=AFTER_FEB + GRACE if late else None)
+        rate = Rater(store, [a, b], [TOKENS], GRACE, FakePublisher())
+        invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+        rated_on_b = any(start == FEB and key.startswith("b:") for start, key in store.billed("sub-1"))
+        change(store, late=True)
+        grown = Rater(store, [_with_surcharge(a), _with_surcharge(b)], [TOKENS], GRACE, FakePublisher())
+        invoices += (await grown.run_once(AFTER_MAR)).invoices
+        return invoices + (await grown.run_once(AFTER_APR)).invoices, rated_on_b
+
+    async def on_time(plans: list[Plan]) -> list[dict]:
+        store = subscribed()
+        change(store, late=False)
+        change(store, late=True)
+        for day, tokens, _ in used:
+            store.use("cust-1", tokens, at(2024, 2, day, 12))
+        rate = Rater(store, plans, [TOKENS], GRACE, FakePublisher())
+        return (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+
+    invoices, rated_on_b = asyncio.run(surcharge_added())
+    assert_spans_add_up_to_their_lines(invoices)
+    expected = asyncio.run(on_time([a, b if rated_on_b else _with_surcharge(b)]))
+    assert per_period(invoices).get(FEB.isoformat(), D(0)) == per_period(expected).get(FEB.isoformat(), D(0))
 
 
 def _capped_fees() -> dict:

@@ -130,7 +130,9 @@ def adjustment_lines(
     so usage that landed late for any reason is billed once, never lost. A line whose quantity
     did not move is left alone, so a price changed in the catalog does not reach back to
     periods without late usage (one with late usage is priced whole at today's price), whether
-    or not the period is rated again whole.
+    or not the period is rated again whole. A price added to a plan in the catalog since the
+    period was rated on that plan is not billed for it (:func:`_rated_plans`); a plan new to the
+    period (a plan change received later) is billed all its prices.
 
     A period billed on other plans than it now has (:func:`replanned`) is rated again whole:
     its fees in arrears too, and what was billed under a line key it no longer has is taken
@@ -138,9 +140,11 @@ def adjustment_lines(
     """
     advance = set(advance_keys(sub, catalog))  # taken back by advance_lines, as fees in advance
     moved = replanned(sub, earlier, billed, invoiced)
+    by_period = _by_period(billed)
     lines = []
     for period in earlier:
         again = period.start in moved
+        rated = _rated_plans(by_period.get(period.start, {}), advance)
         # One plan can appear twice in a period (A -> B -> A): compare per line key, summed.
         # The first line of a key names the adjustment.
         current: dict[str, tuple[Decimal, Decimal, int | None, Line, tuple[ServiceWindow, ...]]] = {}
@@ -164,6 +168,11 @@ def adjustment_lines(
                     current[key] = (ZERO, ZERO, 0, gone, ())
         why = "plan change" if again else "late usage"
         for key, (quantity, amount, events, line, spans) in current.items():
+            if (period.start, key) not in billed and key.split(":", 1)[0] in rated:
+                # Rating a plan writes a line for each of its prices, usage of 0 included: a
+                # price of a plan the period was rated on that no line names was added in the
+                # catalog since, and does not reach back (its usage, 0 -> q, is no late usage).
+                continue
             old = billed.get((period.start, key), NOTHING_BILLED)
             # A percentage price's fixed amount per event moves with events its quantity does
             # not count: its events are compared too, where both counts are known.
@@ -212,6 +221,14 @@ def adjustment_lines(
                     )
                 )
     return lines
+
+
+def _rated_plans(held: Mapping[str, Billing], advance: Collection[str]) -> set[str]:
+    """The plans the period was rated on: those naming a line of it other than a fee in
+    advance (one is billed on the invoice before the period, or on a plan change's advance
+    invoice, before the period is rated on the plan). A plan rated on the period and taken
+    off it since is still one: its lines are taken back, not removed."""
+    return {key.split(":", 1)[0] for key in held if ":" in key and key not in advance}
 
 
 def _spans_moved(line: Line, now: tuple[ServiceWindow, ...], billed: tuple[ServiceWindow, ...] | None) -> bool:
