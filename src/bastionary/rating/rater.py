@@ -77,9 +77,9 @@ from bastionary.rating.schedule import (
     advance_due,
     billable,
     closed_periods,
-    cutoff_for,
     final_adjustment,
     first_index,
+    last_cutoff,
     nth_period,
     open_period,
     progressive_id,
@@ -143,8 +143,9 @@ class _Due(NamedTuple):
     period_end: datetime
     subscription_id: str
     sub: Subscription
-    # The subscription's periods before this one (a final adjustment's: all; an advance
-    # invoice's: its own period if that period was invoiced already, else none).
+    # The subscription's periods before this one (a final adjustment's: all those rated, none
+    # when a backfill skipped them all; an advance invoice's: its own period if that period
+    # was invoiced already, else none).
     earlier: list[Period]
     period: Period  # a final adjustment's: the subscription's last period
     cutoff: datetime  # an advance invoice's: the segment start; a progressive one's: its usage cutoff
@@ -240,21 +241,33 @@ class Rater:
                     earlier = [p for p, _ in periods[:k]]
                     due.append(_Due(period.end, sub.subscription_id, sub, earlier, period, cutoff))
             final = final_adjustment(sub, now - self.settle, self.grace)
-            if final is not None:
-                final = ([p for p in final[0] if billable(p, unbilled)], final[1])
             # The final adjustment is an ended subscription's last bill: once it is rated, a
             # plan change received since bills no fee in advance either.
-            ended = (
-                final is not None
-                and bool(final[0])
-                and invoice_id(sub.subscription_id, final[0][-1].start, FINAL_ADJUSTMENT) in rated
-            )
-            if final is not None and final[0] and not ended:
-                all_periods, cutoff = final
-                last_cutoff = cutoff_for(all_periods[-1].end, self.grace)
-                due.append(
-                    _Due(last_cutoff, sub.subscription_id, sub, all_periods, all_periods[-1], cutoff, FINAL_ADJUSTMENT)
-                )
+            ended = final is not None and invoice_id(sub.subscription_id, final[0][-1].start, FINAL_ADJUSTMENT) in rated
+            if final is not None and not ended:
+                # What was billed can only move the final cutoff later: read once the cutoff
+                # from the last period's end has passed, until the final adjustment is rated.
+                billed = await asyncio.to_thread(self.store.billed, sub.subscription_id)
+                until = _billed_until(sub, final[0][-1], billed, rated, self.plans)
+                final = final_adjustment(sub, now - self.settle, self.grace, until)
+                if final is not None:
+                    ended_periods, cutoff = final
+                    last = ended_periods[-1]
+                    # A cancellation effective in periods a backfill skipped leaves none to
+                    # adjust, but what was billed for the periods it removed is still owed back:
+                    # the invoice is then the last period's, holding only those refunds.
+                    adjusted = [p for p in ended_periods if billable(p, unbilled)]
+                    due.append(
+                        _Due(
+                            last_cutoff(last, self.grace, until),
+                            sub.subscription_id,
+                            sub,
+                            adjusted,
+                            last,
+                            cutoff,
+                            FINAL_ADJUSTMENT,
+                        )
+                    )
             for period, start in [] if ended else advance_due(sub, now - self.settle):
                 if billable(period, unbilled) and invoice_id(sub.subscription_id, start, ADVANCE) not in rated:
                     # A backdated plan change's fee for a period already invoiced: that period's
@@ -734,7 +747,8 @@ class Rater:
             )
         lines: list[Line] = []
         if kind == FINAL_ADJUSTMENT:
-            if earlier[-1].end == earlier[-1].start:  # canceled at its start: only refunds
+            # Canceled at its start, or inside the periods a backfill skipped: only refunds.
+            if not earlier or earlier[-1].end == earlier[-1].start:
                 return removed_period_refunds(sub, billed, catalog)
             for each in earlier:
                 lines.extend(advance_lines(sub, each, billed, currency, catalog))
@@ -846,6 +860,43 @@ class Rater:
             )
             sent.append(await self.publish("credits", data["customer_id"], event))
         return sent
+
+
+def _billed_until(
+    sub: Subscription, last: Period, billed: Billed, rated: Collection[str], catalog: Mapping[str, Plan]
+) -> datetime | None:
+    """How far the subscription was billed as running by invoices rated before its backdated
+    cancellation was known (None: not past its last period's end, as when it was known in
+    time): the full end of each period after the cancellation billed anything but a fee in
+    advance (a period invoice, a progressive one), and the end of the spans the last period's
+    lines billed (its invoice rated as if it ran to its full end). Usage was read as of
+    cutoffs up to that moment's: :func:`~bastionary.rating.schedule.last_cutoff`.
+
+    A fee in advance is left out: the invoice of the period before bills it, and reads no usage
+    of the period it pays for. Told from what is stored: the last period's spans move only on
+    the final adjustment itself, except a progressive invoice's, which the last period's own
+    invoice gives back when the cancellation came before it (then that invoice reads the cut
+    period as of the cut end's cutoff, and so does the final adjustment: usage a progressive
+    invoice billed before the cancellation, ingested after that cutoff, is given back there;
+    telling when the cancellation was received would keep it)."""
+    if sub.canceled_at is None:
+        return None
+    interval = sub.first_plan.interval
+    advance = set(advance_keys(sub, catalog.values()))
+    ends = [last.end]
+    n = last.index + 1
+    while invoice_id(sub.subscription_id, interval.nth_boundary(sub.anchor, n)) in rated:
+        ends.append(interval.nth_boundary(sub.anchor, n + 1))
+        n += 1
+    for (start, key), billing in billed.items():
+        if key in advance:
+            continue
+        if start >= sub.canceled_at and (billing.quantity or billing.amount):
+            ends.append(interval.period_containing(sub.anchor, start)[2])
+        elif start == last.start:
+            ends.extend(window.end for window in billing.windows or () if window.quantity or window.amount)
+    until = max(ends)
+    return until if until > last.end else None
 
 
 def _grant_currencies(grants: Mapping[str, list[Grant]]) -> dict[str, str]:

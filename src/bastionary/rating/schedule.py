@@ -73,11 +73,16 @@ def closed_periods(sub: Subscription, now: datetime, grace: timedelta) -> list[t
     return out
 
 
-def final_adjustment(sub: Subscription, now: datetime, grace: timedelta) -> tuple[list[Period], datetime] | None:
+def final_adjustment(
+    sub: Subscription, now: datetime, grace: timedelta, billed_until: datetime | None = None
+) -> tuple[list[Period], datetime] | None:
     """An ended subscription's last invoice, for usage that landed after its last period's
     cutoff: every period of the subscription, and the final cutoff, the last cutoff plus the
     grace again. None for a subscription that has not ended, or before the final cutoff.
-    Usage ingested after the final cutoff is never billed."""
+    Usage ingested after the final cutoff is never billed.
+
+    ``billed_until``: how far invoices rated before a backdated cancellation was known billed
+    the subscription as running (:func:`last_cutoff`)."""
     if sub.canceled_at is None:
         return None
     periods, n = [], first_index(sub)
@@ -92,8 +97,17 @@ def final_adjustment(sub: Subscription, now: datetime, grace: timedelta) -> tupl
         interval, first = sub.first_plan.interval, first_index(sub)
         start = interval.nth_boundary(sub.anchor, first)
         periods = [Period(first, start, start, interval.nth_boundary(sub.anchor, first + 1))]
-    cutoff = cutoff_for(cutoff_for(periods[-1].end, grace), grace)
+    cutoff = cutoff_for(last_cutoff(periods[-1], grace, billed_until), grace)
     return (periods, cutoff) if cutoff <= now else None
+
+
+def last_cutoff(last: Period, grace: timedelta, billed_until: datetime | None = None) -> datetime:
+    """The cutoff an ended subscription's last period counts from for its final adjustment:
+    its end's, or, when invoices rated before a backdated cancellation was known billed it as
+    running until ``billed_until`` (past that end), that moment's. Their usage was read as of
+    cutoffs up to then: the final adjustment reads every period again as of a cutoff before
+    one of those, and would give back usage before the cancellation that they billed on time."""
+    return cutoff_for(max(last.end, billed_until or last.end), grace)
 
 
 def upcoming_period(
