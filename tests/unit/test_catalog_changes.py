@@ -245,6 +245,47 @@ async def test_a_plan_billed_only_in_advance_for_a_period_is_not_taken_for_rated
     assert per_period([*invoices, advance, march])[FEB.isoformat()] == D("31.21")  # 10.00 + 6.21 + 15.00
 
 
+async def test_a_plan_change_received_late_bills_the_new_plan_s_fee_in_arrears_beside_its_fee_in_advance():
+    """b bills a 12.00 seat in advance, 30.00 in arrears and 0.03/token. A change from a
+    (0.01/token) to b effective 15 February, received in March, issues b's advance invoice for
+    February's rest (12 x 15/29 = 6.21) before February is rated again: b's seat names a line
+    of February, yet its fee in arrears (30 x 15/29 = 15.52) is still owed. Until 2026-12-07 it
+    was never billed: the seat was taken for February rated on b."""
+    seat = {"key": "seat", "model": "flat", "amount": "12", "billing_timing": "advance"}
+    b = _plan("b", prices=[seat, {"key": "base", "model": "flat", "amount": "30"}, per_unit_tokens("0.03")])
+    store = FakeBillingStore()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    store.use("cust-1", 1000, at(2024, 2, 5))
+    store.use("cust-1", 500, at(2024, 2, 20))
+    rate = Rater(store, [tokens_at("0.01"), b], [TOKENS], GRACE, FakePublisher())
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 15)))
+    advance, march = (await rate.run_once(AFTER_MAR)).invoices
+    assert [(x["price_key"], x["amount"]) for x in advance["lines"]] == [("seat", "6.21")]
+    assert sorted(_adjusting(march)) == [
+        (FEB.isoformat(), "base", "15.52"),
+        (FEB.isoformat(), "tokens", "-5.00"),
+        (FEB.isoformat(), "tokens", "15.00"),
+    ]
+    invoices += [advance, march, *(await rate.run_once(AFTER_APR)).invoices]
+    assert per_period(invoices)[FEB.isoformat()] == D("46.73")  # 10.00 + 6.21 + 15.52 + 15.00, once
+
+
+async def test_a_fee_in_arrears_added_to_a_plan_billed_only_in_advance_does_not_reach_back():
+    """a bills only a 12.00 seat in advance: January and February were rated on it with no
+    other line. The catalog then adds a 5.00 fee in arrears to a: March bills it, the periods
+    rated before do not (a fee in advance alone must not make them look rated on no plan)."""
+    seat = {"key": "seat", "model": "flat", "amount": "12", "billing_timing": "advance"}
+    store, publish = FakeBillingStore(), FakePublisher()
+    store.subscribe("sub-1", "cust-1", plan="a")
+    rate = Rater(store, [_plan("a", prices=[seat])], [TOKENS], GRACE, publish)
+    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
+    grown = _plan("a", prices=[seat, {"key": "support", "model": "flat", "amount": "5"}])
+    (march,) = (await Rater(store, [grown], [TOKENS], GRACE, publish).run_once(AFTER_MAR)).invoices
+    assert _adjusting(march) == []
+    assert per_period([*invoices, march])[FEB.isoformat()] == D("12.00")
+
+
 async def test_a_fee_added_in_the_catalog_does_not_reach_back_to_a_period_rated_again():
     """a bills 30.00 in arrears; the catalog adds a 5.00 support fee to a and b (60.00) alike. A
     change to b effective 16 February, received in March, rates February again: a's fee is

@@ -52,6 +52,25 @@ def _priced_plans_over(sub: Subscription, period: Period) -> set[str]:
     return {s.plan.key for s in sub.segments if s.plan.prices and overlap(s, period.start, period.end)}
 
 
+def _plans_at_start(sub: Subscription, period: Period) -> set[str]:
+    """The plans over the period from its start, or from the subscription's."""
+    return {
+        s.plan.key
+        for s in sub.segments
+        if overlap(s, period.start, period.end) and (s.start <= period.start or s is sub.segments[0])
+    }
+
+
+def _rated_plans_over(sub: Subscription, period: Period) -> set[str]:
+    """The plans over the period that rating it writes a line for: those with a price other
+    than a fee in advance (:func:`period_lines`)."""
+    return {
+        s.plan.key
+        for s in sub.segments
+        if len(s.plan.advance_prices) < len(s.plan.prices) and overlap(s, period.start, period.end)
+    }
+
+
 def replanned(
     sub: Subscription, periods: list[Period], billed: Billed, invoiced: Collection[datetime] | None = None
 ) -> set[datetime]:
@@ -59,7 +78,9 @@ def replanned(
     plans, or other shares or spans of their plans, than the subscription now has over them (a
     plan change, or a cancellation cutting the period, received after the period was invoiced).
 
-    Told by a plan now over the period that none of its lines named, by what is still billed
+    Told by a plan now over the period that none of its lines named, other than a fee in
+    advance of a plan starting inside the period (a plan change's advance invoice bills it
+    before the period is rated on the plan: :func:`_rated_plans`), by what is still billed
     under a plan it no longer has, and by the shares of the fees in arrears it billed (a flat
     line's quantity is its share) and their spans where known (A -> B -> A can move both
     plans' spans and keep their shares: :func:`spans_moved`). Each is settled once the period
@@ -69,15 +90,23 @@ def replanned(
 
     ``invoiced``: the starts of the ``periods`` invoiced (None: all, as when rating, where
     earlier periods are rated first); a preview's may not be yet, and one holding no line key
-    is then not taken for rated."""
+    but fees in advance (billed before the period) is then not taken for rated."""
     by_period = _by_period(billed)
+    advance = set(advance_keys(sub))
     out = set()
     for period in periods:
         held = {key: value for key, value in by_period.get(period.start, {}).items() if ":" in key}
-        if not held and invoiced is not None and period.start not in invoiced:
+        named = _rated_plans(held, advance)
+        if not named and invoiced is not None and period.start not in invoiced:
             continue
+        # A fee in advance of the plan the period starts on was billed on the invoice before
+        # it (or the first period's advance invoice), and the period then rated on that plan,
+        # which may have billed nothing else: a price in arrears added to it in the catalog
+        # since must not reach back. A plan starting inside the period had its fee billed on
+        # a plan change's advance invoice, which a change received late issues before the
+        # period is rated again: its prices in arrears are still owed.
+        named |= {key.split(":", 1)[0] for key in held if key in advance} & _plans_at_start(sub, period)
         plans_now = _priced_plans_over(sub, period)
-        named = {key.split(":", 1)[0] for key in held}
         # What still bills: a quantity or an amount (events alone, of a value and amount of 0, bill nothing).
         left_on_others = any(
             value.quantity or value.amount for key, value in held.items() if key.split(":", 1)[0] not in plans_now
@@ -97,7 +126,7 @@ def replanned(
         moved = any(abs(held[key][0] - fraction) > SHARE_TOLERANCE for key, fraction in shares.items()) or any(
             spans_moved(spans.get(key, ()), held[key].windows) for key in shares
         )
-        if plans_now - named or left_on_others or moved:
+        if _rated_plans_over(sub, period) - named or left_on_others or moved:
             out.add(period.start)
     return out
 
