@@ -139,6 +139,9 @@ class _Plan:
     data: bytes = b""
 
 
+_SYSTEM_DATABASES = frozenset({"system", "information_schema"})
+
+
 class QueryGateway:
     def __init__(
         self,
@@ -322,14 +325,14 @@ class QueryGateway:
             if bad := next((name for name in settings if not _READER_SETTINGS.match(name)), None):
                 raise GatewayError(164, f"{role}: Cannot modify '{bad}' setting in readonly mode", "READONLY")
         database = url.get("database") or request.headers.get("X-ClickHouse-Database") or self._database
-        if role == "reader" and database != self._database:
-            # Refused, not ignored: a client that asked for one database and silently got
-            # another would show this one's tables under the name it asked for, and ClickHouse
-            # itself refuses a database the user may not read rather than substituting one.
+        if role == "reader" and (database or "").lower() in _SYSTEM_DATABASES:
+            # A reader may name the database it reads (one served chdb can hold several, each
+            # checked as its own), but not a system one: its tables would all count as inside,
+            # system.processes (other sessions' statements) and the query log among them.
             raise GatewayError(
                 READONLY_CODE,
-                f"reader: Cannot execute query in readonly mode: database {database} is not this gateway's"
-                f" database {self._database}; leave the database parameter out or set it to {self._database}.",
+                f"reader: Cannot execute query in readonly mode: database {database} is not readable;"
+                f" name the database that holds the tables (default {self._database}).",
                 "READONLY",
             )
         plan = _Plan(
@@ -377,11 +380,8 @@ class QueryGateway:
                 conn.query("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in plan.settings.items()), "TabSeparated")
             if plan.readonly:
                 if plan.sql:
-                    # A reader is held to the gateway's database whatever the request named; a
-                    # writer's GET is read-only only so a stray link changes nothing.
-                    inside = self._database if plan.role == "reader" else plan.database
                     try:
-                        plan.sql = checked_statement(lambda q: _text(conn, q, plan.params), plan.sql, inside)
+                        plan.sql = checked_statement(lambda q: _text(conn, q, plan.params), plan.sql, plan.database)
                     except NotReadOnly as refused:
                         hint = (
                             " Method GET implies readonly; use POST for modifying queries."
