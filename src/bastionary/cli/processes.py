@@ -95,10 +95,11 @@ def rater() -> None:
     from bastionary.worker.run import run_worker
 
     settings = settings_or_exit()
+    usage_group = settings.consumer_group  # the workers': their committed offsets say what has landed
     settings = settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-rater"})
     target = resolve_kafka(settings)
     create_topics(settings, target.bootstrap)
-    run_worker(settings, target, usage=False)
+    run_worker(settings, target, usage=False, usage_group=usage_group)
 
 
 @click.command()

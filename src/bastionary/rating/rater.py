@@ -195,6 +195,7 @@ class Rater:
         batch_size: int = 2000,
         invoicing: Invoicing | None = None,
         backfill: bool = False,
+        landed_through: Callable[[], Awaitable[datetime | None]] | None = None,
     ):
         self.invoicing = invoicing or Invoicing()
         self.backfill = backfill  # rate every subscription's periods from before it was received
@@ -205,7 +206,11 @@ class Rater:
         self.grace = grace
         self.publish = publish
         self.owns = owns
-        self.settle = settle  # wait past a cutoff so the pipeline has landed what came before it
+        self.settle = settle  # past a cutoff, for a record the producer stamped before it to reach the broker
+        # The moment through which the usage pipeline has landed what the broker took (None:
+        # not known yet); a run rates as of it, not of the clock. Without it (previews, tests
+        # with no pipeline) a run trusts that what came before ``now - settle`` has landed.
+        self.landed_through = landed_through
         self._meters = {m.key: m for m in meters}
         self._customers: Mapping[str, CustomerTerms] = {}  # read with the grants, once per run that rates
         self._thresholds_checked: datetime | None = None  # the usage cutoff progressive billing last checked
@@ -223,6 +228,14 @@ class Rater:
                 await asyncio.gather(*await self._send(data, currencies or {}))
                 await asyncio.to_thread(self.store.mark_published, [(data, datetime.fromisoformat(data["issued_at"]))])
                 result.republished += 1
+        if self.landed_through is not None:
+            landed = await self.landed_through()
+            if landed is None:
+                return result
+            # A cutoff whose usage has not all landed waits: a final adjustment rated before
+            # it would never bill what lands later, and a period's invoice would leave it to
+            # the next one as late usage.
+            now = min(now, landed)
         rated = await asyncio.to_thread(self.store.invoice_ids)
         subscriptions = await asyncio.to_thread(self.store.subscriptions, self.plans)
         due: list[_Due] = []

@@ -31,6 +31,7 @@ from bastionary.worker.services.dunning import DunningService
 from bastionary.worker.services.entitlements import EntitlementService
 from bastionary.worker.services.usage import SinkFactory, UsageService
 from bastionary.worker.switching import SwitchInterval
+from bastionary.worker.usage_landed import UsageLanded
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +68,9 @@ class Billing:
     # The HTTP API's reads; default: the billing store's client. A worker writing to a
     # ClickHouse server passes a read-only one.
     reader_factory: Callable[[], Client] | None = None
+    # The consumer group of the workers that land usage, whose committed offsets tell the
+    # rater how far usage has landed; default: this app's own (`bastionary rater` has its own).
+    usage_group: str | None = None
 
 
 def create_app(
@@ -148,7 +152,8 @@ def create_app(
     dunning_service = entitlement_service = None
     backend: ApiBackend | None = None
     if billing is not None:
-        billing_service = BillingService(ctx, billing.catalog, billing.store_factory)
+        landed = UsageLanded(bootstrap, billing.usage_group or settings.consumer_group, ctx.topics.usage_events)
+        billing_service = BillingService(ctx, billing.catalog, billing.store_factory, landed.through)
         if usage:
             billing_service.watch_limits(lambda: usage_service.sink)
         billing_service.install()

@@ -49,10 +49,11 @@ def gateway_credentials(settings: Settings) -> GatewayCredentials:
     )
 
 
-def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> None:
+def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True, usage_group: str | None = None) -> None:
     """Run one Faust worker until it is stopped (SIGTERM/SIGINT); blocks.
 
-    ``usage=False`` runs the billing agents and the rater alone (`bastionary rater`)."""
+    ``usage=False`` runs the billing agents and the rater alone (`bastionary rater`), which
+    rates as far as the consumer group ``usage_group`` has landed usage."""
     limit_malloc_arenas()  # before any thread exists
     skip_numpy_and_pandas_imports()  # before the first insert (the migrations')
     use_event_loop(settings.event_loop)  # before any loop exists
@@ -109,7 +110,7 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True) -> No
             )
         return handle.client if handle.in_process else connect_clickhouse(settings, role="reader").client
 
-    billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client), reader)
+    billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client), reader, usage_group)
     collector = BoundaryCollector()
     app = create_app(
         settings,

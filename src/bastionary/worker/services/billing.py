@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, get_args
 
@@ -73,8 +73,15 @@ LIMIT_DEBOUNCE_SECONDS = 0.05
 
 
 class BillingService:
-    def __init__(self, ctx: WorkerContext, catalog: Catalog, store_factory: Callable[[], ClickHouseBillingStore]):
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        catalog: Catalog,
+        store_factory: Callable[[], ClickHouseBillingStore],
+        landed_through: Callable[[], Awaitable[datetime | None]] | None = None,
+    ):
         self.ctx = ctx
+        self._landed_through = landed_through  # see Rater
         self.catalog = catalog
         self._store_factory = store_factory
         self._store: ClickHouseBillingStore | None = None
@@ -244,6 +251,7 @@ class BillingService:
                 self.owns,
                 invoicing=self.catalog.invoicing,
                 backfill=self.ctx.settings.rating_backfill,
+                landed_through=self._landed_through,
             )
         if self._desk is None:
             notes = ClickHouseCreditNoteStore(self.store().client)
