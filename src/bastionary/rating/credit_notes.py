@@ -198,8 +198,11 @@ def decide(
         # A void cancels the invoice: nothing is owed on it, for good (schemas/README.md, payment
         # events), and its money is the payment system's. The prepaid credit it drew is still the
         # customer's, and a void through billing.payments does not give it back: a note may,
-        # to the balance, less what earlier notes gave back.
-        creditable = max(standing.credits_applied - (standing.credited - standing.reduced), Decimal(0))
+        # to the balance, less what earlier notes gave back of it. What they refunded through
+        # the payment system was money, never credit: counting it kept the credit for good (paid
+        # 100.00 with 50.00 of credit, a note refunding the 100.00, then the void: 0.00 left).
+        credit_given_back = standing.credited - standing.reduced - standing.notes_refunded
+        creditable = max(standing.credits_applied - credit_given_back, Decimal(0))
     if request.void:
         if standing.paid > 0 or standing.credited > 0:
             return reject("only an unpaid invoice without credit notes can be voided: issue a credit note instead")

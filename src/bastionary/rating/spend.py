@@ -15,8 +15,9 @@ From the exposure, :func:`spend_events` decides what to announce, at most once e
   period start);
 - ``bastionary.credit_limit.reached.v1`` when it reaches the limit, and
   ``bastionary.credit_limit.restored.v1`` when it falls back below it (a payment, a credit
-  note, a new period), numbered by how many such changes came before (id: customer,
-  currency, number), so a decision taken twice lands on the same event.
+  note, a new period) or the limit no longer applies (:func:`limit_lifted`), numbered by
+  how many such changes came before (id: customer, currency, number), so a decision taken
+  twice lands on the same event.
 
 While the limit is reached, metered entitlements answer ``credit_limit_reached``.
 
@@ -89,6 +90,7 @@ class SpendHistory:
 
     alerts: set[tuple[str, str]] = field(default_factory=set)  # (share, period start) sent
     changes: int = 0  # reached/restored events so far
+    limit: Decimal | None = None  # the limit the last reached/restored event was decided against
 
     @property
     def reached(self) -> bool:
@@ -110,6 +112,38 @@ def _id(*parts: str) -> str:
     return str(uuid.uuid5(SPEND_NAMESPACE, "|".join(parts)))
 
 
+def _data(
+    customer: str,
+    currency: str,
+    limit: Decimal,
+    unpaid: Decimal,
+    running: Decimal,
+    period_start: datetime | None,
+    now: datetime,
+) -> dict[str, Any]:
+    exposure = max(unpaid, Decimal(0)) + max(running, Decimal(0))
+    return {
+        "customer_id": customer,
+        "currency": currency,
+        "limit": format_money(limit, currency),
+        "exposure": format_money(exposure, currency),
+        "unpaid": format_money(unpaid, currency),
+        "running_charge": format_money(running, currency),
+        "period_start": period_start.isoformat() if period_start is not None else None,
+        "at": now.isoformat(),
+    }
+
+
+def _change(base: dict[str, Any], reached: bool, history: SpendHistory) -> SpendEvent:
+    """The next reached/restored event, numbered by how many came before."""
+    kind: SpendEventKind = "reached" if reached else "restored"
+    customer, currency = base["customer_id"], base["currency"]
+    number = str(history.changes + 1)
+    data = {**base, "share": "1", "sequence": history.changes + 1}
+    event_type = LIMIT_REACHED if reached else LIMIT_RESTORED
+    return SpendEvent(_id(customer, currency, kind, number), event_type, kind, customer, currency, "1", data)
+
+
 def spend_events(
     customer: str,
     limit: CreditLimit,
@@ -120,21 +154,9 @@ def spend_events(
     now: datetime,
 ) -> list[SpendEvent]:
     """What the customer's exposure now calls for, given what was announced (``history``)."""
+    base = _data(customer, limit.currency, limit.amount, unpaid, running, period_start, now)
     exposure = max(unpaid, Decimal(0)) + max(running, Decimal(0))
-    period = period_start.isoformat() if period_start is not None else ""
-    money = {
-        "limit": format_money(limit.amount, limit.currency),
-        "exposure": format_money(exposure, limit.currency),
-        "unpaid": format_money(unpaid, limit.currency),
-        "running_charge": format_money(running, limit.currency),
-    }
-    base: dict[str, Any] = {
-        "customer_id": customer,
-        "currency": limit.currency,
-        **money,
-        "period_start": period or None,
-    }
-    base["at"] = now.isoformat()
+    period = base["period_start"] or ""
     out = []
     for share in limit.alert_at:
         text = format(share.normalize(), "f")
@@ -153,13 +175,24 @@ def spend_events(
             )
     reached = exposure >= limit.amount
     if reached != history.reached:
-        kind: SpendEventKind = "reached" if reached else "restored"
-        number = str(history.changes + 1)
-        data = {**base, "share": "1", "sequence": history.changes + 1}
-        event_type = LIMIT_REACHED if reached else LIMIT_RESTORED
-        out.append(
-            SpendEvent(
-                _id(customer, limit.currency, kind, number), event_type, kind, customer, limit.currency, "1", data
-            )
-        )
+        out.append(_change(base, reached, history))
     return out
+
+
+def limit_lifted(
+    customer: str,
+    currency: str,
+    unpaid: Decimal,
+    running: Decimal,
+    period_start: datetime | None,
+    history: SpendHistory,
+    now: datetime,
+) -> list[SpendEvent]:
+    """A reached limit in ``currency`` that no longer applies (taken off the customer record,
+    or the plan that set it left, or the limit moved to another currency) is restored: nothing
+    else would ever restore it, and metered entitlements would stay denied for good. ``limit``
+    is the one it was reached at."""
+    if not history.reached:
+        return []
+    limit = history.limit if history.limit is not None else Decimal(0)
+    return [_change(_data(customer, currency, limit, unpaid, running, period_start, now), False, history)]

@@ -30,7 +30,14 @@ import structlog
 from bastionary.outbound import cloud_event
 from bastionary.rating.customers import CustomerTerms
 from bastionary.rating.rater import PRICING_ERRORS, PreviewStore, Publish, Rater, upcoming_invoices
-from bastionary.rating.spend import CreditLimit, SpendEvent, SpendHistory, plan_limits, spend_events
+from bastionary.rating.spend import (
+    CreditLimit,
+    SpendEvent,
+    SpendHistory,
+    limit_lifted,
+    plan_limits,
+    spend_events,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -80,31 +87,52 @@ class SpendMonitor:
         else:
             limited = {c: limit for c, limit in limited.items() if c in customers}
         decided: list[SpendEvent] = []
-        if limited:
-            decided = await asyncio.to_thread(self._decide, limited, now)
+        # A full run reads the history even with no limit left: a limit taken away while reached
+        # must still be restored (``limit_lifted``).
+        if limited or customers is None:
+            decided = await asyncio.to_thread(self._decide, limited, now, customers)
             if decided:
                 await asyncio.to_thread(self.spend.store, decided)
         if undelivered or decided:
             await self._deliver(undelivered + decided)
         return decided
 
-    def _decide(self, limited: Mapping[str, CreditLimit], now: datetime) -> list[SpendEvent]:
+    def _decide(
+        self, limited: Mapping[str, CreditLimit], now: datetime, customers: Collection[str] | None = None
+    ) -> list[SpendEvent]:
         history = self.spend.history()
-        unpaid = self.spend.unpaid(set(limited))
+        # Reached in a currency no limit of the customer's is in now: restored below.
+        lifted = sorted(
+            (customer, currency)
+            for (customer, currency), before in history.items()
+            if before.reached
+            and self.owns(customer)
+            and (customers is None or customer in customers)
+            and (customer not in limited or limited[customer].currency != currency)
+        )
+        if not limited and not lifted:
+            return []
+        unpaid = self.spend.unpaid(set(limited) | {customer for customer, _ in lifted})
         out: list[SpendEvent] = []
-        for customer, limit in sorted(limited.items()):
+        checks: list[tuple[str, str, CreditLimit | None]] = [
+            (customer, limit.currency, limit) for customer, limit in sorted(limited.items())
+        ]
+        checks += [(customer, currency, None) for customer, currency in lifted]
+        for customer, currency, limit in checks:
             try:
                 previews = upcoming_invoices(self.billing, self.rater, customer, now)
             except PRICING_ERRORS:
                 # As when rating: one customer's unpriceable usage leaves the others decided.
                 log.exception("credit limit not checked: the exposure cannot be priced", customer_id=customer)
                 continue
-            currency = limit.currency
             running = sum((Decimal(d["total"]) for d in previews if d["currency"] == currency), Decimal(0))
             starts = [datetime.fromisoformat(d["period_start"]) for d in previews if d["currency"] == currency]
             owed = unpaid.get(customer, {}).get(currency, Decimal(0))
             before = history.get((customer, currency), SpendHistory())
-            events = spend_events(customer, limit, owed, running, min(starts, default=None), before, now)
+            if limit is None:
+                events = limit_lifted(customer, currency, owed, running, min(starts, default=None), before, now)
+            else:
+                events = spend_events(customer, limit, owed, running, min(starts, default=None), before, now)
             for event in events:
                 log.info("credit limit event", customer_id=customer, kind=event.kind, exposure=event.data["exposure"])
             out.extend(events)

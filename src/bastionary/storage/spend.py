@@ -8,9 +8,11 @@ from decimal import Decimal
 
 import orjson
 
+from bastionary.rating.amount_due import amount_due
 from bastionary.rating.spend import SpendEvent, SpendHistory
 from bastionary.storage.client import Client, insert_rows
 
+ZERO = Decimal(0)
 COLUMNS = (
     "event_id",
     "customer_id",
@@ -33,20 +35,25 @@ class ClickHouseSpendStore:
     def history(self) -> dict[tuple[str, str], SpendHistory]:
         """(customer, currency) -> what was announced before."""
         out: dict[tuple[str, str], SpendHistory] = {}
-        rows = self.client.query("SELECT customer_id, currency, kind, share, period_start FROM spend_events FINAL")
-        for customer, currency, kind, share, period in rows.result_rows:
+        rows = self.client.query(
+            "SELECT customer_id, currency, kind, share, period_start, credit_limit FROM spend_events FINAL"
+            " ORDER BY at, event_id"
+        )
+        for customer, currency, kind, share, period, limit in rows.result_rows:
             history = out.setdefault((customer, currency), SpendHistory())
             if kind == "threshold_crossed":
                 history.alerts.add((share, period))
             else:
                 history.changes += 1
+                history.limit = Decimal(limit)  # ordered by time: the last change's
         return out
 
     def unpaid(self, customers: Collection[str]) -> dict[str, dict[str, Decimal]]:
         """customer -> currency -> what its issued invoices still ask: each finalized invoice's
-        total less payments (succeeded - refunded) and credit notes, never below 0; a voided
-        one asks nothing. Read from the rater's ``invoices`` (an invoice counts the moment it
-        is stored, before dunning has read it) and dunning's ``payments``."""
+        amount due after payments, refunds and credit notes, reckoned as dunning and the credit
+        note decision reckon it (``rating/amount_due.py``); a voided one asks nothing. Read from
+        the rater's ``invoices`` (an invoice counts the moment it is stored, before dunning has
+        read it) and dunning's ``payments``."""
         invoices = self.client.query(
             "SELECT invoice_id, customer_id, currency, total FROM invoices FINAL"
             " WHERE customer_id IN {cs:Array(String)} AND status = 'finalized'",
@@ -54,24 +61,33 @@ class ClickHouseSpendStore:
         ).result_rows
         if not invoices:
             return {}
-        settled: dict[str, Decimal] = {}
-        voided: set[str] = set()
+        sums: dict[str, dict[str, Decimal]] = {}
         for invoice_id, kind, amount in self.client.query(
             "SELECT invoice_id, kind, sum(amount) FROM payments FINAL WHERE invoice_id IN {ids:Array(String)}"
             " GROUP BY invoice_id, kind",
             parameters={"ids": [row[0] for row in invoices]},
         ).result_rows:
-            sign = {"succeeded": 1, "credited": 1, "refunded": -1}.get(kind, 0)
-            settled[invoice_id] = settled.get(invoice_id, Decimal(0)) + sign * Decimal(amount)
-            if kind == "voided":
-                voided.add(invoice_id)
+            kinds = sums.setdefault(invoice_id, {})
+            kinds[kind] = kinds.get(kind, ZERO) + Decimal(amount)
         out: dict[str, dict[str, Decimal]] = {}
         for invoice_id, customer, currency, total in invoices:
-            if invoice_id in voided:
+            kinds = sums.get(invoice_id, {})
+            if "voided" in kinds:
                 continue
-            due = max(Decimal(total) - settled.get(invoice_id, Decimal(0)), Decimal(0))
+            succeeded, refunded = kinds.get("succeeded", ZERO), kinds.get("refunded", ZERO)
+            # Netting payments against notes alone counted what a note gave back as still paying
+            # the invoice: paid 100.00, 30.00 given back, 50.00 charged back left 20.00 unpaid
+            # where dunning chases 50.00.
+            due = amount_due(
+                Decimal(total),
+                succeeded - refunded,
+                kinds.get("credited", ZERO),
+                kinds.get("given_back", ZERO),
+                refunded,
+                kinds.get("note_refunded", ZERO),
+            )
             by_currency = out.setdefault(customer, {})
-            by_currency[currency] = by_currency.get(currency, Decimal(0)) + due
+            by_currency[currency] = by_currency.get(currency, ZERO) + due
         return out
 
     def store(self, events: list[SpendEvent], published: int = 0) -> None:
