@@ -292,3 +292,113 @@ async def test_an_id_is_one_path_segment_and_never_reaches_another_route(identif
         ("/v1/credit-grants/{grant_id}/void", {"grant_id": identifier}),
         ("/v1/customers/{customer_id}/credits", {"customer_id": identifier}),
     ]
+
+
+class OddPeer:
+    """What a proxy or another server may answer instead of the API."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_get("/v1/customers/{c}/credits", self.html)
+        self.app.router.add_get("/v1/customers/{c}/subscriptions", self.slow)
+        self.app.router.add_get("/v1/customers/{c}/credits/ledger", self.string_error)
+        self.app.router.add_get("/v1/invoices", self.other_shape)
+
+    async def html(self, request: web.Request) -> web.Response:
+        return web.Response(text="<html>sign in to the proxy</html>", content_type="text/html")
+
+    async def slow(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
+
+    async def string_error(self, request: web.Request) -> web.Response:
+        return web.json_response({"error": "Bad Request"}, status=400)
+
+    async def other_shape(self, request: web.Request) -> web.Response:
+        return web.json_response({"items": []})
+
+
+async def test_every_failed_call_is_a_bastionary_error_never_httpx_or_json():
+    # httpx's ConnectError and ReadTimeout, a JSONDecodeError, a KeyError and an
+    # AttributeError escaped the client: a caller handling BastionaryError missed them all.
+    from bastionary.client import ApiUnreachable, BastionaryError
+
+    peer = OddPeer()
+    runner, url = await start(peer.app)
+    calls = [
+        ("http://127.0.0.1:9", lambda bc: bc.credit_balance("c"), ApiUnreachable, "api_unreachable", 0),
+        (url, lambda bc: bc.subscriptions("c"), ApiUnreachable, "api_unreachable", 0),
+        (url, lambda bc: bc.credit_balance("c"), BastionaryError, "invalid_response", 200),
+        (url, lambda bc: bc.invoices(), BastionaryError, "invalid_response", 200),
+        (url, lambda bc: bc.credit_ledger("c"), BastionaryError, "http_error", 400),
+    ]
+    try:
+        for base, call, kind, code, status in calls:
+            async with AsyncClient(base, api_key="k", max_retries=0, timeout=0.5) as bc:
+                with pytest.raises(kind) as raised:
+                    await call(bc)
+                assert (raised.value.code, raised.value.status) == (code, status)
+        assert "Bad Request" in str(raised.value)
+    finally:
+        await runner.cleanup()
+
+
+async def test_undelivered_events_name_the_unreachable_api_as_their_cause():
+    from bastionary.client import ApiUnreachable
+
+    bc = AsyncClient("http://127.0.0.1:9", api_key="k", linger=0, max_retries=0, on_error=lambda failure: None)
+    await bc.track_usage("c1", "llm", {"tokens": 1}, id="e1")
+    with pytest.raises(DeliveryFailed) as raised:
+        await bc.flush()
+    assert isinstance(raised.value.cause, ApiUnreachable)
+    await bc.close()
+
+
+def test_the_sync_client_raises_the_same_errors():
+    from bastionary.client import ApiUnreachable
+
+    with Client("http://127.0.0.1:9", api_key="k", max_retries=0, timeout=1) as bc, pytest.raises(ApiUnreachable):
+        bc.customer("c")
+
+
+class SizePeer:
+    """POST /v1/events as the API limits it: a body over ``limit`` bytes is 413; ``bad`` is rejected."""
+
+    def __init__(self, limit: int, bad: str):
+        self.limit = limit
+        self.bad = bad
+        self.accepted: list[str] = []
+        self.app = web.Application(client_max_size=8 * limit)
+        self.app.router.add_post("/v1/events", self.events)
+
+    async def events(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if len(body) > self.limit:
+            return web.json_response({"error": {"code": "record_too_large", "message": "too large"}}, status=413)
+        events = orjson.loads(body)
+        ids = [e["id"] for e in events if e["id"] != self.bad]
+        self.accepted += ids
+        if len(ids) == len(events):
+            return web.json_response({"accepted": len(ids), "ids": ids}, status=202)
+        index = [e["id"] for e in events].index(self.bad)
+        rejected = [{"index": index, "id": self.bad, "code": "future_time", "message": "late"}]
+        error = {"code": "rejected_events", "message": "1 event(s) rejected"}
+        return web.json_response({"error": error, "accepted": len(ids), "ids": ids, "rejected": rejected}, status=400)
+
+
+async def test_a_batch_over_the_size_limit_is_sent_in_parts_and_only_what_cannot_go_fails():
+    # 100 events of 12 KB are over the API's 1 MiB: the whole batch was answered 413 and lost.
+    peer = SizePeer(limit=1_048_576, bad="e70")
+    runner, url = await start(peer.app)
+    bc = AsyncClient(url, api_key="k", linger=60, on_error=lambda failure: None)
+    try:
+        for n in range(100):
+            await bc.track_usage("c1", "llm", {"prompt": "x" * 12_000}, id=f"e{n}")
+        await bc.track_usage("c1", "llm", {"prompt": "x" * 1_100_000}, id="huge")
+        with pytest.raises(DeliveryFailed) as raised:
+            await bc.flush()
+    finally:
+        await bc.close()
+        await runner.cleanup()
+    assert sorted(e["id"] for e in raised.value.events) == ["e70", "huge"]
+    assert sorted(peer.accepted) == sorted(f"e{n}" for n in range(100) if n != 70)

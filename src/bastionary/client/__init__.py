@@ -12,12 +12,13 @@ bc.check("cust-1", "api_calls")
 bc.close()  # flushes; also done at exit
 ```
 
-:class:`AsyncClient` is the same client for asyncio. This package imports no other part of
-``bastionary``, so it can be vendored or shipped on its own.
+A failed read or write raises :class:`BastionaryError` (:class:`ApiUnreachable` when the API
+did not answer). :class:`AsyncClient` is the same client for asyncio. This package imports
+no other part of ``bastionary``, so it can be vendored or shipped on its own.
 """
 
 from bastionary.client.async_client import AsyncClient
-from bastionary.client.errors import BastionaryError, DeliveryFailed, EventsRejected
+from bastionary.client.errors import ApiUnreachable, BastionaryError, DeliveryFailed, EventsRejected
 from bastionary.client.sync_client import Client
 
-__all__ = ["AsyncClient", "BastionaryError", "Client", "DeliveryFailed", "EventsRejected"]
+__all__ = ["ApiUnreachable", "AsyncClient", "BastionaryError", "Client", "DeliveryFailed", "EventsRejected"]

@@ -4,7 +4,7 @@ synchronous callers on a private event loop."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel
 
 from bastionary.client.batcher import Batcher, ErrorHandler
+from bastionary.client.errors import BastionaryError
 from bastionary.client.models import (
     CreditBalance,
     CreditLedger,
@@ -30,9 +31,10 @@ from bastionary.client.models import (
     UpcomingInvoices,
     WriteAccepted,
 )
-from bastionary.client.transport import EventSender, HttpSender, KafkaSender, Retryable, checked, with_retries
+from bastionary.client.transport import EventSender, HttpSender, KafkaSender, sent, with_retries
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 Moment = datetime | str | None
 
 
@@ -177,7 +179,7 @@ class AsyncClient:
 
     async def invoices(self, customer: str | None = None) -> list[InvoiceSummary]:
         response = await self._request("GET", "/v1/invoices", params={"customer": customer} if customer else None)
-        return [InvoiceSummary.model_validate(row) for row in response.json()["invoices"]]
+        return _answer(response, lambda body: [InvoiceSummary.model_validate(row) for row in body["invoices"]])
 
     async def invoice(self, invoice_id: str) -> Invoice:
         return await self._get(Invoice, f"/v1/invoices/{_segment(invoice_id)}")
@@ -299,10 +301,10 @@ class AsyncClient:
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4()), "Content-Type": "application/json"}
         body = orjson.dumps({k: v for k, v in data.items() if v is not None}, default=_json_default)
         response = await self._request("POST", path, content=body, headers=headers)
-        return WriteAccepted.model_validate(response.json())
+        return _answer(response, WriteAccepted.model_validate)
 
     async def _get(self, model: type[M], path: str, params: Any = None) -> M:
-        return model.model_validate((await self._request("GET", path, params=params)).json())
+        return _answer(await self._request("GET", path, params=params), model.model_validate)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         http = self._http
@@ -310,10 +312,18 @@ class AsyncClient:
             raise RuntimeError("this client publishes to Kafka; reads and writes need the HTTP API's url")
 
         async def attempt() -> httpx.Response:
-            try:
-                response = await http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                raise Retryable(exc) from None
-            return checked(response)
+            return await sent(http, method, path, **kwargs)
 
         return await with_retries(attempt, self.max_retries)
+
+
+def _answer(response: httpx.Response, read: Callable[[Any], T]) -> T:
+    """``read`` of a successful answer's JSON. A body that is not the API's answer (a proxy's
+    HTML page, a truncated body, another shape) is a :class:`BastionaryError`
+    ``invalid_response``, not a JSON or validation error from deep inside the client."""
+    try:
+        return read(response.json())
+    except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        kind = response.headers.get("Content-Type", "no content type")
+        message = f"{response.request.method} {response.request.url.path}: not the API's answer ({kind}): {exc}"
+        raise BastionaryError(response.status_code, "invalid_response", message[:500]) from exc

@@ -16,6 +16,18 @@ class BastionaryError(Exception):
         self.body = body or {}
 
 
+class ApiUnreachable(BastionaryError):
+    """The API did not answer: the connection failed or timed out, after every retry.
+
+    A :class:`BastionaryError` with ``status`` 0 and code ``api_unreachable``, so one
+    ``except BastionaryError`` handles every failed call; ``cause`` is the transport's error.
+    """
+
+    def __init__(self, cause: BaseException):
+        super().__init__(0, "api_unreachable", f"{type(cause).__name__}: {cause}".rstrip(": "))
+        self.cause = cause
+
+
 class EventsRejected(BastionaryError):
     """Some posted events broke the usage contract; the others were accepted."""
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import orjson
 
-from bastionary.client.errors import BastionaryError, EventsRejected
+from bastionary.client.errors import ApiUnreachable, BastionaryError, EventsRejected
 
 BATCH_TYPE = "application/cloudevents-batch+json"
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -50,6 +50,8 @@ def error_of(response: httpx.Response) -> BastionaryError:
     except ValueError:
         body = {}
     error = body.get("error", {}) if isinstance(body, dict) else {}
+    if not isinstance(error, dict):  # a proxy's or another server's {"error": "Bad Gateway"}
+        error = {"message": str(error)}
     code = str(error.get("code", "http_error"))
     message = str(error.get("message", response.text[:200]))
     if code == "rejected_events":
@@ -68,6 +70,17 @@ def checked(response: httpx.Response) -> httpx.Response:
     raise error_of(response)
 
 
+async def sent(http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """One attempt of a request: the response when it succeeded, else :class:`Retryable` or the
+    API's error. A failed connection or a timeout is :class:`ApiUnreachable` once retries end,
+    never httpx's own error: callers handle one family of errors, and need not know httpx."""
+    try:
+        response = await http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise Retryable(ApiUnreachable(exc)) from None
+    return checked(response)
+
+
 class EventSender(Protocol):
     async def send(self, events: list[dict[str, Any]]) -> None: ...
 
@@ -80,14 +93,37 @@ class HttpSender:
         self.max_retries = max_retries
 
     async def send(self, events: list[dict[str, Any]]) -> None:
+        """Send ``events``; a batch the API finds too large (413: over its body or batch limit)
+        is sent again in halves, so only an event too large on its own fails. A member rejected
+        in a half is reported at its index in ``events``."""
+        try:
+            await self._send_whole(events)
+            return
+        except BastionaryError as refused:
+            if refused.status != 413 or len(events) < 2:
+                raise
+        middle = len(events) // 2
+        accepted: list[str] = []
+        rejected: list[dict[str, Any]] = []
+        for offset, part in ((0, events[:middle]), (middle, events[middle:])):
+            try:
+                await self.send(part)
+                accepted += [str(event["id"]) for event in part]
+            except EventsRejected as some:
+                accepted += some.accepted
+                rejected += [
+                    {**r, "index": r["index"] + offset} for r in some.rejected if isinstance(r.get("index"), int)
+                ]
+        if rejected:
+            message = f"{len(rejected)} event(s) rejected; the others were accepted"
+            body = {"accepted": len(accepted), "ids": accepted, "rejected": rejected}
+            raise EventsRejected(400, "rejected_events", message, body)
+
+    async def _send_whole(self, events: list[dict[str, Any]]) -> None:
         body = orjson.dumps(events)  # encoded once: every retry sends the same bytes
 
         async def attempt() -> httpx.Response:
-            try:
-                response = await self.http.post("/v1/events", content=body, headers={"Content-Type": BATCH_TYPE})
-            except httpx.TransportError as exc:
-                raise Retryable(exc) from None
-            return checked(response)
+            return await sent(self.http, "POST", "/v1/events", content=body, headers={"Content-Type": BATCH_TYPE})
 
         await with_retries(attempt, self.max_retries)
 

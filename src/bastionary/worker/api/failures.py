@@ -22,6 +22,9 @@ from bastionary.worker.api.auth import json_error
 log = structlog.get_logger(__name__)
 RETRY_AFTER_S = 1
 UNAVAILABLE = (OperationalError, KafkaError, ConnectionError, TimeoutError)
+# Any token is a method to aiohttp's Python parser (and llhttp knows dozens): as a label, a
+# caller without a key could grow a new series per request.
+METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @web.middleware
@@ -40,7 +43,8 @@ async def failures_as_json(
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"  # bounded labels: never the raw path
-        metrics.API_REQUESTS.labels(route, request.method, str(status)).observe(time.perf_counter() - started)
+        method = request.method if request.method in METHOD_LABELS else "other"
+        metrics.API_REQUESTS.labels(route, method, str(status)).observe(time.perf_counter() - started)
 
 
 async def _answered(
