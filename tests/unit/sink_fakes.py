@@ -71,7 +71,8 @@ class FakeStore:
         mine = [r for r in self.event_rows() if (r.ingest_topic, r.ingest_partition) == (topic, partition)]
         if not mine:
             return []
-        since = max(r.ingested_at for r in mine) - horizon  # the partition's broker time, not the wall clock
+        # The partition's broker time, not the wall clock, in whole seconds as the store reads it.
+        since = max(r.ingested_at for r in mine).replace(microsecond=0) - horizon
         rows = [
             SightingRow(
                 r.source,

@@ -25,6 +25,9 @@ from bastionary.storage.queries import WINDOWS
 from bastionary.storage.reports import USAGE_COLUMNS, jsonable, meter_usage
 from bastionary.topics import OWNED, Topics
 
+# Events `produce` holds for their customers' batches at most (10,000 events of about 1 kB).
+HELD_EVENTS_LIMIT = 10_000
+
 
 @click.command()
 @click.argument("source", default="-", type=click.File("rb"))
@@ -42,7 +45,7 @@ from bastionary.topics import OWNED, Topics
 @fail_cleanly
 def produce(source: IO[bytes], topic: str, events_per_record: int, create: bool) -> None:
     """Publish events from JSON Lines (a file or - for stdin)."""
-    from bastionary.kafka import UsageProducer
+    from bastionary.kafka import UsageProducer, subject_key
 
     if topic not in OWNED and not create:
         raise click.BadParameter(
@@ -57,7 +60,11 @@ def produce(source: IO[bytes], topic: str, events_per_record: int, create: bool)
 
     async def publish() -> tuple[int, int]:
         records = events = 0
-        pending: list[Any] = []
+        # A batch is keyed by its first event's subject, so each holds one customer's events:
+        # another customer's event in it would land on that customer's partition, where dedupe
+        # never meets the event's copies sent under its own key (a re-run batched differently).
+        pending: dict[bytes | None, list[Any]] = {}
+        held = 0  # events in pending
         async with UsageProducer(bootstrap) as producer:
             for line_no, line in enumerate(source, 1):
                 if not line.strip():
@@ -67,17 +74,28 @@ def produce(source: IO[bytes], topic: str, events_per_record: int, create: bool)
                 except orjson.JSONDecodeError as exc:
                     raise click.ClickException(f"line {line_no}: not JSON: {exc}") from None
                 if events_per_record > 1 and isinstance(payload, dict):
-                    pending.append(payload)
-                    if len(pending) < events_per_record:
+                    key = subject_key(payload)
+                    batch = pending.setdefault(key, [])
+                    batch.append(payload)
+                    held += 1
+                    if held >= HELD_EVENTS_LIMIT:
+                        # Every customer's batch goes, whole or not: memory stays bounded, and a
+                        # customer with few events in a long stream is not held to its end.
+                        due, pending, held = list(pending.values()), {}, 0
+                    elif len(batch) == events_per_record:
+                        due, held = [pending.pop(key)], held - events_per_record
+                    else:
                         continue
-                    payload, pending = pending, []
-                await producer.send(topic, payload)
+                else:
+                    due = [payload]
+                for payload in due:
+                    await producer.send(topic, payload)
+                    records += 1
+                    events += len(payload) if isinstance(payload, list) else 1
+            for batch in pending.values():
+                await producer.send(topic, batch)
                 records += 1
-                events += len(payload) if isinstance(payload, list) else 1
-            if pending:
-                await producer.send(topic, pending)
-                records += 1
-                events += len(pending)
+                events += len(batch)
             await producer.flush()
         return records, events
 

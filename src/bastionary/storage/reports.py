@@ -224,4 +224,11 @@ def jsonable(value: Any) -> Any:
         return number(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
+    # An array, tuple or map of a `bastionary sql` answer: its values in the same format as
+    # those outside one (left as they came, a time lost its zone, a Decimal kept its scale's
+    # zeros, the table printed Python reprs), and its keys as text, the only keys JSON has.
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(jsonable(key)): jsonable(item) for key, item in value.items()}
     return value

@@ -126,12 +126,15 @@ class ClickHouseUsageStore:
         """Dedupe keys of flushes past position ``after`` (epoch, offset): what a cache lacks.
         Keys older than ``horizon`` before the partition's newest landed broker time are left out."""
         epoch, offset = after if after is not None else (0, -1)
+        # In whole seconds, as the cache keeps and judges them: against the newest time with its
+        # milliseconds, a key the horizon's last second still holds (seen at 90.2 s, newest 100.5
+        # s, horizon 10 s) was left out, and a refilled cache counted its repeat again.
         rows = self.client.query(
             "SELECT source, event_id, ingest_epoch, ingest_offset, ingest_index,"
             " toUnixTimestamp(ingested_at), payload_hash"
             " FROM usage_events WHERE ingest_topic = {t:String} AND ingest_partition = {p:UInt32}"
             " AND (ingest_epoch, ingest_offset) > ({e:UInt64}, {o:Int64})"
-            " AND ingested_at >= (SELECT max(ingested_at) FROM usage_events"
+            " AND ingested_at >= (SELECT toStartOfSecond(max(ingested_at)) FROM usage_events"
             " WHERE ingest_topic = {t:String} AND ingest_partition = {p:UInt32}) - toIntervalSecond({h:UInt64})",
             parameters={"t": topic, "p": partition, "e": epoch, "o": offset, "h": int(horizon.total_seconds())},
         ).result_rows
