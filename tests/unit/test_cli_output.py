@@ -32,3 +32,9 @@ def test_a_wait_reads_like_a_person_says_it():
 def test_a_log_line_keeps_the_text_without_terminal_codes():
     event = {"event": "\x1b[1;32m[^Worker]\x1b[0m: Ready", "partitions": 4}
     assert strip_terminal_codes(None, "info", event) == {"event": "[^Worker]: Ready", "partitions": 4}
+
+
+def test_cells_and_headers_print_as_given_never_as_markup(capsys):
+    emit(["[b]customer"], [["[acme]", 1], ["a[/]b", 2]], "table")
+    out = capsys.readouterr().out
+    assert "[b]customer" in out and "[acme]" in out and "a[/]b" in out

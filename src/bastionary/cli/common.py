@@ -153,10 +153,15 @@ def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> Non
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(*columns)
+    # Cells and headers as plain text: read as rich markup, a customer id `[acme]` printed
+    # empty and `a[/]b` failed the command (MarkupError).
+    table = Table()
+    for column in columns:
+        table.add_column(Text(str(column)))
     for row in rows:
-        table.add_row(*(cell(v) for v in row))
+        table.add_row(*(Text(cell(v)) for v in row))
     # Wide enough never to cut a cell: ids are printed whole, for the commands that take them.
     Console(width=10_000).print(table)
 
