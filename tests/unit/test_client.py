@@ -402,3 +402,16 @@ async def test_a_batch_over_the_size_limit_is_sent_in_parts_and_only_what_cannot
         await runner.cleanup()
     assert sorted(e["id"] for e in raised.value.events) == ["e70", "huge"]
     assert sorted(peer.accepted) == sorted(f"e{n}" for n in range(100) if n != 70)
+
+
+def test_a_servers_retry_after_is_followed_up_to_a_minute():
+    import httpx
+
+    from bastionary.client.transport import Retryable, checked
+
+    request = httpx.Request("GET", "http://api/v1/invoices")
+    for header, wait in (("2", 2.0), ("86400", 60.0), ("soon", None)):
+        response = httpx.Response(503, headers={"Retry-After": header}, request=request)
+        with pytest.raises(Retryable) as failure:
+            checked(response)
+        assert failure.value.retry_after == wait

@@ -15,6 +15,7 @@ from bastionary.client.errors import ApiUnreachable, BastionaryError, EventsReje
 
 BATCH_TYPE = "application/cloudevents-batch+json"
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 60.0  # the longest a retry waits for a server's Retry-After
 T = TypeVar("T")
 
 
@@ -30,7 +31,7 @@ class Retryable(Exception):
 async def with_retries(attempt: Callable[[], Awaitable[T]], max_retries: int, base_delay: float = 0.2) -> T:
     """Run ``attempt`` until it succeeds or raises something not :class:`Retryable`; after
     ``max_retries`` retries the last cause is raised. Backoff doubles (capped at 10 s, with
-    full jitter), or follows the server's ``Retry-After``."""
+    full jitter), or follows the server's ``Retry-After`` (at most a minute)."""
     for retry in range(max_retries + 1):
         try:
             return await attempt()
@@ -66,6 +67,9 @@ def checked(response: httpx.Response) -> httpx.Response:
     if response.status_code in RETRY_STATUSES:
         after = response.headers.get("Retry-After")
         retry_after = float(after) if after and after.replace(".", "", 1).isdigit() else None
+        if retry_after is not None:
+            # A proxy's `Retry-After: 86400` would hold the call (and a tracked batch) for a day.
+            retry_after = min(retry_after, MAX_RETRY_AFTER_S)
         raise Retryable(error_of(response), retry_after)
     raise error_of(response)
 
