@@ -214,3 +214,9 @@ def test_a_bound_outside_the_range_of_usage_times_is_a_clear_error(start, end):
 def test_the_range_of_usage_times_is_a_range_a_query_takes_whole():
     _, params = usage_query(TOKENS, start=datetime(1970, 1, 1, tzinfo=UTC), end=datetime(2106, 1, 1, tzinfo=UTC))
     assert (params["start"], params["end"]) == (datetime(1970, 1, 1, tzinfo=UTC), datetime(2106, 1, 1, tzinfo=UTC))
+
+
+def test_a_limit_caps_the_rows_asked_after_their_order():
+    sql, params = usage_query(TOKENS, window="minute", limit=100_001)
+    assert sql.endswith(" LIMIT {limit:UInt64}") and params["limit"] == 100_001
+    assert "LIMIT" not in usage_query(TOKENS)[0]

@@ -8,7 +8,7 @@ from typing import assert_never
 
 from bastionary.metering.meters import Aggregation, Meter
 
-QueryParameters = dict[str, str | datetime | list[str]]  # bound by name in the SQL text: {name:Type}
+QueryParameters = dict[str, str | int | datetime | list[str]]  # bound by name in the SQL text: {name:Type}
 
 
 def value_expression(aggregation: Aggregation) -> str:
@@ -53,8 +53,9 @@ def usage_query(
     window: str | None = None,
     group_by: list[str] | tuple[str, ...] = (),
     filters: dict[str, str] | None = None,
+    limit: int | None = None,
 ) -> tuple[str, QueryParameters]:
-    """Totals of one meter; ``start`` is inclusive and ``end`` exclusive, both in UTC.
+    """Totals of one meter (at most ``limit`` rows); ``start`` is inclusive and ``end`` exclusive, both in UTC.
 
     Without a window, one row per customer and group for the whole range; ranges are cut at
     minute boundaries, the rollup resolution. With a window (minute, hour, day, month, in
@@ -120,6 +121,9 @@ def usage_query(
         f" GROUP BY {', '.join(keys)}"
         f" ORDER BY customer_id{', ws' if window else ''}, grp"
     )
+    if limit is not None:
+        sql += " LIMIT {limit:UInt64}"
+        params["limit"] = limit
     return sql, params
 
 

@@ -95,10 +95,11 @@ def meter_usage(
     window: str | None = None,
     group_by: list[str] | tuple[str, ...] = (),
     filters: dict[str, str] | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """A meter's values (:func:`bastionary.storage.queries.usage_query`), one JSON-ready row
-    per customer, group and window; values are exact decimal strings."""
-    sql, params = usage_query(meter, customer, start, end, window, group_by, filters)
+    per customer, group and window (at most ``limit``); values are exact decimal strings."""
+    sql, params = usage_query(meter, customer, start, end, window, group_by, filters, limit)
     return [
         dict(zip(USAGE_COLUMNS, (customer_id, jsonable(ws), jsonable(we), dict(group), number(value)), strict=True))
         for customer_id, ws, we, group, value in client.query(sql, parameters=params).result_rows

@@ -30,6 +30,10 @@ from bastionary.storage.reports import (
 from bastionary.worker.api.auth import Guard, json_error
 from bastionary.worker.services.api import ApiBackend
 
+# The most rows a usage query answers: a minute window over a year for every customer would
+# otherwise be built in the worker's memory whole (a customer-limited key can ask it too).
+MAX_USAGE_ROWS = 100_000
+
 
 class BadQuery(ValueError):
     pass
@@ -95,9 +99,16 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
                     window,
                     group_by,
                     usage_filters(request),
+                    MAX_USAGE_ROWS + 1,
                 )
             except (BadQuery, ValueError) as exc:
                 return json_error(400, "invalid_query", str(exc))
+            if len(rows) > MAX_USAGE_ROWS:
+                return json_error(
+                    400,
+                    "invalid_query",
+                    f"more than {MAX_USAGE_ROWS:,} rows: narrow from/to, or ask a coarser window or fewer group_by",
+                )
             return self.json(
                 {
                     "meter": meter,
