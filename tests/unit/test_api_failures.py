@@ -68,8 +68,9 @@ async def test_every_answer_is_counted_by_its_route_template():
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 1]
 
 
-async def test_a_broker_that_does_not_take_posted_events_answers_503_with_retry_after():
-    """openapi.yaml's 503 (ServiceUnavailable) promises Retry-After for broker_unavailable too."""
+async def posted_through(broker: object) -> web.Response:
+    """``POST /v1/events`` answered by the events view over ``broker`` (a ``post_usage``), with
+    any key allowed: the view alone, without a server."""
     from bastionary.apikeys import ApiKey
     from bastionary.worker.api import events
 
@@ -83,10 +84,6 @@ async def test_a_broker_that_does_not_take_posted_events_answers_503_with_retry_
         def key(self, request, scope):
             return ApiKey("ingest", frozenset({"ingest"}))
 
-    class DownBroker:
-        async def post_usage(self, body, batch, customer):
-            raise KafkaConnectionError()
-
     class Request:
         def __init__(self):
             self.headers = {"Content-Type": "application/cloudevents+json"}
@@ -94,8 +91,18 @@ async def test_a_broker_that_does_not_take_posted_events_answers_503_with_retry_
         async def read(self):
             return b"{}"
 
-    events.install(App(), AnyKey(), DownBroker())
-    response = await views["/v1/events"].post(None, Request())
+    events.install(App(), AnyKey(), broker)
+    return await views["/v1/events"].post(None, Request())
+
+
+async def test_a_broker_that_does_not_take_posted_events_answers_503_with_retry_after():
+    """openapi.yaml's 503 (ServiceUnavailable) promises Retry-After for broker_unavailable too."""
+
+    class DownBroker:
+        async def post_usage(self, body, batch, customer):
+            raise KafkaConnectionError()
+
+    response = await posted_through(DownBroker())
     assert response.status == 503
     assert int(response.headers["Retry-After"]) > 0
 
@@ -105,31 +112,10 @@ async def test_events_the_broker_cannot_take_for_their_size_answer_413_not_a_ret
     1,000,000 bytes was answered 503 broker_unavailable, which a client retries for ever."""
     from aiokafka.errors import MessageSizeTooLargeError
 
-    from bastionary.apikeys import ApiKey
-    from bastionary.worker.api import events
-
-    views = {}
-
-    class App:
-        def page(self, path):
-            return lambda view: views.setdefault(path, view)
-
-    class AnyKey:
-        def key(self, request, scope):
-            return ApiKey("ingest", frozenset({"ingest"}))
-
     class SmallBroker:
         async def post_usage(self, body, batch, customer):
             raise MessageSizeTooLargeError("The message is 1040000 bytes when serialized")
 
-    class Request:
-        def __init__(self):
-            self.headers = {"Content-Type": "application/cloudevents+json"}
-
-        async def read(self):
-            return b"{}"
-
-    events.install(App(), AnyKey(), SmallBroker())
-    response = await views["/v1/events"].post(None, Request())
+    response = await posted_through(SmallBroker())
     assert response.status == 413 and "Retry-After" not in response.headers
     assert orjson.loads(response.body)["error"]["code"] == "record_too_large"
