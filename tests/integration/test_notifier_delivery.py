@@ -38,29 +38,12 @@ from bastionary.dunning.notify.webhook import (
     deliver_webhook,
     verify,
 )
+from tests.notices import dunning_notice
 
 pytestmark = pytest.mark.integration
 
 SECRET = "whsec_" + base64.b64encode(b"integration-test-key-32-bytes-ok").decode()
-NOTICE = {
-    "notice_id": "dn-0001-step-2",
-    "invoice_id": "inv-2026-02-0042",
-    "customer_id": "cust-acme",
-    "step": 2,
-    "action": "final_notice",
-    "days_overdue": 21,
-    "amount_due": "1234.50",
-    "currency": "EUR",
-    "due_at": "2026-03-01T00:00:00+00:00",
-    "issued_at": "2026-02-01T00:00:00+00:00",
-    "period_start": "2026-01-01T00:00:00+00:00",
-    "period_end": "2026-02-01T00:00:00+00:00",
-    "invoice_total": "1500.00",
-    "template": None,
-    "channels": ["email", "webhook"],
-    "recipient_email": "ap@acme.example",
-    "policy": "default",
-}
+NOTICE = dunning_notice(["email", "webhook"])
 BODY = json.dumps(
     {
         "specversion": "1.0",

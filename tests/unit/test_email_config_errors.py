@@ -11,26 +11,9 @@ from bastionary.dunning.delivery import Notifier
 from bastionary.dunning.dunner import STEP_TYPE
 from bastionary.dunning.notify.email import SmtpConfig, build_message, render_email, send_email
 from bastionary.dunning.notify.retry import Attempt
+from tests.notices import dunning_notice
 
-NOTICE = {
-    "notice_id": "dn-0001-step-2",
-    "invoice_id": "inv-2026-02-0042",
-    "customer_id": "cust-acme",
-    "step": 2,
-    "action": "final_notice",
-    "days_overdue": 21,
-    "amount_due": "1234.50",
-    "currency": "EUR",
-    "due_at": "2026-03-01T00:00:00+00:00",
-    "issued_at": "2026-02-01T00:00:00+00:00",
-    "period_start": "2026-01-01T00:00:00+00:00",
-    "period_end": "2026-02-01T00:00:00+00:00",
-    "invoice_total": "1500.00",
-    "template": None,
-    "channels": ["email"],
-    "recipient_email": "ap@acme.example",
-    "policy": "default",
-}
+NOTICE = dunning_notice(["email"])
 # Both TLS modes: aiosmtplib refuses the pair before it connects, so no server is needed.
 BOTH_TLS = SmtpConfig(
     host="127.0.0.1", port=9, sender="billing@bastionary.example", starttls=True, use_tls=True, max_attempts=3
