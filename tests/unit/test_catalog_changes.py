@@ -9,6 +9,7 @@ import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -225,13 +226,12 @@ async def test_a_plan_change_received_late_bills_a_metered_price_of_the_new_plan
     assert per_period([*invoices, march])[FEB.isoformat()] == D("27.50")
 
 
-async def test_a_plan_billed_only_in_advance_for_a_period_is_not_taken_for_rated_on_it():
-    """b bills a 12.00 seat in advance and 0.03/token. A change from a to b effective 15
-    February, received in March, issues b's advance invoice for February's rest before
-    February is rated again: b then names a line of February, its seat, but its usage there
-    (500 tokens on 20 February, 15.00) is still to be billed."""
+async def _late_change_to_seat_plan(more_prices: list[dict[str, Any]]) -> tuple[Rater, list[dict[str, Any]]]:
+    """cust-1 on a (0.01/token), 1000 tokens on 5 February and 500 on 20 February, January
+    and February rated; then a change to b (a 12.00 seat in advance, ``more_prices``,
+    0.03/token) effective 15 February, received in March. The rater and the invoices so far."""
     seat = {"key": "seat", "model": "flat", "amount": "12", "billing_timing": "advance"}
-    b = _plan("b", prices=[seat, per_unit_tokens("0.03")])
+    b = _plan("b", prices=[seat, *more_prices, per_unit_tokens("0.03")])
     store = FakeBillingStore()
     store.subscribe("sub-1", "cust-1", plan="a")
     store.use("cust-1", 1000, at(2024, 2, 5))
@@ -239,6 +239,15 @@ async def test_a_plan_billed_only_in_advance_for_a_period_is_not_taken_for_rated
     rate = Rater(store, [tokens_at("0.01"), b], [TOKENS], GRACE, FakePublisher())
     invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
     store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 15)))
+    return rate, invoices
+
+
+async def test_a_plan_billed_only_in_advance_for_a_period_is_not_taken_for_rated_on_it():
+    """b bills a 12.00 seat in advance and 0.03/token. A change from a to b effective 15
+    February, received in March, issues b's advance invoice for February's rest before
+    February is rated again: b then names a line of February, its seat, but its usage there
+    (500 tokens on 20 February, 15.00) is still to be billed."""
+    rate, invoices = await _late_change_to_seat_plan([])
     advance, march = (await rate.run_once(AFTER_MAR)).invoices
     assert [(x["price_key"], x["amount"]) for x in advance["lines"]] == [("seat", "6.21")]  # 12 x 15/29
     assert sorted(_adjusting(march)) == [(FEB.isoformat(), "tokens", "-5.00"), (FEB.isoformat(), "tokens", "15.00")]
@@ -251,15 +260,7 @@ async def test_a_plan_change_received_late_bills_the_new_plan_s_fee_in_arrears_b
     February's rest (12 x 15/29 = 6.21) before February is rated again: b's seat names a line
     of February, yet its fee in arrears (30 x 15/29 = 15.52) is still owed. Until 2026-12-07 it
     was never billed: the seat was taken for February rated on b."""
-    seat = {"key": "seat", "model": "flat", "amount": "12", "billing_timing": "advance"}
-    b = _plan("b", prices=[seat, {"key": "base", "model": "flat", "amount": "30"}, per_unit_tokens("0.03")])
-    store = FakeBillingStore()
-    store.subscribe("sub-1", "cust-1", plan="a")
-    store.use("cust-1", 1000, at(2024, 2, 5))
-    store.use("cust-1", 500, at(2024, 2, 20))
-    rate = Rater(store, [tokens_at("0.01"), b], [TOKENS], GRACE, FakePublisher())
-    invoices = (await rate.run_once(AFTER_JAN)).invoices + (await rate.run_once(AFTER_FEB)).invoices
-    store.events.append(SubscriptionEvent("sub-1", "cust-1", "changed", "b", None, None, at(2024, 2, 15)))
+    rate, invoices = await _late_change_to_seat_plan([{"key": "base", "model": "flat", "amount": "30"}])
     advance, march = (await rate.run_once(AFTER_MAR)).invoices
     assert [(x["price_key"], x["amount"]) for x in advance["lines"]] == [("seat", "6.21")]
     assert sorted(_adjusting(march)) == [
