@@ -402,3 +402,26 @@ def test_disagreeing_settings_are_each_reported_on_a_line_of_their_own(monkeypat
     ]
     assert lines[1].strip().startswith("SMTP_STARTTLS and SMTP_TLS are both true")
     assert "BASTIONARY_:" not in message and "Value error" not in message
+
+
+SETTING_NAMES = sorted(f"BASTIONARY_{name.upper()}" for name in Settings.model_fields)
+HOSTILE_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["0", "-1", "PT0S", "P99999999999D", "1e309", "nan", "true", "[]", "{}", "http://", "\x00"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(SETTING_NAMES), HOSTILE_TEXT, min_size=1, max_size=4))
+def test_any_values_of_the_settings_load_or_are_one_config_error(environ):
+    """Whatever the environment holds, start-up reads settings or fails with the one error
+    the CLI prints as a line (never a traceback from pydantic, a parser or a cross-check)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environ.items():
+            if "\x00" in value:
+                continue  # no process environment can hold a NUL
+            patch.setenv(name, value)
+        try:
+            load_settings()
+        except ConfigError as exc:
+            assert str(exc).startswith("invalid configuration:")
