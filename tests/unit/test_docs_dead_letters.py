@@ -20,7 +20,7 @@ def test_readme_lists_every_dead_letter_header():
 
 def test_readme_dead_letter_reasons_are_the_codes():
     raised = set()
-    for module in ("dunning/events.py", "rating/events.py"):
+    for module in ("dunning/events.py", "rating/events.py", "storage/dunning.py"):
         raised |= set(
             re.findall(r'InvalidBillingEvent\(\s*"(\w+)"', (ROOT / "src" / "bastionary" / module).read_text())
         )
@@ -36,10 +36,11 @@ def test_readme_dead_letter_reasons_are_the_codes():
         "unknown_invoice",
         "wrong_currency",
         "customer_mismatch",
+        "payment_id_conflict",
     ]
     assert set(payment_reasons) <= raised
     on_dunning_dlq = set(re.findall(r"`(\w+)`", section.split("On `dunning.dlq`", 1)[1]))
-    assert on_dunning_dlq >= set(payment_reasons) - {"wrong_currency", "customer_mismatch"}
+    assert on_dunning_dlq >= set(payment_reasons) - {"wrong_currency", "customer_mismatch", "payment_id_conflict"}
     # Every code the dunning code raises is documented; a subscription's and a grant's are, on billing.dlq.
     subscription_reasons = {"unknown_plan", "incompatible_plan", "customer_mismatch"}
     assert raised - subscription_reasons <= set(payment_reasons) | on_dunning_dlq

@@ -37,12 +37,48 @@ from bastionary.dunning.notify import (
     render_email,
     send_email,
 )
+from bastionary.dunning.policy import CHANNELS
 from bastionary.dunning.ports import DunningStore, TrailRow
 
 log = structlog.get_logger(__name__)
 
 # (original value, reason code, message) -> sends it to dunning.dlq
 DeadLetter = Callable[[bytes, str, str], Awaitable[None]]
+
+
+INVALID_NOTICE = "invalid_notice"
+# What delivering a step notice reads (the channels, the email templates): a notice without
+# one would raise in the middle of a delivery.
+DELIVERY_FIELDS = (
+    "notice_id",
+    "invoice_id",
+    "customer_id",
+    "step",
+    "action",
+    "channels",
+    "days_overdue",
+    "amount_due",
+    "invoice_total",
+    "currency",
+    "due_at",
+    "period_start",
+    "period_end",
+)
+
+
+def notice_problem(data: object) -> str | None:
+    """Why ``data`` is not a step notice the notifier can deliver, or None."""
+    if not isinstance(data, dict):
+        return "not a bastionary.dunning.step.v1 CloudEvent with a data object"
+    missing = [name for name in DELIVERY_FIELDS if name not in data]
+    if missing:
+        return f"the notice lacks {', '.join(missing)}"
+    if not all(isinstance(data[name], str) and data[name] for name in ("notice_id", "invoice_id", "customer_id")):
+        return "notice_id, invoice_id and customer_id must be non-empty strings"
+    channels = data["channels"]
+    if not isinstance(channels, list) or not all(channel in CHANNELS for channel in channels):
+        return f"channels must be a list of {', '.join(CHANNELS)}"
+    return None
 
 
 class Notifier:
@@ -70,10 +106,21 @@ class Notifier:
             await self._session.close()
 
     async def handle(self, value: bytes) -> list[DeliveryOutcome]:
-        event = orjson.loads(value)
-        if event.get("type") != STEP_TYPE:
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            event = None
+        if isinstance(event, dict) and event.get("type") != STEP_TYPE:
+            return []  # a reinstatement: nothing to deliver
+        data = event.get("data") if isinstance(event, dict) else None
+        problem = notice_problem(data)
+        if problem is not None or not isinstance(data, dict):
+            # Raised, it would stop the worker (the agent takes any error for a storage
+            # failure), and the restart would read the same record and stop again: no notice
+            # of any customer behind it on the partition would be delivered.
+            await self.dead_letter(value, INVALID_NOTICE, problem or "not a step notice")
+            log.warning("not a step notice", reason=problem)
             return []
-        data = event["data"]
         async with self._one_copy_at_a_time(data["notice_id"]):
             done = await asyncio.to_thread(self.store.delivered_channels, data["notice_id"])
             pending = [c for c in data.get("channels", []) if c not in done]

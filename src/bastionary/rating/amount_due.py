@@ -33,5 +33,8 @@ def amount_due(
     notes_refunded: Decimal,
 ) -> Decimal:
     """What the invoice, less its credit notes, still asks, less what was paid and not yet
-    given back; never below zero."""
-    return max(total - credited - still_paid(paid, given_back, refunds_reported, notes_refunded), Decimal(0))
+    given back; never below zero, and never above the invoice's total: refunds reported beyond
+    what was paid (a mistyped amount, a refund of a payment never reported here) would
+    otherwise have the customer dunned for them (5000.00 due on a 100.00 invoice)."""
+    due = total - credited - still_paid(paid, given_back, refunds_reported, notes_refunded)
+    return min(max(due, Decimal(0)), total)

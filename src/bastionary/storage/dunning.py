@@ -11,6 +11,7 @@ import orjson
 
 from bastionary.dunning.engine import BELOW, MINIMUM, RESUSPENDED, Case, InvoiceFacts, Pause, Record
 from bastionary.dunning.ports import PaymentRow, ReceivableRow, TrailRow
+from bastionary.rating.events import InvalidBillingEvent, preview
 from bastionary.rating.subscriptions import utc as _utc
 from bastionary.storage.client import Client, insert_rows
 
@@ -76,7 +77,42 @@ class ClickHouseDunningStore:
 
     def insert_payments(self, rows: list[PaymentRow]) -> None:
         if rows:
+            self._check_payment_ids(rows)
             insert_rows(self.client, "payments", rows, PAYMENT_COLUMNS)
+
+    def _check_payment_ids(self, rows: list[PaymentRow]) -> None:
+        """Raise ``payment_id_conflict`` for a row whose (kind, payment_id) is stored already for
+        another invoice, or for another amount or currency. ``payments`` keeps one row per that
+        key, the last written: without this, a payment naming another customer's payment_id
+        (any key may post payments for its own invoices) replaced that customer's payment and
+        had them dunned, and a duplicate with another amount replaced the amount counted."""
+        stored = self.client.query(
+            "SELECT kind, payment_id, invoice_id, amount, currency FROM payments FINAL"
+            " WHERE payment_id IN {ids:Array(String)}",
+            parameters={"ids": sorted({row.payment_id for row in rows})},
+        ).result_rows
+        earlier = {
+            (kind, payment_id): (invoice, Decimal(amount), currency)
+            for kind, payment_id, invoice, amount, currency in stored
+        }
+        for row in rows:
+            found = earlier.get((row.kind, row.payment_id))
+            if found is None:
+                continue
+            invoice, amount, currency = found
+            # A failed payment counts for nothing: a retry may report it without its amount.
+            if invoice != row.invoice_id:
+                # Not named: the other invoice may be another customer's.
+                stored_as = "another invoice"
+            elif row.kind != "failed" and (amount, currency) != (row.amount, row.currency):
+                stored_as = f"{amount.normalize():f} {currency}"
+            else:
+                continue
+            raise InvalidBillingEvent(
+                "payment_id_conflict",
+                f"{row.kind} payment_id {preview(row.payment_id)} is stored already for {stored_as}:"
+                " a payment_id counts once",
+            )
 
     def insert_trail(self, rows: list[TrailRow]) -> None:
         now = _now()
@@ -177,7 +213,9 @@ class ClickHouseDunningStore:
             elif kind == "response" and action == "disputed":
                 disputes[invoice_id].append(at)
             elif kind == "response" and action == "dispute_resolved" and disputes[invoice_id]:
-                case.pauses.append(Pause(disputes[invoice_id].pop(0), at, "disputed"))
+                # One resolution ends the invoice's dispute: a dispute sent twice (a retry with a
+                # new id) would otherwise stay open and pause the invoice's dunning for good.
+                case.pauses.append(Pause(disputes.pop(invoice_id)[0], at, "disputed"))
         for invoice_id, case in cases.items():
             # Counted as entitlements count them (storage/entitlements.py): suspended while its
             # suspend notices outnumber its reinstatements, whatever order the clock gave the rows.
