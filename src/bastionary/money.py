@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Context, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, getcontext
 
 # ISO 4217 minor units for the currencies we accept. A currency missing here is rejected
 # when the catalog loads, rather than rounded with a guess.
@@ -57,7 +57,13 @@ def minor_unit(currency: str) -> Decimal:
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """Round to the currency's minor unit, half away from zero (as Kill Bill does)."""
-    return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
+    try:
+        return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
+    except InvalidOperation:
+        # Decimal says only "[<class 'decimal.InvalidOperation'>]", which is all the log of an
+        # invoice that could not be priced would show: name the amount and the limit it passed.
+        why = f"more than {getcontext().prec} digits at it" if amount.is_finite() else "not a finite amount"
+        raise InvalidOperation(f"{amount} {currency} cannot be rounded to its minor unit: {why}") from None
 
 
 def format_money(amount: Decimal, currency: str) -> str:

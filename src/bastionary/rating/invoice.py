@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from decimal import ROUND_DOWN, Context, Decimal
+from decimal import ROUND_DOWN, Context, Decimal, localcontext
 from typing import Any
 
 from bastionary.credits.ledger import Allocation, Grant, allocate
-from bastionary.money import format_money, plain_decimal, round_money
+from bastionary.money import EXACT, format_money, plain_decimal, round_money
 from bastionary.rating.plans import FlatPrice, MeteredPrice, PerUnitPrice, Plan
 from bastionary.rating.pricing import Usage, price_usage
 from bastionary.rating.service_windows import ServiceWindow
@@ -170,6 +170,19 @@ def share(plan: Plan, start: datetime, end: datetime, period: Period) -> Decimal
     return Decimal(str((end - start).total_seconds())) / Decimal(str(full))
 
 
+def prorated(amount: Decimal, plan: Plan, start: datetime, end: datetime, period: Period) -> Decimal:
+    """``amount`` (a fee or a minimum, per whole period) for [start, end), a span of ``period``:
+    :func:`share` of it, rounded once to the context's digits from the exact quotient. The
+    share itself is rounded (1/30 is 0.0333...3), and multiplied by it, an amount that ends on
+    half a minor unit fell below it: 19.95 for 1 day of 30 is 0.665, billed 0.66, not 0.67."""
+    if not plan.prorate:
+        return amount
+    with localcontext(EXACT):
+        seconds = Decimal(str((end - start).total_seconds()))
+        exact = amount * seconds / Decimal(str((period.full_end - period.start).total_seconds()))
+    return +exact
+
+
 def owes_fees_again(sub: Subscription, segment: Segment, period: Period) -> bool:
     """False for a segment whose plan has ``prorate: false`` and held an earlier segment of the
     period (A -> B -> A): such a plan owes its flat fees whole once per period, however many
@@ -189,7 +202,7 @@ def flat_line(price: FlatPrice, plan: Plan, window: tuple[datetime, datetime], p
     fraction = share(plan, *window, period)
     text = price.description or price.key
     label = f"{text}{suffix}" + (f", prorated {fraction:.4f}" if fraction != 1 else "")
-    amount = price.amount * fraction
+    amount = prorated(price.amount, plan, *window, period)
     line = Line(price.key, None, label, fraction, amount, line_key=f"{plan.key}:{price.key}")
     # A fee that is not prorated owes the same for any span: its spans tell nothing.
     windows = (ServiceWindow(*window, fraction, amount),) if plan.prorate else ()
@@ -251,8 +264,9 @@ def committed_minimum(
     if plan.minimum_commitment is None:
         return None
     ran_from = period.start if started is None else max(period.start, started)
-    fraction = share(plan, ran_from, max(period.end, ran_from), period)
-    return fraction, round_money(plan.minimum_commitment * fraction, currency)
+    ran_to = max(period.end, ran_from)
+    fraction = share(plan, ran_from, ran_to, period)
+    return fraction, round_money(prorated(plan.minimum_commitment, plan, ran_from, ran_to, period), currency)
 
 
 def true_up_label(fraction: Decimal) -> str:

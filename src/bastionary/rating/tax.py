@@ -8,7 +8,8 @@ the positive one's):
 
 - exclusive (the default): ``subtotal x rate``, added to the invoice;
 - inclusive (the prices include it): ``subtotal x rate / (1 + the inclusive rates)``, shown
-  but not added.
+  but not added; its ``taxable`` is the subtotal less the inclusive tax shown, so that the two
+  add up to what the customer pays.
 
 A negative subtotal (a correction, or a refund of fees billed in advance, larger than the
 period's charges) takes negative tax: it reverses the tax collected on what it takes back,
@@ -37,7 +38,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bastionary.money import EXACT, format_money
+from bastionary.money import EXACT, format_money, round_money
 
 ZERO = Decimal(0)
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
@@ -108,20 +109,22 @@ def tax_lines(subtotal: Decimal, currency: str, rates: list[TaxRate]) -> list[di
     with localcontext(EXACT):  # rounded once, from the exact product (bastionary.money.EXACT)
         inclusive = sum((t.rate for t in rates if t.inclusive), ZERO)
         net = subtotal / (1 + inclusive)  # what the inclusive prices are before their tax
-        out = []
-        for tax in rates:
-            base = net if tax.inclusive else subtotal
-            out.append(
-                {
-                    "key": tax.key,
-                    "name": tax.name,
-                    "rate": format(tax.rate.normalize(), "f"),
-                    "inclusive": tax.inclusive,
-                    "taxable": format_money(base, currency),
-                    "amount": format_money(base * tax.rate, currency),
-                }
-            )
-    return out
+        amounts = [round_money((net if tax.inclusive else subtotal) * tax.rate, currency) for tax in rates]
+        # The net shown is what the prices hold besides their tax as shown, so that the two add
+        # up to the subtotal: the net and each tax rounded apart could be a minor unit over it
+        # (120.03 with 20% inside: 100.03 and 20.01).
+        shown_net = subtotal - sum((a for tax, a in zip(rates, amounts, strict=True) if tax.inclusive), ZERO)
+        return [
+            {
+                "key": tax.key,
+                "name": tax.name,
+                "rate": format(tax.rate.normalize(), "f"),
+                "inclusive": tax.inclusive,
+                "taxable": format_money(shown_net if tax.inclusive else subtotal, currency),
+                "amount": format_money(amount, currency),
+            }
+            for tax, amount in zip(rates, amounts, strict=True)
+        ]
 
 
 def grouped_tax_lines(groups: list[tuple[Decimal, list[TaxRate]]], currency: str) -> list[dict[str, Any]]:
