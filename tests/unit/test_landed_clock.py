@@ -143,3 +143,11 @@ async def test_usage_a_lagging_pipeline_lands_after_the_final_cutoff_is_billed_b
     assert [(line["price_key"], line["quantity"], line["amount"]) for line in final["lines"]] == [
         ("tokens", "500", "5.00")
     ]
+
+
+def test_an_offset_committed_past_the_logs_end_is_from_another_log_and_lands_nothing():
+    clock = LandedClock()
+    # The topic was deleted and made again: the group's offset 1000 is the old log's.
+    assert clock.observe(t(0), Positions({0: 0}, {0: 5}, {0: 1000})) is None
+    assert clock.observe(t(1), Positions({0: 0}, {0: 5}, {0: 5})) == t(1)
+    assert clock.observe(t(2), Positions({0: 0}, {0: 0}, {0: 1000})) == t(2)  # the new log is empty

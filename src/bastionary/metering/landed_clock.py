@@ -37,11 +37,16 @@ class Positions:
     def landed_past(self, ends: Mapping[int, int]) -> bool:
         """Whether every record below ``ends`` has landed. Records retention removed before
         they were read are gone from the log: nothing is left of them to wait for. A
-        partition this look does not show is not known to have landed."""
+        partition this look does not show is not known to have landed, and a committed
+        offset past the log's end says nothing of it: it was committed in another log of the
+        topic (deleted and made again) whose records are gone."""
         for partition, end in ends.items():
             if partition not in self.ends:
                 return False
-            done = max(self.committed.get(partition, 0), self.begins.get(partition, 0))
+            committed = self.committed.get(partition, 0)
+            if committed > self.ends[partition]:
+                committed = 0
+            done = max(committed, self.begins.get(partition, 0))
             if done < end:
                 return False
         return True
