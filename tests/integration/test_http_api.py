@@ -272,4 +272,9 @@ def test_http_api_end_to_end(stack, tmp_path):
         "data": {"invoice_id": "inv-of-someone-else"},
     }
     assert api.post("/v1/dunning/responses", response, key=portal)[1]["error"]["code"] == "other_customer"
+    # A customer's promise or dispute pauses dunning from its time: dated back, it would erase
+    # the days its invoice was overdue.
+    backdated = response | {"id": "resp-2", "time": (now - timedelta(days=30)).isoformat()}
+    status, answer = api.post("/v1/dunning/responses", backdated, key=portal)
+    assert (status, answer["error"]["code"], answer["error"]["reason"]) == (400, "invalid_event", "backdated_time")
     assert stack.query("SELECT count() FROM usage_events FINAL WHERE event_id = 'e-portal'")[0][0] == 0

@@ -29,7 +29,7 @@ from bastionary.dunning.events import (
 )
 from bastionary.dunning.notify import SmtpConfig, WebhookConfig
 from bastionary.rating.events import InvalidBillingEvent, latest_event_time
-from bastionary.settings import Settings
+from bastionary.settings import Settings, format_iso_duration
 from bastionary.storage.client import Client
 from bastionary.storage.dunning import ClickHouseDunningStore
 from bastionary.worker.context import WorkerContext
@@ -154,9 +154,19 @@ class DunningService:
         validation and survives this worker dying right after the 202. Returns (id, invoice).
 
         ``customer``: the only customer the caller may act for; a response to another
-        customer's invoice (or an unknown one) is refused as ``other_customer``."""
-        latest = latest_event_time(datetime.now(UTC).timestamp(), self.ctx.settings.max_future_skew)
-        envelope, _, data = parse_response(body, latest_time=latest)
+        customer's invoice (or an unknown one) is refused as ``other_customer``, and one dated
+        earlier than now by more than ``BASTIONARY_MAX_FUTURE_SKEW`` as ``backdated_time``:
+        a promise or a dispute pauses the policy's clock from its ``time``, so a customer
+        dating one back would erase the days it was overdue (and the steps they were due for)."""
+        now = datetime.now(UTC)
+        skew = self.ctx.settings.max_future_skew
+        envelope, _, data = parse_response(body, latest_time=latest_event_time(now.timestamp(), skew))
+        if customer is not None and envelope.time < now - skew:
+            raise InvalidBillingEvent(
+                "backdated_time",
+                f"time {envelope.time.isoformat()} is more than {format_iso_duration(skew)} before now:"
+                " a customer's response is dated when it is sent",
+            )
         if customer is not None:
             owner = await asyncio.to_thread(self.store().invoice_customer, data.invoice_id)
             if owner != customer:
