@@ -43,9 +43,30 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, r
         missing = [NewTopic(n, partitions, replication) for n in names if n not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+                answer = await admin.create_topics(missing)
+                _raise_refusals(answer, replication)
     finally:
         await admin.close()
+
+
+class TopicsRefused(RuntimeError):
+    """The broker refused to create topics (a replication factor above its brokers, say)."""
+
+
+def _raise_refusals(answer: Any, replication: int) -> None:
+    """aiokafka returns each topic's error code and does not raise: unread, a worker started as
+    if its topics existed, and failed later, far from the cause."""
+    refused = []
+    for error in getattr(answer, "topic_errors", ()):
+        name, code = error[0], error[1]
+        message = error[2] if len(error) > 2 else None  # CreateTopics v1 and later
+        if code not in (0, TopicAlreadyExistsError.errno):
+            refused.append(f"{name}: error {code}{f' ({message})' if message else ''}")
+    if refused:
+        raise TopicsRefused(
+            f"the broker refused to create {', '.join(refused)}; check BASTIONARY_TOPIC_REPLICATION"
+            f" ({replication}) and BASTIONARY_USAGE_PARTITIONS against the cluster"
+        )
 
 
 async def list_topics(bootstrap: str) -> list[str]:

@@ -87,3 +87,38 @@ def test_the_debug_switch_the_error_message_names_is_accepted(monkeypatch):
     monkeypatch.setenv(DEBUG_VARIABLE, "1")
     result = CliRunner().invoke(cli, ["config"])
     assert result.exit_code == 0, result.output
+
+
+def test_topics_the_broker_refuses_to_create_are_one_clear_error(monkeypatch):
+    """aiokafka returns a CreateTopics answer's per-topic error codes and does not raise: a
+    real Kafka refusing replication 3 on one broker (error 38) let the worker start as if its
+    topics existed. (Tansu creates any topic, so the admin client is a stand-in.)"""
+    import asyncio
+
+    import pytest
+
+    from bastionary import kafka
+
+    class Answer:
+        def __init__(self):
+            self.topic_errors = [("usage.events", 38, "Replication factor: 3 larger than available brokers: 1.")]
+
+    class RefusingAdmin:
+        def __init__(self, **_options):
+            pass
+
+        async def start(self):
+            pass
+
+        async def close(self):
+            pass
+
+        async def list_topics(self):
+            return []
+
+        async def create_topics(self, topics):
+            return Answer()
+
+    monkeypatch.setattr(kafka, "AIOKafkaAdminClient", RefusingAdmin)
+    with pytest.raises(kafka.TopicsRefused, match=r"usage.events: error 38 \(Replication factor.*REPLICATION \(3\)"):
+        asyncio.run(kafka.ensure_topics("kafka:9092", ["usage.events"], 4, 3))

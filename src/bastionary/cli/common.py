@@ -15,6 +15,7 @@ import orjson
 from bastionary.apikeys import KeyFileError
 from bastionary.catalog import CatalogError
 from bastionary.eventloop import EventLoopUnavailable
+from bastionary.kafka import TopicsRefused
 from bastionary.locks import DataDirInUse
 from bastionary.logs import configure_logging
 from bastionary.runtime import NoBroker, connect_clickhouse, exit_past_engine_teardown
@@ -43,7 +44,7 @@ def fail_cleanly(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (CatalogError, NoBroker, DataDirInUse, KeyFileError, EventLoopUnavailable) as exc:
+        except (CatalogError, NoBroker, DataDirInUse, KeyFileError, EventLoopUnavailable, TopicsRefused) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
