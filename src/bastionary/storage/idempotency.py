@@ -23,8 +23,9 @@ class ClickHouseIdempotency:
         self.client = client
 
     def first(self, key_name: str, path: str, idempotency_key: str) -> IdempotencyRecord | None:
-        """The first request recorded under the key, if any: two racing first requests both
-        record, and the earlier one is the one every later retry gets."""
+        """The first request recorded under the key, if any: two first requests racing on two
+        workers both record (one worker lets them take turns), and the earlier one is the one
+        every later retry gets."""
         rows = self.client.query(
             f"SELECT {', '.join(IdempotencyRecord._fields)} FROM api_idempotency"
             " WHERE key_name = {k:String} AND path = {p:String} AND idempotency_key = {i:String}"

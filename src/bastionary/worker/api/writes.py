@@ -13,15 +13,18 @@ the created event may still be on its way.
 data publishes that very event again (same id, same bytes), which every billing table keeps
 once; a reuse of the key with other data is refused (422 ``idempotency_key_reused``), as
 Stripe does. Keys are per API key and path. A crash between the record and the publish is
-mended by the retry.
+mended by the retry. Requests under one key take turns on a worker: a second one sent while
+the first is in progress (a client's retry after a timeout) waits for it, then is answered
+as a retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -172,6 +175,29 @@ class Refused(Exception):
         self.response = response
 
 
+class OneRequestPerKey:
+    """Requests under one idempotency key, one at a time. Two first requests racing both
+    found no record: both were recorded and published, two events for one key (other data
+    was never refused, the same data was sent twice). The second now waits for the first's
+    record and is answered as its retry. Within one worker only: ClickHouse has no
+    insert-if-absent, so two workers can still both record (see :func:`event_id`)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str, str], tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def held(self, key_name: str, path: str, idempotency_key: str) -> AsyncIterator[None]:
+        lock, users = self._keys.setdefault((key_name, path, idempotency_key), (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:  # nothing kept for a key no request holds: keys are unbounded
+                del self._keys[(key_name, path, idempotency_key)]
+
+
 def event_id(key: ApiKey, path: str, idempotency_key: str | None, digest: str) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
@@ -182,9 +208,20 @@ def event_id(key: ApiKey, path: str, idempotency_key: str | None, digest: str) -
 
 def checked_idempotency_key(request: web.Request) -> str | None:
     value = request.headers.get("Idempotency-Key")
-    if value is not None and not 0 < len(value) <= MAX_IDEMPOTENCY_KEY:
-        raise Refused(json_error(400, "invalid_idempotency_key", f"1-{MAX_IDEMPOTENCY_KEY} characters"))
+    if value is not None and not (0 < len(value) <= MAX_IDEMPOTENCY_KEY and _utf8(value)):
+        message = f"1-{MAX_IDEMPOTENCY_KEY} characters of UTF-8"
+        raise Refused(json_error(400, "invalid_idempotency_key", message))
     return value
+
+
+def _utf8(value: str) -> bool:
+    # aiohttp hands bytes that are not UTF-8 on as lone surrogates, which neither the event
+    # id nor ClickHouse can encode: they were a 500 internal_error, not the caller's 400.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def data_digest(data: dict[str, Any]) -> str:
@@ -212,6 +249,8 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
         # The lookup the payment intake makes: the invoice as dunning or the rater stored it.
         return await asyncio.to_thread(ClickHouseDunningStore(backend.reader).invoice_customer, invoice_id)
 
+    one_request_per_key = OneRequestPerKey()
+
     async def accept(request: web.Request, write: Write, params: dict[str, str]) -> web.Response:
         key = guard.key(request, "write")
         if not isinstance(key, ApiKey):
@@ -219,6 +258,17 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
         try:
             idempotency_key = checked_idempotency_key(request)
             data = await request_data(request, write, params)
+        except Refused as refused:
+            return refused.response
+        if idempotency_key is None:
+            return await accept_data(request, write, key, None, data)
+        async with one_request_per_key.held(key.name, request.path, idempotency_key):
+            return await accept_data(request, write, key, idempotency_key, data)
+
+    async def accept_data(
+        request: web.Request, write: Write, key: ApiKey, idempotency_key: str | None, data: dict[str, Any]
+    ) -> web.Response:
+        try:
             digest = data_digest(data)
             if idempotency_key is not None:
                 first = await asyncio.to_thread(backend.idempotency.first, key.name, request.path, idempotency_key)
