@@ -58,12 +58,15 @@ def minor_unit(currency: str) -> Decimal:
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """Round to the currency's minor unit, half away from zero (as Kill Bill does)."""
     try:
-        return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
+        rounded = amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
     except InvalidOperation:
         # Decimal says only "[<class 'decimal.InvalidOperation'>]", which is all the log of an
         # invoice that could not be priced would show: name the amount and the limit it passed.
         why = f"more than {getcontext().prec} digits at it" if amount.is_finite() else "not a finite amount"
         raise InvalidOperation(f"{amount} {currency} cannot be rounded to its minor unit: {why}") from None
+    # -0.004 rounds to Decimal's -0.00, which every document would print as "-0.00" (the tax of
+    # a -0.02 correction at 19%): no finance team books a negative zero.
+    return rounded.copy_abs() if rounded.is_zero() else rounded
 
 
 def format_money(amount: Decimal, currency: str) -> str:
@@ -74,5 +77,6 @@ def plain_decimal(value: Decimal) -> str:
     """``value`` in plain notation (``100000``, not ``1E+5``) with no trailing zeros, every
     digit kept: normalize() would round to its context's 28 digits, and a Decimal(38, 9)
     total has up to 38."""
-    text = format(value, "f")
+    # A share under 10^-9 below zero, kept to 9 decimals, is -0E-9: written "-0" otherwise.
+    text = format(value.copy_abs() if value.is_zero() else value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text

@@ -122,7 +122,9 @@ class Line:
             "price_key": self.price_key,
             "meter": self.meter,
             "description": self.description,
-            "quantity": _text(self.quantity),
+            # As invoice_lines keeps it, and as its spans show it: a prorated share is a quotient
+            # of 28 digits, which the line would show as one quantity and its span as another.
+            "quantity": _text(stored_quantity(self.quantity)),
             "amount": format_money(self.amount, currency),
             "tiers": self.tiers,
         }

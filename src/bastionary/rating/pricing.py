@@ -3,7 +3,8 @@
 Amounts come back unrounded and exact; the invoice rounds each line once. ``tiers`` explains
 the amount: one entry per tier that priced units. Its text (and a percentage price's terms)
 follows the invoice's: quantities, rates and unit prices exact with no trailing zeros, amounts
-at the currency's precision when the currency is given.
+at the currency's precision when the currency is given, the tiers' adding up to the amount
+rounded (what the line shows).
 """
 
 from __future__ import annotations
@@ -82,8 +83,13 @@ def graduated(tiers: list[Tier], quantity: Decimal, currency: str | None = None)
         upper = tier.up_to
         units = (min(quantity, upper) if upper is not None else quantity) - lower
         amount = units * tier.unit_amount + tier.flat_amount
+        before = total
         total += amount
-        parts.append(_tier_part(index, tier, units, amount, currency))
+        # What the tier adds to the running total, each rounded: the tiers then add up to the
+        # line, which is the total rounded once. Rounded on their own they need not (two tiers
+        # of 0.015 showed 0.02 and 0.02 on a line of 0.03).
+        shown = amount if currency is None else round_money(total, currency) - round_money(before, currency)
+        parts.append(_tier_part(index, tier, units, shown, currency))
         if upper is None or quantity <= upper:
             break
         lower = upper

@@ -11,13 +11,13 @@ fpdf2 with Source Sans Pro (Latin, Greek, Cyrillic), both from PyPI.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from functools import cache
 from typing import Any
 
 import jinja2
 
-from bastionary.money import MINOR_UNITS
+from bastionary.money import EXACT, MINOR_UNITS
 from bastionary.rating.service_windows import ZERO, ServiceWindow, net_windows
 
 QUANTITY_PLACES = Decimal("0.0001")
@@ -59,9 +59,15 @@ def price(text: str | None, currency: str) -> str:
 
 def quantity(text: str | None) -> str:
     value = Decimal(text or 0)
-    if value == value.to_integral_value():
-        return f"{value:,.0f}"
-    return format(value.quantize(QUANTITY_PLACES, rounding=ROUND_HALF_UP).normalize(), ",f")
+    # A quantity has up to 38 digits (the JSON keeps them all): rounded in the default 28-digit
+    # context, one of 10^26 or more would stop the page with a bare InvalidOperation.
+    with localcontext(EXACT):
+        shown = value.quantize(QUANTITY_PLACES, rounding=ROUND_HALF_UP)
+    if shown.is_zero():
+        return "0"  # -0.00004 shows as 0, not a negative zero
+    if shown == shown.to_integral_value():
+        return f"{shown:,.0f}"
+    return f"{shown:,f}".rstrip("0")
 
 
 def day(moment: datetime) -> str:
