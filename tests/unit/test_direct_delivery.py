@@ -58,6 +58,7 @@ class _FetchingConsumer:
         self._fetched = False
         self._stopped = asyncio.Event()
         self._read_offset: defaultdict[Any, int | None] = defaultdict(lambda: None)
+        self._sought: set[Any] = set()
         self.diag = SimpleNamespace(set_flag=lambda _flag: None, unset_flag=lambda _flag: None)
         self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda _topic: False))
         self.happened: list[str] = []

@@ -25,6 +25,14 @@ while entitlement checks and heartbeats wait, so this loop yields once ``YIELD_A
 have passed since it last did, whatever the count. The clock is the wall's: time spent waiting
 for the GIL (the flush thread holds it too) is time a check waits as well.
 
+A seek while a fetch is being delivered (the sink rewinding a partition from inside a
+delivery, or from the log check at one of the loop's yields) leaves the rest of that fetch
+stale for the partition sought. Faust's loop delivered it anyway and set the partition's read
+offset from it, over the one the seek had set: the refetched records from the seek's target
+up to there were then dropped as already read, so the rewind never took and the partition
+stalled until a retry fell between fetches. Here the rest of such a fetch is dropped, and the
+read offset is left as the seek set it.
+
 The fetch loop below is Faust's (faust-streaming 0.15.3, ``faust/transport/consumer.py``),
 with its delivery line replaced; ``tests/unit/test_direct_delivery.py`` fails if Faust's
 loop changes, so the copy is reread on an upgrade.
@@ -38,8 +46,9 @@ import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
 
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 # About a GIL switch interval while requests come in (worker/switching.py): a yield per
 # millisecond costs the loop one pass, a few microseconds.
@@ -48,6 +57,15 @@ YIELD_AFTER_SECONDS = 0.001
 
 class DirectDeliveryConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, with :func:`deliver` in its fetch loop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Partitions sought since the current fetch returned: the rest of it is from before.
+        self._sought: set[TP] = set()
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await faust_aiokafka.Consumer.seek(self, partition, offset)  # named: a fetch loop's test double seeks too
+        self._sought.add(ensure_TP(partition))
 
     async def _drain_messages(self, fetcher: Any) -> None:
         callback = self.callback
@@ -60,6 +78,7 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         race = self._race_with_flow
+        sought = self._sought
         clock = time.monotonic
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -68,11 +87,18 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
                 # Faust's reason: getmany may return at once, over and over, never yielding.
                 await self.sleep(0)
                 yield_at = clock() + YIELD_AFTER_SECONDS
+                fetch_returned = False
                 if not self.should_stop:
                     async for tp, message in fetched:
+                        if not fetch_returned:
+                            # Nothing awaited since the fetch returned: it was read after every seek so far.
+                            fetch_returned = True
+                            sought.clear()
                         if clock() >= yield_at:
                             await asyncio.sleep(0)
                             yield_at = clock() + YIELD_AFTER_SECONDS
+                        if tp in sought:
+                            continue  # fetched before the seek: the next fetch reads from its target
                         offset = message.offset
                         read_offset = get_read_offset(tp)
                         if read_offset is None or offset >= read_offset:
@@ -83,7 +109,8 @@ class DirectDeliveryConsumer(faust_aiokafka.Consumer):
                                 self._n_acked = 0
                                 await self.commit()
                             await deliver(callback(message), race)
-                            set_read_offset(tp, offset)
+                            if tp not in sought:
+                                set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
