@@ -509,6 +509,42 @@ def test_a_gap_the_log_itself_has_is_not_a_skip(tmp_path):
     asyncio.run(scenario())
 
 
+def test_records_skipped_past_an_offset_that_holds_none_are_read_again(tmp_path):
+    """Offset 10 holds no record (a transaction marker, a compacted offset), and the consumer
+    skipped 11-14 after it: the sink asked only whether a record sat at 10, took the jump for
+    the log's own gap, and the flush's range covered 11-14 without them (Faust then committed
+    past them)."""
+
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path)
+        records = {i: event_record(i, f"e-{i}") for i in range(20) if i != 10}
+        log.hold(list(records.values()))
+        await admit_all(sink, [records[i] for i in range(10)])
+        assert await admit_all(sink, [records[15]]) == [Admission.STALE]
+        assert log.rewinds == [(TOPIC, 0, 11)]
+        await admit_all(sink, [records[i] for i in range(11, 20)])
+        await sink.flush()
+        assert store.total() == 19
+
+    asyncio.run(scenario())
+
+
+def test_records_skipped_past_an_offset_retention_removed_are_read_again(tmp_path):
+    async def scenario():
+        sink, store, log, _ = make_sink(tmp_path)
+        records = [event_record(i, f"e-{i}") for i in range(20)]
+        log.hold(records)
+        await admit_all(sink, records[:10])
+        log.retain_from(TOPIC, 0, 11)  # 10 is gone; 11-14, which the consumer skips, are not
+        assert await admit_all(sink, [records[15]]) == [Admission.STALE]
+        assert log.rewinds == [(TOPIC, 0, 11)]
+        await admit_all(sink, records[11:])
+        await sink.flush()
+        assert store.total() == 19
+
+    asyncio.run(scenario())
+
+
 # --- the intake's synchronous admission agrees with admit ------------------------------
 
 

@@ -208,13 +208,14 @@ class UsageSink:
         partition's marker would then cover without it.
         """
         try:
-            probe = (await self._probe({tp: expected}))[tp]
+            first = await self._first_record_from(tp, expected)
         except LogNotAnswering:
             state.rewind_to = delivered  # it is in the log: the consumer just read it
             await self._rewind(tp, state)
             return True
-        if probe.fingerprint is None:
+        if first is None or first >= delivered:
             return False  # nothing there: a real gap
+        expected = first
         log.warning(
             "partition skipped records; reading them again",
             topic=tp[0],
@@ -226,6 +227,21 @@ class UsageSink:
         state.rewind_to = expected
         await self._rewind(tp, state)
         return True
+
+    async def _first_record_from(self, tp: TopicPartition, offset: int) -> int | None:
+        """The offset of the log's first record at or past ``offset``, None if none was read.
+
+        Not only ``offset`` itself: a transaction marker or a compacted offset may hold no
+        record there, or retention may have removed it, while records follow it. Asked at
+        ``offset`` alone, the jump was taken for the log's own gap, and the flush's range
+        covered those records without them (before 2026-12-07). Below the log's start the
+        start is asked in turn (it may hold a marker too)."""
+        probe = (await self._probe({tp: offset}))[tp]
+        if probe.fingerprint is not None:
+            return offset
+        if offset < probe.log_start:
+            return await self._first_record_from(tp, probe.log_start)
+        return probe.next_record
 
     def buffered(self) -> int:
         return self._buffered_records
