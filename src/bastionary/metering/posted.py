@@ -4,27 +4,35 @@
 itself, so a member is checked by :func:`bastionary.ingest.cloudevents.parse_record` and
 :meth:`MeterIndex.readings`, the two steps the flush planner runs on every record, with
 the request's arrival standing in for the record's broker timestamp. What passes is
-published as records keyed by customer, one batch record per customer, in the request's
-order (a lone member that its batch's brackets would take past the record size limit goes
-as itself). A member is re-encoded from an exact decode (every number's digits as sent), so the
-stored data, and the payload digest the dedupe compares, are the same as if the producer
-had published the event to Kafka itself; a retried request is therefore a repeat, and
-counts once.
+published as records keyed by customer, batch records in the request's order, each within
+the record size limit and what the producer takes (a lone member that its batch's brackets
+would take past that goes as itself). A member is re-encoded from an exact decode (every
+number's digits as sent), so the stored data, and the payload digest the dedupe compares,
+are the same as if the producer had published the event to Kafka itself; a retried request
+is therefore a repeat, and counts once.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-from bastionary.ingest.cloudevents import RecordLimits, parse_record
+from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.metering.readings import MeterIndex
 
 _EXACT = msgspec.json.Decoder(float_hook=lambda text: msgspec.Raw(text.encode()))
 _ENCODE = msgspec.json.Encoder()
+_EXACT_NUMBERS = msgspec.json.Decoder(float_hook=Decimal)  # as the record parser's exact decode
+# What Faust's producer takes in one request at its default producer_max_request_size (which the
+# worker keeps), less room for the key (a subject of 256 characters) and the record's framing.
+_PRODUCER_VALUE_BYTES = 1_000_000 - 2_048
+# A JSON string, or one of the characters that open, close or separate members.
+_JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,11 @@ def judge_posted(
         expected = "a JSON array of events" if batch else "one JSON object"
         out.refused = Rejection(ErrorClass.NOT_CLOUDEVENT, f"the content type says {expected}")
         return out
-    exact: Any = None
+    exact = _ExactBody(body, parsed)
     grouped: dict[str, list[bytes]] = {}
+    # (subject, source, id): one record, so one partition, where the worker's dedupe would
+    # count the first and dead-letter a later member with another payload.
+    first_payloads: dict[tuple[str, str, str], bytes] = {}
     for member in parsed.members:
         event = member.event
         raw_id = member.raw.get("id") if isinstance(member.raw, dict) else None
@@ -78,7 +89,7 @@ def judge_posted(
             out.rejected.append(RejectedMember(member.index, shown_id, rejection.code.value, rejection.message))
             continue
         try:
-            meters.readings(event, parsed.exact_data, member.index)
+            meters.readings(event, exact.data, member.index)
         except Rejection as rejection:
             out.rejected.append(RejectedMember(member.index, event.id, rejection.code.value, rejection.message))
             continue
@@ -87,19 +98,107 @@ def judge_posted(
                 RejectedMember(member.index, event.id, "other_customer", f"the API key may post for {customer!r} only")
             )
             continue
-        if exact is None:
-            exact = _EXACT.decode(body)
-        grouped.setdefault(event.subject, []).append(_ENCODE.encode(exact[member.index] if parsed.batch else exact))
+        first_payload = first_payloads.setdefault((event.subject, event.source, event.id), member.payload_hash)
+        if first_payload != member.payload_hash:
+            out.rejected.append(
+                RejectedMember(
+                    member.index,
+                    event.id,
+                    ErrorClass.DUPLICATE_CONFLICT.value,
+                    f"(source, id) = ({event.source}, {event.id}) is in this request already with another payload;"
+                    " the first one counts",
+                )
+            )
+            continue
+        grouped.setdefault(event.subject, []).append(_ENCODE.encode(exact.member(member.index)))
         out.accepted.append(event.id)
-    out.records = [(subject.encode(), _record_value(members, limits)) for subject, members in grouped.items()]
+    out.records = [
+        (subject.encode(), value) for subject, members in grouped.items() for value in _record_values(members, limits)
+    ]
     return out
 
 
-def _record_value(members: list[bytes], limits: RecordLimits) -> bytes:
-    """One customer's members as a batch record, or a lone member as itself where the batch's
-    two brackets would take it past the record size limit: the body was within it, and an
-    accepted event must not come back as ``record_too_large``."""
+class _ExactBody:
+    """The posted body's members decoded exactly (every number's digits as sent).
+
+    orjson, which judged the body, decodes 1,024 levels, msgspec about 1,000 (the interpreter's
+    recursion limit, less the caller's depth): a member nested between the two is rejected, but
+    decoding the batch whole for its siblings raised RecursionError, and the request was
+    answered 503, retried for ever. Then the members' bytes are cut apart and decoded alone.
+    """
+
+    def __init__(self, body: bytes, parsed: ParsedRecord):
+        self._body = body
+        self._parsed = parsed
+        self._whole: Any = None
+        self._texts: list[bytes] | None = None  # set once the whole body's decode recursed
+
+    def data(self, index: int) -> Any:
+        """Member ``index``'s ``data``, as :meth:`ParsedRecord.exact_data` (for the meters)."""
+        if self._texts is None:
+            try:
+                return self._parsed.exact_data(index)
+            except RecursionError:
+                self._texts = _member_texts(self._body)
+        return _EXACT_NUMBERS.decode(self._texts[index]).get("data", {})
+
+    def member(self, index: int) -> Any:
+        """Member ``index`` (the body itself for one event), its numbers as :class:`msgspec.Raw`."""
+        if not self._parsed.batch:
+            return _EXACT.decode(self._body)
+        if self._texts is None and self._whole is None:
+            try:
+                self._whole = _EXACT.decode(self._body)
+            except RecursionError:
+                self._texts = _member_texts(self._body)
+        if self._texts is not None:
+            return _EXACT.decode(self._texts[index])
+        return self._whole[index]
+
+
+def _member_texts(body: bytes) -> list[bytes]:
+    """The bytes of each member of a JSON array (the body is JSON: orjson decoded it)."""
+    texts: list[bytes] = []
+    depth = start = 0
+    for token in _JSON_STRUCTURE.finditer(body):
+        char = body[token.start()]
+        if char in b"[{":
+            depth += 1
+            if depth == 1:
+                start = token.end()
+        elif char in b"]}":
+            depth -= 1
+            if depth == 0:
+                texts.append(body[start : token.start()])
+        elif char == ord(",") and depth == 1:
+            texts.append(body[start : token.start()])
+            start = token.end()
+    return texts
+
+
+def _record_values(members: list[bytes], limits: RecordLimits) -> list[bytes]:
+    """One customer's members as batch records, in order, each within the record size limit
+    and what the producer takes: the body was within the limit, so its accepted events must
+    not come back as ``record_too_large`` nor be refused by the producer (a 413 for a request
+    the contract allows). Records of one customer share a partition, so the order holds."""
+    largest = min(limits.max_record_bytes, _PRODUCER_VALUE_BYTES)
+    values: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 1  # the brackets, and a comma before each member but the first
+    for member in members:
+        if chunk and size + len(member) + 1 > largest:
+            values.append(_record_value(chunk, largest))
+            chunk, size = [], 1
+        chunk.append(member)
+        size += len(member) + 1
+    values.append(_record_value(chunk, largest))
+    return values
+
+
+def _record_value(members: list[bytes], largest: int) -> bytes:
+    """The members as a batch record, or a lone member as itself where the batch's two
+    brackets would take it past ``largest``."""
     value = b"[" + b",".join(members) + b"]"
-    if len(members) == 1 and len(value) > limits.max_record_bytes:
+    if len(members) == 1 and len(value) > largest:
         return members[0]
     return value

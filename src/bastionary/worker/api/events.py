@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 import structlog
+from aiohttp.web_protocol import RequestPayloadError
 from aiokafka.errors import MessageSizeTooLargeError
 
 from bastionary import metrics
@@ -41,7 +42,19 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
                 return json_error(
                     415, "unsupported_media_type", f"send one of: {', '.join(CONTENT_TYPES)} (got {media or 'none'!r})"
                 )
-            body = await request.read()
+            try:
+                body = await request.read()
+            except RequestPayloadError:
+                # A body its Content-Encoding does not decode (corrupt gzip, an unknown coding) or
+                # a malformed chunked transfer: the sender's to fix, so not the 500 of a bug of
+                # ours, which clients retry as it is.
+                coding = (request.headers.get("Content-Encoding") or "")[:40]
+                return json_error(
+                    400,
+                    "invalid_encoding",
+                    f"the body could not be read: it does not decode as its Content-Encoding ({coding!r}) says,"
+                    " or its transfer is malformed",
+                )
             try:
                 posted = await backend.post_usage(body, CONTENT_TYPES[media], key.customer)
             except MessageSizeTooLargeError as too_large:
@@ -73,7 +86,7 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
                     {
                         "error": {
                             "code": "rejected_events",
-                            "message": f"{len(posted.rejected)} event(s) rejected; the others were accepted",
+                            "message": f"{len(posted.rejected)} event(s) rejected; {len(posted.accepted)} accepted",
                         },
                         **answer,
                     },
