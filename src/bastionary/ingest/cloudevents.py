@@ -39,6 +39,8 @@ MAX_NESTING_DEPTH = 254
 _EXACT_JSON = msgspec.json.Decoder(float_hook=Decimal)
 _EXACT_ENCODER = msgspec.json.Encoder(decimal_format="number")
 _RAW_MEMBERS = msgspec.json.Decoder(list[msgspec.Raw])
+# A JSON string, or one of the characters that open, close or separate values.
+_JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
 # The longest id, source, type and subject the contract takes, in characters.
 _ID_LONGEST, _SOURCE_LONGEST, _TYPE_LONGEST, _SUBJECT_LONGEST = 512, 1024, 256, 256
 
@@ -128,6 +130,27 @@ class RecordMember:
     rejection: Rejection | None = None
 
 
+def member_texts(value: bytes) -> list[bytes]:
+    """The bytes of each member of a JSON array, found without recursion (``value`` is JSON:
+    orjson decoded it), for a record whose nesting is past what msgspec's decoders reach."""
+    texts: list[bytes] = []
+    depth = start = 0
+    for token in _JSON_STRUCTURE.finditer(value):
+        char = value[token.start()]
+        if char in b"[{":
+            depth += 1
+            if depth == 1:
+                start = token.end()
+        elif char in b"]}":
+            depth -= 1
+            if depth == 0 and (texts or value[start : token.start()].strip()):  # not "[]"
+                texts.append(value[start : token.start()])
+        elif char == ord(",") and depth == 1:
+            texts.append(value[start : token.start()])
+            start = token.end()
+    return texts
+
+
 @dataclass(slots=True)
 class ParsedRecord:
     members: list[RecordMember]
@@ -136,7 +159,8 @@ class ParsedRecord:
     value: bytes = b""
     binary: bool = False
     _exact: Any = field(default=None, repr=False)  # a single or binary record's value, decoded exactly
-    _raw_members: list[msgspec.Raw] | None = field(default=None, repr=False)  # a batch's members, undecoded
+    # A batch's members, undecoded (cut apart as bytes when msgspec cannot reach a member's depth).
+    _raw_members: list[msgspec.Raw] | list[bytes] | None = field(default=None, repr=False)
     _exact_members: dict[int, Any] = field(default_factory=dict, repr=False)  # a batch's, decoded exactly
     # Taken by the common shape's decode, whose members' data holds every number exactly already.
     exact_decoded: bool = False
@@ -162,8 +186,17 @@ class ParsedRecord:
         member = self._exact_members.get(index)
         if member is None:
             if self._raw_members is None:
-                self._raw_members = _RAW_MEMBERS.decode(self.value)
-            member = self._exact_members[index] = _EXACT_JSON.decode(self._raw_members[index])
+                try:
+                    self._raw_members = _RAW_MEMBERS.decode(self.value)
+                except RecursionError:
+                    # msgspec skips a value by recursion, about 1,000 levels (orjson took 1,024):
+                    # one member nested that deep, rejected itself, made every sibling needing
+                    # an exact decode raise, and the whole record was dead-lettered.
+                    self._raw_members = member_texts(self.value)
+            try:
+                member = self._exact_members[index] = _EXACT_JSON.decode(self._raw_members[index])
+            except RecursionError:
+                raise Rejection(ErrorClass.NESTING_TOO_DEEP, "the event nests too deep to read exactly") from None
         return member.get("data", {})
 
     def stored_data(self, member: RecordMember) -> str:

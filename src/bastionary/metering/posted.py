@@ -14,14 +14,13 @@ is therefore a repeat, and counts once.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, parse_record
+from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, member_texts, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.metering.readings import MeterIndex
 
@@ -31,8 +30,6 @@ _EXACT_NUMBERS = msgspec.json.Decoder(float_hook=Decimal)  # as the record parse
 # What Faust's producer takes in one request at its default producer_max_request_size (which the
 # worker keeps), less room for the key (a subject of 256 characters) and the record's framing.
 _PRODUCER_VALUE_BYTES = 1_000_000 - 2_048
-# A JSON string, or one of the characters that open, close or separate members.
-_JSON_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,7 @@ class _ExactBody:
             try:
                 return self._parsed.exact_data(index)
             except RecursionError:
-                self._texts = _member_texts(self._body)
+                self._texts = member_texts(self._body)
         return _EXACT_NUMBERS.decode(self._texts[index]).get("data", {})
 
     def member(self, index: int) -> Any:
@@ -150,30 +147,10 @@ class _ExactBody:
             try:
                 self._whole = _EXACT.decode(self._body)
             except RecursionError:
-                self._texts = _member_texts(self._body)
+                self._texts = member_texts(self._body)
         if self._texts is not None:
             return _EXACT.decode(self._texts[index])
         return self._whole[index]
-
-
-def _member_texts(body: bytes) -> list[bytes]:
-    """The bytes of each member of a JSON array (the body is JSON: orjson decoded it)."""
-    texts: list[bytes] = []
-    depth = start = 0
-    for token in _JSON_STRUCTURE.finditer(body):
-        char = body[token.start()]
-        if char in b"[{":
-            depth += 1
-            if depth == 1:
-                start = token.end()
-        elif char in b"]}":
-            depth -= 1
-            if depth == 0:
-                texts.append(body[start : token.start()])
-        elif char == ord(",") and depth == 1:
-            texts.append(body[start : token.start()])
-            start = token.end()
-    return texts
 
 
 def _record_values(members: list[bytes], limits: RecordLimits) -> list[bytes]:
