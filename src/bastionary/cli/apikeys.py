@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import sys
+from pathlib import Path
+
 import click
+from pydantic import ValidationError
 
 from bastionary.apikeys import SCOPES, new_key, read_key_file
 from bastionary.cli.common import fail_cleanly
@@ -32,18 +37,46 @@ def api_key_new(name: str, scopes: tuple[str, ...], customer: str | None, key_fi
         raise click.BadParameter(CUSTOMER_ID_RULE, param_hint="--customer")
     try:
         key, entry = new_key(name, scopes, customer)  # type: ignore[arg-type]  # click checked the choices
+    except ValidationError as exc:
+        # pydantic's own text is several lines and a URL; the rule broken is what the user needs.
+        problem = exc.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        raise click.BadParameter(problem["msg"], param_hint={"customer": "--customer"}.get(field, "NAME")) from None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     line = entry.model_dump_json()
     if key_file is not None:
-        from pathlib import Path
-
         path = Path(key_file)
         if path.exists() and any(e.name == name for e in read_key_file(path)):
             raise click.ClickException(f"{key_file} already has a key named {name!r}; revoke it first")
-        with path.open("a") as out:
-            out.write(line + "\n")
+        # A file edited by hand may end without a newline: appended to that last line, the new
+        # entry made it unreadable, so the worker kept its old keys and refused the file at start.
+        existing = path.read_bytes() if path.exists() else b""
+        separator = "\n" if existing and not existing.endswith(b"\n") else ""
+        # Opened before the key is shown, so a file we cannot write fails with no key out; the
+        # key shown before it is stored: stored but shown nowhere (stdout closed or full), it was
+        # a live key no one holds, under a name now taken.
+        with path.open("ab", buffering=0) as out:  # one write, nothing left to fail at close
+            _print_key(key)
+            try:
+                out.write(f"{separator}{line}\n".encode())
+            except OSError as exc:
+                raise click.ClickException(
+                    f"cannot write {key_file}: {exc.strerror or exc}; the key printed is not stored, discard it"
+                ) from None
         click.echo(f"appended {name!r} to {key_file}", err=True)
     else:
         click.echo(line, err=True)
-    click.echo(key)
+        _print_key(key)
+
+
+def _print_key(key: str) -> None:
+    try:
+        if sys.stdout is None:  # started with stdout closed: click.echo prints nowhere, silently
+            raise OSError(errno.EBADF, "stdout is closed")
+        click.echo(key)
+        sys.stdout.flush()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot print the key ({exc.strerror or exc}); nothing was stored: run it again with stdout open"
+        ) from None

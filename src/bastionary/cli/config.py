@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 
@@ -28,6 +29,8 @@ def config_cmd(validate: bool) -> None:
     except KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
     out = settings.redacted() | {"meters": [m.key for m in catalog.meters]}
+    if settings.webhook_url:
+        out["webhook_url"] = _without_credentials(settings.webhook_url)
     click.echo(json.dumps(out, indent=2))
     if validate:
         answers = [_broker_answers(settings), _clickhouse_answers(settings)]
@@ -35,6 +38,18 @@ def config_cmd(validate: bool) -> None:
             click.echo(("ok: " if ok else "FAILED: ") + line, err=True)
         if not all(ok for ok, _ in answers):
             raise SystemExit(1)
+
+
+def _without_credentials(url: str) -> str:
+    """A webhook URL as it may be shown: receivers often take their credentials in the URL
+    (``user:password@``, ``?token=``), and this output ends up in tickets and chat."""
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}")
+    if parts.query:
+        masked = [(name, "***") for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    return urlunsplit(parts)
 
 
 def _broker_answers(settings: Settings) -> tuple[bool, str]:

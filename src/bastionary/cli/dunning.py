@@ -15,6 +15,8 @@ from bastionary.dunning.clock import (
 from bastionary.settings import Settings, parse_iso_duration
 from bastionary.storage.reports import jsonable
 
+MAX_WITHIN_DAYS = 36_500
+
 
 @click.group()
 def dunning() -> None:
@@ -89,7 +91,9 @@ def status(customer: str | None, show_all: bool, fmt: str) -> None:
     "within_days",
     default=7,
     show_default=True,
-    type=click.IntRange(min=0),
+    # The query takes the days as a UInt32: past it, N wrapped round silently (2**32 + 1 counted
+    # as 1 day). A century is more than any invoice waits; paid_ever counts the rest.
+    type=click.IntRange(min=0, max=MAX_WITHIN_DAYS),
     help="Paid within N days of the notice.",
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
@@ -121,8 +125,11 @@ def clock_show() -> None:
 @click.argument("moment")
 def clock_set(moment: str) -> None:
     """Set the clock to MOMENT (ISO 8601, e.g. 2026-03-01T00:00:00Z, or 'now')."""
-    target = datetime.now(UTC) if moment == "now" else _parse(moment)
-    click.echo(_file_clock().set(target).isoformat())
+    try:
+        target = datetime.now(UTC) if moment == "now" else _parse(moment)
+        click.echo(_file_clock().set(target).isoformat())
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is past the last moment Python holds in UTC
+        raise click.BadParameter(f"{moment} is out of range in UTC", param_hint="MOMENT") from None
 
 
 @clock.command("advance")
@@ -137,6 +144,8 @@ def clock_advance(duration: str) -> None:
         click.echo(_file_clock().advance(delta).isoformat())
     except ClockError as exc:
         raise click.ClickException(str(exc)) from None
+    except OverflowError:
+        raise click.BadParameter(f"{duration} moves the clock past 9999-12-31", param_hint="DURATION") from None
 
 
 def _file_clock() -> FileClock:
