@@ -30,7 +30,12 @@ def test_demo_runs_end_to_end_and_reports_exact_totals(tmp_path):
     assert done.returncode == 0, out[-4000:] + done.stderr[-3000:]
     assert "exact: every meter total equals the ground truth" in out
     assert "dead-lettered (usage.dlq)" in out
-    assert "FAILED" not in out
+    assert "FAILED" not in out and "MISMATCH" not in out
+    # The pipeline table adds up: every event in, the subscribers' usage included, was counted
+    # or dropped as a repeat, and the seven bad records were dead-lettered.
+    rows = {name: int(n.replace(",", "")) for name, n in re.findall(r"│ ([a-z][^│]*?)\s+│\s+([\d,]+)\s+│", out)}
+    assert rows["events in (incl. repeats)"] == rows["events counted"] + rows["duplicates dropped"], rows
+    assert rows["dead-lettered (usage.dlq)"] == 7, rows
 
     # Dunning: every step reached the non-payers by email (caught by the demo's SMTP sink).
     assert "Dunning email caught by the demo's SMTP sink" in out

@@ -34,6 +34,7 @@ from bastionary.devstack.broker import EmbeddedBroker
 from bastionary.devstack.discovery import GatewayInfo, gateway_dsn, gateway_file, read_gateway_file
 from bastionary.devstack.processes import PREEXEC, stop_process
 from bastionary.kafka import committed_offsets, ensure_topics, publish_records
+from bastionary.money import round_money
 from bastionary.settings import Settings
 from bastionary.storage import diagnostics
 from bastionary.storage.client import Client
@@ -114,7 +115,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
             with Collections(payer, broker.bootstrap, topics, start, peers) as collections:
                 ends = _publish(console, broker.bootstrap, topics.usage_events, workload.records)
                 _wait_until_landed(console, broker.bootstrap, settings.consumer_group, topics.usage_events, ends)
-                exact = _summarize(console, client, workload)
+                exact = _summarize(console, client, workload, billable_events=len(billable))
                 if not options.billing:
                     return exact
                 _show_invoices(console, client, subscribed)
@@ -383,13 +384,8 @@ def _show_invoice_and_credit_note(
     pdf, html = demo_dir / "invoice.pdf", demo_dir / "invoice.html"
     pdf.write_bytes(render_invoice_pdf(document))
     html.write_text(render_html(document))
-    taxes = ", ".join(f"{t['name']} {t['amount']} {document['currency']}" for t in document["tax_lines"]) or "none"
-    console.print(
-        f"Invoice {document['invoice_id']} of {CREDITED} ({document['bill_to'].get('name', '')}):"
-        f" subtotal {document['subtotal']}, tax {taxes}, total {document['total']} {document['currency']}"
-        f"\n  written to {pdf} and {html}"
-    )
-    amount = str((Decimal(document["subtotal"]) / 10).quantize(Decimal("0.01")))
+    console.print(f"{invoice_summary(CREDITED, document)}\n  written to {pdf} and {html}")
+    amount = service_credit_amount(document["subtotal"], document["currency"])
     request = {"credit_note_id": "demo-credit-1", "invoice_id": document["invoice_id"], "customer_id": CREDITED,
                "amount": amount, "reason": "Service credit: 10% for the API latency incident"}  # fmt: skip
     event = _event("bastionary.credit_note.requested.v1", "demo-credit-1", CREDITED, datetime.now(UTC), request)
@@ -423,11 +419,30 @@ def _show_invoice_and_credit_note(
     )
 
 
-def _summarize(console: Console, client: Client, workload: Workload) -> bool:
+def invoice_summary(customer: str, document: dict[str, Any]) -> str:
+    """One line on an invoice whose figures add up as printed: subtotal + tax - credits = total."""
+    currency = document["currency"]
+    taxes = ", ".join(f"{t['name']} {t['amount']} {currency}" for t in document["tax_lines"]) or "none"
+    # Without the credits, a credited invoice's total reads as a sum that does not add up.
+    credits = f", credits -{document['credits_applied']}" if Decimal(document["credits_applied"]) > 0 else ""
+    return (
+        f"Invoice {document['invoice_id']} of {customer} ({document['bill_to'].get('name', '')}):"
+        f" subtotal {document['subtotal']}, tax {taxes}{credits}, total {document['total']} {currency}"
+    )
+
+
+def service_credit_amount(subtotal: str, currency: str) -> str:
+    """The demo's 10% service credit, rounded as every amount is (half up, bastionary.money)."""
+    return str(round_money(Decimal(subtotal) / 10, currency))
+
+
+def _summarize(console: Console, client: Client, workload: Workload, billable_events: int = 0) -> bool:
+    """``billable_events``: the subscribers' usage, published one event per record beside the
+    workload's records; their events are already among ``workload.unique_events``."""
     accepted, duplicates, dead = diagnostics.ingest_totals(client)
-    events_in = sum(r.events for r in workload.records)
+    events_in = sum(r.events for r in workload.records) + billable_events
     table = Table(title="Pipeline", show_header=False)
-    table.add_row("records published", f"{len(workload.records):,}")
+    table.add_row("records published", f"{len(workload.records) + billable_events:,}")
     table.add_row("events in (incl. repeats)", f"{events_in:,}")
     table.add_row("events counted", f"{int(accepted):,}")
     table.add_row("duplicates dropped", f"{int(duplicates):,}")
@@ -452,4 +467,14 @@ def _summarize(console: Console, client: Client, workload: Workload) -> bool:
     console.print(top)
     verdict = "[green]exact: every meter total equals the ground truth" if exact else "[red]MISMATCH with ground truth"
     console.print(verdict)
-    return exact
+    # Equal totals do not show that a bad record reached usage.dlq rather than vanishing, nor
+    # that the counters a dashboard plots agree with what was sent.
+    expected = {
+        "events counted": (accepted, len(workload.unique_events)),
+        "duplicates dropped": (duplicates, workload.duplicates),
+        "dead-lettered (usage.dlq)": (dead, workload.bad_records),
+    }
+    miscounted = [f"{name} {got:,}, expected {want:,}" for name, (got, want) in expected.items() if got != want]
+    for line in miscounted:
+        console.print(f"[red]MISMATCH: {line}")
+    return exact and not miscounted
