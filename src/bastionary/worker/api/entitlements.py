@@ -1,16 +1,19 @@
 """``GET /v1/customers/{customer_id}/entitlements[/{feature}]``, answered by the worker that
 owns the customer: any worker takes the request, answers it itself when it owns the
 customer's partition of the ``entitlements`` table (partitioned like ``usage.events``), and
-otherwise lets Faust route it to the owner."""
+otherwise forwards it to the owner that Faust's assignment names."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import faust
 import structlog
+from aiohttp import web
 from faust.web.exceptions import ServiceUnavailable
+from yarl import URL
 
 from bastionary.apikeys import ApiKey
 from bastionary.entitlements.auth import valid_feature
@@ -21,17 +24,30 @@ from bastionary.worker.services.entitlements import EntitlementService
 
 log = structlog.get_logger(__name__)
 
+# Set on a check one worker forwards to another. A worker that receives one for a customer it
+# does not own answers 503 rather than forwarding again: mid-rebalance two workers may each
+# take the other for the owner, and would pass the request back and forth until it timed out.
+FORWARDED_HEADER = "X-Bastionary-Forwarded"
+# An owner answers a check in milliseconds (a first one reads ClickHouse); one slower than this
+# is down or stuck, and the caller is better told to retry than held for aiohttp's 5 minutes.
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=5)
+# What the caller needs of the owner's answer besides its status and body.
+KEPT_HEADERS = ("Retry-After", "WWW-Authenticate")
+RETRY_AFTER_S = 1
+
 
 def install(app: faust.App, guard: Guard, service: EntitlementService) -> None:
-    routed = app.table_route(table=service.table, match_info="customer_id")
     ownership = PartitionOwnership(app, service.table)
 
-    async def forget_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    async def forget_partitions(sender: Any, partitions: Any, **kwargs: Any) -> None:
         ownership.forget()
 
-    # mode types a receiver as taking any positional arguments after the sender; this signal
-    # sends exactly one, the revoked partitions.
+    # A rebalance may change the partition count, and a key asked between the revocation
+    # and the new assignment was hashed with the count from before: forget at both ends.
+    # mode types a receiver as taking any positional arguments after the sender; these
+    # signals send exactly one, the revoked or the assigned partitions.
     app.on_partitions_revoked.connect(forget_partitions)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(forget_partitions)  # type: ignore[arg-type]
 
     async def answer_one(view: Any, request: Any, customer_id: str, feature: str) -> Any:
         try:
@@ -49,25 +65,42 @@ def install(app: faust.App, guard: Guard, service: EntitlementService) -> None:
             return json_error(404, "unknown_customer", f"no customer {customer_id!r}")
         return view.json({"customer_id": customer_id, "entitlements": [d.to_json() for d in decisions]})
 
-    routed_one, routed_all = routed(answer_one), routed(answer_all)
+    def retry_shortly(response: web.Response) -> web.Response:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
-    async def via_owner(
-        here: Callable[..., Awaitable[Any]],
-        elsewhere: Callable[..., Awaitable[Any]],
-        view: Any,
-        request: Any,
-        **params: str,
-    ) -> Any:
+    async def forwarded(here: Callable[..., Awaitable[Any]], view: Any, request: web.Request, **params: str) -> Any:
+        if FORWARDED_HEADER in request.headers:
+            return retry_shortly(json_error(503, "not_ready", "partitions are being assigned; retry shortly"))
+        owner = app.router.key_store(service.table.name, params["customer_id"])
+        if _same_worker(owner, URL(str(app.conf.canonical_url))):
+            return await here(view, request, **params)  # as Faust's routing answers it
+        # The owner's own address (its scheme and any path prefix included), and only the
+        # caller's key: the owner checks it again, as for a request it took itself.
+        url = URL(str(owner).rstrip("/") + request.raw_path, encoded=True)
+        headers = {FORWARDED_HEADER: "1"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        try:
+            async with app.http_client.get(url, headers=headers, timeout=FORWARD_TIMEOUT) as answer:
+                body = await answer.read()
+                kept = {name: answer.headers[name] for name in KEPT_HEADERS if name in answer.headers}
+                return web.Response(body=body, status=answer.status, content_type=answer.content_type, headers=kept)
+        except (aiohttp.ClientError, TimeoutError) as failure:
+            log.warning("the customer's owner did not answer a check", owner=str(owner), error=repr(failure)[:300])
+            return retry_shortly(
+                json_error(503, "unavailable", "the worker that owns the customer did not answer; retry shortly")
+            )
+
+    async def via_owner(here: Callable[..., Awaitable[Any]], view: Any, request: Any, **params: str) -> Any:
         try:
             if ownership.owned_here(params["customer_id"]):
                 return await here(view, request, **params)
-            return await elsewhere(view, request, **params)
+            return await forwarded(here, view, request, **params)
         except (ServiceUnavailable, KeyError, TypeError, ValueError):
             # Before the first assignment (or mid-rebalance) no worker is known to own the key.
             log.debug("no owner known for the customer yet", exc_info=True)
-            response = json_error(503, "not_ready", "partitions are being assigned; retry shortly")
-            response.headers["Retry-After"] = "1"
-            return response
+            return retry_shortly(json_error(503, "not_ready", "partitions are being assigned; retry shortly"))
 
     def refused(request: Any, customer_id: str, feature: str | None = None) -> Any:
         key = guard.customer_path(request, "read", customer_id)
@@ -81,12 +114,15 @@ def install(app: faust.App, guard: Guard, service: EntitlementService) -> None:
     class FeatureView(faust.web.View):
         async def get(self, request: Any, customer_id: str, feature: str) -> Any:
             return refused(request, customer_id, feature) or await via_owner(
-                answer_one, routed_one, self, request, customer_id=customer_id, feature=feature
+                answer_one, self, request, customer_id=customer_id, feature=feature
             )
 
     @app.page("/v1/customers/{customer_id}/entitlements")
     class CustomerView(faust.web.View):
         async def get(self, request: Any, customer_id: str) -> Any:
-            return refused(request, customer_id) or await via_owner(
-                answer_all, routed_all, self, request, customer_id=customer_id
-            )
+            return refused(request, customer_id) or await via_owner(answer_all, self, request, customer_id=customer_id)
+
+
+def _same_worker(a: URL, b: URL) -> bool:
+    # As Faust's router compares them: host and port, whatever the scheme.
+    return (a.host or a.path, a.port or 80) == (b.host or b.path, b.port or 80)
