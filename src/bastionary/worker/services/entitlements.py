@@ -150,14 +150,9 @@ class EntitlementService:
                 fresh = rows - seen.keys()
                 seen = {row: at for row, at in seen.items() if at > since} | dict.fromkeys(fresh, now)
                 if fresh:
-                    service.invalidate({customer for customer, _ in fresh}, owned=self._owns)
+                    service.invalidate({customer for customer, _ in fresh})
         finally:
             reconciler.cancel()
-
-    def _owns(self, customer: str) -> bool:
-        # The entitlements table is partitioned like usage.events, and Faust assigns both
-        # topics' partition n to one worker.
-        return self.ctx.owns(customer, self.ctx.topics.usage_events)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         if self._service is not None:
