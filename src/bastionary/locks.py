@@ -12,14 +12,18 @@ while a second ``bastionary run`` (which owns all three) is refused.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Hashable, Iterator
 from pathlib import Path
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 BROKER = "broker"
 CLICKHOUSE = "clickhouse"
@@ -68,3 +72,24 @@ def owning(data_dir: Path, *parts: str, command: str | None = None) -> Iterator[
     finally:
         for fd in held:
             os.close(fd)
+
+
+class KeyedLocks(Generic[K]):
+    """In-process, not a file lock: one asyncio lock per key, so work under one key runs one
+    at a time while other keys go on. A key's lock is dropped once no task holds or waits for
+    it: keys come from outside (notice ids, idempotency keys) and are unbounded."""
+
+    def __init__(self) -> None:
+        self._locks: dict[K, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: K) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]

@@ -16,9 +16,8 @@ Order per channel, and what a crash right after each step does:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +38,7 @@ from bastionary.dunning.notify import (
 )
 from bastionary.dunning.policy import CHANNELS
 from bastionary.dunning.ports import DunningStore, TrailRow
+from bastionary.locks import KeyedLocks
 
 log = structlog.get_logger(__name__)
 
@@ -96,10 +96,10 @@ class Notifier:
         self.dead_letter = dead_letter
         self.company = company
         self._session: aiohttp.ClientSession | None = None
-        # notice_id -> (its lock, the copies holding or awaiting it). The agent's delivery slots
-        # share one stream, and a dunner restarted between publishing and marking publishes a
+        # One copy of a notice at a time, within one worker (a notice's copies share its
+        # partition, so one worker reads them). The agent's delivery slots share one stream, and a dunner restarted between publishing and marking publishes a
         # notice again: both copies could pass step 1 before either reached step 3.
-        self._notices: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._notices: KeyedLocks[str] = KeyedLocks()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -121,24 +121,10 @@ class Notifier:
             await self.dead_letter(value, INVALID_NOTICE, problem or "not a step notice")
             log.warning("not a step notice", reason=problem)
             return []
-        async with self._one_copy_at_a_time(data["notice_id"]):
+        async with self._notices.held(data["notice_id"]):  # a second copy waits, then finds it delivered
             done = await asyncio.to_thread(self.store.delivered_channels, data["notice_id"])
             pending = [c for c in data.get("channels", []) if c not in done]
             return list(await asyncio.gather(*(self._deliver(channel, value, data) for channel in pending)))
-
-    @contextlib.asynccontextmanager
-    async def _one_copy_at_a_time(self, notice_id: str) -> AsyncIterator[None]:
-        # A second copy waits for the first to record its channels, then finds them delivered.
-        # Within one worker: a notice's copies share its partition, so one worker reads them.
-        lock, users = self._notices.setdefault(notice_id, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._notices[notice_id]
 
     async def _deliver(self, channel: str, value: bytes, data: dict[str, Any]) -> DeliveryOutcome:
         notice = data["notice_id"]

@@ -21,10 +21,9 @@ as a retry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +34,7 @@ from aiohttp import web
 
 from bastionary.apikeys import ApiKey
 from bastionary.dunning.events import PAYMENT_TYPES, PaymentData, check_payment_owner, parse_payment
+from bastionary.locks import KeyedLocks
 from bastionary.outbound import cloud_event
 from bastionary.rating.credit_notes import CREDIT_NOTE_REQUESTED, parse_credit_note_request
 from bastionary.rating.customers import CUSTOMER_UPSERTED, parse_customer
@@ -175,29 +175,6 @@ class Refused(Exception):
         self.response = response
 
 
-class OneRequestPerKey:
-    """Requests under one idempotency key, one at a time. Two first requests racing both
-    found no record: both were recorded and published, two events for one key (other data
-    was never refused, the same data was sent twice). The second now waits for the first's
-    record and is answered as its retry. Within one worker only: ClickHouse has no
-    insert-if-absent, so two workers can still both record (see :func:`event_id`)."""
-
-    def __init__(self) -> None:
-        self._keys: dict[tuple[str, str, str], tuple[asyncio.Lock, list[int]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def held(self, key_name: str, path: str, idempotency_key: str) -> AsyncIterator[None]:
-        lock, users = self._keys.setdefault((key_name, path, idempotency_key), (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:  # nothing kept for a key no request holds: keys are unbounded
-                del self._keys[(key_name, path, idempotency_key)]
-
-
 def event_id(key: ApiKey, path: str, idempotency_key: str | None, digest: str) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
@@ -249,7 +226,12 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
         # The lookup the payment intake makes: the invoice as dunning or the rater stored it.
         return await asyncio.to_thread(ClickHouseDunningStore(backend.reader).invoice_customer, invoice_id)
 
-    one_request_per_key = OneRequestPerKey()
+    # Requests under one idempotency key, one at a time. Two first requests racing both found
+    # no record: both were recorded and published, two events for one key (other data was
+    # never refused, the same data was sent twice). The second now waits for the first's record
+    # and is answered as its retry. Within one worker only: ClickHouse has no insert-if-absent,
+    # so two workers can still both record (see :func:`event_id`).
+    one_request_per_key: KeyedLocks[tuple[str, str, str]] = KeyedLocks()
 
     async def accept(request: web.Request, write: Write, params: dict[str, str]) -> web.Response:
         key = guard.key(request, "write")
@@ -262,7 +244,7 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend, dunning: DunningS
             return refused.response
         if idempotency_key is None:
             return await accept_data(request, write, key, None, data)
-        async with one_request_per_key.held(key.name, request.path, idempotency_key):
+        async with one_request_per_key.held((key.name, request.path, idempotency_key)):
             return await accept_data(request, write, key, idempotency_key, data)
 
     async def accept_data(
