@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def dunning_notice(channels: list[str]) -> dict[str, Any]:
+def dunning_notice(channels: list[str], **overrides: Any) -> dict[str, Any]:
     return {
         "notice_id": "dn-0001-step-2",
         "invoice_id": "inv-2026-02-0042",
@@ -25,4 +25,4 @@ def dunning_notice(channels: list[str]) -> dict[str, Any]:
         "channels": channels,
         "recipient_email": "ap@acme.example",
         "policy": "default",
-    }
+    } | overrides

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -26,3 +27,22 @@ async def served(app: web.Application) -> AsyncIterator[str]:
         yield base
     finally:
         await runner.cleanup()
+
+
+def events_view(broker: object) -> Any:
+    """The ``POST /v1/events`` view over ``broker`` (a ``post_usage``), with any key allowed."""
+    from bastionary.apikeys import ApiKey
+    from bastionary.worker.api import events
+
+    views = {}
+
+    class App:
+        def page(self, path):
+            return lambda view: views.setdefault(path, view)
+
+    class AnyKey:
+        def key(self, request, scope):
+            return ApiKey("ingest", frozenset({"ingest"}))
+
+    events.install(App(), AnyKey(), broker)
+    return views["/v1/events"]

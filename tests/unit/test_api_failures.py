@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaConnectionError
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from bastionary.worker.api.failures import failures_as_json
+from tests.unit.served_apps import events_view
 from tests.unit.served_apps import served as served_app
 
 
@@ -69,20 +70,8 @@ async def test_every_answer_is_counted_by_its_route_template():
 
 
 async def posted_through(broker: object) -> web.Response:
-    """``POST /v1/events`` answered by the events view over ``broker`` (a ``post_usage``), with
-    any key allowed: the view alone, without a server."""
-    from bastionary.apikeys import ApiKey
-    from bastionary.worker.api import events
-
-    views = {}
-
-    class App:
-        def page(self, path):
-            return lambda view: views.setdefault(path, view)
-
-    class AnyKey:
-        def key(self, request, scope):
-            return ApiKey("ingest", frozenset({"ingest"}))
+    """``POST /v1/events`` answered by the events view over ``broker``: the view alone,
+    without a server."""
 
     class Request:
         def __init__(self):
@@ -91,8 +80,7 @@ async def posted_through(broker: object) -> web.Response:
         async def read(self):
             return b"{}"
 
-    events.install(App(), AnyKey(), broker)
-    return await views["/v1/events"].post(None, Request())
+    return await events_view(broker).post(None, Request())
 
 
 async def test_a_broker_that_does_not_take_posted_events_answers_503_with_retry_after():

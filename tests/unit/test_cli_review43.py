@@ -13,15 +13,14 @@ from click.testing import CliRunner
 
 from bastionary.apikeys import read_key_file
 from bastionary.cli.main import cli
+from tests.unit.env_helpers import without_settings
 
 WEBHOOK_SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.upper().startswith("BASTIONARY_"):
-            monkeypatch.delenv(name)
+    without_settings(monkeypatch)
     monkeypatch.setenv("BASTIONARY_DATA_DIR", str(tmp_path / "data"))
 
 

@@ -3,7 +3,6 @@ variables a message names are settings that exist."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -14,13 +13,12 @@ from bastionary.cli.common import explain
 from bastionary.cli.main import cli
 from bastionary.locks import DataDirInUse
 from bastionary.settings import Settings
+from tests.unit.env_helpers import without_settings
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.upper().startswith("BASTIONARY_"):
-            monkeypatch.delenv(name)
+    without_settings(monkeypatch)
     monkeypatch.setenv("BASTIONARY_DATA_DIR", str(tmp_path / "data"))
 
 

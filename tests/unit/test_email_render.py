@@ -14,33 +14,16 @@ from bastionary.dunning.notify.email import (
     build_message,
     render_email,
 )
+from tests.notices import dunning_notice
 
 TEMPLATES = {"friendly", "firm", "final_notice", "suspend", "mark_uncollectible"}
 CONFIG = SmtpConfig(host="127.0.0.1", port=2525, sender="Billing <billing@example.com>")
 
 
 def make_notice(**overrides) -> dict:
-    notice = {
-        "notice_id": "7f1c2a9e-notice",
-        "invoice_id": "inv-2026-02-0042",
-        "customer_id": "cust-acme",
-        "step": 2,
-        "action": "remind",
-        "days_overdue": 14,
-        "amount_due": "1234.50",
-        "currency": "EUR",
-        "due_at": "2026-03-01T00:00:00+00:00",
-        "issued_at": "2026-02-01T00:00:00+00:00",
-        "period_start": "2026-01-01T00:00:00+00:00",
-        "period_end": "2026-02-01T00:00:00+00:00",
-        "invoice_total": "1500.00",
-        "template": None,
-        "channels": ["email", "webhook"],
-        "recipient_email": "ap@acme.example",
-        "policy": "default",
-    }
-    notice.update(overrides)
-    return notice
+    return (
+        dunning_notice(["email", "webhook"], notice_id="7f1c2a9e-notice", action="remind", days_overdue=14) | overrides
+    )
 
 
 def test_all_templates_are_available():

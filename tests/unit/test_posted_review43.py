@@ -15,7 +15,6 @@ import aiohttp
 from aiohttp import web
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from bastionary.apikeys import ApiKey
 from bastionary.catalog import parse_catalog
 from bastionary.dedupe.rocksdb_store import RocksDedupeStore
 from bastionary.ingest.cloudevents import RecordLimits
@@ -23,9 +22,8 @@ from bastionary.metering.planning import FlushPlan, FlushPlanner
 from bastionary.metering.posted import PostedEvents, judge_posted
 from bastionary.metering.readings import MeterIndex
 from bastionary.metering.records import InboundRecord
-from bastionary.worker.api import events
 from bastionary.worker.api.failures import failures_as_json
-from tests.unit.served_apps import served
+from tests.unit.served_apps import events_view, served
 
 NOW_MS = 1_772_323_200_000  # 2026-03-01T00:00:00Z
 TOPIC = "usage.events"
@@ -107,23 +105,14 @@ def test_a_request_within_the_record_limit_makes_records_the_producer_takes(tmp_
 
 async def test_a_body_that_does_not_decompress_is_a_400_not_a_500():
     """Was a 500 internal_error, logged as a bug of ours, which clients retry as it is."""
-    views: dict[str, Any] = {}
-
-    class App:
-        def page(self, path):
-            return lambda view: views.setdefault(path, view)
-
-    class AnyKey:
-        def key(self, request, scope):
-            return ApiKey("ingest", frozenset({"ingest"}))
 
     class NoBroker:
         async def post_usage(self, body, batch, customer):
             raise AssertionError("an unreadable body is not published")
 
-    events.install(App(), AnyKey(), NoBroker())
+    view = events_view(NoBroker())
     app = web.Application(middlewares=[failures_as_json])
-    app.router.add_post("/v1/events", lambda request: views["/v1/events"].post(None, request))
+    app.router.add_post("/v1/events", lambda request: view.post(None, request))
     headers = {"Content-Type": "application/cloudevents+json", "Content-Encoding": "zstd"}
     async with (
         served(app) as base,

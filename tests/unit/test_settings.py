@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -13,14 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastionary.settings import ConfigError, Settings, format_iso_duration, load_settings, parse_iso_duration
+from tests.unit.env_helpers import without_settings
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     """No BASTIONARY_* variable from the outer environment leaks in; cwd is a scratch dir."""
-    for name in list(os.environ):
-        if name.upper().startswith("BASTIONARY_"):
-            monkeypatch.delenv(name)
+    without_settings(monkeypatch)
     monkeypatch.chdir(tmp_path)
 
 
