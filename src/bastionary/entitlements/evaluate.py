@@ -37,6 +37,13 @@ class CustomerState:
     usage: Mapping[str, Decimal]  # metered feature -> usage in the current period
     overrides: Sequence[Override]
     credit_limited: bool = False  # the customer's credit limit is reached (rating/spend.py)
+    # Where usage counts from: the period's start, or the subscription's when its first period
+    # starts before it (a stub), as its invoice bills usage from the start. None: period_start.
+    counted_from: datetime | None = None
+
+    @property
+    def usage_start(self) -> datetime | None:
+        return self.period_start if self.counted_from is None else self.counted_from
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,11 @@ class Entitlements:
         async with self.lock:
             states = await asyncio.to_thread(build_states, self.store, self._plans, self._meters, customers, self.now())
             self._loaded.update(states)
+        # Whatever read them (a check, after a restart or a partition move), the reconciler
+        # derives their changes once: a limit crossed by a flush that landed before the read
+        # would otherwise go untold, as an exhausted customer sends no usage to wake it.
+        self._dirty.update(customer for customer, loaded in states.items() if loaded is not None)
+        self._wake.set()
         log.debug("entitlement states loaded", customers=len(states), known=sum(1 for s in states.values() if s))
         if self.on_loaded is not None:
             for customer, loaded in states.items():
@@ -117,11 +122,17 @@ class Entitlements:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def invalidate(self, customers: Iterable[str]) -> None:
-        """Their subscription, overrides or suspension changed: read them again, then reconcile."""
+    def invalidate(self, customers: Iterable[str], owned: Callable[[str], bool] | None = None) -> None:
+        """Their subscription, overrides or suspension changed: read them again, then reconcile.
+
+        ``owned``: whether this worker owns a customer it holds no state of. Those are read too:
+        a suspension, a reinstatement or an override is told on the changes topic when it
+        happens, not at the customer's next check, which a suspended customer may never make."""
         for customer in customers:
             if customer in self._loaded:
                 self._loaded.pop(customer)
+                self._dirty.add(customer)
+            elif owned is not None and owned(customer):
                 self._dirty.add(customer)
         self._wake.set()
 
@@ -171,12 +182,13 @@ class Entitlements:
                     continue
                 state = loaded.state
                 # No plan now: no period, and no usage to count (build_state sets all three or none).
-                if state.plan is None or state.period_start is None or state.period_end is None:
+                usage_start = state.usage_start
+                if state.plan is None or usage_start is None or state.period_end is None:
                     continue
                 if flush.replayed:
                     stale.add(customer)  # part of it may be counted already: read it again
                     continue
-                if not state.period_start <= window_start < state.period_end:
+                if not usage_start <= window_start < state.period_end:
                     continue
                 for feature, wanted, additive, column in self._counted_by(state.plan, meter):
                     if wanted and any(group_values.get(k) != v for k, v in wanted):
@@ -239,6 +251,7 @@ class Entitlements:
                 log.exception("entitlement states not read; retried", customers=len(dirty))
                 self._dirty |= dirty
                 continue
+            self._dirty -= dirty  # marked by their own read: reconciled just below
             for n, customer in enumerate(sorted(dirty)):
                 if n % 50 == 49:
                     await asyncio.sleep(0)  # a long sweep must not hold checks up

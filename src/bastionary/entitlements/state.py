@@ -25,11 +25,11 @@ class Loaded:
     state: CustomerState
     recorded: list[Change] = field(default_factory=list)  # changes emitted so far, in order
     suspensions: list[str] = field(default_factory=list)  # dunning's suspended/reinstated transitions
-    next_start: datetime | None = None  # a subscription not begun yet starts: the answer may change
+    next_start: datetime | None = None  # a subscription or a booked plan change begins: the answer may change
 
     def stale_at(self, now: datetime) -> bool:
-        """A period boundary passed (the counters reset) or another subscription began: the
-        state is built again."""
+        """A period boundary passed (the counters reset), or another subscription or a booked
+        plan change began: the state is built again."""
         return any(moment is not None and now >= moment for moment in (self.state.period_end, self.next_start))
 
 
@@ -39,11 +39,14 @@ def subscription_in_force(
     """The subscription a check is answered from: of those in force at ``now``, the one that
     started last (None if none is). Also the earliest start still to come, when the answer
     may change: a subscription booked to start next month neither takes access away now nor
-    is forgotten when it begins."""
+    is forgotten when it begins, and a plan change booked for mid-period takes effect when
+    it begins, not at the period's end (no row arrives then for the poll to see)."""
     subscriptions = list(subscriptions)
     in_force = [sub for sub in subscriptions if sub.active_at(now)]
     chosen = max(in_force, key=lambda sub: sub.segments[0].start, default=None)
-    next_start = min((sub.segments[0].start for sub in subscriptions if sub.segments[0].start > now), default=None)
+    next_start = min(
+        (segment.start for sub in subscriptions for segment in sub.segments if segment.start > now), default=None
+    )
     return chosen, next_start
 
 
@@ -88,7 +91,7 @@ def build_states(
     subscriptions = store.subscriptions(customers)
     overrides = store.overrides(customers)
     known = [c for c in customers if c in subscriptions or c in overrides]
-    periods: dict[str, tuple[EntitledPlan | None, datetime | None, datetime | None]] = {}
+    periods: dict[str, tuple[EntitledPlan | None, datetime | None, datetime | None, datetime | None]] = {}
     # (meter, filter, start, end) -> the customers asking; per customer, (feature, that question)
     usage_asked: dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime], list[str]] = {}
     features: dict[str, list[tuple[str, tuple[str, tuple[tuple[str, str], ...], datetime, datetime]]]] = {}
@@ -97,11 +100,13 @@ def build_states(
         chosen, next_starts[customer] = subscription_in_force(subscriptions.get(customer, ()), now)
         in_force, start, end = plan_and_period(chosen, now)
         plan = plans[in_force.key] if in_force is not None else None
-        periods[customer] = (plan, start, end)
-        if plan is not None and start is not None and end is not None:  # all three or none
+        # Usage before the subscription began is not its own (its invoice bills from the start).
+        counted_from = max(start, chosen.segments[0].start) if chosen is not None and start is not None else None
+        periods[customer] = (plan, start, end, counted_from)
+        if plan is not None and counted_from is not None and end is not None:  # all or none
             for entitlement in plan.entitlements:
                 if isinstance(entitlement, MeteredEntitlement):
-                    key = (entitlement.meter, tuple(sorted(entitlement.filter.items())), start, end)
+                    key = (entitlement.meter, tuple(sorted(entitlement.filter.items())), counted_from, end)
                     usage_asked.setdefault(key, []).append(customer)
                     features.setdefault(customer, []).append((entitlement.feature, key))
     usage_found = {
@@ -112,12 +117,20 @@ def build_states(
     recorded = store.recorded_changes(known) if known else {}
     states: dict[str, Loaded | None] = dict.fromkeys(customers)
     for customer in known:
-        plan, start, end = periods[customer]
+        plan, start, end, counted_from = periods[customer]
         usage = {feature: usage_found[key].get(customer, Decimal(0)) for feature, key in features.get(customer, [])}
         history = suspensions.get(customer, [])
         suspended = bool(history) and history[-1] == "suspended"
         state = CustomerState(
-            customer, plan, start, end, suspended, usage, tuple(overrides.get(customer, ())), customer in limited
+            customer,
+            plan,
+            start,
+            end,
+            suspended,
+            usage,
+            tuple(overrides.get(customer, ())),
+            customer in limited,
+            counted_from,
         )
         states[customer] = Loaded(state, recorded.get(customer, []), history, next_starts[customer])
     return states

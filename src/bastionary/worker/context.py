@@ -59,6 +59,12 @@ class WorkerContext:
         """The latest event ``time`` a record may carry (``future_time`` beyond it)."""
         return latest_event_time(message.timestamp, self.settings.max_future_skew)
 
+    def assignment_settled(self) -> bool:
+        """Whether :meth:`owns` can be trusted now: the worker has joined its group and no
+        rebalance or table recovery is under way (until then it owns nothing, or too much)."""
+        app = self.app
+        return bool(app.consumer.assignment()) and not app.rebalancing and not app.in_recovery
+
     def owns(self, customer_id: str, topic: str) -> bool:
         """Whether this worker owns ``customer_id``'s partition of ``topic`` (keyed by customer)."""
         consumer = self.app.consumer

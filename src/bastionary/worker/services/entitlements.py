@@ -5,7 +5,6 @@ reconciler, and the ``entitlements`` table that routes checks to the owner."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,7 +60,7 @@ class EntitlementService:
             sink = self._usage.sink
             store = ClickHouseEntitlementStore(self._client_factory(), self.catalog.plans)
             service = Entitlements(
-                store, self.catalog.plans, self.catalog.meters, self._publish, sink.lock, on_loaded=self._mirror
+                store, self.catalog.plans, self.catalog.meters, self._publish, sink.lock, on_loaded=self._count_load
             )
             sink.listeners.append(service.on_flush)
             sink.rows_wanted = service.usage_rows_wanted
@@ -97,17 +96,11 @@ class EntitlementService:
         if self._service is not None:
             self._service.invalidate(customers)
 
-    def _mirror(self, customer: str, loaded: Loaded) -> None:
-        """The table holds each owned customer's state for operators; checks use memory."""
+    def _count_load(self, customer: str, loaded: Loaded) -> None:
+        # The table routes checks to the owner and holds nothing. A copy of each state loaded,
+        # written to it from outside any stream, stalled a restarted worker's notice delivery
+        # (tests/integration/test_dunning_crash.py), and Faust serves its tables unkeyed.
         metrics.ENTITLEMENT_STATE_LOADS.inc()
-        snapshot = {
-            "plan": loaded.state.plan.key if loaded.state.plan else None,
-            "period_start": loaded.state.period_start.isoformat() if loaded.state.period_start else None,
-            "usage": {k: str(v) for k, v in loaded.state.usage.items()},
-            "suspended": loaded.state.suspended,
-        }
-        with contextlib.suppress(Exception):
-            self.table[customer.encode()] = snapshot
 
     async def _publish(self, key: str, value: bytes) -> Any:
         return await self.ctx.topic(self.ctx.topics.entitlement_changes).send(key=key.encode(), value=value)
@@ -135,6 +128,9 @@ class EntitlementService:
         agents and workers; polling it is the one path that sees them all, restarts included."""
         since = datetime.now(UTC)
         seen: dict[tuple[str, str], datetime] = {}  # rows already acted on, kept while in the window
+        # Changed customers whose owner is not known yet (the worker is joining the group, or a
+        # rebalance is under way): asked again once it is, rather than taken for another's.
+        unsettled: set[str] = set()
         service, store = self._opened()
         reconciler = asyncio.ensure_future(service.run_reconciler())
         try:
@@ -149,10 +145,22 @@ class EntitlementService:
                 since = now - POLL_WINDOW
                 fresh = rows - seen.keys()
                 seen = {row: at for row, at in seen.items() if at > since} | dict.fromkeys(fresh, now)
-                if fresh:
-                    service.invalidate({customer for customer, _ in fresh})
+                changed = {customer for customer, _ in fresh} | unsettled
+                if not changed:
+                    continue
+                if self.ctx.assignment_settled():
+                    service.invalidate(changed, owned=self._owns)
+                    unsettled = set()
+                else:
+                    service.invalidate(changed)  # only those held in memory, which a check read
+                    unsettled = changed
         finally:
             reconciler.cancel()
+
+    def _owns(self, customer: str) -> bool:
+        # The entitlements table is partitioned like usage.events, and Faust assigns both
+        # topics' partition n to one worker.
+        return self.ctx.owns(customer, self.ctx.topics.usage_events)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
         if self._service is not None:
