@@ -3,7 +3,10 @@ every request's route, status and time, in ``bastionary_api_request_seconds``.
 
 Storage or broker trouble (a connection refused, a timeout) is ``503 unavailable`` with
 ``Retry-After``: the request may be retried as it is. Anything else is a bug of ours,
-``500 internal_error``, logged with its traceback. A body over the size limit is ``413``.
+``500 internal_error``, logged with its traceback. A body over the size limit is ``413``; a
+path the API does not serve is ``404 not_found``, a method it does not take there ``405
+method_not_allowed`` (with ``Allow``), and a body that cannot be read (its
+Content-Encoding does not decode) ``400 invalid_encoding``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from aiokafka.errors import KafkaError
 from clickhouse_connect.driver.exceptions import OperationalError
 
@@ -54,8 +58,29 @@ async def _answered(
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as too_large:
         return json_error(413, "record_too_large", too_large.text or "the body is too large")
+    except web.HTTPNotFound:
+        # aiohttp's own answer is plain text: a client that reads the documented error body
+        # failed on it, or took it for a proxy's page.
+        return json_error(404, "not_found", f"no API path {request.path[:200]!r}; schemas/openapi.yaml lists them")
+    except web.HTTPMethodNotAllowed as not_allowed:
+        allowed = ", ".join(sorted(not_allowed.allowed_methods))
+        response = json_error(
+            405, "method_not_allowed", f"{request.method[:20]} is not allowed here; allowed: {allowed}"
+        )
+        response.headers["Allow"] = not_allowed.headers["Allow"]
+        return response
     except web.HTTPException:
         raise
+    except RequestPayloadError:
+        # A body its Content-Encoding does not decode, or a malformed chunked transfer: the
+        # sender's to fix. As a bug of ours (500, a traceback) a client retried it as it was.
+        coding = (request.headers.get("Content-Encoding") or "")[:40]
+        return json_error(
+            400,
+            "invalid_encoding",
+            f"the body could not be read: it does not decode as its Content-Encoding ({coding!r}) says,"
+            " or its transfer is malformed",
+        )
     except UNAVAILABLE as exc:
         log.warning("request failed on storage or the broker", path=request.path, error=str(exc)[:300])
         response = json_error(503, "unavailable", "storage or the broker did not answer; retry shortly")

@@ -18,6 +18,7 @@ from aiohttp import web
 from bastionary.apikeys import ApiKey
 from bastionary.credits.balances import balances
 from bastionary.rating.render import render_html, render_invoice_pdf
+from bastionary.storage.client import Client
 from bastionary.storage.credit_notes import ClickHouseCreditNoteStore
 from bastionary.storage.queries import FIRST_BOUND, LAST_BOUND, WINDOWS
 from bastionary.storage.reports import (
@@ -33,6 +34,9 @@ from bastionary.worker.services.api import ApiBackend
 # The most rows a usage query answers: a minute window over a year for every customer would
 # otherwise be built in the worker's memory whole (a customer-limited key can ask it too).
 MAX_USAGE_ROWS = 100_000
+# The most invoices or credit notes a list answers, for the same reason: every customer's, in
+# a large deployment, was answered in one body (150,000 invoices: 47 MB, built whole).
+MAX_LIST_ROWS = 100_000
 
 
 class BadQuery(ValueError):
@@ -69,6 +73,21 @@ def usage_filters(request: web.Request) -> dict[str, str]:
         elif name.startswith("filter"):
             raise BadQuery(f"expected filter[DIMENSION]=VALUE, got {name[:64]!r}")
     return found
+
+
+def listed_count(reader: Client, table: str, customer: str | None, where: str = "1") -> int:
+    """How many rows of ``table`` a list for ``customer`` (empty: every customer) would read.
+    Counted first, so a list too long is refused before any of it is fetched."""
+    sql, params = f"SELECT count() FROM {table} FINAL WHERE {where}", {}
+    if customer:  # as the lists themselves: an empty customer is every customer
+        sql, params = sql + " AND customer_id = {c:String}", {"c": customer}
+    return int(reader.query(sql, parameters=params).result_rows[0][0])
+
+
+def list_too_long(what: str) -> web.Response:
+    return json_error(
+        400, "invalid_query", f"more than {MAX_LIST_ROWS:,} {what}: list one customer's at a time (customer=)"
+    )
 
 
 def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
@@ -127,6 +146,9 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             if isinstance(allowed, web.Response):
                 return allowed
             _, customer = allowed
+            count = await asyncio.to_thread(listed_count, backend.reader, "invoices", customer, "status != 'empty'")
+            if count > MAX_LIST_ROWS:
+                return list_too_long("invoices")
             invoices = await asyncio.to_thread(InvoiceReports(backend.reader).summaries, customer)
             return self.json({"invoices": invoices})
 
@@ -173,6 +195,10 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             if isinstance(allowed, web.Response):
                 return allowed
             _, customer = allowed
+            # Requested notes are counted too (the list leaves them out): a few more, never fewer.
+            count = await asyncio.to_thread(listed_count, backend.reader, "credit_notes", customer)
+            if count > MAX_LIST_ROWS:
+                return list_too_long("credit notes")
             notes = await asyncio.to_thread(ClickHouseCreditNoteStore(backend.reader).summaries, customer)
             return self.json({"credit_notes": notes})
 
