@@ -31,6 +31,9 @@ class FileClock:
             text = self.path.read_text().strip()
         except FileNotFoundError:
             raise ClockError(f"clock file {self.path} does not exist: run `bastionary clock set`") from None
+        except UnicodeDecodeError:
+            # Not written by set (a stray file, a wrong path): told as a bad clock file, not as a bug.
+            raise ClockError(f"clock file {self.path} is not text: run `bastionary clock set`") from None
         return parse_moment(text)
 
     def set(self, moment: datetime) -> datetime:

@@ -73,11 +73,16 @@ class Dunner:
         cases = [
             c
             for c in await asyncio.to_thread(self.store.cases)
-            if self.owns(c.invoice.customer_id) and (self.chase_backfill or not c.invoice.backfill)
+            if self.owns(c.invoice.customer_id) and (self.chase_backfill or not c.invoice.backfill or c.suspended)
         ]
         decided: list[tuple[Case, Record]] = []
         for case in cases:
             policy = self.config.policy_for(case.invoice.plan)
+            if case.invoice.backfill and not self.chase_backfill:
+                # Suspended while backfill invoices were chased, and no longer chased: no step, but
+                # payment still lifts the suspension (decided without a policy), or the customer
+                # stays suspended for an invoice it has paid.
+                policy = None
             decided.extend((case, record) for record in advance(case, policy, now))
         if not decided:
             return result

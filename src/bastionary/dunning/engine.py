@@ -241,6 +241,10 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
         return records
     if below_minimum or paused_at(case, now) is not None:
         return records
+    if now < case.invoice.due_at:
+        # overdue_for is 0 until due_at, as it is at due_at: a step after P0D would otherwise
+        # remind (or suspend) a customer whose invoice is not due yet, from the day it is issued.
+        return records
     elapsed = overdue_for(case, now)
     resuspend = _suspension_to_reapply(case, policy, elapsed)
     if resuspend is not None:
@@ -250,21 +254,19 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
     due = [n for n, step in enumerate(policy.steps, 1) if step.after <= elapsed and n not in case.steps_done]
     if not due:
         return records
-    latest = due[-1]
-    suspended = case.suspended or resuspend is not None
+    already = _suspend_steps_passed_over(policy, due, case.suspended or resuspend is not None)
+    # A step passed over as already suspended sends nothing, so it supersedes nothing: a notice
+    # due with it (a final notice before a second suspend step) is the one the customer gets.
+    latest = max((n for n in due if n not in already), default=0)
     for n in due:
         step = policy.steps[n - 1]
-        if step.action is Action.SUSPEND and suspended:
-            # A second suspend step of the policy while the first still holds: another suspend
-            # notice would need another reinstatement to lift it (readers count notices against
-            # reinstatements), so it is recorded as passed over.
+        if n in already:
             records.append(
                 Record(
                     derived_id(case.invoice.invoice_id, "skipped", n), "skipped", n, step.action.value, detail=ALREADY
                 )
             )
             continue
-        suspended = suspended or step.action is Action.SUSPEND
         if n == latest or step.action in STATE_ACTIONS:
             records.append(
                 Record(
@@ -290,6 +292,20 @@ def advance(case: Case, policy: Policy | None, now: datetime) -> list[Record]:
                 )
             )
     return records
+
+
+def _suspend_steps_passed_over(policy: Policy, due: list[int], suspended: bool) -> set[int]:
+    """The due suspend steps met while the case is suspended already (by an earlier step, or by
+    a suspension applied again): a second suspend step of the policy while the first still
+    holds. Another suspend notice would need another reinstatement to lift it (readers count
+    notices against reinstatements), so each is recorded as passed over."""
+    passed_over: set[int] = set()
+    for n in due:
+        if policy.steps[n - 1].action is Action.SUSPEND:
+            if suspended:
+                passed_over.add(n)
+            suspended = True
+    return passed_over
 
 
 def resuspension_id(invoice_id: str, n: int) -> str:
