@@ -390,7 +390,10 @@ def removed_period_refunds(sub: Subscription, billed: Billed, catalog: Iterable[
         if key in advance:
             label = f"Refund: {key.split(':', 1)[1]}, billed in advance for a period after the cancellation"
             refund = Line(key.split(":", 1)[1], None, label, -quantity, -amount, line_key=key, period_start=start)
-            lines.append(replace(refund, timing=ADVANCE, service_end=start, windows=given_back))
+            # It gives back what was paid for the whole period: the document names that period
+            # (ending at its start, it read as a refund for a single day).
+            service_end = sub.first_plan.interval.period_containing(sub.anchor, start)[2]
+            lines.append(replace(refund, timing=ADVANCE, service_end=service_end, windows=given_back))
             continue
         price_key = MINIMUM_KEY if key in (MINIMUM_KEY, LEGACY_MINIMUM_KEY) else key.split(":", 1)[-1]
         label = f"Refund: {price_key}, billed for a period after the cancellation"

@@ -33,6 +33,7 @@ ZERO = Decimal(0)
 # Shares are kept to 9 decimals, truncated: a share read back, or a part of it, may fall short
 # of the exact share by a few units of the last; one second of a three-year period is 3e-8.
 SHARE_TOLERANCE = Decimal("1e-8")
+SHARE_DIGIT = Decimal("1e-9")  # a share's last digit as kept (invoice_lines.quantity's scale)
 
 
 class ServiceWindow(NamedTuple):
@@ -80,7 +81,17 @@ def _order(window: ServiceWindow) -> tuple[datetime, datetime, Decimal, Decimal,
 
 def fee_unchanged(fee: Decimal, billed: Sequence[ServiceWindow], currency: str) -> bool:
     """Whether today's fee (per whole period) gives what every window still billed was paid."""
-    return all(round_money(fee * window.quantity, currency) == window.amount for window in billed)
+    return all(_fee_gives(fee, window, currency) for window in billed)
+
+
+def _fee_gives(fee: Decimal, window: ServiceWindow, currency: str) -> bool:
+    # The amount was rounded from the exact share, the share kept cut to 9 decimals: the exact
+    # share lies within one last digit of it, away from zero. On half a minor unit the two
+    # round apart (19.95 for 1 day of 30 is 0.665, billed 0.67; 0.033333333 of it is 0.66),
+    # and a fee seen as changed credits a span given back at a cent off today's fee.
+    beyond = window.quantity + SHARE_DIGIT.copy_sign(window.quantity)
+    low, high = sorted((round_money(fee * window.quantity, currency), round_money(fee * beyond, currency)))
+    return low <= window.amount <= high
 
 
 def _seconds(start: datetime, end: datetime) -> Decimal:
