@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,11 +58,34 @@ def _hide_zero_lines(settings: Settings) -> bool:
 
 
 def _write(path: str, content: str | bytes) -> None:
+    data = content if isinstance(content, bytes) else content.encode()
+    target = Path(os.path.realpath(path))  # through a symlink, as writing to it in place did
     try:
-        Path(path).write_bytes(content if isinstance(content, bytes) else content.encode())
+        if target.exists() and not target.is_file():  # /dev/stdout, a FIFO: nothing to swap
+            target.write_bytes(data)
+        else:
+            _replace_whole(target, data)
     except OSError as exc:
         raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
     click.echo(f"wrote {path}")
+
+
+def _replace_whole(target: Path, data: bytes) -> None:
+    """``target`` holds ``data`` whole, or is left as it was: written in place, a write that
+    failed half way (a full disk) left a cut PDF, and the good copy it overwrote was lost."""
+    mode = target.stat().st_mode & 0o7777 if target.exists() else None
+    part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    try:
+        with part.open("xb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if mode is not None:
+            part.chmod(mode)
+        part.replace(target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 @invoice.command("show")
@@ -134,6 +159,13 @@ def credits() -> None:
     """Prepaid credits."""
 
 
+# Invoices' issue times are DateTime64, 1900 to 2299: none is issued outside, so the invoices
+# issued by a moment past a bound are those issued by the bound (ClickHouse could not read the
+# moment itself: one before the year 1000 does not parse).
+FIRST_ISSUE_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+LAST_ISSUE_TIME = datetime(2299, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
+
+
 @credits.command("balance")
 @click.argument("customer")
 @click.option("--at", "at", default=None, help="ISO 8601 time (default now).")
@@ -147,10 +179,11 @@ def credits_balance(customer: str, at: str | None, totals: bool, fmt: str) -> No
     from bastionary.storage.billing import ClickHouseBillingStore
 
     settings = settings_or_exit()
-    moment = parse_time(at) or datetime.now(UTC)
+    moment = parse_time(at, "--at") or datetime.now(UTC)
     client = reader_client(settings)
     require_customer(client, customer)
-    grants, drawn = ClickHouseBillingStore(client).grants_as_of(moment)
+    issued_by = min(max(moment, FIRST_ISSUE_TIME), LAST_ISSUE_TIME)
+    grants, drawn = ClickHouseBillingStore(client).grants_as_of(issued_by)
     lines = balances(grants.get(customer, []), drawn, moment)
     summary = [list(row.values()) for row in balance_rows(lines)]
     if totals:

@@ -82,6 +82,10 @@ class Cli(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            # The reader of our output left (`| head`): nothing went wrong here, and click ends
+            # the command quietly on it, as other tools do.
+            raise
         except Exception as exc:
             if os.environ.get(DEBUG_VARIABLE):
                 raise
@@ -133,18 +137,25 @@ def engine_message(exc: Exception) -> str:
     return text.splitlines()[0] if text.strip() else type(exc).__name__
 
 
-def parse_time(value: str | None) -> datetime | None:
+def parse_time(value: str | None, option: str | None = None) -> datetime | None:
     """An ISO 8601 option value; a time without an offset is UTC."""
-    return None if value is None else required_time(value)
+    return None if value is None else required_time(value, option)
 
 
-def required_time(value: str) -> datetime:
-    """An ISO 8601 time, the way every command reads one: UTC when it has no offset."""
+def required_time(value: str, option: str | None = None) -> datetime:
+    """An ISO 8601 time, the way every command reads one: UTC when it has no offset. A value
+    refused names ``option``, when given."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"not an ISO 8601 time: {value}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        raise click.BadParameter(f"not an ISO 8601 time: {value}", param_hint=option) from None
+    if not moment.tzinfo:
+        return moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)  # every command compares and stores the time in UTC
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first date Python holds in UTC
+        raise click.BadParameter(f"{value} is outside the years 1 to 9999 in UTC", param_hint=option) from None
+    return moment
 
 
 def emit(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:

@@ -21,7 +21,7 @@ from bastionary.cli.common import (
     settings_or_exit,
 )
 from bastionary.runtime import resolve_kafka
-from bastionary.storage.queries import WINDOWS
+from bastionary.storage.queries import WINDOWS, usage_query
 from bastionary.storage.reports import USAGE_COLUMNS, jsonable, meter_usage
 from bastionary.topics import OWNED, Topics
 
@@ -125,26 +125,26 @@ def usage(
     """Meter totals per customer (and group, and window). A window the range cuts is shown
     as the part the range covers."""
     settings = settings_or_exit()
-    since, until = parse_time(start), parse_time(end)
+    since, until = parse_time(start, "--from"), parse_time(end, "--to")
     if since is not None and until is not None and since >= until:
         raise click.BadParameter(f"--from {since.isoformat()} is not before --to {until.isoformat()}")
+    try:
+        definition = load_catalog(settings.catalog).meter(meter)
+    except CatalogError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyError as exc:
+        raise click.BadParameter(str(exc).strip('"'), param_hint="METER") from None
+    only = dict(_filter(item) for item in filters)
+    try:
+        # A dimension the meter lacks, or a range outside usage times, is a bad option: told
+        # as one (exit 2) before ClickHouse is opened, not after, as a failed query.
+        usage_query(definition, customer, since, until, window, list(group_by), only)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     client = reader_client(settings)
     if customer is not None:
         require_customer(client, customer)
-    try:
-        definition = load_catalog(settings.catalog).meter(meter)
-        rows = meter_usage(
-            client,
-            definition,
-            customer,
-            since,
-            until,
-            window,
-            list(group_by),
-            dict(_filter(item) for item in filters),
-        )
-    except (CatalogError, KeyError, ValueError) as exc:
-        raise click.ClickException(str(exc).strip('"')) from None
+    rows = meter_usage(client, definition, customer, since, until, window, list(group_by), only)
     emit(USAGE_COLUMNS, [[row[column] for column in USAGE_COLUMNS] for row in rows], fmt)
 
 

@@ -97,6 +97,9 @@ class UsageLanded:
         self._bootstrap, self._group, self._topic = bootstrap, group, topic
         self._clock = LandedClock()
         self._warned_at = float("-inf")
+        # When looks began to fail, while they fail: a broker down is told once, not at every
+        # rating run (every 10 s by default), and again once its offsets are read.
+        self._unread_since: datetime | None = None
 
     async def through(self) -> datetime | None:
         taken_before = datetime.now(UTC)
@@ -107,8 +110,13 @@ class UsageLanded:
                 "reading the usage offsets",
             )
         except Exception as exc:  # the broker away: what had landed has still landed
-            log.warning("usage offsets not read; rating as of the last moment known landed", error=repr(exc))
+            if self._unread_since is None:
+                self._unread_since = taken_before
+                log.warning("usage offsets not read; rating as of the last moment known landed", error=repr(exc))
             return self._clock.through
+        if self._unread_since is not None:
+            log.info("usage offsets read again", unread_since=self._unread_since.isoformat())
+            self._unread_since = None
         through = self._clock.observe(taken_before, positions)
         if (through is None or taken_before - through > BEHIND_WARNING) and self._warn_now():
             log.warning(
