@@ -1,6 +1,6 @@
 """The entitlements service: each owned customer's state in memory, fed by the usage flushes,
 the override intake, a poll of ClickHouse for changes from any worker, the changes
-reconciler, and the ``entitlements`` table that routes checks to the owner."""
+reconciler, and the ``entitlement-owners`` table that routes checks to the owner."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 POLL_SECONDS = 1.0  # how soon a subscription, override or suspension change reaches checks
 # Rows become visible to the poll a little after their received_at: look back this far.
 POLL_WINDOW = timedelta(seconds=5)
+# The Faust table whose assignment routes a check to the customer's owner (its changelog:
+# ``<consumer group>-entitlement-owners-changelog``, always empty).
+OWNERS_TABLE = "entitlement-owners"
 
 
 class EntitlementService:
@@ -42,8 +45,11 @@ class EntitlementService:
         # Keyed by customer id like usage.events, with as many partitions: Faust assigns both
         # topics' partition n to one worker, and routes a check to the owner of its key.
         # key_type bytes = the raw serializer: the key's bytes are the customer id, as on usage.events.
+        # Named anew: the changelog of the table named "entitlements" may hold the state copies
+        # workers wrote before 2026-12-07, and a worker restarted over them stopped delivering
+        # notices; that topic is no longer read (an operator may delete it).
         self.table = ctx.app.Table(
-            "entitlements", default=None, partitions=ctx.settings.usage_partitions, key_type=bytes, use_partitioner=True
+            OWNERS_TABLE, default=None, partitions=ctx.settings.usage_partitions, key_type=bytes, use_partitioner=True
         )
 
     @property
