@@ -1,9 +1,10 @@
-"""The dunning input contract: payment and response CloudEvents.
+"""The dunning input contract: payment and response CloudEvents, and the invoices and issued
+credit notes read from ``billing.invoices``.
 
 ``billing.payments`` (keyed by customer id) and ``dunning.responses`` carry structured-JSON
 CloudEvents. What fails here goes to a dead-letter topic with the reason; what passes is
-checked against the invoice it names by the worker (unknown invoice, wrong currency, a
-promise reaching past the invoice's policy's ``max_promise``).
+checked against the invoice it names by the worker (unknown invoice, wrong currency, another
+customer's invoice, a promise reaching past the invoice's policy's ``max_promise``).
 
 Like the billing parsers (see :mod:`bastionary.rating.events`), these are total and accept
 only storable values: any bytes give a parsed event or :class:`InvalidBillingEvent`.
@@ -229,6 +230,36 @@ def check_payment_owner(data: PaymentData, invoice_customer: str | None) -> None
     if data.customer_id and invoice_customer and data.customer_id != invoice_customer:
         raise InvalidBillingEvent(
             "customer_mismatch", f"invoice {data.invoice_id!r} is not customer {data.customer_id!r}'s"
+        )
+
+
+def check_credit_note_against_invoice(data: CreditNoteIssuedData, invoice: tuple[str, str] | None) -> None:
+    """Raise the dead-letter reason for an issued credit note that does not fit its invoice
+    (``invoice``: its (currency, customer), None while unknown), checked as a payment is.
+
+    A note's amount is counted off the invoice it names, in the invoice's currency: without
+    this, a note in EUR took 90 EUR off a USD invoice as 90 USD, and one naming another
+    customer lowered (or voided) an invoice that is not its own. The rater's own notes always
+    fit; another producer's may not. A note read before its invoice is dead-lettered, whole, as
+    ``unknown_invoice`` rather than counted unchecked: replayed once the invoice is read, it is
+    stored then."""
+    if invoice is None:
+        raise InvalidBillingEvent(
+            "unknown_invoice",
+            f"no invoice {data.invoice_id!r} for credit note {data.credit_note_id!r}:"
+            " replay the note once its invoice is read",
+        )
+    invoice_currency, invoice_customer = invoice
+    # The owner first, as for payments: a wrong_currency message names the invoice's currency,
+    # which is no business of another customer's.
+    if data.customer_id != invoice_customer:
+        raise InvalidBillingEvent(
+            "customer_mismatch", f"invoice {data.invoice_id!r} is not customer {data.customer_id!r}'s"
+        )
+    if data.currency != invoice_currency:
+        raise InvalidBillingEvent(
+            "wrong_currency",
+            f"credit note {data.credit_note_id!r} in {data.currency} for invoice {data.invoice_id} in {invoice_currency}",
         )
 
 

@@ -646,9 +646,11 @@ class Rater:
                     **{k: format_money(v, plan.currency) for k, v in money.items()},
                 }
                 invoice = replace(invoice, topup_requested=(request,))
-        if kind in (FINAL_ADJUSTMENT, ADVANCE) and not lines and not ledger:
+        if kind in (FINAL_ADJUSTMENT, ADVANCE) and not ledger and _bills_nothing(lines, plan.currency):
             # No late usage, no fee owed in advance: nothing to tell the customer. Stored (so it
-            # is not rated again) but never published; the reports leave it out.
+            # is not rated again) but never published; the reports leave it out. Its lines may
+            # still move service spans (a free plan's, cut by a cancellation): they are stored,
+            # and ``billed`` reads them whatever the status, for later adjustments to net against.
             invoice = replace(invoice, status=EMPTY)
         log.debug("invoice rated", invoice_id=invoice.invoice_id, customer_id=sub.customer_id, total=invoice.total)
         return RatedInvoice(invoice, cutoff, lines, ledger)
@@ -828,7 +830,7 @@ class Rater:
 
         A credit event carries its grant's currency (``currencies``: grant id -> currency), as
         its ledger row does: an expired grant may be in another currency than the invoice.
-        An empty final adjustment is not sent: it has no lines and no movements.
+        An ``empty`` invoice is not sent: it has no movements, and no line bills anything.
         """
         if data["status"] == EMPTY:
             return []
@@ -910,6 +912,12 @@ def _billed_until(
             ends.extend(window.end for window in billing.windows or () if window.quantity or window.amount)
     until = max(ends)
     return until if until > last.end else None
+
+
+def _bills_nothing(lines: Sequence[Line], currency: str) -> bool:
+    """Whether every line rounds to nothing at the currency's precision, as the document shows
+    it: a 0.00 line only records a span (a 0.00 fee's share moved), which no customer is told."""
+    return all(round_money(line.amount, currency).is_zero() for line in lines)
 
 
 def _grant_currencies(grants: Mapping[str, list[Grant]]) -> dict[str, str]:

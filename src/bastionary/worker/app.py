@@ -117,6 +117,11 @@ def create_app(
         web_port=settings.web_port or 6066,
         # Checks are routed between workers by this address (Faust table routing).
         canonical_url=settings.advertised_web_url(),
+        # Faust's own /table and /router pages would serve every customer's entitlements and
+        # the workers' addresses on the API port without a key. Checks reach a key's owner
+        # through app.router in Python and our own /v1 views (api/entitlements.py), not these.
+        web_tables_enabled=False,
+        web_router_enabled=False,
         web_in_thread=False,
         # The API answers every failure as JSON (worker/api/failures.py); a body may be as
         # large as a Kafka record, and /v1/events refuses a larger one itself, as JSON.

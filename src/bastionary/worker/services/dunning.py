@@ -17,6 +17,7 @@ from bastionary.dunning.delivery import Notifier
 from bastionary.dunning.dunner import Dunner
 from bastionary.dunning.events import (
     check_against_invoice,
+    check_credit_note_against_invoice,
     check_promise,
     credit_note_rows,
     parse_credit_note_issued,
@@ -126,8 +127,11 @@ class DunningService:
             return
         note = parse_credit_note_issued(value)
         if note is not None:
+            store = self.store()
+            invoice = await asyncio.to_thread(store.invoice_currency_customer, note.invoice_id)
+            check_credit_note_against_invoice(note, invoice)
             rows = credit_note_rows(note.credit_note_id, note, datetime.now(UTC))
-            await asyncio.to_thread(self.store().insert_payments, rows)
+            await asyncio.to_thread(store.insert_payments, rows)
 
     async def _store_payment(self, message: Any) -> None:
         store = self.store()
