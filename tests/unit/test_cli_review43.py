@@ -13,22 +13,14 @@ from click.testing import CliRunner
 
 from bastionary.apikeys import read_key_file
 from bastionary.cli.main import cli
-from tests.unit.env_helpers import without_settings
+from tests.unit.env_helpers import isolated_cli, one_error_line
 
 WEBHOOK_SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3"
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    without_settings(monkeypatch)
-    monkeypatch.setenv("BASTIONARY_DATA_DIR", str(tmp_path / "data"))
-
-
-def one_error_line(output: str) -> str:
-    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, output
-    assert "Traceback" not in output and "a bug of ours" not in output, output
-    return errors[0]
+    isolated_cli(monkeypatch, tmp_path / "data")
 
 
 def test_a_key_appended_to_a_file_without_a_final_newline_keeps_both_keys(tmp_path: Path):

@@ -21,20 +21,12 @@ from bastionary.cli.common import required_time
 from bastionary.cli.main import cli
 from bastionary.metering.landed_clock import Positions
 from bastionary.worker import usage_landed
-from tests.unit.env_helpers import without_settings
+from tests.unit.env_helpers import isolated_cli, one_error_line
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    without_settings(monkeypatch)
-    monkeypatch.setenv("BASTIONARY_DATA_DIR", str(tmp_path / "data"))
-
-
-def one_error_line(output: str) -> str:
-    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, output
-    assert "Traceback" not in output and "a bug of ours" not in output, output
-    return errors[0]
+    isolated_cli(monkeypatch, tmp_path / "data")
 
 
 _PAGE_WRITE_CUT_SHORT = """

@@ -13,13 +13,12 @@ from bastionary.cli.common import explain
 from bastionary.cli.main import cli
 from bastionary.locks import DataDirInUse
 from bastionary.settings import Settings
-from tests.unit.env_helpers import without_settings
+from tests.unit.env_helpers import isolated_cli
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    without_settings(monkeypatch)
-    monkeypatch.setenv("BASTIONARY_DATA_DIR", str(tmp_path / "data"))
+    isolated_cli(monkeypatch, tmp_path / "data")
 
 
 def named_variables(text: str) -> set[str]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import faust
 import structlog
-from aiohttp.web_protocol import RequestPayloadError
 from aiokafka.errors import MessageSizeTooLargeError
 
 from bastionary import metrics
@@ -42,19 +41,8 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
                 return json_error(
                     415, "unsupported_media_type", f"send one of: {', '.join(CONTENT_TYPES)} (got {media or 'none'!r})"
                 )
-            try:
-                body = await request.read()
-            except RequestPayloadError:
-                # A body its Content-Encoding does not decode (corrupt gzip, an unknown coding) or
-                # a malformed chunked transfer: the sender's to fix, so not the 500 of a bug of
-                # ours, which clients retry as it is.
-                coding = (request.headers.get("Content-Encoding") or "")[:40]
-                return json_error(
-                    400,
-                    "invalid_encoding",
-                    f"the body could not be read: it does not decode as its Content-Encoding ({coding!r}) says,"
-                    " or its transfer is malformed",
-                )
+            # A body that does not decode is failures.py's 400 invalid_encoding, as for every view.
+            body = await request.read()
             try:
                 posted = await backend.post_usage(body, CONTENT_TYPES[media], key.customer)
             except MessageSizeTooLargeError as too_large:
