@@ -15,6 +15,8 @@ from typing import ClassVar
 import click
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from bastionary.cli.common import required_time
@@ -232,3 +234,25 @@ def test_a_usage_question_that_cannot_be_asked_is_a_bad_option_told_before_click
 
     assert result.exit_code == 2, result.output
     assert told in one_error_line(result.output)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.datetimes(timezones=st.timezones()).map(datetime.isoformat),
+        st.builds(
+            lambda day, offset: f"{day.isoformat()}T00:00:00{offset}",
+            st.dates(),
+            st.sampled_from(["", "Z", "+14:00", "-14:00", "+23:59", "-23:59"]),
+        ),
+    )
+)
+def test_any_time_option_is_a_utc_moment_or_a_bad_parameter(value: str) -> None:
+    # Whatever is typed: a moment every command can compare in UTC, or click's usage error,
+    # never another exception (an OverflowError was "a bug of ours").
+    try:
+        moment = required_time(value, "--at")
+    except click.BadParameter:
+        return
+    assert moment.tzinfo is not None
+    moment.astimezone(UTC)
