@@ -21,6 +21,7 @@ from bastionary.storage.client import Client
 from bastionary.storage.entitlements import ClickHouseEntitlementStore
 from bastionary.worker.context import WorkerContext
 from bastionary.worker.intake import consume_intake, count_dead_letters_from
+from bastionary.worker.routing_table import routing_table
 from bastionary.worker.services.usage import UsageService
 
 log = structlog.get_logger(__name__)
@@ -44,13 +45,11 @@ class EntitlementService:
         self._service: Entitlements | None = None
         # Keyed by customer id like usage.events, with as many partitions: Faust assigns both
         # topics' partition n to one worker, and routes a check to the owner of its key.
-        # key_type bytes = the raw serializer: the key's bytes are the customer id, as on usage.events.
         # Named anew: the changelog of the table named "entitlements" may hold the state copies
         # workers wrote before 2026-12-07, and a worker restarted over them stopped delivering
         # notices; that topic is no longer read (an operator may delete it).
-        self.table = ctx.app.Table(
-            OWNERS_TABLE, default=None, partitions=ctx.settings.usage_partitions, key_type=bytes, use_partitioner=True
-        )
+        # It refuses writes (worker/routing_table.py says why).
+        self.table = routing_table(ctx.app, OWNERS_TABLE, partitions=ctx.settings.usage_partitions)
 
     @property
     def service(self) -> Entitlements:
