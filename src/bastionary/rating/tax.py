@@ -84,8 +84,10 @@ class Invoicing(BaseModel):
     @classmethod
     def _unique(cls, taxes: list[TaxRate]) -> list[TaxRate]:
         keys = [t.key for t in taxes]
-        if len(set(keys)) != len(keys):
-            raise ValueError("duplicate tax keys")
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            # Named, as duplicate meter, plan and price keys are: a long list is searched otherwise.
+            raise ValueError(f"duplicate tax keys: {', '.join(dupes)}")
         return taxes
 
 
