@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from bastionary.entitlements.evaluate import ZERO, CustomerState, effective_limit, iso_z
+from bastionary.entitlements.evaluate import WIDE, ZERO, CustomerState, effective_limit, iso_z
 from bastionary.entitlements.spec import MeteredEntitlement, decimal_text
 from bastionary.outbound import cloud_event
 
@@ -80,7 +80,9 @@ def _thresholds(
     }
     due = []
     for fraction in entitlement.notify_at:
-        if usage >= fraction * limit and fraction not in notified:
+        # Exact, as the check compares: the default context rounds a share of a 27-digit limit
+        # to 28 digits, down onto a usage still short of it.
+        if usage >= WIDE.multiply(fraction, limit) and fraction not in notified:
             text = decimal_text(fraction)
             detail = {"fraction": text, "usage": decimal_text(usage), "limit": decimal_text(limit)}
             cid = change_id(state.customer_id, feature, period, "threshold", text)

@@ -12,6 +12,7 @@ the rater does with invoices; a crash in between republishes the same change ids
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -153,6 +154,7 @@ class Entitlements:
         per call and its state replaced once, not once per rollup row; the deltas are still
         added in row order.
         """
+        now = self.now()
         touched: set[str] = set()
         stale: set[str] = set()
         counted: dict[str, tuple[Loaded, dict[str, Decimal]]] = {}  # customer -> its usage so far
@@ -187,6 +189,9 @@ class Entitlements:
                     continue
                 if flush.replayed:
                     stale.add(customer)  # part of it may be counted already: read it again
+                    continue
+                if window_start >= state.period_end and loaded.stale_at(now):
+                    stale.add(customer)  # its period is over: read in the new one, this flush included
                     continue
                 if not usage_start <= window_start < state.period_end:
                     continue
@@ -237,10 +242,16 @@ class Entitlements:
         (an override starting or expiring changes access without any input arriving)."""
         self._unpublished = await asyncio.to_thread(self.store.unpublished_customers)
         self._dirty |= self._unpublished
+        loop = asyncio.get_running_loop()
+        swept_at = loop.time()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
-            except TimeoutError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, swept_at + interval - loop.time()))
+            # By the clock, not only when nothing woke it: every landed flush wakes it, and
+            # on a busy worker a customer nobody checks was never told of a new period or an
+            # override's start or end.
+            if loop.time() - swept_at >= interval:
+                swept_at = loop.time()
                 now = self.now()
                 self._dirty |= {c for c, loaded in self._loaded.items() if loaded is not None and _clocked(loaded, now)}
             self._wake.clear()

@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from bastionary.entitlements.changes import CUSTOMER_WIDE, Change, change_id
 from bastionary.entitlements.evaluate import CustomerState
+from bastionary.entitlements.overrides import Override
 from bastionary.entitlements.ports import EntitlementStore
 from bastionary.entitlements.spec import EntitledPlan, MeteredEntitlement
 from bastionary.metering.meters import Meter
@@ -25,11 +26,13 @@ class Loaded:
     state: CustomerState
     recorded: list[Change] = field(default_factory=list)  # changes emitted so far, in order
     suspensions: list[str] = field(default_factory=list)  # dunning's suspended/reinstated transitions
-    next_start: datetime | None = None  # a subscription or a booked plan change begins: the answer may change
+    # A subscription, a booked plan change or an override begins, or an override ends: the
+    # answer may change, and the read it causes makes the reconciler tell it.
+    next_start: datetime | None = None
 
     def stale_at(self, now: datetime) -> bool:
-        """A period boundary passed (the counters reset), or another subscription or a booked
-        plan change began: the state is built again."""
+        """A period boundary passed (the counters reset), another subscription or a booked plan
+        change began, or an override began or ended: the state is built again."""
         return any(moment is not None and now >= moment for moment in (self.state.period_end, self.next_start))
 
 
@@ -48,6 +51,16 @@ def subscription_in_force(
         (segment.start for sub in subscriptions for segment in sub.segments if segment.start > now), default=None
     )
     return chosen, next_start
+
+
+def override_boundary(overrides: Iterable[Override], now: datetime) -> datetime | None:
+    """The first moment after ``now`` an override begins or ends. A check answers it from the
+    state held, but nothing else reads the customer then, and an exhausted customer sends no
+    usage: without a read there, its restored (or a lapsed grant's exhausted) went untold."""
+    return min(
+        (moment for o in overrides for moment in (o.effective_at, o.expires_at) if moment is not None and moment > now),
+        default=None,
+    )
 
 
 def plan_and_period(
@@ -97,7 +110,9 @@ def build_states(
     features: dict[str, list[tuple[str, tuple[str, tuple[tuple[str, str], ...], datetime, datetime]]]] = {}
     next_starts: dict[str, datetime | None] = {}
     for customer in known:
-        chosen, next_starts[customer] = subscription_in_force(subscriptions.get(customer, ()), now)
+        chosen, next_start = subscription_in_force(subscriptions.get(customer, ()), now)
+        boundary = override_boundary(overrides.get(customer, ()), now)
+        next_starts[customer] = min((m for m in (next_start, boundary) if m is not None), default=None)
         in_force, start, end = plan_and_period(chosen, now)
         plan = plans[in_force.key] if in_force is not None else None
         # Usage before the subscription began is not its own (its invoice bills from the start).
