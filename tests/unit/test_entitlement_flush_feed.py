@@ -67,7 +67,15 @@ def row(meter, customer, window, count=0, total=Decimal(0), method="GET"):
 
 
 def service_with(customer="c1", usage=None) -> Entitlements:
-    service = Entitlements(store=None, plans=CATALOG.plans, meters=CATALOG.meters, publish=None, lock=asyncio.Lock())
+    # The clock inside the held period: a flush past a period that is over reads the customer again.
+    service = Entitlements(
+        store=None,
+        plans=CATALOG.plans,
+        meters=CATALOG.meters,
+        publish=None,
+        lock=asyncio.Lock(),
+        now=lambda: START + timedelta(days=10),
+    )
     usage = usage or {"calls": Decimal(0), "gets": Decimal(0), "tokens": Decimal(0), "peak": Decimal(0)}
     service._loaded[customer] = Loaded(CustomerState(customer, CATALOG.plans[0], START, END, False, usage, ()))
     return service
