@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, DecimalException
 from hashlib import blake2b
 from sys import intern
 from typing import Any, Literal
@@ -36,7 +36,24 @@ _LATEST_MS = int(_LATEST.timestamp() * 1000)
 # event nested deeper is rejected by that limit, the same way on every run (a replay must
 # judge a record as before). tests/unit/test_cloudevents.py pins the number.
 MAX_NESTING_DEPTH = 254
-_EXACT_JSON = msgspec.json.Decoder(float_hook=Decimal)
+# orjson decodes at most this many levels: a record nested deeper is refused whole.
+MAX_RECORD_NESTING_DEPTH = 1024
+
+
+def _exact_number(text: str) -> Decimal:
+    """A JSON number with a fraction or an exponent, with every digit it spells."""
+    try:
+        return Decimal(text)
+    except DecimalException:
+        # An exponent past what Decimal holds (0e-9999999999999999999 is JSON, and orjson reads
+        # it as 0.0) signalled InvalidOperation, which no caller expected: the worker
+        # dead-lettered the whole record as internal_error, every good member of its batch with
+        # it. As a ValueError it is what an over-long integer literal is already: the member's
+        # value_out_of_range.
+        raise ValueError(f"the number {text[:40]} has an exponent past any exact decimal") from None
+
+
+_EXACT_JSON = msgspec.json.Decoder(float_hook=_exact_number)
 _EXACT_ENCODER = msgspec.json.Encoder(decimal_format="number")
 _RAW_MEMBERS = msgspec.json.Decoder(list[msgspec.Raw])
 # A JSON string, or one of the characters that open, close or separate values.
@@ -359,8 +376,10 @@ def _member(index: int, raw: Any, latest_allowed: datetime) -> RecordMember:
 
 # RFC 3339 as producers write it, ASCII digits only. Python's parser and pydantic's agree on
 # every string of this shape that either accepts (tests/unit/test_cloudevents.py checks it).
+# An offset's minutes are 00..59: Python reads +00:99 as +01:39, which pydantic and RFC 3339
+# refuse, and the event's instant moved by up to 99 minutes.
 _RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-5][0-9])"
 )
 _ATTRIBUTE_LENGTHS = (
     ("id", _ID_LONGEST),
@@ -511,8 +530,12 @@ def _decode_rejection(value: bytes, exc: orjson.JSONDecodeError) -> Rejection:
         value.decode("utf-8")
     except UnicodeDecodeError as uexc:
         return Rejection(ErrorClass.INVALID_ENCODING, f"value is not UTF-8: {uexc.reason} at byte {uexc.start}")
-    if "depth limit" in str(exc):  # orjson decodes at most 1024 levels
-        return Rejection(ErrorClass.NESTING_TOO_DEEP, f"the record nests more than {MAX_NESTING_DEPTH} levels deep")
+    if "depth limit" in str(exc):
+        # Not MAX_NESTING_DEPTH: that is one event's limit, and a record nesting 300 levels is
+        # judged member by member, so naming it here sent producers to the wrong limit.
+        return Rejection(
+            ErrorClass.NESTING_TOO_DEEP, f"the record nests more than {MAX_RECORD_NESTING_DEPTH} levels deep"
+        )
     if "infinity" in str(exc):  # valid JSON, but a number no double (nor any meter) can hold
         return Rejection(ErrorClass.VALUE_OUT_OF_RANGE, f"the record holds a number out of any range: {exc}")
     return Rejection(ErrorClass.INVALID_JSON, f"value is not JSON: {exc}")

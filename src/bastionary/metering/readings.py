@@ -175,9 +175,11 @@ def numeric_value(meter: Meter, raw: Any) -> Decimal:
 def _exact_value(meter: Meter, exact_data: ExactData, index: int, steps: tuple[str | int, ...]) -> Any:
     try:
         return extract(exact_data(index), steps)
-    except ValueError:  # an integer literal longer than Python converts (4,300 digits)
+    except ValueError:  # an integer literal longer than Python converts (4,300 digits), or an exponent past Decimal's
         raise Rejection(
-            ErrorClass.VALUE_OUT_OF_RANGE, f"meter {meter.key}: {meter.value_property} has too many digits"
+            ErrorClass.VALUE_OUT_OF_RANGE,
+            f"meter {meter.key}: {meter.value_property}: the event holds a number with too many digits, or too large"
+            " an exponent, to read exactly",
         ) from None
 
 
