@@ -217,6 +217,8 @@ class FlushPlanner:
         # re-import can hold both copies), so a copy's verdict does not depend on where the
         # flushes were cut.
         oldest = seen_at - self.dedupe.horizon_seconds
+        newest_repeat = seen_at + self.dedupe.horizon_seconds
+        replayed_through = plan.last_offset if plan.replayed else -1  # no stored sighting is in a range
         # Names taken once per record: the loop below runs for every event of a flush.
         offset, epoch = record.offset, plan.log_epoch
         keyed, keys = keyed_members.members, keyed_members.keys
@@ -227,7 +229,22 @@ class FlushPlanner:
             current = Sighting(offset, accepted.index, seen_at, accepted.payload_hash, epoch)
             previous = in_flush.get(key) or previous
             if previous is not None:  # most keys are new, and a new one needs no judging
-                if previous.seen_at < oldest:  # past the horizon: a new event
+                if previous.position > current.position:
+                    # A replay whose events had landed: recovery read this range's own sightings
+                    # back, and a copy counted further on in it replaced the one this copy was
+                    # judged against (or that one is past the refill's horizon). Had this copy
+                    # counted, the later one would have been its repeat unless it came more than
+                    # the horizon after it; so it had not. Counted now, it went into the rollups
+                    # a second time (a crash between the events and the rollups). Its dead
+                    # letter, if it was a conflict, was sent before the events.
+                    in_replayed_range = previous.offset <= replayed_through and previous.log_epoch == epoch
+                    if in_replayed_range and previous.seen_at <= newest_repeat:
+                        plan.stats.duplicates += 1
+                        continue
+                    # Counted here: a later copy in this flush is judged against this one, not
+                    # against a sighting from further on in the log.
+                    previous = None
+                elif previous.seen_at < oldest:  # past the horizon: a new event
                     previous = None
                 else:
                     verdict = judge(previous, current)

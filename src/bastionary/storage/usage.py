@@ -31,7 +31,13 @@ _JSON_ROWS_SETTINGS = {"date_time_input_format": "best_effort"}
 # us per event instead of 3.54 and the events insert 2.54 instead of 2.83 (bench --stages, chdb
 # in the process, five alternating runs each). Readers aggregate or use FINAL either way: rows
 # of one key come from different flushes.
-FLUSH_INSERT_SETTINGS = {"optimize_on_insert": "0"}
+# Both tables are partitioned by month of event time, and a flush holds whatever times its
+# records carry (1970..2105: a re-import, a batch spread over the years). ClickHouse refuses a
+# block of more than 100 partitions by default (TOO_MANY_PARTS), the same block at every replay:
+# the worker stopped at every restart and the partition never moved again. Unlimited, such a
+# block lands as one part per month, each deduplicated on replay under the token and its
+# ordinal.
+FLUSH_INSERT_SETTINGS = {"optimize_on_insert": "0", "max_partitions_per_insert_block": "0"}
 
 
 class ClickHouseUsageStore:
