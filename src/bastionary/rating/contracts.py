@@ -22,7 +22,14 @@ from bastionary.rating.credit_notes import (
     CreditNoteRequest,
 )
 from bastionary.rating.customers import CUSTOMER_UPSERTED, CustomerData
-from bastionary.rating.events import CREDIT_TYPES, SUBSCRIPTION_TYPES, CreditGrantData, SubscriptionData
+from bastionary.rating.events import (
+    CREDIT_TYPES,
+    MAX_FRACTION_DIGITS,
+    MAX_INTEGER_DIGITS,
+    SUBSCRIPTION_TYPES,
+    CreditGrantData,
+    SubscriptionData,
+)
 from bastionary.rating.spend import LIMIT_REACHED, LIMIT_RESTORED, THRESHOLD_CROSSED
 
 DecimalText = Annotated[str, Field(pattern=r"^-?[0-9]+(\.[0-9]+)?$", description="an exact decimal number")]
@@ -237,6 +244,67 @@ class CreditNoteDecision(_Out):
     )
 
 
+# The decimal strings an input's amount or share takes, as the parsers read them (a plain
+# decimal, an optional "+", trailing zeros not counted as decimals), within what an amount
+# stores (events.amount_problem: at most 18 integer and 9 decimal digits). Stricter than the
+# parsers on spelling only: an exponent, surrounding spaces or "_" are left out.
+_AMOUNT = (
+    rf"(?:0*[0-9]{{1,{MAX_INTEGER_DIGITS}}}(?:\.[0-9]{{0,{MAX_FRACTION_DIGITS}}}0*)?"
+    rf"|\.[0-9]{{1,{MAX_FRACTION_DIGITS}}}0*)"
+)
+NON_NEGATIVE_AMOUNT = rf"^\+?{_AMOUNT}$"
+POSITIVE_AMOUNT = rf"^\+?(?=[0-9.]*[1-9]){_AMOUNT}$"
+SHARE = r"^\+?0*\.[0-9]*[1-9][0-9]*$"  # above 0, below 1: any precision
+AMOUNT_LIMIT = 10**MAX_INTEGER_DIGITS
+_AMOUNT_SAYS = f"below 10^{MAX_INTEGER_DIGITS}, with at most its currency's decimals ({MAX_FRACTION_DIGITS} at most)"
+# A decimal's bounds, as JSON Schema keywords -> its number form, string form, and description.
+_DECIMAL_FORMS: dict[frozenset[tuple[str, float]], tuple[dict[str, Any], dict[str, Any], str]] = {
+    frozenset({("exclusiveMinimum", 0)}): (
+        {"exclusiveMinimum": 0, "exclusiveMaximum": AMOUNT_LIMIT},
+        {"pattern": POSITIVE_AMOUNT},
+        f"above 0, {_AMOUNT_SAYS}",
+    ),
+    frozenset({("minimum", 0)}): (
+        {"minimum": 0, "exclusiveMaximum": AMOUNT_LIMIT},
+        {"pattern": NON_NEGATIVE_AMOUNT},
+        f"0 or more, {_AMOUNT_SAYS}",
+    ),
+    frozenset({("exclusiveMinimum", 0), ("exclusiveMaximum", 1)}): (
+        {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        {"pattern": SHARE},
+        "above 0 and below 1",
+    ),
+}
+_LEAKED_BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
+
+
+def _bounded_decimals(node: Any) -> Any:
+    """``node`` with each decimal (a number or a decimal string) bounded in both forms.
+
+    Pydantic bounds only the number form, and writes the bound of a decimal behind a validator
+    (``Amount``) as ``gt``/``ge``, which JSON Schema ignores: the published schemas let ``-5``,
+    ``"-5.00"`` and ``"ten"`` through where the parsers dead-letter them (invalid_data).
+    """
+    if isinstance(node, list):
+        return [_bounded_decimals(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _bounded_decimals(value) for key, value in node.items()}
+    forms = node.get("anyOf")
+    if not (isinstance(forms, list) and [form.get("type") for form in forms] == ["number", "string"]):
+        return node
+    bounds = {key: value for key, value in forms[0].items() if key != "type"}
+    bounds |= {_LEAKED_BOUNDS[key]: node.pop(key) for key in list(node) if key in _LEAKED_BOUNDS}
+    known = _DECIMAL_FORMS.get(frozenset(bounds.items()))
+    if known is None:
+        # A new kind of decimal: give its forms above rather than publish it unbounded.
+        raise ValueError(f"no JSON Schema forms for a decimal bounded {bounds}: add them to _DECIMAL_FORMS")
+    number, text, says = known
+    node["anyOf"] = [{"type": "number", **number}, {"type": "string", **text}]
+    node.setdefault("description", f'a number or a decimal string ("19.99"), {says}')
+    return node
+
+
 def _types(types: dict[str, str]) -> list[str]:
     return list(types)
 
@@ -262,7 +330,7 @@ CONTRACTS: dict[str, tuple[list[str], type[BaseModel], str]] = {
 def schema_for(name: str) -> dict[str, Any]:
     """The CloudEvent (structured JSON) carrying one of the contract's types."""
     types, model, topic = CONTRACTS[name]
-    data = model.model_json_schema(mode="validation")
+    data = _bounded_decimals(model.model_json_schema(mode="validation"))
     defs = data.pop("$defs", {})
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

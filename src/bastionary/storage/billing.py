@@ -173,7 +173,10 @@ class ClickHouseBillingStore:
                     continue
                 granted[grant_id] = (kind, customer, amount, currency, priority, utc(effective_at), utc(expires_at))
             elif kind == "voided":
-                voided[(grant_id, customer)] = utc(effective_at)
+                # The earliest void wins: a later one (a retried void, its effective_at its own
+                # time by default) must not make the grant usable again until then.
+                void_at, key = utc(effective_at), (grant_id, customer)
+                voided[key] = min(voided.get(key, void_at), void_at)
             else:
                 drawn[grant_id] += Decimal(amount)
         by_customer: dict[str, list[Grant]] = defaultdict(list)
