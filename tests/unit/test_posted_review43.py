@@ -121,3 +121,20 @@ async def test_a_body_that_does_not_decompress_is_a_400_not_a_500():
     ):
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "invalid_encoding"
+
+
+def test_a_number_past_decimals_exponent_beside_a_deep_member_costs_only_its_own_member(tmp_path):
+    """The member-by-member decode a body nested past msgspec's reach falls back to read numbers
+    with plain Decimal: 0e-9999999999999999999 (JSON; orjson reads 0.0) raised InvalidOperation
+    out of judge_posted, a 500 for the whole request (forty-fifth session's review)."""
+    nested = "[" * 1_000 + "]" * 1_000
+    deep = json.dumps(usage("deep"))[:-1] + f', "x": {nested}}}'
+    huge = json.dumps(usage("e2", 7)).replace('"tokens": 7', '"tokens": 0e-9999999999999999999')
+    body = f"[{json.dumps(usage('e1', 1.5))}, {deep}, {huge}, {json.dumps(usage('e3', '12.5'))}]"
+    posted, plan = posted_and_landed(tmp_path, body.encode())
+    assert posted.accepted == ["e1", "e3"]
+    assert [(member.index, member.code) for member in posted.rejected] == [
+        (1, "nesting_too_deep"),
+        (2, "value_out_of_range"),
+    ]
+    assert [row[0] for row in plan.event_rows] == ["e1", "e3"]

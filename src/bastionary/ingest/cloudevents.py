@@ -40,7 +40,7 @@ MAX_NESTING_DEPTH = 254
 MAX_RECORD_NESTING_DEPTH = 1024
 
 
-def _exact_number(text: str) -> Decimal:
+def exact_number(text: str) -> Decimal:
     """A JSON number with a fraction or an exponent, with every digit it spells."""
     try:
         return Decimal(text)
@@ -53,7 +53,7 @@ def _exact_number(text: str) -> Decimal:
         raise ValueError(f"the number {text[:40]} has an exponent past any exact decimal") from None
 
 
-_EXACT_JSON = msgspec.json.Decoder(float_hook=_exact_number)
+_EXACT_JSON = msgspec.json.Decoder(float_hook=exact_number)
 _EXACT_ENCODER = msgspec.json.Encoder(decimal_format="number")
 _RAW_MEMBERS = msgspec.json.Decoder(list[msgspec.Raw])
 # A JSON string, or one of the characters that open, close or separate values.

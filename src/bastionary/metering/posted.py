@@ -15,18 +15,17 @@ is therefore a repeat, and counts once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, member_texts, parse_record
+from bastionary.ingest.cloudevents import ParsedRecord, RecordLimits, exact_number, member_texts, parse_record
 from bastionary.ingest.errors import ErrorClass, Rejection
 from bastionary.metering.readings import MeterIndex
 
 _EXACT = msgspec.json.Decoder(float_hook=lambda text: msgspec.Raw(text.encode()))
 _ENCODE = msgspec.json.Encoder()
-_EXACT_NUMBERS = msgspec.json.Decoder(float_hook=Decimal)  # as the record parser's exact decode
+_EXACT_NUMBERS = msgspec.json.Decoder(float_hook=exact_number)  # as the record parser's exact decode
 # What Faust's producer takes in one request at its default producer_max_request_size (which the
 # worker keeps), less room for the key (a subject of 256 characters) and the record's framing.
 _PRODUCER_VALUE_BYTES = 1_000_000 - 2_048
