@@ -236,3 +236,19 @@ async def test_a_flush_of_a_held_customer_whose_period_ended_reads_it_again_in_t
     finally:
         await _stop(reconciler)
     assert sent == [("c1", "exhausted")]
+
+
+async def test_a_feature_only_an_override_names_stays_known_after_the_override_ended():
+    # A trial of a feature no plan has: once it ended, the API answered 404 unknown_feature,
+    # where openapi.yaml gives 200 not_in_plan (404: no plan and no override knows it).
+    trial = Override("e", "o", "c1", "beta_export", MAR1, MAR10, enabled=True)
+    store = Store(subs={"c1": [Subscription("s-1", "c1", MAR1, (Segment(BASIC, MAR1),))]}, granted={"c1": [trial]})
+    clock = Clock(MAR2)
+    service = _told_service(store, clock, [])
+    assert (await service.check("c1", "beta_export")).has_access
+    clock.now = MAR10 + timedelta(days=1)
+    decision = await service.check("c1", "beta_export")
+    assert (decision.has_access, decision.reason) == (False, "not_in_plan")
+    assert service.named_by_override("c1", "beta_export")
+    assert not service.named_by_override("c1", "warp_drive")
+    assert not service.named_by_override("c2", "beta_export")

@@ -49,8 +49,9 @@ def check_cmd(customer: str, feature: str | None) -> None:
         body = {"customer_id": customer, "entitlements": [d.to_json() for d in check_all(loaded.state, now)]}
     else:
         decision = check(loaded.state, feature, now)
-        if decision.reason == "not_in_plan" and feature not in known_features(catalog.plans):
-            raise click.ClickException(f"no plan has a feature {feature!r}")
+        named = feature in known_features(catalog.plans) or any(o.feature == feature for o in loaded.state.overrides)
+        if decision.reason == "not_in_plan" and not named:  # as the API's 404 unknown_feature
+            raise click.ClickException(f"no plan or override has a feature {feature!r}")
         body = decision.to_json()
     click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2))
     if feature is not None and not body["has_access"]:

@@ -81,6 +81,13 @@ class Entitlements:
     async def check_all(self, customer: str) -> list[Decision]:
         return check_all((await self._state(customer)).state, self.now())
 
+    def named_by_override(self, customer: str, feature: str) -> bool:
+        """An override of the customer's held state names ``feature``, in force or not: a check
+        of it is answered (``not_in_plan`` while none is in force), not refused as a feature
+        nothing knows (before 2026-12-07 a trial's feature was 404 once the trial ended)."""
+        loaded = self._loaded.get(customer)
+        return loaded is not None and any(o.feature == feature for o in loaded.state.overrides)
+
     async def _state(self, customer: str) -> Loaded:
         loaded = self._loaded.get(customer)  # None: not read yet, or read and unknown
         if self._unread(customer, self.now()):

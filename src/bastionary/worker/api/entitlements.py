@@ -54,8 +54,8 @@ def install(app: faust.App, guard: Guard, service: EntitlementService) -> None:
             decision = await service.check(customer_id, feature)
         except UnknownCustomer:
             return json_error(404, "unknown_customer", f"no customer {customer_id!r}")
-        if decision.reason == "not_in_plan" and feature not in service.features:
-            return json_error(404, "unknown_feature", f"no plan has a feature {feature!r}")
+        if decision.reason == "not_in_plan" and not service.knows_feature(customer_id, feature):
+            return json_error(404, "unknown_feature", f"no plan or override has a feature {feature!r}")
         return view.json(decision.to_json())
 
     async def answer_all(view: Any, request: Any, customer_id: str) -> Any:

@@ -94,6 +94,13 @@ class EntitlementService:
             _count(decision)
         return decisions
 
+    def knows_feature(self, customer_id: str, feature: str) -> bool:
+        """A plan of the catalog or one of the customer's overrides names ``feature``: else a
+        check of it is ``404 unknown_feature`` (openapi.yaml)."""
+        return feature in self.features or (
+            self._service is not None and self._service.named_by_override(customer_id, feature)
+        )
+
     def limits_changed(self, customers: set[str]) -> None:
         """This worker's spend monitor stored a reached/restored event for ``customers``: read
         those it holds again now (the poll would, within a second; this is for the owner of
