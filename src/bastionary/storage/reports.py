@@ -3,6 +3,7 @@ answers, from one query each, so the two always agree."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 import orjson
 
 from bastionary.credits.balances import GrantBalance, totals
+from bastionary.credits.ledger import FUNDING_OF_KIND
 from bastionary.metering.meters import Meter
 from bastionary.money import MINOR_UNITS, format_money, plain_decimal
+from bastionary.rating.subscriptions import utc
 from bastionary.storage.client import Client
 from bastionary.storage.queries import usage_query
 
@@ -155,17 +158,19 @@ class InvoiceReports:
             out.append(movement)
         return out
 
-    def ledger(self, customer_id: str) -> list[tuple[Any, ...]]:
+    def ledger(self, customer_id: str, at: datetime | None = None) -> list[tuple[Any, ...]]:
         """The customer's credit movements in ``LEDGER_COLUMNS`` order, oldest first. An
         invoice's movements are listed once the invoice is stored (its row is the commit
-        marker of the rater's store)."""
+        marker of the rater's store). A void shows what it took away (:func:`voids_taken`)
+        as of ``at`` (default now)."""
         sql = (
             f"SELECT {', '.join(LEDGER_COLUMNS)} FROM credit_ledger FINAL WHERE customer_id = {{c:String}}"
             " AND (kind IN ('granted', 'purchased', 'voided', 'credit_note')"
             " OR invoice_id IN (SELECT invoice_id FROM invoices WHERE customer_id = {c:String}))"
             " ORDER BY recorded_at, movement_id"
         )
-        return [tuple(row) for row in self.client.query(sql, parameters={"c": customer_id}).result_rows]
+        rows = [tuple(row) for row in self.client.query(sql, parameters={"c": customer_id}).result_rows]
+        return voids_taken(rows, at or datetime.now(UTC))
 
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         """The customer's record (the newest ``bastionary.customer.upserted.v1``), or None."""
@@ -199,6 +204,50 @@ class InvoiceReports:
             return None
         document: dict[str, Any] = orjson.loads(rows[0][0])
         return document
+
+
+def voids_taken(rows: list[tuple[Any, ...]], moment: datetime) -> list[tuple[Any, ...]]:
+    """Ledger rows (``LEDGER_COLUMNS``) with each void's amount: what it took from its grant,
+    a positive amount like an ``applied`` or ``expired`` one, so that a grant's opening amount
+    less its applied, expired and voided rows is its balance.
+
+    A void is stored with amount 0 and no currency: when it arrives, an invoice for a period
+    ending before its ``effective_at`` may still draw on the grant, so only a read knows what
+    was left. Once in effect (``effective_at`` at or before ``moment``) the grant's earliest
+    void, the one that counts (``ClickHouseBillingStore.grants_as_of``), takes the remainder
+    after every stored invoice's draws; a later void, and a void not yet in effect, take 0.
+    Each void of a known grant is shown in the grant's currency."""
+    kind_at, grant_at, amount_at, currency_at, effective_at = (
+        LEDGER_COLUMNS.index(name) for name in ("kind", "grant_id", "amount", "currency", "effective_at")
+    )
+    opened: dict[str, tuple[Decimal, str]] = {}
+    drawn: defaultdict[str, Decimal] = defaultdict(Decimal)
+    first_void: dict[str, tuple[datetime, int]] = {}
+    for position, row in enumerate(rows):
+        kind, grant_id = row[kind_at], row[grant_at]
+        if kind in FUNDING_OF_KIND:  # a later opening row of the id replaces it, as for balances
+            opened[grant_id] = (Decimal(row[amount_at]), row[currency_at])
+        elif kind == "voided":
+            void_at = utc(row[effective_at])
+            if grant_id not in first_void or void_at < first_void[grant_id][0]:
+                first_void[grant_id] = (void_at, position)
+        else:
+            drawn[grant_id] += Decimal(row[amount_at])
+    out = []
+    for position, row in enumerate(rows):
+        grant_id = row[grant_at]
+        if row[kind_at] != "voided" or grant_id not in opened:  # no grant of this customer to take from
+            out.append(row)
+            continue
+        granted, currency = opened[grant_id]
+        void_at, first = first_void[grant_id]
+        taken = Decimal(0)
+        if position == first and void_at <= moment:
+            taken = max(granted - drawn[grant_id], Decimal(0))
+        shown = list(row)
+        shown[amount_at], shown[currency_at] = taken, currency
+        out.append(tuple(shown))
+    return out
 
 
 def money_text(value: Decimal | None, currency: str) -> str | None:
