@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import (
     BeforeValidator,
@@ -74,8 +74,65 @@ def format_iso_duration(value: timedelta) -> str:
 
 # The dedupe store keeps its horizon in whole seconds (int()): under one is zero, no dedupe.
 # A query timeout under a second stops every real query, and one under a microsecond is a
-# timedelta of zero, which ClickHouse's max_execution_time reads as no limit at all.
-_AT_LEAST = {"dedupe_horizon": timedelta(seconds=1), "query_timeout": timedelta(seconds=1)}
+# timedelta of zero, which ClickHouse's max_execution_time reads as no limit at all. The fetch
+# wait goes to aiokafka in whole milliseconds: under one is zero, and an idle consumer then
+# fetched without pause (67% of a core on the embedded broker, against 1% at PT0.1S).
+_AT_LEAST = {
+    "dedupe_horizon": timedelta(seconds=1),
+    "query_timeout": timedelta(seconds=1),
+    "kafka_fetch_max_wait": timedelta(milliseconds=1),
+}
+
+# Query values of a URL that carry a credential: clickhouse-connect takes a DSN's
+# ``?access_token=`` as the user's token, and webhook receivers often take ``?token=``.
+_CREDENTIAL_NAME = re.compile(r"pass|pwd|token|secret|key|auth|jwt|signature|sig$", re.IGNORECASE)
+
+
+def url_without_credentials(url: str, mask_every_query_value: bool = False) -> str:
+    """``url`` as it may be shown: its password and credential-like query values masked
+    (every query value with ``mask_every_query_value``)."""
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}")
+    if parts.query:
+        shown = [
+            (name, "***" if mask_every_query_value or _CREDENTIAL_NAME.search(name) else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(shown, safe="*"))
+    return urlunsplit(parts)
+
+
+def _is_ipv6_address(text: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _bootstrap_problem(bootstrap: str) -> str | None:
+    """What is wrong with ``host:port[,host:port]``, as aiokafka reads it, or None."""
+    for entry in (e.strip() for e in bootstrap.split(",")):
+        if not entry:
+            continue
+        if "://" in entry:
+            return "takes host:port, without a scheme (e.g. kafka:9092, not PLAINTEXT://kafka:9092)"
+        if entry.startswith("["):  # [IPv6]:port
+            host, bracket, rest = entry[1:].partition("]")
+            port = rest[1:] if bracket and rest.startswith(":") else None
+            if not host or not bracket or (rest and port is None):
+                return f"{entry!r} is not [IPv6 address]:port"
+        elif ":" not in entry or _is_ipv6_address(entry):  # aiokafka adds 9092
+            continue
+        else:
+            host, _, port = entry.rpartition(":")
+            if not host:
+                return f"{entry!r} has no host"
+        port = port.strip() if port is not None else None  # aiokafka's int() allows the spaces
+        if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+            return f"{entry!r}: the port must be a number from 1 to 65535"
+    return None
 
 
 def _http_url_with_host(url: str) -> bool:
@@ -85,6 +142,21 @@ def _http_url_with_host(url: str) -> bool:
         return parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
     except ValueError:  # an unclosed [IPv6 bracket, a port that is no number
         return False
+
+
+def _server_address_readable(dsn: SecretStr) -> None:
+    """A server DSN's host and port, checked at start: a port that is no number failed only at
+    the first connection ("Port could not be cast to integer value"), naming no setting, and
+    "http://" alone connected to localhost. The messages never echo the DSN (its password)."""
+    parts = urlsplit(dsn.get_secret_value())
+    if parts.scheme not in ("http", "https"):
+        return
+    if not parts.hostname:
+        raise ValueError("has no host, e.g. https://user:password@clickhouse.example.com:8443/db")
+    try:
+        _ = parts.port  # parsed when read: a bad one raises here
+    except ValueError:
+        raise ValueError("its port must be a number from 0 to 65535, e.g. http://user:password@host:8123/db") from None
 
 
 class Settings(BaseSettings):
@@ -261,6 +333,7 @@ class Settings(BaseSettings):
     @field_validator(
         "dedupe_horizon",
         "flush_interval",
+        "kafka_fetch_max_wait",
         "log_check_interval",
         "dedupe_purge_interval",
         "stall_timeout",
@@ -291,6 +364,16 @@ class Settings(BaseSettings):
             raise ValueError("may contain only letters, digits, '.', '_' and '-'")
         return value
 
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_is_host_ports(cls, value: str | None) -> str | None:
+        # aiokafka reads a port that is no number with int(): the worker ended in a ValueError
+        # reported as a bug of ours, after its web port and catalog were checked.
+        problem = _bootstrap_problem(value) if value else None
+        if problem:
+            raise ValueError(f"must be host:port[,host:port]: {problem}")
+        return value
+
     @field_validator("clickhouse_dsn")
     @classmethod
     def _dsn_scheme(cls, value: SecretStr | None) -> SecretStr | None:
@@ -298,6 +381,7 @@ class Settings(BaseSettings):
             scheme = urlsplit(value.get_secret_value()).scheme
             if scheme not in ("chdb", "http", "https"):
                 raise ValueError("scheme must be chdb://, http:// or https://")
+            _server_address_readable(value)
         return value
 
     @field_validator("clickhouse_reader_dsn")
@@ -305,6 +389,8 @@ class Settings(BaseSettings):
     def _reader_dsn_scheme(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and urlsplit(value.get_secret_value()).scheme not in ("http", "https"):
             raise ValueError("scheme must be http:// or https:// (a ClickHouse server's read-only user)")
+        if value is not None:
+            _server_address_readable(value)
         return value
 
     @field_validator(
@@ -403,16 +489,10 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with every secret masked, for `config --validate`."""
         out = self.model_dump(mode="json")
-        parts = urlsplit(self.clickhouse_url())
-        if parts.password:
-            netloc = f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"
-            parts = parts._replace(netloc=netloc)
-        out["clickhouse_dsn"] = urlunsplit(parts) if parts.netloc else self.clickhouse_url()
+        dsn = self.clickhouse_url()
+        out["clickhouse_dsn"] = url_without_credentials(dsn) if urlsplit(dsn).netloc else dsn
         if self.clickhouse_reader_dsn is not None:
-            reader = urlsplit(self.clickhouse_reader_dsn.get_secret_value())
-            if reader.password:
-                reader = reader._replace(netloc=f"{reader.username}:***@{reader.netloc.rpartition('@')[2]}")
-            out["clickhouse_reader_dsn"] = urlunsplit(reader)
+            out["clickhouse_reader_dsn"] = url_without_credentials(self.clickhouse_reader_dsn.get_secret_value())
         for key in ("query_reader_password", "query_writer_password", "webhook_secret", "smtp_password", "api_keys"):
             out[key] = "***" if getattr(self, key) else None
         for key, field_info in type(self).model_fields.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 
@@ -12,7 +11,7 @@ from bastionary.apikeys import KeyFileError, KeyRing
 from bastionary.catalog import CatalogError, load_catalog
 from bastionary.cli.common import engine_message, settings_or_exit
 from bastionary.runtime import NoBroker, connect_clickhouse, resolve_kafka
-from bastionary.settings import Settings
+from bastionary.settings import Settings, url_without_credentials
 
 
 @click.command("config")
@@ -30,7 +29,9 @@ def config_cmd(validate: bool) -> None:
         raise click.ClickException(str(exc)) from None
     out = settings.redacted() | {"meters": [m.key for m in catalog.meters]}
     if settings.webhook_url:
-        out["webhook_url"] = _without_credentials(settings.webhook_url)
+        # Receivers often take their credentials in the URL (``user:password@``, ``?token=``) under
+        # names of their own, and this output ends up in tickets and chat: every query value goes.
+        out["webhook_url"] = url_without_credentials(settings.webhook_url, mask_every_query_value=True)
     click.echo(json.dumps(out, indent=2))
     if validate:
         answers = [_broker_answers(settings), _clickhouse_answers(settings)]
@@ -38,18 +39,6 @@ def config_cmd(validate: bool) -> None:
             click.echo(("ok: " if ok else "FAILED: ") + line, err=True)
         if not all(ok for ok, _ in answers):
             raise SystemExit(1)
-
-
-def _without_credentials(url: str) -> str:
-    """A webhook URL as it may be shown: receivers often take their credentials in the URL
-    (``user:password@``, ``?token=``), and this output ends up in tickets and chat."""
-    parts = urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}")
-    if parts.query:
-        masked = [(name, "***") for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
-        parts = parts._replace(query=urlencode(masked, safe="*"))
-    return urlunsplit(parts)
 
 
 def _broker_answers(settings: Settings) -> tuple[bool, str]:

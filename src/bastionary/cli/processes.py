@@ -6,11 +6,12 @@ import asyncio
 import signal
 import socket
 import time
+from urllib.parse import urlsplit
 
 import click
 
 from bastionary.catalog import load_catalog
-from bastionary.cli.common import ends_past_engine_teardown, fail_cleanly, settings_or_exit
+from bastionary.cli.common import ends_past_engine_teardown, engine_message, fail_cleanly, settings_or_exit
 from bastionary.devstack.discovery import write_broker_file
 from bastionary.kafka import KafkaTarget
 from bastionary.locks import BROKER
@@ -38,6 +39,7 @@ def run() -> None:
     settings = settings_or_exit()
     load_catalog(settings.catalog)  # fail before anything starts
     port_free_or_exit(settings)
+    clickhouse_answers_or_exit(settings)
     if settings.kafka_bootstrap:
         target = resolve_kafka(settings)
         create_topics(settings, target.bootstrap)
@@ -64,6 +66,7 @@ def worker() -> None:
 
     settings = settings_or_exit()
     port_free_or_exit(settings)
+    clickhouse_answers_or_exit(settings)
     target = resolve_kafka(settings)
     create_topics(settings, target.bootstrap)
     run_worker(settings, target)
@@ -85,6 +88,25 @@ def port_free_or_exit(settings: Settings) -> None:
             ) from None
 
 
+def clickhouse_answers_or_exit(settings: Settings) -> None:
+    """A ClickHouse server that does not answer at start is for the operator to fix: the
+    worker's first query found out, and its error read as a bug of ours. (Embedded chdb is
+    opened by the worker itself, or reached through its holder's gateway.)"""
+    if settings.embedded_clickhouse:
+        return
+    try:
+        handle = connect_clickhouse(settings, role="writer")
+    except Exception as exc:
+        reason = engine_message(exc)
+        password = urlsplit(settings.clickhouse_url()).password
+        if password:  # the client's words carry the address; never let them carry this
+            reason = reason.replace(password, "***")
+        raise click.ClickException(
+            f"ClickHouse does not answer ({reason}): start it, or check BASTIONARY_CLICKHOUSE_DSN"
+        ) from None
+    handle.client.close()  # the worker opens its own
+
+
 @click.command()
 @ends_past_engine_teardown
 @fail_cleanly
@@ -95,6 +117,10 @@ def rater() -> None:
     from bastionary.worker.run import run_worker
 
     settings = settings_or_exit()
+    # A rater beside a worker on one host wants the same default port: Faust found out only
+    # after chdb, the migrations and the consumer group, and ended with a traceback.
+    port_free_or_exit(settings)
+    clickhouse_answers_or_exit(settings)
     usage_group = settings.consumer_group  # the workers': their committed offsets say what has landed
     settings = settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-rater"})
     target = resolve_kafka(settings)
