@@ -119,3 +119,30 @@ def test_a_worker_started_while_clickhouse_is_away_is_told_so_not_as_a_bug(monke
     line = one_error_line(result.output)
     assert line.startswith("Error: ClickHouse does not answer (") and "BASTIONARY_CLICKHOUSE_DSN" in line
     assert "pw-4" not in result.output
+
+
+def test_a_migration_changed_after_it_was_applied_is_one_line_with_a_next_step():
+    """A database set up by another version of a migration: the worker said "a bug of ours"."""
+    import click
+
+    from bastionary.cli.common import fail_cleanly
+    from bastionary.storage.migrations import apply_migrations, load_migrations
+
+    first = load_migrations()[0]
+
+    class AppliedElsewhere:
+        def command(self, sql):
+            pass
+
+        def query(self, sql):
+            return type("Result", (), {"result_rows": [(first.version, "a checksum of another file")]})()
+
+    @fail_cleanly
+    def start() -> None:
+        apply_migrations(AppliedElsewhere(), [first])
+
+    with pytest.raises(click.ClickException) as told:
+        start()
+    name = f"{first.version:04d}_{first.name}"
+    assert told.value.message.startswith(f"migration {name} changed after it was applied")
+    assert f"put its {name}.sql back" in told.value.message

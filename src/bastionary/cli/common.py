@@ -21,6 +21,7 @@ from bastionary.logs import configure_logging
 from bastionary.runtime import NoBroker, connect_clickhouse, exit_past_engine_teardown
 from bastionary.settings import ConfigError, Settings, load_settings
 from bastionary.storage.client import Client, engine_in_process
+from bastionary.storage.migrations import MigrationError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,7 +45,15 @@ def fail_cleanly(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (CatalogError, NoBroker, DataDirInUse, KeyFileError, EventLoopUnavailable, TopicsRefused) as exc:
+        except (
+            CatalogError,
+            NoBroker,
+            DataDirInUse,
+            KeyFileError,
+            EventLoopUnavailable,
+            TopicsRefused,
+            MigrationError,  # a database set up by another version: the operator's to settle
+        ) as exc:
             raise click.ClickException(str(exc)) from None
 
     return wrapper

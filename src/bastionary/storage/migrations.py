@@ -83,7 +83,12 @@ def apply_migrations(client: Client, migrations: list[Migration] | None = None) 
     for migration in migrations:
         if migration.version in applied:
             if applied[migration.version] != migration.checksum:
-                raise MigrationError(f"migration {migration.version:04d}_{migration.name} changed after it was applied")
+                name = f"{migration.version:04d}_{migration.name}"
+                raise MigrationError(
+                    f"migration {name} changed after it was applied: this database was set up by a Bastionary"
+                    f" whose {name}.sql differs from this one's; run that version, or put its {name}.sql back"
+                    " (schema_migrations holds the checksum it applied)"
+                )
             continue
         for statement in _statements(migration.sql):
             client.command(statement)
