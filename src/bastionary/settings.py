@@ -357,6 +357,15 @@ class Settings(BaseSettings):
             raise ValueError(f"must be {floor}, e.g. {format_iso_duration(cls.model_fields[name].default)}")
         return value
 
+    @field_validator("web_host", "consumer_group")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        # An empty value (a compose file's unset ${VAR}) is never meant: an empty WEB_HOST made
+        # aiohttp listen on every interface instead of 127.0.0.1, the API open to the network.
+        if not value.strip():
+            raise ValueError("is empty: leave it unset for the default, or give a value (0.0.0.0 listens on all)")
+        return value
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:
@@ -425,6 +434,11 @@ class Settings(BaseSettings):
         problems = []
         if self.webhook_url and self.webhook_secret is None:
             problems.append("WEBHOOK_URL is set without WEBHOOK_SECRET: notices must be signed")
+        if self.web_url and not _http_url_with_host(
+            self.web_url.replace("{hostname}", "host").replace("{ip}", "127.0.0.1")
+        ):
+            # Advertised to the other workers as given: a check routed to this one then failed.
+            problems.append("WEB_URL must be an http(s) URL with a host, e.g. http://{hostname}:6066")
         if self.webhook_url and not _http_url_with_host(self.webhook_url):
             problems.append("WEBHOOK_URL must be an http(s) URL with a host, e.g. https://billing.example.com/hooks")
         if self.webhook_backoff_cap < self.webhook_backoff:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -146,3 +147,32 @@ def test_a_migration_changed_after_it_was_applied_is_one_line_with_a_next_step()
     name = f"{first.version:04d}_{first.name}"
     assert told.value.message.startswith(f"migration {name} changed after it was applied")
     assert f"put its {name}.sql back" in told.value.message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("BASTIONARY_WEB_HOST", "", "BASTIONARY_WEB_HOST"),
+        ("BASTIONARY_WEB_HOST", "  ", "BASTIONARY_WEB_HOST"),
+        ("BASTIONARY_CONSUMER_GROUP", "", "BASTIONARY_CONSUMER_GROUP"),
+        ("BASTIONARY_WEB_URL", "worker-1:6066", "WEB_URL must be an http(s) URL"),
+        ("BASTIONARY_WEB_URL", "http://", "WEB_URL must be an http(s) URL"),
+    ],
+)
+def test_an_empty_listening_host_or_group_and_a_web_url_others_cannot_reach_are_refused(
+    monkeypatch, variable, value, says
+):
+    """An empty WEB_HOST listened on every interface; WEB_URL was advertised as given."""
+    from bastionary.settings import ConfigError, load_settings
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_settings()
+
+
+@pytest.mark.parametrize("url", ["http://{hostname}:6066", "http://{ip}:6066", "https://worker-1.internal:6066"])
+def test_a_web_url_with_placeholders_or_a_host_is_accepted(monkeypatch, url):
+    from bastionary.settings import load_settings
+
+    monkeypatch.setenv("BASTIONARY_WEB_URL", url)
+    assert load_settings().web_url == url
