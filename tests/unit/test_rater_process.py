@@ -58,3 +58,26 @@ async def test_a_rebalance_waits_for_the_billing_and_dunning_runs_in_progress(tm
             await asyncio.sleep(0.1)
             assert not revoking.done()
         await asyncio.wait_for(revoking, 5)
+
+
+def test_a_worker_owns_nothing_while_a_rebalance_is_under_way(tmp_path: Path):
+    """From the revocation until the new assignment the consumer still reports the old one: a
+    rating tick in that gap rated partitions being handed over, beside their new owner."""
+    import faust
+
+    from bastionary.worker.context import WorkerContext
+
+    settings = Settings(catalog=CATALOG, data_dir=tmp_path, worker_id="w1", usage_partitions=1)
+    app = faust.App("owns-test", broker="kafka://localhost:9")
+    ctx = WorkerContext(app, settings, "w1")
+
+    class Assigned:
+        def assignment(self):
+            return {faust.types.TP("billing.subscriptions", 0)}
+
+    app._consumer = Assigned()
+    assert ctx.owns("cust-1", "billing.subscriptions")
+    app.on_rebalance_start()
+    assert not ctx.owns("cust-1", "billing.subscriptions")
+    app.on_rebalance_end()
+    assert ctx.owns("cust-1", "billing.subscriptions")

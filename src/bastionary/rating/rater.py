@@ -290,7 +290,26 @@ class Rater:
                     due.append(_Due(start, sub.subscription_id, sub, invoiced, period, start, ADVANCE))
         self._tell_backfill(told)
         cache: UsageCache = {}
+        checked = self._thresholds_checked
         due.extend(await asyncio.to_thread(self._progressive_due, subscriptions, rated, now, cache, result.failed))
+        try:
+            return await self._rate_due(due, subscriptions, rated, now, cache, result)
+        except BaseException:
+            # The crossings this run found may not be invoiced: the next run looks again, in this
+            # minute too (one found in a period's last minute was otherwise never billed early).
+            self._thresholds_checked = checked
+            raise
+
+    async def _rate_due(
+        self,
+        due: list[_Due],
+        subscriptions: list[Subscription],
+        rated: set[str],
+        now: datetime,
+        cache: UsageCache,
+        result: RatingResult,
+    ) -> RatingResult:
+        """Rate, store and publish ``due``, batch by batch, into ``result``."""
         if not due:
             return result
         grants, drawn = await asyncio.to_thread(self.store.grants)

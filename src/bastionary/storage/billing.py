@@ -80,7 +80,33 @@ class ClickHouseBillingStore:
 
     def insert_subscription_events(self, rows: list[SubscriptionRow]) -> None:
         if rows:
-            insert_rows(self.client, "subscriptions", rows, SUBSCRIPTION_COLUMNS)
+            insert_rows(self.client, "subscriptions", self._first_received(rows), SUBSCRIPTION_COLUMNS)
+
+    def _first_received(self, rows: list[SubscriptionRow]) -> list[SubscriptionRow]:
+        """``rows``, each received when its event was first stored. The table keeps the last
+        copy of an event, and ``received_at`` decides which periods the rater takes for skipped
+        by a backfill: a ``created`` event stored again (a record redelivered after a crash, a
+        retried request) moved it, and a period that ended before the copy, not rated yet, was
+        never billed (a later one lost its late usage)."""
+        stored = self.client.query(
+            "SELECT customer_id, subscription_id, effective_at, event_id, min(received_at) FROM subscriptions"
+            " WHERE customer_id IN {cs:Array(String)} AND subscription_id IN {ss:Array(String)}"
+            " AND event_id IN {es:Array(String)} GROUP BY customer_id, subscription_id, effective_at, event_id",
+            parameters={
+                "cs": sorted({row.customer_id for row in rows}),
+                "ss": sorted({row.subscription_id for row in rows}),
+                "es": sorted({row.event_id for row in rows}),
+            },
+        ).result_rows
+        first = {(c, s, utc(at), e): utc(received) for c, s, at, e, received in stored}
+        out = []
+        for row in rows:
+            # The table's key: only a row with all four replaces another.
+            at = utc(row.effective_at)
+            at = at.replace(microsecond=at.microsecond // 1000 * 1000) if at else at  # DateTime64(3)
+            earlier = first.get((row.customer_id, row.subscription_id, at, row.event_id))
+            out.append(row._replace(received_at=earlier) if earlier and earlier < row.received_at else row)
+        return out
 
     def insert_customers(self, rows: list[CustomerRow]) -> None:
         if rows:

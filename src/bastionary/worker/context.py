@@ -66,7 +66,14 @@ class WorkerContext:
         return bool(app.consumer.assignment()) and not app.rebalancing and not app.in_recovery
 
     def owns(self, customer_id: str, topic: str) -> bool:
-        """Whether this worker owns ``customer_id``'s partition of ``topic`` (keyed by customer)."""
+        """Whether this worker owns ``customer_id``'s partition of ``topic`` (keyed by customer).
+
+        Nothing while a rebalance is under way: from the revocation until the new assignment,
+        the consumer still reports the old one, and a rating run started in that gap rated
+        partitions being handed over, beside their new owner (one invoice id with two contents,
+        a credit note credited twice). The revocation only waits for a run already going."""
+        if self.app.rebalancing:
+            return False
         consumer = self.app.consumer
         owned = {tp.partition for tp in consumer.assignment() if tp.topic == topic} if consumer is not None else set()
         if not owned:
