@@ -78,6 +78,10 @@ def notice_problem(data: object) -> str | None:
     channels = data["channels"]
     if not isinstance(channels, list) or not all(channel in CHANNELS for channel in channels):
         return f"channels must be a list of {', '.join(CHANNELS)}"
+    if len(set(channels)) != len(channels):
+        # Each listed channel is delivered at once, side by side: a repeat would reach the
+        # customer twice.
+        return "channels repeat"
     return None
 
 
@@ -141,8 +145,16 @@ class Notifier:
         if channel == "webhook" and self.webhook is not None:
             outcome = await deliver_webhook(self.webhook, self._client(), notice, value, on_attempt=record_attempt)
         elif channel == "email" and self.smtp is not None:
-            message = build_message(self.smtp, data, render_email(data, company=self.company))
-            outcome = await send_email(self.smtp, message, on_attempt=record_attempt)
+            try:
+                message = build_message(self.smtp, data, render_email(data, company=self.company))
+            except (ValueError, TypeError) as error:
+                # The notice's own data (an invoice id with a line break from another producer,
+                # an unknown template, an address that is not one): the same on every redelivery.
+                # Raised, it would stop the worker, and the restart would meet it again, holding
+                # back every notice behind it on the partition.
+                outcome = DeliveryOutcome(channel, False, 0, f"cannot build the email: {error}")
+            else:
+                outcome = await send_email(self.smtp, message, on_attempt=record_attempt)
         else:
             outcome = DeliveryOutcome(channel, False, 0, f"{channel} is not configured")
         if outcome.ok:

@@ -174,12 +174,22 @@ def message_id(notice_id: str) -> str:
 
 
 def build_message(config: SmtpConfig, notice: Mapping[str, Any], content: EmailContent) -> EmailMessage:
-    """A multipart/alternative message; no To header when the notice has no recipient."""
+    """A multipart/alternative message; no To header when the notice has no recipient.
+
+    ValueError for a recipient that is not one plain address, or a header value with a line break.
+    """
     message = EmailMessage()
     message["Subject"] = content.subject
     message["From"] = config.sender
-    if notice.get("recipient_email"):
-        message["To"] = notice["recipient_email"]
+    recipient = notice.get("recipient_email")
+    if recipient:
+        message["To"] = recipient
+        addresses = message["To"].addresses
+        # The envelope is read from this header: a billing_email the intake pattern lets
+        # through may parse as another address ("a(b@example.com" is the local user "a",
+        # "x,ap@example.com" two of them), and the invoice would go to someone else.
+        if len(addresses) != 1 or addresses[0].addr_spec != recipient:
+            raise ValueError(f"recipient email {recipient!r} is not one plain address")
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id(notice["notice_id"])
     message["X-Bastionary-Notice-Id"] = notice["notice_id"]
