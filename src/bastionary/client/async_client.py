@@ -52,9 +52,15 @@ def _text(value: Moment) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
+def _plain(amount: Decimal | str) -> str:
+    """A Decimal as a plain decimal string: ``str`` gives ``1E+3`` or ``1E-7`` for some values
+    (after ``normalize()``, or arithmetic), which the API refuses as not a decimal."""
+    return format(amount, "f") if isinstance(amount, Decimal) else str(amount)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        return _plain(value)
     raise TypeError(f"cannot send a {type(value).__name__} as JSON")
 
 
@@ -258,7 +264,7 @@ class AsyncClient:
         data = {
             "grant_id": grant_id,
             "customer_id": customer_id,
-            "amount": str(amount),
+            "amount": _plain(amount),
             "currency": currency,
             "effective_at": _text(effective_at),
         }
@@ -278,9 +284,9 @@ class AsyncClient:
         data = {
             "grant_id": grant_id,
             "customer_id": customer_id,
-            "amount": str(amount),
+            "amount": _plain(amount),
             "currency": currency,
-            "price_paid": str(price_paid),
+            "price_paid": _plain(price_paid),
             "payment_reference": payment_reference,
         }
         return await self._write("/v1/credit-purchases", {**data, **fields})

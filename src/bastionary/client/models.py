@@ -197,7 +197,7 @@ class Decision(_Model):
 
     feature: str
     has_access: bool
-    type: str
+    type: str | None  # null with no subscription, or a feature neither the plan nor an override grants
     usage: Decimal | None = None
     limit: Decimal | None = None
     balance: Decimal | None = None

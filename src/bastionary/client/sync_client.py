@@ -65,6 +65,10 @@ class Client:
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            # An unclosed loop keeps its selector and self-pipe open: three descriptors per
+            # client, until the garbage collector happens to find it.
+            self._loop.close()
 
     def __enter__(self) -> Client:
         return self

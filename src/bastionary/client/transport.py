@@ -118,6 +118,14 @@ class HttpSender:
                 rejected += [
                     {**r, "index": r["index"] + offset} for r in some.rejected if isinstance(r.get("index"), int)
                 ]
+            except BastionaryError as refused:
+                if refused.status != 413 or len(part) != 1:
+                    raise
+                # Too large on its own: it fails alone, and the other half is still sent (it
+                # failed the whole batch, never sending the other half).
+                rejected.append(
+                    {"index": offset, "id": part[0].get("id"), "code": refused.code, "message": refused.message}
+                )
         if rejected:
             message = f"{len(rejected)} event(s) rejected; the others were accepted"
             body = {"accepted": len(accepted), "ids": accepted, "rejected": rejected}
