@@ -21,8 +21,10 @@ must then be outside the worker's process, since chdb admits one process per dat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import os
 import signal
 import socket
 import subprocess
@@ -143,13 +145,28 @@ class FlushProcess:
         return purged
 
     def close(self, timeout: float = 30.0) -> None:
-        """Close the pipe (the child finishes its step and ends) and wait for it."""
+        """Close the pipe (the child finishes its step and ends) and wait for it.
+
+        A step in progress does not hold the close up: the pipe is shut down first, which ends
+        the step's wait in the worker (:class:`FlushProcessDied`), and a child whose step hangs
+        (ClickHouse not answering) is killed past ``timeout``. Before, the close waited for the
+        step's lock, for as long as the step hung, and the stopping worker with it."""
+        self._shut_down_pipe()
         with self._lock:
             self._conn.close()
         if self._exit_code(wait=timeout) is None:
             log.warning("flush process did not end; killing it", pid=self._process.pid)
             self._process.kill()
             self._process.wait()
+
+    def _shut_down_pipe(self) -> None:
+        try:
+            pipe = socket.socket(fileno=os.dup(self._conn.fileno()))
+        except OSError:
+            return  # closed already
+        # A shutdown reaches the socket under every descriptor of it, the one a step reads too.
+        with pipe, contextlib.suppress(OSError):
+            pipe.shutdown(socket.SHUT_RDWR)
 
     def _exit_code(self, wait: float) -> int | None:
         try:

@@ -72,6 +72,9 @@ class _PartitionState:
     rewound_at: float = 0.0
     active_at: float = field(default_factory=time.monotonic)  # last record admitted or flush landed
     buffered_since: float | None = None  # when the oldest unlanded record was admitted
+    # When the oldest record of a flush still landing was admitted: taken out of the buffer,
+    # it has not landed, and a flush that hangs must show in /healthz.
+    landing_since: float | None = None
     # The last offset admitted, buffered or in a flush still landing; None: done_through.
     read_through: int | None = None
 
@@ -270,7 +273,7 @@ class UsageSink:
                 done_through=s.done_through,
                 buffered=len(s.buffer),
                 seconds_idle=now - s.active_at,
-                seconds_unlanded=now - s.buffered_since if s.buffered_since is not None and s.buffer else 0.0,
+                seconds_unlanded=_seconds_unlanded(s, now),
                 rewinding=s.rewind_to is not None,
             )
             for tp, s in self._partitions.items()
@@ -507,6 +510,9 @@ class UsageSink:
         marker, and the restart would replay only that newest range: the failed one would
         be skipped by offset and lost. Two tasks flush (the timer and the intake's backlog),
         so one may try while the other's failure is stopping the worker.
+
+        A flush whose anchor probe the broker does not answer is put off, not failed: nothing
+        of it was written, and its records go back to their buffers, unacked.
         """
         async with self.lock:
             if self._failed_flush is not None:
@@ -524,6 +530,7 @@ class UsageSink:
         for tp, state in self._partitions.items():
             records = self._take_flushable(state)
             if records:
+                state.landing_since = state.buffered_since
                 # Still set after the take: these records are the replayed range (or what the
                 # log still holds of it).
                 replays_from = state.replay.first_offset if state.replay is not None else None
@@ -540,13 +547,25 @@ class UsageSink:
             wanted = self.rows_wanted() if self.rows_wanted is not None else None
             plans = await asyncio.to_thread(self.engine.plan, requests, wanted)
         finally:
-            probes = await probing
+            await asyncio.wait([probing])
+            unanswered = probing.exception()  # retrieved even when the plan failed
+        if isinstance(unanswered, LogNotAnswering):
+            # Nothing of this flush was written, so it is not a failed flush: stopping the
+            # worker for a broker that restarts would gain nothing, and its records wait,
+            # unacked, for a flush once the broker answers.
+            log.warning("flush put off: the broker did not answer the anchor probe", error=str(unanswered))
+            self._put_back(batches)
+            return []
+        if unanswered is not None:
+            raise unanswered
+        probes = probing.result()
         kept = []
         for batch, plan in zip(batches, plans, strict=False):
             tp, state = batch[0], batch[1]
             probe = probes.get(tp)
             if probe is not None and state.anchor is not None and not probe.matches(state.anchor):
                 self._open_new_epoch(tp, state, probe)  # drops this batch; the new log is read again
+                state.landing_since = None
                 await self._rewind(tp, state)
                 continue
             kept.append((batch, plan))
@@ -577,10 +596,17 @@ class UsageSink:
             state.replay = None
             state.active_at = now
             state.buffered_since = now if state.buffer else None
+            state.landing_since = None
             landed.extend(records)
             if self.on_flushed:
                 self.on_flushed(plan.topic, plan.partition, plan.stats)
         return landed
+
+    def _put_back(self, batches: list[tuple[TopicPartition, _PartitionState, list[InboundRecord], int | None]]) -> None:
+        for _, state, records, _ in batches:
+            state.buffer = records + state.buffer  # records admitted meanwhile come after them
+            state.buffered_since, state.landing_since = state.landing_since, None
+        self._recount()
 
     @staticmethod
     def _take_flushable(state: _PartitionState) -> list[InboundRecord]:
@@ -621,6 +647,13 @@ class UsageSink:
         if dead_letters:
             await self.send_dead_letters(dead_letters)
         await asyncio.to_thread(self.engine.write, plans)  # 3, 4 and 5, per plan
+
+
+def _seconds_unlanded(state: _PartitionState, now: float) -> float:
+    """How long the oldest record read and not landed has waited: buffered, or in a flush
+    that has not landed (a failed one included, until the worker stops)."""
+    since = [t for t in (state.landing_since, state.buffered_since if state.buffer else None) if t is not None]
+    return now - min(since) if since else 0.0
 
 
 def _resumes_past_replay(state: _PartitionState, record: InboundRecord) -> bool:
