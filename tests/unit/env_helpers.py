@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bastionary.settings import ConfigError, load_settings
+
 
 def without_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """No BASTIONARY_* variable from the outer environment leaks in."""
@@ -20,6 +22,15 @@ def isolated_cli(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
     """No outer BASTIONARY_* variable, and a data directory of the test's own."""
     without_settings(monkeypatch)
     monkeypatch.setenv("BASTIONARY_DATA_DIR", str(data_dir))
+
+
+def config_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """The settings' refusal of ``BASTIONARY_<name>=<value>`` for each of ``env``."""
+    for name, value in env.items():
+        monkeypatch.setenv(f"BASTIONARY_{name}", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    return str(info.value)
 
 
 def one_error_line(output: str) -> str:

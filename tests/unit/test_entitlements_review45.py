@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from bastionary.catalog import parse_catalog
-from bastionary.entitlements.changes import Change, due_changes
+from bastionary.entitlements.changes import due_changes
 from bastionary.entitlements.evaluate import CustomerState
 from bastionary.entitlements.overrides import Override
 from bastionary.entitlements.service import Entitlements
@@ -24,6 +24,8 @@ from bastionary.entitlements.spec import EntitledPlan
 from bastionary.metering.ports import RollupRow
 from bastionary.metering.sink import LandedFlush
 from bastionary.rating.invoice import Segment, Subscription
+from tests.unit.test_entitlements_review43 import Clock
+from tests.unit.test_entitlements_review43 import Store as StoreWithoutOverrides
 
 CATALOG = parse_catalog(
     {
@@ -43,61 +45,13 @@ APR1 = datetime(2026, 4, 1, tzinfo=UTC)
 
 
 @dataclass
-class Store:
-    """The EntitlementStore reads and writes, in memory; usage as (window start, count) rows."""
+class Store(StoreWithoutOverrides):
+    """The in-memory EntitlementStore of the review of the forty-third session, with overrides."""
 
-    subs: dict[str, list[Subscription]] = field(default_factory=dict)
-    rollups: dict[str, list[tuple[datetime, Decimal]]] = field(default_factory=dict)
     granted: dict[str, list[Override]] = field(default_factory=dict)
-    changes: list[tuple[Change, int, int]] = field(default_factory=list)
-
-    def subscriptions(self, customers):
-        return {c: self.subs[c] for c in customers if c in self.subs}
 
     def overrides(self, customers):
         return {c: list(self.granted[c]) for c in customers if c in self.granted}
-
-    def usage(self, customers, meter, filters, start, end):
-        return {
-            c: sum((n for window, n in self.rollups[c] if start <= window < end), Decimal(0))
-            for c in customers
-            if c in self.rollups
-        }
-
-    def suspension_histories(self, customers):
-        return {}
-
-    def credit_limited(self, customers):
-        return set()
-
-    def recorded_changes(self, customers):
-        out: dict[str, list[Change]] = {}
-        for change, _, _ in sorted(self.changes, key=lambda stored: stored[1]):
-            if change.customer_id in customers:
-                out.setdefault(change.customer_id, []).append(change)
-        return out
-
-    def store_changes(self, changes, first_ordinal, published=0):
-        ids = {c.change_id for c in changes}
-        self.changes = [stored for stored in self.changes if stored[0].change_id not in ids]
-        self.changes += [(c, first_ordinal + n, published) for n, c in enumerate(changes)]
-
-    def mark_published(self, customer, changes, first_ordinal):
-        self.store_changes(changes, first_ordinal, published=1)
-
-    def unpublished_customers(self):
-        return {c.customer_id for c, _, published in self.changes if not published}
-
-    def unpublished(self, customer):
-        return [(c, n) for c, n, published in self.changes if c.customer_id == customer and not published]
-
-
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def test_an_override_that_begins_or_ends_after_the_read_is_told_once_a_check_meets_it():

@@ -13,20 +13,12 @@ from click.testing import CliRunner
 from bastionary.cli.main import cli
 from bastionary.runtime import connect_clickhouse
 from bastionary.settings import ConfigError, load_settings
-from tests.unit.env_helpers import isolated_cli, one_error_line
+from tests.unit.env_helpers import config_error, isolated_cli, one_error_line
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     isolated_cli(monkeypatch, tmp_path / "data")
-
-
-def config_error(monkeypatch, **env: str) -> str:
-    for name, value in env.items():
-        monkeypatch.setenv(f"BASTIONARY_{name}", value)
-    with pytest.raises(ConfigError) as info:
-        load_settings()
-    return str(info.value)
 
 
 def closed_port() -> int:
@@ -163,7 +155,7 @@ def test_an_empty_listening_host_or_group_and_a_web_url_others_cannot_reach_are_
     monkeypatch, variable, value, says
 ):
     """An empty WEB_HOST listened on every interface; WEB_URL was advertised as given."""
-    from bastionary.settings import ConfigError, load_settings
+    from bastionary.settings import load_settings
 
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=re.escape(says)):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastionary.settings import ConfigError, Settings, format_iso_duration, load_settings, parse_iso_duration
-from tests.unit.env_helpers import without_settings
+from tests.unit.env_helpers import config_error, without_settings
 
 
 @pytest.fixture(autouse=True)
@@ -20,14 +20,6 @@ def clean_env(monkeypatch, tmp_path):
     """No BASTIONARY_* variable from the outer environment leaks in; cwd is a scratch dir."""
     without_settings(monkeypatch)
     monkeypatch.chdir(tmp_path)
-
-
-def config_error(monkeypatch, **env: str) -> str:
-    for name, value in env.items():
-        monkeypatch.setenv(f"BASTIONARY_{name}", value)
-    with pytest.raises(ConfigError) as info:
-        load_settings()
-    return str(info.value)
 
 
 # --- defaults and environment ----------------------------------------------------------
