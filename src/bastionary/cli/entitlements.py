@@ -26,7 +26,7 @@ def check_cmd(customer: str, feature: str | None) -> None:
     from bastionary.catalog import load_catalog
     from bastionary.entitlements.auth import CUSTOMER_ID_RULE, valid_customer_id, valid_feature
     from bastionary.entitlements.evaluate import check, check_all
-    from bastionary.entitlements.state import build_state, known_features
+    from bastionary.entitlements.state import build_state, known_features, named_by_override
     from bastionary.storage.entitlements import ClickHouseEntitlementStore
 
     settings = settings_or_exit()
@@ -49,7 +49,7 @@ def check_cmd(customer: str, feature: str | None) -> None:
         body = {"customer_id": customer, "entitlements": [d.to_json() for d in check_all(loaded.state, now)]}
     else:
         decision = check(loaded.state, feature, now)
-        named = feature in known_features(catalog.plans) or any(o.feature == feature for o in loaded.state.overrides)
+        named = feature in known_features(catalog.plans) or named_by_override(loaded.state, feature)
         if decision.reason == "not_in_plan" and not named:  # as the API's 404 unknown_feature
             raise click.ClickException(f"no plan or override has a feature {feature!r}")
         body = decision.to_json()

@@ -25,7 +25,7 @@ from bastionary.entitlements.changes import Change, change_event, due_changes
 from bastionary.entitlements.evaluate import WIDE, Decision, check, check_all
 from bastionary.entitlements.ports import EntitlementStore
 from bastionary.entitlements.spec import EntitledPlan, MeteredEntitlement
-from bastionary.entitlements.state import Loaded, build_states, suspension_changes
+from bastionary.entitlements.state import Loaded, build_states, named_by_override, suspension_changes
 from bastionary.metering.meters import Meter, behaviour
 from bastionary.metering.sink import LandedFlush
 
@@ -82,11 +82,9 @@ class Entitlements:
         return check_all((await self._state(customer)).state, self.now())
 
     def named_by_override(self, customer: str, feature: str) -> bool:
-        """An override of the customer's held state names ``feature``, in force or not: a check
-        of it is answered (``not_in_plan`` while none is in force), not refused as a feature
-        nothing knows (before 2026-12-07 a trial's feature was 404 once the trial ended)."""
+        """:func:`~bastionary.entitlements.state.named_by_override`, of the customer's held state."""
         loaded = self._loaded.get(customer)
-        return loaded is not None and any(o.feature == feature for o in loaded.state.overrides)
+        return loaded is not None and named_by_override(loaded.state, feature)
 
     async def _state(self, customer: str) -> Loaded:
         loaded = self._loaded.get(customer)  # None: not read yet, or read and unknown

@@ -167,3 +167,10 @@ def suspension_changes(loaded: Loaded) -> list[Change]:
 
 def known_features(plans: Iterable[EntitledPlan]) -> set[str]:
     return {e.feature for plan in plans for e in plan.entitlements}
+
+
+def named_by_override(state: CustomerState, feature: str) -> bool:
+    """An override of the customer's names ``feature``, in force or not: a check of it is
+    answered (``not_in_plan`` while none is in force), not refused as a feature nothing knows
+    (before 2026-12-07 a trial's feature was 404 once the trial ended)."""
+    return any(o.feature == feature for o in state.overrides)
