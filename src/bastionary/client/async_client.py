@@ -101,7 +101,7 @@ class AsyncClient:
             self._http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
             sender = HttpSender(self._http, max_retries)
         else:
-            sender = KafkaSender(str(bootstrap), topic, max_retries)
+            sender = KafkaSender(str(bootstrap), topic, max_retries, timeout)
         self._sender = sender
         self._batcher = Batcher(sender, batch_size, linger, max_pending, on_error)
 

@@ -144,39 +144,162 @@ class HttpSender:
 
 
 class KafkaSender:
-    """Publishes straight to the usage topic: one batch record per customer, keyed by it,
-    acknowledged by every in-sync replica."""
+    """Publishes straight to the usage topic: each customer's events as batch records keyed by
+    it, acknowledged by every in-sync replica. A record the producer or the broker finds too
+    large is sent again in halves, so only an event too large on its own fails, as over HTTP."""
 
-    def __init__(self, bootstrap: str, topic: str, max_retries: int):
+    def __init__(self, bootstrap: str, topic: str, max_retries: int, timeout: float = 10.0):
         from aiokafka import AIOKafkaProducer
 
         self.topic = topic
         self.max_retries = max_retries
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+        # The client's timeout bounds each Kafka request as it bounds each HTTP one: aiokafka's
+        # own 40 s held a flush that long per attempt against a broker that did not answer.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, request_timeout_ms=max(1, int(timeout * 1000))
+        )
         self._started = False
 
     async def send(self, events: list[dict[str, Any]]) -> None:
+        """Send ``events``; members too large for a record on their own are reported as
+        :class:`EventsRejected` at their index in ``events``, after the others were published."""
         from aiokafka.errors import KafkaError
 
-        if not self._started:
-            await self._producer.start()
-            self._started = True
-        by_customer: dict[str, list[dict[str, Any]]] = {}
-        for event in events:
-            by_customer.setdefault(str(event["subject"]), []).append(event)
+        by_customer: dict[str, list[int]] = {}
+        for index, event in enumerate(events):
+            by_customer.setdefault(str(event["subject"]), []).append(index)
+        members = [orjson.dumps(event) for event in events]
+        unsent = [
+            _Record(customer.encode(), chunk, members)
+            for customer, indexes in by_customer.items()
+            for chunk in _record_chunks(indexes, members)
+        ]
+        too_large: list[_Record] = []
 
         async def attempt() -> None:
-            try:
-                pending = [
-                    await self._producer.send(self.topic, orjson.dumps(members), key=customer.encode())
-                    for customer, members in by_customer.items()
-                ]
-                await asyncio.gather(*pending)
-            except KafkaError as exc:
-                raise Retryable(exc) from None
+            nonlocal unsent
+            if not self._started:
+                # Inside the retries: a broker not up yet at the first send is a connection
+                # error like any other (it failed the batch at once).
+                try:
+                    await self._producer.start()
+                except KafkaError as exc:
+                    raise Retryable(exc) from None
+                self._started = True
+            unsent, failure = await self._publish(unsent, too_large)
+            if failure is not None:
+                raise Retryable(failure)
 
         await with_retries(attempt, self.max_retries)
+        if too_large:
+            failed = sorted(index for record in too_large for index in record.indexes)
+            kept = set(range(len(events))) - set(failed)
+            rejected = [
+                {
+                    "index": index,
+                    "id": events[index].get("id"),
+                    "code": "record_too_large",
+                    "message": f"the event is {len(members[index])} bytes: more than one Kafka record takes",
+                }
+                for index in failed
+            ]
+            accepted = [str(event["id"]) for index, event in enumerate(events) if index in kept]
+            # As the HTTP path reports a lone event the API refuses as too large (413).
+            message = f"{len(rejected)} event(s) rejected; the others were accepted"
+            raise EventsRejected(
+                400, "rejected_events", message, {"accepted": len(accepted), "ids": accepted, "rejected": rejected}
+            )
+
+    async def _publish(
+        self, records: list[_Record], too_large: list[_Record]
+    ) -> tuple[list[_Record], Exception | None]:
+        """Publish ``records``, halving those too large (a lone event too large goes to
+        ``too_large``); returns the records still to send and why they were not sent. A record
+        too large is never taken, so it is never retried whole (retried, it failed every event
+        of the batch, other customers' too, and published the rest again on each retry)."""
+        from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+        unsent: list[_Record] = []
+        failure: Exception | None = None
+        while records:
+            halves: list[_Record] = []
+            for record, outcome in zip(records, await self._outcomes(records), strict=True):
+                if isinstance(outcome, MessageSizeTooLargeError):
+                    if len(record.indexes) == 1:
+                        too_large.append(record)
+                    else:
+                        halves += record.halves()
+                elif isinstance(outcome, KafkaError):
+                    unsent.append(record)
+                    failure = outcome
+                elif outcome is not None:
+                    raise outcome
+            records = halves
+        return unsent, failure
+
+    async def _outcomes(self, records: list[_Record]) -> list[BaseException | None]:
+        """Each record's outcome: None once acknowledged, else its error. Records are queued in
+        order (a customer's records share a partition, so their order holds); after a failure
+        other than the size, the rest are not tried (each would wait out the same broker)."""
+        from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+        outcomes: list[BaseException | None] = []
+        queued: list[tuple[int, asyncio.Future[Any]]] = []
+        stopped: KafkaError | None = None
+        for record in records:
+            if stopped is not None:
+                outcomes.append(stopped)
+                continue
+            try:
+                queued.append((len(outcomes), await self._producer.send(self.topic, record.value, key=record.key)))
+                outcomes.append(None)
+            except KafkaError as refused:
+                outcomes.append(refused)
+                if not isinstance(refused, MessageSizeTooLargeError):
+                    stopped = refused
+        results = await asyncio.gather(*(future for _, future in queued), return_exceptions=True)
+        for (at, _), result in zip(queued, results, strict=True):
+            if isinstance(result, BaseException):
+                outcomes[at] = result
+        return outcomes
 
     async def close(self) -> None:
-        if self._started:
-            await self._producer.stop()
+        # Also when start() failed: the producer holds a client (and warns "Unclosed") until stopped.
+        await self._producer.stop()
+
+
+# What the producer takes in one record (its max_request_size, 1 MiB) and what the worker's
+# record limit (BASTIONARY_MAX_RECORD_BYTES) and Faust's producer (1,000,000) take, less room
+# for the key and the record's framing: the same bound the HTTP API cuts its records to.
+RECORD_VALUE_BYTES = 1_000_000 - 2_048
+# BASTIONARY_MAX_BATCH_EVENTS's default: a batch record holding more is one dead letter.
+RECORD_EVENTS = 10_000
+
+
+class _Record:
+    """Some of a customer's events (``indexes`` into the batch) as one record value."""
+
+    def __init__(self, key: bytes, indexes: list[int], members: list[bytes]):
+        self.key = key
+        self.indexes = indexes
+        self._members = members
+        self.value = b"[" + b",".join(members[i] for i in indexes) + b"]"
+
+    def halves(self) -> list[_Record]:
+        middle = len(self.indexes) // 2
+        return [_Record(self.key, part, self._members) for part in (self.indexes[:middle], self.indexes[middle:])]
+
+
+def _record_chunks(indexes: list[int], members: list[bytes]) -> list[list[int]]:
+    """One customer's events as runs, in order, each within a record's bytes and events."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    size = 1  # the brackets, and a comma before each member but the first
+    for index in indexes:
+        if chunk and (size + len(members[index]) + 1 > RECORD_VALUE_BYTES or len(chunk) == RECORD_EVENTS):
+            chunks.append(chunk)
+            chunk, size = [], 1
+        chunk.append(index)
+        size += len(members[index]) + 1
+    chunks.append(chunk)
+    return chunks
