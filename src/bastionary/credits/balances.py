@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Literal
 
 from bastionary.credits.ledger import FUNDING_ORDER, Grant
+from bastionary.money import MINOR_UNITS, minor_unit
 
 GrantStatus = Literal["active", "used_up", "pending", "expired", "voided"]
 
@@ -35,6 +36,10 @@ def balances(grants: list[Grant], drawn: dict[str, Decimal], moment: datetime) -
     for grant in sorted(grants, key=lambda g: g.order):
         status = grant_status(grant, moment)
         left = max(grant.amount - drawn.get(grant.grant_id, Decimal(0)), Decimal(0))
+        if grant.currency in MINOR_UNITS:
+            # Draws are whole minor units: of 10.005 (older data) an invoice draws 10.00 and the
+            # rest lapses, so the balance must not promise the 10.01 that 10.005 rounds to.
+            left = left.quantize(minor_unit(grant.currency), rounding=ROUND_DOWN)
         if status == "active" and left == 0:
             status = "used_up"
         lines.append(GrantBalance(grant, status, left if status == "active" else Decimal(0)))

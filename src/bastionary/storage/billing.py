@@ -31,6 +31,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The subscriptions customer {c} created: a subscription is its created event's customer's.
 CREATED_BY = "SELECT subscription_id FROM subscriptions WHERE customer_id = {c:String} AND event_type = 'created'"
 OPENING_KINDS = "('granted', 'purchased', 'voided', 'credit_note')"
+# Customer {c}'s rows, and the grants other customers hold of an id {c} has rows of.
+OWN_OR_HELD_ELSEWHERE = (
+    "customer_id = {c:String} OR (kind IN ('granted', 'purchased')"
+    " AND grant_id IN (SELECT grant_id FROM credit_ledger WHERE customer_id = {c:String}))"
+)
 LEDGER_COLUMNS = LedgerRow._fields
 INVOICE_COLUMNS = (
     "invoice_id",
@@ -180,10 +185,15 @@ class ClickHouseBillingStore:
         params: dict[str, Any] = {"at": moment} if moment is not None else {}
         only = ""
         if customer is not None:
-            only, params["c"] = "customer_id = {c:String} AND ", customer
-        # In the order they were recorded: a grant id is its first grant's customer's. The intake
-        # refuses a grant or a void of an id that another customer's grant holds
-        # (customer_mismatch); rows stored before that rule are left out here.
+            # With the other customers' grants of the customer's grant ids: the id is theirs if
+            # theirs came first, and the rater, reading every customer, never draws on it.
+            only, params["c"] = f"({OWN_OR_HELD_ELSEWHERE}) AND ", customer
+        # In the order they were recorded: a grant id is its first grant's, and its first
+        # grant's customer's. The intake refuses a grant or a void of an id that another
+        # customer's grant holds (customer_mismatch); rows stored before that rule are left out
+        # here, and so is a later grant of an id by its own customer (a retried request with a
+        # new event id, or an id reused for another amount: it must neither double nor replace
+        # the credit the first one granted).
         rows = self.client.query(
             "SELECT kind, grant_id, customer_id, amount, currency, priority, effective_at, expires_at"
             f" FROM credit_ledger FINAL WHERE {only}(kind IN {OPENING_KINDS} OR invoice_id IN ({stored}))"
@@ -195,9 +205,8 @@ class ClickHouseBillingStore:
         drawn: defaultdict[str, Decimal] = defaultdict(Decimal)
         for kind, grant_id, customer, amount, currency, priority, effective_at, expires_at in rows:
             if kind in FUNDING_OF_KIND:  # a carried row is here only once its invoice is stored
-                if grant_id in granted and granted[grant_id][1] != customer:
-                    continue
-                granted[grant_id] = (kind, customer, amount, currency, priority, utc(effective_at), utc(expires_at))
+                if grant_id not in granted:
+                    granted[grant_id] = (kind, customer, amount, currency, priority, utc(effective_at), utc(expires_at))
             elif kind == "voided":
                 # The earliest void wins: a later one (a retried void, its effective_at its own
                 # time by default) must not make the grant usable again until then.

@@ -4,6 +4,7 @@ answers, from one query each, so the two always agree."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import orjson
 
 from bastionary.credits.balances import GrantBalance, totals
-from bastionary.credits.ledger import FUNDING_OF_KIND
+from bastionary.credits.ledger import FUNDING_OF_KIND, movement_id
 from bastionary.metering.meters import Meter
 from bastionary.money import MINOR_UNITS, format_money, plain_decimal
 from bastionary.rating.subscriptions import utc
@@ -161,8 +162,8 @@ class InvoiceReports:
     def ledger(self, customer_id: str, at: datetime | None = None) -> list[tuple[Any, ...]]:
         """The customer's credit movements in ``LEDGER_COLUMNS`` order, oldest first. An
         invoice's movements are listed once the invoice is stored (its row is the commit
-        marker of the rater's store). A void shows what it took away (:func:`voids_taken`)
-        as of ``at`` (default now)."""
+        marker of the rater's store). As of ``at`` (default now), a void shows what it took
+        away, and an expiry no invoice recorded yet shows what lapsed (:func:`movements_as_read`)."""
         sql = (
             f"SELECT {', '.join(LEDGER_COLUMNS)} FROM credit_ledger FINAL WHERE customer_id = {{c:String}}"
             " AND (kind IN ('granted', 'purchased', 'voided', 'credit_note')"
@@ -170,7 +171,18 @@ class InvoiceReports:
             " ORDER BY recorded_at, movement_id"
         )
         rows = [tuple(row) for row in self.client.query(sql, parameters={"c": customer_id}).result_rows]
-        return voids_taken(rows, at or datetime.now(UTC))
+        # A grant id is its first grant's customer's (ClickHouseBillingStore.grants_as_of).
+        holders = self.client.query(
+            "SELECT grant_id, customer_id FROM credit_ledger FINAL WHERE kind IN ('granted', 'purchased')"
+            " AND grant_id IN (SELECT grant_id FROM credit_ledger WHERE customer_id = {c:String})"
+            " ORDER BY recorded_at, movement_id",
+            parameters={"c": customer_id},
+        ).result_rows
+        first_holder: dict[str, str] = {}
+        for grant_id, holder in holders:
+            first_holder.setdefault(grant_id, holder)
+        held_elsewhere = {grant_id for grant_id, holder in first_holder.items() if holder != customer_id}
+        return movements_as_read(rows, at or datetime.now(UTC), held_elsewhere)
 
     def customer(self, customer_id: str) -> dict[str, Any] | None:
         """The customer's record (the newest ``bastionary.customer.upserted.v1``), or None."""
@@ -206,27 +218,42 @@ class InvoiceReports:
         return document
 
 
-def voids_taken(rows: list[tuple[Any, ...]], moment: datetime) -> list[tuple[Any, ...]]:
-    """Ledger rows (``LEDGER_COLUMNS``) with each void's amount: what it took from its grant,
-    a positive amount like an ``applied`` or ``expired`` one, so that a grant's opening amount
-    less its applied, expired and voided rows is its balance.
+def movements_as_read(
+    rows: list[tuple[Any, ...]], moment: datetime, held_elsewhere: Collection[str] = ()
+) -> list[tuple[Any, ...]]:
+    """Ledger rows (``LEDGER_COLUMNS``) as the balance at ``moment`` sees them, so that a
+    grant's opening amount less its applied, expired and voided rows is its balance.
+
+    A grant is its id's first opening row: a later grant of the id (a retried request with a
+    new event id, an id reused for another amount), and a grant of an id another customer's
+    grant holds (``held_elsewhere``), open nothing and show 0, as the balance ignores them.
 
     A void is stored with amount 0 and no currency: when it arrives, an invoice for a period
     ending before its ``effective_at`` may still draw on the grant, so only a read knows what
     was left. Once in effect (``effective_at`` at or before ``moment``) the grant's earliest
     void, the one that counts (``ClickHouseBillingStore.grants_as_of``), takes the remainder
-    after every stored invoice's draws; a later void, and a void not yet in effect, take 0.
-    Each void of a known grant is shown in the grant's currency."""
-    kind_at, grant_at, amount_at, currency_at, effective_at = (
-        LEDGER_COLUMNS.index(name) for name in ("kind", "grant_id", "amount", "currency", "effective_at")
+    after every stored invoice's draws, a positive amount like an ``applied`` one; a later
+    void, and a void not yet in effect, take 0. Each void of a known grant is shown in the
+    grant's currency.
+
+    An ``expired`` row is stored only by an invoice of the customer rated after the expiry,
+    and the customer may have none (a subscription ended, credit granted ahead of one): until
+    one is stored, a grant expired by ``moment`` (and not voided by then: a void wins) shows
+    its remainder as an ``expired`` row without an invoice, recorded at the expiry, with id
+    ``movement_id("expired", grant_id, "")``. The invoice's own row then takes its place."""
+    kind_at, grant_at, amount_at, currency_at, effective_at, expires_at = (
+        LEDGER_COLUMNS.index(name) for name in ("kind", "grant_id", "amount", "currency", "effective_at", "expires_at")
     )
-    opened: dict[str, tuple[Decimal, str]] = {}
+    opened: dict[str, tuple[Decimal, str, datetime | None]] = {}
+    opening: set[int] = set()
     drawn: defaultdict[str, Decimal] = defaultdict(Decimal)
     first_void: dict[str, tuple[datetime, int]] = {}
     for position, row in enumerate(rows):
         kind, grant_id = row[kind_at], row[grant_at]
-        if kind in FUNDING_OF_KIND:  # a later opening row of the id replaces it, as for balances
-            opened[grant_id] = (Decimal(row[amount_at]), row[currency_at])
+        if kind in FUNDING_OF_KIND:
+            if grant_id not in opened and grant_id not in held_elsewhere:
+                opened[grant_id] = (Decimal(row[amount_at]), row[currency_at], utc(row[expires_at]))
+                opening.add(position)
         elif kind == "voided":
             void_at = utc(row[effective_at])
             if grant_id not in first_void or void_at < first_void[grant_id][0]:
@@ -235,19 +262,46 @@ def voids_taken(rows: list[tuple[Any, ...]], moment: datetime) -> list[tuple[Any
             drawn[grant_id] += Decimal(row[amount_at])
     out = []
     for position, row in enumerate(rows):
-        grant_id = row[grant_at]
-        if row[kind_at] != "voided" or grant_id not in opened:  # no grant of this customer to take from
+        kind, grant_id = row[kind_at], row[grant_at]
+        if kind in FUNDING_OF_KIND and position not in opening:
+            out.append(_with_amount(row, Decimal(0), row[currency_at]))
+            continue
+        if kind != "voided" or grant_id not in opened:  # no grant of this customer to take from
             out.append(row)
             continue
-        granted, currency = opened[grant_id]
+        granted, currency, _ = opened[grant_id]
         void_at, first = first_void[grant_id]
         taken = Decimal(0)
         if position == first and void_at <= moment:
             taken = max(granted - drawn[grant_id], Decimal(0))
-        shown = list(row)
-        shown[amount_at], shown[currency_at] = taken, currency
-        out.append(tuple(shown))
-    return out
+        out.append(_with_amount(row, taken, currency))
+    lapsed = []
+    for grant_id, (granted, currency, expires) in opened.items():
+        left = granted - drawn[grant_id]
+        voided = grant_id in first_void and first_void[grant_id][0] <= moment
+        if expires is not None and expires <= moment and left > 0 and not voided:
+            lapse = {
+                "movement_id": movement_id("expired", grant_id, ""),
+                "kind": "expired",
+                "grant_id": grant_id,
+                "amount": left,
+                "currency": currency,
+                "effective_at": expires,
+                "expires_at": expires,
+                "invoice_id": "",
+                "recorded_at": expires,
+                "price_paid": None,
+                "payment_reference": "",
+            }
+            lapsed.append(tuple(lapse[name] for name in LEDGER_COLUMNS))
+    recorded_at = LEDGER_COLUMNS.index("recorded_at")
+    return sorted(out + lapsed, key=lambda row: utc(row[recorded_at])) if lapsed else out
+
+
+def _with_amount(row: tuple[Any, ...], amount: Decimal, currency: str) -> tuple[Any, ...]:
+    shown = list(row)
+    shown[LEDGER_COLUMNS.index("amount")], shown[LEDGER_COLUMNS.index("currency")] = amount, currency
+    return tuple(shown)
 
 
 def money_text(value: Decimal | None, currency: str) -> str | None:
