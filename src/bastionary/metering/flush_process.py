@@ -105,7 +105,13 @@ class FlushProcess:
         except BaseException:  # the spec does not pickle: the child ends at the pipe's EOF
             self.close()
             raise
-        self._call("ready")  # the child opened its storage, or the worker fails to start here
+        try:
+            self._call("ready")  # the child opened its storage, or the worker fails to start here
+        except BaseException:
+            # Nobody else will close this one: without it, every failed start (and a worker
+            # retries) left its pipe open and its child unreaped.
+            self.close()
+            raise
         log.info("flush process started", pid=self._process.pid)
 
     @property

@@ -30,7 +30,7 @@ import structlog
 
 from bastionary import metrics
 from bastionary.metering.records import Admission, InboundRecord, record_timestamp_ms
-from bastionary.metering.sink import UsageSink
+from bastionary.metering.sink import LogNotAnswering, UsageSink
 
 log = structlog.get_logger(__name__)
 
@@ -47,12 +47,14 @@ class UsageIntake:
         max_bytes: int,
         flush_needed: asyncio.Event,
         flush_once: Callable[[], Awaitable[None]],
+        recovery_retry_seconds: float = 1.0,
     ) -> None:
         self._app = app
         self._sink = sink
         self._max_events, self._max_bytes = max_events, max_bytes
         self._flush_needed = flush_needed
         self._flush_once = flush_once
+        self._recovery_retry_seconds = recovery_retry_seconds
         self._held: deque[InboundRecord] = deque()  # waiting for an awaited admission, in order
         self._catching_up: asyncio.Future[None] | None = None
         self._crashing: asyncio.Future[None] | None = None
@@ -142,6 +144,19 @@ class UsageIntake:
                 continue
             try:
                 admission = await sink.admit(record)
+            except LogNotAnswering as exc:
+                # The recovery's anchor probe went unanswered: nothing was recovered or
+                # written, so a broker that restarts must not stop the worker (as a flush is
+                # put off, UsageSink.flush). The record stays first in line, unacked, and every
+                # later record waits behind it; a rebalance meanwhile drops it as above.
+                log.warning(
+                    "partition recovery put off: the broker did not answer the anchor probe",
+                    topic=record.topic,
+                    partition=record.partition,
+                    error=str(exc),
+                )
+                await asyncio.sleep(self._recovery_retry_seconds)
+                continue
             except Exception:
                 log.exception("partition recovery failed; stopping the worker so a restart can retry")
                 self._crash("partition recovery failed; stopping the worker so a restart can retry")
