@@ -56,14 +56,22 @@ def api_key_new(name: str, scopes: tuple[str, ...], customer: str | None, key_fi
         # Opened before the key is shown, so a file we cannot write fails with no key out; the
         # key shown before it is stored: stored but shown nowhere (stdout closed or full), it was
         # a live key no one holds, under a name now taken.
-        with path.open("ab", buffering=0) as out:  # one write, nothing left to fail at close
-            _print_key(key)
-            try:
-                out.write(f"{separator}{line}\n".encode())
-            except OSError as exc:
-                raise click.ClickException(
-                    f"cannot write {key_file}: {exc.strerror or exc}; the key printed is not stored, discard it"
-                ) from None
+        created = not existing and not path.exists()
+        try:
+            with path.open("ab", buffering=0) as out:  # one write, nothing left to fail at close
+                _print_key(key)
+                try:
+                    out.write(f"{separator}{line}\n".encode())
+                except OSError as exc:
+                    raise click.ClickException(
+                        f"cannot write {key_file}: {exc.strerror or exc}; the key printed is not stored, discard it"
+                    ) from None
+        except click.ClickException:
+            # Opened to fail early, the file was created: left empty, a worker started on it took
+            # it for no keys at all (every call refused), where a missing file stops the start.
+            if created:
+                path.unlink(missing_ok=True)
+            raise
         click.echo(f"appended {name!r} to {key_file}", err=True)
     else:
         click.echo(line, err=True)

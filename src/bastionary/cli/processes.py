@@ -24,8 +24,55 @@ def create_topics(settings: Settings, bootstrap: str) -> None:
     """Bastionary's topics exist before any producer can auto-create them with other partition counts."""
     from bastionary.kafka import ensure_topics
 
+    names = Topics(settings.topic_prefix).all()
+
+    async def created_and_counted() -> dict[str, int]:
+        await ensure_topics(bootstrap, names, settings.usage_partitions, settings.topic_replication)
+        return await partition_counts(bootstrap, names)
+
+    counts = asyncio.run(created_and_counted())
+    # The setting only shapes topics as they are created. A worker also takes it for the
+    # topics' count when it works out which worker owns a customer (rating, dunning,
+    # entitlements): over another count, customers the producers put on partitions it does
+    # not name were rated by no worker, without a word.
+    # Only the topics workers consume: a topic Bastionary only writes (dead letters,
+    # billing.credits, entitlements.changes) may be repartitioned for its readers.
     topics = Topics(settings.topic_prefix)
-    asyncio.run(ensure_topics(bootstrap, topics.all(), settings.usage_partitions, settings.topic_replication))
+    written_only = {
+        topics.usage_dlq,
+        topics.billing_dlq,
+        topics.dunning_dlq,
+        topics.credits,
+        topics.entitlement_changes,
+    }
+    others: dict[int, list[str]] = {}
+    for name in (n for n in names if n not in written_only):
+        if counts.get(name, settings.usage_partitions) != settings.usage_partitions:
+            others.setdefault(counts[name], []).append(name)
+    if others:
+        found = "; ".join(
+            f"{listed[0]} has {count}" if len(listed) == 1 else f"{listed[0]} and {len(listed) - 1} more have {count}"
+            for count, listed in others.items()
+        )
+        raise click.ClickException(
+            f"the topics exist with other partition counts than BASTIONARY_USAGE_PARTITIONS"
+            f" ({settings.usage_partitions}): {found}; set BASTIONARY_USAGE_PARTITIONS to the topics' count"
+            " (the setting does not change topics that exist)"
+        )
+
+
+async def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+    """Each topic's partition count as the broker reports it (a topic it reports no
+    partitions for yet, one just created, say, is left out)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {topic["topic"]: len(topic["partitions"]) for topic in described if topic.get("partitions")}
 
 
 @click.command()
@@ -38,6 +85,7 @@ def run() -> None:
 
     settings = settings_or_exit()
     load_catalog(settings.catalog)  # fail before anything starts
+    worker_id_or_exit(settings)
     port_free_or_exit(settings)
     clickhouse_answers_or_exit(settings)
     if settings.kafka_bootstrap:
@@ -65,11 +113,32 @@ def worker() -> None:
     from bastionary.worker.run import run_worker
 
     settings = settings_or_exit()
+    worker_id_or_exit(settings)
     port_free_or_exit(settings)
     clickhouse_answers_or_exit(settings)
     target = resolve_kafka(settings)
     create_topics(settings, target.bootstrap)
     run_worker(settings, target)
+
+
+def worker_id_or_exit(settings: Settings) -> None:
+    """A worker id that is set must be usable as given. Set but empty (a template's unset
+    ``$HOSTNAME``), it was taken for unset: worker-<pid>, which is worker-1 in every container.
+    It also names the worker's directories in the data dir: with '/' it ended in an unexpected
+    error, and '..' opened the dedupe cache in the data dir itself."""
+    worker_id = settings.worker_id
+    if worker_id is None:
+        return
+    if not worker_id.strip():
+        raise click.ClickException(
+            "BASTIONARY_WORKER_ID is empty: give each worker an id of its own (a stable one keeps its"
+            " dedupe cache across restarts), or leave it unset for worker-<pid>"
+        )
+    if worker_id in (".", "..") or any(c in worker_id for c in "/\0"):
+        raise click.ClickException(
+            f"BASTIONARY_WORKER_ID {worker_id[:64]!r} cannot name the worker's directories in the data dir:"
+            " no '/', and not '.' or '..' (a hostname is a good id)"
+        )
 
 
 def port_free_or_exit(settings: Settings) -> None:
@@ -117,6 +186,7 @@ def rater() -> None:
     from bastionary.worker.run import run_worker
 
     settings = settings_or_exit()
+    worker_id_or_exit(settings)
     # A rater beside a worker on one host wants the same default port: Faust found out only
     # after chdb, the migrations and the consumer group, and ended with a traceback.
     port_free_or_exit(settings)

@@ -27,6 +27,7 @@ _QUICK = {"events": 20_000, "dedupe_ids": 50_000, "latency_seconds": 5.0}
 BENCH_OWNED_SETTINGS = frozenset({
     "kafka_bootstrap", "data_dir", "topic_prefix", "consumer_group", "worker_id", "web_port",
     "kafka_session_timeout", "log_format", "clickhouse_dsn", "catalog", "api_keys", "rating_enabled",
+    "usage_partitions",
 })  # fmt: skip
 
 

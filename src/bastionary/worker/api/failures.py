@@ -1,12 +1,12 @@
 """What a request that fails past its view answers: JSON, never aiohttp's plain text. And
 every request's route, status and time, in ``bastionary_api_request_seconds``.
 
-Storage or broker trouble (a connection refused, a timeout) is ``503 unavailable`` with
-``Retry-After``: the request may be retried as it is. Anything else is a bug of ours,
-``500 internal_error``, logged with its traceback. A body over the size limit is ``413``; a
-path the API does not serve is ``404 not_found``, a method it does not take there ``405
-method_not_allowed`` (with ``Allow``), and a body that cannot be read (its
-Content-Encoding does not decode) ``400 invalid_encoding``.
+Storage or broker trouble (a connection refused, a timeout, ClickHouse refusing a query for
+its load) is ``503 unavailable`` with ``Retry-After``: the request may be retried as it is.
+Anything else is a bug of ours, ``500 internal_error``, logged with its traceback. A body
+over the size limit is ``413``; a path the API does not serve is ``404 not_found``, a method
+it does not take there ``405 method_not_allowed`` (with ``Allow``), and a body that cannot be
+read (its Content-Encoding does not decode) ``400 invalid_encoding``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from aiokafka.errors import KafkaError
-from clickhouse_connect.driver.exceptions import OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from bastionary import metrics
 from bastionary.worker.api.auth import json_error
@@ -26,6 +26,20 @@ from bastionary.worker.api.auth import json_error
 log = structlog.get_logger(__name__)
 RETRY_AFTER_S = 1
 UNAVAILABLE = (OperationalError, KafkaError, ConnectionError, TimeoutError)
+# ClickHouse's answers for a server too busy now, not for a wrong query: as a 500 they read
+# as a bug of ours, logged with a traceback, and told clients not to retry.
+CLICKHOUSE_BUSY = {
+    159: "TIMEOUT_EXCEEDED",
+    173: "CANNOT_ALLOCATE_MEMORY",
+    201: "QUOTA_EXCEEDED",
+    202: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    203: "NO_FREE_CONNECTION",
+    209: "SOCKET_TIMEOUT",
+    210: "NETWORK_ERROR",
+    241: "MEMORY_LIMIT_EXCEEDED",
+    279: "ALL_CONNECTION_TRIES_FAILED",
+    439: "CANNOT_SCHEDULE_TASK",
+}
 # Any token is a method to aiohttp's Python parser (and llhttp knows dozens): as a label, a
 # caller without a key could grow a new series per request.
 METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -83,9 +97,20 @@ async def _answered(
         )
     except UNAVAILABLE as exc:
         log.warning("request failed on storage or the broker", path=request.path, error=str(exc)[:300])
-        response = json_error(503, "unavailable", "storage or the broker did not answer; retry shortly")
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        return response
+        return unavailable("storage or the broker did not answer; retry shortly")
+    except DatabaseError as exc:
+        busy = CLICKHOUSE_BUSY.get(exc.code) if isinstance(exc.code, int) else None
+        if busy is None:
+            log.exception("request failed", path=request.path)
+            return json_error(500, "internal_error", "the request failed; see the worker's log")
+        log.warning("request refused by a busy ClickHouse", path=request.path, error=str(exc)[:300])
+        return unavailable(f"storage is too busy to answer now ({busy}); retry shortly")
     except Exception:
         log.exception("request failed", path=request.path)
         return json_error(500, "internal_error", "the request failed; see the worker's log")
+
+
+def unavailable(message: str) -> web.Response:
+    response = json_error(503, "unavailable", message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
