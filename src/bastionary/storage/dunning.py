@@ -97,22 +97,9 @@ class ClickHouseDunningStore:
         }
         for row in rows:
             found = earlier.get((row.kind, row.payment_id))
-            if found is None:
-                continue
-            invoice, amount, currency = found
-            # A failed payment counts for nothing: a retry may report it without its amount.
-            if invoice != row.invoice_id:
-                # Not named: the other invoice may be another customer's.
-                stored_as = "another invoice"
-            elif row.kind != "failed" and (amount, currency) != (row.amount, row.currency):
-                stored_as = f"{amount.normalize():f} {currency}"
-            else:
-                continue
-            raise InvalidBillingEvent(
-                "payment_id_conflict",
-                f"{row.kind} payment_id {preview(row.payment_id)} is stored already for {stored_as}:"
-                " a payment_id counts once",
-            )
+            stored_as = _stored_otherwise(found, row) if found is not None else None
+            if stored_as is not None:
+                raise _payment_id_conflict(row, stored_as)
 
     def insert_trail(self, rows: list[TrailRow]) -> None:
         now = _now()
@@ -190,6 +177,7 @@ class ClickHouseDunningStore:
             " ORDER BY invoice_id, at, recorded_at"
         ).result_rows
         disputes: dict[str, list[datetime]] = defaultdict(list)
+        resolved_before_opened: dict[str, list[datetime]] = defaultdict(list)
         states: dict[str, list[tuple[int, datetime, str]]] = defaultdict(list)
         minimums: dict[str, list[tuple[int, datetime, str]]] = defaultdict(list)
         suspensions: dict[str, int] = defaultdict(int)
@@ -212,10 +200,13 @@ class ClickHouseDunningStore:
                 case.pauses.append(Pause(at, _utc(until), "promised"))
             elif kind == "response" and action == "disputed":
                 disputes[invoice_id].append(at)
-            elif kind == "response" and action == "dispute_resolved" and disputes[invoice_id]:
-                # One resolution ends the invoice's dispute: a dispute sent twice (a retry with a
-                # new id) would otherwise stay open and pause the invoice's dunning for good.
-                case.pauses.append(Pause(disputes.pop(invoice_id)[0], at, "disputed"))
+            elif kind == "response" and action == "dispute_resolved":
+                if disputes[invoice_id]:
+                    # One resolution ends the invoice's dispute: a dispute sent twice (a retry with a
+                    # new id) would otherwise stay open and pause the invoice's dunning for good.
+                    case.pauses.append(Pause(disputes.pop(invoice_id)[0], at, "disputed"))
+                else:
+                    resolved_before_opened[invoice_id].append(at)
         for invoice_id, case in cases.items():
             # Counted as entitlements count them (storage/entitlements.py): suspended while its
             # suspend notices outnumber its reinstatements, whatever order the clock gave the rows.
@@ -234,9 +225,48 @@ class ClickHouseDunningStore:
             case.minimum_history = [(at, detail) for _, at, detail in recorded]
             case.minimum_changes = recorded[-1][0]
             case.below_minimum = recorded[-1][2] == BELOW
+        self._drop_disputes_resolved_after_them(disputes, resolved_before_opened)
         for invoice_id, opened in disputes.items():
             for start in opened:
                 cases[invoice_id].pauses.append(Pause(start, None, "disputed"))
+
+    def _drop_disputes_resolved_after_them(
+        self, disputes: dict[str, list[datetime]], resolved_before_opened: dict[str, list[datetime]]
+    ) -> None:
+        """Drop from ``disputes`` (still open, by ``time``) those a resolution dated before them
+        was recorded after: resolved, in the order they were sent. A customer's dispute may be
+        dated up to MAX_FUTURE_SKEW ahead, and an operator resolving it at once dates the
+        resolution now: read by ``time`` alone it came first, resolved nothing, and the dispute
+        paused the invoice's dunning for good. Asked only for such invoices (rare)."""
+        invoices = sorted(i for i, opened in disputes.items() if opened and resolved_before_opened.get(i))
+        if not invoices:
+            return
+        rows = self.client.query(
+            "SELECT invoice_id, action, at, recorded_at FROM dunning_events FINAL"
+            " WHERE kind = 'response' AND action IN ('disputed', 'dispute_resolved')"
+            " AND invoice_id IN {ids:Array(String)}",
+            parameters={"ids": invoices},
+        ).result_rows
+        opened_recorded: dict[tuple[str, datetime], datetime] = {}
+        last_resolution_recorded: dict[str, datetime] = {}
+        for invoice_id, action, at, recorded_at in rows:
+            at, recorded_at = _utc(at), _utc(recorded_at)
+            if action == "disputed":
+                key = (invoice_id, at)
+                opened_recorded[key] = min(recorded_at, opened_recorded.get(key, recorded_at))
+            elif at in resolved_before_opened[invoice_id]:
+                last_resolution_recorded[invoice_id] = max(
+                    recorded_at, last_resolution_recorded.get(invoice_id, recorded_at)
+                )
+        for invoice_id in invoices:
+            resolved = last_resolution_recorded.get(invoice_id)
+            if resolved is not None:
+                # A tie (the same millisecond) proves nothing: the dispute stays open.
+                disputes[invoice_id] = [
+                    start
+                    for start in disputes[invoice_id]
+                    if opened_recorded.get((invoice_id, start), resolved) >= resolved
+                ]
 
     def billing_emails(self) -> dict[str, str]:
         rows = self.client.query(
@@ -327,6 +357,25 @@ class ClickHouseDunningStore:
             parameters={"d": within_days, "resuspended": RESUSPENDED},
         ).result_rows  # unmatched rows of the LEFT JOIN carry defaults: invoice_id '' (no setting: readers may not set any)
         return rows
+
+
+def _stored_otherwise(stored: tuple[str, Decimal, str], row: PaymentRow) -> str | None:
+    """How a payment stored under ``row``'s key differs from ``row``, or None when it does not."""
+    invoice, amount, currency = stored
+    if invoice != row.invoice_id:
+        # Not named: the other invoice may be another customer's.
+        return "another invoice"
+    # A failed payment counts for nothing: a retry may report it without its amount.
+    if row.kind != "failed" and (amount, currency) != (row.amount, row.currency):
+        return f"{amount.normalize():f} {currency}"
+    return None
+
+
+def _payment_id_conflict(row: PaymentRow, stored_as: str) -> InvalidBillingEvent:
+    return InvalidBillingEvent(
+        "payment_id_conflict",
+        f"{row.kind} payment_id {preview(row.payment_id)} is stored already for {stored_as}: a payment_id counts once",
+    )
 
 
 def _now() -> datetime:

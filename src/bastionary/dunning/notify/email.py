@@ -219,6 +219,11 @@ def _smtp_error(error: aiosmtplib.SMTPException) -> DeliveryError:
     if isinstance(error, aiosmtplib.SMTPNotSupported):
         # The server lacks what the config asks for (STARTTLS, AUTH): retrying cannot help.
         return DeliveryError(f"smtp not supported: {error.message}", permanent=True)
+    if type(error) is aiosmtplib.SMTPException:
+        # aiosmtplib raises the bare class only when the server lacks what the config asks for
+        # (SMTP_STARTTLS=true and no STARTTLS offered, a username and no AUTH): the same answer
+        # on every attempt, so retrying only delays the dead letter that names it.
+        return DeliveryError(f"smtp server does not support the configuration: {error.message}", permanent=True)
     return DeliveryError(f"smtp error: {error.message}", permanent=False)
 
 
