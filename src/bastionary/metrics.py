@@ -119,7 +119,8 @@ RATING_RUNS = Counter(
 )
 RATING_FAILED_INVOICES = Counter(
     "bastionary_rating_failed_invoices",
-    "Invoices (or usage-threshold checks) that could not be priced, one per run that tried; their customer waits",
+    "Invoices (or usage-threshold checks) that could not be priced, or that the broker refused to publish,"
+    " one per run that tried; a customer whose invoice could not be priced waits",
     registry=REGISTRY,
 )
 RATING_RUN_SECONDS = Histogram(

@@ -9,7 +9,10 @@ Order per batch of invoices, and what a crash right after each step does:
    ``ClickHouseBillingStore.store_invoices``). A stored document is republished as is on the
    next run: it is never recomputed, so never different
 3. publish invoice.finalized and credit.applied/.expired           -> republished next run;
-   consumers dedupe on invoice_id and the movement ids (the content is identical)
+   consumers dedupe on invoice_id and the movement ids (the content is identical). An invoice
+   the broker refuses for good (``PublishRefused``: larger than it takes) stays unpublished,
+   offered again at every run, and the others are published: one customer's invoice must not
+   stop every customer's
 4. mark published=1                                                -> done
 
 Credit events are announced only from a stored invoice document (its ``credit_allocations``
@@ -174,12 +177,31 @@ class RatingFailure:
 PRICING_ERRORS = (ArithmeticError, ValueError)
 
 
+class PublishRefused(Exception):
+    """``publish`` raises it (when enqueuing, or from the delivery) for a record the producer or
+    the broker will never take, such as one larger than they take. Unlike a broker away, the
+    next run cannot do better: it costs that invoice, not every customer's run."""
+
+
+@dataclass(frozen=True)
+class PublishFailure:
+    """A stored invoice the broker refused: it stays stored unpublished and is offered again at
+    every run (taken once the broker's limits allow it), while the others are published."""
+
+    customer_id: str
+    invoice_id: str
+    kind: str
+    period_start: str
+    error: str
+
+
 @dataclass
 class RatingResult:
     invoices: list[dict[str, Any]]
     republished: int = 0
     oldest_due: datetime | None = None  # the earliest moment an invoice rated this run was due at
     failed: list[RatingFailure] = field(default_factory=list)  # rated again next run, and failing again
+    refused: list[PublishFailure] = field(default_factory=list)  # stored, offered again next run
 
 
 class Rater:
@@ -225,9 +247,10 @@ class Rater:
             if self.owns(data["customer_id"]):
                 if currencies is None and (data.get("credit_allocations") or data.get("credits_expired")):
                     currencies = _grant_currencies((await asyncio.to_thread(self.store.grants))[0])
-                await asyncio.gather(*await self._send(data, currencies or {}))
-                await asyncio.to_thread(self.store.mark_published, [(data, datetime.fromisoformat(data["issued_at"]))])
-                result.republished += 1
+                stored = [(data, datetime.fromisoformat(data["issued_at"]))]
+                if await self._deliver(stored, currencies or {}, result.refused):
+                    await asyncio.to_thread(self.store.mark_published, stored)
+                    result.republished += 1
         if self.landed_through is not None:
             landed = await self.landed_through()
             if landed is None:
@@ -325,11 +348,37 @@ class Rater:
             batch = due[offset : offset + self.batch_size]
             rated_batch = await asyncio.to_thread(self._rate_batch, batch, grants, drawn, cache, result.failed, stopped)
             documents = [(r.invoice.document(), r.cutoff) for r in rated_batch]
-            deliveries = [future for document, _ in documents for future in await self._send(document, currencies)]
-            await asyncio.gather(*deliveries)
-            await asyncio.to_thread(self.store.mark_published, documents)
-            result.invoices.extend(document for document, _ in documents)
+            delivered = await self._deliver(documents, currencies, result.refused)
+            await asyncio.to_thread(self.store.mark_published, delivered)
+            result.invoices.extend(document for document, _ in delivered)
         return result
+
+    async def _deliver(
+        self,
+        documents: list[tuple[dict[str, Any], datetime]],
+        currencies: Mapping[str, str],
+        refused: list[PublishFailure],
+    ) -> list[tuple[dict[str, Any], datetime]]:
+        """Publish ``documents`` (all enqueued before any is waited for) and return those
+        delivered. One the broker refuses for good goes to ``refused`` and stays unpublished;
+        any other failure fails the run, and the next one republishes what was stored."""
+        enqueued = []
+        for document, cutoff in documents:
+            try:
+                enqueued.append((document, cutoff, await self._send(document, currencies)))
+            except PublishRefused as exc:
+                refused.append(_publish_failure(document, exc))
+        # Every delivery is waited for, so that none fails unretrieved behind another's failure.
+        outcomes = await asyncio.gather(*(asyncio.gather(*d) for _, _, d in enqueued), return_exceptions=True)
+        delivered = []
+        for (document, cutoff, _), outcome in zip(enqueued, outcomes, strict=True):
+            if isinstance(outcome, PublishRefused):
+                refused.append(_publish_failure(document, outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                delivered.append((document, cutoff))
+        return delivered
 
     def _backfill_kind(self, sub: Subscription, unbilled: datetime | None, skipped: int) -> str | None:
         """ "skipped" when the subscription's past periods are left unrated, "rated" when a
@@ -931,6 +980,12 @@ def _billed_until(
             ends.extend(window.end for window in billing.windows or () if window.quantity or window.amount)
     until = max(ends)
     return until if until > last.end else None
+
+
+def _publish_failure(document: Mapping[str, Any], exc: PublishRefused) -> PublishFailure:
+    return PublishFailure(
+        document["customer_id"], document["invoice_id"], document["kind"], document["period_start"], str(exc)
+    )
 
 
 def _bills_nothing(lines: Sequence[Line], currency: str) -> bool:

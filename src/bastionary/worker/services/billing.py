@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 import structlog
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from bastionary import metrics
 from bastionary.catalog import Catalog
@@ -31,7 +32,7 @@ from bastionary.rating.events import (
     parse_subscription,
     subscription_row,
 )
-from bastionary.rating.rater import EMPTY, Rater, RatingResult
+from bastionary.rating.rater import EMPTY, PublishRefused, Rater, RatingResult
 from bastionary.rating.spend import SpendEvent, SpendEventKind
 from bastionary.rating.spend_monitor import SpendMonitor
 from bastionary.storage.billing import ClickHouseBillingStore
@@ -57,6 +58,17 @@ def record_invoices(result: RatingResult) -> None:
             period_start=failure.period_start.isoformat(),
             error=failure.error,
         )
+    for refused in result.refused:
+        metrics.RATING_FAILED_INVOICES.inc()
+        log.error(
+            "invoice stored but not published: the broker refuses it; offered again every run,"
+            " while the other invoices are published",
+            customer_id=refused.customer_id,
+            invoice_id=refused.invoice_id,
+            kind=refused.kind,
+            period_start=refused.period_start,
+            error=refused.error,
+        )
     for document in result.invoices:
         if document["status"] == EMPTY:
             continue
@@ -70,6 +82,32 @@ def record_invoices(result: RatingResult) -> None:
 
 # After a flush, wait this long for the flushes of the other partitions before pricing.
 LIMIT_DEBOUNCE_SECONDS = 0.05
+# What the producer (max request size) or the broker (message.max.bytes) answer for a record
+# larger than they take: it will never be taken, however often it is sent.
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+
+
+def _refused_for_good(exc: BaseException) -> PublishRefused | None:
+    """``exc`` as a refusal of that record alone, if it is one (Faust wraps the producer's
+    error in a ``ProducerSendError``)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, TOO_LARGE):
+            said = str(cause)
+            return PublishRefused(said if type(cause).__name__ in said else f"{type(cause).__name__}: {said}")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+async def _delivered(delivery: Any) -> Any:
+    """The broker refuses a record for its size only on delivery when its own limit is lower."""
+    try:
+        return await delivery
+    except Exception as exc:
+        refused = _refused_for_good(exc)
+        if refused is None:
+            raise
+        raise refused from exc
 
 
 class BillingService:
@@ -233,8 +271,17 @@ class BillingService:
         await asyncio.to_thread(self.store().insert_ledger, [row])
 
     async def _publish(self, role: str, key: str, value: bytes) -> Any:
+        """As the rater's ``publish``: a record refused for its size raises ``PublishRefused``,
+        when enqueued or from its delivery, so that it costs that invoice, not the run."""
         topic = self.ctx.topics.invoices if role == "invoices" else self.ctx.topics.credits
-        return await self.ctx.topic(topic).send(key=key.encode(), value=value)
+        try:
+            delivery = await self.ctx.topic(topic).send(key=key.encode(), value=value)
+        except Exception as exc:
+            refused = _refused_for_good(exc)
+            if refused is None:
+                raise
+            raise refused from exc
+        return asyncio.ensure_future(_delivered(delivery))
 
     async def _rate_closed_periods(self) -> None:
         async with self._runs:
@@ -266,7 +313,7 @@ class BillingService:
             metrics.RATING_RUNS.labels("failed").inc()
             log.exception("rating run failed; retried on the next tick")
             return
-        metrics.RATING_RUNS.labels("partial" if result.failed else "ok").inc()
+        metrics.RATING_RUNS.labels("partial" if result.failed or result.refused else "ok").inc()
         metrics.RATING_RUN_SECONDS.observe(time.monotonic() - started)
         record_invoices(result)
         if result.invoices or result.republished:
