@@ -517,7 +517,7 @@ async def test_credits_are_applied_expired_and_published_as_credit_events():
 
     assert (document["subtotal"], document["credits_applied"], document["total"]) == ("30.00", "12.50", "17.50")
     assert document["credit_allocations"] == [{"grant_id": "g-promo", "amount": "12.50", "funding": "promotional"}]
-    assert document["credits_expired"] == [{"grant_id": "g-trial", "amount": "5.00"}]
+    assert document["credits_expired"] == [{"grant_id": "g-trial", "amount": "5.00", "currency": "USD"}]
     applied, expired = movement_id("applied", "g-promo", JAN_INVOICE), movement_id("expired", "g-trial", JAN_INVOICE)
     assert {m: (row.kind, row.amount, row.invoice_id) for m, row in store.ledger.items()} == {
         applied: ("applied", D("12.50"), JAN_INVOICE),
@@ -555,7 +555,7 @@ async def test_a_grant_in_another_currency_expires_in_its_own_currency():
     store.granted.append(Grant("g-eur", "cust-1", D("8.00"), "EUR", 1, JAN - timedelta(days=1), at(2024, 1, 20)))
     (document,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
 
-    assert document["credits_expired"] == [{"grant_id": "g-eur", "amount": "8.00"}]
+    assert document["credits_expired"] == [{"grant_id": "g-eur", "amount": "8.00", "currency": "EUR"}]
     assert store.ledger[movement_id("expired", "g-eur", JAN_INVOICE)].currency == "EUR"
     (event,) = publish.events("credits")
     assert (event["type"], event["data"]["amount"]) == ("bastionary.credit.expired.v1", "8.00")
@@ -962,8 +962,8 @@ async def test_a_crash_before_any_write_of_store_invoices_rates_the_same_invoice
     expected = (await rater(control, control_publish, batch_size=batch_size).run_once(AFTER_FEB)).invoices
     assert [d["credits_applied"] for d in expected] == ["30.00", "10.00"]  # 40.00 over both months
     assert [d["credits_expired"] for d in expected] == [
-        [{"grant_id": "g-trial", "amount": "5.00"}],
-        [{"grant_id": "g-eur", "amount": "8.00"}],
+        [{"grant_id": "g-trial", "amount": "5.00", "currency": "USD"}],
+        [{"grant_id": "g-eur", "amount": "8.00", "currency": "EUR"}],
     ]
     assert amounts(expected[1])[1:] == [("tokens", "800", "8.00"), ("tokens", "300", "3.00")]
 
@@ -1080,7 +1080,7 @@ async def test_a_voided_grant_never_expires(voided_at, expired):
     results = [(await rater(store, publish).run_once(now)).invoices for now in (AFTER_JAN, AFTER_FEB, AFTER_MAR)]
 
     assert [document["credits_expired"] for (document,) in results] == [
-        [{"grant_id": "g-trial", "amount": "5.00"}] if expired else [],
+        [{"grant_id": "g-trial", "amount": "5.00", "currency": "USD"}] if expired else [],
         [],
         [],
     ]
@@ -1397,7 +1397,9 @@ async def test_a_remainder_below_one_minor_unit_lapses_exactly_whatever_its_stor
     store, publish = one_customer(), FakePublisher()  # 30.00
     store.grant("g-odd", "cust-1", "10.005000000")  # as the ledger reads older data back
     (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
-    assert january["credits_expired"] == [{"grant_id": "g-odd", "amount": "0.005"}]  # not rounded to 0.01
+    assert january["credits_expired"] == [
+        {"grant_id": "g-odd", "amount": "0.005", "currency": "USD"}
+    ]  # not rounded to 0.01
 
 
 async def test_a_remainder_below_one_minor_unit_lapses_explicitly():
@@ -1405,7 +1407,7 @@ async def test_a_remainder_below_one_minor_unit_lapses_explicitly():
     store.grant("g-odd", "cust-1", "10.005")  # older data: more decimals than USD has
     (january,) = (await rater(store, publish).run_once(AFTER_JAN)).invoices
     assert january["credit_allocations"] == [{"grant_id": "g-odd", "amount": "10.00", "funding": "promotional"}]
-    assert january["credits_expired"] == [{"grant_id": "g-odd", "amount": "0.005"}]
+    assert january["credits_expired"] == [{"grant_id": "g-odd", "amount": "0.005", "currency": "USD"}]
     _, drawn = store.grants()
     assert drawn["g-odd"] == D("10.005")  # the ledger sums to the grant: nothing stranded
 

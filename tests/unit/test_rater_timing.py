@@ -253,7 +253,7 @@ async def test_credit_valid_at_a_period_s_end_pays_it_though_a_later_invoice_was
     january, early = (await rate.run_once(FEB + GRACE + timedelta(minutes=10))).invoices
     assert (january["kind"], january["credits_applied"], january["total"]) == ("period", "15.00", "0.00")
     assert (early["kind"], early["credits_applied"], early["total"]) == (PROGRESSIVE, "0.00", "60.00")
-    assert early["credits_expired"] == [{"grant_id": "g1", "amount": "85.00"}]
+    assert early["credits_expired"] == [{"grant_id": "g1", "amount": "85.00", "currency": "USD"}]
 
 
 async def test_an_advance_invoice_at_a_period_boundary_does_not_wait_for_the_period_s_invoice():

@@ -129,6 +129,10 @@ class Allocation(_Out):
 class Movement(_Out):
     grant_id: str
     amount: DecimalText
+    currency: str | None = Field(
+        default=None,
+        description="the grant's currency, which may differ from the invoice's; absent on invoices issued before 2026-12-07",
+    )
 
 
 class Topup(_Out):
