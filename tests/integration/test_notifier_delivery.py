@@ -10,7 +10,6 @@ import asyncio
 import base64
 import email
 import json
-import socket
 import time
 from dataclasses import dataclass
 from email import policy
@@ -18,7 +17,6 @@ from email import policy
 import aiohttp
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
 from bastionary.dunning.notify.email import (
@@ -39,6 +37,7 @@ from bastionary.dunning.notify.webhook import (
     verify,
 )
 from tests.notices import dunning_notice
+from tests.smtp_sink import SmtpSink, free_port, start_sink
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +53,6 @@ BODY = json.dumps(
         "data": NOTICE,
     }
 ).encode()
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Attempts:
@@ -233,33 +225,9 @@ async def test_webhook_nothing_listening(session):
 # --- email ---------------------------------------------------------------------------------
 
 
-class Sink:
-    """An aiosmtpd handler that keeps what it accepts, or refuses every recipient."""
-
-    def __init__(self, refuse_with: str | None = None) -> None:
-        self.refuse_with = refuse_with
-        self.received: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if self.refuse_with:
-            return self.refuse_with
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 OK"
-
-
-def start_sink(handler: Sink):
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    return controller
-
-
 @pytest.fixture
 def smtp_sink():
-    handler = Sink()
+    handler = SmtpSink()
     controller = start_sink(handler)
     yield handler, controller.port
     controller.stop()
@@ -267,7 +235,7 @@ def smtp_sink():
 
 @pytest.fixture
 def refusing_sink():
-    handler = Sink(refuse_with="550 no such user")
+    handler = SmtpSink(refuse_with="550 no such user")
     controller = start_sink(handler)
     yield handler, controller.port
     controller.stop()

@@ -24,6 +24,7 @@ from bastionary.dunning.dunner import STEP_TYPE
 from bastionary.dunning.engine import Case, InvoiceFacts, advance
 from bastionary.dunning.policy import Policy
 from tests.notices import dunning_notice
+from tests.smtp_sink import TrailStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DUE = datetime(2026, 3, 1, tzinfo=UTC)
@@ -126,17 +127,6 @@ def test_a_refund_beyond_what_was_paid_is_not_dunned_beyond_the_total() -> None:
     assert notice.data is not None and notice.data["amount_due"] == "100.00"
 
 
-class _Store:
-    def __init__(self) -> None:
-        self.trail: list[Any] = []
-
-    def delivered_channels(self, notice_id: str) -> set[str]:
-        return set()
-
-    def insert_trail(self, rows: list[Any]) -> None:
-        self.trail += rows
-
-
 @pytest.mark.parametrize(
     "value",
     [
@@ -154,7 +144,7 @@ def test_a_notice_the_notifier_cannot_deliver_is_dead_lettered_not_raised(value:
         assert original == value
         letters.append((code, message))
 
-    outcomes = asyncio.run(Notifier(_Store(), None, None, dead_letter).handle(value))
+    outcomes = asyncio.run(Notifier(TrailStore(), None, None, dead_letter).handle(value))
     assert outcomes == []
     assert [code for code, _ in letters] == ["invalid_notice"]
 
@@ -164,4 +154,4 @@ def test_a_reinstatement_on_the_notices_topic_is_still_passed_over_quietly() -> 
         raise AssertionError(f"dead-lettered: {code} {message}")
 
     value = orjson.dumps({"type": "bastionary.dunning.reinstated.v1", "data": {"reinstatement_id": "r-1"}})
-    assert asyncio.run(Notifier(_Store(), None, None, dead_letter).handle(value)) == []
+    assert asyncio.run(Notifier(TrailStore(), None, None, dead_letter).handle(value)) == []

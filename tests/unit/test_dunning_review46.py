@@ -20,19 +20,18 @@ error behind "smtp error". Delivered by the real Notifier to a real aiosmtpd on 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
 from bastionary.dunning.delivery import Notifier
 from bastionary.dunning.notify.email import SmtpConfig
 from tests.notices import dunning_notice
+from tests.smtp_sink import SmtpSink, TrailStore, start_sink
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,38 +82,11 @@ print(json.dumps(out))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[list[str]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append(list(envelope.rcpt_tos))
-        return "250 OK"
-
-
-class TrailStore:
-    def __init__(self) -> None:
-        self.trail: list[Any] = []
-
-    def delivered_channels(self, notice_id: str) -> set[str]:
-        return set()
-
-    def insert_trail(self, rows: list[Any]) -> None:
-        self.trail += rows
-
-
 @pytest.fixture
 def plain_smtp():
     """A server offering neither STARTTLS nor AUTH."""
-    sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=_free_port())
-    controller.start()
+    sink = SmtpSink()
+    controller = start_sink(sink)
     yield sink, controller.port
     controller.stop()
 

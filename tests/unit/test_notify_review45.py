@@ -13,44 +13,27 @@ from __future__ import annotations
 import base64
 import email
 import json
-import socket
 import time
 from email import policy
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
 from bastionary.dunning.delivery import INVALID_NOTICE, Notifier
 from bastionary.dunning.notify.email import SmtpConfig
 from bastionary.dunning.notify.webhook import WebhookConfig, verify
 from tests.notices import dunning_notice
+from tests.smtp_sink import SmtpSink, TrailStore, start_sink
 
 SECRET = "whsec_" + base64.b64encode(b"review-45-notify-key-32-bytes-ok").decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.received: list[tuple[list[str], bytes]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append((list(envelope.rcpt_tos), envelope.original_content))
-        return "250 OK"
-
-
 @pytest.fixture
 def smtp_sink():
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
+    handler = SmtpSink()
+    controller = start_sink(handler)
     yield handler, controller.port
     controller.stop()
 
@@ -74,17 +57,6 @@ async def receiver():
         yield f"http://{host}:{port}/hooks", verified
     finally:
         await runner.cleanup()
-
-
-class TrailStore:
-    def __init__(self) -> None:
-        self.trail: list[Any] = []
-
-    def delivered_channels(self, notice_id: str) -> set[str]:
-        return {r.channel for r in self.trail if r.event_id.startswith(f"{notice_id}:") and r.kind == "delivered"}
-
-    def insert_trail(self, rows: list[Any]) -> None:
-        self.trail += rows
 
 
 async def _handle(notice: dict[str, Any], smtp_port: int, webhook_url: str | None = None):
@@ -160,7 +132,7 @@ async def test_a_plain_billing_email_is_delivered_to_itself(smtp_sink, recipient
     sink, port = smtp_sink
     outcomes, dead, _ = await _handle(dunning_notice(["email"], recipient_email=recipient), port)
     assert outcomes["email"].ok and dead == []
-    [(rcpt_tos, data)] = sink.received
+    [(_, rcpt_tos, data)] = sink.received
     assert rcpt_tos == [recipient]
     assert email.message_from_bytes(data, policy=policy.default)["To"] == recipient
 
