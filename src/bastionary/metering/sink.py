@@ -140,6 +140,11 @@ class UsageSink:
         self._buffered_records = 0
         self._buffered_bytes = 0
         self._failed_flush: BaseException | None = None
+        # The last flush was put off (its anchor probe went unanswered), not merely short of
+        # flushable records (a replay waiting for the rest of its range): the intake holds its
+        # reader for the one, since reading on would only grow the buffers, and never for the
+        # other, whose missing records would then never be read.
+        self.flush_put_off = False
 
     # -- intake --------------------------------------------------------------------------
 
@@ -512,7 +517,8 @@ class UsageSink:
         so one may try while the other's failure is stopping the worker.
 
         A flush whose anchor probe the broker does not answer is put off, not failed: nothing
-        of it was written, and its records go back to their buffers, unacked.
+        of it was written, and its records go back to their buffers, unacked; ``flush_put_off``
+        says so until the next flush.
         """
         async with self.lock:
             if self._failed_flush is not None:
@@ -526,6 +532,7 @@ class UsageSink:
                 raise
 
     async def _flush_locked(self) -> list[InboundRecord]:
+        self.flush_put_off = False
         batches = []
         for tp, state in self._partitions.items():
             records = self._take_flushable(state)
@@ -555,6 +562,7 @@ class UsageSink:
             # unacked, for a flush once the broker answers.
             log.warning("flush put off: the broker did not answer the anchor probe", error=str(unanswered))
             self._put_back(batches)
+            self.flush_put_off = True
             return []
         if unanswered is not None:
             raise unanswered

@@ -54,6 +54,7 @@ class UsageIntake:
         self._max_events, self._max_bytes = max_events, max_bytes
         self._flush_needed = flush_needed
         self._flush_once = flush_once
+        # Between tries of what the broker put off by not answering: a recovery, a backlog's flush.
         self._recovery_retry_seconds = recovery_retry_seconds
         self._held: deque[InboundRecord] = deque()  # waiting for an awaited admission, in order
         self._catching_up: asyncio.Future[None] | None = None
@@ -174,8 +175,11 @@ class UsageIntake:
         buffered, buffered_bytes = sink.buffered(), sink.buffered_bytes()
         if buffered >= self._max_events or buffered_bytes >= self._max_bytes:
             self._flush_needed.set()
-        if buffered >= 4 * self._max_events or buffered_bytes >= 4 * self._max_bytes:
+        if self._backlog_reached(sink):
             self._backlogged = True
+
+    def _backlog_reached(self, sink: UsageSink) -> bool:
+        return sink.buffered() >= 4 * self._max_events or sink.buffered_bytes() >= 4 * self._max_bytes
 
     async def _land_backlog(self) -> None:
         try:
@@ -184,6 +188,15 @@ class UsageIntake:
             # The buffers stay unacked; a restart replays them (as when the flusher fails).
             log.exception("flush failed; stopping the worker so a restart can replay")
             self._crash("flush failed; stopping the worker so a restart can replay")
+            return
+        sink = self._sink()
+        if sink.flush_put_off and self._backlog_reached(sink):
+            # The broker did not answer the anchor probe: the backlog is back in its buffers,
+            # unacked. Read on, and the buffers would grow without bound while every record
+            # planned them all again; so the reader waits and the flush is tried again, as a
+            # recovery put off waits (_catch_up). A rebalance releases the revoked partitions'
+            # buffers, and what stays below the backlog no longer holds the reader.
+            await asyncio.sleep(self._recovery_retry_seconds)
             return
         self._backlogged = False
 
