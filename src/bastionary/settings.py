@@ -366,6 +366,27 @@ class Settings(BaseSettings):
             raise ValueError("is empty: leave it unset for the default, or give a value (0.0.0.0 listens on all)")
         return value
 
+    @field_validator("worker_id")
+    @classmethod
+    def _worker_id_names_a_directory(cls, value: str | None) -> str | None:
+        # Set but empty (a template's unset $HOSTNAME), it was taken for unset: worker-<pid>,
+        # which is worker-1 in every container. It also names the worker's directories in the
+        # data dir: with '/' the start ended in an unexpected error, and '..' opened the dedupe
+        # cache in the data dir itself. A setting, so that `bastionary config` refuses it as well.
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError(
+                "is empty: give each worker an id of its own (a stable one keeps its dedupe cache across"
+                " restarts), or leave it unset for worker-<pid>"
+            )
+        if value in (".", "..") or any(c in value for c in "/\0"):
+            raise ValueError(
+                f"{value[:64]!r} cannot name the worker's directories in the data dir: no '/', and not '.'"
+                " or '..' (a hostname is a good id)"
+            )
+        return value
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix_is_topic_safe(cls, value: str) -> str:

@@ -159,7 +159,8 @@ def test_a_worker_id_set_empty_or_naming_another_directory_is_refused_at_start(m
     )
     result = CliRunner().invoke(cli, [command])
     assert result.exit_code == 1, (result.output, started)
-    assert "BASTIONARY_WORKER_ID" in one_error_line(result.output)
+    assert one_error_line(result.output) == "Error: invalid configuration:"  # a setting: listed below it
+    assert "BASTIONARY_WORKER_ID: " in result.output
     assert started == []
 
 

@@ -85,7 +85,6 @@ def run() -> None:
 
     settings = settings_or_exit()
     load_catalog(settings.catalog)  # fail before anything starts
-    worker_id_or_exit(settings)
     port_free_or_exit(settings)
     clickhouse_answers_or_exit(settings)
     if settings.kafka_bootstrap:
@@ -113,32 +112,11 @@ def worker() -> None:
     from bastionary.worker.run import run_worker
 
     settings = settings_or_exit()
-    worker_id_or_exit(settings)
     port_free_or_exit(settings)
     clickhouse_answers_or_exit(settings)
     target = resolve_kafka(settings)
     create_topics(settings, target.bootstrap)
     run_worker(settings, target)
-
-
-def worker_id_or_exit(settings: Settings) -> None:
-    """A worker id that is set must be usable as given. Set but empty (a template's unset
-    ``$HOSTNAME``), it was taken for unset: worker-<pid>, which is worker-1 in every container.
-    It also names the worker's directories in the data dir: with '/' it ended in an unexpected
-    error, and '..' opened the dedupe cache in the data dir itself."""
-    worker_id = settings.worker_id
-    if worker_id is None:
-        return
-    if not worker_id.strip():
-        raise click.ClickException(
-            "BASTIONARY_WORKER_ID is empty: give each worker an id of its own (a stable one keeps its"
-            " dedupe cache across restarts), or leave it unset for worker-<pid>"
-        )
-    if worker_id in (".", "..") or any(c in worker_id for c in "/\0"):
-        raise click.ClickException(
-            f"BASTIONARY_WORKER_ID {worker_id[:64]!r} cannot name the worker's directories in the data dir:"
-            " no '/', and not '.' or '..' (a hostname is a good id)"
-        )
 
 
 def port_free_or_exit(settings: Settings) -> None:
@@ -186,7 +164,6 @@ def rater() -> None:
     from bastionary.worker.run import run_worker
 
     settings = settings_or_exit()
-    worker_id_or_exit(settings)
     # A rater beside a worker on one host wants the same default port: Faust found out only
     # after chdb, the migrations and the consumer group, and ended with a traceback.
     port_free_or_exit(settings)
