@@ -14,9 +14,11 @@ length. schemas/README.md (Billing limits) lists the bounds.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from email.message import EmailMessage
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -140,6 +142,44 @@ def check_currency(currency: str | None, *amounts: Decimal | None) -> None:
             raise ValueError(f"amount {preview(str(amount), 40)} {problem}")
 
 
+# What a plain address may hold: no display name, comment, group, list or quoting, and a
+# domain without empty labels (also the JSON schema's pattern).
+PLAIN_ADDRESS_PATTERN = (
+    r'^[^@\s<>()\[\],;:"\\\x00-\x1f\x7f]+@[^@\s<>()\[\],;:"\\\x00-\x1f\x7f.]+'
+    r'(\.[^@\s<>()\[\],;:"\\\x00-\x1f\x7f.]+)*$'
+)
+_PLAIN_ADDRESS = re.compile(PLAIN_ADDRESS_PATTERN)
+
+
+def is_one_plain_address(value: str) -> bool:
+    """Whether dunning can send to ``value``: it sets it as the ``To`` header and sends only if
+    that reads back as exactly this one address (``build_message`` in dunning/notify/email.py,
+    which this layer may not import). Checked at intake, since the latest non-empty address
+    counts: one that dunning refuses would replace a working one."""
+    if _PLAIN_ADDRESS.fullmatch(value) is None:
+        return False
+    message = EmailMessage()
+    try:
+        message["To"] = value
+        addresses = message["To"].addresses
+    except Exception:  # the stdlib's header parser is not total on hostile text
+        return False
+    return len(addresses) == 1 and addresses[0].addr_spec == value
+
+
+def _plain_address(value: str) -> str:
+    if not is_one_plain_address(value):
+        raise ValueError("billing_email is not one plain address")
+    return value
+
+
+BillingEmail = Annotated[
+    StrictStr,
+    Field(max_length=MAX_EMAIL_LENGTH, json_schema_extra={"pattern": PLAIN_ADDRESS_PATTERN}),
+    AfterValidator(_plain_address),
+]
+
+
 class _Data(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -151,9 +191,7 @@ class SubscriptionData(_Data):
     start: BillingTime | None = None
     billing_anchor: BillingTime | None = None
     effective_at: BillingTime | None = None
-    billing_email: StrictStr | None = Field(  # where dunning email goes
-        default=None, max_length=MAX_EMAIL_LENGTH, pattern=r"^[^@\s]+@[^@\s]+$"
-    )
+    billing_email: BillingEmail | None = None  # where dunning email goes
     # On a created event: rate the periods that ended before the event was received (rater.py).
     backfill: StrictBool = False
 
@@ -254,6 +292,59 @@ def check_grant_owner(data: CreditGrantData, owner: str | None) -> None:
     if owner is not None and owner != data.customer_id:
         raise InvalidBillingEvent(
             "customer_mismatch", f"grant {preview(data.grant_id)} is not customer {preview(data.customer_id)}'s"
+        )
+
+
+# Ledger times are DateTime64(3): a retry's times read back to the millisecond only.
+_STORED_TIME_RESOLUTION = timedelta(milliseconds=1)
+
+
+def _same_moment(sent: datetime | None, stored: datetime | None) -> bool:
+    if sent is None or stored is None:
+        return sent is None and stored is None
+    stored = stored.replace(tzinfo=UTC) if stored.tzinfo is None else stored  # ClickHouse's naive UTC
+    return abs(sent - stored) < _STORED_TIME_RESOLUTION
+
+
+def grant_terms_differing(kind: str, data: CreditGrantData, first: LedgerRow) -> list[str]:
+    """The terms in which a grant or purchase differs from ``first``, the stored grant of its id
+    that counts. An omitted ``effective_at`` is not compared: it defaults to the event's time,
+    which a retry sent afresh has anew."""
+    differing = []
+    if kind != first.kind:
+        differing.append("kind")
+    if data.amount is None or data.amount != first.amount:
+        differing.append("amount")
+    if (data.currency or "") != first.currency:
+        differing.append("currency")
+    if data.priority != first.priority:
+        differing.append("priority")
+    if data.effective_at is not None and not _same_moment(data.effective_at, first.effective_at):
+        differing.append("effective_at")
+    if not _same_moment(data.expires_at, first.expires_at):
+        differing.append("expires_at")
+    if kind == "purchased" and first.kind == "purchased":
+        if data.price_paid is None or first.price_paid is None or data.price_paid != first.price_paid:
+            differing.append("price_paid")
+        if (data.payment_reference or "") != first.payment_reference:
+            differing.append("payment_reference")
+    return differing
+
+
+def check_grant_terms(kind: str, data: CreditGrantData, first: LedgerRow | None) -> None:
+    """Raise ``invalid_data`` for a grant or purchase of an id its customer holds already with
+    other terms (``first``: the id's first stored grant, None before one). Only the first one
+    counts, so the repeat would grant nothing while the ledger listed it and sums of what was
+    bought counted it; an identical repeat (a retry under a new event id) is let through, and
+    changes nothing. Check the owner first (:func:`check_grant_owner`)."""
+    if kind not in ("granted", "purchased") or first is None:
+        return
+    differing = grant_terms_differing(kind, data, first)
+    if differing:
+        raise InvalidBillingEvent(
+            "invalid_data",
+            f"grant {preview(data.grant_id)} is held already with other terms ({', '.join(differing)});"
+            " a grant id is granted once: use a new grant_id",
         )
 
 

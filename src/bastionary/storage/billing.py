@@ -164,6 +164,15 @@ class ClickHouseBillingStore:
         ).result_rows
         return str(rows[0][0]) if rows else None
 
+    def first_grant(self, grant_id: str) -> LedgerRow | None:
+        """A grant id's first stored grant or purchase, the one that counts (None before one)."""
+        rows = self.client.query(
+            f"SELECT {', '.join(LEDGER_COLUMNS)} FROM credit_ledger FINAL WHERE grant_id = {{g:String}}"
+            " AND kind IN ('granted', 'purchased') ORDER BY recorded_at, movement_id LIMIT 1",
+            parameters={"g": grant_id},
+        ).result_rows
+        return LedgerRow(*rows[0]) if rows else None
+
     def grants(self) -> tuple[dict[str, list[Grant]], dict[str, Decimal]]:
         """Every customer's grants, and what stored invoices have drawn from each (applied + expired)."""
         return self.grants_as_of(None)

@@ -5,8 +5,9 @@ one path and one validation. 202 once the broker has acknowledged it.
 A write is also checked against what is stored, as the reader checks it: 400
 ``customer_mismatch`` for another customer's subscription, grant id or invoice (checked
 first, so a key scoped to one customer learns nothing of another's plan), and
-``incompatible_plan`` for a plan change. The reader's check stays the one that counts, since
-the created event may still be on its way.
+``incompatible_plan`` for a plan change, ``invalid_data`` for a grant or purchase of a grant
+id its customer holds already with other terms. The reader's check stays the one that counts,
+since the created event may still be on its way.
 
 ``Idempotency-Key`` makes a retried POST safe. The first request under a key is recorded
 (``api_idempotency``) with the event it publishes, before publishing; a retry with the same
@@ -45,6 +46,7 @@ from bastionary.rating.events import (
     InvalidBillingEvent,
     SubscriptionData,
     check_grant_owner,
+    check_grant_terms,
     check_owner,
     check_plan_change,
     latest_event_time,
@@ -99,6 +101,17 @@ def _grant_owner(backend: ApiBackend, data: CreditGrantData) -> None:
     check_grant_owner(data, backend.billing_reads().grant_owner(data.grant_id))
 
 
+def _new_grant(kind: str) -> Callable[[ApiBackend, CreditGrantData], None]:
+    def check(backend: ApiBackend, data: CreditGrantData) -> None:
+        reads = backend.billing_reads()
+        owner = reads.grant_owner(data.grant_id)
+        check_grant_owner(data, owner)  # first: the terms' message describes the stored grant
+        if owner is not None:
+            check_grant_terms(kind, data, reads.first_grant(data.grant_id))
+
+    return check
+
+
 def _customer(backend: ApiBackend, value: bytes, latest: datetime | None) -> Any:
     envelope, data = parse_customer(value, latest_time=latest)
     return envelope, "upserted", data
@@ -147,14 +160,14 @@ WRITES = (
         lambda t: t.credit_grants,
         _type_of(CREDIT_TYPES, "granted"),
         _credit,
-        check_stored=_grant_owner,
+        check_stored=_new_grant("granted"),
     ),
     Write(
         "/v1/credit-purchases",
         lambda t: t.credit_grants,
         _type_of(CREDIT_TYPES, "purchased"),
         _credit,
-        check_stored=_grant_owner,
+        check_stored=_new_grant("purchased"),
     ),
     Write(
         "/v1/credit-grants/{grant_id}/void",

@@ -25,6 +25,7 @@ from bastionary.rating.customers import customer_row, parse_customer
 from bastionary.rating.events import (
     InvalidBillingEvent,
     check_grant_owner,
+    check_grant_terms,
     check_owner,
     check_plan_change,
     credit_row,
@@ -267,6 +268,9 @@ class BillingService:
         envelope, kind, data = parse_credit(message.value or b"", latest_time=self.ctx.latest_time(message))
         owner = await asyncio.to_thread(self.store().grant_owner, data.grant_id)
         check_grant_owner(data, owner)  # another customer's grant id: dead-lettered, customer_mismatch
+        if owner is not None and kind in ("granted", "purchased"):  # its own id again: the same terms only
+            first = await asyncio.to_thread(self.store().first_grant, data.grant_id)
+            check_grant_terms(kind, data, first)  # dead-lettered, invalid_data
         row = credit_row(envelope, kind, data, datetime.now(UTC))
         await asyncio.to_thread(self.store().insert_ledger, [row])
 
