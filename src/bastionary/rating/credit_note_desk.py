@@ -2,9 +2,12 @@
 publishes the decisions. Run by the billing service after each rating run.
 
 Order per run, and what a crash right after each step does:
-1. publish what an earlier run decided but did not confirm (steps 3-5 for those)
+1. read what an earlier run decided but did not confirm: it goes out with this run's
+   decisions, through steps 4-6, as stored
 2. decide each request, oldest first, against the stored invoice, its payments and the
-   credit notes issued before (pure; reads only)     -> nothing written: decided again
+   credit notes issued before (pure; reads only)     -> nothing written: decided again.
+   A request whose deciding raises stays undecided, with the customer's later ones, and is
+   tried again next run; the other customers' are decided
 3. store the decisions (``credit_notes`` version 1)   -> decided for good: never decided
    again, published as stored by the next run (step 1)
 4. write each issued note's ``credit_note`` ledger row (what goes to the customer's
@@ -12,8 +15,11 @@ Order per run, and what a crash right after each step does:
    under the same movement id, so it lands once
 5. publish ``credit_note.issued`` / ``.rejected`` on ``billing.invoices`` keyed by invoice
    id                                                 -> republished by the next run;
-   consumers dedupe on ``credit_note_id`` (the content is identical)
-6. mark version 2                                     -> done
+   consumers dedupe on ``credit_note_id`` (the content is identical). A decision the broker
+   refuses for good (``PublishRefused``: larger than it takes) stays stored unpublished,
+   offered again at every run, and the others are published, as the rater does with an
+   invoice: one customer's note must not stop every customer's
+6. mark version 2 those delivered                     -> done
 
 Between steps 3 and 4 the balance lacks the credit for a moment: an invoice rated then
 draws it later, never twice. One customer's requests are decided by one worker (``owns``),
@@ -39,9 +45,10 @@ from bastionary.rating.credit_notes import (
     CreditNoteRequest,
     Decision,
     Standing,
+    credit_note_id,
     decide,
 )
-from bastionary.rating.rater import CARRIED_PRIORITY, Publish
+from bastionary.rating.rater import CARRIED_PRIORITY, PRICING_ERRORS, Publish, PublishRefused
 from bastionary.rating.rows import LedgerRow
 
 log = structlog.get_logger(__name__)
@@ -102,20 +109,28 @@ class CreditNoteDesk:
         if decisions:
             await asyncio.to_thread(self.store.store, decisions)
         documents = undelivered + [decision.document for _, _, decision in decisions]
-        if documents:
-            await self._deliver(documents)
-        return documents
+        return await self._deliver(documents) if documents else []
 
     def _decide(
         self, pending: list[tuple[str, datetime, CreditNoteRequest]], now: datetime
     ) -> list[tuple[str, CreditNoteRequest, Decision]]:
         standings: dict[str, Standing | None] = {}
+        stopped: set[str] = set()  # customers with a request that could not be decided this run
         out = []
         for event_id, requested_at, request in pending:
+            if request.customer_id in stopped:  # decided in the order received, so the later ones wait
+                continue
             if request.invoice_id not in standings:
                 standings[request.invoice_id] = self.store.standing(request.invoice_id)
             standing = standings[request.invoice_id]
-            decision = decide(event_id, requested_at, request, standing, now)
+            try:
+                decision = decide(event_id, requested_at, request, standing, now)
+            except PRICING_ERRORS as exc:
+                # One customer's request must not stop every customer's: it stays undecided,
+                # tried again next run, and that customer's later requests wait behind it.
+                stopped.add(request.customer_id)
+                _tell_undecided(request, exc)
+                continue
             if decision.issued and standing is not None:  # the next request for it sees this one
                 amount, reduced, refunded = (
                     Decimal(decision.document[k]) for k in ("amount", "reduces_amount_due", "refunded")
@@ -137,7 +152,10 @@ class CreditNoteDesk:
             out.append((event_id, request, decision))
         return out
 
-    async def _deliver(self, documents: list[dict[str, Any]]) -> None:
+    async def _deliver(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Publish ``documents`` (all enqueued before any is waited for), mark those delivered
+        and return them. One the broker refuses for good is logged and stays unpublished; any
+        other failure fails the run, and the next one republishes what was stored."""
         recorded = datetime.now(UTC)
         rows = [
             balance_row(document, recorded)
@@ -146,7 +164,7 @@ class CreditNoteDesk:
         ]
         if rows:
             await asyncio.to_thread(self.insert_ledger, rows)
-        futures = []
+        enqueued = []
         for document in documents:
             event_type = CREDIT_NOTE_ISSUED if document["status"] == "issued" else CREDIT_NOTE_REJECTED
             value = cloud_event(
@@ -157,6 +175,44 @@ class CreditNoteDesk:
                 document["issued_at"],
                 document,
             )
-            futures.append(await self.publish("invoices", document["invoice_id"], value))
-        await asyncio.gather(*futures)
-        await asyncio.to_thread(self.store.mark_published, documents)
+            try:
+                enqueued.append((document, await self.publish("invoices", document["invoice_id"], value)))
+            except PublishRefused as exc:
+                _tell_refused(document, exc)
+        # Every delivery is waited for, so that none fails unretrieved behind another's failure.
+        outcomes = await asyncio.gather(*(delivery for _, delivery in enqueued), return_exceptions=True)
+        delivered = []
+        for (document, _), outcome in zip(enqueued, outcomes, strict=True):
+            if isinstance(outcome, PublishRefused):
+                _tell_refused(document, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                delivered.append(document)
+        if delivered:
+            await asyncio.to_thread(self.store.mark_published, delivered)
+        return delivered
+
+
+def _tell_undecided(request: CreditNoteRequest, exc: Exception) -> None:
+    log.error(
+        "credit note not decided: deciding it failed; the customer's requests wait, retried next run",
+        customer_id=request.customer_id,
+        credit_note_id=credit_note_id(request.customer_id, request.credit_note_id),
+        requested_id=request.credit_note_id,
+        invoice_id=request.invoice_id,
+        error=repr(exc),
+    )
+
+
+def _tell_refused(document: dict[str, Any], exc: PublishRefused) -> None:
+    log.error(
+        "credit note decided but not published: the broker refuses it; offered again every run,"
+        " while the other decisions are published",
+        customer_id=document["customer_id"],
+        credit_note_id=document["credit_note_id"],
+        requested_id=document["requested_id"],
+        invoice_id=document["invoice_id"],
+        status=document["status"],
+        error=str(exc),
+    )

@@ -244,14 +244,17 @@ def decide(
     to_balance = given_back - refunded
     if standing.voided:  # only the credit it drew: nothing reduces what nobody owes, no money back
         reduces_due, refunded, to_balance = Decimal(0), Decimal(0), amount
-    lines = request.lines or [CreditNoteLine(description=request.reason or "Credit", amount=amount)]
+    # Without lines, the note's one line is described by its reason, whole: a reason may be
+    # longer (2,048 characters) than a requested line's description (512), and building it as
+    # a requested line raised out of every desk run.
+    lines = [(line.description, line.amount) for line in request.lines or ()] or [(request.reason or "Credit", amount)]
 
     document = {
         **base,
         "status": "issued",
         "currency": currency,
         "amount": money(amount),
-        "lines": [{"description": line.description, "amount": money(line.amount)} for line in lines],
+        "lines": [{"description": description, "amount": money(line_amount)} for description, line_amount in lines],
         "reduces_amount_due": money(reduces_due),
         "refunded": money(refunded),
         "credited_to_balance": money(to_balance),
