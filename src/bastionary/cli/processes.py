@@ -24,7 +24,8 @@ def create_topics(settings: Settings, bootstrap: str) -> None:
     """Bastionary's topics exist before any producer can auto-create them with other partition counts."""
     from bastionary.kafka import ensure_topics
 
-    names = Topics(settings.topic_prefix).all()
+    topics = Topics(settings.topic_prefix)
+    names = topics.all()
 
     async def created_and_counted() -> dict[str, int]:
         await ensure_topics(bootstrap, names, settings.usage_partitions, settings.topic_replication)
@@ -34,10 +35,9 @@ def create_topics(settings: Settings, bootstrap: str) -> None:
     # The setting only shapes topics as they are created. A worker also takes it for the
     # topics' count when it works out which worker owns a customer (rating, dunning,
     # entitlements): over another count, customers the producers put on partitions it does
-    # not name were rated by no worker, without a word.
-    # Only the topics workers consume: a topic Bastionary only writes (dead letters,
-    # billing.credits, entitlements.changes) may be repartitioned for its readers.
-    topics = Topics(settings.topic_prefix)
+    # not name were rated by no worker, without a word. Only the topics workers consume: a
+    # topic Bastionary only writes (dead letters, billing.credits, entitlements.changes) may
+    # be repartitioned for its readers.
     written_only = {
         topics.usage_dlq,
         topics.billing_dlq,
