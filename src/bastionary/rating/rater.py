@@ -685,8 +685,8 @@ class Rater:
                 ledger.append(_ledger_row("expired", grant, left, invoice.invoice_id, recorded))
                 # With its currency: a grant in another currency than the invoice's lapses too,
                 # and its amount alone did not say in what.
-                amount = _lapsed_amount(left, grant.currency)
-                expired.append({"grant_id": grant.grant_id, "amount": amount, "currency": grant.currency})
+                lapsed = _lapsed_amount(left, grant.currency)
+                expired.append({"grant_id": grant.grant_id, "amount": lapsed, "currency": grant.currency})
         invoice = replace(invoice, credits_expired=tuple(expired))
         carried = Decimal(invoice.carried_forward)
         if carried > 0:
