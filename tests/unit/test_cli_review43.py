@@ -1,5 +1,6 @@
 """The command line under hostile input: a key file kept readable, a funnel window that cannot
-wrap, a key never stored unless shown, and a configuration printed without the webhook's secrets."""
+wrap, and a configuration printed without the webhook's secrets (a key never stored unless
+shown: test_opsapi_review46.py)."""
 
 from __future__ import annotations
 
