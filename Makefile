@@ -20,8 +20,12 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(BIN)/bastionary demo
 
+# pytest writes its report only when its session ends: a run that a test cut short (os._exit
+# or a signal, whatever status it left) fails here instead of passing.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	rm -f .pytest-report.xml
+	$(BIN)/python -m pytest --junitxml=.pytest-report.xml
+	@test -s .pytest-report.xml || { echo "pytest ended before its session did: a test ended the process"; exit 1; }
 
 # Style and types: ruff's rules and format, and mypy strict on src (settings in pyproject.toml).
 lint: $(STAMP)
@@ -34,7 +38,9 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	rm -f .pytest-report.xml
+	$(BIN)/python -m pytest -m "not slow" --junitxml=.pytest-report.xml
+	@test -s .pytest-report.xml || { echo "pytest ended before its session did: a test ended the process"; exit 1; }
 
 # The worker image's pins: requirements.lock's, for the runtime dependencies only.
 runtime-lock: $(STAMP)

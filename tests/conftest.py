@@ -31,6 +31,23 @@ settings.register_profile("bastionary", deadline=None, suppress_health_check=[He
 settings.load_profile("bastionary")
 
 
+@pytest.fixture(autouse=True)
+def commands_end_inside_the_test(monkeypatch):
+    """A long-running command a test runs in-process ends by raising ``SystemExit``.
+
+    Once any test has opened chdb in this process, such a command would leave through
+    ``os._exit`` (``bastionary.runtime.exit_past_engine_teardown``), which ends pytest itself
+    mid-run with the command's status, 0: CI run Z89 stopped 36% into the suite that way and
+    passed. Subprocess tests still get the real exit.
+    """
+    from bastionary.cli import common
+
+    def exit_as_system_exit(code: object) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(common, "exit_past_engine_teardown", exit_as_system_exit)
+
+
 def _docker_available() -> bool:
     try:
         import docker
