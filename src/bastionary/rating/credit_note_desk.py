@@ -29,7 +29,7 @@ so two notes never credit the same invoice concurrently.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,7 +48,8 @@ from bastionary.rating.credit_notes import (
     credit_note_id,
     decide,
 )
-from bastionary.rating.rater import CARRIED_PRIORITY, PRICING_ERRORS, Publish, PublishRefused
+from bastionary.rating.publishing import Publish, PublishRefused, publish_each
+from bastionary.rating.rater import CARRIED_PRIORITY, PRICING_ERRORS
 from bastionary.rating.rows import LedgerRow
 
 log = structlog.get_logger(__name__)
@@ -153,9 +154,9 @@ class CreditNoteDesk:
         return out
 
     async def _deliver(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Publish ``documents`` (all enqueued before any is waited for), mark those delivered
-        and return them. One the broker refuses for good is logged and stays unpublished; any
-        other failure fails the run, and the next one republishes what was stored."""
+        """Publish ``documents`` (:func:`publish_each`), mark those delivered and return them.
+        One the broker refuses for good is logged and stays unpublished; any other failure
+        fails the run, and the next one republishes what was stored."""
         recorded = datetime.now(UTC)
         rows = [
             balance_row(document, recorded)
@@ -164,8 +165,8 @@ class CreditNoteDesk:
         ]
         if rows:
             await asyncio.to_thread(self.insert_ledger, rows)
-        enqueued = []
-        for document in documents:
+
+        async def enqueue(document: dict[str, Any]) -> Awaitable[object]:
             event_type = CREDIT_NOTE_ISSUED if document["status"] == "issued" else CREDIT_NOTE_REJECTED
             value = cloud_event(
                 event_type,
@@ -175,20 +176,9 @@ class CreditNoteDesk:
                 document["issued_at"],
                 document,
             )
-            try:
-                enqueued.append((document, await self.publish("invoices", document["invoice_id"], value)))
-            except PublishRefused as exc:
-                _tell_refused(document, exc)
-        # Every delivery is waited for, so that none fails unretrieved behind another's failure.
-        outcomes = await asyncio.gather(*(delivery for _, delivery in enqueued), return_exceptions=True)
-        delivered = []
-        for (document, _), outcome in zip(enqueued, outcomes, strict=True):
-            if isinstance(outcome, PublishRefused):
-                _tell_refused(document, outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                delivered.append(document)
+            return await self.publish("invoices", document["invoice_id"], value)
+
+        delivered = await publish_each(documents, enqueue, _tell_refused)
         if delivered:
             await asyncio.to_thread(self.store.mark_published, delivered)
         return delivered

@@ -73,6 +73,7 @@ from bastionary.rating.invoice import (
 from bastionary.rating.plans import MeteredPrice, Plan
 from bastionary.rating.ports import BillingStore, RatedInvoice
 from bastionary.rating.pricing import Usage
+from bastionary.rating.publishing import Publish, PublishRefused, publish_each
 from bastionary.rating.rows import LedgerRow
 from bastionary.rating.schedule import (
     FINAL_ADJUSTMENT,
@@ -97,7 +98,6 @@ CARRIED_PRIORITY = 2**31 - 1  # a carried balance is drawn after every grant (cr
 EMPTY = "empty"  # the status of an invoice with nothing to bill: stored, never published
 
 # (topic role, key, CloudEvent JSON) -> awaiting it enqueues and returns the delivery future
-Publish = Callable[[str, str, bytes], Awaitable[Awaitable[object]]]
 # (meter, filter items, start, end, as of) -> usage per customer: one query serves every customer
 UsageCache = dict[tuple[str, tuple[tuple[str, str], ...], datetime, datetime, datetime], dict[str, Usage]]
 
@@ -175,12 +175,6 @@ class RatingFailure:
 # What one customer's data can raise while it is priced. Anything else (the store, the
 # broker) fails the whole run, which is retried on the next tick.
 PRICING_ERRORS = (ArithmeticError, ValueError)
-
-
-class PublishRefused(Exception):
-    """``publish`` raises it (when enqueuing, or from the delivery) for a record the producer or
-    the broker will never take, such as one larger than they take. Unlike a broker away, the
-    next run cannot do better: it costs that invoice, not every customer's run."""
 
 
 @dataclass(frozen=True)
@@ -359,26 +353,16 @@ class Rater:
         currencies: Mapping[str, str],
         refused: list[PublishFailure],
     ) -> list[tuple[dict[str, Any], datetime]]:
-        """Publish ``documents`` (all enqueued before any is waited for) and return those
-        delivered. One the broker refuses for good goes to ``refused`` and stays unpublished;
-        any other failure fails the run, and the next one republishes what was stored."""
-        enqueued = []
-        for document, cutoff in documents:
-            try:
-                enqueued.append((document, cutoff, await self._send(document, currencies)))
-            except PublishRefused as exc:
-                refused.append(_publish_failure(document, exc))
-        # Every delivery is waited for, so that none fails unretrieved behind another's failure.
-        outcomes = await asyncio.gather(*(asyncio.gather(*d) for _, _, d in enqueued), return_exceptions=True)
-        delivered = []
-        for (document, cutoff, _), outcome in zip(enqueued, outcomes, strict=True):
-            if isinstance(outcome, PublishRefused):
-                refused.append(_publish_failure(document, outcome))
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                delivered.append((document, cutoff))
-        return delivered
+        """Publish ``documents`` and return those delivered (:func:`publish_each`): one the
+        broker refuses for good goes to ``refused`` and stays unpublished; any other failure
+        fails the run, and the next one republishes what was stored."""
+
+        async def enqueue(dated: tuple[dict[str, Any], datetime]) -> Awaitable[object]:
+            return asyncio.gather(*await self._send(dated[0], currencies))
+
+        return await publish_each(
+            documents, enqueue, lambda dated, exc: refused.append(_publish_failure(dated[0], exc))
+        )
 
     def _backfill_kind(self, sub: Subscription, unbilled: datetime | None, skipped: int) -> str | None:
         """ "skipped" when the subscription's past periods are left unrated, "rated" when a

@@ -29,7 +29,8 @@ import structlog
 
 from bastionary.outbound import cloud_event
 from bastionary.rating.customers import CustomerTerms
-from bastionary.rating.rater import PRICING_ERRORS, PreviewStore, Publish, Rater, upcoming_invoices
+from bastionary.rating.publishing import Publish
+from bastionary.rating.rater import PRICING_ERRORS, PreviewStore, Rater, upcoming_invoices
 from bastionary.rating.spend import (
     CreditLimit,
     SpendEvent,

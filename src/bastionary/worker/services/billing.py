@@ -33,7 +33,8 @@ from bastionary.rating.events import (
     parse_subscription,
     subscription_row,
 )
-from bastionary.rating.rater import EMPTY, PublishRefused, Rater, RatingResult
+from bastionary.rating.publishing import PublishRefused
+from bastionary.rating.rater import EMPTY, Rater, RatingResult
 from bastionary.rating.spend import SpendEvent, SpendEventKind
 from bastionary.rating.spend_monitor import SpendMonitor
 from bastionary.storage.billing import ClickHouseBillingStore
