@@ -95,27 +95,9 @@ def test_topics_the_broker_refuses_to_create_are_one_clear_error(monkeypatch):
     import pytest
 
     from bastionary import kafka
+    from tests.unit.standin_admin import install_admin
 
-    class Answer:
-        def __init__(self):
-            self.topic_errors = [("usage.events", 38, "Replication factor: 3 larger than available brokers: 1.")]
-
-    class RefusingAdmin:
-        def __init__(self, **_options):
-            pass
-
-        async def start(self):
-            pass
-
-        async def close(self):
-            pass
-
-        async def list_topics(self):
-            return []
-
-        async def create_topics(self, topics):
-            return Answer()
-
-    monkeypatch.setattr(kafka, "AIOKafkaAdminClient", RefusingAdmin)
+    refusal = ("usage.events", 38, "Replication factor: 3 larger than available brokers: 1.")
+    install_admin(monkeypatch, {}, create_errors=[refusal])
     with pytest.raises(kafka.TopicsRefused, match=r"usage.events: error 38 \(Replication factor.*REPLICATION \(3\)"):
         asyncio.run(kafka.ensure_topics("kafka:9092", ["usage.events"], 4, 3))

@@ -22,6 +22,7 @@ from bastionary.settings import Settings
 from bastionary.worker.api.failures import failures_as_json
 from tests.unit.env_helpers import isolated_cli, one_error_line
 from tests.unit.served_apps import served
+from tests.unit.standin_admin import install_admin
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,48 +32,13 @@ def clean_env(monkeypatch, tmp_path):
     isolated_cli(monkeypatch, tmp_path / "data")
 
 
-def broker_with_topics(monkeypatch: pytest.MonkeyPatch, partitions: dict[str, int]) -> list[str]:
-    """An admin client over a broker that holds ``partitions`` (topic -> count); yields the
-    names of the topics the code created."""
-    created: list[str] = []
-
-    class Admin:
-        def __init__(self, **_options):
-            pass
-
-        async def start(self):
-            pass
-
-        async def close(self):
-            pass
-
-        async def list_topics(self):
-            return list(partitions)
-
-        async def create_topics(self, topics):
-            for topic in topics:
-                created.append(topic.name)
-                partitions[topic.name] = topic.num_partitions
-
-        async def describe_topics(self, names):
-            return [
-                {"error_code": 0, "topic": name, "partitions": [{"partition": p} for p in range(partitions[name])]}
-                for name in names
-                if name in partitions
-            ]
-
-    monkeypatch.setattr("bastionary.kafka.AIOKafkaAdminClient", Admin)
-    monkeypatch.setattr("aiokafka.admin.AIOKafkaAdminClient", Admin)
-    return created
-
-
 def test_topics_with_another_partition_count_than_the_setting_stop_the_worker_at_start(monkeypatch):
     # The setting shapes only topics being created, yet the worker takes it for their count when
     # it decides which worker owns a customer: over 4 where the topics had 2, about half the
     # customers were owned by no worker (never rated or dunned), without a word.
     from bastionary.cli.processes import create_topics
 
-    created = broker_with_topics(monkeypatch, {"usage.events": 2, "billing.subscriptions": 2})
+    created = install_admin(monkeypatch, {"usage.events": 2, "billing.subscriptions": 2})
     with pytest.raises(click.ClickException) as refused:
         create_topics(Settings(usage_partitions=4), "kafka:9092")
     message = refused.value.message
@@ -84,7 +50,7 @@ def test_topics_with_another_partition_count_than_the_setting_stop_the_worker_at
 def test_topics_with_the_settings_partition_count_start(monkeypatch):
     from bastionary.cli.processes import create_topics
 
-    created = broker_with_topics(monkeypatch, {"usage.events": 3})
+    created = install_admin(monkeypatch, {"usage.events": 3})
     create_topics(Settings(usage_partitions=3), "kafka:9092")
     create_topics(Settings(usage_partitions=3), "kafka:9092")  # now every topic exists
     assert "usage.dlq" in created
