@@ -234,17 +234,7 @@ class Rater:
     async def run_once(self, now: datetime | None = None) -> RatingResult:
         now = now or datetime.now(UTC)
         result = RatingResult([])
-        # Only ids are needed to find what is due; documents only of the unpublished ones.
-        currencies: dict[str, str] | None = None  # grant id -> currency, read once if needed
-        for document in await asyncio.to_thread(self.store.unpublished_documents):
-            data = orjson.loads(document)
-            if self.owns(data["customer_id"]):
-                if currencies is None and (data.get("credit_allocations") or data.get("credits_expired")):
-                    currencies = _grant_currencies((await asyncio.to_thread(self.store.grants))[0])
-                stored = [(data, datetime.fromisoformat(data["issued_at"]))]
-                if await self._deliver(stored, currencies or {}, result.refused):
-                    await asyncio.to_thread(self.store.mark_published, stored)
-                    result.republished += 1
+        await self._republish(result)
         if self.landed_through is not None:
             landed = await self.landed_through()
             if landed is None:
@@ -346,6 +336,26 @@ class Rater:
             await asyncio.to_thread(self.store.mark_published, delivered)
             result.invoices.extend(document for document, _ in delivered)
         return result
+
+    async def _republish(self, result: RatingResult) -> None:
+        """Publish what an earlier run stored but did not publish, a batch at a time as rating
+        does: after an outage that left thousands stored, one round trip each held the run."""
+        stored = [
+            data
+            for data in map(orjson.loads, await asyncio.to_thread(self.store.unpublished_documents))
+            if self.owns(data["customer_id"])
+        ]
+        currencies: Mapping[str, str] = {}  # grant id -> currency, read only if a credit event needs it
+        if any(data.get("credit_allocations") or data.get("credits_expired") for data in stored):
+            currencies = _grant_currencies((await asyncio.to_thread(self.store.grants))[0])
+        for offset in range(0, len(stored), self.batch_size):
+            batch = [
+                (data, datetime.fromisoformat(data["issued_at"])) for data in stored[offset : offset + self.batch_size]
+            ]
+            delivered = await self._deliver(batch, currencies, result.refused)
+            if delivered:
+                await asyncio.to_thread(self.store.mark_published, delivered)
+            result.republished += len(delivered)
 
     async def _deliver(
         self,
