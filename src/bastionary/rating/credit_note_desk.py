@@ -18,8 +18,12 @@ Order per run, and what a crash right after each step does:
    consumers dedupe on ``credit_note_id`` (the content is identical). A decision the broker
    refuses for good (``PublishRefused``: larger than it takes) stays stored unpublished,
    offered again at every run, and the others are published, as the rater does with an
-   invoice: one customer's note must not stop every customer's
-6. mark version 2 those delivered                     -> done
+   invoice: one customer's note must not stop every customer's. But each invoice's notes
+   reach the topic in decision order (dunning reckons what is due from the notes it has
+   read): a note waits, stored unpublished and offered again next run, while an earlier
+   note of its invoice is unpublished. So the notes go out in rounds, the first
+   unpublished note of each invoice, then the next once that one is delivered
+6. mark version 2 those delivered, after each round   -> done
 
 Between steps 3 and 4 the balance lacks the credit for a moment: an invoice rated then
 draws it later, never twice. One customer's requests are decided by one worker (``owns``),
@@ -154,9 +158,10 @@ class CreditNoteDesk:
         return out
 
     async def _deliver(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Publish ``documents`` (:func:`publish_each`), mark those delivered and return them.
-        One the broker refuses for good is logged and stays unpublished; any other failure
-        fails the run, and the next one republishes what was stored."""
+        """Publish ``documents`` (:func:`publish_each`), each invoice's in decision order, mark
+        those delivered and return them. One the broker refuses for good is logged and stays
+        unpublished, and so do its invoice's later notes; any other failure fails the run, and
+        the next one republishes what was stored."""
         recorded = datetime.now(UTC)
         rows = [
             balance_row(document, recorded)
@@ -178,9 +183,28 @@ class CreditNoteDesk:
             )
             return await self.publish("invoices", document["invoice_id"], value)
 
-        delivered = await publish_each(documents, enqueue, _tell_refused)
-        if delivered:
-            await asyncio.to_thread(self.store.mark_published, delivered)
+        # The store lists what is unpublished by request time, not by when it was decided: a
+        # request received late may carry an earlier time than a note decided before it. Stable,
+        # so notes decided in one run keep the order they were decided in.
+        documents = sorted(documents, key=lambda document: datetime.fromisoformat(document["issued_at"]))
+        by_invoice: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for document in documents:  # per customer too: another customer's note for it is theirs
+            by_invoice.setdefault((document["customer_id"], document["invoice_id"]), []).append(document)
+        delivered: list[dict[str, Any]] = []
+        while by_invoice:
+            # The next note of an invoice is enqueued once the one before is delivered: enqueued
+            # together, the broker could refuse the earlier and take the later.
+            heads = [notes.pop(0) for notes in by_invoice.values()]
+            published = await publish_each(heads, enqueue, _tell_refused)
+            if published:
+                await asyncio.to_thread(self.store.mark_published, published)
+            delivered += published
+            taken = {document["credit_note_id"] for document in published}
+            for head in heads:
+                if head["credit_note_id"] not in taken:
+                    for waiting in by_invoice.pop((head["customer_id"], head["invoice_id"])):
+                        _tell_waiting(waiting, head)
+            by_invoice = {invoice: notes for invoice, notes in by_invoice.items() if notes}
         return delivered
 
 
@@ -195,10 +219,23 @@ def _tell_undecided(request: CreditNoteRequest, exc: Exception) -> None:
     )
 
 
+def _tell_waiting(document: dict[str, Any], earlier: dict[str, Any]) -> None:
+    log.warning(
+        "credit note decided but not published: an earlier note of its invoice is unpublished;"
+        " offered again every run, published once that one is",
+        customer_id=document["customer_id"],
+        credit_note_id=document["credit_note_id"],
+        requested_id=document["requested_id"],
+        invoice_id=document["invoice_id"],
+        status=document["status"],
+        waiting_for=earlier["credit_note_id"],
+    )
+
+
 def _tell_refused(document: dict[str, Any], exc: PublishRefused) -> None:
     log.error(
         "credit note decided but not published: the broker refuses it; offered again every run,"
-        " while the other decisions are published",
+        " while the other invoices' decisions are published",
         customer_id=document["customer_id"],
         credit_note_id=document["credit_note_id"],
         requested_id=document["requested_id"],
