@@ -65,6 +65,8 @@ DELIVERY_FIELDS = (
     "period_end",
 )
 
+MAX_STEP = 65535  # dunning_events.step is a UInt16
+
 
 def notice_problem(data: object) -> str | None:
     """Why ``data`` is not a step notice the notifier can deliver, or None."""
@@ -75,6 +77,14 @@ def notice_problem(data: object) -> str | None:
         return f"the notice lacks {', '.join(missing)}"
     if not all(isinstance(data[name], str) and data[name] for name in ("notice_id", "invoice_id", "customer_id")):
         return "notice_id, invoice_id and customer_id must be non-empty strings"
+    step = data["step"]
+    # Both land in every dunning_events row of the delivery (step a UInt16, action a String):
+    # a value ClickHouse refuses would fail the write, stop the worker and, read again on
+    # restart, stop it again, holding back every notice behind it on the partition.
+    if not isinstance(step, int) or isinstance(step, bool) or not 1 <= step <= MAX_STEP:
+        return f"step must be a whole number from 1 to {MAX_STEP}"
+    if not isinstance(data["action"], str) or not data["action"]:
+        return "action must be a non-empty string"
     channels = data["channels"]
     if not isinstance(channels, list) or not all(channel in CHANNELS for channel in channels):
         return f"channels must be a list of {', '.join(CHANNELS)}"

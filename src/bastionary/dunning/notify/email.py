@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -199,7 +200,32 @@ def build_message(config: SmtpConfig, notice: Mapping[str, Any], content: EmailC
     return message
 
 
-def _smtp_error(error: aiosmtplib.SMTPException) -> DeliveryError:
+# A handshake cut short (the server or the network dropped the connection): the next
+# attempt may well complete it.
+_TLS_DROPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _tls_mismatch(cause: BaseException | None, config: SmtpConfig) -> DeliveryError | None:
+    """SMTP_TLS=true against a server that does not speak TLS on connect, or None.
+
+    Such a server answers the handshake with its plain greeting, on every attempt: retried,
+    each notice spent all its attempts and was dead-lettered as a vague connection failure
+    that did not name the setting to change. Certificate checks stay retryable, as before.
+    """
+    if not config.use_tls or not isinstance(cause, ssl.SSLError):
+        return None
+    if isinstance(cause, (*_TLS_DROPS, ssl.SSLCertVerificationError)):
+        return None
+    return DeliveryError(
+        "smtp server does not support the configuration: TLS handshake failed"
+        f" ({cause.reason or type(cause).__name__}); BASTIONARY_SMTP_TLS=true needs a server that speaks"
+        " TLS on connect (usually port 465); one that upgrades a plain connection (usually port 587)"
+        " needs BASTIONARY_SMTP_STARTTLS=true instead",
+        permanent=True,
+    )
+
+
+def _smtp_error(error: aiosmtplib.SMTPException, config: SmtpConfig) -> DeliveryError:
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in error.recipients] or [0]
         first = error.recipients[0] if error.recipients else None
@@ -212,6 +238,9 @@ def _smtp_error(error: aiosmtplib.SMTPException) -> DeliveryError:
         return DeliveryError("smtp timeout", permanent=False)
     if isinstance(error, (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected)):
         cause = error.__cause__
+        mismatch = _tls_mismatch(cause, config)
+        if mismatch is not None:
+            return mismatch
         if isinstance(cause, ConnectionRefusedError):
             return DeliveryError("connection refused", permanent=False)
         reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else None
@@ -252,7 +281,7 @@ async def send_email(
                 timeout=config.timeout,
             )
         except aiosmtplib.SMTPException as error:
-            raise _smtp_error(error) from None
+            raise _smtp_error(error, config) from None
         except ValueError as error:
             # aiosmtplib's refusal of its arguments (start_tls with use_tls, a control character
             # in an address): the same on every attempt, so final. Raised, it would stop the
