@@ -104,6 +104,7 @@ class AsyncClient:
             sender = KafkaSender(str(bootstrap), topic, max_retries, timeout)
         self._sender = sender
         self._batcher = Batcher(sender, batch_size, linger, max_pending, on_error)
+        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -124,6 +125,9 @@ class AsyncClient:
         source: str | None = None,
     ) -> str:
         """Queue one usage event; returns its id (a fresh UUID when none is given)."""
+        if self._closed:
+            # As the sync client: taken after close, an event was never sent, only logged.
+            raise RuntimeError("the client is closed")
         event = self.usage_event(customer_id, event_type, data, id=id, time=time, source=source)
         await self._batcher.add(event)
         return str(event["id"])
@@ -154,6 +158,7 @@ class AsyncClient:
         await self._batcher.flush()
 
     async def close(self) -> None:
+        self._closed = True
         try:
             await self._batcher.close()
         finally:
@@ -184,14 +189,16 @@ class AsyncClient:
         return await self._get(MeterQuery, f"/v1/meters/{_segment(meter)}/query", params)
 
     async def invoices(self, customer: str | None = None) -> list[InvoiceSummary]:
-        response = await self._request("GET", "/v1/invoices", params={"customer": customer} if customer else None)
+        # customer="" is sent, and refused: dropped, it listed every customer's invoices.
+        params = {"customer": customer} if customer is not None else None
+        response = await self._request("GET", "/v1/invoices", params=params)
         return _answer(response, lambda body: [InvoiceSummary.model_validate(row) for row in body["invoices"]])
 
     async def invoice(self, invoice_id: str) -> Invoice:
         return await self._get(Invoice, f"/v1/invoices/{_segment(invoice_id)}")
 
     async def credit_notes(self, customer: str | None = None) -> list[CreditNoteSummary]:
-        params = {"customer": customer} if customer else None
+        params = {"customer": customer} if customer is not None else None
         return (await self._get(CreditNoteList, "/v1/credit-notes", params)).credit_notes
 
     async def credit_note(self, credit_note_id: str) -> CreditNote:

@@ -65,8 +65,9 @@ def checked(response: httpx.Response) -> httpx.Response:
     if response.status_code < 400:
         return response
     if response.status_code in RETRY_STATUSES:
-        after = response.headers.get("Retry-After")
-        retry_after = float(after) if after and after.replace(".", "", 1).isdigit() else None
+        after = response.headers.get("Retry-After") or ""
+        # isascii: "²" is a digit to str.isdigit, not a number to float (a ValueError escaped).
+        retry_after = float(after) if after.isascii() and after.replace(".", "", 1).isdigit() else None
         if retry_after is not None:
             # A proxy's `Retry-After: 86400` would hold the call (and a tracked batch) for a day.
             retry_after = min(retry_after, MAX_RETRY_AFTER_S)
@@ -79,7 +80,16 @@ async def sent(http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -
     API's error. A failed connection or a timeout is :class:`ApiUnreachable` once retries end,
     never httpx's own error: callers handle one family of errors, and need not know httpx."""
     try:
-        response = await http.request(method, path, **kwargs)
+        response = await http.send(http.build_request(method, path, **kwargs), stream=True)
+        try:
+            await response.aread()
+        except httpx.DecodingError as exc:
+            # A body its Content-Encoding does not decode (a proxy's): not the API's answer, and
+            # asked again it comes back the same. httpx's own error escaped the client.
+            message = f"{method} {path}: the answer's body does not decode as its Content-Encoding says: {exc}"
+            raise BastionaryError(response.status_code, "invalid_response", message[:500]) from exc
+        finally:
+            await response.aclose()
     except httpx.TransportError as exc:
         raise Retryable(ApiUnreachable(exc)) from None
     return checked(response)

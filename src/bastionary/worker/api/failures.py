@@ -3,6 +3,8 @@ every request's route, status and time, in ``bastionary_api_request_seconds``.
 
 Storage or broker trouble (a connection refused, a timeout, ClickHouse refusing a query for
 its load) is ``503 unavailable`` with ``Retry-After``: the request may be retried as it is.
+A read ClickHouse stops at its result's limits (rows or bytes), or a usage query stopped at its
+time limit, is the caller's ``400 invalid_query``: asked again as it is, it is stopped again.
 Anything else is a bug of ours, ``500 internal_error``, logged with its traceback. A body
 over the size limit is ``413``; a path the API does not serve is ``404 not_found``, a method
 it does not take there ``405 method_not_allowed`` (with ``Allow``), and a body that cannot be
@@ -40,6 +42,21 @@ CLICKHOUSE_BUSY = {
     279: "ALL_CONNECTION_TRIES_FAILED",
     439: "CANNOT_SCHEDULE_TASK",
 }
+# ClickHouse's answers for a read larger than its limits (the result's rows or bytes, or an
+# estimate past the time limit): asked again as it is, it fails the same way. A 500 logged as
+# our bug, it was retried by clients as well.
+CLICKHOUSE_READ_TOO_LARGE = {
+    158: "TOO_MANY_ROWS",
+    160: "TOO_SLOW",
+    307: "TOO_MANY_BYTES",
+    396: "TOO_MANY_ROWS_OR_BYTES",
+}
+READ_METHODS = frozenset({"GET", "HEAD"})
+# Only the usage query's size is the caller's choice (from/to, window, group_by): there a read
+# past BASTIONARY_QUERY_TIMEOUT is most likely too large, and was a 503 that clients honouring
+# Retry-After asked again, each time for the whole limit. Elsewhere (an entitlement's state, one
+# invoice) a timeout is storage's load: still 503.
+CALLER_SIZED_READS = {"/v1/meters/{meter}/query": {159: "TIMEOUT_EXCEEDED"}}
 # Any token is a method to aiohttp's Python parser (and llhttp knows dozens): as a label, a
 # caller without a key could grow a new series per request.
 METHOD_LABELS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -99,7 +116,23 @@ async def _answered(
         log.warning("request failed on storage or the broker", path=request.path, error=str(exc)[:300])
         return unavailable("storage or the broker did not answer; retry shortly")
     except DatabaseError as exc:
-        busy = CLICKHOUSE_BUSY.get(exc.code) if isinstance(exc.code, int) else None
+        code = exc.code if isinstance(exc.code, int) else -1
+        # A write's queries are small: one stopped at a limit is the server's load, not its size.
+        limit_hit = None
+        if request.method in READ_METHODS:
+            resource = request.match_info.route.resource
+            sized_by_caller = CALLER_SIZED_READS.get(resource.canonical if resource is not None else "", {})
+            limit_hit = CLICKHOUSE_READ_TOO_LARGE.get(code) or sized_by_caller.get(code)
+        if limit_hit is not None:
+            log.warning("read stopped at storage's limits", path=request.path, error=str(exc)[:300])
+            return json_error(
+                400,
+                "invalid_query",
+                f"the read is larger than storage's limits ({limit_hit}): asked again as it is, it fails the"
+                " same way; narrow from/to, ask a coarser window or fewer group_by, or read one customer's"
+                " (customer=)",
+            )
+        busy = CLICKHOUSE_BUSY.get(code)
         if busy is None:
             log.exception("request failed", path=request.path)
             return json_error(500, "internal_error", "the request failed; see the worker's log")

@@ -15,7 +15,7 @@ from typing import Any
 import faust
 from aiohttp import web
 
-from bastionary.apikeys import ApiKey
+from bastionary.apikeys import CUSTOMER_ID_RULE, ApiKey, valid_customer_id
 from bastionary.credits.balances import balances
 from bastionary.rating.render import render_html, render_invoice_pdf
 from bastionary.storage.client import Client
@@ -84,6 +84,14 @@ def listed_count(reader: Client, table: str, customer: str | None, where: str = 
     return int(reader.query(sql, parameters=params).result_rows[0][0])
 
 
+def invalid_customer(customer: str | None) -> web.Response | None:
+    """400 for a ``customer=`` that names no customer. An empty one listed every customer's
+    invoices and credit notes: a portal on an admin key, its session's id unset, showed them all."""
+    if customer is None or valid_customer_id(customer):
+        return None
+    return json_error(400, "invalid_customer_id", CUSTOMER_ID_RULE)
+
+
 def list_too_long(what: str) -> web.Response:
     return json_error(
         400, "invalid_query", f"more than {MAX_LIST_ROWS:,} {what}: list one customer's at a time (customer=)"
@@ -98,6 +106,8 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             if isinstance(allowed, web.Response):
                 return allowed
             _, customer = allowed
+            if refused := invalid_customer(customer):
+                return refused
             try:
                 definition = backend.catalog.meter(meter)
             except KeyError:
@@ -146,6 +156,8 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             if isinstance(allowed, web.Response):
                 return allowed
             _, customer = allowed
+            if refused := invalid_customer(customer):
+                return refused
             count = await asyncio.to_thread(listed_count, backend.reader, "invoices", customer, "status != 'empty'")
             if count > MAX_LIST_ROWS:
                 return list_too_long("invoices")
@@ -195,6 +207,8 @@ def install(app: faust.App, guard: Guard, backend: ApiBackend) -> None:
             if isinstance(allowed, web.Response):
                 return allowed
             _, customer = allowed
+            if refused := invalid_customer(customer):
+                return refused
             # Requested notes are counted too (the list leaves them out): a few more, never fewer.
             count = await asyncio.to_thread(listed_count, backend.reader, "credit_notes", customer)
             if count > MAX_LIST_ROWS:
