@@ -77,6 +77,10 @@ class _PartitionState:
     landing_since: float | None = None
     # The last offset admitted, buffered or in a flush still landing; None: done_through.
     read_through: int | None = None
+    # The log's end and done_through when the partition was last resumed as stalled. While
+    # neither has moved, the consumer has read to that end: the offsets past what landed hold
+    # no record it is given (a transactional producer's commit and abort markers).
+    resumed_at: tuple[int | None, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,11 +219,20 @@ class UsageSink:
         record at ``expected``" would buffer the next of them, past this one, which the
         partition's marker would then cover without it.
         """
+        epoch = state.epoch
         try:
             first = await self._first_record_from(tp, expected)
         except LogNotAnswering:
+            if state.epoch != epoch:
+                return True  # as below
             state.rewind_to = delivered  # it is in the log: the consumer just read it
             await self._rewind(tp, state)
+            return True
+        if state.epoch != epoch:
+            # A flush or the log check found the log replaced while it was asked (they hold the
+            # lock, not this): the new epoch reads the new log from its start, this record with
+            # it. Buffered now, past that start, it made the records before it STALE when the
+            # rewind brought them (before 2026-12-08): never counted.
             return True
         if first is None or first >= delivered:
             return False  # nothing there: a real gap
@@ -381,6 +394,7 @@ class UsageSink:
         state.buffer = []
         state.rewind_to = probe.log_start
         state.rewound_at = 0.0
+        state.resumed_at = None
         if self.on_log_reset is not None:
             self.on_log_reset(*tp)
 
@@ -401,6 +415,11 @@ class UsageSink:
             probe = (await self._probe({tp: target}))[tp]
         except LogNotAnswering:
             probe = None  # asked again as before; the next retry probes again
+        if state.rewind_to != target:
+            # The target came while the probe was out, or the intake asked for another rewind
+            # (it admits without the lock): this retry is void. Asked again now, with no target
+            # left, it sought to 0, and the partition was read again from the log's start.
+            return
         if probe is not None and probe.fingerprint is None:  # no record at the target
             if target < probe.log_start:
                 log.error(
@@ -466,7 +485,8 @@ class UsageSink:
             if state is not None and state.anchor is not None and not probe.matches(state.anchor):
                 self._open_new_epoch(tp, state, probe)
         now = time.monotonic()
-        for tp, state in self._partitions.items():
+        # A copy: a partition's first record recovers it, without the lock, while this awaits.
+        for tp, state in list(self._partitions.items()):
             if state.rewind_to is not None and (
                 not state.rewound_at or now - state.rewound_at > self.config.rewind_retry_seconds
             ):
@@ -480,6 +500,11 @@ class UsageSink:
         Seen after a broker restart under load: the consumer took a rewound partition's first
         record and then skipped the rest, its own idea of the read position still that of the
         old log. Nothing else would ever move that partition again.
+
+        A log written by a transactional producer ends on a commit marker, which no consumer
+        is given: its end stays past what landed with nothing left to read. Resumed once at
+        that end with nothing landing since, the partition is read through, until the end
+        moves (before 2026-12-08 it was resumed, with a WARNING and a seek, every retry).
         """
         retry = self.config.rewind_retry_seconds
         return (
@@ -489,6 +514,7 @@ class UsageSink:
             and not state.buffer
             and probe.high_water is not None
             and probe.high_water > state.done_through + 1
+            and (probe.high_water, state.done_through) != state.resumed_at
             and now - state.active_at > retry
             and now - state.rewound_at > retry
         )
@@ -502,6 +528,7 @@ class UsageSink:
             high_water=probe.high_water,
         )
         state.rewound_at = time.monotonic()
+        state.resumed_at = (probe.high_water, state.done_through)
         await self.partition_log.rewind(tp[0], tp[1], state.done_through + 1)
 
     # -- flushing ------------------------------------------------------------------------
