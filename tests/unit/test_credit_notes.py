@@ -447,6 +447,9 @@ class FakeNotes:
         at = Standing(base.invoice_id, base.customer_id, base.currency, base.total, base.paid, credited, reduced)
         return replace(at, tax_lines=base.tax_lines)  # the invoice's tax, for the notes' share of it
 
+    def unpublished_invoices(self, invoices: Any) -> set[tuple[str, str]]:
+        return set()  # every invoice here counts as published
+
     def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]]) -> None:
         for _, _, decision in decisions:
             self.decided[decision.credit_note_id] = (decision.document, decision.credited_to_balance, 1)

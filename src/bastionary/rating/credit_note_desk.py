@@ -22,7 +22,10 @@ Order per run, and what a crash right after each step does:
    reach the topic in decision order (dunning reckons what is due from the notes it has
    read): a note waits, stored unpublished and offered again next run, while an earlier
    note of its invoice is unpublished. So the notes go out in rounds, the first
-   unpublished note of each invoice, then the next once that one is delivered
+   unpublished note of each invoice, then the next once that one is delivered. The notes of
+   an invoice stored but not published yet (the broker refused the invoice) wait the same way,
+   until the rater publishes it: dunning, which has not read the invoice, would dead-letter
+   them (``unknown_invoice``)
 6. mark version 2 those delivered, after each round   -> done
 
 Between steps 3 and 4 the balance lacks the credit for a moment: an invoice rated then
@@ -33,7 +36,7 @@ so two notes never credit the same invoice concurrently.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -65,6 +68,8 @@ class CreditNoteStore(Protocol):
     def unpublished(self) -> list[tuple[dict[str, Any], Decimal]]: ...
 
     def standing(self, invoice_id: str) -> Standing | None: ...
+
+    def unpublished_invoices(self, invoices: Collection[tuple[str, str]]) -> set[tuple[str, str]]: ...
 
     def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]]) -> None: ...
 
@@ -128,6 +133,11 @@ class CreditNoteDesk:
             if request.invoice_id not in standings:
                 standings[request.invoice_id] = self.store.standing(request.invoice_id)
             standing = standings[request.invoice_id]
+            if standing is not None and standing.customer_id != request.customer_id:
+                # Rejected as unknown, not as another customer's: the reason is the requester's
+                # to read, and told that the id exists for someone else they could probe for it.
+                _tell_foreign_invoice(request, standing.customer_id)
+                standing = None
             try:
                 decision = decide(event_id, requested_at, request, standing, now)
             except PRICING_ERRORS as exc:
@@ -160,8 +170,9 @@ class CreditNoteDesk:
     async def _deliver(self, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Publish ``documents`` (:func:`publish_each`), each invoice's in decision order, mark
         those delivered and return them. One the broker refuses for good is logged and stays
-        unpublished, and so do its invoice's later notes; any other failure fails the run, and
-        the next one republishes what was stored."""
+        unpublished, and so do its invoice's later notes, and the notes of an invoice not
+        published yet; any other failure fails the run, and the next one republishes what was
+        stored."""
         recorded = datetime.now(UTC)
         rows = [
             balance_row(document, recorded)
@@ -190,6 +201,10 @@ class CreditNoteDesk:
         by_invoice: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for document in documents:  # per customer too: another customer's note for it is theirs
             by_invoice.setdefault((document["customer_id"], document["invoice_id"]), []).append(document)
+        # One query for every invoice in play, not one per note.
+        for invoice in await asyncio.to_thread(self.store.unpublished_invoices, list(by_invoice)):
+            for waiting in by_invoice.pop(invoice):
+                _tell_invoice_unpublished(waiting)
         delivered: list[dict[str, Any]] = []
         while by_invoice:
             # The next note of an invoice is enqueued once the one before is delivered: enqueued
@@ -219,6 +234,17 @@ def _tell_undecided(request: CreditNoteRequest, exc: Exception) -> None:
     )
 
 
+def _tell_foreign_invoice(request: CreditNoteRequest, invoice_customer_id: str) -> None:
+    log.warning(
+        "credit note request names another customer's invoice: rejected as an unknown invoice",
+        customer_id=request.customer_id,
+        credit_note_id=credit_note_id(request.customer_id, request.credit_note_id),
+        requested_id=request.credit_note_id,
+        invoice_id=request.invoice_id,
+        invoice_customer_id=invoice_customer_id,
+    )
+
+
 def _tell_waiting(document: dict[str, Any], earlier: dict[str, Any]) -> None:
     log.warning(
         "credit note decided but not published: an earlier note of its invoice is unpublished;"
@@ -229,6 +255,18 @@ def _tell_waiting(document: dict[str, Any], earlier: dict[str, Any]) -> None:
         invoice_id=document["invoice_id"],
         status=document["status"],
         waiting_for=earlier["credit_note_id"],
+    )
+
+
+def _tell_invoice_unpublished(document: dict[str, Any]) -> None:
+    log.warning(
+        "credit note decided but not published: its invoice is not published yet; offered again"
+        " every run, published once the invoice is",
+        customer_id=document["customer_id"],
+        credit_note_id=document["credit_note_id"],
+        requested_id=document["requested_id"],
+        invoice_id=document["invoice_id"],
+        status=document["status"],
     )
 
 

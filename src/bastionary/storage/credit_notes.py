@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import structlog
+from pydantic import ValidationError
 
 from bastionary.rating.credit_notes import CreditNoteRequest, Decision, Standing, credit_note_id
 from bastionary.rating.events import BillingEvent
@@ -78,17 +80,31 @@ class ClickHouseCreditNoteStore:
     def _rows(self, versions: tuple[int, ...]) -> list[tuple[Any, ...]]:
         # Filtered after FINAL: a decided row replaces its request.
         rows = self.client.query(
-            "SELECT request_event_id, request, document, credited_to_balance, customer_id, version, requested_at"
-            " FROM credit_notes FINAL ORDER BY requested_at, credit_note_id"
+            "SELECT request_event_id, request, document, credited_to_balance, customer_id, version, requested_at,"
+            " credit_note_id FROM credit_notes FINAL ORDER BY requested_at, credit_note_id"
         ).result_rows
         return [row for row in rows if row[5] in versions]
 
     def requests(self) -> list[tuple[str, datetime, CreditNoteRequest]]:
-        """Requests not decided yet, oldest first: (request event id, its time, request)."""
-        return [
-            (row[0], row[6].replace(tzinfo=UTC), CreditNoteRequest.model_validate_json(row[1]))
-            for row in self._rows((REQUESTED,))
-        ]
+        """Requests not decided yet, oldest first: (request event id, its time, request).
+
+        One stored that no longer reads as a request (stored under laxer rules, or edited by
+        hand) is left out, with its customer's later ones, as the desk leaves a request it cannot
+        decide: raised, it stopped every customer's credit notes at every run."""
+        out = []
+        stopped: set[str] = set()
+        for row in self._rows((REQUESTED,)):
+            customer = row[4]
+            if customer in stopped:
+                continue
+            try:
+                request = CreditNoteRequest.model_validate_json(row[1])
+            except ValidationError as exc:
+                stopped.add(customer)
+                _tell_unreadable(customer, row[7], row[0], exc)
+                continue
+            out.append((row[0], row[6].replace(tzinfo=UTC), request))
+        return out
 
     def unpublished(self) -> list[tuple[dict[str, Any], Decimal]]:
         """Decisions stored but not confirmed published: (document, credited to balance)."""
@@ -132,6 +148,20 @@ class ClickHouseCreditNoteStore:
             voided=voids > 0,
             tax_lines=_tax_lines(tax_lines),
         )
+
+    def unpublished_invoices(self, invoices: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Of ``invoices`` (customer id, invoice id), those stored but not yet on billing.invoices
+        (the broker refused them): one query for them all. An ``empty`` invoice is never
+        published, and takes no note: its rejections do not wait for it."""
+        if not invoices:
+            return set()
+        rows = self.client.query(
+            "SELECT customer_id, invoice_id FROM invoices FINAL"
+            " WHERE customer_id IN {c:Array(String)} AND invoice_id IN {i:Array(String)}"
+            " AND published = 0 AND status != 'empty'",
+            parameters={"c": sorted({c for c, _ in invoices}), "i": sorted({i for _, i in invoices})},
+        ).result_rows
+        return {(customer, invoice) for customer, invoice in rows} & set(invoices)
 
     def store(self, decisions: list[tuple[str, CreditNoteRequest, Decision]], version: int = DECIDED) -> None:
         rows = []
@@ -209,6 +239,16 @@ class ClickHouseCreditNoteStore:
             return None
         document: dict[str, Any] = orjson.loads(rows[0][0])
         return document
+
+
+def _tell_unreadable(customer_id: str, note_id: str, event_id: str, exc: ValidationError) -> None:
+    log.error(
+        "credit note not decided: its stored request cannot be read; the customer's requests wait, retried next run",
+        customer_id=customer_id,
+        credit_note_id=note_id,
+        request_event_id=event_id,
+        error=str(exc)[:500],
+    )
 
 
 def _tax_lines(raw: str) -> tuple[dict[str, Any], ...]:
