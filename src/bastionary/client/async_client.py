@@ -36,6 +36,11 @@ from bastionary.client.transport import EventSender, HttpSender, KafkaSender, se
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 Moment = datetime | str | None
+TIMEOUT_S = 10.0  # each request's bound, when the caller gives no timeout
+# How long a read waits for its answer when the caller gives no timeout: above the API's query
+# limit (BASTIONARY_QUERY_TIMEOUT, 30 s by default), so that a read the server stops at its
+# limit reaches the caller as the API's answer (400 invalid_query, saying how to narrow it).
+READ_TIMEOUT_S = 60.0
 
 
 def _segment(value: str) -> str:
@@ -73,6 +78,10 @@ class AsyncClient:
     same ids (the pipeline counts a repeat once), and are flushed by :meth:`flush` and
     :meth:`close`. What still fails goes to ``on_error`` (default: logged) and is raised by
     the next :meth:`flush`.
+
+    ``timeout`` bounds each request (default 10 s), and ``read_timeout`` how long a read (GET)
+    waits for its answer (default: ``timeout`` when given, else 60 s); a read that times out
+    waiting is not asked again.
     """
 
     def __init__(
@@ -87,7 +96,8 @@ class AsyncClient:
         linger: float = 0.2,
         max_pending: int = 100_000,
         max_retries: int = 5,
-        timeout: float = 10.0,
+        timeout: float | None = None,
+        read_timeout: float | None = None,
         on_error: ErrorHandler | None = None,
     ):
         if (url is None) == (bootstrap is None):
@@ -95,13 +105,18 @@ class AsyncClient:
         self.source = source
         self.max_retries = max_retries
         self._http: httpx.AsyncClient | None = None
+        request_timeout = TIMEOUT_S if timeout is None else timeout
+        if read_timeout is None:
+            # A read waited 10 s (the default timeout) for a query the API lets run 30 s.
+            read_timeout = READ_TIMEOUT_S if timeout is None else timeout
+        self._read_timeouts = httpx.Timeout(request_timeout, read=read_timeout)
         sender: EventSender
         if url is not None:
             headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-            self._http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+            self._http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=request_timeout)
             sender = HttpSender(self._http, max_retries)
         else:
-            sender = KafkaSender(str(bootstrap), topic, max_retries, timeout)
+            sender = KafkaSender(str(bootstrap), topic, max_retries, request_timeout)
         self._sender = sender
         self._batcher = Batcher(sender, batch_size, linger, max_pending, on_error)
         self._closed = False
@@ -323,6 +338,9 @@ class AsyncClient:
         http = self._http
         if http is None:
             raise RuntimeError("this client publishes to Kafka; reads and writes need the HTTP API's url")
+
+        if method == "GET":
+            kwargs.setdefault("timeout", self._read_timeouts)
 
         async def attempt() -> httpx.Response:
             return await sent(http, method, path, **kwargs)

@@ -77,8 +77,9 @@ def checked(response: httpx.Response) -> httpx.Response:
 
 async def sent(http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
     """One attempt of a request: the response when it succeeded, else :class:`Retryable` or the
-    API's error. A failed connection or a timeout is :class:`ApiUnreachable` once retries end,
-    never httpx's own error: callers handle one family of errors, and need not know httpx."""
+    API's error. A failed connection or a timeout is :class:`ApiUnreachable` once retries end (a
+    read's timeout waiting for its answer at once), never httpx's own error: callers handle one
+    family of errors, and need not know httpx."""
     try:
         response = await http.send(http.build_request(method, path, **kwargs), stream=True)
         try:
@@ -91,6 +92,11 @@ async def sent(http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -
         finally:
             await response.aclose()
     except httpx.TransportError as exc:
+        if method == "GET" and isinstance(exc, httpx.ReadTimeout):
+            # The API has the read and its query runs on to its end or its limit whoever waits:
+            # each retry added one more such query beside it (six for one slow read), and the
+            # caller never saw the API's own answer. A write's retry is safe, and kept.
+            raise ApiUnreachable(exc) from None
         raise Retryable(ApiUnreachable(exc)) from None
     return checked(response)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faust
 import structlog
@@ -21,7 +23,7 @@ from bastionary.malloc_arenas import limit_malloc_arenas
 from bastionary.metering.logs import PartitionLog
 from bastionary.metering.records import FlushStats
 from bastionary.metering.sink import DeadLetterSender, SinkConfig, UsageSink
-from bastionary.runtime import connect_clickhouse, hold_for_process
+from bastionary.runtime import ClickHouseHandle, connect_clickhouse, hold_for_process
 from bastionary.settings import Settings
 from bastionary.storage.client import Client, open_client, skip_numpy_and_pandas_imports
 from bastionary.storage.usage import ClickHouseUsageStore
@@ -47,6 +49,70 @@ def gateway_credentials(settings: Settings) -> GatewayCredentials:
         writer_user="writer",
         writer_password=secret(settings.query_writer_password),
     )
+
+
+def api_reader(settings: Settings, handle: ClickHouseHandle) -> Client:
+    """The client the HTTP API reads through: a server's read-only user when one is configured;
+    another worker's gateway, whose reader role has the query limits; or, with chdb in this
+    process, a connection of its own to the engine, with the gateway readers' limits."""
+    if settings.clickhouse_reader_dsn is not None:
+        return open_client(
+            settings.clickhouse_reader_dsn.get_secret_value(),
+            settings.database,
+            compression=settings.clickhouse_compression,
+        )
+    if not handle.in_process:
+        return connect_clickhouse(settings, role="reader").client
+    import clickhouse_connect
+
+    from bastionary.devstack.gateway import reader_limits
+
+    # The API read through the writer's own client: no BASTIONARY_QUERY_TIMEOUT or
+    # BASTIONARY_QUERY_MAX_RESULT_BYTES (those were the gateway's alone), and a slow read held
+    # that client's lock, so the worker's flushes and billing queries waited behind it.
+    limits = reader_limits(settings.query_timeout.total_seconds(), settings.query_max_result_bytes)
+    path, database = handle.client.path, settings.database
+    return ChdbReader(
+        lambda: clickhouse_connect.get_client(interface="chdb", path=path, database=database, settings=limits)
+    )
+
+
+class ChdbReader:
+    """Reads on connections of their own to this process's chdb engine, each opened by
+    ``connect``; every call takes an idle one (or opens one) and gives it back when it
+    succeeded. A connection whose call failed is closed, never used again: chdb hands the rows a
+    failed query had produced (one stopped at a limit, say) to the connection's next query, as
+    the start of its answer, which could be another customer's read."""
+
+    def __init__(self, connect: Callable[[], Client]):
+        self._connect = connect
+        self._idle: list[Client] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return functools.partial(self._call, method)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            connection = self._connect()
+        try:
+            answer = getattr(connection, method)(*args, **kwargs)
+        except BaseException:
+            connection.close()
+            raise
+        with self._lock:
+            self._idle.append(connection)
+        return answer
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True, usage_group: str | None = None) -> None:
@@ -99,16 +165,11 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True, usage
 
     from bastionary.storage.billing import ClickHouseBillingStore
 
+    readers: list[Client] = []
+
     def reader() -> Client:
-        # The API's reads: a server's read-only user when one is configured; in-process chdb
-        # has one client; another worker's gateway has a read-only role.
-        if settings.clickhouse_reader_dsn is not None:
-            return open_client(
-                settings.clickhouse_reader_dsn.get_secret_value(),
-                settings.database,
-                compression=settings.clickhouse_compression,
-            )
-        return handle.client if handle.in_process else connect_clickhouse(settings, role="reader").client
+        readers.append(api_reader(settings, handle))
+        return readers[-1]
 
     billing = Billing(catalog, lambda: ClickHouseBillingStore(handle.client), reader, usage_group)
     collector = BoundaryCollector()
@@ -142,4 +203,6 @@ def run_worker(settings: Settings, kafka: KafkaTarget, usage: bool = True, usage
         if gateway_path is not None:
             gateway_path.unlink(missing_ok=True)
         engine.close()
+        for opened in readers:
+            opened.close()
         handle.client.close()
