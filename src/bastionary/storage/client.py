@@ -8,7 +8,8 @@ gateway (see :mod:`bastionary.devstack.gateway`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -92,8 +93,52 @@ def open_client(dsn: str, database: str | None, create: bool = False, compressio
     if not database:
         return bootstrap
     if parts.scheme == "chdb":
-        return clickhouse_connect.get_client(dsn=f"chdb://{Path(parts.path)}", database=database)
+        return FreshAfterFailure(
+            lambda: clickhouse_connect.get_client(dsn=f"chdb://{Path(parts.path)}", database=database)
+        )
     return clickhouse_connect.get_client(dsn=dsn, database=database, compress=compress)
+
+
+class FreshAfterFailure:
+    """A chdb client whose connection is replaced once a call on it fails.
+
+    chdb (4.4, through clickhouse-connect 1.12) hands the blocks a failed query had streamed to
+    the connection's next query, as the start of its answer. One of the same columns returned
+    them as its own rows, silently: after ``SELECT number FROM numbers(10)`` failed at 5,
+    ``SELECT number FROM numbers(100, 3)`` answered 0, 1, 100, 101, 102 (2026-12-08); one of
+    other columns failed to decode. Other connections to the engine are not affected, so a
+    fresh one ends it. The failed connection is closed with this client, not at once: another
+    thread may still be in a call on it.
+    """
+
+    def __init__(self, connect: Callable[[], Client]):
+        self._connect = connect
+        self._client = connect()
+        self._retired: list[Client] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: self._call(name, args, kwargs)
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        client = self._client
+        try:
+            return getattr(client, method)(*args, **kwargs)
+        except Exception:
+            with self._lock:
+                if self._client is client:
+                    self._client = self._connect()
+                    self._retired.append(client)
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._retired = [self._client, *self._retired], []
+        for client in clients:
+            client.close()
 
 
 def insert_rows(
