@@ -17,6 +17,12 @@ except Exception as exc:
     print("failed", type(exc).__name__)
 print(client.query("SELECT number FROM numbers(100, 3)").result_rows)
 print(client.query("SELECT currentDatabase()").result_rows)
+for _ in range(50):  # a call failing at every run of a long-lived worker
+    try:
+        client.query("SELECT throwIf(1)")
+    except Exception:
+        pass
+print(len(client._retired), client.query("SELECT 7").result_rows)
 client.close()
 os._exit(0)
 """
@@ -28,4 +34,5 @@ def test_a_query_after_one_that_failed_midway_gets_its_own_rows_only():
     lines = finished.stdout.splitlines()
     assert lines[0].startswith("failed ")
     # Before 2026-12-08: [(0,), (1,), (100,), (101,), (102,)], the failed query's rows first.
-    assert lines[1:] == ["[(100,), (101,), (102,)]", "[('bastionary',)]"]
+    assert lines[1:3] == ["[(100,), (101,), (102,)]", "[('bastionary',)]"]
+    assert lines[3] == "0 [(7,)]"  # each failed connection closed, none kept open

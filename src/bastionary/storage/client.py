@@ -107,14 +107,14 @@ class FreshAfterFailure:
     them as its own rows, silently: after ``SELECT number FROM numbers(10)`` failed at 5,
     ``SELECT number FROM numbers(100, 3)`` answered 0, 1, 100, 101, 102 (2026-12-08); one of
     other columns failed to decode. Other connections to the engine are not affected, so a
-    fresh one ends it. The failed connection is closed with this client, not at once: another
-    thread may still be in a call on it.
+    fresh one ends it. The failed connection is closed once no other thread is in a call on it.
     """
 
     def __init__(self, connect: Callable[[], Client]):
         self._connect = connect
         self._client = connect()
-        self._retired: list[Client] = []
+        self._calls: dict[int, int] = {}  # id of a connection -> calls in it now
+        self._retired: dict[int, Client] = {}  # failed connections still in a call
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -124,19 +124,30 @@ class FreshAfterFailure:
         return lambda *args, **kwargs: self._call(name, args, kwargs)
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        client = self._client
+        with self._lock:
+            client = self._client
+            self._calls[id(client)] = self._calls.get(id(client), 0) + 1
         try:
             return getattr(client, method)(*args, **kwargs)
         except Exception:
             with self._lock:
                 if self._client is client:
                     self._client = self._connect()
-                    self._retired.append(client)
+                    self._retired[id(client)] = client
             raise
+        finally:
+            with self._lock:
+                self._calls[id(client)] -= 1
+                idle = not self._calls[id(client)]
+                if idle:
+                    del self._calls[id(client)]
+                done = self._retired.pop(id(client)) if idle and id(client) in self._retired else None
+            if done is not None:
+                done.close()
 
     def close(self) -> None:
         with self._lock:
-            clients, self._retired = [self._client, *self._retired], []
+            clients, self._retired = [self._client, *self._retired.values()], {}
         for client in clients:
             client.close()
 
